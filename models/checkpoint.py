@@ -1,0 +1,72 @@
+"""The checkpoint format: one safetensors file holding the weights, with JSON metadata in its header.
+
+The metadata (spec, classes, input shape, preprocessing, epoch, metrics) makes a checkpoint
+self-describing: a predictor rebuilds the network and its input pipeline from the file alone.
+Nothing here unpickles: safetensors files hold plain tensors and strings only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+FORMAT = "trainyard-checkpoint/1"
+_META_KEY = "trainyard"
+
+
+class CheckpointError(Exception):
+    """A checkpoint file is missing, unreadable or not one of ours."""
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.safetensors"
+
+
+def write_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> int:
+    """Write weights + metadata atomically (temp file, fsync, rename); returns the file size."""
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
+    payload = save(tensors, metadata={_META_KEY: json.dumps({"format": FORMAT, **meta})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(payload)
+
+
+def read_meta(path: Path) -> dict:
+    """Read only the metadata header of a checkpoint."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint {path.name} does not exist") from exc
+    except Exception as exc:  # safetensors raises its own error types for malformed headers
+        raise CheckpointError(f"checkpoint {path.name} is not a readable safetensors file: {exc}") from exc
+    if _META_KEY not in header:
+        raise CheckpointError(f"checkpoint {path.name} has no trainyard metadata")
+    meta = json.loads(header[_META_KEY])
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path.name} has unknown format {meta.get('format')!r}")
+    return meta
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load weights (on the CPU) and metadata."""
+    meta = read_meta(path)
+    try:
+        return load_file(str(path), device="cpu"), meta
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path.name} could not be loaded: {exc}") from exc

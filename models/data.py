@@ -1,0 +1,230 @@
+"""Datasets as in-memory tensors, decoded once per process and converted to float per batch."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.spec import DataSpec, ImageDatasetSpec, SyntheticLinearSpec
+
+FASHION_MNIST_CLASSES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+
+# dataset name -> (torchvision folder under the data dir, class names, torchvision class name)
+IMAGE_DATASETS = {
+    "fashion-mnist": ("FashionMNIST", FASHION_MNIST_CLASSES, "FashionMNIST"),
+    "mnist": ("MNIST", MNIST_CLASSES, "MNIST"),
+}
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+class DatasetError(Exception):
+    """The data a job asked for is missing or unreadable; the message says how to fix it."""
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors plus what a predictor needs to treat new inputs the same way.
+
+    Image inputs stay uint8 ([N, C, H, W]) and are scaled by `scale` per batch; tabular inputs are
+    float32 ([N, D]). Classification targets are int64 class indices, regression targets float32.
+    """
+
+    name: str
+    task: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: tuple[str, ...] | None
+    checksum: str
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    preprocess: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def outputs(self) -> int:
+        return len(self.classes) if self.classes else 1
+
+    def to_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Convert a batch of stored inputs to the float tensor the model sees."""
+        if x.dtype == torch.uint8:
+            return x.float().mul_(self.preprocess["scale"])
+        return x
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (gzipped or not) into an array, checking its header against its size."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DatasetError(f"{path} is not a readable gzip file: {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{path} is not an IDX file (bad magic number)")
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DatasetError(f"{path} holds {len(raw)} bytes but its header {dims} needs {expected}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def _find_idx(raw_dir: Path, stem: str) -> Path | None:
+    for candidate in (raw_dir / stem, raw_dir / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _download(name: str, data_dir: Path) -> None:
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, IMAGE_DATASETS[name][2])
+    cls(root=str(data_dir), train=True, download=True)
+
+
+def _load_idx_dataset(name: str, data_dir: Path, allow_download: bool) -> Dataset:
+    folder, classes, _ = IMAGE_DATASETS[name]
+    raw_dir = data_dir / folder / "raw"
+    paths = {key: _find_idx(raw_dir, stem) for key, stem in IDX_FILES.items()}
+    if any(p is None for p in paths.values()) and allow_download:
+        _download(name, data_dir)
+        paths = {key: _find_idx(raw_dir, stem) for key, stem in IDX_FILES.items()}
+    missing = [IDX_FILES[key] for key, p in paths.items() if p is None]
+    if missing:
+        raise DatasetError(
+            f"dataset {name} not found: put the four IDX files ({', '.join(IDX_FILES.values())}, "
+            f"gzipped or not) in {raw_dir} (missing: {', '.join(missing)}), "
+            "or set TRAINYARD_ALLOW_DOWNLOAD=true to download them"
+        )
+    arrays = {key: read_idx(p) for key, p in paths.items()}
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(arrays[key].tobytes())
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DatasetError(f"{paths[f'{split}_images']} must hold uint8 images [N, H, W]")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DatasetError(f"{split} split has {len(images)} images but {labels.shape} labels")
+        if len(labels) and int(labels.max()) >= len(classes):
+            raise DatasetError(f"{split} labels go up to {int(labels.max())}; {name} has {len(classes)} classes")
+    height, width = arrays["train_images"].shape[1:]
+    return Dataset(
+        name=name,
+        task="classification",
+        x_train=torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),
+        y_train=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        x_test=torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
+        y_test=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        classes=classes,
+        checksum=digest.hexdigest(),
+        preprocess={"kind": "image", "channels": 1, "height": height, "width": width, "scale": 1 / 255},
+    )
+
+
+def synthetic_linear(spec: SyntheticLinearSpec, seed: int) -> Dataset:
+    """y = Xw + b + noise with X ~ N(0, 1), as in the linear-regression chapter."""
+    generator = torch.Generator().manual_seed(seed)
+    w = torch.tensor(spec.true_w, dtype=torch.float32)
+    total = spec.num_examples + spec.num_test
+    x = torch.randn(total, len(w), generator=generator)
+    y = x @ w + spec.true_b + torch.randn(total, generator=generator) * spec.noise
+    y = y.unsqueeze(1)
+    digest = hashlib.sha256(spec.model_dump_json().encode() + str(seed).encode()).hexdigest()
+    n = spec.num_examples
+    return Dataset(
+        name=spec.dataset, task="regression",
+        x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:],
+        classes=None, checksum=digest,
+        preprocess={"kind": "tabular", "features": len(w)},
+    )
+
+
+_cache: dict[tuple, Dataset] = {}
+_cache_lock = threading.Lock()
+_CACHE_SIZE = 4
+
+
+def _cached_idx_dataset(name: str, data_dir: Path, allow_download: bool) -> Dataset:
+    """Decode each IDX dataset once per process; a changed file on disk is decoded again."""
+    raw_dir = data_dir / IMAGE_DATASETS[name][0] / "raw"
+    stamp = tuple(
+        (p.name, p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(raw_dir.glob("*")) if p.is_file()
+    ) if raw_dir.is_dir() else ()
+    key = (name, str(data_dir.resolve()), stamp)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    dataset = _load_idx_dataset(name, data_dir, allow_download)
+    with _cache_lock:
+        while len(_cache) >= _CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))
+        _cache[key] = dataset
+    return dataset
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return (x, y) if limit is None else (x[:limit], y[:limit])
+
+
+def _split_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """Hold out a seeded random fraction of the training set for validation."""
+    if fraction <= 0:
+        return dataset
+    n = len(dataset.x_train)
+    n_val = max(1, int(round(n * fraction)))
+    if n_val >= n:
+        raise DatasetError(f"val_fraction {fraction} leaves no training examples out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    return Dataset(
+        name=dataset.name, task=dataset.task,
+        x_train=dataset.x_train[train_idx], y_train=dataset.y_train[train_idx],
+        x_val=dataset.x_train[val_idx], y_val=dataset.y_train[val_idx],
+        x_test=dataset.x_test, y_test=dataset.y_test,
+        classes=dataset.classes, checksum=dataset.checksum, preprocess=dataset.preprocess,
+    )
+
+
+def load_dataset(spec: DataSpec, *, data_dir: Path, allow_download: bool = False, seed: int = 0) -> Dataset:
+    """Load the dataset a data spec names, with its validation split if it asks for one."""
+    if isinstance(spec, SyntheticLinearSpec):
+        dataset = synthetic_linear(spec, seed)
+    elif isinstance(spec, ImageDatasetSpec):
+        full = _cached_idx_dataset(spec.dataset, Path(data_dir), allow_download)
+        x_train, y_train = _subset(full.x_train, full.y_train, spec.limit_train)
+        x_test, y_test = _subset(full.x_test, full.y_test, spec.limit_test)
+        dataset = Dataset(
+            name=full.name, task=full.task, x_train=x_train, y_train=y_train,
+            x_test=x_test, y_test=y_test, classes=full.classes, checksum=full.checksum,
+            preprocess=full.preprocess,
+        )
+    else:
+        raise DatasetError(f"unknown dataset {spec.dataset!r}")
+    return _split_validation(dataset, spec.val_fraction, seed)

@@ -1,0 +1,101 @@
+"""Load a checkpoint and classify inputs exactly as the training data were prepared."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from models.archs import build_model
+from models.checkpoint import read_checkpoint
+from models.spec import JobSpec
+
+# Pillow's own bomb guard only warns below twice its limit; we check pixels ourselves instead.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class InputError(Exception):
+    """One input cannot be used; the message names it and says why."""
+
+
+@dataclass
+class Prediction:
+    index: int
+    label: str
+    probability: float
+    top_k: list[dict]
+
+
+class Predictor:
+    """A trained network in eval mode plus the metadata needed to prepare its inputs."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict):
+        self.model = model.eval()
+        self.meta = meta
+        self.classes: list[str] | None = meta.get("classes")
+        self.preprocess = meta["preprocess"]
+        self.task: str = meta["task"]
+
+    @classmethod
+    def from_checkpoint(cls, path: Path) -> Predictor:
+        state, meta = read_checkpoint(path)
+        spec = JobSpec.model_validate(meta["spec"])
+        model = build_model(spec.model, meta["input_shape"], len(meta["classes"]) if meta.get("classes") else 1)
+        model.load_state_dict(state)
+        return cls(model, meta)
+
+    def decode_image(self, data: bytes, filename: str, *, max_pixels: int) -> torch.Tensor:
+        """Decode one uploaded image into the model's input tensor [C, H, W] (float)."""
+        if self.preprocess.get("kind") != "image":
+            raise InputError(f"{filename}: this model takes numeric inputs, not images")
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise InputError(f"{filename}: image is {width}x{height} pixels; the limit is {max_pixels}")
+                image.load()
+                image = _to_grayscale(image)
+        except InputError:
+            raise
+        except UnidentifiedImageError:
+            raise InputError(f"{filename}: not a recognised image (PNG, JPEG, BMP, WebP, ...)") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InputError(f"{filename}: image could not be decoded ({exc})") from None
+        size = (self.preprocess["width"], self.preprocess["height"])
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+        return pixels.unsqueeze(0).float().mul_(self.preprocess["scale"])
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(batch), dim=1)
+
+    def classify(self, inputs: list[torch.Tensor], top_k: int = 1) -> list[Prediction]:
+        """Classify a list of prepared inputs in one forward pass."""
+        probs = self.probabilities(torch.stack(inputs))
+        k = min(max(top_k, 1), probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        results = []
+        for row_values, row_indices in zip(values.tolist(), indices.tolist()):
+            entries = [{"label": self.classes[i], "index": i, "probability": p}
+                       for p, i in zip(row_values, row_indices)]
+            results.append(Prediction(index=entries[0]["index"], label=entries[0]["label"],
+                                      probability=entries[0]["probability"], top_k=entries))
+        return results
+
+
+def _to_grayscale(image: Image.Image) -> Image.Image:
+    """Any mode to 8-bit grayscale; transparent areas become black, like the datasets' backgrounds."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("L")
+    if image.mode.startswith("I;16"):
+        array = np.asarray(image, dtype=np.uint32) // 257
+        return Image.fromarray(array.astype(np.uint8), mode="L")
+    return image.convert("L")

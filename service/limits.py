@@ -1,0 +1,60 @@
+"""Request body size limit, enforced while the body streams in (Content-Length or chunked)."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.exceptions import HTTPException
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from receive(); an HTTPException so that body parsers pass it through as a 413."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"request body exceeds the limit of {max_bytes} bytes")
+
+
+class BodySizeLimit:
+    """ASGI middleware answering 413 to any request body larger than max_bytes."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(send)
+        received = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send) -> None:
+        body = json.dumps({"detail": f"request body exceeds the limit of {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

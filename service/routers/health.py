@@ -1,0 +1,31 @@
+"""Liveness and readiness."""
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from service.db import ping
+from workers.celery_app import ping_broker
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz() -> JSONResponse:
+    """The database and the broker both answer."""
+    checks = {}
+    for name, probe in (("database", ping), ("broker", ping_broker)):
+        try:
+            await run_in_threadpool(probe)
+            checks[name] = "ok"
+        except Exception as exc:  # any failure means not ready; say which and why
+            checks[name] = f"error: {type(exc).__name__}: {exc}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)

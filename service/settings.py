@@ -1,0 +1,57 @@
+"""One typed settings object, read from TRAINYARD_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
+
+    home: Path = Path("./var")
+    database_url: str | None = None
+    broker_url: str | None = None
+    data_dir: Path | None = None
+    checkpoint_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    allow_download: bool = False
+    queue: str = Field(default="trainyard", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    worker_concurrency: int = Field(default=1, ge=1, le=64)
+
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_files_per_request: int = Field(default=64, ge=1)
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1)
+    model_cache_size: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        if self.data_dir is None:
+            self.data_dir = self.home / "data"
+        if self.checkpoint_dir is None:
+            self.checkpoint_dir = self.home / "checkpoints"
+        self.data_dir = self.data_dir.expanduser().resolve()
+        self.checkpoint_dir = self.checkpoint_dir.expanduser().resolve()
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.home / 'trainyard.db'}"
+        if self.broker_url is None:
+            self.broker_url = f"sqla+sqlite:///{self.home / 'broker.db'}"
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("sqla+")
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.data_dir, self.checkpoint_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,59 @@
+"""The Celery application, configured from the trainyard settings."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings, get_settings
+from workers import embedded_broker
+
+embedded_broker.install()
+
+# Redis re-delivers an unacknowledged message after this long; it must exceed the longest job
+# so that a healthy long job is never handed to a second worker.
+REDIS_VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+
+TRAIN_JOB = "trainyard.train_job"
+
+
+def broker_transport_options(settings: Settings) -> dict:
+    if settings.embedded_broker and settings.broker_url.startswith("sqla+sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
+    return {}
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("trainyard", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        # A training job is acknowledged only when it ends, one at a time per worker process,
+        # so a worker that dies mid-job leaves the message to be delivered again.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_concurrency=settings.worker_concurrency,
+    )
+    return app
+
+
+app = make_celery(get_settings())
+
+
+def send_train_job(job_id: str) -> None:
+    """Publish a job id to the training queue; raises if the broker cannot take it."""
+    app.send_task(TRAIN_JOB, args=[job_id], queue=get_settings().queue)
+
+
+def ping_broker(timeout: float = 2.0) -> None:
+    """Raise if the broker cannot be reached."""
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=timeout)
