@@ -1,4 +1,8 @@
-"""Alembic environment: migrates the database named by the trainyard settings."""
+"""Alembic environment: migrates the database named by the trainyard settings.
+
+`trainyard migrate` passes in an open connection (see service/migrate.py); the plain `alembic`
+command connects to TRAINYARD_DATABASE_URL itself.
+"""
 
 from logging.config import fileConfig
 
@@ -12,23 +16,30 @@ config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-url = config.attributes.get("database_url") or get_settings().database_url
-
 
 def run_migrations_offline() -> None:
+    url = get_settings().database_url
     context.configure(url=url, target_metadata=Base.metadata, literal_binds=True,
                       render_as_batch=url.startswith("sqlite"))
     with context.begin_transaction():
         context.run_migrations()
 
 
+def _run(connection) -> None:
+    context.configure(connection=connection, target_metadata=Base.metadata,
+                      render_as_batch=connection.dialect.name == "sqlite")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations_online() -> None:
-    engine = make_engine(url)
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = make_engine(get_settings().database_url)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata,
-                          render_as_batch=connection.dialect.name == "sqlite")
-        with context.begin_transaction():
-            context.run_migrations()
+        _run(connection)
     engine.dispose()
 
 

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from models.checkpoint import CheckpointError, checkpoint_name, read_checkpoint, read_meta, write_checkpoint
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path):
+    state = {"layer.weight": torch.randn(3, 4), "layer.bias": torch.zeros(3)}
+    path = tmp_path / "job" / checkpoint_name(7)
+    size = write_checkpoint(path, state, {"epoch": 7, "classes": ["a", "b", "c"]})
+    assert path.name == "epoch-0007.safetensors" and path.stat().st_size == size
+    loaded, meta = read_checkpoint(path)
+    assert meta["epoch"] == 7 and meta["classes"] == ["a", "b", "c"]
+    assert meta["format"] == "trainyard-checkpoint/1"
+    for name, tensor in state.items():
+        assert torch.equal(loaded[name], tensor)
+    assert read_meta(path) == meta
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left behind
+
+
+def test_overwrite_is_atomic_replacement(tmp_path):
+    path = tmp_path / "c.safetensors"
+    write_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1})
+    write_checkpoint(path, {"w": torch.full((2,), 5.0)}, {"epoch": 2})
+    loaded, meta = read_checkpoint(path)
+    assert meta["epoch"] == 2 and torch.equal(loaded["w"], torch.full((2,), 5.0))
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "c.safetensors"
+    write_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1})
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("models.checkpoint.os.fsync", broken_fsync)
+    with pytest.raises(OSError):
+        write_checkpoint(path, {"w": torch.zeros(2)}, {"epoch": 2})
+    assert read_meta(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+
+
+def test_foreign_and_corrupt_files_are_refused(tmp_path):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.ones(1)}, str(foreign))
+    with pytest.raises(CheckpointError, match="no trainyard metadata"):
+        read_meta(foreign)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x80\x04\x95 this is a pickle, not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        read_checkpoint(garbage)
+    other_format = tmp_path / "other.safetensors"
+    save_file({"w": torch.ones(1)}, str(other_format), metadata={"trainyard": json.dumps({"format": "v0"})})
+    with pytest.raises(CheckpointError, match="unknown format"):
+        read_meta(other_format)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_meta(tmp_path / "missing.safetensors")

@@ -1,0 +1,83 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.archs import build_model
+from models.checkpoint import write_checkpoint
+from models.predictor import InputError, Predictor
+from models.spec import JobSpec
+
+PREPROCESS = {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255}
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+@pytest.fixture
+def predictor(tmp_path) -> Predictor:
+    spec = JobSpec.model_validate({"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"}})
+    torch.manual_seed(0)
+    model = build_model(spec.model, (1, 28, 28), 10)
+    path = tmp_path / "epoch-0001.safetensors"
+    write_checkpoint(path, model.state_dict(), {
+        "spec": spec.model_dump(mode="json"), "task": "classification", "classes": CLASSES,
+        "input_shape": [1, 28, 28], "preprocess": PREPROCESS, "epoch": 1})
+    loaded = Predictor.from_checkpoint(path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
+    return loaded
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+GRADIENT = np.tile(np.arange(0, 252, 9, dtype=np.uint8), (28, 1))
+
+
+@pytest.mark.parametrize("mode, fmt", [(mode, fmt) for fmt in ("PNG", "BMP", "WEBP") for mode in ("L", "RGB", "P", "RGBA")]
+                         + [("I;16", "PNG")])
+def test_every_common_mode_and_format_decodes_to_the_training_layout(predictor, mode, fmt):
+    base = Image.fromarray(GRADIENT, mode="L")
+    image = base.convert(mode) if mode != "I;16" else Image.fromarray(GRADIENT.astype(np.uint16) * 257)
+    tensor = predictor.decode_image(encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {})), "x",
+                                    max_pixels=10**6)
+    assert tensor.shape == (1, 28, 28) and tensor.dtype == torch.float32
+    np.testing.assert_allclose(tensor[0].numpy(), GRADIENT / 255, atol=2 / 255)
+
+
+def test_transparent_pixels_become_background_black(predictor):
+    rgba = Image.new("RGBA", (28, 28), (255, 255, 255, 0))
+    rgba.putpixel((3, 3), (255, 255, 255, 255))
+    tensor = predictor.decode_image(encode(rgba, "PNG"), "t.png", max_pixels=10**6)
+    assert float(tensor[0, 3, 3]) == 1.0 and float(tensor.sum()) == 1.0
+
+
+def test_jpeg_of_another_size_is_resized(predictor):
+    tensor = predictor.decode_image(encode(Image.new("RGB", (100, 60), (200, 200, 200)), "JPEG"), "big.jpg",
+                                    max_pixels=10**6)
+    assert tensor.shape == (1, 28, 28)
+    assert abs(float(tensor.mean()) - 200 / 255) < 0.02
+
+
+def test_bad_inputs_name_the_file(predictor):
+    with pytest.raises(InputError, match="readme.txt: not a recognised image"):
+        predictor.decode_image(b"just text", "readme.txt", max_pixels=10**6)
+    png = encode(Image.new("L", (28, 28)), "PNG")
+    with pytest.raises(InputError, match="cut.png"):
+        predictor.decode_image(png[:40], "cut.png", max_pixels=10**6)
+    with pytest.raises(InputError, match="big.png: image is 28x28 pixels; the limit is 100"):
+        predictor.decode_image(png, "big.png", max_pixels=100)
+
+
+def test_classify_orders_top_k(predictor):
+    inputs = [predictor.decode_image(encode(Image.fromarray(GRADIENT), "PNG"), "g", max_pixels=10**6)] * 2
+    results = predictor.classify(inputs, top_k=4)
+    assert len(results) == 2
+    probs = [e["probability"] for e in results[0].top_k]
+    assert probs == sorted(probs, reverse=True) and len(probs) == 4
+    assert results[0].label == CLASSES[results[0].index] and results[0].probability == probs[0]
+    assert len(predictor.classify(inputs, top_k=50)[0].top_k) == 10

@@ -1,0 +1,187 @@
+"""Real processes and real servers for the tests: the API, a Celery worker, PostgreSQL, Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN_URL = os.environ.get("TRAINYARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TRAINYARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(available: bool, why: str) -> None:
+    """Skip when a server is absent, except in CI, where that is a failure."""
+    if available:
+        return
+    if in_ci():
+        pytest.fail(f"{why} (CI=true: a missing server is a failure)")
+    pytest.skip(why)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll predicate until it returns a truthy value, or fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the thing waited for may not exist yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+
+
+def postgres_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+def redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping())
+    except Exception:
+        return False
+
+
+class PostgresSchema:
+    """A private schema in the test database, so runs never see each other's tables."""
+
+    def __init__(self):
+        self.name = f"ty_{uuid.uuid4().hex[:12]}"
+
+    @property
+    def url(self) -> str:
+        base = POSTGRES_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+        return f"{base}?options=-csearch_path%3D{self.name}"
+
+    def __enter__(self) -> PostgresSchema:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{self.name}"')
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+
+
+@dataclass
+class Stack:
+    """An API server and a Celery worker sharing one state folder, database and broker."""
+
+    home: Path
+    data_dir: Path
+    database_url: str | None = None
+    broker_url: str | None = None
+    extra_env: dict = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    procs: dict = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+        env.update({
+            "TRAINYARD_HOME": str(self.home),
+            "TRAINYARD_DATA_DIR": str(self.data_dir),
+            "TRAINYARD_PORT": str(self.port),
+            "TRAINYARD_QUEUE": f"trainyard-test-{self.home.name}-{self.port}",
+            "PYTHONUNBUFFERED": "1",
+        })
+        if self.database_url:
+            env["TRAINYARD_DATABASE_URL"] = self.database_url
+        if self.broker_url:
+            env["TRAINYARD_BROKER_URL"] = self.broker_url
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.home / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen([sys.executable, *args], cwd=REPO, env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_worker(self) -> None:
+        self._spawn("worker", ["-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel=INFO",
+                               "--queues", self.env["TRAINYARD_QUEUE"], "--concurrency", "1",
+                               "--hostname", f"test-{self.port}@%h", "--without-mingle", "--without-gossip"])
+
+    def start(self) -> Stack:
+        self.home.mkdir(parents=True, exist_ok=True)
+        migrated = self.cli("migrate")
+        assert migrated.returncode == 0, f"migrate failed:\n{migrated.stdout}\n{migrated.stderr}"
+        self.start_worker()
+        self._spawn("api", ["-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(self.port)])
+        wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
+                   timeout=60, what=f"the API at {self.url} to be ready\n{self.logs()}")
+        wait_until(lambda: "ready." in self.log("worker"), timeout=60, what=f"the worker to be ready\n{self.logs()}")
+        return self
+
+    def log(self, name: str) -> str:
+        path = self.home / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name} log ---\n{self.log(name)[-4000:]}" for name in self.procs)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def wait_for_job(self, client: httpx.Client, job_id: str, *, timeout: float = 120,
+                     states=("succeeded", "failed")) -> dict:
+        def final():
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            return job if job["status"] in states else None
+
+        return wait_until(final, timeout=timeout, interval=0.1,
+                          what=f"job {job_id} to reach one of {states}\n{self.logs()}")

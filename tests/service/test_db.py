@@ -1,0 +1,155 @@
+"""Migrations and the job store on a real SQLite file and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, inspect, select
+from sqlalchemy.orm import sessionmaker
+
+from models.spec import JobSpec
+from service import jobs
+from service.db import make_engine
+from service.migrate import upgrade
+from service.tables import Base, Checkpoint, EpochMetric, JobStatus
+from tests.servers import PostgresSchema, postgres_available, require
+
+SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 3})
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+        upgrade(url)
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
+        return
+    require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
+    with PostgresSchema() as schema:
+        upgrade(schema.url)
+        engine = make_engine(schema.url)
+        yield engine
+        engine.dispose()
+
+
+@pytest.fixture
+def Session(engine):
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def test_migrations_match_the_orm_tables(engine):
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    assert {"jobs", "epoch_metrics", "checkpoints", "alembic_version"} <= set(inspect(engine).get_table_names())
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    url = f"sqlite:///{tmp_path / 'wal.sqlite'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+
+
+def test_only_one_of_many_concurrent_claims_wins(Session):
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC).id
+        session.commit()
+    barrier = threading.Barrier(8)
+    wins = []
+
+    def claim(n):
+        with Session() as session:
+            barrier.wait()
+            if jobs.claim_job(session, job_id=job_id, worker=f"w{n}"):
+                wins.append(n)
+            session.commit()
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    with Session() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job.status == JobStatus.RUNNING and job.attempt == 1 and job.worker == f"w{wins[0]}"
+        assert job.started_at is not None and job.started_at.tzinfo is not None
+
+
+def test_recording_an_epoch_twice_keeps_one_row_with_the_latest_values(Session):
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC).id
+        jobs.claim_job(session, job_id=job_id, worker="w")
+        session.commit()
+    for loss in (0.9, 0.5):
+        with Session() as session:
+            jobs.record_epoch(session, job_id=job_id, metrics={"epoch": 1, "train_loss": loss, "test_acc": 0.5},
+                              checkpoint_path=f"{job_id}/epoch-0001.safetensors", checkpoint_size=10)
+            session.commit()
+    with Session() as session:
+        jobs.record_epoch(session, job_id=job_id, metrics={"epoch": 2, "train_loss": 0.4, "test_acc": 0.7},
+                          checkpoint_path=f"{job_id}/epoch-0002.safetensors", checkpoint_size=10)
+        session.commit()
+        rows = jobs.get_metrics(session, job_id=job_id)
+        assert [(r.epoch, r.train_loss) for r in rows] == [(1, 0.5), (2, 0.4)]
+        assert session.scalar(select(func.count()).select_from(Checkpoint)) == 2
+        job = jobs.get_job(session, job_id=job_id)
+        assert job.epoch == 2 and jobs.best_checkpoint(job).epoch == 2 and jobs.last_checkpoint(job).epoch == 2
+
+
+def test_finish_only_moves_running_jobs(Session):
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC).id
+        jobs.finish_job(session, job_id=job_id, status=JobStatus.SUCCEEDED)
+        session.commit()
+        assert jobs.get_job(session, job_id=job_id).status == JobStatus.QUEUED
+        jobs.claim_job(session, job_id=job_id, worker="w")
+        jobs.finish_job(session, job_id=job_id, status=JobStatus.FAILED, reason="x", error="boom")
+        session.commit()
+        session.expire_all()
+        job = jobs.get_job(session, job_id=job_id)
+        assert (job.status, job.reason, job.error) == (JobStatus.FAILED, "x", "boom")
+        assert job.finished_at is not None
+
+
+def test_listing_pages_newest_first(Session):
+    with Session() as session:
+        ids = [jobs.create_job(session, spec=SPEC).id for _ in range(5)]
+        session.commit()
+        page, count = jobs.list_jobs(session, status=None, limit=2, offset=0)
+        assert count == 5 and len(page) == 2
+        rest, _ = jobs.list_jobs(session, status=None, limit=10, offset=2)
+        assert len(rest) == 3 and {j.id for j in page + rest} == set(ids)
+        assert jobs.list_jobs(session, status="running", limit=10, offset=0)[1] == 0
+        assert session.scalar(select(func.count()).select_from(EpochMetric)) == 0
+
+
+def test_concurrent_migrations_apply_once(tmp_path):
+    require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
+    with PostgresSchema() as schema:
+        errors = []
+
+        def migrate():
+            try:
+                upgrade(schema.url)
+            except Exception as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=migrate) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        engine = make_engine(schema.url)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0001"]
+        engine.dispose()
