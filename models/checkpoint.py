@@ -70,3 +70,40 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         return load_file(str(path), device="cpu"), meta
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path.name} could not be loaded: {exc}") from exc
+
+
+TRAINING_STATE = "training-state.safetensors"
+
+
+def write_training_state(path: Path, *, model_state: dict[str, torch.Tensor], optimizer_state: dict,
+                         rng_state: torch.Tensor, position: dict, meta: dict) -> int:
+    """Save what resuming needs: weights, optimizer state, RNG state and the position in training."""
+    tensors = {f"model.{k}": v for k, v in model_state.items()}
+    scalars = {}
+    for param_id, state in optimizer_state["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{param_id}.{key}"] = value
+            else:
+                scalars[f"{param_id}.{key}"] = value
+    tensors["rng_state"] = rng_state
+    return write_checkpoint(path, tensors, {
+        **meta, "position": position,
+        "optimizer": {"param_groups": optimizer_state["param_groups"], "scalars": scalars},
+    })
+
+
+def read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict, torch.Tensor, dict]:
+    """Inverse of write_training_state: (model state, optimizer state, RNG state, metadata)."""
+    tensors, meta = read_checkpoint(path)
+    model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, param_id, name = key.split(".", 2)
+            state.setdefault(int(param_id), {})[name] = value
+    for key, value in meta["optimizer"]["scalars"].items():
+        param_id, name = key.split(".", 1)
+        state.setdefault(int(param_id), {})[name] = value
+    optimizer_state = {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
+    return model_state, optimizer_state, tensors["rng_state"], meta

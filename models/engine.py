@@ -18,6 +18,12 @@ from models.spec import JobSpec, spec_problems
 class TrainingError(Exception):
     """Training cannot go on; the message says why."""
 
+    reason = "training_error"
+
+
+class NonFiniteLoss(TrainingError):
+    reason = "nan_loss"
+
 
 @dataclass
 class EpochMetrics:
@@ -45,17 +51,40 @@ class TrainingRun:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     device: torch.device
-    start_epoch: int = 1
+    start: Position = field(default_factory=lambda: Position(epoch=1))
     history: list[EpochMetrics] = field(default_factory=list)
+
+    @property
+    def start_epoch(self) -> int:
+        return self.start.epoch
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch has got: batches done and the running sums behind its train metrics."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+
+@dataclass
+class Position:
+    """A point in training: `epoch` is in progress with `progress.batches` batches done."""
+
+    epoch: int
+    progress: EpochProgress = field(default_factory=EpochProgress)
 
 
 @dataclass
 class ResumePoint:
-    """Where a previous attempt stopped: the last completed epoch and its weights."""
+    """Everything needed to continue a run exactly where an earlier attempt stopped."""
 
-    epoch: int
+    position: Position
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict | None = None
+    rng_state: torch.Tensor | None = None
 
 
 class Callbacks:
@@ -74,7 +103,11 @@ class Callbacks:
 @dataclass
 class FitResult:
     run: TrainingRun
-    stopped_early: bool
+    stopped_at: Position | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopped_at is not None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,19 +142,29 @@ def train_one_epoch(
     generator: torch.Generator,
     device: torch.device,
     should_stop=lambda: False,
-) -> tuple[float, float | None, int]:
-    """One pass over the shuffled training set; returns mean loss, accuracy and samples seen."""
+    progress: EpochProgress | None = None,
+) -> tuple[EpochProgress, bool]:
+    """One pass over the shuffled training set, or the rest of one after `progress.batches`.
+
+    Returns the epoch's progress (its sums give the train loss and accuracy) and whether it
+    stopped early because should_stop() said so.
+    """
     model.train()
+    done = progress or EpochProgress()
     x_all, y_all = dataset.x_train, dataset.y_train
     classify = dataset.task == "classification"
     # Shuffle by index instead of copying the dataset: each batch gathers its rows, and image
-    # batches become float only here, so the stored dataset stays compact uint8.
+    # batches become float only here, so the stored dataset stays compact uint8. The order
+    # depends only on the generator's seed, so a resumed epoch can skip what was done.
     order = torch.randperm(len(x_all), generator=generator).to(x_all.device)
-    loss_sum = torch.zeros((), device=device)
+    # Accumulate on the device and read back once per epoch: a .item() per batch would force
+    # a GPU sync on every step.
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for start in range(0, len(order), batch_size):
+    batches, seen, stopped = done.batches, done.seen, False
+    for start in range(batches * batch_size, len(order), batch_size):
         if should_stop():
+            stopped = True
             break
         idx = order[start:start + batch_size]
         x = dataset.to_float(x_all[idx].to(device, non_blocking=True))
@@ -131,16 +174,13 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # Accumulate on the device and read back once per epoch: a .item() per batch would
-        # force a GPU sync on every step.
         loss_sum += loss.detach() * len(idx)
         if classify:
             correct += (outputs.detach().argmax(dim=1) == y).sum()
         seen += len(idx)
-    if seen == 0:
-        return math.nan, None, 0
-    mean_loss = float(loss_sum) / seen
-    return mean_loss, (int(correct) / seen if classify else None), seen
+        batches += 1
+    return EpochProgress(batches=batches, loss_sum=done.loss_sum + float(loss_sum),
+                         correct=done.correct + int(correct), seen=seen), stopped
 
 
 @torch.inference_mode()
@@ -184,8 +224,12 @@ def prepare(
     allow_download: bool = False,
     dataset: Dataset | None = None,
     resume: ResumePoint | None = None,
+    initial_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainingRun:
-    """Load data, build the model and optimizer on the chosen device, restoring a resume point."""
+    """Load data, build the model and optimizer on the chosen device.
+
+    `initial_weights` starts a new run from other weights; `resume` continues an earlier run.
+    """
     problems = spec_problems(spec)
     if problems:
         raise TrainingError("; ".join(f"{'.'.join(p.loc)}: {p.msg}" for p in problems))
@@ -197,14 +241,26 @@ def prepare(
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, dataset.input_shape, dataset.outputs).to(device)
     optimizer = build_optimizer(spec, model)
-    start_epoch = 1
+    start = Position(epoch=1)
+    if initial_weights is not None:
+        _load_weights(model, initial_weights)
     if resume is not None:
-        model.load_state_dict(resume.model_state)
+        _load_weights(model, resume.model_state)
         if resume.optimizer_state is not None:
             optimizer.load_state_dict(resume.optimizer_state)
-        start_epoch = resume.epoch + 1
+        if resume.rng_state is not None:
+            torch.set_rng_state(resume.rng_state)
+        start = resume.position
     return TrainingRun(spec=spec, dataset=dataset, model=model, optimizer=optimizer,
-                       device=device, start_epoch=start_epoch)
+                       device=device, start=start)
+
+
+def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise TrainingError(f"the starting weights do not fit this model: {first}") from None
 
 
 def _to_device(dataset: Dataset, device: torch.device) -> Dataset:
@@ -215,27 +271,35 @@ def _to_device(dataset: Dataset, device: torch.device) -> Dataset:
 
 
 def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> FitResult:
-    """Train for spec.epochs epochs, evaluating after each and reporting it to the callbacks."""
+    """Train until spec.epochs, evaluating after each epoch and reporting it to the callbacks.
+
+    Stops between batches when callbacks.should_stop() is true; the result then says where,
+    so that the run can be resumed from exactly that point.
+    """
     callbacks = callbacks or Callbacks()
     run = prepare(spec, **prepare_args)
     callbacks.on_start(run)
     loss_fn = loss_function(run.dataset.task)
     ds = run.dataset
-    for epoch in range(run.start_epoch, spec.epochs + 1):
+    progress = run.start.progress
+    for epoch in range(run.start.epoch, spec.epochs + 1):
         # One generator per epoch, seeded from (seed, epoch): a resumed job shuffles its
         # remaining epochs exactly as an uninterrupted one would.
         generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
         started = time.perf_counter()
-        train_loss, train_acc, seen = train_one_epoch(
+        seen_before = progress.seen
+        progress, stopped = train_one_epoch(
             run.model, run.optimizer, loss_fn, ds,
             batch_size=spec.batch_size, generator=generator, device=run.device,
-            should_stop=callbacks.should_stop,
+            should_stop=callbacks.should_stop, progress=progress,
         )
         train_seconds = time.perf_counter() - started
-        if callbacks.should_stop():
-            return FitResult(run=run, stopped_early=True)
+        if stopped:
+            return FitResult(run=run, stopped_at=Position(epoch=epoch, progress=progress))
+        train_loss = progress.loss_sum / progress.seen if progress.seen else math.nan
         if not math.isfinite(train_loss):
-            raise TrainingError(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
+            raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
+        classify = ds.task == "classification"
         test_loss, test_acc = evaluate(run.model, loss_fn, ds, ds.x_test, ds.y_test,
                                        batch_size=spec.batch_size, device=run.device)
         val_loss = val_acc = None
@@ -243,12 +307,14 @@ def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> Fi
             val_loss, val_acc = evaluate(run.model, loss_fn, ds, ds.x_val, ds.y_val,
                                          batch_size=spec.batch_size, device=run.device)
         metrics = EpochMetrics(
-            epoch=epoch, train_loss=train_loss, train_acc=train_acc,
+            epoch=epoch, train_loss=train_loss,
+            train_acc=progress.correct / progress.seen if classify and progress.seen else None,
             test_loss=test_loss, test_acc=test_acc, val_loss=val_loss, val_acc=val_acc,
             seconds=time.perf_counter() - started,
-            samples_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
+            samples_per_second=(progress.seen - seen_before) / train_seconds if train_seconds > 0 else 0.0,
             lr=run.optimizer.param_groups[0]["lr"],
         )
         run.history.append(metrics)
+        progress = EpochProgress()
         callbacks.on_epoch_end(run, metrics)
-    return FitResult(run=run, stopped_early=False)
+    return FitResult(run=run)

@@ -102,6 +102,13 @@ class OptimizerSpec(StrictModel):
     weight_decay: Annotated[float, Field(ge=0, le=10)] = 0.0
 
 
+class InitFromSpec(StrictModel):
+    """Start from the weights of another job's checkpoint instead of a fresh initialisation."""
+
+    job_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F-]{36}$")]
+    checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1)] = "last"
+
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -114,6 +121,7 @@ class JobSpec(StrictModel):
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     device: str = "auto"
+    init_from: InitFromSpec | None = None
 
     @field_validator("device")
     @classmethod

@@ -1,10 +1,14 @@
-"""All routers of the API, composed."""
+"""All routers of the API, composed: health stays open, everything under /v1 needs a token."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from service.auth import require_token
 from service.routers import health, jobs, predict
 
 api_router = APIRouter()
 api_router.include_router(health.router)
-api_router.include_router(jobs.router)
-api_router.include_router(predict.router)
+
+protected = APIRouter(dependencies=[Depends(require_token)])
+protected.include_router(jobs.router)
+protected.include_router(predict.router)
+api_router.include_router(protected)

@@ -14,7 +14,7 @@ from models.predictor import Predictor
 from service import jobs
 from service.tables import Checkpoint, Job
 
-_JOB_REF = re.compile(r"^job:(?P<id>[0-9a-fA-F-]{1,36})(?::(?P<which>best|last))?$")
+_JOB_REF = re.compile(r"^job:(?P<id>[0-9a-fA-F-]{1,36})(?::(?P<which>best|last|[1-9][0-9]{0,6}))?$")
 
 
 class ModelNotFound(Exception):
@@ -34,7 +34,7 @@ class ResolvedCheckpoint:
 
 
 def resolve(session: Session, *, reference: str, checkpoint_dir: Path) -> ResolvedCheckpoint:
-    """Find the checkpoint a reference names: `job:ID` (best epoch), `job:ID:best` or `job:ID:last`."""
+    """Find the checkpoint a reference names: `job:ID` (best epoch), `job:ID:best|last|EPOCH`."""
     match = _JOB_REF.match(reference.strip())
     if not match:
         raise ModelNotFound(f"model {reference!r} not found; use a reference like job:<job id>")
@@ -42,9 +42,13 @@ def resolve(session: Session, *, reference: str, checkpoint_dir: Path) -> Resolv
     if job is None:
         raise ModelNotFound(f"model {reference!r} not found: there is no job {match['id']}")
     which = match["which"] or "best"
-    checkpoint = jobs.best_checkpoint(job) if which == "best" else jobs.last_checkpoint(job)
-    if checkpoint is None:
-        checkpoint = jobs.last_checkpoint(job)
+    if which.isdigit():
+        checkpoint = next((c for c in job.checkpoints if c.epoch == int(which)), None)
+        if checkpoint is None:
+            raise ModelNotFound(f"model {reference!r} not found: job {job.id} has no checkpoint for epoch {which}")
+    else:
+        checkpoint = jobs.best_checkpoint(job) if which == "best" else jobs.last_checkpoint(job)
+        checkpoint = checkpoint or jobs.last_checkpoint(job)
     if checkpoint is None:
         raise ModelNotReady(f"job {job.id} has no checkpoint yet (status {job.status})")
     root = checkpoint_dir.resolve()
@@ -80,3 +84,8 @@ class PredictorCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def init_from_reference(init_from) -> str:
+    """The model reference for a spec's init_from."""
+    return f"job:{init_from.job_id}:{init_from.checkpoint}"

@@ -36,6 +36,17 @@ class CheckpointPublic(BaseModel):
     created_at: datetime
 
 
+class TransitionPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    from_status: str | None
+    to_status: str
+    reason: str | None
+    attempt: int
+    detail: dict | None
+
+
 class JobPublic(BaseModel):
     id: str
     name: str | None
@@ -54,6 +65,7 @@ class JobPublic(BaseModel):
     environment: dict | None
     latest_metrics: EpochMetricPublic | None
     best_checkpoint: CheckpointPublic | None
+    transitions: list[TransitionPublic]
 
 
 class JobsPublic(BaseModel):

@@ -23,6 +23,18 @@ class Settings(BaseSettings):
     queue: str = Field(default="trainyard", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     worker_concurrency: int = Field(default=1, ge=1, le=64)
 
+    # A running job's worker renews its lease every heartbeat_seconds; a lease older than
+    # lease_seconds means the worker is gone, and the job is re-queued (up to max_attempts runs).
+    heartbeat_seconds: float = Field(default=2.0, gt=0, le=300)
+    lease_seconds: float = Field(default=30.0, gt=0, le=86400)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    reaper_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # A queued job whose message is older than this and missing from the broker is sent again.
+    resend_after_seconds: float = Field(default=30.0, gt=0, le=86400)
+
+    # Comma-separated bearer tokens; a token ending in ":read" may only read.
+    api_tokens: str = ""
+
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_files_per_request: int = Field(default=64, ge=1)
     max_image_pixels: int = Field(default=4096 * 4096, ge=1)
@@ -41,6 +53,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.home / 'trainyard.db'}"
         if self.broker_url is None:
             self.broker_url = f"sqla+sqlite:///{self.home / 'broker.db'}"
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError("lease_seconds must be at least twice heartbeat_seconds")
         return self
 
     @property

@@ -79,7 +79,7 @@ def test_diverging_job_fails_with_reason(embedded_stack, api):
     spec = {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"},
             "optimizer": {"name": "sgd", "lr": 50.0}, "epochs": 5, "batch_size": 10}
     job = embedded_stack.wait_for_job(api, submit(api, spec))
-    assert job["status"] == "failed" and job["reason"] == "training_error", job
+    assert job["status"] == "failed" and job["reason"] == "nan_loss", job
     assert "loss became" in job["error"]
 
 

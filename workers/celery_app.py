@@ -57,3 +57,16 @@ def ping_broker(timeout: float = 2.0) -> None:
     """Raise if the broker cannot be reached."""
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=timeout)
+
+
+def queue_depth() -> int:
+    """Messages waiting in the training queue (0 if the broker has no such queue yet)."""
+    from amqp.exceptions import NotFound
+    from kombu.exceptions import ChannelError
+
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        try:
+            return channel.queue_declare(queue=get_settings().queue, passive=True).message_count
+        except (ChannelError, NotFound):
+            return 0

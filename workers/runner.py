@@ -1,4 +1,8 @@
-"""Run one training job: claim it in SQL, fit, record each epoch, finish it."""
+"""Run one training job: claim it in SQL, fit, record each epoch, finish it.
+
+A job may be run by several attempts (a worker died, a user resumed it). Each attempt starts
+from the training state the previous one saved, so no epoch is lost or counted twice.
+"""
 
 from __future__ import annotations
 
@@ -7,61 +11,112 @@ import logging
 import os
 import socket
 import threading
-import traceback
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 import torchvision
 
-from models.checkpoint import CheckpointError, checkpoint_name, write_checkpoint
+from models.checkpoint import (
+    TRAINING_STATE,
+    CheckpointError,
+    checkpoint_name,
+    read_checkpoint,
+    read_training_state,
+    write_checkpoint,
+    write_training_state,
+)
 from models.data import DatasetError
-from models.engine import Callbacks, EpochMetrics, TrainingError, TrainingRun, fit
+from models.engine import Callbacks, EpochMetrics, EpochProgress, Position, ResumePoint, TrainingError, TrainingRun, fit
 from models.spec import JobSpec
 from service import jobs
 from service.db import session_scope
+from service.model_store import ModelNotFound, ModelNotReady, init_from_reference, resolve
 from service.settings import get_settings
-from service.tables import JobStatus, utcnow
+from service.tables import JobStatus
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_INTERVAL_S = 5.0
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Heartbeat:
-    """Renews the job's heartbeat_at from a background thread while it trains."""
+class JobControl:
+    """Renews this attempt's lease from a background thread and notices cancel requests.
 
-    def __init__(self, job_id: str, interval: float = HEARTBEAT_INTERVAL_S):
+    should_stop() is cheap: the engine calls it between batches, and it only reads two flags.
+    """
+
+    def __init__(self, job_id: str, attempt: int, interval: float):
         self.job_id = job_id
+        self.attempt = attempt
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+        self.cancel_requested = threading.Event()
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> JobControl:
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
+        self._done.set()
         self._thread.join()
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
+    def should_stop(self) -> bool:
+        return self.cancel_requested.is_set() or self.lost.is_set()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
             try:
                 with session_scope() as session:
-                    jobs.heartbeat(session, job_id=self.job_id)
+                    status = jobs.heartbeat(session, job_id=self.job_id, attempt=self.attempt)
             except Exception:  # a missed beat is not fatal; the next one may get through
-                log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
+                log.warning("lease renewal for job %s failed", self.job_id, exc_info=True)
+                continue
+            if status is None:
+                log.warning("job %s attempt %s lost its lease; stopping", self.job_id, self.attempt)
+                self.lost.set()
+            elif status == JobStatus.CANCELLING:
+                self.cancel_requested.set()
+
+
+def state_path(job_id: str) -> Path:
+    return get_settings().checkpoint_dir / job_id / TRAINING_STATE
+
+
+def save_state(run: TrainingRun, job_id: str, position: Position) -> None:
+    """Write the training state an attempt resumes from, atomically."""
+    write_training_state(
+        state_path(job_id), model_state=run.model.state_dict(), optimizer_state=run.optimizer.state_dict(),
+        rng_state=torch.get_rng_state(),
+        position={"epoch": position.epoch, "progress": asdict(position.progress)},
+        meta={"job_id": job_id, "spec": run.spec.model_dump(mode="json")},
+    )
+
+
+def load_resume_point(job_id: str) -> ResumePoint | None:
+    path = state_path(job_id)
+    if not path.exists():
+        return None
+    model_state, optimizer_state, rng_state, meta = read_training_state(path)
+    position = Position(epoch=meta["position"]["epoch"], progress=EpochProgress(**meta["position"]["progress"]))
+    return ResumePoint(position=position, model_state=model_state, optimizer_state=optimizer_state,
+                       rng_state=rng_state)
 
 
 class RecordingCallbacks(Callbacks):
-    """Writes a checkpoint and upserts metrics in SQL after every epoch."""
+    """After every epoch: checkpoint file, then metrics in SQL, then the resumable state."""
 
-    def __init__(self, job_id: str):
+    def __init__(self, job_id: str, control: JobControl):
         self.job_id = job_id
+        self.control = control
         self.settings = get_settings()
+
+    def should_stop(self) -> bool:
+        return self.control.should_stop()
 
     def on_start(self, run: TrainingRun) -> None:
         environment = {
@@ -91,9 +146,16 @@ class RecordingCallbacks(Callbacks):
             "torch": torch.__version__,
         }
         size = write_checkpoint(self.settings.checkpoint_dir / relative, run.model.state_dict(), meta)
-        with session_scope() as session:
-            jobs.record_epoch(session, job_id=self.job_id, metrics=metrics.as_dict(),
-                              checkpoint_path=relative, checkpoint_size=size)
+        try:
+            with session_scope() as session:
+                jobs.record_epoch(session, job_id=self.job_id, attempt=self.control.attempt,
+                                  metrics=metrics.as_dict(), checkpoint_path=relative, checkpoint_size=size)
+        except jobs.LeaseLost:
+            self.control.lost.set()
+            return
+        # Saved only once the epoch is in SQL: a crash in between repeats the epoch (its row is
+        # upserted, not doubled) rather than skipping it.
+        save_state(run, self.job_id, Position(epoch=metrics.epoch + 1))
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:
@@ -103,33 +165,66 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, CheckpointError):
         return "checkpoint_error", str(exc)
     if isinstance(exc, OSError) and exc.filename:
-        return "storage_error", f"{exc.strerror}: {exc.filename}"
+        return "storage_error", f"cannot write {exc.filename}: {exc.strerror}"
+    if isinstance(exc, OSError):
+        return "storage_error", f"storage failed: {exc}"
     if isinstance(exc, torch.OutOfMemoryError):
         return "out_of_memory", str(exc).splitlines()[0]
     if isinstance(exc, TrainingError):
-        return "training_error", str(exc)
+        return exc.reason, str(exc)
     return "internal_error", f"{type(exc).__name__}: {exc}"
+
+
+def _initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
+    if spec.init_from is None:
+        return None
+    settings = get_settings()
+    try:
+        with session_scope() as session:
+            target = resolve(session, reference=init_from_reference(spec.init_from),
+                             checkpoint_dir=settings.checkpoint_dir)
+    except (ModelNotFound, ModelNotReady) as exc:
+        raise TrainingError(f"init_from: {exc}") from None
+    weights, _ = read_checkpoint(target.path)
+    return weights
 
 
 def run_job(job_id: str) -> str | None:
     """Train a queued job to a final state; returns that state, or None if it was not ours."""
-    with session_scope() as session:
-        if not jobs.claim_job(session, job_id=job_id, worker=worker_name()):
-            log.info("job %s is not queued (already taken or gone); dropping this delivery", job_id)
-            return None
-        job = jobs.get_job(session, job_id=job_id)
-        spec = JobSpec.model_validate(job.spec)
     settings = get_settings()
-    status, reason, error = JobStatus.SUCCEEDED, None, None
-    try:
-        with Heartbeat(job_id):
-            fit(spec, RecordingCallbacks(job_id), data_dir=settings.data_dir,
-                allow_download=settings.allow_download)
-    except Exception as exc:
-        reason, error = _failure(exc)
-        status = JobStatus.FAILED
-        log.error("job %s failed (%s): %s\n%s", job_id, reason, error, traceback.format_exc())
     with session_scope() as session:
-        jobs.finish_job(session, job_id=job_id, status=status, reason=reason, error=error)
-    log.info("job %s %s at %s", job_id, status, utcnow().isoformat())
+        claim = jobs.claim_job(session, job_id=job_id, worker=worker_name(),
+                               lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+    if claim is None:
+        log.info("job %s is not queued (already taken, finished or gone); dropping this delivery", job_id)
+        return None
+    spec = JobSpec.model_validate(claim.spec)
+    status, reason, error = JobStatus.SUCCEEDED, None, None
+    with JobControl(job_id, claim.attempt, settings.heartbeat_seconds) as control:
+        try:
+            resume = load_resume_point(job_id)
+            if resume is not None:
+                with session_scope() as session:
+                    jobs.note_resume(session, job_id=job_id, attempt=claim.attempt, detail={
+                        "resumed_from_epoch": resume.position.epoch,
+                        "resumed_from_batch": resume.position.progress.batches})
+            result = fit(spec, RecordingCallbacks(job_id, control), data_dir=settings.data_dir,
+                         allow_download=settings.allow_download, resume=resume,
+                         initial_weights=None if resume else _initial_weights(spec))
+            if result.stopped_early and not control.lost.is_set():
+                save_state(result.run, job_id, result.stopped_at)
+                status, reason = JobStatus.CANCELLED, "user_cancelled"
+        except Exception as exc:
+            reason, error = _failure(exc)
+            status = JobStatus.FAILED
+            log.exception("job %s failed (%s): %s", job_id, reason, error)
+    if control.lost.is_set():
+        log.warning("job %s attempt %s gave the job up to a later attempt", job_id, claim.attempt)
+        return None
+    with session_scope() as session:
+        if not jobs.finish_job(session, job_id=job_id, attempt=claim.attempt, status=status,
+                               reason=reason, error=error):
+            log.warning("job %s attempt %s could not record its end (%s)", job_id, claim.attempt, status)
+            return None
+    log.info("job %s %s", job_id, status)
     return status

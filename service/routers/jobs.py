@@ -1,22 +1,35 @@
-"""Training jobs: submit, list, read, metrics."""
+"""Training jobs: submit, list, read, metrics, cancel, resume."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import IntegrityError
 
 from models.spec import JobSpec, spec_problems
 from service import jobs
-from service.deps import SessionDep
-from service.schemas import CheckpointPublic, EpochMetricPublic, JobPublic, JobsPublic, MetricsPublic
+from service.deps import SessionDep, SettingsDep
+from service.model_store import ModelNotFound, ModelNotReady, init_from_reference, resolve
+from service.schemas import (
+    CheckpointPublic,
+    EpochMetricPublic,
+    JobPublic,
+    JobsPublic,
+    MetricsPublic,
+    TransitionPublic,
+)
 from service.tables import Job, JobStatus
 from workers.celery_app import send_train_job
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JOB_NOT_FOUND = {404: {"description": "No such job"}}
+CONFLICT = {409: {"description": "The job's state does not allow this"}}
 
 
 def job_public(session, job: Job) -> JobPublic:
@@ -30,6 +43,7 @@ def job_public(session, job: Job) -> JobPublic:
         environment=job.environment,
         latest_metrics=EpochMetricPublic.model_validate(latest) if latest else None,
         best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
+        transitions=[TransitionPublic.model_validate(e) for e in job.events],
     )
 
 
@@ -40,27 +54,64 @@ def _get_or_404(session, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def submit_job(spec: JobSpec, session: SessionDep, response: Response) -> JobPublic:
-    """Queue a training job; the response's Location is where to poll it."""
-    problems = spec_problems(spec)
+def _check_spec(session, spec: JobSpec, settings) -> None:
+    problems = [("body", *p.loc, p.msg) for p in spec_problems(spec)]
+    if spec.init_from is not None:
+        try:
+            resolve(session, reference=init_from_reference(spec.init_from), checkpoint_dir=settings.checkpoint_dir)
+        except (ModelNotFound, ModelNotReady) as exc:
+            problems.append(("body", "init_from", str(exc)))
     if problems:
         raise RequestValidationError(
-            [{"type": "value_error", "loc": ("body", *p.loc), "msg": p.msg, "input": None} for p in problems]
+            [{"type": "value_error", "loc": p[:-1], "msg": p[-1], "input": None} for p in problems]
         )
-    job = jobs.create_job(session, spec=spec)
-    session.commit()
+
+
+def _replay(session, job: Job, request_hash: str, response: Response) -> JobPublic:
+    if job.request_hash != request_hash:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"this Idempotency-Key was used for job {job.id} with a different spec")
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return job_public(session, jobs.get_job(session, job_id=job.id))
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
+             responses={409: {"description": "Idempotency-Key reused with another spec"}})
+def submit_job(
+    spec: JobSpec,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> JobPublic:
+    """Queue a training job; the response's Location is where to poll it.
+
+    With an Idempotency-Key header, retrying the same request returns the first job.
+    """
+    _check_spec(session, spec, settings)
+    request_hash = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+    if idempotency_key:
+        existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
+        if existing is not None:
+            return _replay(session, existing, request_hash, response)
+    job = jobs.create_job(session, spec=spec, idempotency_key=idempotency_key, request_hash=request_hash)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another request with the same key committed first; answer with its job.
+        session.rollback()
+        existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
+        if existing is None:
+            raise
+        return _replay(session, existing, request_hash, response)
     try:
         send_train_job(job.id)
     except Exception as exc:
-        log.error("could not publish job %s: %s", job.id, exc)
-        jobs.fail_queued_job(session, job_id=job.id, reason="broker_unavailable",
-                             error=f"the job could not be queued: {exc}")
-        session.commit()
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"the broker is unavailable; job {job.id} was not queued, submit it again") from exc
+        # The job is safely queued in SQL; the reaper sends it when the broker is back.
+        log.warning("could not publish job %s now (%s); the reaper will send it", job.id, exc)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_public(session, job)
+    return job_public(session, jobs.get_job(session, job_id=job.id))
 
 
 @router.get("", response_model=JobsPublic)
@@ -68,22 +119,52 @@ def list_jobs(
     session: SessionDep,
     status_filter: Annotated[str | None, Query(alias="status", pattern="^(" + "|".join(JobStatus.ALL) + ")$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobsPublic:
     """Jobs, newest first, optionally filtered by status."""
     page, count = jobs.list_jobs(session, status=status_filter, limit=limit, offset=offset)
     return JobsPublic(data=[job_public(session, j) for j in page], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=JOB_NOT_FOUND)
 def read_job(job_id: str, session: SessionDep) -> JobPublic:
-    """One job with its latest metrics and best checkpoint."""
+    """One job with its latest metrics, best checkpoint and transitions."""
     return job_public(session, _get_or_404(session, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=JOB_NOT_FOUND)
 def read_metrics(job_id: str, session: SessionDep) -> MetricsPublic:
     """Per-epoch metrics of a job, one entry per completed epoch."""
     _get_or_404(session, job_id)
     rows = jobs.get_metrics(session, job_id=job_id)
     return MetricsPublic(job_id=job_id, epochs=[EpochMetricPublic.model_validate(r) for r in rows])
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
+             responses={**JOB_NOT_FOUND, **CONFLICT})
+def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
+    """Cancel a queued job now, or ask a running one to stop after its current batch."""
+    _get_or_404(session, job_id)
+    try:
+        jobs.request_cancel(session, job_id=job_id)
+    except jobs.InvalidTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    session.commit()
+    return job_public(session, jobs.get_job(session, job_id=job_id))
+
+
+@router.post("/{job_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
+             responses={**JOB_NOT_FOUND, **CONFLICT})
+def resume_job(job_id: str, session: SessionDep) -> JobPublic:
+    """Queue a cancelled or failed job again, to continue from its last saved state."""
+    _get_or_404(session, job_id)
+    try:
+        jobs.request_resume(session, job_id=job_id)
+    except jobs.InvalidTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    session.commit()
+    try:
+        send_train_job(job_id)
+    except Exception as exc:
+        log.warning("could not publish job %s now (%s); the reaper will send it", job_id, exc)
+    return job_public(session, jobs.get_job(session, job_id=job_id))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models.engine import Callbacks, ResumePoint, TrainingError, fit, resolve_device
+from models.engine import Callbacks, EpochProgress, Position, ResumePoint, TrainingError, fit, resolve_device
 from models.spec import JobSpec
 from tests.datagen import make_idx_dataset
 
@@ -68,7 +68,7 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_goes(idx_dir):
     first = StopAfterFirst()
     fit(job(epochs=1), first, data_dir=idx_dir)
     resumed = Recorder()
-    fit(spec, resumed, data_dir=idx_dir, resume=ResumePoint(epoch=1, model_state=first.state))
+    fit(spec, resumed, data_dir=idx_dir, resume=ResumePoint(position=Position(epoch=2), model_state=first.state))
     assert resumed.started.start_epoch == 2
     assert [m.epoch for m in resumed.epochs] == [2, 3]
     for a, b in zip(resumed.epochs, full.epochs[1:]):
@@ -87,6 +87,36 @@ def test_should_stop_ends_training_between_batches(idx_dir):
     recorder = StopSoon()
     result = fit(job(epochs=5), recorder, data_dir=idx_dir)
     assert result.stopped_early and recorder.epochs == []
+    assert result.stopped_at.epoch == 1 and result.stopped_at.progress.batches == 3
+    assert result.stopped_at.progress.seen == 150
+
+
+def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(idx_dir):
+    """Weights, optimizer momentum, RNG (dropout) and the epoch's shuffle all carry over."""
+    spec = job(model={"arch": "mlp", "hidden": [32], "dropout": 0.3}, optimizer={"lr": 0.1, "momentum": 0.9}, epochs=2)
+    full = Recorder()
+    fit(spec, full, data_dir=idx_dir)
+
+    class StopAt(Recorder):
+        calls = 0
+
+        def should_stop(self):
+            self.calls += 1
+            return self.calls == 20  # part-way through epoch 2 (12 batches per epoch)
+
+    first = StopAt()
+    stopped = fit(spec, first, data_dir=idx_dir)
+    position = stopped.stopped_at
+    assert position.epoch == 2 and 0 < position.progress.batches < 12
+    run = stopped.run
+    resume = ResumePoint(position=position, model_state=run.model.state_dict(),
+                         optimizer_state=run.optimizer.state_dict(), rng_state=torch.get_rng_state())
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    rest = Recorder()
+    fit(spec, rest, data_dir=idx_dir, resume=resume)
+    assert [m.epoch for m in rest.epochs] == [2]
+    assert rest.epochs[0].train_loss == pytest.approx(full.epochs[1].train_loss, rel=1e-5)
+    assert rest.epochs[0].test_loss == pytest.approx(full.epochs[1].test_loss, rel=1e-5)
 
 
 def test_linear_regression_recovers_weights():

@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from datetime import timedelta
+
 from alembic.autogenerate import compare_metadata
+from alembic.script import ScriptDirectory
 from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import sessionmaker
@@ -13,10 +16,11 @@ from sqlalchemy.orm import sessionmaker
 from models.spec import JobSpec
 from service import jobs
 from service.db import make_engine
-from service.migrate import upgrade
-from service.tables import Base, Checkpoint, EpochMetric, JobStatus
+from service.migrate import alembic_config, upgrade
+from service.tables import Base, Checkpoint, EpochMetric, JobStatus, utcnow
 from tests.servers import PostgresSchema, postgres_available, require
 
+LEASE = {"lease_seconds": 30, "max_attempts": 3}
 SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 3})
 
 
@@ -68,7 +72,7 @@ def test_only_one_of_many_concurrent_claims_wins(Session):
     def claim(n):
         with Session() as session:
             barrier.wait()
-            if jobs.claim_job(session, job_id=job_id, worker=f"w{n}"):
+            if jobs.claim_job(session, job_id=job_id, worker=f"w{n}", **LEASE):
                 wins.append(n)
             session.commit()
 
@@ -87,15 +91,15 @@ def test_only_one_of_many_concurrent_claims_wins(Session):
 def test_recording_an_epoch_twice_keeps_one_row_with_the_latest_values(Session):
     with Session() as session:
         job_id = jobs.create_job(session, spec=SPEC).id
-        jobs.claim_job(session, job_id=job_id, worker="w")
+        jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
         session.commit()
     for loss in (0.9, 0.5):
         with Session() as session:
-            jobs.record_epoch(session, job_id=job_id, metrics={"epoch": 1, "train_loss": loss, "test_acc": 0.5},
+            jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 1, "train_loss": loss, "test_acc": 0.5},
                               checkpoint_path=f"{job_id}/epoch-0001.safetensors", checkpoint_size=10)
             session.commit()
     with Session() as session:
-        jobs.record_epoch(session, job_id=job_id, metrics={"epoch": 2, "train_loss": 0.4, "test_acc": 0.7},
+        jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 2, "train_loss": 0.4, "test_acc": 0.7},
                           checkpoint_path=f"{job_id}/epoch-0002.safetensors", checkpoint_size=10)
         session.commit()
         rows = jobs.get_metrics(session, job_id=job_id)
@@ -108,11 +112,11 @@ def test_recording_an_epoch_twice_keeps_one_row_with_the_latest_values(Session):
 def test_finish_only_moves_running_jobs(Session):
     with Session() as session:
         job_id = jobs.create_job(session, spec=SPEC).id
-        jobs.finish_job(session, job_id=job_id, status=JobStatus.SUCCEEDED)
+        assert not jobs.finish_job(session, job_id=job_id, attempt=0, status=JobStatus.SUCCEEDED)
         session.commit()
         assert jobs.get_job(session, job_id=job_id).status == JobStatus.QUEUED
-        jobs.claim_job(session, job_id=job_id, worker="w")
-        jobs.finish_job(session, job_id=job_id, status=JobStatus.FAILED, reason="x", error="boom")
+        jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
+        assert jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.FAILED, reason="x", error="boom")
         session.commit()
         session.expire_all()
         job = jobs.get_job(session, job_id=job_id)
@@ -151,5 +155,92 @@ def test_concurrent_migrations_apply_once(tmp_path):
         assert errors == []
         engine = make_engine(schema.url)
         with engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0001"]
+            head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == [head]
         engine.dispose()
+
+
+def _job(Session) -> str:
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC).id
+        session.commit()
+    return job_id
+
+
+def test_life_cycle_is_logged_and_guarded(Session):
+    job_id = _job(Session)
+    with Session() as session:
+        with pytest.raises(jobs.InvalidTransition, match="cannot resume .* it is queued"):
+            jobs.request_resume(session, job_id=job_id)
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 1
+        jobs.request_cancel(session, job_id=job_id)
+        assert jobs.heartbeat(session, job_id=job_id, attempt=1) == JobStatus.CANCELLING
+        assert jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.CANCELLED, reason="user_cancelled")
+        with pytest.raises(jobs.InvalidTransition, match="it is cancelled"):
+            jobs.request_cancel(session, job_id=job_id)
+        jobs.request_resume(session, job_id=job_id)
+        assert jobs.claim_job(session, job_id=job_id, worker="w2", **LEASE).attempt == 2
+        session.commit()
+        job = jobs.get_job(session, job_id=job_id)
+        steps = [(e.from_status, e.to_status, e.reason, e.attempt) for e in job.events]
+        assert steps == [
+            (None, "queued", None, 0),
+            ("queued", "running", None, 1),
+            ("running", "cancelling", "user_cancelled", 1),
+            ("cancelling", "cancelled", "user_cancelled", 1),
+            ("cancelled", "queued", None, 1),
+            ("queued", "running", None, 2),
+        ]
+
+
+def test_cancelling_a_queued_job_is_immediate(Session):
+    job_id = _job(Session)
+    with Session() as session:
+        jobs.request_cancel(session, job_id=job_id)
+        session.commit()
+        job = jobs.get_job(session, job_id=job_id)
+        assert (job.status, job.reason) == ("cancelled", "user_cancelled") and job.finished_at
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE) is None
+
+
+def test_a_stale_attempt_is_fenced_out(Session):
+    job_id = _job(Session)
+    with Session() as session:
+        jobs.claim_job(session, job_id=job_id, worker="old", **LEASE)
+        session.commit()
+    with Session() as session:  # the old worker's lease expires; a new attempt takes over
+        past = utcnow() + timedelta(seconds=31)
+        assert jobs.reap_one(session, job_id=job_id, cutoff=past, max_attempts=3) == JobStatus.QUEUED
+        assert jobs.claim_job(session, job_id=job_id, worker="new", **LEASE).attempt == 2
+        session.commit()
+    with Session() as session:
+        assert jobs.heartbeat(session, job_id=job_id, attempt=1) is None
+        with pytest.raises(jobs.LeaseLost):
+            jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 1},
+                              checkpoint_path="x", checkpoint_size=1)
+        session.rollback()
+        assert not jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.SUCCEEDED)
+        assert jobs.heartbeat(session, job_id=job_id, attempt=2) == JobStatus.RUNNING
+        assert jobs.get_metrics(session, job_id=job_id) == []
+
+
+def test_reaper_gives_up_after_max_attempts(Session):
+    job_id = _job(Session)
+    future = utcnow() + timedelta(hours=1)
+    with Session() as session:
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 1
+        assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) == JobStatus.QUEUED
+        assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) is None  # queued: nothing to reap
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 2
+        assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) == JobStatus.FAILED
+        session.commit()
+        job = jobs.get_job(session, job_id=job_id)
+        assert (job.status, job.reason) == ("failed", "worker_lost") and "limit 2" in job.error
+
+
+def test_a_fresh_lease_is_not_reaped(Session):
+    job_id = _job(Session)
+    with Session() as session:
+        jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
+        assert jobs.reap_one(session, job_id=job_id, cutoff=utcnow() - timedelta(seconds=30), max_attempts=3) is None
+        assert jobs.expired_leases(session, cutoff=utcnow() - timedelta(seconds=30)) == []

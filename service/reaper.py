@@ -1,0 +1,88 @@
+"""The reaper: re-queues jobs whose worker died and re-sends jobs whose broker message was lost."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from service import jobs
+from service.db import session_scope
+from service.settings import Settings
+from service.tables import JobStatus, utcnow
+from workers.celery_app import queue_depth, send_train_job
+
+log = logging.getLogger(__name__)
+
+
+def reap_expired_leases(settings: Settings) -> list[str]:
+    """Re-queue (or end) every job whose lease expired; returns the ids that need a new message."""
+    cutoff = utcnow() - timedelta(seconds=settings.lease_seconds)
+    requeued = []
+    with session_scope() as session:
+        candidates = jobs.expired_leases(session, cutoff=cutoff)
+    for job_id in candidates:
+        with session_scope() as session:
+            if jobs.reap_one(session, job_id=job_id, cutoff=cutoff, max_attempts=settings.max_attempts) == JobStatus.QUEUED:
+                requeued.append(job_id)
+    return requeued
+
+
+def lost_messages(settings: Settings, depth: int) -> list[str]:
+    """Queued jobs that the broker cannot be holding a message for.
+
+    The broker holds `depth` messages; if fewer jobs than that have been waiting longer than
+    resend_after_seconds, each may still have its message. Otherwise some were lost, and since
+    a message cannot be matched to its job, all of them are sent again: a duplicate is harmless,
+    because only one delivery can claim a queued job.
+    """
+    with session_scope() as session:
+        waiting = jobs.stale_queued(session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds))
+    return waiting if len(waiting) > depth else []
+
+
+def sweep(settings: Settings) -> list[str]:
+    """One pass of the reaper; returns the ids it sent to the broker."""
+    to_send = reap_expired_leases(settings)
+    try:
+        depth = queue_depth()
+    except Exception as exc:
+        log.warning("reaper cannot read the broker's queue (%s); will retry", exc)
+        return []
+    to_send += [job_id for job_id in lost_messages(settings, depth) if job_id not in to_send]
+    sent = []
+    for job_id in to_send:
+        try:
+            send_train_job(job_id)
+        except Exception as exc:
+            log.warning("reaper could not send job %s (%s); will retry", job_id, exc)
+            continue
+        sent.append(job_id)
+    with session_scope() as session:
+        jobs.mark_dispatched(session, job_ids=sent)
+    if sent:
+        log.info("reaper sent %d job(s) to the broker again: %s", len(sent), ", ".join(sent))
+    return sent
+
+
+class Reaper:
+    """Runs sweep() every reaper_interval_seconds in a background thread."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reaper_interval_seconds):
+            try:
+                sweep(self.settings)
+            except Exception:  # the reaper must outlive a database hiccup
+                log.exception("reaper sweep failed")
