@@ -250,22 +250,23 @@ def reap_one(session: Session, *, job_id: str, cutoff: datetime, max_attempts: i
     if job is None or job.status not in JobStatus.ACTIVE or job.heartbeat_at is None or job.heartbeat_at >= cutoff:
         return None
     expired = [Job.heartbeat_at < cutoff]
-    if job.status == JobStatus.CANCELLING:
+    old_status, attempt, heartbeat_at = job.status, job.attempt, job.heartbeat_at
+    if old_status == JobStatus.CANCELLING:
         to, values = JobStatus.CANCELLED, {"finished_at": utcnow()}
         reason, error = "user_cancelled", "the worker was lost while cancelling"
-    elif job.attempt >= max_attempts:
+    elif attempt >= max_attempts:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}
-        reason, error = "worker_lost", f"the worker was lost {job.attempt} times (limit {max_attempts})"
+        reason, error = "worker_lost", f"the worker was lost {attempt} times (limit {max_attempts})"
     else:
         to, values = JobStatus.QUEUED, {"dispatched_at": utcnow()}
         reason, error = "worker_lost", None
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status == job.status,
-                                               Job.attempt == job.attempt, *expired)
+    result = session.execute(update(Job).where(Job.id == job_id, Job.status == old_status,
+                                               Job.attempt == attempt, *expired)
                              .values(status=to, reason=reason, error=error, **values))
     if result.rowcount != 1:
         return None
-    session.add(JobEvent(job_id=job_id, from_status=job.status, to_status=to, reason=reason,
-                         attempt=job.attempt, detail={"lease_expired_at": job.heartbeat_at.isoformat()}))
+    session.add(JobEvent(job_id=job_id, from_status=old_status, to_status=to, reason=reason,
+                         attempt=attempt, detail={"lease_expired_at": heartbeat_at.isoformat()}))
     session.flush()
     return to
 

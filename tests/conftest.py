@@ -12,9 +12,13 @@ from tests.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """A data folder holding a small learnable FashionMNIST (gzipped IDX) and no MNIST."""
+    """A data folder holding a small learnable FashionMNIST (gzipped IDX) and no MNIST.
+
+    4000 training images: quick for a linear model, a few seconds an epoch for LeNet with tiny
+    batches, which is what the crash and cancel tests need to catch a job mid-epoch.
+    """
     root = tmp_path_factory.mktemp("data")
-    make_idx_dataset(root, "FashionMNIST", n_train=1000, n_test=200, gz=True)
+    make_idx_dataset(root, "FashionMNIST", n_train=4000, n_test=200, gz=True)
     return root
 
 

@@ -107,6 +107,7 @@ class Stack:
     database_url: str | None = None
     broker_url: str | None = None
     extra_env: dict = field(default_factory=dict)
+    with_worker: bool = True
     port: int = field(default_factory=free_port)
     procs: dict = field(default_factory=dict)
 
@@ -119,6 +120,11 @@ class Stack:
             "TRAINYARD_PORT": str(self.port),
             "TRAINYARD_QUEUE": f"trainyard-test-{self.home.name}-{self.port}",
             "PYTHONUNBUFFERED": "1",
+            # Short leases so that crash tests recover in seconds, not the production half minute.
+            "TRAINYARD_HEARTBEAT_SECONDS": "0.5",
+            "TRAINYARD_LEASE_SECONDS": "4",
+            "TRAINYARD_REAPER_INTERVAL_SECONDS": "0.5",
+            "TRAINYARD_RESEND_AFTER_SECONDS": "2",
         })
         if self.database_url:
             env["TRAINYARD_DATABASE_URL"] = self.database_url
@@ -149,12 +155,23 @@ class Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         migrated = self.cli("migrate")
         assert migrated.returncode == 0, f"migrate failed:\n{migrated.stdout}\n{migrated.stderr}"
-        self.start_worker()
+        if self.with_worker:
+            self.start_worker()
         self._spawn("api", ["-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(self.port)])
         wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
                    timeout=60, what=f"the API at {self.url} to be ready\n{self.logs()}")
-        wait_until(lambda: "ready." in self.log("worker"), timeout=60, what=f"the worker to be ready\n{self.logs()}")
+        if self.with_worker:
+            self.wait_for_worker()
         return self
+
+    def wait_for_worker(self) -> None:
+        wait_until(lambda: "ready." in self.log("worker"), timeout=60, what=f"the worker to be ready\n{self.logs()}")
+
+    def worker_pool_pids(self) -> list[int]:
+        """The worker's prefork pool processes (where tasks run)."""
+        parent = self.procs["worker"].pid
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
 
     def log(self, name: str) -> str:
         path = self.home / f"{name}.log"

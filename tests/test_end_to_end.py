@@ -44,7 +44,7 @@ def test_train_then_predict(stack, client, tmp_path):
     assert job["status"] == "succeeded", job
     assert job["attempt"] == 1 and job["epoch"] == 3 and job["progress"] == 1.0
     assert job["started_at"] and job["finished_at"] and job["finished_at"] >= job["started_at"]
-    assert job["environment"]["device"] == "cpu" and job["environment"]["num_train"] == 1000
+    assert job["environment"]["device"] == "cpu" and job["environment"]["num_train"] == 4000
 
     metrics = client.get(f"/v1/jobs/{job_id}/metrics").json()
     assert metrics["job_id"] == job_id

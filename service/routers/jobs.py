@@ -95,8 +95,8 @@ def submit_job(
         existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
         if existing is not None:
             return _replay(session, existing, request_hash, response)
-    job = jobs.create_job(session, spec=spec, idempotency_key=idempotency_key, request_hash=request_hash)
     try:
+        job = jobs.create_job(session, spec=spec, idempotency_key=idempotency_key, request_hash=request_hash)
         session.commit()
     except IntegrityError:
         # Another request with the same key committed first; answer with its job.
