@@ -8,7 +8,10 @@ from service.routers import health, jobs, predict
 api_router = APIRouter()
 api_router.include_router(health.router)
 
-protected = APIRouter(dependencies=[Depends(require_token)])
+protected = APIRouter(dependencies=[Depends(require_token)], responses={
+    401: {"description": "Missing or invalid bearer token (only when API tokens are set)"},
+    403: {"description": "A read-only token was used for a write"},
+})
 protected.include_router(jobs.router)
 protected.include_router(predict.router)
 api_router.include_router(protected)

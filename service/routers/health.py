@@ -16,7 +16,7 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "The database or the broker does not answer"}})
 async def readyz() -> JSONResponse:
     """The database and the broker both answer."""
     checks = {}

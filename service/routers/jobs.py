@@ -77,7 +77,8 @@ def _replay(session, job: Job, request_hash: str, response: Response) -> JobPubl
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
-             responses={409: {"description": "Idempotency-Key reused with another spec"}})
+             responses={409: {"description": "Idempotency-Key reused with another spec"},
+                        413: {"description": "The request body is larger than the limit"}})
 def submit_job(
     spec: JobSpec,
     session: SessionDep,

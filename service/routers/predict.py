@@ -16,7 +16,12 @@ from service.schemas import ImagePrediction, PredictResponse, ResolvedModel
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 
-@router.post("/predict", response_model=PredictResponse)
+@router.post("/predict", response_model=PredictResponse, responses={
+    404: {"description": "No model answers to this reference"},
+    409: {"description": "The job has no checkpoint yet"},
+    413: {"description": "The upload is larger than the limit"},
+    422: {"description": "A file is not a usable image, or a parameter is out of range"},
+})
 async def predict(
     session: SessionDep,
     settings: SettingsDep,

@@ -1,0 +1,133 @@
+"""Strangers are kept out when tokens are set, and fuzzed requests never break the API."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+from service.api import api_router
+from service.auth import parse_tokens
+from tests.servers import Stack
+
+pytestmark = pytest.mark.e2e
+
+RW, RO = "rw-token-for-tests", "ro-token-for-tests"
+OPEN_PATHS = {"/healthz", "/readyz"}
+
+
+@pytest.fixture(scope="module")
+def locked_stack(tmp_path_factory, data_dir):
+    stack = Stack(home=tmp_path_factory.mktemp("locked"), data_dir=data_dir, with_worker=False,
+                  extra_env={"TRAINYARD_API_TOKENS": f"{RW},{RO}:read"})
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+def _walk(router):
+    for route in router.routes:
+        if hasattr(route, "original_router"):  # an included router
+            yield from _walk(route.original_router)
+        elif hasattr(route, "methods"):
+            yield route
+
+
+def route_table() -> list[tuple[str, str]]:
+    """Every (method, path) the API serves, with path parameters filled in."""
+    routes = []
+    for route in _walk(api_router):
+        for method in sorted(route.methods - {"HEAD"}):
+            routes.append((method, re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", route.path)))
+    return routes
+
+
+def test_route_table_is_complete():
+    paths = {path for _, path in route_table()}
+    assert {"/v1/jobs", "/v1/predict", "/healthz"} <= paths
+
+
+@pytest.mark.parametrize("method, path", route_table())
+def test_every_route_needs_a_token(locked_stack, method, path):
+    with httpx.Client(base_url=locked_stack.url, timeout=10) as client:
+        anonymous = client.request(method, path)
+        if path in OPEN_PATHS:
+            assert anonymous.status_code == 200
+            return
+        assert anonymous.status_code == 401, anonymous.text
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        wrong = client.request(method, path, headers={"Authorization": "Bearer not-a-token"})
+        assert wrong.status_code == 401
+        basic = client.request(method, path, headers={"Authorization": f"Basic {RW}"})
+        assert basic.status_code == 401
+        read_only = client.request(method, path, headers={"Authorization": f"Bearer {RO}"})
+        if method == "GET":
+            assert read_only.status_code not in (401, 403)
+        else:
+            assert read_only.status_code == 403 and "only read" in read_only.json()["detail"]
+        full = client.request(method, path, headers={"Authorization": f"Bearer {RW}"})
+        assert full.status_code not in (401, 403)
+
+
+def test_a_token_works_end_to_end(locked_stack):
+    spec = {"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 1}
+    with httpx.Client(base_url=locked_stack.url, timeout=10) as client:
+        created = client.post("/v1/jobs", json=spec, headers={"Authorization": f"Bearer {RW}"})
+        assert created.status_code == 202
+        job_id = created.json()["id"]
+        assert client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {RO}"}).json()["id"] == job_id
+    assert "API tokens are set" in locked_stack.log("api")
+
+
+def test_without_tokens_the_api_says_it_is_open_on_loopback(embedded_stack):
+    assert "authentication is off, so the API listens on 127.0.0.1 only" in embedded_stack.log("api")
+
+
+def test_token_parsing():
+    table = parse_tokens(" a , b:read ,, ")
+    assert table.enabled and table.lookup("a") == "rw" and table.lookup("b") == "ro"
+    assert table.lookup("b:read") is None and table.lookup("c") is None
+    assert not parse_tokens("").enabled
+
+
+@pytest.fixture(scope="module")
+def fuzz_stack(tmp_path_factory, data_dir):
+    """The API alone: fuzzed specs may ask for 10,000 epochs, which no worker should run."""
+    stack = Stack(home=tmp_path_factory.mktemp("fuzz"), data_dir=data_dir, with_worker=False)
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):
+    """Property-based requests for every operation in the service's own OpenAPI schema."""
+    schema = schemathesis.openapi.from_url(f"{fuzz_stack.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 6
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case):
+            case.call_and_validate(base_url=fuzz_stack.url,
+                                   checks=[not_a_server_error, response_schema_conformance, status_code_conformance])
+
+        check()
+
+
+def test_no_code_path_unpickles():
+    """Checkpoints and uploads are read with safetensors, PIL and numpy; nothing may unpickle."""
+    from tests.servers import REPO
+
+    forbidden = re.compile(r"\bimport pickle\b|\bpickle\.loads?\(|\btorch\.load\(|allow_pickle\s*=\s*True")
+    offenders = [str(path.relative_to(REPO)) for folder in ("models", "service", "workers")
+                 for path in (REPO / folder).rglob("*.py") if forbidden.search(path.read_text())]
+    assert offenders == []
