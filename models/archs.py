@@ -2,37 +2,69 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-
-from models.spec import LeNetSpec, LinearRegressionSpec, MLPSpec, SoftmaxRegressionSpec
+from torch.nn import functional as F
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
 }
 
 
 def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    return math.prod(shape)
 
 
-def linear_regression(spec: LinearRegressionSpec, input_shape: Sequence[int], outputs: int) -> nn.Module:
+class Resize(nn.Module):
+    """Bilinear resize of image batches to size x size, the `resize` option of image datasets.
+
+    Part of the network, so a checkpoint carries it and prediction resizes exactly as training did.
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+class PolynomialFeatures(nn.Module):
+    """x -> [x^1/1!, ..., x^d/d!], the scaled features of the polynomial-fitting chapter."""
+
+    def __init__(self, degree: int):
+        super().__init__()
+        powers = torch.arange(1, degree + 1, dtype=torch.float32)
+        self.register_buffer("powers", powers, persistent=False)
+        self.register_buffer("scale", torch.exp(-torch.lgamma(powers + 1)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, 1).pow(self.powers) * self.scale
+
+
+def linear_regression(spec, input_shape, outputs) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(_numel(input_shape), outputs))
 
 
-def softmax_regression(spec: SoftmaxRegressionSpec, input_shape: Sequence[int], outputs: int) -> nn.Module:
+def polynomial(spec, input_shape, outputs) -> nn.Module:
+    return nn.Sequential(PolynomialFeatures(spec.degree), nn.Linear(spec.degree, outputs))
+
+
+def softmax_regression(spec, input_shape, outputs) -> nn.Module:
     # The softmax itself lives in the loss (cross-entropy on logits), which is numerically stable.
     return nn.Sequential(nn.Flatten(), nn.Linear(_numel(input_shape), outputs))
 
 
-def mlp(spec: MLPSpec, input_shape: Sequence[int], outputs: int) -> nn.Module:
+def mlp(spec, input_shape, outputs) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = _numel(input_shape)
     dropout = spec.dropout or [0.0] * len(spec.hidden)
@@ -45,18 +77,16 @@ def mlp(spec: MLPSpec, input_shape: Sequence[int], outputs: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def lenet(spec: LeNetSpec, input_shape: Sequence[int], outputs: int) -> nn.Module:
+def lenet(spec, input_shape, outputs) -> nn.Module:
     """LeNet-5 as in the course: two conv/pool stages, then three dense layers."""
     act = ACTIVATIONS[spec.activation]
     pool = nn.AvgPool2d if spec.pool == "avg" else nn.MaxPool2d
-    channels = input_shape[0]
-    features = nn.Sequential(
-        nn.Conv2d(channels, 6, kernel_size=5, padding=2), act(), pool(kernel_size=2, stride=2),
+    features = [
+        nn.Conv2d(input_shape[0], 6, kernel_size=5, padding=2), act(), pool(kernel_size=2, stride=2),
         nn.Conv2d(6, 16, kernel_size=5), act(), pool(kernel_size=2, stride=2),
         nn.Flatten(),
-    )
-    with torch.no_grad():
-        flat = features(torch.zeros(1, *input_shape)).shape[1]
+    ]
+    flat = _output_shape(nn.Sequential(*features), input_shape)[0]
     return nn.Sequential(
         *features,
         nn.Linear(flat, 120), act(),
@@ -65,11 +95,97 @@ def lenet(spec: LeNetSpec, input_shape: Sequence[int], outputs: int) -> nn.Modul
     )
 
 
+def resnet18(spec, input_shape, outputs) -> nn.Module:
+    """torchvision's ResNet-18 with its first convolution taking the dataset's channels."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    net = tv_resnet18(weights=None, num_classes=outputs)
+    net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return net
+
+
+def _layer(layer, shape: tuple[int, ...]) -> nn.Module:
+    """One sequential layer for an input of the given shape (without the batch dimension)."""
+    kind = layer.type
+    if kind == "flatten":
+        return nn.Flatten()
+    if kind == "linear":
+        if len(shape) != 1:
+            raise ValueError(f"linear needs a flat input but gets {_fmt(shape)}; put a flatten before it")
+        return nn.Linear(shape[0], layer.out_features)
+    if kind == "conv2d":
+        if len(shape) != 3:
+            raise ValueError(f"conv2d needs a (channels, height, width) input but gets {_fmt(shape)}")
+        return nn.Conv2d(shape[0], layer.out_channels, layer.kernel_size, layer.stride, layer.padding)
+    if kind in ("maxpool2d", "avgpool2d"):
+        if len(shape) != 3:
+            raise ValueError(f"{kind} needs a (channels, height, width) input but gets {_fmt(shape)}")
+        if 2 * layer.padding > layer.kernel_size:
+            raise ValueError(f"padding {layer.padding} is more than half of kernel_size {layer.kernel_size}")
+        cls = nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d
+        return cls(layer.kernel_size, layer.stride, layer.padding)
+    if kind == "batchnorm":
+        if len(shape) == 1:
+            return nn.BatchNorm1d(shape[0])
+        if len(shape) == 3:
+            return nn.BatchNorm2d(shape[0])
+        raise ValueError(f"batchnorm needs a flat or (channels, height, width) input but gets {_fmt(shape)}")
+    if kind == "dropout":
+        return nn.Dropout(layer.p)
+    return ACTIVATIONS[kind]()
+
+
+def sequential(spec, input_shape, outputs) -> nn.Module:
+    """The layers of the spec in order, each sized from the output shape of the one before."""
+    layers, shape = [], tuple(input_shape)
+    for index, layer in enumerate(spec.layers):
+        try:
+            module = _layer(layer, shape)
+            shape = _output_shape(module, shape)
+        except (ValueError, RuntimeError) as exc:
+            raise LayerError(index, layer.type, shape, str(exc).strip().splitlines()[0]) from None
+        layers.append(module)
+    return nn.Sequential(*layers)
+
+
+class LayerError(ValueError):
+    """A sequential layer does not fit the shape it receives."""
+
+    def __init__(self, index: int, kind: str, shape: tuple[int, ...], why: str):
+        super().__init__(f"layer {index} ({kind}) gets input {_fmt(shape)}: {why}")
+        self.index = index
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _output_shape(module: nn.Module, shape: Sequence[int]) -> tuple[int, ...]:
+    """Shape of the module's output for one input of the given shape, computed without real data."""
+    with torch.device("meta"):
+        probe = _meta_copy(module)
+        out = probe.eval()(torch.empty(2, *shape))
+    if out.numel() == 0 or any(d <= 0 for d in out.shape):
+        raise ValueError(f"the output would be empty {_fmt(out.shape[1:])}")
+    return tuple(out.shape[1:])
+
+
+def _meta_copy(module: nn.Module) -> nn.Module:
+    """The same module with its parameters on the meta device (shapes only, no memory, no RNG)."""
+    import copy
+
+    clone = copy.deepcopy(module) if not any(p.is_meta for p in module.parameters()) else module
+    return clone.to("meta")
+
+
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "linear_regression": linear_regression,
+    "polynomial": polynomial,
     "softmax_regression": softmax_regression,
     "mlp": mlp,
     "lenet": lenet,
+    "resnet18": resnet18,
+    "sequential": sequential,
 }
 
 
@@ -89,8 +205,35 @@ def initialise(model: nn.Module, init: str, std: float) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def build_model(spec, input_shape: Sequence[int], outputs: int) -> nn.Module:
-    """Build and initialise the network a model spec describes."""
-    model = BUILDERS[spec.arch](spec, tuple(input_shape), outputs)
-    initialise(model, spec.init, spec.init_std)
-    return model
+def build_model(spec, input_shape: Sequence[int], outputs: int, *, resize: int | None = None) -> nn.Module:
+    """Build and initialise the network a model spec describes, for inputs of input_shape."""
+    shape = tuple(input_shape)
+    if resize is not None:
+        shape = (shape[0], resize, resize)
+    net = BUILDERS[spec.arch](spec, shape, outputs)
+    initialise(net, spec.init, spec.init_std)
+    if resize is not None:
+        return nn.Sequential(Resize(resize), net)
+    return net
+
+
+def shape_problems(spec, info) -> list[tuple[tuple, str]]:
+    """Build the spec's network without memory or compute and check it maps inputs to outputs."""
+    shape = tuple(info.input_shape)
+    if spec.resize is not None:
+        shape = (shape[0], spec.resize, spec.resize)
+    try:
+        with torch.device("meta"):
+            net = BUILDERS[spec.model.arch](spec.model, shape, info.outputs)
+        out = _output_shape(net, shape)
+    except LayerError as exc:
+        return [(("sequential", "layers", exc.index), str(exc))]
+    except (ValueError, RuntimeError) as exc:
+        return [(("arch",), f"{spec.model.arch} does not fit inputs of shape {_fmt(shape)}: "
+                           f"{str(exc).strip().splitlines()[0]}")]
+    if out != (info.outputs,):
+        last = len(getattr(spec.model, "layers", [])) - 1
+        where = ("sequential", "layers", last) if spec.model.arch == "sequential" else ("arch",)
+        return [(where, f"the network outputs {_fmt(out)} per example but {spec.data.dataset} needs "
+                        f"{_fmt((info.outputs,))}: end with a linear layer of {info.outputs} outputs")]
+    return []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.spec import DataSpec, ImageDatasetSpec, SyntheticLinearSpec
+from models.spec import (
+    DatasetInfo,
+    DataSpec,
+    ImageDatasetSpec,
+    SyntheticLinearSpec,
+    SyntheticPolynomialSpec,
+    UploadedDatasetSpec,
+)
 
 FASHION_MNIST_CLASSES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
@@ -66,6 +74,11 @@ class Dataset:
     def outputs(self) -> int:
         return len(self.classes) if self.classes else 1
 
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(task=self.task, input_shape=self.input_shape, outputs=self.outputs,
+                           images=self.preprocess.get("kind") == "image")
+
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """Convert a batch of stored inputs to the float tensor the model sees."""
         if x.dtype == torch.uint8:
@@ -75,12 +88,19 @@ class Dataset:
 
 def read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (gzipped or not) into an array, checking its header against its size."""
-    raw = path.read_bytes()
+    return parse_idx(path.read_bytes(), str(path))
+
+
+def parse_idx(raw: bytes, path: str, max_bytes: int | None = None) -> np.ndarray:
+    """Parse IDX bytes (gzipped or not); `path` names the file in errors."""
     if raw[:2] == b"\x1f\x8b":
         try:
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+                raw = fh.read(max_bytes + 1) if max_bytes else fh.read()
         except (OSError, EOFError) as exc:
             raise DatasetError(f"{path} is not a readable gzip file: {exc}") from exc
+        if max_bytes and len(raw) > max_bytes:
+            raise DatasetError(f"{path} decompresses to more than {max_bytes} bytes")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DatasetError(f"{path} is not an IDX file (bad magic number)")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
@@ -165,28 +185,82 @@ def synthetic_linear(spec: SyntheticLinearSpec, seed: int) -> Dataset:
     )
 
 
+def synthetic_polynomial(spec: SyntheticPolynomialSpec, seed: int) -> Dataset:
+    """y = sum_i c_i x^i / i! + noise with x ~ N(0, 1): the polynomial-fitting chapter's data."""
+    generator = torch.Generator().manual_seed(seed)
+    total = spec.n_train + spec.n_test
+    x = torch.randn(total, 1, generator=generator, dtype=torch.float64)
+    powers = torch.arange(len(spec.coefficients), dtype=torch.float64)
+    features = x.pow(powers) / torch.exp(torch.lgamma(powers + 1))
+    y = features @ torch.tensor(spec.coefficients, dtype=torch.float64)
+    y = (y + torch.randn(total, generator=generator, dtype=torch.float64) * spec.noise).unsqueeze(1)
+    x, y = x.float(), y.float()
+    digest = hashlib.sha256(spec.model_dump_json().encode() + str(seed).encode()).hexdigest()
+    n = spec.n_train
+    return Dataset(
+        name=spec.dataset, task="regression",
+        x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:],
+        classes=None, checksum=digest, preprocess={"kind": "tabular", "features": 1},
+    )
+
+
+_STORED_TENSORS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def save_stored_dataset(path: Path, dataset: Dataset, extra: dict | None = None) -> int:
+    """Write a decoded dataset as one safetensors file (tensors plus JSON metadata), atomically."""
+    from models.checkpoint import write_checkpoint
+
+    meta = {"name": dataset.name, "task": dataset.task, "classes": list(dataset.classes) if dataset.classes else None,
+            "checksum": dataset.checksum, "preprocess": dataset.preprocess, **(extra or {})}
+    return write_checkpoint(path, {k: getattr(dataset, k) for k in _STORED_TENSORS}, meta)
+
+
+def load_stored_dataset(path: Path) -> Dataset:
+    """Read a dataset written by save_stored_dataset."""
+    from models.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        tensors, meta = read_checkpoint(path)
+    except CheckpointError as exc:
+        raise DatasetError(f"stored dataset {path.stem} cannot be read: {exc}") from None
+    return Dataset(name=meta["name"], task=meta["task"], classes=tuple(meta["classes"]) if meta["classes"] else None,
+                   checksum=meta["checksum"], preprocess=meta["preprocess"],
+                   **{k: tensors[k] for k in _STORED_TENSORS})
+
+
 _cache: dict[tuple, Dataset] = {}
 _cache_lock = threading.Lock()
 _CACHE_SIZE = 4
 
 
-def _cached_idx_dataset(name: str, data_dir: Path, allow_download: bool) -> Dataset:
-    """Decode each IDX dataset once per process; a changed file on disk is decoded again."""
-    raw_dir = data_dir / IMAGE_DATASETS[name][0] / "raw"
-    stamp = tuple(
-        (p.name, p.stat().st_mtime_ns, p.stat().st_size)
-        for p in sorted(raw_dir.glob("*")) if p.is_file()
-    ) if raw_dir.is_dir() else ()
-    key = (name, str(data_dir.resolve()), stamp)
+def _stamp(paths) -> tuple:
+    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(paths) if p.is_file())
+
+
+def _cached(key: tuple, load) -> Dataset:
+    """Decode each dataset once per process; a changed file on disk changes the key."""
     with _cache_lock:
         if key in _cache:
             return _cache[key]
-    dataset = _load_idx_dataset(name, data_dir, allow_download)
+    dataset = load()
     with _cache_lock:
         while len(_cache) >= _CACHE_SIZE:
             _cache.pop(next(iter(_cache)))
         _cache[key] = dataset
     return dataset
+
+
+def _cached_idx_dataset(name: str, data_dir: Path, allow_download: bool) -> Dataset:
+    raw_dir = data_dir / IMAGE_DATASETS[name][0] / "raw"
+    stamp = _stamp(raw_dir.glob("*")) if raw_dir.is_dir() else ()
+    return _cached((name, str(data_dir.resolve()), stamp), lambda: _load_idx_dataset(name, data_dir, allow_download))
+
+
+def _cached_stored_dataset(path: Path) -> Dataset:
+    if not path.is_file():
+        raise DatasetError(f"uploaded dataset {path.stem} does not exist (deleted?)")
+    return _cached(("stored", _stamp([path])), lambda: load_stored_dataset(path))
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,22 +276,26 @@ def _split_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     if n_val >= n:
         raise DatasetError(f"val_fraction {fraction} leaves no training examples out of {n}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    return Dataset(
-        name=dataset.name, task=dataset.task,
-        x_train=dataset.x_train[train_idx], y_train=dataset.y_train[train_idx],
-        x_val=dataset.x_train[val_idx], y_val=dataset.y_train[val_idx],
-        x_test=dataset.x_test, y_test=dataset.y_test,
-        classes=dataset.classes, checksum=dataset.checksum, preprocess=dataset.preprocess,
-    )
+    return with_validation(dataset, order[n_val:], order[:n_val])
 
 
-def load_dataset(spec: DataSpec, *, data_dir: Path, allow_download: bool = False, seed: int = 0) -> Dataset:
-    """Load the dataset a data spec names, with its validation split if it asks for one."""
+def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = None,
+                 allow_download: bool = False, seed: int = 0) -> Dataset:
+    """Load the dataset a data spec names, with its validation split if it asks for one.
+
+    `data_dir` holds the standard datasets; `datasets_dir` the uploaded ones, by id.
+    """
     if isinstance(spec, SyntheticLinearSpec):
         dataset = synthetic_linear(spec, seed)
-    elif isinstance(spec, ImageDatasetSpec):
-        full = _cached_idx_dataset(spec.dataset, Path(data_dir), allow_download)
+    elif isinstance(spec, SyntheticPolynomialSpec):
+        dataset = synthetic_polynomial(spec, seed)
+    elif isinstance(spec, (ImageDatasetSpec, UploadedDatasetSpec)):
+        if isinstance(spec, UploadedDatasetSpec):
+            if datasets_dir is None:
+                raise DatasetError("uploaded datasets are not available here")
+            full = _cached_stored_dataset(Path(datasets_dir) / f"{spec.dataset_id}.safetensors")
+        else:
+            full = _cached_idx_dataset(spec.dataset, Path(data_dir), allow_download)
         x_train, y_train = _subset(full.x_train, full.y_train, spec.limit_train)
         x_test, y_test = _subset(full.x_test, full.y_test, spec.limit_test)
         dataset = Dataset(
@@ -228,3 +306,23 @@ def load_dataset(spec: DataSpec, *, data_dir: Path, allow_download: bool = False
     else:
         raise DatasetError(f"unknown dataset {spec.dataset!r}")
     return _split_validation(dataset, spec.val_fraction, seed)
+
+
+def kfold_indices(n: int, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(train, validation) index pairs of a seeded K-fold split of n examples."""
+    if n < folds:
+        raise DatasetError(f"{folds}-fold cross-validation needs at least {folds} training examples, not {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    chunks = order.chunk(folds)
+    return [(torch.cat([c for j, c in enumerate(chunks) if j != i]), chunks[i]) for i in range(folds)]
+
+
+def with_validation(dataset: Dataset, train_idx: torch.Tensor, val_idx: torch.Tensor) -> Dataset:
+    """The dataset with its training set split into the given train and validation rows."""
+    return Dataset(
+        name=dataset.name, task=dataset.task,
+        x_train=dataset.x_train[train_idx], y_train=dataset.y_train[train_idx],
+        x_val=dataset.x_train[val_idx], y_val=dataset.y_train[val_idx],
+        x_test=dataset.x_test, y_test=dataset.y_test,
+        classes=dataset.classes, checksum=dataset.checksum, preprocess=dataset.preprocess,
+    )

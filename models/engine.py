@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import torch
 from torch import nn
 
 from models.archs import build_model
-from models.data import Dataset, load_dataset
-from models.spec import JobSpec, spec_problems
+from models.data import Dataset, kfold_indices, load_dataset, with_validation
+from models.spec import EarlyStoppingSpec, JobSpec, spec_problems
 
 
 class TrainingError(Exception):
@@ -43,23 +44,6 @@ class EpochMetrics:
 
 
 @dataclass
-class TrainingRun:
-    """Everything a callback may want to look at while a job trains."""
-
-    spec: JobSpec
-    dataset: Dataset
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    start: Position = field(default_factory=lambda: Position(epoch=1))
-    history: list[EpochMetrics] = field(default_factory=list)
-
-    @property
-    def start_epoch(self) -> int:
-        return self.start.epoch
-
-
-@dataclass
 class EpochProgress:
     """How far an epoch has got: batches done and the running sums behind its train metrics."""
 
@@ -85,12 +69,76 @@ class ResumePoint:
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict | None = None
     rng_state: torch.Tensor | None = None
+    run_state: dict = field(default_factory=dict)
+
+
+class EarlyStopping:
+    """Counts epochs without improvement of the monitored metric by more than min_delta."""
+
+    def __init__(self, spec: EarlyStoppingSpec, state: dict | None = None):
+        self.spec = spec
+        self.best: float | None = (state or {}).get("best")
+        self.bad_epochs: int = (state or {}).get("bad_epochs", 0)
+
+    def update(self, metrics: EpochMetrics) -> bool:
+        """Record an epoch; True when training should stop."""
+        value = getattr(metrics, self.spec.metric)
+        if value is None:
+            raise TrainingError(f"early_stopping.metric {self.spec.metric} is not measured for this job")
+        better = (self.best is None
+                  or (self.spec.direction == "min" and value < self.best - self.spec.min_delta)
+                  or (self.spec.direction == "max" and value > self.best + self.spec.min_delta))
+        if better:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.spec.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+
+@dataclass
+class TrainingRun:
+    """Everything a callback may want to look at while a job trains."""
+
+    spec: JobSpec
+    dataset: Dataset
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    device: torch.device
+    start: Position = field(default_factory=lambda: Position(epoch=1))
+    early_stopping: EarlyStopping | None = None
+    elapsed_before: float = 0.0  # training seconds of earlier attempts
+    started_at: float = field(default_factory=time.monotonic)
+    folds: list[dict] = field(default_factory=list)
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    @property
+    def start_epoch(self) -> int:
+        return self.start.epoch
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started_at
+
+    def run_state(self) -> dict:
+        """JSON state beside the tensors that a resumed attempt needs."""
+        return {
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "early_stopping": self.early_stopping.state() if self.early_stopping else None,
+            "elapsed": self.elapsed(),
+            "folds": self.folds,
+        }
 
 
 class Callbacks:
     """Hooks fit calls; override what you need. should_stop is polled between batches."""
 
     def on_start(self, run: TrainingRun) -> None:
+        pass
+
+    def on_fold_end(self, run: TrainingRun, fold: dict) -> None:
         pass
 
     def on_epoch_end(self, run: TrainingRun, metrics: EpochMetrics) -> None:
@@ -104,10 +152,11 @@ class Callbacks:
 class FitResult:
     run: TrainingRun
     stopped_at: Position | None = None
+    reason: str | None = None  # "stopped" (should_stop), "max_runtime_exceeded", "early_stopped"
 
     @property
     def stopped_early(self) -> bool:
-        return self.stopped_at is not None
+        return self.reason is not None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,8 +177,12 @@ def loss_function(task: str) -> nn.Module:
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
 
-def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> int:
-    return int((outputs.argmax(dim=1) == targets).sum())
+def penalised_parameters(model: nn.Module, decay_bias: bool) -> tuple[list, list]:
+    """(weights, the rest): weight decay and L1 apply to weights only unless decay_bias is set."""
+    weights, rest = [], []
+    for param in model.parameters():
+        (weights if param.ndim > 1 or decay_bias else rest).append(param)
+    return weights, rest
 
 
 def train_one_epoch(
@@ -141,13 +194,15 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     device: torch.device,
-    should_stop=lambda: False,
+    should_stop: Callable[[], bool] = lambda: False,
     progress: EpochProgress | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[EpochProgress, bool]:
     """One pass over the shuffled training set, or the rest of one after `progress.batches`.
 
     Returns the epoch's progress (its sums give the train loss and accuracy) and whether it
-    stopped early because should_stop() said so.
+    stopped early because should_stop() said so. `penalty` (e.g. L1) is added to the loss that
+    is minimised but not to the reported training loss, as in the course's weight-decay chapter.
     """
     model.train()
     done = progress or EpochProgress()
@@ -171,8 +226,9 @@ def train_one_epoch(
         y = y_all[idx].to(device, non_blocking=True)
         outputs = model(x)
         loss = loss_fn(outputs, y)
+        objective = loss + penalty() if penalty is not None else loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         optimizer.step()
         loss_sum += loss.detach() * len(idx)
         if classify:
@@ -197,7 +253,8 @@ def evaluate(
     """Mean loss and accuracy (None for regression) over a held-out split, in eval mode."""
     model.eval()
     classify = dataset.task == "classification"
-    loss_sum, correct = 0.0, 0
+    loss_sum = 0.0
+    correct = torch.zeros((), dtype=torch.long, device=device)
     eval_batch = max(batch_size, 1024)
     for start in range(0, len(x_all), eval_batch):
         x = dataset.to_float(x_all[start:start + eval_batch].to(device))
@@ -205,43 +262,77 @@ def evaluate(
         outputs = model(x)
         loss_sum += float(loss_fn(outputs, y)) * len(x)
         if classify:
-            correct += _correct(outputs, y)
+            correct += (outputs.argmax(dim=1) == y).sum()
     n = len(x_all)
     if n == 0:
         return math.nan, None
-    return loss_sum / n, (correct / n if classify else None)
+    return loss_sum / n, (int(correct) / n if classify else None)
 
 
 def build_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
+    """The spec's optimizer, with weight decay on weights (and on biases only with decay_bias)."""
     opt = spec.optimizer
-    return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    weights, rest = penalised_parameters(model, opt.decay_bias)
+    groups = [{"params": weights, "weight_decay": opt.weight_decay}]
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
+    cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+    return cls(groups, lr=opt.lr, betas=opt.betas)
+
+
+def build_scheduler(spec: JobSpec, optimizer: torch.optim.Optimizer):
+    """The learning-rate schedule, stepped once per epoch; None for a constant rate."""
+    schedule = spec.schedule
+    if schedule.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=schedule.step_size, gamma=schedule.gamma)
+    if schedule.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs, eta_min=schedule.min_lr)
+    return None
+
+
+def l1_penalty(spec: JobSpec, model: nn.Module) -> Callable[[], torch.Tensor] | None:
+    if spec.optimizer.l1 == 0:
+        return None
+    weights, _ = penalised_parameters(model, spec.optimizer.decay_bias)
+    return lambda: spec.optimizer.l1 * sum(p.abs().sum() for p in weights)
+
+
+def _fresh_model(spec: JobSpec, dataset: Dataset, device: torch.device) -> nn.Module:
+    torch.manual_seed(spec.seed)
+    return build_model(spec.model, dataset.input_shape, dataset.outputs, resize=spec.resize).to(device)
 
 
 def prepare(
     spec: JobSpec,
     *,
     data_dir: Path,
+    datasets_dir: Path | None = None,
     allow_download: bool = False,
     dataset: Dataset | None = None,
     resume: ResumePoint | None = None,
     initial_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainingRun:
-    """Load data, build the model and optimizer on the chosen device.
+    """Load data, build the model, optimizer and schedule on the chosen device.
 
     `initial_weights` starts a new run from other weights; `resume` continues an earlier run.
     """
-    problems = spec_problems(spec)
-    if problems:
-        raise TrainingError("; ".join(f"{'.'.join(p.loc)}: {p.msg}" for p in problems))
     device = resolve_device(spec.device)
     if dataset is None:
-        dataset = load_dataset(spec.data, data_dir=data_dir, allow_download=allow_download, seed=spec.seed)
+        dataset = load_dataset(spec.data, data_dir=data_dir, datasets_dir=datasets_dir,
+                               allow_download=allow_download, seed=spec.seed)
+    problems = spec_problems(spec, dataset.info)
+    if problems:
+        raise TrainingError("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
     if device.type == "cuda":
         dataset = _to_device(dataset, device)
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model, dataset.input_shape, dataset.outputs).to(device)
+    model = _fresh_model(spec, dataset, device)
     optimizer = build_optimizer(spec, model)
-    start = Position(epoch=1)
+    scheduler = build_scheduler(spec, optimizer)
+    run = TrainingRun(spec=spec, dataset=dataset, model=model, optimizer=optimizer, scheduler=scheduler,
+                      device=device,
+                      early_stopping=EarlyStopping(spec.early_stopping) if spec.early_stopping else None)
     if initial_weights is not None:
         _load_weights(model, initial_weights)
     if resume is not None:
@@ -250,9 +341,15 @@ def prepare(
             optimizer.load_state_dict(resume.optimizer_state)
         if resume.rng_state is not None:
             torch.set_rng_state(resume.rng_state)
-        start = resume.position
-    return TrainingRun(spec=spec, dataset=dataset, model=model, optimizer=optimizer,
-                       device=device, start=start)
+        state = resume.run_state
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        if spec.early_stopping and state.get("early_stopping"):
+            run.early_stopping = EarlyStopping(spec.early_stopping, state["early_stopping"])
+        run.elapsed_before = state.get("elapsed", 0.0)
+        run.folds = list(state.get("folds", []))
+        run.start = resume.position
+    return run
 
 
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -270,51 +367,119 @@ def _to_device(dataset: Dataset, device: torch.device) -> Dataset:
                    checksum=dataset.checksum, preprocess=dataset.preprocess, **moved)
 
 
-def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> FitResult:
-    """Train until spec.epochs, evaluating after each epoch and reporting it to the callbacks.
+def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: int, progress: EpochProgress,
+           should_stop, penalty) -> tuple[EpochMetrics | None, EpochProgress]:
+    """Train and evaluate one epoch; metrics are None if it was stopped part-way."""
+    spec = run.spec
+    loss_fn = loss_function(ds.task)
+    # One generator per epoch, seeded from (seed, epoch): a resumed job shuffles its remaining
+    # epochs exactly as an uninterrupted one would.
+    generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
+    started = time.perf_counter()
+    seen_before = progress.seen
+    progress, stopped = train_one_epoch(
+        model, optimizer, loss_fn, ds, batch_size=spec.batch_size, generator=generator, device=run.device,
+        should_stop=should_stop, progress=progress, penalty=penalty,
+    )
+    train_seconds = time.perf_counter() - started
+    if stopped:
+        return None, progress
+    train_loss = progress.loss_sum / progress.seen if progress.seen else math.nan
+    if not math.isfinite(train_loss):
+        raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
+    classify = ds.task == "classification"
+    test_loss, test_acc = evaluate(model, loss_fn, ds, ds.x_test, ds.y_test,
+                                   batch_size=spec.batch_size, device=run.device)
+    val_loss = val_acc = None
+    if ds.x_val is not None:
+        val_loss, val_acc = evaluate(model, loss_fn, ds, ds.x_val, ds.y_val,
+                                     batch_size=spec.batch_size, device=run.device)
+    metrics = EpochMetrics(
+        epoch=epoch, train_loss=train_loss,
+        train_acc=progress.correct / progress.seen if classify and progress.seen else None,
+        test_loss=test_loss, test_acc=test_acc, val_loss=val_loss, val_acc=val_acc,
+        seconds=time.perf_counter() - started,
+        samples_per_second=(progress.seen - seen_before) / train_seconds if train_seconds > 0 else 0.0,
+        lr=optimizer.param_groups[0]["lr"],
+    )
+    return metrics, EpochProgress()
 
-    Stops between batches when callbacks.should_stop() is true; the result then says where,
-    so that the run can be resumed from exactly that point.
+
+def summarise_folds(folds: list[dict]) -> dict:
+    """Mean and standard deviation over folds of each final-epoch metric."""
+    summary = {}
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        values = [f[key] for f in folds if f.get(key) is not None]
+        if values:
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+            summary[key] = {"mean": mean, "std": std}
+    return summary
+
+
+def cross_validate(run: TrainingRun, callbacks: Callbacks, should_stop) -> bool:
+    """Train a fresh model per fold (each holding out one fold for validation), as the course's
+    k_fold does; record each fold's final-epoch metrics. Returns False if stopped part-way."""
+    spec = run.spec
+    splits = kfold_indices(len(run.dataset.x_train), spec.cross_validation.folds, spec.seed)
+    for index, (train_idx, val_idx) in enumerate(splits):
+        if index < len(run.folds):
+            continue  # finished by an earlier attempt
+        ds = with_validation(run.dataset, train_idx.to(run.dataset.x_train.device),
+                             val_idx.to(run.dataset.x_train.device))
+        model = _fresh_model(spec, ds, run.device)
+        optimizer = build_optimizer(spec, model)
+        scheduler = build_scheduler(spec, optimizer)
+        metrics = None
+        for epoch in range(1, spec.epochs + 1):
+            metrics, _ = _epoch(run, model, optimizer, ds, epoch, EpochProgress(), should_stop,
+                                l1_penalty(spec, model))
+            if metrics is None:
+                return False
+            if scheduler is not None:
+                scheduler.step()
+        fold = {"fold": index + 1, "train_loss": metrics.train_loss, "train_acc": metrics.train_acc,
+                "val_loss": metrics.val_loss, "val_acc": metrics.val_acc}
+        run.folds.append(fold)
+        callbacks.on_fold_end(run, fold)
+    return True
+
+
+def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> FitResult:
+    """Train until spec.epochs (after cross-validation, if asked), reporting each epoch.
+
+    Stops between batches when callbacks.should_stop() is true or max_runtime_seconds has
+    passed, and after an epoch when early stopping says so; the result says where and why, so
+    the run can be resumed from exactly that point.
     """
     callbacks = callbacks or Callbacks()
     run = prepare(spec, **prepare_args)
     callbacks.on_start(run)
-    loss_fn = loss_function(run.dataset.task)
-    ds = run.dataset
+
+    def over_time() -> bool:
+        return spec.max_runtime_seconds is not None and run.elapsed() > spec.max_runtime_seconds
+
+    def should_stop() -> bool:
+        return callbacks.should_stop() or over_time()
+
+    def stop_reason() -> str:
+        return "max_runtime_exceeded" if over_time() and not callbacks.should_stop() else "stopped"
+
+    if spec.cross_validation and run.start.epoch == 1 and run.start.progress.batches == 0:
+        if not cross_validate(run, callbacks, should_stop):
+            return FitResult(run=run, stopped_at=Position(epoch=1), reason=stop_reason())
+    penalty = l1_penalty(spec, run.model)
     progress = run.start.progress
     for epoch in range(run.start.epoch, spec.epochs + 1):
-        # One generator per epoch, seeded from (seed, epoch): a resumed job shuffles its
-        # remaining epochs exactly as an uninterrupted one would.
-        generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
-        started = time.perf_counter()
-        seen_before = progress.seen
-        progress, stopped = train_one_epoch(
-            run.model, run.optimizer, loss_fn, ds,
-            batch_size=spec.batch_size, generator=generator, device=run.device,
-            should_stop=callbacks.should_stop, progress=progress,
-        )
-        train_seconds = time.perf_counter() - started
-        if stopped:
-            return FitResult(run=run, stopped_at=Position(epoch=epoch, progress=progress))
-        train_loss = progress.loss_sum / progress.seen if progress.seen else math.nan
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
-        classify = ds.task == "classification"
-        test_loss, test_acc = evaluate(run.model, loss_fn, ds, ds.x_test, ds.y_test,
-                                       batch_size=spec.batch_size, device=run.device)
-        val_loss = val_acc = None
-        if ds.x_val is not None:
-            val_loss, val_acc = evaluate(run.model, loss_fn, ds, ds.x_val, ds.y_val,
-                                         batch_size=spec.batch_size, device=run.device)
-        metrics = EpochMetrics(
-            epoch=epoch, train_loss=train_loss,
-            train_acc=progress.correct / progress.seen if classify and progress.seen else None,
-            test_loss=test_loss, test_acc=test_acc, val_loss=val_loss, val_acc=val_acc,
-            seconds=time.perf_counter() - started,
-            samples_per_second=(progress.seen - seen_before) / train_seconds if train_seconds > 0 else 0.0,
-            lr=run.optimizer.param_groups[0]["lr"],
-        )
+        metrics, progress = _epoch(run, run.model, run.optimizer, run.dataset, epoch, progress,
+                                   should_stop, penalty)
+        if metrics is None:
+            return FitResult(run=run, stopped_at=Position(epoch=epoch, progress=progress), reason=stop_reason())
+        if run.scheduler is not None:
+            run.scheduler.step()
+        stop_now = run.early_stopping.update(metrics) if run.early_stopping else False
         run.history.append(metrics)
-        progress = EpochProgress()
         callbacks.on_epoch_end(run, metrics)
+        if stop_now and epoch < spec.epochs:
+            return FitResult(run=run, reason="early_stopped")
     return FitResult(run=run)

@@ -44,7 +44,8 @@ class Predictor:
     def from_checkpoint(cls, path: Path) -> Predictor:
         state, meta = read_checkpoint(path)
         spec = JobSpec.model_validate(meta["spec"])
-        model = build_model(spec.model, meta["input_shape"], len(meta["classes"]) if meta.get("classes") else 1)
+        outputs = len(meta["classes"]) if meta.get("classes") else 1
+        model = build_model(spec.model, meta["input_shape"], outputs, resize=spec.resize)
         model.load_state_dict(state)
         return cls(model, meta)
 
@@ -58,7 +59,7 @@ class Predictor:
                 if width * height > max_pixels:
                     raise InputError(f"{filename}: image is {width}x{height} pixels; the limit is {max_pixels}")
                 image.load()
-                image = _to_grayscale(image)
+                image = to_grayscale(image)
         except InputError:
             raise
         except UnidentifiedImageError:
@@ -89,7 +90,7 @@ class Predictor:
         return results
 
 
-def _to_grayscale(image: Image.Image) -> Image.Image:
+def to_grayscale(image: Image.Image) -> Image.Image:
     """Any mode to 8-bit grayscale; transparent areas become black, like the datasets' backgrounds."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")

@@ -1,16 +1,17 @@
 """The job spec: what to train, on what data, with which optimizer, for how long.
 
 Every field is validated and unknown keys are rejected, so a typo in a spec is a clear error
-instead of a silently ignored option.
+instead of a silently ignored option. Problems that depend on the dataset (a model that does
+not fit its inputs) are found by spec_problems, which needs to know the dataset's shape.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -18,6 +19,10 @@ class StrictModel(BaseModel):
 
 
 Init = Literal["default", "normal", "xavier"]
+Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu"]
+Probability = Annotated[float, Field(ge=0, lt=1)]
+Width = Annotated[int, Field(ge=1, le=65536)]
+Kernel = Annotated[int, Field(ge=1, le=64)]
 
 
 class _ArchBase(StrictModel):
@@ -29,15 +34,22 @@ class LinearRegressionSpec(_ArchBase):
     arch: Literal["linear_regression"]
 
 
+class PolynomialSpec(_ArchBase):
+    """Linear regression on the features x^i / i! (i = 1..degree) of a one-dimensional input."""
+
+    arch: Literal["polynomial"]
+    degree: Annotated[int, Field(ge=1, le=30)] = 3
+
+
 class SoftmaxRegressionSpec(_ArchBase):
     arch: Literal["softmax_regression"]
 
 
 class MLPSpec(_ArchBase):
     arch: Literal["mlp"]
-    hidden: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1, max_length=32)] = [256]
-    activation: Literal["relu", "sigmoid", "tanh"] = "relu"
-    dropout: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(max_length=32)] = []
+    hidden: Annotated[list[Width], Field(min_length=1, max_length=32)] = [256]
+    activation: Activation = "relu"
+    dropout: Annotated[list[Probability], Field(max_length=32)] = []
 
     @field_validator("dropout", mode="before")
     @classmethod
@@ -65,41 +77,179 @@ class LeNetSpec(_ArchBase):
     pool: Literal["avg", "max"] = "avg"
 
 
+class ResNet18Spec(_ArchBase):
+    """torchvision's ResNet-18 with a one-channel first convolution."""
+
+    arch: Literal["resnet18"]
+
+
+# Layers of a `sequential` network; input sizes are inferred, never written.
+class FlattenLayer(StrictModel):
+    type: Literal["flatten"]
+
+
+class LinearLayer(StrictModel):
+    type: Literal["linear"]
+    out_features: Width
+
+
+class Conv2dLayer(StrictModel):
+    type: Literal["conv2d"]
+    out_channels: Width
+    kernel_size: Kernel
+    stride: Kernel = 1
+    padding: Annotated[int, Field(ge=0, le=64)] = 0
+
+
+class PoolLayer(StrictModel):
+    type: Literal["maxpool2d", "avgpool2d"]
+    kernel_size: Kernel
+    stride: Kernel | None = None
+    padding: Annotated[int, Field(ge=0, le=32)] = 0
+
+
+class BatchNormLayer(StrictModel):
+    type: Literal["batchnorm"]
+
+
+class DropoutLayer(StrictModel):
+    type: Literal["dropout"]
+    p: Probability = 0.5
+
+
+class ActivationLayer(StrictModel):
+    type: Activation
+
+
+Layer = Annotated[
+    Union[FlattenLayer, LinearLayer, Conv2dLayer, PoolLayer, BatchNormLayer, DropoutLayer, ActivationLayer],
+    Field(discriminator="type"),
+]
+
+
+class SequentialSpec(_ArchBase):
+    arch: Literal["sequential"]
+    layers: Annotated[list[Layer], Field(min_length=1, max_length=128)]
+
+
 ModelSpec = Annotated[
-    Union[LinearRegressionSpec, SoftmaxRegressionSpec, MLPSpec, LeNetSpec],
+    Union[LinearRegressionSpec, PolynomialSpec, SoftmaxRegressionSpec, MLPSpec, LeNetSpec, ResNet18Spec,
+          SequentialSpec],
     Field(discriminator="arch"),
 ]
 
-REGRESSION_ARCHS = frozenset({"linear_regression"})
+REGRESSION_ONLY = frozenset({"linear_regression", "polynomial"})
+CLASSIFICATION_ONLY = frozenset({"softmax_regression", "lenet", "resnet18"})
+IMAGE_ONLY = frozenset({"lenet", "resnet18"})
 
 
-class ImageDatasetSpec(StrictModel):
-    dataset: Literal["fashion-mnist", "mnist"]
-    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+class _DataBase(StrictModel):
+    val_fraction: Probability = 0.0
+
+
+class _ImageOptions(_DataBase):
     limit_train: Annotated[int | None, Field(ge=1)] = None
     limit_test: Annotated[int | None, Field(ge=1)] = None
+    resize: Annotated[int | None, Field(ge=8, le=512, description="side of the square the images are resized to")] = None
 
 
-class SyntheticLinearSpec(StrictModel):
+class ImageDatasetSpec(_ImageOptions):
+    dataset: Literal["fashion-mnist", "mnist"]
+
+
+class UploadedDatasetSpec(_ImageOptions):
+    dataset: Annotated[str, Field(pattern=r"^uploaded:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+
+    @property
+    def dataset_id(self) -> str:
+        return self.dataset.removeprefix("uploaded:")
+
+
+class SyntheticLinearSpec(_DataBase):
     dataset: Literal["synthetic-linear"]
     num_examples: Annotated[int, Field(ge=2, le=10_000_000)] = 1000
     num_test: Annotated[int, Field(ge=1, le=10_000_000)] = 1000
     true_w: Annotated[list[float], Field(min_length=1, max_length=4096)] = [2.0, -3.4]
     true_b: float = 4.2
     noise: Annotated[float, Field(ge=0)] = 0.01
-    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
-DataSpec = Annotated[Union[ImageDatasetSpec, SyntheticLinearSpec], Field(discriminator="dataset")]
+class SyntheticPolynomialSpec(_DataBase):
+    """y = sum_i coefficients[i] * x^i / i! + noise, x ~ N(0, 1), as in the polynomial-fitting chapter."""
 
-REGRESSION_DATASETS = frozenset({"synthetic-linear"})
+    dataset: Literal["synthetic-polynomial"]
+    n_train: Annotated[int, Field(ge=2, le=1_000_000)] = 100
+    n_test: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    coefficients: Annotated[list[float], Field(min_length=1, max_length=31)] = [5.0, 1.2, -3.4, 5.6]
+    noise: Annotated[float, Field(ge=0)] = 0.1
+
+
+def _dataset_tag(value: Any) -> str | None:
+    name = value.get("dataset") if isinstance(value, dict) else getattr(value, "dataset", None)
+    if isinstance(name, str) and name.startswith("uploaded:"):
+        return "uploaded"
+    return name
+
+
+DataSpec = Annotated[
+    Union[
+        Annotated[ImageDatasetSpec, Tag("fashion-mnist")],
+        Annotated[ImageDatasetSpec, Tag("mnist")],
+        Annotated[SyntheticLinearSpec, Tag("synthetic-linear")],
+        Annotated[SyntheticPolynomialSpec, Tag("synthetic-polynomial")],
+        Annotated[UploadedDatasetSpec, Tag("uploaded")],
+    ],
+    Discriminator(_dataset_tag, custom_error_type="dataset",
+                  custom_error_message="dataset must be fashion-mnist, mnist, synthetic-linear, "
+                                       "synthetic-polynomial or uploaded:<dataset id>"),
+]
 
 
 class OptimizerSpec(StrictModel):
-    name: Literal["sgd"] = "sgd"
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: Annotated[float, Field(gt=0, le=100)] = 0.1
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    nesterov: bool = False
+    betas: tuple[Probability, Probability] = (0.9, 0.999)
     weight_decay: Annotated[float, Field(ge=0, le=10)] = 0.0
+    decay_bias: bool = Field(default=False, description="apply weight_decay and l1 to biases and norms too")
+    l1: Annotated[float, Field(ge=0, le=10)] = 0.0
+
+    @model_validator(mode="after")
+    def _options_of_the_optimizer(self) -> OptimizerSpec:
+        if self.name != "sgd" and (self.momentum or self.nesterov):
+            raise ValueError(f"momentum and nesterov are options of sgd, not {self.name}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs a momentum above 0")
+        return self
+
+
+class ScheduleSpec(StrictModel):
+    name: Literal["none", "step", "cosine"] = "none"
+    step_size: Annotated[int, Field(ge=1, le=10_000)] = 10
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
+
+
+MetricName = Literal["val_loss", "val_acc", "test_loss", "test_acc", "train_loss", "train_acc"]
+
+
+class EarlyStoppingSpec(StrictModel):
+    metric: MetricName = "val_loss"
+    mode: Literal["min", "max"] | None = Field(default=None, description="default: max for accuracy, min for loss")
+    patience: Annotated[int, Field(ge=1, le=10_000)] = 5
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+    @property
+    def direction(self) -> str:
+        return self.mode or ("max" if self.metric.endswith("_acc") else "min")
+
+
+class CrossValidationSpec(StrictModel):
+    folds: Annotated[int, Field(ge=2, le=20)]
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class InitFromSpec(StrictModel):
@@ -109,14 +259,15 @@ class InitFromSpec(StrictModel):
     checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1)] = "last"
 
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
 class JobSpec(StrictModel):
     name: Annotated[str | None, Field(max_length=200)] = None
     model: ModelSpec
     data: DataSpec
     optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    early_stopping: EarlyStoppingSpec | None = None
+    max_runtime_seconds: Annotated[float | None, Field(gt=0, le=30 * 86400)] = None
+    cross_validation: CrossValidationSpec | None = None
     epochs: Annotated[int, Field(ge=1, le=10_000)] = 10
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
@@ -131,32 +282,68 @@ class JobSpec(StrictModel):
         return value
 
     @property
-    def task(self) -> Literal["classification", "regression"]:
-        return "regression" if self.model.arch in REGRESSION_ARCHS else "classification"
+    def resize(self) -> int | None:
+        return getattr(self.data, "resize", None)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the spec checks need to know of a dataset without loading it."""
+
+    task: Literal["classification", "regression"]
+    input_shape: tuple[int, ...]
+    outputs: int
+    images: bool
 
 
 @dataclass(frozen=True)
 class SpecProblem:
     """A cross-field problem in an otherwise well-formed spec, located like a pydantic error."""
 
-    loc: tuple[str, ...]
+    loc: tuple[str | int, ...]
     msg: str
 
 
-def spec_problems(spec: JobSpec) -> list[SpecProblem]:
-    """Problems that no single field shows: a model that does not suit its dataset."""
+def builtin_dataset_info(data) -> DatasetInfo | None:
+    """Shape and task of a built-in dataset; None for uploaded ones (they live in the database)."""
+    if isinstance(data, ImageDatasetSpec):
+        return DatasetInfo("classification", (1, 28, 28), 10, images=True)
+    if isinstance(data, SyntheticLinearSpec):
+        return DatasetInfo("regression", (len(data.true_w),), 1, images=False)
+    if isinstance(data, SyntheticPolynomialSpec):
+        return DatasetInfo("regression", (1,), 1, images=False)
+    return None
+
+
+def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
+    """Problems no single field shows: a model that does not suit its dataset, or does not fit it."""
+    from models.archs import shape_problems  # models.archs imports torch; keep this module light
+
+    arch = spec.model.arch
     problems = []
-    data_is_regression = spec.data.dataset in REGRESSION_DATASETS
-    if spec.task == "regression" and not data_is_regression:
-        problems.append(SpecProblem(
-            ("model", "arch"),
-            f"{spec.model.arch} is a regression model but {spec.data.dataset} is a classification "
-            "dataset; use softmax_regression, mlp or lenet",
-        ))
-    if spec.task == "classification" and data_is_regression:
-        problems.append(SpecProblem(
-            ("model", "arch"),
-            f"{spec.model.arch} is a classification model but {spec.data.dataset} is a regression "
-            "dataset; use linear_regression",
-        ))
+    if arch in REGRESSION_ONLY and info.task != "regression":
+        problems.append(SpecProblem(("model", "arch"), f"{arch} is a regression model but {spec.data.dataset} "
+                                    "is a classification dataset; use softmax_regression, mlp, lenet, resnet18 "
+                                    "or sequential"))
+    if arch in CLASSIFICATION_ONLY and info.task != "classification":
+        problems.append(SpecProblem(("model", "arch"), f"{arch} is a classification model but {spec.data.dataset} "
+                                    "is a regression dataset; use linear_regression, polynomial, mlp or sequential"))
+    if arch in IMAGE_ONLY and not info.images:
+        problems.append(SpecProblem(("model", "arch"), f"{arch} needs images, but {spec.data.dataset} holds "
+                                    f"{info.input_shape[0]} numeric features per example"))
+    if arch == "polynomial" and info.input_shape != (1,):
+        problems.append(SpecProblem(("model", "arch"), f"polynomial needs a one-dimensional input; "
+                                    f"{spec.data.dataset} has {info.input_shape[0]} features"))
+    if spec.resize is not None and not info.images:
+        problems.append(SpecProblem(("data", "resize"), "resize applies to image datasets only"))
+    stopping = spec.early_stopping
+    if stopping is not None:
+        if stopping.metric.startswith("val_") and spec.data.val_fraction == 0:
+            problems.append(SpecProblem(("early_stopping", "metric"),
+                                        f"{stopping.metric} needs a validation split: set data.val_fraction"))
+        if stopping.metric.endswith("_acc") and info.task != "classification":
+            problems.append(SpecProblem(("early_stopping", "metric"),
+                                        f"{stopping.metric} needs a classification dataset"))
+    if not problems:
+        problems += [SpecProblem(("model", *loc), msg) for loc, msg in shape_problems(spec, info)]
     return problems

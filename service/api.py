@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Depends
 
 from service.auth import require_token
-from service.routers import health, jobs, predict
+from service.routers import datasets, health, jobs, predict
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -14,4 +14,5 @@ protected = APIRouter(dependencies=[Depends(require_token)], responses={
 })
 protected.include_router(jobs.router)
 protected.include_router(predict.router)
+protected.include_router(datasets.router)
 api_router.include_router(protected)

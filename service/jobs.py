@@ -31,14 +31,14 @@ class LeaseLost(Exception):
     """This worker's attempt no longer owns the job (it was re-queued or cancelled away)."""
 
 
-def create_job(session: Session, *, spec: JobSpec, idempotency_key: str | None = None,
+def create_job(session: Session, *, spec: JobSpec, task: str, idempotency_key: str | None = None,
                request_hash: str | None = None) -> Job:
     """Insert a queued job for a validated spec."""
     job = Job(
         name=spec.name,
         status=JobStatus.QUEUED,
         spec=spec.model_dump(mode="json"),
-        task=spec.task,
+        task=task,
         epochs=spec.epochs,
         attempt=0,
         idempotency_key=idempotency_key,
@@ -84,14 +84,21 @@ def latest_metric(session: Session, *, job_id: str) -> EpochMetric | None:
     ).first()
 
 
-def monitored(task: str) -> tuple[str, str]:
-    """The metric that decides the best checkpoint, and whether higher is better ('max')."""
-    return ("test_acc", "max") if task == "classification" else ("test_loss", "min")
+def monitored(job: Job) -> tuple[str, str]:
+    """The metric that decides the best checkpoint, and whether higher is better ('max').
+
+    Early stopping's metric when the spec has one; else test accuracy, or test loss for regression.
+    """
+    stopping = (job.spec or {}).get("early_stopping")
+    if stopping:
+        metric = stopping["metric"]
+        return metric, stopping.get("mode") or ("max" if metric.endswith("_acc") else "min")
+    return ("test_acc", "max") if job.task == "classification" else ("test_loss", "min")
 
 
 def best_checkpoint(job: Job) -> Checkpoint | None:
     """The checkpoint with the best monitored metric; the earliest wins a tie."""
-    metric, mode = monitored(job.task)
+    metric, mode = monitored(job)
     scored = [c for c in job.checkpoints if c.metrics and c.metrics.get(metric) is not None]
     if not scored:
         return None
@@ -208,6 +215,10 @@ def record_epoch(session: Session, *, job_id: str, attempt: int, metrics: dict,
             {"job_id": job_id, "epoch": epoch, "path": checkpoint_path, "size_bytes": checkpoint_size,
              "metrics": row, "created_at": utcnow()},
             ["job_id", "epoch"], ["path", "size_bytes", "metrics", "created_at"])
+
+
+def set_cross_validation(session: Session, *, job_id: str, attempt: int, results: dict) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt).values(cross_validation=results))
 
 
 def set_environment(session: Session, *, job_id: str, environment: dict) -> None:

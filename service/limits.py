@@ -17,13 +17,24 @@ class _BodyTooLarge(HTTPException):
 class BodySizeLimit:
     """ASGI middleware answering 413 to any request body larger than max_bytes."""
 
+    def __init__(self, app, max_bytes: int, overrides: dict[str, int] | None = None):
+        self.app = app
+        self.default = max_bytes
+        self.overrides = overrides or {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        return await _Limited(self.app, self.overrides.get(scope["path"].rstrip("/"), self.default))(
+            scope, receive, send)
+
+
+class _Limited:
     def __init__(self, app, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(send)

@@ -56,7 +56,8 @@ def create_app() -> FastAPI:
                   description="Train PyTorch models over HTTP and classify with them.")
     app.state.predictors = PredictorCache(settings.model_cache_size)
     app.include_router(api_router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
+                       overrides={"/v1/datasets": settings.max_dataset_upload_bytes})
     return app
 
 

@@ -66,6 +66,7 @@ class JobPublic(BaseModel):
     latest_metrics: EpochMetricPublic | None
     best_checkpoint: CheckpointPublic | None
     transitions: list[TransitionPublic]
+    cross_validation: dict | None = None
 
 
 class JobsPublic(BaseModel):

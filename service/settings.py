@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     data_dir: Path | None = None
     checkpoint_dir: Path | None = None
+    datasets_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     allow_download: bool = False
@@ -36,6 +37,7 @@ class Settings(BaseSettings):
     api_tokens: str = ""
 
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_dataset_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     max_files_per_request: int = Field(default=64, ge=1)
     max_image_pixels: int = Field(default=4096 * 4096, ge=1)
     model_cache_size: int = Field(default=8, ge=1)
@@ -47,6 +49,9 @@ class Settings(BaseSettings):
             self.data_dir = self.home / "data"
         if self.checkpoint_dir is None:
             self.checkpoint_dir = self.home / "checkpoints"
+        if self.datasets_dir is None:
+            self.datasets_dir = self.home / "datasets"
+        self.datasets_dir = self.datasets_dir.expanduser().resolve()
         self.data_dir = self.data_dir.expanduser().resolve()
         self.checkpoint_dir = self.checkpoint_dir.expanduser().resolve()
         if self.database_url is None:
@@ -62,7 +67,7 @@ class Settings(BaseSettings):
         return self.broker_url.startswith("sqla+")
 
     def ensure_dirs(self) -> None:
-        for path in (self.home, self.data_dir, self.checkpoint_dir):
+        for path in (self.home, self.data_dir, self.checkpoint_dir, self.datasets_dir):
             path.mkdir(parents=True, exist_ok=True)
 
 

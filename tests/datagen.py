@@ -52,3 +52,35 @@ def class_png(path: Path, label: int, *, seed: int = 1, size: int = 28, mode: st
     image = class_images(np.array([label]), np.random.default_rng(seed), size=size)[0]
     Image.fromarray(image, mode="L").convert(mode).save(path)
     return path
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    """A zip archive holding the given paths and contents."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def png_bytes(label: int, *, seed: int, size: int = 28, mode: str = "L") -> bytes:
+    import io
+
+    image = Image.fromarray(class_images(np.array([label]), np.random.default_rng(seed), size=size)[0], mode="L")
+    buffer = io.BytesIO()
+    image.convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_folder_zip(classes: list[str], *, per_class: int = 30, test_per_class: int = 8, top: str = "") -> bytes:
+    """train/<class>/*.png and test/<class>/*.png, class i drawn like dataset label i."""
+    files = {}
+    for index, name in enumerate(classes):
+        for i in range(per_class):
+            files[f"{top}train/{name}/{i}.png"] = png_bytes(index, seed=1000 * index + i)
+        for i in range(test_per_class):
+            files[f"{top}test/{name}/{i}.png"] = png_bytes(index, seed=50_000 + 1000 * index + i)
+    return zip_bytes(files)

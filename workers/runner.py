@@ -27,7 +27,17 @@ from models.checkpoint import (
     write_training_state,
 )
 from models.data import DatasetError
-from models.engine import Callbacks, EpochMetrics, EpochProgress, Position, ResumePoint, TrainingError, TrainingRun, fit
+from models.engine import (
+    Callbacks,
+    EpochMetrics,
+    EpochProgress,
+    Position,
+    ResumePoint,
+    TrainingError,
+    TrainingRun,
+    fit,
+    summarise_folds,
+)
 from models.spec import JobSpec
 from service import jobs
 from service.db import session_scope
@@ -93,7 +103,7 @@ def save_state(run: TrainingRun, job_id: str, position: Position) -> None:
         state_path(job_id), model_state=run.model.state_dict(), optimizer_state=run.optimizer.state_dict(),
         rng_state=torch.get_rng_state(),
         position={"epoch": position.epoch, "progress": asdict(position.progress)},
-        meta={"job_id": job_id, "spec": run.spec.model_dump(mode="json")},
+        meta={"job_id": job_id, "spec": run.spec.model_dump(mode="json"), "run_state": run.run_state()},
     )
 
 
@@ -104,7 +114,7 @@ def load_resume_point(job_id: str) -> ResumePoint | None:
     model_state, optimizer_state, rng_state, meta = read_training_state(path)
     position = Position(epoch=meta["position"]["epoch"], progress=EpochProgress(**meta["position"]["progress"]))
     return ResumePoint(position=position, model_state=model_state, optimizer_state=optimizer_state,
-                       rng_state=rng_state)
+                       rng_state=rng_state, run_state=meta.get("run_state") or {})
 
 
 class RecordingCallbacks(Callbacks):
@@ -131,6 +141,13 @@ class RecordingCallbacks(Callbacks):
         with session_scope() as session:
             jobs.set_environment(session, job_id=self.job_id, environment=environment)
 
+    def on_fold_end(self, run: TrainingRun, fold: dict) -> None:
+        with session_scope() as session:
+            jobs.set_cross_validation(session, job_id=self.job_id, attempt=self.control.attempt, results={
+                "folds": run.folds, "summary": summarise_folds(run.folds),
+                "complete": len(run.folds) == run.spec.cross_validation.folds})
+        save_state(run, self.job_id, Position(epoch=1))
+
     def on_epoch_end(self, run: TrainingRun, metrics: EpochMetrics) -> None:
         relative = f"{self.job_id}/{checkpoint_name(metrics.epoch)}"
         meta = {
@@ -156,6 +173,16 @@ class RecordingCallbacks(Callbacks):
         # Saved only once the epoch is in SQL: a crash in between repeats the epoch (its row is
         # upserted, not doubled) rather than skipping it.
         save_state(run, self.job_id, Position(epoch=metrics.epoch + 1))
+
+
+# How fit ended -> (status, reason, error) of the job.
+STOP_OUTCOMES = {
+    None: (JobStatus.SUCCEEDED, None, None),
+    "early_stopped": (JobStatus.SUCCEEDED, "early_stopped", None),
+    "stopped": (JobStatus.CANCELLED, "user_cancelled", None),
+    "max_runtime_exceeded": (JobStatus.FAILED, "max_runtime_exceeded",
+                             "max_runtime_seconds reached; resume the job to train further"),
+}
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:
@@ -209,11 +236,11 @@ def run_job(job_id: str) -> str | None:
                         "resumed_from_epoch": resume.position.epoch,
                         "resumed_from_batch": resume.position.progress.batches})
             result = fit(spec, RecordingCallbacks(job_id, control), data_dir=settings.data_dir,
-                         allow_download=settings.allow_download, resume=resume,
-                         initial_weights=None if resume else _initial_weights(spec))
-            if result.stopped_early and not control.lost.is_set():
+                         datasets_dir=settings.datasets_dir, allow_download=settings.allow_download,
+                         resume=resume, initial_weights=None if resume else _initial_weights(spec))
+            if result.stopped_at is not None and not control.lost.is_set():
                 save_state(result.run, job_id, result.stopped_at)
-                status, reason = JobStatus.CANCELLED, "user_cancelled"
+            status, reason, error = STOP_OUTCOMES[result.reason]
         except Exception as exc:
             reason, error = _failure(exc)
             status = JobStatus.FAILED

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 
 from models.spec import JobSpec, spec_problems
-from service import jobs
+from service import datasets, jobs
 from service.deps import SessionDep, SettingsDep
 from service.model_store import ModelNotFound, ModelNotReady, init_from_reference, resolve
 from service.schemas import (
@@ -44,6 +44,7 @@ def job_public(session, job: Job) -> JobPublic:
         latest_metrics=EpochMetricPublic.model_validate(latest) if latest else None,
         best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
+        cross_validation=job.cross_validation,
     )
 
 
@@ -54,17 +55,23 @@ def _get_or_404(session, job_id: str) -> Job:
     return job
 
 
-def _check_spec(session, spec: JobSpec, settings) -> None:
-    problems = [("body", *p.loc, p.msg) for p in spec_problems(spec)]
+def _check_spec(session, spec: JobSpec, settings) -> str:
+    """Raise a 422 for problems that need the dataset or other jobs to see; returns the task."""
+    problems = []
+    info = datasets.dataset_info(session, spec)
+    if info is None:
+        problems.append((("body", "data", "dataset"), f"{spec.data.dataset} not found; upload it to /v1/datasets"))
+    else:
+        problems += [(("body", *p.loc), p.msg) for p in spec_problems(spec, info)]
     if spec.init_from is not None:
         try:
             resolve(session, reference=init_from_reference(spec.init_from), checkpoint_dir=settings.checkpoint_dir)
         except (ModelNotFound, ModelNotReady) as exc:
-            problems.append(("body", "init_from", str(exc)))
+            problems.append((("body", "init_from"), str(exc)))
     if problems:
-        raise RequestValidationError(
-            [{"type": "value_error", "loc": p[:-1], "msg": p[-1], "input": None} for p in problems]
-        )
+        raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": None}
+                                      for loc, msg in problems])
+    return info.task
 
 
 def _replay(session, job: Job, request_hash: str, response: Response) -> JobPublic:
@@ -90,14 +97,15 @@ def submit_job(
 
     With an Idempotency-Key header, retrying the same request returns the first job.
     """
-    _check_spec(session, spec, settings)
+    task = _check_spec(session, spec, settings)
     request_hash = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
     if idempotency_key:
         existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
         if existing is not None:
             return _replay(session, existing, request_hash, response)
     try:
-        job = jobs.create_job(session, spec=spec, idempotency_key=idempotency_key, request_hash=request_hash)
+        job = jobs.create_job(session, spec=spec, task=task, idempotency_key=idempotency_key,
+                              request_hash=request_hash)
         session.commit()
     except IntegrityError:
         # Another request with the same key committed first; answer with its job.

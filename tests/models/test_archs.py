@@ -64,3 +64,64 @@ def test_linear_regression_is_one_linear_layer():
     net = build_model(spec.model, (3,), 1)
     assert net(torch.zeros(4, 3)).shape == (4, 1)
     assert sum(p.numel() for p in net.parameters()) == 4
+
+
+def test_polynomial_features_are_scaled_powers():
+    from models.archs import PolynomialFeatures
+
+    features = PolynomialFeatures(4)(torch.tensor([[2.0]]))
+    torch.testing.assert_close(features, torch.tensor([[2.0, 4.0 / 2, 8.0 / 6, 16.0 / 24]]))
+    spec = JobSpec.model_validate({"model": {"arch": "polynomial", "degree": 20}, "data": {"dataset": "synthetic-polynomial"}})
+    net = build_model(spec.model, (1,), 1)
+    assert net(torch.zeros(5, 1)).shape == (5, 1)
+    assert sum(p.numel() for p in net.parameters()) == 21
+
+
+def test_resnet18_takes_one_channel_and_resize_is_part_of_the_network():
+    net = build_model(model_spec(arch="resnet18"), (1, 28, 28), 10, resize=64)
+    assert net[0].size == 64 and net[1].conv1.in_channels == 1
+    assert net.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert 11_000_000 < sum(p.numel() for p in net.parameters()) < 11_300_000
+
+
+def test_resize_changes_what_lenet_sees():
+    net = build_model(model_spec(arch="lenet"), (1, 28, 28), 10, resize=32)
+    assert net(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    flat = [m for m in net.modules() if isinstance(m, nn.Linear)][0]
+    assert flat.in_features == 16 * 6 * 6  # 32x32 input: two conv/pool stages leave 6x6
+
+
+LENET_LAYERS = [
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 5, "padding": 2}, {"type": "sigmoid"},
+    {"type": "avgpool2d", "kernel_size": 2, "stride": 2},
+    {"type": "conv2d", "out_channels": 16, "kernel_size": 5}, {"type": "sigmoid"},
+    {"type": "avgpool2d", "kernel_size": 2, "stride": 2},
+    {"type": "flatten"},
+    {"type": "linear", "out_features": 120}, {"type": "sigmoid"},
+    {"type": "linear", "out_features": 84}, {"type": "sigmoid"},
+    {"type": "linear", "out_features": 10},
+]
+
+
+@pytest.mark.parametrize("builtin, layers", [
+    ({"arch": "lenet"}, LENET_LAYERS),
+    ({"arch": "mlp", "hidden": [64], "activation": "leaky_relu"},
+     [{"type": "flatten"}, {"type": "linear", "out_features": 64}, {"type": "leaky_relu"}, {"type": "linear", "out_features": 10}]),
+])
+def test_sequential_builds_the_same_network_with_the_same_weights(builtin, layers):
+    torch.manual_seed(0)
+    a = build_model(model_spec(**builtin), (1, 28, 28), 10)
+    torch.manual_seed(0)
+    b = build_model(model_spec(arch="sequential", layers=layers), (1, 28, 28), 10)
+    assert [type(m) for m in a] == [type(m) for m in b]
+    for (name_a, pa), (name_b, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert name_a == name_b and torch.equal(pa, pb)
+
+
+def test_sequential_batchnorm_and_dropout_pick_the_right_kind():
+    layers = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "batchnorm"}, {"type": "relu"},
+              {"type": "maxpool2d", "kernel_size": 2}, {"type": "flatten"}, {"type": "batchnorm"},
+              {"type": "dropout", "p": 0.3}, {"type": "linear", "out_features": 10}]
+    net = build_model(model_spec(arch="sequential", layers=layers), (1, 28, 28), 10)
+    assert isinstance(net[1], nn.BatchNorm2d) and isinstance(net[5], nn.BatchNorm1d) and net[5].num_features == 4 * 13 * 13
+    assert net[6].p == 0.3 and net(torch.rand(3, 1, 28, 28)).shape == (3, 10)

@@ -1,4 +1,6 @@
 
+import math
+
 import pytest
 import torch
 
@@ -166,3 +168,157 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="no CUDA device"):
             resolve_device("cuda:0")
+
+
+def last(recorder):
+    return recorder.epochs[-1]
+
+
+def test_optimizers_differ_and_learn(idx_dir):
+    results = {}
+    for name, extra in (("sgd", {"momentum": 0.9}), ("sgd-nesterov", {"momentum": 0.9, "nesterov": True}),
+                        ("adam", {}), ("adamw", {"weight_decay": 0.1})):
+        recorder = Recorder()
+        optimizer = {"name": name.split("-")[0], "lr": 0.01, **extra}
+        result = fit(job(epochs=2, optimizer=optimizer), recorder, data_dir=idx_dir)
+        assert type(result.run.optimizer).__name__.lower() == optimizer["name"]
+        assert last(recorder).test_acc > 0.8
+        results[name] = last(recorder).train_loss
+    assert len(set(results.values())) == 4
+
+
+def test_weight_decay_spares_biases_unless_decay_bias(idx_dir):
+    spec = {"epochs": 2, "optimizer": {"lr": 0.5, "weight_decay": 0.5}}
+    spared = fit(job(**spec), data_dir=idx_dir).run
+    decayed = fit(job(**{**spec, "optimizer": {**spec["optimizer"], "decay_bias": True}}), data_dir=idx_dir).run
+    assert [g["weight_decay"] for g in spared.optimizer.param_groups] == [0.5, 0.0]
+    assert [len(g["params"]) for g in spared.optimizer.param_groups] == [1, 1]
+    assert [g["weight_decay"] for g in decayed.optimizer.param_groups] == [0.5]
+    bias = lambda run: float(run.model[1].bias.detach().norm())
+    assert bias(decayed) < 0.8 * bias(spared)
+
+
+def test_l1_penalty_makes_weights_sparser(idx_dir):
+    plain = fit(job(epochs=2), data_dir=idx_dir).run
+    lasso = fit(job(epochs=2, optimizer={"lr": 0.5, "l1": 0.001}), data_dir=idx_dir).run
+    small = lambda run: float((run.model[1].weight.detach().abs() < 1e-2).float().mean())
+    assert small(lasso) > small(plain) + 0.1
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ({"name": "none"}, [0.5, 0.5, 0.5, 0.5]),
+    ({"name": "step", "step_size": 2, "gamma": 0.1}, [0.5, 0.5, 0.05, 0.05]),
+    ({"name": "cosine", "min_lr": 0.1}, [0.5, 0.1 + 0.4 * (1 + math.cos(math.pi / 4)) / 2, 0.3,
+                                         0.1 + 0.4 * (1 + math.cos(3 * math.pi / 4)) / 2]),
+])
+def test_learning_rate_schedules(idx_dir, schedule, expected):
+    recorder = Recorder()
+    fit(job(epochs=4, schedule=schedule), recorder, data_dir=idx_dir)
+    assert [m.lr for m in recorder.epochs] == pytest.approx(expected)
+
+
+def test_early_stopping_stops_and_says_why(idx_dir):
+    recorder = Recorder()
+    result = fit(job(epochs=10, early_stopping={"metric": "test_loss", "patience": 2, "min_delta": 10.0}),
+                 recorder, data_dir=idx_dir)
+    assert result.reason == "early_stopped" and len(recorder.epochs) == 3 and result.stopped_at is None
+    recorder = Recorder()
+    result = fit(job(epochs=4, early_stopping={"metric": "test_acc", "patience": 3}), recorder, data_dir=idx_dir)
+    assert result.reason is None and len(recorder.epochs) == 4
+
+
+def test_max_runtime_stops_between_batches(idx_dir):
+    result = fit(job(epochs=50, batch_size=8, max_runtime_seconds=0.2), data_dir=idx_dir)
+    assert result.reason == "max_runtime_exceeded" and result.stopped_at.epoch < 50
+
+
+def test_cross_validation_reports_every_fold_then_trains_the_final_model(idx_dir):
+    recorder = Recorder()
+    folds = []
+
+    class Folds(Recorder):
+        def on_fold_end(self, run, fold):
+            folds.append(fold)
+
+    recorder = Folds()
+    result = fit(job(epochs=2, cross_validation={"folds": 3}), recorder, data_dir=idx_dir)
+    assert [f["fold"] for f in folds] == [1, 2, 3] and result.run.folds == folds
+    assert all(f["val_acc"] > 0.8 and f["val_loss"] > 0 for f in folds)
+    assert len({f["val_loss"] for f in folds}) == 3
+    from models.engine import summarise_folds
+
+    summary = summarise_folds(folds)
+    assert summary["val_acc"]["mean"] == pytest.approx(sum(f["val_acc"] for f in folds) / 3)
+    assert summary["val_acc"]["std"] >= 0
+    assert [m.epoch for m in recorder.epochs] == [1, 2]
+
+
+def test_sequential_and_builtin_train_identically(idx_dir):
+    from tests.models.test_archs import LENET_LAYERS
+
+    a, b = Recorder(), Recorder()
+    fit(job(model={"arch": "lenet"}, epochs=1, optimizer={"lr": 0.9}), a, data_dir=idx_dir)
+    fit(job(model={"arch": "sequential", "layers": LENET_LAYERS}, epochs=1, optimizer={"lr": 0.9}), b, data_dir=idx_dir)
+    assert a.epochs[0].train_loss == b.epochs[0].train_loss and a.epochs[0].test_loss == b.epochs[0].test_loss
+
+
+def test_resize_option_reaches_the_model(idx_dir):
+    result = fit(job(model={"arch": "lenet", "activation": "relu"}, epochs=1, optimizer={"lr": 0.1},
+                     data={"dataset": "fashion-mnist", "resize": 32, "limit_train": 200}), data_dir=idx_dir)
+    assert result.run.model[0].size == 32
+
+
+def test_course_linear_regression_example_recovers_its_weights():
+    spec = JobSpec.model_validate({
+        "model": {"arch": "linear_regression"},
+        "data": {"dataset": "synthetic-linear", "num_examples": 1000, "true_w": [-6, 3.2, 10.5], "true_b": 1.7, "noise": 0.01},
+        "optimizer": {"lr": 0.03}, "epochs": 5, "batch_size": 10, "device": "cpu"})
+    linear = fit(spec, data_dir=".").run.model[1]
+    for got, want in zip(linear.weight.detach().squeeze().tolist(), [-6, 3.2, 10.5]):
+        assert abs(got - want) < 0.05
+    assert abs(float(linear.bias.detach()) - 1.7) < 0.05
+
+
+def test_polynomial_fit_underfit_overfit():
+    def run(degree, n_train, epochs):
+        spec = JobSpec.model_validate({
+            "model": {"arch": "polynomial", "degree": degree},
+            "data": {"dataset": "synthetic-polynomial", "n_train": n_train, "n_test": 100},
+            "optimizer": {"lr": 0.01}, "epochs": epochs, "batch_size": 10, "device": "cpu"})
+        recorder = Recorder()
+        result = fit(spec, recorder, data_dir=".")
+        return last(recorder), result.run.model[1]
+
+    fitted, model = run(3, 100, 400)
+    assert fitted.train_loss < 0.02 and fitted.test_loss < 0.02
+    torch.testing.assert_close(model.weight.detach().squeeze(), torch.tensor([1.2, -3.4, 5.6]), atol=0.1, rtol=0)
+    under, _ = run(1, 100, 400)
+    assert under.train_loss > 100 * fitted.train_loss and under.test_loss > 100 * fitted.test_loss
+    over, _ = run(20, 10, 1500)
+    assert over.test_loss > 5 * over.train_loss
+
+
+def test_resume_restores_schedule_and_early_stopping(idx_dir):
+    spec = job(epochs=3, schedule={"name": "step", "step_size": 1, "gamma": 0.5},
+               early_stopping={"metric": "test_loss", "patience": 5}, optimizer={"lr": 0.5, "momentum": 0.5})
+    full = Recorder()
+    fit(spec, full, data_dir=idx_dir)
+
+    class StopInSecond(Recorder):
+        calls = 0
+
+        def should_stop(self):
+            self.calls += 1
+            return self.calls == 16  # 12 batches an epoch: part-way through epoch 2
+
+    first = StopInSecond()
+    stopped = fit(spec, first, data_dir=idx_dir)
+    run = stopped.run
+    resume = ResumePoint(position=stopped.stopped_at, model_state=run.model.state_dict(),
+                         optimizer_state=run.optimizer.state_dict(), rng_state=torch.get_rng_state(),
+                         run_state=run.run_state())
+    rest = Recorder()
+    result = fit(spec, rest, data_dir=idx_dir, resume=resume)
+    assert [m.lr for m in rest.epochs] == [0.25, 0.125]
+    assert [m.test_loss for m in rest.epochs] == pytest.approx([m.test_loss for m in full.epochs[1:]], rel=1e-5)
+    assert result.run.early_stopping.best == pytest.approx(min(m.test_loss for m in full.epochs), rel=1e-5)

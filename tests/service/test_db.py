@@ -64,7 +64,7 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
 
 def test_only_one_of_many_concurrent_claims_wins(Session):
     with Session() as session:
-        job_id = jobs.create_job(session, spec=SPEC).id
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
         session.commit()
     barrier = threading.Barrier(8)
     wins = []
@@ -90,7 +90,7 @@ def test_only_one_of_many_concurrent_claims_wins(Session):
 
 def test_recording_an_epoch_twice_keeps_one_row_with_the_latest_values(Session):
     with Session() as session:
-        job_id = jobs.create_job(session, spec=SPEC).id
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
         jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
         session.commit()
     for loss in (0.9, 0.5):
@@ -111,7 +111,7 @@ def test_recording_an_epoch_twice_keeps_one_row_with_the_latest_values(Session):
 
 def test_finish_only_moves_running_jobs(Session):
     with Session() as session:
-        job_id = jobs.create_job(session, spec=SPEC).id
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
         assert not jobs.finish_job(session, job_id=job_id, attempt=0, status=JobStatus.SUCCEEDED)
         session.commit()
         assert jobs.get_job(session, job_id=job_id).status == JobStatus.QUEUED
@@ -126,7 +126,7 @@ def test_finish_only_moves_running_jobs(Session):
 
 def test_listing_pages_newest_first(Session):
     with Session() as session:
-        ids = [jobs.create_job(session, spec=SPEC).id for _ in range(5)]
+        ids = [jobs.create_job(session, spec=SPEC, task="classification").id for _ in range(5)]
         session.commit()
         page, count = jobs.list_jobs(session, status=None, limit=2, offset=0)
         assert count == 5 and len(page) == 2
@@ -162,7 +162,7 @@ def test_concurrent_migrations_apply_once(tmp_path):
 
 def _job(Session) -> str:
     with Session() as session:
-        job_id = jobs.create_job(session, spec=SPEC).id
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
         session.commit()
     return job_id
 

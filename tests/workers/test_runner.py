@@ -37,7 +37,7 @@ def service_env(tmp_path, monkeypatch, data_dir):
 
 def new_job() -> str:
     with db.session_scope() as session:
-        return jobs.create_job(session, spec=SPEC).id
+        return jobs.create_job(session, spec=SPEC, task="classification").id
 
 
 def read_job(job_id):

@@ -1,0 +1,296 @@
+"""Uploaded datasets: a zip archive of an image-folder tree, the four IDX files, or a CSV, decoded
+into a Dataset after checking that the archive is safe and complete.
+
+Nothing is extracted to disk: members are read into memory with size caps, so a zip bomb or a
+member named `../../etc/passwd` can do no harm beyond being refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from models.data import IDX_FILES, Dataset, DatasetError, parse_idx
+from models.predictor import to_grayscale
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+
+
+class ArchiveError(DatasetError):
+    """The upload is not a usable dataset archive; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_members: int = 100_000
+    max_total_bytes: int = 2 * 1024**3
+    max_member_bytes: int = 256 * 1024**2
+    max_ratio: int = 200
+    max_image_pixels: int = 4096 * 4096
+
+
+@dataclass
+class DecodedUpload:
+    kind: str  # image_folder | idx | csv
+    dataset: Dataset
+
+
+def _safe_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> dict[str, zipfile.ZipInfo]:
+    """Member files by normalised path, refusing unsafe names and bomb-like sizes."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    infos = archive.infolist()
+    if len(infos) > limits.max_members:
+        raise ArchiveError(f"the archive has {len(infos)} entries; the limit is {limits.max_members}")
+    total = 0
+    for info in infos:
+        name = info.filename
+        if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+            raise ArchiveError(f"unsafe path in archive: {name!r}")
+        parts = PurePosixPath(name).parts
+        if ".." in parts:
+            raise ArchiveError(f"unsafe path in archive: {name!r}")
+        if info.is_dir() or parts[0] == "__MACOSX" or parts[-1].startswith("."):
+            continue
+        if info.flag_bits & 0x1:
+            raise ArchiveError(f"{name}: encrypted members are not supported")
+        if info.file_size > limits.max_member_bytes:
+            raise ArchiveError(f"{name} is {info.file_size} bytes uncompressed; the limit is {limits.max_member_bytes}")
+        if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
+            raise ArchiveError(f"{name} expands {info.file_size // info.compress_size}x; refusing a likely zip bomb")
+        total += info.file_size
+        if total > limits.max_total_bytes:
+            raise ArchiveError(f"the archive expands to more than {limits.max_total_bytes} bytes")
+        members["/".join(parts)] = info
+    if not members:
+        raise ArchiveError("the archive holds no files")
+    # A single top-level folder (zipping "mydata/") is not part of the layout.
+    tops = {path.split("/", 1)[0] for path in members}
+    if len(tops) == 1 and not tops & {"train", "test"} and all("/" in path for path in members):
+        members = {path.split("/", 1)[1]: info for path, info in members.items()}
+    return members
+
+
+def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits) -> bytes:
+    """A member's bytes, never more than its declared size (headers can lie)."""
+    with archive.open(info) as fh:
+        data = fh.read(min(info.file_size, limits.max_member_bytes) + 1)
+    if len(data) > info.file_size:
+        raise ArchiveError(f"{info.filename} is larger than its header says")
+    return data
+
+
+def decode_archive(data: bytes, *, name: str, test_fraction: float = 0.2, image_size: int | None = None,
+                   seed: int = 0, limits: ArchiveLimits = ArchiveLimits()) -> DecodedUpload:
+    """Check and decode an uploaded zip into a Dataset (image folders, IDX files or CSV)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ArchiveError("the upload is not a zip archive") from None
+    with archive:
+        members = _safe_members(archive, limits)
+        try:
+            basenames = {PurePosixPath(p).name.removesuffix(".gz"): p for p in members}
+            if set(IDX_FILES.values()) <= basenames.keys():
+                return DecodedUpload("idx", _idx(archive, members, basenames, name, limits))
+            csvs = sorted(p for p in members if p.lower().endswith(".csv"))
+            if csvs:
+                return DecodedUpload("csv", _csv(archive, members, csvs, name, test_fraction, seed, limits))
+            return DecodedUpload("image_folder", _image_folders(archive, members, name, test_fraction,
+                                                                image_size, seed, limits))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
+            raise ArchiveError(f"the archive is damaged: {exc}") from None
+
+
+def _idx(archive, members, basenames, name, limits) -> Dataset:
+    arrays = {key: parse_idx(_read(archive, members[basenames[stem]], limits), basenames[stem],
+                             max_bytes=limits.max_member_bytes)
+              for key, stem in IDX_FILES.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise ArchiveError(f"{split} images must be uint8 [N, H, W], not {images.dtype} {images.shape}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ArchiveError(f"{split} split has {len(images)} images but {len(labels)} labels")
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise ArchiveError("train and test images differ in size")
+    num_classes = int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) + 1
+    return _image_dataset(
+        name, torch.from_numpy(arrays["train_images"].copy()), torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        torch.from_numpy(arrays["test_images"].copy()), torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        tuple(str(c) for c in range(num_classes)))
+
+
+def _image_dataset(name, x_train, y_train, x_test, y_test, classes) -> Dataset:
+    digest = hashlib.sha256()
+    for tensor in (x_train, y_train, x_test, y_test):
+        digest.update(tensor.numpy().tobytes())
+    height, width = x_train.shape[1:]
+    return Dataset(name=name, task="classification", classes=classes, checksum=digest.hexdigest(),
+                   x_train=x_train.unsqueeze(1), y_train=y_train, x_test=x_test.unsqueeze(1), y_test=y_test,
+                   preprocess={"kind": "image", "channels": 1, "height": height, "width": width, "scale": 1 / 255})
+
+
+def _decode_image(data: bytes, path: str, image_size: int | None, limits: ArchiveLimits) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.size[0] * image.size[1] > limits.max_image_pixels:
+                raise ArchiveError(f"{path}: {image.size[0]}x{image.size[1]} pixels is over the limit")
+            image.load()
+            gray = to_grayscale(image)
+    except UnidentifiedImageError:
+        raise ArchiveError(f"{path}: not a readable image") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ArchiveError(f"{path}: image could not be decoded ({exc})") from None
+    if image_size is not None and gray.size != (image_size, image_size):
+        gray = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def _image_folders(archive, members, name, test_fraction, image_size, seed, limits) -> Dataset:
+    """`train/<class>/*` (+ `test/<class>/*`), or `<class>/*` split by test_fraction."""
+    images = {p: info for p, info in members.items() if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES}
+    if not images:
+        raise ArchiveError("no images, IDX files or CSV found; expected train/<class>/*.png (and test/<class>/...), "
+                           "<class>/*.png, the four IDX files, or a CSV with a label or target column")
+    split_layout = all(p.split("/", 1)[0] in ("train", "test") for p in images)
+    trees: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for path in sorted(images):
+        parts = path.split("/")
+        if split_layout and len(parts) == 3:
+            split, label = parts[0], parts[1]
+        elif not split_layout and len(parts) == 2:
+            split, label = "train", parts[0]
+        else:
+            raise ArchiveError(f"{path}: expected train/<class>/<image>, test/<class>/<image> or <class>/<image>")
+        trees[split].setdefault(label, []).append(path)
+    classes = tuple(sorted(trees["train"]))
+    if len(classes) < 2:
+        raise ArchiveError(f"a classification dataset needs at least 2 classes; found {list(classes)}")
+    unknown = sorted(set(trees["test"]) - set(classes))
+    if unknown:
+        raise ArchiveError(f"test classes {unknown} have no training images")
+    decoded, size = {}, None
+    for path in sorted(images):
+        array = _decode_image(_read(archive, images[path], limits), path, image_size, limits)
+        if size is None:
+            size = array.shape
+        elif array.shape != size:
+            raise ArchiveError(f"{path} is {array.shape[1]}x{array.shape[0]} but earlier images are "
+                               f"{size[1]}x{size[0]}; set image_size to resize them all")
+        decoded[path] = array
+    index = {label: i for i, label in enumerate(classes)}
+
+    def stack(tree):
+        paths = [(p, index[label]) for label, ps in sorted(tree.items()) for p in ps]
+        if not paths:
+            return torch.empty(0, *size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        return (torch.from_numpy(np.stack([decoded[p] for p, _ in paths])),
+                torch.tensor([c for _, c in paths], dtype=torch.int64))
+
+    x_train, y_train = stack(trees["train"])
+    x_test, y_test = stack(trees["test"])
+    if len(x_test) == 0:
+        x_train, y_train, x_test, y_test = _split(x_train, y_train, test_fraction, seed)
+    return _image_dataset(name, x_train, y_train, x_test, y_test, classes)
+
+
+def _split(x, y, test_fraction, seed):
+    n = len(x)
+    n_test = max(1, int(round(n * test_fraction)))
+    if n_test >= n:
+        raise ArchiveError(f"test_fraction {test_fraction} leaves no training examples out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return x[order[n_test:]], y[order[n_test:]], x[order[:n_test]], y[order[:n_test]]
+
+
+def _csv_rows(text: str, path: str) -> tuple[list[str], list[list[str]]]:
+    rows = [row for row in csv.reader(io.StringIO(text)) if row and any(cell.strip() for cell in row)]
+    if len(rows) < 2:
+        raise ArchiveError(f"{path}: needs a header row and at least one data row")
+    return [h.strip() for h in rows[0]], rows[1:]
+
+
+def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
+    """Numeric feature columns plus `label` (classification) or `target` (regression)."""
+    by_name = {PurePosixPath(p).name.lower(): p for p in csvs}
+    if len(csvs) == 1:
+        sources = {"all": csvs[0]}
+    elif {"train.csv", "test.csv"} <= by_name.keys():
+        sources = {"train": by_name["train.csv"], "test": by_name["test.csv"]}
+    else:
+        raise ArchiveError(f"expected one CSV, or train.csv and test.csv; found {csvs}")
+    tables = {}
+    for split, path in sources.items():
+        try:
+            text = _read(archive, members[path], limits).decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ArchiveError(f"{path}: not UTF-8 text") from None
+        tables[split] = (path, *_csv_rows(text, path))
+    header = next(iter(tables.values()))[1]
+    targets = [h for h in header if h.lower() in ("label", "target")]
+    if len(targets) != 1:
+        raise ArchiveError(f"the CSV needs exactly one 'label' (classification) or 'target' (regression) "
+                           f"column; its columns are {header}")
+    target = targets[0]
+    task = "classification" if target.lower() == "label" else "regression"
+    features = [h for h in header if h != target]
+    if not features:
+        raise ArchiveError("the CSV has no feature columns")
+    parsed = {}
+    for split, (path, cols, rows) in tables.items():
+        if cols != header:
+            raise ArchiveError(f"{path}: columns {cols} differ from {header}")
+        t = cols.index(target)
+        xs, ys = [], []
+        for line, row in enumerate(rows, start=2):
+            if len(row) != len(cols):
+                raise ArchiveError(f"{path} line {line}: {len(row)} fields, expected {len(cols)}")
+            try:
+                xs.append([float(v) for i, v in enumerate(row) if i != t])
+            except ValueError:
+                raise ArchiveError(f"{path} line {line}: feature values must be numbers") from None
+            ys.append(row[t].strip())
+        parsed[split] = (np.asarray(xs, dtype=np.float32), ys)
+    if not all(np.isfinite(x).all() for x, _ in parsed.values()):
+        raise ArchiveError("the CSV holds NaN or infinite feature values")
+    classes = None
+    if task == "classification":
+        values = sorted({v for _, ys in parsed.values() for v in ys}, key=_label_order)
+        if len(values) < 2:
+            raise ArchiveError("a classification CSV needs at least 2 distinct labels")
+        classes = tuple(values)
+        index = {v: i for i, v in enumerate(classes)}
+        encode = lambda ys: torch.tensor([index[v] for v in ys], dtype=torch.int64)
+    else:
+        def encode(ys):
+            try:
+                return torch.tensor([float(v) for v in ys], dtype=torch.float32).unsqueeze(1)
+            except ValueError:
+                raise ArchiveError("target values must be numbers") from None
+    tensors = {split: (torch.from_numpy(x), encode(ys)) for split, (x, ys) in parsed.items()}
+    if "all" in tensors:
+        x_train, y_train, x_test, y_test = _split(*tensors["all"], test_fraction, seed)
+    else:
+        (x_train, y_train), (x_test, y_test) = tensors["train"], tensors["test"]
+    digest = hashlib.sha256()
+    for tensor in (x_train, y_train, x_test, y_test):
+        digest.update(tensor.numpy().tobytes())
+    return Dataset(name=name, task=task, classes=classes, checksum=digest.hexdigest(),
+                   x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                   preprocess={"kind": "tabular", "features": len(features), "columns": features})
+
+
+def _label_order(value: str):
+    """Numeric labels sort as numbers (2 before 10); others alphabetically after them."""
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
