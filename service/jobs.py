@@ -136,6 +136,7 @@ def transition(session: Session, *, job_id: str, to: str, from_any: tuple[str, .
 class Claim:
     attempt: int
     spec: dict
+    resumed_by_user: bool = False  # queued again from cancelled or failed by POST .../resume
 
 
 def claim_job(session: Session, *, job_id: str, worker: str, lease_seconds: float,
@@ -146,7 +147,10 @@ def claim_job(session: Session, *, job_id: str, worker: str, lease_seconds: floa
     if not taken:
         return None
     job = session.get(Job, job_id, populate_existing=True)
-    return Claim(attempt=job.attempt, spec=job.spec)
+    requeue = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.to_status == JobStatus.QUEUED)
+                              .order_by(JobEvent.id.desc()).limit(1)).first()
+    by_user = requeue is not None and requeue.from_status in (JobStatus.CANCELLED, JobStatus.FAILED)
+    return Claim(attempt=job.attempt, spec=job.spec, resumed_by_user=by_user)
 
 
 def _claim_queued(session: Session, *, job_id: str, worker: str, now: datetime) -> bool:

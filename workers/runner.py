@@ -230,6 +230,8 @@ def run_job(job_id: str) -> str | None:
     with JobControl(job_id, claim.attempt, settings.heartbeat_seconds) as control:
         try:
             resume = load_resume_point(job_id)
+            if resume is not None and claim.resumed_by_user:
+                resume.run_state["elapsed"] = 0.0  # a user's resume grants a fresh max_runtime_seconds
             if resume is not None:
                 with session_scope() as session:
                     jobs.note_resume(session, job_id=job_id, attempt=claim.attempt, detail={

@@ -268,36 +268,6 @@ def test_resize_option_reaches_the_model(idx_dir):
     assert result.run.model[0].size == 32
 
 
-def test_course_linear_regression_example_recovers_its_weights():
-    spec = JobSpec.model_validate({
-        "model": {"arch": "linear_regression"},
-        "data": {"dataset": "synthetic-linear", "num_examples": 1000, "true_w": [-6, 3.2, 10.5], "true_b": 1.7, "noise": 0.01},
-        "optimizer": {"lr": 0.03}, "epochs": 5, "batch_size": 10, "device": "cpu"})
-    linear = fit(spec, data_dir=".").run.model[1]
-    for got, want in zip(linear.weight.detach().squeeze().tolist(), [-6, 3.2, 10.5]):
-        assert abs(got - want) < 0.05
-    assert abs(float(linear.bias.detach()) - 1.7) < 0.05
-
-
-def test_polynomial_fit_underfit_overfit():
-    def run(degree, n_train, epochs):
-        spec = JobSpec.model_validate({
-            "model": {"arch": "polynomial", "degree": degree},
-            "data": {"dataset": "synthetic-polynomial", "n_train": n_train, "n_test": 100},
-            "optimizer": {"lr": 0.01}, "epochs": epochs, "batch_size": 10, "device": "cpu"})
-        recorder = Recorder()
-        result = fit(spec, recorder, data_dir=".")
-        return last(recorder), result.run.model[1]
-
-    fitted, model = run(3, 100, 400)
-    assert fitted.train_loss < 0.02 and fitted.test_loss < 0.02
-    torch.testing.assert_close(model.weight.detach().squeeze(), torch.tensor([1.2, -3.4, 5.6]), atol=0.1, rtol=0)
-    under, _ = run(1, 100, 400)
-    assert under.train_loss > 100 * fitted.train_loss and under.test_loss > 100 * fitted.test_loss
-    over, _ = run(20, 10, 1500)
-    assert over.test_loss > 5 * over.train_loss
-
-
 def test_resume_restores_schedule_and_early_stopping(idx_dir):
     spec = job(epochs=3, schedule={"name": "step", "step_size": 1, "gamma": 0.5},
                early_stopping={"metric": "test_loss", "patience": 5}, optimizer={"lr": 0.5, "momentum": 0.5})
@@ -322,3 +292,13 @@ def test_resume_restores_schedule_and_early_stopping(idx_dir):
     assert [m.lr for m in rest.epochs] == [0.25, 0.125]
     assert [m.test_loss for m in rest.epochs] == pytest.approx([m.test_loss for m in full.epochs[1:]], rel=1e-5)
     assert result.run.early_stopping.best == pytest.approx(min(m.test_loss for m in full.epochs), rel=1e-5)
+
+
+def test_adam_betas_and_early_stopping_mode_are_used(idx_dir):
+    a, b = Recorder(), Recorder()
+    fit(job(epochs=1, optimizer={"name": "adam", "lr": 0.01}), a, data_dir=idx_dir)
+    fit(job(epochs=1, optimizer={"name": "adam", "lr": 0.01, "betas": [0.5, 0.9]}), b, data_dir=idx_dir)
+    assert a.epochs[0].train_loss != b.epochs[0].train_loss
+    # "max" on a loss that keeps falling means no improvement after the first epoch.
+    result = fit(job(epochs=5, early_stopping={"metric": "train_loss", "mode": "max", "patience": 2}), data_dir=idx_dir)
+    assert result.reason == "early_stopped" and len(result.run.history) == 3

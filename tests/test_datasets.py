@@ -1,0 +1,87 @@
+"""Uploaded datasets through the API: upload, train on them, predict with their own class names."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.datagen import image_folder_zip, png_bytes, zip_bytes
+from tests.test_end_to_end import submit
+
+pytestmark = pytest.mark.e2e
+
+CLASSES = ["circle", "square", "star"]
+
+
+def upload(client, data: bytes, **form):
+    return client.post("/v1/datasets", files={"file": ("shapes.zip", data, "application/zip")},
+                       data={k: str(v) for k, v in form.items()})
+
+
+def test_upload_train_and_predict_with_the_datasets_class_names(stack, client):
+    answer = upload(client, image_folder_zip(CLASSES, per_class=40, test_per_class=10), name="shapes")
+    assert answer.status_code == 201, answer.text
+    dataset = answer.json()
+    assert dataset["classes"] == CLASSES and dataset["kind"] == "image_folder"
+    assert (dataset["num_train"], dataset["num_test"], dataset["input_shape"]) == (120, 30, [1, 28, 28])
+    assert client.get(f"/v1/datasets/{dataset['id']}").json() == dataset
+    assert dataset["id"] in [d["id"] for d in client.get("/v1/datasets").json()["data"]]
+
+    spec = {"model": {"arch": "mlp", "hidden": [64]}, "data": {"dataset": f"uploaded:{dataset['id']}"},
+            "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 8, "batch_size": 16}
+    job = stack.wait_for_job(client, submit(client, spec))
+    assert job["status"] == "succeeded", job
+    assert job["latest_metrics"]["test_acc"] > 0.9
+    files = [("files", (f"{name}.png", png_bytes(i, seed=777 + i), "image/png")) for i, name in enumerate(CLASSES)]
+    predicted = client.post("/v1/predict", data={"model": f"job:{job['id']}"}, files=files).json()
+    assert [p["label"] for p in predicted["predictions"]] == CLASSES
+
+    in_use = submit(client, {**spec, "epochs": 1})
+    client.delete(f"/v1/datasets/{dataset['id']}")  # may race with the job; either answer is fine
+    stack.wait_for_job(client, in_use)
+    gone = client.delete(f"/v1/datasets/{dataset['id']}")
+    assert gone.status_code in (204, 404)
+    assert client.get(f"/v1/datasets/{dataset['id']}").status_code == 404
+    refused = client.post("/v1/jobs", json=spec)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "data", "dataset"]
+
+
+def test_deleting_a_dataset_a_queued_job_needs_is_409(stack, client):
+    dataset = upload(client, image_folder_zip(["a", "b"], per_class=4, test_per_class=2)).json()
+    blocker = submit(client, {"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+                              "data": {"dataset": "fashion-mnist"}, "epochs": 1, "batch_size": 4})
+    waiting = submit(client, {"model": {"arch": "softmax_regression"}, "epochs": 1,
+                              "data": {"dataset": f"uploaded:{dataset['id']}"}})
+    answer = client.delete(f"/v1/datasets/{dataset['id']}")
+    assert answer.status_code == 409 and waiting in answer.json()["detail"]
+    client.post(f"/v1/jobs/{blocker}/cancel")
+    assert stack.wait_for_job(client, waiting)["status"] == "succeeded"
+    assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+
+
+def test_csv_regression_dataset_trains(stack, client):
+    rows = "x1,x2,target\n" + "".join(f"{i / 100},{(i % 7) / 7},{3 * i / 100 - 2 * (i % 7) / 7 + 1}\n" for i in range(200))
+    dataset = upload(client, zip_bytes({"table.csv": rows.encode()}), test_fraction=0.2).json()
+    assert dataset["task"] == "regression" and dataset["input_shape"] == [2]
+    spec = {"model": {"arch": "linear_regression"}, "data": {"dataset": f"uploaded:{dataset['id']}"},
+            "optimizer": {"lr": 0.1}, "epochs": 60, "batch_size": 10}
+    job = stack.wait_for_job(client, submit(client, spec))
+    assert job["status"] == "succeeded" and job["latest_metrics"]["test_loss"] < 0.01, job
+    lenet = client.post("/v1/jobs", json={**spec, "model": {"arch": "lenet"}})
+    assert lenet.status_code == 422 and lenet.json()["detail"][0]["loc"] == ["body", "model", "arch"]
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"definitely not a zip", "not a zip"),
+    (zip_bytes({"../../escape.png": b"x"}), "unsafe path"),
+    (zip_bytes({"train/a/big.png": b"\0" * (40 * 1024 * 1024)}), "zip bomb"),
+    (zip_bytes({"train/a/1.png": png_bytes(0, seed=1), "train/b/1.png": b"garbage"}), "train/b/1.png"),
+])
+def test_bad_uploads_are_422_with_a_message(client, data, message):
+    answer = upload(client, data)
+    assert answer.status_code == 422 and message in answer.json()["detail"]
+
+
+def test_upload_parameters_are_validated(client):
+    answer = upload(client, image_folder_zip(["a", "b"], per_class=2, test_per_class=1), test_fraction=1.5)
+    assert answer.status_code == 422
+    assert client.get("/v1/datasets/not-a-dataset").status_code == 404

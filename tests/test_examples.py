@@ -1,0 +1,64 @@
+"""Every example spec is valid, listed in the README, and the synthetic ones reproduce the course."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.engine import fit
+from models.spec import JobSpec, builtin_dataset_info, spec_problems
+from tests.servers import REPO
+
+EXAMPLES = sorted((REPO / "examples").glob("*.json"))
+
+
+def example(name: str) -> JobSpec:
+    return JobSpec.model_validate(json.loads((REPO / "examples" / f"{name}.json").read_text()))
+
+
+def final(name: str):
+    result = fit(example(name), data_dir=".")
+    return result.run.history[-1], result.run.model
+
+
+def test_there_is_an_example_per_experiment():
+    names = {path.stem for path in EXAMPLES}
+    assert {"linear-regression", "softmax-regression", "mlp", "mlp-dropout", "weight-decay", "polynomial-fit",
+            "polynomial-underfit", "polynomial-overfit", "lenet", "lenet-sequential", "resnet18", "mlp-kfold"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_is_valid_and_listed_in_the_readme(path):
+    spec = JobSpec.model_validate(json.loads(path.read_text()))
+    assert spec_problems(spec, builtin_dataset_info(spec.data)) == []
+    assert f"examples/{path.name}" in (REPO / "README.md").read_text()
+
+
+def test_linear_regression_recovers_the_true_weights():
+    _, model = final("linear-regression")
+    linear = model[1]
+    for got, want in zip(linear.weight.detach().squeeze().tolist(), [-6, 3.2, 10.5], strict=True):
+        assert abs(got - want) < 0.05
+    assert abs(float(linear.bias.detach()) - 1.7) < 0.05
+
+
+def test_polynomial_examples_fit_underfit_and_overfit():
+    fitted, model = final("polynomial-fit")
+    assert fitted.train_loss < 0.02 and fitted.test_loss < 0.02
+    torch.testing.assert_close(model[1].weight.detach().squeeze(), torch.tensor([1.2, -3.4, 5.6]), atol=0.1, rtol=0)
+    assert abs(float(model[1].bias.detach()) - 5.0) < 0.1
+    under, _ = final("polynomial-underfit")
+    assert under.train_loss > 100 * fitted.train_loss and under.test_loss > 100 * fitted.test_loss
+    over, _ = final("polynomial-overfit")
+    assert over.test_loss > 5 * over.train_loss
+
+
+def test_weight_decay_example_beats_no_decay():
+    decayed, _ = final("weight-decay")
+    plain_spec = example("weight-decay").model_copy(deep=True)
+    plain_spec.optimizer.weight_decay = 0.0
+    plain = fit(plain_spec, data_dir=".").run.history[-1]
+    assert plain.train_loss < decayed.train_loss  # without decay it memorises the 20 examples...
+    assert decayed.test_loss < plain.test_loss / 10  # ...and generalises far worse
