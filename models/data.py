@@ -141,18 +141,30 @@ def _load_idx_dataset(name: str, data_dir: Path, allow_download: bool) -> Datase
             f"gzipped or not) in {raw_dir} (missing: {', '.join(missing)}), "
             "or set TRAINYARD_ALLOW_DOWNLOAD=true to download them"
         )
-    arrays = {key: read_idx(p) for key, p in paths.items()}
-    digest = hashlib.sha256()
-    for key in sorted(arrays):
-        digest.update(arrays[key].tobytes())
+    return idx_dataset({key: read_idx(p) for key, p in paths.items()}, name=name, classes=classes)
+
+
+def idx_dataset(arrays: dict[str, np.ndarray], *, name: str, classes: tuple[str, ...] | None = None) -> Dataset:
+    """Check the four IDX arrays (keys of IDX_FILES) and build a Dataset from them.
+
+    Without `classes`, classes are named "0", "1", ... up to the largest label.
+    """
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise DatasetError(f"{paths[f'{split}_images']} must hold uint8 images [N, H, W]")
+            raise DatasetError(f"{split} images must be uint8 [N, H, W], not {images.dtype} {list(images.shape)}")
         if labels.ndim != 1 or len(labels) != len(images):
-            raise DatasetError(f"{split} split has {len(images)} images but {labels.shape} labels")
-        if len(labels) and int(labels.max()) >= len(classes):
-            raise DatasetError(f"{split} labels go up to {int(labels.max())}; {name} has {len(classes)} classes")
+            raise DatasetError(f"{split} split has {len(images)} images but {len(labels)} labels")
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise DatasetError("train and test images differ in size")
+    top = max(int(arrays[f"{split}_labels"].max(initial=0)) for split in ("train", "test"))
+    if classes is None:
+        classes = tuple(str(c) for c in range(top + 1))
+    if top >= len(classes):
+        raise DatasetError(f"labels go up to {top}; {name} has {len(classes)} classes")
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(arrays[key].tobytes())
     height, width = arrays["train_images"].shape[1:]
     return Dataset(
         name=name,

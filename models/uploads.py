@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from models.data import IDX_FILES, Dataset, DatasetError, parse_idx
+from models.data import IDX_FILES, Dataset, DatasetError, idx_dataset, parse_idx
 from models.predictor import to_grayscale
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
@@ -113,29 +113,13 @@ def _idx(archive, members, basenames, name, limits) -> Dataset:
     arrays = {key: parse_idx(_read(archive, members[basenames[stem]], limits), basenames[stem],
                              max_bytes=limits.max_member_bytes)
               for key, stem in IDX_FILES.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or images.dtype != np.uint8:
-            raise ArchiveError(f"{split} images must be uint8 [N, H, W], not {images.dtype} {images.shape}")
-        if labels.ndim != 1 or len(labels) != len(images):
-            raise ArchiveError(f"{split} split has {len(images)} images but {len(labels)} labels")
-    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
-        raise ArchiveError("train and test images differ in size")
-    num_classes = int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) + 1
-    return _image_dataset(
-        name, torch.from_numpy(arrays["train_images"].copy()), torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-        torch.from_numpy(arrays["test_images"].copy()), torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        tuple(str(c) for c in range(num_classes)))
+    return idx_dataset(arrays, name=name)
 
 
 def _image_dataset(name, x_train, y_train, x_test, y_test, classes) -> Dataset:
-    digest = hashlib.sha256()
-    for tensor in (x_train, y_train, x_test, y_test):
-        digest.update(tensor.numpy().tobytes())
-    height, width = x_train.shape[1:]
-    return Dataset(name=name, task="classification", classes=classes, checksum=digest.hexdigest(),
-                   x_train=x_train.unsqueeze(1), y_train=y_train, x_test=x_test.unsqueeze(1), y_test=y_test,
-                   preprocess={"kind": "image", "channels": 1, "height": height, "width": width, "scale": 1 / 255})
+    arrays = {"train_images": x_train.numpy(), "train_labels": y_train.numpy(),
+              "test_images": x_test.numpy(), "test_labels": y_test.numpy()}
+    return idx_dataset(arrays, name=name, classes=classes)
 
 
 def _decode_image(data: bytes, path: str, image_size: int | None, limits: ArchiveLimits) -> np.ndarray:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
-from models.uploads import ArchiveError
+from models.data import DatasetError
 from service import datasets
 from service.deps import SessionDep, SettingsDep
 
@@ -68,7 +68,7 @@ async def upload_dataset(
             datasets.store_upload, session, data=data, name=label, test_fraction=test_fraction,
             image_size=image_size, seed=seed, datasets_dir=settings.datasets_dir,
             max_image_pixels=settings.max_image_pixels)
-    except ArchiveError as exc:
+    except DatasetError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     session.commit()
     return DatasetPublic.model_validate(record)

@@ -53,7 +53,7 @@ def test_missing_dataset_says_where_the_files_go(tmp_path):
 def test_labels_out_of_range_are_rejected(tmp_path):
     raw = make_idx_dataset(tmp_path, "MNIST", n_train=20, n_test=10, gz=False)
     write_idx(raw / "t10k-labels-idx1-ubyte", np.full(10, 12, np.uint8), gz=False)
-    with pytest.raises(DatasetError, match="labels go up to 12"):
+    with pytest.raises(DatasetError, match="labels go up to 12; mnist has 10 classes"):
         load_dataset(ImageDatasetSpec(dataset="mnist"), data_dir=tmp_path)
 
 
