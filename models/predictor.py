@@ -74,11 +74,30 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(batch), dim=1)
+        """Class probabilities (classification) or predicted values (regression) for a batch."""
+        outputs = self.model(batch)
+        return torch.softmax(outputs, dim=1) if self.task == "classification" else outputs
+
+    def warm_up(self) -> None:
+        """Run one forward pass so the first real request does not pay for lazy initialisation."""
+        self.probabilities(torch.zeros(2, *self.meta["input_shape"]))
+
+    def decode_values(self, rows: list[list[float]]) -> torch.Tensor:
+        """Numeric inputs [N, features] for a tabular model, with their width checked."""
+        if self.preprocess.get("kind") != "tabular":
+            raise InputError("this model takes images, not numeric inputs")
+        width = self.meta["input_shape"][0]
+        for i, row in enumerate(rows):
+            if len(row) != width:
+                raise InputError(f"inputs[{i}] has {len(row)} values; this model takes {width}")
+        return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), width)
 
     def classify(self, inputs: list[torch.Tensor], top_k: int = 1) -> list[Prediction]:
         """Classify a list of prepared inputs in one forward pass."""
-        probs = self.probabilities(torch.stack(inputs))
+        return self.label(self.probabilities(torch.stack(inputs)), top_k)
+
+    def label(self, probs: torch.Tensor, top_k: int = 1) -> list[Prediction]:
+        """Predictions with labels and the top_k classes from a batch of probabilities."""
         k = min(max(top_k, 1), probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         results = []

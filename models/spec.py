@@ -256,7 +256,7 @@ class InitFromSpec(StrictModel):
     """Start from the weights of another job's checkpoint instead of a fresh initialisation."""
 
     job_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F-]{36}$")]
-    checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1)] = "last"
+    checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1, le=10_000)] = "last"
 
 
 class JobSpec(StrictModel):

@@ -1,9 +1,9 @@
-"""All routers of the API, composed: health stays open, everything under /v1 needs a token."""
+"""All routers of the API, composed: health stays open, everything under /v1 and /v2 needs a token."""
 
 from fastapi import APIRouter, Depends
 
 from service.auth import require_token
-from service.routers import datasets, health, jobs, predict
+from service.routers import datasets, health, jobs, models, predict, v2
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -15,4 +15,6 @@ protected = APIRouter(dependencies=[Depends(require_token)], responses={
 protected.include_router(jobs.router)
 protected.include_router(predict.router)
 protected.include_router(datasets.router)
+protected.include_router(models.router)
+protected.include_router(v2.router)
 api_router.include_router(protected)

@@ -14,6 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+WRITE_OPTION = "trainyard_write"
+# Enough connections for every thread of the API's thread pool (40) and the reaper, so that a
+# request never waits for a connection that another waiting request holds.
+POOL_SIZE, MAX_OVERFLOW = 10, 40
 
 
 def make_engine(url: str) -> Engine:
@@ -22,8 +26,8 @@ def make_engine(url: str) -> Engine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
-                                                  "check_same_thread": False})
+        engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW,
+                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):
@@ -37,14 +41,16 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(connection):
-            # Take the write lock when a transaction starts. A transaction that reads and then
+        def _begin(connection):
+            # Writing transactions take the write lock when they start: one that reads and then
             # writes would otherwise fail at once with "database is locked" if another process
-            # wrote in between, instead of waiting for the busy timeout.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # wrote in between, instead of waiting for the busy timeout. Reading transactions
+            # stay deferred, so that WAL readers never wait for writers.
+            immediate = connection.get_execution_options().get(WRITE_OPTION)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
 
 
 @lru_cache
@@ -53,14 +59,17 @@ def get_engine() -> Engine:
 
 
 @lru_cache
-def get_sessionmaker() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+def get_sessionmaker(write: bool = True) -> sessionmaker[Session]:
+    """Sessions for work that writes (the default) or only reads (`write=False`)."""
+    engine = get_engine()
+    return sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}) if write else engine,
+                        expire_on_commit=False)
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
+def session_scope(write: bool = True) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""
-    session = get_sessionmaker()()
+    session = get_sessionmaker(write)()
     try:
         yield session
         session.commit()

@@ -1,25 +1,43 @@
 """Shared FastAPI dependencies."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from service.db import get_sessionmaker
-from service.model_store import PredictorCache
+from service.inference import ModelServer
 from service.settings import Settings, get_settings
 
 
-def get_session() -> Iterator[Session]:
-    with get_sessionmaker()() as session:
+async def _session(write: bool) -> AsyncIterator[Session]:
+    # Closed on the event loop, not in the thread pool: when every pool thread is busy waiting
+    # for the database, a teardown queued for a thread could never return its connection.
+    session = get_sessionmaker(write)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+async def get_session() -> AsyncIterator[Session]:
+    """A read-only session per request."""
+    async for session in _session(write=False):
         yield session
 
 
-def get_predictor_cache(request: Request) -> PredictorCache:
-    return request.app.state.predictors
+async def get_write_session() -> AsyncIterator[Session]:
+    """A session for requests that change data; end its transaction before responding."""
+    async for session in _session(write=True):
+        yield session
+
+
+def get_model_server(request: Request) -> ModelServer:
+    return request.app.state.models
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-PredictorCacheDep = Annotated[PredictorCache, Depends(get_predictor_cache)]
+ModelServerDep = Annotated[ModelServer, Depends(get_model_server)]

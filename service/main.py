@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -11,7 +12,7 @@ from fastapi import FastAPI
 from service.api import api_router
 from service.auth import token_table
 from service.limits import BodySizeLimit
-from service.model_store import PredictorCache
+from service.inference import ModelServer
 from service.reaper import Reaper
 from service.settings import Settings, get_settings
 
@@ -37,12 +38,46 @@ def announce_security(settings: Settings) -> None:
                     "train and predict; set TRAINYARD_API_TOKENS", settings.host)
 
 
+class Preload:
+    """Loads and warms up the models named in TRAINYARD_PRELOAD_MODELS in the background."""
+
+    def __init__(self, references: str):
+        self.references = [r.strip() for r in references.split(",") if r.strip()]
+        self.done = threading.Event()
+        self.errors: dict[str, str] = {}
+
+    def start(self, server: ModelServer, settings: Settings) -> None:
+        threading.Thread(target=self._run, args=(server, settings), name="preload", daemon=True).start()
+
+    def _run(self, server: ModelServer, settings: Settings) -> None:
+        from service.db import session_scope
+        from service.model_store import resolve
+
+        for reference in self.references:
+            try:
+                with session_scope(write=False) as session:
+                    server.load(resolve(session, reference=reference, settings=settings).path)
+                log.info("model %s loaded and warmed up", reference)
+            except Exception as exc:  # reported by /readyz
+                self.errors[reference] = f"{type(exc).__name__}: {exc}"
+                log.error("could not preload model %s: %s", reference, exc)
+        self.done.set()
+
+    def status(self) -> str:
+        if not self.done.is_set():
+            return "loading"
+        if self.errors:
+            return "error: " + "; ".join(f"{ref}: {err}" for ref, err in self.errors.items())
+        return "ok"
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings = get_settings()
     announce_security(settings)
     reaper = Reaper(settings)
     reaper.start()
+    app.state.preload.start(app.state.models, settings)
     try:
         yield
     finally:
@@ -54,7 +89,9 @@ def create_app() -> FastAPI:
     settings.ensure_dirs()
     app = FastAPI(title="trainyard", version="0.1.0", lifespan=lifespan,
                   description="Train PyTorch models over HTTP and classify with them.")
-    app.state.predictors = PredictorCache(settings.model_cache_size)
+    app.state.models = ModelServer(cache_size=settings.model_cache_size, max_batch_size=settings.max_batch_size,
+                                   max_batch_delay_ms=settings.max_batch_delay_ms)
+    app.state.preload = Preload(settings.preload_models)
     app.include_router(api_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        overrides={"/v1/datasets": settings.max_dataset_upload_bytes})

@@ -19,7 +19,7 @@ def reap_expired_leases(settings: Settings) -> list[str]:
     """Re-queue (or end) every job whose lease expired; returns the ids that need a new message."""
     cutoff = utcnow() - timedelta(seconds=settings.lease_seconds)
     requeued = []
-    with session_scope() as session:
+    with session_scope(write=False) as session:
         candidates = jobs.expired_leases(session, cutoff=cutoff)
     for job_id in candidates:
         with session_scope() as session:
@@ -36,7 +36,7 @@ def lost_messages(settings: Settings, depth: int) -> list[str]:
     a message cannot be matched to its job, all of them are sent again: a duplicate is harmless,
     because only one delivery can claim a queued job.
     """
-    with session_scope() as session:
+    with session_scope(write=False) as session:
         waiting = jobs.stale_queued(session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds))
     return waiting if len(waiting) > depth else []
 

@@ -88,16 +88,27 @@ class ImagePrediction(BaseModel):
     top_k: list[ClassScore]
 
 
+class ValuesPrediction(BaseModel):
+    """One row's prediction: `value` for regression; label, index, probability for classification."""
+
+    value: float | list[float] | None = None
+    label: str | None = None
+    index: int | None = None
+    probability: float | None = None
+    top_k: list[ClassScore] | None = None
+
+
 class ResolvedModel(BaseModel):
     reference: str
     job_id: str
     epoch: int
     name: str | None = None
     version: int | None = None
+    task: str
     classes: list[str] | None
     input_shape: list[int]
 
 
 class PredictResponse(BaseModel):
     model: ResolvedModel
-    predictions: list[ImagePrediction]
+    predictions: list[ImagePrediction] | list[ValuesPrediction]

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     data_dir: Path | None = None
     checkpoint_dir: Path | None = None
     datasets_dir: Path | None = None
+    registry_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     allow_download: bool = False
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     max_files_per_request: int = Field(default=64, ge=1)
     max_image_pixels: int = Field(default=4096 * 4096, ge=1)
     model_cache_size: int = Field(default=8, ge=1)
+    # Concurrent predict requests for one model are run as one batch of up to this many images,
+    # waiting at most this long for company.
+    max_batch_size: int = Field(default=64, ge=1, le=4096)
+    max_batch_delay_ms: float = Field(default=2.0, ge=0, le=1000)
+    # Model references loaded and warmed up at start-up; /readyz waits for them.
+    preload_models: str = ""
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
@@ -52,6 +59,9 @@ class Settings(BaseSettings):
         if self.datasets_dir is None:
             self.datasets_dir = self.home / "datasets"
         self.datasets_dir = self.datasets_dir.expanduser().resolve()
+        if self.registry_dir is None:
+            self.registry_dir = self.home / "registry"
+        self.registry_dir = self.registry_dir.expanduser().resolve()
         self.data_dir = self.data_dir.expanduser().resolve()
         self.checkpoint_dir = self.checkpoint_dir.expanduser().resolve()
         if self.database_url is None:
@@ -67,7 +77,7 @@ class Settings(BaseSettings):
         return self.broker_url.startswith("sqla+")
 
     def ensure_dirs(self) -> None:
-        for path in (self.home, self.data_dir, self.checkpoint_dir, self.datasets_dir):
+        for path in (self.home, self.data_dir, self.checkpoint_dir, self.datasets_dir, self.registry_dir):
             path.mkdir(parents=True, exist_ok=True)
 
 

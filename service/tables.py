@@ -154,5 +154,36 @@ class StoredDataset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ModelVersion(Base):
+    """An immutable registered model: a frozen copy of one job checkpoint."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_versions_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="RESTRICT"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    selector: Mapped[str] = mapped_column(String(20))  # what was asked for: best, last or an epoch
+    path: Mapped[str] = mapped_column(String(500))  # relative to the registry folder
+    task: Mapped[str] = mapped_column(String(20))
+    classes: Mapped[list | None] = mapped_column(JSON)
+    input_shape: Mapped[list] = mapped_column(JSON)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelAlias(Base):
+    """A movable name (such as `production`) for one version of a model."""
+
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 METRIC_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
                  "seconds", "samples_per_second", "lr")

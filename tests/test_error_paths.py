@@ -131,10 +131,14 @@ def test_predict_checks_top_k_and_file_count(api, trained_job):
     one = [("files", ("a.png", _png(), "image/png"))]
     assert api.post("/v1/predict", data={"model": f"job:{trained_job}", "top_k": "11"}, files=one).status_code == 422
     assert api.post("/v1/predict", data={"model": f"job:{trained_job}", "top_k": "0"}, files=one).status_code == 422
-    assert api.post("/v1/predict", data={"model": f"job:{trained_job}"}).status_code == 422
+    assert api.post("/v1/predict", data={"model": f"job:{trained_job}"}).status_code == 415  # not multipart
+    no_files = api.post("/v1/predict", data={"model": f"job:{trained_job}"}, files=[("other", ("a.png", _png(), "image/png"))])
+    assert no_files.status_code == 422 and no_files.json()["detail"][0]["loc"] == ["body", "files"]
+    no_model = api.post("/v1/predict", files=one)
+    assert no_model.status_code == 422 and no_model.json()["detail"][0]["loc"] == ["body", "model"]
     many = one * 65
     response = api.post("/v1/predict", data={"model": f"job:{trained_job}"}, files=many)
-    assert response.status_code == 422 and "at most" in response.json()["detail"]
+    assert response.status_code == 422 and "at most 64" in response.json()["detail"][0]["msg"]
 
 
 def _png_header(width: int, height: int) -> bytes:

@@ -207,9 +207,8 @@ def _initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
         return None
     settings = get_settings()
     try:
-        with session_scope() as session:
-            target = resolve(session, reference=init_from_reference(spec.init_from),
-                             checkpoint_dir=settings.checkpoint_dir)
+        with session_scope(write=False) as session:
+            target = resolve(session, reference=init_from_reference(spec.init_from), settings=settings)
     except (ModelNotFound, ModelNotReady) as exc:
         raise TrainingError(f"init_from: {exc}") from None
     weights, _ = read_checkpoint(target.path)

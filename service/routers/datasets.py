@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from models.data import DatasetError
 from service import datasets
-from service.deps import SessionDep, SettingsDep
+from service.deps import SessionDep, SettingsDep, WriteSessionDep
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 NOT_FOUND = {404: {"description": "No such dataset"}}
@@ -51,7 +51,7 @@ def _get_or_404(session, dataset_id: str):
     422: {"description": "The archive is unsafe, damaged or not a dataset layout"},
 })
 async def upload_dataset(
-    session: SessionDep,
+    session: WriteSessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="a zip: train/<class>/*.png (+ test/...), <class>/*.png, "
                                                   "the four IDX files, or a CSV with a label or target column")],
@@ -89,7 +89,7 @@ def read_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT,
                responses={**NOT_FOUND, 409: {"description": "An unfinished job uses the dataset"}})
-def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep) -> None:
+def delete_dataset(dataset_id: str, session: WriteSessionDep, settings: SettingsDep) -> None:
     """Delete an uploaded dataset that no queued or running job uses."""
     _get_or_404(session, dataset_id)
     try:

@@ -1,6 +1,6 @@
 """Liveness and readiness."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -17,9 +17,9 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", responses={503: {"description": "The database or the broker does not answer"}})
-async def readyz() -> JSONResponse:
-    """The database and the broker both answer."""
-    checks = {}
+async def readyz(request: Request) -> JSONResponse:
+    """The database and the broker answer, and the preloaded models can serve."""
+    checks = {"models": request.app.state.preload.status()}
     for name, probe in (("database", ping), ("broker", ping_broker)):
         try:
             await run_in_threadpool(probe)

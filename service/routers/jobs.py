@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models.spec import JobSpec, spec_problems
 from service import datasets, jobs
-from service.deps import SessionDep, SettingsDep
+from service.deps import SessionDep, SettingsDep, WriteSessionDep
 from service.model_store import ModelNotFound, ModelNotReady, init_from_reference, resolve
 from service.schemas import (
     CheckpointPublic,
@@ -48,6 +48,13 @@ def job_public(session, job: Job) -> JobPublic:
     )
 
 
+def _respond(session, job_id: str) -> JobPublic:
+    """The job as it is now, with the session's transaction ended before the response is sent."""
+    public = job_public(session, jobs.get_job(session, job_id=job_id))
+    session.commit()
+    return public
+
+
 def _get_or_404(session, job_id: str) -> Job:
     job = jobs.get_job(session, job_id=job_id)
     if job is None:
@@ -65,7 +72,7 @@ def _check_spec(session, spec: JobSpec, settings) -> str:
         problems += [(("body", *p.loc), p.msg) for p in spec_problems(spec, info)]
     if spec.init_from is not None:
         try:
-            resolve(session, reference=init_from_reference(spec.init_from), checkpoint_dir=settings.checkpoint_dir)
+            resolve(session, reference=init_from_reference(spec.init_from), settings=settings)
         except (ModelNotFound, ModelNotReady) as exc:
             problems.append((("body", "init_from"), str(exc)))
     if problems:
@@ -80,7 +87,7 @@ def _replay(session, job: Job, request_hash: str, response: Response) -> JobPubl
                             f"this Idempotency-Key was used for job {job.id} with a different spec")
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     response.headers["Idempotent-Replayed"] = "true"
-    return job_public(session, jobs.get_job(session, job_id=job.id))
+    return _respond(session, job.id)
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
@@ -88,7 +95,7 @@ def _replay(session, job: Job, request_hash: str, response: Response) -> JobPubl
                         413: {"description": "The request body is larger than the limit"}})
 def submit_job(
     spec: JobSpec,
-    session: SessionDep,
+    session: WriteSessionDep,
     settings: SettingsDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
@@ -120,7 +127,7 @@ def submit_job(
         # The job is safely queued in SQL; the reaper sends it when the broker is back.
         log.warning("could not publish job %s now (%s); the reaper will send it", job.id, exc)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_public(session, jobs.get_job(session, job_id=job.id))
+    return _respond(session, job.id)
 
 
 @router.get("", response_model=JobsPublic)
@@ -151,7 +158,7 @@ def read_metrics(job_id: str, session: SessionDep) -> MetricsPublic:
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
              responses={**JOB_NOT_FOUND, **CONFLICT})
-def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
+def cancel_job(job_id: str, session: WriteSessionDep) -> JobPublic:
     """Cancel a queued job now, or ask a running one to stop after its current batch."""
     _get_or_404(session, job_id)
     try:
@@ -159,12 +166,12 @@ def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
     except jobs.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     session.commit()
-    return job_public(session, jobs.get_job(session, job_id=job_id))
+    return _respond(session, job_id)
 
 
 @router.post("/{job_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
              responses={**JOB_NOT_FOUND, **CONFLICT})
-def resume_job(job_id: str, session: SessionDep) -> JobPublic:
+def resume_job(job_id: str, session: WriteSessionDep) -> JobPublic:
     """Queue a cancelled or failed job again, to continue from its last saved state."""
     _get_or_404(session, job_id)
     try:
@@ -176,4 +183,4 @@ def resume_job(job_id: str, session: SessionDep) -> JobPublic:
         send_train_job(job_id)
     except Exception as exc:
         log.warning("could not publish job %s now (%s); the reaper will send it", job_id, exc)
-    return job_public(session, jobs.get_job(session, job_id=job_id))
+    return _respond(session, job_id)

@@ -1,69 +1,169 @@
-"""Classify uploaded images with a trained model."""
+"""Predict with a trained model: uploaded images (multipart or a raw image body) or numeric rows (JSON)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+import torch
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
 
 from models.checkpoint import CheckpointError
 from models.predictor import InputError
-from service.deps import PredictorCacheDep, SessionDep, SettingsDep
-from service.model_store import ModelNotFound, ModelNotReady, resolve
-from service.schemas import ImagePrediction, PredictResponse, ResolvedModel
+from service.deps import ModelServerDep, SessionDep, SettingsDep
+from service.inference import LoadedModel, ModelServer
+from service.model_store import ModelNotFound, ModelNotReady, ResolvedCheckpoint, resolve
+from service.schemas import ImagePrediction, PredictResponse, ResolvedModel, ValuesPrediction
+from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
-
-@router.post("/predict", response_model=PredictResponse, responses={
+ERRORS = {
     404: {"description": "No model answers to this reference"},
     409: {"description": "The job has no checkpoint yet"},
     413: {"description": "The upload is larger than the limit"},
-    422: {"description": "A file is not a usable image, or a parameter is out of range"},
-})
-async def predict(
-    session: SessionDep,
-    settings: SettingsDep,
-    cache: PredictorCacheDep,
-    model: Annotated[str, Form(min_length=1, max_length=200, description="job:ID, job:ID:best or job:ID:last")],
-    files: Annotated[list[UploadFile], File(description="one or more images")],
-    top_k: Annotated[int, Form(ge=1, le=1000)] = 1,
-) -> PredictResponse:
-    """Label each uploaded image with the model's most likely classes."""
-    if len(files) > settings.max_files_per_request:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"{len(files)} files sent; at most {settings.max_files_per_request} per request")
-    uploads = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+    415: {"description": "Unsupported content type"},
+    422: {"description": "An input is not usable, or a parameter is out of range"},
+}
+
+
+class PredictValues(BaseModel):
+    """Numeric inputs for a model trained on tabular data (regression or classification)."""
+
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    inputs: Annotated[list[list[float]], Field(min_length=1, max_length=10_000)]
+    top_k: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["model", "files"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "maxLength": 200,
+                  "description": "name, name:VERSION, name@ALIAS, job:ID or job:ID:best|last|EPOCH"},
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
+    },
+}
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+    "application/json": {"schema": PredictValues.model_json_schema()},
+}}}
+
+
+def _invalid(loc: tuple, msg: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": msg, "input": None}])
+
+
+async def load_model(session, settings: Settings, server: ModelServer,
+                     reference: str) -> tuple[ResolvedCheckpoint, LoadedModel]:
+    """Resolve a reference and get its loaded model, mapping failures to HTTP errors."""
     try:
-        target = await run_in_threadpool(resolve, session, reference=model, checkpoint_dir=settings.checkpoint_dir)
-        predictor = await run_in_threadpool(cache.get, target.path)
+        target = await run_in_threadpool(resolve, session, reference=reference, settings=settings)
+        loaded = await run_in_threadpool(server.load, target.path)
     except ModelNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except ModelNotReady as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except CheckpointError as exc:
-        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"model {model!r} cannot be loaded: {exc}") from exc
-    if predictor.task != "classification":
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"model {model!r} is a regression model; it does not classify images")
-    if top_k > len(predictor.classes):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"top_k is {top_k} but model {model!r} has {len(predictor.classes)} classes")
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"model {reference!r} cannot be loaded: {exc}") from exc
+    return target, loaded
 
-    def run() -> list[ImagePrediction]:
-        inputs = [predictor.decode_image(data, name, max_pixels=settings.max_image_pixels) for name, data in uploads]
-        results = predictor.classify(inputs, top_k=top_k)
-        return [ImagePrediction(filename=name, label=r.label, index=r.index, probability=r.probability, top_k=r.top_k)
-                for (name, _), r in zip(uploads, results)]
+
+def resolved_model(target: ResolvedCheckpoint, loaded: LoadedModel) -> ResolvedModel:
+    predictor = loaded.predictor
+    return ResolvedModel(reference=target.reference, job_id=target.job_id, epoch=target.epoch, name=target.name,
+                         version=target.version, task=predictor.task, classes=predictor.classes,
+                         input_shape=predictor.meta["input_shape"])
+
+
+async def classify_uploads(session, settings: Settings, server: ModelServer, reference: str,
+                           uploads: list[tuple[str, bytes]], top_k: int) -> PredictResponse:
+    """Decode the uploaded images off the event loop and classify them in one (shared) batch."""
+    target, loaded = await load_model(session, settings, server, reference)
+    predictor = loaded.predictor
+    if predictor.task != "classification" or predictor.preprocess.get("kind") != "image":
+        raise _invalid(("model",), f"model {reference!r} does not classify images; send JSON inputs instead")
+    if top_k > len(predictor.classes):
+        raise _invalid(("top_k",), f"top_k is {top_k} but model {reference!r} has {len(predictor.classes)} classes")
+
+    def decode():
+        return [predictor.decode_image(data, name, max_pixels=settings.max_image_pixels) for name, data in uploads]
 
     try:
-        predictions = await run_in_threadpool(run)
+        inputs = await run_in_threadpool(decode)
     except InputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    meta = predictor.meta
+    probs = await server.probabilities(loaded, torch.stack(inputs))
+    results = predictor.label(probs, top_k)
     return PredictResponse(
-        model=ResolvedModel(reference=model, job_id=target.job.id, epoch=target.checkpoint.epoch,
-                            classes=predictor.classes, input_shape=meta["input_shape"]),
-        predictions=predictions,
-    )
+        model=resolved_model(target, loaded),
+        predictions=[ImagePrediction(filename=name, label=r.label, index=r.index, probability=r.probability,
+                                     top_k=r.top_k) for (name, _), r in zip(uploads, results)])
+
+
+async def predict_values(session, settings, server, body: PredictValues) -> PredictResponse:
+    target, loaded = await load_model(session, settings, server, body.model)
+    predictor = loaded.predictor
+    try:
+        inputs = predictor.decode_values(body.inputs)
+    except InputError as exc:
+        raise _invalid(("inputs",), f"model {body.model!r}: {exc}") from exc
+    outputs = await server.probabilities(loaded, inputs)
+    if predictor.task == "regression":
+        values = outputs.tolist()
+        predictions = [ValuesPrediction(value=row[0] if len(row) == 1 else row) for row in values]
+    else:
+        predictions = [ValuesPrediction(label=r.label, index=r.index, probability=r.probability, top_k=r.top_k)
+                       for r in predictor.label(outputs, body.top_k)]
+    return PredictResponse(model=resolved_model(target, loaded), predictions=predictions)
+
+
+async def _form_uploads(request: Request, settings: Settings) -> tuple[str, list[tuple[str, bytes]], int]:
+    limit = settings.max_files_per_request
+    form = await request.form(max_files=limit + 1, max_fields=20)
+    model = form.get("model")
+    if not isinstance(model, str) or not 1 <= len(model) <= 200:
+        raise _invalid(("model",), "model is required: name, name:VERSION, name@ALIAS or job:ID")
+    files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    if not files:
+        raise _invalid(("files",), "at least one image is required in the files field")
+    if len(files) > limit:
+        raise _invalid(("files",), f"{len(files)} files sent; at most {limit} per request")
+    raw_k = form.get("top_k", "1")
+    if not isinstance(raw_k, str) or not raw_k.strip().isdigit() or not 1 <= int(raw_k) <= 1000:
+        raise _invalid(("top_k",), "top_k must be an integer from 1 to 1000")
+    uploads = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+    return model, uploads, int(raw_k)
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY)
+async def predict(request: Request, session: SessionDep, settings: SettingsDep,
+                  server: ModelServerDep) -> PredictResponse:
+    """Classify uploaded images (multipart `model`, `files`, `top_k`), or predict from numeric
+    rows (JSON `{"model", "inputs": [[...], ...]}`)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        try:
+            body = PredictValues.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+        return await predict_values(session, settings, server, body)
+    if content_type.startswith("multipart/form-data"):
+        model, uploads, top_k = await _form_uploads(request, settings)
+        return await classify_uploads(session, settings, server, model, uploads, top_k)
+    raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                        "send multipart/form-data with model and files, or application/json with model and inputs")
+
+
+@router.post("/models/{reference}/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={
+    "requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}})
+async def predict_raw_image(reference: str, request: Request, session: SessionDep, settings: SettingsDep,
+                            server: ModelServerDep, top_k: Annotated[int, Query(ge=1, le=1000)] = 1) -> PredictResponse:
+    """Classify one image sent as the raw request body (Content-Type image/*)."""
+    if not request.headers.get("content-type", "").startswith("image/"):
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the image as the body with Content-Type image/*")
+    return await classify_uploads(session, settings, server, reference, [("body", await request.body())], top_k)
