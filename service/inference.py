@@ -11,21 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from models.predictor import Predictor
-from service.model_store import ModelNotFound
+from service.model_store import ModelNotFound, ResolvedCheckpoint
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Request:
-    inputs: torch.Tensor
+    size: int  # inputs this request adds to a batch
+    prepare: Callable[[], torch.Tensor]  # runs on the batch's worker thread (e.g. decodes images)
     future: asyncio.Future
 
 
@@ -43,8 +46,14 @@ class Batcher:
 
     async def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a batch of prepared inputs [N, ...]."""
+        return await self.submit(len(inputs), lambda: inputs)
+
+    async def submit(self, size: int, prepare: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Outputs for the `size` inputs that prepare() makes; it runs off the event loop, in the
+        batch's thread, so decoding costs one thread hop per batch rather than one per request.
+        If prepare() raises, only this request fails."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Request(inputs, future))
+        await self.queue.put(_Request(size, prepare, future))
         return await future
 
     def close(self) -> None:
@@ -53,7 +62,7 @@ class Batcher:
 
     async def _collect(self) -> list[_Request]:
         items = [await self.queue.get()]
-        size = len(items[0].inputs)
+        size = items[0].size
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_delay_s
         while size < self.max_batch_size:
@@ -67,31 +76,51 @@ class Batcher:
                     item = await asyncio.wait_for(self.queue.get(), remaining)
                 except TimeoutError:
                     break
-            if size + len(item.inputs) > self.max_batch_size:
+            if size + item.size > self.max_batch_size:
                 # Too big to join; it leads the next batch instead.
                 await self.queue.put(item)
                 break
             items.append(item)
-            size += len(item.inputs)
+            size += item.size
         return items
+
+    def _forward(self, items: list[_Request]) -> list[torch.Tensor | BaseException]:
+        """Prepare every request's inputs, run one forward pass, split the outputs (worker thread)."""
+        prepared: list[torch.Tensor | BaseException] = []
+        for item in items:
+            try:
+                prepared.append(item.prepare())
+            except Exception as exc:  # this request's own input is bad
+                prepared.append(exc)
+        good = [p for p in prepared if isinstance(p, torch.Tensor)]
+        if not good:
+            return prepared
+        batch = torch.cat(good) if len(good) > 1 else good[0]
+        outputs = self.predictor.probabilities(batch)
+        self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+        results, start = [], 0
+        for p in prepared:
+            if isinstance(p, BaseException):
+                results.append(p)
+            else:
+                results.append(outputs[start:start + len(p)])
+                start += len(p)
+        return results
 
     async def _run(self) -> None:
         while True:
             items = await self._collect()
-            batch = torch.cat([item.inputs for item in items]) if len(items) > 1 else items[0].inputs
             try:
-                probs = await asyncio.to_thread(self.predictor.probabilities, batch)
-            except Exception as exc:  # hand the failure to every waiting request, keep serving
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
-            start = 0
-            for item in items:
-                if not item.future.done():
-                    item.future.set_result(probs[start:start + len(item.inputs)])
-                start += len(item.inputs)
+                results = await asyncio.to_thread(self._forward, items)
+            except Exception as exc:  # the forward pass itself failed: every request hears of it
+                results = [exc] * len(items)
+            for item, result in zip(items, results):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
 
 
 @dataclass
@@ -101,10 +130,35 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+class ReferenceCache:
+    """Resolved model references, reused for `ttl` seconds so a hot path skips the database."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._items: dict[str, tuple[float, ResolvedCheckpoint]] = {}
+
+    def get(self, reference: str) -> ResolvedCheckpoint | None:
+        hit = self._items.get(reference)
+        if hit is None or time.monotonic() - hit[0] > self.ttl:
+            return None
+        return hit[1]
+
+    def clear(self) -> None:
+        """Forget every resolution (the registry changed in this process)."""
+        self._items.clear()
+
+    def put(self, reference: str, resolved: ResolvedCheckpoint) -> None:
+        if len(self._items) > 10_000:
+            self._items.clear()
+        self._items[reference] = (time.monotonic(), resolved)
+
+
 class ModelServer:
     """Predictors by checkpoint file, least recently used evicted first, loaded once each."""
 
-    def __init__(self, *, cache_size: int, max_batch_size: int, max_batch_delay_ms: float):
+    def __init__(self, *, cache_size: int, max_batch_size: int, max_batch_delay_ms: float,
+                 reference_ttl: float = 0.0):
+        self.references = ReferenceCache(reference_ttl)
         self.cache_size = cache_size
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_batch_delay_ms / 1000
@@ -113,17 +167,28 @@ class ModelServer:
         self.hits = 0
         self.misses = 0
 
-    def load(self, path: Path) -> LoadedModel:
-        """The loaded, warmed-up model of a checkpoint file (thread-safe; loads at most once)."""
+    def _key(self, path: Path) -> tuple[str, int]:
         try:
-            key = (str(path), path.stat().st_mtime_ns)
+            return str(path), path.stat().st_mtime_ns
         except FileNotFoundError:
             raise ModelNotFound(f"checkpoint file {path.name} is missing") from None
+
+    def loaded(self, path: Path) -> LoadedModel | None:
+        """The model if it is already in the cache (cheap enough for the event loop)."""
+        key = self._key(path)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 self.hits += 1
                 return self._items[key]
+        return None
+
+    def load(self, path: Path) -> LoadedModel:
+        """The loaded, warmed-up model of a checkpoint file (thread-safe; loads at most once)."""
+        cached = self.loaded(path)
+        if cached is not None:
+            return cached
+        key = self._key(path)
         predictor = Predictor.from_checkpoint(path)
         predictor.warm_up()
         with self._lock:
@@ -137,13 +202,29 @@ class ModelServer:
                     evicted.batcher.close()
         return loaded
 
-    async def probabilities(self, loaded: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
-        """Probabilities for prepared inputs, batched with other requests for the same model."""
+    def _batcher(self, loaded: LoadedModel) -> Batcher:
         if loaded.batcher is None:
             with loaded.lock:
                 if loaded.batcher is None:
                     loaded.batcher = Batcher(loaded.predictor, self.max_batch_size, self.max_delay_s)
-        return await loaded.batcher.probabilities(inputs)
+        return loaded.batcher
+
+    async def probabilities(self, loaded: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
+        """Probabilities for prepared inputs, batched with other requests for the same model."""
+        return await self._batcher(loaded).probabilities(inputs)
+
+    async def classify_images(self, loaded: LoadedModel, uploads: list[tuple[str, bytes]],
+                              max_pixels: int) -> torch.Tensor:
+        """Probabilities for encoded images, decoded and run in a batch with other requests.
+
+        Raises the InputError of the first unusable image; other requests are not affected.
+        """
+        predictor = loaded.predictor
+
+        def prepare() -> torch.Tensor:
+            return torch.stack([predictor.decode_image(data, name, max_pixels=max_pixels) for name, data in uploads])
+
+        return await self._batcher(loaded).submit(len(uploads), prepare)
 
     def __len__(self) -> int:
         return len(self._items)

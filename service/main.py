@@ -7,6 +7,7 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI
 
 from service.api import api_router
@@ -89,10 +90,16 @@ def create_app() -> FastAPI:
     settings.ensure_dirs()
     app = FastAPI(title="trainyard", version="0.1.0", lifespan=lifespan,
                   description="Train PyTorch models over HTTP and classify with them.")
+    torch.set_num_threads(settings.inference_threads)
     app.state.models = ModelServer(cache_size=settings.model_cache_size, max_batch_size=settings.max_batch_size,
-                                   max_batch_delay_ms=settings.max_batch_delay_ms)
+                                   max_batch_delay_ms=settings.max_batch_delay_ms,
+                                   reference_ttl=settings.reference_cache_seconds)
     app.state.preload = Preload(settings.preload_models)
     app.include_router(api_router)
+    if settings.bench_routes:
+        from service.routers.bench import router as bench_router
+
+        app.include_router(bench_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        overrides={"/v1/datasets": settings.max_dataset_upload_bytes})
     return app

@@ -45,9 +45,17 @@ class Settings(BaseSettings):
     # Concurrent predict requests for one model are run as one batch of up to this many images,
     # waiting at most this long for company.
     max_batch_size: int = Field(default=64, ge=1, le=4096)
-    max_batch_delay_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_batch_delay_ms: float = Field(default=0.0, ge=0, le=1000)
     # Model references loaded and warmed up at start-up; /readyz waits for them.
     preload_models: str = ""
+    # How long a resolved model reference is reused before it is looked up again; an alias
+    # that moves takes effect within this time.
+    reference_cache_seconds: float = Field(default=1.0, ge=0, le=3600)
+    # Torch threads for inference in the API process; small models answer fastest on one.
+    inference_threads: int = Field(default=1, ge=1, le=256)
+    # Adds POST /v1/_bench/floor, a route that reads an upload and answers a constant, so that
+    # bench/predict.py can measure the server's own HTTP cost. Off in production.
+    bench_routes: bool = False
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

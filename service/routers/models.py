@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import registry
-from service.deps import SessionDep, SettingsDep, WriteSessionDep
+from service.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
 from service.model_store import MODEL_NAME, ModelNotFound, ModelNotReady
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -69,7 +69,8 @@ def _model(session, name: str) -> ModelPublic:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic,
              responses={**NOT_FOUND, 409: {"description": "The job has no checkpoint yet"}})
-def register_model(body: ModelCreate, session: WriteSessionDep, settings: SettingsDep) -> ModelVersionPublic:
+def register_model(body: ModelCreate, session: WriteSessionDep, settings: SettingsDep,
+                   server: ModelServerDep) -> ModelVersionPublic:
     """Register a job's best, last or given epoch's checkpoint as the next version of a model."""
     try:
         version = registry.register(session, name=body.name, job_id=body.job_id.lower(),
@@ -79,6 +80,7 @@ def register_model(body: ModelCreate, session: WriteSessionDep, settings: Settin
     except ModelNotReady as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     session.commit()
+    server.references.clear()  # `name` may now mean the new version
     return ModelVersionPublic.model_validate(version)
 
 
@@ -96,13 +98,15 @@ def read_model(name: NameParam, session: SessionDep) -> ModelPublic:
 
 
 @router.put("/{name}/aliases/{alias}", response_model=ModelPublic, responses=NOT_FOUND)
-def set_alias(name: NameParam, alias: NameParam, body: AliasUpdate, session: WriteSessionDep) -> ModelPublic:
+def set_alias(name: NameParam, alias: NameParam, body: AliasUpdate, session: WriteSessionDep,
+              server: ModelServerDep) -> ModelPublic:
     """Point an alias (e.g. `production`) at a version; references `name@alias` follow it."""
     try:
         registry.set_alias(session, name=name, alias=alias, version=body.version)
     except ModelNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     session.commit()
+    server.references.clear()  # other API processes follow within reference_cache_seconds
     model = _model(session, name)
     session.commit()
     return model
@@ -111,7 +115,7 @@ def set_alias(name: NameParam, alias: NameParam, body: AliasUpdate, session: Wri
 @router.delete("/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT,
                responses={**NOT_FOUND, 409: {"description": "An alias points to this version"}})
 def delete_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], session: WriteSessionDep,
-                   settings: SettingsDep) -> None:
+                   settings: SettingsDep, server: ModelServerDep) -> None:
     """Delete a version that no alias points to."""
     try:
         registry.delete_version(session, name=name, version=version, settings=settings)
@@ -120,3 +124,4 @@ def delete_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_IN
     except registry.AliasInUse as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     session.commit()
+    server.references.clear()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -60,10 +59,17 @@ def _invalid(loc: tuple, msg: str) -> RequestValidationError:
 
 async def load_model(session, settings: Settings, server: ModelServer,
                      reference: str) -> tuple[ResolvedCheckpoint, LoadedModel]:
-    """Resolve a reference and get its loaded model, mapping failures to HTTP errors."""
+    """Resolve a reference and get its loaded model, mapping failures to HTTP errors.
+
+    A hot model is served without leaving the event loop: its reference was resolved within
+    the last reference_cache_seconds and its predictor is in the cache.
+    """
     try:
-        target = await run_in_threadpool(resolve, session, reference=reference, settings=settings)
-        loaded = await run_in_threadpool(server.load, target.path)
+        target = server.references.get(reference)
+        if target is None:
+            target = await run_in_threadpool(resolve, session, reference=reference, settings=settings)
+            server.references.put(reference, target)
+        loaded = server.loaded(target.path) or await run_in_threadpool(server.load, target.path)
     except ModelNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except ModelNotReady as exc:
@@ -90,14 +96,10 @@ async def classify_uploads(session, settings: Settings, server: ModelServer, ref
     if top_k > len(predictor.classes):
         raise _invalid(("top_k",), f"top_k is {top_k} but model {reference!r} has {len(predictor.classes)} classes")
 
-    def decode():
-        return [predictor.decode_image(data, name, max_pixels=settings.max_image_pixels) for name, data in uploads]
-
     try:
-        inputs = await run_in_threadpool(decode)
+        probs = await server.classify_images(loaded, uploads, settings.max_image_pixels)
     except InputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    probs = await server.probabilities(loaded, torch.stack(inputs))
     results = predictor.label(probs, top_k)
     return PredictResponse(
         model=resolved_model(target, loaded),
