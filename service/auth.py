@@ -63,7 +63,7 @@ def token_table() -> TokenTable:
     return parse_tokens(get_settings().api_tokens)
 
 
-def require_token(
+async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

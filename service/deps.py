@@ -33,11 +33,17 @@ async def get_write_session() -> AsyncIterator[Session]:
         yield session
 
 
-def get_model_server(request: Request) -> ModelServer:
+# Dependencies are async on purpose: FastAPI runs a plain `def` dependency in its thread pool,
+# a hop that would cost every request more than the work itself.
+async def get_model_server(request: Request) -> ModelServer:
     return request.app.state.models
+
+
+async def settings() -> Settings:
+    return get_settings()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 WriteSessionDep = Annotated[Session, Depends(get_write_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(settings)]
 ModelServerDep = Annotated[ModelServer, Depends(get_model_server)]

@@ -15,7 +15,7 @@ from sqlalchemy.orm import sessionmaker
 
 from models.spec import JobSpec
 from service import jobs
-from service.db import make_engine
+from service.db import WRITE_OPTION, make_engine
 from service.migrate import alembic_config, upgrade
 from service.tables import Base, Checkpoint, EpochMetric, JobStatus, utcnow
 from tests.servers import PostgresSchema, postgres_available, require
@@ -43,7 +43,8 @@ def engine(request, tmp_path):
 
 @pytest.fixture
 def Session(engine):
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    """Sessions as the service's writers get them (SQLite: transactions take the write lock)."""
+    return sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
 
 
 def test_migrations_match_the_orm_tables(engine):
@@ -67,21 +68,24 @@ def test_only_one_of_many_concurrent_claims_wins(Session):
         job_id = jobs.create_job(session, spec=SPEC, task="classification").id
         session.commit()
     barrier = threading.Barrier(8)
-    wins = []
+    wins, errors = [], []
 
     def claim(n):
-        with Session() as session:
-            barrier.wait()
-            if jobs.claim_job(session, job_id=job_id, worker=f"w{n}", **LEASE):
-                wins.append(n)
-            session.commit()
+        try:
+            with Session() as session:
+                barrier.wait()
+                if jobs.claim_job(session, job_id=job_id, worker=f"w{n}", **LEASE):
+                    wins.append(n)
+                session.commit()
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
 
     threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(wins) == 1
+    assert errors == [] and len(wins) == 1
     with Session() as session:
         job = jobs.get_job(session, job_id=job_id)
         assert job.status == JobStatus.RUNNING and job.attempt == 1 and job.worker == f"w{wins[0]}"
