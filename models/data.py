@@ -263,10 +263,30 @@ def _cached(key: tuple, load) -> Dataset:
     return dataset
 
 
-def _cached_idx_dataset(name: str, data_dir: Path, allow_download: bool) -> Dataset:
+def _cached_idx_dataset(name: str, data_dir: Path, allow_download: bool, cache_dir: Path | None) -> Dataset:
     raw_dir = data_dir / IMAGE_DATASETS[name][0] / "raw"
     stamp = _stamp(raw_dir.glob("*")) if raw_dir.is_dir() else ()
-    return _cached((name, str(data_dir.resolve()), stamp), lambda: _load_idx_dataset(name, data_dir, allow_download))
+
+    def load() -> Dataset:
+        # Decoding gzipped IDX files takes seconds for the full datasets; a decoded copy on disk
+        # (named after the files' paths, sizes and times) loads in a fraction of that.
+        if cache_dir is None or not stamp:
+            return _load_idx_dataset(name, data_dir, allow_download)
+        key = hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]
+        path = Path(cache_dir) / f"{name}-{key}.safetensors"
+        if path.is_file():
+            try:
+                return load_stored_dataset(path)
+            except DatasetError:
+                path.unlink(missing_ok=True)  # a damaged cache file is rebuilt
+        dataset = _load_idx_dataset(name, data_dir, allow_download)
+        try:
+            save_stored_dataset(path, dataset)
+        except OSError:
+            pass  # the cache is an optimisation; a read-only disk must not fail the job
+        return dataset
+
+    return _cached((name, str(data_dir.resolve()), stamp), load)
 
 
 def _cached_stored_dataset(path: Path) -> Dataset:
@@ -292,10 +312,11 @@ def _split_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
 
 
 def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = None,
-                 allow_download: bool = False, seed: int = 0) -> Dataset:
+                 cache_dir: Path | None = None, allow_download: bool = False, seed: int = 0) -> Dataset:
     """Load the dataset a data spec names, with its validation split if it asks for one.
 
-    `data_dir` holds the standard datasets; `datasets_dir` the uploaded ones, by id.
+    `data_dir` holds the standard datasets; `datasets_dir` the uploaded ones, by id; `cache_dir`
+    keeps decoded copies of the standard ones.
     """
     if isinstance(spec, SyntheticLinearSpec):
         dataset = synthetic_linear(spec, seed)
@@ -307,7 +328,7 @@ def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = 
                 raise DatasetError("uploaded datasets are not available here")
             full = _cached_stored_dataset(Path(datasets_dir) / f"{spec.dataset_id}.safetensors")
         else:
-            full = _cached_idx_dataset(spec.dataset, Path(data_dir), allow_download)
+            full = _cached_idx_dataset(spec.dataset, Path(data_dir), allow_download, cache_dir)
         x_train, y_train = _subset(full.x_train, full.y_train, spec.limit_train)
         x_test, y_test = _subset(full.x_test, full.y_test, spec.limit_test)
         dataset = Dataset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -114,6 +115,8 @@ class TrainingRun:
     started_at: float = field(default_factory=time.monotonic)
     folds: list[dict] = field(default_factory=list)
     history: list[EpochMetrics] = field(default_factory=list)
+    scaler: torch.amp.GradScaler | None = None
+    compiled: dict[int, nn.Module] = field(default_factory=dict)  # id(model) -> its torch.compile wrapper
 
     @property
     def start_epoch(self) -> int:
@@ -173,6 +176,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def autocast(spec: JobSpec, device: torch.device):
+    """The spec's mixed-precision context for this device (a no-op when amp is off)."""
+    if spec.amp == "off":
+        return contextlib.nullcontext()
+    if spec.amp == "fp16" and device.type != "cuda":
+        raise TrainingError("amp fp16 needs a CUDA device; use bf16 on the CPU")
+    dtype = torch.float16 if spec.amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def loss_function(task: str) -> nn.Module:
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
@@ -197,6 +210,8 @@ def train_one_epoch(
     should_stop: Callable[[], bool] = lambda: False,
     progress: EpochProgress | None = None,
     penalty: Callable[[], torch.Tensor] | None = None,
+    precision=contextlib.nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[EpochProgress, bool]:
     """One pass over the shuffled training set, or the rest of one after `progress.batches`.
 
@@ -224,12 +239,18 @@ def train_one_epoch(
         idx = order[start:start + batch_size]
         x = dataset.to_float(x_all[idx].to(device, non_blocking=True))
         y = y_all[idx].to(device, non_blocking=True)
-        outputs = model(x)
-        loss = loss_fn(outputs, y)
+        with precision():
+            outputs = model(x)
+            loss = loss_fn(outputs, y)
         objective = loss + penalty() if penalty is not None else loss
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
+        if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+            scaler.scale(objective).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            objective.backward()
+            optimizer.step()
         loss_sum += loss.detach() * len(idx)
         if classify:
             correct += (outputs.detach().argmax(dim=1) == y).sum()
@@ -249,6 +270,7 @@ def evaluate(
     *,
     batch_size: int,
     device: torch.device,
+    precision=contextlib.nullcontext,
 ) -> tuple[float, float | None]:
     """Mean loss and accuracy (None for regression) over a held-out split, in eval mode."""
     model.eval()
@@ -259,8 +281,9 @@ def evaluate(
     for start in range(0, len(x_all), eval_batch):
         x = dataset.to_float(x_all[start:start + eval_batch].to(device))
         y = y_all[start:start + eval_batch].to(device)
-        outputs = model(x)
-        loss_sum += float(loss_fn(outputs, y)) * len(x)
+        with precision():
+            outputs = model(x)
+        loss_sum += float(loss_fn(outputs.float(), y)) * len(x)
         if classify:
             correct += (outputs.argmax(dim=1) == y).sum()
     n = len(x_all)
@@ -309,6 +332,7 @@ def prepare(
     *,
     data_dir: Path,
     datasets_dir: Path | None = None,
+    cache_dir: Path | None = None,
     allow_download: bool = False,
     dataset: Dataset | None = None,
     resume: ResumePoint | None = None,
@@ -320,19 +344,23 @@ def prepare(
     """
     device = resolve_device(spec.device)
     if dataset is None:
-        dataset = load_dataset(spec.data, data_dir=data_dir, datasets_dir=datasets_dir,
+        dataset = load_dataset(spec.data, data_dir=data_dir, datasets_dir=datasets_dir, cache_dir=cache_dir,
                                allow_download=allow_download, seed=spec.seed)
     problems = spec_problems(spec, dataset.info)
     if problems:
         raise TrainingError("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
+    autocast(spec, device)  # refuses fp16 on the CPU before any work is done
     if device.type == "cuda":
-        dataset = _to_device(dataset, device)
+        dataset = place_on_gpu(dataset, device)
     model = _fresh_model(spec, dataset, device)
     optimizer = build_optimizer(spec, model)
     scheduler = build_scheduler(spec, optimizer)
     run = TrainingRun(spec=spec, dataset=dataset, model=model, optimizer=optimizer, scheduler=scheduler,
                       device=device,
-                      early_stopping=EarlyStopping(spec.early_stopping) if spec.early_stopping else None)
+                      early_stopping=EarlyStopping(spec.early_stopping) if spec.early_stopping else None,
+                      scaler=torch.amp.GradScaler("cuda") if spec.amp == "fp16" else None)
+    if spec.compile:
+        run.compiled[id(model)] = torch.compile(model)
     if initial_weights is not None:
         _load_weights(model, initial_weights)
     if resume is not None:
@@ -360,9 +388,16 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise TrainingError(f"the starting weights do not fit this model: {first}") from None
 
 
-def _to_device(dataset: Dataset, device: torch.device) -> Dataset:
-    moved = {name: getattr(dataset, name).to(device) if getattr(dataset, name) is not None else None
-             for name in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")}
+_SPLITS = ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
+
+
+def place_on_gpu(dataset: Dataset, device: torch.device, headroom: float = 0.5) -> Dataset:
+    """Move the whole dataset to the GPU once when it fits in `headroom` of free memory;
+    otherwise pin it in host memory so each batch copies asynchronously."""
+    size = sum(t.numel() * t.element_size() for t in (getattr(dataset, n) for n in _SPLITS) if t is not None)
+    free, _ = torch.cuda.mem_get_info(device)
+    move = (lambda t: t.to(device)) if size < headroom * free else (lambda t: t.pin_memory())
+    moved = {name: move(getattr(dataset, name)) if getattr(dataset, name) is not None else None for name in _SPLITS}
     return Dataset(name=dataset.name, task=dataset.task, classes=dataset.classes,
                    checksum=dataset.checksum, preprocess=dataset.preprocess, **moved)
 
@@ -377,9 +412,13 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
     generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
     started = time.perf_counter()
     seen_before = progress.seen
+    def precision():
+        return autocast(spec, run.device)
+
     progress, stopped = train_one_epoch(
-        model, optimizer, loss_fn, ds, batch_size=spec.batch_size, generator=generator, device=run.device,
-        should_stop=should_stop, progress=progress, penalty=penalty,
+        run.compiled.get(id(model), model), optimizer, loss_fn, ds, batch_size=spec.batch_size, generator=generator,
+        device=run.device, should_stop=should_stop, progress=progress, penalty=penalty, precision=precision,
+        scaler=run.scaler,
     )
     train_seconds = time.perf_counter() - started
     if stopped:
@@ -389,11 +428,11 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
         raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
     classify = ds.task == "classification"
     test_loss, test_acc = evaluate(model, loss_fn, ds, ds.x_test, ds.y_test,
-                                   batch_size=spec.batch_size, device=run.device)
+                                   batch_size=spec.batch_size, device=run.device, precision=precision)
     val_loss = val_acc = None
     if ds.x_val is not None:
         val_loss, val_acc = evaluate(model, loss_fn, ds, ds.x_val, ds.y_val,
-                                     batch_size=spec.batch_size, device=run.device)
+                                     batch_size=spec.batch_size, device=run.device, precision=precision)
     metrics = EpochMetrics(
         epoch=epoch, train_loss=train_loss,
         train_acc=progress.correct / progress.seen if classify and progress.seen else None,

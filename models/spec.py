@@ -272,6 +272,8 @@ class JobSpec(StrictModel):
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     device: str = "auto"
+    amp: Literal["off", "bf16", "fp16"] = Field(default="off", description="mixed precision; fp16 needs CUDA")
+    compile: bool = Field(default=False, description="torch.compile the model for training")
     init_from: InitFromSpec | None = None
 
     @field_validator("device")

@@ -28,32 +28,37 @@ def reap_expired_leases(settings: Settings) -> list[str]:
     return requeued
 
 
-def lost_messages(settings: Settings, depth: int) -> list[str]:
-    """Queued jobs that the broker cannot be holding a message for.
+def lost_messages(waiting: list[str], depth: int) -> list[str]:
+    """Queued jobs of one queue that the broker cannot be holding a message for.
 
-    The broker holds `depth` messages; if fewer jobs than that have been waiting longer than
+    The queue holds `depth` messages; if fewer jobs than that have been waiting longer than
     resend_after_seconds, each may still have its message. Otherwise some were lost, and since
     a message cannot be matched to its job, all of them are sent again: a duplicate is harmless,
     because only one delivery can claim a queued job.
     """
-    with session_scope(write=False) as session:
-        waiting = jobs.stale_queued(session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds))
     return waiting if len(waiting) > depth else []
 
 
 def sweep(settings: Settings) -> list[str]:
     """One pass of the reaper; returns the ids it sent to the broker."""
-    to_send = reap_expired_leases(settings)
-    try:
-        depth = queue_depth()
-    except Exception as exc:
-        log.warning("reaper cannot read the broker's queue (%s); will retry", exc)
-        return []
-    to_send += [job_id for job_id in lost_messages(settings, depth) if job_id not in to_send]
+    requeued = reap_expired_leases(settings)
+    with session_scope(write=False) as session:
+        waiting = jobs.stale_queued(session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds))
+        queue_of = {job_id: settings.queue_for(device)
+                    for job_id, device in jobs.devices(session, job_ids=waiting + requeued).items()}
+    to_send = list(requeued)
+    for queue in settings.queues:
+        try:
+            depth = queue_depth(queue)
+        except Exception as exc:
+            log.warning("reaper cannot read the broker's queue %s (%s); will retry", queue, exc)
+            continue
+        to_send += [j for j in lost_messages([j for j in waiting if queue_of.get(j) == queue], depth)
+                    if j not in to_send]
     sent = []
     for job_id in to_send:
         try:
-            send_train_job(job_id)
+            send_train_job(job_id, queue_of.get(job_id))
         except Exception as exc:
             log.warning("reaper could not send job %s (%s); will retry", job_id, exc)
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +25,11 @@ class Settings(BaseSettings):
     allow_download: bool = False
     queue: str = Field(default="trainyard", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     worker_concurrency: int = Field(default=1, ge=1, le=64)
+    # Torch threads per training process; default: the cores shared among the worker's processes.
+    train_threads: int | None = Field(default=None, ge=1, le=1024)
+    # Jobs asking for device cuda or cuda:N go to this queue, served by workers on GPU machines
+    # (run with TRAINYARD_QUEUE set to it); auto and cpu jobs go to `queue`.
+    gpu_queue: str = Field(default="trainyard-gpu", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
 
     # A running job's worker renews its lease every heartbeat_seconds; a lease older than
     # lease_seconds means the worker is gone, and the job is re-queued (up to max_attempts runs).
@@ -79,6 +85,22 @@ class Settings(BaseSettings):
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError("lease_seconds must be at least twice heartbeat_seconds")
         return self
+
+    @property
+    def training_threads(self) -> int:
+        return self.train_threads or max(1, (os.cpu_count() or 1) // self.worker_concurrency)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Decoded datasets, so the next job on the same files starts fast."""
+        return self.home / "cache"
+
+    def queue_for(self, device: str) -> str:
+        return self.gpu_queue if device.startswith("cuda") else self.queue
+
+    @property
+    def queues(self) -> list[str]:
+        return [self.queue, self.gpu_queue]
 
     @property
     def embedded_broker(self) -> bool:

@@ -64,3 +64,12 @@ def test_same_spec_and_seed_give_identical_metrics(stack, client):
     assert strip(metrics(client, first["id"])) == strip(metrics(client, second["id"]))
     assert first["environment"]["spec_hash"] == second["environment"]["spec_hash"]
     assert first["environment"]["dataset_checksum"] == second["environment"]["dataset_checksum"]
+
+
+def test_cuda_jobs_wait_for_a_gpu_worker(stack, client):
+    """Jobs that ask for CUDA go to the GPU queue, which this stack's CPU worker does not serve."""
+    job_id = submit(client, {**BASE, "epochs": 1, "device": "cuda"})
+    cpu_job = stack.wait_for_job(client, submit(client, {**BASE, "epochs": 1, "device": "cpu"}))
+    assert cpu_job["status"] == "succeeded"
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"

@@ -48,9 +48,9 @@ def make_celery(settings: Settings) -> Celery:
 app = make_celery(get_settings())
 
 
-def send_train_job(job_id: str) -> None:
-    """Publish a job id to the training queue; raises if the broker cannot take it."""
-    app.send_task(TRAIN_JOB, args=[job_id], queue=get_settings().queue)
+def send_train_job(job_id: str, queue: str | None = None) -> None:
+    """Publish a job id to a training queue (default: the CPU one); raises if the broker cannot take it."""
+    app.send_task(TRAIN_JOB, args=[job_id], queue=queue or get_settings().queue)
 
 
 def ping_broker(timeout: float = 2.0) -> None:
@@ -59,14 +59,14 @@ def ping_broker(timeout: float = 2.0) -> None:
         connection.ensure_connection(max_retries=1, timeout=timeout)
 
 
-def queue_depth() -> int:
-    """Messages waiting in the training queue (0 if the broker has no such queue yet)."""
+def queue_depth(queue: str | None = None) -> int:
+    """Messages waiting in a training queue (0 if the broker has no such queue yet)."""
     from amqp.exceptions import NotFound
     from kombu.exceptions import ChannelError
 
     with app.connection_for_write() as connection:
         channel = connection.default_channel
         try:
-            return channel.queue_declare(queue=get_settings().queue, passive=True).message_count
+            return channel.queue_declare(queue=queue or get_settings().queue, passive=True).message_count
         except (ChannelError, NotFound):
             return 0

@@ -237,7 +237,8 @@ def run_job(job_id: str) -> str | None:
                         "resumed_from_epoch": resume.position.epoch,
                         "resumed_from_batch": resume.position.progress.batches})
             result = fit(spec, RecordingCallbacks(job_id, control), data_dir=settings.data_dir,
-                         datasets_dir=settings.datasets_dir, allow_download=settings.allow_download,
+                         datasets_dir=settings.datasets_dir, cache_dir=settings.cache_dir,
+                         allow_download=settings.allow_download,
                          resume=resume, initial_weights=None if resume else _initial_weights(spec))
             if result.stopped_at is not None and not control.lost.is_set():
                 save_state(result.run, job_id, result.stopped_at)

@@ -6,9 +6,15 @@ from workers.celery_app import TRAIN_JOB, app
 
 
 @worker_process_init.connect
-def _warm_up(**_kwargs) -> None:
-    """Import the training stack in each worker process before its first job arrives."""
+def _prepare_process(**_kwargs) -> None:
+    """Share the cores among the worker's processes, and import the training stack before the
+    first job arrives. (CUDA is never touched here: devices are chosen inside each job.)"""
+    import torch
+
     import workers.runner  # noqa: F401
+    from service.settings import get_settings
+
+    torch.set_num_threads(get_settings().training_threads)
 
 
 @app.task(name=TRAIN_JOB)

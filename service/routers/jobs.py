@@ -122,7 +122,7 @@ def submit_job(
             raise
         return _replay(session, existing, request_hash, response)
     try:
-        send_train_job(job.id)
+        send_train_job(job.id, settings.queue_for(spec.device))
     except Exception as exc:
         # The job is safely queued in SQL; the reaper sends it when the broker is back.
         log.warning("could not publish job %s now (%s); the reaper will send it", job.id, exc)
@@ -171,7 +171,7 @@ def cancel_job(job_id: str, session: WriteSessionDep) -> JobPublic:
 
 @router.post("/{job_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
              responses={**JOB_NOT_FOUND, **CONFLICT})
-def resume_job(job_id: str, session: WriteSessionDep) -> JobPublic:
+def resume_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> JobPublic:
     """Queue a cancelled or failed job again, to continue from its last saved state."""
     _get_or_404(session, job_id)
     try:
@@ -180,7 +180,7 @@ def resume_job(job_id: str, session: WriteSessionDep) -> JobPublic:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     session.commit()
     try:
-        send_train_job(job_id)
+        send_train_job(job_id, settings.queue_for(jobs.get_job(session, job_id=job_id).spec.get("device", "auto")))
     except Exception as exc:
         log.warning("could not publish job %s now (%s); the reaper will send it", job_id, exc)
     return _respond(session, job_id)

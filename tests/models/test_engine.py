@@ -302,3 +302,43 @@ def test_adam_betas_and_early_stopping_mode_are_used(idx_dir):
     # "max" on a loss that keeps falling means no improvement after the first epoch.
     result = fit(job(epochs=5, early_stopping={"metric": "train_loss", "mode": "max", "patience": 2}), data_dir=idx_dir)
     assert result.reason == "early_stopped" and len(result.run.history) == 3
+
+
+def test_mixed_precision_flags(idx_dir):
+    plain, mixed = Recorder(), Recorder()
+    fit(job(epochs=1), plain, data_dir=idx_dir)
+    fit(job(epochs=1, amp="bf16"), mixed, data_dir=idx_dir)
+    assert mixed.epochs[0].test_acc > 0.8 and mixed.epochs[0].train_loss != plain.epochs[0].train_loss
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="fp16 needs a CUDA device"):
+            fit(job(epochs=1, amp="fp16"), data_dir=idx_dir)
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        job(amp="fp8")
+
+
+def test_compiled_model_trains_like_the_eager_one(idx_dir):
+    eager, compiled = Recorder(), Recorder()
+    fit(job(epochs=1, model={"arch": "mlp", "hidden": [32]}), eager, data_dir=idx_dir)
+    result = fit(job(epochs=1, model={"arch": "mlp", "hidden": [32]}, compile=True), compiled, data_dir=idx_dir)
+    assert result.run.compiled  # the training forward went through torch.compile
+    assert compiled.epochs[0].train_loss == pytest.approx(eager.epochs[0].train_loss, rel=1e-3)
+    assert "_orig_mod" not in next(iter(result.run.model.state_dict()))  # checkpoints keep plain names
+
+
+def test_decoded_datasets_are_cached_on_disk(idx_dir, tmp_path):
+    from models import data as data_module
+    from models.spec import ImageDatasetSpec
+
+    spec = ImageDatasetSpec(dataset="fashion-mnist")
+    data_module._cache.clear()
+    first = data_module.load_dataset(spec, data_dir=idx_dir, cache_dir=tmp_path)
+    cached, = tmp_path.glob("fashion-mnist-*.safetensors")
+    data_module._cache.clear()
+    again = data_module.load_dataset(spec, data_dir=idx_dir, cache_dir=tmp_path)
+    assert torch.equal(first.x_train, again.x_train) and again.checksum == first.checksum
+    cached.write_bytes(b"damaged")
+    data_module._cache.clear()
+    rebuilt = data_module.load_dataset(spec, data_dir=idx_dir, cache_dir=tmp_path)
+    assert torch.equal(rebuilt.y_test, first.y_test) and cached.stat().st_size > 1000

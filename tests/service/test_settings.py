@@ -36,3 +36,16 @@ def test_unsafe_values_are_refused(monkeypatch, key, value):
     monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_threads_and_queues(monkeypatch, tmp_path):
+    import os
+
+    monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path))
+    monkeypatch.setenv("TRAINYARD_WORKER_CONCURRENCY", "2")
+    settings = Settings()
+    assert settings.training_threads == max(1, (os.cpu_count() or 1) // 2)
+    assert settings.queue_for("cuda") == settings.queue_for("cuda:1") == "trainyard-gpu"
+    assert settings.queue_for("auto") == settings.queue_for("cpu") == "trainyard"
+    monkeypatch.setenv("TRAINYARD_TRAIN_THREADS", "3")
+    assert Settings().training_threads == 3
