@@ -195,10 +195,10 @@ class Stack:
         return httpx.Client(base_url=self.url, timeout=30)
 
     def wait_for_job(self, client: httpx.Client, job_id: str, *, timeout: float = 120,
-                     states=("succeeded", "failed")) -> dict:
+                     states=("succeeded", "failed"), interval: float = 0.1) -> dict:
         def final():
             job = client.get(f"/v1/jobs/{job_id}").json()
             return job if job["status"] in states else None
 
-        return wait_until(final, timeout=timeout, interval=0.1,
+        return wait_until(final, timeout=timeout, interval=interval,
                           what=f"job {job_id} to reach one of {states}\n{self.logs()}")
