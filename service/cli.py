@@ -10,6 +10,7 @@ import time
 
 import typer
 
+from service.cli_client import register as register_client_commands
 from service.settings import get_settings
 
 app = typer.Typer(help="trainyard: train and serve PyTorch models over HTTP.", no_args_is_help=True)
@@ -54,9 +55,10 @@ def api() -> None:
     os.execv(sys.executable, api_command(get_settings()))
 
 
+@app.command("serve")
 @app.command()
 def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations first.")) -> None:
-    """Migrate, then run the API and one worker until Ctrl-C."""
+    """Migrate, then run the API and one worker until Ctrl-C (also: serve)."""
     settings = get_settings()
     if not skip_migrate:
         migrate()
@@ -107,6 +109,9 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+register_client_commands(app)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 
 from models.spec import JobSpec, spec_problems
 from service import datasets, jobs
+from service.db import session_scope
 from service.deps import SessionDep, SettingsDep, WriteSessionDep
 from service.model_store import ModelNotFound, ModelNotReady, init_from_reference, resolve
 from service.schemas import (
@@ -184,3 +189,49 @@ def resume_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
     except Exception as exc:
         log.warning("could not publish job %s now (%s); the reaper will send it", job_id, exc)
     return _respond(session, job_id)
+
+
+EVENT_POLL_SECONDS = 0.25
+
+
+def _snapshot(job_id: str) -> tuple[str, list[dict], list[dict]]:
+    """The job's status, transitions and metrics, read in one short transaction."""
+    with session_scope(write=False) as session:
+        job = jobs.get_job(session, job_id=job_id)
+        transitions = [TransitionPublic.model_validate(e).model_dump(mode="json") for e in job.events]
+        metrics = [EpochMetricPublic.model_validate(m).model_dump(mode="json")
+                   for m in jobs.get_metrics(session, job_id=job_id)]
+        return job.status, transitions, metrics
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get("/{job_id}/events", responses={**JOB_NOT_FOUND, 200: {"content": {"text/event-stream": {}}}})
+async def job_events(job_id: str, request: Request, session: SessionDep) -> StreamingResponse:
+    """Server-sent events: `status` for each transition, `epoch` for each epoch's metrics as they
+    land, and `end` when the job reaches a final state (the stream then closes)."""
+    await run_in_threadpool(_get_or_404, session, job_id)
+    session.close()
+
+    async def stream():
+        sent_transitions, sent_epochs = 0, {}
+        while True:
+            status_now, transitions, metrics = await run_in_threadpool(_snapshot, job_id)
+            for transition in transitions[sent_transitions:]:
+                yield _sse("status", transition)
+            sent_transitions = len(transitions)
+            for row in metrics:
+                if sent_epochs.get(row["epoch"]) != row:
+                    sent_epochs[row["epoch"]] = row
+                    yield _sse("epoch", row)
+            if status_now in JobStatus.FINAL:
+                yield _sse("end", {"status": status_now})
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(EVENT_POLL_SECONDS)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
