@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Depends
 
 from service.auth import require_token
-from service.routers import datasets, health, jobs, models, predict, v2
+from service.routers import datasets, health, jobs, models, plots, predict, v2
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -17,4 +17,5 @@ protected.include_router(predict.router)
 protected.include_router(datasets.router)
 protected.include_router(models.router)
 protected.include_router(v2.router)
+protected.include_router(plots.router)
 api_router.include_router(protected)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from models.predictor import Predictor
+from service.metrics import PREDICT_BATCH
 from service.model_store import ModelNotFound, ResolvedCheckpoint
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class Batcher:
         batch = torch.cat(good) if len(good) > 1 else good[0]
         outputs = self.predictor.probabilities(batch)
         self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+        PREDICT_BATCH.observe(len(batch))
         results, start = [], 0
         for p in prepared:
             if isinstance(p, BaseException):

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 
+from service import metrics
 from service.api import api_router
 from service.auth import token_table
 from service.limits import BodySizeLimit
@@ -102,6 +103,8 @@ def create_app() -> FastAPI:
         app.include_router(bench_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        overrides={"/v1/datasets": settings.max_dataset_upload_bytes})
+    app.add_middleware(metrics.RequestMetrics)
+    metrics.install(app)
     return app
 
 
