@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from service import metrics
 from service.api import api_router
+from service.routers.dashboard import router as dashboard_router
 from service.auth import token_table
 from service.limits import BodySizeLimit
 from service.inference import ModelServer
@@ -97,6 +98,7 @@ def create_app() -> FastAPI:
                                    reference_ttl=settings.reference_cache_seconds)
     app.state.preload = Preload(settings.preload_models)
     app.include_router(api_router)
+    app.include_router(dashboard_router)
     if settings.bench_routes:
         from service.routers.bench import router as bench_router
 

@@ -86,13 +86,11 @@ def _check_spec(session, spec: JobSpec, settings) -> str:
     return info.task
 
 
-def _replay(session, job: Job, request_hash: str, response: Response) -> JobPublic:
+def _replayed(job: Job, request_hash: str) -> str:
     if job.request_hash != request_hash:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"this Idempotency-Key was used for job {job.id} with a different spec")
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    response.headers["Idempotent-Replayed"] = "true"
-    return _respond(session, job.id)
+    return job.id
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
@@ -109,12 +107,24 @@ def submit_job(
 
     With an Idempotency-Key header, retrying the same request returns the first job.
     """
+    job_id, replayed = queue_job(session, spec, settings, idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _respond(session, job_id)
+
+
+def queue_job(session, spec: JobSpec, settings, idempotency_key: str | None = None) -> tuple[str, bool]:
+    """Check a spec, queue its job in SQL and send it to a worker; (job id, whether it was a replay).
+
+    Raises RequestValidationError for a spec that cannot run, HTTPException 409 for a reused key.
+    """
     task = _check_spec(session, spec, settings)
     request_hash = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
     if idempotency_key:
         existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
         if existing is not None:
-            return _replay(session, existing, request_hash, response)
+            return _replayed(existing, request_hash), True
     try:
         job = jobs.create_job(session, spec=spec, task=task, idempotency_key=idempotency_key,
                               request_hash=request_hash)
@@ -125,14 +135,13 @@ def submit_job(
         existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
         if existing is None:
             raise
-        return _replay(session, existing, request_hash, response)
+        return _replayed(existing, request_hash), True
     try:
         send_train_job(job.id, settings.queue_for(spec.device))
     except Exception as exc:
         # The job is safely queued in SQL; the reaper sends it when the broker is back.
         log.warning("could not publish job %s now (%s); the reaper will send it", job.id, exc)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return _respond(session, job.id)
+    return job.id, False
 
 
 @router.get("", response_model=JobsPublic)

@@ -1,0 +1,175 @@
+"""The web dashboard: server-rendered pages over the same service functions as the API.
+
+When API tokens are set, the pages ask for one once (/ui/login) and keep it in a cookie.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+
+from models.spec import JobSpec
+from service import jobs, plots, registry
+from service.auth import token_table
+from service.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
+from service.routers.jobs import job_public, queue_job
+from service.routers.models import _model
+from service.routers.predict import classify_uploads
+from service.schemas import EpochMetricPublic
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+EXAMPLES = ROOT / "examples"
+templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
+COOKIE = "trainyard_token"
+
+
+
+def _access(request: Request) -> str | None:
+    table = token_table()
+    if not table.enabled:
+        return "rw"
+    return table.lookup(request.cookies.get(COOKIE, ""))
+
+
+async def viewer(request: Request) -> None:
+    if _access(request) is None:
+        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
+
+
+async def editor(request: Request) -> None:
+    access = _access(request)
+    if access is None:
+        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
+    if access != "rw":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token may only read")
+
+
+router = APIRouter(include_in_schema=False)
+pages = APIRouter(dependencies=[Depends(viewer)], include_in_schema=False)
+actions = APIRouter(dependencies=[Depends(editor)], include_in_schema=False)
+
+
+@router.get("/ui/login", response_class=HTMLResponse)
+def login_form(request: Request) -> HTMLResponse:
+    return HTMLResponse('<form method="post" style="margin:40px;font:14px sans-serif">API token '
+                        '<input type="password" name="token"> <button>sign in</button></form>')
+
+
+@router.post("/ui/login")
+def login(token: Annotated[str, Form(max_length=500)]) -> RedirectResponse:
+    if token_table().lookup(token) is None:
+        return RedirectResponse("/ui/login", status_code=303)
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+    return response
+
+
+def _jobs(session, limit: int = 100):
+    page, count = jobs.list_jobs(session, status=None, limit=limit, offset=0)
+    return [job_public(session, j) for j in page], count
+
+
+@pages.get("/", response_class=HTMLResponse)
+def jobs_page(request: Request, session: SessionDep) -> HTMLResponse:
+    data, count = _jobs(session)
+    return templates.TemplateResponse(request, "jobs.html", {"jobs": data, "count": count})
+
+
+@pages.get("/ui/fragments/jobs", response_class=HTMLResponse)
+def jobs_rows(request: Request, session: SessionDep) -> HTMLResponse:
+    data, _ = _jobs(session)
+    return templates.TemplateResponse(request, "jobs_rows.html", {"jobs": data})
+
+
+def _job_or_404(session, job_id: str):
+    job = jobs.get_job(session, job_id=job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return job
+
+
+@pages.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job_id: str, request: Request, session: SessionDep) -> HTMLResponse:
+    job = job_public(session, _job_or_404(session, job_id))
+    metrics = [EpochMetricPublic.model_validate(m).model_dump() for m in jobs.get_metrics(session, job_id=job_id)]
+    return templates.TemplateResponse(request, "job.html", {
+        "job": job, "metrics": metrics, "spec_json": json.dumps(job.spec, indent=2)})
+
+
+@pages.get("/ui/jobs/{job_id}/plot.png")
+async def job_plot(job_id: str, session: SessionDep) -> Response:
+    def rows():
+        _job_or_404(session, job_id)
+        return [EpochMetricPublic.model_validate(m).model_dump() for m in jobs.get_metrics(session, job_id=job_id)]
+
+    data = await run_in_threadpool(rows)
+    session.close()
+    return Response(await run_in_threadpool(plots.learning_curves, [(job_id[:8], data)]), media_type="image/png")
+
+
+def _examples() -> list[str]:
+    return sorted(p.stem for p in EXAMPLES.glob("*.json"))
+
+
+@pages.get("/ui/submit", response_class=HTMLResponse)
+def submit_form(request: Request, example: str = "softmax-regression") -> HTMLResponse:
+    names = _examples()
+    chosen = example if example in names else (names[0] if names else "")
+    spec = (EXAMPLES / f"{chosen}.json").read_text() if chosen else "{}"
+    return templates.TemplateResponse(request, "submit.html", {"examples": names, "example": chosen, "spec": spec})
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, (RequestValidationError, ValidationError)):
+        return "\n".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, HTTPException):
+        return str(exc.detail)
+    return str(exc)
+
+
+@actions.post("/ui/submit", response_class=HTMLResponse)
+def submit(request: Request, session: WriteSessionDep, settings: SettingsDep,
+           spec: Annotated[str, Form(max_length=1_000_000)]) -> Response:
+    try:
+        job_id, _ = queue_job(session, JobSpec.model_validate_json(spec), settings)
+    except (ValidationError, RequestValidationError, HTTPException) as exc:
+        return templates.TemplateResponse(request, "submit.html", {
+            "examples": _examples(), "example": None, "spec": spec, "error": _describe(exc)}, status_code=422)
+    return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+
+@pages.get("/ui/models", response_class=HTMLResponse)
+def models_page(request: Request, session: SessionDep) -> HTMLResponse:
+    models = [_model(session, name) for name in registry.names(session)]
+    return templates.TemplateResponse(request, "models.html", {"models": models})
+
+
+@pages.get("/ui/predict", response_class=HTMLResponse)
+def predict_form(request: Request, model: str | None = None) -> HTMLResponse:
+    return templates.TemplateResponse(request, "predict.html", {"model": model, "top_k": 3})
+
+
+@actions.post("/ui/predict", response_class=HTMLResponse)
+async def predict(request: Request, session: SessionDep, settings: SettingsDep, server: ModelServerDep,
+                  model: Annotated[str, Form(max_length=200)], file: Annotated[UploadFile, File()],
+                  top_k: Annotated[int, Form(ge=1, le=100)] = 3) -> Response:
+    context = {"model": model, "top_k": top_k}
+    try:
+        answer = await classify_uploads(session, settings, server, model, [(file.filename or "image", await file.read())],
+                                        top_k)
+    except (RequestValidationError, HTTPException) as exc:
+        return templates.TemplateResponse(request, "predict.html", {**context, "error": _describe(exc)}, status_code=422)
+    return templates.TemplateResponse(request, "predict.html", {
+        **context, "result": answer.predictions[0], "model_info": answer.model})
+
+
+router.include_router(pages)
+router.include_router(actions)

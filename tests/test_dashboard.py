@@ -1,0 +1,107 @@
+"""The web dashboard in a real headless Chromium: list jobs, open one, submit one, predict an image."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+
+from tests.datagen import png_bytes
+from tests.servers import Stack, require, wait_until
+from tests.test_end_to_end import SOFTMAX_SPEC, submit
+
+pytestmark = pytest.mark.e2e
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require(CHROMIUM is not None and CHROMEDRIVER is not None,
+            "Chromium and chromedriver are not installed (Debian packages chromium, chromium-driver; "
+            "`make setup` installs them when it runs as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+def text(driver, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector).text
+
+
+def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    with embedded_stack.client() as client:
+        job_id = submit(client, {**SOFTMAX_SPEC, "name": "dashboard-job"})
+        embedded_stack.wait_for_job(client, job_id)
+        client.post("/v1/models", json={"name": "dashboard-model", "job_id": job_id})
+
+    browser.get(embedded_stack.url + "/")
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]')
+    assert "dashboard-job" in row.text and "succeeded" in row.text
+    browser.save_screenshot(str(tmp_path / "jobs.png"))
+
+    row.find_element(By.TAG_NAME, "a").click()
+    assert text(browser, "#status") == "succeeded"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#metrics tbody tr")) == 3
+    wait_until(lambda: browser.execute_script(
+        "const i = document.querySelector('#curves'); return i.complete && i.naturalWidth > 300"), timeout=20,
+        what="the learning-curve image")
+
+    browser.get(embedded_stack.url + "/ui/submit?example=softmax-regression")
+    spec = browser.find_element(By.ID, "spec")
+    assert '"softmax_regression"' in spec.get_attribute("value")
+    browser.execute_script("arguments[0].value = arguments[1]", spec, '{"name": "from-the-browser", '
+                           '"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"}, "epochs": 2}')
+    browser.find_element(By.ID, "submit").click()
+    wait_until(lambda: "/ui/jobs/" in browser.current_url and text(browser, "#status") == "succeeded", timeout=60,
+               interval=0.5, what="the submitted job's page to show success")
+    assert "from-the-browser" in browser.title
+
+    browser.get(embedded_stack.url + "/ui/submit")
+    browser.execute_script("document.querySelector('#spec').value = '{\"model\": {\"arch\": \"mlp\"}, \"data\": "
+                           "{\"dataset\": \"fashion-mnist\"}, \"optimizer\": {\"lr\": -1}}'")
+    browser.find_element(By.ID, "submit").click()
+    assert "optimizer.lr" in text(browser, "#error")
+
+    browser.get(embedded_stack.url + "/ui/models")
+    assert "dashboard-model" in text(browser, "#model-dashboard-model")
+
+    image = tmp_path / "boot.png"
+    image.write_bytes(png_bytes(9, seed=4))
+    browser.get(embedded_stack.url + "/ui/predict")
+    browser.find_element(By.ID, "model").send_keys("dashboard-model")
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    browser.find_element(By.ID, "predict").click()
+    assert text(browser, "#label") == "ankle boot"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#result tr")) == 3
+
+
+def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
+    stack = Stack(home=tmp_path / "locked", data_dir=data_dir, with_worker=False,
+                  extra_env={"TRAINYARD_API_TOKENS": "rw-secret,ro-secret:read"}).start()
+    try:
+        with httpx.Client(base_url=stack.url, follow_redirects=False) as client:
+            for path in ("/", "/ui/submit", "/ui/models", "/ui/predict", "/ui/fragments/jobs"):
+                assert client.get(path).status_code == 303, path
+            assert client.post("/ui/login", data={"token": "wrong"}).headers["location"] == "/ui/login"
+            answer = client.post("/ui/login", data={"token": "ro-secret"})
+            assert answer.status_code == 303 and answer.headers["location"] == "/"
+            client.cookies.set("trainyard_token", "ro-secret")
+            assert client.get("/").status_code == 200
+            assert client.post("/ui/submit", data={"spec": "{}"}).status_code == 403
+    finally:
+        stack.stop()
