@@ -19,7 +19,7 @@ from tests.servers import Stack
 pytestmark = pytest.mark.e2e
 
 RW, RO = "rw-token-for-tests", "ro-token-for-tests"
-OPEN_PATHS = {"/healthz", "/readyz"}
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}  # open like health: scrapers send no token
 
 
 @pytest.fixture(scope="module")
