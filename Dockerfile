@@ -5,7 +5,8 @@ COPY service service
 COPY workers workers
 COPY models models
 COPY migrations migrations
-RUN pip install --no-cache-dir -e .
+COPY examples examples
+RUN pip install --no-cache-dir -e . flower==2.2.0
 ENV TRAINYARD_HOME=/var/lib/trainyard TRAINYARD_HOST=0.0.0.0
 EXPOSE 8000
 CMD ["trainyard", "api"]

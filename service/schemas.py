@@ -20,6 +20,7 @@ class EpochMetricPublic(BaseModel):
     seconds: float | None
     samples_per_second: float | None
     lr: float | None
+    recorded_at: datetime | None = None
 
 
 class MetricsPublic(BaseModel):
