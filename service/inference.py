@@ -133,17 +133,31 @@ class LoadedModel:
 
 
 class ReferenceCache:
-    """Resolved model references, reused for `ttl` seconds so a hot path skips the database."""
+    """Resolved model references, so that a hot path skips the database.
+
+    A resolution is fresh for `ttl` seconds. After that the stale one is still served while a
+    single caller refreshes it, so a busy model never sends every request to the database at once.
+    """
 
     def __init__(self, ttl: float):
         self.ttl = ttl
         self._items: dict[str, tuple[float, ResolvedCheckpoint]] = {}
+        self._refreshing: set[str] = set()
+
+    def lookup(self, reference: str) -> tuple[ResolvedCheckpoint | None, bool]:
+        """(the cached resolution or None, whether this caller should refresh it)."""
+        hit = self._items.get(reference)
+        if hit is None:
+            return None, True
+        stamp, value = hit
+        if time.monotonic() - stamp <= self.ttl or reference in self._refreshing:
+            return value, False
+        self._refreshing.add(reference)
+        return value, True
 
     def get(self, reference: str) -> ResolvedCheckpoint | None:
-        hit = self._items.get(reference)
-        if hit is None or time.monotonic() - hit[0] > self.ttl:
-            return None
-        return hit[1]
+        value, _ = self.lookup(reference)
+        return value
 
     def clear(self) -> None:
         """Forget every resolution (the registry changed in this process)."""
@@ -153,6 +167,11 @@ class ReferenceCache:
         if len(self._items) > 10_000:
             self._items.clear()
         self._items[reference] = (time.monotonic(), resolved)
+        self._refreshing.discard(reference)
+
+    def forget(self, reference: str) -> None:
+        self._items.pop(reference, None)
+        self._refreshing.discard(reference)
 
 
 class ModelServer:

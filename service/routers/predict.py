@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -12,6 +13,7 @@ from starlette.datastructures import UploadFile
 
 from models.checkpoint import CheckpointError
 from models.predictor import InputError
+from service.db import session_scope
 from service.deps import ModelServerDep, SessionDep, SettingsDep
 from service.inference import LoadedModel, ModelServer
 from service.model_store import ModelNotFound, ModelNotReady, ResolvedCheckpoint, resolve
@@ -65,10 +67,12 @@ async def load_model(session, settings: Settings, server: ModelServer,
     the last reference_cache_seconds and its predictor is in the cache.
     """
     try:
-        target = server.references.get(reference)
+        target, refresh = server.references.lookup(reference)
         if target is None:
             target = await run_in_threadpool(resolve, session, reference=reference, settings=settings)
             server.references.put(reference, target)
+        elif refresh:
+            asyncio.get_running_loop().create_task(_refresh(server, settings, reference))
         loaded = server.loaded(target.path) or await run_in_threadpool(server.load, target.path)
     except ModelNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
@@ -77,6 +81,16 @@ async def load_model(session, settings: Settings, server: ModelServer,
     except CheckpointError as exc:
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"model {reference!r} cannot be loaded: {exc}") from exc
     return target, loaded
+
+
+async def _refresh(server: ModelServer, settings: Settings, reference: str) -> None:
+    """Re-resolve a reference in the background (its stale resolution is served meanwhile)."""
+    try:
+        with session_scope(write=False) as session:
+            server.references.put(reference, await run_in_threadpool(resolve, session, reference=reference,
+                                                                     settings=settings))
+    except Exception:  # gone or broken: the next request resolves it afresh and reports why
+        server.references.forget(reference)
 
 
 def resolved_model(target: ResolvedCheckpoint, loaded: LoadedModel) -> ResolvedModel:
