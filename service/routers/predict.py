@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
@@ -53,6 +54,11 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": MULTIPART_SCHEMA},
     "application/json": {"schema": PredictValues.model_json_schema()},
 }}}
+
+
+def _json(answer: PredictResponse) -> Response:
+    """The answer serialised once, in pydantic's core: a built model needs no second validation."""
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 def _invalid(loc: tuple, msg: str) -> RequestValidationError:
@@ -158,7 +164,7 @@ async def _form_uploads(request: Request, settings: Settings) -> tuple[str, list
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY)
 async def predict(request: Request, session: SessionDep, settings: SettingsDep,
-                  server: ModelServerDep) -> PredictResponse:
+                  server: ModelServerDep) -> Response:
     """Classify uploaded images (multipart `model`, `files`, `top_k`), or predict from numeric
     rows (JSON `{"model", "inputs": [[...], ...]}`)."""
     content_type = request.headers.get("content-type", "")
@@ -167,10 +173,10 @@ async def predict(request: Request, session: SessionDep, settings: SettingsDep,
             body = PredictValues.model_validate_json(await request.body())
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
-        return await predict_values(session, settings, server, body)
+        return _json(await predict_values(session, settings, server, body))
     if content_type.startswith("multipart/form-data"):
         model, uploads, top_k = await _form_uploads(request, settings)
-        return await classify_uploads(session, settings, server, model, uploads, top_k)
+        return _json(await classify_uploads(session, settings, server, model, uploads, top_k))
     raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                         "send multipart/form-data with model and files, or application/json with model and inputs")
 
@@ -178,8 +184,8 @@ async def predict(request: Request, session: SessionDep, settings: SettingsDep,
 @router.post("/models/{reference}/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={
     "requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}})
 async def predict_raw_image(reference: str, request: Request, session: SessionDep, settings: SettingsDep,
-                            server: ModelServerDep, top_k: Annotated[int, Query(ge=1, le=1000)] = 1) -> PredictResponse:
+                            server: ModelServerDep, top_k: Annotated[int, Query(ge=1, le=1000)] = 1) -> Response:
     """Classify one image sent as the raw request body (Content-Type image/*)."""
     if not request.headers.get("content-type", "").startswith("image/"):
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the image as the body with Content-Type image/*")
-    return await classify_uploads(session, settings, server, reference, [("body", await request.body())], top_k)
+    return _json(await classify_uploads(session, settings, server, reference, [("body", await request.body())], top_k))
