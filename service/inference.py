@@ -155,10 +155,6 @@ class ReferenceCache:
         self._refreshing.add(reference)
         return value, True
 
-    def get(self, reference: str) -> ResolvedCheckpoint | None:
-        value, _ = self.lookup(reference)
-        return value
-
     def clear(self) -> None:
         """Forget every resolution (the registry changed in this process)."""
         self._items.clear()

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
-from models.spec import JobSpec
+from models.spec import EarlyStoppingSpec, JobSpec
 from service.tables import METRIC_FIELDS, Checkpoint, EpochMetric, Job, JobEvent, JobStatus, utcnow
 
 
@@ -79,9 +79,18 @@ def get_metrics(session: Session, *, job_id: str) -> list[EpochMetric]:
 
 
 def latest_metric(session: Session, *, job_id: str) -> EpochMetric | None:
-    return session.scalars(
-        select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch.desc()).limit(1)
-    ).first()
+    return latest_metrics(session, job_ids=[job_id]).get(job_id)
+
+
+def latest_metrics(session: Session, *, job_ids: list[str]) -> dict[str, EpochMetric]:
+    """Each job's newest epoch row, in one query (for pages of jobs)."""
+    if not job_ids:
+        return {}
+    newest = (select(EpochMetric.job_id, func.max(EpochMetric.epoch).label("epoch"))
+              .where(EpochMetric.job_id.in_(job_ids)).group_by(EpochMetric.job_id).subquery())
+    rows = session.scalars(select(EpochMetric).join(
+        newest, and_(EpochMetric.job_id == newest.c.job_id, EpochMetric.epoch == newest.c.epoch)))
+    return {row.job_id: row for row in rows}
 
 
 def monitored(job: Job) -> tuple[str, str]:
@@ -91,8 +100,8 @@ def monitored(job: Job) -> tuple[str, str]:
     """
     stopping = (job.spec or {}).get("early_stopping")
     if stopping:
-        metric = stopping["metric"]
-        return metric, stopping.get("mode") or ("max" if metric.endswith("_acc") else "min")
+        spec = EarlyStoppingSpec.model_validate(stopping)
+        return spec.metric, spec.direction
     return ("test_acc", "max") if job.task == "classification" else ("test_loss", "min")
 
 
@@ -111,16 +120,17 @@ def last_checkpoint(job: Job) -> Checkpoint | None:
 
 
 def transition(session: Session, *, job_id: str, to: str, from_any: tuple[str, ...],
-               attempt: int | None = None, reason: str | None = None, error: str | None = None,
-               detail: dict | None = None, **values) -> str | None:
+               owner_attempt: int | None = None, where: tuple = (), reason: str | None = None,
+               error: str | None = None, detail: dict | None = None, **values) -> str | None:
     """Move a job from one of `from_any` to `to`, logging the event; returns the old status or None.
 
-    With `attempt`, only that attempt's worker may make the change.
+    With `owner_attempt`, only that attempt's worker may make the change; `where` adds further
+    conditions; `values` sets other columns in the same UPDATE.
     """
     for from_status in from_any:
-        condition = [Job.id == job_id, Job.status == from_status]
-        if attempt is not None:
-            condition.append(Job.attempt == attempt)
+        condition = [Job.id == job_id, Job.status == from_status, *where]
+        if owner_attempt is not None:
+            condition.append(Job.attempt == owner_attempt)
         result = session.execute(update(Job).where(*condition)
                                  .values(status=to, reason=reason, error=error, **values))
         if result.rowcount == 1:
@@ -143,7 +153,10 @@ def claim_job(session: Session, *, job_id: str, worker: str, lease_seconds: floa
               max_attempts: int) -> Claim | None:
     """Take a queued job (or one whose worker's lease expired) for this worker; None if not ours."""
     reap_one(session, job_id=job_id, cutoff=utcnow() - timedelta(seconds=lease_seconds), max_attempts=max_attempts)
-    taken = _claim_queued(session, job_id=job_id, worker=worker, now=utcnow())
+    now = utcnow()
+    taken = transition(session, job_id=job_id, to=JobStatus.RUNNING, from_any=(JobStatus.QUEUED,),
+                       detail={"worker": worker}, attempt=Job.attempt + 1, worker=worker,
+                       started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, finished_at=None)
     if not taken:
         return None
     job = session.get(Job, job_id, populate_existing=True)
@@ -151,21 +164,6 @@ def claim_job(session: Session, *, job_id: str, worker: str, lease_seconds: floa
                               .order_by(JobEvent.id.desc()).limit(1)).first()
     by_user = requeue is not None and requeue.from_status in (JobStatus.CANCELLED, JobStatus.FAILED)
     return Claim(attempt=job.attempt, spec=job.spec, resumed_by_user=by_user)
-
-
-def _claim_queued(session: Session, *, job_id: str, worker: str, now: datetime) -> bool:
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1, worker=worker, reason=None, error=None,
-                started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, finished_at=None)
-    )
-    if result.rowcount != 1:
-        return False
-    attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
-    session.add(JobEvent(job_id=job_id, from_status=JobStatus.QUEUED, to_status=JobStatus.RUNNING,
-                         attempt=attempt, detail={"worker": worker}))
-    session.flush()
-    return True
 
 
 def note_resume(session: Session, *, job_id: str, attempt: int, detail: dict) -> None:
@@ -232,7 +230,7 @@ def set_environment(session: Session, *, job_id: str, environment: dict) -> None
 def finish_job(session: Session, *, job_id: str, attempt: int, status: str, reason: str | None = None,
                error: str | None = None) -> bool:
     """Move this attempt's running (or cancelling) job to a final state."""
-    return transition(session, job_id=job_id, to=status, from_any=JobStatus.ACTIVE, attempt=attempt,
+    return transition(session, job_id=job_id, to=status, from_any=JobStatus.ACTIVE, owner_attempt=attempt,
                       reason=reason, error=error, finished_at=utcnow()) is not None
 
 
@@ -264,7 +262,6 @@ def reap_one(session: Session, *, job_id: str, cutoff: datetime, max_attempts: i
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status not in JobStatus.ACTIVE or job.heartbeat_at is None or job.heartbeat_at >= cutoff:
         return None
-    expired = [Job.heartbeat_at < cutoff]
     old_status, attempt, heartbeat_at = job.status, job.attempt, job.heartbeat_at
     if old_status == JobStatus.CANCELLING:
         to, values = JobStatus.CANCELLED, {"finished_at": utcnow()}
@@ -275,15 +272,10 @@ def reap_one(session: Session, *, job_id: str, cutoff: datetime, max_attempts: i
     else:
         to, values = JobStatus.QUEUED, {"dispatched_at": utcnow()}
         reason, error = "worker_lost", None
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status == old_status,
-                                               Job.attempt == attempt, *expired)
-                             .values(status=to, reason=reason, error=error, **values))
-    if result.rowcount != 1:
-        return None
-    session.add(JobEvent(job_id=job_id, from_status=old_status, to_status=to, reason=reason,
-                         attempt=attempt, detail={"lease_expired_at": heartbeat_at.isoformat()}))
-    session.flush()
-    return to
+    moved = transition(session, job_id=job_id, to=to, from_any=(old_status,), owner_attempt=attempt,
+                       where=(Job.heartbeat_at < cutoff,), reason=reason, error=error,
+                       detail={"lease_expired_at": heartbeat_at.isoformat()}, **values)
+    return to if moved else None
 
 
 def expired_leases(session: Session, *, cutoff: datetime) -> list[str]:

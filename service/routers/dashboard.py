@@ -10,20 +10,19 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from models.spec import JobSpec
-from service import jobs, plots, registry
+from service import jobs, registry
 from service.auth import token_table
 from service.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
-from service.routers.jobs import job_public, queue_job
-from service.routers.models import _model
+from service.routers.jobs import job_public, jobs_public, queue_job
+from service.routers.models import model_public
+from service.routers.plots import learning_curves_png, metric_rows
 from service.routers.predict import classify_uploads
-from service.schemas import EpochMetricPublic
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = ROOT / "examples"
@@ -74,7 +73,7 @@ def login(token: Annotated[str, Form(max_length=500)]) -> RedirectResponse:
 
 def _jobs(session, limit: int = 100):
     page, count = jobs.list_jobs(session, status=None, limit=limit, offset=0)
-    return [job_public(session, j) for j in page], count
+    return jobs_public(session, page), count
 
 
 @pages.get("/", response_class=HTMLResponse)
@@ -99,20 +98,14 @@ def _job_or_404(session, job_id: str):
 @pages.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: str, request: Request, session: SessionDep) -> HTMLResponse:
     job = job_public(session, _job_or_404(session, job_id))
-    metrics = [EpochMetricPublic.model_validate(m).model_dump() for m in jobs.get_metrics(session, job_id=job_id)]
+    metrics = metric_rows(session, job_id)
     return templates.TemplateResponse(request, "job.html", {
         "job": job, "metrics": metrics, "spec_json": json.dumps(job.spec, indent=2)})
 
 
 @pages.get("/ui/jobs/{job_id}/plot.png")
 async def job_plot(job_id: str, session: SessionDep) -> Response:
-    def rows():
-        _job_or_404(session, job_id)
-        return [EpochMetricPublic.model_validate(m).model_dump() for m in jobs.get_metrics(session, job_id=job_id)]
-
-    data = await run_in_threadpool(rows)
-    session.close()
-    return Response(await run_in_threadpool(plots.learning_curves, [(job_id[:8], data)]), media_type="image/png")
+    return await learning_curves_png(session, job_id)
 
 
 def _examples() -> list[str]:
@@ -148,7 +141,7 @@ def submit(request: Request, session: WriteSessionDep, settings: SettingsDep,
 
 @pages.get("/ui/models", response_class=HTMLResponse)
 def models_page(request: Request, session: SessionDep) -> HTMLResponse:
-    models = [_model(session, name) for name in registry.names(session)]
+    models = [model_public(session, name) for name in registry.names(session)]
     return templates.TemplateResponse(request, "models.html", {"models": models})
 
 

@@ -27,7 +27,7 @@ from service.schemas import (
     MetricsPublic,
     TransitionPublic,
 )
-from service.tables import Job, JobStatus
+from service.tables import EpochMetric, Job, JobStatus
 from workers.celery_app import send_train_job
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,16 @@ CONFLICT = {409: {"description": "The job's state does not allow this"}}
 
 
 def job_public(session, job: Job) -> JobPublic:
-    latest = jobs.latest_metric(session, job_id=job.id)
+    return jobs_public(session, [job])[0]
+
+
+def jobs_public(session, page: list[Job]) -> list[JobPublic]:
+    """The public form of jobs, with their latest metrics read in one query."""
+    latest = jobs.latest_metrics(session, job_ids=[job.id for job in page])
+    return [_public(job, latest.get(job.id)) for job in page]
+
+
+def _public(job: Job, latest: EpochMetric | None) -> JobPublic:
     best = jobs.best_checkpoint(job)
     return JobPublic(
         id=job.id, name=job.name, status=job.status, reason=job.reason, error=job.error,
@@ -153,7 +162,7 @@ def list_jobs(
 ) -> JobsPublic:
     """Jobs, newest first, optionally filtered by status."""
     page, count = jobs.list_jobs(session, status=status_filter, limit=limit, offset=offset)
-    return JobsPublic(data=[job_public(session, j) for j in page], count=count)
+    return JobsPublic(data=jobs_public(session, page), count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=JOB_NOT_FOUND)

@@ -59,7 +59,8 @@ class ModelsPublic(BaseModel):
     count: int
 
 
-def _model(session, name: str) -> ModelPublic:
+def model_public(session, name: str) -> ModelPublic:
+    """A model's versions and aliases; 404 if it has no version."""
     versions = registry.versions(session, name=name)
     if not versions:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {name!r} not found")
@@ -87,14 +88,14 @@ def register_model(body: ModelCreate, session: WriteSessionDep, settings: Settin
 @router.get("", response_model=ModelsPublic)
 def list_models(session: SessionDep) -> ModelsPublic:
     """Every registered model with its versions and aliases."""
-    models = [_model(session, name) for name in registry.names(session)]
+    models = [model_public(session, name) for name in registry.names(session)]
     return ModelsPublic(data=models, count=len(models))
 
 
 @router.get("/{name}", response_model=ModelPublic, responses=NOT_FOUND)
 def read_model(name: NameParam, session: SessionDep) -> ModelPublic:
     """One model's versions and aliases."""
-    return _model(session, name)
+    return model_public(session, name)
 
 
 @router.put("/{name}/aliases/{alias}", response_model=ModelPublic, responses=NOT_FOUND)
@@ -107,7 +108,7 @@ def set_alias(name: NameParam, alias: NameParam, body: AliasUpdate, session: Wri
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     session.commit()
     server.references.clear()  # other API processes follow within reference_cache_seconds
-    model = _model(session, name)
+    model = model_public(session, name)
     session.commit()
     return model
 

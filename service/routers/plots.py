@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections import OrderedDict
 from typing import Annotated
 
 import torch
@@ -30,18 +30,24 @@ class ConfusionPublic(BaseModel):
     accuracy: float
 
 
-def _rows(session, job_id: str) -> list[dict]:
+def metric_rows(session, job_id: str) -> list[dict]:
+    """A job's per-epoch metrics as plain rows for plotting; 404 for an unknown job."""
     if jobs.get_job(session, job_id=job_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return [EpochMetricPublic.model_validate(m).model_dump() for m in jobs.get_metrics(session, job_id=job_id)]
 
 
+async def learning_curves_png(session, job_id: str) -> Response:
+    """The learning-curve image of one job (also served by the dashboard)."""
+    rows = await run_in_threadpool(metric_rows, session, job_id)
+    session.close()
+    return Response(await run_in_threadpool(plots.learning_curves, [(job_id[:8], rows)]), media_type="image/png")
+
+
 @router.get("/jobs/{job_id}/plot.png", response_class=Response, responses=PNG)
 async def learning_curves(job_id: str, session: SessionDep) -> Response:
     """Loss and accuracy per epoch, train and test."""
-    rows = await run_in_threadpool(_rows, session, job_id)
-    session.close()
-    return Response(await run_in_threadpool(plots.learning_curves, [(job_id[:8], rows)]), media_type="image/png")
+    return await learning_curves_png(session, job_id)
 
 
 @router.get("/plots/compare.png", response_class=Response, responses=PNG)
@@ -54,7 +60,7 @@ async def compare(session: SessionDep,
         out = []
         for job_id in job_ids.split(","):
             job = jobs.get_job(session, job_id=job_id)
-            out.append(((job.name if job and job.name else job_id[:8]), _rows(session, job_id)))
+            out.append(((job.name if job and job.name else job_id[:8]), metric_rows(session, job_id)))
         return out
 
     data = await run_in_threadpool(series)
@@ -62,12 +68,15 @@ async def compare(session: SessionDep,
     return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
 
 
-@lru_cache(maxsize=32)
-def _confusion(path: str, mtime: int, spec_json: str, data_dir: str, datasets_dir: str, cache_dir: str,
-               predictor) -> tuple[list[list[int]], float]:
-    """Counts of (true, predicted) classes over the test set; cached per checkpoint file."""
-    spec = JobSpec.model_validate_json(spec_json)
-    dataset = load_dataset(spec.data, data_dir=data_dir, datasets_dir=datasets_dir, cache_dir=cache_dir, seed=spec.seed)
+_CONFUSIONS: OrderedDict[tuple, tuple[list[list[int]], float]] = OrderedDict()
+
+
+def _confusion(key: tuple, spec: JobSpec, settings, predictor) -> tuple[list[list[int]], float]:
+    """Counts of (true, predicted) classes over the test set, remembered per checkpoint file."""
+    if key in _CONFUSIONS:
+        return _CONFUSIONS[key]
+    dataset = load_dataset(spec.data, data_dir=settings.data_dir, datasets_dir=settings.datasets_dir,
+                           cache_dir=settings.cache_dir, seed=spec.seed)
     classes = len(dataset.classes)
     matrix = torch.zeros(classes, classes, dtype=torch.long)
     for start in range(0, len(dataset.x_test), 1024):
@@ -76,7 +85,10 @@ def _confusion(path: str, mtime: int, spec_json: str, data_dir: str, datasets_di
         truth = dataset.y_test[start:start + 1024]
         matrix.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
     accuracy = float(matrix.diagonal().sum()) / max(1, int(matrix.sum()))
-    return matrix.tolist(), accuracy
+    _CONFUSIONS[key] = result = (matrix.tolist(), accuracy)
+    while len(_CONFUSIONS) > 32:
+        _CONFUSIONS.popitem(last=False)
+    return result
 
 
 async def confusion_of(job_id: str, session, settings, server) -> ConfusionPublic:
@@ -88,9 +100,8 @@ async def confusion_of(job_id: str, session, settings, server) -> ConfusionPubli
     target, loaded = await load_model(session, settings, server, f"job:{job_id}")
     spec = JobSpec.model_validate(job.spec)
     session.close()
-    matrix, accuracy = await run_in_threadpool(
-        _confusion, str(target.path), target.path.stat().st_mtime_ns, spec.model_dump_json(), str(settings.data_dir),
-        str(settings.datasets_dir), str(settings.cache_dir), loaded.predictor)
+    key = (str(target.path), target.path.stat().st_mtime_ns)
+    matrix, accuracy = await run_in_threadpool(_confusion, key, spec, settings, loaded.predictor)
     return ConfusionPublic(job_id=job_id, epoch=target.epoch, classes=loaded.predictor.classes, matrix=matrix,
                            accuracy=accuracy)
 

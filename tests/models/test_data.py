@@ -89,3 +89,25 @@ def test_synthetic_linear_follows_the_true_weights():
     assert torch.equal(again.x_train, data.x_train)
     other = load_dataset(spec, data_dir=".", seed=1)
     assert not torch.equal(other.x_train, data.x_train)
+
+
+@pytest.mark.parametrize("dataset", ["synthetic-linear", "synthetic-polynomial"])
+def test_synthetic_noise_is_the_residual_spread(dataset):
+    import math
+
+    from models.spec import SyntheticPolynomialSpec
+
+    def residual_std(noise):
+        if dataset == "synthetic-linear":
+            spec = SyntheticLinearSpec(dataset=dataset, num_examples=4000, true_w=[1.5], true_b=0.5, noise=noise)
+            data = load_dataset(spec, data_dir=".", seed=0)
+            clean = data.x_train * 1.5 + 0.5
+        else:
+            spec = SyntheticPolynomialSpec(dataset=dataset, n_train=4000, coefficients=[1.0, 2.0, 3.0], noise=noise)
+            data = load_dataset(spec, data_dir=".", seed=0)
+            x = data.x_train
+            clean = 1.0 + 2.0 * x + 3.0 * x ** 2 / math.factorial(2)
+        return float((data.y_train - clean).std())
+
+    assert residual_std(0.0) < 1e-5
+    assert abs(residual_std(0.3) - 0.3) < 0.02

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from models.engine import Callbacks, EpochProgress, Position, ResumePoint, TrainingError, fit, resolve_device
+from models.engine import Callbacks, Position, ResumePoint, TrainingError, fit, resolve_device
 from models.spec import JobSpec
 from tests.datagen import make_idx_dataset
 

@@ -111,6 +111,9 @@ def test_recording_an_epoch_twice_keeps_one_row_with_the_latest_values(Session):
         assert session.scalar(select(func.count()).select_from(Checkpoint)) == 2
         job = jobs.get_job(session, job_id=job_id)
         assert job.epoch == 2 and jobs.best_checkpoint(job).epoch == 2 and jobs.last_checkpoint(job).epoch == 2
+        other = jobs.create_job(session, spec=SPEC, task="classification").id
+        newest = jobs.latest_metrics(session, job_ids=[job_id, other])
+        assert list(newest) == [job_id] and newest[job_id].epoch == 2 and newest[job_id].train_loss == 0.4
 
 
 def test_finish_only_moves_running_jobs(Session):
