@@ -51,7 +51,7 @@ def spec(model: dict, epochs: int, device: str, amp: str) -> dict:
 
 
 def bare_loop(job: JobSpec, data_dir: Path) -> float:
-    """Samples/s of the loop a user would write by hand: same tensors, model and batch size."""
+    """Samples/s of the loop a user would write by hand: same tensors, model, batch size and AMP."""
     device = torch.device("cuda" if job.device.startswith("cuda") else "cpu")
     data = load_dataset(job.data, data_dir=data_dir)
     x, y = data.x_train.to(device), data.y_train.to(device)
@@ -59,16 +59,24 @@ def bare_loop(job: JobSpec, data_dir: Path) -> float:
     model = build_model(job.model, data.input_shape, 10).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss_fn = loss_function("classification")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.amp)
+    scaler = torch.amp.GradScaler("cuda") if job.amp == "fp16" else None
     seen, started = 0, time.perf_counter()
     for _ in range(job.epochs):
         model.train()
         order = torch.randperm(len(x), device=device)
         for start in range(0, len(x), BATCH):
             idx = order[start:start + BATCH]
-            loss = loss_fn(model(x[idx].float().div_(255)), y[idx])
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = loss_fn(model(x[idx].float().div_(255)), y[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             seen += len(idx)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -154,7 +162,8 @@ def main() -> int:
         data_dir = Path(tmp) / "data"
         make_idx_dataset(data_dir, "FashionMNIST", n_train=60_000, n_test=10_000, gz=False)  # torchvision reads these
         dataset_mb = (60_000 + 10_000) * 28 * 28 / 2**20
-        stack = Stack(home=Path(tmp) / "embedded", data_dir=data_dir, extra_env=PRODUCTION_TIMINGS).start()
+        stack = Stack(home=Path(tmp) / "embedded", data_dir=data_dir, extra_env=PRODUCTION_TIMINGS,
+                      serve_gpu_queue=args.device.startswith("cuda")).start()
         rows = []
         try:
             for name, model in MODELS.items():

@@ -76,7 +76,7 @@ TRAINING_STATE = "training-state.safetensors"
 
 
 def write_training_state(path: Path, *, model_state: dict[str, torch.Tensor], optimizer_state: dict,
-                         rng_state: torch.Tensor, position: dict, meta: dict) -> int:
+                         rng_state: dict[str, torch.Tensor], position: dict, meta: dict) -> int:
     """Save what resuming needs: weights, optimizer state, RNG state and the position in training."""
     tensors = {f"model.{k}": v for k, v in model_state.items()}
     scalars = {}
@@ -86,14 +86,14 @@ def write_training_state(path: Path, *, model_state: dict[str, torch.Tensor], op
                 tensors[f"optimizer.{param_id}.{key}"] = value
             else:
                 scalars[f"{param_id}.{key}"] = value
-    tensors["rng_state"] = rng_state
+    tensors.update({f"rng.{device}": state for device, state in rng_state.items()})
     return write_checkpoint(path, tensors, {
         **meta, "position": position,
         "optimizer": {"param_groups": optimizer_state["param_groups"], "scalars": scalars},
     })
 
 
-def read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict, torch.Tensor, dict]:
+def read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor], dict]:
     """Inverse of write_training_state: (model state, optimizer state, RNG state, metadata)."""
     tensors, meta = read_checkpoint(path)
     model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
@@ -106,4 +106,7 @@ def read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict, torc
         param_id, name = key.split(".", 1)
         state.setdefault(int(param_id), {})[name] = value
     optimizer_state = {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
-    return model_state, optimizer_state, tensors["rng_state"], meta
+    rng_state = {k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")}
+    if "rng_state" in tensors:  # written before the GPU's generator was saved too
+        rng_state["cpu"] = tensors["rng_state"]
+    return model_state, optimizer_state, rng_state, meta

@@ -69,7 +69,7 @@ class ResumePoint:
     position: Position
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict | None = None
-    rng_state: torch.Tensor | None = None
+    rng_state: dict[str, torch.Tensor] = field(default_factory=dict)  # TrainingRun.rng_state()
     run_state: dict = field(default_factory=dict)
 
 
@@ -125,10 +125,18 @@ class TrainingRun:
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started_at
 
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """The generators dropout draws from: the CPU's and, on a GPU, the device's own."""
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
     def run_state(self) -> dict:
         """JSON state beside the tensors that a resumed attempt needs."""
         return {
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
             "early_stopping": self.early_stopping.state() if self.early_stopping else None,
             "elapsed": self.elapsed(),
             "folds": self.folds,
@@ -251,7 +259,7 @@ def train_one_epoch(
         else:
             objective.backward()
             optimizer.step()
-        loss_sum += loss.detach() * len(idx)
+        loss_sum.add_(loss.detach(), alpha=len(idx))  # one kernel: launches are what a small GPU model waits on
         if classify:
             correct += (outputs.detach().argmax(dim=1) == y).sum()
         seen += len(idx)
@@ -367,9 +375,13 @@ def prepare(
         _load_weights(model, resume.model_state)
         if resume.optimizer_state is not None:
             optimizer.load_state_dict(resume.optimizer_state)
-        if resume.rng_state is not None:
-            torch.set_rng_state(resume.rng_state)
+        if "cpu" in resume.rng_state:
+            torch.set_rng_state(resume.rng_state["cpu"])
+        if "cuda" in resume.rng_state and device.type == "cuda":
+            torch.cuda.set_rng_state(resume.rng_state["cuda"], device)
         state = resume.run_state
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         if spec.early_stopping and state.get("early_stopping"):

@@ -108,6 +108,7 @@ class Stack:
     broker_url: str | None = None
     extra_env: dict = field(default_factory=dict)
     with_worker: bool = True
+    serve_gpu_queue: bool = False  # whether the worker also takes jobs that asked for CUDA
     port: int = field(default_factory=free_port)
     procs: dict = field(default_factory=dict)
 
@@ -119,6 +120,7 @@ class Stack:
             "TRAINYARD_DATA_DIR": str(self.data_dir),
             "TRAINYARD_PORT": str(self.port),
             "TRAINYARD_QUEUE": f"trainyard-test-{self.home.name}-{self.port}",
+            "TRAINYARD_GPU_QUEUE": f"trainyard-test-{self.home.name}-{self.port}-gpu",
             "PYTHONUNBUFFERED": "1",
             # Short leases so that crash tests recover in seconds, not the production half minute.
             "TRAINYARD_HEARTBEAT_SECONDS": "0.5",
@@ -147,8 +149,9 @@ class Stack:
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_worker(self) -> None:
+        queues = [self.env["TRAINYARD_QUEUE"]] + ([self.env["TRAINYARD_GPU_QUEUE"]] if self.serve_gpu_queue else [])
         self._spawn("worker", ["-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel=INFO",
-                               "--queues", self.env["TRAINYARD_QUEUE"], "--concurrency", "1",
+                               "--queues", ",".join(queues), "--concurrency", "1",
                                "--hostname", f"test-{self.port}@%h", "--without-mingle", "--without-gossip"])
 
     def start(self) -> Stack:

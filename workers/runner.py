@@ -101,7 +101,7 @@ def save_state(run: TrainingRun, job_id: str, position: Position) -> None:
     """Write the training state an attempt resumes from, atomically."""
     write_training_state(
         state_path(job_id), model_state=run.model.state_dict(), optimizer_state=run.optimizer.state_dict(),
-        rng_state=torch.get_rng_state(),
+        rng_state=run.rng_state(),
         position={"epoch": position.epoch, "progress": asdict(position.progress)},
         meta={"job_id": job_id, "spec": run.spec.model_dump(mode="json"), "run_state": run.run_state()},
     )

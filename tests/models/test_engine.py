@@ -112,7 +112,7 @@ def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(idx_dir):
     assert position.epoch == 2 and 0 < position.progress.batches < 12
     run = stopped.run
     resume = ResumePoint(position=position, model_state=run.model.state_dict(),
-                         optimizer_state=run.optimizer.state_dict(), rng_state=torch.get_rng_state())
+                         optimizer_state=run.optimizer.state_dict(), rng_state=run.rng_state())
     torch.manual_seed(12345)  # whatever the process did in between must not matter
     rest = Recorder()
     fit(spec, rest, data_dir=idx_dir, resume=resume)
@@ -285,7 +285,7 @@ def test_resume_restores_schedule_and_early_stopping(idx_dir):
     stopped = fit(spec, first, data_dir=idx_dir)
     run = stopped.run
     resume = ResumePoint(position=stopped.stopped_at, model_state=run.model.state_dict(),
-                         optimizer_state=run.optimizer.state_dict(), rng_state=torch.get_rng_state(),
+                         optimizer_state=run.optimizer.state_dict(), rng_state=run.rng_state(),
                          run_state=run.run_state())
     rest = Recorder()
     result = fit(spec, rest, data_dir=idx_dir, resume=resume)
