@@ -51,6 +51,17 @@ class Predictor:
 
     def decode_image(self, data: bytes, filename: str, *, max_pixels: int) -> torch.Tensor:
         """Decode one uploaded image into the model's input tensor [C, H, W] (float)."""
+        return self.to_input(torch.from_numpy(self.decode_pixels(data, filename, max_pixels=max_pixels)))
+
+    def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Model inputs from uint8 pixels [..., C, H, W], scaled as the training data were."""
+        return pixels.float().mul_(self.preprocess["scale"])
+
+    def decode_pixels(self, data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:
+        """Decode one uploaded image into uint8 pixels [C, H, W], converted as the training data were.
+
+        Pixels stay uint8 (and in numpy) so that a batch of them becomes float in one step.
+        """
         if self.preprocess.get("kind") != "image":
             raise InputError(f"{filename}: this model takes numeric inputs, not images")
         try:
@@ -69,12 +80,14 @@ class Predictor:
         size = (self.preprocess["width"], self.preprocess["height"])
         if image.size != size:
             image = image.resize(size, Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-        return pixels.unsqueeze(0).float().mul_(self.preprocess["scale"])
+        return np.array(image, dtype=np.uint8)[None]
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (classification) or predicted values (regression) for a batch."""
+        """Class probabilities (classification) or predicted values (regression) for a batch;
+        a uint8 batch holds image pixels (decode_pixels) and is scaled first."""
+        if batch.dtype == torch.uint8:
+            batch = self.to_input(batch)
         outputs = self.model(batch)
         return torch.softmax(outputs, dim=1) if self.task == "classification" else outputs
 

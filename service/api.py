@@ -12,8 +12,9 @@ protected = APIRouter(dependencies=[Depends(require_token)], responses={
     401: {"description": "Missing or invalid bearer token (only when API tokens are set)"},
     403: {"description": "A read-only token was used for a write"},
 })
-protected.include_router(jobs.router)
+# Routes are matched in order, branch by branch: predict, the hot path, is tried first.
 protected.include_router(predict.router)
+protected.include_router(jobs.router)
 protected.include_router(datasets.router)
 protected.include_router(models.router)
 protected.include_router(v2.router)

@@ -16,10 +16,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from models.predictor import Predictor
+from models.predictor import Prediction, Predictor
 from service.metrics import PREDICT_BATCH
 from service.model_store import ModelNotFound, ResolvedCheckpoint
 
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 class _Request:
     size: int  # inputs this request adds to a batch
     prepare: Callable[[], torch.Tensor]  # runs on the batch's worker thread (e.g. decodes images)
+    finish: Callable[[torch.Tensor], Any] | None  # runs there too, on this request's outputs (e.g. labels them)
     future: asyncio.Future
 
 
@@ -49,12 +52,15 @@ class Batcher:
         """Class probabilities for a batch of prepared inputs [N, ...]."""
         return await self.submit(len(inputs), lambda: inputs)
 
-    async def submit(self, size: int, prepare: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Outputs for the `size` inputs that prepare() makes; it runs off the event loop, in the
-        batch's thread, so decoding costs one thread hop per batch rather than one per request.
-        If prepare() raises, only this request fails."""
+    async def submit(self, size: int, prepare: Callable[[], torch.Tensor],
+                     finish: Callable[[torch.Tensor], Any] | None = None) -> Any:
+        """Outputs for the `size` inputs that prepare() makes, or finish(outputs) if given.
+
+        Both run off the event loop, in the batch's thread, so decoding and labelling cost one
+        thread hop per batch rather than one per request, and the event loop runs no tensor
+        code. If prepare() or finish() raises, only this request fails."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Request(size, prepare, future))
+        await self.queue.put(_Request(size, prepare, finish, future))
         return await future
 
     def close(self) -> None:
@@ -85,8 +91,8 @@ class Batcher:
             size += item.size
         return items
 
-    def _forward(self, items: list[_Request]) -> list[torch.Tensor | BaseException]:
-        """Prepare every request's inputs, run one forward pass, split the outputs (worker thread)."""
+    def _forward(self, items: list[_Request]) -> list[Any]:
+        """Prepare every request's inputs, run one forward pass, split and finish the outputs (worker thread)."""
         prepared: list[torch.Tensor | BaseException] = []
         for item in items:
             try:
@@ -96,17 +102,23 @@ class Batcher:
         good = [p for p in prepared if isinstance(p, torch.Tensor)]
         if not good:
             return prepared
+        if len({p.dtype for p in good}) > 1:  # image pixels (uint8) beside float inputs
+            good = [self.predictor.to_input(p) if p.dtype == torch.uint8 else p for p in good]
         batch = torch.cat(good) if len(good) > 1 else good[0]
         outputs = self.predictor.probabilities(batch)
         self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
         PREDICT_BATCH.observe(len(batch))
         results, start = [], 0
-        for p in prepared:
+        for item, p in zip(items, prepared):
             if isinstance(p, BaseException):
                 results.append(p)
-            else:
-                results.append(outputs[start:start + len(p)])
-                start += len(p)
+                continue
+            mine = outputs[start:start + len(p)]
+            start += len(p)
+            try:
+                results.append(item.finish(mine) if item.finish else mine)
+            except Exception as exc:
+                results.append(exc)
         return results
 
     async def _run(self) -> None:
@@ -231,17 +243,18 @@ class ModelServer:
         return await self._batcher(loaded).probabilities(inputs)
 
     async def classify_images(self, loaded: LoadedModel, uploads: list[tuple[str, bytes]],
-                              max_pixels: int) -> torch.Tensor:
-        """Probabilities for encoded images, decoded and run in a batch with other requests.
+                              max_pixels: int, top_k: int = 1) -> list[Prediction]:
+        """Labelled predictions for encoded images, decoded and run in a batch with other requests.
 
         Raises the InputError of the first unusable image; other requests are not affected.
         """
         predictor = loaded.predictor
 
-        def prepare() -> torch.Tensor:
-            return torch.stack([predictor.decode_image(data, name, max_pixels=max_pixels) for name, data in uploads])
+        def prepare() -> torch.Tensor:  # uint8 pixels: the batch becomes float in one step
+            return torch.from_numpy(np.stack([predictor.decode_pixels(data, name, max_pixels=max_pixels)
+                                              for name, data in uploads]))
 
-        return await self._batcher(loaded).submit(len(uploads), prepare)
+        return await self._batcher(loaded).submit(len(uploads), prepare, lambda probs: predictor.label(probs, top_k))
 
     def __len__(self) -> int:
         return len(self._items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import threading
@@ -10,7 +11,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 
-from service import metrics
+from service import gc_tuning, metrics
 from service.api import api_router
 from service.routers.dashboard import router as dashboard_router
 from service.auth import token_table
@@ -81,9 +82,12 @@ async def lifespan(app: FastAPI):
     reaper = Reaper(settings)
     reaper.start()
     app.state.preload.start(app.state.models, settings)
+    gc_tuning.tune()
+    collector = asyncio.get_running_loop().create_task(gc_tuning.collect_periodically())
     try:
         yield
     finally:
+        collector.cancel()
         reaper.stop()
 
 

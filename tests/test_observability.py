@@ -76,7 +76,8 @@ def test_prometheus_metrics(embedded_stack, two_jobs):
     assert any(s.labels.get("route") == "/v1/jobs/{job_id}" and s.labels["method"] == "GET" for s in requests)
     jobs = {s.labels["status"]: s.value for s in families["trainyard_jobs"].samples}
     assert jobs["succeeded"] >= 2 and set(jobs) >= {"queued", "running", "failed", "cancelled"}
-    assert {s.labels["queue"] for s in families["trainyard_queue_depth"].samples} >= {"trainyard-gpu"}
+    queues = {embedded_stack.env["TRAINYARD_QUEUE"], embedded_stack.env["TRAINYARD_GPU_QUEUE"]}
+    assert {s.labels["queue"] for s in families["trainyard_queue_depth"].samples} >= queues
     batches = [s for s in families["trainyard_predict_batch_size"].samples if s.name.endswith("_count")]
     assert batches and batches[0].value >= 1
     cache = {s.labels["result"]: s.value for s in families["trainyard_model_cache"].samples}

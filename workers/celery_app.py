@@ -70,3 +70,9 @@ def queue_depth(queue: str | None = None) -> int:
             return channel.queue_declare(queue=queue or get_settings().queue, passive=True).message_count
         except (ChannelError, NotFound):
             return 0
+        finally:
+            # kombu's SQL transport counts in a session that it never ends, so its database
+            # connection would stay checked out until the garbage collector found the channel.
+            session = getattr(channel, "_session", None)
+            if session is not None:
+                session.close()

@@ -151,12 +151,12 @@ def predict_form(request: Request, model: str | None = None) -> HTMLResponse:
 
 
 @actions.post("/ui/predict", response_class=HTMLResponse)
-async def predict(request: Request, session: SessionDep, settings: SettingsDep, server: ModelServerDep,
+async def predict(request: Request, settings: SettingsDep, server: ModelServerDep,
                   model: Annotated[str, Form(max_length=200)], file: Annotated[UploadFile, File()],
                   top_k: Annotated[int, Form(ge=1, le=100)] = 3) -> Response:
     context = {"model": model, "top_k": top_k}
     try:
-        answer = await classify_uploads(session, settings, server, model, [(file.filename or "image", await file.read())],
+        answer = await classify_uploads(settings, server, model, [(file.filename or "image", await file.read())],
                                         top_k)
     except (RequestValidationError, HTTPException) as exc:
         return templates.TemplateResponse(request, "predict.html", {**context, "error": _describe(exc)}, status_code=422)

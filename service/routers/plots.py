@@ -97,7 +97,7 @@ async def confusion_of(job_id: str, session, settings, server) -> ConfusionPubli
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     if job.task != "classification":
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a confusion matrix needs a classification job")
-    target, loaded = await load_model(session, settings, server, f"job:{job_id}")
+    target, loaded = await load_model(settings, server, f"job:{job_id}")
     spec = JobSpec.model_validate(job.spec)
     session.close()
     key = (str(target.path), target.path.stat().st_mtime_ns)

@@ -15,11 +15,10 @@ from starlette.datastructures import UploadFile
 from models.checkpoint import CheckpointError
 from models.predictor import InputError
 from service.db import session_scope
-from service.deps import ModelServerDep, SessionDep, SettingsDep
 from service.inference import LoadedModel, ModelServer
 from service.model_store import ModelNotFound, ModelNotReady, ResolvedCheckpoint, resolve
 from service.schemas import ImagePrediction, PredictResponse, ResolvedModel, ValuesPrediction
-from service.settings import Settings
+from service.settings import Settings, get_settings
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
@@ -56,6 +55,12 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
+def _serving(request: Request) -> tuple[Settings, ModelServer]:
+    """What SettingsDep and ModelServerDep give, read directly: a dependency costs the predict
+    routes, which must stay close to the cost of bare HTTP, about 10 us a request each."""
+    return get_settings(), request.app.state.models
+
+
 def _json(answer: PredictResponse) -> Response:
     """The answer serialised once, in pydantic's core: a built model needs no second validation."""
     return Response(answer.model_dump_json(), media_type="application/json")
@@ -65,17 +70,23 @@ def _invalid(loc: tuple, msg: str) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": msg, "input": None}])
 
 
-async def load_model(session, settings: Settings, server: ModelServer,
-                     reference: str) -> tuple[ResolvedCheckpoint, LoadedModel]:
+def _resolve(settings: Settings, reference: str) -> ResolvedCheckpoint:
+    """Resolve a reference in a read session of its own (call in a thread: it queries the database)."""
+    with session_scope(write=False) as session:
+        return resolve(session, reference=reference, settings=settings)
+
+
+async def load_model(settings: Settings, server: ModelServer, reference: str) -> tuple[ResolvedCheckpoint, LoadedModel]:
     """Resolve a reference and get its loaded model, mapping failures to HTTP errors.
 
-    A hot model is served without leaving the event loop: its reference was resolved within
-    the last reference_cache_seconds and its predictor is in the cache.
+    A hot model is served without leaving the event loop or touching the database: its
+    reference was resolved within the last reference_cache_seconds and its predictor is in
+    the cache.
     """
     try:
         target, refresh = server.references.lookup(reference)
         if target is None:
-            target = await run_in_threadpool(resolve, session, reference=reference, settings=settings)
+            target = await run_in_threadpool(_resolve, settings, reference)
             server.references.put(reference, target)
         elif refresh:
             asyncio.get_running_loop().create_task(_refresh(server, settings, reference))
@@ -92,9 +103,7 @@ async def load_model(session, settings: Settings, server: ModelServer,
 async def _refresh(server: ModelServer, settings: Settings, reference: str) -> None:
     """Re-resolve a reference in the background (its stale resolution is served meanwhile)."""
     try:
-        with session_scope(write=False) as session:
-            server.references.put(reference, await run_in_threadpool(resolve, session, reference=reference,
-                                                                     settings=settings))
+        server.references.put(reference, await run_in_threadpool(_resolve, settings, reference))
     except Exception:  # gone or broken: the next request resolves it afresh and reports why
         server.references.forget(reference)
 
@@ -106,10 +115,10 @@ def resolved_model(target: ResolvedCheckpoint, loaded: LoadedModel) -> ResolvedM
                          input_shape=predictor.meta["input_shape"])
 
 
-async def classify_uploads(session, settings: Settings, server: ModelServer, reference: str,
+async def classify_uploads(settings: Settings, server: ModelServer, reference: str,
                            uploads: list[tuple[str, bytes]], top_k: int) -> PredictResponse:
     """Decode the uploaded images off the event loop and classify them in one (shared) batch."""
-    target, loaded = await load_model(session, settings, server, reference)
+    target, loaded = await load_model(settings, server, reference)
     predictor = loaded.predictor
     if predictor.task != "classification" or predictor.preprocess.get("kind") != "image":
         raise _invalid(("model",), f"model {reference!r} does not classify images; send JSON inputs instead")
@@ -117,18 +126,17 @@ async def classify_uploads(session, settings: Settings, server: ModelServer, ref
         raise _invalid(("top_k",), f"top_k is {top_k} but model {reference!r} has {len(predictor.classes)} classes")
 
     try:
-        probs = await server.classify_images(loaded, uploads, settings.max_image_pixels)
+        results = await server.classify_images(loaded, uploads, settings.max_image_pixels, top_k)
     except InputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    results = predictor.label(probs, top_k)
     return PredictResponse(
         model=resolved_model(target, loaded),
         predictions=[ImagePrediction(filename=name, label=r.label, index=r.index, probability=r.probability,
                                      top_k=r.top_k) for (name, _), r in zip(uploads, results)])
 
 
-async def predict_values(session, settings, server, body: PredictValues) -> PredictResponse:
-    target, loaded = await load_model(session, settings, server, body.model)
+async def predict_values(settings: Settings, server: ModelServer, body: PredictValues) -> PredictResponse:
+    target, loaded = await load_model(settings, server, body.model)
     predictor = loaded.predictor
     try:
         inputs = predictor.decode_values(body.inputs)
@@ -163,29 +171,30 @@ async def _form_uploads(request: Request, settings: Settings) -> tuple[str, list
 
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY)
-async def predict(request: Request, session: SessionDep, settings: SettingsDep,
-                  server: ModelServerDep) -> Response:
+async def predict(request: Request) -> Response:
     """Classify uploaded images (multipart `model`, `files`, `top_k`), or predict from numeric
     rows (JSON `{"model", "inputs": [[...], ...]}`)."""
+    settings, server = _serving(request)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
         try:
             body = PredictValues.model_validate_json(await request.body())
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
-        return _json(await predict_values(session, settings, server, body))
+        return _json(await predict_values(settings, server, body))
     if content_type.startswith("multipart/form-data"):
         model, uploads, top_k = await _form_uploads(request, settings)
-        return _json(await classify_uploads(session, settings, server, model, uploads, top_k))
+        return _json(await classify_uploads(settings, server, model, uploads, top_k))
     raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                         "send multipart/form-data with model and files, or application/json with model and inputs")
 
 
 @router.post("/models/{reference}/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={
     "requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}})
-async def predict_raw_image(reference: str, request: Request, session: SessionDep, settings: SettingsDep,
-                            server: ModelServerDep, top_k: Annotated[int, Query(ge=1, le=1000)] = 1) -> Response:
+async def predict_raw_image(reference: str, request: Request,
+                            top_k: Annotated[int, Query(ge=1, le=1000)] = 1) -> Response:
     """Classify one image sent as the raw request body (Content-Type image/*)."""
+    settings, server = _serving(request)
     if not request.headers.get("content-type", "").startswith("image/"):
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the image as the body with Content-Type image/*")
-    return _json(await classify_uploads(session, settings, server, reference, [("body", await request.body())], top_k))
+    return _json(await classify_uploads(settings, server, reference, [("body", await request.body())], top_k))

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from models.predictor import InputError
 from service.db import ping
-from service.deps import ModelServerDep, SessionDep, SettingsDep
+from service.deps import ModelServerDep, SettingsDep
 from service.routers.predict import load_model
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -66,9 +66,9 @@ def server_metadata() -> dict:
     return {"name": "trainyard", "version": SERVER_VERSION, "extensions": ["classification", "binary_tensor_data"]}
 
 
-async def _metadata(name: str, version: str | None, session, settings, server) -> JSONResponse:
+async def _metadata(name: str, version: str | None, settings, server) -> JSONResponse:
     try:
-        target, loaded = await load_model(session, settings, server, _reference(name, version))
+        target, loaded = await load_model(settings, server, _reference(name, version))
     except HTTPException as exc:
         return _error(exc.detail, exc.status_code)
     predictor = loaded.predictor
@@ -86,37 +86,37 @@ async def _metadata(name: str, version: str | None, session, settings, server) -
 
 
 @router.get("/models/{name}", responses={404: {"description": "Unknown model"}})
-async def model_metadata(name: str, session: SessionDep, settings: SettingsDep, server: ModelServerDep) -> JSONResponse:
+async def model_metadata(name: str, settings: SettingsDep, server: ModelServerDep) -> JSONResponse:
     """Inputs and outputs of a model."""
-    return await _metadata(name, None, session, settings, server)
+    return await _metadata(name, None, settings, server)
 
 
 @router.get("/models/{name}/versions/{version}", responses={404: {"description": "Unknown model"}})
-async def model_version_metadata(name: str, version: str, session: SessionDep, settings: SettingsDep,
+async def model_version_metadata(name: str, version: str, settings: SettingsDep,
                                  server: ModelServerDep) -> JSONResponse:
     """Inputs and outputs of one version of a model."""
-    return await _metadata(name, version, session, settings, server)
+    return await _metadata(name, version, settings, server)
 
 
-async def _ready(name, version, session, settings, server) -> JSONResponse:
+async def _ready(name, version, settings, server) -> JSONResponse:
     try:
-        await load_model(session, settings, server, _reference(name, version))
+        await load_model(settings, server, _reference(name, version))
     except HTTPException as exc:
         return _error(exc.detail, exc.status_code)
     return JSONResponse({"name": name, "ready": True})
 
 
 @router.get("/models/{name}/ready", responses={404: {"description": "Unknown model"}})
-async def model_ready(name: str, session: SessionDep, settings: SettingsDep, server: ModelServerDep) -> JSONResponse:
+async def model_ready(name: str, settings: SettingsDep, server: ModelServerDep) -> JSONResponse:
     """Loads the model (once) and says whether it can serve."""
-    return await _ready(name, None, session, settings, server)
+    return await _ready(name, None, settings, server)
 
 
 @router.get("/models/{name}/versions/{version}/ready", responses={404: {"description": "Unknown model"}})
-async def model_version_ready(name: str, version: str, session: SessionDep, settings: SettingsDep,
+async def model_version_ready(name: str, version: str, settings: SettingsDep,
                               server: ModelServerDep) -> JSONResponse:
     """Loads one version of the model (once) and says whether it can serve."""
-    return await _ready(name, version, session, settings, server)
+    return await _ready(name, version, settings, server)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -246,9 +246,9 @@ def _response(body: dict, outputs: list[dict]) -> Response:
                     headers={"Inference-Header-Content-Length": str(len(header))})
 
 
-async def _infer(name, version, request: Request, session, settings, server) -> Response:
+async def _infer(name, version, request: Request, settings, server) -> Response:
     try:
-        target, loaded = await load_model(session, settings, server, _reference(name, version))
+        target, loaded = await load_model(settings, server, _reference(name, version))
     except HTTPException as exc:
         return _error(exc.detail, exc.status_code)
     predictor = loaded.predictor
@@ -285,14 +285,14 @@ INFER_ERRORS = {400: {"description": "The request does not fit the protocol or t
 
 
 @router.post("/models/{name}/infer", responses=INFER_ERRORS, openapi_extra=INFER_DOC)
-async def infer(name: str, request: Request, session: SessionDep, settings: SettingsDep,
+async def infer(name: str, request: Request, settings: SettingsDep,
                 server: ModelServerDep) -> Response:
     """Run inference (Open Inference Protocol v2)."""
-    return await _infer(name, None, request, session, settings, server)
+    return await _infer(name, None, request, settings, server)
 
 
 @router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=INFER_DOC)
-async def infer_version(name: str, version: str, request: Request, session: SessionDep, settings: SettingsDep,
+async def infer_version(name: str, version: str, request: Request, settings: SettingsDep,
                         server: ModelServerDep) -> Response:
     """Run inference on one version of a model (Open Inference Protocol v2)."""
-    return await _infer(name, version, request, session, settings, server)
+    return await _infer(name, version, request, settings, server)

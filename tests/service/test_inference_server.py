@@ -53,6 +53,36 @@ def test_concurrent_requests_are_batched_and_answered_apart(tmp_path):
     assert sum(sizes) == 40 and max(sizes) == 16 and len(sizes) < 40
 
 
+def test_images_and_float_inputs_share_a_batch_and_a_bad_image_fails_alone(tmp_path):
+    """Encoded images are decoded to uint8 pixels in the batch thread and labelled there; float
+    inputs (v2's FP32 tensors) can join the same forward pass."""
+    from models.predictor import InputError
+    from tests.datagen import png_bytes
+
+    server = ModelServer(cache_size=2, max_batch_size=64, max_batch_delay_ms=20)
+    loaded = server.load(checkpoint(tmp_path / "m.safetensors", 0))
+    predictor = loaded.predictor
+    images = [png_bytes(i % 10, seed=i) for i in range(6)]
+    floats = [torch.rand(2, 1, 28, 28) for _ in range(3)]
+
+    async def run():
+        labelled = [server.classify_images(loaded, [(f"{i}.png", data)], 10**6, top_k=3) for i, data in enumerate(images)]
+        bad = server.classify_images(loaded, [("good.png", images[0]), ("bad.png", b"not an image")], 10**6)
+        tensors = [server.probabilities(loaded, x) for x in floats]
+        return await asyncio.gather(*labelled, bad, *tensors, return_exceptions=True)
+
+    results = asyncio.run(run())
+    labelled, bad, tensors = results[:6], results[6], results[7:]
+    assert isinstance(bad, InputError) and "bad.png" in str(bad)
+    for data, (prediction,) in zip(images, labelled, strict=True):
+        want = predictor.probabilities(predictor.decode_image(data, "x", max_pixels=10**6).unsqueeze(0))[0]
+        assert prediction.index == int(want.argmax()) and len(prediction.top_k) == 3
+        assert prediction.probability == pytest.approx(float(want.max()), rel=1e-5)
+    for got, x in zip(tensors, floats, strict=True):
+        torch.testing.assert_close(got, predictor.probabilities(x))
+    assert max(loaded.batcher.batch_sizes) > 2  # they were batched together
+
+
 def test_batching_off_runs_one_request_at_a_time(tmp_path):
     server = ModelServer(cache_size=2, max_batch_size=1, max_batch_delay_ms=0)
     loaded = server.load(checkpoint(tmp_path / "m.safetensors", 0))

@@ -73,3 +73,23 @@ def test_a_cancelled_job_is_never_run(service_env):
         jobs.request_cancel(session, job_id=job_id)
     assert run_job(job_id) is None
     assert read_job(job_id).status == JobStatus.CANCELLED
+
+
+def test_queue_depth_gives_back_its_database_connections(service_env, monkeypatch):
+    """kombu's SQL transport leaves a session open per channel; queue_depth must end it itself
+    rather than wait for the garbage collector (which the API runs rarely)."""
+    import gc
+
+    from kombu.transport.sqlalchemy import Channel
+
+    from workers import celery_app
+
+    monkeypatch.setattr(celery_app, "app", celery_app.make_celery(service_env))
+    gc.disable()
+    try:
+        for _ in range(20):  # more than the transport's pool holds (5 + 10 overflow)
+            assert celery_app.queue_depth(service_env.queue) == 0
+        checked_out = sum(engine.pool.checkedout() for engine, _ in Channel._engines.values())
+    finally:
+        gc.enable()
+    assert checked_out == 0
