@@ -238,7 +238,8 @@ def train_one_epoch(
     # Accumulate on the device and read back once per epoch: a .item() per batch would force
     # a GPU sync on every step.
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    first = done.batches * batch_size
+    hits = torch.zeros(len(order) - first, device=device, dtype=torch.bool) if classify else None
     batches, seen, stopped = done.batches, done.seen, False
     for start in range(batches * batch_size, len(order), batch_size):
         if should_stop():
@@ -260,12 +261,12 @@ def train_one_epoch(
             objective.backward()
             optimizer.step()
         loss_sum.add_(loss.detach(), alpha=len(idx))  # one kernel: launches are what a small GPU model waits on
-        if classify:
-            correct += (outputs.detach().argmax(dim=1) == y).sum()
+        if classify:  # whether each example was right, summed once at the end
+            torch.eq(outputs.detach().argmax(dim=1), y, out=hits[start - first:start - first + len(idx)])
         seen += len(idx)
         batches += 1
     return EpochProgress(batches=batches, loss_sum=done.loss_sum + float(loss_sum),
-                         correct=done.correct + int(correct), seen=seen), stopped
+                         correct=done.correct + (int(hits.sum()) if classify else 0), seen=seen), stopped
 
 
 @torch.inference_mode()
