@@ -125,6 +125,16 @@ class TrainingRun:
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started_at
 
+    def model_meta(self) -> dict:
+        """What a checkpoint needs beside its weights to be rebuilt and fed inputs (Predictor)."""
+        return {
+            "spec": self.spec.model_dump(mode="json"),
+            "task": self.dataset.task,
+            "classes": list(self.dataset.classes) if self.dataset.classes else None,
+            "input_shape": list(self.dataset.input_shape),
+            "preprocess": self.dataset.preprocess,
+        }
+
     def rng_state(self) -> dict[str, torch.Tensor]:
         """The generators dropout draws from: the CPU's and, on a GPU, the device's own."""
         state = {"cpu": torch.get_rng_state()}

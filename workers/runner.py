@@ -153,11 +153,7 @@ class RecordingCallbacks(Callbacks):
         meta = {
             "job_id": self.job_id,
             "epoch": metrics.epoch,
-            "spec": run.spec.model_dump(mode="json"),
-            "task": run.dataset.task,
-            "classes": list(run.dataset.classes) if run.dataset.classes else None,
-            "input_shape": list(run.dataset.input_shape),
-            "preprocess": run.dataset.preprocess,
+            **run.model_meta(),
             "metrics": metrics.as_dict(),
             "dataset_checksum": run.dataset.checksum,
             "torch": torch.__version__,

@@ -11,7 +11,7 @@ from models.engine import ResumePoint, fit, place_on_gpu, prepare
 from models.predictor import Predictor
 from models.spec import JobSpec
 from tests.datagen import make_idx_dataset
-from tests.models.test_engine import Recorder
+from tests.models.test_engine import Recorder, StopAt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -64,14 +64,7 @@ def test_stop_mid_epoch_then_resume_on_the_gpu_matches_an_uninterrupted_run(idx_
     full = Recorder()
     fit(spec, full, data_dir=idx_dir)
 
-    class StopAt(Recorder):
-        calls = 0
-
-        def should_stop(self):
-            self.calls += 1
-            return self.calls == 20  # part-way through epoch 2 (12 batches per epoch)
-
-    stopped = fit(spec, StopAt(), data_dir=idx_dir)
+    stopped = fit(spec, StopAt(20), data_dir=idx_dir)  # part-way through epoch 2 (12 batches per epoch)
     run = stopped.run
     path = tmp_path / "state.safetensors"  # through the file, as a worker that restarts reads it
     write_training_state(path, model_state=run.model.state_dict(), optimizer_state=run.optimizer.state_dict(),
@@ -92,9 +85,7 @@ def test_a_model_trained_on_the_gpu_predicts_on_the_cpu(idx_dir, tmp_path):
     result = fit(job(epochs=1), data_dir=idx_dir)
     dataset = result.run.dataset
     path = tmp_path / "model.safetensors"
-    write_checkpoint(path, result.run.model.state_dict(), {
-        "spec": result.run.spec.model_dump(mode="json"), "classes": dataset.classes,
-        "input_shape": list(dataset.input_shape), "preprocess": dataset.preprocess, "task": dataset.task})
+    write_checkpoint(path, result.run.model.state_dict(), result.run.model_meta())
     tensors, _ = read_checkpoint(path)
     assert all(t.device.type == "cpu" for t in tensors.values())
     predictor = Predictor.from_checkpoint(path)

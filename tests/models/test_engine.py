@@ -34,6 +34,18 @@ class Recorder(Callbacks):
         self.epochs.append(metrics)
 
 
+class StopAt(Recorder):
+    """A Recorder that says stop at the n-th should_stop() poll (the engine polls once a batch)."""
+
+    def __init__(self, poll: int):
+        super().__init__()
+        self.poll, self.calls = poll, 0
+
+    def should_stop(self):
+        self.calls += 1
+        return self.calls == self.poll
+
+
 def test_fit_learns_and_reports_every_epoch(idx_dir):
     recorder = Recorder()
     result = fit(job(), recorder, data_dir=idx_dir)
@@ -79,14 +91,7 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_goes(idx_dir):
 
 
 def test_should_stop_ends_training_between_batches(idx_dir):
-    class StopSoon(Recorder):
-        calls = 0
-
-        def should_stop(self):
-            self.calls += 1
-            return self.calls > 3
-
-    recorder = StopSoon()
+    recorder = StopAt(4)
     result = fit(job(epochs=5), recorder, data_dir=idx_dir)
     assert result.stopped_early and recorder.epochs == []
     assert result.stopped_at.epoch == 1 and result.stopped_at.progress.batches == 3
@@ -99,14 +104,7 @@ def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(idx_dir):
     full = Recorder()
     fit(spec, full, data_dir=idx_dir)
 
-    class StopAt(Recorder):
-        calls = 0
-
-        def should_stop(self):
-            self.calls += 1
-            return self.calls == 20  # part-way through epoch 2 (12 batches per epoch)
-
-    first = StopAt()
+    first = StopAt(20)  # part-way through epoch 2 (12 batches per epoch)
     stopped = fit(spec, first, data_dir=idx_dir)
     position = stopped.stopped_at
     assert position.epoch == 2 and 0 < position.progress.batches < 12
@@ -274,14 +272,7 @@ def test_resume_restores_schedule_and_early_stopping(idx_dir):
     full = Recorder()
     fit(spec, full, data_dir=idx_dir)
 
-    class StopInSecond(Recorder):
-        calls = 0
-
-        def should_stop(self):
-            self.calls += 1
-            return self.calls == 16  # 12 batches an epoch: part-way through epoch 2
-
-    first = StopInSecond()
+    first = StopAt(16)  # 12 batches an epoch: part-way through epoch 2
     stopped = fit(spec, first, data_dir=idx_dir)
     run = stopped.run
     resume = ResumePoint(position=stopped.stopped_at, model_state=run.model.state_dict(),
