@@ -89,8 +89,8 @@ def in_process_floor(checkpoint: Path, image: bytes, runs: int) -> float:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        tensor = predictor.decode_image(image, "x.png", max_pixels=10**7)
-        predictor.label(predictor.probabilities(tensor.unsqueeze(0)), 1)
+        pixels = torch.from_numpy(predictor.decode_pixels(image, "x.png", max_pixels=10**7))
+        predictor.label(predictor.probabilities(pixels.unsqueeze(0)), 1)
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
 
@@ -111,7 +111,7 @@ def trained_model(home: Path) -> tuple[Stack, str, Path]:
 def api_server(stack: Stack, extra_env: dict) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {**stack.env, "TRAINYARD_PORT": str(port), "TRAINYARD_BENCH_ROUTES": "true", **extra_env}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.api.app:app", "--port", str(port),
                              "--no-access-log", "--log-level", "warning"], cwd=REPO, env=env)
     import httpx
 
@@ -136,6 +136,8 @@ def measure(port: int, model: str, image: bytes, requests: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3200, help="requests per measurement at concurrency 32")
+    parser.add_argument("--report-only", action="store_true",
+                        help="exit 0 when a target is missed (the table still says MISSED); for smoke runs")
     args = parser.parse_args()
     image = png_bytes(3, seed=11)
     with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
@@ -170,7 +172,7 @@ def main() -> int:
         print(f"{route:<9} throughput at c=32 / HTTP floor: {ratio:5.2f} (target >= {TARGET_THROUGHPUT_RATIO}) "
               f"{'MET' if ok_ratio else 'MISSED'}; with batching off {off_ratio:5.2f}; "
               f"p99 at c=32 {on[(route, 32)]['p99_ms']:.1f} ms")
-    return 1 if failures else 0
+    return 1 if failures and not args.report_only else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Alembic environment: migrates the database named by the trainyard settings.
 
-`trainyard migrate` passes in an open connection (see service/migrate.py); the plain `alembic`
+`trainyard migrate` passes in an open connection (see service/core/migrate.py); the plain `alembic`
 command connects to TRAINYARD_DATABASE_URL itself.
 """
 
@@ -8,9 +8,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from service.db import make_engine
-from service.settings import get_settings
-from service.tables import Base
+from service.core.db import make_engine
+from service.core.settings import get_settings
+from service.core.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from models.cache import LRU
+from models.image import scale_pixels
 from models.spec import (
     DatasetInfo,
     DataSpec,
@@ -82,7 +83,7 @@ class Dataset:
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """Convert a batch of stored inputs to the float tensor the model sees."""
         if x.dtype == torch.uint8:
-            return x.float().mul_(self.preprocess["scale"])
+            return scale_pixels(x, self.preprocess["scale"])
         return x
 
 
@@ -219,6 +220,11 @@ def synthetic_polynomial(spec: SyntheticPolynomialSpec, seed: int) -> Dataset:
 _STORED_TENSORS = ("x_train", "y_train", "x_test", "y_test")
 
 
+def stored_dataset_path(datasets_dir: Path, dataset_id: str) -> Path:
+    """Where an uploaded dataset's decoded tensors live."""
+    return datasets_dir / f"{dataset_id}.safetensors"
+
+
 def save_stored_dataset(path: Path, dataset: Dataset, extra: dict | None = None) -> int:
     """Write a decoded dataset as one safetensors file (tensors plus JSON metadata), atomically."""
     from models.checkpoint import write_checkpoint
@@ -241,26 +247,12 @@ def load_stored_dataset(path: Path) -> Dataset:
                    **{k: tensors[k] for k in _STORED_TENSORS})
 
 
-_cache: dict[tuple, Dataset] = {}
-_cache_lock = threading.Lock()
-_CACHE_SIZE = 4
+# Decoded datasets by their files' paths, times and sizes: a changed file on disk changes the key.
+_decoded: LRU[Dataset] = LRU(4)
 
 
 def _stamp(paths) -> tuple:
     return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(paths) if p.is_file())
-
-
-def _cached(key: tuple, load) -> Dataset:
-    """Decode each dataset once per process; a changed file on disk changes the key."""
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
-    dataset = load()
-    with _cache_lock:
-        while len(_cache) >= _CACHE_SIZE:
-            _cache.pop(next(iter(_cache)))
-        _cache[key] = dataset
-    return dataset
 
 
 def _cached_idx_dataset(name: str, data_dir: Path, allow_download: bool, cache_dir: Path | None) -> Dataset:
@@ -286,29 +278,34 @@ def _cached_idx_dataset(name: str, data_dir: Path, allow_download: bool, cache_d
             pass  # the cache is an optimisation; a read-only disk must not fail the job
         return dataset
 
-    return _cached((name, str(data_dir.resolve()), stamp), load)
+    return _decoded.get_or_load((name, str(data_dir.resolve()), stamp), load)
 
 
 def _cached_stored_dataset(path: Path) -> Dataset:
     if not path.is_file():
         raise DatasetError(f"uploaded dataset {path.stem} does not exist (deleted?)")
-    return _cached(("stored", _stamp([path])), lambda: load_stored_dataset(path))
+    return _decoded.get_or_load(("stored", _stamp([path])), lambda: load_stored_dataset(path))
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     return (x, y) if limit is None else (x[:limit], y[:limit])
 
 
+def holdout_split(n: int, fraction: float, seed: int, *, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) indices of a seeded random split holding out `fraction` of n examples
+    (at least one); `what` names the setting in the error when nothing would be left to train on."""
+    held = max(1, int(round(n * fraction)))
+    if held >= n:
+        raise DatasetError(f"{what} {fraction} leaves no training examples out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[held:], order[:held]
+
+
 def _split_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     """Hold out a seeded random fraction of the training set for validation."""
     if fraction <= 0:
         return dataset
-    n = len(dataset.x_train)
-    n_val = max(1, int(round(n * fraction)))
-    if n_val >= n:
-        raise DatasetError(f"val_fraction {fraction} leaves no training examples out of {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return with_validation(dataset, order[n_val:], order[:n_val])
+    return with_validation(dataset, *holdout_split(len(dataset.x_train), fraction, seed, what="val_fraction"))
 
 
 def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = None,
@@ -326,7 +323,7 @@ def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = 
         if isinstance(spec, UploadedDatasetSpec):
             if datasets_dir is None:
                 raise DatasetError("uploaded datasets are not available here")
-            full = _cached_stored_dataset(Path(datasets_dir) / f"{spec.dataset_id}.safetensors")
+            full = _cached_stored_dataset(stored_dataset_path(Path(datasets_dir), spec.dataset_id))
         else:
             full = _cached_idx_dataset(spec.dataset, Path(data_dir), allow_download, cache_dir)
         x_train, y_train = _subset(full.x_train, full.y_train, spec.limit_train)

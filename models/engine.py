@@ -15,6 +15,7 @@ from torch import nn
 from models.archs import build_model
 from models.data import Dataset, kfold_indices, load_dataset, with_validation
 from models.spec import EarlyStoppingSpec, JobSpec, spec_problems
+from models.state import EpochProgress, Position, TrainingState
 
 
 class TrainingError(Exception):
@@ -42,35 +43,6 @@ class EpochMetrics:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class EpochProgress:
-    """How far an epoch has got: batches done and the running sums behind its train metrics."""
-
-    batches: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-
-
-@dataclass
-class Position:
-    """A point in training: `epoch` is in progress with `progress.batches` batches done."""
-
-    epoch: int
-    progress: EpochProgress = field(default_factory=EpochProgress)
-
-
-@dataclass
-class ResumePoint:
-    """Everything needed to continue a run exactly where an earlier attempt stopped."""
-
-    position: Position
-    model_state: dict[str, torch.Tensor]
-    optimizer_state: dict | None = None
-    rng_state: dict[str, torch.Tensor] = field(default_factory=dict)  # TrainingRun.rng_state()
-    run_state: dict = field(default_factory=dict)
 
 
 class EarlyStopping:
@@ -135,22 +107,43 @@ class TrainingRun:
             "preprocess": self.dataset.preprocess,
         }
 
-    def rng_state(self) -> dict[str, torch.Tensor]:
-        """The generators dropout draws from: the CPU's and, on a GPU, the device's own."""
-        state = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
+    def state(self, position: Position) -> TrainingState:
+        """What a later attempt needs to continue from `position` exactly as this one would."""
+        return TrainingState(
+            position=position,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            # The generators dropout draws from: the CPU's and, on a GPU, the device's own.
+            rng={"cpu": torch.get_rng_state(),
+                 **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
+            run={
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "early_stopping": self.early_stopping.state() if self.early_stopping else None,
+                "elapsed": self.elapsed(),
+                "folds": self.folds,
+            },
+        )
 
-    def run_state(self) -> dict:
-        """JSON state beside the tensors that a resumed attempt needs."""
-        return {
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "early_stopping": self.early_stopping.state() if self.early_stopping else None,
-            "elapsed": self.elapsed(),
-            "folds": self.folds,
-        }
+    def restore(self, state: TrainingState) -> None:
+        """Continue from a state an earlier attempt saved (state() of an identically prepared run)."""
+        _load_weights(self.model, state.model)
+        if state.optimizer is not None:
+            self.optimizer.load_state_dict(state.optimizer)
+        if "cpu" in state.rng:
+            torch.set_rng_state(state.rng["cpu"])
+        if "cuda" in state.rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state.rng["cuda"], self.device)
+        run = state.run
+        if self.scaler is not None and run.get("scaler"):
+            self.scaler.load_state_dict(run["scaler"])
+        if self.scheduler is not None and run.get("scheduler"):
+            self.scheduler.load_state_dict(run["scheduler"])
+        if self.spec.early_stopping and run.get("early_stopping"):
+            self.early_stopping = EarlyStopping(self.spec.early_stopping, run["early_stopping"])
+        self.elapsed_before = run.get("elapsed", 0.0)
+        self.folds = list(run.get("folds", []))
+        self.start = state.position
 
 
 class Callbacks:
@@ -354,7 +347,7 @@ def prepare(
     cache_dir: Path | None = None,
     allow_download: bool = False,
     dataset: Dataset | None = None,
-    resume: ResumePoint | None = None,
+    resume: TrainingState | None = None,
     initial_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainingRun:
     """Load data, build the model, optimizer and schedule on the chosen device.
@@ -383,23 +376,7 @@ def prepare(
     if initial_weights is not None:
         _load_weights(model, initial_weights)
     if resume is not None:
-        _load_weights(model, resume.model_state)
-        if resume.optimizer_state is not None:
-            optimizer.load_state_dict(resume.optimizer_state)
-        if "cpu" in resume.rng_state:
-            torch.set_rng_state(resume.rng_state["cpu"])
-        if "cuda" in resume.rng_state and device.type == "cuda":
-            torch.cuda.set_rng_state(resume.rng_state["cuda"], device)
-        state = resume.run_state
-        if run.scaler is not None and state.get("scaler"):
-            run.scaler.load_state_dict(state["scaler"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        if spec.early_stopping and state.get("early_stopping"):
-            run.early_stopping = EarlyStopping(spec.early_stopping, state["early_stopping"])
-        run.elapsed_before = state.get("elapsed", 0.0)
-        run.folds = list(state.get("folds", []))
-        run.start = resume.position
+        run.restore(resume)
     return run
 
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from models.archs import build_model
 from models.checkpoint import read_checkpoint
+from models.image import ImageError, decode_grayscale, scale_pixels
 from models.spec import JobSpec
-
-# Pillow's own bomb guard only warns below twice its limit; we check pixels ourselves instead.
-Image.MAX_IMAGE_PIXELS = None
 
 
 class InputError(Exception):
@@ -49,13 +45,9 @@ class Predictor:
         model.load_state_dict(state)
         return cls(model, meta)
 
-    def decode_image(self, data: bytes, filename: str, *, max_pixels: int) -> torch.Tensor:
-        """Decode one uploaded image into the model's input tensor [C, H, W] (float)."""
-        return self.to_input(torch.from_numpy(self.decode_pixels(data, filename, max_pixels=max_pixels)))
-
     def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """Model inputs from uint8 pixels [..., C, H, W], scaled as the training data were."""
-        return pixels.float().mul_(self.preprocess["scale"])
+        return scale_pixels(pixels, self.preprocess["scale"])
 
     def decode_pixels(self, data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:
         """Decode one uploaded image into uint8 pixels [C, H, W], converted as the training data were.
@@ -65,22 +57,11 @@ class Predictor:
         if self.preprocess.get("kind") != "image":
             raise InputError(f"{filename}: this model takes numeric inputs, not images")
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise InputError(f"{filename}: image is {width}x{height} pixels; the limit is {max_pixels}")
-                image.load()
-                image = to_grayscale(image)
-        except InputError:
-            raise
-        except UnidentifiedImageError:
-            raise InputError(f"{filename}: not a recognised image (PNG, JPEG, BMP, WebP, ...)") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise InputError(f"{filename}: image could not be decoded ({exc})") from None
-        size = (self.preprocess["width"], self.preprocess["height"])
-        if image.size != size:
-            image = image.resize(size, Image.Resampling.BILINEAR)
-        return np.array(image, dtype=np.uint8)[None]
+            pixels = decode_grayscale(data, filename, max_pixels=max_pixels,
+                                      size=(self.preprocess["width"], self.preprocess["height"]))
+        except ImageError as exc:
+            raise InputError(str(exc)) from None
+        return pixels[None]
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -105,10 +86,6 @@ class Predictor:
                 raise InputError(f"inputs[{i}] has {len(row)} values; this model takes {width}")
         return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), width)
 
-    def classify(self, inputs: list[torch.Tensor], top_k: int = 1) -> list[Prediction]:
-        """Classify a list of prepared inputs in one forward pass."""
-        return self.label(self.probabilities(torch.stack(inputs)), top_k)
-
     def label(self, probs: torch.Tensor, top_k: int = 1) -> list[Prediction]:
         """Predictions with labels and the top_k classes from a batch of probabilities."""
         k = min(max(top_k, 1), probs.shape[1])
@@ -121,14 +98,13 @@ class Predictor:
                                       probability=entries[0]["probability"], top_k=entries))
         return results
 
-
-def to_grayscale(image: Image.Image) -> Image.Image:
-    """Any mode to 8-bit grayscale; transparent areas become black, like the datasets' backgrounds."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("L")
-    if image.mode.startswith("I;16"):
-        array = np.asarray(image, dtype=np.uint32) // 257
-        return Image.fromarray(array.astype(np.uint8), mode="L")
-    return image.convert("L")
+    def confusion_matrix(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[list[list[int]], float]:
+        """Counts of (true, predicted) class over a labelled set, and the accuracy they give."""
+        classes = len(self.classes)
+        matrix = torch.zeros(classes, classes, dtype=torch.long)
+        for start in range(0, len(x), batch_size):
+            predicted = self.probabilities(x[start:start + batch_size]).argmax(dim=1)
+            truth = y[start:start + batch_size]
+            matrix.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
+        accuracy = float(matrix.diagonal().sum()) / max(1, int(matrix.sum()))
+        return matrix.tolist(), accuracy

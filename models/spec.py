@@ -7,6 +7,7 @@ not fit its inputs) are found by spec_problems, which needs to know the dataset'
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
@@ -286,6 +287,10 @@ class JobSpec(StrictModel):
     @property
     def resize(self) -> int | None:
         return getattr(self.data, "resize", None)
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON form: equal specs, equal digests."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
 
 @dataclass(frozen=True)

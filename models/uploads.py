@@ -16,10 +16,9 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from models.data import IDX_FILES, Dataset, DatasetError, idx_dataset, parse_idx
-from models.predictor import to_grayscale
+from models.data import IDX_FILES, Dataset, DatasetError, holdout_split, idx_dataset, parse_idx
+from models.image import ImageError, decode_grayscale
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
@@ -124,18 +123,10 @@ def _image_dataset(name, x_train, y_train, x_test, y_test, classes) -> Dataset:
 
 def _decode_image(data: bytes, path: str, image_size: int | None, limits: ArchiveLimits) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.size[0] * image.size[1] > limits.max_image_pixels:
-                raise ArchiveError(f"{path}: {image.size[0]}x{image.size[1]} pixels is over the limit")
-            image.load()
-            gray = to_grayscale(image)
-    except UnidentifiedImageError:
-        raise ArchiveError(f"{path}: not a readable image") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ArchiveError(f"{path}: image could not be decoded ({exc})") from None
-    if image_size is not None and gray.size != (image_size, image_size):
-        gray = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(gray, dtype=np.uint8)
+        return decode_grayscale(data, path, max_pixels=limits.max_image_pixels,
+                                size=(image_size, image_size) if image_size else None)
+    except ImageError as exc:
+        raise ArchiveError(str(exc)) from None
 
 
 def _image_folders(archive, members, name, test_fraction, image_size, seed, limits) -> Dataset:
@@ -187,12 +178,11 @@ def _image_folders(archive, members, name, test_fraction, image_size, seed, limi
 
 
 def _split(x, y, test_fraction, seed):
-    n = len(x)
-    n_test = max(1, int(round(n * test_fraction)))
-    if n_test >= n:
-        raise ArchiveError(f"test_fraction {test_fraction} leaves no training examples out of {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return x[order[n_test:]], y[order[n_test:]], x[order[:n_test]], y[order[:n_test]]
+    try:
+        train, test = holdout_split(len(x), test_fraction, seed, what="test_fraction")
+    except DatasetError as exc:
+        raise ArchiveError(str(exc)) from None
+    return x[train], y[train], x[test], y[test]
 
 
 def _csv_rows(text: str, path: str) -> tuple[list[str], list[list[str]]]:

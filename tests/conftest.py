@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from service.core import broker, db
+from service.core import settings as settings_module
+from service.core.migrate import upgrade
 from tests.datagen import make_idx_dataset
 from tests.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available, require
 
@@ -57,3 +60,58 @@ def stack(request) -> Stack:
 def client(stack):
     with stack.client() as c:
         yield c
+
+
+def _clear_caches():
+    for cached in (settings_module.get_settings, db.get_engine, db.get_sessionmaker):
+        cached.cache_clear()
+
+
+@pytest.fixture
+def service_env(tmp_path, monkeypatch, data_dir):
+    """Settings, database and folders of a private trainyard home, for code run in this process."""
+    for key in ("TRAINYARD_DATABASE_URL", "TRAINYARD_BROKER_URL", "TRAINYARD_CHECKPOINT_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TRAINYARD_DATA_DIR", str(data_dir))
+    _clear_caches()
+    settings = settings_module.get_settings()
+    settings.ensure_dirs()
+    upgrade()
+    monkeypatch.setattr(broker, "app", broker.make_celery(settings))  # publish to this home's broker
+    yield settings
+    db.get_engine().dispose()
+    _clear_caches()
+
+
+@pytest.fixture
+def trained_job(service_env):
+    """A finished classification job recorded in SQL with a real checkpoint file per epoch:
+    test accuracy 0.5, 0.9, 0.7, so its best epoch is 2 and its last is 3."""
+    import torch
+
+    from models.archs import build_model
+    from models.checkpoint import checkpoint_name, write_checkpoint
+    from models.spec import JobSpec
+    from service.core import jobs
+    from service.core.tables import JobStatus
+
+    spec = JobSpec.model_validate({"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"},
+                                   "epochs": 3})
+    with db.session_scope() as session:
+        job_id = jobs.create_job(session, spec=spec, task="classification").id
+    with db.session_scope() as session:
+        attempt = jobs.claim_job(session, job_id=job_id, worker="test", lease_seconds=30, max_attempts=3).attempt
+    for epoch, accuracy in enumerate((0.5, 0.9, 0.7), start=1):
+        torch.manual_seed(epoch)
+        relative = f"{job_id}/{checkpoint_name(epoch)}"
+        size = write_checkpoint(service_env.checkpoint_dir / relative, build_model(spec.model, (1, 28, 28), 10).state_dict(), {
+            "spec": spec.model_dump(mode="json"), "task": "classification", "classes": [str(i) for i in range(10)],
+            "input_shape": [1, 28, 28], "epoch": epoch, "metrics": {"test_acc": accuracy},
+            "preprocess": {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255}})
+        with db.session_scope() as session:
+            jobs.record_epoch(session, job_id=job_id, attempt=attempt, checkpoint_path=relative, checkpoint_size=size,
+                              metrics={"epoch": epoch, "train_loss": 1.0 / epoch, "test_loss": 1.0, "test_acc": accuracy})
+    with db.session_scope() as session:
+        jobs.finish_job(session, job_id=job_id, attempt=attempt, status=JobStatus.SUCCEEDED)
+    return job_id

@@ -140,7 +140,7 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, env=self.env,
+        return subprocess.run([sys.executable, "-m", "service.cli.main", *args], cwd=REPO, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -160,7 +160,7 @@ class Stack:
         assert migrated.returncode == 0, f"migrate failed:\n{migrated.stdout}\n{migrated.stderr}"
         if self.with_worker:
             self.start_worker()
-        self._spawn("api", ["-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(self.port)])
+        self._spawn("api", ["-m", "uvicorn", "service.api.app:app", "--host", "127.0.0.1", "--port", str(self.port)])
         wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
                    timeout=60, what=f"the API at {self.url} to be ready\n{self.logs()}")
         if self.with_worker:

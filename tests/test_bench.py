@@ -1,5 +1,6 @@
 """The benchmarks run to completion and print their tables (speed itself is not asserted here)."""
 
+import re
 import subprocess
 import sys
 
@@ -11,8 +12,12 @@ pytestmark = pytest.mark.e2e
 
 
 def test_predict_benchmark_prints_its_ratios():
-    run = subprocess.run([sys.executable, "bench/predict.py", "--requests", "64"], cwd=REPO,
+    # A short run is too noisy to judge the targets, so it reports them without failing on them;
+    # any other failure (a crash, a server that does not start) still exits non-zero.
+    run = subprocess.run([sys.executable, "bench/predict.py", "--requests", "64", "--report-only"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
-    assert run.returncode in (0, 1), run.stderr[-3000:]  # 1: a target was missed, which is reported
-    assert "in-process floor" in run.stdout and "throughput at c=32 / HTTP floor" in run.stdout
+    assert run.returncode == 0, run.stderr[-3000:]
+    ratios = re.findall(r"throughput at c=32 / HTTP floor:\s+([0-9.]+) \(target >= [0-9.]+\) (MET|MISSED)", run.stdout)
+    assert len(ratios) == 2 and all(float(ratio) > 0 for ratio, _ in ratios), run.stdout
+    assert "in-process floor" in run.stdout
     assert run.stdout.count("batching off") >= 6

@@ -9,7 +9,7 @@ import pytest
 
 from tests.datagen import png_bytes
 from tests.servers import Stack, require, wait_until
-from tests.test_end_to_end import SOFTMAX_SPEC, submit
+from tests.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

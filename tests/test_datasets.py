@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.datagen import image_folder_zip, png_bytes, zip_bytes
-from tests.test_end_to_end import submit
+from tests.specs import submit
 
 pytestmark = pytest.mark.e2e
 

@@ -6,19 +6,10 @@ import pytest
 
 from models.data import FASHION_MNIST_CLASSES
 from tests.datagen import class_png
+from tests.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 
-SOFTMAX_SPEC = {
-    "name": "softmax-e2e",
-    "model": {"arch": "softmax_regression"},
-    "data": {"dataset": "fashion-mnist"},
-    "optimizer": {"name": "sgd", "lr": 0.5},
-    "epochs": 3,
-    "batch_size": 64,
-    "seed": 0,
-    "device": "auto",
-}
 LENET_SPEC = {
     "name": "lenet-e2e",
     "model": {"arch": "lenet", "activation": "relu", "pool": "max", "init": "xavier"},
@@ -27,15 +18,6 @@ LENET_SPEC = {
     "epochs": 2,
     "batch_size": 32,
 }
-
-
-def submit(client, spec) -> str:
-    response = client.post("/v1/jobs", json=spec)
-    assert response.status_code == 202, response.text
-    job = response.json()
-    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
-    assert job["status"] == "queued"
-    return job["id"]
 
 
 def test_train_then_predict(stack, client, tmp_path):

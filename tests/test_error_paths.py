@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.test_end_to_end import SOFTMAX_SPEC, submit
+from tests.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 

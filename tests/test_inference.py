@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.datagen import png_bytes
 from tests.servers import Stack, wait_until
-from tests.test_end_to_end import SOFTMAX_SPEC, submit
+from tests.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 
@@ -206,7 +206,7 @@ def test_preloaded_models_gate_readiness(trained, embedded_stack, api):
     def second_api(preload: str) -> Stack:
         stack = Stack(home=embedded_stack.home, data_dir=embedded_stack.data_dir, with_worker=False,
                       extra_env={"TRAINYARD_PRELOAD_MODELS": preload})
-        stack._spawn("api", ["-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(stack.port)])
+        stack._spawn("api", ["-m", "uvicorn", "service.api.app:app", "--host", "127.0.0.1", "--port", str(stack.port)])
         wait_until(lambda: httpx.get(f"{stack.url}/healthz", timeout=2).status_code == 200, timeout=60)
         return stack
 

@@ -10,7 +10,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.datagen import png_bytes
-from tests.test_end_to_end import SOFTMAX_SPEC, submit
+from tests.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 BLUE, ORANGE = (31, 119, 180), (255, 127, 14)  # matplotlib's tab:blue and tab:orange

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.servers import Stack, free_port, require, wait_until
-from tests.test_end_to_end import submit
+from tests.specs import submit
 
 pytestmark = pytest.mark.e2e
 

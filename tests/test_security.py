@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from service.api import api_router
-from service.auth import parse_tokens
+from service.api.routes import api_router
+from service.api.auth import parse_tokens
 from tests.servers import Stack
 
 pytestmark = pytest.mark.e2e

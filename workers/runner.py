@@ -6,44 +6,25 @@ from the training state the previous one saved, so no epoch is lost or counted t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
 import threading
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torchvision
 
-from models.checkpoint import (
-    TRAINING_STATE,
-    CheckpointError,
-    checkpoint_name,
-    read_checkpoint,
-    read_training_state,
-    write_checkpoint,
-    write_training_state,
-)
+from models.checkpoint import CheckpointError, checkpoint_name, read_checkpoint, write_checkpoint
 from models.data import DatasetError
-from models.engine import (
-    Callbacks,
-    EpochMetrics,
-    EpochProgress,
-    Position,
-    ResumePoint,
-    TrainingError,
-    TrainingRun,
-    fit,
-    summarise_folds,
-)
+from models.engine import Callbacks, EpochMetrics, TrainingError, TrainingRun, fit, summarise_folds
 from models.spec import JobSpec
-from service import jobs
-from service.db import session_scope
-from service.model_store import ModelNotFound, ModelNotReady, init_from_reference, resolve
-from service.settings import get_settings
-from service.tables import JobStatus
+from models.state import TRAINING_STATE, Position, TrainingState, load_training_state, save_training_state
+from service.core import jobs
+from service.core.db import session_scope
+from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
+from service.core.settings import get_settings
+from service.core.tables import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +80,13 @@ def state_path(job_id: str) -> Path:
 
 def save_state(run: TrainingRun, job_id: str, position: Position) -> None:
     """Write the training state an attempt resumes from, atomically."""
-    write_training_state(
-        state_path(job_id), model_state=run.model.state_dict(), optimizer_state=run.optimizer.state_dict(),
-        rng_state=run.rng_state(),
-        position={"epoch": position.epoch, "progress": asdict(position.progress)},
-        meta={"job_id": job_id, "spec": run.spec.model_dump(mode="json"), "run_state": run.run_state()},
-    )
+    save_training_state(state_path(job_id), run.state(position),
+                        {"job_id": job_id, "spec": run.spec.model_dump(mode="json")})
 
 
-def load_resume_point(job_id: str) -> ResumePoint | None:
+def load_state(job_id: str) -> TrainingState | None:
     path = state_path(job_id)
-    if not path.exists():
-        return None
-    model_state, optimizer_state, rng_state, meta = read_training_state(path)
-    position = Position(epoch=meta["position"]["epoch"], progress=EpochProgress(**meta["position"]["progress"]))
-    return ResumePoint(position=position, model_state=model_state, optimizer_state=optimizer_state,
-                       rng_state=rng_state, run_state=meta.get("run_state") or {})
+    return load_training_state(path)[0] if path.exists() else None
 
 
 class RecordingCallbacks(Callbacks):
@@ -134,7 +106,7 @@ class RecordingCallbacks(Callbacks):
             "torchvision": torchvision.__version__,
             "device": str(run.device),
             "dataset_checksum": run.dataset.checksum,
-            "spec_hash": hashlib.sha256(run.spec.model_dump_json().encode()).hexdigest(),
+            "spec_hash": run.spec.digest(),
             "num_train": len(run.dataset.x_train),
             "num_test": len(run.dataset.x_test),
         }
@@ -224,9 +196,9 @@ def run_job(job_id: str) -> str | None:
     status, reason, error = JobStatus.SUCCEEDED, None, None
     with JobControl(job_id, claim.attempt, settings.heartbeat_seconds) as control:
         try:
-            resume = load_resume_point(job_id)
+            resume = load_state(job_id)
             if resume is not None and claim.resumed_by_user:
-                resume.run_state["elapsed"] = 0.0  # a user's resume grants a fresh max_runtime_seconds
+                resume.run["elapsed"] = 0.0  # a user's resume grants a fresh max_runtime_seconds
             if resume is not None:
                 with session_scope() as session:
                     jobs.note_resume(session, job_id=job_id, attempt=claim.attempt, detail={

@@ -2,7 +2,7 @@
 
 from celery.signals import worker_process_init
 
-from workers.celery_app import TRAIN_JOB, app
+from service.core.broker import TRAIN_JOB, app
 
 
 @worker_process_init.connect
@@ -12,7 +12,7 @@ def _prepare_process(**_kwargs) -> None:
     import torch
 
     import workers.runner  # noqa: F401
-    from service.settings import get_settings
+    from service.core.settings import get_settings
 
     torch.set_num_threads(get_settings().training_threads)
 

@@ -4,6 +4,7 @@ from torch import nn
 
 from models.archs import build_model
 from models.spec import JobSpec
+from tests.models.common import LENET_LAYERS
 
 
 def model_spec(**model):
@@ -89,18 +90,6 @@ def test_resize_changes_what_lenet_sees():
     assert net(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
     flat = [m for m in net.modules() if isinstance(m, nn.Linear)][0]
     assert flat.in_features == 16 * 6 * 6  # 32x32 input: two conv/pool stages leave 6x6
-
-
-LENET_LAYERS = [
-    {"type": "conv2d", "out_channels": 6, "kernel_size": 5, "padding": 2}, {"type": "sigmoid"},
-    {"type": "avgpool2d", "kernel_size": 2, "stride": 2},
-    {"type": "conv2d", "out_channels": 16, "kernel_size": 5}, {"type": "sigmoid"},
-    {"type": "avgpool2d", "kernel_size": 2, "stride": 2},
-    {"type": "flatten"},
-    {"type": "linear", "out_features": 120}, {"type": "sigmoid"},
-    {"type": "linear", "out_features": 84}, {"type": "sigmoid"},
-    {"type": "linear", "out_features": 10},
-]
 
 
 @pytest.mark.parametrize("builtin, layers", [

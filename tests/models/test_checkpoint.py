@@ -9,9 +9,7 @@ from models.checkpoint import (
     checkpoint_name,
     read_checkpoint,
     read_meta,
-    read_training_state,
     write_checkpoint,
-    write_training_state,
 )
 
 
@@ -66,25 +64,3 @@ def test_foreign_and_corrupt_files_are_refused(tmp_path):
         read_meta(other_format)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_meta(tmp_path / "missing.safetensors")
-
-
-def test_training_state_keeps_every_generator_and_reads_the_older_layout(tmp_path):
-    model = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model(torch.ones(1, 3)).sum().backward()
-    optimizer.step()
-    rng = {"cpu": torch.get_rng_state(), "cuda": torch.arange(16, dtype=torch.uint8)}
-    path = tmp_path / "state.safetensors"
-    write_training_state(path, model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
-                         rng_state=rng, position={"epoch": 2}, meta={"job_id": "j"})
-    model_state, optimizer_state, read_rng, meta = read_training_state(path)
-    assert set(read_rng) == {"cpu", "cuda"} and all(torch.equal(read_rng[k], rng[k]) for k in rng)
-    assert torch.equal(model_state["weight"], model.weight) and meta["position"] == {"epoch": 2}
-    assert set(optimizer_state["state"][0]) == {"momentum_buffer"}
-
-    # Written before the GPU's generator was saved too: one tensor named rng_state, the CPU's.
-    tensors, old_meta = read_checkpoint(path)
-    older = {k: v for k, v in tensors.items() if not k.startswith("rng.")} | {"rng_state": rng["cpu"]}
-    write_checkpoint(path, older, old_meta)
-    _, _, read_rng, _ = read_training_state(path)
-    assert set(read_rng) == {"cpu"} and torch.equal(read_rng["cpu"], rng["cpu"])

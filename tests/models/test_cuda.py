@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from models import engine
-from models.checkpoint import read_checkpoint, read_training_state, write_checkpoint, write_training_state
-from models.engine import ResumePoint, fit, place_on_gpu, prepare
+from models.checkpoint import read_checkpoint, write_checkpoint
+from models.state import load_training_state, save_training_state
+from models.engine import fit, place_on_gpu, prepare
 from models.predictor import Predictor
 from models.spec import JobSpec
 from tests.datagen import make_idx_dataset
-from tests.models.test_engine import Recorder, StopAt
+from tests.models.common import Recorder, StopAt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -67,16 +68,13 @@ def test_stop_mid_epoch_then_resume_on_the_gpu_matches_an_uninterrupted_run(idx_
     stopped = fit(spec, StopAt(20), data_dir=idx_dir)  # part-way through epoch 2 (12 batches per epoch)
     run = stopped.run
     path = tmp_path / "state.safetensors"  # through the file, as a worker that restarts reads it
-    write_training_state(path, model_state=run.model.state_dict(), optimizer_state=run.optimizer.state_dict(),
-                         rng_state=run.rng_state(), position={}, meta={"run_state": run.run_state()})
-    model_state, optimizer_state, rng_state, meta = read_training_state(path)
-    assert set(rng_state) == {"cpu", "cuda"} and meta["run_state"]["scaler"]["scale"] > 0
+    save_training_state(path, run.state(stopped.stopped_at), {})
+    state, _ = load_training_state(path)
+    assert set(state.rng) == {"cpu", "cuda"} and state.run["scaler"]["scale"] > 0
     torch.manual_seed(12345)
     torch.cuda.manual_seed(12345)  # whatever the process did in between must not matter
     rest = Recorder()
-    fit(spec, rest, data_dir=idx_dir, resume=ResumePoint(
-        position=stopped.stopped_at, model_state=model_state, optimizer_state=optimizer_state,
-        rng_state=rng_state, run_state=meta["run_state"]))
+    fit(spec, rest, data_dir=idx_dir, resume=state)
     assert rest.epochs[0].train_loss == pytest.approx(full.epochs[1].train_loss, rel=1e-4)
     assert rest.epochs[0].test_loss == pytest.approx(full.epochs[1].test_loss, rel=1e-4)
 

@@ -1,12 +1,15 @@
 
 import math
+import statistics
 
 import pytest
 import torch
 
-from models.engine import Callbacks, Position, ResumePoint, TrainingError, fit, resolve_device
+from models.engine import Callbacks, Position, TrainingError, fit, resolve_device
+from models.state import TrainingState
 from models.spec import JobSpec
 from tests.datagen import make_idx_dataset
+from tests.models.common import LENET_LAYERS, Recorder, StopAt
 
 
 @pytest.fixture(scope="module")
@@ -20,30 +23,6 @@ def job(**overrides) -> JobSpec:
     base = {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"},
             "optimizer": {"lr": 0.5}, "epochs": 3, "batch_size": 50, "device": "cpu"}
     return JobSpec.model_validate({**base, **overrides})
-
-
-class Recorder(Callbacks):
-    def __init__(self):
-        self.epochs = []
-        self.started = None
-
-    def on_start(self, run):
-        self.started = run
-
-    def on_epoch_end(self, run, metrics):
-        self.epochs.append(metrics)
-
-
-class StopAt(Recorder):
-    """A Recorder that says stop at the n-th should_stop() poll (the engine polls once a batch)."""
-
-    def __init__(self, poll: int):
-        super().__init__()
-        self.poll, self.calls = poll, 0
-
-    def should_stop(self):
-        self.calls += 1
-        return self.calls == self.poll
 
 
 def test_fit_learns_and_reports_every_epoch(idx_dir):
@@ -82,7 +61,7 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_goes(idx_dir):
     first = StopAfterFirst()
     fit(job(epochs=1), first, data_dir=idx_dir)
     resumed = Recorder()
-    fit(spec, resumed, data_dir=idx_dir, resume=ResumePoint(position=Position(epoch=2), model_state=first.state))
+    fit(spec, resumed, data_dir=idx_dir, resume=TrainingState(position=Position(epoch=2), model=first.state))
     assert resumed.started.start_epoch == 2
     assert [m.epoch for m in resumed.epochs] == [2, 3]
     for a, b in zip(resumed.epochs, full.epochs[1:]):
@@ -109,8 +88,7 @@ def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(idx_dir):
     position = stopped.stopped_at
     assert position.epoch == 2 and 0 < position.progress.batches < 12
     run = stopped.run
-    resume = ResumePoint(position=position, model_state=run.model.state_dict(),
-                         optimizer_state=run.optimizer.state_dict(), rng_state=run.rng_state())
+    resume = run.state(position)
     torch.manual_seed(12345)  # whatever the process did in between must not matter
     rest = Recorder()
     fit(spec, rest, data_dir=idx_dir, resume=resume)
@@ -246,14 +224,15 @@ def test_cross_validation_reports_every_fold_then_trains_the_final_model(idx_dir
     from models.engine import summarise_folds
 
     summary = summarise_folds(folds)
-    assert summary["val_acc"]["mean"] == pytest.approx(sum(f["val_acc"] for f in folds) / 3)
-    assert summary["val_acc"]["std"] >= 0
+    for key in ("val_acc", "val_loss"):
+        values = [f[key] for f in folds]
+        assert summary[key]["mean"] == pytest.approx(statistics.fmean(values))
+        assert summary[key]["std"] == pytest.approx(statistics.pstdev(values))  # over the folds themselves
+    assert summary["val_loss"]["std"] > 0  # three different folds cannot agree to the last digit
     assert [m.epoch for m in recorder.epochs] == [1, 2]
 
 
 def test_sequential_and_builtin_train_identically(idx_dir):
-    from tests.models.test_archs import LENET_LAYERS
-
     a, b = Recorder(), Recorder()
     fit(job(model={"arch": "lenet"}, epochs=1, optimizer={"lr": 0.9}), a, data_dir=idx_dir)
     fit(job(model={"arch": "sequential", "layers": LENET_LAYERS}, epochs=1, optimizer={"lr": 0.9}), b, data_dir=idx_dir)
@@ -275,9 +254,7 @@ def test_resume_restores_schedule_and_early_stopping(idx_dir):
     first = StopAt(16)  # 12 batches an epoch: part-way through epoch 2
     stopped = fit(spec, first, data_dir=idx_dir)
     run = stopped.run
-    resume = ResumePoint(position=stopped.stopped_at, model_state=run.model.state_dict(),
-                         optimizer_state=run.optimizer.state_dict(), rng_state=run.rng_state(),
-                         run_state=run.run_state())
+    resume = run.state(stopped.stopped_at)
     rest = Recorder()
     result = fit(spec, rest, data_dir=idx_dir, resume=resume)
     assert [m.lr for m in rest.epochs] == [0.25, 0.125]
@@ -323,13 +300,13 @@ def test_decoded_datasets_are_cached_on_disk(idx_dir, tmp_path):
     from models.spec import ImageDatasetSpec
 
     spec = ImageDatasetSpec(dataset="fashion-mnist")
-    data_module._cache.clear()
+    data_module._decoded.clear()
     first = data_module.load_dataset(spec, data_dir=idx_dir, cache_dir=tmp_path)
     cached, = tmp_path.glob("fashion-mnist-*.safetensors")
-    data_module._cache.clear()
+    data_module._decoded.clear()
     again = data_module.load_dataset(spec, data_dir=idx_dir, cache_dir=tmp_path)
     assert torch.equal(first.x_train, again.x_train) and again.checksum == first.checksum
     cached.write_bytes(b"damaged")
-    data_module._cache.clear()
+    data_module._decoded.clear()
     rebuilt = data_module.load_dataset(spec, data_dir=idx_dir, cache_dir=tmp_path)
     assert torch.equal(rebuilt.y_test, first.y_test) and cached.stat().st_size > 1000

@@ -35,6 +35,11 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
+def decode(predictor: Predictor, data: bytes, name: str, max_pixels: int) -> torch.Tensor:
+    """An encoded image as the network's float input, the way predict prepares it."""
+    return predictor.to_input(torch.from_numpy(predictor.decode_pixels(data, name, max_pixels=max_pixels)))
+
+
 GRADIENT = np.tile(np.arange(0, 252, 9, dtype=np.uint8), (28, 1))
 
 
@@ -43,8 +48,8 @@ GRADIENT = np.tile(np.arange(0, 252, 9, dtype=np.uint8), (28, 1))
 def test_every_common_mode_and_format_decodes_to_the_training_layout(predictor, mode, fmt):
     base = Image.fromarray(GRADIENT, mode="L")
     image = base.convert(mode) if mode != "I;16" else Image.fromarray(GRADIENT.astype(np.uint16) * 257)
-    tensor = predictor.decode_image(encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {})), "x",
-                                    max_pixels=10**6)
+    tensor = decode(predictor, encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {})), "x",
+                                    10**6)
     assert tensor.shape == (1, 28, 28) and tensor.dtype == torch.float32
     np.testing.assert_allclose(tensor[0].numpy(), GRADIENT / 255, atol=2 / 255)
 
@@ -52,32 +57,44 @@ def test_every_common_mode_and_format_decodes_to_the_training_layout(predictor, 
 def test_transparent_pixels_become_background_black(predictor):
     rgba = Image.new("RGBA", (28, 28), (255, 255, 255, 0))
     rgba.putpixel((3, 3), (255, 255, 255, 255))
-    tensor = predictor.decode_image(encode(rgba, "PNG"), "t.png", max_pixels=10**6)
+    tensor = decode(predictor, encode(rgba, "PNG"), "t.png", 10**6)
     assert float(tensor[0, 3, 3]) == 1.0 and float(tensor.sum()) == 1.0
 
 
 def test_jpeg_of_another_size_is_resized(predictor):
-    tensor = predictor.decode_image(encode(Image.new("RGB", (100, 60), (200, 200, 200)), "JPEG"), "big.jpg",
-                                    max_pixels=10**6)
+    tensor = decode(predictor, encode(Image.new("RGB", (100, 60), (200, 200, 200)), "JPEG"), "big.jpg",
+                                    10**6)
     assert tensor.shape == (1, 28, 28)
     assert abs(float(tensor.mean()) - 200 / 255) < 0.02
 
 
 def test_bad_inputs_name_the_file(predictor):
     with pytest.raises(InputError, match="readme.txt: not a recognised image"):
-        predictor.decode_image(b"just text", "readme.txt", max_pixels=10**6)
+        decode(predictor, b"just text", "readme.txt", 10**6)
     png = encode(Image.new("L", (28, 28)), "PNG")
     with pytest.raises(InputError, match="cut.png"):
-        predictor.decode_image(png[:40], "cut.png", max_pixels=10**6)
+        decode(predictor, png[:40], "cut.png", 10**6)
     with pytest.raises(InputError, match="big.png: image is 28x28 pixels; the limit is 100"):
-        predictor.decode_image(png, "big.png", max_pixels=100)
+        decode(predictor, png, "big.png", 100)
 
 
-def test_classify_orders_top_k(predictor):
-    inputs = [predictor.decode_image(encode(Image.fromarray(GRADIENT), "PNG"), "g", max_pixels=10**6)] * 2
-    results = predictor.classify(inputs, top_k=4)
+def test_label_orders_top_k(predictor):
+    inputs = [decode(predictor, encode(Image.fromarray(GRADIENT), "PNG"), "g", 10**6)] * 2
+    results = predictor.label(predictor.probabilities(torch.stack(inputs)), top_k=4)
     assert len(results) == 2
     probs = [e["probability"] for e in results[0].top_k]
     assert probs == sorted(probs, reverse=True) and len(probs) == 4
     assert results[0].label == CLASSES[results[0].index] and results[0].probability == probs[0]
-    assert len(predictor.classify(inputs, top_k=50)[0].top_k) == 10
+    assert len(predictor.label(predictor.probabilities(torch.stack(inputs)), top_k=50)[0].top_k) == 10
+
+
+def test_confusion_matrix_counts_true_against_predicted(predictor):
+    x = torch.from_numpy(np.stack([predictor.decode_pixels(encode(Image.fromarray(GRADIENT * (i % 2)), "PNG"), "g",
+                                                           max_pixels=10**6) for i in range(6)]))
+    predicted = predictor.probabilities(x).argmax(dim=1)
+    truth = torch.tensor([0, 1, 2, 0, 1, 2])
+    matrix, accuracy = predictor.confusion_matrix(x, truth, batch_size=4)  # two batches
+    assert len(matrix) == 10 and sum(map(sum, matrix)) == 6
+    for t, p in zip(truth.tolist(), predicted.tolist()):
+        assert matrix[t][p] >= 1
+    assert accuracy == pytest.approx(float((predicted == truth).float().mean()))

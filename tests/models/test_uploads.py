@@ -63,7 +63,7 @@ def test_csv_classification_and_regression():
     ({"train\\cat\\1.png": b"x"}, "unsafe path"),
     ({"readme.txt": b"hello"}, "no images, IDX files or CSV"),
     ({"train/cat/1.png": png_bytes(0, seed=1)}, "at least 2 classes"),
-    ({"train/cat/1.png": png_bytes(0, seed=1), "train/dog/1.png": b"not a png"}, "train/dog/1.png: not a readable image"),
+    ({"train/cat/1.png": png_bytes(0, seed=1), "train/dog/1.png": b"not a png"}, "train/dog/1.png: not a recognised image"),
     ({"train/cat/1.png": png_bytes(0, seed=1), "train/dog/1.png": png_bytes(1, seed=1),
       "test/emu/1.png": png_bytes(1, seed=2)}, "test classes \\['emu'\\] have no training images"),
     ({"d.csv": b"a,b\n1,2\n"}, "exactly one 'label'"),

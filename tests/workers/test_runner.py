@@ -5,34 +5,12 @@ from __future__ import annotations
 import pytest
 
 from models.spec import JobSpec
-from service import db, jobs, settings as settings_module
-from service.migrate import upgrade
-from service.tables import JobStatus
+from service.core import db, jobs
+from service.core.tables import JobStatus
 from workers.runner import run_job
 
 SPEC = JobSpec.model_validate({"model": {"arch": "softmax_regression"}, "epochs": 2, "batch_size": 64,
                                "data": {"dataset": "fashion-mnist", "limit_train": 256, "limit_test": 64}})
-
-
-def _clear_caches():
-    for cached in (settings_module.get_settings, db.get_engine, db.get_sessionmaker):
-        cached.cache_clear()
-
-
-@pytest.fixture
-def service_env(tmp_path, monkeypatch, data_dir):
-    """Settings, database and folders of a private trainyard home, for code run in this process."""
-    for key in ("TRAINYARD_DATABASE_URL", "TRAINYARD_BROKER_URL", "TRAINYARD_CHECKPOINT_DIR"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TRAINYARD_DATA_DIR", str(data_dir))
-    _clear_caches()
-    settings = settings_module.get_settings()
-    settings.ensure_dirs()
-    upgrade()
-    yield settings
-    db.get_engine().dispose()
-    _clear_caches()
 
 
 def new_job() -> str:
@@ -73,23 +51,3 @@ def test_a_cancelled_job_is_never_run(service_env):
         jobs.request_cancel(session, job_id=job_id)
     assert run_job(job_id) is None
     assert read_job(job_id).status == JobStatus.CANCELLED
-
-
-def test_queue_depth_gives_back_its_database_connections(service_env, monkeypatch):
-    """kombu's SQL transport leaves a session open per channel; queue_depth must end it itself
-    rather than wait for the garbage collector (which the API runs rarely)."""
-    import gc
-
-    from kombu.transport.sqlalchemy import Channel
-
-    from workers import celery_app
-
-    monkeypatch.setattr(celery_app, "app", celery_app.make_celery(service_env))
-    gc.disable()
-    try:
-        for _ in range(20):  # more than the transport's pool holds (5 + 10 overflow)
-            assert celery_app.queue_depth(service_env.queue) == 0
-        checked_out = sum(engine.pool.checkedout() for engine, _ in Channel._engines.values())
-    finally:
-        gc.enable()
-    assert checked_out == 0

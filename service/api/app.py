@@ -1,0 +1,113 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+
+from service.api import errors, gc_tuning, telemetry
+from service.api.auth import token_table
+from service.api.limits import BodySizeLimit
+from service.api.routes import api_router
+from service.api.routers.dashboard import router as dashboard_router
+from service.api.serving import ModelServer
+from service.core.reaper import Reaper
+from service.core.settings import Settings, get_settings
+
+log = logging.getLogger("trainyard")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def announce_security(settings: Settings) -> None:
+    """Say at start-up whether the API is protected, and warn when it is exposed without tokens."""
+    if token_table().enabled:
+        log.info("API tokens are set: /v1 routes require 'Authorization: Bearer <token>'")
+    elif _is_loopback(settings.host):
+        log.info("no API tokens set (TRAINYARD_API_TOKENS): authentication is off, "
+                 "so the API listens on %s only", settings.host)
+    else:
+        log.warning("no API tokens set but listening on %s: anyone who can reach this port can "
+                    "train and predict; set TRAINYARD_API_TOKENS", settings.host)
+
+
+class Preload:
+    """Loads and warms up the models named in TRAINYARD_PRELOAD_MODELS in the background."""
+
+    def __init__(self, references: str):
+        self.references = [r.strip() for r in references.split(",") if r.strip()]
+        self.done = threading.Event()
+        self.errors: dict[str, str] = {}
+
+    def start(self, server: ModelServer) -> None:
+        threading.Thread(target=self._run, args=(server,), name="preload", daemon=True).start()
+
+    def _run(self, server: ModelServer) -> None:
+        for reference in self.references:
+            try:
+                server.preload(reference)
+                log.info("model %s loaded and warmed up", reference)
+            except Exception as exc:  # reported by /readyz
+                self.errors[reference] = f"{type(exc).__name__}: {exc}"
+                log.error("could not preload model %s: %s", reference, exc)
+        self.done.set()
+
+    def status(self) -> str:
+        if not self.done.is_set():
+            return "loading"
+        if self.errors:
+            return "error: " + "; ".join(f"{ref}: {err}" for ref, err in self.errors.items())
+        return "ok"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings = get_settings()
+    announce_security(settings)
+    reaper = Reaper(settings)
+    reaper.start()
+    app.state.preload.start(app.state.models)
+    gc_tuning.tune()
+    collector = asyncio.get_running_loop().create_task(gc_tuning.collect_periodically())
+    try:
+        yield
+    finally:
+        collector.cancel()
+        reaper.stop()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    settings.ensure_dirs()
+    app = FastAPI(title="trainyard", version="0.1.0", lifespan=lifespan,
+                  description="Train PyTorch models over HTTP and classify with them.")
+    torch.set_num_threads(settings.inference_threads)
+    app.state.models = ModelServer(settings)
+    app.state.preload = Preload(settings.preload_models)
+    app.include_router(api_router)
+    app.include_router(dashboard_router)
+    if settings.bench_routes:
+        from service.api.routers.bench import router as bench_router
+
+        app.include_router(bench_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
+                       overrides={"/v1/datasets": settings.max_dataset_upload_bytes})
+    app.add_middleware(telemetry.RequestMetrics)
+    telemetry.install(app)
+    errors.install(app)
+    return app
+
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+app = create_app()

@@ -1,0 +1,81 @@
+"""Bearer-token authentication for the /v1 and /v2 routes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.core.settings import get_settings
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_bearer = HTTPBearer(auto_error=False, description="An API token from TRAINYARD_API_TOKENS")
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    """SHA-256 digests of the configured tokens: only digests are kept in memory."""
+
+    read_write: frozenset[bytes]
+    read_only: frozenset[bytes]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.read_write or self.read_only)
+
+    def lookup(self, token: str) -> str | None:
+        """'rw', 'ro' or None, compared in constant time."""
+        digest = _digest(token)
+        found = None
+        for known in self.read_write:
+            if hmac.compare_digest(known, digest):
+                found = "rw"
+        for known in self.read_only:
+            if hmac.compare_digest(known, digest):
+                found = found or "ro"
+        return found
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def parse_tokens(raw: str) -> TokenTable:
+    """`tok1,tok2:read` -> two tokens, the second read-only."""
+    read_write, read_only = set(), set()
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        if item.endswith(":read"):
+            read_only.add(_digest(item.removesuffix(":read")))
+        else:
+            read_write.add(_digest(item))
+    return TokenTable(frozenset(read_write), frozenset(read_only))
+
+
+@lru_cache
+def token_table() -> TokenTable:
+    return parse_tokens(get_settings().api_tokens)
+
+
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 without a valid token, 403 for a read-only token on a write; open when no tokens are set."""
+    table = token_table()
+    if not table.enabled:
+        return
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers=challenge)
+    access = table.lookup(credentials.credentials)
+    if access is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token", headers=challenge)
+    if access == "ro" and request.method not in READ_METHODS:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token may only read")

@@ -1,0 +1,45 @@
+"""One place that turns core's errors (and a model's refusal of an input) into HTTP answers."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from models.checkpoint import CheckpointError
+from models.predictor import InputError
+from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unprocessable, Unusable
+
+STATUS = (
+    (NotFound, status.HTTP_404_NOT_FOUND),
+    (Conflict, status.HTTP_409_CONFLICT),  # NotReady included
+    (Invalid, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (Unprocessable, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (InputError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (Unusable, status.HTTP_500_INTERNAL_SERVER_ERROR),
+    (CheckpointError, status.HTTP_500_INTERNAL_SERVER_ERROR),
+)
+
+
+def status_for(exc: Exception) -> int:
+    """The HTTP status of a core error."""
+    return next(code for kind, code in STATUS if isinstance(exc, kind))
+
+
+def validation_error(problems: list[tuple[tuple, str]]) -> RequestValidationError:
+    """A 422 in FastAPI's own shape: one entry per (location, message)."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": None}
+                                   for loc, msg in problems])
+
+
+async def _core_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, Invalid):
+        return await request_validation_exception_handler(request, validation_error(exc.problems))
+    return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+
+
+def install(app: FastAPI) -> None:
+    """Answer every core error with its status and message."""
+    for kind in (CoreError, InputError, CheckpointError):
+        app.add_exception_handler(kind, _core_error)

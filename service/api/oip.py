@@ -1,0 +1,169 @@
+"""The Open Inference Protocol (v2, as spoken by Triton and KServe): decoding requests into tensors
+and encoding outputs, in JSON or with the binary tensor data extension. No HTTP and no model here:
+the v2 router reads the body, serves the model, and calls these.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi.responses import JSONResponse, Response
+
+from models.predictor import Predictor
+
+class ProtocolError(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """The JSON request header and the binary tensor data after it (binary extension)."""
+    try:
+        if header_length is None:
+            return json.loads(body), b""
+        size = int(header_length)
+        if not 0 < size <= len(body):
+            raise ProtocolError("Inference-Header-Content-Length does not fit the body")
+        return json.loads(body[:size]), body[size:]
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+
+
+def single_input(header) -> dict:
+    """The request's one input spec (this server's models take exactly one)."""
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or len(header["inputs"]) != 1:
+        raise ProtocolError("the request needs exactly one input")
+    spec = header["inputs"][0]
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ProtocolError("each input needs a name, shape, datatype and data")
+    return spec
+
+
+def metadata(name: str, version: int | None, predictor: Predictor, job_id: str, epoch: int) -> dict:
+    """A model's metadata: its inputs, outputs and classes."""
+    shape = predictor.meta["input_shape"]
+    width = len(predictor.classes) if predictor.classes else 1
+    inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, *shape]}]
+    if predictor.preprocess.get("kind") == "image":
+        inputs.append({"name": "images", "datatype": "BYTES", "shape": [-1]})
+    output = "probabilities" if predictor.task == "classification" else "predictions"
+    return {
+        "name": name, "versions": [str(version)] if version else ["1"], "platform": "pytorch",
+        "inputs": inputs, "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, width]}],
+        "parameters": {"classes": predictor.classes, "job_id": job_id, "epoch": epoch},
+    }
+
+
+def tensor_data(spec: dict, binary: bytes, offset: int) -> tuple[Any, int]:
+    """An input's data: from JSON, or its slice of the binary section (then bytes)."""
+    size = (spec.get("parameters") or {}).get("binary_data_size")
+    if size is None:
+        if "data" not in spec:
+            raise ProtocolError(f"input {spec.get('name')!r} has no data")
+        return spec["data"], offset
+    if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        raise ProtocolError(f"input {spec.get('name')!r}: binary_data_size does not fit the body")
+    return binary[offset:offset + size], offset + size
+
+
+def deserialize_bytes(raw: bytes) -> list[bytes]:
+    """Triton's BYTES encoding: each element is a 4-byte little-endian length, then the bytes."""
+    items, i = [], 0
+    while i < len(raw):
+        if i + 4 > len(raw):
+            raise ProtocolError("truncated BYTES tensor")
+        (length,) = struct.unpack_from("<I", raw, i)
+        i += 4
+        if i + length > len(raw):
+            raise ProtocolError("truncated BYTES tensor")
+        items.append(raw[i:i + length])
+        i += length
+    return items
+
+
+def fp32_input(spec: dict, data, predictor, max_batch: int) -> torch.Tensor:
+    shape = spec.get("shape")
+    expected = predictor.meta["input_shape"]
+    if (not isinstance(shape, list) or len(shape) != len(expected) + 1 or list(shape[1:]) != list(expected)
+            or not isinstance(shape[0], int) or not 1 <= shape[0] <= max_batch):
+        raise ProtocolError(f"input {spec['name']!r} must have shape [N, {', '.join(map(str, expected))}] "
+                            f"with 1 <= N <= {max_batch}; got {shape}")
+    try:
+        array = (np.frombuffer(data, dtype="<f4") if isinstance(data, bytes)
+                 else np.asarray(data, dtype=np.float32).reshape(-1))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"input {spec['name']!r}: data must be numbers ({exc})") from None
+    if array.size != int(np.prod(shape)):
+        raise ProtocolError(f"input {spec['name']!r}: {array.size} values for shape {shape}")
+    if not np.isfinite(array).all():
+        raise ProtocolError(f"input {spec['name']!r}: NaN or infinite values")
+    return torch.from_numpy(array.astype(np.float32).reshape(shape))
+
+
+def encoded_images(spec: dict, data, max_images: int) -> list[tuple[str, bytes]]:
+    """A BYTES input of encoded images (binary, or base64 strings in JSON), each named input[i]."""
+    if isinstance(data, bytes):
+        images = deserialize_bytes(data)
+    else:
+        try:
+            images = [base64.b64decode(item, validate=True) for item in np.asarray(data, dtype=object).reshape(-1)]
+        except (ValueError, TypeError):
+            raise ProtocolError(f"input {spec['name']!r}: BYTES data in JSON must be base64 strings") from None
+    if not 1 <= len(images) <= max_images:
+        raise ProtocolError(f"input {spec['name']!r}: 1 to {max_images} images per request")
+    return [(f"{spec['name']}[{i}]", image) for i, image in enumerate(images)]
+
+
+def outputs(request_outputs: list, probs: torch.Tensor, predictor: Predictor, binary_default: bool) -> list[dict]:
+    """Output tensors with their values in `data`; `binary` marks those to send as binary data."""
+    output_name = "probabilities" if predictor.task == "classification" else "predictions"
+    wanted = request_outputs or [{"name": output_name, "parameters": {"binary_data": binary_default}}]
+    results = []
+    for out in wanted:
+        if not isinstance(out, dict) or out.get("name") != output_name:
+            raise ProtocolError(f"unknown output {out.get('name') if isinstance(out, dict) else out!r}; "
+                                f"this model has {output_name!r}")
+        parameters = out.get("parameters") or {}
+        binary = bool(parameters.get("binary_data", binary_default))
+        k = parameters.get("classification")
+        if k is None:
+            results.append({"name": output_name, "datatype": "FP32", "shape": list(probs.shape),
+                            "data": probs.reshape(-1).tolist(), "binary": binary})
+            continue
+        if predictor.task != "classification" or not isinstance(k, int) or k < 1:
+            raise ProtocolError("classification needs a positive integer on a classification model")
+        k = min(k, probs.shape[1])
+        strings = [f"{c['probability']:f}:{c['index']}:{c['label']}"
+                   for row in predictor.label(probs, k) for c in row.top_k]
+        results.append({"name": output_name, "datatype": "BYTES", "shape": [probs.shape[0], k], "data": strings,
+                        "binary": binary})
+    return results
+
+
+def _serialize(output: dict) -> bytes:
+    if output["datatype"] == "BYTES":
+        return b"".join(struct.pack("<I", len(e)) + e for e in (item.encode() for item in output["data"]))
+    return np.asarray(output["data"], dtype="<f4").tobytes()
+
+
+def response(body: dict, outputs: list[dict]) -> Response:
+    """JSON, or JSON followed by binary tensor data when any output asked for it."""
+    chunks = []
+    for output in outputs:
+        if output.pop("binary"):
+            raw = _serialize(output)
+            del output["data"]
+            output["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+    body["outputs"] = outputs
+    if not chunks:
+        return JSONResponse(body)
+    header = json.dumps(body).encode()
+    return Response(header + b"".join(chunks), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})

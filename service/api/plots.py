@@ -1,0 +1,81 @@
+"""Learning curves and confusion matrices as PNG images (matplotlib, no display needed), for the
+plot routes and the dashboard."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from service.api.schemas.jobs import metric_rows  # noqa: E402
+from service.core import jobs  # noqa: E402
+
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dict]]]:
+    """(label, metric rows) per job for learning_curves; NotFound for an unknown job."""
+    series = []
+    for job_id in job_ids:
+        job = jobs.require_job(session, job_id=job_id)
+        label = job_id[:8] if len(job_ids) == 1 else (job.name or job_id[:8])
+        series.append((label, metric_rows(jobs.get_metrics(session, job_id=job_id))))
+    return series
+
+
+def learning_curves(series: list[tuple[str, list[dict]]]) -> bytes:
+    """Loss (left) and accuracy (right) per epoch, train solid and test dashed, one colour per job,
+    as the course draws them; several jobs overlay for comparisons."""
+    has_acc = any(row.get("test_acc") is not None for _, rows in series for row in rows)
+    figure, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8), squeeze=False)
+    loss_ax = axes[0][0]
+    for index, (label, rows) in enumerate(series):
+        colour = COLOURS[index % len(COLOURS)]
+        epochs = [r["epoch"] for r in rows]
+        prefix = f"{label} " if len(series) > 1 else ""
+        loss_ax.plot(epochs, [r["train_loss"] for r in rows], color=colour, label=f"{prefix}train loss")
+        loss_ax.plot(epochs, [r["test_loss"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test loss")
+        if any(r.get("val_loss") is not None for r in rows):
+            loss_ax.plot(epochs, [r["val_loss"] for r in rows], color=colour, linestyle=":", label=f"{prefix}val loss")
+        if has_acc:
+            acc_ax = axes[0][1]
+            acc_ax.plot(epochs, [r["train_acc"] for r in rows], color=colour, label=f"{prefix}train acc")
+            acc_ax.plot(epochs, [r["test_acc"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test acc")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    if min((r["train_loss"] for _, rows in series for r in rows if r["train_loss"]), default=1) > 0:
+        loss_ax.set_yscale("log")
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8)
+    if has_acc:
+        acc_ax = axes[0][1]
+        acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+        acc_ax.grid(alpha=0.3)
+        acc_ax.legend(fontsize=8)
+    return _png(figure)
+
+
+def confusion_matrix(matrix: list[list[int]], classes: list[str]) -> bytes:
+    """Counts of true class (rows) against predicted class (columns)."""
+    size = max(4.0, 0.55 * len(classes) + 2)
+    figure, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (test set)")
+    peak = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if count > peak / 2 else "black")
+    return _png(figure)

@@ -1,0 +1,168 @@
+"""The web dashboard: server-rendered pages over the same service functions as the API.
+
+When API tokens are set, the pages ask for one once (/ui/login) and keep it in a cookie.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+
+from models.checkpoint import CheckpointError
+from models.predictor import InputError
+from models.spec import JobSpec
+from service.api import plots
+from service.api.auth import token_table
+from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
+from service.api.schemas.jobs import job_public, metric_rows
+from service.api.schemas.predict import image_answer
+from service.api.schemas.registry import model_public
+from service.core import jobs, registry, submission
+from service.core.errors import CoreError, Invalid
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = ROOT / "examples"
+templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
+COOKIE = "trainyard_token"
+
+
+def _access(request: Request) -> str | None:
+    table = token_table()
+    if not table.enabled:
+        return "rw"
+    return table.lookup(request.cookies.get(COOKIE, ""))
+
+
+async def viewer(request: Request) -> None:
+    if _access(request) is None:
+        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
+
+
+async def editor(request: Request) -> None:
+    access = _access(request)
+    if access is None:
+        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
+    if access != "rw":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token may only read")
+
+
+router = APIRouter(include_in_schema=False)
+pages = APIRouter(dependencies=[Depends(viewer)], include_in_schema=False)
+actions = APIRouter(dependencies=[Depends(editor)], include_in_schema=False)
+
+
+@router.get("/ui/login", response_class=HTMLResponse)
+def login_form(request: Request) -> HTMLResponse:
+    return HTMLResponse('<form method="post" style="margin:40px;font:14px sans-serif">API token '
+                        '<input type="password" name="token"> <button>sign in</button></form>')
+
+
+@router.post("/ui/login")
+def login(token: Annotated[str, Form(max_length=500)]) -> RedirectResponse:
+    if token_table().lookup(token) is None:
+        return RedirectResponse("/ui/login", status_code=303)
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+    return response
+
+
+def _jobs(session, limit: int = 100):
+    page, count = jobs.list_jobs(session, status=None, limit=limit, offset=0)
+    latest = jobs.latest_metrics(session, job_ids=[job.id for job in page])
+    return [job_public(job, latest.get(job.id)) for job in page], count
+
+
+@pages.get("/", response_class=HTMLResponse)
+def jobs_page(request: Request, session: SessionDep) -> HTMLResponse:
+    data, count = _jobs(session)
+    return templates.TemplateResponse(request, "jobs.html", {"jobs": data, "count": count})
+
+
+@pages.get("/ui/fragments/jobs", response_class=HTMLResponse)
+def jobs_rows(request: Request, session: SessionDep) -> HTMLResponse:
+    data, _ = _jobs(session)
+    return templates.TemplateResponse(request, "jobs_rows.html", {"jobs": data})
+
+
+@pages.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job_id: str, request: Request, session: SessionDep) -> HTMLResponse:
+    job = job_public(jobs.require_job(session, job_id=job_id), jobs.latest_metric(session, job_id=job_id))
+    metrics = metric_rows(jobs.get_metrics(session, job_id=job_id))
+    return templates.TemplateResponse(request, "job.html", {
+        "job": job, "metrics": metrics, "spec_json": json.dumps(job.spec, indent=2)})
+
+
+@pages.get("/ui/jobs/{job_id}/plot.png")
+async def job_plot(job_id: str, session: SessionDep) -> Response:
+    data = await run_in_threadpool(plots.job_series, session, [job_id])
+    session.close()
+    return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
+
+
+def _examples() -> list[str]:
+    return sorted(p.stem for p in EXAMPLES.glob("*.json"))
+
+
+@pages.get("/ui/submit", response_class=HTMLResponse)
+def submit_form(request: Request, example: str = "softmax-regression") -> HTMLResponse:
+    names = _examples()
+    chosen = example if example in names else (names[0] if names else "")
+    spec = (EXAMPLES / f"{chosen}.json").read_text() if chosen else "{}"
+    return templates.TemplateResponse(request, "submit.html", {"examples": names, "example": chosen, "spec": spec})
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "\n".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, Invalid):
+        return "\n".join(f"{'.'.join(str(p) for p in loc if p != 'body')}: {msg}" for loc, msg in exc.problems)
+    return str(exc)
+
+
+@actions.post("/ui/submit", response_class=HTMLResponse)
+def submit(request: Request, session: WriteSessionDep, settings: SettingsDep,
+           spec: Annotated[str, Form(max_length=1_000_000)]) -> Response:
+    try:
+        submitted = submission.submit_job(session, spec=JobSpec.model_validate_json(spec), settings=settings)
+    except (ValidationError, CoreError) as exc:
+        return templates.TemplateResponse(request, "submit.html", {
+            "examples": _examples(), "example": None, "spec": spec, "error": _describe(exc)}, status_code=422)
+    return RedirectResponse(f"/ui/jobs/{submitted.job_id}", status_code=303)
+
+
+@pages.get("/ui/models", response_class=HTMLResponse)
+def models_page(request: Request, session: SessionDep) -> HTMLResponse:
+    models = [model_public(name, registry.require_versions(session, name=name), registry.aliases(session, name=name))
+              for name in registry.names(session)]
+    return templates.TemplateResponse(request, "models.html", {"models": models})
+
+
+@pages.get("/ui/predict", response_class=HTMLResponse)
+def predict_form(request: Request, model: str | None = None) -> HTMLResponse:
+    return templates.TemplateResponse(request, "predict.html", {"model": model, "top_k": 3})
+
+
+@actions.post("/ui/predict", response_class=HTMLResponse)
+async def predict(request: Request, server: ModelServerDep,
+                  model: Annotated[str, Form(max_length=200)], file: Annotated[UploadFile, File()],
+                  top_k: Annotated[int, Form(ge=1, le=100)] = 3) -> Response:
+    context = {"model": model, "top_k": top_k}
+    name = file.filename or "image"
+    try:
+        target, loaded, results = await server.classify_uploads(model, [(name, await file.read())], top_k)
+    except (CoreError, InputError, CheckpointError) as exc:
+        return templates.TemplateResponse(request, "predict.html", {**context, "error": _describe(exc)}, status_code=422)
+    answer = image_answer(target, loaded, [name], results)
+    return templates.TemplateResponse(request, "predict.html", {
+        **context, "result": answer.predictions[0], "model_info": answer.model})
+
+
+router.include_router(pages)
+router.include_router(actions)

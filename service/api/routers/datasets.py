@@ -1,0 +1,62 @@
+"""Uploaded datasets: upload a zip, list, read, delete."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+
+from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
+from service.api.schemas.datasets import DatasetPublic, DatasetsPublic
+from service.core import datasets
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+NOT_FOUND = {404: {"description": "No such dataset"}}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic, responses={
+    413: {"description": "The upload is larger than the limit"},
+    422: {"description": "The archive is unsafe, damaged or not a dataset layout"},
+})
+async def upload_dataset(
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="a zip: train/<class>/*.png (+ test/...), <class>/*.png, "
+                                                  "the four IDX files, or a CSV with a label or target column")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    test_fraction: Annotated[float, Form(gt=0, lt=1, description="test share when the archive has no test split")] = 0.2,
+    image_size: Annotated[int | None, Form(ge=8, le=512, description="resize every image to this square")] = None,
+    seed: Annotated[int, Form(ge=0, le=2**31)] = 0,
+) -> DatasetPublic:
+    """Validate, decode and store a dataset; specs then use it as `uploaded:<id>`."""
+    data = await file.read()
+    label = name or PurePath(file.filename or "dataset").stem or "dataset"
+    record = await run_in_threadpool(
+        datasets.store_upload, session, data=data, name=label, test_fraction=test_fraction,
+        image_size=image_size, seed=seed, datasets_dir=settings.datasets_dir,
+        max_image_pixels=settings.max_image_pixels)
+    session.commit()
+    return DatasetPublic.model_validate(record)
+
+
+@router.get("", response_model=DatasetsPublic)
+def list_datasets(session: SessionDep) -> DatasetsPublic:
+    """All uploaded datasets, newest first."""
+    records = datasets.list_datasets(session)
+    return DatasetsPublic(data=[DatasetPublic.model_validate(r) for r in records], count=len(records))
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=NOT_FOUND)
+def read_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
+    """One uploaded dataset."""
+    return DatasetPublic.model_validate(datasets.require_dataset(session, dataset_id=dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses={**NOT_FOUND, 409: {"description": "An unfinished job uses the dataset"}})
+def delete_dataset(dataset_id: str, session: WriteSessionDep, settings: SettingsDep) -> None:
+    """Delete an uploaded dataset that no queued or running job uses."""
+    datasets.delete_dataset(session, dataset_id=dataset_id, datasets_dir=settings.datasets_dir)
+    session.commit()

@@ -1,0 +1,38 @@
+"""Liveness and readiness."""
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.core.db import ping
+from service.core.broker import ping_broker
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def prometheus_metrics() -> PlainTextResponse:
+    """Prometheus text exposition of the service's metrics."""
+    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "The database or the broker does not answer"}})
+async def readyz(request: Request) -> JSONResponse:
+    """The database and the broker answer, and the preloaded models can serve."""
+    checks = {"models": request.app.state.preload.status()}
+    for name, probe in (("database", ping), ("broker", ping_broker)):
+        try:
+            await run_in_threadpool(probe)
+            checks[name] = "ok"
+        except Exception as exc:  # any failure means not ready; say which and why
+            checks[name] = f"error: {type(exc).__name__}: {exc}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)

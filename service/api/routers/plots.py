@@ -1,0 +1,67 @@
+"""Pictures of a job: learning curves, several jobs compared, the confusion matrix."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from models.spec import JobSpec
+from service.api import plots
+from service.api.deps import ModelServerDep, SessionDep
+from service.api.schemas.plots import ConfusionPublic
+from service.api.serving import ModelServer
+from service.core import jobs
+from service.core.errors import Unprocessable
+
+router = APIRouter(prefix="/v1", tags=["plots"])
+PNG = {200: {"content": {"image/png": {}}, "description": "A PNG image"}, 404: {"description": "No such job"}}
+
+
+async def _curves(session, job_ids: list[str]) -> Response:
+    data = await run_in_threadpool(plots.job_series, session, job_ids)
+    session.close()
+    return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
+
+
+@router.get("/jobs/{job_id}/plot.png", response_class=Response, responses=PNG)
+async def learning_curves(job_id: str, session: SessionDep) -> Response:
+    """Loss and accuracy per epoch, train and test."""
+    return await _curves(session, [job_id])
+
+
+@router.get("/plots/compare.png", response_class=Response, responses=PNG)
+async def compare(session: SessionDep,
+                  job_ids: Annotated[str, Query(alias="jobs", description="comma-separated job ids (2 to 8)",
+                                                pattern=r"^[0-9a-fA-F-]{1,36}(,[0-9a-fA-F-]{1,36}){1,7}$")]) -> Response:
+    """Several jobs' curves on one figure (e.g. the under- and over-fitting experiment)."""
+    return await _curves(session, job_ids.split(","))
+
+
+async def _confusion(job_id: str, session, server: ModelServer) -> ConfusionPublic:
+    job = await run_in_threadpool(jobs.require_job, session, job_id=job_id)
+    session.close()
+    if job.task != "classification":
+        raise Unprocessable("a confusion matrix needs a classification job")
+    target, loaded, matrix, accuracy = await server.confusion(job_id, JobSpec.model_validate(job.spec))
+    return ConfusionPublic(job_id=job_id, epoch=target.epoch, classes=loaded.predictor.classes, matrix=matrix,
+                           accuracy=accuracy)
+
+
+@router.get("/jobs/{job_id}/confusion", response_model=ConfusionPublic,
+            responses={404: {"description": "No such job"}, 409: {"description": "No checkpoint yet"},
+                       422: {"description": "Not a classification job"}})
+async def confusion(job_id: str, session: SessionDep, server: ModelServerDep) -> ConfusionPublic:
+    """The best checkpoint's confusion matrix on the job's test set, as data."""
+    return await _confusion(job_id, session, server)
+
+
+@router.get("/jobs/{job_id}/confusion.png", response_class=Response,
+            responses={**PNG, 409: {"description": "No checkpoint yet"}, 422: {"description": "Not a classification job"}})
+async def confusion_png(job_id: str, session: SessionDep, server: ModelServerDep) -> Response:
+    """The best checkpoint's confusion matrix on the job's test set, drawn."""
+    result = await _confusion(job_id, session, server)
+    return Response(await run_in_threadpool(plots.confusion_matrix, result.matrix, result.classes),
+                    media_type="image/png")

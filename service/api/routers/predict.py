@@ -1,0 +1,108 @@
+"""Predict: classify uploaded images (multipart or a raw body), or predict from numeric rows."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from service.api.errors import validation_error
+from service.api.schemas.predict import PredictResponse, PredictValues, image_answer, values_answer
+from service.api.serving import ModelServer
+from service.core.settings import get_settings
+
+router = APIRouter(prefix="/v1", tags=["predict"])
+
+ERRORS = {
+    404: {"description": "No model answers to this reference"},
+    409: {"description": "The job has no checkpoint yet"},
+    413: {"description": "The upload is larger than the limit"},
+    415: {"description": "Unsupported content type"},
+    422: {"description": "An input is not usable, or a parameter is out of range"},
+}
+
+
+MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["model", "files"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "maxLength": 200,
+                  "description": "name, name:VERSION, name@ALIAS, job:ID or job:ID:best|last|EPOCH"},
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
+    },
+}
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+    "application/json": {"schema": PredictValues.model_json_schema()},
+}}}
+
+
+def _server(request: Request) -> ModelServer:
+    """What ModelServerDep gives, read directly: a dependency costs the predict routes, which
+    must stay close to the cost of bare HTTP, about 10 us a request each."""
+    return request.app.state.models
+
+
+def _json(answer: PredictResponse) -> Response:
+    """The answer serialised once, in pydantic's core: a built model needs no second validation."""
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
+def _invalid(loc: tuple, msg: str):
+    return validation_error([(("body", *loc), msg)])
+
+
+async def classify(server: ModelServer, reference: str, uploads: list[tuple[str, bytes]], top_k: int) -> Response:
+    target, loaded, results = await server.classify_uploads(reference, uploads, top_k)
+    return _json(image_answer(target, loaded, [name for name, _ in uploads], results))
+
+
+async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]], int]:
+    limit = get_settings().max_files_per_request
+    form = await request.form(max_files=limit + 1, max_fields=20)
+    model = form.get("model")
+    if not isinstance(model, str) or not 1 <= len(model) <= 200:
+        raise _invalid(("model",), "model is required: name, name:VERSION, name@ALIAS or job:ID")
+    files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    if not files:
+        raise _invalid(("files",), "at least one image is required in the files field")
+    if len(files) > limit:
+        raise _invalid(("files",), f"{len(files)} files sent; at most {limit} per request")
+    raw_k = form.get("top_k", "1")
+    if not isinstance(raw_k, str) or not raw_k.strip().isdigit() or not 1 <= int(raw_k) <= 1000:
+        raise _invalid(("top_k",), "top_k must be an integer from 1 to 1000")
+    uploads = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+    return model, uploads, int(raw_k)
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY)
+async def predict(request: Request) -> Response:
+    """Classify uploaded images (multipart `model`, `files`, `top_k`), or predict from numeric
+    rows (JSON `{"model", "inputs": [[...], ...]}`)."""
+    server = _server(request)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        try:
+            body = PredictValues.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise validation_error([(("body", *e["loc"]), e["msg"]) for e in exc.errors()]) from exc
+        target, loaded, outputs = await server.predict_values(body.model, body.inputs)
+        return _json(values_answer(target, loaded, outputs, body.top_k))
+    if content_type.startswith("multipart/form-data"):
+        return await classify(server, *await _form_uploads(request))
+    raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                        "send multipart/form-data with model and files, or application/json with model and inputs")
+
+
+@router.post("/models/{reference}/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={
+    "requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}})
+async def predict_raw_image(reference: str, request: Request,
+                            top_k: Annotated[int, Query(ge=1, le=1000)] = 1) -> Response:
+    """Classify one image sent as the raw request body (Content-Type image/*)."""
+    if not request.headers.get("content-type", "").startswith("image/"):
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the image as the body with Content-Type image/*")
+    return await classify(_server(request), reference, [("body", await request.body())], top_k)

@@ -1,0 +1,157 @@
+"""The Open Inference Protocol (v2) over HTTP; the encoding lives in service/api/oip.py.
+
+Models are registry references (`name`, or `job:ID`), versions are registry versions. Inputs are
+an FP32 tensor [N, *input_shape] or a BYTES tensor [N] of encoded images (PNG, JPEG, ...), in
+JSON or in the binary tensor data extension. The output `probabilities` (FP32 [N, classes]) can
+be asked for as top-k `value:index:label` strings with the `classification` parameter.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from models.checkpoint import CheckpointError
+from models.predictor import InputError
+from service.api import oip
+from service.api.deps import ModelServerDep, SettingsDep
+from service.api.errors import status_for
+from service.api.serving import LoadedModel, ModelServer
+from service.core.db import ping
+from service.core.errors import CoreError
+from service.core.references import ResolvedCheckpoint
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+SERVER_VERSION = "0.1.0"
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class _Unservable(Exception):
+    def __init__(self, response: JSONResponse):
+        self.response = response
+
+
+async def _serve(server: ModelServer, name: str, version: str | None) -> tuple[ResolvedCheckpoint, LoadedModel]:
+    """The model a v2 name and version name; failures become the protocol's error answer."""
+    try:
+        return await server.get(f"{name}:{version}" if version else name)
+    except (CoreError, CheckpointError) as exc:
+        raise _Unservable(_error(str(exc), status_for(exc))) from exc
+
+
+@router.get("/health/live")
+def live() -> dict:
+    """The server is up."""
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={503: {"description": "Not ready"}})
+async def ready(request: Request) -> JSONResponse:
+    """Ready when the database answers and preloaded models can serve."""
+    try:
+        await run_in_threadpool(ping)
+    except Exception as exc:
+        return JSONResponse({"ready": False, "error": str(exc)}, status_code=503)
+    if request.app.state.preload.status() != "ok":
+        return JSONResponse({"ready": False, "error": request.app.state.preload.status()}, status_code=503)
+    return JSONResponse({"ready": True})
+
+
+@router.get("")
+def server_metadata() -> dict:
+    """Name, version and supported protocol extensions."""
+    return {"name": "trainyard", "version": SERVER_VERSION, "extensions": ["classification", "binary_tensor_data"]}
+
+
+async def _metadata(server: ModelServer, name: str, version: str | None) -> JSONResponse:
+    try:
+        target, loaded = await _serve(server, name, version)
+    except _Unservable as exc:
+        return exc.response
+    return JSONResponse(oip.metadata(name, target.version, loaded.predictor, target.job_id, target.epoch))
+
+
+@router.get("/models/{name}", responses={404: {"description": "Unknown model"}})
+async def model_metadata(name: str, server: ModelServerDep) -> JSONResponse:
+    """Inputs and outputs of a model."""
+    return await _metadata(server, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", responses={404: {"description": "Unknown model"}})
+async def model_version_metadata(name: str, version: str, server: ModelServerDep) -> JSONResponse:
+    """Inputs and outputs of one version of a model."""
+    return await _metadata(server, name, version)
+
+
+async def _ready(server: ModelServer, name: str, version: str | None) -> JSONResponse:
+    try:
+        await _serve(server, name, version)
+    except _Unservable as exc:
+        return exc.response
+    return JSONResponse({"name": name, "ready": True})
+
+
+@router.get("/models/{name}/ready", responses={404: {"description": "Unknown model"}})
+async def model_ready(name: str, server: ModelServerDep) -> JSONResponse:
+    """Loads the model (once) and says whether it can serve."""
+    return await _ready(server, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", responses={404: {"description": "Unknown model"}})
+async def model_version_ready(name: str, version: str, server: ModelServerDep) -> JSONResponse:
+    """Loads one version of the model (once) and says whether it can serve."""
+    return await _ready(server, name, version)
+
+
+async def _infer(name: str, version: str | None, request: Request, settings, server: ModelServer) -> Response:
+    try:
+        target, loaded = await _serve(server, name, version)
+    except _Unservable as exc:
+        return exc.response
+    predictor = loaded.predictor
+    try:
+        header, binary = oip.split_body(await request.body(), request.headers.get("inference-header-content-length"))
+        spec = oip.single_input(header)
+        data, _ = oip.tensor_data(spec, binary, 0)
+        if spec.get("datatype") == "FP32":
+            probs = await server.probabilities(loaded, oip.fp32_input(spec, data, predictor, settings.max_batch_size))
+        elif spec.get("datatype") == "BYTES" and predictor.preprocess.get("kind") == "image":
+            images = oip.encoded_images(spec, data, settings.max_files_per_request)
+            try:
+                probs = await server.image_probabilities(loaded, images)
+            except InputError as exc:
+                raise oip.ProtocolError(str(exc)) from None
+        else:
+            raise oip.ProtocolError(f"input datatype {spec.get('datatype')!r} is not supported by this model; "
+                                    "use FP32 (or BYTES images for image models)")
+        binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
+        outputs = oip.outputs(header.get("outputs") or [], probs, predictor, binary_default)
+    except oip.ProtocolError as exc:
+        return _error(str(exc), exc.status)
+    answer = {"model_name": name, "model_version": str(target.version or 1)}
+    if isinstance(header.get("id"), str):
+        answer["id"] = header["id"]
+    return oip.response(answer, outputs)
+
+
+INFER_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}},
+                                                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+INFER_ERRORS = {400: {"description": "The request does not fit the protocol or the model"},
+                404: {"description": "Unknown model"}, 409: {"description": "The job has no checkpoint yet"}}
+
+
+@router.post("/models/{name}/infer", responses=INFER_ERRORS, openapi_extra=INFER_DOC)
+async def infer(name: str, request: Request, settings: SettingsDep, server: ModelServerDep) -> Response:
+    """Run inference (Open Inference Protocol v2)."""
+    return await _infer(name, None, request, settings, server)
+
+
+@router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=INFER_DOC)
+async def infer_version(name: str, version: str, request: Request, settings: SettingsDep,
+                        server: ModelServerDep) -> Response:
+    """Run inference on one version of a model (Open Inference Protocol v2)."""
+    return await _infer(name, version, request, settings, server)

@@ -1,0 +1,99 @@
+"""Schemas of the jobs API: a job, its metrics and checkpoints, and pages of jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from service.core.jobs import best_checkpoint
+from service.core.tables import EpochMetric, Job
+
+
+class EpochMetricPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    train_loss: float | None
+    train_acc: float | None
+    test_loss: float | None
+    test_acc: float | None
+    val_loss: float | None
+    val_acc: float | None
+    seconds: float | None
+    samples_per_second: float | None
+    lr: float | None
+    recorded_at: datetime | None = None
+
+
+class MetricsPublic(BaseModel):
+    job_id: str
+    epochs: list[EpochMetricPublic]
+
+
+class CheckpointPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    size_bytes: int
+    metrics: dict | None
+    created_at: datetime
+
+
+class TransitionPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    from_status: str | None
+    to_status: str
+    reason: str | None
+    attempt: int
+    detail: dict | None
+
+
+class JobPublic(BaseModel):
+    id: str
+    name: str | None
+    status: str
+    reason: str | None
+    error: str | None
+    spec: dict
+    task: str
+    attempt: int
+    epoch: int
+    epochs: int
+    progress: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    environment: dict | None
+    latest_metrics: EpochMetricPublic | None
+    best_checkpoint: CheckpointPublic | None
+    transitions: list[TransitionPublic]
+    cross_validation: dict | None = None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+def job_public(job: Job, latest: EpochMetric | None) -> JobPublic:
+    """The public form of a job row, with its newest epoch's metrics."""
+    best = best_checkpoint(job)
+    return JobPublic(
+        id=job.id, name=job.name, status=job.status, reason=job.reason, error=job.error,
+        spec=job.spec, task=job.task, attempt=job.attempt, epoch=job.epoch, epochs=job.epochs,
+        progress=round(min(job.epoch / job.epochs, 1.0), 4) if job.epochs else 0.0,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        environment=job.environment,
+        latest_metrics=EpochMetricPublic.model_validate(latest) if latest else None,
+        best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
+        transitions=[TransitionPublic.model_validate(e) for e in job.events],
+        cross_validation=job.cross_validation,
+    )
+
+
+def metric_rows(metrics: list[EpochMetric]) -> list[dict]:
+    """Epoch metrics as plain rows (for plots and pages)."""
+    return [EpochMetricPublic.model_validate(m).model_dump() for m in metrics]

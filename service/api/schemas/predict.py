@@ -1,0 +1,84 @@
+"""Schemas of predict: numeric inputs, labelled predictions, and the model that answered."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+
+from models.predictor import Prediction
+from service.api.serving import LoadedModel
+from service.core.references import ResolvedCheckpoint
+
+
+class PredictValues(BaseModel):
+    """Numeric inputs for a model trained on tabular data (regression or classification)."""
+
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    inputs: Annotated[list[list[float]], Field(min_length=1, max_length=10_000)]
+    top_k: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+class ClassScore(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class ImagePrediction(BaseModel):
+    filename: str
+    label: str
+    index: int
+    probability: float
+    top_k: list[ClassScore]
+
+
+class ValuesPrediction(BaseModel):
+    """One row's prediction: `value` for regression; label, index, probability for classification."""
+
+    value: float | list[float] | None = None
+    label: str | None = None
+    index: int | None = None
+    probability: float | None = None
+    top_k: list[ClassScore] | None = None
+
+
+class ResolvedModel(BaseModel):
+    reference: str
+    job_id: str
+    epoch: int
+    name: str | None = None
+    version: int | None = None
+    task: str
+    classes: list[str] | None
+    input_shape: list[int]
+
+
+class PredictResponse(BaseModel):
+    model: ResolvedModel
+    predictions: list[ImagePrediction] | list[ValuesPrediction]
+
+
+def resolved_model(target: ResolvedCheckpoint, loaded: LoadedModel) -> ResolvedModel:
+    predictor = loaded.predictor
+    return ResolvedModel(reference=target.reference, job_id=target.job_id, epoch=target.epoch, name=target.name,
+                         version=target.version, task=predictor.task, classes=predictor.classes,
+                         input_shape=predictor.meta["input_shape"])
+
+
+def image_answer(target: ResolvedCheckpoint, loaded: LoadedModel, filenames: list[str],
+                 results: list[Prediction]) -> PredictResponse:
+    return PredictResponse(
+        model=resolved_model(target, loaded),
+        predictions=[ImagePrediction(filename=name, label=r.label, index=r.index, probability=r.probability,
+                                     top_k=r.top_k) for name, r in zip(filenames, results)])
+
+
+def values_answer(target: ResolvedCheckpoint, loaded: LoadedModel, outputs, top_k: int) -> PredictResponse:
+    predictor = loaded.predictor
+    if predictor.task == "regression":
+        predictions = [ValuesPrediction(value=row[0] if len(row) == 1 else row) for row in outputs.tolist()]
+    else:
+        predictions = [ValuesPrediction(label=r.label, index=r.index, probability=r.probability, top_k=r.top_k)
+                       for r in predictor.label(outputs, top_k)]
+    return PredictResponse(model=resolved_model(target, loaded), predictions=predictions)

@@ -1,0 +1,59 @@
+"""Schemas of the model registry: registering a version, moving an alias, models and their versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.core.references import MODEL_NAME
+from service.core.tables import ModelVersion
+
+MAX_INT = 2**31 - 1  # what every database's INTEGER holds
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=f"^{MODEL_NAME}$", description="lower-case letters, digits, . _ -")]
+    job_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F-]{36}$")]
+    checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1, le=MAX_INT)] = "best"
+
+
+class AliasUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[int, Field(ge=1, le=MAX_INT)]
+
+
+class ModelVersionPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    version: int
+    job_id: str
+    epoch: int
+    selector: str
+    task: str
+    classes: list[str] | None
+    input_shape: list[int]
+    metrics: dict | None
+    created_at: datetime
+
+
+class ModelPublic(BaseModel):
+    name: str
+    versions: list[ModelVersionPublic]
+    aliases: dict[str, int]
+    latest_version: int
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+def model_public(name: str, versions: list[ModelVersion], aliases: dict[str, int]) -> ModelPublic:
+    return ModelPublic(name=name, versions=[ModelVersionPublic.model_validate(v) for v in versions],
+                       aliases=aliases, latest_version=versions[-1].version)

@@ -1,0 +1,339 @@
+"""Serving models: reference -> checkpoint (cached), checkpoint -> warmed-up predictor (an LRU), and
+a batcher per predictor. The predict routes, the v2 protocol, plots and the dashboard all serve
+through one ModelServer per process.
+
+Concurrent requests for one model are merged into one forward pass: requests queue while a
+batch runs, and the next batch takes everything waiting (up to max_batch_size images), after
+waiting at most max_batch_delay_ms for more. A single request therefore pays no delay when
+the model is idle (with the default delay of 0), and a burst is served in a few large batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi.concurrency import run_in_threadpool
+
+from models.cache import LRU
+from models.data import load_dataset
+from models.predictor import InputError, Prediction, Predictor
+from models.spec import JobSpec
+from service.api.telemetry import PREDICT_BATCH
+from service.core.db import session_scope
+from service.core.errors import Invalid
+from service.core.references import ModelNotFound, ResolvedCheckpoint, resolve
+from service.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    size: int  # inputs this request adds to a batch
+    prepare: Callable[[], torch.Tensor]  # runs on the batch's worker thread (e.g. decodes images)
+    finish: Callable[[torch.Tensor], Any] | None  # runs there too, on this request's outputs (e.g. labels them)
+    future: asyncio.Future
+
+
+class Batcher:
+    """Runs a predictor's forward passes on a worker thread, batching concurrent requests."""
+
+    def __init__(self, predictor: Predictor, max_batch_size: int, max_delay_s: float):
+        self.predictor = predictor
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self.batch_sizes: list[int] = []  # recent batch sizes, for tests and metrics
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run())
+
+    async def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for a batch of prepared inputs [N, ...]."""
+        return await self.submit(len(inputs), lambda: inputs)
+
+    async def submit(self, size: int, prepare: Callable[[], torch.Tensor],
+                     finish: Callable[[torch.Tensor], Any] | None = None) -> Any:
+        """Outputs for the `size` inputs that prepare() makes, or finish(outputs) if given.
+
+        Both run off the event loop, in the batch's thread, so decoding and labelling cost one
+        thread hop per batch rather than one per request, and the event loop runs no tensor
+        code. If prepare() or finish() raises, only this request fails."""
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Request(size, prepare, finish, future))
+        return await future
+
+    def close(self) -> None:
+        """Stop the batching task; callable from any thread."""
+        self._loop.call_soon_threadsafe(self._task.cancel)
+
+    async def _collect(self) -> list[_Request]:
+        items = [await self.queue.get()]
+        size = items[0].size
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_delay_s
+        while size < self.max_batch_size:
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if size + item.size > self.max_batch_size:
+                # Too big to join; it leads the next batch instead.
+                await self.queue.put(item)
+                break
+            items.append(item)
+            size += item.size
+        return items
+
+    def _forward(self, items: list[_Request]) -> list[Any]:
+        """Prepare every request's inputs, run one forward pass, split and finish the outputs (worker thread)."""
+        prepared: list[torch.Tensor | BaseException] = []
+        for item in items:
+            try:
+                prepared.append(item.prepare())
+            except Exception as exc:  # this request's own input is bad
+                prepared.append(exc)
+        good = [p for p in prepared if isinstance(p, torch.Tensor)]
+        if not good:
+            return prepared
+        if len({p.dtype for p in good}) > 1:  # image pixels (uint8) beside float inputs
+            good = [self.predictor.to_input(p) if p.dtype == torch.uint8 else p for p in good]
+        batch = torch.cat(good) if len(good) > 1 else good[0]
+        outputs = self.predictor.probabilities(batch)
+        self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+        PREDICT_BATCH.observe(len(batch))
+        results, start = [], 0
+        for item, p in zip(items, prepared):
+            if isinstance(p, BaseException):
+                results.append(p)
+                continue
+            mine = outputs[start:start + len(p)]
+            start += len(p)
+            try:
+                results.append(item.finish(mine) if item.finish else mine)
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    async def _run(self) -> None:
+        while True:
+            items = await self._collect()
+            try:
+                results = await asyncio.to_thread(self._forward, items)
+            except Exception as exc:  # the forward pass itself failed: every request hears of it
+                results = [exc] * len(items)
+            for item, result in zip(items, results):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+
+
+@dataclass
+class LoadedModel:
+    predictor: Predictor
+    batcher: Batcher | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+class ReferenceCache:
+    """Resolved model references, so that a hot path skips the database.
+
+    A resolution is fresh for `ttl` seconds. After that the stale one is still served while a
+    single caller refreshes it, so a busy model never sends every request to the database at once.
+    """
+
+    def __init__(self, ttl: float, size: int = 10_000):
+        self.ttl = ttl
+        self._items: LRU[tuple[float, ResolvedCheckpoint]] = LRU(size)
+        self._refreshing: set[str] = set()
+
+    def lookup(self, reference: str) -> tuple[ResolvedCheckpoint | None, bool]:
+        """(the cached resolution or None, whether this caller should refresh it)."""
+        hit = self._items.get(reference)
+        if hit is None:
+            return None, True
+        stamp, value = hit
+        if time.monotonic() - stamp <= self.ttl or reference in self._refreshing:
+            return value, False
+        self._refreshing.add(reference)
+        return value, True
+
+    def clear(self) -> None:
+        """Forget every resolution (the registry changed in this process)."""
+        self._items.clear()
+
+    def put(self, reference: str, resolved: ResolvedCheckpoint) -> None:
+        self._items.pop(reference)
+        self._items.put(reference, (time.monotonic(), resolved))
+        self._refreshing.discard(reference)
+
+    def forget(self, reference: str) -> None:
+        self._items.pop(reference)
+        self._refreshing.discard(reference)
+
+
+def _checkpoint_key(path: Path) -> tuple[str, int]:
+    """A checkpoint file and its version on disk: a rewritten file is a different model."""
+    try:
+        return str(path), path.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise ModelNotFound(f"checkpoint file {path.name} is missing") from None
+
+
+class ModelServer:
+    """Resolves references, keeps predictors loaded (least recently used evicted first, each
+    loaded once), and runs their forward passes in batches."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.references = ReferenceCache(settings.reference_cache_seconds)
+        self.max_batch_size = settings.max_batch_size
+        self.max_delay_s = settings.max_batch_delay_ms / 1000
+        self._models: LRU[LoadedModel] = LRU(settings.model_cache_size, on_evict=LoadedModel.close)
+        self._confusions: LRU[tuple[list[list[int]], float]] = LRU(32)
+        self.hits = 0
+        self.misses = 0
+
+    def loaded(self, path: Path) -> LoadedModel | None:
+        """The model if it is already in the cache (cheap enough for the event loop)."""
+        found = self._models.get(_checkpoint_key(path))
+        if found is not None:
+            self.hits += 1
+        return found
+
+    def load(self, path: Path) -> LoadedModel:
+        """The loaded, warmed-up model of a checkpoint file (thread-safe; kept once)."""
+        cached = self.loaded(path)
+        if cached is not None:
+            return cached
+        key = _checkpoint_key(path)
+        predictor = Predictor.from_checkpoint(path)
+        predictor.warm_up()
+        fresh = LoadedModel(predictor)
+        kept = self._models.put(key, fresh)
+        if kept is fresh:
+            self.misses += 1
+        return kept
+
+    def resolve(self, reference: str) -> ResolvedCheckpoint:
+        """Resolve a reference in a read session of its own (call in a thread: it queries the database)."""
+        with session_scope(write=False) as session:
+            return resolve(session, reference=reference, settings=self.settings)
+
+    def preload(self, reference: str) -> LoadedModel:
+        """Resolve and load a model now (call in a thread), so its first request finds it warm."""
+        return self.load(self.resolve(reference).path)
+
+    async def get(self, reference: str) -> tuple[ResolvedCheckpoint, LoadedModel]:
+        """The checkpoint a reference names and its loaded model.
+
+        A hot model is served without leaving the event loop or touching the database: its
+        reference was resolved within the last reference_cache_seconds and its predictor is in
+        the cache. Raises core's ModelNotFound / ModelNotReady, or CheckpointError.
+        """
+        target, refresh = self.references.lookup(reference)
+        if target is None:
+            target = await run_in_threadpool(self.resolve, reference)
+            self.references.put(reference, target)
+        elif refresh:
+            asyncio.get_running_loop().create_task(self._refresh(reference))
+        return target, self.loaded(target.path) or await run_in_threadpool(self.load, target.path)
+
+    async def _refresh(self, reference: str) -> None:
+        """Re-resolve a reference in the background (its stale resolution is served meanwhile)."""
+        try:
+            self.references.put(reference, await run_in_threadpool(self.resolve, reference))
+        except Exception:  # gone or broken: the next request resolves it afresh and reports why
+            self.references.forget(reference)
+
+    def _batcher(self, loaded: LoadedModel) -> Batcher:
+        if loaded.batcher is None:
+            with loaded.lock:
+                if loaded.batcher is None:
+                    loaded.batcher = Batcher(loaded.predictor, self.max_batch_size, self.max_delay_s)
+        return loaded.batcher
+
+    async def probabilities(self, loaded: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
+        """Probabilities for prepared inputs, batched with other requests for the same model."""
+        return await self._batcher(loaded).probabilities(inputs)
+
+    def _pixels(self, loaded: LoadedModel, uploads: list[tuple[str, bytes]]) -> Callable[[], torch.Tensor]:
+        """Decodes encoded images to uint8 pixels, on the batch's thread: the batch becomes float in one step."""
+        predictor, max_pixels = loaded.predictor, self.settings.max_image_pixels
+        return lambda: torch.from_numpy(np.stack([predictor.decode_pixels(data, name, max_pixels=max_pixels)
+                                                  for name, data in uploads]))
+
+    async def image_probabilities(self, loaded: LoadedModel, uploads: list[tuple[str, bytes]]) -> torch.Tensor:
+        """Probabilities for encoded images, decoded and run in a batch with other requests."""
+        return await self._batcher(loaded).submit(len(uploads), self._pixels(loaded, uploads))
+
+    async def classify_images(self, loaded: LoadedModel, uploads: list[tuple[str, bytes]],
+                              top_k: int = 1) -> list[Prediction]:
+        """Labelled predictions for encoded images, decoded and run in a batch with other requests.
+
+        Raises the InputError of the first unusable image; other requests are not affected.
+        """
+        predictor = loaded.predictor
+        return await self._batcher(loaded).submit(len(uploads), self._pixels(loaded, uploads),
+                                                  lambda probs: predictor.label(probs, top_k))
+
+    async def classify_uploads(self, reference: str, uploads: list[tuple[str, bytes]],
+                               top_k: int) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
+        """Resolve, load, decode and classify uploaded images; Invalid if the model cannot take them."""
+        target, loaded = await self.get(reference)
+        predictor = loaded.predictor
+        if predictor.task != "classification" or predictor.preprocess.get("kind") != "image":
+            raise Invalid([(("body", "model"),
+                            f"model {reference!r} does not classify images; send JSON inputs instead")])
+        if top_k > len(predictor.classes):
+            raise Invalid([(("body", "top_k"),
+                            f"top_k is {top_k} but model {reference!r} has {len(predictor.classes)} classes")])
+        return target, loaded, await self.classify_images(loaded, uploads, top_k)
+
+    async def predict_values(self, reference: str, rows: list[list[float]]
+                             ) -> tuple[ResolvedCheckpoint, LoadedModel, torch.Tensor]:
+        """Outputs for numeric rows; Invalid if the model does not take them."""
+        target, loaded = await self.get(reference)
+        try:
+            inputs = loaded.predictor.decode_values(rows)
+        except InputError as exc:
+            raise Invalid([(("body", "inputs"), f"model {reference!r}: {exc}")]) from exc
+        return target, loaded, await self.probabilities(loaded, inputs)
+
+    async def confusion(self, job_id: str, spec: JobSpec) -> tuple[ResolvedCheckpoint, LoadedModel, list[list[int]], float]:
+        """The confusion matrix of a job's best checkpoint on its test set, remembered per checkpoint file."""
+        target, loaded = await self.get(f"job:{job_id}")
+
+        def compute() -> tuple[list[list[int]], float]:
+            settings = self.settings
+            dataset = load_dataset(spec.data, data_dir=settings.data_dir, datasets_dir=settings.datasets_dir,
+                                   cache_dir=settings.cache_dir, seed=spec.seed)
+            return loaded.predictor.confusion_matrix(dataset.x_test, dataset.y_test)
+
+        key = _checkpoint_key(target.path)
+        matrix, accuracy = await run_in_threadpool(self._confusions.get_or_load, key, compute)
+        return target, loaded, matrix, accuracy
+
+    def __len__(self) -> int:
+        return len(self._models)

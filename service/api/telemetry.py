@@ -1,0 +1,89 @@
+"""Prometheus metrics: requests per route, jobs by status, queue depth, predict batches, model cache."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+REQUESTS = Counter("trainyard_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("trainyard_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+PREDICT_BATCH = Histogram("trainyard_predict_batch_size", "Inputs per forward pass of a served model",
+                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+
+
+class RequestMetrics:
+    """ASGI middleware counting requests and timing them, labelled by route template."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def capture(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            LATENCY.labels(scope["method"], route).observe(time.perf_counter() - started)
+
+
+class ServiceCollector:
+    """Values read at scrape time: jobs by status, broker queue depth, model cache counters."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def collect(self):
+        from sqlalchemy import func, select
+
+        from service.core.db import session_scope
+        from service.core.settings import get_settings
+        from service.core.tables import Job, JobStatus
+        from service.core.broker import queue_depth
+
+        jobs = GaugeMetricFamily("trainyard_jobs", "Jobs by status", labels=["status"])
+        try:
+            with session_scope(write=False) as session:
+                counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            for state in JobStatus.ALL:
+                jobs.add_metric([state], counts.get(state, 0))
+        except Exception:  # a scrape must not fail because the database hiccups
+            pass
+        yield jobs
+        depth = GaugeMetricFamily("trainyard_queue_depth", "Messages waiting in a training queue", labels=["queue"])
+        for queue in get_settings().queues:
+            try:
+                depth.add_metric([queue], queue_depth(queue))
+            except Exception:
+                pass
+        yield depth
+        server = self.app.state.models
+        cache = CounterMetricFamily("trainyard_model_cache", "Model cache lookups", labels=["result"])
+        cache.add_metric(["hit"], server.hits)
+        cache.add_metric(["miss"], server.misses)
+        yield cache
+        loaded = GaugeMetricFamily("trainyard_models_loaded", "Models held in the cache")
+        loaded.add_metric([], len(server))
+        yield loaded
+
+
+def install(app, registry: CollectorRegistry = REGISTRY) -> None:
+    """Register the scrape-time collector for this app (once per process)."""
+    collector = getattr(install, "_collector", None)
+    if collector is not None:
+        registry.unregister(collector)
+    install._collector = ServiceCollector(app)
+    registry.register(install._collector)

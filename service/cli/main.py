@@ -1,0 +1,118 @@
+"""The trainyard command line: migrate the database and run the API and a worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import typer
+
+from service.cli.client import register as register_client_commands
+from service.core.settings import get_settings
+
+app = typer.Typer(help="trainyard: train and serve PyTorch models over HTTP.", no_args_is_help=True)
+
+STOP_TIMEOUT_S = 20.0
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations (and prepare the embedded broker's tables)."""
+    from service.core.migrate import upgrade
+    from service.core.broker import ping_broker
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    upgrade()
+    if settings.embedded_broker:
+        ping_broker()
+    typer.echo(f"database ready: {_redact(settings.database_url)}")
+
+
+def worker_command(settings) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "--loglevel=INFO", "--queues", settings.queue,
+            "--concurrency", str(settings.worker_concurrency), "--hostname", f"trainyard-{os.getpid()}@%h"]
+
+
+def api_command(settings) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "service.api.app:app",
+            "--host", settings.host, "--port", str(settings.port), "--no-access-log"]
+
+
+@app.command()
+def worker() -> None:
+    """Run one Celery worker in the foreground."""
+    os.execv(sys.executable, worker_command(get_settings()))
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API in the foreground."""
+    os.execv(sys.executable, api_command(get_settings()))
+
+
+@app.command("serve")
+@app.command()
+def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations first.")) -> None:
+    """Migrate, then run the API and one worker until Ctrl-C (also: serve)."""
+    settings = get_settings()
+    if not skip_migrate:
+        migrate()
+    children = {
+        "worker": subprocess.Popen(worker_command(settings), start_new_session=True),
+        "api": subprocess.Popen(api_command(settings), start_new_session=True),
+    }
+    typer.echo(f"trainyard is starting on http://{settings.host}:{settings.port} "
+               f"(state in {settings.home}, data in {settings.data_dir}); Ctrl-C stops it")
+
+    stopping = False
+
+    def request_stop(_signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    exit_code = 0
+    while not stopping:
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                typer.echo(f"{name} exited with status {proc.returncode}; stopping", err=True)
+                exit_code = 1
+                stopping = True
+        time.sleep(0.2)
+    _stop_all(children.values())
+    typer.echo("trainyard stopped")
+    raise typer.Exit(exit_code)
+
+
+def _stop_all(procs) -> None:
+    """SIGTERM each child (Celery finishes its warm shutdown), then SIGKILL stragglers."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+register_client_commands(app)
+
+
+if __name__ == "__main__":
+    app()

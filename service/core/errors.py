@@ -1,0 +1,38 @@
+"""The errors core raises; the API maps each kind to one HTTP status in one place."""
+
+from __future__ import annotations
+
+
+class CoreError(Exception):
+    """Base of every error core reports to its callers."""
+
+
+class NotFound(CoreError):
+    """No job, dataset, model or version answers to the given name."""
+
+
+class Conflict(CoreError):
+    """The thing exists, but its state does not allow the request."""
+
+
+class NotReady(Conflict):
+    """The thing exists but cannot serve yet (e.g. a job without a checkpoint)."""
+
+
+class Invalid(CoreError):
+    """The request is well-formed but cannot run; `problems` are (location, message) pairs.
+
+    A location is a path into the request, e.g. ("body", "data", "dataset").
+    """
+
+    def __init__(self, problems: list[tuple[tuple, str]]):
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
+        self.problems = problems
+
+
+class Unusable(CoreError):
+    """Something stored cannot be used (e.g. a damaged checkpoint file)."""
+
+
+class Unprocessable(CoreError):
+    """An upload or input was read but cannot be used; the message says what to fix."""

@@ -1,0 +1,309 @@
+"""Job records in SQL: create, read, and move through the job life cycle.
+
+The SQL row is the source of truth for a job; the broker only carries its id. Every status
+change is one conditional UPDATE (so concurrent actors cannot both win) plus a row in
+job_events. Writes by a worker are fenced by the attempt number it claimed: once a job has
+been handed to a later attempt, the earlier worker can no longer change it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload
+
+from models.spec import EarlyStoppingSpec, JobSpec
+from service.core.errors import Conflict, NotFound
+from service.core.tables import METRIC_FIELDS, Checkpoint, EpochMetric, Job, JobEvent, JobStatus, utcnow
+
+
+class InvalidTransition(Conflict):
+    """The job is not in a state that allows the requested change."""
+
+    def __init__(self, job: Job, action: str):
+        super().__init__(f"cannot {action} job {job.id}: it is {job.status}")
+        self.status = job.status
+
+
+class LeaseLost(Exception):
+    """This worker's attempt no longer owns the job (it was re-queued or cancelled away)."""
+
+
+def create_job(session: Session, *, spec: JobSpec, task: str, idempotency_key: str | None = None,
+               request_hash: str | None = None) -> Job:
+    """Insert a queued job for a validated spec."""
+    job = Job(
+        name=spec.name,
+        status=JobStatus.QUEUED,
+        spec=spec.model_dump(mode="json"),
+        task=task,
+        epochs=spec.epochs,
+        attempt=0,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        dispatched_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, from_status=None, to_status=JobStatus.QUEUED, attempt=0))
+    return job
+
+
+def get_job(session: Session, *, job_id: str) -> Job | None:
+    """One job with its checkpoints and events, or None."""
+    return session.get(Job, job_id, options=[selectinload(Job.checkpoints), selectinload(Job.events)],
+                       populate_existing=True)
+
+
+def require_job(session: Session, *, job_id: str) -> Job:
+    """One job with its checkpoints and events; NotFound if there is none."""
+    job = get_job(session, job_id=job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def get_job_by_idempotency_key(session: Session, *, key: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+
+
+def list_jobs(session: Session, *, status: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
+    """A page of jobs, newest first, and the total count for the filter."""
+    query = select(Job)
+    count = select(func.count()).select_from(Job)
+    if status:
+        query = query.where(Job.status == status)
+        count = count.where(Job.status == status)
+    query = query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    jobs = list(session.scalars(query.options(selectinload(Job.checkpoints), selectinload(Job.events))))
+    return jobs, session.scalar(count)
+
+
+def get_metrics(session: Session, *, job_id: str) -> list[EpochMetric]:
+    """Per-epoch metrics of a job in epoch order."""
+    return list(session.scalars(select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)))
+
+
+def latest_metric(session: Session, *, job_id: str) -> EpochMetric | None:
+    return latest_metrics(session, job_ids=[job_id]).get(job_id)
+
+
+def latest_metrics(session: Session, *, job_ids: list[str]) -> dict[str, EpochMetric]:
+    """Each job's newest epoch row, in one query (for pages of jobs)."""
+    if not job_ids:
+        return {}
+    newest = (select(EpochMetric.job_id, func.max(EpochMetric.epoch).label("epoch"))
+              .where(EpochMetric.job_id.in_(job_ids)).group_by(EpochMetric.job_id).subquery())
+    rows = session.scalars(select(EpochMetric).join(
+        newest, and_(EpochMetric.job_id == newest.c.job_id, EpochMetric.epoch == newest.c.epoch)))
+    return {row.job_id: row for row in rows}
+
+
+def monitored(job: Job) -> tuple[str, str]:
+    """The metric that decides the best checkpoint, and whether higher is better ('max').
+
+    Early stopping's metric when the spec has one; else test accuracy, or test loss for regression.
+    """
+    stopping = (job.spec or {}).get("early_stopping")
+    if stopping:
+        spec = EarlyStoppingSpec.model_validate(stopping)
+        return spec.metric, spec.direction
+    return ("test_acc", "max") if job.task == "classification" else ("test_loss", "min")
+
+
+def best_checkpoint(job: Job) -> Checkpoint | None:
+    """The checkpoint with the best monitored metric; the earliest wins a tie."""
+    metric, mode = monitored(job)
+    scored = [c for c in job.checkpoints if c.metrics and c.metrics.get(metric) is not None]
+    if not scored:
+        return None
+    sign = -1 if mode == "max" else 1
+    return min(scored, key=lambda c: (sign * c.metrics[metric], c.epoch))
+
+
+def last_checkpoint(job: Job) -> Checkpoint | None:
+    return max(job.checkpoints, key=lambda c: c.epoch, default=None)
+
+
+def transition(session: Session, *, job_id: str, to: str, from_any: tuple[str, ...],
+               owner_attempt: int | None = None, where: tuple = (), reason: str | None = None,
+               error: str | None = None, detail: dict | None = None, **values) -> str | None:
+    """Move a job from one of `from_any` to `to`, logging the event; returns the old status or None.
+
+    With `owner_attempt`, only that attempt's worker may make the change; `where` adds further
+    conditions; `values` sets other columns in the same UPDATE.
+    """
+    for from_status in from_any:
+        condition = [Job.id == job_id, Job.status == from_status, *where]
+        if owner_attempt is not None:
+            condition.append(Job.attempt == owner_attempt)
+        result = session.execute(update(Job).where(*condition)
+                                 .values(status=to, reason=reason, error=error, **values))
+        if result.rowcount == 1:
+            current_attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
+            session.add(JobEvent(job_id=job_id, from_status=from_status, to_status=to, reason=reason,
+                                 attempt=current_attempt, detail=detail))
+            session.flush()
+            return from_status
+    return None
+
+
+@dataclass
+class Claim:
+    attempt: int
+    spec: dict
+    resumed_by_user: bool = False  # queued again from cancelled or failed by POST .../resume
+
+
+def claim_job(session: Session, *, job_id: str, worker: str, lease_seconds: float,
+              max_attempts: int) -> Claim | None:
+    """Take a queued job (or one whose worker's lease expired) for this worker; None if not ours."""
+    reap_one(session, job_id=job_id, cutoff=utcnow() - timedelta(seconds=lease_seconds), max_attempts=max_attempts)
+    now = utcnow()
+    taken = transition(session, job_id=job_id, to=JobStatus.RUNNING, from_any=(JobStatus.QUEUED,),
+                       detail={"worker": worker}, attempt=Job.attempt + 1, worker=worker,
+                       started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, finished_at=None)
+    if not taken:
+        return None
+    job = session.get(Job, job_id, populate_existing=True)
+    requeue = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.to_status == JobStatus.QUEUED)
+                              .order_by(JobEvent.id.desc()).limit(1)).first()
+    by_user = requeue is not None and requeue.from_status in (JobStatus.CANCELLED, JobStatus.FAILED)
+    return Claim(attempt=job.attempt, spec=job.spec, resumed_by_user=by_user)
+
+
+def note_resume(session: Session, *, job_id: str, attempt: int, detail: dict) -> None:
+    """Record where an attempt resumed from, on its running event."""
+    event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.attempt == attempt,
+                                                   JobEvent.to_status == JobStatus.RUNNING)
+                            .order_by(JobEvent.id.desc()).limit(1)).first()
+    if event is not None:
+        event.detail = {**(event.detail or {}), **detail}
+
+
+def heartbeat(session: Session, *, job_id: str, attempt: int) -> str | None:
+    """Renew this attempt's lease; returns the job's status, or None if the attempt lost the job."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JobStatus.ACTIVE))
+        .values(heartbeat_at=utcnow())
+    )
+    if result.rowcount != 1:
+        return None
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def _upsert(session: Session, table, values: dict, conflict: list[str], update_fields: list[str]) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert is None:
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    stmt = insert(table).values(**values)
+    stmt = stmt.on_conflict_do_update(index_elements=conflict,
+                                      set_={f: stmt.excluded[f] for f in update_fields})
+    session.execute(stmt)
+
+
+def record_epoch(session: Session, *, job_id: str, attempt: int, metrics: dict,
+                 checkpoint_path: str, checkpoint_size: int) -> None:
+    """Upsert one epoch's metrics and checkpoint row and advance the job's epoch counter.
+
+    Raises LeaseLost (and writes nothing) if this attempt no longer owns the job.
+    """
+    epoch = metrics["epoch"]
+    owned = session.execute(
+        update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JobStatus.ACTIVE))
+        .values(epoch=epoch, heartbeat_at=utcnow())
+    )
+    if owned.rowcount != 1:
+        raise LeaseLost(f"attempt {attempt} no longer owns job {job_id}")
+    row = {field: metrics.get(field) for field in METRIC_FIELDS}
+    _upsert(session, EpochMetric.__table__, {"job_id": job_id, "epoch": epoch, "recorded_at": utcnow(), **row},
+            ["job_id", "epoch"], [*METRIC_FIELDS, "recorded_at"])
+    _upsert(session, Checkpoint.__table__,
+            {"job_id": job_id, "epoch": epoch, "path": checkpoint_path, "size_bytes": checkpoint_size,
+             "metrics": row, "created_at": utcnow()},
+            ["job_id", "epoch"], ["path", "size_bytes", "metrics", "created_at"])
+
+
+def set_cross_validation(session: Session, *, job_id: str, attempt: int, results: dict) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt).values(cross_validation=results))
+
+
+def set_environment(session: Session, *, job_id: str, environment: dict) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(environment=environment))
+
+
+def finish_job(session: Session, *, job_id: str, attempt: int, status: str, reason: str | None = None,
+               error: str | None = None) -> bool:
+    """Move this attempt's running (or cancelling) job to a final state."""
+    return transition(session, job_id=job_id, to=status, from_any=JobStatus.ACTIVE, owner_attempt=attempt,
+                      reason=reason, error=error, finished_at=utcnow()) is not None
+
+
+def request_cancel(session: Session, *, job_id: str) -> Job:
+    """Cancel a queued job at once, or ask a running one's worker to stop."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if transition(session, job_id=job_id, to=JobStatus.CANCELLED, from_any=(JobStatus.QUEUED,),
+                  reason="user_cancelled", finished_at=utcnow()):
+        return job
+    if transition(session, job_id=job_id, to=JobStatus.CANCELLING, from_any=(JobStatus.RUNNING,),
+                  reason="user_cancelled"):
+        return job
+    session.refresh(job)
+    raise InvalidTransition(job, "cancel")
+
+
+def request_resume(session: Session, *, job_id: str) -> Job:
+    """Queue a cancelled or failed job again; its worker continues from the saved state."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if transition(session, job_id=job_id, to=JobStatus.QUEUED, from_any=(JobStatus.CANCELLED, JobStatus.FAILED),
+                  detail={"resume": True}, finished_at=None, dispatched_at=utcnow()):
+        return job
+    session.refresh(job)
+    raise InvalidTransition(job, "resume")
+
+
+def reap_one(session: Session, *, job_id: str, cutoff: datetime, max_attempts: int) -> str | None:
+    """If the job's lease expired, re-queue it (or end it); returns its new status, or None."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.status not in JobStatus.ACTIVE or job.heartbeat_at is None or job.heartbeat_at >= cutoff:
+        return None
+    old_status, attempt, heartbeat_at = job.status, job.attempt, job.heartbeat_at
+    if old_status == JobStatus.CANCELLING:
+        to, values = JobStatus.CANCELLED, {"finished_at": utcnow()}
+        reason, error = "user_cancelled", "the worker was lost while cancelling"
+    elif attempt >= max_attempts:
+        to, values = JobStatus.FAILED, {"finished_at": utcnow()}
+        reason, error = "worker_lost", f"the worker was lost {attempt} times (limit {max_attempts})"
+    else:
+        to, values = JobStatus.QUEUED, {"dispatched_at": utcnow()}
+        reason, error = "worker_lost", None
+    moved = transition(session, job_id=job_id, to=to, from_any=(old_status,), owner_attempt=attempt,
+                       where=(Job.heartbeat_at < cutoff,), reason=reason, error=error,
+                       detail={"lease_expired_at": heartbeat_at.isoformat()}, **values)
+    return to if moved else None
+
+
+def expired_leases(session: Session, *, cutoff: datetime) -> list[str]:
+    return list(session.scalars(select(Job.id).where(Job.status.in_(JobStatus.ACTIVE), Job.heartbeat_at < cutoff)))
+
+
+def stale_queued(session: Session, *, dispatched_before: datetime) -> list[str]:
+    """Queued jobs whose message went out before the given time, oldest first."""
+    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED,
+                                                     Job.dispatched_at < dispatched_before)
+                                .order_by(Job.dispatched_at)))
+
+
+def devices(session: Session, *, job_ids: list[str]) -> dict[str, str]:
+    """The device each job's spec asks for (which decides its queue)."""
+    rows = session.execute(select(Job.id, Job.spec).where(Job.id.in_(job_ids))) if job_ids else []
+    return {job_id: (spec or {}).get("device", "auto") for job_id, spec in rows}
+
+
+def mark_dispatched(session: Session, *, job_ids: list[str]) -> None:
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(dispatched_at=utcnow()))

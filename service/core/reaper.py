@@ -1,0 +1,93 @@
+"""The reaper: re-queues jobs whose worker died and re-sends jobs whose broker message was lost."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from service.core import jobs
+from service.core.db import session_scope
+from service.core.settings import Settings
+from service.core.tables import JobStatus, utcnow
+from service.core.broker import queue_depth, send_train_job
+
+log = logging.getLogger(__name__)
+
+
+def reap_expired_leases(settings: Settings) -> list[str]:
+    """Re-queue (or end) every job whose lease expired; returns the ids that need a new message."""
+    cutoff = utcnow() - timedelta(seconds=settings.lease_seconds)
+    requeued = []
+    with session_scope(write=False) as session:
+        candidates = jobs.expired_leases(session, cutoff=cutoff)
+    for job_id in candidates:
+        with session_scope() as session:
+            if jobs.reap_one(session, job_id=job_id, cutoff=cutoff, max_attempts=settings.max_attempts) == JobStatus.QUEUED:
+                requeued.append(job_id)
+    return requeued
+
+
+def lost_messages(waiting: list[str], depth: int) -> list[str]:
+    """Queued jobs of one queue that the broker cannot be holding a message for.
+
+    The queue holds `depth` messages; if fewer jobs than that have been waiting longer than
+    resend_after_seconds, each may still have its message. Otherwise some were lost, and since
+    a message cannot be matched to its job, all of them are sent again: a duplicate is harmless,
+    because only one delivery can claim a queued job.
+    """
+    return waiting if len(waiting) > depth else []
+
+
+def sweep(settings: Settings) -> list[str]:
+    """One pass of the reaper; returns the ids it sent to the broker."""
+    requeued = reap_expired_leases(settings)
+    with session_scope(write=False) as session:
+        waiting = jobs.stale_queued(session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds))
+        queue_of = {job_id: settings.queue_for(device)
+                    for job_id, device in jobs.devices(session, job_ids=waiting + requeued).items()}
+    to_send = list(requeued)
+    for queue in settings.queues:
+        try:
+            depth = queue_depth(queue)
+        except Exception as exc:
+            log.warning("reaper cannot read the broker's queue %s (%s); will retry", queue, exc)
+            continue
+        to_send += [j for j in lost_messages([j for j in waiting if queue_of.get(j) == queue], depth)
+                    if j not in to_send]
+    sent = []
+    for job_id in to_send:
+        try:
+            send_train_job(job_id, queue_of.get(job_id))
+        except Exception as exc:
+            log.warning("reaper could not send job %s (%s); will retry", job_id, exc)
+            continue
+        sent.append(job_id)
+    with session_scope() as session:
+        jobs.mark_dispatched(session, job_ids=sent)
+    if sent:
+        log.info("reaper sent %d job(s) to the broker again: %s", len(sent), ", ".join(sent))
+    return sent
+
+
+class Reaper:
+    """Runs sweep() every reaper_interval_seconds in a background thread."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reaper_interval_seconds):
+            try:
+                sweep(self.settings)
+            except Exception:  # the reaper must outlive a database hiccup
+                log.exception("reaper sweep failed")

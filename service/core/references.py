@@ -1,0 +1,109 @@
+"""Model references -> checkpoint files.
+
+References: `job:ID` (the job's best epoch), `job:ID:best|last|EPOCH`, and registered models:
+`name` (its `production` alias when set, else the latest version), `name:VERSION`, `name@ALIAS`.
+A reference is only ever looked up in SQL; it can never name a path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.core import jobs
+from service.core.errors import NotFound, NotReady
+from service.core.settings import Settings
+from service.core.tables import ModelAlias, ModelVersion
+
+_JOB_REF = re.compile(r"^job:(?P<id>[0-9a-fA-F-]{1,36})(?::(?P<which>best|last|[1-9][0-9]{0,6}))?$")
+MODEL_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
+_MODEL_REF = re.compile(rf"^(?P<name>{MODEL_NAME})(?::(?P<version>[1-9][0-9]{{0,8}})|@(?P<alias>{MODEL_NAME}))?$")
+DEFAULT_ALIAS = "production"
+
+
+class ModelNotFound(NotFound):
+    """No model answers to this reference."""
+
+
+class ModelNotReady(NotReady):
+    """The reference names a job that has no checkpoint yet."""
+
+
+@dataclass
+class ResolvedCheckpoint:
+    reference: str
+    path: Path
+    job_id: str
+    epoch: int
+    name: str | None = None
+    version: int | None = None
+
+
+def _inside(root: Path, relative: str, reference: str) -> Path:
+    root = root.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ModelNotFound(f"checkpoint of {reference!r} lies outside its folder")
+    return path
+
+
+def _resolve_job(session: Session, reference: str, match, checkpoint_dir: Path) -> ResolvedCheckpoint:
+    job = jobs.get_job(session, job_id=match["id"].lower())
+    if job is None:
+        raise ModelNotFound(f"model {reference!r} not found: there is no job {match['id']}")
+    which = match["which"] or "best"
+    if which.isdigit():
+        checkpoint = next((c for c in job.checkpoints if c.epoch == int(which)), None)
+        if checkpoint is None:
+            raise ModelNotFound(f"model {reference!r} not found: job {job.id} has no checkpoint for epoch {which}")
+    else:
+        checkpoint = jobs.best_checkpoint(job) if which == "best" else jobs.last_checkpoint(job)
+        checkpoint = checkpoint or jobs.last_checkpoint(job)
+    if checkpoint is None:
+        raise ModelNotReady(f"job {job.id} has no checkpoint yet (status {job.status})")
+    return ResolvedCheckpoint(reference=reference, path=_inside(checkpoint_dir, checkpoint.path, reference),
+                              job_id=job.id, epoch=checkpoint.epoch)
+
+
+def find_version(session: Session, *, reference: str) -> ModelVersion:
+    """The registered version a `name`, `name:VERSION` or `name@ALIAS` reference names."""
+    match = _MODEL_REF.match(reference)
+    if not match:
+        raise ModelNotFound(f"model {reference!r} not found; use name, name:VERSION, name@ALIAS or job:ID")
+    name = match["name"]
+    version = int(match["version"]) if match["version"] else None
+    if match["alias"]:
+        alias = session.get(ModelAlias, (name, match["alias"]))
+        if alias is None:
+            raise ModelNotFound(f"model {name!r} has no alias {match['alias']!r}")
+        version = alias.version
+    elif version is None:
+        production = session.get(ModelAlias, (name, DEFAULT_ALIAS))
+        if production is not None:
+            version = production.version
+    query = select(ModelVersion).where(ModelVersion.name == name)
+    query = query.where(ModelVersion.version == version) if version else query.order_by(ModelVersion.version.desc())
+    found = session.scalars(query.limit(1)).first()
+    if found is None:
+        raise ModelNotFound(f"model {reference!r} not found")
+    return found
+
+
+def resolve(session: Session, *, reference: str, settings: Settings) -> ResolvedCheckpoint:
+    """Find the checkpoint file a model reference names."""
+    reference = reference.strip()
+    match = _JOB_REF.match(reference)
+    if match:
+        return _resolve_job(session, reference, match, settings.checkpoint_dir)
+    version = find_version(session, reference=reference)
+    return ResolvedCheckpoint(reference=reference, path=_inside(settings.registry_dir, version.path, reference),
+                              job_id=version.job_id, epoch=version.epoch, name=version.name, version=version.version)
+
+
+def init_from_reference(init_from) -> str:
+    """The model reference for a spec's init_from."""
+    return f"job:{init_from.job_id}:{init_from.checkpoint}"

@@ -1,0 +1,112 @@
+"""The model registry: immutable versions of job checkpoints, and movable aliases."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.checkpoint import read_meta
+from service.core import jobs
+from service.core.errors import Conflict
+from service.core.references import ModelNotFound, resolve
+from service.core.settings import Settings
+from service.core.tables import ModelAlias, ModelVersion, utcnow
+
+
+class AliasInUse(Conflict):
+    """A version that an alias points to cannot be deleted."""
+
+
+def _freeze(source: Path, target: Path) -> None:
+    """Give the registry its own copy of a checkpoint (a hard link when possible).
+
+    Checkpoint writes replace files rather than rewrite them, so a linked copy keeps the
+    registered weights even if the job is resumed and writes that epoch again.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
+def register(session: Session, *, name: str, job_id: str, checkpoint: str | int, settings: Settings) -> ModelVersion:
+    """Register a job's checkpoint as the next version of `name`."""
+    target = resolve(session, reference=f"job:{job_id}:{checkpoint}", settings=settings)
+    meta = read_meta(target.path)
+    job = jobs.get_job(session, job_id=target.job_id)
+    latest = jobs.latest_metric(session, job_id=job.id)
+    final_metrics = {k: getattr(latest, k) for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc",
+                                                      "val_loss", "val_acc")} if latest else None
+    for _ in range(5):  # concurrent registrations of one name race for the next number
+        version = (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
+        relative = f"{name}/v{version}.safetensors"
+        record = ModelVersion(name=name, version=version, job_id=job.id, epoch=target.epoch, selector=str(checkpoint),
+                              path=relative, task=meta["task"], classes=meta.get("classes"),
+                              input_shape=meta["input_shape"],
+                              metrics={"checkpoint": meta.get("metrics"), "final": final_metrics})
+        try:
+            with session.begin_nested():
+                session.add(record)
+        except IntegrityError:
+            continue
+        _freeze(target.path, settings.registry_dir / relative)
+        return record
+    raise RuntimeError(f"could not allocate a version of {name!r}; try again")
+
+
+def versions(session: Session, *, name: str) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).where(ModelVersion.name == name).order_by(ModelVersion.version)))
+
+
+def require_versions(session: Session, *, name: str) -> list[ModelVersion]:
+    """A model's versions, oldest first; ModelNotFound if it has none."""
+    found = versions(session, name=name)
+    if not found:
+        raise ModelNotFound(f"model {name!r} not found")
+    return found
+
+
+def aliases(session: Session, *, name: str) -> dict[str, int]:
+    rows = session.scalars(select(ModelAlias).where(ModelAlias.name == name).order_by(ModelAlias.alias))
+    return {row.alias: row.version for row in rows}
+
+
+def names(session: Session) -> list[str]:
+    return list(session.scalars(select(ModelVersion.name).distinct().order_by(ModelVersion.name)))
+
+
+def set_alias(session: Session, *, name: str, alias: str, version: int) -> None:
+    """Point an alias at a version (creating or moving it)."""
+    if session.scalars(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)).first() is None:
+        raise ModelNotFound(f"model {name!r} has no version {version}")
+    row = session.get(ModelAlias, (name, alias))
+    if row is None:
+        session.add(ModelAlias(name=name, alias=alias, version=version))
+    else:
+        row.version, row.updated_at = version, utcnow()
+    session.flush()
+
+
+def delete_version(session: Session, *, name: str, version: int, settings: Settings) -> None:
+    """Delete a version no alias points to."""
+    record = session.scalars(select(ModelVersion).where(ModelVersion.name == name,
+                                                        ModelVersion.version == version)).first()
+    if record is None:
+        raise ModelNotFound(f"model {name!r} has no version {version}")
+    pointing = [alias for alias, v in aliases(session, name=name).items() if v == version]
+    if pointing:
+        raise AliasInUse(f"version {version} of {name!r} is aliased as {', '.join(pointing)}; move the alias first")
+    session.delete(record)
+    session.flush()
+    (settings.registry_dir / record.path).unlink(missing_ok=True)

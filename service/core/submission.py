@@ -1,0 +1,88 @@
+"""Submitting work: check a spec against the data it names, queue the job in SQL, publish it.
+
+A job is committed as `queued` before its message is sent, so a broker outage loses nothing:
+the reaper sends it later. An Idempotency-Key makes a retried submission return the first job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.spec import JobSpec, spec_problems
+from service.core import datasets, jobs
+from service.core.broker import publish_or_defer
+from service.core.errors import Conflict, Invalid
+from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
+from service.core.settings import Settings
+from service.core.tables import Job
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    replayed: bool  # an earlier request with the same Idempotency-Key created the job
+
+
+def check_spec(session: Session, *, spec: JobSpec, settings: Settings) -> str:
+    """The spec's task, or Invalid naming what the dataset or the starting weights rule out."""
+    problems = []
+    info = datasets.dataset_info(session, spec)
+    if info is None:
+        problems.append((("body", "data", "dataset"), f"{spec.data.dataset} not found; upload it to /v1/datasets"))
+    else:
+        problems += [(("body", *p.loc), p.msg) for p in spec_problems(spec, info)]
+    if spec.init_from is not None:
+        try:
+            resolve(session, reference=init_from_reference(spec.init_from), settings=settings)
+        except (ModelNotFound, ModelNotReady) as exc:
+            problems.append((("body", "init_from"), str(exc)))
+    if problems:
+        raise Invalid(problems)
+    return info.task
+
+
+def _replay(job: Job, request_hash: str) -> Submitted:
+    if job.request_hash != request_hash:
+        raise Conflict(f"this Idempotency-Key was used for job {job.id} with a different spec")
+    return Submitted(job.id, replayed=True)
+
+
+def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempotency_key: str | None = None) -> Submitted:
+    """Check a spec, commit its queued job and send it to a worker."""
+    task = check_spec(session, spec=spec, settings=settings)
+    request_hash = spec.digest()
+    if idempotency_key:
+        existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
+        if existing is not None:
+            return _replay(existing, request_hash)
+    try:
+        job = jobs.create_job(session, spec=spec, task=task, idempotency_key=idempotency_key,
+                              request_hash=request_hash)
+        session.commit()
+    except IntegrityError:
+        # Another request with the same key committed first; answer with its job.
+        session.rollback()
+        existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replay(existing, request_hash)
+    publish_or_defer(job.id, settings.queue_for(spec.device))
+    return Submitted(job.id, replayed=False)
+
+
+def cancel_job(session: Session, *, job_id: str) -> None:
+    """Cancel a queued job now, or ask a running one's worker to stop after its current batch."""
+    jobs.require_job(session, job_id=job_id)
+    jobs.request_cancel(session, job_id=job_id)
+    session.commit()
+
+
+def resume_job(session: Session, *, job_id: str, settings: Settings) -> None:
+    """Queue a cancelled or failed job again and send it to a worker."""
+    job = jobs.require_job(session, job_id=job_id)
+    jobs.request_resume(session, job_id=job_id)
+    session.commit()
+    publish_or_defer(job_id, settings.queue_for(job.spec.get("device", "auto")))

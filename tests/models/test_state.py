@@ -1,0 +1,57 @@
+"""The resumable training state: what TrainingRun.state() captures, its file, and older files."""
+
+import torch
+
+from models.checkpoint import read_checkpoint, write_checkpoint
+from models.engine import prepare
+from models.spec import JobSpec
+from models.state import EpochProgress, Position, TrainingState, load_training_state, save_training_state
+
+
+def test_the_file_keeps_every_part_and_reads_the_older_layout(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.arange(16, dtype=torch.uint8)}
+    position = Position(epoch=2, progress=EpochProgress(batches=3, loss_sum=1.5, correct=7, seen=30))
+    state = TrainingState(position=position, model=model.state_dict(), optimizer=optimizer.state_dict(), rng=rng,
+                          run={"elapsed": 4.5, "folds": [{"fold": 1}]})
+    path = tmp_path / "state.safetensors"
+    save_training_state(path, state, {"job_id": "j"})
+    read, meta = load_training_state(path)
+    assert meta["job_id"] == "j" and read.position == position and read.run == state.run
+    assert set(read.rng) == {"cpu", "cuda"} and all(torch.equal(read.rng[k], rng[k]) for k in rng)
+    assert torch.equal(read.model["weight"], model.weight)
+    assert set(read.optimizer["state"][0]) == {"momentum_buffer"}
+    assert read.optimizer["param_groups"] == optimizer.state_dict()["param_groups"]
+
+    # Written before the GPU's generator was saved too: one tensor named rng_state, the CPU's.
+    tensors, old_meta = read_checkpoint(path)
+    older = {k: v for k, v in tensors.items() if not k.startswith("rng.")} | {"rng_state": rng["cpu"]}
+    write_checkpoint(path, older, old_meta)
+    read, _ = load_training_state(path)
+    assert set(read.rng) == {"cpu"} and torch.equal(read.rng["cpu"], rng["cpu"])
+
+
+def test_a_run_restored_from_its_state_continues_identically(tmp_path):
+    spec = JobSpec.model_validate({
+        "model": {"arch": "mlp", "hidden": [16], "dropout": [0.5]},
+        "data": {"dataset": "synthetic-linear", "num_examples": 64, "num_test": 16, "true_w": [1, 2, 3, 4]},
+        "optimizer": {"name": "adam", "lr": 0.01}, "schedule": {"name": "step", "step_size": 1, "gamma": 0.5},
+        "epochs": 3, "device": "cpu"})
+    first = prepare(spec, data_dir=tmp_path)
+    first.optimizer.zero_grad()
+    first.model(first.dataset.x_train).sum().backward()
+    first.optimizer.step()
+    first.scheduler.step()
+    path = tmp_path / "state.safetensors"
+    save_training_state(path, first.state(Position(epoch=2)), {})
+    expected = first.model(first.dataset.x_train[:8])  # dropout draws from the saved generator
+
+    second = prepare(spec, data_dir=tmp_path, resume=load_training_state(path)[0])
+    assert second.start == Position(epoch=2)
+    assert second.scheduler.get_last_lr() == first.scheduler.get_last_lr()
+    assert torch.equal(second.model(second.dataset.x_train[:8]), expected)
+    assert torch.equal(second.optimizer.state_dict()["state"][0]["exp_avg"],
+                       first.optimizer.state_dict()["state"][0]["exp_avg"])

@@ -1,0 +1,34 @@
+"""Served models for the API's unit tests: small real checkpoints written to disk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.archs import build_model
+from models.checkpoint import write_checkpoint
+from models.predictor import Predictor
+from models.spec import JobSpec
+
+
+def write_model(path, seed: int):
+    """An MLP classifier checkpoint for 28x28 grayscale images, its weights drawn from `seed`."""
+    spec = JobSpec.model_validate({"model": {"arch": "mlp", "hidden": [16]}, "data": {"dataset": "fashion-mnist"}})
+    torch.manual_seed(seed)
+    model = build_model(spec.model, (1, 28, 28), 10)
+    write_checkpoint(path, model.state_dict(), {
+        "spec": spec.model_dump(mode="json"), "task": "classification", "classes": [str(i) for i in range(10)],
+        "input_shape": [1, 28, 28], "epoch": 1,
+        "preprocess": {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255}})
+    return path
+
+
+@pytest.fixture
+def checkpoint():
+    """write_model(path, seed) -> path."""
+    return write_model
+
+
+@pytest.fixture
+def predictor(tmp_path) -> Predictor:
+    return Predictor.from_checkpoint(write_model(tmp_path / "m.safetensors", 0))

@@ -1,0 +1,100 @@
+"""The Open Inference Protocol codec without HTTP: bodies in, tensors and encoded outputs out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from service.api import oip
+from tests.datagen import png_bytes
+
+
+def bytes_tensor(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def test_a_body_splits_into_its_json_header_and_binary_data():
+    header = json.dumps({"inputs": []}).encode()
+    assert oip.split_body(header, None) == ({"inputs": []}, b"")
+    assert oip.split_body(header + b"\x01\x02", str(len(header))) == ({"inputs": []}, b"\x01\x02")
+    for body, length in ((header, "0"), (header, str(len(header) + 1)), (b"\xe9\xdf\xfe", None), (b"{", None)):
+        with pytest.raises(oip.ProtocolError):
+            oip.split_body(body, length)
+
+
+def test_exactly_one_named_input_is_taken():
+    assert oip.single_input({"inputs": [{"name": "input"}]}) == {"name": "input"}
+    for header in ([], {}, {"inputs": []}, {"inputs": [{}, {}]}, {"inputs": [{"name": 3}]}):
+        with pytest.raises(oip.ProtocolError):
+            oip.single_input(header)
+
+
+def test_fp32_from_json_and_from_binary_agree(predictor):
+    values = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    spec = {"name": "input", "datatype": "FP32", "shape": [2, 1, 28, 28]}
+    from_json = oip.fp32_input({**spec, "data": values.reshape(-1).tolist()}, values.reshape(-1).tolist(), predictor, 8)
+    raw = values.astype("<f4").tobytes()
+    data, end = oip.tensor_data({**spec, "parameters": {"binary_data_size": len(raw)}}, raw, 0)
+    assert end == len(raw)
+    assert torch.equal(from_json, oip.fp32_input(spec, data, predictor, 8))
+    assert torch.equal(from_json, torch.from_numpy(values))
+
+
+@pytest.mark.parametrize("shape, data, message", [
+    ([2, 1, 28], [0.0] * 56, "must have shape"),
+    ([9, 1, 28, 28], [0.0] * 9 * 784, "1 <= N <= 8"),
+    ([1, 1, 28, 28], [0.0] * 10, "10 values for shape"),
+    ([1, 1, 28, 28], [float("nan")] * 784, "NaN or infinite"),
+    ([1, 1, 28, 28], ["x"] * 784, "must be numbers"),
+])
+def test_bad_fp32_inputs_say_why(predictor, shape, data, message):
+    with pytest.raises(oip.ProtocolError, match=message):
+        oip.fp32_input({"name": "input", "shape": shape}, data, predictor, 8)
+
+
+def test_bytes_inputs_come_binary_or_base64_and_are_named():
+    images = [png_bytes(1, seed=1), png_bytes(2, seed=2)]
+    spec = {"name": "images", "datatype": "BYTES"}
+    binary = oip.encoded_images(spec, bytes_tensor(images), 64)
+    as_json = oip.encoded_images(spec, [base64.b64encode(i).decode() for i in images], 64)
+    assert binary == as_json == [("images[0]", images[0]), ("images[1]", images[1])]
+    with pytest.raises(oip.ProtocolError, match="truncated"):
+        oip.encoded_images(spec, bytes_tensor(images)[:-3], 64)
+    with pytest.raises(oip.ProtocolError, match="base64"):
+        oip.encoded_images(spec, ["not base64!"], 64)
+    with pytest.raises(oip.ProtocolError, match="1 to 1 images"):
+        oip.encoded_images(spec, bytes_tensor(images), 1)
+
+
+def test_outputs_as_probabilities_or_top_k_strings(predictor):
+    probs = predictor.probabilities(torch.rand(2, 1, 28, 28))
+    (plain,) = oip.outputs([], probs, predictor, binary_default=False)
+    assert plain["shape"] == [2, 10] and plain["data"] == pytest.approx(probs.reshape(-1).tolist())
+    (top,) = oip.outputs([{"name": "probabilities", "parameters": {"classification": 3}}], probs, predictor, False)
+    assert top["datatype"] == "BYTES" and top["shape"] == [2, 3]
+    value, index, label = top["data"][0].split(":")
+    assert int(index) == int(probs[0].argmax()) and label == predictor.classes[int(index)]
+    assert float(value) == pytest.approx(float(probs[0].max()), abs=1e-6)
+    with pytest.raises(oip.ProtocolError, match="unknown output"):
+        oip.outputs([{"name": "logits"}], probs, predictor, False)
+
+
+def test_a_binary_output_follows_its_json_header(predictor):
+    probs = predictor.probabilities(torch.rand(1, 1, 28, 28))
+    response = oip.response({"model_name": "m"}, oip.outputs([], probs, predictor, binary_default=True))
+    length = int(response.headers["inference-header-content-length"])
+    header = json.loads(response.body[:length])
+    assert header["outputs"][0]["parameters"]["binary_data_size"] == 40
+    assert np.frombuffer(response.body[length:], dtype="<f4") == pytest.approx(probs.reshape(-1).numpy())
+
+
+def test_metadata_names_inputs_outputs_and_classes(predictor):
+    meta = oip.metadata("fashion", 3, predictor, "job-1", 2)
+    assert meta["versions"] == ["3"] and meta["parameters"]["classes"] == predictor.classes
+    assert [i["name"] for i in meta["inputs"]] == ["input", "images"]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]

@@ -1,0 +1,108 @@
+"""ModelServer in-process: LRU eviction, warm-up, and batching of concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from service.api.serving import ModelServer
+from service.core.references import ModelNotFound
+from service.core.settings import Settings
+
+
+def server_with(tmp_path, *, cache: int, batch: int, delay_ms: float) -> ModelServer:
+    settings = Settings(home=tmp_path / "home", model_cache_size=cache, max_batch_size=batch,
+                        max_batch_delay_ms=delay_ms, max_image_pixels=10**6)
+    return ModelServer(settings)
+
+
+def test_lru_eviction_and_reload(tmp_path, checkpoint):
+    server = server_with(tmp_path, cache=1, batch=8, delay_ms=0)
+    a, b = checkpoint(tmp_path / "a.safetensors", 0), checkpoint(tmp_path / "b.safetensors", 1)
+    first = server.load(a)
+    assert server.load(a) is first and (server.hits, server.misses) == (1, 1)
+    server.load(b)
+    assert len(server) == 1
+    assert server.load(a) is not first and server.misses == 3
+    with pytest.raises(ModelNotFound):
+        server.load(tmp_path / "missing.safetensors")
+
+
+def test_concurrent_requests_are_batched_and_answered_apart(tmp_path, checkpoint):
+    server = server_with(tmp_path, cache=2, batch=16, delay_ms=5)
+    loaded = server.load(checkpoint(tmp_path / "m.safetensors", 0))
+    inputs = [torch.rand(1, 1, 28, 28) for _ in range(40)]
+    expected = [loaded.predictor.probabilities(x) for x in inputs]
+
+    async def run():
+        return await asyncio.gather(*(server.probabilities(loaded, x) for x in inputs))
+
+    results = asyncio.run(run())
+    for got, want in zip(results, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    sizes = loaded.batcher.batch_sizes
+    assert sum(sizes) == 40 and max(sizes) == 16 and len(sizes) < 40
+
+
+def test_images_and_float_inputs_share_a_batch_and_a_bad_image_fails_alone(tmp_path, checkpoint):
+    """Encoded images are decoded to uint8 pixels in the batch thread and labelled there; float
+    inputs (v2's FP32 tensors) can join the same forward pass."""
+    from models.predictor import InputError
+    from tests.datagen import png_bytes
+
+    server = server_with(tmp_path, cache=2, batch=64, delay_ms=20)
+    loaded = server.load(checkpoint(tmp_path / "m.safetensors", 0))
+    predictor = loaded.predictor
+    images = [png_bytes(i % 10, seed=i) for i in range(6)]
+    floats = [torch.rand(2, 1, 28, 28) for _ in range(3)]
+
+    async def run():
+        labelled = [server.classify_images(loaded, [(f"{i}.png", data)], top_k=3) for i, data in enumerate(images)]
+        bad = server.classify_images(loaded, [("good.png", images[0]), ("bad.png", b"not an image")])
+        tensors = [server.probabilities(loaded, x) for x in floats]
+        return await asyncio.gather(*labelled, bad, *tensors, return_exceptions=True)
+
+    results = asyncio.run(run())
+    labelled, bad, tensors = results[:6], results[6], results[7:]
+    assert isinstance(bad, InputError) and "bad.png" in str(bad)
+    for data, (prediction,) in zip(images, labelled, strict=True):
+        want = predictor.probabilities(torch.from_numpy(predictor.decode_pixels(data, "x", max_pixels=10**6))[None])[0]
+        assert prediction.index == int(want.argmax()) and len(prediction.top_k) == 3
+        assert prediction.probability == pytest.approx(float(want.max()), rel=1e-5)
+    for got, x in zip(tensors, floats, strict=True):
+        torch.testing.assert_close(got, predictor.probabilities(x))
+    assert max(loaded.batcher.batch_sizes) > 2  # they were batched together
+
+
+def test_batching_off_runs_one_request_at_a_time(tmp_path, checkpoint):
+    server = server_with(tmp_path, cache=2, batch=1, delay_ms=0)
+    loaded = server.load(checkpoint(tmp_path / "m.safetensors", 0))
+
+    async def run():
+        return await asyncio.gather(*(server.probabilities(loaded, torch.rand(1, 1, 28, 28)) for _ in range(10)))
+
+    asyncio.run(run())
+    assert loaded.batcher.batch_sizes == [1] * 10
+
+
+def test_reference_cache_serves_stale_while_one_caller_refreshes(tmp_path):
+    from service.api.serving import ReferenceCache
+    from service.core.references import ResolvedCheckpoint
+
+    cache = ReferenceCache(ttl=0.05)
+    assert cache.lookup("m") == (None, True)
+    first = ResolvedCheckpoint(reference="m", path=tmp_path / "v1", job_id="j", epoch=1, name="m", version=1)
+    cache.put("m", first)
+    assert cache.lookup("m") == (first, False)
+    import time
+
+    time.sleep(0.06)
+    assert cache.lookup("m") == (first, True)  # this caller refreshes...
+    assert cache.lookup("m") == (first, False)  # ...the others keep the stale answer meanwhile
+    second = ResolvedCheckpoint(reference="m", path=tmp_path / "v2", job_id="j", epoch=1, name="m", version=2)
+    cache.put("m", second)
+    assert cache.lookup("m") == (second, False)
+    cache.forget("m")
+    assert cache.lookup("m") == (None, True)

@@ -1,0 +1,22 @@
+"""The broker client on the embedded broker (kombu's SQL transport on a real SQLite file)."""
+
+from __future__ import annotations
+
+from service.core import broker
+
+
+def test_queue_depth_gives_back_its_database_connections(service_env):
+    """kombu's SQL transport leaves a session open per channel; queue_depth must end it itself
+    rather than wait for the garbage collector (which the API runs rarely)."""
+    import gc
+
+    from kombu.transport.sqlalchemy import Channel
+
+    gc.disable()
+    try:
+        for _ in range(20):  # more than the transport's pool holds (5 + 10 overflow)
+            assert broker.queue_depth(service_env.queue) == 0
+        checked_out = sum(engine.pool.checkedout() for engine, _ in Channel._engines.values())
+    finally:
+        gc.enable()
+    assert checked_out == 0

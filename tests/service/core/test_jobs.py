@@ -1,0 +1,191 @@
+"""The job state machine on a real SQLite file and a real PostgreSQL server: claims, leases,
+epochs, cancel and resume, each transition logged and guarded."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from models.spec import JobSpec
+from service.core import jobs
+from service.core.errors import NotFound
+from service.core.tables import Checkpoint, EpochMetric, JobStatus, utcnow
+
+LEASE = {"lease_seconds": 30, "max_attempts": 3}
+SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 3})
+
+
+def test_only_one_of_many_concurrent_claims_wins(Session):
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+        session.commit()
+    barrier = threading.Barrier(8)
+    wins, errors = [], []
+
+    def claim(n):
+        try:
+            with Session() as session:
+                barrier.wait()
+                if jobs.claim_job(session, job_id=job_id, worker=f"w{n}", **LEASE):
+                    wins.append(n)
+                session.commit()
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(wins) == 1
+    with Session() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert job.status == JobStatus.RUNNING and job.attempt == 1 and job.worker == f"w{wins[0]}"
+        assert job.started_at is not None and job.started_at.tzinfo is not None
+
+
+def test_recording_an_epoch_twice_keeps_one_row_with_the_latest_values(Session):
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+        jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
+        session.commit()
+    for loss in (0.9, 0.5):
+        with Session() as session:
+            jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 1, "train_loss": loss, "test_acc": 0.5},
+                              checkpoint_path=f"{job_id}/epoch-0001.safetensors", checkpoint_size=10)
+            session.commit()
+    with Session() as session:
+        jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 2, "train_loss": 0.4, "test_acc": 0.7},
+                          checkpoint_path=f"{job_id}/epoch-0002.safetensors", checkpoint_size=10)
+        session.commit()
+        rows = jobs.get_metrics(session, job_id=job_id)
+        assert [(r.epoch, r.train_loss) for r in rows] == [(1, 0.5), (2, 0.4)]
+        assert session.scalar(select(func.count()).select_from(Checkpoint)) == 2
+        job = jobs.get_job(session, job_id=job_id)
+        assert job.epoch == 2 and jobs.best_checkpoint(job).epoch == 2 and jobs.last_checkpoint(job).epoch == 2
+        other = jobs.create_job(session, spec=SPEC, task="classification").id
+        newest = jobs.latest_metrics(session, job_ids=[job_id, other])
+        assert list(newest) == [job_id] and newest[job_id].epoch == 2 and newest[job_id].train_loss == 0.4
+
+
+def test_finish_only_moves_running_jobs(Session):
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+        assert not jobs.finish_job(session, job_id=job_id, attempt=0, status=JobStatus.SUCCEEDED)
+        session.commit()
+        assert jobs.get_job(session, job_id=job_id).status == JobStatus.QUEUED
+        jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
+        assert jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.FAILED, reason="x", error="boom")
+        session.commit()
+        session.expire_all()
+        job = jobs.get_job(session, job_id=job_id)
+        assert (job.status, job.reason, job.error) == (JobStatus.FAILED, "x", "boom")
+        assert job.finished_at is not None
+
+
+def test_listing_pages_newest_first(Session):
+    with Session() as session:
+        ids = [jobs.create_job(session, spec=SPEC, task="classification").id for _ in range(5)]
+        session.commit()
+        page, count = jobs.list_jobs(session, status=None, limit=2, offset=0)
+        assert count == 5 and len(page) == 2
+        rest, _ = jobs.list_jobs(session, status=None, limit=10, offset=2)
+        assert len(rest) == 3 and {j.id for j in page + rest} == set(ids)
+        assert jobs.list_jobs(session, status="running", limit=10, offset=0)[1] == 0
+        assert session.scalar(select(func.count()).select_from(EpochMetric)) == 0
+
+
+def _job(Session) -> str:
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+        session.commit()
+    return job_id
+
+
+def test_life_cycle_is_logged_and_guarded(Session):
+    job_id = _job(Session)
+    with Session() as session:
+        with pytest.raises(jobs.InvalidTransition, match="cannot resume .* it is queued"):
+            jobs.request_resume(session, job_id=job_id)
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 1
+        jobs.request_cancel(session, job_id=job_id)
+        assert jobs.heartbeat(session, job_id=job_id, attempt=1) == JobStatus.CANCELLING
+        assert jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.CANCELLED, reason="user_cancelled")
+        with pytest.raises(jobs.InvalidTransition, match="it is cancelled"):
+            jobs.request_cancel(session, job_id=job_id)
+        jobs.request_resume(session, job_id=job_id)
+        assert jobs.claim_job(session, job_id=job_id, worker="w2", **LEASE).attempt == 2
+        session.commit()
+        job = jobs.get_job(session, job_id=job_id)
+        steps = [(e.from_status, e.to_status, e.reason, e.attempt) for e in job.events]
+        assert steps == [
+            (None, "queued", None, 0),
+            ("queued", "running", None, 1),
+            ("running", "cancelling", "user_cancelled", 1),
+            ("cancelling", "cancelled", "user_cancelled", 1),
+            ("cancelled", "queued", None, 1),
+            ("queued", "running", None, 2),
+        ]
+
+
+def test_cancelling_a_queued_job_is_immediate(Session):
+    job_id = _job(Session)
+    with Session() as session:
+        jobs.request_cancel(session, job_id=job_id)
+        session.commit()
+        job = jobs.get_job(session, job_id=job_id)
+        assert (job.status, job.reason) == ("cancelled", "user_cancelled") and job.finished_at
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE) is None
+
+
+def test_a_stale_attempt_is_fenced_out(Session):
+    job_id = _job(Session)
+    with Session() as session:
+        jobs.claim_job(session, job_id=job_id, worker="old", **LEASE)
+        session.commit()
+    with Session() as session:  # the old worker's lease expires; a new attempt takes over
+        past = utcnow() + timedelta(seconds=31)
+        assert jobs.reap_one(session, job_id=job_id, cutoff=past, max_attempts=3) == JobStatus.QUEUED
+        assert jobs.claim_job(session, job_id=job_id, worker="new", **LEASE).attempt == 2
+        session.commit()
+    with Session() as session:
+        assert jobs.heartbeat(session, job_id=job_id, attempt=1) is None
+        with pytest.raises(jobs.LeaseLost):
+            jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 1},
+                              checkpoint_path="x", checkpoint_size=1)
+        session.rollback()
+        assert not jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.SUCCEEDED)
+        assert jobs.heartbeat(session, job_id=job_id, attempt=2) == JobStatus.RUNNING
+        assert jobs.get_metrics(session, job_id=job_id) == []
+
+
+def test_reaper_gives_up_after_max_attempts(Session):
+    job_id = _job(Session)
+    future = utcnow() + timedelta(hours=1)
+    with Session() as session:
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 1
+        assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) == JobStatus.QUEUED
+        assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) is None  # queued: nothing to reap
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 2
+        assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) == JobStatus.FAILED
+        session.commit()
+        job = jobs.get_job(session, job_id=job_id)
+        assert (job.status, job.reason) == ("failed", "worker_lost") and "limit 2" in job.error
+
+
+def test_a_fresh_lease_is_not_reaped(Session):
+    job_id = _job(Session)
+    with Session() as session:
+        jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
+        assert jobs.reap_one(session, job_id=job_id, cutoff=utcnow() - timedelta(seconds=30), max_attempts=3) is None
+        assert jobs.expired_leases(session, cutoff=utcnow() - timedelta(seconds=30)) == []
+
+
+def test_an_unknown_job_is_not_found(Session):
+    with Session() as session:
+        assert jobs.get_job(session, job_id="no-such-job") is None
+        with pytest.raises(NotFound, match="job no-such-job not found"):
+            jobs.require_job(session, job_id="no-such-job")

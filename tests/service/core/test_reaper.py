@@ -1,0 +1,64 @@
+"""The reaper in-process against the embedded broker: lost workers and lost messages."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from models.spec import JobSpec
+from service.core import broker, db, jobs
+from service.core.reaper import lost_messages, sweep
+from service.core.tables import Job, JobStatus, utcnow
+
+SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}})
+
+
+def new_job() -> str:
+    with db.session_scope() as session:
+        return jobs.create_job(session, spec=SPEC, task="classification").id
+
+
+def backdate(job_id: str, **columns) -> None:
+    with db.session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(**columns))
+
+
+def read(job_id: str) -> Job:
+    with db.session_scope(write=False) as session:
+        return jobs.require_job(session, job_id=job_id)
+
+
+def test_lost_messages_are_the_waiting_jobs_the_queue_cannot_hold():
+    assert lost_messages(["a", "b"], depth=2) == []
+    assert lost_messages(["a", "b"], depth=3) == []
+    assert lost_messages(["a", "b"], depth=1) == ["a", "b"]  # which one is lost is unknowable: send both
+
+
+def test_a_job_whose_worker_died_is_queued_again_and_sent(service_env):
+    job_id = new_job()
+    with db.session_scope() as session:
+        jobs.claim_job(session, job_id=job_id, worker="gone", lease_seconds=30, max_attempts=3)
+    backdate(job_id, heartbeat_at=utcnow() - timedelta(seconds=service_env.lease_seconds + 5))
+    assert sweep(service_env) == [job_id]
+    job = read(job_id)
+    assert (job.status, job.reason, job.attempt) == (JobStatus.QUEUED, "worker_lost", 1)
+    assert broker.queue_depth(service_env.queue) == 1
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_once_more(service_env):
+    job_id = new_job()  # created in SQL, but never published: as if the broker lost it
+    assert sweep(service_env) == []  # too recent to judge
+    backdate(job_id, dispatched_at=utcnow() - timedelta(seconds=service_env.resend_after_seconds + 5))
+    assert sweep(service_env) == [job_id]
+    assert broker.queue_depth(service_env.queue) == 1
+    assert sweep(service_env) == []  # sent just now: not again
+    assert read(job_id).status == JobStatus.QUEUED
+
+
+def test_a_healthy_running_job_is_left_alone(service_env):
+    job_id = new_job()
+    with db.session_scope() as session:
+        jobs.claim_job(session, job_id=job_id, worker="alive", lease_seconds=30, max_attempts=3)
+    assert sweep(service_env) == []
+    assert read(job_id).status == JobStatus.RUNNING and broker.queue_depth(service_env.queue) == 0

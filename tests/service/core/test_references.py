@@ -1,0 +1,72 @@
+"""Model references resolved to checkpoint files, in SQL only: jobs, versions, aliases, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.core import db, registry
+from service.core.references import ModelNotFound, ModelNotReady, resolve
+
+
+def resolve_now(settings, reference):
+    with db.session_scope(write=False) as session:
+        return resolve(session, reference=reference, settings=settings)
+
+
+def test_job_references_pick_best_last_or_an_epoch(service_env, trained_job):
+    best = resolve_now(service_env, f"job:{trained_job}")
+    assert (best.epoch, best.job_id, best.name) == (2, trained_job, None)
+    assert best.path == service_env.checkpoint_dir / trained_job / "epoch-0002.safetensors"
+    assert resolve_now(service_env, f"job:{trained_job}:best").epoch == 2
+    assert resolve_now(service_env, f"job:{trained_job}:last").epoch == 3
+    assert resolve_now(service_env, f"job:{trained_job.upper()}:1").epoch == 1
+    assert resolve_now(service_env, f"  job:{trained_job}  ").epoch == 2
+
+
+def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
+    with db.session_scope() as session:
+        registry.register(session, name="digits", job_id=trained_job, checkpoint="best", settings=service_env)
+        registry.register(session, name="digits", job_id=trained_job, checkpoint=1, settings=service_env)
+    assert (resolve_now(service_env, "digits").version, resolve_now(service_env, "digits").epoch) == (2, 1)
+    assert resolve_now(service_env, "digits:1").epoch == 2
+    with db.session_scope() as session:
+        registry.set_alias(session, name="digits", alias="production", version=1)
+    assert resolve_now(service_env, "digits").version == 1  # production wins over the newest
+    assert resolve_now(service_env, "digits@production").path == service_env.registry_dir / "digits" / "v1.safetensors"
+
+
+@pytest.mark.parametrize("reference, message", [
+    ("job:0b0b0b0b-0000-0000-0000-000000000000", "there is no job"),
+    ("job:{job}:9", "has no checkpoint for epoch 9"),
+    ("nobody", "model 'nobody' not found"),
+    ("nobody:3", "not found"),
+    ("nobody@staging", "has no alias 'staging'"),
+    ("../../etc/passwd", "use name, name:VERSION, name@ALIAS or job:ID"),
+    ("/tmp/model.safetensors", "use name"),
+])
+def test_unknown_references_are_not_found(service_env, trained_job, reference, message):
+    with pytest.raises(ModelNotFound, match=message):
+        resolve_now(service_env, reference.format(job=trained_job))
+
+
+def test_a_job_without_checkpoints_is_not_ready(service_env):
+    from models.spec import JobSpec
+    from service.core import jobs
+
+    spec = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}})
+    with db.session_scope() as session:
+        job_id = jobs.create_job(session, spec=spec, task="classification").id
+    with pytest.raises(ModelNotReady, match="has no checkpoint yet"):
+        resolve_now(service_env, f"job:{job_id}")
+
+
+def test_a_stored_path_cannot_escape_its_folder(service_env, trained_job):
+    from sqlalchemy import update
+
+    from service.core.tables import Checkpoint
+
+    with db.session_scope() as session:
+        session.execute(update(Checkpoint).where(Checkpoint.job_id == trained_job, Checkpoint.epoch == 2)
+                        .values(path="../../outside.safetensors"))
+    with pytest.raises(ModelNotFound, match="lies outside its folder"):
+        resolve_now(service_env, f"job:{trained_job}:2")

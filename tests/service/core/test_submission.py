@@ -1,0 +1,64 @@
+"""Submitting a job in-process: checked, committed before it is published, idempotent, and safe
+when the broker is down."""
+
+from __future__ import annotations
+
+import pytest
+from celery import Celery
+
+from models.spec import JobSpec
+from service.core import broker, db, jobs, submission
+from service.core.errors import Conflict, Invalid
+from service.core.tables import JobStatus
+
+SPEC = {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"}, "epochs": 2}
+
+
+def submit(settings, spec=SPEC, key=None):
+    with db.session_scope() as session:
+        return submission.submit_job(session, spec=JobSpec.model_validate(spec), settings=settings,
+                                     idempotency_key=key)
+
+
+def status_of(job_id):
+    with db.session_scope(write=False) as session:
+        return jobs.require_job(session, job_id=job_id).status
+
+
+def test_a_job_is_queued_in_sql_and_sent_to_its_queue(service_env):
+    submitted = submit(service_env)
+    assert not submitted.replayed and status_of(submitted.job_id) == JobStatus.QUEUED
+    assert broker.queue_depth(service_env.queue) == 1
+    assert broker.queue_depth(service_env.gpu_queue) == 0
+    submit(service_env, {**SPEC, "device": "cuda"})
+    assert broker.queue_depth(service_env.gpu_queue) == 1
+
+
+def test_an_idempotency_key_replays_the_same_spec_and_refuses_another(service_env):
+    first = submit(service_env, key="k-1")
+    again = submit(service_env, key="k-1")
+    assert again.replayed and again.job_id == first.job_id
+    assert broker.queue_depth(service_env.queue) == 1  # a replay sends nothing
+    with pytest.raises(Conflict, match=f"used for job {first.job_id} with a different spec"):
+        submit(service_env, {**SPEC, "epochs": 3}, key="k-1")
+
+
+def test_what_only_the_data_can_rule_out_is_invalid_with_its_location(service_env):
+    with pytest.raises(Invalid) as missing:
+        submit(service_env, {**SPEC, "data": {"dataset": "uploaded:0b0b0b0b-0000-0000-0000-000000000000"}})
+    assert missing.value.problems[0][0] == ("body", "data", "dataset")
+    with pytest.raises(Invalid) as unfit:
+        submit(service_env, {**SPEC, "model": {"arch": "linear_regression"}})
+    assert unfit.value.problems[0][0][:2] == ("body", "model")
+    with db.session_scope(write=False) as session:
+        assert jobs.list_jobs(session, status=None, limit=10, offset=0)[1] == 0  # nothing was created
+
+
+def test_with_the_broker_down_the_job_waits_in_sql_for_the_reaper(service_env, monkeypatch):
+    unreachable = Celery("down", broker="redis://127.0.0.1:1/0")
+    unreachable.conf.update(task_publish_retry=False, broker_connection_timeout=0.5,
+                            broker_connection_max_retries=0)
+    monkeypatch.setattr(broker, "app", unreachable)
+    submitted = submit(service_env)
+    assert status_of(submitted.job_id) == JobStatus.QUEUED
+    assert broker.publish_or_defer(submitted.job_id, service_env.queue) is False
