@@ -108,11 +108,12 @@ def trained_model(home: Path) -> tuple[Stack, str, Path]:
     return stack, "bench-lenet", stack.home / "registry" / "bench-lenet" / f"v{version['version']}.safetensors"
 
 
-def api_server(stack: Stack, extra_env: dict) -> tuple[subprocess.Popen, int]:
+def api_server(stack: Stack, extra_env: dict, uvicorn_args: list[str]) -> tuple[subprocess.Popen, int]:
+    """One API process (the per-process cost is what this benchmark measures)."""
     port = free_port()
     env = {**stack.env, "TRAINYARD_PORT": str(port), "TRAINYARD_BENCH_ROUTES": "true", **extra_env}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.api.app:app", "--port", str(port),
-                             "--no-access-log", "--log-level", "warning"], cwd=REPO, env=env)
+                             "--no-access-log", "--log-level", "warning", *uvicorn_args], cwd=REPO, env=env)
     import httpx
 
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, timeout=60)
@@ -136,6 +137,7 @@ def measure(port: int, model: str, image: bytes, requests: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3200, help="requests per measurement at concurrency 32")
+    parser.add_argument("--uvicorn", default="", help="extra uvicorn options, e.g. '--loop asyncio --http h11'")
     parser.add_argument("--report-only", action="store_true",
                         help="exit 0 when a target is missed (the table still says MISSED); for smoke runs")
     args = parser.parse_args()
@@ -146,7 +148,7 @@ def main() -> int:
         floor_ms = in_process_floor(checkpoint, image, runs=500)
         rows = {}
         for label, env in (("batching on", {}), ("batching off", {"TRAINYARD_MAX_BATCH_SIZE": "1"})):
-            proc, port = api_server(stack, env)
+            proc, port = api_server(stack, env, args.uvicorn.split())
             try:
                 rows[label] = measure(port, model, image, args.requests)
             finally:

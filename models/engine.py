@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models import devices
 from models.archs import build_model
 from models.data import Dataset, kfold_indices, load_dataset, with_validation
 from models.spec import EarlyStoppingSpec, JobSpec, spec_problems
@@ -174,17 +175,11 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """Turn the spec's device into a torch device; 'auto' picks CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError(f"device {name!r} was requested but this worker has no CUDA device")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise TrainingError(f"device {name!r} does not exist; this worker has "
-                                f"{torch.cuda.device_count()} CUDA device(s)")
-    return device
+    """The spec's device on this worker; TrainingError if it has no such device."""
+    try:
+        return devices.resolve_device(name)
+    except devices.DeviceUnavailable as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def autocast(spec: JobSpec, device: torch.device):

@@ -29,21 +29,22 @@ class Prediction:
 class Predictor:
     """A trained network in eval mode plus the metadata needed to prepare its inputs."""
 
-    def __init__(self, model: torch.nn.Module, meta: dict):
-        self.model = model.eval()
+    def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device = torch.device("cpu")):
+        self.device = device
+        self.model = model.to(device).eval()
         self.meta = meta
         self.classes: list[str] | None = meta.get("classes")
         self.preprocess = meta["preprocess"]
         self.task: str = meta["task"]
 
     @classmethod
-    def from_checkpoint(cls, path: Path) -> Predictor:
+    def from_checkpoint(cls, path: Path, device: torch.device = torch.device("cpu")) -> Predictor:
         state, meta = read_checkpoint(path)
         spec = JobSpec.model_validate(meta["spec"])
         outputs = len(meta["classes"]) if meta.get("classes") else 1
         model = build_model(spec.model, meta["input_shape"], outputs, resize=spec.resize)
         model.load_state_dict(state)
-        return cls(model, meta)
+        return cls(model, meta, device)
 
     def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """Model inputs from uint8 pixels [..., C, H, W], scaled as the training data were."""
@@ -65,12 +66,15 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (classification) or predicted values (regression) for a batch;
-        a uint8 batch holds image pixels (decode_pixels) and is scaled first."""
+        """Class probabilities (classification) or predicted values (regression) for a batch, on
+        the CPU; a uint8 batch holds image pixels (decode_pixels) and is scaled first, on the
+        model's device (so that a GPU receives a quarter of the bytes)."""
+        batch = batch.to(self.device, non_blocking=True)
         if batch.dtype == torch.uint8:
             batch = self.to_input(batch)
         outputs = self.model(batch)
-        return torch.softmax(outputs, dim=1) if self.task == "classification" else outputs
+        outputs = torch.softmax(outputs, dim=1) if self.task == "classification" else outputs
+        return outputs.cpu()
 
     def warm_up(self) -> None:
         """Run one forward pass so the first real request does not pay for lazy initialisation."""

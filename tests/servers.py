@@ -127,6 +127,7 @@ class Stack:
             "TRAINYARD_LEASE_SECONDS": "4",
             "TRAINYARD_REAPER_INTERVAL_SECONDS": "0.5",
             "TRAINYARD_RESEND_AFTER_SECONDS": "2",
+            "TRAINYARD_API_WORKERS": "1",  # one API process unless a test asks for more
         })
         if self.database_url:
             env["TRAINYARD_DATABASE_URL"] = self.database_url
@@ -160,7 +161,7 @@ class Stack:
         assert migrated.returncode == 0, f"migrate failed:\n{migrated.stdout}\n{migrated.stderr}"
         if self.with_worker:
             self.start_worker()
-        self._spawn("api", ["-m", "uvicorn", "service.api.app:app", "--host", "127.0.0.1", "--port", str(self.port)])
+        self._spawn("api", ["-m", "service.cli.main", "api"])
         wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
                    timeout=60, what=f"the API at {self.url} to be ready\n{self.logs()}")
         if self.with_worker:

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from service.api import errors, gc_tuning, telemetry
 from service.api.auth import token_table
 from service.api.limits import BodySizeLimit
+from service.api.processes import ProcessBoard
 from service.api.routes import api_router
 from service.api.routers.dashboard import router as dashboard_router
 from service.api.serving import ModelServer
@@ -43,14 +44,16 @@ def announce_security(settings: Settings) -> None:
 
 
 class Preload:
-    """Loads and warms up the models named in TRAINYARD_PRELOAD_MODELS in the background."""
+    """Loads and warms up the models named in TRAINYARD_PRELOAD_MODELS in the background, and
+    reports this process's readiness on the board every API process shares."""
 
-    def __init__(self, references: str):
+    def __init__(self, references: str, board: ProcessBoard):
         self.references = [r.strip() for r in references.split(",") if r.strip()]
-        self.done = threading.Event()
+        self.board = board
         self.errors: dict[str, str] = {}
 
     def start(self, server: ModelServer) -> None:
+        self.board.report("loading")
         threading.Thread(target=self._run, args=(server,), name="preload", daemon=True).start()
 
     def _run(self, server: ModelServer) -> None:
@@ -61,14 +64,12 @@ class Preload:
             except Exception as exc:  # reported by /readyz
                 self.errors[reference] = f"{type(exc).__name__}: {exc}"
                 log.error("could not preload model %s: %s", reference, exc)
-        self.done.set()
+        self.board.report("error: " + "; ".join(f"{ref}: {err}" for ref, err in self.errors.items())
+                          if self.errors else "ok")
 
     def status(self) -> str:
-        if not self.done.is_set():
-            return "loading"
-        if self.errors:
-            return "error: " + "; ".join(f"{ref}: {err}" for ref, err in self.errors.items())
-        return "ok"
+        """'ok' when every API process has its preloaded models; else what is missing."""
+        return self.board.summary()
 
 
 @asynccontextmanager
@@ -94,7 +95,7 @@ def create_app() -> FastAPI:
                   description="Train PyTorch models over HTTP and classify with them.")
     torch.set_num_threads(settings.inference_threads)
     app.state.models = ModelServer(settings)
-    app.state.preload = Preload(settings.preload_models)
+    app.state.preload = Preload(settings.preload_models, ProcessBoard(settings.api_run_dir, settings.api_workers))
     app.include_router(api_router)
     app.include_router(dashboard_router)
     if settings.bench_routes:
@@ -104,7 +105,7 @@ def create_app() -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        overrides={"/v1/datasets": settings.max_dataset_upload_bytes})
     app.add_middleware(telemetry.RequestMetrics)
-    telemetry.install(app)
+    telemetry.install()
     errors.install(app)
     return app
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from models.checkpoint import CheckpointError
 from models.predictor import InputError
-from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unprocessable, Unusable
+from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 
 STATUS = (
     (NotFound, status.HTTP_404_NOT_FOUND),
@@ -17,6 +17,7 @@ STATUS = (
     (Invalid, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (Unprocessable, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (InputError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (Unavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
     (Unusable, status.HTTP_500_INTERNAL_SERVER_ERROR),
     (CheckpointError, status.HTTP_500_INTERNAL_SERVER_ERROR),
 )
@@ -25,6 +26,11 @@ STATUS = (
 def status_for(exc: Exception) -> int:
     """The HTTP status of a core error."""
     return next(code for kind, code in STATUS if isinstance(exc, kind))
+
+
+def headers_for(exc: Exception) -> dict[str, str]:
+    """Headers an error's answer carries: when to retry a 503."""
+    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else {}
 
 
 def validation_error(problems: list[tuple[tuple, str]]) -> RequestValidationError:
@@ -36,7 +42,7 @@ def validation_error(problems: list[tuple[tuple, str]]) -> RequestValidationErro
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Invalid):
         return await request_validation_exception_handler(request, validation_error(exc.problems))
-    return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+    return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
 
 
 def install(app: FastAPI) -> None:

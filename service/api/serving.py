@@ -11,6 +11,7 @@ the model is idle (with the default delay of 0), and a burst is served in a few 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -25,11 +26,12 @@ from fastapi.concurrency import run_in_threadpool
 
 from models.cache import LRU
 from models.data import load_dataset
+from models.devices import resolve_device
 from models.predictor import InputError, Prediction, Predictor
 from models.spec import JobSpec
-from service.api.telemetry import PREDICT_BATCH
+from service.api.telemetry import MODEL_CACHE, MODELS_LOADED, PREDICT_BATCH
 from service.core.db import session_scope
-from service.core.errors import Invalid
+from service.core.errors import Invalid, Unavailable
 from service.core.references import ModelNotFound, ResolvedCheckpoint, resolve
 from service.core.settings import Settings
 
@@ -45,14 +47,22 @@ class _Request:
 
 
 class Batcher:
-    """Runs a predictor's forward passes on a worker thread, batching concurrent requests."""
+    """Runs a predictor's forward passes on a worker thread, batching concurrent requests.
 
-    def __init__(self, predictor: Predictor, max_batch_size: int, max_delay_s: float):
+    At most `max_queue` requests wait; one more is refused (Unavailable) rather than left to wait
+    without end. Closing (the model was evicted from the cache) answers every request already
+    queued first; a request that still arrives after that is answered on its own.
+    """
+
+    def __init__(self, predictor: Predictor, max_batch_size: int, max_delay_s: float, max_queue: int):
         self.predictor = predictor
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
-        self.queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self.max_queue = max_queue
+        self.queue: asyncio.Queue[_Request | None] = asyncio.Queue()  # None: wake up, we are closing
         self.batch_sizes: list[int] = []  # recent batch sizes, for tests and metrics
+        self._carry: _Request | None = None  # too big for the last batch: it leads the next
+        self._closing = False
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run())
 
@@ -67,17 +77,35 @@ class Batcher:
         Both run off the event loop, in the batch's thread, so decoding and labelling cost one
         thread hop per batch rather than one per request, and the event loop runs no tensor
         code. If prepare() or finish() raises, only this request fails."""
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Request(size, prepare, finish, future))
-        return await future
+        request = _Request(size, prepare, finish, self._loop.create_future())
+        if self._task.done():  # closed and drained: nobody collects any more
+            (result,) = await asyncio.to_thread(self._forward, [request])
+            if isinstance(result, BaseException):
+                raise result
+            return result
+        if self.queue.qsize() >= self.max_queue:
+            raise Unavailable(f"{self.max_queue} requests are already waiting for this model; retry shortly")
+        self.queue.put_nowait(request)
+        return await request.future
+
+    @property
+    def waiting(self) -> int:
+        return self.queue.qsize() + (self._carry is not None)
 
     def close(self) -> None:
-        """Stop the batching task; callable from any thread."""
-        self._loop.call_soon_threadsafe(self._task.cancel)
+        """Stop once the requests already queued are answered; callable from any thread."""
+        self._loop.call_soon_threadsafe(self._begin_closing)
+
+    def _begin_closing(self) -> None:
+        self._closing = True
+        self.queue.put_nowait(None)
 
     async def _collect(self) -> list[_Request]:
-        items = [await self.queue.get()]
-        size = items[0].size
+        first = self._carry or await self.queue.get()
+        self._carry = None
+        if first is None:
+            return []
+        items, size = [first], first.size
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_delay_s
         while size < self.max_batch_size:
@@ -91,9 +119,10 @@ class Batcher:
                     item = await asyncio.wait_for(self.queue.get(), remaining)
                 except TimeoutError:
                     break
+            if item is None:
+                break
             if size + item.size > self.max_batch_size:
-                # Too big to join; it leads the next batch instead.
-                await self.queue.put(item)
+                self._carry = item
                 break
             items.append(item)
             size += item.size
@@ -130,8 +159,11 @@ class Batcher:
         return results
 
     async def _run(self) -> None:
-        while True:
-            items = await self._collect()
+        while not (self._closing and self._carry is None and self.queue.empty()):
+            # Requests whose deadline passed while they waited have been cancelled: skip them.
+            items = [item for item in await self._collect() if not item.future.done()]
+            if not items:
+                continue
             try:
                 results = await asyncio.to_thread(self._forward, items)
             except Exception as exc:  # the forward pass itself failed: every request hears of it
@@ -207,6 +239,8 @@ class ModelServer:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        # Raises DeviceUnavailable now, at start-up, for a device this process does not have.
+        self.device = resolve_device(settings.predict_device)
         self.references = ReferenceCache(settings.reference_cache_seconds)
         self.max_batch_size = settings.max_batch_size
         self.max_delay_s = settings.max_batch_delay_ms / 1000
@@ -220,6 +254,7 @@ class ModelServer:
         found = self._models.get(_checkpoint_key(path))
         if found is not None:
             self.hits += 1
+            MODEL_CACHE.labels("hit").inc()
         return found
 
     def load(self, path: Path) -> LoadedModel:
@@ -228,18 +263,31 @@ class ModelServer:
         if cached is not None:
             return cached
         key = _checkpoint_key(path)
-        predictor = Predictor.from_checkpoint(path)
+        predictor = Predictor.from_checkpoint(path, self.device)
         predictor.warm_up()
         fresh = LoadedModel(predictor)
         kept = self._models.put(key, fresh)
         if kept is fresh:
             self.misses += 1
+            MODEL_CACHE.labels("miss").inc()
+            MODELS_LOADED.set(len(self._models))
         return kept
 
     def resolve(self, reference: str) -> ResolvedCheckpoint:
         """Resolve a reference in a read session of its own (call in a thread: it queries the database)."""
         with session_scope(write=False) as session:
             return resolve(session, reference=reference, settings=self.settings)
+
+    @contextlib.asynccontextmanager
+    async def deadline(self):
+        """Give up on a predict after predict_timeout_ms with Unavailable (503), never hang."""
+        timeout_ms = self.settings.predict_timeout_ms
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                yield
+        except TimeoutError:
+            raise Unavailable(f"no answer within {timeout_ms:g} ms (TRAINYARD_PREDICT_TIMEOUT_MS); "
+                              "the server is busy, retry shortly") from None
 
     def preload(self, reference: str) -> LoadedModel:
         """Resolve and load a model now (call in a thread), so its first request finds it warm."""
@@ -271,7 +319,8 @@ class ModelServer:
         if loaded.batcher is None:
             with loaded.lock:
                 if loaded.batcher is None:
-                    loaded.batcher = Batcher(loaded.predictor, self.max_batch_size, self.max_delay_s)
+                    loaded.batcher = Batcher(loaded.predictor, self.max_batch_size, self.max_delay_s,
+                                             self.settings.predict_queue_size)
         return loaded.batcher
 
     async def probabilities(self, loaded: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
@@ -301,6 +350,11 @@ class ModelServer:
     async def classify_uploads(self, reference: str, uploads: list[tuple[str, bytes]],
                                top_k: int) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
         """Resolve, load, decode and classify uploaded images; Invalid if the model cannot take them."""
+        async with self.deadline():
+            return await self._classify_uploads(reference, uploads, top_k)
+
+    async def _classify_uploads(self, reference: str, uploads: list[tuple[str, bytes]],
+                                top_k: int) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
         target, loaded = await self.get(reference)
         predictor = loaded.predictor
         if predictor.task != "classification" or predictor.preprocess.get("kind") != "image":
@@ -314,12 +368,13 @@ class ModelServer:
     async def predict_values(self, reference: str, rows: list[list[float]]
                              ) -> tuple[ResolvedCheckpoint, LoadedModel, torch.Tensor]:
         """Outputs for numeric rows; Invalid if the model does not take them."""
-        target, loaded = await self.get(reference)
-        try:
-            inputs = loaded.predictor.decode_values(rows)
-        except InputError as exc:
-            raise Invalid([(("body", "inputs"), f"model {reference!r}: {exc}")]) from exc
-        return target, loaded, await self.probabilities(loaded, inputs)
+        async with self.deadline():
+            target, loaded = await self.get(reference)
+            try:
+                inputs = loaded.predictor.decode_values(rows)
+            except InputError as exc:
+                raise Invalid([(("body", "inputs"), f"model {reference!r}: {exc}")]) from exc
+            return target, loaded, await self.probabilities(loaded, inputs)
 
     async def confusion(self, job_id: str, spec: JobSpec) -> tuple[ResolvedCheckpoint, LoadedModel, list[list[int]], float]:
         """The confusion matrix of a job's best checkpoint on its test set, remembered per checkpoint file."""

@@ -1,17 +1,29 @@
-"""Prometheus metrics: requests per route, jobs by status, queue depth, predict batches, model cache."""
+"""Prometheus metrics: requests per route, jobs by status, queue depth, predict batches, model cache.
+
+With several API processes (TRAINYARD_API_WORKERS > 1) the CLI sets PROMETHEUS_MULTIPROC_DIR
+before they start: each process then writes its counters to files there, and /metrics, whichever
+process answers it, adds up every process's (prometheus-client's multiprocess mode).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+disable_created_metrics()  # *_created series are per process and meaningless summed
 
 REQUESTS = Counter("trainyard_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("trainyard_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 PREDICT_BATCH = Histogram("trainyard_predict_batch_size", "Inputs per forward pass of a served model",
                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+MODEL_CACHE = Counter("trainyard_model_cache", "Model cache lookups", ["result"])
+MODELS_LOADED = Gauge("trainyard_models_loaded", "Models held in the caches of the API processes",
+                      multiprocess_mode="livesum")
 
 
 class RequestMetrics:
@@ -41,10 +53,7 @@ class RequestMetrics:
 
 
 class ServiceCollector:
-    """Values read at scrape time: jobs by status, broker queue depth, model cache counters."""
-
-    def __init__(self, app):
-        self.app = app
+    """Values read at scrape time from the database and the broker: jobs by status, queue depth."""
 
     def collect(self):
         from sqlalchemy import func, select
@@ -70,20 +79,20 @@ class ServiceCollector:
             except Exception:
                 pass
         yield depth
-        server = self.app.state.models
-        cache = CounterMetricFamily("trainyard_model_cache", "Model cache lookups", labels=["result"])
-        cache.add_metric(["hit"], server.hits)
-        cache.add_metric(["miss"], server.misses)
-        yield cache
-        loaded = GaugeMetricFamily("trainyard_models_loaded", "Models held in the cache")
-        loaded.add_metric([], len(server))
-        yield loaded
 
 
-def install(app, registry: CollectorRegistry = REGISTRY) -> None:
-    """Register the scrape-time collector for this app (once per process)."""
-    collector = getattr(install, "_collector", None)
-    if collector is not None:
-        registry.unregister(collector)
-    install._collector = ServiceCollector(app)
-    registry.register(install._collector)
+def registry() -> CollectorRegistry:
+    """What /metrics exposes: every API process's metrics, and the service-wide values."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    combined = CollectorRegistry()
+    MultiProcessCollector(combined)
+    combined.register(ServiceCollector())
+    return combined
+
+
+def install() -> None:
+    """Register the scrape-time collector in this process's registry (once)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and not getattr(install, "done", False):
+        REGISTRY.register(ServiceCollector())
+        install.done = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,8 +40,17 @@ def worker_command(settings) -> list[str]:
 
 
 def api_command(settings) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "service.api.app:app",
+    return [sys.executable, "-m", "uvicorn", "service.api.app:app", "--workers", str(settings.api_workers),
             "--host", settings.host, "--port", str(settings.port), "--no-access-log"]
+
+
+def api_environment(settings) -> dict[str, str]:
+    """The API processes' environment, with the folders where they share readiness and metrics
+    (emptied first: nothing of an earlier run may count)."""
+    run_dir = settings.home / "run" / f"api-{settings.port}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "metrics").mkdir(parents=True)
+    return {**os.environ, "TRAINYARD_API_RUN_DIR": str(run_dir), "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics")}
 
 
 @app.command()
@@ -51,8 +61,10 @@ def worker() -> None:
 
 @app.command()
 def api() -> None:
-    """Run the HTTP API in the foreground."""
-    os.execv(sys.executable, api_command(get_settings()))
+    """Run the HTTP API in the foreground, in TRAINYARD_API_WORKERS processes."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    os.execve(sys.executable, api_command(settings), api_environment(settings))
 
 
 @app.command("serve")
@@ -64,9 +76,10 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
         migrate()
     children = {
         "worker": subprocess.Popen(worker_command(settings), start_new_session=True),
-        "api": subprocess.Popen(api_command(settings), start_new_session=True),
+        "api": subprocess.Popen(api_command(settings), env=api_environment(settings), start_new_session=True),
     }
-    typer.echo(f"trainyard is starting on http://{settings.host}:{settings.port} "
+    typer.echo(f"trainyard is starting on http://{settings.host}:{settings.port} with {settings.api_workers} "
+               f"API process(es) (TRAINYARD_API_WORKERS) "
                f"(state in {settings.home}, data in {settings.data_dir}); Ctrl-C stops it")
 
     stopping = False

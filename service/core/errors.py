@@ -36,3 +36,11 @@ class Unusable(CoreError):
 
 class Unprocessable(CoreError):
     """An upload or input was read but cannot be used; the message says what to fix."""
+
+
+class Unavailable(CoreError):
+    """The service cannot answer now but may soon (busy, or a dependency is down)."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after

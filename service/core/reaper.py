@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from service.core import jobs
 from service.core.db import session_scope
+from service.core.leader import Leadership
 from service.core.settings import Settings
 from service.core.tables import JobStatus, utcnow
 from service.core.broker import queue_depth, send_train_job
@@ -71,10 +72,12 @@ def sweep(settings: Settings) -> list[str]:
 
 
 class Reaper:
-    """Runs sweep() every reaper_interval_seconds in a background thread."""
+    """Runs sweep() every reaper_interval_seconds in a background thread, in the one process
+    (of all that share the database) that holds the reaper's role."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.leadership = Leadership("reaper")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
 
@@ -84,10 +87,12 @@ class Reaper:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self.leadership.release()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.reaper_interval_seconds):
             try:
-                sweep(self.settings)
+                if self.leadership.held():
+                    sweep(self.settings)
             except Exception:  # the reaper must outlive a database hiccup
                 log.exception("reaper sweep failed")

@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     allow_download: bool = False
+    # API processes `trainyard api` and `make run` start (each with its own model cache and
+    # batcher); default: the cores this process may use.
+    api_workers: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1, le=256)
+    # Set by the CLI for the processes it starts: where they report readiness to each other.
+    api_run_dir: Path | None = None
     queue: str = Field(default="trainyard", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     worker_concurrency: int = Field(default=1, ge=1, le=64)
     # Torch threads per training process; default: the cores shared among the worker's processes.
@@ -52,11 +57,17 @@ class Settings(BaseSettings):
     # waiting at most this long for company.
     max_batch_size: int = Field(default=64, ge=1, le=4096)
     max_batch_delay_ms: float = Field(default=0.0, ge=0, le=1000)
+    # Requests that may wait for one model's next batch; one more is answered 503 with Retry-After.
+    predict_queue_size: int = Field(default=512, ge=1, le=1_000_000)
+    # A predict that has no answer after this long is answered 503 instead of waiting on.
+    predict_timeout_ms: float = Field(default=10_000, gt=0, le=3_600_000)
     # Model references loaded and warmed up at start-up; /readyz waits for them.
     preload_models: str = ""
     # How long a resolved model reference is reused before it is looked up again; an alias
     # that moves takes effect within this time.
     reference_cache_seconds: float = Field(default=1.0, ge=0, le=3600)
+    # Where the API runs its models: auto (a GPU when the process has one), cpu, cuda or cuda:N.
+    predict_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")
     # Torch threads for inference in the API process; small models answer fastest on one.
     inference_threads: int = Field(default=1, ge=1, le=256)
     # Adds POST /v1/_bench/floor, a route that reads an upload and answers a constant, so that

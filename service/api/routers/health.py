@@ -1,10 +1,13 @@
 """Liveness and readiness."""
 
+import os
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.api import telemetry
 from service.core.db import ping
 from service.core.broker import ping_broker
 
@@ -14,13 +17,13 @@ router = APIRouter(tags=["health"])
 @router.get("/metrics", response_class=PlainTextResponse)
 def prometheus_metrics() -> PlainTextResponse:
     """Prometheus text exposition of the service's metrics."""
-    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(generate_latest(telemetry.registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz")
 def healthz() -> dict:
-    """The process is up."""
-    return {"status": "ok"}
+    """The process is up (`pid` says which of the API's processes answered)."""
+    return {"status": "ok", "pid": os.getpid()}
 
 
 @router.get("/readyz", responses={503: {"description": "The database or the broker does not answer"}})

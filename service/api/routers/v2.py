@@ -8,6 +8,7 @@ be asked for as top-k `value:index:label` strings with the `classification` para
 
 from __future__ import annotations
 
+import torch
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -16,7 +17,7 @@ from models.checkpoint import CheckpointError
 from models.predictor import InputError
 from service.api import oip
 from service.api.deps import ModelServerDep, SettingsDep
-from service.api.errors import status_for
+from service.api.errors import headers_for, status_for
 from service.api.serving import LoadedModel, ModelServer
 from service.core.db import ping
 from service.core.errors import CoreError
@@ -26,21 +27,20 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 SERVER_VERSION = "0.1.0"
 
 
-def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-class _Unservable(Exception):
-    def __init__(self, response: JSONResponse):
-        self.response = response
+def _reference(name: str, version: str | None) -> str:
+    return f"{name}:{version}" if version else name
 
 
-async def _serve(server: ModelServer, name: str, version: str | None) -> tuple[ResolvedCheckpoint, LoadedModel]:
-    """The model a v2 name and version name; failures become the protocol's error answer."""
+async def _serve(server: ModelServer, name: str, version: str | None) -> tuple[ResolvedCheckpoint, LoadedModel] | JSONResponse:
+    """The model a v2 name and version name, or the protocol's error answer."""
     try:
-        return await server.get(f"{name}:{version}" if version else name)
+        return await server.get(_reference(name, version))
     except (CoreError, CheckpointError) as exc:
-        raise _Unservable(_error(str(exc), status_for(exc))) from exc
+        return _error(str(exc), status_for(exc), headers_for(exc))
 
 
 @router.get("/health/live")
@@ -68,10 +68,10 @@ def server_metadata() -> dict:
 
 
 async def _metadata(server: ModelServer, name: str, version: str | None) -> JSONResponse:
-    try:
-        target, loaded = await _serve(server, name, version)
-    except _Unservable as exc:
-        return exc.response
+    served = await _serve(server, name, version)
+    if isinstance(served, JSONResponse):
+        return served
+    target, loaded = served
     return JSONResponse(oip.metadata(name, target.version, loaded.predictor, target.job_id, target.epoch))
 
 
@@ -88,10 +88,9 @@ async def model_version_metadata(name: str, version: str, server: ModelServerDep
 
 
 async def _ready(server: ModelServer, name: str, version: str | None) -> JSONResponse:
-    try:
-        await _serve(server, name, version)
-    except _Unservable as exc:
-        return exc.response
+    served = await _serve(server, name, version)
+    if isinstance(served, JSONResponse):
+        return served
     return JSONResponse({"name": name, "ready": True})
 
 
@@ -109,33 +108,37 @@ async def model_version_ready(name: str, version: str, server: ModelServerDep) -
 
 async def _infer(name: str, version: str | None, request: Request, settings, server: ModelServer) -> Response:
     try:
-        target, loaded = await _serve(server, name, version)
-    except _Unservable as exc:
-        return exc.response
-    predictor = loaded.predictor
-    try:
-        header, binary = oip.split_body(await request.body(), request.headers.get("inference-header-content-length"))
-        spec = oip.single_input(header)
-        data, _ = oip.tensor_data(spec, binary, 0)
-        if spec.get("datatype") == "FP32":
-            probs = await server.probabilities(loaded, oip.fp32_input(spec, data, predictor, settings.max_batch_size))
-        elif spec.get("datatype") == "BYTES" and predictor.preprocess.get("kind") == "image":
-            images = oip.encoded_images(spec, data, settings.max_files_per_request)
-            try:
-                probs = await server.image_probabilities(loaded, images)
-            except InputError as exc:
-                raise oip.ProtocolError(str(exc)) from None
-        else:
-            raise oip.ProtocolError(f"input datatype {spec.get('datatype')!r} is not supported by this model; "
-                                    "use FP32 (or BYTES images for image models)")
-        binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
-        outputs = oip.outputs(header.get("outputs") or [], probs, predictor, binary_default)
+        async with server.deadline():
+            target, loaded = await server.get(_reference(name, version))
+            header, binary = oip.split_body(await request.body(), request.headers.get("inference-header-content-length"))
+            probs = await _run(server, loaded, header, binary, settings)
+            binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
+            outputs = oip.outputs(header.get("outputs") or [], probs, loaded.predictor, binary_default)
+    except (CoreError, CheckpointError) as exc:
+        return _error(str(exc), status_for(exc), headers_for(exc))
     except oip.ProtocolError as exc:
         return _error(str(exc), exc.status)
     answer = {"model_name": name, "model_version": str(target.version or 1)}
     if isinstance(header.get("id"), str):
         answer["id"] = header["id"]
     return oip.response(answer, outputs)
+
+
+async def _run(server: ModelServer, loaded: LoadedModel, header, binary: bytes, settings) -> torch.Tensor:
+    """The model's outputs for the request's one input."""
+    predictor = loaded.predictor
+    spec = oip.single_input(header)
+    data, _ = oip.tensor_data(spec, binary, 0)
+    if spec.get("datatype") == "FP32":
+        return await server.probabilities(loaded, oip.fp32_input(spec, data, predictor, settings.max_batch_size))
+    if spec.get("datatype") == "BYTES" and predictor.preprocess.get("kind") == "image":
+        images = oip.encoded_images(spec, data, settings.max_files_per_request)
+        try:
+            return await server.image_probabilities(loaded, images)
+        except InputError as exc:
+            raise oip.ProtocolError(str(exc)) from None
+    raise oip.ProtocolError(f"input datatype {spec.get('datatype')!r} is not supported by this model; "
+                            "use FP32 (or BYTES images for image models)")
 
 
 INFER_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}},

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
 
 from service.api.serving import ModelServer
 from service.core.references import ModelNotFound
+from service.core.errors import Unavailable
 from service.core.settings import Settings
 
 
-def server_with(tmp_path, *, cache: int, batch: int, delay_ms: float) -> ModelServer:
+def server_with(tmp_path, *, cache: int, batch: int, delay_ms: float, **settings) -> ModelServer:
     settings = Settings(home=tmp_path / "home", model_cache_size=cache, max_batch_size=batch,
-                        max_batch_delay_ms=delay_ms, max_image_pixels=10**6)
+                        max_batch_delay_ms=delay_ms, max_image_pixels=10**6, **settings)
     return ModelServer(settings)
 
 
@@ -106,3 +108,92 @@ def test_reference_cache_serves_stale_while_one_caller_refreshes(tmp_path):
     assert cache.lookup("m") == (second, False)
     cache.forget("m")
     assert cache.lookup("m") == (None, True)
+
+
+def slow(inputs: torch.Tensor, seconds: float):
+    """A prepare() that holds the batch thread, so that requests queue up behind it."""
+    def prepare():
+        time.sleep(seconds)
+        return inputs
+    return prepare
+
+
+def test_an_evicted_model_answers_every_request_it_had_queued(tmp_path, checkpoint):
+    server = server_with(tmp_path, cache=1, batch=4, delay_ms=0)
+    a, b = checkpoint(tmp_path / "a.safetensors", 0), checkpoint(tmp_path / "b.safetensors", 1)
+
+    async def run():
+        first = server.load(a)
+        batcher = server._batcher(first)
+        waiting = [asyncio.ensure_future(batcher.submit(1, slow(torch.rand(1, 1, 28, 28), 0.02))) for _ in range(12)]
+        await asyncio.sleep(0.005)
+        server.load(b)  # evicts a while its requests wait
+        answered = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        await asyncio.wait_for(batcher._task, 5)  # drained, then it stopped
+        late = await batcher.probabilities(torch.rand(1, 1, 28, 28))  # one still holding the old model
+        return answered, late
+
+    answered, late = asyncio.run(run())
+    assert len(answered) == 12 and all(x.shape == (1, 10) for x in answered) and late.shape == (1, 10)
+
+
+def test_a_full_queue_refuses_at_once_and_says_when_to_retry(tmp_path, checkpoint):
+    server = server_with(tmp_path, cache=1, batch=1, delay_ms=0, predict_queue_size=3)
+    loaded = server.load(checkpoint(tmp_path / "m.safetensors", 0))
+
+    async def run():
+        batcher = server._batcher(loaded)
+        return await asyncio.gather(*(batcher.submit(1, slow(torch.rand(1, 1, 28, 28), 0.05)) for _ in range(8)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(run())
+    refused = [r for r in results if isinstance(r, Unavailable)]
+    # All eight arrive before the batch task takes the first: three may wait, five are refused.
+    assert len(refused) == 5 and all(r.retry_after >= 1 for r in refused)
+    assert sum(isinstance(r, torch.Tensor) for r in results) == 3
+
+
+def test_a_predict_past_its_deadline_is_unavailable_not_a_hang(tmp_path, checkpoint):
+    server = server_with(tmp_path, cache=1, batch=1, delay_ms=0, predict_timeout_ms=100)
+    loaded = server.load(checkpoint(tmp_path / "m.safetensors", 0))
+
+    async def run():
+        batcher = server._batcher(loaded)
+        blocker = asyncio.ensure_future(batcher.submit(1, slow(torch.rand(1, 1, 28, 28), 0.5)))
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="no answer within 100 ms"):
+            async with server.deadline():
+                await batcher.probabilities(torch.rand(1, 1, 28, 28))
+        waited = time.monotonic() - started
+        await blocker
+        return waited
+
+    assert asyncio.run(run()) < 0.4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_predict_device_the_process_lacks_fails_at_start(tmp_path):
+    from models.devices import DeviceUnavailable
+
+    with pytest.raises(DeviceUnavailable, match="'cuda' was requested but this process has no CUDA device"):
+        server_with(tmp_path, cache=1, batch=1, delay_ms=0, predict_device="cuda")
+    assert server_with(tmp_path, cache=1, batch=1, delay_ms=0, predict_device="auto").device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_inference_answers_as_the_cpu_does(tmp_path, checkpoint):
+    path = checkpoint(tmp_path / "m.safetensors", 0)
+    cpu = server_with(tmp_path, cache=1, batch=8, delay_ms=0, predict_device="cpu")
+    gpu = server_with(tmp_path, cache=1, batch=8, delay_ms=0, predict_device="cuda")
+    from tests.datagen import png_bytes
+
+    images = [(f"{i}.png", png_bytes(i, seed=i)) for i in range(6)]
+
+    async def run(server):
+        loaded = server.load(path)
+        return await server.image_probabilities(loaded, images), next(loaded.predictor.model.parameters()).device
+
+    (on_cpu, _), (on_gpu, where) = asyncio.run(run(cpu)), asyncio.run(run(gpu))
+    assert where.type == "cuda" and on_gpu.device.type == "cpu"
+    torch.testing.assert_close(on_gpu, on_cpu, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,23 @@
+"""Device names ('auto', 'cpu', 'cuda', 'cuda:N') to torch devices, checked against this machine."""
+
+from __future__ import annotations
+
+import torch
+
+
+class DeviceUnavailable(Exception):
+    """The device asked for does not exist in this process."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn a device name into a torch device; 'auto' picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"device {name!r} was requested but this process has no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailable(f"device {name!r} does not exist; this machine has "
+                                    f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
