@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from tests.datagen import make_idx_dataset  # noqa: E402
 from tests.servers import Stack, free_port  # noqa: E402
 
-PEERS = "^(ts-w1|ts-w1-b16|ts-w2-b16|ls-w1|ls-w1-b16)$"
+PEERS = "^(ts-w1|ts-w1-b16|ts-w2-b16|ls-w1|ls-w1-b16|ty-.*)$"
 
 
 def serve_peer_weights(home: Path, peer_state: Path) -> str:
@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--api-workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--quick", action="store_true", help="the harness's smoke run (numbers not comparable)")
+    parser.add_argument("--only", default=PEERS, help="which configurations (a regular expression)")
     args = parser.parse_args()
     scratch = Path(os.environ.get("PEERBENCH", "/tmp/peerbench"))
     subprocess.run(["bash", str(args.peerbench / "setup.sh")], check=True)
@@ -67,7 +68,7 @@ def main() -> int:
              f"TRAINYARD_INFERENCE_THREADS=1 {REPO / '.venv' / 'bin' / 'trainyard'} api")
     base = f"server=trainyard,workers={args.api_workers},cmd={serve}"
     command = [str(scratch / "venv-client" / "bin" / "python"), str(args.peerbench / "run_all.py"),
-               "--reps", str(args.reps), "--only", PEERS,
+               "--reps", str(args.reps), "--only", args.only,
                "--target", f"name=ty-multipart,url=http://127.0.0.1:{port}/v1/predict,style=trainyard,field=lenet,{base}",
                "--target", f"name=ty-raw,url=http://127.0.0.1:{port}/v1/models/lenet/predict?top_k=10,style=raw,{base}"]
     if args.quick:

@@ -21,3 +21,18 @@ def resolve_device(name: str) -> torch.device:
             raise DeviceUnavailable(f"device {name!r} does not exist; this machine has "
                                     f"{torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def describe_devices() -> dict:
+    """This process's compute devices and library versions, for the worker registry.
+
+    Touches CUDA: call it in a process of its own (see service/core/worker_registry.py), never in
+    a worker's main process, whose pool processes are forked from it.
+    """
+    found = [{"name": "cpu", "kind": "cpu", "memory_bytes": None}]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(index)
+            found.append({"name": f"cuda:{index} {properties.name}", "kind": "cuda",
+                          "memory_bytes": properties.total_memory})
+    return {"devices": found, "torch": torch.__version__, "cuda": torch.version.cuda}

@@ -128,6 +128,7 @@ class Stack:
             "TRAINYARD_REAPER_INTERVAL_SECONDS": "0.5",
             "TRAINYARD_RESEND_AFTER_SECONDS": "2",
             "TRAINYARD_API_WORKERS": "1",  # one API process unless a test asks for more
+            "TRAINYARD_WORKER_HEARTBEAT_SECONDS": "0.5",  # a killed worker leaves the registry in 1.5 s
         })
         if self.database_url:
             env["TRAINYARD_DATABASE_URL"] = self.database_url
@@ -149,11 +150,12 @@ class Stack:
         self.procs[name] = subprocess.Popen([sys.executable, *args], cwd=REPO, env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def start_worker(self) -> None:
+    def start_worker(self, name: str = "worker") -> None:
         queues = [self.env["TRAINYARD_QUEUE"]] + ([self.env["TRAINYARD_GPU_QUEUE"]] if self.serve_gpu_queue else [])
-        self._spawn("worker", ["-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel=INFO",
-                               "--queues", ",".join(queues), "--concurrency", "1",
-                               "--hostname", f"test-{self.port}@%h", "--without-mingle", "--without-gossip"])
+        self._spawn(name, ["-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel=INFO",
+                           "--queues", ",".join(queues), "--concurrency", "1",
+                           "--hostname", f"test-{name}-{self.home.name}-{self.port}@%h", "--without-mingle",
+                           "--without-gossip"])
 
     def start(self) -> Stack:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -168,8 +170,10 @@ class Stack:
             self.wait_for_worker()
         return self
 
-    def wait_for_worker(self) -> None:
-        wait_until(lambda: "ready." in self.log("worker"), timeout=60, what=f"the worker to be ready\n{self.logs()}")
+    def wait_for_worker(self, name: str = "worker") -> None:
+        """Until the worker consumes its queues and has its entry in the registry."""
+        wait_until(lambda: "ready." in self.log(name) and " registered: queues" in self.log(name), timeout=60,
+                   what=f"the worker to be ready and registered\n{self.logs()}")
 
     def worker_pool_pids(self) -> list[int]:
         """The worker's prefork pool processes (where tasks run)."""

@@ -1,7 +1,7 @@
 """The Celery application a worker runs (`celery -A workers.celery_app worker`): core's app,
-with the training tasks registered on it."""
+with the training tasks and the worker's registry entry attached to it."""
 
 from service.core.broker import app
-from workers import tasks  # noqa: F401  (registers the tasks)
+from workers import presence, tasks  # noqa: F401  (they connect to the app and its signals)
 
 __all__ = ["app"]

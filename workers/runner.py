@@ -20,7 +20,7 @@ from models.data import DatasetError
 from models.engine import Callbacks, EpochMetrics, TrainingError, TrainingRun, fit, summarise_folds
 from models.spec import JobSpec
 from models.state import TRAINING_STATE, Position, TrainingState, load_training_state, save_training_state
-from service.core import jobs
+from service.core import jobs, worker_registry
 from service.core.db import session_scope
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
 from service.core.settings import get_settings
@@ -183,8 +183,29 @@ def _initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
     return weights
 
 
-def run_job(job_id: str) -> str | None:
-    """Train a queued job to a final state; returns that state, or None if it was not ours."""
+def _busy_with(node: str | None, job_id: str | None) -> None:
+    """Show in the worker registry which job this worker runs (a failure here is not the job's)."""
+    if node is None:
+        return
+    try:
+        with session_scope() as session:
+            worker_registry.set_current_job(session, worker_id=node, job_id=job_id)
+    except Exception:
+        log.warning("could not record worker %s's current job", node, exc_info=True)
+
+
+def run_job(job_id: str, node: str | None = None) -> str | None:
+    """Train a queued job to a final state; returns that state, or None if it was not ours.
+
+    `node` is the worker's name in the registry, which shows the job while it runs."""
+    _busy_with(node, job_id)
+    try:
+        return _run_job(job_id)
+    finally:
+        _busy_with(node, None)
+
+
+def _run_job(job_id: str) -> str | None:
     settings = get_settings()
     with session_scope() as session:
         claim = jobs.claim_job(session, job_id=job_id, worker=worker_name(),

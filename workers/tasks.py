@@ -12,13 +12,17 @@ def _prepare_process(**_kwargs) -> None:
     import torch
 
     import workers.runner  # noqa: F401
+    from service.core.db import forget_inherited_connections
     from service.core.settings import get_settings
 
+    # The main process renews the worker's registry entry through the same engine: a pool process
+    # forked (or re-forked after a crash) from it must not share those connections.
+    forget_inherited_connections()
     torch.set_num_threads(get_settings().training_threads)
 
 
-@app.task(name=TRAIN_JOB)
-def train_job(job_id: str) -> None:
+@app.task(name=TRAIN_JOB, bind=True)
+def train_job(self, job_id: str) -> None:
     from workers.runner import run_job
 
-    run_job(job_id)
+    run_job(job_id, node=self.request.hostname)

@@ -24,7 +24,7 @@ class ProcessBoard:
 
     def __init__(self, folder: Path | None, expected: int):
         self.folder = folder
-        self.expected = expected
+        self.expected = expected if folder is not None else 1
         self.own = "loading"
 
     def report(self, status: str) -> None:

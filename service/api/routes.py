@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Depends
 
 from service.api.auth import require_token
-from service.api.routers import datasets, health, jobs, plots, predict, registry, v2
+from service.api.routers import datasets, health, jobs, plots, predict, registry, v2, workers
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -19,4 +19,5 @@ protected.include_router(datasets.router)
 protected.include_router(registry.router)
 protected.include_router(v2.router)
 protected.include_router(plots.router)
+protected.include_router(workers.router)
 api_router.include_router(protected)

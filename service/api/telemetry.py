@@ -61,6 +61,7 @@ class ServiceCollector:
         from service.core.db import session_scope
         from service.core.settings import get_settings
         from service.core.tables import Job, JobStatus
+        from service.core import worker_registry
         from service.core.broker import queue_depth
 
         jobs = GaugeMetricFamily("trainyard_jobs", "Jobs by status", labels=["status"])
@@ -79,6 +80,20 @@ class ServiceCollector:
             except Exception:
                 pass
         yield depth
+        workers = GaugeMetricFamily("trainyard_workers", "Live training workers by device kind and state",
+                                    labels=["device", "state"])
+        try:
+            with session_scope(write=False) as session:
+                live = worker_registry.live(session, settings=get_settings())
+            counts = {(kind, state): 0 for kind in ("cpu", "cuda") for state in ("busy", "idle")}
+            for worker in live:
+                kind = "cuda" if any(d["kind"] == "cuda" for d in worker.devices) else "cpu"
+                counts[kind, "busy" if worker.current_job else "idle"] += 1
+            for (kind, state), count in counts.items():
+                workers.add_metric([kind, state], count)
+        except Exception:
+            pass
+        yield workers
 
 
 def registry() -> CollectorRegistry:

@@ -43,6 +43,10 @@ def _fmt(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+WAITING = {"no_worker": "no live worker serves its queue; start one with `trainyard worker`",
+           "no_gpu_worker": "it asks for a GPU and no live worker with a GPU serves the GPU queue"}
+
+
 def follow(api: httpx.Client, job_id: str) -> str:
     """Show a live progress bar from the job's event stream; returns its final status."""
     job = checked(api.get(f"/v1/jobs/{job_id}"))
@@ -61,6 +65,11 @@ def follow(api: httpx.Client, job_id: str) -> str:
                     data = json.loads(line.removeprefix("data: "))
                     if event == "status":
                         progress.update(task, status=data["to_status"] + (f" ({data['reason']})" if data["reason"] else ""))
+                    elif event == "waiting":
+                        if data["reason"]:
+                            err.print(f"[yellow]job {job_id} is waiting: {WAITING.get(data['reason'], data['reason'])}"
+                                      "[/yellow]")
+                        progress.update(task, status="queued" + (f" ({data['reason']})" if data["reason"] else ""))
                     elif event == "epoch":
                         text = f"loss {_fmt(data['train_loss'])}  test loss {_fmt(data['test_loss'])}"
                         if data["test_acc"] is not None:
@@ -98,6 +107,8 @@ def register(app: typer.Typer) -> None:
         with client(url, token) as api:
             job = checked(api.post("/v1/jobs", json=body))
             console.print(f"job {job['id']} {job['status']}")
+            if job.get("waiting_reason"):
+                err.print(f"[yellow]warning: {WAITING.get(job['waiting_reason'], job['waiting_reason'])}[/yellow]")
             if follow_job and follow(api, job["id"]) != "succeeded":
                 raise typer.Exit(1)
 
@@ -177,6 +188,18 @@ def register(app: typer.Typer) -> None:
         with client(url, token) as api:
             checked(api.put(f"/v1/models/{name}/aliases/{alias}", json={"version": version}))
         console.print(f"{name}@{alias} -> version {version}")
+
+    @app.command()
+    def workers(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+        """Live training workers: queues, devices and what each is running."""
+        with client(url, token) as api:
+            live = checked(api.get("/v1/workers"))["workers"]
+        table = Table("worker", "host", "pid", "queues", "devices", "job", "last seen")
+        for w in live:
+            table.add_row(w["id"], w["host"], str(w["pid"]), ", ".join(w["queues"]),
+                          ", ".join(d["name"] for d in w["devices"]), w["current_job"] or "idle", w["last_seen"][11:19])
+        console.print(table)
+        console.print(f"{len(live)} live worker(s)")
 
     @app.command()
     def predict(model: str, files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],

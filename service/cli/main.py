@@ -12,6 +12,7 @@ import time
 import typer
 
 from service.cli.client import register as register_client_commands
+from service.core import worker_registry
 from service.core.settings import get_settings
 
 app = typer.Typer(help="trainyard: train and serve PyTorch models over HTTP.", no_args_is_help=True)
@@ -33,15 +34,42 @@ def migrate() -> None:
     typer.echo(f"database ready: {_redact(settings.database_url)}")
 
 
-def worker_command(settings) -> list[str]:
+def worker_queues(settings, explicit: str | None = None) -> list[str]:
+    """The queues a worker serves: those given, else the CPU queue, plus the GPU queue where CUDA is."""
+    given = explicit if explicit is not None else settings.worker_queues
+    if given:
+        return [q for q in given.split(",") if q]
+    cuda = worker_registry.has_cuda(worker_registry.probe_devices())
+    return [settings.queue, settings.gpu_queue] if cuda else [settings.queue]
+
+
+def worker_command(settings, queues: list[str], name: str = "trainyard") -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-            "--loglevel=INFO", "--queues", settings.queue,
-            "--concurrency", str(settings.worker_concurrency), "--hostname", f"trainyard-{os.getpid()}@%h"]
+            "--loglevel=INFO", "--queues", ",".join(queues),
+            "--concurrency", str(settings.worker_concurrency), "--hostname", f"{name}-{os.getpid()}@%h"]
+
+
+def gpu_indices(gpus: str) -> list[int]:
+    """`all` or a comma-separated list of GPU indices."""
+    if gpus == "all":
+        count = sum(1 for d in worker_registry.probe_devices()["devices"] if d["kind"] == "cuda")
+        if count == 0:
+            raise typer.BadParameter("this machine has no CUDA device", param_hint="--gpus")
+        return list(range(count))
+    try:
+        return [int(part) for part in gpus.split(",")]
+    except ValueError:
+        raise typer.BadParameter("use all, or GPU indices such as 0,1", param_hint="--gpus") from None
+
+
+def gpu_workers(settings, indices: list[int], queues: list[str]) -> dict[str, tuple[list[str], dict]]:
+    """One worker per GPU, each seeing only its own device: name -> (command, environment)."""
+    return {f"gpu{i}": (worker_command(settings, queues, name=f"trainyard-gpu{i}"),
+                        {**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}) for i in indices}
 
 
 def api_command(settings) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "service.api.app:app", "--workers", str(settings.api_workers),
-            "--host", settings.host, "--port", str(settings.port), "--no-access-log"]
+    return [sys.executable, "-m", "service.api.serve"]
 
 
 def api_environment(settings) -> dict[str, str]:
@@ -54,9 +82,21 @@ def api_environment(settings) -> dict[str, str]:
 
 
 @app.command()
-def worker() -> None:
-    """Run one Celery worker in the foreground."""
-    os.execv(sys.executable, worker_command(get_settings()))
+def worker(
+    queues: str | None = typer.Option(None, help="queues to serve, comma-separated (default: the CPU queue, "
+                                                 "and the GPU queue where CUDA is; TRAINYARD_WORKER_QUEUES)"),
+    gpus: str | None = typer.Option(None, help="run one worker per GPU: all, or indices such as 0,1"),
+) -> None:
+    """Run a Celery worker in the foreground (or one per GPU with --gpus)."""
+    settings = get_settings()
+    if gpus is None:
+        os.execv(sys.executable, worker_command(settings, worker_queues(settings, queues)))
+    indices = gpu_indices(gpus)
+    served = worker_queues(settings, queues) if queues else [settings.queue, settings.gpu_queue]
+    children = {name: subprocess.Popen(command, env=env, start_new_session=True)
+                for name, (command, env) in gpu_workers(settings, indices, served).items()}
+    typer.echo(f"{len(children)} GPU worker(s) started ({', '.join(f'cuda:{i}' for i in indices)}); Ctrl-C stops them")
+    raise typer.Exit(supervise(children))
 
 
 @app.command()
@@ -74,14 +114,21 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
     settings = get_settings()
     if not skip_migrate:
         migrate()
+    queues = worker_queues(settings)
     children = {
-        "worker": subprocess.Popen(worker_command(settings), start_new_session=True),
+        "worker": subprocess.Popen(worker_command(settings, queues), start_new_session=True),
         "api": subprocess.Popen(api_command(settings), env=api_environment(settings), start_new_session=True),
     }
     typer.echo(f"trainyard is starting on http://{settings.host}:{settings.port} with {settings.api_workers} "
-               f"API process(es) (TRAINYARD_API_WORKERS) "
+               f"API process(es) (TRAINYARD_API_WORKERS) and a worker serving {', '.join(queues)} "
                f"(state in {settings.home}, data in {settings.data_dir}); Ctrl-C stops it")
+    code = supervise(children)
+    typer.echo("trainyard stopped")
+    raise typer.Exit(code)
 
+
+def supervise(children: dict[str, subprocess.Popen]) -> int:
+    """Wait until Ctrl-C, SIGTERM or a child's exit, then stop them all; the exit status."""
     stopping = False
 
     def request_stop(_signum, _frame) -> None:
@@ -99,8 +146,7 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
                 stopping = True
         time.sleep(0.2)
     _stop_all(children.values())
-    typer.echo("trainyard stopped")
-    raise typer.Exit(exit_code)
+    return exit_code
 
 
 def _stop_all(procs) -> None:

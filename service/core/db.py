@@ -66,6 +66,13 @@ def get_sessionmaker(write: bool = True) -> sessionmaker[Session]:
                         expire_on_commit=False)
 
 
+def forget_inherited_connections() -> None:
+    """Call first thing in a forked child: pooled connections it inherited belong to the parent
+    (which still uses them), so the child must open its own rather than share a socket."""
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+
+
 @contextmanager
 def session_scope(write: bool = True) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""

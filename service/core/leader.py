@@ -13,51 +13,57 @@ import hashlib
 import logging
 from pathlib import Path
 
-from sqlalchemy import Connection, make_url, text
+from sqlalchemy import Connection, Engine, make_url, text
 
 from service.core.db import get_engine
 
 log = logging.getLogger(__name__)
 
 
-def _lock_id(role: str) -> int:
-    """A stable 63-bit key for pg_try_advisory_lock."""
-    return int.from_bytes(hashlib.sha256(f"trainyard:{role}".encode()).digest()[:8], "big") >> 1
+def _lock_id(role: str, url) -> int:
+    """A 63-bit key for pg_try_advisory_lock, one per role and deployment: advisory locks are per
+    database, and two deployments may share one in different schemas (the URL says which)."""
+    key = f"trainyard:{role}:{url.render_as_string(hide_password=True)}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
 
 
 class Leadership:
     """Whether this process holds `role`; held() takes it when it is free and confirms it after."""
 
-    def __init__(self, role: str):
+    def __init__(self, role: str, engine: Engine | None = None):
         self.role = role
+        self.engine = engine  # default: the configured database
         self._connection: Connection | None = None
+        self._backend: int | None = None
         self._file = None
 
     def held(self) -> bool:
-        engine = get_engine()
+        engine = self.engine or get_engine()
         if engine.dialect.name == "postgresql":
             return self._held_postgres(engine)
         return self._held_file(Path(f"{make_url(engine.url).database}.{self.role}.lock"))
 
     def _held_postgres(self, engine) -> bool:
         if self._connection is not None:
-            try:
-                self._connection.execute(text("SELECT 1"))
-                return True
-            except Exception:  # the connection died, and the lock with it; try to take it again
-                log.warning("lost the %s role's database connection", self.role)
-                self.release()
-        connection = engine.connect()
+            try:  # the same server session still holds it (a reconnected one would not)
+                if self._connection.execute(text("SELECT pg_backend_pid()")).scalar() == self._backend:
+                    return True
+            except Exception:
+                pass
+            log.warning("lost the %s role with its database connection", self.role)
+            self.release()
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            taken = connection.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": _lock_id(self.role)}).scalar()
-            connection.commit()
+            lock = {"id": _lock_id(self.role, engine.url)}
+            taken = connection.execute(text("SELECT pg_try_advisory_lock(:id)"), lock).scalar()
+            backend = connection.execute(text("SELECT pg_backend_pid()")).scalar()
         except Exception:
             connection.close()
             raise
         if not taken:
             connection.close()
             return False
-        self._connection = connection
+        self._connection, self._backend = connection, backend
         log.info("this process now runs the %s", self.role)
         return True
 
@@ -77,6 +83,9 @@ class Leadership:
     def release(self) -> None:
         if self._connection is not None:
             try:
+                # Discard the server session rather than return it to the pool: a session-level
+                # lock would otherwise stay held by a pooled connection nobody uses.
+                self._connection.invalidate()
                 self._connection.close()
             except Exception:
                 pass

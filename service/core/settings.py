@@ -30,10 +30,17 @@ class Settings(BaseSettings):
     api_run_dir: Path | None = None
     queue: str = Field(default="trainyard", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     worker_concurrency: int = Field(default=1, ge=1, le=64)
+    # Queues `trainyard worker` and `make run` serve, comma-separated; default: the CPU queue, and
+    # the GPU queue too on a machine with CUDA.
+    worker_queues: str = Field(default="", pattern=r"^[A-Za-z0-9_.,-]{0,1000}$")
+    # Workers renew their registry entry this often; one silent for 3 beats is no longer live.
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
+    # Refuse (409) a job that no live worker can serve, instead of queueing it with a warning.
+    require_worker: bool = False
     # Torch threads per training process; default: the cores shared among the worker's processes.
     train_threads: int | None = Field(default=None, ge=1, le=1024)
-    # Jobs asking for device cuda or cuda:N go to this queue, served by workers on GPU machines
-    # (run with TRAINYARD_QUEUE set to it); auto and cpu jobs go to `queue`.
+    # Jobs asking for device cuda or cuda:N go to this queue, served by workers with a GPU; auto and
+    # cpu jobs go to `queue`, which GPU workers serve too (and run auto jobs on their GPU).
     gpu_queue: str = Field(default="trainyard-gpu", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
 
     # A running job's worker renews its lease every heartbeat_seconds; a lease older than
@@ -108,6 +115,10 @@ class Settings(BaseSettings):
 
     def queue_for(self, device: str) -> str:
         return self.gpu_queue if device.startswith("cuda") else self.queue
+
+    @property
+    def worker_stale_seconds(self) -> float:
+        return 3 * self.worker_heartbeat_seconds
 
     @property
     def queues(self) -> list[str]:

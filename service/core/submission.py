@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.spec import JobSpec, spec_problems
-from service.core import datasets, jobs
+from service.core import datasets, jobs, worker_registry
 from service.core.broker import publish_or_defer
 from service.core.errors import Conflict, Invalid
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
@@ -58,6 +58,12 @@ def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempoten
         existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
         if existing is not None:
             return _replay(existing, request_hash)
+    if settings.require_worker:
+        live = worker_registry.live(session, settings=settings)
+        waiting = worker_registry.waiting_reason_for(spec.device, live, settings)
+        if waiting:
+            raise Conflict(f"{waiting}: no live worker serves queue {settings.queue_for(spec.device)!r} for "
+                           f"device {spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); start one and retry")
     try:
         job = jobs.create_job(session, spec=spec, task=task, idempotency_key=idempotency_key,
                               request_hash=request_hash)

@@ -185,5 +185,22 @@ class ModelAlias(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class Worker(Base):
+    """A live training worker: what it serves and holds, renewed by its heartbeat."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # its Celery node name
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list] = mapped_column(JSON)
+    devices: Mapped[list] = mapped_column(JSON)  # [{"name", "kind": cpu|cuda, "memory_bytes"}]
+    torch: Mapped[str] = mapped_column(String(50))
+    cuda: Mapped[str | None] = mapped_column(String(50))
+    current_job: Mapped[str | None] = mapped_column(String(36))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
 METRIC_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
                  "seconds", "samples_per_second", "lr")

@@ -24,7 +24,9 @@ from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessi
 from service.api.schemas.jobs import job_public, metric_rows
 from service.api.schemas.predict import image_answer
 from service.api.schemas.registry import model_public
-from service.core import jobs, registry, submission
+from service.api.schemas.workers import WorkerPublic
+from service.core import jobs, registry, submission, worker_registry
+from service.core.settings import get_settings
 from service.core.errors import CoreError, Invalid
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -73,10 +75,15 @@ def login(token: Annotated[str, Form(max_length=500)]) -> RedirectResponse:
     return response
 
 
+def _public(session, page) -> list:
+    latest = jobs.latest_metrics(session, job_ids=[job.id for job in page])
+    waiting = worker_registry.waiting_reasons(session, jobs=page, settings=get_settings())
+    return [job_public(job, latest.get(job.id), waiting.get(job.id)) for job in page]
+
+
 def _jobs(session, limit: int = 100):
     page, count = jobs.list_jobs(session, status=None, limit=limit, offset=0)
-    latest = jobs.latest_metrics(session, job_ids=[job.id for job in page])
-    return [job_public(job, latest.get(job.id)) for job in page], count
+    return _public(session, page), count
 
 
 @pages.get("/", response_class=HTMLResponse)
@@ -93,7 +100,7 @@ def jobs_rows(request: Request, session: SessionDep) -> HTMLResponse:
 
 @pages.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: str, request: Request, session: SessionDep) -> HTMLResponse:
-    job = job_public(jobs.require_job(session, job_id=job_id), jobs.latest_metric(session, job_id=job_id))
+    (job,) = _public(session, [jobs.require_job(session, job_id=job_id)])
     metrics = metric_rows(jobs.get_metrics(session, job_id=job_id))
     return templates.TemplateResponse(request, "job.html", {
         "job": job, "metrics": metrics, "spec_json": json.dumps(job.spec, indent=2)})
@@ -142,6 +149,12 @@ def models_page(request: Request, session: SessionDep) -> HTMLResponse:
     models = [model_public(name, registry.require_versions(session, name=name), registry.aliases(session, name=name))
               for name in registry.names(session)]
     return templates.TemplateResponse(request, "models.html", {"models": models})
+
+
+@pages.get("/ui/workers", response_class=HTMLResponse)
+def workers_page(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    live = [WorkerPublic.model_validate(w) for w in worker_registry.live(session, settings=settings)]
+    return templates.TemplateResponse(request, "workers.html", {"workers": live})
 
 
 @pages.get("/ui/predict", response_class=HTMLResponse)

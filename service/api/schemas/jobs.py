@@ -71,6 +71,8 @@ class JobPublic(BaseModel):
     best_checkpoint: CheckpointPublic | None
     transitions: list[TransitionPublic]
     cross_validation: dict | None = None
+    # Why a queued job cannot start: no live worker serves its queue (no_worker, no_gpu_worker).
+    waiting_reason: str | None = None
 
 
 class JobsPublic(BaseModel):
@@ -78,7 +80,7 @@ class JobsPublic(BaseModel):
     count: int
 
 
-def job_public(job: Job, latest: EpochMetric | None) -> JobPublic:
+def job_public(job: Job, latest: EpochMetric | None, waiting_reason: str | None = None) -> JobPublic:
     """The public form of a job row, with its newest epoch's metrics."""
     best = best_checkpoint(job)
     return JobPublic(
@@ -90,7 +92,7 @@ def job_public(job: Job, latest: EpochMetric | None) -> JobPublic:
         latest_metrics=EpochMetricPublic.model_validate(latest) if latest else None,
         best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
-        cross_validation=job.cross_validation,
+        cross_validation=job.cross_validation, waiting_reason=waiting_reason,
     )
 
 

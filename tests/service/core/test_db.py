@@ -53,3 +53,30 @@ def test_concurrent_migrations_apply_once(tmp_path):
             head = ScriptDirectory.from_config(alembic_config()).get_current_head()
             assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == [head]
         engine.dispose()
+
+
+def test_a_forked_child_opens_its_own_connections(service_env):
+    """A worker's pool processes are forked from a main process that uses the database too."""
+    import os
+
+    from sqlalchemy import text
+
+    from service.core import db
+
+    with db.session_scope() as session:
+        session.execute(text("SELECT 1"))
+    inherited = db.get_engine().pool
+    child = os.fork()
+    if child == 0:
+        try:
+            db.forget_inherited_connections()
+            with db.session_scope() as session:
+                session.execute(text("SELECT 1"))
+            os._exit(0 if db.get_engine().pool is not inherited else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert db.get_engine().pool is inherited  # the parent keeps its own
+    with db.session_scope() as session:
+        assert session.execute(text("SELECT 1")).scalar() == 1

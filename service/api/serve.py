@@ -1,0 +1,87 @@
+"""Run the API in TRAINYARD_API_WORKERS processes (`trainyard api` starts this).
+
+Each process binds its own listening socket to the same port with SO_REUSEPORT, so the kernel
+spreads new connections evenly over the processes. (With one socket shared by all, as uvicorn's
+--workers does, whichever process is awake accepts: under a burst of keep-alive connections one
+process took nearly all of them and the others idled.) A process that dies is started again;
+SIGTERM or SIGINT stops them all, each finishing its requests first.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import time
+
+import uvicorn
+
+from service.core.settings import get_settings
+
+log = logging.getLogger("trainyard.serve")
+APP = "service.api.app:app"
+STOP_TIMEOUT_S = 15.0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_one(host: str, port: int) -> None:
+    """One API process: its own socket on the shared port, then uvicorn until told to stop."""
+    config = uvicorn.Config(APP, host=host, port=port, access_log=False, log_level="info")
+    uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if settings.api_workers == 1:
+        serve_one(settings.host, settings.port)
+        return 0
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter each: nothing inherited half-made
+
+    def start(index: int) -> multiprocessing.Process:
+        process = spawn.Process(target=serve_one, args=(settings.host, settings.port), name=f"api-{index}")
+        process.start()
+        return process
+
+    processes = [start(i) for i in range(settings.api_workers)]
+    log.info("API listening on http://%s:%d in %d processes", settings.host, settings.port, len(processes))
+    stopping = False
+
+    def request_stop(_signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while not stopping:
+        for index, process in enumerate(processes):
+            if not process.is_alive() and not stopping:
+                log.warning("API process %d (pid %s) exited with %s; starting it again",
+                            index, process.pid, process.exitcode)
+                processes[index] = start(index)
+        time.sleep(0.2)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()  # SIGTERM: uvicorn finishes what it is serving, then exits
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for process in processes:
+        process.join(max(0.1, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The worker registry: every training worker announces itself in SQL and renews its entry; the
+live ones say which queues and devices there are, and so whether a queued job can be run at all."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from service.core.settings import Settings
+from service.core.tables import Job, JobStatus, Worker, utcnow
+
+NO_WORKER = "no_worker"
+NO_GPU_WORKER = "no_gpu_worker"
+_PROBE = "import json; from models.devices import describe_devices; print(json.dumps(describe_devices()))"
+
+
+def probe_devices(timeout: float = 120) -> dict:
+    """describe_devices() run in a short-lived process, so that the caller never initialises CUDA
+    (a worker forks its pool from its main process, and CUDA does not survive a fork)."""
+    result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout,
+                            check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def has_cuda(description: dict) -> bool:
+    return any(device["kind"] == "cuda" for device in description["devices"])
+
+
+def register(session: Session, *, worker_id: str, host: str, pid: int, queues: list[str], description: dict) -> None:
+    """Add or refresh a worker's entry."""
+    now = utcnow()
+    row = session.get(Worker, worker_id)
+    if row is None:
+        row = Worker(id=worker_id, started_at=now)
+        session.add(row)
+    row.host, row.pid, row.queues = host, pid, sorted(queues)
+    row.devices, row.torch, row.cuda = description["devices"], description["torch"], description["cuda"]
+    row.last_seen = now
+    session.flush()
+
+
+def heartbeat(session: Session, *, worker_id: str) -> bool:
+    """Renew a worker's entry; False if it has none (it must register again)."""
+    return session.execute(update(Worker).where(Worker.id == worker_id).values(last_seen=utcnow())).rowcount == 1
+
+
+def set_current_job(session: Session, *, worker_id: str, job_id: str | None) -> None:
+    session.execute(update(Worker).where(Worker.id == worker_id).values(current_job=job_id))
+
+
+def unregister(session: Session, *, worker_id: str) -> None:
+    session.execute(delete(Worker).where(Worker.id == worker_id))
+
+
+def live(session: Session, *, settings: Settings) -> list[Worker]:
+    """Workers heard from within worker_stale_seconds, oldest first."""
+    cutoff = utcnow() - timedelta(seconds=settings.worker_stale_seconds)
+    return list(session.scalars(select(Worker).where(Worker.last_seen >= cutoff).order_by(Worker.started_at)))
+
+
+def waiting_reason_for(device: str, workers: list[Worker], settings: Settings) -> str | None:
+    """Why a job for `device` cannot start now: no live worker serves its queue; else None."""
+    queue = settings.queue_for(device)
+    if any(queue in worker.queues for worker in workers):
+        return None
+    return NO_GPU_WORKER if queue == settings.gpu_queue else NO_WORKER
+
+
+def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) -> dict[str, str | None]:
+    """Each queued job's waiting reason (None for jobs that wait for nothing but their turn)."""
+    queued = [job for job in jobs if job.status == JobStatus.QUEUED]
+    workers = live(session, settings=settings) if queued else []
+    return {job.id: waiting_reason_for((job.spec or {}).get("device", "auto"), workers, settings) for job in queued}

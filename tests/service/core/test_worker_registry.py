@@ -1,0 +1,58 @@
+"""The worker registry in-process: entries, heartbeats, staleness, and why a queued job waits."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from service.core import db, worker_registry
+from service.core.tables import Worker, utcnow
+
+CPU = {"devices": [{"name": "cpu", "kind": "cpu", "memory_bytes": None}], "torch": "2.14.1", "cuda": None}
+GPU = {"devices": [*CPU["devices"], {"name": "cuda:0 H200", "kind": "cuda", "memory_bytes": 150 * 2**30}],
+       "torch": "2.14.1", "cuda": "13.0"}
+
+
+def register(settings, worker_id, queues, description=CPU):
+    with db.session_scope() as session:
+        worker_registry.register(session, worker_id=worker_id, host="h", pid=1, queues=queues, description=description)
+
+
+def live_ids(settings):
+    with db.session_scope(write=False) as session:
+        return [w.id for w in worker_registry.live(session, settings=settings)]
+
+
+def test_workers_stay_live_while_they_beat_and_leave_when_silent(service_env):
+    register(service_env, "a", [service_env.queue])
+    register(service_env, "b", [service_env.queue, service_env.gpu_queue], GPU)
+    assert live_ids(service_env) == ["a", "b"]
+    with db.session_scope() as session:
+        session.execute(update(Worker).where(Worker.id == "a")
+                        .values(last_seen=utcnow() - timedelta(seconds=service_env.worker_stale_seconds + 1)))
+    assert live_ids(service_env) == ["b"]
+    with db.session_scope() as session:
+        assert worker_registry.heartbeat(session, worker_id="a")  # back: its next beat makes it live again
+        worker_registry.set_current_job(session, worker_id="b", job_id="job-1")
+        worker_registry.unregister(session, worker_id="b")
+        assert not worker_registry.heartbeat(session, worker_id="b")  # gone: it must register again
+    assert live_ids(service_env) == ["a"]
+
+
+def test_a_job_waits_for_a_worker_that_serves_its_queue(service_env):
+    def reason(device, *workers):
+        return worker_registry.waiting_reason_for(device, list(workers), service_env)
+
+    cpu_worker = Worker(id="c", queues=[service_env.queue])
+    gpu_worker = Worker(id="g", queues=[service_env.queue, service_env.gpu_queue])
+    assert reason("auto") == reason("cpu") == worker_registry.NO_WORKER
+    assert reason("cuda") == reason("cuda:1") == worker_registry.NO_GPU_WORKER
+    assert reason("auto", cpu_worker) is None and reason("cuda", cpu_worker) == worker_registry.NO_GPU_WORKER
+    assert reason("cuda", cpu_worker, gpu_worker) is None and reason("cpu", gpu_worker) is None
+
+
+def test_devices_are_described_without_touching_cuda_here():
+    description = worker_registry.probe_devices()
+    assert description["devices"][0] == {"name": "cpu", "kind": "cpu", "memory_bytes": None}
+    assert description["torch"] and worker_registry.has_cuda(GPU) and not worker_registry.has_cuda(CPU)

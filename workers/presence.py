@@ -1,0 +1,78 @@
+"""A worker's entry in the registry: announced when Celery is ready, renewed from a thread of the
+worker's main process, removed at a clean shutdown (a killed worker's entry simply goes stale)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+
+from service.core import worker_registry
+from service.core.db import session_scope
+from service.core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    def __init__(self, worker_id: str, queues: list[str]):
+        self.worker_id = worker_id
+        self.queues = queues
+        self.description: dict | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="worker-presence", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            with session_scope() as session:
+                worker_registry.unregister(session, worker_id=self.worker_id)
+        except Exception:  # the entry goes stale by itself
+            log.warning("could not remove worker %s from the registry", self.worker_id, exc_info=True)
+
+    def _register(self) -> None:
+        with session_scope() as session:
+            worker_registry.register(session, worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
+                                     queues=self.queues, description=self.description)
+
+    def _run(self) -> None:
+        self.description = worker_registry.probe_devices()
+        interval = get_settings().worker_heartbeat_seconds
+        registered = False
+        while True:
+            try:
+                with session_scope() as session:
+                    renewed = registered and worker_registry.heartbeat(session, worker_id=self.worker_id)
+                if not renewed:
+                    self._register()
+                    registered = True
+                    log.info("worker %s registered: queues %s, devices %s", self.worker_id, self.queues,
+                             [d["name"] for d in self.description["devices"]])
+            except Exception:  # the database may be away for a moment; the next beat tries again
+                log.warning("worker %s could not renew its registry entry", self.worker_id, exc_info=True)
+            if self._stop.wait(interval):
+                return
+
+
+_presence: Presence | None = None
+
+
+@worker_ready.connect
+def _announce(sender, **_kwargs) -> None:
+    global _presence
+    queues = list(sender.app.amqp.queues.consume_from)
+    _presence = Presence(sender.hostname, queues)
+    _presence.start()
+
+
+@worker_shutdown.connect
+def _withdraw(**_kwargs) -> None:
+    if _presence is not None:
+        _presence.stop()
