@@ -127,6 +127,15 @@ def test_predict_oversized_upload_is_413(api, trained_job):
     assert response.status_code == 413 and "limit" in response.json()["detail"]
 
 
+def test_an_oversized_body_without_a_length_is_413_too(api, trained_job):
+    def chunks():  # no Content-Length: the body arrives in chunks and is counted as it comes
+        for _ in range(12):
+            yield b"\0" * (1024 * 1024)
+
+    response = api.post(f"/v1/models/job:{trained_job}/predict", content=chunks(), headers={"content-type": "image/png"})
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
 def test_predict_checks_top_k_and_file_count(api, trained_job):
     one = [("files", ("a.png", _png(), "image/png"))]
     assert api.post("/v1/predict", data={"model": f"job:{trained_job}", "top_k": "11"}, files=one).status_code == 422
@@ -150,3 +159,17 @@ def _png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/v1/jobs"), ("POST", "/v1/models"), ("PUT", "/v1/models/fashion/aliases/production"),
+    ("POST", "/v1/predict"), ("POST", "/v2/models/fashion/infer"), ("POST", "/v1/models/fashion/predict"),
+])
+@pytest.mark.parametrize("body", [
+    b'{"name": 5, "model": "\\udc80", "job_id": "\\ud800"}',  # valid JSON escapes of lone surrogates
+    bytes.fromhex("e9dffe0fc33b"),  # not UTF-8 at all
+], ids=["lone-surrogates", "not-utf8"])
+def test_undecodable_input_is_a_4xx_never_a_500(client, method, path, body):
+    answer = client.request(method, path, content=body, headers={"content-type": "application/json"})
+    assert 400 <= answer.status_code < 500, answer.text
+    answer.json()  # and the answer itself is valid JSON

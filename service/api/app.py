@@ -96,7 +96,7 @@ def create_app() -> FastAPI:
     torch.set_num_threads(settings.inference_threads)
     app.state.models = ModelServer(settings)
     app.state.preload = Preload(settings.preload_models, ProcessBoard(settings.api_run_dir, settings.api_workers))
-    app.include_router(api_router)
+    app.include_router(api_router(auth=token_table().enabled))
     app.include_router(dashboard_router)
     if settings.bench_routes:
         from service.api.routers.bench import router as bench_router

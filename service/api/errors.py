@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request, status
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -39,13 +39,36 @@ def validation_error(problems: list[tuple[tuple, str]]) -> RequestValidationErro
                                    for loc, msg in problems])
 
 
+def _printable(value):
+    """A request's own input made fit to echo in an error: bytes that are not UTF-8 and strings
+    holding lone surrogates (valid JSON escapes, e.g. "\\udc80") would otherwise fail the answer."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return f"<{len(value)} bytes that are not UTF-8 text>"
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each problem's location; never fails on what the client sent."""
+    return JSONResponse({"detail": jsonable_encoder(_printable(list(exc.errors())))}, status_code=422)
+
+
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Invalid):
-        return await request_validation_exception_handler(request, validation_error(exc.problems))
+        return await _invalid_request(request, validation_error(exc.problems))
     return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
 
 
 def install(app: FastAPI) -> None:
-    """Answer every core error with its status and message."""
+    """Answer every core error with its status and message, and every invalid request with a 422."""
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     for kind in (CoreError, InputError, CheckpointError):
         app.add_exception_handler(kind, _core_error)

@@ -38,7 +38,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def serve_one(host: str, port: int) -> None:
     """One API process: its own socket on the shared port, then uvicorn until told to stop."""
-    config = uvicorn.Config(APP, host=host, port=port, access_log=False, log_level="info")
+    # No proxy-header rewriting (nothing here trusts a proxy's headers) and no Server header.
+    config = uvicorn.Config(APP, host=host, port=port, access_log=False, log_level="info",
+                            proxy_headers=False, server_header=False)
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
 

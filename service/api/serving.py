@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -188,8 +188,15 @@ class LoadedModel:
             self.batcher.close()
 
 
+class Resolution(NamedTuple):
+    """What a reference names: the checkpoint, and its file's key in the model cache."""
+
+    target: ResolvedCheckpoint
+    key: tuple[str, int]
+
+
 class ReferenceCache:
-    """Resolved model references, so that a hot path skips the database.
+    """Resolved model references, so that a hot path skips the database (and the file system).
 
     A resolution is fresh for `ttl` seconds. After that the stale one is still served while a
     single caller refreshes it, so a busy model never sends every request to the database at once.
@@ -197,10 +204,10 @@ class ReferenceCache:
 
     def __init__(self, ttl: float, size: int = 10_000):
         self.ttl = ttl
-        self._items: LRU[tuple[float, ResolvedCheckpoint]] = LRU(size)
+        self._items: LRU[tuple[float, Resolution]] = LRU(size)
         self._refreshing: set[str] = set()
 
-    def lookup(self, reference: str) -> tuple[ResolvedCheckpoint | None, bool]:
+    def lookup(self, reference: str) -> tuple[Resolution | None, bool]:
         """(the cached resolution or None, whether this caller should refresh it)."""
         hit = self._items.get(reference)
         if hit is None:
@@ -215,7 +222,7 @@ class ReferenceCache:
         """Forget every resolution (the registry changed in this process)."""
         self._items.clear()
 
-    def put(self, reference: str, resolved: ResolvedCheckpoint) -> None:
+    def put(self, reference: str, resolved: Resolution) -> None:
         self._items.pop(reference)
         self._items.put(reference, (time.monotonic(), resolved))
         self._refreshing.discard(reference)
@@ -249,9 +256,9 @@ class ModelServer:
         self.hits = 0
         self.misses = 0
 
-    def loaded(self, path: Path) -> LoadedModel | None:
-        """The model if it is already in the cache (cheap enough for the event loop)."""
-        found = self._models.get(_checkpoint_key(path))
+    def loaded(self, key: tuple[str, int]) -> LoadedModel | None:
+        """The model of a checkpoint key if it is already in the cache (cheap enough for the event loop)."""
+        found = self._models.get(key)
         if found is not None:
             self.hits += 1
             MODEL_CACHE.labels("hit").inc()
@@ -259,10 +266,10 @@ class ModelServer:
 
     def load(self, path: Path) -> LoadedModel:
         """The loaded, warmed-up model of a checkpoint file (thread-safe; kept once)."""
-        cached = self.loaded(path)
+        key = _checkpoint_key(path)
+        cached = self.loaded(key)
         if cached is not None:
             return cached
-        key = _checkpoint_key(path)
         predictor = Predictor.from_checkpoint(path, self.device)
         predictor.warm_up()
         fresh = LoadedModel(predictor)
@@ -273,10 +280,14 @@ class ModelServer:
             MODELS_LOADED.set(len(self._models))
         return kept
 
-    def resolve(self, reference: str) -> ResolvedCheckpoint:
-        """Resolve a reference in a read session of its own (call in a thread: it queries the database)."""
+    def resolve(self, reference: str) -> Resolution:
+        """Resolve a reference in a read session of its own, and stat its file (call in a thread).
+
+        The file's modification time is part of the cache key, so a rewritten checkpoint is
+        loaded afresh; it is read here, once per reference_cache_seconds, not on every request."""
         with session_scope(write=False) as session:
-            return resolve(session, reference=reference, settings=self.settings)
+            target = resolve(session, reference=reference, settings=self.settings)
+        return Resolution(target, _checkpoint_key(target.path))
 
     @contextlib.asynccontextmanager
     async def deadline(self):
@@ -291,7 +302,7 @@ class ModelServer:
 
     def preload(self, reference: str) -> LoadedModel:
         """Resolve and load a model now (call in a thread), so its first request finds it warm."""
-        return self.load(self.resolve(reference).path)
+        return self.load(self.resolve(reference).target.path)
 
     async def get(self, reference: str) -> tuple[ResolvedCheckpoint, LoadedModel]:
         """The checkpoint a reference names and its loaded model.
@@ -300,13 +311,14 @@ class ModelServer:
         reference was resolved within the last reference_cache_seconds and its predictor is in
         the cache. Raises core's ModelNotFound / ModelNotReady, or CheckpointError.
         """
-        target, refresh = self.references.lookup(reference)
-        if target is None:
-            target = await run_in_threadpool(self.resolve, reference)
-            self.references.put(reference, target)
+        resolution, refresh = self.references.lookup(reference)
+        if resolution is None:
+            resolution = await run_in_threadpool(self.resolve, reference)
+            self.references.put(reference, resolution)
         elif refresh:
             asyncio.get_running_loop().create_task(self._refresh(reference))
-        return target, self.loaded(target.path) or await run_in_threadpool(self.load, target.path)
+        target, key = resolution
+        return target, self.loaded(key) or await run_in_threadpool(self.load, target.path)
 
     async def _refresh(self, reference: str) -> None:
         """Re-resolve a reference in the background (its stale resolution is served meanwhile)."""

@@ -31,6 +31,15 @@ class RequestMetrics:
 
     def __init__(self, app):
         self.app = app
+        self._series: dict[tuple[str, str, int], tuple] = {}  # labels() looked up once per series
+
+    def _observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        series = self._series.get((method, route, status))
+        if series is None:
+            series = self._series[method, route, status] = (REQUESTS.labels(method, route, str(status)),
+                                                             LATENCY.labels(method, route))
+        series[0].inc()
+        series[1].observe(seconds)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -48,8 +57,7 @@ class RequestMetrics:
             await self.app(scope, receive, capture)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
-            LATENCY.labels(scope["method"], route).observe(time.perf_counter() - started)
+            self._observe(scope["method"], route, status, time.perf_counter() - started)
 
 
 class ServiceCollector:
