@@ -11,7 +11,7 @@ import torch
 from models.archs import build_model
 from models.checkpoint import read_checkpoint
 from models.image import ImageError, decode_grayscale, scale_pixels
-from models.spec import JobSpec
+from models.spec import MODEL_SPEC, JobSpec
 
 
 class InputError(Exception):
@@ -40,9 +40,13 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device = torch.device("cpu")) -> Predictor:
         state, meta = read_checkpoint(path)
-        spec = JobSpec.model_validate(meta["spec"])
+        if "spec" in meta:  # trained here: the job's spec
+            spec = JobSpec.model_validate(meta["spec"])
+            model_spec, resize = spec.model, spec.resize
+        else:  # imported: the architecture alone
+            model_spec, resize = MODEL_SPEC.validate_python(meta["model"]), None
         outputs = len(meta["classes"]) if meta.get("classes") else 1
-        model = build_model(spec.model, meta["input_shape"], outputs, resize=spec.resize)
+        model = build_model(model_spec, meta["input_shape"], outputs, resize=resize)
         model.load_state_dict(state)
         return cls(model, meta, device)
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -138,6 +138,7 @@ ModelSpec = Annotated[
           SequentialSpec],
     Field(discriminator="arch"),
 ]
+MODEL_SPEC = TypeAdapter(ModelSpec)  # validates the `model` part of a spec on its own
 
 REGRESSION_ONLY = frozenset({"linear_regression", "polynomial"})
 CLASSIFICATION_ONLY = frozenset({"softmax_regression", "lenet", "resnet18"})

@@ -103,7 +103,8 @@ def create_app() -> FastAPI:
 
         app.include_router(bench_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
-                       overrides={"/v1/datasets": settings.max_dataset_upload_bytes})
+                       overrides={"/v1/datasets": settings.max_dataset_upload_bytes,
+                                  "/v1/models/import": settings.max_model_upload_bytes})
     app.add_middleware(telemetry.RequestMetrics)
     telemetry.install()
     errors.install(app)

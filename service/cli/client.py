@@ -170,6 +170,35 @@ def register(app: typer.Typer) -> None:
             version = checked(api.post("/v1/models", json={"name": name, "job_id": job_id, "checkpoint": which}))
         console.print(f"{version['name']} version {version['version']} (job {version['job_id']}, epoch {version['epoch']})")
 
+    @models_app.command("export")
+    def models_export(reference: str, output: Annotated[Path, typer.Option("--output", "-o", help="where to write it")],
+                      fmt: Annotated[str, typer.Option("--format", help="safetensors, torchscript or onnx")] = "safetensors",
+                      url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+        """Download a model (name, name:VERSION, name@ALIAS or job:ID[:EPOCH]) as a file."""
+        with client(url, token) as api:
+            answer = api.get(f"/v1/models/{reference}/export", params={"format": fmt}, timeout=300)
+            if answer.status_code != 200:
+                checked(answer)
+        output.write_bytes(answer.content)
+        console.print(f"{output} ({len(answer.content):,} bytes, {fmt})")
+
+    @models_app.command("import")
+    def models_import(weights: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a safetensors state_dict")],
+                      name: Annotated[str, typer.Option(help="the model to add a version to")],
+                      model: Annotated[str, typer.Option(help='the architecture as JSON, e.g. \'{"arch": "lenet"}\'')],
+                      classes: Annotated[str | None, typer.Option(help="class names, comma-separated")] = None,
+                      input_shape: Annotated[str, typer.Option(help="e.g. 1,28,28")] = "1,28,28",
+                      url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+        """Register weights trained elsewhere as the next version of a model."""
+        form = {"name": name, "model": model,
+                "input_shape": json.dumps([int(d) for d in input_shape.split(",")])}
+        if classes:
+            form["classes"] = json.dumps(classes.split(","))
+        with client(url, token) as api:
+            version = checked(api.post("/v1/models/import", data=form, timeout=300,
+                                       files={"file": (weights.name, weights.read_bytes(), "application/octet-stream")}))
+        console.print(f"{version['name']} version {version['version']} (imported)")
+
     @models_app.command("list")
     def models_list(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """Registered models, their latest versions and aliases."""

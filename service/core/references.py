@@ -37,7 +37,7 @@ class ModelNotReady(NotReady):
 class ResolvedCheckpoint:
     reference: str
     path: Path
-    job_id: str
+    job_id: str | None  # None for an imported version
     epoch: int
     name: str | None = None
     version: int | None = None

@@ -1,4 +1,5 @@
-"""The model registry: immutable versions of job checkpoints, and movable aliases."""
+"""The model registry: immutable versions (of job checkpoints, or of weights imported from
+elsewhere), and movable aliases."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load as load_safetensors
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.checkpoint import read_meta
+from models.archs import build_model
+from models.checkpoint import read_meta, write_checkpoint
+from models.interchange import imported_meta, weights_problems
+from models.spec import MODEL_SPEC
 from service.core import jobs
-from service.core.errors import Conflict
+from service.core.errors import Conflict, Invalid
 from service.core.references import ModelNotFound, resolve
 from service.core.settings import Settings
 from service.core.tables import ModelAlias, ModelVersion, utcnow
@@ -48,21 +55,62 @@ def register(session: Session, *, name: str, job_id: str, checkpoint: str | int,
     latest = jobs.latest_metric(session, job_id=job.id)
     final_metrics = {k: getattr(latest, k) for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc",
                                                       "val_loss", "val_acc")} if latest else None
+    def store(relative: str) -> None:
+        _freeze(target.path, settings.registry_dir / relative)
+
+    return _next_version(session, name, store, job_id=job.id, epoch=target.epoch, selector=str(checkpoint),
+                         task=meta["task"], classes=meta.get("classes"), input_shape=meta["input_shape"],
+                         metrics={"checkpoint": meta.get("metrics"), "final": final_metrics})
+
+
+def _next_version(session: Session, name: str, store, **columns) -> ModelVersion:
+    """Record the next version of `name`, and store(relative path) its file once the number is ours."""
     for _ in range(5):  # concurrent registrations of one name race for the next number
         version = (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
         relative = f"{name}/v{version}.safetensors"
-        record = ModelVersion(name=name, version=version, job_id=job.id, epoch=target.epoch, selector=str(checkpoint),
-                              path=relative, task=meta["task"], classes=meta.get("classes"),
-                              input_shape=meta["input_shape"],
-                              metrics={"checkpoint": meta.get("metrics"), "final": final_metrics})
+        record = ModelVersion(name=name, version=version, path=relative, **columns)
         try:
             with session.begin_nested():
                 session.add(record)
         except IntegrityError:
             continue
-        _freeze(target.path, settings.registry_dir / relative)
+        store(relative)
         return record
     raise RuntimeError(f"could not allocate a version of {name!r}; try again")
+
+
+def import_version(session: Session, *, name: str, weights: bytes, model: dict, classes: list[str] | None,
+                   input_shape: list[int], settings: Settings) -> ModelVersion:
+    """Register weights trained elsewhere (a safetensors state_dict) as the next version of `name`.
+
+    Nothing is unpickled; the architecture must take `input_shape` and every tensor must fit it,
+    or Invalid names what does not."""
+    try:
+        spec = MODEL_SPEC.validate_python(model)
+    except ValidationError as exc:
+        raise Invalid([(("body", "model", *e["loc"]), e["msg"]) for e in exc.errors()]) from None
+    outputs = len(classes) if classes else 1
+    try:
+        net = build_model(spec, input_shape, outputs)
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, *input_shape))
+    except (ValueError, RuntimeError) as exc:
+        raise Invalid([(("body", "input_shape"), f"{spec.arch} does not take inputs of shape {input_shape}: "
+                                                 f"{str(exc).strip().splitlines()[0]}")]) from None
+    try:
+        state = load_safetensors(weights)
+    except Exception as exc:  # safetensors has its own error types for a damaged header
+        raise Invalid([(("body", "file"), f"not a safetensors file: {exc}")]) from None
+    problems = weights_problems(net, state)
+    if problems:
+        raise Invalid([(("body", "file", tensor), message) for tensor, message in problems])
+    meta = imported_meta(spec.model_dump(mode="json"), classes, input_shape)
+
+    def store(relative: str) -> None:
+        write_checkpoint(settings.registry_dir / relative, state, meta)
+
+    return _next_version(session, name, store, job_id=None, epoch=0, selector="import", task=meta["task"],
+                         classes=classes, input_shape=input_shape, metrics=None)
 
 
 def versions(session: Session, *, name: str) -> list[ModelVersion]:

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_dataset_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    max_model_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # POST /v1/models/import
     max_files_per_request: int = Field(default=64, ge=1)
     max_image_pixels: int = Field(default=4096 * 4096, ge=1)
     model_cache_size: int = Field(default=8, ge=1)

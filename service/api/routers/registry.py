@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
 from service.api.schemas.registry import (
@@ -16,7 +19,8 @@ from service.api.schemas.registry import (
     ModelVersionPublic,
     model_public,
 )
-from service.core import registry
+from service.core import exports, registry
+from service.core.errors import Invalid
 from service.core.references import MODEL_NAME
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -73,3 +77,75 @@ def delete_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_IN
     registry.delete_version(session, name=name, version=version, settings=settings)
     session.commit()
     server.references.clear()
+
+
+FormatParam = Annotated[Literal["safetensors", "torchscript", "onnx"], Query(
+    alias="format", description="safetensors: the plain state_dict with the metadata in its header; "
+                                "torchscript and onnx (opset 17): float inputs in, probabilities out")]
+EXPORTED = {200: {"content": {"application/octet-stream": {}}, "description": "The model file"},
+            **NOT_FOUND, 409: {"description": "The job has no checkpoint yet"},
+            422: {"description": "The format cannot hold this model"}}
+
+
+async def _export(session, settings, reference: str, fmt: str) -> Response:
+    exported = await run_in_threadpool(exports.export_model, session, reference=reference, fmt=fmt, settings=settings)
+    return Response(exported.content, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'})
+
+
+@router.get("/{name}/versions/{version}/export", response_class=Response, responses=EXPORTED)
+async def export_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], session: SessionDep,
+                         settings: SettingsDep, fmt: FormatParam = "safetensors") -> Response:
+    """Download one version of a model as safetensors, TorchScript or ONNX."""
+    return await _export(session, settings, f"{name}:{version}", fmt)
+
+
+@router.get("/{reference}/export", response_class=Response, responses=EXPORTED)
+async def export_reference(reference: Annotated[str, Path(max_length=200, description=(
+                               "name (its production alias, else the latest version), name:VERSION, name@ALIAS, "
+                               "job:ID or job:ID:best|last|EPOCH"))],
+                           session: SessionDep, settings: SettingsDep, fmt: FormatParam = "safetensors") -> Response:
+    """Download the model any reference names, a job's checkpoint included."""
+    return await _export(session, settings, reference, fmt)
+
+
+def _json_field(field: str, raw: str | None, default=None):
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise Invalid([(("body", field), f"{field} must be JSON: {exc}")]) from None
+
+
+@router.post("/import", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic, responses={
+    413: {"description": "The upload is larger than the limit"},
+    422: {"description": "The weights do not fit the architecture, or a field is invalid"}})
+async def import_model(
+    session: WriteSessionDep, settings: SettingsDep, server: ModelServerDep,
+    file: Annotated[UploadFile, File(description="a safetensors state_dict (nothing is unpickled)")],
+    name: Annotated[str, Form(pattern=f"^{MODEL_NAME}$")],
+    model: Annotated[str, Form(max_length=100_000, description='the model part of a job spec, as JSON, '
+                                                               'e.g. {"arch": "lenet"}')],
+    classes: Annotated[str | None, Form(max_length=100_000, description="JSON list of class names; "
+                                                                        "none for a regression model")] = None,
+    input_shape: Annotated[str, Form(max_length=200, description="JSON list, e.g. [1, 28, 28]")] = "[1, 28, 28]",
+) -> ModelVersionPublic:
+    """Register weights trained elsewhere as the next version of a model; predict serves it like any other."""
+    spec = _json_field("model", model)
+    names = _json_field("classes", classes)
+    shape = _json_field("input_shape", input_shape)
+    if not isinstance(spec, dict):
+        raise Invalid([(("body", "model"), 'model must be a JSON object such as {"arch": "mlp"}')])
+    if names is not None and (not isinstance(names, list) or len(names) < 2
+                              or not all(isinstance(n, str) and n for n in names)):
+        raise Invalid([(("body", "classes"), "classes must be a JSON list of at least two names")])
+    if (not isinstance(shape, list) or len(shape) not in (1, 3)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in shape)):
+        raise Invalid([(("body", "input_shape"), "input_shape must be [features] or [channels, height, width]")])
+    weights = await file.read()
+    version = await run_in_threadpool(registry.import_version, session, name=name, weights=weights, model=spec,
+                                      classes=names, input_shape=shape, settings=settings)
+    session.commit()
+    server.references.clear()
+    return ModelVersionPublic.model_validate(version)

@@ -45,7 +45,7 @@ class ValuesPrediction(BaseModel):
 
 class ResolvedModel(BaseModel):
     reference: str
-    job_id: str
+    job_id: str | None  # None: weights imported from elsewhere
     epoch: int
     name: str | None = None
     version: int | None = None

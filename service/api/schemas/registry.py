@@ -32,7 +32,7 @@ class ModelVersionPublic(BaseModel):
 
     name: str
     version: int
-    job_id: str
+    job_id: str | None  # None: imported (selector "import")
     epoch: int
     selector: str
     task: str

@@ -1,0 +1,34 @@
+"""Models leaving the service: a registered version or a job's checkpoint as a file in one of the
+interchange formats (models/interchange.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from models.interchange import ExportError, export
+from models.predictor import Predictor
+from service.core.errors import Unprocessable
+from service.core.references import resolve
+from service.core.settings import Settings
+
+SUFFIX = {"safetensors": "safetensors", "torchscript": "pt", "onnx": "onnx"}
+
+
+@dataclass
+class ExportedModel:
+    filename: str
+    content: bytes
+
+
+def export_model(session: Session, *, reference: str, fmt: str, settings: Settings) -> ExportedModel:
+    """The model a reference names, in format `fmt`; Unprocessable if the format cannot hold it."""
+    target = resolve(session, reference=reference, settings=settings)
+    session.close()  # what follows needs no database
+    try:
+        content = export(Predictor.from_checkpoint(target.path), fmt)
+    except ExportError as exc:
+        raise Unprocessable(f"{fmt}: {exc}") from exc
+    stem = f"{target.name}-v{target.version}" if target.name else f"job-{target.job_id}-epoch-{target.epoch}"
+    return ExportedModel(f"{stem}.{SUFFIX[fmt]}", content)
