@@ -5,7 +5,9 @@ LeNet, then measures against that same model:
 - the in-process floor: decode + preprocess + forward of one 28x28 PNG, no HTTP;
 - the HTTP floor: a route of the same server that receives the same upload and answers a constant;
 - /v1/predict (multipart) and /v1/models/{name}/predict (raw image body) at concurrency 1 and 32,
-  with request batching on, then again with a server started with batching off.
+  with request batching on, then again with a server started with batching off, and once more
+  with the ONNX Runtime backend (TRAINYARD_PREDICT_BACKEND=onnxruntime);
+- the forward pass of each curriculum image classifier on both backends.
 
 Usage: .venv/bin/python bench/predict.py [--requests N]
 """
@@ -77,14 +79,14 @@ def load(port: int, path: str, body: bytes, content_type: str, *, requests: int,
             "rps": len(latencies) / elapsed}
 
 
-def in_process_floor(checkpoint: Path, image: bytes, runs: int) -> float:
+def in_process_floor(checkpoint: Path, image: bytes, runs: int, backend: str = "torch") -> float:
     """Median ms of decode + preprocess + forward of one image, in this process."""
     import torch
 
-    from models.predictor import Predictor
+    from models.interchange import PREDICTORS
 
     torch.set_num_threads(1)
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = PREDICTORS[backend].from_checkpoint(checkpoint)
     predictor.warm_up()
     times = []
     for _ in range(runs):
@@ -93,6 +95,43 @@ def in_process_floor(checkpoint: Path, image: bytes, runs: int) -> float:
         predictor.label(predictor.probabilities(pixels.unsqueeze(0)), 1)
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
+
+
+BACKEND_MODELS = {  # the curriculum's image classifiers, for the backend comparison
+    "softmax": {"arch": "softmax_regression"},
+    "mlp": {"arch": "mlp", "hidden": [256]},
+    "lenet": {"arch": "lenet"},
+    "lenet-relu-max": {"arch": "lenet", "activation": "relu", "pool": "max"},
+    "resnet18": {"arch": "resnet18"},
+}
+
+
+def backend_forward_ms(runs: int = 200) -> dict[str, dict[str, float]]:
+    """Median ms of one batch of 32 images through each backend, per architecture (one thread)."""
+    import torch
+
+    from models.archs import build_model
+    from models.interchange import PREDICTORS
+    from models.spec import MODEL_SPEC
+
+    torch.set_num_threads(1)
+    meta = {"task": "classification", "classes": [str(i) for i in range(10)], "input_shape": [1, 28, 28],
+            "preprocess": {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255}}
+    batch = torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8)
+    table = {}
+    for name, model in BACKEND_MODELS.items():
+        spec = MODEL_SPEC.validate_python(model)
+        table[name] = {}
+        for backend, cls in PREDICTORS.items():
+            predictor = cls(build_model(spec, [1, 28, 28], 10), {**meta, "model": model})
+            predictor.probabilities(batch)
+            times = []
+            for _ in range(runs if name != "resnet18" else runs // 10):
+                started = time.perf_counter()
+                predictor.probabilities(batch)
+                times.append(time.perf_counter() - started)
+            table[name][backend] = 1000 * statistics.median(times)
+    return table
 
 
 def trained_model(home: Path) -> tuple[Stack, str, Path]:
@@ -146,8 +185,10 @@ def main() -> int:
         stack, model, checkpoint = trained_model(Path(tmp))
         stack.stop()  # the worker is no longer needed; measure the API alone
         floor_ms = in_process_floor(checkpoint, image, runs=500)
+        onnx_floor_ms = in_process_floor(checkpoint, image, runs=500, backend="onnxruntime")
         rows = {}
-        for label, env in (("batching on", {}), ("batching off", {"TRAINYARD_MAX_BATCH_SIZE": "1"})):
+        for label, env in (("batching on", {}), ("batching off", {"TRAINYARD_MAX_BATCH_SIZE": "1"}),
+                           ("onnxruntime", {"TRAINYARD_PREDICT_BACKEND": "onnxruntime"})):
             proc, port = api_server(stack, env, args.uvicorn.split())
             try:
                 rows[label] = measure(port, model, image, args.requests)
@@ -155,7 +196,8 @@ def main() -> int:
                 proc.terminate()
                 proc.wait()
 
-    print(f"in-process floor (decode + preprocess + forward, one 28x28 PNG): {floor_ms:.3f} ms p50")
+    print(f"in-process floor (decode + preprocess + forward, one 28x28 PNG): {floor_ms:.3f} ms p50 "
+          f"(torch), {onnx_floor_ms:.3f} ms (onnxruntime)")
     print(f"{'server':<13} {'route':<10} {'c':>3} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
     for label, results in rows.items():
         for (route, concurrency), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -174,6 +216,14 @@ def main() -> int:
         print(f"{route:<9} throughput at c=32 / HTTP floor: {ratio:5.2f} (target >= {TARGET_THROUGHPUT_RATIO}) "
               f"{'MET' if ok_ratio else 'MISSED'}; with batching off {off_ratio:5.2f}; "
               f"p99 at c=32 {on[(route, 32)]['p99_ms']:.1f} ms")
+    print()
+    for route in ("multipart", "raw"):
+        print(f"{route:<9} onnxruntime / torch backend at c=32: "
+              f"{rows['onnxruntime'][(route, 32)]['rps'] / on[(route, 32)]['rps']:5.2f}")
+    print("forward pass of 32 images, ms (one thread):")
+    for name, by_backend in backend_forward_ms().items():
+        print(f"  {name:<15} torch {by_backend['torch']:7.3f}  onnxruntime {by_backend['onnxruntime']:7.3f}  "
+              f"ratio {by_backend['torch'] / by_backend['onnxruntime']:5.2f}")
     return 1 if failures and not args.report_only else 0
 
 

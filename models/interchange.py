@@ -13,8 +13,10 @@ from __future__ import annotations
 import copy
 import io
 import json
+import threading
 import warnings
 
+import numpy as np
 import torch
 from safetensors.torch import save
 from torch import nn
@@ -22,6 +24,7 @@ from torch import nn
 from models.predictor import Predictor
 
 FORMAT = "trainyard-export/1"
+_ONNX_EXPORT = threading.Lock()  # torch.onnx.export keeps global state: one export at a time
 ONNX_OPSET = 17
 FORMATS = ("safetensors", "torchscript", "onnx")
 
@@ -89,7 +92,7 @@ def onnx_bytes(predictor: Predictor) -> bytes:
     output = "probabilities" if predictor.task == "classification" else "predictions"
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with _ONNX_EXPORT, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=[output],
                               dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}},
@@ -105,6 +108,32 @@ EXPORTERS = {"safetensors": safetensors_bytes, "torchscript": torchscript_bytes,
 def export(predictor: Predictor, fmt: str) -> bytes:
     """The model in one of FORMATS."""
     return EXPORTERS[fmt](predictor)
+
+
+class OnnxRuntimePredictor(Predictor):
+    """The same predictor with its forward pass run by ONNX Runtime on the exported graph (CPU).
+
+    Inputs are prepared exactly as for the torch backend; the graph applies the softmax itself."""
+
+    def __init__(self, model: nn.Module, meta: dict, device: torch.device = torch.device("cpu")):
+        import onnxruntime
+
+        if device.type != "cpu":
+            raise ExportError(f"the onnxruntime backend runs on the CPU here, not {device}")
+        super().__init__(model, meta, device)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(onnx_bytes(self), options, providers=["CPUExecutionProvider"])
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.dtype == torch.uint8:
+            batch = self.to_input(batch)
+        (outputs,) = self.session.run(None, {"input": np.ascontiguousarray(batch.numpy(), dtype=np.float32)})
+        return torch.from_numpy(outputs)
+
+
+PREDICTORS = {"torch": Predictor, "onnxruntime": OnnxRuntimePredictor}
 
 
 def weights_problems(net: nn.Module, state: dict[str, torch.Tensor]) -> list[tuple[str, str]]:

@@ -109,3 +109,10 @@ def test_cache_thrash_answers_every_predict_within_its_deadline(two_processes):
     assert all(retry for status, _, retry in results if status == 503)
     assert max(seconds for _, seconds, _ in results) < 3 + 2  # the deadline, and a margin for a busy machine
     assert sum(status == 200 for status, _, _ in results) > len(results) / 2
+
+
+def test_a_second_api_on_a_port_in_use_refuses_to_start(two_processes):
+    stack, _ = two_processes
+    second = stack.cli("api", timeout=60)  # same port; SO_REUSEPORT must not let it join silently
+    assert second.returncode == 1 and "already in use" in second.stderr
+    assert httpx.get(f"{stack.url}/healthz").status_code == 200

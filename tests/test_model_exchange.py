@@ -172,3 +172,153 @@ def test_an_import_that_is_not_safetensors_or_has_a_bad_field_is_refused(api):
     bad_shape = api.post("/v1/models/import", data={**form, "input_shape": "[1, 2]"},
                          files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))})
     assert bad_shape.status_code == 422 and bad_shape.json()["detail"][0]["loc"] == ["body", "input_shape"]
+
+
+# Each curriculum architecture as its users write it, in a process that never imports trainyard.
+EVERY_ARCHITECTURE = textwrap.dedent("""
+    import json, math, sys
+    import numpy as np, onnxruntime, torch, torchvision
+    from safetensors.torch import load_file
+    from torch import nn
+
+    def lenet(act, pool):
+        return nn.Sequential(
+            nn.Conv2d(1, 6, kernel_size=5, padding=2), act(), pool(kernel_size=2, stride=2),
+            nn.Conv2d(6, 16, kernel_size=5), act(), pool(kernel_size=2, stride=2),
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), act(), nn.Linear(120, 84), act(), nn.Linear(84, 10))
+
+    def resnet18():
+        net = torchvision.models.resnet18(num_classes=10)
+        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        return net
+
+    COURSE = {
+        "linear-regression": lambda: nn.Sequential(nn.Flatten(), nn.Linear(2, 1)),
+        "softmax": lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
+        "mlp-dropout": lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Dropout(0.5),
+                                             nn.Linear(64, 10)),
+        "lenet-sigmoid-avg": lambda: lenet(nn.Sigmoid, nn.AvgPool2d),
+        "lenet-relu-max": lambda: lenet(nn.ReLU, nn.MaxPool2d),
+        "resnet18": resnet18,
+        "sequential-batchnorm": lambda: nn.Sequential(nn.Conv2d(1, 4, kernel_size=3), nn.BatchNorm2d(4), nn.ReLU(),
+                                                      nn.Flatten(), nn.Linear(4 * 26 * 26, 10)),
+        # data.resize: the images grow to 32x32 inside the network, then the course's LeNet.
+        "resized-lenet": lambda: nn.Sequential(
+            nn.Upsample(size=(32, 32), mode="bilinear", align_corners=False),
+            nn.Sequential(nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+                          nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+                          nn.Flatten(), nn.Linear(16 * 6 * 6, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(),
+                          nn.Linear(84, 10))),
+    }
+
+    folder, cases = sys.argv[1], json.loads(sys.argv[2])
+    results = {}
+    for name, x in cases.items():
+        x = torch.tensor(x, dtype=torch.float32)
+        weights = load_file(f"{folder}/{name}.safetensors")
+        with torch.no_grad():
+            if name == "polynomial":  # the course computes x^i / i! before its linear layer
+                linear = nn.Linear(4, 1)
+                linear.load_state_dict({"weight": weights["1.weight"], "bias": weights["1.bias"]})
+                features = torch.cat([x ** i / math.factorial(i) for i in range(1, 5)], dim=1)
+                course = linear(features)
+            else:
+                net = COURSE[name]()
+                net.load_state_dict(weights)
+                out = net.eval()(x)
+                course = torch.softmax(out, dim=1) if out.shape[1] > 1 else out
+            scripted = torch.jit.load(f"{folder}/{name}.pt")(x)
+        (onnx_out,) = onnxruntime.InferenceSession(f"{folder}/{name}.onnx").run(None, {"input": x.numpy()})
+        results[name] = {"safetensors": course.tolist(), "torchscript": scripted.tolist(), "onnx": onnx_out.tolist()}
+    results["trainyard imported"] = [m for m in ("models", "service", "workers") if m in sys.modules]
+    print(json.dumps(results))
+""")
+
+ARCHITECTURES = {  # name -> (model spec, input shape, classes)
+    "linear-regression": ({"arch": "linear_regression"}, [2], None),
+    "polynomial": ({"arch": "polynomial", "degree": 4}, [1], None),
+    "softmax": ({"arch": "softmax_regression"}, [1, 28, 28], 10),
+    "mlp-dropout": ({"arch": "mlp", "hidden": [64], "dropout": 0.5}, [1, 28, 28], 10),
+    "lenet-sigmoid-avg": ({"arch": "lenet"}, [1, 28, 28], 10),
+    "lenet-relu-max": ({"arch": "lenet", "activation": "relu", "pool": "max"}, [1, 28, 28], 10),
+    "resnet18": ({"arch": "resnet18"}, [1, 28, 28], 10),
+    "sequential-batchnorm": ({"arch": "sequential", "layers": [
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "batchnorm"}, {"type": "relu"},
+        {"type": "flatten"}, {"type": "linear", "out_features": 10}]}, [1, 28, 28], 10),
+}
+
+
+def random_weights(model: dict, shape: list[int], classes: int | None) -> dict:
+    """Weights "from elsewhere": the architecture's tensors, drawn at random (batch-norm statistics too)."""
+    from models.archs import build_model
+    from models.spec import MODEL_SPEC
+
+    torch.manual_seed(len(json.dumps(model)))
+    state = build_model(MODEL_SPEC.validate_python(model), shape, classes or 1).state_dict()
+    return {name: (t.uniform_(0.5, 1.5) if "running_var" in name else t.normal_(0, 0.2)) if t.is_floating_point()
+            else t for name, t in state.items()}
+
+
+def test_every_architecture_leaves_and_matches_predict(api, embedded_stack, tmp_path):
+    """Imported (or, for a resized model, trained), served by /v1/predict, exported in each format,
+    and run by the users' own code."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    image = png_bytes(5, seed=21)
+    pixels = (np.asarray(Image.open(io.BytesIO(image)).convert("L"), dtype=np.float32) / 255).reshape(1, 1, 28, 28)
+    cases, served = {}, {}
+    for name, (model, shape, classes) in ARCHITECTURES.items():
+        form = {"name": f"every-{name}", "model": json.dumps(model), "input_shape": json.dumps(shape)}
+        if classes:
+            form["classes"] = json.dumps([f"c{i}" for i in range(classes)])
+        answer = api.post("/v1/models/import", data=form,
+                          files={"file": ("w.safetensors", save(random_weights(model, shape, classes)))})
+        assert answer.status_code == 201, (name, answer.text)
+        if classes:
+            cases[name] = pixels.tolist()
+            served[name] = [probabilities(api, f"every-{name}", image)]
+        else:
+            rows = [[0.3, -1.2]] if shape == [2] else [[0.7], [-1.1]]
+            cases[name] = rows
+            predicted = api.post("/v1/predict", json={"model": f"every-{name}", "inputs": rows}).json()
+            served[name] = [[p["value"]] for p in predicted["predictions"]]
+        for fmt, suffix in (("safetensors", "safetensors"), ("torchscript", "pt"), ("onnx", "onnx")):
+            exported = api.get(f"/v1/models/every-{name}/export", params={"format": fmt})
+            assert exported.status_code == 200, (name, fmt, exported.text)
+            (tmp_path / f"{name}.{suffix}").write_bytes(exported.content)
+    resized = submit(api, {"model": {"arch": "lenet"}, "epochs": 1, "batch_size": 64, "optimizer": {"lr": 0.9},
+                           "data": {"dataset": "fashion-mnist", "resize": 32, "limit_train": 512, "limit_test": 64}})
+    assert embedded_stack.wait_for_job(api, resized)["status"] == "succeeded"
+    cases["resized-lenet"] = pixels.tolist()
+    served["resized-lenet"] = [probabilities(api, f"job:{resized}", image)]
+    for fmt, suffix in (("safetensors", "safetensors"), ("torchscript", "pt"), ("onnx", "onnx")):
+        exported = api.get(f"/v1/models/job:{resized}/export", params={"format": fmt})
+        assert exported.status_code == 200, (fmt, exported.text)
+        (tmp_path / f"resized-lenet.{suffix}").write_bytes(exported.content)
+    run = subprocess.run([sys.executable, "-c", EVERY_ARCHITECTURE, str(tmp_path), json.dumps(cases)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert results.pop("trainyard imported") == []
+    assert set(results) == set(ARCHITECTURES) | {"resized-lenet"}
+    for name, by_format in results.items():
+        for fmt, values in by_format.items():
+            assert np.allclose(values, served[name], atol=1e-4), (name, fmt)
+
+
+def test_an_import_over_the_size_limit_is_413(tmp_path, data_dir):
+    from tests.servers import Stack
+
+    stack = Stack(home=tmp_path / "small", data_dir=data_dir, with_worker=False,
+                  extra_env={"TRAINYARD_MAX_MODEL_UPLOAD_BYTES": "4096"}).start()
+    try:
+        with stack.client() as client:
+            weights = save({"w": torch.zeros(4096)})
+            answer = client.post("/v1/models/import", data={"name": "big", "model": json.dumps({"arch": "lenet"})},
+                                 files={"file": ("w.safetensors", weights)})
+            assert answer.status_code == 413 and "limit" in answer.json()["detail"]
+    finally:
+        stack.stop()

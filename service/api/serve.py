@@ -3,7 +3,8 @@
 Each process binds its own listening socket to the same port with SO_REUSEPORT, so the kernel
 spreads new connections evenly over the processes. (With one socket shared by all, as uvicorn's
 --workers does, whichever process is awake accepts: under a burst of keep-alive connections one
-process took nearly all of them and the others idled.) A process that dies is started again;
+process took nearly all of them and the others idled.) A process that dies is started again
+(unless it dies while starting, e.g. on a port already taken: then all stop, with status 1);
 SIGTERM or SIGINT stops them all, each finishing its requests first.
 """
 
@@ -23,6 +24,7 @@ from service.core.settings import get_settings
 log = logging.getLogger("trainyard.serve")
 APP = "service.api.app:app"
 STOP_TIMEOUT_S = 15.0
+STARTUP_GRACE_S = 10.0  # a process that dies this soon cannot start; starting it again would not help
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -36,6 +38,20 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on the port: SO_REUSEPORT would otherwise let these processes
+    silently share it with another server of the same user."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def serve_one(host: str, port: int) -> None:
     """One API process: its own socket on the shared port, then uvicorn until told to stop."""
     # No proxy-header rewriting (nothing here trusts a proxy's headers) and no Server header.
@@ -47,6 +63,9 @@ def serve_one(host: str, port: int) -> None:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    if not port_is_free(settings.host, settings.port):
+        log.error("%s:%d is already in use; is another server running? (TRAINYARD_PORT)", settings.host, settings.port)
+        return 1
     if settings.api_workers == 1:
         serve_one(settings.host, settings.port)
         return 0
@@ -58,8 +77,9 @@ def main() -> int:
         return process
 
     processes = [start(i) for i in range(settings.api_workers)]
+    started = [time.monotonic()] * len(processes)
     log.info("API listening on http://%s:%d in %d processes", settings.host, settings.port, len(processes))
-    stopping = False
+    stopping, exit_code = False, 0
 
     def request_stop(_signum, _frame) -> None:
         nonlocal stopping
@@ -69,10 +89,15 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     while not stopping:
         for index, process in enumerate(processes):
-            if not process.is_alive() and not stopping:
-                log.warning("API process %d (pid %s) exited with %s; starting it again",
-                            index, process.pid, process.exitcode)
-                processes[index] = start(index)
+            if process.is_alive() or stopping:
+                continue
+            if time.monotonic() - started[index] < STARTUP_GRACE_S:  # it cannot start (port taken?)
+                log.error("API process %d exited with %s while starting; stopping", index, process.exitcode)
+                stopping, exit_code = True, 1
+                break
+            log.warning("API process %d (pid %s) exited with %s; starting it again", index, process.pid,
+                        process.exitcode)
+            processes[index], started[index] = start(index), time.monotonic()
         time.sleep(0.2)
     for process in processes:
         if process.is_alive():
@@ -82,7 +107,7 @@ def main() -> int:
         process.join(max(0.1, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":

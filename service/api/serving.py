@@ -26,7 +26,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from models.cache import LRU
 from models.data import load_dataset
-from models.devices import resolve_device
+from models.devices import DeviceUnavailable, resolve_device
+from models.interchange import PREDICTORS, ExportError
 from models.predictor import InputError, Prediction, Predictor
 from models.spec import JobSpec
 from service.api.telemetry import MODEL_CACHE, MODELS_LOADED, PREDICT_BATCH
@@ -248,11 +249,19 @@ class ModelServer:
         self.settings = settings
         # Raises DeviceUnavailable now, at start-up, for a device this process does not have.
         self.device = resolve_device(settings.predict_device)
+        backend = settings.predict_backend
+        if backend == "auto":
+            backend = "onnxruntime" if self.device.type == "cpu" else "torch"
+        elif backend == "onnxruntime" and self.device.type != "cpu":
+            raise DeviceUnavailable(f"TRAINYARD_PREDICT_BACKEND=onnxruntime runs on the CPU, not on "
+                                    f"{self.device}; set TRAINYARD_PREDICT_DEVICE=cpu")
+        self.predictor = PREDICTORS[backend]
         self.references = ReferenceCache(settings.reference_cache_seconds)
         self.max_batch_size = settings.max_batch_size
         self.max_delay_s = settings.max_batch_delay_ms / 1000
         self._models: LRU[LoadedModel] = LRU(settings.model_cache_size, on_evict=LoadedModel.close)
         self._confusions: LRU[tuple[list[list[int]], float]] = LRU(32)
+        self._loading = threading.Lock()
         self.hits = 0
         self.misses = 0
 
@@ -270,15 +279,21 @@ class ModelServer:
         cached = self.loaded(key)
         if cached is not None:
             return cached
-        predictor = Predictor.from_checkpoint(path, self.device)
-        predictor.warm_up()
-        fresh = LoadedModel(predictor)
-        kept = self._models.put(key, fresh)
-        if kept is fresh:
-            self.misses += 1
-            MODEL_CACHE.labels("miss").inc()
-            MODELS_LOADED.set(len(self._models))
-        return kept
+        with self._loading:  # the first requests for a cold model arrive together: load it once
+            cached = self._models.get(key)
+            if cached is not None:
+                return cached
+            try:
+                predictor = self.predictor.from_checkpoint(path, self.device)
+            except ExportError as exc:  # a graph ONNX cannot hold: torch serves it
+                log.warning("serving %s with torch: %s", path.name, exc)
+                predictor = Predictor.from_checkpoint(path, self.device)
+            predictor.warm_up()
+            loaded = self._models.put(key, LoadedModel(predictor))
+        self.misses += 1
+        MODEL_CACHE.labels("miss").inc()
+        MODELS_LOADED.set(len(self._models))
+        return loaded
 
     def resolve(self, reference: str) -> Resolution:
         """Resolve a reference in a read session of its own, and stat its file (call in a thread).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,6 +77,10 @@ class Settings(BaseSettings):
     reference_cache_seconds: float = Field(default=1.0, ge=0, le=3600)
     # Where the API runs its models: auto (a GPU when the process has one), cpu, cuda or cuda:N.
     predict_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")
+    # What runs the forward pass of served models: ONNX Runtime on the exported graph (CPU only),
+    # or torch; auto: ONNX Runtime on the CPU (faster on every curriculum model, bench/predict.py),
+    # torch on a GPU, and torch for a model ONNX cannot hold.
+    predict_backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     # Torch threads for inference in the API process; small models answer fastest on one.
     inference_threads: int = Field(default=1, ge=1, le=256)
     # Adds POST /v1/_bench/floor, a route that reads an upload and answers a constant, so that

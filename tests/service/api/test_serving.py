@@ -197,3 +197,36 @@ def test_gpu_inference_answers_as_the_cpu_does(tmp_path, checkpoint):
     (on_cpu, _), (on_gpu, where) = asyncio.run(run(cpu)), asyncio.run(run(gpu))
     assert where.type == "cuda" and on_gpu.device.type == "cpu"
     torch.testing.assert_close(on_gpu, on_cpu, atol=1e-5, rtol=1e-4)
+
+
+def test_the_onnxruntime_backend_answers_as_torch_does(tmp_path, checkpoint):
+    from models.interchange import OnnxRuntimePredictor
+    from tests.datagen import png_bytes
+
+    path = checkpoint(tmp_path / "m.safetensors", 0)
+    images = [(f"{i}.png", png_bytes(i, seed=i)) for i in range(5)]
+
+    async def run(server):
+        loaded = server.load(path)
+        return loaded, await server.image_probabilities(loaded, images)
+
+    torch_loaded, by_torch = asyncio.run(run(server_with(tmp_path, cache=1, batch=8, delay_ms=0,
+                                                         predict_backend="torch")))
+    loaded, by_onnx = asyncio.run(run(server_with(tmp_path, cache=1, batch=8, delay_ms=0,
+                                                  predict_backend="onnxruntime")))
+    assert isinstance(loaded.predictor, OnnxRuntimePredictor)
+    assert not isinstance(torch_loaded.predictor, OnnxRuntimePredictor)
+    default = server_with(tmp_path, cache=1, batch=8, delay_ms=0)  # auto: ONNX Runtime on the CPU
+    assert isinstance(default.load(path).predictor, OnnxRuntimePredictor)
+    torch.testing.assert_close(by_onnx, by_torch, atol=1e-5, rtol=1e-4)
+
+
+def test_a_model_onnx_cannot_hold_is_served_by_torch(tmp_path, checkpoint, monkeypatch):
+    from models import interchange
+
+    def refuse(_predictor):
+        raise interchange.ExportError("ONNX cannot express this model")
+
+    monkeypatch.setattr(interchange, "onnx_bytes", refuse)
+    loaded = server_with(tmp_path, cache=1, batch=8, delay_ms=0).load(checkpoint(tmp_path / "m.safetensors", 0))
+    assert type(loaded.predictor) is interchange.Predictor
