@@ -9,10 +9,10 @@ import threading
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from service.api import errors, gc_tuning, telemetry
-from service.api.auth import token_table
+from service.api.auth import require_token, token_table
 from service.api.limits import BodySizeLimit
 from service.api.processes import ProcessBoard
 from service.api.routes import api_router
@@ -101,7 +101,8 @@ def create_app() -> FastAPI:
     if settings.bench_routes:
         from service.api.routers.bench import router as bench_router
 
-        app.include_router(bench_router)
+        # Guarded exactly as the predict routes are, so that it measures the same HTTP cost.
+        app.include_router(bench_router, dependencies=[Depends(require_token)] if token_table().enabled else [])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        overrides={"/v1/datasets": settings.max_dataset_upload_bytes,
                                   "/v1/models/import": settings.max_model_upload_bytes})

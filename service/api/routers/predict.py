@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import Response
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from service.api.errors import validation_error
+from service.api.multipart import FormError, parse_form
 from service.api.schemas.predict import PredictResponse, PredictValues, image_answer, values_answer
 from service.api.serving import ModelServer
 from service.core.settings import get_settings
@@ -63,20 +63,23 @@ async def classify(server: ModelServer, reference: str, uploads: list[tuple[str,
 
 async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]], int]:
     limit = get_settings().max_files_per_request
-    form = await request.form(max_files=limit + 1, max_fields=20)
-    model = form.get("model")
-    if not isinstance(model, str) or not 1 <= len(model) <= 200:
+    try:
+        parts = parse_form(await request.body(), request.headers["content-type"], max_parts=limit + 20)
+    except FormError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    fields = {part.name: part.text for part in parts if part.filename is None}
+    model = fields.get("model")
+    if model is None or not 1 <= len(model) <= 200:
         raise _invalid(("model",), "model is required: name, name:VERSION, name@ALIAS or job:ID")
-    files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    files = [part for part in parts if part.name == "files" and part.filename is not None]
     if not files:
         raise _invalid(("files",), "at least one image is required in the files field")
     if len(files) > limit:
         raise _invalid(("files",), f"{len(files)} files sent; at most {limit} per request")
-    raw_k = form.get("top_k", "1")
-    if not isinstance(raw_k, str) or not raw_k.strip().isdigit() or not 1 <= int(raw_k) <= 1000:
+    raw_k = fields.get("top_k", "1")
+    if not raw_k.strip().isdigit() or not 1 <= int(raw_k) <= 1000:
         raise _invalid(("top_k",), "top_k must be an integer from 1 to 1000")
-    uploads = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
-    return model, uploads, int(raw_k)
+    return model, [(f.filename or f"file{i}", bytes(f.data)) for i, f in enumerate(files)], int(raw_k)
 
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY)
