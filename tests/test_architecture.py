@@ -22,6 +22,7 @@ FORBIDDEN = {
     "workers": ("service.api", "service.cli"),
 }
 ROUTERS = "service.api.routers"
+SCHEMAS = "service.api.schemas"  # the bottom of the API room: built from core and models only
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -61,6 +62,8 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
         if (_within(module, ROUTERS) and module != ROUTERS and _within(name, ROUTERS) and name != ROUTERS
                 and not _within(name, module)):
             found.append(f"{module}:{line} imports {name} (a router must not import another router)")
+        if _within(module, SCHEMAS) and _within(name, "service.api") and not _within(name, SCHEMAS):
+            found.append(f"{module}:{line} imports {name} (schemas import no other part of the API)")
     return found
 
 
@@ -95,6 +98,7 @@ def test_the_rooms_exist():
     ("service.api.routers.plots", "from .predict import classify"),
     ("workers.runner", "from service.api.serving import ModelServer"),
     ("service.cli.client", "from service.api.app import app"),
+    ("service.api.schemas.predict", "from service.api.serving import LoadedModel"),
 ])
 def test_a_wrong_way_import_is_caught(module, source):
     assert violations(module, source) != []

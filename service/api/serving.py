@@ -89,10 +89,6 @@ class Batcher:
         self.queue.put_nowait(request)
         return await request.future
 
-    @property
-    def waiting(self) -> int:
-        return self.queue.qsize() + (self._carry is not None)
-
     def close(self) -> None:
         """Stop once the requests already queued are answered; callable from any thread."""
         self._loop.call_soon_threadsafe(self._begin_closing)

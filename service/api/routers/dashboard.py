@@ -172,7 +172,7 @@ async def predict(request: Request, server: ModelServerDep,
         target, loaded, results = await server.classify_uploads(model, [(name, await file.read())], top_k)
     except (CoreError, InputError, CheckpointError) as exc:
         return templates.TemplateResponse(request, "predict.html", {**context, "error": _describe(exc)}, status_code=422)
-    answer = image_answer(target, loaded, [name], results)
+    answer = image_answer(target, loaded.predictor, [name], results)
     return templates.TemplateResponse(request, "predict.html", {
         **context, "result": answer.predictions[0], "model_info": answer.model})
 

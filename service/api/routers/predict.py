@@ -58,7 +58,7 @@ def _invalid(loc: tuple, msg: str):
 
 async def classify(server: ModelServer, reference: str, uploads: list[tuple[str, bytes]], top_k: int) -> Response:
     target, loaded, results = await server.classify_uploads(reference, uploads, top_k)
-    return _json(image_answer(target, loaded, [name for name, _ in uploads], results))
+    return _json(image_answer(target, loaded.predictor, [name for name, _ in uploads], results))
 
 
 async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]], int]:
@@ -94,7 +94,7 @@ async def predict(request: Request) -> Response:
         except ValidationError as exc:
             raise validation_error([(("body", *e["loc"]), e["msg"]) for e in exc.errors()]) from exc
         target, loaded, outputs = await server.predict_values(body.model, body.inputs)
-        return _json(values_answer(target, loaded, outputs, body.top_k))
+        return _json(values_answer(target, loaded.predictor, outputs, body.top_k))
     if content_type.startswith("multipart/form-data"):
         return await classify(server, *await _form_uploads(request))
     raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,

@@ -6,8 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from models.predictor import Prediction
-from service.api.serving import LoadedModel
+from models.predictor import Prediction, Predictor
 from service.core.references import ResolvedCheckpoint
 
 
@@ -59,26 +58,24 @@ class PredictResponse(BaseModel):
     predictions: list[ImagePrediction] | list[ValuesPrediction]
 
 
-def resolved_model(target: ResolvedCheckpoint, loaded: LoadedModel) -> ResolvedModel:
-    predictor = loaded.predictor
+def resolved_model(target: ResolvedCheckpoint, predictor: Predictor) -> ResolvedModel:
     return ResolvedModel(reference=target.reference, job_id=target.job_id, epoch=target.epoch, name=target.name,
                          version=target.version, task=predictor.task, classes=predictor.classes,
                          input_shape=predictor.meta["input_shape"])
 
 
-def image_answer(target: ResolvedCheckpoint, loaded: LoadedModel, filenames: list[str],
+def image_answer(target: ResolvedCheckpoint, predictor: Predictor, filenames: list[str],
                  results: list[Prediction]) -> PredictResponse:
     return PredictResponse(
-        model=resolved_model(target, loaded),
+        model=resolved_model(target, predictor),
         predictions=[ImagePrediction(filename=name, label=r.label, index=r.index, probability=r.probability,
                                      top_k=r.top_k) for name, r in zip(filenames, results)])
 
 
-def values_answer(target: ResolvedCheckpoint, loaded: LoadedModel, outputs, top_k: int) -> PredictResponse:
-    predictor = loaded.predictor
+def values_answer(target: ResolvedCheckpoint, predictor: Predictor, outputs, top_k: int) -> PredictResponse:
     if predictor.task == "regression":
         predictions = [ValuesPrediction(value=row[0] if len(row) == 1 else row) for row in outputs.tolist()]
     else:
         predictions = [ValuesPrediction(label=r.label, index=r.index, probability=r.probability, top_k=r.top_k)
                        for r in predictor.label(outputs, top_k)]
-    return PredictResponse(model=resolved_model(target, loaded), predictions=predictions)
+    return PredictResponse(model=resolved_model(target, predictor), predictions=predictions)

@@ -27,10 +27,6 @@ class WorkerPublic(BaseModel):
     started_at: datetime
     last_seen: datetime
 
-    @property
-    def busy(self) -> bool:
-        return self.current_job is not None
-
 
 class WorkersPublic(BaseModel):
     workers: list[WorkerPublic]
