@@ -140,6 +140,13 @@ def register(app: typer.Typer) -> None:
         with client(url, token) as api:
             console.print(f"job {job_id} {checked(api.post(f'/v1/jobs/{job_id}/cancel'))['status']}")
 
+    @jobs_app.command("delete")
+    def jobs_delete(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+        """Delete a finished job with its metrics and checkpoints (registered versions stay)."""
+        with client(url, token) as api:
+            checked(api.delete(f"/v1/jobs/{job_id}"))
+            console.print(f"job {job_id} deleted")
+
     @jobs_app.command("resume")
     def jobs_resume(job_id: str, follow_job: Annotated[bool, typer.Option("--follow", "-f")] = False,
                     url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:

@@ -1,12 +1,14 @@
-"""The reaper: re-queues jobs whose worker died and re-sends jobs whose broker message was lost."""
+"""The reaper: re-queues jobs whose worker died, re-sends jobs whose broker message was lost, and
+now and then purges what retention says is old."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
-from service.core import jobs
+from service.core import embedded_broker, jobs, retention
 from service.core.db import session_scope
 from service.core.leader import Leadership
 from service.core.settings import Settings
@@ -71,6 +73,15 @@ def sweep(settings: Settings) -> list[str]:
     return sent
 
 
+def housekeeping(settings: Settings) -> None:
+    """Purge expired jobs' checkpoints and the embedded broker's consumed messages."""
+    retention.purge_expired(settings)
+    if settings.embedded_broker:
+        purged = embedded_broker.purge_consumed(settings.broker_url, settings.broker_message_retention_seconds)
+        if purged:
+            log.info("removed %d consumed message(s) from the embedded broker", purged)
+
+
 class Reaper:
     """Runs sweep() every reaper_interval_seconds in a background thread, in the one process
     (of all that share the database) that holds the reaper's role."""
@@ -90,9 +101,14 @@ class Reaper:
         self.leadership.release()
 
     def _loop(self) -> None:
+        next_housekeeping = 0.0
         while not self._stop.wait(self.settings.reaper_interval_seconds):
             try:
-                if self.leadership.held():
-                    sweep(self.settings)
+                if not self.leadership.held():
+                    continue
+                sweep(self.settings)
+                if time.monotonic() >= next_housekeeping:
+                    housekeeping(self.settings)
+                    next_housekeeping = time.monotonic() + self.settings.housekeeping_interval_seconds
             except Exception:  # the reaper must outlive a database hiccup
                 log.exception("reaper sweep failed")

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     # A queued job whose message is older than this and missing from the broker is sent again.
     resend_after_seconds: float = Field(default=30.0, gt=0, le=86400)
 
+    # Finished jobs' checkpoints are removed this many days after they end, unless a registered
+    # version came from the job (it keeps its own copy); their records and metrics stay. None: keep.
+    retention_days: float | None = Field(default=None, gt=0, le=36500)
+    # The embedded broker's consumed messages are removed after this long.
+    broker_message_retention_seconds: float = Field(default=3600, gt=0, le=30 * 86400)
+    # How often the reaper's holder applies the two retentions above.
+    housekeeping_interval_seconds: float = Field(default=600, gt=0, le=86400)
+
     # Comma-separated bearer tokens; a token ending in ":read" may only read.
     api_tokens: str = ""
 

@@ -163,8 +163,9 @@ class ModelVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    # The job whose checkpoint was registered; None for weights imported from elsewhere.
-    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="RESTRICT"), index=True)
+    # The job whose checkpoint was registered (kept after the job is deleted: the version holds
+    # its own copy); None for weights imported from elsewhere.
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
     selector: Mapped[str] = mapped_column(String(20))  # what was asked for: best, last or an epoch
     path: Mapped[str] = mapped_column(String(500))  # relative to the registry folder

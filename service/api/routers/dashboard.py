@@ -21,11 +21,11 @@ from models.spec import JobSpec
 from service.api import plots
 from service.api.auth import token_table
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
-from service.api.schemas.jobs import job_public, metric_rows
+from service.api.schemas.jobs import jobs_public, metric_rows
 from service.api.schemas.predict import image_answer
 from service.api.schemas.registry import model_public
 from service.api.schemas.workers import WorkerPublic
-from service.core import jobs, registry, submission, worker_registry
+from service.core import jobs, registry, retention, submission, worker_registry
 from service.core.settings import get_settings
 from service.core.errors import CoreError, Invalid
 
@@ -76,9 +76,7 @@ def login(token: Annotated[str, Form(max_length=500)]) -> RedirectResponse:
 
 
 def _public(session, page) -> list:
-    latest = jobs.latest_metrics(session, job_ids=[job.id for job in page])
-    waiting = worker_registry.waiting_reasons(session, jobs=page, settings=get_settings())
-    return [job_public(job, latest.get(job.id), waiting.get(job.id)) for job in page]
+    return jobs_public(session, page, get_settings())
 
 
 def _jobs(session, limit: int = 100):
@@ -142,6 +140,12 @@ def submit(request: Request, session: WriteSessionDep, settings: SettingsDep,
         return templates.TemplateResponse(request, "submit.html", {
             "examples": _examples(), "example": None, "spec": spec, "error": _describe(exc)}, status_code=422)
     return RedirectResponse(f"/ui/jobs/{submitted.job_id}", status_code=303)
+
+
+@actions.post("/ui/jobs/{job_id}/delete")
+def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> RedirectResponse:
+    retention.delete_job(session, job_id=job_id, settings=settings)
+    return RedirectResponse("/", status_code=303)
 
 
 @pages.get("/ui/models", response_class=HTMLResponse)

@@ -18,9 +18,9 @@ from service.api.schemas.jobs import (
     JobsPublic,
     MetricsPublic,
     TransitionPublic,
-    job_public,
+    jobs_public,
 )
-from service.core import jobs, submission, worker_registry
+from service.core import jobs, retention, submission, worker_registry
 from service.core.db import session_scope
 from service.core.settings import Settings, get_settings
 from service.core.tables import Job, JobStatus
@@ -37,10 +37,7 @@ def _public(session, job_id: str, settings: Settings) -> JobPublic:
 
 
 def _page(session, page: list[Job], settings: Settings) -> list[JobPublic]:
-    """Jobs in their public form: latest metrics and waiting reasons read in one query each."""
-    latest = jobs.latest_metrics(session, job_ids=[job.id for job in page])
-    waiting = worker_registry.waiting_reasons(session, jobs=page, settings=settings)
-    public = [job_public(job, latest.get(job.id), waiting.get(job.id)) for job in page]
+    public = jobs_public(session, page, settings)
     session.commit()
     return public
 
@@ -107,6 +104,13 @@ def resume_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
     """Queue a cancelled or failed job again, to continue from its last saved state."""
     submission.resume_job(session, job_id=job_id, settings=settings)
     return _public(session, job_id, settings)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**JOB_NOT_FOUND, **CONFLICT})
+def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> None:
+    """Delete a finished job: its record, metrics, events and checkpoints (409 while it is queued
+    or running: cancel it first). Versions registered from it stay, with their own copy."""
+    retention.delete_job(session, job_id=job_id, settings=settings)
 
 
 EVENT_POLL_SECONDS = 0.25

@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session
 
+from service.core import jobs, retention, worker_registry
 from service.core.jobs import best_checkpoint
+from service.core.settings import Settings
 from service.core.tables import EpochMetric, Job
 
 
@@ -73,6 +76,8 @@ class JobPublic(BaseModel):
     cross_validation: dict | None = None
     # Why a queued job cannot start: no live worker serves its queue (no_worker, no_gpu_worker).
     waiting_reason: str | None = None
+    # Bytes the job's checkpoints and resumable state take on disk now.
+    disk_bytes: int = 0
 
 
 class JobsPublic(BaseModel):
@@ -80,7 +85,16 @@ class JobsPublic(BaseModel):
     count: int
 
 
-def job_public(job: Job, latest: EpochMetric | None, waiting_reason: str | None = None) -> JobPublic:
+def jobs_public(session: Session, page: list[Job], settings: Settings) -> list[JobPublic]:
+    """Jobs in their public form: latest metrics and waiting reasons read in one query each."""
+    latest = jobs.latest_metrics(session, job_ids=[job.id for job in page])
+    waiting = worker_registry.waiting_reasons(session, jobs=page, settings=settings)
+    return [job_public(job, latest.get(job.id), waiting.get(job.id), retention.disk_usage(settings, job.id))
+            for job in page]
+
+
+def job_public(job: Job, latest: EpochMetric | None, waiting_reason: str | None = None,
+               disk_bytes: int = 0) -> JobPublic:
     """The public form of a job row, with its newest epoch's metrics."""
     best = best_checkpoint(job)
     return JobPublic(
@@ -92,7 +106,7 @@ def job_public(job: Job, latest: EpochMetric | None, waiting_reason: str | None 
         latest_metrics=EpochMetricPublic.model_validate(latest) if latest else None,
         best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
-        cross_validation=job.cross_validation, waiting_reason=waiting_reason,
+        cross_validation=job.cross_validation, waiting_reason=waiting_reason, disk_bytes=disk_bytes,
     )
 
 

@@ -1,0 +1,91 @@
+"""Deleting jobs, and purging what is old: unregistered jobs' checkpoints after
+TRAINYARD_RETENTION_DAYS, and the embedded broker's consumed messages.
+
+A registered version keeps its own copy of the weights in the registry folder, so deleting or
+purging a job never touches a registered model; a version goes only when it is deleted itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import delete, exists, select
+from sqlalchemy.orm import Session
+
+from service.core import jobs
+from service.core.db import session_scope
+from service.core.settings import Settings
+from service.core.tables import Checkpoint, Job, JobStatus, ModelVersion, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    """Where a job's checkpoints and resumable state live."""
+    return settings.checkpoint_dir / job_id
+
+
+def disk_usage(settings: Settings, job_id: str) -> int:
+    """Bytes the job's files take on disk now."""
+    total, pending = 0, [job_dir(settings, job_id)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:  # removed while we looked
+                continue
+    return total
+
+
+def delete_job(session: Session, *, job_id: str, settings: Settings) -> None:
+    """Delete a finished job's record with its metrics, events and checkpoint rows (the database
+    cascades), commit, then remove its files; InvalidTransition while it is queued or running.
+
+    Files go only after the commit, so a failed delete never leaves a job without its files."""
+    deleted = session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(JobStatus.FINAL)))
+    if deleted.rowcount != 1:
+        job = jobs.require_job(session, job_id=job_id)
+        raise jobs.InvalidTransition(job, "delete")
+    session.commit()
+    _remove_files(settings, job_id)
+
+
+def _remove_files(settings: Settings, job_id: str) -> None:
+    shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
+
+
+def expired_jobs(session: Session, *, settings: Settings) -> list[str]:
+    """Finished jobs older than the retention period that no registered version came from and
+    that still hold checkpoints."""
+    if settings.retention_days is None:
+        return []
+    cutoff = utcnow() - timedelta(days=settings.retention_days)
+    registered = exists().where(ModelVersion.job_id == Job.id)
+    has_files = exists().where(Checkpoint.job_id == Job.id)
+    return list(session.scalars(select(Job.id).where(Job.status.in_(JobStatus.FINAL), Job.finished_at < cutoff,
+                                                     ~registered, has_files)))
+
+
+def purge_expired(settings: Settings) -> list[str]:
+    """Remove the checkpoints (files and rows) of expired jobs; their records and metrics stay."""
+    with session_scope(write=False) as session:
+        expired = expired_jobs(session, settings=settings)
+    for job_id in expired:
+        with session_scope() as session:
+            session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+        _remove_files(settings, job_id)
+    if expired:
+        log.info("retention: removed the checkpoints of %d job(s) finished over %s days ago",
+                 len(expired), settings.retention_days)
+    return expired

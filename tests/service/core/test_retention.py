@@ -1,0 +1,110 @@
+"""Deleting jobs and purging old ones: what goes, and what a registered version keeps."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, text, update
+
+from models.checkpoint import read_checkpoint
+from models.spec import JobSpec
+from service.core import broker, db, embedded_broker, jobs, registry, retention
+from service.core.errors import Conflict, NotFound
+from service.core.references import resolve
+from service.core.settings import Settings
+from service.core.tables import Checkpoint, EpochMetric, Job, JobEvent, JobStatus, ModelVersion, utcnow
+
+SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}})
+
+
+def count(session, table, job_id) -> int:
+    return session.scalar(select(func.count()).select_from(table).where(table.job_id == job_id))
+
+
+def test_deleting_a_job_cascades_on_each_database(Session, tmp_path):
+    settings = Settings(home=tmp_path)
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+        jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3)
+        jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 1, "train_loss": 0.5},
+                          checkpoint_path=f"{job_id}/epoch-0001.safetensors", checkpoint_size=10)
+        session.commit()
+        with pytest.raises(Conflict, match="cannot delete job .* it is running"):
+            retention.delete_job(session, job_id=job_id, settings=settings)
+        session.rollback()
+        jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.FAILED)
+        session.commit()
+        (tmp_path / "checkpoints" / job_id).mkdir(parents=True)
+        (tmp_path / "checkpoints" / job_id / "epoch-0001.safetensors").write_bytes(b"0" * 10)
+        assert retention.disk_usage(settings, job_id) == 10
+        retention.delete_job(session, job_id=job_id, settings=settings)
+    with Session() as session:
+        assert session.get(Job, job_id) is None
+        assert [count(session, t, job_id) for t in (EpochMetric, Checkpoint, JobEvent)] == [0, 0, 0]
+        with pytest.raises(NotFound):
+            retention.delete_job(session, job_id=job_id, settings=settings)
+    assert not (tmp_path / "checkpoints" / job_id).exists() and retention.disk_usage(settings, job_id) == 0
+
+
+def test_a_registered_version_outlives_its_deleted_job(service_env, trained_job):
+    with db.session_scope() as session:
+        version = registry.register(session, name="kept", job_id=trained_job, checkpoint="best", settings=service_env)
+    assert retention.disk_usage(service_env, trained_job) > 0
+    with db.session_scope() as session:
+        retention.delete_job(session, job_id=trained_job, settings=service_env)
+    assert not (service_env.checkpoint_dir / trained_job).exists()
+    with db.session_scope(write=False) as session:
+        with pytest.raises(NotFound):
+            jobs.require_job(session, job_id=trained_job)
+        kept = session.scalars(select(ModelVersion).where(ModelVersion.name == "kept")).one()
+        assert kept.job_id == trained_job  # where it came from is still on record
+        target = resolve(session, reference="kept", settings=service_env)
+    weights, meta = read_checkpoint(target.path)
+    assert weights and meta["epoch"] == version.epoch == 2
+
+
+def test_a_queued_job_cannot_be_deleted(service_env):
+    with db.session_scope() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+    with db.session_scope() as session, pytest.raises(Conflict, match="it is queued"):
+        retention.delete_job(session, job_id=job_id, settings=service_env)
+
+
+def test_retention_removes_old_unregistered_checkpoints_and_keeps_records(service_env, trained_job):
+    service_env.retention_days = 1
+    with db.session_scope(write=False) as session:
+        assert retention.expired_jobs(session, settings=service_env) == []  # it finished just now
+    with db.session_scope() as session:
+        session.execute(update(Job).where(Job.id == trained_job).values(finished_at=utcnow() - timedelta(days=2)))
+    assert retention.purge_expired(service_env) == [trained_job]
+    assert retention.purge_expired(service_env) == []  # nothing left to purge
+    assert not (service_env.checkpoint_dir / trained_job).exists()
+    with db.session_scope(write=False) as session:
+        job = jobs.require_job(session, job_id=trained_job)
+        assert job.checkpoints == [] and len(jobs.get_metrics(session, job_id=trained_job)) == 3
+
+
+def test_retention_spares_a_job_with_a_registered_version_and_is_off_by_default(service_env, trained_job):
+    with db.session_scope() as session:
+        session.execute(update(Job).where(Job.id == trained_job).values(finished_at=utcnow() - timedelta(days=400)))
+    assert retention.purge_expired(service_env) == []  # no TRAINYARD_RETENTION_DAYS: keep everything
+    service_env.retention_days = 1
+    with db.session_scope() as session:
+        registry.register(session, name="kept", job_id=trained_job, checkpoint="last", settings=service_env)
+    assert retention.purge_expired(service_env) == []
+    assert (service_env.checkpoint_dir / trained_job).exists()
+
+
+def test_the_embedded_broker_forgets_consumed_messages(service_env):
+    for _ in range(3):
+        broker.send_train_job("00000000-0000-0000-0000-000000000000", service_env.queue)
+    engine = db.make_engine(service_env.broker_url.removeprefix("sqla+"))
+    with engine.begin() as connection:  # as the transport marks a message a worker took
+        connection.execute(text("UPDATE kombu_message SET visible = :no, timestamp = :at "
+                                "WHERE id IN (SELECT id FROM kombu_message ORDER BY id LIMIT 2)"),
+                           {"no": False, "at": datetime.now() - timedelta(hours=3)})  # its clock: local, naive
+    assert embedded_broker.purge_consumed(service_env.broker_url, older_than_seconds=3600) == 2
+    assert embedded_broker.purge_consumed(service_env.broker_url, older_than_seconds=3600) == 0
+    assert broker.queue_depth(service_env.queue) == 1  # the message nobody took is still there
+    engine.dispose()
