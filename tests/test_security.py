@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -14,12 +16,13 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from service.api.routes import api_router
 from service.api.auth import parse_tokens
-from tests.servers import Stack
+from tests.servers import REPO, Stack, wait_until
 
 pytestmark = pytest.mark.e2e
 
 RW, RO = "rw-token-for-tests", "ro-token-for-tests"
-OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}  # open like health: scrapers send no token
+# Open: scrapers and orchestrators' probes send no token.
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,33 @@ def test_a_token_works_end_to_end(locked_stack):
 
 def test_without_tokens_the_api_says_it_is_open_on_loopback(embedded_stack):
     assert "authentication is off, so the API listens on 127.0.0.1 only" in embedded_stack.log("api")
+
+
+def _start_api(tmp_path, data_dir, module: list[str], **env) -> subprocess.Popen:
+    stack = Stack(home=tmp_path, data_dir=data_dir, with_worker=False,
+                  extra_env={"TRAINYARD_HOST": "0.0.0.0", **env})
+    return subprocess.Popen([sys.executable, "-m", *module], cwd=REPO, env=stack.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True), stack
+
+
+@pytest.mark.parametrize("module", [["service.cli.main", "api"], ["uvicorn", "service.api.app:app"]],
+                         ids=["trainyard api", "uvicorn"])
+def test_exposed_without_tokens_the_api_refuses_to_start(tmp_path, data_dir, module):
+    process, _ = _start_api(tmp_path, data_dir, module)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "refusing to listen on 0.0.0.0 without API tokens" in output and "TRAINYARD_ALLOW_OPEN=true" in output
+
+
+def test_exposed_without_tokens_the_api_starts_when_told_it_is_intended(tmp_path, data_dir):
+    process, stack = _start_api(tmp_path, data_dir, ["service.cli.main", "api"], TRAINYARD_ALLOW_OPEN="true")
+    try:
+        wait_until(lambda: httpx.get(f"{stack.url}/healthz", timeout=2).status_code == 200, timeout=60,
+                   what="the API to answer")
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert "TRAINYARD_ALLOW_OPEN=true lets anyone" in output
 
 
 def test_token_parsing():

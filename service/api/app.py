@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -24,23 +23,19 @@ from service.core.settings import Settings, get_settings
 log = logging.getLogger("trainyard")
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def announce_security(settings: Settings) -> None:
-    """Say at start-up whether the API is protected, and warn when it is exposed without tokens."""
+    """Say at start-up whether the API is protected; refuse to start exposed without tokens."""
+    refusal = settings.exposure_refusal()
+    if refusal:
+        raise RuntimeError(refusal)
     if token_table().enabled:
-        log.info("API tokens are set: /v1 routes require 'Authorization: Bearer <token>'")
-    elif _is_loopback(settings.host):
+        log.info("API tokens are set: /v1 and /v2 routes require 'Authorization: Bearer <token>'")
+    elif settings.listens_on_loopback:
         log.info("no API tokens set (TRAINYARD_API_TOKENS): authentication is off, "
                  "so the API listens on %s only", settings.host)
     else:
-        log.warning("no API tokens set but listening on %s: anyone who can reach this port can "
-                    "train and predict; set TRAINYARD_API_TOKENS", settings.host)
+        log.warning("no API tokens set and listening on %s: TRAINYARD_ALLOW_OPEN=true lets anyone who can "
+                    "reach this port train, predict and delete", settings.host)
 
 
 class Preload:

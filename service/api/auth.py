@@ -79,3 +79,4 @@ async def require_token(
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token", headers=challenge)
     if access == "ro" and request.method not in READ_METHODS:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this token may only read")
+

@@ -1,5 +1,5 @@
-"""All routers of the API, composed: health stays open, everything under /v1 and /v2 needs a token
-when tokens are set."""
+"""All routers of the API, composed: health and the v2 health probes stay open, everything else
+under /v1 and /v2 needs a token when tokens are set."""
 
 from fastapi import APIRouter, Depends
 
@@ -17,6 +17,7 @@ def api_router(*, auth: bool) -> APIRouter:
     tokens the check is left out altogether: a dependency costs every predict request ~10 us.)"""
     router = APIRouter()
     router.include_router(health.router)
+    router.include_router(v2.probes)
     protected = APIRouter(dependencies=[Depends(require_token)] if auth else [], responses=AUTH_RESPONSES)
     # Routes are matched in order, branch by branch: predict, the hot path, is tried first.
     for routes in (predict, jobs, datasets, registry, v2, plots, workers):

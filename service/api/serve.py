@@ -62,6 +62,10 @@ def serve_one(host: str, port: int) -> None:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    refusal = settings.exposure_refusal()
+    if refusal:
+        log.error(refusal)
+        return 2
     if not port_is_free(settings.host, settings.port):
         log.error("%s:%d is already in use; is another server running? (TRAINYARD_PORT)", settings.host, settings.port)
         return 1

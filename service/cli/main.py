@@ -112,6 +112,10 @@ def api() -> None:
 def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations first.")) -> None:
     """Migrate, then run the API and one worker until Ctrl-C (also: serve)."""
     settings = get_settings()
+    refusal = settings.exposure_refusal()
+    if refusal:
+        typer.echo(refusal, err=True)
+        raise typer.Exit(2)
     if not skip_migrate:
         migrate()
     queues = worker_queues(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
 
     # Comma-separated bearer tokens; a token ending in ":read" may only read.
     api_tokens: str = ""
+    # Without tokens the API refuses to listen on an address other than loopback, unless this says
+    # that serving everyone who can reach it is intended.
+    allow_open: bool = False
 
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_dataset_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
@@ -137,6 +141,23 @@ class Settings(BaseSettings):
     @property
     def queues(self) -> list[str]:
         return [self.queue, self.gpu_queue]
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+    def exposure_refusal(self) -> str | None:
+        """Why the API must not start, or None: without tokens it listens on loopback only, unless
+        allow_open says that serving everyone who can reach it is intended."""
+        if any(token.strip() for token in self.api_tokens.split(",")) or self.listens_on_loopback or self.allow_open:
+            return None
+        return (f"refusing to listen on {self.host} without API tokens: anyone who can reach it could train, "
+                "predict and delete. Set TRAINYARD_API_TOKENS (e.g. to the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or listen on 127.0.0.1, "
+                "or set TRAINYARD_ALLOW_OPEN=true to serve everyone on purpose")
 
     @property
     def embedded_broker(self) -> bool:

@@ -24,6 +24,8 @@ from service.core.errors import CoreError
 from service.core.references import ResolvedCheckpoint
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+# Liveness and readiness stay open, as /healthz and /readyz do: orchestrators' probes send no token.
+probes = APIRouter(prefix="/v2", tags=["open inference protocol"])
 SERVER_VERSION = "0.1.0"
 
 
@@ -43,13 +45,13 @@ async def _serve(server: ModelServer, name: str, version: str | None) -> tuple[R
         return _error(str(exc), status_for(exc), headers_for(exc))
 
 
-@router.get("/health/live")
+@probes.get("/health/live")
 def live() -> dict:
     """The server is up."""
     return {"live": True}
 
 
-@router.get("/health/ready", responses={503: {"description": "Not ready"}})
+@probes.get("/health/ready", responses={503: {"description": "Not ready"}})
 async def ready(request: Request) -> JSONResponse:
     """Ready when the database answers and preloaded models can serve."""
     try:

@@ -49,3 +49,12 @@ def test_threads_and_queues(monkeypatch, tmp_path):
     assert settings.queue_for("auto") == settings.queue_for("cpu") == "trainyard"
     monkeypatch.setenv("TRAINYARD_TRAIN_THREADS", "3")
     assert Settings().training_threads == 3
+
+
+@pytest.mark.parametrize("host, tokens, allow_open, refused", [
+    ("127.0.0.1", "", False, False), ("::1", "", False, False), ("localhost", "", False, False),
+    ("0.0.0.0", "", False, True), ("192.168.1.5", " , ", False, True),
+    ("0.0.0.0", "secret", False, False), ("0.0.0.0", "", True, False)])
+def test_the_api_is_not_exposed_without_tokens_by_accident(host, tokens, allow_open, refused):
+    settings = Settings(host=host, api_tokens=tokens, allow_open=allow_open)
+    assert (settings.exposure_refusal() is not None) == refused
