@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -96,6 +99,51 @@ class PostgresSchema:
 
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (initdb and pg_ctl from the machine's binaries, its own
+    port and data folder), to be stopped and started while a stack uses it."""
+
+    def __init__(self):
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")) or [shutil.which("pg_ctl")]
+        self.bin = Path(found[-1]).parent if found[-1] else None
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="trainyard-pg-"))
+        # initdb refuses to run as root: run the server as the postgres account then.
+        self.user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    @property
+    def available(self) -> bool:
+        return self.bin is not None and (self.bin / "initdb").exists()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.user, *args], check=True, capture_output=True, timeout=120)
+
+    def init(self) -> PrivatePostgres:
+        if self.user:
+            shutil.chown(self.dir, "postgres")
+        self._run(str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust",
+                  "--no-sync")
+        return self.start()
+
+    def start(self) -> PrivatePostgres:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "server.log"), "-w",
+                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        return self
+
+    def stop(self) -> None:
+        """Stop now, dropping every connection (what a crash or a failover looks like to clients)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        subprocess.run([*self.user, str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
+                        "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import threading
 from celery.signals import worker_ready, worker_shutdown
 
 from service.core import worker_registry
-from service.core.db import session_scope
+from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,9 @@ class Presence:
                     registered = True
                     log.info("worker %s registered: queues %s, devices %s", self.worker_id, self.queues,
                              [d["name"] for d in self.description["devices"]])
-            except Exception:  # the database may be away for a moment; the next beat tries again
+            except UNAVAILABLE as error:  # the database may be away for a moment; the next beat tries again
+                log.warning("worker %s could not renew its registry entry: %s", self.worker_id, brief(error))
+            except Exception:
                 log.warning("worker %s could not renew its registry entry", self.worker_id, exc_info=True)
             if self._stop.wait(interval):
                 return

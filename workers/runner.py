@@ -21,7 +21,7 @@ from models.engine import Callbacks, EpochMetrics, TrainingError, TrainingRun, f
 from models.spec import JobSpec
 from models.state import TRAINING_STATE, Position, TrainingState, load_training_state, save_training_state
 from service.core import jobs, worker_registry
-from service.core.db import session_scope
+from service.core.db import UNAVAILABLE, brief, retry_while_unavailable, session_scope
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
 from service.core.settings import get_settings
 from service.core.tables import JobStatus
@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def write(what: str, work):
+    """A write the job needs, retried while the database is unavailable: an outage pauses the
+    job at its next write instead of failing it (up to TRAINYARD_DATABASE_RETRY_SECONDS)."""
+    def attempt():
+        with session_scope() as session:
+            return work(session)
+
+    return retry_while_unavailable(attempt, what=what, give_up_after=get_settings().database_retry_seconds)
 
 
 class JobControl:
@@ -64,7 +74,10 @@ class JobControl:
             try:
                 with session_scope() as session:
                     status = jobs.heartbeat(session, job_id=self.job_id, attempt=self.attempt)
-            except Exception:  # a missed beat is not fatal; the next one may get through
+            except UNAVAILABLE as error:  # a missed beat is not fatal; the next one may get through
+                log.warning("lease renewal for job %s failed: %s", self.job_id, brief(error))
+                continue
+            except Exception:
                 log.warning("lease renewal for job %s failed", self.job_id, exc_info=True)
                 continue
             if status is None:
@@ -110,14 +123,14 @@ class RecordingCallbacks(Callbacks):
             "num_train": len(run.dataset.x_train),
             "num_test": len(run.dataset.x_test),
         }
-        with session_scope() as session:
-            jobs.set_environment(session, job_id=self.job_id, environment=environment)
+        write(f"record job {self.job_id}'s environment",
+              lambda session: jobs.set_environment(session, job_id=self.job_id, environment=environment))
 
     def on_fold_end(self, run: TrainingRun, fold: dict) -> None:
-        with session_scope() as session:
-            jobs.set_cross_validation(session, job_id=self.job_id, attempt=self.control.attempt, results={
-                "folds": run.folds, "summary": summarise_folds(run.folds),
-                "complete": len(run.folds) == run.spec.cross_validation.folds})
+        results = {"folds": run.folds, "summary": summarise_folds(run.folds),
+                   "complete": len(run.folds) == run.spec.cross_validation.folds}
+        write(f"record job {self.job_id}'s folds", lambda session: jobs.set_cross_validation(
+            session, job_id=self.job_id, attempt=self.control.attempt, results=results))
         save_state(run, self.job_id, Position(epoch=1))
 
     def on_epoch_end(self, run: TrainingRun, metrics: EpochMetrics) -> None:
@@ -132,9 +145,9 @@ class RecordingCallbacks(Callbacks):
         }
         size = write_checkpoint(self.settings.checkpoint_dir / relative, run.model.state_dict(), meta)
         try:
-            with session_scope() as session:
-                jobs.record_epoch(session, job_id=self.job_id, attempt=self.control.attempt,
-                                  metrics=metrics.as_dict(), checkpoint_path=relative, checkpoint_size=size)
+            write(f"record epoch {metrics.epoch} of job {self.job_id}", lambda session: jobs.record_epoch(
+                session, job_id=self.job_id, attempt=self.control.attempt, metrics=metrics.as_dict(),
+                checkpoint_path=relative, checkpoint_size=size))
         except jobs.LeaseLost:
             self.control.lost.set()
             return
@@ -207,9 +220,9 @@ def run_job(job_id: str, node: str | None = None) -> str | None:
 
 def _run_job(job_id: str) -> str | None:
     settings = get_settings()
-    with session_scope() as session:
-        claim = jobs.claim_job(session, job_id=job_id, worker=worker_name(),
-                               lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+    claim = write(f"claim job {job_id}", lambda session: jobs.claim_job(
+        session, job_id=job_id, worker=worker_name(), lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts))
     if claim is None:
         log.info("job %s is not queued (already taken, finished or gone); dropping this delivery", job_id)
         return None
@@ -221,10 +234,10 @@ def _run_job(job_id: str) -> str | None:
             if resume is not None and claim.resumed_by_user:
                 resume.run["elapsed"] = 0.0  # a user's resume grants a fresh max_runtime_seconds
             if resume is not None:
-                with session_scope() as session:
-                    jobs.note_resume(session, job_id=job_id, attempt=claim.attempt, detail={
-                        "resumed_from_epoch": resume.position.epoch,
-                        "resumed_from_batch": resume.position.progress.batches})
+                detail = {"resumed_from_epoch": resume.position.epoch,
+                          "resumed_from_batch": resume.position.progress.batches}
+                write(f"note where job {job_id} resumed", lambda session: jobs.note_resume(
+                    session, job_id=job_id, attempt=claim.attempt, detail=detail))
             result = fit(spec, RecordingCallbacks(job_id, control), data_dir=settings.data_dir,
                          datasets_dir=settings.datasets_dir, cache_dir=settings.cache_dir,
                          allow_download=settings.allow_download,
@@ -239,10 +252,9 @@ def _run_job(job_id: str) -> str | None:
     if control.lost.is_set():
         log.warning("job %s attempt %s gave the job up to a later attempt", job_id, claim.attempt)
         return None
-    with session_scope() as session:
-        if not jobs.finish_job(session, job_id=job_id, attempt=claim.attempt, status=status,
-                               reason=reason, error=error):
-            log.warning("job %s attempt %s could not record its end (%s)", job_id, claim.attempt, status)
-            return None
+    if not write(f"record the end of job {job_id}", lambda session: jobs.finish_job(
+            session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error)):
+        log.warning("job %s attempt %s could not record its end (%s)", job_id, claim.attempt, status)
+        return None
     log.info("job %s %s", job_id, status)
     return status

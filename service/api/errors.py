@@ -9,7 +9,10 @@ from fastapi.responses import JSONResponse
 
 from models.checkpoint import CheckpointError
 from models.predictor import InputError
+from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
+
+DATABASE_RETRY_AFTER_S = 5
 
 STATUS = (
     (NotFound, status.HTTP_404_NOT_FOUND),
@@ -67,8 +70,17 @@ async def _core_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "the database is unavailable; try again shortly (GET /readyz says more)"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+
 def install(app: FastAPI) -> None:
-    """Answer every core error with its status and message, and every invalid request with a 422."""
+    """Answer every core error with its status and message, every invalid request with a 422, and
+    anything that needed the database while it was unavailable with a 503."""
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _database_unavailable)
     for kind in (CoreError, InputError, CheckpointError):
         app.add_exception_handler(kind, _core_error)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Engine, create_engine, event, exc, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.settings import get_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What a database that is down, restarting or unreachable raises (SQLite: locked past the busy
+# timeout). Anything else is a bug or bad data, and retrying it would not help.
+UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "trainyard_write"
@@ -91,3 +100,25 @@ def ping() -> None:
     """Raise if the database cannot answer a trivial query."""
     with get_engine().connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def retry_while_unavailable(work: Callable[[], T], *, what: str, give_up_after: float,
+                            first_delay: float = 0.25, max_delay: float = 5.0) -> T:
+    """work() (which opens its own sessions) until it gets through, retrying with backoff while
+    the database is unavailable, for at most `give_up_after` seconds; then its error is raised."""
+    deadline = time.monotonic() + give_up_after
+    delay = first_delay
+    while True:
+        try:
+            return work()
+        except UNAVAILABLE as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("the database is unavailable (%s); will %s again in %.1f s", brief(error), what, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, max_delay)
+
+
+def brief(error: Exception) -> str:
+    """The first line of a database error, for a log line."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 
 from service.core import embedded_broker, jobs, retention
-from service.core.db import session_scope
+from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.leader import Leadership
 from service.core.settings import Settings
 from service.core.tables import JobStatus, utcnow
@@ -42,9 +42,10 @@ def lost_messages(waiting: list[str], depth: int) -> list[str]:
     return waiting if len(waiting) > depth else []
 
 
-def sweep(settings: Settings) -> list[str]:
-    """One pass of the reaper; returns the ids it sent to the broker."""
-    requeued = reap_expired_leases(settings)
+def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
+    """One pass of the reaper; returns the ids it sent to the broker. Without `reap`, expired
+    leases are left alone (their workers could not renew them while the database was away)."""
+    requeued = reap_expired_leases(settings) if reap else []
     with session_scope(write=False) as session:
         waiting = jobs.stale_queued(session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds))
         queue_of = {job_id: settings.queue_for(device)
@@ -102,13 +103,19 @@ class Reaper:
 
     def _loop(self) -> None:
         next_housekeeping = 0.0
+        # While the database is away no worker can renew its lease, so once it is back every
+        # worker gets a full lease period to renew before its job is taken from it.
+        leases_trusted_from = 0.0
         while not self._stop.wait(self.settings.reaper_interval_seconds):
             try:
                 if not self.leadership.held():
                     continue
-                sweep(self.settings)
+                sweep(self.settings, reap=time.monotonic() >= leases_trusted_from)
                 if time.monotonic() >= next_housekeeping:
                     housekeeping(self.settings)
                     next_housekeeping = time.monotonic() + self.settings.housekeeping_interval_seconds
-            except Exception:  # the reaper must outlive a database hiccup
+            except UNAVAILABLE as error:
+                leases_trusted_from = time.monotonic() + self.settings.lease_seconds
+                log.warning("reaper: the database is unavailable (%s); will retry", brief(error))
+            except Exception:  # the reaper must outlive anything one sweep meets
                 log.exception("reaper sweep failed")

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0, le=86400)
     max_attempts: int = Field(default=3, ge=1, le=100)
     reaper_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # A worker that cannot reach the database keeps its job and retries its writes (epochs, the
+    # job's end) with backoff for this long before the job fails.
+    database_retry_seconds: float = Field(default=600.0, gt=0, le=86400)
     # A queued job whose message is older than this and missing from the broker is sent again.
     resend_after_seconds: float = Field(default=30.0, gt=0, le=86400)
 

@@ -28,3 +28,20 @@ def test_each_kind_of_core_error_gets_its_status():
     bad = client.get("/bad")
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "data", "dataset"]
     assert client.get("/unusable").json() == {"detail": "not a zip archive"}
+
+
+def test_a_database_that_cannot_be_reached_is_a_503_not_a_500():
+    from sqlalchemy import create_engine, text
+
+    app = FastAPI()
+    errors.install(app)
+    unreachable = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+    @app.get("/jobs")
+    def jobs():
+        with unreachable.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    answer = TestClient(app, raise_server_exceptions=False).get("/jobs")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == str(errors.DATABASE_RETRY_AFTER_S)
+    assert "database is unavailable" in answer.json()["detail"] and "127.0.0.1" not in answer.text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -80,3 +82,35 @@ def test_a_forked_child_opens_its_own_connections(service_env):
     assert db.get_engine().pool is inherited  # the parent keeps its own
     with db.session_scope() as session:
         assert session.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_writes_are_retried_while_the_database_is_unavailable_and_not_past_the_limit():
+    from sqlalchemy import exc
+
+    from service.core.db import retry_while_unavailable
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+        return "written"
+
+    assert retry_while_unavailable(flaky, what="write", give_up_after=10, first_delay=0.01) == "written"
+    assert len(calls) == 3
+
+    def down():
+        raise exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+
+    with pytest.raises(exc.OperationalError):
+        retry_while_unavailable(down, what="write", give_up_after=0.05, first_delay=0.01)
+
+    def bug():
+        calls.append(1)
+        raise ValueError("not the database's fault")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        retry_while_unavailable(bug, what="write", give_up_after=10, first_delay=0.01)
+    assert len(calls) == 1  # only unavailability is retried

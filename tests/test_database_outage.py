@@ -1,0 +1,77 @@
+"""PostgreSQL goes away for twenty seconds while a job trains, then comes back."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.servers import PrivatePostgres, Stack, require, wait_until
+from tests.specs import SOFTMAX_SPEC, submit
+
+pytestmark = pytest.mark.e2e
+
+OUTAGE_SECONDS = 20
+SPEC = {**SOFTMAX_SPEC, "name": "through-an-outage", "epochs": 8}
+
+
+@pytest.fixture
+def private_postgres():
+    server = PrivatePostgres()
+    require(server.available, "PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+    try:
+        yield server.init()
+    finally:
+        server.remove()
+
+
+def _calls_during_outage(client: httpx.Client, job_id: str) -> dict[str, list[int]]:
+    """Every kind of call, again and again for the whole outage: the status codes they got."""
+    calls = {
+        "read job": lambda: client.get(f"/v1/jobs/{job_id}"),
+        "list jobs": lambda: client.get("/v1/jobs"),
+        "submit": lambda: client.post("/v1/jobs", json=SPEC),
+        "metrics": lambda: client.get(f"/v1/jobs/{job_id}/metrics"),
+        "models": lambda: client.get("/v1/models"),
+        "workers": lambda: client.get("/v1/workers"),
+        "cancel": lambda: client.post(f"/v1/jobs/{job_id}/cancel"),
+    }
+    seen = {name: [] for name in calls}
+    deadline = time.monotonic() + OUTAGE_SECONDS
+    while time.monotonic() < deadline:
+        for name, call in calls.items():
+            response = call()
+            seen[name].append(response.status_code)
+            if response.status_code == 503:
+                assert "database is unavailable" in response.json()["detail"]
+                assert response.headers["retry-after"]
+        readiness = client.get("/readyz")
+        assert readiness.status_code == 503 and readiness.json()["checks"]["database"].startswith("error")
+        assert readiness.json()["checks"]["broker"] == "ok"  # it says which check fails
+        assert client.get("/healthz").status_code == 200
+        time.sleep(0.5)
+    return seen
+
+
+def test_a_database_outage_pauses_the_job_and_the_api_answers_503(tmp_path, data_dir, private_postgres):
+    stack = Stack(home=tmp_path / "home", data_dir=data_dir, database_url=private_postgres.url).start()
+    try:
+        with stack.client() as client:
+            job_id = submit(client, SPEC)
+            wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["epoch"] >= 2, timeout=120,
+                       what="two epochs")
+            private_postgres.stop()
+            seen = _calls_during_outage(client, job_id)
+            private_postgres.start()
+
+            assert all(code == 503 for codes in seen.values() for code in codes), seen
+            job = stack.wait_for_job(client, job_id, timeout=120)
+            assert job["status"] == "succeeded", job
+            assert job["attempt"] == 1, "the worker kept its job through the outage"
+            epochs = [row["epoch"] for row in client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]]
+            assert epochs == list(range(1, SPEC["epochs"] + 1))
+            assert client.get("/readyz").status_code == 200
+        assert "the database is unavailable" in stack.log("worker")  # it waited at a write, and went on
+    finally:
+        stack.stop()
