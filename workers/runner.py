@@ -6,6 +6,7 @@ from the training state the previous one saved, so no epoch is lost or counted t
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -172,6 +173,9 @@ def _failure(exc: BaseException) -> tuple[str, str]:
         return "invalid_data", str(exc)
     if isinstance(exc, CheckpointError):
         return "checkpoint_error", str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "storage_error", (f"No space left on device: cannot save to {get_settings().checkpoint_dir}; "
+                                 "the checkpoints saved before are intact: free space, then resume the job")
     if isinstance(exc, OSError) and exc.filename:
         return "storage_error", f"cannot write {exc.filename}: {exc.strerror}"
     if isinstance(exc, OSError):
