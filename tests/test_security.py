@@ -145,7 +145,7 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "80")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case):
             case.call_and_validate(base_url=fuzz_stack.url,
                                    checks=[not_a_server_error, response_schema_conformance, status_code_conformance])
@@ -161,3 +161,36 @@ def test_no_code_path_unpickles():
     offenders = [str(path.relative_to(REPO)) for folder in ("models", "service", "workers")
                  for path in (REPO / folder).rglob("*.py") if forbidden.search(path.read_text())]
     assert offenders == []
+
+
+BODY_TYPES = ["application/json", "application/json; charset=latin-1", "multipart/form-data",
+              "multipart/form-data; boundary=x", "application/x-www-form-urlencoded", "application/octet-stream",
+              "image/png", "text/plain", "application/vnd.trainyard+weird"]
+
+
+def _hostile_bodies():
+    """Binary, non-UTF-8 and almost-valid bodies: the schema-driven fuzzing above sends only text."""
+    from hypothesis import strategies as st
+
+    almost_json = st.sampled_from([b'{"model": {"arch": "\xe9\xdf"}}', b'{"name": "\\udc80"}', b"\xe9\xdf\xfe\x0f\xc3;",
+                                   b'{"epochs": 1e400}', b"[" * 2000, b'{"a": ' * 500, b"--x\r\n\r\n--x--"])
+    return st.one_of(st.binary(max_size=2048), almost_json, st.text(max_size=256).map(lambda t: t.encode("utf-16")))
+
+
+def test_binary_and_undecodable_bodies_get_no_5xx_anywhere(fuzz_stack):
+    """Every operation, any body under any content type: a 4xx (or a success), never a 5xx."""
+    from hypothesis import strategies as st
+
+    with httpx.Client(base_url=fuzz_stack.url, timeout=30) as client:
+        for method, path in route_table():
+
+            @given(body=_hostile_bodies(), content_type=st.sampled_from(BODY_TYPES))
+            @settings(max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "80")) // 2, deadline=None,
+                      suppress_health_check=list(HealthCheck), database=None)
+            def check(body, content_type):
+                answer = client.request(method, path, content=body, headers={"Content-Type": content_type})
+                assert answer.status_code < 500, (method, path, content_type, body[:64], answer.text[:300])
+                if answer.status_code == 422:
+                    answer.json()  # a readable error, whatever came in
+
+            check()
