@@ -60,6 +60,10 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     wait_until(lambda: browser.execute_script(
         "const i = document.querySelector('#curves'); return i.complete && i.naturalWidth > 300"), timeout=20,
         what="the learning-curve image")
+    browser.find_element(By.ID, "tab-logs").click()
+    assert "epoch 3/3: train loss" in text(browser, "#logs") and "succeeded" in text(browser, "#logs")
+    browser.find_element(By.ID, "tab-overview").click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#metrics tbody tr")) == 3
 
     browser.get(embedded_stack.url + "/ui/submit?example=softmax-regression")
     spec = browser.find_element(By.ID, "spec")
@@ -70,12 +74,32 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     wait_until(lambda: "/ui/jobs/" in browser.current_url and text(browser, "#status") == "succeeded", timeout=60,
                interval=0.5, what="the submitted job's page to show success")
     assert "from-the-browser" in browser.title
+    deleted_id = browser.current_url.rsplit("/", 1)[-1]
+    browser.execute_script("window.confirm = () => true")  # the delete button asks first
+    browser.find_element(By.ID, "delete").click()
+    wait_until(lambda: browser.current_url.rstrip("/") == embedded_stack.url, timeout=20, what="back to the jobs list")
+    assert not browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{deleted_id}"]')
+    with embedded_stack.client() as client:
+        assert client.get(f"/v1/jobs/{deleted_id}").status_code == 404
 
     browser.get(embedded_stack.url + "/ui/submit")
     browser.execute_script("document.querySelector('#spec').value = '{\"model\": {\"arch\": \"mlp\"}, \"data\": "
                            "{\"dataset\": \"fashion-mnist\"}, \"optimizer\": {\"lr\": -1}}'")
     browser.find_element(By.ID, "submit").click()
     assert "optimizer.lr" in text(browser, "#error")
+
+    with embedded_stack.client() as client:
+        sweep = client.post("/v1/sweeps", json={"name": "dashboard-sweep", "base": {**SOFTMAX_SPEC, "epochs": 1},
+                                                "grid": {"optimizer.lr": [0.05, 0.5]}}).json()
+    browser.get(embedded_stack.url + "/ui/sweeps")
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-sweep="{sweep["id"]}"] a').click()
+    wait_until(lambda: text(browser, "#status") == "succeeded", timeout=120, interval=0.5,
+               what="the sweep page to show success")
+    ranks = browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")
+    assert len(ranks) == 2 and all("succeeded" in row.text for row in ranks)
+    wait_until(lambda: browser.execute_script(
+        "const i = document.querySelector('#compare'); return i.complete && i.naturalWidth > 300"), timeout=20,
+        what="the sweep's comparison image")
 
     browser.get(embedded_stack.url + "/ui/models")
     assert "dashboard-model" in text(browser, "#model-dashboard-model")

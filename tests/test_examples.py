@@ -62,3 +62,23 @@ def test_weight_decay_example_beats_no_decay():
     plain = fit(plain_spec, data_dir=".").run.history[-1]
     assert plain.train_loss < decayed.train_loss  # without decay it memorises the 20 examples...
     assert decayed.test_loss < plain.test_loss / 10  # ...and generalises far worse
+
+
+SWEEPS = sorted((REPO / "examples" / "sweeps").glob("*.json"))
+
+
+def test_there_is_a_sweep_per_comparison_the_course_makes():
+    assert {"weight-decay", "polynomial-degree", "dropout", "activation", "initialisation"} <= {p.stem for p in SWEEPS}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_example_is_valid_and_listed_in_the_readme(path):
+    from service.core.sweeps import SweepSpec, trial_spec
+
+    sweep = SweepSpec.model_validate(json.loads(path.read_text()))
+    trials = sweep.trials()
+    assert len(trials) >= 2
+    for params in trials:
+        spec = JobSpec.model_validate(trial_spec(sweep.base, sweep.name, params))
+        assert spec_problems(spec, builtin_dataset_info(spec.data)) == []
+    assert f"trainyard sweep examples/sweeps/{path.name}" in (REPO / "README.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -87,6 +88,20 @@ def test_a_token_works_end_to_end(locked_stack):
         job_id = created.json()["id"]
         assert client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {RO}"}).json()["id"] == job_id
     assert "API tokens are set" in locked_stack.log("api")
+
+
+def test_the_cli_exits_4_when_refused(locked_stack):
+    def trainyard(*args, token=None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+        env.update({"TRAINYARD_URL": locked_stack.url, **({"TRAINYARD_TOKEN": token} if token else {})})
+        return subprocess.run([sys.executable, "-m", "service.cli.main", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    anonymous = trainyard("jobs", "list", "--json")
+    assert anonymous.returncode == 4 and anonymous.stderr.startswith("error: error 401") and anonymous.stdout == ""
+    assert trainyard("jobs", "list", "--json", token="wrong").returncode == 4
+    assert trainyard("jobs", "cancel", "00000000-0000-0000-0000-000000000000", token=RO).returncode == 4
+    assert json.loads(trainyard("jobs", "list", "--json", token=RO).stdout)["count"] >= 0
 
 
 def test_without_tokens_the_api_says_it_is_open_on_loopback(embedded_stack):

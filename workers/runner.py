@@ -15,17 +15,20 @@ from pathlib import Path
 
 import torch
 import torchvision
+from sqlalchemy import select
 
 from models.checkpoint import CheckpointError, checkpoint_name, read_checkpoint, write_checkpoint
 from models.data import DatasetError
 from models.engine import Callbacks, EpochMetrics, TrainingError, TrainingRun, fit, summarise_folds
 from models.spec import JobSpec
 from models.state import TRAINING_STATE, Position, TrainingState, load_training_state, save_training_state
-from service.core import jobs, worker_registry
+
+from service.core import jobs, sweeps, worker_registry
 from service.core.db import UNAVAILABLE, brief, retry_while_unavailable, session_scope
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
 from service.core.settings import get_settings
-from service.core.tables import JobStatus
+from service.core.tables import Job, JobStatus
+from workers.job_log import JobLogCapture
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +109,10 @@ def load_state(job_id: str) -> TrainingState | None:
 class RecordingCallbacks(Callbacks):
     """After every epoch: checkpoint file, then metrics in SQL, then the resumable state."""
 
-    def __init__(self, job_id: str, control: JobControl):
+    def __init__(self, job_id: str, control: JobControl, job_log: JobLogCapture):
         self.job_id = job_id
         self.control = control
+        self.job_log = job_log
         self.settings = get_settings()
 
     def should_stop(self) -> bool:
@@ -126,6 +130,8 @@ class RecordingCallbacks(Callbacks):
         }
         write(f"record job {self.job_id}'s environment",
               lambda session: jobs.set_environment(session, job_id=self.job_id, environment=environment))
+        log.info("training %s on %s: %d training and %d test samples, %d epochs", run.spec.model.arch, run.device,
+                 environment["num_train"], environment["num_test"], run.spec.epochs)
 
     def on_fold_end(self, run: TrainingRun, fold: dict) -> None:
         results = {"folds": run.folds, "summary": summarise_folds(run.folds),
@@ -155,6 +161,16 @@ class RecordingCallbacks(Callbacks):
         # Saved only once the epoch is in SQL: a crash in between repeats the epoch (its row is
         # upserted, not doubled) rather than skipping it.
         save_state(run, self.job_id, Position(epoch=metrics.epoch + 1))
+        log.info("epoch %d/%d: %s (%.1f s, %.0f samples/s)", metrics.epoch, run.spec.epochs, _summary(metrics),
+                 metrics.seconds, metrics.samples_per_second)
+        self.job_log.store()
+
+
+def _summary(metrics: EpochMetrics) -> str:
+    parts = [f"{name.replace('_', ' ')} {value:.4f}" for name in ("train_loss", "train_acc", "val_loss", "val_acc",
+                                                                  "test_loss", "test_acc")
+             if (value := getattr(metrics, name)) is not None]
+    return ", ".join(parts)
 
 
 # How fit ended -> (status, reason, error) of the job.
@@ -217,9 +233,23 @@ def run_job(job_id: str, node: str | None = None) -> str | None:
     `node` is the worker's name in the registry, which shows the job while it runs."""
     _busy_with(node, job_id)
     try:
-        return _run_job(job_id)
+        status = _run_job(job_id)
     finally:
         _busy_with(node, None)
+    if status is not None:
+        _advance_sweep(job_id)
+    return status
+
+
+def _advance_sweep(job_id: str) -> None:
+    """A sweep's job ended: launch its next trial now rather than at the reaper's next pass."""
+    try:
+        with session_scope() as session:
+            sweep_id = session.scalar(select(Job.sweep_id).where(Job.id == job_id))
+            if sweep_id is not None:
+                sweeps.advance(session, sweep_id=sweep_id, settings=get_settings())
+    except Exception as exc:  # the reaper will do it
+        log.warning("could not launch the next trial of job %s's sweep: %s", job_id, exc)
 
 
 def _run_job(job_id: str) -> str | None:
@@ -230,6 +260,13 @@ def _run_job(job_id: str) -> str | None:
     if claim is None:
         log.info("job %s is not queued (already taken, finished or gone); dropping this delivery", job_id)
         return None
+    with JobLogCapture(job_id, claim.attempt, settings.job_log_lines) as job_log:
+        log.info("attempt %d of job %s on %s", claim.attempt, job_id, worker_name())
+        return _train(job_id, claim, job_log)
+
+
+def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None:
+    settings = get_settings()
     spec = JobSpec.model_validate(claim.spec)
     status, reason, error = JobStatus.SUCCEEDED, None, None
     with JobControl(job_id, claim.attempt, settings.heartbeat_seconds) as control:
@@ -240,9 +277,10 @@ def _run_job(job_id: str) -> str | None:
             if resume is not None:
                 detail = {"resumed_from_epoch": resume.position.epoch,
                           "resumed_from_batch": resume.position.progress.batches}
+                log.info("resuming from epoch %d (batch %d)", resume.position.epoch, resume.position.progress.batches)
                 write(f"note where job {job_id} resumed", lambda session: jobs.note_resume(
                     session, job_id=job_id, attempt=claim.attempt, detail=detail))
-            result = fit(spec, RecordingCallbacks(job_id, control), data_dir=settings.data_dir,
+            result = fit(spec, RecordingCallbacks(job_id, control, job_log), data_dir=settings.data_dir,
                          datasets_dir=settings.datasets_dir, cache_dir=settings.cache_dir,
                          allow_download=settings.allow_download,
                          resume=resume, initial_weights=None if resume else _initial_weights(spec))
@@ -256,9 +294,10 @@ def _run_job(job_id: str) -> str | None:
     if control.lost.is_set():
         log.warning("job %s attempt %s gave the job up to a later attempt", job_id, claim.attempt)
         return None
+    log.info("job %s %s", job_id, status + (f" ({reason})" if reason else ""))
+    job_log.store()  # before the job's end is recorded: whoever sees it ended finds its whole log
     if not write(f"record the end of job {job_id}", lambda session: jobs.finish_job(
             session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error)):
         log.warning("job %s attempt %s could not record its end (%s)", job_id, claim.attempt, status)
         return None
-    log.info("job %s %s", job_id, status)
     return status

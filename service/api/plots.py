@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from service.api.schemas.jobs import metric_rows  # noqa: E402
-from service.core import jobs  # noqa: E402
+from service.core import jobs, sweeps  # noqa: E402
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
 
@@ -26,12 +26,26 @@ def _png(figure) -> bytes:
 
 def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dict]]]:
     """(label, metric rows) per job for learning_curves; NotFound for an unknown job."""
-    series = []
-    for job_id in job_ids:
-        job = jobs.require_job(session, job_id=job_id)
-        label = job_id[:8] if len(job_ids) == 1 else (job.name or job_id[:8])
-        series.append((label, metric_rows(jobs.get_metrics(session, job_id=job_id))))
-    return series
+    labels = {job_id: job_id[:8] if len(job_ids) == 1 else (jobs.require_job(session, job_id=job_id).name
+                                                            or job_id[:8]) for job_id in job_ids}
+    return labelled_series(session, list(labels.items()))
+
+
+def labelled_series(session: Session, labelled: list[tuple[str, str]]) -> list[tuple[str, list[dict]]]:
+    """(label, metric rows) for each (job id, label); NotFound for an unknown job."""
+    for job_id, _ in labelled:
+        jobs.require_job(session, job_id=job_id)
+    return [(label, metric_rows(jobs.get_metrics(session, job_id=job_id))) for job_id, label in labelled]
+
+
+MAX_SWEEP_CURVES = 12
+
+
+def sweep_series(session: Session, sweep_id: str) -> list[tuple[str, list[dict]]]:
+    """The learning curves of a sweep's best launched trials, labelled by their values."""
+    sweep = sweeps.require(session, sweep_id=sweep_id)
+    ranked = [t for t in sweeps.trials(session, sweep) if t.job is not None][:MAX_SWEEP_CURVES]
+    return labelled_series(session, [(t.job.id, sweeps.label(t.params)) for t in ranked])
 
 
 def learning_curves(series: list[tuple[str, list[dict]]]) -> bytes:

@@ -4,7 +4,7 @@ under /v1 and /v2 needs a token when tokens are set."""
 from fastapi import APIRouter, Depends
 
 from service.api.auth import require_token
-from service.api.routers import datasets, health, jobs, plots, predict, registry, v2, workers
+from service.api.routers import datasets, health, jobs, plots, predict, registry, sweeps, v2, workers
 
 AUTH_RESPONSES = {
     401: {"description": "Missing or invalid bearer token (only when API tokens are set)"},
@@ -20,7 +20,7 @@ def api_router(*, auth: bool) -> APIRouter:
     router.include_router(v2.probes)
     protected = APIRouter(dependencies=[Depends(require_token)] if auth else [], responses=AUTH_RESPONSES)
     # Routes are matched in order, branch by branch: predict, the hot path, is tried first.
-    for routes in (predict, jobs, datasets, registry, v2, plots, workers):
+    for routes in (predict, jobs, sweeps, datasets, registry, v2, plots, workers):
         protected.include_router(routes.router)
     router.include_router(protected)
     return router

@@ -1,23 +1,49 @@
-"""The client half of the `trainyard` command: it talks to the REST API, local or remote."""
+"""The client half of the `trainyard` command: it talks to the REST API, local or remote.
+
+Scripts can rely on it: `--json` prints the API's own JSON on stdout, errors are one line on
+stderr, and the exit status says what happened (EXIT_CODES, also in the README).
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
 import httpx
 import typer
+from httpx_sse import SSEError, connect_sse
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console()
 err = Console(stderr=True)
 
+OK, JOB_FAILED, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
+EXIT_CODES = {
+    OK: "success",
+    JOB_FAILED: "the job failed or was cancelled",
+    USAGE: "usage: bad arguments, or a request the service rejected as invalid (e.g. 404, 409, 422)",
+    UNREACHABLE: "the service cannot be reached, or answered that it is unavailable (502, 503, 504)",
+    REFUSED: "refused by authentication (401, 403): a missing, wrong or read-only token",
+}
+RECONNECTS = 30  # an event stream that drops is resumed this many times before giving up
+
 UrlOption = Annotated[str, typer.Option("--url", envvar="TRAINYARD_URL", help="the service's base URL")]
 TokenOption = Annotated[str | None, typer.Option("--token", envvar="TRAINYARD_TOKEN", help="an API token")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class Failure(Exception):
+    """A one-line error for the user, and the exit status that goes with it."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 def client(url: str, token: str | None) -> httpx.Client:
@@ -25,8 +51,16 @@ def client(url: str, token: str | None) -> httpx.Client:
     return httpx.Client(base_url=url, headers=headers, timeout=60)
 
 
+def exit_code_for(status: int) -> int:
+    if status in (401, 403):
+        return REFUSED
+    if status in (502, 503, 504):
+        return UNREACHABLE
+    return USAGE if 400 <= status < 500 else JOB_FAILED
+
+
 def checked(response: httpx.Response) -> dict:
-    """The JSON body, or a clear message and exit status 1 for an error answer."""
+    """The JSON body, or a Failure that says what the service answered."""
     if response.is_success:
         return response.json() if response.content else {}
     try:
@@ -35,8 +69,19 @@ def checked(response: httpx.Response) -> dict:
         detail = response.text
     if isinstance(detail, list):
         detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in detail)
-    err.print(f"[red]error {response.status_code}:[/red] {detail}")
-    raise typer.Exit(1)
+    raise Failure(f"error {response.status_code}: {detail}", exit_code_for(response.status_code))
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise Failure(f"{path} is not JSON: {exc}", USAGE) from None
+
+
+def emit_json(data) -> None:
+    """Machine-readable output: the API's JSON, one document, on stdout."""
+    print(json.dumps(data, indent=2))
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -47,42 +92,104 @@ WAITING = {"no_worker": "no live worker serves its queue; start one with `trainy
            "no_gpu_worker": "it asks for a GPU and no live worker with a GPU serves the GPU queue"}
 
 
-def follow(api: httpx.Client, job_id: str) -> str:
-    """Show a live progress bar from the job's event stream; returns its final status."""
+def events(api: httpx.Client, job_id: str, *, logs: bool = False):
+    """The job's events as (kind, data), until `end`; a dropped stream is resumed from the last
+    event's id, so no event is lost or seen twice."""
+    last_id, failures = None, 0
+    while True:
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        try:
+            with connect_sse(api, "GET", f"/v1/jobs/{job_id}/events", params={"logs": str(logs).lower()},
+                             headers=headers, timeout=httpx.Timeout(60, read=None)) as source:
+                if not source.response.is_success:
+                    source.response.read()
+                    checked(source.response)
+                for event in source.iter_sse():
+                    failures = 0
+                    last_id = event.id or last_id
+                    yield event.event, event.json()
+                    if event.event == "end":
+                        return
+        except (httpx.TransportError, SSEError) as exc:
+            failures += 1
+            if failures > RECONNECTS:
+                raise Failure(f"lost the event stream of job {job_id}: {exc}", UNREACHABLE) from None
+            time.sleep(min(0.2 * 2 ** failures, 5))
+
+
+def wait(api: httpx.Client, job_id: str) -> dict:
+    """Block until the job ends; its final state."""
+    for _ in events(api, job_id):
+        pass
+    return checked(api.get(f"/v1/jobs/{job_id}"))
+
+
+def follow(api: httpx.Client, job_id: str) -> dict:
+    """Show a live progress bar from the job's event stream; returns the job as it ended."""
     job = checked(api.get(f"/v1/jobs/{job_id}"))
-    final = job["status"]
     columns = [TextColumn("[bold]{task.fields[name]}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
                TextColumn("{task.fields[status]}"), TextColumn("{task.fields[metrics]}"), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("train", total=job["epochs"], name=job["name"] or job_id[:8], status=job["status"],
                                  metrics="")
-        with api.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as stream:
-            event = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    event = line.removeprefix("event: ")
-                elif line.startswith("data: "):
-                    data = json.loads(line.removeprefix("data: "))
-                    if event == "status":
-                        progress.update(task, status=data["to_status"] + (f" ({data['reason']})" if data["reason"] else ""))
-                    elif event == "waiting":
-                        if data["reason"]:
-                            err.print(f"[yellow]job {job_id} is waiting: {WAITING.get(data['reason'], data['reason'])}"
-                                      "[/yellow]")
-                        progress.update(task, status="queued" + (f" ({data['reason']})" if data["reason"] else ""))
-                    elif event == "epoch":
-                        text = f"loss {_fmt(data['train_loss'])}  test loss {_fmt(data['test_loss'])}"
-                        if data["test_acc"] is not None:
-                            text += f"  test acc {_fmt(data['test_acc'], 3)}"
-                        progress.update(task, completed=data["epoch"], metrics=text)
-                    elif event == "end":
-                        final = data["status"]
+        for kind, data in events(api, job_id):
+            if kind == "status":
+                progress.update(task, status=data["to_status"] + (f" ({data['reason']})" if data["reason"] else ""))
+            elif kind == "waiting":
+                if data["reason"]:
+                    err.print(f"[yellow]job {job_id} is waiting: {WAITING.get(data['reason'], data['reason'])}"
+                              "[/yellow]")
+                progress.update(task, status="queued" + (f" ({data['reason']})" if data["reason"] else ""))
+            elif kind == "epoch":
+                text = f"loss {_fmt(data['train_loss'])}  test loss {_fmt(data['test_loss'])}"
+                if data["test_acc"] is not None:
+                    text += f"  test acc {_fmt(data['test_acc'], 3)}"
+                progress.update(task, completed=data["epoch"], metrics=text)
     job = checked(api.get(f"/v1/jobs/{job_id}"))
     if job["status"] != "succeeded":
         err.print(f"[red]job {job_id} {job['status']}[/red]: {job['reason'] or ''} {job['error'] or ''}".rstrip())
     else:
         console.print(f"[green]job {job_id} succeeded[/green]" + (f" ({job['reason']})" if job["reason"] else ""))
-    return final
+    return job
+
+
+def finish(api: httpx.Client, job: dict, *, follow_job: bool, as_json: bool) -> None:
+    """After submit or resume: print the job, and with --follow wait for its end (exit 1 unless
+    it succeeds)."""
+    if not follow_job:
+        if as_json:
+            emit_json(job)
+        else:
+            console.print(f"job {job['id']} {job['status']}")
+        return
+    if as_json:
+        job = wait(api, job["id"])
+        emit_json(job)
+    else:
+        console.print(f"job {job['id']} {job['status']}")
+        job = follow(api, job["id"])
+    if job["status"] != "succeeded":
+        raise typer.Exit(JOB_FAILED)
+
+
+SWEEP_POLL_SECONDS = 1.0
+SWEEP_FINAL = ("succeeded", "failed", "cancelled")
+
+
+def sweep_table(sweep: dict) -> Table:
+    """A sweep's trials, best first, as a table."""
+    table = Table("rank", "job", "status", *sweep["jobs"][0]["params"] if sweep["jobs"] else [], sweep["metric"],
+                  title=f"sweep {sweep['name']} ({sweep['id']}): {sweep['status']}, "
+                        f"{sweep['launched']}/{sweep['trials']} launched, ranked by {sweep['mode']} {sweep['metric']}")
+    for rank, entry in enumerate(sweep["jobs"], start=1):
+        table.add_row(str(rank), (entry["job_id"] or "-")[:8], entry["status"],
+                      *(_fmt(v) if isinstance(v, float) else str(v) for v in entry["params"].values()),
+                      _fmt(entry["metric"]))
+    return table
+
+
+def _print_log(line: dict) -> None:
+    print(f"{line['at'][11:19]} #{line['attempt']} {line['level']:<7} {line['message']}", flush=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -96,29 +203,52 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def submit(spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a job spec (JSON)")],
-               follow_job: Annotated[bool, typer.Option("--follow", "-f", help="show live progress until it ends")] = False,
-               url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Submit a job spec; with --follow, exit non-zero unless it succeeds."""
-        try:
-            body = json.loads(spec.read_text())
-        except ValueError as exc:
-            err.print(f"[red]{spec} is not JSON:[/red] {exc}")
-            raise typer.Exit(1) from None
+               follow_job: Annotated[bool, typer.Option("--follow", "-f", help="wait until it ends, showing progress")] = False,
+               as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+        """Submit a job spec; with --follow, exit 1 unless it succeeds."""
+        body = read_json(spec)
         with client(url, token) as api:
             job = checked(api.post("/v1/jobs", json=body))
-            console.print(f"job {job['id']} {job['status']}")
             if job.get("waiting_reason"):
                 err.print(f"[yellow]warning: {WAITING.get(job['waiting_reason'], job['waiting_reason'])}[/yellow]")
-            if follow_job and follow(api, job["id"]) != "succeeded":
-                raise typer.Exit(1)
+            finish(api, job, follow_job=follow_job, as_json=as_json)
+
+    @app.command()
+    def sweep(spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a sweep request (JSON)")],
+              follow_sweep: Annotated[bool, typer.Option("--follow", "-f", help="a live table until it ends")] = False,
+              as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+        """Submit a sweep (a base spec and a grid or random draws); with --follow, exit 1 unless every
+        job succeeds."""
+        body = read_json(spec)
+        with client(url, token) as api:
+            current = checked(api.post("/v1/sweeps", json=body))
+            if follow_sweep and as_json:
+                while current["status"] not in SWEEP_FINAL:
+                    time.sleep(SWEEP_POLL_SECONDS)
+                    current = checked(api.get(f"/v1/sweeps/{current['id']}"))
+            elif follow_sweep:
+                with Live(sweep_table(current), console=console, refresh_per_second=4) as live:
+                    while current["status"] not in SWEEP_FINAL:
+                        time.sleep(SWEEP_POLL_SECONDS)
+                        current = checked(api.get(f"/v1/sweeps/{current['id']}"))
+                        live.update(sweep_table(current))
+        if as_json:
+            emit_json(current)
+        elif not follow_sweep:
+            console.print(f"sweep {current['id']} {current['status']}: {current['trials']} trials")
+        if follow_sweep and current["status"] != "succeeded":
+            raise typer.Exit(JOB_FAILED)
 
     @jobs_app.command("list")
     def jobs_list(status: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
-                  limit: int = 20, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+                  limit: int = 20, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
+                  token: TokenOption = None) -> None:
         """The newest jobs."""
         params = {"limit": limit, **({"status": status} if status else {})}
         with client(url, token) as api:
             page = checked(api.get("/v1/jobs", params=params))
+        if as_json:
+            return emit_json(page)
         table = Table("id", "name", "status", "reason", "epoch", "test acc", "test loss", "created")
         for job in page["data"]:
             latest = job["latest_metrics"] or {}
@@ -132,13 +262,28 @@ def register(app: typer.Typer) -> None:
     def jobs_show(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """One job, as JSON."""
         with client(url, token) as api:
-            console.print_json(data=checked(api.get(f"/v1/jobs/{job_id}")))
+            emit_json(checked(api.get(f"/v1/jobs/{job_id}")))
+
+    @jobs_app.command("wait")
+    def jobs_wait(job_id: str, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
+                  token: TokenOption = None) -> None:
+        """Wait until a job ends; exit 1 unless it succeeded."""
+        with client(url, token) as api:
+            job = wait(api, job_id)
+        if as_json:
+            emit_json(job)
+        else:
+            console.print(f"job {job_id} {job['status']}" + (f" ({job['reason']})" if job["reason"] else ""))
+        if job["status"] != "succeeded":
+            raise typer.Exit(JOB_FAILED)
 
     @jobs_app.command("cancel")
-    def jobs_cancel(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    def jobs_cancel(job_id: str, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
+                    token: TokenOption = None) -> None:
         """Cancel a queued or running job."""
         with client(url, token) as api:
-            console.print(f"job {job_id} {checked(api.post(f'/v1/jobs/{job_id}/cancel'))['status']}")
+            job = checked(api.post(f"/v1/jobs/{job_id}/cancel"))
+        emit_json(job) if as_json else console.print(f"job {job_id} {job['status']}")
 
     @jobs_app.command("delete")
     def jobs_delete(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
@@ -149,32 +294,57 @@ def register(app: typer.Typer) -> None:
 
     @jobs_app.command("resume")
     def jobs_resume(job_id: str, follow_job: Annotated[bool, typer.Option("--follow", "-f")] = False,
-                    url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Resume a cancelled or failed job from where it stopped."""
+                    as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+        """Resume a cancelled or failed job from where it stopped; with --follow, exit 1 unless it succeeds."""
         with client(url, token) as api:
-            console.print(f"job {job_id} {checked(api.post(f'/v1/jobs/{job_id}/resume'))['status']}")
-            if follow_job and follow(api, job_id) != "succeeded":
-                raise typer.Exit(1)
+            finish(api, checked(api.post(f"/v1/jobs/{job_id}/resume")), follow_job=follow_job, as_json=as_json)
 
     @app.command()
-    def metrics(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    def logs(job_id: str, follow_logs: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
+             as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+        """What the job's worker logged: progress, warnings and, if it failed, the traceback."""
+        with client(url, token) as api:
+            if not follow_logs:
+                lines, after = [], 0
+                while True:
+                    page = checked(api.get(f"/v1/jobs/{job_id}/logs", params={"after": after}))
+                    lines += page["lines"]
+                    if not page["lines"]:
+                        break
+                    after = page["next"]
+                if as_json:
+                    return emit_json({"job_id": job_id, "lines": lines})
+                for line in lines:
+                    _print_log(line)
+                return
+            for kind, data in events(api, job_id, logs=True):
+                if kind == "log":
+                    print(json.dumps(data), flush=True) if as_json else _print_log(data)
+
+    @app.command()
+    def metrics(job_id: str, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
+                token: TokenOption = None) -> None:
         """A job's per-epoch metrics as a table."""
         with client(url, token) as api:
-            rows = checked(api.get(f"/v1/jobs/{job_id}/metrics"))["epochs"]
+            answer = checked(api.get(f"/v1/jobs/{job_id}/metrics"))
+        if as_json:
+            return emit_json(answer)
         table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "samples/s")
-        for r in rows:
+        for r in answer["epochs"]:
             table.add_row(str(r["epoch"]), _fmt(r["train_loss"]), _fmt(r["train_acc"], 3), _fmt(r["val_loss"]),
                           _fmt(r["val_acc"], 3), _fmt(r["test_loss"]), _fmt(r["test_acc"], 3),
                           _fmt(r["samples_per_second"], 0))
         console.print(table)
 
     @models_app.command("register")
-    def models_register(name: str, job_id: str, checkpoint: str = "best",
+    def models_register(name: str, job_id: str, checkpoint: str = "best", as_json: JsonOption = False,
                         url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """Register a job's checkpoint (best, last or an epoch) as the next version of NAME."""
         which = int(checkpoint) if checkpoint.isdigit() else checkpoint
         with client(url, token) as api:
             version = checked(api.post("/v1/models", json={"name": name, "job_id": job_id, "checkpoint": which}))
+        if as_json:
+            return emit_json(version)
         console.print(f"{version['name']} version {version['version']} (job {version['job_id']}, epoch {version['epoch']})")
 
     @models_app.command("export")
@@ -195,41 +365,51 @@ def register(app: typer.Typer) -> None:
                       model: Annotated[str, typer.Option(help='the architecture as JSON, e.g. \'{"arch": "lenet"}\'')],
                       classes: Annotated[str | None, typer.Option(help="class names, comma-separated")] = None,
                       input_shape: Annotated[str, typer.Option(help="e.g. 1,28,28")] = "1,28,28",
-                      url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+                      as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """Register weights trained elsewhere as the next version of a model."""
-        form = {"name": name, "model": model,
-                "input_shape": json.dumps([int(d) for d in input_shape.split(",")])}
+        try:
+            shape = [int(d) for d in input_shape.split(",")]
+        except ValueError:
+            raise typer.BadParameter("use numbers separated by commas, e.g. 1,28,28", param_hint="--input-shape") from None
+        form = {"name": name, "model": model, "input_shape": json.dumps(shape)}
         if classes:
             form["classes"] = json.dumps(classes.split(","))
         with client(url, token) as api:
             version = checked(api.post("/v1/models/import", data=form, timeout=300,
                                        files={"file": (weights.name, weights.read_bytes(), "application/octet-stream")}))
+        if as_json:
+            return emit_json(version)
         console.print(f"{version['name']} version {version['version']} (imported)")
 
     @models_app.command("list")
-    def models_list(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    def models_list(as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """Registered models, their latest versions and aliases."""
         with client(url, token) as api:
-            models = checked(api.get("/v1/models"))["data"]
+            answer = checked(api.get("/v1/models"))
+        if as_json:
+            return emit_json(answer)
         table = Table("name", "latest", "versions", "aliases")
-        for m in models:
+        for m in answer["data"]:
             table.add_row(m["name"], str(m["latest_version"]), str(len(m["versions"])),
                           ", ".join(f"{a}={v}" for a, v in m["aliases"].items()))
         console.print(table)
 
     @models_app.command("alias")
-    def models_alias(name: str, alias: str, version: int, url: UrlOption = DEFAULT_URL,
+    def models_alias(name: str, alias: str, version: int, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
                      token: TokenOption = None) -> None:
         """Point NAME@ALIAS at VERSION."""
         with client(url, token) as api:
-            checked(api.put(f"/v1/models/{name}/aliases/{alias}", json={"version": version}))
-        console.print(f"{name}@{alias} -> version {version}")
+            model = checked(api.put(f"/v1/models/{name}/aliases/{alias}", json={"version": version}))
+        emit_json(model) if as_json else console.print(f"{name}@{alias} -> version {version}")
 
     @app.command()
-    def workers(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    def workers(as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """Live training workers: queues, devices and what each is running."""
         with client(url, token) as api:
-            live = checked(api.get("/v1/workers"))["workers"]
+            answer = checked(api.get("/v1/workers"))
+        if as_json:
+            return emit_json(answer)
+        live = answer["workers"]
         table = Table("worker", "host", "pid", "queues", "devices", "job", "last seen")
         for w in live:
             table.add_row(w["id"], w["host"], str(w["pid"]), ", ".join(w["queues"]),
@@ -239,11 +419,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def predict(model: str, files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
-                top_k: int = 1, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+                top_k: int = 1, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
+                token: TokenOption = None) -> None:
         """Classify image files with MODEL (name, name:VERSION, name@ALIAS or job:ID)."""
         with client(url, token) as api:
             uploads = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
             answer = checked(api.post("/v1/predict", data={"model": model, "top_k": str(top_k)}, files=uploads))
+        if as_json:
+            return emit_json(answer)
         table = Table("file", "label", "probability", "top k")
         for p in answer["predictions"]:
             table.add_row(p["filename"], p["label"], f"{p['probability']:.3f}",
@@ -253,23 +436,27 @@ def register(app: typer.Typer) -> None:
     @datasets_app.command("upload")
     def datasets_upload(archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
                         name: str | None = None, test_fraction: float = 0.2, image_size: int | None = None,
-                        url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+                        as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """Upload a dataset zip; specs then use it as uploaded:<id>."""
         form = {"test_fraction": str(test_fraction), **({"name": name} if name else {}),
                 **({"image_size": str(image_size)} if image_size else {})}
         with client(url, token) as api:
             dataset = checked(api.post("/v1/datasets", data=form,
                                        files={"file": (archive.name, archive.read_bytes(), "application/zip")}))
+        if as_json:
+            return emit_json(dataset)
         console.print(f"uploaded:{dataset['id']}  {dataset['kind']}, {dataset['task']}, "
                       f"{dataset['num_train']} train / {dataset['num_test']} test, classes {dataset['classes']}")
 
     @datasets_app.command("list")
-    def datasets_list(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    def datasets_list(as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """Uploaded datasets."""
         with client(url, token) as api:
-            data = checked(api.get("/v1/datasets"))["data"]
+            answer = checked(api.get("/v1/datasets"))
+        if as_json:
+            return emit_json(answer)
         table = Table("id", "name", "kind", "task", "train", "test", "classes")
-        for d in data:
+        for d in answer["data"]:
             table.add_row(d["id"], d["name"], d["kind"], d["task"], str(d["num_train"]), str(d["num_test"]),
                           ", ".join(d["classes"] or []))
         console.print(table)

@@ -9,13 +9,31 @@ import subprocess
 import sys
 import time
 
+import httpx
 import typer
 
+from service.cli.client import UNREACHABLE, Failure
 from service.cli.client import register as register_client_commands
 from service.core import worker_registry
 from service.core.settings import get_settings
 
-app = typer.Typer(help="trainyard: train and serve PyTorch models over HTTP.", no_args_is_help=True)
+app = typer.Typer(help="trainyard: train and serve PyTorch models over HTTP. Exit status: 0 success, 1 the "
+                       "job failed or was cancelled, 2 usage or a request the service rejected, 3 the service "
+                       "cannot be reached, 4 refused by authentication.", no_args_is_help=True)
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"trainyard {version('trainyard')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                               help="print the version and exit")) -> None:
+    """trainyard: train and serve PyTorch models over HTTP."""
 
 STOP_TIMEOUT_S = 20.0
 
@@ -177,5 +195,18 @@ def _redact(url: str) -> str:
 register_client_commands(app)
 
 
+def main() -> None:
+    """The `trainyard` command: errors are one line on stderr, with the exit status they mean."""
+    try:
+        app()
+    except Failure as failure:
+        typer.echo(f"error: {failure}", err=True)
+        sys.exit(failure.code)
+    except httpx.TransportError as exc:
+        where = exc._request.url if getattr(exc, "_request", None) is not None else "the service"
+        typer.echo(f"error: cannot reach {where}: {exc or type(exc).__name__}", err=True)
+        sys.exit(UNREACHABLE)
+
+
 if __name__ == "__main__":
-    app()
+    main()

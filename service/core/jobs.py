@@ -33,8 +33,8 @@ class LeaseLost(Exception):
 
 
 def create_job(session: Session, *, spec: JobSpec, task: str, idempotency_key: str | None = None,
-               request_hash: str | None = None) -> Job:
-    """Insert a queued job for a validated spec."""
+               request_hash: str | None = None, sweep: tuple[str, int] | None = None) -> Job:
+    """Insert a queued job for a validated spec (`sweep`: the sweep and trial it runs)."""
     job = Job(
         name=spec.name,
         status=JobStatus.QUEUED,
@@ -45,6 +45,8 @@ def create_job(session: Session, *, spec: JobSpec, task: str, idempotency_key: s
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         dispatched_at=utcnow(),
+        sweep_id=sweep[0] if sweep else None,
+        sweep_trial=sweep[1] if sweep else None,
     )
     session.add(job)
     session.flush()

@@ -8,7 +8,7 @@ import threading
 import time
 from datetime import timedelta
 
-from service.core import embedded_broker, jobs, retention
+from service.core import embedded_broker, jobs, retention, sweeps
 from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.leader import Leadership
 from service.core.settings import Settings
@@ -71,7 +71,21 @@ def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
         jobs.mark_dispatched(session, job_ids=sent)
     if sent:
         log.info("reaper sent %d job(s) to the broker again: %s", len(sent), ", ".join(sent))
+    advance_sweeps(settings)
     return sent
+
+
+def advance_sweeps(settings: Settings) -> None:
+    """Launch sweeps' next trials where slots are free (workers do it as jobs end; this catches
+    what they missed)."""
+    with session_scope(write=False) as session:
+        pending = sweeps.unfinished(session)
+    for sweep_id in pending:
+        try:
+            with session_scope() as session:
+                sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+        except Exception as exc:  # one bad sweep must not stop the others
+            log.warning("could not advance sweep %s: %s", sweep_id, exc)
 
 
 def housekeeping(settings: Settings) -> None:

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0, le=86400)
     max_attempts: int = Field(default=3, ge=1, le=100)
     reaper_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Log lines a job keeps per attempt (GET /v1/jobs/{id}/logs); errors beyond it are still kept.
+    job_log_lines: int = Field(default=2000, ge=10, le=1_000_000)
+    # Comment lines the event stream sends when it has nothing else to say, so that proxies keep it.
+    events_keepalive_seconds: float = Field(default=15.0, gt=0, le=3600)
     # A worker that cannot reach the database keeps its job and retries its writes (epochs, the
     # job's end) with backoff for this long before the job fails.
     database_retry_seconds: float = Field(default=600.0, gt=0, le=86400)

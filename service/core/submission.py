@@ -50,8 +50,10 @@ def _replay(job: Job, request_hash: str) -> Submitted:
     return Submitted(job.id, replayed=True)
 
 
-def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempotency_key: str | None = None) -> Submitted:
-    """Check a spec, commit its queued job and send it to a worker."""
+def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempotency_key: str | None = None,
+               sweep: tuple[str, int] | None = None) -> Submitted:
+    """Check a spec, commit its queued job and send it to a worker (`sweep`: the sweep and trial
+    the job runs)."""
     task = check_spec(session, spec=spec, settings=settings)
     request_hash = spec.digest()
     if idempotency_key:
@@ -66,7 +68,7 @@ def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempoten
                            f"device {spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); start one and retry")
     try:
         job = jobs.create_job(session, spec=spec, task=task, idempotency_key=idempotency_key,
-                              request_hash=request_hash)
+                              request_hash=request_hash, sweep=sweep)
         session.commit()
     except IntegrityError:
         # Another request with the same key committed first; answer with its job.

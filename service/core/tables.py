@@ -74,6 +74,9 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The sweep that created the job, and which of its trials it runs.
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
+    sweep_trial: Mapped[int | None] = mapped_column(Integer)
 
     metrics: Mapped[list[EpochMetric]] = relationship(
         back_populates="job", order_by="EpochMetric.epoch", cascade="all, delete-orphan")
@@ -81,6 +84,28 @@ class Job(Base):
         back_populates="job", order_by="Checkpoint.epoch", cascade="all, delete-orphan")
     events: Mapped[list[JobEvent]] = relationship(
         back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan")
+    # Log lines stay out of the ORM's cascade: the database deletes them with the job.
+
+
+class Sweep(Base):
+    """Jobs made from one base spec with some values varied: a grid, or random draws."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_sweeps_idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    request: Mapped[dict] = mapped_column(JSON)  # as submitted
+    trials: Mapped[list] = mapped_column(JSON)  # [{"params": {dotted path: value}}], in order
+    size: Mapped[int] = mapped_column(Integer)  # len(trials)
+    launched: Mapped[int] = mapped_column(Integer, default=0)  # trials[:launched] have their jobs
+    metric: Mapped[str] = mapped_column(String(30))
+    mode: Mapped[str] = mapped_column(String(3))
+    max_parallel: Mapped[int | None] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class JobEvent(Base):
@@ -98,6 +123,20 @@ class JobEvent(Base):
     detail: Mapped[dict | None] = mapped_column(JSON)
 
     job: Mapped[Job] = relationship(back_populates="events")
+
+
+class JobLog(Base):
+    """One line a job's worker logged while running it (a traceback is one multi-line entry)."""
+
+    __tablename__ = "job_logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    level: Mapped[str] = mapped_column(String(10))
+    logger: Mapped[str] = mapped_column(String(100))
+    message: Mapped[str] = mapped_column(Text)
 
 
 class EpochMetric(Base):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
@@ -24,8 +24,9 @@ from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessi
 from service.api.schemas.jobs import jobs_public, metric_rows
 from service.api.schemas.predict import image_answer
 from service.api.schemas.registry import model_public
+from service.api.schemas.sweeps import sweep_public
 from service.api.schemas.workers import WorkerPublic
-from service.core import jobs, registry, retention, submission, worker_registry
+from service.core import job_logs, jobs, registry, retention, submission, sweeps, worker_registry
 from service.core.settings import get_settings
 from service.core.errors import CoreError, Invalid
 
@@ -96,12 +97,20 @@ def jobs_rows(request: Request, session: SessionDep) -> HTMLResponse:
     return templates.TemplateResponse(request, "jobs_rows.html", {"jobs": data})
 
 
+LOG_LINES_SHOWN = 5000
+
+
 @pages.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: str, request: Request, session: SessionDep) -> HTMLResponse:
+def job_page(job_id: str, request: Request, session: SessionDep,
+             tab: Literal["overview", "logs"] = "overview") -> HTMLResponse:
     (job,) = _public(session, [jobs.require_job(session, job_id=job_id)])
-    metrics = metric_rows(jobs.get_metrics(session, job_id=job_id))
-    return templates.TemplateResponse(request, "job.html", {
-        "job": job, "metrics": metrics, "spec_json": json.dumps(job.spec, indent=2)})
+    context = {"job": job, "tab": tab}
+    if tab == "logs":
+        context["logs"] = job_logs.read(session, job_id=job_id, limit=LOG_LINES_SHOWN)
+    else:
+        context.update(metrics=metric_rows(jobs.get_metrics(session, job_id=job_id)),
+                       spec_json=json.dumps(job.spec, indent=2))
+    return templates.TemplateResponse(request, "job.html", context)
 
 
 @pages.get("/ui/jobs/{job_id}/plot.png")
@@ -146,6 +155,34 @@ def submit(request: Request, session: WriteSessionDep, settings: SettingsDep,
 def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> RedirectResponse:
     retention.delete_job(session, job_id=job_id, settings=settings)
     return RedirectResponse("/", status_code=303)
+
+
+@pages.get("/ui/sweeps", response_class=HTMLResponse)
+def sweeps_page(request: Request, session: SessionDep) -> HTMLResponse:
+    rows, count = sweeps.page(session, limit=50, offset=0)
+    return templates.TemplateResponse(request, "sweeps.html", {
+        "sweeps": [sweep_public(s, sweeps.trials(session, s)) for s in rows], "count": count})
+
+
+@pages.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)
+def sweep_page(sweep_id: str, request: Request, session: SessionDep) -> HTMLResponse:
+    sweep = sweeps.require(session, sweep_id=sweep_id)
+    public = sweep_public(sweep, sweeps.trials(session, sweep))
+    params = list(public.jobs[0].params) if public.jobs else []
+    return templates.TemplateResponse(request, "sweep.html", {"sweep": public, "params": params})
+
+
+@pages.get("/ui/sweeps/{sweep_id}/compare.png")
+async def sweep_plot(sweep_id: str, session: SessionDep) -> Response:
+    data = await run_in_threadpool(plots.sweep_series, session, sweep_id)
+    session.close()
+    return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
+
+
+@actions.post("/ui/sweeps/{sweep_id}/cancel")
+def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> RedirectResponse:
+    sweeps.cancel(session, sweep_id=sweep_id)
+    return RedirectResponse(f"/ui/sweeps/{sweep_id}", status_code=303)
 
 
 @pages.get("/ui/models", response_class=HTMLResponse)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse
 
 from models.spec import JobSpec
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
@@ -16,11 +18,14 @@ from service.api.schemas.jobs import (
     EpochMetricPublic,
     JobPublic,
     JobsPublic,
+    LogLinePublic,
+    LogsPublic,
     MetricsPublic,
     TransitionPublic,
     jobs_public,
 )
-from service.core import jobs, retention, submission, worker_registry
+from service.core import job_logs, jobs, retention, submission, worker_registry
+from service.core.errors import Invalid
 from service.core.db import session_scope
 from service.core.settings import Settings, get_settings
 from service.core.tables import Job, JobStatus
@@ -113,53 +118,113 @@ def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
     retention.delete_job(session, job_id=job_id, settings=settings)
 
 
+@router.get("/{job_id}/logs", response_model=LogsPublic, responses=JOB_NOT_FOUND)
+def read_logs(job_id: str, session: SessionDep,
+              after: Annotated[int, Query(ge=0, le=2**62, description="the `next` of the previous page")] = 0,
+              limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> LogsPublic:
+    """What the job's worker logged while running it, every attempt, oldest first: its progress,
+    warnings and, if it failed, the traceback."""
+    jobs.require_job(session, job_id=job_id)
+    lines = [LogLinePublic.model_validate(line) for line in job_logs.read(session, job_id=job_id, after=after,
+                                                                          limit=limit)]
+    return LogsPublic(job_id=job_id, lines=lines, next=lines[-1].id if lines else after)
+
+
 EVENT_POLL_SECONDS = 0.25
 
 
-def _snapshot(job_id: str) -> tuple[str, str | None, list[dict], list[dict]]:
-    """The job's status, waiting reason, transitions and metrics, read in one short transaction."""
+@dataclass
+class Snapshot:
+    status: str
+    waiting: str | None
+    transitions: list[dict]
+    metrics: list[dict]
+    logs: list[dict]
+
+
+def _snapshot(job_id: str, logs_after: int | None) -> Snapshot:
+    """The job's status, waiting reason, transitions, metrics and (if asked) new log lines, read in
+    one short transaction."""
     with session_scope(write=False) as session:
         job = jobs.require_job(session, job_id=job_id)
         waiting = worker_registry.waiting_reasons(session, jobs=[job], settings=get_settings()).get(job.id)
         transitions = [TransitionPublic.model_validate(e).model_dump(mode="json") for e in job.events]
         metrics = [EpochMetricPublic.model_validate(m).model_dump(mode="json")
                    for m in jobs.get_metrics(session, job_id=job_id)]
-        return job.status, waiting, transitions, metrics
+        logs = [] if logs_after is None else [
+            LogLinePublic.model_validate(line).model_dump(mode="json")
+            for line in job_logs.read(session, job_id=job_id, after=logs_after)]
+        return Snapshot(job.status, waiting, transitions, metrics, logs)
 
 
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+@dataclass
+class Cursor:
+    """How far a client has read the stream; every event's id is the cursor after it, so that a
+    client reconnecting with Last-Event-ID gets exactly the events it has not seen."""
+
+    transitions: int = 0
+    epoch: int = 0
+    log: int = 0
+    waiting: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.transitions}.{self.epoch}.{self.log}.{self.waiting or '-'}"
+
+    @classmethod
+    def parse(cls, raw: str) -> Cursor:
+        parts = raw.split(".")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]) or not re.fullmatch(r"[a-z_]{1,50}|-", parts[3]):
+            raise Invalid([(("header", "last-event-id"), "not an event id this stream sent (e.g. 3.2.17.-)")])
+        return cls(int(parts[0]), int(parts[1]), int(parts[2]), None if parts[3] == "-" else parts[3])
+
+
+def new_events(snapshot: Snapshot, cursor: Cursor) -> list[tuple[str, dict, str]]:
+    """The (event, data, id) a client at `cursor` has not had, in order; moves the cursor past them."""
+    events = []
+    for transition in snapshot.transitions[cursor.transitions:]:
+        cursor.transitions += 1
+        events.append(("status", transition, str(cursor)))
+    if snapshot.waiting != cursor.waiting:
+        cursor.waiting = snapshot.waiting
+        events.append(("waiting", {"reason": snapshot.waiting}, str(cursor)))
+    for row in snapshot.metrics:
+        if row["epoch"] > cursor.epoch:
+            cursor.epoch = row["epoch"]
+            events.append(("epoch", row, str(cursor)))
+    for line in snapshot.logs:
+        if line["id"] > cursor.log:
+            cursor.log = line["id"]
+            events.append(("log", line, str(cursor)))
+    if snapshot.status in JobStatus.FINAL:
+        events.append(("end", {"status": snapshot.status}, str(cursor)))
+    return events
 
 
 @router.get("/{job_id}/events", responses={**JOB_NOT_FOUND, 200: {"content": {"text/event-stream": {}}}})
-async def job_events(job_id: str, request: Request) -> StreamingResponse:
+async def job_events(
+    job_id: str,
+    settings: SettingsDep,
+    logs: Annotated[bool, Query(description="also send each log line as a `log` event")] = False,
+    last_event_id: Annotated[str | None, Header(max_length=200, description="resume after this event")] = None,
+) -> EventSourceResponse:
     """Server-sent events: `status` for each transition, `waiting` when the reason a queued job
     cannot start appears or goes (`{"reason": "no_gpu_worker"}`, then `{"reason": null}`), `epoch`
-    for each epoch's metrics as they land, and `end` when the job reaches a final state (the
-    stream then closes)."""
-    first = await run_in_threadpool(_snapshot, job_id)  # NotFound -> 404 before the stream starts
+    for each epoch's metrics as they land, `log` for each log line (with `?logs=true`), and `end`
+    when the job reaches a final state (the stream then closes). Every event has an id; a client
+    that reconnects with `Last-Event-ID` gets the events after it, none twice. A comment line goes
+    out every TRAINYARD_EVENTS_KEEPALIVE_SECONDS when nothing else does."""
+    cursor = Cursor.parse(last_event_id) if last_event_id else Cursor()
+    first = await run_in_threadpool(_snapshot, job_id, cursor.log if logs else None)  # 404 before streaming
 
     async def stream():
-        sent_transitions, sent_epochs, sent_waiting = 0, {}, None
-        status_now, waiting, transitions, metrics = first
+        snapshot = first
         while True:
-            for transition in transitions[sent_transitions:]:
-                yield _sse("status", transition)
-            sent_transitions = len(transitions)
-            if waiting != sent_waiting:
-                yield _sse("waiting", {"reason": waiting})
-                sent_waiting = waiting
-            for row in metrics:
-                if sent_epochs.get(row["epoch"]) != row:
-                    sent_epochs[row["epoch"]] = row
-                    yield _sse("epoch", row)
-            if status_now in JobStatus.FINAL:
-                yield _sse("end", {"status": status_now})
-                return
-            if await request.is_disconnected():
-                return
+            for event, data, event_id in new_events(snapshot, cursor):
+                yield {"event": event, "id": event_id, "data": json.dumps(data)}
+                if event == "end":
+                    return
             await asyncio.sleep(EVENT_POLL_SECONDS)
-            status_now, waiting, transitions, metrics = await run_in_threadpool(_snapshot, job_id)
+            snapshot = await run_in_threadpool(_snapshot, job_id, cursor.log if logs else None)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventSourceResponse(stream(), ping=settings.events_keepalive_seconds,
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -78,6 +78,26 @@ class JobPublic(BaseModel):
     waiting_reason: str | None = None
     # Bytes the job's checkpoints and resumable state take on disk now.
     disk_bytes: int = 0
+    # The sweep that created the job, if one did.
+    sweep_id: str | None = None
+
+
+class LogLinePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    attempt: int
+    at: datetime
+    level: str
+    logger: str
+    message: str
+
+
+class LogsPublic(BaseModel):
+    job_id: str
+    lines: list[LogLinePublic]
+    # Pass as `after` to read on from here.
+    next: int
 
 
 class JobsPublic(BaseModel):
@@ -107,6 +127,7 @@ def job_public(job: Job, latest: EpochMetric | None, waiting_reason: str | None 
         best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
         cross_validation=job.cross_validation, waiting_reason=waiting_reason, disk_bytes=disk_bytes,
+        sweep_id=job.sweep_id,
     )
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.datagen import image_folder_zip, png_bytes
-from tests.servers import REPO
+from tests.servers import REPO, free_port
 from tests.specs import SOFTMAX_SPEC
 
 pytestmark = pytest.mark.e2e
@@ -56,14 +56,51 @@ def test_follow_exits_non_zero_when_the_job_fails(embedded_stack, tmp_path):
     spec.write_text(json.dumps({**SOFTMAX_SPEC, "data": {"dataset": "mnist"}}))
     run = trainyard(embedded_stack, "submit", str(spec), "--follow")
     assert run.returncode == 1 and "failed" in run.stderr and "invalid_data" in run.stderr
+    logs = trainyard(embedded_stack, "logs", run.stdout.split()[1])
+    assert logs.returncode == 0 and "Traceback (most recent call last)" in logs.stdout
 
 
-def test_errors_are_reported_plainly(embedded_stack, tmp_path):
+def test_scripts_get_json_and_exit_codes(embedded_stack, tmp_path):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({**SOFTMAX_SPEC, "epochs": 1, "name": "json-ok"}))
+    bad.write_text(json.dumps({**SOFTMAX_SPEC, "epochs": 1, "data": {"dataset": "mnist"}}))
+
+    succeeded = trainyard(embedded_stack, "submit", str(good), "--follow", "--json")
+    assert succeeded.returncode == 0, succeeded.stderr
+    job = json.loads(succeeded.stdout)
+    assert job["status"] == "succeeded" and job["epoch"] == 1
+    failed = trainyard(embedded_stack, "submit", str(bad), "--follow", "--json")
+    assert failed.returncode == 1 and json.loads(failed.stdout)["reason"] == "invalid_data"
+    waited = trainyard(embedded_stack, "jobs", "wait", job["id"], "--json")
+    assert waited.returncode == 0 and json.loads(waited.stdout)["id"] == job["id"]
+
+    for command in (["jobs", "list"], ["metrics", job["id"]], ["models", "list"], ["workers"], ["datasets", "list"],
+                    ["logs", job["id"]]):
+        run = trainyard(embedded_stack, *command, "--json")
+        assert run.returncode == 0, (command, run.stderr)
+        json.loads(run.stdout)  # one JSON document, nothing else on stdout
+    followed = trainyard(embedded_stack, "logs", job["id"], "--follow", "--json")
+    assert followed.returncode == 0 and any(json.loads(line)["message"].startswith("epoch 1/1")
+                                            for line in followed.stdout.splitlines())
+
+
+def test_errors_are_one_line_with_the_exit_code_they_mean(embedded_stack, tmp_path):
     spec = tmp_path / "bad.json"
     spec.write_text(json.dumps({**SOFTMAX_SPEC, "optimizer": {"lr": -1}}))
     run = trainyard(embedded_stack, "submit", str(spec))
-    assert run.returncode == 1 and "error 422" in run.stderr and "optimizer.lr" in run.stderr
-    assert trainyard(embedded_stack, "jobs", "cancel", "00000000-0000-0000-0000-000000000000").returncode == 1
+    assert run.returncode == 2 and "error 422" in run.stderr and "optimizer.lr" in run.stderr
+    missing = trainyard(embedded_stack, "jobs", "cancel", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: error 404")
+    assert trainyard(embedded_stack, "jobs", "list", "--no-such-option").returncode == 2
+
+    unreachable = subprocess.run([sys.executable, "-m", "service.cli.main", "jobs", "list", "--url",
+                                  f"http://127.0.0.1:{free_port()}"], cwd=REPO, capture_output=True, text=True)
+    assert unreachable.returncode == 3 and unreachable.stdout == ""
+    assert unreachable.stderr.startswith("error: cannot reach http://127.0.0.1:")
+    assert len(unreachable.stderr.strip().splitlines()) == 1 and "Traceback" not in unreachable.stderr
+
+    version = trainyard(embedded_stack, "--version")
+    assert version.returncode == 0 and re.fullmatch(r"trainyard \d+\.\d+\.\d+\n", version.stdout)
 
 
 def test_datasets_upload_and_list(embedded_stack, tmp_path):
@@ -92,3 +129,15 @@ def test_event_stream_reports_status_and_every_epoch(embedded_stack):
     assert [d["to_status"] for k, d in events if k == "status"] == ["queued", "running", "succeeded"]
     with httpx.Client(base_url=embedded_stack.url) as client:
         assert client.get("/v1/jobs/nope/events").status_code == 404
+
+
+def test_sweep_follow_prints_the_ranked_sweep(embedded_stack, tmp_path):
+    request = tmp_path / "sweep.json"
+    request.write_text(json.dumps({"name": "cli-sweep", "base": {**SOFTMAX_SPEC, "epochs": 1},
+                                   "grid": {"optimizer.lr": [0.05, 0.5]}}))
+    run = trainyard(embedded_stack, "sweep", str(request), "--follow", "--json")
+    assert run.returncode == 0, run.stderr
+    sweep = json.loads(run.stdout)
+    assert sweep["status"] == "succeeded" and len(sweep["jobs"]) == 2
+    table = trainyard(embedded_stack, "sweep", str(request), "--follow")
+    assert table.returncode == 0 and "optimizer.lr" in table.stdout and "succeeded" in table.stdout

@@ -1,0 +1,69 @@
+"""Sweeps: many jobs from one base spec, ranked by a metric, drawn together, cancelled together."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from service.api import plots
+from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
+from service.api.schemas.sweeps import SweepPublic, SweepsPublic, sweep_public
+from service.core import sweeps
+from service.core.sweeps import SweepSpec
+
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
+NOT_FOUND = {404: {"description": "No such sweep"}}
+
+
+def _public(session, sweep_id: str) -> SweepPublic:
+    sweep = sweeps.require(session, sweep_id=sweep_id)
+    public = sweep_public(sweep, sweeps.trials(session, sweep))
+    session.commit()
+    return public
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic,
+             responses={409: {"description": "Idempotency-Key reused with another request"},
+                        422: {"description": "A generated spec is invalid; nothing was created"}})
+def create_sweep(body: SweepSpec, session: WriteSessionDep, settings: SettingsDep, response: Response,
+                 idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None) -> SweepPublic:
+    """Check every trial's spec (a 422 names the path and value of any that is invalid, and
+    nothing is created), then queue the trials' jobs, at most max_parallel unfinished at a time."""
+    created = sweeps.create(session, sweep=body, settings=settings, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/v1/sweeps/{created.sweep.id}"
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _public(session, created.sweep.id)
+
+
+@router.get("", response_model=SweepsPublic)
+def list_sweeps(session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> SweepsPublic:
+    """Sweeps, newest first."""
+    rows, count = sweeps.page(session, limit=limit, offset=offset)
+    return SweepsPublic(data=[sweep_public(s, sweeps.trials(session, s)) for s in rows], count=count)
+
+
+@router.get("/{sweep_id}", response_model=SweepPublic, responses=NOT_FOUND)
+def read_sweep(sweep_id: str, session: SessionDep) -> SweepPublic:
+    """The sweep and its trials, best first by its metric."""
+    return _public(session, sweep_id)
+
+
+@router.post("/{sweep_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic,
+             responses=NOT_FOUND)
+def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> SweepPublic:
+    """Launch no more trials and cancel the unfinished jobs."""
+    sweeps.cancel(session, sweep_id=sweep_id)
+    return _public(session, sweep_id)
+
+
+@router.get("/{sweep_id}/compare.png", response_class=Response, responses={
+    200: {"content": {"image/png": {}}, "description": "A PNG image"}, **NOT_FOUND})
+async def compare_sweep(sweep_id: str, session: SessionDep) -> Response:
+    """The learning curves of the sweep's best trials (up to 12) on one figure, labelled by their values."""
+    data = await run_in_threadpool(plots.sweep_series, session, sweep_id)
+    session.close()
+    return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")

@@ -1,0 +1,53 @@
+"""Schemas of the sweeps API: a sweep with its trials ranked by its metric."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from service.core import sweeps
+from service.core.tables import Sweep
+
+
+class SweepJobPublic(BaseModel):
+    trial: int
+    # None until the trial is launched (max_parallel holds it back), then its job.
+    job_id: str | None
+    status: str  # the job's status, or "pending"
+    params: dict
+    # The job's best value of the sweep's metric over its epochs so far.
+    metric: float | None
+
+
+class SweepPublic(BaseModel):
+    id: str
+    name: str
+    status: str  # running, succeeded (every job did), failed (some job failed or was cancelled), cancelled
+    metric: str
+    mode: str
+    max_parallel: int | None
+    trials: int
+    launched: int
+    counts: dict[str, int]  # trials by status
+    created_at: datetime
+    cancelled_at: datetime | None
+    best: SweepJobPublic | None
+    jobs: list[SweepJobPublic]  # best first
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepPublic]
+    count: int
+
+
+def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
+    entries = [SweepJobPublic(trial=t.index, job_id=t.job.id if t.job else None,
+                              status=t.job.status if t.job else "pending", params=t.params, metric=t.metric)
+               for t in ranked]
+    best = entries[0] if entries and entries[0].metric is not None else None
+    return SweepPublic(id=sweep.id, name=sweep.name, status=sweeps.status(sweep, ranked), metric=sweep.metric,
+                       mode=sweep.mode, max_parallel=sweep.max_parallel, trials=sweep.size, launched=sweep.launched,
+                       counts=dict(Counter(e.status for e in entries)), created_at=sweep.created_at,
+                       cancelled_at=sweep.cancelled_at, best=best, jobs=entries)

@@ -1,0 +1,289 @@
+"""Sweeps: one base spec, some values varied (a grid, or random draws), one job per trial.
+
+The sweep row is the source of truth: it holds every trial's values and how many of them have
+their job (`launched`). advance() launches the next trials while fewer than max_parallel of the
+sweep's jobs are unfinished; it runs when the sweep is created, when one of its jobs ends (in the
+worker) and in the reaper's sweep, and each trial's job is created with its own idempotency key,
+so concurrent or repeated calls never create a trial twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models.spec import JobSpec
+from service.core import jobs, submission
+from service.core.errors import Conflict, Invalid, NotFound
+from service.core.settings import Settings
+from service.core.tables import EpochMetric, Job, JobStatus, Sweep, utcnow
+
+MAX_TRIALS = 256
+RANKABLE = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
+Path = Annotated[str, Field(pattern=r"^[a-z_]+(\.[a-z0-9_]+){0,5}$", max_length=100)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Distribution(_Strict):
+    """Exactly one of: uniform [low, high], log_uniform [low, high] (both > 0), integer [low,
+    high] (inclusive), choice [values]."""
+
+    uniform: tuple[float, float] | None = None
+    log_uniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+    integer: tuple[int, int] | None = None
+    choice: Annotated[list[Any], Field(min_length=1, max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        given = [name for name in ("uniform", "log_uniform", "integer", "choice") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of uniform, log_uniform, integer, choice")
+        bounds = self.uniform or self.log_uniform or self.integer
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise ValueError(f"{given[0]}: low {bounds[0]} is above high {bounds[1]}")
+        return self
+
+    def draw(self, rng: random.Random):
+        if self.uniform is not None:
+            return rng.uniform(*self.uniform)
+        if self.log_uniform is not None:
+            return math.exp(rng.uniform(math.log(self.log_uniform[0]), math.log(self.log_uniform[1])))
+        if self.integer is not None:
+            return rng.randint(*self.integer)
+        return rng.choice(self.choice)
+
+
+class RandomSearch(_Strict):
+    distributions: Annotated[dict[Path, Distribution], Field(min_length=1, max_length=20)]
+    count: Annotated[int, Field(ge=1, le=MAX_TRIALS)]
+    seed: int = 0
+
+
+class SweepSpec(_Strict):
+    """A sweep request: `base` is a job spec; `grid` maps dotted spec paths to the values to try
+    (every combination), or `random` draws `count` trials from distributions."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    base: dict
+    grid: Annotated[dict[Path, Annotated[list[Any], Field(min_length=1, max_length=64)]],
+                    Field(min_length=1, max_length=10)] | None = None
+    random: RandomSearch | None = None
+    # What ranks the jobs (each job's best epoch); default: test accuracy, or test loss for regression.
+    metric: Literal[RANKABLE] | None = None
+    mode: Literal["min", "max"] | None = None
+    max_parallel: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None
+
+    @model_validator(mode="after")
+    def _one_search(self) -> SweepSpec:
+        if (self.grid is None) == (self.random is None):
+            raise ValueError("give either grid or random")
+        if self.grid is not None and math.prod(len(v) for v in self.grid.values()) > MAX_TRIALS:
+            raise ValueError(f"the grid has more than {MAX_TRIALS} combinations")
+        return self
+
+    @property
+    def varied(self) -> str:
+        return "grid" if self.grid is not None else "random"
+
+    def trials(self) -> list[dict]:
+        """Each trial's values, {dotted path: value}, in a stable order."""
+        if self.grid is not None:
+            paths = list(self.grid)
+            return [dict(zip(paths, values)) for values in itertools.product(*self.grid.values())]
+        rng = random.Random(self.random.seed)
+        return [{path: dist.draw(rng) for path, dist in self.random.distributions.items()}
+                for _ in range(self.random.count)]
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def _set(spec: dict, path: str, value) -> None:
+    node = spec
+    for key in path.split(".")[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"{key} is not an object in the base spec")
+        node = child
+    node[path.rsplit(".", 1)[-1]] = value
+
+
+def trial_spec(base: dict, name: str, params: dict) -> dict:
+    """The base spec with a trial's values set, named after them."""
+    spec = copy.deepcopy(base)
+    for path, value in params.items():
+        _set(spec, path, value)
+    spec["name"] = f"{name} [{label(params)}]"[:200]
+    return spec
+
+
+def label(params: dict) -> str:
+    """A trial's values in a few characters: `weight_decay=3, lr=0.1`."""
+    return ", ".join(f"{path.rsplit('.', 1)[-1]}={_short(value)}" for path, value in params.items())
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value
+
+
+def _problems(sweep: SweepSpec, params: dict, error: Exception) -> list[tuple[tuple, str]]:
+    """Where a trial's spec went wrong: at the varied path when it was a varied value, else in base."""
+    found = []
+    details = error.errors() if isinstance(error, ValidationError) else [
+        {"loc": loc[1:] if loc[:1] == ("body",) else loc, "msg": msg} for loc, msg in error.problems]
+    for detail in details:
+        loc = ".".join(str(part) for part in detail["loc"])
+        path = next((p for p in params if loc == p or loc.startswith(p + ".")), None)
+        if path is not None:
+            found.append((("body", sweep.varied, path), f"value {params[path]!r}: {detail['msg']}"))
+        else:
+            found.append((("body", "base", *detail["loc"]), detail["msg"]))
+    return found
+
+
+def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[dict], str]:
+    """Every trial's values, each spec checked as a job submission would be (Invalid naming every
+    bad path and value, before anything is created), and the sweep's task."""
+    trials = sweep.trials()
+    problems, tasks = [], set()
+    for params in trials:
+        try:
+            spec = JobSpec.model_validate(trial_spec(sweep.base, sweep.name, params))
+            tasks.add(submission.check_spec(session, spec=spec, settings=settings))
+        except (ValidationError, Invalid) as exc:
+            problems += [p for p in _problems(sweep, params, exc) if p not in problems]
+        except ValueError as exc:
+            problems.append((("body", "base"), str(exc)))
+    if problems:
+        raise Invalid(problems[:50])
+    return trials, tasks.pop()
+
+
+def default_ranking(sweep: SweepSpec, task: str) -> tuple[str, str]:
+    metric = sweep.metric or ("test_acc" if task == "classification" else "test_loss")
+    return metric, sweep.mode or ("max" if metric.endswith("_acc") else "min")
+
+
+@dataclass
+class Created:
+    sweep: Sweep
+    replayed: bool
+
+
+def create(session: Session, *, sweep: SweepSpec, settings: Settings, idempotency_key: str | None = None) -> Created:
+    """Check every trial, record the sweep, and launch its first trials."""
+    request_hash = sweep.digest()
+    if idempotency_key:
+        existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == idempotency_key)).first()
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise Conflict(f"this Idempotency-Key was used for sweep {existing.id} with a different request")
+            return Created(existing, replayed=True)
+    trials, task = check(session, sweep, settings)
+    metric, mode = default_ranking(sweep, task)
+    record = Sweep(name=sweep.name, request=sweep.model_dump(mode="json"), trials=[{"params": p} for p in trials],
+                   size=len(trials), launched=0, metric=metric, mode=mode, max_parallel=sweep.max_parallel,
+                   idempotency_key=idempotency_key, request_hash=request_hash)
+    session.add(record)
+    session.commit()
+    advance(session, sweep_id=record.id, settings=settings)
+    return Created(record, replayed=False)
+
+
+def advance(session: Session, *, sweep_id: str, settings: Settings) -> list[str]:
+    """Launch the sweep's next trials while fewer than max_parallel of its jobs are unfinished."""
+    launched = []
+    while True:
+        sweep = session.get(Sweep, sweep_id, populate_existing=True)
+        if sweep is None or sweep.cancelled_at is not None or sweep.launched >= sweep.size:
+            return launched
+        active = session.scalar(select(func.count()).select_from(Job).where(
+            Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL)))
+        if active >= (sweep.max_parallel or sweep.size):
+            session.commit()
+            return launched
+        index = sweep.launched
+        base, name = sweep.request["base"], sweep.name
+        spec = JobSpec.model_validate(trial_spec(base, name, sweep.trials[index]["params"]))
+        submitted = submission.submit_job(session, spec=spec, settings=settings,
+                                          idempotency_key=f"sweep:{sweep_id}:{index}", sweep=(sweep_id, index))
+        session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.launched == index).values(launched=index + 1))
+        session.commit()
+        if not submitted.replayed:
+            launched.append(submitted.job_id)
+
+
+def unfinished(session: Session) -> list[str]:
+    """Sweeps that still have trials to launch."""
+    return list(session.scalars(select(Sweep.id).where(Sweep.cancelled_at.is_(None), Sweep.launched < Sweep.size)))
+
+
+def require(session: Session, *, sweep_id: str) -> Sweep:
+    sweep = session.get(Sweep, sweep_id, populate_existing=True)
+    if sweep is None:
+        raise NotFound(f"sweep {sweep_id} not found")
+    return sweep
+
+
+def cancel(session: Session, *, sweep_id: str) -> None:
+    """Launch nothing more, and cancel the sweep's unfinished jobs."""
+    require(session, sweep_id=sweep_id)
+    session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled_at.is_(None))
+                    .values(cancelled_at=utcnow()))
+    for job_id in session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL))):
+        try:
+            jobs.request_cancel(session, job_id=job_id)
+        except jobs.InvalidTransition:
+            pass  # it ended meanwhile
+    session.commit()
+
+
+@dataclass
+class Trial:
+    index: int
+    params: dict
+    job: Job | None
+    metric: float | None
+
+
+def trials(session: Session, sweep: Sweep) -> list[Trial]:
+    """Every trial with its job (None until launched) and the job's best value of the sweep's
+    metric, ranked: best first, trials without a value after, unlaunched ones last."""
+    by_trial = {job.sweep_trial: job for job in session.scalars(select(Job).where(Job.sweep_id == sweep.id))}
+    column = getattr(EpochMetric, sweep.metric)
+    best = func.max(column) if sweep.mode == "max" else func.min(column)
+    values = dict(session.execute(select(EpochMetric.job_id, best).where(
+        EpochMetric.job_id.in_([job.id for job in by_trial.values()])).group_by(EpochMetric.job_id)).all())
+    found = [Trial(i, t["params"], by_trial.get(i), values.get(by_trial[i].id) if i in by_trial else None)
+             for i, t in enumerate(sweep.trials)]
+    sign = -1 if sweep.mode == "max" else 1
+    return sorted(found, key=lambda t: (t.job is None, t.metric is None, sign * (t.metric or 0), t.index))
+
+
+def status(sweep: Sweep, ranked: list[Trial]) -> str:
+    if sweep.cancelled_at is not None:
+        return "cancelled"
+    states = [t.job.status for t in ranked if t.job is not None]
+    if sweep.launched < sweep.size or any(s not in JobStatus.FINAL for s in states):
+        return "running"
+    return "succeeded" if all(s == JobStatus.SUCCEEDED for s in states) else "failed"
+
+
+def page(session: Session, *, limit: int, offset: int) -> tuple[list[Sweep], int]:
+    rows = list(session.scalars(select(Sweep).order_by(Sweep.created_at.desc(), Sweep.id).limit(limit).offset(offset)))
+    return rows, session.scalar(select(func.count()).select_from(Sweep))

@@ -1,0 +1,106 @@
+"""The event stream (keep-alive, ids, resumption) and job logs, through real processes."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.servers import Stack, wait_until
+from tests.specs import SOFTMAX_SPEC, submit
+
+pytestmark = pytest.mark.e2e
+
+KEEPALIVE_S = 0.3
+# LeNet with tiny batches: seconds an epoch, long enough for keep-alives between epochs.
+SLOW = {"name": "slow-epochs", "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+        "data": {"dataset": "fashion-mnist", "limit_train": 1500}, "optimizer": {"name": "sgd", "lr": 0.05},
+        "epochs": 2, "batch_size": 4, "seed": 3, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def events_stack(tmp_path_factory, data_dir):
+    stack = Stack(home=tmp_path_factory.mktemp("events"), data_dir=data_dir,
+                  extra_env={"TRAINYARD_EVENTS_KEEPALIVE_SECONDS": str(KEEPALIVE_S)})
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+def read_stream(client: httpx.Client, job_id: str, *, last_event_id: str | None = None, stop_after: int | None = None,
+                logs: bool = False) -> tuple[list[tuple[str, str, dict]], list[str]]:
+    """(event, id, data) of each event, and the comment lines, as they came over the wire."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    events, comments, current = [], [], {}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", params={"logs": str(logs).lower()}, headers=headers,
+                       timeout=httpx.Timeout(30, read=60)) as stream:
+        assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith(":"):
+                comments.append(line)
+            elif line.startswith(("event:", "id:", "data:")):
+                key, value = line.split(":", 1)
+                current[key] = value.strip()
+            elif line == "" and current:
+                assert "id" in current, f"an event without an id: {current}"
+                events.append((current["event"], current["id"], json.loads(current["data"])))
+                current = {}
+                if stop_after is not None and len(events) >= stop_after:
+                    break
+    return events, comments
+
+
+def test_keep_alive_during_a_slow_epoch_and_resumption_without_gaps_or_repeats(events_stack):
+    with events_stack.client() as client:
+        job_id = submit(client, SLOW)
+        first, _ = read_stream(client, job_id, stop_after=3)  # queued, running, ... then the client drops
+        rest, comments = read_stream(client, job_id, last_event_id=first[-1][1])
+        assert any(c.startswith(": ping") for c in comments), "no keep-alive while an epoch ran"
+        whole, _ = read_stream(client, job_id)  # the same stream read afresh once the job is over
+    def contents(events):  # live, an epoch may come before the last transition; afresh, after it
+        return sorted((kind, json.dumps(data, sort_keys=True)) for kind, _, data in events)
+
+    assert contents(first + rest) == contents(whole), "resuming lost or repeated an event"
+    ids = [event_id for kind, event_id, _ in first + rest if kind != "end"]
+    assert len(set(ids)) == len(ids)  # one id per event
+    kinds = [kind for kind, _, _ in whole]
+    assert kinds[-1] == "end" and kinds.count("epoch") == SLOW["epochs"]
+    assert [d["to_status"] for k, _, d in whole if k == "status"] == ["queued", "running", "succeeded"]
+
+
+def test_a_malformed_last_event_id_is_a_422(events_stack):
+    with events_stack.client() as client:
+        job_id = submit(client, {**SOFTMAX_SPEC, "epochs": 1})
+        answer = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "garbage"})
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["header", "last-event-id"]
+        events_stack.wait_for_job(client, job_id)
+
+
+def test_a_failing_job_shows_its_traceback_in_its_logs(events_stack):
+    with events_stack.client() as client:
+        job_id = submit(client, {**SOFTMAX_SPEC, "name": "no-such-data", "data": {"dataset": "mnist"}})
+        job = events_stack.wait_for_job(client, job_id)
+        assert (job["status"], job["reason"]) == ("failed", "invalid_data")
+        lines = client.get(f"/v1/jobs/{job_id}/logs").json()["lines"]
+        assert lines and all(line["attempt"] == 1 for line in lines)
+        messages = "\n".join(line["message"] for line in lines)
+        assert "attempt 1 of job" in messages
+        failure = next(line for line in lines if line["level"] == "ERROR")
+        assert "Traceback (most recent call last)" in failure["message"] and "DatasetError" in failure["message"]
+        page = client.get(f"/v1/jobs/{job_id}/logs", params={"after": lines[0]["id"], "limit": 1}).json()
+        assert [line["id"] for line in page["lines"]] == [lines[1]["id"]] and page["next"] == lines[1]["id"]
+        assert client.get("/v1/jobs/00000000-0000-0000-0000-000000000000/logs").status_code == 404
+
+
+def test_logs_follow_on_the_event_stream_and_list_each_epoch(events_stack):
+    with events_stack.client() as client:
+        job_id = submit(client, {**SOFTMAX_SPEC, "epochs": 2})
+        events, _ = read_stream(client, job_id, logs=True)
+        logged = [d["message"] for k, _, d in events if k == "log"]
+        assert any(m.startswith("epoch 1/2: train loss") for m in logged)
+        assert any(m.startswith("epoch 2/2: train loss") for m in logged)
+        assert any("succeeded" in m for m in logged), "the last lines are stored before the job is seen to end"
+        stored = [line["message"] for line in client.get(f"/v1/jobs/{job_id}/logs").json()["lines"]]
+        assert stored[:len(logged)] == logged

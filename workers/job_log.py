@@ -1,0 +1,77 @@
+"""Capture what a job's worker process logs while it runs the job, for GET /v1/jobs/{id}/logs.
+
+A training process runs one job at a time, so every record it emits meanwhile (the runner's
+lines, the lease thread's, Python warnings, the final traceback) belongs to that job. Lines are
+buffered and written at each epoch's end and at the job's end; a job keeps at most `limit` lines
+per attempt, but errors (a traceback) are always kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+
+from service.core import job_logs
+from service.core.db import session_scope
+
+log = logging.getLogger(__name__)
+ERRORS_BEYOND_LIMIT = 20
+
+
+class JobLogCapture(logging.Handler):
+    def __init__(self, job_id: str, attempt: int, limit: int):
+        super().__init__(level=logging.INFO)
+        self.job_id, self.attempt, self.limit = job_id, attempt, limit
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self._pending: list[dict] = []
+        self._kept = self._dropped = self._errors_beyond = 0
+        self._lock = threading.Lock()
+        self._capturing_warnings = False
+
+    def __enter__(self) -> JobLogCapture:
+        logging.getLogger().addHandler(self)
+        logging.captureWarnings(True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.captureWarnings(False)
+        logging.getLogger().removeHandler(self)
+        if self._dropped:
+            self._pending.append(self._line(logging.WARNING, __name__,
+                                            f"{self._dropped} more line(s) were not kept (limit {self.limit} a run)"))
+        self.store()
+
+    def _line(self, level: int, logger: str, message: str) -> dict:
+        return {"at": datetime.now(timezone.utc), "level": logging.getLevelName(level), "logger": logger,
+                "message": message}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == __name__ or record.name.startswith(("sqlalchemy", "celery", "kombu")):
+            return  # our own complaints about storing lines, and the plumbing's chatter
+        try:
+            message = self.format(record)
+        except Exception:
+            return
+        with self._lock:
+            if self._kept >= self.limit:
+                if record.levelno < logging.ERROR or self._errors_beyond >= ERRORS_BEYOND_LIMIT:
+                    self._dropped += 1
+                    return
+                self._errors_beyond += 1
+            self._kept += 1
+            self._pending.append(self._line(record.levelno, record.name, message))
+
+    def store(self) -> None:
+        """Store the lines gathered so far; kept for the next try if the database is away."""
+        with self._lock:
+            lines, self._pending = self._pending, []
+        if not lines:
+            return
+        try:
+            with session_scope() as session:
+                job_logs.append(session, job_id=self.job_id, attempt=self.attempt, lines=lines)
+        except Exception as exc:
+            with self._lock:
+                self._pending = lines + self._pending
+            log.warning("could not store %d log line(s) of job %s yet: %s", len(lines), self.job_id, exc)
