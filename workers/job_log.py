@@ -17,6 +17,7 @@ from service.core.db import session_scope
 
 log = logging.getLogger(__name__)
 ERRORS_BEYOND_LIMIT = 20
+OUR_LOGGERS = ("workers", "models", "service")
 
 
 class JobLogCapture(logging.Handler):
@@ -30,6 +31,11 @@ class JobLogCapture(logging.Handler):
         self._capturing_warnings = False
 
     def __enter__(self) -> JobLogCapture:
+        # Our own INFO lines reach the job's log whatever level the worker's console shows.
+        self._levels = {name: logging.getLogger(name).level for name in OUR_LOGGERS}
+        for name in OUR_LOGGERS:
+            if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
+                logging.getLogger(name).setLevel(logging.INFO)
         logging.getLogger().addHandler(self)
         logging.captureWarnings(True)
         return self
@@ -37,6 +43,8 @@ class JobLogCapture(logging.Handler):
     def __exit__(self, *exc) -> None:
         logging.captureWarnings(False)
         logging.getLogger().removeHandler(self)
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
         if self._dropped:
             self._pending.append(self._line(logging.WARNING, __name__,
                                             f"{self._dropped} more line(s) were not kept (limit {self.limit} a run)"))
