@@ -54,6 +54,11 @@ def test_a_grid_runs_every_combination_and_ranks_them(stack, client):
     assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
     assert sweep["id"] in [s["id"] for s in client.get("/v1/sweeps").json()["data"]]
 
+    gone = done["jobs"][-1]["job_id"]
+    assert client.delete(f"/v1/jobs/{gone}").status_code == 204
+    after = client.get(f"/v1/sweeps/{sweep['id']}").json()
+    assert after["counts"] == {"succeeded": 3, "deleted": 1} and after["launched"] == 4  # not launched again
+
 
 def test_a_random_sweep_with_a_seed_draws_the_same_trials(stack, client):
     body = {"name": "random", "base": BASE, "max_parallel": 1, "random": {

@@ -114,6 +114,7 @@ class RecordingCallbacks(Callbacks):
         self.control = control
         self.job_log = job_log
         self.settings = get_settings()
+        self.unrecorded: list[tuple[dict, str, int]] = []  # (metrics, checkpoint path, size), oldest first
 
     def should_stop(self) -> bool:
         return self.control.should_stop()
@@ -151,19 +152,51 @@ class RecordingCallbacks(Callbacks):
             "torch": torch.__version__,
         }
         size = write_checkpoint(self.settings.checkpoint_dir / relative, run.model.state_dict(), meta)
-        try:
-            write(f"record epoch {metrics.epoch} of job {self.job_id}", lambda session: jobs.record_epoch(
-                session, job_id=self.job_id, attempt=self.control.attempt, metrics=metrics.as_dict(),
-                checkpoint_path=relative, checkpoint_size=size))
-        except jobs.LeaseLost:
-            self.control.lost.set()
+        self.unrecorded.append((metrics.as_dict(), relative, size))
+        if not self.record(wait=False):
+            if not self.control.lost.is_set():
+                log.warning("the database is unavailable: epoch %d is kept to record later, and training goes on",
+                            metrics.epoch)
             return
         # Saved only once the epoch is in SQL: a crash in between repeats the epoch (its row is
-        # upserted, not doubled) rather than skipping it.
+        # upserted, not doubled) rather than skipping it. While epochs wait to be recorded, the
+        # state stays at the last recorded one, so a crash then retrains them.
         save_state(run, self.job_id, Position(epoch=metrics.epoch + 1))
         log.info("epoch %d/%d: %s (%.1f s, %.0f samples/s)", metrics.epoch, run.spec.epochs, _summary(metrics),
                  metrics.seconds, metrics.samples_per_second)
         self.job_log.store()
+
+    def record(self, *, wait: bool) -> bool:
+        """Record the epochs not yet in SQL, in order, in one transaction; True once they are.
+
+        Without `wait` one try is made (training goes on if the database is away); with it, the
+        write is retried with backoff (TRAINYARD_DATABASE_RETRY_SECONDS)."""
+        if not self.unrecorded:
+            return True
+
+        def record_all(session) -> None:
+            for metrics, path, size in self.unrecorded:
+                jobs.record_epoch(session, job_id=self.job_id, attempt=self.control.attempt, metrics=metrics,
+                                  checkpoint_path=path, checkpoint_size=size)
+
+        epochs = ", ".join(str(m["epoch"]) for m, _, _ in self.unrecorded)
+        try:
+            if wait:
+                write(f"record epoch(s) {epochs} of job {self.job_id}", record_all)
+            else:
+                with session_scope() as session:
+                    record_all(session)
+        except UNAVAILABLE:
+            if wait:
+                raise
+            return False
+        except jobs.LeaseLost:
+            self.control.lost.set()
+            return False
+        if len(self.unrecorded) > 1:
+            log.info("the database is back: recorded epochs %s", epochs)
+        self.unrecorded.clear()
+        return True
 
 
 def _summary(metrics: EpochMetrics) -> str:
@@ -280,10 +313,12 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
                 log.info("resuming from epoch %d (batch %d)", resume.position.epoch, resume.position.progress.batches)
                 write(f"note where job {job_id} resumed", lambda session: jobs.note_resume(
                     session, job_id=job_id, attempt=claim.attempt, detail=detail))
-            result = fit(spec, RecordingCallbacks(job_id, control, job_log), data_dir=settings.data_dir,
+            callbacks = RecordingCallbacks(job_id, control, job_log)
+            result = fit(spec, callbacks, data_dir=settings.data_dir,
                          datasets_dir=settings.datasets_dir, cache_dir=settings.cache_dir,
                          allow_download=settings.allow_download,
                          resume=resume, initial_weights=None if resume else _initial_weights(spec))
+            callbacks.record(wait=True)  # epochs trained while the database was away
             if result.stopped_at is not None and not control.lost.is_set():
                 save_state(result.run, job_id, result.stopped_at)
             status, reason, error = STOP_OUTCOMES[result.reason]

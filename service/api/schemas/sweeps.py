@@ -15,7 +15,7 @@ class SweepJobPublic(BaseModel):
     trial: int
     # None until the trial is launched (max_parallel holds it back), then its job.
     job_id: str | None
-    status: str  # the job's status, or "pending"
+    status: str  # the job's status; "pending" before it is launched, "deleted" if its job was deleted
     params: dict
     # The job's best value of the sweep's metric over its epochs so far.
     metric: float | None
@@ -43,9 +43,13 @@ class SweepsPublic(BaseModel):
 
 
 def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
-    entries = [SweepJobPublic(trial=t.index, job_id=t.job.id if t.job else None,
-                              status=t.job.status if t.job else "pending", params=t.params, metric=t.metric)
-               for t in ranked]
+    def state(trial: sweeps.Trial) -> str:
+        if trial.job is not None:
+            return trial.job.status
+        return "deleted" if trial.index < sweep.launched else "pending"
+
+    entries = [SweepJobPublic(trial=t.index, job_id=t.job.id if t.job else None, status=state(t), params=t.params,
+                              metric=t.metric) for t in ranked]
     best = entries[0] if entries and entries[0].metric is not None else None
     return SweepPublic(id=sweep.id, name=sweep.name, status=sweeps.status(sweep, ranked), metric=sweep.metric,
                        mode=sweep.mode, max_parallel=sweep.max_parallel, trials=sweep.size, launched=sweep.launched,
