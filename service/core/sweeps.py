@@ -141,18 +141,34 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value
 
 
-def _problems(sweep: SweepSpec, params: dict, error: Exception) -> list[tuple[tuple, str]]:
+def _spec_loc(spec: dict, loc: tuple) -> tuple:
+    """An error's location as a path into the spec itself: pydantic adds the tags of tagged unions
+    (("model", "mlp", "activation") for the spec's model.activation), which are not keys."""
+    node, kept = spec, []
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif index < len(loc) - 1:
+            continue  # a union's tag
+        kept.append(part)
+    return tuple(kept)
+
+
+def _problems(sweep: SweepSpec, spec: dict, params: dict, error: Exception) -> list[tuple[tuple, str]]:
     """Where a trial's spec went wrong: at the varied path when it was a varied value, else in base."""
     found = []
     details = error.errors() if isinstance(error, ValidationError) else [
         {"loc": loc[1:] if loc[:1] == ("body",) else loc, "msg": msg} for loc, msg in error.problems]
     for detail in details:
-        loc = ".".join(str(part) for part in detail["loc"])
-        path = next((p for p in params if loc == p or loc.startswith(p + ".")), None)
+        loc = _spec_loc(spec, tuple(detail["loc"]))
+        dotted = ".".join(str(part) for part in loc)
+        path = next((p for p in params if dotted == p or dotted.startswith(p + ".")), None)
         if path is not None:
             found.append((("body", sweep.varied, path), f"value {params[path]!r}: {detail['msg']}"))
         else:
-            found.append((("body", "base", *detail["loc"]), detail["msg"]))
+            found.append((("body", "base", *loc), detail["msg"]))
     return found
 
 
@@ -163,10 +179,10 @@ def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[
     problems, tasks = [], set()
     for params in trials:
         try:
-            spec = JobSpec.model_validate(trial_spec(sweep.base, sweep.name, params))
-            tasks.add(submission.check_spec(session, spec=spec, settings=settings))
+            raw = trial_spec(sweep.base, sweep.name, params)
+            tasks.add(submission.check_spec(session, spec=JobSpec.model_validate(raw), settings=settings))
         except (ValidationError, Invalid) as exc:
-            problems += [p for p in _problems(sweep, params, exc) if p not in problems]
+            problems += [p for p in _problems(sweep, raw, params, exc) if p not in problems]
         except ValueError as exc:
             problems.append((("body", "base"), str(exc)))
     if problems:

@@ -51,10 +51,26 @@ def test_malformed_requests_are_refused(request_body, message):
         SweepSpec.model_validate(request_body)
 
 
-def test_a_bad_value_is_reported_at_its_varied_path():
-    sweep = SweepSpec(name="x", base=BASE, grid={"optimizer.lr": [-1]})
+@pytest.mark.parametrize("grid, where, value", [
+    ({"optimizer.lr": [-1]}, ("body", "grid", "optimizer.lr"), "value -1:"),
+    ({"model.activation": ["swish"]}, ("body", "grid", "model.activation"), "value 'swish':"),  # inside a tagged union
+    ({"model.dropout": [[2.0]]}, ("body", "grid", "model.dropout"), "value [2.0]:"),
+    ({"model.bogus": [1]}, ("body", "grid", "model.bogus"), "value 1: Extra inputs"),
+])
+def test_a_bad_value_is_reported_at_its_varied_path(grid, where, value):
+    sweep = SweepSpec(name="x", base=BASE, grid=grid)
     params = sweep.trials()[0]
+    spec = trial_spec(sweep.base, sweep.name, params)
     with pytest.raises(ValidationError) as bad:
-        JobSpec.model_validate(trial_spec(sweep.base, sweep.name, params))
-    ((loc, msg),) = _problems(sweep, params, bad.value)
-    assert loc == ("body", "grid", "optimizer.lr") and msg.startswith("value -1:")
+        JobSpec.model_validate(spec)
+    ((loc, msg), *_) = _problems(sweep, spec, params, bad.value)
+    assert loc == where and msg.startswith(value)
+
+
+def test_a_bad_base_value_is_reported_in_base_without_union_tags():
+    sweep = SweepSpec(name="x", base={**BASE, "model": {"arch": "mlp", "hidden": "wide"}}, grid={"epochs": [1]})
+    params = sweep.trials()[0]
+    spec = trial_spec(sweep.base, sweep.name, params)
+    with pytest.raises(ValidationError) as bad:
+        JobSpec.model_validate(spec)
+    assert _problems(sweep, spec, params, bad.value)[0][0] == ("body", "base", "model", "hidden")
