@@ -160,7 +160,7 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "80")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case):
             case.call_and_validate(base_url=fuzz_stack.url,
                                    checks=[not_a_server_error, response_schema_conformance, status_code_conformance])
@@ -200,7 +200,7 @@ def test_binary_and_undecodable_bodies_get_no_5xx_anywhere(fuzz_stack):
         for method, path in route_table():
 
             @given(body=_hostile_bodies(), content_type=st.sampled_from(BODY_TYPES))
-            @settings(max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "80")) // 2, deadline=None,
+            @settings(max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "60")) // 2, deadline=None,
                       suppress_health_check=list(HealthCheck), database=None)
             def check(body, content_type):
                 answer = client.request(method, path, content=body, headers={"Content-Type": content_type})
