@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -43,8 +45,11 @@ def validation_error(problems: list[tuple[tuple, str]]) -> RequestValidationErro
 
 
 def _printable(value):
-    """A request's own input made fit to echo in an error: bytes that are not UTF-8 and strings
-    holding lone surrogates (valid JSON escapes, e.g. "\\udc80") would otherwise fail the answer."""
+    """A request's own input made fit to echo in an error: bytes that are not UTF-8, strings
+    holding lone surrogates (valid JSON escapes, e.g. "\\udc80") and numbers JSON cannot hold
+    (1e400 parses as infinity) would otherwise fail the answer."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, bytes):
         try:
             return value.decode()

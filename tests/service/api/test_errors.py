@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 from fastapi.testclient import TestClient
 
 from service.api import errors
@@ -45,3 +46,20 @@ def test_a_database_that_cannot_be_reached_is_a_503_not_a_500():
     answer = TestClient(app, raise_server_exceptions=False).get("/jobs")
     assert answer.status_code == 503 and answer.headers["retry-after"] == str(errors.DATABASE_RETRY_AFTER_S)
     assert "database is unavailable" in answer.json()["detail"] and "127.0.0.1" not in answer.text
+
+
+class Epochs(BaseModel):
+    epochs: int
+
+
+def test_an_echoed_infinity_does_not_break_the_422():
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/jobs")
+    def create(body: Epochs):
+        return body
+
+    answer = TestClient(app, raise_server_exceptions=False).post(
+        "/jobs", content=b'{"epochs": 1e400, "": -1e400}', headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["input"] == "inf"
