@@ -355,3 +355,20 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
     if not problems:
         problems += [SpecProblem(("model", *loc), msg) for loc, msg in shape_problems(spec, info)]
     return problems
+
+
+def input_loc(document, loc: tuple, *, missing: bool = False) -> tuple:
+    """A validation error's location as a path into the submitted document: pydantic adds the tags
+    of tagged unions (("model", "mlp", "activation") for a spec's model.activation), which are
+    not keys of the document, so parts the document does not have are left out; for a `missing`
+    field the last part is kept, since that is what is absent."""
+    node, kept = document, []
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (missing and index == len(loc) - 1):
+            continue  # a union's tag
+        kept.append(part)
+    return tuple(kept)

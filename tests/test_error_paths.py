@@ -31,10 +31,10 @@ def error_locs(response) -> list[tuple]:
 
 
 @pytest.mark.parametrize("patch, loc", [
-    ({"model": {"arch": "mlp", "dropout": [1.5]}}, ("body", "model", "mlp", "dropout", 0)),
+    ({"model": {"arch": "mlp", "dropout": [1.5]}}, ("body", "model", "dropout", 0)),
     ({"model": {"arch": "transformer"}}, ("body", "model")),
-    ({"model": {"arch": "mlp", "activation": "gelu"}}, ("body", "model", "mlp", "activation")),
-    ({"model": {"arch": "mlp", "hidden": [64, 32], "dropout": [0.1, 0.2, 0.3]}}, ("body", "model", "mlp")),
+    ({"model": {"arch": "mlp", "activation": "gelu"}}, ("body", "model", "activation")),
+    ({"model": {"arch": "mlp", "hidden": [64, 32], "dropout": [0.1, 0.2, 0.3]}}, ("body", "model")),
     ({"optimizer": {"name": "sgd", "lr": -0.1}}, ("body", "optimizer", "lr")),
     ({"optimizer": {"name": "sgd", "lr": 0.1, "moment": 0.9}}, ("body", "optimizer", "moment")),
     ({"epochs": 0}, ("body", "epochs")),
@@ -42,7 +42,7 @@ def error_locs(response) -> list[tuple]:
     ({"device": "tpu"}, ("body", "device")),
     ({"surprise": True}, ("body", "surprise")),
     ({"data": {"dataset": "imagenet"}}, ("body", "data")),
-    ({"data": {"dataset": "fashion-mnist", "val_fraction": 1.0}}, ("body", "data", "fashion-mnist", "val_fraction")),
+    ({"data": {"dataset": "fashion-mnist", "val_fraction": 1.0}}, ("body", "data", "val_fraction")),
     ({"model": {"arch": "linear_regression"}}, ("body", "model", "arch")),
     ({"data": {"dataset": "synthetic-linear"}}, ("body", "model", "arch")),
 ])

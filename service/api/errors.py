@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from models.checkpoint import CheckpointError
 from models.predictor import InputError
+from models.spec import input_loc
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 
@@ -64,9 +65,19 @@ def _printable(value):
     return value
 
 
+def _located(errors: list[dict], body) -> list[dict]:
+    """Body locations as paths into what was sent (body.model.activation, not pydantic's
+    body.model.mlp.activation with the union's tag)."""
+    if not isinstance(body, dict):
+        return errors
+    return [{**e, "loc": ("body", *input_loc(body, tuple(e["loc"][1:]), missing=e.get("type") == "missing"))}
+            if tuple(e.get("loc", ()))[:1] == ("body",) else e for e in errors]
+
+
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each problem's location; never fails on what the client sent."""
-    return JSONResponse({"detail": jsonable_encoder(_printable(list(exc.errors())))}, status_code=422)
+    errors = _located(list(exc.errors()), getattr(exc, "body", None))
+    return JSONResponse({"detail": jsonable_encoder(_printable(errors))}, status_code=422)
 
 
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.spec import JobSpec
+from models.spec import JobSpec, input_loc
 from service.core import jobs, submission
 from service.core.errors import Conflict, Invalid, NotFound
 from service.core.settings import Settings
@@ -141,28 +141,13 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value
 
 
-def _spec_loc(spec: dict, loc: tuple) -> tuple:
-    """An error's location as a path into the spec itself: pydantic adds the tags of tagged unions
-    (("model", "mlp", "activation") for the spec's model.activation), which are not keys."""
-    node, kept = spec, []
-    for index, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        elif index < len(loc) - 1:
-            continue  # a union's tag
-        kept.append(part)
-    return tuple(kept)
-
-
 def _problems(sweep: SweepSpec, spec: dict, params: dict, error: Exception) -> list[tuple[tuple, str]]:
     """Where a trial's spec went wrong: at the varied path when it was a varied value, else in base."""
     found = []
     details = error.errors() if isinstance(error, ValidationError) else [
         {"loc": loc[1:] if loc[:1] == ("body",) else loc, "msg": msg} for loc, msg in error.problems]
     for detail in details:
-        loc = _spec_loc(spec, tuple(detail["loc"]))
+        loc = input_loc(spec, tuple(detail["loc"]), missing=detail.get("type", "missing") == "missing")
         dotted = ".".join(str(part) for part in loc)
         path = next((p for p in params if dotted == p or dotted.startswith(p + ".")), None)
         if path is not None:

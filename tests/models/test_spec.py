@@ -128,3 +128,13 @@ def test_spec_round_trips_through_json():
                     data={"dataset": "uploaded:0a1b2c3d-0000-4000-8000-000000000000", "resize": 32})
     assert JobSpec.model_validate(original.model_dump(mode="json")) == original
     assert original.resize == 32 and original.data.dataset_id.startswith("0a1b2c3d")
+
+
+def test_input_loc_is_the_path_as_sent():
+    from models.spec import input_loc
+
+    sent = {"model": {"arch": "mlp", "dropout": [1.5]}, "data": {"dataset": "mnist"}}
+    assert input_loc(sent, ("model", "mlp", "dropout", 0)) == ("model", "dropout", 0)
+    assert input_loc(sent, ("model", "mlp")) == ("model",)  # a check of the whole model
+    assert input_loc(sent, ("epochs",), missing=True) == ("epochs",)
+    assert input_loc(sent, ("model", "mlp", "hidden"), missing=True) == ("model", "hidden")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from pydantic import BaseModel
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
+from models.spec import JobSpec
 from service.api import errors
 from service.core.errors import Conflict, Invalid, NotFound, Unavailable, Unprocessable
 
@@ -63,3 +64,18 @@ def test_an_echoed_infinity_does_not_break_the_422():
     answer = TestClient(app, raise_server_exceptions=False).post(
         "/jobs", content=b'{"epochs": 1e400, "": -1e400}', headers={"Content-Type": "application/json"})
     assert answer.status_code == 422 and answer.json()["detail"][0]["input"] == "inf"
+
+
+def test_a_422_names_the_field_as_sent_without_union_tags():
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/jobs")
+    def create(spec: JobSpec):
+        return {}
+
+    client = TestClient(app)
+    bad = client.post("/jobs", json={"model": {"arch": "mlp", "activation": "swish"}, "data": {"dataset": "mnist"}})
+    assert bad.status_code == 422 and [e["loc"] for e in bad.json()["detail"]] == [["body", "model", "activation"]]
+    missing = client.post("/jobs", json={"model": {"arch": "lenet"}})
+    assert [e["loc"] for e in missing.json()["detail"]] == [["body", "data"]]
