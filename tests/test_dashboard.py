@@ -129,3 +129,12 @@ def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
             assert client.post("/ui/submit", data={"spec": "{}"}).status_code == 403
     finally:
         stack.stop()
+
+
+def test_the_submit_form_names_fields_as_written(embedded_stack):
+    with httpx.Client(base_url=embedded_stack.url, timeout=30) as client:
+        bad = client.post("/ui/submit", data={"spec": '{"model": {"arch": "mlp", "activation": "swish"}, '
+                                                      '"data": {"dataset": "fashion-mnist"}}'})
+        assert bad.status_code == 422 and "model.activation: Input should be" in bad.text and "mlp.activation" not in bad.text
+        broken = client.post("/ui/submit", data={"spec": '{"model": '})
+        assert broken.status_code == 422 and "not JSON" in broken.text

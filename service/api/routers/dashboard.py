@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from models.checkpoint import CheckpointError
 from models.predictor import InputError
-from models.spec import JobSpec
+from models.spec import JobSpec, input_loc
 from service.api import plots
 from service.api.auth import token_table
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
@@ -132,9 +132,13 @@ def submit_form(request: Request, example: str = "softmax-regression") -> HTMLRe
     return templates.TemplateResponse(request, "submit.html", {"examples": names, "example": chosen, "spec": spec})
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: Exception, sent=None) -> str:
+    """One problem a line, each at its path in what was sent (`sent`, when there is a document)."""
     if isinstance(exc, ValidationError):
-        return "\n".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        def where(e) -> tuple:
+            return e["loc"] if sent is None else input_loc(sent, e["loc"], missing=e["type"] == "missing")
+
+        return "\n".join(f"{'.'.join(str(p) for p in where(e))}: {e['msg']}" for e in exc.errors())
     if isinstance(exc, Invalid):
         return "\n".join(f"{'.'.join(str(p) for p in loc if p != 'body')}: {msg}" for loc, msg in exc.problems)
     return str(exc)
@@ -144,11 +148,17 @@ def _describe(exc: Exception) -> str:
 def submit(request: Request, session: WriteSessionDep, settings: SettingsDep,
            spec: Annotated[str, Form(max_length=1_000_000)]) -> Response:
     try:
-        submitted = submission.submit_job(session, spec=JobSpec.model_validate_json(spec), settings=settings)
-    except (ValidationError, CoreError) as exc:
-        return templates.TemplateResponse(request, "submit.html", {
-            "examples": _examples(), "example": None, "spec": spec, "error": _describe(exc)}, status_code=422)
-    return RedirectResponse(f"/ui/jobs/{submitted.job_id}", status_code=303)
+        sent = json.loads(spec)
+    except ValueError as exc:
+        error = f"not JSON: {exc}"
+    else:
+        try:
+            submitted = submission.submit_job(session, spec=JobSpec.model_validate(sent), settings=settings)
+            return RedirectResponse(f"/ui/jobs/{submitted.job_id}", status_code=303)
+        except (ValidationError, CoreError) as exc:
+            error = _describe(exc, sent)
+    return templates.TemplateResponse(request, "submit.html", {
+        "examples": _examples(), "example": None, "spec": spec, "error": error}, status_code=422)
 
 
 @actions.post("/ui/jobs/{job_id}/delete")
