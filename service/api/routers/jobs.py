@@ -120,7 +120,7 @@ def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
 
 @router.get("/{job_id}/logs", response_model=LogsPublic, responses=JOB_NOT_FOUND)
 def read_logs(job_id: str, session: SessionDep,
-              after: Annotated[int, Query(ge=0, le=2**62, description="the `next` of the previous page")] = 0,
+              after: Annotated[int, Query(ge=0, le=2**31 - 1, description="the `next` of the previous page")] = 0,
               limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> LogsPublic:
     """What the job's worker logged while running it, every attempt, oldest first: its progress,
     warnings and, if it failed, the traceback."""
