@@ -62,3 +62,26 @@ def test_a_healthy_running_job_is_left_alone(service_env):
         jobs.claim_job(session, job_id=job_id, worker="alive", lease_seconds=30, max_attempts=3)
     assert sweep(service_env) == []
     assert read(job_id).status == JobStatus.RUNNING and broker.queue_depth(service_env.queue) == 0
+
+
+def test_the_reaper_launches_a_sweeps_next_trial_when_a_slot_is_free(service_env):
+    from service.core import sweeps
+    from service.core.sweeps import SweepSpec
+
+    request = SweepSpec(name="s", base={"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}},
+                        grid={"optimizer.lr": [0.1, 0.2, 0.3]}, max_parallel=1)
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=request, settings=service_env).sweep.id
+    with db.session_scope(write=False) as session:
+        (first,) = [t.job.id for t in sweeps.trials(session, sweeps.require(session, sweep_id=sweep_id)) if t.job]
+    sweep(service_env)
+    with db.session_scope(write=False) as session:
+        assert sweeps.require(session, sweep_id=sweep_id).launched == 1  # its one slot is taken
+    with db.session_scope() as session:
+        jobs.request_cancel(session, job_id=first)  # queued: cancelled at once, the slot is free
+    sweep(service_env)
+    with db.session_scope(write=False) as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        launched = [t for t in sweeps.trials(session, record) if t.job]
+        assert record.launched == 2 and {t.params["optimizer.lr"] for t in launched} == {0.1, 0.2}
+    assert broker.queue_depth(service_env.queue) == 2  # each launched trial's message went out
