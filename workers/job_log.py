@@ -28,7 +28,6 @@ class JobLogCapture(logging.Handler):
         self._pending: list[dict] = []
         self._kept = self._dropped = self._errors_beyond = 0
         self._lock = threading.Lock()
-        self._capturing_warnings = False
 
     def __enter__(self) -> JobLogCapture:
         # Our own INFO lines reach the job's log whatever level the worker's console shows.

@@ -22,7 +22,6 @@ from models.data import DatasetError
 from models.engine import Callbacks, EpochMetrics, TrainingError, TrainingRun, fit, summarise_folds
 from models.spec import JobSpec
 from models.state import TRAINING_STATE, Position, TrainingState, load_training_state, save_training_state
-
 from service.core import jobs, sweeps, worker_registry
 from service.core.db import UNAVAILABLE, brief, retry_while_unavailable, session_scope
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
@@ -37,14 +36,16 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def write(what: str, work):
-    """A write the job needs, retried while the database is unavailable: an outage pauses the
-    job at its next write instead of failing it (up to TRAINYARD_DATABASE_RETRY_SECONDS)."""
+def write(what: str, work, *, patient: bool = True):
+    """A write the job needs in its own transaction. `patient`: retried while the database is
+    unavailable, so an outage pauses the job there instead of failing it (up to
+    TRAINYARD_DATABASE_RETRY_SECONDS); otherwise one try."""
     def attempt():
         with session_scope() as session:
             return work(session)
 
-    return retry_while_unavailable(attempt, what=what, give_up_after=get_settings().database_retry_seconds)
+    give_up_after = get_settings().database_retry_seconds if patient else 0
+    return retry_while_unavailable(attempt, what=what, give_up_after=give_up_after)
 
 
 class JobControl:
@@ -181,11 +182,7 @@ class RecordingCallbacks(Callbacks):
 
         epochs = ", ".join(str(m["epoch"]) for m, _, _ in self.unrecorded)
         try:
-            if wait:
-                write(f"record epoch(s) {epochs} of job {self.job_id}", record_all)
-            else:
-                with session_scope() as session:
-                    record_all(session)
+            write(f"record epoch(s) {epochs} of job {self.job_id}", record_all, patient=wait)
         except UNAVAILABLE:
             if wait:
                 raise

@@ -26,15 +26,13 @@ def _png(figure) -> bytes:
 
 def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dict]]]:
     """(label, metric rows) per job for learning_curves; NotFound for an unknown job."""
-    labels = {job_id: job_id[:8] if len(job_ids) == 1 else (jobs.require_job(session, job_id=job_id).name
-                                                            or job_id[:8]) for job_id in job_ids}
-    return labelled_series(session, list(labels.items()))
+    found = [jobs.require_job(session, job_id=job_id) for job_id in job_ids]
+    return labelled_series(session, [(job.id, job.id[:8] if len(found) == 1 else (job.name or job.id[:8]))
+                                     for job in found])
 
 
 def labelled_series(session: Session, labelled: list[tuple[str, str]]) -> list[tuple[str, list[dict]]]:
-    """(label, metric rows) for each (job id, label); NotFound for an unknown job."""
-    for job_id, _ in labelled:
-        jobs.require_job(session, job_id=job_id)
+    """(label, metric rows) for each (job id, label) of jobs known to exist."""
     return [(label, metric_rows(jobs.get_metrics(session, job_id=job_id))) for job_id, label in labelled]
 
 

@@ -176,6 +176,14 @@ SWEEP_POLL_SECONDS = 1.0
 SWEEP_FINAL = ("succeeded", "failed", "cancelled")
 
 
+def sweep_updates(api: httpx.Client, sweep: dict):
+    """The sweep as it is every SWEEP_POLL_SECONDS, until it ends."""
+    while sweep["status"] not in SWEEP_FINAL:
+        time.sleep(SWEEP_POLL_SECONDS)
+        sweep = checked(api.get(f"/v1/sweeps/{sweep['id']}"))
+        yield sweep
+
+
 def sweep_table(sweep: dict) -> Table:
     """A sweep's trials, best first, as a table."""
     table = Table("rank", "job", "status", *sweep["jobs"][0]["params"] if sweep["jobs"] else [], sweep["metric"],
@@ -223,14 +231,11 @@ def register(app: typer.Typer) -> None:
         with client(url, token) as api:
             current = checked(api.post("/v1/sweeps", json=body))
             if follow_sweep and as_json:
-                while current["status"] not in SWEEP_FINAL:
-                    time.sleep(SWEEP_POLL_SECONDS)
-                    current = checked(api.get(f"/v1/sweeps/{current['id']}"))
+                for current in sweep_updates(api, current):
+                    pass
             elif follow_sweep:
                 with Live(sweep_table(current), console=console, refresh_per_second=4) as live:
-                    while current["status"] not in SWEEP_FINAL:
-                        time.sleep(SWEEP_POLL_SECONDS)
-                        current = checked(api.get(f"/v1/sweeps/{current['id']}"))
+                    for current in sweep_updates(api, current):
                         live.update(sweep_table(current))
         if as_json:
             emit_json(current)

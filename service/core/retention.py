@@ -8,7 +8,6 @@ purging a job never touches a registered model; a version goes only when it is d
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -31,20 +30,12 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 def disk_usage(settings: Settings, job_id: str) -> int:
     """Bytes the job's files take on disk now."""
-    total, pending = 0, [job_dir(settings, job_id)]
-    while pending:
+    total = 0
+    for path in job_dir(settings, job_id).rglob("*"):  # nothing when the folder does not exist
         try:
-            entries = list(os.scandir(pending.pop()))
-        except FileNotFoundError:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:  # removed while we looked
             continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
-                else:
-                    total += entry.stat(follow_symlinks=False).st_size
-            except FileNotFoundError:  # removed while we looked
-                continue
     return total
 
 

@@ -206,27 +206,24 @@ def create(session: Session, *, sweep: SweepSpec, settings: Settings, idempotenc
     return Created(record, replayed=False)
 
 
-def advance(session: Session, *, sweep_id: str, settings: Settings) -> list[str]:
+def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
     """Launch the sweep's next trials while fewer than max_parallel of its jobs are unfinished."""
-    launched = []
     while True:
         sweep = session.get(Sweep, sweep_id, populate_existing=True)
         if sweep is None or sweep.cancelled_at is not None or sweep.launched >= sweep.size:
-            return launched
+            return
         active = session.scalar(select(func.count()).select_from(Job).where(
             Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL)))
         if active >= (sweep.max_parallel or sweep.size):
             session.commit()
-            return launched
+            return
         index = sweep.launched
         base, name = sweep.request["base"], sweep.name
         spec = JobSpec.model_validate(trial_spec(base, name, sweep.trials[index]["params"]))
-        submitted = submission.submit_job(session, spec=spec, settings=settings,
-                                          idempotency_key=f"sweep:{sweep_id}:{index}", sweep=(sweep_id, index))
+        submission.submit_job(session, spec=spec, settings=settings, idempotency_key=f"sweep:{sweep_id}:{index}",
+                              sweep=(sweep_id, index))
         session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.launched == index).values(launched=index + 1))
         session.commit()
-        if not submitted.replayed:
-            launched.append(submitted.job_id)
 
 
 def unfinished(session: Session) -> list[str]:
