@@ -54,10 +54,11 @@ class JobControl:
     should_stop() is cheap: the engine calls it between batches, and it only reads two flags.
     """
 
-    def __init__(self, job_id: str, attempt: int, interval: float):
+    def __init__(self, job_id: str, attempt: int, interval: float, longest_wait: float):
         self.job_id = job_id
         self.attempt = attempt
         self.interval = interval
+        self.longest_wait = max(interval, longest_wait)  # between renewals that fail
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
         self._done = threading.Event()
@@ -75,16 +76,19 @@ class JobControl:
         return self.cancel_requested.is_set() or self.lost.is_set()
 
     def _run(self) -> None:
-        while not self._done.wait(self.interval):
+        wait, misses = self.interval, 0
+        while not self._done.wait(wait):
             try:
                 with session_scope() as session:
                     status = jobs.heartbeat(session, job_id=self.job_id, attempt=self.attempt)
-            except UNAVAILABLE as error:  # a missed beat is not fatal; the next one may get through
-                log.warning("lease renewal for job %s failed: %s", self.job_id, brief(error))
+            except Exception as error:  # a missed beat is not fatal; a later one may get through
+                misses, wait = misses + 1, min(wait * 2, self.longest_wait)
+                log.warning("lease renewal for job %s failed (%d in a row; next try in %.1f s): %s", self.job_id,
+                            misses, wait, brief(error), exc_info=not isinstance(error, UNAVAILABLE))
                 continue
-            except Exception:
-                log.warning("lease renewal for job %s failed", self.job_id, exc_info=True)
-                continue
+            if misses:
+                log.info("lease renewal for job %s got through after %d misses", self.job_id, misses)
+            wait, misses = self.interval, 0
             if status is None:
                 log.warning("job %s attempt %s lost its lease; stopping", self.job_id, self.attempt)
                 self.lost.set()
@@ -299,7 +303,9 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
     settings = get_settings()
     spec = JobSpec.model_validate(claim.spec)
     status, reason, error = JobStatus.SUCCEEDED, None, None
-    with JobControl(job_id, claim.attempt, settings.heartbeat_seconds) as control:
+    # Failed renewals back off to a quarter lease: once the database is back, the lease is renewed
+    # well within the full lease the reaper grants after an outage.
+    with JobControl(job_id, claim.attempt, settings.heartbeat_seconds, settings.lease_seconds / 4) as control:
         try:
             resume = load_state(job_id)
             if resume is not None and claim.resumed_by_user:

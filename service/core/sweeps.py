@@ -262,12 +262,30 @@ class Trial:
 def trials(session: Session, sweep: Sweep) -> list[Trial]:
     """Every trial with its job (None until launched) and the job's best value of the sweep's
     metric, ranked: best first, trials without a value after, unlaunched ones last."""
-    by_trial = {job.sweep_trial: job for job in session.scalars(select(Job).where(Job.sweep_id == sweep.id))}
-    column = getattr(EpochMetric, sweep.metric)
-    best = func.max(column) if sweep.mode == "max" else func.min(column)
-    values = dict(session.execute(select(EpochMetric.job_id, best).where(
-        EpochMetric.job_id.in_([job.id for job in by_trial.values()])).group_by(EpochMetric.job_id)).all())
-    found = [Trial(i, t["params"], by_trial.get(i), values.get(by_trial[i].id) if i in by_trial else None)
+    return trials_of(session, [sweep])[sweep.id]
+
+
+def trials_of(session: Session, sweeps: list[Sweep]) -> dict[str, list[Trial]]:
+    """trials() of several sweeps, in one query for their jobs and one per metric they rank by."""
+    jobs_of: dict[str, dict[int, Job]] = {sweep.id: {} for sweep in sweeps}
+    for job in session.scalars(select(Job).where(Job.sweep_id.in_(list(jobs_of)))):
+        jobs_of[job.sweep_id][job.sweep_trial] = job
+    best: dict[str, float] = {}
+    for (metric, mode), ranked_by in itertools.groupby(sorted(sweeps, key=_ranking), key=_ranking):
+        ids = [job.id for sweep in ranked_by for job in jobs_of[sweep.id].values()]
+        column = getattr(EpochMetric, metric)
+        value = func.max(column) if mode == "max" else func.min(column)
+        best.update(session.execute(select(EpochMetric.job_id, value).where(EpochMetric.job_id.in_(ids))
+                                    .group_by(EpochMetric.job_id)).all())
+    return {sweep.id: _ranked(sweep, jobs_of[sweep.id], best) for sweep in sweeps}
+
+
+def _ranking(sweep: Sweep) -> tuple[str, str]:
+    return sweep.metric, sweep.mode
+
+
+def _ranked(sweep: Sweep, by_trial: dict[int, Job], best: dict[str, float]) -> list[Trial]:
+    found = [Trial(i, t["params"], by_trial.get(i), best.get(by_trial[i].id) if i in by_trial else None)
              for i, t in enumerate(sweep.trials)]
     sign = -1 if sweep.mode == "max" else 1
     return sorted(found, key=lambda t: (t.job is None, t.metric is None, sign * (t.metric or 0), t.index))

@@ -51,3 +51,31 @@ def test_a_cancelled_job_is_never_run(service_env):
         jobs.request_cancel(session, job_id=job_id)
     assert run_job(job_id) is None
     assert read_job(job_id).status == JobStatus.CANCELLED
+
+
+def test_failed_lease_renewals_back_off_to_the_longest_wait(service_env, monkeypatch, caplog):
+    """Renewals against a database that refuses connections (a real PostgreSQL address with
+    nothing listening) are retried at growing intervals, capped, one log line each."""
+    import logging
+    import time
+
+    from service.api.serve import listening_socket
+    from service.core import settings as settings_module
+    from workers.runner import JobControl
+
+    closed = listening_socket("127.0.0.1", 0)
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: every connection is refused at once
+    monkeypatch.setenv("TRAINYARD_DATABASE_URL", f"postgresql+psycopg://trainyard@127.0.0.1:{port}/test")
+    settings_module.get_settings.cache_clear()
+    db.get_engine.cache_clear()
+    db.get_sessionmaker.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="workers.runner"):
+        with JobControl("j1", 1, interval=0.05, longest_wait=0.4):
+            time.sleep(2.0)
+    times = [r.created for r in caplog.records if "lease renewal for job j1 failed" in r.getMessage()]
+    gaps = [round(b - a, 2) for a, b in zip(times, times[1:])]
+    assert len(times) >= 4, gaps
+    assert gaps[0] < 0.3 and gaps[1] > gaps[0] and max(gaps) < 0.6, gaps
+    assert 0.35 < gaps[-1] < 0.6, gaps  # the cap, reached and kept
+    assert "next try in 0.4 s" in caplog.records[-1].getMessage()

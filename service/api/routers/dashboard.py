@@ -170,8 +170,9 @@ def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
 @pages.get("/ui/sweeps", response_class=HTMLResponse)
 def sweeps_page(request: Request, session: SessionDep) -> HTMLResponse:
     rows, count = sweeps.page(session, limit=50, offset=0)
+    ranked = sweeps.trials_of(session, rows)
     return templates.TemplateResponse(request, "sweeps.html", {
-        "sweeps": [sweep_public(s, sweeps.trials(session, s)) for s in rows], "count": count})
+        "sweeps": [sweep_public(s, ranked[s.id]) for s in rows], "count": count})
 
 
 @pages.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)

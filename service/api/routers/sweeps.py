@@ -43,7 +43,8 @@ def list_sweeps(session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] 
                 offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> SweepsPublic:
     """Sweeps, newest first."""
     rows, count = sweeps.page(session, limit=limit, offset=offset)
-    return SweepsPublic(data=[sweep_public(s, sweeps.trials(session, s)) for s in rows], count=count)
+    ranked = sweeps.trials_of(session, rows)
+    return SweepsPublic(data=[sweep_public(s, ranked[s.id]) for s in rows], count=count)
 
 
 @router.get("/{sweep_id}", response_model=SweepPublic, responses=NOT_FOUND)

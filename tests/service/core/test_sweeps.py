@@ -74,3 +74,51 @@ def test_a_bad_base_value_is_reported_in_base_without_union_tags():
     with pytest.raises(ValidationError) as bad:
         JobSpec.model_validate(spec)
     assert _problems(sweep, spec, params, bad.value)[0][0] == ("body", "base", "model", "hidden")
+
+
+def test_a_page_of_sweeps_is_ranked_in_one_query_per_metric(Session, engine):
+    """trials_of ranks several sweeps as trials() ranks each, reading their jobs once and each
+    ranking metric's best values once, however many sweeps there are."""
+    from sqlalchemy import event, select
+
+    from service.core import jobs, sweeps
+    from service.core.tables import Sweep
+
+    spec = JobSpec.model_validate({**BASE, "epochs": 2})
+    rankings = [("test_acc", "max"), ("test_loss", "min"), ("test_acc", "max")]
+    with Session() as session:
+        for n, (metric, mode) in enumerate(rankings):
+            sweep = Sweep(name=f"s{n}", request={}, trials=[{"params": {"optimizer.lr": lr}} for lr in (1, 2, 3)],
+                          size=3, launched=2, metric=metric, mode=mode)
+            session.add(sweep)
+            session.flush()
+            for trial in range(2):  # the third trial is not launched
+                job = jobs.create_job(session, spec=spec, task="classification", sweep=(sweep.id, trial))
+                session.commit()
+                attempt = jobs.claim_job(session, job_id=job.id, worker="w", lease_seconds=30, max_attempts=3).attempt
+                for epoch in (1, 2):
+                    value = (trial + 1) * epoch / 10 + n
+                    jobs.record_epoch(session, job_id=job.id, attempt=attempt, checkpoint_path="x", checkpoint_size=1,
+                                      metrics={"epoch": epoch, "train_loss": 1.0, "test_loss": value, "test_acc": value})
+        session.commit()
+    with Session() as session:
+        rows = list(session.scalars(select(Sweep).order_by(Sweep.name)))
+        each = {sweep.id: sweeps.trials(session, sweep) for sweep in rows}
+    with Session() as session:
+        rows = list(session.scalars(select(Sweep).order_by(Sweep.name)))
+        statements = []
+
+        def count(_conn, _cursor, statement, *_):
+            statements.append(statement)
+
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            together = sweeps.trials_of(session, rows)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1 + 2  # jobs, then two metrics
+    assert {k: [(t.index, t.metric) for t in v] for k, v in together.items()} == \
+           {k: [(t.index, t.metric) for t in v] for k, v in each.items()}
+    by_name = {sweep.name: together[sweep.id] for sweep in rows}
+    assert [(t.index, t.metric) for t in by_name["s0"]] == [(1, 0.4), (0, 0.2), (2, None)]  # max of test_acc
+    assert [(t.index, t.metric) for t in by_name["s1"]] == [(0, 1.1), (1, 1.2), (2, None)]  # min of test_loss
