@@ -14,7 +14,7 @@ from service.api import errors, gc_tuning, telemetry
 from service.api.auth import require_token, token_table
 from service.api.limits import BodySizeLimit
 from service.api.processes import ProcessBoard
-from service.api.routes import api_router
+from service.api.routes import include_api
 from service.api.routers.dashboard import router as dashboard_router
 from service.api.serving import ModelServer
 from service.core.reaper import Reaper
@@ -91,7 +91,7 @@ def create_app() -> FastAPI:
     torch.set_num_threads(settings.inference_threads)
     app.state.models = ModelServer(settings)
     app.state.preload = Preload(settings.preload_models, ProcessBoard(settings.api_run_dir, settings.api_workers))
-    app.include_router(api_router(auth=token_table().enabled))
+    include_api(app, auth=token_table().enabled)
     app.include_router(dashboard_router)
     if settings.bench_routes:
         from service.api.routers.bench import router as bench_router
