@@ -20,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from service.core.settings import Settings  # noqa: E402
 from tests.datagen import make_idx_dataset  # noqa: E402
 from tests.servers import Stack, free_port  # noqa: E402
 
@@ -66,7 +67,8 @@ def main() -> int:
     port = free_port()
     serve = (f"env TRAINYARD_HOME={home} TRAINYARD_PORT={port} TRAINYARD_API_WORKERS={args.api_workers} "
              f"TRAINYARD_INFERENCE_THREADS=1 {REPO / '.venv' / 'bin' / 'trainyard'} api")
-    base = f"server=trainyard,workers={args.api_workers},cmd={serve}"
+    batch = Settings.model_fields["max_batch_size"].default  # batches take whatever waits, up to this
+    base = f"server=trainyard,workers={args.api_workers},batch={batch},cmd={serve}"
     command = [str(scratch / "venv-client" / "bin" / "python"), str(args.peerbench / "run_all.py"),
                "--reps", str(args.reps), "--only", args.only,
                "--target", f"name=ty-multipart,url=http://127.0.0.1:{port}/v1/predict,style=trainyard,field=lenet,{base}",

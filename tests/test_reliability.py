@@ -45,9 +45,11 @@ def running_events(job) -> list[dict]:
 
 
 def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(stack, client):
+    submitted_at = time.time()
     job_id = submit(client, SLOW_SPEC)
     wait_until(lambda: epochs_recorded(client, job_id) == [1], timeout=120, interval=0.05,
                what=f"epoch 1 of job {job_id}\n{stack.logs()}")
+    first_epoch_s = time.time() - submitted_at  # this machine's pace, start-up included
     worker = running_events(client.get(f"/v1/jobs/{job_id}").json())[0]["detail"]["worker"]
     pid = int(worker.rsplit(":", 1)[1])
     assert pid in stack.worker_pool_pids()
@@ -66,7 +68,9 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(stack, client):
     # The second attempt started after the last epoch the first one finished, from its state.
     assert resumed["resumed_from_batch"] == 0
     assert 2 <= resumed["resumed_from_epoch"] <= 3
-    assert time.time() - killed_at < 120
+    # Recovered by the lease (4 s), not by the broker's redelivery (an hour): at most two epochs
+    # were left, each taking no longer than the first one did.
+    assert time.time() - killed_at < 3 * first_epoch_s + 30
 
 
 def test_cancel_queued_and_running_then_resume(stack, client):

@@ -258,14 +258,11 @@ class ModelServer:
         self._models: LRU[LoadedModel] = LRU(settings.model_cache_size, on_evict=LoadedModel.close)
         self._confusions: LRU[tuple[list[list[int]], float]] = LRU(32)
         self._loading = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def loaded(self, key: tuple[str, int]) -> LoadedModel | None:
         """The model of a checkpoint key if it is already in the cache (cheap enough for the event loop)."""
         found = self._models.get(key)
         if found is not None:
-            self.hits += 1
             MODEL_CACHE.labels("hit").inc()
         return found
 
@@ -286,7 +283,6 @@ class ModelServer:
                 predictor = Predictor.from_checkpoint(path, self.device)
             predictor.warm_up()
             loaded = self._models.put(key, LoadedModel(predictor))
-        self.misses += 1
         MODEL_CACHE.labels("miss").inc()
         MODELS_LOADED.set(len(self._models))
         return loaded

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from service.api.serving import ModelServer
 from service.core.references import ModelNotFound
@@ -20,14 +22,21 @@ def server_with(tmp_path, *, cache: int, batch: int, delay_ms: float, **settings
     return ModelServer(settings)
 
 
+def cache_lookups() -> np.ndarray:
+    """The model cache's (hits, misses) as /metrics counts them."""
+    return np.array([REGISTRY.get_sample_value("trainyard_model_cache_total", {"result": r}) or 0
+                     for r in ("hit", "miss")])
+
+
 def test_lru_eviction_and_reload(tmp_path, checkpoint):
     server = server_with(tmp_path, cache=1, batch=8, delay_ms=0)
     a, b = checkpoint(tmp_path / "a.safetensors", 0), checkpoint(tmp_path / "b.safetensors", 1)
+    before = cache_lookups()
     first = server.load(a)
-    assert server.load(a) is first and (server.hits, server.misses) == (1, 1)
+    assert server.load(a) is first and tuple(cache_lookups() - before) == (1, 1)  # (hits, misses)
     server.load(b)
     assert len(server) == 1
-    assert server.load(a) is not first and server.misses == 3
+    assert server.load(a) is not first and tuple(cache_lookups() - before) == (1, 3)
     with pytest.raises(ModelNotFound):
         server.load(tmp_path / "missing.safetensors")
 
