@@ -125,7 +125,7 @@ def api() -> None:
     os.execve(sys.executable, api_command(settings), api_environment(settings))
 
 
-@app.command("serve")
+@app.command("serve", hidden=True)  # an alias of run, named in its help
 @app.command()
 def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations first.")) -> None:
     """Migrate, then run the API and one worker until Ctrl-C (also: serve)."""
