@@ -21,6 +21,7 @@ embedded_broker.install()
 REDIS_VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
 
 TRAIN_JOB = "trainyard.train_job"
+WORKER_PROCESS_START_TIMEOUT_S = 120.0
 
 
 def broker_transport_options(settings: Settings) -> dict:
@@ -44,6 +45,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A pool process imports the training stack (torch) before it reports that it is up; on a
+        # loaded machine that takes longer than Celery's 4 s, and a worker that kills each
+        # replacement of a crashed pool process for being late never serves another job.
+        worker_proc_alive_timeout=WORKER_PROCESS_START_TIMEOUT_S,
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
