@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import math
+import operator
 import random
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -271,17 +272,14 @@ def trials_of(session: Session, sweeps: list[Sweep]) -> dict[str, list[Trial]]:
     for job in session.scalars(select(Job).where(Job.sweep_id.in_(list(jobs_of)))):
         jobs_of[job.sweep_id][job.sweep_trial] = job
     best: dict[str, float] = {}
-    for (metric, mode), ranked_by in itertools.groupby(sorted(sweeps, key=_ranking), key=_ranking):
+    ranking = operator.attrgetter("metric", "mode")
+    for (metric, mode), ranked_by in itertools.groupby(sorted(sweeps, key=ranking), key=ranking):
         ids = [job.id for sweep in ranked_by for job in jobs_of[sweep.id].values()]
         column = getattr(EpochMetric, metric)
         value = func.max(column) if mode == "max" else func.min(column)
         best.update(session.execute(select(EpochMetric.job_id, value).where(EpochMetric.job_id.in_(ids))
                                     .group_by(EpochMetric.job_id)).all())
     return {sweep.id: _ranked(sweep, jobs_of[sweep.id], best) for sweep in sweeps}
-
-
-def _ranking(sweep: Sweep) -> tuple[str, str]:
-    return sweep.metric, sweep.mode
 
 
 def _ranked(sweep: Sweep, by_trial: dict[int, Job], best: dict[str, float]) -> list[Trial]:

@@ -59,14 +59,12 @@ def test_failed_lease_renewals_back_off_to_the_longest_wait(service_env, monkeyp
     import logging
     import time
 
-    from service.api.serve import listening_socket
     from service.core import settings as settings_module
+    from tests.servers import free_port
     from workers.runner import JobControl
 
-    closed = listening_socket("127.0.0.1", 0)
-    port = closed.getsockname()[1]
-    closed.close()  # nothing listens there now: every connection is refused at once
-    monkeypatch.setenv("TRAINYARD_DATABASE_URL", f"postgresql+psycopg://trainyard@127.0.0.1:{port}/test")
+    # Nothing listens on a free port: every connection is refused at once.
+    monkeypatch.setenv("TRAINYARD_DATABASE_URL", f"postgresql+psycopg://trainyard@127.0.0.1:{free_port()}/test")
     settings_module.get_settings.cache_clear()
     db.get_engine.cache_clear()
     db.get_sessionmaker.cache_clear()
