@@ -1,22 +1,25 @@
-"""Datasets as in-memory tensors, decoded once per process and converted to float per batch."""
+"""Datasets as uint8 (images) or float (tables) tensors, decoded once per process and converted
+to float per batch by their input contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.cache import LRU
-from models.image import scale_pixels
+from models.contract import InputContract
 from models.spec import (
     DatasetInfo,
     DataSpec,
     ImageDatasetSpec,
+    NormalizeSpec,
     SyntheticLinearSpec,
     SyntheticPolynomialSpec,
     UploadedDatasetSpec,
@@ -28,7 +31,7 @@ FASHION_MNIST_CLASSES = (
 )
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 
-# dataset name -> (torchvision folder under the data dir, class names, torchvision class name)
+# IDX datasets: name -> (torchvision folder under the data dir, class names, torchvision class name)
 IMAGE_DATASETS = {
     "fashion-mnist": ("FashionMNIST", FASHION_MNIST_CLASSES, "FashionMNIST"),
     "mnist": ("MNIST", MNIST_CLASSES, "MNIST"),
@@ -46,13 +49,16 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 class DatasetError(Exception):
     """The data a job asked for is missing or unreadable; the message says how to fix it."""
 
+    reason = "invalid_data"
+
 
 @dataclass
 class Dataset:
-    """Train and test tensors plus what a predictor needs to treat new inputs the same way.
+    """Train and test tensors plus the input contract a predictor needs to treat new inputs the same way.
 
-    Image inputs stay uint8 ([N, C, H, W]) and are scaled by `scale` per batch; tabular inputs are
-    float32 ([N, D]). Classification targets are int64 class indices, regression targets float32.
+    Image inputs stay uint8 ([N, C, H, W]) and become float per batch by the contract; tabular
+    inputs are float32 ([N, D]). Classification targets are int64 class indices, regression
+    targets float32.
     """
 
     name: str
@@ -61,11 +67,14 @@ class Dataset:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    classes: tuple[str, ...] | None
+    contract: InputContract
     checksum: str
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
-    preprocess: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        return tuple(self.contract.classes) if self.contract.classes else None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -78,13 +87,14 @@ class Dataset:
     @property
     def info(self) -> DatasetInfo:
         return DatasetInfo(task=self.task, input_shape=self.input_shape, outputs=self.outputs,
-                           images=self.preprocess.get("kind") == "image")
+                           images=self.contract.images)
 
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """Convert a batch of stored inputs to the float tensor the model sees."""
-        if x.dtype == torch.uint8:
-            return scale_pixels(x, self.preprocess["scale"])
-        return x
+        return self.contract.to_float(x) if x.dtype == torch.uint8 else x
+
+    def replace(self, **changes) -> Dataset:
+        return dataclasses.replace(self, **changes)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -146,18 +156,21 @@ def _load_idx_dataset(name: str, data_dir: Path, allow_download: bool) -> Datase
 
 
 def idx_dataset(arrays: dict[str, np.ndarray], *, name: str, classes: tuple[str, ...] | None = None) -> Dataset:
-    """Check the four IDX arrays (keys of IDX_FILES) and build a Dataset from them.
+    """Check the four image arrays (keys of IDX_FILES; uint8 [N, H, W] or [N, C, H, W]) and build a
+    Dataset from them.
 
     Without `classes`, classes are named "0", "1", ... up to the largest label.
     """
+    arrays = {key: a[:, None] if key.endswith("_images") and a.ndim == 3 else a for key, a in arrays.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or images.dtype != np.uint8:
-            raise DatasetError(f"{split} images must be uint8 [N, H, W], not {images.dtype} {list(images.shape)}")
+        if images.ndim != 4 or images.shape[1] not in (1, 3) or images.dtype != np.uint8:
+            raise DatasetError(f"{split} images must be uint8 [N, H, W] or [N, 1|3, H, W], "
+                               f"not {images.dtype} {list(images.shape)}")
         if labels.ndim != 1 or len(labels) != len(images):
             raise DatasetError(f"{split} split has {len(images)} images but {len(labels)} labels")
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
-        raise DatasetError("train and test images differ in size")
+        raise DatasetError("train and test images differ in size or channels")
     top = max(int(arrays[f"{split}_labels"].max(initial=0)) for split in ("train", "test"))
     if classes is None:
         classes = tuple(str(c) for c in range(top + 1))
@@ -166,17 +179,16 @@ def idx_dataset(arrays: dict[str, np.ndarray], *, name: str, classes: tuple[str,
     digest = hashlib.sha256()
     for key in sorted(arrays):
         digest.update(arrays[key].tobytes())
-    height, width = arrays["train_images"].shape[1:]
+    channels, height, width = arrays["train_images"].shape[1:]
     return Dataset(
         name=name,
         task="classification",
-        x_train=torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),
+        x_train=torch.from_numpy(np.array(arrays["train_images"])),  # copies: parsed files are read-only
         y_train=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-        x_test=torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
+        x_test=torch.from_numpy(np.array(arrays["test_images"])),
         y_test=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        classes=classes,
+        contract=InputContract.image(channels, height, width, classes),
         checksum=digest.hexdigest(),
-        preprocess={"kind": "image", "channels": 1, "height": height, "width": width, "scale": 1 / 255},
     )
 
 
@@ -193,8 +205,7 @@ def synthetic_linear(spec: SyntheticLinearSpec, seed: int) -> Dataset:
     return Dataset(
         name=spec.dataset, task="regression",
         x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:],
-        classes=None, checksum=digest,
-        preprocess={"kind": "tabular", "features": len(w)},
+        checksum=digest, contract=InputContract.tabular(len(w)),
     )
 
 
@@ -213,7 +224,7 @@ def synthetic_polynomial(spec: SyntheticPolynomialSpec, seed: int) -> Dataset:
     return Dataset(
         name=spec.dataset, task="regression",
         x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:],
-        classes=None, checksum=digest, preprocess={"kind": "tabular", "features": 1},
+        checksum=digest, contract=InputContract.tabular(1),
     )
 
 
@@ -230,7 +241,7 @@ def save_stored_dataset(path: Path, dataset: Dataset, extra: dict | None = None)
     from models.checkpoint import write_checkpoint
 
     meta = {"name": dataset.name, "task": dataset.task, "classes": list(dataset.classes) if dataset.classes else None,
-            "checksum": dataset.checksum, "preprocess": dataset.preprocess, **(extra or {})}
+            "checksum": dataset.checksum, "input": dataset.contract.to_json(), **(extra or {})}
     return write_checkpoint(path, {k: getattr(dataset, k) for k in _STORED_TENSORS}, meta)
 
 
@@ -242,9 +253,8 @@ def load_stored_dataset(path: Path) -> Dataset:
         tensors, meta = read_checkpoint(path)
     except CheckpointError as exc:
         raise DatasetError(f"stored dataset {path.stem} cannot be read: {exc}") from None
-    return Dataset(name=meta["name"], task=meta["task"], classes=tuple(meta["classes"]) if meta["classes"] else None,
-                   checksum=meta["checksum"], preprocess=meta["preprocess"],
-                   **{k: tensors[k] for k in _STORED_TENSORS})
+    return Dataset(name=meta["name"], task=meta["task"], checksum=meta["checksum"],
+                   contract=InputContract.from_meta(meta), **{k: tensors[k] for k in _STORED_TENSORS})
 
 
 # Decoded datasets by their files' paths, times and sizes: a changed file on disk changes the key.
@@ -255,15 +265,32 @@ def _stamp(paths) -> tuple:
     return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(paths) if p.is_file())
 
 
-def _cached_idx_dataset(name: str, data_dir: Path, allow_download: bool, cache_dir: Path | None) -> Dataset:
-    raw_dir = data_dir / IMAGE_DATASETS[name][0] / "raw"
-    stamp = _stamp(raw_dir.glob("*")) if raw_dir.is_dir() else ()
+def _source_folders(name: str, data_dir: Path) -> list[Path]:
+    """The folders whose files a built-in dataset is read from."""
+    if name == "cifar10":
+        from models.cifar import LAYOUTS
+
+        return [data_dir / folder for folder in LAYOUTS]
+    return [data_dir / IMAGE_DATASETS[name][0] / "raw"]
+
+
+def _load_builtin(name: str, data_dir: Path, allow_download: bool) -> Dataset:
+    if name == "cifar10":
+        from models.cifar import load_cifar10
+
+        return load_cifar10(data_dir, allow_download)
+    return _load_idx_dataset(name, data_dir, allow_download)
+
+
+def _cached_builtin_dataset(name: str, data_dir: Path, allow_download: bool, cache_dir: Path | None) -> Dataset:
+    stamp = tuple(entry for folder in _source_folders(name, data_dir) if folder.is_dir()
+                  for entry in _stamp(folder.glob("*")))
 
     def load() -> Dataset:
-        # Decoding gzipped IDX files takes seconds for the full datasets; a decoded copy on disk
-        # (named after the files' paths, sizes and times) loads in a fraction of that.
+        # Decoding gzipped IDX files or CIFAR batches takes seconds for the full datasets; a
+        # decoded copy on disk (named after the files' paths, sizes and times) loads in a fraction.
         if cache_dir is None or not stamp:
-            return _load_idx_dataset(name, data_dir, allow_download)
+            return _load_builtin(name, data_dir, allow_download)
         key = hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"{name}-{key}.safetensors"
         if path.is_file():
@@ -271,7 +298,7 @@ def _cached_idx_dataset(name: str, data_dir: Path, allow_download: bool, cache_d
                 return load_stored_dataset(path)
             except DatasetError:
                 path.unlink(missing_ok=True)  # a damaged cache file is rebuilt
-        dataset = _load_idx_dataset(name, data_dir, allow_download)
+        dataset = _load_builtin(name, data_dir, allow_download)
         try:
             save_stored_dataset(path, dataset)
         except OSError:
@@ -308,6 +335,36 @@ def _split_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     return with_validation(dataset, *holdout_split(len(dataset.x_train), fraction, seed, what="val_fraction"))
 
 
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of pixel / 255 over uint8 images [N, C, H, W],
+    summed in float64 a chunk at a time (a whole set in float would be four times its size)."""
+    if len(images) == 0:
+        raise DatasetError("normalize: dataset needs training images to measure")
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].to("cpu", torch.float64).div_(255)
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square().sum(dim=(0, 2, 3))
+    count = images.numel() / images.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    return mean.tolist(), std.tolist()
+
+
+def _normalised(dataset: Dataset, normalize) -> Dataset:
+    """The dataset whose contract carries the spec's normalisation (none leaves pixel / 255)."""
+    if normalize == "none" or not dataset.contract.images:
+        return dataset
+    if isinstance(normalize, NormalizeSpec):
+        if len(normalize.mean) != dataset.contract.channels:
+            raise DatasetError(f"normalize gives {len(normalize.mean)} means for {dataset.contract.channels} channel(s)")
+        mean, std = normalize.mean, normalize.std
+    else:
+        mean, std = channel_stats(dataset.x_train)
+    return dataset.replace(contract=dataset.contract.with_normalisation(mean, std))
+
+
 def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = None,
                  cache_dir: Path | None = None, allow_download: bool = False, seed: int = 0) -> Dataset:
     """Load the dataset a data spec names, with its validation split if it asks for one.
@@ -325,14 +382,11 @@ def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = 
                 raise DatasetError("uploaded datasets are not available here")
             full = _cached_stored_dataset(stored_dataset_path(Path(datasets_dir), spec.dataset_id))
         else:
-            full = _cached_idx_dataset(spec.dataset, Path(data_dir), allow_download, cache_dir)
+            full = _cached_builtin_dataset(spec.dataset, Path(data_dir), allow_download, cache_dir)
         x_train, y_train = _subset(full.x_train, full.y_train, spec.limit_train)
         x_test, y_test = _subset(full.x_test, full.y_test, spec.limit_test)
-        dataset = Dataset(
-            name=full.name, task=full.task, x_train=x_train, y_train=y_train,
-            x_test=x_test, y_test=y_test, classes=full.classes, checksum=full.checksum,
-            preprocess=full.preprocess,
-        )
+        dataset = full.replace(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+        return _normalised(_split_validation(dataset, spec.val_fraction, seed), spec.normalize)
     else:
         raise DatasetError(f"unknown dataset {spec.dataset!r}")
     return _split_validation(dataset, spec.val_fraction, seed)
@@ -349,10 +403,5 @@ def kfold_indices(n: int, folds: int, seed: int) -> list[tuple[torch.Tensor, tor
 
 def with_validation(dataset: Dataset, train_idx: torch.Tensor, val_idx: torch.Tensor) -> Dataset:
     """The dataset with its training set split into the given train and validation rows."""
-    return Dataset(
-        name=dataset.name, task=dataset.task,
-        x_train=dataset.x_train[train_idx], y_train=dataset.y_train[train_idx],
-        x_val=dataset.x_train[val_idx], y_val=dataset.y_train[val_idx],
-        x_test=dataset.x_test, y_test=dataset.y_test,
-        classes=dataset.classes, checksum=dataset.checksum, preprocess=dataset.preprocess,
-    )
+    return dataset.replace(x_train=dataset.x_train[train_idx], y_train=dataset.y_train[train_idx],
+                           x_val=dataset.x_train[val_idx], y_val=dataset.y_train[val_idx])

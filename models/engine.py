@@ -14,6 +14,7 @@ from torch import nn
 
 from models import devices
 from models.archs import build_model
+from models.augment import Augmenter
 from models.data import Dataset, kfold_indices, load_dataset, with_validation
 from models.spec import EarlyStoppingSpec, JobSpec, spec_problems
 from models.state import EpochProgress, Position, TrainingState
@@ -90,6 +91,7 @@ class TrainingRun:
     history: list[EpochMetrics] = field(default_factory=list)
     scaler: torch.amp.GradScaler | None = None
     compiled: dict[int, nn.Module] = field(default_factory=dict)  # id(model) -> its torch.compile wrapper
+    augmenter: Augmenter | None = None
 
     @property
     def start_epoch(self) -> int:
@@ -105,7 +107,7 @@ class TrainingRun:
             "task": self.dataset.task,
             "classes": list(self.dataset.classes) if self.dataset.classes else None,
             "input_shape": list(self.dataset.input_shape),
-            "preprocess": self.dataset.preprocess,
+            "input": self.dataset.contract.to_json(),
         }
 
     def state(self, position: Position) -> TrainingState:
@@ -218,12 +220,14 @@ def train_one_epoch(
     penalty: Callable[[], torch.Tensor] | None = None,
     precision=contextlib.nullcontext,
     scaler: torch.amp.GradScaler | None = None,
+    augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> tuple[EpochProgress, bool]:
     """One pass over the shuffled training set, or the rest of one after `progress.batches`.
 
     Returns the epoch's progress (its sums give the train loss and accuracy) and whether it
     stopped early because should_stop() said so. `penalty` (e.g. L1) is added to the loss that
     is minimised but not to the reported training loss, as in the course's weight-decay chapter.
+    `augment(pixels, batch index)` changes each uint8 training batch before it becomes float.
     """
     model.train()
     done = progress or EpochProgress()
@@ -244,7 +248,10 @@ def train_one_epoch(
             stopped = True
             break
         idx = order[start:start + batch_size]
-        x = dataset.to_float(x_all[idx].to(device, non_blocking=True))
+        x = x_all[idx].to(device, non_blocking=True)
+        if augment is not None:  # seeded by the batch's index, so a resumed epoch augments alike
+            x = augment(x, batches)
+        x = dataset.to_float(x)
         y = y_all[idx].to(device, non_blocking=True)
         with precision():
             outputs = model(x)
@@ -366,6 +373,9 @@ def prepare(
                       device=device,
                       early_stopping=EarlyStopping(spec.early_stopping) if spec.early_stopping else None,
                       scaler=torch.amp.GradScaler("cuda") if spec.amp == "fp16" else None)
+    augment = getattr(spec.data, "augment", None)
+    if augment is not None and dataset.contract.images:
+        run.augmenter = Augmenter(augment, spec.seed, dataset.input_shape)
     if spec.compile:
         run.compiled[id(model)] = torch.compile(model)
     if initial_weights is not None:
@@ -393,8 +403,7 @@ def place_on_gpu(dataset: Dataset, device: torch.device, headroom: float = 0.5) 
     free, _ = torch.cuda.mem_get_info(device)
     move = (lambda t: t.to(device)) if size < headroom * free else (lambda t: t.pin_memory())
     moved = {name: move(getattr(dataset, name)) if getattr(dataset, name) is not None else None for name in _SPLITS}
-    return Dataset(name=dataset.name, task=dataset.task, classes=dataset.classes,
-                   checksum=dataset.checksum, preprocess=dataset.preprocess, **moved)
+    return dataset.replace(**moved)
 
 
 def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: int, progress: EpochProgress,
@@ -410,10 +419,11 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
     def precision():
         return autocast(spec, run.device)
 
+    augmenter = run.augmenter
     progress, stopped = train_one_epoch(
         run.compiled.get(id(model), model), optimizer, loss_fn, ds, batch_size=spec.batch_size, generator=generator,
         device=run.device, should_stop=should_stop, progress=progress, penalty=penalty, precision=precision,
-        scaler=run.scaler,
+        scaler=run.scaler, augment=(lambda x, batch: augmenter(x, epoch, batch)) if augmenter else None,
     )
     train_seconds = time.perf_counter() - started
     if stopped:

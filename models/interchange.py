@@ -2,10 +2,14 @@
 elsewhere back in.
 
 - safetensors: the plain state_dict (the keys `nn.Sequential` gives, e.g. `0.weight`), with the
-  architecture, classes, input shape and preprocessing as JSON strings in the file's header;
+  architecture, classes, input shape and input contract as JSON strings in the file's header;
 - TorchScript and ONNX: a module from the float input the network was trained on
-  ([N, *input_shape]; images grayscale, pixel / 255, so in [0, 1]) to probabilities for a
-  classifier (softmax applied) or predicted values for a regression, any batch size.
+  ([N, *input_shape]; images normalised by the contract) to probabilities for a classifier
+  (softmax applied) or predicted values for a regression, any batch size; or, with
+  `inputs="pixels"`, from uint8 pixels [N, C, H, W] with the contract's normalisation inside
+  the graph, so that code which knows nothing of trainyard predicts what the service predicts
+  from an image decoded and resized to H x W. Both carry the same header (ONNX as metadata
+  properties, TorchScript as the extra file `trainyard.json`).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
+from models.contract import InputContract
 from models.predictor import Predictor
 
 FORMAT = "trainyard-export/1"
 _ONNX_EXPORT = threading.Lock()  # torch.onnx.export keeps global state: one export at a time
 ONNX_OPSET = 17
 FORMATS = ("safetensors", "torchscript", "onnx")
+INPUTS = ("float", "pixels")
 
 
 class ExportError(Exception):
@@ -46,6 +52,20 @@ class WithOutputs(nn.Module):
         return torch.softmax(y, dim=1) if self.classify else y
 
 
+class FromPixels(nn.Module):
+    """uint8 pixels [N, C, H, W] normalised by the input contract, then the network with its outputs."""
+
+    def __init__(self, net: nn.Module, contract: InputContract):
+        super().__init__()
+        self.net = net
+        scale, shift = contract.affine()
+        self.register_buffer("scale", torch.from_numpy(scale).view(1, -1, 1, 1))
+        self.register_buffer("shift", torch.from_numpy(shift).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels.float() * self.scale + self.shift)
+
+
 def model_spec(meta: dict) -> dict:
     """The architecture part of a checkpoint's metadata (a job's spec, or an imported model's)."""
     return meta["model"] if "model" in meta else meta["spec"]["model"]
@@ -59,55 +79,71 @@ def header(meta: dict) -> dict[str, str]:
         "task": meta["task"],
         "classes": json.dumps(meta.get("classes")),
         "input_shape": json.dumps(meta["input_shape"]),
-        "preprocess": json.dumps(meta["preprocess"]),
+        "input": InputContract.from_meta(meta).dumps(),
         "trainyard": json.dumps(meta),  # everything, for importing it back
     }
 
 
-def _module(predictor: Predictor) -> tuple[WithOutputs, torch.Tensor]:
+def _module(predictor: Predictor, inputs: str = "float") -> tuple[nn.Module, torch.Tensor]:
     net = copy.deepcopy(predictor.model).to("cpu").eval()
     module = WithOutputs(net, predictor.task == "classification").eval()
-    return module, torch.rand(2, *predictor.meta["input_shape"])
+    shape = predictor.meta["input_shape"]
+    if inputs == "float":
+        return module, torch.rand(2, *shape)
+    if not predictor.contract.images:
+        raise ExportError("inputs=pixels is for image models; this one takes numeric inputs")
+    return FromPixels(module, predictor.contract).eval(), torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
 
 
-def safetensors_bytes(predictor: Predictor) -> bytes:
+def safetensors_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
+    if inputs != "float":
+        raise ExportError("safetensors holds weights only; inputs=pixels applies to torchscript and onnx")
     state = {name: t.detach().to("cpu").contiguous() for name, t in predictor.model.state_dict().items()}
     return save(state, metadata=header(predictor.meta))
 
 
-def torchscript_bytes(predictor: Predictor) -> bytes:
-    module, example = _module(predictor)
+def torchscript_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
+    module, example = _module(predictor, inputs)
+    again = (torch.randint(0, 256, (3, *example.shape[1:]), dtype=torch.uint8) if inputs == "pixels"
+             else torch.rand(3, *example.shape[1:]))
     try:
         with torch.no_grad():
-            traced = torch.jit.trace(module, example, check_inputs=[(torch.rand(3, *example.shape[1:]),)])
+            traced = torch.jit.trace(module, example, check_inputs=[(again,)])
     except Exception as exc:
         raise ExportError(f"TorchScript cannot trace this model: {str(exc).splitlines()[0]}") from None
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
+    torch.jit.save(traced, buffer, _extra_files={"trainyard.json": json.dumps({**header(predictor.meta),
+                                                                                "inputs": inputs})})
     return buffer.getvalue()
 
 
-def onnx_bytes(predictor: Predictor) -> bytes:
-    module, example = _module(predictor)
+def onnx_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
+    import onnx
+
+    module, example = _module(predictor, inputs)
+    name = "input" if inputs == "float" else "pixels"
     output = "probabilities" if predictor.task == "classification" else "predictions"
     buffer = io.BytesIO()
     try:
         with _ONNX_EXPORT, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=[output],
-                              dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}},
+            torch.onnx.export(module, (example,), buffer, input_names=[name], output_names=[output],
+                              dynamic_axes={name: {0: "batch"}, output: {0: "batch"}},
                               opset_version=ONNX_OPSET, dynamo=False)
     except Exception as exc:
         raise ExportError(f"ONNX (opset {ONNX_OPSET}) cannot express this model: {str(exc).splitlines()[0]}") from None
-    return buffer.getvalue()
+    graph = onnx.load_from_string(buffer.getvalue())
+    for key, value in {**header(predictor.meta), "inputs": inputs}.items():
+        graph.metadata_props.add(key=key, value=value)
+    return graph.SerializeToString()
 
 
 EXPORTERS = {"safetensors": safetensors_bytes, "torchscript": torchscript_bytes, "onnx": onnx_bytes}
 
 
-def export(predictor: Predictor, fmt: str) -> bytes:
-    """The model in one of FORMATS."""
-    return EXPORTERS[fmt](predictor)
+def export(predictor: Predictor, fmt: str, inputs: str = "float") -> bytes:
+    """The model in one of FORMATS, taking `inputs` (float, or uint8 pixels for image models)."""
+    return EXPORTERS[fmt](predictor, inputs)
 
 
 class OnnxRuntimePredictor(Predictor):
@@ -152,13 +188,16 @@ def weights_problems(net: nn.Module, state: dict[str, torch.Tensor]) -> list[tup
     return problems
 
 
-def imported_meta(model: dict, classes: list[str] | None, input_shape: list[int]) -> dict:
-    """A checkpoint's metadata for weights trained elsewhere: inputs prepared as trainyard's own
-    (images grayscale, pixel / 255)."""
+def imported_meta(model: dict, classes: list[str] | None, input_shape: list[int],
+                  mean: list[float] | None = None, std: list[float] | None = None) -> dict:
+    """A checkpoint's metadata for weights trained elsewhere: images decoded as trainyard's own
+    (grey or RGB by the channels, resized to the input shape), pixel / 255 normalised by mean/std."""
     if len(input_shape) == 3:
-        channels, height, width = input_shape
-        preprocess = {"kind": "image", "channels": channels, "height": height, "width": width, "scale": 1 / 255}
+        contract = InputContract.image(*input_shape, classes=classes)
+        if mean is not None or std is not None:
+            channels = input_shape[0]
+            contract = contract.with_normalisation(mean or [0.0] * channels, std or [1.0] * channels)
     else:
-        preprocess = {"kind": "tabular", "features": input_shape[0]}
+        contract = InputContract.tabular(input_shape[0], classes)
     return {"model": model, "task": "classification" if classes else "regression", "classes": classes,
-            "input_shape": input_shape, "preprocess": preprocess, "epoch": 0, "imported": True}
+            "input_shape": input_shape, "input": contract.to_json(), "epoch": 0, "imported": True}

@@ -10,7 +10,8 @@ import torch
 
 from models.archs import build_model
 from models.checkpoint import read_checkpoint
-from models.image import ImageError, decode_grayscale, scale_pixels
+from models.contract import InputContract
+from models.image import ImageError
 from models.spec import MODEL_SPEC, JobSpec
 
 
@@ -27,14 +28,14 @@ class Prediction:
 
 
 class Predictor:
-    """A trained network in eval mode plus the metadata needed to prepare its inputs."""
+    """A trained network in eval mode plus the input contract that prepares its inputs."""
 
     def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device = torch.device("cpu")):
         self.device = device
         self.model = model.to(device).eval()
         self.meta = meta
-        self.classes: list[str] | None = meta.get("classes")
-        self.preprocess = meta["preprocess"]
+        self.contract = InputContract.from_meta(meta)
+        self.classes: list[str] | None = self.contract.classes
         self.task: str = meta["task"]
 
     @classmethod
@@ -51,22 +52,18 @@ class Predictor:
         return cls(model, meta, device)
 
     def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Model inputs from uint8 pixels [..., C, H, W], scaled as the training data were."""
-        return scale_pixels(pixels, self.preprocess["scale"])
+        """Model inputs from uint8 pixels [..., C, H, W], normalised as the training data were."""
+        return self.contract.to_float(pixels)
 
     def decode_pixels(self, data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:
         """Decode one uploaded image into uint8 pixels [C, H, W], converted as the training data were.
 
         Pixels stay uint8 (and in numpy) so that a batch of them becomes float in one step.
         """
-        if self.preprocess.get("kind") != "image":
-            raise InputError(f"{filename}: this model takes numeric inputs, not images")
         try:
-            pixels = decode_grayscale(data, filename, max_pixels=max_pixels,
-                                      size=(self.preprocess["width"], self.preprocess["height"]))
+            return self.contract.decode(data, filename, max_pixels=max_pixels)
         except ImageError as exc:
             raise InputError(str(exc)) from None
-        return pixels[None]
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -86,7 +83,7 @@ class Predictor:
 
     def decode_values(self, rows: list[list[float]]) -> torch.Tensor:
         """Numeric inputs [N, features] for a tabular model, with their width checked."""
-        if self.preprocess.get("kind") != "tabular":
+        if self.contract.images:
             raise InputError("this model takes images, not numeric inputs")
         width = self.meta["input_shape"][0]
         for i, row in enumerate(rows):

@@ -79,7 +79,7 @@ class LeNetSpec(_ArchBase):
 
 
 class ResNet18Spec(_ArchBase):
-    """torchvision's ResNet-18 with a one-channel first convolution."""
+    """torchvision's ResNet-18, its first convolution taking the dataset's channels."""
 
     arch: Literal["resnet18"]
 
@@ -149,14 +149,87 @@ class _DataBase(StrictModel):
     val_fraction: Probability = 0.0
 
 
+class NormalizeSpec(StrictModel):
+    """Explicit per-channel mean and standard deviation of pixel / 255."""
+
+    mean: Annotated[list[Annotated[float, Field(ge=-10, le=10)]], Field(min_length=1, max_length=3)]
+    std: Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=1, max_length=3)]
+
+    @model_validator(mode="after")
+    def _one_pair_per_channel(self) -> NormalizeSpec:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}; give one per channel")
+        return self
+
+
+def _ordered_pair(low: float, high: float, what: str) -> None:
+    if low > high:
+        raise ValueError(f"{what} must be [low, high] with low <= high")
+
+
+class RandomCropSpec(StrictModel):
+    """Pad by `padding` (zeros), then crop `size` (default: the image's own side) at a random place;
+    a crop smaller than the image is resized back to it, so every split keeps one shape."""
+
+    padding: Annotated[int, Field(ge=0, le=64)] = 4
+    size: Annotated[int | None, Field(ge=4, le=512)] = None
+
+
+class RandomResizedCropSpec(StrictModel):
+    """A random area share `scale` and aspect `ratio` of the image, resized back to its size."""
+
+    scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.08, 1.0)
+    ratio: tuple[Annotated[float, Field(gt=0, le=10)], Annotated[float, Field(gt=0, le=10)]] = (3 / 4, 4 / 3)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandomResizedCropSpec:
+        _ordered_pair(*self.scale, "scale")
+        _ordered_pair(*self.ratio, "ratio")
+        return self
+
+
+class ColorJitterSpec(StrictModel):
+    brightness: Annotated[float, Field(ge=0, le=10)] = 0.0
+    contrast: Annotated[float, Field(ge=0, le=10)] = 0.0
+    saturation: Annotated[float, Field(ge=0, le=10)] = 0.0
+    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+
+
+class AugmentSpec(StrictModel):
+    """Random changes to training images only (never validation, test or predict), seeded by the job."""
+
+    random_crop: RandomCropSpec | None = None
+    random_resized_crop: RandomResizedCropSpec | None = None
+    horizontal_flip: bool | Annotated[float, Field(ge=0, le=1)] = Field(
+        default=False, description="true (probability 0.5) or a probability")
+    color_jitter: ColorJitterSpec | None = None
+    trivial_augment: bool = False
+
+    @model_validator(mode="after")
+    def _one_crop(self) -> AugmentSpec:
+        if self.random_crop is not None and self.random_resized_crop is not None:
+            raise ValueError("choose one of random_crop and random_resized_crop")
+        return self
+
+    @property
+    def flip_probability(self) -> float:
+        if isinstance(self.horizontal_flip, bool):
+            return 0.5 if self.horizontal_flip else 0.0
+        return float(self.horizontal_flip)
+
+
 class _ImageOptions(_DataBase):
     limit_train: Annotated[int | None, Field(ge=1)] = None
     limit_test: Annotated[int | None, Field(ge=1)] = None
     resize: Annotated[int | None, Field(ge=8, le=512, description="side of the square the images are resized to")] = None
+    normalize: Literal["none", "dataset"] | NormalizeSpec = Field(
+        default="none", description="none: pixel / 255; dataset: per-channel mean/std of the training split; "
+                                    "or explicit {mean, std}")
+    augment: AugmentSpec | None = None
 
 
 class ImageDatasetSpec(_ImageOptions):
-    dataset: Literal["fashion-mnist", "mnist"]
+    dataset: Literal["fashion-mnist", "mnist", "cifar10"]
 
 
 class UploadedDatasetSpec(_ImageOptions):
@@ -197,12 +270,13 @@ DataSpec = Annotated[
     Union[
         Annotated[ImageDatasetSpec, Tag("fashion-mnist")],
         Annotated[ImageDatasetSpec, Tag("mnist")],
+        Annotated[ImageDatasetSpec, Tag("cifar10")],
         Annotated[SyntheticLinearSpec, Tag("synthetic-linear")],
         Annotated[SyntheticPolynomialSpec, Tag("synthetic-polynomial")],
         Annotated[UploadedDatasetSpec, Tag("uploaded")],
     ],
     Discriminator(_dataset_tag, custom_error_type="dataset",
-                  custom_error_message="dataset must be fashion-mnist, mnist, synthetic-linear, "
+                  custom_error_message="dataset must be fashion-mnist, mnist, cifar10, synthetic-linear, "
                                        "synthetic-polynomial or uploaded:<dataset id>"),
 ]
 
@@ -315,7 +389,8 @@ class SpecProblem:
 def builtin_dataset_info(data) -> DatasetInfo | None:
     """Shape and task of a built-in dataset; None for uploaded ones (they live in the database)."""
     if isinstance(data, ImageDatasetSpec):
-        return DatasetInfo("classification", (1, 28, 28), 10, images=True)
+        shape = (3, 32, 32) if data.dataset == "cifar10" else (1, 28, 28)
+        return DatasetInfo("classification", shape, 10, images=True)
     if isinstance(data, SyntheticLinearSpec):
         return DatasetInfo("regression", (len(data.true_w),), 1, images=False)
     if isinstance(data, SyntheticPolynomialSpec):
@@ -344,6 +419,7 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
                                     f"{spec.data.dataset} has {info.input_shape[0]} features"))
     if spec.resize is not None and not info.images:
         problems.append(SpecProblem(("data", "resize"), "resize applies to image datasets only"))
+    problems += _image_option_problems(spec, info)
     stopping = spec.early_stopping
     if stopping is not None:
         if stopping.metric.startswith("val_") and spec.data.val_fraction == 0:
@@ -354,6 +430,23 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
                                         f"{stopping.metric} needs a classification dataset"))
     if not problems:
         problems += [SpecProblem(("model", *loc), msg) for loc, msg in shape_problems(spec, info)]
+    return problems
+
+
+def _image_option_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
+    """Normalisation and augmentation that do not fit the dataset's channels or size."""
+    data, problems = spec.data, []
+    if not info.images or not isinstance(data, _ImageOptions):
+        return problems
+    channels, height, width = info.input_shape
+    if isinstance(data.normalize, NormalizeSpec) and len(data.normalize.mean) != channels:
+        problems.append(SpecProblem(("data", "normalize", "mean"),
+                                    f"{data.dataset} has {channels} channel(s); give one mean and one std per channel"))
+    crop = data.augment.random_crop if data.augment else None
+    if crop is not None and crop.size is not None and crop.size > min(height, width) + 2 * crop.padding:
+        problems.append(SpecProblem(("data", "augment", "random_crop", "size"),
+                                    f"size {crop.size} is larger than the padded {height + 2 * crop.padding}x"
+                                    f"{width + 2 * crop.padding} images of {data.dataset}"))
     return problems
 
 

@@ -2,7 +2,8 @@
 into a Dataset after checking that the archive is safe and complete.
 
 Nothing is extracted to disk: members are read into memory with size caps, so a zip bomb or a
-member named `../../etc/passwd` can do no harm beyond being refused.
+member named `../../etc/passwd` can do no harm beyond being refused. What archiving tools and
+notebooks add (`__MACOSX/`, `.ipynb_checkpoints/`, dotfiles, `Thumbs.db`) is skipped.
 """
 
 from __future__ import annotations
@@ -11,16 +12,23 @@ import csv
 import hashlib
 import io
 import zipfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Literal
 
 import numpy as np
 import torch
 
+from models.contract import InputContract
 from models.data import IDX_FILES, Dataset, DatasetError, holdout_split, idx_dataset, parse_idx
-from models.image import ImageError, decode_grayscale
+from models.image import ImageError, is_grey, open_image, pixels_of
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+SKIPPED_FOLDERS = frozenset({"__MACOSX", ".ipynb_checkpoints"})
+SKIPPED_FILES = frozenset({"thumbs.db", "desktop.ini"})
+ColorMode = Literal["auto", "rgb", "grayscale"]
+IMBALANCE_WARNING = 10  # warn when the largest class has this many times the images of the smallest
 
 
 class ArchiveError(DatasetError):
@@ -40,6 +48,13 @@ class ArchiveLimits:
 class DecodedUpload:
     kind: str  # image_folder | idx | csv
     dataset: Dataset
+    color: str | None = None  # rgb | grayscale for images
+    warnings: list[str] = field(default_factory=list)
+
+
+def _skipped(parts: tuple[str, ...]) -> bool:
+    return (any(part in SKIPPED_FOLDERS or part.startswith(".") for part in parts)
+            or parts[-1].lower() in SKIPPED_FILES)
 
 
 def _safe_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> dict[str, zipfile.ZipInfo]:
@@ -56,7 +71,7 @@ def _safe_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> dict[str, 
         parts = PurePosixPath(name).parts
         if ".." in parts:
             raise ArchiveError(f"unsafe path in archive: {name!r}")
-        if info.is_dir() or parts[0] == "__MACOSX" or parts[-1].startswith("."):
+        if info.is_dir() or _skipped(parts):
             continue
         if info.flag_bits & 0x1:
             raise ArchiveError(f"{name}: encrypted members are not supported")
@@ -87,8 +102,12 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits
 
 
 def decode_archive(data: bytes, *, name: str, test_fraction: float = 0.2, image_size: int | None = None,
-                   seed: int = 0, limits: ArchiveLimits = ArchiveLimits()) -> DecodedUpload:
-    """Check and decode an uploaded zip into a Dataset (image folders, IDX files or CSV)."""
+                   seed: int = 0, color: ColorMode = "auto", min_per_class: int = 5,
+                   limits: ArchiveLimits = ArchiveLimits()) -> DecodedUpload:
+    """Check and decode an uploaded zip into a Dataset (image folders, IDX files or CSV).
+
+    Image folders keep RGB when `color` is auto and any image has colour (or when it is rgb),
+    and become grey (ITU-R 601-2 luma) when none has or it is grayscale."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
@@ -98,12 +117,12 @@ def decode_archive(data: bytes, *, name: str, test_fraction: float = 0.2, image_
         try:
             basenames = {PurePosixPath(p).name.removesuffix(".gz"): p for p in members}
             if set(IDX_FILES.values()) <= basenames.keys():
-                return DecodedUpload("idx", _idx(archive, members, basenames, name, limits))
+                return DecodedUpload("idx", _idx(archive, members, basenames, name, limits), color="grayscale")
             csvs = sorted(p for p in members if p.lower().endswith(".csv"))
             if csvs:
                 return DecodedUpload("csv", _csv(archive, members, csvs, name, test_fraction, seed, limits))
-            return DecodedUpload("image_folder", _image_folders(archive, members, name, test_fraction,
-                                                                image_size, seed, limits))
+            return _image_folders(archive, members, name, test_fraction, image_size, seed, color,
+                                  min_per_class, limits)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
             raise ArchiveError(f"the archive is damaged: {exc}") from None
 
@@ -115,26 +134,22 @@ def _idx(archive, members, basenames, name, limits) -> Dataset:
     return idx_dataset(arrays, name=name)
 
 
-def _image_dataset(name, x_train, y_train, x_test, y_test, classes) -> Dataset:
-    arrays = {"train_images": x_train.numpy(), "train_labels": y_train.numpy(),
-              "test_images": x_test.numpy(), "test_labels": y_test.numpy()}
-    return idx_dataset(arrays, name=name, classes=classes)
-
-
-def _decode_image(data: bytes, path: str, image_size: int | None, limits: ArchiveLimits) -> np.ndarray:
+def _decode_image(data: bytes, path: str, channels: int, image_size: int | None,
+                  limits: ArchiveLimits) -> tuple[np.ndarray, bool]:
+    """(uint8 pixels [channels, H, W], whether the image has colour)."""
     try:
-        return decode_grayscale(data, path, max_pixels=limits.max_image_pixels,
-                                size=(image_size, image_size) if image_size else None)
+        with open_image(data, path, max_pixels=limits.max_image_pixels) as image:
+            array = pixels_of(image, channels, (image_size, image_size) if image_size else None)
+            if channels == 3:
+                return array, not ((array[0] == array[1]).all() and (array[1] == array[2]).all())
+            return array, not is_grey(image)
     except ImageError as exc:
-        raise ArchiveError(str(exc)) from None
+        raise ArchiveError(str(exc) if str(exc).startswith(path) else f"{path}: {exc}") from None
 
 
-def _image_folders(archive, members, name, test_fraction, image_size, seed, limits) -> Dataset:
-    """`train/<class>/*` (+ `test/<class>/*`), or `<class>/*` split by test_fraction."""
-    images = {p: info for p, info in members.items() if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES}
-    if not images:
-        raise ArchiveError("no images, IDX files or CSV found; expected train/<class>/*.png (and test/<class>/...), "
-                           "<class>/*.png, the four IDX files, or a CSV with a label or target column")
+def _class_trees(images: list[str]) -> tuple[dict[str, dict[str, list[str]]], bool]:
+    """Image paths by split and class: `train/<class>/*` (+ `test/<class>/*`), or `<class>/*`;
+    and whether the archive has the split layout."""
     split_layout = all(p.split("/", 1)[0] in ("train", "test") for p in images)
     trees: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
     for path in sorted(images):
@@ -146,27 +161,72 @@ def _image_folders(archive, members, name, test_fraction, image_size, seed, limi
         else:
             raise ArchiveError(f"{path}: expected train/<class>/<image>, test/<class>/<image> or <class>/<image>")
         trees[split].setdefault(label, []).append(path)
+    return trees, split_layout
+
+
+def _check_classes(trees, folders: set[str], min_per_class: int) -> tuple[str, ...]:
+    """The classes, sorted; refuses too few, case-only differences, empty and too small classes."""
     classes = tuple(sorted(trees["train"]))
+    empty = sorted(folders - set(classes) - set(trees["test"]))
+    if empty:
+        raise ArchiveError(f"class folders {empty} hold no images")
     if len(classes) < 2:
         raise ArchiveError(f"a classification dataset needs at least 2 classes; found {list(classes)}")
+    by_case: dict[str, list[str]] = {}
+    for label in sorted(set(classes) | set(trees["test"])):
+        by_case.setdefault(label.casefold(), []).append(label)
+    clashes = [names for names in by_case.values() if len(names) > 1]
+    if clashes:
+        raise ArchiveError(f"class folders differ only by case: {clashes}; rename or merge them")
     unknown = sorted(set(trees["test"]) - set(classes))
     if unknown:
         raise ArchiveError(f"test classes {unknown} have no training images")
-    decoded, size = {}, None
+    small = {label: len(trees["train"][label]) for label in classes if len(trees["train"][label]) < min_per_class}
+    if small:
+        listed = ", ".join(f"{label} ({n})" for label, n in small.items())
+        raise ArchiveError(f"classes with fewer than min_per_class={min_per_class} training images: {listed}; "
+                           "add images or lower min_per_class")
+    return classes
+
+
+def _class_folders(members: dict, split_layout: bool) -> set[str]:
+    """Every class-level folder the archive names, holding images or not."""
+    depth = 2 if split_layout else 1
+    return {p.split("/")[depth - 1] for p in members if p.count("/") >= depth
+            and (not split_layout or p.split("/", 1)[0] == "train")}
+
+
+def _image_folders(archive, members, name, test_fraction, image_size, seed, color, min_per_class,
+                   limits) -> DecodedUpload:
+    """`train/<class>/*` (+ `test/<class>/*`), or `<class>/*` split by test_fraction."""
+    images = {p: info for p, info in members.items() if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES}
+    if not images:
+        raise ArchiveError("no images, IDX files or CSV found; expected train/<class>/*.png (and test/<class>/...), "
+                           "<class>/*.png, the four IDX files, or a CSV with a label or target column")
+    trees, split_layout = _class_trees(list(images))
+    classes = _check_classes(trees, _class_folders(members, split_layout), min_per_class)
+    # Auto decides on colour once every image is seen, so images are decoded as RGB and reduced
+    # to one channel if none had colour (R = G = B reduces to exactly Pillow's luma).
+    channels = 1 if color == "grayscale" else 3
+    decoded, size, coloured = {}, None, 0
     for path in sorted(images):
-        array = _decode_image(_read(archive, images[path], limits), path, image_size, limits)
+        array, has_colour = _decode_image(_read(archive, images[path], limits), path, channels, image_size, limits)
         if size is None:
             size = array.shape
         elif array.shape != size:
-            raise ArchiveError(f"{path} is {array.shape[1]}x{array.shape[0]} but earlier images are "
-                               f"{size[1]}x{size[0]}; set image_size to resize them all")
+            raise ArchiveError(f"{path} is {array.shape[2]}x{array.shape[1]} but earlier images are "
+                               f"{size[2]}x{size[1]}; set image_size to resize them all")
+        coloured += has_colour
         decoded[path] = array
+    if color == "auto" and coloured == 0:
+        decoded = {path: array[:1] for path, array in decoded.items()}
     index = {label: i for i, label in enumerate(classes)}
 
     def stack(tree):
         paths = [(p, index[label]) for label, ps in sorted(tree.items()) for p in ps]
         if not paths:
-            return torch.empty(0, *size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+            first = next(iter(decoded.values()))
+            return torch.empty(0, *first.shape, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         return (torch.from_numpy(np.stack([decoded[p] for p, _ in paths])),
                 torch.tensor([c for _, c in paths], dtype=torch.int64))
 
@@ -174,7 +234,31 @@ def _image_folders(archive, members, name, test_fraction, image_size, seed, limi
     x_test, y_test = stack(trees["test"])
     if len(x_test) == 0:
         x_train, y_train, x_test, y_test = _split(x_train, y_train, test_fraction, seed)
-    return _image_dataset(name, x_train, y_train, x_test, y_test, classes)
+    arrays = {"train_images": x_train.numpy(), "train_labels": y_train.numpy(),
+              "test_images": x_test.numpy(), "test_labels": y_test.numpy()}
+    dataset = idx_dataset(arrays, name=name, classes=classes)
+    warnings = _warnings(dataset)
+    if color == "grayscale" and coloured:
+        warnings.append(f"{coloured} image(s) have colour; they were converted to grey because color=grayscale")
+    return DecodedUpload("image_folder", dataset, color=dataset.contract.color, warnings=warnings)
+
+
+def _warnings(dataset: Dataset) -> list[str]:
+    """What a user should know about an image dataset that is usable as it is."""
+    warnings = []
+    counts = Counter(dataset.y_train.tolist())
+    most, least = max(counts.values()), min(counts.values())
+    if most >= IMBALANCE_WARNING * least:
+        big = max(counts, key=counts.get)
+        small = min(counts, key=counts.get)
+        warnings.append(f"class imbalance: {dataset.classes[big]} has {most} training images but "
+                        f"{dataset.classes[small]} only {least} ({most / least:.0f}x)")
+    train = {hashlib.sha256(row.numpy().tobytes()).digest() for row in dataset.x_train}
+    shared = sum(hashlib.sha256(row.numpy().tobytes()).digest() in train for row in dataset.x_test)
+    if shared:
+        warnings.append(f"{shared} test image(s) are identical to training images: test accuracy will "
+                        "overstate how well the model does on new images")
+    return warnings
 
 
 def _split(x, y, test_fraction, seed):
@@ -257,9 +341,9 @@ def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
     digest = hashlib.sha256()
     for tensor in (x_train, y_train, x_test, y_test):
         digest.update(tensor.numpy().tobytes())
-    return Dataset(name=name, task=task, classes=classes, checksum=digest.hexdigest(),
+    return Dataset(name=name, task=task, checksum=digest.hexdigest(),
                    x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                   preprocess={"kind": "tabular", "features": len(features), "columns": features})
+                   contract=InputContract.tabular(len(features), classes, features))
 
 
 def _label_order(value: str):

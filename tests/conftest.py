@@ -91,6 +91,7 @@ def trained_job(service_env):
     import torch
 
     from models.archs import build_model
+    from models.contract import InputContract
     from models.checkpoint import checkpoint_name, write_checkpoint
     from models.spec import JobSpec
     from service.core import jobs
@@ -108,7 +109,7 @@ def trained_job(service_env):
         size = write_checkpoint(service_env.checkpoint_dir / relative, build_model(spec.model, (1, 28, 28), 10).state_dict(), {
             "spec": spec.model_dump(mode="json"), "task": "classification", "classes": [str(i) for i in range(10)],
             "input_shape": [1, 28, 28], "epoch": epoch, "metrics": {"test_acc": accuracy},
-            "preprocess": {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255}})
+            "input": InputContract.image(1, 28, 28, [str(i) for i in range(10)]).to_json()})
         with db.session_scope() as session:
             jobs.record_epoch(session, job_id=job_id, attempt=attempt, checkpoint_path=relative, checkpoint_size=size,
                               metrics={"epoch": epoch, "train_loss": 1.0 / epoch, "test_loss": 1.0, "test_acc": accuracy})

@@ -84,3 +84,49 @@ def image_folder_zip(classes: list[str], *, per_class: int = 30, test_per_class:
         for i in range(test_per_class):
             files[f"{top}test/{name}/{i}.png"] = png_bytes(index, seed=50_000 + 1000 * index + i)
     return zip_bytes(files)
+
+
+def colour_images(labels: np.ndarray, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """uint8 [N, 3, size, size]: class c is a shape in one of 10 colours of equal luminance
+    (grey alone cannot tell the classes apart), at a random place on a noisy dark background."""
+    hues = np.linspace(0, 2 * np.pi, NUM_CLASSES, endpoint=False)
+    luma = np.array([0.299, 0.587, 0.114])
+    u = np.cross(luma, [0.0, 0.0, 1.0])
+    v = np.cross(luma, u)
+    u, v = u / np.linalg.norm(u), v / np.linalg.norm(v)
+    images = rng.integers(0, 30, size=(len(labels), 3, size, size), dtype=np.int64)
+    for i, label in enumerate(labels):
+        # Colours around a circle in the plane orthogonal to the luma axis: equal brightness.
+        angle = hues[int(label) % NUM_CLASSES]
+        colour = 128 + 90 * (np.cos(angle) * u + np.sin(angle) * v)
+        top, left = rng.integers(0, size // 2, size=2)
+        images[i, :, top:top + size // 2, left:left + size // 2] = colour.round().astype(np.int64)[:, None, None]
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def make_cifar10(root: Path, layout: str = "py", *, per_batch: int = 40, n_test: int = 60, seed: int = 0) -> Path:
+    """CIFAR-10 stand-ins in torchvision's cifar-10-batches-py/ (pickled dicts of numpy arrays,
+    as the real files) or the binary cifar-10-batches-bin/ layout; returns the folder."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = root / f"cifar-10-batches-{layout}"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else per_batch
+        labels = (np.arange(n) % NUM_CLASSES).astype(np.uint8)
+        rng.shuffle(labels)
+        images = colour_images(labels, rng)
+        if layout == "py":
+            batch = {b"batch_label": name.encode(), b"labels": labels.tolist(),
+                     b"data": images.reshape(n, -1), b"filenames": [f"{i}.png".encode() for i in range(n)]}
+            (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        else:
+            (folder / f"{name}.bin").write_bytes(np.concatenate([labels[:, None], images.reshape(n, -1)], axis=1).tobytes())
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    if layout == "py":
+        (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in classes]}, protocol=2))
+    else:
+        (folder / "batches.meta.txt").write_text("\n".join(classes) + "\n")
+    return folder

@@ -220,7 +220,7 @@ STOP_OUTCOMES = {
 def _failure(exc: BaseException) -> tuple[str, str]:
     """Map an exception to a (reason, message) pair for the job record."""
     if isinstance(exc, DatasetError):
-        return "invalid_data", str(exc)
+        return exc.reason, str(exc)
     if isinstance(exc, CheckpointError):
         return "checkpoint_error", str(exc)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:

@@ -45,6 +45,14 @@ def validation_error(problems: list[tuple[tuple, str]]) -> RequestValidationErro
                                    for loc, msg in problems])
 
 
+async def refuse_unknown_fields(request: Request, allowed: frozenset[str]) -> None:
+    """A 422 naming the first form field an upload endpoint does not take (as unknown spec keys are)."""
+    unknown = sorted(set((await request.form()).keys()) - allowed)
+    if unknown:
+        raise validation_error([(("body", unknown[0]), f"unknown field {unknown[0]!r}: this upload takes "
+                                                       f"{', '.join(sorted(allowed))}")])
+
+
 def _printable(value):
     """A request's own input made fit to echo in an error: bytes that are not UTF-8, strings
     holding lone surrogates (valid JSON escapes, e.g. "\\udc80") and numbers JSON cannot hold

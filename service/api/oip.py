@@ -50,7 +50,7 @@ def metadata(name: str, version: int | None, predictor: Predictor, job_id: str, 
     shape = predictor.meta["input_shape"]
     width = len(predictor.classes) if predictor.classes else 1
     inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, *shape]}]
-    if predictor.preprocess.get("kind") == "image":
+    if predictor.contract.images:
         inputs.append({"name": "images", "datatype": "BYTES", "shape": [-1]})
     output = "probabilities" if predictor.task == "classification" else "predictions"
     return {

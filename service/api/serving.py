@@ -376,7 +376,7 @@ class ModelServer:
                                 top_k: int) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
         target, loaded = await self.get(reference)
         predictor = loaded.predictor
-        if predictor.task != "classification" or predictor.preprocess.get("kind") != "image":
+        if predictor.task != "classification" or not predictor.contract.images:
             raise Invalid([(("body", "model"),
                             f"model {reference!r} does not classify images; send JSON inputs instead")])
         if top_k > len(predictor.classes):

@@ -19,10 +19,12 @@ class DatasetInUse(Conflict):
 
 
 def store_upload(session: Session, *, data: bytes, name: str, test_fraction: float, image_size: int | None,
-                 seed: int, datasets_dir: Path, max_image_pixels: int) -> StoredDataset:
+                 seed: int, datasets_dir: Path, max_image_pixels: int, color: str = "auto",
+                 min_per_class: int = 5) -> StoredDataset:
     """Validate and decode an uploaded archive, write its tensors, and record it."""
     try:
         decoded = decode_archive(data, name=name, test_fraction=test_fraction, image_size=image_size, seed=seed,
+                                 color=color, min_per_class=min_per_class,
                                  limits=ArchiveLimits(max_image_pixels=max_image_pixels))
     except DatasetError as exc:
         raise Unprocessable(str(exc)) from exc
@@ -32,7 +34,7 @@ def store_upload(session: Session, *, data: bytes, name: str, test_fraction: flo
     record = StoredDataset(
         id=dataset_id, name=name, kind=decoded.kind, task=dataset.task,
         classes=list(dataset.classes) if dataset.classes else None, input_shape=list(dataset.input_shape),
-        num_train=len(dataset.x_train), num_test=len(dataset.x_test), checksum=dataset.checksum, size_bytes=size,
+        color=decoded.color, warnings=decoded.warnings or None, num_train=len(dataset.x_train), num_test=len(dataset.x_test), checksum=dataset.checksum, size_bytes=size,
     )
     session.add(record)
     session.flush()

@@ -22,12 +22,13 @@ class ExportedModel:
     content: bytes
 
 
-def export_model(session: Session, *, reference: str, fmt: str, settings: Settings) -> ExportedModel:
-    """The model a reference names, in format `fmt`; Unprocessable if the format cannot hold it."""
+def export_model(session: Session, *, reference: str, fmt: str, settings: Settings,
+                 inputs: str = "float") -> ExportedModel:
+    """The model a reference names, in format `fmt` taking `inputs`; Unprocessable if the format cannot hold it."""
     target = resolve(session, reference=reference, settings=settings)
     session.close()  # what follows needs no database
     try:
-        content = export(Predictor.from_checkpoint(target.path), fmt)
+        content = export(Predictor.from_checkpoint(target.path), fmt, inputs)
     except ExportError as exc:
         raise Unprocessable(f"{fmt}: {exc}") from exc
     stem = f"{target.name}-v{target.version}" if target.name else f"job-{target.job_id}-epoch-{target.epoch}"

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from models.archs import build_model
 from models.checkpoint import read_meta, write_checkpoint
 from models.interchange import imported_meta, weights_problems
-from models.spec import MODEL_SPEC
+from models.spec import MODEL_SPEC, NormalizeSpec
 from service.core import jobs
 from service.core.errors import Conflict, Invalid
 from service.core.references import ModelNotFound, resolve
@@ -80,15 +80,25 @@ def _next_version(session: Session, name: str, store, **columns) -> ModelVersion
 
 
 def import_version(session: Session, *, name: str, weights: bytes, model: dict, classes: list[str] | None,
-                   input_shape: list[int], settings: Settings) -> ModelVersion:
+                   input_shape: list[int], settings: Settings, normalize: dict | None = None) -> ModelVersion:
     """Register weights trained elsewhere (a safetensors state_dict) as the next version of `name`.
 
     Nothing is unpickled; the architecture must take `input_shape` and every tensor must fit it,
-    or Invalid names what does not."""
+    or Invalid names what does not. `normalize` ({"mean", "std"} per channel of pixel / 255) is
+    how the images were normalised where the weights were trained."""
     try:
         spec = MODEL_SPEC.validate_python(model)
     except ValidationError as exc:
         raise Invalid([(("body", "model", *e["loc"]), e["msg"]) for e in exc.errors()]) from None
+    norm = None
+    if normalize is not None:
+        try:
+            norm = NormalizeSpec.model_validate(normalize)
+        except ValidationError as exc:
+            raise Invalid([(("body", "normalize", *e["loc"]), e["msg"]) for e in exc.errors()]) from None
+        if len(input_shape) != 3 or len(norm.mean) != input_shape[0]:
+            raise Invalid([(("body", "normalize"), "normalize needs an image input_shape and one mean and std "
+                                                   "per channel")])
     outputs = len(classes) if classes else 1
     try:
         net = build_model(spec, input_shape, outputs)
@@ -104,7 +114,8 @@ def import_version(session: Session, *, name: str, weights: bytes, model: dict, 
     problems = weights_problems(net, state)
     if problems:
         raise Invalid([(("body", "file", tensor), message) for tensor, message in problems])
-    meta = imported_meta(spec.model_dump(mode="json"), classes, input_shape)
+    meta = imported_meta(spec.model_dump(mode="json"), classes, input_shape,
+                         norm.mean if norm else None, norm.std if norm else None)
 
     def store(relative: str) -> None:
         write_checkpoint(settings.registry_dir / relative, state, meta)

@@ -186,6 +186,8 @@ class StoredDataset(Base):
     task: Mapped[str] = mapped_column(String(20))
     classes: Mapped[list | None] = mapped_column(JSON)
     input_shape: Mapped[list] = mapped_column(JSON)
+    color: Mapped[str | None] = mapped_column(String(20))  # rgb | grayscale for images
+    warnings: Mapped[list | None] = mapped_column(JSON)
     num_train: Mapped[int] = mapped_column(Integer)
     num_test: Mapped[int] = mapped_column(Integer)
     checksum: Mapped[str] = mapped_column(String(64))

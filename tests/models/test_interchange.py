@@ -4,6 +4,7 @@ from elsewhere are checked tensor by tensor."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import onnx
@@ -13,7 +14,8 @@ import torch
 from safetensors.torch import load
 
 from models.archs import build_model
-from models.interchange import FORMATS, export, header, imported_meta, weights_problems
+from models.contract import InputContract
+from models.interchange import FORMATS, ExportError, export, header, imported_meta, weights_problems
 from models.predictor import Predictor
 from models.spec import MODEL_SPEC, JobSpec
 
@@ -42,10 +44,11 @@ def predictor_for(model: dict, shape: list[int], classes: int | None, data: dict
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
+    names = [f"c{i}" for i in range(classes)] if classes else None
     meta = {"spec": spec.model_dump(mode="json"), "task": "classification" if classes else "regression",
-            "classes": [f"c{i}" for i in range(classes)] if classes else None, "input_shape": shape,
-            "preprocess": {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255}
-            if len(shape) == 3 else {"kind": "tabular", "features": shape[0]}}
+            "classes": names, "input_shape": shape,
+            "input": (InputContract.image(*shape[:1], 28, 28, names) if len(shape) == 3
+                      else InputContract.tabular(shape[0], names)).to_json()}
     return Predictor(net, meta)
 
 
@@ -71,7 +74,9 @@ def test_the_safetensors_header_says_how_to_use_the_weights():
     predictor = predictor_for(*ARCHITECTURES["lenet-sigmoid-avg"])
     meta = header(predictor.meta)
     assert meta["task"] == "classification" and meta["input_shape"] == "[1, 28, 28]"
-    assert '"arch": "lenet"' in meta["model"] and '"scale": 0.00392' in meta["preprocess"]
+    assert '"arch": "lenet"' in meta["model"]
+    assert json.loads(meta["input"]) == {"kind": "image", "classes": [f"c{i}" for i in range(10)], "channels": 1,
+                                         "height": 28, "width": 28, "resize": "bilinear"}
     assert set(FORMATS) == {"safetensors", "torchscript", "onnx"}
 
 
@@ -92,7 +97,81 @@ def test_weights_that_do_not_fit_are_named_tensor_by_tensor():
 
 def test_imported_weights_describe_their_inputs():
     images = imported_meta({"arch": "lenet"}, ["a", "b"], [1, 32, 32])
-    assert images["preprocess"] == {"kind": "image", "channels": 1, "height": 32, "width": 32, "scale": 1 / 255}
+    assert InputContract.from_meta(images) == InputContract.image(1, 32, 32, ["a", "b"])
     assert images["task"] == "classification"
+    colour = InputContract.from_meta(imported_meta({"arch": "lenet"}, ["a", "b"], [3, 32, 32], [0.5] * 3, [0.25] * 3))
+    assert colour.channels == 3 and colour.mean == [0.5] * 3 and colour.std == [0.25] * 3
     rows = imported_meta({"arch": "linear_regression"}, None, [3])
-    assert rows["task"] == "regression" and rows["preprocess"] == {"kind": "tabular", "features": 3}
+    assert rows["task"] == "regression" and InputContract.from_meta(rows) == InputContract.tabular(3)
+
+
+def colour_predictor() -> Predictor:
+    spec = JobSpec.model_validate({"model": {"arch": "lenet", "activation": "relu"}, "data": {"dataset": "cifar10"}})
+    torch.manual_seed(0)
+    net = build_model(spec.model, [3, 32, 32], 10)
+    contract = InputContract.image(3, 32, 32, [f"c{i}" for i in range(10)]).with_normalisation(
+        [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
+    meta = {"spec": spec.model_dump(mode="json"), "task": "classification", "classes": contract.classes,
+            "input_shape": [3, 32, 32], "input": contract.to_json()}
+    return Predictor(net, meta)
+
+
+def test_every_export_states_the_input_contract(tmp_path):
+    from safetensors import safe_open
+
+    predictor = colour_predictor()
+    want = predictor.contract.to_json()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(export(predictor, "safetensors"))
+    with safe_open(str(path), framework="pt") as fh:
+        assert json.loads(fh.metadata()["input"]) == want
+    graph = onnx.load_from_string(export(predictor, "onnx"))
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(props["input"]) == want and props["inputs"] == "float"
+    extra = {"trainyard.json": ""}
+    torch.jit.load(io.BytesIO(export(predictor, "torchscript", "pixels")), _extra_files=extra)
+    assert json.loads(json.loads(extra["trainyard.json"])["input"]) == want
+
+
+PIXEL_CLIENT = r"""
+import io, json, sys
+import numpy as np, onnxruntime
+from PIL import Image
+graph, images = sys.argv[1], json.loads(sys.argv[2])
+session = onnxruntime.InferenceSession(graph)
+meta = session.get_modelmeta().custom_metadata_map
+contract = json.loads(meta["input"])
+batch = []
+for path in images:
+    image = Image.open(path).convert("RGB").resize((contract["width"], contract["height"]), Image.Resampling.BILINEAR)
+    batch.append(np.asarray(image).transpose(2, 0, 1))
+(probs,) = session.run(None, {"pixels": np.stack(batch).astype(np.uint8)})
+assert not any(name.split(".")[0] in ("models", "service", "workers") for name in sys.modules)
+print(json.dumps(probs.tolist()))
+"""
+
+
+def test_an_onnx_export_with_pixels_in_predicts_what_predict_does_without_trainyard(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    predictor = colour_predictor()
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(export(predictor, "onnx", "pixels"))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(32, 32), (50, 40), (20, 64)]):
+        image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    done = subprocess.run([sys.executable, "-I", "-c", PIXEL_CLIENT, str(graph), json.dumps([str(p) for p in paths])],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = np.array(json.loads(done.stdout))
+    pixels = torch.from_numpy(np.stack([predictor.decode_pixels(p.read_bytes(), p.name, max_pixels=10**6)
+                                        for p in paths]))
+    np.testing.assert_allclose(got, predictor.probabilities(pixels).numpy(), atol=1e-4, rtol=0)
+    with pytest.raises(ExportError, match="image models"):
+        export(predictor_for(*ARCHITECTURES["linear-regression"]), "onnx", "pixels")

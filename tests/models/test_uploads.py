@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.contract import InputContract
 from models.data import IDX_FILES, load_stored_dataset, save_stored_dataset
 from models.uploads import ArchiveError, ArchiveLimits, decode_archive
 from tests.datagen import class_images, image_folder_zip, png_bytes, write_idx, zip_bytes
@@ -17,7 +18,7 @@ def test_image_folder_with_train_and_test_trees():
     assert upload.kind == "image_folder" and data.classes == ("cat", "dog", "emu")
     assert data.x_train.shape == (15, 1, 28, 28) and data.x_train.dtype == torch.uint8
     assert data.y_train.tolist() == [0] * 5 + [1] * 5 + [2] * 5 and len(data.x_test) == 6
-    assert data.preprocess == {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255}
+    assert data.contract == InputContract.image(1, 28, 28, ["cat", "dog", "emu"]) and upload.color == "grayscale"
 
 
 def test_single_tree_is_split_by_test_fraction_and_images_resized_on_request():
@@ -72,7 +73,7 @@ def test_csv_classification_and_regression():
 ])
 def test_bad_archives_are_refused_with_the_reason(files, message):
     with pytest.raises(ArchiveError, match=message):
-        decode_archive(zip_bytes(files), name="bad")
+        decode_archive(zip_bytes(files), name="bad", min_per_class=1)
 
 
 def test_not_a_zip_and_zip_bombs_are_refused():
@@ -102,8 +103,86 @@ def test_a_member_bigger_than_its_header_is_refused():
 
 
 def test_stored_dataset_round_trip(tmp_path):
-    data = decode_archive(image_folder_zip(["x", "y"], per_class=3, test_per_class=1), name="xy").dataset
+    data = decode_archive(image_folder_zip(["x", "y"], per_class=3, test_per_class=1), name="xy",
+                          min_per_class=3).dataset
     save_stored_dataset(tmp_path / "d.safetensors", data, {"kind": "image_folder"})
     again = load_stored_dataset(tmp_path / "d.safetensors")
-    assert again.classes == data.classes and again.checksum == data.checksum and again.preprocess == data.preprocess
+    assert again.classes == data.classes and again.checksum == data.checksum and again.contract == data.contract
     assert torch.equal(again.x_train, data.x_train) and torch.equal(again.y_test, data.y_test)
+
+
+def solid_png(rgb, *, size: int = 8, noise_seed: int | None = None) -> bytes:
+    """A PNG of one colour, with a little seeded noise (the same in every channel) when asked."""
+    array = np.broadcast_to(np.array(rgb, dtype=np.int64), (size, size, 3)).copy()
+    if noise_seed is not None:
+        array += np.random.default_rng(noise_seed).integers(0, 4, size=(size, size, 1))
+    return png_array(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def png_array(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 120, 30), "blue": (30, 30, 200)}
+
+
+def colour_zip(per_class: int = 6) -> bytes:
+    return zip_bytes({f"{name}/{i}.png": solid_png(rgb, noise_seed=100 * j + i)
+                      for j, (name, rgb) in enumerate(COLOURS.items()) for i in range(per_class)})
+
+
+def test_colour_is_kept_and_grey_stays_one_channel():
+    auto = decode_archive(colour_zip(), name="c", test_fraction=0.25)
+    assert auto.color == "rgb" and auto.dataset.input_shape == (3, 8, 8)
+    red = auto.dataset.x_train[auto.dataset.y_train == auto.dataset.classes.index("red")][0]
+    assert red[:, 0, 0].tolist()[0] > 190 and red[1:, 0, 0].max() < 40
+    grey = decode_archive(image_folder_zip(["a", "b"], per_class=5, test_per_class=2), name="g")
+    assert grey.color == "grayscale" and grey.dataset.input_shape == (1, 28, 28)
+    # Grey images saved as RGB are grey too, and reduce to exactly the luma of their grey form.
+    as_rgb = {f"{c}/{i}.png": png_bytes(j, seed=i, mode="RGB") for j, c in enumerate("ab") for i in range(5)}
+    as_l = {f"{c}/{i}.png": png_bytes(j, seed=i) for j, c in enumerate("ab") for i in range(5)}
+    one, other = (decode_archive(zip_bytes(files), name="x").dataset for files in (as_rgb, as_l))
+    assert one.input_shape == (1, 28, 28) and torch.equal(one.x_train, other.x_train)
+    forced = decode_archive(colour_zip(), name="c", color="grayscale")
+    assert forced.color == "grayscale" and forced.dataset.input_shape == (1, 8, 8)
+    assert any("have colour" in w for w in forced.warnings)
+    assert decode_archive(zip_bytes(as_l), name="x", color="rgb").dataset.input_shape == (3, 28, 28)
+
+
+def test_what_archivers_and_notebooks_add_is_skipped():
+    files = {f"{c}/{i}.png": png_bytes(j, seed=i) for j, c in enumerate("ab") for i in range(5)}
+    files.update({"__MACOSX/a/._0.png": b"junk", "a/.ipynb_checkpoints/0-checkpoint.png": b"junk",
+                  ".ipynb_checkpoints/x.png": b"junk", "a/.DS_Store": b"junk", "b/Thumbs.db": b"junk",
+                  ".hidden.png": b"junk"})
+    data = decode_archive(zip_bytes(files), name="x").dataset
+    assert data.classes == ("a", "b") and len(data.x_train) + len(data.x_test) == 10
+
+
+@pytest.mark.parametrize("files, message", [
+    ({**{f"Cat/{i}.png": png_bytes(0, seed=i) for i in range(5)}, **{f"cat/{i}.png": png_bytes(0, seed=i)
+                                                                     for i in range(5)},
+      **{f"dog/{i}.png": png_bytes(1, seed=i) for i in range(5)}}, r"differ only by case: \[\['Cat', 'cat'\]\]"),
+    ({**{f"a/{i}.png": png_bytes(0, seed=i) for i in range(5)}, **{f"b/{i}.png": png_bytes(1, seed=i)
+                                                                   for i in range(5)}, "c/notes.txt": b"x"},
+     r"class folders \['c'\] hold no images"),
+    ({**{f"a/{i}.png": png_bytes(0, seed=i) for i in range(5)}, **{f"b/{i}.png": png_bytes(1, seed=i)
+                                                                   for i in range(2)}},
+     r"fewer than min_per_class=5 training images: b \(2\)"),
+])
+def test_unusable_classes_are_refused_listing_them(files, message):
+    with pytest.raises(ArchiveError, match=message):
+        decode_archive(zip_bytes(files), name="bad")
+
+
+def test_imbalance_and_test_images_seen_in_training_are_warned_about():
+    files = {f"train/a/{i}.png": png_bytes(0, seed=i) for i in range(50)}
+    files.update({f"train/b/{i}.png": png_bytes(1, seed=i) for i in range(5)})
+    files.update({"test/a/0.png": png_bytes(0, seed=3), "test/b/0.png": png_bytes(1, seed=999)})
+    warnings = decode_archive(zip_bytes(files), name="w").warnings
+    assert any("class imbalance: a has 50 training images but b only 5 (10x)" in w for w in warnings)
+    assert any(w.startswith("1 test image(s) are identical to training images") for w in warnings)
+    assert decode_archive(image_folder_zip(["a", "b"], per_class=5, test_per_class=2), name="ok").warnings == []

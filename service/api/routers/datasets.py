@@ -5,14 +5,18 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from typing import Literal
+
+from fastapi import APIRouter, File, Form, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
+from service.api.errors import refuse_unknown_fields
 from service.api.schemas.datasets import DatasetPublic, DatasetsPublic
 from service.core import datasets
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+UPLOAD_FIELDS = frozenset({"file", "name", "test_fraction", "image_size", "seed", "color", "min_per_class"})
 NOT_FOUND = {404: {"description": "No such dataset"}}
 
 
@@ -21,6 +25,7 @@ NOT_FOUND = {404: {"description": "No such dataset"}}
     422: {"description": "The archive is unsafe, damaged or not a dataset layout"},
 })
 async def upload_dataset(
+    request: Request,
     session: WriteSessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="a zip: train/<class>/*.png (+ test/...), <class>/*.png, "
@@ -29,14 +34,18 @@ async def upload_dataset(
     test_fraction: Annotated[float, Form(gt=0, lt=1, description="test share when the archive has no test split")] = 0.2,
     image_size: Annotated[int | None, Form(ge=8, le=512, description="resize every image to this square")] = None,
     seed: Annotated[int, Form(ge=0, le=2**31)] = 0,
+    color: Annotated[Literal["auto", "rgb", "grayscale"], Form(
+        description="auto: RGB if any image has colour, else grey; rgb; grayscale")] = "auto",
+    min_per_class: Annotated[int, Form(ge=1, le=100_000, description="refuse classes with fewer training images")] = 5,
 ) -> DatasetPublic:
     """Validate, decode and store a dataset; specs then use it as `uploaded:<id>`."""
+    await refuse_unknown_fields(request, UPLOAD_FIELDS)
     data = await file.read()
     label = name or PurePath(file.filename or "dataset").stem or "dataset"
     record = await run_in_threadpool(
         datasets.store_upload, session, data=data, name=label, test_fraction=test_fraction,
-        image_size=image_size, seed=seed, datasets_dir=settings.datasets_dir,
-        max_image_pixels=settings.max_image_pixels)
+        image_size=image_size, seed=seed, color=color, min_per_class=min_per_class,
+        datasets_dir=settings.datasets_dir, max_image_pixels=settings.max_image_pixels)
     session.commit()
     return DatasetPublic.model_validate(record)
 

@@ -35,6 +35,7 @@ MULTIPART_SCHEMA = {
         "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
     },
 }
+FORM_FIELDS = frozenset(MULTIPART_SCHEMA["properties"])
 PREDICT_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": MULTIPART_SCHEMA},
     "application/json": {"schema": PredictValues.model_json_schema()},
@@ -67,6 +68,10 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
         parts = parse_form(await request.body(), request.headers["content-type"], max_parts=limit + 20)
     except FormError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    unknown = sorted({part.name for part in parts} - FORM_FIELDS)
+    if unknown:
+        raise _invalid((unknown[0],), f"unknown field {unknown[0]!r}: this upload takes "
+                                      f"{', '.join(sorted(FORM_FIELDS))}")
     fields = {part.name: part.text for part in parts if part.filename is None}
     model = fields.get("model")
     if model is None or not 1 <= len(model) <= 200:

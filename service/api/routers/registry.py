@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
+from service.api.errors import refuse_unknown_fields
 from service.api.schemas.registry import (
     MAX_INT,
     AliasUpdate,
@@ -82,31 +83,37 @@ def delete_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_IN
 FormatParam = Annotated[Literal["safetensors", "torchscript", "onnx"], Query(
     alias="format", description="safetensors: the plain state_dict with the metadata in its header; "
                                 "torchscript and onnx (opset 17): float inputs in, probabilities out")]
+InputsParam = Annotated[Literal["float", "pixels"], Query(
+    description="float: the network's normalised float inputs; pixels (torchscript and onnx, image models): "
+                "uint8 [N, C, H, W] at the model's size, normalisation inside the graph")]
 EXPORTED = {200: {"content": {"application/octet-stream": {}}, "description": "The model file"},
             **NOT_FOUND, 409: {"description": "The job has no checkpoint yet"},
             422: {"description": "The format cannot hold this model"}}
 
 
-async def _export(session, settings, reference: str, fmt: str) -> Response:
-    exported = await run_in_threadpool(exports.export_model, session, reference=reference, fmt=fmt, settings=settings)
+async def _export(session, settings, reference: str, fmt: str, inputs: str) -> Response:
+    exported = await run_in_threadpool(exports.export_model, session, reference=reference, fmt=fmt,
+                                       settings=settings, inputs=inputs)
     return Response(exported.content, media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'})
 
 
 @router.get("/{name}/versions/{version}/export", response_class=Response, responses=EXPORTED)
 async def export_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], session: SessionDep,
-                         settings: SettingsDep, fmt: FormatParam = "safetensors") -> Response:
+                         settings: SettingsDep, fmt: FormatParam = "safetensors",
+                         inputs: InputsParam = "float") -> Response:
     """Download one version of a model as safetensors, TorchScript or ONNX."""
-    return await _export(session, settings, f"{name}:{version}", fmt)
+    return await _export(session, settings, f"{name}:{version}", fmt, inputs)
 
 
 @router.get("/{reference}/export", response_class=Response, responses=EXPORTED)
 async def export_reference(reference: Annotated[str, Path(max_length=200, description=(
                                "name (its production alias, else the latest version), name:VERSION, name@ALIAS, "
                                "job:ID or job:ID:best|last|EPOCH"))],
-                           session: SessionDep, settings: SettingsDep, fmt: FormatParam = "safetensors") -> Response:
+                           session: SessionDep, settings: SettingsDep, fmt: FormatParam = "safetensors",
+                           inputs: InputsParam = "float") -> Response:
     """Download the model any reference names, a job's checkpoint included."""
-    return await _export(session, settings, reference, fmt)
+    return await _export(session, settings, reference, fmt, inputs)
 
 
 def _json_field(field: str, raw: str | None, default=None):
@@ -118,10 +125,14 @@ def _json_field(field: str, raw: str | None, default=None):
         raise Invalid([(("body", field), f"{field} must be JSON: {exc}")]) from None
 
 
+IMPORT_FIELDS = frozenset({"file", "name", "model", "classes", "input_shape", "normalize"})
+
+
 @router.post("/import", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic, responses={
     413: {"description": "The upload is larger than the limit"},
     422: {"description": "The weights do not fit the architecture, or a field is invalid"}})
 async def import_model(
+    request: Request,
     session: WriteSessionDep, settings: SettingsDep, server: ModelServerDep,
     file: Annotated[UploadFile, File(description="a safetensors state_dict (nothing is unpickled)")],
     name: Annotated[str, Form(pattern=f"^{MODEL_NAME}$")],
@@ -129,9 +140,12 @@ async def import_model(
                                                                'e.g. {"arch": "lenet"}')],
     classes: Annotated[str | None, Form(max_length=100_000, description="JSON list of class names; "
                                                                         "none for a regression model")] = None,
-    input_shape: Annotated[str, Form(max_length=200, description="JSON list, e.g. [1, 28, 28]")] = "[1, 28, 28]",
+    input_shape: Annotated[str, Form(max_length=200, description="JSON list, e.g. [1, 28, 28] or [3, 224, 224]")] = "[1, 28, 28]",
+    normalize: Annotated[str | None, Form(max_length=1000, description='how images were normalised, as JSON '
+                                          '{"mean": [...], "std": [...]} per channel of pixel / 255')] = None,
 ) -> ModelVersionPublic:
     """Register weights trained elsewhere as the next version of a model; predict serves it like any other."""
+    await refuse_unknown_fields(request, IMPORT_FIELDS)
     spec = _json_field("model", model)
     names = _json_field("classes", classes)
     shape = _json_field("input_shape", input_shape)
@@ -145,7 +159,8 @@ async def import_model(
         raise Invalid([(("body", "input_shape"), "input_shape must be [features] or [channels, height, width]")])
     weights = await file.read()
     version = await run_in_threadpool(registry.import_version, session, name=name, weights=weights, model=spec,
-                                      classes=names, input_shape=shape, settings=settings)
+                                      classes=names, input_shape=shape, settings=settings,
+                                      normalize=_json_field("normalize", normalize))
     session.commit()
     server.references.clear()
     return ModelVersionPublic.model_validate(version)

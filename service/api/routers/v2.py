@@ -133,7 +133,7 @@ async def _run(server: ModelServer, loaded: LoadedModel, header, binary: bytes, 
     data, _ = oip.tensor_data(spec, binary, 0)
     if spec.get("datatype") == "FP32":
         return await server.probabilities(loaded, oip.fp32_input(spec, data, predictor, settings.max_batch_size))
-    if spec.get("datatype") == "BYTES" and predictor.preprocess.get("kind") == "image":
+    if spec.get("datatype") == "BYTES" and predictor.contract.images:
         images = oip.encoded_images(spec, data, settings.max_files_per_request)
         try:
             return await server.image_probabilities(loaded, images)

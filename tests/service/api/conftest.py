@@ -7,6 +7,7 @@ import torch
 
 from models.archs import build_model
 from models.checkpoint import write_checkpoint
+from models.contract import InputContract
 from models.predictor import Predictor
 from models.spec import JobSpec
 
@@ -19,7 +20,7 @@ def write_model(path, seed: int):
     write_checkpoint(path, model.state_dict(), {
         "spec": spec.model_dump(mode="json"), "task": "classification", "classes": [str(i) for i in range(10)],
         "input_shape": [1, 28, 28], "epoch": 1,
-        "preprocess": {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255}})
+        "input": InputContract.image(1, 28, 28, [str(i) for i in range(10)]).to_json()})
     return path
 
 

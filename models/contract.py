@@ -1,0 +1,118 @@
+"""A model's input contract: what it expects and how an input becomes what it sees.
+
+One typed object, stored in every checkpoint and export, applied by this code alone in training's
+evaluation, /v1/predict, the v2 protocol, the dashboard and the exports:
+
+- images: uint8 pixels [C, H, W] with C = 1 (grey, ITU-R 601-2 luma) or 3 (RGB), any input
+  resized to H x W (bilinear), then x / 255 normalised per channel: (x / 255 - mean) / std;
+- tabular: `features` float columns, used as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.image import ImageError, decode_image
+
+Channels = Literal[1, 3]
+
+
+class InputContract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["image", "tabular"]
+    classes: list[str] | None = None
+    # images
+    channels: Channels | None = None
+    height: Annotated[int | None, Field(ge=1)] = None
+    width: Annotated[int | None, Field(ge=1)] = None
+    resize: Literal["bilinear"] = "bilinear"
+    mean: list[float] | None = None
+    std: list[Annotated[float, Field(gt=0)]] | None = None
+    # tabular
+    features: Annotated[int | None, Field(ge=1)] = None
+    columns: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> InputContract:
+        if self.kind == "image":
+            if self.channels is None or self.height is None or self.width is None:
+                raise ValueError("an image contract needs channels, height and width")
+            for name in ("mean", "std"):
+                values = getattr(self, name)
+                if values is not None and len(values) != self.channels:
+                    raise ValueError(f"{name} has {len(values)} values for {self.channels} channel(s)")
+        elif self.features is None:
+            raise ValueError("a tabular contract needs features")
+        return self
+
+    @classmethod
+    def image(cls, channels: int, height: int, width: int, classes=None) -> InputContract:
+        return cls(kind="image", channels=channels, height=height, width=width,
+                   classes=list(classes) if classes else None)
+
+    @classmethod
+    def tabular(cls, features: int, classes=None, columns=None) -> InputContract:
+        return cls(kind="tabular", features=features, classes=list(classes) if classes else None, columns=columns)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> InputContract:
+        """The contract a checkpoint's metadata holds; checkpoints written before the contract
+        existed (a `preprocess` dict: grey images, x / 255) read as the same contract."""
+        if "input" in meta:
+            return cls.model_validate(meta["input"])
+        old, classes = meta["preprocess"], meta.get("classes")
+        if old.get("kind") == "image":
+            return cls.image(old["channels"], old["height"], old["width"], classes)
+        return cls.tabular(old["features"], classes, old.get("columns"))
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json())
+
+    @property
+    def images(self) -> bool:
+        return self.kind == "image"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.channels, self.height, self.width) if self.images else (self.features,)
+
+    @property
+    def color(self) -> str | None:
+        return None if not self.images else ("rgb" if self.channels == 3 else "grayscale")
+
+    @property
+    def normalised(self) -> bool:
+        return self.mean is not None or self.std is not None
+
+    def with_normalisation(self, mean, std) -> InputContract:
+        return self.model_copy(update={"mean": [float(m) for m in mean], "std": [float(s) for s in std]})
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift) per channel with float = pixel * scale + shift, as float32."""
+        mean = np.asarray(self.mean if self.mean is not None else [0.0] * self.channels, dtype=np.float64)
+        std = np.asarray(self.std if self.std is not None else [1.0] * self.channels, dtype=np.float64)
+        return (1 / (255 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+    def to_float(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [..., C, H, W] to the float inputs the network sees (the stored pixels unchanged)."""
+        x = pixels.float()
+        if not self.normalised:
+            return x.mul_(1 / 255)
+        scale, shift = (torch.from_numpy(a).to(x.device).view(-1, 1, 1) for a in self.affine())
+        return x.mul_(scale).add_(shift)
+
+    def decode(self, data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
+        """One encoded image as the uint8 pixels [C, H, W] this contract takes."""
+        if not self.images:
+            raise ImageError(f"{name}: this model takes numeric inputs, not images")
+        return decode_image(data, name, channels=self.channels, max_pixels=max_pixels,
+                            size=(self.width, self.height))
