@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 FORMAT = "trainyard-checkpoint/1"
-_META_KEY = "trainyard"
+META_KEY = "trainyard"
 
 
 class CheckpointError(Exception):
@@ -31,7 +31,7 @@ def checkpoint_name(epoch: int) -> str:
 def write_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> int:
     """Write weights + metadata atomically (temp file, fsync, rename); returns the file size."""
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
-    payload = save(tensors, metadata={_META_KEY: json.dumps({"format": FORMAT, **meta})})
+    payload = save(tensors, metadata={META_KEY: json.dumps({"format": FORMAT, **meta})})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -55,9 +55,9 @@ def read_meta(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path.name} does not exist") from exc
     except Exception as exc:  # safetensors raises its own error types for malformed headers
         raise CheckpointError(f"checkpoint {path.name} is not a readable safetensors file: {exc}") from exc
-    if _META_KEY not in header:
+    if META_KEY not in header:
         raise CheckpointError(f"checkpoint {path.name} has no trainyard metadata")
-    meta = json.loads(header[_META_KEY])
+    meta = json.loads(header[META_KEY])
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path.name} has unknown format {meta.get('format')!r}")
     return meta

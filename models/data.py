@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,19 +177,34 @@ def idx_dataset(arrays: dict[str, np.ndarray], *, name: str, classes: tuple[str,
         classes = tuple(str(c) for c in range(top + 1))
     if top >= len(classes):
         raise DatasetError(f"labels go up to {top}; {name} has {len(classes)} classes")
+    writable = {key: a if a.flags.writeable else np.array(a) for key, a in arrays.items()}  # parsed files are read-only
+    return image_dataset(writable, name=name, classes=classes)
+
+
+def array_digest(arrays: dict[str, np.ndarray], chunk_bytes: int = 16 * 1024 * 1024) -> str:
+    """SHA-256 of the arrays' bytes in key order, read a chunk at a time (they may be memory-mapped)."""
     digest = hashlib.sha256()
     for key in sorted(arrays):
-        digest.update(arrays[key].tobytes())
+        array = arrays[key]
+        rows = max(1, chunk_bytes // max(1, array[:1].nbytes)) if array.ndim else 1
+        for start in range(0, max(len(array), 1) if array.ndim else 1, rows):
+            digest.update(np.ascontiguousarray(array[start:start + rows] if array.ndim else array).tobytes())
+    return digest.hexdigest()
+
+
+def image_dataset(arrays: dict[str, np.ndarray], *, name: str, classes: tuple[str, ...]) -> Dataset:
+    """A classification Dataset of checked uint8 images [N, C, H, W] and labels (keys of
+    IDX_FILES), sharing the arrays' memory (in RAM or memory-mapped) rather than copying them."""
     channels, height, width = arrays["train_images"].shape[1:]
     return Dataset(
         name=name,
         task="classification",
-        x_train=torch.from_numpy(np.array(arrays["train_images"])),  # copies: parsed files are read-only
+        x_train=torch.from_numpy(arrays["train_images"]),
         y_train=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-        x_test=torch.from_numpy(np.array(arrays["test_images"])),
+        x_test=torch.from_numpy(arrays["test_images"]),
         y_test=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
         contract=InputContract.image(channels, height, width, classes),
-        checksum=digest.hexdigest(),
+        checksum=array_digest(arrays),
     )
 
 
@@ -237,21 +253,29 @@ def stored_dataset_path(datasets_dir: Path, dataset_id: str) -> Path:
 
 
 def save_stored_dataset(path: Path, dataset: Dataset, extra: dict | None = None) -> int:
-    """Write a decoded dataset as one safetensors file (tensors plus JSON metadata), atomically."""
-    from models.checkpoint import write_checkpoint
+    """Write a decoded dataset as one safetensors file (tensors plus JSON metadata), atomically,
+    streaming its tensors (which may be memory-mapped themselves) a chunk at a time."""
+    from models.checkpoint import FORMAT, META_KEY
+    from models.stored import write_arrays
 
-    meta = {"name": dataset.name, "task": dataset.task, "classes": list(dataset.classes) if dataset.classes else None,
+    meta = {"format": FORMAT, "name": dataset.name, "task": dataset.task,
+            "classes": list(dataset.classes) if dataset.classes else None,
             "checksum": dataset.checksum, "input": dataset.contract.to_json(), **(extra or {})}
-    return write_checkpoint(path, {k: getattr(dataset, k) for k in _STORED_TENSORS}, meta)
+    return write_arrays(path, {k: getattr(dataset, k) for k in _STORED_TENSORS}, {META_KEY: json.dumps(meta)})
 
 
 def load_stored_dataset(path: Path) -> Dataset:
-    """Read a dataset written by save_stored_dataset."""
-    from models.checkpoint import CheckpointError, read_checkpoint
+    """A dataset written by save_stored_dataset, its tensors memory-mapped: a set larger than
+    memory trains batch by batch, holding only the pages its batches touch."""
+    from models.checkpoint import FORMAT, META_KEY
+    from models.stored import StoredFileError, read_arrays
 
     try:
-        tensors, meta = read_checkpoint(path)
-    except CheckpointError as exc:
+        tensors, header = read_arrays(path)
+        meta = json.loads(header[META_KEY])
+        if meta.get("format") != FORMAT or not set(_STORED_TENSORS) <= tensors.keys():
+            raise StoredFileError(f"{path.name} is not a stored dataset")
+    except (StoredFileError, KeyError, ValueError) as exc:
         raise DatasetError(f"stored dataset {path.stem} cannot be read: {exc}") from None
     return Dataset(name=meta["name"], task=meta["task"], checksum=meta["checksum"],
                    contract=InputContract.from_meta(meta), **{k: tensors[k] for k in _STORED_TENSORS})

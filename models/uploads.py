@@ -11,17 +11,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
+import tempfile
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
-from typing import Literal
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
 
 from models.contract import InputContract
-from models.data import IDX_FILES, Dataset, DatasetError, holdout_split, idx_dataset, parse_idx
+from models.data import IDX_FILES, Dataset, DatasetError, holdout_split, idx_dataset, image_dataset, parse_idx
 from models.image import ImageError, is_grey, open_image, pixels_of
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
@@ -50,6 +53,7 @@ class DecodedUpload:
     dataset: Dataset
     color: str | None = None  # rgb | grayscale for images
     warnings: list[str] = field(default_factory=list)
+    cleanup: Callable[[], None] = lambda: None  # removes decoding files once the dataset is written out
 
 
 def _skipped(parts: tuple[str, ...]) -> bool:
@@ -101,17 +105,32 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits
     return data
 
 
-def decode_archive(data: bytes, *, name: str, test_fraction: float = 0.2, image_size: int | None = None,
+def decode_archive(data: bytes | BinaryIO, *, name: str, test_fraction: float = 0.2, image_size: int | None = None,
                    seed: int = 0, color: ColorMode = "auto", min_per_class: int = 5,
-                   limits: ArchiveLimits = ArchiveLimits()) -> DecodedUpload:
-    """Check and decode an uploaded zip into a Dataset (image folders, IDX files or CSV).
+                   limits: ArchiveLimits = ArchiveLimits(), workdir: Path | None = None) -> DecodedUpload:
+    """Check and decode an uploaded zip (bytes, or a seekable file, read member by member) into a
+    Dataset (image folders, IDX files or CSV).
 
     Image folders keep RGB when `color` is auto and any image has colour (or when it is rgb),
-    and become grey (ITU-R 601-2 luma) when none has or it is grayscale."""
+    and become grey (ITU-R 601-2 luma) when none has or it is grayscale. With `workdir`, decoded
+    images go to memory-mapped files there, image by image (the caller writes the dataset out,
+    then calls `cleanup` on the result)."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
     except zipfile.BadZipFile:
         raise ArchiveError("the upload is not a zip archive") from None
+    arrays = _Arrays(workdir)
+    try:
+        decoded = _decode_members(archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays)
+    except BaseException:
+        arrays.remove()
+        raise
+    decoded.cleanup = arrays.remove
+    return decoded
+
+
+def _decode_members(archive, name, test_fraction, image_size, seed, color, min_per_class, limits,
+                    arrays: _Arrays) -> DecodedUpload:
     with archive:
         members = _safe_members(archive, limits)
         try:
@@ -122,7 +141,7 @@ def decode_archive(data: bytes, *, name: str, test_fraction: float = 0.2, image_
             if csvs:
                 return DecodedUpload("csv", _csv(archive, members, csvs, name, test_fraction, seed, limits))
             return _image_folders(archive, members, name, test_fraction, image_size, seed, color,
-                                  min_per_class, limits)
+                                  min_per_class, limits, arrays)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
             raise ArchiveError(f"the archive is damaged: {exc}") from None
 
@@ -196,8 +215,52 @@ def _class_folders(members: dict, split_layout: bool) -> set[str]:
             and (not split_layout or p.split("/", 1)[0] == "train")}
 
 
+class _Arrays:
+    """Allocates the decoded arrays: in memory, or as files under `folder` (memory-mapped), so that
+    a set larger than memory is written image by image and never held whole."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.files: list[Path] = []
+
+    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self.folder is None or 0 in shape:
+            return np.empty(shape, dtype=np.uint8)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.folder, prefix=".decoding-", suffix=".u8")
+        os.close(fd)
+        self.files.append(Path(name))
+        return np.memmap(name, dtype=np.uint8, mode="w+", shape=shape)
+
+    def first_channel(self, array: np.ndarray, rows: int = 4096) -> np.ndarray:
+        """array[:, :1] in a new array, copied a chunk of rows at a time."""
+        out = self.empty((array.shape[0], 1, *array.shape[2:]))
+        for start in range(0, len(array), rows):
+            out[start:start + rows] = array[start:start + rows, :1]
+        return out
+
+    def remove(self) -> None:
+        """Delete the files (memory maps of them stay readable until they are closed)."""
+        for path in self.files:
+            path.unlink(missing_ok=True)
+
+
+def _rows(trees, classes, test_fraction, seed) -> dict[str, list[tuple[str, int]]]:
+    """(image path, class index) per split, in the order the split's rows are stored."""
+    index = {label: i for i, label in enumerate(classes)}
+    rows = {split: [(p, index[label]) for label, ps in sorted(trees[split].items()) for p in ps]
+            for split in ("train", "test")}
+    if not rows["test"]:
+        try:
+            kept, held = holdout_split(len(rows["train"]), test_fraction, seed, what="test_fraction")
+        except DatasetError as exc:
+            raise ArchiveError(str(exc)) from None
+        rows = {"train": [rows["train"][i] for i in kept.tolist()], "test": [rows["train"][i] for i in held.tolist()]}
+    return rows
+
+
 def _image_folders(archive, members, name, test_fraction, image_size, seed, color, min_per_class,
-                   limits) -> DecodedUpload:
+                   limits, arrays: _Arrays) -> DecodedUpload:
     """`train/<class>/*` (+ `test/<class>/*`), or `<class>/*` split by test_fraction."""
     images = {p: info for p, info in members.items() if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES}
     if not images:
@@ -205,38 +268,31 @@ def _image_folders(archive, members, name, test_fraction, image_size, seed, colo
                            "<class>/*.png, the four IDX files, or a CSV with a label or target column")
     trees, split_layout = _class_trees(list(images))
     classes = _check_classes(trees, _class_folders(members, split_layout), min_per_class)
+    rows = _rows(trees, classes, test_fraction, seed)
     # Auto decides on colour once every image is seen, so images are decoded as RGB and reduced
     # to one channel if none had colour (R = G = B reduces to exactly Pillow's luma).
     channels = 1 if color == "grayscale" else 3
-    decoded, size, coloured = {}, None, 0
-    for path in sorted(images):
-        array, has_colour = _decode_image(_read(archive, images[path], limits), path, channels, image_size, limits)
-        if size is None:
-            size = array.shape
-        elif array.shape != size:
-            raise ArchiveError(f"{path} is {array.shape[2]}x{array.shape[1]} but earlier images are "
-                               f"{size[2]}x{size[1]}; set image_size to resize them all")
-        coloured += has_colour
-        decoded[path] = array
+    first_path = rows["train"][0][0]
+    first, coloured = _decode_image(_read(archive, images[first_path], limits), first_path, channels, image_size,
+                                    limits)
+    size = first.shape
+    pixels = {split: arrays.empty((len(rows[split]), *size)) for split in ("train", "test")}
+    for split in ("train", "test"):
+        for row, (path, _) in enumerate(rows[split]):
+            if path == first_path:
+                pixels[split][row] = first
+                continue
+            array, has_colour = _decode_image(_read(archive, images[path], limits), path, channels, image_size, limits)
+            if array.shape != size:
+                raise ArchiveError(f"{path} is {array.shape[2]}x{array.shape[1]} but {first_path} is "
+                                   f"{size[2]}x{size[1]}; set image_size to resize them all")
+            coloured += has_colour
+            pixels[split][row] = array
     if color == "auto" and coloured == 0:
-        decoded = {path: array[:1] for path, array in decoded.items()}
-    index = {label: i for i, label in enumerate(classes)}
-
-    def stack(tree):
-        paths = [(p, index[label]) for label, ps in sorted(tree.items()) for p in ps]
-        if not paths:
-            first = next(iter(decoded.values()))
-            return torch.empty(0, *first.shape, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-        return (torch.from_numpy(np.stack([decoded[p] for p, _ in paths])),
-                torch.tensor([c for _, c in paths], dtype=torch.int64))
-
-    x_train, y_train = stack(trees["train"])
-    x_test, y_test = stack(trees["test"])
-    if len(x_test) == 0:
-        x_train, y_train, x_test, y_test = _split(x_train, y_train, test_fraction, seed)
-    arrays = {"train_images": x_train.numpy(), "train_labels": y_train.numpy(),
-              "test_images": x_test.numpy(), "test_labels": y_test.numpy()}
-    dataset = idx_dataset(arrays, name=name, classes=classes)
+        pixels = {split: arrays.first_channel(array) for split, array in pixels.items()}
+    dataset = image_dataset({"train_images": pixels["train"], "test_images": pixels["test"],
+                             **{f"{split}_labels": np.array([c for _, c in rows[split]], dtype=np.int64)
+                                for split in ("train", "test")}}, name=name, classes=classes)
     warnings = _warnings(dataset)
     if color == "grayscale" and coloured:
         warnings.append(f"{coloured} image(s) have colour; they were converted to grey because color=grayscale")

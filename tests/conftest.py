@@ -9,19 +9,21 @@ import pytest
 from service.core import broker, db
 from service.core import settings as settings_module
 from service.core.migrate import upgrade
-from tests.datagen import make_idx_dataset
+from tests.datagen import make_cifar10, make_idx_dataset
 from tests.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available, require
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """A data folder holding a small learnable FashionMNIST (gzipped IDX) and no MNIST.
+    """A data folder holding a small learnable FashionMNIST (gzipped IDX), a CIFAR-10 stand-in
+    (binary layout, 400 colour images) and no MNIST.
 
     4000 training images: quick for a linear model, a few seconds an epoch for LeNet with tiny
     batches, which is what the crash and cancel tests need to catch a job mid-epoch.
     """
     root = tmp_path_factory.mktemp("data")
     make_idx_dataset(root, "FashionMNIST", n_train=4000, n_test=200, gz=True)
+    make_cifar10(root, "bin", per_batch=80, n_test=100)
     return root
 
 

@@ -104,14 +104,30 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     browser.get(embedded_stack.url + "/ui/models")
     assert "dashboard-model" in text(browser, "#model-dashboard-model")
 
-    image = tmp_path / "boot.png"
-    image.write_bytes(png_bytes(9, seed=4))
+    boot, trouser = tmp_path / "boot.png", tmp_path / "trouser.png"
+    boot.write_bytes(png_bytes(9, seed=4))
+    import io
+
+    from PIL import Image
+
+    big = Image.open(io.BytesIO(png_bytes(1, seed=5))).convert("RGB").resize((56, 56), Image.Resampling.NEAREST)
+    big.save(trouser)  # colour, twice the size: the model sees it grey at 28x28
     browser.get(embedded_stack.url + "/ui/predict")
-    browser.find_element(By.ID, "model").send_keys("dashboard-model")
-    browser.find_element(By.ID, "file").send_keys(str(image))
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "choice")).select_by_value("dashboard-model:1")  # picked from the list
+    assert browser.find_element(By.ID, "model").get_attribute("value") == "dashboard-model:1"
+    browser.find_element(By.ID, "file").send_keys(f"{boot}\n{trouser}")
     browser.find_element(By.ID, "predict").click()
-    assert text(browser, "#label") == "ankle boot"
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#result tr")) == 3
+    results = browser.find_elements(By.CSS_SELECTOR, ".result")
+    assert [r.find_element(By.CSS_SELECTOR, ".label").text for r in results] == ["ankle boot", "trouser"]
+    assert all(len(r.find_elements(By.CSS_SELECTOR, ".bar-row")) == 3 for r in results)
+    wait_until(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('img.preview, img.seen')].every(i => i.complete && i.naturalWidth > 0)"),
+        timeout=10, what="the previews")
+    # What the model sees is its own input size (28x28), whatever size was sent.
+    assert browser.execute_script("return [...document.querySelectorAll('img.seen')].map(i => i.naturalWidth)") == [28, 28]
+    browser.save_screenshot(str(tmp_path / "predict.png"))
 
 
 def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):

@@ -46,7 +46,7 @@ def test_upload_train_and_predict_with_the_datasets_class_names(stack, client):
 
 
 def test_deleting_a_dataset_a_queued_job_needs_is_409(stack, client):
-    dataset = upload(client, image_folder_zip(["a", "b"], per_class=4, test_per_class=2)).json()
+    dataset = upload(client, image_folder_zip(["a", "b"], per_class=5, test_per_class=2)).json()
     blocker = submit(client, {"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
                               "data": {"dataset": "fashion-mnist"}, "epochs": 1, "batch_size": 4})
     waiting = submit(client, {"model": {"arch": "softmax_regression"}, "epochs": 1,
@@ -77,7 +77,7 @@ def test_csv_regression_dataset_trains(stack, client):
     (zip_bytes({"train/a/1.png": png_bytes(0, seed=1), "train/b/1.png": b"garbage"}), "train/b/1.png"),
 ])
 def test_bad_uploads_are_422_with_a_message(client, data, message):
-    answer = upload(client, data)
+    answer = upload(client, data, min_per_class=1)
     assert answer.status_code == 422 and message in answer.json()["detail"]
 
 

@@ -141,7 +141,13 @@ def test_predict_checks_top_k_and_file_count(api, trained_job):
     assert api.post("/v1/predict", data={"model": f"job:{trained_job}", "top_k": "11"}, files=one).status_code == 422
     assert api.post("/v1/predict", data={"model": f"job:{trained_job}", "top_k": "0"}, files=one).status_code == 422
     assert api.post("/v1/predict", data={"model": f"job:{trained_job}"}).status_code == 415  # not multipart
-    no_files = api.post("/v1/predict", data={"model": f"job:{trained_job}"}, files=[("other", ("a.png", _png(), "image/png"))])
+    misnamed = api.post("/v1/predict", data={"model": f"job:{trained_job}"}, files=[("other", ("a.png", _png(), "image/png"))])
+    assert misnamed.status_code == 422 and misnamed.json()["detail"][0]["loc"] == ["body", "other"]
+    assert "files" in misnamed.json()["detail"][0]["msg"]  # names the fields predict takes
+    text_only = (f'--x\r\nContent-Disposition: form-data; name="model"\r\n\r\njob:{trained_job}\r\n'
+                 '--x\r\nContent-Disposition: form-data; name="files"\r\n\r\nnot a file\r\n--x--\r\n')
+    no_files = api.post("/v1/predict", content=text_only.encode(),
+                        headers={"content-type": "multipart/form-data; boundary=x"})
     assert no_files.status_code == 422 and no_files.json()["detail"][0]["loc"] == ["body", "files"]
     no_model = api.post("/v1/predict", files=one)
     assert no_model.status_code == 422 and no_model.json()["detail"][0]["loc"] == ["body", "model"]

@@ -170,14 +170,23 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):
         check()
 
 
+# CIFAR-10's python layout is a pickle: its reader subclasses pickle.Unpickler and admits only
+# numpy arrays in find_class (a file that would run code is refused: tests/models/test_colour.py).
+RESTRICTED_UNPICKLERS = {"models/cifar.py"}
+
+
 def test_no_code_path_unpickles():
-    """Checkpoints and uploads are read with safetensors, PIL and numpy; nothing may unpickle."""
+    """Checkpoints and uploads are read with safetensors, PIL and numpy; nothing may unpickle
+    but the one restricted unpickler, which must not call pickle's own loaders."""
     from tests.servers import REPO
 
     forbidden = re.compile(r"\bimport pickle\b|\bpickle\.loads?\(|\btorch\.load\(|allow_pickle\s*=\s*True")
     offenders = [str(path.relative_to(REPO)) for folder in ("models", "service", "workers")
                  for path in (REPO / folder).rglob("*.py") if forbidden.search(path.read_text())]
-    assert offenders == []
+    assert set(offenders) <= RESTRICTED_UNPICKLERS, offenders
+    for name in RESTRICTED_UNPICKLERS:
+        source = (REPO / name).read_text()
+        assert "def find_class" in source and not re.search(r"\bpickle\.loads?\(|\btorch\.load\(", source)
 
 
 BODY_TYPES = ["application/json", "application/json; charset=latin-1", "multipart/form-data",

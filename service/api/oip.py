@@ -56,7 +56,8 @@ def metadata(name: str, version: int | None, predictor: Predictor, job_id: str, 
     return {
         "name": name, "versions": [str(version)] if version else ["1"], "platform": "pytorch",
         "inputs": inputs, "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, width]}],
-        "parameters": {"classes": predictor.classes, "job_id": job_id, "epoch": epoch},
+        "parameters": {"classes": predictor.classes, "job_id": job_id, "epoch": epoch,
+                       "input": predictor.contract.to_json()},
     }
 
 

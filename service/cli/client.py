@@ -441,17 +441,24 @@ def register(app: typer.Typer) -> None:
     @datasets_app.command("upload")
     def datasets_upload(archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
                         name: str | None = None, test_fraction: float = 0.2, image_size: int | None = None,
+                        color: Annotated[str, typer.Option(help="auto (RGB if any image has colour), rgb or "
+                                                                "grayscale")] = "auto",
+                        min_per_class: Annotated[int, typer.Option(help="refuse smaller classes")] = 5,
                         as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """Upload a dataset zip; specs then use it as uploaded:<id>."""
-        form = {"test_fraction": str(test_fraction), **({"name": name} if name else {}),
-                **({"image_size": str(image_size)} if image_size else {})}
+        form = {"test_fraction": str(test_fraction), "color": color, "min_per_class": str(min_per_class),
+                **({"name": name} if name else {}), **({"image_size": str(image_size)} if image_size else {})}
         with client(url, token) as api:
             dataset = checked(api.post("/v1/datasets", data=form,
                                        files={"file": (archive.name, archive.read_bytes(), "application/zip")}))
         if as_json:
             return emit_json(dataset)
-        console.print(f"uploaded:{dataset['id']}  {dataset['kind']}, {dataset['task']}, "
+        shape = "x".join(map(str, dataset["input_shape"]))
+        console.print(f"uploaded:{dataset['id']}  {dataset['kind']}, {dataset['task']}, {shape}"
+                      f"{' ' + dataset['color'] if dataset.get('color') else ''}, "
                       f"{dataset['num_train']} train / {dataset['num_test']} test, classes {dataset['classes']}")
+        for warning in dataset.get("warnings", []):
+            console.print(f"warning: {warning}")
 
     @datasets_app.command("list")
     def datasets_list(as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:

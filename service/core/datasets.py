@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,19 +19,24 @@ class DatasetInUse(Conflict):
     """A queued or running job still needs this dataset."""
 
 
-def store_upload(session: Session, *, data: bytes, name: str, test_fraction: float, image_size: int | None,
-                 seed: int, datasets_dir: Path, max_image_pixels: int, color: str = "auto",
+def store_upload(session: Session, *, data: bytes | BinaryIO, name: str, test_fraction: float,
+                 image_size: int | None, seed: int, datasets_dir: Path, max_image_pixels: int, color: str = "auto",
                  min_per_class: int = 5) -> StoredDataset:
-    """Validate and decode an uploaded archive, write its tensors, and record it."""
+    """Validate and decode an uploaded archive (bytes or a file, read member by member), write its
+    tensors, and record it. Images are decoded one by one into files beside the datasets, so an
+    archive of any size within the limits is never held whole in memory."""
     try:
         decoded = decode_archive(data, name=name, test_fraction=test_fraction, image_size=image_size, seed=seed,
-                                 color=color, min_per_class=min_per_class,
+                                 color=color, min_per_class=min_per_class, workdir=datasets_dir,
                                  limits=ArchiveLimits(max_image_pixels=max_image_pixels))
     except DatasetError as exc:
         raise Unprocessable(str(exc)) from exc
     dataset = decoded.dataset
     dataset_id = new_id()
-    size = save_stored_dataset(stored_dataset_path(datasets_dir, dataset_id), dataset, {"kind": decoded.kind})
+    try:
+        size = save_stored_dataset(stored_dataset_path(datasets_dir, dataset_id), dataset, {"kind": decoded.kind})
+    finally:
+        decoded.cleanup()
     record = StoredDataset(
         id=dataset_id, name=name, kind=decoded.kind, task=dataset.task,
         classes=list(dataset.classes) if dataset.classes else None, input_shape=list(dataset.input_shape),

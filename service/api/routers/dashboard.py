@@ -5,6 +5,8 @@ When API tokens are set, the pages ask for one once (/ui/login) and keep it in a
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 from typing import Annotated, Literal
@@ -209,24 +211,56 @@ def workers_page(request: Request, session: SessionDep, settings: SettingsDep) -
     return templates.TemplateResponse(request, "workers.html", {"workers": live})
 
 
+def _model_choices(session) -> list[str]:
+    """Every registered model as a reference: its name, each alias, each version."""
+    choices = []
+    for name in registry.names(session):
+        choices.append(name)
+        choices += [f"{name}@{alias.alias}" for alias in registry.aliases(session, name=name)]
+        choices += [f"{name}:{version.version}" for version in registry.require_versions(session, name=name)]
+    return choices
+
+
+def _data_url(data: bytes, media_type: str) -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+def _seen(predictor, data: bytes, name: str, max_pixels: int) -> str:
+    """The image as the model receives it (decoded by its input contract), as a PNG data URL."""
+    from PIL import Image
+
+    pixels = predictor.decode_pixels(data, name, max_pixels=max_pixels)
+    image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return _data_url(buffer.getvalue(), "image/png")
+
+
 @pages.get("/ui/predict", response_class=HTMLResponse)
-def predict_form(request: Request, model: str | None = None) -> HTMLResponse:
-    return templates.TemplateResponse(request, "predict.html", {"model": model, "top_k": 3})
+def predict_form(request: Request, session: SessionDep, model: str | None = None) -> HTMLResponse:
+    return templates.TemplateResponse(request, "predict.html", {"model": model, "top_k": 3,
+                                                                "choices": _model_choices(session)})
 
 
 @actions.post("/ui/predict", response_class=HTMLResponse)
-async def predict(request: Request, server: ModelServerDep,
-                  model: Annotated[str, Form(max_length=200)], file: Annotated[UploadFile, File()],
+async def predict(request: Request, server: ModelServerDep, session: SessionDep, settings: SettingsDep,
+                  model: Annotated[str, Form(max_length=200)], files: Annotated[list[UploadFile], File()],
                   top_k: Annotated[int, Form(ge=1, le=100)] = 3) -> Response:
-    context = {"model": model, "top_k": top_k}
-    name = file.filename or "image"
+    context = {"model": model, "top_k": top_k, "choices": _model_choices(session)}
+    session.close()
+    chosen = files[:settings.max_files_per_request]
+    uploads = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(chosen)]
+    types = [f.content_type if (f.content_type or "").startswith("image/") else "image/png" for f in chosen]
     try:
-        target, loaded, results = await server.classify_uploads(model, [(name, await file.read())], top_k)
+        target, loaded, results = await server.classify_uploads(model, uploads, top_k)
+        answer = image_answer(target, loaded.predictor, [name for name, _ in uploads], results)
+        shown = [{"prediction": prediction, "preview": _data_url(data, media_type),
+                  "seen": _seen(loaded.predictor, data, name, settings.max_image_pixels)}
+                 for prediction, (name, data), media_type in zip(answer.predictions, uploads, types)]
     except (CoreError, InputError, CheckpointError) as exc:
         return templates.TemplateResponse(request, "predict.html", {**context, "error": _describe(exc)}, status_code=422)
-    answer = image_answer(target, loaded.predictor, [name], results)
     return templates.TemplateResponse(request, "predict.html", {
-        **context, "result": answer.predictions[0], "model_info": answer.model})
+        **context, "results": shown, "model_info": answer.model, "contract": loaded.predictor.contract})
 
 
 router.include_router(pages)

@@ -40,10 +40,10 @@ async def upload_dataset(
 ) -> DatasetPublic:
     """Validate, decode and store a dataset; specs then use it as `uploaded:<id>`."""
     await refuse_unknown_fields(request, UPLOAD_FIELDS)
-    data = await file.read()
     label = name or PurePath(file.filename or "dataset").stem or "dataset"
+    # The upload is already spooled to a temporary file: it is read member by member from there.
     record = await run_in_threadpool(
-        datasets.store_upload, session, data=data, name=label, test_fraction=test_fraction,
+        datasets.store_upload, session, data=file.file, name=label, test_fraction=test_fraction,
         image_size=image_size, seed=seed, color=color, min_per_class=min_per_class,
         datasets_dir=settings.datasets_dir, max_image_pixels=settings.max_image_pixels)
     session.commit()

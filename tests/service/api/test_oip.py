@@ -96,5 +96,6 @@ def test_a_binary_output_follows_its_json_header(predictor):
 def test_metadata_names_inputs_outputs_and_classes(predictor):
     meta = oip.metadata("fashion", 3, predictor, "job-1", 2)
     assert meta["versions"] == ["3"] and meta["parameters"]["classes"] == predictor.classes
+    assert meta["parameters"]["input"] == predictor.contract.to_json()  # how FP32 inputs are prepared
     assert [i["name"] for i in meta["inputs"]] == ["input", "images"]
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]

@@ -105,10 +105,15 @@ def test_errors_are_one_line_with_the_exit_code_they_mean(embedded_stack, tmp_pa
 
 def test_datasets_upload_and_list(embedded_stack, tmp_path):
     archive = tmp_path / "pets.zip"
-    archive.write_bytes(image_folder_zip(["cat", "dog"], per_class=4, test_per_class=2))
+    archive.write_bytes(image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2))
     run = trainyard(embedded_stack, "datasets", "upload", str(archive), "--name", "pets")
     assert run.returncode == 0 and run.stdout.startswith("uploaded:") and "['cat', 'dog']" in run.stdout
+    assert "1x28x28 grayscale" in run.stdout
     assert "pets" in trainyard(embedded_stack, "datasets", "list").stdout
+    rgb = trainyard(embedded_stack, "datasets", "upload", str(archive), "--color", "rgb")
+    assert rgb.returncode == 0 and "3x28x28 rgb" in rgb.stdout, rgb.stdout
+    few = trainyard(embedded_stack, "datasets", "upload", str(archive), "--min-per-class", "6")
+    assert few.returncode != 0 and "fewer than min_per_class=6 training images: cat (5), dog (5)" in few.stderr
 
 
 def test_event_stream_reports_status_and_every_epoch(embedded_stack):

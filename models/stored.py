@@ -1,0 +1,105 @@
+"""Decoded datasets on disk: one safetensors file, written as a stream and read lazily.
+
+A decoded image set can be larger than memory. Writing streams each tensor into the file a chunk
+at a time; reading maps each tensor's bytes (copy-on-write, so the file never changes) instead of
+loading them, so a process holds only the pages a batch touches, which the kernel can drop again.
+The files are ordinary safetensors files: `safetensors.safe_open` reads them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_DTYPES = {torch.uint8: "U8", torch.int64: "I64", torch.float32: "F32", torch.float64: "F64"}
+_NUMPY = {"U8": np.uint8, "I64": np.int64, "F32": np.float32, "F64": np.float64}
+_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+class StoredFileError(Exception):
+    """A stored file is missing, truncated or not in the expected layout."""
+
+
+def _layout(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Tensor names in file order: widest elements first, so every tensor starts aligned."""
+    return sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+
+
+def write_arrays(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
+    """Write tensors (in memory or memory-mapped) and string metadata as a safetensors file,
+    atomically (temp file, fsync, rename), a chunk at a time; returns the file size."""
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name in _layout(tensors):
+        tensor = tensors[name]
+        if tensor.dtype not in _DTYPES:
+            raise StoredFileError(f"{name}: cannot store {tensor.dtype}")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(struct.pack("<Q", len(encoded)) + encoded)
+            for name in _layout(tensors):
+                tensor = tensors[name].detach().to("cpu")
+                flat = tensor.reshape(-1) if tensor.is_contiguous() else tensor.contiguous().reshape(-1)
+                step = max(1, _CHUNK_BYTES // max(1, tensor.element_size()))
+                for start in range(0, flat.numel(), step):
+                    fh.write(flat[start:start + step].numpy().tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return 8 + len(encoded) + offset
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's header and where its data starts."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise StoredFileError(f"{path.name} is too short to be a safetensors file")
+            (length,) = struct.unpack("<Q", raw)
+            if length > 100 * 1024 * 1024:
+                raise StoredFileError(f"{path.name} has an implausible header of {length} bytes")
+            header = json.loads(fh.read(length))
+    except FileNotFoundError:
+        raise StoredFileError(f"{path.name} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise StoredFileError(f"{path.name} is not a readable safetensors file: {exc}") from None
+    return header, 8 + length
+
+
+def read_arrays(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file, memory-mapped copy-on-write, and its metadata."""
+    header, start = read_header(path)
+    size = path.stat().st_size
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = _NUMPY[entry["dtype"]], tuple(entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise StoredFileError(f"{path.name}: tensor {name} has an unreadable entry") from None
+        if start + end > size or end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
+            raise StoredFileError(f"{path.name}: tensor {name} does not fit the file (truncated?)")
+        if begin == end:
+            array = np.empty(shape, dtype=dtype)
+        else:
+            array = np.memmap(path, dtype=dtype, mode="c", offset=start + begin, shape=shape)
+        tensors[name] = torch.from_numpy(array)
+    return tensors, header.get("__metadata__") or {}
