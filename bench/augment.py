@@ -8,7 +8,8 @@ horizontal_flip:
 - the usual recipe: ImageFolder over the PNG files + transforms.v2 (RandomCrop, RandomHorizontalFlip,
   ToDtype) + DataLoader(num_workers=2, shuffle=True);
 - a bare loop over the pre-decoded uint8 tensors with the same augmentation (models.augment) on
-  the same device, x / 255 per batch: what the service's engine adds on top is what is measured.
+  the same device, x / 255 per batch: what the service's engine adds on top is what is measured;
+- the same job and bare loop without augmentation: colour convolutional training's own overhead.
 
 Usage: .venv/bin/python bench/augment.py [--images N] [--epochs N] [--device cpu|cuda]
 """
@@ -38,14 +39,15 @@ from tests.servers import Stack  # noqa: E402
 BATCH = 256
 TARGET_OVER_RECIPE = 3.0
 TARGET_OVER_BARE = 0.9
+TARGET_PLAIN_OVER_BARE = 0.95
 AUGMENT = {"random_crop": {"padding": 4}, "horizontal_flip": True}
 MODEL = {"arch": "lenet", "activation": "relu", "pool": "max"}
 PRODUCTION_TIMINGS = {"TRAINYARD_HEARTBEAT_SECONDS": "2", "TRAINYARD_LEASE_SECONDS": "30",
                       "TRAINYARD_REAPER_INTERVAL_SECONDS": "5", "TRAINYARD_RESEND_AFTER_SECONDS": "30"}
 
 
-def job_body(epochs: int, device: str) -> dict:
-    return {"model": MODEL, "data": {"dataset": "cifar10", "augment": AUGMENT},
+def job_body(epochs: int, device: str, augment: bool = True) -> dict:
+    return {"model": MODEL, "data": {"dataset": "cifar10", **({"augment": AUGMENT} if augment else {})},
             "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "epochs": epochs, "batch_size": BATCH,
             "seed": 0, "device": device}
 
@@ -82,10 +84,11 @@ def fresh(device):
     return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 
-def bare_loop(data_dir: Path, epochs: int, device: torch.device) -> float:
+def bare_loop(data_dir: Path, epochs: int, device: torch.device, augmented: bool = True) -> float:
     data = load_cifar10(data_dir)
     x, y = data.x_train.to(device), data.y_train.to(device)
-    augment = Augmenter(JobSpec.model_validate(job_body(1, "cpu")).data.augment, 0, (3, 32, 32))
+    spec = JobSpec.model_validate(job_body(1, "cpu")).data.augment
+    augment = Augmenter(spec, 0, (3, 32, 32)) if augmented else (lambda batch, epoch, index: batch)
     model, optimizer = fresh(device)
     seen, started = 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
@@ -143,18 +146,22 @@ def main() -> int:
                       serve_gpu_queue=device.type == "cuda").start()
         try:
             service = through_service(stack, job_body(args.epochs, args.device))
+            plain = through_service(stack, job_body(args.epochs, args.device, augment=False))
         finally:
             stack.stop()
         bare = bare_loop(data_dir, args.epochs, device)
+        plain_bare = bare_loop(data_dir, args.epochs, device, augmented=False)
         usual = recipe(png_root, args.epochs, device)
-    over_recipe, over_bare = service / usual, service / bare
+    over_recipe, over_bare, plain_over_bare = service / usual, service / bare, plain / plain_bare
     print(f"device {args.device}, {args.images} 32x32 RGB images, {args.epochs} epochs, LeNet, batch {BATCH}, "
           f"random_crop(4) + horizontal_flip, torch threads {torch.get_num_threads()}")
     print(f"{'service /s':>11} {'recipe /s':>10} {'bare /s':>9} {'service/recipe':>15} {'service/bare':>13}")
     print(f"{service:>11.0f} {usual:>10.0f} {bare:>9.0f} {over_recipe:>15.2f} {over_bare:>13.2f}")
+    print(f"without augmentation: service {plain:.0f}/s, bare {plain_bare:.0f}/s")
     missed = 0
     for label, value, target in (("service/recipe", over_recipe, TARGET_OVER_RECIPE),
-                                 ("service/bare", over_bare, TARGET_OVER_BARE)):
+                                 ("service/bare", over_bare, TARGET_OVER_BARE),
+                                 ("service/bare without augmentation", plain_over_bare, TARGET_PLAIN_OVER_BARE)):
         met = value >= target
         missed += not met
         print(f"{label}: {value:.2f} (target >= {target}) {'MET' if met else 'MISSED'}")

@@ -115,8 +115,11 @@ def backend_forward_ms(runs: int = 200) -> dict[str, dict[str, float]]:
     from models.spec import MODEL_SPEC
 
     torch.set_num_threads(1)
-    meta = {"task": "classification", "classes": [str(i) for i in range(10)], "input_shape": [1, 28, 28],
-            "preprocess": {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255}}
+    from models.contract import InputContract
+
+    classes = [str(i) for i in range(10)]
+    meta = {"task": "classification", "classes": classes, "input_shape": [1, 28, 28],
+            "input": InputContract.image(1, 28, 28, classes).to_json()}
     batch = torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8)
     table = {}
     for name, model in BACKEND_MODELS.items():

@@ -1,6 +1,6 @@
 """The checkpoint format: one safetensors file holding the weights, with JSON metadata in its header.
 
-The metadata (spec, classes, input shape, preprocessing, epoch, metrics) makes a checkpoint
+The metadata (spec, classes, input shape, input contract, epoch, metrics) makes a checkpoint
 self-describing: a predictor rebuilds the network and its input pipeline from the file alone.
 Nothing here unpickles: safetensors files hold plain tensors and strings only.
 """

@@ -20,6 +20,9 @@ from models.spec import EarlyStoppingSpec, JobSpec, spec_problems
 from models.state import EpochProgress, Position, TrainingState
 
 
+EVAL_BATCH_BYTES = 8 * 1024 * 1024
+
+
 class TrainingError(Exception):
     """Training cannot go on; the message says why."""
 
@@ -291,7 +294,10 @@ def evaluate(
     classify = dataset.task == "classification"
     loss_sum = 0.0
     correct = torch.zeros((), dtype=torch.long, device=device)
-    eval_batch = max(batch_size, 1024)
+    # Larger batches evaluate faster, but activations grow with them: at most 1024 examples, and
+    # no more than about 8 MB of inputs (for 64x64 colour images, the training batch size).
+    per_example = max(1, math.prod(x_all.shape[1:]) * 4)
+    eval_batch = max(batch_size, min(1024, EVAL_BATCH_BYTES // per_example))
     for start in range(0, len(x_all), eval_batch):
         x = dataset.to_float(x_all[start:start + eval_batch].to(device))
         y = y_all[start:start + eval_batch].to(device)

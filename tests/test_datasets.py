@@ -85,3 +85,40 @@ def test_upload_parameters_are_validated(client):
     answer = upload(client, image_folder_zip(["a", "b"], per_class=2, test_per_class=1), test_fraction=1.5)
     assert answer.status_code == 422
     assert client.get("/v1/datasets/not-a-dataset").status_code == 404
+
+
+def test_a_large_upload_is_decoded_after_the_answer(tmp_path, data_dir):
+    """Above TRAINYARD_DATASET_BACKGROUND_BYTES the answer is 202 at once and the dataset is
+    processing until it is decoded; then it is ready and trains, or failed with the reason."""
+    from tests.servers import Stack, wait_until
+
+    stack = Stack(home=tmp_path / "home", data_dir=data_dir,
+                  extra_env={"TRAINYARD_DATASET_BACKGROUND_BYTES": "1024"}).start()
+    try:
+        with stack.client() as client:
+            answer = upload(client, image_folder_zip(CLASSES, per_class=30, test_per_class=5), name="later")
+            assert answer.status_code == 202, answer.text
+            kept = answer.json()
+            assert kept["status"] == "processing" and kept["input_shape"] is None
+            assert answer.headers["location"] == f"/v1/datasets/{kept['id']}"
+
+            def status():
+                return client.get(f"/v1/datasets/{kept['id']}").json()["status"]
+
+            wait_until(lambda: status() != "processing", timeout=60, what="the upload to be decoded")
+            ready = client.get(f"/v1/datasets/{kept['id']}").json()
+            assert ready["status"] == "ready" and ready["classes"] == CLASSES and ready["num_train"] == 90
+            spec = {"model": {"arch": "softmax_regression"}, "data": {"dataset": f"uploaded:{kept['id']}"},
+                    "epochs": 2, "batch_size": 16}
+            assert stack.wait_for_job(client, submit(client, spec))["status"] == "succeeded"
+
+            bad = upload(client, image_folder_zip(["a", "b"], per_class=40, test_per_class=1), min_per_class=50)
+            assert bad.status_code == 202
+            wait_until(lambda: client.get(bad.headers["location"]).json()["status"] != "processing", timeout=60,
+                       what="the bad upload to be decoded")
+            failed = client.get(bad.headers["location"]).json()
+            assert failed["status"] == "failed" and "fewer than min_per_class=50" in failed["error"]
+            refused = client.post("/v1/jobs", json={**spec, "data": {"dataset": f"uploaded:{failed['id']}"}})
+            assert refused.status_code == 422 and "failed to decode" in refused.json()["detail"][0]["msg"]
+    finally:
+        stack.stop()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -11,40 +15,124 @@ from sqlalchemy.orm import Session
 from models.data import DatasetError, save_stored_dataset, stored_dataset_path
 from models.spec import DatasetInfo, JobSpec, UploadedDatasetSpec, builtin_dataset_info
 from models.uploads import ArchiveLimits, decode_archive
-from service.core.errors import Conflict, NotFound, Unprocessable
-from service.core.tables import Job, JobStatus, StoredDataset, new_id
+from service.core.db import session_scope
+from service.core.errors import Conflict, Invalid, NotFound, Unprocessable
+from service.core.settings import Settings
+from service.core.tables import DatasetStatus, Job, JobStatus, StoredDataset, new_id, utcnow
+
+log = logging.getLogger(__name__)
 
 
 class DatasetInUse(Conflict):
     """A queued or running job still needs this dataset."""
 
 
-def store_upload(session: Session, *, data: bytes | BinaryIO, name: str, test_fraction: float,
-                 image_size: int | None, seed: int, datasets_dir: Path, max_image_pixels: int, color: str = "auto",
-                 min_per_class: int = 5) -> StoredDataset:
-    """Validate and decode an uploaded archive (bytes or a file, read member by member), write its
-    tensors, and record it. Images are decoded one by one into files beside the datasets, so an
+@dataclass(frozen=True)
+class UploadOptions:
+    """How an uploaded archive is decoded (the upload's form fields)."""
+
+    test_fraction: float = 0.2
+    image_size: int | None = None
+    seed: int = 0
+    color: str = "auto"
+    min_per_class: int = 5
+
+
+def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadOptions, datasets_dir: Path,
+                 max_image_pixels: int) -> None:
+    """Decode an archive, write its tensors beside the datasets and fill in the record (DatasetError
+    if the archive is not a usable dataset). Images are decoded one by one into files there, so an
     archive of any size within the limits is never held whole in memory."""
-    try:
-        decoded = decode_archive(data, name=name, test_fraction=test_fraction, image_size=image_size, seed=seed,
-                                 color=color, min_per_class=min_per_class, workdir=datasets_dir,
-                                 limits=ArchiveLimits(max_image_pixels=max_image_pixels))
-    except DatasetError as exc:
-        raise Unprocessable(str(exc)) from exc
+    decoded = decode_archive(data, name=record.name, test_fraction=options.test_fraction,
+                             image_size=options.image_size, seed=options.seed, color=options.color,
+                             min_per_class=options.min_per_class, workdir=datasets_dir,
+                             limits=ArchiveLimits(max_image_pixels=max_image_pixels))
     dataset = decoded.dataset
-    dataset_id = new_id()
     try:
-        size = save_stored_dataset(stored_dataset_path(datasets_dir, dataset_id), dataset, {"kind": decoded.kind})
+        size = save_stored_dataset(stored_dataset_path(datasets_dir, record.id), dataset, {"kind": decoded.kind})
     finally:
         decoded.cleanup()
-    record = StoredDataset(
-        id=dataset_id, name=name, kind=decoded.kind, task=dataset.task,
-        classes=list(dataset.classes) if dataset.classes else None, input_shape=list(dataset.input_shape),
-        color=decoded.color, warnings=decoded.warnings or None, num_train=len(dataset.x_train), num_test=len(dataset.x_test), checksum=dataset.checksum, size_bytes=size,
-    )
+    record.status, record.error = DatasetStatus.READY, None
+    record.kind, record.task, record.color = decoded.kind, dataset.task, decoded.color
+    record.classes = list(dataset.classes) if dataset.classes else None
+    record.input_shape, record.warnings = list(dataset.input_shape), decoded.warnings or None
+    record.num_train, record.num_test = len(dataset.x_train), len(dataset.x_test)
+    record.checksum, record.size_bytes = dataset.checksum, size
+
+
+def store_upload(session: Session, *, data: bytes | BinaryIO, name: str, options: UploadOptions,
+                 datasets_dir: Path, max_image_pixels: int) -> StoredDataset:
+    """Validate and decode an uploaded archive (bytes or a file, read member by member), write its
+    tensors, and record it as ready; Unprocessable saying why the archive is not usable."""
+    record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.READY)
+    try:
+        _decode_into(record, data, options, datasets_dir, max_image_pixels)
+    except DatasetError as exc:
+        raise Unprocessable(str(exc)) from exc
     session.add(record)
     session.flush()
     return record
+
+
+def _upload_path(datasets_dir: Path, dataset_id: str) -> Path:
+    return datasets_dir / f"{dataset_id}.upload.zip"
+
+
+def accept_upload(session: Session, *, data: BinaryIO, name: str, datasets_dir: Path) -> StoredDataset:
+    """Keep an upload to decode later (decode_accepted), recorded as processing."""
+    record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.PROCESSING)
+    path = _upload_path(datasets_dir, record.id)
+    datasets_dir.mkdir(parents=True, exist_ok=True)
+    data.seek(0)
+    with open(path, "wb") as fh:
+        shutil.copyfileobj(data, fh, length=1024 * 1024)
+    session.add(record)
+    session.flush()
+    return record
+
+
+def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settings) -> None:
+    """Decode an upload accept_upload kept, off the request path: the record becomes ready, or
+    failed with the reason. Owns its transactions (it runs after the request has been answered)."""
+    path = _upload_path(settings.datasets_dir, dataset_id)
+    with session_scope() as session:
+        record = session.get(StoredDataset, dataset_id)
+        if record is None or record.status != DatasetStatus.PROCESSING:
+            path.unlink(missing_ok=True)
+            return
+        name = record.name
+    outcome = StoredDataset(id=dataset_id, name=name)
+    try:
+        with open(path, "rb") as fh:
+            _decode_into(outcome, fh, options, settings.datasets_dir, settings.max_image_pixels)
+    except Exception as exc:  # a damaged archive, or a disk that filled: the record says which
+        outcome.status = DatasetStatus.FAILED
+        outcome.error = str(exc) if isinstance(exc, DatasetError) else f"decoding failed: {type(exc).__name__}: {exc}"
+        log.warning("dataset %s failed to decode: %s", dataset_id, outcome.error)
+    finally:
+        path.unlink(missing_ok=True)
+    with session_scope() as session:
+        record = session.get(StoredDataset, dataset_id)
+        if record is None:  # deleted while it was decoding
+            stored_dataset_path(settings.datasets_dir, dataset_id).unlink(missing_ok=True)
+            return
+        for column in ("status", "error", "kind", "task", "classes", "input_shape", "color", "warnings",
+                       "num_train", "num_test", "checksum", "size_bytes"):
+            setattr(record, column, getattr(outcome, column))
+
+
+def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, datasets_dir: Path) -> list[str]:
+    """Mark uploads still processing after `older_than_seconds` as failed (the process decoding
+    them has gone, e.g. restarted); returns their ids."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    stale = list(session.scalars(select(StoredDataset).where(StoredDataset.status == DatasetStatus.PROCESSING,
+                                                             StoredDataset.created_at < cutoff)))
+    for record in stale:
+        record.status = DatasetStatus.FAILED
+        record.error = "decoding did not finish (the service restarted while it ran); upload the archive again"
+        _upload_path(datasets_dir, record.id).unlink(missing_ok=True)
+    session.flush()
+    return [record.id for record in stale]
 
 
 def get_dataset(session: Session, *, dataset_id: str) -> StoredDataset | None:
@@ -74,6 +162,7 @@ def delete_dataset(session: Session, *, dataset_id: str, datasets_dir: Path) -> 
     session.delete(record)
     session.flush()
     stored_dataset_path(datasets_dir, dataset_id).unlink(missing_ok=True)
+    _upload_path(datasets_dir, dataset_id).unlink(missing_ok=True)
 
 
 def dataset_info(session: Session, spec: JobSpec) -> DatasetInfo | None:
@@ -82,6 +171,11 @@ def dataset_info(session: Session, spec: JobSpec) -> DatasetInfo | None:
         record = get_dataset(session, dataset_id=spec.data.dataset_id)
         if record is None:
             return None
+        if record.status == DatasetStatus.PROCESSING:
+            raise Invalid([(("body", "data", "dataset"), f"dataset {record.id} is still being decoded; poll "
+                                                         f"GET /v1/datasets/{record.id} until its status is ready")])
+        if record.status == DatasetStatus.FAILED:
+            raise Invalid([(("body", "data", "dataset"), f"dataset {record.id} failed to decode: {record.error}")])
         return DatasetInfo(task=record.task, input_shape=tuple(record.input_shape),
                            outputs=len(record.classes) if record.classes else 1, images=len(record.input_shape) == 3)
     return builtin_dataset_info(spec.data)

@@ -8,7 +8,7 @@ import threading
 import time
 from datetime import timedelta
 
-from service.core import embedded_broker, jobs, retention, sweeps
+from service.core import datasets, embedded_broker, jobs, retention, sweeps
 from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.leader import Leadership
 from service.core.settings import Settings
@@ -89,8 +89,14 @@ def advance_sweeps(settings: Settings) -> None:
 
 
 def housekeeping(settings: Settings) -> None:
-    """Purge expired jobs' checkpoints and the embedded broker's consumed messages."""
+    """Purge expired jobs' checkpoints and the embedded broker's consumed messages; fail uploads
+    whose decoding was abandoned."""
     retention.purge_expired(settings)
+    with session_scope() as session:
+        abandoned = datasets.fail_abandoned_uploads(session, older_than_seconds=settings.dataset_decode_timeout_seconds,
+                                                    datasets_dir=settings.datasets_dir)
+    if abandoned:
+        log.warning("dataset upload(s) %s never finished decoding; marked failed", ", ".join(abandoned))
     if settings.embedded_broker:
         purged = embedded_broker.purge_consumed(settings.broker_url, settings.broker_message_retention_seconds)
         if purged:

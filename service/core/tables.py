@@ -175,23 +175,32 @@ class Checkpoint(Base):
     job: Mapped[Job] = relationship(back_populates="checkpoints")
 
 
+class DatasetStatus:
+    PROCESSING = "processing"  # a large upload being decoded in the background
+    READY = "ready"
+    FAILED = "failed"
+
+
 class StoredDataset(Base):
-    """An uploaded dataset; its decoded tensors live in <datasets dir>/<id>.safetensors."""
+    """An uploaded dataset; its decoded tensors live in <datasets dir>/<id>.safetensors. What
+    decoding finds (kind, task, classes, shape, counts) is null while it is processing."""
 
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(20))
-    task: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default=DatasetStatus.READY, server_default=DatasetStatus.READY)
+    error: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str | None] = mapped_column(String(20))
+    task: Mapped[str | None] = mapped_column(String(20))
     classes: Mapped[list | None] = mapped_column(JSON)
-    input_shape: Mapped[list] = mapped_column(JSON)
+    input_shape: Mapped[list | None] = mapped_column(JSON)
     color: Mapped[str | None] = mapped_column(String(20))  # rgb | grayscale for images
     warnings: Mapped[list | None] = mapped_column(JSON)
-    num_train: Mapped[int] = mapped_column(Integer)
-    num_test: Mapped[int] = mapped_column(Integer)
-    checksum: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    num_train: Mapped[int | None] = mapped_column(Integer)
+    num_test: Mapped[int | None] = mapped_column(Integer)
+    checksum: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from typing import Literal
 
-from fastapi import APIRouter, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, BackgroundTasks, File, Form, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
@@ -21,11 +21,15 @@ NOT_FOUND = {404: {"description": "No such dataset"}}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic, responses={
+    202: {"description": "A large upload, kept and being decoded: poll the dataset until its status is ready",
+          "model": DatasetPublic},
     413: {"description": "The upload is larger than the limit"},
     422: {"description": "The archive is unsafe, damaged or not a dataset layout"},
 })
 async def upload_dataset(
     request: Request,
+    response: Response,
+    background: BackgroundTasks,
     session: WriteSessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="a zip: train/<class>/*.png (+ test/...), <class>/*.png, "
@@ -38,13 +42,23 @@ async def upload_dataset(
         description="auto: RGB if any image has colour, else grey; rgb; grayscale")] = "auto",
     min_per_class: Annotated[int, Form(ge=1, le=100_000, description="refuse classes with fewer training images")] = 5,
 ) -> DatasetPublic:
-    """Validate, decode and store a dataset; specs then use it as `uploaded:<id>`."""
+    """Validate, decode and store a dataset; specs then use it as `uploaded:<id>`. A large upload
+    is answered at once (202, status processing) and decoded after the answer."""
     await refuse_unknown_fields(request, UPLOAD_FIELDS)
     label = name or PurePath(file.filename or "dataset").stem or "dataset"
+    options = datasets.UploadOptions(test_fraction=test_fraction, image_size=image_size, seed=seed, color=color,
+                                     min_per_class=min_per_class)
     # The upload is already spooled to a temporary file: it is read member by member from there.
+    if (file.size or 0) >= settings.dataset_background_bytes:
+        record = await run_in_threadpool(datasets.accept_upload, session, data=file.file, name=label,
+                                         datasets_dir=settings.datasets_dir)
+        session.commit()
+        background.add_task(datasets.decode_accepted, dataset_id=record.id, options=options, settings=settings)
+        response.status_code = status.HTTP_202_ACCEPTED
+        response.headers["Location"] = f"/v1/datasets/{record.id}"
+        return DatasetPublic.model_validate(record)
     record = await run_in_threadpool(
-        datasets.store_upload, session, data=file.file, name=label, test_fraction=test_fraction,
-        image_size=image_size, seed=seed, color=color, min_per_class=min_per_class,
+        datasets.store_upload, session, data=file.file, name=label, options=options,
         datasets_dir=settings.datasets_dir, max_image_pixels=settings.max_image_pixels)
     session.commit()
     return DatasetPublic.model_validate(record)

@@ -12,16 +12,18 @@ class DatasetPublic(BaseModel):
 
     id: str
     name: str
-    kind: str
-    task: str
+    status: str  # processing (a large upload being decoded), ready or failed
+    error: str | None = None
+    kind: str | None
+    task: str | None
     classes: list[str] | None
-    input_shape: list[int]
+    input_shape: list[int] | None
     color: str | None = None
     warnings: list[str] = []
-    num_train: int
-    num_test: int
-    checksum: str
-    size_bytes: int
+    num_train: int | None
+    num_test: int | None
+    checksum: str | None
+    size_bytes: int | None
     created_at: datetime
 
     @field_validator("warnings", mode="before")

@@ -122,3 +122,12 @@ def test_a_page_of_sweeps_is_ranked_in_one_query_per_metric(Session, engine):
     by_name = {sweep.name: together[sweep.id] for sweep in rows}
     assert [(t.index, t.metric) for t in by_name["s0"]] == [(1, 0.4), (0, 0.2), (2, None)]  # max of test_acc
     assert [(t.index, t.metric) for t in by_name["s1"]] == [(0, 1.1), (1, 1.2), (2, None)]  # min of test_loss
+
+
+def test_a_sweep_can_vary_augmentation_and_normalisation():
+    base = {"model": {"arch": "lenet"}, "data": {"dataset": "cifar10"}}
+    sweep = SweepSpec(name="aug", base=base, grid={"data.augment.random_crop.padding": [0, 4],
+                                                   "data.normalize": ["none", "dataset"]})
+    specs = [JobSpec.model_validate(trial_spec(base, "aug", params)) for params in sweep.trials()]
+    assert [(s.data.augment.random_crop.padding, s.data.normalize) for s in specs] == [
+        (0, "none"), (0, "dataset"), (4, "none"), (4, "dataset")]

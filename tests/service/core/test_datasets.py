@@ -1,0 +1,69 @@
+"""Uploads kept and decoded off the request path: processing, then ready or failed with the reason,
+never trained on before they are ready, and failed when their decoding was abandoned."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from models.spec import JobSpec
+from service.core import datasets, db, submission
+from service.core.errors import Invalid
+from service.core.tables import DatasetStatus, StoredDataset
+from tests.datagen import image_folder_zip
+
+
+def accept(settings, data: bytes) -> str:
+    with db.session_scope() as session:
+        return datasets.accept_upload(session, data=io.BytesIO(data), name="kept",
+                                      datasets_dir=settings.datasets_dir).id
+
+
+def record(dataset_id: str) -> StoredDataset:
+    with db.session_scope(write=False) as session:
+        found = session.get(StoredDataset, dataset_id)
+        session.expunge(found)
+        return found
+
+
+def spec_on(dataset_id: str) -> JobSpec:
+    return JobSpec.model_validate({"model": {"arch": "softmax_regression"},
+                                   "data": {"dataset": f"uploaded:{dataset_id}"}, "epochs": 1})
+
+
+def test_a_kept_upload_is_processing_then_ready(service_env):
+    dataset_id = accept(service_env, image_folder_zip(["a", "b"], per_class=6, test_per_class=2))
+    kept = record(dataset_id)
+    assert kept.status == DatasetStatus.PROCESSING and kept.input_shape is None
+    with db.session_scope() as session, pytest.raises(Invalid, match="still being decoded; poll GET /v1/datasets/"):
+        submission.check_spec(session, spec=spec_on(dataset_id), settings=service_env)
+    datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=service_env)
+    ready = record(dataset_id)
+    assert ready.status == DatasetStatus.READY and ready.error is None
+    assert (ready.classes, ready.input_shape, ready.num_train, ready.num_test) == (["a", "b"], [1, 28, 28], 12, 4)
+    assert not list(service_env.datasets_dir.glob("*.upload.zip")) and not list(service_env.datasets_dir.glob(".*"))
+    with db.session_scope() as session:
+        assert submission.check_spec(session, spec=spec_on(dataset_id), settings=service_env) == "classification"
+
+
+def test_a_kept_upload_that_is_not_a_dataset_fails_with_the_reason(service_env):
+    dataset_id = accept(service_env, image_folder_zip(["a", "b"], per_class=2, test_per_class=1))
+    datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=service_env)
+    failed = record(dataset_id)
+    assert failed.status == DatasetStatus.FAILED and "fewer than min_per_class=5" in failed.error
+    with db.session_scope() as session, pytest.raises(Invalid, match="failed to decode: classes with fewer"):
+        submission.check_spec(session, spec=spec_on(dataset_id), settings=service_env)
+    assert not list(service_env.datasets_dir.iterdir())
+
+
+def test_abandoned_decoding_is_failed_by_the_housekeeper(service_env):
+    dataset_id = accept(service_env, image_folder_zip(["a", "b"], per_class=6, test_per_class=2))
+    with db.session_scope() as session:
+        assert datasets.fail_abandoned_uploads(session, older_than_seconds=3600,
+                                               datasets_dir=service_env.datasets_dir) == []
+        assert datasets.fail_abandoned_uploads(session, older_than_seconds=0,
+                                               datasets_dir=service_env.datasets_dir) == [dataset_id]
+    assert record(dataset_id).status == DatasetStatus.FAILED and "upload the archive again" in record(dataset_id).error
+    datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=service_env)
+    assert record(dataset_id).status == DatasetStatus.FAILED  # a late decoder changes nothing
