@@ -75,12 +75,13 @@ print(anon_mb() - before)
 
 
 def test_training_from_a_memory_mapped_set_holds_batches_not_the_set(tmp_path):
-    """6000 RGB images of 64x64 (70 MiB) train for an epoch while the process's anonymous memory
-    grows by far less than the set: its pages are the file's, read as batches need them."""
-    n = 6000
+    """12,000 RGB images of 64x64 (141 MiB) train for an epoch while the process's anonymous memory
+    grows by far less than the set (loaded into memory it grows by more than the set): its pages
+    are the file's, read as batches need them."""
+    n = 12_000
     x = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (n, 3, 64, 64), dtype=np.uint8))
-    data = Dataset(name="big", task="classification", x_train=x[:5000], y_train=torch.arange(5000) % 10,
-                   x_test=x[5000:], y_test=torch.arange(1000) % 10,
+    data = Dataset(name="big", task="classification", x_train=x[:10_000], y_train=torch.arange(10_000) % 10,
+                   x_test=x[10_000:], y_test=torch.arange(2000) % 10,
                    contract=InputContract.image(3, 64, 64, [str(i) for i in range(10)]), checksum="0" * 64)
     path = tmp_path / "big.safetensors"
     save_stored_dataset(path, data)
@@ -90,4 +91,4 @@ def test_training_from_a_memory_mapped_set_holds_batches_not_the_set(tmp_path):
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     growth = float(run.stdout.strip().splitlines()[-1])
-    assert size_mb > 65 and growth < size_mb / 3, (growth, size_mb)
+    assert size_mb > 130 and growth < size_mb / 4, (growth, size_mb)
