@@ -34,6 +34,7 @@ from models.cifar import load_cifar10  # noqa: E402
 from models.engine import loss_function  # noqa: E402
 from models.spec import JobSpec  # noqa: E402
 from tests.datagen import make_cifar10  # noqa: E402
+from bench.train import PRODUCTION_TIMINGS  # noqa: E402
 from tests.servers import Stack  # noqa: E402
 
 BATCH = 256
@@ -42,8 +43,6 @@ TARGET_OVER_BARE = 0.9
 TARGET_PLAIN_OVER_BARE = 0.95
 AUGMENT = {"random_crop": {"padding": 4}, "horizontal_flip": True}
 MODEL = {"arch": "lenet", "activation": "relu", "pool": "max"}
-PRODUCTION_TIMINGS = {"TRAINYARD_HEARTBEAT_SECONDS": "2", "TRAINYARD_LEASE_SECONDS": "30",
-                      "TRAINYARD_REAPER_INTERVAL_SECONDS": "5", "TRAINYARD_RESEND_AFTER_SECONDS": "30"}
 
 
 def job_body(epochs: int, device: str, augment: bool = True) -> dict:

@@ -30,14 +30,13 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.train import PRODUCTION_TIMINGS  # noqa: E402
 from tests.servers import Stack  # noqa: E402
 
 SIDE = 64
 CLASSES = 10
 TARGET_GROWTH_MB = 300
-PRODUCTION_TIMINGS = {"TRAINYARD_HEARTBEAT_SECONDS": "2", "TRAINYARD_LEASE_SECONDS": "30",
-                      "TRAINYARD_REAPER_INTERVAL_SECONDS": "5", "TRAINYARD_RESEND_AFTER_SECONDS": "30",
-                      "TRAINYARD_MAX_DATASET_UPLOAD_BYTES": str(2 * 1024**3)}
+PRODUCTION_SETTINGS = {**PRODUCTION_TIMINGS, "TRAINYARD_MAX_DATASET_UPLOAD_BYTES": str(2 * 1024**3)}
 
 
 def write_zip(path: Path, images: int) -> None:
@@ -100,7 +99,7 @@ def main() -> int:
         write_zip(archive, args.images)
         made = time.perf_counter() - started
         size_mb = archive.stat().st_size / 2**20
-        stack = Stack(home=Path(tmp) / "home", data_dir=Path(tmp) / "data", extra_env=PRODUCTION_TIMINGS).start()
+        stack = Stack(home=Path(tmp) / "home", data_dir=Path(tmp) / "data", extra_env=PRODUCTION_SETTINGS).start()
         try:
             sampler = Sampler({"api": stack.procs["api"].pid, "worker": stack.procs["worker"].pid})
             before = sampler.level()

@@ -52,8 +52,9 @@ class Augmenter:
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         if self.per_image is not None:
             # transforms.v2 draws from the global generator: give it this batch's seed, then put it back.
+            # (transforms.v2 draws its parameters on the CPU; torch.manual_seed would reseed the GPUs too)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+                torch.default_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
                 x = torch.stack([self.per_image(image) for image in x])
         return x
 

@@ -7,10 +7,13 @@ Nothing here unpickles: safetensors files hold plain tensors and strings only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import safe_open
@@ -28,21 +31,29 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch-{epoch:04d}.safetensors"
 
 
-def write_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> int:
-    """Write weights + metadata atomically (temp file, fsync, rename); returns the file size."""
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
-    payload = save(tensors, metadata={META_KEY: json.dumps({"format": FORMAT, **meta})})
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file to write that appears at `path` whole or not at all: a temporary file beside it,
+    fsynced and renamed into place; removed if writing fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> int:
+    """Write weights + metadata atomically (temp file, fsync, rename); returns the file size."""
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
+    payload = save(tensors, metadata={META_KEY: json.dumps({"format": FORMAT, **meta})})
+    with atomic_file(path) as fh:
+        fh.write(payload)
     return len(payload)
 
 

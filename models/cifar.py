@@ -24,17 +24,74 @@ LAYOUTS = {
     "cifar-10-batches-bin": {"train": tuple(f"{b}.bin" for b in TRAIN_BATCHES), "test": ("test_batch.bin",),
                              "meta": "batches.meta.txt"},
 }
-# What a CIFAR pickle may construct: numpy arrays (and their dtypes) and bytes written by Python 3.
-_ADMITTED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-}
+MAX_BATCH_FILE_BYTES = 64 * 1024 * 1024  # a real batch is about 31 MB
+# The only dtypes a CIFAR batch holds; never an object dtype, whose state numpy would trust.
+_DTYPES = {"u1": np.uint8, "|u1": np.uint8, "i8": np.int64, "<i8": np.int64, "i4": np.int32, "<i4": np.int32}
 
 
 class UnsafeData(DatasetError):
     """A data file asks to run code while it is read; nothing of it was run."""
 
     reason = "unsafe_data"
+
+
+class _Dtype:
+    """Stands in for numpy.dtype while unpickling: only the plain integer dtypes, state ignored."""
+
+    def __init__(self, code, *_):
+        if not isinstance(code, str) or code not in _DTYPES:
+            raise UnsafeData(f"dtype {code!r} is not one a CIFAR-10 batch holds")
+        self.dtype = np.dtype(_DTYPES[code])
+
+    def __setstate__(self, state) -> None:
+        pass  # numpy's own state (byte order, flags) is never handed to numpy
+
+
+class _Array:
+    """Stands in for a numpy array while unpickling; becomes one only from checked bytes."""
+
+    def __init__(self, *_):
+        self.array = None
+
+    def __setstate__(self, state) -> None:
+        try:
+            _, shape, dtype, fortran, raw = state
+        except (TypeError, ValueError):
+            raise UnsafeData("an array's state is not (version, shape, dtype, order, bytes)") from None
+        if (not isinstance(dtype, _Dtype) or not isinstance(raw, bytes) or not isinstance(shape, tuple)
+                or not all(isinstance(d, int) and 0 <= d for d in shape)):
+            raise UnsafeData("an array holds something other than plain integers")
+        if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize:
+            raise UnsafeData(f"an array of shape {shape} does not match its {len(raw)} bytes")
+        self.array = np.frombuffer(raw, dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _from_buffer(buffer, dtype, shape, order="C") -> _Array:
+    """numpy's protocol-5 pickling of an array, with the same checks as _Array."""
+    array = _Array()
+    array.__setstate__((1, shape, dtype, order == "F", bytes(buffer) if isinstance(buffer, bytearray) else buffer))
+    return array
+
+
+def _latin1(text, encoding="latin1") -> bytes:
+    """_codecs.encode as Python 3 pickles bytes, and nothing else (other codecs can expand)."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise UnsafeData("a bytes object is encoded other than as latin1")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args) -> bytes:
+    """bytes() as Python 3 pickles b"" at protocol 2, and nothing else."""
+    if args:
+        raise UnsafeData("bytes are built from something other than nothing")
+    return b""
+
+
+# What a CIFAR pickle may construct, each replaced by a stand-in that checks what it is given.
+_ADMITTED = {("numpy.core.multiarray", "_reconstruct"): _Array, ("numpy._core.multiarray", "_reconstruct"): _Array,
+             ("numpy", "ndarray"): _Array, ("numpy", "dtype"): _Dtype, ("_codecs", "encode"): _latin1,
+             ("numpy.core.numeric", "_frombuffer"): _from_buffer, ("numpy._core.numeric", "_frombuffer"): _from_buffer,
+             ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes}
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -47,15 +104,36 @@ class _PlainDataUnpickler(pickle.Unpickler):
             raise UnsafeData(f"{self.path} asks to run {module}.{name} while it is read; only plain data "
                              "(dicts, lists, bytes, numpy arrays) is admitted, so the file was refused and "
                              "nothing in it ran. Replace it with the original CIFAR-10 file")
-        return super().find_class(module, name)
+        return _ADMITTED[(module, name)]
+
+
+def _plain(value):
+    """The unpickled value with every array stand-in replaced by its array."""
+    if isinstance(value, _Array):
+        if value.array is None:
+            raise UnsafeData("an array was never given its data")
+        return value.array
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, (_Dtype,)):
+        raise UnsafeData("a dtype stands where data belongs")
+    return value
 
 
 def read_plain_pickle(path: Path):
-    """Unpickle a file that may hold only plain data (UnsafeData for anything else)."""
+    """Unpickle a file that may hold only plain data (UnsafeData for anything else); numpy
+    arrays are rebuilt from their checked bytes, never by numpy's own unpickling."""
+    size = path.stat().st_size
+    if size > MAX_BATCH_FILE_BYTES:
+        raise DatasetError(f"{path} is {size} bytes; a CIFAR-10 batch is about 31 MB")
     try:
-        return _PlainDataUnpickler(io.BytesIO(path.read_bytes()), path).load()
-    except UnsafeData:
-        raise
+        return _plain(_PlainDataUnpickler(io.BytesIO(path.read_bytes()), path).load())
+    except UnsafeData as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise UnsafeData(f"{path}: {exc}; the file was refused and nothing in it ran") from None
     except Exception as exc:  # truncated or not a pickle
         raise DatasetError(f"{path} is not a readable CIFAR-10 batch: {exc}") from None
 

@@ -21,7 +21,7 @@ class ImageError(ValueError):
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
     """Transparent areas become black, like the datasets' backgrounds."""
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from models.archs import build_model
-from models.checkpoint import read_checkpoint
+from models.checkpoint import CheckpointError, read_checkpoint
 from models.contract import InputContract
 from models.image import ImageError
 from models.spec import MODEL_SPEC, JobSpec
@@ -34,7 +34,10 @@ class Predictor:
         self.device = device
         self.model = model.to(device).eval()
         self.meta = meta
-        self.contract = InputContract.from_meta(meta)
+        try:
+            self.contract = InputContract.from_meta(meta)
+        except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise CheckpointError(f"the model's input contract is not usable: {str(exc).splitlines()[0]}") from None
         self.classes: list[str] | None = self.contract.classes
         self.task: str = meta["task"]
 

@@ -436,8 +436,13 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
 def _image_option_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
     """Normalisation and augmentation that do not fit the dataset's channels or size."""
     data, problems = spec.data, []
-    if not info.images or not isinstance(data, _ImageOptions):
+    if not isinstance(data, _ImageOptions):
         return problems
+    if not info.images:
+        used = {"normalize": data.normalize != "none", "augment": data.augment is not None}
+        return [SpecProblem(("data", name), f"{name} applies to image datasets only; {data.dataset} holds "
+                                            f"{info.input_shape[0]} numeric features per example")
+                for name, given in used.items() if given]
     channels, height, width = info.input_shape
     if isinstance(data.normalize, NormalizeSpec) and len(data.normalize.mean) != channels:
         problems.append(SpecProblem(("data", "normalize", "mean"),

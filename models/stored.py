@@ -9,13 +9,13 @@ The files are ordinary safetensors files: `safetensors.safe_open` reads them too
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from models.checkpoint import atomic_file
 
 _DTYPES = {torch.uint8: "U8", torch.int64: "I64", torch.float32: "F32", torch.float64: "F64"}
 _NUMPY = {"U8": np.uint8, "I64": np.int64, "F32": np.float32, "F64": np.float64}
@@ -45,23 +45,14 @@ def write_arrays(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(struct.pack("<Q", len(encoded)) + encoded)
-            for name in _layout(tensors):
-                tensor = tensors[name].detach().to("cpu")
-                flat = tensor.reshape(-1) if tensor.is_contiguous() else tensor.contiguous().reshape(-1)
-                step = max(1, _CHUNK_BYTES // max(1, tensor.element_size()))
-                for start in range(0, flat.numel(), step):
-                    fh.write(flat[start:start + step].numpy().tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        fh.write(struct.pack("<Q", len(encoded)) + encoded)
+        for name in _layout(tensors):
+            tensor = tensors[name].detach().to("cpu")
+            flat = tensor.reshape(-1) if tensor.is_contiguous() else tensor.contiguous().reshape(-1)
+            step = max(1, _CHUNK_BYTES // max(1, tensor.element_size()))
+            for start in range(0, flat.numel(), step):
+                fh.write(flat[start:start + step].numpy().tobytes())
     return 8 + len(encoded) + offset
 
 

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 import zipfile
 from collections import Counter
@@ -31,7 +32,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".
 SKIPPED_FOLDERS = frozenset({"__MACOSX", ".ipynb_checkpoints"})
 SKIPPED_FILES = frozenset({"thumbs.db", "desktop.ini"})
 ColorMode = Literal["auto", "rgb", "grayscale"]
-IMBALANCE_WARNING = 10  # warn when the largest class has this many times the images of the smallest
+IMBALANCE_WARNING = 10  # warn when the largest class has more than this many times the images of the smallest
 
 
 class ArchiveError(DatasetError):
@@ -45,6 +46,7 @@ class ArchiveLimits:
     max_member_bytes: int = 256 * 1024**2
     max_ratio: int = 200
     max_image_pixels: int = 4096 * 4096
+    max_decoded_bytes: int = 8 * 1024**3  # what the images of one upload may decode to
 
 
 @dataclass
@@ -127,6 +129,18 @@ def decode_archive(data: bytes | BinaryIO, *, name: str, test_fraction: float = 
         raise
     decoded.cleanup = arrays.remove
     return decoded
+
+
+def check_archive(data: BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> int:
+    """The checks that need only the zip's directory (unsafe names, bomb-like sizes, encryption),
+    without reading a member; returns what the members add up to uncompressed."""
+    try:
+        with zipfile.ZipFile(data) as archive:
+            return sum(info.file_size for info in _safe_members(archive, limits).values())
+    except zipfile.BadZipFile:
+        raise ArchiveError("the upload is not a zip archive") from None
+    finally:
+        data.seek(0)
 
 
 def _decode_members(archive, name, test_fraction, image_size, seed, color, min_per_class, limits,
@@ -232,6 +246,19 @@ class _Arrays:
         self.files.append(Path(name))
         return np.memmap(name, dtype=np.uint8, mode="w+", shape=shape)
 
+    def reserve(self, nbytes: int, limits: ArchiveLimits) -> None:
+        """Refuse images that would decode to more than the limit, or than the disk can hold
+        (the decoded copy and the stored file)."""
+        if nbytes > limits.max_decoded_bytes:
+            raise ArchiveError(f"the images decode to {nbytes} bytes; the limit is {limits.max_decoded_bytes}: "
+                               "set image_size to store them smaller")
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.folder).free
+            if free < 2 * nbytes:
+                raise ArchiveError(f"not enough disk space to decode this upload: it needs about {2 * nbytes} "
+                                   f"bytes and {free} are free")
+
     def first_channel(self, array: np.ndarray, rows: int = 4096) -> np.ndarray:
         """array[:, :1] in a new array, copied a chunk of rows at a time."""
         out = self.empty((array.shape[0], 1, *array.shape[2:]))
@@ -276,6 +303,7 @@ def _image_folders(archive, members, name, test_fraction, image_size, seed, colo
     first, coloured = _decode_image(_read(archive, images[first_path], limits), first_path, channels, image_size,
                                     limits)
     size = first.shape
+    arrays.reserve((len(rows["train"]) + len(rows["test"])) * int(np.prod(size)), limits)
     pixels = {split: arrays.empty((len(rows[split]), *size)) for split in ("train", "test")}
     for split in ("train", "test"):
         for row, (path, _) in enumerate(rows[split]):
@@ -304,7 +332,7 @@ def _warnings(dataset: Dataset) -> list[str]:
     warnings = []
     counts = Counter(dataset.y_train.tolist())
     most, least = max(counts.values()), min(counts.values())
-    if most >= IMBALANCE_WARNING * least:
+    if most > IMBALANCE_WARNING * least:
         big = max(counts, key=counts.get)
         small = min(counts, key=counts.get)
         warnings.append(f"class imbalance: {dataset.classes[big]} has {most} training images but "

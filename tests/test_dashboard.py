@@ -47,7 +47,8 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     with embedded_stack.client() as client:
         job_id = submit(client, {**SOFTMAX_SPEC, "name": "dashboard-job"})
         embedded_stack.wait_for_job(client, job_id)
-        client.post("/v1/models", json={"name": "dashboard-model", "job_id": job_id})
+        assert client.post("/v1/models", json={"name": "dashboard-model", "job_id": job_id}).status_code == 201
+        assert client.put("/v1/models/dashboard-model/aliases/production", json={"version": 1}).status_code == 200
 
     browser.get(embedded_stack.url + "/")
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]')
@@ -115,7 +116,9 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     browser.get(embedded_stack.url + "/ui/predict")
     from selenium.webdriver.support.ui import Select
 
-    Select(browser.find_element(By.ID, "choice")).select_by_value("dashboard-model:1")  # picked from the list
+    choice = Select(browser.find_element(By.ID, "choice"))
+    assert {"dashboard-model", "dashboard-model@production", "dashboard-model:1"} <= {o.text for o in choice.options}
+    choice.select_by_value("dashboard-model:1")  # picked from the list
     assert browser.find_element(By.ID, "model").get_attribute("value") == "dashboard-model:1"
     browser.find_element(By.ID, "file").send_keys(f"{boot}\n{trouser}")
     browser.find_element(By.ID, "predict").click()

@@ -172,6 +172,15 @@ def test_an_import_that_is_not_safetensors_or_has_a_bad_field_is_refused(api):
     bad_shape = api.post("/v1/models/import", data={**form, "input_shape": "[1, 2]"},
                          files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))})
     assert bad_shape.status_code == 422 and bad_shape.json()["detail"][0]["loc"] == ["body", "input_shape"]
+    two_channels = api.post("/v1/models/import", data={**form, "input_shape": "[2, 28, 28]"},
+                            files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))})
+    assert two_channels.status_code == 422 and "1 (grey) or 3 (RGB) channels" in two_channels.text
+    stray = api.post("/v1/models/import", data={**form, "labels": "[]"},
+                     files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))})
+    assert stray.status_code == 422 and stray.json()["detail"][0]["loc"] == ["body", "labels"]
+    wrong_norm = api.post("/v1/models/import", data={**form, "normalize": '{"mean": [0.5, 0.5], "std": [1, 1]}'},
+                          files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))})
+    assert wrong_norm.status_code == 422 and wrong_norm.json()["detail"][0]["loc"] == ["body", "normalize"]
 
 
 # Each curriculum architecture as its users write it, in a process that never imports trainyard.

@@ -28,6 +28,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column('error', sa.Text(), nullable=True))
         for name, kind in FOUND_BY_DECODING:
             batch.alter_column(name, existing_type=kind, nullable=True)
+    # Every image dataset uploaded before colour was kept is grey.
+    op.execute("UPDATE datasets SET color = 'grayscale' WHERE kind IN ('image_folder', 'idx')")
 
 
 def downgrade() -> None:

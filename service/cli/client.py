@@ -453,6 +453,10 @@ def register(app: typer.Typer) -> None:
                                        files={"file": (archive.name, archive.read_bytes(), "application/zip")}))
         if as_json:
             return emit_json(dataset)
+        if dataset["status"] != "ready":  # a large upload: decoded after the answer
+            console.print(f"uploaded:{dataset['id']}  {dataset['status']}: poll `trainyard datasets list` "
+                          "until it is ready")
+            return
         shape = "x".join(map(str, dataset["input_shape"]))
         console.print(f"uploaded:{dataset['id']}  {dataset['kind']}, {dataset['task']}, {shape}"
                       f"{' ' + dataset['color'] if dataset.get('color') else ''}, "
@@ -467,8 +471,10 @@ def register(app: typer.Typer) -> None:
             answer = checked(api.get("/v1/datasets"))
         if as_json:
             return emit_json(answer)
-        table = Table("id", "name", "kind", "task", "train", "test", "classes")
+        table = Table("id", "name", "status", "kind", "shape", "train", "test", "classes")
         for d in answer["data"]:
-            table.add_row(d["id"], d["name"], d["kind"], d["task"], str(d["num_train"]), str(d["num_test"]),
-                          ", ".join(d["classes"] or []))
+            shape = "x".join(map(str, d["input_shape"])) if d["input_shape"] else ""
+            status = d["status"] if d["status"] != "failed" else f"failed: {d['error']}"
+            table.add_row(d["id"], d["name"], status, d["kind"] or "", shape, str(d["num_train"] or ""),
+                          str(d["num_test"] or ""), ", ".join(d["classes"] or []))
         console.print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import shutil
 from dataclasses import dataclass
@@ -9,12 +10,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models.data import DatasetError, save_stored_dataset, stored_dataset_path
 from models.spec import DatasetInfo, JobSpec, UploadedDatasetSpec, builtin_dataset_info
-from models.uploads import ArchiveLimits, decode_archive
+from models.uploads import ArchiveLimits, check_archive, decode_archive
 from service.core.db import session_scope
 from service.core.errors import Conflict, Invalid, NotFound, Unprocessable
 from service.core.settings import Settings
@@ -38,18 +39,19 @@ class UploadOptions:
     min_per_class: int = 5
 
 
-def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadOptions, datasets_dir: Path,
-                 max_image_pixels: int) -> None:
+def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadOptions, settings: Settings) -> None:
     """Decode an archive, write its tensors beside the datasets and fill in the record (DatasetError
     if the archive is not a usable dataset). Images are decoded one by one into files there, so an
     archive of any size within the limits is never held whole in memory."""
     decoded = decode_archive(data, name=record.name, test_fraction=options.test_fraction,
                              image_size=options.image_size, seed=options.seed, color=options.color,
-                             min_per_class=options.min_per_class, workdir=datasets_dir,
-                             limits=ArchiveLimits(max_image_pixels=max_image_pixels))
+                             min_per_class=options.min_per_class, workdir=settings.datasets_dir,
+                             limits=ArchiveLimits(max_image_pixels=settings.max_image_pixels,
+                                                  max_decoded_bytes=settings.max_decoded_dataset_bytes))
     dataset = decoded.dataset
     try:
-        size = save_stored_dataset(stored_dataset_path(datasets_dir, record.id), dataset, {"kind": decoded.kind})
+        size = save_stored_dataset(stored_dataset_path(settings.datasets_dir, record.id), dataset,
+                                   {"kind": decoded.kind})
     finally:
         decoded.cleanup()
     record.status, record.error = DatasetStatus.READY, None
@@ -61,12 +63,12 @@ def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadO
 
 
 def store_upload(session: Session, *, data: bytes | BinaryIO, name: str, options: UploadOptions,
-                 datasets_dir: Path, max_image_pixels: int) -> StoredDataset:
+                 settings: Settings) -> StoredDataset:
     """Validate and decode an uploaded archive (bytes or a file, read member by member), write its
     tensors, and record it as ready; Unprocessable saying why the archive is not usable."""
     record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.READY)
     try:
-        _decode_into(record, data, options, datasets_dir, max_image_pixels)
+        _decode_into(record, data, options, settings)
     except DatasetError as exc:
         raise Unprocessable(str(exc)) from exc
     session.add(record)
@@ -84,11 +86,36 @@ def accept_upload(session: Session, *, data: BinaryIO, name: str, datasets_dir: 
     path = _upload_path(datasets_dir, record.id)
     datasets_dir.mkdir(parents=True, exist_ok=True)
     data.seek(0)
-    with open(path, "wb") as fh:
-        shutil.copyfileobj(data, fh, length=1024 * 1024)
+    try:
+        with open(path, "wb") as fh:
+            shutil.copyfileobj(data, fh, length=1024 * 1024)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     session.add(record)
     session.flush()
     return record
+
+
+DECODED_COLUMNS = ("status", "error", "kind", "task", "classes", "input_shape", "color", "warnings",
+                   "num_train", "num_test", "checksum", "size_bytes")
+# Background decodes, one at a time per API process: decoding is CPU-bound and the API serves predictions.
+_decoder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-decoder")
+
+
+def decode_later(*, dataset_id: str, options: UploadOptions, settings: Settings) -> None:
+    """Queue decode_accepted on this process's decoder thread."""
+    _decoder.submit(decode_accepted, dataset_id=dataset_id, options=options, settings=settings)
+
+
+def inspect_upload(data: BinaryIO, *, settings: Settings) -> int:
+    """What an upload's members add up to uncompressed; Unprocessable at once for what its zip
+    directory already shows (not a zip, unsafe names, a likely bomb)."""
+    try:
+        return check_archive(data, ArchiveLimits(max_image_pixels=settings.max_image_pixels,
+                                                 max_decoded_bytes=settings.max_decoded_dataset_bytes))
+    except DatasetError as exc:
+        raise Unprocessable(str(exc)) from exc
 
 
 def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settings) -> None:
@@ -104,7 +131,7 @@ def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settin
     outcome = StoredDataset(id=dataset_id, name=name)
     try:
         with open(path, "rb") as fh:
-            _decode_into(outcome, fh, options, settings.datasets_dir, settings.max_image_pixels)
+            _decode_into(outcome, fh, options, settings)
     except Exception as exc:  # a damaged archive, or a disk that filled: the record says which
         outcome.status = DatasetStatus.FAILED
         outcome.error = str(exc) if isinstance(exc, DatasetError) else f"decoding failed: {type(exc).__name__}: {exc}"
@@ -112,13 +139,14 @@ def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settin
     finally:
         path.unlink(missing_ok=True)
     with session_scope() as session:
-        record = session.get(StoredDataset, dataset_id)
-        if record is None:  # deleted while it was decoding
-            stored_dataset_path(settings.datasets_dir, dataset_id).unlink(missing_ok=True)
-            return
-        for column in ("status", "error", "kind", "task", "classes", "input_shape", "color", "warnings",
-                       "num_train", "num_test", "checksum", "size_bytes"):
-            setattr(record, column, getattr(outcome, column))
+        # Only a record still processing takes the outcome: one deleted, or failed as abandoned
+        # meanwhile, stays as it is (and its files go).
+        updated = session.execute(
+            update(StoredDataset).where(StoredDataset.id == dataset_id,
+                                        StoredDataset.status == DatasetStatus.PROCESSING)
+            .values({column: getattr(outcome, column) for column in DECODED_COLUMNS})).rowcount
+    if not updated:
+        stored_dataset_path(settings.datasets_dir, dataset_id).unlink(missing_ok=True)
 
 
 def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, datasets_dir: Path) -> list[str]:
@@ -132,6 +160,13 @@ def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, datas
         record.error = "decoding did not finish (the service restarted while it ran); upload the archive again"
         _upload_path(datasets_dir, record.id).unlink(missing_ok=True)
     session.flush()
+    # Decoding files and half-written datasets a killed process left behind.
+    for leftover in [*datasets_dir.glob(".decoding-*"), *datasets_dir.glob(".*.safetensors.*.tmp")]:
+        try:
+            if leftover.stat().st_mtime < cutoff.timestamp():
+                leftover.unlink()
+        except OSError:
+            pass
     return [record.id for record in stale]
 
 

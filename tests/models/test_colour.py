@@ -72,6 +72,49 @@ def test_a_cifar_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path
     assert not marker.exists() and UnsafeData.reason == "unsafe_data"
 
 
+class _Reduces:
+    """Pickles as whatever __reduce__ returns, to write hostile files."""
+
+    def __init__(self, reduced):
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
+
+
+def _hostile_batches():
+    """Files that stay inside the admitted names but abuse them: numpy's own state for an
+    object dtype (pointers read from the file), a shape far larger than its bytes (a huge
+    uninitialised allocation), and a codec that doubles its input at every level."""
+    import codecs
+
+    reconstruct = np.core.multiarray._reconstruct if hasattr(np, "core") else np._core.multiarray._reconstruct
+    objects = _Reduces((reconstruct, (np.ndarray, (0,), b"b"), (1, (4,), np.dtype("O"), False, b"\0" * 32)))
+    huge = _Reduces((reconstruct, (np.ndarray, (0,), b"b"), (1, (10**7, 3072), np.dtype("u1"), False, b"")))
+    text = "x"
+    for _ in range(3):
+        text = _Reduces((codecs.encode, (text, "hex")))
+    return {"object dtype": {b"data": np.zeros((2, 3072), np.uint8), b"labels": objects},
+            "huge shape": {b"data": huge, b"labels": [0]},
+            "hex codec": {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": text}}
+
+
+@pytest.mark.parametrize("kind", ["object dtype", "huge shape", "hex codec"])
+def test_a_cifar_pickle_that_abuses_what_is_admitted_is_refused(tmp_path, kind):
+    folder = make_cifar10(tmp_path, "py", per_batch=5, n_test=5)
+    (folder / "data_batch_2").write_bytes(pickle.dumps(_hostile_batches()[kind], protocol=2))
+    with pytest.raises(UnsafeData, match="data_batch_2: (dtype 'O8'|an array of shape|a bytes object).* nothing in it ran"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar_arrays_pickled_with_protocol_5_are_read(tmp_path):
+    folder = make_cifar10(tmp_path, "py", per_batch=5, n_test=5)
+    images = np.arange(5 * 3072, dtype=np.uint8).reshape(5, 3072)
+    (folder / "data_batch_4").write_bytes(pickle.dumps({b"data": images, b"labels": [1] * 5}, protocol=5))
+    data = load_cifar10(tmp_path)
+    assert np.array_equal(data.x_train[15:20].numpy().reshape(5, -1), images)
+
+
 def test_cifar10_spec_limits_resize_and_channels(cifar_dir):
     spec = job(data={"dataset": "cifar10", "limit_train": 50, "limit_test": 20, "resize": 16})
     data = load_dataset(spec.data, data_dir=cifar_dir)

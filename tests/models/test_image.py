@@ -42,6 +42,13 @@ def test_transparency_palette_cmyk_and_16_bit_convert_predictably():
     assert decode_image(encode(deep), "d.png", channels=3, max_pixels=100)[:, 0, 0].tolist() == [255, 255, 255]
 
 
+def test_a_colour_key_is_transparent_like_an_alpha_channel():
+    keyed = Image.new("L", (2, 1), 200)
+    keyed.putpixel((1, 0), 90)
+    pixels = decode_image(encode(keyed, transparency=200), "k.png", channels=1, max_pixels=100)
+    assert pixels[0, 0].tolist() == [0, 90]  # the keyed grey is background, on black
+
+
 def test_exif_orientation_is_applied():
     tall = Image.new("RGB", (20, 10), (0, 0, 0))
     tall.paste((255, 255, 255), (0, 0, 10, 10))  # left half white

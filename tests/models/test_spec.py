@@ -138,3 +138,15 @@ def test_input_loc_is_the_path_as_sent():
     assert input_loc(sent, ("model", "mlp")) == ("model",)  # a check of the whole model
     assert input_loc(sent, ("epochs",), missing=True) == ("epochs",)
     assert input_loc(sent, ("model", "mlp", "hidden"), missing=True) == ("model", "hidden")
+
+
+def test_normalisation_and_augmentation_are_for_images_only():
+    from models.spec import DatasetInfo, spec_problems
+
+    table = DatasetInfo("classification", (4,), 2, images=False)
+    uploaded = "uploaded:12345678-1234-1234-1234-123456789abc"
+    spec = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": uploaded, "normalize": "dataset",
+                                                                       "augment": {"horizontal_flip": True}}})
+    assert [p.loc for p in spec_problems(spec, table)] == [("data", "normalize"), ("data", "augment")]
+    plain = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": uploaded}})
+    assert spec_problems(plain, table) == []

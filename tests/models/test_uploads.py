@@ -179,10 +179,21 @@ def test_unusable_classes_are_refused_listing_them(files, message):
 
 
 def test_imbalance_and_test_images_seen_in_training_are_warned_about():
-    files = {f"train/a/{i}.png": png_bytes(0, seed=i) for i in range(50)}
+    files = {f"train/a/{i}.png": png_bytes(0, seed=i) for i in range(55)}
     files.update({f"train/b/{i}.png": png_bytes(1, seed=i) for i in range(5)})
     files.update({"test/a/0.png": png_bytes(0, seed=3), "test/b/0.png": png_bytes(1, seed=999)})
     warnings = decode_archive(zip_bytes(files), name="w").warnings
-    assert any("class imbalance: a has 50 training images but b only 5 (10x)" in w for w in warnings)
+    assert any("class imbalance: a has 55 training images but b only 5 (11x)" in w for w in warnings)
     assert any(w.startswith("1 test image(s) are identical to training images") for w in warnings)
     assert decode_archive(image_folder_zip(["a", "b"], per_class=5, test_per_class=2), name="ok").warnings == []
+
+
+def test_images_that_would_decode_past_the_limit_are_refused_before_decoding(tmp_path):
+    archive = image_folder_zip(["a", "b"], per_class=5, test_per_class=2)  # 14 images of 28x28: 10,976 bytes
+    with pytest.raises(ArchiveError, match="decode to 32928 bytes; the limit is 10000: set image_size"):
+        decode_archive(archive, name="x", limits=ArchiveLimits(max_decoded_bytes=10_000), workdir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing was allocated
+    upload = decode_archive(archive, name="x", workdir=tmp_path)  # decoded into files there, then
+    assert list(tmp_path.glob(".decoding-*")) and upload.dataset.input_shape == (1, 28, 28)
+    upload.cleanup()
+    assert not list(tmp_path.glob(".decoding-*"))

@@ -216,7 +216,7 @@ def _model_choices(session) -> list[str]:
     choices = []
     for name in registry.names(session):
         choices.append(name)
-        choices += [f"{name}@{alias.alias}" for alias in registry.aliases(session, name=name)]
+        choices += [f"{name}@{alias}" for alias in registry.aliases(session, name=name)]
         choices += [f"{name}:{version.version}" for version in registry.require_versions(session, name=name)]
     return choices
 
@@ -248,15 +248,18 @@ async def predict(request: Request, server: ModelServerDep, session: SessionDep,
                   top_k: Annotated[int, Form(ge=1, le=100)] = 3) -> Response:
     context = {"model": model, "top_k": top_k, "choices": _model_choices(session)}
     session.close()
-    chosen = files[:settings.max_files_per_request]
-    uploads = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(chosen)]
-    types = [f.content_type if (f.content_type or "").startswith("image/") else "image/png" for f in chosen]
+    if len(files) > settings.max_files_per_request:
+        error = f"{len(files)} images chosen; at most {settings.max_files_per_request} at a time"
+        return templates.TemplateResponse(request, "predict.html", {**context, "error": error}, status_code=422)
+    uploads = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(files)]
+    types = [f.content_type if (f.content_type or "").startswith("image/") else "image/png" for f in files]
     try:
         target, loaded, results = await server.classify_uploads(model, uploads, top_k)
         answer = image_answer(target, loaded.predictor, [name for name, _ in uploads], results)
-        shown = [{"prediction": prediction, "preview": _data_url(data, media_type),
-                  "seen": _seen(loaded.predictor, data, name, settings.max_image_pixels)}
-                 for prediction, (name, data), media_type in zip(answer.predictions, uploads, types)]
+        seen = await run_in_threadpool(lambda: [_seen(loaded.predictor, data, name, settings.max_image_pixels)
+                                                for name, data in uploads])
+        shown = [{"prediction": prediction, "preview": _data_url(data, media_type), "seen": view}
+                 for prediction, (_, data), media_type, view in zip(answer.predictions, uploads, types, seen)]
     except (CoreError, InputError, CheckpointError) as exc:
         return templates.TemplateResponse(request, "predict.html", {**context, "error": _describe(exc)}, status_code=422)
     return templates.TemplateResponse(request, "predict.html", {

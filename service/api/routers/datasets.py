@@ -7,7 +7,7 @@ from typing import Annotated
 
 from typing import Literal
 
-from fastapi import APIRouter, BackgroundTasks, File, Form, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
@@ -29,7 +29,6 @@ NOT_FOUND = {404: {"description": "No such dataset"}}
 async def upload_dataset(
     request: Request,
     response: Response,
-    background: BackgroundTasks,
     session: WriteSessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="a zip: train/<class>/*.png (+ test/...), <class>/*.png, "
@@ -49,17 +48,16 @@ async def upload_dataset(
     options = datasets.UploadOptions(test_fraction=test_fraction, image_size=image_size, seed=seed, color=color,
                                      min_per_class=min_per_class)
     # The upload is already spooled to a temporary file: it is read member by member from there.
-    if (file.size or 0) >= settings.dataset_background_bytes:
+    if await run_in_threadpool(datasets.inspect_upload, file.file, settings=settings) >= settings.dataset_background_bytes:
         record = await run_in_threadpool(datasets.accept_upload, session, data=file.file, name=label,
                                          datasets_dir=settings.datasets_dir)
         session.commit()
-        background.add_task(datasets.decode_accepted, dataset_id=record.id, options=options, settings=settings)
+        datasets.decode_later(dataset_id=record.id, options=options, settings=settings)
         response.status_code = status.HTTP_202_ACCEPTED
         response.headers["Location"] = f"/v1/datasets/{record.id}"
         return DatasetPublic.model_validate(record)
     record = await run_in_threadpool(
-        datasets.store_upload, session, data=file.file, name=label, options=options,
-        datasets_dir=settings.datasets_dir, max_image_pixels=settings.max_image_pixels)
+        datasets.store_upload, session, data=file.file, name=label, options=options, settings=settings)
     session.commit()
     return DatasetPublic.model_validate(record)
 

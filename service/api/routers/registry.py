@@ -157,6 +157,8 @@ async def import_model(
     if (not isinstance(shape, list) or len(shape) not in (1, 3)
             or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in shape)):
         raise Invalid([(("body", "input_shape"), "input_shape must be [features] or [channels, height, width]")])
+    if len(shape) == 3 and shape[0] not in (1, 3):
+        raise Invalid([(("body", "input_shape"), f"images have 1 (grey) or 3 (RGB) channels, not {shape[0]}")])
     weights = await file.read()
     version = await run_in_threadpool(registry.import_version, session, name=name, weights=weights, model=spec,
                                       classes=names, input_shape=shape, settings=settings,

@@ -67,3 +67,18 @@ def test_abandoned_decoding_is_failed_by_the_housekeeper(service_env):
     assert record(dataset_id).status == DatasetStatus.FAILED and "upload the archive again" in record(dataset_id).error
     datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=service_env)
     assert record(dataset_id).status == DatasetStatus.FAILED  # a late decoder changes nothing
+
+
+def test_a_decode_that_outlives_its_timeout_does_not_revive_its_record(service_env, monkeypatch):
+    dataset_id = accept(service_env, image_folder_zip(["a", "b"], per_class=6, test_per_class=2))
+    real = datasets._decode_into
+
+    def slow(record, data, options, settings):  # the housekeeper gives up on it while it decodes
+        with db.session_scope() as session:
+            datasets.fail_abandoned_uploads(session, older_than_seconds=0, datasets_dir=settings.datasets_dir)
+        real(record, data, options, settings)
+
+    monkeypatch.setattr(datasets, "_decode_into", slow)
+    datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=service_env)
+    assert record(dataset_id).status == DatasetStatus.FAILED
+    assert not list(service_env.datasets_dir.glob("*.safetensors"))  # its decoded file went too
