@@ -53,6 +53,47 @@ class DatasetError(Exception):
     reason = "invalid_data"
 
 
+class Rows:
+    """Some rows of a tensor, gathered only when a batch asks for them: a validation split or a
+    fold of a memory-mapped set without copying its training rows into memory. Indexing with a
+    slice or an index tensor gives a tensor of those rows."""
+
+    def __init__(self, base: torch.Tensor, index: torch.Tensor):
+        if isinstance(base, Rows):  # rows of rows: one index into the same base
+            base, index = base.base, base.index[index.to(base.index.device)]
+        self.base, self.index = base, index.to(base.device)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        return self.base[self.index[key]]
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.index), *self.base.shape[1:]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
+
+    def numel(self) -> int:
+        return len(self.index) * int(np.prod(self.base.shape[1:]))
+
+    def element_size(self) -> int:
+        return self.base.element_size()
+
+    def to(self, device, non_blocking: bool = False) -> Rows:
+        return Rows(self.base.to(device, non_blocking=non_blocking), self.index)
+
+    def pin_memory(self) -> Rows:
+        return Rows(self.base.pin_memory(), self.index)
+
+
 @dataclass
 class Dataset:
     """Train and test tensors plus the input contract a predictor needs to treat new inputs the same way.
@@ -70,8 +111,9 @@ class Dataset:
     y_test: torch.Tensor
     contract: InputContract
     checksum: str
-    x_val: torch.Tensor | None = None
+    x_val: torch.Tensor | Rows | None = None
     y_val: torch.Tensor | None = None
+    mapped: bool = False  # the inputs are memory-mapped from a file: splits keep row indices, not copies
 
     @property
     def classes(self) -> tuple[str, ...] | None:
@@ -277,7 +319,7 @@ def load_stored_dataset(path: Path) -> Dataset:
             raise StoredFileError(f"{path.name} is not a stored dataset")
     except (StoredFileError, KeyError, ValueError) as exc:
         raise DatasetError(f"stored dataset {path.stem} cannot be read: {exc}") from None
-    return Dataset(name=meta["name"], task=meta["task"], checksum=meta["checksum"],
+    return Dataset(name=meta["name"], task=meta["task"], checksum=meta["checksum"], mapped=True,
                    contract=InputContract.from_meta(meta), **{k: tensors[k] for k in _STORED_TENSORS})
 
 
@@ -426,6 +468,11 @@ def kfold_indices(n: int, folds: int, seed: int) -> list[tuple[torch.Tensor, tor
 
 
 def with_validation(dataset: Dataset, train_idx: torch.Tensor, val_idx: torch.Tensor) -> Dataset:
-    """The dataset with its training set split into the given train and validation rows."""
-    return dataset.replace(x_train=dataset.x_train[train_idx], y_train=dataset.y_train[train_idx],
-                           x_val=dataset.x_train[val_idx], y_val=dataset.y_train[val_idx])
+    """The dataset with its training set split into the given train and validation rows (row
+    indices into a memory-mapped set, copies of an in-memory one)."""
+    x = dataset.x_train
+    if dataset.mapped or isinstance(x, Rows):
+        return dataset.replace(x_train=Rows(x, train_idx), y_train=dataset.y_train[train_idx],
+                               x_val=Rows(x, val_idx), y_val=dataset.y_train[val_idx])
+    return dataset.replace(x_train=x[train_idx], y_train=dataset.y_train[train_idx],
+                           x_val=x[val_idx], y_val=dataset.y_train[val_idx])

@@ -70,7 +70,7 @@ def test_colour_photos_upload_train_predict_and_export_alike(stack, client, colo
     assert grey["input_shape"] == [1, 32, 32] and "have colour" in grey["warnings"][0]
 
     spec = {"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-            "data": {"dataset": f"uploaded:{dataset['id']}", "normalize": "dataset",
+            "data": {"dataset": f"uploaded:{dataset['id']}", "normalize": "dataset", "val_fraction": 0.1,
                      "augment": {"horizontal_flip": True}},
             "optimizer": {"name": "adam", "lr": 0.003}, "epochs": 10, "batch_size": 16}
     bad = client.post("/v1/jobs", json={**spec, "data": {**spec["data"], "normalize": {"mean": [0.5], "std": [0.2]}}})
@@ -78,6 +78,7 @@ def test_colour_photos_upload_train_predict_and_export_alike(stack, client, colo
     job = stack.wait_for_job(client, submit(client, spec), timeout=240)
     assert job["status"] == "succeeded", job
     assert job["latest_metrics"]["test_acc"] >= 0.95, job["latest_metrics"]
+    assert job["latest_metrics"]["val_acc"] is not None  # held out as row indices into the mapped file
 
     model = f"job:{job['id']}"
     for label, name in enumerate(CLASSES):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -67,6 +68,9 @@ spec = JobSpec.model_validate({"model": {"arch": "softmax_regression"}, "data": 
                                "epochs": 1, "batch_size": 256, "device": "cpu", "optimizer": {"lr": 0.01}})
 torch.set_num_threads(1)
 dataset = load_stored_dataset(Path(sys.argv[1]))
+if sys.argv[3] == "validation":  # a held-out split keeps row indices into the mapped file
+    from models.data import holdout_split, with_validation
+    dataset = with_validation(dataset, *holdout_split(len(dataset.x_train), 0.2, 0, what="val_fraction"))
 warm = fit(spec, dataset=dataset.replace(x_train=dataset.x_train[:512], y_train=dataset.y_train[:512]), data_dir=".")
 before = anon_mb()
 fit(spec, dataset=dataset, data_dir=".")
@@ -74,7 +78,8 @@ print(anon_mb() - before)
 """
 
 
-def test_training_from_a_memory_mapped_set_holds_batches_not_the_set(tmp_path):
+@pytest.mark.parametrize("split", ["none", "validation"])
+def test_training_from_a_memory_mapped_set_holds_batches_not_the_set(tmp_path, split):
     """12,000 RGB images of 64x64 (141 MiB) train for an epoch while the process's anonymous memory
     grows by far less than the set (loaded into memory it grows by more than the set): its pages
     are the file's, read as batches need them."""
@@ -87,7 +92,7 @@ def test_training_from_a_memory_mapped_set_holds_batches_not_the_set(tmp_path):
     save_stored_dataset(path, data)
     del data, x
     size_mb = path.stat().st_size / 2**20
-    run = subprocess.run([sys.executable, "-c", TRAIN_FROM_DISK, str(path), str(REPO)], capture_output=True,
+    run = subprocess.run([sys.executable, "-c", TRAIN_FROM_DISK, str(path), str(REPO), split], capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     growth = float(run.stdout.strip().splitlines()[-1])
