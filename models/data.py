@@ -155,16 +155,25 @@ def parse_idx(raw: bytes, path: str, max_bytes: int | None = None) -> np.ndarray
             raise DatasetError(f"{path} is not a readable gzip file: {exc}") from exc
         if max_bytes and len(raw) > max_bytes:
             raise DatasetError(f"{path} decompresses to more than {max_bytes} bytes")
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path} is not an IDX file (bad magic number)")
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        raise DatasetError(f"{path} holds {len(raw)} bytes but its header {dims} needs {expected}")
+    dtype, dims, header = idx_header(raw, path, len(raw))
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def idx_header(head: bytes, path: str, size: int) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, dimensions, header length) of an IDX file of `size` bytes that starts with `head`
+    (at least its header), checked against the size."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{path} is not an IDX file (bad magic number)")
+    dtype = np.dtype(_IDX_DTYPES[head[2]])
+    ndim = head[3]
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise DatasetError(f"{path} is shorter than its header")
+    dims = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if size != expected:
+        raise DatasetError(f"{path} holds {size} bytes but its header {dims} needs {expected}")
+    return dtype, dims, header
 
 
 def _find_idx(raw_dir: Path, stem: str) -> Path | None:

@@ -404,9 +404,12 @@ _SPLITS = ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
 
 def place_on_gpu(dataset: Dataset, device: torch.device, headroom: float = 0.5) -> Dataset:
     """Move the whole dataset to the GPU once when it fits in `headroom` of free memory;
-    otherwise pin it in host memory so each batch copies asynchronously."""
+    otherwise pin it in host memory so each batch copies asynchronously, unless it is
+    memory-mapped (larger than memory, perhaps): then batches are copied from the file's pages."""
     size = sum(t.numel() * t.element_size() for t in (getattr(dataset, n) for n in _SPLITS) if t is not None)
     free, _ = torch.cuda.mem_get_info(device)
+    if size >= headroom * free and dataset.mapped:
+        return dataset
     move = (lambda t: t.to(device)) if size < headroom * free else (lambda t: t.pin_memory())
     moved = {name: move(getattr(dataset, name)) if getattr(dataset, name) is not None else None for name in _SPLITS}
     return dataset.replace(**moved)

@@ -9,6 +9,7 @@ notebooks add (`__MACOSX/`, `.ipynb_checkpoints/`, dotfiles, `Thumbs.db`) is ski
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import os
@@ -25,7 +26,16 @@ import numpy as np
 import torch
 
 from models.contract import InputContract
-from models.data import IDX_FILES, Dataset, DatasetError, holdout_split, idx_dataset, image_dataset, parse_idx
+from models.data import (
+    IDX_FILES,
+    Dataset,
+    DatasetError,
+    holdout_split,
+    idx_dataset,
+    idx_header,
+    image_dataset,
+    parse_idx,
+)
 from models.image import ImageError, is_grey, open_image, pixels_of
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
@@ -150,7 +160,7 @@ def _decode_members(archive, name, test_fraction, image_size, seed, color, min_p
         try:
             basenames = {PurePosixPath(p).name.removesuffix(".gz"): p for p in members}
             if set(IDX_FILES.values()) <= basenames.keys():
-                return DecodedUpload("idx", _idx(archive, members, basenames, name, limits), color="grayscale")
+                return DecodedUpload("idx", _idx(archive, members, basenames, name, limits, arrays), color="grayscale")
             csvs = sorted(p for p in members if p.lower().endswith(".csv"))
             if csvs:
                 return DecodedUpload("csv", _csv(archive, members, csvs, name, test_fraction, seed, limits))
@@ -160,11 +170,15 @@ def _decode_members(archive, name, test_fraction, image_size, seed, color, min_p
             raise ArchiveError(f"the archive is damaged: {exc}") from None
 
 
-def _idx(archive, members, basenames, name, limits) -> Dataset:
-    arrays = {key: parse_idx(_read(archive, members[basenames[stem]], limits), basenames[stem],
-                             max_bytes=limits.max_member_bytes)
-              for key, stem in IDX_FILES.items()}
-    return idx_dataset(arrays, name=name)
+def _idx(archive, members, basenames, name, limits, arrays: _Arrays) -> Dataset:
+    if arrays.folder is None:
+        parsed = {key: parse_idx(_read(archive, members[basenames[stem]], limits), basenames[stem],
+                                 max_bytes=limits.max_member_bytes)
+                  for key, stem in IDX_FILES.items()}
+    else:
+        parsed = {key: arrays.idx_member(archive, members[basenames[stem]], basenames[stem], limits)
+                  for key, stem in IDX_FILES.items()}
+    return idx_dataset(parsed, name=name)
 
 
 def _decode_image(data: bytes, path: str, channels: int, image_size: int | None,
@@ -258,6 +272,29 @@ class _Arrays:
             if free < 2 * nbytes:
                 raise ArchiveError(f"not enough disk space to decode this upload: it needs about {2 * nbytes} "
                                    f"bytes and {free} are free")
+
+    def idx_member(self, archive, info, path: str, limits: ArchiveLimits) -> np.ndarray:
+        """An IDX member (gzipped or not) copied out to a file a chunk at a time and mapped."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.folder, prefix=".decoding-", suffix=".idx")
+        self.files.append(Path(name))
+        with archive.open(info) as member, os.fdopen(fd, "wb") as out:
+            gzipped = member.peek(2)[:2] == b"\x1f\x8b" if hasattr(member, "peek") else False
+            source = gzip.GzipFile(fileobj=member) if gzipped else member
+            try:
+                written = 0
+                while chunk := source.read(1024 * 1024):
+                    written += len(chunk)
+                    if written > limits.max_member_bytes:
+                        raise ArchiveError(f"{path} decompresses to more than {limits.max_member_bytes} bytes")
+                    out.write(chunk)
+            except (OSError, EOFError) as exc:
+                raise ArchiveError(f"{path} is not a readable gzip file: {exc}") from None
+        with open(name, "rb") as fh:
+            dtype, dims, header = idx_header(fh.read(4 + 4 * 255), path, written)
+        if 0 in dims:
+            return np.empty(dims, dtype=dtype)
+        return np.memmap(name, dtype=dtype, mode="c", offset=header, shape=dims)
 
     def first_channel(self, array: np.ndarray, rows: int = 4096) -> np.ndarray:
         """array[:, :1] in a new array, copied a chunk of rows at a time."""

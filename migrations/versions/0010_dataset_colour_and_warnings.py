@@ -26,6 +26,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column('warnings', sa.JSON(), nullable=True))
         batch.add_column(sa.Column('status', sa.String(length=20), nullable=False, server_default='ready'))
         batch.add_column(sa.Column('error', sa.Text(), nullable=True))
+        batch.add_column(sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True))
         for name, kind in FOUND_BY_DECODING:
             batch.alter_column(name, existing_type=kind, nullable=True)
     # Every image dataset uploaded before colour was kept is grey.
@@ -37,6 +38,7 @@ def downgrade() -> None:
     with op.batch_alter_table('datasets') as batch:
         for name, kind in FOUND_BY_DECODING:
             batch.alter_column(name, existing_type=kind, nullable=False)
+        batch.drop_column('heartbeat_at')
         batch.drop_column('error')
         batch.drop_column('status')
         batch.drop_column('warnings')

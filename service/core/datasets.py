@@ -5,12 +5,13 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import shutil
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models.data import DatasetError, save_stored_dataset, stored_dataset_path
@@ -82,7 +83,7 @@ def _upload_path(datasets_dir: Path, dataset_id: str) -> Path:
 
 def accept_upload(session: Session, *, data: BinaryIO, name: str, datasets_dir: Path) -> StoredDataset:
     """Keep an upload to decode later (decode_accepted), recorded as processing."""
-    record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.PROCESSING)
+    record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.PROCESSING, heartbeat_at=utcnow())
     path = _upload_path(datasets_dir, record.id)
     datasets_dir.mkdir(parents=True, exist_ok=True)
     data.seek(0)
@@ -118,6 +119,34 @@ def inspect_upload(data: BinaryIO, *, settings: Settings) -> int:
         raise Unprocessable(str(exc)) from exc
 
 
+class _Heartbeat:
+    """Renews a processing dataset's heartbeat_at while it is decoded, so that the housekeeper
+    fails only decodes whose process has gone."""
+
+    def __init__(self, dataset_id: str, interval: float):
+        self.dataset_id, self.interval = dataset_id, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"dataset-heartbeat-{dataset_id[:8]}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                with session_scope() as session:
+                    session.execute(update(StoredDataset).where(StoredDataset.id == self.dataset_id,
+                                                                StoredDataset.status == DatasetStatus.PROCESSING)
+                                    .values(heartbeat_at=utcnow()))
+            except Exception as exc:  # a missed beat is not fatal; the next one may get through
+                log.warning("heartbeat of dataset %s failed: %s", self.dataset_id, exc)
+
+
 def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settings) -> None:
     """Decode an upload accept_upload kept, off the request path: the record becomes ready, or
     failed with the reason. Owns its transactions (it runs after the request has been answered)."""
@@ -130,7 +159,7 @@ def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settin
         name = record.name
     outcome = StoredDataset(id=dataset_id, name=name)
     try:
-        with open(path, "rb") as fh:
+        with _Heartbeat(dataset_id, settings.dataset_heartbeat_seconds), open(path, "rb") as fh:
             _decode_into(outcome, fh, options, settings)
     except Exception as exc:  # a damaged archive, or a disk that filled: the record says which
         outcome.status = DatasetStatus.FAILED
@@ -150,11 +179,13 @@ def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settin
 
 
 def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, datasets_dir: Path) -> list[str]:
-    """Mark uploads still processing after `older_than_seconds` as failed (the process decoding
-    them has gone, e.g. restarted); returns their ids."""
+    """Mark uploads still processing whose decoder has not been heard from for
+    `older_than_seconds` as failed (the process decoding them has gone, e.g. restarted); returns
+    their ids."""
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    heard = func.coalesce(StoredDataset.heartbeat_at, StoredDataset.created_at)
     stale = list(session.scalars(select(StoredDataset).where(StoredDataset.status == DatasetStatus.PROCESSING,
-                                                             StoredDataset.created_at < cutoff)))
+                                                             heard < cutoff)))
     for record in stale:
         record.status = DatasetStatus.FAILED
         record.error = "decoding did not finish (the service restarted while it ran); upload the archive again"

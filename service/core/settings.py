@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     max_dataset_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     # Dataset uploads at least this large are decoded after the answer (202, status processing).
     dataset_background_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
-    dataset_decode_timeout_seconds: float = Field(default=3600, gt=0)  # then a processing upload is failed
+    # A processing upload whose decoder has not renewed its heartbeat for this long is failed.
+    dataset_decode_timeout_seconds: float = Field(default=60, gt=0)
+    dataset_heartbeat_seconds: float = Field(default=5, gt=0)
     max_decoded_dataset_bytes: int = Field(default=8 * 1024**3, ge=1024)  # what one upload's images may decode to
     max_model_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # POST /v1/models/import
     max_files_per_request: int = Field(default=64, ge=1)

@@ -191,6 +191,7 @@ class StoredDataset(Base):
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), default=DatasetStatus.READY, server_default=DatasetStatus.READY)
     error: Mapped[str | None] = mapped_column(Text)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # renewed while it is decoded
     kind: Mapped[str | None] = mapped_column(String(20))
     task: Mapped[str | None] = mapped_column(String(20))
     classes: Mapped[list | None] = mapped_column(JSON)

@@ -30,7 +30,7 @@ def test_single_tree_is_split_by_test_fraction_and_images_resized_on_request():
     assert len(data.x_train) == 15 and len(data.x_test) == 5 and data.input_shape == (1, 32, 32)
 
 
-def test_idx_archive():
+def test_idx_archive(tmp_path):
     rng = np.random.default_rng(0)
     files = {}
     for prefix, n in (("train", 40), ("t10k", 10)):
@@ -42,6 +42,16 @@ def test_idx_archive():
     assert upload.kind == "idx" and upload.dataset.classes == ("0", "1", "2", "3")
     assert len(upload.dataset.x_train) == 40 and len(upload.dataset.x_test) == 10
     assert set(IDX_FILES.values()) == {p.removesuffix(".gz").split("/")[-1] for p in files}
+    # Decoding into files (as the service does) reads each member out a chunk at a time, alike.
+    workdir = tmp_path / "work"
+    streamed = decode_archive(zip_bytes(files), name="digits", workdir=workdir)
+    assert torch.equal(streamed.dataset.x_train, upload.dataset.x_train)
+    assert streamed.dataset.checksum == upload.dataset.checksum
+    streamed.cleanup()
+    assert not list(workdir.iterdir())
+    with pytest.raises(ArchiveError, match="decompresses to more than 30000 bytes"):  # a gzip bomb inside
+        decode_archive(zip_bytes(files), name="digits", workdir=workdir, limits=ArchiveLimits(max_member_bytes=30_000))
+    assert not list(workdir.iterdir())
 
 
 def test_csv_classification_and_regression():

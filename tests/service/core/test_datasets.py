@@ -82,3 +82,24 @@ def test_a_decode_that_outlives_its_timeout_does_not_revive_its_record(service_e
     datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=service_env)
     assert record(dataset_id).status == DatasetStatus.FAILED
     assert not list(service_env.datasets_dir.glob("*.safetensors"))  # its decoded file went too
+
+
+def test_a_decode_in_progress_renews_its_heartbeat(service_env, monkeypatch):
+    """The housekeeper fails uploads whose decoder went silent, not those that merely take long."""
+    import time
+
+    dataset_id = accept(service_env, image_folder_zip(["a", "b"], per_class=6, test_per_class=2))
+    real = datasets._decode_into
+    verdicts = []
+
+    def slow(record, data, options, settings):
+        time.sleep(1.5)  # far longer than the timeout below, with beats every 0.1 s
+        with db.session_scope() as session:
+            verdicts.append(datasets.fail_abandoned_uploads(session, older_than_seconds=0.5,
+                                                            datasets_dir=settings.datasets_dir))
+        real(record, data, options, settings)
+
+    monkeypatch.setattr(datasets, "_decode_into", slow)
+    monkeypatch.setattr(service_env, "dataset_heartbeat_seconds", 0.1)
+    datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=service_env)
+    assert verdicts == [[]] and record(dataset_id).status == DatasetStatus.READY
