@@ -10,6 +10,7 @@ evaluation, /v1/predict, the v2 protocol, the dashboard and the exports:
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Literal
 
@@ -98,16 +99,14 @@ class InputContract(BaseModel):
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale, shift) per channel with float = pixel * scale + shift, as float32."""
-        mean = np.asarray(self.mean if self.mean is not None else [0.0] * self.channels, dtype=np.float64)
-        std = np.asarray(self.std if self.std is not None else [1.0] * self.channels, dtype=np.float64)
-        return (1 / (255 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+        return _affine(tuple(self.mean or ()), tuple(self.std or ()), self.channels)
 
     def to_float(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels [..., C, H, W] to the float inputs the network sees (the stored pixels unchanged)."""
         x = pixels.float()
         if not self.normalised:
             return x.mul_(1 / 255)
-        scale, shift = (torch.from_numpy(a).to(x.device).view(-1, 1, 1) for a in self.affine())
+        scale, shift = _affine_on(tuple(self.mean or ()), tuple(self.std or ()), self.channels, str(x.device))
         return x.mul_(scale).add_(shift)
 
     def decode(self, data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
@@ -116,3 +115,15 @@ class InputContract(BaseModel):
             raise ImageError(f"{name}: this model takes numeric inputs, not images")
         return decode_image(data, name, channels=self.channels, max_pixels=max_pixels,
                             size=(self.width, self.height))
+
+
+def _affine(mean: tuple, std: tuple, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    mean_ = np.asarray(mean or [0.0] * channels, dtype=np.float64)
+    std_ = np.asarray(std or [1.0] * channels, dtype=np.float64)
+    return (1 / (255 * std_)).astype(np.float32), (-mean_ / std_).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _affine_on(mean: tuple, std: tuple, channels: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine as [C, 1, 1] tensors on a device, made once: not a host-to-device copy per batch."""
+    return tuple(torch.from_numpy(a).to(device).view(-1, 1, 1) for a in _affine(mean, std, channels))

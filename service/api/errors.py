@@ -45,12 +45,20 @@ def validation_error(problems: list[tuple[tuple, str]]) -> RequestValidationErro
                                    for loc, msg in problems])
 
 
+def unknown_fields_error(sent, allowed: frozenset[str]) -> RequestValidationError | None:
+    """A 422 naming the first form field an upload does not take (as unknown spec keys are); None if all are known."""
+    unknown = sorted(set(sent) - allowed)
+    if not unknown:
+        return None
+    return validation_error([(("body", unknown[0]), f"unknown field {unknown[0]!r}: this upload takes "
+                                                    f"{', '.join(sorted(allowed))}")])
+
+
 async def refuse_unknown_fields(request: Request, allowed: frozenset[str]) -> None:
-    """A 422 naming the first form field an upload endpoint does not take (as unknown spec keys are)."""
-    unknown = sorted(set((await request.form()).keys()) - allowed)
-    if unknown:
-        raise validation_error([(("body", unknown[0]), f"unknown field {unknown[0]!r}: this upload takes "
-                                                       f"{', '.join(sorted(allowed))}")])
+    """Raise unknown_fields_error for a form FastAPI parsed."""
+    error = unknown_fields_error((await request.form()).keys(), allowed)
+    if error is not None:
+        raise error
 
 
 def _printable(value):

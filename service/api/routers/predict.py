@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from service.api.errors import validation_error
+from service.api.errors import unknown_fields_error, validation_error
 from service.api.multipart import FormError, parse_form
 from service.api.schemas.predict import PredictResponse, PredictValues, image_answer, values_answer
 from service.api.serving import ModelServer
@@ -68,10 +68,9 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
         parts = parse_form(await request.body(), request.headers["content-type"], max_parts=limit + 20)
     except FormError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    unknown = sorted({part.name for part in parts} - FORM_FIELDS)
-    if unknown:
-        raise _invalid((unknown[0],), f"unknown field {unknown[0]!r}: this upload takes "
-                                      f"{', '.join(sorted(FORM_FIELDS))}")
+    unknown = unknown_fields_error((part.name for part in parts), FORM_FIELDS)
+    if unknown is not None:
+        raise unknown
     fields = {part.name: part.text for part in parts if part.filename is None}
     model = fields.get("model")
     if model is None or not 1 <= len(model) <= 200:
