@@ -104,6 +104,13 @@ def resnet18(spec, input_shape, outputs) -> nn.Module:
     return net
 
 
+def pretrained(spec, input_shape, outputs) -> nn.Module:
+    """A torchvision backbone with a new head (models.pretrained); the weights are loaded by training."""
+    from models.pretrained import Pretrained
+
+    return Pretrained(spec.backbone, spec.weights, outputs, size=input_shape[-1])
+
+
 def _layer(layer, shape: tuple[int, ...]) -> nn.Module:
     """One sequential layer for an input of the given shape (without the batch dimension)."""
     kind = layer.type
@@ -186,7 +193,10 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     "resnet18": resnet18,
     "sequential": sequential,
+    "pretrained": pretrained,
 }
+# Architectures that resize their inputs themselves rather than behind a Resize layer.
+RESIZE_INSIDE = frozenset({"pretrained"})
 
 
 def initialise(model: nn.Module, init: str, std: float) -> None:
@@ -211,8 +221,9 @@ def build_model(spec, input_shape: Sequence[int], outputs: int, *, resize: int |
     if resize is not None:
         shape = (shape[0], resize, resize)
     net = BUILDERS[spec.arch](spec, shape, outputs)
-    initialise(net, spec.init, spec.init_std)
-    if resize is not None:
+    if hasattr(spec, "init"):
+        initialise(net, spec.init, spec.init_std)
+    if resize is not None and spec.arch not in RESIZE_INSIDE:
         return nn.Sequential(Resize(resize), net)
     return net
 
@@ -228,9 +239,9 @@ def shape_problems(spec, info) -> list[tuple[tuple, str]]:
         out = _output_shape(net, shape)
     except LayerError as exc:
         return [(("sequential", "layers", exc.index), str(exc))]
-    except (ValueError, RuntimeError) as exc:
-        return [(("arch",), f"{spec.model.arch} does not fit inputs of shape {_fmt(shape)}: "
-                           f"{str(exc).strip().splitlines()[0]}")]
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return [(("arch",), f"{spec.model.arch} does not fit inputs of shape {_fmt(shape)}: {why}")]
     if out != (info.outputs,):
         last = len(getattr(spec.model, "layers", [])) - 1
         where = ("sequential", "layers", last) if spec.model.arch == "sequential" else ("arch",)

@@ -429,7 +429,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
 
 def _normalised(dataset: Dataset, normalize) -> Dataset:
     """The dataset whose contract carries the spec's normalisation (none leaves pixel / 255)."""
-    if normalize == "none" or not dataset.contract.images:
+    if normalize in (None, "none") or not dataset.contract.images:
         return dataset
     if isinstance(normalize, NormalizeSpec):
         if len(normalize.mean) != dataset.contract.channels:

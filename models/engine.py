@@ -15,7 +15,9 @@ from torch import nn
 from models import devices
 from models.archs import build_model
 from models.augment import Augmenter
+from models.cost import admission_problems
 from models.data import Dataset, kfold_indices, load_dataset, with_validation
+from models.pretrained import Pretrained, find_pretrained, load_backbone, load_pretrained_weights, transforms_of
 from models.spec import EarlyStoppingSpec, JobSpec, spec_problems
 from models.state import EpochProgress, Position, TrainingState
 
@@ -31,6 +33,20 @@ class TrainingError(Exception):
 
 class NonFiniteLoss(TrainingError):
     reason = "nan_loss"
+
+
+class TooLarge(TrainingError):
+    """The job would need more memory or parameters than this worker allows."""
+
+    reason = "out_of_memory"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one job may cost on this worker (see models.cost)."""
+
+    max_parameters: int
+    max_bytes: int
 
 
 @dataclass
@@ -95,6 +111,8 @@ class TrainingRun:
     scaler: torch.amp.GradScaler | None = None
     compiled: dict[int, nn.Module] = field(default_factory=dict)  # id(model) -> its torch.compile wrapper
     augmenter: Augmenter | None = None
+    initial_state: dict[str, torch.Tensor] | None = None  # what each cross-validation fold starts from
+    features: dict[tuple[int, int], Dataset] = field(default_factory=dict)  # frozen backbones' outputs
 
     @property
     def start_epoch(self) -> int:
@@ -288,16 +306,15 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     precision=contextlib.nullcontext,
+    resize: int | None = None,
 ) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None for regression) over a held-out split, in eval mode."""
+    """Mean loss and accuracy (None for regression) over a held-out split, in eval mode
+    (`resize`: the side the network resizes its inputs to, which sizes the batches)."""
     model.eval()
     classify = dataset.task == "classification"
     loss_sum = 0.0
     correct = torch.zeros((), dtype=torch.long, device=device)
-    # Larger batches evaluate faster, but activations grow with them: at most 1024 examples, and
-    # no more than about 8 MB of inputs (for 64x64 colour images, the training batch size).
-    per_example = max(1, math.prod(x_all.shape[1:]) * 4)
-    eval_batch = max(batch_size, min(1024, EVAL_BATCH_BYTES // per_example))
+    eval_batch = _eval_batch(x_all, batch_size, resize)
     for start in range(0, len(x_all), eval_batch):
         x = dataset.to_float(x_all[start:start + eval_batch].to(device))
         y = y_all[start:start + eval_batch].to(device)
@@ -312,13 +329,28 @@ def evaluate(
     return loss_sum / n, (int(correct) / n if classify else None)
 
 
+def _eval_batch(x_all, batch_size: int, resize: int | None = None) -> int:
+    """Larger batches evaluate faster, but activations grow with them: at most 1024 examples, and
+    no more than about 8 MB of inputs as the network sees them (resized, if it resizes), and never
+    fewer than the training batch size."""
+    shape = x_all.shape[1:] if resize is None else (x_all.shape[1], resize, resize)
+    per_example = max(1, math.prod(shape) * 4)
+    return max(batch_size, min(1024, EVAL_BATCH_BYTES // per_example))
+
+
 def build_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
-    """The spec's optimizer, with weight decay on weights (and on biases only with decay_bias)."""
+    """The spec's optimizer, with weight decay on weights (and on biases only with decay_bias);
+    a pretrained model's head learns at head_lr_mult times the rate of its backbone."""
     opt = spec.optimizer
-    weights, rest = penalised_parameters(model, opt.decay_bias)
-    groups = [{"params": weights, "weight_decay": opt.weight_decay}]
-    if rest:
-        groups.append({"params": rest, "weight_decay": 0.0})
+    pretrained = find_pretrained(model)
+    parts = [(model, opt.lr)] if pretrained is None else [
+        (pretrained.backbone, opt.lr), (pretrained.head, opt.lr * spec.model.head_lr_mult)]
+    groups = []
+    for part, lr in parts:
+        weights, rest = penalised_parameters(part, opt.decay_bias)
+        groups.append({"params": weights, "weight_decay": opt.weight_decay, "lr": lr})
+        if rest:
+            groups.append({"params": rest, "weight_decay": 0.0, "lr": lr})
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
     cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
@@ -339,12 +371,23 @@ def l1_penalty(spec: JobSpec, model: nn.Module) -> Callable[[], torch.Tensor] | 
     if spec.optimizer.l1 == 0:
         return None
     weights, _ = penalised_parameters(model, spec.optimizer.decay_bias)
-    return lambda: spec.optimizer.l1 * sum(p.abs().sum() for p in weights)
+    return lambda: spec.optimizer.l1 * sum(p.abs().sum() for p in weights if p.requires_grad)
 
 
 def _fresh_model(spec: JobSpec, dataset: Dataset, device: torch.device) -> nn.Module:
     torch.manual_seed(spec.seed)
     return build_model(spec.model, dataset.input_shape, dataset.outputs, resize=spec.resize).to(device)
+
+
+def backbone_contract(spec: JobSpec, dataset: Dataset) -> Dataset:
+    """A pretrained model's inputs are normalised as its backbone's were, unless the spec says how
+    (grey images with the mean of its three channels' statistics, as they are repeated to three)."""
+    if spec.model.arch != "pretrained" or spec.data.normalize is not None:
+        return dataset
+    _, mean, std = transforms_of(spec.model.backbone, spec.model.weights)
+    if dataset.contract.channels == 1:
+        mean, std = [sum(mean) / 3], [sum(std) / 3]
+    return dataset.replace(contract=dataset.contract.with_normalisation(mean, std))
 
 
 def prepare(
@@ -353,14 +396,17 @@ def prepare(
     data_dir: Path,
     datasets_dir: Path | None = None,
     cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
     allow_download: bool = False,
     dataset: Dataset | None = None,
     resume: TrainingState | None = None,
     initial_weights: dict[str, torch.Tensor] | None = None,
+    limits: Limits | None = None,
 ) -> TrainingRun:
     """Load data, build the model, optimizer and schedule on the chosen device.
 
-    `initial_weights` starts a new run from other weights; `resume` continues an earlier run.
+    `initial_weights` starts a new run from other weights; `resume` continues an earlier run; a
+    pretrained backbone's weights are read from `weights_dir` or torchvision's folder otherwise.
     """
     device = resolve_device(spec.device)
     if dataset is None:
@@ -369,10 +415,20 @@ def prepare(
     problems = spec_problems(spec, dataset.info)
     if problems:
         raise TrainingError("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
+    if limits is not None:
+        too_large = admission_problems(spec, dataset.input_shape, dataset.outputs, max_parameters=limits.max_parameters,
+                                       max_bytes=limits.max_bytes, where="this worker's TRAINYARD_MAX_JOB_MEMORY")
+        if too_large:
+            raise TooLarge("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in too_large))
     autocast(spec, device)  # refuses fp16 on the CPU before any work is done
+    dataset = backbone_contract(spec, dataset)
     if device.type == "cuda":
         dataset = place_on_gpu(dataset, device)
     model = _fresh_model(spec, dataset, device)
+    if initial_weights is not None:
+        _load_weights(model, initial_weights)
+    elif resume is None:
+        load_pretrained_weights(model, spec.model, weights_dir=weights_dir, allow_download=allow_download)
     optimizer = build_optimizer(spec, model)
     scheduler = build_scheduler(spec, optimizer)
     run = TrainingRun(spec=spec, dataset=dataset, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -384,16 +440,20 @@ def prepare(
         run.augmenter = Augmenter(augment, spec.seed, dataset.input_shape)
     if spec.compile:
         run.compiled[id(model)] = torch.compile(model)
-    if initial_weights is not None:
-        _load_weights(model, initial_weights)
     if resume is not None:
-        run.restore(resume)
+        run.restore(resume)  # before folds finish, the model it restores is still untrained
+    if spec.cross_validation and run.start.epoch == 1 and run.start.progress.batches == 0:
+        run.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return run
 
 
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    pretrained = find_pretrained(model)
     try:
-        model.load_state_dict(state)
+        if pretrained is not None and not any(key.startswith("backbone.") for key in state):
+            load_backbone(pretrained, state, "the starting weights")  # a torchvision network, imported
+        else:
+            model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise TrainingError(f"the starting weights do not fit this model: {first}") from None
@@ -429,6 +489,15 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
         return autocast(spec, run.device)
 
     augmenter = run.augmenter
+    side = spec.resize  # what the network resizes its inputs to
+    pretrained = find_pretrained(model)
+    if pretrained is not None and _set_frozen(run, pretrained, epoch) and augmenter is None and not spec.compile:
+        # The frozen backbone maps each image to the same features every epoch: compute them once
+        # and train the head alone on them, so later epochs cost only the head.
+        features = _frozen_features(run, pretrained, ds, precision, should_stop)
+        if features is None:
+            return None, progress
+        ds, model, side = features, pretrained.head, None
     progress, stopped = train_one_epoch(
         run.compiled.get(id(model), model), optimizer, loss_fn, ds, batch_size=spec.batch_size, generator=generator,
         device=run.device, should_stop=should_stop, progress=progress, penalty=penalty, precision=precision,
@@ -441,12 +510,12 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
     if not math.isfinite(train_loss):
         raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
     classify = ds.task == "classification"
-    test_loss, test_acc = evaluate(model, loss_fn, ds, ds.x_test, ds.y_test,
-                                   batch_size=spec.batch_size, device=run.device, precision=precision)
+    test_loss, test_acc = evaluate(model, loss_fn, ds, ds.x_test, ds.y_test, batch_size=spec.batch_size,
+                                   device=run.device, precision=precision, resize=side)
     val_loss = val_acc = None
     if ds.x_val is not None:
-        val_loss, val_acc = evaluate(model, loss_fn, ds, ds.x_val, ds.y_val,
-                                     batch_size=spec.batch_size, device=run.device, precision=precision)
+        val_loss, val_acc = evaluate(model, loss_fn, ds, ds.x_val, ds.y_val, batch_size=spec.batch_size,
+                                     device=run.device, precision=precision, resize=side)
     metrics = EpochMetrics(
         epoch=epoch, train_loss=train_loss,
         train_acc=progress.correct / progress.seen if classify and progress.seen else None,
@@ -456,6 +525,47 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
         lr=optimizer.param_groups[0]["lr"],
     )
     return metrics, EpochProgress()
+
+
+def _set_frozen(run: TrainingRun, pretrained: Pretrained, epoch: int) -> bool:
+    """Freeze or unfreeze the backbone as the spec says for this epoch; True when frozen."""
+    spec = run.spec.model
+    frozen = spec.freeze == "backbone" and (spec.unfreeze_at_epoch is None or epoch < spec.unfreeze_at_epoch)
+    if pretrained.frozen != frozen:
+        pretrained.freeze(frozen)
+        run.features.clear()
+    return frozen
+
+
+def _frozen_features(run: TrainingRun, pretrained: Pretrained, ds: Dataset, precision, should_stop) -> Dataset | None:
+    """The dataset with each split's images replaced by the frozen backbone's features (float
+    [N, F] on the training device), computed once per model and split; None if stopped meanwhile."""
+    key = (id(pretrained), id(ds))
+    if key not in run.features:
+        run.features.clear()
+        outputs = {}
+        with torch.no_grad():  # not inference_mode: the head's training saves these inputs for backward
+            pretrained.backbone.eval()
+            for name in ("x_train", "x_test", "x_val"):
+                x_all = getattr(ds, name)
+                outputs[name] = None if x_all is None else _features_of(pretrained, ds, x_all, run, precision,
+                                                                        should_stop)
+                if x_all is not None and outputs[name] is None:
+                    return None
+        run.features[key] = ds.replace(mapped=False, **outputs)
+    return run.features[key]
+
+
+def _features_of(pretrained: Pretrained, ds: Dataset, x_all, run: TrainingRun, precision,
+                 should_stop) -> torch.Tensor | None:
+    step = _eval_batch(x_all, run.spec.batch_size, run.spec.resize)
+    parts = []
+    for start in range(0, len(x_all), step):
+        if should_stop():
+            return None
+        with precision():
+            parts.append(pretrained.features(ds.to_float(x_all[start:start + step].to(run.device))).float())
+    return torch.cat(parts) if parts else torch.empty(0, pretrained.head.in_features, device=run.device)
 
 
 def summarise_folds(folds: list[dict]) -> dict:
@@ -480,7 +590,9 @@ def cross_validate(run: TrainingRun, callbacks: Callbacks, should_stop) -> bool:
             continue  # finished by an earlier attempt
         ds = with_validation(run.dataset, train_idx.to(run.dataset.x_train.device),
                              val_idx.to(run.dataset.x_train.device))
+        run.features.clear()
         model = _fresh_model(spec, ds, run.device)
+        model.load_state_dict(run.initial_state)  # the same start as the final model: pretrained, init_from
         optimizer = build_optimizer(spec, model)
         scheduler = build_scheduler(spec, optimizer)
         metrics = None

@@ -2,7 +2,8 @@
 elsewhere back in.
 
 - safetensors: the plain state_dict (the keys `nn.Sequential` gives, e.g. `0.weight`), with the
-  architecture, classes, input shape and input contract as JSON strings in the file's header;
+  architecture, classes, input shape, input contract (and a registered version's confidence
+  threshold, when it has one) as JSON strings in the file's header;
 - TorchScript and ONNX: a module from the float input the network was trained on
   ([N, *input_shape]; images normalised by the contract) to probabilities for a classifier
   (softmax applied) or predicted values for a regression, any batch size; or, with
@@ -80,6 +81,7 @@ def header(meta: dict) -> dict[str, str]:
         "classes": json.dumps(meta.get("classes")),
         "input_shape": json.dumps(meta["input_shape"]),
         "input": InputContract.from_meta(meta).dumps(),
+        **({"threshold": json.dumps(meta["threshold"])} if meta.get("threshold") is not None else {}),
         "trainyard": json.dumps(meta),  # everything, for importing it back
     }
 

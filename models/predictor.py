@@ -11,6 +11,7 @@ import torch
 from models.archs import build_model
 from models.checkpoint import CheckpointError, read_checkpoint
 from models.contract import InputContract
+from models.evaluation import Evaluation, evaluate
 from models.image import ImageError
 from models.spec import MODEL_SPEC, JobSpec
 
@@ -21,10 +22,11 @@ class InputError(Exception):
 
 @dataclass
 class Prediction:
-    index: int
-    label: str
-    probability: float
+    index: int | None  # None (with label): the top probability is below the threshold
+    label: str | None
+    probability: float  # the top probability, withheld or not
     top_k: list[dict]
+    below_threshold: bool = False
 
 
 class Predictor:
@@ -80,6 +82,15 @@ class Predictor:
         outputs = torch.softmax(outputs, dim=1) if self.task == "classification" else outputs
         return outputs.cpu()
 
+    def evaluation_batch(self, input_bytes: int = 8 * 1024 * 1024) -> int:
+        """Examples per batch when evaluating a set: at most 1024, and about `input_bytes` of float
+        inputs as the network sees them (after its own resize), so a large backbone stays bounded."""
+        shape = list(self.meta["input_shape"])
+        side = JobSpec.model_validate(self.meta["spec"]).resize if "spec" in self.meta else None
+        if side is not None:
+            shape[-2:] = [side, side]
+        return max(1, min(1024, input_bytes // (4 * int(np.prod(shape)))))
+
     def warm_up(self) -> None:
         """Run one forward pass so the first real request does not pay for lazy initialisation."""
         self.probabilities(torch.zeros(2, *self.meta["input_shape"]))
@@ -94,25 +105,26 @@ class Predictor:
                 raise InputError(f"inputs[{i}] has {len(row)} values; this model takes {width}")
         return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), width)
 
-    def label(self, probs: torch.Tensor, top_k: int = 1) -> list[Prediction]:
-        """Predictions with labels and the top_k classes from a batch of probabilities."""
+    def label(self, probs: torch.Tensor, top_k: int = 1, threshold: float | None = None) -> list[Prediction]:
+        """Predictions with labels and the top_k classes from a batch of probabilities; a row whose
+        top probability is below `threshold` has its label and index withheld (None), top_k kept."""
         k = min(max(top_k, 1), probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         results = []
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):
             entries = [{"label": self.classes[i], "index": i, "probability": p}
                        for p, i in zip(row_values, row_indices)]
-            results.append(Prediction(index=entries[0]["index"], label=entries[0]["label"],
-                                      probability=entries[0]["probability"], top_k=entries))
+            top = entries[0]
+            withheld = threshold is not None and top["probability"] < threshold
+            results.append(Prediction(index=None if withheld else top["index"],
+                                      label=None if withheld else top["label"],
+                                      probability=top["probability"], top_k=entries, below_threshold=withheld))
         return results
 
-    def confusion_matrix(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[list[list[int]], float]:
-        """Counts of (true, predicted) class over a labelled set, and the accuracy they give."""
-        classes = len(self.classes)
-        matrix = torch.zeros(classes, classes, dtype=torch.long)
-        for start in range(0, len(x), batch_size):
-            predicted = self.probabilities(x[start:start + batch_size]).argmax(dim=1)
-            truth = y[start:start + batch_size]
-            matrix.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
-        accuracy = float(matrix.diagonal().sum()) / max(1, int(matrix.sum()))
-        return matrix.tolist(), accuracy
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None, **options) -> Evaluation:
+        """This classifier's evaluation report (confusion matrix, per-class scores, mistakes, ...) on
+        a labelled set, run a batch at a time; `options` go to models.evaluation.evaluate."""
+        batch_size = batch_size or self.evaluation_batch()
+        batches = [self.probabilities(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+        probabilities = torch.cat(batches) if batches else torch.zeros(0, len(self.classes))
+        return evaluate(probabilities, y, self.classes, **options)

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationInfo, field_validator,
+                      model_validator)
 
 
 class StrictModel(BaseModel):
@@ -133,16 +134,64 @@ class SequentialSpec(_ArchBase):
     layers: Annotated[list[Layer], Field(min_length=1, max_length=128)]
 
 
+class PretrainedSpec(StrictModel):
+    """A torchvision classification model, its weights read from disk and its head replaced."""
+
+    arch: Literal["pretrained"]
+    backbone: Annotated[str, Field(max_length=64, description="a classification model of torchvision, "
+                                                              "e.g. resnet18, mobilenet_v3_small, efficientnet_b0")]
+    weights: Annotated[str | None, Field(max_length=100, description="DEFAULT, a torchvision weights name "
+                                                                     "(IMAGENET1K_V1, ...) or null for random")] = "DEFAULT"
+    freeze: Literal["none", "backbone"] = "none"
+    head_lr_mult: Annotated[float, Field(gt=0, le=1000, description="the head's learning rate as a multiple "
+                                                                     "of the backbone's")] = 1.0
+    unfreeze_at_epoch: Annotated[int | None, Field(ge=2, le=10_000, description="with freeze=backbone: "
+                                                   "train everything from this epoch on")] = None
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from models.pretrained import backbone_names, close_backbones
+
+        if value not in backbone_names():
+            close = close_backbones(value)
+            hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
+            raise ValueError(f"unknown backbone {value!r}: {hint}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from models.pretrained import resolve_weights, weights_names
+
+        backbone = info.data.get("backbone")
+        if backbone is None:
+            return value  # the backbone's own error says why
+        try:
+            resolve_weights(backbone, value)
+        except KeyError:
+            raise ValueError(f"{backbone} has no weights {value!r}; choose DEFAULT, "
+                             f"{', '.join(weights_names(backbone))} or null") from None
+        return value
+
+    @field_validator("unfreeze_at_epoch")
+    @classmethod
+    def _unfreeze_needs_freeze(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("freeze") != "backbone":
+            raise ValueError("unfreeze_at_epoch needs freeze: backbone")
+        return value
+
+
 ModelSpec = Annotated[
     Union[LinearRegressionSpec, PolynomialSpec, SoftmaxRegressionSpec, MLPSpec, LeNetSpec, ResNet18Spec,
-          SequentialSpec],
+          SequentialSpec, PretrainedSpec],
     Field(discriminator="arch"),
 ]
 MODEL_SPEC = TypeAdapter(ModelSpec)  # validates the `model` part of a spec on its own
 
 REGRESSION_ONLY = frozenset({"linear_regression", "polynomial"})
-CLASSIFICATION_ONLY = frozenset({"softmax_regression", "lenet", "resnet18"})
-IMAGE_ONLY = frozenset({"lenet", "resnet18"})
+CLASSIFICATION_ONLY = frozenset({"softmax_regression", "lenet", "resnet18", "pretrained"})
+IMAGE_ONLY = frozenset({"lenet", "resnet18", "pretrained"})
 
 
 class _DataBase(StrictModel):
@@ -222,9 +271,10 @@ class _ImageOptions(_DataBase):
     limit_train: Annotated[int | None, Field(ge=1)] = None
     limit_test: Annotated[int | None, Field(ge=1)] = None
     resize: Annotated[int | None, Field(ge=8, le=512, description="side of the square the images are resized to")] = None
-    normalize: Literal["none", "dataset"] | NormalizeSpec = Field(
-        default="none", description="none: pixel / 255; dataset: per-channel mean/std of the training split; "
-                                    "or explicit {mean, std}")
+    normalize: Literal["none", "dataset"] | NormalizeSpec | None = Field(
+        default=None, description="none: pixel / 255; dataset: per-channel mean/std of the training split; "
+                                  "or explicit {mean, std}; unset: the backbone's own for a pretrained model, "
+                                  "else none")
     augment: AugmentSpec | None = None
 
 
@@ -329,10 +379,18 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class InitFromSpec(StrictModel):
-    """Start from the weights of another job's checkpoint instead of a fresh initialisation."""
+    """Start from the weights of another job's checkpoint, or of a registered model version
+    (`name`, `name:VERSION`, `name@ALIAS`; an imported one too), instead of a fresh initialisation."""
 
-    job_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F-]{36}$")]
+    job_id: Annotated[str | None, Field(pattern=r"^[0-9a-fA-F-]{36}$")] = None
     checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1, le=10_000)] = "last"
+    model: Annotated[str | None, Field(max_length=200, description="a registered model version")] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InitFromSpec:
+        if (self.job_id is None) == (self.model is None):
+            raise ValueError("give either job_id (with checkpoint) or model")
+        return self
 
 
 class JobSpec(StrictModel):
@@ -361,7 +419,13 @@ class JobSpec(StrictModel):
 
     @property
     def resize(self) -> int | None:
-        return getattr(self.data, "resize", None)
+        """The side images are resized to inside the network: the spec's, or a pretrained backbone's own."""
+        size = getattr(self.data, "resize", None)
+        if size is None and self.model.arch == "pretrained":
+            from models.pretrained import transforms_of
+
+            size = transforms_of(self.model.backbone, self.model.weights)[0]
+        return size
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON form: equal specs, equal digests."""
@@ -417,7 +481,7 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
     if arch == "polynomial" and info.input_shape != (1,):
         problems.append(SpecProblem(("model", "arch"), f"polynomial needs a one-dimensional input; "
                                     f"{spec.data.dataset} has {info.input_shape[0]} features"))
-    if spec.resize is not None and not info.images:
+    if getattr(spec.data, "resize", None) is not None and not info.images:
         problems.append(SpecProblem(("data", "resize"), "resize applies to image datasets only"))
     problems += _image_option_problems(spec, info)
     stopping = spec.early_stopping
@@ -428,6 +492,10 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
         if stopping.metric.endswith("_acc") and info.task != "classification":
             problems.append(SpecProblem(("early_stopping", "metric"),
                                         f"{stopping.metric} needs a classification dataset"))
+    unfreeze = getattr(spec.model, "unfreeze_at_epoch", None)
+    if unfreeze is not None and unfreeze > spec.epochs:
+        problems.append(SpecProblem(("model", "unfreeze_at_epoch"),
+                                    f"unfreeze_at_epoch {unfreeze} is after the last epoch ({spec.epochs})"))
     if not problems:
         problems += [SpecProblem(("model", *loc), msg) for loc, msg in shape_problems(spec, info)]
     return problems
@@ -439,7 +507,7 @@ def _image_option_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem
     if not isinstance(data, _ImageOptions):
         return problems
     if not info.images:
-        used = {"normalize": data.normalize != "none", "augment": data.augment is not None}
+        used = {"normalize": data.normalize not in (None, "none"), "augment": data.augment is not None}
         return [SpecProblem(("data", name), f"{name} applies to image datasets only; {data.dataset} holds "
                                             f"{info.input_shape[0]} numeric features per example")
                 for name, given in used.items() if given]

@@ -11,6 +11,7 @@ from service.core import settings as settings_module
 from service.core.migrate import upgrade
 from tests.datagen import make_cifar10, make_idx_dataset
 from tests.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available, require
+from tests.specs import SOFTMAX_SPEC, submit
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,17 @@ def embedded_stack(tmp_path_factory, data_dir):
         yield stack.start()
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def unsure_job(embedded_stack) -> str:
+    """A classifier on embedded_stack trained too little to be always right: 300 images, one epoch
+    (34 of the 200 test images wrong, its top probabilities 0.1 to 0.2)."""
+    with embedded_stack.client() as client:
+        job_id = submit(client, {**SOFTMAX_SPEC, "name": "unsure", "epochs": 1, "optimizer": {"name": "sgd", "lr": 0.05},
+                                 "data": {"dataset": "fashion-mnist", "limit_train": 300}})
+        assert embedded_stack.wait_for_job(client, job_id)["status"] == "succeeded"
+    return job_id
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +100,9 @@ def service_env(tmp_path, monkeypatch, data_dir):
 
 @pytest.fixture
 def trained_job(service_env):
-    """A finished classification job recorded in SQL with a real checkpoint file per epoch:
-    test accuracy 0.5, 0.9, 0.7, so its best epoch is 2 and its last is 3."""
+    """A finished classification job with a validation split, recorded in SQL with a real checkpoint
+    file per epoch: validation accuracy 0.5, 0.9, 0.7, so its best epoch is 2 and its last is 3
+    (test accuracy 0.6, 0.5, 0.95 would choose 3: best is chosen on validation, never on test)."""
     import torch
 
     from models.archs import build_model
@@ -99,22 +112,23 @@ def trained_job(service_env):
     from service.core import jobs
     from service.core.tables import JobStatus
 
-    spec = JobSpec.model_validate({"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"},
-                                   "epochs": 3})
+    spec = JobSpec.model_validate({"model": {"arch": "softmax_regression"},
+                                   "data": {"dataset": "fashion-mnist", "val_fraction": 0.1}, "epochs": 3})
     with db.session_scope() as session:
         job_id = jobs.create_job(session, spec=spec, task="classification").id
     with db.session_scope() as session:
         attempt = jobs.claim_job(session, job_id=job_id, worker="test", lease_seconds=30, max_attempts=3).attempt
-    for epoch, accuracy in enumerate((0.5, 0.9, 0.7), start=1):
+    for epoch, (accuracy, test_accuracy) in enumerate(((0.5, 0.6), (0.9, 0.5), (0.7, 0.95)), start=1):
         torch.manual_seed(epoch)
         relative = f"{job_id}/{checkpoint_name(epoch)}"
         size = write_checkpoint(service_env.checkpoint_dir / relative, build_model(spec.model, (1, 28, 28), 10).state_dict(), {
             "spec": spec.model_dump(mode="json"), "task": "classification", "classes": [str(i) for i in range(10)],
-            "input_shape": [1, 28, 28], "epoch": epoch, "metrics": {"test_acc": accuracy},
+            "input_shape": [1, 28, 28], "epoch": epoch, "metrics": {"val_acc": accuracy, "test_acc": test_accuracy},
             "input": InputContract.image(1, 28, 28, [str(i) for i in range(10)]).to_json()})
         with db.session_scope() as session:
             jobs.record_epoch(session, job_id=job_id, attempt=attempt, checkpoint_path=relative, checkpoint_size=size,
-                              metrics={"epoch": epoch, "train_loss": 1.0 / epoch, "test_loss": 1.0, "test_acc": accuracy})
+                              metrics={"epoch": epoch, "train_loss": 1.0 / epoch, "test_loss": 1.0,
+                                       "test_acc": test_accuracy, "val_acc": accuracy})
     with db.session_scope() as session:
         jobs.finish_job(session, job_id=job_id, attempt=attempt, status=JobStatus.SUCCEEDED)
     return job_id

@@ -177,6 +177,7 @@ class Stack:
             "TRAINYARD_RESEND_AFTER_SECONDS": "2",
             "TRAINYARD_API_WORKERS": "1",  # one API process unless a test asks for more
             "TRAINYARD_WORKER_HEARTBEAT_SECONDS": "0.5",  # a killed worker leaves the registry in 1.5 s
+            "TORCH_HOME": str(self.home / "torch"),  # no weights but those a test puts there
         })
         if self.database_url:
             env["TRAINYARD_DATABASE_URL"] = self.database_url

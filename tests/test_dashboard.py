@@ -41,6 +41,26 @@ def text(driver, selector: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, selector).text
 
 
+def test_job_page_shows_the_evaluation_report(browser, embedded_stack, unsure_job):
+    from selenium.webdriver.common.by import By
+
+    with embedded_stack.client() as client:
+        report = client.get(f"/v1/jobs/{unsure_job}/evaluation").json()
+    browser.get(f"{embedded_stack.url}/ui/jobs/{unsure_job}")
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#evaluation #classes"), timeout=20,
+               what="the evaluation report on the job's page")
+    assert f"accuracy {report['accuracy']:.4f}" in text(browser, "#evaluation-summary")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#classes tbody tr")) == 10
+    assert "macro avg" in text(browser, "#classes tfoot") and "0.99" in text(browser, "#thresholds")
+    first = report["mistakes"][0]
+    caption = text(browser, ".mistake figcaption")
+    assert first["true_label"] in caption and first["predicted_label"] in caption
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".mistake img")) == len(report["mistakes"]) == 24
+    wait_until(lambda: browser.execute_script(
+        "const i = document.querySelector('.mistake img'); return i.complete && i.naturalWidth == 28"), timeout=20,
+        what="a mistake's thumbnail")
+
+
 def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -138,7 +158,8 @@ def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
                   extra_env={"TRAINYARD_API_TOKENS": "rw-secret,ro-secret:read"}).start()
     try:
         with httpx.Client(base_url=stack.url, follow_redirects=False) as client:
-            for path in ("/", "/ui/submit", "/ui/models", "/ui/predict", "/ui/fragments/jobs"):
+            for path in ("/", "/ui/submit", "/ui/models", "/ui/predict", "/ui/fragments/jobs",
+                         "/ui/fragments/jobs/x/evaluation", "/ui/jobs/x/test-images/0.png"):
                 assert client.get(path).status_code == 303, path
             assert client.post("/ui/login", data={"token": "wrong"}).headers["location"] == "/ui/login"
             answer = client.post("/ui/login", data={"token": "ro-secret"})
@@ -157,3 +178,28 @@ def test_the_submit_form_names_fields_as_written(embedded_stack):
         assert bad.status_code == 422 and "model.activation: Input should be" in bad.text and "mlp.activation" not in bad.text
         broken = client.post("/ui/submit", data={"spec": '{"model": '})
         assert broken.status_code == 422 and "not JSON" in broken.text
+
+
+def test_the_predict_page_says_not_sure_below_the_threshold(embedded_stack):
+    import json
+
+    import torch
+    from safetensors.torch import save
+
+    from models.archs import build_model
+    from models.spec import MODEL_SPEC
+
+    torch.manual_seed(0)  # random weights over ten classes: never 90% sure
+    weights = build_model(MODEL_SPEC.validate_python({"arch": "mlp", "hidden": [8]}), [1, 28, 28], 10).state_dict()
+    image = [("files", ("shirt.png", png_bytes(6, seed=2), "image/png"))]
+    with httpx.Client(base_url=embedded_stack.url, timeout=30) as client:
+        imported = client.post("/v1/models/import", files={"file": ("w.safetensors", save(weights))}, data={
+            "name": "dashboard-unsure", "model": json.dumps({"arch": "mlp", "hidden": [8]}),
+            "classes": json.dumps([f"k{i}" for i in range(10)]), "threshold": "0.9"})
+        assert imported.status_code == 201, imported.text
+        by_default = client.post("/ui/predict", data={"model": "dashboard-unsure", "threshold": ""}, files=image)
+        assert by_default.status_code == 200 and 'class="label not-sure">not sure<' in by_default.text
+        assert "threshold 0.9" in by_default.text
+        sure = client.post("/ui/predict", data={"model": "dashboard-unsure", "threshold": "0"}, files=image)
+        assert sure.status_code == 200 and "not sure" not in sure.text.split('id="predict"')[1]
+        assert '<span class="label">k' in sure.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import json
 
 import httpx
 import numpy as np
@@ -92,10 +93,14 @@ def test_registered_versions_are_immutable(api, trained, embedded_stack):
     files = [("files", ("x.png", png_bytes(5, seed=3), "image/png"))]
     before = api.post("/v1/predict", data={"model": "frozen", "top_k": "3"}, files=files).json()["predictions"]
     source = embedded_stack.home / "checkpoints" / trained["classifier"] / f"epoch-{version['epoch']:04d}.safetensors"
+    original = source.read_bytes()
     replacement = source.with_suffix(".new")
     replacement.write_bytes(b"not a checkpoint any more")
     replacement.replace(source)  # as a resumed job would rewrite it
-    after = api.post("/v1/predict", data={"model": "frozen", "top_k": "3"}, files=files).json()["predictions"]
+    try:
+        after = api.post("/v1/predict", data={"model": "frozen", "top_k": "3"}, files=files).json()["predictions"]
+    finally:
+        source.write_bytes(original)  # the job's own checkpoint serves the module's later tests
     assert after == before
 
 
@@ -223,3 +228,125 @@ def test_preloaded_models_gate_readiness(trained, embedded_stack, api):
         assert httpx.get(f"{bad.url}/v2/health/ready").status_code == 503
     finally:
         bad.stop()
+
+
+# The threshold tests serve the classifier's epoch 2: test_registered_versions_are_immutable
+# overwrites its last epoch's file, which `job:ID` (best = last without a validation split) names.
+def _classify(api, model: str, files: list, **form) -> dict:
+    answer = api.post("/v1/predict", data={"model": model, "top_k": "3", **form}, files=files)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _sample_images() -> list:
+    return [("files", (f"{label}.png", png_bytes(label, seed=300 + label), "image/png")) for label in range(6)]
+
+
+def test_a_threshold_withholds_labels_below_it_and_keeps_top_k(api, trained):
+    model, files = f"job:{trained['classifier']}:2", _sample_images()
+    plain = _classify(api, model, files)
+    assert plain["threshold"] is None and not any(p["below_threshold"] for p in plain["predictions"])
+    tops = sorted(p["probability"] for p in plain["predictions"])
+    assert tops[-1] < 1
+
+    above_all = _classify(api, model, files, threshold=str((tops[-1] + 1) / 2))
+    assert above_all["threshold"] == pytest.approx((tops[-1] + 1) / 2)
+    for sure, unsure in zip(plain["predictions"], above_all["predictions"]):
+        assert (unsure["label"], unsure["index"], unsure["below_threshold"]) == (None, None, True)
+        assert unsure["probability"] == sure["probability"] and unsure["top_k"] == sure["top_k"]
+        assert len(unsure["top_k"]) == 3
+
+    nothing = _classify(api, model, files, threshold="0")
+    assert nothing["threshold"] == 0 and nothing["predictions"] == plain["predictions"]
+
+    middle = (tops[2] + tops[3]) / 2
+    some = _classify(api, model, files, threshold=str(middle))["predictions"]
+    assert [p["label"] is None for p in some] == [p["probability"] < middle for p in plain["predictions"]]
+    assert sum(p["below_threshold"] for p in some) == 3
+
+    raw = api.post(f"/v1/models/{model}/predict", params={"threshold": 1}, content=png_bytes(1, seed=5),
+                   headers={"content-type": "image/png"})
+    assert raw.status_code == 200 and raw.json()["predictions"][0]["label"] is None
+
+
+@pytest.mark.parametrize("value", ["1.5", "abc", "-0.1", "nan", ""])
+def test_a_threshold_that_is_not_a_number_from_0_to_1_is_refused_naming_it(api, trained, value):
+    model = f"job:{trained['classifier']}:2"
+    answer = api.post("/v1/predict", data={"model": model, "threshold": value}, files=_sample_images()[:1])
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "threshold"], answer.text
+    raw = api.post(f"/v1/models/{model}/predict", params={"threshold": value}, content=png_bytes(1, seed=5),
+                   headers={"content-type": "image/png"})
+    assert raw.status_code == 422 and raw.json()["detail"][0]["loc"] == ["query", "threshold"], raw.text
+
+
+def test_a_threshold_on_a_regression_model_is_refused(api, trained):
+    job = trained["regressor"]
+    for bad in (0.5, 1.5, "abc"):
+        answer = api.post("/v1/predict", json={"model": f"job:{job}", "inputs": [[1.0, 2.0]], "threshold": bad})
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "threshold"], answer.text
+    registered = api.post("/v1/models", json={"name": "linear-unsure", "job_id": job, "threshold": 0.5})
+    assert registered.status_code == 422 and registered.json()["detail"][0]["loc"] == ["body", "threshold"]
+
+
+def test_a_version_default_threshold_applies_and_the_request_and_patch_override_it(api, trained):
+    job, files = trained["classifier"], _sample_images()
+    assert api.post("/v1/models", json={"name": "unsure", "job_id": job, "threshold": 1.5}).status_code == 422
+    assert api.post("/v1/models", json={"name": "unsure", "job_id": job, "threshold": "abc"}).status_code == 422
+    version = api.post("/v1/models", json={"name": "unsure", "job_id": job, "checkpoint": 2, "threshold": 1})
+    assert version.status_code == 201 and version.json()["threshold"] == 1
+    assert api.get("/v1/models/unsure").json()["versions"][0]["threshold"] == 1
+
+    by_default = _classify(api, "unsure", files)
+    assert by_default["threshold"] == 1 and all(p["label"] is None for p in by_default["predictions"])
+    overridden = _classify(api, "unsure:1", files, threshold="0")
+    assert overridden["threshold"] == 0 and all(p["label"] is not None for p in overridden["predictions"])
+    from_the_job = _classify(api, f"job:{job}:2", files)  # job references have no default
+    assert from_the_job["threshold"] is None and from_the_job["predictions"] == overridden["predictions"]
+
+    patched = api.patch("/v1/models/unsure/versions/1", json={"threshold": 0})
+    assert patched.status_code == 200 and patched.json()["threshold"] == 0
+    assert not any(p["below_threshold"] for p in _classify(api, "unsure", files)["predictions"])
+    assert api.patch("/v1/models/unsure/versions/1", json={}).json()["threshold"] == 0  # left as it is
+    cleared = api.patch("/v1/models/unsure/versions/1", json={"threshold": None})
+    assert cleared.status_code == 200 and cleared.json()["threshold"] is None
+    assert api.get("/v1/models/unsure").json()["versions"][0]["threshold"] is None
+    assert _classify(api, "unsure", files)["threshold"] is None
+
+    for body, status in (({"threshold": 1.5}, 422), ({"threshold": "abc"}, 422), ({"other": 1}, 422)):
+        refused = api.patch("/v1/models/unsure/versions/1", json=body)
+        assert refused.status_code == status, refused.text
+    assert api.patch("/v1/models/unsure/versions/1", json={"threshold": 1.5}).json()["detail"][0]["loc"] == \
+        ["body", "threshold"]
+    assert api.patch("/v1/models/unsure/versions/9", json={"threshold": 0.5}).status_code == 404
+    assert api.patch("/v1/models/nothing-here/versions/1", json={"threshold": 0.5}).status_code == 404
+
+    api.patch("/v1/models/unsure/versions/1", json={"threshold": 0.25})
+    exported = api.get("/v1/models/unsure/versions/1/export").content
+    header = json.loads(exported[8:8 + int.from_bytes(exported[:8], "little")])
+    assert json.loads(header["__metadata__"]["threshold"]) == 0.25
+
+
+def test_v2_classification_honours_the_threshold(api, trained):
+    job = f"job:{trained['classifier']}:2"
+    api.post("/v1/models", json={"name": "oip-unsure", "job_id": trained["classifier"], "checkpoint": 2, "threshold": 1})
+    body = {"inputs": [{"name": "images", "shape": [2], "datatype": "BYTES",
+                        "data": [base64.b64encode(png_bytes(l, seed=8)).decode() for l in (2, 7)]}],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]}
+
+    def rows(reference: str, **parameters) -> list[list[str]]:
+        answer = api.post(f"/v2/models/{reference}/infer", json={**body, "parameters": parameters})
+        assert answer.status_code == 200, answer.text
+        output = answer.json()["outputs"][0]
+        assert output["shape"] == [2, 2]
+        return [output["data"][:2], output["data"][2:]]
+
+    sure = rows("oip-unsure", threshold=0)
+    assert [row[0].split(":")[1:] for row in sure] == [["2", "pullover"], ["7", "sneaker"]]
+    for row, plain in zip(rows("oip-unsure"), sure):  # the version's default: every label withheld
+        assert row == [f"{plain[0].split(':')[0]}:-1:", plain[0]]
+    assert rows(job) == sure  # no default for a job
+    assert [row[0].endswith(":-1:") for row in rows(job, threshold=1)] == [True, True]
+    assert api.get("/v2/models/oip-unsure").json()["parameters"]["threshold"] == 1
+    for bad in (1.5, "abc"):
+        refused = api.post("/v2/models/oip-unsure/infer", json={**body, "parameters": {"threshold": bad}})
+        assert refused.status_code == 400 and "threshold" in refused.json()["error"]

@@ -145,6 +145,38 @@ def test_weights_trained_elsewhere_are_imported_and_served(api):
     assert all(torch.equal(back[name], weights[name]) for name in weights)
 
 
+def test_an_imported_classifier_keeps_its_threshold_for_json_inputs_and_its_export(api):
+    model, classes = {"arch": "mlp", "hidden": [8]}, ["low", "mid", "high"]
+    form = {"name": "tabular-unsure", "model": json.dumps(model), "classes": json.dumps(classes),
+            "input_shape": "[4]", "threshold": "0.99"}
+    weights = save(random_weights(model, [4], 3))
+    for bad in ("1.5", "abc"):
+        refused = api.post("/v1/models/import", data={**form, "threshold": bad}, files={"file": ("w.safetensors", weights)})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "threshold"]
+    regression = api.post("/v1/models/import", data={**form, "classes": "null"}, files={"file": ("w.safetensors", weights)})
+    assert regression.status_code == 422 and regression.json()["detail"][0]["loc"] == ["body", "threshold"]
+    answer = api.post("/v1/models/import", data=form, files={"file": ("w.safetensors", weights)})
+    assert answer.status_code == 201 and answer.json()["threshold"] == 0.99, answer.text
+
+    rows = [[0.1 * i, -0.2 * i, 0.3, 1.0] for i in range(5)]
+    plain = api.post("/v1/predict", json={"model": "tabular-unsure", "inputs": rows, "top_k": 3, "threshold": 0})
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["threshold"] == 0 and all(p["label"] in classes for p in plain.json()["predictions"])
+    by_default = api.post("/v1/predict", json={"model": "tabular-unsure", "inputs": rows, "top_k": 3}).json()
+    assert by_default["threshold"] == 0.99
+    for sure, unsure in zip(plain.json()["predictions"], by_default["predictions"]):
+        assert sure["probability"] < 0.99  # three classes, random weights: never that sure
+        assert (unsure["label"], unsure["index"], unsure["below_threshold"]) == (None, None, True)
+        assert (unsure["probability"], unsure["top_k"]) == (sure["probability"], sure["top_k"])
+    for bad in (1.5, "abc", -1):
+        refused = api.post("/v1/predict", json={"model": "tabular-unsure", "inputs": rows, "threshold": bad})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "threshold"], refused.text
+
+    exported = api.get("/v1/models/tabular-unsure/export")
+    header = json.loads(exported.content[8:8 + int.from_bytes(exported.content[:8], "little")])["__metadata__"]
+    assert json.loads(header["threshold"]) == 0.99 and json.loads(header["trainyard"])["threshold"] == 0.99
+
+
 @pytest.mark.parametrize("change, field", [
     (lambda w: w.pop("3.weight"), "3.weight"),
     (lambda w: w.update({"extra.weight": torch.zeros(2)}), "extra.weight"),

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix,
+                             precision_recall_fscore_support, top_k_accuracy_score)
 
+from models.data import read_idx
 from tests.datagen import png_bytes
+from tests.servers import REPO
 from tests.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
@@ -52,6 +59,9 @@ def test_regression_curve_has_one_panel(embedded_stack):
         image = Image.open(io.BytesIO(client.get(f"/v1/jobs/{job}/plot.png").content))
         assert image.width < 1.8 * image.height
         assert client.get(f"/v1/jobs/{job}/confusion").status_code == 422
+        refused = client.get(f"/v1/jobs/{job}/evaluation")
+        assert refused.status_code == 422 and "classification" in refused.json()["detail"]
+        assert client.get(f"/v1/jobs/{job}/test-images/0.png").status_code == 422
 
 
 def test_confusion_matrix_matches_the_jobs_own_test_accuracy(embedded_stack, two_jobs):
@@ -63,6 +73,90 @@ def test_confusion_matrix_matches_the_jobs_own_test_accuracy(embedded_stack, two
         assert data["accuracy"] == pytest.approx(job["best_checkpoint"]["metrics"]["test_acc"])
         image = Image.open(io.BytesIO(client.get(f"/v1/jobs/{two_jobs[0]}/confusion.png").content))
         assert image.format == "PNG" and abs(image.width - image.height) < 0.3 * image.width
+
+
+def test_evaluation_report_equals_scikit_learn_on_what_predict_answers(embedded_stack, unsure_job, data_dir):
+    """Every test image fetched from the service and sent to /v1/predict: scikit-learn's metrics on
+    those answers are the report's; each mistake is what predict says about its image."""
+    job_id = unsure_job
+    with embedded_stack.client() as client:
+        answer = client.get(f"/v1/jobs/{job_id}/evaluation")
+        assert answer.status_code == 200, answer.text
+        report = answer.json()
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert report["job_id"] == job_id
+        assert report["model"] == {"reference": f"job:{job_id}", "epoch": job["best_checkpoint"]["epoch"]}
+        classes = [c["label"] for c in report["classes"]]
+        truth = read_idx(data_dir / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+        stored = read_idx(data_dir / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte.gz")
+        assert report["num_test"] == len(truth) == 200 and classes[9] == "ankle boot"
+
+        images = [client.get(f"/v1/jobs/{job_id}/test-images/{i}.png") for i in range(len(truth))]
+        assert all(i.status_code == 200 and i.headers["content-type"] == "image/png" for i in images)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(images[7].content))), stored[7])  # pixels as stored
+        probs = np.zeros((len(truth), len(classes)))
+        for start in range(0, len(truth), 50):
+            predicted = client.post("/v1/predict", data={"model": f"job:{job_id}", "top_k": str(len(classes))},
+                                    files=[("files", (f"{i}.png", images[i].content, "image/png"))
+                                           for i in range(start, start + 50)])
+            assert predicted.status_code == 200, predicted.text
+            for row, p in enumerate(predicted.json()["predictions"], start=start):
+                probs[row, [t["index"] for t in p["top_k"]]] = [t["probability"] for t in p["top_k"]]
+        predicted = probs.argmax(axis=1)
+        every = list(range(len(classes)))
+
+        precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=every, zero_division=0)
+        assert [c["precision"] for c in report["classes"]] == pytest.approx(precision.tolist())
+        assert [c["recall"] for c in report["classes"]] == pytest.approx(recall.tolist())
+        assert [c["f1"] for c in report["classes"]] == pytest.approx(f1.tolist())
+        assert [c["support"] for c in report["classes"]] == support.tolist()
+        summary = classification_report(truth, predicted, labels=every, zero_division=0, output_dict=True)
+        for ours, theirs in ((report["macro_avg"], summary["macro avg"]), (report["weighted_avg"], summary["weighted avg"])):
+            assert [ours["precision"], ours["recall"], ours["f1"], ours["support"]] == pytest.approx(
+                [theirs["precision"], theirs["recall"], theirs["f1-score"], theirs["support"]])
+        assert report["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+        assert report["accuracy"] == pytest.approx(job["best_checkpoint"]["metrics"]["test_acc"])
+        assert set(report["top_k_accuracy"]) == {"1", "3", "5"}
+        for k, value in report["top_k_accuracy"].items():
+            assert value == pytest.approx(top_k_accuracy_score(truth, probs, k=int(k), labels=every))
+        assert report["confusion_matrix"] == confusion_matrix(truth, predicted, labels=every).tolist()
+        assert report["confusion_matrix"] == client.get(f"/v1/jobs/{job_id}/confusion").json()["matrix"]
+
+        confidence = probs.max(axis=1)
+        coverage = [t["coverage"] for t in report["thresholds"]]
+        assert coverage[0] == 1.0 and coverage == sorted(coverage, reverse=True)
+        for row in report["thresholds"]:
+            covered = confidence >= row["threshold"]
+            assert row["coverage"] == pytest.approx(covered.mean())
+            assert row["accuracy"] == (pytest.approx((predicted == truth)[covered].mean()) if covered.any() else None)
+
+        wrong = np.flatnonzero(predicted != truth)
+        mistakes = report["mistakes"]
+        assert 0 < len(mistakes) == min(24, len(wrong))
+        assert [m["index"] for m in mistakes] == sorted(wrong, key=lambda i: (-confidence[i], i))[:24]
+        for m in mistakes:
+            image = client.get(m["image_url"])
+            said = client.post("/v1/predict", data={"model": f"job:{job_id}"},
+                               files=[("files", ("mistake.png", image.content, "image/png"))]).json()["predictions"][0]
+            assert (said["label"], m["true_label"]) == (m["predicted_label"], classes[truth[m["index"]]])
+            assert said["probability"] == pytest.approx(m["probability"], abs=1e-5)
+        assert len(client.get(f"/v1/jobs/{job_id}/evaluation", params={"limit": 2}).json()["mistakes"]) == 2
+
+        for index in (len(truth), -1):
+            assert client.get(f"/v1/jobs/{job_id}/test-images/{index}.png").status_code == 404
+        assert client.get("/v1/jobs/00000000-0000-0000-0000-000000000000/evaluation").status_code == 404
+        failed = submit(client, {**SOFTMAX_SPEC, "name": "no-checkpoint", "data": {"dataset": "mnist"}})
+        assert embedded_stack.wait_for_job(client, failed)["status"] == "failed"
+        not_yet = [client.get(f"/v1/jobs/{failed}/{what}") for what in ("confusion", "evaluation")]
+        assert [a.status_code for a in not_yet] == [409, 409] and not_yet[0].json() == not_yet[1].json()
+    printed = embedded_stack.cli("evaluate", job_id, "--json", "--url", embedded_stack.url)
+    assert printed.returncode == 0 and json.loads(printed.stdout) == report, printed.stderr
+    table = subprocess.run([sys.executable, "-m", "service.cli.main", "evaluate", job_id, "--limit", "3"],
+                           env={**embedded_stack.env, "TRAINYARD_URL": embedded_stack.url, "COLUMNS": "200"},
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "macro avg" in table.stdout and "0.95" in table.stdout, table.stderr
+    assert f"{embedded_stack.url}/v1/jobs/{job_id}/test-images/{mistakes[0]['index']}.png" in table.stdout
+    assert f"/test-images/{mistakes[3]['index']}.png" not in table.stdout
 
 
 def test_prometheus_metrics(embedded_stack, two_jobs):

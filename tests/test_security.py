@@ -173,20 +173,29 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):
 # CIFAR-10's python layout is a pickle: its reader subclasses pickle.Unpickler and admits only
 # numpy arrays in find_class (a file that would run code is refused: tests/models/test_colour.py).
 RESTRICTED_UNPICKLERS = {"models/cifar.py"}
+# Pretrained weights are torchvision's .pth files: read with torch.load(weights_only=True), torch's
+# own restricted unpickler (tensors and plain containers only), and nothing else.
+WEIGHTS_ONLY_LOADERS = {"models/pretrained.py"}
 
 
 def test_no_code_path_unpickles():
     """Checkpoints and uploads are read with safetensors, PIL and numpy; nothing may unpickle
-    but the one restricted unpickler, which must not call pickle's own loaders."""
+    but the one restricted unpickler, which must not call pickle's own loaders, and the pretrained
+    weights reader, which only calls torch.load(weights_only=True)."""
     from tests.servers import REPO
 
     forbidden = re.compile(r"\bimport pickle\b|\bpickle\.loads?\(|\btorch\.load\(|allow_pickle\s*=\s*True")
     offenders = [str(path.relative_to(REPO)) for folder in ("models", "service", "workers")
                  for path in (REPO / folder).rglob("*.py") if forbidden.search(path.read_text())]
-    assert set(offenders) <= RESTRICTED_UNPICKLERS, offenders
+    assert set(offenders) <= RESTRICTED_UNPICKLERS | WEIGHTS_ONLY_LOADERS, offenders
     for name in RESTRICTED_UNPICKLERS:
         source = (REPO / name).read_text()
         assert "def find_class" in source and not re.search(r"\bpickle\.loads?\(|\btorch\.load\(", source)
+    for name in WEIGHTS_ONLY_LOADERS:
+        source = (REPO / name).read_text()
+        calls = re.findall(r"\btorch\.load\(([^)]*)\)", source)
+        assert calls and all("weights_only=True" in call for call in calls), calls
+        assert not re.search(r"\bimport pickle\b|\bpickle\.loads?\(|allow_pickle", source)
 
 
 BODY_TYPES = ["application/json", "application/json; charset=latin-1", "multipart/form-data",

@@ -10,6 +10,7 @@ import threading
 
 from celery.signals import worker_ready, worker_shutdown
 
+from models.pretrained import available_weights
 from service.core import worker_registry
 from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.settings import get_settings
@@ -40,7 +41,7 @@ class Presence:
     def _register(self) -> None:
         with session_scope() as session:
             worker_registry.register(session, worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
-                                     queues=self.queues, description=self.description)
+                                     queues=self.queues, description=self.description, weights=_weights())
 
     def _run(self) -> None:
         self.description = worker_registry.probe_devices()
@@ -49,7 +50,8 @@ class Presence:
         while True:
             try:
                 with session_scope() as session:
-                    renewed = registered and worker_registry.heartbeat(session, worker_id=self.worker_id)
+                    renewed = registered and worker_registry.heartbeat(session, worker_id=self.worker_id,
+                                                                       weights=_weights())
                 if not renewed:
                     self._register()
                     registered = True
@@ -61,6 +63,11 @@ class Presence:
                 log.warning("worker %s could not renew its registry entry", self.worker_id, exc_info=True)
             if self._stop.wait(interval):
                 return
+
+
+def _weights() -> list[str]:
+    """The pretrained weights files this worker would find (files put there later show up at the next beat)."""
+    return available_weights(get_settings().weights_dir)
 
 
 _presence: Presence | None = None

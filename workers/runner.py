@@ -19,7 +19,9 @@ from sqlalchemy import select
 
 from models.checkpoint import CheckpointError, checkpoint_name, read_checkpoint, write_checkpoint
 from models.data import DatasetError
-from models.engine import Callbacks, EpochMetrics, TrainingError, TrainingRun, fit, summarise_folds
+from models.cost import human_bytes
+from models.engine import Callbacks, EpochMetrics, Limits, TrainingError, TrainingRun, fit, summarise_folds
+from models.pretrained import MissingWeights, UnsafeWeights
 from models.spec import JobSpec
 from models.state import TRAINING_STATE, Position, TrainingState, load_training_state, save_training_state
 from service.core import jobs, sweeps, worker_registry
@@ -28,6 +30,7 @@ from service.core.references import ModelNotFound, ModelNotReady, init_from_refe
 from service.core.settings import get_settings
 from service.core.tables import Job, JobStatus
 from workers.job_log import JobLogCapture
+from workers.memory import is_out_of_memory, memory_budget
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +222,7 @@ STOP_OUTCOMES = {
 
 def _failure(exc: BaseException) -> tuple[str, str]:
     """Map an exception to a (reason, message) pair for the job record."""
-    if isinstance(exc, DatasetError):
+    if isinstance(exc, (DatasetError, MissingWeights, UnsafeWeights)):
         return exc.reason, str(exc)
     if isinstance(exc, CheckpointError):
         return "checkpoint_error", str(exc)
@@ -232,6 +235,12 @@ def _failure(exc: BaseException) -> tuple[str, str]:
         return "storage_error", f"storage failed: {exc}"
     if isinstance(exc, torch.OutOfMemoryError):
         return "out_of_memory", str(exc).splitlines()[0]
+    if is_out_of_memory(exc):
+        budget = get_settings().max_job_memory
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return "out_of_memory", (f"the job needed more memory than its budget of {human_bytes(budget)} "
+                                 f"(TRAINYARD_MAX_JOB_MEMORY) allows: {detail}; lower batch_size or the model's "
+                                 "size, or raise the budget")
     if isinstance(exc, TrainingError):
         return exc.reason, str(exc)
     return "internal_error", f"{type(exc).__name__}: {exc}"
@@ -317,10 +326,13 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
                 write(f"note where job {job_id} resumed", lambda session: jobs.note_resume(
                     session, job_id=job_id, attempt=claim.attempt, detail=detail))
             callbacks = RecordingCallbacks(job_id, control, job_log)
-            result = fit(spec, callbacks, data_dir=settings.data_dir,
-                         datasets_dir=settings.datasets_dir, cache_dir=settings.cache_dir,
-                         allow_download=settings.allow_download,
-                         resume=resume, initial_weights=None if resume else _initial_weights(spec))
+            initial_weights = None if resume else _initial_weights(spec)
+            limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
+            with memory_budget(settings.max_job_memory):
+                result = fit(spec, callbacks, data_dir=settings.data_dir,
+                             datasets_dir=settings.datasets_dir, cache_dir=settings.cache_dir,
+                             weights_dir=settings.weights_dir, allow_download=settings.allow_download,
+                             resume=resume, initial_weights=initial_weights, limits=limits)
             callbacks.record(wait=True)  # epochs trained while the database was away
             if result.stopped_at is not None and not control.lost.is_set():
                 save_state(result.run, job_id, result.stopped_at)

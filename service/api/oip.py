@@ -45,8 +45,9 @@ def single_input(header) -> dict:
     return spec
 
 
-def metadata(name: str, version: int | None, predictor: Predictor, job_id: str, epoch: int) -> dict:
-    """A model's metadata: its inputs, outputs and classes."""
+def metadata(name: str, version: int | None, predictor: Predictor, job_id: str, epoch: int,
+             threshold: float | None = None) -> dict:
+    """A model's metadata: its inputs, outputs, classes and default threshold."""
     shape = predictor.meta["input_shape"]
     width = len(predictor.classes) if predictor.classes else 1
     inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, *shape]}]
@@ -57,7 +58,7 @@ def metadata(name: str, version: int | None, predictor: Predictor, job_id: str, 
         "name": name, "versions": [str(version)] if version else ["1"], "platform": "pytorch",
         "inputs": inputs, "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, width]}],
         "parameters": {"classes": predictor.classes, "job_id": job_id, "epoch": epoch,
-                       "input": predictor.contract.to_json()},
+                       "input": predictor.contract.to_json(), "threshold": threshold},
     }
 
 
@@ -121,8 +122,37 @@ def encoded_images(spec: dict, data, max_images: int) -> list[tuple[str, bytes]]
     return [(f"{spec['name']}[{i}]", image) for i, image in enumerate(images)]
 
 
-def outputs(request_outputs: list, probs: torch.Tensor, predictor: Predictor, binary_default: bool) -> list[dict]:
-    """Output tensors with their values in `data`; `binary` marks those to send as binary data."""
+WITHHELD_INDEX = -1  # a classification entry `P:-1:`: no class, the top probability P is below the threshold
+
+
+def requested_threshold(header: dict, predictor: Predictor) -> float | None:
+    """The request's `threshold` parameter (a number from 0 to 1, for a classifier), or None."""
+    value = (header.get("parameters") or {}).get("threshold")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ProtocolError(f"parameter 'threshold' must be a number from 0 to 1, not {value!r}")
+    if predictor.task != "classification":
+        raise ProtocolError("parameter 'threshold' applies to classification models")
+    return float(value)
+
+
+def _classification(predictor: Predictor, probs: torch.Tensor, k: int, threshold: float | None) -> list[str]:
+    """Top-k `value:index:label` strings, row by row; a row whose top probability is below the
+    threshold starts with `P:-1:` (withheld: no index, empty label), then its k - 1 most likely classes."""
+    strings = []
+    for row in predictor.label(probs, k, threshold):
+        entries = [f"{c['probability']:f}:{c['index']}:{c['label']}" for c in row.top_k]
+        if row.below_threshold:
+            entries = [f"{row.probability:f}:{WITHHELD_INDEX}:", *entries[:-1]]
+        strings.extend(entries)
+    return strings
+
+
+def outputs(request_outputs: list, probs: torch.Tensor, predictor: Predictor, binary_default: bool,
+            threshold: float | None = None) -> list[dict]:
+    """Output tensors with their values in `data`; `binary` marks those to send as binary data.
+    `threshold` applies to the classification output (raw probabilities are sent as they are)."""
     output_name = "probabilities" if predictor.task == "classification" else "predictions"
     wanted = request_outputs or [{"name": output_name, "parameters": {"binary_data": binary_default}}]
     results = []
@@ -140,8 +170,7 @@ def outputs(request_outputs: list, probs: torch.Tensor, predictor: Predictor, bi
         if predictor.task != "classification" or not isinstance(k, int) or k < 1:
             raise ProtocolError("classification needs a positive integer on a classification model")
         k = min(k, probs.shape[1])
-        strings = [f"{c['probability']:f}:{c['index']}:{c['label']}"
-                   for row in predictor.label(probs, k) for c in row.top_k]
+        strings = _classification(predictor, probs, k, threshold)
         results.append({"name": output_name, "datatype": "BYTES", "shape": [probs.shape[0], k], "data": strings,
                         "binary": binary})
     return results

@@ -1,11 +1,13 @@
-"""Learning curves and confusion matrices as PNG images (matplotlib, no display needed), for the
-plot routes and the dashboard."""
+"""Learning curves and confusion matrices as PNG images (matplotlib, no display needed), and
+images' pixels as PNG, for the plot and evaluation routes and the dashboard."""
 
 from __future__ import annotations
 
 import io
 
 import matplotlib
+import numpy as np
+from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -15,6 +17,14 @@ from service.api.schemas.jobs import metric_rows  # noqa: E402
 from service.core import jobs, sweeps  # noqa: E402
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
+
+
+def pixels_png(pixels: np.ndarray) -> bytes:
+    """uint8 pixels [C, H, W] (C = 1 grey or 3 RGB) as a PNG file, unchanged."""
+    image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _png(figure) -> bytes:

@@ -4,7 +4,7 @@ and /v2 needs a token when tokens are set."""
 from fastapi import APIRouter, Depends, FastAPI
 
 from service.api.auth import require_token
-from service.api.routers import datasets, health, jobs, plots, predict, registry, sweeps, v2, workers
+from service.api.routers import datasets, evaluation, health, jobs, plots, predict, registry, sweeps, v2, workers
 
 AUTH_RESPONSES = {
     401: {"description": "Missing or invalid bearer token (only when API tokens are set)"},
@@ -12,7 +12,7 @@ AUTH_RESPONSES = {
 }
 # Tried in this order: predict, the hot path, first.
 PROTECTED = (predict.router, jobs.router, sweeps.router, datasets.router, registry.router, v2.router,
-             plots.router, workers.router)
+             plots.router, evaluation.router, workers.router)
 OPEN = (health.router, v2.probes)
 
 

@@ -25,18 +25,22 @@ import torch
 from fastapi.concurrency import run_in_threadpool
 
 from models.cache import LRU
-from models.data import load_dataset
+from models.data import Dataset, DatasetError, load_dataset
 from models.devices import DeviceUnavailable, resolve_device
+from models.evaluation import Evaluation
 from models.interchange import PREDICTORS, ExportError
 from models.predictor import InputError, Prediction, Predictor
 from models.spec import JobSpec
 from service.api.telemetry import MODEL_CACHE, MODELS_LOADED, PREDICT_BATCH
+from service.core import jobs
 from service.core.db import session_scope
-from service.core.errors import Invalid, Unavailable
+from service.core.errors import Invalid, NotFound, Unavailable, Unprocessable
 from service.core.references import ModelNotFound, ResolvedCheckpoint, resolve
 from service.core.settings import Settings
+from service.core.tables import Job
 
 log = logging.getLogger(__name__)
+MAX_MISTAKES = 100  # mistakes an evaluation report keeps (its route's `limit` is at most this)
 
 
 @dataclass
@@ -256,7 +260,7 @@ class ModelServer:
         self.max_batch_size = settings.max_batch_size
         self.max_delay_s = settings.max_batch_delay_ms / 1000
         self._models: LRU[LoadedModel] = LRU(settings.model_cache_size, on_evict=LoadedModel.close)
-        self._confusions: LRU[tuple[list[list[int]], float]] = LRU(32)
+        self._evaluations: LRU[Evaluation] = LRU(32)  # per checkpoint file
         self._loading = threading.Lock()
 
     def loaded(self, key: tuple[str, int]) -> LoadedModel | None:
@@ -357,23 +361,25 @@ class ModelServer:
         return await self._batcher(loaded).submit(len(uploads), self._pixels(loaded, uploads))
 
     async def classify_images(self, loaded: LoadedModel, uploads: list[tuple[str, bytes]],
-                              top_k: int = 1) -> list[Prediction]:
-        """Labelled predictions for encoded images, decoded and run in a batch with other requests.
+                              top_k: int = 1, threshold: float | None = None) -> list[Prediction]:
+        """Labelled predictions for encoded images, decoded and run in a batch with other requests
+        (labels withheld below `threshold`).
 
         Raises the InputError of the first unusable image; other requests are not affected.
         """
         predictor = loaded.predictor
         return await self._batcher(loaded).submit(len(uploads), self._pixels(loaded, uploads),
-                                                  lambda probs: predictor.label(probs, top_k))
+                                                  lambda probs: predictor.label(probs, top_k, threshold))
 
-    async def classify_uploads(self, reference: str, uploads: list[tuple[str, bytes]],
-                               top_k: int) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
-        """Resolve, load, decode and classify uploaded images; Invalid if the model cannot take them."""
+    async def classify_uploads(self, reference: str, uploads: list[tuple[str, bytes]], top_k: int,
+                               threshold: float | None = None) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
+        """Resolve, load, decode and classify uploaded images; Invalid if the model cannot take them.
+        `threshold` is the request's; without one the version's default applies."""
         async with self.deadline():
-            return await self._classify_uploads(reference, uploads, top_k)
+            return await self._classify_uploads(reference, uploads, top_k, threshold)
 
-    async def _classify_uploads(self, reference: str, uploads: list[tuple[str, bytes]],
-                                top_k: int) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
+    async def _classify_uploads(self, reference: str, uploads: list[tuple[str, bytes]], top_k: int,
+                                threshold: float | None) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
         target, loaded = await self.get(reference)
         predictor = loaded.predictor
         if predictor.task != "classification" or not predictor.contract.images:
@@ -382,32 +388,70 @@ class ModelServer:
         if top_k > len(predictor.classes):
             raise Invalid([(("body", "top_k"),
                             f"top_k is {top_k} but model {reference!r} has {len(predictor.classes)} classes")])
-        return target, loaded, await self.classify_images(loaded, uploads, top_k)
+        return target, loaded, await self.classify_images(loaded, uploads, top_k, target.threshold_for(threshold))
 
-    async def predict_values(self, reference: str, rows: list[list[float]]
+    async def predict_values(self, reference: str, rows: list[list[float]], threshold: float | None = None
                              ) -> tuple[ResolvedCheckpoint, LoadedModel, torch.Tensor]:
-        """Outputs for numeric rows; Invalid if the model does not take them."""
+        """Outputs for numeric rows; Invalid if the model does not take them (or a threshold, a regression)."""
         async with self.deadline():
             target, loaded = await self.get(reference)
+            if threshold is not None and loaded.predictor.task != "classification":
+                raise Invalid([(("body", "threshold"), f"model {reference!r} does not classify; "
+                                                       "threshold applies to classification")])
             try:
                 inputs = loaded.predictor.decode_values(rows)
             except InputError as exc:
                 raise Invalid([(("body", "inputs"), f"model {reference!r}: {exc}")]) from exc
             return target, loaded, await self.probabilities(loaded, inputs)
 
-    async def confusion(self, job_id: str, spec: JobSpec) -> tuple[ResolvedCheckpoint, LoadedModel, list[list[int]], float]:
-        """The confusion matrix of a job's best checkpoint on its test set, remembered per checkpoint file."""
-        target, loaded = await self.get(f"job:{job_id}")
+    def _test_set(self, job: Job) -> Dataset:
+        """A job's dataset as far as its test set goes (call in a thread). The validation split and
+        normalisation change only the training rows and the input contract, so they are left out:
+        reading a test image never costs a pass over the training images."""
+        spec = JobSpec.model_validate(job.spec)
+        data = spec.data.model_copy(update={"val_fraction": 0.0, **(
+            {"normalize": "none"} if "normalize" in type(spec.data).model_fields else {})})
+        settings = self.settings
+        try:
+            return load_dataset(data, data_dir=settings.data_dir, datasets_dir=settings.datasets_dir,
+                                cache_dir=settings.cache_dir, seed=spec.seed)
+        except DatasetError as exc:
+            raise NotFound(f"the test set of job {job.id} cannot be read here: {exc}") from None
 
-        def compute() -> tuple[list[list[int]], float]:
-            settings = self.settings
-            dataset = load_dataset(spec.data, data_dir=settings.data_dir, datasets_dir=settings.datasets_dir,
-                                   cache_dir=settings.cache_dir, seed=spec.seed)
-            return loaded.predictor.confusion_matrix(dataset.x_test, dataset.y_test)
+    def _job(self, job_id: str) -> Job:
+        """A job's record, read in a session of its own (call in a thread); NotFound if there is none."""
+        with session_scope(write=False) as session:
+            return jobs.require_job(session, job_id=job_id)
+
+    async def evaluation(self, job_id: str) -> tuple[ResolvedCheckpoint, LoadedModel, Evaluation]:
+        """The evaluation report (and confusion matrix) of the checkpoint `job:<id>` names, on the
+        job's test set, remembered per checkpoint file; Unprocessable unless the job classifies."""
+        job = await run_in_threadpool(self._job, job_id)
+        if job.task != "classification":
+            raise Unprocessable(f"job {job.id} is a {job.task} job; the evaluation report and the confusion "
+                                "matrix need a classification job")
+        target, loaded = await self.get(f"job:{job.id}")
+
+        def compute() -> Evaluation:
+            test = self._test_set(job)
+            return loaded.predictor.evaluate(test.x_test, test.y_test, mistakes=MAX_MISTAKES)
 
         key = _checkpoint_key(target.path)
-        matrix, accuracy = await run_in_threadpool(self._confusions.get_or_load, key, compute)
-        return target, loaded, matrix, accuracy
+        return target, loaded, await run_in_threadpool(self._evaluations.get_or_load, key, compute)
+
+    async def test_image(self, job_id: str, index: int) -> np.ndarray:
+        """One test image of a job as stored, uint8 pixels [C, H, W]; NotFound outside its test set."""
+        def read() -> np.ndarray:
+            job = self._job(job_id)
+            images = self._test_set(job).x_test
+            if images.dtype != torch.uint8:
+                raise Unprocessable(f"job {job.id} does not train on images")
+            if not 0 <= index < len(images):
+                raise NotFound(f"job {job.id}'s test set has {len(images)} images, numbered from 0; "
+                               f"there is no image {index}")
+            return images[index].numpy().copy()
+
+        return await run_in_threadpool(read)
 
     def __len__(self) -> int:
         return len(self._models)

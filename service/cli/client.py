@@ -17,7 +17,7 @@ from httpx_sse import SSEError, connect_sse
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 console = Console()
 err = Console(stderr=True)
@@ -35,6 +35,8 @@ RECONNECTS = 30  # an event stream that drops is resumed this many times before 
 UrlOption = Annotated[str, typer.Option("--url", envvar="TRAINYARD_URL", help="the service's base URL")]
 TokenOption = Annotated[str | None, typer.Option("--token", envvar="TRAINYARD_TOKEN", help="an API token")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
+ThresholdOption = Annotated[float | None, typer.Option(
+    "--threshold", min=0, max=1, help="0 to 1: a top probability below it is answered 'not sure' (no label)")]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -196,6 +198,31 @@ def sweep_table(sweep: dict) -> Table:
     return table
 
 
+def print_evaluation(report: dict, url: str) -> None:
+    """An evaluation report as a summary line and tables: classes, thresholds, mistakes."""
+    model = report["model"]
+    top_k = "".join(f" · top-{k} {_fmt(v)}" for k, v in report["top_k_accuracy"].items() if k != "1")
+    console.print(f"{model['reference']} (epoch {model['epoch']}) on {report['num_test']} test images: "
+                  f"accuracy {_fmt(report['accuracy'])}{top_k}")
+    classes = Table("class", "precision", "recall", "f1", "support", title="per class")
+    for c in report["classes"]:
+        classes.add_row(c["label"], _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["f1"]), str(c["support"]))
+    classes.add_section()
+    for name in ("macro_avg", "weighted_avg"):
+        a = report[name]
+        classes.add_row(name.replace("_", " "), _fmt(a["precision"]), _fmt(a["recall"]), _fmt(a["f1"]), str(a["support"]))
+    thresholds = Table("threshold", "coverage", "accuracy", title="confidence thresholds")
+    for t in report["thresholds"]:
+        thresholds.add_row(f"{t['threshold']:.2f}", _fmt(t["coverage"], 3), _fmt(t["accuracy"], 3))
+    mistakes = Table("index", "true", "predicted", "probability", Column("image", overflow="fold"),
+                     title="most confident mistakes")
+    for m in report["mistakes"]:
+        mistakes.add_row(str(m["index"]), m["true_label"], m["predicted_label"], _fmt(m["probability"], 3),
+                         url.rstrip("/") + m["image_url"])
+    for table in (classes, thresholds, mistakes):
+        console.print(table)
+
+
 def _print_log(line: dict) -> None:
     print(f"{line['at'][11:19]} #{line['attempt']} {line['level']:<7} {line['message']}", flush=True)
 
@@ -341,13 +368,27 @@ def register(app: typer.Typer) -> None:
                           _fmt(r["samples_per_second"], 0))
         console.print(table)
 
+    @app.command()
+    def evaluate(job_id: str,
+                 limit: Annotated[int | None, typer.Option(help="mistakes listed (the service's default: 24)")] = None,
+                 as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+        """How the checkpoint job:JOB names does on the job's test set: accuracy, each class's
+        precision, recall and F1, confidence thresholds and the most confident mistakes."""
+        params = {} if limit is None else {"limit": limit}
+        with client(url, token) as api:
+            report = checked(api.get(f"/v1/jobs/{job_id}/evaluation", params=params, timeout=300))
+        if as_json:
+            return emit_json(report)
+        print_evaluation(report, url)
+
     @models_app.command("register")
-    def models_register(name: str, job_id: str, checkpoint: str = "best", as_json: JsonOption = False,
-                        url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    def models_register(name: str, job_id: str, checkpoint: str = "best", threshold: ThresholdOption = None,
+                        as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """Register a job's checkpoint (best, last or an epoch) as the next version of NAME."""
         which = int(checkpoint) if checkpoint.isdigit() else checkpoint
+        body = {"name": name, "job_id": job_id, "checkpoint": which}
         with client(url, token) as api:
-            version = checked(api.post("/v1/models", json={"name": name, "job_id": job_id, "checkpoint": which}))
+            version = checked(api.post("/v1/models", json=body if threshold is None else {**body, "threshold": threshold}))
         if as_json:
             return emit_json(version)
         console.print(f"{version['name']} version {version['version']} (job {version['job_id']}, epoch {version['epoch']})")
@@ -424,17 +465,19 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def predict(model: str, files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
-                top_k: int = 1, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
-                token: TokenOption = None) -> None:
+                top_k: int = 1, threshold: ThresholdOption = None,
+                as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         """Classify image files with MODEL (name, name:VERSION, name@ALIAS or job:ID)."""
+        form = {"model": model, "top_k": str(top_k)}
         with client(url, token) as api:
             uploads = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
-            answer = checked(api.post("/v1/predict", data={"model": model, "top_k": str(top_k)}, files=uploads))
+            answer = checked(api.post("/v1/predict", data=form if threshold is None else {**form, "threshold": str(threshold)},
+                                      files=uploads))
         if as_json:
             return emit_json(answer)
         table = Table("file", "label", "probability", "top k")
         for p in answer["predictions"]:
-            table.add_row(p["filename"], p["label"], f"{p['probability']:.3f}",
+            table.add_row(p["filename"], "not sure" if p.get("below_threshold") else p["label"], f"{p['probability']:.3f}",
                           ", ".join(f"{t['label']} {t['probability']:.2f}" for t in p["top_k"]))
         console.print(table)
 

@@ -27,8 +27,11 @@ def export_model(session: Session, *, reference: str, fmt: str, settings: Settin
     """The model a reference names, in format `fmt` taking `inputs`; Unprocessable if the format cannot hold it."""
     target = resolve(session, reference=reference, settings=settings)
     session.close()  # what follows needs no database
+    predictor = Predictor.from_checkpoint(target.path)
+    if target.threshold is not None:  # a registered version's default travels in the file's header
+        predictor.meta = {**predictor.meta, "threshold": target.threshold}
     try:
-        content = export(Predictor.from_checkpoint(target.path), fmt, inputs)
+        content = export(predictor, fmt, inputs)
     except ExportError as exc:
         raise Unprocessable(f"{fmt}: {exc}") from exc
     stem = f"{target.name}-v{target.version}" if target.name else f"job-{target.job_id}-epoch-{target.epoch}"

@@ -104,21 +104,36 @@ def latest_metrics(session: Session, *, job_ids: list[str]) -> dict[str, EpochMe
     return {row.job_id: row for row in rows}
 
 
-def monitored(job: Job) -> tuple[str, str]:
+def monitored(job: Job) -> tuple[str, str] | None:
     """The metric that decides the best checkpoint, and whether higher is better ('max').
 
-    Early stopping's metric when the spec has one; else test accuracy, or test loss for regression.
+    Early stopping's metric when the spec has one; else validation accuracy (validation loss for
+    regression) when the job holds out a validation split; else None: without validation data the
+    best checkpoint is the last one, so that no reported result is selected on the test set.
+    (A k-fold job's final model trains on every training example, so it has no validation split.)
     """
-    stopping = (job.spec or {}).get("early_stopping")
+    spec = job.spec or {}
+    stopping = spec.get("early_stopping")
     if stopping:
-        spec = EarlyStoppingSpec.model_validate(stopping)
-        return spec.metric, spec.direction
-    return ("test_acc", "max") if job.task == "classification" else ("test_loss", "min")
+        spec_ = EarlyStoppingSpec.model_validate(stopping)
+        return spec_.metric, spec_.direction
+    if (spec.get("data") or {}).get("val_fraction"):
+        return ("val_acc", "max") if job.task == "classification" else ("val_loss", "min")
+    return None
+
+
+def best_selected_on(job: Job) -> str:
+    """What `best` means for this job: the metric it is chosen on, or last_epoch."""
+    chosen = monitored(job)
+    return chosen[0] if chosen else "last_epoch"
 
 
 def best_checkpoint(job: Job) -> Checkpoint | None:
-    """The checkpoint with the best monitored metric; the earliest wins a tie."""
-    metric, mode = monitored(job)
+    """The checkpoint with the best monitored metric (the earliest wins a tie), or the last one."""
+    chosen = monitored(job)
+    if chosen is None:
+        return last_checkpoint(job)
+    metric, mode = chosen
     scored = [c for c in job.checkpoints if c.metrics and c.metrics.get(metric) is not None]
     if not scored:
         return None

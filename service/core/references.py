@@ -41,6 +41,11 @@ class ResolvedCheckpoint:
     epoch: int
     name: str | None = None
     version: int | None = None
+    threshold: float | None = None  # the version's default confidence threshold; job:ID has none
+
+    def threshold_for(self, requested: float | None) -> float | None:
+        """The threshold a predict applies: the request's if given, else this model's default."""
+        return self.threshold if requested is None else requested
 
 
 def _inside(root: Path, relative: str, reference: str) -> Path:
@@ -101,9 +106,10 @@ def resolve(session: Session, *, reference: str, settings: Settings) -> Resolved
         return _resolve_job(session, reference, match, settings.checkpoint_dir)
     version = find_version(session, reference=reference)
     return ResolvedCheckpoint(reference=reference, path=_inside(settings.registry_dir, version.path, reference),
-                              job_id=version.job_id, epoch=version.epoch, name=version.name, version=version.version)
+                              job_id=version.job_id, epoch=version.epoch, name=version.name, version=version.version,
+                              threshold=version.threshold)
 
 
 def init_from_reference(init_from) -> str:
     """The model reference for a spec's init_from."""
-    return f"job:{init_from.job_id}:{init_from.checkpoint}"
+    return init_from.model if init_from.model is not None else f"job:{init_from.job_id}:{init_from.checkpoint}"

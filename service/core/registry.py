@@ -47,10 +47,19 @@ def _freeze(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def register(session: Session, *, name: str, job_id: str, checkpoint: str | int, settings: Settings) -> ModelVersion:
-    """Register a job's checkpoint as the next version of `name`."""
+def _threshold(threshold: float | None, task: str) -> float | None:
+    """A default threshold for a version of this task; Invalid on a model that does not classify."""
+    if threshold is not None and task != "classification":
+        raise Invalid([(("body", "threshold"), f"threshold applies to classification; this model's task is {task}")])
+    return threshold
+
+
+def register(session: Session, *, name: str, job_id: str, checkpoint: str | int, settings: Settings,
+             threshold: float | None = None) -> ModelVersion:
+    """Register a job's checkpoint as the next version of `name` (predict's default `threshold` with it)."""
     target = resolve(session, reference=f"job:{job_id}:{checkpoint}", settings=settings)
     meta = read_meta(target.path)
+    threshold = _threshold(threshold, meta["task"])
     job = jobs.get_job(session, job_id=target.job_id)
     latest = jobs.latest_metric(session, job_id=job.id)
     final_metrics = {k: getattr(latest, k) for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc",
@@ -60,7 +69,7 @@ def register(session: Session, *, name: str, job_id: str, checkpoint: str | int,
 
     return _next_version(session, name, store, job_id=job.id, epoch=target.epoch, selector=str(checkpoint),
                          task=meta["task"], classes=meta.get("classes"), input_shape=meta["input_shape"],
-                         metrics={"checkpoint": meta.get("metrics"), "final": final_metrics})
+                         metrics={"checkpoint": meta.get("metrics"), "final": final_metrics}, threshold=threshold)
 
 
 def _next_version(session: Session, name: str, store, **columns) -> ModelVersion:
@@ -80,12 +89,14 @@ def _next_version(session: Session, name: str, store, **columns) -> ModelVersion
 
 
 def import_version(session: Session, *, name: str, weights: bytes, model: dict, classes: list[str] | None,
-                   input_shape: list[int], settings: Settings, normalize: dict | None = None) -> ModelVersion:
+                   input_shape: list[int], settings: Settings, normalize: dict | None = None,
+                   threshold: float | None = None) -> ModelVersion:
     """Register weights trained elsewhere (a safetensors state_dict) as the next version of `name`.
 
     Nothing is unpickled; the architecture must take `input_shape` and every tensor must fit it,
     or Invalid names what does not. `normalize` ({"mean", "std"} per channel of pixel / 255) is
-    how the images were normalised where the weights were trained."""
+    how the images were normalised where the weights were trained; `threshold` is predict's default."""
+    threshold = _threshold(threshold, "classification" if classes else "regression")
     try:
         spec = MODEL_SPEC.validate_python(model)
     except ValidationError as exc:
@@ -121,7 +132,7 @@ def import_version(session: Session, *, name: str, weights: bytes, model: dict, 
         write_checkpoint(settings.registry_dir / relative, state, meta)
 
     return _next_version(session, name, store, job_id=None, epoch=0, selector="import", task=meta["task"],
-                         classes=classes, input_shape=input_shape, metrics=None)
+                         classes=classes, input_shape=input_shape, metrics=None, threshold=threshold)
 
 
 def versions(session: Session, *, name: str) -> list[ModelVersion]:
@@ -145,10 +156,18 @@ def names(session: Session) -> list[str]:
     return list(session.scalars(select(ModelVersion.name).distinct().order_by(ModelVersion.name)))
 
 
+def require_version(session: Session, *, name: str, version: int) -> ModelVersion:
+    """One version of a model; ModelNotFound if there is none."""
+    record = session.scalars(select(ModelVersion).where(ModelVersion.name == name,
+                                                        ModelVersion.version == version)).first()
+    if record is None:
+        raise ModelNotFound(f"model {name!r} has no version {version}")
+    return record
+
+
 def set_alias(session: Session, *, name: str, alias: str, version: int) -> None:
     """Point an alias at a version (creating or moving it)."""
-    if session.scalars(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)).first() is None:
-        raise ModelNotFound(f"model {name!r} has no version {version}")
+    require_version(session, name=name, version=version)
     row = session.get(ModelAlias, (name, alias))
     if row is None:
         session.add(ModelAlias(name=name, alias=alias, version=version))
@@ -157,12 +176,17 @@ def set_alias(session: Session, *, name: str, alias: str, version: int) -> None:
     session.flush()
 
 
+def set_threshold(session: Session, *, name: str, version: int, threshold: float | None) -> ModelVersion:
+    """Set (or, with None, clear) the default threshold predict applies to a version."""
+    record = require_version(session, name=name, version=version)
+    record.threshold = _threshold(threshold, record.task)
+    session.flush()
+    return record
+
+
 def delete_version(session: Session, *, name: str, version: int, settings: Settings) -> None:
     """Delete a version no alias points to."""
-    record = session.scalars(select(ModelVersion).where(ModelVersion.name == name,
-                                                        ModelVersion.version == version)).first()
-    if record is None:
-        raise ModelNotFound(f"model {name!r} has no version {version}")
+    record = require_version(session, name=name, version=version)
     pointing = [alias for alias, v in aliases(session, name=name).items() if v == version]
     if pointing:
         raise AliasInUse(f"version {version} of {name!r} is aliased as {', '.join(pointing)}; move the alias first")

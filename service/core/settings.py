@@ -12,6 +12,11 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def half_of_memory() -> int:
+    """Half of this machine's physical memory, in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
 
@@ -22,6 +27,9 @@ class Settings(BaseSettings):
     checkpoint_dir: Path | None = None
     datasets_dir: Path | None = None
     registry_dir: Path | None = None
+    # Pretrained backbones' weights files (torchvision's file names); $TORCH_HOME/hub/checkpoints is
+    # looked in after it. Default: HOME/weights.
+    weights_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     allow_download: bool = False
@@ -50,6 +58,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=2.0, gt=0, le=300)
     lease_seconds: float = Field(default=30.0, gt=0, le=86400)
     max_attempts: int = Field(default=3, ge=1, le=100)
+    # Admission by cost: a job whose network has more parameters, or whose training step needs more
+    # memory (weights, gradients, optimizer state, activations at its batch size), is refused at
+    # submit (422) and by the worker; each job also trains under a memory limit of max_job_memory
+    # bytes beyond what its process held when it started (reason out_of_memory past it).
+    max_parameters: int = Field(default=500_000_000, ge=1)
+    max_job_memory: int = Field(default_factory=lambda: half_of_memory(), ge=16 * 1024 * 1024)
     reaper_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     # Log lines a job keeps per attempt (GET /v1/jobs/{id}/logs); errors beyond it are still kept.
     job_log_lines: int = Field(default=2000, ge=10, le=1_000_000)
@@ -125,6 +139,7 @@ class Settings(BaseSettings):
         if self.registry_dir is None:
             self.registry_dir = self.home / "registry"
         self.registry_dir = self.registry_dir.expanduser().resolve()
+        self.weights_dir = (self.weights_dir or self.home / "weights").expanduser().resolve()
         self.data_dir = self.data_dir.expanduser().resolve()
         self.checkpoint_dir = self.checkpoint_dir.expanduser().resolve()
         if self.database_url is None:

@@ -6,11 +6,13 @@ the reaper sends it later. An Idempotency-Key makes a retried submission return 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models.cost import admission_problems
+from models.pretrained import find_weights_file, missing_weights_message, weights_file_name
 from models.spec import JobSpec, spec_problems
 from service.core import datasets, jobs, worker_registry
 from service.core.broker import publish_or_defer
@@ -24,6 +26,7 @@ from service.core.tables import Job
 class Submitted:
     job_id: str
     replayed: bool  # an earlier request with the same Idempotency-Key created the job
+    warnings: list[str] = field(default_factory=list)  # what will make the job fail unless someone acts
 
 
 def check_spec(session: Session, *, spec: JobSpec, settings: Settings) -> str:
@@ -34,6 +37,10 @@ def check_spec(session: Session, *, spec: JobSpec, settings: Settings) -> str:
         problems.append((("body", "data", "dataset"), f"{spec.data.dataset} not found; upload it to /v1/datasets"))
     else:
         problems += [(("body", *p.loc), p.msg) for p in spec_problems(spec, info)]
+        if not problems:
+            problems += [(("body", *loc), msg) for loc, msg in admission_problems(
+                spec, info.input_shape, info.outputs, max_parameters=settings.max_parameters,
+                max_bytes=settings.max_job_memory, where="TRAINYARD_MAX_JOB_MEMORY")]
     if spec.init_from is not None:
         try:
             resolve(session, reference=init_from_reference(spec.init_from), settings=settings)
@@ -78,7 +85,21 @@ def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempoten
             raise
         return _replay(existing, request_hash)
     publish_or_defer(job.id, settings.queue_for(spec.device))
-    return Submitted(job.id, replayed=False)
+    return Submitted(job.id, replayed=False, warnings=weights_warnings(session, spec=spec, settings=settings))
+
+
+def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> list[str]:
+    """A pretrained backbone's weights that neither this API's folders nor any live worker have."""
+    model = spec.model
+    if model.arch != "pretrained" or model.weights is None or settings.allow_download:
+        return []
+    if find_weights_file(model.backbone, model.weights, settings.weights_dir) is not None:
+        return []
+    name = weights_file_name(model.backbone, model.weights)
+    if any(name in (worker.weights or []) for worker in worker_registry.live(session, settings=settings)):
+        return []
+    return [f"{missing_weights_message(model.backbone, model.weights, settings.weights_dir)}; no live worker "
+            "has the file either, so the job will fail with missing_weights unless one finds it when it starts"]
 
 
 def cancel_job(session: Session, *, job_id: str) -> None:

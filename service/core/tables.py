@@ -224,6 +224,8 @@ class ModelVersion(Base):
     classes: Mapped[list | None] = mapped_column(JSON)
     input_shape: Mapped[list] = mapped_column(JSON)
     metrics: Mapped[dict | None] = mapped_column(JSON)
+    # Predict withholds a label whose probability is below it, unless the request gives its own.
+    threshold: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -251,6 +253,7 @@ class Worker(Base):
     torch: Mapped[str] = mapped_column(String(50))
     cuda: Mapped[str | None] = mapped_column(String(50))
     current_job: Mapped[str | None] = mapped_column(String(36))
+    weights: Mapped[list | None] = mapped_column(JSON)  # pretrained weights files it has on disk
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 

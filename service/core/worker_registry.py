@@ -31,8 +31,9 @@ def has_cuda(description: dict) -> bool:
     return any(device["kind"] == "cuda" for device in description["devices"])
 
 
-def register(session: Session, *, worker_id: str, host: str, pid: int, queues: list[str], description: dict) -> None:
-    """Add or refresh a worker's entry."""
+def register(session: Session, *, worker_id: str, host: str, pid: int, queues: list[str], description: dict,
+             weights: list[str] | None = None) -> None:
+    """Add or refresh a worker's entry (`weights`: the pretrained weights files it has)."""
     now = utcnow()
     row = session.get(Worker, worker_id)
     if row is None:
@@ -40,13 +41,16 @@ def register(session: Session, *, worker_id: str, host: str, pid: int, queues: l
         session.add(row)
     row.host, row.pid, row.queues = host, pid, sorted(queues)
     row.devices, row.torch, row.cuda = description["devices"], description["torch"], description["cuda"]
+    row.weights = weights or []
     row.last_seen = now
     session.flush()
 
 
-def heartbeat(session: Session, *, worker_id: str) -> bool:
-    """Renew a worker's entry; False if it has none (it must register again)."""
-    return session.execute(update(Worker).where(Worker.id == worker_id).values(last_seen=utcnow())).rowcount == 1
+def heartbeat(session: Session, *, worker_id: str, weights: list[str] | None = None) -> bool:
+    """Renew a worker's entry, and the weights files it has when given; False if it has none (it
+    must register again)."""
+    values = {"last_seen": utcnow(), **({"weights": weights} if weights is not None else {})}
+    return session.execute(update(Worker).where(Worker.id == worker_id).values(**values)).rowcount == 1
 
 
 def set_current_job(session: Session, *, worker_id: str, job_id: str | None) -> None:

@@ -89,13 +89,33 @@ def test_label_orders_top_k(predictor):
     assert len(predictor.label(predictor.probabilities(torch.stack(inputs)), top_k=50)[0].top_k) == 10
 
 
-def test_confusion_matrix_counts_true_against_predicted(predictor):
+def test_a_threshold_withholds_labels_below_it_and_keeps_top_k(predictor):
+    probs = torch.tensor([[0.75, 0.15625, 0.09375] + [0.0] * 7, [0.4, 0.35, 0.25] + [0.0] * 7])
+    plain = predictor.label(probs, top_k=3)
+    assert [(r.label, r.index, r.below_threshold) for r in plain] == [("c0", 0, False), ("c0", 0, False)]
+    assert predictor.label(probs, top_k=3, threshold=0.0) == plain  # 0 withholds nothing
+    mixed = predictor.label(probs, top_k=3, threshold=0.5)
+    assert (mixed[0].label, mixed[0].index, mixed[0].below_threshold) == ("c0", 0, False)
+    assert (mixed[1].label, mixed[1].index, mixed[1].below_threshold) == (None, None, True)
+    assert mixed[1].probability == pytest.approx(0.4) and mixed[1].top_k == plain[1].top_k
+    above_all = predictor.label(probs, top_k=3, threshold=0.76)
+    assert all(r.label is None and r.index is None and r.below_threshold for r in above_all)
+    assert [r.top_k for r in above_all] == [r.top_k for r in plain]
+    assert predictor.label(probs, threshold=0.75)[0].label == "c0"  # below means below: equal keeps it
+
+
+def test_evaluation_counts_true_against_predicted(predictor):
     x = torch.from_numpy(np.stack([predictor.decode_pixels(encode(Image.fromarray(GRADIENT * (i % 2)), "PNG"), "g",
                                                            max_pixels=10**6) for i in range(6)]))
-    predicted = predictor.probabilities(x).argmax(dim=1)
+    probabilities = predictor.probabilities(x)
+    predicted = probabilities.argmax(dim=1)
     truth = torch.tensor([0, 1, 2, 0, 1, 2])
-    matrix, accuracy = predictor.confusion_matrix(x, truth, batch_size=4)  # two batches
-    assert len(matrix) == 10 and sum(map(sum, matrix)) == 6
+    report = predictor.evaluate(x, truth, batch_size=4)  # two batches
+    matrix = report.confusion_matrix
+    assert len(matrix) == 10 and sum(map(sum, matrix)) == 6 and report.num_test == 6
     for t, p in zip(truth.tolist(), predicted.tolist()):
         assert matrix[t][p] >= 1
-    assert accuracy == pytest.approx(float((predicted == truth).float().mean()))
+    assert report.accuracy == pytest.approx(float((predicted == truth).float().mean()))
+    for mistake in report.mistakes:
+        assert mistake.probability == pytest.approx(float(probabilities[mistake.index].max()))
+    assert predictor.evaluate(x[:0], truth[:0]).num_test == 0

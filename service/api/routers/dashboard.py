@@ -6,7 +6,6 @@ When API tokens are set, the pages ask for one once (/ui/login) and keep it in a
 from __future__ import annotations
 
 import base64
-import io
 import json
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,6 +22,7 @@ from models.spec import JobSpec, input_loc
 from service.api import plots
 from service.api.auth import token_table
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
+from service.api.schemas.evaluation import evaluation_public
 from service.api.schemas.jobs import jobs_public, metric_rows
 from service.api.schemas.predict import image_answer
 from service.api.schemas.registry import model_public
@@ -120,6 +120,24 @@ async def job_plot(job_id: str, session: SessionDep) -> Response:
     data = await run_in_threadpool(plots.job_series, session, [job_id])
     session.close()
     return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
+
+
+MISTAKES_SHOWN = 24
+
+
+@pages.get("/ui/fragments/jobs/{job_id}/evaluation", response_class=HTMLResponse)
+async def job_evaluation(job_id: str, request: Request, server: ModelServerDep) -> HTMLResponse:
+    """The evaluation report's section of a job's page (loaded after the page: it may take a test-set pass)."""
+    target, _, report = await server.evaluation(job_id)
+    return templates.TemplateResponse(request, "evaluation.html", {
+        "job_id": job_id, "report": evaluation_public(job_id, target, report, limit=MISTAKES_SHOWN)})
+
+
+@pages.get("/ui/jobs/{job_id}/test-images/{index}.png")
+async def job_test_image(job_id: str, index: int, server: ModelServerDep) -> Response:
+    """A test image for the report's thumbnails (the /v1 twin wants a bearer token, a page has a cookie)."""
+    pixels = await server.test_image(job_id, index)
+    return Response(await run_in_threadpool(plots.pixels_png, pixels), media_type="image/png")
 
 
 def _examples() -> list[str]:
@@ -227,13 +245,7 @@ def _data_url(data: bytes, media_type: str) -> str:
 
 def _seen(predictor, data: bytes, name: str, max_pixels: int) -> str:
     """The image as the model receives it (decoded by its input contract), as a PNG data URL."""
-    from PIL import Image
-
-    pixels = predictor.decode_pixels(data, name, max_pixels=max_pixels)
-    image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return _data_url(buffer.getvalue(), "image/png")
+    return _data_url(plots.pixels_png(predictor.decode_pixels(data, name, max_pixels=max_pixels)), "image/png")
 
 
 @pages.get("/ui/predict", response_class=HTMLResponse)
@@ -245,8 +257,9 @@ def predict_form(request: Request, session: SessionDep, model: str | None = None
 @actions.post("/ui/predict", response_class=HTMLResponse)
 async def predict(request: Request, server: ModelServerDep, session: SessionDep, settings: SettingsDep,
                   model: Annotated[str, Form(max_length=200)], files: Annotated[list[UploadFile], File()],
-                  top_k: Annotated[int, Form(ge=1, le=100)] = 3) -> Response:
-    context = {"model": model, "top_k": top_k, "choices": _model_choices(session)}
+                  top_k: Annotated[int, Form(ge=1, le=100)] = 3,
+                  threshold: Annotated[float | None, Form(ge=0, le=1)] = None) -> Response:
+    context = {"model": model, "top_k": top_k, "threshold": threshold, "choices": _model_choices(session)}
     session.close()
     if len(files) > settings.max_files_per_request:
         error = f"{len(files)} images chosen; at most {settings.max_files_per_request} at a time"
@@ -254,8 +267,8 @@ async def predict(request: Request, server: ModelServerDep, session: SessionDep,
     uploads = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(files)]
     types = [f.content_type if (f.content_type or "").startswith("image/") else "image/png" for f in files]
     try:
-        target, loaded, results = await server.classify_uploads(model, uploads, top_k)
-        answer = image_answer(target, loaded.predictor, [name for name, _ in uploads], results)
+        target, loaded, results = await server.classify_uploads(model, uploads, top_k, threshold)
+        answer = image_answer(target, loaded.predictor, [name for name, _ in uploads], results, threshold)
         seen = await run_in_threadpool(lambda: [_seen(loaded.predictor, data, name, settings.max_image_pixels)
                                                 for name, data in uploads])
         shown = [{"prediction": prediction, "preview": _data_url(data, media_type), "seen": view}
@@ -263,7 +276,8 @@ async def predict(request: Request, server: ModelServerDep, session: SessionDep,
     except (CoreError, InputError, CheckpointError) as exc:
         return templates.TemplateResponse(request, "predict.html", {**context, "error": _describe(exc)}, status_code=422)
     return templates.TemplateResponse(request, "predict.html", {
-        **context, "results": shown, "model_info": answer.model, "contract": loaded.predictor.contract})
+        **context, "results": shown, "model_info": answer.model, "contract": loaded.predictor.contract,
+        "applied_threshold": answer.threshold})
 
 
 router.include_router(pages)

@@ -65,7 +65,7 @@ def submit_job(
     response.headers["Location"] = f"/v1/jobs/{submitted.job_id}"
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return _public(session, submitted.job_id, settings)
+    return _public(session, submitted.job_id, settings).model_copy(update={"warnings": submitted.warnings})
 
 
 @router.get("", response_model=JobsPublic)

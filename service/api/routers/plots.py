@@ -8,13 +8,10 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from models.spec import JobSpec
 from service.api import plots
 from service.api.deps import ModelServerDep, SessionDep
 from service.api.schemas.plots import ConfusionPublic
 from service.api.serving import ModelServer
-from service.core import jobs
-from service.core.errors import Unprocessable
 
 router = APIRouter(prefix="/v1", tags=["plots"])
 PNG = {200: {"content": {"image/png": {}}, "description": "A PNG image"}, 404: {"description": "No such job"}}
@@ -40,28 +37,24 @@ async def compare(session: SessionDep,
     return await _curves(session, job_ids.split(","))
 
 
-async def _confusion(job_id: str, session, server: ModelServer) -> ConfusionPublic:
-    job = await run_in_threadpool(jobs.require_job, session, job_id=job_id)
-    session.close()
-    if job.task != "classification":
-        raise Unprocessable("a confusion matrix needs a classification job")
-    target, loaded, matrix, accuracy = await server.confusion(job_id, JobSpec.model_validate(job.spec))
-    return ConfusionPublic(job_id=job_id, epoch=target.epoch, classes=loaded.predictor.classes, matrix=matrix,
-                           accuracy=accuracy)
+async def _confusion(job_id: str, server: ModelServer) -> ConfusionPublic:
+    target, loaded, report = await server.evaluation(job_id)
+    return ConfusionPublic(job_id=job_id, epoch=target.epoch, classes=loaded.predictor.classes,
+                           matrix=report.confusion_matrix, accuracy=report.accuracy)
 
 
 @router.get("/jobs/{job_id}/confusion", response_model=ConfusionPublic,
             responses={404: {"description": "No such job"}, 409: {"description": "No checkpoint yet"},
                        422: {"description": "Not a classification job"}})
-async def confusion(job_id: str, session: SessionDep, server: ModelServerDep) -> ConfusionPublic:
+async def confusion(job_id: str, server: ModelServerDep) -> ConfusionPublic:
     """The best checkpoint's confusion matrix on the job's test set, as data."""
-    return await _confusion(job_id, session, server)
+    return await _confusion(job_id, server)
 
 
 @router.get("/jobs/{job_id}/confusion.png", response_class=Response,
             responses={**PNG, 409: {"description": "No checkpoint yet"}, 422: {"description": "Not a classification job"}})
-async def confusion_png(job_id: str, session: SessionDep, server: ModelServerDep) -> Response:
+async def confusion_png(job_id: str, server: ModelServerDep) -> Response:
     """The best checkpoint's confusion matrix on the job's test set, drawn."""
-    result = await _confusion(job_id, session, server)
+    result = await _confusion(job_id, server)
     return Response(await run_in_threadpool(plots.confusion_matrix, result.matrix, result.classes),
                     media_type="image/png")

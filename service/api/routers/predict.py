@@ -10,7 +10,13 @@ from pydantic import ValidationError
 
 from service.api.errors import unknown_fields_error, validation_error
 from service.api.multipart import FormError, parse_form
-from service.api.schemas.predict import PredictResponse, PredictValues, image_answer, values_answer
+from service.api.schemas.predict import (
+    THRESHOLD_DOC,
+    PredictResponse,
+    PredictValues,
+    image_answer,
+    values_answer,
+)
 from service.api.serving import ModelServer
 from service.core.settings import get_settings
 
@@ -33,6 +39,7 @@ MULTIPART_SCHEMA = {
                   "description": "name, name:VERSION, name@ALIAS, job:ID or job:ID:best|last|EPOCH"},
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
         "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
+        "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": THRESHOLD_DOC},
     },
 }
 FORM_FIELDS = frozenset(MULTIPART_SCHEMA["properties"])
@@ -57,12 +64,26 @@ def _invalid(loc: tuple, msg: str):
     return validation_error([(("body", *loc), msg)])
 
 
-async def classify(server: ModelServer, reference: str, uploads: list[tuple[str, bytes]], top_k: int) -> Response:
-    target, loaded, results = await server.classify_uploads(reference, uploads, top_k)
-    return _json(image_answer(target, loaded.predictor, [name for name, _ in uploads], results))
+async def classify(server: ModelServer, reference: str, uploads: list[tuple[str, bytes]], top_k: int,
+                   threshold: float | None = None) -> Response:
+    target, loaded, results = await server.classify_uploads(reference, uploads, top_k, threshold)
+    return _json(image_answer(target, loaded.predictor, [name for name, _ in uploads], results, threshold))
 
 
-async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]], int]:
+def _threshold(raw: str | None) -> float | None:
+    """A form's threshold: a number from 0 to 1, or None when it is not given."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:  # NaN too
+        raise _invalid(("threshold",), f"threshold must be a number from 0 to 1, not {raw[:50]!r}")
+    return value
+
+
+async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]], int, float | None]:
     limit = get_settings().max_files_per_request
     try:
         parts = parse_form(await request.body(), request.headers["content-type"], max_parts=limit + 20)
@@ -83,13 +104,14 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
     raw_k = fields.get("top_k", "1")
     if not raw_k.strip().isdigit() or not 1 <= int(raw_k) <= 1000:
         raise _invalid(("top_k",), "top_k must be an integer from 1 to 1000")
-    return model, [(f.filename or f"file{i}", bytes(f.data)) for i, f in enumerate(files)], int(raw_k)
+    return (model, [(f.filename or f"file{i}", bytes(f.data)) for i, f in enumerate(files)], int(raw_k),
+            _threshold(fields.get("threshold")))
 
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY)
 async def predict(request: Request) -> Response:
-    """Classify uploaded images (multipart `model`, `files`, `top_k`), or predict from numeric
-    rows (JSON `{"model", "inputs": [[...], ...]}`)."""
+    """Classify uploaded images (multipart `model`, `files`, `top_k`, `threshold`), or predict from
+    numeric rows (JSON `{"model", "inputs": [[...], ...], "top_k", "threshold"}`)."""
     server = _server(request)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
@@ -97,8 +119,8 @@ async def predict(request: Request) -> Response:
             body = PredictValues.model_validate_json(await request.body())
         except ValidationError as exc:
             raise validation_error([(("body", *e["loc"]), e["msg"]) for e in exc.errors()]) from exc
-        target, loaded, outputs = await server.predict_values(body.model, body.inputs)
-        return _json(values_answer(target, loaded.predictor, outputs, body.top_k))
+        target, loaded, outputs = await server.predict_values(body.model, body.inputs, body.threshold)
+        return _json(values_answer(target, loaded.predictor, outputs, body.top_k, body.threshold))
     if content_type.startswith("multipart/form-data"):
         return await classify(server, *await _form_uploads(request))
     raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -108,8 +130,10 @@ async def predict(request: Request) -> Response:
 @router.post("/models/{reference}/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={
     "requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}})
 async def predict_raw_image(reference: str, request: Request,
-                            top_k: Annotated[int, Query(ge=1, le=1000)] = 1) -> Response:
+                            top_k: Annotated[int, Query(ge=1, le=1000)] = 1,
+                            threshold: Annotated[float | None, Query(ge=0, le=1, description=THRESHOLD_DOC)] = None
+                            ) -> Response:
     """Classify one image sent as the raw request body (Content-Type image/*)."""
     if not request.headers.get("content-type", "").startswith("image/"):
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the image as the body with Content-Type image/*")
-    return await classify(_server(request), reference, [("body", await request.body())], top_k)
+    return await classify(_server(request), reference, [("body", await request.body())], top_k, threshold)

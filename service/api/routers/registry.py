@@ -18,6 +18,7 @@ from service.api.schemas.registry import (
     ModelPublic,
     ModelsPublic,
     ModelVersionPublic,
+    ModelVersionUpdate,
     model_public,
 )
 from service.core import exports, registry
@@ -39,7 +40,7 @@ def register_model(body: ModelCreate, session: WriteSessionDep, settings: Settin
                    server: ModelServerDep) -> ModelVersionPublic:
     """Register a job's best, last or given epoch's checkpoint as the next version of a model."""
     version = registry.register(session, name=body.name, job_id=body.job_id.lower(),
-                                checkpoint=body.checkpoint, settings=settings)
+                                checkpoint=body.checkpoint, settings=settings, threshold=body.threshold)
     session.commit()
     server.references.clear()  # `name` may now mean the new version
     return ModelVersionPublic.model_validate(version)
@@ -68,6 +69,17 @@ def set_alias(name: NameParam, alias: NameParam, body: AliasUpdate, session: Wri
     model = _model(session, name)
     session.commit()
     return model
+
+
+@router.patch("/{name}/versions/{version}", response_model=ModelVersionPublic, responses=NOT_FOUND)
+def update_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], body: ModelVersionUpdate,
+                   session: WriteSessionDep, server: ModelServerDep) -> ModelVersionPublic:
+    """Set or clear (null) a version's default threshold; a field left out is left as it is."""
+    record = (registry.set_threshold(session, name=name, version=version, threshold=body.threshold)
+              if "threshold" in body.model_fields_set else registry.require_version(session, name=name, version=version))
+    session.commit()
+    server.references.clear()  # other API processes follow within reference_cache_seconds
+    return ModelVersionPublic.model_validate(record)
 
 
 @router.delete("/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT,
@@ -125,7 +137,7 @@ def _json_field(field: str, raw: str | None, default=None):
         raise Invalid([(("body", field), f"{field} must be JSON: {exc}")]) from None
 
 
-IMPORT_FIELDS = frozenset({"file", "name", "model", "classes", "input_shape", "normalize"})
+IMPORT_FIELDS = frozenset({"file", "name", "model", "classes", "input_shape", "normalize", "threshold"})
 
 
 @router.post("/import", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic, responses={
@@ -143,6 +155,8 @@ async def import_model(
     input_shape: Annotated[str, Form(max_length=200, description="JSON list, e.g. [1, 28, 28] or [3, 224, 224]")] = "[1, 28, 28]",
     normalize: Annotated[str | None, Form(max_length=1000, description='how images were normalised, as JSON '
                                           '{"mean": [...], "std": [...]} per channel of pixel / 255')] = None,
+    threshold: Annotated[float | None, Form(ge=0, le=1, description="predict's default threshold (classifiers): "
+                                                                   "labels below it are withheld")] = None,
 ) -> ModelVersionPublic:
     """Register weights trained elsewhere as the next version of a model; predict serves it like any other."""
     await refuse_unknown_fields(request, IMPORT_FIELDS)
@@ -162,7 +176,7 @@ async def import_model(
     weights = await file.read()
     version = await run_in_threadpool(registry.import_version, session, name=name, weights=weights, model=spec,
                                       classes=names, input_shape=shape, settings=settings,
-                                      normalize=_json_field("normalize", normalize))
+                                      normalize=_json_field("normalize", normalize), threshold=threshold)
     session.commit()
     server.references.clear()
     return ModelVersionPublic.model_validate(version)

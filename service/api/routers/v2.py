@@ -3,7 +3,9 @@
 Models are registry references (`name`, or `job:ID`), versions are registry versions. Inputs are
 an FP32 tensor [N, *input_shape] or a BYTES tensor [N] of encoded images (PNG, JPEG, ...), in
 JSON or in the binary tensor data extension. The output `probabilities` (FP32 [N, classes]) can
-be asked for as top-k `value:index:label` strings with the `classification` parameter.
+be asked for as top-k `value:index:label` strings with the `classification` parameter; there a
+row whose top probability is below the threshold (the request's `threshold` parameter, else the
+version's default) starts with `P:-1:`: no class, P the top probability.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ async def _metadata(server: ModelServer, name: str, version: str | None) -> JSON
     if isinstance(served, JSONResponse):
         return served
     target, loaded = served
-    return JSONResponse(oip.metadata(name, target.version, loaded.predictor, target.job_id, target.epoch))
+    return JSONResponse(oip.metadata(name, target.version, loaded.predictor, target.job_id, target.epoch,
+                                     target.threshold))
 
 
 @router.get("/models/{name}", responses={404: {"description": "Unknown model"}})
@@ -115,7 +118,8 @@ async def _infer(name: str, version: str | None, request: Request, settings, ser
             header, binary = oip.split_body(await request.body(), request.headers.get("inference-header-content-length"))
             probs = await _run(server, loaded, header, binary, settings)
             binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
-            outputs = oip.outputs(header.get("outputs") or [], probs, loaded.predictor, binary_default)
+            threshold = target.threshold_for(oip.requested_threshold(header, loaded.predictor))
+            outputs = oip.outputs(header.get("outputs") or [], probs, loaded.predictor, binary_default, threshold)
     except (CoreError, CheckpointError) as exc:
         return _error(str(exc), status_for(exc), headers_for(exc))
     except oip.ProtocolError as exc:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
 from service.core import jobs, retention, worker_registry
-from service.core.jobs import best_checkpoint
+from service.core.jobs import best_checkpoint, best_selected_on
 from service.core.settings import Settings
 from service.core.tables import EpochMetric, Job
 
@@ -72,6 +72,9 @@ class JobPublic(BaseModel):
     environment: dict | None
     latest_metrics: EpochMetricPublic | None
     best_checkpoint: CheckpointPublic | None
+    # What `best` (and `job:<id>`) is chosen on: early stopping's metric, val_acc / val_loss with a
+    # validation split, or last_epoch without one (never the test set, unless early stopping says so).
+    best_selected_on: str
     transitions: list[TransitionPublic]
     cross_validation: dict | None = None
     # Why a queued job cannot start: no live worker serves its queue (no_worker, no_gpu_worker).
@@ -80,6 +83,8 @@ class JobPublic(BaseModel):
     disk_bytes: int = 0
     # The sweep that created the job, if one did.
     sweep_id: str | None = None
+    # Only in the answer to its submission: what will make it fail unless someone acts (missing weights).
+    warnings: list[str] = []
 
 
 class LogLinePublic(BaseModel):
@@ -125,6 +130,7 @@ def job_public(job: Job, latest: EpochMetric | None, waiting_reason: str | None 
         environment=job.environment,
         latest_metrics=EpochMetricPublic.model_validate(latest) if latest else None,
         best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
+        best_selected_on=best_selected_on(job),
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
         cross_validation=job.cross_validation, waiting_reason=waiting_reason, disk_bytes=disk_bytes,
         sweep_id=job.sweep_id,

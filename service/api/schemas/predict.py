@@ -10,12 +10,18 @@ from models.predictor import Prediction, Predictor
 from service.core.references import ResolvedCheckpoint
 
 
+THRESHOLD_DOC = ("0 to 1: a classification whose top probability is below it is withheld (label and index null, "
+                 "below_threshold true); a request's threshold overrides the registered version's default")
+Threshold = Annotated[float, Field(ge=0, le=1, strict=True, description=THRESHOLD_DOC)]
+
+
 class PredictValues(BaseModel):
     """Numeric inputs for a model trained on tabular data (regression or classification)."""
 
     model: Annotated[str, Field(min_length=1, max_length=200)]
     inputs: Annotated[list[list[float]], Field(min_length=1, max_length=10_000)]
     top_k: Annotated[int, Field(ge=1, le=1000)] = 1
+    threshold: Threshold | None = None  # classification only
 
 
 class ClassScore(BaseModel):
@@ -25,10 +31,13 @@ class ClassScore(BaseModel):
 
 
 class ImagePrediction(BaseModel):
+    """label and index are null (below_threshold true) when probability, the top one, is below the threshold."""
+
     filename: str
-    label: str
-    index: int
+    label: str | None
+    index: int | None
     probability: float
+    below_threshold: bool = False
     top_k: list[ClassScore]
 
 
@@ -39,6 +48,7 @@ class ValuesPrediction(BaseModel):
     label: str | None = None
     index: int | None = None
     probability: float | None = None
+    below_threshold: bool | None = None  # classification: label and index withheld
     top_k: list[ClassScore] | None = None
 
 
@@ -55,6 +65,7 @@ class ResolvedModel(BaseModel):
 
 class PredictResponse(BaseModel):
     model: ResolvedModel
+    threshold: float | None = None  # the one applied: the request's, else the version's default
     predictions: list[ImagePrediction] | list[ValuesPrediction]
 
 
@@ -65,17 +76,24 @@ def resolved_model(target: ResolvedCheckpoint, predictor: Predictor) -> Resolved
 
 
 def image_answer(target: ResolvedCheckpoint, predictor: Predictor, filenames: list[str],
-                 results: list[Prediction]) -> PredictResponse:
+                 results: list[Prediction], threshold: float | None = None) -> PredictResponse:
+    """The answer for labelled images; `threshold` is the request's (the version's default otherwise)."""
     return PredictResponse(
-        model=resolved_model(target, predictor),
+        model=resolved_model(target, predictor), threshold=target.threshold_for(threshold),
         predictions=[ImagePrediction(filename=name, label=r.label, index=r.index, probability=r.probability,
-                                     top_k=r.top_k) for name, r in zip(filenames, results)])
+                                     below_threshold=r.below_threshold, top_k=r.top_k)
+                     for name, r in zip(filenames, results)])
 
 
-def values_answer(target: ResolvedCheckpoint, predictor: Predictor, outputs, top_k: int) -> PredictResponse:
+def values_answer(target: ResolvedCheckpoint, predictor: Predictor, outputs, top_k: int,
+                  threshold: float | None = None) -> PredictResponse:
+    """The answer for numeric rows; `threshold` is the request's (the version's default otherwise)."""
     if predictor.task == "regression":
         predictions = [ValuesPrediction(value=row[0] if len(row) == 1 else row) for row in outputs.tolist()]
+        threshold = None
     else:
-        predictions = [ValuesPrediction(label=r.label, index=r.index, probability=r.probability, top_k=r.top_k)
-                       for r in predictor.label(outputs, top_k)]
-    return PredictResponse(model=resolved_model(target, predictor), predictions=predictions)
+        threshold = target.threshold_for(threshold)
+        predictions = [ValuesPrediction(label=r.label, index=r.index, probability=r.probability,
+                                        below_threshold=r.below_threshold, top_k=r.top_k)
+                       for r in predictor.label(outputs, top_k, threshold)]
+    return PredictResponse(model=resolved_model(target, predictor), threshold=threshold, predictions=predictions)

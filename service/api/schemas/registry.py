@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.api.schemas.predict import Threshold
 from service.core.references import MODEL_NAME
 from service.core.tables import ModelVersion
 
@@ -19,12 +20,21 @@ class ModelCreate(BaseModel):
     name: Annotated[str, Field(pattern=f"^{MODEL_NAME}$", description="lower-case letters, digits, . _ -")]
     job_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F-]{36}$")]
     checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1, le=MAX_INT)] = "best"
+    threshold: Threshold | None = None
 
 
 class AliasUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Annotated[int, Field(ge=1, le=MAX_INT)]
+
+
+class ModelVersionUpdate(BaseModel):
+    """What can change on a registered version: its default threshold (null clears it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: Threshold | None = None
 
 
 class ModelVersionPublic(BaseModel):
@@ -39,6 +49,7 @@ class ModelVersionPublic(BaseModel):
     classes: list[str] | None
     input_shape: list[int]
     metrics: dict | None
+    threshold: float | None  # predict's default: labels below it are withheld
     created_at: datetime
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 
 class DevicePublic(BaseModel):
@@ -24,6 +25,8 @@ class WorkerPublic(BaseModel):
     torch: str
     cuda: str | None
     current_job: str | None
+    # Pretrained weights files it has on disk (TRAINYARD_WEIGHTS_DIR, $TORCH_HOME/hub/checkpoints).
+    weights: Annotated[list[str], BeforeValidator(lambda value: value or [])] = []
     started_at: datetime
     last_seen: datetime
 

@@ -84,6 +84,24 @@ def test_outputs_as_probabilities_or_top_k_strings(predictor):
         oip.outputs([{"name": "logits"}], probs, predictor, False)
 
 
+def test_a_threshold_withholds_classification_labels_with_a_documented_sentinel(predictor):
+    probs = torch.tensor([[0.75, 0.15625, 0.09375] + [0.0] * 7, [0.4, 0.35, 0.25] + [0.0] * 7])
+    wanted = [{"name": "probabilities", "parameters": {"classification": 2}}]
+    (top,) = oip.outputs(wanted, probs, predictor, False, threshold=0.5)
+    assert top["shape"] == [2, 2]
+    assert top["data"] == ["0.750000:0:0", "0.156250:1:1",  # sure: as without a threshold
+                           "0.400000:-1:", "0.400000:0:0"]  # not sure: no class, then the most likely ones
+    (plain,) = oip.outputs(wanted, probs, predictor, False, threshold=0.0)
+    assert plain["data"] == oip.outputs(wanted, probs, predictor, False)[0]["data"]
+    (raw,) = oip.outputs([], probs, predictor, False, threshold=0.99)  # probabilities are sent as they are
+    assert raw["data"] == pytest.approx(probs.reshape(-1).tolist())
+    assert oip.requested_threshold({"parameters": {"threshold": 0.25}}, predictor) == 0.25
+    assert oip.requested_threshold({"parameters": {}}, predictor) is None
+    for bad in (1.5, -0.1, "abc", True):
+        with pytest.raises(oip.ProtocolError, match="'threshold' must be a number from 0 to 1"):
+            oip.requested_threshold({"parameters": {"threshold": bad}}, predictor)
+
+
 def test_a_binary_output_follows_its_json_header(predictor):
     probs = predictor.probabilities(torch.rand(1, 1, 28, 28))
     response = oip.response({"model_name": "m"}, oip.outputs([], probs, predictor, binary_default=True))

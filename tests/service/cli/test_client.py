@@ -49,6 +49,11 @@ def test_submit_follow_to_success_then_inspect(embedded_stack, tmp_path):
     image.write_bytes(png_bytes(9, seed=5))
     predicted = trainyard(embedded_stack, "predict", "cli-model", str(image), "--top-k", "2")
     assert predicted.returncode == 0 and "ankle boot" in predicted.stdout
+    unsure = trainyard(embedded_stack, "predict", "cli-model", str(image), "--top-k", "2", "--threshold", "1")
+    assert unsure.returncode == 0 and "not sure" in unsure.stdout and "ankle boot" in unsure.stdout  # in the top k
+    assert trainyard(embedded_stack, "predict", "cli-model", str(image), "--threshold", "1.5").returncode == 2
+    registered = trainyard(embedded_stack, "models", "register", "cli-unsure", job_id, "--threshold", "0.5", "--json")
+    assert registered.returncode == 0 and json.loads(registered.stdout)["threshold"] == 0.5
 
 
 def test_follow_exits_non_zero_when_the_job_fails(embedded_stack, tmp_path):

@@ -24,6 +24,27 @@ def test_migrations_match_the_orm_tables(engine):
     assert {"jobs", "epoch_metrics", "checkpoints", "alembic_version"} <= set(inspect(engine).get_table_names())
 
 
+def test_the_threshold_migration_downgrades_and_upgrades_again(engine):
+    from alembic import command
+
+    from service.core.migrate import alembic_config
+
+    def columns() -> set[str]:
+        return {c["name"] for c in inspect(engine).get_columns("model_versions")}
+
+    def migrate(step, revision: str) -> None:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            step(config, revision)
+
+    assert "threshold" in columns()
+    migrate(command.downgrade, "0010")
+    assert "threshold" not in columns() and {"name", "version", "metrics"} <= columns()
+    migrate(command.upgrade, "head")
+    assert "threshold" in columns()
+
+
 def test_sqlite_runs_in_wal_mode(tmp_path):
     url = f"sqlite:///{tmp_path / 'wal.sqlite'}"
     upgrade(url)

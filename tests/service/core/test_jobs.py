@@ -189,3 +189,26 @@ def test_an_unknown_job_is_not_found(Session):
         assert jobs.get_job(session, job_id="no-such-job") is None
         with pytest.raises(NotFound, match="job no-such-job not found"):
             jobs.require_job(session, job_id="no-such-job")
+
+
+def _job_with_epochs(spec: dict, task: str = "classification"):
+    """A job object (not stored) with three checkpoints: validation accuracy best at epoch 1,
+    test accuracy best at epoch 2, the last at epoch 3."""
+    from service.core.tables import Checkpoint, Job
+
+    metrics = [{"val_acc": 0.9, "test_acc": 0.5, "test_loss": 2.0}, {"val_acc": 0.6, "test_acc": 0.95, "test_loss": 0.1},
+               {"val_acc": 0.7, "test_acc": 0.6, "test_loss": 1.0}]
+    return Job(spec=spec, task=task, checkpoints=[Checkpoint(epoch=i + 1, path="x", size_bytes=1, metrics=m)
+                                                   for i, m in enumerate(metrics)])
+
+
+@pytest.mark.parametrize(("data", "stopping", "epoch", "selected_on"), [
+    ({"val_fraction": 0.2}, None, 1, "val_acc"),  # a validation split: chosen on it
+    ({}, None, 3, "last_epoch"),  # no validation: the last epoch, never the best test result
+    ({}, {"metric": "test_loss"}, 2, "test_loss"),  # early stopping on a test metric was asked for
+])
+def test_best_is_chosen_on_validation_never_silently_on_test(data, stopping, epoch, selected_on):
+    spec = {"data": {"dataset": "fashion-mnist", **data}, **({"early_stopping": stopping} if stopping else {})}
+    job = _job_with_epochs(spec)
+    assert jobs.best_checkpoint(job).epoch == epoch
+    assert jobs.best_selected_on(job) == selected_on

@@ -19,7 +19,7 @@ def test_versions_count_up_and_keep_their_own_copy(service_env, trained_job):
     assert (first.version, first.epoch, first.selector) == (1, 2, "best")
     assert (second.version, second.epoch, second.selector) == (2, 3, "last")
     assert first.task == "classification" and first.classes == [str(i) for i in range(10)]
-    assert first.metrics["checkpoint"] == {"test_acc": 0.9} and first.metrics["final"]["epoch"] == 3
+    assert first.metrics["checkpoint"] == {"val_acc": 0.9, "test_acc": 0.5} and first.metrics["final"]["epoch"] == 3
     source = service_env.checkpoint_dir / trained_job / "epoch-0002.safetensors"
     frozen = service_env.registry_dir / "fashion" / "v1.safetensors"
     weights, _ = read_checkpoint(frozen)
@@ -48,3 +48,31 @@ def test_aliases_move_and_guard_deletion(service_env, trained_job):
         assert [v.version for v in registry.versions(session, name="fashion")] == [2]
         with pytest.raises(NotFound, match="model 'other' not found"):
             registry.require_versions(session, name="other")
+
+
+def test_a_default_threshold_is_kept_set_and_cleared_and_refused_on_regression(service_env, trained_job):
+    from service.core.errors import Invalid
+    from service.core.references import resolve
+
+    with db.session_scope() as session:
+        version = registry.register(session, name="fashion", job_id=trained_job, checkpoint="best",
+                                    settings=service_env, threshold=0.6)
+        assert version.threshold == 0.6
+    with db.session_scope(write=False) as session:
+        assert resolve(session, reference="fashion", settings=service_env).threshold == 0.6
+        assert resolve(session, reference=f"job:{trained_job}", settings=service_env).threshold is None
+    with db.session_scope() as session:
+        assert registry.set_threshold(session, name="fashion", version=1, threshold=0.9).threshold == 0.9
+    with db.session_scope() as session:
+        assert registry.require_version(session, name="fashion", version=1).threshold == 0.9
+        assert registry.set_threshold(session, name="fashion", version=1, threshold=None).threshold is None
+    with db.session_scope(write=False) as session:
+        target = resolve(session, reference="fashion:1", settings=service_env)
+        assert target.threshold is None and target.threshold_for(0.3) == 0.3
+    with db.session_scope() as session, pytest.raises(NotFound, match="has no version 4"):
+        registry.set_threshold(session, name="fashion", version=4, threshold=0.5)
+    with db.session_scope() as session:
+        session.get(registry.ModelVersion, version.id).task = "regression"
+    with db.session_scope() as session, pytest.raises(Invalid) as refused:
+        registry.set_threshold(session, name="fashion", version=1, threshold=0.5)
+    assert refused.value.problems[0][0] == ("body", "threshold")

@@ -1,0 +1,106 @@
+"""What a job costs before it runs: its parameters and the memory of one training step,
+estimated by building the network on the meta device (shapes only: no memory, no compute)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.archs import BUILDERS
+from models.pretrained import find_pretrained
+
+FLOAT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Bytes of one training step at the spec's batch size, by what holds them."""
+
+    parameters: int
+    trainable: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int  # outputs kept for the backward pass, and the batch itself
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def describe(self) -> str:
+        parts = {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer,
+                 "activations": self.activations}
+        return f"about {human_bytes(self.total)} (" + ", ".join(f"{k} {human_bytes(v)}" for k, v in parts.items()) + ")"
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _optimizer_slots(spec) -> int:
+    """Tensors the optimizer keeps per trainable parameter."""
+    opt = spec.optimizer
+    if opt.name in ("adam", "adamw"):
+        return 2
+    return 1 if opt.momentum > 0 else 0
+
+
+def estimate(spec, input_shape: tuple[int, ...], outputs: int) -> Cost:
+    """The parameters and training-step memory of the spec's network for inputs of input_shape."""
+    shape = tuple(input_shape)
+    if spec.resize is not None:
+        shape = (shape[0], spec.resize, spec.resize)
+    with torch.device("meta"):
+        net = BUILDERS[spec.model.arch](spec.model, shape, outputs)
+    pretrained = find_pretrained(net)
+    frozen = pretrained is not None and spec.model.freeze == "backbone" and spec.model.unfreeze_at_epoch is None
+    parameters = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in pretrained.head.parameters()) if frozen else parameters
+    kept = _activation_elements(net, (spec.batch_size, *shape), frozen)
+    return Cost(parameters=parameters, trainable=trainable, weights=parameters * FLOAT_BYTES,
+                gradients=trainable * FLOAT_BYTES, optimizer=trainable * FLOAT_BYTES * _optimizer_slots(spec),
+                activations=kept * FLOAT_BYTES)
+
+
+def _activation_elements(net: nn.Module, batch_shape: tuple[int, ...], frozen: bool) -> int:
+    """Elements of the outputs a training step keeps for backward (every layer's), plus the batch;
+    a frozen backbone keeps nothing, so only its largest output counts."""
+    sizes: list[int] = []
+
+    def record(_module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    leaves = [m for m in net.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.device("meta"), torch.no_grad():
+            net.train()(torch.empty(batch_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    batch = math.prod(batch_shape)
+    return batch + (max(sizes, default=0) if frozen else sum(sizes))
+
+
+def admission_problems(spec, input_shape: tuple[int, ...], outputs: int, *, max_parameters: int,
+                       max_bytes: int, where: str) -> list[tuple[tuple, str]]:
+    """(location, message) of each limit the spec's job would exceed; `where` names the limit's setting."""
+    cost = estimate(spec, input_shape, outputs)
+    problems = []
+    if cost.parameters > max_parameters:
+        problems.append((("model",), f"the model has {cost.parameters:,} parameters, more than "
+                                     f"TRAINYARD_MAX_PARAMETERS ({max_parameters:,}) allows; make it smaller"))
+    if cost.total > max_bytes:
+        field = "batch_size" if cost.activations > cost.total / 2 else "model"
+        problems.append(((field,), f"one training step at batch_size {spec.batch_size} needs {cost.describe()}, "
+                                   f"more than {where} ({human_bytes(max_bytes)}); lower batch_size or the "
+                                   "model's size"))
+    return problems

@@ -1,0 +1,38 @@
+"""A job's evaluation report on its test set, and the test images it points at."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from service.api import plots
+from service.api.deps import ModelServerDep
+from service.api.schemas.evaluation import EvaluationPublic, evaluation_public
+from service.api.serving import MAX_MISTAKES
+
+router = APIRouter(prefix="/v1", tags=["evaluation"])
+
+
+@router.get("/jobs/{job_id}/evaluation", response_model=EvaluationPublic,
+            responses={404: {"description": "No such job"}, 409: {"description": "No checkpoint yet"},
+                       422: {"description": "Not a classification job"}})
+async def evaluation(job_id: str, server: ModelServerDep,
+                     limit: Annotated[int, Query(ge=0, le=MAX_MISTAKES, description="mistakes listed")] = 24
+                     ) -> EvaluationPublic:
+    """Accuracy, top-k accuracy, per-class precision, recall and F1, the confusion matrix, the most
+    confident mistakes and a confidence-threshold table for the checkpoint `job:<id>` names."""
+    target, _, report = await server.evaluation(job_id)
+    return evaluation_public(job_id, target, report, limit=limit)
+
+
+@router.get("/jobs/{job_id}/test-images/{index}.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "A PNG image"},
+                       404: {"description": "No such job, or no such image in its test set"},
+                       422: {"description": "The job does not train on images"}})
+async def test_image(job_id: str, index: int, server: ModelServerDep) -> Response:
+    """One image of the job's test set (numbered from 0), its pixels as stored."""
+    pixels = await server.test_image(job_id, index)
+    return Response(await run_in_threadpool(plots.pixels_png, pixels), media_type="image/png")

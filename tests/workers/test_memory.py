@@ -1,0 +1,28 @@
+"""The memory budget: an allocation past it fails in this process, and the limit is lifted after."""
+
+import resource
+
+import pytest
+import torch
+
+from workers.memory import data_bytes, is_out_of_memory, memory_budget
+
+MIB = 1024**2
+
+
+def test_an_allocation_past_the_budget_fails_and_the_limit_is_lifted_after():
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    assert data_bytes() > 0
+    with memory_budget(64 * MIB):
+        small = torch.ones(4 * MIB)  # 16 MiB: within the budget
+        with pytest.raises(RuntimeError) as caught:
+            torch.ones(32 * MIB)  # 128 MiB: past it
+        assert is_out_of_memory(caught.value)
+        assert "134217728 bytes" in str(caught.value)
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    assert torch.ones(32 * MIB).sum() == 32 * MIB and small.sum() == 4 * MIB
+
+
+def test_other_errors_are_not_memory():
+    assert not is_out_of_memory(RuntimeError("shapes do not match"))
+    assert is_out_of_memory(MemoryError())
