@@ -9,21 +9,67 @@ out_of_memory); the machine and the worker carry on, and the limit is lifted whe
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import resource
 from collections.abc import Iterator
 from pathlib import Path
 
-_VM_DATA = re.compile(r"^VmData:\s+(\d+) kB$", re.MULTILINE)
+_STATUS_FIELD = re.compile(r"^(VmData|VmRSS):\s+(\d+) kB$", re.MULTILINE)
+
+
+def _status() -> dict[str, int]:
+    """VmData and VmRSS of this process, in bytes (empty where /proc does not say)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return {}
+    return {name: int(kib) * 1024 for name, kib in _STATUS_FIELD.findall(text)}
 
 
 def data_bytes() -> int:
     """This process's data memory now (VmData), in bytes; 0 where /proc does not say."""
+    return _status().get("VmData", 0)
+
+
+def machine_bytes() -> int | None:
+    """The memory this process's machine (or its cgroup, if that is smaller) has, in bytes."""
+    limits = []
     try:
-        found = _VM_DATA.search(Path("/proc/self/status").read_text())
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if cgroup.isdigit():
+            limits.append(int(cgroup))
     except OSError:
-        return 0
-    return int(found.group(1)) * 1024 if found else 0
+        pass
+    return min(limits) if limits else None
+
+
+class MemoryWatch:
+    """How near a training process is to being out of memory: the larger of its data growth over
+    its budget and its resident size over the machine's memory, at most, since it was last asked."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.machine = machine_bytes()
+        self.start = data_bytes()
+        self._peak = 0.0
+
+    def sample(self) -> float:
+        status = _status()
+        share = max((status.get("VmData", 0) - self.start) / self.budget,
+                    status.get("VmRSS", 0) / self.machine if self.machine else 0.0, 0.0)
+        self._peak = max(self._peak, share)
+        return share
+
+    def peak(self) -> float:
+        """The largest share seen since the last call (sampling once more now)."""
+        self.sample()
+        peak, self._peak = self._peak, 0.0
+        return round(peak, 4)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from service.core.references import ModelNotFound, ModelNotReady, init_from_refe
 from service.core.settings import get_settings
 from service.core.tables import Job, JobStatus
 from workers.job_log import JobLogCapture
-from workers.memory import is_out_of_memory, memory_budget
+from workers.memory import MemoryWatch, is_out_of_memory, memory_budget
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,13 @@ class JobControl:
     should_stop() is cheap: the engine calls it between batches, and it only reads two flags.
     """
 
-    def __init__(self, job_id: str, attempt: int, interval: float, longest_wait: float):
+    def __init__(self, job_id: str, attempt: int, interval: float, longest_wait: float,
+                 memory: MemoryWatch | None = None):
         self.job_id = job_id
         self.attempt = attempt
         self.interval = interval
         self.longest_wait = max(interval, longest_wait)  # between renewals that fail
+        self.memory = memory  # sampled between beats; each beat records the peak since the last
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
         self._done = threading.Event()
@@ -78,12 +81,23 @@ class JobControl:
     def should_stop(self) -> bool:
         return self.cancel_requested.is_set() or self.lost.is_set()
 
+    def _pause(self, seconds: float) -> bool:
+        """Wait, sampling memory meanwhile; True once the job is done."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._done.wait(min(left, MEMORY_SAMPLE_SECONDS)):
+                return True
+            if self.memory is not None:
+                self.memory.sample()
+        return self._done.is_set()
+
     def _run(self) -> None:
         wait, misses = self.interval, 0
-        while not self._done.wait(wait):
+        while not self._pause(wait):
             try:
                 with session_scope() as session:
-                    status = jobs.heartbeat(session, job_id=self.job_id, attempt=self.attempt)
+                    status = jobs.heartbeat(session, job_id=self.job_id, attempt=self.attempt,
+                                            memory_peak=self.memory.peak() if self.memory else None)
             except Exception as error:  # a missed beat is not fatal; a later one may get through
                 misses, wait = misses + 1, min(wait * 2, self.longest_wait)
                 log.warning("lease renewal for job %s failed (%d in a row; next try in %.1f s): %s", self.job_id,
@@ -97,6 +111,9 @@ class JobControl:
                 self.lost.set()
             elif status == JobStatus.CANCELLING:
                 self.cancel_requested.set()
+
+
+MEMORY_SAMPLE_SECONDS = 0.25
 
 
 def state_path(job_id: str) -> Path:
@@ -299,7 +316,7 @@ def _run_job(job_id: str) -> str | None:
     settings = get_settings()
     claim = write(f"claim job {job_id}", lambda session: jobs.claim_job(
         session, job_id=job_id, worker=worker_name(), lease_seconds=settings.lease_seconds,
-        max_attempts=settings.max_attempts))
+        max_attempts=settings.max_attempts, oom_fraction=settings.oom_kill_fraction))
     if claim is None:
         log.info("job %s is not queued (already taken, finished or gone); dropping this delivery", job_id)
         return None
@@ -314,7 +331,9 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
     status, reason, error = JobStatus.SUCCEEDED, None, None
     # Failed renewals back off to a quarter lease: once the database is back, the lease is renewed
     # well within the full lease the reaper grants after an outage.
-    with JobControl(job_id, claim.attempt, settings.heartbeat_seconds, settings.lease_seconds / 4) as control:
+    memory = MemoryWatch(settings.max_job_memory)
+    with JobControl(job_id, claim.attempt, settings.heartbeat_seconds, settings.lease_seconds / 4,
+                    memory) as control:
         try:
             resume = load_state(job_id)
             if resume is not None and claim.resumed_by_user:

@@ -176,13 +176,15 @@ class Claim:
 
 
 def claim_job(session: Session, *, job_id: str, worker: str, lease_seconds: float,
-              max_attempts: int) -> Claim | None:
+              max_attempts: int, oom_fraction: float = 0.9) -> Claim | None:
     """Take a queued job (or one whose worker's lease expired) for this worker; None if not ours."""
-    reap_one(session, job_id=job_id, cutoff=utcnow() - timedelta(seconds=lease_seconds), max_attempts=max_attempts)
+    reap_one(session, job_id=job_id, cutoff=utcnow() - timedelta(seconds=lease_seconds), max_attempts=max_attempts,
+             oom_fraction=oom_fraction)
     now = utcnow()
     taken = transition(session, job_id=job_id, to=JobStatus.RUNNING, from_any=(JobStatus.QUEUED,),
                        detail={"worker": worker}, attempt=Job.attempt + 1, worker=worker,
-                       started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, finished_at=None)
+                       started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, finished_at=None,
+                       memory_peak=None)
     if not taken:
         return None
     job = session.get(Job, job_id, populate_existing=True)
@@ -201,11 +203,13 @@ def note_resume(session: Session, *, job_id: str, attempt: int, detail: dict) ->
         event.detail = {**(event.detail or {}), **detail}
 
 
-def heartbeat(session: Session, *, job_id: str, attempt: int) -> str | None:
-    """Renew this attempt's lease; returns the job's status, or None if the attempt lost the job."""
+def heartbeat(session: Session, *, job_id: str, attempt: int, memory_peak: float | None = None) -> str | None:
+    """Renew this attempt's lease (and record the share of its memory it has held at most);
+    returns the job's status, or None if the attempt lost the job."""
+    values = {"heartbeat_at": utcnow(), **({"memory_peak": memory_peak} if memory_peak is not None else {})}
     result = session.execute(
         update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JobStatus.ACTIVE))
-        .values(heartbeat_at=utcnow())
+        .values(**values)
     )
     if result.rowcount != 1:
         return None
@@ -283,13 +287,24 @@ def request_resume(session: Session, *, job_id: str) -> Job:
     raise InvalidTransition(job, "resume")
 
 
-def reap_one(session: Session, *, job_id: str, cutoff: datetime, max_attempts: int) -> str | None:
-    """If the job's lease expired, re-queue it (or end it); returns its new status, or None."""
+def reap_one(session: Session, *, job_id: str, cutoff: datetime, max_attempts: int,
+             oom_fraction: float = 0.9) -> str | None:
+    """If the job's lease expired, re-queue it (or end it); returns its new status, or None.
+
+    An attempt lost while it held `oom_fraction` of its memory budget or of its machine's memory
+    was killed for memory (by the kernel, most likely): retrying it would do the same again, so the
+    job fails with out_of_memory."""
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status not in JobStatus.ACTIVE or job.heartbeat_at is None or job.heartbeat_at >= cutoff:
         return None
     old_status, attempt, heartbeat_at = job.status, job.attempt, job.heartbeat_at
-    if old_status == JobStatus.CANCELLING:
+    if job.memory_peak is not None and job.memory_peak >= oom_fraction:
+        to, values = JobStatus.FAILED, {"finished_at": utcnow()}
+        reason = "out_of_memory"
+        error = (f"the training process was lost while it held {job.memory_peak:.0%} of its memory budget or of "
+                 "its machine's memory: killed for memory, so it is not retried; lower batch_size or the "
+                 "model's size (or raise TRAINYARD_MAX_JOB_MEMORY), then resume it")
+    elif old_status == JobStatus.CANCELLING:
         to, values = JobStatus.CANCELLED, {"finished_at": utcnow()}
         reason, error = "user_cancelled", "the worker was lost while cancelling"
     elif attempt >= max_attempts:

@@ -26,7 +26,8 @@ def reap_expired_leases(settings: Settings) -> list[str]:
         candidates = jobs.expired_leases(session, cutoff=cutoff)
     for job_id in candidates:
         with session_scope() as session:
-            if jobs.reap_one(session, job_id=job_id, cutoff=cutoff, max_attempts=settings.max_attempts) == JobStatus.QUEUED:
+            if jobs.reap_one(session, job_id=job_id, cutoff=cutoff, max_attempts=settings.max_attempts,
+                             oom_fraction=settings.oom_kill_fraction) == JobStatus.QUEUED:
                 requeued.append(job_id)
     return requeued
 

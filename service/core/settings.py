@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # bytes beyond what its process held when it started (reason out_of_memory past it).
     max_parameters: int = Field(default=500_000_000, ge=1)
     max_job_memory: int = Field(default_factory=lambda: half_of_memory(), ge=16 * 1024 * 1024)
+    # A training process lost while it held this share of its memory budget (or of the machine's
+    # memory) was killed for memory: its job fails with out_of_memory instead of being retried.
+    oom_kill_fraction: float = Field(default=0.9, gt=0, le=1)
     reaper_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     # Log lines a job keeps per attempt (GET /v1/jobs/{id}/logs); errors beyond it are still kept.
     job_log_lines: int = Field(default=2000, ge=10, le=1_000_000)

@@ -72,6 +72,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The largest share of its memory budget, or of the machine's memory, that the running attempt
+    # held, as its worker last reported: a lost attempt near 1 was killed for memory.
+    memory_peak: Mapped[float | None] = mapped_column(Float)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The sweep that created the job, and which of its trials it runs.

@@ -26,3 +26,14 @@ def test_an_allocation_past_the_budget_fails_and_the_limit_is_lifted_after():
 def test_other_errors_are_not_memory():
     assert not is_out_of_memory(RuntimeError("shapes do not match"))
     assert is_out_of_memory(MemoryError())
+
+
+def test_the_watch_reports_the_peak_share_of_the_budget_since_it_was_last_asked():
+    from workers.memory import MemoryWatch
+
+    watch = MemoryWatch(budget=256 * MIB)
+    held = torch.ones(32 * MIB)  # 128 MiB: half the budget
+    assert watch.sample() >= 0.45
+    del held
+    assert watch.peak() >= 0.45  # the peak, though the memory is given back
+    assert watch.peak() < 0.45  # and a new peak after it was read

@@ -83,6 +83,9 @@ class JobPublic(BaseModel):
     disk_bytes: int = 0
     # The sweep that created the job, if one did.
     sweep_id: str | None = None
+    # The largest share of its memory budget (or of its machine's memory) the running attempt has
+    # held, as its worker last reported; an attempt lost near 1 fails with out_of_memory.
+    memory_peak: float | None = None
     # Only in the answer to its submission: what will make it fail unless someone acts (missing weights).
     warnings: list[str] = []
 
@@ -130,7 +133,7 @@ def job_public(job: Job, latest: EpochMetric | None, waiting_reason: str | None 
         environment=job.environment,
         latest_metrics=EpochMetricPublic.model_validate(latest) if latest else None,
         best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
-        best_selected_on=best_selected_on(job),
+        best_selected_on=best_selected_on(job), memory_peak=job.memory_peak,
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
         cross_validation=job.cross_validation, waiting_reason=waiting_reason, disk_bytes=disk_bytes,
         sweep_id=job.sweep_id,

@@ -212,3 +212,26 @@ def test_best_is_chosen_on_validation_never_silently_on_test(data, stopping, epo
     job = _job_with_epochs(spec)
     assert jobs.best_checkpoint(job).epoch == epoch
     assert jobs.best_selected_on(job) == selected_on
+
+
+@pytest.mark.parametrize(("peak", "status", "reason"), [
+    (0.95, JobStatus.FAILED, "out_of_memory"),  # lost while near its memory: killed for it, not retried
+    (0.30, JobStatus.QUEUED, "worker_lost"),  # lost for another reason: retried
+    (None, JobStatus.QUEUED, "worker_lost"),  # its worker never said
+])
+def test_a_lost_attempt_near_its_memory_limit_is_out_of_memory_and_not_retried(Session, peak, status, reason):
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+        session.commit()
+    with Session() as session:
+        attempt = jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt
+        jobs.heartbeat(session, job_id=job_id, attempt=attempt, memory_peak=peak)
+        session.commit()
+    with Session() as session:
+        assert jobs.reap_one(session, job_id=job_id, cutoff=utcnow() + timedelta(seconds=1), max_attempts=3,
+                             oom_fraction=0.9) == status
+        session.commit()
+        job = jobs.get_job(session, job_id=job_id)
+        assert job.status == status and job.events[-1].reason == reason
+        if reason == "out_of_memory":
+            assert "95% of its memory budget" in job.error
