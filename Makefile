@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test setup browser migrate clean
+.PHONY: run test setup browser migrate clean compose-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ run: $(STAMP)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# docker-compose.yml and the Dockerfile, run for real on a private Docker engine (root; installs
+# docker.io and debootstrap when missing; no registry needed). COMPOSE_CHECK_CACHE=DIR keeps images.
+compose-check:
+	$(PYTHON) deploy/compose_check.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

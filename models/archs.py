@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -199,6 +201,16 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 RESIZE_INSIDE = frozenset({"pretrained"})
 
 
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool = True):
+    """model.load_state_dict for a plain dict of tensors (a safetensors file, a copy): the module
+    versions the model's own state dict records are attached when the dict has none, since some
+    modules (torchvision's MNASNet) refuse a state without them."""
+    if getattr(state, "_metadata", None) is None:
+        state = OrderedDict(state)
+        state._metadata = model.state_dict()._metadata
+    return model.load_state_dict(state, strict=strict)
+
+
 def initialise(model: nn.Module, init: str, std: float) -> None:
     """Apply the spec's weight initialisation to every linear and conv layer; biases start at zero."""
     if init == "default":
@@ -228,14 +240,46 @@ def build_model(spec, input_shape: Sequence[int], outputs: int, *, resize: int |
     return net
 
 
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Modules built meanwhile put their parameters and buffers on the meta device as they register
+    them, while everything else runs on the CPU: torchvision computes some architectures' widths
+    with tensors (RegNet's), which cannot be read on the meta device."""
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def parameter(self, name, param):
+        register_parameter(self, name, param)
+        if param is not None:
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    def buffer(self, name, tensor, persistent=True):
+        register_buffer(self, name, tensor, persistent)
+        if tensor is not None:
+            self._buffers[name] = tensor.to("meta")
+
+    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+
+
+def build_on_meta(spec, shape: tuple[int, ...], outputs: int) -> nn.Module:
+    """The spec's network with every tensor on the meta device: shapes only, no memory, no compute."""
+    if spec.arch in RESIZE_INSIDE:  # torchvision's backbones: parameters on meta, arithmetic on the CPU
+        with _parameters_on_meta():
+            return BUILDERS[spec.arch](spec, shape, outputs)
+    with torch.device("meta"):
+        return BUILDERS[spec.arch](spec, shape, outputs)
+
+
 def shape_problems(spec, info) -> list[tuple[tuple, str]]:
     """Build the spec's network without memory or compute and check it maps inputs to outputs."""
     shape = tuple(info.input_shape)
     if spec.resize is not None:
         shape = (shape[0], spec.resize, spec.resize)
     try:
-        with torch.device("meta"):
-            net = BUILDERS[spec.model.arch](spec.model, shape, info.outputs)
+        net = build_on_meta(spec.model, shape, info.outputs)
         out = _output_shape(net, shape)
     except LayerError as exc:
         return [(("sequential", "layers", exc.index), str(exc))]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data import Dataset, DatasetError, idx_dataset
+from models.data import Dataset, DatasetError, idx_dataset, missing_builtin, try_download
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -192,14 +192,14 @@ def load_cifar10(data_dir: Path, allow_download: bool = False) -> Dataset:
         return all((data_dir / folder / name).is_file() for name in layout["train"] + layout["test"])
 
     found = [folder for folder in LAYOUTS if complete(folder)]
+    failed = None
     if not found and allow_download:
-        _download(data_dir)
+        failed = try_download(_download, data_dir)
         found = [folder for folder in LAYOUTS if complete(folder)]
     if not found:
-        raise DatasetError(
-            f"dataset cifar10 not found: put torchvision's cifar-10-batches-py/ (data_batch_1..5, test_batch) "
-            f"or the binary cifar-10-batches-bin/ (data_batch_1.bin..5, test_batch.bin) in {data_dir}, "
-            "or set TRAINYARD_ALLOW_DOWNLOAD=true to download it")
+        raise missing_builtin("cifar10", "put torchvision's cifar-10-batches-py/ (data_batch_1..5, test_batch) or "
+                                         f"the binary cifar-10-batches-bin/ (data_batch_1.bin..5, test_batch.bin) in "
+                                         f"{data_dir}", failed)
     folder = data_dir / found[0]
     layout = LAYOUTS[found[0]]
     read = _python_batch if found[0].endswith("-py") else _binary_batch

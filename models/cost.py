@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.archs import BUILDERS
+from models.archs import build_on_meta
 from models.pretrained import find_pretrained
 
 FLOAT_BYTES = 4
@@ -57,8 +57,7 @@ def estimate(spec, input_shape: tuple[int, ...], outputs: int) -> Cost:
     shape = tuple(input_shape)
     if spec.resize is not None:
         shape = (shape[0], spec.resize, spec.resize)
-    with torch.device("meta"):
-        net = BUILDERS[spec.model.arch](spec.model, shape, outputs)
+    net = build_on_meta(spec.model, shape, outputs)
     pretrained = find_pretrained(net)
     frozen = pretrained is not None and spec.model.freeze == "backbone" and spec.model.unfreeze_at_epoch is None
     parameters = sum(p.numel() for p in net.parameters())
@@ -75,14 +74,17 @@ def _activation_elements(net: nn.Module, batch_shape: tuple[int, ...], frozen: b
     sizes: list[int] = []
 
     def record(_module, _inputs, output) -> None:
+        if isinstance(output, tuple) and output:  # attention returns (output, weights)
+            output = output[0]
         if isinstance(output, torch.Tensor):
             sizes.append(output.numel())
 
     leaves = [m for m in net.modules() if not list(m.children())]
     handles = [m.register_forward_hook(record) for m in leaves]
     try:
+        # Eval mode: the same shapes, and batch norm takes a batch of one (training mode refuses it).
         with torch.device("meta"), torch.no_grad():
-            net.train()(torch.empty(batch_shape))
+            net.eval()(torch.empty(batch_shape))
     finally:
         for handle in handles:
             handle.remove()
@@ -93,7 +95,11 @@ def _activation_elements(net: nn.Module, batch_shape: tuple[int, ...], frozen: b
 def admission_problems(spec, input_shape: tuple[int, ...], outputs: int, *, max_parameters: int,
                        max_bytes: int, where: str) -> list[tuple[tuple, str]]:
     """(location, message) of each limit the spec's job would exceed; `where` names the limit's setting."""
-    cost = estimate(spec, input_shape, outputs)
+    try:
+        cost = estimate(spec, input_shape, outputs)
+    except (ValueError, RuntimeError, AssertionError, NotImplementedError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return [(("model",), f"the cost of {spec.model.arch} on inputs {tuple(input_shape)} cannot be estimated: {why}")]
     problems = []
     if cost.parameters > max_parameters:
         problems.append((("model",), f"the model has {cost.parameters:,} parameters, more than "

@@ -24,6 +24,7 @@ from models.spec import (
     SyntheticLinearSpec,
     SyntheticPolynomialSpec,
     UploadedDatasetSpec,
+    UPLOADED_ID,
 )
 
 FASHION_MNIST_CLASSES = (
@@ -183,6 +184,23 @@ def _find_idx(raw_dir: Path, stem: str) -> Path | None:
     return None
 
 
+def try_download(download, *args) -> str | None:
+    """Run a torchvision download; None when it worked, else why it did not, in one line."""
+    try:
+        download(*args)
+    except Exception as exc:  # no network, a proxy, a mirror down, a bad checksum: all say "put the files there"
+        return f"{type(exc).__name__}: {exc}".strip().splitlines()[0].rstrip(": ")[:300]
+    return None
+
+
+def missing_builtin(name: str, put: str, download_failed: str | None) -> DatasetError:
+    """The error of a built-in dataset that is not on disk: where to put its files, and how a
+    download went when one was tried."""
+    if download_failed is None:
+        return DatasetError(f"dataset {name} not found: {put}, or set TRAINYARD_ALLOW_DOWNLOAD=true to download it")
+    return DatasetError(f"dataset {name} not found and its download failed ({download_failed}): {put}")
+
+
 def _download(name: str, data_dir: Path) -> None:
     import torchvision.datasets
 
@@ -194,16 +212,14 @@ def _load_idx_dataset(name: str, data_dir: Path, allow_download: bool) -> Datase
     folder, classes, _ = IMAGE_DATASETS[name]
     raw_dir = data_dir / folder / "raw"
     paths = {key: _find_idx(raw_dir, stem) for key, stem in IDX_FILES.items()}
+    failed = None
     if any(p is None for p in paths.values()) and allow_download:
-        _download(name, data_dir)
+        failed = try_download(_download, name, data_dir)
         paths = {key: _find_idx(raw_dir, stem) for key, stem in IDX_FILES.items()}
     missing = [IDX_FILES[key] for key, p in paths.items() if p is None]
     if missing:
-        raise DatasetError(
-            f"dataset {name} not found: put the four IDX files ({', '.join(IDX_FILES.values())}, "
-            f"gzipped or not) in {raw_dir} (missing: {', '.join(missing)}), "
-            "or set TRAINYARD_ALLOW_DOWNLOAD=true to download them"
-        )
+        raise missing_builtin(name, f"put the four IDX files ({', '.join(IDX_FILES.values())}, gzipped or not) "
+                                    f"in {raw_dir} (missing: {', '.join(missing)})", failed)
     return idx_dataset({key: read_idx(p) for key, p in paths.items()}, name=name, classes=classes)
 
 
@@ -455,6 +471,9 @@ def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = 
         if isinstance(spec, UploadedDatasetSpec):
             if datasets_dir is None:
                 raise DatasetError("uploaded datasets are not available here")
+            if not UPLOADED_ID.match(spec.dataset_id):  # a name or prefix: only submission looks those up
+                raise DatasetError(f"{spec.dataset} does not name a dataset by its id; submit the job through "
+                                   "the API, which looks names and id prefixes up")
             full = _cached_stored_dataset(stored_dataset_path(Path(datasets_dir), spec.dataset_id))
         else:
             full = _cached_builtin_dataset(spec.dataset, Path(data_dir), allow_download, cache_dir)

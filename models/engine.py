@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from models import devices
-from models.archs import build_model
+from models.archs import build_model, load_state
 from models.augment import Augmenter
 from models.cost import admission_problems
 from models.data import Dataset, kfold_indices, load_dataset, with_validation
@@ -113,6 +113,7 @@ class TrainingRun:
     augmenter: Augmenter | None = None
     initial_state: dict[str, torch.Tensor] | None = None  # what each cross-validation fold starts from
     features: dict[tuple[int, int], Dataset] = field(default_factory=dict)  # frozen backbones' outputs
+    limits: Limits | None = None
 
     @property
     def start_epoch(self) -> int:
@@ -314,7 +315,7 @@ def evaluate(
     classify = dataset.task == "classification"
     loss_sum = 0.0
     correct = torch.zeros((), dtype=torch.long, device=device)
-    eval_batch = _eval_batch(x_all, batch_size, resize)
+    eval_batch = eval_batch_size(x_all.shape[1:], batch_size, resize)
     for start in range(0, len(x_all), eval_batch):
         x = dataset.to_float(x_all[start:start + eval_batch].to(device))
         y = y_all[start:start + eval_batch].to(device)
@@ -329,13 +330,13 @@ def evaluate(
     return loss_sum / n, (int(correct) / n if classify else None)
 
 
-def _eval_batch(x_all, batch_size: int, resize: int | None = None) -> int:
-    """Larger batches evaluate faster, but activations grow with them: at most 1024 examples, and
-    no more than about 8 MB of inputs as the network sees them (resized, if it resizes), and never
-    fewer than the training batch size."""
-    shape = x_all.shape[1:] if resize is None else (x_all.shape[1], resize, resize)
+def eval_batch_size(shape, minimum: int = 1, resize: int | None = None) -> int:
+    """Examples per batch when evaluating inputs of `shape` (one example's): larger batches are
+    faster, but activations grow with them: at most 1024, no more than about EVAL_BATCH_BYTES of
+    float inputs as the network sees them (resized, if it resizes), and at least `minimum`."""
+    shape = tuple(shape) if resize is None else (shape[0], resize, resize)
     per_example = max(1, math.prod(shape) * 4)
-    return max(batch_size, min(1024, EVAL_BATCH_BYTES // per_example))
+    return max(minimum, min(1024, EVAL_BATCH_BYTES // per_example))
 
 
 def build_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -434,7 +435,7 @@ def prepare(
     run = TrainingRun(spec=spec, dataset=dataset, model=model, optimizer=optimizer, scheduler=scheduler,
                       device=device,
                       early_stopping=EarlyStopping(spec.early_stopping) if spec.early_stopping else None,
-                      scaler=torch.amp.GradScaler("cuda") if spec.amp == "fp16" else None)
+                      scaler=torch.amp.GradScaler("cuda") if spec.amp == "fp16" else None, limits=limits)
     augment = getattr(spec.data, "augment", None)
     if augment is not None and dataset.contract.images:
         run.augmenter = Augmenter(augment, spec.seed, dataset.input_shape)
@@ -452,8 +453,12 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     try:
         if pretrained is not None and not any(key.startswith("backbone.") for key in state):
             load_backbone(pretrained, state, "the starting weights")  # a torchvision network, imported
+        elif pretrained is not None and state["head.weight"].shape != pretrained.head.weight.shape:
+            # A fine-tuned model of other classes: its backbone is the start; the head is new.
+            load_backbone(pretrained, {k.removeprefix("backbone."): v for k, v in state.items()
+                                       if k.startswith("backbone.")}, "the starting weights")
         else:
-            model.load_state_dict(state)
+            load_state(model, state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise TrainingError(f"the starting weights do not fit this model: {first}") from None
@@ -491,7 +496,8 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
     augmenter = run.augmenter
     side = spec.resize  # what the network resizes its inputs to
     pretrained = find_pretrained(model)
-    if pretrained is not None and _set_frozen(run, pretrained, epoch) and augmenter is None and not spec.compile:
+    if (pretrained is not None and _set_frozen(run, pretrained, epoch) and augmenter is None and not spec.compile
+            and _features_fit(run, pretrained, ds)):
         # The frozen backbone maps each image to the same features every epoch: compute them once
         # and train the head alone on them, so later epochs cost only the head.
         features = _frozen_features(run, pretrained, ds, precision, should_stop)
@@ -537,6 +543,15 @@ def _set_frozen(run: TrainingRun, pretrained: Pretrained, epoch: int) -> bool:
     return frozen
 
 
+def _features_fit(run: TrainingRun, pretrained: Pretrained, ds: Dataset) -> bool:
+    """Whether every split's features fit in half the job's memory budget (always, without one);
+    a set too large trains through the frozen backbone every epoch instead."""
+    if run.limits is None:
+        return True
+    rows = sum(len(x) for x in (ds.x_train, ds.x_test, ds.x_val) if x is not None)
+    return rows * pretrained.head.in_features * 4 <= run.limits.max_bytes / 2
+
+
 def _frozen_features(run: TrainingRun, pretrained: Pretrained, ds: Dataset, precision, should_stop) -> Dataset | None:
     """The dataset with each split's images replaced by the frozen backbone's features (float
     [N, F] on the training device), computed once per model and split; None if stopped meanwhile."""
@@ -558,7 +573,7 @@ def _frozen_features(run: TrainingRun, pretrained: Pretrained, ds: Dataset, prec
 
 def _features_of(pretrained: Pretrained, ds: Dataset, x_all, run: TrainingRun, precision,
                  should_stop) -> torch.Tensor | None:
-    step = _eval_batch(x_all, run.spec.batch_size, run.spec.resize)
+    step = eval_batch_size(x_all.shape[1:], run.spec.batch_size, run.spec.resize)
     parts = []
     for start in range(0, len(x_all), step):
         if should_stop():
@@ -592,7 +607,7 @@ def cross_validate(run: TrainingRun, callbacks: Callbacks, should_stop) -> bool:
                              val_idx.to(run.dataset.x_train.device))
         run.features.clear()
         model = _fresh_model(spec, ds, run.device)
-        model.load_state_dict(run.initial_state)  # the same start as the final model: pretrained, init_from
+        load_state(model, run.initial_state)  # the same start as the final model: pretrained, init_from
         optimizer = build_optimizer(spec, model)
         scheduler = build_scheduler(spec, optimizer)
         metrics = None

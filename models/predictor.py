@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.archs import build_model
+from models.archs import build_model, load_state
 from models.checkpoint import CheckpointError, read_checkpoint
 from models.contract import InputContract
 from models.evaluation import Evaluation, evaluate
@@ -53,7 +53,7 @@ class Predictor:
             model_spec, resize = MODEL_SPEC.validate_python(meta["model"]), None
         outputs = len(meta["classes"]) if meta.get("classes") else 1
         model = build_model(model_spec, meta["input_shape"], outputs, resize=resize)
-        model.load_state_dict(state)
+        load_state(model, state)
         return cls(model, meta, device)
 
     def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -82,14 +82,12 @@ class Predictor:
         outputs = torch.softmax(outputs, dim=1) if self.task == "classification" else outputs
         return outputs.cpu()
 
-    def evaluation_batch(self, input_bytes: int = 8 * 1024 * 1024) -> int:
-        """Examples per batch when evaluating a set: at most 1024, and about `input_bytes` of float
-        inputs as the network sees them (after its own resize), so a large backbone stays bounded."""
-        shape = list(self.meta["input_shape"])
-        side = JobSpec.model_validate(self.meta["spec"]).resize if "spec" in self.meta else None
-        if side is not None:
-            shape[-2:] = [side, side]
-        return max(1, min(1024, input_bytes // (4 * int(np.prod(shape)))))
+    def evaluation_batch(self) -> int:
+        """Examples per batch when evaluating a set, sized for the network's own input (after its resize)."""
+        from models.engine import eval_batch_size
+
+        resize = JobSpec.model_validate(self.meta["spec"]).resize if "spec" in self.meta else None
+        return eval_batch_size(self.meta["input_shape"], resize=resize)
 
     def warm_up(self) -> None:
         """Run one forward pass so the first real request does not pay for lazy initialisation."""

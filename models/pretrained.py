@@ -10,11 +10,14 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from models.archs import load_state
 
 
 class MissingWeights(Exception):
@@ -73,7 +76,7 @@ def transforms_of(backbone: str, weights: str | None) -> tuple[int, list[float],
     return int(transforms.crop_size[0]), list(transforms.mean), list(transforms.std)
 
 
-def _architecture(backbone: str, weights: str | None) -> nn.Module:
+def _architecture(backbone: str, weights: str | None, size: int) -> nn.Module:
     """torchvision's network as those weights were trained, with random values (no download)."""
     from torchvision.models import get_model
 
@@ -83,8 +86,8 @@ def _architecture(backbone: str, weights: str | None) -> nn.Module:
         # As torchvision builds them for pretrained weights: no auxiliary heads, and inputs
         # normalised with ImageNet's statistics converted to what Google's weights expect.
         kwargs.update(aux_logits=False, init_weights=False, transform_input=entry is not None)
-    if backbone.startswith("vit_") and entry is not None:
-        kwargs["image_size"] = entry.meta["min_size"][0]
+    if backbone.startswith("vit_"):  # position embeddings for one image size: the weights', or the inputs'
+        kwargs["image_size"] = entry.meta["min_size"][0] if entry is not None else size
     if entry is not None:
         kwargs["num_classes"] = len(entry.meta["categories"])
     return get_model(backbone, weights=None, **kwargs)
@@ -118,7 +121,7 @@ class Pretrained(nn.Module):
     def __init__(self, backbone: str, weights: str | None, outputs: int, size: int):
         super().__init__()
         self.size = size
-        self.backbone = _architecture(backbone, weights)
+        self.backbone = _architecture(backbone, weights, size)
         self.head_name, old = _classifier(self.backbone)
         _replace(self.backbone, self.head_name, nn.Identity())
         width = old.in_features if isinstance(old, nn.Linear) else old.in_channels
@@ -195,8 +198,10 @@ def locate_weights(backbone: str, weights: str | None, *, weights_dir: Path | No
     entry = resolve_weights(backbone, weights)
     target = weights_dirs(None)[0] / weights_file_name(backbone, weights)
     target.parent.mkdir(parents=True, exist_ok=True)
+    digest = torch.hub.HASH_REGEX.search(target.name)  # torchvision's names carry their hash's prefix
     try:
-        torch.hub.download_url_to_file(entry.url, str(target), progress=False)
+        torch.hub.download_url_to_file(entry.url, str(target), hash_prefix=digest.group(1) if digest else None,
+                                       progress=False)
     except Exception as exc:  # no network, a proxy, a partial file: say where the file goes instead
         raise MissingWeights(f"downloading {entry.url} failed ({type(exc).__name__}: {exc}); "
                              + missing_weights_message(backbone, weights, weights_dir)) from None
@@ -208,8 +213,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only raises UnpicklingError for globals it does not allow
-        raise UnsafeWeights(f"{path} was refused: it is not a file of plain tensors "
-                            f"({str(exc).strip().splitlines()[0][:300]})") from None
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UnsafeWeights(f"{path} was refused: it is not a file of plain tensors ({why})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -224,12 +229,15 @@ _DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.
 
 def load_backbone(model: Pretrained, state: dict[str, torch.Tensor], source: str) -> None:
     """Load a torchvision state dict into the backbone; its classification layer is left out."""
+    versions = getattr(state, "_metadata", None)  # module versions the file was saved with
     state = {_DENSENET_KEY.sub(r"\1\2", key): value for key, value in state.items()}
     head = f"{model.head_name}."
-    backbone_state = {k: v for k, v in state.items() if not k.startswith(head) and not k.startswith("AuxLogits.")
-                      and not k.startswith("aux")}
+    backbone_state = OrderedDict((k, v) for k, v in state.items() if not k.startswith(head)
+                                 and not k.startswith("AuxLogits.") and not k.startswith("aux"))
+    if versions is not None:
+        backbone_state._metadata = versions
     try:
-        missing, unexpected = model.backbone.load_state_dict(backbone_state, strict=False)
+        missing, unexpected = load_state(model.backbone, backbone_state, strict=False)
     except RuntimeError as exc:
         raise UnsafeWeights(f"{source} does not fit the backbone: {str(exc).strip().splitlines()[-1][:300]}") from None
     missing = [k for k in missing if not k.startswith(head)]

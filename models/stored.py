@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +90,12 @@ def read_arrays(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         if start + end > size or end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
             raise StoredFileError(f"{path.name}: tensor {name} does not fit the file (truncated?)")
         if begin == end:
-            array = np.empty(shape, dtype=dtype)
-        else:
-            array = np.memmap(path, dtype=dtype, mode="c", offset=start + begin, shape=shape)
-        tensors[name] = torch.from_numpy(array)
+            tensors[name] = torch.from_numpy(np.empty(shape, dtype=dtype))
+            continue
+        # Shared and read-only: pages come from the file's cache and are never the process's own
+        # (a copy-on-write mapping would count its whole size against a job's memory budget).
+        array = np.memmap(path, dtype=dtype, mode="r", offset=start + begin, shape=shape)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensors[name] = torch.from_numpy(array)
     return tensors, header.get("__metadata__") or {}

@@ -99,6 +99,17 @@ def service_env(tmp_path, monkeypatch, data_dir):
 
 
 @pytest.fixture
+def trained_job_twin(trained_job) -> str:
+    """A job recorded beside trained_job whose id begins with the same 8 characters (and no more)."""
+    from service.core.tables import Job
+
+    twin = trained_job[:8] + ("-0000" if trained_job[8:13] != "-0000" else "-1111") + "-4000-8000-000000000000"
+    with db.session_scope() as session:
+        session.add(Job(id=twin, spec={}, task="classification", epochs=1))
+    return twin
+
+
+@pytest.fixture
 def trained_job(service_env):
     """A finished classification job with a validation split, recorded in SQL with a real checkpoint
     file per epoch: validation accuracy 0.5, 0.9, 0.7, so its best epoch is 2 and its last is 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import httpx
@@ -15,8 +16,8 @@ pytestmark = pytest.mark.e2e
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-@pytest.fixture(scope="module")
-def browser():
+def chromium(*flags: str):
+    """A headless Chromium driven by selenium, with these flags besides the usual ones."""
     require(CHROMIUM is not None and CHROMEDRIVER is not None,
             "Chromium and chromedriver are not installed (Debian packages chromium, chromium-driver; "
             "`make setup` installs them when it runs as root)")
@@ -27,12 +28,64 @@ def browser():
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1000"):
+                 "--window-size=1280,1000", *flags):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.implicitly_wait(5)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium()
     yield driver
     driver.quit()
+
+
+# No name resolves but the loopback address, and anything else would go to a proxy that is not
+# there (Chromium always reaches loopback directly): the internet is out of reach.
+OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=http://127.0.0.1:9")
+
+
+def fetched_elsewhere(driver, url: str) -> list[str]:
+    """What the page asked for from anywhere but `url`, less what its Content-Security-Policy
+    blocked before any request (ReDoc's menu shows its makers' logo from their CDN)."""
+    blocked = {m.group(1) for entry in driver.get_log("browser")
+               for m in [re.search(r"Loading the \w+ '([^']+)' violates the following Content Security Policy",
+                                   entry["message"])] if m}
+    asked = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert any(name.startswith(url) for name in asked)
+    return [name for name in asked if not name.startswith(url) and name not in blocked]
+
+
+def test_the_api_documentation_renders_offline(embedded_stack, tmp_path):
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    driver = chromium(*OFFLINE)
+    try:
+        with pytest.raises(WebDriverException, match="ERR_"):  # the network really is out of reach
+            driver.get("http://example.com/")
+
+        driver.get(embedded_stack.url + "/docs")
+        wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, ".opblock"), timeout=30,
+                   what="Swagger UI's operations")
+        create = driver.find_element(By.CSS_SELECTOR, ".opblock-post .opblock-summary-path[data-path='/v1/jobs']")
+        assert create.text.replace("\u200b", "") == "/v1/jobs"
+        assert "trainyard" in text(driver, ".info .title")
+        driver.save_screenshot(str(tmp_path / "docs.png"))
+        assert fetched_elsewhere(driver, embedded_stack.url) == []
+
+        driver.get(embedded_stack.url + "/redoc")
+        wait_until(lambda: "trainyard" in driver.execute_script(
+            "const h = document.querySelector('h1'); return h ? h.textContent : ''"), timeout=30,
+            what="ReDoc's title")
+        wait_until(lambda: "/v1/jobs" in driver.find_element(By.TAG_NAME, "body").get_attribute("textContent"),
+                   timeout=30, what="ReDoc's operations")
+        driver.save_screenshot(str(tmp_path / "redoc.png"))
+        assert fetched_elsewhere(driver, embedded_stack.url) == []
+    finally:
+        driver.quit()
 
 
 def text(driver, selector: str) -> str:
@@ -169,6 +222,19 @@ def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
             assert client.post("/ui/submit", data={"spec": "{}"}).status_code == 403
     finally:
         stack.stop()
+
+
+def test_the_job_list_shows_an_uploaded_datasets_name(embedded_stack):
+    from tests.datagen import image_folder_zip
+
+    with embedded_stack.client() as client:
+        dataset = client.post("/v1/datasets", data={"name": "listed-shapes"}, files={
+            "file": ("x.zip", image_folder_zip(["a", "b"], per_class=5, test_per_class=2), "application/zip")}).json()
+        job_id = submit(client, {**SOFTMAX_SPEC, "epochs": 1, "data": {"dataset": f"uploaded:{dataset['id']}"}})
+        for page in ("/", "/ui/fragments/jobs"):
+            row = client.get(page).text.split(f'<tr data-job="{job_id}">', 1)[1].split("</tr>", 1)[0]
+            assert f'<td class="dataset" title="uploaded:{dataset["id"]}">listed-shapes</td>' in row, row
+        embedded_stack.wait_for_job(client, job_id)
 
 
 def test_the_submit_form_names_fields_as_written(embedded_stack):

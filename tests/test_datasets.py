@@ -81,6 +81,21 @@ def test_bad_uploads_are_422_with_a_message(client, data, message):
     assert answer.status_code == 422 and message in answer.json()["detail"]
 
 
+def test_the_same_upload_again_is_the_same_dataset(client):
+    archive = image_folder_zip(["x", "y"], per_class=5, test_per_class=2)
+    first = upload(client, archive, name="twice")
+    assert first.status_code == 201, first.text
+    count = client.get("/v1/datasets").json()["count"]
+    again = upload(client, archive, name="twice")
+    assert again.status_code == 200 and again.json() == first.json()
+    assert again.headers["location"] == f"/v1/datasets/{first.json()['id']}"
+    assert client.get("/v1/datasets").json()["count"] == count
+    others = [upload(client, archive, name="twice", color="rgb"), upload(client, archive, name="once more"),
+              upload(client, image_folder_zip(["x", "z"], per_class=5, test_per_class=2), name="twice")]
+    assert [o.status_code for o in others] == [201, 201, 201]
+    assert len({first.json()["id"], *(o.json()["id"] for o in others)}) == 4
+
+
 def test_upload_parameters_are_validated(client):
     answer = upload(client, image_folder_zip(["a", "b"], per_class=2, test_per_class=1), test_fraction=1.5)
     assert answer.status_code == 422
@@ -96,11 +111,14 @@ def test_a_large_upload_is_decoded_after_the_answer(tmp_path, data_dir):
                   extra_env={"TRAINYARD_DATASET_BACKGROUND_BYTES": "1024"}).start()
     try:
         with stack.client() as client:
-            answer = upload(client, image_folder_zip(CLASSES, per_class=30, test_per_class=5), name="later")
+            archive = image_folder_zip(CLASSES, per_class=30, test_per_class=5)
+            answer = upload(client, archive, name="later")
             assert answer.status_code == 202, answer.text
             kept = answer.json()
             assert kept["status"] == "processing" and kept["input_shape"] is None
             assert answer.headers["location"] == f"/v1/datasets/{kept['id']}"
+            again = upload(client, archive, name="later")  # while it is decoded, or just after
+            assert again.status_code in (200, 202) and again.headers["location"] == answer.headers["location"]
 
             def status():
                 return client.get(f"/v1/datasets/{kept['id']}").json()["status"]

@@ -82,6 +82,20 @@ def test_every_route_needs_a_token(locked_stack, method, path):
         assert full.status_code not in (401, 403)
 
 
+def test_the_api_documentation_stays_open_and_offline(locked_stack):
+    """As FastAPI's own pages were: /docs, /redoc and the schema need no token (they describe the
+    API; every operation they show still does), and now load nothing from elsewhere."""
+    from service.api.docs import ASSETS
+
+    with httpx.Client(base_url=locked_stack.url, timeout=10) as client:
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", f"{ASSETS}/swagger-ui-bundle.js",
+                     f"{ASSETS}/swagger-ui.css", f"{ASSETS}/redoc.standalone.js", f"{ASSETS}/favicon.png"):
+            assert client.get(path).status_code == 200, path
+        for page in ("/docs", "/redoc"):
+            html = client.get(page).text
+            assert f'src="{ASSETS}/' in html and not re.search(r"https?:|//[\w.-]+\.\w", html), html
+
+
 def test_a_token_works_end_to_end(locked_stack):
     spec = {"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 1}
     with httpx.Client(base_url=locked_stack.url, timeout=10) as client:
@@ -100,7 +114,7 @@ def test_the_cli_exits_4_when_refused(locked_stack):
                               capture_output=True, text=True, timeout=60)
 
     anonymous = trainyard("jobs", "list", "--json")
-    assert anonymous.returncode == 4 and anonymous.stderr.startswith("error: error 401") and anonymous.stdout == ""
+    assert anonymous.returncode == 4 and anonymous.stderr.startswith("error: 401 ") and anonymous.stdout == ""
     assert trainyard("jobs", "list", "--json", token="wrong").returncode == 4
     assert trainyard("jobs", "cancel", "00000000-0000-0000-0000-000000000000", token=RO).returncode == 4
     assert json.loads(trainyard("jobs", "list", "--json", token=RO).stdout)["count"] >= 0

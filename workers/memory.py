@@ -9,17 +9,19 @@ out_of_memory); the machine and the worker carry on, and the limit is lifted whe
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import resource
 from collections.abc import Iterator
 from pathlib import Path
 
-_STATUS_FIELD = re.compile(r"^(VmData|VmRSS):\s+(\d+) kB$", re.MULTILINE)
+_STATUS_FIELD = re.compile(r"^(VmData|RssAnon):\s+(\d+) kB$", re.MULTILINE)
 
 
 def _status() -> dict[str, int]:
-    """VmData and VmRSS of this process, in bytes (empty where /proc does not say)."""
+    """VmData and RssAnon (resident memory of its own, not file pages) of this process, in bytes
+    (empty where /proc does not say)."""
     try:
         text = Path("/proc/self/status").read_text()
     except OSError:
@@ -50,33 +52,37 @@ def machine_bytes() -> int | None:
 
 class MemoryWatch:
     """How near a training process is to being out of memory: the larger of its data growth over
-    its budget and its resident size over the machine's memory, at most, since it was last asked."""
+    its budget and its own resident memory over the machine's, at most, since it was last cleared."""
 
     def __init__(self, budget: int):
         self.budget = budget
         self.machine = machine_bytes()
-        self.start = data_bytes()
+        self.start = data_bytes()  # the budget's baseline too (memory_budget's `start`)
         self._peak = 0.0
 
     def sample(self) -> float:
         status = _status()
         share = max((status.get("VmData", 0) - self.start) / self.budget,
-                    status.get("VmRSS", 0) / self.machine if self.machine else 0.0, 0.0)
+                    status.get("RssAnon", 0) / self.machine if self.machine else 0.0, 0.0)
         self._peak = max(self._peak, share)
         return share
 
     def peak(self) -> float:
-        """The largest share seen since the last call (sampling once more now)."""
+        """The largest share seen since the last clear() (sampling once more now)."""
         self.sample()
-        peak, self._peak = self._peak, 0.0
-        return round(peak, 4)
+        return round(self._peak, 4)
+
+    def clear(self) -> None:
+        """Start a new interval (once its peak has been recorded)."""
+        self._peak = 0.0
 
 
 @contextlib.contextmanager
-def memory_budget(budget: int) -> Iterator[None]:
-    """Allow the process `budget` more bytes of data memory than it holds now, until the block ends."""
+def memory_budget(budget: int, start: int | None = None) -> Iterator[None]:
+    """Allow the process `budget` more bytes of data memory than it holds now (or at `start`),
+    until the block ends."""
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    limit = data_bytes() + budget
+    limit = (data_bytes() if start is None else start) + budget
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
@@ -88,5 +94,5 @@ def memory_budget(budget: int) -> Iterator[None]:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether an exception is an allocation that failed (the budget's or the machine's)."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError)
-                                            and "can't allocate memory" in str(exc))
+    return (isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))

@@ -59,12 +59,15 @@ class JobControl:
     """
 
     def __init__(self, job_id: str, attempt: int, interval: float, longest_wait: float,
-                 memory: MemoryWatch | None = None):
+                 memory: MemoryWatch | None = None, urgent_share: float = 0.9):
         self.job_id = job_id
         self.attempt = attempt
         self.interval = interval
         self.longest_wait = max(interval, longest_wait)  # between renewals that fail
-        self.memory = memory  # sampled between beats; each beat records the peak since the last
+        # Sampled between beats; each beat records the peak since the last one recorded, and a share
+        # of `urgent_share` or more is recorded at once (a process killed for memory says no more).
+        self.memory = memory
+        self.urgent_share = urgent_share
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
         self._done = threading.Event()
@@ -82,22 +85,25 @@ class JobControl:
         return self.cancel_requested.is_set() or self.lost.is_set()
 
     def _pause(self, seconds: float) -> bool:
-        """Wait, sampling memory meanwhile; True once the job is done."""
+        """Wait, sampling memory meanwhile (cut short when memory runs high); True once the job is done."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             if self._done.wait(min(left, MEMORY_SAMPLE_SECONDS)):
                 return True
-            if self.memory is not None:
-                self.memory.sample()
+            if self.memory is not None and self.memory.sample() >= self.urgent_share:
+                break
         return self._done.is_set()
 
     def _run(self) -> None:
         wait, misses = self.interval, 0
         while not self._pause(wait):
             try:
+                memory = self.memory
                 with session_scope() as session:
                     status = jobs.heartbeat(session, job_id=self.job_id, attempt=self.attempt,
-                                            memory_peak=self.memory.peak() if self.memory else None)
+                                            memory_peak=memory.peak() if memory else None)
+                if memory is not None:
+                    memory.clear()
             except Exception as error:  # a missed beat is not fatal; a later one may get through
                 misses, wait = misses + 1, min(wait * 2, self.longest_wait)
                 log.warning("lease renewal for job %s failed (%d in a row; next try in %.1f s): %s", self.job_id,
@@ -243,6 +249,12 @@ def _failure(exc: BaseException) -> tuple[str, str]:
         return exc.reason, str(exc)
     if isinstance(exc, CheckpointError):
         return "checkpoint_error", str(exc)
+    if is_out_of_memory(exc):
+        budget = get_settings().max_job_memory
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return "out_of_memory", (f"the job needed more memory than its budget of {human_bytes(budget)} "
+                                 f"(TRAINYARD_MAX_JOB_MEMORY) allows: {detail}; lower batch_size or the model's "
+                                 "size, or raise the budget")
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "storage_error", (f"No space left on device: cannot save to {get_settings().checkpoint_dir}; "
                                  "the checkpoints saved before are intact: free space, then resume the job")
@@ -252,12 +264,6 @@ def _failure(exc: BaseException) -> tuple[str, str]:
         return "storage_error", f"storage failed: {exc}"
     if isinstance(exc, torch.OutOfMemoryError):
         return "out_of_memory", str(exc).splitlines()[0]
-    if is_out_of_memory(exc):
-        budget = get_settings().max_job_memory
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return "out_of_memory", (f"the job needed more memory than its budget of {human_bytes(budget)} "
-                                 f"(TRAINYARD_MAX_JOB_MEMORY) allows: {detail}; lower batch_size or the model's "
-                                 "size, or raise the budget")
     if isinstance(exc, TrainingError):
         return exc.reason, str(exc)
     return "internal_error", f"{type(exc).__name__}: {exc}"
@@ -331,9 +337,8 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
     status, reason, error = JobStatus.SUCCEEDED, None, None
     # Failed renewals back off to a quarter lease: once the database is back, the lease is renewed
     # well within the full lease the reaper grants after an outage.
-    memory = MemoryWatch(settings.max_job_memory)
     with JobControl(job_id, claim.attempt, settings.heartbeat_seconds, settings.lease_seconds / 4,
-                    memory) as control:
+                    urgent_share=settings.oom_kill_fraction) as control:
         try:
             resume = load_state(job_id)
             if resume is not None and claim.resumed_by_user:
@@ -347,7 +352,8 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
             callbacks = RecordingCallbacks(job_id, control, job_log)
             initial_weights = None if resume else _initial_weights(spec)
             limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
-            with memory_budget(settings.max_job_memory):
+            control.memory = memory = MemoryWatch(settings.max_job_memory)  # one baseline for both
+            with memory_budget(settings.max_job_memory, start=memory.start):
                 result = fit(spec, callbacks, data_dir=settings.data_dir,
                              datasets_dir=settings.datasets_dir, cache_dir=settings.cache_dir,
                              weights_dir=settings.weights_dir, allow_download=settings.allow_download,

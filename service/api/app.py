@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import Depends, FastAPI
 
-from service.api import errors, gc_tuning, telemetry
+from service.api import docs, errors, gc_tuning, telemetry
 from service.api.auth import require_token, token_table
 from service.api.limits import BodySizeLimit
 from service.api.processes import ProcessBoard
@@ -86,13 +86,14 @@ async def lifespan(app: FastAPI):
 def create_app() -> FastAPI:
     settings = get_settings()
     settings.ensure_dirs()
-    app = FastAPI(title="trainyard", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="trainyard", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Train PyTorch models over HTTP and classify with them.")
     torch.set_num_threads(settings.inference_threads)
     app.state.models = ModelServer(settings)
     app.state.preload = Preload(settings.preload_models, ProcessBoard(settings.api_run_dir, settings.api_workers))
     include_api(app, auth=token_table().enabled)
     app.include_router(dashboard_router)
+    docs.install(app)  # /docs and /redoc on assets installed with the project (no CDN), matched after the API
     if settings.bench_routes:
         from service.api.routers.bench import router as bench_router
 

@@ -8,10 +8,11 @@ from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from models.checkpoint import CheckpointError
 from models.predictor import InputError
-from models.spec import input_loc
+from models.spec import explain, input_loc
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 
@@ -81,18 +82,30 @@ def _printable(value):
     return value
 
 
-def _located(errors: list[dict], body) -> list[dict]:
+def _body_model(request: Request) -> type[BaseModel] | None:
+    """The pydantic model that is a route's whole JSON body (a job spec, ...), if it has one."""
+    route = request.scope.get("route")
+    field = getattr(route, "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    if getattr(route, "_embed_body_fields", True) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    return model
+
+
+def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> list[dict]:
     """Body locations as paths into what was sent (body.model.activation, not pydantic's
-    body.model.mlp.activation with the union's tag)."""
+    body.model.mlp.activation with the union's tag), and, where the body is `model`, messages
+    with "did you mean" for unknown keys and unknown or missing tags such as model.arch."""
     if not isinstance(body, dict):
         return errors
-    return [{**e, "loc": ("body", *input_loc(body, tuple(e["loc"][1:]), missing=e.get("type") == "missing"))}
+    return [{**e, "loc": ("body", *input_loc(body, tuple(e["loc"][1:]), missing=e.get("type") == "missing")),
+             "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body) if model else e["msg"]}
             if tuple(e.get("loc", ()))[:1] == ("body",) else e for e in errors]
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each problem's location; never fails on what the client sent."""
-    errors = _located(list(exc.errors()), getattr(exc, "body", None))
+    errors = _located(list(exc.errors()), getattr(exc, "body", None), _body_model(request))
     return JSONResponse({"detail": jsonable_encoder(_printable(errors))}, status_code=422)
 
 

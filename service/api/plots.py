@@ -11,12 +11,21 @@ from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from service.api.schemas.jobs import metric_rows  # noqa: E402
 from service.core import jobs, sweeps  # noqa: E402
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
+
+
+class PlainLogFormatter(LogFormatter):
+    """A log axis's labels as plain numbers (0.5, 1.16, 2), not 5×10^-1: the ticks matplotlib
+    labels by default, written with %g."""
+
+    def __call__(self, x, pos=None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
 
 
 def pixels_png(pixels: np.ndarray) -> bytes:
@@ -59,6 +68,11 @@ def sweep_series(session: Session, sweep_id: str) -> list[tuple[str, list[dict]]
 def learning_curves(series: list[tuple[str, list[dict]]]) -> bytes:
     """Loss (left) and accuracy (right) per epoch, train solid and test dashed, one colour per job,
     as the course draws them; several jobs overlay for comparisons."""
+    return _png(learning_curves_figure(series))
+
+
+def learning_curves_figure(series: list[tuple[str, list[dict]]]):
+    """The figure learning_curves draws (the caller closes it)."""
     has_acc = any(row.get("test_acc") is not None for _, rows in series for row in rows)
     figure, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8), squeeze=False)
     loss_ax = axes[0][0]
@@ -77,6 +91,8 @@ def learning_curves(series: list[tuple[str, list[dict]]]) -> bytes:
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     if min((r["train_loss"] for _, rows in series for r in rows if r["train_loss"]), default=1) > 0:
         loss_ax.set_yscale("log")
+        loss_ax.yaxis.set_major_formatter(PlainLogFormatter())
+        loss_ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
     loss_ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
     if has_acc:
@@ -84,7 +100,7 @@ def learning_curves(series: list[tuple[str, list[dict]]]) -> bytes:
         acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
         acc_ax.grid(alpha=0.3)
         acc_ax.legend(fontsize=8)
-    return _png(figure)
+    return figure
 
 
 def confusion_matrix(matrix: list[list[int]], classes: list[str]) -> bytes:

@@ -41,6 +41,9 @@ from service.core.tables import Job
 
 log = logging.getLogger(__name__)
 MAX_MISTAKES = 100  # mistakes an evaluation report keeps (its route's `limit` is at most this)
+IMAGES_HINT = ("images go as multipart/form-data, one `files` part per image beside `model` "
+               "(curl -F model=... -F files=@boot.png), or one image as the raw body of "
+               "POST /v1/models/{model}/predict with Content-Type image/*")
 
 
 @dataclass
@@ -261,6 +264,9 @@ class ModelServer:
         self.max_delay_s = settings.max_batch_delay_ms / 1000
         self._models: LRU[LoadedModel] = LRU(settings.model_cache_size, on_evict=LoadedModel.close)
         self._evaluations: LRU[Evaluation] = LRU(32)  # per checkpoint file
+        # A report is a pass over a test set: one at a time, so that requests for the same one wait
+        # for it instead of each computing it again.
+        self._evaluating = threading.Lock()
         self._loading = threading.Lock()
 
     def loaded(self, key: tuple[str, int]) -> LoadedModel | None:
@@ -401,7 +407,8 @@ class ModelServer:
             try:
                 inputs = loaded.predictor.decode_values(rows)
             except InputError as exc:
-                raise Invalid([(("body", "inputs"), f"model {reference!r}: {exc}")]) from exc
+                hint = f"; {IMAGES_HINT}" if loaded.predictor.contract.images else ""
+                raise Invalid([(("body", "inputs"), f"model {reference!r}: {exc}{hint}")]) from exc
             return target, loaded, await self.probabilities(loaded, inputs)
 
     def _test_set(self, job: Job) -> Dataset:
@@ -437,12 +444,18 @@ class ModelServer:
             return loaded.predictor.evaluate(test.x_test, test.y_test, mistakes=MAX_MISTAKES)
 
         key = _checkpoint_key(target.path)
-        return target, loaded, await run_in_threadpool(self._evaluations.get_or_load, key, compute)
+        def once() -> Evaluation:
+            with self._evaluating:
+                return self._evaluations.get_or_load(key, compute)
+
+        return target, loaded, await run_in_threadpool(once)
 
     async def test_image(self, job_id: str, index: int) -> np.ndarray:
         """One test image of a job as stored, uint8 pixels [C, H, W]; NotFound outside its test set."""
         def read() -> np.ndarray:
             job = self._job(job_id)
+            if job.task != "classification" or str((job.spec.get("data") or {}).get("dataset")).startswith("synthetic"):
+                raise Unprocessable(f"job {job.id} does not train on images")  # known without building its data
             images = self._test_set(job).x_test
             if images.dtype != torch.uint8:
                 raise Unprocessable(f"job {job.id} does not train on images")

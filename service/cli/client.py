@@ -7,6 +7,7 @@ stderr, and the exit status says what happened (EXIT_CODES, also in the README).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -32,7 +33,30 @@ EXIT_CODES = {
 }
 RECONNECTS = 30  # an event stream that drops is resumed this many times before giving up
 
-UrlOption = Annotated[str, typer.Option("--url", envvar="TRAINYARD_URL", help="the service's base URL")]
+
+def service_url(environ=os.environ) -> str:
+    """Where the service is, found as the service is configured: TRAINYARD_URL, else
+    http://TRAINYARD_HOST:TRAINYARD_PORT (an address of every interface, 0.0.0.0 or ::, dialled on
+    127.0.0.1), else http://127.0.0.1:8000."""
+    if environ.get("TRAINYARD_URL"):
+        return environ["TRAINYARD_URL"]
+    host = environ.get("TRAINYARD_HOST", "").strip().strip("[]") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    port = environ.get("TRAINYARD_PORT", "").strip() or "8000"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _url_or_default(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
+    """--url or TRAINYARD_URL as given; when neither is, service_url() (read when the command runs)."""
+    source = ctx.get_parameter_source(param.name)  # the enum of the click that typer vendors
+    return service_url() if source is None or source.name == "DEFAULT" else value
+
+
+UrlOption = Annotated[str, typer.Option(
+    "--url", envvar="TRAINYARD_URL", callback=_url_or_default, show_default=False,
+    help="the service's base URL (default: http://$TRAINYARD_HOST:$TRAINYARD_PORT as the service listens, "
+         "else http://127.0.0.1:8000)")]
 TokenOption = Annotated[str | None, typer.Option("--token", envvar="TRAINYARD_TOKEN", help="an API token")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
 ThresholdOption = Annotated[float | None, typer.Option(
@@ -71,7 +95,7 @@ def checked(response: httpx.Response) -> dict:
         detail = response.text
     if isinstance(detail, list):
         detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in detail)
-    raise Failure(f"error {response.status_code}: {detail}", exit_code_for(response.status_code))
+    raise Failure(f"{response.status_code} {detail}", exit_code_for(response.status_code))
 
 
 def read_json(path: Path):
@@ -126,27 +150,45 @@ def wait(api: httpx.Client, job_id: str) -> dict:
     return checked(api.get(f"/v1/jobs/{job_id}"))
 
 
+def progress_columns() -> list:
+    """The --follow line: name, bar, epochs done, status, the last epoch's metrics and the time; it
+    fits 80 columns with the metrics whole (a name longer than 14 characters is cut short)."""
+    def column(**options) -> Column:
+        return Column(no_wrap=True, **options)
+
+    return [TextColumn("[bold]{task.fields[name]}", table_column=column(max_width=14, overflow="ellipsis")),
+            BarColumn(bar_width=8, table_column=column()), TextColumn("{task.completed}/{task.total}", table_column=column()),
+            TextColumn("{task.fields[status]}", table_column=column()),
+            TextColumn("{task.fields[metrics]}", table_column=column()), TimeElapsedColumn(table_column=column())]
+
+
+def epoch_summary(data: dict) -> str:
+    """An epoch's metrics in short: train and test loss, and test accuracy for a classifier (the full
+    table: `trainyard metrics`)."""
+    def short(value) -> str:
+        return "-" if value is None else f"{value:.3g}"
+
+    text = f"loss {short(data['train_loss'])} test {short(data['test_loss'])}"
+    return text + (f" acc {data['test_acc']:.3f}" if data["test_acc"] is not None else "")
+
+
 def follow(api: httpx.Client, job_id: str) -> dict:
-    """Show a live progress bar from the job's event stream; returns the job as it ended."""
+    """Show a live progress bar from the job's event stream; returns the job as it ended. Reasons
+    are printed on lines of their own (waiting, and the end), not on the bar."""
     job = checked(api.get(f"/v1/jobs/{job_id}"))
-    columns = [TextColumn("[bold]{task.fields[name]}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
-               TextColumn("{task.fields[status]}"), TextColumn("{task.fields[metrics]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*progress_columns(), console=console, transient=False) as progress:
         task = progress.add_task("train", total=job["epochs"], name=job["name"] or job_id[:8], status=job["status"],
                                  metrics="")
         for kind, data in events(api, job_id):
             if kind == "status":
-                progress.update(task, status=data["to_status"] + (f" ({data['reason']})" if data["reason"] else ""))
+                progress.update(task, status=data["to_status"])
             elif kind == "waiting":
                 if data["reason"]:
                     err.print(f"[yellow]job {job_id} is waiting: {WAITING.get(data['reason'], data['reason'])}"
                               "[/yellow]")
-                progress.update(task, status="queued" + (f" ({data['reason']})" if data["reason"] else ""))
+                progress.update(task, status="queued")
             elif kind == "epoch":
-                text = f"loss {_fmt(data['train_loss'])}  test loss {_fmt(data['test_loss'])}"
-                if data["test_acc"] is not None:
-                    text += f"  test acc {_fmt(data['test_acc'], 3)}"
-                progress.update(task, completed=data["epoch"], metrics=text)
+                progress.update(task, completed=data["epoch"], metrics=epoch_summary(data))
     job = checked(api.get(f"/v1/jobs/{job_id}"))
     if job["status"] != "succeeded":
         err.print(f"[red]job {job_id} {job['status']}[/red]: {job['reason'] or ''} {job['error'] or ''}".rstrip())
@@ -186,13 +228,21 @@ def sweep_updates(api: httpx.Client, sweep: dict):
         yield sweep
 
 
+SHORT_ID = 8  # characters of an id that tables show; the API takes back any unique prefix of 6 or more
+
+
+def id_column(header: str) -> Column:
+    """A table column of short ids, never cut shorter than the API takes back."""
+    return Column(header, min_width=SHORT_ID, no_wrap=True)
+
+
 def sweep_table(sweep: dict) -> Table:
     """A sweep's trials, best first, as a table."""
-    table = Table("rank", "job", "status", *sweep["jobs"][0]["params"] if sweep["jobs"] else [], sweep["metric"],
+    table = Table("rank", id_column("job"), "status", *sweep["jobs"][0]["params"] if sweep["jobs"] else [], sweep["metric"],
                   title=f"sweep {sweep['name']} ({sweep['id']}): {sweep['status']}, "
                         f"{sweep['launched']}/{sweep['trials']} launched, ranked by {sweep['mode']} {sweep['metric']}")
     for rank, entry in enumerate(sweep["jobs"], start=1):
-        table.add_row(str(rank), (entry["job_id"] or "-")[:8], entry["status"],
+        table.add_row(str(rank), (entry["job_id"] or "-")[:SHORT_ID], entry["status"],
                       *(_fmt(v) if isinstance(v, float) else str(v) for v in entry["params"].values()),
                       _fmt(entry["metric"]))
     return table
@@ -281,10 +331,10 @@ def register(app: typer.Typer) -> None:
             page = checked(api.get("/v1/jobs", params=params))
         if as_json:
             return emit_json(page)
-        table = Table("id", "name", "status", "reason", "epoch", "test acc", "test loss", "created")
+        table = Table(id_column("id"), "name", "status", "reason", "epoch", "test acc", "test loss", "created")
         for job in page["data"]:
             latest = job["latest_metrics"] or {}
-            table.add_row(job["id"], job["name"] or "", job["status"], job["reason"] or "",
+            table.add_row(job["id"][:SHORT_ID], job["name"] or "", job["status"], job["reason"] or "",
                           f"{job['epoch']}/{job['epochs']}", _fmt(latest.get("test_acc"), 3),
                           _fmt(latest.get("test_loss")), job["created_at"][:19])
         console.print(table)
@@ -456,10 +506,11 @@ def register(app: typer.Typer) -> None:
         if as_json:
             return emit_json(answer)
         live = answer["workers"]
-        table = Table("worker", "host", "pid", "queues", "devices", "job", "last seen")
+        table = Table("worker", "host", "pid", "queues", "devices", id_column("job"), "last seen")
         for w in live:
             table.add_row(w["id"], w["host"], str(w["pid"]), ", ".join(w["queues"]),
-                          ", ".join(d["name"] for d in w["devices"]), w["current_job"] or "idle", w["last_seen"][11:19])
+                          ", ".join(d["name"] for d in w["devices"]), (w["current_job"] or "idle")[:SHORT_ID],
+                          w["last_seen"][11:19])
         console.print(table)
         console.print(f"{len(live)} live worker(s)")
 
@@ -514,10 +565,10 @@ def register(app: typer.Typer) -> None:
             answer = checked(api.get("/v1/datasets"))
         if as_json:
             return emit_json(answer)
-        table = Table("id", "name", "status", "kind", "shape", "train", "test", "classes")
+        table = Table(id_column("id"), "name", "status", "kind", "shape", "train", "test", "classes")
         for d in answer["data"]:
             shape = "x".join(map(str, d["input_shape"])) if d["input_shape"] else ""
             status = d["status"] if d["status"] != "failed" else f"failed: {d['error']}"
-            table.add_row(d["id"], d["name"], status, d["kind"] or "", shape, str(d["num_train"] or ""),
+            table.add_row(d["id"][:SHORT_ID], d["name"], status, d["kind"] or "", shape, str(d["num_train"] or ""),
                           str(d["num_test"] or ""), ", ".join(d["classes"] or []))
         console.print(table)

@@ -17,6 +17,21 @@ from service.cli.client import register as register_client_commands
 from service.core import worker_registry
 from service.core.settings import get_settings
 
+
+def _flags_show_no_type() -> None:
+    """typer's rich help prints a type after a flag (`--follow -f <bool>`) as if it took a value:
+    show none for flags, as click's plain help does."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag or self.count else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
 app = typer.Typer(help="trainyard: train and serve PyTorch models over HTTP. Exit status: 0 success, 1 the "
                        "job failed or was cancelled, 2 usage or a request the service rejected, 3 the service "
                        "cannot be reached, 4 refused by authentication.", no_args_is_help=True)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import json
 import logging
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -19,6 +21,7 @@ from models.spec import DatasetInfo, JobSpec, UploadedDatasetSpec, builtin_datas
 from models.uploads import ArchiveLimits, check_archive, decode_archive
 from service.core.db import session_scope
 from service.core.errors import Conflict, Invalid, NotFound, Unprocessable
+from service.core.ids import MAX_LISTED, resolve_id
 from service.core.settings import Settings
 from service.core.tables import DatasetStatus, Job, JobStatus, StoredDataset, new_id, utcnow
 
@@ -38,6 +41,28 @@ class UploadOptions:
     seed: int = 0
     color: str = "auto"
     min_per_class: int = 5
+
+
+UPLOAD_DIGEST_CHUNK = 1024 * 1024
+
+
+def upload_digest(data: BinaryIO, *, name: str, options: UploadOptions) -> str:
+    """sha256 of an upload's bytes, its name and its options: the same archive sent again with the
+    same form has the same digest. Reads the file from its start and leaves it there."""
+    digest = hashlib.sha256(json.dumps({"name": name, **asdict(options)}, sort_keys=True).encode())
+    data.seek(0)
+    while chunk := data.read(UPLOAD_DIGEST_CHUNK):
+        digest.update(chunk)
+    data.seek(0)
+    return digest.hexdigest()
+
+
+def find_upload(session: Session, *, digest: str) -> StoredDataset | None:
+    """The dataset an earlier upload with this digest made (ready, or still being decoded); None if
+    there is none, or it failed (then the upload is tried again)."""
+    return session.scalars(select(StoredDataset).where(StoredDataset.upload_digest == digest,
+                                                       StoredDataset.status != DatasetStatus.FAILED)
+                           .order_by(StoredDataset.created_at).limit(1)).first()
 
 
 def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadOptions, settings: Settings) -> None:
@@ -64,10 +89,11 @@ def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadO
 
 
 def store_upload(session: Session, *, data: bytes | BinaryIO, name: str, options: UploadOptions,
-                 settings: Settings) -> StoredDataset:
+                 settings: Settings, digest: str | None = None) -> StoredDataset:
     """Validate and decode an uploaded archive (bytes or a file, read member by member), write its
-    tensors, and record it as ready; Unprocessable saying why the archive is not usable."""
-    record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.READY)
+    tensors, and record it as ready (with its upload_digest); Unprocessable saying why the archive
+    is not usable."""
+    record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.READY, upload_digest=digest)
     try:
         _decode_into(record, data, options, settings)
     except DatasetError as exc:
@@ -81,9 +107,11 @@ def _upload_path(datasets_dir: Path, dataset_id: str) -> Path:
     return datasets_dir / f"{dataset_id}.upload.zip"
 
 
-def accept_upload(session: Session, *, data: BinaryIO, name: str, datasets_dir: Path) -> StoredDataset:
-    """Keep an upload to decode later (decode_accepted), recorded as processing."""
-    record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.PROCESSING, heartbeat_at=utcnow())
+def accept_upload(session: Session, *, data: BinaryIO, name: str, datasets_dir: Path,
+                  digest: str | None = None) -> StoredDataset:
+    """Keep an upload to decode later (decode_accepted), recorded as processing (with its upload_digest)."""
+    record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.PROCESSING, heartbeat_at=utcnow(),
+                           upload_digest=digest)
     path = _upload_path(datasets_dir, record.id)
     datasets_dir.mkdir(parents=True, exist_ok=True)
     data.seek(0)
@@ -206,20 +234,50 @@ def get_dataset(session: Session, *, dataset_id: str) -> StoredDataset | None:
 
 
 def require_dataset(session: Session, *, dataset_id: str) -> StoredDataset:
-    """One uploaded dataset; NotFound if there is none."""
-    record = get_dataset(session, dataset_id=dataset_id)
+    """One uploaded dataset, named by its id or a unique prefix of it; NotFound if there is none."""
+    record = get_dataset(session, dataset_id=resolve_id(session, StoredDataset, dataset_id, kind="dataset"))
     if record is None:
         raise NotFound(f"dataset {dataset_id} not found")
     return record
+
+
+def reference_id(session: Session, *, given: str) -> str:
+    """The id of the dataset `uploaded:<given>` names: its id, a unique prefix of it, or its name
+    when exactly one dataset has that name; Invalid saying how to find the right one otherwise."""
+    found = resolve_id(session, StoredDataset, given, kind="dataset")
+    if get_dataset(session, dataset_id=found) is not None:
+        return found
+    named = list(session.scalars(select(StoredDataset.id).where(StoredDataset.name == given)
+                                 .order_by(StoredDataset.created_at).limit(MAX_LISTED + 1)))
+    if len(named) == 1:
+        return named[0]
+    if named:
+        problem = (f"{len(named)} datasets are named {given!r} ({', '.join(named[:MAX_LISTED])}); use "
+                   "uploaded:<id> with the one you mean (GET /v1/datasets lists them)")
+    else:
+        problem = (f"uploaded:{given} not found: no dataset has that id or name; GET /v1/datasets lists them "
+                   "and POST /v1/datasets uploads one")
+    raise Invalid([(("body", "data", "dataset"), problem)])
 
 
 def list_datasets(session: Session) -> list[StoredDataset]:
     return list(session.scalars(select(StoredDataset).order_by(StoredDataset.created_at.desc())))
 
 
+def names(session: Session, *, references: Iterable[str]) -> dict[str, str]:
+    """reference -> the dataset's name, for each `uploaded:<id>` among the references whose dataset
+    still exists (what people call a dataset; the id is for machines)."""
+    ids = {reference.removeprefix("uploaded:") for reference in references if reference.startswith("uploaded:")}
+    if not ids:
+        return {}
+    rows = session.execute(select(StoredDataset.id, StoredDataset.name).where(StoredDataset.id.in_(ids)))
+    return {f"uploaded:{dataset_id}": name for dataset_id, name in rows}
+
+
 def delete_dataset(session: Session, *, dataset_id: str, datasets_dir: Path) -> None:
     """Delete a dataset no active job uses (its finished jobs keep their checkpoints)."""
     record = require_dataset(session, dataset_id=dataset_id)
+    dataset_id = record.id
     reference = f"uploaded:{dataset_id}"
     active = session.scalars(select(Job).where(Job.status.in_((JobStatus.QUEUED, *JobStatus.ACTIVE))))
     users = [job.id for job in active if job.spec.get("data", {}).get("dataset") == reference]

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from models.spec import EarlyStoppingSpec, JobSpec
 from service.core.errors import Conflict, NotFound
+from service.core.ids import resolve_id
 from service.core.tables import METRIC_FIELDS, Checkpoint, EpochMetric, Job, JobEvent, JobStatus, utcnow
 
 
@@ -61,8 +62,9 @@ def get_job(session: Session, *, job_id: str) -> Job | None:
 
 
 def require_job(session: Session, *, job_id: str) -> Job:
-    """One job with its checkpoints and events; NotFound if there is none."""
-    job = get_job(session, job_id=job_id)
+    """One job, named by its id or a unique prefix of it, with its checkpoints and events; NotFound
+    if there is none (AmbiguousId, a Conflict, if the prefix begins several)."""
+    job = get_job(session, job_id=resolve_id(session, Job, job_id, kind="job"))
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job

@@ -1,6 +1,7 @@
 """Model references -> checkpoint files.
 
-References: `job:ID` (the job's best epoch), `job:ID:best|last|EPOCH`, and registered models:
+References: `job:ID` (the job's best epoch), `job:ID:best|last|EPOCH` (ID: the job's id or a unique
+prefix of it), and registered models:
 `name` (its `production` alias when set, else the latest version), `name:VERSION`, `name@ALIAS`.
 A reference is only ever looked up in SQL; it can never name a path.
 """
@@ -16,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from service.core import jobs
 from service.core.errors import NotFound, NotReady
+from service.core.ids import matching, resolve_id
 from service.core.settings import Settings
-from service.core.tables import ModelAlias, ModelVersion
+from service.core.tables import Job, ModelAlias, ModelVersion
 
 _JOB_REF = re.compile(r"^job:(?P<id>[0-9a-fA-F-]{1,36})(?::(?P<which>best|last|[1-9][0-9]{0,6}))?$")
 MODEL_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
@@ -57,7 +59,7 @@ def _inside(root: Path, relative: str, reference: str) -> Path:
 
 
 def _resolve_job(session: Session, reference: str, match, checkpoint_dir: Path) -> ResolvedCheckpoint:
-    job = jobs.get_job(session, job_id=match["id"].lower())
+    job = jobs.get_job(session, job_id=resolve_id(session, Job, match["id"], kind="job"))
     if job is None:
         raise ModelNotFound(f"model {reference!r} not found: there is no job {match['id']}")
     which = match["which"] or "best"
@@ -104,7 +106,13 @@ def resolve(session: Session, *, reference: str, settings: Settings) -> Resolved
     match = _JOB_REF.match(reference)
     if match:
         return _resolve_job(session, reference, match, settings.checkpoint_dir)
-    version = find_version(session, reference=reference)
+    try:
+        version = find_version(session, reference=reference)
+    except ModelNotFound as exc:
+        named = matching(session, Job, reference, limit=3)
+        if named:  # a bare job id (or prefix) where a reference to it was meant
+            raise ModelNotFound(f"{exc}; did you mean {' or '.join(f'job:{job_id}' for job_id in named)}?") from None
+        raise
     return ResolvedCheckpoint(reference=reference, path=_inside(settings.registry_dir, version.path, reference),
                               job_id=version.job_id, epoch=version.epoch, name=version.name, version=version.version,
                               threshold=version.threshold)

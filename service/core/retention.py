@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.core import jobs
 from service.core.db import session_scope
+from service.core.ids import resolve_id
 from service.core.settings import Settings
 from service.core.tables import Checkpoint, Job, JobStatus, ModelVersion, utcnow
 
@@ -44,6 +45,7 @@ def delete_job(session: Session, *, job_id: str, settings: Settings) -> None:
     cascades), commit, then remove its files; InvalidTransition while it is queued or running.
 
     Files go only after the commit, so a failed delete never leaves a job without its files."""
+    job_id = resolve_id(session, Job, job_id, kind="job")
     deleted = session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(JobStatus.FINAL)))
     if deleted.rowcount != 1:
         job = jobs.require_job(session, job_id=job_id)

@@ -12,6 +12,32 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# Secrets the API and Flower accept when they listen beyond loopback: at least this long, and none
+# of the documented examples' values (what a copied .env.example or README line would hold).
+MIN_SECRET_LENGTH = 24
+PLACEHOLDER_SECRETS = frozenset({"change-me-to-a-long-random-token", "change-me-too", "change-me",
+                                 "changeme", "secret", "password", "token"})
+GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def weak_secret(secret: str) -> bool:
+    """A documented placeholder, or too short to be secret."""
+    value = secret.strip()
+    return (len(value) < MIN_SECRET_LENGTH or value.lower() in PLACEHOLDER_SECRETS
+            or "change-me" in value.lower() or "changeme" in value.lower())
+
+
+def flower_auth_refusal(basic_auth: str) -> str | None:
+    """Why Flower must not start with this FLOWER_BASIC_AUTH (`user:password`, comma-separated), or None."""
+    pairs = [pair.strip() for pair in basic_auth.split(",") if pair.strip()]
+    if not pairs or any(":" not in pair or not pair.split(":", 1)[0] for pair in pairs):
+        return "refusing to start Flower: set FLOWER_BASIC_AUTH to user:password (comma-separated for several)"
+    if any(weak_secret(pair.split(":", 1)[1]) for pair in pairs):
+        return (f"refusing to start Flower with a placeholder or short password in FLOWER_BASIC_AUTH: use at "
+                f"least {MIN_SECRET_LENGTH} characters and no example's value, e.g. the output of `{GENERATE_SECRET}`")
+    return None
+
+
 def half_of_memory() -> int:
     """Half of this machine's physical memory, in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
@@ -63,7 +89,8 @@ class Settings(BaseSettings):
     # submit (422) and by the worker; each job also trains under a memory limit of max_job_memory
     # bytes beyond what its process held when it started (reason out_of_memory past it).
     max_parameters: int = Field(default=500_000_000, ge=1)
-    max_job_memory: int = Field(default_factory=lambda: half_of_memory(), ge=16 * 1024 * 1024)
+    # Default: half the machine's memory shared among the worker's training processes.
+    max_job_memory: int | None = Field(default=None, ge=16 * 1024 * 1024)
     # A training process lost while it held this share of its memory budget (or of the machine's
     # memory) was killed for memory: its job fails with out_of_memory instead of being retried.
     oom_kill_fraction: float = Field(default=0.9, gt=0, le=1)
@@ -143,6 +170,8 @@ class Settings(BaseSettings):
             self.registry_dir = self.home / "registry"
         self.registry_dir = self.registry_dir.expanduser().resolve()
         self.weights_dir = (self.weights_dir or self.home / "weights").expanduser().resolve()
+        if self.max_job_memory is None:
+            self.max_job_memory = half_of_memory() // self.worker_concurrency
         self.data_dir = self.data_dir.expanduser().resolve()
         self.checkpoint_dir = self.checkpoint_dir.expanduser().resolve()
         if self.database_url is None:
@@ -181,14 +210,22 @@ class Settings(BaseSettings):
             return self.host == "localhost"
 
     def exposure_refusal(self) -> str | None:
-        """Why the API must not start, or None: without tokens it listens on loopback only, unless
-        allow_open says that serving everyone who can reach it is intended."""
-        if any(token.strip() for token in self.api_tokens.split(",")) or self.listens_on_loopback or self.allow_open:
+        """Why the API must not start, or None: beyond loopback only with tokens that are neither
+        placeholders nor short, or with none where allow_open says serving everyone is intended."""
+        if self.listens_on_loopback:
+            return None
+        tokens = [token.strip().removesuffix(":read") for token in self.api_tokens.split(",") if token.strip()]
+        weak = [str(i + 1) for i, token in enumerate(tokens) if weak_secret(token)]
+        if weak:
+            return (f"refusing to listen on {self.host} with a placeholder or short API token (number "
+                    f"{', '.join(weak)} of {len(tokens)} in TRAINYARD_API_TOKENS): tokens must have at least "
+                    f"{MIN_SECRET_LENGTH} characters and not be an example's value. Generate one with "
+                    f"`{GENERATE_SECRET}`")
+        if tokens or self.allow_open:
             return None
         return (f"refusing to listen on {self.host} without API tokens: anyone who can reach it could train, "
-                "predict and delete. Set TRAINYARD_API_TOKENS (e.g. to the output of "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or listen on 127.0.0.1, "
-                "or set TRAINYARD_ALLOW_OPEN=true to serve everyone on purpose")
+                f"predict and delete. Set TRAINYARD_API_TOKENS (e.g. to the output of `{GENERATE_SECRET}`), "
+                "or listen on 127.0.0.1, or set TRAINYARD_ALLOW_OPEN=true to serve everyone on purpose")
 
     @property
     def embedded_broker(self) -> bool:

@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 
 from models.cost import admission_problems
 from models.pretrained import find_weights_file, missing_weights_message, weights_file_name
-from models.spec import JobSpec, spec_problems
+from models.spec import JobSpec, UploadedDatasetSpec, spec_problems
 from service.core import datasets, jobs, worker_registry
 from service.core.broker import publish_or_defer
 from service.core.errors import Conflict, Invalid
+from service.core.ids import resolve_id
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
 from service.core.settings import Settings
 from service.core.tables import Job
@@ -27,6 +28,21 @@ class Submitted:
     job_id: str
     replayed: bool  # an earlier request with the same Idempotency-Key created the job
     warnings: list[str] = field(default_factory=list)  # what will make the job fail unless someone acts
+
+
+def with_full_ids(session: Session, *, spec: JobSpec) -> JobSpec:
+    """The spec with its uploaded dataset and init_from job named by their full ids, where it names
+    them by a unique id prefix (or the dataset by its name), so that the stored spec means the same
+    thing forever; Invalid for a dataset it names by no id or name, AmbiguousId for a prefix that
+    begins several. (An init_from job that does not exist is check_spec's to report.)"""
+    update = {}
+    if isinstance(spec.data, UploadedDatasetSpec):
+        dataset_id = datasets.reference_id(session, given=spec.data.dataset_id)
+        update["data"] = spec.data.model_copy(update={"dataset": f"uploaded:{dataset_id}"})
+    if spec.init_from is not None and spec.init_from.job_id is not None:
+        job_id = resolve_id(session, Job, spec.init_from.job_id, kind="job")
+        update["init_from"] = spec.init_from.model_copy(update={"job_id": job_id})
+    return spec.model_copy(update=update) if update else spec
 
 
 def check_spec(session: Session, *, spec: JobSpec, settings: Settings) -> str:
@@ -61,6 +77,7 @@ def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempoten
                sweep: tuple[str, int] | None = None) -> Submitted:
     """Check a spec, commit its queued job and send it to a worker (`sweep`: the sweep and trial
     the job runs)."""
+    spec = with_full_ids(session, spec=spec)
     task = check_spec(session, spec=spec, settings=settings)
     request_hash = spec.digest()
     if idempotency_key:
@@ -104,14 +121,13 @@ def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> 
 
 def cancel_job(session: Session, *, job_id: str) -> None:
     """Cancel a queued job now, or ask a running one's worker to stop after its current batch."""
-    jobs.require_job(session, job_id=job_id)
-    jobs.request_cancel(session, job_id=job_id)
+    jobs.request_cancel(session, job_id=jobs.require_job(session, job_id=job_id).id)
     session.commit()
 
 
 def resume_job(session: Session, *, job_id: str, settings: Settings) -> None:
     """Queue a cancelled or failed job again and send it to a worker."""
     job = jobs.require_job(session, job_id=job_id)
-    jobs.request_resume(session, job_id=job_id)
+    jobs.request_resume(session, job_id=job.id)
     session.commit()
-    publish_or_defer(job_id, settings.queue_for(job.spec.get("device", "auto")))
+    publish_or_defer(job.id, settings.queue_for(job.spec.get("device", "auto")))

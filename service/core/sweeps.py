@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.spec import JobSpec, input_loc
+from models.spec import JobSpec, explain, input_loc
 from service.core import jobs, submission
 from service.core.errors import Conflict, Invalid, NotFound
+from service.core.ids import resolve_id
 from service.core.settings import Settings
 from service.core.tables import EpochMetric, Job, JobStatus, Sweep, utcnow
 
@@ -82,7 +83,8 @@ class SweepSpec(_Strict):
     grid: Annotated[dict[Path, Annotated[list[Any], Field(min_length=1, max_length=64)]],
                     Field(min_length=1, max_length=10)] | None = None
     random: RandomSearch | None = None
-    # What ranks the jobs (each job's best epoch); default: test accuracy, or test loss for regression.
+    # What ranks the jobs (each job's best epoch); default: validation accuracy (loss for regression)
+    # when the trials hold out a validation split, else the test set's.
     metric: Literal[RANKABLE] | None = None
     mode: Literal["min", "max"] | None = None
     max_parallel: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None
@@ -151,10 +153,11 @@ def _problems(sweep: SweepSpec, spec: dict, params: dict, error: Exception) -> l
         loc = input_loc(spec, tuple(detail["loc"]), missing=detail.get("type", "missing") == "missing")
         dotted = ".".join(str(part) for part in loc)
         path = next((p for p in params if dotted == p or dotted.startswith(p + ".")), None)
+        message = explain(detail, JobSpec, spec)
         if path is not None:
-            found.append((("body", sweep.varied, path), f"value {params[path]!r}: {detail['msg']}"))
+            found.append((("body", sweep.varied, path), f"value {params[path]!r}: {message}"))
         else:
-            found.append((("body", "base", *loc), detail["msg"]))
+            found.append((("body", "base", *loc), message))
     return found
 
 
@@ -166,7 +169,8 @@ def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[
     for params in trials:
         try:
             raw = trial_spec(sweep.base, sweep.name, params)
-            tasks.add(submission.check_spec(session, spec=JobSpec.model_validate(raw), settings=settings))
+            spec = submission.with_full_ids(session, spec=JobSpec.model_validate(raw))
+            tasks.add(submission.check_spec(session, spec=spec, settings=settings))
         except (ValidationError, Invalid) as exc:
             problems += [p for p in _problems(sweep, raw, params, exc) if p not in problems]
         except ValueError as exc:
@@ -177,7 +181,10 @@ def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[
 
 
 def default_ranking(sweep: SweepSpec, task: str) -> tuple[str, str]:
-    metric = sweep.metric or ("test_acc" if task == "classification" else "test_loss")
+    """The sweep's metric, or by default validation accuracy (loss for regression) when its trials
+    hold out a validation split, else the test set's."""
+    held_out = "val" if (sweep.base.get("data") or {}).get("val_fraction") else "test"
+    metric = sweep.metric or (f"{held_out}_acc" if task == "classification" else f"{held_out}_loss")
     return metric, sweep.mode or ("max" if metric.endswith("_acc") else "min")
 
 
@@ -233,7 +240,8 @@ def unfinished(session: Session) -> list[str]:
 
 
 def require(session: Session, *, sweep_id: str) -> Sweep:
-    sweep = session.get(Sweep, sweep_id, populate_existing=True)
+    """One sweep, named by its id or a unique prefix of it; NotFound if there is none."""
+    sweep = session.get(Sweep, resolve_id(session, Sweep, sweep_id, kind="sweep"), populate_existing=True)
     if sweep is None:
         raise NotFound(f"sweep {sweep_id} not found")
     return sweep
@@ -241,7 +249,7 @@ def require(session: Session, *, sweep_id: str) -> Sweep:
 
 def cancel(session: Session, *, sweep_id: str) -> None:
     """Launch nothing more, and cancel the sweep's unfinished jobs."""
-    require(session, sweep_id=sweep_id)
+    sweep_id = require(session, sweep_id=sweep_id).id
     session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled_at.is_(None))
                     .values(cancelled_at=utcnow()))
     for job_id in session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL))):

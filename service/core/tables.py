@@ -73,7 +73,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The largest share of its memory budget, or of the machine's memory, that the running attempt
-    # held, as its worker last reported: a lost attempt near 1 was killed for memory.
+    # held in the interval its worker last reported: a lost attempt near 1 was killed for memory.
     memory_peak: Mapped[float | None] = mapped_column(Float)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -205,6 +205,8 @@ class StoredDataset(Base):
     num_test: Mapped[int | None] = mapped_column(Integer)
     checksum: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # sha256 of the uploaded archive with its name and options: the same upload again finds this one.
+    upload_digest: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -50,6 +50,16 @@ def test_missing_dataset_says_where_the_files_go(tmp_path):
     assert "t10k-labels-idx1-ubyte" in message and "TRAINYARD_ALLOW_DOWNLOAD" in message
 
 
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST/raw"), ("cifar10", "")])
+def test_a_failed_download_is_invalid_data_saying_where_the_files_go(tmp_path, no_network, name, folder):
+    with pytest.raises(DatasetError) as info:
+        load_dataset(ImageDatasetSpec(dataset=name), data_dir=tmp_path, allow_download=True)
+    message = str(info.value)
+    assert no_network  # it did try, since it was allowed to
+    assert info.value.reason == "invalid_data" and "download failed" in message
+    assert f"in {tmp_path / folder}" in message and "TRAINYARD_ALLOW_DOWNLOAD" not in message
+
+
 def test_labels_out_of_range_are_rejected(tmp_path):
     raw = make_idx_dataset(tmp_path, "MNIST", n_train=20, n_test=10, gz=False)
     write_idx(raw / "t10k-labels-idx1-ubyte", np.full(10, 12, np.uint8), gz=False)

@@ -7,8 +7,6 @@ TORCH_HOME. No test opens a network connection.
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -61,25 +59,6 @@ def weights_file(tmp_path_factory, colour):
 def torch_home(weights_file, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(weights_file.parents[2]))
     return weights_file
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every attempt to connect fails and is counted."""
-    attempts = []
-
-    def refuse(self, address, *args):
-        attempts.append(address)
-        raise OSError("network is unreachable (blocked by the test)")
-
-    def resolve(host, *args, **kwargs):
-        attempts.append(host)
-        raise socket.gaierror("name resolution blocked by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    return attempts
 
 
 def _backbone_state(model) -> dict[str, torch.Tensor]:
@@ -237,3 +216,63 @@ def test_a_stop_while_features_are_computed_is_honoured_and_the_resumed_job_ends
     assert stopped.reason == "stopped" and stopped.stopped_at.epoch == 1 and stopped.run.history == []
     resumed = fit(spec, dataset=colour, data_dir=tmp_path, resume=stopped.run.state(stopped.stopped_at))
     assert [m.test_acc for m in resumed.run.history] == [m.test_acc for m in whole.run.history]
+
+
+@pytest.mark.parametrize("backbone", ["mnasnet0_5", "densenet121", "googlenet", "squeezenet1_1",
+                                      "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x0_5"])
+def test_torchvision_state_dicts_load_into_the_backbone_and_checkpoints_round_trip(backbone, colour, tmp_path):
+    """Each family's own state-dict quirks: MNASNet's versions, DenseNet's key names, GoogLeNet's
+    auxiliary heads, SqueezeNet's convolutional classifier, RegNet's widths computed with tensors."""
+    import torchvision
+
+    from models.pretrained import weights_file_name
+
+    torch.manual_seed(0)
+    state = torchvision.models.get_model(backbone, weights=None).state_dict()
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(state, weights / weights_file_name(backbone, "DEFAULT"))
+    spec = JobSpec.model_validate({"model": {"arch": "pretrained", "backbone": backbone, "freeze": "backbone"},
+                                   "data": {"dataset": "cifar10", "resize": 64}, "epochs": 1, "batch_size": 2})
+    run = prepare(spec, dataset=colour, data_dir=tmp_path, weights_dir=weights)
+    loaded = find_pretrained(run.model).backbone.state_dict()
+    shared = [k for k in loaded if k in state]
+    assert len(shared) >= len(loaded) - 2  # all but the replaced classifier
+    assert all(torch.equal(loaded[k], state[k]) for k in shared)
+    path = tmp_path / "epoch-0001.safetensors"
+    write_checkpoint(path, run.model.state_dict(), run.model_meta())
+    pixels = colour.x_test[:2]
+    expected = torch.softmax(run.model.eval()(run.dataset.to_float(pixels)), dim=1)
+    assert torch.allclose(Predictor.from_checkpoint(path).probabilities(pixels), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("backbone", "weights"), [("regnet_y_400mf", "DEFAULT"), ("vit_b_16", None),
+                                                  ("swin_t", "DEFAULT"), ("inception_v3", "DEFAULT")])
+def test_every_family_is_checked_and_estimated_at_submit_without_memory(backbone, weights):
+    from models.cost import estimate
+    from models.spec import builtin_dataset_info, spec_problems
+
+    spec = JobSpec.model_validate({"model": {"arch": "pretrained", "backbone": backbone, "weights": weights},
+                                   "data": {"dataset": "cifar10"}, "batch_size": 1})
+    assert spec_problems(spec, builtin_dataset_info(spec.data)) == []
+    assert estimate(spec, (3, 32, 32), 10).parameters > 1_000_000
+
+
+def test_a_fine_tuned_model_of_other_classes_starts_from_its_backbone(torch_home, colour, tmp_path):
+    first = fit(_spec({"freeze": "backbone"}, epochs=1), dataset=colour, data_dir=tmp_path).run.model.state_dict()
+    five = {**first, "head.weight": first["head.weight"][:5], "head.bias": first["head.bias"][:5]}
+    run = prepare(_spec({"freeze": "backbone", "weights": None}), dataset=colour, data_dir=tmp_path,
+                  initial_weights=five)
+    assert torch.equal(run.model.state_dict()["backbone.conv1.weight"], first["backbone.conv1.weight"])
+    assert run.model.head.out_features == 10
+
+
+def test_features_larger_than_half_the_budget_are_not_cached(torch_home, colour, tmp_path):
+    from models.engine import Limits, _features_fit
+
+    run = prepare(_spec({"freeze": "backbone"}), dataset=colour, data_dir=tmp_path,
+                  limits=Limits(max_parameters=10**9, max_bytes=10**9))
+    pretrained = find_pretrained(run.model)
+    assert _features_fit(run, pretrained, run.dataset)  # 600 rows x 512 floats: 1.2 MB
+    run.limits = Limits(max_parameters=10**9, max_bytes=2 * 10**6)
+    assert not _features_fit(run, pretrained, run.dataset)

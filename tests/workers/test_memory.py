@@ -36,4 +36,27 @@ def test_the_watch_reports_the_peak_share_of_the_budget_since_it_was_last_asked(
     assert watch.sample() >= 0.45
     del held
     assert watch.peak() >= 0.45  # the peak, though the memory is given back
-    assert watch.peak() < 0.45  # and a new peak after it was read
+    assert watch.peak() >= 0.45  # kept until it is recorded
+    watch.clear()
+    assert watch.peak() < 0.45  # a new interval
+
+
+def test_a_memory_mapped_dataset_larger_than_the_budget_trains_within_it(tmp_path):
+    """Stored datasets are mapped shared and read-only: their pages are the file's, not the job's."""
+    from models.contract import InputContract
+    from models.data import Dataset, load_stored_dataset, save_stored_dataset
+
+    images = torch.randint(0, 255, (150_000, 1, 32, 32), dtype=torch.uint8)  # 150 MiB
+    labels = torch.randint(0, 10, (150_000,))
+    path = tmp_path / "big.safetensors"
+    save_stored_dataset(path, Dataset(name="big", task="classification", x_train=images, y_train=labels,
+                                      x_test=images[:10], y_test=labels[:10], checksum="x",
+                                      contract=InputContract.image(1, 32, 32, [str(c) for c in range(10)])))
+    expected = int(images[::997].sum())
+    del images
+    with memory_budget(64 * MIB):
+        stored = load_stored_dataset(path)
+        assert int(stored.x_train[::997].sum()) == expected  # every page of the file touched in between
+        total = sum(int(stored.x_train[start:start + 1000].sum(dtype=torch.int64))
+                    for start in range(0, len(stored.x_train), 1000))  # the whole file, a batch at a time
+        assert total > 0

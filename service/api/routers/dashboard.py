@@ -28,7 +28,7 @@ from service.api.schemas.predict import image_answer
 from service.api.schemas.registry import model_public
 from service.api.schemas.sweeps import sweep_public
 from service.api.schemas.workers import WorkerPublic
-from service.core import job_logs, jobs, registry, retention, submission, sweeps, worker_registry
+from service.core import datasets, job_logs, jobs, registry, retention, submission, sweeps, worker_registry
 from service.core.settings import get_settings
 from service.core.errors import CoreError, Invalid
 
@@ -82,21 +82,22 @@ def _public(session, page) -> list:
     return jobs_public(session, page, get_settings())
 
 
-def _jobs(session, limit: int = 100):
+def _jobs(session, limit: int = 100) -> dict:
+    """The job list's context: the newest jobs, how many there are, and their uploaded datasets' names."""
     page, count = jobs.list_jobs(session, status=None, limit=limit, offset=0)
-    return _public(session, page), count
+    references = [(job.spec.get("data") or {}).get("dataset", "") for job in page]
+    return {"jobs": _public(session, page), "count": count,
+            "dataset_names": datasets.names(session, references=references)}
 
 
 @pages.get("/", response_class=HTMLResponse)
 def jobs_page(request: Request, session: SessionDep) -> HTMLResponse:
-    data, count = _jobs(session)
-    return templates.TemplateResponse(request, "jobs.html", {"jobs": data, "count": count})
+    return templates.TemplateResponse(request, "jobs.html", _jobs(session))
 
 
 @pages.get("/ui/fragments/jobs", response_class=HTMLResponse)
 def jobs_rows(request: Request, session: SessionDep) -> HTMLResponse:
-    data, _ = _jobs(session)
-    return templates.TemplateResponse(request, "jobs_rows.html", {"jobs": data})
+    return templates.TemplateResponse(request, "jobs_rows.html", _jobs(session))
 
 
 LOG_LINES_SHOWN = 5000
@@ -108,9 +109,9 @@ def job_page(job_id: str, request: Request, session: SessionDep,
     (job,) = _public(session, [jobs.require_job(session, job_id=job_id)])
     context = {"job": job, "tab": tab}
     if tab == "logs":
-        context["logs"] = job_logs.read(session, job_id=job_id, limit=LOG_LINES_SHOWN)
+        context["logs"] = job_logs.read(session, job_id=job.id, limit=LOG_LINES_SHOWN)
     else:
-        context.update(metrics=metric_rows(jobs.get_metrics(session, job_id=job_id)),
+        context.update(metrics=metric_rows(jobs.get_metrics(session, job_id=job.id)),
                        spec_json=json.dumps(job.spec, indent=2))
     return templates.TemplateResponse(request, "job.html", context)
 
@@ -130,7 +131,7 @@ async def job_evaluation(job_id: str, request: Request, server: ModelServerDep) 
     """The evaluation report's section of a job's page (loaded after the page: it may take a test-set pass)."""
     target, _, report = await server.evaluation(job_id)
     return templates.TemplateResponse(request, "evaluation.html", {
-        "job_id": job_id, "report": evaluation_public(job_id, target, report, limit=MISTAKES_SHOWN)})
+        "job_id": target.job_id, "report": evaluation_public(target.job_id, target, report, limit=MISTAKES_SHOWN)})
 
 
 @pages.get("/ui/jobs/{job_id}/test-images/{index}.png")

@@ -14,6 +14,7 @@ from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.datasets import DatasetPublic, DatasetsPublic
 from service.core import datasets
+from service.core.tables import DatasetStatus
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 UPLOAD_FIELDS = frozenset({"file", "name", "test_fraction", "image_size", "seed", "color", "min_per_class"})
@@ -21,6 +22,8 @@ NOT_FOUND = {404: {"description": "No such dataset"}}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic, responses={
+    200: {"description": "The same archive was uploaded before with the same name and options: that dataset",
+          "model": DatasetPublic},
     202: {"description": "A large upload, kept and being decoded: poll the dataset until its status is ready",
           "model": DatasetPublic},
     413: {"description": "The upload is larger than the limit"},
@@ -42,22 +45,30 @@ async def upload_dataset(
     min_per_class: Annotated[int, Form(ge=1, le=100_000, description="refuse classes with fewer training images")] = 5,
 ) -> DatasetPublic:
     """Validate, decode and store a dataset; specs then use it as `uploaded:<id>`. A large upload
-    is answered at once (202, status processing) and decoded after the answer."""
+    is answered at once (202, status processing) and decoded after the answer. The same archive
+    sent again with the same form answers the dataset it made (200, or 202 while it is decoded)."""
     await refuse_unknown_fields(request, UPLOAD_FIELDS)
     label = name or PurePath(file.filename or "dataset").stem or "dataset"
     options = datasets.UploadOptions(test_fraction=test_fraction, image_size=image_size, seed=seed, color=color,
                                      min_per_class=min_per_class)
+    digest = await run_in_threadpool(datasets.upload_digest, file.file, name=label, options=options)
+    existing = datasets.find_upload(session, digest=digest)
+    if existing is not None:
+        response.status_code = (status.HTTP_202_ACCEPTED if existing.status == DatasetStatus.PROCESSING
+                                else status.HTTP_200_OK)
+        response.headers["Location"] = f"/v1/datasets/{existing.id}"
+        return DatasetPublic.model_validate(existing)
     # The upload is already spooled to a temporary file: it is read member by member from there.
     if await run_in_threadpool(datasets.inspect_upload, file.file, settings=settings) >= settings.dataset_background_bytes:
         record = await run_in_threadpool(datasets.accept_upload, session, data=file.file, name=label,
-                                         datasets_dir=settings.datasets_dir)
+                                         datasets_dir=settings.datasets_dir, digest=digest)
         session.commit()
         datasets.decode_later(dataset_id=record.id, options=options, settings=settings)
         response.status_code = status.HTTP_202_ACCEPTED
         response.headers["Location"] = f"/v1/datasets/{record.id}"
         return DatasetPublic.model_validate(record)
     record = await run_in_threadpool(
-        datasets.store_upload, session, data=file.file, name=label, options=options, settings=settings)
+        datasets.store_upload, session, data=file.file, name=label, options=options, settings=settings, digest=digest)
     session.commit()
     return DatasetPublic.model_validate(record)
 

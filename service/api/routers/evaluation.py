@@ -25,7 +25,7 @@ async def evaluation(job_id: str, server: ModelServerDep,
     """Accuracy, top-k accuracy, per-class precision, recall and F1, the confusion matrix, the most
     confident mistakes and a confidence-threshold table for the checkpoint `job:<id>` names."""
     target, _, report = await server.evaluation(job_id)
-    return evaluation_public(job_id, target, report, limit=limit)
+    return evaluation_public(target.job_id, target, report, limit=limit)
 
 
 @router.get("/jobs/{job_id}/test-images/{index}.png", response_class=Response,

@@ -90,7 +90,7 @@ def read_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobPubl
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=JOB_NOT_FOUND)
 def read_metrics(job_id: str, session: SessionDep) -> MetricsPublic:
     """Per-epoch metrics of a job, one entry per completed epoch."""
-    jobs.require_job(session, job_id=job_id)
+    job_id = jobs.require_job(session, job_id=job_id).id
     rows = jobs.get_metrics(session, job_id=job_id)
     return MetricsPublic(job_id=job_id, epochs=[EpochMetricPublic.model_validate(r) for r in rows])
 
@@ -124,7 +124,7 @@ def read_logs(job_id: str, session: SessionDep,
               limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> LogsPublic:
     """What the job's worker logged while running it, every attempt, oldest first: its progress,
     warnings and, if it failed, the traceback."""
-    jobs.require_job(session, job_id=job_id)
+    job_id = jobs.require_job(session, job_id=job_id).id
     lines = [LogLinePublic.model_validate(line) for line in job_logs.read(session, job_id=job_id, after=after,
                                                                           limit=limit)]
     return LogsPublic(job_id=job_id, lines=lines, next=lines[-1].id if lines else after)
@@ -150,10 +150,10 @@ def _snapshot(job_id: str, logs_after: int | None) -> Snapshot:
         waiting = worker_registry.waiting_reasons(session, jobs=[job], settings=get_settings()).get(job.id)
         transitions = [TransitionPublic.model_validate(e).model_dump(mode="json") for e in job.events]
         metrics = [EpochMetricPublic.model_validate(m).model_dump(mode="json")
-                   for m in jobs.get_metrics(session, job_id=job_id)]
+                   for m in jobs.get_metrics(session, job_id=job.id)]
         logs = [] if logs_after is None else [
             LogLinePublic.model_validate(line).model_dump(mode="json")
-            for line in job_logs.read(session, job_id=job_id, after=logs_after)]
+            for line in job_logs.read(session, job_id=job.id, after=logs_after)]
         return Snapshot(job.status, waiting, transitions, metrics, logs)
 
 

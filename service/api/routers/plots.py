@@ -39,7 +39,7 @@ async def compare(session: SessionDep,
 
 async def _confusion(job_id: str, server: ModelServer) -> ConfusionPublic:
     target, loaded, report = await server.evaluation(job_id)
-    return ConfusionPublic(job_id=job_id, epoch=target.epoch, classes=loaded.predictor.classes,
+    return ConfusionPublic(job_id=target.job_id, epoch=target.epoch, classes=loaded.predictor.classes,
                            matrix=report.confusion_matrix, accuracy=report.accuracy)
 
 

@@ -17,7 +17,7 @@ from service.api.schemas.predict import (
     image_answer,
     values_answer,
 )
-from service.api.serving import ModelServer
+from service.api.serving import IMAGES_HINT, ModelServer
 from service.core.settings import get_settings
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -58,6 +58,17 @@ def _server(request: Request) -> ModelServer:
 def _json(answer: PredictResponse) -> Response:
     """The answer serialised once, in pydantic's core: a built model needs no second validation."""
     return Response(answer.model_dump_json(), media_type="application/json")
+
+
+def _json_refused(exc: ValidationError) -> Exception:
+    """Why a JSON predict body was refused; images sent as JSON (`files`, or no `inputs`) are told
+    how images are sent."""
+    errors = exc.errors()
+    if any(e["loc"] == ("inputs",) and isinstance(e.get("input"), dict) and "files" in e["input"] for e in errors):
+        return HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                             f"JSON carries numeric `inputs` only; {IMAGES_HINT}")
+    return validation_error([(("body", *e["loc"]), f"{e['msg']}: numeric rows go in `inputs`; {IMAGES_HINT}"
+                              if e["loc"] == ("inputs",) and e["type"] == "missing" else e["msg"]) for e in errors])
 
 
 def _invalid(loc: tuple, msg: str):
@@ -118,7 +129,7 @@ async def predict(request: Request) -> Response:
         try:
             body = PredictValues.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise validation_error([(("body", *e["loc"]), e["msg"]) for e in exc.errors()]) from exc
+            raise _json_refused(exc) from exc
         target, loaded, outputs = await server.predict_values(body.model, body.inputs, body.threshold)
         return _json(values_answer(target, loaded.predictor, outputs, body.top_k, body.threshold))
     if content_type.startswith("multipart/form-data"):

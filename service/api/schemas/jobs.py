@@ -83,8 +83,8 @@ class JobPublic(BaseModel):
     disk_bytes: int = 0
     # The sweep that created the job, if one did.
     sweep_id: str | None = None
-    # The largest share of its memory budget (or of its machine's memory) the running attempt has
-    # held, as its worker last reported; an attempt lost near 1 fails with out_of_memory.
+    # The largest share of its memory budget (or of its machine's memory) the running attempt held
+    # in the interval its worker last reported; an attempt lost near 1 fails with out_of_memory.
     memory_peak: float | None = None
     # Only in the answer to its submission: what will make it fail unless someone acts (missing weights).
     warnings: list[str] = []

@@ -18,7 +18,7 @@ class ModelCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(pattern=f"^{MODEL_NAME}$", description="lower-case letters, digits, . _ -")]
-    job_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F-]{36}$")]
+    job_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F-]{6,36}$", description="the job's id or a unique prefix of it")]
     checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1, le=MAX_INT)] = "best"
     threshold: Threshold | None = None
 

@@ -79,3 +79,42 @@ def test_a_422_names_the_field_as_sent_without_union_tags():
     assert bad.status_code == 422 and [e["loc"] for e in bad.json()["detail"]] == [["body", "model", "activation"]]
     missing = client.post("/jobs", json={"model": {"arch": "lenet"}})
     assert [e["loc"] for e in missing.json()["detail"]] == [["body", "data"]]
+
+
+def spec_errors(spec: dict) -> dict[tuple, str]:
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/jobs")
+    def create(spec: JobSpec):
+        return {}
+
+    answer = TestClient(app).post("/jobs", json=spec)
+    assert answer.status_code == 422
+    return {tuple(e["loc"]): e["msg"] for e in answer.json()["detail"]}
+
+
+def test_unknown_spec_keys_get_did_you_mean_from_the_names_known_there():
+    found = spec_errors({"model": {"arch": "sequential", "layers": [{"type": "linear", "out_featurs": 10}]},
+                         "data": {"dataset": "mnist", "augment": {"random_crop": {"pad": 2}}},
+                         "optimizer": {"learning_rate": 0.1}, "epoch": 3, "lr": 0.1, "colour": True})
+    assert found[("body", "optimizer", "learning_rate")] == "unknown field 'learning_rate': did you mean 'lr'?"
+    assert found[("body", "epoch")] == "unknown field 'epoch': did you mean 'epochs'?"
+    assert found[("body", "lr")] == "unknown field 'lr': did you mean 'optimizer.lr'?"
+    assert "did you mean 'out_features'?" in found[("body", "model", "layers", 0, "out_featurs")]
+    assert "did you mean 'padding'?" in found[("body", "data", "augment", "random_crop", "pad")]
+    assert found[("body", "colour")].startswith("unknown field 'colour'; the fields here are name, model, data,")
+
+
+def test_a_missing_or_unknown_arch_lists_the_archs():
+    missing = spec_errors({"model": {"architecture": "mlp"}, "data": {"dataset": "mnist"}})[("body", "model")]
+    assert "discriminator" not in missing
+    assert missing.startswith("model.arch is required (not 'architecture'): one of linear_regression, polynomial,")
+    assert "mlp, lenet, resnet18, sequential, pretrained" in missing
+    unknown = spec_errors({"model": {"arch": "resnet"}, "data": {"dataset": "mnist"}})[("body", "model")]
+    assert unknown.startswith("unknown model.arch 'resnet': did you mean resnet18") and "softmax_regression" in unknown
+    layers = {"arch": "sequential", "layers": [{"type": "maxpool"}]}
+    layer = spec_errors({"model": layers, "data": {"dataset": "mnist"}})
+    assert "did you mean maxpool2d" in layer[("body", "model", "layers", 0)]
+    dataset = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "fashion_mnist"}})[("body", "data")]
+    assert dataset.endswith("did you mean fashion-mnist?")

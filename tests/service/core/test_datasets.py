@@ -103,3 +103,45 @@ def test_a_decode_in_progress_renews_its_heartbeat(service_env, monkeypatch):
     monkeypatch.setattr(service_env, "dataset_heartbeat_seconds", 0.1)
     datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=service_env)
     assert verdicts == [[]] and record(dataset_id).status == DatasetStatus.READY
+
+
+def test_the_same_upload_again_finds_the_dataset_it_made(service_env):
+    archive = image_folder_zip(["a", "b"], per_class=6, test_per_class=2)
+    options = datasets.UploadOptions()
+
+    def digest(data: bytes = archive, name: str = "shapes", **changed) -> str:
+        file = io.BytesIO(data)
+        file.seek(5)
+        found = datasets.upload_digest(file, name=name, options=datasets.UploadOptions(**changed))
+        assert file.tell() == 0  # left at its start, for decoding
+        return found
+
+    first = digest()
+    assert digest() == first and len(first) == 64
+    assert len({first, digest(name="other"), digest(color="rgb"), digest(test_fraction=0.3),
+                digest(image_size=32), digest(seed=1), digest(min_per_class=3),
+                digest(image_folder_zip(["a", "c"], per_class=6, test_per_class=2))}) == 8
+    with db.session_scope() as session:
+        assert datasets.find_upload(session, digest=first) is None
+        made = datasets.store_upload(session, data=io.BytesIO(archive), name="shapes", options=options,
+                                     settings=service_env, digest=first).id
+    with db.session_scope() as session:
+        assert datasets.find_upload(session, digest=first).id == made
+        assert datasets.find_upload(session, digest=digest(name="other")) is None
+        kept = datasets.accept_upload(session, data=io.BytesIO(archive), name="kept",
+                                      datasets_dir=service_env.datasets_dir, digest=digest(name="kept")).id
+    with db.session_scope() as session:  # still being decoded: the same again waits for that one
+        assert datasets.find_upload(session, digest=digest(name="kept")).id == kept
+        session.get(StoredDataset, kept).status = DatasetStatus.FAILED
+    with db.session_scope() as session:  # one that failed is tried again
+        assert datasets.find_upload(session, digest=digest(name="kept")) is None
+
+
+def test_uploaded_datasets_are_named_by_their_names(service_env):
+    with db.session_scope() as session:
+        shapes = datasets.accept_upload(session, data=io.BytesIO(b"zip"), name="shapes",
+                                        datasets_dir=service_env.datasets_dir).id
+    with db.session_scope(write=False) as session:
+        assert datasets.names(session, references=[f"uploaded:{shapes}", "uploaded:00000000-gone", "fashion-mnist",
+                                                   f"uploaded:{shapes}"]) == {f"uploaded:{shapes}": "shapes"}
+        assert datasets.names(session, references=["mnist"]) == {}

@@ -24,13 +24,17 @@ def test_migrations_match_the_orm_tables(engine):
     assert {"jobs", "epoch_metrics", "checkpoints", "alembic_version"} <= set(inspect(engine).get_table_names())
 
 
-def test_the_threshold_migration_downgrades_and_upgrades_again(engine):
+@pytest.mark.parametrize("table, column, before, kept", [
+    ("model_versions", "threshold", "0010", {"name", "version", "metrics"}),
+    ("datasets", "upload_digest", "0013", {"name", "status", "checksum"}),
+], ids=["threshold", "upload_digest"])
+def test_a_migration_downgrades_and_upgrades_again(engine, table, column, before, kept):
     from alembic import command
 
     from service.core.migrate import alembic_config
 
     def columns() -> set[str]:
-        return {c["name"] for c in inspect(engine).get_columns("model_versions")}
+        return {c["name"] for c in inspect(engine).get_columns(table)}
 
     def migrate(step, revision: str) -> None:
         with engine.begin() as connection:
@@ -38,11 +42,11 @@ def test_the_threshold_migration_downgrades_and_upgrades_again(engine):
             config.attributes["connection"] = connection
             step(config, revision)
 
-    assert "threshold" in columns()
-    migrate(command.downgrade, "0010")
-    assert "threshold" not in columns() and {"name", "version", "metrics"} <= columns()
+    assert column in columns()
+    migrate(command.downgrade, before)
+    assert column not in columns() and kept <= columns()
     migrate(command.upgrade, "head")
-    assert "threshold" in columns()
+    assert column in columns()
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path):

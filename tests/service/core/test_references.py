@@ -70,3 +70,25 @@ def test_a_stored_path_cannot_escape_its_folder(service_env, trained_job):
                         .values(path="../../outside.safetensors"))
     with pytest.raises(ModelNotFound, match="lies outside its folder"):
         resolve_now(service_env, f"job:{trained_job}:2")
+
+
+def test_a_job_reference_takes_a_unique_prefix_of_the_id(service_env, trained_job):
+    assert resolve_now(service_env, f"job:{trained_job[:6]}").job_id == trained_job
+    assert resolve_now(service_env, f"job:{trained_job[:8].upper()}:last").epoch == 3
+    assert resolve_now(service_env, f"job:{trained_job[:13]}:1").epoch == 1
+
+
+def test_an_ambiguous_job_prefix_lists_the_jobs(service_env, trained_job, trained_job_twin):
+    from service.core.ids import AmbiguousId
+
+    twin = trained_job_twin
+    with pytest.raises(AmbiguousId, match=f"{min(twin, trained_job)}, {max(twin, trained_job)}"):
+        resolve_now(service_env, f"job:{trained_job[:8]}")
+    assert resolve_now(service_env, f"job:{trained_job[:13]}").job_id == trained_job
+
+
+@pytest.mark.parametrize("given", [lambda job: job, lambda job: job[:8], lambda job: job.upper()],
+                         ids=["full", "prefix", "upper-case"])
+def test_a_bare_job_id_as_a_model_asks_whether_job_colon_was_meant(service_env, trained_job, given):
+    with pytest.raises(ModelNotFound, match=f"did you mean job:{trained_job}\\?"):
+        resolve_now(service_env, given(trained_job))

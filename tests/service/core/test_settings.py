@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.core.settings import Settings
+from service.core.settings import MIN_SECRET_LENGTH, Settings, flower_auth_refusal
+
+LONG_TOKEN = "Xq3v8NfL2pR7tZ1mK9wB4cY6hJ0dS5gA"  # as secrets.token_urlsafe would make
 
 
 def test_embedded_defaults_live_under_home(tmp_path, monkeypatch):
@@ -54,7 +56,35 @@ def test_threads_and_queues(monkeypatch, tmp_path):
 @pytest.mark.parametrize("host, tokens, allow_open, refused", [
     ("127.0.0.1", "", False, False), ("::1", "", False, False), ("localhost", "", False, False),
     ("0.0.0.0", "", False, True), ("192.168.1.5", " , ", False, True),
-    ("0.0.0.0", "secret", False, False), ("0.0.0.0", "", True, False)])
+    ("0.0.0.0", LONG_TOKEN, False, False), ("0.0.0.0", "", True, False)])
 def test_the_api_is_not_exposed_without_tokens_by_accident(host, tokens, allow_open, refused):
     settings = Settings(host=host, api_tokens=tokens, allow_open=allow_open)
     assert (settings.exposure_refusal() is not None) == refused
+
+
+@pytest.mark.parametrize("tokens", [
+    "change-me-to-a-long-random-token,change-me-too:read",  # .env.example's old values, verbatim
+    f"{LONG_TOKEN},change-me-too:read", f"change-me-to-a-long-random-token,{LONG_TOKEN}:read",
+    "x" * (MIN_SECRET_LENGTH - 1), f"{LONG_TOKEN},short", "CHANGE-ME-please-0123456789abcdef"])
+def test_placeholder_or_short_tokens_are_refused_beyond_loopback(tokens):
+    refusal = Settings(host="0.0.0.0", api_tokens=tokens).exposure_refusal()
+    assert refusal is not None and str(MIN_SECRET_LENGTH) in refusal and "secrets.token_urlsafe(32)" in refusal
+    assert LONG_TOKEN not in refusal and "change-me-too" not in refusal, "a refusal never prints a token"
+    assert Settings(host="0.0.0.0", api_tokens=tokens, allow_open=True).exposure_refusal() is not None
+    assert Settings(host="127.0.0.1", api_tokens=tokens).exposure_refusal() is None, "loopback: tests, make run"
+
+
+def test_long_random_tokens_are_accepted_beyond_loopback():
+    tokens = f"{LONG_TOKEN},{'r' * MIN_SECRET_LENGTH}:read"
+    assert Settings(host="0.0.0.0", api_tokens=tokens).exposure_refusal() is None
+
+
+@pytest.mark.parametrize("basic_auth, refused", [
+    ("", True), ("admin", True), (":" + LONG_TOKEN, True), ("admin:change-me", True), ("admin:short", True),
+    (f"admin:{LONG_TOKEN},ops:change-me", True), (f"admin:{LONG_TOKEN}", False),
+    (f"admin:{LONG_TOKEN},ops:{LONG_TOKEN[::-1]}", False)])
+def test_flower_refuses_a_placeholder_login(basic_auth, refused):
+    reason = flower_auth_refusal(basic_auth)
+    assert (reason is not None) == refused
+    if refused and ":" in basic_auth and basic_auth.split(":", 1)[0]:
+        assert str(MIN_SECRET_LENGTH) in reason and "secrets.token_urlsafe(32)" in reason

@@ -55,7 +55,9 @@ def test_malformed_requests_are_refused(request_body, message):
     ({"optimizer.lr": [-1]}, ("body", "grid", "optimizer.lr"), "value -1:"),
     ({"model.activation": ["swish"]}, ("body", "grid", "model.activation"), "value 'swish':"),  # inside a tagged union
     ({"model.dropout": [[2.0]]}, ("body", "grid", "model.dropout"), "value [2.0]:"),
-    ({"model.bogus": [1]}, ("body", "grid", "model.bogus"), "value 1: Extra inputs"),
+    ({"model.bogus": [1]}, ("body", "grid", "model.bogus"), "value 1: unknown field 'bogus'; the fields here are"),
+    ({"optimizer.learning_rate": [0.1]}, ("body", "grid", "optimizer.learning_rate"),
+     "value 0.1: unknown field 'learning_rate': did you mean 'lr'?"),
 ])
 def test_a_bad_value_is_reported_at_its_varied_path(grid, where, value):
     sweep = SweepSpec(name="x", base=BASE, grid=grid)
@@ -131,3 +133,15 @@ def test_a_sweep_can_vary_augmentation_and_normalisation():
     specs = [JobSpec.model_validate(trial_spec(base, "aug", params)) for params in sweep.trials()]
     assert [(s.data.augment.random_crop.padding, s.data.normalize) for s in specs] == [
         (0, "none"), (0, "dataset"), (4, "none"), (4, "dataset")]
+
+
+@pytest.mark.parametrize(("data", "task", "ranking"), [
+    ({"val_fraction": 0.2}, "classification", ("val_acc", "max")),
+    ({"val_fraction": 0.2}, "regression", ("val_loss", "min")),
+    ({}, "classification", ("test_acc", "max")),
+])
+def test_trials_are_ranked_on_validation_when_they_hold_one_out(data, task, ranking):
+    from service.core.sweeps import default_ranking
+
+    base = {**BASE, "data": {**BASE["data"], **data}}
+    assert default_ranking(SweepSpec(name="v", base=base, grid={"epochs": [1]}), task) == ranking

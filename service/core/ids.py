@@ -1,0 +1,49 @@
+"""Ids as people type them: the full id, or a unique prefix of at least 6 hex characters (as git
+and docker take them). Ids are lower-case UUID strings; a prefix is matched with SQL `LIKE
+'prefix%'` only after it is checked to be hex and dashes, so it can hold no LIKE wildcard."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.core.errors import Conflict
+
+ID_LENGTH = 36
+MIN_PREFIX = 6
+_PREFIX = re.compile(rf"^[0-9a-f][0-9a-f-]{{{MIN_PREFIX - 1},{ID_LENGTH - 1}}}$")
+MAX_LISTED = 10
+
+
+class AmbiguousId(Conflict):
+    """A prefix that begins more than one id."""
+
+    def __init__(self, kind: str, prefix: str, matches: list[str]):
+        more = ", ..." if len(matches) > MAX_LISTED else ""
+        super().__init__(f"{kind} id {prefix!r} is ambiguous: it begins {', '.join(matches[:MAX_LISTED])}{more}; "
+                         "give more of the id")
+        self.matches = matches[:MAX_LISTED]
+
+
+def matching(session: Session, table, given: str, limit: int = MAX_LISTED + 1) -> list[str]:
+    """The ids of `table` that `given` begins (at most `limit`, in order); none unless `given` is
+    a prefix of at least 6 hex characters (a full id matches itself)."""
+    prefix = given.strip().lower()
+    if not _PREFIX.match(prefix):
+        return []
+    return list(session.scalars(select(table.id).where(table.id.like(f"{prefix}%")).order_by(table.id).limit(limit)))
+
+
+def resolve_id(session: Session, table, given: str, *, kind: str) -> str:
+    """The full id `given` names: the one id of `table` it begins, else `given` itself (lower-cased),
+    for the caller's own lookup to find or report as not found; AmbiguousId (a Conflict) when it
+    begins several."""
+    given = given.strip().lower()
+    if len(given) == ID_LENGTH:
+        return given
+    found = matching(session, table, given)
+    if len(found) > 1:
+        raise AmbiguousId(kind, given, found)
+    return found[0] if found else given

@@ -1,0 +1,40 @@
+"""Learning-curve images: the loss axis is labelled with plain numbers."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pytest
+
+from service.api import plots
+
+
+def rows(losses: list[float]) -> list[dict]:
+    return [{"epoch": epoch, "train_loss": loss, "test_loss": loss * 1.02, "train_acc": 0.5, "test_acc": 0.5}
+            for epoch, loss in enumerate(losses, start=1)]
+
+
+def loss_labels(series) -> list[str]:
+    figure = plots.learning_curves_figure(series)
+    try:
+        figure.canvas.draw()
+        axis = figure.axes[0].yaxis
+        assert figure.axes[0].get_yscale() == "log"
+        return [t.get_text() for ticks in (axis.get_majorticklabels(), axis.get_minorticklabels())
+                for t in ticks if t.get_text()]
+    finally:
+        plt.close(figure)
+
+
+@pytest.mark.parametrize("losses, expected", [
+    ([1.2, 1.16, 1.12, 1.1], {"1.16", "1.2"}),  # within one decade: minor ticks are labelled
+    ([0.9, 0.6, 0.4, 0.31], {"0.4", "1"}),
+    ([2.3, 0.5, 0.08, 0.012], {"0.01", "0.1", "1"}),  # several decades: the decades
+])
+def test_loss_axis_labels_are_plain_numbers(losses, expected):
+    labels = loss_labels([("job", rows(losses))])
+    assert expected <= set(labels), labels
+    assert not [label for label in labels if "10^" in label or "times" in label or "$" in label or "e" in label]
+
+
+def test_learning_curves_are_a_png():
+    assert plots.learning_curves([("job", rows([1.2, 1.1]))]).startswith(b"\x89PNG")

@@ -1,0 +1,104 @@
+"""The CLI in this process: where it dials, how it reports a refusal, its help and its progress line."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import httpx
+import pytest
+from rich.console import Console
+from rich.progress import Progress
+from typer.testing import CliRunner
+
+from service.cli import client as cli_client
+from service.cli import main as cli_main
+
+
+@pytest.mark.parametrize("env, url", [
+    ({}, "http://127.0.0.1:8000"),
+    ({"TRAINYARD_PORT": "8123"}, "http://127.0.0.1:8123"),
+    ({"TRAINYARD_HOST": "10.1.2.3", "TRAINYARD_PORT": "9000"}, "http://10.1.2.3:9000"),
+    ({"TRAINYARD_HOST": "0.0.0.0", "TRAINYARD_PORT": "8001"}, "http://127.0.0.1:8001"),
+    ({"TRAINYARD_HOST": "::"}, "http://127.0.0.1:8000"),
+    ({"TRAINYARD_HOST": "::1", "TRAINYARD_PORT": "8002"}, "http://[::1]:8002"),
+    ({"TRAINYARD_HOST": "", "TRAINYARD_PORT": ""}, "http://127.0.0.1:8000"),
+    ({"TRAINYARD_URL": "https://trainyard.example:443", "TRAINYARD_PORT": "8123"}, "https://trainyard.example:443"),
+])
+def test_the_service_is_found_as_it_is_configured(env, url):
+    assert cli_client.service_url(env) == url
+
+
+@pytest.fixture
+def dialled(monkeypatch):
+    """The base URLs the commands open clients on; every request answers 404."""
+    urls = []
+
+    def client(url, token):
+        urls.append(url)
+        return httpx.Client(base_url=url, transport=httpx.MockTransport(
+            lambda request: httpx.Response(404, json={"detail": "job 75190f2c not found"})))
+
+    monkeypatch.setattr(cli_client, "client", client)
+    for name in ("TRAINYARD_URL", "TRAINYARD_HOST", "TRAINYARD_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    return urls
+
+
+@pytest.mark.parametrize("env, args, url", [
+    ({"TRAINYARD_PORT": "8123"}, [], "http://127.0.0.1:8123"),
+    ({"TRAINYARD_HOST": "0.0.0.0", "TRAINYARD_PORT": "8124"}, [], "http://127.0.0.1:8124"),
+    ({"TRAINYARD_URL": "http://127.0.0.1:8125", "TRAINYARD_PORT": "8123"}, [], "http://127.0.0.1:8125"),
+    ({"TRAINYARD_URL": "http://127.0.0.1:8125"}, ["--url", "http://127.0.0.1:8126"], "http://127.0.0.1:8126"),
+    ({}, [], "http://127.0.0.1:8000"),
+])
+def test_commands_dial_the_configured_service(dialled, env, args, url):
+    result = CliRunner().invoke(cli_main.app, ["jobs", "show", "75190f2c", *args], env=env)
+    assert dialled == [url] and result.exit_code != 0
+
+
+def test_a_refusal_is_one_line_on_stderr_without_error_twice(dialled, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["trainyard", "jobs", "show", "75190f2c"])
+    with pytest.raises(SystemExit) as exit_:
+        cli_main.main()
+    captured = capsys.readouterr()
+    assert exit_.value.code == cli_client.USAGE and captured.out == ""
+    assert captured.err == "error: 404 job 75190f2c not found\n"
+
+
+def help_rows(*command: str) -> dict[str, str]:
+    """The help's option rows, by their long option."""
+    result = CliRunner().invoke(cli_main.app, [*command, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    return {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│ --")}
+
+
+def test_flags_are_shown_as_plain_flags_in_the_help():
+    rows = help_rows("submit")
+    for flag in ("--follow", "--json", "--help"):
+        assert "<bool>" not in rows[flag] and "-f" in rows["--follow"]
+    assert "<str>" in rows["--url"] and "TRAINYARD_PORT" in rows["--url"]
+    assert "<bool>" not in help_rows("logs")["--follow"] and "<int>" in help_rows("jobs", "list")["--limit"]
+
+
+EPOCH = {"epoch": 7, "train_loss": 0.51234, "test_loss": 0.54321, "test_acc": 0.8231}
+
+
+def test_the_epoch_summary_is_short():
+    assert cli_client.epoch_summary(EPOCH) == "loss 0.512 test 0.543 acc 0.823"
+    regression = {**EPOCH, "train_loss": 0.000123456, "test_loss": 1234.5, "test_acc": None}
+    assert cli_client.epoch_summary(regression) == "loss 0.000123 test 1.23e+03"
+
+
+@pytest.mark.parametrize("name", ["lenet", "lenet-fashion", "a rather long job name for a progress bar"])
+@pytest.mark.parametrize("status", ["queued", "running", "cancelling", "succeeded", "failed"])
+def test_the_progress_line_fits_80_columns_with_the_test_accuracy_whole(name, status):
+    out = io.StringIO()
+    console = Console(file=out, width=80, color_system=None)
+    progress = Progress(*cli_client.progress_columns(), console=console, auto_refresh=False)
+    task = progress.add_task("train", total=10, name=name, status=status, metrics=cli_client.epoch_summary(EPOCH))
+    progress.update(task, completed=10)
+    console.print(progress.make_tasks_table(progress.tasks))
+    (line,) = out.getvalue().splitlines()
+    assert len(line.rstrip()) <= 80 and line.startswith(name[:10])
+    assert f"10/10 {status} loss 0.512 test 0.543 acc 0.823 " in line
