@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test setup browser migrate clean compose-check
+.PHONY: run test test-fast setup browser migrate clean compose-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ run: $(STAMP)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# While working: the unit and in-process tests, no server process (no e2e stack, PostgreSQL or
+# Redis) and none of the seconds-long training checks; under a minute.
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m "not e2e and not compose and not postgres and not slow" $(PYTEST_ARGS)
 
 # docker-compose.yml and the Dockerfile, run for real on a private Docker engine (root; installs
 # docker.io and debootstrap when missing; no registry needed). COMPOSE_CHECK_CACHE=DIR keeps images.

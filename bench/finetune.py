@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from models.data import image_dataset  # noqa: E402
+from models.idx import image_dataset  # noqa: E402
 from models.engine import fit  # noqa: E402
 from models.spec import JobSpec  # noqa: E402
 from tests.datagen import colour_images  # noqa: E402

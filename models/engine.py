@@ -16,7 +16,9 @@ from models import devices
 from models.archs import build_model, load_state
 from models.augment import Augmenter
 from models.cost import admission_problems
-from models.data import Dataset, kfold_indices, load_dataset, with_validation
+from models.data import load_dataset
+from models.dataset import Dataset
+from models.splits import kfold_indices, with_validation
 from models.pretrained import Pretrained, find_pretrained, load_backbone, load_pretrained_weights, transforms_of
 from models.spec import EarlyStoppingSpec, JobSpec, spec_problems
 from models.state import EpochProgress, Position, TrainingState

@@ -1,5 +1,6 @@
 """The one-way rooms, enforced: models imports nothing of ours; core imports neither the API nor the
-workers; the API and the workers never import each other; no router imports another router.
+workers nor a web framework; the API and the workers never import each other; no router imports
+another router, and no router commits (the core function it calls owns the transaction).
 
 Every import counts, including those inside functions (they are still dependencies)."""
 
@@ -16,7 +17,7 @@ PACKAGES = ("models", "service", "workers")
 # room -> the packages it must not import
 FORBIDDEN = {
     "models": ("service", "workers"),
-    "service.core": ("service.api", "service.cli", "workers"),
+    "service.core": ("service.api", "service.cli", "workers", "fastapi", "starlette"),  # core speaks no HTTP
     "service.api": ("service.cli", "workers"),
     "service.cli": ("service.api", "workers"),  # an HTTP client and a supervisor of processes
     "workers": ("service.api", "service.cli"),
@@ -79,6 +80,23 @@ def test_every_import_points_the_right_way():
     assert found == []
 
 
+def commits(source: str) -> list[int]:
+    """The lines of a module that call `.commit(` on anything."""
+    return [node.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "commit"]
+
+
+def test_no_router_commits():
+    found = [f"{module}:{line}" for module, path in project_modules() if _within(module, ROUTERS)
+             for line in commits(path.read_text())]
+    assert found == []
+
+
+def test_a_commit_in_a_router_is_caught():
+    assert commits("def view(session):\n    session.commit()") == [2]
+    assert commits("def view(session):\n    return core.register(session)") == []
+
+
 def test_the_rooms_exist():
     modules = {module for module, _ in project_modules()}
     assert {"service.core.jobs", "service.core.broker", "service.api.app", "workers.tasks",
@@ -99,6 +117,8 @@ def test_the_rooms_exist():
     ("workers.runner", "from service.api.serving import ModelServer"),
     ("service.cli.client", "from service.api.app import app"),
     ("service.api.schemas.predict", "from service.api.serving import LoadedModel"),
+    ("service.core.submission", "from fastapi import HTTPException"),
+    ("service.core.errors", "import starlette.status"),
 ])
 def test_a_wrong_way_import_is_caught(module, source):
     assert violations(module, source) != []

@@ -44,6 +44,7 @@ def test_linear_regression_recovers_the_true_weights():
     assert abs(float(linear.bias.detach()) - 1.7) < 0.05
 
 
+@pytest.mark.slow
 def test_polynomial_examples_fit_underfit_and_overfit():
     fitted, model = final("polynomial-fit")
     assert fitted.train_loss < 0.02 and fitted.test_loss < 0.02
@@ -55,6 +56,7 @@ def test_polynomial_examples_fit_underfit_and_overfit():
     assert over.test_loss > 5 * over.train_loss
 
 
+@pytest.mark.slow
 def test_weight_decay_example_beats_no_decay():
     decayed, _ = final("weight-decay")
     plain_spec = example("weight-decay").model_copy(deep=True)
@@ -73,7 +75,7 @@ def test_there_is_a_sweep_per_comparison_the_course_makes():
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_sweep_example_is_valid_and_listed_in_the_readme(path):
-    from service.core.sweeps import SweepSpec, trial_spec
+    from models.sweeps import SweepSpec, trial_spec
 
     sweep = SweepSpec.model_validate(json.loads(path.read_text()))
     trials = sweep.trials()

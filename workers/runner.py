@@ -19,7 +19,7 @@ import torchvision
 from sqlalchemy import select
 
 from models.checkpoint import CheckpointError, checkpoint_name, read_checkpoint, write_checkpoint
-from models.data import DatasetError
+from models.dataset import DatasetError
 from models.cost import human_bytes
 from models.engine import Callbacks, EpochMetrics, Limits, TrainingError, TrainingRun, fit, summarise_folds
 from models.pretrained import MissingWeights, UnsafeWeights

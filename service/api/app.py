@@ -1,4 +1,5 @@
-"""The FastAPI application."""
+"""The FastAPI application, which every API process (service/api/server.py) serves; how those
+processes are started and stopped, from `trainyard run` on, is in service/cli/supervisor.py."""
 
 from __future__ import annotations
 

@@ -1,12 +1,22 @@
-"""Shared FastAPI dependencies."""
+"""Shared FastAPI dependencies, and who ends a request's transaction.
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+The rule (service/core/__init__.py states it for core): the core function that carries out a
+request owns its transaction and commits it; a router never commits. A route gets its session from
+SessionDep (reads) or WriteSessionDep (changes), and the dependency closes it as soon as the route
+function has returned and its answer is serialised, before the answer is sent: closing ends a
+read's transaction without a commit and rolls back whatever a failed change left uncommitted.
+Async routes that read and then do slow work (drawing a plot) read through `read()` instead, whose
+session ends when the reading does; no route closes a session by hand.
+"""
+
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from service.core.db import get_sessionmaker
+from service.core.db import get_sessionmaker, read_scope
 from service.api.serving import ModelServer
 from service.core.settings import Settings, get_settings
 
@@ -22,15 +32,28 @@ async def _session(write: bool) -> AsyncIterator[Session]:
 
 
 async def get_session() -> AsyncIterator[Session]:
-    """A read-only session per request."""
+    """A read-only session per request, ended (closed, never committed) before the answer is sent."""
     async for session in _session(write=False):
         yield session
 
 
 async def get_write_session() -> AsyncIterator[Session]:
-    """A session for requests that change data; end its transaction before responding."""
+    """A session for requests that change data; the core function the route calls commits it."""
     async for session in _session(write=True):
         yield session
+
+
+T = TypeVar("T")
+
+
+def _reading(work: Callable[..., T], args: tuple) -> T:
+    with read_scope() as session:
+        return work(session, *args)
+
+
+async def read(work: Callable[..., T], *args) -> T:
+    """work(session, *args) in the thread pool, in a read session of its own that ends when work returns."""
+    return await run_in_threadpool(_reading, work, args)
 
 
 # Dependencies are async on purpose: FastAPI runs a plain `def` dependency in its thread pool,
@@ -43,7 +66,8 @@ async def settings() -> Settings:
     return get_settings()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
-WriteSessionDep = Annotated[Session, Depends(get_write_session)]
+# scope="function": closed when the route function returns, not after the answer has been sent.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(settings)]
 ModelServerDep = Annotated[ModelServer, Depends(get_model_server)]

@@ -110,8 +110,8 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, Invalid):
-        return await _invalid_request(request, validation_error(exc.problems))
+    if isinstance(exc, Invalid):  # core's locations are paths into the submitted document: the body
+        return await _invalid_request(request, validation_error([(("body", *loc), msg) for loc, msg in exc.problems]))
     return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
 
 

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
+from models.sweeps import label  # noqa: E402
 from service.api.schemas.jobs import metric_rows  # noqa: E402
 from service.core import jobs, sweeps  # noqa: E402
 
@@ -62,7 +63,7 @@ def sweep_series(session: Session, sweep_id: str) -> list[tuple[str, list[dict]]
     """The learning curves of a sweep's best launched trials, labelled by their values."""
     sweep = sweeps.require(session, sweep_id=sweep_id)
     ranked = [t for t in sweeps.trials(session, sweep) if t.job is not None][:MAX_SWEEP_CURVES]
-    return labelled_series(session, [(t.job.id, sweeps.label(t.params)) for t in ranked])
+    return labelled_series(session, [(t.job.id, label(t.params)) for t in ranked])
 
 
 def learning_curves(series: list[tuple[str, list[dict]]]) -> bytes:

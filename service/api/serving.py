@@ -25,7 +25,8 @@ import torch
 from fastapi.concurrency import run_in_threadpool
 
 from models.cache import LRU
-from models.data import Dataset, DatasetError, load_dataset
+from models.data import load_dataset
+from models.dataset import Dataset, DatasetError
 from models.devices import DeviceUnavailable, resolve_device
 from models.evaluation import Evaluation
 from models.interchange import PREDICTORS, ExportError
@@ -389,10 +390,10 @@ class ModelServer:
         target, loaded = await self.get(reference)
         predictor = loaded.predictor
         if predictor.task != "classification" or not predictor.contract.images:
-            raise Invalid([(("body", "model"),
+            raise Invalid([(("model",),
                             f"model {reference!r} does not classify images; send JSON inputs instead")])
         if top_k > len(predictor.classes):
-            raise Invalid([(("body", "top_k"),
+            raise Invalid([(("top_k",),
                             f"top_k is {top_k} but model {reference!r} has {len(predictor.classes)} classes")])
         return target, loaded, await self.classify_images(loaded, uploads, top_k, target.threshold_for(threshold))
 
@@ -402,13 +403,13 @@ class ModelServer:
         async with self.deadline():
             target, loaded = await self.get(reference)
             if threshold is not None and loaded.predictor.task != "classification":
-                raise Invalid([(("body", "threshold"), f"model {reference!r} does not classify; "
-                                                       "threshold applies to classification")])
+                raise Invalid([(("threshold",), f"model {reference!r} does not classify; "
+                                                "threshold applies to classification")])
             try:
                 inputs = loaded.predictor.decode_values(rows)
             except InputError as exc:
                 hint = f"; {IMAGES_HINT}" if loaded.predictor.contract.images else ""
-                raise Invalid([(("body", "inputs"), f"model {reference!r}: {exc}{hint}")]) from exc
+                raise Invalid([(("inputs",), f"model {reference!r}: {exc}{hint}")]) from exc
             return target, loaded, await self.probabilities(loaded, inputs)
 
     def _test_set(self, job: Job) -> Dataset:

@@ -2,15 +2,24 @@
 
 Scripts can rely on it: `--json` prints the API's own JSON on stdout, errors are one line on
 stderr, and the exit status says what happened (EXIT_CODES, also in the README).
+
+How it is built, top to bottom: where the service is and how its answers are checked; the options
+every command shares (`Options`, added to each command by `command`) and the one renderer
+(`Options.show`: the API's JSON with --json, else tables and lines); following a job's events; the
+tables; then one typer app per noun (jobs, sweeps, workers, models, datasets), each beside the
+top-level commands about that noun (`submit`, `logs`, `metrics`, `evaluate`, `predict`, ...).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -34,6 +43,8 @@ EXIT_CODES = {
 RECONNECTS = 30  # an event stream that drops is resumed this many times before giving up
 
 
+# Where the service is, and what its answers mean.
+
 def service_url(environ=os.environ) -> str:
     """Where the service is, found as the service is configured: TRAINYARD_URL, else
     http://TRAINYARD_HOST:TRAINYARD_PORT (an address of every interface, 0.0.0.0 or ::, dialled on
@@ -45,23 +56,6 @@ def service_url(environ=os.environ) -> str:
         host = "127.0.0.1"
     port = environ.get("TRAINYARD_PORT", "").strip() or "8000"
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
-
-
-def _url_or_default(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
-    """--url or TRAINYARD_URL as given; when neither is, service_url() (read when the command runs)."""
-    source = ctx.get_parameter_source(param.name)  # the enum of the click that typer vendors
-    return service_url() if source is None or source.name == "DEFAULT" else value
-
-
-UrlOption = Annotated[str, typer.Option(
-    "--url", envvar="TRAINYARD_URL", callback=_url_or_default, show_default=False,
-    help="the service's base URL (default: http://$TRAINYARD_HOST:$TRAINYARD_PORT as the service listens, "
-         "else http://127.0.0.1:8000)")]
-TokenOption = Annotated[str | None, typer.Option("--token", envvar="TRAINYARD_TOKEN", help="an API token")]
-JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
-ThresholdOption = Annotated[float | None, typer.Option(
-    "--threshold", min=0, max=1, help="0 to 1: a top probability below it is answered 'not sure' (no label)")]
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class Failure(Exception):
@@ -105,14 +99,91 @@ def read_json(path: Path):
         raise Failure(f"{path} is not JSON: {exc}", USAGE) from None
 
 
+# The options every command shares, and the one renderer.
+
+def _url_or_default(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
+    """--url or TRAINYARD_URL as given; when neither is, service_url() (read when the command runs)."""
+    source = ctx.get_parameter_source(param.name)  # the enum of the click that typer vendors
+    return service_url() if source is None or source.name == "DEFAULT" else value
+
+
+UrlOption = Annotated[str, typer.Option(
+    "--url", envvar="TRAINYARD_URL", callback=_url_or_default, show_default=False,
+    help="the service's base URL (default: http://$TRAINYARD_HOST:$TRAINYARD_PORT as the service listens, "
+         "else http://127.0.0.1:8000)")]
+TokenOption = Annotated[str | None, typer.Option("--token", envvar="TRAINYARD_TOKEN", help="an API token")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
+FollowOption = Annotated[bool, typer.Option("--follow", "-f")]
+ThresholdOption = Annotated[float | None, typer.Option(
+    "--threshold", min=0, max=1, help="0 to 1: a top probability below it is answered 'not sure' (no label)")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
 def emit_json(data) -> None:
     """Machine-readable output: the API's JSON, one document, on stdout."""
     print(json.dumps(data, indent=2))
 
 
+@dataclass
+class Options:
+    """What every client command is given: where the service is, a token, and whether to print JSON."""
+
+    url: str
+    token: str | None
+    as_json: bool = False
+
+    def client(self) -> httpx.Client:
+        return client(self.url, self.token)
+
+    def call(self, method: str, path: str, **request) -> dict:
+        """One request to the service; its JSON, or a Failure."""
+        with self.client() as api:
+            return checked(api.request(method, path, **request))
+
+    def show(self, answer, view: Callable[[Any], Iterable] = lambda answer: ()) -> None:
+        """The one renderer: the API's JSON with --json, else each table or line the view makes of it."""
+        if self.as_json:
+            emit_json(answer)
+            return
+        for shown in view(answer):
+            console.print(shown)
+
+
+_SHARED = [("as_json", JsonOption, False), ("url", UrlOption, DEFAULT_URL), ("token", TokenOption, None)]
+
+
+def command(app: typer.Typer, name: str, *, json_option: bool = True):
+    """Add `f(opts: Options, ...)` to `app` as the command `name`: its own arguments and options,
+    then --json (unless json_option is false), --url and --token, which arrive as `opts`."""
+    def decorate(f: Callable) -> Callable:
+        own = [p for p in inspect.signature(f, eval_str=True).parameters.values() if p.name != "opts"]
+        shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+                  for n, a, d in _SHARED if json_option or n != "as_json"]
+
+        def run(*args, url: str, token: str | None, as_json: bool = False, **kwargs):
+            return f(Options(url, token, as_json), *args, **kwargs)
+
+        run.__signature__ = inspect.Signature(own + shared)
+        run.__name__, run.__doc__ = f.__name__, f.__doc__
+        app.command(name)(run)
+        return f
+
+    return decorate
+
+
 def _fmt(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
+
+SHORT_ID = 8  # characters of an id that tables show; the API takes back any unique prefix of 6 or more
+
+
+def id_column(header: str) -> Column:
+    """A table column of short ids, never cut shorter than the API takes back."""
+    return Column(header, min_width=SHORT_ID, no_wrap=True)
+
+
+# Following a job.
 
 WAITING = {"no_worker": "no live worker serves its queue; start one with `trainyard worker`",
            "no_gpu_worker": "it asks for a GPU and no live worker with a GPU serves the GPU queue"}
@@ -216,6 +287,41 @@ def finish(api: httpx.Client, job: dict, *, follow_job: bool, as_json: bool) -> 
         raise typer.Exit(JOB_FAILED)
 
 
+def _job_line(job_id: str, job: dict) -> list[str]:
+    return [f"job {job_id} {job['status']}"]
+
+
+# The top-level commands, and one app per noun; `register` adds them all to `trainyard`.
+
+top = typer.Typer()
+jobs_app = typer.Typer(help="Training jobs.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Uploaded datasets.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client commands to the `trainyard` command."""
+    app.add_typer(top)  # no name: its commands sit at the top level (submit, sweep, logs, ...)
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(models_app, name="models")
+    app.add_typer(datasets_app, name="datasets")
+
+
+@command(top, "submit")
+def submit(opts: Options, spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a job spec (JSON)")],
+           follow_job: Annotated[bool, typer.Option("--follow", "-f", help="wait until it ends, showing progress")] = False
+           ) -> None:
+    """Submit a job spec; with --follow, exit 1 unless it succeeds."""
+    body = read_json(spec)
+    with opts.client() as api:
+        job = checked(api.post("/v1/jobs", json=body))
+        if job.get("waiting_reason"):
+            err.print(f"[yellow]warning: {WAITING.get(job['waiting_reason'], job['waiting_reason'])}[/yellow]")
+        finish(api, job, follow_job=follow_job, as_json=opts.as_json)
+
+
+# Sweeps.
+
 SWEEP_POLL_SECONDS = 1.0
 SWEEP_FINAL = ("succeeded", "failed", "cancelled")
 
@@ -226,14 +332,6 @@ def sweep_updates(api: httpx.Client, sweep: dict):
         time.sleep(SWEEP_POLL_SECONDS)
         sweep = checked(api.get(f"/v1/sweeps/{sweep['id']}"))
         yield sweep
-
-
-SHORT_ID = 8  # characters of an id that tables show; the API takes back any unique prefix of 6 or more
-
-
-def id_column(header: str) -> Column:
-    """A table column of short ids, never cut shorter than the API takes back."""
-    return Column(header, min_width=SHORT_ID, no_wrap=True)
 
 
 def sweep_table(sweep: dict) -> Table:
@@ -248,12 +346,131 @@ def sweep_table(sweep: dict) -> Table:
     return table
 
 
-def print_evaluation(report: dict, url: str) -> None:
+@command(top, "sweep")
+def sweep(opts: Options, spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a sweep request (JSON)")],
+          follow_sweep: Annotated[bool, typer.Option("--follow", "-f", help="a live table until it ends")] = False) -> None:
+    """Submit a sweep (a base spec and a grid or random draws); with --follow, exit 1 unless every
+    job succeeds."""
+    body = read_json(spec)
+    with opts.client() as api:
+        current = checked(api.post("/v1/sweeps", json=body))
+        if follow_sweep and opts.as_json:
+            for current in sweep_updates(api, current):
+                pass
+        elif follow_sweep:
+            with Live(sweep_table(current), console=console, refresh_per_second=4) as live:
+                for current in sweep_updates(api, current):
+                    live.update(sweep_table(current))
+    opts.show(current, lambda s: () if follow_sweep else [f"sweep {s['id']} {s['status']}: {s['trials']} trials"])
+    if follow_sweep and current["status"] != "succeeded":
+        raise typer.Exit(JOB_FAILED)
+
+
+# Jobs.
+
+def jobs_table(page: dict) -> list:
+    table = Table(id_column("id"), "name", "status", "reason", "epoch", "test acc", "test loss", "created")
+    for job in page["data"]:
+        latest = job["latest_metrics"] or {}
+        table.add_row(job["id"][:SHORT_ID], job["name"] or "", job["status"], job["reason"] or "",
+                      f"{job['epoch']}/{job['epochs']}", _fmt(latest.get("test_acc"), 3),
+                      _fmt(latest.get("test_loss")), job["created_at"][:19])
+    return [table, f"{page['count']} job(s)"]
+
+
+@command(jobs_app, "list")
+def jobs_list(opts: Options, status: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
+              limit: int = 20) -> None:
+    """The newest jobs."""
+    opts.show(opts.call("GET", "/v1/jobs", params={"limit": limit, **({"status": status} if status else {})}),
+              jobs_table)
+
+
+@command(jobs_app, "show", json_option=False)
+def jobs_show(opts: Options, job_id: str) -> None:
+    """One job, as JSON."""
+    emit_json(opts.call("GET", f"/v1/jobs/{job_id}"))
+
+
+@command(jobs_app, "wait")
+def jobs_wait(opts: Options, job_id: str) -> None:
+    """Wait until a job ends; exit 1 unless it succeeded."""
+    with opts.client() as api:
+        job = wait(api, job_id)
+    opts.show(job, lambda j: [f"job {job_id} {j['status']}" + (f" ({j['reason']})" if j["reason"] else "")])
+    if job["status"] != "succeeded":
+        raise typer.Exit(JOB_FAILED)
+
+
+@command(jobs_app, "cancel")
+def jobs_cancel(opts: Options, job_id: str) -> None:
+    """Cancel a queued or running job."""
+    opts.show(opts.call("POST", f"/v1/jobs/{job_id}/cancel"), lambda job: _job_line(job_id, job))
+
+
+@command(jobs_app, "delete", json_option=False)
+def jobs_delete(opts: Options, job_id: str) -> None:
+    """Delete a finished job with its metrics and checkpoints (registered versions stay)."""
+    opts.call("DELETE", f"/v1/jobs/{job_id}")
+    console.print(f"job {job_id} deleted")
+
+
+@command(jobs_app, "resume")
+def jobs_resume(opts: Options, job_id: str, follow_job: FollowOption = False) -> None:
+    """Resume a cancelled or failed job from where it stopped; with --follow, exit 1 unless it succeeds."""
+    with opts.client() as api:
+        finish(api, checked(api.post(f"/v1/jobs/{job_id}/resume")), follow_job=follow_job, as_json=opts.as_json)
+
+
+def _print_log(line: dict) -> None:
+    print(f"{line['at'][11:19]} #{line['attempt']} {line['level']:<7} {line['message']}", flush=True)
+
+
+@command(top, "logs")
+def logs(opts: Options, job_id: str,
+         follow_logs: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False
+         ) -> None:
+    """What the job's worker logged: progress, warnings and, if it failed, the traceback."""
+    with opts.client() as api:
+        if not follow_logs:
+            lines, after = [], 0
+            while True:
+                page = checked(api.get(f"/v1/jobs/{job_id}/logs", params={"after": after}))
+                lines += page["lines"]
+                if not page["lines"]:
+                    break
+                after = page["next"]
+            if opts.as_json:
+                return emit_json({"job_id": job_id, "lines": lines})
+            for line in lines:
+                _print_log(line)
+            return
+        for kind, data in events(api, job_id, logs=True):
+            if kind == "log":
+                print(json.dumps(data), flush=True) if opts.as_json else _print_log(data)
+
+
+def metrics_table(answer: dict) -> list:
+    table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "samples/s")
+    for r in answer["epochs"]:
+        table.add_row(str(r["epoch"]), _fmt(r["train_loss"]), _fmt(r["train_acc"], 3), _fmt(r["val_loss"]),
+                      _fmt(r["val_acc"], 3), _fmt(r["test_loss"]), _fmt(r["test_acc"], 3),
+                      _fmt(r["samples_per_second"], 0))
+    return [table]
+
+
+@command(top, "metrics")
+def metrics(opts: Options, job_id: str) -> None:
+    """A job's per-epoch metrics as a table."""
+    opts.show(opts.call("GET", f"/v1/jobs/{job_id}/metrics"), metrics_table)
+
+
+def evaluation_views(report: dict, url: str) -> list:
     """An evaluation report as a summary line and tables: classes, thresholds, mistakes."""
     model = report["model"]
     top_k = "".join(f" · top-{k} {_fmt(v)}" for k, v in report["top_k_accuracy"].items() if k != "1")
-    console.print(f"{model['reference']} (epoch {model['epoch']}) on {report['num_test']} test images: "
-                  f"accuracy {_fmt(report['accuracy'])}{top_k}")
+    summary = (f"{model['reference']} (epoch {model['epoch']}) on {report['num_test']} test images: "
+               f"accuracy {_fmt(report['accuracy'])}{top_k}")
     classes = Table("class", "precision", "recall", "f1", "support", title="per class")
     for c in report["classes"]:
         classes.add_row(c["label"], _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["f1"]), str(c["support"]))
@@ -269,306 +486,160 @@ def print_evaluation(report: dict, url: str) -> None:
     for m in report["mistakes"]:
         mistakes.add_row(str(m["index"]), m["true_label"], m["predicted_label"], _fmt(m["probability"], 3),
                          url.rstrip("/") + m["image_url"])
-    for table in (classes, thresholds, mistakes):
-        console.print(table)
+    return [summary, classes, thresholds, mistakes]
 
 
-def _print_log(line: dict) -> None:
-    print(f"{line['at'][11:19]} #{line['attempt']} {line['level']:<7} {line['message']}", flush=True)
+@command(top, "evaluate")
+def evaluate(opts: Options, job_id: str,
+             limit: Annotated[int | None, typer.Option(help="mistakes listed (the service's default: 24)")] = None) -> None:
+    """How the checkpoint job:JOB names does on the job's test set: accuracy, each class's
+    precision, recall and F1, confidence thresholds and the most confident mistakes."""
+    report = opts.call("GET", f"/v1/jobs/{job_id}/evaluation", params={} if limit is None else {"limit": limit},
+                       timeout=300)
+    opts.show(report, lambda r: evaluation_views(r, opts.url))
 
 
-def register(app: typer.Typer) -> None:
-    """Add the client commands to the `trainyard` command."""
-    jobs_app = typer.Typer(help="Training jobs.", no_args_is_help=True)
-    models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
-    datasets_app = typer.Typer(help="Uploaded datasets.", no_args_is_help=True)
-    app.add_typer(jobs_app, name="jobs")
-    app.add_typer(models_app, name="models")
-    app.add_typer(datasets_app, name="datasets")
+# Workers.
 
-    @app.command()
-    def submit(spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a job spec (JSON)")],
-               follow_job: Annotated[bool, typer.Option("--follow", "-f", help="wait until it ends, showing progress")] = False,
-               as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Submit a job spec; with --follow, exit 1 unless it succeeds."""
-        body = read_json(spec)
-        with client(url, token) as api:
-            job = checked(api.post("/v1/jobs", json=body))
-            if job.get("waiting_reason"):
-                err.print(f"[yellow]warning: {WAITING.get(job['waiting_reason'], job['waiting_reason'])}[/yellow]")
-            finish(api, job, follow_job=follow_job, as_json=as_json)
+def workers_table(answer: dict) -> list:
+    live = answer["workers"]
+    table = Table("worker", "host", "pid", "queues", "devices", id_column("job"), "last seen")
+    for w in live:
+        table.add_row(w["id"], w["host"], str(w["pid"]), ", ".join(w["queues"]),
+                      ", ".join(d["name"] for d in w["devices"]), (w["current_job"] or "idle")[:SHORT_ID],
+                      w["last_seen"][11:19])
+    return [table, f"{len(live)} live worker(s)"]
 
-    @app.command()
-    def sweep(spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a sweep request (JSON)")],
-              follow_sweep: Annotated[bool, typer.Option("--follow", "-f", help="a live table until it ends")] = False,
-              as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Submit a sweep (a base spec and a grid or random draws); with --follow, exit 1 unless every
-        job succeeds."""
-        body = read_json(spec)
-        with client(url, token) as api:
-            current = checked(api.post("/v1/sweeps", json=body))
-            if follow_sweep and as_json:
-                for current in sweep_updates(api, current):
-                    pass
-            elif follow_sweep:
-                with Live(sweep_table(current), console=console, refresh_per_second=4) as live:
-                    for current in sweep_updates(api, current):
-                        live.update(sweep_table(current))
-        if as_json:
-            emit_json(current)
-        elif not follow_sweep:
-            console.print(f"sweep {current['id']} {current['status']}: {current['trials']} trials")
-        if follow_sweep and current["status"] != "succeeded":
-            raise typer.Exit(JOB_FAILED)
 
-    @jobs_app.command("list")
-    def jobs_list(status: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
-                  limit: int = 20, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
-                  token: TokenOption = None) -> None:
-        """The newest jobs."""
-        params = {"limit": limit, **({"status": status} if status else {})}
-        with client(url, token) as api:
-            page = checked(api.get("/v1/jobs", params=params))
-        if as_json:
-            return emit_json(page)
-        table = Table(id_column("id"), "name", "status", "reason", "epoch", "test acc", "test loss", "created")
-        for job in page["data"]:
-            latest = job["latest_metrics"] or {}
-            table.add_row(job["id"][:SHORT_ID], job["name"] or "", job["status"], job["reason"] or "",
-                          f"{job['epoch']}/{job['epochs']}", _fmt(latest.get("test_acc"), 3),
-                          _fmt(latest.get("test_loss")), job["created_at"][:19])
-        console.print(table)
-        console.print(f"{page['count']} job(s)")
+@command(top, "workers")
+def workers(opts: Options) -> None:
+    """Live training workers: queues, devices and what each is running."""
+    opts.show(opts.call("GET", "/v1/workers"), workers_table)
 
-    @jobs_app.command("show")
-    def jobs_show(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """One job, as JSON."""
-        with client(url, token) as api:
-            emit_json(checked(api.get(f"/v1/jobs/{job_id}")))
 
-    @jobs_app.command("wait")
-    def jobs_wait(job_id: str, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
-                  token: TokenOption = None) -> None:
-        """Wait until a job ends; exit 1 unless it succeeded."""
-        with client(url, token) as api:
-            job = wait(api, job_id)
-        if as_json:
-            emit_json(job)
-        else:
-            console.print(f"job {job_id} {job['status']}" + (f" ({job['reason']})" if job["reason"] else ""))
-        if job["status"] != "succeeded":
-            raise typer.Exit(JOB_FAILED)
+# Models: predict, and the registry.
 
-    @jobs_app.command("cancel")
-    def jobs_cancel(job_id: str, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
-                    token: TokenOption = None) -> None:
-        """Cancel a queued or running job."""
-        with client(url, token) as api:
-            job = checked(api.post(f"/v1/jobs/{job_id}/cancel"))
-        emit_json(job) if as_json else console.print(f"job {job_id} {job['status']}")
+def predictions_table(answer: dict) -> list:
+    table = Table("file", "label", "probability", "top k")
+    for p in answer["predictions"]:
+        table.add_row(p["filename"], "not sure" if p.get("below_threshold") else p["label"], f"{p['probability']:.3f}",
+                      ", ".join(f"{t['label']} {t['probability']:.2f}" for t in p["top_k"]))
+    return [table]
 
-    @jobs_app.command("delete")
-    def jobs_delete(job_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Delete a finished job with its metrics and checkpoints (registered versions stay)."""
-        with client(url, token) as api:
-            checked(api.delete(f"/v1/jobs/{job_id}"))
-            console.print(f"job {job_id} deleted")
 
-    @jobs_app.command("resume")
-    def jobs_resume(job_id: str, follow_job: Annotated[bool, typer.Option("--follow", "-f")] = False,
-                    as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Resume a cancelled or failed job from where it stopped; with --follow, exit 1 unless it succeeds."""
-        with client(url, token) as api:
-            finish(api, checked(api.post(f"/v1/jobs/{job_id}/resume")), follow_job=follow_job, as_json=as_json)
+@command(top, "predict")
+def predict(opts: Options, model: str, files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
+            top_k: int = 1, threshold: ThresholdOption = None) -> None:
+    """Classify image files with MODEL (name, name:VERSION, name@ALIAS or job:ID)."""
+    form = {"model": model, "top_k": str(top_k), **({} if threshold is None else {"threshold": str(threshold)})}
+    uploads = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
+    opts.show(opts.call("POST", "/v1/predict", data=form, files=uploads), predictions_table)
 
-    @app.command()
-    def logs(job_id: str, follow_logs: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
-             as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """What the job's worker logged: progress, warnings and, if it failed, the traceback."""
-        with client(url, token) as api:
-            if not follow_logs:
-                lines, after = [], 0
-                while True:
-                    page = checked(api.get(f"/v1/jobs/{job_id}/logs", params={"after": after}))
-                    lines += page["lines"]
-                    if not page["lines"]:
-                        break
-                    after = page["next"]
-                if as_json:
-                    return emit_json({"job_id": job_id, "lines": lines})
-                for line in lines:
-                    _print_log(line)
-                return
-            for kind, data in events(api, job_id, logs=True):
-                if kind == "log":
-                    print(json.dumps(data), flush=True) if as_json else _print_log(data)
 
-    @app.command()
-    def metrics(job_id: str, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
-                token: TokenOption = None) -> None:
-        """A job's per-epoch metrics as a table."""
-        with client(url, token) as api:
-            answer = checked(api.get(f"/v1/jobs/{job_id}/metrics"))
-        if as_json:
-            return emit_json(answer)
-        table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "samples/s")
-        for r in answer["epochs"]:
-            table.add_row(str(r["epoch"]), _fmt(r["train_loss"]), _fmt(r["train_acc"], 3), _fmt(r["val_loss"]),
-                          _fmt(r["val_acc"], 3), _fmt(r["test_loss"]), _fmt(r["test_acc"], 3),
-                          _fmt(r["samples_per_second"], 0))
-        console.print(table)
+def _version_line(suffix: Callable[[dict], str]) -> Callable[[dict], list[str]]:
+    return lambda version: [f"{version['name']} version {version['version']} ({suffix(version)})"]
 
-    @app.command()
-    def evaluate(job_id: str,
-                 limit: Annotated[int | None, typer.Option(help="mistakes listed (the service's default: 24)")] = None,
-                 as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """How the checkpoint job:JOB names does on the job's test set: accuracy, each class's
-        precision, recall and F1, confidence thresholds and the most confident mistakes."""
-        params = {} if limit is None else {"limit": limit}
-        with client(url, token) as api:
-            report = checked(api.get(f"/v1/jobs/{job_id}/evaluation", params=params, timeout=300))
-        if as_json:
-            return emit_json(report)
-        print_evaluation(report, url)
 
-    @models_app.command("register")
-    def models_register(name: str, job_id: str, checkpoint: str = "best", threshold: ThresholdOption = None,
-                        as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Register a job's checkpoint (best, last or an epoch) as the next version of NAME."""
-        which = int(checkpoint) if checkpoint.isdigit() else checkpoint
-        body = {"name": name, "job_id": job_id, "checkpoint": which}
-        with client(url, token) as api:
-            version = checked(api.post("/v1/models", json=body if threshold is None else {**body, "threshold": threshold}))
-        if as_json:
-            return emit_json(version)
-        console.print(f"{version['name']} version {version['version']} (job {version['job_id']}, epoch {version['epoch']})")
+@command(models_app, "register")
+def models_register(opts: Options, name: str, job_id: str, checkpoint: str = "best",
+                    threshold: ThresholdOption = None) -> None:
+    """Register a job's checkpoint (best, last or an epoch) as the next version of NAME."""
+    body = {"name": name, "job_id": job_id, "checkpoint": int(checkpoint) if checkpoint.isdigit() else checkpoint,
+            **({} if threshold is None else {"threshold": threshold})}
+    opts.show(opts.call("POST", "/v1/models", json=body),
+              _version_line(lambda v: f"job {v['job_id']}, epoch {v['epoch']}"))
 
-    @models_app.command("export")
-    def models_export(reference: str, output: Annotated[Path, typer.Option("--output", "-o", help="where to write it")],
-                      fmt: Annotated[str, typer.Option("--format", help="safetensors, torchscript or onnx")] = "safetensors",
-                      url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Download a model (name, name:VERSION, name@ALIAS or job:ID[:EPOCH]) as a file."""
-        with client(url, token) as api:
-            answer = api.get(f"/v1/models/{reference}/export", params={"format": fmt}, timeout=300)
-            if answer.status_code != 200:
-                checked(answer)
-        output.write_bytes(answer.content)
-        console.print(f"{output} ({len(answer.content):,} bytes, {fmt})")
 
-    @models_app.command("import")
-    def models_import(weights: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a safetensors state_dict")],
-                      name: Annotated[str, typer.Option(help="the model to add a version to")],
-                      model: Annotated[str, typer.Option(help='the architecture as JSON, e.g. \'{"arch": "lenet"}\'')],
-                      classes: Annotated[str | None, typer.Option(help="class names, comma-separated")] = None,
-                      input_shape: Annotated[str, typer.Option(help="e.g. 1,28,28")] = "1,28,28",
-                      as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Register weights trained elsewhere as the next version of a model."""
-        try:
-            shape = [int(d) for d in input_shape.split(",")]
-        except ValueError:
-            raise typer.BadParameter("use numbers separated by commas, e.g. 1,28,28", param_hint="--input-shape") from None
-        form = {"name": name, "model": model, "input_shape": json.dumps(shape)}
-        if classes:
-            form["classes"] = json.dumps(classes.split(","))
-        with client(url, token) as api:
-            version = checked(api.post("/v1/models/import", data=form, timeout=300,
-                                       files={"file": (weights.name, weights.read_bytes(), "application/octet-stream")}))
-        if as_json:
-            return emit_json(version)
-        console.print(f"{version['name']} version {version['version']} (imported)")
+@command(models_app, "export", json_option=False)
+def models_export(opts: Options, reference: str,
+                  output: Annotated[Path, typer.Option("--output", "-o", help="where to write it")],
+                  fmt: Annotated[str, typer.Option("--format", help="safetensors, torchscript or onnx")] = "safetensors"
+                  ) -> None:
+    """Download a model (name, name:VERSION, name@ALIAS or job:ID[:EPOCH]) as a file."""
+    with opts.client() as api:
+        answer = api.get(f"/v1/models/{reference}/export", params={"format": fmt}, timeout=300)
+        if answer.status_code != 200:
+            checked(answer)
+    output.write_bytes(answer.content)
+    console.print(f"{output} ({len(answer.content):,} bytes, {fmt})")
 
-    @models_app.command("list")
-    def models_list(as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Registered models, their latest versions and aliases."""
-        with client(url, token) as api:
-            answer = checked(api.get("/v1/models"))
-        if as_json:
-            return emit_json(answer)
-        table = Table("name", "latest", "versions", "aliases")
-        for m in answer["data"]:
-            table.add_row(m["name"], str(m["latest_version"]), str(len(m["versions"])),
-                          ", ".join(f"{a}={v}" for a, v in m["aliases"].items()))
-        console.print(table)
 
-    @models_app.command("alias")
-    def models_alias(name: str, alias: str, version: int, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL,
-                     token: TokenOption = None) -> None:
-        """Point NAME@ALIAS at VERSION."""
-        with client(url, token) as api:
-            model = checked(api.put(f"/v1/models/{name}/aliases/{alias}", json={"version": version}))
-        emit_json(model) if as_json else console.print(f"{name}@{alias} -> version {version}")
+@command(models_app, "import")
+def models_import(opts: Options,
+                  weights: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a safetensors state_dict")],
+                  name: Annotated[str, typer.Option(help="the model to add a version to")],
+                  model: Annotated[str, typer.Option(help='the architecture as JSON, e.g. \'{"arch": "lenet"}\'')],
+                  classes: Annotated[str | None, typer.Option(help="class names, comma-separated")] = None,
+                  input_shape: Annotated[str, typer.Option(help="e.g. 1,28,28")] = "1,28,28") -> None:
+    """Register weights trained elsewhere as the next version of a model."""
+    try:
+        shape = [int(d) for d in input_shape.split(",")]
+    except ValueError:
+        raise typer.BadParameter("use numbers separated by commas, e.g. 1,28,28", param_hint="--input-shape") from None
+    form = {"name": name, "model": model, "input_shape": json.dumps(shape),
+            **({"classes": json.dumps(classes.split(","))} if classes else {})}
+    upload = {"file": (weights.name, weights.read_bytes(), "application/octet-stream")}
+    opts.show(opts.call("POST", "/v1/models/import", data=form, files=upload, timeout=300),
+              _version_line(lambda v: "imported"))
 
-    @app.command()
-    def workers(as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Live training workers: queues, devices and what each is running."""
-        with client(url, token) as api:
-            answer = checked(api.get("/v1/workers"))
-        if as_json:
-            return emit_json(answer)
-        live = answer["workers"]
-        table = Table("worker", "host", "pid", "queues", "devices", id_column("job"), "last seen")
-        for w in live:
-            table.add_row(w["id"], w["host"], str(w["pid"]), ", ".join(w["queues"]),
-                          ", ".join(d["name"] for d in w["devices"]), (w["current_job"] or "idle")[:SHORT_ID],
-                          w["last_seen"][11:19])
-        console.print(table)
-        console.print(f"{len(live)} live worker(s)")
 
-    @app.command()
-    def predict(model: str, files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
-                top_k: int = 1, threshold: ThresholdOption = None,
-                as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Classify image files with MODEL (name, name:VERSION, name@ALIAS or job:ID)."""
-        form = {"model": model, "top_k": str(top_k)}
-        with client(url, token) as api:
-            uploads = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
-            answer = checked(api.post("/v1/predict", data=form if threshold is None else {**form, "threshold": str(threshold)},
-                                      files=uploads))
-        if as_json:
-            return emit_json(answer)
-        table = Table("file", "label", "probability", "top k")
-        for p in answer["predictions"]:
-            table.add_row(p["filename"], "not sure" if p.get("below_threshold") else p["label"], f"{p['probability']:.3f}",
-                          ", ".join(f"{t['label']} {t['probability']:.2f}" for t in p["top_k"]))
-        console.print(table)
+def models_table(answer: dict) -> list:
+    table = Table("name", "latest", "versions", "aliases")
+    for m in answer["data"]:
+        table.add_row(m["name"], str(m["latest_version"]), str(len(m["versions"])),
+                      ", ".join(f"{a}={v}" for a, v in m["aliases"].items()))
+    return [table]
 
-    @datasets_app.command("upload")
-    def datasets_upload(archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
-                        name: str | None = None, test_fraction: float = 0.2, image_size: int | None = None,
-                        color: Annotated[str, typer.Option(help="auto (RGB if any image has colour), rgb or "
-                                                                "grayscale")] = "auto",
-                        min_per_class: Annotated[int, typer.Option(help="refuse smaller classes")] = 5,
-                        as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Upload a dataset zip; specs then use it as uploaded:<id>."""
-        form = {"test_fraction": str(test_fraction), "color": color, "min_per_class": str(min_per_class),
-                **({"name": name} if name else {}), **({"image_size": str(image_size)} if image_size else {})}
-        with client(url, token) as api:
-            dataset = checked(api.post("/v1/datasets", data=form,
-                                       files={"file": (archive.name, archive.read_bytes(), "application/zip")}))
-        if as_json:
-            return emit_json(dataset)
-        if dataset["status"] != "ready":  # a large upload: decoded after the answer
-            console.print(f"uploaded:{dataset['id']}  {dataset['status']}: poll `trainyard datasets list` "
-                          "until it is ready")
-            return
-        shape = "x".join(map(str, dataset["input_shape"]))
-        console.print(f"uploaded:{dataset['id']}  {dataset['kind']}, {dataset['task']}, {shape}"
-                      f"{' ' + dataset['color'] if dataset.get('color') else ''}, "
-                      f"{dataset['num_train']} train / {dataset['num_test']} test, classes {dataset['classes']}")
-        for warning in dataset.get("warnings", []):
-            console.print(f"warning: {warning}")
 
-    @datasets_app.command("list")
-    def datasets_list(as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-        """Uploaded datasets."""
-        with client(url, token) as api:
-            answer = checked(api.get("/v1/datasets"))
-        if as_json:
-            return emit_json(answer)
-        table = Table(id_column("id"), "name", "status", "kind", "shape", "train", "test", "classes")
-        for d in answer["data"]:
-            shape = "x".join(map(str, d["input_shape"])) if d["input_shape"] else ""
-            status = d["status"] if d["status"] != "failed" else f"failed: {d['error']}"
-            table.add_row(d["id"][:SHORT_ID], d["name"], status, d["kind"] or "", shape, str(d["num_train"] or ""),
-                          str(d["num_test"] or ""), ", ".join(d["classes"] or []))
-        console.print(table)
+@command(models_app, "list")
+def models_list(opts: Options) -> None:
+    """Registered models, their latest versions and aliases."""
+    opts.show(opts.call("GET", "/v1/models"), models_table)
+
+
+@command(models_app, "alias")
+def models_alias(opts: Options, name: str, alias: str, version: int) -> None:
+    """Point NAME@ALIAS at VERSION."""
+    opts.show(opts.call("PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version}),
+              lambda model: [f"{name}@{alias} -> version {version}"])
+
+
+# Datasets.
+
+def dataset_lines(dataset: dict) -> list[str]:
+    if dataset["status"] != "ready":  # a large upload: decoded after the answer
+        return [f"uploaded:{dataset['id']}  {dataset['status']}: poll `trainyard datasets list` until it is ready"]
+    shape = "x".join(map(str, dataset["input_shape"]))
+    return [f"uploaded:{dataset['id']}  {dataset['kind']}, {dataset['task']}, {shape}"
+            f"{' ' + dataset['color'] if dataset.get('color') else ''}, "
+            f"{dataset['num_train']} train / {dataset['num_test']} test, classes {dataset['classes']}",
+            *(f"warning: {warning}" for warning in dataset.get("warnings", []))]
+
+
+@command(datasets_app, "upload")
+def datasets_upload(opts: Options, archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+                    name: str | None = None, test_fraction: float = 0.2, image_size: int | None = None,
+                    color: Annotated[str, typer.Option(help="auto (RGB if any image has colour), rgb or "
+                                                            "grayscale")] = "auto",
+                    min_per_class: Annotated[int, typer.Option(help="refuse smaller classes")] = 5) -> None:
+    """Upload a dataset zip; specs then use it as uploaded:<id>."""
+    form = {"test_fraction": str(test_fraction), "color": color, "min_per_class": str(min_per_class),
+            **({"name": name} if name else {}), **({"image_size": str(image_size)} if image_size else {})}
+    upload = {"file": (archive.name, archive.read_bytes(), "application/zip")}
+    opts.show(opts.call("POST", "/v1/datasets", data=form, files=upload), dataset_lines)
+
+
+def datasets_table(answer: dict) -> list:
+    table = Table(id_column("id"), "name", "status", "kind", "shape", "train", "test", "classes")
+    for d in answer["data"]:
+        shape = "x".join(map(str, d["input_shape"])) if d["input_shape"] else ""
+        status = d["status"] if d["status"] != "failed" else f"failed: {d['error']}"
+        table.add_row(d["id"][:SHORT_ID], d["name"], status, d["kind"] or "", shape, str(d["num_train"] or ""),
+                      str(d["num_test"] or ""), ", ".join(d["classes"] or []))
+    return [table]
+
+
+@command(datasets_app, "list")
+def datasets_list(opts: Options) -> None:
+    """Uploaded datasets."""
+    opts.show(opts.call("GET", "/v1/datasets"), datasets_table)

@@ -1,19 +1,20 @@
-"""The trainyard command line: migrate the database and run the API and a worker."""
+"""The trainyard command line: migrate the database and run the API and a worker (started and
+stopped by service/cli/supervisor.py, whose docstring follows the start-up chain), and the client
+commands of service/cli/client.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import typer
 
 from service.cli.client import UNREACHABLE, Failure
 from service.cli.client import register as register_client_commands
+from service.cli.supervisor import port_is_free, start, supervise
 from service.core import worker_registry
 from service.core.settings import get_settings
 
@@ -49,8 +50,6 @@ def _version(show: bool) -> None:
 def _options(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                                help="print the version and exit")) -> None:
     """trainyard: train and serve PyTorch models over HTTP."""
-
-STOP_TIMEOUT_S = 20.0
 
 
 @app.command()
@@ -102,7 +101,8 @@ def gpu_workers(settings, indices: list[int], queues: list[str]) -> dict[str, tu
 
 
 def api_command(settings) -> list[str]:
-    return [sys.executable, "-m", "service.api.serve"]
+    """One API process (service/api/server.py); TRAINYARD_API_WORKERS of them share the port."""
+    return [sys.executable, "-m", "service.api.server"]
 
 
 def api_environment(settings) -> dict[str, str]:
@@ -126,18 +126,41 @@ def worker(
         os.execv(sys.executable, worker_command(settings, worker_queues(settings, queues)))
     indices = gpu_indices(gpus)
     served = worker_queues(settings, queues) if queues else [settings.queue, settings.gpu_queue]
-    children = {name: subprocess.Popen(command, env=env, start_new_session=True)
-                for name, (command, env) in gpu_workers(settings, indices, served).items()}
+    children = {name: start(command, env) for name, (command, env) in gpu_workers(settings, indices, served).items()}
     typer.echo(f"{len(children)} GPU worker(s) started ({', '.join(f'cuda:{i}' for i in indices)}); Ctrl-C stops them")
     raise typer.Exit(supervise(children))
+
+
+def refuse_exposure(settings) -> None:
+    """Exit 2 if the API would listen beyond loopback without tokens (and without TRAINYARD_ALLOW_OPEN)."""
+    refusal = settings.exposure_refusal()
+    if refusal:
+        typer.echo(refusal, err=True)
+        raise typer.Exit(2)
+
+
+def start_api(settings) -> dict[str, subprocess.Popen]:
+    """The API's TRAINYARD_API_WORKERS processes, by name; exit 1 if something listens on the port."""
+    if not port_is_free(settings.host, settings.port):
+        typer.echo(f"{settings.host}:{settings.port} is already in use; is another server running? (TRAINYARD_PORT)",
+                   err=True)
+        raise typer.Exit(1)
+    env = api_environment(settings)
+    if settings.api_workers == 1:
+        return {"api": start(api_command(settings), env)}
+    return {f"api-{i}": start(api_command(settings), env) for i in range(settings.api_workers)}
 
 
 @app.command()
 def api() -> None:
     """Run the HTTP API in the foreground, in TRAINYARD_API_WORKERS processes."""
     settings = get_settings()
+    refuse_exposure(settings)
     settings.ensure_dirs()
-    os.execve(sys.executable, api_command(settings), api_environment(settings))
+    children = start_api(settings)
+    typer.echo(f"API starting on http://{settings.host}:{settings.port} in {len(children)} process(es); Ctrl-C stops it",
+               err=True)
+    raise typer.Exit(supervise(children))
 
 
 @app.command("serve", hidden=True)  # an alias of run, named in its help
@@ -145,59 +168,18 @@ def api() -> None:
 def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations first.")) -> None:
     """Migrate, then run the API and one worker until Ctrl-C (also: serve)."""
     settings = get_settings()
-    refusal = settings.exposure_refusal()
-    if refusal:
-        typer.echo(refusal, err=True)
-        raise typer.Exit(2)
+    refuse_exposure(settings)
     if not skip_migrate:
         migrate()
     queues = worker_queues(settings)
-    children = {
-        "worker": subprocess.Popen(worker_command(settings, queues), start_new_session=True),
-        "api": subprocess.Popen(api_command(settings), env=api_environment(settings), start_new_session=True),
-    }
+    children = start_api(settings)  # first: it refuses a port in use before anything runs
+    children["worker"] = start(worker_command(settings, queues))
     typer.echo(f"trainyard is starting on http://{settings.host}:{settings.port} with {settings.api_workers} "
                f"API process(es) (TRAINYARD_API_WORKERS) and a worker serving {', '.join(queues)} "
                f"(state in {settings.home}, data in {settings.data_dir}); Ctrl-C stops it")
     code = supervise(children)
     typer.echo("trainyard stopped")
     raise typer.Exit(code)
-
-
-def supervise(children: dict[str, subprocess.Popen]) -> int:
-    """Wait until Ctrl-C, SIGTERM or a child's exit, then stop them all; the exit status."""
-    stopping = False
-
-    def request_stop(_signum, _frame) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    exit_code = 0
-    while not stopping:
-        for name, proc in children.items():
-            if proc.poll() is not None:
-                typer.echo(f"{name} exited with status {proc.returncode}; stopping", err=True)
-                exit_code = 1
-                stopping = True
-        time.sleep(0.2)
-    _stop_all(children.values())
-    return exit_code
-
-
-def _stop_all(procs) -> None:
-    """SIGTERM each child (Celery finishes its warm shutdown), then SIGKILL stragglers."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _redact(url: str) -> str:

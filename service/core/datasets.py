@@ -16,7 +16,8 @@ from typing import BinaryIO, Iterable
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.data import DatasetError, save_stored_dataset, stored_dataset_path
+from models.data import save_stored_dataset, stored_dataset_path
+from models.dataset import DatasetError
 from models.spec import DatasetInfo, JobSpec, UploadedDatasetSpec, builtin_dataset_info
 from models.uploads import ArchiveLimits, check_archive, decode_archive
 from service.core.db import session_scope
@@ -91,15 +92,15 @@ def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadO
 def store_upload(session: Session, *, data: bytes | BinaryIO, name: str, options: UploadOptions,
                  settings: Settings, digest: str | None = None) -> StoredDataset:
     """Validate and decode an uploaded archive (bytes or a file, read member by member), write its
-    tensors, and record it as ready (with its upload_digest); Unprocessable saying why the archive
-    is not usable."""
+    tensors, and commit its record as ready (with its upload_digest); Unprocessable saying why the
+    archive is not usable."""
     record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.READY, upload_digest=digest)
     try:
         _decode_into(record, data, options, settings)
     except DatasetError as exc:
         raise Unprocessable(str(exc)) from exc
     session.add(record)
-    session.flush()
+    session.commit()
     return record
 
 
@@ -109,7 +110,7 @@ def _upload_path(datasets_dir: Path, dataset_id: str) -> Path:
 
 def accept_upload(session: Session, *, data: BinaryIO, name: str, datasets_dir: Path,
                   digest: str | None = None) -> StoredDataset:
-    """Keep an upload to decode later (decode_accepted), recorded as processing (with its upload_digest)."""
+    """Keep an upload to decode later (decode_accepted), committed as processing (with its upload_digest)."""
     record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.PROCESSING, heartbeat_at=utcnow(),
                            upload_digest=digest)
     path = _upload_path(datasets_dir, record.id)
@@ -122,7 +123,7 @@ def accept_upload(session: Session, *, data: BinaryIO, name: str, datasets_dir: 
         path.unlink(missing_ok=True)
         raise
     session.add(record)
-    session.flush()
+    session.commit()
     return record
 
 
@@ -257,7 +258,7 @@ def reference_id(session: Session, *, given: str) -> str:
     else:
         problem = (f"uploaded:{given} not found: no dataset has that id or name; GET /v1/datasets lists them "
                    "and POST /v1/datasets uploads one")
-    raise Invalid([(("body", "data", "dataset"), problem)])
+    raise Invalid([(("data", "dataset"), problem)])
 
 
 def list_datasets(session: Session) -> list[StoredDataset]:
@@ -275,7 +276,7 @@ def names(session: Session, *, references: Iterable[str]) -> dict[str, str]:
 
 
 def delete_dataset(session: Session, *, dataset_id: str, datasets_dir: Path) -> None:
-    """Delete a dataset no active job uses (its finished jobs keep their checkpoints)."""
+    """Delete a dataset no active job uses (its finished jobs keep their checkpoints); its files go after the commit."""
     record = require_dataset(session, dataset_id=dataset_id)
     dataset_id = record.id
     reference = f"uploaded:{dataset_id}"
@@ -284,7 +285,7 @@ def delete_dataset(session: Session, *, dataset_id: str, datasets_dir: Path) -> 
     if users:
         raise DatasetInUse(f"dataset {dataset_id} is used by unfinished job(s) {', '.join(users)}")
     session.delete(record)
-    session.flush()
+    session.commit()
     stored_dataset_path(datasets_dir, dataset_id).unlink(missing_ok=True)
     _upload_path(datasets_dir, dataset_id).unlink(missing_ok=True)
 
@@ -296,10 +297,10 @@ def dataset_info(session: Session, spec: JobSpec) -> DatasetInfo | None:
         if record is None:
             return None
         if record.status == DatasetStatus.PROCESSING:
-            raise Invalid([(("body", "data", "dataset"), f"dataset {record.id} is still being decoded; poll "
+            raise Invalid([(("data", "dataset"), f"dataset {record.id} is still being decoded; poll "
                                                          f"GET /v1/datasets/{record.id} until its status is ready")])
         if record.status == DatasetStatus.FAILED:
-            raise Invalid([(("body", "data", "dataset"), f"dataset {record.id} failed to decode: {record.error}")])
+            raise Invalid([(("data", "dataset"), f"dataset {record.id} failed to decode: {record.error}")])
         return DatasetInfo(task=record.task, input_shape=tuple(record.input_shape),
                            outputs=len(record.classes) if record.classes else 1, images=len(record.input_shape) == 3)
     return builtin_dataset_info(spec.data)

@@ -96,6 +96,13 @@ def session_scope(write: bool = True) -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def read_scope() -> Iterator[Session]:
+    """A read-only session that ends by closing: a read has nothing to commit."""
+    with get_sessionmaker(write=False)() as session:
+        yield session
+
+
 def ping() -> None:
     """Raise if the database cannot answer a trivial query."""
     with get_engine().connect() as conn:

@@ -22,7 +22,8 @@ class NotReady(Conflict):
 class Invalid(CoreError):
     """The request is well-formed but cannot run; `problems` are (location, message) pairs.
 
-    A location is a path into the request, e.g. ("body", "data", "dataset").
+    A location is a path into the submitted document (a job spec, a sweep, an upload's form), e.g.
+    ("data", "dataset"); core knows nothing of HTTP, and the API's one handler adds "body" in front.
     """
 
     def __init__(self, problems: list[tuple[tuple, str]]):

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
-
 from models.interchange import ExportError, export
 from models.predictor import Predictor
+from service.core.db import read_scope
 from service.core.errors import Unprocessable
 from service.core.references import resolve
 from service.core.settings import Settings
@@ -22,11 +21,11 @@ class ExportedModel:
     content: bytes
 
 
-def export_model(session: Session, *, reference: str, fmt: str, settings: Settings,
-                 inputs: str = "float") -> ExportedModel:
-    """The model a reference names, in format `fmt` taking `inputs`; Unprocessable if the format cannot hold it."""
-    target = resolve(session, reference=reference, settings=settings)
-    session.close()  # what follows needs no database
+def export_model(*, reference: str, fmt: str, settings: Settings, inputs: str = "float") -> ExportedModel:
+    """The model a reference names, in format `fmt` taking `inputs`; Unprocessable if the format cannot hold it.
+    The reference is looked up in a read session of its own, which ends before the (slow) export."""
+    with read_scope() as session:
+        target = resolve(session, reference=reference, settings=settings)
     predictor = Predictor.from_checkpoint(target.path)
     if target.threshold is not None:  # a registered version's default travels in the file's header
         predictor.meta = {**predictor.meta, "threshold": target.threshold}

@@ -1,5 +1,5 @@
 """The model registry: immutable versions (of job checkpoints, or of weights imported from
-elsewhere), and movable aliases."""
+elsewhere), and movable aliases. Each function that changes the registry commits its change."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _freeze(source: Path, target: Path) -> None:
 def _threshold(threshold: float | None, task: str) -> float | None:
     """A default threshold for a version of this task; Invalid on a model that does not classify."""
     if threshold is not None and task != "classification":
-        raise Invalid([(("body", "threshold"), f"threshold applies to classification; this model's task is {task}")])
+        raise Invalid([(("threshold",), f"threshold applies to classification; this model's task is {task}")])
     return threshold
 
 
@@ -73,7 +73,7 @@ def register(session: Session, *, name: str, job_id: str, checkpoint: str | int,
 
 
 def _next_version(session: Session, name: str, store, **columns) -> ModelVersion:
-    """Record the next version of `name`, and store(relative path) its file once the number is ours."""
+    """Record and commit the next version of `name`, and store(relative path) its file once the number is ours."""
     for _ in range(5):  # concurrent registrations of one name race for the next number
         version = (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
         relative = f"{name}/v{version}.safetensors"
@@ -84,6 +84,7 @@ def _next_version(session: Session, name: str, store, **columns) -> ModelVersion
         except IntegrityError:
             continue
         store(relative)
+        session.commit()
         return record
     raise RuntimeError(f"could not allocate a version of {name!r}; try again")
 
@@ -100,15 +101,15 @@ def import_version(session: Session, *, name: str, weights: bytes, model: dict, 
     try:
         spec = MODEL_SPEC.validate_python(model)
     except ValidationError as exc:
-        raise Invalid([(("body", "model", *e["loc"]), e["msg"]) for e in exc.errors()]) from None
+        raise Invalid([(("model", *e["loc"]), e["msg"]) for e in exc.errors()]) from None
     norm = None
     if normalize is not None:
         try:
             norm = NormalizeSpec.model_validate(normalize)
         except ValidationError as exc:
-            raise Invalid([(("body", "normalize", *e["loc"]), e["msg"]) for e in exc.errors()]) from None
+            raise Invalid([(("normalize", *e["loc"]), e["msg"]) for e in exc.errors()]) from None
         if len(input_shape) != 3 or len(norm.mean) != input_shape[0]:
-            raise Invalid([(("body", "normalize"), "normalize needs an image input_shape and one mean and std "
+            raise Invalid([(("normalize",), "normalize needs an image input_shape and one mean and std "
                                                    "per channel")])
     outputs = len(classes) if classes else 1
     try:
@@ -116,15 +117,15 @@ def import_version(session: Session, *, name: str, weights: bytes, model: dict, 
         with torch.no_grad():
             net.eval()(torch.zeros(1, *input_shape))
     except (ValueError, RuntimeError) as exc:
-        raise Invalid([(("body", "input_shape"), f"{spec.arch} does not take inputs of shape {input_shape}: "
+        raise Invalid([(("input_shape",), f"{spec.arch} does not take inputs of shape {input_shape}: "
                                                  f"{str(exc).strip().splitlines()[0]}")]) from None
     try:
         state = load_safetensors(weights)
     except Exception as exc:  # safetensors has its own error types for a damaged header
-        raise Invalid([(("body", "file"), f"not a safetensors file: {exc}")]) from None
+        raise Invalid([(("file",), f"not a safetensors file: {exc}")]) from None
     problems = weights_problems(net, state)
     if problems:
-        raise Invalid([(("body", "file", tensor), message) for tensor, message in problems])
+        raise Invalid([(("file", tensor), message) for tensor, message in problems])
     meta = imported_meta(spec.model_dump(mode="json"), classes, input_shape,
                          norm.mean if norm else None, norm.std if norm else None)
 
@@ -173,23 +174,23 @@ def set_alias(session: Session, *, name: str, alias: str, version: int) -> None:
         session.add(ModelAlias(name=name, alias=alias, version=version))
     else:
         row.version, row.updated_at = version, utcnow()
-    session.flush()
+    session.commit()
 
 
 def set_threshold(session: Session, *, name: str, version: int, threshold: float | None) -> ModelVersion:
     """Set (or, with None, clear) the default threshold predict applies to a version."""
     record = require_version(session, name=name, version=version)
     record.threshold = _threshold(threshold, record.task)
-    session.flush()
+    session.commit()
     return record
 
 
 def delete_version(session: Session, *, name: str, version: int, settings: Settings) -> None:
-    """Delete a version no alias points to."""
+    """Delete a version no alias points to; its file goes after the commit."""
     record = require_version(session, name=name, version=version)
     pointing = [alias for alias, v in aliases(session, name=name).items() if v == version]
     if pointing:
         raise AliasInUse(f"version {version} of {name!r} is aliased as {', '.join(pointing)}; move the alias first")
     session.delete(record)
-    session.flush()
+    session.commit()
     (settings.registry_dir / record.path).unlink(missing_ok=True)

@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 from models.cost import admission_problems
 from models.pretrained import find_weights_file, missing_weights_message, weights_file_name
 from models.spec import JobSpec, UploadedDatasetSpec, spec_problems
-from service.core import datasets, jobs, worker_registry
+from service.core import datasets, job_pages, jobs, worker_registry
 from service.core.broker import publish_or_defer
 from service.core.errors import Conflict, Invalid
 from service.core.ids import resolve_id
+from service.core.job_pages import JobView
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
 from service.core.settings import Settings
 from service.core.tables import Job
@@ -28,6 +29,7 @@ class Submitted:
     job_id: str
     replayed: bool  # an earlier request with the same Idempotency-Key created the job
     warnings: list[str] = field(default_factory=list)  # what will make the job fail unless someone acts
+    view: JobView | None = None  # the job as the answer shows it, read before the transaction ended
 
 
 def with_full_ids(session: Session, *, spec: JobSpec) -> JobSpec:
@@ -50,18 +52,18 @@ def check_spec(session: Session, *, spec: JobSpec, settings: Settings) -> str:
     problems = []
     info = datasets.dataset_info(session, spec)
     if info is None:
-        problems.append((("body", "data", "dataset"), f"{spec.data.dataset} not found; upload it to /v1/datasets"))
+        problems.append((("data", "dataset"), f"{spec.data.dataset} not found; upload it to /v1/datasets"))
     else:
-        problems += [(("body", *p.loc), p.msg) for p in spec_problems(spec, info)]
+        problems += [(tuple(p.loc), p.msg) for p in spec_problems(spec, info)]
         if not problems:
-            problems += [(("body", *loc), msg) for loc, msg in admission_problems(
+            problems += [(tuple(loc), msg) for loc, msg in admission_problems(
                 spec, info.input_shape, info.outputs, max_parameters=settings.max_parameters,
                 max_bytes=settings.max_job_memory, where="TRAINYARD_MAX_JOB_MEMORY")]
     if spec.init_from is not None:
         try:
             resolve(session, reference=init_from_reference(spec.init_from), settings=settings)
         except (ModelNotFound, ModelNotReady) as exc:
-            problems.append((("body", "init_from"), str(exc)))
+            problems.append((("init_from",), str(exc)))
     if problems:
         raise Invalid(problems)
     return info.task
@@ -77,6 +79,17 @@ def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempoten
                sweep: tuple[str, int] | None = None) -> Submitted:
     """Check a spec, commit its queued job and send it to a worker (`sweep`: the sweep and trial
     the job runs)."""
+    submitted = _submit(session, spec=spec, settings=settings, idempotency_key=idempotency_key, sweep=sweep)
+    submitted.view = job_pages.view(session, job_id=submitted.job_id, settings=settings)
+    # Ends the transaction the answer was read in (it wrote nothing): a write session's transactions
+    # hold the database's write lock until they end, and the request's other writers wait for it.
+    session.commit()
+    return submitted
+
+
+def _submit(session: Session, *, spec: JobSpec, settings: Settings, idempotency_key: str | None,
+            sweep: tuple[str, int] | None) -> Submitted:
+    """submit_job without the answer's view."""
     spec = with_full_ids(session, spec=spec)
     task = check_spec(session, spec=spec, settings=settings)
     request_hash = spec.digest()

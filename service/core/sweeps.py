@@ -1,4 +1,5 @@
-"""Sweeps: one base spec, some values varied (a grid, or random draws), one job per trial.
+"""Sweeps: checking a sweep's trials, storing it, launching its jobs and ranking them (the request
+and its trials' specs are models/sweeps.py's).
 
 The sweep row is the source of truth: it holds every trial's values and how many of them have
 their job (`launched`). advance() launches the next trials while fewer than max_parallel of the
@@ -9,155 +10,37 @@ so concurrent or repeated calls never create a trial twice.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import itertools
-import json
-import math
 import operator
-import random
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models.spec import JobSpec, explain, input_loc
+from models.sweeps import SweepSpec, trial_spec
 from service.core import jobs, submission
 from service.core.errors import Conflict, Invalid, NotFound
 from service.core.ids import resolve_id
 from service.core.settings import Settings
 from service.core.tables import EpochMetric, Job, JobStatus, Sweep, utcnow
 
-MAX_TRIALS = 256
-RANKABLE = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
-Path = Annotated[str, Field(pattern=r"^[a-z_]+(\.[a-z0-9_]+){0,5}$", max_length=100)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Distribution(_Strict):
-    """Exactly one of: uniform [low, high], log_uniform [low, high] (both > 0), integer [low,
-    high] (inclusive), choice [values]."""
-
-    uniform: tuple[float, float] | None = None
-    log_uniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
-    integer: tuple[int, int] | None = None
-    choice: Annotated[list[Any], Field(min_length=1, max_length=100)] | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> Distribution:
-        given = [name for name in ("uniform", "log_uniform", "integer", "choice") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of uniform, log_uniform, integer, choice")
-        bounds = self.uniform or self.log_uniform or self.integer
-        if bounds is not None and bounds[0] > bounds[1]:
-            raise ValueError(f"{given[0]}: low {bounds[0]} is above high {bounds[1]}")
-        return self
-
-    def draw(self, rng: random.Random):
-        if self.uniform is not None:
-            return rng.uniform(*self.uniform)
-        if self.log_uniform is not None:
-            return math.exp(rng.uniform(math.log(self.log_uniform[0]), math.log(self.log_uniform[1])))
-        if self.integer is not None:
-            return rng.randint(*self.integer)
-        return rng.choice(self.choice)
-
-
-class RandomSearch(_Strict):
-    distributions: Annotated[dict[Path, Distribution], Field(min_length=1, max_length=20)]
-    count: Annotated[int, Field(ge=1, le=MAX_TRIALS)]
-    seed: int = 0
-
-
-class SweepSpec(_Strict):
-    """A sweep request: `base` is a job spec; `grid` maps dotted spec paths to the values to try
-    (every combination), or `random` draws `count` trials from distributions."""
-
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    base: dict
-    grid: Annotated[dict[Path, Annotated[list[Any], Field(min_length=1, max_length=64)]],
-                    Field(min_length=1, max_length=10)] | None = None
-    random: RandomSearch | None = None
-    # What ranks the jobs (each job's best epoch); default: validation accuracy (loss for regression)
-    # when the trials hold out a validation split, else the test set's.
-    metric: Literal[RANKABLE] | None = None
-    mode: Literal["min", "max"] | None = None
-    max_parallel: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None
-
-    @model_validator(mode="after")
-    def _one_search(self) -> SweepSpec:
-        if (self.grid is None) == (self.random is None):
-            raise ValueError("give either grid or random")
-        if self.grid is not None and math.prod(len(v) for v in self.grid.values()) > MAX_TRIALS:
-            raise ValueError(f"the grid has more than {MAX_TRIALS} combinations")
-        return self
-
-    @property
-    def varied(self) -> str:
-        return "grid" if self.grid is not None else "random"
-
-    def trials(self) -> list[dict]:
-        """Each trial's values, {dotted path: value}, in a stable order."""
-        if self.grid is not None:
-            paths = list(self.grid)
-            return [dict(zip(paths, values)) for values in itertools.product(*self.grid.values())]
-        rng = random.Random(self.random.seed)
-        return [{path: dist.draw(rng) for path, dist in self.random.distributions.items()}
-                for _ in range(self.random.count)]
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
-
-
-def _set(spec: dict, path: str, value) -> None:
-    node = spec
-    for key in path.split(".")[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise ValueError(f"{key} is not an object in the base spec")
-        node = child
-    node[path.rsplit(".", 1)[-1]] = value
-
-
-def trial_spec(base: dict, name: str, params: dict) -> dict:
-    """The base spec with a trial's values set, named after them."""
-    spec = copy.deepcopy(base)
-    for path, value in params.items():
-        _set(spec, path, value)
-    spec["name"] = f"{name} [{label(params)}]"[:200]
-    return spec
-
-
-def label(params: dict) -> str:
-    """A trial's values in a few characters: `weight_decay=3, lr=0.1`."""
-    return ", ".join(f"{path.rsplit('.', 1)[-1]}={_short(value)}" for path, value in params.items())
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value
-
 
 def _problems(sweep: SweepSpec, spec: dict, params: dict, error: Exception) -> list[tuple[tuple, str]]:
     """Where a trial's spec went wrong: at the varied path when it was a varied value, else in base."""
     found = []
     details = error.errors() if isinstance(error, ValidationError) else [
-        {"loc": loc[1:] if loc[:1] == ("body",) else loc, "msg": msg} for loc, msg in error.problems]
+        {"loc": loc, "msg": msg} for loc, msg in error.problems]
     for detail in details:
         loc = input_loc(spec, tuple(detail["loc"]), missing=detail.get("type", "missing") == "missing")
         dotted = ".".join(str(part) for part in loc)
         path = next((p for p in params if dotted == p or dotted.startswith(p + ".")), None)
         message = explain(detail, JobSpec, spec)
         if path is not None:
-            found.append((("body", sweep.varied, path), f"value {params[path]!r}: {message}"))
+            found.append(((sweep.varied, path), f"value {params[path]!r}: {message}"))
         else:
-            found.append((("body", "base", *loc), message))
+            found.append((("base", *loc), message))
     return found
 
 
@@ -174,7 +57,7 @@ def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[
         except (ValidationError, Invalid) as exc:
             problems += [p for p in _problems(sweep, raw, params, exc) if p not in problems]
         except ValueError as exc:
-            problems.append((("body", "base"), str(exc)))
+            problems.append((("base",), str(exc)))
     if problems:
         raise Invalid(problems[:50])
     return trials, tasks.pop()

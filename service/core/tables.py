@@ -1,4 +1,16 @@
-"""ORM tables: jobs, their per-epoch metrics, and their checkpoints. Schema changes go through Alembic."""
+"""ORM tables. Schema changes go through Alembic (migrations/).
+
+jobs             a training job: its spec, status, attempt and lease (the source of truth)
+job_events       each status transition of a job, in order
+job_logs         what a job's worker logged while running it
+epoch_metrics    one row per job and epoch: losses, accuracies, timing
+checkpoints      one row per job and epoch: the checkpoint file's path and size
+sweeps           a base spec with varied values; its trials and how many have their job
+datasets         uploaded datasets (their decoded tensors live in the datasets folder)
+model_versions   registered models: immutable copies of a checkpoint, or imported weights
+model_aliases    movable names (such as `production`) for one version of a model
+workers          live training workers: their queues, devices and weights, renewed by heartbeat
+"""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from models.augment import Augmenter
 from models.cifar import UnsafeData, load_cifar10
-from models.data import DatasetError, channel_stats, load_dataset
+from models.data import channel_stats, load_dataset
+from models.dataset import DatasetError
 from models.engine import fit
 from models.predictor import Predictor
 from models.spec import AugmentSpec, ImageDatasetSpec, JobSpec, spec_problems
@@ -124,6 +125,7 @@ def test_cifar10_spec_limits_resize_and_channels(cifar_dir):
     assert [p.loc for p in spec_problems(bad, data.info)] == [("data", "normalize", "mean")]
 
 
+@pytest.mark.slow
 def test_colour_classes_of_equal_brightness_need_colour(tmp_path):
     """Grey can only guess; with colour kept, LeNet tells them apart."""
     rng = np.random.default_rng(0)
@@ -209,6 +211,7 @@ def test_augmentation_changes_training_batches_only_and_is_seeded():
         assert out.shape == x.shape and out.dtype == torch.uint8
 
 
+@pytest.mark.slow
 def test_augmented_training_is_reproducible_and_resumes_exactly(cifar_dir):
     spec = job(data={"dataset": "cifar10", "augment": AUGMENT}, epochs=2)
     full, again = Recorder(), Recorder()

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import DatasetError, load_dataset, read_idx
+from models.data import load_dataset
+from models.dataset import DatasetError
+from models.idx import read_idx
 from models.spec import ImageDatasetSpec, SyntheticLinearSpec
 from tests.datagen import make_idx_dataset, write_idx
 

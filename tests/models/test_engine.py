@@ -174,6 +174,7 @@ def test_weight_decay_spares_biases_unless_decay_bias(idx_dir):
     assert bias(decayed) < 0.8 * bias(spared)
 
 
+@pytest.mark.slow
 def test_l1_penalty_makes_weights_sparser(idx_dir):
     plain = fit(job(epochs=2), data_dir=idx_dir).run
     lasso = fit(job(epochs=2, optimizer={"lr": 0.5, "l1": 0.001}), data_dir=idx_dir).run
@@ -208,6 +209,7 @@ def test_max_runtime_stops_between_batches(idx_dir):
     assert result.reason == "max_runtime_exceeded" and result.stopped_at.epoch < 50
 
 
+@pytest.mark.slow
 def test_cross_validation_reports_every_fold_then_trains_the_final_model(idx_dir):
     recorder = Recorder()
     folds = []
@@ -232,6 +234,7 @@ def test_cross_validation_reports_every_fold_then_trains_the_final_model(idx_dir
     assert [m.epoch for m in recorder.epochs] == [1, 2]
 
 
+@pytest.mark.slow
 def test_sequential_and_builtin_train_identically(idx_dir):
     a, b = Recorder(), Recorder()
     fit(job(model={"arch": "lenet"}, epochs=1, optimizer={"lr": 0.9}), a, data_dir=idx_dir)
@@ -286,6 +289,7 @@ def test_mixed_precision_flags(idx_dir):
         job(amp="fp8")
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_like_the_eager_one(idx_dir):
     eager, compiled = Recorder(), Recorder()
     fit(job(epochs=1, model={"arch": "mlp", "hidden": [32]}), eager, data_dir=idx_dir)

@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from models.checkpoint import read_checkpoint, write_checkpoint
-from models.data import image_dataset
 from models.engine import fit, prepare
+from models.idx import image_dataset
 from models.predictor import Predictor
 from models.pretrained import MissingWeights, UnsafeWeights, find_pretrained
 from models.spec import JobSpec
 from tests.datagen import class_images, colour_images
+
+pytestmark = pytest.mark.slow  # trains and fine-tunes backbones for seconds a test
 
 CLASSES = tuple("abcdefghij")
 WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's name for ResNet18_Weights.IMAGENET1K_V1

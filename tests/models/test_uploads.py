@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models.contract import InputContract
-from models.data import IDX_FILES, load_stored_dataset, save_stored_dataset
+from models.data import load_stored_dataset, save_stored_dataset
+from models.idx import IDX_FILES
 from models.uploads import ArchiveError, ArchiveLimits, decode_archive
 from tests.datagen import class_images, image_folder_zip, png_bytes, write_idx, zip_bytes
 

@@ -53,6 +53,7 @@ def test_a_cancelled_job_is_never_run(service_env):
     assert read_job(job_id).status == JobStatus.CANCELLED
 
 
+@pytest.mark.slow
 def test_failed_lease_renewals_back_off_to_the_longest_wait(service_env, monkeypatch, caplog):
     """Renewals against a database that refuses connections (a real PostgreSQL address with
     nothing listening) are retried at growing intervals, capped, one log line each."""

@@ -21,14 +21,14 @@ from models.predictor import InputError
 from models.spec import JobSpec, input_loc
 from service.api import plots
 from service.api.auth import token_table
-from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
+from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.schemas.evaluation import evaluation_public
-from service.api.schemas.jobs import jobs_public, metric_rows
+from service.api.schemas.jobs import job_public, jobs_public, metric_rows
 from service.api.schemas.predict import image_answer
 from service.api.schemas.registry import model_public
 from service.api.schemas.sweeps import sweep_public
 from service.api.schemas.workers import WorkerPublic
-from service.core import datasets, job_logs, jobs, registry, retention, submission, sweeps, worker_registry
+from service.core import datasets, job_logs, job_pages, jobs, registry, retention, submission, sweeps, worker_registry
 from service.core.settings import get_settings
 from service.core.errors import CoreError, Invalid
 
@@ -78,15 +78,11 @@ def login(token: Annotated[str, Form(max_length=500)]) -> RedirectResponse:
     return response
 
 
-def _public(session, page) -> list:
-    return jobs_public(session, page, get_settings())
-
-
 def _jobs(session, limit: int = 100) -> dict:
     """The job list's context: the newest jobs, how many there are, and their uploaded datasets' names."""
-    page, count = jobs.list_jobs(session, status=None, limit=limit, offset=0)
-    references = [(job.spec.get("data") or {}).get("dataset", "") for job in page]
-    return {"jobs": _public(session, page), "count": count,
+    views, count = job_pages.page(session, status=None, limit=limit, offset=0, settings=get_settings())
+    references = [(view.job.spec.get("data") or {}).get("dataset", "") for view in views]
+    return {"jobs": jobs_public(views), "count": count,
             "dataset_names": datasets.names(session, references=references)}
 
 
@@ -106,7 +102,7 @@ LOG_LINES_SHOWN = 5000
 @pages.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: str, request: Request, session: SessionDep,
              tab: Literal["overview", "logs"] = "overview") -> HTMLResponse:
-    (job,) = _public(session, [jobs.require_job(session, job_id=job_id)])
+    job = job_public(job_pages.view(session, job_id=job_id, settings=get_settings()))
     context = {"job": job, "tab": tab}
     if tab == "logs":
         context["logs"] = job_logs.read(session, job_id=job.id, limit=LOG_LINES_SHOWN)
@@ -117,9 +113,8 @@ def job_page(job_id: str, request: Request, session: SessionDep,
 
 
 @pages.get("/ui/jobs/{job_id}/plot.png")
-async def job_plot(job_id: str, session: SessionDep) -> Response:
-    data = await run_in_threadpool(plots.job_series, session, [job_id])
-    session.close()
+async def job_plot(job_id: str) -> Response:
+    data = await read(plots.job_series, [job_id])
     return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
 
 
@@ -161,7 +156,7 @@ def _describe(exc: Exception, sent=None) -> str:
 
         return "\n".join(f"{'.'.join(str(p) for p in where(e))}: {e['msg']}" for e in exc.errors())
     if isinstance(exc, Invalid):
-        return "\n".join(f"{'.'.join(str(p) for p in loc if p != 'body')}: {msg}" for loc, msg in exc.problems)
+        return "\n".join(f"{'.'.join(str(p) for p in loc)}: {msg}" for loc, msg in exc.problems)
     return str(exc)
 
 
@@ -205,9 +200,8 @@ def sweep_page(sweep_id: str, request: Request, session: SessionDep) -> HTMLResp
 
 
 @pages.get("/ui/sweeps/{sweep_id}/compare.png")
-async def sweep_plot(sweep_id: str, session: SessionDep) -> Response:
-    data = await run_in_threadpool(plots.sweep_series, session, sweep_id)
-    session.close()
+async def sweep_plot(sweep_id: str) -> Response:
+    data = await read(plots.sweep_series, sweep_id)
     return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
 
 
@@ -256,12 +250,11 @@ def predict_form(request: Request, session: SessionDep, model: str | None = None
 
 
 @actions.post("/ui/predict", response_class=HTMLResponse)
-async def predict(request: Request, server: ModelServerDep, session: SessionDep, settings: SettingsDep,
+async def predict(request: Request, server: ModelServerDep, settings: SettingsDep,
                   model: Annotated[str, Form(max_length=200)], files: Annotated[list[UploadFile], File()],
                   top_k: Annotated[int, Form(ge=1, le=100)] = 3,
                   threshold: Annotated[float | None, Form(ge=0, le=1)] = None) -> Response:
-    context = {"model": model, "top_k": top_k, "threshold": threshold, "choices": _model_choices(session)}
-    session.close()
+    context = {"model": model, "top_k": top_k, "threshold": threshold, "choices": await read(_model_choices)}
     if len(files) > settings.max_files_per_request:
         error = f"{len(files)} images chosen; at most {settings.max_files_per_request} at a time"
         return templates.TemplateResponse(request, "predict.html", {**context, "error": error}, status_code=422)

@@ -62,14 +62,12 @@ async def upload_dataset(
     if await run_in_threadpool(datasets.inspect_upload, file.file, settings=settings) >= settings.dataset_background_bytes:
         record = await run_in_threadpool(datasets.accept_upload, session, data=file.file, name=label,
                                          datasets_dir=settings.datasets_dir, digest=digest)
-        session.commit()
         datasets.decode_later(dataset_id=record.id, options=options, settings=settings)
         response.status_code = status.HTTP_202_ACCEPTED
         response.headers["Location"] = f"/v1/datasets/{record.id}"
         return DatasetPublic.model_validate(record)
     record = await run_in_threadpool(
         datasets.store_upload, session, data=file.file, name=label, options=options, settings=settings, digest=digest)
-    session.commit()
     return DatasetPublic.model_validate(record)
 
 
@@ -91,4 +89,3 @@ def read_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
 def delete_dataset(dataset_id: str, session: WriteSessionDep, settings: SettingsDep) -> None:
     """Delete an uploaded dataset that no queued or running job uses."""
     datasets.delete_dataset(session, dataset_id=dataset_id, datasets_dir=settings.datasets_dir)
-    session.commit()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -14,6 +12,7 @@ from sse_starlette import EventSourceResponse
 
 from models.spec import JobSpec
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
+from service.api.events import Cursor, Snapshot, new_events
 from service.api.schemas.jobs import (
     EpochMetricPublic,
     JobPublic,
@@ -22,13 +21,13 @@ from service.api.schemas.jobs import (
     LogsPublic,
     MetricsPublic,
     TransitionPublic,
+    job_public,
     jobs_public,
 )
-from service.core import job_logs, jobs, retention, submission, worker_registry
-from service.core.errors import Invalid
-from service.core.db import session_scope
+from service.core import job_logs, job_pages, jobs, retention, submission, worker_registry
+from service.core.db import read_scope
 from service.core.settings import Settings, get_settings
-from service.core.tables import Job, JobStatus
+from service.core.tables import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -37,14 +36,8 @@ CONFLICT = {409: {"description": "The job's state does not allow this"}}
 
 
 def _public(session, job_id: str, settings: Settings) -> JobPublic:
-    """The job as it is now, with the session's transaction ended before the response is sent."""
-    return _page(session, [jobs.require_job(session, job_id=job_id)], settings)[0]
-
-
-def _page(session, page: list[Job], settings: Settings) -> list[JobPublic]:
-    public = jobs_public(session, page, settings)
-    session.commit()
-    return public
+    """The job as it is now."""
+    return job_public(job_pages.view(session, job_id=job_id, settings=settings))
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
@@ -65,7 +58,7 @@ def submit_job(
     response.headers["Location"] = f"/v1/jobs/{submitted.job_id}"
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return _public(session, submitted.job_id, settings).model_copy(update={"warnings": submitted.warnings})
+    return job_public(submitted.view).model_copy(update={"warnings": submitted.warnings})
 
 
 @router.get("", response_model=JobsPublic)
@@ -77,8 +70,8 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobsPublic:
     """Jobs, newest first, optionally filtered by status."""
-    page, count = jobs.list_jobs(session, status=status_filter, limit=limit, offset=offset)
-    return JobsPublic(data=_page(session, page, settings), count=count)
+    views, count = job_pages.page(session, status=status_filter, limit=limit, offset=offset, settings=settings)
+    return JobsPublic(data=jobs_public(views), count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=JOB_NOT_FOUND)
@@ -133,19 +126,10 @@ def read_logs(job_id: str, session: SessionDep,
 EVENT_POLL_SECONDS = 0.25
 
 
-@dataclass
-class Snapshot:
-    status: str
-    waiting: str | None
-    transitions: list[dict]
-    metrics: list[dict]
-    logs: list[dict]
-
-
 def _snapshot(job_id: str, logs_after: int | None) -> Snapshot:
     """The job's status, waiting reason, transitions, metrics and (if asked) new log lines, read in
     one short transaction."""
-    with session_scope(write=False) as session:
+    with read_scope() as session:
         job = jobs.require_job(session, job_id=job_id)
         waiting = worker_registry.waiting_reasons(session, jobs=[job], settings=get_settings()).get(job.id)
         transitions = [TransitionPublic.model_validate(e).model_dump(mode="json") for e in job.events]
@@ -155,49 +139,6 @@ def _snapshot(job_id: str, logs_after: int | None) -> Snapshot:
             LogLinePublic.model_validate(line).model_dump(mode="json")
             for line in job_logs.read(session, job_id=job.id, after=logs_after)]
         return Snapshot(job.status, waiting, transitions, metrics, logs)
-
-
-@dataclass
-class Cursor:
-    """How far a client has read the stream; every event's id is the cursor after it, so that a
-    client reconnecting with Last-Event-ID gets exactly the events it has not seen."""
-
-    transitions: int = 0
-    epoch: int = 0
-    log: int = 0
-    waiting: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.transitions}.{self.epoch}.{self.log}.{self.waiting or '-'}"
-
-    @classmethod
-    def parse(cls, raw: str) -> Cursor:
-        parts = raw.split(".")
-        if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]) or not re.fullmatch(r"[a-z_]{1,50}|-", parts[3]):
-            raise Invalid([(("header", "last-event-id"), "not an event id this stream sent (e.g. 3.2.17.-)")])
-        return cls(int(parts[0]), int(parts[1]), int(parts[2]), None if parts[3] == "-" else parts[3])
-
-
-def new_events(snapshot: Snapshot, cursor: Cursor) -> list[tuple[str, dict, str]]:
-    """The (event, data, id) a client at `cursor` has not had, in order; moves the cursor past them."""
-    events = []
-    for transition in snapshot.transitions[cursor.transitions:]:
-        cursor.transitions += 1
-        events.append(("status", transition, str(cursor)))
-    if snapshot.waiting != cursor.waiting:
-        cursor.waiting = snapshot.waiting
-        events.append(("waiting", {"reason": snapshot.waiting}, str(cursor)))
-    for row in snapshot.metrics:
-        if row["epoch"] > cursor.epoch:
-            cursor.epoch = row["epoch"]
-            events.append(("epoch", row, str(cursor)))
-    for line in snapshot.logs:
-        if line["id"] > cursor.log:
-            cursor.log = line["id"]
-            events.append(("log", line, str(cursor)))
-    if snapshot.status in JobStatus.FINAL:
-        events.append(("end", {"status": snapshot.status}, str(cursor)))
-    return events
 
 
 @router.get("/{job_id}/events", responses={**JOB_NOT_FOUND, 200: {"content": {"text/event-stream": {}}}})

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from service.api import plots
-from service.api.deps import ModelServerDep, SessionDep
+from service.api.deps import ModelServerDep, read
 from service.api.schemas.plots import ConfusionPublic
 from service.api.serving import ModelServer
 
@@ -17,24 +17,22 @@ router = APIRouter(prefix="/v1", tags=["plots"])
 PNG = {200: {"content": {"image/png": {}}, "description": "A PNG image"}, 404: {"description": "No such job"}}
 
 
-async def _curves(session, job_ids: list[str]) -> Response:
-    data = await run_in_threadpool(plots.job_series, session, job_ids)
-    session.close()
+async def _curves(job_ids: list[str]) -> Response:
+    data = await read(plots.job_series, job_ids)
     return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
 
 
 @router.get("/jobs/{job_id}/plot.png", response_class=Response, responses=PNG)
-async def learning_curves(job_id: str, session: SessionDep) -> Response:
+async def learning_curves(job_id: str) -> Response:
     """Loss and accuracy per epoch, train and test."""
-    return await _curves(session, [job_id])
+    return await _curves([job_id])
 
 
 @router.get("/plots/compare.png", response_class=Response, responses=PNG)
-async def compare(session: SessionDep,
-                  job_ids: Annotated[str, Query(alias="jobs", description="comma-separated job ids (2 to 8)",
+async def compare(job_ids: Annotated[str, Query(alias="jobs", description="comma-separated job ids (2 to 8)",
                                                 pattern=r"^[0-9a-fA-F-]{1,36}(,[0-9a-fA-F-]{1,36}){1,7}$")]) -> Response:
     """Several jobs' curves on one figure (e.g. the under- and over-fitting experiment)."""
-    return await _curves(session, job_ids.split(","))
+    return await _curves(job_ids.split(","))
 
 
 async def _confusion(job_id: str, server: ModelServer) -> ConfusionPublic:

@@ -41,7 +41,6 @@ def register_model(body: ModelCreate, session: WriteSessionDep, settings: Settin
     """Register a job's best, last or given epoch's checkpoint as the next version of a model."""
     version = registry.register(session, name=body.name, job_id=body.job_id.lower(),
                                 checkpoint=body.checkpoint, settings=settings, threshold=body.threshold)
-    session.commit()
     server.references.clear()  # `name` may now mean the new version
     return ModelVersionPublic.model_validate(version)
 
@@ -64,11 +63,8 @@ def set_alias(name: NameParam, alias: NameParam, body: AliasUpdate, session: Wri
               server: ModelServerDep) -> ModelPublic:
     """Point an alias (e.g. `production`) at a version; references `name@alias` follow it."""
     registry.set_alias(session, name=name, alias=alias, version=body.version)
-    session.commit()
     server.references.clear()  # other API processes follow within reference_cache_seconds
-    model = _model(session, name)
-    session.commit()
-    return model
+    return _model(session, name)
 
 
 @router.patch("/{name}/versions/{version}", response_model=ModelVersionPublic, responses=NOT_FOUND)
@@ -77,7 +73,6 @@ def update_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_IN
     """Set or clear (null) a version's default threshold; a field left out is left as it is."""
     record = (registry.set_threshold(session, name=name, version=version, threshold=body.threshold)
               if "threshold" in body.model_fields_set else registry.require_version(session, name=name, version=version))
-    session.commit()
     server.references.clear()  # other API processes follow within reference_cache_seconds
     return ModelVersionPublic.model_validate(record)
 
@@ -88,7 +83,6 @@ def delete_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_IN
                    settings: SettingsDep, server: ModelServerDep) -> None:
     """Delete a version that no alias points to."""
     registry.delete_version(session, name=name, version=version, settings=settings)
-    session.commit()
     server.references.clear()
 
 
@@ -103,29 +97,28 @@ EXPORTED = {200: {"content": {"application/octet-stream": {}}, "description": "T
             422: {"description": "The format cannot hold this model"}}
 
 
-async def _export(session, settings, reference: str, fmt: str, inputs: str) -> Response:
-    exported = await run_in_threadpool(exports.export_model, session, reference=reference, fmt=fmt,
-                                       settings=settings, inputs=inputs)
+async def _export(settings, reference: str, fmt: str, inputs: str) -> Response:
+    exported = await run_in_threadpool(exports.export_model, reference=reference, fmt=fmt, settings=settings,
+                                       inputs=inputs)
     return Response(exported.content, media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'})
 
 
 @router.get("/{name}/versions/{version}/export", response_class=Response, responses=EXPORTED)
-async def export_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], session: SessionDep,
-                         settings: SettingsDep, fmt: FormatParam = "safetensors",
-                         inputs: InputsParam = "float") -> Response:
+async def export_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], settings: SettingsDep,
+                         fmt: FormatParam = "safetensors", inputs: InputsParam = "float") -> Response:
     """Download one version of a model as safetensors, TorchScript or ONNX."""
-    return await _export(session, settings, f"{name}:{version}", fmt, inputs)
+    return await _export(settings, f"{name}:{version}", fmt, inputs)
 
 
 @router.get("/{reference}/export", response_class=Response, responses=EXPORTED)
 async def export_reference(reference: Annotated[str, Path(max_length=200, description=(
                                "name (its production alias, else the latest version), name:VERSION, name@ALIAS, "
                                "job:ID or job:ID:best|last|EPOCH"))],
-                           session: SessionDep, settings: SettingsDep, fmt: FormatParam = "safetensors",
+                           settings: SettingsDep, fmt: FormatParam = "safetensors",
                            inputs: InputsParam = "float") -> Response:
     """Download the model any reference names, a job's checkpoint included."""
-    return await _export(session, settings, reference, fmt, inputs)
+    return await _export(settings, reference, fmt, inputs)
 
 
 def _json_field(field: str, raw: str | None, default=None):
@@ -134,7 +127,7 @@ def _json_field(field: str, raw: str | None, default=None):
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise Invalid([(("body", field), f"{field} must be JSON: {exc}")]) from None
+        raise Invalid([((field,), f"{field} must be JSON: {exc}")]) from None
 
 
 IMPORT_FIELDS = frozenset({"file", "name", "model", "classes", "input_shape", "normalize", "threshold"})
@@ -164,19 +157,18 @@ async def import_model(
     names = _json_field("classes", classes)
     shape = _json_field("input_shape", input_shape)
     if not isinstance(spec, dict):
-        raise Invalid([(("body", "model"), 'model must be a JSON object such as {"arch": "mlp"}')])
+        raise Invalid([(("model",), 'model must be a JSON object such as {"arch": "mlp"}')])
     if names is not None and (not isinstance(names, list) or len(names) < 2
                               or not all(isinstance(n, str) and n for n in names)):
-        raise Invalid([(("body", "classes"), "classes must be a JSON list of at least two names")])
+        raise Invalid([(("classes",), "classes must be a JSON list of at least two names")])
     if (not isinstance(shape, list) or len(shape) not in (1, 3)
             or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in shape)):
-        raise Invalid([(("body", "input_shape"), "input_shape must be [features] or [channels, height, width]")])
+        raise Invalid([(("input_shape",), "input_shape must be [features] or [channels, height, width]")])
     if len(shape) == 3 and shape[0] not in (1, 3):
-        raise Invalid([(("body", "input_shape"), f"images have 1 (grey) or 3 (RGB) channels, not {shape[0]}")])
+        raise Invalid([(("input_shape",), f"images have 1 (grey) or 3 (RGB) channels, not {shape[0]}")])
     weights = await file.read()
     version = await run_in_threadpool(registry.import_version, session, name=name, weights=weights, model=spec,
                                       classes=names, input_shape=shape, settings=settings,
                                       normalize=_json_field("normalize", normalize), threshold=threshold)
-    session.commit()
     server.references.clear()
     return ModelVersionPublic.model_validate(version)

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 
+from models.sweeps import SweepSpec
 from service.api import plots
-from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
+from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.schemas.sweeps import SweepPublic, SweepsPublic, sweep_public
 from service.core import sweeps
-from service.core.sweeps import SweepSpec
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 NOT_FOUND = {404: {"description": "No such sweep"}}
@@ -19,9 +19,7 @@ NOT_FOUND = {404: {"description": "No such sweep"}}
 
 def _public(session, sweep_id: str) -> SweepPublic:
     sweep = sweeps.require(session, sweep_id=sweep_id)
-    public = sweep_public(sweep, sweeps.trials(session, sweep))
-    session.commit()
-    return public
+    return sweep_public(sweep, sweeps.trials(session, sweep))
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic,
@@ -63,8 +61,7 @@ def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> SweepPublic:
 
 @router.get("/{sweep_id}/compare.png", response_class=Response, responses={
     200: {"content": {"image/png": {}}, "description": "A PNG image"}, **NOT_FOUND})
-async def compare_sweep(sweep_id: str, session: SessionDep) -> Response:
+async def compare_sweep(sweep_id: str) -> Response:
     """The learning curves of the sweep's best trials (up to 12) on one figure, labelled by their values."""
-    data = await run_in_threadpool(plots.sweep_series, session, sweep_id)
-    session.close()
+    data = await read(plots.sweep_series, sweep_id)
     return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")

@@ -5,12 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.orm import Session
 
-from service.core import jobs, retention, worker_registry
+from service.core.job_pages import JobView
 from service.core.jobs import best_checkpoint, best_selected_on
-from service.core.settings import Settings
-from service.core.tables import EpochMetric, Job
+from service.core.tables import EpochMetric
 
 
 class EpochMetricPublic(BaseModel):
@@ -79,7 +77,8 @@ class JobPublic(BaseModel):
     cross_validation: dict | None = None
     # Why a queued job cannot start: no live worker serves its queue (no_worker, no_gpu_worker).
     waiting_reason: str | None = None
-    # Bytes the job's checkpoints and resumable state take on disk now.
+    # Bytes the job's checkpoints take on disk, as recorded when each was written (the resumable
+    # state file beside them is not counted).
     disk_bytes: int = 0
     # The sweep that created the job, if one did.
     sweep_id: str | None = None
@@ -113,17 +112,14 @@ class JobsPublic(BaseModel):
     count: int
 
 
-def jobs_public(session: Session, page: list[Job], settings: Settings) -> list[JobPublic]:
-    """Jobs in their public form: latest metrics and waiting reasons read in one query each."""
-    latest = jobs.latest_metrics(session, job_ids=[job.id for job in page])
-    waiting = worker_registry.waiting_reasons(session, jobs=page, settings=settings)
-    return [job_public(job, latest.get(job.id), waiting.get(job.id), retention.disk_usage(settings, job.id))
-            for job in page]
+def jobs_public(views: list[JobView]) -> list[JobPublic]:
+    """Jobs in their public form, from views core built (a page costs a few queries, see core.job_pages)."""
+    return [job_public(view) for view in views]
 
 
-def job_public(job: Job, latest: EpochMetric | None, waiting_reason: str | None = None,
-               disk_bytes: int = 0) -> JobPublic:
-    """The public form of a job row, with its newest epoch's metrics."""
+def job_public(view: JobView) -> JobPublic:
+    """The public form of a job, with its newest epoch's metrics: a pure function of the view."""
+    job, latest = view.job, view.latest
     best = best_checkpoint(job)
     return JobPublic(
         id=job.id, name=job.name, status=job.status, reason=job.reason, error=job.error,
@@ -135,7 +131,7 @@ def job_public(job: Job, latest: EpochMetric | None, waiting_reason: str | None 
         best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
         best_selected_on=best_selected_on(job), memory_peak=job.memory_peak,
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
-        cross_validation=job.cross_validation, waiting_reason=waiting_reason, disk_bytes=disk_bytes,
+        cross_validation=job.cross_validation, waiting_reason=view.waiting_reason, disk_bytes=view.disk_bytes,
         sweep_id=job.sweep_id,
     )
 

@@ -15,7 +15,7 @@ def test_each_kind_of_core_error_gets_its_status():
     app = FastAPI()
     errors.install(app)
     raised = {"missing": NotFound("job x not found"), "busy": Unavailable("queue full", retry_after=2),
-              "state": Conflict("it is running"), "bad": Invalid([(("body", "data", "dataset"), "unknown")]),
+              "state": Conflict("it is running"), "bad": Invalid([(("data", "dataset"), "unknown")]),
               "unusable": Unprocessable("not a zip archive")}
 
     @app.get("/{kind}")

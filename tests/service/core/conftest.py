@@ -11,7 +11,7 @@ from service.core.migrate import upgrade
 from tests.servers import PostgresSchema, postgres_available, require
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engine(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'db.sqlite'}"

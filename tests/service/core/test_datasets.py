@@ -84,6 +84,7 @@ def test_a_decode_that_outlives_its_timeout_does_not_revive_its_record(service_e
     assert not list(service_env.datasets_dir.glob("*.safetensors"))  # its decoded file went too
 
 
+@pytest.mark.slow
 def test_a_decode_in_progress_renews_its_heartbeat(service_env, monkeypatch):
     """The housekeeper fails uploads whose decoder went silent, not those that merely take long."""
     import time

@@ -58,6 +58,7 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
 
 
+@pytest.mark.postgres
 def test_concurrent_migrations_apply_once(tmp_path):
     require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
     with PostgresSchema() as schema:

@@ -66,6 +66,6 @@ def test_a_spec_names_an_uploaded_dataset_by_id_prefix_or_unique_name(records):
         assert datasets.reference_id(session, given=LONER[:7]) == LONER
         with pytest.raises(Invalid, match="2 datasets are named 'twin'.*GET /v1/datasets") as twins:
             datasets.reference_id(session, given="twin")
-        assert twins.value.problems[0][0] == ("body", "data", "dataset")
+        assert twins.value.problems[0][0] == ("data", "dataset")
         with pytest.raises(Invalid, match="no dataset has that id or name; GET /v1/datasets lists them"):
             datasets.reference_id(session, given="flowers")

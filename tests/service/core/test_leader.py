@@ -20,6 +20,7 @@ def test_one_process_holds_the_role_until_it_lets_go(tmp_path):
     second.release()
 
 
+@pytest.mark.postgres
 def test_on_postgresql_deployments_in_other_schemas_do_not_compete():
     require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
     with PostgresSchema() as one, PostgresSchema() as two:
@@ -37,6 +38,7 @@ def test_on_postgresql_deployments_in_other_schemas_do_not_compete():
                 engine.dispose()
 
 
+@pytest.mark.postgres
 def test_a_lost_connection_gives_the_role_up(tmp_path):
     require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
     with PostgresSchema() as schema:

@@ -75,4 +75,4 @@ def test_a_default_threshold_is_kept_set_and_cleared_and_refused_on_regression(s
         session.get(registry.ModelVersion, version.id).task = "regression"
     with db.session_scope() as session, pytest.raises(Invalid) as refused:
         registry.set_threshold(session, name="fashion", version=1, threshold=0.5)
-    assert refused.value.problems[0][0] == ("body", "threshold")
+    assert refused.value.problems[0][0] == ("threshold",)

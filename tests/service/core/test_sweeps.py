@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from models.spec import JobSpec
-from service.core.sweeps import SweepSpec, _problems, label, trial_spec
+from models.sweeps import SweepSpec, label, trial_spec
+from service.core.sweeps import _problems
 
 BASE = {"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "optimizer": {"lr": 0.1}}
 
@@ -52,11 +53,11 @@ def test_malformed_requests_are_refused(request_body, message):
 
 
 @pytest.mark.parametrize("grid, where, value", [
-    ({"optimizer.lr": [-1]}, ("body", "grid", "optimizer.lr"), "value -1:"),
-    ({"model.activation": ["swish"]}, ("body", "grid", "model.activation"), "value 'swish':"),  # inside a tagged union
-    ({"model.dropout": [[2.0]]}, ("body", "grid", "model.dropout"), "value [2.0]:"),
-    ({"model.bogus": [1]}, ("body", "grid", "model.bogus"), "value 1: unknown field 'bogus'; the fields here are"),
-    ({"optimizer.learning_rate": [0.1]}, ("body", "grid", "optimizer.learning_rate"),
+    ({"optimizer.lr": [-1]}, ("grid", "optimizer.lr"), "value -1:"),
+    ({"model.activation": ["swish"]}, ("grid", "model.activation"), "value 'swish':"),  # inside a tagged union
+    ({"model.dropout": [[2.0]]}, ("grid", "model.dropout"), "value [2.0]:"),
+    ({"model.bogus": [1]}, ("grid", "model.bogus"), "value 1: unknown field 'bogus'; the fields here are"),
+    ({"optimizer.learning_rate": [0.1]}, ("grid", "optimizer.learning_rate"),
      "value 0.1: unknown field 'learning_rate': did you mean 'lr'?"),
 ])
 def test_a_bad_value_is_reported_at_its_varied_path(grid, where, value):
@@ -75,7 +76,7 @@ def test_a_bad_base_value_is_reported_in_base_without_union_tags():
     spec = trial_spec(sweep.base, sweep.name, params)
     with pytest.raises(ValidationError) as bad:
         JobSpec.model_validate(spec)
-    assert _problems(sweep, spec, params, bad.value)[0][0] == ("body", "base", "model", "hidden")
+    assert _problems(sweep, spec, params, bad.value)[0][0] == ("base", "model", "hidden")
 
 
 def test_a_page_of_sweeps_is_ranked_in_one_query_per_metric(Session, engine):

@@ -1,0 +1,87 @@
+"""Seeded splits of a training set: a held-out fraction, K folds, and a validation split that keeps
+row indices (Rows) into a memory-mapped set rather than copying it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.dataset import Dataset, DatasetError
+
+
+class Rows:
+    """Some rows of a tensor, gathered only when a batch asks for them: a validation split or a
+    fold of a memory-mapped set without copying its training rows into memory. Indexing with a
+    slice or an index tensor gives a tensor of those rows."""
+
+    def __init__(self, base: torch.Tensor, index: torch.Tensor):
+        if isinstance(base, Rows):  # rows of rows: one index into the same base
+            base, index = base.base, base.index[index.to(base.index.device)]
+        self.base, self.index = base, index.to(base.device)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        return self.base[self.index[key]]
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.index), *self.base.shape[1:]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
+
+    def numel(self) -> int:
+        return len(self.index) * int(np.prod(self.base.shape[1:]))
+
+    def element_size(self) -> int:
+        return self.base.element_size()
+
+    def to(self, device, non_blocking: bool = False) -> Rows:
+        return Rows(self.base.to(device, non_blocking=non_blocking), self.index)
+
+    def pin_memory(self) -> Rows:
+        return Rows(self.base.pin_memory(), self.index)
+
+
+def holdout_split(n: int, fraction: float, seed: int, *, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) indices of a seeded random split holding out `fraction` of n examples
+    (at least one); `what` names the setting in the error when nothing would be left to train on."""
+    held = max(1, int(round(n * fraction)))
+    if held >= n:
+        raise DatasetError(f"{what} {fraction} leaves no training examples out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[held:], order[:held]
+
+
+def split_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """Hold out a seeded random fraction of the training set for validation."""
+    if fraction <= 0:
+        return dataset
+    return with_validation(dataset, *holdout_split(len(dataset.x_train), fraction, seed, what="val_fraction"))
+
+
+def kfold_indices(n: int, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(train, validation) index pairs of a seeded K-fold split of n examples."""
+    if n < folds:
+        raise DatasetError(f"{folds}-fold cross-validation needs at least {folds} training examples, not {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    chunks = order.chunk(folds)
+    return [(torch.cat([c for j, c in enumerate(chunks) if j != i]), chunks[i]) for i in range(folds)]
+
+
+def with_validation(dataset: Dataset, train_idx: torch.Tensor, val_idx: torch.Tensor) -> Dataset:
+    """The dataset with its training set split into the given train and validation rows (row
+    indices into a memory-mapped set, copies of an in-memory one)."""
+    x = dataset.x_train
+    if dataset.mapped or isinstance(x, Rows):
+        return dataset.replace(x_train=Rows(x, train_idx), y_train=dataset.y_train[train_idx],
+                               x_val=Rows(x, val_idx), y_val=dataset.y_train[val_idx])
+    return dataset.replace(x_train=x[train_idx], y_train=dataset.y_train[train_idx],
+                           x_val=x[val_idx], y_val=dataset.y_train[val_idx])

@@ -1,0 +1,127 @@
+"""Sweeps, the pure half: the request (one base job spec, some values varied: a grid, or random
+draws), its trials' values in a stable order, each trial's job spec, and a trial's label.
+
+No SQL and no HTTP: core/sweeps.py checks, stores, launches and ranks the trials."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import random
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from models.spec import StrictModel
+
+MAX_TRIALS = 256
+RANKABLE = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
+Path = Annotated[str, Field(pattern=r"^[a-z_]+(\.[a-z0-9_]+){0,5}$", max_length=100)]
+
+
+class Distribution(StrictModel):
+    """Exactly one of: uniform [low, high], log_uniform [low, high] (both > 0), integer [low,
+    high] (inclusive), choice [values]."""
+
+    uniform: tuple[float, float] | None = None
+    log_uniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+    integer: tuple[int, int] | None = None
+    choice: Annotated[list[Any], Field(min_length=1, max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        given = [name for name in ("uniform", "log_uniform", "integer", "choice") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of uniform, log_uniform, integer, choice")
+        bounds = self.uniform or self.log_uniform or self.integer
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise ValueError(f"{given[0]}: low {bounds[0]} is above high {bounds[1]}")
+        return self
+
+    def draw(self, rng: random.Random):
+        if self.uniform is not None:
+            return rng.uniform(*self.uniform)
+        if self.log_uniform is not None:
+            return math.exp(rng.uniform(math.log(self.log_uniform[0]), math.log(self.log_uniform[1])))
+        if self.integer is not None:
+            return rng.randint(*self.integer)
+        return rng.choice(self.choice)
+
+
+class RandomSearch(StrictModel):
+    distributions: Annotated[dict[Path, Distribution], Field(min_length=1, max_length=20)]
+    count: Annotated[int, Field(ge=1, le=MAX_TRIALS)]
+    seed: int = 0
+
+
+class SweepSpec(StrictModel):
+    """A sweep request: `base` is a job spec; `grid` maps dotted spec paths to the values to try
+    (every combination), or `random` draws `count` trials from distributions."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    base: dict
+    grid: Annotated[dict[Path, Annotated[list[Any], Field(min_length=1, max_length=64)]],
+                    Field(min_length=1, max_length=10)] | None = None
+    random: RandomSearch | None = None
+    # What ranks the jobs (each job's best epoch); default: validation accuracy (loss for regression)
+    # when the trials hold out a validation split, else the test set's.
+    metric: Literal[RANKABLE] | None = None
+    mode: Literal["min", "max"] | None = None
+    max_parallel: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None
+
+    @model_validator(mode="after")
+    def _one_search(self) -> SweepSpec:
+        if (self.grid is None) == (self.random is None):
+            raise ValueError("give either grid or random")
+        if self.grid is not None and math.prod(len(v) for v in self.grid.values()) > MAX_TRIALS:
+            raise ValueError(f"the grid has more than {MAX_TRIALS} combinations")
+        return self
+
+    @property
+    def varied(self) -> str:
+        return "grid" if self.grid is not None else "random"
+
+    def trials(self) -> list[dict]:
+        """Each trial's values, {dotted path: value}, in a stable order."""
+        if self.grid is not None:
+            paths = list(self.grid)
+            return [dict(zip(paths, values)) for values in itertools.product(*self.grid.values())]
+        rng = random.Random(self.random.seed)
+        return [{path: dist.draw(rng) for path, dist in self.random.distributions.items()}
+                for _ in range(self.random.count)]
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def _set(spec: dict, path: str, value) -> None:
+    node = spec
+    for key in path.split(".")[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"{key} is not an object in the base spec")
+        node = child
+    node[path.rsplit(".", 1)[-1]] = value
+
+
+def trial_spec(base: dict, name: str, params: dict) -> dict:
+    """The base spec with a trial's values set, named after them."""
+    spec = copy.deepcopy(base)
+    for path, value in params.items():
+        _set(spec, path, value)
+    spec["name"] = f"{name} [{label(params)}]"[:200]
+    return spec
+
+
+def label(params: dict) -> str:
+    """A trial's values in a few characters: `weight_decay=3, lr=0.1`."""
+    return ", ".join(f"{path.rsplit('.', 1)[-1]}={_short(value)}" for path, value in params.items())
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value

@@ -1,0 +1,342 @@
+"""Each router's status codes, error shapes and auth, through the real app in this process: SQLite
+and the embedded broker of a private home (a submitted job's message waits in its table; no worker
+runs), and small real checkpoints written to disk."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.core import db, jobs, worker_registry
+from tests.datagen import image_folder_zip, png_bytes, zip_bytes
+from tests.specs import SOFTMAX_SPEC
+
+REGRESSION_SPEC = {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"}, "epochs": 1}
+TOKENS = {"write": "rw-0123456789abcdef", "read": "ro-0123456789abcdef"}
+
+
+def make_api() -> TestClient:
+    from service.api.app import create_app
+
+    return TestClient(create_app())  # no `with`: the lifespan (reaper, preload, GC tuning) is not started
+
+
+@pytest.fixture
+def api(service_env):
+    return make_api()
+
+
+@pytest.fixture
+def guarded(service_env, monkeypatch):
+    """The app with a read-write and a read-only token set."""
+    from service.api.auth import token_table
+    from service.core.settings import get_settings
+
+    monkeypatch.setenv("TRAINYARD_API_TOKENS", f"{TOKENS['write']},{TOKENS['read']}:read")
+    get_settings.cache_clear()
+    token_table.cache_clear()
+    yield make_api()
+    get_settings.cache_clear()
+    token_table.cache_clear()
+
+
+def bearer(kind: str) -> dict:
+    return {"Authorization": f"Bearer {TOKENS[kind]}"}
+
+
+def locs(answer) -> list[list]:
+    assert answer.status_code == 422, answer.text
+    return [e["loc"] for e in answer.json()["detail"]]
+
+
+def submitted(api, spec: dict | None = None, **headers) -> dict:
+    answer = api.post("/v1/jobs", json=spec or SOFTMAX_SPEC, headers=headers)
+    assert answer.status_code == 202, answer.text
+    assert answer.headers["location"] == f"/v1/jobs/{answer.json()['id']}"
+    return answer.json()
+
+
+def image(label: int = 3) -> list:
+    return [("files", ("x.png", png_bytes(label, seed=1), "image/png"))]
+
+
+# --- auth -------------------------------------------------------------------------------------------
+
+def test_tokens_guard_v1_but_not_health(guarded):
+    missing = guarded.get("/v1/jobs")
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert missing.json() == {"detail": "missing bearer token"}
+    assert guarded.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).json() == {"detail": "invalid token"}
+    assert guarded.get("/v1/models", headers={"Authorization": f"Basic {TOKENS['write']}"}).status_code == 401
+    assert guarded.get("/healthz").status_code == 200 and "checks" in guarded.get("/readyz").json()
+
+
+def test_a_read_token_reads_and_may_not_write(guarded):
+    assert guarded.get("/v1/jobs", headers=bearer("read")).json() == {"data": [], "count": 0}
+    refused = guarded.post("/v1/jobs", json=SOFTMAX_SPEC, headers=bearer("read"))
+    assert refused.status_code == 403 and refused.json() == {"detail": "this token may only read"}
+    assert guarded.delete("/v1/datasets/abcdef", headers=bearer("read")).status_code == 403
+    assert guarded.post("/v1/jobs", json=SOFTMAX_SPEC, headers=bearer("write")).status_code == 202
+    assert guarded.get("/v1/jobs", headers=bearer("read")).json()["count"] == 1
+
+
+# --- health -------------------------------------------------------------------------------------------
+
+def test_health_and_readiness(api):
+    health = api.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    loading = api.get("/readyz")  # the lifespan, which preloads models, has not run
+    assert loading.status_code == 503 and loading.json()["status"] == "not ready"
+    assert loading.json()["checks"]["database"] == "ok" and loading.json()["checks"]["broker"] == "ok"
+    assert loading.json()["checks"]["models"].startswith("loading")
+    api.app.state.preload.board.report("ok")
+    assert api.get("/readyz").status_code == 200
+    assert api.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+# --- jobs ---------------------------------------------------------------------------------------------
+
+def test_submit_is_202_with_location_and_the_job_queued(api):
+    job = submitted(api)
+    assert job["status"] == "queued" and job["spec"]["epochs"] == SOFTMAX_SPEC["epochs"]
+    assert api.get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
+    again = api.post("/v1/jobs", json=SOFTMAX_SPEC, headers={"Idempotency-Key": "k1"})
+    replay = api.post("/v1/jobs", json=SOFTMAX_SPEC, headers={"Idempotency-Key": "k1"})
+    assert replay.status_code == 202 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.json()["id"] == again.json()["id"]
+    other = api.post("/v1/jobs", json={**SOFTMAX_SPEC, "epochs": 1}, headers={"Idempotency-Key": "k1"})
+    assert other.status_code == 409
+
+
+def test_submit_refuses_bad_specs_with_body_locations(api):
+    assert locs(api.post("/v1/jobs", json={**SOFTMAX_SPEC, "epochs": 0})) == [["body", "epochs"]]
+    assert locs(api.post("/v1/jobs", json={**SOFTMAX_SPEC, "data": {"dataset": "nope"}})) == [["body", "data"]]
+    assert ["body", "lr"] in locs(api.post("/v1/jobs", json={**SOFTMAX_SPEC, "lr": 0.1}))
+    assert api.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"}).status_code == 422
+    assert api.get("/v1/jobs").json()["count"] == 0
+
+
+def test_jobs_are_listed_newest_first_paged_and_filtered(api, trained_job):
+    queued = [submitted(api, {**SOFTMAX_SPEC, "name": f"j{i}"})["id"] for i in range(3)]
+    everything = api.get("/v1/jobs").json()
+    assert everything["count"] == 4 and [j["id"] for j in everything["data"]][:3] == queued[::-1]
+    page = api.get("/v1/jobs", params={"limit": 2, "offset": 1}).json()
+    assert page["count"] == 4 and [j["id"] for j in page["data"]] == [queued[1], queued[0]]
+    assert [j["id"] for j in api.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]] == [trained_job]
+    assert api.get("/v1/jobs", params={"status": "queued"}).json()["count"] == 3
+    assert locs(api.get("/v1/jobs", params={"status": "done"})) == [["query", "status"]]
+    assert locs(api.get("/v1/jobs", params={"limit": 0})) == [["query", "limit"]]
+    assert locs(api.get("/v1/jobs", params={"offset": -1})) == [["query", "offset"]]
+
+
+def test_an_unknown_job_is_a_404_on_every_route(api):
+    missing = "00000000-0000-4000-8000-000000000000"
+    for path in ("", "/metrics", "/logs", "/evaluation"):
+        answer = api.get(f"/v1/jobs/{missing}{path}")
+        assert answer.status_code == 404 and isinstance(answer.json()["detail"], str), path
+    assert api.post(f"/v1/jobs/{missing}/cancel").status_code == 404
+    assert api.delete(f"/v1/jobs/{missing}").status_code == 404
+
+
+def test_cancel_is_202_for_a_queued_job_and_409_for_a_finished_one(api, trained_job):
+    job = submitted(api)
+    cancelled = api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    finished = api.post(f"/v1/jobs/{trained_job}/cancel")
+    assert finished.status_code == 409 and "succeeded" in finished.json()["detail"]
+    assert api.delete(f"/v1/jobs/{submitted(api)['id']}").status_code == 409  # queued: cancel it first
+
+
+def test_metrics_and_logs_of_a_job(api, trained_job):
+    metrics = api.get(f"/v1/jobs/{trained_job}/metrics").json()
+    assert metrics["job_id"] == trained_job and [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    assert metrics["epochs"][2]["test_acc"] == 0.95 and metrics["epochs"][0]["train_loss"] == 1.0
+    job = api.get(f"/v1/jobs/{trained_job}").json()
+    assert (job["status"], job["epoch"], job["epochs"]) == ("succeeded", 3, 3)
+    logs = api.get(f"/v1/jobs/{trained_job}/logs")
+    assert logs.status_code == 200 and logs.json() == {"job_id": trained_job, "lines": [], "next": 0}
+    assert locs(api.get(f"/v1/jobs/{trained_job}/logs", params={"limit": 0})) == [["query", "limit"]]
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+def test_register_alias_threshold_and_delete(api, trained_job):
+    first = api.post("/v1/models", json={"name": "shoes", "job_id": trained_job, "checkpoint": "best"})
+    assert first.status_code == 201 and first.json()["version"] == 1, first.text
+    second = api.post("/v1/models", json={"name": "shoes", "job_id": trained_job, "checkpoint": "last"})
+    assert second.json()["version"] == 2
+    aliased = api.put("/v1/models/shoes/aliases/production", json={"version": 1})
+    assert aliased.status_code == 200 and aliased.json()["aliases"] == {"production": 1}
+    listed = api.get("/v1/models").json()
+    assert listed["count"] == 1 and listed["data"][0]["name"] == "shoes"
+
+    patched = api.patch("/v1/models/shoes/versions/2", json={"threshold": 0.7})
+    assert patched.status_code == 200 and patched.json()["threshold"] == 0.7
+    assert api.patch("/v1/models/shoes/versions/2", json={}).json()["threshold"] == 0.7  # left out: kept
+    assert api.patch("/v1/models/shoes/versions/2", json={"threshold": None}).json()["threshold"] is None
+    assert locs(api.patch("/v1/models/shoes/versions/2", json={"threshold": 1.5})) == [["body", "threshold"]]
+    assert api.patch("/v1/models/shoes/versions/9", json={"threshold": 0.5}).status_code == 404
+
+    under_alias = api.delete("/v1/models/shoes/versions/1")
+    assert under_alias.status_code == 409 and "production" in under_alias.json()["detail"]
+    assert api.delete("/v1/models/shoes/versions/2").status_code == 204
+    assert [v["version"] for v in api.get("/v1/models/shoes").json()["versions"]] == [1]
+
+
+def test_registry_errors(api, trained_job):
+    assert api.get("/v1/models/nothing").status_code == 404
+    assert api.put("/v1/models/nothing/aliases/production", json={"version": 1}).status_code == 404
+    unknown_job = api.post("/v1/models", json={"name": "x", "job_id": "00000000-0000-4000-8000-000000000000"})
+    assert unknown_job.status_code == 404
+    queued = submitted(api)["id"]
+    no_checkpoint = api.post("/v1/models", json={"name": "x", "job_id": queued})
+    assert no_checkpoint.status_code == 409 and isinstance(no_checkpoint.json()["detail"], str)
+    assert ["body", "name"] in locs(api.post("/v1/models", json={"name": "no spaces", "job_id": trained_job}))
+    assert locs(api.get("/v1/models/shoes/versions/0/export")) == [["path", "version"]]
+
+
+def test_import_validates_each_field_before_reading_the_weights(api):
+    def imported(**fields):
+        form = {"name": "imported", "model": '{"arch": "mlp", "hidden": [16]}', **fields}
+        return api.post("/v1/models/import", data=form, files={"file": ("w.safetensors", b"not weights")})
+
+    assert locs(imported(model="[1]")) == [["body", "model"]]
+    assert locs(imported(model="{")) == [["body", "model"]]
+    assert locs(imported(classes='["only one"]')) == [["body", "classes"]]
+    assert locs(imported(input_shape="[2, 28, 28]")) == [["body", "input_shape"]]
+    assert locs(imported(input_shape="[0]")) == [["body", "input_shape"]]
+    assert locs(imported(threshold="2")) == [["body", "threshold"]]
+    assert ["body", "colour"] in locs(imported(colour="rgb"))
+    unreadable = imported(classes='["a", "b"]', input_shape="[1, 28, 28]")
+    assert unreadable.status_code == 422 and isinstance(unreadable.json()["detail"], (str, list))
+    assert api.get("/v1/models").json()["count"] == 0
+
+
+# --- datasets -----------------------------------------------------------------------------------------
+
+def test_dataset_uploads_are_validated(api):
+    def upload(content: bytes, **form):
+        return api.post("/v1/datasets", data=form, files={"file": ("d.zip", content, "application/zip")})
+
+    not_zip = upload(b"plain text")
+    assert not_zip.status_code == 422 and isinstance(not_zip.json()["detail"], str)
+    no_layout = upload(zip_bytes({"readme.txt": b"hello"}))
+    assert no_layout.status_code == 422 and isinstance(no_layout.json()["detail"], str)
+    archive = image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2)
+    assert locs(upload(archive, test_fraction="1.5")) == [["body", "test_fraction"]]
+    assert locs(upload(archive, color="sepia")) == [["body", "color"]]
+    assert ["body", "colour"] in locs(upload(archive, colour="rgb"))
+    assert api.post("/v1/datasets", data={"name": "x"}).status_code == 422  # no file
+    assert api.get("/v1/datasets").json() == {"data": [], "count": 0}
+
+
+def test_datasets_are_listed_read_and_404_when_unknown(api):
+    archive = image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2)
+    created = api.post("/v1/datasets", data={"name": "pets"}, files={"file": ("pets.zip", archive, "application/zip")})
+    assert created.status_code == 201, created.text
+    dataset = created.json()
+    assert dataset["classes"] == ["cat", "dog"] and (dataset["num_train"], dataset["num_test"]) == (10, 4)
+    again = api.post("/v1/datasets", data={"name": "pets"}, files={"file": ("pets.zip", archive, "application/zip")})
+    assert again.status_code == 200 and again.json()["id"] == dataset["id"]
+    assert api.get("/v1/datasets").json()["count"] == 1
+    assert api.get(f"/v1/datasets/{dataset['id']}").json()["name"] == "pets"
+    assert api.get("/v1/datasets/ffffffff").status_code == 404
+    assert api.delete("/v1/datasets/ffffffff").status_code == 404
+    assert api.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+    assert api.get(f"/v1/datasets/{dataset['id']}").status_code == 404
+
+
+# --- sweeps -------------------------------------------------------------------------------------------
+
+def test_sweep_validation_names_the_path_and_creates_nothing(api):
+    base = {**SOFTMAX_SPEC, "epochs": 1}
+    bad = api.post("/v1/sweeps", json={"name": "bad", "base": base, "grid": {"optimizer.lr": [0.1, -1]}})
+    (problem,) = bad.json()["detail"]
+    assert bad.status_code == 422 and problem["loc"] == ["body", "grid", "optimizer.lr"] and "-1" in problem["msg"]
+    unknown = api.post("/v1/sweeps", json={"name": "bad", "base": {**base, "data": {"dataset": "nope"}},
+                                           "grid": {"epochs": [1, 2]}})
+    assert locs(unknown)[0][:2] == ["body", "base"]
+    neither = api.post("/v1/sweeps", json={"name": "bad", "base": base})
+    assert neither.status_code == 422 and "grid or random" in neither.text
+    assert api.get("/v1/sweeps").json()["count"] == 0 and api.get("/v1/jobs").json()["count"] == 0
+
+
+def test_a_sweep_queues_its_trials_and_cancels_them(api):
+    created = api.post("/v1/sweeps", json={"name": "lrs", "base": {**SOFTMAX_SPEC, "epochs": 1},
+                                           "grid": {"optimizer.lr": [0.1, 0.2]}})
+    assert created.status_code == 202, created.text
+    sweep = created.json()
+    assert created.headers["location"] == f"/v1/sweeps/{sweep['id']}" and sweep["trials"] == 2
+    assert api.get("/v1/jobs", params={"status": "queued"}).json()["count"] == 2
+    assert api.get("/v1/sweeps").json()["count"] == 1
+    assert api.post(f"/v1/sweeps/{sweep['id']}/cancel").status_code == 202
+    assert api.get("/v1/jobs", params={"status": "cancelled"}).json()["count"] == 2
+    assert api.get("/v1/sweeps/ffffffff").status_code == 404
+    assert locs(api.get("/v1/sweeps", params={"limit": 101})) == [["query", "limit"]]
+
+
+# --- workers ------------------------------------------------------------------------------------------
+
+def test_workers_lists_the_live_ones(api):
+    assert api.get("/v1/workers").json() == {"workers": [], "count": 0}
+    cpu = {"devices": [{"name": "cpu", "kind": "cpu", "memory_bytes": None}], "torch": "2", "cuda": None}
+    with db.session_scope() as session:
+        worker_registry.register(session, worker_id="w1", host="h", pid=1, queues=["cpu"], description=cpu)
+    listed = api.get("/v1/workers").json()
+    assert listed["count"] == 1 and listed["workers"][0]["id"] == "w1" and listed["workers"][0]["queues"] == ["cpu"]
+
+
+# --- predict ------------------------------------------------------------------------------------------
+
+def test_predict_refuses_unknown_models_and_bad_fields(api, trained_job):
+    unknown = api.post("/v1/predict", data={"model": "nothing"}, files=image())
+    assert unknown.status_code == 404 and isinstance(unknown.json()["detail"], str)
+    raw = api.post("/v1/models/nothing/predict", content=png_bytes(3, seed=1), headers={"Content-Type": "image/png"})
+    assert raw.status_code == 404
+    assert api.post("/v1/models/nothing/predict", files=image()).status_code == 415  # multipart: not a raw image
+    job = f"job:{trained_job}"
+    assert locs(api.post("/v1/predict", data={"model": job, "threshold": "1.5"}, files=image())) == [["body", "threshold"]]
+    assert locs(api.post("/v1/predict", data={"model": job, "threshold": "nan"}, files=image())) == [["body", "threshold"]]
+    assert locs(api.post("/v1/predict", data={"model": job, "top_k": "0"}, files=image())) == [["body", "top_k"]]
+    assert locs(api.post("/v1/predict", data={"model": job, "top_k": "11"}, files=image())) == [["body", "top_k"]]
+    assert locs(api.post("/v1/predict", data={"top_k": "1"}, files=image())) == [["body", "model"]]
+    assert locs(api.post("/v1/predict", data={"model": job}, files={"other": ("a", b"x")})) == [["body", "other"]]
+    answered = api.post("/v1/predict", data={"model": job, "top_k": "2", "threshold": "0"}, files=image())
+    assert answered.status_code == 200, answered.text
+    (prediction,) = answered.json()["predictions"]
+    assert prediction["filename"] == "x.png" and len(prediction["top_k"]) == 2
+
+
+def test_json_predict_says_how_images_are_sent(api, trained_job):
+    no_inputs = api.post("/v1/predict", json={"model": f"job:{trained_job}"})
+    assert locs(no_inputs) == [["body", "inputs"]] and "multipart" in no_inputs.json()["detail"][0]["msg"]
+    files = api.post("/v1/predict", json={"model": f"job:{trained_job}", "inputs": {"files": ["a.png"]}})
+    assert files.status_code == 415 and "multipart" in files.json()["detail"]
+    rows = api.post("/v1/predict", json={"model": f"job:{trained_job}", "inputs": [[1.0, 2.0]]})
+    assert locs(rows) == [["body", "inputs"]] and "multipart" in rows.json()["detail"][0]["msg"]
+    assert api.post("/v1/predict", json={"model": "nothing", "inputs": [[1.0]]}).status_code == 404
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+
+def test_evaluation_needs_a_classification_job_with_a_checkpoint(api, trained_job):
+    regression = submitted(api, REGRESSION_SPEC)["id"]
+    refused = api.get(f"/v1/jobs/{regression}/evaluation")
+    assert refused.status_code == 422 and "classification" in refused.json()["detail"]
+    assert api.get(f"/v1/jobs/{regression}/test-images/0.png").status_code == 422
+    queued = submitted(api)["id"]
+    waiting = api.get(f"/v1/jobs/{queued}/evaluation")
+    assert waiting.status_code == 409 and isinstance(waiting.json()["detail"], str)
+    assert locs(api.get(f"/v1/jobs/{trained_job}/evaluation", params={"limit": -1})) == [["query", "limit"]]
+    assert api.get(f"/v1/jobs/{trained_job}/test-images/100000.png").status_code == 404
+    png = api.get(f"/v1/jobs/{trained_job}/test-images/0.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+
+
+def test_a_job_row_written_by_core_is_what_the_router_shows(api, service_env):
+    """The routers read what core wrote, in their own sessions (no commit is needed from them)."""
+    from models.spec import JobSpec
+
+    with db.session_scope() as session:
+        job_id = jobs.create_job(session, spec=JobSpec.model_validate(SOFTMAX_SPEC), task="classification").id
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
