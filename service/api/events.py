@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from service.api.errors import validation_error
 from service.core.tables import JobStatus
 
 
@@ -37,9 +36,10 @@ class Cursor:
 
     @classmethod
     def parse(cls, raw: str) -> Cursor:
+        """The cursor a Last-Event-ID names; ValueError if this stream never sent it."""
         parts = raw.split(".")
         if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]) or not re.fullmatch(r"[a-z_]{1,50}|-", parts[3]):
-            raise validation_error([(("header", "last-event-id"), "not an event id this stream sent (e.g. 3.2.17.-)")])
+            raise ValueError("not an event id this stream sent (e.g. 3.2.17.-)")
         return cls(int(parts[0]), int(parts[1]), int(parts[2]), None if parts[3] == "-" else parts[3])
 
 

@@ -12,6 +12,7 @@ from sse_starlette import EventSourceResponse
 
 from models.spec import JobSpec
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
+from service.api.errors import validation_error
 from service.api.events import Cursor, Snapshot, new_events
 from service.api.schemas.jobs import (
     EpochMetricPublic,
@@ -154,7 +155,10 @@ async def job_events(
     when the job reaches a final state (the stream then closes). Every event has an id; a client
     that reconnects with `Last-Event-ID` gets the events after it, none twice. A comment line goes
     out every TRAINYARD_EVENTS_KEEPALIVE_SECONDS when nothing else does."""
-    cursor = Cursor.parse(last_event_id) if last_event_id else Cursor()
+    try:
+        cursor = Cursor.parse(last_event_id) if last_event_id else Cursor()
+    except ValueError as exc:
+        raise validation_error([(("header", "last-event-id"), str(exc))]) from None
     first = await run_in_threadpool(_snapshot, job_id, cursor.log if logs else None)  # 404 before streaming
 
     async def stream():
