@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 
 import httpx
@@ -14,7 +13,7 @@ import typer
 
 from service.cli.client import UNREACHABLE, Failure
 from service.cli.client import register as register_client_commands
-from service.cli.supervisor import port_is_free, start, supervise
+from service.cli.supervisor import Child, port_is_free, start, supervise
 from service.core import worker_registry
 from service.core.settings import get_settings
 
@@ -139,7 +138,7 @@ def refuse_exposure(settings) -> None:
         raise typer.Exit(2)
 
 
-def start_api(settings) -> dict[str, subprocess.Popen]:
+def start_api(settings) -> dict[str, Child]:
     """The API's TRAINYARD_API_WORKERS processes, by name; exit 1 if something listens on the port."""
     if not port_is_free(settings.host, settings.port):
         typer.echo(f"{settings.host}:{settings.port} is already in use; is another server running? (TRAINYARD_PORT)",

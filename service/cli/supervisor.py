@@ -16,11 +16,12 @@ How the service starts, from the command to a request:
                                          run folder, so that /readyz speaks for all of them
 
 The supervision (`supervise`), the same for every child: each starts in a session of its own, so a
-terminal's Ctrl-C reaches only the supervisor; on SIGINT or SIGTERM, or when any child exits, it
-sends every child still running SIGTERM (uvicorn finishes its requests, Celery its warm shutdown),
-waits up to STOP_TIMEOUT_S, then kills what is left with its whole process group. A child that exits
-on its own makes the exit status 1 (nothing is restarted: an API process that dies takes the API
-down, for whoever runs it to restart, rather than limping on with fewer processes).
+terminal's Ctrl-C reaches only the supervisor. A child that exits on its own (killed, out of memory,
+crashed) is started again, its exit and the restart said on stderr; one that exits RESTART_LIMIT
+times within RESTART_WINDOW_S is crash-looping, and then everything stops with exit status 1, for
+whoever runs the supervisor (a terminal, compose's `restart:`) to see. On SIGINT or SIGTERM, or on a
+crash loop, it sends every child still running SIGTERM (uvicorn finishes its requests, Celery its
+warm shutdown), waits up to STOP_TIMEOUT_S, then kills what is left with its whole process group.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 
 import typer
 
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.2
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 60.0
+RESTART_DELAY_S = 1.0
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -51,13 +56,34 @@ def port_is_free(host: str, port: int) -> bool:
         probe.close()
 
 
-def start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+@dataclass
+class Child:
+    """A supervised process and how to start it again."""
+
+    command: list[str]
+    env: dict[str, str] | None
+    proc: subprocess.Popen = field(init=False)
+    exits: list[float] = field(default_factory=list)  # monotonic times of its recent exits
+
+    def __post_init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+
+    def crash_looping(self, now: float) -> bool:
+        """Record an exit at `now`; whether it is the RESTART_LIMIT-th within RESTART_WINDOW_S."""
+        self.exits = [t for t in self.exits if now - t < RESTART_WINDOW_S] + [now]
+        return len(self.exits) >= RESTART_LIMIT
+
+
+def start(command: list[str], env: dict[str, str] | None = None) -> Child:
     """A child in a session of its own (see the module's docstring)."""
-    return subprocess.Popen(command, env=env, start_new_session=True)
+    return Child(command, env)
 
 
-def supervise(children: dict[str, subprocess.Popen]) -> int:
-    """Wait until SIGINT, SIGTERM or a child's exit, then stop them all; the exit status."""
+def supervise(children: dict[str, Child]) -> int:
+    """Restart children that exit until SIGINT, SIGTERM or a crash loop, then stop them all; the exit status."""
     stopping = False
 
     def request_stop(_signum, _frame) -> None:
@@ -68,19 +94,28 @@ def supervise(children: dict[str, subprocess.Popen]) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     exit_code = 0
     while not stopping:
-        for name, proc in children.items():
-            if proc.poll() is not None:
-                typer.echo(f"{name} exited with status {proc.returncode}; stopping", err=True)
+        exited = [(name, child) for name, child in children.items() if child.proc.poll() is not None]
+        for name, child in exited:
+            status = child.proc.returncode
+            if child.crash_looping(time.monotonic()):
+                typer.echo(f"{name} exited with status {status}, {RESTART_LIMIT} times within "
+                           f"{RESTART_WINDOW_S:g} s; stopping", err=True)
                 exit_code, stopping = 1, True
                 break
-        else:
+            typer.echo(f"{name} exited with status {status}; restarting it", err=True)
+        if not stopping and exited:
+            time.sleep(RESTART_DELAY_S)
+            if not stopping:
+                for _, child in exited:
+                    child.restart()
+        elif not stopping:
             time.sleep(POLL_S)
-    stop(children.values())
+    stop(child.proc for child in children.values())
     return exit_code
 
 
 def stop(procs) -> None:
-    """SIGTERM each child still running, then SIGKILL the process groups of those left after STOP_TIMEOUT_S."""
+    """SIGTERM each process still running, then SIGKILL the process groups of those left after STOP_TIMEOUT_S."""
     procs = list(procs)
     for proc in procs:
         if proc.poll() is None:

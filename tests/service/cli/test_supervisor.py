@@ -1,0 +1,74 @@
+"""The supervisor restarts a child that dies, stops a crash-looping one, and stops everything on
+SIGTERM; run in a process of its own (it installs signal handlers), over real child processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from tests.servers import REPO, wait_until
+
+# A supervisor of two children: one that sleeps, and one that counts its starts in a file and then
+# exits with status 3 (or, from its `sleep_after`-th start on, sleeps).
+SUPERVISOR = textwrap.dedent("""
+    import sys
+    from service.cli import supervisor
+    supervisor.RESTART_DELAY_S = 0.05
+    counter, sleep_after = sys.argv[1], int(sys.argv[2])
+    flaky = ("import sys, time; path, after = sys.argv[1], int(sys.argv[2]); "
+             "open(path, 'a').write('start\\\\n'); "
+             "starts = len(open(path).read().split()); "
+             "time.sleep(3600) if after and starts >= after else sys.exit(3)")
+    children = {
+        "steady": supervisor.start([sys.executable, "-c", "import time; time.sleep(3600)"]),
+        "flaky": supervisor.start([sys.executable, "-c", flaky, counter, str(sleep_after)]),
+    }
+    print("pids", children["steady"].proc.pid, flush=True)
+    sys.exit(supervisor.supervise(children))
+""")
+
+
+def supervisor(tmp_path, sleep_after: int) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path / "starts"), str(sleep_after)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steady = int(proc.stdout.readline().split()[1])
+    return proc, steady
+
+
+def starts(tmp_path) -> int:
+    path = tmp_path / "starts"
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def alive(pid: int) -> bool:
+    return subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip() \
+        not in ("", "Z")
+
+
+def test_a_child_that_dies_is_restarted_and_sigterm_stops_all(tmp_path):
+    proc, steady = supervisor(tmp_path, sleep_after=3)
+    try:
+        wait_until(lambda: starts(tmp_path) == 3, timeout=30, what="the flaky child's third start")
+        time.sleep(0.5)
+        assert proc.poll() is None and alive(steady)  # the others ran on through its restarts
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert err.count("flaky exited with status 3; restarting it") == 2
+    assert not alive(steady)
+
+
+def test_a_crash_loop_stops_everything_with_status_1(tmp_path):
+    proc, steady = supervisor(tmp_path, sleep_after=0)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert starts(tmp_path) == 5 and "flaky exited with status 3, 5 times within 60 s; stopping" in err
+    assert not alive(steady)
