@@ -26,7 +26,6 @@ COPY service service
 COPY workers workers
 COPY models models
 COPY migrations migrations
-COPY examples examples
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
  && pip install --no-cache-dir --no-deps -e .

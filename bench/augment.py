@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from models.archs import build_model  # noqa: E402
 from models.augment import Augmenter  # noqa: E402
 from models.cifar import load_cifar10  # noqa: E402
-from models.engine import loss_function  # noqa: E402
+from models.engine import loss_function, optimizer_step  # noqa: E402
 from models.spec import JobSpec  # noqa: E402
 from tests.datagen import make_cifar10  # noqa: E402
 from bench.train import PRODUCTION_TIMINGS  # noqa: E402
@@ -70,9 +70,7 @@ def train_steps(model, optimizer, batches, device) -> int:
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(loss, optimizer, None)
         seen += len(x)
     return seen
 

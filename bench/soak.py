@@ -197,7 +197,7 @@ def soak(predict_count: int, job_count: int, concurrency: int, database: str, ro
 
 
 def report(samples: list[Sample]) -> bool:
-    print(f"\n| when | API RSS MB | worker RSS MB | API open files | worker open files | DB connections |")
+    print("\n| when | API RSS MB | worker RSS MB | API open files | worker open files | DB connections |")
     print("|---|---|---|---|---|---|")
     for s in samples:
         print(f"| {s.at} | {s.api_rss:.0f} | {s.worker_rss:.0f} | {s.api_fds} | {s.worker_fds} | {s.connections} |")

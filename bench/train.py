@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from models.archs import build_model  # noqa: E402
 from models.data import load_dataset  # noqa: E402
-from models.engine import loss_function  # noqa: E402
+from models.engine import loss_function, optimizer_step  # noqa: E402
 from models.spec import JobSpec  # noqa: E402
 from tests.datagen import make_idx_dataset  # noqa: E402
 from tests.servers import REDIS_URL, Stack, redis_available  # noqa: E402
@@ -71,14 +71,7 @@ def bare_loop(job: JobSpec, data_dir: Path) -> float:
             idx = order[start:start + BATCH]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = loss_fn(model(x[idx].float().div_(255)), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
             seen += len(idx)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -103,9 +96,7 @@ def course_recipe(job: JobSpec, data_dir: Path) -> float:
         for xb, yb in loader:
             xb, yb = xb.to(device), yb.to(device)
             loss = loss_fn(model(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(loss, optimizer, None)
             seen += len(xb)
     return seen / (time.perf_counter() - started)
 

@@ -230,6 +230,20 @@ def penalised_parameters(model: nn.Module, decay_bias: bool) -> tuple[list, list
     return weights, rest
 
 
+def optimizer_step(objective: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None) -> None:
+    """One optimisation step on the objective: zero the gradients, backpropagate, step; with fp16's
+    scaler, the loss scaled so that small gradients do not underflow."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(objective).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        objective.backward()
+        optimizer.step()
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -280,15 +294,7 @@ def train_one_epoch(
         with precision():
             outputs = model(x)
             loss = loss_fn(outputs, y)
-        objective = loss + penalty() if penalty is not None else loss
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
-            scaler.scale(objective).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            objective.backward()
-            optimizer.step()
+        optimizer_step(loss + penalty() if penalty is not None else loss, optimizer, scaler)
         loss_sum.add_(loss.detach(), alpha=len(idx))  # one kernel: launches are what a small GPU model waits on
         if classify:  # whether each example was right, summed once at the end
             torch.eq(outputs.detach().argmax(dim=1), y, out=hits[start - first:start - first + len(idx)])

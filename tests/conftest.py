@@ -31,11 +31,8 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_stack(tmp_path_factory, data_dir):
     """API + worker on the embedded default: SQLite and the SQL-table broker, no servers."""
-    stack = Stack(home=tmp_path_factory.mktemp("embedded"), data_dir=data_dir)
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
+    with Stack(home=tmp_path_factory.mktemp("embedded"), data_dir=data_dir) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")
@@ -55,12 +52,9 @@ def postgres_redis_stack(tmp_path_factory, data_dir):
     require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
     require(redis_available(), "Redis is not reachable on 127.0.0.1:6379")
     with PostgresSchema() as schema:
-        stack = Stack(home=tmp_path_factory.mktemp("pgredis"), data_dir=data_dir,
-                      database_url=schema.url, broker_url=REDIS_URL)
-        try:
-            yield stack.start()
-        finally:
-            stack.stop()
+        with Stack(home=tmp_path_factory.mktemp("pgredis"), data_dir=data_dir,
+                   database_url=schema.url, broker_url=REDIS_URL) as stack:
+            yield stack
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])

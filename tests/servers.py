@@ -219,6 +219,16 @@ class Stack:
             self.wait_for_worker()
         return self
 
+    def __enter__(self) -> Stack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a start that failed halfway leaves no process behind
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def wait_for_worker(self, name: str = "worker") -> None:
         """Until the worker consumes its queues and has its entry in the registry."""
         wait_until(lambda: "ready." in self.log(name) and " registered: queues" in self.log(name), timeout=60,

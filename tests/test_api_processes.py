@@ -4,6 +4,9 @@ and under cache thrash every predict is answered within its deadline."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
+import subprocess
 import time
 
 import httpx
@@ -20,17 +23,14 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, data_dir):
     """A worker and an API of two processes on the embedded default, with two trained models."""
-    stack = Stack(home=tmp_path_factory.mktemp("multi"), data_dir=data_dir, extra_env={"TRAINYARD_API_WORKERS": "2"})
-    stack.start()
-    try:
+    with Stack(home=tmp_path_factory.mktemp("multi"), data_dir=data_dir,
+               extra_env={"TRAINYARD_API_WORKERS": "2"}) as stack:
         with stack.client() as client:
             jobs = [submit(client, {**SOFTMAX_SPEC, "epochs": 1, "seed": seed}) for seed in (1, 2)]
             for job_id in jobs:
                 assert stack.wait_for_job(client, job_id)["status"] == "succeeded"
             assert client.post("/v1/models", json={"name": "multi", "job_id": jobs[0]}).status_code == 201
         yield stack, jobs
-    finally:
-        stack.stop()
 
 
 def requests_counted(url: str, route: str) -> float:
@@ -116,3 +116,25 @@ def test_a_second_api_on_a_port_in_use_refuses_to_start(two_processes):
     second = stack.cli("api", timeout=60)  # same port; SO_REUSEPORT must not let it join silently
     assert second.returncode == 1 and "already in use" in second.stderr
     assert httpx.get(f"{stack.url}/healthz").status_code == 200
+
+
+def test_an_api_process_that_dies_is_replaced(two_processes):
+    """Killed (say, by the kernel's OOM killer), an API process is started again by the supervisor,
+    and readiness waits for the new one."""
+    stack, _ = two_processes
+
+    def api_pids() -> set[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(stack.procs["api"].pid)],
+                             capture_output=True, text=True).stdout
+        return {int(pid) for pid in out.split()}
+
+    before = api_pids()
+    assert len(before) == 2
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(api_pids()) == 2 and victim not in api_pids(), timeout=30,
+               what=f"a new API process in place of {victim}\n{stack.logs()}")
+    wait_until(lambda: httpx.get(f"{stack.url}/readyz", timeout=2).status_code == 200, timeout=60,
+               what=f"readiness with the new process\n{stack.logs()}")
+    assert "exited with status -9; restarting it" in stack.log("api")
+    assert httpx.get(f"{stack.url}/readyz").json()["checks"]["models"] == "ok"

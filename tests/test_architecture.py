@@ -1,6 +1,7 @@
 """The one-way rooms, enforced: models imports nothing of ours; core imports neither the API nor the
 workers nor a web framework; the API and the workers never import each other; no router imports
-another router, and no router commits (the core function it calls owns the transaction).
+another router, and no router commits or opens a session by hand (the core function it calls owns
+the transaction; sessions come from service/api/deps.py).
 
 Every import counts, including those inside functions (they are still dependencies)."""
 
@@ -80,21 +81,27 @@ def test_every_import_points_the_right_way():
     assert found == []
 
 
-def commits(source: str) -> list[int]:
-    """The lines of a module that call `.commit(` on anything."""
-    return [node.lineno for node in ast.walk(ast.parse(source))
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "commit"]
+SESSION_HANDLING = {"commit", "close", "session_scope", "read_scope"}
 
 
-def test_no_router_commits():
+def session_handling(source: str) -> list[int]:
+    """The lines of a module that commit or close a session, or open one by hand."""
+    return [node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+            and (node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None))
+            in SESSION_HANDLING]
+
+
+def test_no_router_commits_or_opens_a_session():
     found = [f"{module}:{line}" for module, path in project_modules() if _within(module, ROUTERS)
-             for line in commits(path.read_text())]
+             for line in session_handling(path.read_text())]
     assert found == []
 
 
-def test_a_commit_in_a_router_is_caught():
-    assert commits("def view(session):\n    session.commit()") == [2]
-    assert commits("def view(session):\n    return core.register(session)") == []
+def test_session_handling_in_a_router_is_caught():
+    assert session_handling("def view(session):\n    session.commit()") == [2]
+    assert session_handling("def view():\n    with read_scope() as session:\n        pass") == [2]
+    assert session_handling("def view():\n    with db.session_scope() as session:\n        pass") == [2]
+    assert session_handling("def view(session):\n    return core.register(session)") == []
 
 
 def test_the_rooms_exist():

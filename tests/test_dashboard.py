@@ -207,9 +207,8 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
 
 
 def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
-    stack = Stack(home=tmp_path / "locked", data_dir=data_dir, with_worker=False,
-                  extra_env={"TRAINYARD_API_TOKENS": "rw-secret,ro-secret:read"}).start()
-    try:
+    with Stack(home=tmp_path / "locked", data_dir=data_dir, with_worker=False,
+               extra_env={"TRAINYARD_API_TOKENS": "rw-secret,ro-secret:read"}) as stack:
         with httpx.Client(base_url=stack.url, follow_redirects=False) as client:
             for path in ("/", "/ui/submit", "/ui/models", "/ui/predict", "/ui/fragments/jobs",
                          "/ui/fragments/jobs/x/evaluation", "/ui/jobs/x/test-images/0.png"):
@@ -220,8 +219,6 @@ def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
             client.cookies.set("trainyard_token", "ro-secret")
             assert client.get("/").status_code == 200
             assert client.post("/ui/submit", data={"spec": "{}"}).status_code == 403
-    finally:
-        stack.stop()
 
 
 def test_the_job_list_shows_an_uploaded_datasets_name(embedded_stack):

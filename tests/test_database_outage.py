@@ -55,8 +55,7 @@ def _calls_during_outage(client: httpx.Client, job_id: str) -> dict[str, list[in
 
 
 def test_a_database_outage_pauses_the_job_and_the_api_answers_503(tmp_path, data_dir, private_postgres):
-    stack = Stack(home=tmp_path / "home", data_dir=data_dir, database_url=private_postgres.url).start()
-    try:
+    with Stack(home=tmp_path / "home", data_dir=data_dir, database_url=private_postgres.url) as stack:
         with stack.client() as client:
             job_id = submit(client, SPEC)
             wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["epoch"] >= 2, timeout=120,
@@ -79,5 +78,3 @@ def test_a_database_outage_pauses_the_job_and_the_api_answers_503(tmp_path, data
         worker_log = stack.log("worker")
         assert "is kept to record later, and training goes on" in worker_log
         assert "the database is back: recorded epochs" in worker_log
-    finally:
-        stack.stop()

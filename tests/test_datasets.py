@@ -107,9 +107,8 @@ def test_a_large_upload_is_decoded_after_the_answer(tmp_path, data_dir):
     processing until it is decoded; then it is ready and trains, or failed with the reason."""
     from tests.servers import Stack, wait_until
 
-    stack = Stack(home=tmp_path / "home", data_dir=data_dir,
-                  extra_env={"TRAINYARD_DATASET_BACKGROUND_BYTES": "1024"}).start()
-    try:
+    with Stack(home=tmp_path / "home", data_dir=data_dir,
+               extra_env={"TRAINYARD_DATASET_BACKGROUND_BYTES": "1024"}) as stack:
         with stack.client() as client:
             archive = image_folder_zip(CLASSES, per_class=30, test_per_class=5)
             answer = upload(client, archive, name="later")
@@ -138,5 +137,3 @@ def test_a_large_upload_is_decoded_after_the_answer(tmp_path, data_dir):
             assert failed["status"] == "failed" and "fewer than min_per_class=50" in failed["error"]
             refused = client.post("/v1/jobs", json={**spec, "data": {"dataset": f"uploaded:{failed['id']}"}})
             assert refused.status_code == 422 and "failed to decode" in refused.json()["detail"][0]["msg"]
-    finally:
-        stack.stop()

@@ -27,8 +27,10 @@ def test_delete_a_job_while_its_registered_version_stays(stack, client, tmp_path
     job = stack.wait_for_job(client, job_id)
     assert job["status"] == "succeeded" and job["disk_bytes"] > 0
     job_dir = stack.home / "checkpoints" / job_id
-    # disk_bytes is the checkpoints' recorded sizes; the resumable state file has none recorded.
-    assert sum(f.stat().st_size for f in job_dir.iterdir() if f.name != TRAINING_STATE) == job["disk_bytes"]
+    # disk_bytes is the checkpoints' recorded sizes: all the files of a job that succeeded, whose
+    # resumable state goes once its success is recorded.
+    wait_until(lambda: not (job_dir / TRAINING_STATE).exists(), timeout=10, what="the state file to go")
+    assert sum(f.stat().st_size for f in job_dir.iterdir()) == job["disk_bytes"] > 0
     registered = client.post("/v1/models", json={"name": f"outlives-{stack.port}", "job_id": job_id})
     assert registered.status_code == 201, registered.text
     name = registered.json()["name"]
@@ -66,23 +68,21 @@ def test_a_running_job_cannot_be_deleted_until_it_ends(stack, client):
 
 @pytest.fixture(scope="module")
 def retention_stack(tmp_path_factory, data_dir):
-    stack = Stack(home=tmp_path_factory.mktemp("retention"), data_dir=data_dir, extra_env={
-        "TRAINYARD_RETENTION_DAYS": str(2 / 86400),  # two seconds
-        "TRAINYARD_BROKER_MESSAGE_RETENTION_SECONDS": "2",
-        "TRAINYARD_HOUSEKEEPING_INTERVAL_SECONDS": "0.5"})
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
+    with Stack(home=tmp_path_factory.mktemp("retention"), data_dir=data_dir,
+               extra_env={"TRAINYARD_RETENTION_DAYS": str(2 / 86400),  # two seconds
+                          "TRAINYARD_BROKER_MESSAGE_RETENTION_SECONDS": "2",
+                          "TRAINYARD_HOUSEKEEPING_INTERVAL_SECONDS": "0.5"}) as stack:
+        yield stack
 
 
 def test_retention_purges_checkpoints_and_consumed_messages(retention_stack):
     stack = retention_stack
     with stack.client() as client:
-        kept, purged = submit(client, SHORT), submit(client, SHORT)
-        for job_id in (kept, purged):
-            assert stack.wait_for_job(client, job_id)["status"] == "succeeded"
+        kept = submit(client, SHORT)  # registered as soon as it ends: retention is only two seconds
+        assert stack.wait_for_job(client, kept)["status"] == "succeeded"
         assert client.post("/v1/models", json={"name": "kept", "job_id": kept}).status_code == 201
+        purged = submit(client, SHORT)
+        assert stack.wait_for_job(client, purged)["status"] == "succeeded"
 
         def purged_checkpoints():
             job = client.get(f"/v1/jobs/{purged}").json()

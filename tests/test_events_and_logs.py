@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from tests.servers import Stack, wait_until
+from tests.servers import Stack
 from tests.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
@@ -21,12 +21,9 @@ SLOW = {"name": "slow-epochs", "model": {"arch": "lenet", "activation": "relu", 
 
 @pytest.fixture(scope="module")
 def events_stack(tmp_path_factory, data_dir):
-    stack = Stack(home=tmp_path_factory.mktemp("events"), data_dir=data_dir,
-                  extra_env={"TRAINYARD_EVENTS_KEEPALIVE_SECONDS": str(KEEPALIVE_S)})
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
+    with Stack(home=tmp_path_factory.mktemp("events"), data_dir=data_dir,
+               extra_env={"TRAINYARD_EVENTS_KEEPALIVE_SECONDS": str(KEEPALIVE_S)}) as stack:
+        yield stack
 
 
 def read_stream(client: httpx.Client, job_id: str, *, last_event_id: str | None = None, stop_after: int | None = None,

@@ -84,3 +84,27 @@ def test_sweep_example_is_valid_and_listed_in_the_readme(path):
         spec = JobSpec.model_validate(trial_spec(sweep.base, sweep.name, params))
         assert spec_problems(spec, builtin_dataset_info(spec.data)) == []
     assert f"trainyard sweep examples/sweeps/{path.name}" in (REPO / "README.md").read_text()
+
+
+def test_an_installed_package_carries_the_examples(tmp_path):
+    """The dashboard's submit form reads the examples as package data, so a wheel must hold them
+    (built from a copy of the sources: the build writes beside them)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from service.api.routers.dashboard import _examples
+
+    source = tmp_path / "source"
+    for name in ("service", "workers", "models", "migrations"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, timeout=120)
+    [wheel] = (tmp_path / "dist").glob("trainyard-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    examples = REPO / "examples"
+    assert {f"service/examples/{path.relative_to(examples)}" for path in EXAMPLES + SWEEPS} - shipped == set()
+    assert _examples() == sorted(path.stem for path in EXAMPLES)

@@ -41,11 +41,10 @@ def small_volume(tmp_path):
 def fill(volume) -> os.PathLike:
     """Write zeros until the filesystem has no room left; returns the file that took it."""
     filler = volume / "filler"
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: closing it has nothing left to write
         try:
             while True:
                 fh.write(b"\0" * 65536)
-                fh.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler
@@ -58,9 +57,8 @@ def predict(client, model: str, tmp_path) -> int:
 
 def test_a_full_checkpoint_volume_fails_the_job_and_resume_finishes_it(tmp_path, data_dir, small_volume):
     checkpoints = small_volume / "checkpoints"
-    stack = Stack(home=tmp_path / "home", data_dir=data_dir,
-                  extra_env={"TRAINYARD_CHECKPOINT_DIR": str(checkpoints)}).start()
-    try:
+    with Stack(home=tmp_path / "home", data_dir=data_dir,
+               extra_env={"TRAINYARD_CHECKPOINT_DIR": str(checkpoints)}) as stack:
         with stack.client() as client:
             earlier = submit(client, TINY)
             assert stack.wait_for_job(client, earlier)["status"] == "succeeded"
@@ -86,5 +84,3 @@ def test_a_full_checkpoint_volume_fails_the_job_and_resume_finishes_it(tmp_path,
             assert job["status"] == "succeeded", job
             epochs = [row["epoch"] for row in client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]]
             assert epochs == list(range(1, STEADY["epochs"] + 1))
-    finally:
-        stack.stop()

@@ -27,15 +27,12 @@ def test_a_spec_of_four_billion_weights_is_refused_with_its_estimate(client):
 @pytest.fixture(scope="module")
 def small_budget(tmp_path_factory, data_dir):
     """API and worker whose jobs may each allocate 96 MiB."""
-    stack = Stack(home=tmp_path_factory.mktemp("budget"), data_dir=data_dir,
-                  extra_env={"TRAINYARD_MAX_JOB_MEMORY": str(96 * 1024**2),
-                             # The kernel's OOM killer cannot be called safely on a shared machine:
-                             # the test kills the process itself once it holds a third of its budget.
-                             "TRAINYARD_OOM_KILL_FRACTION": "0.3"})
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
+    with Stack(home=tmp_path_factory.mktemp("budget"), data_dir=data_dir,
+               extra_env={"TRAINYARD_MAX_JOB_MEMORY": str(96 * 1024**2),
+                          # The kernel's OOM killer cannot be called safely on a shared machine:
+                          # the test kills the process itself once it holds a third of its budget.
+                          "TRAINYARD_OOM_KILL_FRACTION": "0.3"}) as stack:
+        yield stack
 
 
 def test_a_job_past_its_memory_budget_fails_alone_and_the_worker_carries_on(small_budget):

@@ -94,7 +94,7 @@ def test_job_checkpoints_and_aliases_export_too(api, lenet_version):
     assert by_job.status_code == 200 and f"job-{job_id}-epoch-1.safetensors" in by_job.headers["content-disposition"]
     assert set(load(by_job.content)) == {"0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias",
                                          "9.weight", "9.bias", "11.weight", "11.bias"}
-    assert api.put(f"/v1/models/course-lenet/aliases/production", json={"version": version}).status_code == 200
+    assert api.put("/v1/models/course-lenet/aliases/production", json={"version": version}).status_code == 200
     assert api.get("/v1/models/course-lenet@production/export", params={"format": "onnx"}).status_code == 200
     assert api.get("/v1/models/nobody/export").status_code == 404
     assert api.get("/v1/models/course-lenet/versions/1/export", params={"format": "pickle"}).status_code == 422
@@ -353,13 +353,10 @@ def test_every_architecture_leaves_and_matches_predict(api, embedded_stack, tmp_
 def test_an_import_over_the_size_limit_is_413(tmp_path, data_dir):
     from tests.servers import Stack
 
-    stack = Stack(home=tmp_path / "small", data_dir=data_dir, with_worker=False,
-                  extra_env={"TRAINYARD_MAX_MODEL_UPLOAD_BYTES": "4096"}).start()
-    try:
+    with Stack(home=tmp_path / "small", data_dir=data_dir, with_worker=False,
+               extra_env={"TRAINYARD_MAX_MODEL_UPLOAD_BYTES": "4096"}) as stack:
         with stack.client() as client:
             weights = save({"w": torch.zeros(4096)})
             answer = client.post("/v1/models/import", data={"name": "big", "model": json.dumps({"arch": "lenet"})},
                                  files={"file": ("w.safetensors", weights)})
             assert answer.status_code == 413 and "limit" in answer.json()["detail"]
-    finally:
-        stack.stop()

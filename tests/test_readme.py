@@ -92,11 +92,8 @@ def first_json(text: str):
 def fresh_stack(tmp_path_factory, data_dir):
     """A service of its own: the README's commands name models (`fashion`, version 1) as a new
     user's service would have them, which the suite's shared service cannot promise."""
-    stack = Stack(home=tmp_path_factory.mktemp("readme"), data_dir=data_dir)
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
+    with Stack(home=tmp_path_factory.mktemp("readme"), data_dir=data_dir) as stack:
+        yield stack
 
 
 def test_readme_cli_blocks(fresh_stack, tmp_path):

@@ -203,8 +203,7 @@ def private_redis(tmp_path):
 
 
 def test_redis_restart_loses_no_job(tmp_path, data_dir, private_redis):
-    stack = Stack(home=tmp_path / "home", data_dir=data_dir, broker_url=private_redis.url).start()
-    try:
+    with Stack(home=tmp_path / "home", data_dir=data_dir, broker_url=private_redis.url) as stack:
         with stack.client() as client:
             first = submit(client, {**SLOW_SPEC, "epochs": 2, "name": "running-through-restart"})
             waiting = [submit(client, {**TINY_SPEC, "name": f"queued-{i}"}) for i in range(3)]
@@ -218,5 +217,3 @@ def test_redis_restart_loses_no_job(tmp_path, data_dir, private_redis):
                 assert epochs_recorded(client, job_id) == list(range(1, job["epochs"] + 1))
                 assert len(running_events(job)) == 1
         assert "reaper sent" in stack.log("api")  # the lost messages were sent again
-    finally:
-        stack.stop()

@@ -29,12 +29,9 @@ OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/
 
 @pytest.fixture(scope="module")
 def locked_stack(tmp_path_factory, data_dir):
-    stack = Stack(home=tmp_path_factory.mktemp("locked"), data_dir=data_dir, with_worker=False,
-                  extra_env={"TRAINYARD_API_TOKENS": f"{RW},{RO}:read"})
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
+    with Stack(home=tmp_path_factory.mktemp("locked"), data_dir=data_dir, with_worker=False,
+               extra_env={"TRAINYARD_API_TOKENS": f"{RW},{RO}:read"}) as stack:
+        yield stack
 
 
 def _walk(router):
@@ -161,11 +158,8 @@ def test_token_parsing():
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory, data_dir):
     """The API alone: fuzzed specs may ask for 10,000 epochs, which no worker should run."""
-    stack = Stack(home=tmp_path_factory.mktemp("fuzz"), data_dir=data_dir, with_worker=False)
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
+    with Stack(home=tmp_path_factory.mktemp("fuzz"), data_dir=data_dir, with_worker=False) as stack:
+        yield stack
 
 
 def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -68,8 +66,7 @@ def test_a_cuda_job_with_no_gpu_worker_says_why_and_is_never_taken(embedded_stac
 
 
 def test_a_killed_worker_leaves_the_registry_and_its_jobs_say_so(tmp_path, data_dir):
-    stack = Stack(home=tmp_path / "home", data_dir=data_dir, extra_env={"TRAINYARD_REQUIRE_WORKER": "true"}).start()
-    try:
+    with Stack(home=tmp_path / "home", data_dir=data_dir, extra_env={"TRAINYARD_REQUIRE_WORKER": "true"}) as stack:
         with stack.client() as client:
             assert len(live_workers(client)) == 1
             refused = client.post("/v1/jobs", json={**TINY, "device": "cuda"})
@@ -79,8 +76,6 @@ def test_a_killed_worker_leaves_the_registry_and_its_jobs_say_so(tmp_path, data_
             wait_until(lambda: live_workers(client) == [], timeout=10, what="the killed worker to leave the list")
             refused = client.post("/v1/jobs", json=TINY)
             assert refused.status_code == 409 and "no_worker" in refused.json()["detail"]
-    finally:
-        stack.stop()
 
 
 def test_two_workers_share_the_jobs_and_one_finishes_what_the_other_was_killed_in(tmp_path, data_dir):

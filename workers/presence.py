@@ -6,32 +6,30 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 
 from celery.signals import worker_ready, worker_shutdown
 
 from models.pretrained import available_weights
 from service.core import worker_registry
+from service.core.background import Periodic
 from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
-class Presence:
+class Presence(Periodic):
+    """Keeps this worker's registry entry fresh, every worker_heartbeat_seconds from start() to stop()."""
+
     def __init__(self, worker_id: str, queues: list[str]):
+        super().__init__("worker-presence", get_settings().worker_heartbeat_seconds, at_start=True)
         self.worker_id = worker_id
         self.queues = queues
         self.description: dict | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="worker-presence", daemon=True)
+        self._registered = False
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def stop(self, timeout: float | None = 10) -> None:
+        super().stop(timeout)
         try:
             with session_scope() as session:
                 worker_registry.unregister(session, worker_id=self.worker_id)
@@ -43,26 +41,22 @@ class Presence:
             worker_registry.register(session, worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
                                      queues=self.queues, description=self.description, weights=_weights())
 
-    def _run(self) -> None:
-        self.description = worker_registry.probe_devices()
-        interval = get_settings().worker_heartbeat_seconds
-        registered = False
-        while True:
-            try:
-                with session_scope() as session:
-                    renewed = registered and worker_registry.heartbeat(session, worker_id=self.worker_id,
-                                                                       weights=_weights())
-                if not renewed:
-                    self._register()
-                    registered = True
-                    log.info("worker %s registered: queues %s, devices %s", self.worker_id, self.queues,
-                             [d["name"] for d in self.description["devices"]])
-            except UNAVAILABLE as error:  # the database may be away for a moment; the next beat tries again
-                log.warning("worker %s could not renew its registry entry: %s", self.worker_id, brief(error))
-            except Exception:
-                log.warning("worker %s could not renew its registry entry", self.worker_id, exc_info=True)
-            if self._stop.wait(interval):
-                return
+    def tick(self) -> None:
+        if self.description is None:  # probed on this thread: it can take a while
+            self.description = worker_registry.probe_devices()
+        try:
+            with session_scope() as session:
+                renewed = self._registered and worker_registry.heartbeat(session, worker_id=self.worker_id,
+                                                                         weights=_weights())
+            if not renewed:
+                self._register()
+                self._registered = True
+                log.info("worker %s registered: queues %s, devices %s", self.worker_id, self.queues,
+                         [d["name"] for d in self.description["devices"]])
+        except UNAVAILABLE as error:  # the database may be away for a moment; the next beat tries again
+            log.warning("worker %s could not renew its registry entry: %s", self.worker_id, brief(error))
+        except Exception:
+            log.warning("worker %s could not renew its registry entry", self.worker_id, exc_info=True)
 
 
 def _weights() -> list[str]:

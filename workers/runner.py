@@ -26,6 +26,7 @@ from models.pretrained import MissingWeights, UnsafeWeights
 from models.spec import JobSpec
 from models.state import TRAINING_STATE, Position, TrainingState, load_training_state, save_training_state
 from service.core import jobs, sweeps, worker_registry
+from service.core.background import Periodic
 from service.core.db import UNAVAILABLE, brief, retry_while_unavailable, session_scope
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
 from service.core.settings import get_settings
@@ -52,7 +53,7 @@ def write(what: str, work, *, patient: bool = True):
     return retry_while_unavailable(attempt, what=what, give_up_after=give_up_after)
 
 
-class JobControl:
+class JobControl(Periodic):
     """Renews this attempt's lease from a background thread and notices cancel requests.
 
     should_stop() is cheap: the engine calls it between batches, and it only reads two flags.
@@ -60,9 +61,9 @@ class JobControl:
 
     def __init__(self, job_id: str, attempt: int, interval: float, longest_wait: float,
                  memory: MemoryWatch | None = None, urgent_share: float = 0.9):
+        super().__init__(f"lease-{job_id}", interval)
         self.job_id = job_id
         self.attempt = attempt
-        self.interval = interval
         self.longest_wait = max(interval, longest_wait)  # between renewals that fail
         # Sampled between beats; each beat records the peak since the last one recorded, and a share
         # of `urgent_share` or more is recorded at once (a process killed for memory says no more).
@@ -70,53 +71,43 @@ class JobControl:
         self.urgent_share = urgent_share
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-
-    def __enter__(self) -> JobControl:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
+        self._delay, self._misses = interval, 0
 
     def should_stop(self) -> bool:
         return self.cancel_requested.is_set() or self.lost.is_set()
 
-    def _pause(self, seconds: float) -> bool:
+    def wait(self, seconds: float) -> bool:
         """Wait, sampling memory meanwhile (cut short when memory runs high); True once the job is done."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            if self._done.wait(min(left, MEMORY_SAMPLE_SECONDS)):
+            if self.stopped.wait(min(left, MEMORY_SAMPLE_SECONDS)):
                 return True
             if self.memory is not None and self.memory.sample() >= self.urgent_share:
                 break
-        return self._done.is_set()
+        return self.stopped.is_set()
 
-    def _run(self) -> None:
-        wait, misses = self.interval, 0
-        while not self._pause(wait):
-            try:
-                memory = self.memory
-                with session_scope() as session:
-                    status = jobs.heartbeat(session, job_id=self.job_id, attempt=self.attempt,
-                                            memory_peak=memory.peak() if memory else None)
-                if memory is not None:
-                    memory.clear()
-            except Exception as error:  # a missed beat is not fatal; a later one may get through
-                misses, wait = misses + 1, min(wait * 2, self.longest_wait)
-                log.warning("lease renewal for job %s failed (%d in a row; next try in %.1f s): %s", self.job_id,
-                            misses, wait, brief(error), exc_info=not isinstance(error, UNAVAILABLE))
-                continue
-            if misses:
-                log.info("lease renewal for job %s got through after %d misses", self.job_id, misses)
-            wait, misses = self.interval, 0
-            if status is None:
-                log.warning("job %s attempt %s lost its lease; stopping", self.job_id, self.attempt)
-                self.lost.set()
-            elif status == JobStatus.CANCELLING:
-                self.cancel_requested.set()
+    def tick(self) -> float | None:
+        try:
+            memory = self.memory
+            with session_scope() as session:
+                status = jobs.heartbeat(session, job_id=self.job_id, attempt=self.attempt,
+                                        memory_peak=memory.peak() if memory else None)
+            if memory is not None:
+                memory.clear()
+        except Exception as error:  # a missed beat is not fatal; a later one may get through
+            self._misses, self._delay = self._misses + 1, min(self._delay * 2, self.longest_wait)
+            log.warning("lease renewal for job %s failed (%d in a row; next try in %.1f s): %s", self.job_id,
+                        self._misses, self._delay, brief(error), exc_info=not isinstance(error, UNAVAILABLE))
+            return self._delay
+        if self._misses:
+            log.info("lease renewal for job %s got through after %d misses", self.job_id, self._misses)
+        self._delay, self._misses = self.interval, 0
+        if status is None:
+            log.warning("job %s attempt %s lost its lease; stopping", self.job_id, self.attempt)
+            self.lost.set()
+        elif status == JobStatus.CANCELLING:
+            self.cancel_requested.set()
+        return None
 
 
 MEMORY_SAMPLE_SECONDS = 0.25
@@ -375,4 +366,6 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
             session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error)):
         log.warning("job %s attempt %s could not record its end (%s)", job_id, claim.attempt, status)
         return None
+    if status == JobStatus.SUCCEEDED:  # only a failed or cancelled job can be resumed
+        state_path(job_id).unlink(missing_ok=True)
     return status

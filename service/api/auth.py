@@ -1,4 +1,5 @@
-"""Bearer-token authentication for the /v1 and /v2 routes."""
+"""Token authentication: a bearer token for the /v1 and /v2 routes, the same tokens in a cookie for
+the dashboard's pages (asked for once at /ui/login)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.core.settings import get_settings
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+COOKIE = "trainyard_token"
+READ_ONLY = "this token may only read"
 _bearer = HTTPBearer(auto_error=False, description="An API token from TRAINYARD_API_TOKENS")
 
 
@@ -78,5 +81,27 @@ async def require_token(
     if access is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token", headers=challenge)
     if access == "ro" and request.method not in READ_METHODS:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token may only read")
+        raise HTTPException(status.HTTP_403_FORBIDDEN, READ_ONLY)
+
+
+def _cookie_access(request: Request) -> str | None:
+    table = token_table()
+    if not table.enabled:
+        return "rw"
+    return table.lookup(request.cookies.get(COOKIE, ""))
+
+
+async def page_viewer(request: Request) -> None:
+    """A dashboard page: without a valid cookie, to the login form."""
+    if _cookie_access(request) is None:
+        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
+
+
+async def page_editor(request: Request) -> None:
+    """A dashboard action: as page_viewer, and 403 for a read-only token."""
+    access = _cookie_access(request)
+    if access is None:
+        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
+    if access != "rw":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, READ_ONLY)
 

@@ -1,9 +1,11 @@
 """Learning curves and confusion matrices as PNG images (matplotlib, no display needed), and
-images' pixels as PNG, for the plot and evaluation routes and the dashboard."""
+images' pixels as PNG, for the plot and evaluation routes and the dashboard, which answer with
+png_response."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import matplotlib
 import numpy as np
@@ -12,11 +14,27 @@ from PIL import Image
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
+from fastapi.concurrency import run_in_threadpool  # noqa: E402
+from fastapi.responses import Response  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from models.sweeps import label  # noqa: E402
+from service.api.deps import read  # noqa: E402
 from service.api.schemas.jobs import metric_rows  # noqa: E402
 from service.core import jobs, sweeps  # noqa: E402
+
+PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "A PNG image"}}
+
+
+async def png_response(draw: Callable[..., bytes], *args) -> Response:
+    """draw(*args)'s PNG, drawn in the thread pool (matplotlib and Pillow block)."""
+    return Response(await run_in_threadpool(draw, *args), media_type="image/png")
+
+
+async def curves_response(series: Callable[..., list[tuple[str, list[dict]]]], *args) -> Response:
+    """The learning curves of series(session, *args) (job_series or sweep_series), read and drawn off the loop."""
+    return await png_response(learning_curves, await read(series, *args))
+
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
 
@@ -53,7 +71,7 @@ def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dic
 
 def labelled_series(session: Session, labelled: list[tuple[str, str]]) -> list[tuple[str, list[dict]]]:
     """(label, metric rows) for each (job id, label) of jobs known to exist."""
-    return [(label, metric_rows(jobs.get_metrics(session, job_id=job_id))) for job_id, label in labelled]
+    return [(name, metric_rows(jobs.get_metrics(session, job_id=job_id))) for job_id, name in labelled]
 
 
 MAX_SWEEP_CURVES = 12
@@ -77,10 +95,10 @@ def learning_curves_figure(series: list[tuple[str, list[dict]]]):
     has_acc = any(row.get("test_acc") is not None for _, rows in series for row in rows)
     figure, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8), squeeze=False)
     loss_ax = axes[0][0]
-    for index, (label, rows) in enumerate(series):
+    for index, (name, rows) in enumerate(series):
         colour = COLOURS[index % len(COLOURS)]
         epochs = [r["epoch"] for r in rows]
-        prefix = f"{label} " if len(series) > 1 else ""
+        prefix = f"{name} " if len(series) > 1 else ""
         loss_ax.plot(epochs, [r["train_loss"] for r in rows], color=colour, label=f"{prefix}train loss")
         loss_ax.plot(epochs, [r["test_loss"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test loss")
         if any(r.get("val_loss") is not None for r in rows):

@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import shutil
-import threading
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from models.data import save_stored_dataset, stored_dataset_path
 from models.dataset import DatasetError
 from models.spec import DatasetInfo, JobSpec, UploadedDatasetSpec, builtin_dataset_info
 from models.uploads import ArchiveLimits, check_archive, decode_archive
+from service.core.background import Periodic
 from service.core.db import session_scope
 from service.core.errors import Conflict, Invalid, NotFound, Unprocessable
 from service.core.ids import MAX_LISTED, resolve_id
@@ -148,32 +148,22 @@ def inspect_upload(data: BinaryIO, *, settings: Settings) -> int:
         raise Unprocessable(str(exc)) from exc
 
 
-class _Heartbeat:
+class _Heartbeat(Periodic):
     """Renews a processing dataset's heartbeat_at while it is decoded, so that the housekeeper
     fails only decodes whose process has gone."""
 
     def __init__(self, dataset_id: str, interval: float):
-        self.dataset_id, self.interval = dataset_id, interval
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"dataset-heartbeat-{dataset_id[:8]}", daemon=True)
+        super().__init__(f"dataset-heartbeat-{dataset_id[:8]}", interval)
+        self.dataset_id = dataset_id
 
-    def __enter__(self) -> _Heartbeat:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        self.thread.join()
-
-    def _run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            try:
-                with session_scope() as session:
-                    session.execute(update(StoredDataset).where(StoredDataset.id == self.dataset_id,
-                                                                StoredDataset.status == DatasetStatus.PROCESSING)
-                                    .values(heartbeat_at=utcnow()))
-            except Exception as exc:  # a missed beat is not fatal; the next one may get through
-                log.warning("heartbeat of dataset %s failed: %s", self.dataset_id, exc)
+    def tick(self) -> None:
+        try:
+            with session_scope() as session:
+                session.execute(update(StoredDataset).where(StoredDataset.id == self.dataset_id,
+                                                            StoredDataset.status == DatasetStatus.PROCESSING)
+                                .values(heartbeat_at=utcnow()))
+        except Exception as exc:  # a missed beat is not fatal; the next one may get through
+            log.warning("heartbeat of dataset %s failed: %s", self.dataset_id, exc)
 
 
 def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settings) -> None:

@@ -27,8 +27,9 @@ class JobView:
 
 
 def disk_bytes(job: Job) -> int:
-    """Bytes the job's checkpoints take, as recorded when each was written. The resumable state
-    file beside them has no recorded size and is not counted."""
+    """Bytes the job's checkpoints take, as recorded when each was written: all its files once it
+    has succeeded. The state a failed or cancelled job resumes from has no recorded size and is
+    not counted."""
     return sum(checkpoint.size_bytes for checkpoint in job.checkpoints)
 
 

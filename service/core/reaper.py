@@ -4,11 +4,11 @@ now and then purges what retention says is old."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import timedelta
 
 from service.core import datasets, embedded_broker, jobs, retention, sweeps
+from service.core.background import Periodic
 from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.leader import Leadership
 from service.core.settings import Settings
@@ -104,39 +104,33 @@ def housekeeping(settings: Settings) -> None:
             log.info("removed %d consumed message(s) from the embedded broker", purged)
 
 
-class Reaper:
+class Reaper(Periodic):
     """Runs sweep() every reaper_interval_seconds in a background thread, in the one process
     (of all that share the database) that holds the reaper's role."""
 
     def __init__(self, settings: Settings):
+        super().__init__("reaper", settings.reaper_interval_seconds)
         self.settings = settings
         self.leadership = Leadership("reaper")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.leadership.release()
-
-    def _loop(self) -> None:
-        next_housekeeping = 0.0
+        self._next_housekeeping = 0.0
         # While the database is away no worker can renew its lease, so once it is back every
         # worker gets a full lease period to renew before its job is taken from it.
-        leases_trusted_from = 0.0
-        while not self._stop.wait(self.settings.reaper_interval_seconds):
-            try:
-                if not self.leadership.held():
-                    continue
-                sweep(self.settings, reap=time.monotonic() >= leases_trusted_from)
-                if time.monotonic() >= next_housekeeping:
-                    housekeeping(self.settings)
-                    next_housekeeping = time.monotonic() + self.settings.housekeeping_interval_seconds
-            except UNAVAILABLE as error:
-                leases_trusted_from = time.monotonic() + self.settings.lease_seconds
-                log.warning("reaper: the database is unavailable (%s); will retry", brief(error))
-            except Exception:  # the reaper must outlive anything one sweep meets
-                log.exception("reaper sweep failed")
+        self._leases_trusted_from = 0.0
+
+    def stop(self, timeout: float | None = 10) -> None:
+        super().stop(timeout)
+        self.leadership.release()
+
+    def tick(self) -> None:
+        try:
+            if not self.leadership.held():
+                return
+            sweep(self.settings, reap=time.monotonic() >= self._leases_trusted_from)
+            if time.monotonic() >= self._next_housekeeping:
+                housekeeping(self.settings)
+                self._next_housekeeping = time.monotonic() + self.settings.housekeeping_interval_seconds
+        except UNAVAILABLE as error:
+            self._leases_trusted_from = time.monotonic() + self.settings.lease_seconds
+            log.warning("reaper: the database is unavailable (%s); will retry", brief(error))
+        except Exception:  # the reaper must outlive anything one sweep meets
+            log.exception("reaper sweep failed")

@@ -18,7 +18,7 @@ import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
 
 def utcnow() -> datetime:
@@ -154,13 +154,21 @@ class JobLog(Base):
     message: Mapped[str] = mapped_column(Text)
 
 
-class EpochMetric(Base):
-    __tablename__ = "epoch_metrics"
-    __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_epoch_metrics_job_epoch"),)
+class PerJobEpoch:
+    """The key of a table with one row per job and epoch: metrics and checkpoints are upserted on it."""
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    epoch: Mapped[int] = mapped_column(Integer)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True, sort_order=-1)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True, sort_order=-1)
+    epoch: Mapped[int] = mapped_column(Integer, sort_order=-1)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple:
+        return (UniqueConstraint("job_id", "epoch", name=f"uq_{cls.__tablename__}_job_epoch"),)
+
+
+class EpochMetric(PerJobEpoch, Base):
+    __tablename__ = "epoch_metrics"
+
     train_loss: Mapped[float | None] = mapped_column(Float)
     train_acc: Mapped[float | None] = mapped_column(Float)
     test_loss: Mapped[float | None] = mapped_column(Float)
@@ -175,13 +183,9 @@ class EpochMetric(Base):
     job: Mapped[Job] = relationship(back_populates="metrics")
 
 
-class Checkpoint(Base):
+class Checkpoint(PerJobEpoch, Base):
     __tablename__ = "checkpoints"
-    __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_checkpoints_job_epoch"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    epoch: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict | None] = mapped_column(JSON)

@@ -6,6 +6,16 @@ import socket
 
 import pytest
 
+from tests.datagen import make_idx_dataset
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    """A small FashionMNIST in the IDX layout: 600 training and 200 test images."""
+    root = tmp_path_factory.mktemp("idx-data")
+    make_idx_dataset(root, "FashionMNIST", n_train=600, n_test=200)
+    return root
+
 
 @pytest.fixture
 def no_network(monkeypatch):

@@ -1,6 +1,5 @@
 """Admission by cost: parameters and one training step's memory, estimated without allocating."""
 
-import pytest
 
 from models.cost import admission_problems, estimate
 from models.spec import JobSpec

@@ -11,17 +11,9 @@ from models.state import load_training_state, save_training_state
 from models.engine import fit, place_on_gpu, prepare
 from models.predictor import Predictor
 from models.spec import JobSpec
-from tests.datagen import make_idx_dataset
 from tests.models.common import Recorder, StopAt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cuda-data")
-    make_idx_dataset(root, "FashionMNIST", n_train=600, n_test=200)
-    return root
 
 
 def job(**overrides) -> JobSpec:

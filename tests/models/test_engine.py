@@ -5,18 +5,10 @@ import statistics
 import pytest
 import torch
 
-from models.engine import Callbacks, Position, TrainingError, fit, resolve_device
+from models.engine import Position, TrainingError, fit, resolve_device
 from models.state import TrainingState
 from models.spec import JobSpec
-from tests.datagen import make_idx_dataset
-from tests.models.common import LENET_LAYERS, Recorder, StopAt
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("engine-data")
-    make_idx_dataset(root, "FashionMNIST", n_train=600, n_test=200)
-    return root
+from tests.models.common import LENET_LAYERS, Recorder, StopAt, trace
 
 
 def job(**overrides) -> JobSpec:
@@ -37,15 +29,10 @@ def test_fit_learns_and_reports_every_epoch(idx_dir):
 
 
 def test_same_seed_same_metrics_other_seed_differs(idx_dir):
-    spec = job(model={"arch": "mlp", "hidden": [32], "dropout": 0.2}, epochs=2)
-    a, b = Recorder(), Recorder()
-    fit(spec, a, data_dir=idx_dir)
-    fit(spec, b, data_dir=idx_dir)
-    key = lambda r: [(m.train_loss, m.test_loss, m.test_acc) for m in r.epochs]
-    assert key(a) == key(b)
-    c = Recorder()
-    fit(job(model={"arch": "mlp", "hidden": [32], "dropout": 0.2}, epochs=2, seed=1), c, data_dir=idx_dir)
-    assert key(c) != key(a)
+    mlp = {"arch": "mlp", "hidden": [32], "dropout": 0.2}
+    first = trace(job(model=mlp, epochs=2), idx_dir)
+    assert trace(job(model=mlp, epochs=2), idx_dir) == first
+    assert trace(job(model=mlp, epochs=2, seed=1), idx_dir) != first
 
 
 def test_resume_continues_exactly_where_an_uninterrupted_run_goes(idx_dir):

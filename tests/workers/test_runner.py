@@ -30,7 +30,7 @@ def test_a_job_runs_to_success_and_a_second_delivery_is_dropped(service_env):
     job = read_job(job_id)
     assert job.attempt == 1 and job.epoch == 2
     assert (service_env.checkpoint_dir / job_id / "epoch-0002.safetensors").is_file()
-    assert (service_env.checkpoint_dir / job_id / "training-state.safetensors").is_file()
+    assert not (service_env.checkpoint_dir / job_id / "training-state.safetensors").exists()  # nothing to resume
 
 
 def test_unwritable_checkpoint_folder_fails_the_job_with_a_clear_reason(service_env):

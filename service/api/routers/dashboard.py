@@ -1,16 +1,17 @@
 """The web dashboard: server-rendered pages over the same service functions as the API.
 
-When API tokens are set, the pages ask for one once (/ui/login) and keep it in a cookie.
+When API tokens are set, the pages ask for one once (/ui/login) and keep it in a cookie (service/api/auth.py).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -20,7 +21,7 @@ from models.checkpoint import CheckpointError
 from models.predictor import InputError
 from models.spec import JobSpec, input_loc
 from service.api import plots
-from service.api.auth import token_table
+from service.api.auth import COOKIE, page_editor, page_viewer, token_table
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.schemas.evaluation import evaluation_public
 from service.api.schemas.jobs import job_public, jobs_public, metric_rows
@@ -28,39 +29,18 @@ from service.api.schemas.predict import image_answer
 from service.api.schemas.registry import model_public
 from service.api.schemas.sweeps import sweep_public
 from service.api.schemas.workers import WorkerPublic
-from service.core import datasets, job_logs, job_pages, jobs, registry, retention, submission, sweeps, worker_registry
+from service.core import (datasets, job_logs, job_pages, jobs, model_registry, retention, submission, sweeps,
+                          worker_registry)
 from service.core.settings import get_settings
 from service.core.errors import CoreError, Invalid
 
-ROOT = Path(__file__).resolve().parents[3]
-EXAMPLES = ROOT / "examples"
+EXAMPLES = resources.files("service") / "examples"  # package data: found in a checkout and once installed
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
-COOKIE = "trainyard_token"
-
-
-def _access(request: Request) -> str | None:
-    table = token_table()
-    if not table.enabled:
-        return "rw"
-    return table.lookup(request.cookies.get(COOKIE, ""))
-
-
-async def viewer(request: Request) -> None:
-    if _access(request) is None:
-        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
-
-
-async def editor(request: Request) -> None:
-    access = _access(request)
-    if access is None:
-        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
-    if access != "rw":
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token may only read")
 
 
 router = APIRouter(include_in_schema=False)
-pages = APIRouter(dependencies=[Depends(viewer)], include_in_schema=False)
-actions = APIRouter(dependencies=[Depends(editor)], include_in_schema=False)
+pages = APIRouter(dependencies=[Depends(page_viewer)], include_in_schema=False)
+actions = APIRouter(dependencies=[Depends(page_editor)], include_in_schema=False)
 
 
 @router.get("/ui/login", response_class=HTMLResponse)
@@ -114,8 +94,7 @@ def job_page(job_id: str, request: Request, session: SessionDep,
 
 @pages.get("/ui/jobs/{job_id}/plot.png")
 async def job_plot(job_id: str) -> Response:
-    data = await read(plots.job_series, [job_id])
-    return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
+    return await plots.curves_response(plots.job_series, [job_id])
 
 
 MISTAKES_SHOWN = 24
@@ -132,19 +111,18 @@ async def job_evaluation(job_id: str, request: Request, server: ModelServerDep) 
 @pages.get("/ui/jobs/{job_id}/test-images/{index}.png")
 async def job_test_image(job_id: str, index: int, server: ModelServerDep) -> Response:
     """A test image for the report's thumbnails (the /v1 twin wants a bearer token, a page has a cookie)."""
-    pixels = await server.test_image(job_id, index)
-    return Response(await run_in_threadpool(plots.pixels_png, pixels), media_type="image/png")
+    return await plots.png_response(plots.pixels_png, await server.test_image(job_id, index))
 
 
 def _examples() -> list[str]:
-    return sorted(p.stem for p in EXAMPLES.glob("*.json"))
+    return sorted(p.name.removesuffix(".json") for p in EXAMPLES.iterdir() if p.name.endswith(".json"))
 
 
 @pages.get("/ui/submit", response_class=HTMLResponse)
 def submit_form(request: Request, example: str = "softmax-regression") -> HTMLResponse:
     names = _examples()
     chosen = example if example in names else (names[0] if names else "")
-    spec = (EXAMPLES / f"{chosen}.json").read_text() if chosen else "{}"
+    spec = EXAMPLES.joinpath(f"{chosen}.json").read_text() if chosen else "{}"
     return templates.TemplateResponse(request, "submit.html", {"examples": names, "example": chosen, "spec": spec})
 
 
@@ -201,8 +179,7 @@ def sweep_page(sweep_id: str, request: Request, session: SessionDep) -> HTMLResp
 
 @pages.get("/ui/sweeps/{sweep_id}/compare.png")
 async def sweep_plot(sweep_id: str) -> Response:
-    data = await read(plots.sweep_series, sweep_id)
-    return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
+    return await plots.curves_response(plots.sweep_series, sweep_id)
 
 
 @actions.post("/ui/sweeps/{sweep_id}/cancel")
@@ -213,8 +190,9 @@ def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> RedirectResponse:
 
 @pages.get("/ui/models", response_class=HTMLResponse)
 def models_page(request: Request, session: SessionDep) -> HTMLResponse:
-    models = [model_public(name, registry.require_versions(session, name=name), registry.aliases(session, name=name))
-              for name in registry.names(session)]
+    models = [model_public(name, model_registry.require_versions(session, name=name),
+                           model_registry.aliases(session, name=name))
+              for name in model_registry.names(session)]
     return templates.TemplateResponse(request, "models.html", {"models": models})
 
 
@@ -227,10 +205,10 @@ def workers_page(request: Request, session: SessionDep, settings: SettingsDep) -
 def _model_choices(session) -> list[str]:
     """Every registered model as a reference: its name, each alias, each version."""
     choices = []
-    for name in registry.names(session):
+    for name in model_registry.names(session):
         choices.append(name)
-        choices += [f"{name}@{alias}" for alias in registry.aliases(session, name=name)]
-        choices += [f"{name}:{version.version}" for version in registry.require_versions(session, name=name)]
+        choices += [f"{name}@{alias}" for alias in model_registry.aliases(session, name=name)]
+        choices += [f"{name}:{version.version}" for version in model_registry.require_versions(session, name=name)]
     return choices
 
 

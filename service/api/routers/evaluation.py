@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from service.api import plots
@@ -29,10 +28,9 @@ async def evaluation(job_id: str, server: ModelServerDep,
 
 
 @router.get("/jobs/{job_id}/test-images/{index}.png", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "A PNG image"},
+            responses={**plots.PNG_RESPONSE,
                        404: {"description": "No such job, or no such image in its test set"},
                        422: {"description": "The job does not train on images"}})
 async def test_image(job_id: str, index: int, server: ModelServerDep) -> Response:
     """One image of the job's test set (numbered from 0), its pixels as stored."""
-    pixels = await server.test_image(job_id, index)
-    return Response(await run_in_threadpool(plots.pixels_png, pixels), media_type="image/png")
+    return await plots.png_response(plots.pixels_png, await server.test_image(job_id, index))

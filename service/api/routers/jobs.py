@@ -6,27 +6,17 @@ import asyncio
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
 from models.spec import JobSpec
-from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
+from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.errors import validation_error
 from service.api.events import Cursor, Snapshot, new_events
-from service.api.schemas.jobs import (
-    EpochMetricPublic,
-    JobPublic,
-    JobsPublic,
-    LogLinePublic,
-    LogsPublic,
-    MetricsPublic,
-    TransitionPublic,
-    job_public,
-    jobs_public,
-)
+from service.api.schemas.jobs import (EpochMetricPublic, JobPublic, JobsPublic, LogLinePublic, LogsPublic,
+                                      MetricsPublic, TransitionPublic, job_public, jobs_public)
 from service.core import job_logs, job_pages, jobs, retention, submission, worker_registry
-from service.core.db import read_scope
 from service.core.settings import Settings, get_settings
 from service.core.tables import JobStatus
 
@@ -127,19 +117,18 @@ def read_logs(job_id: str, session: SessionDep,
 EVENT_POLL_SECONDS = 0.25
 
 
-def _snapshot(job_id: str, logs_after: int | None) -> Snapshot:
-    """The job's status, waiting reason, transitions, metrics and (if asked) new log lines, read in
-    one short transaction."""
-    with read_scope() as session:
-        job = jobs.require_job(session, job_id=job_id)
-        waiting = worker_registry.waiting_reasons(session, jobs=[job], settings=get_settings()).get(job.id)
-        transitions = [TransitionPublic.model_validate(e).model_dump(mode="json") for e in job.events]
-        metrics = [EpochMetricPublic.model_validate(m).model_dump(mode="json")
-                   for m in jobs.get_metrics(session, job_id=job.id)]
-        logs = [] if logs_after is None else [
-            LogLinePublic.model_validate(line).model_dump(mode="json")
-            for line in job_logs.read(session, job_id=job.id, after=logs_after)]
-        return Snapshot(job.status, waiting, transitions, metrics, logs)
+def _snapshot(session: Session, job_id: str, logs_after: int | None) -> Snapshot:
+    """The job's status, waiting reason, transitions, metrics and (if asked) new log lines (read in
+    one short transaction: `read`)."""
+    job = jobs.require_job(session, job_id=job_id)
+    waiting = worker_registry.waiting_reasons(session, jobs=[job], settings=get_settings()).get(job.id)
+    transitions = [TransitionPublic.model_validate(e).model_dump(mode="json") for e in job.events]
+    metrics = [EpochMetricPublic.model_validate(m).model_dump(mode="json")
+               for m in jobs.get_metrics(session, job_id=job.id)]
+    logs = [] if logs_after is None else [
+        LogLinePublic.model_validate(line).model_dump(mode="json")
+        for line in job_logs.read(session, job_id=job.id, after=logs_after)]
+    return Snapshot(job.status, waiting, transitions, metrics, logs)
 
 
 @router.get("/{job_id}/events", responses={**JOB_NOT_FOUND, 200: {"content": {"text/event-stream": {}}}})
@@ -159,7 +148,7 @@ async def job_events(
         cursor = Cursor.parse(last_event_id) if last_event_id else Cursor()
     except ValueError as exc:
         raise validation_error([(("header", "last-event-id"), str(exc))]) from None
-    first = await run_in_threadpool(_snapshot, job_id, cursor.log if logs else None)  # 404 before streaming
+    first = await read(_snapshot, job_id, cursor.log if logs else None)  # 404 before streaming
 
     async def stream():
         snapshot = first
@@ -169,7 +158,7 @@ async def job_events(
                 if event == "end":
                     return
             await asyncio.sleep(EVENT_POLL_SECONDS)
-            snapshot = await run_in_threadpool(_snapshot, job_id, cursor.log if logs else None)
+            snapshot = await read(_snapshot, job_id, cursor.log if logs else None)
 
     return EventSourceResponse(stream(), ping=settings.events_keepalive_seconds,
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -5,34 +5,28 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from service.api import plots
-from service.api.deps import ModelServerDep, read
+from service.api.deps import ModelServerDep
 from service.api.schemas.plots import ConfusionPublic
 from service.api.serving import ModelServer
 
 router = APIRouter(prefix="/v1", tags=["plots"])
-PNG = {200: {"content": {"image/png": {}}, "description": "A PNG image"}, 404: {"description": "No such job"}}
-
-
-async def _curves(job_ids: list[str]) -> Response:
-    data = await read(plots.job_series, job_ids)
-    return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
+PNG = {**plots.PNG_RESPONSE, 404: {"description": "No such job"}}
 
 
 @router.get("/jobs/{job_id}/plot.png", response_class=Response, responses=PNG)
 async def learning_curves(job_id: str) -> Response:
     """Loss and accuracy per epoch, train and test."""
-    return await _curves([job_id])
+    return await plots.curves_response(plots.job_series, [job_id])
 
 
 @router.get("/plots/compare.png", response_class=Response, responses=PNG)
 async def compare(job_ids: Annotated[str, Query(alias="jobs", description="comma-separated job ids (2 to 8)",
                                                 pattern=r"^[0-9a-fA-F-]{1,36}(,[0-9a-fA-F-]{1,36}){1,7}$")]) -> Response:
     """Several jobs' curves on one figure (e.g. the under- and over-fitting experiment)."""
-    return await _curves(job_ids.split(","))
+    return await plots.curves_response(plots.job_series, job_ids.split(","))
 
 
 async def _confusion(job_id: str, server: ModelServer) -> ConfusionPublic:
@@ -54,5 +48,4 @@ async def confusion(job_id: str, server: ModelServerDep) -> ConfusionPublic:
 async def confusion_png(job_id: str, server: ModelServerDep) -> Response:
     """The best checkpoint's confusion matrix on the job's test set, drawn."""
     result = await _confusion(job_id, server)
-    return Response(await run_in_threadpool(plots.confusion_matrix, result.matrix, result.classes),
-                    media_type="image/png")
+    return await plots.png_response(plots.confusion_matrix, result.matrix, result.classes)

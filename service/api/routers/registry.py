@@ -11,17 +11,9 @@ from fastapi.responses import Response
 
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
 from service.api.errors import refuse_unknown_fields
-from service.api.schemas.registry import (
-    MAX_INT,
-    AliasUpdate,
-    ModelCreate,
-    ModelPublic,
-    ModelsPublic,
-    ModelVersionPublic,
-    ModelVersionUpdate,
-    model_public,
-)
-from service.core import exports, registry
+from service.api.schemas.registry import (MAX_INT, AliasUpdate, ModelCreate, ModelPublic, ModelsPublic,
+                                          ModelVersionPublic, ModelVersionUpdate, model_public)
+from service.core import exports, model_registry
 from service.core.errors import Invalid
 from service.core.references import MODEL_NAME
 
@@ -31,7 +23,8 @@ NameParam = Annotated[str, Path(pattern=f"^{MODEL_NAME}$")]
 
 
 def _model(session, name: str) -> ModelPublic:
-    return model_public(name, registry.require_versions(session, name=name), registry.aliases(session, name=name))
+    return model_public(name, model_registry.require_versions(session, name=name),
+                        model_registry.aliases(session, name=name))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic,
@@ -39,7 +32,7 @@ def _model(session, name: str) -> ModelPublic:
 def register_model(body: ModelCreate, session: WriteSessionDep, settings: SettingsDep,
                    server: ModelServerDep) -> ModelVersionPublic:
     """Register a job's best, last or given epoch's checkpoint as the next version of a model."""
-    version = registry.register(session, name=body.name, job_id=body.job_id.lower(),
+    version = model_registry.register(session, name=body.name, job_id=body.job_id.lower(),
                                 checkpoint=body.checkpoint, settings=settings, threshold=body.threshold)
     server.references.clear()  # `name` may now mean the new version
     return ModelVersionPublic.model_validate(version)
@@ -48,7 +41,7 @@ def register_model(body: ModelCreate, session: WriteSessionDep, settings: Settin
 @router.get("", response_model=ModelsPublic)
 def list_models(session: SessionDep) -> ModelsPublic:
     """Every registered model with its versions and aliases."""
-    models = [_model(session, name) for name in registry.names(session)]
+    models = [_model(session, name) for name in model_registry.names(session)]
     return ModelsPublic(data=models, count=len(models))
 
 
@@ -62,7 +55,7 @@ def read_model(name: NameParam, session: SessionDep) -> ModelPublic:
 def set_alias(name: NameParam, alias: NameParam, body: AliasUpdate, session: WriteSessionDep,
               server: ModelServerDep) -> ModelPublic:
     """Point an alias (e.g. `production`) at a version; references `name@alias` follow it."""
-    registry.set_alias(session, name=name, alias=alias, version=body.version)
+    model_registry.set_alias(session, name=name, alias=alias, version=body.version)
     server.references.clear()  # other API processes follow within reference_cache_seconds
     return _model(session, name)
 
@@ -71,8 +64,10 @@ def set_alias(name: NameParam, alias: NameParam, body: AliasUpdate, session: Wri
 def update_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], body: ModelVersionUpdate,
                    session: WriteSessionDep, server: ModelServerDep) -> ModelVersionPublic:
     """Set or clear (null) a version's default threshold; a field left out is left as it is."""
-    record = (registry.set_threshold(session, name=name, version=version, threshold=body.threshold)
-              if "threshold" in body.model_fields_set else registry.require_version(session, name=name, version=version))
+    if "threshold" in body.model_fields_set:
+        record = model_registry.set_threshold(session, name=name, version=version, threshold=body.threshold)
+    else:
+        record = model_registry.require_version(session, name=name, version=version)
     server.references.clear()  # other API processes follow within reference_cache_seconds
     return ModelVersionPublic.model_validate(record)
 
@@ -82,7 +77,7 @@ def update_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_IN
 def delete_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], session: WriteSessionDep,
                    settings: SettingsDep, server: ModelServerDep) -> None:
     """Delete a version that no alias points to."""
-    registry.delete_version(session, name=name, version=version, settings=settings)
+    model_registry.delete_version(session, name=name, version=version, settings=settings)
     server.references.clear()
 
 
@@ -167,7 +162,7 @@ async def import_model(
     if len(shape) == 3 and shape[0] not in (1, 3):
         raise Invalid([(("input_shape",), f"images have 1 (grey) or 3 (RGB) channels, not {shape[0]}")])
     weights = await file.read()
-    version = await run_in_threadpool(registry.import_version, session, name=name, weights=weights, model=spec,
+    version = await run_in_threadpool(model_registry.import_version, session, name=name, weights=weights, model=spec,
                                       classes=names, input_shape=shape, settings=settings,
                                       normalize=_json_field("normalize", normalize), threshold=threshold)
     server.references.clear()

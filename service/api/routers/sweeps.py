@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.concurrency import run_in_threadpool
 
 from models.sweeps import SweepSpec
 from service.api import plots
-from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, read
+from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
 from service.api.schemas.sweeps import SweepPublic, SweepsPublic, sweep_public
 from service.core import sweeps
 
@@ -59,9 +58,7 @@ def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> SweepPublic:
     return _public(session, sweep_id)
 
 
-@router.get("/{sweep_id}/compare.png", response_class=Response, responses={
-    200: {"content": {"image/png": {}}, "description": "A PNG image"}, **NOT_FOUND})
+@router.get("/{sweep_id}/compare.png", response_class=Response, responses={**plots.PNG_RESPONSE, **NOT_FOUND})
 async def compare_sweep(sweep_id: str) -> Response:
     """The learning curves of the sweep's best trials (up to 12) on one figure, labelled by their values."""
-    data = await read(plots.sweep_series, sweep_id)
-    return Response(await run_in_threadpool(plots.learning_curves, data), media_type="image/png")
+    return await plots.curves_response(plots.sweep_series, sweep_id)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from models.checkpoint import read_checkpoint
-from service.core import db, registry
+from service.core import db, model_registry
 from service.core.errors import Conflict, NotFound
 
 
 def register(settings, job_id, checkpoint="best", name="fashion"):
     with db.session_scope() as session:
-        return registry.register(session, name=name, job_id=job_id, checkpoint=checkpoint, settings=settings)
+        return model_registry.register(session, name=name, job_id=job_id, checkpoint=checkpoint, settings=settings)
 
 
 def test_versions_count_up_and_keep_their_own_copy(service_env, trained_job):
@@ -26,28 +26,28 @@ def test_versions_count_up_and_keep_their_own_copy(service_env, trained_job):
     source.unlink()  # the job's folder may change; the version does not
     assert set(weights) == set(read_checkpoint(frozen)[0])
     with db.session_scope(write=False) as session:
-        assert [v.version for v in registry.require_versions(session, name="fashion")] == [1, 2]
-        assert registry.names(session) == ["fashion"]
+        assert [v.version for v in model_registry.require_versions(session, name="fashion")] == [1, 2]
+        assert model_registry.names(session) == ["fashion"]
 
 
 def test_aliases_move_and_guard_deletion(service_env, trained_job):
     register(service_env, trained_job)
     register(service_env, trained_job, 1)
     with db.session_scope() as session:
-        registry.set_alias(session, name="fashion", alias="production", version=1)
-        registry.set_alias(session, name="fashion", alias="production", version=2)
-        assert registry.aliases(session, name="fashion") == {"production": 2}
+        model_registry.set_alias(session, name="fashion", alias="production", version=1)
+        model_registry.set_alias(session, name="fashion", alias="production", version=2)
+        assert model_registry.aliases(session, name="fashion") == {"production": 2}
         with pytest.raises(NotFound, match="has no version 7"):
-            registry.set_alias(session, name="fashion", alias="staging", version=7)
+            model_registry.set_alias(session, name="fashion", alias="staging", version=7)
     with db.session_scope() as session, pytest.raises(Conflict, match="aliased as production"):
-        registry.delete_version(session, name="fashion", version=2, settings=service_env)
+        model_registry.delete_version(session, name="fashion", version=2, settings=service_env)
     with db.session_scope() as session:
-        registry.delete_version(session, name="fashion", version=1, settings=service_env)
+        model_registry.delete_version(session, name="fashion", version=1, settings=service_env)
     assert not (service_env.registry_dir / "fashion" / "v1.safetensors").exists()
     with db.session_scope(write=False) as session:
-        assert [v.version for v in registry.versions(session, name="fashion")] == [2]
+        assert [v.version for v in model_registry.versions(session, name="fashion")] == [2]
         with pytest.raises(NotFound, match="model 'other' not found"):
-            registry.require_versions(session, name="other")
+            model_registry.require_versions(session, name="other")
 
 
 def test_a_default_threshold_is_kept_set_and_cleared_and_refused_on_regression(service_env, trained_job):
@@ -55,24 +55,24 @@ def test_a_default_threshold_is_kept_set_and_cleared_and_refused_on_regression(s
     from service.core.references import resolve
 
     with db.session_scope() as session:
-        version = registry.register(session, name="fashion", job_id=trained_job, checkpoint="best",
+        version = model_registry.register(session, name="fashion", job_id=trained_job, checkpoint="best",
                                     settings=service_env, threshold=0.6)
         assert version.threshold == 0.6
     with db.session_scope(write=False) as session:
         assert resolve(session, reference="fashion", settings=service_env).threshold == 0.6
         assert resolve(session, reference=f"job:{trained_job}", settings=service_env).threshold is None
     with db.session_scope() as session:
-        assert registry.set_threshold(session, name="fashion", version=1, threshold=0.9).threshold == 0.9
+        assert model_registry.set_threshold(session, name="fashion", version=1, threshold=0.9).threshold == 0.9
     with db.session_scope() as session:
-        assert registry.require_version(session, name="fashion", version=1).threshold == 0.9
-        assert registry.set_threshold(session, name="fashion", version=1, threshold=None).threshold is None
+        assert model_registry.require_version(session, name="fashion", version=1).threshold == 0.9
+        assert model_registry.set_threshold(session, name="fashion", version=1, threshold=None).threshold is None
     with db.session_scope(write=False) as session:
         target = resolve(session, reference="fashion:1", settings=service_env)
         assert target.threshold is None and target.threshold_for(0.3) == 0.3
     with db.session_scope() as session, pytest.raises(NotFound, match="has no version 4"):
-        registry.set_threshold(session, name="fashion", version=4, threshold=0.5)
+        model_registry.set_threshold(session, name="fashion", version=4, threshold=0.5)
     with db.session_scope() as session:
-        session.get(registry.ModelVersion, version.id).task = "regression"
+        session.get(model_registry.ModelVersion, version.id).task = "regression"
     with db.session_scope() as session, pytest.raises(Invalid) as refused:
-        registry.set_threshold(session, name="fashion", version=1, threshold=0.5)
+        model_registry.set_threshold(session, name="fashion", version=1, threshold=0.5)
     assert refused.value.problems[0][0] == ("threshold",)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.core import db, registry
+from service.core import db, model_registry
 from service.core.references import ModelNotFound, ModelNotReady, resolve
 
 
@@ -25,12 +25,12 @@ def test_job_references_pick_best_last_or_an_epoch(service_env, trained_job):
 
 def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
     with db.session_scope() as session:
-        registry.register(session, name="digits", job_id=trained_job, checkpoint="best", settings=service_env)
-        registry.register(session, name="digits", job_id=trained_job, checkpoint=1, settings=service_env)
+        model_registry.register(session, name="digits", job_id=trained_job, checkpoint="best", settings=service_env)
+        model_registry.register(session, name="digits", job_id=trained_job, checkpoint=1, settings=service_env)
     assert (resolve_now(service_env, "digits").version, resolve_now(service_env, "digits").epoch) == (2, 1)
     assert resolve_now(service_env, "digits:1").epoch == 2
     with db.session_scope() as session:
-        registry.set_alias(session, name="digits", alias="production", version=1)
+        model_registry.set_alias(session, name="digits", alias="production", version=1)
     assert resolve_now(service_env, "digits").version == 1  # production wins over the newest
     assert resolve_now(service_env, "digits@production").path == service_env.registry_dir / "digits" / "v1.safetensors"
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, text, update
 
 from models.checkpoint import read_checkpoint
 from models.spec import JobSpec
-from service.core import broker, db, embedded_broker, jobs, registry, retention
+from service.core import broker, db, embedded_broker, jobs, model_registry, retention
 from service.core.errors import Conflict, NotFound
 from service.core.references import resolve
 from service.core.settings import Settings
@@ -49,7 +49,7 @@ def test_deleting_a_job_cascades_on_each_database(Session, tmp_path):
 
 def test_a_registered_version_outlives_its_deleted_job(service_env, trained_job):
     with db.session_scope() as session:
-        version = registry.register(session, name="kept", job_id=trained_job, checkpoint="best", settings=service_env)
+        version = model_registry.register(session, name="kept", job_id=trained_job, checkpoint="best", settings=service_env)
     assert retention.disk_usage(service_env, trained_job) > 0
     with db.session_scope() as session:
         retention.delete_job(session, job_id=trained_job, settings=service_env)
@@ -91,7 +91,7 @@ def test_retention_spares_a_job_with_a_registered_version_and_is_off_by_default(
     assert retention.purge_expired(service_env) == []  # no TRAINYARD_RETENTION_DAYS: keep everything
     service_env.retention_days = 1
     with db.session_scope() as session:
-        registry.register(session, name="kept", job_id=trained_job, checkpoint="last", settings=service_env)
+        model_registry.register(session, name="kept", job_id=trained_job, checkpoint="last", settings=service_env)
     assert retention.purge_expired(service_env) == []
     assert (service_env.checkpoint_dir / trained_job).exists()
 

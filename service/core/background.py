@@ -1,0 +1,47 @@
+"""Periodic: work repeated on a background thread until it is stopped."""
+
+from __future__ import annotations
+
+import threading
+from typing import Self
+
+
+class Periodic:
+    """A named daemon thread that calls tick() every `interval` seconds until stop().
+
+    Subclasses implement tick(); it may return how long to wait before the next one (None:
+    `interval`). With `at_start` the first tick comes at once instead of after an interval. As a
+    context manager it runs for the duration of the block.
+    """
+
+    def __init__(self, name: str, interval: float, *, at_start: bool = False):
+        self.interval = interval
+        self.at_start = at_start
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def tick(self) -> float | None:
+        raise NotImplementedError
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep between ticks; True once stop() is called."""
+        return self.stopped.wait(seconds)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.stopped.set()
+        self.thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        delay = self.tick() if self.at_start else None
+        while not self.wait(self.interval if delay is None else delay):
+            delay = self.tick()
