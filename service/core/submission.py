@@ -19,7 +19,7 @@ from service.core.broker import publish_or_defer
 from service.core.errors import Conflict, Invalid
 from service.core.ids import resolve_id
 from service.core.job_pages import JobView
-from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
+from service.core.references import ModelNotFound, ModelNotReady, find_version, init_from_reference, resolve
 from service.core.settings import Settings
 from service.core.tables import Job
 
@@ -34,9 +34,10 @@ class Submitted:
 
 def with_full_ids(session: Session, *, spec: JobSpec) -> JobSpec:
     """The spec with its uploaded dataset and init_from job named by their full ids, where it names
-    them by a unique id prefix (or the dataset by its name), so that the stored spec means the same
+    them by a unique id prefix (or the dataset by its name), and an init_from model named by its
+    version (`name` or `name@alias` as they resolve now), so that the stored spec means the same
     thing forever; Invalid for a dataset it names by no id or name, AmbiguousId for a prefix that
-    begins several. (An init_from job that does not exist is check_spec's to report.)"""
+    begins several. (An init_from job or model that does not exist is check_spec's to report.)"""
     update = {}
     if isinstance(spec.data, UploadedDatasetSpec):
         dataset_id = datasets.reference_id(session, given=spec.data.dataset_id)
@@ -44,6 +45,13 @@ def with_full_ids(session: Session, *, spec: JobSpec) -> JobSpec:
     if spec.init_from is not None and spec.init_from.job_id is not None:
         job_id = resolve_id(session, Job, spec.init_from.job_id, kind="job")
         update["init_from"] = spec.init_from.model_copy(update={"job_id": job_id})
+    if spec.init_from is not None and spec.init_from.model is not None:
+        try:
+            version = find_version(session, reference=spec.init_from.model.strip())
+        except ModelNotFound:
+            pass
+        else:
+            update["init_from"] = spec.init_from.model_copy(update={"model": f"{version.name}:{version.version}"})
     return spec.model_copy(update=update) if update else spec
 
 

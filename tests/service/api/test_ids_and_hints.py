@@ -39,6 +39,11 @@ def test_job_routes_and_references_take_a_unique_prefix(api, trained_job, servic
     assert registered.status_code == 201 and registered.json()["job_id"] == trained_job, registered.text
     started = api.post("/v1/jobs", json={**SOFTMAX_SPEC, "init_from": {"job_id": short, "checkpoint": "last"}})
     assert started.status_code == 202 and started.json()["spec"]["init_from"]["job_id"] == trained_job, started.text
+    # A model named by its name or an alias is pinned to the version that means now.
+    assert api.put("/v1/models/by-prefix/aliases/production", json={"version": 1}).status_code == 200
+    for given in ("by-prefix", "by-prefix@production", "by-prefix:1"):
+        started = api.post("/v1/jobs", json={**SOFTMAX_SPEC, "init_from": {"model": given}})
+        assert started.status_code == 202 and started.json()["spec"]["init_from"]["model"] == "by-prefix:1", given
 
     assert api.delete(f"/v1/jobs/{short}").status_code == 204
     assert api.get(f"/v1/jobs/{trained_job}").status_code == 404
