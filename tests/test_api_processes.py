@@ -131,6 +131,8 @@ def test_an_api_process_that_dies_is_replaced(two_processes):
     before = api_pids()
     assert len(before) == 2
     victim = min(before)
+    metrics = stack.home / "run" / f"api-{stack.port}" / "metrics"
+    assert list(metrics.glob(f"gauge_live*_{victim}.db"))  # e.g. the models it holds
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: len(api_pids()) == 2 and victim not in api_pids(), timeout=30,
                what=f"a new API process in place of {victim}\n{stack.logs()}")
@@ -138,3 +140,4 @@ def test_an_api_process_that_dies_is_replaced(two_processes):
                what=f"readiness with the new process\n{stack.logs()}")
     assert "exited with status -9; restarting it" in stack.log("api")
     assert httpx.get(f"{stack.url}/readyz").json()["checks"]["models"] == "ok"
+    assert not list(metrics.glob(f"gauge_live*_{victim}.db"))  # its gauges no longer count

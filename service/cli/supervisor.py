@@ -103,6 +103,7 @@ def supervise(children: dict[str, Child]) -> int:
                 exit_code, stopping = 1, True
                 break
             typer.echo(f"{name} exited with status {status}; restarting it", err=True)
+            forget_metrics(child)
         if not stopping and exited:
             time.sleep(RESTART_DELAY_S)
             if not stopping:
@@ -112,6 +113,15 @@ def supervise(children: dict[str, Child]) -> int:
             time.sleep(POLL_S)
     stop(child.proc for child in children.values())
     return exit_code
+
+
+def forget_metrics(child: Child) -> None:
+    """A dead API process's live gauges (its prometheus_client multiprocess files) stop counting."""
+    folder = (child.env or {}).get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(child.proc.pid, folder)
 
 
 def stop(procs) -> None:
