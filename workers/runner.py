@@ -29,6 +29,7 @@ from service.core import jobs, sweeps, worker_registry
 from service.core.background import Periodic
 from service.core.db import UNAVAILABLE, brief, retry_while_unavailable, session_scope
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
+from service.core.retention import job_dir
 from service.core.settings import get_settings
 from service.core.tables import Job, JobStatus
 from workers.job_log import JobLogCapture
@@ -114,7 +115,7 @@ MEMORY_SAMPLE_SECONDS = 0.25
 
 
 def state_path(job_id: str) -> Path:
-    return get_settings().checkpoint_dir / job_id / TRAINING_STATE
+    return job_dir(get_settings(), job_id) / TRAINING_STATE
 
 
 def save_state(run: TrainingRun, job_id: str, position: Position) -> None:

@@ -84,24 +84,24 @@ async def require_token(
         raise HTTPException(status.HTTP_403_FORBIDDEN, READ_ONLY)
 
 
-def _cookie_access(request: Request) -> str | None:
+def _cookie_access(request: Request) -> str:
+    """'rw' or 'ro' by the cookie's token (open: 'rw'); without a valid one, to the login form."""
     table = token_table()
     if not table.enabled:
         return "rw"
-    return table.lookup(request.cookies.get(COOKIE, ""))
+    access = table.lookup(request.cookies.get(COOKIE, ""))
+    if access is None:
+        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
+    return access
 
 
 async def page_viewer(request: Request) -> None:
-    """A dashboard page: without a valid cookie, to the login form."""
-    if _cookie_access(request) is None:
-        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
+    """A dashboard page: any valid token."""
+    _cookie_access(request)
 
 
 async def page_editor(request: Request) -> None:
-    """A dashboard action: as page_viewer, and 403 for a read-only token."""
-    access = _cookie_access(request)
-    if access is None:
-        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
-    if access != "rw":
+    """A dashboard action: 403 for a read-only token."""
+    if _cookie_access(request) != "rw":
         raise HTTPException(status.HTTP_403_FORBIDDEN, READ_ONLY)
 

@@ -93,25 +93,31 @@ def supervise(children: dict[str, Child]) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     exit_code = 0
-    while not stopping:
-        exited = [(name, child) for name, child in children.items() if child.proc.poll() is not None]
-        for name, child in exited:
-            status = child.proc.returncode
-            if child.crash_looping(time.monotonic()):
-                typer.echo(f"{name} exited with status {status}, {RESTART_LIMIT} times within "
-                           f"{RESTART_WINDOW_S:g} s; stopping", err=True)
-                exit_code, stopping = 1, True
-                break
-            typer.echo(f"{name} exited with status {status}; restarting it", err=True)
-            forget_metrics(child)
-        if not stopping and exited:
-            time.sleep(RESTART_DELAY_S)
-            if not stopping:
-                for _, child in exited:
-                    child.restart()
-        elif not stopping:
-            time.sleep(POLL_S)
-    stop(child.proc for child in children.values())
+    try:
+        while not stopping:
+            exited = [(name, child) for name, child in children.items() if child.proc.poll() is not None]
+            for name, child in exited:
+                status = child.proc.returncode
+                if child.crash_looping(time.monotonic()):
+                    typer.echo(f"{name} exited with status {status}, {RESTART_LIMIT} times within "
+                               f"{RESTART_WINDOW_S:g} s; stopping", err=True)
+                    exit_code, stopping = 1, True
+                    break
+                typer.echo(f"{name} exited with status {status}; restarting it", err=True)
+                forget_metrics(child)
+            if not stopping and exited:
+                time.sleep(RESTART_DELAY_S)
+                for name, child in exited:
+                    if stopping:
+                        break
+                    try:
+                        child.restart()
+                    except OSError as exc:  # e.g. no memory to fork: counts as one more exit next time round
+                        typer.echo(f"{name} could not be started again: {exc}", err=True)
+            elif not stopping:
+                time.sleep(POLL_S)
+    finally:  # whatever ends the loop, no child outlives its supervisor
+        stop(child.proc for child in children.values())
     return exit_code
 
 

@@ -23,7 +23,7 @@ from service.core import jobs
 from service.core.errors import Conflict, Invalid
 from service.core.references import ModelNotFound, resolve
 from service.core.settings import Settings
-from service.core.tables import ModelAlias, ModelVersion, utcnow
+from service.core.tables import Job, JobStatus, ModelAlias, ModelVersion, utcnow
 
 
 class AliasInUse(Conflict):
@@ -186,11 +186,17 @@ def set_threshold(session: Session, *, name: str, version: int, threshold: float
 
 
 def delete_version(session: Session, *, name: str, version: int, settings: Settings) -> None:
-    """Delete a version no alias points to; its file goes after the commit."""
+    """Delete a version no alias points to and no unfinished job starts from; its file goes after
+    the commit."""
     record = require_version(session, name=name, version=version)
     pointing = [alias for alias, v in aliases(session, name=name).items() if v == version]
     if pointing:
         raise AliasInUse(f"version {version} of {name!r} is aliased as {', '.join(pointing)}; move the alias first")
+    starting = [job.id for job in session.scalars(select(Job).where(Job.status.not_in(JobStatus.FINAL)))
+                if ((job.spec or {}).get("init_from") or {}).get("model") == f"{name}:{version}"]
+    if starting:
+        raise Conflict(f"version {version} of {name!r} is what unfinished job(s) {', '.join(starting[:5])} "
+                       "start from; cancel them or wait until they end")
     session.delete(record)
     session.commit()
     (settings.registry_dir / record.path).unlink(missing_ok=True)

@@ -29,17 +29,6 @@ def job_dir(settings: Settings, job_id: str) -> Path:
     return settings.checkpoint_dir / job_id
 
 
-def disk_usage(settings: Settings, job_id: str) -> int:
-    """Bytes the job's files take on disk now."""
-    total = 0
-    for path in job_dir(settings, job_id).rglob("*"):  # nothing when the folder does not exist
-        try:
-            total += path.stat().st_size if path.is_file() else 0
-        except FileNotFoundError:  # removed while we looked
-            continue
-    return total
-
-
 def delete_job(session: Session, *, job_id: str, settings: Settings) -> None:
     """Delete a finished job's record with its metrics, events and checkpoint rows (the database
     cascades), commit, then remove its files; InvalidTransition while it is queued or running.

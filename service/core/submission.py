@@ -46,13 +46,18 @@ def with_full_ids(session: Session, *, spec: JobSpec) -> JobSpec:
         job_id = resolve_id(session, Job, spec.init_from.job_id, kind="job")
         update["init_from"] = spec.init_from.model_copy(update={"job_id": job_id})
     if spec.init_from is not None and spec.init_from.model is not None:
-        try:
-            version = find_version(session, reference=spec.init_from.model.strip())
-        except ModelNotFound:
-            pass
-        else:
-            update["init_from"] = spec.init_from.model_copy(update={"model": f"{version.name}:{version.version}"})
+        update["init_from"] = spec.init_from.model_copy(update={"model": pinned(session, spec.init_from.model)})
     return spec.model_copy(update=update) if update else spec
+
+
+def pinned(session: Session, reference: str) -> str:
+    """`name:VERSION` for a registered model's `name` or `name@alias` as they resolve now; any other
+    reference (one that does not resolve is check_spec's to report) as it is."""
+    try:
+        version = find_version(session, reference=reference.strip())
+    except ModelNotFound:
+        return reference
+    return f"{version.name}:{version.version}"
 
 
 def check_spec(session: Session, *, spec: JobSpec, settings: Settings) -> str:
@@ -98,9 +103,9 @@ def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempoten
 def _submit(session: Session, *, spec: JobSpec, settings: Settings, idempotency_key: str | None,
             sweep: tuple[str, int] | None) -> Submitted:
     """submit_job without the answer's view."""
+    request_hash = spec.digest()  # of the request as sent: a retry matches it whatever moved since
     spec = with_full_ids(session, spec=spec)
     task = check_spec(session, spec=spec, settings=settings)
-    request_hash = spec.digest()
     if idempotency_key:
         existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
         if existing is not None:

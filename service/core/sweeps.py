@@ -86,6 +86,10 @@ def create(session: Session, *, sweep: SweepSpec, settings: Settings, idempotenc
             if existing.request_hash != request_hash:
                 raise Conflict(f"this Idempotency-Key was used for sweep {existing.id} with a different request")
             return Created(existing, replayed=True)
+    init_from = sweep.base.get("init_from")
+    if isinstance(init_from, dict) and isinstance(init_from.get("model"), str):  # every trial from one version
+        sweep = sweep.model_copy(update={"base": {**sweep.base, "init_from": {
+            **init_from, "model": submission.pinned(session, init_from["model"])}}})
     trials, task = check(session, sweep, settings)
     metric, mode = default_ranking(sweep, task)
     record = Sweep(name=sweep.name, request=sweep.model_dump(mode="json"), trials=[{"params": p} for p in trials],

@@ -39,6 +39,8 @@ def register(session: Session, *, worker_id: str, host: str, pid: int, queues: l
     if row is None:
         row = Worker(id=worker_id, started_at=now)
         session.add(row)
+    if row.pid != pid:  # a new process under the same name (restarted): nothing of the dead one's
+        row.started_at, row.current_job = now, None
     row.host, row.pid, row.queues = host, pid, sorted(queues)
     row.devices, row.torch, row.cuda = description["devices"], description["torch"], description["cuda"]
     row.weights = weights or []

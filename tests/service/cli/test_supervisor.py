@@ -72,3 +72,24 @@ def test_a_crash_loop_stops_everything_with_status_1(tmp_path):
     assert proc.returncode == 1
     assert starts(tmp_path) == 5 and "flaky exited with status 3, 5 times within 60 s; stopping" in err
     assert not alive(steady)
+
+
+def test_a_child_that_cannot_be_started_again_stops_everything(monkeypatch):
+    """No memory to fork, say: the failed restarts count as exits, and no child is left behind."""
+    from service.cli import supervisor as sup
+
+    monkeypatch.setattr(sup, "RESTART_DELAY_S", 0.01)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    children = {"steady": sup.start([sys.executable, "-c", "import time; time.sleep(3600)"]),
+                "flaky": sup.start([sys.executable, "-c", "raise SystemExit(3)"])}
+
+    def cannot_fork(self):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(sup.Child, "restart", cannot_fork)
+    try:
+        assert sup.supervise(children) == 1
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert children["steady"].proc.poll() is not None and len(children["flaky"].exits) == sup.RESTART_LIMIT

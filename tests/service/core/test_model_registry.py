@@ -76,3 +76,43 @@ def test_a_default_threshold_is_kept_set_and_cleared_and_refused_on_regression(s
     with db.session_scope() as session, pytest.raises(Invalid) as refused:
         model_registry.set_threshold(session, name="fashion", version=1, threshold=0.5)
     assert refused.value.problems[0][0] == ("threshold",)
+
+
+def test_init_from_is_pinned_at_submit_and_kept_while_unfinished_jobs_start_from_it(service_env, trained_job):
+    from models.spec import JobSpec
+    from models.sweeps import SweepSpec
+    from service.core import jobs, submission, sweeps
+
+    register(service_env, trained_job)
+    register(service_env, trained_job, "last")
+    with db.session_scope() as session:
+        model_registry.set_alias(session, name="fashion", alias="production", version=1)
+    spec = {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"}, "epochs": 1,
+            "init_from": {"model": "fashion@production"}}
+
+    def submit():
+        with db.session_scope() as session:
+            return submission.submit_job(session, spec=JobSpec.model_validate(spec), settings=service_env,
+                                         idempotency_key="pinned")
+
+    def init_from(job_id):
+        with db.session_scope(write=False) as session:
+            return jobs.require_job(session, job_id=job_id).spec["init_from"]["model"]
+
+    first = submit()
+    assert init_from(first.job_id) == "fashion:1"
+    with db.session_scope() as session:
+        model_registry.set_alias(session, name="fashion", alias="production", version=2)
+    again = submit()  # the same request retried after the alias moved: the same job
+    assert again.replayed and again.job_id == first.job_id and init_from(first.job_id) == "fashion:1"
+    with db.session_scope() as session, pytest.raises(Conflict, match=f"unfinished job.*{first.job_id}"):
+        model_registry.delete_version(session, name="fashion", version=1, settings=service_env)
+
+    grid = SweepSpec.model_validate({"name": "from-production", "base": spec, "grid": {"optimizer.lr": [0.1, 0.2]},
+                                     "max_parallel": 1})
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=grid, settings=service_env).sweep.id
+    with db.session_scope() as session:
+        model_registry.set_alias(session, name="fashion", alias="production", version=1)
+        sweep = sweeps.require(session, sweep_id=sweep_id)
+        assert sweep.request["base"]["init_from"]["model"] == "fashion:2"  # every trial, launched now or later

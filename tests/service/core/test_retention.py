@@ -18,6 +18,11 @@ from service.core.tables import Checkpoint, EpochMetric, Job, JobEvent, JobStatu
 SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}})
 
 
+def files_size(settings: Settings, job_id: str) -> int:
+    """Bytes the job's files take on disk now."""
+    return sum(path.stat().st_size for path in retention.job_dir(settings, job_id).rglob("*") if path.is_file())
+
+
 def count(session, table, job_id) -> int:
     return session.scalar(select(func.count()).select_from(table).where(table.job_id == job_id))
 
@@ -37,20 +42,20 @@ def test_deleting_a_job_cascades_on_each_database(Session, tmp_path):
         session.commit()
         (tmp_path / "checkpoints" / job_id).mkdir(parents=True)
         (tmp_path / "checkpoints" / job_id / "epoch-0001.safetensors").write_bytes(b"0" * 10)
-        assert retention.disk_usage(settings, job_id) == 10
+        assert files_size(settings, job_id) == 10
         retention.delete_job(session, job_id=job_id, settings=settings)
     with Session() as session:
         assert session.get(Job, job_id) is None
         assert [count(session, t, job_id) for t in (EpochMetric, Checkpoint, JobEvent)] == [0, 0, 0]
         with pytest.raises(NotFound):
             retention.delete_job(session, job_id=job_id, settings=settings)
-    assert not (tmp_path / "checkpoints" / job_id).exists() and retention.disk_usage(settings, job_id) == 0
+    assert not (tmp_path / "checkpoints" / job_id).exists() and files_size(settings, job_id) == 0
 
 
 def test_a_registered_version_outlives_its_deleted_job(service_env, trained_job):
     with db.session_scope() as session:
         version = model_registry.register(session, name="kept", job_id=trained_job, checkpoint="best", settings=service_env)
-    assert retention.disk_usage(service_env, trained_job) > 0
+    assert files_size(service_env, trained_job) > 0
     with db.session_scope() as session:
         retention.delete_job(session, job_id=trained_job, settings=service_env)
     assert not (service_env.checkpoint_dir / trained_job).exists()

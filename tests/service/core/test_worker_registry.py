@@ -56,3 +56,13 @@ def test_devices_are_described_without_touching_cuda_here():
     description = worker_registry.probe_devices()
     assert description["devices"][0] == {"name": "cpu", "kind": "cpu", "memory_bytes": None}
     assert description["torch"] and worker_registry.has_cuda(GPU) and not worker_registry.has_cuda(CPU)
+
+
+def test_a_restarted_worker_under_the_same_name_is_busy_with_nothing(service_env):
+    register(service_env, "w@h", ["q"])
+    with db.session_scope() as session:
+        worker_registry.set_current_job(session, worker_id="w@h", job_id="0" * 36)
+        worker_registry.register(session, worker_id="w@h", host="h", pid=1, queues=["q"], description=CPU)
+        assert session.get(Worker, "w@h").current_job == "0" * 36  # the same process registering again
+        worker_registry.register(session, worker_id="w@h", host="h", pid=2, queues=["q"], description=CPU)
+        assert session.get(Worker, "w@h").current_job is None
