@@ -5,6 +5,7 @@ sees its inputs exactly as it saw its training set."""
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -65,7 +66,9 @@ def open_image(data: bytes, name: str, *, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageError(f"{name}: image is {width}x{height} pixels; the limit is {max_pixels}")
+            side = math.isqrt(max_pixels)
+            square = f" ({side}x{side})" if side * side == max_pixels else ""
+            raise ImageError(f"{name}: image is {width}x{height} pixels; the limit is {max_pixels:,} pixels{square}")
         image.load()
         return image
     except ImageError:

@@ -60,6 +60,28 @@ def holdout_split(n: int, fraction: float, seed: int, *, what: str) -> tuple[tor
     return order[held:], order[:held]
 
 
+def stratified_holdout_split(labels: list[int], fraction: float, seed: int, *,
+                             what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) indices holding out `fraction` of each class's examples (at least one of
+    each class that has two or more, none of a class's last one), so that no class goes untested;
+    seeded like holdout_split, which it falls back on when every class has a single example."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    kept, held = [], []
+    for label in sorted(by_class):
+        rows = torch.tensor(by_class[label])[torch.randperm(len(by_class[label]), generator=generator)]
+        count = min(len(rows) - 1, max(1, int(round(len(rows) * fraction))))
+        held.append(rows[:count])
+        kept.append(rows[count:])
+    kept_all, held_all = torch.cat(kept), torch.cat(held)
+    if len(held_all) == 0:  # one example of each class: as many as the plain split would take
+        return holdout_split(len(labels), fraction, seed, what=what)
+    mix = lambda rows: rows[torch.randperm(len(rows), generator=generator)]  # classes interleaved, as stored
+    return mix(kept_all), mix(held_all)
+
+
 def split_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     """Hold out a seeded random fraction of the training set for validation."""
     if fraction <= 0:

@@ -29,7 +29,7 @@ from models.contract import InputContract
 from models.dataset import Dataset, DatasetError
 from models.idx import IDX_FILES, idx_dataset, idx_header, image_dataset, parse_idx
 from models.image import ImageError, is_grey, open_image, pixels_of
-from models.splits import holdout_split
+from models.splits import holdout_split, stratified_holdout_split
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 SKIPPED_FOLDERS = frozenset({"__MACOSX", ".ipynb_checkpoints"})
@@ -309,7 +309,8 @@ def _rows(trees, classes, test_fraction, seed) -> dict[str, list[tuple[str, int]
             for split in ("train", "test")}
     if not rows["test"]:
         try:
-            kept, held = holdout_split(len(rows["train"]), test_fraction, seed, what="test_fraction")
+            kept, held = stratified_holdout_split([label for _, label in rows["train"]], test_fraction, seed,
+                                                  what="test_fraction")
         except DatasetError as exc:
             raise ArchiveError(str(exc)) from None
         rows = {"train": [rows["train"][i] for i in kept.tolist()], "test": [rows["train"][i] for i in held.tolist()]}

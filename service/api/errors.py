@@ -103,9 +103,27 @@ def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> 
             if tuple(e.get("loc", ()))[:1] == ("body",) else e for e in errors]
 
 
+def _body_problems(errors: list[dict], request: Request, model: type[BaseModel] | None) -> list[dict]:
+    """Say what is wrong with a JSON body that is not JSON, in the message: where it stops
+    parsing, or that it came with another Content-Type (curl -d sends a form's)."""
+    content_type = request.headers.get("content-type") or "none"
+    said = []
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            at = f" at character {e['loc'][1]}" if len(e.get("loc", ())) > 1 else ""
+            e = {**e, "msg": f"the body is not JSON: {(e.get('ctx') or {}).get('error', 'it does not parse')}{at}"}
+        elif (model is not None and tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), (bytes, str))
+              and "json" not in content_type):
+            e = {**e, "msg": f"the body must be a JSON object sent with Content-Type: application/json, not "
+                             f"{content_type} (with curl: -H 'Content-Type: application/json')"}
+        said.append(e)
+    return said
+
+
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each problem's location; never fails on what the client sent."""
-    errors = _located(list(exc.errors()), getattr(exc, "body", None), _body_model(request))
+    model = _body_model(request)
+    errors = _located(_body_problems(list(exc.errors()), request, model), getattr(exc, "body", None), model)
     return JSONResponse({"detail": jsonable_encoder(_printable(errors))}, status_code=422)
 
 

@@ -22,7 +22,7 @@ from models.uploads import ArchiveLimits, check_archive, decode_archive
 from service.core.background import Periodic
 from service.core.db import session_scope
 from service.core.errors import Conflict, Invalid, NotFound, Unprocessable
-from service.core.ids import MAX_LISTED, resolve_id
+from service.core.ids import MAX_LISTED, not_found, resolve_id
 from service.core.settings import Settings
 from service.core.tables import DatasetStatus, Job, JobStatus, StoredDataset, new_id, utcnow
 
@@ -228,7 +228,7 @@ def require_dataset(session: Session, *, dataset_id: str) -> StoredDataset:
     """One uploaded dataset, named by its id or a unique prefix of it; NotFound if there is none."""
     record = get_dataset(session, dataset_id=resolve_id(session, StoredDataset, dataset_id, kind="dataset"))
     if record is None:
-        raise NotFound(f"dataset {dataset_id} not found")
+        raise NotFound(not_found("dataset", dataset_id))
     return record
 
 

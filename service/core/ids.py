@@ -27,6 +27,13 @@ class AmbiguousId(Conflict):
         self.matches = matches[:MAX_LISTED]
 
 
+def not_found(kind: str, given: str) -> str:
+    """"<kind> <given> not found", saying why when `given` is too short to be a prefix."""
+    short = re.fullmatch(rf"[0-9a-fA-F-]{{1,{MIN_PREFIX - 1}}}", given.strip())
+    hint = f"; an id's prefix needs at least {MIN_PREFIX} characters" if short else ""
+    return f"{kind} {given} not found{hint}"
+
+
 def matching(session: Session, table, given: str, limit: int = MAX_LISTED + 1) -> list[str]:
     """The ids of `table` that `given` begins (at most `limit`, in order); none unless `given` is
     a prefix of at least 6 hex characters (a full id matches itself)."""

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from models.spec import EarlyStoppingSpec, JobSpec
 from service.core.errors import Conflict, NotFound
-from service.core.ids import resolve_id
+from service.core.ids import not_found, resolve_id
 from service.core.tables import METRIC_FIELDS, Checkpoint, EpochMetric, Job, JobEvent, JobStatus, utcnow
 
 
@@ -66,7 +66,7 @@ def require_job(session: Session, *, job_id: str) -> Job:
     if there is none (AmbiguousId, a Conflict, if the prefix begins several)."""
     job = get_job(session, job_id=resolve_id(session, Job, job_id, kind="job"))
     if job is None:
-        raise NotFound(f"job {job_id} not found")
+        raise NotFound(not_found("job", job_id))
     return job
 
 

@@ -22,7 +22,7 @@ from models.spec import JobSpec, explain, input_loc
 from models.sweeps import SweepSpec, trial_spec
 from service.core import jobs, submission
 from service.core.errors import Conflict, Invalid, NotFound
-from service.core.ids import resolve_id
+from service.core.ids import not_found, resolve_id
 from service.core.settings import Settings
 from service.core.tables import EpochMetric, Job, JobStatus, Sweep, utcnow
 
@@ -130,7 +130,7 @@ def require(session: Session, *, sweep_id: str) -> Sweep:
     """One sweep, named by its id or a unique prefix of it; NotFound if there is none."""
     sweep = session.get(Sweep, resolve_id(session, Sweep, sweep_id, kind="sweep"), populate_existing=True)
     if sweep is None:
-        raise NotFound(f"sweep {sweep_id} not found")
+        raise NotFound(not_found("sweep", sweep_id))
     return sweep
 
 

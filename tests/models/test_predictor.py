@@ -75,7 +75,7 @@ def test_bad_inputs_name_the_file(predictor):
     png = encode(Image.new("L", (28, 28)), "PNG")
     with pytest.raises(InputError, match="cut.png"):
         decode(predictor, png[:40], "cut.png", 10**6)
-    with pytest.raises(InputError, match="big.png: image is 28x28 pixels; the limit is 100"):
+    with pytest.raises(InputError, match=r"big.png: image is 28x28 pixels; the limit is 100 pixels \(10x10\)"):
         decode(predictor, png, "big.png", 100)
 
 

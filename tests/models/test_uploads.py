@@ -28,7 +28,19 @@ def test_single_tree_is_split_by_test_fraction_and_images_resized_on_request():
     with pytest.raises(ArchiveError, match="set image_size"):
         decode_archive(zip_bytes(files), name="x")
     data = decode_archive(zip_bytes(files), name="x", test_fraction=0.25, image_size=32).dataset
-    assert len(data.x_train) == 15 and len(data.x_test) == 5 and data.input_shape == (1, 32, 32)
+    # 0.25 of each class (2.5 rounds to 2), never a class left out of the test set
+    assert len(data.x_train) == 16 and len(data.x_test) == 4 and data.input_shape == (1, 32, 32)
+    assert data.y_test.bincount().tolist() == [2, 2] and data.y_train.bincount().tolist() == [8, 8]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_test_split_holds_every_class(seed):
+    """Seven images of each of four classes and a 0.2 test split: one random split over all 28
+    images left a class with no test image at some seeds; each class now gives its share."""
+    files = {f"{label}/{i}.png": png_bytes(j, seed=i) for j, label in enumerate("abcd") for i in range(7)}
+    data = decode_archive(zip_bytes(files), name="x", test_fraction=0.2, seed=seed).dataset
+    assert data.y_test.bincount(minlength=4).tolist() == [1, 1, 1, 1]
+    assert data.y_train.bincount(minlength=4).tolist() == [6, 6, 6, 6]
 
 
 def test_idx_archive(tmp_path):

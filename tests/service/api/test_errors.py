@@ -81,6 +81,26 @@ def test_a_422_names_the_field_as_sent_without_union_tags():
     assert [e["loc"] for e in missing.json()["detail"]] == [["body", "data"]]
 
 
+def test_a_body_that_is_not_json_says_where_it_stops_or_what_to_send():
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/jobs")
+    def create(spec: JobSpec):
+        return {}
+
+    client = TestClient(app)
+    comma = client.post("/jobs", content=b'{"epochs": 3,}', headers={"Content-Type": "application/json"})
+    [problem] = comma.json()["detail"]
+    assert comma.status_code == 422 and problem["msg"].startswith("the body is not JSON: Expecting property name")
+    assert problem["msg"].endswith("at character 13")
+    form = client.post("/jobs", content=b'{"model": {"arch": "lenet"}}',  # curl -d without -H
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    [problem] = form.json()["detail"]
+    assert form.status_code == 422 and problem["loc"] == ["body"]
+    assert "Content-Type: application/json, not application/x-www-form-urlencoded" in problem["msg"]
+
+
 def spec_errors(spec: dict) -> dict[tuple, str]:
     app = FastAPI()
     errors.install(app)

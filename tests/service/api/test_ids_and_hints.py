@@ -30,7 +30,8 @@ def test_job_routes_and_references_take_a_unique_prefix(api, trained_job, servic
     metrics = api.get(f"/v1/jobs/{short.upper()}/metrics").json()
     assert metrics["job_id"] == trained_job and [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
     assert api.get(f"/v1/jobs/{trained_job[:6]}/logs").json()["job_id"] == trained_job
-    assert api.get(f"/v1/jobs/{trained_job[:5]}").status_code == 404  # shorter than 6: never a prefix
+    too_short = api.get(f"/v1/jobs/{trained_job[:5]}")  # shorter than 6: never a prefix, and it says so
+    assert too_short.status_code == 404 and "prefix needs at least 6 characters" in too_short.json()["detail"]
 
     image = [("files", ("boot.png", png_bytes(9, seed=1), "image/png"))]
     predicted = api.post("/v1/predict", data={"model": f"job:{short}:last"}, files=image)
