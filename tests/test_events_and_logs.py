@@ -56,7 +56,7 @@ def test_keep_alive_during_a_slow_epoch_and_resumption_without_gaps_or_repeats(e
         rest, comments = read_stream(client, job_id, last_event_id=first[-1][1])
         assert any(c.startswith(": ping") for c in comments), "no keep-alive while an epoch ran"
         whole, _ = read_stream(client, job_id)  # the same stream read afresh once the job is over
-    def contents(events):  # live, an epoch may come before the last transition; afresh, after it
+    def contents(events):  # the same events, whether read live or afresh
         return sorted((kind, json.dumps(data, sort_keys=True)) for kind, _, data in events)
 
     assert contents(first + rest) == contents(whole), "resuming lost or repeated an event"
@@ -65,6 +65,7 @@ def test_keep_alive_during_a_slow_epoch_and_resumption_without_gaps_or_repeats(e
     kinds = [kind for kind, _, _ in whole]
     assert kinds[-1] == "end" and kinds.count("epoch") == SLOW["epochs"]
     assert [d["to_status"] for k, _, d in whole if k == "status"] == ["queued", "running", "succeeded"]
+    assert kinds[-2:] == ["status", "end"]  # afresh too, the end comes after the epochs that led to it
 
 
 def test_a_malformed_last_event_id_is_a_422(events_stack):

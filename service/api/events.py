@@ -46,7 +46,11 @@ class Cursor:
 def new_events(snapshot: Snapshot, cursor: Cursor) -> list[tuple[str, dict, str]]:
     """The (event, data, id) a client at `cursor` has not had, in order; moves the cursor past them."""
     events = []
-    for transition in snapshot.transitions[cursor.transitions:]:
+    new = snapshot.transitions[cursor.transitions:]
+    # The job's end comes after the epochs and lines that led to it, also when a finished job's
+    # whole history is replayed at once.
+    ending = new[-1:] if new and new[-1]["to_status"] in JobStatus.FINAL else []
+    for transition in new[:len(new) - len(ending)]:
         cursor.transitions += 1
         events.append(("status", transition, str(cursor)))
     if snapshot.waiting != cursor.waiting:
@@ -60,6 +64,9 @@ def new_events(snapshot: Snapshot, cursor: Cursor) -> list[tuple[str, dict, str]
         if line["id"] > cursor.log:
             cursor.log = line["id"]
             events.append(("log", line, str(cursor)))
+    for transition in ending:
+        cursor.transitions += 1
+        events.append(("status", transition, str(cursor)))
     if snapshot.status in JobStatus.FINAL:
         events.append(("end", {"status": snapshot.status}, str(cursor)))
     return events

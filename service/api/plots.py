@@ -13,7 +13,7 @@ from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import LogFormatter  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from fastapi.concurrency import run_in_threadpool  # noqa: E402
 from fastapi.responses import Response  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
@@ -107,7 +107,11 @@ def learning_curves_figure(series: list[tuple[str, list[dict]]]):
             acc_ax = axes[0][1]
             acc_ax.plot(epochs, [r["train_acc"] for r in rows], color=colour, label=f"{prefix}train acc")
             acc_ax.plot(epochs, [r["test_acc"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test acc")
+            if any(r.get("val_acc") is not None for r in rows):  # what chooses the best epoch
+                acc_ax.plot(epochs, [r["val_acc"] for r in rows], color=colour, linestyle=":", label=f"{prefix}val acc")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.5
     if min((r["train_loss"] for _, rows in series for r in rows if r["train_loss"]), default=1) > 0:
         loss_ax.set_yscale("log")
         loss_ax.yaxis.set_major_formatter(PlainLogFormatter())

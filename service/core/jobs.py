@@ -8,6 +8,7 @@ been handed to a later attempt, the earlier worker can no longer change it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -130,8 +131,13 @@ def best_selected_on(job: Job) -> str:
     return chosen[0] if chosen else "last_epoch"
 
 
+# An accuracy often ties on a small validation set; the lower loss on the same data breaks the tie.
+TIE_BREAKERS = {"val_acc": "val_loss", "train_acc": "train_loss", "test_acc": "test_loss"}
+
+
 def best_checkpoint(job: Job) -> Checkpoint | None:
-    """The checkpoint with the best monitored metric (the earliest wins a tie), or the last one."""
+    """The checkpoint with the best monitored metric (on a tie, the lower matching loss, then the
+    earliest), or the last one."""
     chosen = monitored(job)
     if chosen is None:
         return last_checkpoint(job)
@@ -140,7 +146,12 @@ def best_checkpoint(job: Job) -> Checkpoint | None:
     if not scored:
         return None
     sign = -1 if mode == "max" else 1
-    return min(scored, key=lambda c: (sign * c.metrics[metric], c.epoch))
+
+    def rank(checkpoint: Checkpoint) -> tuple:
+        loss = checkpoint.metrics.get(TIE_BREAKERS.get(metric, ""))
+        return sign * checkpoint.metrics[metric], math.inf if loss is None else loss, checkpoint.epoch
+
+    return min(scored, key=rank)
 
 
 def last_checkpoint(job: Job) -> Checkpoint | None:

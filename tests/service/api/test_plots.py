@@ -38,3 +38,16 @@ def test_loss_axis_labels_are_plain_numbers(losses, expected):
 
 def test_learning_curves_are_a_png():
     assert plots.learning_curves([("job", rows([1.2, 1.1]))]).startswith(b"\x89PNG")
+
+
+def test_epochs_are_whole_and_validation_accuracy_is_drawn():
+    series = [("job", [{**row, "val_loss": 1.0, "val_acc": 0.7} for row in rows([1.2, 1.1, 1.0])])]
+    figure = plots.learning_curves_figure(series)
+    try:
+        figure.canvas.draw()
+        epochs = [float(t.get_text().replace("\u2212", "-")) for t in figure.axes[0].xaxis.get_majorticklabels()
+                  if t.get_text()]
+        assert epochs and all(epoch == int(epoch) for epoch in epochs), epochs
+        assert "val acc" in [line.get_label() for line in figure.axes[1].get_lines()]
+    finally:
+        plt.close(figure)

@@ -214,6 +214,19 @@ def test_best_is_chosen_on_validation_never_silently_on_test(data, stopping, epo
     assert jobs.best_selected_on(job) == selected_on
 
 
+def test_a_tie_on_accuracy_goes_to_the_lower_loss_then_the_earlier_epoch():
+    from service.core.tables import Checkpoint, Job
+
+    def best(*metrics):
+        job = Job(spec={"data": {"dataset": "fashion-mnist", "val_fraction": 0.1}}, task="classification",
+                  checkpoints=[Checkpoint(epoch=i + 1, path="x", size_bytes=1, metrics=m) for i, m in enumerate(metrics)])
+        return jobs.best_checkpoint(job).epoch
+
+    assert best({"val_acc": 0.8}, {"val_acc": 1.0, "val_loss": 0.79}, {"val_acc": 1.0, "val_loss": 0.43}) == 3
+    assert best({"val_acc": 1.0, "val_loss": 0.5}, {"val_acc": 1.0, "val_loss": 0.5}) == 1
+    assert best({"val_acc": 1.0}, {"val_acc": 1.0, "val_loss": 0.4}) == 2  # a loss beats none
+
+
 @pytest.mark.parametrize(("peak", "status", "reason"), [
     (0.95, JobStatus.FAILED, "out_of_memory"),  # lost while near its memory: killed for it, not retried
     (0.30, JobStatus.QUEUED, "worker_lost"),  # lost for another reason: retried

@@ -1,0 +1,30 @@
+"""The event stream's protocol, pure: which events a snapshot holds for a client's cursor, in order."""
+
+from __future__ import annotations
+
+from service.api.events import Cursor, Snapshot, new_events
+
+
+def transition(to_status: str) -> dict:
+    return {"to_status": to_status}
+
+
+def finished_job() -> Snapshot:
+    return Snapshot(status="succeeded", waiting=None,
+                    transitions=[transition("queued"), transition("running"), transition("succeeded")],
+                    metrics=[{"epoch": 1}, {"epoch": 2}], logs=[{"id": 7}])
+
+
+def test_a_finished_jobs_replay_ends_with_its_end():
+    events = new_events(finished_job(), Cursor())
+    assert [(kind, data.get("to_status", data.get("epoch", data.get("id")))) for kind, data, _ in events] == [
+        ("status", "queued"), ("status", "running"), ("epoch", 1), ("epoch", 2), ("log", 7),
+        ("status", "succeeded"), ("end", None)]
+    assert events[-1][2] == "3.2.7.-"
+
+
+def test_a_reconnect_gets_only_what_it_missed():
+    whole = new_events(finished_job(), Cursor())
+    after_first_epoch = Cursor.parse(whole[2][2])
+    assert [kind for kind, _, _ in new_events(finished_job(), after_first_epoch)] == ["epoch", "log", "status", "end"]
+    assert new_events(finished_job(), Cursor.parse(whole[-1][2]))[:-1] == []  # nothing but the end again
