@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import math
 
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from models.checkpoint import CheckpointError
@@ -130,6 +131,9 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Invalid):  # core's locations are paths into the submitted document: the body
         return await _invalid_request(request, validation_error([(("body", *loc), msg) for loc, msg in exc.problems]))
+    if request.url.path.startswith("/ui/") and not request.url.path.startswith("/ui/fragments/"):
+        return HTMLResponse(f'<p style="margin:40px;font:14px sans-serif">{html.escape(str(exc))} · '
+                            '<a href="/">jobs</a></p>', status_code=status_for(exc), headers=headers_for(exc))
     return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
 
 

@@ -155,6 +155,18 @@ def submit(request: Request, session: WriteSessionDep, settings: SettingsDep,
         "examples": _examples(), "example": None, "spec": spec, "error": error}, status_code=422)
 
 
+@actions.post("/ui/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, session: WriteSessionDep) -> RedirectResponse:
+    submission.cancel_job(session, job_id=job_id)
+    return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+
+@actions.post("/ui/jobs/{job_id}/resume")
+def resume_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> RedirectResponse:
+    submission.resume_job(session, job_id=job_id, settings=settings)
+    return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+
 @actions.post("/ui/jobs/{job_id}/delete")
 def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> RedirectResponse:
     retention.delete_job(session, job_id=job_id, settings=settings)

@@ -147,6 +147,22 @@ def test_cancel_is_202_for_a_queued_job_and_409_for_a_finished_one(api, trained_
     assert api.delete(f"/v1/jobs/{submitted(api)['id']}").status_code == 409  # queued: cancel it first
 
 
+def test_the_dashboard_cancels_and_resumes_a_job_and_says_what_is_not_found(api):
+    job_id = submitted(api)["id"]
+    page = api.get(f"/ui/jobs/{job_id}")
+    assert 'id="cancel"' in page.text and 'id="resume"' not in page.text
+    cancelled = api.post(f"/ui/jobs/{job_id}/cancel", follow_redirects=False)
+    assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/ui/jobs/{job_id}"
+    page = api.get(f"/ui/jobs/{job_id}")
+    assert 'id="resume"' in page.text and 'id="cancel"' not in page.text
+    assert api.post(f"/ui/jobs/{job_id}/resume", follow_redirects=False).status_code == 303
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    missing = api.get("/ui/jobs/0123456789")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    assert "job 0123456789 not found" in missing.text and 'href="/"' in missing.text
+    assert api.get("/v1/jobs/0123456789").headers["content-type"] == "application/json"
+
+
 def test_metrics_and_logs_of_a_job(api, trained_job):
     metrics = api.get(f"/v1/jobs/{trained_job}/metrics").json()
     assert metrics["job_id"] == trained_job and [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
