@@ -186,17 +186,19 @@ def _download(data_dir: Path) -> None:
     torchvision.datasets.CIFAR10(root=str(data_dir), train=True, download=True)
 
 
+def complete_layouts(data_dir: Path) -> list[str]:
+    """The CIFAR-10 layouts (folders) whose every batch file is under data_dir."""
+    return [folder for folder, layout in LAYOUTS.items()
+            if all((data_dir / folder / name).is_file() for name in layout["train"] + layout["test"])]
+
+
 def load_cifar10(data_dir: Path, allow_download: bool = False) -> Dataset:
     """CIFAR-10 from the first complete layout under data_dir (downloading it when allowed)."""
-    def complete(folder: str) -> bool:
-        layout = LAYOUTS[folder]
-        return all((data_dir / folder / name).is_file() for name in layout["train"] + layout["test"])
-
-    found = [folder for folder in LAYOUTS if complete(folder)]
+    found = complete_layouts(data_dir)
     failed = None
     if not found and allow_download:
         failed = try_download(_download, data_dir)
-        found = [folder for folder in LAYOUTS if complete(folder)]
+        found = complete_layouts(data_dir)
     if not found:
         raise missing_builtin("cifar10", "put torchvision's cifar-10-batches-py/ (data_batch_1..5, test_batch) or "
                                          f"the binary cifar-10-batches-bin/ (data_batch_1.bin..5, test_batch.bin) in "

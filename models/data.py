@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from models.cache import LRU
-from models.cifar import LAYOUTS, load_cifar10
+from models.cifar import LAYOUTS, complete_layouts, load_cifar10
 from models.contract import InputContract
 from models.dataset import Dataset, DatasetError
-from models.idx import IMAGE_DATASETS, load_idx_dataset
+from models.idx import IMAGE_DATASETS, idx_files, load_idx_dataset
 from models.spec import (
     DataSpec,
     ImageDatasetSpec,
@@ -76,6 +76,13 @@ def _source_folders(name: str, data_dir: Path) -> list[Path]:
     if name == "cifar10":
         return [data_dir / folder for folder in LAYOUTS]
     return [data_dir / IMAGE_DATASETS[name][0] / "raw"]
+
+
+def builtin_on_disk(name: str, data_dir: Path) -> bool:
+    """Whether a built-in image dataset's files are all under data_dir."""
+    if name == "cifar10":
+        return bool(complete_layouts(data_dir))
+    return all(path is not None for path in idx_files(name, data_dir).values())
 
 
 def _load_builtin(name: str, data_dir: Path, allow_download: bool) -> Dataset:

@@ -103,14 +103,20 @@ def _download(name: str, data_dir: Path) -> None:
     cls(root=str(data_dir), train=True, download=True)
 
 
+def idx_files(name: str, data_dir: Path) -> dict[str, Path | None]:
+    """A built-in IDX dataset's four files under data_dir (None where one is missing)."""
+    raw_dir = data_dir / IMAGE_DATASETS[name][0] / "raw"
+    return {key: _find_idx(raw_dir, stem) for key, stem in IDX_FILES.items()}
+
+
 def load_idx_dataset(name: str, data_dir: Path, allow_download: bool) -> Dataset:
     folder, classes, _ = IMAGE_DATASETS[name]
     raw_dir = data_dir / folder / "raw"
-    paths = {key: _find_idx(raw_dir, stem) for key, stem in IDX_FILES.items()}
+    paths = idx_files(name, data_dir)
     failed = None
     if any(p is None for p in paths.values()) and allow_download:
         failed = try_download(_download, name, data_dir)
-        paths = {key: _find_idx(raw_dir, stem) for key, stem in IDX_FILES.items()}
+        paths = idx_files(name, data_dir)
     missing = [IDX_FILES[key] for key, p in paths.items() if p is None]
     if missing:
         raise missing_builtin(name, f"put the four IDX files ({', '.join(IDX_FILES.values())}, gzipped or not) "

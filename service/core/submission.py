@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from models.cost import admission_problems
 from models.pretrained import find_weights_file, missing_weights_message, weights_file_name
-from models.spec import JobSpec, UploadedDatasetSpec, spec_problems
+from models.data import builtin_on_disk
+from models.spec import ImageDatasetSpec, JobSpec, UploadedDatasetSpec, spec_problems
 from service.core import datasets, job_pages, jobs, worker_registry
 from service.core.broker import publish_or_defer
 from service.core.errors import Conflict, Invalid
@@ -128,7 +129,8 @@ def _submit(session: Session, *, spec: JobSpec, settings: Settings, idempotency_
             raise
         return _replay(existing, request_hash)
     publish_or_defer(job.id, settings.queue_for(spec.device))
-    return Submitted(job.id, replayed=False, warnings=weights_warnings(session, spec=spec, settings=settings))
+    return Submitted(job.id, replayed=False, warnings=weights_warnings(session, spec=spec, settings=settings)
+                     + data_warnings(spec=spec, settings=settings))
 
 
 def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> list[str]:
@@ -143,6 +145,16 @@ def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> 
         return []
     return [f"{missing_weights_message(model.backbone, model.weights, settings.weights_dir)}; no live worker "
             "has the file either, so the job will fail with missing_weights unless one finds it when it starts"]
+
+
+def data_warnings(*, spec: JobSpec, settings: Settings) -> list[str]:
+    """A built-in dataset whose files are not in this API's data folder (nor downloadable)."""
+    if not isinstance(spec.data, ImageDatasetSpec) or settings.allow_download \
+            or builtin_on_disk(spec.data.dataset, settings.data_dir):
+        return []
+    return [f"dataset {spec.data.dataset} is not in this service's data folder ({settings.data_dir}, "
+            "TRAINYARD_DATA_DIR) and downloads are off (TRAINYARD_ALLOW_DOWNLOAD): the job will fail with "
+            "invalid_data unless its worker has the files; or train on an uploaded dataset (uploaded:<name>)"]
 
 
 def cancel_job(session: Session, *, job_id: str) -> None:

@@ -63,3 +63,13 @@ def test_with_the_broker_down_the_job_waits_in_sql_for_the_reaper(service_env, m
     submitted = submit(service_env)
     assert status_of(submitted.job_id) == JobStatus.QUEUED
     assert broker.publish_or_defer(submitted.job_id, service_env.queue) is False
+
+
+def test_a_builtin_dataset_missing_from_the_data_folder_is_warned_of(service_env, tmp_path):
+    empty = service_env.model_copy(update={"data_dir": tmp_path / "no-data"})
+    missing = submit(empty)
+    assert any("dataset fashion-mnist is not in this service's data folder" in w for w in missing.warnings)
+    assert submit(empty.model_copy(update={"allow_download": True})).warnings == []  # it may fetch them
+    assert submit(service_env).warnings == []  # the tests' data folder has fashion-mnist
+    synthetic = {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"}, "epochs": 1}
+    assert submit(empty, synthetic).warnings == []
