@@ -123,7 +123,7 @@ def decode_archive(data: bytes | BinaryIO, *, name: str, test_fraction: float = 
     try:
         archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
     except zipfile.BadZipFile:
-        raise ArchiveError("the upload is not a zip archive") from None
+        raise _not_a_zip(data) from None
     arrays = _Arrays(workdir)
     try:
         decoded = _decode_members(archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays)
@@ -141,9 +141,22 @@ def check_archive(data: BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> in
         with zipfile.ZipFile(data) as archive:
             return sum(info.file_size for info in _safe_members(archive, limits).values())
     except zipfile.BadZipFile:
-        raise ArchiveError("the upload is not a zip archive") from None
+        raise _not_a_zip(data) from None
     finally:
         data.seek(0)
+
+
+def _not_a_zip(data: bytes | BinaryIO) -> ArchiveError:
+    """What a file that zipfile cannot open is: a zip cut short (it starts like one), or no zip."""
+    if isinstance(data, (bytes, bytearray)):
+        head = bytes(data[:4])
+    else:
+        data.seek(0)
+        head = data.read(4)
+    if head == b"PK\x03\x04":
+        return ArchiveError("the zip archive is truncated or damaged (its directory at the end is missing): "
+                            "upload the whole file again")
+    return ArchiveError("the upload is not a zip archive")
 
 
 def _decode_members(archive, name, test_fraction, image_size, seed, color, min_per_class, limits,

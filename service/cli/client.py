@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-console = Console()
+# Piped or redirected, tables keep their natural width instead of being cut to 80 columns.
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 250)
 err = Console(stderr=True)
 
 OK, JOB_FAILED, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4

@@ -134,8 +134,12 @@ def _submit(session: Session, *, spec: JobSpec, settings: Settings, idempotency_
 
 
 def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> list[str]:
-    """A pretrained backbone's weights that neither this API's folders nor any live worker have."""
+    """A pretrained backbone's weights that neither this API's folders nor any live worker have, or
+    a frozen backbone that has no weights to keep."""
     model = spec.model
+    if model.arch == "pretrained" and model.weights is None and model.freeze == "backbone":
+        return ["freeze: backbone with weights: null keeps a randomly initialised backbone frozen: only the "
+                "head learns, on random features; name the weights (e.g. DEFAULT) or leave freeze out"]
     if model.arch != "pretrained" or model.weights is None or settings.allow_download:
         return []
     if find_weights_file(model.backbone, model.weights, settings.weights_dir) is not None:

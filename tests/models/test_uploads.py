@@ -8,7 +8,7 @@ import torch
 from models.contract import InputContract
 from models.data import load_stored_dataset, save_stored_dataset
 from models.idx import IDX_FILES
-from models.uploads import ArchiveError, ArchiveLimits, decode_archive
+from models.uploads import ArchiveError, ArchiveLimits, check_archive, decode_archive
 from tests.datagen import class_images, image_folder_zip, png_bytes, write_idx, zip_bytes
 
 
@@ -100,8 +100,14 @@ def test_bad_archives_are_refused_with_the_reason(files, message):
 
 
 def test_not_a_zip_and_zip_bombs_are_refused():
-    with pytest.raises(ArchiveError, match="not a zip"):
-        decode_archive(b"PK\x03\x04 but not really", name="x")
+    with pytest.raises(ArchiveError, match="^the upload is not a zip archive$"):
+        decode_archive(b"a text file", name="x")
+    whole = zip_bytes({f"{label}/{i}.png": png_bytes(i, seed=i) for label in "ab" for i in range(5)})
+    for cut in (whole[:len(whole) // 2], io.BytesIO(whole[:len(whole) // 2])):  # bytes, or a file as uploaded
+        with pytest.raises(ArchiveError, match="truncated or damaged .*upload the whole file again"):
+            decode_archive(cut, name="x")
+        with pytest.raises(ArchiveError, match="truncated or damaged"):
+            check_archive(io.BytesIO(whole[:100]))
     bomb = zip_bytes({"train/a/big.png": b"\0" * (50 * 1024 * 1024)})
     assert len(bomb) < 100_000
     with pytest.raises(ArchiveError, match="zip bomb"):

@@ -102,3 +102,20 @@ def test_the_progress_line_fits_80_columns_with_the_test_accuracy_whole(name, st
     (line,) = out.getvalue().splitlines()
     assert len(line.rstrip()) <= 80 and line.startswith(name[:10])
     assert f"10/10 {status} loss 0.512 test 0.543 acc 0.823 " in line
+
+
+def test_piped_tables_are_not_cut_to_80_columns():
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import REPO
+
+    script = ("from rich.table import Table\nfrom service.cli.client import console\n"
+              "table = Table('id', 'status', 'reason', 'error')\n"
+              "table.add_row('0123456789abcdef0123456789abcdef0123', 'succeeded', 'missing_weights', 'x' * 60)\n"
+              "console.print(table)")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert "0123456789abcdef0123456789abcdef0123" in out and "missing_weights" in out and "x" * 60 in out

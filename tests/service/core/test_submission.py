@@ -73,3 +73,11 @@ def test_a_builtin_dataset_missing_from_the_data_folder_is_warned_of(service_env
     assert submit(service_env).warnings == []  # the tests' data folder has fashion-mnist
     synthetic = {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"}, "epochs": 1}
     assert submit(empty, synthetic).warnings == []
+
+
+def test_a_frozen_backbone_without_weights_is_warned_of(service_env):
+    spec = {"model": {"arch": "pretrained", "backbone": "resnet18", "weights": None, "freeze": "backbone"},
+            "data": {"dataset": "cifar10"}, "epochs": 1}
+    [warning] = submit(service_env, spec).warnings
+    assert "randomly initialised backbone frozen" in warning
+    assert submit(service_env, {**spec, "model": {**spec["model"], "freeze": "none"}}).warnings == []
