@@ -66,7 +66,8 @@ def test_an_echoed_infinity_does_not_break_the_422():
     assert answer.status_code == 422 and answer.json()["detail"][0]["input"] == "inf"
 
 
-def test_a_422_names_the_field_as_sent_without_union_tags():
+def spec_client() -> TestClient:
+    """A bare app with the one error mapping and a route whose whole body is a job spec."""
     app = FastAPI()
     errors.install(app)
 
@@ -74,7 +75,11 @@ def test_a_422_names_the_field_as_sent_without_union_tags():
     def create(spec: JobSpec):
         return {}
 
-    client = TestClient(app)
+    return TestClient(app)
+
+
+def test_a_422_names_the_field_as_sent_without_union_tags():
+    client = spec_client()
     bad = client.post("/jobs", json={"model": {"arch": "mlp", "activation": "swish"}, "data": {"dataset": "mnist"}})
     assert bad.status_code == 422 and [e["loc"] for e in bad.json()["detail"]] == [["body", "model", "activation"]]
     missing = client.post("/jobs", json={"model": {"arch": "lenet"}})
@@ -82,14 +87,7 @@ def test_a_422_names_the_field_as_sent_without_union_tags():
 
 
 def test_a_body_that_is_not_json_says_where_it_stops_or_what_to_send():
-    app = FastAPI()
-    errors.install(app)
-
-    @app.post("/jobs")
-    def create(spec: JobSpec):
-        return {}
-
-    client = TestClient(app)
+    client = spec_client()
     comma = client.post("/jobs", content=b'{"epochs": 3,}', headers={"Content-Type": "application/json"})
     [problem] = comma.json()["detail"]
     assert comma.status_code == 422 and problem["msg"].startswith("the body is not JSON: Expecting property name")
@@ -102,14 +100,7 @@ def test_a_body_that_is_not_json_says_where_it_stops_or_what_to_send():
 
 
 def spec_errors(spec: dict) -> dict[tuple, str]:
-    app = FastAPI()
-    errors.install(app)
-
-    @app.post("/jobs")
-    def create(spec: JobSpec):
-        return {}
-
-    answer = TestClient(app).post("/jobs", json=spec)
+    answer = spec_client().post("/jobs", json=spec)
     assert answer.status_code == 422
     return {tuple(e["loc"]): e["msg"] for e in answer.json()["detail"]}
 
