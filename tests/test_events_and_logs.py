@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import httpx
 import pytest
 
-from tests.servers import Stack
+from tests.servers import REPO, Stack, wait_until
 from tests.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +68,31 @@ def test_keep_alive_during_a_slow_epoch_and_resumption_without_gaps_or_repeats(e
     assert kinds[-1] == "end" and kinds.count("epoch") == SLOW["epochs"]
     assert [d["to_status"] for k, _, d in whole if k == "status"] == ["queued", "running", "succeeded"]
     assert kinds[-2:] == ["status", "end"]  # afresh too, the end comes after the epochs that led to it
+
+
+def test_the_cli_follows_a_job_through_many_keep_alives(events_stack, tmp_path):
+    """`submit --follow` and `jobs wait` read through keep-alive comments (each one a data-less
+    event to an SSE client) and exit 0 when the job succeeds, 1 when it is cancelled or fails."""
+    spec = tmp_path / "slow.json"
+    spec.write_text(json.dumps(SLOW))
+    followed = events_stack.cli("submit", str(spec), "--follow", timeout=240)
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    assert "Traceback" not in followed.stderr and "succeeded" in followed.stdout
+    job_id = followed.stdout.split()[1]
+    with events_stack.client() as client:
+        whole, _ = read_stream(client, job_id)
+        assert [k for k, _, _ in whole].count("epoch") == SLOW["epochs"]
+
+        doomed = submit(client, {**SLOW, "name": "cancelled-while-waited-on", "epochs": 5})
+        waiting = subprocess.Popen([sys.executable, "-m", "service.cli.main", "jobs", "wait", doomed, "--json"],
+                                   cwd=REPO, env=events_stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        wait_until(lambda: client.get(f"/v1/jobs/{doomed}").json()["epoch"] >= 1, timeout=120,
+                   what="the first epoch, some keep-alives after the wait began")
+        assert client.post(f"/v1/jobs/{doomed}/cancel").status_code == 202
+        out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 1, out + err
+    assert json.loads(out)["status"] == "cancelled" and "Traceback" not in err
 
 
 def test_a_malformed_last_event_id_is_a_422(events_stack):

@@ -116,7 +116,7 @@ def test_readme_cli_blocks(fresh_stack, tmp_path):
     tour, evaluation, exports = result.stdout.split("--- block ")[1:]
 
     job_id = re.match(r"0\njob (\S+) queued", tour).group(1)
-    assert re.search(r" 10/10 succeeded loss \S+ test \S+ acc [01]\.\d{3} ", tour), tour
+    assert re.search(r" 10/10 succeeded train loss \d\S*, test acc [01]\.\d{3} ", tour), tour
     shown = first_json(tour.split(f"job {job_id} succeeded\n", 1)[1])
     assert shown["id"] == job_id and shown["status"] == "succeeded"  # $JOB is the job just submitted
     assert "precision" in tour and "fashion@production -> version 1" in tour

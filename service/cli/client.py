@@ -17,14 +17,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
-from httpx_sse import SSEError, connect_sse
+from httpx_sse import EventSource, SSEError, connect_sse
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -191,6 +191,15 @@ WAITING = {"no_worker": "no live worker serves its queue; start one with `trainy
            "no_gpu_worker": "it asks for a GPU and no live worker with a GPU serves the GPU queue"}
 
 
+def stream_events(source: EventSource) -> Iterator[tuple[str, Any, str]]:
+    """The events of a server-sent event stream as (kind, data decoded from JSON, id). A keep-alive
+    comment is not an event, and neither is a blank line after one: httpx-sse dispatches those as
+    data-less `message` events (it keeps the last id), which carry nothing to decode."""
+    for event in source.iter_sse():
+        if event.data:
+            yield event.event, event.json(), event.id
+
+
 def events(api: httpx.Client, job_id: str, *, logs: bool = False):
     """The job's events as (kind, data), until `end`; a dropped stream is resumed from the last
     event's id, so no event is lost or seen twice."""
@@ -203,11 +212,11 @@ def events(api: httpx.Client, job_id: str, *, logs: bool = False):
                 if not source.response.is_success:
                     source.response.read()
                     checked(source.response)
-                for event in source.iter_sse():
+                for kind, data, event_id in stream_events(source):
                     failures = 0
-                    last_id = event.id or last_id
-                    yield event.event, event.json()
-                    if event.event == "end":
+                    last_id = event_id or last_id
+                    yield kind, data
+                    if kind == "end":
                         return
         except (httpx.TransportError, SSEError) as exc:
             failures += 1
@@ -236,13 +245,15 @@ def progress_columns() -> list:
 
 
 def epoch_summary(data: dict) -> str:
-    """An epoch's metrics in short: train and test loss, and test accuracy for a classifier (the full
-    table: `trainyard metrics`)."""
+    """An epoch's metrics in short, each named: the training loss, then the test accuracy of a
+    classifier or the test loss of a regression (every metric: `trainyard metrics`)."""
     def short(value) -> str:
         return "-" if value is None else f"{value:.3g}"
 
-    text = f"loss {short(data['train_loss'])} test {short(data['test_loss'])}"
-    return text + (f" acc {data['test_acc']:.3f}" if data["test_acc"] is not None else "")
+    text = f"train loss {short(data['train_loss'])}, "
+    if data["test_acc"] is not None:
+        return text + f"test acc {data['test_acc']:.3f}"
+    return text + f"test loss {short(data['test_loss'])}"
 
 
 def follow(api: httpx.Client, job_id: str) -> dict:

@@ -30,7 +30,7 @@ def test_submit_follow_to_success_then_inspect(embedded_stack, tmp_path):
     spec.write_text(json.dumps({**SOFTMAX_SPEC, "name": "cli-follow"}))
     run = trainyard(embedded_stack, "submit", str(spec), "--follow")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert re.search(r" 3/3 succeeded loss \S+ test \S+ acc [01]\.\d{3} ", run.stdout), run.stdout
+    assert re.search(r" 3/3 succeeded train loss \d\S*, test acc [01]\.\d{3} ", run.stdout), run.stdout
     job_id = run.stdout.split()[1]
 
     listing = trainyard(embedded_stack, "jobs", "list", "--status", "succeeded")

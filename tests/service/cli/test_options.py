@@ -85,9 +85,9 @@ EPOCH = {"epoch": 7, "train_loss": 0.51234, "test_loss": 0.54321, "test_acc": 0.
 
 
 def test_the_epoch_summary_is_short():
-    assert cli_client.epoch_summary(EPOCH) == "loss 0.512 test 0.543 acc 0.823"
+    assert cli_client.epoch_summary(EPOCH) == "train loss 0.512, test acc 0.823"
     regression = {**EPOCH, "train_loss": 0.000123456, "test_loss": 1234.5, "test_acc": None}
-    assert cli_client.epoch_summary(regression) == "loss 0.000123 test 1.23e+03"
+    assert cli_client.epoch_summary(regression) == "train loss 0.000123, test loss 1.23e+03"
 
 
 @pytest.mark.parametrize("name", ["lenet", "lenet-fashion", "a rather long job name for a progress bar"])
@@ -101,7 +101,7 @@ def test_the_progress_line_fits_80_columns_with_the_test_accuracy_whole(name, st
     console.print(progress.make_tasks_table(progress.tasks))
     (line,) = out.getvalue().splitlines()
     assert len(line.rstrip()) <= 80 and line.startswith(name[:10])
-    assert f"10/10 {status} loss 0.512 test 0.543 acc 0.823 " in line
+    assert f"10/10 {status} train loss 0.512, test acc 0.823 " in line
 
 
 def test_piped_tables_are_not_cut_to_80_columns():
