@@ -30,6 +30,9 @@ def test_missing_weights_then_weights_on_disk(stack, client):
     failed = stack.wait_for_job(client, submitted.json()["id"])
     assert failed["status"] == "failed" and failed["reason"] == "missing_weights", failed
     assert str(weights) in failed["error"] and "TRAINYARD_ALLOW_DOWNLOAD" in failed["error"]
+    assert failed["warnings"] == submitted.json()["warnings"]  # kept with the job, not only in the 202
+    shown = stack.cli("jobs", "show", failed["id"])
+    assert shown.returncode == 0 and "warning:" in shown.stdout and str(weights) in shown.stdout.replace("\n", "")
 
     torch.manual_seed(0)
     state = torchvision.models.resnet18().state_dict()

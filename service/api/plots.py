@@ -22,6 +22,7 @@ from models.sweeps import label  # noqa: E402
 from service.api.deps import read  # noqa: E402
 from service.api.schemas.jobs import metric_rows  # noqa: E402
 from service.core import jobs, sweeps  # noqa: E402
+from service.core.tables import Job  # noqa: E402
 
 PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "A PNG image"}}
 
@@ -62,40 +63,45 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dict]]]:
-    """(label, metric rows) per job for learning_curves; NotFound for an unknown job."""
+def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dict], int | None]]:
+    """(label, metric rows, best epoch) per job for learning_curves; NotFound for an unknown job."""
     found = [jobs.require_job(session, job_id=job_id) for job_id in job_ids]
-    return labelled_series(session, [(job.id, job.id[:8] if len(found) == 1 else (job.name or job.id[:8]))
+    return labelled_series(session, [(job, job.id[:8] if len(found) == 1 else (job.name or job.id[:8]))
                                      for job in found])
 
 
-def labelled_series(session: Session, labelled: list[tuple[str, str]]) -> list[tuple[str, list[dict]]]:
-    """(label, metric rows) for each (job id, label) of jobs known to exist."""
-    return [(name, metric_rows(jobs.get_metrics(session, job_id=job_id))) for job_id, name in labelled]
+def labelled_series(session: Session, labelled: list[tuple[Job, str]]) -> list[tuple[str, list[dict], int | None]]:
+    """(label, metric rows, the epoch `best` serves) for each (job, label)."""
+    series = []
+    for job, name in labelled:
+        best = jobs.best_checkpoint(job)
+        series.append((name, metric_rows(jobs.get_metrics(session, job_id=job.id)), best.epoch if best else None))
+    return series
 
 
 MAX_SWEEP_CURVES = 12
 
 
-def sweep_series(session: Session, sweep_id: str) -> list[tuple[str, list[dict]]]:
+def sweep_series(session: Session, sweep_id: str) -> list[tuple[str, list[dict], int | None]]:
     """The learning curves of a sweep's best launched trials, labelled by their values."""
     sweep = sweeps.require(session, sweep_id=sweep_id)
     ranked = [t for t in sweeps.trials(session, sweep) if t.job is not None][:MAX_SWEEP_CURVES]
-    return labelled_series(session, [(t.job.id, label(t.params)) for t in ranked])
+    return labelled_series(session, [(t.job, label(t.params)) for t in ranked])
 
 
-def learning_curves(series: list[tuple[str, list[dict]]]) -> bytes:
+def learning_curves(series: list[tuple]) -> bytes:
     """Loss (left) and accuracy (right) per epoch, train solid and test dashed, one colour per job,
     as the course draws them; several jobs overlay for comparisons."""
     return _png(learning_curves_figure(series))
 
 
-def learning_curves_figure(series: list[tuple[str, list[dict]]]):
-    """The figure learning_curves draws (the caller closes it)."""
-    has_acc = any(row.get("test_acc") is not None for _, rows in series for row in rows)
+def learning_curves_figure(series: list[tuple]):
+    """The figure learning_curves draws (the caller closes it): series are (label, rows) or
+    (label, rows, best epoch), and a best epoch is marked by a dotted vertical line on both axes."""
+    has_acc = any(row.get("test_acc") is not None for _, rows, *_ in series for row in rows)
     figure, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8), squeeze=False)
     loss_ax = axes[0][0]
-    for index, (name, rows) in enumerate(series):
+    for index, (name, rows, *best) in enumerate(series):
         colour = COLOURS[index % len(COLOURS)]
         epochs = [r["epoch"] for r in rows]
         prefix = f"{name} " if len(series) > 1 else ""
@@ -109,10 +115,14 @@ def learning_curves_figure(series: list[tuple[str, list[dict]]]):
             acc_ax.plot(epochs, [r["test_acc"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test acc")
             if any(r.get("val_acc") is not None for r in rows):  # what chooses the best epoch
                 acc_ax.plot(epochs, [r["val_acc"] for r in rows], color=colour, linestyle=":", label=f"{prefix}val acc")
+        if best and best[0] is not None:
+            for ax in axes[0]:
+                ax.axvline(best[0], color=colour, linestyle=":", linewidth=1.2, alpha=0.8,
+                           label=f"{prefix}best (epoch {best[0]})" if ax is loss_ax else None)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     for ax in axes[0]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.5
-    if min((r["train_loss"] for _, rows in series for r in rows if r["train_loss"]), default=1) > 0:
+    if min((r["train_loss"] for _, rows, *_ in series for r in rows if r["train_loss"]), default=1) > 0:
         loss_ax.set_yscale("log")
         loss_ax.yaxis.set_major_formatter(PlainLogFormatter())
         loss_ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))

@@ -154,13 +154,13 @@ class Options:
 _SHARED = [("as_json", JsonOption, False), ("url", UrlOption, DEFAULT_URL), ("token", TokenOption, None)]
 
 
-def command(app: typer.Typer, name: str, *, json_option: bool = True):
+def command(app: typer.Typer, name: str):
     """Add `f(opts: Options, ...)` to `app` as the command `name`: its own arguments and options,
-    then --json (unless json_option is false), --url and --token, which arrive as `opts`."""
+    then --json, --url and --token, which arrive as `opts`."""
     def decorate(f: Callable) -> Callable:
         own = [p for p in inspect.signature(f, eval_str=True).parameters.values() if p.name != "opts"]
         shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
-                  for n, a, d in _SHARED if json_option or n != "as_json"]
+                  for n, a, d in _SHARED]
 
         def run(*args, url: str, token: str | None, as_json: bool = False, **kwargs):
             return f(Options(url, token, as_json), *args, **kwargs)
@@ -284,6 +284,9 @@ def follow(api: httpx.Client, job_id: str) -> dict:
 def finish(api: httpx.Client, job: dict, *, follow_job: bool, as_json: bool) -> None:
     """After submit or resume: print the job, and with --follow wait for its end (exit 1 unless
     it succeeds)."""
+    if not as_json:
+        for warning in job.get("warnings") or []:
+            err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if not follow_job:
         if as_json:
             emit_json(job)
@@ -382,13 +385,14 @@ def sweep(opts: Options, spec: Annotated[Path, typer.Argument(exists=True, dir_o
 # Jobs.
 
 def jobs_table(page: dict) -> list:
-    table = Table(id_column("id"), "name", "status", "reason", "epoch", "test acc", "test loss", "created")
+    """Jobs with the metrics of the epoch that `job:<id>` serves (its best), not of the last epoch."""
+    table = Table(id_column("id"), "name", "status", "reason", "epoch", "best", "test acc", "test loss", "created")
     for job in page["data"]:
-        latest = job["latest_metrics"] or {}
+        best = job["best_metrics"] or {}
         table.add_row(job["id"][:SHORT_ID], job["name"] or "", job["status"], job["reason"] or "",
-                      f"{job['epoch']}/{job['epochs']}", _fmt(latest.get("test_acc"), 3),
-                      _fmt(latest.get("test_loss")), job["created_at"][:19])
-    return [table, f"{page['count']} job(s)"]
+                      f"{job['epoch']}/{job['epochs']}", str(best.get("epoch", "-")), _fmt(best.get("test_acc"), 3),
+                      _fmt(best.get("test_loss")), job["created_at"][:19])
+    return [table, f"{page['count']} job(s); test acc and loss are of the best epoch, the one job:<id> serves"]
 
 
 @command(jobs_app, "list")
@@ -399,10 +403,27 @@ def jobs_list(opts: Options, status: Annotated[str | None, typer.Option(help="on
               jobs_table)
 
 
-@command(jobs_app, "show", json_option=False)
+def job_lines(job: dict) -> list[str]:
+    """One job in a few lines: state, progress, the best epoch's metrics, and what needs acting on."""
+    lines = [f"job {job['id']} {job['name'] or ''}".rstrip() + f": {job['status']}"
+             + (f" ({job['reason']})" if job["reason"] else ""),
+             f"epoch {job['epoch']}/{job['epochs']}, attempt {job['attempt']}, created {job['created_at'][:19]}"]
+    best = job.get("best_metrics")
+    if best:
+        lines.append(f"best epoch {best['epoch']} (chosen on {job['best_selected_on']}, served as job:{job['id'][:SHORT_ID]}): "
+                     + epoch_summary(best))
+    if job.get("waiting_reason"):
+        lines.append(f"waiting: {WAITING.get(job['waiting_reason'], job['waiting_reason'])}")
+    lines += [f"[yellow]warning:[/yellow] {warning}" for warning in job.get("warnings") or []]
+    if job["error"]:
+        lines.append(f"[red]error:[/red] {job['error']}")
+    return lines
+
+
+@command(jobs_app, "show")
 def jobs_show(opts: Options, job_id: str) -> None:
-    """One job, as JSON."""
-    emit_json(opts.call("GET", f"/v1/jobs/{job_id}"))
+    """One job: its state, progress, best epoch and warnings (--json: all of it)."""
+    opts.show(opts.call("GET", f"/v1/jobs/{job_id}"), job_lines)
 
 
 @command(jobs_app, "wait")
@@ -421,11 +442,11 @@ def jobs_cancel(opts: Options, job_id: str) -> None:
     opts.show(opts.call("POST", f"/v1/jobs/{job_id}/cancel"), lambda job: _job_line(job_id, job))
 
 
-@command(jobs_app, "delete", json_option=False)
+@command(jobs_app, "delete")
 def jobs_delete(opts: Options, job_id: str) -> None:
     """Delete a finished job with its metrics and checkpoints (registered versions stay)."""
     opts.call("DELETE", f"/v1/jobs/{job_id}")
-    console.print(f"job {job_id} deleted")
+    opts.show({"id": job_id, "deleted": True}, lambda answer: [f"job {job_id} deleted"])
 
 
 @command(jobs_app, "resume")
@@ -464,12 +485,16 @@ def logs(opts: Options, job_id: str,
 
 
 def metrics_table(answer: dict) -> list:
-    table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "samples/s")
+    """Each epoch's metrics; the epoch that `best` and job:<id> serve is marked."""
+    table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "samples/s", "")
     for r in answer["epochs"]:
+        best = r["epoch"] == answer.get("best_epoch")
         table.add_row(str(r["epoch"]), _fmt(r["train_loss"]), _fmt(r["train_acc"], 3), _fmt(r["val_loss"]),
                       _fmt(r["val_acc"], 3), _fmt(r["test_loss"]), _fmt(r["test_acc"], 3),
-                      _fmt(r["samples_per_second"], 0))
-    return [table]
+                      _fmt(r["samples_per_second"], 0), "best" if best else "", style="bold" if best else None)
+    notes = [f"best: epoch {answer['best_epoch']}, chosen on {answer['best_selected_on']}"] \
+        if answer.get("best_epoch") else []
+    return [table, *notes]
 
 
 @command(top, "metrics")
@@ -563,7 +588,7 @@ def models_register(opts: Options, name: str, job_id: str, checkpoint: str = "be
               _version_line(lambda v: f"job {v['job_id']}, epoch {v['epoch']}"))
 
 
-@command(models_app, "export", json_option=False)
+@command(models_app, "export")
 def models_export(opts: Options, reference: str,
                   output: Annotated[Path, typer.Option("--output", "-o", help="where to write it")],
                   fmt: Annotated[str, typer.Option("--format", help="safetensors, torchscript or onnx")] = "safetensors"
@@ -574,7 +599,8 @@ def models_export(opts: Options, reference: str,
         if answer.status_code != 200:
             checked(answer)
     output.write_bytes(answer.content)
-    console.print(f"{output} ({len(answer.content):,} bytes, {fmt})")
+    opts.show({"path": str(output), "bytes": len(answer.content), "format": fmt},
+              lambda written: [f"{output} ({len(answer.content):,} bytes, {fmt})"])
 
 
 @command(models_app, "import")

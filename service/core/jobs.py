@@ -35,8 +35,10 @@ class LeaseLost(Exception):
 
 
 def create_job(session: Session, *, spec: JobSpec, task: str, idempotency_key: str | None = None,
-               request_hash: str | None = None, sweep: tuple[str, int] | None = None) -> Job:
-    """Insert a queued job for a validated spec (`sweep`: the sweep and trial it runs)."""
+               request_hash: str | None = None, sweep: tuple[str, int] | None = None,
+               warnings: list[str] | None = None) -> Job:
+    """Insert a queued job for a validated spec (`sweep`: the sweep and trial it runs; `warnings`:
+    what will make it fail unless someone acts, kept with it)."""
     job = Job(
         name=spec.name,
         status=JobStatus.QUEUED,
@@ -49,6 +51,7 @@ def create_job(session: Session, *, spec: JobSpec, task: str, idempotency_key: s
         dispatched_at=utcnow(),
         sweep_id=sweep[0] if sweep else None,
         sweep_trial=sweep[1] if sweep else None,
+        warnings=warnings or None,
     )
     session.add(job)
     session.flush()

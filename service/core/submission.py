@@ -6,7 +6,7 @@ the reaper sends it later. An Idempotency-Key makes a retried submission return 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -29,7 +29,6 @@ from service.core.tables import Job
 class Submitted:
     job_id: str
     replayed: bool  # an earlier request with the same Idempotency-Key created the job
-    warnings: list[str] = field(default_factory=list)  # what will make the job fail unless someone acts
     view: JobView | None = None  # the job as the answer shows it, read before the transaction ended
 
 
@@ -117,9 +116,10 @@ def _submit(session: Session, *, spec: JobSpec, settings: Settings, idempotency_
         if waiting:
             raise Conflict(f"{waiting}: no live worker serves queue {settings.queue_for(spec.device)!r} for "
                            f"device {spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); start one and retry")
+    warnings = weights_warnings(session, spec=spec, settings=settings) + data_warnings(spec=spec, settings=settings)
     try:
         job = jobs.create_job(session, spec=spec, task=task, idempotency_key=idempotency_key,
-                              request_hash=request_hash, sweep=sweep)
+                              request_hash=request_hash, sweep=sweep, warnings=warnings)
         session.commit()
     except IntegrityError:
         # Another request with the same key committed first; answer with its job.
@@ -129,8 +129,7 @@ def _submit(session: Session, *, spec: JobSpec, settings: Settings, idempotency_
             raise
         return _replay(existing, request_hash)
     publish_or_defer(job.id, settings.queue_for(spec.device))
-    return Submitted(job.id, replayed=False, warnings=weights_warnings(session, spec=spec, settings=settings)
-                     + data_warnings(spec=spec, settings=settings))
+    return Submitted(job.id, replayed=False)
 
 
 def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> list[str]:

@@ -87,6 +87,7 @@ class Job(Base):
     # The largest share of its memory budget, or of the machine's memory, that the running attempt
     # held in the interval its worker last reported: a lost attempt near 1 was killed for memory.
     memory_peak: Mapped[float | None] = mapped_column(Float)
+    warnings: Mapped[list | None] = mapped_column(JSON)  # what its submission warned of
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The sweep that created the job, and which of its trials it runs.

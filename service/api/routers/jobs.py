@@ -49,7 +49,7 @@ def submit_job(
     response.headers["Location"] = f"/v1/jobs/{submitted.job_id}"
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return job_public(submitted.view).model_copy(update={"warnings": submitted.warnings})
+    return job_public(submitted.view)
 
 
 @router.get("", response_model=JobsPublic)
@@ -73,10 +73,12 @@ def read_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobPubl
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=JOB_NOT_FOUND)
 def read_metrics(job_id: str, session: SessionDep) -> MetricsPublic:
-    """Per-epoch metrics of a job, one entry per completed epoch."""
-    job_id = jobs.require_job(session, job_id=job_id).id
-    rows = jobs.get_metrics(session, job_id=job_id)
-    return MetricsPublic(job_id=job_id, epochs=[EpochMetricPublic.model_validate(r) for r in rows])
+    """Per-epoch metrics of a job, one entry per completed epoch, and which epoch `best` serves."""
+    job = jobs.require_job(session, job_id=job_id)
+    best = jobs.best_checkpoint(job)
+    rows = jobs.get_metrics(session, job_id=job.id)
+    return MetricsPublic(job_id=job.id, best_epoch=best.epoch if best else None, best_selected_on=jobs.best_selected_on(job),
+                         epochs=[EpochMetricPublic.model_validate(r) for r in rows])
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,

@@ -29,6 +29,9 @@ class EpochMetricPublic(BaseModel):
 
 class MetricsPublic(BaseModel):
     job_id: str
+    # The epoch that `best` and `job:<id>` serve, and what it was chosen on.
+    best_epoch: int | None = None
+    best_selected_on: str = "last_epoch"
     epochs: list[EpochMetricPublic]
 
 
@@ -69,6 +72,9 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     environment: dict | None
     latest_metrics: EpochMetricPublic | None
+    # The metrics of the epoch that `best` and `job:<id>` serve (best_selected_on says how it was
+    # chosen); null before the first checkpoint.
+    best_metrics: EpochMetricPublic | None = None
     best_checkpoint: CheckpointPublic | None
     # What `best` (and `job:<id>`) is chosen on: early stopping's metric, val_acc / val_loss with a
     # validation split, or last_epoch without one (never the test set, unless early stopping says so).
@@ -85,7 +91,7 @@ class JobPublic(BaseModel):
     # The largest share of its memory budget (or of its machine's memory) the running attempt held
     # in the interval its worker last reported; an attempt lost near 1 fails with out_of_memory.
     memory_peak: float | None = None
-    # Only in the answer to its submission: what will make it fail unless someone acts (missing weights).
+    # What its submission warned will make it fail unless someone acts (missing weights or data files).
     warnings: list[str] = []
 
 
@@ -128,11 +134,13 @@ def job_public(view: JobView) -> JobPublic:
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         environment=job.environment,
         latest_metrics=EpochMetricPublic.model_validate(latest) if latest else None,
+        best_metrics=EpochMetricPublic.model_validate({**best.metrics, "epoch": best.epoch}) if best and best.metrics
+        else None,
         best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
         best_selected_on=best_selected_on(job), memory_peak=job.memory_peak,
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
         cross_validation=job.cross_validation, waiting_reason=view.waiting_reason, disk_bytes=view.disk_bytes,
-        sweep_id=job.sweep_id,
+        sweep_id=job.sweep_id, warnings=job.warnings or [],
     )
 
 

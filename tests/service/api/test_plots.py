@@ -51,3 +51,19 @@ def test_epochs_are_whole_and_validation_accuracy_is_drawn():
         assert "val acc" in [line.get_label() for line in figure.axes[1].get_lines()]
     finally:
         plt.close(figure)
+
+
+def test_the_best_epoch_is_marked_on_both_axes():
+    figure = plots.learning_curves_figure([("job", rows([1.2, 1.0, 1.1]), 2)])
+    try:
+        for ax in figure.axes:
+            marks = [line for line in ax.get_lines() if list(line.get_xdata()) == [2, 2]]
+            assert len(marks) == 1, [line.get_label() for line in ax.get_lines()]
+        assert "best (epoch 2)" in [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    finally:
+        plt.close(figure)
+    unmarked = plots.learning_curves_figure([("job", rows([1.2, 1.0]), None)])
+    try:
+        assert not [line for line in unmarked.axes[0].get_lines() if len(set(line.get_xdata())) == 1]
+    finally:
+        plt.close(unmarked)

@@ -167,8 +167,13 @@ def test_metrics_and_logs_of_a_job(api, trained_job):
     metrics = api.get(f"/v1/jobs/{trained_job}/metrics").json()
     assert metrics["job_id"] == trained_job and [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
     assert metrics["epochs"][2]["test_acc"] == 0.95 and metrics["epochs"][0]["train_loss"] == 1.0
+    assert (metrics["best_epoch"], metrics["best_selected_on"]) == (2, "val_acc")
     job = api.get(f"/v1/jobs/{trained_job}").json()
     assert (job["status"], job["epoch"], job["epochs"]) == ("succeeded", 3, 3)
+    # The list shows the epoch job:<id> serves (validation's best), not the last one.
+    [listed] = api.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
+    assert listed["best_metrics"]["epoch"] == 2 and listed["best_metrics"]["test_acc"] == 0.5
+    assert listed["latest_metrics"]["epoch"] == 3
     logs = api.get(f"/v1/jobs/{trained_job}/logs")
     assert logs.status_code == 200 and logs.json() == {"job_id": trained_job, "lines": [], "next": 0}
     assert locs(api.get(f"/v1/jobs/{trained_job}/logs", params={"limit": 0})) == [["query", "limit"]]

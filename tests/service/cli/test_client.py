@@ -38,8 +38,11 @@ def test_submit_follow_to_success_then_inspect(embedded_stack, tmp_path):
     table = trainyard(embedded_stack, "metrics", job_id)
     epochs = [int(m.group(1)) for m in re.finditer(r"^\W*(\d+)\W+\d+\.\d{4}", table.stdout, flags=re.M)]
     assert table.returncode == 0 and epochs == [1, 2, 3], table.stdout
-    shown = trainyard(embedded_stack, "jobs", "show", job_id[:8])
+    shown = trainyard(embedded_stack, "jobs", "show", job_id[:8], "--json")
     assert json.loads(shown.stdout)["id"] == job_id
+    summary = trainyard(embedded_stack, "jobs", "show", job_id[:8]).stdout
+    assert f"job {job_id} cli-follow: succeeded" in summary and "best epoch 3 (chosen on last_epoch" in summary
+    assert re.search(r"^\W*3\W.*\bbest\W*$", table.stdout, flags=re.M) and "best: epoch 3, chosen on last_epoch" in table.stdout
 
     assert trainyard(embedded_stack, "models", "register", "cli-model", job_id).returncode == 0
     assert trainyard(embedded_stack, "models", "alias", "cli-model", "production", "1").returncode == 0
@@ -61,6 +64,7 @@ def test_follow_exits_non_zero_when_the_job_fails(embedded_stack, tmp_path):
     spec.write_text(json.dumps({**SOFTMAX_SPEC, "data": {"dataset": "mnist"}}))
     run = trainyard(embedded_stack, "submit", str(spec), "--follow")
     assert run.returncode == 1 and "failed" in run.stderr and "invalid_data" in run.stderr
+    assert "warning: dataset mnist is not in this service's data folder" in " ".join(run.stderr.split())
     logs = trainyard(embedded_stack, "logs", run.stdout.split()[1])
     assert logs.returncode == 0 and "Traceback (most recent call last)" in logs.stdout
 

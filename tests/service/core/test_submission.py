@@ -20,6 +20,13 @@ def submit(settings, spec=SPEC, key=None):
                                      idempotency_key=key)
 
 
+def warnings_of(settings, spec=SPEC) -> list[str]:
+    """The warnings a submitted job's record keeps."""
+    job_id = submit(settings, spec).job_id
+    with db.session_scope(write=False) as session:
+        return jobs.require_job(session, job_id=job_id).warnings or []
+
+
 def status_of(job_id):
     with db.session_scope(write=False) as session:
         return jobs.require_job(session, job_id=job_id).status
@@ -67,17 +74,17 @@ def test_with_the_broker_down_the_job_waits_in_sql_for_the_reaper(service_env, m
 
 def test_a_builtin_dataset_missing_from_the_data_folder_is_warned_of(service_env, tmp_path):
     empty = service_env.model_copy(update={"data_dir": tmp_path / "no-data"})
-    missing = submit(empty)
-    assert any("dataset fashion-mnist is not in this service's data folder" in w for w in missing.warnings)
-    assert submit(empty.model_copy(update={"allow_download": True})).warnings == []  # it may fetch them
-    assert submit(service_env).warnings == []  # the tests' data folder has fashion-mnist
+    missing = warnings_of(empty)
+    assert any("dataset fashion-mnist is not in this service's data folder" in w for w in missing)
+    assert warnings_of(empty.model_copy(update={"allow_download": True})) == []  # it may fetch them
+    assert warnings_of(service_env) == []  # the tests' data folder has fashion-mnist
     synthetic = {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"}, "epochs": 1}
-    assert submit(empty, synthetic).warnings == []
+    assert warnings_of(empty, synthetic) == []
 
 
 def test_a_frozen_backbone_without_weights_is_warned_of(service_env):
     spec = {"model": {"arch": "pretrained", "backbone": "resnet18", "weights": None, "freeze": "backbone"},
             "data": {"dataset": "cifar10"}, "epochs": 1}
-    [warning] = submit(service_env, spec).warnings
+    [warning] = warnings_of(service_env, spec)
     assert "randomly initialised backbone frozen" in warning
-    assert submit(service_env, {**spec, "model": {**spec["model"], "freeze": "none"}}).warnings == []
+    assert warnings_of(service_env, {**spec, "model": {**spec["model"], "freeze": "none"}}) == []
