@@ -643,7 +643,11 @@ def _unknown_tag(root: type[BaseModel], error: dict, document) -> str:
     value = given.get(discriminator) if isinstance(given, dict) else None
     close = _close(value, tags) if isinstance(value, str) else []
     if error["type"] == "dataset":  # its own message lists the datasets
-        return f"{error['msg']}; did you mean {' or '.join(close)}?" if close else error["msg"]
+        if close:
+            return f"{error['msg']}; did you mean {' or '.join(close)}?"
+        if isinstance(value, str) and value and ":" not in value:
+            return f"{error['msg']}; an uploaded dataset is named with its prefix: uploaded:{value}"
+        return error["msg"]
     if value is None:
         misplaced = [key for key, v in (given if isinstance(given, dict) else {}).items() if v in tags]
         instead = f" (not {misplaced[0]!r})" if misplaced else ""

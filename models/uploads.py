@@ -66,9 +66,11 @@ def _skipped(parts: tuple[str, ...]) -> bool:
             or parts[-1].lower() in SKIPPED_FILES)
 
 
-def _safe_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> dict[str, zipfile.ZipInfo]:
-    """Member files by normalised path, refusing unsafe names and bomb-like sizes."""
+def _safe_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[dict[str, zipfile.ZipInfo], set[str]]:
+    """Member files by normalised path, refusing unsafe names and bomb-like sizes; and the folders
+    the archive names (a folder entry with nothing in it is one of them)."""
     members: dict[str, zipfile.ZipInfo] = {}
+    folders: set[str] = set()
     infos = archive.infolist()
     if len(infos) > limits.max_members:
         raise ArchiveError(f"the archive has {len(infos)} entries; the limit is {limits.max_members}")
@@ -80,7 +82,10 @@ def _safe_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> dict[str, 
         parts = PurePosixPath(name).parts
         if ".." in parts:
             raise ArchiveError(f"unsafe path in archive: {name!r}")
-        if info.is_dir() or _skipped(parts):
+        if _skipped(parts):
+            continue
+        if info.is_dir():
+            folders.add("/".join(parts))
             continue
         if info.flag_bits & 0x1:
             raise ArchiveError(f"{name}: encrypted members are not supported")
@@ -94,11 +99,17 @@ def _safe_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> dict[str, 
         members["/".join(parts)] = info
     if not members:
         raise ArchiveError("the archive holds no files")
-    # A single top-level folder (zipping "mydata/") is not part of the layout.
+    folders |= {"/".join(PurePosixPath(path).parts[:depth]) for path in members
+                for depth in range(1, path.count("/") + 1)}
+    # A single top-level folder (zipping "mydata/") is not part of the layout, unless it holds the
+    # images themselves: then it is the one class of a dataset that has only one.
     tops = {path.split("/", 1)[0] for path in members}
     if len(tops) == 1 and not tops & {"train", "test"} and all("/" in path for path in members):
-        members = {path.split("/", 1)[1]: info for path, info in members.items()}
-    return members
+        inner = [path.split("/", 1)[1] for path in members]
+        if not all("/" not in path and PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES for path in inner):
+            members = {path.split("/", 1)[1]: info for path, info in members.items()}
+            folders = {folder.split("/", 1)[1] for folder in folders if "/" in folder}
+    return members, folders
 
 
 def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits) -> bytes:
@@ -139,30 +150,44 @@ def check_archive(data: BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> in
     without reading a member; returns what the members add up to uncompressed."""
     try:
         with zipfile.ZipFile(data) as archive:
-            return sum(info.file_size for info in _safe_members(archive, limits).values())
+            return sum(info.file_size for info in _safe_members(archive, limits)[0].values())
     except zipfile.BadZipFile:
         raise _not_a_zip(data) from None
     finally:
         data.seek(0)
 
 
+# What a file is that is not a zip, by its first bytes (a tar has "ustar" at offset 257).
+OTHER_ARCHIVES = ((b"\x1f\x8b", "a gzip file (.gz or .tar.gz)"), (b"BZh", "a bzip2 file (.bz2 or .tar.bz2)"),
+                  (b"\xfd7zXZ\x00", "an xz file (.xz or .tar.xz)"), (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+                  (b"Rar!", "a RAR archive"), (b"(\xb5/\xfd", "a zstd file (.zst)"))
+MAKE_A_ZIP = ("trainyard takes zip archives: make one with `zip -r data.zip train test` (or "
+              "`python -m zipfile -c data.zip train test`) and upload that")
+
+
 def _not_a_zip(data: bytes | BinaryIO) -> ArchiveError:
-    """What a file that zipfile cannot open is: a zip cut short (it starts like one), or no zip."""
+    """What a file that zipfile cannot open is: a zip cut short (it starts like one), another kind
+    of archive (say which, and how to make a zip), or no archive."""
     if isinstance(data, (bytes, bytearray)):
-        head = bytes(data[:4])
+        head = bytes(data[:262])
     else:
         data.seek(0)
-        head = data.read(4)
-    if head == b"PK\x03\x04":
+        head = data.read(262)
+    if head[:4] == b"PK\x03\x04":
         return ArchiveError("the zip archive is truncated or damaged (its directory at the end is missing): "
                             "upload the whole file again")
-    return ArchiveError("the upload is not a zip archive")
+    if head[257:262] == b"ustar":
+        return ArchiveError(f"the upload is a tar archive, not a zip; {MAKE_A_ZIP}")
+    for magic, what in OTHER_ARCHIVES:
+        if head.startswith(magic):
+            return ArchiveError(f"the upload is {what}, not a zip archive; {MAKE_A_ZIP}")
+    return ArchiveError(f"the upload is not a zip archive; {MAKE_A_ZIP}")
 
 
 def _decode_members(archive, name, test_fraction, image_size, seed, color, min_per_class, limits,
                     arrays: _Arrays) -> DecodedUpload:
     with archive:
-        members = _safe_members(archive, limits)
+        members, folders = _safe_members(archive, limits)
         try:
             basenames = {PurePosixPath(p).name.removesuffix(".gz"): p for p in members}
             if set(IDX_FILES.values()) <= basenames.keys():
@@ -170,7 +195,7 @@ def _decode_members(archive, name, test_fraction, image_size, seed, color, min_p
             csvs = sorted(p for p in members if p.lower().endswith(".csv"))
             if csvs:
                 return DecodedUpload("csv", _csv(archive, members, csvs, name, test_fraction, seed, limits))
-            return _image_folders(archive, members, name, test_fraction, image_size, seed, color,
+            return _image_folders(archive, members, folders, name, test_fraction, image_size, seed, color,
                                   min_per_class, limits, arrays)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
             raise ArchiveError(f"the archive is damaged: {exc}") from None
@@ -222,9 +247,10 @@ def _check_classes(trees, folders: set[str], min_per_class: int) -> tuple[str, .
     classes = tuple(sorted(trees["train"]))
     empty = sorted(folders - set(classes) - set(trees["test"]))
     if empty:
-        raise ArchiveError(f"class folders {empty} hold no images")
+        raise ArchiveError(f"class folders {empty} hold no images: add images to them or leave them out")
     if len(classes) < 2:
-        raise ArchiveError(f"a classification dataset needs at least 2 classes; found {list(classes)}")
+        raise ArchiveError(f"a classification dataset needs at least 2 classes (a folder of images for each); "
+                           f"found {list(classes)}")
     by_case: dict[str, list[str]] = {}
     for label in sorted(set(classes) | set(trees["test"])):
         by_case.setdefault(label.casefold(), []).append(label)
@@ -242,11 +268,11 @@ def _check_classes(trees, folders: set[str], min_per_class: int) -> tuple[str, .
     return classes
 
 
-def _class_folders(members: dict, split_layout: bool) -> set[str]:
+def _class_folders(folders: set[str], split_layout: bool) -> set[str]:
     """Every class-level folder the archive names, holding images or not."""
-    depth = 2 if split_layout else 1
-    return {p.split("/")[depth - 1] for p in members if p.count("/") >= depth
-            and (not split_layout or p.split("/", 1)[0] == "train")}
+    if split_layout:
+        return {f.split("/")[1] for f in folders if f.count("/") == 1 and f.split("/", 1)[0] == "train"}
+    return {f for f in folders if "/" not in f}
 
 
 class _Arrays:
@@ -330,7 +356,7 @@ def _rows(trees, classes, test_fraction, seed) -> dict[str, list[tuple[str, int]
     return rows
 
 
-def _image_folders(archive, members, name, test_fraction, image_size, seed, color, min_per_class,
+def _image_folders(archive, members, folders, name, test_fraction, image_size, seed, color, min_per_class,
                    limits, arrays: _Arrays) -> DecodedUpload:
     """`train/<class>/*` (+ `test/<class>/*`), or `<class>/*` split by test_fraction."""
     images = {p: info for p, info in members.items() if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES}
@@ -338,7 +364,7 @@ def _image_folders(archive, members, name, test_fraction, image_size, seed, colo
         raise ArchiveError("no images, IDX files or CSV found; expected train/<class>/*.png (and test/<class>/...), "
                            "<class>/*.png, the four IDX files, or a CSV with a label or target column")
     trees, split_layout = _class_trees(list(images))
-    classes = _check_classes(trees, _class_folders(members, split_layout), min_per_class)
+    classes = _check_classes(trees, _class_folders(folders, split_layout), min_per_class)
     rows = _rows(trees, classes, test_fraction, seed)
     # Auto decides on colour once every image is seen, so images are decoded as RGB and reduced
     # to one channel if none had colour (R = G = B reduces to exactly Pillow's luma).

@@ -66,7 +66,7 @@ def test_colour_photos_upload_train_predict_and_export_alike(stack, client, colo
     assert answer.status_code == 201, answer.text
     dataset = answer.json()
     assert dataset["classes"] == CLASSES and dataset["color"] == "rgb" and dataset["input_shape"] == [3, 32, 32]
-    grey = upload(client, colour_zip, color="grayscale").json()
+    grey = upload(client, colour_zip, name="colours-grey", color="grayscale").json()
     assert grey["input_shape"] == [1, 32, 32] and "have colour" in grey["warnings"][0]
 
     spec = {"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
@@ -93,6 +93,9 @@ def test_colour_photos_upload_train_predict_and_export_alike(stack, client, colo
     # The export with pixels in predicts what predict says, from the same decoded pixels.
     graph = client.get(f"/v1/models/{model}/export", params={"format": "onnx", "inputs": "pixels"})
     assert graph.status_code == 200, graph.text
+    float_in = client.get(f"/v1/models/{model}/export", params={"format": "onnx"}).headers["content-disposition"]
+    assert graph.headers["content-disposition"].endswith('-pixels.onnx"') and float_in.endswith('.onnx"')
+    assert float_in != graph.headers["content-disposition"]  # both can be downloaded into one folder
     session = onnxruntime.InferenceSession(graph.content)
     contract = __import__("json").loads(session.get_modelmeta().custom_metadata_map["input"])
     assert contract["channels"] == 3 and len(contract["mean"]) == 3 and contract["classes"] == CLASSES

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from tests.datagen import image_folder_zip, png_bytes, zip_bytes
@@ -13,6 +15,7 @@ CLASSES = ["circle", "square", "star"]
 
 
 def upload(client, data: bytes, **form):
+    form.setdefault("name", f"shapes-{uuid.uuid4().hex[:8]}")  # names are unique; most tests need no particular one
     return client.post("/v1/datasets", files={"file": ("shapes.zip", data, "application/zip")},
                        data={k: str(v) for k, v in form.items()})
 
@@ -90,10 +93,14 @@ def test_the_same_upload_again_is_the_same_dataset(client):
     assert again.status_code == 200 and again.json() == first.json()
     assert again.headers["location"] == f"/v1/datasets/{first.json()['id']}"
     assert client.get("/v1/datasets").json()["count"] == count
-    others = [upload(client, archive, name="twice", color="rgb"), upload(client, archive, name="once more"),
-              upload(client, image_folder_zip(["x", "z"], per_class=5, test_per_class=2), name="twice")]
-    assert [o.status_code for o in others] == [201, 201, 201]
-    assert len({first.json()["id"], *(o.json()["id"] for o in others)}) == 4
+    # Another archive, or the same with other options, under that name would make uploaded:twice
+    # mean two datasets: refused, naming the one that has it.
+    for taken in (upload(client, archive, name="twice", color="rgb"),
+                  upload(client, image_folder_zip(["x", "z"], per_class=5, test_per_class=2), name="twice")):
+        assert taken.status_code == 409 and first.json()["id"] in taken.json()["detail"], taken.text
+        assert "another name" in taken.json()["detail"]
+    other = upload(client, archive, name="once more")
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
 
 
 def test_upload_parameters_are_validated(client):

@@ -124,7 +124,7 @@ def test_predict_decompression_bomb_is_refused(api, trained_job):
 def test_predict_oversized_upload_is_413(api, trained_job):
     response = api.post("/v1/predict", data={"model": f"job:{trained_job}"},
                         files=[("files", ("huge.png", b"\0" * (11 * 1024 * 1024), "image/png"))])
-    assert response.status_code == 413 and "limit" in response.json()["detail"]
+    assert response.status_code == 413 and "set by TRAINYARD_MAX_UPLOAD_BYTES" in response.json()["detail"]
 
 
 def test_an_oversized_body_without_a_length_is_413_too(api, trained_job):
@@ -133,7 +133,7 @@ def test_an_oversized_body_without_a_length_is_413_too(api, trained_job):
             yield b"\0" * (1024 * 1024)
 
     response = api.post(f"/v1/models/job:{trained_job}/predict", content=chunks(), headers={"content-type": "image/png"})
-    assert response.status_code == 413 and "limit" in response.json()["detail"]
+    assert response.status_code == 413 and "set by TRAINYARD_MAX_UPLOAD_BYTES" in response.json()["detail"]
 
 
 def test_predict_checks_top_k_and_file_count(api, trained_job):

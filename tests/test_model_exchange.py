@@ -359,4 +359,4 @@ def test_an_import_over_the_size_limit_is_413(tmp_path, data_dir):
             weights = save({"w": torch.zeros(4096)})
             answer = client.post("/v1/models/import", data={"name": "big", "model": json.dumps({"arch": "lenet"})},
                                  files={"file": ("w.safetensors", weights)})
-            assert answer.status_code == 413 and "limit" in answer.json()["detail"]
+            assert answer.status_code == 413 and "set by TRAINYARD_MAX_MODEL_UPLOAD_BYTES" in answer.json()["detail"]

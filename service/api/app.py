@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 
 from service.api import docs, errors, gc_tuning, telemetry
 from service.api.auth import require_token, token_table
-from service.api.limits import BodySizeLimit
+from service.api.limits import BodySizeLimit, Limit
 from service.api.processes import ProcessBoard
 from service.api.routes import include_api
 from service.api.routers.dashboard import router as dashboard_router
@@ -100,9 +100,11 @@ def create_app() -> FastAPI:
 
         # Guarded exactly as the predict routes are, so that it measures the same HTTP cost.
         app.include_router(bench_router, dependencies=[Depends(require_token)] if token_table().enabled else [])
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
-                       overrides={"/v1/datasets": settings.max_dataset_upload_bytes,
-                                  "/v1/models/import": settings.max_model_upload_bytes})
+    app.add_middleware(BodySizeLimit, default=Limit(settings.max_upload_bytes, "TRAINYARD_MAX_UPLOAD_BYTES"),
+                       overrides={"/v1/datasets": Limit(settings.max_dataset_upload_bytes,
+                                                        "TRAINYARD_MAX_DATASET_UPLOAD_BYTES"),
+                                  "/v1/models/import": Limit(settings.max_model_upload_bytes,
+                                                             "TRAINYARD_MAX_MODEL_UPLOAD_BYTES")})
     app.add_middleware(telemetry.RequestMetrics)
     telemetry.install()
     errors.install(app)

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 from starlette.exceptions import HTTPException
+
+
+class Limit(NamedTuple):
+    """The most bytes a request body may have, and the setting that says so."""
+
+    max_bytes: int
+    setting: str
+
+    def message(self) -> str:
+        return (f"request body exceeds the limit of {self.max_bytes} bytes ({self.max_bytes / 2**20:.4g} MiB), "
+                f"set by {self.setting}")
 
 
 class _BodyTooLarge(HTTPException):
     """Raised from receive(); an HTTPException so that body parsers pass it through as a 413."""
 
-    def __init__(self, max_bytes: int):
-        super().__init__(413, f"request body exceeds the limit of {max_bytes} bytes")
+    def __init__(self, limit: Limit):
+        super().__init__(413, limit.message())
 
 
 class BodySizeLimit:
-    """ASGI middleware answering 413 to any request body larger than max_bytes."""
+    """ASGI middleware answering 413 to any request body larger than its path's limit."""
 
-    def __init__(self, app, max_bytes: int, overrides: dict[str, int] | None = None):
+    def __init__(self, app, default: Limit, overrides: dict[str, Limit] | None = None):
         self.app = app
-        self.default = max_bytes
+        self.default = default
         self.overrides = overrides or {}
 
     async def __call__(self, scope, receive, send):
@@ -30,9 +42,10 @@ class BodySizeLimit:
 
 
 class _Limited:
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, limit: Limit):
         self.app = app
-        self.max_bytes = max_bytes
+        self.limit = limit
+        self.max_bytes = limit.max_bytes
 
     async def __call__(self, scope, receive, send):
         declared = dict(scope["headers"]).get(b"content-length")
@@ -50,7 +63,7 @@ class _Limited:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
+                    raise _BodyTooLarge(self.limit)
             return message
 
         async def tracking_send(message):
@@ -66,7 +79,7 @@ class _Limited:
                 await self._reject(send)
 
     async def _reject(self, send) -> None:
-        body = json.dumps({"detail": f"request body exceeds the limit of {self.max_bytes} bytes"}).encode()
+        body = json.dumps({"detail": self.limit.message()}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),

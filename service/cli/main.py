@@ -199,8 +199,11 @@ def main() -> None:
         typer.echo(f"error: {failure}", err=True)
         sys.exit(failure.code)
     except httpx.TransportError as exc:
-        where = exc._request.url if getattr(exc, "_request", None) is not None else "the service"
-        typer.echo(f"error: cannot reach {where}: {exc or type(exc).__name__}", err=True)
+        request = getattr(exc, "_request", None)
+        where = f"{request.url.scheme}://{request.url.netloc.decode()}" if request is not None else "the service"
+        hint = ("; is the service running? Start it with `make run` (or `trainyard run`) in the repository, "
+                "or point the CLI at it with --url or TRAINYARD_URL") if isinstance(exc, httpx.ConnectError) else ""
+        typer.echo(f"error: cannot reach the service at {where} ({exc or type(exc).__name__}){hint}", err=True)
         sys.exit(UNREACHABLE)
 
 

@@ -12,10 +12,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
+import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.data import save_stored_dataset, stored_dataset_path
+from models.data import load_stored_dataset, save_stored_dataset, stored_dataset_path
 from models.dataset import DatasetError
 from models.spec import DatasetInfo, JobSpec, UploadedDatasetSpec, builtin_dataset_info
 from models.uploads import ArchiveLimits, check_archive, decode_archive
@@ -31,6 +32,22 @@ log = logging.getLogger(__name__)
 
 class DatasetInUse(Conflict):
     """A queued or running job still needs this dataset."""
+
+
+class NameTaken(Conflict):
+    """Another dataset (ready or being decoded) has the name an upload asks for."""
+
+
+def check_name_free(session: Session, *, name: str) -> None:
+    """NameTaken, naming the dataset that has `name` and what to do, if one that did not fail has it
+    (specs name datasets as uploaded:<name>, which must mean one dataset)."""
+    taken = session.scalars(select(StoredDataset).where(StoredDataset.name == name,
+                                                        StoredDataset.status != DatasetStatus.FAILED)
+                            .order_by(StoredDataset.created_at).limit(1)).first()
+    if taken is not None:
+        raise NameTaken(f"a dataset named {name!r} exists ({taken.id}, {taken.status}, uploaded "
+                        f"{taken.created_at:%Y-%m-%d %H:%M} UTC): upload under another name (the form field name), "
+                        f"or delete that one first (DELETE /v1/datasets/{taken.id}) to replace it")
 
 
 @dataclass(frozen=True)
@@ -93,7 +110,8 @@ def store_upload(session: Session, *, data: bytes | BinaryIO, name: str, options
                  settings: Settings, digest: str | None = None) -> StoredDataset:
     """Validate and decode an uploaded archive (bytes or a file, read member by member), write its
     tensors, and commit its record as ready (with its upload_digest); Unprocessable saying why the
-    archive is not usable."""
+    archive is not usable, NameTaken if another dataset has the name."""
+    check_name_free(session, name=name)
     record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.READY, upload_digest=digest)
     try:
         _decode_into(record, data, options, settings)
@@ -110,7 +128,9 @@ def _upload_path(datasets_dir: Path, dataset_id: str) -> Path:
 
 def accept_upload(session: Session, *, data: BinaryIO, name: str, datasets_dir: Path,
                   digest: str | None = None) -> StoredDataset:
-    """Keep an upload to decode later (decode_accepted), committed as processing (with its upload_digest)."""
+    """Keep an upload to decode later (decode_accepted), committed as processing (with its
+    upload_digest); NameTaken if another dataset has the name."""
+    check_name_free(session, name=name)
     record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.PROCESSING, heartbeat_at=utcnow(),
                            upload_digest=digest)
     path = _upload_path(datasets_dir, record.id)
@@ -238,7 +258,8 @@ def reference_id(session: Session, *, given: str) -> str:
     found = resolve_id(session, StoredDataset, given, kind="dataset")
     if get_dataset(session, dataset_id=found) is not None:
         return found
-    named = list(session.scalars(select(StoredDataset.id).where(StoredDataset.name == given)
+    named = list(session.scalars(select(StoredDataset.id).where(StoredDataset.name == given,
+                                                                StoredDataset.status != DatasetStatus.FAILED)
                                  .order_by(StoredDataset.created_at).limit(MAX_LISTED + 1)))
     if len(named) == 1:
         return named[0]
@@ -294,3 +315,38 @@ def dataset_info(session: Session, spec: JobSpec) -> DatasetInfo | None:
         return DatasetInfo(task=record.task, input_shape=tuple(record.input_shape),
                            outputs=len(record.classes) if record.classes else 1, images=len(record.input_shape) == 3)
     return builtin_dataset_info(spec.data)
+
+
+def receive_upload(session: Session, *, data: BinaryIO, name: str, options: UploadOptions,
+                   settings: Settings) -> tuple[StoredDataset, bool]:
+    """The dataset an upload makes and whether it is new: the one the same archive and form made
+    before, else one decoded now, or (from dataset_background_bytes up) kept and decoded after the
+    answer, its status processing; Unprocessable saying why an archive is not usable, NameTaken
+    if another dataset has the name."""
+    digest = upload_digest(data, name=name, options=options)
+    existing = find_upload(session, digest=digest)
+    if existing is not None:
+        return existing, False
+    if inspect_upload(data, settings=settings) >= settings.dataset_background_bytes:
+        record = accept_upload(session, data=data, name=name, datasets_dir=settings.datasets_dir, digest=digest)
+        decode_later(dataset_id=record.id, options=options, settings=settings)
+        return record, True
+    return store_upload(session, data=data, name=name, options=options, settings=settings, digest=digest), True
+
+
+def example_image(session: Session, *, dataset_id: str, number: int, settings: Settings) -> np.ndarray:
+    """A training image of a ready image dataset, taking its classes in turn (number 0 is the first
+    image of class 0, number 1 the first of class 1, ...): uint8 pixels [C, H, W]; NotFound past a
+    class's last image."""
+    record = require_dataset(session, dataset_id=dataset_id)
+    if record.status != DatasetStatus.READY or len(record.input_shape or ()) != 3 or not record.classes:
+        raise Unprocessable(f"dataset {record.id} holds no decoded images")
+    try:
+        dataset = load_stored_dataset(stored_dataset_path(settings.datasets_dir, record.id))
+    except DatasetError as exc:
+        raise NotFound(f"dataset {record.id} cannot be read here: {exc}") from None
+    rows = (dataset.y_train == number % len(record.classes)).nonzero().flatten()
+    rank = number // len(record.classes)
+    if not 0 <= rank < len(rows):
+        raise NotFound(f"dataset {record.id} has no example image {number}")
+    return dataset.x_train[int(rows[rank])].numpy().copy()

@@ -34,4 +34,6 @@ def export_model(*, reference: str, fmt: str, settings: Settings, inputs: str = 
     except ExportError as exc:
         raise Unprocessable(f"{fmt}: {exc}") from exc
     stem = f"{target.name}-v{target.version}" if target.name else f"job-{target.job_id}-epoch-{target.epoch}"
-    return ExportedModel(f"{stem}.{SUFFIX[fmt]}", content)
+    # Each kind of input its own name, so that downloading both into one folder keeps both.
+    kind = "" if inputs == "float" else f"-{inputs}"
+    return ExportedModel(f"{stem}{kind}.{SUFFIX[fmt]}", content)

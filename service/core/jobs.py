@@ -26,8 +26,22 @@ class InvalidTransition(Conflict):
     """The job is not in a state that allows the requested change."""
 
     def __init__(self, job: Job, action: str):
-        super().__init__(f"cannot {action} job {job.id}: it is {job.status}")
+        hint = _next_step(action, job.status, job.id)
+        super().__init__(f"cannot {action} job {job.id}: it is {job.status}" + (f"; {hint}" if hint else ""))
         self.status = job.status
+
+
+def _next_step(action: str, status: str, job_id: str) -> str:
+    """What a user can do instead of an action the job's state refuses."""
+    if action == "delete" and status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return f"cancel it first (POST /v1/jobs/{job_id}/cancel, or trainyard jobs cancel), then delete it"
+    if action == "delete" and status == JobStatus.CANCELLING:
+        return "it stops after its current batch; delete it once it is cancelled"
+    if action == "cancel" and status in JobStatus.FINAL:
+        return "it has already finished" + ("; resume it to train again" if status != JobStatus.SUCCEEDED else "")
+    if action == "resume" and status == JobStatus.SUCCEEDED:
+        return "it finished; submit a new job (init_from: {\"job_id\": ...}) to train on from it"
+    return ""
 
 
 class LeaseLost(Exception):

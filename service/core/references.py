@@ -8,6 +8,7 @@ A reference is only ever looked up in SQL; it can never name a path.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from service.core import jobs
 from service.core.errors import NotFound, NotReady
-from service.core.ids import matching, resolve_id
+from service.core.ids import MAX_LISTED, matching, resolve_id
 from service.core.settings import Settings
 from service.core.tables import Job, ModelAlias, ModelVersion
 
@@ -77,7 +78,8 @@ def _resolve_job(session: Session, reference: str, match, checkpoint_dir: Path) 
 
 
 def find_version(session: Session, *, reference: str) -> ModelVersion:
-    """The registered version a `name`, `name:VERSION` or `name@ALIAS` reference names."""
+    """The registered version a `name`, `name:VERSION` or `name@ALIAS` reference names; ModelNotFound
+    saying what there is instead (close names, the model's aliases or versions)."""
     match = _MODEL_REF.match(reference)
     if not match:
         raise ModelNotFound(f"model {reference!r} not found; use name, name:VERSION, name@ALIAS or job:ID")
@@ -86,7 +88,7 @@ def find_version(session: Session, *, reference: str) -> ModelVersion:
     if match["alias"]:
         alias = session.get(ModelAlias, (name, match["alias"]))
         if alias is None:
-            raise ModelNotFound(f"model {name!r} has no alias {match['alias']!r}")
+            raise ModelNotFound(_no_alias(session, name, match["alias"]))
         version = alias.version
     elif version is None:
         production = session.get(ModelAlias, (name, DEFAULT_ALIAS))
@@ -96,8 +98,38 @@ def find_version(session: Session, *, reference: str) -> ModelVersion:
     query = query.where(ModelVersion.version == version) if version else query.order_by(ModelVersion.version.desc())
     found = session.scalars(query.limit(1)).first()
     if found is None:
-        raise ModelNotFound(f"model {reference!r} not found")
+        raise ModelNotFound(_no_version(session, reference, name, version))
     return found
+
+
+def _no_version(session: Session, reference: str, name: str, version: int | None) -> str:
+    """Why `reference` names no version: the model has other versions, or no model has that name (and which are close)."""
+    versions = list(session.scalars(select(ModelVersion.version).where(ModelVersion.name == name)
+                                    .order_by(ModelVersion.version)))
+    if versions:
+        return f"model {name!r} has no version {version}; its versions: {', '.join(map(str, versions[-MAX_LISTED:]))}"
+    names = list(session.scalars(select(ModelVersion.name).distinct().order_by(ModelVersion.name)))
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if close:
+        return f"model {reference!r} not found; did you mean {' or '.join(repr(c) for c in close)}?"
+    if names:
+        more = ", ..." if len(names) > MAX_LISTED else ""
+        return f"model {reference!r} not found; registered models: {', '.join(names[:MAX_LISTED])}{more}"
+    return f"model {reference!r} not found: no model is registered yet (POST /v1/models registers a job's checkpoint)"
+
+
+def _no_alias(session: Session, name: str, alias: str) -> str:
+    """Why `name@alias` names nothing: the aliases the model has (and the close one), or that there is no such model."""
+    aliases = {a.alias: a.version for a in session.scalars(select(ModelAlias).where(ModelAlias.name == name))}
+    if not aliases:
+        exists = session.scalars(select(ModelVersion.name).where(ModelVersion.name == name).limit(1)).first()
+        if exists is None:
+            return _no_version(session, f"{name}@{alias}", name, None)
+        return f"model {name!r} has no alias {alias!r}; it has no aliases yet (PUT /v1/models/{name}/aliases/{alias} sets one)"
+    close = difflib.get_close_matches(alias, list(aliases), n=1, cutoff=0.5)
+    hint = f"did you mean {name}@{close[0]}? " if close else ""
+    listed = ", ".join(f"{a}={v}" for a, v in sorted(aliases.items()))
+    return f"model {name!r} has no alias {alias!r}; {hint}its aliases: {listed}"
 
 
 def resolve(session: Session, *, reference: str, settings: Settings) -> ResolvedCheckpoint:

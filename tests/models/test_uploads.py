@@ -100,7 +100,7 @@ def test_bad_archives_are_refused_with_the_reason(files, message):
 
 
 def test_not_a_zip_and_zip_bombs_are_refused():
-    with pytest.raises(ArchiveError, match="^the upload is not a zip archive$"):
+    with pytest.raises(ArchiveError, match="^the upload is not a zip archive; trainyard takes zip archives: make one"):
         decode_archive(b"a text file", name="x")
     whole = zip_bytes({f"{label}/{i}.png": png_bytes(i, seed=i) for label in "ab" for i in range(5)})
     for cut in (whole[:len(whole) // 2], io.BytesIO(whole[:len(whole) // 2])):  # bytes, or a file as uploaded
@@ -191,7 +191,42 @@ def test_what_archivers_and_notebooks_add_is_skipped():
     assert data.classes == ("a", "b") and len(data.x_train) + len(data.x_test) == 10
 
 
+def test_other_archives_are_named_with_how_to_make_a_zip():
+    import gzip
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("a/1.png")
+        image = png_bytes(0, seed=1)
+        info.size = len(image)
+        tar.addfile(info, io.BytesIO(image))
+    for data, what in ((buffer.getvalue(), "a tar archive, not a zip"),
+                       (gzip.compress(buffer.getvalue()), r"a gzip file \(.gz or .tar.gz\), not a zip")):
+        with pytest.raises(ArchiveError, match=f"^the upload is {what}.*zip -r data.zip train test"):
+            decode_archive(data, name="x")
+        with pytest.raises(ArchiveError, match=what):
+            check_archive(io.BytesIO(data))
+
+
+def test_one_class_is_refused_as_one_class_not_as_a_bad_layout():
+    one = {f"cats/{i}.png": png_bytes(0, seed=i) for i in range(6)}
+    with pytest.raises(ArchiveError, match=r"at least 2 classes \(a folder of images for each\); found \['cats'\]"):
+        decode_archive(zip_bytes(one), name="x")
+    wrapped = {f"mydata/{label}/{i}.png": png_bytes(j, seed=i) for j, label in enumerate("ab") for i in range(5)}
+    assert decode_archive(zip_bytes(wrapped), name="x").dataset.classes == ("a", "b")  # a wrapping folder goes
+
+
 @pytest.mark.parametrize("files, message", [
+    ({**{f"a/{i}.png": png_bytes(0, seed=i) for i in range(5)}, **{f"b/{i}.png": png_bytes(1, seed=i)
+                                                                   for i in range(5)}, "c/": b""},
+     r"class folders \['c'\] hold no images: add images to them or leave them out"),
+    ({**{f"train/a/{i}.png": png_bytes(0, seed=i) for i in range(5)},
+      **{f"train/b/{i}.png": png_bytes(1, seed=i) for i in range(5)}, "train/c/": b""},
+     r"class folders \['c'\] hold no images"),
+    ({**{f"mydata/a/{i}.png": png_bytes(0, seed=i) for i in range(5)},
+      **{f"mydata/b/{i}.png": png_bytes(1, seed=i) for i in range(5)}, "mydata/c/": b""},
+     r"class folders \['c'\] hold no images"),
     ({**{f"Cat/{i}.png": png_bytes(0, seed=i) for i in range(5)}, **{f"cat/{i}.png": png_bytes(0, seed=i)
                                                                      for i in range(5)},
       **{f"dog/{i}.png": png_bytes(1, seed=i) for i in range(5)}}, r"differ only by case: \[\['Cat', 'cat'\]\]"),

@@ -26,6 +26,7 @@ NOT_FOUND = {404: {"description": "No such dataset"}}
           "model": DatasetPublic},
     202: {"description": "A large upload, kept and being decoded: poll the dataset until its status is ready",
           "model": DatasetPublic},
+    409: {"description": "Another dataset has this name: upload under another, or delete that one first"},
     413: {"description": "The upload is larger than the limit"},
     422: {"description": "The archive is unsafe, damaged or not a dataset layout"},
 })

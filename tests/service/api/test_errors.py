@@ -129,3 +129,5 @@ def test_a_missing_or_unknown_arch_lists_the_archs():
     assert "did you mean maxpool2d" in layer[("body", "model", "layers", 0)]
     dataset = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "fashion_mnist"}})[("body", "data")]
     assert dataset.endswith("did you mean fashion-mnist?")
+    named = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "shapes"}})[("body", "data")]
+    assert named.endswith("an uploaded dataset is named with its prefix: uploaded:shapes")

@@ -102,10 +102,12 @@ def test_errors_are_one_line_with_the_exit_code_they_mean(embedded_stack, tmp_pa
     assert missing.returncode == 2 and missing.stderr.startswith("error: 404 ")
     assert trainyard(embedded_stack, "jobs", "list", "--no-such-option").returncode == 2
 
+    port = free_port()
     unreachable = subprocess.run([sys.executable, "-m", "service.cli.main", "jobs", "list", "--url",
-                                  f"http://127.0.0.1:{free_port()}"], cwd=REPO, capture_output=True, text=True)
+                                  f"http://127.0.0.1:{port}"], cwd=REPO, capture_output=True, text=True)
     assert unreachable.returncode == 3 and unreachable.stdout == ""
-    assert unreachable.stderr.startswith("error: cannot reach http://127.0.0.1:")
+    assert unreachable.stderr.startswith(f"error: cannot reach the service at http://127.0.0.1:{port} (")
+    assert "Start it with `make run`" in unreachable.stderr and "TRAINYARD_URL" in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1 and "Traceback" not in unreachable.stderr
 
     version = trainyard(embedded_stack, "--version")
@@ -119,9 +121,11 @@ def test_datasets_upload_and_list(embedded_stack, tmp_path):
     assert run.returncode == 0 and run.stdout.startswith("uploaded:") and "['cat', 'dog']" in run.stdout
     assert "1x28x28 grayscale" in run.stdout
     assert "pets" in trainyard(embedded_stack, "datasets", "list").stdout
-    rgb = trainyard(embedded_stack, "datasets", "upload", str(archive), "--color", "rgb")
+    taken = trainyard(embedded_stack, "datasets", "upload", str(archive), "--name", "pets", "--color", "rgb")
+    assert taken.returncode == 2 and "409 a dataset named 'pets' exists" in taken.stderr, taken.stderr
+    rgb = trainyard(embedded_stack, "datasets", "upload", str(archive), "--color", "rgb", "--name", "pets-rgb")
     assert rgb.returncode == 0 and "3x28x28 rgb" in rgb.stdout, rgb.stdout
-    few = trainyard(embedded_stack, "datasets", "upload", str(archive), "--min-per-class", "6")
+    few = trainyard(embedded_stack, "datasets", "upload", str(archive), "--min-per-class", "6", "--name", "few")
     assert few.returncode != 0 and "fewer than min_per_class=6 training images: cat (5), dog (5)" in few.stderr
 
 

@@ -146,3 +146,27 @@ def test_uploaded_datasets_are_named_by_their_names(service_env):
         assert datasets.names(session, references=[f"uploaded:{shapes}", "uploaded:00000000-gone", "fashion-mnist",
                                                    f"uploaded:{shapes}"]) == {f"uploaded:{shapes}": "shapes"}
         assert datasets.names(session, references=["mnist"]) == {}
+
+
+def test_a_name_another_dataset_has_is_refused_naming_it_unless_that_one_failed(service_env):
+    with db.session_scope() as session:
+        first = datasets.store_upload(session, data=io.BytesIO(image_folder_zip(["a", "b"], per_class=6)),
+                                      name="shapes", options=datasets.UploadOptions(), settings=service_env).id
+    other = image_folder_zip(["a", "c"], per_class=6)
+    for upload in (datasets.store_upload, datasets.accept_upload):
+        with db.session_scope() as session, pytest.raises(datasets.NameTaken) as taken:
+            if upload is datasets.store_upload:
+                upload(session, data=io.BytesIO(other), name="shapes", options=datasets.UploadOptions(),
+                       settings=service_env)
+            else:
+                upload(session, data=io.BytesIO(other), name="shapes", datasets_dir=service_env.datasets_dir)
+        assert first in str(taken.value) and f"DELETE /v1/datasets/{first}" in str(taken.value)
+        assert "another name" in str(taken.value)
+    with db.session_scope() as session:
+        session.get(StoredDataset, first).status = DatasetStatus.FAILED
+    with db.session_scope() as session:  # a failed upload's name can be used again, and means the new one
+        second = datasets.store_upload(session, data=io.BytesIO(other), name="shapes",
+                                       options=datasets.UploadOptions(), settings=service_env).id
+    with db.session_scope(write=False) as session:
+        assert datasets.reference_id(session, given="shapes") == second
+        assert len(datasets.list_datasets(session)) == 2

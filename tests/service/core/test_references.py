@@ -40,13 +40,33 @@ def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
     ("job:{job}:9", "has no checkpoint for epoch 9"),
     ("nobody", "model 'nobody' not found"),
     ("nobody:3", "not found"),
-    ("nobody@staging", "has no alias 'staging'"),
+    ("nobody@staging", "model 'nobody@staging' not found: no model is registered yet"),
     ("../../etc/passwd", "use name, name:VERSION, name@ALIAS or job:ID"),
     ("/tmp/model.safetensors", "use name"),
 ])
 def test_unknown_references_are_not_found(service_env, trained_job, reference, message):
     with pytest.raises(ModelNotFound, match=message):
         resolve_now(service_env, reference.format(job=trained_job))
+
+
+def test_a_near_miss_says_what_there_is(service_env, trained_job):
+    with db.session_scope() as session:
+        for name in ("photos", "digits"):
+            model_registry.register(session, name=name, job_id=trained_job, checkpoint="best", settings=service_env)
+        model_registry.register(session, name="photos", job_id=trained_job, checkpoint="last", settings=service_env)
+        model_registry.set_alias(session, name="photos", alias="production", version=2)
+        model_registry.set_alias(session, name="photos", alias="staging", version=1)
+    for reference, message in (
+            ("photo", "model 'photo' not found; did you mean 'photos'?"),
+            ("photo@production", "did you mean 'photos'?"),
+            ("cats", "model 'cats' not found; registered models: digits, photos"),
+            ("photos@prod", "model 'photos' has no alias 'prod'; did you mean photos@production\\? "
+                            "its aliases: production=2, staging=1"),
+            ("photos@canary", "has no alias 'canary'; its aliases: production=2, staging=1"),
+            ("digits@production", "model 'digits' has no alias 'production'; it has no aliases yet"),
+            ("photos:9", "model 'photos' has no version 9; its versions: 1, 2")):
+        with pytest.raises(ModelNotFound, match=message):
+            resolve_now(service_env, reference)
 
 
 def test_a_job_without_checkpoints_is_not_ready(service_env):

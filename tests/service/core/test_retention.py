@@ -35,7 +35,7 @@ def test_deleting_a_job_cascades_on_each_database(Session, tmp_path):
         jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 1, "train_loss": 0.5},
                           checkpoint_path=f"{job_id}/epoch-0001.safetensors", checkpoint_size=10)
         session.commit()
-        with pytest.raises(Conflict, match="cannot delete job .* it is running"):
+        with pytest.raises(Conflict, match="cannot delete job .* it is running; cancel it first .*, then delete it"):
             retention.delete_job(session, job_id=job_id, settings=settings)
         session.rollback()
         jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.FAILED)
