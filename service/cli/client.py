@@ -657,12 +657,15 @@ def dataset_lines(dataset: dict) -> list[str]:
 
 @command(datasets_app, "upload")
 def datasets_upload(opts: Options, archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
-                    name: str | None = None, test_fraction: float = 0.2, image_size: int | None = None,
+                    name: Annotated[str | None, typer.Option(help="what specs call it (uploaded:<name>); default: "
+                                                                  "the file's name without .zip")] = None,
+                    test_fraction: float = 0.2, image_size: int | None = None,
                     color: Annotated[str, typer.Option(help="auto (RGB if any image has colour), rgb or "
                                                             "grayscale")] = "auto",
-                    min_per_class: Annotated[int, typer.Option(help="refuse smaller classes")] = 5) -> None:
-    """Upload a dataset zip; specs then use it as uploaded:<id>."""
-    form = {"test_fraction": str(test_fraction), "color": color, "min_per_class": str(min_per_class),
+                    min_per_class: Annotated[int, typer.Option(help="refuse smaller classes")] = 5,
+                    seed: Annotated[int, typer.Option(help="seeds the test split when the zip has none")] = 0) -> None:
+    """Upload a dataset zip; specs then use it as uploaded:<name> (or uploaded:<id>)."""
+    form = {"test_fraction": str(test_fraction), "color": color, "min_per_class": str(min_per_class), "seed": str(seed),
             **({"name": name} if name else {}), **({"image_size": str(image_size)} if image_size else {})}
     upload = {"file": (archive.name, archive.read_bytes(), "application/zip")}
     opts.show(opts.call("POST", "/v1/datasets", data=form, files=upload), dataset_lines)
@@ -682,3 +685,10 @@ def datasets_table(answer: dict) -> list:
 def datasets_list(opts: Options) -> None:
     """Uploaded datasets."""
     opts.show(opts.call("GET", "/v1/datasets"), datasets_table)
+
+
+@command(datasets_app, "delete")
+def datasets_delete(opts: Options, dataset_id: str) -> None:
+    """Delete an uploaded dataset that no queued or running job uses."""
+    opts.call("DELETE", f"/v1/datasets/{dataset_id}")
+    opts.show({"id": dataset_id, "deleted": True}, lambda answer: [f"dataset {dataset_id} deleted"])

@@ -125,6 +125,10 @@ def test_datasets_upload_and_list(embedded_stack, tmp_path):
     assert taken.returncode == 2 and "409 a dataset named 'pets' exists" in taken.stderr, taken.stderr
     rgb = trainyard(embedded_stack, "datasets", "upload", str(archive), "--color", "rgb", "--name", "pets-rgb")
     assert rgb.returncode == 0 and "3x28x28 rgb" in rgb.stdout, rgb.stdout
+    rgb_id = rgb.stdout.split()[0].removeprefix("uploaded:")
+    deleted = trainyard(embedded_stack, "datasets", "delete", rgb_id[:8], "--json")
+    assert deleted.returncode == 0 and json.loads(deleted.stdout)["deleted"] is True
+    assert "pets-rgb" not in trainyard(embedded_stack, "datasets", "list").stdout
     few = trainyard(embedded_stack, "datasets", "upload", str(archive), "--min-per-class", "6", "--name", "few")
     assert few.returncode != 0 and "fewer than min_per_class=6 training images: cat (5), dog (5)" in few.stderr
 
