@@ -8,7 +8,7 @@ import shutil
 import httpx
 import pytest
 
-from tests.datagen import png_bytes
+from tests.datagen import image_folder_zip, png_bytes
 from tests.servers import Stack, require, wait_until
 from tests.specs import SOFTMAX_SPEC, submit
 
@@ -210,7 +210,7 @@ def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
     with Stack(home=tmp_path / "locked", data_dir=data_dir, with_worker=False,
                extra_env={"TRAINYARD_API_TOKENS": "rw-secret,ro-secret:read"}) as stack:
         with httpx.Client(base_url=stack.url, follow_redirects=False) as client:
-            for path in ("/", "/ui/submit", "/ui/models", "/ui/predict", "/ui/fragments/jobs",
+            for path in ("/", "/ui/submit", "/ui/models", "/ui/datasets", "/ui/predict", "/ui/fragments/jobs",
                          "/ui/fragments/jobs/x/evaluation", "/ui/jobs/x/test-images/0.png"):
                 assert client.get(path).status_code == 303, path
             assert client.post("/ui/login", data={"token": "wrong"}).headers["location"] == "/ui/login"
@@ -219,11 +219,14 @@ def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
             client.cookies.set("trainyard_token", "ro-secret")
             assert client.get("/").status_code == 200
             assert client.post("/ui/submit", data={"spec": "{}"}).status_code == 403
+            archive = {"file": ("locked.zip", image_folder_zip(["a", "b"], per_class=5, test_per_class=2))}
+            assert client.post("/ui/datasets", files=archive).status_code == 403
+            client.cookies.set("trainyard_token", "rw-secret")  # the page's upload needs no bearer token
+            uploaded = client.post("/ui/datasets", files=archive)
+            assert uploaded.status_code == 201 and uploaded.json()["name"] == "locked", uploaded.text
 
 
 def test_the_job_list_shows_an_uploaded_datasets_name(embedded_stack):
-    from tests.datagen import image_folder_zip
-
     with embedded_stack.client() as client:
         dataset = client.post("/v1/datasets", data={"name": "listed-shapes"}, files={
             "file": ("x.zip", image_folder_zip(["a", "b"], per_class=5, test_per_class=2), "application/zip")}).json()
@@ -266,3 +269,163 @@ def test_the_predict_page_says_not_sure_below_the_threshold(embedded_stack):
         sure = client.post("/ui/predict", data={"model": "dashboard-unsure", "threshold": "0"}, files=image)
         assert sure.status_code == 200 and "not sure" not in sure.text.split('id="predict"')[1]
         assert '<span class="label">k' in sure.text
+
+
+def test_datasets_page_uploads_lists_and_deletes(browser, embedded_stack, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    shapes, other, notes = tmp_path / "page-shapes.zip", tmp_path / "other.zip", tmp_path / "notes.txt"
+    shapes.write_bytes(image_folder_zip(["circle", "square"], per_class=5, test_per_class=2))
+    other.write_bytes(image_folder_zip(["a", "b"], per_class=6, test_per_class=2))
+    notes.write_text("not a zip")
+
+    def upload(path, name: str = "") -> None:
+        browser.find_element(By.ID, "upload-name").clear()
+        browser.find_element(By.ID, "upload-name").send_keys(name)
+        browser.find_element(By.ID, "upload-file").send_keys(str(path))
+        browser.find_element(By.ID, "upload-button").click()
+
+    browser.get(embedded_stack.url + "/ui/datasets")
+    # The page's script reloads it once the upload is in: its progress events are kept across the reload.
+    browser.execute_script("""const send = XMLHttpRequest.prototype.send;
+        XMLHttpRequest.prototype.send = function (body) {
+          this.upload.addEventListener("progress", e => sessionStorage.setItem("sent", `${e.loaded}/${e.total}`));
+          return send.call(this, body);
+        };""")
+    upload(shapes)
+    row = wait_until(lambda: [r for r in browser.find_elements(By.CSS_SELECTOR, "#datasets tr[data-dataset]")
+                              if r.find_element(By.CSS_SELECTOR, ".name").text == "page-shapes"], timeout=20,
+                     what="the uploaded dataset's row")[0]
+    loaded, total = map(int, browser.execute_script("return sessionStorage.getItem('sent')").split("/"))
+    assert loaded == total > shapes.stat().st_size
+    dataset_id = row.get_attribute("data-dataset")
+    assert "ready" in row.text and "image_folder" in row.text and "2: circle, square" in row.text
+    assert [row.find_element(By.CSS_SELECTOR, f"td.{c}").text for c in ("train", "test", "input")] == [
+        "10", "4", "grayscale 28×28"]
+    wait_until(lambda: browser.execute_script(
+        "return [...arguments[0].querySelectorAll('.thumbs img')].map(i => i.complete && i.naturalWidth)"
+        ".join() == '28,28,28,28,28,28'", row), timeout=10, what="six 28-pixel thumbnails")
+    assert [i.get_attribute("title") for i in row.find_elements(By.CSS_SELECTOR, ".thumbs img")][:2] == ["circle", "square"]
+    browser.save_screenshot(str(tmp_path / "datasets.png"))
+
+    listed = len(browser.find_elements(By.CSS_SELECTOR, "#datasets tr[data-dataset]"))
+    upload(other, "page-shapes")  # a name taken by another archive
+    problem = wait_until(lambda: browser.find_element(By.ID, "upload-error").text, timeout=20, what="the refusal")
+    assert "a dataset named 'page-shapes' exists" in problem, problem
+    upload(notes, "notes")
+    wait_until(lambda: "zip" in browser.find_element(By.ID, "upload-error").text, timeout=20,
+               what="the refusal of a file that is no zip")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#datasets tr[data-dataset]")) == listed
+
+    row.find_element(By.CSS_SELECTOR, ".name").click()
+    assert text(browser, "#status") == "ready" and text(browser, "#classes") == "circle, square"
+    wait_until(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('.thumbs img')].filter(i => i.complete && i.naturalWidth == 28).length")
+        == 8, timeout=10, what="four examples of each class")
+
+    with embedded_stack.client() as client:  # asks for a GPU no worker has: it stays queued
+        waiting = submit(client, {**SOFTMAX_SPEC, "device": "cuda", "data": {"dataset": "uploaded:page-shapes"}})
+    browser.get(embedded_stack.url + "/ui/datasets")
+    browser.execute_script("window.confirm = () => true")
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-dataset="{dataset_id}"] button.delete').click()
+    assert waiting in text(browser, "#error") and "unfinished" in text(browser, "#error")
+    with embedded_stack.client() as client:
+        assert client.post(f"/v1/jobs/{waiting}/cancel").status_code == 202
+    browser.execute_script("window.confirm = () => true")
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-dataset="{dataset_id}"] button.delete').click()
+    wait_until(lambda: browser.current_url.endswith("/ui/datasets"), timeout=20, what="back to the datasets")
+    assert not browser.find_elements(By.CSS_SELECTOR, f'tr[data-dataset="{dataset_id}"]')
+
+
+def test_a_job_page_registers_a_version_that_the_models_page_aliases_and_exports(browser, embedded_stack,
+                                                                                  unsure_job, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    with embedded_stack.client() as client:
+        job = client.get(f"/v1/jobs/{unsure_job}").json()
+    browser.get(f"{embedded_stack.url}/ui/jobs/{unsure_job}")
+    best = browser.find_element(By.CSS_SELECTOR, "#metrics tr.best")
+    assert best.find_element(By.TAG_NAME, "td").text == f"{job['best_metrics']['epoch']} best"
+    assert browser.find_element(By.ID, "predict-link").get_attribute("href").endswith(f"/ui/predict?model=job:{unsure_job}")
+    browser.save_screenshot(str(tmp_path / "job.png"))
+    browser.find_element(By.ID, "evaluate-link").click()
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#evaluation #classes"), timeout=20,
+               what="the evaluation report")
+    exported = {a.text: a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#actions a.export")}
+    assert list(exported) == ["safetensors", "torchscript", "onnx", "onnx (uint8 pixels in)"]
+
+    name = browser.find_element(By.ID, "register-name")
+    name.clear()
+    name.send_keys("Not A Name")
+    browser.find_element(By.ID, "register-button").click()
+    assert text(browser, "#register-error").startswith("name: String should match pattern")
+    name = browser.find_element(By.ID, "register-name")
+    name.clear()
+    name.send_keys("from-the-page")
+    browser.find_element(By.ID, "register-threshold").send_keys("0.4")
+    browser.find_element(By.ID, "register-button").click()
+    wait_until(lambda: browser.current_url.endswith("/ui/models/from-the-page#version-1"), timeout=20,
+               what="the new version on its model's page")
+    version = browser.find_element(By.ID, "version-1")
+    assert unsure_job[:8] in version.text and "0.4" in version.text
+    assert version.find_element(By.CSS_SELECTOR, "a.predict").get_attribute("href").endswith("?model=from-the-page%3A1")
+
+    version.find_element(By.CSS_SELECTOR, ".set-alias input[name=alias]").send_keys("staging")
+    version.find_element(By.CSS_SELECTOR, ".set-alias button").click()
+    wait_until(lambda: [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#version-1 .badge")] == ["staging"],
+               timeout=20, what="the alias beside its version")
+    version = browser.find_element(By.ID, "version-1")
+    version.find_element(By.CSS_SELECTOR, ".set-alias input[name=alias]").send_keys("Bad Alias")
+    version.find_element(By.CSS_SELECTOR, ".set-alias button").click()
+    assert "'Bad Alias' is not a name" in text(browser, "#error")
+
+    links = {a.text: a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#version-1 a.export")}
+    with httpx.Client(timeout=60) as client:
+        model_file = client.get(links["onnx (pixels)"])
+        job_file = client.get(exported["safetensors"])
+    assert model_file.status_code == 200 and len(model_file.content) > 1000
+    disposition = model_file.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="from-the-page-v1') and disposition.endswith('.onnx"')
+    assert job_file.status_code == 200
+    assert job_file.headers["content-disposition"].endswith(f'job-{unsure_job}-epoch-1.safetensors"')
+    with embedded_stack.client() as client:
+        assert client.get("/v1/models/from-the-page").json()["aliases"] == {"staging": 1}
+
+
+def test_submitting_shows_the_warnings_and_the_list_shows_the_best_epoch(browser, embedded_stack, unsure_job):
+    from selenium.webdriver.common.by import By
+
+    browser.get(embedded_stack.url + "/ui/submit")
+    browser.execute_script("document.querySelector('#spec').value = arguments[0]", '{"name": "warned", '
+                           '"model": {"arch": "softmax_regression"}, "data": {"dataset": "mnist"}, "epochs": 1}')
+    browser.find_element(By.ID, "submit").click()
+    assert "dataset mnist is not in this service's data folder" in text(browser, "#warnings")
+    warned = browser.current_url.rsplit("/", 1)[-1]
+
+    with embedded_stack.client() as client:
+        best = client.get(f"/v1/jobs/{unsure_job}").json()["best_metrics"]
+    browser.get(embedded_stack.url + "/")
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{unsure_job}"]')
+    assert row.find_element(By.CSS_SELECTOR, ".best-epoch").text == str(best["epoch"])
+    assert row.find_element(By.CSS_SELECTOR, ".best-acc").text == f"{best['test_acc']:.3f}"
+    assert "warning" in browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{warned}"]').text
+    with embedded_stack.client() as client:
+        embedded_stack.wait_for_job(client, warned)
+
+
+def test_unknown_dashboard_pages_are_its_own_404_page(browser, embedded_stack):
+    from selenium.webdriver.common.by import By
+
+    with httpx.Client(base_url=embedded_stack.url, timeout=30) as client:
+        for path, said in (("/ui/no-such-page", "there is no page at /ui/no-such-page"),
+                           ("/ui/datasets/0123456789ab", "dataset 0123456789ab not found"),
+                           ("/ui/models/no-such-model", "no-such-model"),
+                           ("/ui/jobs/0123456789", "job 0123456789 not found")):
+            answer = client.get(path)
+            assert answer.status_code == 404 and answer.headers["content-type"].startswith("text/html"), path
+            assert 'id="error-status">404 Not Found<' in answer.text and said in answer.text, answer.text
+            assert '<a href="/ui/datasets">datasets</a>' in answer.text  # the dashboard's own navigation
+        fragment = client.get("/ui/fragments/jobs/0123456789/evaluation")  # a page's script reads its detail
+        assert fragment.status_code == 404 and fragment.json()["detail"] == "job 0123456789 not found"
+    browser.get(embedded_stack.url + "/ui/jobs/0123456789/nothing/here")
+    assert text(browser, "#error-status") == "404 Not Found" and "trainyard" in text(browser, "header")

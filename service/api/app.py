@@ -103,6 +103,8 @@ def create_app() -> FastAPI:
     app.add_middleware(BodySizeLimit, default=Limit(settings.max_upload_bytes, "TRAINYARD_MAX_UPLOAD_BYTES"),
                        overrides={"/v1/datasets": Limit(settings.max_dataset_upload_bytes,
                                                         "TRAINYARD_MAX_DATASET_UPLOAD_BYTES"),
+                                  "/ui/datasets": Limit(settings.max_dataset_upload_bytes,
+                                                        "TRAINYARD_MAX_DATASET_UPLOAD_BYTES"),
                                   "/v1/models/import": Limit(settings.max_model_upload_bytes,
                                                              "TRAINYARD_MAX_MODEL_UPLOAD_BYTES")})
     app.add_middleware(telemetry.RequestMetrics)

@@ -7,40 +7,72 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from http import HTTPStatus
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from models.checkpoint import CheckpointError
+from models.interchange import FORMATS
 from models.predictor import InputError
 from models.spec import JobSpec, input_loc
 from service.api import plots
 from service.api.auth import COOKIE, page_editor, page_viewer, token_table
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
+from service.api.errors import headers_for, status_for
+from service.api.schemas.datasets import DatasetPublic
 from service.api.schemas.evaluation import evaluation_public
 from service.api.schemas.jobs import job_public, jobs_public, metric_rows
 from service.api.schemas.predict import image_answer
-from service.api.schemas.registry import model_public
+from service.api.schemas.registry import ModelCreate, model_public
 from service.api.schemas.sweeps import sweep_public
 from service.api.schemas.workers import WorkerPublic
-from service.core import (datasets, job_logs, job_pages, jobs, model_registry, retention, submission, sweeps,
-                          worker_registry)
-from service.core.settings import get_settings
+from service.core import (datasets, exports, job_logs, job_pages, jobs, model_registry, retention, submission,
+                          sweeps, worker_registry)
 from service.core.errors import CoreError, Invalid
+from service.core.references import MODEL_NAME
+from service.core.settings import get_settings
+from service.core.tables import DatasetStatus
 
 EXAMPLES = resources.files("service") / "examples"  # package data: found in a checkout and once installed
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
 
 
+def error_page(request: Request, status_code: int, message: str, headers: dict | None = None) -> HTMLResponse:
+    """The dashboard's page for what it cannot show or do: an unknown page, job, dataset or model, a refused action."""
+    return templates.TemplateResponse(request, "error.html", {
+        "status_code": status_code, "phrase": HTTPStatus(status_code).phrase, "message": message},
+        status_code=status_code, headers=headers)
+
+
+class PageRoute(APIRoute):
+    """A dashboard route whose core errors answer error_page rather than JSON (fragments, which a
+    page's script reads, keep JSON)."""
+
+    def get_route_handler(self):
+        handle = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except CoreError as exc:
+                return error_page(request, status_for(exc), _describe(exc), headers_for(exc))
+
+        return handler
+
+
 router = APIRouter(include_in_schema=False)
-pages = APIRouter(dependencies=[Depends(page_viewer)], include_in_schema=False)
-actions = APIRouter(dependencies=[Depends(page_editor)], include_in_schema=False)
+pages = APIRouter(dependencies=[Depends(page_viewer)], include_in_schema=False, route_class=PageRoute)
+fragments = APIRouter(dependencies=[Depends(page_viewer)], include_in_schema=False)
+actions = APIRouter(dependencies=[Depends(page_editor)], include_in_schema=False, route_class=PageRoute)
 
 
 @router.get("/ui/login", response_class=HTMLResponse)
@@ -71,25 +103,34 @@ def jobs_page(request: Request, session: SessionDep) -> HTMLResponse:
     return templates.TemplateResponse(request, "jobs.html", _jobs(session))
 
 
-@pages.get("/ui/fragments/jobs", response_class=HTMLResponse)
+@fragments.get("/ui/fragments/jobs", response_class=HTMLResponse)
 def jobs_rows(request: Request, session: SessionDep) -> HTMLResponse:
     return templates.TemplateResponse(request, "jobs_rows.html", _jobs(session))
 
 
 LOG_LINES_SHOWN = 5000
+# The (format, inputs) pairs a job's and a version's export links offer: every format, and ONNX taking uint8 pixels.
+EXPORTS = tuple((fmt, "float") for fmt in FORMATS) + (("onnx", "pixels"),)
+
+
+def _job_page(request: Request, session, job_id: str, tab: str = "overview", status_code: int = 200,
+              **extra) -> HTMLResponse:
+    """A job's page (its overview or its logs), with `extra` in its context (a form's error)."""
+    job = job_public(job_pages.view(session, job_id=job_id, settings=get_settings()))
+    context = {"job": job, "tab": tab, "exports": EXPORTS, **extra}
+    if tab == "logs":
+        context["logs"] = job_logs.read(session, job_id=job.id, limit=LOG_LINES_SHOWN)
+    else:
+        info = datasets.dataset_info(session, JobSpec.model_validate(job.spec))
+        context.update(metrics=metric_rows(jobs.get_metrics(session, job_id=job.id)),
+                       spec_json=json.dumps(job.spec, indent=2), images=info is not None and info.images)
+    return templates.TemplateResponse(request, "job.html", context, status_code=status_code)
 
 
 @pages.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: str, request: Request, session: SessionDep,
              tab: Literal["overview", "logs"] = "overview") -> HTMLResponse:
-    job = job_public(job_pages.view(session, job_id=job_id, settings=get_settings()))
-    context = {"job": job, "tab": tab}
-    if tab == "logs":
-        context["logs"] = job_logs.read(session, job_id=job.id, limit=LOG_LINES_SHOWN)
-    else:
-        context.update(metrics=metric_rows(jobs.get_metrics(session, job_id=job.id)),
-                       spec_json=json.dumps(job.spec, indent=2))
-    return templates.TemplateResponse(request, "job.html", context)
+    return _job_page(request, session, job_id, tab)
 
 
 @pages.get("/ui/jobs/{job_id}/plot.png")
@@ -100,7 +141,7 @@ async def job_plot(job_id: str) -> Response:
 MISTAKES_SHOWN = 24
 
 
-@pages.get("/ui/fragments/jobs/{job_id}/evaluation", response_class=HTMLResponse)
+@fragments.get("/ui/fragments/jobs/{job_id}/evaluation", response_class=HTMLResponse)
 async def job_evaluation(job_id: str, request: Request, server: ModelServerDep) -> HTMLResponse:
     """The evaluation report's section of a job's page (loaded after the page: it may take a test-set pass)."""
     target, _, report = await server.evaluation(job_id)
@@ -173,6 +214,35 @@ def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
     return RedirectResponse("/", status_code=303)
 
 
+@actions.post("/ui/jobs/{job_id}/register", response_class=HTMLResponse)
+def register_version(job_id: str, request: Request, session: WriteSessionDep, settings: SettingsDep,
+                     server: ModelServerDep, name: Annotated[str, Form(max_length=200)],
+                     checkpoint: Annotated[Literal["best", "last"], Form()] = "best",
+                     threshold: Annotated[float | None, Form(ge=0, le=1)] = None) -> Response:
+    """Register the job's best or last checkpoint as the next version of a model, then show the model."""
+    sent = {"name": name.strip(), "job_id": job_id, "checkpoint": checkpoint, "threshold": threshold}
+    try:
+        body = ModelCreate.model_validate(sent)
+        version = model_registry.register(session, name=body.name, job_id=body.job_id.lower(),
+                                          checkpoint=body.checkpoint, settings=settings, threshold=body.threshold)
+    except (ValidationError, CoreError) as exc:
+        return _job_page(request, session, job_id, status_code=status_for(exc) if isinstance(exc, CoreError) else 422,
+                         register_error=_describe(exc, sent), sent=sent)
+    server.references.clear()  # `name` may now mean the new version
+    return RedirectResponse(f"/ui/models/{version.name}#version-{version.version}", status_code=303)
+
+
+@pages.get("/ui/export/{reference}")
+async def export_model(reference: Annotated[str, PathParam(max_length=200)], settings: SettingsDep,
+                       fmt: Annotated[Literal["safetensors", "torchscript", "onnx"], Query(alias="format")] = "safetensors",
+                       inputs: Literal["float", "pixels"] = "float") -> Response:
+    """A model file, as GET /v1/models/{reference}/export answers it (the /v1 route wants a bearer token, a page has a cookie)."""
+    exported = await run_in_threadpool(exports.export_model, reference=reference, fmt=fmt, settings=settings,
+                                       inputs=inputs)
+    return Response(exported.content, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'})
+
+
 @pages.get("/ui/sweeps", response_class=HTMLResponse)
 def sweeps_page(request: Request, session: SessionDep) -> HTMLResponse:
     rows, count = sweeps.page(session, limit=50, offset=0)
@@ -200,12 +270,99 @@ def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> RedirectResponse:
     return RedirectResponse(f"/ui/sweeps/{sweep_id}", status_code=303)
 
 
+def _models_page(request: Request, session, names: list[str], *, single: bool, status_code: int = 200,
+                 **extra) -> HTMLResponse:
+    """The models page showing these models (NotFound for an unknown one), with `extra` in its context."""
+    models = [model_public(name, model_registry.require_versions(session, name=name),
+                           model_registry.aliases(session, name=name)) for name in names]
+    return templates.TemplateResponse(request, "models.html", {
+        "models": models, "single": single, "exports": EXPORTS, **extra},
+        status_code=status_code)
+
+
 @pages.get("/ui/models", response_class=HTMLResponse)
 def models_page(request: Request, session: SessionDep) -> HTMLResponse:
-    models = [model_public(name, model_registry.require_versions(session, name=name),
-                           model_registry.aliases(session, name=name))
-              for name in model_registry.names(session)]
-    return templates.TemplateResponse(request, "models.html", {"models": models})
+    return _models_page(request, session, model_registry.names(session), single=False)
+
+
+@pages.get("/ui/models/{name}", response_class=HTMLResponse)
+def model_page(name: str, request: Request, session: SessionDep) -> HTMLResponse:
+    return _models_page(request, session, [name], single=True)
+
+
+@actions.post("/ui/models/{name}/aliases", response_class=HTMLResponse)
+def set_alias(name: str, request: Request, session: WriteSessionDep, server: ModelServerDep,
+              alias: Annotated[str, Form(max_length=200)], version: Annotated[int, Form(ge=1)]) -> Response:
+    """Point an alias of a model at one of its versions."""
+    alias = alias.strip()
+    try:
+        if not re.fullmatch(MODEL_NAME, alias):
+            raise Invalid([(("alias",), f"{alias!r} is not a name: lower-case letters, digits, . _ - "
+                                        "(e.g. production)")])
+        model_registry.set_alias(session, name=name, alias=alias, version=version)
+    except CoreError as exc:
+        return _models_page(request, session, [name], single=True, status_code=status_for(exc), error=_describe(exc))
+    server.references.clear()  # `name@alias` now means this version
+    return RedirectResponse(f"/ui/models/{name}#version-{version}", status_code=303)
+
+
+THUMBNAILS = 6  # example images per dataset in the list; its own page shows up to DATASET_THUMBNAILS
+DATASET_THUMBNAILS = 40
+
+
+def _datasets_page(request: Request, session, settings, status_code: int = 200, **extra) -> HTMLResponse:
+    """The uploaded datasets with the upload form, with `extra` in the context (an error)."""
+    return templates.TemplateResponse(request, "datasets.html", {
+        "datasets": [DatasetPublic.model_validate(r) for r in datasets.list_datasets(session)],
+        "thumbnails": THUMBNAILS, "max_bytes": settings.max_dataset_upload_bytes, **extra}, status_code=status_code)
+
+
+@pages.get("/ui/datasets", response_class=HTMLResponse)
+def datasets_page(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    return _datasets_page(request, session, settings)
+
+
+@pages.get("/ui/datasets/{dataset_id}", response_class=HTMLResponse)
+def dataset_page(dataset_id: str, request: Request, session: SessionDep) -> HTMLResponse:
+    dataset = DatasetPublic.model_validate(datasets.require_dataset(session, dataset_id=dataset_id))
+    return templates.TemplateResponse(request, "dataset.html", {
+        "dataset": dataset, "thumbnails": min(DATASET_THUMBNAILS, 4 * len(dataset.classes or []))})
+
+
+@pages.get("/ui/datasets/{dataset_id}/examples/{number}.png")
+async def dataset_example(dataset_id: str, number: Annotated[int, PathParam(ge=0, le=10_000)],
+                          settings: SettingsDep) -> Response:
+    """A training image for a dataset's thumbnails, taking its classes in turn (see core.datasets.example_image)."""
+    pixels = await read(lambda session: datasets.example_image(session, dataset_id=dataset_id, number=number,
+                                                               settings=settings))
+    return await plots.png_response(plots.pixels_png, pixels)
+
+
+@actions.post("/ui/datasets")
+def upload_dataset(session: WriteSessionDep, settings: SettingsDep, file: Annotated[UploadFile, File()],
+                   name: Annotated[str, Form(max_length=200)] = "",
+                   color: Annotated[Literal["auto", "rgb", "grayscale"], Form()] = "auto",
+                   image_size: Annotated[int | None, Form(ge=8, le=512)] = None) -> JSONResponse:
+    """The datasets page's upload (sent by its script, which shows the progress): the dataset as
+    POST /v1/datasets answers it, or {"detail": why not} with that route's status."""
+    label = name.strip() or PurePath(file.filename or "dataset").stem or "dataset"
+    options = datasets.UploadOptions(image_size=image_size, color=color)
+    try:
+        record, new = datasets.receive_upload(session, data=file.file, name=label, options=options, settings=settings)
+    except CoreError as exc:
+        return JSONResponse({"detail": _describe(exc)}, status_code=status_for(exc))
+    code = 202 if record.status == DatasetStatus.PROCESSING else 201 if new else 200
+    return JSONResponse(DatasetPublic.model_validate(record).model_dump(mode="json"), status_code=code)
+
+
+@actions.post("/ui/datasets/{dataset_id}/delete", response_class=HTMLResponse)
+def delete_dataset(dataset_id: str, request: Request, session: WriteSessionDep, settings: SettingsDep) -> Response:
+    """Delete a dataset; the datasets page says which unfinished jobs keep one that is in use."""
+    try:
+        datasets.delete_dataset(session, dataset_id=dataset_id, datasets_dir=settings.datasets_dir)
+    except datasets.DatasetInUse as exc:
+        return _datasets_page(request, session, settings, status_code=409, error=str(exc))
+    return RedirectResponse("/ui/datasets", status_code=303)
 
 
 @pages.get("/ui/workers", response_class=HTMLResponse)
@@ -265,4 +422,11 @@ async def predict(request: Request, server: ModelServerDep, settings: SettingsDe
 
 
 router.include_router(pages)
+router.include_router(fragments)
 router.include_router(actions)
+
+
+@router.get("/ui/{path:path}", response_class=HTMLResponse)
+def unknown_page(path: str, request: Request) -> HTMLResponse:
+    """Any other /ui/ address: the dashboard's 404 page (matched last)."""
+    return error_page(request, 404, f"there is no page at /ui/{path}")

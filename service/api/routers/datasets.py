@@ -52,23 +52,14 @@ async def upload_dataset(
     label = name or PurePath(file.filename or "dataset").stem or "dataset"
     options = datasets.UploadOptions(test_fraction=test_fraction, image_size=image_size, seed=seed, color=color,
                                      min_per_class=min_per_class)
-    digest = await run_in_threadpool(datasets.upload_digest, file.file, name=label, options=options)
-    existing = datasets.find_upload(session, digest=digest)
-    if existing is not None:
-        response.status_code = (status.HTTP_202_ACCEPTED if existing.status == DatasetStatus.PROCESSING
-                                else status.HTTP_200_OK)
-        response.headers["Location"] = f"/v1/datasets/{existing.id}"
-        return DatasetPublic.model_validate(existing)
     # The upload is already spooled to a temporary file: it is read member by member from there.
-    if await run_in_threadpool(datasets.inspect_upload, file.file, settings=settings) >= settings.dataset_background_bytes:
-        record = await run_in_threadpool(datasets.accept_upload, session, data=file.file, name=label,
-                                         datasets_dir=settings.datasets_dir, digest=digest)
-        datasets.decode_later(dataset_id=record.id, options=options, settings=settings)
+    record, new = await run_in_threadpool(datasets.receive_upload, session, data=file.file, name=label,
+                                          options=options, settings=settings)
+    if record.status == DatasetStatus.PROCESSING:
         response.status_code = status.HTTP_202_ACCEPTED
-        response.headers["Location"] = f"/v1/datasets/{record.id}"
-        return DatasetPublic.model_validate(record)
-    record = await run_in_threadpool(
-        datasets.store_upload, session, data=file.file, name=label, options=options, settings=settings, digest=digest)
+    elif not new:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/datasets/{record.id}"
     return DatasetPublic.model_validate(record)
 
 
