@@ -97,7 +97,7 @@ def learning_curves(series: list[tuple]) -> bytes:
 
 def learning_curves_figure(series: list[tuple]):
     """The figure learning_curves draws (the caller closes it): series are (label, rows) or
-    (label, rows, best epoch), and a best epoch is marked by a dotted vertical line on both axes."""
+    (label, rows, best epoch), and a best epoch is marked by a dash-dotted vertical line on both axes."""
     has_acc = any(row.get("test_acc") is not None for _, rows, *_ in series for row in rows)
     figure, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8), squeeze=False)
     loss_ax = axes[0][0]
@@ -117,7 +117,7 @@ def learning_curves_figure(series: list[tuple]):
                 acc_ax.plot(epochs, [r["val_acc"] for r in rows], color=colour, linestyle=":", label=f"{prefix}val acc")
         if best and best[0] is not None:
             for ax in axes[0]:
-                ax.axvline(best[0], color=colour, linestyle=":", linewidth=1.2, alpha=0.8,
+                ax.axvline(best[0], color=colour, linestyle="-.", linewidth=1, alpha=0.6,
                            label=f"{prefix}best (epoch {best[0]})" if ax is loss_ax else None)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     for ax in axes[0]:
