@@ -91,7 +91,16 @@ def _load_builtin(name: str, data_dir: Path, allow_download: bool) -> Dataset:
     return load_idx_dataset(name, data_dir, allow_download)
 
 
-def _cached_builtin_dataset(name: str, data_dir: Path, allow_download: bool, cache_dir: Path | None) -> Dataset:
+def _kept(key: tuple, load, remember: bool) -> Dataset:
+    """The decoded dataset under `key`, loaded if this process has none; kept for next time if `remember`."""
+    if remember:
+        return _decoded.get_or_load(key, load)
+    found = _decoded.get(key)
+    return found if found is not None else load()
+
+
+def _cached_builtin_dataset(name: str, data_dir: Path, allow_download: bool, cache_dir: Path | None,
+                            remember: bool) -> Dataset:
     stamp = tuple(entry for folder in _source_folders(name, data_dir) if folder.is_dir()
                   for entry in _stamp(folder.glob("*")))
 
@@ -114,13 +123,13 @@ def _cached_builtin_dataset(name: str, data_dir: Path, allow_download: bool, cac
             pass  # the cache is an optimisation; a read-only disk must not fail the job
         return dataset
 
-    return _decoded.get_or_load((name, str(data_dir.resolve()), stamp), load)
+    return _kept((name, str(data_dir.resolve()), stamp), load, remember)
 
 
-def _cached_stored_dataset(path: Path) -> Dataset:
+def _cached_stored_dataset(path: Path, remember: bool) -> Dataset:
     if not path.is_file():
         raise DatasetError(f"uploaded dataset {path.stem} does not exist (deleted?)")
-    return _decoded.get_or_load(("stored", _stamp([path])), lambda: load_stored_dataset(path))
+    return _kept(("stored", _stamp([path])), lambda: load_stored_dataset(path), remember)
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,11 +167,13 @@ def _normalised(dataset: Dataset, normalize) -> Dataset:
 
 
 def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = None,
-                 cache_dir: Path | None = None, allow_download: bool = False, seed: int = 0) -> Dataset:
+                 cache_dir: Path | None = None, allow_download: bool = False, seed: int = 0,
+                 remember: bool = True) -> Dataset:
     """Load the dataset a data spec names, with its validation split if it asks for one.
 
     `data_dir` holds the standard datasets; `datasets_dir` the uploaded ones, by id; `cache_dir`
-    keeps decoded copies of the standard ones.
+    keeps decoded copies of the standard ones. A decoded image set is kept in this process for the
+    next call unless `remember` is false (a caller that reads it once, such as an evaluation).
     """
     if isinstance(spec, SyntheticLinearSpec):
         dataset = synthetic_linear(spec, seed)
@@ -175,9 +186,9 @@ def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = 
             if not UPLOADED_ID.match(spec.dataset_id):  # a name or prefix: only submission looks those up
                 raise DatasetError(f"{spec.dataset} does not name a dataset by its id; submit the job through "
                                    "the API, which looks names and id prefixes up")
-            full = _cached_stored_dataset(stored_dataset_path(Path(datasets_dir), spec.dataset_id))
+            full = _cached_stored_dataset(stored_dataset_path(Path(datasets_dir), spec.dataset_id), remember)
         else:
-            full = _cached_builtin_dataset(spec.dataset, Path(data_dir), allow_download, cache_dir)
+            full = _cached_builtin_dataset(spec.dataset, Path(data_dir), allow_download, cache_dir, remember)
         x_train, y_train = _subset(full.x_train, full.y_train, spec.limit_train)
         x_test, y_test = _subset(full.x_test, full.y_test, spec.limit_test)
         dataset = full.replace(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)

@@ -124,5 +124,11 @@ class Predictor:
         a labelled set, run a batch at a time; `options` go to models.evaluation.evaluate."""
         batch_size = batch_size or self.evaluation_batch()
         batches = [self.probabilities(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+        self.release_memory()
         probabilities = torch.cat(batches) if batches else torch.zeros(0, len(self.classes))
         return evaluate(probabilities, y, self.classes, **options)
+
+    def release_memory(self) -> None:
+        """Hand back what the forward passes keep cached for larger batches (a GPU's cache; the CPU keeps none)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

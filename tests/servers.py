@@ -159,6 +159,7 @@ class Stack:
     serve_gpu_queue: bool = False  # whether the worker also takes jobs that asked for CUDA
     port: int = field(default_factory=free_port)
     procs: dict = field(default_factory=dict)
+    source: Path = REPO  # the tree the processes run (a benchmark's baseline runs an older revision's)
 
     @property
     def env(self) -> dict:
@@ -191,12 +192,12 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "service.cli.main", *args], cwd=REPO, env=self.env,
+        return subprocess.run([sys.executable, "-m", "service.cli.main", *args], cwd=self.source, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.home / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen([sys.executable, *args], cwd=REPO, env=self.env,
+        self.procs[name] = subprocess.Popen([sys.executable, *args], cwd=self.source, env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_worker(self, name: str = "worker") -> None:

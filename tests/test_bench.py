@@ -30,3 +30,14 @@ def test_a_short_soak_stays_flat():
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stdout.count(" MET") == 5 and "MISSED" not in run.stdout
+
+
+def test_api_memory_benchmark_measures_each_api_process_at_each_stage():
+    """bench/api_memory.py in small (the full run's figures are in bench/RESULTS.md)."""
+    run = subprocess.run([sys.executable, "bench/api_memory.py", "--test-images", "300", "--train-images", "64",
+                          "--report-only"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for stage in ("fresh", "after training", "after evaluation", "after predicts"):
+        row = rf"\n  {stage} +API 1: +\d+ MB \(anon \d+ \+ file \d+\); API 2: +\d+ MB"
+        assert re.search(row, run.stdout), run.stdout
+    assert re.search(r"largest API process after the predicts: \d+ MB \(target < 500 MB\) (MET|MISSED)", run.stdout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from models.evaluation import Evaluation
 from models.interchange import PREDICTORS, ExportError
 from models.predictor import InputError, Prediction, Predictor
 from models.spec import JobSpec
+from service.api.gc_tuning import release_free_memory
 from service.api.telemetry import MODEL_CACHE, MODELS_LOADED, PREDICT_BATCH
 from service.core import jobs
 from service.core.db import session_scope
@@ -245,6 +247,15 @@ def _checkpoint_key(path: Path) -> tuple[str, int]:
         raise ModelNotFound(f"checkpoint file {path.name} is missing") from None
 
 
+def _content_digest(path: Path) -> str:
+    """The sha256 of a checkpoint file's bytes."""
+    try:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise ModelNotFound(f"checkpoint file {path.name} is missing") from None
+
+
 class ModelServer:
     """Resolves references, keeps predictors loaded (least recently used evicted first, each
     loaded once), and runs their forward passes in batches."""
@@ -263,7 +274,9 @@ class ModelServer:
         self.references = ReferenceCache(settings.reference_cache_seconds)
         self.max_batch_size = settings.max_batch_size
         self.max_delay_s = settings.max_batch_delay_ms / 1000
+        # Models by their file's content: a job's checkpoint and its registered copy are one model.
         self._models: LRU[LoadedModel] = LRU(settings.model_cache_size, on_evict=LoadedModel.close)
+        self._contents: LRU[str] = LRU(10_000)  # checkpoint key -> its file's sha256
         self._evaluations: LRU[Evaluation] = LRU(32)  # per checkpoint file
         # A report is a pass over a test set: one at a time, so that requests for the same one wait
         # for it instead of each computing it again.
@@ -272,20 +285,23 @@ class ModelServer:
 
     def loaded(self, key: tuple[str, int]) -> LoadedModel | None:
         """The model of a checkpoint key if it is already in the cache (cheap enough for the event loop)."""
-        found = self._models.get(key)
+        digest = self._contents.get(key)
+        found = self._models.get(digest) if digest is not None else None
         if found is not None:
             MODEL_CACHE.labels("hit").inc()
         return found
 
     def load(self, path: Path) -> LoadedModel:
-        """The loaded, warmed-up model of a checkpoint file (thread-safe; kept once)."""
+        """The loaded, warmed-up model of a checkpoint file (thread-safe; kept once per content)."""
         key = _checkpoint_key(path)
         cached = self.loaded(key)
         if cached is not None:
             return cached
         with self._loading:  # the first requests for a cold model arrive together: load it once
-            cached = self._models.get(key)
-            if cached is not None:
+            digest = self._contents.get(key) or self._contents.put(key, _content_digest(path))
+            cached = self._models.get(digest)
+            if cached is not None:  # loaded meanwhile, or the same weights under another file
+                MODEL_CACHE.labels("hit").inc()
                 return cached
             try:
                 predictor = self.predictor.from_checkpoint(path, self.device)
@@ -293,7 +309,8 @@ class ModelServer:
                 log.warning("serving %s with torch: %s", path.name, exc)
                 predictor = Predictor.from_checkpoint(path, self.device)
             predictor.warm_up()
-            loaded = self._models.put(key, LoadedModel(predictor))
+            loaded = self._models.put(digest, LoadedModel(predictor))
+            release_free_memory()  # building and exporting the model freed several times its size
         MODEL_CACHE.labels("miss").inc()
         MODELS_LOADED.set(len(self._models))
         return loaded
@@ -415,14 +432,16 @@ class ModelServer:
     def _test_set(self, job: Job) -> Dataset:
         """A job's dataset as far as its test set goes (call in a thread). The validation split and
         normalisation change only the training rows and the input contract, so they are left out:
-        reading a test image never costs a pass over the training images."""
+        reading a test image never costs a pass over the training images. The set is read afresh
+        each time (memory-mapped, so that is cheap) rather than kept: the API needs it once per
+        checkpoint, and kept, its pages would stay in the process."""
         spec = JobSpec.model_validate(job.spec)
         data = spec.data.model_copy(update={"val_fraction": 0.0, **(
             {"normalize": "none"} if "normalize" in type(spec.data).model_fields else {})})
         settings = self.settings
         try:
             return load_dataset(data, data_dir=settings.data_dir, datasets_dir=settings.datasets_dir,
-                                cache_dir=settings.cache_dir, seed=spec.seed)
+                                cache_dir=settings.cache_dir, seed=spec.seed, remember=False)
         except DatasetError as exc:
             raise NotFound(f"the test set of job {job.id} cannot be read here: {exc}") from None
 
@@ -442,7 +461,10 @@ class ModelServer:
 
         def compute() -> Evaluation:
             test = self._test_set(job)
-            return loaded.predictor.evaluate(test.x_test, test.y_test, mistakes=MAX_MISTAKES)
+            report = loaded.predictor.evaluate(test.x_test, test.y_test, mistakes=MAX_MISTAKES)
+            del test  # its pages go with it, before the free memory is handed back
+            release_free_memory()
+            return report
 
         key = _checkpoint_key(target.path)
         def once() -> Evaluation:

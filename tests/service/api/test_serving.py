@@ -41,6 +41,27 @@ def test_lru_eviction_and_reload(tmp_path, checkpoint):
         server.load(tmp_path / "missing.safetensors")
 
 
+def test_a_checkpoint_and_its_copy_are_one_loaded_model(tmp_path, checkpoint):
+    """A registered version is a copy of its job's checkpoint: serving both holds the weights once."""
+    import shutil
+
+    server = server_with(tmp_path, cache=4, batch=8, delay_ms=0)
+    original = checkpoint(tmp_path / "epoch-0001.safetensors", 0)
+    registered = shutil.copy(original, tmp_path / "v1.safetensors")
+    assert server.load(registered) is server.load(original) and len(server) == 1
+    other = server.load(checkpoint(tmp_path / "other.safetensors", 1))
+    assert other is not server.load(original) and len(server) == 2
+
+
+def test_an_evaluation_keeps_its_report_not_its_test_set(service_env, trained_job):
+    """The test set is read for the report and let go: no decoded dataset stays in the process."""
+    from models import data
+
+    data._decoded.clear()
+    _, _, report = asyncio.run(ModelServer(service_env).evaluation(trained_job))
+    assert report.num_test > 0 and len(data._decoded) == 0
+
+
 def test_concurrent_requests_are_batched_and_answered_apart(tmp_path, checkpoint):
     server = server_with(tmp_path, cache=2, batch=16, delay_ms=5)
     loaded = server.load(checkpoint(tmp_path / "m.safetensors", 0))
