@@ -19,7 +19,9 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdap
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a number is a JSON number, not true, false or "1" (a tuple field, which takes a JSON
+    # array, says Field(strict=False) to take a list; its items stay strict).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 Init = Literal["default", "normal", "xavier"]
@@ -49,13 +51,16 @@ class SoftmaxRegressionSpec(_ArchBase):
     arch: Literal["softmax_regression"]
 
 
+Dropouts = Annotated[list[Probability], Field(max_length=32)]
+
+
 class MLPSpec(_ArchBase):
     arch: Literal["mlp"]
     hidden: Annotated[list[Width], Field(min_length=1, max_length=32)] = [256]
     activation: Activation = "relu"
-    dropout: Annotated[list[Probability], Field(max_length=32)] = []
+    dropout: Dropouts = []
 
-    @field_validator("dropout", mode="before")
+    @field_validator("dropout", mode="before", json_schema_input_type=Dropouts | Probability)
     @classmethod
     def _scalar_dropout(cls, value: object) -> object:
         """Accept one probability for all hidden layers."""
@@ -229,8 +234,10 @@ class RandomCropSpec(StrictModel):
 class RandomResizedCropSpec(StrictModel):
     """A random area share `scale` and aspect `ratio` of the image, resized back to its size."""
 
-    scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.08, 1.0)
-    ratio: tuple[Annotated[float, Field(gt=0, le=10)], Annotated[float, Field(gt=0, le=10)]] = (3 / 4, 4 / 3)
+    scale: Annotated[tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]],
+                     Field(strict=False)] = (0.08, 1.0)
+    ratio: Annotated[tuple[Annotated[float, Field(gt=0, le=10)], Annotated[float, Field(gt=0, le=10)]],
+                     Field(strict=False)] = (3 / 4, 4 / 3)
 
     @model_validator(mode="after")
     def _ordered(self) -> RandomResizedCropSpec:
@@ -346,7 +353,7 @@ class OptimizerSpec(StrictModel):
     lr: Annotated[float, Field(gt=0, le=100)] = 0.1
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     nesterov: bool = False
-    betas: tuple[Probability, Probability] = (0.9, 0.999)
+    betas: Annotated[tuple[Probability, Probability], Field(strict=False)] = (0.9, 0.999)
     weight_decay: Annotated[float, Field(ge=0, le=10)] = 0.0
     decay_bias: bool = Field(default=False, description="apply weight_decay and l1 to biases and norms too")
     l1: Annotated[float, Field(ge=0, le=10)] = 0.0

@@ -26,9 +26,10 @@ class Distribution(StrictModel):
     """Exactly one of: uniform [low, high], log_uniform [low, high] (both > 0), integer [low,
     high] (inclusive), choice [values]."""
 
-    uniform: tuple[float, float] | None = None
-    log_uniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
-    integer: tuple[int, int] | None = None
+    uniform: Annotated[tuple[float, float] | None, Field(strict=False)] = None
+    log_uniform: Annotated[tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None,
+                           Field(strict=False)] = None
+    integer: Annotated[tuple[int, int] | None, Field(strict=False)] = None
     choice: Annotated[list[Any], Field(min_length=1, max_length=100)] | None = None
 
     @model_validator(mode="after")

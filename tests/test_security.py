@@ -178,6 +178,22 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):
         check()
 
 
+# Every check but positive_data_acceptance (a schema cannot say that linear_regression does not fit
+# mnist), every phase, bounded and seeded. A job's event stream stays open while the job lives, and
+# no worker ends these jobs: it is left out here (tests/test_events_and_logs.py drives it).
+SCHEMATHESIS_RUN = ["--checks", "all", "--exclude-checks", "positive_data_acceptance",
+                    "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", "30", "--seed", "1",
+                    "--workers", "1", "--generation-database", "none", "--exclude-path-regex", "/events$", "--no-color"]
+
+
+def test_schemathesis_finds_nothing(fuzz_stack, tmp_path):
+    """What the OpenAPI document says is what the API does, for those who generate clients from it:
+    statuses, headers, bodies, the methods each path takes, and what it refuses."""
+    run = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{fuzz_stack.url}/openapi.json",
+                          *SCHEMATHESIS_RUN], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-30_000:] + run.stderr[-3_000:]
+
+
 # CIFAR-10's python layout is a pickle: its reader subclasses pickle.Unpickler and admits only
 # numpy arrays in find_class (a file that would run code is refused: tests/models/test_colour.py).
 RESTRICTED_UNPICKLERS = {"models/cifar.py"}

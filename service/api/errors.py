@@ -7,9 +7,15 @@ import math
 
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.params import File as FileParam
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import RouteContext, iter_route_contexts
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.routing import Match
 
 from models.checkpoint import CheckpointError
 from models.predictor import InputError
@@ -104,13 +110,38 @@ def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> 
             if tuple(e.get("loc", ()))[:1] == ("body",) else e for e in errors]
 
 
+def _file_fields(request: Request) -> frozenset[str]:
+    """The form fields of a route that take a file (an upload's `file`, predict's `files`)."""
+    route = request.scope.get("route")
+    fields = getattr(getattr(route, "dependant", None), "body_params", ())
+    return frozenset(f.alias for f in fields if isinstance(f.field_info, FileParam))
+
+
+def _file_problem(e: dict, content_type: str) -> dict:
+    """A file field that is missing, or arrived as text, said with how to send the file."""
+    name = e["loc"][1]
+    how = f"with curl, -F {name}=@path/to/file (the @ sends the file); with requests, files={{'{name}': open(path, 'rb')}}"
+    if not content_type.startswith("multipart/form-data"):
+        msg = (f"send the file as a multipart/form-data field named {name!r}, not as the body itself "
+               f"(Content-Type: {content_type}): {how}")
+    elif e.get("type") == "missing":
+        msg = f"field {name!r} is required: the file to upload; {how}"
+    else:
+        msg = f"field {name!r} arrived as text, not as a file: {how}"
+    return {**e, "msg": msg}
+
+
 def _body_problems(errors: list[dict], request: Request, model: type[BaseModel] | None) -> list[dict]:
     """Say what is wrong with a JSON body that is not JSON, in the message: where it stops
     parsing, or that it came with another Content-Type (curl -d sends a form's)."""
     content_type = request.headers.get("content-type") or "none"
+    files = _file_fields(request)
     said = []
     for e in errors:
-        if e.get("type") == "json_invalid":
+        loc = tuple(e.get("loc", ()))
+        if len(loc) == 2 and loc[0] == "body" and loc[1] in files:
+            e = _file_problem(e, content_type)
+        elif e.get("type") == "json_invalid":
             at = f" at character {e['loc'][1]}" if len(e.get("loc", ())) > 1 else ""
             e = {**e, "msg": f"the body is not JSON: {(e.get('ctx') or {}).get('error', 'it does not parse')}{at}"}
         elif (model is not None and tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), (bytes, str))
@@ -126,6 +157,54 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     model = _body_model(request)
     errors = _located(_body_problems(list(exc.errors()), request, model), getattr(exc, "body", None), model)
     return JSONResponse({"detail": jsonable_encoder(_printable(errors))}, status_code=422)
+
+
+def _concreteness(route: RouteContext) -> tuple[bool, ...]:
+    """Which segments of a route's path are literal: OpenAPI matches /v1/models/import before /v1/models/{name}."""
+    return tuple(not part.startswith("{") for part in route.path.split("/"))
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the resource at a request's path takes: those of every route whose path matches
+    it, of the most concrete such paths."""
+    matching = [route for route in iter_route_contexts(request.app.router.routes)
+                if route.methods and route.matches(request.scope)[0] != Match.NONE]
+    most = max(map(_concreteness, matching), default=())
+    return sorted({method for route in matching if _concreteness(route) == most for method in route.methods})
+
+
+async def _method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
+    """405 whose Allow lists every method of the path, not only those of the first route that
+    matched it (Starlette's route answers for itself alone)."""
+    allow = ", ".join(_allowed_methods(request))
+    return JSONResponse({"detail": f"{request.method} is not allowed here; this path takes {allow}"},
+                        status_code=status.HTTP_405_METHOD_NOT_ALLOWED, headers={**(exc.headers or {}), "Allow": allow})
+
+
+def _unreadable(exc: HTTPException) -> dict | None:
+    """The 422 entry for a body that cannot be read as its Content-Type says, from the error behind
+    FastAPI's or Starlette's bare 400 (JSON that is not UTF-8 or nests too deeply, a malformed
+    multipart form); None when that 400 is about something else."""
+    cause, context = exc.__cause__, exc.__context__
+    if isinstance(cause, UnicodeDecodeError):
+        why = f"it is not UTF-8 text (byte {cause.start}: {cause.reason})"
+    elif isinstance(cause, RecursionError):
+        why = "it nests arrays or objects too deeply"
+    elif isinstance(context, MultiPartException):  # with python-multipart's reason, where Starlette kept it
+        return {"type": "value_error", "loc": ("body",), "input": None,
+                "msg": f"malformed multipart body: {context.__cause__ or context.message}"}
+    else:
+        return None
+    return {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}, "ctx": {"error": why}}
+
+
+async def _bad_request(request: Request, exc: HTTPException) -> JSONResponse:
+    """A body that cannot be read as its Content-Type is a 422 that says why, as one whose JSON
+    does not parse is, not a bare 400 "There was an error parsing the body"."""
+    problem = _unreadable(exc)
+    if problem is None:
+        return await http_exception_handler(request, exc)
+    return await _invalid_request(request, RequestValidationError([problem]))
 
 
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:
@@ -144,9 +223,12 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 
 def install(app: FastAPI) -> None:
-    """Answer every core error with its status and message, every invalid request with a 422, and
-    anything that needed the database while it was unavailable with a 503."""
+    """Answer every core error with its status and message, every invalid request (a body that
+    cannot be read as its Content-Type included) with a 422, a method a path does not take with a
+    405 listing those it does, and anything that needed the database while it was unavailable with a 503."""
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(status.HTTP_400_BAD_REQUEST, _bad_request)
+    app.add_exception_handler(status.HTTP_405_METHOD_NOT_ALLOWED, _method_not_allowed)
     for kind in UNAVAILABLE:
         app.add_exception_handler(kind, _database_unavailable)
     for kind in (CoreError, InputError, CheckpointError):

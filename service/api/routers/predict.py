@@ -99,7 +99,7 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
     try:
         parts = parse_form(await request.body(), request.headers["content-type"], max_parts=limit + 20)
     except FormError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        raise validation_error([(("body",), str(exc))]) from None
     unknown = unknown_fields_error((part.name for part in parts), FORM_FIELDS)
     if unknown is not None:
         raise unknown

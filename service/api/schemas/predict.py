@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.predictor import Prediction, Predictor
 from service.core.references import ResolvedCheckpoint
@@ -17,6 +17,8 @@ Threshold = Annotated[float, Field(ge=0, le=1, strict=True, description=THRESHOL
 
 class PredictValues(BaseModel):
     """Numeric inputs for a model trained on tabular data (regression or classification)."""
+
+    model_config = ConfigDict(strict=True)
 
     model: Annotated[str, Field(min_length=1, max_length=200)]
     inputs: Annotated[list[list[float]], Field(min_length=1, max_length=10_000)]

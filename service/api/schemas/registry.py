@@ -15,7 +15,7 @@ MAX_INT = 2**31 - 1  # what every database's INTEGER holds
 
 
 class ModelCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: Annotated[str, Field(pattern=f"^{MODEL_NAME}$", description="lower-case letters, digits, . _ -")]
     job_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F-]{6,36}$", description="the job's id or a unique prefix of it")]
@@ -24,7 +24,7 @@ class ModelCreate(BaseModel):
 
 
 class AliasUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     version: Annotated[int, Field(ge=1, le=MAX_INT)]
 
@@ -32,7 +32,7 @@ class AliasUpdate(BaseModel):
 class ModelVersionUpdate(BaseModel):
     """What can change on a registered version: its default threshold (null clears it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     threshold: Threshold | None = None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Form
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
@@ -99,6 +101,40 @@ def test_a_body_that_is_not_json_says_where_it_stops_or_what_to_send():
     assert "Content-Type: application/json, not application/x-www-form-urlencoded" in problem["msg"]
 
 
+def test_a_body_that_cannot_be_read_is_a_422_saying_why_not_a_bare_400():
+    client = spec_client()
+    for body, why in ((b'{"epochs": "\xe9"}', "it is not UTF-8 text (byte 12: invalid continuation byte)"),
+                      (b"[" * 100_000, "it nests arrays or objects too deeply")):
+        answer = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+        assert answer.status_code == 422 and answer.json()["detail"][0]["msg"] == f"the body is not JSON: {why}"
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/upload")
+    def upload(name: Annotated[str, Form()]):
+        return {}
+
+    form = TestClient(app).post("/upload", content=b"--x\r\n[[]]--x--\r\n",
+                                headers={"Content-Type": "multipart/form-data; boundary=x"})
+    [problem] = form.json()["detail"]
+    assert form.status_code == 422 and problem["loc"] == ["body"]
+    assert problem["msg"].startswith("malformed multipart body: Found invalid character")
+
+
+def test_a_405_allows_every_method_of_the_path_and_only_of_its_most_concrete_template():
+    app = FastAPI()
+    errors.install(app)
+    first, second = APIRouter(), APIRouter()
+    first.get("/items/{item}")(lambda item: {})
+    first.post("/items/import")(lambda: {})
+    second.delete("/items/{item}")(lambda item: {})
+    app.include_router(first)
+    app.include_router(second)
+    client = TestClient(app)
+    assert client.request("OPTIONS", "/items/x").headers["allow"] == "DELETE, GET"
+    assert client.put("/items/import").headers["allow"] == "POST"  # OpenAPI's /items/import, not /items/{item}
+
+
 def spec_errors(spec: dict) -> dict[tuple, str]:
     answer = spec_client().post("/jobs", json=spec)
     assert answer.status_code == 422
@@ -131,3 +167,9 @@ def test_a_missing_or_unknown_arch_lists_the_archs():
     assert dataset.endswith("did you mean fashion-mnist?")
     named = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "shapes"}})[("body", "data")]
     assert named.endswith("an uploaded dataset is named with its prefix: uploaded:shapes")
+
+
+def test_a_number_is_never_a_boolean_or_a_string():
+    found = spec_errors({"model": {"arch": "mlp", "dropout": [True]}, "epochs": "3",
+                         "data": {"dataset": "synthetic-linear", "noise": False, "true_w": [1, 2]}})
+    assert {("body", "epochs"), ("body", "data", "noise"), ("body", "model", "dropout", 0)} <= set(found)

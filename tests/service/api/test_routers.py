@@ -247,7 +247,19 @@ def test_dataset_uploads_are_validated(api):
     assert locs(upload(archive, test_fraction="1.5")) == [["body", "test_fraction"]]
     assert locs(upload(archive, color="sepia")) == [["body", "color"]]
     assert ["body", "colour"] in locs(upload(archive, colour="rgb"))
-    assert api.post("/v1/datasets", data={"name": "x"}).status_code == 422  # no file
+    # The file sent wrongly: a form without it, a text field (curl -F file=x.zip, no @), the raw body.
+    def problem(answer) -> str:
+        assert answer.status_code == 422 and locs(answer) == [["body", "file"]], answer.text
+        return answer.json()["detail"][0]["msg"]
+
+    assert "-F file=@path/to/file" in problem(api.post("/v1/datasets", data={"name": "x"}))
+    text = problem(api.post("/v1/datasets", files={"name": (None, "x"), "file": (None, "x.zip")}))
+    assert text.startswith("field 'file' arrived as text, not as a file") and "the @ sends the file" in text
+    missing = problem(api.post("/v1/datasets", files={"name": (None, "x")}))
+    assert missing.startswith("field 'file' is required: the file to upload")
+    raw = problem(api.post("/v1/datasets", content=archive, headers={"content-type": "application/zip"}))
+    assert raw.startswith("send the file as a multipart/form-data field named 'file', not as the body itself")
+    assert "Content-Type: application/zip" in raw
     assert api.get("/v1/datasets").json() == {"data": [], "count": 0}
 
 

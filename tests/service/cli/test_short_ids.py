@@ -18,7 +18,8 @@ DATASET = "75190f2c-1111-4222-8333-444455556666"
 ANSWERS = {
     "/v1/jobs": {"count": 1, "data": [{
         "id": JOB, "name": "a job with a rather long name", "status": "succeeded", "reason": "early_stopped",
-        "epoch": 10, "epochs": 10, "latest_metrics": {"test_acc": 0.8123, "test_loss": 0.5123},
+        "epoch": 10, "epochs": 10, "latest_metrics": {"epoch": 10, "test_acc": 0.8123, "test_loss": 0.5123},
+        "best_metrics": {"epoch": 8, "test_acc": 0.8123, "test_loss": 0.5123},
         "created_at": "2026-12-02T13:00:00.123456"}]},
     "/v1/datasets": {"count": 1, "data": [{
         "id": DATASET, "name": "flowers", "status": "ready", "error": None, "kind": "image_folder",
