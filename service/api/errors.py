@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 
 from fastapi import FastAPI, Request, status
@@ -10,7 +9,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import File as FileParam
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import RouteContext, iter_route_contexts
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -210,9 +209,6 @@ async def _bad_request(request: Request, exc: HTTPException) -> JSONResponse:
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Invalid):  # core's locations are paths into the submitted document: the body
         return await _invalid_request(request, validation_error([(("body", *loc), msg) for loc, msg in exc.problems]))
-    if request.url.path.startswith("/ui/") and not request.url.path.startswith("/ui/fragments/"):
-        return HTMLResponse(f'<p style="margin:40px;font:14px sans-serif">{html.escape(str(exc))} · '
-                            '<a href="/">jobs</a></p>', status_code=status_for(exc), headers=headers_for(exc))
     return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
 
 
