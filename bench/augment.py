@@ -7,7 +7,7 @@ horizontal_flip:
 - the service: a job submitted over HTTP to a real worker; samples/s from its own metrics;
 - the usual recipe: ImageFolder over the PNG files + transforms.v2 (RandomCrop, RandomHorizontalFlip,
   ToDtype) + DataLoader(num_workers=2, shuffle=True);
-- a bare loop over the pre-decoded uint8 tensors with the same augmentation (models.augment) on
+- a bare loop over the pre-decoded uint8 tensors with the same augmentation (models.data.augment) on
   the same device, x / 255 per batch: what the service's engine adds on top is what is measured;
 - the same job and bare loop without augmentation: colour convolutional training's own overhead.
 
@@ -28,11 +28,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from models.archs import build_model  # noqa: E402
-from models.augment import Augmenter  # noqa: E402
-from models.cifar import load_cifar10  # noqa: E402
-from models.engine import loss_function, optimizer_step  # noqa: E402
-from models.spec import JobSpec  # noqa: E402
+from models.nets.archs import build_model  # noqa: E402
+from models.data.augment import Augmenter  # noqa: E402
+from models.data.cifar import load_cifar10  # noqa: E402
+from models.training.engine import loss_function, optimizer_step  # noqa: E402
+from models.spec.job import JobSpec  # noqa: E402
 from tests.datagen import make_cifar10  # noqa: E402
 from bench.train import PRODUCTION_TIMINGS  # noqa: E402
 from tests.servers import Stack  # noqa: E402

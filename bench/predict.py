@@ -83,7 +83,7 @@ def in_process_floor(checkpoint: Path, image: bytes, runs: int, backend: str = "
     """Median ms of decode + preprocess + forward of one image, in this process."""
     import torch
 
-    from models.interchange import PREDICTORS
+    from models.inference.interchange import PREDICTORS
 
     torch.set_num_threads(1)
     predictor = PREDICTORS[backend].from_checkpoint(checkpoint)
@@ -110,12 +110,12 @@ def backend_forward_ms(runs: int = 200) -> dict[str, dict[str, float]]:
     """Median ms of one batch of 32 images through each backend, per architecture (one thread)."""
     import torch
 
-    from models.archs import build_model
-    from models.interchange import PREDICTORS
-    from models.spec import MODEL_SPEC
+    from models.nets.archs import build_model
+    from models.inference.interchange import PREDICTORS
+    from models.spec.job import MODEL_SPEC
 
     torch.set_num_threads(1)
-    from models.contract import InputContract
+    from models.data.contract import InputContract
 
     classes = [str(i) for i in range(10)]
     meta = {"task": "classification", "classes": classes, "input_shape": [1, 28, 28],

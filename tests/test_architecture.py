@@ -113,13 +113,13 @@ def test_session_handling_in_a_router_is_caught():
 def test_the_rooms_exist():
     modules = {module for module, _ in project_modules()}
     assert {"service.core.jobs", "service.core.broker", "service.api.app", "workers.tasks",
-            "models.engine"} <= modules
+            "models.training.engine"} <= modules
     assert len([m for m in modules if m.startswith(ROUTERS + ".")]) >= 8
 
 
 @pytest.mark.parametrize("module, source", [
-    ("models.engine", "from service.core import jobs"),
-    ("models.data", "def f():\n    import workers.runner"),
+    ("models.training.engine", "from service.core import jobs"),
+    ("models.data.loading", "def f():\n    import workers.runner"),
     ("service.core.jobs", "from service.api.serving import ModelServer"),
     ("service.core.reaper", "from workers.celery_app import app"),
     ("service.core.jobs", "from ..api import deps"),
@@ -140,8 +140,8 @@ def test_a_wrong_way_import_is_caught(module, source):
 @pytest.mark.parametrize("module, source", [
     ("service.api.routers.jobs", "from service.core import jobs\nfrom service.api.schemas.jobs import JobPublic"),
     ("service.api.routes", "from service.api.routers import jobs, predict"),
-    ("workers.runner", "from service.core.db import session_scope\nfrom models.engine import fit"),
-    ("service.core.jobs", "from models.spec import JobSpec\nfrom .tables import Job"),
+    ("workers.runner", "from service.core.db import session_scope\nfrom models.training.engine import fit"),
+    ("service.core.jobs", "from models.spec.job import JobSpec\nfrom .tables import Job"),
 ])
 def test_a_right_way_import_passes(module, source):
     assert violations(module, source) == []

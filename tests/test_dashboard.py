@@ -252,8 +252,8 @@ def test_the_predict_page_says_not_sure_below_the_threshold(embedded_stack):
     import torch
     from safetensors.torch import save
 
-    from models.archs import build_model
-    from models.spec import MODEL_SPEC
+    from models.nets.archs import build_model
+    from models.spec.job import MODEL_SPEC
 
     torch.manual_seed(0)  # random weights over ten classes: never 90% sure
     weights = build_model(MODEL_SPEC.validate_python({"arch": "mlp", "hidden": [8]}), [1, 28, 28], 10).state_dict()

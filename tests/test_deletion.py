@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from models.state import TRAINING_STATE
+from models.training.state import TRAINING_STATE
 from tests.datagen import class_png
 from tests.servers import Stack, wait_until
 from tests.specs import SOFTMAX_SPEC, submit

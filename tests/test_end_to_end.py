@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.idx import FASHION_MNIST_CLASSES
+from models.data.idx import FASHION_MNIST_CLASSES
 from tests.datagen import class_png
 from tests.specs import SOFTMAX_SPEC, submit
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from models.engine import fit
-from models.spec import JobSpec, builtin_dataset_info, spec_problems
+from models.training.engine import fit
+from models.spec.job import JobSpec, builtin_dataset_info, spec_problems
 from tests.servers import REPO
 
 EXAMPLES = sorted((REPO / "examples").glob("*.json"))
@@ -75,7 +75,7 @@ def test_there_is_a_sweep_per_comparison_the_course_makes():
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_sweep_example_is_valid_and_listed_in_the_readme(path):
-    from models.sweeps import SweepSpec, trial_spec
+    from models.spec.sweeps import SweepSpec, trial_spec
 
     sweep = SweepSpec.model_validate(json.loads(path.read_text()))
     trials = sweep.trials()

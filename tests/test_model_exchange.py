@@ -291,8 +291,8 @@ ARCHITECTURES = {  # name -> (model spec, input shape, classes)
 
 def random_weights(model: dict, shape: list[int], classes: int | None) -> dict:
     """Weights "from elsewhere": the architecture's tensors, drawn at random (batch-norm statistics too)."""
-    from models.archs import build_model
-    from models.spec import MODEL_SPEC
+    from models.nets.archs import build_model
+    from models.spec.job import MODEL_SPEC
 
     torch.manual_seed(len(json.dumps(model)))
     state = build_model(MODEL_SPEC.validate_python(model), shape, classes or 1).state_dict()

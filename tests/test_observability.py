@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix,
                              precision_recall_fscore_support, top_k_accuracy_score)
 
-from models.idx import read_idx
+from models.data.idx import read_idx
 from tests.datagen import png_bytes
 from tests.servers import REPO
 from tests.specs import SOFTMAX_SPEC, submit

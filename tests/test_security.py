@@ -196,10 +196,10 @@ def test_schemathesis_finds_nothing(fuzz_stack, tmp_path):
 
 # CIFAR-10's python layout is a pickle: its reader subclasses pickle.Unpickler and admits only
 # numpy arrays in find_class (a file that would run code is refused: tests/models/test_colour.py).
-RESTRICTED_UNPICKLERS = {"models/cifar.py"}
+RESTRICTED_UNPICKLERS = {"models/data/cifar.py"}
 # Pretrained weights are torchvision's .pth files: read with torch.load(weights_only=True), torch's
 # own restricted unpickler (tensors and plain containers only), and nothing else.
-WEIGHTS_ONLY_LOADERS = {"models/pretrained.py"}
+WEIGHTS_ONLY_LOADERS = {"models/nets/pretrained.py"}
 
 
 def test_no_code_path_unpickles():

@@ -9,7 +9,7 @@ import socket
 
 from celery.signals import worker_ready, worker_shutdown
 
-from models.pretrained import available_weights
+from models.nets.pretrained import available_weights
 from service.core import worker_registry
 from service.core.background import Periodic
 from service.core.db import UNAVAILABLE, brief, session_scope

@@ -17,8 +17,8 @@ from starlette.formparsers import MultiPartException
 from starlette.routing import Match
 
 from models.checkpoint import CheckpointError
-from models.predictor import InputError
-from models.spec import explain, input_loc
+from models.inference.predictor import InputError
+from models.spec.job import explain, input_loc
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 

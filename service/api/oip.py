@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from fastapi.responses import JSONResponse, Response
 
-from models.predictor import Predictor
+from models.inference.predictor import Predictor
 
 class ProtocolError(Exception):
     def __init__(self, message: str, status: int = 400):

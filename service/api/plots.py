@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool  # noqa: E402
 from fastapi.responses import Response  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from models.sweeps import label  # noqa: E402
+from models.spec.sweeps import label  # noqa: E402
 from service.api.deps import read  # noqa: E402
 from service.api.schemas.jobs import metric_rows  # noqa: E402
 from service.core import jobs, sweeps  # noqa: E402

@@ -26,13 +26,13 @@ import torch
 from fastapi.concurrency import run_in_threadpool
 
 from models.cache import LRU
-from models.data import load_dataset
-from models.dataset import Dataset, DatasetError
+from models.data.loading import load_dataset
+from models.data.dataset import Dataset, DatasetError
 from models.devices import DeviceUnavailable, resolve_device
-from models.evaluation import Evaluation
-from models.interchange import PREDICTORS, ExportError
-from models.predictor import InputError, Prediction, Predictor
-from models.spec import JobSpec
+from models.inference.evaluation import Evaluation
+from models.inference.interchange import PREDICTORS, ExportError
+from models.inference.predictor import InputError, Prediction, Predictor
+from models.spec.job import JobSpec
 from service.api.gc_tuning import release_free_memory
 from service.api.telemetry import MODEL_CACHE, MODELS_LOADED, PREDICT_BATCH
 from service.core import jobs

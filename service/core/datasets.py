@@ -16,10 +16,10 @@ import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.data import load_stored_dataset, save_stored_dataset, stored_dataset_path
-from models.dataset import DatasetError
-from models.spec import DatasetInfo, JobSpec, UploadedDatasetSpec, builtin_dataset_info
-from models.uploads import ArchiveLimits, check_archive, decode_archive
+from models.data.loading import load_stored_dataset, save_stored_dataset, stored_dataset_path
+from models.data.dataset import DatasetError
+from models.spec.job import DatasetInfo, JobSpec, UploadedDatasetSpec, builtin_dataset_info
+from models.data.uploads import ArchiveLimits, check_archive, decode_archive
 from service.core.background import Periodic
 from service.core.db import session_scope
 from service.core.errors import Conflict, Invalid, NotFound, Unprocessable

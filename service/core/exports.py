@@ -1,12 +1,12 @@
 """Models leaving the service: a registered version or a job's checkpoint as a file in one of the
-interchange formats (models/interchange.py)."""
+interchange formats (models/inference/interchange.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.interchange import ExportError, export
-from models.predictor import Predictor
+from models.inference.interchange import ExportError, export
+from models.inference.predictor import Predictor
 from service.core.db import read_scope
 from service.core.errors import Unprocessable
 from service.core.references import resolve

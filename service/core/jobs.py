@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
-from models.spec import EarlyStoppingSpec, JobSpec
+from models.spec.job import EarlyStoppingSpec, JobSpec
 from service.core.errors import Conflict, NotFound
 from service.core.ids import not_found, resolve_id
 from service.core.tables import METRIC_FIELDS, Checkpoint, EpochMetric, Job, JobEvent, JobStatus, utcnow

@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.archs import build_model
+from models.nets.archs import build_model
 from models.checkpoint import read_meta, write_checkpoint
-from models.interchange import imported_meta, weights_problems
-from models.spec import MODEL_SPEC, NormalizeSpec
+from models.inference.interchange import imported_meta, weights_problems
+from models.spec.job import MODEL_SPEC, NormalizeSpec
 from service.core import jobs
 from service.core.errors import Conflict, Invalid
 from service.core.references import ModelNotFound, resolve

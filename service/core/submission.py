@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.cost import admission_problems
-from models.pretrained import find_weights_file, missing_weights_message, weights_file_name
-from models.data import builtin_on_disk
-from models.spec import ImageDatasetSpec, JobSpec, UploadedDatasetSpec, spec_problems
+from models.nets.cost import admission_problems
+from models.nets.pretrained import find_weights_file, missing_weights_message, weights_file_name
+from models.data.loading import builtin_on_disk
+from models.spec.job import ImageDatasetSpec, JobSpec, UploadedDatasetSpec, spec_problems
 from service.core import datasets, job_pages, jobs, worker_registry
 from service.core.broker import publish_or_defer
 from service.core.errors import Conflict, Invalid

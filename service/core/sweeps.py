@@ -1,5 +1,5 @@
 """Sweeps: checking a sweep's trials, storing it, launching its jobs and ranking them (the request
-and its trials' specs are models/sweeps.py's).
+and its trials' specs are models/spec/sweeps.py's).
 
 The sweep row is the source of truth: it holds every trial's values and how many of them have
 their job (`launched`). advance() launches the next trials while fewer than max_parallel of the
@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.spec import JobSpec, explain, input_loc
-from models.sweeps import SweepSpec, trial_spec
+from models.spec.job import JobSpec, explain, input_loc
+from models.spec.sweeps import SweepSpec, trial_spec
 from service.core import jobs, submission
 from service.core.errors import Conflict, Invalid, NotFound
 from service.core.ids import not_found, resolve_id

@@ -1,7 +1,7 @@
 """What the model tests share: callbacks that record what fit reports or stop it at a chosen batch,
 and the course's LeNet written as layers."""
 
-from models.engine import Callbacks, fit
+from models.training.engine import Callbacks, fit
 
 
 class Recorder(Callbacks):

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.archs import build_model
-from models.spec import JobSpec
+from models.nets.archs import build_model
+from models.spec.job import JobSpec
 from tests.models.common import LENET_LAYERS
 
 
@@ -68,7 +68,7 @@ def test_linear_regression_is_one_linear_layer():
 
 
 def test_polynomial_features_are_scaled_powers():
-    from models.archs import PolynomialFeatures
+    from models.nets.archs import PolynomialFeatures
 
     features = PolynomialFeatures(4)(torch.tensor([[2.0]]))
     torch.testing.assert_close(features, torch.tensor([[2.0, 4.0 / 2, 8.0 / 6, 16.0 / 24]]))

@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from models.augment import Augmenter
-from models.cifar import UnsafeData, load_cifar10
-from models.data import channel_stats, load_dataset
-from models.dataset import DatasetError
-from models.engine import fit
-from models.predictor import Predictor
-from models.spec import AugmentSpec, ImageDatasetSpec, JobSpec, spec_problems
-from models.uploads import decode_archive
+from models.data.augment import Augmenter
+from models.data.cifar import UnsafeData, load_cifar10
+from models.data.loading import channel_stats, load_dataset
+from models.data.dataset import DatasetError
+from models.training.engine import fit
+from models.inference.predictor import Predictor
+from models.spec.job import AugmentSpec, ImageDatasetSpec, JobSpec, spec_problems
+from models.data.uploads import decode_archive
 from tests.datagen import colour_images, make_cifar10, zip_bytes
 from tests.models.common import Recorder, StopAt, trace
 
@@ -231,7 +231,7 @@ def test_augmented_training_is_reproducible_and_resumes_exactly(cifar_dir):
 def test_a_bad_augmentation_parameter_names_its_path():
     from pydantic import ValidationError
 
-    from models.spec import input_loc
+    from models.spec.job import input_loc
 
     document = {"model": {"arch": "lenet"}, "data": {"dataset": "cifar10", "augment": {"random_crop": {"padding": -1}}}}
     with pytest.raises(ValidationError) as caught:

@@ -1,8 +1,8 @@
 """Admission by cost: parameters and one training step's memory, estimated without allocating."""
 
 
-from models.cost import admission_problems, estimate
-from models.spec import JobSpec
+from models.nets.cost import admission_problems, estimate
+from models.spec.job import JobSpec
 
 GIB = 1024**3
 

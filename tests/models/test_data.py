@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import load_dataset
-from models.dataset import DatasetError
-from models.idx import read_idx
-from models.spec import ImageDatasetSpec, SyntheticLinearSpec
+from models.data.loading import load_dataset
+from models.data.dataset import DatasetError
+from models.data.idx import read_idx
+from models.spec.job import ImageDatasetSpec, SyntheticLinearSpec
 from tests.datagen import make_idx_dataset, write_idx
 
 
@@ -107,7 +107,7 @@ def test_synthetic_linear_follows_the_true_weights():
 def test_synthetic_noise_is_the_residual_spread(dataset):
     import math
 
-    from models.spec import SyntheticPolynomialSpec
+    from models.spec.job import SyntheticPolynomialSpec
 
     def residual_std(noise):
         if dataset == "synthetic-linear":

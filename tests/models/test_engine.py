@@ -5,9 +5,9 @@ import statistics
 import pytest
 import torch
 
-from models.engine import Position, TrainingError, fit, resolve_device
-from models.state import TrainingState
-from models.spec import JobSpec
+from models.training.engine import Position, TrainingError, fit, resolve_device
+from models.training.state import TrainingState
+from models.spec.job import JobSpec
 from tests.models.common import LENET_LAYERS, Recorder, StopAt, trace
 
 
@@ -210,7 +210,7 @@ def test_cross_validation_reports_every_fold_then_trains_the_final_model(idx_dir
     assert [f["fold"] for f in folds] == [1, 2, 3] and result.run.folds == folds
     assert all(f["val_acc"] > 0.8 and f["val_loss"] > 0 for f in folds)
     assert len({f["val_loss"] for f in folds}) == 3
-    from models.engine import summarise_folds
+    from models.training.engine import summarise_folds
 
     summary = summarise_folds(folds)
     for key in ("val_acc", "val_loss"):
@@ -287,8 +287,8 @@ def test_compiled_model_trains_like_the_eager_one(idx_dir):
 
 
 def test_decoded_datasets_are_cached_on_disk(idx_dir, tmp_path):
-    from models import data as data_module
-    from models.spec import ImageDatasetSpec
+    from models.data import loading as data_module
+    from models.spec.job import ImageDatasetSpec
 
     spec = ImageDatasetSpec(dataset="fashion-mnist")
     data_module._decoded.clear()

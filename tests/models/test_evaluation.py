@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix,
                              precision_recall_fscore_support, top_k_accuracy_score)
 
-from models.evaluation import THRESHOLDS, evaluate
+from models.inference.evaluation import THRESHOLDS, evaluate
 
 CLASSES = [f"c{i}" for i in range(8)]
 NEVER_PREDICTED, NO_SUPPORT, NEITHER = 5, 6, 7

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.contract import InputContract
-from models.image import ImageError, decode_image, is_grey
+from models.data.contract import InputContract
+from models.data.image import ImageError, decode_image, is_grey
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:

@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load
 
-from models.archs import build_model
-from models.contract import InputContract
-from models.interchange import (
+from models.nets.archs import build_model
+from models.data.contract import InputContract
+from models.inference.interchange import (
     FORMATS,
     ExportError,
     OnnxRuntimePredictor,
@@ -28,8 +28,8 @@ from models.interchange import (
     imported_meta,
     weights_problems,
 )
-from models.predictor import Predictor
-from models.spec import MODEL_SPEC, JobSpec
+from models.inference.predictor import Predictor
+from models.spec.job import MODEL_SPEC, JobSpec
 
 ARCHITECTURES = {
     "linear-regression": ({"arch": "linear_regression"}, [2], None, {"dataset": "synthetic-linear"}),

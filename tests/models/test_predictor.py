@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models.archs import build_model
+from models.nets.archs import build_model
 from models.checkpoint import write_checkpoint
-from models.predictor import InputError, Predictor
-from models.spec import JobSpec
+from models.inference.predictor import InputError, Predictor
+from models.spec.job import JobSpec
 
 # Written as checkpoints were before the input contract: they still load, as grey x / 255.
 PREPROCESS = {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255}

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from models.checkpoint import read_checkpoint, write_checkpoint
-from models.engine import fit, prepare
-from models.idx import image_dataset
-from models.predictor import Predictor
-from models.pretrained import MissingWeights, UnsafeWeights, find_pretrained
-from models.spec import JobSpec
+from models.training.engine import fit, prepare
+from models.data.idx import image_dataset
+from models.inference.predictor import Predictor
+from models.nets.pretrained import MissingWeights, UnsafeWeights, find_pretrained
+from models.spec.job import JobSpec
 from tests.datagen import class_images, colour_images
 
 pytestmark = pytest.mark.slow  # trains and fine-tunes backbones for seconds a test
@@ -227,7 +227,7 @@ def test_torchvision_state_dicts_load_into_the_backbone_and_checkpoints_round_tr
     auxiliary heads, SqueezeNet's convolutional classifier, RegNet's widths computed with tensors."""
     import torchvision
 
-    from models.pretrained import weights_file_name
+    from models.nets.pretrained import weights_file_name
 
     torch.manual_seed(0)
     state = torchvision.models.get_model(backbone, weights=None).state_dict()
@@ -251,8 +251,8 @@ def test_torchvision_state_dicts_load_into_the_backbone_and_checkpoints_round_tr
 @pytest.mark.parametrize(("backbone", "weights"), [("regnet_y_400mf", "DEFAULT"), ("vit_b_16", None),
                                                   ("swin_t", "DEFAULT"), ("inception_v3", "DEFAULT")])
 def test_every_family_is_checked_and_estimated_at_submit_without_memory(backbone, weights):
-    from models.cost import estimate
-    from models.spec import builtin_dataset_info, spec_problems
+    from models.nets.cost import estimate
+    from models.spec.job import builtin_dataset_info, spec_problems
 
     spec = JobSpec.model_validate({"model": {"arch": "pretrained", "backbone": backbone, "weights": weights},
                                    "data": {"dataset": "cifar10"}, "batch_size": 1})
@@ -270,7 +270,7 @@ def test_a_fine_tuned_model_of_other_classes_starts_from_its_backbone(torch_home
 
 
 def test_features_larger_than_half_the_budget_are_not_cached(torch_home, colour, tmp_path):
-    from models.engine import Limits, _features_fit
+    from models.training.engine import Limits, _features_fit
 
     run = prepare(_spec({"freeze": "backbone"}), dataset=colour, data_dir=tmp_path,
                   limits=Limits(max_parameters=10**9, max_bytes=10**9))

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from models.spec import DatasetInfo, JobSpec, builtin_dataset_info, spec_problems
+from models.spec.job import DatasetInfo, JobSpec, builtin_dataset_info, spec_problems
 
 BASE = {"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}}
 IMAGES = DatasetInfo("classification", (1, 28, 28), 10, images=True)
@@ -131,7 +131,7 @@ def test_spec_round_trips_through_json():
 
 
 def test_input_loc_is_the_path_as_sent():
-    from models.spec import input_loc
+    from models.spec.job import input_loc
 
     sent = {"model": {"arch": "mlp", "dropout": [1.5]}, "data": {"dataset": "mnist"}}
     assert input_loc(sent, ("model", "mlp", "dropout", 0)) == ("model", "dropout", 0)
@@ -141,7 +141,7 @@ def test_input_loc_is_the_path_as_sent():
 
 
 def test_normalisation_and_augmentation_are_for_images_only():
-    from models.spec import DatasetInfo, spec_problems
+    from models.spec.job import DatasetInfo, spec_problems
 
     table = DatasetInfo("classification", (4,), 2, images=False)
     uploaded = "uploaded:12345678-1234-1234-1234-123456789abc"

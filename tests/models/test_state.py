@@ -3,9 +3,9 @@
 import torch
 
 from models.checkpoint import read_checkpoint, write_checkpoint
-from models.engine import prepare
-from models.spec import JobSpec
-from models.state import EpochProgress, Position, TrainingState, load_training_state, save_training_state
+from models.training.engine import prepare
+from models.spec.job import JobSpec
+from models.training.state import EpochProgress, Position, TrainingState, load_training_state, save_training_state
 
 
 def test_the_file_keeps_every_part_and_reads_the_older_layout(tmp_path):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from models.contract import InputContract
-from models.data import load_stored_dataset, save_stored_dataset
-from models.dataset import Dataset
-from models.stored import StoredFileError, read_arrays, write_arrays
+from models.data.contract import InputContract
+from models.data.loading import load_stored_dataset, save_stored_dataset
+from models.data.dataset import Dataset
+from models.data.stored import StoredFileError, read_arrays, write_arrays
 from tests.servers import REPO
 
 
@@ -67,9 +67,9 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import torch
-from models.data import load_stored_dataset
-from models.engine import fit
-from models.spec import JobSpec
+from models.data.loading import load_stored_dataset
+from models.training.engine import fit
+from models.spec.job import JobSpec
 
 def anon_mb():
     line = next(l for l in open("/proc/self/status") if l.startswith("RssAnon:"))
@@ -80,7 +80,7 @@ spec = JobSpec.model_validate({"model": {"arch": "softmax_regression"}, "data": 
 torch.set_num_threads(1)
 dataset = load_stored_dataset(Path(sys.argv[1]))
 if sys.argv[3] == "validation":  # a held-out split keeps row indices into the mapped file
-    from models.splits import holdout_split, with_validation
+    from models.data.splits import holdout_split, with_validation
     dataset = with_validation(dataset, *holdout_split(len(dataset.x_train), 0.2, 0, what="val_fraction"))
 warm = fit(spec, dataset=dataset.replace(x_train=dataset.x_train[:512], y_train=dataset.y_train[:512]), data_dir=".")
 before = anon_mb()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from models.spec import JobSpec
+from models.spec.job import JobSpec
 from service.core import db, job_logs, jobs
 from workers.job_log import JobLogCapture
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.spec import JobSpec
+from models.spec.job import JobSpec
 from service.core import db, jobs
 from service.core.tables import JobStatus
 from workers.runner import run_job

@@ -21,9 +21,9 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from models.checkpoint import CheckpointError
-from models.interchange import FORMATS
-from models.predictor import InputError
-from models.spec import JobSpec, input_loc
+from models.inference.interchange import FORMATS
+from models.inference.predictor import InputError
+from models.spec.job import JobSpec, input_loc
 from service.api import plots
 from service.api.auth import COOKIE, page_editor, page_viewer, token_table
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read

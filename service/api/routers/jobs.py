@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
-from models.spec import JobSpec
+from models.spec.job import JobSpec
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.errors import validation_error
 from service.api.events import Cursor, Snapshot, new_events

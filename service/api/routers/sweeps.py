@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from models.sweeps import SweepSpec
+from models.spec.sweeps import SweepSpec
 from service.api import plots
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
 from service.api.schemas.sweeps import SweepPublic, SweepsPublic, sweep_public

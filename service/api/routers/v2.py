@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from models.checkpoint import CheckpointError
-from models.predictor import InputError
+from models.inference.predictor import InputError
 from service.api import oip
 from service.api.deps import ModelServerDep, SettingsDep
 from service.api.errors import headers_for, status_for

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from pydantic import BaseModel, Field
 
-from models.evaluation import Evaluation
+from models.inference.evaluation import Evaluation
 from service.core.references import ResolvedCheckpoint
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.predictor import Prediction, Predictor
+from models.inference.predictor import Prediction, Predictor
 from service.core.references import ResolvedCheckpoint
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.archs import build_model
+from models.nets.archs import build_model
 from models.checkpoint import write_checkpoint
-from models.contract import InputContract
-from models.predictor import Predictor
-from models.spec import JobSpec
+from models.data.contract import InputContract
+from models.inference.predictor import Predictor
+from models.spec.job import JobSpec
 
 
 def write_model(path, seed: int):

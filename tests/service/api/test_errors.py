@@ -8,7 +8,7 @@ from fastapi import APIRouter, FastAPI, Form
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from models.spec import JobSpec
+from models.spec.job import JobSpec
 from service.api import errors
 from service.core.errors import Conflict, Invalid, NotFound, Unavailable, Unprocessable
 

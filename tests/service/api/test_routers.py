@@ -368,7 +368,7 @@ def test_evaluation_needs_a_classification_job_with_a_checkpoint(api, trained_jo
 
 def test_a_job_row_written_by_core_is_what_the_router_shows(api, service_env):
     """The routers read what core wrote, in their own sessions (no commit is needed from them)."""
-    from models.spec import JobSpec
+    from models.spec.job import JobSpec
 
     with db.session_scope() as session:
         job_id = jobs.create_job(session, spec=JobSpec.model_validate(SOFTMAX_SPEC), task="classification").id

@@ -55,11 +55,11 @@ def test_a_checkpoint_and_its_copy_are_one_loaded_model(tmp_path, checkpoint):
 
 def test_an_evaluation_keeps_its_report_not_its_test_set(service_env, trained_job):
     """The test set is read for the report and let go: no decoded dataset stays in the process."""
-    from models import data
+    from models.data import loading
 
-    data._decoded.clear()
+    loading._decoded.clear()
     _, _, report = asyncio.run(ModelServer(service_env).evaluation(trained_job))
-    assert report.num_test > 0 and len(data._decoded) == 0
+    assert report.num_test > 0 and len(loading._decoded) == 0
 
 
 def test_concurrent_requests_are_batched_and_answered_apart(tmp_path, checkpoint):
@@ -81,7 +81,7 @@ def test_concurrent_requests_are_batched_and_answered_apart(tmp_path, checkpoint
 def test_images_and_float_inputs_share_a_batch_and_a_bad_image_fails_alone(tmp_path, checkpoint):
     """Encoded images are decoded to uint8 pixels in the batch thread and labelled there; float
     inputs (v2's FP32 tensors) can join the same forward pass."""
-    from models.predictor import InputError
+    from models.inference.predictor import InputError
     from tests.datagen import png_bytes
 
     server = server_with(tmp_path, cache=2, batch=64, delay_ms=20)
@@ -230,7 +230,7 @@ def test_gpu_inference_answers_as_the_cpu_does(tmp_path, checkpoint):
 
 
 def test_the_onnxruntime_backend_answers_as_torch_does(tmp_path, checkpoint):
-    from models.interchange import OnnxRuntimePredictor
+    from models.inference.interchange import OnnxRuntimePredictor
     from tests.datagen import png_bytes
 
     path = checkpoint(tmp_path / "m.safetensors", 0)
@@ -252,7 +252,7 @@ def test_the_onnxruntime_backend_answers_as_torch_does(tmp_path, checkpoint):
 
 
 def test_a_model_onnx_cannot_hold_is_served_by_torch(tmp_path, checkpoint, monkeypatch):
-    from models import interchange
+    from models.inference import interchange
 
     def refuse(_predictor):
         raise interchange.ExportError("ONNX cannot express this model")

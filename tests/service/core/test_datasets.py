@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from models.spec import JobSpec
+from models.spec.job import JobSpec
 from service.core import datasets, db, submission
 from service.core.errors import Invalid
 from service.core.tables import DatasetStatus, StoredDataset

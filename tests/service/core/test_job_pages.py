@@ -8,7 +8,7 @@ import pathlib
 import pytest
 from sqlalchemy import event
 
-from models.spec import JobSpec
+from models.spec.job import JobSpec
 from service.api.schemas.jobs import jobs_public
 from service.core import job_pages, jobs
 from service.core.settings import Settings

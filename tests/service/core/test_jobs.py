@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from models.spec import JobSpec
+from models.spec.job import JobSpec
 from service.core import jobs
 from service.core.errors import NotFound
 from service.core.tables import Checkpoint, EpochMetric, JobStatus, utcnow

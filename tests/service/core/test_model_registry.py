@@ -79,8 +79,8 @@ def test_a_default_threshold_is_kept_set_and_cleared_and_refused_on_regression(s
 
 
 def test_init_from_is_pinned_at_submit_and_kept_while_unfinished_jobs_start_from_it(service_env, trained_job):
-    from models.spec import JobSpec
-    from models.sweeps import SweepSpec
+    from models.spec.job import JobSpec
+    from models.spec.sweeps import SweepSpec
     from service.core import jobs, submission, sweeps
 
     register(service_env, trained_job)

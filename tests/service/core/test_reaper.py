@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from models.spec import JobSpec
+from models.spec.job import JobSpec
 from service.core import broker, db, jobs
 from service.core.reaper import lost_messages, sweep
 from service.core.tables import Job, JobStatus, utcnow
@@ -66,7 +66,7 @@ def test_a_healthy_running_job_is_left_alone(service_env):
 
 def test_the_reaper_launches_a_sweeps_next_trial_when_a_slot_is_free(service_env):
     from service.core import sweeps
-    from models.sweeps import SweepSpec
+    from models.spec.sweeps import SweepSpec
 
     request = SweepSpec(name="s", base={"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}},
                         grid={"optimizer.lr": [0.1, 0.2, 0.3]}, max_parallel=1)

@@ -70,7 +70,7 @@ def test_a_near_miss_says_what_there_is(service_env, trained_job):
 
 
 def test_a_job_without_checkpoints_is_not_ready(service_env):
-    from models.spec import JobSpec
+    from models.spec.job import JobSpec
     from service.core import jobs
 
     spec = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}})

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from models.checkpoint import read_checkpoint
-from models.spec import JobSpec
+from models.spec.job import JobSpec
 from service.core import broker, db, embedded_broker, jobs, model_registry, retention
 from service.core.errors import Conflict, NotFound
 from service.core.references import resolve

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from models.spec import JobSpec
+from models.spec.job import JobSpec
 from service.core import broker, db, jobs, submission
 from service.core.errors import Conflict, Invalid
 from service.core.tables import JobStatus

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from models.spec import JobSpec
-from models.sweeps import SweepSpec, label, trial_spec
+from models.spec.job import JobSpec
+from models.spec.sweeps import SweepSpec, label, trial_spec
 from service.core.sweeps import _problems
 
 BASE = {"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "optimizer": {"lr": 0.1}}

@@ -1,7 +1,7 @@
 """A run's resumable state and its file: what an attempt saves (after each epoch, or when it is
 stopped) so that the next attempt continues at exactly that point.
 
-TrainingRun.state() builds a TrainingState and TrainingRun.restore() applies one (models/engine.py);
+TrainingRun.state() builds a TrainingState and TrainingRun.restore() applies one (models/training/engine.py);
 this module is the one place that knows how it is laid out on disk: a safetensors file (via
 models/checkpoint.py) with the tensors flat and everything else as JSON in its header.
 """

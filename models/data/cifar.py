@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.dataset import Dataset, DatasetError
-from models.idx import idx_dataset, missing_builtin, try_download
+from models.data.dataset import Dataset, DatasetError
+from models.data.idx import idx_dataset, missing_builtin, try_download
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

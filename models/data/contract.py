@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.image import ImageError, decode_image
+from models.data.image import ImageError, decode_image
 
 Channels = Literal[1, 3]
 

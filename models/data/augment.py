@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from models.spec import AugmentSpec
+from models.spec.job import AugmentSpec
 
 
 def batch_seed(seed: int, epoch: int, batch: int) -> int:

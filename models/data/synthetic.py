@@ -6,9 +6,9 @@ import hashlib
 
 import torch
 
-from models.contract import InputContract
-from models.dataset import Dataset
-from models.spec import SyntheticLinearSpec, SyntheticPolynomialSpec
+from models.data.contract import InputContract
+from models.data.dataset import Dataset
+from models.spec.job import SyntheticLinearSpec, SyntheticPolynomialSpec
 
 
 def synthetic_linear(spec: SyntheticLinearSpec, seed: int) -> Dataset:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.dataset import Dataset, DatasetError
+from models.data.dataset import Dataset, DatasetError
 
 
 class Rows:

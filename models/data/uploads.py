@@ -25,11 +25,11 @@ from typing import BinaryIO, Literal
 import numpy as np
 import torch
 
-from models.contract import InputContract
-from models.dataset import Dataset, DatasetError
-from models.idx import IDX_FILES, idx_dataset, idx_header, image_dataset, parse_idx
-from models.image import ImageError, is_grey, open_image, pixels_of
-from models.splits import holdout_split, stratified_holdout_split
+from models.data.contract import InputContract
+from models.data.dataset import Dataset, DatasetError
+from models.data.idx import IDX_FILES, idx_dataset, idx_header, image_dataset, parse_idx
+from models.data.image import ImageError, is_grey, open_image, pixels_of
+from models.data.splits import holdout_split, stratified_holdout_split
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 SKIPPED_FOLDERS = frozenset({"__MACOSX", ".ipynb_checkpoints"})

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from models.contract import InputContract
-from models.spec import DatasetInfo
+from models.data.contract import InputContract
+from models.spec.job import DatasetInfo
 
 if TYPE_CHECKING:
-    from models.splits import Rows
+    from models.data.splits import Rows
 
 
 class DatasetError(Exception):

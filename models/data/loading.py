@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 from models.cache import LRU
-from models.cifar import LAYOUTS, complete_layouts, load_cifar10
-from models.contract import InputContract
-from models.dataset import Dataset, DatasetError
-from models.idx import IMAGE_DATASETS, idx_files, load_idx_dataset
-from models.spec import (
+from models.data.cifar import LAYOUTS, complete_layouts, load_cifar10
+from models.data.contract import InputContract
+from models.data.dataset import Dataset, DatasetError
+from models.data.idx import IMAGE_DATASETS, idx_files, load_idx_dataset
+from models.spec.job import (
     DataSpec,
     ImageDatasetSpec,
     NormalizeSpec,
@@ -24,8 +24,8 @@ from models.spec import (
     UploadedDatasetSpec,
     UPLOADED_ID,
 )
-from models.splits import split_validation
-from models.synthetic import synthetic_linear, synthetic_polynomial
+from models.data.splits import split_validation
+from models.data.synthetic import synthetic_linear, synthetic_polynomial
 
 _STORED_TENSORS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -39,7 +39,7 @@ def save_stored_dataset(path: Path, dataset: Dataset, extra: dict | None = None)
     """Write a decoded dataset as one safetensors file (tensors plus JSON metadata), atomically,
     streaming its tensors (which may be memory-mapped themselves) a chunk at a time."""
     from models.checkpoint import FORMAT, META_KEY
-    from models.stored import write_arrays
+    from models.data.stored import write_arrays
 
     meta = {"format": FORMAT, "name": dataset.name, "task": dataset.task,
             "classes": list(dataset.classes) if dataset.classes else None,
@@ -51,7 +51,7 @@ def load_stored_dataset(path: Path) -> Dataset:
     """A dataset written by save_stored_dataset, its tensors memory-mapped: a set larger than
     memory trains batch by batch, holding only the pages its batches touch."""
     from models.checkpoint import FORMAT, META_KEY
-    from models.stored import StoredFileError, read_arrays
+    from models.data.stored import StoredFileError, read_arrays
 
     try:
         tensors, header = read_arrays(path)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.archs import build_on_meta
-from models.pretrained import find_pretrained
+from models.nets.archs import build_on_meta
+from models.nets.pretrained import find_pretrained
 
 FLOAT_BYTES = 4
 

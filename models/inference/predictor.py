@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.archs import build_model, load_state
+from models.nets.archs import build_model, load_state
 from models.checkpoint import CheckpointError, read_checkpoint
-from models.contract import InputContract
-from models.evaluation import Evaluation, evaluate
-from models.image import ImageError
-from models.spec import MODEL_SPEC, JobSpec
+from models.data.contract import InputContract
+from models.inference.evaluation import Evaluation, evaluate
+from models.data.image import ImageError
+from models.spec.job import MODEL_SPEC, JobSpec
 
 
 class InputError(Exception):
@@ -84,7 +84,7 @@ class Predictor:
 
     def evaluation_batch(self) -> int:
         """Examples per batch when evaluating a set, sized for the network's own input (after its resize)."""
-        from models.engine import eval_batch_size
+        from models.training.engine import eval_batch_size
 
         resize = JobSpec.model_validate(self.meta["spec"]).resize if "spec" in self.meta else None
         return eval_batch_size(self.meta["input_shape"], resize=resize)
@@ -121,7 +121,7 @@ class Predictor:
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None, **options) -> Evaluation:
         """This classifier's evaluation report (confusion matrix, per-class scores, mistakes, ...) on
-        a labelled set, run a batch at a time; `options` go to models.evaluation.evaluate."""
+        a labelled set, run a batch at a time; `options` go to models.inference.evaluation.evaluate."""
         batch_size = batch_size or self.evaluation_batch()
         batches = [self.probabilities(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
         self.release_memory()

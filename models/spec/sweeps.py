@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from models.spec import StrictModel
+from models.spec.job import StrictModel
 
 MAX_TRIALS = 256
 RANKABLE = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")

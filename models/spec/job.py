@@ -158,7 +158,7 @@ class PretrainedSpec(StrictModel):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from models.pretrained import backbone_names, close_backbones
+        from models.nets.pretrained import backbone_names, close_backbones
 
         if value not in backbone_names():
             close = close_backbones(value)
@@ -169,7 +169,7 @@ class PretrainedSpec(StrictModel):
     @field_validator("weights")
     @classmethod
     def _known_weights(cls, value: str | None, info: ValidationInfo) -> str | None:
-        from models.pretrained import resolve_weights, weights_names
+        from models.nets.pretrained import resolve_weights, weights_names
 
         backbone = info.data.get("backbone")
         if backbone is None:
@@ -440,7 +440,7 @@ class JobSpec(StrictModel):
         """The side images are resized to inside the network: the spec's, or a pretrained backbone's own."""
         size = getattr(self.data, "resize", None)
         if size is None and self.model.arch == "pretrained":
-            from models.pretrained import transforms_of
+            from models.nets.pretrained import transforms_of
 
             size = transforms_of(self.model.backbone, self.model.weights)[0]
         return size
@@ -482,7 +482,7 @@ def builtin_dataset_info(data) -> DatasetInfo | None:
 
 def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
     """Problems no single field shows: a model that does not suit its dataset, or does not fit it."""
-    from models.archs import shape_problems  # models.archs imports torch; keep this module light
+    from models.nets.archs import shape_problems  # models.nets.archs imports torch; keep this module light
 
     arch = spec.model.arch
     problems = []

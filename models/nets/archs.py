@@ -107,8 +107,8 @@ def resnet18(spec, input_shape, outputs) -> nn.Module:
 
 
 def pretrained(spec, input_shape, outputs) -> nn.Module:
-    """A torchvision backbone with a new head (models.pretrained); the weights are loaded by training."""
-    from models.pretrained import Pretrained
+    """A torchvision backbone with a new head (models.nets.pretrained); the weights are loaded by training."""
+    from models.nets.pretrained import Pretrained
 
     return Pretrained(spec.backbone, spec.weights, outputs, size=input_shape[-1])
 

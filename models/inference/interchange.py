@@ -27,8 +27,8 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from models.contract import InputContract
-from models.predictor import Predictor
+from models.data.contract import InputContract
+from models.inference.predictor import Predictor
 
 FORMAT = "trainyard-export/1"
 _ONNX_EXPORT = threading.Lock()  # torch.onnx.export keeps global state: one export at a time

@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from models import devices
-from models.archs import build_model, load_state
-from models.augment import Augmenter
-from models.cost import admission_problems
-from models.data import load_dataset
-from models.dataset import Dataset
-from models.splits import kfold_indices, with_validation
-from models.pretrained import Pretrained, find_pretrained, load_backbone, load_pretrained_weights, transforms_of
-from models.spec import EarlyStoppingSpec, JobSpec, spec_problems
-from models.state import EpochProgress, Position, TrainingState
+from models.nets.archs import build_model, load_state
+from models.data.augment import Augmenter
+from models.nets.cost import admission_problems
+from models.data.loading import load_dataset
+from models.data.dataset import Dataset
+from models.data.splits import kfold_indices, with_validation
+from models.nets.pretrained import Pretrained, find_pretrained, load_backbone, load_pretrained_weights, transforms_of
+from models.spec.job import EarlyStoppingSpec, JobSpec, spec_problems
+from models.training.state import EpochProgress, Position, TrainingState
 
 
 EVAL_BATCH_BYTES = 8 * 1024 * 1024
@@ -45,7 +45,7 @@ class TooLarge(TrainingError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one job may cost on this worker (see models.cost)."""
+    """What one job may cost on this worker (see models.nets.cost)."""
 
     max_parameters: int
     max_bytes: int

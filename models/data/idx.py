@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.contract import InputContract
-from models.dataset import Dataset, DatasetError
+from models.data.contract import InputContract
+from models.data.dataset import Dataset, DatasetError
 
 FASHION_MNIST_CLASSES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",

@@ -1,0 +1,1 @@
+"""Data: datasets built-in, uploaded and synthetic, their splits, images, the input contract and augmentation."""

@@ -1,0 +1,1 @@
+"""Networks: the architectures a spec names, pretrained torchvision backbones, and what a network costs."""
