@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.nets.archs import build_model, load_state
+from models.nets.archs import build_model
+from models.nets.state_dict import load_state
 from models.checkpoint import CheckpointError, read_checkpoint
 from models.data.contract import InputContract
 from models.inference.evaluation import Evaluation, evaluate

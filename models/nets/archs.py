@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -199,16 +198,6 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 # Architectures that resize their inputs themselves rather than behind a Resize layer.
 RESIZE_INSIDE = frozenset({"pretrained"})
-
-
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool = True):
-    """model.load_state_dict for a plain dict of tensors (a safetensors file, a copy): the module
-    versions the model's own state dict records are attached when the dict has none, since some
-    modules (torchvision's MNASNet) refuse a state without them."""
-    if getattr(state, "_metadata", None) is None:
-        state = OrderedDict(state)
-        state._metadata = model.state_dict()._metadata
-    return model.load_state_dict(state, strict=strict)
 
 
 def initialise(model: nn.Module, init: str, std: float) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.nets.archs import load_state
+from models.nets.state_dict import load_state
 
 
 class MissingWeights(Exception):

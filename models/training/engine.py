@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from models import devices
-from models.nets.archs import build_model, load_state
+from models.nets.archs import build_model
+from models.nets.state_dict import load_state
 from models.data.augment import Augmenter
 from models.nets.cost import admission_problems
 from models.data.loading import load_dataset
