@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from models.data.contract import InputContract
+from models.data.rows import Rows
 from models.spec.job import DatasetInfo
-
-if TYPE_CHECKING:
-    from models.data.splits import Rows
 
 
 class DatasetError(Exception):
