@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from models.nets.archs import build_model
+from models.nets.cost import eval_batch_size
 from models.nets.state_dict import load_state
 from models.checkpoint import CheckpointError, read_checkpoint
 from models.data.contract import InputContract
@@ -85,8 +86,6 @@ class Predictor:
 
     def evaluation_batch(self) -> int:
         """Examples per batch when evaluating a set, sized for the network's own input (after its resize)."""
-        from models.training.engine import eval_batch_size
-
         resize = JobSpec.model_validate(self.meta["spec"]).resize if "spec" in self.meta else None
         return eval_batch_size(self.meta["input_shape"], resize=resize)
 

@@ -1,5 +1,6 @@
 """What a job costs before it runs: its parameters and the memory of one training step,
-estimated by building the network on the meta device (shapes only: no memory, no compute)."""
+estimated by building the network on the meta device (shapes only: no memory, no compute); and
+how many examples an evaluation's batches may hold."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from models.nets.archs import build_on_meta
 from models.nets.pretrained import find_pretrained
 
 FLOAT_BYTES = 4
+EVAL_BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -110,3 +112,12 @@ def admission_problems(spec, input_shape: tuple[int, ...], outputs: int, *, max_
                                    f"more than {where} ({human_bytes(max_bytes)}); lower batch_size or the "
                                    "model's size"))
     return problems
+
+
+def eval_batch_size(shape, minimum: int = 1, resize: int | None = None) -> int:
+    """Examples per batch when evaluating inputs of `shape` (one example's): larger batches are
+    faster, but activations grow with them: at most 1024, no more than about EVAL_BATCH_BYTES of
+    float inputs as the network sees them (resized, if it resizes), and at least `minimum`."""
+    shape = tuple(shape) if resize is None else (shape[0], resize, resize)
+    per_example = max(1, math.prod(shape) * 4)
+    return max(minimum, min(1024, EVAL_BATCH_BYTES // per_example))

@@ -16,16 +16,13 @@ from models import devices
 from models.nets.archs import build_model
 from models.nets.state_dict import load_state
 from models.data.augment import Augmenter
-from models.nets.cost import admission_problems
+from models.nets.cost import admission_problems, eval_batch_size
 from models.data.loading import load_dataset
 from models.data.dataset import Dataset
 from models.data.splits import kfold_indices, with_validation
 from models.nets.pretrained import Pretrained, find_pretrained, load_backbone, load_pretrained_weights, transforms_of
 from models.spec.job import EarlyStoppingSpec, JobSpec, spec_problems
 from models.training.state import EpochProgress, Position, TrainingState
-
-
-EVAL_BATCH_BYTES = 8 * 1024 * 1024
 
 
 class TrainingError(Exception):
@@ -337,15 +334,6 @@ def evaluate(
     if n == 0:
         return math.nan, None
     return loss_sum / n, (int(correct) / n if classify else None)
-
-
-def eval_batch_size(shape, minimum: int = 1, resize: int | None = None) -> int:
-    """Examples per batch when evaluating inputs of `shape` (one example's): larger batches are
-    faster, but activations grow with them: at most 1024, no more than about EVAL_BATCH_BYTES of
-    float inputs as the network sees them (resized, if it resizes), and at least `minimum`."""
-    shape = tuple(shape) if resize is None else (shape[0], resize, resize)
-    per_example = max(1, math.prod(shape) * 4)
-    return max(minimum, min(1024, EVAL_BATCH_BYTES // per_example))
 
 
 def build_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
