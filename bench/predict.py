@@ -83,7 +83,7 @@ def in_process_floor(checkpoint: Path, image: bytes, runs: int, backend: str = "
     """Median ms of decode + preprocess + forward of one image, in this process."""
     import torch
 
-    from models.inference.interchange import PREDICTORS
+    from models.inference.onnx_runtime import PREDICTORS
 
     torch.set_num_threads(1)
     predictor = PREDICTORS[backend].from_checkpoint(checkpoint)
@@ -111,7 +111,7 @@ def backend_forward_ms(runs: int = 200) -> dict[str, dict[str, float]]:
     import torch
 
     from models.nets.archs import build_model
-    from models.inference.interchange import PREDICTORS
+    from models.inference.onnx_runtime import PREDICTORS
     from models.spec.job import MODEL_SPEC
 
     torch.set_num_threads(1)

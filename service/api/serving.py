@@ -30,7 +30,8 @@ from models.data.loading import load_dataset
 from models.data.dataset import Dataset, DatasetError
 from models.devices import DeviceUnavailable, resolve_device
 from models.inference.evaluation import Evaluation
-from models.inference.interchange import PREDICTORS, ExportError
+from models.inference.interchange import ExportError
+from models.inference.onnx_runtime import PREDICTORS
 from models.inference.predictor import InputError, Prediction, Predictor
 from models.spec.job import JobSpec
 from service.api.gc_tuning import release_free_memory

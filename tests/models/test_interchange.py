@@ -22,12 +22,12 @@ from models.data.contract import InputContract
 from models.inference.interchange import (
     FORMATS,
     ExportError,
-    OnnxRuntimePredictor,
     export,
     header,
     imported_meta,
     weights_problems,
 )
+from models.inference.onnx_runtime import OnnxRuntimePredictor
 from models.inference.predictor import Predictor
 from models.spec.job import MODEL_SPEC, JobSpec
 

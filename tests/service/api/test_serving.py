@@ -230,7 +230,7 @@ def test_gpu_inference_answers_as_the_cpu_does(tmp_path, checkpoint):
 
 
 def test_the_onnxruntime_backend_answers_as_torch_does(tmp_path, checkpoint):
-    from models.inference.interchange import OnnxRuntimePredictor
+    from models.inference.onnx_runtime import OnnxRuntimePredictor
     from tests.datagen import png_bytes
 
     path = checkpoint(tmp_path / "m.safetensors", 0)
@@ -252,11 +252,13 @@ def test_the_onnxruntime_backend_answers_as_torch_does(tmp_path, checkpoint):
 
 
 def test_a_model_onnx_cannot_hold_is_served_by_torch(tmp_path, checkpoint, monkeypatch):
-    from models.inference import interchange
+    from models.inference import onnx_runtime
+    from models.inference.interchange import ExportError
+    from models.inference.predictor import Predictor
 
     def refuse(_predictor):
-        raise interchange.ExportError("ONNX cannot express this model")
+        raise ExportError("ONNX cannot express this model")
 
-    monkeypatch.setattr(interchange, "onnx_bytes", refuse)
+    monkeypatch.setattr(onnx_runtime, "onnx_bytes", refuse)
     loaded = server_with(tmp_path, cache=1, batch=8, delay_ms=0).load(checkpoint(tmp_path / "m.safetensors", 0))
-    assert type(loaded.predictor) is interchange.Predictor
+    assert type(loaded.predictor) is Predictor
