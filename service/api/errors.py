@@ -18,7 +18,7 @@ from starlette.routing import Match
 
 from models.checkpoint import CheckpointError
 from models.inference.predictor import InputError
-from models.spec.job import explain, input_loc
+from models.spec.explain import explain, input_loc
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.spec.job import JobSpec, explain, input_loc
+from models.spec.explain import explain, input_loc
+from models.spec.job import JobSpec
 from models.spec.sweeps import SweepSpec, trial_spec
 from service.core import jobs, submission
 from service.core.errors import Conflict, Invalid, NotFound

@@ -231,7 +231,7 @@ def test_augmented_training_is_reproducible_and_resumes_exactly(cifar_dir):
 def test_a_bad_augmentation_parameter_names_its_path():
     from pydantic import ValidationError
 
-    from models.spec.job import input_loc
+    from models.spec.explain import input_loc
 
     document = {"model": {"arch": "lenet"}, "data": {"dataset": "cifar10", "augment": {"random_crop": {"padding": -1}}}}
     with pytest.raises(ValidationError) as caught:

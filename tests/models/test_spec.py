@@ -131,7 +131,7 @@ def test_spec_round_trips_through_json():
 
 
 def test_input_loc_is_the_path_as_sent():
-    from models.spec.job import input_loc
+    from models.spec.explain import input_loc
 
     sent = {"model": {"arch": "mlp", "dropout": [1.5]}, "data": {"dataset": "mnist"}}
     assert input_loc(sent, ("model", "mlp", "dropout", 0)) == ("model", "dropout", 0)

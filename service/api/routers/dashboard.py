@@ -23,7 +23,8 @@ from pydantic import ValidationError
 from models.checkpoint import CheckpointError
 from models.inference.interchange import FORMATS
 from models.inference.predictor import InputError
-from models.spec.job import JobSpec, input_loc
+from models.spec.explain import input_loc
+from models.spec.job import JobSpec
 from service.api import plots
 from service.api.auth import COOKIE, page_editor, page_viewer, token_table
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
