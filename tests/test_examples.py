@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from models.training.engine import fit
-from models.spec.job import JobSpec, builtin_dataset_info, spec_problems
+from models.spec.job import JobSpec
+from models.spec.problems import builtin_dataset_info, spec_problems
 from tests.servers import REPO
 
 EXAMPLES = sorted((REPO / "examples").glob("*.json"))

@@ -9,7 +9,7 @@ import torch
 
 from models.data.contract import InputContract
 from models.data.rows import Rows
-from models.spec.job import DatasetInfo
+from models.spec.problems import DatasetInfo
 
 
 class DatasetError(Exception):

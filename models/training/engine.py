@@ -21,7 +21,8 @@ from models.data.loading import load_dataset
 from models.data.dataset import Dataset
 from models.data.splits import kfold_indices, with_validation
 from models.nets.pretrained import Pretrained, find_pretrained, load_backbone, load_pretrained_weights, transforms_of
-from models.spec.job import EarlyStoppingSpec, JobSpec, spec_problems
+from models.spec.job import EarlyStoppingSpec, JobSpec
+from models.spec.problems import spec_problems
 from models.training.state import EpochProgress, Position, TrainingState
 
 

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from models.data.loading import load_stored_dataset, save_stored_dataset, stored_dataset_path
 from models.data.dataset import DatasetError
-from models.spec.job import DatasetInfo, JobSpec, UploadedDatasetSpec, builtin_dataset_info
+from models.spec.job import JobSpec, UploadedDatasetSpec
+from models.spec.problems import DatasetInfo, builtin_dataset_info
 from models.data.uploads import ArchiveLimits, check_archive, decode_archive
 from service.core.background import Periodic
 from service.core.db import session_scope

@@ -18,7 +18,8 @@ from models.data.loading import channel_stats, load_dataset
 from models.data.dataset import DatasetError
 from models.training.engine import fit
 from models.inference.predictor import Predictor
-from models.spec.job import AugmentSpec, ImageDatasetSpec, JobSpec, spec_problems
+from models.spec.job import AugmentSpec, ImageDatasetSpec, JobSpec
+from models.spec.problems import spec_problems
 from models.data.uploads import decode_archive
 from tests.datagen import colour_images, make_cifar10, zip_bytes
 from tests.models.common import Recorder, StopAt, trace

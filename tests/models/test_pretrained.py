@@ -252,7 +252,7 @@ def test_torchvision_state_dicts_load_into_the_backbone_and_checkpoints_round_tr
                                                   ("swin_t", "DEFAULT"), ("inception_v3", "DEFAULT")])
 def test_every_family_is_checked_and_estimated_at_submit_without_memory(backbone, weights):
     from models.nets.cost import estimate
-    from models.spec.job import builtin_dataset_info, spec_problems
+    from models.spec.problems import builtin_dataset_info, spec_problems
 
     spec = JobSpec.model_validate({"model": {"arch": "pretrained", "backbone": backbone, "weights": weights},
                                    "data": {"dataset": "cifar10"}, "batch_size": 1})

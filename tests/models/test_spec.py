@@ -1,7 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from models.spec.job import DatasetInfo, JobSpec, builtin_dataset_info, spec_problems
+from models.spec.job import JobSpec
+from models.spec.problems import DatasetInfo, builtin_dataset_info, spec_problems
 
 BASE = {"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}}
 IMAGES = DatasetInfo("classification", (1, 28, 28), 10, images=True)
@@ -141,7 +142,7 @@ def test_input_loc_is_the_path_as_sent():
 
 
 def test_normalisation_and_augmentation_are_for_images_only():
-    from models.spec.job import DatasetInfo, spec_problems
+    from models.spec.problems import DatasetInfo, spec_problems
 
     table = DatasetInfo("classification", (4,), 2, images=False)
     uploaded = "uploaded:12345678-1234-1234-1234-123456789abc"
