@@ -20,9 +20,10 @@ from models.nets.cost import admission_problems, eval_batch_size
 from models.data.loading import load_dataset
 from models.data.dataset import Dataset
 from models.data.splits import kfold_indices, with_validation
-from models.nets.pretrained import Pretrained, find_pretrained, load_backbone, load_pretrained_weights, transforms_of
+from models.nets.pretrained import find_pretrained, load_backbone, load_pretrained_weights, transforms_of
 from models.spec.job import EarlyStoppingSpec, JobSpec
 from models.spec.problems import spec_problems
+from models.training.frozen import features_fit, frozen_features, set_frozen
 from models.training.state import EpochProgress, Position, TrainingState
 
 
@@ -113,7 +114,7 @@ class TrainingRun:
     compiled: dict[int, nn.Module] = field(default_factory=dict)  # id(model) -> its torch.compile wrapper
     augmenter: Augmenter | None = None
     initial_state: dict[str, torch.Tensor] | None = None  # what each cross-validation fold starts from
-    features: dict[tuple[int, int], Dataset] = field(default_factory=dict)  # frozen backbones' outputs
+    features: dict[tuple[int, int], Dataset] = field(default_factory=dict)  # frozen backbones' outputs (frozen.py)
     limits: Limits | None = None
 
     @property
@@ -494,11 +495,12 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
     augmenter = run.augmenter
     side = spec.resize  # what the network resizes its inputs to
     pretrained = find_pretrained(model)
-    if (pretrained is not None and _set_frozen(run, pretrained, epoch) and augmenter is None and not spec.compile
-            and _features_fit(run, pretrained, ds)):
+    if (pretrained is not None and set_frozen(pretrained, spec.model, epoch, run.features) and augmenter is None
+            and not spec.compile and features_fit(pretrained, ds, run.limits.max_bytes if run.limits else None)):
         # The frozen backbone maps each image to the same features every epoch: compute them once
         # and train the head alone on them, so later epochs cost only the head.
-        features = _frozen_features(run, pretrained, ds, precision, should_stop)
+        features = frozen_features(run.features, pretrained, ds, batch_size=spec.batch_size, resize=spec.resize,
+                                   device=run.device, precision=precision, should_stop=should_stop)
         if features is None:
             return None, progress
         ds, model, side = features, pretrained.head, None
@@ -529,56 +531,6 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
         lr=optimizer.param_groups[0]["lr"],
     )
     return metrics, EpochProgress()
-
-
-def _set_frozen(run: TrainingRun, pretrained: Pretrained, epoch: int) -> bool:
-    """Freeze or unfreeze the backbone as the spec says for this epoch; True when frozen."""
-    spec = run.spec.model
-    frozen = spec.freeze == "backbone" and (spec.unfreeze_at_epoch is None or epoch < spec.unfreeze_at_epoch)
-    if pretrained.frozen != frozen:
-        pretrained.freeze(frozen)
-        run.features.clear()
-    return frozen
-
-
-def _features_fit(run: TrainingRun, pretrained: Pretrained, ds: Dataset) -> bool:
-    """Whether every split's features fit in half the job's memory budget (always, without one);
-    a set too large trains through the frozen backbone every epoch instead."""
-    if run.limits is None:
-        return True
-    rows = sum(len(x) for x in (ds.x_train, ds.x_test, ds.x_val) if x is not None)
-    return rows * pretrained.head.in_features * 4 <= run.limits.max_bytes / 2
-
-
-def _frozen_features(run: TrainingRun, pretrained: Pretrained, ds: Dataset, precision, should_stop) -> Dataset | None:
-    """The dataset with each split's images replaced by the frozen backbone's features (float
-    [N, F] on the training device), computed once per model and split; None if stopped meanwhile."""
-    key = (id(pretrained), id(ds))
-    if key not in run.features:
-        run.features.clear()
-        outputs = {}
-        with torch.no_grad():  # not inference_mode: the head's training saves these inputs for backward
-            pretrained.backbone.eval()
-            for name in ("x_train", "x_test", "x_val"):
-                x_all = getattr(ds, name)
-                outputs[name] = None if x_all is None else _features_of(pretrained, ds, x_all, run, precision,
-                                                                        should_stop)
-                if x_all is not None and outputs[name] is None:
-                    return None
-        run.features[key] = ds.replace(mapped=False, **outputs)
-    return run.features[key]
-
-
-def _features_of(pretrained: Pretrained, ds: Dataset, x_all, run: TrainingRun, precision,
-                 should_stop) -> torch.Tensor | None:
-    step = eval_batch_size(x_all.shape[1:], run.spec.batch_size, run.spec.resize)
-    parts = []
-    for start in range(0, len(x_all), step):
-        if should_stop():
-            return None
-        with precision():
-            parts.append(pretrained.features(ds.to_float(x_all[start:start + step].to(run.device))).float())
-    return torch.cat(parts) if parts else torch.empty(0, pretrained.head.in_features, device=run.device)
 
 
 def summarise_folds(folds: list[dict]) -> dict:

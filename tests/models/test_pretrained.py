@@ -270,11 +270,12 @@ def test_a_fine_tuned_model_of_other_classes_starts_from_its_backbone(torch_home
 
 
 def test_features_larger_than_half_the_budget_are_not_cached(torch_home, colour, tmp_path):
-    from models.training.engine import Limits, _features_fit
+    from models.training.engine import Limits
+    from models.training.frozen import features_fit
 
     run = prepare(_spec({"freeze": "backbone"}), dataset=colour, data_dir=tmp_path,
                   limits=Limits(max_parameters=10**9, max_bytes=10**9))
     pretrained = find_pretrained(run.model)
-    assert _features_fit(run, pretrained, run.dataset)  # 600 rows x 512 floats: 1.2 MB
+    assert features_fit(pretrained, run.dataset, run.limits.max_bytes)  # 600 rows x 512 floats: 1.2 MB
     run.limits = Limits(max_parameters=10**9, max_bytes=2 * 10**6)
-    assert not _features_fit(run, pretrained, run.dataset)
+    assert not features_fit(pretrained, run.dataset, run.limits.max_bytes)
