@@ -28,11 +28,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from models.nets.archs import build_model  # noqa: E402
 from models.data.augment import Augmenter  # noqa: E402
 from models.data.cifar import load_cifar10  # noqa: E402
-from models.training.engine import loss_function, optimizer_step  # noqa: E402
+from models.nets.archs import build_model  # noqa: E402
 from models.spec.job import JobSpec  # noqa: E402
+from models.training.engine import loss_function, optimizer_step  # noqa: E402
 from tests.datagen import make_cifar10  # noqa: E402
 from bench.train import PRODUCTION_TIMINGS  # noqa: E402
 from tests.servers import Stack  # noqa: E402

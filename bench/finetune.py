@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from models.data.idx import image_dataset  # noqa: E402
-from models.training.engine import fit  # noqa: E402
 from models.spec.job import JobSpec  # noqa: E402
+from models.training.engine import fit  # noqa: E402
 from tests.datagen import colour_images  # noqa: E402
 
 TARGET_LATER_OVER_FIRST = 10.0

@@ -110,8 +110,8 @@ def backend_forward_ms(runs: int = 200) -> dict[str, dict[str, float]]:
     """Median ms of one batch of 32 images through each backend, per architecture (one thread)."""
     import torch
 
-    from models.nets.archs import build_model
     from models.inference.onnx_runtime import PREDICTORS
+    from models.nets.archs import build_model
     from models.spec.job import MODEL_SPEC
 
     torch.set_num_threads(1)

@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from models.nets.archs import build_model  # noqa: E402
 from models.data.loading import load_dataset  # noqa: E402
-from models.training.engine import loss_function, optimizer_step  # noqa: E402
+from models.nets.archs import build_model  # noqa: E402
 from models.spec.job import JobSpec  # noqa: E402
+from models.training.engine import loss_function, optimizer_step  # noqa: E402
 from tests.datagen import make_idx_dataset  # noqa: E402
 from tests.servers import REDIS_URL, Stack, redis_available  # noqa: E402
 

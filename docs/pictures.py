@@ -62,8 +62,8 @@ def make_hard_dataset(root: Path, n_train: int = 6000, n_test: int = 1000, seed:
 
 
 if __name__ == "__main__" and "--calibrate" in sys.argv:
-    from models.training.engine import fit
     from models.spec.job import JobSpec
+    from models.training.engine import fit
 
     with tempfile.TemporaryDirectory() as tmp:
         make_hard_dataset(Path(tmp))

@@ -110,9 +110,9 @@ def trained_job(service_env):
     (test accuracy 0.6, 0.5, 0.95 would choose 3: best is chosen on validation, never on test)."""
     import torch
 
-    from models.nets.archs import build_model
-    from models.data.contract import InputContract
     from models.checkpoint import checkpoint_name, write_checkpoint
+    from models.data.contract import InputContract
+    from models.nets.archs import build_model
     from models.spec.job import JobSpec
     from service.core import jobs
     from service.core.tables import JobStatus

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from models.training.engine import fit
 from models.spec.job import JobSpec
 from models.spec.problems import builtin_dataset_info, spec_problems
+from models.training.engine import fit
 from tests.servers import REPO
 
 EXAMPLES = sorted((REPO / "examples").glob("*.json"))

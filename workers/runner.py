@@ -21,9 +21,9 @@ from sqlalchemy import select
 from models.checkpoint import CheckpointError, checkpoint_name, read_checkpoint, write_checkpoint
 from models.data.dataset import DatasetError
 from models.nets.cost import human_bytes
-from models.training.engine import Callbacks, EpochMetrics, Limits, TrainingError, TrainingRun, fit, summarise_folds
 from models.nets.pretrained import MissingWeights, UnsafeWeights
 from models.spec.job import JobSpec
+from models.training.engine import Callbacks, EpochMetrics, Limits, TrainingError, TrainingRun, fit, summarise_folds
 from models.training.state import TRAINING_STATE, Position, TrainingState, load_training_state, save_training_state
 from service.core import jobs, sweeps, worker_registry
 from service.core.background import Periodic

@@ -15,6 +15,8 @@ from models.data.cifar import LAYOUTS, complete_layouts, load_cifar10
 from models.data.contract import InputContract
 from models.data.dataset import Dataset, DatasetError
 from models.data.idx import IMAGE_DATASETS, idx_files, load_idx_dataset
+from models.data.splits import split_validation
+from models.data.synthetic import synthetic_linear, synthetic_polynomial
 from models.spec.job import (
     DataSpec,
     ImageDatasetSpec,
@@ -24,8 +26,6 @@ from models.spec.job import (
     UploadedDatasetSpec,
     UPLOADED_ID,
 )
-from models.data.splits import split_validation
-from models.data.synthetic import synthetic_linear, synthetic_polynomial
 
 _STORED_TENSORS = ("x_train", "y_train", "x_test", "y_test")
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.checkpoint import CheckpointError, read_checkpoint
+from models.data.contract import InputContract
+from models.data.image import ImageError
+from models.inference.evaluation import Evaluation, evaluate
 from models.nets.archs import build_model
 from models.nets.cost import eval_batch_size
 from models.nets.state_dict import load_state
-from models.checkpoint import CheckpointError, read_checkpoint
-from models.data.contract import InputContract
-from models.inference.evaluation import Evaluation, evaluate
-from models.data.image import ImageError
 from models.spec.job import MODEL_SPEC, JobSpec
 
 

@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from models import devices
-from models.nets.archs import build_model
-from models.nets.state_dict import load_state
 from models.data.augment import Augmenter
-from models.nets.cost import admission_problems, eval_batch_size
-from models.data.loading import load_dataset
 from models.data.dataset import Dataset
+from models.data.loading import load_dataset
 from models.data.splits import kfold_indices, with_validation
+from models.nets.archs import build_model
+from models.nets.cost import admission_problems, eval_batch_size
 from models.nets.pretrained import find_pretrained, load_backbone, load_pretrained_weights, transforms_of
+from models.nets.state_dict import load_state
 from models.spec.job import EarlyStoppingSpec, JobSpec
 from models.spec.problems import spec_problems
 from models.training.frozen import features_fit, frozen_features, set_frozen

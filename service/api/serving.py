@@ -26,8 +26,8 @@ import torch
 from fastapi.concurrency import run_in_threadpool
 
 from models.cache import LRU
-from models.data.loading import load_dataset
 from models.data.dataset import Dataset, DatasetError
+from models.data.loading import load_dataset
 from models.devices import DeviceUnavailable, resolve_device
 from models.inference.evaluation import Evaluation
 from models.inference.interchange import ExportError

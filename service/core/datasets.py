@@ -16,11 +16,11 @@ import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.data.loading import load_stored_dataset, save_stored_dataset, stored_dataset_path
 from models.data.dataset import DatasetError
+from models.data.loading import load_stored_dataset, save_stored_dataset, stored_dataset_path
+from models.data.uploads import ArchiveLimits, check_archive, decode_archive
 from models.spec.job import JobSpec, UploadedDatasetSpec
 from models.spec.problems import DatasetInfo, builtin_dataset_info
-from models.data.uploads import ArchiveLimits, check_archive, decode_archive
 from service.core.background import Periodic
 from service.core.db import session_scope
 from service.core.errors import Conflict, Invalid, NotFound, Unprocessable

@@ -15,9 +15,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.nets.archs import build_model
 from models.checkpoint import read_meta, write_checkpoint
 from models.inference.interchange import imported_meta, weights_problems
+from models.nets.archs import build_model
 from models.spec.job import MODEL_SPEC, NormalizeSpec
 from service.core import jobs
 from service.core.errors import Conflict, Invalid

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models.data.loading import builtin_on_disk
 from models.nets.cost import admission_problems
 from models.nets.pretrained import find_weights_file, missing_weights_message, weights_file_name
-from models.data.loading import builtin_on_disk
 from models.spec.job import ImageDatasetSpec, JobSpec, UploadedDatasetSpec
 from models.spec.problems import spec_problems
 from service.core import datasets, job_pages, jobs, worker_registry

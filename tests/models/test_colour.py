@@ -14,13 +14,13 @@ from PIL import Image
 
 from models.data.augment import Augmenter
 from models.data.cifar import UnsafeData, load_cifar10
-from models.data.loading import channel_stats, load_dataset
 from models.data.dataset import DatasetError
-from models.training.engine import fit
+from models.data.loading import channel_stats, load_dataset
+from models.data.uploads import decode_archive
 from models.inference.predictor import Predictor
 from models.spec.job import AugmentSpec, ImageDatasetSpec, JobSpec
 from models.spec.problems import spec_problems
-from models.data.uploads import decode_archive
+from models.training.engine import fit
 from tests.datagen import colour_images, make_cifar10, zip_bytes
 from tests.models.common import Recorder, StopAt, trace
 

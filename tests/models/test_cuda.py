@@ -5,12 +5,12 @@ import functools
 import pytest
 import torch
 
-from models.training import engine
 from models.checkpoint import read_checkpoint, write_checkpoint
-from models.training.state import load_training_state, save_training_state
-from models.training.engine import fit, place_on_gpu, prepare
 from models.inference.predictor import Predictor
 from models.spec.job import JobSpec
+from models.training import engine
+from models.training.engine import fit, place_on_gpu, prepare
+from models.training.state import load_training_state, save_training_state
 from tests.models.common import Recorder, StopAt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

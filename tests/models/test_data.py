@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.loading import load_dataset
 from models.data.dataset import DatasetError
 from models.data.idx import read_idx
+from models.data.loading import load_dataset
 from models.spec.job import ImageDatasetSpec, SyntheticLinearSpec
 from tests.datagen import make_idx_dataset, write_idx
 

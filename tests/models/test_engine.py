@@ -5,9 +5,9 @@ import statistics
 import pytest
 import torch
 
+from models.spec.job import JobSpec
 from models.training.engine import Position, TrainingError, fit, resolve_device
 from models.training.state import TrainingState
-from models.spec.job import JobSpec
 from tests.models.common import LENET_LAYERS, Recorder, StopAt, trace
 
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 from safetensors.torch import load
 
-from models.nets.archs import build_model
 from models.data.contract import InputContract
 from models.inference.interchange import (
     FORMATS,
@@ -29,6 +28,7 @@ from models.inference.interchange import (
 )
 from models.inference.onnx_runtime import OnnxRuntimePredictor
 from models.inference.predictor import Predictor
+from models.nets.archs import build_model
 from models.spec.job import MODEL_SPEC, JobSpec
 
 ARCHITECTURES = {

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models.nets.archs import build_model
 from models.checkpoint import write_checkpoint
 from models.inference.predictor import InputError, Predictor
+from models.nets.archs import build_model
 from models.spec.job import JobSpec
 
 # Written as checkpoints were before the input contract: they still load, as grey x / 255.

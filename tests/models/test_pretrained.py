@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from models.checkpoint import read_checkpoint, write_checkpoint
-from models.training.engine import fit, prepare
 from models.data.idx import image_dataset
 from models.inference.predictor import Predictor
 from models.nets.pretrained import MissingWeights, UnsafeWeights, find_pretrained
 from models.spec.job import JobSpec
+from models.training.engine import fit, prepare
 from tests.datagen import class_images, colour_images
 
 pytestmark = pytest.mark.slow  # trains and fine-tunes backbones for seconds a test

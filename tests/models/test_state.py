@@ -3,8 +3,8 @@
 import torch
 
 from models.checkpoint import read_checkpoint, write_checkpoint
-from models.training.engine import prepare
 from models.spec.job import JobSpec
+from models.training.engine import prepare
 from models.training.state import EpochProgress, Position, TrainingState, load_training_state, save_training_state
 
 

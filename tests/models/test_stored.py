@@ -12,8 +12,8 @@ import torch
 from safetensors import safe_open
 
 from models.data.contract import InputContract
-from models.data.loading import load_stored_dataset, save_stored_dataset
 from models.data.dataset import Dataset
+from models.data.loading import load_stored_dataset, save_stored_dataset
 from models.data.stored import StoredFileError, read_arrays, write_arrays
 from tests.servers import REPO
 

@@ -44,8 +44,8 @@ def test_the_watch_reports_the_peak_share_of_the_budget_since_it_was_last_asked(
 def test_a_memory_mapped_dataset_larger_than_the_budget_trains_within_it(tmp_path):
     """Stored datasets are mapped shared and read-only: their pages are the file's, not the job's."""
     from models.data.contract import InputContract
-    from models.data.loading import load_stored_dataset, save_stored_dataset
     from models.data.dataset import Dataset
+    from models.data.loading import load_stored_dataset, save_stored_dataset
 
     images = torch.randint(0, 255, (150_000, 1, 32, 32), dtype=torch.uint8)  # 150 MiB
     labels = torch.randint(0, 10, (150_000,))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.nets.archs import build_model
 from models.checkpoint import write_checkpoint
 from models.data.contract import InputContract
 from models.inference.predictor import Predictor
+from models.nets.archs import build_model
 from models.spec.job import JobSpec
 
 

@@ -65,8 +65,8 @@ def test_a_healthy_running_job_is_left_alone(service_env):
 
 
 def test_the_reaper_launches_a_sweeps_next_trial_when_a_slot_is_free(service_env):
-    from service.core import sweeps
     from models.spec.sweeps import SweepSpec
+    from service.core import sweeps
 
     request = SweepSpec(name="s", base={"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}},
                         grid={"optimizer.lr": [0.1, 0.2, 0.3]}, max_parallel=1)
