@@ -1,4 +1,4 @@
-"""Make the README's pictures from a real run of the service.
+"""Make the pictures of the docs (docs/*.md) from a real run of the service.
 
 No real Fashion-MNIST can be downloaded here, so the jobs train on a stand-in built to be as hard:
 ten classes whose prototypes come in confusable pairs (as shirts and T-shirts do), every image a

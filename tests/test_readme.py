@@ -1,4 +1,10 @@
-"""The README's curl walkthrough and its command-line blocks work as written, against a running stack."""
+"""The README's quickstart and the shell blocks of the docs pages work as written, against running
+services, and the links between the pages lead somewhere.
+
+The quickstart (the README's, and docs/walkthrough.md's with curl) runs on a service of its own whose
+data folder is empty, as a newcomer's machine without datasets or internet has it. The Fashion-MNIST
+walkthrough, the CLI tour, evaluation and exports run on services that have (stand-in) Fashion-MNIST
+files in their data folder."""
 
 from __future__ import annotations
 
@@ -12,16 +18,129 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.datagen import class_png, image_folder_zip
+from service.cli.sample_data import shapes_zip
+from tests.datagen import class_png
 from tests.servers import REPO, Stack, require
 
-pytestmark = pytest.mark.e2e
+README = REPO / "README.md"
+DOCS = REPO / "docs"
+QUICKSTART = (README, "## Quickstart")
+CURL_QUICKSTART = (DOCS / "walkthrough.md", "## The quickstart with curl")
+FASHION_WALKTHROUGH = (DOCS / "walkthrough.md", "## Walkthrough on Fashion-MNIST")
 
 
-def walkthrough_blocks() -> list[str]:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Walkthrough with curl", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+def pages() -> list[Path]:
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def outside_fences(text: str):
+    """(line, True) for each line outside fenced code blocks, (line, False) inside (fences included)."""
+    fenced = False
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            fenced = not fenced
+            yield line, False
+        else:
+            yield line, not fenced
+
+
+def section(path: Path, heading: str) -> str:
+    """The text under a heading, up to the next heading of the same or a higher level."""
+    level = len(heading) - len(heading.lstrip("#"))
+    lines, inside = [], False
+    for line, prose in outside_fences(path.read_text()):
+        if prose and line == heading:
+            inside = True
+            continue
+        if inside and prose and re.match(rf"#{{1,{level}}} ", line):
+            break
+        if inside:
+            lines.append(line)
+    assert inside, f"{path.name} has no heading {heading!r}"
+    return "\n".join(lines)
+
+
+def sh_blocks(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+
+
+def shell_blocks() -> list[str]:
+    return [block for page in pages() for block in sh_blocks(page.read_text())]
+
+
+def first_command(block: str) -> str:
+    return next(line.strip() for line in block.splitlines() if line.strip())
+
+
+def first_json(text: str):
+    """The first JSON object in some output (curl ends it without a newline)."""
+    return json.JSONDecoder().raw_decode(text[text.index("{"):])[0]
+
+
+def newcomer(folder: Path, stack: Stack) -> dict:
+    """A repository's folder as a newcomer has it after `make run` (its .venv and examples/), and the
+    environment of a second terminal: the CLI finds the service on TRAINYARD_PORT, as `make run` set
+    it. Returns that environment."""
+    venv = Path(sys.prefix)
+    require((venv / "bin" / "trainyard").exists(), f"the trainyard command is not installed in {venv}")
+    (folder / ".venv").symlink_to(venv)
+    (folder / "examples").symlink_to(REPO / "examples")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    # The CLI of this tree: an editable install of the virtual environment may point at another checkout.
+    env.update(TRAINYARD_PORT=str(urlsplit(stack.url).port), COLUMNS="80", PYTHONPATH=str(REPO))
+    return env
+
+
+def run_blocks(blocks: list[str], stack: Stack, cwd: Path, env: dict, *, timeout: float) -> list[str]:
+    """Run the blocks, as written but for the service's address, in one shell; each one's output."""
+    script = "".join(f"echo '--- block {i}'\n{block}" for i, block in enumerate(blocks))
+    result = subprocess.run(["bash", "-euxo", "pipefail", "-c", script.replace("http://127.0.0.1:8000", stack.url)],
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout.split("--- block ")[1:]
+
+
+def predicted(table: str) -> dict[str, str]:
+    """file -> label, from the CLI's predictions table."""
+    return dict(re.findall(r"│ (\S+\.png) +│ (\S+) +│", table))
+
+
+@pytest.fixture(scope="module")
+def newcomer_stack(tmp_path_factory):
+    """A service of its own, as `make run` starts it on a newcomer's machine: nothing in its data
+    folder and no downloads allowed."""
+    with Stack(home=tmp_path_factory.mktemp("quickstart"), data_dir=tmp_path_factory.mktemp("no-data"),
+               extra_env={"TRAINYARD_ALLOW_DOWNLOAD": "false"}) as stack:
+        yield stack
+
+
+@pytest.mark.e2e
+def test_readme_quickstart(newcomer_stack, tmp_path):
+    """The README's quickstart, as written, from a second terminal: well within its five minutes."""
+    env = newcomer(tmp_path, newcomer_stack)
+    train, further = run_blocks(sh_blocks(section(*QUICKSTART)), newcomer_stack, tmp_path, env, timeout=240)
+
+    assert "shapes.zip: 500 images of circle, square, triangle, cross" in train
+    upload = r"uploaded:\S+\s+image_folder,\s+classification,\s+1x28x28\s+grayscale,\s+400 train / 100 test"
+    assert re.search(upload, train), train
+    job_id = re.search(r"job (\S+) queued", train).group(1)
+    assert f"job {job_id} succeeded" in train
+    assert predicted(train) == {"circle.png": "circle", "triangle.png": "triangle"}, train
+    assert "precision" in further and "shapes version 1 " in further
+    assert predicted(further) == {"square.png": "square", "cross.png": "cross"}, further
+
+
+@pytest.mark.e2e
+def test_docs_quickstart_with_curl(newcomer_stack, tmp_path):
+    env = newcomer(tmp_path, newcomer_stack)
+    upload, train, predict = run_blocks(sh_blocks(section(*CURL_QUICKSTART)), newcomer_stack, tmp_path, env,
+                                        timeout=240)
+    dataset = first_json(upload)
+    assert (dataset["name"], dataset["status"], dataset["num_train"]) == ("shapes", "ready", 400)
+    assert "event: epoch" in train and "event: end" in train, train[-500:]
+    answer = first_json(predict)
+    assert [p["label"] for p in answer["predictions"]] == ["circle", "triangle"]
+    assert all(len(p["top_k"]) == 2 for p in answer["predictions"])
 
 
 def run_block(block: str, url: str, cwd, env: dict) -> str:
@@ -32,8 +151,9 @@ def run_block(block: str, url: str, cwd, env: dict) -> str:
     return result.stdout
 
 
-def test_readme_walkthrough(embedded_stack, tmp_path):
-    submit, poll, metrics, predict = walkthrough_blocks()
+@pytest.mark.e2e
+def test_docs_walkthrough_on_fashion_mnist(embedded_stack, tmp_path):
+    submit, poll, metrics, predict = sh_blocks(section(*FASHION_WALKTHROUGH))
     env = dict(os.environ)
     job_id = run_block(submit, embedded_stack.url, tmp_path, env).strip().splitlines()[-1]
     env["JOB"] = job_id
@@ -48,16 +168,9 @@ def test_readme_walkthrough(embedded_stack, tmp_path):
     assert all(len(p["top_k"]) == 3 for p in answer["predictions"])
 
 
-def shell_blocks() -> list[str]:
-    return re.findall(r"```sh\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-
-
-def first_command(block: str) -> str:
-    return next(line.strip() for line in block.splitlines() if line.strip())
-
-
-# The README's shell blocks that use the CLI, by their first line: those run here, in this order
-# (later blocks use $JOB and the model `fashion` of the first), and those not run, with why.
+# The shell blocks of the README and docs/ that use the CLI, by their first line, beyond the
+# quickstarts (run above): those run here, in this order (later blocks use $JOB and the model
+# `fashion` of the first), and those not run, with why.
 CLI_BLOCKS_RUN = [
     ".venv/bin/trainyard submit examples/softmax-regression.json --follow   # live progress bar; exits 1 unless it succeeds",
     "curl -s http://127.0.0.1:8000/v1/jobs/$JOB/evaluation?limit=1",
@@ -77,43 +190,32 @@ CLI_BLOCKS_NOT_RUN = {
 
 
 def test_every_cli_block_is_run_or_says_why_not():
-    blocks = [b for b in shell_blocks() if "trainyard " in b]
+    quickstarts = [*sh_blocks(section(*QUICKSTART)), *sh_blocks(section(*CURL_QUICKSTART))]
+    blocks = [b for b in shell_blocks() if "trainyard " in b and b not in quickstarts]
     assert sorted(map(first_command, blocks)) == sorted([*CLI_BLOCKS_RUN, *CLI_BLOCKS_NOT_RUN])
     # `make run` puts no `trainyard` on PATH: every block calls .venv/bin/trainyard.
     assert not [b for b in shell_blocks() if re.search(r"(^|[|;(]|\$\()\s*trainyard\s", b, flags=re.M)]
 
 
-def first_json(text: str):
-    """The first JSON object in some output (curl ends it without a newline)."""
-    return json.JSONDecoder().raw_decode(text[text.index("{"):])[0]
-
-
 @pytest.fixture(scope="module")
 def fresh_stack(tmp_path_factory, data_dir):
-    """A service of its own: the README's commands name models (`fashion`, version 1) as a new
+    """A service of its own: the docs' commands name models (`fashion`, version 1) as a new
     user's service would have them, which the suite's shared service cannot promise."""
     with Stack(home=tmp_path_factory.mktemp("readme"), data_dir=data_dir) as stack:
         yield stack
 
 
-def test_readme_cli_blocks(fresh_stack, tmp_path):
+@pytest.mark.e2e
+def test_docs_cli_blocks(fresh_stack, tmp_path):
     """What a newcomer types in a second terminal after `make run` (which started the service on
-    TRAINYARD_PORT): the CLI blocks, as written, from the repository's folder."""
-    venv = Path(sys.prefix)
-    require((venv / "bin" / "trainyard").exists(), f"the trainyard command is not installed in {venv}")
-    (tmp_path / ".venv").symlink_to(venv)
-    (tmp_path / "examples").symlink_to(REPO / "examples")
+    TRAINYARD_PORT): the CLI blocks of the docs, as written, from the repository's folder."""
+    env = newcomer(tmp_path, fresh_stack)
     class_png(tmp_path / "shirt.png", 6)
     class_png(tmp_path / "boot.png", 9)
-    (tmp_path / "shapes.zip").write_bytes(image_folder_zip(["circle", "square"], per_class=6, test_per_class=2))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-    env.update(TRAINYARD_PORT=str(urlsplit(fresh_stack.url).port), COLUMNS="80")
+    (tmp_path / "shapes.zip").write_bytes(shapes_zip())  # the quickstart's
     by_first = {first_command(b): b for b in shell_blocks()}
-    script = "".join(f"echo '--- block {i}'\n{by_first[first]}" for i, first in enumerate(CLI_BLOCKS_RUN))
-    result = subprocess.run(["bash", "-euxo", "pipefail", "-c", script.replace("http://127.0.0.1:8000", fresh_stack.url)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    tour, evaluation, exports = result.stdout.split("--- block ")[1:]
+    tour, evaluation, exports = run_blocks([by_first[first] for first in CLI_BLOCKS_RUN], fresh_stack, tmp_path, env,
+                                           timeout=240)
 
     job_id = re.match(r"0\njob (\S+) queued", tour).group(1)
     assert re.search(r" 10/10 succeeded train loss \d\S*, test acc [01]\.\d{3} ", tour), tour
@@ -124,3 +226,35 @@ def test_readme_cli_blocks(fresh_stack, tmp_path):
     assert first_json(evaluation)["model"]["reference"] == f"job:{job_id}"
     assert "most confident mistakes" in evaluation
     assert {"fashion.onnx"} <= {p.name for p in tmp_path.iterdir()} and len(list(tmp_path.glob("*.onnx"))) >= 2
+
+
+# Links between the pages.
+
+def anchors(page: Path) -> set[str]:
+    """The fragments that lead into a page: its headings, as GitHub makes them into ids, and its
+    explicit <a id="..."> anchors."""
+    found, seen = set(), {}
+    for line, prose in outside_fences(page.read_text()):
+        if prose and re.match(r"#{1,6} ", line):
+            slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+        if prose:
+            found.update(re.findall(r'<a id="([^"]+)"></a>', line))
+    return found
+
+
+def test_relative_links_lead_to_files_and_headings_that_exist():
+    broken = []
+    for page in pages():
+        for line, prose in outside_fences(page.read_text()):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line) if prose else ():
+                if re.match(r"[a-z]+:", target):
+                    continue
+                path, _, fragment = target.partition("#")
+                linked = (page.parent / path).resolve() if path else page
+                if not linked.exists():
+                    broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+                elif fragment and linked.suffix == ".md" and fragment not in anchors(linked):
+                    broken.append(f"{page.relative_to(REPO)}: {target} (no such heading)")
+    assert broken == []

@@ -1,7 +1,7 @@
 """The client half of the `trainyard` command: it talks to the REST API, local or remote.
 
 Scripts can rely on it: `--json` prints the API's own JSON on stdout, errors are one line on
-stderr, and the exit status says what happened (EXIT_CODES, also in the README).
+stderr, and the exit status says what happened (EXIT_CODES, also in docs/cli.md).
 
 How it is built, top to bottom: where the service is and how its answers are checked; the options
 every command shares (`Options`, added to each command by `command`) and the one renderer

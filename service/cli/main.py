@@ -1,12 +1,13 @@
 """The trainyard command line: migrate the database and run the API and a worker (started and
-stopped by service/cli/supervisor.py, whose docstring follows the start-up chain), and the client
-commands of service/cli/client.py."""
+stopped by service/cli/supervisor.py, whose docstring follows the start-up chain), the client
+commands of service/cli/client.py, and `sample-data` (service/cli/sample_data.py)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import httpx
 import typer
@@ -179,6 +180,27 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
     code = supervise(children)
     typer.echo("trainyard stopped")
     raise typer.Exit(code)
+
+
+@app.command("sample-data")
+def sample_data(
+    archive: Path = typer.Argument(..., dir_okay=False, help="the zip to write, e.g. shapes.zip"),
+    examples: Path | None = typer.Option(None, file_okay=False,
+                                         help="also write one new image per class to predict on, DIR/circle.png, ..."),
+    per_class: int = typer.Option(100, min=1, help="training images per class"),
+    test_per_class: int = typer.Option(25, min=1, help="test images per class"),
+    seed: int = typer.Option(0, help="the same seed writes the same bytes"),
+) -> None:
+    """Write a small image dataset to try trainyard with: 4 classes of drawn shapes, 28x28 grey PNGs
+    in the class folders `trainyard datasets upload` takes. Needs no service and no download."""
+    from service.cli.sample_data import SHAPES, shapes_zip, write_examples
+
+    archive.write_bytes(shapes_zip(seed=seed, per_class=per_class, test_per_class=test_per_class))
+    typer.echo(f"{archive}: {len(SHAPES) * (per_class + test_per_class)} images of {', '.join(SHAPES)} "
+               f"({per_class} train and {test_per_class} test each, 28x28 grey, seed {seed})")
+    if examples is not None:
+        written = write_examples(examples, seed=seed)
+        typer.echo(f"{examples}: {', '.join(path.name for path in written)}, not in the zip")
 
 
 def _redact(url: str) -> str:

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 # Secrets the API and Flower accept when they listen beyond loopback: at least this long, and none
-# of the documented examples' values (what a copied .env.example or README line would hold).
+# of the documented examples' values (what a copied .env.example or docs/ line would hold).
 MIN_SECRET_LENGTH = 24
 PLACEHOLDER_SECRETS = frozenset({"change-me-to-a-long-random-token", "change-me-too", "change-me",
                                  "changeme", "secret", "password", "token"})
