@@ -272,7 +272,7 @@ def test_inference_importing_training_is_named_as_such():
 
 @pytest.mark.parametrize("module, source", [
     ("service.api.routers.jobs", "from service.core import jobs\nfrom service.api.schemas.jobs import JobPublic"),
-    ("service.api.routes", "from service.api.routers import jobs, predict"),
+    ("service.api.routers", "from service.api.routers import jobs, predict"),
     ("workers.runner", "from service.core.db import session_scope\nfrom models.training.engine import fit"),
     ("service.core.jobs", "from models.spec.job import JobSpec\nfrom .tables import Job"),
     ("models.spec.problems", "from models.nets.archs import shape_problems\nfrom .job import JobSpec"),

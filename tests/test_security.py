@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from service.api.routes import include_api
+from service.api.routers import include_api
 from service.api.auth import parse_tokens
 from tests.servers import REPO, Stack, wait_until
 

@@ -15,8 +15,9 @@ from service.api import docs, errors, gc_tuning, telemetry
 from service.api.auth import require_token, token_table
 from service.api.limits import BodySizeLimit, Limit
 from service.api.processes import ProcessBoard
-from service.api.routes import include_api
+from service.api.routers import include_api
 from service.api.routers.dashboard import router as dashboard_router
+from service.api.evaluations import Evaluations
 from service.api.serving import ModelServer
 from service.core.reaper import Reaper
 from service.core.settings import Settings, get_settings
@@ -91,6 +92,7 @@ def create_app() -> FastAPI:
                   description="Train PyTorch models over HTTP and classify with them.")
     torch.set_num_threads(settings.inference_threads)
     app.state.models = ModelServer(settings)
+    app.state.evaluations = Evaluations(app.state.models)
     app.state.preload = Preload(settings.preload_models, ProcessBoard(settings.api_run_dir, settings.api_workers))
     include_api(app, auth=token_table().enabled)
     app.include_router(dashboard_router)

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from service.core.db import get_sessionmaker, read_scope
+from service.api.evaluations import Evaluations
 from service.api.serving import ModelServer
 from service.core.settings import Settings, get_settings
 
@@ -62,6 +63,10 @@ async def get_model_server(request: Request) -> ModelServer:
     return request.app.state.models
 
 
+async def get_evaluations(request: Request) -> Evaluations:
+    return request.app.state.evaluations
+
+
 async def settings() -> Settings:
     return get_settings()
 
@@ -71,3 +76,4 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(settings)]
 ModelServerDep = Annotated[ModelServer, Depends(get_model_server)]
+EvaluationsDep = Annotated[Evaluations, Depends(get_evaluations)]

@@ -6,7 +6,7 @@ its own socket to the port with SO_REUSEPORT, so the kernel spreads new connecti
 processes. (With one socket shared by all, as uvicorn's --workers does, whichever process is awake
 accepts: under a burst of keep-alive connections one process took nearly all of them and the others
 idled.) SIGTERM or SIGINT stops it after it has finished its requests. Model serving (the cache and
-the batcher) is service/api/serving.py.
+the batcher) is service/api/serving.py (and service/api/batching.py).
 """
 
 from __future__ import annotations

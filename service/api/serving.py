@@ -1,11 +1,6 @@
 """Serving models: reference -> checkpoint (cached), checkpoint -> warmed-up predictor (an LRU), and
-a batcher per predictor. The predict routes, the v2 protocol, plots and the dashboard all serve
-through one ModelServer per process.
-
-Concurrent requests for one model are merged into one forward pass: requests queue while a
-batch runs, and the next batch takes everything waiting (up to max_batch_size images), after
-waiting at most max_batch_delay_ms for more. A single request therefore pays no delay when
-the model is idle (with the default delay of 0), and a burst is served in a few large batches.
+a batcher per predictor (service/api/batching.py). The predict routes, the v2 protocol, the
+evaluation report and the dashboard all serve through one ModelServer per process.
 """
 
 from __future__ import annotations
@@ -19,170 +14,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from fastapi.concurrency import run_in_threadpool
 
 from models.cache import LRU
-from models.data.dataset import Dataset, DatasetError
-from models.data.loading import load_dataset
 from models.devices import DeviceUnavailable, resolve_device
-from models.inference.evaluation import Evaluation
 from models.inference.interchange import ExportError
 from models.inference.onnx_runtime import PREDICTORS
 from models.inference.predictor import InputError, Prediction, Predictor
-from models.spec.job import JobSpec
+from service.api.batching import Batcher
 from service.api.gc_tuning import release_free_memory
-from service.api.telemetry import MODEL_CACHE, MODELS_LOADED, PREDICT_BATCH
-from service.core import jobs
+from service.api.telemetry import MODEL_CACHE, MODELS_LOADED
 from service.core.db import session_scope
-from service.core.errors import Invalid, NotFound, Unavailable, Unprocessable
+from service.core.errors import Invalid, Unavailable
 from service.core.references import ModelNotFound, ResolvedCheckpoint, resolve
 from service.core.settings import Settings
-from service.core.tables import Job
 
 log = logging.getLogger(__name__)
-MAX_MISTAKES = 100  # mistakes an evaluation report keeps (its route's `limit` is at most this)
 IMAGES_HINT = ("images go as multipart/form-data, one `files` part per image beside `model` "
                "(curl -F model=... -F files=@boot.png), or one image as the raw body of "
                "POST /v1/models/{model}/predict with Content-Type image/*")
-
-
-@dataclass
-class _Request:
-    size: int  # inputs this request adds to a batch
-    prepare: Callable[[], torch.Tensor]  # runs on the batch's worker thread (e.g. decodes images)
-    finish: Callable[[torch.Tensor], Any] | None  # runs there too, on this request's outputs (e.g. labels them)
-    future: asyncio.Future
-
-
-class Batcher:
-    """Runs a predictor's forward passes on a worker thread, batching concurrent requests.
-
-    At most `max_queue` requests wait; one more is refused (Unavailable) rather than left to wait
-    without end. Closing (the model was evicted from the cache) answers every request already
-    queued first; a request that still arrives after that is answered on its own.
-    """
-
-    def __init__(self, predictor: Predictor, max_batch_size: int, max_delay_s: float, max_queue: int):
-        self.predictor = predictor
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
-        self.max_queue = max_queue
-        self.queue: asyncio.Queue[_Request | None] = asyncio.Queue()  # None: wake up, we are closing
-        self.batch_sizes: list[int] = []  # recent batch sizes, for tests and metrics
-        self._carry: _Request | None = None  # too big for the last batch: it leads the next
-        self._closing = False
-        self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._run())
-
-    async def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Class probabilities for a batch of prepared inputs [N, ...]."""
-        return await self.submit(len(inputs), lambda: inputs)
-
-    async def submit(self, size: int, prepare: Callable[[], torch.Tensor],
-                     finish: Callable[[torch.Tensor], Any] | None = None) -> Any:
-        """Outputs for the `size` inputs that prepare() makes, or finish(outputs) if given.
-
-        Both run off the event loop, in the batch's thread, so decoding and labelling cost one
-        thread hop per batch rather than one per request, and the event loop runs no tensor
-        code. If prepare() or finish() raises, only this request fails."""
-        request = _Request(size, prepare, finish, self._loop.create_future())
-        if self._task.done():  # closed and drained: nobody collects any more
-            (result,) = await asyncio.to_thread(self._forward, [request])
-            if isinstance(result, BaseException):
-                raise result
-            return result
-        if self.queue.qsize() >= self.max_queue:
-            raise Unavailable(f"{self.max_queue} requests are already waiting for this model; retry shortly")
-        self.queue.put_nowait(request)
-        return await request.future
-
-    def close(self) -> None:
-        """Stop once the requests already queued are answered; callable from any thread."""
-        self._loop.call_soon_threadsafe(self._begin_closing)
-
-    def _begin_closing(self) -> None:
-        self._closing = True
-        self.queue.put_nowait(None)
-
-    async def _collect(self) -> list[_Request]:
-        first = self._carry or await self.queue.get()
-        self._carry = None
-        if first is None:
-            return []
-        items, size = [first], first.size
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_delay_s
-        while size < self.max_batch_size:
-            try:
-                item = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if item is None:
-                break
-            if size + item.size > self.max_batch_size:
-                self._carry = item
-                break
-            items.append(item)
-            size += item.size
-        return items
-
-    def _forward(self, items: list[_Request]) -> list[Any]:
-        """Prepare every request's inputs, run one forward pass, split and finish the outputs (worker thread)."""
-        prepared: list[torch.Tensor | BaseException] = []
-        for item in items:
-            try:
-                prepared.append(item.prepare())
-            except Exception as exc:  # this request's own input is bad
-                prepared.append(exc)
-        good = [p for p in prepared if isinstance(p, torch.Tensor)]
-        if not good:
-            return prepared
-        if len({p.dtype for p in good}) > 1:  # image pixels (uint8) beside float inputs
-            good = [self.predictor.to_input(p) if p.dtype == torch.uint8 else p for p in good]
-        batch = torch.cat(good) if len(good) > 1 else good[0]
-        outputs = self.predictor.probabilities(batch)
-        self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
-        PREDICT_BATCH.observe(len(batch))
-        results, start = [], 0
-        for item, p in zip(items, prepared):
-            if isinstance(p, BaseException):
-                results.append(p)
-                continue
-            mine = outputs[start:start + len(p)]
-            start += len(p)
-            try:
-                results.append(item.finish(mine) if item.finish else mine)
-            except Exception as exc:
-                results.append(exc)
-        return results
-
-    async def _run(self) -> None:
-        while not (self._closing and self._carry is None and self.queue.empty()):
-            # Requests whose deadline passed while they waited have been cancelled: skip them.
-            items = [item for item in await self._collect() if not item.future.done()]
-            if not items:
-                continue
-            try:
-                results = await asyncio.to_thread(self._forward, items)
-            except Exception as exc:  # the forward pass itself failed: every request hears of it
-                results = [exc] * len(items)
-            for item, result in zip(items, results):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
 
 
 @dataclass
@@ -240,7 +94,7 @@ class ReferenceCache:
         self._refreshing.discard(reference)
 
 
-def _checkpoint_key(path: Path) -> tuple[str, int]:
+def checkpoint_key(path: Path) -> tuple[str, int]:
     """A checkpoint file and its version on disk: a rewritten file is a different model."""
     try:
         return str(path), path.stat().st_mtime_ns
@@ -278,10 +132,6 @@ class ModelServer:
         # Models by their file's content: a job's checkpoint and its registered copy are one model.
         self._models: LRU[LoadedModel] = LRU(settings.model_cache_size, on_evict=LoadedModel.close)
         self._contents: LRU[str] = LRU(10_000)  # checkpoint key -> its file's sha256
-        self._evaluations: LRU[Evaluation] = LRU(32)  # per checkpoint file
-        # A report is a pass over a test set: one at a time, so that requests for the same one wait
-        # for it instead of each computing it again.
-        self._evaluating = threading.Lock()
         self._loading = threading.Lock()
 
     def loaded(self, key: tuple[str, int]) -> LoadedModel | None:
@@ -294,7 +144,7 @@ class ModelServer:
 
     def load(self, path: Path) -> LoadedModel:
         """The loaded, warmed-up model of a checkpoint file (thread-safe; kept once per content)."""
-        key = _checkpoint_key(path)
+        key = checkpoint_key(path)
         cached = self.loaded(key)
         if cached is not None:
             return cached
@@ -323,7 +173,7 @@ class ModelServer:
         loaded afresh; it is read here, once per reference_cache_seconds, not on every request."""
         with session_scope(write=False) as session:
             target = resolve(session, reference=reference, settings=self.settings)
-        return Resolution(target, _checkpoint_key(target.path))
+        return Resolution(target, checkpoint_key(target.path))
 
     @contextlib.asynccontextmanager
     async def deadline(self):
@@ -429,66 +279,6 @@ class ModelServer:
                 hint = f"; {IMAGES_HINT}" if loaded.predictor.contract.images else ""
                 raise Invalid([(("inputs",), f"model {reference!r}: {exc}{hint}")]) from exc
             return target, loaded, await self.probabilities(loaded, inputs)
-
-    def _test_set(self, job: Job) -> Dataset:
-        """A job's dataset as far as its test set goes (call in a thread). The validation split and
-        normalisation change only the training rows and the input contract, so they are left out:
-        reading a test image never costs a pass over the training images. The set is read afresh
-        each time (memory-mapped, so that is cheap) rather than kept: the API needs it once per
-        checkpoint, and kept, its pages would stay in the process."""
-        spec = JobSpec.model_validate(job.spec)
-        data = spec.data.model_copy(update={"val_fraction": 0.0, **(
-            {"normalize": "none"} if "normalize" in type(spec.data).model_fields else {})})
-        settings = self.settings
-        try:
-            return load_dataset(data, data_dir=settings.data_dir, datasets_dir=settings.datasets_dir,
-                                cache_dir=settings.cache_dir, seed=spec.seed, remember=False)
-        except DatasetError as exc:
-            raise NotFound(f"the test set of job {job.id} cannot be read here: {exc}") from None
-
-    def _job(self, job_id: str) -> Job:
-        """A job's record, read in a session of its own (call in a thread); NotFound if there is none."""
-        with session_scope(write=False) as session:
-            return jobs.require_job(session, job_id=job_id)
-
-    async def evaluation(self, job_id: str) -> tuple[ResolvedCheckpoint, LoadedModel, Evaluation]:
-        """The evaluation report (and confusion matrix) of the checkpoint `job:<id>` names, on the
-        job's test set, remembered per checkpoint file; Unprocessable unless the job classifies."""
-        job = await run_in_threadpool(self._job, job_id)
-        if job.task != "classification":
-            raise Unprocessable(f"job {job.id} is a {job.task} job; the evaluation report and the confusion "
-                                "matrix need a classification job")
-        target, loaded = await self.get(f"job:{job.id}")
-
-        def compute() -> Evaluation:
-            test = self._test_set(job)
-            report = loaded.predictor.evaluate(test.x_test, test.y_test, mistakes=MAX_MISTAKES)
-            del test  # its pages go with it, before the free memory is handed back
-            release_free_memory()
-            return report
-
-        key = _checkpoint_key(target.path)
-        def once() -> Evaluation:
-            with self._evaluating:
-                return self._evaluations.get_or_load(key, compute)
-
-        return target, loaded, await run_in_threadpool(once)
-
-    async def test_image(self, job_id: str, index: int) -> np.ndarray:
-        """One test image of a job as stored, uint8 pixels [C, H, W]; NotFound outside its test set."""
-        def read() -> np.ndarray:
-            job = self._job(job_id)
-            if job.task != "classification" or str((job.spec.get("data") or {}).get("dataset")).startswith("synthetic"):
-                raise Unprocessable(f"job {job.id} does not train on images")  # known without building its data
-            images = self._test_set(job).x_test
-            if images.dtype != torch.uint8:
-                raise Unprocessable(f"job {job.id} does not train on images")
-            if not 0 <= index < len(images):
-                raise NotFound(f"job {job.id}'s test set has {len(images)} images, numbered from 0; "
-                               f"there is no image {index}")
-            return images[index].numpy().copy()
-
-        return await run_in_threadpool(read)
 
     def __len__(self) -> int:
         return len(self._models)

@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 import numpy as np
+import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.data.dataset import DatasetError
-from models.data.loading import load_stored_dataset, save_stored_dataset, stored_dataset_path
+from models.data.dataset import Dataset, DatasetError
+from models.data.loading import load_dataset, load_stored_dataset, save_stored_dataset, stored_dataset_path
 from models.data.uploads import ArchiveLimits, check_archive, decode_archive
 from models.spec.job import JobSpec, UploadedDatasetSpec
 from models.spec.problems import DatasetInfo, builtin_dataset_info
+from service.core import jobs
 from service.core.background import Periodic
 from service.core.db import session_scope
 from service.core.errors import Conflict, Invalid, NotFound, Unprocessable
@@ -351,3 +353,33 @@ def example_image(session: Session, *, dataset_id: str, number: int, settings: S
     if not 0 <= rank < len(rows):
         raise NotFound(f"dataset {record.id} has no example image {number}")
     return dataset.x_train[int(rows[rank])].numpy().copy()
+
+
+def test_set(job: Job, *, settings: Settings) -> Dataset:
+    """A job's dataset as far as its test set goes. The validation split and normalisation change
+    only the training rows and the input contract, so they are left out: reading a test image never
+    costs a pass over the training images. The set is read afresh each time (memory-mapped, so that
+    is cheap) rather than kept in the process-wide cache: an API process needs it once per
+    checkpoint, and kept, its pages would stay; NotFound if it cannot be read here."""
+    spec = JobSpec.model_validate(job.spec)
+    data = spec.data.model_copy(update={"val_fraction": 0.0, **(
+        {"normalize": "none"} if "normalize" in type(spec.data).model_fields else {})})
+    try:
+        return load_dataset(data, data_dir=settings.data_dir, datasets_dir=settings.datasets_dir,
+                            cache_dir=settings.cache_dir, seed=spec.seed, remember=False)
+    except DatasetError as exc:
+        raise NotFound(f"the test set of job {job.id} cannot be read here: {exc}") from None
+
+
+def test_image(session: Session, *, job_id: str, index: int, settings: Settings) -> np.ndarray:
+    """One test image of a job as stored, uint8 pixels [C, H, W]; NotFound outside its test set,
+    Unprocessable for a job that does not train on images."""
+    job = jobs.require_job(session, job_id=job_id)
+    if job.task != "classification" or str((job.spec.get("data") or {}).get("dataset")).startswith("synthetic"):
+        raise Unprocessable(f"job {job.id} does not train on images")  # known without building its data
+    images = test_set(job, settings=settings).x_test
+    if images.dtype != torch.uint8:
+        raise Unprocessable(f"job {job.id} does not train on images")
+    if not 0 <= index < len(images):
+        raise NotFound(f"job {job.id}'s test set has {len(images)} images, numbered from 0; there is no image {index}")
+    return images[index].numpy().copy()

@@ -27,7 +27,7 @@ from models.spec.explain import input_loc
 from models.spec.job import JobSpec
 from service.api import plots
 from service.api.auth import COOKIE, page_editor, page_viewer, token_table
-from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
+from service.api.deps import EvaluationsDep, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.errors import headers_for, status_for
 from service.api.schemas.datasets import DatasetPublic
 from service.api.schemas.evaluation import evaluation_public
@@ -143,17 +143,18 @@ MISTAKES_SHOWN = 24
 
 
 @fragments.get("/ui/fragments/jobs/{job_id}/evaluation", response_class=HTMLResponse)
-async def job_evaluation(job_id: str, request: Request, server: ModelServerDep) -> HTMLResponse:
+async def job_evaluation(job_id: str, request: Request, evaluations: EvaluationsDep) -> HTMLResponse:
     """The evaluation report's section of a job's page (loaded after the page: it may take a test-set pass)."""
-    target, _, report = await server.evaluation(job_id)
+    target, _, report = await evaluations.report(job_id)
     return templates.TemplateResponse(request, "evaluation.html", {
         "job_id": target.job_id, "report": evaluation_public(target.job_id, target, report, limit=MISTAKES_SHOWN)})
 
 
 @pages.get("/ui/jobs/{job_id}/test-images/{index}.png")
-async def job_test_image(job_id: str, index: int, server: ModelServerDep) -> Response:
+async def job_test_image(job_id: str, index: int, settings: SettingsDep) -> Response:
     """A test image for the report's thumbnails (the /v1 twin wants a bearer token, a page has a cookie)."""
-    return await plots.png_response(plots.pixels_png, await server.test_image(job_id, index))
+    pixels = await read(lambda session: datasets.test_image(session, job_id=job_id, index=index, settings=settings))
+    return await plots.png_response(plots.pixels_png, pixels)
 
 
 def _examples() -> list[str]:

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from service.api import plots
-from service.api.deps import ModelServerDep
+from service.api.deps import EvaluationsDep, SettingsDep, read
+from service.api.evaluations import MAX_MISTAKES
 from service.api.schemas.evaluation import EvaluationPublic, evaluation_public
-from service.api.serving import MAX_MISTAKES
+from service.core import datasets
 
 router = APIRouter(prefix="/v1", tags=["evaluation"])
 
@@ -18,12 +19,12 @@ router = APIRouter(prefix="/v1", tags=["evaluation"])
 @router.get("/jobs/{job_id}/evaluation", response_model=EvaluationPublic,
             responses={404: {"description": "No such job"}, 409: {"description": "No checkpoint yet"},
                        422: {"description": "Not a classification job"}})
-async def evaluation(job_id: str, server: ModelServerDep,
+async def evaluation(job_id: str, evaluations: EvaluationsDep,
                      limit: Annotated[int, Query(ge=0, le=MAX_MISTAKES, description="mistakes listed")] = 24
                      ) -> EvaluationPublic:
     """Accuracy, top-k accuracy, per-class precision, recall and F1, the confusion matrix, the most
     confident mistakes and a confidence-threshold table for the checkpoint `job:<id>` names."""
-    target, _, report = await server.evaluation(job_id)
+    target, _, report = await evaluations.report(job_id)
     return evaluation_public(target.job_id, target, report, limit=limit)
 
 
@@ -31,6 +32,7 @@ async def evaluation(job_id: str, server: ModelServerDep,
             responses={**plots.PNG_RESPONSE,
                        404: {"description": "No such job, or no such image in its test set"},
                        422: {"description": "The job does not train on images"}})
-async def test_image(job_id: str, index: int, server: ModelServerDep) -> Response:
+async def test_image(job_id: str, index: int, settings: SettingsDep) -> Response:
     """One image of the job's test set (numbered from 0), its pixels as stored."""
-    return await plots.png_response(plots.pixels_png, await server.test_image(job_id, index))
+    pixels = await read(lambda session: datasets.test_image(session, job_id=job_id, index=index, settings=settings))
+    return await plots.png_response(plots.pixels_png, pixels)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from service.api import plots
-from service.api.deps import ModelServerDep
+from service.api.deps import EvaluationsDep
 from service.api.schemas.plots import ConfusionPublic
-from service.api.serving import ModelServer
+from service.api.evaluations import Evaluations
 
 router = APIRouter(prefix="/v1", tags=["plots"])
 PNG = {**plots.PNG_RESPONSE, 404: {"description": "No such job"}}
@@ -29,8 +29,8 @@ async def compare(job_ids: Annotated[str, Query(alias="jobs", description="comma
     return await plots.curves_response(plots.job_series, job_ids.split(","))
 
 
-async def _confusion(job_id: str, server: ModelServer) -> ConfusionPublic:
-    target, loaded, report = await server.evaluation(job_id)
+async def _confusion(job_id: str, evaluations: Evaluations) -> ConfusionPublic:
+    target, loaded, report = await evaluations.report(job_id)
     return ConfusionPublic(job_id=target.job_id, epoch=target.epoch, classes=loaded.predictor.classes,
                            matrix=report.confusion_matrix, accuracy=report.accuracy)
 
@@ -38,14 +38,14 @@ async def _confusion(job_id: str, server: ModelServer) -> ConfusionPublic:
 @router.get("/jobs/{job_id}/confusion", response_model=ConfusionPublic,
             responses={404: {"description": "No such job"}, 409: {"description": "No checkpoint yet"},
                        422: {"description": "Not a classification job"}})
-async def confusion(job_id: str, server: ModelServerDep) -> ConfusionPublic:
+async def confusion(job_id: str, evaluations: EvaluationsDep) -> ConfusionPublic:
     """The best checkpoint's confusion matrix on the job's test set, as data."""
-    return await _confusion(job_id, server)
+    return await _confusion(job_id, evaluations)
 
 
 @router.get("/jobs/{job_id}/confusion.png", response_class=Response,
             responses={**PNG, 409: {"description": "No checkpoint yet"}, 422: {"description": "Not a classification job"}})
-async def confusion_png(job_id: str, server: ModelServerDep) -> Response:
+async def confusion_png(job_id: str, evaluations: EvaluationsDep) -> Response:
     """The best checkpoint's confusion matrix on the job's test set, drawn."""
-    result = await _confusion(job_id, server)
+    result = await _confusion(job_id, evaluations)
     return await plots.png_response(plots.confusion_matrix, result.matrix, result.classes)

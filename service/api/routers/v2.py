@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (v2) over HTTP; the encoding lives in service/api/oip.py.
+"""The Open Inference Protocol (v2) over HTTP; the encoding lives in service/api/v2.py.
 
 Models are registry references (`name`, or `job:ID`), versions are registry versions. Inputs are
 an FP32 tensor [N, *input_shape] or a BYTES tensor [N] of encoded images (PNG, JPEG, ...), in
@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from models.checkpoint import CheckpointError
 from models.inference.predictor import InputError
-from service.api import oip
+from service.api import v2
 from service.api.deps import ModelServerDep, SettingsDep
 from service.api.errors import headers_for, status_for
 from service.api.serving import LoadedModel, ModelServer
@@ -76,7 +76,7 @@ async def _metadata(server: ModelServer, name: str, version: str | None) -> JSON
     if isinstance(served, JSONResponse):
         return served
     target, loaded = served
-    return JSONResponse(oip.metadata(name, target.version, loaded.predictor, target.job_id, target.epoch,
+    return JSONResponse(v2.metadata(name, target.version, loaded.predictor, target.job_id, target.epoch,
                                      target.threshold))
 
 
@@ -115,35 +115,35 @@ async def _infer(name: str, version: str | None, request: Request, settings, ser
     try:
         async with server.deadline():
             target, loaded = await server.get(_reference(name, version))
-            header, binary = oip.split_body(await request.body(), request.headers.get("inference-header-content-length"))
+            header, binary = v2.split_body(await request.body(), request.headers.get("inference-header-content-length"))
             probs = await _run(server, loaded, header, binary, settings)
             binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
-            threshold = target.threshold_for(oip.requested_threshold(header, loaded.predictor))
-            outputs = oip.outputs(header.get("outputs") or [], probs, loaded.predictor, binary_default, threshold)
+            threshold = target.threshold_for(v2.requested_threshold(header, loaded.predictor))
+            outputs = v2.outputs(header.get("outputs") or [], probs, loaded.predictor, binary_default, threshold)
     except (CoreError, CheckpointError) as exc:
         return _error(str(exc), status_for(exc), headers_for(exc))
-    except oip.ProtocolError as exc:
+    except v2.ProtocolError as exc:
         return _error(str(exc), exc.status)
     answer = {"model_name": name, "model_version": str(target.version or 1)}
     if isinstance(header.get("id"), str):
         answer["id"] = header["id"]
-    return oip.response(answer, outputs)
+    return v2.response(answer, outputs)
 
 
 async def _run(server: ModelServer, loaded: LoadedModel, header, binary: bytes, settings) -> torch.Tensor:
     """The model's outputs for the request's one input."""
     predictor = loaded.predictor
-    spec = oip.single_input(header)
-    data, _ = oip.tensor_data(spec, binary, 0)
+    spec = v2.single_input(header)
+    data, _ = v2.tensor_data(spec, binary, 0)
     if spec.get("datatype") == "FP32":
-        return await server.probabilities(loaded, oip.fp32_input(spec, data, predictor, settings.max_batch_size))
+        return await server.probabilities(loaded, v2.fp32_input(spec, data, predictor, settings.max_batch_size))
     if spec.get("datatype") == "BYTES" and predictor.contract.images:
-        images = oip.encoded_images(spec, data, settings.max_files_per_request)
+        images = v2.encoded_images(spec, data, settings.max_files_per_request)
         try:
             return await server.image_probabilities(loaded, images)
         except InputError as exc:
-            raise oip.ProtocolError(str(exc)) from None
-    raise oip.ProtocolError(f"input datatype {spec.get('datatype')!r} is not supported by this model; "
+            raise v2.ProtocolError(str(exc)) from None
+    raise v2.ProtocolError(f"input datatype {spec.get('datatype')!r} is not supported by this model; "
                             "use FP32 (or BYTES images for image models)")
 
 

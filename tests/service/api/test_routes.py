@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.routes import include_api
+from service.api.routers import include_api
 
 
 def test_no_router_is_nested_in_another():

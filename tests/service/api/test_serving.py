@@ -10,6 +10,7 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
+from service.api.evaluations import Evaluations
 from service.api.serving import ModelServer
 from service.core.references import ModelNotFound
 from service.core.errors import Unavailable
@@ -58,7 +59,7 @@ def test_an_evaluation_keeps_its_report_not_its_test_set(service_env, trained_jo
     from models.data import loading
 
     loading._decoded.clear()
-    _, _, report = asyncio.run(ModelServer(service_env).evaluation(trained_job))
+    _, _, report = asyncio.run(Evaluations(ModelServer(service_env)).report(trained_job))
     assert report.num_test > 0 and len(loading._decoded) == 0
 
 
