@@ -12,24 +12,23 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 import torch
 import torchvision
 from sqlalchemy import select
 
-from models.checkpoint import CheckpointError, checkpoint_name, read_checkpoint, write_checkpoint
+from models.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from models.data.dataset import DatasetError
 from models.nets.cost import human_bytes
 from models.nets.pretrained import MissingWeights, UnsafeWeights
 from models.spec.job import JobSpec
 from models.training.engine import Callbacks, EpochMetrics, Limits, TrainingError, TrainingRun, fit, summarise_folds
-from models.training.state import TRAINING_STATE, Position, TrainingState, load_training_state, save_training_state
+from models.training.state import Position, TrainingState, load_training_state, save_training_state
 from service.core import jobs, sweeps, worker_registry
 from service.core.background import Periodic
 from service.core.db import UNAVAILABLE, brief, retry_while_unavailable, session_scope
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
-from service.core.retention import job_dir
+from service.core.retention import checkpoint_path, resumable_state_path
 from service.core.settings import get_settings
 from service.core.tables import Job, JobStatus
 from workers.job_log import JobLogCapture
@@ -42,8 +41,8 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def write(what: str, work, *, patient: bool = True):
-    """A write the job needs in its own transaction. `patient`: retried while the database is
+def in_transaction(what: str, work, *, patient: bool = True):
+    """work(session) in a transaction of its own, committed: a write the job needs. `patient`: retried while the database is
     unavailable, so an outage pauses the job there instead of failing it (up to
     TRAINYARD_DATABASE_RETRY_SECONDS); otherwise one try."""
     def attempt():
@@ -114,18 +113,15 @@ class JobControl(Periodic):
 MEMORY_SAMPLE_SECONDS = 0.25
 
 
-def state_path(job_id: str) -> Path:
-    return job_dir(get_settings(), job_id) / TRAINING_STATE
-
-
-def save_state(run: TrainingRun, job_id: str, position: Position) -> None:
+def save_resumable_state(run: TrainingRun, job_id: str, position: Position) -> None:
     """Write the training state an attempt resumes from, atomically."""
-    save_training_state(state_path(job_id), run.state(position),
+    save_training_state(resumable_state_path(get_settings(), job_id), run.state(position),
                         {"job_id": job_id, "spec": run.spec.model_dump(mode="json")})
 
 
-def load_state(job_id: str) -> TrainingState | None:
-    path = state_path(job_id)
+def load_resumable_state(job_id: str) -> TrainingState | None:
+    """The training state an earlier attempt of the job left, if it left one."""
+    path = resumable_state_path(get_settings(), job_id)
     return load_training_state(path)[0] if path.exists() else None
 
 
@@ -152,7 +148,7 @@ class RecordingCallbacks(Callbacks):
             "num_train": len(run.dataset.x_train),
             "num_test": len(run.dataset.x_test),
         }
-        write(f"record job {self.job_id}'s environment",
+        in_transaction(f"record job {self.job_id}'s environment",
               lambda session: jobs.set_environment(session, job_id=self.job_id, environment=environment))
         log.info("training %s on %s: %d training and %d test samples, %d epochs", run.spec.model.arch, run.device,
                  environment["num_train"], environment["num_test"], run.spec.epochs)
@@ -160,12 +156,12 @@ class RecordingCallbacks(Callbacks):
     def on_fold_end(self, run: TrainingRun, fold: dict) -> None:
         results = {"folds": run.folds, "summary": summarise_folds(run.folds),
                    "complete": len(run.folds) == run.spec.cross_validation.folds}
-        write(f"record job {self.job_id}'s folds", lambda session: jobs.set_cross_validation(
+        in_transaction(f"record job {self.job_id}'s folds", lambda session: jobs.set_cross_validation(
             session, job_id=self.job_id, attempt=self.control.attempt, results=results))
-        save_state(run, self.job_id, Position(epoch=1))
+        save_resumable_state(run, self.job_id, Position(epoch=1))
 
     def on_epoch_end(self, run: TrainingRun, metrics: EpochMetrics) -> None:
-        relative = f"{self.job_id}/{checkpoint_name(metrics.epoch)}"
+        relative, path = checkpoint_path(self.settings, self.job_id, metrics.epoch)
         meta = {
             "job_id": self.job_id,
             "epoch": metrics.epoch,
@@ -174,7 +170,7 @@ class RecordingCallbacks(Callbacks):
             "dataset_checksum": run.dataset.checksum,
             "torch": torch.__version__,
         }
-        size = write_checkpoint(self.settings.checkpoint_dir / relative, run.model.state_dict(), meta)
+        size = write_checkpoint(path, run.model.state_dict(), meta)
         self.unrecorded.append((metrics.as_dict(), relative, size))
         if not self.record(wait=False):
             if not self.control.lost.is_set():
@@ -184,7 +180,7 @@ class RecordingCallbacks(Callbacks):
         # Saved only once the epoch is in SQL: a crash in between repeats the epoch (its row is
         # upserted, not doubled) rather than skipping it. While epochs wait to be recorded, the
         # state stays at the last recorded one, so a crash then retrains them.
-        save_state(run, self.job_id, Position(epoch=metrics.epoch + 1))
+        save_resumable_state(run, self.job_id, Position(epoch=metrics.epoch + 1))
         log.info("epoch %d/%d: %s (%.1f s, %.0f samples/s)", metrics.epoch, run.spec.epochs, _summary(metrics),
                  metrics.seconds, metrics.samples_per_second)
         self.job_log.store()
@@ -204,7 +200,7 @@ class RecordingCallbacks(Callbacks):
 
         epochs = ", ".join(str(m["epoch"]) for m, _, _ in self.unrecorded)
         try:
-            write(f"record epoch(s) {epochs} of job {self.job_id}", record_all, patient=wait)
+            in_transaction(f"record epoch(s) {epochs} of job {self.job_id}", record_all, patient=wait)
         except UNAVAILABLE:
             if wait:
                 raise
@@ -312,7 +308,7 @@ def _advance_sweep(job_id: str) -> None:
 
 def _run_job(job_id: str) -> str | None:
     settings = get_settings()
-    claim = write(f"claim job {job_id}", lambda session: jobs.claim_job(
+    claim = in_transaction(f"claim job {job_id}", lambda session: jobs.claim_job(
         session, job_id=job_id, worker=worker_name(), lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts, oom_fraction=settings.oom_kill_fraction))
     if claim is None:
@@ -332,14 +328,14 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
     with JobControl(job_id, claim.attempt, settings.heartbeat_seconds, settings.lease_seconds / 4,
                     urgent_share=settings.oom_kill_fraction) as control:
         try:
-            resume = load_state(job_id)
+            resume = load_resumable_state(job_id)
             if resume is not None and claim.resumed_by_user:
                 resume.run["elapsed"] = 0.0  # a user's resume grants a fresh max_runtime_seconds
             if resume is not None:
                 detail = {"resumed_from_epoch": resume.position.epoch,
                           "resumed_from_batch": resume.position.progress.batches}
                 log.info("resuming from epoch %d (batch %d)", resume.position.epoch, resume.position.progress.batches)
-                write(f"note where job {job_id} resumed", lambda session: jobs.note_resume(
+                in_transaction(f"note where job {job_id} resumed", lambda session: jobs.note_resume(
                     session, job_id=job_id, attempt=claim.attempt, detail=detail))
             callbacks = RecordingCallbacks(job_id, control, job_log)
             initial_weights = None if resume else _initial_weights(spec)
@@ -352,7 +348,7 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
                              resume=resume, initial_weights=initial_weights, limits=limits)
             callbacks.record(wait=True)  # epochs trained while the database was away
             if result.stopped_at is not None and not control.lost.is_set():
-                save_state(result.run, job_id, result.stopped_at)
+                save_resumable_state(result.run, job_id, result.stopped_at)
             status, reason, error = STOP_OUTCOMES[result.reason]
         except Exception as exc:
             reason, error = _failure(exc)
@@ -363,10 +359,10 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
         return None
     log.info("job %s %s", job_id, status + (f" ({reason})" if reason else ""))
     job_log.store()  # before the job's end is recorded: whoever sees it ended finds its whole log
-    if not write(f"record the end of job {job_id}", lambda session: jobs.finish_job(
+    if not in_transaction(f"record the end of job {job_id}", lambda session: jobs.finish_job(
             session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error)):
         log.warning("job %s attempt %s could not record its end (%s)", job_id, claim.attempt, status)
         return None
     if status == JobStatus.SUCCEEDED:  # only a failed or cancelled job can be resumed
-        state_path(job_id).unlink(missing_ok=True)
+        resumable_state_path(get_settings(), job_id).unlink(missing_ok=True)
     return status

@@ -15,6 +15,9 @@ from pathlib import Path
 from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
+from models.checkpoint import checkpoint_name
+from models.training.state import TRAINING_STATE
+
 from service.core import jobs
 from service.core.db import session_scope
 from service.core.ids import resolve_id
@@ -27,6 +30,18 @@ log = logging.getLogger(__name__)
 def job_dir(settings: Settings, job_id: str) -> Path:
     """Where a job's checkpoints and resumable state live."""
     return settings.checkpoint_dir / job_id
+
+
+def checkpoint_path(settings: Settings, job_id: str, epoch: int) -> tuple[str, Path]:
+    """Where a job's checkpoint of an epoch goes: the path the checkpoints table records (relative
+    to the checkpoint folder), and the file."""
+    relative = f"{job_id}/{checkpoint_name(epoch)}"
+    return relative, settings.checkpoint_dir / relative
+
+
+def resumable_state_path(settings: Settings, job_id: str) -> Path:
+    """The file an interrupted attempt of a job resumes from."""
+    return job_dir(settings, job_id) / TRAINING_STATE
 
 
 def delete_job(session: Session, *, job_id: str, settings: Settings) -> None:
