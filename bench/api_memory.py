@@ -15,7 +15,7 @@ With `--baseline REV`, the same run goes first on the service as it was at git r
 
 Target: every API process under 500 MB PSS after the predicts.
 
-Usage: .venv/bin/python bench/api_memory.py [--test-images 10000] [--train-images 256]
+Usage: .venv/bin/python -m bench.api_memory [--test-images 10000] [--train-images 256]
                                             [--api-workers 2] [--baseline REV] [--report-only]
 """
 
@@ -35,11 +35,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tests.support.datagen import make_cifar10, make_idx_dataset, png_bytes
+from tests.support.servers import Stack, wait_until
 
-from tests.datagen import make_cifar10, make_idx_dataset, png_bytes  # noqa: E402
-from tests.servers import Stack, wait_until  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TARGET_MB = 500
 STAGES = ("fresh", "after training", "after evaluation", "after predicts")

@@ -11,7 +11,7 @@ horizontal_flip:
   the same device, x / 255 per batch: what the service's engine adds on top is what is measured;
 - the same job and bare loop without augmentation: colour convolutional training's own overhead.
 
-Usage: .venv/bin/python bench/augment.py [--images N] [--epochs N] [--device cpu|cuda]
+Usage: .venv/bin/python -m bench.augment [--images N] [--epochs N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -23,19 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from models.data.augment import Augmenter  # noqa: E402
-from models.data.cifar import load_cifar10  # noqa: E402
-from models.nets.archs import build_model  # noqa: E402
-from models.spec.job import JobSpec  # noqa: E402
-from models.training.engine import loss_function, optimizer_step  # noqa: E402
-from tests.datagen import make_cifar10  # noqa: E402
-from bench.train import PRODUCTION_TIMINGS  # noqa: E402
-from tests.servers import Stack  # noqa: E402
+from models.data.augment import Augmenter
+from models.data.cifar import load_cifar10
+from models.nets.archs import build_model
+from models.spec.job import JobSpec
+from models.training.engine import loss_function, optimizer_step
+from tests.support.datagen import make_cifar10
+from bench.train import PRODUCTION_TIMINGS
+from tests.support.servers import Stack
 
 BATCH = 256
 TARGET_OVER_RECIPE = 3.0

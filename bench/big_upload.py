@@ -8,7 +8,7 @@ then memory-mapped). Then one epoch of LeNet trains on it. Every process of the 
 worker is sampled every 0.2 s; the figures are the peak growth over each role's level before the
 upload. Target: each grows less than 300 MB.
 
-Usage: .venv/bin/python bench/big_upload.py [--images N] [--epochs N]
+Usage: .venv/bin/python -m bench.big_upload [--images N] [--epochs N]
 """
 
 from __future__ import annotations
@@ -23,15 +23,12 @@ import time
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import httpx
+import numpy as np
+from PIL import Image
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from bench.train import PRODUCTION_TIMINGS  # noqa: E402
-from tests.servers import Stack  # noqa: E402
+from bench.train import PRODUCTION_TIMINGS
+from tests.support.servers import Stack
 
 SIDE = 64
 CLASSES = 10

@@ -8,7 +8,7 @@ Printed, as ratios measured in the same run:
 - the same job with augmentation (the backbone then runs every batch) per epoch / epochs 2..E of
   the cached job: what the feature cache saves each epoch.
 
-Usage: .venv/bin/python bench/finetune.py [--images N] [--epochs E] [--device cpu|cuda]
+Usage: .venv/bin/python -m bench.finetune [--images N] [--epochs E] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from models.data.idx import image_dataset  # noqa: E402
-from models.spec.job import JobSpec  # noqa: E402
-from models.training.engine import fit  # noqa: E402
-from tests.datagen import colour_images  # noqa: E402
+from models.data.idx import image_dataset
+from models.spec.job import JobSpec
+from models.training.engine import fit
+from tests.support.datagen import colour_images
 
 TARGET_LATER_OVER_FIRST = 10.0
 

@@ -24,6 +24,6 @@ for amp in off bf16 fp16; do
   echo "== amp $amp"
   recipe=--skip-recipe
   [ "$amp" = off ] && recipe=  # the recipe runs on the CPU whatever the AMP setting: once is enough
-  timeout 240 "$BENCH_PYTHON" bench/train.py --device cuda --amp "$amp" --epochs "$EPOCHS" $recipe || true
+  timeout 240 "$BENCH_PYTHON" -m bench.train --device cuda --amp "$amp" --epochs "$EPOCHS" $recipe || true
 done
 exit "$tests_failed"

@@ -11,7 +11,7 @@ serves the same weights, imported (POST /v1/models/import: the peers' state_dict
 arch resnet18, input [3, 224, 224], ImageNet's mean and std), and every answer is checked against
 the same reference.
 
-Usage: .venv/bin/python bench/peers.py [--model lenet|resnet18] [--peerbench DIR] [--reps 3]
+Usage: .venv/bin/python -m bench.peers [--model lenet|resnet18] [--peerbench DIR] [--reps 3]
                                       [--api-workers N] [--quick]
 """
 
@@ -23,12 +23,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from service.core.settings import Settings
+from tests.support.datagen import make_idx_dataset
+from tests.support.servers import Stack, free_port
 
-from service.core.settings import Settings  # noqa: E402
-from tests.datagen import make_idx_dataset  # noqa: E402
-from tests.servers import Stack, free_port  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PEERS = "^(ts-w1|ts-w1-b16|ts-w2-b16|ls-w1|ls-w1-b16|ty-.*)$"
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

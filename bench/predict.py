@@ -9,7 +9,7 @@ LeNet, then measures against that same model:
   with the ONNX Runtime backend (TRAINYARD_PREDICT_BACKEND=onnxruntime);
 - the forward pass of each curriculum image classifier on both backends.
 
-Usage: .venv/bin/python bench/predict.py [--requests N]
+Usage: .venv/bin/python -m bench.predict [--requests N]
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tests.support.datagen import make_idx_dataset, png_bytes  # small learnable data in IDX files
+from tests.support.servers import Stack, free_port, wait_until
 
-from tests.datagen import make_idx_dataset, png_bytes  # noqa: E402  (small learnable data in IDX files)
-from tests.servers import Stack, free_port, wait_until  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TARGET_LATENCY_OVER_FLOOR_MS = 1.5
 TARGET_THROUGHPUT_RATIO = 0.7

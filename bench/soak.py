@@ -9,7 +9,7 @@ and the database connections the stack holds, and reports their growth after war
 Targets (flat): RSS growth under 50 MB for each of the API and the worker; open files and
 database connections no more than a handful above their warmed-up level.
 
-Usage: .venv/bin/python bench/soak.py [--predicts 30000] [--jobs 100] [--concurrency 16]
+Usage: .venv/bin/python -m bench.soak [--predicts 30000] [--jobs 100] [--concurrency 16]
                                       [--database auto|sqlite|postgres] [--report-only]
 """
 
@@ -24,13 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import httpx
 
-import httpx  # noqa: E402
-
-from tests.datagen import make_idx_dataset, png_bytes  # noqa: E402
-from tests.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available  # noqa: E402
+from tests.support.datagen import make_idx_dataset, png_bytes
+from tests.support.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available
 
 RSS_GROWTH_LIMIT_MB = 50
 FD_GROWTH_LIMIT = 8
@@ -109,7 +106,7 @@ class Soak:
             return count
         import psycopg
 
-        from tests.servers import POSTGRES_ADMIN_URL
+        from tests.support.servers import POSTGRES_ADMIN_URL
 
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
             return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",

@@ -10,7 +10,7 @@ On 60,000 synthetic 28x28 images in Fashion-MNIST's IDX files, for `mlp` (784-25
 - a warm worker: a second 5-epoch MLP job's samples/s over its whole life against its epochs' own;
 - the worker's peak memory over the dataset's own size.
 
-Usage: .venv/bin/python bench/train.py [--epochs N] [--device cpu|cuda] [--amp off|bf16|fp16]
+Usage: .venv/bin/python -m bench.train [--epochs N] [--device cpu|cuda] [--amp off|bf16|fp16]
 """
 
 from __future__ import annotations
@@ -23,17 +23,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from models.data.loading import load_dataset  # noqa: E402
-from models.nets.archs import build_model  # noqa: E402
-from models.spec.job import JobSpec  # noqa: E402
-from models.training.engine import loss_function, optimizer_step  # noqa: E402
-from tests.datagen import make_idx_dataset  # noqa: E402
-from tests.servers import REDIS_URL, Stack, redis_available  # noqa: E402
+from models.data.loading import load_dataset
+from models.nets.archs import build_model
+from models.spec.job import JobSpec
+from models.training.engine import loss_function, optimizer_step
+from tests.support.datagen import make_idx_dataset
+from tests.support.servers import REDIS_URL, Stack, redis_available
 
 BATCH = 256
 TARGET_SERVICE_OVER_BARE = 0.95

@@ -6,7 +6,7 @@ blend of its class and its pair's with a random share, shifted and noisy. No mod
 and the curves bend as real ones do. The script starts an API and a worker, trains the jobs and a
 sweep through HTTP, saves the comparison plot, and screenshots the dashboard in headless Chromium.
 
-Usage: .venv/bin/python docs/pictures.py  (writes docs/*.png)
+Usage: .venv/bin/python -m docs.pictures  (writes docs/*.png)
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-DOCS = Path(__file__).resolve().parent
-REPO = DOCS.parent
-sys.path.insert(0, str(REPO))
+from tests.support.datagen import NUM_CLASSES, write_idx
 
-from tests.datagen import NUM_CLASSES, write_idx  # noqa: E402
+DOCS = Path(__file__).resolve().parent
 
 PAIRS = [1, 0, 3, 2, 5, 4, 7, 6, 9, 8]
 
@@ -106,7 +104,7 @@ def browser():
 def main() -> int:
     import time
 
-    from tests.servers import Stack, wait_until
+    from tests.support.servers import Stack, wait_until
 
     with tempfile.TemporaryDirectory(prefix="trainyard-pictures-") as tmp:
         root = Path(tmp)

@@ -9,9 +9,9 @@ import pytest
 from service.core import broker, db
 from service.core import settings as settings_module
 from service.core.migrate import upgrade
-from tests.datagen import make_cifar10, make_idx_dataset
-from tests.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available, require
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.datagen import make_cifar10, make_idx_dataset
+from tests.support.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available, require
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 
 @pytest.fixture(scope="session")

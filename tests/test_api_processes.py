@@ -13,9 +13,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.datagen import png_bytes
-from tests.servers import Stack, wait_until
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.datagen import png_bytes
+from tests.support.servers import Stack, wait_until
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 PACKAGES = ("models", "service", "workers")
 # room -> the packages it must not import
@@ -247,7 +247,7 @@ def test_the_rooms_exist():
     ("service.api.schemas.predict", "from service.api.serving import LoadedModel"),
     ("service.core.submission", "from fastapi import HTTPException"),
     ("service.core.errors", "import starlette.status"),
-    ("models.data.loading", "from tests.datagen import png_bytes"),
+    ("models.data.loading", "from tests.support.datagen import png_bytes"),
     # rooms inside models: one way, and inference never imports training
     ("models.nets.archs", "from models.spec.job import JobSpec"),
     ("models.nets.cost", "def f():\n    from models.training.engine import Limits"),

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.datagen import colour_images, zip_bytes
-from tests.specs import submit
+from tests.support.datagen import colour_images, zip_bytes
+from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
 

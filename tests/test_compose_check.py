@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.servers import REPO, require
+from tests.support.servers import REPO, require
 
 pytestmark = pytest.mark.compose
 

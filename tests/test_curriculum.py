@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from tests.specs import submit
+from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
 

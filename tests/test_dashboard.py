@@ -8,9 +8,9 @@ import shutil
 import httpx
 import pytest
 
-from tests.datagen import image_folder_zip, png_bytes
-from tests.servers import Stack, require, wait_until
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.datagen import image_folder_zip, png_bytes
+from tests.support.servers import Stack, require, wait_until
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
-from tests.servers import PrivatePostgres, Stack, require, wait_until
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.servers import PrivatePostgres, Stack, require, wait_until
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from tests.datagen import image_folder_zip, png_bytes, zip_bytes
-from tests.specs import submit
+from tests.support.datagen import image_folder_zip, png_bytes, zip_bytes
+from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
 
@@ -112,7 +112,7 @@ def test_upload_parameters_are_validated(client):
 def test_a_large_upload_is_decoded_after_the_answer(tmp_path, data_dir):
     """Above TRAINYARD_DATASET_BACKGROUND_BYTES the answer is 202 at once and the dataset is
     processing until it is decoded; then it is ready and trains, or failed with the reason."""
-    from tests.servers import Stack, wait_until
+    from tests.support.servers import Stack, wait_until
 
     with Stack(home=tmp_path / "home", data_dir=data_dir,
                extra_env={"TRAINYARD_DATASET_BACKGROUND_BYTES": "1024"}) as stack:

@@ -7,9 +7,9 @@ import sqlite3
 import pytest
 
 from models.training.state import TRAINING_STATE
-from tests.datagen import class_png
-from tests.servers import Stack, wait_until
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.datagen import class_png
+from tests.support.servers import Stack, wait_until
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 
 def test_compose_exposes_nothing_without_credentials():

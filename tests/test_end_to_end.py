@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from models.data.idx import FASHION_MNIST_CLASSES
-from tests.datagen import class_png
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.datagen import class_png
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 

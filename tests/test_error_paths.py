@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 

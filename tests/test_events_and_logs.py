@@ -9,8 +9,8 @@ import sys
 import httpx
 import pytest
 
-from tests.servers import REPO, Stack, wait_until
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.servers import REPO, Stack, wait_until
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 

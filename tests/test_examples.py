@@ -11,7 +11,7 @@ from models.spec.job import JobSpec
 from models.spec.problems import DatasetInfo, builtin_dataset_info, spec_problems
 from models.training.engine import fit
 from service.cli.sample_data import SHAPES
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 EXAMPLES = sorted((REPO / "examples").glob("*.json"))
 

@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from tests.datagen import class_png
-from tests.servers import Stack, require, wait_until
-from tests.specs import submit
+from tests.support.datagen import class_png
+from tests.support.servers import Stack, require, wait_until
+from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.servers import Stack, wait_until
+from tests.support.servers import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -14,9 +14,9 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from tests.datagen import png_bytes
-from tests.servers import Stack, wait_until
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.datagen import png_bytes
+from tests.support.servers import Stack, wait_until
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 

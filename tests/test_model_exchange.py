@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from tests.datagen import png_bytes
-from tests.specs import submit
+from tests.support.datagen import png_bytes
+from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
 
@@ -351,7 +351,7 @@ def test_every_architecture_leaves_and_matches_predict(api, embedded_stack, tmp_
 
 
 def test_an_import_over_the_size_limit_is_413(tmp_path, data_dir):
-    from tests.servers import Stack
+    from tests.support.servers import Stack
 
     with Stack(home=tmp_path / "small", data_dir=data_dir, with_worker=False,
                extra_env={"TRAINYARD_MAX_MODEL_UPLOAD_BYTES": "4096"}) as stack:

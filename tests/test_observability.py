@@ -15,9 +15,9 @@ from sklearn.metrics import (accuracy_score, classification_report, confusion_ma
                              precision_recall_fscore_support, top_k_accuracy_score)
 
 from models.data.idx import read_idx
-from tests.datagen import png_bytes
-from tests.servers import REPO
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.datagen import png_bytes
+from tests.support.servers import REPO
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 BLUE, ORANGE = (31, 119, 180), (255, 127, 14)  # matplotlib's tab:blue and tab:orange

@@ -10,8 +10,8 @@ import torch
 import torchvision
 from safetensors.torch import load_file, save
 
-from tests.datagen import png_bytes
-from tests.servers import wait_until
+from tests.support.datagen import png_bytes
+from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from service.cli.sample_data import shapes_zip
-from tests.datagen import class_png
-from tests.servers import REPO, Stack, require
+from tests.support.datagen import class_png
+from tests.support.servers import REPO, Stack, require
 
 README = REPO / "README.md"
 DOCS = REPO / "docs"

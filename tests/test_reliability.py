@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.servers import Stack, free_port, require, wait_until
-from tests.specs import submit
+from tests.support.servers import Stack, free_port, require, wait_until
+from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from service.api.routers import include_api
 from service.api.auth import parse_tokens
-from tests.servers import REPO, Stack, wait_until
+from tests.support.servers import REPO, Stack, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -206,7 +206,7 @@ def test_no_code_path_unpickles():
     """Checkpoints and uploads are read with safetensors, PIL and numpy; nothing may unpickle
     but the one restricted unpickler, which must not call pickle's own loaders, and the pretrained
     weights reader, which only calls torch.load(weights_only=True)."""
-    from tests.servers import REPO
+    from tests.support.servers import REPO
 
     forbidden = re.compile(r"\bimport pickle\b|\bpickle\.loads?\(|\btorch\.load\(|allow_pickle\s*=\s*True")
     offenders = [str(path.relative_to(REPO)) for folder in ("models", "service", "workers")

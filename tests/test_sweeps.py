@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from tests.servers import wait_until
-from tests.specs import SOFTMAX_SPEC
+from tests.support.servers import wait_until
+from tests.support.specs import SOFTMAX_SPEC
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,9 @@ import signal
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.datagen import png_bytes
-from tests.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available, require, wait_until
-from tests.specs import SOFTMAX_SPEC, submit
+from tests.support.datagen import png_bytes
+from tests.support.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available, require, wait_until
+from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.datagen import make_idx_dataset
+from tests.support.datagen import make_idx_dataset
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from models.inference.predictor import Predictor
 from models.spec.job import AugmentSpec, ImageDatasetSpec, JobSpec
 from models.spec.problems import spec_problems
 from models.training.engine import fit
-from tests.datagen import colour_images, make_cifar10, zip_bytes
+from tests.support.datagen import colour_images, make_cifar10, zip_bytes
 from tests.models.common import Recorder, StopAt, trace
 
 

@@ -8,7 +8,7 @@ from models.data.dataset import DatasetError
 from models.data.idx import read_idx
 from models.data.loading import load_dataset
 from models.spec.job import ImageDatasetSpec, SyntheticLinearSpec
-from tests.datagen import make_idx_dataset, write_idx
+from tests.support.datagen import make_idx_dataset, write_idx
 
 
 def test_read_idx_plain_and_gzipped(tmp_path):

@@ -17,7 +17,7 @@ from models.inference.predictor import Predictor
 from models.nets.pretrained import MissingWeights, UnsafeWeights, find_pretrained
 from models.spec.job import JobSpec
 from models.training.engine import fit, prepare
-from tests.datagen import class_images, colour_images
+from tests.support.datagen import class_images, colour_images
 
 pytestmark = pytest.mark.slow  # trains and fine-tunes backbones for seconds a test
 

@@ -15,7 +15,7 @@ from models.data.contract import InputContract
 from models.data.dataset import Dataset
 from models.data.loading import load_stored_dataset, save_stored_dataset
 from models.data.stored import StoredFileError, read_arrays, write_arrays
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 
 def _mapping_of(address: int) -> tuple[str, str]:

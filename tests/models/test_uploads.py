@@ -9,7 +9,7 @@ from models.data.contract import InputContract
 from models.data.idx import IDX_FILES
 from models.data.loading import load_stored_dataset, save_stored_dataset
 from models.data.uploads import ArchiveError, ArchiveLimits, check_archive, decode_archive
-from tests.datagen import class_images, image_folder_zip, png_bytes, write_idx, zip_bytes
+from tests.support.datagen import class_images, image_folder_zip, png_bytes, write_idx, zip_bytes
 
 
 def test_image_folder_with_train_and_test_trees():

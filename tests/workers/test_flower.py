@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.servers import REPO
+from tests.support.servers import REPO
 from workers.flower import refusal
 
 GOOD = "admin:Xq3v8NfL2pR7tZ1mK9wB4cY6hJ0dS5gA"

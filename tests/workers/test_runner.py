@@ -61,7 +61,7 @@ def test_failed_lease_renewals_back_off_to_the_longest_wait(service_env, monkeyp
     import time
 
     from service.core import settings as settings_module
-    from tests.servers import free_port
+    from tests.support.servers import free_port
     from workers.runner import JobControl
 
     # Nothing listens on a free port: every connection is refused at once.

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.datagen import image_folder_zip, png_bytes
-from tests.specs import SOFTMAX_SPEC
+from tests.support.datagen import image_folder_zip, png_bytes
+from tests.support.specs import SOFTMAX_SPEC
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.core import db, jobs, worker_registry
-from tests.datagen import image_folder_zip, png_bytes, zip_bytes
-from tests.specs import SOFTMAX_SPEC
+from tests.support.datagen import image_folder_zip, png_bytes, zip_bytes
+from tests.support.specs import SOFTMAX_SPEC
 
 REGRESSION_SPEC = {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"}, "epochs": 1}
 TOKENS = {"write": "rw-0123456789abcdef", "read": "ro-0123456789abcdef"}

@@ -83,7 +83,7 @@ def test_images_and_float_inputs_share_a_batch_and_a_bad_image_fails_alone(tmp_p
     """Encoded images are decoded to uint8 pixels in the batch thread and labelled there; float
     inputs (v2's FP32 tensors) can join the same forward pass."""
     from models.inference.predictor import InputError
-    from tests.datagen import png_bytes
+    from tests.support.datagen import png_bytes
 
     server = server_with(tmp_path, cache=2, batch=64, delay_ms=20)
     loaded = server.load(checkpoint(tmp_path / "m.safetensors", 0))
@@ -217,7 +217,7 @@ def test_gpu_inference_answers_as_the_cpu_does(tmp_path, checkpoint):
     path = checkpoint(tmp_path / "m.safetensors", 0)
     cpu = server_with(tmp_path, cache=1, batch=8, delay_ms=0, predict_device="cpu")
     gpu = server_with(tmp_path, cache=1, batch=8, delay_ms=0, predict_device="cuda")
-    from tests.datagen import png_bytes
+    from tests.support.datagen import png_bytes
 
     images = [(f"{i}.png", png_bytes(i, seed=i)) for i in range(6)]
 
@@ -232,7 +232,7 @@ def test_gpu_inference_answers_as_the_cpu_does(tmp_path, checkpoint):
 
 def test_the_onnxruntime_backend_answers_as_torch_does(tmp_path, checkpoint):
     from models.inference.onnx_runtime import OnnxRuntimePredictor
-    from tests.datagen import png_bytes
+    from tests.support.datagen import png_bytes
 
     path = checkpoint(tmp_path / "m.safetensors", 0)
     images = [(f"{i}.png", png_bytes(i, seed=i)) for i in range(5)]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from service.api import v2
-from tests.datagen import png_bytes
+from tests.support.datagen import png_bytes
 
 
 def bytes_tensor(items: list[bytes]) -> bytes:

@@ -11,9 +11,9 @@ import sys
 import httpx
 import pytest
 
-from tests.datagen import image_folder_zip, png_bytes
-from tests.servers import REPO, free_port
-from tests.specs import SOFTMAX_SPEC
+from tests.support.datagen import image_folder_zip, png_bytes
+from tests.support.servers import REPO, free_port
+from tests.support.specs import SOFTMAX_SPEC
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.servers import REPO, free_port, wait_until
+from tests.support.servers import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -109,7 +109,7 @@ def test_piped_tables_are_not_cut_to_80_columns():
     import subprocess
     import sys
 
-    from tests.servers import REPO
+    from tests.support.servers import REPO
 
     script = ("from rich.table import Table\nfrom service.cli.client import console\n"
               "table = Table('id', 'status', 'reason', 'error')\n"

@@ -9,7 +9,7 @@ import sys
 import textwrap
 import time
 
-from tests.servers import REPO, wait_until
+from tests.support.servers import REPO, wait_until
 
 # A supervisor of two children: one that sleeps, and one that counts its starts in a file and then
 # exits with status 3 (or, from its `sleep_after`-th start on, sleeps).

@@ -8,7 +8,7 @@ from sqlalchemy.orm import sessionmaker
 from service.core.db import WRITE_OPTION, make_engine
 from service.core.migrate import upgrade
 
-from tests.servers import PostgresSchema, postgres_available, require
+from tests.support.servers import PostgresSchema, postgres_available, require
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

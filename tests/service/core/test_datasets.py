@@ -11,7 +11,7 @@ from models.spec.job import JobSpec
 from service.core import datasets, db, submission
 from service.core.errors import Invalid
 from service.core.tables import DatasetStatus, StoredDataset
-from tests.datagen import image_folder_zip
+from tests.support.datagen import image_folder_zip
 
 
 def accept(settings, data: bytes) -> str:

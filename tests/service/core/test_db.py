@@ -14,7 +14,7 @@ from sqlalchemy import inspect
 from service.core.db import make_engine
 from service.core.migrate import alembic_config, upgrade
 from service.core.tables import Base
-from tests.servers import PostgresSchema, postgres_available, require
+from tests.support.servers import PostgresSchema, postgres_available, require
 
 
 def test_migrations_match_the_orm_tables(engine):

@@ -6,7 +6,7 @@ import pytest
 
 from service.core.db import make_engine
 from service.core.leader import Leadership
-from tests.servers import PostgresSchema, postgres_available, require
+from tests.support.servers import PostgresSchema, postgres_available, require
 
 
 def test_one_process_holds_the_role_until_it_lets_go(tmp_path):
