@@ -65,7 +65,6 @@ def test_a_stored_dataset_round_trips_memory_mapped(tmp_path):
 TRAIN_FROM_DISK = r"""
 import sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[2])
 import torch
 from models.data.loading import load_stored_dataset
 from models.training.engine import fit
@@ -79,7 +78,7 @@ spec = JobSpec.model_validate({"model": {"arch": "softmax_regression"}, "data": 
                                "epochs": 1, "batch_size": 256, "device": "cpu", "optimizer": {"lr": 0.01}})
 torch.set_num_threads(1)
 dataset = load_stored_dataset(Path(sys.argv[1]))
-if sys.argv[3] == "validation":  # a held-out split keeps row indices into the mapped file
+if sys.argv[2] == "validation":  # a held-out split keeps row indices into the mapped file
     from models.data.splits import holdout_split, with_validation
     dataset = with_validation(dataset, *holdout_split(len(dataset.x_train), 0.2, 0, what="val_fraction"))
 warm = fit(spec, dataset=dataset.replace(x_train=dataset.x_train[:512], y_train=dataset.y_train[:512]), data_dir=".")
@@ -104,7 +103,7 @@ def test_training_from_a_memory_mapped_set_holds_batches_not_the_set(tmp_path, s
     save_stored_dataset(path, data)
     del data, x
     size_mb = path.stat().st_size / 2**20
-    run = subprocess.run([sys.executable, "-c", TRAIN_FROM_DISK, str(path), str(REPO), split], capture_output=True,
+    run = subprocess.run([sys.executable, "-c", TRAIN_FROM_DISK, str(path), split], cwd=REPO, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     growth = float(run.stdout.strip().splitlines()[-1])
