@@ -1,4 +1,6 @@
-"""Fixtures: small real datasets on disk and running trainyard stacks on each backend."""
+"""Fixtures the whole suite shares: small real datasets on disk, and a private trainyard home (its
+settings, database and a finished job) for code run in this process. The running stacks that the
+end-to-end tests share are in tests/e2e/conftest.py."""
 
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ from service.core import broker, db
 from service.core import settings as settings_module
 from service.core.migrate import upgrade
 from tests.support.datagen import make_cifar10, make_idx_dataset
-from tests.support.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available, require
-from tests.support.specs import SOFTMAX_SPEC, submit
 
 
 @pytest.fixture(scope="session")
@@ -26,48 +26,6 @@ def data_dir(tmp_path_factory) -> Path:
     make_idx_dataset(root, "FashionMNIST", n_train=4000, n_test=200, gz=True)
     make_cifar10(root, "bin", per_batch=80, n_test=100)
     return root
-
-
-@pytest.fixture(scope="session")
-def embedded_stack(tmp_path_factory, data_dir):
-    """API + worker on the embedded default: SQLite and the SQL-table broker, no servers."""
-    with Stack(home=tmp_path_factory.mktemp("embedded"), data_dir=data_dir) as stack:
-        yield stack
-
-
-@pytest.fixture(scope="session")
-def unsure_job(embedded_stack) -> str:
-    """A classifier on embedded_stack trained too little to be always right: 300 images, one epoch
-    (34 of the 200 test images wrong, its top probabilities 0.1 to 0.2)."""
-    with embedded_stack.client() as client:
-        job_id = submit(client, {**SOFTMAX_SPEC, "name": "unsure", "epochs": 1, "optimizer": {"name": "sgd", "lr": 0.05},
-                                 "data": {"dataset": "fashion-mnist", "limit_train": 300}})
-        assert embedded_stack.wait_for_job(client, job_id)["status"] == "succeeded"
-    return job_id
-
-
-@pytest.fixture(scope="session")
-def postgres_redis_stack(tmp_path_factory, data_dir):
-    """API + worker on PostgreSQL (a private schema of the test database) and Redis."""
-    require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
-    require(redis_available(), "Redis is not reachable on 127.0.0.1:6379")
-    with PostgresSchema() as schema:
-        with Stack(home=tmp_path_factory.mktemp("pgredis"), data_dir=data_dir,
-                   database_url=schema.url, broker_url=REDIS_URL) as stack:
-            yield stack
-
-
-@pytest.fixture(params=["embedded", "postgres+redis"])
-def stack(request) -> Stack:
-    """Each end-to-end test runs once per backend configuration."""
-    name = {"embedded": "embedded_stack", "postgres+redis": "postgres_redis_stack"}[request.param]
-    return request.getfixturevalue(name)
-
-
-@pytest.fixture
-def client(stack):
-    with stack.client() as c:
-        yield c
 
 
 def _clear_caches():

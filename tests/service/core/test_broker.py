@@ -25,5 +25,5 @@ def test_queue_depth_gives_back_its_database_connections(service_env):
 def test_a_replacement_pool_process_has_time_to_import_the_training_stack(service_env):
     """Celery kills a pool process that has not reported up within 4 s; a replacement for a
     crashed one imports torch first, which took longer on a loaded machine, and the worker then
-    killed every replacement and never ran another job (tests/test_reliability.py caught it)."""
+    killed every replacement and never ran another job (tests/e2e/test_reliability.py caught it)."""
     assert broker.make_celery(service_env).conf.worker_proc_alive_timeout >= 60

@@ -180,7 +180,7 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):
 
 # Every check but positive_data_acceptance (a schema cannot say that linear_regression does not fit
 # mnist), every phase, bounded and seeded. A job's event stream stays open while the job lives, and
-# no worker ends these jobs: it is left out here (tests/test_events_and_logs.py drives it).
+# no worker ends these jobs: it is left out here (tests/e2e/test_events_and_logs.py drives it).
 SCHEMATHESIS_RUN = ["--checks", "all", "--exclude-checks", "positive_data_acceptance",
                     "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", "30", "--seed", "1",
                     "--workers", "1", "--generation-database", "none", "--exclude-path-regex", "/events$", "--no-color"]
