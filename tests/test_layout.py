@@ -1,5 +1,6 @@
 """The tests' own layout: the fast tests mirror the tree, the tests that start processes live in
-tests/e2e/, and no test file name exists twice (a failure's file name alone says which file it is).
+tests/e2e/, no test file name exists twice (a failure's file name alone says which file it is), and
+the helpers (tests/support) are imported as a package, never by putting a folder on sys.path.
 
 A test starts processes when it is marked e2e or compose, takes a fixture of tests/e2e/conftest.py
 (the running stacks) or builds a Stack itself. That is read from the source, not run."""
@@ -60,6 +61,20 @@ def starts_processes(source: str, stack_fixtures: set[str]) -> list[str]:
     return found
 
 
+def sys_path_edits(source: str) -> list[int]:
+    """The lines that change sys.path by hand (sys.path.insert, append, extend, or sys.path = ...)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.path.insert", "sys.path.append",
+                                                                      "sys.path.extend"):
+            found.append(node.lineno)
+        elif isinstance(node, ast.Assign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(ast.unparse(target) == "sys.path" for target in targets):
+                found.append(node.lineno)
+    return sorted(found)
+
+
 def e2e_stack_fixtures() -> set[str]:
     return fixture_names((E2E / "conftest.py").read_text())
 
@@ -79,6 +94,16 @@ def test_the_tests_that_start_processes_are_in_e2e():
 def test_every_file_in_e2e_starts_processes():
     stack_fixtures = e2e_stack_fixtures()
     assert [path.name for path in modules_under(E2E) if not starts_processes(path.read_text(), stack_fixtures)] == []
+
+
+def test_the_helpers_are_imported_as_a_package_not_through_sys_path():
+    """tests/support is imported as tests.support by the tests, bench/ and docs/ (whose scripts run
+    as modules from the repository's folder): none of them edits sys.path."""
+    found = [f"{path.relative_to(TESTS.parent)}:{line}" for folder in ("tests", "bench", "docs")
+             for path in sorted((TESTS.parent / folder).rglob("*.py")) for line in sys_path_edits(path.read_text())]
+    assert found == []
+    assert sys_path_edits("import sys\nsys.path.insert(0, str(REPO))") == [2]
+    assert sys_path_edits("import sys\nsys.path += ['.']\nsys.path.append('x')") == [2, 3]
 
 
 def test_the_stacks_are_e2e_fixtures():
