@@ -1,7 +1,7 @@
 """jobs, epoch metrics and checkpoints
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-27 06:34:59.171993
 """
 from alembic import op

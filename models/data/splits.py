@@ -37,7 +37,9 @@ def stratified_holdout_split(labels: list[int], fraction: float, seed: int, *,
     kept_all, held_all = torch.cat(kept), torch.cat(held)
     if len(held_all) == 0:  # one example of each class: as many as the plain split would take
         return holdout_split(len(labels), fraction, seed, what=what)
-    mix = lambda rows: rows[torch.randperm(len(rows), generator=generator)]  # classes interleaved, as stored
+    def mix(rows: torch.Tensor) -> torch.Tensor:  # classes interleaved, as stored
+        return rows[torch.randperm(len(rows), generator=generator)]
+
     return mix(kept_all), mix(held_all)
 
 

@@ -480,7 +480,8 @@ def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
             raise ArchiveError("a classification CSV needs at least 2 distinct labels")
         classes = tuple(values)
         index = {v: i for i, v in enumerate(classes)}
-        encode = lambda ys: torch.tensor([index[v] for v in ys], dtype=torch.int64)
+        def encode(ys):
+            return torch.tensor([index[v] for v in ys], dtype=torch.int64)
     else:
         def encode(ys):
             try:

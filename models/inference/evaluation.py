@@ -103,7 +103,7 @@ def evaluate(probabilities: torch.Tensor, labels: torch.Tensor, classes: Sequenc
         accuracy=share(correct),
         top_k_accuracy={j: share((ranked[:, :j] == labels[:, None]).any(dim=1)) for j in ks},
         classes=[ClassScores(p, r, f, int(s), label=label) for label, p, r, f, s in
-                 zip(classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())],
+                 zip(classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist(), strict=False)],
         macro_avg=average(torch.ones(k, dtype=torch.float64)),
         weighted_avg=average(support),
         confusion_matrix=matrix.tolist(),

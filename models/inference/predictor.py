@@ -109,9 +109,9 @@ class Predictor:
         k = min(max(top_k, 1), probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         results = []
-        for row_values, row_indices in zip(values.tolist(), indices.tolist()):
+        for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=False):
             entries = [{"label": self.classes[i], "index": i, "probability": p}
-                       for p, i in zip(row_values, row_indices)]
+                       for p, i in zip(row_values, row_indices, strict=False)]
             top = entries[0]
             withheld = threshold is not None and top["probability"] < threshold
             results.append(Prediction(index=None if withheld else top["index"],

@@ -69,7 +69,7 @@ def mlp(spec, input_shape, outputs) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = _numel(input_shape)
     dropout = spec.dropout or [0.0] * len(spec.hidden)
-    for hidden, p in zip(spec.hidden, dropout):
+    for hidden, p in zip(spec.hidden, dropout, strict=False):
         layers += [nn.Linear(width, hidden), ACTIVATIONS[spec.activation]()]
         if p > 0:
             layers.append(nn.Dropout(p))

@@ -89,7 +89,7 @@ class SweepSpec(StrictModel):
         """Each trial's values, {dotted path: value}, in a stable order."""
         if self.grid is not None:
             paths = list(self.grid)
-            return [dict(zip(paths, values)) for values in itertools.product(*self.grid.values())]
+            return [dict(zip(paths, values, strict=False)) for values in itertools.product(*self.grid.values())]
         rng = random.Random(self.random.seed)
         return [{path: dist.draw(rng) for path, dist in self.random.distributions.items()}
                 for _ in range(self.random.count)]

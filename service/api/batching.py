@@ -122,7 +122,7 @@ class Batcher:
         self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
         PREDICT_BATCH.observe(len(batch))
         results, start = [], 0
-        for item, p in zip(items, prepared):
+        for item, p in zip(items, prepared, strict=False):
             if isinstance(p, BaseException):
                 results.append(p)
                 continue
@@ -144,7 +144,7 @@ class Batcher:
                 results = await asyncio.to_thread(self._forward, items)
             except Exception as exc:  # the forward pass itself failed: every request hears of it
                 results = [exc] * len(items)
-            for item, result in zip(items, results):
+            for item, result in zip(items, results, strict=False):
                 if item.future.done():
                     continue
                 if isinstance(result, BaseException):

@@ -371,11 +371,12 @@ def sweep(opts: Options, spec: Annotated[Path, typer.Argument(exists=True, dir_o
     with opts.client() as api:
         current = checked(api.post("/v1/sweeps", json=body))
         if follow_sweep and opts.as_json:
-            for current in sweep_updates(api, current):
-                pass
+            for update in sweep_updates(api, current):
+                current = update
         elif follow_sweep:
             with Live(sweep_table(current), console=console, refresh_per_second=4) as live:
-                for current in sweep_updates(api, current):
+                for update in sweep_updates(api, current):
+                    current = update
                     live.update(sweep_table(current))
     opts.show(current, lambda s: () if follow_sweep else [f"sweep {s['id']} {s['status']}: {s['trials']} trials"])
     if follow_sweep and current["status"] != "succeeded":

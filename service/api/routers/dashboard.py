@@ -415,7 +415,7 @@ async def predict(request: Request, server: ModelServerDep, settings: SettingsDe
         seen = await run_in_threadpool(lambda: [_seen(loaded.predictor, data, name, settings.max_image_pixels)
                                                 for name, data in uploads])
         shown = [{"prediction": prediction, "preview": _data_url(data, media_type), "seen": view}
-                 for prediction, (_, data), media_type, view in zip(answer.predictions, uploads, types, seen)]
+                 for prediction, (_, data), media_type, view in zip(answer.predictions, uploads, types, seen, strict=False)]
     except (CoreError, InputError, CheckpointError) as exc:
         return templates.TemplateResponse(request, "predict.html", {**context, "error": _describe(exc)}, status_code=422)
     return templates.TemplateResponse(request, "predict.html", {

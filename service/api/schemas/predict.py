@@ -84,7 +84,7 @@ def image_answer(target: ResolvedCheckpoint, predictor: Predictor, filenames: li
         model=resolved_model(target, predictor), threshold=target.threshold_for(threshold),
         predictions=[ImagePrediction(filename=name, label=r.label, index=r.index, probability=r.probability,
                                      below_threshold=r.below_threshold, top_k=r.top_k)
-                     for name, r in zip(filenames, results)])
+                     for name, r in zip(filenames, results, strict=False)])
 
 
 def values_answer(target: ResolvedCheckpoint, predictor: Predictor, outputs, top_k: int,
