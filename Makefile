@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test test-fast setup browser migrate clean compose-check
+.PHONY: run test test-fast lint format setup browser migrate clean compose-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,12 +38,21 @@ migrate: $(STAMP)
 run: $(STAMP)
 	$(BIN)/trainyard run
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml: the lint rules and the one format (`make format` applies it).
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(DEV_STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # While working: the unit and in-process tests, no server process (no e2e stack, PostgreSQL or
 # Redis) and none of the seconds-long training checks; under a minute.
-test-fast: $(DEV_STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -m "not e2e and not compose and not postgres and not slow" $(PYTEST_ARGS)
 
 # docker-compose.yml and the Dockerfile, run for real on a private Docker engine (root; installs

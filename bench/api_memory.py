@@ -67,8 +67,11 @@ def owner(conn: http.client.HTTPConnection, port: int, pids: list[int]) -> int |
     client_port = conn.sock.getsockname()[1]
     with open("/proc/net/tcp") as fh:
         rows = [line.split() for line in fh.readlines()[1:]]
-    inodes = {f"socket:[{row[9]}]" for row in rows
-              if int(row[1].split(":")[1], 16) == port and int(row[2].split(":")[1], 16) == client_port}
+    inodes = {
+        f"socket:[{row[9]}]"
+        for row in rows
+        if int(row[1].split(":")[1], 16) == port and int(row[2].split(":")[1], 16) == client_port
+    }
     for pid in pids:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
@@ -91,8 +94,14 @@ def connect(port: int, pid: int, pids: list[int]) -> http.client.HTTPConnection:
     raise RuntimeError(f"200 connections and none reached API process {pid}")
 
 
-def call(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None,
-         headers: dict | None = None, expect: int = 200) -> dict:
+def call(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    expect: int = 200,
+) -> dict:
     """One request on an open connection; its JSON answer ({} for another kind)."""
     conn.request(method, path, body=body, headers=headers or {})
     response = conn.getresponse()
@@ -113,31 +122,41 @@ class Run:
 
 def job_spec(arch: str, dataset: str, train_images: int, test_images: int) -> dict:
     """One epoch of `arch` from scratch on the first train_images images of `dataset`."""
-    return {"name": f"memory-{arch}", "model": {"arch": arch},
-            "data": {"dataset": dataset, "limit_train": train_images, "limit_test": test_images},
-            "optimizer": {"name": "sgd", "lr": 0.05}, "epochs": 1, "batch_size": 64}
+    return {
+        "name": f"memory-{arch}",
+        "model": {"arch": arch},
+        "data": {"dataset": dataset, "limit_train": train_images, "limit_test": test_images},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "epochs": 1,
+        "batch_size": 64,
+    }
 
 
 def measure(label: str, source: Path, data: Path, home: Path, args) -> Run:
     """The whole scenario on one service started from `source`."""
     run = Run(label)
     started = time.perf_counter()
-    stack = Stack(home=home, data_dir=data, source=source,
-                  extra_env={"TRAINYARD_API_WORKERS": str(args.api_workers)})
+    stack = Stack(home=home, data_dir=data, source=source, extra_env={"TRAINYARD_API_WORKERS": str(args.api_workers)})
     with stack:
         supervisor = stack.procs["api"].pid
-        pids = wait_until(lambda: len(children(supervisor)) == args.api_workers and children(supervisor),
-                          timeout=60, what="the API processes")
+        pids = wait_until(
+            lambda: len(children(supervisor)) == args.api_workers and children(supervisor),
+            timeout=60,
+            what="the API processes",
+        )
 
-        def on(pid: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-               expect: int = 200) -> dict:
+        def on(
+            pid: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None, expect: int = 200
+        ) -> dict:
             with contextlib.closing(connect(stack.port, pid, pids)) as conn:
                 return call(conn, method, path, body, headers, expect)
 
         def record(stage: str) -> None:
             run.figures[stage] = {pid: pss_mb(pid) for pid in pids}
-            print(f"  {label}: {stage}: " + ", ".join(f"{run.figures[stage][p]['Pss']:.0f}" for p in pids) + " MB",
-                  flush=True)
+            print(
+                f"  {label}: {stage}: " + ", ".join(f"{run.figures[stage][p]['Pss']:.0f}" for p in pids) + " MB",
+                flush=True,
+            )
 
         record("fresh")
         as_json = {"Content-Type": "application/json"}
@@ -157,8 +176,14 @@ def measure(label: str, source: Path, data: Path, home: Path, args) -> Run:
         record("after evaluation")
 
         for name, job in jobs.items():
-            on(pids[0], "POST", "/v1/models", json.dumps({"name": f"memory-{name}", "job_id": job}).encode(),
-               as_json, 201)
+            on(
+                pids[0],
+                "POST",
+                "/v1/models",
+                json.dumps({"name": f"memory-{name}", "job_id": job}).encode(),
+                as_json,
+                201,
+            )
         images = {"lenet": png_bytes(3, seed=1), "resnet18": png_bytes(3, seed=1, size=32, mode="RGB")}
         for pid in pids:
             with contextlib.closing(connect(stack.port, pid, pids)) as conn:
@@ -183,7 +208,7 @@ def table(run: Run, baseline: Run | None) -> list[str]:
     lines = [f"{run.label} ({run.seconds:.0f} s)"]
     for stage in STAGES:
         cells = []
-        for index, (pid, mb) in enumerate(sorted(run.figures[stage].items())):
+        for index, (_pid, mb) in enumerate(sorted(run.figures[stage].items())):
             cell = f"API {index + 1}: {mb['Pss']:5.0f} MB (anon {mb['Pss_Anon']:.0f} + file {mb['Pss_File']:.0f})"
             if baseline is not None:
                 before = sorted(baseline.figures[stage].items())[index][1]["Pss"]
@@ -213,14 +238,17 @@ def main() -> int:
             baseline = measure(f"baseline ({args.baseline})", source, data, scratch / "state-baseline", args)
         current = measure("this tree", REPO, data, scratch / "state", args)
 
-    print(f"\nPSS per API process ({args.api_workers} API processes, a ResNet-18 evaluated on "
-          f"{args.test_images:,} images, LeNet and ResNet-18 loaded):")
+    print(
+        f"\nPSS per API process ({args.api_workers} API processes, a ResNet-18 evaluated on "
+        f"{args.test_images:,} images, LeNet and ResNet-18 loaded):"
+    )
     for run in filter(None, (baseline, current)):
         print("\n".join(table(run, baseline if run is current else None)))
     worst = max(mb["Pss"] for mb in current.figures["after predicts"].values())
     met = worst < TARGET_MB
-    print(f"largest API process after the predicts: {worst:.0f} MB (target < {TARGET_MB} MB) "
-          f"{'MET' if met else 'MISSED'}")
+    print(
+        f"largest API process after the predicts: {worst:.0f} MB (target < {TARGET_MB} MB) {'MET' if met else 'MISSED'}"
+    )
     return 0 if met or args.report_only else 1
 
 

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
+from bench.train import PRODUCTION_TIMINGS
 from models.data.augment import Augmenter
 from models.data.cifar import load_cifar10
 from models.nets.archs import build_model
 from models.spec.job import JobSpec
 from models.training.engine import loss_function, optimizer_step
 from tests.support.datagen import make_cifar10
-from bench.train import PRODUCTION_TIMINGS
 from tests.support.servers import Stack
 
 BATCH = 256
@@ -43,9 +43,15 @@ MODEL = {"arch": "lenet", "activation": "relu", "pool": "max"}
 
 
 def job_body(epochs: int, device: str, augment: bool = True) -> dict:
-    return {"model": MODEL, "data": {"dataset": "cifar10", **({"augment": AUGMENT} if augment else {})},
-            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "epochs": epochs, "batch_size": BATCH,
-            "seed": 0, "device": device}
+    return {
+        "model": MODEL,
+        "data": {"dataset": "cifar10", **({"augment": AUGMENT} if augment else {})},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "epochs": epochs,
+        "batch_size": BATCH,
+        "seed": 0,
+        "device": device,
+    }
 
 
 def write_png_folders(data_dir: Path, root: Path) -> int:
@@ -53,7 +59,7 @@ def write_png_folders(data_dir: Path, root: Path) -> int:
     from PIL import Image
 
     data = load_cifar10(data_dir)
-    for i, (image, label) in enumerate(zip(data.x_train.numpy(), data.y_train.tolist())):
+    for i, (image, label) in enumerate(zip(data.x_train.numpy(), data.y_train.tolist(), strict=True)):
         folder = root / data.classes[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{i}.png")
@@ -88,9 +94,9 @@ def bare_loop(data_dir: Path, epochs: int, device: torch.device, augmented: bool
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(x), device=device)
 
-        def batches():
+        def batches(order=order, epoch=epoch):
             for b, start in enumerate(range(0, len(x), BATCH)):
-                idx = order[start:start + BATCH]
+                idx = order[start : start + BATCH]
                 yield augment(x[idx], epoch, b).float().div_(255), y[idx]
 
         seen += train_steps(model, optimizer, batches(), device)
@@ -104,10 +110,21 @@ def recipe(png_root: Path, epochs: int, device: torch.device) -> float:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    transform = v2.Compose([v2.PILToTensor(), v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
-                            v2.ToDtype(torch.float32, scale=True)])
-    loader = DataLoader(ImageFolder(str(png_root), transform=transform), batch_size=BATCH, shuffle=True,
-                        num_workers=2, persistent_workers=True)
+    transform = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomCrop(32, padding=4),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+    loader = DataLoader(
+        ImageFolder(str(png_root), transform=transform),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=True,
+    )
     model, optimizer = fresh(device)
     seen, started = 0, time.perf_counter()
     for _ in range(epochs):
@@ -136,8 +153,12 @@ def main() -> int:
         data_dir, png_root = Path(tmp) / "data", Path(tmp) / "png"
         make_cifar10(data_dir, "bin", per_batch=args.images // 5, n_test=1000)
         write_png_folders(data_dir, png_root)
-        stack = Stack(home=Path(tmp) / "home", data_dir=data_dir, extra_env=PRODUCTION_TIMINGS,
-                      serve_gpu_queue=device.type == "cuda").start()
+        stack = Stack(
+            home=Path(tmp) / "home",
+            data_dir=data_dir,
+            extra_env=PRODUCTION_TIMINGS,
+            serve_gpu_queue=device.type == "cuda",
+        ).start()
         try:
             service = through_service(stack, job_body(args.epochs, args.device))
             plain = through_service(stack, job_body(args.epochs, args.device, augment=False))
@@ -147,15 +168,19 @@ def main() -> int:
         plain_bare = bare_loop(data_dir, args.epochs, device, augmented=False)
         usual = recipe(png_root, args.epochs, device)
     over_recipe, over_bare, plain_over_bare = service / usual, service / bare, plain / plain_bare
-    print(f"device {args.device}, {args.images} 32x32 RGB images, {args.epochs} epochs, LeNet, batch {BATCH}, "
-          f"random_crop(4) + horizontal_flip, torch threads {torch.get_num_threads()}")
+    print(
+        f"device {args.device}, {args.images} 32x32 RGB images, {args.epochs} epochs, LeNet, batch {BATCH}, "
+        f"random_crop(4) + horizontal_flip, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'service /s':>11} {'recipe /s':>10} {'bare /s':>9} {'service/recipe':>15} {'service/bare':>13}")
     print(f"{service:>11.0f} {usual:>10.0f} {bare:>9.0f} {over_recipe:>15.2f} {over_bare:>13.2f}")
     print(f"without augmentation: service {plain:.0f}/s, bare {plain_bare:.0f}/s")
     missed = 0
-    for label, value, target in (("service/recipe", over_recipe, TARGET_OVER_RECIPE),
-                                 ("service/bare", over_bare, TARGET_OVER_BARE),
-                                 ("service/bare without augmentation", plain_over_bare, TARGET_PLAIN_OVER_BARE)):
+    for label, value, target in (
+        ("service/recipe", over_recipe, TARGET_OVER_RECIPE),
+        ("service/bare", over_bare, TARGET_OVER_BARE),
+        ("service/bare without augmentation", plain_over_bare, TARGET_PLAIN_OVER_BARE),
+    ):
         met = value >= target
         missed += not met
         print(f"{label}: {value:.2f} (target >= {target}) {'MET' if met else 'MISSED'}")

@@ -47,7 +47,7 @@ def write_zip(path: Path, images: int) -> None:
             label = i % CLASSES
             image = background.copy()
             top, left = rng.integers(0, SIDE // 2, size=2)
-            image[top:top + SIDE // 2, left:left + SIDE // 2] = colours[label]
+            image[top : top + SIDE // 2, left : left + SIDE // 2] = colours[label]
             buffer = io.BytesIO()
             Image.fromarray(image.astype(np.uint8)).save(buffer, format="PNG", compress_level=1)
             archive.writestr(f"c{label}/{i}.png", buffer.getvalue())
@@ -103,8 +103,9 @@ def main() -> int:
             sampler.start()
             with httpx.Client(base_url=stack.url, timeout=3600) as client, open(archive, "rb") as fh:
                 started = time.perf_counter()
-                answer = client.post("/v1/datasets", files={"file": ("big.zip", fh, "application/zip")},
-                                     data={"name": "big"})
+                answer = client.post(
+                    "/v1/datasets", files={"file": ("big.zip", fh, "application/zip")}, data={"name": "big"}
+                )
                 answered = time.perf_counter() - started
                 assert answer.status_code in (201, 202), answer.text
                 location = f"/v1/datasets/{answer.json()['id']}"
@@ -112,12 +113,17 @@ def main() -> int:
                     time.sleep(0.5)
                 decoded = time.perf_counter() - started
                 assert dataset["status"] == "ready", dataset
-                spec = {"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-                        "data": {"dataset": f"uploaded:{dataset['id']}"}, "optimizer": {"name": "adam", "lr": 0.001},
-                        "epochs": args.epochs, "batch_size": 256}
+                spec = {
+                    "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+                    "data": {"dataset": f"uploaded:{dataset['id']}"},
+                    "optimizer": {"name": "adam", "lr": 0.001},
+                    "epochs": args.epochs,
+                    "batch_size": 256,
+                }
                 started = time.perf_counter()
-                job = stack.wait_for_job(client, client.post("/v1/jobs", json=spec).json()["id"], timeout=7200,
-                                         interval=1.0)
+                job = stack.wait_for_job(
+                    client, client.post("/v1/jobs", json=spec).json()["id"], timeout=7200, interval=1.0
+                )
                 trained = time.perf_counter() - started
                 assert job["status"] == "succeeded", job
             sampler.stopped.set()
@@ -125,18 +131,24 @@ def main() -> int:
         finally:
             stack.stop()
     decoded_mb = args.images * 3 * SIDE * SIDE / 2**20
-    print(f"{args.images} RGB {SIDE}x{SIDE} PNGs: zip {size_mb:.0f} MiB (made in {made:.0f} s), "
-          f"decoded {decoded_mb:.0f} MiB; test split {dataset['num_test']}, train {dataset['num_train']}")
-    print(f"upload answered in {answered:.1f} s ({answer.status_code}), ready after {decoded:.1f} s; "
-          f"{args.epochs} epoch(s) of LeNet in {trained:.1f} s (job's own {job['latest_metrics']['samples_per_second']:.0f} "
-          "samples/s)")
+    print(
+        f"{args.images} RGB {SIDE}x{SIDE} PNGs: zip {size_mb:.0f} MiB (made in {made:.0f} s), "
+        f"decoded {decoded_mb:.0f} MiB; test split {dataset['num_test']}, train {dataset['num_train']}"
+    )
+    print(
+        f"upload answered in {answered:.1f} s ({answer.status_code}), ready after {decoded:.1f} s; "
+        f"{args.epochs} epoch(s) of LeNet in {trained:.1f} s "
+        f"(job's own {job['latest_metrics']['samples_per_second']:.0f} samples/s)"
+    )
     missed = 0
     for role in ("api", "worker"):
         growth = sampler.peaks[role] - before[role]
         met = growth < TARGET_GROWTH_MB
         missed += not met
-        print(f"{role}: RssAnon {before[role]:.0f} MiB before, peak {sampler.peaks[role]:.0f} MiB, growth "
-              f"{growth:.0f} MiB (target < {TARGET_GROWTH_MB}) {'MET' if met else 'MISSED'}")
+        print(
+            f"{role}: RssAnon {before[role]:.0f} MiB before, peak {sampler.peaks[role]:.0f} MiB, growth "
+            f"{growth:.0f} MiB (target < {TARGET_GROWTH_MB}) {'MET' if met else 'MISSED'}"
+        )
     return 1 if missed else 0
 
 

@@ -33,16 +33,29 @@ def dataset(images: int):
     rng = np.random.default_rng(0)
     y_train = rng.integers(0, 10, images).astype(np.uint8)
     y_test = rng.integers(0, 10, max(1, images // 5)).astype(np.uint8)
-    return image_dataset({"train_images": colour_images(y_train, rng, size=64), "train_labels": y_train,
-                          "test_images": colour_images(y_test, rng, size=64), "test_labels": y_test},
-                         name="bench", classes=tuple(str(c) for c in range(10)))
+    return image_dataset(
+        {
+            "train_images": colour_images(y_train, rng, size=64),
+            "train_labels": y_train,
+            "test_images": colour_images(y_test, rng, size=64),
+            "test_labels": y_test,
+        },
+        name="bench",
+        classes=tuple(str(c) for c in range(10)),
+    )
 
 
 def seconds_per_epoch(data, epochs: int, device: str, augment: bool) -> list[float]:
-    spec = JobSpec.model_validate({
-        "model": {"arch": "pretrained", "backbone": "resnet18", "weights": None, "freeze": "backbone"},
-        "data": {"dataset": "cifar10", "resize": 64, **({"augment": {"horizontal_flip": True}} if augment else {})},
-        "optimizer": {"name": "adam", "lr": 0.001}, "epochs": epochs, "batch_size": 128, "device": device})
+    spec = JobSpec.model_validate(
+        {
+            "model": {"arch": "pretrained", "backbone": "resnet18", "weights": None, "freeze": "backbone"},
+            "data": {"dataset": "cifar10", "resize": 64, **({"augment": {"horizontal_flip": True}} if augment else {})},
+            "optimizer": {"name": "adam", "lr": 0.001},
+            "epochs": epochs,
+            "batch_size": 128,
+            "device": device,
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         return [m.seconds for m in fit(spec, dataset=data, data_dir=Path(tmp)).run.history]
 

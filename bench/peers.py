@@ -44,9 +44,16 @@ def serve_peer_weights(home: Path, peer_state: Path) -> str:
     stack = Stack(home=home / "state", data_dir=data).start()
     try:
         with stack.client() as client:
-            job = client.post("/v1/jobs", json={
-                "model": {"arch": "lenet", "activation": "sigmoid", "pool": "avg"}, "data": {"dataset": "fashion-mnist"},
-                "epochs": 1, "batch_size": 64, "optimizer": {"lr": 0.9}}).json()["id"]
+            job = client.post(
+                "/v1/jobs",
+                json={
+                    "model": {"arch": "lenet", "activation": "sigmoid", "pool": "avg"},
+                    "data": {"dataset": "fashion-mnist"},
+                    "epochs": 1,
+                    "batch_size": 64,
+                    "optimizer": {"lr": 0.9},
+                },
+            ).json()["id"]
             assert stack.wait_for_job(client, job)["status"] == "succeeded"
             version = client.post("/v1/models", json={"name": "lenet", "job_id": job}).json()["version"]
     finally:
@@ -70,10 +77,17 @@ def serve_peer_resnet18(home: Path, peer_state: Path) -> Path:
     stack = Stack(home=home / "state", data_dir=home / "data", with_worker=False).start()
     try:
         with stack.client() as client:
-            answer = client.post("/v1/models/import", data={
-                "name": "resnet18", "model": json.dumps({"arch": "resnet18"}),
-                "classes": json.dumps([str(c) for c in range(10)]), "input_shape": "[3, 224, 224]",
-                "normalize": json.dumps(IMAGENET)}, files={"file": ("resnet18.safetensors", save(state))})
+            answer = client.post(
+                "/v1/models/import",
+                data={
+                    "name": "resnet18",
+                    "model": json.dumps({"arch": "resnet18"}),
+                    "classes": json.dumps([str(c) for c in range(10)]),
+                    "input_shape": "[3, 224, 224]",
+                    "normalize": json.dumps(IMAGENET),
+                },
+                files={"file": ("resnet18.safetensors", save(state))},
+            )
             assert answer.status_code == 201, answer.text
     finally:
         stack.stop()
@@ -96,16 +110,26 @@ def main() -> int:
     else:
         home = serve_peer_weights(scratch / "trainyard", scratch / "model" / "lenet_state_dict.pt")
     port = free_port()
-    serve = (f"env TRAINYARD_HOME={home} TRAINYARD_PORT={port} TRAINYARD_API_WORKERS={args.api_workers} "
-             f"TRAINYARD_INFERENCE_THREADS=1 {REPO / '.venv' / 'bin' / 'trainyard'} api")
+    serve = (
+        f"env TRAINYARD_HOME={home} TRAINYARD_PORT={port} TRAINYARD_API_WORKERS={args.api_workers} "
+        f"TRAINYARD_INFERENCE_THREADS=1 {REPO / '.venv' / 'bin' / 'trainyard'} api"
+    )
     batch = Settings.model_fields["max_batch_size"].default  # batches take whatever waits, up to this
     base = f"server=trainyard,workers={args.api_workers},batch={batch},cmd={serve}"
-    command = [str(scratch / "venv-client" / "bin" / "python"), str(args.peerbench / "run_all.py"),
-               "--model", args.model, "--reps", str(args.reps), "--only", args.only,
-               "--target", f"name=ty-multipart,url=http://127.0.0.1:{port}/v1/predict,style=trainyard,"
-                           f"field={args.model},{base}",
-               "--target", f"name=ty-raw,url=http://127.0.0.1:{port}/v1/models/{args.model}/predict?top_k=10,"
-                           f"style=raw,{base}"]
+    command = [
+        str(scratch / "venv-client" / "bin" / "python"),
+        str(args.peerbench / "run_all.py"),
+        "--model",
+        args.model,
+        "--reps",
+        str(args.reps),
+        "--only",
+        args.only,
+        "--target",
+        f"name=ty-multipart,url=http://127.0.0.1:{port}/v1/predict,style=trainyard,field={args.model},{base}",
+        "--target",
+        f"name=ty-raw,url=http://127.0.0.1:{port}/v1/models/{args.model}/predict?top_k=10,style=raw,{base}",
+    ]
     if args.quick:
         command.append("--quick")
     return subprocess.run(command).returncode

@@ -35,10 +35,14 @@ BOUNDARY = "benchboundary7d3f"
 
 
 def multipart(model: str, image: bytes) -> bytes:
-    parts = [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode(),
-             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n'
-             f'Content-Type: image/png\r\n\r\n'.encode() + image + b"\r\n",
-             f"--{BOUNDARY}--\r\n".encode()]
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode(),
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + image
+        + b"\r\n",
+        f"--{BOUNDARY}--\r\n".encode(),
+    ]
     return b"".join(parts)
 
 
@@ -74,8 +78,11 @@ def load(port: int, path: str, body: bytes, content_type: str, *, requests: int,
     if errors:
         raise RuntimeError(f"{path}: {len(errors)} failed requests, e.g. HTTP {errors[0]}")
     latencies.sort()
-    return {"p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
-            "rps": len(latencies) / elapsed}
+    return {
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "rps": len(latencies) / elapsed,
+    }
 
 
 def in_process_floor(checkpoint: Path, image: bytes, runs: int, backend: str = "torch") -> float:
@@ -117,8 +124,12 @@ def backend_forward_ms(runs: int = 200) -> dict[str, dict[str, float]]:
     from models.data.contract import InputContract
 
     classes = [str(i) for i in range(10)]
-    meta = {"task": "classification", "classes": classes, "input_shape": [1, 28, 28],
-            "input": InputContract.image(1, 28, 28, classes).to_json()}
+    meta = {
+        "task": "classification",
+        "classes": classes,
+        "input_shape": [1, 28, 28],
+        "input": InputContract.image(1, 28, 28, classes).to_json(),
+    }
     batch = torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8)
     table = {}
     for name, model in BACKEND_MODELS.items():
@@ -141,9 +152,16 @@ def trained_model(home: Path) -> tuple[Stack, str, Path]:
     make_idx_dataset(data, "FashionMNIST", n_train=2000, n_test=200)
     stack = Stack(home=home / "state", data_dir=data, extra_env={"TRAINYARD_BENCH_ROUTES": "true"}).start()
     with stack.client() as client:
-        job = client.post("/v1/jobs", json={"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-                                            "data": {"dataset": "fashion-mnist"}, "epochs": 1, "batch_size": 64,
-                                            "optimizer": {"lr": 0.1}}).json()["id"]
+        job = client.post(
+            "/v1/jobs",
+            json={
+                "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+                "data": {"dataset": "fashion-mnist"},
+                "epochs": 1,
+                "batch_size": 64,
+                "optimizer": {"lr": 0.1},
+            },
+        ).json()["id"]
         assert stack.wait_for_job(client, job)["status"] == "succeeded"
         version = client.post("/v1/models", json={"name": "bench-lenet", "job_id": job}).json()
     return stack, "bench-lenet", stack.home / "registry" / "bench-lenet" / f"v{version['version']}.safetensors"
@@ -153,8 +171,22 @@ def api_server(stack: Stack, extra_env: dict, uvicorn_args: list[str]) -> tuple[
     """One API process (the per-process cost is what this benchmark measures)."""
     port = free_port()
     env = {**stack.env, "TRAINYARD_PORT": str(port), "TRAINYARD_BENCH_ROUTES": "true", **extra_env}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.api.app:app", "--port", str(port),
-                             "--no-access-log", "--log-level", "warning", *uvicorn_args], cwd=REPO, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "service.api.app:app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            *uvicorn_args,
+        ],
+        cwd=REPO,
+        env=env,
+    )
     import httpx
 
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, timeout=60)
@@ -168,10 +200,15 @@ def measure(port: int, model: str, image: bytes, requests: int) -> dict:
     results = {}
     for concurrency in (1, 32):
         n = requests if concurrency == 32 else requests // 2
-        results[("floor", concurrency)] = load(port, "/v1/_bench/floor", form, content, requests=n, concurrency=concurrency)
-        results[("multipart", concurrency)] = load(port, "/v1/predict", form, content, requests=n, concurrency=concurrency)
-        results[("raw", concurrency)] = load(port, f"/v1/models/{model}/predict", image, "image/png",
-                                             requests=n, concurrency=concurrency)
+        results[("floor", concurrency)] = load(
+            port, "/v1/_bench/floor", form, content, requests=n, concurrency=concurrency
+        )
+        results[("multipart", concurrency)] = load(
+            port, "/v1/predict", form, content, requests=n, concurrency=concurrency
+        )
+        results[("raw", concurrency)] = load(
+            port, f"/v1/models/{model}/predict", image, "image/png", requests=n, concurrency=concurrency
+        )
     return results
 
 
@@ -179,8 +216,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3200, help="requests per measurement at concurrency 32")
     parser.add_argument("--uvicorn", default="", help="extra uvicorn options, e.g. '--loop asyncio --http h11'")
-    parser.add_argument("--report-only", action="store_true",
-                        help="exit 0 when a target is missed (the table still says MISSED); for smoke runs")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="exit 0 when a target is missed (the table still says MISSED); for smoke runs",
+    )
     args = parser.parse_args()
     image = png_bytes(3, seed=11)
     with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
@@ -189,8 +229,11 @@ def main() -> int:
         floor_ms = in_process_floor(checkpoint, image, runs=500)
         onnx_floor_ms = in_process_floor(checkpoint, image, runs=500, backend="onnxruntime")
         rows = {}
-        for label, env in (("batching on", {}), ("batching off", {"TRAINYARD_MAX_BATCH_SIZE": "1"}),
-                           ("onnxruntime", {"TRAINYARD_PREDICT_BACKEND": "onnxruntime"})):
+        for label, env in (
+            ("batching on", {}),
+            ("batching off", {"TRAINYARD_MAX_BATCH_SIZE": "1"}),
+            ("onnxruntime", {"TRAINYARD_PREDICT_BACKEND": "onnxruntime"}),
+        ):
             proc, port = api_server(stack, env, args.uvicorn.split())
             try:
                 rows[label] = measure(port, model, image, args.requests)
@@ -198,8 +241,10 @@ def main() -> int:
                 proc.terminate()
                 proc.wait()
 
-    print(f"in-process floor (decode + preprocess + forward, one 28x28 PNG): {floor_ms:.3f} ms p50 "
-          f"(torch), {onnx_floor_ms:.3f} ms (onnxruntime)")
+    print(
+        f"in-process floor (decode + preprocess + forward, one 28x28 PNG): {floor_ms:.3f} ms p50 "
+        f"(torch), {onnx_floor_ms:.3f} ms (onnxruntime)"
+    )
     print(f"{'server':<13} {'route':<10} {'c':>3} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
     for label, results in rows.items():
         for (route, concurrency), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -213,19 +258,27 @@ def main() -> int:
         off_ratio = rows["batching off"][(route, 32)]["rps"] / rows["batching off"][("floor", 32)]["rps"]
         ok_latency, ok_ratio = over <= TARGET_LATENCY_OVER_FLOOR_MS, ratio >= TARGET_THROUGHPUT_RATIO
         failures += (not ok_latency) + (not ok_ratio)
-        print(f"{route:<9} p50 at c=1 over the in-process floor: {over:6.3f} ms "
-              f"(target <= {TARGET_LATENCY_OVER_FLOOR_MS}) {'MET' if ok_latency else 'MISSED'}")
-        print(f"{route:<9} throughput at c=32 / HTTP floor: {ratio:5.2f} (target >= {TARGET_THROUGHPUT_RATIO}) "
-              f"{'MET' if ok_ratio else 'MISSED'}; with batching off {off_ratio:5.2f}; "
-              f"p99 at c=32 {on[(route, 32)]['p99_ms']:.1f} ms")
+        print(
+            f"{route:<9} p50 at c=1 over the in-process floor: {over:6.3f} ms "
+            f"(target <= {TARGET_LATENCY_OVER_FLOOR_MS}) {'MET' if ok_latency else 'MISSED'}"
+        )
+        print(
+            f"{route:<9} throughput at c=32 / HTTP floor: {ratio:5.2f} (target >= {TARGET_THROUGHPUT_RATIO}) "
+            f"{'MET' if ok_ratio else 'MISSED'}; with batching off {off_ratio:5.2f}; "
+            f"p99 at c=32 {on[(route, 32)]['p99_ms']:.1f} ms"
+        )
     print()
     for route in ("multipart", "raw"):
-        print(f"{route:<9} onnxruntime / torch backend at c=32: "
-              f"{rows['onnxruntime'][(route, 32)]['rps'] / on[(route, 32)]['rps']:5.2f}")
+        print(
+            f"{route:<9} onnxruntime / torch backend at c=32: "
+            f"{rows['onnxruntime'][(route, 32)]['rps'] / on[(route, 32)]['rps']:5.2f}"
+        )
     print("forward pass of 32 images, ms (one thread):")
     for name, by_backend in backend_forward_ms().items():
-        print(f"  {name:<15} torch {by_backend['torch']:7.3f}  onnxruntime {by_backend['onnxruntime']:7.3f}  "
-              f"ratio {by_backend['torch'] / by_backend['onnxruntime']:5.2f}")
+        print(
+            f"  {name:<15} torch {by_backend['torch']:7.3f}  onnxruntime {by_backend['onnxruntime']:7.3f}  "
+            f"ratio {by_backend['torch'] / by_backend['onnxruntime']:5.2f}"
+        )
     return 1 if failures and not args.report_only else 0
 
 

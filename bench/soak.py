@@ -32,9 +32,13 @@ from tests.support.servers import REDIS_URL, PostgresSchema, Stack, postgres_ava
 RSS_GROWTH_LIMIT_MB = 50
 FD_GROWTH_LIMIT = 8
 CONNECTION_GROWTH_LIMIT = 4
-JOB = {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist", "limit_train": 512,
-                                                         "limit_test": 128},
-       "optimizer": {"name": "sgd", "lr": 0.1}, "epochs": 2, "batch_size": 64}
+JOB = {
+    "model": {"arch": "softmax_regression"},
+    "data": {"dataset": "fashion-mnist", "limit_train": 512, "limit_test": 128},
+    "optimizer": {"name": "sgd", "lr": 0.1},
+    "epochs": 2,
+    "batch_size": 64,
+}
 
 
 def tree(pid: int) -> list[int]:
@@ -109,8 +113,9 @@ class Soak:
         from tests.support.servers import POSTGRES_ADMIN_URL
 
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                                (self.schema.name,)).fetchone()[0]
+            return conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (self.schema.name,)
+            ).fetchone()[0]
 
     def sample(self, at: str) -> Sample:
         api, worker = tree(self.stack.procs["api"].pid), tree(self.stack.procs["worker"].pid)
@@ -126,8 +131,11 @@ async def predicts(url: str, count: int, concurrency: int, model: str) -> list[i
 
         async def client_loop():
             for i in next_index:
-                answer = await client.post("/v1/predict", data={"model": model},
-                                           files={"files": ("x.png", images[i % len(images)], "image/png")})
+                answer = await client.post(
+                    "/v1/predict",
+                    data={"model": model},
+                    files={"files": ("x.png", images[i % len(images)], "image/png")},
+                )
                 statuses.append(answer.status_code)
 
         await asyncio.gather(*(client_loop() for _ in range(concurrency)))
@@ -163,15 +171,22 @@ def soak(predict_count: int, job_count: int, concurrency: int, database: str, ro
     if schema:
         schema.__enter__()
     database_url = f"{schema.url}&application_name={schema.name}" if schema else None
-    stack = Stack(home=root / "home", data_dir=data_dir, database_url=database_url,
-                  broker_url=REDIS_URL if schema else None,
-                  extra_env={"TRAINYARD_API_WORKERS": "1", "TRAINYARD_MAX_BATCH_DELAY_MS": "1"})
+    stack = Stack(
+        home=root / "home",
+        data_dir=data_dir,
+        database_url=database_url,
+        broker_url=REDIS_URL if schema else None,
+        extra_env={"TRAINYARD_API_WORKERS": "1", "TRAINYARD_MAX_BATCH_DELAY_MS": "1"},
+    )
     samples = []
     try:
         stack.start()
         runner = Soak(stack, schema)
-        print(f"soak on {'PostgreSQL + Redis' if schema else 'SQLite + the embedded broker'}: "
-              f"{predict_count} predicts from {concurrency} clients, {job_count} jobs", flush=True)
+        print(
+            f"soak on {'PostgreSQL + Redis' if schema else 'SQLite + the embedded broker'}: "
+            f"{predict_count} predicts from {concurrency} clients, {job_count} jobs",
+            flush=True,
+        )
         with stack.client() as client:
             first = client.post("/v1/jobs", json={**JOB, "name": "soak-model"}).json()["id"]
             assert stack.wait_for_job(client, first, timeout=300)["status"] == "succeeded"
@@ -183,8 +198,13 @@ def soak(predict_count: int, job_count: int, concurrency: int, database: str, ro
             rounds = 4
             for index in range(rounds):
                 started = time.perf_counter()
-                run_load(runner, client, (predict_count - warm_predicts) // rounds,
-                         (job_count - warm_jobs) // rounds, concurrency)
+                run_load(
+                    runner,
+                    client,
+                    (predict_count - warm_predicts) // rounds,
+                    (job_count - warm_jobs) // rounds,
+                    concurrency,
+                )
                 samples.append(runner.sample(f"round {index + 1}/{rounds} ({time.perf_counter() - started:.0f} s)"))
     finally:
         stack.stop()

@@ -38,15 +38,29 @@ TARGET_MLP_OVER_RECIPE = 3.0
 TARGET_QUEUE_P50_S = 0.5
 TARGET_WARM_WALL_OVER_OWN = 0.6
 # The test stacks renew leases and reap every half second; measure with the production defaults.
-PRODUCTION_TIMINGS = {"TRAINYARD_HEARTBEAT_SECONDS": "2", "TRAINYARD_LEASE_SECONDS": "30",
-                      "TRAINYARD_REAPER_INTERVAL_SECONDS": "5", "TRAINYARD_RESEND_AFTER_SECONDS": "30"}
-MODELS = {"mlp": {"arch": "mlp", "hidden": [256], "activation": "relu"},
-          "lenet": {"arch": "lenet", "activation": "relu", "pool": "max"}}
+PRODUCTION_TIMINGS = {
+    "TRAINYARD_HEARTBEAT_SECONDS": "2",
+    "TRAINYARD_LEASE_SECONDS": "30",
+    "TRAINYARD_REAPER_INTERVAL_SECONDS": "5",
+    "TRAINYARD_RESEND_AFTER_SECONDS": "30",
+}
+MODELS = {
+    "mlp": {"arch": "mlp", "hidden": [256], "activation": "relu"},
+    "lenet": {"arch": "lenet", "activation": "relu", "pool": "max"},
+}
 
 
 def spec(model: dict, epochs: int, device: str, amp: str) -> dict:
-    return {"model": model, "data": {"dataset": "fashion-mnist"}, "optimizer": {"name": "sgd", "lr": 0.1},
-            "epochs": epochs, "batch_size": BATCH, "seed": 0, "device": device, "amp": amp}
+    return {
+        "model": model,
+        "data": {"dataset": "fashion-mnist"},
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "epochs": epochs,
+        "batch_size": BATCH,
+        "seed": 0,
+        "device": device,
+        "amp": amp,
+    }
 
 
 def bare_loop(job: JobSpec, data_dir: Path) -> float:
@@ -65,7 +79,7 @@ def bare_loop(job: JobSpec, data_dir: Path) -> float:
         model.train()
         order = torch.randperm(len(x), device=device)
         for start in range(0, len(x), BATCH):
-            idx = order[start:start + BATCH]
+            idx = order[start : start + BATCH]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = loss_fn(model(x[idx].float().div_(255)), y[idx])
             optimizer_step(loss, optimizer, scaler)
@@ -80,8 +94,9 @@ def course_recipe(job: JobSpec, data_dir: Path) -> float:
     import torchvision
     from torch.utils.data import DataLoader
 
-    dataset = torchvision.datasets.FashionMNIST(root=str(data_dir), train=True, download=False,
-                                                transform=torchvision.transforms.ToTensor())
+    dataset = torchvision.datasets.FashionMNIST(
+        root=str(data_dir), train=True, download=False, transform=torchvision.transforms.ToTensor()
+    )
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=4)  # the course's 4 workers
     device = torch.device("cuda" if job.device.startswith("cuda") else "cpu")
     torch.manual_seed(0)
@@ -110,10 +125,13 @@ def through_service(stack: Stack, body: dict) -> dict:
     # Bookkeeping between epochs (checkpoint, metrics upsert, training state) is the time from
     # one epoch's row to the next one's, less the next epoch's own training and evaluation.
     stamps = [datetime.fromisoformat(e["recorded_at"]) for e in epochs]
-    gaps = [(b - a).total_seconds() - e["seconds"] for a, b, e in zip(stamps, stamps[1:], epochs[1:])]
-    return {"own": statistics.mean(e["samples_per_second"] for e in epochs), "wall": samples / wall,
-            "bookkeeping": statistics.mean(gaps) if gaps else float("nan"),
-            "epoch": statistics.mean(e["seconds"] for e in epochs)}
+    gaps = [(b - a).total_seconds() - e["seconds"] for a, b, e in zip(stamps, stamps[1:], epochs[1:], strict=False)]
+    return {
+        "own": statistics.mean(e["samples_per_second"] for e in epochs),
+        "wall": samples / wall,
+        "bookkeeping": statistics.mean(gaps) if gaps else float("nan"),
+        "epoch": statistics.mean(e["seconds"] for e in epochs),
+    }
 
 
 def warm_job(stack: Stack, device: str, amp: str) -> float:
@@ -131,8 +149,12 @@ def warm_job(stack: Stack, device: str, amp: str) -> float:
 
 def queue_latency(stack: Stack, runs: int = 10) -> float:
     """Median seconds from submit to running, with the worker idle before each job."""
-    tiny = {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist", "limit_train": 256,
-                                                              "limit_test": 64}, "epochs": 1, "batch_size": 256}
+    tiny = {
+        "model": {"arch": "softmax_regression"},
+        "data": {"dataset": "fashion-mnist", "limit_train": 256, "limit_test": 64},
+        "epochs": 1,
+        "batch_size": 256,
+    }
     delays = []
     with stack.client() as client:
         for _ in range(runs):
@@ -165,8 +187,12 @@ def main() -> int:
         data_dir = Path(tmp) / "data"
         make_idx_dataset(data_dir, "FashionMNIST", n_train=60_000, n_test=10_000, gz=False)  # torchvision reads these
         dataset_mb = (60_000 + 10_000) * 28 * 28 / 2**20
-        stack = Stack(home=Path(tmp) / "embedded", data_dir=data_dir, extra_env=PRODUCTION_TIMINGS,
-                      serve_gpu_queue=args.device.startswith("cuda")).start()
+        stack = Stack(
+            home=Path(tmp) / "embedded",
+            data_dir=data_dir,
+            extra_env=PRODUCTION_TIMINGS,
+            serve_gpu_queue=args.device.startswith("cuda"),
+        ).start()
         rows = []
         try:
             for name, model in MODELS.items():
@@ -183,36 +209,51 @@ def main() -> int:
             stack.stop()
         latency_redis = None
         if redis_available():
-            redis_stack = Stack(home=Path(tmp) / "redis", data_dir=data_dir, broker_url=REDIS_URL,
-                                extra_env=PRODUCTION_TIMINGS).start()
+            redis_stack = Stack(
+                home=Path(tmp) / "redis", data_dir=data_dir, broker_url=REDIS_URL, extra_env=PRODUCTION_TIMINGS
+            ).start()
             try:
                 latency_redis = queue_latency(redis_stack)
             finally:
                 redis_stack.stop()
 
-    print(f"device {args.device}, amp {args.amp}, {args.epochs} epochs of 60,000 images, batch {BATCH}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'model':<6} {'service (own) /s':>17} {'service (wall) /s':>18} {'bare /s':>9} {'recipe /s':>10} "
-          f"{'own/bare':>9} {'wall/bare':>10} {'own/recipe':>11}")
+    print(
+        f"device {args.device}, amp {args.amp}, {args.epochs} epochs of 60,000 images, batch {BATCH}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{'model':<6} {'service (own) /s':>17} {'service (wall) /s':>18} {'bare /s':>9} {'recipe /s':>10} "
+        f"{'own/bare':>9} {'wall/bare':>10} {'own/recipe':>11}"
+    )
     for name, service, bare, recipe in rows:
         own, wall = service["own"] / bare, service["wall"] / bare
         over_recipe = service["own"] / recipe if recipe else float("nan")
-        print(f"{name:<6} {service['own']:>17.0f} {service['wall']:>18.0f} {bare:>9.0f} "
-              f"{recipe or float('nan'):>10.0f} {own:>9.2f} {wall:>10.2f} {over_recipe:>11.2f}")
+        print(
+            f"{name:<6} {service['own']:>17.0f} {service['wall']:>18.0f} {bare:>9.0f} "
+            f"{recipe or float('nan'):>10.0f} {own:>9.2f} {wall:>10.2f} {over_recipe:>11.2f}"
+        )
         failures += own < TARGET_SERVICE_OVER_BARE
         if name == "mlp" and recipe:
             failures += over_recipe < TARGET_MLP_OVER_RECIPE
     for name, service, _, _ in rows:
-        print(f"{name}: bookkeeping between epochs {1000 * service['bookkeeping']:.1f} ms "
-              f"({100 * service['bookkeeping'] / service['epoch']:.1f}% of an epoch)")
-    print(f"targets: service/bare >= {TARGET_SERVICE_OVER_BARE} (job's own samples/s); "
-          f"mlp service/recipe >= {TARGET_MLP_OVER_RECIPE}")
-    print(f"queue latency p50 (submit to running, idle worker): embedded {latency_embedded:.3f} s, "
-          f"redis {'n/a' if latency_redis is None else f'{latency_redis:.3f} s'} (target < {TARGET_QUEUE_P50_S} s)")
+        print(
+            f"{name}: bookkeeping between epochs {1000 * service['bookkeeping']:.1f} ms "
+            f"({100 * service['bookkeeping'] / service['epoch']:.1f}% of an epoch)"
+        )
+    print(
+        f"targets: service/bare >= {TARGET_SERVICE_OVER_BARE} (job's own samples/s); "
+        f"mlp service/recipe >= {TARGET_MLP_OVER_RECIPE}"
+    )
+    print(
+        f"queue latency p50 (submit to running, idle worker): embedded {latency_embedded:.3f} s, "
+        f"redis {'n/a' if latency_redis is None else f'{latency_redis:.3f} s'} (target < {TARGET_QUEUE_P50_S} s)"
+    )
     failures += latency_embedded >= TARGET_QUEUE_P50_S
     failures += latency_redis is not None and latency_redis >= TARGET_QUEUE_P50_S
-    print(f"warm worker, second 5-epoch mlp job: samples/s over its life / its epochs' own {warm:.2f} "
-          f"(target >= {TARGET_WARM_WALL_OVER_OWN})")
+    print(
+        f"warm worker, second 5-epoch mlp job: samples/s over its life / its epochs' own {warm:.2f} "
+        f"(target >= {TARGET_WARM_WALL_OVER_OWN})"
+    )
     failures += warm < TARGET_WARM_WALL_OVER_OWN
     print(f"worker peak memory {peak_mb:.0f} MiB for a {dataset_mb:.0f} MiB dataset ({peak_mb / dataset_mb:.1f}x)")
     print("ALL TARGETS MET" if not failures else f"{failures} TARGET(S) MISSED")

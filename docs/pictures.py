@@ -32,7 +32,7 @@ def prototypes(rng: np.random.Generator, size: int = 28) -> np.ndarray:
         for _ in range(4):
             cy, cx = rng.uniform(6, size - 6, 2)
             sy, sx = rng.uniform(2, 6, 2)
-            shapes[k] += np.exp(-((yy - cy) ** 2 / (2 * sy ** 2) + (xx - cx) ** 2 / (2 * sx ** 2)))
+            shapes[k] += np.exp(-((yy - cy) ** 2 / (2 * sy**2) + (xx - cx) ** 2 / (2 * sx**2)))
     # Each pair shares most of its shape: only part of what tells them apart survives the blending.
     for k in range(0, NUM_CLASSES, 2):
         common = (shapes[k] + shapes[k + 1]) / 2
@@ -65,10 +65,20 @@ if __name__ == "__main__" and "--calibrate" in sys.argv:
 
     with tempfile.TemporaryDirectory() as tmp:
         make_hard_dataset(Path(tmp))
-        for model, lr in (({"arch": "softmax_regression"}, 0.1), ({"arch": "mlp", "hidden": [256], "dropout": [0.2]}, 0.1),
-                          ({"arch": "lenet", "activation": "relu", "pool": "max"}, 0.05)):
-            spec = JobSpec.model_validate({"model": model, "data": {"dataset": "fashion-mnist"}, "epochs": 12,
-                                           "batch_size": 128, "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9}})
+        for model, lr in (
+            ({"arch": "softmax_regression"}, 0.1),
+            ({"arch": "mlp", "hidden": [256], "dropout": [0.2]}, 0.1),
+            ({"arch": "lenet", "activation": "relu", "pool": "max"}, 0.05),
+        ):
+            spec = JobSpec.model_validate(
+                {
+                    "model": model,
+                    "data": {"dataset": "fashion-mnist"},
+                    "epochs": 12,
+                    "batch_size": 128,
+                    "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9},
+                }
+            )
             history = fit(spec, data_dir=tmp).run.history
             print(model["arch"], [(round(h.train_acc, 3), round(h.test_acc, 3)) for h in history[::3]], flush=True)
     sys.exit(0)
@@ -76,15 +86,28 @@ if __name__ == "__main__" and "--calibrate" in sys.argv:
 
 JOBS = {
     "softmax": {"model": {"arch": "softmax_regression"}, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}},
-    "mlp-dropout": {"model": {"arch": "mlp", "hidden": [256], "activation": "relu", "dropout": [0.2]},
-                    "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}},
-    "lenet": {"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-              "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
+    "mlp-dropout": {
+        "model": {"arch": "mlp", "hidden": [256], "activation": "relu", "dropout": [0.2]},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+    },
+    "lenet": {
+        "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    },
 }
-SWEEP = {"name": "weight-decay", "base": {"model": {"arch": "mlp", "hidden": [256], "activation": "relu"},
-                                          "data": {"dataset": "fashion-mnist"}, "epochs": 12, "batch_size": 128,
-                                          "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}},
-         "grid": {"optimizer.weight_decay": [0, 0.001, 0.01]}, "metric": "test_acc", "mode": "max"}
+SWEEP = {
+    "name": "weight-decay",
+    "base": {
+        "model": {"arch": "mlp", "hidden": [256], "activation": "relu"},
+        "data": {"dataset": "fashion-mnist"},
+        "epochs": 12,
+        "batch_size": 128,
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+    },
+    "grid": {"optimizer.weight_decay": [0, 0.001, 0.01]},
+    "metric": "test_acc",
+    "mode": "max",
+}
 
 
 def browser():
@@ -95,8 +118,14 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900",
-                 "--hide-scrollbars"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+        "--hide-scrollbars",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
@@ -119,14 +148,21 @@ def main() -> int:
                     job = stack.wait_for_job(client, job_id, timeout=900, interval=1)
                     print(job["name"], job["status"], job["latest_metrics"]["test_acc"], flush=True)
                 sweep = client.post("/v1/sweeps", json=SWEEP).json()
-                wait_until(lambda: client.get(f"/v1/sweeps/{sweep['id']}").json()["status"] == "succeeded",
-                           timeout=900, interval=1, what="the sweep")
+                wait_until(
+                    lambda: client.get(f"/v1/sweeps/{sweep['id']}").json()["status"] == "succeeded",
+                    timeout=900,
+                    interval=1,
+                    what="the sweep",
+                )
                 plot = client.get("/v1/plots/compare.png", params={"jobs": ",".join(ids.values())})
                 (DOCS / "learning-curves.png").write_bytes(plot.content)
             driver = browser()
             try:
-                for page, name in (("/", "dashboard-jobs"), (f"/ui/jobs/{ids['lenet']}", "dashboard-job"),
-                                   (f"/ui/sweeps/{sweep['id']}", "dashboard-sweep")):
+                for page, name in (
+                    ("/", "dashboard-jobs"),
+                    (f"/ui/jobs/{ids['lenet']}", "dashboard-job"),
+                    (f"/ui/sweeps/{sweep['id']}", "dashboard-sweep"),
+                ):
                     driver.get(stack.url + page)
                     time.sleep(2)  # the plots load
                     driver.save_screenshot(str(DOCS / f"{name}.png"))

@@ -18,8 +18,9 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise DeviceUnavailable(f"device {name!r} was requested but this process has no CUDA device")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceUnavailable(f"device {name!r} does not exist; this machine has "
-                                    f"{torch.cuda.device_count()} CUDA device(s)")
+            raise DeviceUnavailable(
+                f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     return device
 
 
@@ -33,6 +34,7 @@ def describe_devices() -> dict:
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             properties = torch.cuda.get_device_properties(index)
-            found.append({"name": f"cuda:{index} {properties.name}", "kind": "cuda",
-                          "memory_bytes": properties.total_memory})
+            found.append(
+                {"name": f"cuda:{index} {properties.name}", "kind": "cuda", "memory_bytes": properties.total_memory}
+            )
     return {"devices": found, "torch": torch.__version__, "cuda": torch.version.cuda}

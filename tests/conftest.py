@@ -75,8 +75,13 @@ def trained_job(service_env):
     from service.core import jobs
     from service.core.tables import JobStatus
 
-    spec = JobSpec.model_validate({"model": {"arch": "softmax_regression"},
-                                   "data": {"dataset": "fashion-mnist", "val_fraction": 0.1}, "epochs": 3})
+    spec = JobSpec.model_validate(
+        {
+            "model": {"arch": "softmax_regression"},
+            "data": {"dataset": "fashion-mnist", "val_fraction": 0.1},
+            "epochs": 3,
+        }
+    )
     with db.session_scope() as session:
         job_id = jobs.create_job(session, spec=spec, task="classification").id
     with db.session_scope() as session:
@@ -84,14 +89,34 @@ def trained_job(service_env):
     for epoch, (accuracy, test_accuracy) in enumerate(((0.5, 0.6), (0.9, 0.5), (0.7, 0.95)), start=1):
         torch.manual_seed(epoch)
         relative = f"{job_id}/{checkpoint_name(epoch)}"
-        size = write_checkpoint(service_env.checkpoint_dir / relative, build_model(spec.model, (1, 28, 28), 10).state_dict(), {
-            "spec": spec.model_dump(mode="json"), "task": "classification", "classes": [str(i) for i in range(10)],
-            "input_shape": [1, 28, 28], "epoch": epoch, "metrics": {"val_acc": accuracy, "test_acc": test_accuracy},
-            "input": InputContract.image(1, 28, 28, [str(i) for i in range(10)]).to_json()})
+        size = write_checkpoint(
+            service_env.checkpoint_dir / relative,
+            build_model(spec.model, (1, 28, 28), 10).state_dict(),
+            {
+                "spec": spec.model_dump(mode="json"),
+                "task": "classification",
+                "classes": [str(i) for i in range(10)],
+                "input_shape": [1, 28, 28],
+                "epoch": epoch,
+                "metrics": {"val_acc": accuracy, "test_acc": test_accuracy},
+                "input": InputContract.image(1, 28, 28, [str(i) for i in range(10)]).to_json(),
+            },
+        )
         with db.session_scope() as session:
-            jobs.record_epoch(session, job_id=job_id, attempt=attempt, checkpoint_path=relative, checkpoint_size=size,
-                              metrics={"epoch": epoch, "train_loss": 1.0 / epoch, "test_loss": 1.0,
-                                       "test_acc": test_accuracy, "val_acc": accuracy})
+            jobs.record_epoch(
+                session,
+                job_id=job_id,
+                attempt=attempt,
+                checkpoint_path=relative,
+                checkpoint_size=size,
+                metrics={
+                    "epoch": epoch,
+                    "train_loss": 1.0 / epoch,
+                    "test_loss": 1.0,
+                    "test_acc": test_accuracy,
+                    "val_acc": accuracy,
+                },
+            )
     with db.session_scope() as session:
         jobs.finish_job(session, job_id=job_id, attempt=attempt, status=JobStatus.SUCCEEDED)
     return job_id

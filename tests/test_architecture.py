@@ -97,8 +97,13 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
         why = _model_room_violation(module, name) if _within(module, "models") and _within(name, "models") else None
         if why:
             found.append(f"{module}:{line} imports {name} ({why})")
-        if (_within(module, ROUTERS) and module != ROUTERS and _within(name, ROUTERS) and name != ROUTERS
-                and not _within(name, module)):
+        if (
+            _within(module, ROUTERS)
+            and module != ROUTERS
+            and _within(name, ROUTERS)
+            and name != ROUTERS
+            and not _within(name, module)
+        ):
             found.append(f"{module}:{line} imports {name} (a router must not import another router)")
         if _within(module, SCHEMAS) and _within(name, "service.api") and not _within(name, SCHEMAS):
             found.append(f"{module}:{line} imports {name} (schemas import no other part of the API)")
@@ -119,8 +124,7 @@ def module_imports(sources: dict[str, str], packages: frozenset[str] = frozenset
         graph[module] = set()
         for _, name in imports(source, module, module in packages):
             parts = name.split(".")
-            found = next((prefix for n in range(len(parts), 0, -1) if (prefix := ".".join(parts[:n])) in sources),
-                         None)
+            found = next((prefix for n in range(len(parts), 0, -1) if (prefix := ".".join(parts[:n])) in sources), None)
             if found is not None and found != module:
                 graph[module].add(found)
     return graph
@@ -163,23 +167,35 @@ def test_no_module_of_models_imports_one_that_imports_it_back():
     assert import_cycles(module_imports(sources, packages)) == []
 
 
-@pytest.mark.parametrize("sources", [
-    {"models.nets.archs": "def pretrained():\n    from models.nets.pretrained import Pretrained",
-     "models.nets.pretrained": "from models.nets.archs import load_state"},
-    {"models.data.dataset": "if TYPE_CHECKING:\n    from models.data.splits import Rows",
-     "models.data.splits": "from .dataset import Dataset"},
-    {"models.spec.job": "import models.nets.archs", "models.nets.archs": "from models.nets import cost",
-     "models.nets.cost": "from models.spec.job import JobSpec"},
-])
+@pytest.mark.parametrize(
+    "sources",
+    [
+        {
+            "models.nets.archs": "def pretrained():\n    from models.nets.pretrained import Pretrained",
+            "models.nets.pretrained": "from models.nets.archs import load_state",
+        },
+        {
+            "models.data.dataset": "if TYPE_CHECKING:\n    from models.data.splits import Rows",
+            "models.data.splits": "from .dataset import Dataset",
+        },
+        {
+            "models.spec.job": "import models.nets.archs",
+            "models.nets.archs": "from models.nets import cost",
+            "models.nets.cost": "from models.spec.job import JobSpec",
+        },
+    ],
+)
 def test_an_import_cycle_is_caught(sources):
     assert import_cycles(module_imports(sources)) != []
 
 
 def test_imports_one_way_are_no_cycle():
-    sources = {"models.spec.job": "from models.nets.pretrained import backbone_names",
-               "models.nets.pretrained": "from models.nets.state_dict import load_state",
-               "models.nets.archs": "from models.nets.state_dict import load_state\nimport torch",
-               "models.nets.state_dict": "from collections import OrderedDict"}
+    sources = {
+        "models.spec.job": "from models.nets.pretrained import backbone_names",
+        "models.nets.pretrained": "from models.nets.state_dict import load_state",
+        "models.nets.archs": "from models.nets.state_dict import load_state\nimport torch",
+        "models.nets.state_dict": "from collections import OrderedDict",
+    }
     assert import_cycles(module_imports(sources)) == []
 
 
@@ -190,8 +206,11 @@ def test_the_rooms_inside_models_have_an_order():
 
 
 def test_every_import_points_the_right_way():
-    found = [v for module, path in project_modules()
-             for v in violations(module, path.read_text(), path.name == "__init__.py")]
+    found = [
+        v
+        for module, path in project_modules()
+        for v in violations(module, path.read_text(), path.name == "__init__.py")
+    ]
     assert found == []
 
 
@@ -205,13 +224,18 @@ def _handles_a_session(call: ast.Call) -> bool:
 
 def session_handling(source: str) -> list[int]:
     """The lines of a module that commit or close a session, or open one by hand."""
-    return [node.lineno for node in ast.walk(ast.parse(source))
-            if isinstance(node, ast.Call) and _handles_a_session(node)]
+    return [
+        node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call) and _handles_a_session(node)
+    ]
 
 
 def test_no_router_commits_or_opens_a_session():
-    found = [f"{module}:{line}" for module, path in project_modules() if _within(module, ROUTERS)
-             for line in session_handling(path.read_text())]
+    found = [
+        f"{module}:{line}"
+        for module, path in project_modules()
+        if _within(module, ROUTERS)
+        for line in session_handling(path.read_text())
+    ]
     assert found == []
 
 
@@ -226,40 +250,52 @@ def test_session_handling_in_a_router_is_caught():
 
 def test_the_rooms_exist():
     modules = {module for module, _ in project_modules()}
-    assert {"service.core.jobs", "service.core.broker", "service.api.app", "workers.tasks", "models.checkpoint",
-            "models.nets.archs", "models.spec.job", "models.data.loading", "models.training.engine",
-            "models.inference.predictor"} <= modules
+    assert {
+        "service.core.jobs",
+        "service.core.broker",
+        "service.api.app",
+        "workers.tasks",
+        "models.checkpoint",
+        "models.nets.archs",
+        "models.spec.job",
+        "models.data.loading",
+        "models.training.engine",
+        "models.inference.predictor",
+    } <= modules
     assert len([m for m in modules if m.startswith(ROUTERS + ".")]) >= 8
 
 
-@pytest.mark.parametrize("module, source", [
-    ("models.training.engine", "from service.core import jobs"),
-    ("models.data.loading", "def f():\n    import workers.runner"),
-    ("service.core.jobs", "from service.api.serving import ModelServer"),
-    ("service.core.reaper", "from workers.celery_app import app"),
-    ("service.core.jobs", "from ..api import deps"),
-    ("service.api.routers.jobs", "import workers.tasks"),
-    ("service.api.routers.dashboard", "from service.api.routers.jobs import router"),
-    ("service.api.routers.dashboard", "from service.api.routers import jobs"),
-    ("service.api.routers.plots", "from .predict import classify"),
-    ("workers.runner", "from service.api.serving import ModelServer"),
-    ("service.cli.client", "from service.api.app import app"),
-    ("service.api.schemas.predict", "from service.api.serving import LoadedModel"),
-    ("service.core.submission", "from fastapi import HTTPException"),
-    ("service.core.errors", "import starlette.status"),
-    ("models.data.loading", "from tests.support.datagen import png_bytes"),
-    # rooms inside models: one way, and inference never imports training
-    ("models.nets.archs", "from models.spec.job import JobSpec"),
-    ("models.nets.cost", "def f():\n    from models.training.engine import Limits"),
-    ("models.spec.job", "from models.data.dataset import Dataset"),
-    ("models.data.loading", "from models.training import engine"),
-    ("models.data.augment", "from ..inference.predictor import Predictor"),
-    ("models.training.engine", "from models.inference.evaluation import evaluate"),
-    ("models.inference.predictor", "def f():\n    from models.training.engine import eval_batch_size"),
-    ("models.inference.onnx_runtime", "import models.training.frozen"),
-    ("models.checkpoint", "from models.spec.job import JobSpec"),
-    ("models.devices", "from models import training"),
-])
+@pytest.mark.parametrize(
+    "module, source",
+    [
+        ("models.training.engine", "from service.core import jobs"),
+        ("models.data.loading", "def f():\n    import workers.runner"),
+        ("service.core.jobs", "from service.api.serving import ModelServer"),
+        ("service.core.reaper", "from workers.celery_app import app"),
+        ("service.core.jobs", "from ..api import deps"),
+        ("service.api.routers.jobs", "import workers.tasks"),
+        ("service.api.routers.dashboard", "from service.api.routers.jobs import router"),
+        ("service.api.routers.dashboard", "from service.api.routers import jobs"),
+        ("service.api.routers.plots", "from .predict import classify"),
+        ("workers.runner", "from service.api.serving import ModelServer"),
+        ("service.cli.client", "from service.api.app import app"),
+        ("service.api.schemas.predict", "from service.api.serving import LoadedModel"),
+        ("service.core.submission", "from fastapi import HTTPException"),
+        ("service.core.errors", "import starlette.status"),
+        ("models.data.loading", "from tests.support.datagen import png_bytes"),
+        # rooms inside models: one way, and inference never imports training
+        ("models.nets.archs", "from models.spec.job import JobSpec"),
+        ("models.nets.cost", "def f():\n    from models.training.engine import Limits"),
+        ("models.spec.job", "from models.data.dataset import Dataset"),
+        ("models.data.loading", "from models.training import engine"),
+        ("models.data.augment", "from ..inference.predictor import Predictor"),
+        ("models.training.engine", "from models.inference.evaluation import evaluate"),
+        ("models.inference.predictor", "def f():\n    from models.training.engine import eval_batch_size"),
+        ("models.inference.onnx_runtime", "import models.training.frozen"),
+        ("models.checkpoint", "from models.spec.job import JobSpec"),
+        ("models.devices", "from models import training"),
+    ],
+)
 def test_a_wrong_way_import_is_caught(module, source):
     assert violations(module, source) != []
 
@@ -270,18 +306,27 @@ def test_inference_importing_training_is_named_as_such():
     assert found and all("inference never imports training" in line for line in found)
 
 
-@pytest.mark.parametrize("module, source", [
-    ("service.api.routers.jobs", "from service.core import jobs\nfrom service.api.schemas.jobs import JobPublic"),
-    ("service.api.routers", "from service.api.routers import jobs, predict"),
-    ("workers.runner", "from service.core.db import session_scope\nfrom models.training.engine import fit"),
-    ("service.core.jobs", "from models.spec.job import JobSpec\nfrom .tables import Job"),
-    ("models.spec.problems", "from models.nets.archs import shape_problems\nfrom .job import JobSpec"),
-    ("models.data.dataset", "from models.spec.problems import DatasetInfo\nfrom models.data.rows import Rows"),
-    ("models.training.engine", "from models import devices\nfrom models.data.loading import load_dataset\n"
-                               "from models.nets.cost import eval_batch_size\nfrom models.checkpoint import FORMAT"),
-    ("models.inference.predictor", "from models.nets.archs import build_model\nfrom models.data.contract import "
-                                   "InputContract\nfrom models.checkpoint import read_checkpoint"),
-    ("models.inference.onnx_runtime", "from .interchange import onnx_bytes"),
-])
+@pytest.mark.parametrize(
+    "module, source",
+    [
+        ("service.api.routers.jobs", "from service.core import jobs\nfrom service.api.schemas.jobs import JobPublic"),
+        ("service.api.routers", "from service.api.routers import jobs, predict"),
+        ("workers.runner", "from service.core.db import session_scope\nfrom models.training.engine import fit"),
+        ("service.core.jobs", "from models.spec.job import JobSpec\nfrom .tables import Job"),
+        ("models.spec.problems", "from models.nets.archs import shape_problems\nfrom .job import JobSpec"),
+        ("models.data.dataset", "from models.spec.problems import DatasetInfo\nfrom models.data.rows import Rows"),
+        (
+            "models.training.engine",
+            "from models import devices\nfrom models.data.loading import load_dataset\n"
+            "from models.nets.cost import eval_batch_size\nfrom models.checkpoint import FORMAT",
+        ),
+        (
+            "models.inference.predictor",
+            "from models.nets.archs import build_model\nfrom models.data.contract import "
+            "InputContract\nfrom models.checkpoint import read_checkpoint",
+        ),
+        ("models.inference.onnx_runtime", "from .interchange import onnx_bytes"),
+    ],
+)
 def test_a_right_way_import_passes(module, source):
     assert violations(module, source) == []

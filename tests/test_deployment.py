@@ -17,8 +17,11 @@ def test_compose_exposes_nothing_without_credentials():
     assert tokens.startswith("${TRAINYARD_API_TOKENS:?"), "compose must fail without tokens, not start open"
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     assert services["worker-gpu"]["profiles"] == ["gpu"]
-    example = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
-                   if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert {"TRAINYARD_API_TOKENS", "FLOWER_BASIC_AUTH"} <= set(example)
 
 
@@ -49,8 +52,11 @@ def test_every_long_running_service_restarts_and_one_image_is_built_once():
 
 
 def test_secrets_stay_out_of_git_and_the_build_context():
-    example = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
-                   if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert all(value == "" for value in example.values()), "empty, so that compose's :? checks stop `up`"
     assert ".env" in (REPO / ".gitignore").read_text().splitlines()
     ignored = (REPO / ".dockerignore").read_text().splitlines()

@@ -42,8 +42,20 @@ def final(name: str):
 
 def test_there_is_an_example_per_experiment():
     names = {path.stem for path in EXAMPLES}
-    assert {"linear-regression", "softmax-regression", "mlp", "mlp-dropout", "weight-decay", "polynomial-fit",
-            "polynomial-underfit", "polynomial-overfit", "lenet", "lenet-sequential", "resnet18", "mlp-kfold"} <= names
+    assert {
+        "linear-regression",
+        "softmax-regression",
+        "mlp",
+        "mlp-dropout",
+        "weight-decay",
+        "polynomial-fit",
+        "polynomial-underfit",
+        "polynomial-overfit",
+        "lenet",
+        "lenet-sequential",
+        "resnet18",
+        "mlp-kfold",
+    } <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -118,8 +130,22 @@ def test_an_installed_package_carries_the_examples(tmp_path):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist"), str(source)], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        timeout=120,
+    )
     [wheel] = (tmp_path / "dist").glob("trainyard-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
     examples = REPO / "examples"

@@ -45,13 +45,20 @@ class JobLogCapture(logging.Handler):
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
         if self._dropped:
-            self._pending.append(self._line(logging.WARNING, __name__,
-                                            f"{self._dropped} more line(s) were not kept (limit {self.limit} a run)"))
+            self._pending.append(
+                self._line(
+                    logging.WARNING, __name__, f"{self._dropped} more line(s) were not kept (limit {self.limit} a run)"
+                )
+            )
         self.store()
 
     def _line(self, level: int, logger: str, message: str) -> dict:
-        return {"at": datetime.now(timezone.utc), "level": logging.getLevelName(level), "logger": logger,
-                "message": message}
+        return {
+            "at": datetime.now(timezone.utc),
+            "level": logging.getLevelName(level),
+            "logger": logger,
+            "message": message,
+        }
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name == __name__ or record.name.startswith(("sqlalchemy", "celery", "kombu")):

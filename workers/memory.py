@@ -62,8 +62,11 @@ class MemoryWatch:
 
     def sample(self) -> float:
         status = _status()
-        share = max((status.get("VmData", 0) - self.start) / self.budget,
-                    status.get("RssAnon", 0) / self.machine if self.machine else 0.0, 0.0)
+        share = max(
+            (status.get("VmData", 0) - self.start) / self.budget,
+            status.get("RssAnon", 0) / self.machine if self.machine else 0.0,
+            0.0,
+        )
         self._peak = max(self._peak, share)
         return share
 
@@ -94,5 +97,8 @@ def memory_budget(budget: int, start: int | None = None) -> Iterator[None]:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether an exception is an allocation that failed (the budget's or the machine's)."""
-    return (isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
-            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+    return (
+        isinstance(exc, MemoryError)
+        or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
+        or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+    )

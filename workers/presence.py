@@ -38,21 +38,33 @@ class Presence(Periodic):
 
     def _register(self) -> None:
         with session_scope() as session:
-            worker_registry.register(session, worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
-                                     queues=self.queues, description=self.description, weights=_weights())
+            worker_registry.register(
+                session,
+                worker_id=self.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                queues=self.queues,
+                description=self.description,
+                weights=_weights(),
+            )
 
     def tick(self) -> None:
         if self.description is None:  # probed on this thread: it can take a while
             self.description = worker_registry.probe_devices()
         try:
             with session_scope() as session:
-                renewed = self._registered and worker_registry.heartbeat(session, worker_id=self.worker_id,
-                                                                         weights=_weights())
+                renewed = self._registered and worker_registry.heartbeat(
+                    session, worker_id=self.worker_id, weights=_weights()
+                )
             if not renewed:
                 self._register()
                 self._registered = True
-                log.info("worker %s registered: queues %s, devices %s", self.worker_id, self.queues,
-                         [d["name"] for d in self.description["devices"]])
+                log.info(
+                    "worker %s registered: queues %s, devices %s",
+                    self.worker_id,
+                    self.queues,
+                    [d["name"] for d in self.description["devices"]],
+                )
         except UNAVAILABLE as error:  # the database may be away for a moment; the next beat tries again
             log.warning("worker %s could not renew its registry entry: %s", self.worker_id, brief(error))
         except Exception:

@@ -42,9 +42,10 @@ def worker_name() -> str:
 
 
 def in_transaction(what: str, work, *, patient: bool = True):
-    """work(session) in a transaction of its own, committed: a write the job needs. `patient`: retried while the database is
-    unavailable, so an outage pauses the job there instead of failing it (up to
-    TRAINYARD_DATABASE_RETRY_SECONDS); otherwise one try."""
+    """work(session) in a transaction of its own, committed: a write the job needs. `patient`:
+    retried while the database is unavailable, so an outage pauses the job there instead of
+    failing it (up to TRAINYARD_DATABASE_RETRY_SECONDS); otherwise one try."""
+
     def attempt():
         with session_scope() as session:
             return work(session)
@@ -59,8 +60,15 @@ class JobControl(Periodic):
     should_stop() is cheap: the engine calls it between batches, and it only reads two flags.
     """
 
-    def __init__(self, job_id: str, attempt: int, interval: float, longest_wait: float,
-                 memory: MemoryWatch | None = None, urgent_share: float = 0.9):
+    def __init__(
+        self,
+        job_id: str,
+        attempt: int,
+        interval: float,
+        longest_wait: float,
+        memory: MemoryWatch | None = None,
+        urgent_share: float = 0.9,
+    ):
         super().__init__(f"lease-{job_id}", interval)
         self.job_id = job_id
         self.attempt = attempt
@@ -90,14 +98,21 @@ class JobControl(Periodic):
         try:
             memory = self.memory
             with session_scope() as session:
-                status = jobs.heartbeat(session, job_id=self.job_id, attempt=self.attempt,
-                                        memory_peak=memory.peak() if memory else None)
+                status = jobs.heartbeat(
+                    session, job_id=self.job_id, attempt=self.attempt, memory_peak=memory.peak() if memory else None
+                )
             if memory is not None:
                 memory.clear()
         except Exception as error:  # a missed beat is not fatal; a later one may get through
             self._misses, self._delay = self._misses + 1, min(self._delay * 2, self.longest_wait)
-            log.warning("lease renewal for job %s failed (%d in a row; next try in %.1f s): %s", self.job_id,
-                        self._misses, self._delay, brief(error), exc_info=not isinstance(error, UNAVAILABLE))
+            log.warning(
+                "lease renewal for job %s failed (%d in a row; next try in %.1f s): %s",
+                self.job_id,
+                self._misses,
+                self._delay,
+                brief(error),
+                exc_info=not isinstance(error, UNAVAILABLE),
+            )
             return self._delay
         if self._misses:
             log.info("lease renewal for job %s got through after %d misses", self.job_id, self._misses)
@@ -115,8 +130,11 @@ MEMORY_SAMPLE_SECONDS = 0.25
 
 def save_resumable_state(run: TrainingRun, job_id: str, position: Position) -> None:
     """Write the training state an attempt resumes from, atomically."""
-    save_training_state(resumable_state_path(get_settings(), job_id), run.state(position),
-                        {"job_id": job_id, "spec": run.spec.model_dump(mode="json")})
+    save_training_state(
+        resumable_state_path(get_settings(), job_id),
+        run.state(position),
+        {"job_id": job_id, "spec": run.spec.model_dump(mode="json")},
+    )
 
 
 def load_resumable_state(job_id: str) -> TrainingState | None:
@@ -148,16 +166,31 @@ class RecordingCallbacks(Callbacks):
             "num_train": len(run.dataset.x_train),
             "num_test": len(run.dataset.x_test),
         }
-        in_transaction(f"record job {self.job_id}'s environment",
-              lambda session: jobs.set_environment(session, job_id=self.job_id, environment=environment))
-        log.info("training %s on %s: %d training and %d test samples, %d epochs", run.spec.model.arch, run.device,
-                 environment["num_train"], environment["num_test"], run.spec.epochs)
+        in_transaction(
+            f"record job {self.job_id}'s environment",
+            lambda session: jobs.set_environment(session, job_id=self.job_id, environment=environment),
+        )
+        log.info(
+            "training %s on %s: %d training and %d test samples, %d epochs",
+            run.spec.model.arch,
+            run.device,
+            environment["num_train"],
+            environment["num_test"],
+            run.spec.epochs,
+        )
 
     def on_fold_end(self, run: TrainingRun, fold: dict) -> None:
-        results = {"folds": run.folds, "summary": summarise_folds(run.folds),
-                   "complete": len(run.folds) == run.spec.cross_validation.folds}
-        in_transaction(f"record job {self.job_id}'s folds", lambda session: jobs.set_cross_validation(
-            session, job_id=self.job_id, attempt=self.control.attempt, results=results))
+        results = {
+            "folds": run.folds,
+            "summary": summarise_folds(run.folds),
+            "complete": len(run.folds) == run.spec.cross_validation.folds,
+        }
+        in_transaction(
+            f"record job {self.job_id}'s folds",
+            lambda session: jobs.set_cross_validation(
+                session, job_id=self.job_id, attempt=self.control.attempt, results=results
+            ),
+        )
         save_resumable_state(run, self.job_id, Position(epoch=1))
 
     def on_epoch_end(self, run: TrainingRun, metrics: EpochMetrics) -> None:
@@ -174,15 +207,22 @@ class RecordingCallbacks(Callbacks):
         self.unrecorded.append((metrics.as_dict(), relative, size))
         if not self.record(wait=False):
             if not self.control.lost.is_set():
-                log.warning("the database is unavailable: epoch %d is kept to record later, and training goes on",
-                            metrics.epoch)
+                log.warning(
+                    "the database is unavailable: epoch %d is kept to record later, and training goes on", metrics.epoch
+                )
             return
         # Saved only once the epoch is in SQL: a crash in between repeats the epoch (its row is
         # upserted, not doubled) rather than skipping it. While epochs wait to be recorded, the
         # state stays at the last recorded one, so a crash then retrains them.
         save_resumable_state(run, self.job_id, Position(epoch=metrics.epoch + 1))
-        log.info("epoch %d/%d: %s (%.1f s, %.0f samples/s)", metrics.epoch, run.spec.epochs, _summary(metrics),
-                 metrics.seconds, metrics.samples_per_second)
+        log.info(
+            "epoch %d/%d: %s (%.1f s, %.0f samples/s)",
+            metrics.epoch,
+            run.spec.epochs,
+            _summary(metrics),
+            metrics.seconds,
+            metrics.samples_per_second,
+        )
         self.job_log.store()
 
     def record(self, *, wait: bool) -> bool:
@@ -195,8 +235,14 @@ class RecordingCallbacks(Callbacks):
 
         def record_all(session) -> None:
             for metrics, path, size in self.unrecorded:
-                jobs.record_epoch(session, job_id=self.job_id, attempt=self.control.attempt, metrics=metrics,
-                                  checkpoint_path=path, checkpoint_size=size)
+                jobs.record_epoch(
+                    session,
+                    job_id=self.job_id,
+                    attempt=self.control.attempt,
+                    metrics=metrics,
+                    checkpoint_path=path,
+                    checkpoint_size=size,
+                )
 
         epochs = ", ".join(str(m["epoch"]) for m, _, _ in self.unrecorded)
         try:
@@ -215,9 +261,11 @@ class RecordingCallbacks(Callbacks):
 
 
 def _summary(metrics: EpochMetrics) -> str:
-    parts = [f"{name.replace('_', ' ')} {value:.4f}" for name in ("train_loss", "train_acc", "val_loss", "val_acc",
-                                                                  "test_loss", "test_acc")
-             if (value := getattr(metrics, name)) is not None]
+    parts = [
+        f"{name.replace('_', ' ')} {value:.4f}"
+        for name in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+        if (value := getattr(metrics, name)) is not None
+    ]
     return ", ".join(parts)
 
 
@@ -226,8 +274,11 @@ STOP_OUTCOMES = {
     None: (JobStatus.SUCCEEDED, None, None),
     "early_stopped": (JobStatus.SUCCEEDED, "early_stopped", None),
     "stopped": (JobStatus.CANCELLED, "user_cancelled", None),
-    "max_runtime_exceeded": (JobStatus.FAILED, "max_runtime_exceeded",
-                             "max_runtime_seconds reached; resume the job to train further"),
+    "max_runtime_exceeded": (
+        JobStatus.FAILED,
+        "max_runtime_exceeded",
+        "max_runtime_seconds reached; resume the job to train further",
+    ),
 }
 
 
@@ -240,12 +291,16 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     if is_out_of_memory(exc):
         budget = get_settings().max_job_memory
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return "out_of_memory", (f"the job needed more memory than its budget of {human_bytes(budget)} "
-                                 f"(TRAINYARD_MAX_JOB_MEMORY) allows: {detail}; lower batch_size or the model's "
-                                 "size, or raise the budget")
+        return "out_of_memory", (
+            f"the job needed more memory than its budget of {human_bytes(budget)} "
+            f"(TRAINYARD_MAX_JOB_MEMORY) allows: {detail}; lower batch_size or the model's "
+            "size, or raise the budget"
+        )
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "storage_error", (f"No space left on device: cannot save to {get_settings().checkpoint_dir}; "
-                                 "the checkpoints saved before are intact: free space, then resume the job")
+        return "storage_error", (
+            f"No space left on device: cannot save to {get_settings().checkpoint_dir}; "
+            "the checkpoints saved before are intact: free space, then resume the job"
+        )
     if isinstance(exc, OSError) and exc.filename:
         return "storage_error", f"cannot write {exc.filename}: {exc.strerror}"
     if isinstance(exc, OSError):
@@ -308,9 +363,17 @@ def _advance_sweep(job_id: str) -> None:
 
 def _run_job(job_id: str) -> str | None:
     settings = get_settings()
-    claim = in_transaction(f"claim job {job_id}", lambda session: jobs.claim_job(
-        session, job_id=job_id, worker=worker_name(), lease_seconds=settings.lease_seconds,
-        max_attempts=settings.max_attempts, oom_fraction=settings.oom_kill_fraction))
+    claim = in_transaction(
+        f"claim job {job_id}",
+        lambda session: jobs.claim_job(
+            session,
+            job_id=job_id,
+            worker=worker_name(),
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+            oom_fraction=settings.oom_kill_fraction,
+        ),
+    )
     if claim is None:
         log.info("job %s is not queued (already taken, finished or gone); dropping this delivery", job_id)
         return None
@@ -325,27 +388,44 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
     status, reason, error = JobStatus.SUCCEEDED, None, None
     # Failed renewals back off to a quarter lease: once the database is back, the lease is renewed
     # well within the full lease the reaper grants after an outage.
-    with JobControl(job_id, claim.attempt, settings.heartbeat_seconds, settings.lease_seconds / 4,
-                    urgent_share=settings.oom_kill_fraction) as control:
+    with JobControl(
+        job_id,
+        claim.attempt,
+        settings.heartbeat_seconds,
+        settings.lease_seconds / 4,
+        urgent_share=settings.oom_kill_fraction,
+    ) as control:
         try:
             resume = load_resumable_state(job_id)
             if resume is not None and claim.resumed_by_user:
                 resume.run["elapsed"] = 0.0  # a user's resume grants a fresh max_runtime_seconds
             if resume is not None:
-                detail = {"resumed_from_epoch": resume.position.epoch,
-                          "resumed_from_batch": resume.position.progress.batches}
+                detail = {
+                    "resumed_from_epoch": resume.position.epoch,
+                    "resumed_from_batch": resume.position.progress.batches,
+                }
                 log.info("resuming from epoch %d (batch %d)", resume.position.epoch, resume.position.progress.batches)
-                in_transaction(f"note where job {job_id} resumed", lambda session: jobs.note_resume(
-                    session, job_id=job_id, attempt=claim.attempt, detail=detail))
+                in_transaction(
+                    f"note where job {job_id} resumed",
+                    lambda session: jobs.note_resume(session, job_id=job_id, attempt=claim.attempt, detail=detail),
+                )
             callbacks = RecordingCallbacks(job_id, control, job_log)
             initial_weights = None if resume else _initial_weights(spec)
             limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
             control.memory = memory = MemoryWatch(settings.max_job_memory)  # one baseline for both
             with memory_budget(settings.max_job_memory, start=memory.start):
-                result = fit(spec, callbacks, data_dir=settings.data_dir,
-                             datasets_dir=settings.datasets_dir, cache_dir=settings.cache_dir,
-                             weights_dir=settings.weights_dir, allow_download=settings.allow_download,
-                             resume=resume, initial_weights=initial_weights, limits=limits)
+                result = fit(
+                    spec,
+                    callbacks,
+                    data_dir=settings.data_dir,
+                    datasets_dir=settings.datasets_dir,
+                    cache_dir=settings.cache_dir,
+                    weights_dir=settings.weights_dir,
+                    allow_download=settings.allow_download,
+                    resume=resume,
+                    initial_weights=initial_weights,
+                    limits=limits,
+                )
             callbacks.record(wait=True)  # epochs trained while the database was away
             if result.stopped_at is not None and not control.lost.is_set():
                 save_resumable_state(result.run, job_id, result.stopped_at)
@@ -359,8 +439,12 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
         return None
     log.info("job %s %s", job_id, status + (f" ({reason})" if reason else ""))
     job_log.store()  # before the job's end is recorded: whoever sees it ended finds its whole log
-    if not in_transaction(f"record the end of job {job_id}", lambda session: jobs.finish_job(
-            session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error)):
+    if not in_transaction(
+        f"record the end of job {job_id}",
+        lambda session: jobs.finish_job(
+            session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error
+        ),
+    ):
         log.warning("job %s attempt %s could not record its end (%s)", job_id, claim.attempt, status)
         return None
     if status == JobStatus.SUCCEEDED:  # only a failed or cancelled job can be resumed

@@ -34,8 +34,9 @@ class Augmenter:
         per_image = []
         if spec.random_resized_crop is not None:
             crop = spec.random_resized_crop
-            per_image.append(v2.RandomResizedCrop((self.height, self.width), scale=crop.scale, ratio=crop.ratio,
-                                                  antialias=True))
+            per_image.append(
+                v2.RandomResizedCrop((self.height, self.width), scale=crop.scale, ratio=crop.ratio, antialias=True)
+            )
         if spec.color_jitter is not None:
             jitter = spec.color_jitter
             per_image.append(v2.ColorJitter(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue))

@@ -22,8 +22,11 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 PIXELS = 3 * 32 * 32
 LAYOUTS = {
     "cifar-10-batches-py": {"train": TRAIN_BATCHES, "test": ("test_batch",), "meta": "batches.meta"},
-    "cifar-10-batches-bin": {"train": tuple(f"{b}.bin" for b in TRAIN_BATCHES), "test": ("test_batch.bin",),
-                             "meta": "batches.meta.txt"},
+    "cifar-10-batches-bin": {
+        "train": tuple(f"{b}.bin" for b in TRAIN_BATCHES),
+        "test": ("test_batch.bin",),
+        "meta": "batches.meta.txt",
+    },
 }
 MAX_BATCH_FILE_BYTES = 64 * 1024 * 1024  # a real batch is about 31 MB
 # The only dtypes a CIFAR batch holds; never an object dtype, whose state numpy would trust.
@@ -59,8 +62,12 @@ class _Array:
             _, shape, dtype, fortran, raw = state
         except (TypeError, ValueError):
             raise UnsafeData("an array's state is not (version, shape, dtype, order, bytes)") from None
-        if (not isinstance(dtype, _Dtype) or not isinstance(raw, bytes) or not isinstance(shape, tuple)
-                or not all(isinstance(d, int) and 0 <= d for d in shape)):
+        if (
+            not isinstance(dtype, _Dtype)
+            or not isinstance(raw, bytes)
+            or not isinstance(shape, tuple)
+            or not all(isinstance(d, int) and 0 <= d for d in shape)
+        ):
             raise UnsafeData("an array holds something other than plain integers")
         if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize:
             raise UnsafeData(f"an array of shape {shape} does not match its {len(raw)} bytes")
@@ -89,10 +96,17 @@ def _empty_bytes(*args) -> bytes:
 
 
 # What a CIFAR pickle may construct, each replaced by a stand-in that checks what it is given.
-_ADMITTED = {("numpy.core.multiarray", "_reconstruct"): _Array, ("numpy._core.multiarray", "_reconstruct"): _Array,
-             ("numpy", "ndarray"): _Array, ("numpy", "dtype"): _Dtype, ("_codecs", "encode"): _latin1,
-             ("numpy.core.numeric", "_frombuffer"): _from_buffer, ("numpy._core.numeric", "_frombuffer"): _from_buffer,
-             ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes}
+_ADMITTED = {
+    ("numpy.core.multiarray", "_reconstruct"): _Array,
+    ("numpy._core.multiarray", "_reconstruct"): _Array,
+    ("numpy", "ndarray"): _Array,
+    ("numpy", "dtype"): _Dtype,
+    ("_codecs", "encode"): _latin1,
+    ("numpy.core.numeric", "_frombuffer"): _from_buffer,
+    ("numpy._core.numeric", "_frombuffer"): _from_buffer,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
+}
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -102,9 +116,11 @@ class _PlainDataUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _ADMITTED:
-            raise UnsafeData(f"{self.path} asks to run {module}.{name} while it is read; only plain data "
-                             "(dicts, lists, bytes, numpy arrays) is admitted, so the file was refused and "
-                             "nothing in it ran. Replace it with the original CIFAR-10 file")
+            raise UnsafeData(
+                f"{self.path} asks to run {module}.{name} while it is read; only plain data "
+                "(dicts, lists, bytes, numpy arrays) is admitted, so the file was refused and "
+                "nothing in it ran. Replace it with the original CIFAR-10 file"
+            )
         return _ADMITTED[(module, name)]
 
 
@@ -188,8 +204,11 @@ def _download(data_dir: Path) -> None:
 
 def complete_layouts(data_dir: Path) -> list[str]:
     """The CIFAR-10 layouts (folders) whose every batch file is under data_dir."""
-    return [folder for folder, layout in LAYOUTS.items()
-            if all((data_dir / folder / name).is_file() for name in layout["train"] + layout["test"])]
+    return [
+        folder
+        for folder, layout in LAYOUTS.items()
+        if all((data_dir / folder / name).is_file() for name in layout["train"] + layout["test"])
+    ]
 
 
 def load_cifar10(data_dir: Path, allow_download: bool = False) -> Dataset:
@@ -200,9 +219,13 @@ def load_cifar10(data_dir: Path, allow_download: bool = False) -> Dataset:
         failed = try_download(_download, data_dir)
         found = complete_layouts(data_dir)
     if not found:
-        raise missing_builtin("cifar10", "put torchvision's cifar-10-batches-py/ (data_batch_1..5, test_batch) or "
-                                         f"the binary cifar-10-batches-bin/ (data_batch_1.bin..5, test_batch.bin) in "
-                                         f"{data_dir}", failed)
+        raise missing_builtin(
+            "cifar10",
+            "put torchvision's cifar-10-batches-py/ (data_batch_1..5, test_batch) or "
+            f"the binary cifar-10-batches-bin/ (data_batch_1.bin..5, test_batch.bin) in "
+            f"{data_dir}",
+            failed,
+        )
     folder = data_dir / found[0]
     layout = LAYOUTS[found[0]]
     read = _python_batch if found[0].endswith("-py") else _binary_batch

@@ -54,8 +54,9 @@ class InputContract(BaseModel):
 
     @classmethod
     def image(cls, channels: int, height: int, width: int, classes=None) -> InputContract:
-        return cls(kind="image", channels=channels, height=height, width=width,
-                   classes=list(classes) if classes else None)
+        return cls(
+            kind="image", channels=channels, height=height, width=width, classes=list(classes) if classes else None
+        )
 
     @classmethod
     def tabular(cls, features: int, classes=None, columns=None) -> InputContract:
@@ -113,8 +114,7 @@ class InputContract(BaseModel):
         """One encoded image as the uint8 pixels [C, H, W] this contract takes."""
         if not self.images:
             raise ImageError(f"{name}: this model takes numeric inputs, not images")
-        return decode_image(data, name, channels=self.channels, max_pixels=max_pixels,
-                            size=(self.width, self.height))
+        return decode_image(data, name, channels=self.channels, max_pixels=max_pixels, size=(self.width, self.height))
 
 
 def _affine(mean: tuple, std: tuple, channels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -53,8 +53,9 @@ class Dataset:
 
     @property
     def info(self) -> DatasetInfo:
-        return DatasetInfo(task=self.task, input_shape=self.input_shape, outputs=self.outputs,
-                           images=self.contract.images)
+        return DatasetInfo(
+            task=self.task, input_shape=self.input_shape, outputs=self.outputs, images=self.contract.images
+        )
 
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """Convert a batch of stored inputs to the float tensor the model sees."""

@@ -15,8 +15,16 @@ from models.data.contract import InputContract
 from models.data.dataset import Dataset, DatasetError
 
 FASHION_MNIST_CLASSES = (
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 )
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 
@@ -31,9 +39,14 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -65,7 +78,7 @@ def idx_header(head: bytes, path: str, size: int) -> tuple[np.dtype, tuple[int, 
     header = 4 + 4 * ndim
     if len(head) < header:
         raise DatasetError(f"{path} is shorter than its header")
-    dims = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if size != expected:
         raise DatasetError(f"{path} holds {size} bytes but its header {dims} needs {expected}")
@@ -119,8 +132,12 @@ def load_idx_dataset(name: str, data_dir: Path, allow_download: bool) -> Dataset
         paths = idx_files(name, data_dir)
     missing = [IDX_FILES[key] for key, p in paths.items() if p is None]
     if missing:
-        raise missing_builtin(name, f"put the four IDX files ({', '.join(IDX_FILES.values())}, gzipped or not) "
-                                    f"in {raw_dir} (missing: {', '.join(missing)})", failed)
+        raise missing_builtin(
+            name,
+            f"put the four IDX files ({', '.join(IDX_FILES.values())}, gzipped or not) "
+            f"in {raw_dir} (missing: {', '.join(missing)})",
+            failed,
+        )
     return idx_dataset({key: read_idx(p) for key, p in paths.items()}, name=name, classes=classes)
 
 
@@ -134,8 +151,9 @@ def idx_dataset(arrays: dict[str, np.ndarray], *, name: str, classes: tuple[str,
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 4 or images.shape[1] not in (1, 3) or images.dtype != np.uint8:
-            raise DatasetError(f"{split} images must be uint8 [N, H, W] or [N, 1|3, H, W], "
-                               f"not {images.dtype} {list(images.shape)}")
+            raise DatasetError(
+                f"{split} images must be uint8 [N, H, W] or [N, 1|3, H, W], not {images.dtype} {list(images.shape)}"
+            )
         if labels.ndim != 1 or len(labels) != len(images):
             raise DatasetError(f"{split} split has {len(images)} images but {len(labels)} labels")
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
@@ -156,7 +174,7 @@ def array_digest(arrays: dict[str, np.ndarray], chunk_bytes: int = 16 * 1024 * 1
         array = arrays[key]
         rows = max(1, chunk_bytes // max(1, array[:1].nbytes)) if array.ndim else 1
         for start in range(0, max(len(array), 1) if array.ndim else 1, rows):
-            digest.update(np.ascontiguousarray(array[start:start + rows] if array.ndim else array).tobytes())
+            digest.update(np.ascontiguousarray(array[start : start + rows] if array.ndim else array).tobytes())
     return digest.hexdigest()
 
 

@@ -22,7 +22,9 @@ class ImageError(ValueError):
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
     """Transparent areas become black, like the datasets' backgrounds."""
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode in ("P", "L", "RGB") and "transparency" in image.info
+    ):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -91,8 +93,9 @@ def pixels_of(image: Image.Image, channels: int, size: tuple[int, int] | None = 
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def decode_image(data: bytes, name: str, *, channels: int, max_pixels: int,
-                 size: tuple[int, int] | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes, name: str, *, channels: int, max_pixels: int, size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode an encoded image to uint8 pixels [channels, H, W], resized to `size` (width, height)
     when given. Raises ImageError naming `name` for anything unreadable or too large."""
     with open_image(data, name, max_pixels=max_pixels) as image:

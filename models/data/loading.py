@@ -18,13 +18,13 @@ from models.data.idx import IMAGE_DATASETS, idx_files, load_idx_dataset
 from models.data.splits import split_validation
 from models.data.synthetic import synthetic_linear, synthetic_polynomial
 from models.spec.job import (
+    UPLOADED_ID,
     DataSpec,
     ImageDatasetSpec,
     NormalizeSpec,
     SyntheticLinearSpec,
     SyntheticPolynomialSpec,
     UploadedDatasetSpec,
-    UPLOADED_ID,
 )
 
 _STORED_TENSORS = ("x_train", "y_train", "x_test", "y_test")
@@ -41,9 +41,15 @@ def save_stored_dataset(path: Path, dataset: Dataset, extra: dict | None = None)
     from models.checkpoint import FORMAT, META_KEY
     from models.data.stored import write_arrays
 
-    meta = {"format": FORMAT, "name": dataset.name, "task": dataset.task,
-            "classes": list(dataset.classes) if dataset.classes else None,
-            "checksum": dataset.checksum, "input": dataset.contract.to_json(), **(extra or {})}
+    meta = {
+        "format": FORMAT,
+        "name": dataset.name,
+        "task": dataset.task,
+        "classes": list(dataset.classes) if dataset.classes else None,
+        "checksum": dataset.checksum,
+        "input": dataset.contract.to_json(),
+        **(extra or {}),
+    }
     return write_arrays(path, {k: getattr(dataset, k) for k in _STORED_TENSORS}, {META_KEY: json.dumps(meta)})
 
 
@@ -60,8 +66,14 @@ def load_stored_dataset(path: Path) -> Dataset:
             raise StoredFileError(f"{path.name} is not a stored dataset")
     except (StoredFileError, KeyError, ValueError) as exc:
         raise DatasetError(f"stored dataset {path.stem} cannot be read: {exc}") from None
-    return Dataset(name=meta["name"], task=meta["task"], checksum=meta["checksum"], mapped=True,
-                   contract=InputContract.from_meta(meta), **{k: tensors[k] for k in _STORED_TENSORS})
+    return Dataset(
+        name=meta["name"],
+        task=meta["task"],
+        checksum=meta["checksum"],
+        mapped=True,
+        contract=InputContract.from_meta(meta),
+        **{k: tensors[k] for k in _STORED_TENSORS},
+    )
 
 
 # Decoded datasets by their files' paths, times and sizes: a changed file on disk changes the key.
@@ -70,6 +82,7 @@ _decoded: LRU[Dataset] = LRU(4)
 
 def _stamp(paths) -> tuple:
     return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(paths) if p.is_file())
+
 
 def _source_folders(name: str, data_dir: Path) -> list[Path]:
     """The folders whose files a built-in dataset is read from."""
@@ -99,10 +112,12 @@ def _kept(key: tuple, load, remember: bool) -> Dataset:
     return found if found is not None else load()
 
 
-def _cached_builtin_dataset(name: str, data_dir: Path, allow_download: bool, cache_dir: Path | None,
-                            remember: bool) -> Dataset:
-    stamp = tuple(entry for folder in _source_folders(name, data_dir) if folder.is_dir()
-                  for entry in _stamp(folder.glob("*")))
+def _cached_builtin_dataset(
+    name: str, data_dir: Path, allow_download: bool, cache_dir: Path | None, remember: bool
+) -> Dataset:
+    stamp = tuple(
+        entry for folder in _source_folders(name, data_dir) if folder.is_dir() for entry in _stamp(folder.glob("*"))
+    )
 
     def load() -> Dataset:
         # Decoding gzipped IDX files or CIFAR batches takes seconds for the full datasets; a
@@ -144,7 +159,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
     for start in range(0, len(images), chunk):
-        part = images[start:start + chunk].to("cpu", torch.float64).div_(255)
+        part = images[start : start + chunk].to("cpu", torch.float64).div_(255)
         total += part.sum(dim=(0, 2, 3))
         squares += part.square().sum(dim=(0, 2, 3))
     count = images.numel() / images.shape[1]
@@ -159,16 +174,25 @@ def _normalised(dataset: Dataset, normalize) -> Dataset:
         return dataset
     if isinstance(normalize, NormalizeSpec):
         if len(normalize.mean) != dataset.contract.channels:
-            raise DatasetError(f"normalize gives {len(normalize.mean)} means for {dataset.contract.channels} channel(s)")
+            raise DatasetError(
+                f"normalize gives {len(normalize.mean)} means for {dataset.contract.channels} channel(s)"
+            )
         mean, std = normalize.mean, normalize.std
     else:
         mean, std = channel_stats(dataset.x_train)
     return dataset.replace(contract=dataset.contract.with_normalisation(mean, std))
 
 
-def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = None,
-                 cache_dir: Path | None = None, allow_download: bool = False, seed: int = 0,
-                 remember: bool = True) -> Dataset:
+def load_dataset(
+    spec: DataSpec,
+    *,
+    data_dir: Path,
+    datasets_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    allow_download: bool = False,
+    seed: int = 0,
+    remember: bool = True,
+) -> Dataset:
     """Load the dataset a data spec names, with its validation split if it asks for one.
 
     `data_dir` holds the standard datasets; `datasets_dir` the uploaded ones, by id; `cache_dir`
@@ -184,8 +208,10 @@ def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = 
             if datasets_dir is None:
                 raise DatasetError("uploaded datasets are not available here")
             if not UPLOADED_ID.match(spec.dataset_id):  # a name or prefix: only submission looks those up
-                raise DatasetError(f"{spec.dataset} does not name a dataset by its id; submit the job through "
-                                   "the API, which looks names and id prefixes up")
+                raise DatasetError(
+                    f"{spec.dataset} does not name a dataset by its id; submit the job through "
+                    "the API, which looks names and id prefixes up"
+                )
             full = _cached_stored_dataset(stored_dataset_path(Path(datasets_dir), spec.dataset_id), remember)
         else:
             full = _cached_builtin_dataset(spec.dataset, Path(data_dir), allow_download, cache_dir, remember)
@@ -196,5 +222,3 @@ def load_dataset(spec: DataSpec, *, data_dir: Path, datasets_dir: Path | None = 
     else:
         raise DatasetError(f"unknown dataset {spec.dataset!r}")
     return split_validation(dataset, spec.val_fraction, seed)
-
-

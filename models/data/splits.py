@@ -19,8 +19,9 @@ def holdout_split(n: int, fraction: float, seed: int, *, what: str) -> tuple[tor
     return order[held:], order[:held]
 
 
-def stratified_holdout_split(labels: list[int], fraction: float, seed: int, *,
-                             what: str) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_holdout_split(
+    labels: list[int], fraction: float, seed: int, *, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held-out) indices holding out `fraction` of each class's examples (at least one of
     each class that has two or more, none of a class's last one), so that no class goes untested;
     seeded like holdout_split, which it falls back on when every class has a single example."""
@@ -37,6 +38,7 @@ def stratified_holdout_split(labels: list[int], fraction: float, seed: int, *,
     kept_all, held_all = torch.cat(kept), torch.cat(held)
     if len(held_all) == 0:  # one example of each class: as many as the plain split would take
         return holdout_split(len(labels), fraction, seed, what=what)
+
     def mix(rows: torch.Tensor) -> torch.Tensor:  # classes interleaved, as stored
         return rows[torch.randperm(len(rows), generator=generator)]
 
@@ -64,7 +66,12 @@ def with_validation(dataset: Dataset, train_idx: torch.Tensor, val_idx: torch.Te
     indices into a memory-mapped set, copies of an in-memory one)."""
     x = dataset.x_train
     if dataset.mapped or isinstance(x, Rows):
-        return dataset.replace(x_train=Rows(x, train_idx), y_train=dataset.y_train[train_idx],
-                               x_val=Rows(x, val_idx), y_val=dataset.y_train[val_idx])
-    return dataset.replace(x_train=x[train_idx], y_train=dataset.y_train[train_idx],
-                           x_val=x[val_idx], y_val=dataset.y_train[val_idx])
+        return dataset.replace(
+            x_train=Rows(x, train_idx),
+            y_train=dataset.y_train[train_idx],
+            x_val=Rows(x, val_idx),
+            y_val=dataset.y_train[val_idx],
+        )
+    return dataset.replace(
+        x_train=x[train_idx], y_train=dataset.y_train[train_idx], x_val=x[val_idx], y_val=dataset.y_train[val_idx]
+    )

@@ -42,7 +42,11 @@ def write_arrays(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         if tensor.dtype not in _DTYPES:
             raise StoredFileError(f"{name}: cannot store {tensor.dtype}")
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": _DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
@@ -53,7 +57,7 @@ def write_arrays(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
             flat = tensor.reshape(-1) if tensor.is_contiguous() else tensor.contiguous().reshape(-1)
             step = max(1, _CHUNK_BYTES // max(1, tensor.element_size()))
             for start in range(0, flat.numel(), step):
-                fh.write(flat[start:start + step].numpy().tobytes())
+                fh.write(flat[start : start + step].numpy().tobytes())
     return 8 + len(encoded) + offset
 
 

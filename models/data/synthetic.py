@@ -22,9 +22,14 @@ def synthetic_linear(spec: SyntheticLinearSpec, seed: int) -> Dataset:
     digest = hashlib.sha256(spec.model_dump_json().encode() + str(seed).encode()).hexdigest()
     n = spec.num_examples
     return Dataset(
-        name=spec.dataset, task="regression",
-        x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:],
-        checksum=digest, contract=InputContract.tabular(len(w)),
+        name=spec.dataset,
+        task="regression",
+        x_train=x[:n],
+        y_train=y[:n],
+        x_test=x[n:],
+        y_test=y[n:],
+        checksum=digest,
+        contract=InputContract.tabular(len(w)),
     )
 
 
@@ -41,7 +46,12 @@ def synthetic_polynomial(spec: SyntheticPolynomialSpec, seed: int) -> Dataset:
     digest = hashlib.sha256(spec.model_dump_json().encode() + str(seed).encode()).hexdigest()
     n = spec.n_train
     return Dataset(
-        name=spec.dataset, task="regression",
-        x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:],
-        checksum=digest, contract=InputContract.tabular(1),
+        name=spec.dataset,
+        task="regression",
+        x_train=x[:n],
+        y_train=y[:n],
+        x_test=x[n:],
+        y_test=y[n:],
+        checksum=digest,
+        contract=InputContract.tabular(1),
     )

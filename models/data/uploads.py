@@ -62,8 +62,7 @@ class DecodedUpload:
 
 
 def _skipped(parts: tuple[str, ...]) -> bool:
-    return (any(part in SKIPPED_FOLDERS or part.startswith(".") for part in parts)
-            or parts[-1].lower() in SKIPPED_FILES)
+    return any(part in SKIPPED_FOLDERS or part.startswith(".") for part in parts) or parts[-1].lower() in SKIPPED_FILES
 
 
 def _safe_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[dict[str, zipfile.ZipInfo], set[str]]:
@@ -99,8 +98,9 @@ def _safe_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[dict
         members["/".join(parts)] = info
     if not members:
         raise ArchiveError("the archive holds no files")
-    folders |= {"/".join(PurePosixPath(path).parts[:depth]) for path in members
-                for depth in range(1, path.count("/") + 1)}
+    folders |= {
+        "/".join(PurePosixPath(path).parts[:depth]) for path in members for depth in range(1, path.count("/") + 1)
+    }
     # A single top-level folder (zipping "mydata/") is not part of the layout, unless it holds the
     # images themselves: then it is the one class of a dataset that has only one.
     tops = {path.split("/", 1)[0] for path in members}
@@ -121,9 +121,18 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits
     return data
 
 
-def decode_archive(data: bytes | BinaryIO, *, name: str, test_fraction: float = 0.2, image_size: int | None = None,
-                   seed: int = 0, color: ColorMode = "auto", min_per_class: int = 5,
-                   limits: ArchiveLimits = ArchiveLimits(), workdir: Path | None = None) -> DecodedUpload:
+def decode_archive(
+    data: bytes | BinaryIO,
+    *,
+    name: str,
+    test_fraction: float = 0.2,
+    image_size: int | None = None,
+    seed: int = 0,
+    color: ColorMode = "auto",
+    min_per_class: int = 5,
+    limits: ArchiveLimits = ArchiveLimits(),
+    workdir: Path | None = None,
+) -> DecodedUpload:
     """Check and decode an uploaded zip (bytes, or a seekable file, read member by member) into a
     Dataset (image folders, IDX files or CSV).
 
@@ -158,11 +167,18 @@ def check_archive(data: BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> in
 
 
 # What a file is that is not a zip, by its first bytes (a tar has "ustar" at offset 257).
-OTHER_ARCHIVES = ((b"\x1f\x8b", "a gzip file (.gz or .tar.gz)"), (b"BZh", "a bzip2 file (.bz2 or .tar.bz2)"),
-                  (b"\xfd7zXZ\x00", "an xz file (.xz or .tar.xz)"), (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
-                  (b"Rar!", "a RAR archive"), (b"(\xb5/\xfd", "a zstd file (.zst)"))
-MAKE_A_ZIP = ("trainyard takes zip archives: make one with `zip -r data.zip train test` (or "
-              "`python -m zipfile -c data.zip train test`) and upload that")
+OTHER_ARCHIVES = (
+    (b"\x1f\x8b", "a gzip file (.gz or .tar.gz)"),
+    (b"BZh", "a bzip2 file (.bz2 or .tar.bz2)"),
+    (b"\xfd7zXZ\x00", "an xz file (.xz or .tar.xz)"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"(\xb5/\xfd", "a zstd file (.zst)"),
+)
+MAKE_A_ZIP = (
+    "trainyard takes zip archives: make one with `zip -r data.zip train test` (or "
+    "`python -m zipfile -c data.zip train test`) and upload that"
+)
 
 
 def _not_a_zip(data: bytes | BinaryIO) -> ArchiveError:
@@ -174,8 +190,9 @@ def _not_a_zip(data: bytes | BinaryIO) -> ArchiveError:
         data.seek(0)
         head = data.read(262)
     if head[:4] == b"PK\x03\x04":
-        return ArchiveError("the zip archive is truncated or damaged (its directory at the end is missing): "
-                            "upload the whole file again")
+        return ArchiveError(
+            "the zip archive is truncated or damaged (its directory at the end is missing): upload the whole file again"
+        )
     if head[257:262] == b"ustar":
         return ArchiveError(f"the upload is a tar archive, not a zip; {MAKE_A_ZIP}")
     for magic, what in OTHER_ARCHIVES:
@@ -184,8 +201,9 @@ def _not_a_zip(data: bytes | BinaryIO) -> ArchiveError:
     return ArchiveError(f"the upload is not a zip archive; {MAKE_A_ZIP}")
 
 
-def _decode_members(archive, name, test_fraction, image_size, seed, color, min_per_class, limits,
-                    arrays: _Arrays) -> DecodedUpload:
+def _decode_members(
+    archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays: _Arrays
+) -> DecodedUpload:
     with archive:
         members, folders = _safe_members(archive, limits)
         try:
@@ -195,25 +213,32 @@ def _decode_members(archive, name, test_fraction, image_size, seed, color, min_p
             csvs = sorted(p for p in members if p.lower().endswith(".csv"))
             if csvs:
                 return DecodedUpload("csv", _csv(archive, members, csvs, name, test_fraction, seed, limits))
-            return _image_folders(archive, members, folders, name, test_fraction, image_size, seed, color,
-                                  min_per_class, limits, arrays)
+            return _image_folders(
+                archive, members, folders, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays
+            )
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
             raise ArchiveError(f"the archive is damaged: {exc}") from None
 
 
 def _idx(archive, members, basenames, name, limits, arrays: _Arrays) -> Dataset:
     if arrays.folder is None:
-        parsed = {key: parse_idx(_read(archive, members[basenames[stem]], limits), basenames[stem],
-                                 max_bytes=limits.max_member_bytes)
-                  for key, stem in IDX_FILES.items()}
+        parsed = {
+            key: parse_idx(
+                _read(archive, members[basenames[stem]], limits), basenames[stem], max_bytes=limits.max_member_bytes
+            )
+            for key, stem in IDX_FILES.items()
+        }
     else:
-        parsed = {key: arrays.idx_member(archive, members[basenames[stem]], basenames[stem], limits)
-                  for key, stem in IDX_FILES.items()}
+        parsed = {
+            key: arrays.idx_member(archive, members[basenames[stem]], basenames[stem], limits)
+            for key, stem in IDX_FILES.items()
+        }
     return idx_dataset(parsed, name=name)
 
 
-def _decode_image(data: bytes, path: str, channels: int, image_size: int | None,
-                  limits: ArchiveLimits) -> tuple[np.ndarray, bool]:
+def _decode_image(
+    data: bytes, path: str, channels: int, image_size: int | None, limits: ArchiveLimits
+) -> tuple[np.ndarray, bool]:
     """(uint8 pixels [channels, H, W], whether the image has colour)."""
     try:
         with open_image(data, path, max_pixels=limits.max_image_pixels) as image:
@@ -249,8 +274,9 @@ def _check_classes(trees, folders: set[str], min_per_class: int) -> tuple[str, .
     if empty:
         raise ArchiveError(f"class folders {empty} hold no images: add images to them or leave them out")
     if len(classes) < 2:
-        raise ArchiveError(f"a classification dataset needs at least 2 classes (a folder of images for each); "
-                           f"found {list(classes)}")
+        raise ArchiveError(
+            f"a classification dataset needs at least 2 classes (a folder of images for each); found {list(classes)}"
+        )
     by_case: dict[str, list[str]] = {}
     for label in sorted(set(classes) | set(trees["test"])):
         by_case.setdefault(label.casefold(), []).append(label)
@@ -263,8 +289,10 @@ def _check_classes(trees, folders: set[str], min_per_class: int) -> tuple[str, .
     small = {label: len(trees["train"][label]) for label in classes if len(trees["train"][label]) < min_per_class}
     if small:
         listed = ", ".join(f"{label} ({n})" for label, n in small.items())
-        raise ArchiveError(f"classes with fewer than min_per_class={min_per_class} training images: {listed}; "
-                           "add images or lower min_per_class")
+        raise ArchiveError(
+            f"classes with fewer than min_per_class={min_per_class} training images: {listed}; "
+            "add images or lower min_per_class"
+        )
     return classes
 
 
@@ -296,14 +324,18 @@ class _Arrays:
         """Refuse images that would decode to more than the limit, or than the disk can hold
         (the decoded copy and the stored file)."""
         if nbytes > limits.max_decoded_bytes:
-            raise ArchiveError(f"the images decode to {nbytes} bytes; the limit is {limits.max_decoded_bytes}: "
-                               "set image_size to store them smaller")
+            raise ArchiveError(
+                f"the images decode to {nbytes} bytes; the limit is {limits.max_decoded_bytes}: "
+                "set image_size to store them smaller"
+            )
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(self.folder).free
             if free < 2 * nbytes:
-                raise ArchiveError(f"not enough disk space to decode this upload: it needs about {2 * nbytes} "
-                                   f"bytes and {free} are free")
+                raise ArchiveError(
+                    f"not enough disk space to decode this upload: it needs about {2 * nbytes} "
+                    f"bytes and {free} are free"
+                )
 
     def idx_member(self, archive, info, path: str, limits: ArchiveLimits) -> np.ndarray:
         """An IDX member (gzipped or not) copied out to a file a chunk at a time and mapped."""
@@ -332,7 +364,7 @@ class _Arrays:
         """array[:, :1] in a new array, copied a chunk of rows at a time."""
         out = self.empty((array.shape[0], 1, *array.shape[2:]))
         for start in range(0, len(array), rows):
-            out[start:start + rows] = array[start:start + rows, :1]
+            out[start : start + rows] = array[start : start + rows, :1]
         return out
 
     def remove(self) -> None:
@@ -344,25 +376,31 @@ class _Arrays:
 def _rows(trees, classes, test_fraction, seed) -> dict[str, list[tuple[str, int]]]:
     """(image path, class index) per split, in the order the split's rows are stored."""
     index = {label: i for i, label in enumerate(classes)}
-    rows = {split: [(p, index[label]) for label, ps in sorted(trees[split].items()) for p in ps]
-            for split in ("train", "test")}
+    rows = {
+        split: [(p, index[label]) for label, ps in sorted(trees[split].items()) for p in ps]
+        for split in ("train", "test")
+    }
     if not rows["test"]:
         try:
-            kept, held = stratified_holdout_split([label for _, label in rows["train"]], test_fraction, seed,
-                                                  what="test_fraction")
+            kept, held = stratified_holdout_split(
+                [label for _, label in rows["train"]], test_fraction, seed, what="test_fraction"
+            )
         except DatasetError as exc:
             raise ArchiveError(str(exc)) from None
         rows = {"train": [rows["train"][i] for i in kept.tolist()], "test": [rows["train"][i] for i in held.tolist()]}
     return rows
 
 
-def _image_folders(archive, members, folders, name, test_fraction, image_size, seed, color, min_per_class,
-                   limits, arrays: _Arrays) -> DecodedUpload:
+def _image_folders(
+    archive, members, folders, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays: _Arrays
+) -> DecodedUpload:
     """`train/<class>/*` (+ `test/<class>/*`), or `<class>/*` split by test_fraction."""
     images = {p: info for p, info in members.items() if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES}
     if not images:
-        raise ArchiveError("no images, IDX files or CSV found; expected train/<class>/*.png (and test/<class>/...), "
-                           "<class>/*.png, the four IDX files, or a CSV with a label or target column")
+        raise ArchiveError(
+            "no images, IDX files or CSV found; expected train/<class>/*.png (and test/<class>/...), "
+            "<class>/*.png, the four IDX files, or a CSV with a label or target column"
+        )
     trees, split_layout = _class_trees(list(images))
     classes = _check_classes(trees, _class_folders(folders, split_layout), min_per_class)
     rows = _rows(trees, classes, test_fraction, seed)
@@ -370,8 +408,9 @@ def _image_folders(archive, members, folders, name, test_fraction, image_size, s
     # to one channel if none had colour (R = G = B reduces to exactly Pillow's luma).
     channels = 1 if color == "grayscale" else 3
     first_path = rows["train"][0][0]
-    first, coloured = _decode_image(_read(archive, images[first_path], limits), first_path, channels, image_size,
-                                    limits)
+    first, coloured = _decode_image(
+        _read(archive, images[first_path], limits), first_path, channels, image_size, limits
+    )
     size = first.shape
     arrays.reserve((len(rows["train"]) + len(rows["test"])) * int(np.prod(size)), limits)
     pixels = {split: arrays.empty((len(rows[split]), *size)) for split in ("train", "test")}
@@ -382,15 +421,23 @@ def _image_folders(archive, members, folders, name, test_fraction, image_size, s
                 continue
             array, has_colour = _decode_image(_read(archive, images[path], limits), path, channels, image_size, limits)
             if array.shape != size:
-                raise ArchiveError(f"{path} is {array.shape[2]}x{array.shape[1]} but {first_path} is "
-                                   f"{size[2]}x{size[1]}; set image_size to resize them all")
+                raise ArchiveError(
+                    f"{path} is {array.shape[2]}x{array.shape[1]} but {first_path} is "
+                    f"{size[2]}x{size[1]}; set image_size to resize them all"
+                )
             coloured += has_colour
             pixels[split][row] = array
     if color == "auto" and coloured == 0:
         pixels = {split: arrays.first_channel(array) for split, array in pixels.items()}
-    dataset = image_dataset({"train_images": pixels["train"], "test_images": pixels["test"],
-                             **{f"{split}_labels": np.array([c for _, c in rows[split]], dtype=np.int64)
-                                for split in ("train", "test")}}, name=name, classes=classes)
+    dataset = image_dataset(
+        {
+            "train_images": pixels["train"],
+            "test_images": pixels["test"],
+            **{f"{split}_labels": np.array([c for _, c in rows[split]], dtype=np.int64) for split in ("train", "test")},
+        },
+        name=name,
+        classes=classes,
+    )
     warnings = _warnings(dataset)
     if color == "grayscale" and coloured:
         warnings.append(f"{coloured} image(s) have colour; they were converted to grey because color=grayscale")
@@ -405,13 +452,17 @@ def _warnings(dataset: Dataset) -> list[str]:
     if most > IMBALANCE_WARNING * least:
         big = max(counts, key=counts.get)
         small = min(counts, key=counts.get)
-        warnings.append(f"class imbalance: {dataset.classes[big]} has {most} training images but "
-                        f"{dataset.classes[small]} only {least} ({most / least:.0f}x)")
+        warnings.append(
+            f"class imbalance: {dataset.classes[big]} has {most} training images but "
+            f"{dataset.classes[small]} only {least} ({most / least:.0f}x)"
+        )
     train = {hashlib.sha256(row.numpy().tobytes()).digest() for row in dataset.x_train}
     shared = sum(hashlib.sha256(row.numpy().tobytes()).digest() in train for row in dataset.x_test)
     if shared:
-        warnings.append(f"{shared} test image(s) are identical to training images: test accuracy will "
-                        "overstate how well the model does on new images")
+        warnings.append(
+            f"{shared} test image(s) are identical to training images: test accuracy will "
+            "overstate how well the model does on new images"
+        )
     return warnings
 
 
@@ -449,8 +500,10 @@ def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
     header = next(iter(tables.values()))[1]
     targets = [h for h in header if h.lower() in ("label", "target")]
     if len(targets) != 1:
-        raise ArchiveError(f"the CSV needs exactly one 'label' (classification) or 'target' (regression) "
-                           f"column; its columns are {header}")
+        raise ArchiveError(
+            f"the CSV needs exactly one 'label' (classification) or 'target' (regression) "
+            f"column; its columns are {header}"
+        )
     target = targets[0]
     task = "classification" if target.lower() == "label" else "regression"
     features = [h for h in header if h != target]
@@ -480,14 +533,17 @@ def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
             raise ArchiveError("a classification CSV needs at least 2 distinct labels")
         classes = tuple(values)
         index = {v: i for i, v in enumerate(classes)}
+
         def encode(ys):
             return torch.tensor([index[v] for v in ys], dtype=torch.int64)
     else:
+
         def encode(ys):
             try:
                 return torch.tensor([float(v) for v in ys], dtype=torch.float32).unsqueeze(1)
             except ValueError:
                 raise ArchiveError("target values must be numbers") from None
+
     tensors = {split: (torch.from_numpy(x), encode(ys)) for split, (x, ys) in parsed.items()}
     if "all" in tensors:
         x_train, y_train, x_test, y_test = _split(*tensors["all"], test_fraction, seed)
@@ -496,9 +552,16 @@ def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
     digest = hashlib.sha256()
     for tensor in (x_train, y_train, x_test, y_test):
         digest.update(tensor.numpy().tobytes())
-    return Dataset(name=name, task=task, checksum=digest.hexdigest(),
-                   x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                   contract=InputContract.tabular(len(features), classes, features))
+    return Dataset(
+        name=name,
+        task=task,
+        checksum=digest.hexdigest(),
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        contract=InputContract.tabular(len(features), classes, features),
+    )
 
 
 def _label_order(value: str):

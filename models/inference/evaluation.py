@@ -64,9 +64,15 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     return torch.where(defined, numerator / torch.where(defined, denominator, 1.0), 0.0)
 
 
-def evaluate(probabilities: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], *,
-             mistakes: int = 100, top_k: Sequence[int] = TOP_K,
-             thresholds: Sequence[float] = THRESHOLDS) -> Evaluation:
+def evaluate(
+    probabilities: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[str],
+    *,
+    mistakes: int = 100,
+    top_k: Sequence[int] = TOP_K,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> Evaluation:
     """The report for probabilities [N, K] (rows sum to 1) and true class indices [N]; the prediction
     is the most probable class (the first on a tie), and at most `mistakes` mistakes are listed."""
     n, k = probabilities.shape
@@ -76,7 +82,7 @@ def evaluate(probabilities: torch.Tensor, labels: torch.Tensor, classes: Sequenc
     if n and not 0 <= int(labels.min()) <= int(labels.max()) < k:
         raise ValueError(f"labels must be class indices 0..{k - 1}")
     ks = sorted({1, *(j for j in top_k if j < k)})
-    ranked = probabilities.argsort(dim=1, descending=True, stable=True)[:, :ks[-1]]
+    ranked = probabilities.argsort(dim=1, descending=True, stable=True)[:, : ks[-1]]
     predicted = ranked[:, 0]
     confidence = probabilities.gather(1, predicted[:, None]).squeeze(1)
     correct = predicted == labels
@@ -102,8 +108,12 @@ def evaluate(probabilities: torch.Tensor, labels: torch.Tensor, classes: Sequenc
         num_test=n,
         accuracy=share(correct),
         top_k_accuracy={j: share((ranked[:, :j] == labels[:, None]).any(dim=1)) for j in ks},
-        classes=[ClassScores(p, r, f, int(s), label=label) for label, p, r, f, s in
-                 zip(classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist(), strict=False)],
+        classes=[
+            ClassScores(p, r, f, int(s), label=label)
+            for label, p, r, f, s in zip(
+                classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist(), strict=False
+            )
+        ],
         macro_avg=average(torch.ones(k, dtype=torch.float64)),
         weighted_avg=average(support),
         confusion_matrix=matrix.tolist(),
@@ -117,5 +127,8 @@ def _threshold_row(threshold: float, confidence: torch.Tensor, correct: torch.Te
     float64, as the probabilities predict answers in JSON are)."""
     covered = confidence >= threshold
     count = int(covered.sum())
-    return ThresholdRow(threshold=threshold, coverage=count / len(covered) if len(covered) else 0.0,
-                        accuracy=int(correct[covered].sum()) / count if count else None)
+    return ThresholdRow(
+        threshold=threshold,
+        coverage=count / len(covered) if len(covered) else 0.0,
+        accuracy=int(correct[covered].sum()) / count if count else None,
+    )

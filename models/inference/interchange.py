@@ -105,16 +105,20 @@ def safetensors_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
 
 def torchscript_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
     module, example = _module(predictor, inputs)
-    again = (torch.randint(0, 256, (3, *example.shape[1:]), dtype=torch.uint8) if inputs == "pixels"
-             else torch.rand(3, *example.shape[1:]))
+    again = (
+        torch.randint(0, 256, (3, *example.shape[1:]), dtype=torch.uint8)
+        if inputs == "pixels"
+        else torch.rand(3, *example.shape[1:])
+    )
     try:
         with torch.no_grad():
             traced = torch.jit.trace(module, example, check_inputs=[(again,)])
     except Exception as exc:
         raise ExportError(f"TorchScript cannot trace this model: {str(exc).splitlines()[0]}") from None
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={"trainyard.json": json.dumps({**header(predictor.meta),
-                                                                                "inputs": inputs})})
+    torch.jit.save(
+        traced, buffer, _extra_files={"trainyard.json": json.dumps({**header(predictor.meta), "inputs": inputs})}
+    )
     return buffer.getvalue()
 
 
@@ -128,9 +132,16 @@ def onnx_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
     try:
         with _ONNX_EXPORT, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), buffer, input_names=[name], output_names=[output],
-                              dynamic_axes={name: {0: "batch"}, output: {0: "batch"}},
-                              opset_version=ONNX_OPSET, dynamo=False)
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,
+                input_names=[name],
+                output_names=[output],
+                dynamic_axes={name: {0: "batch"}, output: {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
     except Exception as exc:
         raise ExportError(f"ONNX (opset {ONNX_OPSET}) cannot express this model: {str(exc).splitlines()[0]}") from None
     graph = onnx.load_from_string(buffer.getvalue())
@@ -151,8 +162,10 @@ def weights_problems(net: nn.Module, state: dict[str, torch.Tensor]) -> list[tup
     """(tensor name, what is wrong) for weights that do not fit a network: missing, extra or
     mis-shaped tensors, or integers where the network holds floats."""
     expected = net.state_dict()
-    problems = [(name, f"missing: the architecture needs {name} of shape {list(expected[name].shape)}")
-                for name in sorted(expected.keys() - state.keys())]
+    problems = [
+        (name, f"missing: the architecture needs {name} of shape {list(expected[name].shape)}")
+        for name in sorted(expected.keys() - state.keys())
+    ]
     problems += [(name, "not a tensor of this architecture") for name in sorted(state.keys() - expected.keys())]
     for name in sorted(expected.keys() & state.keys()):
         want, got = expected[name], state[name]
@@ -163,8 +176,13 @@ def weights_problems(net: nn.Module, state: dict[str, torch.Tensor]) -> list[tup
     return problems
 
 
-def imported_meta(model: dict, classes: list[str] | None, input_shape: list[int],
-                  mean: list[float] | None = None, std: list[float] | None = None) -> dict:
+def imported_meta(
+    model: dict,
+    classes: list[str] | None,
+    input_shape: list[int],
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> dict:
     """A checkpoint's metadata for weights trained elsewhere: images decoded as trainyard's own
     (grey or RGB by the channels, resized to the input shape), pixel / 255 normalised by mean/std."""
     if len(input_shape) == 3:
@@ -174,5 +192,12 @@ def imported_meta(model: dict, classes: list[str] | None, input_shape: list[int]
             contract = contract.with_normalisation(mean or [0.0] * channels, std or [1.0] * channels)
     else:
         contract = InputContract.tabular(input_shape[0], classes)
-    return {"model": model, "task": "classification" if classes else "regression", "classes": classes,
-            "input_shape": input_shape, "input": contract.to_json(), "epoch": 0, "imported": True}
+    return {
+        "model": model,
+        "task": "classification" if classes else "regression",
+        "classes": classes,
+        "input_shape": input_shape,
+        "input": contract.to_json(),
+        "epoch": 0,
+        "imported": True,
+    }

@@ -110,20 +110,28 @@ class Predictor:
         values, indices = probs.topk(k, dim=1)
         results = []
         for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=False):
-            entries = [{"label": self.classes[i], "index": i, "probability": p}
-                       for p, i in zip(row_values, row_indices, strict=False)]
+            entries = [
+                {"label": self.classes[i], "index": i, "probability": p}
+                for p, i in zip(row_values, row_indices, strict=False)
+            ]
             top = entries[0]
             withheld = threshold is not None and top["probability"] < threshold
-            results.append(Prediction(index=None if withheld else top["index"],
-                                      label=None if withheld else top["label"],
-                                      probability=top["probability"], top_k=entries, below_threshold=withheld))
+            results.append(
+                Prediction(
+                    index=None if withheld else top["index"],
+                    label=None if withheld else top["label"],
+                    probability=top["probability"],
+                    top_k=entries,
+                    below_threshold=withheld,
+                )
+            )
         return results
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None, **options) -> Evaluation:
         """This classifier's evaluation report (confusion matrix, per-class scores, mistakes, ...) on
         a labelled set, run a batch at a time; `options` go to models.inference.evaluation.evaluate."""
         batch_size = batch_size or self.evaluation_batch()
-        batches = [self.probabilities(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+        batches = [self.probabilities(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
         self.release_memory()
         probabilities = torch.cat(batches) if batches else torch.zeros(0, len(self.classes))
         return evaluate(probabilities, y, self.classes, **options)

@@ -83,15 +83,21 @@ def lenet(spec, input_shape, outputs) -> nn.Module:
     act = ACTIVATIONS[spec.activation]
     pool = nn.AvgPool2d if spec.pool == "avg" else nn.MaxPool2d
     features = [
-        nn.Conv2d(input_shape[0], 6, kernel_size=5, padding=2), act(), pool(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), act(), pool(kernel_size=2, stride=2),
+        nn.Conv2d(input_shape[0], 6, kernel_size=5, padding=2),
+        act(),
+        pool(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5),
+        act(),
+        pool(kernel_size=2, stride=2),
         nn.Flatten(),
     ]
     flat = _output_shape(nn.Sequential(*features), input_shape)[0]
     return nn.Sequential(
         *features,
-        nn.Linear(flat, 120), act(),
-        nn.Linear(120, 84), act(),
+        nn.Linear(flat, 120),
+        act(),
+        nn.Linear(120, 84),
+        act(),
         nn.Linear(84, outputs),
     )
 
@@ -278,6 +284,11 @@ def shape_problems(spec, info) -> list[tuple[tuple, str]]:
     if out != (info.outputs,):
         last = len(getattr(spec.model, "layers", [])) - 1
         where = ("sequential", "layers", last) if spec.model.arch == "sequential" else ("arch",)
-        return [(where, f"the network outputs {_fmt(out)} per example but {spec.data.dataset} needs "
-                        f"{_fmt((info.outputs,))}: end with a linear layer of {info.outputs} outputs")]
+        return [
+            (
+                where,
+                f"the network outputs {_fmt(out)} per example but {spec.data.dataset} needs "
+                f"{_fmt((info.outputs,))}: end with a linear layer of {info.outputs} outputs",
+            )
+        ]
     return []

@@ -33,8 +33,12 @@ class Cost:
         return self.weights + self.gradients + self.optimizer + self.activations
 
     def describe(self) -> str:
-        parts = {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer,
-                 "activations": self.activations}
+        parts = {
+            "weights": self.weights,
+            "gradients": self.gradients,
+            "optimizer state": self.optimizer,
+            "activations": self.activations,
+        }
         return f"about {human_bytes(self.total)} (" + ", ".join(f"{k} {human_bytes(v)}" for k, v in parts.items()) + ")"
 
 
@@ -65,9 +69,14 @@ def estimate(spec, input_shape: tuple[int, ...], outputs: int) -> Cost:
     parameters = sum(p.numel() for p in net.parameters())
     trainable = sum(p.numel() for p in pretrained.head.parameters()) if frozen else parameters
     kept = _activation_elements(net, (spec.batch_size, *shape), frozen)
-    return Cost(parameters=parameters, trainable=trainable, weights=parameters * FLOAT_BYTES,
-                gradients=trainable * FLOAT_BYTES, optimizer=trainable * FLOAT_BYTES * _optimizer_slots(spec),
-                activations=kept * FLOAT_BYTES)
+    return Cost(
+        parameters=parameters,
+        trainable=trainable,
+        weights=parameters * FLOAT_BYTES,
+        gradients=trainable * FLOAT_BYTES,
+        optimizer=trainable * FLOAT_BYTES * _optimizer_slots(spec),
+        activations=kept * FLOAT_BYTES,
+    )
 
 
 def _activation_elements(net: nn.Module, batch_shape: tuple[int, ...], frozen: bool) -> int:
@@ -94,23 +103,36 @@ def _activation_elements(net: nn.Module, batch_shape: tuple[int, ...], frozen: b
     return batch + (max(sizes, default=0) if frozen else sum(sizes))
 
 
-def admission_problems(spec, input_shape: tuple[int, ...], outputs: int, *, max_parameters: int,
-                       max_bytes: int, where: str) -> list[tuple[tuple, str]]:
+def admission_problems(
+    spec, input_shape: tuple[int, ...], outputs: int, *, max_parameters: int, max_bytes: int, where: str
+) -> list[tuple[tuple, str]]:
     """(location, message) of each limit the spec's job would exceed; `where` names the limit's setting."""
     try:
         cost = estimate(spec, input_shape, outputs)
     except (ValueError, RuntimeError, AssertionError, NotImplementedError) as exc:
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return [(("model",), f"the cost of {spec.model.arch} on inputs {tuple(input_shape)} cannot be estimated: {why}")]
+        return [
+            (("model",), f"the cost of {spec.model.arch} on inputs {tuple(input_shape)} cannot be estimated: {why}")
+        ]
     problems = []
     if cost.parameters > max_parameters:
-        problems.append((("model",), f"the model has {cost.parameters:,} parameters, more than "
-                                     f"TRAINYARD_MAX_PARAMETERS ({max_parameters:,}) allows; make it smaller"))
+        problems.append(
+            (
+                ("model",),
+                f"the model has {cost.parameters:,} parameters, more than "
+                f"TRAINYARD_MAX_PARAMETERS ({max_parameters:,}) allows; make it smaller",
+            )
+        )
     if cost.total > max_bytes:
         field = "batch_size" if cost.activations > cost.total / 2 else "model"
-        problems.append(((field,), f"one training step at batch_size {spec.batch_size} needs {cost.describe()}, "
-                                   f"more than {where} ({human_bytes(max_bytes)}); lower batch_size or the "
-                                   "model's size"))
+        problems.append(
+            (
+                (field,),
+                f"one training step at batch_size {spec.batch_size} needs {cost.describe()}, "
+                f"more than {where} ({human_bytes(max_bytes)}); lower batch_size or the "
+                "model's size",
+            )
+        )
     return problems
 
 

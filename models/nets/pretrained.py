@@ -183,9 +183,12 @@ def missing_weights_message(backbone: str, weights: str | None, weights_dir: Pat
     entry = resolve_weights(backbone, weights)
     name = weights_file_name(backbone, weights)
     places = weights_dirs(weights_dir)
-    return (f"the weights {type(entry).__name__}.{entry.name} of {backbone} are not on disk: put the file {name} "
-            f"({entry.url}) at {places[0] / name}" + (f" or {places[1] / name}" if len(places) > 1 else "")
-            + ", or set TRAINYARD_ALLOW_DOWNLOAD=true on the worker to download it")
+    return (
+        f"the weights {type(entry).__name__}.{entry.name} of {backbone} are not on disk: put the file {name} "
+        f"({entry.url}) at {places[0] / name}"
+        + (f" or {places[1] / name}" if len(places) > 1 else "")
+        + ", or set TRAINYARD_ALLOW_DOWNLOAD=true on the worker to download it"
+    )
 
 
 def locate_weights(backbone: str, weights: str | None, *, weights_dir: Path | None, allow_download: bool) -> Path:
@@ -200,11 +203,14 @@ def locate_weights(backbone: str, weights: str | None, *, weights_dir: Path | No
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = torch.hub.HASH_REGEX.search(target.name)  # torchvision's names carry their hash's prefix
     try:
-        torch.hub.download_url_to_file(entry.url, str(target), hash_prefix=digest.group(1) if digest else None,
-                                       progress=False)
+        torch.hub.download_url_to_file(
+            entry.url, str(target), hash_prefix=digest.group(1) if digest else None, progress=False
+        )
     except Exception as exc:  # no network, a proxy, a partial file: say where the file goes instead
-        raise MissingWeights(f"downloading {entry.url} failed ({type(exc).__name__}: {exc}); "
-                             + missing_weights_message(backbone, weights, weights_dir)) from None
+        raise MissingWeights(
+            f"downloading {entry.url} failed ({type(exc).__name__}: {exc}); "
+            + missing_weights_message(backbone, weights, weights_dir)
+        ) from None
     return target
 
 
@@ -224,7 +230,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 # DenseNet's published weights name layers 'norm.1' where the module is 'norm1' (torchvision fixes
 # them the same way when it loads them).
-_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def load_backbone(model: Pretrained, state: dict[str, torch.Tensor], source: str) -> None:
@@ -232,8 +240,11 @@ def load_backbone(model: Pretrained, state: dict[str, torch.Tensor], source: str
     versions = getattr(state, "_metadata", None)  # module versions the file was saved with
     state = {_DENSENET_KEY.sub(r"\1\2", key): value for key, value in state.items()}
     head = f"{model.head_name}."
-    backbone_state = OrderedDict((k, v) for k, v in state.items() if not k.startswith(head)
-                                 and not k.startswith("AuxLogits.") and not k.startswith("aux"))
+    backbone_state = OrderedDict(
+        (k, v)
+        for k, v in state.items()
+        if not k.startswith(head) and not k.startswith("AuxLogits.") and not k.startswith("aux")
+    )
     if versions is not None:
         backbone_state._metadata = versions
     try:

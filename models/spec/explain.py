@@ -54,16 +54,25 @@ def _names_member(part, tag: str | None, kind) -> bool:
         return True
     if not (isinstance(part, str) and isinstance(kind, type) and issubclass(kind, BaseModel)):
         return False
-    return (part in (kind.__name__, f"{kind.__name__}]") or part.endswith(f", {kind.__name__}]")
-            or any(part in _literal(kind, field) for field in kind.model_fields))
+    return (
+        part in (kind.__name__, f"{kind.__name__}]")
+        or part.endswith(f", {kind.__name__}]")
+        or any(part in _literal(kind, field) for field in kind.model_fields)
+    )
 
 
 def _below(annotation, part):
     """The annotation at one part of pydantic's error location (a field, a list index or a union's
     tag) below `annotation`; None where it cannot tell."""
     if isinstance(part, int):
-        return next((get_args(kind)[0] for _, kind in _options(annotation)
-                     if get_origin(kind) in (list, tuple) and get_args(kind)), None)
+        return next(
+            (
+                get_args(kind)[0]
+                for _, kind in _options(annotation)
+                if get_origin(kind) in (list, tuple) and get_args(kind)
+            ),
+            None,
+        )
     for model in _models(annotation):
         if part in model.model_fields:
             return model.model_fields[part].annotation
@@ -94,8 +103,12 @@ def _unknown_field(root: type[BaseModel], loc: tuple, default: str) -> str:
     names = list(dict.fromkeys(field for model in _models(node) for field in model.model_fields))
     if not isinstance(key, str) or not names:
         return default
-    nested = [f"{field}.{inner}" for model in _models(node) for field, info in model.model_fields.items()
-              for inner in dict.fromkeys(f for m in _models(info.annotation) for f in m.model_fields)]
+    nested = [
+        f"{field}.{inner}"
+        for model in _models(node)
+        for field, info in model.model_fields.items()
+        for inner in dict.fromkeys(f for m in _models(info.annotation) for f in m.model_fields)
+    ]
     close = _close(key, names) or _close(key, nested)
     if close:
         return f"unknown field {key!r}: did you mean {' or '.join(map(repr, close))}?"
@@ -103,8 +116,11 @@ def _unknown_field(root: type[BaseModel], loc: tuple, default: str) -> str:
 
 
 def _tags(annotation, discriminator: str) -> list[str]:
-    return list(dict.fromkeys(name for tag, kind in _options(annotation)
-                              for name in ([tag] if tag else _literal(kind, discriminator))))
+    return list(
+        dict.fromkeys(
+            name for tag, kind in _options(annotation) for name in ([tag] if tag else _literal(kind, discriminator))
+        )
+    )
 
 
 def _unknown_tag(root: type[BaseModel], error: dict, document) -> str:

@@ -12,8 +12,17 @@ import hashlib
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class StrictModel(BaseModel):
@@ -143,15 +152,26 @@ class PretrainedSpec(StrictModel):
     """A torchvision classification model, its weights read from disk and its head replaced."""
 
     arch: Literal["pretrained"]
-    backbone: Annotated[str, Field(max_length=64, description="a classification model of torchvision, "
-                                                              "e.g. resnet18, mobilenet_v3_small, efficientnet_b0")]
-    weights: Annotated[str | None, Field(max_length=100, description="DEFAULT, a torchvision weights name "
-                                                                     "(IMAGENET1K_V1, ...) or null for random")] = "DEFAULT"
+    backbone: Annotated[
+        str,
+        Field(
+            max_length=64,
+            description="a classification model of torchvision, e.g. resnet18, mobilenet_v3_small, efficientnet_b0",
+        ),
+    ]
+    weights: Annotated[
+        str | None,
+        Field(
+            max_length=100, description="DEFAULT, a torchvision weights name (IMAGENET1K_V1, ...) or null for random"
+        ),
+    ] = "DEFAULT"
     freeze: Literal["none", "backbone"] = "none"
-    head_lr_mult: Annotated[float, Field(gt=0, le=1000, description="the head's learning rate as a multiple "
-                                                                     "of the backbone's")] = 1.0
-    unfreeze_at_epoch: Annotated[int | None, Field(ge=2, le=10_000, description="with freeze=backbone: "
-                                                   "train everything from this epoch on")] = None
+    head_lr_mult: Annotated[
+        float, Field(gt=0, le=1000, description="the head's learning rate as a multiple of the backbone's")
+    ] = 1.0
+    unfreeze_at_epoch: Annotated[
+        int | None, Field(ge=2, le=10_000, description="with freeze=backbone: train everything from this epoch on")
+    ] = None
 
     @field_validator("backbone")
     @classmethod
@@ -175,8 +195,9 @@ class PretrainedSpec(StrictModel):
         try:
             resolve_weights(backbone, value)
         except KeyError:
-            raise ValueError(f"{backbone} has no weights {value!r}; choose DEFAULT, "
-                             f"{', '.join(weights_names(backbone))} or null") from None
+            raise ValueError(
+                f"{backbone} has no weights {value!r}; choose DEFAULT, {', '.join(weights_names(backbone))} or null"
+            ) from None
         return value
 
     @field_validator("unfreeze_at_epoch")
@@ -188,8 +209,16 @@ class PretrainedSpec(StrictModel):
 
 
 ModelSpec = Annotated[
-    Union[LinearRegressionSpec, PolynomialSpec, SoftmaxRegressionSpec, MLPSpec, LeNetSpec, ResNet18Spec,
-          SequentialSpec, PretrainedSpec],
+    Union[
+        LinearRegressionSpec,
+        PolynomialSpec,
+        SoftmaxRegressionSpec,
+        MLPSpec,
+        LeNetSpec,
+        ResNet18Spec,
+        SequentialSpec,
+        PretrainedSpec,
+    ],
     Field(discriminator="arch"),
 ]
 MODEL_SPEC = TypeAdapter(ModelSpec)  # validates the `model` part of a spec on its own
@@ -232,10 +261,12 @@ class RandomCropSpec(StrictModel):
 class RandomResizedCropSpec(StrictModel):
     """A random area share `scale` and aspect `ratio` of the image, resized back to its size."""
 
-    scale: Annotated[tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]],
-                     Field(strict=False)] = (0.08, 1.0)
-    ratio: Annotated[tuple[Annotated[float, Field(gt=0, le=10)], Annotated[float, Field(gt=0, le=10)]],
-                     Field(strict=False)] = (3 / 4, 4 / 3)
+    scale: Annotated[
+        tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]], Field(strict=False)
+    ] = (0.08, 1.0)
+    ratio: Annotated[
+        tuple[Annotated[float, Field(gt=0, le=10)], Annotated[float, Field(gt=0, le=10)]], Field(strict=False)
+    ] = (3 / 4, 4 / 3)
 
     @model_validator(mode="after")
     def _ordered(self) -> RandomResizedCropSpec:
@@ -257,7 +288,8 @@ class AugmentSpec(StrictModel):
     random_crop: RandomCropSpec | None = None
     random_resized_crop: RandomResizedCropSpec | None = None
     horizontal_flip: bool | Annotated[float, Field(ge=0, le=1)] = Field(
-        default=False, description="true (probability 0.5) or a probability")
+        default=False, description="true (probability 0.5) or a probability"
+    )
     color_jitter: ColorJitterSpec | None = None
     trivial_augment: bool = False
 
@@ -277,11 +309,15 @@ class AugmentSpec(StrictModel):
 class _ImageOptions(_DataBase):
     limit_train: Annotated[int | None, Field(ge=1)] = None
     limit_test: Annotated[int | None, Field(ge=1)] = None
-    resize: Annotated[int | None, Field(ge=8, le=512, description="side of the square the images are resized to")] = None
+    resize: Annotated[int | None, Field(ge=8, le=512, description="side of the square the images are resized to")] = (
+        None
+    )
     normalize: Literal["none", "dataset"] | NormalizeSpec | None = Field(
-        default=None, description="none: pixel / 255; dataset: per-channel mean/std of the training split; "
-                                  "or explicit {mean, std}; unset: the backbone's own for a pretrained model, "
-                                  "else none")
+        default=None,
+        description="none: pixel / 255; dataset: per-channel mean/std of the training split; "
+        "or explicit {mean, std}; unset: the backbone's own for a pretrained model, "
+        "else none",
+    )
     augment: AugmentSpec | None = None
 
 
@@ -296,8 +332,13 @@ class UploadedDatasetSpec(_ImageOptions):
     """`uploaded:<id>`; a unique prefix of the id or the dataset's name is taken at submission,
     which stores the id in the job's spec."""
 
-    dataset: Annotated[str, Field(pattern=r"^uploaded:[^\s/\\]([^/\\]{0,198}[^\s/\\])?$",
-                                  description="uploaded:<dataset id, a unique prefix of it, or its name>")]
+    dataset: Annotated[
+        str,
+        Field(
+            pattern=r"^uploaded:[^\s/\\]([^/\\]{0,198}[^\s/\\])?$",
+            description="uploaded:<dataset id, a unique prefix of it, or its name>",
+        ),
+    ]
 
     @property
     def dataset_id(self) -> str:
@@ -340,9 +381,12 @@ DataSpec = Annotated[
         Annotated[SyntheticPolynomialSpec, Tag("synthetic-polynomial")],
         Annotated[UploadedDatasetSpec, Tag("uploaded")],
     ],
-    Discriminator(_dataset_tag, custom_error_type="dataset",
-                  custom_error_message="dataset must be fashion-mnist, mnist, cifar10, synthetic-linear, "
-                                       "synthetic-polynomial or uploaded:<dataset id or name>"),
+    Discriminator(
+        _dataset_tag,
+        custom_error_type="dataset",
+        custom_error_message="dataset must be fashion-mnist, mnist, cifar10, synthetic-linear, "
+        "synthetic-polynomial or uploaded:<dataset id or name>",
+    ),
 ]
 
 
@@ -397,8 +441,9 @@ class InitFromSpec(StrictModel):
     """Start from the weights of another job's checkpoint, or of a registered model version
     (`name`, `name:VERSION`, `name@ALIAS`; an imported one too), instead of a fresh initialisation."""
 
-    job_id: Annotated[str | None, Field(pattern=r"^[0-9a-fA-F-]{6,36}$",
-                                        description="the job's id or a unique prefix of it")] = None
+    job_id: Annotated[
+        str | None, Field(pattern=r"^[0-9a-fA-F-]{6,36}$", description="the job's id or a unique prefix of it")
+    ] = None
     checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1, le=10_000)] = "last"
     model: Annotated[str | None, Field(max_length=200, description="a registered model version")] = None
 

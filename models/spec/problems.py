@@ -56,33 +56,59 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
     arch = spec.model.arch
     problems = []
     if arch in REGRESSION_ONLY and info.task != "regression":
-        problems.append(SpecProblem(("model", "arch"), f"{arch} is a regression model but {spec.data.dataset} "
-                                    "is a classification dataset; use softmax_regression, mlp, lenet, resnet18 "
-                                    "or sequential"))
+        problems.append(
+            SpecProblem(
+                ("model", "arch"),
+                f"{arch} is a regression model but {spec.data.dataset} "
+                "is a classification dataset; use softmax_regression, mlp, lenet, resnet18 "
+                "or sequential",
+            )
+        )
     if arch in CLASSIFICATION_ONLY and info.task != "classification":
-        problems.append(SpecProblem(("model", "arch"), f"{arch} is a classification model but {spec.data.dataset} "
-                                    "is a regression dataset; use linear_regression, polynomial, mlp or sequential"))
+        problems.append(
+            SpecProblem(
+                ("model", "arch"),
+                f"{arch} is a classification model but {spec.data.dataset} "
+                "is a regression dataset; use linear_regression, polynomial, mlp or sequential",
+            )
+        )
     if arch in IMAGE_ONLY and not info.images:
-        problems.append(SpecProblem(("model", "arch"), f"{arch} needs images, but {spec.data.dataset} holds "
-                                    f"{info.input_shape[0]} numeric features per example"))
+        problems.append(
+            SpecProblem(
+                ("model", "arch"),
+                f"{arch} needs images, but {spec.data.dataset} holds "
+                f"{info.input_shape[0]} numeric features per example",
+            )
+        )
     if arch == "polynomial" and info.input_shape != (1,):
-        problems.append(SpecProblem(("model", "arch"), f"polynomial needs a one-dimensional input; "
-                                    f"{spec.data.dataset} has {info.input_shape[0]} features"))
+        problems.append(
+            SpecProblem(
+                ("model", "arch"),
+                f"polynomial needs a one-dimensional input; {spec.data.dataset} has {info.input_shape[0]} features",
+            )
+        )
     if getattr(spec.data, "resize", None) is not None and not info.images:
         problems.append(SpecProblem(("data", "resize"), "resize applies to image datasets only"))
     problems += _image_option_problems(spec, info)
     stopping = spec.early_stopping
     if stopping is not None:
         if stopping.metric.startswith("val_") and spec.data.val_fraction == 0:
-            problems.append(SpecProblem(("early_stopping", "metric"),
-                                        f"{stopping.metric} needs a validation split: set data.val_fraction"))
+            problems.append(
+                SpecProblem(
+                    ("early_stopping", "metric"), f"{stopping.metric} needs a validation split: set data.val_fraction"
+                )
+            )
         if stopping.metric.endswith("_acc") and info.task != "classification":
-            problems.append(SpecProblem(("early_stopping", "metric"),
-                                        f"{stopping.metric} needs a classification dataset"))
+            problems.append(
+                SpecProblem(("early_stopping", "metric"), f"{stopping.metric} needs a classification dataset")
+            )
     unfreeze = getattr(spec.model, "unfreeze_at_epoch", None)
     if unfreeze is not None and unfreeze > spec.epochs:
-        problems.append(SpecProblem(("model", "unfreeze_at_epoch"),
-                                    f"unfreeze_at_epoch {unfreeze} is after the last epoch ({spec.epochs})"))
+        problems.append(
+            SpecProblem(
+                ("model", "unfreeze_at_epoch"), f"unfreeze_at_epoch {unfreeze} is after the last epoch ({spec.epochs})"
+            )
+        )
     if not problems:
         problems += [SpecProblem(("model", *loc), msg) for loc, msg in shape_problems(spec, info)]
     return problems
@@ -95,16 +121,30 @@ def _image_option_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem
         return problems
     if not info.images:
         used = {"normalize": data.normalize not in (None, "none"), "augment": data.augment is not None}
-        return [SpecProblem(("data", name), f"{name} applies to image datasets only; {data.dataset} holds "
-                                            f"{info.input_shape[0]} numeric features per example")
-                for name, given in used.items() if given]
+        return [
+            SpecProblem(
+                ("data", name),
+                f"{name} applies to image datasets only; {data.dataset} holds "
+                f"{info.input_shape[0]} numeric features per example",
+            )
+            for name, given in used.items()
+            if given
+        ]
     channels, height, width = info.input_shape
     if isinstance(data.normalize, NormalizeSpec) and len(data.normalize.mean) != channels:
-        problems.append(SpecProblem(("data", "normalize", "mean"),
-                                    f"{data.dataset} has {channels} channel(s); give one mean and one std per channel"))
+        problems.append(
+            SpecProblem(
+                ("data", "normalize", "mean"),
+                f"{data.dataset} has {channels} channel(s); give one mean and one std per channel",
+            )
+        )
     crop = data.augment.random_crop if data.augment else None
     if crop is not None and crop.size is not None and crop.size > min(height, width) + 2 * crop.padding:
-        problems.append(SpecProblem(("data", "augment", "random_crop", "size"),
-                                    f"size {crop.size} is larger than the padded {height + 2 * crop.padding}x"
-                                    f"{width + 2 * crop.padding} images of {data.dataset}"))
+        problems.append(
+            SpecProblem(
+                ("data", "augment", "random_crop", "size"),
+                f"size {crop.size} is larger than the padded {height + 2 * crop.padding}x"
+                f"{width + 2 * crop.padding} images of {data.dataset}",
+            )
+        )
     return problems

@@ -27,8 +27,9 @@ class Distribution(StrictModel):
     high] (inclusive), choice [values]."""
 
     uniform: Annotated[tuple[float, float] | None, Field(strict=False)] = None
-    log_uniform: Annotated[tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None,
-                           Field(strict=False)] = None
+    log_uniform: Annotated[
+        tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None, Field(strict=False)
+    ] = None
     integer: Annotated[tuple[int, int] | None, Field(strict=False)] = None
     choice: Annotated[list[Any], Field(min_length=1, max_length=100)] | None = None
 
@@ -64,8 +65,12 @@ class SweepSpec(StrictModel):
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     base: dict
-    grid: Annotated[dict[Path, Annotated[list[Any], Field(min_length=1, max_length=64)]],
-                    Field(min_length=1, max_length=10)] | None = None
+    grid: (
+        Annotated[
+            dict[Path, Annotated[list[Any], Field(min_length=1, max_length=64)]], Field(min_length=1, max_length=10)
+        ]
+        | None
+    ) = None
     random: RandomSearch | None = None
     # What ranks the jobs (each job's best epoch); default: validation accuracy (loss for regression)
     # when the trials hold out a validation split, else the test set's.
@@ -91,8 +96,9 @@ class SweepSpec(StrictModel):
             paths = list(self.grid)
             return [dict(zip(paths, values, strict=False)) for values in itertools.product(*self.grid.values())]
         rng = random.Random(self.random.seed)
-        return [{path: dist.draw(rng) for path, dist in self.random.distributions.items()}
-                for _ in range(self.random.count)]
+        return [
+            {path: dist.draw(rng) for path, dist in self.random.distributions.items()} for _ in range(self.random.count)
+        ]
 
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()

@@ -81,9 +81,11 @@ class EarlyStopping:
         value = getattr(metrics, self.spec.metric)
         if value is None:
             raise TrainingError(f"early_stopping.metric {self.spec.metric} is not measured for this job")
-        better = (self.best is None
-                  or (self.spec.direction == "min" and value < self.best - self.spec.min_delta)
-                  or (self.spec.direction == "max" and value > self.best + self.spec.min_delta))
+        better = (
+            self.best is None
+            or (self.spec.direction == "min" and value < self.best - self.spec.min_delta)
+            or (self.spec.direction == "max" and value > self.best + self.spec.min_delta)
+        )
         if better:
             self.best, self.bad_epochs = value, 0
         else:
@@ -141,8 +143,10 @@ class TrainingRun:
             model=self.model.state_dict(),
             optimizer=self.optimizer.state_dict(),
             # The generators dropout draws from: the CPU's and, on a GPU, the device's own.
-            rng={"cpu": torch.get_rng_state(),
-                 **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
+            rng={
+                "cpu": torch.get_rng_state(),
+                **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
+            },
             run={
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -230,8 +234,9 @@ def penalised_parameters(model: nn.Module, decay_bias: bool) -> tuple[list, list
     return weights, rest
 
 
-def optimizer_step(objective: torch.Tensor, optimizer: torch.optim.Optimizer,
-                   scaler: torch.amp.GradScaler | None) -> None:
+def optimizer_step(
+    objective: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> None:
     """One optimisation step on the objective: zero the gradients, backpropagate, step; with fp16's
     scaler, the loss scaled so that small gradients do not underflow."""
     optimizer.zero_grad(set_to_none=True)
@@ -285,7 +290,7 @@ def train_one_epoch(
         if should_stop():
             stopped = True
             break
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         x = x_all[idx].to(device, non_blocking=True)
         if augment is not None:  # seeded by the batch's index, so a resumed epoch augments alike
             x = augment(x, batches)
@@ -297,11 +302,15 @@ def train_one_epoch(
         optimizer_step(loss + penalty() if penalty is not None else loss, optimizer, scaler)
         loss_sum.add_(loss.detach(), alpha=len(idx))  # one kernel: launches are what a small GPU model waits on
         if classify:  # whether each example was right, summed once at the end
-            torch.eq(outputs.detach().argmax(dim=1), y, out=hits[start - first:start - first + len(idx)])
+            torch.eq(outputs.detach().argmax(dim=1), y, out=hits[start - first : start - first + len(idx)])
         seen += len(idx)
         batches += 1
-    return EpochProgress(batches=batches, loss_sum=done.loss_sum + float(loss_sum),
-                         correct=done.correct + (int(hits.sum()) if classify else 0), seen=seen), stopped
+    return EpochProgress(
+        batches=batches,
+        loss_sum=done.loss_sum + float(loss_sum),
+        correct=done.correct + (int(hits.sum()) if classify else 0),
+        seen=seen,
+    ), stopped
 
 
 @torch.inference_mode()
@@ -325,8 +334,8 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.long, device=device)
     eval_batch = eval_batch_size(x_all.shape[1:], batch_size, resize)
     for start in range(0, len(x_all), eval_batch):
-        x = dataset.to_float(x_all[start:start + eval_batch].to(device))
-        y = y_all[start:start + eval_batch].to(device)
+        x = dataset.to_float(x_all[start : start + eval_batch].to(device))
+        y = y_all[start : start + eval_batch].to(device)
         with precision():
             outputs = model(x)
         loss_sum += float(loss_fn(outputs.float(), y)) * len(x)
@@ -343,8 +352,11 @@ def build_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
     a pretrained model's head learns at head_lr_mult times the rate of its backbone."""
     opt = spec.optimizer
     pretrained = find_pretrained(model)
-    parts = [(model, opt.lr)] if pretrained is None else [
-        (pretrained.backbone, opt.lr), (pretrained.head, opt.lr * spec.model.head_lr_mult)]
+    parts = (
+        [(model, opt.lr)]
+        if pretrained is None
+        else [(pretrained.backbone, opt.lr), (pretrained.head, opt.lr * spec.model.head_lr_mult)]
+    )
     groups = []
     for part, lr in parts:
         weights, rest = penalised_parameters(part, opt.decay_bias)
@@ -410,14 +422,26 @@ def prepare(
     """
     device = resolve_device(spec.device)
     if dataset is None:
-        dataset = load_dataset(spec.data, data_dir=data_dir, datasets_dir=datasets_dir, cache_dir=cache_dir,
-                               allow_download=allow_download, seed=spec.seed)
+        dataset = load_dataset(
+            spec.data,
+            data_dir=data_dir,
+            datasets_dir=datasets_dir,
+            cache_dir=cache_dir,
+            allow_download=allow_download,
+            seed=spec.seed,
+        )
     problems = spec_problems(spec, dataset.info)
     if problems:
         raise TrainingError("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
     if limits is not None:
-        too_large = admission_problems(spec, dataset.input_shape, dataset.outputs, max_parameters=limits.max_parameters,
-                                       max_bytes=limits.max_bytes, where="this worker's TRAINYARD_MAX_JOB_MEMORY")
+        too_large = admission_problems(
+            spec,
+            dataset.input_shape,
+            dataset.outputs,
+            max_parameters=limits.max_parameters,
+            max_bytes=limits.max_bytes,
+            where="this worker's TRAINYARD_MAX_JOB_MEMORY",
+        )
         if too_large:
             raise TooLarge("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in too_large))
     autocast(spec, device)  # refuses fp16 on the CPU before any work is done
@@ -431,10 +455,17 @@ def prepare(
         load_pretrained_weights(model, spec.model, weights_dir=weights_dir, allow_download=allow_download)
     optimizer = build_optimizer(spec, model)
     scheduler = build_scheduler(spec, optimizer)
-    run = TrainingRun(spec=spec, dataset=dataset, model=model, optimizer=optimizer, scheduler=scheduler,
-                      device=device,
-                      early_stopping=EarlyStopping(spec.early_stopping) if spec.early_stopping else None,
-                      scaler=torch.amp.GradScaler("cuda") if spec.amp == "fp16" else None, limits=limits)
+    run = TrainingRun(
+        spec=spec,
+        dataset=dataset,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        device=device,
+        early_stopping=EarlyStopping(spec.early_stopping) if spec.early_stopping else None,
+        scaler=torch.amp.GradScaler("cuda") if spec.amp == "fp16" else None,
+        limits=limits,
+    )
     augment = getattr(spec.data, "augment", None)
     if augment is not None and dataset.contract.images:
         run.augmenter = Augmenter(augment, spec.seed, dataset.input_shape)
@@ -454,8 +485,11 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             load_backbone(pretrained, state, "the starting weights")  # a torchvision network, imported
         elif pretrained is not None and state["head.weight"].shape != pretrained.head.weight.shape:
             # A fine-tuned model of other classes: its backbone is the start; the head is new.
-            load_backbone(pretrained, {k.removeprefix("backbone."): v for k, v in state.items()
-                                       if k.startswith("backbone.")}, "the starting weights")
+            load_backbone(
+                pretrained,
+                {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")},
+                "the starting weights",
+            )
         else:
             load_state(model, state)
     except RuntimeError as exc:
@@ -479,8 +513,16 @@ def place_on_gpu(dataset: Dataset, device: torch.device, headroom: float = 0.5) 
     return dataset.replace(**moved)
 
 
-def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: int, progress: EpochProgress,
-           should_stop, penalty) -> tuple[EpochMetrics | None, EpochProgress]:
+def _epoch(
+    run: TrainingRun,
+    model: nn.Module,
+    optimizer,
+    ds: Dataset,
+    epoch: int,
+    progress: EpochProgress,
+    should_stop,
+    penalty,
+) -> tuple[EpochMetrics | None, EpochProgress]:
     """Train and evaluate one epoch; metrics are None if it was stopped part-way."""
     spec = run.spec
     loss_fn = loss_function(ds.task)
@@ -489,25 +531,49 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
     generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
     started = time.perf_counter()
     seen_before = progress.seen
+
     def precision():
         return autocast(spec, run.device)
 
     augmenter = run.augmenter
     side = spec.resize  # what the network resizes its inputs to
     pretrained = find_pretrained(model)
-    if (pretrained is not None and set_frozen(pretrained, spec.model, epoch, run.features) and augmenter is None
-            and not spec.compile and features_fit(pretrained, ds, run.limits.max_bytes if run.limits else None)):
+    if (
+        pretrained is not None
+        and set_frozen(pretrained, spec.model, epoch, run.features)
+        and augmenter is None
+        and not spec.compile
+        and features_fit(pretrained, ds, run.limits.max_bytes if run.limits else None)
+    ):
         # The frozen backbone maps each image to the same features every epoch: compute them once
         # and train the head alone on them, so later epochs cost only the head.
-        features = frozen_features(run.features, pretrained, ds, batch_size=spec.batch_size, resize=spec.resize,
-                                   device=run.device, precision=precision, should_stop=should_stop)
+        features = frozen_features(
+            run.features,
+            pretrained,
+            ds,
+            batch_size=spec.batch_size,
+            resize=spec.resize,
+            device=run.device,
+            precision=precision,
+            should_stop=should_stop,
+        )
         if features is None:
             return None, progress
         ds, model, side = features, pretrained.head, None
     progress, stopped = train_one_epoch(
-        run.compiled.get(id(model), model), optimizer, loss_fn, ds, batch_size=spec.batch_size, generator=generator,
-        device=run.device, should_stop=should_stop, progress=progress, penalty=penalty, precision=precision,
-        scaler=run.scaler, augment=(lambda x, batch: augmenter(x, epoch, batch)) if augmenter else None,
+        run.compiled.get(id(model), model),
+        optimizer,
+        loss_fn,
+        ds,
+        batch_size=spec.batch_size,
+        generator=generator,
+        device=run.device,
+        should_stop=should_stop,
+        progress=progress,
+        penalty=penalty,
+        precision=precision,
+        scaler=run.scaler,
+        augment=(lambda x, batch: augmenter(x, epoch, batch)) if augmenter else None,
     )
     train_seconds = time.perf_counter() - started
     if stopped:
@@ -516,16 +582,38 @@ def _epoch(run: TrainingRun, model: nn.Module, optimizer, ds: Dataset, epoch: in
     if not math.isfinite(train_loss):
         raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
     classify = ds.task == "classification"
-    test_loss, test_acc = evaluate(model, loss_fn, ds, ds.x_test, ds.y_test, batch_size=spec.batch_size,
-                                   device=run.device, precision=precision, resize=side)
+    test_loss, test_acc = evaluate(
+        model,
+        loss_fn,
+        ds,
+        ds.x_test,
+        ds.y_test,
+        batch_size=spec.batch_size,
+        device=run.device,
+        precision=precision,
+        resize=side,
+    )
     val_loss = val_acc = None
     if ds.x_val is not None:
-        val_loss, val_acc = evaluate(model, loss_fn, ds, ds.x_val, ds.y_val, batch_size=spec.batch_size,
-                                     device=run.device, precision=precision, resize=side)
+        val_loss, val_acc = evaluate(
+            model,
+            loss_fn,
+            ds,
+            ds.x_val,
+            ds.y_val,
+            batch_size=spec.batch_size,
+            device=run.device,
+            precision=precision,
+            resize=side,
+        )
     metrics = EpochMetrics(
-        epoch=epoch, train_loss=train_loss,
+        epoch=epoch,
+        train_loss=train_loss,
         train_acc=progress.correct / progress.seen if classify and progress.seen else None,
-        test_loss=test_loss, test_acc=test_acc, val_loss=val_loss, val_acc=val_acc,
+        test_loss=test_loss,
+        test_acc=test_acc,
+        val_loss=val_loss,
+        val_acc=val_acc,
         seconds=time.perf_counter() - started,
         samples_per_second=(progress.seen - seen_before) / train_seconds if train_seconds > 0 else 0.0,
         lr=optimizer.param_groups[0]["lr"],
@@ -553,8 +641,9 @@ def cross_validate(run: TrainingRun, callbacks: Callbacks, should_stop) -> bool:
     for index, (train_idx, val_idx) in enumerate(splits):
         if index < len(run.folds):
             continue  # finished by an earlier attempt
-        ds = with_validation(run.dataset, train_idx.to(run.dataset.x_train.device),
-                             val_idx.to(run.dataset.x_train.device))
+        ds = with_validation(
+            run.dataset, train_idx.to(run.dataset.x_train.device), val_idx.to(run.dataset.x_train.device)
+        )
         run.features.clear()
         model = _fresh_model(spec, ds, run.device)
         load_state(model, run.initial_state)  # the same start as the final model: pretrained, init_from
@@ -562,14 +651,18 @@ def cross_validate(run: TrainingRun, callbacks: Callbacks, should_stop) -> bool:
         scheduler = build_scheduler(spec, optimizer)
         metrics = None
         for epoch in range(1, spec.epochs + 1):
-            metrics, _ = _epoch(run, model, optimizer, ds, epoch, EpochProgress(), should_stop,
-                                l1_penalty(spec, model))
+            metrics, _ = _epoch(run, model, optimizer, ds, epoch, EpochProgress(), should_stop, l1_penalty(spec, model))
             if metrics is None:
                 return False
             if scheduler is not None:
                 scheduler.step()
-        fold = {"fold": index + 1, "train_loss": metrics.train_loss, "train_acc": metrics.train_acc,
-                "val_loss": metrics.val_loss, "val_acc": metrics.val_acc}
+        fold = {
+            "fold": index + 1,
+            "train_loss": metrics.train_loss,
+            "train_acc": metrics.train_acc,
+            "val_loss": metrics.val_loss,
+            "val_acc": metrics.val_acc,
+        }
         run.folds.append(fold)
         callbacks.on_fold_end(run, fold)
     return True
@@ -601,8 +694,7 @@ def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> Fi
     penalty = l1_penalty(spec, run.model)
     progress = run.start.progress
     for epoch in range(run.start.epoch, spec.epochs + 1):
-        metrics, progress = _epoch(run, run.model, run.optimizer, run.dataset, epoch, progress,
-                                   should_stop, penalty)
+        metrics, progress = _epoch(run, run.model, run.optimizer, run.dataset, epoch, progress, should_stop, penalty)
         if metrics is None:
             return FitResult(run=run, stopped_at=Position(epoch=epoch, progress=progress), reason=stop_reason())
         if run.scheduler is not None:

@@ -31,8 +31,17 @@ def features_fit(pretrained: Pretrained, ds: Dataset, max_bytes: int | None) -> 
     return rows * pretrained.head.in_features * 4 <= max_bytes / 2
 
 
-def frozen_features(features: dict, pretrained: Pretrained, ds: Dataset, *, batch_size: int, resize: int | None,
-                    device: torch.device, precision, should_stop) -> Dataset | None:
+def frozen_features(
+    features: dict,
+    pretrained: Pretrained,
+    ds: Dataset,
+    *,
+    batch_size: int,
+    resize: int | None,
+    device: torch.device,
+    precision,
+    should_stop,
+) -> Dataset | None:
     """The dataset with each split's images replaced by the frozen backbone's features (float
     [N, F] on the training device), computed once per model and split; None if stopped meanwhile."""
     key = (id(pretrained), id(ds))
@@ -43,22 +52,42 @@ def frozen_features(features: dict, pretrained: Pretrained, ds: Dataset, *, batc
             pretrained.backbone.eval()
             for name in ("x_train", "x_test", "x_val"):
                 x_all = getattr(ds, name)
-                outputs[name] = None if x_all is None else _features_of(
-                    pretrained, ds, x_all, batch_size=batch_size, resize=resize, device=device, precision=precision,
-                    should_stop=should_stop)
+                outputs[name] = (
+                    None
+                    if x_all is None
+                    else _features_of(
+                        pretrained,
+                        ds,
+                        x_all,
+                        batch_size=batch_size,
+                        resize=resize,
+                        device=device,
+                        precision=precision,
+                        should_stop=should_stop,
+                    )
+                )
                 if x_all is not None and outputs[name] is None:
                     return None
         features[key] = ds.replace(mapped=False, **outputs)
     return features[key]
 
 
-def _features_of(pretrained: Pretrained, ds: Dataset, x_all, *, batch_size: int, resize: int | None,
-                 device: torch.device, precision, should_stop) -> torch.Tensor | None:
+def _features_of(
+    pretrained: Pretrained,
+    ds: Dataset,
+    x_all,
+    *,
+    batch_size: int,
+    resize: int | None,
+    device: torch.device,
+    precision,
+    should_stop,
+) -> torch.Tensor | None:
     step = eval_batch_size(x_all.shape[1:], batch_size, resize)
     parts = []
     for start in range(0, len(x_all), step):
         if should_stop():
             return None
         with precision():
-            parts.append(pretrained.features(ds.to_float(x_all[start:start + step].to(device))).float())
+            parts.append(pretrained.features(ds.to_float(x_all[start : start + step].to(device))).float())
     return torch.cat(parts) if parts else torch.empty(0, pretrained.head.in_features, device=device)

@@ -62,8 +62,9 @@ def save_training_state(path: Path, state: TrainingState, meta: dict) -> int:
         optimizer = {"param_groups": state.optimizer["param_groups"], "scalars": scalars}
     tensors.update({f"rng.{device}": value for device, value in state.rng.items()})
     position = {"epoch": state.position.epoch, "progress": asdict(state.position.progress)}
-    return write_checkpoint(path, tensors, {**meta, "position": position, "run_state": state.run,
-                                            "optimizer": optimizer})
+    return write_checkpoint(
+        path, tensors, {**meta, "position": position, "run_state": state.run, "optimizer": optimizer}
+    )
 
 
 def load_training_state(path: Path) -> tuple[TrainingState, dict]:
@@ -86,5 +87,6 @@ def load_training_state(path: Path) -> tuple[TrainingState, dict]:
         rng["cpu"] = tensors["rng_state"]
     raw = meta.get("position") or {"epoch": 1}
     position = Position(epoch=raw["epoch"], progress=EpochProgress(**raw.get("progress", {})))
-    return TrainingState(position=position, model=model, optimizer=optimizer, rng=rng,
-                         run=meta.get("run_state") or {}), meta
+    return TrainingState(
+        position=position, model=model, optimizer=optimizer, rng=rng, run=meta.get("run_state") or {}
+    ), meta

@@ -13,11 +13,11 @@ from fastapi import Depends, FastAPI
 
 from service.api import docs, errors, gc_tuning, telemetry
 from service.api.auth import require_token, token_table
+from service.api.evaluations import Evaluations
 from service.api.limits import BodySizeLimit, Limit
 from service.api.processes import ProcessBoard
 from service.api.routers import include_api
 from service.api.routers.dashboard import router as dashboard_router
-from service.api.evaluations import Evaluations
 from service.api.serving import ModelServer
 from service.core.reaper import Reaper
 from service.core.settings import Settings, get_settings
@@ -33,11 +33,16 @@ def announce_security(settings: Settings) -> None:
     if token_table().enabled:
         log.info("API tokens are set: /v1 and /v2 routes require 'Authorization: Bearer <token>'")
     elif settings.listens_on_loopback:
-        log.info("no API tokens set (TRAINYARD_API_TOKENS): authentication is off, "
-                 "so the API listens on %s only", settings.host)
+        log.info(
+            "no API tokens set (TRAINYARD_API_TOKENS): authentication is off, so the API listens on %s only",
+            settings.host,
+        )
     else:
-        log.warning("no API tokens set and listening on %s: TRAINYARD_ALLOW_OPEN=true lets anyone who can "
-                    "reach this port train, predict and delete", settings.host)
+        log.warning(
+            "no API tokens set and listening on %s: TRAINYARD_ALLOW_OPEN=true lets anyone who can "
+            "reach this port train, predict and delete",
+            settings.host,
+        )
 
 
 class Preload:
@@ -61,8 +66,9 @@ class Preload:
             except Exception as exc:  # reported by /readyz
                 self.errors[reference] = f"{type(exc).__name__}: {exc}"
                 log.error("could not preload model %s: %s", reference, exc)
-        self.board.report("error: " + "; ".join(f"{ref}: {err}" for ref, err in self.errors.items())
-                          if self.errors else "ok")
+        self.board.report(
+            "error: " + "; ".join(f"{ref}: {err}" for ref, err in self.errors.items()) if self.errors else "ok"
+        )
 
     def status(self) -> str:
         """'ok' when every API process has its preloaded models; else what is missing."""
@@ -88,8 +94,14 @@ async def lifespan(app: FastAPI):
 def create_app() -> FastAPI:
     settings = get_settings()
     settings.ensure_dirs()
-    app = FastAPI(title="trainyard", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Train PyTorch models over HTTP and classify with them.")
+    app = FastAPI(
+        title="trainyard",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Train PyTorch models over HTTP and classify with them.",
+    )
     torch.set_num_threads(settings.inference_threads)
     app.state.models = ModelServer(settings)
     app.state.evaluations = Evaluations(app.state.models)
@@ -102,13 +114,15 @@ def create_app() -> FastAPI:
 
         # Guarded exactly as the predict routes are, so that it measures the same HTTP cost.
         app.include_router(bench_router, dependencies=[Depends(require_token)] if token_table().enabled else [])
-    app.add_middleware(BodySizeLimit, default=Limit(settings.max_upload_bytes, "TRAINYARD_MAX_UPLOAD_BYTES"),
-                       overrides={"/v1/datasets": Limit(settings.max_dataset_upload_bytes,
-                                                        "TRAINYARD_MAX_DATASET_UPLOAD_BYTES"),
-                                  "/ui/datasets": Limit(settings.max_dataset_upload_bytes,
-                                                        "TRAINYARD_MAX_DATASET_UPLOAD_BYTES"),
-                                  "/v1/models/import": Limit(settings.max_model_upload_bytes,
-                                                             "TRAINYARD_MAX_MODEL_UPLOAD_BYTES")})
+    app.add_middleware(
+        BodySizeLimit,
+        default=Limit(settings.max_upload_bytes, "TRAINYARD_MAX_UPLOAD_BYTES"),
+        overrides={
+            "/v1/datasets": Limit(settings.max_dataset_upload_bytes, "TRAINYARD_MAX_DATASET_UPLOAD_BYTES"),
+            "/ui/datasets": Limit(settings.max_dataset_upload_bytes, "TRAINYARD_MAX_DATASET_UPLOAD_BYTES"),
+            "/v1/models/import": Limit(settings.max_model_upload_bytes, "TRAINYARD_MAX_MODEL_UPLOAD_BYTES"),
+        },
+    )
     app.add_middleware(telemetry.RequestMetrics)
     telemetry.install()
     errors.install(app)

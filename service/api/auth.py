@@ -104,4 +104,3 @@ async def page_editor(request: Request) -> None:
     """A dashboard action: 403 for a read-only token."""
     if _cookie_access(request) != "rw":
         raise HTTPException(status.HTTP_403_FORBIDDEN, READ_ONLY)
-

@@ -50,8 +50,9 @@ class Batcher:
         """Class probabilities for a batch of prepared inputs [N, ...]."""
         return await self.submit(len(inputs), lambda: inputs)
 
-    async def submit(self, size: int, prepare: Callable[[], torch.Tensor],
-                     finish: Callable[[torch.Tensor], Any] | None = None) -> Any:
+    async def submit(
+        self, size: int, prepare: Callable[[], torch.Tensor], finish: Callable[[torch.Tensor], Any] | None = None
+    ) -> Any:
         """Outputs for the `size` inputs that prepare() makes, or finish(outputs) if given.
 
         Both run off the event loop, in the batch's thread, so decoding and labelling cost one
@@ -126,7 +127,7 @@ class Batcher:
             if isinstance(p, BaseException):
                 results.append(p)
                 continue
-            mine = outputs[start:start + len(p)]
+            mine = outputs[start : start + len(p)]
             start += len(p)
             try:
                 results.append(item.finish(mine) if item.finish else mine)

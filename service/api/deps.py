@@ -16,9 +16,9 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from service.core.db import get_sessionmaker, read_scope
 from service.api.evaluations import Evaluations
 from service.api.serving import ModelServer
+from service.core.db import get_sessionmaker, read_scope
 from service.core.settings import Settings, get_settings
 
 

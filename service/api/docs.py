@@ -19,8 +19,10 @@ SWAGGER_UI_PARAMETERS = {"validatorUrl": None}
 # The pages may load only from the API itself: ReDoc's menu shows a logo from its makers' CDN,
 # which the browser then does not even try to fetch. (Both pages start with an inline script or
 # style; ReDoc builds a worker from a blob.)
-POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-          "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:")
+POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:"
+)
 
 
 def _local_only(page: HTMLResponse) -> HTMLResponse:
@@ -40,14 +42,20 @@ def install(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         prefix = root(request)
-        return _local_only(get_swagger_ui_html(
-            openapi_url=prefix + app.openapi_url, title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=prefix + redirect_url if redirect_url else None,
-            swagger_js_url=f"{prefix}{ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{prefix}{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{prefix}{ASSETS}/favicon.png",
-            swagger_ui_parameters={**SWAGGER_UI_PARAMETERS, **(app.swagger_ui_parameters or {})}))
+        return _local_only(
+            get_swagger_ui_html(
+                openapi_url=prefix + app.openapi_url,
+                title=f"{app.title} - Swagger UI",
+                oauth2_redirect_url=prefix + redirect_url if redirect_url else None,
+                swagger_js_url=f"{prefix}{ASSETS}/swagger-ui-bundle.js",
+                swagger_css_url=f"{prefix}{ASSETS}/swagger-ui.css",
+                swagger_favicon_url=f"{prefix}{ASSETS}/favicon.png",
+                swagger_ui_parameters={**SWAGGER_UI_PARAMETERS, **(app.swagger_ui_parameters or {})},
+            )
+        )
 
     if redirect_url:
+
         @app.get(redirect_url, include_in_schema=False)
         async def swagger_ui_redirect() -> HTMLResponse:
             return get_swagger_ui_oauth2_redirect_html()
@@ -55,6 +63,12 @@ def install(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         prefix = root(request)
-        return _local_only(get_redoc_html(openapi_url=prefix + app.openapi_url, title=f"{app.title} - ReDoc",
-                                          redoc_js_url=f"{prefix}{ASSETS}/redoc.standalone.js",
-                                          redoc_favicon_url=f"{prefix}{ASSETS}/favicon.png", with_google_fonts=False))
+        return _local_only(
+            get_redoc_html(
+                openapi_url=prefix + app.openapi_url,
+                title=f"{app.title} - ReDoc",
+                redoc_js_url=f"{prefix}{ASSETS}/redoc.standalone.js",
+                redoc_favicon_url=f"{prefix}{ASSETS}/favicon.png",
+                with_google_fonts=False,
+            )
+        )

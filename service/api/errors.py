@@ -48,8 +48,9 @@ def headers_for(exc: Exception) -> dict[str, str]:
 
 def validation_error(problems: list[tuple[tuple, str]]) -> RequestValidationError:
     """A 422 in FastAPI's own shape: one entry per (location, message)."""
-    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": None}
-                                   for loc, msg in problems])
+    return RequestValidationError(
+        [{"type": "value_error", "loc": loc, "msg": msg, "input": None} for loc, msg in problems]
+    )
 
 
 def unknown_fields_error(sent, allowed: frozenset[str]) -> RequestValidationError | None:
@@ -57,8 +58,9 @@ def unknown_fields_error(sent, allowed: frozenset[str]) -> RequestValidationErro
     unknown = sorted(set(sent) - allowed)
     if not unknown:
         return None
-    return validation_error([(("body", unknown[0]), f"unknown field {unknown[0]!r}: this upload takes "
-                                                    f"{', '.join(sorted(allowed))}")])
+    return validation_error(
+        [(("body", unknown[0]), f"unknown field {unknown[0]!r}: this upload takes {', '.join(sorted(allowed))}")]
+    )
 
 
 async def refuse_unknown_fields(request: Request, allowed: frozenset[str]) -> None:
@@ -104,9 +106,16 @@ def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> 
     with "did you mean" for unknown keys and unknown or missing tags such as model.arch."""
     if not isinstance(body, dict):
         return errors
-    return [{**e, "loc": ("body", *input_loc(body, tuple(e["loc"][1:]), missing=e.get("type") == "missing")),
-             "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body) if model else e["msg"]}
-            if tuple(e.get("loc", ()))[:1] == ("body",) else e for e in errors]
+    return [
+        {
+            **e,
+            "loc": ("body", *input_loc(body, tuple(e["loc"][1:]), missing=e.get("type") == "missing")),
+            "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body) if model else e["msg"],
+        }
+        if tuple(e.get("loc", ()))[:1] == ("body",)
+        else e
+        for e in errors
+    ]
 
 
 def _file_fields(request: Request) -> frozenset[str]:
@@ -119,10 +128,15 @@ def _file_fields(request: Request) -> frozenset[str]:
 def _file_problem(e: dict, content_type: str) -> dict:
     """A file field that is missing, or arrived as text, said with how to send the file."""
     name = e["loc"][1]
-    how = f"with curl, -F {name}=@path/to/file (the @ sends the file); with requests, files={{'{name}': open(path, 'rb')}}"
+    how = (
+        f"with curl, -F {name}=@path/to/file (the @ sends the file); "
+        f"with requests, files={{'{name}': open(path, 'rb')}}"
+    )
     if not content_type.startswith("multipart/form-data"):
-        msg = (f"send the file as a multipart/form-data field named {name!r}, not as the body itself "
-               f"(Content-Type: {content_type}): {how}")
+        msg = (
+            f"send the file as a multipart/form-data field named {name!r}, not as the body itself "
+            f"(Content-Type: {content_type}): {how}"
+        )
     elif e.get("type") == "missing":
         msg = f"field {name!r} is required: the file to upload; {how}"
     else:
@@ -143,10 +157,17 @@ def _body_problems(errors: list[dict], request: Request, model: type[BaseModel] 
         elif e.get("type") == "json_invalid":
             at = f" at character {e['loc'][1]}" if len(e.get("loc", ())) > 1 else ""
             e = {**e, "msg": f"the body is not JSON: {(e.get('ctx') or {}).get('error', 'it does not parse')}{at}"}
-        elif (model is not None and tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), (bytes, str))
-              and "json" not in content_type):
-            e = {**e, "msg": f"the body must be a JSON object sent with Content-Type: application/json, not "
-                             f"{content_type} (with curl: -H 'Content-Type: application/json')"}
+        elif (
+            model is not None
+            and tuple(e.get("loc", ())) == ("body",)
+            and isinstance(e.get("input"), (bytes, str))
+            and "json" not in content_type
+        ):
+            e = {
+                **e,
+                "msg": f"the body must be a JSON object sent with Content-Type: application/json, not "
+                f"{content_type} (with curl: -H 'Content-Type: application/json')",
+            }
         said.append(e)
     return said
 
@@ -166,8 +187,11 @@ def _concreteness(route: RouteContext) -> tuple[bool, ...]:
 def _allowed_methods(request: Request) -> list[str]:
     """The methods the resource at a request's path takes: those of every route whose path matches
     it, of the most concrete such paths."""
-    matching = [route for route in iter_route_contexts(request.app.router.routes)
-                if route.methods and route.matches(request.scope)[0] != Match.NONE]
+    matching = [
+        route
+        for route in iter_route_contexts(request.app.router.routes)
+        if route.methods and route.matches(request.scope)[0] != Match.NONE
+    ]
     most = max(map(_concreteness, matching), default=())
     return sorted({method for route in matching if _concreteness(route) == most for method in route.methods})
 
@@ -176,8 +200,11 @@ async def _method_not_allowed(request: Request, exc: HTTPException) -> JSONRespo
     """405 whose Allow lists every method of the path, not only those of the first route that
     matched it (Starlette's route answers for itself alone)."""
     allow = ", ".join(_allowed_methods(request))
-    return JSONResponse({"detail": f"{request.method} is not allowed here; this path takes {allow}"},
-                        status_code=status.HTTP_405_METHOD_NOT_ALLOWED, headers={**(exc.headers or {}), "Allow": allow})
+    return JSONResponse(
+        {"detail": f"{request.method} is not allowed here; this path takes {allow}"},
+        status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
+        headers={**(exc.headers or {}), "Allow": allow},
+    )
 
 
 def _unreadable(exc: HTTPException) -> dict | None:
@@ -190,8 +217,12 @@ def _unreadable(exc: HTTPException) -> dict | None:
     elif isinstance(cause, RecursionError):
         why = "it nests arrays or objects too deeply"
     elif isinstance(context, MultiPartException):  # with python-multipart's reason, where Starlette kept it
-        return {"type": "value_error", "loc": ("body",), "input": None,
-                "msg": f"malformed multipart body: {context.__cause__ or context.message}"}
+        return {
+            "type": "value_error",
+            "loc": ("body",),
+            "input": None,
+            "msg": f"malformed multipart body: {context.__cause__ or context.message}",
+        }
     else:
         return None
     return {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}, "ctx": {"error": why}}
@@ -213,9 +244,11 @@ async def _core_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "the database is unavailable; try again shortly (GET /readyz says more)"},
-                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+    return JSONResponse(
+        {"detail": "the database is unavailable; try again shortly (GET /readyz says more)"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
 
 
 def install(app: FastAPI) -> None:

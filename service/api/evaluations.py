@@ -41,8 +41,10 @@ class Evaluations:
         job's test set, remembered per checkpoint file; Unprocessable unless the job classifies."""
         job = await run_in_threadpool(self._job, job_id)
         if job.task != "classification":
-            raise Unprocessable(f"job {job.id} is a {job.task} job; the evaluation report and the confusion "
-                                "matrix need a classification job")
+            raise Unprocessable(
+                f"job {job.id} is a {job.task} job; the evaluation report and the confusion "
+                "matrix need a classification job"
+            )
         target, loaded = await self.server.get(f"job:{job.id}")
 
         def compute() -> Evaluation:

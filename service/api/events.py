@@ -46,11 +46,11 @@ class Cursor:
 def new_events(snapshot: Snapshot, cursor: Cursor) -> list[tuple[str, dict, str]]:
     """The (event, data, id) a client at `cursor` has not had, in order; moves the cursor past them."""
     events = []
-    new = snapshot.transitions[cursor.transitions:]
+    new = snapshot.transitions[cursor.transitions :]
     # The job's end comes after the epochs and lines that led to it, also when a finished job's
     # whole history is replayed at once.
     ending = new[-1:] if new and new[-1]["to_status"] in JobStatus.FINAL else []
-    for transition in new[:len(new) - len(ending)]:
+    for transition in new[: len(new) - len(ending)]:
         cursor.transitions += 1
         events.append(("status", transition, str(cursor)))
     if snapshot.waiting != cursor.waiting:

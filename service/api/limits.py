@@ -15,8 +15,10 @@ class Limit(NamedTuple):
     setting: str
 
     def message(self) -> str:
-        return (f"request body exceeds the limit of {self.max_bytes} bytes ({self.max_bytes / 2**20:.4g} MiB), "
-                f"set by {self.setting}")
+        return (
+            f"request body exceeds the limit of {self.max_bytes} bytes ({self.max_bytes / 2**20:.4g} MiB), "
+            f"set by {self.setting}"
+        )
 
 
 class _BodyTooLarge(HTTPException):
@@ -38,7 +40,8 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         return await _Limited(self.app, self.overrides.get(scope["path"].rstrip("/"), self.default))(
-            scope, receive, send)
+            scope, receive, send
+        )
 
 
 class _Limited:
@@ -80,8 +83,15 @@ class _Limited:
 
     async def _reject(self, send) -> None:
         body = json.dumps({"detail": self.limit.message()}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -50,16 +50,21 @@ def parse_form(body: bytes, content_type: str, *, max_parts: int) -> list[Part]:
         if len(parts) >= max_parts:
             raise FormError(f"more than {max_parts} parts")
         filename = params.get(b"filename")
-        parts.append(Part(params[b"name"].decode("latin-1"), None if filename is None else filename.decode(errors="replace")))
+        parts.append(
+            Part(params[b"name"].decode("latin-1"), None if filename is None else filename.decode(errors="replace"))
+        )
         headers.clear()
 
-    parser = MultipartParser(boundary, callbacks={
-        "on_header_field": lambda data, start, end: name.extend(data[start:end]),
-        "on_header_value": lambda data, start, end: value.extend(data[start:end]),
-        "on_header_end": header_end,
-        "on_headers_finished": headers_finished,
-        "on_part_data": lambda data, start, end: parts[-1].data.extend(data[start:end]),
-    })
+    parser = MultipartParser(
+        boundary,
+        callbacks={
+            "on_header_field": lambda data, start, end: name.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: value.extend(data[start:end]),
+            "on_header_end": header_end,
+            "on_headers_finished": headers_finished,
+            "on_part_data": lambda data, start, end: parts[-1].data.extend(data[start:end]),
+        },
+    )
     try:
         parser.write(body)
         parser.finalize()

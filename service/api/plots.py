@@ -13,9 +13,9 @@ from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from fastapi.concurrency import run_in_threadpool  # noqa: E402
 from fastapi.responses import Response  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from models.spec.sweeps import label  # noqa: E402
@@ -66,8 +66,9 @@ def _png(figure) -> bytes:
 def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dict], int | None]]:
     """(label, metric rows, best epoch) per job for learning_curves; NotFound for an unknown job."""
     found = [jobs.require_job(session, job_id=job_id) for job_id in job_ids]
-    return labelled_series(session, [(job, job.id[:8] if len(found) == 1 else (job.name or job.id[:8]))
-                                     for job in found])
+    return labelled_series(
+        session, [(job, job.id[:8] if len(found) == 1 else (job.name or job.id[:8])) for job in found]
+    )
 
 
 def labelled_series(session: Session, labelled: list[tuple[Job, str]]) -> list[tuple[str, list[dict], int | None]]:
@@ -117,8 +118,14 @@ def learning_curves_figure(series: list[tuple]):
                 acc_ax.plot(epochs, [r["val_acc"] for r in rows], color=colour, linestyle=":", label=f"{prefix}val acc")
         if best and best[0] is not None:
             for ax in axes[0]:
-                ax.axvline(best[0], color=colour, linestyle="-.", linewidth=1, alpha=0.6,
-                           label=f"{prefix}best (epoch {best[0]})" if ax is loss_ax else None)
+                ax.axvline(
+                    best[0],
+                    color=colour,
+                    linestyle="-.",
+                    linewidth=1,
+                    alpha=0.6,
+                    label=f"{prefix}best (epoch {best[0]})" if ax is loss_ax else None,
+                )
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     for ax in axes[0]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.5
@@ -147,6 +154,7 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str]) -> bytes:
     peak = max((max(row) for row in matrix), default=0)
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                    color="white" if count > peak / 2 else "black")
+            ax.text(
+                j, i, str(count), ha="center", va="center", fontsize=8, color="white" if count > peak / 2 else "black"
+            )
     return _png(figure)

@@ -33,8 +33,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def serve(host: str, port: int) -> None:
     """Its own socket on the shared port, then uvicorn until told to stop."""
     # No proxy-header rewriting (nothing here trusts a proxy's headers) and no Server header.
-    config = uvicorn.Config(APP, host=host, port=port, access_log=False, log_level="info",
-                            proxy_headers=False, server_header=False)
+    config = uvicorn.Config(
+        APP, host=host, port=port, access_log=False, log_level="info", proxy_headers=False, server_header=False
+    )
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
 

@@ -34,9 +34,11 @@ from service.core.references import ModelNotFound, ResolvedCheckpoint, resolve
 from service.core.settings import Settings
 
 log = logging.getLogger(__name__)
-IMAGES_HINT = ("images go as multipart/form-data, one `files` part per image beside `model` "
-               "(curl -F model=... -F files=@boot.png), or one image as the raw body of "
-               "POST /v1/models/{model}/predict with Content-Type image/*")
+IMAGES_HINT = (
+    "images go as multipart/form-data, one `files` part per image beside `model` "
+    "(curl -F model=... -F files=@boot.png), or one image as the raw body of "
+    "POST /v1/models/{model}/predict with Content-Type image/*"
+)
 
 
 @dataclass
@@ -123,8 +125,10 @@ class ModelServer:
         if backend == "auto":
             backend = "onnxruntime" if self.device.type == "cpu" else "torch"
         elif backend == "onnxruntime" and self.device.type != "cpu":
-            raise DeviceUnavailable(f"TRAINYARD_PREDICT_BACKEND=onnxruntime runs on the CPU, not on "
-                                    f"{self.device}; set TRAINYARD_PREDICT_DEVICE=cpu")
+            raise DeviceUnavailable(
+                f"TRAINYARD_PREDICT_BACKEND=onnxruntime runs on the CPU, not on "
+                f"{self.device}; set TRAINYARD_PREDICT_DEVICE=cpu"
+            )
         self.predictor = PREDICTORS[backend]
         self.references = ReferenceCache(settings.reference_cache_seconds)
         self.max_batch_size = settings.max_batch_size
@@ -183,8 +187,9 @@ class ModelServer:
             async with asyncio.timeout(timeout_ms / 1000):
                 yield
         except TimeoutError:
-            raise Unavailable(f"no answer within {timeout_ms:g} ms (TRAINYARD_PREDICT_TIMEOUT_MS); "
-                              "the server is busy, retry shortly") from None
+            raise Unavailable(
+                f"no answer within {timeout_ms:g} ms (TRAINYARD_PREDICT_TIMEOUT_MS); the server is busy, retry shortly"
+            ) from None
 
     def preload(self, reference: str) -> LoadedModel:
         """Resolve and load a model now (call in a thread), so its first request finds it warm."""
@@ -217,8 +222,9 @@ class ModelServer:
         if loaded.batcher is None:
             with loaded.lock:
                 if loaded.batcher is None:
-                    loaded.batcher = Batcher(loaded.predictor, self.max_batch_size, self.max_delay_s,
-                                             self.settings.predict_queue_size)
+                    loaded.batcher = Batcher(
+                        loaded.predictor, self.max_batch_size, self.max_delay_s, self.settings.predict_queue_size
+                    )
         return loaded.batcher
 
     async def probabilities(self, loaded: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
@@ -228,51 +234,58 @@ class ModelServer:
     def _pixels(self, loaded: LoadedModel, uploads: list[tuple[str, bytes]]) -> Callable[[], torch.Tensor]:
         """Decodes encoded images to uint8 pixels, on the batch's thread: the batch becomes float in one step."""
         predictor, max_pixels = loaded.predictor, self.settings.max_image_pixels
-        return lambda: torch.from_numpy(np.stack([predictor.decode_pixels(data, name, max_pixels=max_pixels)
-                                                  for name, data in uploads]))
+        return lambda: torch.from_numpy(
+            np.stack([predictor.decode_pixels(data, name, max_pixels=max_pixels) for name, data in uploads])
+        )
 
     async def image_probabilities(self, loaded: LoadedModel, uploads: list[tuple[str, bytes]]) -> torch.Tensor:
         """Probabilities for encoded images, decoded and run in a batch with other requests."""
         return await self._batcher(loaded).submit(len(uploads), self._pixels(loaded, uploads))
 
-    async def classify_images(self, loaded: LoadedModel, uploads: list[tuple[str, bytes]],
-                              top_k: int = 1, threshold: float | None = None) -> list[Prediction]:
+    async def classify_images(
+        self, loaded: LoadedModel, uploads: list[tuple[str, bytes]], top_k: int = 1, threshold: float | None = None
+    ) -> list[Prediction]:
         """Labelled predictions for encoded images, decoded and run in a batch with other requests
         (labels withheld below `threshold`).
 
         Raises the InputError of the first unusable image; other requests are not affected.
         """
         predictor = loaded.predictor
-        return await self._batcher(loaded).submit(len(uploads), self._pixels(loaded, uploads),
-                                                  lambda probs: predictor.label(probs, top_k, threshold))
+        return await self._batcher(loaded).submit(
+            len(uploads), self._pixels(loaded, uploads), lambda probs: predictor.label(probs, top_k, threshold)
+        )
 
-    async def classify_uploads(self, reference: str, uploads: list[tuple[str, bytes]], top_k: int,
-                               threshold: float | None = None) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
+    async def classify_uploads(
+        self, reference: str, uploads: list[tuple[str, bytes]], top_k: int, threshold: float | None = None
+    ) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
         """Resolve, load, decode and classify uploaded images; Invalid if the model cannot take them.
         `threshold` is the request's; without one the version's default applies."""
         async with self.deadline():
             return await self._classify_uploads(reference, uploads, top_k, threshold)
 
-    async def _classify_uploads(self, reference: str, uploads: list[tuple[str, bytes]], top_k: int,
-                                threshold: float | None) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
+    async def _classify_uploads(
+        self, reference: str, uploads: list[tuple[str, bytes]], top_k: int, threshold: float | None
+    ) -> tuple[ResolvedCheckpoint, LoadedModel, list[Prediction]]:
         target, loaded = await self.get(reference)
         predictor = loaded.predictor
         if predictor.task != "classification" or not predictor.contract.images:
-            raise Invalid([(("model",),
-                            f"model {reference!r} does not classify images; send JSON inputs instead")])
+            raise Invalid([(("model",), f"model {reference!r} does not classify images; send JSON inputs instead")])
         if top_k > len(predictor.classes):
-            raise Invalid([(("top_k",),
-                            f"top_k is {top_k} but model {reference!r} has {len(predictor.classes)} classes")])
+            raise Invalid(
+                [(("top_k",), f"top_k is {top_k} but model {reference!r} has {len(predictor.classes)} classes")]
+            )
         return target, loaded, await self.classify_images(loaded, uploads, top_k, target.threshold_for(threshold))
 
-    async def predict_values(self, reference: str, rows: list[list[float]], threshold: float | None = None
-                             ) -> tuple[ResolvedCheckpoint, LoadedModel, torch.Tensor]:
+    async def predict_values(
+        self, reference: str, rows: list[list[float]], threshold: float | None = None
+    ) -> tuple[ResolvedCheckpoint, LoadedModel, torch.Tensor]:
         """Outputs for numeric rows; Invalid if the model does not take them (or a threshold, a regression)."""
         async with self.deadline():
             target, loaded = await self.get(reference)
             if threshold is not None and loaded.predictor.task != "classification":
-                raise Invalid([(("threshold",), f"model {reference!r} does not classify; "
-                                                "threshold applies to classification")])
+                raise Invalid(
+                    [(("threshold",), f"model {reference!r} does not classify; threshold applies to classification")]
+                )
             try:
                 inputs = loaded.predictor.decode_values(rows)
             except InputError as exc:

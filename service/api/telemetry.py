@@ -17,13 +17,21 @@ from prometheus_client.multiprocess import MultiProcessCollector
 disable_created_metrics()  # *_created series are per process and meaningless summed
 
 REQUESTS = Counter("trainyard_http_requests_total", "HTTP requests", ["method", "route", "status"])
-LATENCY = Histogram("trainyard_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-PREDICT_BATCH = Histogram("trainyard_predict_batch_size", "Inputs per forward pass of a served model",
-                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+LATENCY = Histogram(
+    "trainyard_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PREDICT_BATCH = Histogram(
+    "trainyard_predict_batch_size",
+    "Inputs per forward pass of a served model",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 MODEL_CACHE = Counter("trainyard_model_cache", "Model cache lookups", ["result"])
-MODELS_LOADED = Gauge("trainyard_models_loaded", "Models held in the caches of the API processes",
-                      multiprocess_mode="livesum")
+MODELS_LOADED = Gauge(
+    "trainyard_models_loaded", "Models held in the caches of the API processes", multiprocess_mode="livesum"
+)
 
 
 class RequestMetrics:
@@ -36,8 +44,10 @@ class RequestMetrics:
     def _observe(self, method: str, route: str, status: int, seconds: float) -> None:
         series = self._series.get((method, route, status))
         if series is None:
-            series = self._series[method, route, status] = (REQUESTS.labels(method, route, str(status)),
-                                                             LATENCY.labels(method, route))
+            series = self._series[method, route, status] = (
+                REQUESTS.labels(method, route, str(status)),
+                LATENCY.labels(method, route),
+            )
         series[0].inc()
         series[1].observe(seconds)
 
@@ -66,11 +76,11 @@ class ServiceCollector:
     def collect(self):
         from sqlalchemy import func, select
 
+        from service.core import worker_registry
+        from service.core.broker import queue_depth
         from service.core.db import session_scope
         from service.core.settings import get_settings
         from service.core.tables import Job, JobStatus
-        from service.core import worker_registry
-        from service.core.broker import queue_depth
 
         jobs = GaugeMetricFamily("trainyard_jobs", "Jobs by status", labels=["status"])
         try:
@@ -88,8 +98,9 @@ class ServiceCollector:
             except Exception:
                 pass
         yield depth
-        workers = GaugeMetricFamily("trainyard_workers", "Live training workers by device kind and state",
-                                    labels=["device", "state"])
+        workers = GaugeMetricFamily(
+            "trainyard_workers", "Live training workers by device kind and state", labels=["device", "state"]
+        )
         try:
             with session_scope(write=False) as session:
                 live = worker_registry.live(session, settings=get_settings())

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from models.inference.predictor import Predictor
 
+
 class ProtocolError(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
@@ -45,8 +46,9 @@ def single_input(header) -> dict:
     return spec
 
 
-def metadata(name: str, version: int | None, predictor: Predictor, job_id: str, epoch: int,
-             threshold: float | None = None) -> dict:
+def metadata(
+    name: str, version: int | None, predictor: Predictor, job_id: str, epoch: int, threshold: float | None = None
+) -> dict:
     """A model's metadata: its inputs, outputs, classes and default threshold."""
     shape = predictor.meta["input_shape"]
     width = len(predictor.classes) if predictor.classes else 1
@@ -55,10 +57,18 @@ def metadata(name: str, version: int | None, predictor: Predictor, job_id: str, 
         inputs.append({"name": "images", "datatype": "BYTES", "shape": [-1]})
     output = "probabilities" if predictor.task == "classification" else "predictions"
     return {
-        "name": name, "versions": [str(version)] if version else ["1"], "platform": "pytorch",
-        "inputs": inputs, "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, width]}],
-        "parameters": {"classes": predictor.classes, "job_id": job_id, "epoch": epoch,
-                       "input": predictor.contract.to_json(), "threshold": threshold},
+        "name": name,
+        "versions": [str(version)] if version else ["1"],
+        "platform": "pytorch",
+        "inputs": inputs,
+        "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, width]}],
+        "parameters": {
+            "classes": predictor.classes,
+            "job_id": job_id,
+            "epoch": epoch,
+            "input": predictor.contract.to_json(),
+            "threshold": threshold,
+        },
     }
 
 
@@ -71,7 +81,7 @@ def tensor_data(spec: dict, binary: bytes, offset: int) -> tuple[Any, int]:
         return spec["data"], offset
     if not isinstance(size, int) or size < 0 or offset + size > len(binary):
         raise ProtocolError(f"input {spec.get('name')!r}: binary_data_size does not fit the body")
-    return binary[offset:offset + size], offset + size
+    return binary[offset : offset + size], offset + size
 
 
 def deserialize_bytes(raw: bytes) -> list[bytes]:
@@ -84,7 +94,7 @@ def deserialize_bytes(raw: bytes) -> list[bytes]:
         i += 4
         if i + length > len(raw):
             raise ProtocolError("truncated BYTES tensor")
-        items.append(raw[i:i + length])
+        items.append(raw[i : i + length])
         i += length
     return items
 
@@ -92,13 +102,23 @@ def deserialize_bytes(raw: bytes) -> list[bytes]:
 def fp32_input(spec: dict, data, predictor, max_batch: int) -> torch.Tensor:
     shape = spec.get("shape")
     expected = predictor.meta["input_shape"]
-    if (not isinstance(shape, list) or len(shape) != len(expected) + 1 or list(shape[1:]) != list(expected)
-            or not isinstance(shape[0], int) or not 1 <= shape[0] <= max_batch):
-        raise ProtocolError(f"input {spec['name']!r} must have shape [N, {', '.join(map(str, expected))}] "
-                            f"with 1 <= N <= {max_batch}; got {shape}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != len(expected) + 1
+        or list(shape[1:]) != list(expected)
+        or not isinstance(shape[0], int)
+        or not 1 <= shape[0] <= max_batch
+    ):
+        raise ProtocolError(
+            f"input {spec['name']!r} must have shape [N, {', '.join(map(str, expected))}] "
+            f"with 1 <= N <= {max_batch}; got {shape}"
+        )
     try:
-        array = (np.frombuffer(data, dtype="<f4") if isinstance(data, bytes)
-                 else np.asarray(data, dtype=np.float32).reshape(-1))
+        array = (
+            np.frombuffer(data, dtype="<f4")
+            if isinstance(data, bytes)
+            else np.asarray(data, dtype=np.float32).reshape(-1)
+        )
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"input {spec['name']!r}: data must be numbers ({exc})") from None
     if array.size != int(np.prod(shape)):
@@ -149,8 +169,13 @@ def _classification(predictor: Predictor, probs: torch.Tensor, k: int, threshold
     return strings
 
 
-def outputs(request_outputs: list, probs: torch.Tensor, predictor: Predictor, binary_default: bool,
-            threshold: float | None = None) -> list[dict]:
+def outputs(
+    request_outputs: list,
+    probs: torch.Tensor,
+    predictor: Predictor,
+    binary_default: bool,
+    threshold: float | None = None,
+) -> list[dict]:
     """Output tensors with their values in `data`; `binary` marks those to send as binary data.
     `threshold` applies to the classification output (raw probabilities are sent as they are)."""
     output_name = "probabilities" if predictor.task == "classification" else "predictions"
@@ -158,21 +183,30 @@ def outputs(request_outputs: list, probs: torch.Tensor, predictor: Predictor, bi
     results = []
     for out in wanted:
         if not isinstance(out, dict) or out.get("name") != output_name:
-            raise ProtocolError(f"unknown output {out.get('name') if isinstance(out, dict) else out!r}; "
-                                f"this model has {output_name!r}")
+            raise ProtocolError(
+                f"unknown output {out.get('name') if isinstance(out, dict) else out!r}; this model has {output_name!r}"
+            )
         parameters = out.get("parameters") or {}
         binary = bool(parameters.get("binary_data", binary_default))
         k = parameters.get("classification")
         if k is None:
-            results.append({"name": output_name, "datatype": "FP32", "shape": list(probs.shape),
-                            "data": probs.reshape(-1).tolist(), "binary": binary})
+            results.append(
+                {
+                    "name": output_name,
+                    "datatype": "FP32",
+                    "shape": list(probs.shape),
+                    "data": probs.reshape(-1).tolist(),
+                    "binary": binary,
+                }
+            )
             continue
         if predictor.task != "classification" or not isinstance(k, int) or k < 1:
             raise ProtocolError("classification needs a positive integer on a classification model")
         k = min(k, probs.shape[1])
         strings = _classification(predictor, probs, k, threshold)
-        results.append({"name": output_name, "datatype": "BYTES", "shape": [probs.shape[0], k], "data": strings,
-                        "binary": binary})
+        results.append(
+            {"name": output_name, "datatype": "BYTES", "shape": [probs.shape[0], k], "data": strings, "binary": binary}
+        )
     return results
 
 
@@ -195,5 +229,8 @@ def response(body: dict, outputs: list[dict]) -> Response:
     if not chunks:
         return JSONResponse(body)
     header = json.dumps(body).encode()
-    return Response(header + b"".join(chunks), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )

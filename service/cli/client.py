@@ -47,6 +47,7 @@ RECONNECTS = 30  # an event stream that drops is resumed this many times before 
 
 # Where the service is, and what its answers mean.
 
+
 def service_url(environ=os.environ) -> str:
     """Where the service is, found as the service is configured: TRAINYARD_URL, else
     http://TRAINYARD_HOST:TRAINYARD_PORT (an address of every interface, 0.0.0.0 or ::, dialled on
@@ -103,21 +104,33 @@ def read_json(path: Path):
 
 # The options every command shares, and the one renderer.
 
+
 def _url_or_default(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
     """--url or TRAINYARD_URL as given; when neither is, service_url() (read when the command runs)."""
     source = ctx.get_parameter_source(param.name)  # the enum of the click that typer vendors
     return service_url() if source is None or source.name == "DEFAULT" else value
 
 
-UrlOption = Annotated[str, typer.Option(
-    "--url", envvar="TRAINYARD_URL", callback=_url_or_default, show_default=False,
-    help="the service's base URL (default: http://$TRAINYARD_HOST:$TRAINYARD_PORT as the service listens, "
-         "else http://127.0.0.1:8000)")]
+UrlOption = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        envvar="TRAINYARD_URL",
+        callback=_url_or_default,
+        show_default=False,
+        help="the service's base URL (default: http://$TRAINYARD_HOST:$TRAINYARD_PORT as the service listens, "
+        "else http://127.0.0.1:8000)",
+    ),
+]
 TokenOption = Annotated[str | None, typer.Option("--token", envvar="TRAINYARD_TOKEN", help="an API token")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
 FollowOption = Annotated[bool, typer.Option("--follow", "-f")]
-ThresholdOption = Annotated[float | None, typer.Option(
-    "--threshold", min=0, max=1, help="0 to 1: a top probability below it is answered 'not sure' (no label)")]
+ThresholdOption = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold", min=0, max=1, help="0 to 1: a top probability below it is answered 'not sure' (no label)"
+    ),
+]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -157,10 +170,10 @@ _SHARED = [("as_json", JsonOption, False), ("url", UrlOption, DEFAULT_URL), ("to
 def command(app: typer.Typer, name: str):
     """Add `f(opts: Options, ...)` to `app` as the command `name`: its own arguments and options,
     then --json, --url and --token, which arrive as `opts`."""
+
     def decorate(f: Callable) -> Callable:
         own = [p for p in inspect.signature(f, eval_str=True).parameters.values() if p.name != "opts"]
-        shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
-                  for n, a, d in _SHARED]
+        shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in _SHARED]
 
         def run(*args, url: str, token: str | None, as_json: bool = False, **kwargs):
             return f(Options(url, token, as_json), *args, **kwargs)
@@ -187,8 +200,10 @@ def id_column(header: str) -> Column:
 
 # Following a job.
 
-WAITING = {"no_worker": "no live worker serves its queue; start one with `trainyard worker`",
-           "no_gpu_worker": "it asks for a GPU and no live worker with a GPU serves the GPU queue"}
+WAITING = {
+    "no_worker": "no live worker serves its queue; start one with `trainyard worker`",
+    "no_gpu_worker": "it asks for a GPU and no live worker with a GPU serves the GPU queue",
+}
 
 
 def stream_events(source: EventSource) -> Iterator[tuple[str, Any, str]]:
@@ -207,8 +222,14 @@ def events(api: httpx.Client, job_id: str, *, logs: bool = False):
     while True:
         headers = {"Last-Event-ID": last_id} if last_id else {}
         try:
-            with connect_sse(api, "GET", f"/v1/jobs/{job_id}/events", params={"logs": str(logs).lower()},
-                             headers=headers, timeout=httpx.Timeout(60, read=None)) as source:
+            with connect_sse(
+                api,
+                "GET",
+                f"/v1/jobs/{job_id}/events",
+                params={"logs": str(logs).lower()},
+                headers=headers,
+                timeout=httpx.Timeout(60, read=None),
+            ) as source:
                 if not source.response.is_success:
                     source.response.read()
                     checked(source.response)
@@ -222,7 +243,7 @@ def events(api: httpx.Client, job_id: str, *, logs: bool = False):
             failures += 1
             if failures > RECONNECTS:
                 raise Failure(f"lost the event stream of job {job_id}: {exc}", UNREACHABLE) from None
-            time.sleep(min(0.2 * 2 ** failures, 5))
+            time.sleep(min(0.2 * 2**failures, 5))
 
 
 def wait(api: httpx.Client, job_id: str) -> dict:
@@ -235,18 +256,24 @@ def wait(api: httpx.Client, job_id: str) -> dict:
 def progress_columns() -> list:
     """The --follow line: name, bar, epochs done, status, the last epoch's metrics and the time; it
     fits 80 columns with the metrics whole (a name longer than 14 characters is cut short)."""
+
     def column(**options) -> Column:
         return Column(no_wrap=True, **options)
 
-    return [TextColumn("[bold]{task.fields[name]}", table_column=column(max_width=14, overflow="ellipsis")),
-            BarColumn(bar_width=8, table_column=column()), TextColumn("{task.completed}/{task.total}", table_column=column()),
-            TextColumn("{task.fields[status]}", table_column=column()),
-            TextColumn("{task.fields[metrics]}", table_column=column()), TimeElapsedColumn(table_column=column())]
+    return [
+        TextColumn("[bold]{task.fields[name]}", table_column=column(max_width=14, overflow="ellipsis")),
+        BarColumn(bar_width=8, table_column=column()),
+        TextColumn("{task.completed}/{task.total}", table_column=column()),
+        TextColumn("{task.fields[status]}", table_column=column()),
+        TextColumn("{task.fields[metrics]}", table_column=column()),
+        TimeElapsedColumn(table_column=column()),
+    ]
 
 
 def epoch_summary(data: dict) -> str:
     """An epoch's metrics in short, each named: the training loss, then the test accuracy of a
     classifier or the test loss of a regression (every metric: `trainyard metrics`)."""
+
     def short(value) -> str:
         return "-" if value is None else f"{value:.3g}"
 
@@ -261,15 +288,17 @@ def follow(api: httpx.Client, job_id: str) -> dict:
     are printed on lines of their own (waiting, and the end), not on the bar."""
     job = checked(api.get(f"/v1/jobs/{job_id}"))
     with Progress(*progress_columns(), console=console, transient=False) as progress:
-        task = progress.add_task("train", total=job["epochs"], name=job["name"] or job_id[:8], status=job["status"],
-                                 metrics="")
+        task = progress.add_task(
+            "train", total=job["epochs"], name=job["name"] or job_id[:8], status=job["status"], metrics=""
+        )
         for kind, data in events(api, job_id):
             if kind == "status":
                 progress.update(task, status=data["to_status"])
             elif kind == "waiting":
                 if data["reason"]:
-                    err.print(f"[yellow]job {job_id} is waiting: {WAITING.get(data['reason'], data['reason'])}"
-                              "[/yellow]")
+                    err.print(
+                        f"[yellow]job {job_id} is waiting: {WAITING.get(data['reason'], data['reason'])}[/yellow]"
+                    )
                 progress.update(task, status="queued")
             elif kind == "epoch":
                 progress.update(task, completed=data["epoch"], metrics=epoch_summary(data))
@@ -324,9 +353,11 @@ def register(app: typer.Typer) -> None:
 
 
 @command(top, "submit")
-def submit(opts: Options, spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a job spec (JSON)")],
-           follow_job: Annotated[bool, typer.Option("--follow", "-f", help="wait until it ends, showing progress")] = False
-           ) -> None:
+def submit(
+    opts: Options,
+    spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a job spec (JSON)")],
+    follow_job: Annotated[bool, typer.Option("--follow", "-f", help="wait until it ends, showing progress")] = False,
+) -> None:
     """Submit a job spec; with --follow, exit 1 unless it succeeds."""
     body = read_json(spec)
     with opts.client() as api:
@@ -352,19 +383,32 @@ def sweep_updates(api: httpx.Client, sweep: dict):
 
 def sweep_table(sweep: dict) -> Table:
     """A sweep's trials, best first, as a table."""
-    table = Table("rank", id_column("job"), "status", *sweep["jobs"][0]["params"] if sweep["jobs"] else [], sweep["metric"],
-                  title=f"sweep {sweep['name']} ({sweep['id']}): {sweep['status']}, "
-                        f"{sweep['launched']}/{sweep['trials']} launched, ranked by {sweep['mode']} {sweep['metric']}")
+    table = Table(
+        "rank",
+        id_column("job"),
+        "status",
+        *sweep["jobs"][0]["params"] if sweep["jobs"] else [],
+        sweep["metric"],
+        title=f"sweep {sweep['name']} ({sweep['id']}): {sweep['status']}, "
+        f"{sweep['launched']}/{sweep['trials']} launched, ranked by {sweep['mode']} {sweep['metric']}",
+    )
     for rank, entry in enumerate(sweep["jobs"], start=1):
-        table.add_row(str(rank), (entry["job_id"] or "-")[:SHORT_ID], entry["status"],
-                      *(_fmt(v) if isinstance(v, float) else str(v) for v in entry["params"].values()),
-                      _fmt(entry["metric"]))
+        table.add_row(
+            str(rank),
+            (entry["job_id"] or "-")[:SHORT_ID],
+            entry["status"],
+            *(_fmt(v) if isinstance(v, float) else str(v) for v in entry["params"].values()),
+            _fmt(entry["metric"]),
+        )
     return table
 
 
 @command(top, "sweep")
-def sweep(opts: Options, spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a sweep request (JSON)")],
-          follow_sweep: Annotated[bool, typer.Option("--follow", "-f", help="a live table until it ends")] = False) -> None:
+def sweep(
+    opts: Options,
+    spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a sweep request (JSON)")],
+    follow_sweep: Annotated[bool, typer.Option("--follow", "-f", help="a live table until it ends")] = False,
+) -> None:
     """Submit a sweep (a base spec and a grid or random draws); with --follow, exit 1 unless every
     job succeeds."""
     body = read_json(spec)
@@ -385,34 +429,50 @@ def sweep(opts: Options, spec: Annotated[Path, typer.Argument(exists=True, dir_o
 
 # Jobs.
 
+
 def jobs_table(page: dict) -> list:
     """Jobs with the metrics of the epoch that `job:<id>` serves (its best), not of the last epoch."""
     table = Table(id_column("id"), "name", "status", "reason", "epoch", "best", "test acc", "test loss", "created")
     for job in page["data"]:
         best = job["best_metrics"] or {}
-        table.add_row(job["id"][:SHORT_ID], job["name"] or "", job["status"], job["reason"] or "",
-                      f"{job['epoch']}/{job['epochs']}", str(best.get("epoch", "-")), _fmt(best.get("test_acc"), 3),
-                      _fmt(best.get("test_loss")), job["created_at"][:19])
+        table.add_row(
+            job["id"][:SHORT_ID],
+            job["name"] or "",
+            job["status"],
+            job["reason"] or "",
+            f"{job['epoch']}/{job['epochs']}",
+            str(best.get("epoch", "-")),
+            _fmt(best.get("test_acc"), 3),
+            _fmt(best.get("test_loss")),
+            job["created_at"][:19],
+        )
     return [table, f"{page['count']} job(s); test acc and loss are of the best epoch, the one job:<id> serves"]
 
 
 @command(jobs_app, "list")
-def jobs_list(opts: Options, status: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
-              limit: int = 20) -> None:
+def jobs_list(
+    opts: Options, status: Annotated[str | None, typer.Option(help="only jobs in this state")] = None, limit: int = 20
+) -> None:
     """The newest jobs."""
-    opts.show(opts.call("GET", "/v1/jobs", params={"limit": limit, **({"status": status} if status else {})}),
-              jobs_table)
+    opts.show(
+        opts.call("GET", "/v1/jobs", params={"limit": limit, **({"status": status} if status else {})}), jobs_table
+    )
 
 
 def job_lines(job: dict) -> list[str]:
     """One job in a few lines: state, progress, the best epoch's metrics, and what needs acting on."""
-    lines = [f"job {job['id']} {job['name'] or ''}".rstrip() + f": {job['status']}"
-             + (f" ({job['reason']})" if job["reason"] else ""),
-             f"epoch {job['epoch']}/{job['epochs']}, attempt {job['attempt']}, created {job['created_at'][:19]}"]
+    lines = [
+        f"job {job['id']} {job['name'] or ''}".rstrip()
+        + f": {job['status']}"
+        + (f" ({job['reason']})" if job["reason"] else ""),
+        f"epoch {job['epoch']}/{job['epochs']}, attempt {job['attempt']}, created {job['created_at'][:19]}",
+    ]
     best = job.get("best_metrics")
     if best:
-        lines.append(f"best epoch {best['epoch']} (chosen on {job['best_selected_on']}, served as job:{job['id'][:SHORT_ID]}): "
-                     + epoch_summary(best))
+        lines.append(
+            f"best epoch {best['epoch']} (chosen on {job['best_selected_on']}, served as job:{job['id'][:SHORT_ID]}): "
+            + epoch_summary(best)
+        )
     if job.get("waiting_reason"):
         lines.append(f"waiting: {WAITING.get(job['waiting_reason'], job['waiting_reason'])}")
     lines += [f"[yellow]warning:[/yellow] {warning}" for warning in job.get("warnings") or []]
@@ -462,9 +522,11 @@ def _print_log(line: dict) -> None:
 
 
 @command(top, "logs")
-def logs(opts: Options, job_id: str,
-         follow_logs: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False
-         ) -> None:
+def logs(
+    opts: Options,
+    job_id: str,
+    follow_logs: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
+) -> None:
     """What the job's worker logged: progress, warnings and, if it failed, the traceback."""
     with opts.client() as api:
         if not follow_logs:
@@ -490,11 +552,23 @@ def metrics_table(answer: dict) -> list:
     table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "samples/s", "")
     for r in answer["epochs"]:
         best = r["epoch"] == answer.get("best_epoch")
-        table.add_row(str(r["epoch"]), _fmt(r["train_loss"]), _fmt(r["train_acc"], 3), _fmt(r["val_loss"]),
-                      _fmt(r["val_acc"], 3), _fmt(r["test_loss"]), _fmt(r["test_acc"], 3),
-                      _fmt(r["samples_per_second"], 0), "best" if best else "", style="bold" if best else None)
-    notes = [f"best: epoch {answer['best_epoch']}, chosen on {answer['best_selected_on']}"] \
-        if answer.get("best_epoch") else []
+        table.add_row(
+            str(r["epoch"]),
+            _fmt(r["train_loss"]),
+            _fmt(r["train_acc"], 3),
+            _fmt(r["val_loss"]),
+            _fmt(r["val_acc"], 3),
+            _fmt(r["test_loss"]),
+            _fmt(r["test_acc"], 3),
+            _fmt(r["samples_per_second"], 0),
+            "best" if best else "",
+            style="bold" if best else None,
+        )
+    notes = (
+        [f"best: epoch {answer['best_epoch']}, chosen on {answer['best_selected_on']}"]
+        if answer.get("best_epoch")
+        else []
+    )
     return [table, *notes]
 
 
@@ -508,45 +582,66 @@ def evaluation_views(report: dict, url: str) -> list:
     """An evaluation report as a summary line and tables: classes, thresholds, mistakes."""
     model = report["model"]
     top_k = "".join(f" · top-{k} {_fmt(v)}" for k, v in report["top_k_accuracy"].items() if k != "1")
-    summary = (f"{model['reference']} (epoch {model['epoch']}) on {report['num_test']} test images: "
-               f"accuracy {_fmt(report['accuracy'])}{top_k}")
+    summary = (
+        f"{model['reference']} (epoch {model['epoch']}) on {report['num_test']} test images: "
+        f"accuracy {_fmt(report['accuracy'])}{top_k}"
+    )
     classes = Table("class", "precision", "recall", "f1", "support", title="per class")
     for c in report["classes"]:
         classes.add_row(c["label"], _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["f1"]), str(c["support"]))
     classes.add_section()
     for name in ("macro_avg", "weighted_avg"):
         a = report[name]
-        classes.add_row(name.replace("_", " "), _fmt(a["precision"]), _fmt(a["recall"]), _fmt(a["f1"]), str(a["support"]))
+        classes.add_row(
+            name.replace("_", " "), _fmt(a["precision"]), _fmt(a["recall"]), _fmt(a["f1"]), str(a["support"])
+        )
     thresholds = Table("threshold", "coverage", "accuracy", title="confidence thresholds")
     for t in report["thresholds"]:
         thresholds.add_row(f"{t['threshold']:.2f}", _fmt(t["coverage"], 3), _fmt(t["accuracy"], 3))
-    mistakes = Table("index", "true", "predicted", "probability", Column("image", overflow="fold"),
-                     title="most confident mistakes")
+    mistakes = Table(
+        "index", "true", "predicted", "probability", Column("image", overflow="fold"), title="most confident mistakes"
+    )
     for m in report["mistakes"]:
-        mistakes.add_row(str(m["index"]), m["true_label"], m["predicted_label"], _fmt(m["probability"], 3),
-                         url.rstrip("/") + m["image_url"])
+        mistakes.add_row(
+            str(m["index"]),
+            m["true_label"],
+            m["predicted_label"],
+            _fmt(m["probability"], 3),
+            url.rstrip("/") + m["image_url"],
+        )
     return [summary, classes, thresholds, mistakes]
 
 
 @command(top, "evaluate")
-def evaluate(opts: Options, job_id: str,
-             limit: Annotated[int | None, typer.Option(help="mistakes listed (the service's default: 24)")] = None) -> None:
+def evaluate(
+    opts: Options,
+    job_id: str,
+    limit: Annotated[int | None, typer.Option(help="mistakes listed (the service's default: 24)")] = None,
+) -> None:
     """How the checkpoint job:JOB names does on the job's test set: accuracy, each class's
     precision, recall and F1, confidence thresholds and the most confident mistakes."""
-    report = opts.call("GET", f"/v1/jobs/{job_id}/evaluation", params={} if limit is None else {"limit": limit},
-                       timeout=300)
+    report = opts.call(
+        "GET", f"/v1/jobs/{job_id}/evaluation", params={} if limit is None else {"limit": limit}, timeout=300
+    )
     opts.show(report, lambda r: evaluation_views(r, opts.url))
 
 
 # Workers.
 
+
 def workers_table(answer: dict) -> list:
     live = answer["workers"]
     table = Table("worker", "host", "pid", "queues", "devices", id_column("job"), "last seen")
     for w in live:
-        table.add_row(w["id"], w["host"], str(w["pid"]), ", ".join(w["queues"]),
-                      ", ".join(d["name"] for d in w["devices"]), (w["current_job"] or "idle")[:SHORT_ID],
-                      w["last_seen"][11:19])
+        table.add_row(
+            w["id"],
+            w["host"],
+            str(w["pid"]),
+            ", ".join(w["queues"]),
+            ", ".join(d["name"] for d in w["devices"]),
+            (w["current_job"] or "idle")[:SHORT_ID],
+            w["last_seen"][11:19],
+        )
     return [table, f"{len(live)} live worker(s)"]
 
 
@@ -558,17 +653,27 @@ def workers(opts: Options) -> None:
 
 # Models: predict, and the registry.
 
+
 def predictions_table(answer: dict) -> list:
     table = Table("file", "label", "probability", "top k")
     for p in answer["predictions"]:
-        table.add_row(p["filename"], "not sure" if p.get("below_threshold") else p["label"], f"{p['probability']:.3f}",
-                      ", ".join(f"{t['label']} {t['probability']:.2f}" for t in p["top_k"]))
+        table.add_row(
+            p["filename"],
+            "not sure" if p.get("below_threshold") else p["label"],
+            f"{p['probability']:.3f}",
+            ", ".join(f"{t['label']} {t['probability']:.2f}" for t in p["top_k"]),
+        )
     return [table]
 
 
 @command(top, "predict")
-def predict(opts: Options, model: str, files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
-            top_k: int = 1, threshold: ThresholdOption = None) -> None:
+def predict(
+    opts: Options,
+    model: str,
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
+    top_k: int = 1,
+    threshold: ThresholdOption = None,
+) -> None:
     """Classify image files with MODEL (name, name:VERSION, name@ALIAS or job:ID)."""
     form = {"model": model, "top_k": str(top_k), **({} if threshold is None else {"threshold": str(threshold)})}
     uploads = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
@@ -580,54 +685,76 @@ def _version_line(suffix: Callable[[dict], str]) -> Callable[[dict], list[str]]:
 
 
 @command(models_app, "register")
-def models_register(opts: Options, name: str, job_id: str, checkpoint: str = "best",
-                    threshold: ThresholdOption = None) -> None:
+def models_register(
+    opts: Options, name: str, job_id: str, checkpoint: str = "best", threshold: ThresholdOption = None
+) -> None:
     """Register a job's checkpoint (best, last or an epoch) as the next version of NAME."""
-    body = {"name": name, "job_id": job_id, "checkpoint": int(checkpoint) if checkpoint.isdigit() else checkpoint,
-            **({} if threshold is None else {"threshold": threshold})}
-    opts.show(opts.call("POST", "/v1/models", json=body),
-              _version_line(lambda v: f"job {v['job_id']}, epoch {v['epoch']}"))
+    body = {
+        "name": name,
+        "job_id": job_id,
+        "checkpoint": int(checkpoint) if checkpoint.isdigit() else checkpoint,
+        **({} if threshold is None else {"threshold": threshold}),
+    }
+    opts.show(
+        opts.call("POST", "/v1/models", json=body), _version_line(lambda v: f"job {v['job_id']}, epoch {v['epoch']}")
+    )
 
 
 @command(models_app, "export")
-def models_export(opts: Options, reference: str,
-                  output: Annotated[Path, typer.Option("--output", "-o", help="where to write it")],
-                  fmt: Annotated[str, typer.Option("--format", help="safetensors, torchscript or onnx")] = "safetensors"
-                  ) -> None:
+def models_export(
+    opts: Options,
+    reference: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write it")],
+    fmt: Annotated[str, typer.Option("--format", help="safetensors, torchscript or onnx")] = "safetensors",
+) -> None:
     """Download a model (name, name:VERSION, name@ALIAS or job:ID[:EPOCH]) as a file."""
     with opts.client() as api:
         answer = api.get(f"/v1/models/{reference}/export", params={"format": fmt}, timeout=300)
         if answer.status_code != 200:
             checked(answer)
     output.write_bytes(answer.content)
-    opts.show({"path": str(output), "bytes": len(answer.content), "format": fmt},
-              lambda written: [f"{output} ({len(answer.content):,} bytes, {fmt})"])
+    opts.show(
+        {"path": str(output), "bytes": len(answer.content), "format": fmt},
+        lambda written: [f"{output} ({len(answer.content):,} bytes, {fmt})"],
+    )
 
 
 @command(models_app, "import")
-def models_import(opts: Options,
-                  weights: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a safetensors state_dict")],
-                  name: Annotated[str, typer.Option(help="the model to add a version to")],
-                  model: Annotated[str, typer.Option(help='the architecture as JSON, e.g. \'{"arch": "lenet"}\'')],
-                  classes: Annotated[str | None, typer.Option(help="class names, comma-separated")] = None,
-                  input_shape: Annotated[str, typer.Option(help="e.g. 1,28,28")] = "1,28,28") -> None:
+def models_import(
+    opts: Options,
+    weights: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a safetensors state_dict")],
+    name: Annotated[str, typer.Option(help="the model to add a version to")],
+    model: Annotated[str, typer.Option(help='the architecture as JSON, e.g. \'{"arch": "lenet"}\'')],
+    classes: Annotated[str | None, typer.Option(help="class names, comma-separated")] = None,
+    input_shape: Annotated[str, typer.Option(help="e.g. 1,28,28")] = "1,28,28",
+) -> None:
     """Register weights trained elsewhere as the next version of a model."""
     try:
         shape = [int(d) for d in input_shape.split(",")]
     except ValueError:
         raise typer.BadParameter("use numbers separated by commas, e.g. 1,28,28", param_hint="--input-shape") from None
-    form = {"name": name, "model": model, "input_shape": json.dumps(shape),
-            **({"classes": json.dumps(classes.split(","))} if classes else {})}
+    form = {
+        "name": name,
+        "model": model,
+        "input_shape": json.dumps(shape),
+        **({"classes": json.dumps(classes.split(","))} if classes else {}),
+    }
     upload = {"file": (weights.name, weights.read_bytes(), "application/octet-stream")}
-    opts.show(opts.call("POST", "/v1/models/import", data=form, files=upload, timeout=300),
-              _version_line(lambda v: "imported"))
+    opts.show(
+        opts.call("POST", "/v1/models/import", data=form, files=upload, timeout=300),
+        _version_line(lambda v: "imported"),
+    )
 
 
 def models_table(answer: dict) -> list:
     table = Table("name", "latest", "versions", "aliases")
     for m in answer["data"]:
-        table.add_row(m["name"], str(m["latest_version"]), str(len(m["versions"])),
-                      ", ".join(f"{a}={v}" for a, v in m["aliases"].items()))
+        table.add_row(
+            m["name"],
+            str(m["latest_version"]),
+            str(len(m["versions"])),
+            ", ".join(f"{a}={v}" for a, v in m["aliases"].items()),
+        )
     return [table]
 
 
@@ -640,34 +767,49 @@ def models_list(opts: Options) -> None:
 @command(models_app, "alias")
 def models_alias(opts: Options, name: str, alias: str, version: int) -> None:
     """Point NAME@ALIAS at VERSION."""
-    opts.show(opts.call("PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version}),
-              lambda model: [f"{name}@{alias} -> version {version}"])
+    opts.show(
+        opts.call("PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version}),
+        lambda model: [f"{name}@{alias} -> version {version}"],
+    )
 
 
 # Datasets.
+
 
 def dataset_lines(dataset: dict) -> list[str]:
     if dataset["status"] != "ready":  # a large upload: decoded after the answer
         return [f"uploaded:{dataset['id']}  {dataset['status']}: poll `trainyard datasets list` until it is ready"]
     shape = "x".join(map(str, dataset["input_shape"]))
-    return [f"uploaded:{dataset['id']}  {dataset['kind']}, {dataset['task']}, {shape}"
-            f"{' ' + dataset['color'] if dataset.get('color') else ''}, "
-            f"{dataset['num_train']} train / {dataset['num_test']} test, classes {dataset['classes']}",
-            *(f"warning: {warning}" for warning in dataset.get("warnings", []))]
+    return [
+        f"uploaded:{dataset['id']}  {dataset['kind']}, {dataset['task']}, {shape}"
+        f"{' ' + dataset['color'] if dataset.get('color') else ''}, "
+        f"{dataset['num_train']} train / {dataset['num_test']} test, classes {dataset['classes']}",
+        *(f"warning: {warning}" for warning in dataset.get("warnings", [])),
+    ]
 
 
 @command(datasets_app, "upload")
-def datasets_upload(opts: Options, archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
-                    name: Annotated[str | None, typer.Option(help="what specs call it (uploaded:<name>); default: "
-                                                                  "the file's name without .zip")] = None,
-                    test_fraction: float = 0.2, image_size: int | None = None,
-                    color: Annotated[str, typer.Option(help="auto (RGB if any image has colour), rgb or "
-                                                            "grayscale")] = "auto",
-                    min_per_class: Annotated[int, typer.Option(help="refuse smaller classes")] = 5,
-                    seed: Annotated[int, typer.Option(help="seeds the test split when the zip has none")] = 0) -> None:
+def datasets_upload(
+    opts: Options,
+    archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    name: Annotated[
+        str | None, typer.Option(help="what specs call it (uploaded:<name>); default: the file's name without .zip")
+    ] = None,
+    test_fraction: float = 0.2,
+    image_size: int | None = None,
+    color: Annotated[str, typer.Option(help="auto (RGB if any image has colour), rgb or grayscale")] = "auto",
+    min_per_class: Annotated[int, typer.Option(help="refuse smaller classes")] = 5,
+    seed: Annotated[int, typer.Option(help="seeds the test split when the zip has none")] = 0,
+) -> None:
     """Upload a dataset zip; specs then use it as uploaded:<name> (or uploaded:<id>)."""
-    form = {"test_fraction": str(test_fraction), "color": color, "min_per_class": str(min_per_class), "seed": str(seed),
-            **({"name": name} if name else {}), **({"image_size": str(image_size)} if image_size else {})}
+    form = {
+        "test_fraction": str(test_fraction),
+        "color": color,
+        "min_per_class": str(min_per_class),
+        "seed": str(seed),
+        **({"name": name} if name else {}),
+        **({"image_size": str(image_size)} if image_size else {}),
+    }
     upload = {"file": (archive.name, archive.read_bytes(), "application/zip")}
     opts.show(opts.call("POST", "/v1/datasets", data=form, files=upload), dataset_lines)
 
@@ -677,8 +819,16 @@ def datasets_table(answer: dict) -> list:
     for d in answer["data"]:
         shape = "x".join(map(str, d["input_shape"])) if d["input_shape"] else ""
         status = d["status"] if d["status"] != "failed" else f"failed: {d['error']}"
-        table.add_row(d["id"][:SHORT_ID], d["name"], status, d["kind"] or "", shape, str(d["num_train"] or ""),
-                      str(d["num_test"] or ""), ", ".join(d["classes"] or []))
+        table.add_row(
+            d["id"][:SHORT_ID],
+            d["name"],
+            status,
+            d["kind"] or "",
+            shape,
+            str(d["num_train"] or ""),
+            str(d["num_test"] or ""),
+            ", ".join(d["classes"] or []),
+        )
     return [table]
 
 

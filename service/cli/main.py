@@ -33,9 +33,12 @@ def _flags_show_no_type() -> None:
 
 
 _flags_show_no_type()
-app = typer.Typer(help="trainyard: train and serve PyTorch models over HTTP. Exit status: 0 success, 1 the "
-                       "job failed or was cancelled, 2 usage or a request the service rejected, 3 the service "
-                       "cannot be reached, 4 refused by authentication.", no_args_is_help=True)
+app = typer.Typer(
+    help="trainyard: train and serve PyTorch models over HTTP. Exit status: 0 success, 1 the "
+    "job failed or was cancelled, 2 usage or a request the service rejected, 3 the service "
+    "cannot be reached, 4 refused by authentication.",
+    no_args_is_help=True,
+)
 
 
 def _version(show: bool) -> None:
@@ -47,16 +50,19 @@ def _version(show: bool) -> None:
 
 
 @app.callback()
-def _options(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                               help="print the version and exit")) -> None:
+def _options(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
     """trainyard: train and serve PyTorch models over HTTP."""
 
 
 @app.command()
 def migrate() -> None:
     """Apply the database migrations (and prepare the embedded broker's tables)."""
-    from service.core.migrate import upgrade
     from service.core.broker import ping_broker
+    from service.core.migrate import upgrade
 
     settings = get_settings()
     settings.ensure_dirs()
@@ -76,9 +82,21 @@ def worker_queues(settings, explicit: str | None = None) -> list[str]:
 
 
 def worker_command(settings, queues: list[str], name: str = "trainyard") -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-            "--loglevel=INFO", "--queues", ",".join(queues),
-            "--concurrency", str(settings.worker_concurrency), "--hostname", f"{name}-{os.getpid()}@%h"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--loglevel=INFO",
+        "--queues",
+        ",".join(queues),
+        "--concurrency",
+        str(settings.worker_concurrency),
+        "--hostname",
+        f"{name}-{os.getpid()}@%h",
+    ]
 
 
 def gpu_indices(gpus: str) -> list[int]:
@@ -96,8 +114,13 @@ def gpu_indices(gpus: str) -> list[int]:
 
 def gpu_workers(settings, indices: list[int], queues: list[str]) -> dict[str, tuple[list[str], dict]]:
     """One worker per GPU, each seeing only its own device: name -> (command, environment)."""
-    return {f"gpu{i}": (worker_command(settings, queues, name=f"trainyard-gpu{i}"),
-                        {**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}) for i in indices}
+    return {
+        f"gpu{i}": (
+            worker_command(settings, queues, name=f"trainyard-gpu{i}"),
+            {**os.environ, "CUDA_VISIBLE_DEVICES": str(i)},
+        )
+        for i in indices
+    }
 
 
 def api_command(settings) -> list[str]:
@@ -116,8 +139,11 @@ def api_environment(settings) -> dict[str, str]:
 
 @app.command()
 def worker(
-    queues: str | None = typer.Option(None, help="queues to serve, comma-separated (default: the CPU queue, "
-                                                 "and the GPU queue where CUDA is; TRAINYARD_WORKER_QUEUES)"),
+    queues: str | None = typer.Option(
+        None,
+        help="queues to serve, comma-separated (default: the CPU queue, "
+        "and the GPU queue where CUDA is; TRAINYARD_WORKER_QUEUES)",
+    ),
     gpus: str | None = typer.Option(None, help="run one worker per GPU: all, or indices such as 0,1"),
 ) -> None:
     """Run a Celery worker in the foreground (or one per GPU with --gpus)."""
@@ -142,8 +168,9 @@ def refuse_exposure(settings) -> None:
 def start_api(settings) -> dict[str, Child]:
     """The API's TRAINYARD_API_WORKERS processes, by name; exit 1 if something listens on the port."""
     if not port_is_free(settings.host, settings.port):
-        typer.echo(f"{settings.host}:{settings.port} is already in use; is another server running? (TRAINYARD_PORT)",
-                   err=True)
+        typer.echo(
+            f"{settings.host}:{settings.port} is already in use; is another server running? (TRAINYARD_PORT)", err=True
+        )
         raise typer.Exit(1)
     env = api_environment(settings)
     if settings.api_workers == 1:
@@ -158,8 +185,10 @@ def api() -> None:
     refuse_exposure(settings)
     settings.ensure_dirs()
     children = start_api(settings)
-    typer.echo(f"API starting on http://{settings.host}:{settings.port} in {len(children)} process(es); Ctrl-C stops it",
-               err=True)
+    typer.echo(
+        f"API starting on http://{settings.host}:{settings.port} in {len(children)} process(es); Ctrl-C stops it",
+        err=True,
+    )
     raise typer.Exit(supervise(children))
 
 
@@ -174,9 +203,11 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
     queues = worker_queues(settings)
     children = start_api(settings)  # first: it refuses a port in use before anything runs
     children["worker"] = start(worker_command(settings, queues))
-    typer.echo(f"trainyard is starting on http://{settings.host}:{settings.port} with {settings.api_workers} "
-               f"API process(es) (TRAINYARD_API_WORKERS) and a worker serving {', '.join(queues)} "
-               f"(state in {settings.home}, data in {settings.data_dir}); Ctrl-C stops it")
+    typer.echo(
+        f"trainyard is starting on http://{settings.host}:{settings.port} with {settings.api_workers} "
+        f"API process(es) (TRAINYARD_API_WORKERS) and a worker serving {', '.join(queues)} "
+        f"(state in {settings.home}, data in {settings.data_dir}); Ctrl-C stops it"
+    )
     code = supervise(children)
     typer.echo("trainyard stopped")
     raise typer.Exit(code)
@@ -185,8 +216,9 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
 @app.command("sample-data")
 def sample_data(
     archive: Path = typer.Argument(..., dir_okay=False, help="the zip to write, e.g. shapes.zip"),
-    examples: Path | None = typer.Option(None, file_okay=False,
-                                         help="also write one new image per class to predict on, DIR/circle.png, ..."),
+    examples: Path | None = typer.Option(
+        None, file_okay=False, help="also write one new image per class to predict on, DIR/circle.png, ..."
+    ),
     per_class: int = typer.Option(100, min=1, help="training images per class"),
     test_per_class: int = typer.Option(25, min=1, help="test images per class"),
     seed: int = typer.Option(0, help="the same seed writes the same bytes"),
@@ -196,8 +228,10 @@ def sample_data(
     from service.cli.sample_data import SHAPES, shapes_zip, write_examples
 
     archive.write_bytes(shapes_zip(seed=seed, per_class=per_class, test_per_class=test_per_class))
-    typer.echo(f"{archive}: {len(SHAPES) * (per_class + test_per_class)} images of {', '.join(SHAPES)} "
-               f"({per_class} train and {test_per_class} test each, 28x28 grey, seed {seed})")
+    typer.echo(
+        f"{archive}: {len(SHAPES) * (per_class + test_per_class)} images of {', '.join(SHAPES)} "
+        f"({per_class} train and {test_per_class} test each, 28x28 grey, seed {seed})"
+    )
     if examples is not None:
         written = write_examples(examples, seed=seed)
         typer.echo(f"{examples}: {', '.join(path.name for path in written)}, not in the zip")
@@ -223,8 +257,14 @@ def main() -> None:
     except httpx.TransportError as exc:
         request = getattr(exc, "_request", None)
         where = f"{request.url.scheme}://{request.url.netloc.decode()}" if request is not None else "the service"
-        hint = ("; is the service running? Start it with `make run` (or `trainyard run`) in the repository, "
-                "or point the CLI at it with --url or TRAINYARD_URL") if isinstance(exc, httpx.ConnectError) else ""
+        hint = (
+            (
+                "; is the service running? Start it with `make run` (or `trainyard run`) in the repository, "
+                "or point the CLI at it with --url or TRAINYARD_URL"
+            )
+            if isinstance(exc, httpx.ConnectError)
+            else ""
+        )
         typer.echo(f"error: cannot reach the service at {where} ({exc or type(exc).__name__}){hint}", err=True)
         sys.exit(UNREACHABLE)
 

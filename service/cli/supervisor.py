@@ -99,8 +99,11 @@ def supervise(children: dict[str, Child]) -> int:
             for name, child in exited:
                 status = child.proc.returncode
                 if child.crash_looping(time.monotonic()):
-                    typer.echo(f"{name} exited with status {status}, {RESTART_LIMIT} times within "
-                               f"{RESTART_WINDOW_S:g} s; stopping", err=True)
+                    typer.echo(
+                        f"{name} exited with status {status}, {RESTART_LIMIT} times within "
+                        f"{RESTART_WINDOW_S:g} s; stopping",
+                        err=True,
+                    )
                     exit_code, stopping = 1, True
                     break
                 typer.echo(f"{name} exited with status {status}; restarting it", err=True)

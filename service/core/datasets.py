@@ -44,13 +44,18 @@ class NameTaken(Conflict):
 def check_name_free(session: Session, *, name: str) -> None:
     """NameTaken, naming the dataset that has `name` and what to do, if one that did not fail has it
     (specs name datasets as uploaded:<name>, which must mean one dataset)."""
-    taken = session.scalars(select(StoredDataset).where(StoredDataset.name == name,
-                                                        StoredDataset.status != DatasetStatus.FAILED)
-                            .order_by(StoredDataset.created_at).limit(1)).first()
+    taken = session.scalars(
+        select(StoredDataset)
+        .where(StoredDataset.name == name, StoredDataset.status != DatasetStatus.FAILED)
+        .order_by(StoredDataset.created_at)
+        .limit(1)
+    ).first()
     if taken is not None:
-        raise NameTaken(f"a dataset named {name!r} exists ({taken.id}, {taken.status}, uploaded "
-                        f"{taken.created_at:%Y-%m-%d %H:%M} UTC): upload under another name (the form field name), "
-                        f"or delete that one first (DELETE /v1/datasets/{taken.id}) to replace it")
+        raise NameTaken(
+            f"a dataset named {name!r} exists ({taken.id}, {taken.status}, uploaded "
+            f"{taken.created_at:%Y-%m-%d %H:%M} UTC): upload under another name (the form field name), "
+            f"or delete that one first (DELETE /v1/datasets/{taken.id}) to replace it"
+        )
 
 
 @dataclass(frozen=True)
@@ -81,24 +86,36 @@ def upload_digest(data: BinaryIO, *, name: str, options: UploadOptions) -> str:
 def find_upload(session: Session, *, digest: str) -> StoredDataset | None:
     """The dataset an earlier upload with this digest made (ready, or still being decoded); None if
     there is none, or it failed (then the upload is tried again)."""
-    return session.scalars(select(StoredDataset).where(StoredDataset.upload_digest == digest,
-                                                       StoredDataset.status != DatasetStatus.FAILED)
-                           .order_by(StoredDataset.created_at).limit(1)).first()
+    return session.scalars(
+        select(StoredDataset)
+        .where(StoredDataset.upload_digest == digest, StoredDataset.status != DatasetStatus.FAILED)
+        .order_by(StoredDataset.created_at)
+        .limit(1)
+    ).first()
 
 
 def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadOptions, settings: Settings) -> None:
     """Decode an archive, write its tensors beside the datasets and fill in the record (DatasetError
     if the archive is not a usable dataset). Images are decoded one by one into files there, so an
     archive of any size within the limits is never held whole in memory."""
-    decoded = decode_archive(data, name=record.name, test_fraction=options.test_fraction,
-                             image_size=options.image_size, seed=options.seed, color=options.color,
-                             min_per_class=options.min_per_class, workdir=settings.datasets_dir,
-                             limits=ArchiveLimits(max_image_pixels=settings.max_image_pixels,
-                                                  max_decoded_bytes=settings.max_decoded_dataset_bytes))
+    decoded = decode_archive(
+        data,
+        name=record.name,
+        test_fraction=options.test_fraction,
+        image_size=options.image_size,
+        seed=options.seed,
+        color=options.color,
+        min_per_class=options.min_per_class,
+        workdir=settings.datasets_dir,
+        limits=ArchiveLimits(
+            max_image_pixels=settings.max_image_pixels, max_decoded_bytes=settings.max_decoded_dataset_bytes
+        ),
+    )
     dataset = decoded.dataset
     try:
-        size = save_stored_dataset(stored_dataset_path(settings.datasets_dir, record.id), dataset,
-                                   {"kind": decoded.kind})
+        size = save_stored_dataset(
+            stored_dataset_path(settings.datasets_dir, record.id), dataset, {"kind": decoded.kind}
+        )
     finally:
         decoded.cleanup()
     record.status, record.error = DatasetStatus.READY, None
@@ -109,8 +126,15 @@ def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadO
     record.checksum, record.size_bytes = dataset.checksum, size
 
 
-def store_upload(session: Session, *, data: bytes | BinaryIO, name: str, options: UploadOptions,
-                 settings: Settings, digest: str | None = None) -> StoredDataset:
+def store_upload(
+    session: Session,
+    *,
+    data: bytes | BinaryIO,
+    name: str,
+    options: UploadOptions,
+    settings: Settings,
+    digest: str | None = None,
+) -> StoredDataset:
     """Validate and decode an uploaded archive (bytes or a file, read member by member), write its
     tensors, and commit its record as ready (with its upload_digest); Unprocessable saying why the
     archive is not usable, NameTaken if another dataset has the name."""
@@ -129,13 +153,15 @@ def _upload_path(datasets_dir: Path, dataset_id: str) -> Path:
     return datasets_dir / f"{dataset_id}.upload.zip"
 
 
-def accept_upload(session: Session, *, data: BinaryIO, name: str, datasets_dir: Path,
-                  digest: str | None = None) -> StoredDataset:
+def accept_upload(
+    session: Session, *, data: BinaryIO, name: str, datasets_dir: Path, digest: str | None = None
+) -> StoredDataset:
     """Keep an upload to decode later (decode_accepted), committed as processing (with its
     upload_digest); NameTaken if another dataset has the name."""
     check_name_free(session, name=name)
-    record = StoredDataset(id=new_id(), name=name, status=DatasetStatus.PROCESSING, heartbeat_at=utcnow(),
-                           upload_digest=digest)
+    record = StoredDataset(
+        id=new_id(), name=name, status=DatasetStatus.PROCESSING, heartbeat_at=utcnow(), upload_digest=digest
+    )
     path = _upload_path(datasets_dir, record.id)
     datasets_dir.mkdir(parents=True, exist_ok=True)
     data.seek(0)
@@ -150,8 +176,20 @@ def accept_upload(session: Session, *, data: BinaryIO, name: str, datasets_dir: 
     return record
 
 
-DECODED_COLUMNS = ("status", "error", "kind", "task", "classes", "input_shape", "color", "warnings",
-                   "num_train", "num_test", "checksum", "size_bytes")
+DECODED_COLUMNS = (
+    "status",
+    "error",
+    "kind",
+    "task",
+    "classes",
+    "input_shape",
+    "color",
+    "warnings",
+    "num_train",
+    "num_test",
+    "checksum",
+    "size_bytes",
+)
 # Background decodes, one at a time per API process: decoding is CPU-bound and the API serves predictions.
 _decoder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-decoder")
 
@@ -165,8 +203,12 @@ def inspect_upload(data: BinaryIO, *, settings: Settings) -> int:
     """What an upload's members add up to uncompressed; Unprocessable at once for what its zip
     directory already shows (not a zip, unsafe names, a likely bomb)."""
     try:
-        return check_archive(data, ArchiveLimits(max_image_pixels=settings.max_image_pixels,
-                                                 max_decoded_bytes=settings.max_decoded_dataset_bytes))
+        return check_archive(
+            data,
+            ArchiveLimits(
+                max_image_pixels=settings.max_image_pixels, max_decoded_bytes=settings.max_decoded_dataset_bytes
+            ),
+        )
     except DatasetError as exc:
         raise Unprocessable(str(exc)) from exc
 
@@ -182,9 +224,11 @@ class _Heartbeat(Periodic):
     def tick(self) -> None:
         try:
             with session_scope() as session:
-                session.execute(update(StoredDataset).where(StoredDataset.id == self.dataset_id,
-                                                            StoredDataset.status == DatasetStatus.PROCESSING)
-                                .values(heartbeat_at=utcnow()))
+                session.execute(
+                    update(StoredDataset)
+                    .where(StoredDataset.id == self.dataset_id, StoredDataset.status == DatasetStatus.PROCESSING)
+                    .values(heartbeat_at=utcnow())
+                )
         except Exception as exc:  # a missed beat is not fatal; the next one may get through
             log.warning("heartbeat of dataset %s failed: %s", self.dataset_id, exc)
 
@@ -213,9 +257,10 @@ def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settin
         # Only a record still processing takes the outcome: one deleted, or failed as abandoned
         # meanwhile, stays as it is (and its files go).
         updated = session.execute(
-            update(StoredDataset).where(StoredDataset.id == dataset_id,
-                                        StoredDataset.status == DatasetStatus.PROCESSING)
-            .values({column: getattr(outcome, column) for column in DECODED_COLUMNS})).rowcount
+            update(StoredDataset)
+            .where(StoredDataset.id == dataset_id, StoredDataset.status == DatasetStatus.PROCESSING)
+            .values({column: getattr(outcome, column) for column in DECODED_COLUMNS})
+        ).rowcount
     if not updated:
         stored_dataset_path(settings.datasets_dir, dataset_id).unlink(missing_ok=True)
 
@@ -226,8 +271,9 @@ def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, datas
     their ids."""
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
     heard = func.coalesce(StoredDataset.heartbeat_at, StoredDataset.created_at)
-    stale = list(session.scalars(select(StoredDataset).where(StoredDataset.status == DatasetStatus.PROCESSING,
-                                                             heard < cutoff)))
+    stale = list(
+        session.scalars(select(StoredDataset).where(StoredDataset.status == DatasetStatus.PROCESSING, heard < cutoff))
+    )
     for record in stale:
         record.status = DatasetStatus.FAILED
         record.error = "decoding did not finish (the service restarted while it ran); upload the archive again"
@@ -261,17 +307,26 @@ def reference_id(session: Session, *, given: str) -> str:
     found = resolve_id(session, StoredDataset, given, kind="dataset")
     if get_dataset(session, dataset_id=found) is not None:
         return found
-    named = list(session.scalars(select(StoredDataset.id).where(StoredDataset.name == given,
-                                                                StoredDataset.status != DatasetStatus.FAILED)
-                                 .order_by(StoredDataset.created_at).limit(MAX_LISTED + 1)))
+    named = list(
+        session.scalars(
+            select(StoredDataset.id)
+            .where(StoredDataset.name == given, StoredDataset.status != DatasetStatus.FAILED)
+            .order_by(StoredDataset.created_at)
+            .limit(MAX_LISTED + 1)
+        )
+    )
     if len(named) == 1:
         return named[0]
     if named:
-        problem = (f"{len(named)} datasets are named {given!r} ({', '.join(named[:MAX_LISTED])}); use "
-                   "uploaded:<id> with the one you mean (GET /v1/datasets lists them)")
+        problem = (
+            f"{len(named)} datasets are named {given!r} ({', '.join(named[:MAX_LISTED])}); use "
+            "uploaded:<id> with the one you mean (GET /v1/datasets lists them)"
+        )
     else:
-        problem = (f"uploaded:{given} not found: no dataset has that id or name; GET /v1/datasets lists them "
-                   "and POST /v1/datasets uploads one")
+        problem = (
+            f"uploaded:{given} not found: no dataset has that id or name; GET /v1/datasets lists them "
+            "and POST /v1/datasets uploads one"
+        )
     raise Invalid([(("data", "dataset"), problem)])
 
 
@@ -311,17 +366,29 @@ def dataset_info(session: Session, spec: JobSpec) -> DatasetInfo | None:
         if record is None:
             return None
         if record.status == DatasetStatus.PROCESSING:
-            raise Invalid([(("data", "dataset"), f"dataset {record.id} is still being decoded; poll "
-                                                         f"GET /v1/datasets/{record.id} until its status is ready")])
+            raise Invalid(
+                [
+                    (
+                        ("data", "dataset"),
+                        f"dataset {record.id} is still being decoded; poll "
+                        f"GET /v1/datasets/{record.id} until its status is ready",
+                    )
+                ]
+            )
         if record.status == DatasetStatus.FAILED:
             raise Invalid([(("data", "dataset"), f"dataset {record.id} failed to decode: {record.error}")])
-        return DatasetInfo(task=record.task, input_shape=tuple(record.input_shape),
-                           outputs=len(record.classes) if record.classes else 1, images=len(record.input_shape) == 3)
+        return DatasetInfo(
+            task=record.task,
+            input_shape=tuple(record.input_shape),
+            outputs=len(record.classes) if record.classes else 1,
+            images=len(record.input_shape) == 3,
+        )
     return builtin_dataset_info(spec.data)
 
 
-def receive_upload(session: Session, *, data: BinaryIO, name: str, options: UploadOptions,
-                   settings: Settings) -> tuple[StoredDataset, bool]:
+def receive_upload(
+    session: Session, *, data: BinaryIO, name: str, options: UploadOptions, settings: Settings
+) -> tuple[StoredDataset, bool]:
     """The dataset an upload makes and whether it is new: the one the same archive and form made
     before, else one decoded now, or (from dataset_background_bytes up) kept and decoded after the
     answer, its status processing; Unprocessable saying why an archive is not usable, NameTaken
@@ -362,11 +429,18 @@ def test_set(job: Job, *, settings: Settings) -> Dataset:
     is cheap) rather than kept in the process-wide cache: an API process needs it once per
     checkpoint, and kept, its pages would stay; NotFound if it cannot be read here."""
     spec = JobSpec.model_validate(job.spec)
-    data = spec.data.model_copy(update={"val_fraction": 0.0, **(
-        {"normalize": "none"} if "normalize" in type(spec.data).model_fields else {})})
+    data = spec.data.model_copy(
+        update={"val_fraction": 0.0, **({"normalize": "none"} if "normalize" in type(spec.data).model_fields else {})}
+    )
     try:
-        return load_dataset(data, data_dir=settings.data_dir, datasets_dir=settings.datasets_dir,
-                            cache_dir=settings.cache_dir, seed=spec.seed, remember=False)
+        return load_dataset(
+            data,
+            data_dir=settings.data_dir,
+            datasets_dir=settings.datasets_dir,
+            cache_dir=settings.cache_dir,
+            seed=spec.seed,
+            remember=False,
+        )
     except DatasetError as exc:
         raise NotFound(f"the test set of job {job.id} cannot be read here: {exc}") from None
 

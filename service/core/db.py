@@ -35,8 +35,12 @@ def make_engine(url: str) -> Engine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW,
-                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            pool_size=POOL_SIZE,
+            max_overflow=MAX_OVERFLOW,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):
@@ -71,8 +75,9 @@ def get_engine() -> Engine:
 def get_sessionmaker(write: bool = True) -> sessionmaker[Session]:
     """Sessions for work that writes (the default) or only reads (`write=False`)."""
     engine = get_engine()
-    return sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}) if write else engine,
-                        expire_on_commit=False)
+    return sessionmaker(
+        bind=engine.execution_options(**{WRITE_OPTION: True}) if write else engine, expire_on_commit=False
+    )
 
 
 def forget_inherited_connections() -> None:
@@ -109,8 +114,9 @@ def ping() -> None:
         conn.execute(text("SELECT 1"))
 
 
-def retry_while_unavailable(work: Callable[[], T], *, what: str, give_up_after: float,
-                            first_delay: float = 0.25, max_delay: float = 5.0) -> T:
+def retry_while_unavailable(
+    work: Callable[[], T], *, what: str, give_up_after: float, first_delay: float = 0.25, max_delay: float = 5.0
+) -> T:
     """work() (which opens its own sessions) until it gets through, retrying with backoff while
     the database is unavailable, for at most `give_up_after` seconds; then its error is raised."""
     deadline = time.monotonic() + give_up_after

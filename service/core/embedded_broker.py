@@ -38,7 +38,9 @@ def purge_consumed(broker_url: str, older_than_seconds: float) -> int:
         with engine.begin() as connection:
             if not inspect(connection).has_table("kombu_message"):
                 return 0
-            return connection.execute(text("DELETE FROM kombu_message WHERE visible = :no AND timestamp < :cutoff"),
-                                      {"no": False, "cutoff": cutoff}).rowcount
+            return connection.execute(
+                text("DELETE FROM kombu_message WHERE visible = :no AND timestamp < :cutoff"),
+                {"no": False, "cutoff": cutoff},
+            ).rowcount
     finally:
         engine.dispose()

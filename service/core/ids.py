@@ -22,13 +22,14 @@ class AmbiguousId(Conflict):
 
     def __init__(self, kind: str, prefix: str, matches: list[str]):
         more = ", ..." if len(matches) > MAX_LISTED else ""
-        super().__init__(f"{kind} id {prefix!r} is ambiguous: it begins {', '.join(matches[:MAX_LISTED])}{more}; "
-                         "give more of the id")
+        super().__init__(
+            f"{kind} id {prefix!r} is ambiguous: it begins {', '.join(matches[:MAX_LISTED])}{more}; give more of the id"
+        )
         self.matches = matches[:MAX_LISTED]
 
 
 def not_found(kind: str, given: str) -> str:
-    """"<kind> <given> not found", saying why when `given` is too short to be a prefix."""
+    """ "<kind> <given> not found", saying why when `given` is too short to be a prefix."""
     short = re.fullmatch(rf"[0-9a-fA-F-]{{1,{MIN_PREFIX - 1}}}", given.strip())
     hint = f"; an id's prefix needs at least {MIN_PREFIX} characters" if short else ""
     return f"{kind} {given} not found{hint}"

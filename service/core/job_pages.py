@@ -45,8 +45,9 @@ def view(session: Session, *, job_id: str, settings: Settings) -> JobView:
     return views(session, [jobs.require_job(session, job_id=job_id)], settings)[0]
 
 
-def page(session: Session, *, status: str | None, limit: int, offset: int,
-         settings: Settings) -> tuple[list[JobView], int]:
+def page(
+    session: Session, *, status: str | None, limit: int, offset: int, settings: Settings
+) -> tuple[list[JobView], int]:
     """A page of jobs, newest first (optionally of one status), and how many there are in all."""
     found, count = jobs.list_jobs(session, status=status, limit=limit, offset=offset)
     return views(session, found, settings), count

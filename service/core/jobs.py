@@ -40,7 +40,7 @@ def _next_step(action: str, status: str, job_id: str) -> str:
     if action == "cancel" and status in JobStatus.FINAL:
         return "it has already finished" + ("; resume it to train again" if status != JobStatus.SUCCEEDED else "")
     if action == "resume" and status == JobStatus.SUCCEEDED:
-        return "it finished; submit a new job (init_from: {\"job_id\": ...}) to train on from it"
+        return 'it finished; submit a new job (init_from: {"job_id": ...}) to train on from it'
     return ""
 
 
@@ -48,9 +48,16 @@ class LeaseLost(Exception):
     """This worker's attempt no longer owns the job (it was re-queued or cancelled away)."""
 
 
-def create_job(session: Session, *, spec: JobSpec, task: str, idempotency_key: str | None = None,
-               request_hash: str | None = None, sweep: tuple[str, int] | None = None,
-               warnings: list[str] | None = None) -> Job:
+def create_job(
+    session: Session,
+    *,
+    spec: JobSpec,
+    task: str,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    sweep: tuple[str, int] | None = None,
+    warnings: list[str] | None = None,
+) -> Job:
     """Insert a queued job for a validated spec (`sweep`: the sweep and trial it runs; `warnings`:
     what will make it fail unless someone acts, kept with it)."""
     job = Job(
@@ -75,8 +82,9 @@ def create_job(session: Session, *, spec: JobSpec, task: str, idempotency_key: s
 
 def get_job(session: Session, *, job_id: str) -> Job | None:
     """One job with its checkpoints and events, or None."""
-    return session.get(Job, job_id, options=[selectinload(Job.checkpoints), selectinload(Job.events)],
-                       populate_existing=True)
+    return session.get(
+        Job, job_id, options=[selectinload(Job.checkpoints), selectinload(Job.events)], populate_existing=True
+    )
 
 
 def require_job(session: Session, *, job_id: str) -> Job:
@@ -117,10 +125,17 @@ def latest_metrics(session: Session, *, job_ids: list[str]) -> dict[str, EpochMe
     """Each job's newest epoch row, in one query (for pages of jobs)."""
     if not job_ids:
         return {}
-    newest = (select(EpochMetric.job_id, func.max(EpochMetric.epoch).label("epoch"))
-              .where(EpochMetric.job_id.in_(job_ids)).group_by(EpochMetric.job_id).subquery())
-    rows = session.scalars(select(EpochMetric).join(
-        newest, and_(EpochMetric.job_id == newest.c.job_id, EpochMetric.epoch == newest.c.epoch)))
+    newest = (
+        select(EpochMetric.job_id, func.max(EpochMetric.epoch).label("epoch"))
+        .where(EpochMetric.job_id.in_(job_ids))
+        .group_by(EpochMetric.job_id)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(EpochMetric).join(
+            newest, and_(EpochMetric.job_id == newest.c.job_id, EpochMetric.epoch == newest.c.epoch)
+        )
+    )
     return {row.job_id: row for row in rows}
 
 
@@ -175,9 +190,19 @@ def last_checkpoint(job: Job) -> Checkpoint | None:
     return max(job.checkpoints, key=lambda c: c.epoch, default=None)
 
 
-def transition(session: Session, *, job_id: str, to: str, from_any: tuple[str, ...],
-               owner_attempt: int | None = None, where: tuple = (), reason: str | None = None,
-               error: str | None = None, detail: dict | None = None, **values) -> str | None:
+def transition(
+    session: Session,
+    *,
+    job_id: str,
+    to: str,
+    from_any: tuple[str, ...],
+    owner_attempt: int | None = None,
+    where: tuple = (),
+    reason: str | None = None,
+    error: str | None = None,
+    detail: dict | None = None,
+    **values,
+) -> str | None:
     """Move a job from one of `from_any` to `to`, logging the event; returns the old status or None.
 
     With `owner_attempt`, only that attempt's worker may make the change; `where` adds further
@@ -187,12 +212,19 @@ def transition(session: Session, *, job_id: str, to: str, from_any: tuple[str, .
         condition = [Job.id == job_id, Job.status == from_status, *where]
         if owner_attempt is not None:
             condition.append(Job.attempt == owner_attempt)
-        result = session.execute(update(Job).where(*condition)
-                                 .values(status=to, reason=reason, error=error, **values))
+        result = session.execute(update(Job).where(*condition).values(status=to, reason=reason, error=error, **values))
         if result.rowcount == 1:
             current_attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
-            session.add(JobEvent(job_id=job_id, from_status=from_status, to_status=to, reason=reason,
-                                 attempt=current_attempt, detail=detail))
+            session.add(
+                JobEvent(
+                    job_id=job_id,
+                    from_status=from_status,
+                    to_status=to,
+                    reason=reason,
+                    attempt=current_attempt,
+                    detail=detail,
+                )
+            )
             session.flush()
             return from_status
     return None
@@ -205,30 +237,52 @@ class Claim:
     resumed_by_user: bool = False  # queued again from cancelled or failed by POST .../resume
 
 
-def claim_job(session: Session, *, job_id: str, worker: str, lease_seconds: float,
-              max_attempts: int, oom_fraction: float = 0.9) -> Claim | None:
+def claim_job(
+    session: Session, *, job_id: str, worker: str, lease_seconds: float, max_attempts: int, oom_fraction: float = 0.9
+) -> Claim | None:
     """Take a queued job (or one whose worker's lease expired) for this worker; None if not ours."""
-    reap_one(session, job_id=job_id, cutoff=utcnow() - timedelta(seconds=lease_seconds), max_attempts=max_attempts,
-             oom_fraction=oom_fraction)
+    reap_one(
+        session,
+        job_id=job_id,
+        cutoff=utcnow() - timedelta(seconds=lease_seconds),
+        max_attempts=max_attempts,
+        oom_fraction=oom_fraction,
+    )
     now = utcnow()
-    taken = transition(session, job_id=job_id, to=JobStatus.RUNNING, from_any=(JobStatus.QUEUED,),
-                       detail={"worker": worker}, attempt=Job.attempt + 1, worker=worker,
-                       started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, finished_at=None,
-                       memory_peak=None)
+    taken = transition(
+        session,
+        job_id=job_id,
+        to=JobStatus.RUNNING,
+        from_any=(JobStatus.QUEUED,),
+        detail={"worker": worker},
+        attempt=Job.attempt + 1,
+        worker=worker,
+        started_at=func.coalesce(Job.started_at, now),
+        heartbeat_at=now,
+        finished_at=None,
+        memory_peak=None,
+    )
     if not taken:
         return None
     job = session.get(Job, job_id, populate_existing=True)
-    requeue = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.to_status == JobStatus.QUEUED)
-                              .order_by(JobEvent.id.desc()).limit(1)).first()
+    requeue = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.to_status == JobStatus.QUEUED)
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    ).first()
     by_user = requeue is not None and requeue.from_status in (JobStatus.CANCELLED, JobStatus.FAILED)
     return Claim(attempt=job.attempt, spec=job.spec, resumed_by_user=by_user)
 
 
 def note_resume(session: Session, *, job_id: str, attempt: int, detail: dict) -> None:
     """Record where an attempt resumed from, on its running event."""
-    event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.attempt == attempt,
-                                                   JobEvent.to_status == JobStatus.RUNNING)
-                            .order_by(JobEvent.id.desc()).limit(1)).first()
+    event = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.attempt == attempt, JobEvent.to_status == JobStatus.RUNNING)
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    ).first()
     if event is not None:
         event.detail = {**(event.detail or {}), **detail}
 
@@ -238,8 +292,7 @@ def heartbeat(session: Session, *, job_id: str, attempt: int, memory_peak: float
     returns the job's status, or None if the attempt lost the job."""
     values = {"heartbeat_at": utcnow(), **({"memory_peak": memory_peak} if memory_peak is not None else {})}
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JobStatus.ACTIVE))
-        .values(**values)
+        update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JobStatus.ACTIVE)).values(**values)
     )
     if result.rowcount != 1:
         return None
@@ -252,31 +305,47 @@ def _upsert(session: Session, table, values: dict, conflict: list[str], update_f
     if insert is None:
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
     stmt = insert(table).values(**values)
-    stmt = stmt.on_conflict_do_update(index_elements=conflict,
-                                      set_={f: stmt.excluded[f] for f in update_fields})
+    stmt = stmt.on_conflict_do_update(index_elements=conflict, set_={f: stmt.excluded[f] for f in update_fields})
     session.execute(stmt)
 
 
-def record_epoch(session: Session, *, job_id: str, attempt: int, metrics: dict,
-                 checkpoint_path: str, checkpoint_size: int) -> None:
+def record_epoch(
+    session: Session, *, job_id: str, attempt: int, metrics: dict, checkpoint_path: str, checkpoint_size: int
+) -> None:
     """Upsert one epoch's metrics and checkpoint row and advance the job's epoch counter.
 
     Raises LeaseLost (and writes nothing) if this attempt no longer owns the job.
     """
     epoch = metrics["epoch"]
     owned = session.execute(
-        update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JobStatus.ACTIVE))
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JobStatus.ACTIVE))
         .values(epoch=epoch, heartbeat_at=utcnow())
     )
     if owned.rowcount != 1:
         raise LeaseLost(f"attempt {attempt} no longer owns job {job_id}")
     row = {field: metrics.get(field) for field in METRIC_FIELDS}
-    _upsert(session, EpochMetric.__table__, {"job_id": job_id, "epoch": epoch, "recorded_at": utcnow(), **row},
-            ["job_id", "epoch"], [*METRIC_FIELDS, "recorded_at"])
-    _upsert(session, Checkpoint.__table__,
-            {"job_id": job_id, "epoch": epoch, "path": checkpoint_path, "size_bytes": checkpoint_size,
-             "metrics": row, "created_at": utcnow()},
-            ["job_id", "epoch"], ["path", "size_bytes", "metrics", "created_at"])
+    _upsert(
+        session,
+        EpochMetric.__table__,
+        {"job_id": job_id, "epoch": epoch, "recorded_at": utcnow(), **row},
+        ["job_id", "epoch"],
+        [*METRIC_FIELDS, "recorded_at"],
+    )
+    _upsert(
+        session,
+        Checkpoint.__table__,
+        {
+            "job_id": job_id,
+            "epoch": epoch,
+            "path": checkpoint_path,
+            "size_bytes": checkpoint_size,
+            "metrics": row,
+            "created_at": utcnow(),
+        },
+        ["job_id", "epoch"],
+        ["path", "size_bytes", "metrics", "created_at"],
+    )
 
 
 def set_cross_validation(session: Session, *, job_id: str, attempt: int, results: dict) -> None:
@@ -287,21 +356,40 @@ def set_environment(session: Session, *, job_id: str, environment: dict) -> None
     session.execute(update(Job).where(Job.id == job_id).values(environment=environment))
 
 
-def finish_job(session: Session, *, job_id: str, attempt: int, status: str, reason: str | None = None,
-               error: str | None = None) -> bool:
+def finish_job(
+    session: Session, *, job_id: str, attempt: int, status: str, reason: str | None = None, error: str | None = None
+) -> bool:
     """Move this attempt's running (or cancelling) job to a final state."""
-    return transition(session, job_id=job_id, to=status, from_any=JobStatus.ACTIVE, owner_attempt=attempt,
-                      reason=reason, error=error, finished_at=utcnow()) is not None
+    return (
+        transition(
+            session,
+            job_id=job_id,
+            to=status,
+            from_any=JobStatus.ACTIVE,
+            owner_attempt=attempt,
+            reason=reason,
+            error=error,
+            finished_at=utcnow(),
+        )
+        is not None
+    )
 
 
 def request_cancel(session: Session, *, job_id: str) -> Job:
     """Cancel a queued job at once, or ask a running one's worker to stop."""
     job = session.get(Job, job_id, populate_existing=True)
-    if transition(session, job_id=job_id, to=JobStatus.CANCELLED, from_any=(JobStatus.QUEUED,),
-                  reason="user_cancelled", finished_at=utcnow()):
+    if transition(
+        session,
+        job_id=job_id,
+        to=JobStatus.CANCELLED,
+        from_any=(JobStatus.QUEUED,),
+        reason="user_cancelled",
+        finished_at=utcnow(),
+    ):
         return job
-    if transition(session, job_id=job_id, to=JobStatus.CANCELLING, from_any=(JobStatus.RUNNING,),
-                  reason="user_cancelled"):
+    if transition(
+        session, job_id=job_id, to=JobStatus.CANCELLING, from_any=(JobStatus.RUNNING,), reason="user_cancelled"
+    ):
         return job
     session.refresh(job)
     raise InvalidTransition(job, "cancel")
@@ -310,15 +398,23 @@ def request_cancel(session: Session, *, job_id: str) -> Job:
 def request_resume(session: Session, *, job_id: str) -> Job:
     """Queue a cancelled or failed job again; its worker continues from the saved state."""
     job = session.get(Job, job_id, populate_existing=True)
-    if transition(session, job_id=job_id, to=JobStatus.QUEUED, from_any=(JobStatus.CANCELLED, JobStatus.FAILED),
-                  detail={"resume": True}, finished_at=None, dispatched_at=utcnow()):
+    if transition(
+        session,
+        job_id=job_id,
+        to=JobStatus.QUEUED,
+        from_any=(JobStatus.CANCELLED, JobStatus.FAILED),
+        detail={"resume": True},
+        finished_at=None,
+        dispatched_at=utcnow(),
+    ):
         return job
     session.refresh(job)
     raise InvalidTransition(job, "resume")
 
 
-def reap_one(session: Session, *, job_id: str, cutoff: datetime, max_attempts: int,
-             oom_fraction: float = 0.9) -> str | None:
+def reap_one(
+    session: Session, *, job_id: str, cutoff: datetime, max_attempts: int, oom_fraction: float = 0.9
+) -> str | None:
     """If the job's lease expired, re-queue it (or end it); returns its new status, or None.
 
     An attempt lost while it held `oom_fraction` of its memory budget or of its machine's memory
@@ -331,9 +427,11 @@ def reap_one(session: Session, *, job_id: str, cutoff: datetime, max_attempts: i
     if job.memory_peak is not None and job.memory_peak >= oom_fraction:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}
         reason = "out_of_memory"
-        error = (f"the training process was lost while it held {job.memory_peak:.0%} of its memory budget or of "
-                 "its machine's memory: killed for memory, so it is not retried; lower batch_size or the "
-                 "model's size (or raise TRAINYARD_MAX_JOB_MEMORY), then resume it")
+        error = (
+            f"the training process was lost while it held {job.memory_peak:.0%} of its memory budget or of "
+            "its machine's memory: killed for memory, so it is not retried; lower batch_size or the "
+            "model's size (or raise TRAINYARD_MAX_JOB_MEMORY), then resume it"
+        )
     elif old_status == JobStatus.CANCELLING:
         to, values = JobStatus.CANCELLED, {"finished_at": utcnow()}
         reason, error = "user_cancelled", "the worker was lost while cancelling"
@@ -343,9 +441,18 @@ def reap_one(session: Session, *, job_id: str, cutoff: datetime, max_attempts: i
     else:
         to, values = JobStatus.QUEUED, {"dispatched_at": utcnow()}
         reason, error = "worker_lost", None
-    moved = transition(session, job_id=job_id, to=to, from_any=(old_status,), owner_attempt=attempt,
-                       where=(Job.heartbeat_at < cutoff,), reason=reason, error=error,
-                       detail={"lease_expired_at": heartbeat_at.isoformat()}, **values)
+    moved = transition(
+        session,
+        job_id=job_id,
+        to=to,
+        from_any=(old_status,),
+        owner_attempt=attempt,
+        where=(Job.heartbeat_at < cutoff,),
+        reason=reason,
+        error=error,
+        detail={"lease_expired_at": heartbeat_at.isoformat()},
+        **values,
+    )
     return to if moved else None
 
 
@@ -355,9 +462,13 @@ def expired_leases(session: Session, *, cutoff: datetime) -> list[str]:
 
 def stale_queued(session: Session, *, dispatched_before: datetime) -> list[str]:
     """Queued jobs whose message went out before the given time, oldest first."""
-    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED,
-                                                     Job.dispatched_at < dispatched_before)
-                                .order_by(Job.dispatched_at)))
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED, Job.dispatched_at < dispatched_before)
+            .order_by(Job.dispatched_at)
+        )
+    )
 
 
 def devices(session: Session, *, job_ids: list[str]) -> dict[str, str]:

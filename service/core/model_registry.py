@@ -54,22 +54,46 @@ def _threshold(threshold: float | None, task: str) -> float | None:
     return threshold
 
 
-def register(session: Session, *, name: str, job_id: str, checkpoint: str | int, settings: Settings,
-             threshold: float | None = None) -> ModelVersion:
+def register(
+    session: Session,
+    *,
+    name: str,
+    job_id: str,
+    checkpoint: str | int,
+    settings: Settings,
+    threshold: float | None = None,
+) -> ModelVersion:
     """Register a job's checkpoint as the next version of `name` (predict's default `threshold` with it)."""
     target = resolve(session, reference=f"job:{job_id}:{checkpoint}", settings=settings)
     meta = read_meta(target.path)
     threshold = _threshold(threshold, meta["task"])
     job = jobs.get_job(session, job_id=target.job_id)
     latest = jobs.latest_metric(session, job_id=job.id)
-    final_metrics = {k: getattr(latest, k) for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-                                                      "val_loss", "val_acc")} if latest else None
+    final_metrics = (
+        {
+            k: getattr(latest, k)
+            for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc")
+        }
+        if latest
+        else None
+    )
+
     def store(relative: str) -> None:
         _freeze(target.path, settings.registry_dir / relative)
 
-    return _next_version(session, name, store, job_id=job.id, epoch=target.epoch, selector=str(checkpoint),
-                         task=meta["task"], classes=meta.get("classes"), input_shape=meta["input_shape"],
-                         metrics={"checkpoint": meta.get("metrics"), "final": final_metrics}, threshold=threshold)
+    return _next_version(
+        session,
+        name,
+        store,
+        job_id=job.id,
+        epoch=target.epoch,
+        selector=str(checkpoint),
+        task=meta["task"],
+        classes=meta.get("classes"),
+        input_shape=meta["input_shape"],
+        metrics={"checkpoint": meta.get("metrics"), "final": final_metrics},
+        threshold=threshold,
+    )
 
 
 def _next_version(session: Session, name: str, store, **columns) -> ModelVersion:
@@ -89,9 +113,18 @@ def _next_version(session: Session, name: str, store, **columns) -> ModelVersion
     raise RuntimeError(f"could not allocate a version of {name!r}; try again")
 
 
-def import_version(session: Session, *, name: str, weights: bytes, model: dict, classes: list[str] | None,
-                   input_shape: list[int], settings: Settings, normalize: dict | None = None,
-                   threshold: float | None = None) -> ModelVersion:
+def import_version(
+    session: Session,
+    *,
+    name: str,
+    weights: bytes,
+    model: dict,
+    classes: list[str] | None,
+    input_shape: list[int],
+    settings: Settings,
+    normalize: dict | None = None,
+    threshold: float | None = None,
+) -> ModelVersion:
     """Register weights trained elsewhere (a safetensors state_dict) as the next version of `name`.
 
     Nothing is unpickled; the architecture must take `input_shape` and every tensor must fit it,
@@ -109,16 +142,21 @@ def import_version(session: Session, *, name: str, weights: bytes, model: dict, 
         except ValidationError as exc:
             raise Invalid([(("normalize", *e["loc"]), e["msg"]) for e in exc.errors()]) from None
         if len(input_shape) != 3 or len(norm.mean) != input_shape[0]:
-            raise Invalid([(("normalize",), "normalize needs an image input_shape and one mean and std "
-                                                   "per channel")])
+            raise Invalid([(("normalize",), "normalize needs an image input_shape and one mean and std per channel")])
     outputs = len(classes) if classes else 1
     try:
         net = build_model(spec, input_shape, outputs)
         with torch.no_grad():
             net.eval()(torch.zeros(1, *input_shape))
     except (ValueError, RuntimeError) as exc:
-        raise Invalid([(("input_shape",), f"{spec.arch} does not take inputs of shape {input_shape}: "
-                                                 f"{str(exc).strip().splitlines()[0]}")]) from None
+        raise Invalid(
+            [
+                (
+                    ("input_shape",),
+                    f"{spec.arch} does not take inputs of shape {input_shape}: {str(exc).strip().splitlines()[0]}",
+                )
+            ]
+        ) from None
     try:
         state = load_safetensors(weights)
     except Exception as exc:  # safetensors has its own error types for a damaged header
@@ -126,14 +164,26 @@ def import_version(session: Session, *, name: str, weights: bytes, model: dict, 
     problems = weights_problems(net, state)
     if problems:
         raise Invalid([(("file", tensor), message) for tensor, message in problems])
-    meta = imported_meta(spec.model_dump(mode="json"), classes, input_shape,
-                         norm.mean if norm else None, norm.std if norm else None)
+    meta = imported_meta(
+        spec.model_dump(mode="json"), classes, input_shape, norm.mean if norm else None, norm.std if norm else None
+    )
 
     def store(relative: str) -> None:
         write_checkpoint(settings.registry_dir / relative, state, meta)
 
-    return _next_version(session, name, store, job_id=None, epoch=0, selector="import", task=meta["task"],
-                         classes=classes, input_shape=input_shape, metrics=None, threshold=threshold)
+    return _next_version(
+        session,
+        name,
+        store,
+        job_id=None,
+        epoch=0,
+        selector="import",
+        task=meta["task"],
+        classes=classes,
+        input_shape=input_shape,
+        metrics=None,
+        threshold=threshold,
+    )
 
 
 def versions(session: Session, *, name: str) -> list[ModelVersion]:
@@ -159,8 +209,9 @@ def names(session: Session) -> list[str]:
 
 def require_version(session: Session, *, name: str, version: int) -> ModelVersion:
     """One version of a model; ModelNotFound if there is none."""
-    record = session.scalars(select(ModelVersion).where(ModelVersion.name == name,
-                                                        ModelVersion.version == version)).first()
+    record = session.scalars(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+    ).first()
     if record is None:
         raise ModelNotFound(f"model {name!r} has no version {version}")
     return record
@@ -192,11 +243,16 @@ def delete_version(session: Session, *, name: str, version: int, settings: Setti
     pointing = [alias for alias, v in aliases(session, name=name).items() if v == version]
     if pointing:
         raise AliasInUse(f"version {version} of {name!r} is aliased as {', '.join(pointing)}; move the alias first")
-    starting = [job.id for job in session.scalars(select(Job).where(Job.status.not_in(JobStatus.FINAL)))
-                if ((job.spec or {}).get("init_from") or {}).get("model") == f"{name}:{version}"]
+    starting = [
+        job.id
+        for job in session.scalars(select(Job).where(Job.status.not_in(JobStatus.FINAL)))
+        if ((job.spec or {}).get("init_from") or {}).get("model") == f"{name}:{version}"
+    ]
     if starting:
-        raise Conflict(f"version {version} of {name!r} is what unfinished job(s) {', '.join(starting[:5])} "
-                       "start from; cancel them or wait until they end")
+        raise Conflict(
+            f"version {version} of {name!r} is what unfinished job(s) {', '.join(starting[:5])} "
+            "start from; cancel them or wait until they end"
+        )
     session.delete(record)
     session.commit()
     (settings.registry_dir / record.path).unlink(missing_ok=True)

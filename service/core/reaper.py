@@ -9,11 +9,11 @@ from datetime import timedelta
 
 from service.core import datasets, embedded_broker, jobs, retention, sweeps
 from service.core.background import Periodic
+from service.core.broker import queue_depth, send_train_job
 from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.leader import Leadership
 from service.core.settings import Settings
 from service.core.tables import JobStatus, utcnow
-from service.core.broker import queue_depth, send_train_job
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,16 @@ def reap_expired_leases(settings: Settings) -> list[str]:
         candidates = jobs.expired_leases(session, cutoff=cutoff)
     for job_id in candidates:
         with session_scope() as session:
-            if jobs.reap_one(session, job_id=job_id, cutoff=cutoff, max_attempts=settings.max_attempts,
-                             oom_fraction=settings.oom_kill_fraction) == JobStatus.QUEUED:
+            if (
+                jobs.reap_one(
+                    session,
+                    job_id=job_id,
+                    cutoff=cutoff,
+                    max_attempts=settings.max_attempts,
+                    oom_fraction=settings.oom_kill_fraction,
+                )
+                == JobStatus.QUEUED
+            ):
                 requeued.append(job_id)
     return requeued
 
@@ -48,9 +56,13 @@ def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
     leases are left alone (their workers could not renew them while the database was away)."""
     requeued = reap_expired_leases(settings) if reap else []
     with session_scope(write=False) as session:
-        waiting = jobs.stale_queued(session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds))
-        queue_of = {job_id: settings.queue_for(device)
-                    for job_id, device in jobs.devices(session, job_ids=waiting + requeued).items()}
+        waiting = jobs.stale_queued(
+            session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds)
+        )
+        queue_of = {
+            job_id: settings.queue_for(device)
+            for job_id, device in jobs.devices(session, job_ids=waiting + requeued).items()
+        }
     to_send = list(requeued)
     for queue in settings.queues:
         try:
@@ -58,8 +70,9 @@ def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
         except Exception as exc:
             log.warning("reaper cannot read the broker's queue %s (%s); will retry", queue, exc)
             continue
-        to_send += [j for j in lost_messages([j for j in waiting if queue_of.get(j) == queue], depth)
-                    if j not in to_send]
+        to_send += [
+            j for j in lost_messages([j for j in waiting if queue_of.get(j) == queue], depth) if j not in to_send
+        ]
     sent = []
     for job_id in to_send:
         try:
@@ -94,8 +107,9 @@ def housekeeping(settings: Settings) -> None:
     whose decoding was abandoned."""
     retention.purge_expired(settings)
     with session_scope() as session:
-        abandoned = datasets.fail_abandoned_uploads(session, older_than_seconds=settings.dataset_decode_timeout_seconds,
-                                                    datasets_dir=settings.datasets_dir)
+        abandoned = datasets.fail_abandoned_uploads(
+            session, older_than_seconds=settings.dataset_decode_timeout_seconds, datasets_dir=settings.datasets_dir
+        )
     if abandoned:
         log.warning("dataset upload(s) %s never finished decoding; marked failed", ", ".join(abandoned))
     if settings.embedded_broker:

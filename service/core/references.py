@@ -73,8 +73,12 @@ def _resolve_job(session: Session, reference: str, match, checkpoint_dir: Path) 
         checkpoint = checkpoint or jobs.last_checkpoint(job)
     if checkpoint is None:
         raise ModelNotReady(f"job {job.id} has no checkpoint yet (status {job.status})")
-    return ResolvedCheckpoint(reference=reference, path=_inside(checkpoint_dir, checkpoint.path, reference),
-                              job_id=job.id, epoch=checkpoint.epoch)
+    return ResolvedCheckpoint(
+        reference=reference,
+        path=_inside(checkpoint_dir, checkpoint.path, reference),
+        job_id=job.id,
+        epoch=checkpoint.epoch,
+    )
 
 
 def find_version(session: Session, *, reference: str) -> ModelVersion:
@@ -103,9 +107,11 @@ def find_version(session: Session, *, reference: str) -> ModelVersion:
 
 
 def _no_version(session: Session, reference: str, name: str, version: int | None) -> str:
-    """Why `reference` names no version: the model has other versions, or no model has that name (and which are close)."""
-    versions = list(session.scalars(select(ModelVersion.version).where(ModelVersion.name == name)
-                                    .order_by(ModelVersion.version)))
+    """Why `reference` names no version: the model has other versions, or no model has that name
+    (and which are close)."""
+    versions = list(
+        session.scalars(select(ModelVersion.version).where(ModelVersion.name == name).order_by(ModelVersion.version))
+    )
     if versions:
         return f"model {name!r} has no version {version}; its versions: {', '.join(map(str, versions[-MAX_LISTED:]))}"
     names = list(session.scalars(select(ModelVersion.name).distinct().order_by(ModelVersion.name)))
@@ -125,7 +131,10 @@ def _no_alias(session: Session, name: str, alias: str) -> str:
         exists = session.scalars(select(ModelVersion.name).where(ModelVersion.name == name).limit(1)).first()
         if exists is None:
             return _no_version(session, f"{name}@{alias}", name, None)
-        return f"model {name!r} has no alias {alias!r}; it has no aliases yet (PUT /v1/models/{name}/aliases/{alias} sets one)"
+        return (
+            f"model {name!r} has no alias {alias!r}; it has no aliases yet "
+            f"(PUT /v1/models/{name}/aliases/{alias} sets one)"
+        )
     close = difflib.get_close_matches(alias, list(aliases), n=1, cutoff=0.5)
     hint = f"did you mean {name}@{close[0]}? " if close else ""
     listed = ", ".join(f"{a}={v}" for a, v in sorted(aliases.items()))
@@ -145,9 +154,15 @@ def resolve(session: Session, *, reference: str, settings: Settings) -> Resolved
         if named:  # a bare job id (or prefix) where a reference to it was meant
             raise ModelNotFound(f"{exc}; did you mean {' or '.join(f'job:{job_id}' for job_id in named)}?") from None
         raise
-    return ResolvedCheckpoint(reference=reference, path=_inside(settings.registry_dir, version.path, reference),
-                              job_id=version.job_id, epoch=version.epoch, name=version.name, version=version.version,
-                              threshold=version.threshold)
+    return ResolvedCheckpoint(
+        reference=reference,
+        path=_inside(settings.registry_dir, version.path, reference),
+        job_id=version.job_id,
+        epoch=version.epoch,
+        name=version.name,
+        version=version.version,
+        threshold=version.threshold,
+    )
 
 
 def init_from_reference(init_from) -> str:

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from models.checkpoint import checkpoint_name
 from models.training.state import TRAINING_STATE
-
 from service.core import jobs
 from service.core.db import session_scope
 from service.core.ids import resolve_id
@@ -70,8 +69,11 @@ def expired_jobs(session: Session, *, settings: Settings) -> list[str]:
     cutoff = utcnow() - timedelta(days=settings.retention_days)
     registered = exists().where(ModelVersion.job_id == Job.id)
     has_files = exists().where(Checkpoint.job_id == Job.id)
-    return list(session.scalars(select(Job.id).where(Job.status.in_(JobStatus.FINAL), Job.finished_at < cutoff,
-                                                     ~registered, has_files)))
+    return list(
+        session.scalars(
+            select(Job.id).where(Job.status.in_(JobStatus.FINAL), Job.finished_at < cutoff, ~registered, has_files)
+        )
+    )
 
 
 def purge_expired(settings: Settings) -> list[str]:
@@ -83,6 +85,9 @@ def purge_expired(settings: Settings) -> list[str]:
             session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
         _remove_files(settings, job_id)
     if expired:
-        log.info("retention: removed the checkpoints of %d job(s) finished over %s days ago",
-                 len(expired), settings.retention_days)
+        log.info(
+            "retention: removed the checkpoints of %d job(s) finished over %s days ago",
+            len(expired),
+            settings.retention_days,
+        )
     return expired

@@ -11,20 +11,24 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # Secrets the API and Flower accept when they listen beyond loopback: at least this long, and none
 # of the documented examples' values (what a copied .env.example or docs/ line would hold).
 MIN_SECRET_LENGTH = 24
-PLACEHOLDER_SECRETS = frozenset({"change-me-to-a-long-random-token", "change-me-too", "change-me",
-                                 "changeme", "secret", "password", "token"})
+PLACEHOLDER_SECRETS = frozenset(
+    {"change-me-to-a-long-random-token", "change-me-too", "change-me", "changeme", "secret", "password", "token"}
+)
 GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def weak_secret(secret: str) -> bool:
     """A documented placeholder, or too short to be secret."""
     value = secret.strip()
-    return (len(value) < MIN_SECRET_LENGTH or value.lower() in PLACEHOLDER_SECRETS
-            or "change-me" in value.lower() or "changeme" in value.lower())
+    return (
+        len(value) < MIN_SECRET_LENGTH
+        or value.lower() in PLACEHOLDER_SECRETS
+        or "change-me" in value.lower()
+        or "changeme" in value.lower()
+    )
 
 
 def flower_auth_refusal(basic_auth: str) -> str | None:
@@ -33,8 +37,10 @@ def flower_auth_refusal(basic_auth: str) -> str | None:
     if not pairs or any(":" not in pair or not pair.split(":", 1)[0] for pair in pairs):
         return "refusing to start Flower: set FLOWER_BASIC_AUTH to user:password (comma-separated for several)"
     if any(weak_secret(pair.split(":", 1)[1]) for pair in pairs):
-        return (f"refusing to start Flower with a placeholder or short password in FLOWER_BASIC_AUTH: use at "
-                f"least {MIN_SECRET_LENGTH} characters and no example's value, e.g. the output of `{GENERATE_SECRET}`")
+        return (
+            f"refusing to start Flower with a placeholder or short password in FLOWER_BASIC_AUTH: use at "
+            f"least {MIN_SECRET_LENGTH} characters and no example's value, e.g. the output of `{GENERATE_SECRET}`"
+        )
     return None
 
 
@@ -217,15 +223,19 @@ class Settings(BaseSettings):
         tokens = [token.strip().removesuffix(":read") for token in self.api_tokens.split(",") if token.strip()]
         weak = [str(i + 1) for i, token in enumerate(tokens) if weak_secret(token)]
         if weak:
-            return (f"refusing to listen on {self.host} with a placeholder or short API token (number "
-                    f"{', '.join(weak)} of {len(tokens)} in TRAINYARD_API_TOKENS): tokens must have at least "
-                    f"{MIN_SECRET_LENGTH} characters and not be an example's value. Generate one with "
-                    f"`{GENERATE_SECRET}`")
+            return (
+                f"refusing to listen on {self.host} with a placeholder or short API token (number "
+                f"{', '.join(weak)} of {len(tokens)} in TRAINYARD_API_TOKENS): tokens must have at least "
+                f"{MIN_SECRET_LENGTH} characters and not be an example's value. Generate one with "
+                f"`{GENERATE_SECRET}`"
+            )
         if tokens or self.allow_open:
             return None
-        return (f"refusing to listen on {self.host} without API tokens: anyone who can reach it could train, "
-                f"predict and delete. Set TRAINYARD_API_TOKENS (e.g. to the output of `{GENERATE_SECRET}`), "
-                "or listen on 127.0.0.1, or set TRAINYARD_ALLOW_OPEN=true to serve everyone on purpose")
+        return (
+            f"refusing to listen on {self.host} without API tokens: anyone who can reach it could train, "
+            f"predict and delete. Set TRAINYARD_API_TOKENS (e.g. to the output of `{GENERATE_SECRET}`), "
+            "or listen on 127.0.0.1, or set TRAINYARD_ALLOW_OPEN=true to serve everyone on purpose"
+        )
 
     @property
     def embedded_broker(self) -> bool:

@@ -70,9 +70,17 @@ def check_spec(session: Session, *, spec: JobSpec, settings: Settings) -> str:
     else:
         problems += [(tuple(p.loc), p.msg) for p in spec_problems(spec, info)]
         if not problems:
-            problems += [(tuple(loc), msg) for loc, msg in admission_problems(
-                spec, info.input_shape, info.outputs, max_parameters=settings.max_parameters,
-                max_bytes=settings.max_job_memory, where="TRAINYARD_MAX_JOB_MEMORY")]
+            problems += [
+                (tuple(loc), msg)
+                for loc, msg in admission_problems(
+                    spec,
+                    info.input_shape,
+                    info.outputs,
+                    max_parameters=settings.max_parameters,
+                    max_bytes=settings.max_job_memory,
+                    where="TRAINYARD_MAX_JOB_MEMORY",
+                )
+            ]
     if spec.init_from is not None:
         try:
             resolve(session, reference=init_from_reference(spec.init_from), settings=settings)
@@ -89,8 +97,14 @@ def _replay(job: Job, request_hash: str) -> Submitted:
     return Submitted(job.id, replayed=True)
 
 
-def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempotency_key: str | None = None,
-               sweep: tuple[str, int] | None = None) -> Submitted:
+def submit_job(
+    session: Session,
+    *,
+    spec: JobSpec,
+    settings: Settings,
+    idempotency_key: str | None = None,
+    sweep: tuple[str, int] | None = None,
+) -> Submitted:
     """Check a spec, commit its queued job and send it to a worker (`sweep`: the sweep and trial
     the job runs)."""
     submitted = _submit(session, spec=spec, settings=settings, idempotency_key=idempotency_key, sweep=sweep)
@@ -101,8 +115,9 @@ def submit_job(session: Session, *, spec: JobSpec, settings: Settings, idempoten
     return submitted
 
 
-def _submit(session: Session, *, spec: JobSpec, settings: Settings, idempotency_key: str | None,
-            sweep: tuple[str, int] | None) -> Submitted:
+def _submit(
+    session: Session, *, spec: JobSpec, settings: Settings, idempotency_key: str | None, sweep: tuple[str, int] | None
+) -> Submitted:
     """submit_job without the answer's view."""
     request_hash = spec.digest()  # of the request as sent: a retry matches it whatever moved since
     spec = with_full_ids(session, spec=spec)
@@ -115,12 +130,21 @@ def _submit(session: Session, *, spec: JobSpec, settings: Settings, idempotency_
         live = worker_registry.live(session, settings=settings)
         waiting = worker_registry.waiting_reason_for(spec.device, live, settings)
         if waiting:
-            raise Conflict(f"{waiting}: no live worker serves queue {settings.queue_for(spec.device)!r} for "
-                           f"device {spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); start one and retry")
+            raise Conflict(
+                f"{waiting}: no live worker serves queue {settings.queue_for(spec.device)!r} for "
+                f"device {spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); start one and retry"
+            )
     warnings = weights_warnings(session, spec=spec, settings=settings) + data_warnings(spec=spec, settings=settings)
     try:
-        job = jobs.create_job(session, spec=spec, task=task, idempotency_key=idempotency_key,
-                              request_hash=request_hash, sweep=sweep, warnings=warnings)
+        job = jobs.create_job(
+            session,
+            spec=spec,
+            task=task,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            sweep=sweep,
+            warnings=warnings,
+        )
         session.commit()
     except IntegrityError:
         # Another request with the same key committed first; answer with its job.
@@ -138,8 +162,10 @@ def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> 
     a frozen backbone that has no weights to keep."""
     model = spec.model
     if model.arch == "pretrained" and model.weights is None and model.freeze == "backbone":
-        return ["freeze: backbone with weights: null keeps a randomly initialised backbone frozen: only the "
-                "head learns, on random features; name the weights (e.g. DEFAULT) or leave freeze out"]
+        return [
+            "freeze: backbone with weights: null keeps a randomly initialised backbone frozen: only the "
+            "head learns, on random features; name the weights (e.g. DEFAULT) or leave freeze out"
+        ]
     if model.arch != "pretrained" or model.weights is None or settings.allow_download:
         return []
     if find_weights_file(model.backbone, model.weights, settings.weights_dir) is not None:
@@ -147,18 +173,25 @@ def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> 
     name = weights_file_name(model.backbone, model.weights)
     if any(name in (worker.weights or []) for worker in worker_registry.live(session, settings=settings)):
         return []
-    return [f"{missing_weights_message(model.backbone, model.weights, settings.weights_dir)}; no live worker "
-            "has the file either, so the job will fail with missing_weights unless one finds it when it starts"]
+    return [
+        f"{missing_weights_message(model.backbone, model.weights, settings.weights_dir)}; no live worker "
+        "has the file either, so the job will fail with missing_weights unless one finds it when it starts"
+    ]
 
 
 def data_warnings(*, spec: JobSpec, settings: Settings) -> list[str]:
     """A built-in dataset whose files are not in this API's data folder (nor downloadable)."""
-    if not isinstance(spec.data, ImageDatasetSpec) or settings.allow_download \
-            or builtin_on_disk(spec.data.dataset, settings.data_dir):
+    if (
+        not isinstance(spec.data, ImageDatasetSpec)
+        or settings.allow_download
+        or builtin_on_disk(spec.data.dataset, settings.data_dir)
+    ):
         return []
-    return [f"dataset {spec.data.dataset} is not in this service's data folder ({settings.data_dir}, "
-            "TRAINYARD_DATA_DIR) and downloads are off (TRAINYARD_ALLOW_DOWNLOAD): the job will fail with "
-            "invalid_data unless its worker has the files; or train on an uploaded dataset (uploaded:<name>)"]
+    return [
+        f"dataset {spec.data.dataset} is not in this service's data folder ({settings.data_dir}, "
+        "TRAINYARD_DATA_DIR) and downloads are off (TRAINYARD_ALLOW_DOWNLOAD): the job will fail with "
+        "invalid_data unless its worker has the files; or train on an uploaded dataset (uploaded:<name>)"
+    ]
 
 
 def cancel_job(session: Session, *, job_id: str) -> None:

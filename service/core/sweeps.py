@@ -31,8 +31,11 @@ from service.core.tables import EpochMetric, Job, JobStatus, Sweep, utcnow
 def _problems(sweep: SweepSpec, spec: dict, params: dict, error: Exception) -> list[tuple[tuple, str]]:
     """Where a trial's spec went wrong: at the varied path when it was a varied value, else in base."""
     found = []
-    details = error.errors() if isinstance(error, ValidationError) else [
-        {"loc": loc, "msg": msg} for loc, msg in error.problems]
+    details = (
+        error.errors()
+        if isinstance(error, ValidationError)
+        else [{"loc": loc, "msg": msg} for loc, msg in error.problems]
+    )
     for detail in details:
         loc = input_loc(spec, tuple(detail["loc"]), missing=detail.get("type", "missing") == "missing")
         dotted = ".".join(str(part) for part in loc)
@@ -89,13 +92,28 @@ def create(session: Session, *, sweep: SweepSpec, settings: Settings, idempotenc
             return Created(existing, replayed=True)
     init_from = sweep.base.get("init_from")
     if isinstance(init_from, dict) and isinstance(init_from.get("model"), str):  # every trial from one version
-        sweep = sweep.model_copy(update={"base": {**sweep.base, "init_from": {
-            **init_from, "model": submission.pinned(session, init_from["model"])}}})
+        sweep = sweep.model_copy(
+            update={
+                "base": {
+                    **sweep.base,
+                    "init_from": {**init_from, "model": submission.pinned(session, init_from["model"])},
+                }
+            }
+        )
     trials, task = check(session, sweep, settings)
     metric, mode = default_ranking(sweep, task)
-    record = Sweep(name=sweep.name, request=sweep.model_dump(mode="json"), trials=[{"params": p} for p in trials],
-                   size=len(trials), launched=0, metric=metric, mode=mode, max_parallel=sweep.max_parallel,
-                   idempotency_key=idempotency_key, request_hash=request_hash)
+    record = Sweep(
+        name=sweep.name,
+        request=sweep.model_dump(mode="json"),
+        trials=[{"params": p} for p in trials],
+        size=len(trials),
+        launched=0,
+        metric=metric,
+        mode=mode,
+        max_parallel=sweep.max_parallel,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
     session.add(record)
     session.commit()
     advance(session, sweep_id=record.id, settings=settings)
@@ -108,16 +126,18 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         sweep = session.get(Sweep, sweep_id, populate_existing=True)
         if sweep is None or sweep.cancelled_at is not None or sweep.launched >= sweep.size:
             return
-        active = session.scalar(select(func.count()).select_from(Job).where(
-            Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL)))
+        active = session.scalar(
+            select(func.count()).select_from(Job).where(Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL))
+        )
         if active >= (sweep.max_parallel or sweep.size):
             session.commit()
             return
         index = sweep.launched
         base, name = sweep.request["base"], sweep.name
         spec = JobSpec.model_validate(trial_spec(base, name, sweep.trials[index]["params"]))
-        submission.submit_job(session, spec=spec, settings=settings, idempotency_key=f"sweep:{sweep_id}:{index}",
-                              sweep=(sweep_id, index))
+        submission.submit_job(
+            session, spec=spec, settings=settings, idempotency_key=f"sweep:{sweep_id}:{index}", sweep=(sweep_id, index)
+        )
         session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.launched == index).values(launched=index + 1))
         session.commit()
 
@@ -138,8 +158,9 @@ def require(session: Session, *, sweep_id: str) -> Sweep:
 def cancel(session: Session, *, sweep_id: str) -> None:
     """Launch nothing more, and cancel the sweep's unfinished jobs."""
     sweep_id = require(session, sweep_id=sweep_id).id
-    session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled_at.is_(None))
-                    .values(cancelled_at=utcnow()))
+    session.execute(
+        update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled_at.is_(None)).values(cancelled_at=utcnow())
+    )
     for job_id in session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL))):
         try:
             jobs.request_cancel(session, job_id=job_id)
@@ -173,14 +194,19 @@ def trials_of(session: Session, sweeps: list[Sweep]) -> dict[str, list[Trial]]:
         ids = [job.id for sweep in ranked_by for job in jobs_of[sweep.id].values()]
         column = getattr(EpochMetric, metric)
         value = func.max(column) if mode == "max" else func.min(column)
-        best.update(session.execute(select(EpochMetric.job_id, value).where(EpochMetric.job_id.in_(ids))
-                                    .group_by(EpochMetric.job_id)).all())
+        best.update(
+            session.execute(
+                select(EpochMetric.job_id, value).where(EpochMetric.job_id.in_(ids)).group_by(EpochMetric.job_id)
+            ).all()
+        )
     return {sweep.id: _ranked(sweep, jobs_of[sweep.id], best) for sweep in sweeps}
 
 
 def _ranked(sweep: Sweep, by_trial: dict[int, Job], best: dict[str, float]) -> list[Trial]:
-    found = [Trial(i, t["params"], by_trial.get(i), best.get(by_trial[i].id) if i in by_trial else None)
-             for i, t in enumerate(sweep.trials)]
+    found = [
+        Trial(i, t["params"], by_trial.get(i), best.get(by_trial[i].id) if i in by_trial else None)
+        for i, t in enumerate(sweep.trials)
+    ]
     sign = -1 if sweep.mode == "max" else 1
     return sorted(found, key=lambda t: (t.job is None, t.metric is None, sign * (t.metric or 0), t.index))
 

@@ -17,7 +17,18 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
 
@@ -95,11 +106,14 @@ class Job(Base):
     sweep_trial: Mapped[int | None] = mapped_column(Integer)
 
     metrics: Mapped[list[EpochMetric]] = relationship(
-        back_populates="job", order_by="EpochMetric.epoch", cascade="all, delete-orphan")
+        back_populates="job", order_by="EpochMetric.epoch", cascade="all, delete-orphan"
+    )
     checkpoints: Mapped[list[Checkpoint]] = relationship(
-        back_populates="job", order_by="Checkpoint.epoch", cascade="all, delete-orphan")
+        back_populates="job", order_by="Checkpoint.epoch", cascade="all, delete-orphan"
+    )
     events: Mapped[list[JobEvent]] = relationship(
-        back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan")
+        back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan"
+    )
     # Log lines stay out of the ORM's cascade: the database deletes them with the job.
 
 
@@ -280,5 +294,14 @@ class Worker(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
-METRIC_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
-                 "seconds", "samples_per_second", "lr")
+METRIC_FIELDS = (
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "samples_per_second",
+    "lr",
+)

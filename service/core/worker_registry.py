@@ -22,8 +22,7 @@ _PROBE = "import json; from models.devices import describe_devices; print(json.d
 def probe_devices(timeout: float = 120) -> dict:
     """describe_devices() run in a short-lived process, so that the caller never initialises CUDA
     (a worker forks its pool from its main process, and CUDA does not survive a fork)."""
-    result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout,
-                            check=True)
+    result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -31,8 +30,16 @@ def has_cuda(description: dict) -> bool:
     return any(device["kind"] == "cuda" for device in description["devices"])
 
 
-def register(session: Session, *, worker_id: str, host: str, pid: int, queues: list[str], description: dict,
-             weights: list[str] | None = None) -> None:
+def register(
+    session: Session,
+    *,
+    worker_id: str,
+    host: str,
+    pid: int,
+    queues: list[str],
+    description: dict,
+    weights: list[str] | None = None,
+) -> None:
     """Add or refresh a worker's entry (`weights`: the pretrained weights files it has)."""
     now = utcnow()
     row = session.get(Worker, worker_id)

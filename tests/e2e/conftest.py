@@ -21,8 +21,16 @@ def unsure_job(embedded_stack) -> str:
     """A classifier on embedded_stack trained too little to be always right: 300 images, one epoch
     (34 of the 200 test images wrong, its top probabilities 0.1 to 0.2)."""
     with embedded_stack.client() as client:
-        job_id = submit(client, {**SOFTMAX_SPEC, "name": "unsure", "epochs": 1, "optimizer": {"name": "sgd", "lr": 0.05},
-                                 "data": {"dataset": "fashion-mnist", "limit_train": 300}})
+        job_id = submit(
+            client,
+            {
+                **SOFTMAX_SPEC,
+                "name": "unsure",
+                "epochs": 1,
+                "optimizer": {"name": "sgd", "lr": 0.05},
+                "data": {"dataset": "fashion-mnist", "limit_train": 300},
+            },
+        )
         assert embedded_stack.wait_for_job(client, job_id)["status"] == "succeeded"
     return job_id
 
@@ -33,8 +41,9 @@ def postgres_redis_stack(tmp_path_factory, data_dir):
     require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
     require(redis_available(), "Redis is not reachable on 127.0.0.1:6379")
     with PostgresSchema() as schema:
-        with Stack(home=tmp_path_factory.mktemp("pgredis"), data_dir=data_dir,
-                   database_url=schema.url, broker_url=REDIS_URL) as stack:
+        with Stack(
+            home=tmp_path_factory.mktemp("pgredis"), data_dir=data_dir, database_url=schema.url, broker_url=REDIS_URL
+        ) as stack:
             yield stack
 
 

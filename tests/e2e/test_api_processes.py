@@ -23,8 +23,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, data_dir):
     """A worker and an API of two processes on the embedded default, with two trained models."""
-    with Stack(home=tmp_path_factory.mktemp("multi"), data_dir=data_dir,
-               extra_env={"TRAINYARD_API_WORKERS": "2"}) as stack:
+    with Stack(
+        home=tmp_path_factory.mktemp("multi"), data_dir=data_dir, extra_env={"TRAINYARD_API_WORKERS": "2"}
+    ) as stack:
         with stack.client() as client:
             jobs = [submit(client, {**SOFTMAX_SPEC, "epochs": 1, "seed": seed}) for seed in (1, 2)]
             for job_id in jobs:
@@ -36,8 +37,11 @@ def two_processes(tmp_path_factory, data_dir):
 def requests_counted(url: str, route: str) -> float:
     text = httpx.get(f"{url}/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    return sum(s.value for s in families["trainyard_http_requests"].samples
-               if s.name.endswith("_total") and s.labels["route"] == route)
+    return sum(
+        s.value
+        for s in families["trainyard_http_requests"].samples
+        if s.name.endswith("_total") and s.labels["route"] == route
+    )
 
 
 def test_both_processes_answer_and_metrics_count_them_all(two_processes):
@@ -53,8 +57,11 @@ def test_both_processes_answer_and_metrics_count_them_all(two_processes):
         with httpx.Client(base_url=stack.url) as fresh:
             fresh.get("/healthz")
     sent += 50
-    wait_until(lambda: requests_counted(stack.url, "/healthz") == sent, timeout=10,
-               what=f"/metrics to count all {sent} /healthz requests of both processes")
+    wait_until(
+        lambda: requests_counted(stack.url, "/healthz") == sent,
+        timeout=10,
+        what=f"/metrics to count all {sent} /healthz requests of both processes",
+    )
 
 
 def test_one_process_runs_the_reaper_and_readiness_speaks_for_all(two_processes):
@@ -69,12 +76,19 @@ def test_one_process_runs_the_reaper_and_readiness_speaks_for_all(two_processes)
 
 def test_readiness_waits_for_every_process_to_preload(two_processes):
     stack, _ = two_processes
-    second = Stack(home=stack.home, data_dir=stack.data_dir, with_worker=False,
-                   extra_env={"TRAINYARD_API_WORKERS": "2", "TRAINYARD_PRELOAD_MODELS": "multi,missing-model"})
+    second = Stack(
+        home=stack.home,
+        data_dir=stack.data_dir,
+        with_worker=False,
+        extra_env={"TRAINYARD_API_WORKERS": "2", "TRAINYARD_PRELOAD_MODELS": "multi,missing-model"},
+    )
     second._spawn("api", ["-m", "service.cli.main", "api"])
     try:
-        wait_until(lambda: "missing-model" in httpx.get(f"{second.url}/readyz").json()["checks"]["models"],
-                   timeout=60, what="both processes to report their preload")
+        wait_until(
+            lambda: "missing-model" in httpx.get(f"{second.url}/readyz").json()["checks"]["models"],
+            timeout=60,
+            what="both processes to report their preload",
+        )
         assert httpx.get(f"{second.url}/readyz").status_code == 503
     finally:
         second.stop()
@@ -82,8 +96,16 @@ def test_readiness_waits_for_every_process_to_preload(two_processes):
 
 def test_cache_thrash_answers_every_predict_within_its_deadline(two_processes):
     stack, jobs = two_processes
-    thrash = Stack(home=stack.home, data_dir=stack.data_dir, with_worker=False, extra_env={
-        "TRAINYARD_API_WORKERS": "1", "TRAINYARD_MODEL_CACHE_SIZE": "1", "TRAINYARD_PREDICT_TIMEOUT_MS": "3000"})
+    thrash = Stack(
+        home=stack.home,
+        data_dir=stack.data_dir,
+        with_worker=False,
+        extra_env={
+            "TRAINYARD_API_WORKERS": "1",
+            "TRAINYARD_MODEL_CACHE_SIZE": "1",
+            "TRAINYARD_PREDICT_TIMEOUT_MS": "3000",
+        },
+    )
     thrash._spawn("api", ["-m", "service.cli.main", "api"])
     image = png_bytes(3, seed=5)
     try:
@@ -94,8 +116,11 @@ def test_cache_thrash_answers_every_predict_within_its_deadline(two_processes):
             with httpx.Client(base_url=thrash.url, timeout=30) as client:
                 for n in range(33):
                     started = time.monotonic()
-                    answer = client.post(f"/v1/models/job:{jobs[(index + n) % 2]}/predict", content=image,
-                                         headers={"content-type": "image/png"})
+                    answer = client.post(
+                        f"/v1/models/job:{jobs[(index + n) % 2]}/predict",
+                        content=image,
+                        headers={"content-type": "image/png"},
+                    )
                     results.append((answer.status_code, time.monotonic() - started, answer.headers.get("retry-after")))
             return results
 
@@ -124,8 +149,9 @@ def test_an_api_process_that_dies_is_replaced(two_processes):
     stack, _ = two_processes
 
     def api_pids() -> set[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(stack.procs["api"].pid)],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(stack.procs["api"].pid)], capture_output=True, text=True
+        ).stdout
         return {int(pid) for pid in out.split()}
 
     before = api_pids()
@@ -134,10 +160,16 @@ def test_an_api_process_that_dies_is_replaced(two_processes):
     metrics = stack.home / "run" / f"api-{stack.port}" / "metrics"
     assert list(metrics.glob(f"gauge_live*_{victim}.db"))  # e.g. the models it holds
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: len(api_pids()) == 2 and victim not in api_pids(), timeout=30,
-               what=f"a new API process in place of {victim}\n{stack.logs()}")
-    wait_until(lambda: httpx.get(f"{stack.url}/readyz", timeout=2).status_code == 200, timeout=60,
-               what=f"readiness with the new process\n{stack.logs()}")
+    wait_until(
+        lambda: len(api_pids()) == 2 and victim not in api_pids(),
+        timeout=30,
+        what=f"a new API process in place of {victim}\n{stack.logs()}",
+    )
+    wait_until(
+        lambda: httpx.get(f"{stack.url}/readyz", timeout=2).status_code == 200,
+        timeout=60,
+        what=f"readiness with the new process\n{stack.logs()}",
+    )
     assert "exited with status -9; restarting it" in stack.log("api")
     assert httpx.get(f"{stack.url}/readyz").json()["checks"]["models"] == "ok"
     assert not list(metrics.glob(f"gauge_live*_{victim}.db"))  # its gauges no longer count

@@ -19,10 +19,19 @@ pytestmark = pytest.mark.e2e
 
 
 def trainyard(stack, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")},
-           "TRAINYARD_URL": stack.url, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "service.cli.main", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")},
+        "TRAINYARD_URL": stack.url,
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_submit_follow_to_success_then_inspect(embedded_stack, tmp_path):
@@ -42,7 +51,10 @@ def test_submit_follow_to_success_then_inspect(embedded_stack, tmp_path):
     assert json.loads(shown.stdout)["id"] == job_id
     summary = trainyard(embedded_stack, "jobs", "show", job_id[:8]).stdout
     assert f"job {job_id} cli-follow: succeeded" in summary and "best epoch 3 (chosen on last_epoch" in summary
-    assert re.search(r"^\W*3\W.*\bbest\W*$", table.stdout, flags=re.M) and "best: epoch 3, chosen on last_epoch" in table.stdout
+    assert (
+        re.search(r"^\W*3\W.*\bbest\W*$", table.stdout, flags=re.M)
+        and "best: epoch 3, chosen on last_epoch" in table.stdout
+    )
 
     assert trainyard(embedded_stack, "models", "register", "cli-model", job_id).returncode == 0
     assert trainyard(embedded_stack, "models", "alias", "cli-model", "production", "1").returncode == 0
@@ -83,14 +95,21 @@ def test_scripts_get_json_and_exit_codes(embedded_stack, tmp_path):
     waited = trainyard(embedded_stack, "jobs", "wait", job["id"], "--json")
     assert waited.returncode == 0 and json.loads(waited.stdout)["id"] == job["id"]
 
-    for command in (["jobs", "list"], ["metrics", job["id"]], ["models", "list"], ["workers"], ["datasets", "list"],
-                    ["logs", job["id"]]):
+    for command in (
+        ["jobs", "list"],
+        ["metrics", job["id"]],
+        ["models", "list"],
+        ["workers"],
+        ["datasets", "list"],
+        ["logs", job["id"]],
+    ):
         run = trainyard(embedded_stack, *command, "--json")
         assert run.returncode == 0, (command, run.stderr)
         json.loads(run.stdout)  # one JSON document, nothing else on stdout
     followed = trainyard(embedded_stack, "logs", job["id"], "--follow", "--json")
-    assert followed.returncode == 0 and any(json.loads(line)["message"].startswith("epoch 1/1")
-                                            for line in followed.stdout.splitlines())
+    assert followed.returncode == 0 and any(
+        json.loads(line)["message"].startswith("epoch 1/1") for line in followed.stdout.splitlines()
+    )
 
 
 def test_errors_are_one_line_with_the_exit_code_they_mean(embedded_stack, tmp_path):
@@ -103,8 +122,12 @@ def test_errors_are_one_line_with_the_exit_code_they_mean(embedded_stack, tmp_pa
     assert trainyard(embedded_stack, "jobs", "list", "--no-such-option").returncode == 2
 
     port = free_port()
-    unreachable = subprocess.run([sys.executable, "-m", "service.cli.main", "jobs", "list", "--url",
-                                  f"http://127.0.0.1:{port}"], cwd=REPO, capture_output=True, text=True)
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "service.cli.main", "jobs", "list", "--url", f"http://127.0.0.1:{port}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert unreachable.returncode == 3 and unreachable.stdout == ""
     assert unreachable.stderr.startswith(f"error: cannot reach the service at http://127.0.0.1:{port} (")
     assert "Start it with `make run`" in unreachable.stderr and "TRAINYARD_URL" in unreachable.stderr
@@ -155,8 +178,9 @@ def test_event_stream_reports_status_and_every_epoch(embedded_stack):
 
 def test_sweep_follow_prints_the_ranked_sweep(embedded_stack, tmp_path):
     request = tmp_path / "sweep.json"
-    request.write_text(json.dumps({"name": "cli-sweep", "base": {**SOFTMAX_SPEC, "epochs": 1},
-                                   "grid": {"optimizer.lr": [0.05, 0.5]}}))
+    request.write_text(
+        json.dumps({"name": "cli-sweep", "base": {**SOFTMAX_SPEC, "epochs": 1}, "grid": {"optimizer.lr": [0.05, 0.5]}})
+    )
     run = trainyard(embedded_stack, "sweep", str(request), "--follow", "--json")
     assert run.returncode == 0, run.stderr
     sweep = json.loads(run.stdout)

@@ -25,7 +25,12 @@ def test_compose_stack_trains_survives_a_killed_worker_and_refuses_placeholders(
         pytest.skip("set TRAINYARD_COMPOSE_CHECK=1 (or run `make compose-check`) to run the stack in Docker")
     can_start = os.geteuid() == 0 and (shutil.which("dockerd") or shutil.which("apt-get")) is not None
     require(can_start, "a private Docker engine needs root and dockerd (or apt-get to install docker.io)")
-    result = subprocess.run([sys.executable, str(REPO / "deploy" / "compose_check.py")], cwd=REPO,
-                            capture_output=True, text=True, timeout=2300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "compose_check.py")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=2300,
+    )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "compose check passed" in result.stdout

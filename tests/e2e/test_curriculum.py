@@ -10,8 +10,12 @@ from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
 
-BASE = {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist", "limit_train": 600},
-        "optimizer": {"name": "sgd", "lr": 0.5}, "batch_size": 50}
+BASE = {
+    "model": {"arch": "softmax_regression"},
+    "data": {"dataset": "fashion-mnist", "limit_train": 600},
+    "optimizer": {"name": "sgd", "lr": 0.5},
+    "batch_size": 50,
+}
 
 
 def metrics(client, job_id):
@@ -19,8 +23,12 @@ def metrics(client, job_id):
 
 
 def test_early_stopped_job_says_why_and_keeps_the_best_checkpoint(stack, client):
-    spec = {**BASE, "epochs": 20, "data": {**BASE["data"], "val_fraction": 0.2},
-            "early_stopping": {"metric": "val_loss", "patience": 1, "min_delta": 0.5}}
+    spec = {
+        **BASE,
+        "epochs": 20,
+        "data": {**BASE["data"], "val_fraction": 0.2},
+        "early_stopping": {"metric": "val_loss", "patience": 1, "min_delta": 0.5},
+    }
     job = stack.wait_for_job(client, submit(client, spec))
     assert (job["status"], job["reason"]) == ("succeeded", "early_stopped")
     rows = metrics(client, job["id"])
@@ -30,8 +38,14 @@ def test_early_stopped_job_says_why_and_keeps_the_best_checkpoint(stack, client)
 
 
 def test_max_runtime_stops_the_job_and_resume_finishes_it(stack, client):
-    spec = {"model": {"arch": "lenet", "activation": "relu"}, "data": {"dataset": "fashion-mnist"},
-            "optimizer": {"lr": 0.05}, "epochs": 2, "batch_size": 4, "max_runtime_seconds": 1.0}
+    spec = {
+        "model": {"arch": "lenet", "activation": "relu"},
+        "data": {"dataset": "fashion-mnist"},
+        "optimizer": {"lr": 0.05},
+        "epochs": 2,
+        "batch_size": 4,
+        "max_runtime_seconds": 1.0,
+    }
     job = stack.wait_for_job(client, submit(client, spec), timeout=60)
     assert (job["status"], job["reason"]) == ("failed", "max_runtime_exceeded")
     assert "resume" in job["error"]
@@ -65,7 +79,10 @@ def test_cross_validation_results_are_on_the_job(stack, client):
 def test_same_spec_and_seed_give_identical_metrics(stack, client):
     spec = {**BASE, "model": {"arch": "mlp", "hidden": [32], "dropout": 0.2}, "epochs": 2, "seed": 5}
     first, second = (stack.wait_for_job(client, submit(client, spec)) for _ in range(2))
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_second", "recorded_at")} for r in rows]
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_second", "recorded_at")} for r in rows]
+
     assert strip(metrics(client, first["id"])) == strip(metrics(client, second["id"]))
     assert first["environment"]["spec_hash"] == second["environment"]["spec_hash"]
     assert first["environment"]["dataset_checksum"] == second["environment"]["dataset_checksum"]

@@ -18,17 +18,28 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 def chromium(*flags: str):
     """A headless Chromium driven by selenium, with these flags besides the usual ones."""
-    require(CHROMIUM is not None and CHROMEDRIVER is not None,
-            "Chromium and chromedriver are not installed (Debian packages chromium, chromium-driver; "
-            "`make setup` installs them when it runs as root)")
+    require(
+        CHROMIUM is not None and CHROMEDRIVER is not None,
+        "Chromium and chromedriver are not installed (Debian packages chromium, chromium-driver; "
+        "`make setup` installs them when it runs as root)",
+    )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1000", *flags):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        *flags,
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.implicitly_wait(5)
@@ -50,9 +61,14 @@ OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-
 def fetched_elsewhere(driver, url: str) -> list[str]:
     """What the page asked for from anywhere but `url`, less what its Content-Security-Policy
     blocked before any request (ReDoc's menu shows its makers' logo from their CDN)."""
-    blocked = {m.group(1) for entry in driver.get_log("browser")
-               for m in [re.search(r"Loading the \w+ '([^']+)' violates the following Content Security Policy",
-                                   entry["message"])] if m}
+    blocked = {
+        m.group(1)
+        for entry in driver.get_log("browser")
+        for m in [
+            re.search(r"Loading the \w+ '([^']+)' violates the following Content Security Policy", entry["message"])
+        ]
+        if m
+    }
     asked = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert any(name.startswith(url) for name in asked)
     return [name for name in asked if not name.startswith(url) and name not in blocked]
@@ -68,8 +84,9 @@ def test_the_api_documentation_renders_offline(embedded_stack, tmp_path):
             driver.get("http://example.com/")
 
         driver.get(embedded_stack.url + "/docs")
-        wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, ".opblock"), timeout=30,
-                   what="Swagger UI's operations")
+        wait_until(
+            lambda: driver.find_elements(By.CSS_SELECTOR, ".opblock"), timeout=30, what="Swagger UI's operations"
+        )
         create = driver.find_element(By.CSS_SELECTOR, ".opblock-post .opblock-summary-path[data-path='/v1/jobs']")
         assert create.text.replace("\u200b", "") == "/v1/jobs"
         assert "trainyard" in text(driver, ".info .title")
@@ -77,11 +94,19 @@ def test_the_api_documentation_renders_offline(embedded_stack, tmp_path):
         assert fetched_elsewhere(driver, embedded_stack.url) == []
 
         driver.get(embedded_stack.url + "/redoc")
-        wait_until(lambda: "trainyard" in driver.execute_script(
-            "const h = document.querySelector('h1'); return h ? h.textContent : ''"), timeout=30,
-            what="ReDoc's title")
-        wait_until(lambda: "/v1/jobs" in driver.find_element(By.TAG_NAME, "body").get_attribute("textContent"),
-                   timeout=30, what="ReDoc's operations")
+        wait_until(
+            lambda: (
+                "trainyard"
+                in driver.execute_script("const h = document.querySelector('h1'); return h ? h.textContent : ''")
+            ),
+            timeout=30,
+            what="ReDoc's title",
+        )
+        wait_until(
+            lambda: "/v1/jobs" in driver.find_element(By.TAG_NAME, "body").get_attribute("textContent"),
+            timeout=30,
+            what="ReDoc's operations",
+        )
         driver.save_screenshot(str(tmp_path / "redoc.png"))
         assert fetched_elsewhere(driver, embedded_stack.url) == []
     finally:
@@ -100,8 +125,11 @@ def test_job_page_shows_the_evaluation_report(browser, embedded_stack, unsure_jo
     with embedded_stack.client() as client:
         report = client.get(f"/v1/jobs/{unsure_job}/evaluation").json()
     browser.get(f"{embedded_stack.url}/ui/jobs/{unsure_job}")
-    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#evaluation #classes"), timeout=20,
-               what="the evaluation report on the job's page")
+    wait_until(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "#evaluation #classes"),
+        timeout=20,
+        what="the evaluation report on the job's page",
+    )
     assert f"accuracy {report['accuracy']:.4f}" in text(browser, "#evaluation-summary")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#classes tbody tr")) == 10
     assert "macro avg" in text(browser, "#classes tfoot") and "0.99" in text(browser, "#thresholds")
@@ -109,9 +137,13 @@ def test_job_page_shows_the_evaluation_report(browser, embedded_stack, unsure_jo
     caption = text(browser, ".mistake figcaption")
     assert first["true_label"] in caption and first["predicted_label"] in caption
     assert len(browser.find_elements(By.CSS_SELECTOR, ".mistake img")) == len(report["mistakes"]) == 24
-    wait_until(lambda: browser.execute_script(
-        "const i = document.querySelector('.mistake img'); return i.complete && i.naturalWidth == 28"), timeout=20,
-        what="a mistake's thumbnail")
+    wait_until(
+        lambda: browser.execute_script(
+            "const i = document.querySelector('.mistake img'); return i.complete && i.naturalWidth == 28"
+        ),
+        timeout=20,
+        what="a mistake's thumbnail",
+    )
 
 
 def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
@@ -131,9 +163,13 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     row.find_element(By.TAG_NAME, "a").click()
     assert text(browser, "#status") == "succeeded"
     assert len(browser.find_elements(By.CSS_SELECTOR, "#metrics tbody tr")) == 3
-    wait_until(lambda: browser.execute_script(
-        "const i = document.querySelector('#curves'); return i.complete && i.naturalWidth > 300"), timeout=20,
-        what="the learning-curve image")
+    wait_until(
+        lambda: browser.execute_script(
+            "const i = document.querySelector('#curves'); return i.complete && i.naturalWidth > 300"
+        ),
+        timeout=20,
+        what="the learning-curve image",
+    )
     browser.find_element(By.ID, "tab-logs").click()
     assert "epoch 3/3: train loss" in text(browser, "#logs") and "succeeded" in text(browser, "#logs")
     browser.find_element(By.ID, "tab-overview").click()
@@ -142,11 +178,19 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     browser.get(embedded_stack.url + "/ui/submit?example=softmax-regression")
     spec = browser.find_element(By.ID, "spec")
     assert '"softmax_regression"' in spec.get_attribute("value")
-    browser.execute_script("arguments[0].value = arguments[1]", spec, '{"name": "from-the-browser", '
-                           '"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"}, "epochs": 2}')
+    browser.execute_script(
+        "arguments[0].value = arguments[1]",
+        spec,
+        '{"name": "from-the-browser", '
+        '"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"}, "epochs": 2}',
+    )
     browser.find_element(By.ID, "submit").click()
-    wait_until(lambda: "/ui/jobs/" in browser.current_url and text(browser, "#status") == "succeeded", timeout=60,
-               interval=0.5, what="the submitted job's page to show success")
+    wait_until(
+        lambda: "/ui/jobs/" in browser.current_url and text(browser, "#status") == "succeeded",
+        timeout=60,
+        interval=0.5,
+        what="the submitted job's page to show success",
+    )
     assert "from-the-browser" in browser.title
     deleted_id = browser.current_url.rsplit("/", 1)[-1]
     browser.execute_script("window.confirm = () => true")  # the delete button asks first
@@ -157,23 +201,39 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
         assert client.get(f"/v1/jobs/{deleted_id}").status_code == 404
 
     browser.get(embedded_stack.url + "/ui/submit")
-    browser.execute_script("document.querySelector('#spec').value = '{\"model\": {\"arch\": \"mlp\"}, \"data\": "
-                           "{\"dataset\": \"fashion-mnist\"}, \"optimizer\": {\"lr\": -1}}'")
+    browser.execute_script(
+        'document.querySelector(\'#spec\').value = \'{"model": {"arch": "mlp"}, "data": '
+        '{"dataset": "fashion-mnist"}, "optimizer": {"lr": -1}}\''
+    )
     browser.find_element(By.ID, "submit").click()
     assert "optimizer.lr" in text(browser, "#error")
 
     with embedded_stack.client() as client:
-        sweep = client.post("/v1/sweeps", json={"name": "dashboard-sweep", "base": {**SOFTMAX_SPEC, "epochs": 1},
-                                                "grid": {"optimizer.lr": [0.05, 0.5]}}).json()
+        sweep = client.post(
+            "/v1/sweeps",
+            json={
+                "name": "dashboard-sweep",
+                "base": {**SOFTMAX_SPEC, "epochs": 1},
+                "grid": {"optimizer.lr": [0.05, 0.5]},
+            },
+        ).json()
     browser.get(embedded_stack.url + "/ui/sweeps")
     browser.find_element(By.CSS_SELECTOR, f'tr[data-sweep="{sweep["id"]}"] a').click()
-    wait_until(lambda: text(browser, "#status") == "succeeded", timeout=120, interval=0.5,
-               what="the sweep page to show success")
+    wait_until(
+        lambda: text(browser, "#status") == "succeeded",
+        timeout=120,
+        interval=0.5,
+        what="the sweep page to show success",
+    )
     ranks = browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")
     assert len(ranks) == 2 and all("succeeded" in row.text for row in ranks)
-    wait_until(lambda: browser.execute_script(
-        "const i = document.querySelector('#compare'); return i.complete && i.naturalWidth > 300"), timeout=20,
-        what="the sweep's comparison image")
+    wait_until(
+        lambda: browser.execute_script(
+            "const i = document.querySelector('#compare'); return i.complete && i.naturalWidth > 300"
+        ),
+        timeout=20,
+        what="the sweep's comparison image",
+    )
 
     browser.get(embedded_stack.url + "/ui/models")
     assert "dashboard-model" in text(browser, "#model-dashboard-model")
@@ -198,20 +258,40 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     results = browser.find_elements(By.CSS_SELECTOR, ".result")
     assert [r.find_element(By.CSS_SELECTOR, ".label").text for r in results] == ["ankle boot", "trouser"]
     assert all(len(r.find_elements(By.CSS_SELECTOR, ".bar-row")) == 3 for r in results)
-    wait_until(lambda: browser.execute_script(
-        "return [...document.querySelectorAll('img.preview, img.seen')].every(i => i.complete && i.naturalWidth > 0)"),
-        timeout=10, what="the previews")
+    wait_until(
+        lambda: browser.execute_script(
+            "return [...document.querySelectorAll('img.preview, img.seen')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        ),
+        timeout=10,
+        what="the previews",
+    )
     # What the model sees is its own input size (28x28), whatever size was sent.
-    assert browser.execute_script("return [...document.querySelectorAll('img.seen')].map(i => i.naturalWidth)") == [28, 28]
+    assert browser.execute_script("return [...document.querySelectorAll('img.seen')].map(i => i.naturalWidth)") == [
+        28,
+        28,
+    ]
     browser.save_screenshot(str(tmp_path / "predict.png"))
 
 
 def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
-    with Stack(home=tmp_path / "locked", data_dir=data_dir, with_worker=False,
-               extra_env={"TRAINYARD_API_TOKENS": "rw-secret,ro-secret:read"}) as stack:
+    with Stack(
+        home=tmp_path / "locked",
+        data_dir=data_dir,
+        with_worker=False,
+        extra_env={"TRAINYARD_API_TOKENS": "rw-secret,ro-secret:read"},
+    ) as stack:
         with httpx.Client(base_url=stack.url, follow_redirects=False) as client:
-            for path in ("/", "/ui/submit", "/ui/models", "/ui/datasets", "/ui/predict", "/ui/fragments/jobs",
-                         "/ui/fragments/jobs/x/evaluation", "/ui/jobs/x/test-images/0.png"):
+            for path in (
+                "/",
+                "/ui/submit",
+                "/ui/models",
+                "/ui/datasets",
+                "/ui/predict",
+                "/ui/fragments/jobs",
+                "/ui/fragments/jobs/x/evaluation",
+                "/ui/jobs/x/test-images/0.png",
+            ):
                 assert client.get(path).status_code == 303, path
             assert client.post("/ui/login", data={"token": "wrong"}).headers["location"] == "/ui/login"
             answer = client.post("/ui/login", data={"token": "ro-secret"})
@@ -228,8 +308,11 @@ def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
 
 def test_the_job_list_shows_an_uploaded_datasets_name(embedded_stack):
     with embedded_stack.client() as client:
-        dataset = client.post("/v1/datasets", data={"name": "listed-shapes"}, files={
-            "file": ("x.zip", image_folder_zip(["a", "b"], per_class=5, test_per_class=2), "application/zip")}).json()
+        dataset = client.post(
+            "/v1/datasets",
+            data={"name": "listed-shapes"},
+            files={"file": ("x.zip", image_folder_zip(["a", "b"], per_class=5, test_per_class=2), "application/zip")},
+        ).json()
         job_id = submit(client, {**SOFTMAX_SPEC, "epochs": 1, "data": {"dataset": f"uploaded:{dataset['id']}"}})
         for page in ("/", "/ui/fragments/jobs"):
             row = client.get(page).text.split(f'<tr data-job="{job_id}">', 1)[1].split("</tr>", 1)[0]
@@ -239,9 +322,15 @@ def test_the_job_list_shows_an_uploaded_datasets_name(embedded_stack):
 
 def test_the_submit_form_names_fields_as_written(embedded_stack):
     with httpx.Client(base_url=embedded_stack.url, timeout=30) as client:
-        bad = client.post("/ui/submit", data={"spec": '{"model": {"arch": "mlp", "activation": "swish"}, '
-                                                      '"data": {"dataset": "fashion-mnist"}}'})
-        assert bad.status_code == 422 and "model.activation: Input should be" in bad.text and "mlp.activation" not in bad.text
+        bad = client.post(
+            "/ui/submit",
+            data={"spec": '{"model": {"arch": "mlp", "activation": "swish"}, "data": {"dataset": "fashion-mnist"}}'},
+        )
+        assert (
+            bad.status_code == 422
+            and "model.activation: Input should be" in bad.text
+            and "mlp.activation" not in bad.text
+        )
         broken = client.post("/ui/submit", data={"spec": '{"model": '})
         assert broken.status_code == 422 and "not JSON" in broken.text
 
@@ -259,9 +348,16 @@ def test_the_predict_page_says_not_sure_below_the_threshold(embedded_stack):
     weights = build_model(MODEL_SPEC.validate_python({"arch": "mlp", "hidden": [8]}), [1, 28, 28], 10).state_dict()
     image = [("files", ("shirt.png", png_bytes(6, seed=2), "image/png"))]
     with httpx.Client(base_url=embedded_stack.url, timeout=30) as client:
-        imported = client.post("/v1/models/import", files={"file": ("w.safetensors", save(weights))}, data={
-            "name": "dashboard-unsure", "model": json.dumps({"arch": "mlp", "hidden": [8]}),
-            "classes": json.dumps([f"k{i}" for i in range(10)]), "threshold": "0.9"})
+        imported = client.post(
+            "/v1/models/import",
+            files={"file": ("w.safetensors", save(weights))},
+            data={
+                "name": "dashboard-unsure",
+                "model": json.dumps({"arch": "mlp", "hidden": [8]}),
+                "classes": json.dumps([f"k{i}" for i in range(10)]),
+                "threshold": "0.9",
+            },
+        )
         assert imported.status_code == 201, imported.text
         by_default = client.post("/ui/predict", data={"model": "dashboard-unsure", "threshold": ""}, files=image)
         assert by_default.status_code == 200 and 'class="label not-sure">not sure<' in by_default.text
@@ -293,19 +389,37 @@ def test_datasets_page_uploads_lists_and_deletes(browser, embedded_stack, tmp_pa
           return send.call(this, body);
         };""")
     upload(shapes)
-    row = wait_until(lambda: [r for r in browser.find_elements(By.CSS_SELECTOR, "#datasets tr[data-dataset]")
-                              if r.find_element(By.CSS_SELECTOR, ".name").text == "page-shapes"], timeout=20,
-                     what="the uploaded dataset's row")[0]
+    row = wait_until(
+        lambda: [
+            r
+            for r in browser.find_elements(By.CSS_SELECTOR, "#datasets tr[data-dataset]")
+            if r.find_element(By.CSS_SELECTOR, ".name").text == "page-shapes"
+        ],
+        timeout=20,
+        what="the uploaded dataset's row",
+    )[0]
     loaded, total = map(int, browser.execute_script("return sessionStorage.getItem('sent')").split("/"))
     assert loaded == total > shapes.stat().st_size
     dataset_id = row.get_attribute("data-dataset")
     assert "ready" in row.text and "image_folder" in row.text and "2: circle, square" in row.text
     assert [row.find_element(By.CSS_SELECTOR, f"td.{c}").text for c in ("train", "test", "input")] == [
-        "10", "4", "grayscale 28×28"]
-    wait_until(lambda: browser.execute_script(
-        "return [...arguments[0].querySelectorAll('.thumbs img')].map(i => i.complete && i.naturalWidth)"
-        ".join() == '28,28,28,28,28,28'", row), timeout=10, what="six 28-pixel thumbnails")
-    assert [i.get_attribute("title") for i in row.find_elements(By.CSS_SELECTOR, ".thumbs img")][:2] == ["circle", "square"]
+        "10",
+        "4",
+        "grayscale 28×28",
+    ]
+    wait_until(
+        lambda: browser.execute_script(
+            "return [...arguments[0].querySelectorAll('.thumbs img')].map(i => i.complete && i.naturalWidth)"
+            ".join() == '28,28,28,28,28,28'",
+            row,
+        ),
+        timeout=10,
+        what="six 28-pixel thumbnails",
+    )
+    assert [i.get_attribute("title") for i in row.find_elements(By.CSS_SELECTOR, ".thumbs img")][:2] == [
+        "circle",
+        "square",
+    ]
     browser.save_screenshot(str(tmp_path / "datasets.png"))
 
     listed = len(browser.find_elements(By.CSS_SELECTOR, "#datasets tr[data-dataset]"))
@@ -313,15 +427,26 @@ def test_datasets_page_uploads_lists_and_deletes(browser, embedded_stack, tmp_pa
     problem = wait_until(lambda: browser.find_element(By.ID, "upload-error").text, timeout=20, what="the refusal")
     assert "a dataset named 'page-shapes' exists" in problem, problem
     upload(notes, "notes")
-    wait_until(lambda: "zip" in browser.find_element(By.ID, "upload-error").text, timeout=20,
-               what="the refusal of a file that is no zip")
+    wait_until(
+        lambda: "zip" in browser.find_element(By.ID, "upload-error").text,
+        timeout=20,
+        what="the refusal of a file that is no zip",
+    )
     assert len(browser.find_elements(By.CSS_SELECTOR, "#datasets tr[data-dataset]")) == listed
 
     row.find_element(By.CSS_SELECTOR, ".name").click()
     assert text(browser, "#status") == "ready" and text(browser, "#classes") == "circle, square"
-    wait_until(lambda: browser.execute_script(
-        "return [...document.querySelectorAll('.thumbs img')].filter(i => i.complete && i.naturalWidth == 28).length")
-        == 8, timeout=10, what="four examples of each class")
+    wait_until(
+        lambda: (
+            browser.execute_script(
+                "return [...document.querySelectorAll('.thumbs img')]"
+                ".filter(i => i.complete && i.naturalWidth == 28).length"
+            )
+            == 8
+        ),
+        timeout=10,
+        what="four examples of each class",
+    )
 
     with embedded_stack.client() as client:  # asks for a GPU no worker has: it stays queued
         waiting = submit(client, {**SOFTMAX_SPEC, "device": "cuda", "data": {"dataset": "uploaded:page-shapes"}})
@@ -337,8 +462,9 @@ def test_datasets_page_uploads_lists_and_deletes(browser, embedded_stack, tmp_pa
     assert not browser.find_elements(By.CSS_SELECTOR, f'tr[data-dataset="{dataset_id}"]')
 
 
-def test_a_job_page_registers_a_version_that_the_models_page_aliases_and_exports(browser, embedded_stack,
-                                                                                  unsure_job, tmp_path):
+def test_a_job_page_registers_a_version_that_the_models_page_aliases_and_exports(
+    browser, embedded_stack, unsure_job, tmp_path
+):
     from selenium.webdriver.common.by import By
 
     with embedded_stack.client() as client:
@@ -346,11 +472,16 @@ def test_a_job_page_registers_a_version_that_the_models_page_aliases_and_exports
     browser.get(f"{embedded_stack.url}/ui/jobs/{unsure_job}")
     best = browser.find_element(By.CSS_SELECTOR, "#metrics tr.best")
     assert best.find_element(By.TAG_NAME, "td").text == f"{job['best_metrics']['epoch']} best"
-    assert browser.find_element(By.ID, "predict-link").get_attribute("href").endswith(f"/ui/predict?model=job:{unsure_job}")
+    assert (
+        browser.find_element(By.ID, "predict-link")
+        .get_attribute("href")
+        .endswith(f"/ui/predict?model=job:{unsure_job}")
+    )
     browser.save_screenshot(str(tmp_path / "job.png"))
     browser.find_element(By.ID, "evaluate-link").click()
-    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#evaluation #classes"), timeout=20,
-               what="the evaluation report")
+    wait_until(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "#evaluation #classes"), timeout=20, what="the evaluation report"
+    )
     exported = {a.text: a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#actions a.export")}
     assert list(exported) == ["safetensors", "torchscript", "onnx", "onnx (uint8 pixels in)"]
 
@@ -364,16 +495,22 @@ def test_a_job_page_registers_a_version_that_the_models_page_aliases_and_exports
     name.send_keys("from-the-page")
     browser.find_element(By.ID, "register-threshold").send_keys("0.4")
     browser.find_element(By.ID, "register-button").click()
-    wait_until(lambda: browser.current_url.endswith("/ui/models/from-the-page#version-1"), timeout=20,
-               what="the new version on its model's page")
+    wait_until(
+        lambda: browser.current_url.endswith("/ui/models/from-the-page#version-1"),
+        timeout=20,
+        what="the new version on its model's page",
+    )
     version = browser.find_element(By.ID, "version-1")
     assert unsure_job[:8] in version.text and "0.4" in version.text
     assert version.find_element(By.CSS_SELECTOR, "a.predict").get_attribute("href").endswith("?model=from-the-page%3A1")
 
     version.find_element(By.CSS_SELECTOR, ".set-alias input[name=alias]").send_keys("staging")
     version.find_element(By.CSS_SELECTOR, ".set-alias button").click()
-    wait_until(lambda: [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#version-1 .badge")] == ["staging"],
-               timeout=20, what="the alias beside its version")
+    wait_until(
+        lambda: [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#version-1 .badge")] == ["staging"],
+        timeout=20,
+        what="the alias beside its version",
+    )
     version = browser.find_element(By.ID, "version-1")
     version.find_element(By.CSS_SELECTOR, ".set-alias input[name=alias]").send_keys("Bad Alias")
     version.find_element(By.CSS_SELECTOR, ".set-alias button").click()
@@ -396,8 +533,10 @@ def test_submitting_shows_the_warnings_and_the_list_shows_the_best_epoch(browser
     from selenium.webdriver.common.by import By
 
     browser.get(embedded_stack.url + "/ui/submit")
-    browser.execute_script("document.querySelector('#spec').value = arguments[0]", '{"name": "warned", '
-                           '"model": {"arch": "softmax_regression"}, "data": {"dataset": "mnist"}, "epochs": 1}')
+    browser.execute_script(
+        "document.querySelector('#spec').value = arguments[0]",
+        '{"name": "warned", "model": {"arch": "softmax_regression"}, "data": {"dataset": "mnist"}, "epochs": 1}',
+    )
     browser.find_element(By.ID, "submit").click()
     assert "dataset mnist is not in this service's data folder" in text(browser, "#warnings")
     warned = browser.current_url.rsplit("/", 1)[-1]
@@ -414,13 +553,14 @@ def test_submitting_shows_the_warnings_and_the_list_shows_the_best_epoch(browser
 
 
 def test_unknown_dashboard_pages_are_its_own_404_page(browser, embedded_stack):
-    from selenium.webdriver.common.by import By
 
     with httpx.Client(base_url=embedded_stack.url, timeout=30) as client:
-        for path, said in (("/ui/no-such-page", "there is no page at /ui/no-such-page"),
-                           ("/ui/datasets/0123456789ab", "dataset 0123456789ab not found"),
-                           ("/ui/models/no-such-model", "no-such-model"),
-                           ("/ui/jobs/0123456789", "job 0123456789 not found")):
+        for path, said in (
+            ("/ui/no-such-page", "there is no page at /ui/no-such-page"),
+            ("/ui/datasets/0123456789ab", "dataset 0123456789ab not found"),
+            ("/ui/models/no-such-model", "no-such-model"),
+            ("/ui/jobs/0123456789", "job 0123456789 not found"),
+        ):
             answer = client.get(path)
             assert answer.status_code == 404 and answer.headers["content-type"].startswith("text/html"), path
             assert 'id="error-status">404 Not Found<' in answer.text and said in answer.text, answer.text

@@ -58,8 +58,7 @@ def test_a_database_outage_pauses_the_job_and_the_api_answers_503(tmp_path, data
     with Stack(home=tmp_path / "home", data_dir=data_dir, database_url=private_postgres.url) as stack:
         with stack.client() as client:
             job_id = submit(client, SPEC)
-            wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["epoch"] >= 2, timeout=120,
-                       what="two epochs")
+            wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["epoch"] >= 2, timeout=120, what="two epochs")
             private_postgres.stop()
             seen = _calls_during_outage(client, job_id)
             trained = sorted(p.name for p in (stack.home / "checkpoints" / job_id).glob("epoch-*.safetensors"))

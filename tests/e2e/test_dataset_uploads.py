@@ -16,8 +16,11 @@ CLASSES = ["circle", "square", "star"]
 
 def upload(client, data: bytes, **form):
     form.setdefault("name", f"shapes-{uuid.uuid4().hex[:8]}")  # names are unique; most tests need no particular one
-    return client.post("/v1/datasets", files={"file": ("shapes.zip", data, "application/zip")},
-                       data={k: str(v) for k, v in form.items()})
+    return client.post(
+        "/v1/datasets",
+        files={"file": ("shapes.zip", data, "application/zip")},
+        data={k: str(v) for k, v in form.items()},
+    )
 
 
 def test_upload_train_and_predict_with_the_datasets_class_names(stack, client):
@@ -29,8 +32,13 @@ def test_upload_train_and_predict_with_the_datasets_class_names(stack, client):
     assert client.get(f"/v1/datasets/{dataset['id']}").json() == dataset
     assert dataset["id"] in [d["id"] for d in client.get("/v1/datasets").json()["data"]]
 
-    spec = {"model": {"arch": "mlp", "hidden": [64]}, "data": {"dataset": f"uploaded:{dataset['id']}"},
-            "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 8, "batch_size": 16}
+    spec = {
+        "model": {"arch": "mlp", "hidden": [64]},
+        "data": {"dataset": f"uploaded:{dataset['id']}"},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "epochs": 8,
+        "batch_size": 16,
+    }
     job = stack.wait_for_job(client, submit(client, spec))
     assert job["status"] == "succeeded", job
     assert job["latest_metrics"]["test_acc"] > 0.9
@@ -50,10 +58,18 @@ def test_upload_train_and_predict_with_the_datasets_class_names(stack, client):
 
 def test_deleting_a_dataset_a_queued_job_needs_is_409(stack, client):
     dataset = upload(client, image_folder_zip(["a", "b"], per_class=5, test_per_class=2)).json()
-    blocker = submit(client, {"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-                              "data": {"dataset": "fashion-mnist"}, "epochs": 1, "batch_size": 4})
-    waiting = submit(client, {"model": {"arch": "softmax_regression"}, "epochs": 1,
-                              "data": {"dataset": f"uploaded:{dataset['id']}"}})
+    blocker = submit(
+        client,
+        {
+            "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+            "data": {"dataset": "fashion-mnist"},
+            "epochs": 1,
+            "batch_size": 4,
+        },
+    )
+    waiting = submit(
+        client, {"model": {"arch": "softmax_regression"}, "epochs": 1, "data": {"dataset": f"uploaded:{dataset['id']}"}}
+    )
     answer = client.delete(f"/v1/datasets/{dataset['id']}")
     assert answer.status_code == 409 and waiting in answer.json()["detail"]
     client.post(f"/v1/jobs/{blocker}/cancel")
@@ -62,23 +78,33 @@ def test_deleting_a_dataset_a_queued_job_needs_is_409(stack, client):
 
 
 def test_csv_regression_dataset_trains(stack, client):
-    rows = "x1,x2,target\n" + "".join(f"{i / 100},{(i % 7) / 7},{3 * i / 100 - 2 * (i % 7) / 7 + 1}\n" for i in range(200))
+    rows = "x1,x2,target\n" + "".join(
+        f"{i / 100},{(i % 7) / 7},{3 * i / 100 - 2 * (i % 7) / 7 + 1}\n" for i in range(200)
+    )
     dataset = upload(client, zip_bytes({"table.csv": rows.encode()}), test_fraction=0.2).json()
     assert dataset["task"] == "regression" and dataset["input_shape"] == [2]
-    spec = {"model": {"arch": "linear_regression"}, "data": {"dataset": f"uploaded:{dataset['id']}"},
-            "optimizer": {"lr": 0.1}, "epochs": 60, "batch_size": 10}
+    spec = {
+        "model": {"arch": "linear_regression"},
+        "data": {"dataset": f"uploaded:{dataset['id']}"},
+        "optimizer": {"lr": 0.1},
+        "epochs": 60,
+        "batch_size": 10,
+    }
     job = stack.wait_for_job(client, submit(client, spec))
     assert job["status"] == "succeeded" and job["latest_metrics"]["test_loss"] < 0.01, job
     lenet = client.post("/v1/jobs", json={**spec, "model": {"arch": "lenet"}})
     assert lenet.status_code == 422 and lenet.json()["detail"][0]["loc"] == ["body", "model", "arch"]
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"definitely not a zip", "not a zip"),
-    (zip_bytes({"../../escape.png": b"x"}), "unsafe path"),
-    (zip_bytes({"train/a/big.png": b"\0" * (40 * 1024 * 1024)}), "zip bomb"),
-    (zip_bytes({"train/a/1.png": png_bytes(0, seed=1), "train/b/1.png": b"garbage"}), "train/b/1.png"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"definitely not a zip", "not a zip"),
+        (zip_bytes({"../../escape.png": b"x"}), "unsafe path"),
+        (zip_bytes({"train/a/big.png": b"\0" * (40 * 1024 * 1024)}), "zip bomb"),
+        (zip_bytes({"train/a/1.png": png_bytes(0, seed=1), "train/b/1.png": b"garbage"}), "train/b/1.png"),
+    ],
+)
 def test_bad_uploads_are_422_with_a_message(client, data, message):
     answer = upload(client, data, min_per_class=1)
     assert answer.status_code == 422 and message in answer.json()["detail"]
@@ -95,8 +121,10 @@ def test_the_same_upload_again_is_the_same_dataset(client):
     assert client.get("/v1/datasets").json()["count"] == count
     # Another archive, or the same with other options, under that name would make uploaded:twice
     # mean two datasets: refused, naming the one that has it.
-    for taken in (upload(client, archive, name="twice", color="rgb"),
-                  upload(client, image_folder_zip(["x", "z"], per_class=5, test_per_class=2), name="twice")):
+    for taken in (
+        upload(client, archive, name="twice", color="rgb"),
+        upload(client, image_folder_zip(["x", "z"], per_class=5, test_per_class=2), name="twice"),
+    ):
         assert taken.status_code == 409 and first.json()["id"] in taken.json()["detail"], taken.text
         assert "another name" in taken.json()["detail"]
     other = upload(client, archive, name="once more")
@@ -114,8 +142,9 @@ def test_a_large_upload_is_decoded_after_the_answer(tmp_path, data_dir):
     processing until it is decoded; then it is ready and trains, or failed with the reason."""
     from tests.support.servers import Stack, wait_until
 
-    with Stack(home=tmp_path / "home", data_dir=data_dir,
-               extra_env={"TRAINYARD_DATASET_BACKGROUND_BYTES": "1024"}) as stack:
+    with Stack(
+        home=tmp_path / "home", data_dir=data_dir, extra_env={"TRAINYARD_DATASET_BACKGROUND_BYTES": "1024"}
+    ) as stack:
         with stack.client() as client:
             archive = image_folder_zip(CLASSES, per_class=30, test_per_class=5)
             answer = upload(client, archive, name="later")
@@ -132,14 +161,21 @@ def test_a_large_upload_is_decoded_after_the_answer(tmp_path, data_dir):
             wait_until(lambda: status() != "processing", timeout=60, what="the upload to be decoded")
             ready = client.get(f"/v1/datasets/{kept['id']}").json()
             assert ready["status"] == "ready" and ready["classes"] == CLASSES and ready["num_train"] == 90
-            spec = {"model": {"arch": "softmax_regression"}, "data": {"dataset": f"uploaded:{kept['id']}"},
-                    "epochs": 2, "batch_size": 16}
+            spec = {
+                "model": {"arch": "softmax_regression"},
+                "data": {"dataset": f"uploaded:{kept['id']}"},
+                "epochs": 2,
+                "batch_size": 16,
+            }
             assert stack.wait_for_job(client, submit(client, spec))["status"] == "succeeded"
 
             bad = upload(client, image_folder_zip(["a", "b"], per_class=40, test_per_class=1), min_per_class=50)
             assert bad.status_code == 202
-            wait_until(lambda: client.get(bad.headers["location"]).json()["status"] != "processing", timeout=60,
-                       what="the bad upload to be decoded")
+            wait_until(
+                lambda: client.get(bad.headers["location"]).json()["status"] != "processing",
+                timeout=60,
+                what="the bad upload to be decoded",
+            )
             failed = client.get(bad.headers["location"]).json()
             assert failed["status"] == "failed" and "fewer than min_per_class=50" in failed["error"]
             refused = client.post("/v1/jobs", json={**spec, "data": {"dataset": f"uploaded:{failed['id']}"}})

@@ -19,7 +19,9 @@ SLOW = {**SOFTMAX_SPEC, "epochs": 200, "name": "slow"}
 
 def _predict(client, model: str, tmp_path) -> int:
     png = class_png(tmp_path / "item.png", 3, seed=1).read_bytes()
-    return client.post("/v1/predict", data={"model": model}, files={"files": ("item.png", png, "image/png")}).status_code
+    return client.post(
+        "/v1/predict", data={"model": model}, files={"files": ("item.png", png, "image/png")}
+    ).status_code
 
 
 def test_delete_a_job_while_its_registered_version_stays(stack, client, tmp_path):
@@ -48,9 +50,16 @@ def test_delete_a_job_while_its_registered_version_stays(stack, client, tmp_path
     refused = client.delete(f"/v1/models/{name}/versions/1")
     assert refused.status_code == 409 and "production" in refused.json()["detail"]
     assert client.put(f"/v1/models/{name}/aliases/production", json={"version": 1}).status_code == 200
-    second = client.post("/v1/models/import", data={"name": name, "model": '{"arch": "softmax_regression"}',
-                                                   "classes": '["a", "b"]', "input_shape": "[1, 28, 28]"},
-                         files={"file": ("w.safetensors", b"not safetensors", "application/octet-stream")})
+    second = client.post(
+        "/v1/models/import",
+        data={
+            "name": name,
+            "model": '{"arch": "softmax_regression"}',
+            "classes": '["a", "b"]',
+            "input_shape": "[1, 28, 28]",
+        },
+        files={"file": ("w.safetensors", b"not safetensors", "application/octet-stream")},
+    )
     assert second.status_code == 422  # nothing else was registered under the name
 
 
@@ -68,10 +77,15 @@ def test_a_running_job_cannot_be_deleted_until_it_ends(stack, client):
 
 @pytest.fixture(scope="module")
 def retention_stack(tmp_path_factory, data_dir):
-    with Stack(home=tmp_path_factory.mktemp("retention"), data_dir=data_dir,
-               extra_env={"TRAINYARD_RETENTION_DAYS": str(2 / 86400),  # two seconds
-                          "TRAINYARD_BROKER_MESSAGE_RETENTION_SECONDS": "2",
-                          "TRAINYARD_HOUSEKEEPING_INTERVAL_SECONDS": "0.5"}) as stack:
+    with Stack(
+        home=tmp_path_factory.mktemp("retention"),
+        data_dir=data_dir,
+        extra_env={
+            "TRAINYARD_RETENTION_DAYS": str(2 / 86400),  # two seconds
+            "TRAINYARD_BROKER_MESSAGE_RETENTION_SECONDS": "2",
+            "TRAINYARD_HOUSEKEEPING_INTERVAL_SECONDS": "0.5",
+        },
+    ) as stack:
         yield stack
 
 

@@ -49,7 +49,7 @@ def test_train_then_predict(stack, client, tmp_path):
     assert body["model"]["classes"] == list(FASHION_MNIST_CLASSES)
     predicted = [p["index"] for p in body["predictions"]]
     assert predicted == labels, body
-    for p, label in zip(body["predictions"], labels):
+    for p, label in zip(body["predictions"], labels, strict=True):
         assert p["label"] == FASHION_MNIST_CLASSES[label]
         assert len(p["top_k"]) == 3 and p["top_k"][0]["index"] == p["index"]
         assert 0.0 < p["probability"] <= 1.0
@@ -63,8 +63,11 @@ def test_lenet_job_trains_and_predicts_jpeg(stack, client, tmp_path):
     rows = client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]
     assert len(rows) == 2
     jpeg = class_png(tmp_path / "big.jpg", 5, seed=7, size=56, mode="RGB")
-    response = client.post("/v1/predict", data={"model": f"job:{job_id}:last"},
-                           files=[("files", ("big.jpg", jpeg.read_bytes(), "image/jpeg"))])
+    response = client.post(
+        "/v1/predict",
+        data={"model": f"job:{job_id}:last"},
+        files=[("files", ("big.jpg", jpeg.read_bytes(), "image/jpeg"))],
+    )
     assert response.status_code == 200, response.text
     assert response.json()["model"]["epoch"] == 2
 

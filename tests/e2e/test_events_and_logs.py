@@ -16,25 +16,46 @@ pytestmark = pytest.mark.e2e
 
 KEEPALIVE_S = 0.3
 # LeNet with tiny batches: seconds an epoch, long enough for keep-alives between epochs.
-SLOW = {"name": "slow-epochs", "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-        "data": {"dataset": "fashion-mnist", "limit_train": 1500}, "optimizer": {"name": "sgd", "lr": 0.05},
-        "epochs": 2, "batch_size": 4, "seed": 3, "device": "cpu"}
+SLOW = {
+    "name": "slow-epochs",
+    "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+    "data": {"dataset": "fashion-mnist", "limit_train": 1500},
+    "optimizer": {"name": "sgd", "lr": 0.05},
+    "epochs": 2,
+    "batch_size": 4,
+    "seed": 3,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
 def events_stack(tmp_path_factory, data_dir):
-    with Stack(home=tmp_path_factory.mktemp("events"), data_dir=data_dir,
-               extra_env={"TRAINYARD_EVENTS_KEEPALIVE_SECONDS": str(KEEPALIVE_S)}) as stack:
+    with Stack(
+        home=tmp_path_factory.mktemp("events"),
+        data_dir=data_dir,
+        extra_env={"TRAINYARD_EVENTS_KEEPALIVE_SECONDS": str(KEEPALIVE_S)},
+    ) as stack:
         yield stack
 
 
-def read_stream(client: httpx.Client, job_id: str, *, last_event_id: str | None = None, stop_after: int | None = None,
-                logs: bool = False) -> tuple[list[tuple[str, str, dict]], list[str]]:
+def read_stream(
+    client: httpx.Client,
+    job_id: str,
+    *,
+    last_event_id: str | None = None,
+    stop_after: int | None = None,
+    logs: bool = False,
+) -> tuple[list[tuple[str, str, dict]], list[str]]:
     """(event, id, data) of each event, and the comment lines, as they came over the wire."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     events, comments, current = [], [], {}
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", params={"logs": str(logs).lower()}, headers=headers,
-                       timeout=httpx.Timeout(30, read=60)) as stream:
+    with client.stream(
+        "GET",
+        f"/v1/jobs/{job_id}/events",
+        params={"logs": str(logs).lower()},
+        headers=headers,
+        timeout=httpx.Timeout(30, read=60),
+    ) as stream:
         assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
         for line in stream.iter_lines():
             if line.startswith(":"):
@@ -58,6 +79,7 @@ def test_keep_alive_during_a_slow_epoch_and_resumption_without_gaps_or_repeats(e
         rest, comments = read_stream(client, job_id, last_event_id=first[-1][1])
         assert any(c.startswith(": ping") for c in comments), "no keep-alive while an epoch ran"
         whole, _ = read_stream(client, job_id)  # the same stream read afresh once the job is over
+
     def contents(events):  # the same events, whether read live or afresh
         return sorted((kind, json.dumps(data, sort_keys=True)) for kind, _, data in events)
 
@@ -84,11 +106,19 @@ def test_the_cli_follows_a_job_through_many_keep_alives(events_stack, tmp_path):
         assert [k for k, _, _ in whole].count("epoch") == SLOW["epochs"]
 
         doomed = submit(client, {**SLOW, "name": "cancelled-while-waited-on", "epochs": 5})
-        waiting = subprocess.Popen([sys.executable, "-m", "service.cli.main", "jobs", "wait", doomed, "--json"],
-                                   cwd=REPO, env=events_stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
-        wait_until(lambda: client.get(f"/v1/jobs/{doomed}").json()["epoch"] >= 1, timeout=120,
-                   what="the first epoch, some keep-alives after the wait began")
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "service.cli.main", "jobs", "wait", doomed, "--json"],
+            cwd=REPO,
+            env=events_stack.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(
+            lambda: client.get(f"/v1/jobs/{doomed}").json()["epoch"] >= 1,
+            timeout=120,
+            what="the first epoch, some keep-alives after the wait began",
+        )
         assert client.post(f"/v1/jobs/{doomed}/cancel").status_code == 202
         out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 1, out + err
@@ -128,4 +158,4 @@ def test_logs_follow_on_the_event_stream_and_list_each_epoch(events_stack):
         assert any(m.startswith("epoch 2/2: train loss") for m in logged)
         assert any("succeeded" in m for m in logged), "the last lines are stored before the job is seen to end"
         stored = [line["message"] for line in client.get(f"/v1/jobs/{job_id}/logs").json()["lines"]]
-        assert stored[:len(logged)] == logged
+        assert stored[: len(logged)] == logged

@@ -16,9 +16,13 @@ from tests.support.servers import wait_until
 pytestmark = pytest.mark.e2e
 
 WEIGHTS_FILE = "resnet18-f37072fd.pth"
-SPEC = {"model": {"arch": "pretrained", "backbone": "resnet18", "weights": "DEFAULT", "freeze": "backbone"},
-        "data": {"dataset": "cifar10", "resize": 32, "val_fraction": 0.2},
-        "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 2, "batch_size": 64}
+SPEC = {
+    "model": {"arch": "pretrained", "backbone": "resnet18", "weights": "DEFAULT", "freeze": "backbone"},
+    "data": {"dataset": "cifar10", "resize": 32, "val_fraction": 0.2},
+    "optimizer": {"name": "adam", "lr": 0.01},
+    "epochs": 2,
+    "batch_size": 64,
+}
 
 
 def test_missing_weights_then_weights_on_disk(stack, client):
@@ -38,8 +42,11 @@ def test_missing_weights_then_weights_on_disk(stack, client):
     state = torchvision.models.resnet18().state_dict()
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, weights)
-    wait_until(lambda: all(WEIGHTS_FILE in w["weights"] for w in client.get("/v1/workers").json()["workers"]),
-               timeout=30, what="the worker to list the weights file")
+    wait_until(
+        lambda: all(WEIGHTS_FILE in w["weights"] for w in client.get("/v1/workers").json()["workers"]),
+        timeout=30,
+        what="the worker to list the weights file",
+    )
 
     assert client.post(f"/v1/jobs/{failed['id']}/resume").status_code == 202
     job = stack.wait_for_job(client, failed["id"])
@@ -54,8 +61,11 @@ def test_missing_weights_then_weights_on_disk(stack, client):
         assert torch.equal(trained[f"backbone.{key}"], state[key]), key
     assert trained["head.weight"].shape == (10, 512)
 
-    answer = client.post("/v1/predict", data={"model": f"job:{job['id']}", "top_k": "3"},
-                         files=[("files", ("x.png", png_bytes(3, seed=1, size=32, mode="RGB"), "image/png"))])
+    answer = client.post(
+        "/v1/predict",
+        data={"model": f"job:{job['id']}", "top_k": "3"},
+        files=[("files", ("x.png", png_bytes(3, seed=1, size=32, mode="RGB"), "image/png"))],
+    )
     assert answer.status_code == 200, answer.text
     prediction = answer.json()["predictions"][0]
     assert len(prediction["top_k"]) == 3 and prediction["top_k"][0]["label"] in job_classes(client, job)
@@ -65,12 +75,23 @@ def test_an_imported_torchvision_network_is_a_starting_point(stack, client):
     """init_from a registered version holding a plain torchvision ResNet-18: its backbone is loaded."""
     torch.manual_seed(1)
     state = torchvision.models.resnet18(num_classes=10).state_dict()
-    imported = client.post("/v1/models/import", data={
-        "name": "tv-resnet", "model": json.dumps({"arch": "resnet18"}), "input_shape": "[3, 32, 32]",
-        "classes": json.dumps([str(c) for c in range(10)])}, files={"file": ("w.safetensors", save(state))})
+    imported = client.post(
+        "/v1/models/import",
+        data={
+            "name": "tv-resnet",
+            "model": json.dumps({"arch": "resnet18"}),
+            "input_shape": "[3, 32, 32]",
+            "classes": json.dumps([str(c) for c in range(10)]),
+        },
+        files={"file": ("w.safetensors", save(state))},
+    )
     assert imported.status_code == 201, imported.text
-    spec = {**SPEC, "model": {**SPEC["model"], "weights": None}, "epochs": 1,
-            "init_from": {"model": f"tv-resnet:{imported.json()['version']}"}}
+    spec = {
+        **SPEC,
+        "model": {**SPEC["model"], "weights": None},
+        "epochs": 1,
+        "init_from": {"model": f"tv-resnet:{imported.json()['version']}"},
+    }
     job = stack.wait_for_job(client, client.post("/v1/jobs", json=spec).json()["id"])
     assert job["status"] == "succeeded", job
     trained = load_file(stack.home / "checkpoints" / job["id"] / "epoch-0001.safetensors")

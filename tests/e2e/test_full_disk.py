@@ -16,13 +16,25 @@ from tests.support.specs import submit
 pytestmark = pytest.mark.e2e
 
 SIZE_MB = 16
-TINY = {"name": "registered-before", "model": {"arch": "softmax_regression"},
-        "data": {"dataset": "fashion-mnist", "limit_train": 256, "limit_test": 64},
-        "optimizer": {"name": "sgd", "lr": 0.1}, "epochs": 1, "batch_size": 32}
+TINY = {
+    "name": "registered-before",
+    "model": {"arch": "softmax_regression"},
+    "data": {"dataset": "fashion-mnist", "limit_train": 256, "limit_test": 64},
+    "optimizer": {"name": "sgd", "lr": 0.1},
+    "epochs": 1,
+    "batch_size": 32,
+}
 # About a second an epoch: time to fill the volume between two checkpoints.
-STEADY = {"name": "fills-the-disk", "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-          "data": {"dataset": "fashion-mnist"}, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-          "epochs": 4, "batch_size": 16, "seed": 5, "device": "cpu"}
+STEADY = {
+    "name": "fills-the-disk",
+    "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+    "data": {"dataset": "fashion-mnist"},
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "epochs": 4,
+    "batch_size": 16,
+    "seed": 5,
+    "device": "cpu",
+}
 
 
 @pytest.fixture
@@ -52,21 +64,28 @@ def fill(volume) -> os.PathLike:
 
 def predict(client, model: str, tmp_path) -> int:
     png = class_png(tmp_path / "item.png", 2, seed=4).read_bytes()
-    return client.post("/v1/predict", data={"model": model}, files={"files": ("item.png", png, "image/png")}).status_code
+    return client.post(
+        "/v1/predict", data={"model": model}, files={"files": ("item.png", png, "image/png")}
+    ).status_code
 
 
 def test_a_full_checkpoint_volume_fails_the_job_and_resume_finishes_it(tmp_path, data_dir, small_volume):
     checkpoints = small_volume / "checkpoints"
-    with Stack(home=tmp_path / "home", data_dir=data_dir,
-               extra_env={"TRAINYARD_CHECKPOINT_DIR": str(checkpoints)}) as stack:
+    with Stack(
+        home=tmp_path / "home", data_dir=data_dir, extra_env={"TRAINYARD_CHECKPOINT_DIR": str(checkpoints)}
+    ) as stack:
         with stack.client() as client:
             earlier = submit(client, TINY)
             assert stack.wait_for_job(client, earlier)["status"] == "succeeded"
             assert client.post("/v1/models", json={"name": "earlier", "job_id": earlier}).status_code == 201
 
             job_id = submit(client, STEADY)
-            wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["epoch"] >= 1, timeout=120, interval=0.02,
-                       what="the first epoch")
+            wait_until(
+                lambda: client.get(f"/v1/jobs/{job_id}").json()["epoch"] >= 1,
+                timeout=120,
+                interval=0.02,
+                what="the first epoch",
+            )
             filler = fill(small_volume)
 
             job = stack.wait_for_job(client, job_id, timeout=120)

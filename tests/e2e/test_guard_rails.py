@@ -27,18 +27,26 @@ def test_a_spec_of_four_billion_weights_is_refused_with_its_estimate(client):
 @pytest.fixture(scope="module")
 def small_budget(tmp_path_factory, data_dir):
     """API and worker whose jobs may each allocate 96 MiB."""
-    with Stack(home=tmp_path_factory.mktemp("budget"), data_dir=data_dir,
-               extra_env={"TRAINYARD_MAX_JOB_MEMORY": str(96 * 1024**2),
-                          # The kernel's OOM killer cannot be called safely on a shared machine:
-                          # the test kills the process itself once it holds a third of its budget.
-                          "TRAINYARD_OOM_KILL_FRACTION": "0.3"}) as stack:
+    with Stack(
+        home=tmp_path_factory.mktemp("budget"),
+        data_dir=data_dir,
+        extra_env={
+            "TRAINYARD_MAX_JOB_MEMORY": str(96 * 1024**2),
+            # The kernel's OOM killer cannot be called safely on a shared machine:
+            # the test kills the process itself once it holds a third of its budget.
+            "TRAINYARD_OOM_KILL_FRACTION": "0.3",
+        },
+    ) as stack:
         yield stack
 
 
 def test_a_job_past_its_memory_budget_fails_alone_and_the_worker_carries_on(small_budget):
     # 5 million rows of 10 features: 200 MB of data, which its tiny model's estimate does not see.
-    greedy = {"model": {"arch": "linear_regression"}, "epochs": 1,
-              "data": {"dataset": "synthetic-linear", "num_examples": 5_000_000, "true_w": [1.0] * 10}}
+    greedy = {
+        "model": {"arch": "linear_regression"},
+        "epochs": 1,
+        "data": {"dataset": "synthetic-linear", "num_examples": 5_000_000, "true_w": [1.0] * 10},
+    }
     with small_budget.client() as client:
         pool = small_budget.worker_pool_pids()
         job = small_budget.wait_for_job(client, client.post("/v1/jobs", json=greedy).json()["id"])
@@ -55,12 +63,21 @@ def test_a_job_past_its_memory_budget_fails_alone_and_the_worker_carries_on(smal
 
 def test_a_process_killed_while_it_holds_its_memory_is_out_of_memory_and_not_retried(small_budget):
     """As the kernel's OOM killer would: SIGKILL while the job holds a large share of its budget."""
-    holding = {"model": {"arch": "linear_regression"}, "epochs": 50, "batch_size": 1,  # a slow job
-               "data": {"dataset": "synthetic-linear", "num_examples": 1_000_000, "true_w": [1.0] * 10}}
+    holding = {
+        "model": {"arch": "linear_regression"},
+        "epochs": 50,
+        "batch_size": 1,  # a slow job
+        "data": {"dataset": "synthetic-linear", "num_examples": 1_000_000, "true_w": [1.0] * 10},
+    }
     with small_budget.client() as client:
         job_id = client.post("/v1/jobs", json=holding).json()["id"]
-        running = wait_until(lambda: (job := client.get(f"/v1/jobs/{job_id}").json())["memory_peak"]
-                             and job["memory_peak"] >= 0.3 and job, timeout=60, what="the job to hold its memory")
+        running = wait_until(
+            lambda: (
+                (job := client.get(f"/v1/jobs/{job_id}").json())["memory_peak"] and job["memory_peak"] >= 0.3 and job
+            ),
+            timeout=60,
+            what="the job to hold its memory",
+        )
         claimed = [t for t in running["transitions"] if t["to_status"] == "running"][-1]
         pid = int(claimed["detail"]["worker"].rsplit(":", 1)[1])
         os.kill(pid, signal.SIGKILL)

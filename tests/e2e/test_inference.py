@@ -26,8 +26,16 @@ def trained(embedded_stack):
     """Two finished jobs on the embedded stack: a classifier and a regression model."""
     with embedded_stack.client() as client:
         classifier = submit(client, {**SOFTMAX_SPEC, "epochs": 3, "name": "registry-source"})
-        regressor = submit(client, {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"},
-                                    "optimizer": {"lr": 0.03}, "epochs": 3, "batch_size": 10})
+        regressor = submit(
+            client,
+            {
+                "model": {"arch": "linear_regression"},
+                "data": {"dataset": "synthetic-linear"},
+                "optimizer": {"lr": 0.03},
+                "epochs": 3,
+                "batch_size": 10,
+            },
+        )
         for job_id in (classifier, regressor):
             assert embedded_stack.wait_for_job(client, job_id)["status"] == "succeeded"
     return {"classifier": classifier, "regressor": regressor}
@@ -57,8 +65,9 @@ def test_register_alias_resolve_and_delete(api, trained, embedded_stack):
     assert (v2["version"], v2["epoch"]) == (2, 1)
 
     def predicted_version(reference):
-        answer = api.post("/v1/predict", data={"model": reference},
-                          files=[("files", ("x.png", png_bytes(3, seed=1), "image/png"))])
+        answer = api.post(
+            "/v1/predict", data={"model": reference}, files=[("files", ("x.png", png_bytes(3, seed=1), "image/png"))]
+        )
         assert answer.status_code == 200, answer.text
         return answer.json()["model"]["version"]
 
@@ -75,21 +84,31 @@ def test_register_alias_resolve_and_delete(api, trained, embedded_stack):
     assert [v["version"] for v in model["versions"]] == [1, 2] and model["latest_version"] == 2
     assert api.delete("/v1/models/fashion/versions/2").status_code == 409
     assert api.delete("/v1/models/fashion/versions/1").status_code == 204
-    assert api.post("/v1/predict", data={"model": "fashion:1"},
-                    files=[("files", ("x.png", png_bytes(3, seed=1), "image/png"))]).status_code == 404
+    assert (
+        api.post(
+            "/v1/predict", data={"model": "fashion:1"}, files=[("files", ("x.png", png_bytes(3, seed=1), "image/png"))]
+        ).status_code
+        == 404
+    )
     assert api.get("/v1/models/nothing-here").status_code == 404
     assert api.put("/v1/models/fashion/aliases/canary", json={"version": 9}).status_code == 404
 
 
 def test_registry_refuses_bad_requests(api, trained):
     assert api.post("/v1/models", json={"name": "Bad Name", "job_id": trained["classifier"]}).status_code == 422
-    assert api.post("/v1/models", json={"name": "x", "job_id": "00000000-0000-0000-0000-000000000000"}).status_code == 404
-    assert api.post("/v1/models", json={"name": "x", "job_id": trained["classifier"], "checkpoint": 99}).status_code == 404
+    assert (
+        api.post("/v1/models", json={"name": "x", "job_id": "00000000-0000-0000-0000-000000000000"}).status_code == 404
+    )
+    assert (
+        api.post("/v1/models", json={"name": "x", "job_id": trained["classifier"], "checkpoint": 99}).status_code == 404
+    )
     assert api.post("/v1/models", json={"name": "x", "job_id": trained["classifier"], "extra": 1}).status_code == 422
 
 
 def test_registered_versions_are_immutable(api, trained, embedded_stack):
-    version = api.post("/v1/models", json={"name": "frozen", "job_id": trained["classifier"], "checkpoint": "last"}).json()
+    version = api.post(
+        "/v1/models", json={"name": "frozen", "job_id": trained["classifier"], "checkpoint": "last"}
+    ).json()
     files = [("files", ("x.png", png_bytes(5, seed=3), "image/png"))]
     before = api.post("/v1/predict", data={"model": "frozen", "top_k": "3"}, files=files).json()["predictions"]
     source = embedded_stack.home / "checkpoints" / trained["classifier"] / f"epoch-{version['epoch']:04d}.safetensors"
@@ -113,13 +132,18 @@ def test_images_of_every_common_format_and_mode(api, trained):
 
 
 def test_raw_image_body(api, trained):
-    answer = api.post(f"/v1/models/job:{trained['classifier']}/predict", params={"top_k": 2},
-                      content=png_bytes(1, seed=5), headers={"content-type": "image/png"})
+    answer = api.post(
+        f"/v1/models/job:{trained['classifier']}/predict",
+        params={"top_k": 2},
+        content=png_bytes(1, seed=5),
+        headers={"content-type": "image/png"},
+    )
     assert answer.status_code == 200, answer.text
-    prediction, = answer.json()["predictions"]
+    (prediction,) = answer.json()["predictions"]
     assert prediction["label"] == "trouser" and len(prediction["top_k"]) == 2
-    wrong = api.post(f"/v1/models/job:{trained['classifier']}/predict", content=b"{}",
-                     headers={"content-type": "application/json"})
+    wrong = api.post(
+        f"/v1/models/job:{trained['classifier']}/predict", content=b"{}", headers={"content-type": "application/json"}
+    )
     assert wrong.status_code == 415
 
 
@@ -134,7 +158,9 @@ def test_regression_takes_json_inputs_with_their_width_checked(api, trained):
     assert api.post("/v1/predict", json={"model": f"job:{job}", "inputs": []}).status_code == 422
     images_model = api.post("/v1/predict", json={"model": f"job:{trained['classifier']}", "inputs": [[1.0]]})
     assert images_model.status_code == 422 and "takes images" in images_model.json()["detail"][0]["msg"]
-    as_images = api.post("/v1/predict", data={"model": f"job:{job}"}, files=[("files", ("a.png", png_bytes(1, seed=1), "image/png"))])
+    as_images = api.post(
+        "/v1/predict", data={"model": f"job:{job}"}, files=[("files", ("a.png", png_bytes(1, seed=1), "image/png"))]
+    )
     assert as_images.status_code == 422
 
 
@@ -145,7 +171,9 @@ def test_concurrent_requests_each_get_their_own_answer(api, trained, embedded_st
     def call(i):
         data = b"broken" if i == 7 else png_bytes(i % 10, seed=2000 + i)
         with httpx.Client(base_url=embedded_stack.url, timeout=30) as client:
-            return client.post("/v1/predict", data={"model": f"job:{job}"}, files=[("files", (f"{i}.png", data, "image/png"))])
+            return client.post(
+                "/v1/predict", data={"model": f"job:{job}"}, files=[("files", (f"{i}.png", data, "image/png"))]
+            )
 
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(call, range(64)))
@@ -167,21 +195,25 @@ def test_open_inference_protocol_with_tritonclient(trained, embedded_stack, api)
     assert meta["outputs"][0]["shape"] == [-1, 10]
 
     labels = [0, 4, 9]
-    pixels = np.stack([np.asarray(Image.open(io.BytesIO(png_bytes(l, seed=40 + l))), dtype=np.float32) / 255
-                       for l in labels])[:, None]
+    pixels = np.stack(
+        [np.asarray(Image.open(io.BytesIO(png_bytes(n, seed=40 + n))), dtype=np.float32) / 255 for n in labels]
+    )[:, None]
     for binary in (True, False):
         tensor = triton.InferInput("input", list(pixels.shape), "FP32")
         tensor.set_data_from_numpy(pixels, binary_data=binary)
-        result = client.infer("oip", [tensor], outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary)])
+        result = client.infer(
+            "oip", [tensor], outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary)]
+        )
         probs = result.as_numpy("probabilities")
         assert probs.shape == (3, 10) and list(probs.argmax(axis=1)) == labels
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
-    images = np.array([png_bytes(l, seed=60 + l) for l in labels], dtype=np.object_)
+    images = np.array([png_bytes(n, seed=60 + n) for n in labels], dtype=np.object_)
     tensor = triton.InferInput("images", [len(labels)], "BYTES")
     tensor.set_data_from_numpy(images)
-    result = client.infer("oip", [tensor], model_version="1",
-                          outputs=[triton.InferRequestedOutput("probabilities", class_count=2)])
+    result = client.infer(
+        "oip", [tensor], model_version="1", outputs=[triton.InferRequestedOutput("probabilities", class_count=2)]
+    )
     top = result.as_numpy("probabilities")
     assert top.shape == (3, 2)
     assert [row[0].decode().split(":")[1:] for row in top] == [["0", "t-shirt"], ["4", "coat"], ["9", "ankle boot"]]
@@ -195,9 +227,17 @@ def test_open_inference_protocol_with_tritonclient(trained, embedded_stack, api)
 
 
 def test_v2_json_bytes_are_base64(api, trained):
-    body = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
-                        "data": [base64.b64encode(png_bytes(2, seed=8)).decode()]}],
-            "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]}
+    body = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(png_bytes(2, seed=8)).decode()],
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}],
+    }
     answer = api.post(f"/v2/models/job:{trained['classifier']}/infer", json=body)
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"][0]["data"][0].endswith(":2:pullover")
@@ -209,8 +249,12 @@ def test_preloaded_models_gate_readiness(trained, embedded_stack, api):
     api.post("/v1/models", json={"name": "warm", "job_id": trained["classifier"]})
 
     def second_api(preload: str) -> Stack:
-        stack = Stack(home=embedded_stack.home, data_dir=embedded_stack.data_dir, with_worker=False,
-                      extra_env={"TRAINYARD_PRELOAD_MODELS": preload})
+        stack = Stack(
+            home=embedded_stack.home,
+            data_dir=embedded_stack.data_dir,
+            with_worker=False,
+            extra_env={"TRAINYARD_PRELOAD_MODELS": preload},
+        )
         stack._spawn("api", ["-m", "uvicorn", "service.api.app:app", "--host", "127.0.0.1", "--port", str(stack.port)])
         wait_until(lambda: httpx.get(f"{stack.url}/healthz", timeout=2).status_code == 200, timeout=60)
         return stack
@@ -251,7 +295,7 @@ def test_a_threshold_withholds_labels_below_it_and_keeps_top_k(api, trained):
 
     above_all = _classify(api, model, files, threshold=str((tops[-1] + 1) / 2))
     assert above_all["threshold"] == pytest.approx((tops[-1] + 1) / 2)
-    for sure, unsure in zip(plain["predictions"], above_all["predictions"]):
+    for sure, unsure in zip(plain["predictions"], above_all["predictions"], strict=True):
         assert (unsure["label"], unsure["index"], unsure["below_threshold"]) == (None, None, True)
         assert unsure["probability"] == sure["probability"] and unsure["top_k"] == sure["top_k"]
         assert len(unsure["top_k"]) == 3
@@ -264,8 +308,12 @@ def test_a_threshold_withholds_labels_below_it_and_keeps_top_k(api, trained):
     assert [p["label"] is None for p in some] == [p["probability"] < middle for p in plain["predictions"]]
     assert sum(p["below_threshold"] for p in some) == 3
 
-    raw = api.post(f"/v1/models/{model}/predict", params={"threshold": 1}, content=png_bytes(1, seed=5),
-                   headers={"content-type": "image/png"})
+    raw = api.post(
+        f"/v1/models/{model}/predict",
+        params={"threshold": 1},
+        content=png_bytes(1, seed=5),
+        headers={"content-type": "image/png"},
+    )
     assert raw.status_code == 200 and raw.json()["predictions"][0]["label"] is None
 
 
@@ -274,8 +322,12 @@ def test_a_threshold_that_is_not_a_number_from_0_to_1_is_refused_naming_it(api, 
     model = f"job:{trained['classifier']}:2"
     answer = api.post("/v1/predict", data={"model": model, "threshold": value}, files=_sample_images()[:1])
     assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "threshold"], answer.text
-    raw = api.post(f"/v1/models/{model}/predict", params={"threshold": value}, content=png_bytes(1, seed=5),
-                   headers={"content-type": "image/png"})
+    raw = api.post(
+        f"/v1/models/{model}/predict",
+        params={"threshold": value},
+        content=png_bytes(1, seed=5),
+        headers={"content-type": "image/png"},
+    )
     assert raw.status_code == 422 and raw.json()["detail"][0]["loc"] == ["query", "threshold"], raw.text
 
 
@@ -315,23 +367,35 @@ def test_a_version_default_threshold_applies_and_the_request_and_patch_override_
     for body, status in (({"threshold": 1.5}, 422), ({"threshold": "abc"}, 422), ({"other": 1}, 422)):
         refused = api.patch("/v1/models/unsure/versions/1", json=body)
         assert refused.status_code == status, refused.text
-    assert api.patch("/v1/models/unsure/versions/1", json={"threshold": 1.5}).json()["detail"][0]["loc"] == \
-        ["body", "threshold"]
+    assert api.patch("/v1/models/unsure/versions/1", json={"threshold": 1.5}).json()["detail"][0]["loc"] == [
+        "body",
+        "threshold",
+    ]
     assert api.patch("/v1/models/unsure/versions/9", json={"threshold": 0.5}).status_code == 404
     assert api.patch("/v1/models/nothing-here/versions/1", json={"threshold": 0.5}).status_code == 404
 
     api.patch("/v1/models/unsure/versions/1", json={"threshold": 0.25})
     exported = api.get("/v1/models/unsure/versions/1/export").content
-    header = json.loads(exported[8:8 + int.from_bytes(exported[:8], "little")])
+    header = json.loads(exported[8 : 8 + int.from_bytes(exported[:8], "little")])
     assert json.loads(header["__metadata__"]["threshold"]) == 0.25
 
 
 def test_v2_classification_honours_the_threshold(api, trained):
     job = f"job:{trained['classifier']}:2"
-    api.post("/v1/models", json={"name": "oip-unsure", "job_id": trained["classifier"], "checkpoint": 2, "threshold": 1})
-    body = {"inputs": [{"name": "images", "shape": [2], "datatype": "BYTES",
-                        "data": [base64.b64encode(png_bytes(l, seed=8)).decode() for l in (2, 7)]}],
-            "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]}
+    api.post(
+        "/v1/models", json={"name": "oip-unsure", "job_id": trained["classifier"], "checkpoint": 2, "threshold": 1}
+    )
+    body = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": [2],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(png_bytes(n, seed=8)).decode() for n in (2, 7)],
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}],
+    }
 
     def rows(reference: str, **parameters) -> list[list[str]]:
         answer = api.post(f"/v2/models/{reference}/infer", json={**body, "parameters": parameters})
@@ -342,7 +406,7 @@ def test_v2_classification_honours_the_threshold(api, trained):
 
     sure = rows("oip-unsure", threshold=0)
     assert [row[0].split(":")[1:] for row in sure] == [["2", "pullover"], ["7", "sneaker"]]
-    for row, plain in zip(rows("oip-unsure"), sure):  # the version's default: every label withheld
+    for row, plain in zip(rows("oip-unsure"), sure, strict=True):  # the version's default: every label withheld
         assert row == [f"{plain[0].split(':')[0]}:-1:", plain[0]]
     assert rows(job) == sure  # no default for a job
     assert [row[0].endswith(":-1:") for row in rows(job, threshold=1)] == [True, True]

@@ -58,15 +58,31 @@ def _state(pid: int) -> str:
 def test_make_run_serves_and_ctrl_c_stops_api_and_worker(tmp_path, data_dir):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_") and not k.startswith("MAKE")}
-    env.update(TRAINYARD_HOME=str(tmp_path / "home"), TRAINYARD_PORT=str(port), TRAINYARD_DATA_DIR=str(data_dir),
-               TRAINYARD_QUEUE=f"make-run-{port}")
+    env.update(
+        TRAINYARD_HOME=str(tmp_path / "home"),
+        TRAINYARD_PORT=str(port),
+        TRAINYARD_DATA_DIR=str(data_dir),
+        TRAINYARD_QUEUE=f"make-run-{port}",
+    )
     log = open(tmp_path / "run.log", "wb")
-    proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    output = lambda: (tmp_path / "run.log").read_text(errors="replace")
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def output():
+        return (tmp_path / "run.log").read_text(errors="replace")
+
     try:
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200,
-                   timeout=90, what=f"make run to serve /readyz\n{output()}")
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200,
+            timeout=90,
+            what=f"make run to serve /readyz\n{output()}",
+        )
         wait_until(lambda: "ready." in output(), timeout=60, what=f"the worker to start\n{output()}")
         assert f"http://127.0.0.1:{port}" in output()
         assert (tmp_path / "home" / "trainyard.db").exists() and (tmp_path / "home" / "broker.db").exists()

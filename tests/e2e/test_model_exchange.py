@@ -17,8 +17,14 @@ from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
 
-LENET = {"name": "course-lenet", "model": {"arch": "lenet"}, "data": {"dataset": "fashion-mnist"},
-         "optimizer": {"lr": 0.9}, "epochs": 1, "batch_size": 128}
+LENET = {
+    "name": "course-lenet",
+    "model": {"arch": "lenet"},
+    "data": {"dataset": "fashion-mnist"},
+    "optimizer": {"lr": 0.9},
+    "epochs": 1,
+    "batch_size": 128,
+}
 
 # The course's LeNet, as the course writes it: no trainyard anywhere in this process.
 COURSE = textwrap.dedent("""
@@ -62,8 +68,9 @@ def api(embedded_stack):
 
 
 def probabilities(api, reference: str, image: bytes) -> list[float]:
-    answer = api.post(f"/v1/models/{reference}/predict", params={"top_k": 10}, content=image,
-                      headers={"content-type": "image/png"})
+    answer = api.post(
+        f"/v1/models/{reference}/predict", params={"top_k": 10}, content=image, headers={"content-type": "image/png"}
+    )
     assert answer.status_code == 200, answer.text
     scores = {entry["index"]: entry["probability"] for entry in answer.json()["predictions"][0]["top_k"]}
     return [scores[i] for i in range(10)]
@@ -78,8 +85,9 @@ def test_exports_run_in_the_courses_own_code(api, lenet_version, tmp_path):
         (tmp_path / f"model.{suffix}").write_bytes(answer.content)
     image = png_bytes(7, seed=3)
     (tmp_path / "image.png").write_bytes(image)
-    run = subprocess.run([sys.executable, "-c", COURSE, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-c", COURSE, str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     outputs = json.loads(run.stdout.strip().splitlines()[-1])
     assert outputs.pop("trainyard_imported") is False
@@ -92,8 +100,18 @@ def test_job_checkpoints_and_aliases_export_too(api, lenet_version):
     job_id, version = lenet_version
     by_job = api.get(f"/v1/models/job:{job_id}:1/export")
     assert by_job.status_code == 200 and f"job-{job_id}-epoch-1.safetensors" in by_job.headers["content-disposition"]
-    assert set(load(by_job.content)) == {"0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias",
-                                         "9.weight", "9.bias", "11.weight", "11.bias"}
+    assert set(load(by_job.content)) == {
+        "0.weight",
+        "0.bias",
+        "3.weight",
+        "3.bias",
+        "7.weight",
+        "7.bias",
+        "9.weight",
+        "9.bias",
+        "11.weight",
+        "11.bias",
+    }
     assert api.put("/v1/models/course-lenet/aliases/production", json={"version": version}).status_code == 200
     assert api.get("/v1/models/course-lenet@production/export", params={"format": "onnx"}).status_code == 200
     assert api.get("/v1/models/nobody/export").status_code == 404
@@ -104,9 +122,19 @@ def course_lenet() -> torch.nn.Module:
     from torch import nn
 
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10))
+        nn.Conv2d(1, 6, kernel_size=5, padding=2),
+        nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.Sigmoid(),
+        nn.Linear(84, 10),
+    )
 
 
 def test_weights_trained_elsewhere_are_imported_and_served(api):
@@ -125,7 +153,11 @@ def test_weights_trained_elsewhere_are_imported_and_served(api):
         optimizer.step()
     net.eval()
     weights = {name: t.detach().clone() for name, t in net.state_dict().items()}
-    form = {"name": "brought", "model": json.dumps({"arch": "lenet"}), "classes": json.dumps([f"k{i}" for i in range(10)])}
+    form = {
+        "name": "brought",
+        "model": json.dumps({"arch": "lenet"}),
+        "classes": json.dumps([f"k{i}" for i in range(10)]),
+    }
     answer = api.post("/v1/models/import", data=form, files={"file": ("w.safetensors", save(weights))})
     assert answer.status_code == 201, answer.text
     assert (answer.json()["job_id"], answer.json()["selector"]) == (None, "import")
@@ -135,8 +167,14 @@ def test_weights_trained_elsewhere_are_imported_and_served(api):
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(pixels).reshape(1, 1, 28, 28)), dim=1)[0].tolist()
     assert probabilities(api, "brought", image) == pytest.approx(expected, abs=1e-5)
-    inferred = api.post("/v2/models/brought/infer", json={"inputs": [
-        {"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": pixels.reshape(-1).tolist()}]})
+    inferred = api.post(
+        "/v2/models/brought/infer",
+        json={
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": pixels.reshape(-1).tolist()}
+            ]
+        },
+    )
     assert inferred.status_code == 200, inferred.text
     assert inferred.json()["outputs"][0]["data"] == pytest.approx(expected, abs=1e-5)
     served = api.post("/v1/models/brought/predict", content=image, headers={"content-type": "image/png"}).json()
@@ -147,13 +185,22 @@ def test_weights_trained_elsewhere_are_imported_and_served(api):
 
 def test_an_imported_classifier_keeps_its_threshold_for_json_inputs_and_its_export(api):
     model, classes = {"arch": "mlp", "hidden": [8]}, ["low", "mid", "high"]
-    form = {"name": "tabular-unsure", "model": json.dumps(model), "classes": json.dumps(classes),
-            "input_shape": "[4]", "threshold": "0.99"}
+    form = {
+        "name": "tabular-unsure",
+        "model": json.dumps(model),
+        "classes": json.dumps(classes),
+        "input_shape": "[4]",
+        "threshold": "0.99",
+    }
     weights = save(random_weights(model, [4], 3))
     for bad in ("1.5", "abc"):
-        refused = api.post("/v1/models/import", data={**form, "threshold": bad}, files={"file": ("w.safetensors", weights)})
+        refused = api.post(
+            "/v1/models/import", data={**form, "threshold": bad}, files={"file": ("w.safetensors", weights)}
+        )
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "threshold"]
-    regression = api.post("/v1/models/import", data={**form, "classes": "null"}, files={"file": ("w.safetensors", weights)})
+    regression = api.post(
+        "/v1/models/import", data={**form, "classes": "null"}, files={"file": ("w.safetensors", weights)}
+    )
     assert regression.status_code == 422 and regression.json()["detail"][0]["loc"] == ["body", "threshold"]
     answer = api.post("/v1/models/import", data=form, files={"file": ("w.safetensors", weights)})
     assert answer.status_code == 201 and answer.json()["threshold"] == 0.99, answer.text
@@ -164,7 +211,7 @@ def test_an_imported_classifier_keeps_its_threshold_for_json_inputs_and_its_expo
     assert plain.json()["threshold"] == 0 and all(p["label"] in classes for p in plain.json()["predictions"])
     by_default = api.post("/v1/predict", json={"model": "tabular-unsure", "inputs": rows, "top_k": 3}).json()
     assert by_default["threshold"] == 0.99
-    for sure, unsure in zip(plain.json()["predictions"], by_default["predictions"]):
+    for sure, unsure in zip(plain.json()["predictions"], by_default["predictions"], strict=True):
         assert sure["probability"] < 0.99  # three classes, random weights: never that sure
         assert (unsure["label"], unsure["index"], unsure["below_threshold"]) == (None, None, True)
         assert (unsure["probability"], unsure["top_k"]) == (sure["probability"], sure["top_k"])
@@ -173,15 +220,18 @@ def test_an_imported_classifier_keeps_its_threshold_for_json_inputs_and_its_expo
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "threshold"], refused.text
 
     exported = api.get("/v1/models/tabular-unsure/export")
-    header = json.loads(exported.content[8:8 + int.from_bytes(exported.content[:8], "little")])["__metadata__"]
+    header = json.loads(exported.content[8 : 8 + int.from_bytes(exported.content[:8], "little")])["__metadata__"]
     assert json.loads(header["threshold"]) == 0.99 and json.loads(header["trainyard"])["threshold"] == 0.99
 
 
-@pytest.mark.parametrize("change, field", [
-    (lambda w: w.pop("3.weight"), "3.weight"),
-    (lambda w: w.update({"extra.weight": torch.zeros(2)}), "extra.weight"),
-    (lambda w: w.update({"11.bias": torch.zeros(7)}), "11.bias"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda w: w.pop("3.weight"), "3.weight"),
+        (lambda w: w.update({"extra.weight": torch.zeros(2)}), "extra.weight"),
+        (lambda w: w.update({"11.bias": torch.zeros(7)}), "11.bias"),
+    ],
+)
 def test_weights_that_do_not_fit_are_refused_naming_the_tensor(api, lenet_version, change, field):
     _, version = lenet_version
     weights = load(api.get(f"/v1/models/course-lenet/versions/{version}/export").content)
@@ -198,20 +248,35 @@ def test_an_import_that_is_not_safetensors_or_has_a_bad_field_is_refused(api):
     form = {"name": "misfit", "model": json.dumps({"arch": "lenet"})}
     pickled = api.post("/v1/models/import", data=form, files={"file": ("w.pt", pickle.dumps({"a": 1}))})
     assert pickled.status_code == 422 and pickled.json()["detail"][0]["loc"] == ["body", "file"]
-    bad_arch = api.post("/v1/models/import", data={**form, "model": json.dumps({"arch": "transformer"})},
-                        files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))})
+    bad_arch = api.post(
+        "/v1/models/import",
+        data={**form, "model": json.dumps({"arch": "transformer"})},
+        files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))},
+    )
     assert bad_arch.status_code == 422 and bad_arch.json()["detail"][0]["loc"][:2] == ["body", "model"]
-    bad_shape = api.post("/v1/models/import", data={**form, "input_shape": "[1, 2]"},
-                         files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))})
+    bad_shape = api.post(
+        "/v1/models/import",
+        data={**form, "input_shape": "[1, 2]"},
+        files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))},
+    )
     assert bad_shape.status_code == 422 and bad_shape.json()["detail"][0]["loc"] == ["body", "input_shape"]
-    two_channels = api.post("/v1/models/import", data={**form, "input_shape": "[2, 28, 28]"},
-                            files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))})
+    two_channels = api.post(
+        "/v1/models/import",
+        data={**form, "input_shape": "[2, 28, 28]"},
+        files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))},
+    )
     assert two_channels.status_code == 422 and "1 (grey) or 3 (RGB) channels" in two_channels.text
-    stray = api.post("/v1/models/import", data={**form, "labels": "[]"},
-                     files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))})
+    stray = api.post(
+        "/v1/models/import",
+        data={**form, "labels": "[]"},
+        files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))},
+    )
     assert stray.status_code == 422 and stray.json()["detail"][0]["loc"] == ["body", "labels"]
-    wrong_norm = api.post("/v1/models/import", data={**form, "normalize": '{"mean": [0.5, 0.5], "std": [1, 1]}'},
-                          files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))})
+    wrong_norm = api.post(
+        "/v1/models/import",
+        data={**form, "normalize": '{"mean": [0.5, 0.5], "std": [1, 1]}'},
+        files={"file": ("w.safetensors", save({"x": torch.zeros(1)}))},
+    )
     assert wrong_norm.status_code == 422 and wrong_norm.json()["detail"][0]["loc"] == ["body", "normalize"]
 
 
@@ -246,7 +311,8 @@ EVERY_ARCHITECTURE = textwrap.dedent("""
         # data.resize: the images grow to 32x32 inside the network, then the course's LeNet.
         "resized-lenet": lambda: nn.Sequential(
             nn.Upsample(size=(32, 32), mode="bilinear", align_corners=False),
-            nn.Sequential(nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Sequential(nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(),
+                          nn.AvgPool2d(kernel_size=2, stride=2),
                           nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
                           nn.Flatten(), nn.Linear(16 * 6 * 6, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(),
                           nn.Linear(84, 10))),
@@ -283,9 +349,20 @@ ARCHITECTURES = {  # name -> (model spec, input shape, classes)
     "lenet-sigmoid-avg": ({"arch": "lenet"}, [1, 28, 28], 10),
     "lenet-relu-max": ({"arch": "lenet", "activation": "relu", "pool": "max"}, [1, 28, 28], 10),
     "resnet18": ({"arch": "resnet18"}, [1, 28, 28], 10),
-    "sequential-batchnorm": ({"arch": "sequential", "layers": [
-        {"type": "conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "batchnorm"}, {"type": "relu"},
-        {"type": "flatten"}, {"type": "linear", "out_features": 10}]}, [1, 28, 28], 10),
+    "sequential-batchnorm": (
+        {
+            "arch": "sequential",
+            "layers": [
+                {"type": "conv2d", "out_channels": 4, "kernel_size": 3},
+                {"type": "batchnorm"},
+                {"type": "relu"},
+                {"type": "flatten"},
+                {"type": "linear", "out_features": 10},
+            ],
+        },
+        [1, 28, 28],
+        10,
+    ),
 }
 
 
@@ -296,8 +373,10 @@ def random_weights(model: dict, shape: list[int], classes: int | None) -> dict:
 
     torch.manual_seed(len(json.dumps(model)))
     state = build_model(MODEL_SPEC.validate_python(model), shape, classes or 1).state_dict()
-    return {name: (t.uniform_(0.5, 1.5) if "running_var" in name else t.normal_(0, 0.2)) if t.is_floating_point()
-            else t for name, t in state.items()}
+    return {
+        name: (t.uniform_(0.5, 1.5) if "running_var" in name else t.normal_(0, 0.2)) if t.is_floating_point() else t
+        for name, t in state.items()
+    }
 
 
 def test_every_architecture_leaves_and_matches_predict(api, embedded_stack, tmp_path):
@@ -315,8 +394,11 @@ def test_every_architecture_leaves_and_matches_predict(api, embedded_stack, tmp_
         form = {"name": f"every-{name}", "model": json.dumps(model), "input_shape": json.dumps(shape)}
         if classes:
             form["classes"] = json.dumps([f"c{i}" for i in range(classes)])
-        answer = api.post("/v1/models/import", data=form,
-                          files={"file": ("w.safetensors", save(random_weights(model, shape, classes)))})
+        answer = api.post(
+            "/v1/models/import",
+            data=form,
+            files={"file": ("w.safetensors", save(random_weights(model, shape, classes)))},
+        )
         assert answer.status_code == 201, (name, answer.text)
         if classes:
             cases[name] = pixels.tolist()
@@ -330,8 +412,16 @@ def test_every_architecture_leaves_and_matches_predict(api, embedded_stack, tmp_
             exported = api.get(f"/v1/models/every-{name}/export", params={"format": fmt})
             assert exported.status_code == 200, (name, fmt, exported.text)
             (tmp_path / f"{name}.{suffix}").write_bytes(exported.content)
-    resized = submit(api, {"model": {"arch": "lenet"}, "epochs": 1, "batch_size": 64, "optimizer": {"lr": 0.9},
-                           "data": {"dataset": "fashion-mnist", "resize": 32, "limit_train": 512, "limit_test": 64}})
+    resized = submit(
+        api,
+        {
+            "model": {"arch": "lenet"},
+            "epochs": 1,
+            "batch_size": 64,
+            "optimizer": {"lr": 0.9},
+            "data": {"dataset": "fashion-mnist", "resize": 32, "limit_train": 512, "limit_test": 64},
+        },
+    )
     assert embedded_stack.wait_for_job(api, resized)["status"] == "succeeded"
     cases["resized-lenet"] = pixels.tolist()
     served["resized-lenet"] = [probabilities(api, f"job:{resized}", image)]
@@ -339,8 +429,13 @@ def test_every_architecture_leaves_and_matches_predict(api, embedded_stack, tmp_
         exported = api.get(f"/v1/models/job:{resized}/export", params={"format": fmt})
         assert exported.status_code == 200, (fmt, exported.text)
         (tmp_path / f"resized-lenet.{suffix}").write_bytes(exported.content)
-    run = subprocess.run([sys.executable, "-c", EVERY_ARCHITECTURE, str(tmp_path), json.dumps(cases)],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-c", EVERY_ARCHITECTURE, str(tmp_path), json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     assert results.pop("trainyard imported") == []
@@ -353,10 +448,17 @@ def test_every_architecture_leaves_and_matches_predict(api, embedded_stack, tmp_
 def test_an_import_over_the_size_limit_is_413(tmp_path, data_dir):
     from tests.support.servers import Stack
 
-    with Stack(home=tmp_path / "small", data_dir=data_dir, with_worker=False,
-               extra_env={"TRAINYARD_MAX_MODEL_UPLOAD_BYTES": "4096"}) as stack:
+    with Stack(
+        home=tmp_path / "small",
+        data_dir=data_dir,
+        with_worker=False,
+        extra_env={"TRAINYARD_MAX_MODEL_UPLOAD_BYTES": "4096"},
+    ) as stack:
         with stack.client() as client:
             weights = save({"w": torch.zeros(4096)})
-            answer = client.post("/v1/models/import", data={"name": "big", "model": json.dumps({"arch": "lenet"})},
-                                 files={"file": ("w.safetensors", weights)})
+            answer = client.post(
+                "/v1/models/import",
+                data={"name": "big", "model": json.dumps({"arch": "lenet"})},
+                files={"file": ("w.safetensors", weights)},
+            )
             assert answer.status_code == 413 and "set by TRAINYARD_MAX_MODEL_UPLOAD_BYTES" in answer.json()["detail"]

@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix,
-                             precision_recall_fscore_support, top_k_accuracy_score)
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
 
 from models.data.idx import read_idx
 from tests.support.datagen import png_bytes
@@ -31,8 +36,10 @@ def pixels_of(image: Image.Image, colour) -> int:
 @pytest.fixture(scope="module")
 def two_jobs(embedded_stack):
     with embedded_stack.client() as client:
-        ids = [submit(client, {**SOFTMAX_SPEC, "name": f"curve-{lr}", "optimizer": {"name": "sgd", "lr": lr}})
-               for lr in (0.5, 0.05)]
+        ids = [
+            submit(client, {**SOFTMAX_SPEC, "name": f"curve-{lr}", "optimizer": {"name": "sgd", "lr": lr}})
+            for lr in (0.5, 0.05)
+        ]
         for job_id in ids:
             assert embedded_stack.wait_for_job(client, job_id)["status"] == "succeeded"
     return ids
@@ -45,7 +52,9 @@ def test_learning_curve_png(embedded_stack, two_jobs):
         image = Image.open(io.BytesIO(answer.content))
         assert image.format == "PNG" and image.width > 1.8 * image.height  # loss and accuracy side by side
         assert pixels_of(image, BLUE) > 200 and pixels_of(image, ORANGE) < 50  # one job: one colour
-        compared = Image.open(io.BytesIO(client.get("/v1/plots/compare.png", params={"jobs": ",".join(two_jobs)}).content))
+        compared = Image.open(
+            io.BytesIO(client.get("/v1/plots/compare.png", params={"jobs": ",".join(two_jobs)}).content)
+        )
         assert pixels_of(compared, BLUE) > 200 and pixels_of(compared, ORANGE) > 200
         assert client.get("/v1/jobs/00000000-0000-0000-0000-000000000000/plot.png").status_code == 404
         assert client.get("/v1/plots/compare.png", params={"jobs": "only-one"}).status_code == 422
@@ -53,8 +62,16 @@ def test_learning_curve_png(embedded_stack, two_jobs):
 
 def test_regression_curve_has_one_panel(embedded_stack):
     with embedded_stack.client() as client:
-        job = submit(client, {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"},
-                              "optimizer": {"lr": 0.03}, "epochs": 3, "batch_size": 10})
+        job = submit(
+            client,
+            {
+                "model": {"arch": "linear_regression"},
+                "data": {"dataset": "synthetic-linear"},
+                "optimizer": {"lr": 0.03},
+                "epochs": 3,
+                "batch_size": 10,
+            },
+        )
         embedded_stack.wait_for_job(client, job)
         image = Image.open(io.BytesIO(client.get(f"/v1/jobs/{job}/plot.png").content))
         assert image.width < 1.8 * image.height
@@ -96,24 +113,32 @@ def test_evaluation_report_equals_scikit_learn_on_what_predict_answers(embedded_
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(images[7].content))), stored[7])  # pixels as stored
         probs = np.zeros((len(truth), len(classes)))
         for start in range(0, len(truth), 50):
-            predicted = client.post("/v1/predict", data={"model": f"job:{job_id}", "top_k": str(len(classes))},
-                                    files=[("files", (f"{i}.png", images[i].content, "image/png"))
-                                           for i in range(start, start + 50)])
+            predicted = client.post(
+                "/v1/predict",
+                data={"model": f"job:{job_id}", "top_k": str(len(classes))},
+                files=[("files", (f"{i}.png", images[i].content, "image/png")) for i in range(start, start + 50)],
+            )
             assert predicted.status_code == 200, predicted.text
             for row, p in enumerate(predicted.json()["predictions"], start=start):
                 probs[row, [t["index"] for t in p["top_k"]]] = [t["probability"] for t in p["top_k"]]
         predicted = probs.argmax(axis=1)
         every = list(range(len(classes)))
 
-        precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=every, zero_division=0)
+        precision, recall, f1, support = precision_recall_fscore_support(
+            truth, predicted, labels=every, zero_division=0
+        )
         assert [c["precision"] for c in report["classes"]] == pytest.approx(precision.tolist())
         assert [c["recall"] for c in report["classes"]] == pytest.approx(recall.tolist())
         assert [c["f1"] for c in report["classes"]] == pytest.approx(f1.tolist())
         assert [c["support"] for c in report["classes"]] == support.tolist()
         summary = classification_report(truth, predicted, labels=every, zero_division=0, output_dict=True)
-        for ours, theirs in ((report["macro_avg"], summary["macro avg"]), (report["weighted_avg"], summary["weighted avg"])):
+        for ours, theirs in (
+            (report["macro_avg"], summary["macro avg"]),
+            (report["weighted_avg"], summary["weighted avg"]),
+        ):
             assert [ours["precision"], ours["recall"], ours["f1"], ours["support"]] == pytest.approx(
-                [theirs["precision"], theirs["recall"], theirs["f1-score"], theirs["support"]])
+                [theirs["precision"], theirs["recall"], theirs["f1-score"], theirs["support"]]
+            )
         assert report["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
         assert report["accuracy"] == pytest.approx(job["best_checkpoint"]["metrics"]["test_acc"])
         assert set(report["top_k_accuracy"]) == {"1", "3", "5"}
@@ -136,8 +161,11 @@ def test_evaluation_report_equals_scikit_learn_on_what_predict_answers(embedded_
         assert [m["index"] for m in mistakes] == sorted(wrong, key=lambda i: (-confidence[i], i))[:24]
         for m in mistakes:
             image = client.get(m["image_url"])
-            said = client.post("/v1/predict", data={"model": f"job:{job_id}"},
-                               files=[("files", ("mistake.png", image.content, "image/png"))]).json()["predictions"][0]
+            said = client.post(
+                "/v1/predict",
+                data={"model": f"job:{job_id}"},
+                files=[("files", ("mistake.png", image.content, "image/png"))],
+            ).json()["predictions"][0]
             assert (said["label"], m["true_label"]) == (m["predicted_label"], classes[truth[m["index"]]])
             assert said["probability"] == pytest.approx(m["probability"], abs=1e-5)
         assert len(client.get(f"/v1/jobs/{job_id}/evaluation", params={"limit": 2}).json()["mistakes"]) == 2
@@ -151,9 +179,14 @@ def test_evaluation_report_equals_scikit_learn_on_what_predict_answers(embedded_
         assert [a.status_code for a in not_yet] == [409, 409] and not_yet[0].json() == not_yet[1].json()
     printed = embedded_stack.cli("evaluate", job_id, "--json", "--url", embedded_stack.url)
     assert printed.returncode == 0 and json.loads(printed.stdout) == report, printed.stderr
-    table = subprocess.run([sys.executable, "-m", "service.cli.main", "evaluate", job_id, "--limit", "3"],
-                           env={**embedded_stack.env, "TRAINYARD_URL": embedded_stack.url, "COLUMNS": "200"},
-                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    table = subprocess.run(
+        [sys.executable, "-m", "service.cli.main", "evaluate", job_id, "--limit", "3"],
+        env={**embedded_stack.env, "TRAINYARD_URL": embedded_stack.url, "COLUMNS": "200"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert table.returncode == 0 and "macro avg" in table.stdout and "0.95" in table.stdout, table.stderr
     assert f"{embedded_stack.url}/v1/jobs/{job_id}/test-images/{mistakes[0]['index']}.png" in table.stdout
     assert f"/test-images/{mistakes[3]['index']}.png" not in table.stdout
@@ -162,8 +195,11 @@ def test_evaluation_report_equals_scikit_learn_on_what_predict_answers(embedded_
 def test_prometheus_metrics(embedded_stack, two_jobs):
     with embedded_stack.client() as client:
         client.get(f"/v1/jobs/{two_jobs[0]}")
-        client.post("/v1/predict", data={"model": f"job:{two_jobs[0]}"},
-                    files=[("files", ("a.png", png_bytes(1, seed=1), "image/png"))])
+        client.post(
+            "/v1/predict",
+            data={"model": f"job:{two_jobs[0]}"},
+            files=[("files", ("a.png", png_bytes(1, seed=1), "image/png"))],
+        )
         text = client.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     requests = families["trainyard_http_requests"].samples

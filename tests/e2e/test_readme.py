@@ -74,7 +74,7 @@ def first_command(block: str) -> str:
 
 def first_json(text: str):
     """The first JSON object in some output (curl ends it without a newline)."""
-    return json.JSONDecoder().raw_decode(text[text.index("{"):])[0]
+    return json.JSONDecoder().raw_decode(text[text.index("{") :])[0]
 
 
 def newcomer(folder: Path, stack: Stack) -> dict:
@@ -94,8 +94,14 @@ def newcomer(folder: Path, stack: Stack) -> dict:
 def run_blocks(blocks: list[str], stack: Stack, cwd: Path, env: dict, *, timeout: float) -> list[str]:
     """Run the blocks, as written but for the service's address, in one shell; each one's output."""
     script = "".join(f"echo '--- block {i}'\n{block}" for i, block in enumerate(blocks))
-    result = subprocess.run(["bash", "-euxo", "pipefail", "-c", script.replace("http://127.0.0.1:8000", stack.url)],
-                            cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        ["bash", "-euxo", "pipefail", "-c", script.replace("http://127.0.0.1:8000", stack.url)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout.split("--- block ")[1:]
 
@@ -109,8 +115,11 @@ def predicted(table: str) -> dict[str, str]:
 def newcomer_stack(tmp_path_factory):
     """A service of its own, as `make run` starts it on a newcomer's machine: nothing in its data
     folder and no downloads allowed."""
-    with Stack(home=tmp_path_factory.mktemp("quickstart"), data_dir=tmp_path_factory.mktemp("no-data"),
-               extra_env={"TRAINYARD_ALLOW_DOWNLOAD": "false"}) as stack:
+    with Stack(
+        home=tmp_path_factory.mktemp("quickstart"),
+        data_dir=tmp_path_factory.mktemp("no-data"),
+        extra_env={"TRAINYARD_ALLOW_DOWNLOAD": "false"},
+    ) as stack:
         yield stack
 
 
@@ -133,8 +142,9 @@ def test_readme_quickstart(newcomer_stack, tmp_path):
 @pytest.mark.e2e
 def test_docs_quickstart_with_curl(newcomer_stack, tmp_path):
     env = newcomer(tmp_path, newcomer_stack)
-    upload, train, predict = run_blocks(sh_blocks(section(*CURL_QUICKSTART)), newcomer_stack, tmp_path, env,
-                                        timeout=240)
+    upload, train, predict = run_blocks(
+        sh_blocks(section(*CURL_QUICKSTART)), newcomer_stack, tmp_path, env, timeout=240
+    )
     dataset = first_json(upload)
     assert (dataset["name"], dataset["status"], dataset["num_train"]) == ("shapes", "ready", 400)
     assert "event: epoch" in train and "event: end" in train, train[-500:]
@@ -145,8 +155,9 @@ def test_docs_quickstart_with_curl(newcomer_stack, tmp_path):
 
 def run_block(block: str, url: str, cwd, env: dict) -> str:
     script = block.replace("http://127.0.0.1:8000", url)
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"{script}\n{result.stderr}"
     return result.stdout
 
@@ -160,7 +171,11 @@ def test_docs_walkthrough_on_fashion_mnist(embedded_stack, tmp_path):
     with embedded_stack.client() as client:
         embedded_stack.wait_for_job(client, job_id)
     assert json.loads(run_block(poll, embedded_stack.url, tmp_path, env))["status"] == "succeeded"
-    assert [e["epoch"] for e in json.loads(run_block(metrics, embedded_stack.url, tmp_path, env))["epochs"]] == [1, 2, 3]
+    assert [e["epoch"] for e in json.loads(run_block(metrics, embedded_stack.url, tmp_path, env))["epochs"]] == [
+        1,
+        2,
+        3,
+    ]
     class_png(tmp_path / "shirt.png", 6)
     class_png(tmp_path / "boot.png", 9)
     answer = json.loads(run_block(predict, embedded_stack.url, tmp_path, env))
@@ -177,15 +192,11 @@ CLI_BLOCKS_RUN = [
     'curl -OJ "http://127.0.0.1:8000/v1/models/fashion/versions/1/export?format=safetensors"',
 ]
 CLI_BLOCKS_NOT_RUN = {
-    ".venv/bin/trainyard sweep examples/sweeps/weight-decay.json --follow        # weight decay 0 against 3":
-        "six sweeps are minutes of training: tests/test_examples.py checks every request, and "
-        "tests/e2e/test_cli_commands.py runs `sweep --follow`",
-    "curl -s http://127.0.0.1:8000/v1/datasets -F file=@flowers.zip -F name=flowers -F image_size=64":
-        "it has a placeholder to fill in (ID=...) and the reader's own photos",
-    "curl -F file=@lenet.safetensors -F name=brought -F 'model={\"arch\": \"lenet\"}' \\":
-        "it needs weights trained elsewhere (tests/e2e/test_model_exchange.py imports such weights)",
-    "export TRAINYARD_DATABASE_URL=postgresql+psycopg://trainyard@db.internal/trainyard":
-        "production servers",
+    ".venv/bin/trainyard sweep examples/sweeps/weight-decay.json --follow        # weight decay 0 against 3": "six sweeps are minutes of training: tests/test_examples.py checks every request, and "
+    "tests/e2e/test_cli_commands.py runs `sweep --follow`",
+    "curl -s http://127.0.0.1:8000/v1/datasets -F file=@flowers.zip -F name=flowers -F image_size=64": "it has a placeholder to fill in (ID=...) and the reader's own photos",
+    'curl -F file=@lenet.safetensors -F name=brought -F \'model={"arch": "lenet"}\' \\': "it needs weights trained elsewhere (tests/e2e/test_model_exchange.py imports such weights)",
+    "export TRAINYARD_DATABASE_URL=postgresql+psycopg://trainyard@db.internal/trainyard": "production servers",
 }
 
 
@@ -214,8 +225,9 @@ def test_docs_cli_blocks(fresh_stack, tmp_path):
     class_png(tmp_path / "boot.png", 9)
     (tmp_path / "shapes.zip").write_bytes(shapes_zip())  # the quickstart's
     by_first = {first_command(b): b for b in shell_blocks()}
-    tour, evaluation, exports = run_blocks([by_first[first] for first in CLI_BLOCKS_RUN], fresh_stack, tmp_path, env,
-                                           timeout=240)
+    tour, evaluation, exports = run_blocks(
+        [by_first[first] for first in CLI_BLOCKS_RUN], fresh_stack, tmp_path, env, timeout=240
+    )
 
     job_id = re.match(r"0\njob (\S+) queued", tour).group(1)
     assert re.search(r" 10/10 succeeded train loss \d\S*, test acc [01]\.\d{3} ", tour), tour
@@ -229,6 +241,7 @@ def test_docs_cli_blocks(fresh_stack, tmp_path):
 
 
 # Links between the pages.
+
 
 def anchors(page: Path) -> set[str]:
     """The fragments that lead into a page: its headings, as GitHub makes them into ids, and its

@@ -47,8 +47,12 @@ def running_events(job) -> list[dict]:
 def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(stack, client):
     submitted_at = time.time()
     job_id = submit(client, SLOW_SPEC)
-    wait_until(lambda: epochs_recorded(client, job_id) == [1], timeout=120, interval=0.05,
-               what=f"epoch 1 of job {job_id}\n{stack.logs()}")
+    wait_until(
+        lambda: epochs_recorded(client, job_id) == [1],
+        timeout=120,
+        interval=0.05,
+        what=f"epoch 1 of job {job_id}\n{stack.logs()}",
+    )
     first_epoch_s = time.time() - submitted_at  # this machine's pace, start-up included
     worker = running_events(client.get(f"/v1/jobs/{job_id}").json())[0]["detail"]["worker"]
     pid = int(worker.rsplit(":", 1)[1])
@@ -60,8 +64,13 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(stack, client):
     assert job["status"] == "succeeded", job
     assert job["attempt"] == 2
     steps = [(t["from_status"], t["to_status"], t["reason"]) for t in job["transitions"]]
-    assert steps == [(None, "queued", None), ("queued", "running", None), ("running", "queued", "worker_lost"),
-                     ("queued", "running", None), ("running", "succeeded", None)], steps
+    assert steps == [
+        (None, "queued", None),
+        ("queued", "running", None),
+        ("running", "queued", "worker_lost"),
+        ("queued", "running", None),
+        ("running", "succeeded", None),
+    ], steps
     resumed = running_events(job)[1]["detail"]
     metrics = client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]
     assert [e["epoch"] for e in metrics] == [1, 2, 3]  # each epoch exactly once
@@ -124,15 +133,22 @@ def test_resumed_run_matches_an_uninterrupted_one(stack, client):
 
 
 def test_init_from_starts_from_another_jobs_weights(stack, client):
-    first = submit(client, {**TINY_SPEC, "epochs": 2, "data": {"dataset": "fashion-mnist", "limit_train": 512, "limit_test": 32}})
+    first = submit(
+        client, {**TINY_SPEC, "epochs": 2, "data": {"dataset": "fashion-mnist", "limit_train": 512, "limit_test": 32}}
+    )
     assert stack.wait_for_job(client, first)["status"] == "succeeded"
     trained_loss = client.get(f"/v1/jobs/{first}/metrics").json()["epochs"][-1]["test_loss"]
     fresh = submit(client, {**TINY_SPEC, "optimizer": {"name": "sgd", "lr": 1e-6}})
-    warm = submit(client, {**TINY_SPEC, "optimizer": {"name": "sgd", "lr": 1e-6},
-                           "init_from": {"job_id": first, "checkpoint": "last"}})
+    warm = submit(
+        client,
+        {**TINY_SPEC, "optimizer": {"name": "sgd", "lr": 1e-6}, "init_from": {"job_id": first, "checkpoint": "last"}},
+    )
     for job_id in (fresh, warm):
         assert stack.wait_for_job(client, job_id)["status"] == "succeeded"
-    loss = lambda j: client.get(f"/v1/jobs/{j}/metrics").json()["epochs"][0]["test_loss"]
+
+    def loss(j):
+        return client.get(f"/v1/jobs/{j}/metrics").json()["epochs"][0]["test_loss"]
+
     assert loss(warm) == pytest.approx(trained_loss, rel=0.01) and loss(warm) < 0.5 * loss(fresh)
     bad = client.post("/v1/jobs", json={**TINY_SPEC, "init_from": {"job_id": "00000000-0000-0000-0000-000000000000"}})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "init_from"]
@@ -159,7 +175,7 @@ def test_concurrent_submissions_with_idempotency_keys_run_once_each(stack, clien
         t.join()
     assert all(a.status_code == 202 for a in answers), [a.text for a in answers if a.status_code != 202]
     by_key: dict[str, set] = {}
-    for key, answer in zip(keys, answers):
+    for key, answer in zip(keys, answers, strict=True):
         by_key.setdefault(key, set()).add(answer.json()["id"])
     assert all(len(ids) == 1 for ids in by_key.values()), by_key
     job_ids = {next(iter(ids)) for ids in by_key.values()}
@@ -186,11 +202,33 @@ def private_redis(tmp_path):
         proc = None
 
         def start(self):
-            self.proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                          "--appendonly", "no", "--dir", str(tmp_path)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_until(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
-                                              text=True).stdout.strip() == "PONG", timeout=20, what="redis")
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(tmp_path),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_until(
+                lambda: (
+                    subprocess.run(
+                        ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
+                    ).stdout.strip()
+                    == "PONG"
+                ),
+                timeout=20,
+                what="redis",
+            )
 
         def stop(self):
             self.proc.kill()

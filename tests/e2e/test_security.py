@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from service.api.routers import include_api
 from service.api.auth import parse_tokens
+from service.api.routers import include_api
 from tests.support.servers import REPO, Stack, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -29,8 +29,12 @@ OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/
 
 @pytest.fixture(scope="module")
 def locked_stack(tmp_path_factory, data_dir):
-    with Stack(home=tmp_path_factory.mktemp("locked"), data_dir=data_dir, with_worker=False,
-               extra_env={"TRAINYARD_API_TOKENS": f"{RW},{RO}:read"}) as stack:
+    with Stack(
+        home=tmp_path_factory.mktemp("locked"),
+        data_dir=data_dir,
+        with_worker=False,
+        extra_env={"TRAINYARD_API_TOKENS": f"{RW},{RO}:read"},
+    ) as stack:
         yield stack
 
 
@@ -85,8 +89,16 @@ def test_the_api_documentation_stays_open_and_offline(locked_stack):
     from service.api.docs import ASSETS
 
     with httpx.Client(base_url=locked_stack.url, timeout=10) as client:
-        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", f"{ASSETS}/swagger-ui-bundle.js",
-                     f"{ASSETS}/swagger-ui.css", f"{ASSETS}/redoc.standalone.js", f"{ASSETS}/favicon.png"):
+        for path in (
+            "/docs",
+            "/redoc",
+            "/openapi.json",
+            "/docs/oauth2-redirect",
+            f"{ASSETS}/swagger-ui-bundle.js",
+            f"{ASSETS}/swagger-ui.css",
+            f"{ASSETS}/redoc.standalone.js",
+            f"{ASSETS}/favicon.png",
+        ):
             assert client.get(path).status_code == 200, path
         for page in ("/docs", "/redoc"):
             html = client.get(page).text
@@ -107,8 +119,14 @@ def test_the_cli_exits_4_when_refused(locked_stack):
     def trainyard(*args, token=None):
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
         env.update({"TRAINYARD_URL": locked_stack.url, **({"TRAINYARD_TOKEN": token} if token else {})})
-        return subprocess.run([sys.executable, "-m", "service.cli.main", *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli.main", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     anonymous = trainyard("jobs", "list", "--json")
     assert anonymous.returncode == 4 and anonymous.stderr.startswith("error: 401 ") and anonymous.stdout == ""
@@ -122,14 +140,20 @@ def test_without_tokens_the_api_says_it_is_open_on_loopback(embedded_stack):
 
 
 def _start_api(tmp_path, data_dir, module: list[str], **env) -> subprocess.Popen:
-    stack = Stack(home=tmp_path, data_dir=data_dir, with_worker=False,
-                  extra_env={"TRAINYARD_HOST": "0.0.0.0", **env})
-    return subprocess.Popen([sys.executable, "-m", *module], cwd=REPO, env=stack.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True), stack
+    stack = Stack(home=tmp_path, data_dir=data_dir, with_worker=False, extra_env={"TRAINYARD_HOST": "0.0.0.0", **env})
+    return subprocess.Popen(
+        [sys.executable, "-m", *module],
+        cwd=REPO,
+        env=stack.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ), stack
 
 
-@pytest.mark.parametrize("module", [["service.cli.main", "api"], ["uvicorn", "service.api.app:app"]],
-                         ids=["trainyard api", "uvicorn"])
+@pytest.mark.parametrize(
+    "module", [["service.cli.main", "api"], ["uvicorn", "service.api.app:app"]], ids=["trainyard api", "uvicorn"]
+)
 def test_exposed_without_tokens_the_api_refuses_to_start(tmp_path, data_dir, module):
     process, _ = _start_api(tmp_path, data_dir, module)
     output, _ = process.communicate(timeout=60)
@@ -140,8 +164,11 @@ def test_exposed_without_tokens_the_api_refuses_to_start(tmp_path, data_dir, mod
 def test_exposed_without_tokens_the_api_starts_when_told_it_is_intended(tmp_path, data_dir):
     process, stack = _start_api(tmp_path, data_dir, ["service.cli.main", "api"], TRAINYARD_ALLOW_OPEN="true")
     try:
-        wait_until(lambda: httpx.get(f"{stack.url}/healthz", timeout=2).status_code == 200, timeout=60,
-                   what="the API to answer")
+        wait_until(
+            lambda: httpx.get(f"{stack.url}/healthz", timeout=2).status_code == 200,
+            timeout=60,
+            what="the API to answer",
+        )
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
@@ -170,10 +197,17 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(
+            max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "60")),
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
         def check(case):
-            case.call_and_validate(base_url=fuzz_stack.url,
-                                   checks=[not_a_server_error, response_schema_conformance, status_code_conformance])
+            case.call_and_validate(
+                base_url=fuzz_stack.url,
+                checks=[not_a_server_error, response_schema_conformance, status_code_conformance],
+            )
 
         check()
 
@@ -181,16 +215,37 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):
 # Every check but positive_data_acceptance (a schema cannot say that linear_regression does not fit
 # mnist), every phase, bounded and seeded. A job's event stream stays open while the job lives, and
 # no worker ends these jobs: it is left out here (tests/e2e/test_events_and_logs.py drives it).
-SCHEMATHESIS_RUN = ["--checks", "all", "--exclude-checks", "positive_data_acceptance",
-                    "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", "30", "--seed", "1",
-                    "--workers", "1", "--generation-database", "none", "--exclude-path-regex", "/events$", "--no-color"]
+SCHEMATHESIS_RUN = [
+    "--checks",
+    "all",
+    "--exclude-checks",
+    "positive_data_acceptance",
+    "--phases",
+    "examples,coverage,fuzzing,stateful",
+    "--max-examples",
+    "30",
+    "--seed",
+    "1",
+    "--workers",
+    "1",
+    "--generation-database",
+    "none",
+    "--exclude-path-regex",
+    "/events$",
+    "--no-color",
+]
 
 
 def test_schemathesis_finds_nothing(fuzz_stack, tmp_path):
     """What the OpenAPI document says is what the API does, for those who generate clients from it:
     statuses, headers, bodies, the methods each path takes, and what it refuses."""
-    run = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{fuzz_stack.url}/openapi.json",
-                          *SCHEMATHESIS_RUN], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    run = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{fuzz_stack.url}/openapi.json", *SCHEMATHESIS_RUN],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stdout[-30_000:] + run.stderr[-3_000:]
 
 
@@ -209,8 +264,12 @@ def test_no_code_path_unpickles():
     from tests.support.servers import REPO
 
     forbidden = re.compile(r"\bimport pickle\b|\bpickle\.loads?\(|\btorch\.load\(|allow_pickle\s*=\s*True")
-    offenders = [str(path.relative_to(REPO)) for folder in ("models", "service", "workers")
-                 for path in (REPO / folder).rglob("*.py") if forbidden.search(path.read_text())]
+    offenders = [
+        str(path.relative_to(REPO))
+        for folder in ("models", "service", "workers")
+        for path in (REPO / folder).rglob("*.py")
+        if forbidden.search(path.read_text())
+    ]
     assert set(offenders) <= RESTRICTED_UNPICKLERS | WEIGHTS_ONLY_LOADERS, offenders
     for name in RESTRICTED_UNPICKLERS:
         source = (REPO / name).read_text()
@@ -222,24 +281,40 @@ def test_no_code_path_unpickles():
         assert not re.search(r"\bimport pickle\b|\bpickle\.loads?\(|allow_pickle", source)
 
 
-BODY_TYPES = ["application/json", "application/json; charset=latin-1", "multipart/form-data",
-              "multipart/form-data; boundary=x", "application/x-www-form-urlencoded", "application/octet-stream",
-              "image/png", "text/plain", "application/vnd.trainyard+weird"]
+BODY_TYPES = [
+    "application/json",
+    "application/json; charset=latin-1",
+    "multipart/form-data",
+    "multipart/form-data; boundary=x",
+    "application/x-www-form-urlencoded",
+    "application/octet-stream",
+    "image/png",
+    "text/plain",
+    "application/vnd.trainyard+weird",
+]
 
 
 # Bodies that broke error answers once, or nearly: undecodable bytes, lone surrogates, numbers
 # JSON cannot hold, deep nesting, a truncated multipart body.
-ALMOST_VALID = [b'{"model": {"arch": "\xe9\xdf"}}', b'{"name": "\\udc80"}', b"\xe9\xdf\xfe\x0f\xc3;",
-                b'{"epochs": 1e400}', b'{"": -1e400, "model": "x"}', b"[" * 2000, b'{"a": ' * 500,
-                b"--x\r\n\r\n--x--"]
+ALMOST_VALID = [
+    b'{"model": {"arch": "\xe9\xdf"}}',
+    b'{"name": "\\udc80"}',
+    b"\xe9\xdf\xfe\x0f\xc3;",
+    b'{"epochs": 1e400}',
+    b'{"": -1e400, "model": "x"}',
+    b"[" * 2000,
+    b'{"a": ' * 500,
+    b"--x\r\n\r\n--x--",
+]
 
 
 def _hostile_bodies():
     """Binary, non-UTF-8 and almost-valid bodies: the schema-driven fuzzing above sends only text."""
     from hypothesis import strategies as st
 
-    return st.one_of(st.binary(max_size=2048), st.sampled_from(ALMOST_VALID),
-                     st.text(max_size=256).map(lambda t: t.encode("utf-16")))
+    return st.one_of(
+        st.binary(max_size=2048), st.sampled_from(ALMOST_VALID), st.text(max_size=256).map(lambda t: t.encode("utf-16"))
+    )
 
 
 def test_binary_and_undecodable_bodies_get_no_5xx_anywhere(fuzz_stack):
@@ -254,9 +329,13 @@ def test_binary_and_undecodable_bodies_get_no_5xx_anywhere(fuzz_stack):
                     assert answer.status_code < 500, (method, path, content_type, body[:64], answer.text[:300])
 
             @given(body=_hostile_bodies(), content_type=st.sampled_from(BODY_TYPES))
-            @settings(max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "60")) // 2, deadline=None,
-                      suppress_health_check=list(HealthCheck), database=None)
-            def check(body, content_type):
+            @settings(
+                max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "60")) // 2,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            )
+            def check(body, content_type, method=method, path=path):
                 answer = client.request(method, path, content=body, headers={"Content-Type": content_type})
                 assert answer.status_code < 500, (method, path, content_type, body[:64], answer.text[:300])
                 if answer.status_code == 422:

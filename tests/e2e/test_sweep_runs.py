@@ -13,9 +13,14 @@ from tests.support.specs import SOFTMAX_SPEC
 pytestmark = pytest.mark.e2e
 
 BASE = {**SOFTMAX_SPEC, "epochs": 2, "data": {"dataset": "fashion-mnist", "limit_train": 1000, "limit_test": 200}}
-SLOW_BASE = {"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-             "data": {"dataset": "fashion-mnist"}, "optimizer": {"name": "sgd", "lr": 0.05},
-             "epochs": 3, "batch_size": 4, "device": "cpu"}
+SLOW_BASE = {
+    "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+    "data": {"dataset": "fashion-mnist"},
+    "optimizer": {"name": "sgd", "lr": 0.05},
+    "epochs": 3,
+    "batch_size": 4,
+    "device": "cpu",
+}
 
 
 def wait_for_sweep(stack, client, sweep_id, states=("succeeded", "failed", "cancelled"), timeout=240) -> dict:
@@ -28,8 +33,7 @@ def wait_for_sweep(stack, client, sweep_id, states=("succeeded", "failed", "canc
 
 def test_a_grid_runs_every_combination_and_ranks_them(stack, client):
     grid = {"optimizer.lr": [0.01, 0.5], "optimizer.weight_decay": [0, 0.05]}
-    body = {"name": "lr-by-decay", "base": BASE, "grid": grid, "metric": "test_acc", "mode": "max",
-            "max_parallel": 2}
+    body = {"name": "lr-by-decay", "base": BASE, "grid": grid, "metric": "test_acc", "mode": "max", "max_parallel": 2}
     created = client.post("/v1/sweeps", json=body, headers={"Idempotency-Key": f"grid-{stack.port}"})
     assert created.status_code == 202, created.text
     sweep = created.json()
@@ -61,9 +65,16 @@ def test_a_grid_runs_every_combination_and_ranks_them(stack, client):
 
 
 def test_a_random_sweep_with_a_seed_draws_the_same_trials(stack, client):
-    body = {"name": "random", "base": BASE, "max_parallel": 1, "random": {
-        "count": 3, "seed": 7, "distributions": {"optimizer.lr": {"log_uniform": [0.001, 1]},
-                                                 "batch_size": {"choice": [16, 32, 64]}}}}
+    body = {
+        "name": "random",
+        "base": BASE,
+        "max_parallel": 1,
+        "random": {
+            "count": 3,
+            "seed": 7,
+            "distributions": {"optimizer.lr": {"log_uniform": [0.001, 1]}, "batch_size": {"choice": [16, 32, 64]}},
+        },
+    }
     first, second = (client.post("/v1/sweeps", json=body).json() for _ in range(2))
     other = client.post("/v1/sweeps", json={**body, "random": {**body["random"], "seed": 8}}).json()
     for sweep in (first, second, other):
@@ -83,8 +94,9 @@ def test_an_invalid_value_is_a_422_naming_it_and_creates_nothing(stack, client):
     assert refused.status_code == 422, refused.text
     (problem,) = refused.json()["detail"]
     assert problem["loc"] == ["body", "grid", "optimizer.lr"] and "-1" in problem["msg"]
-    unknown = client.post("/v1/sweeps", json={"name": "bad", "base": {**BASE, "data": {"dataset": "nope"}},
-                                              "grid": {"epochs": [1, 2]}})
+    unknown = client.post(
+        "/v1/sweeps", json={"name": "bad", "base": {**BASE, "data": {"dataset": "nope"}}, "grid": {"epochs": [1, 2]}}
+    )
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"][:2] == ["body", "base"]
     neither = client.post("/v1/sweeps", json={"name": "bad", "base": BASE})
     assert neither.status_code == 422 and "grid or random" in neither.text
@@ -95,8 +107,11 @@ def test_an_invalid_value_is_a_422_naming_it_and_creates_nothing(stack, client):
 def test_cancelling_a_sweep_cancels_its_jobs_and_launches_no_more(stack, client):
     body = {"name": "to-cancel", "base": SLOW_BASE, "grid": {"seed": [1, 2, 3]}, "max_parallel": 1}
     sweep = client.post("/v1/sweeps", json=body).json()
-    running = sweep["jobs"][0]["job_id"] if sweep["jobs"][0]["job_id"] else next(
-        j["job_id"] for j in sweep["jobs"] if j["job_id"])
+    running = (
+        sweep["jobs"][0]["job_id"]
+        if sweep["jobs"][0]["job_id"]
+        else next(j["job_id"] for j in sweep["jobs"] if j["job_id"])
+    )
     stack.wait_for_job(client, running, states=("running",))
     cancelled = client.post(f"/v1/sweeps/{sweep['id']}/cancel")
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"

@@ -11,7 +11,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.datagen import png_bytes
-from tests.support.servers import REDIS_URL, PostgresSchema, Stack, postgres_available, redis_available, require, wait_until
+from tests.support.servers import (
+    REDIS_URL,
+    PostgresSchema,
+    Stack,
+    postgres_available,
+    redis_available,
+    require,
+    wait_until,
+)
 from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
@@ -83,14 +91,28 @@ def test_two_workers_share_the_jobs_and_one_finishes_what_the_other_was_killed_i
     require(redis_available(), "Redis is not reachable on 127.0.0.1:6379")
     shared = tmp_path / "shared"
     with PostgresSchema() as schema:
-        common = {"TRAINYARD_CHECKPOINT_DIR": str(shared / "checkpoints"),
-                  "TRAINYARD_REGISTRY_DIR": str(shared / "registry"),
-                  "TRAINYARD_DATASETS_DIR": str(shared / "datasets"),
-                  "TRAINYARD_QUEUE": f"scale-{schema.name}", "TRAINYARD_GPU_QUEUE": f"scale-{schema.name}-gpu"}
-        first = Stack(home=tmp_path / "machine-1", data_dir=data_dir, database_url=schema.url, broker_url=REDIS_URL,
-                      extra_env=common)
-        second = Stack(home=tmp_path / "machine-2", data_dir=data_dir, database_url=schema.url, broker_url=REDIS_URL,
-                       extra_env=common, port=first.port)
+        common = {
+            "TRAINYARD_CHECKPOINT_DIR": str(shared / "checkpoints"),
+            "TRAINYARD_REGISTRY_DIR": str(shared / "registry"),
+            "TRAINYARD_DATASETS_DIR": str(shared / "datasets"),
+            "TRAINYARD_QUEUE": f"scale-{schema.name}",
+            "TRAINYARD_GPU_QUEUE": f"scale-{schema.name}-gpu",
+        }
+        first = Stack(
+            home=tmp_path / "machine-1",
+            data_dir=data_dir,
+            database_url=schema.url,
+            broker_url=REDIS_URL,
+            extra_env=common,
+        )
+        second = Stack(
+            home=tmp_path / "machine-2",
+            data_dir=data_dir,
+            database_url=schema.url,
+            broker_url=REDIS_URL,
+            extra_env=common,
+            port=first.port,
+        )
         try:
             first.start()
             second.home.mkdir(parents=True)
@@ -98,19 +120,36 @@ def test_two_workers_share_the_jobs_and_one_finishes_what_the_other_was_killed_i
             second.wait_for_worker()
             with first.client() as client:
                 assert len(live_workers(client)) == 2
-                slow = submit(client, {"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-                                       "data": {"dataset": "fashion-mnist"}, "optimizer": {"lr": 0.05, "momentum": 0.9},
-                                       "epochs": 3, "batch_size": 4, "seed": 3, "device": "cpu"})
+                slow = submit(
+                    client,
+                    {
+                        "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+                        "data": {"dataset": "fashion-mnist"},
+                        "optimizer": {"lr": 0.05, "momentum": 0.9},
+                        "epochs": 3,
+                        "batch_size": 4,
+                        "seed": 3,
+                        "device": "cpu",
+                    },
+                )
                 quick = [submit(client, {**TINY, "seed": n}) for n in range(19)]
-                wait_until(lambda: [e["epoch"] for e in client.get(f"/v1/jobs/{slow}/metrics").json()["epochs"]] == [1],
-                           timeout=180, interval=0.05, what="the slow job's first epoch")
+                wait_until(
+                    lambda: [e["epoch"] for e in client.get(f"/v1/jobs/{slow}/metrics").json()["epochs"]] == [1],
+                    timeout=180,
+                    interval=0.05,
+                    what="the slow job's first epoch",
+                )
                 (busy,) = [w for w in live_workers(client) if w["current_job"] == slow]
                 victim = first if busy["pid"] == first.procs["worker"].pid else second
                 os.killpg(victim.procs["worker"].pid, signal.SIGKILL)  # the whole machine's worker, mid-epoch 2
                 results = [first.wait_for_job(client, job_id, timeout=240) for job_id in [slow, *quick]]
                 assert [job["status"] for job in results] == ["succeeded"] * 20
-                ran_on = {event["detail"]["worker"] for job in results for event in job["transitions"]
-                          if event["to_status"] == "running"}
+                ran_on = {
+                    event["detail"]["worker"]
+                    for job in results
+                    for event in job["transitions"]
+                    if event["to_status"] == "running"
+                }
                 assert len({name.rsplit(":", 1)[1] for name in ran_on}) >= 2  # pool processes of both workers
                 resumed = [t for t in results[0]["transitions"] if t["to_status"] == "running"]
                 assert len(resumed) == 2 and resumed[1]["detail"]["resumed_from_epoch"] == 2
@@ -118,8 +157,9 @@ def test_two_workers_share_the_jobs_and_one_finishes_what_the_other_was_killed_i
                 assert epochs == [1, 2, 3]
                 image = png_bytes(4, seed=9)
                 for job in results:
-                    answer = client.post(f"/v1/models/job:{job['id']}/predict", content=image,
-                                         headers={"content-type": "image/png"})
+                    answer = client.post(
+                        f"/v1/models/job:{job['id']}/predict", content=image, headers={"content-type": "image/png"}
+                    )
                     assert answer.status_code == 200, answer.text
         finally:
             second.stop()

@@ -36,13 +36,16 @@ class StopAt(Recorder):
 
 
 LENET_LAYERS = [
-    {"type": "conv2d", "out_channels": 6, "kernel_size": 5, "padding": 2}, {"type": "sigmoid"},
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 5, "padding": 2},
+    {"type": "sigmoid"},
     {"type": "avgpool2d", "kernel_size": 2, "stride": 2},
-    {"type": "conv2d", "out_channels": 16, "kernel_size": 5}, {"type": "sigmoid"},
+    {"type": "conv2d", "out_channels": 16, "kernel_size": 5},
+    {"type": "sigmoid"},
     {"type": "avgpool2d", "kernel_size": 2, "stride": 2},
     {"type": "flatten"},
-    {"type": "linear", "out_features": 120}, {"type": "sigmoid"},
-    {"type": "linear", "out_features": 84}, {"type": "sigmoid"},
+    {"type": "linear", "out_features": 120},
+    {"type": "sigmoid"},
+    {"type": "linear", "out_features": 84},
+    {"type": "sigmoid"},
     {"type": "linear", "out_features": 10},
 ]
-

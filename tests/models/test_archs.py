@@ -11,11 +11,14 @@ def model_spec(**model):
     return JobSpec.model_validate({"model": model, "data": {"dataset": "fashion-mnist"}}).model
 
 
-@pytest.mark.parametrize("model, params", [
-    ({"arch": "softmax_regression"}, 784 * 10 + 10),
-    ({"arch": "mlp", "hidden": [256]}, 784 * 256 + 256 + 256 * 10 + 10),
-    ({"arch": "lenet"}, 61706),  # the course's LeNet-5 on 28x28 inputs
-])
+@pytest.mark.parametrize(
+    "model, params",
+    [
+        ({"arch": "softmax_regression"}, 784 * 10 + 10),
+        ({"arch": "mlp", "hidden": [256]}, 784 * 256 + 256 + 256 * 10 + 10),
+        ({"arch": "lenet"}, 61706),  # the course's LeNet-5 on 28x28 inputs
+    ],
+)
 def test_output_shape_and_parameter_count(model, params):
     net = build_model(model_spec(**model), (1, 28, 28), 10)
     assert net(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
@@ -72,7 +75,9 @@ def test_polynomial_features_are_scaled_powers():
 
     features = PolynomialFeatures(4)(torch.tensor([[2.0]]))
     torch.testing.assert_close(features, torch.tensor([[2.0, 4.0 / 2, 8.0 / 6, 16.0 / 24]]))
-    spec = JobSpec.model_validate({"model": {"arch": "polynomial", "degree": 20}, "data": {"dataset": "synthetic-polynomial"}})
+    spec = JobSpec.model_validate(
+        {"model": {"arch": "polynomial", "degree": 20}, "data": {"dataset": "synthetic-polynomial"}}
+    )
     net = build_model(spec.model, (1,), 1)
     assert net(torch.zeros(5, 1)).shape == (5, 1)
     assert sum(p.numel() for p in net.parameters()) == 21
@@ -92,11 +97,21 @@ def test_resize_changes_what_lenet_sees():
     assert flat.in_features == 16 * 6 * 6  # 32x32 input: two conv/pool stages leave 6x6
 
 
-@pytest.mark.parametrize("builtin, layers", [
-    ({"arch": "lenet"}, LENET_LAYERS),
-    ({"arch": "mlp", "hidden": [64], "activation": "leaky_relu"},
-     [{"type": "flatten"}, {"type": "linear", "out_features": 64}, {"type": "leaky_relu"}, {"type": "linear", "out_features": 10}]),
-])
+@pytest.mark.parametrize(
+    "builtin, layers",
+    [
+        ({"arch": "lenet"}, LENET_LAYERS),
+        (
+            {"arch": "mlp", "hidden": [64], "activation": "leaky_relu"},
+            [
+                {"type": "flatten"},
+                {"type": "linear", "out_features": 64},
+                {"type": "leaky_relu"},
+                {"type": "linear", "out_features": 10},
+            ],
+        ),
+    ],
+)
 def test_sequential_builds_the_same_network_with_the_same_weights(builtin, layers):
     torch.manual_seed(0)
     a = build_model(model_spec(**builtin), (1, 28, 28), 10)
@@ -108,9 +123,18 @@ def test_sequential_builds_the_same_network_with_the_same_weights(builtin, layer
 
 
 def test_sequential_batchnorm_and_dropout_pick_the_right_kind():
-    layers = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "batchnorm"}, {"type": "relu"},
-              {"type": "maxpool2d", "kernel_size": 2}, {"type": "flatten"}, {"type": "batchnorm"},
-              {"type": "dropout", "p": 0.3}, {"type": "linear", "out_features": 10}]
+    layers = [
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 3},
+        {"type": "batchnorm"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "kernel_size": 2},
+        {"type": "flatten"},
+        {"type": "batchnorm"},
+        {"type": "dropout", "p": 0.3},
+        {"type": "linear", "out_features": 10},
+    ]
     net = build_model(model_spec(arch="sequential", layers=layers), (1, 28, 28), 10)
-    assert isinstance(net[1], nn.BatchNorm2d) and isinstance(net[5], nn.BatchNorm1d) and net[5].num_features == 4 * 13 * 13
+    assert (
+        isinstance(net[1], nn.BatchNorm2d) and isinstance(net[5], nn.BatchNorm1d) and net[5].num_features == 4 * 13 * 13
+    )
     assert net[6].p == 0.3 and net(torch.rand(3, 1, 28, 28)).shape == (3, 10)

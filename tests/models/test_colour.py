@@ -21,8 +21,8 @@ from models.inference.predictor import Predictor
 from models.spec.job import AugmentSpec, ImageDatasetSpec, JobSpec
 from models.spec.problems import spec_problems
 from models.training.engine import fit
-from tests.support.datagen import colour_images, make_cifar10, zip_bytes
 from tests.models.common import Recorder, StopAt, trace
+from tests.support.datagen import colour_images, make_cifar10, zip_bytes
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,14 @@ def cifar_dir(tmp_path_factory):
 
 
 def job(**overrides) -> JobSpec:
-    base = {"model": {"arch": "lenet", "activation": "relu", "pool": "max"}, "data": {"dataset": "cifar10"},
-            "optimizer": {"name": "adam", "lr": 0.003}, "epochs": 2, "batch_size": 32, "device": "cpu"}
+    base = {
+        "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+        "data": {"dataset": "cifar10"},
+        "optimizer": {"name": "adam", "lr": 0.003},
+        "epochs": 2,
+        "batch_size": 32,
+        "device": "cpu",
+    }
     return JobSpec.model_validate({**base, **overrides})
 
 
@@ -96,16 +102,20 @@ def _hostile_batches():
     text = "x"
     for _ in range(3):
         text = _Reduces((codecs.encode, (text, "hex")))
-    return {"object dtype": {b"data": np.zeros((2, 3072), np.uint8), b"labels": objects},
-            "huge shape": {b"data": huge, b"labels": [0]},
-            "hex codec": {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": text}}
+    return {
+        "object dtype": {b"data": np.zeros((2, 3072), np.uint8), b"labels": objects},
+        "huge shape": {b"data": huge, b"labels": [0]},
+        "hex codec": {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": text},
+    }
 
 
 @pytest.mark.parametrize("kind", ["object dtype", "huge shape", "hex codec"])
 def test_a_cifar_pickle_that_abuses_what_is_admitted_is_refused(tmp_path, kind):
     folder = make_cifar10(tmp_path, "py", per_batch=5, n_test=5)
     (folder / "data_batch_2").write_bytes(pickle.dumps(_hostile_batches()[kind], protocol=2))
-    with pytest.raises(UnsafeData, match="data_batch_2: (dtype 'O8'|an array of shape|a bytes object).* nothing in it ran"):
+    with pytest.raises(
+        UnsafeData, match="data_batch_2: (dtype 'O8'|an array of shape|a bytes object).* nothing in it ran"
+    ):
         load_cifar10(tmp_path)
 
 
@@ -133,14 +143,21 @@ def test_colour_classes_of_equal_brightness_need_colour(tmp_path):
     labels = np.repeat(np.arange(3), 60)
     images = colour_images(labels * 3, rng)  # three colours of equal luminance, far apart on the circle
     files = {}
-    for i, (label, image) in enumerate(zip(labels, images)):
+    for i, (label, image) in enumerate(zip(labels, images, strict=True)):
         buffer = io.BytesIO()
         Image.fromarray(image.transpose(1, 2, 0)).save(buffer, format="PNG")
         files[f"{'abc'[label]}/{i}.png"] = buffer.getvalue()
     archive = zip_bytes(files)
-    spec = JobSpec.model_validate({"model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-                                   "data": {"dataset": "mnist"}, "optimizer": {"name": "adam", "lr": 0.003},
-                                   "epochs": 12, "batch_size": 16, "device": "cpu"})
+    spec = JobSpec.model_validate(
+        {
+            "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+            "data": {"dataset": "mnist"},
+            "optimizer": {"name": "adam", "lr": 0.003},
+            "epochs": 12,
+            "batch_size": 16,
+            "device": "cpu",
+        }
+    )
     results = {}
     for color in ("auto", "grayscale"):
         dataset = decode_archive(archive, name="c", color=color, test_fraction=0.3).dataset
@@ -152,15 +169,17 @@ def test_colour_classes_of_equal_brightness_need_colour(tmp_path):
 
 
 def test_dataset_normalisation_is_measured_on_the_training_split(cifar_dir):
-    data = load_dataset(job(data={"dataset": "cifar10", "normalize": "dataset", "val_fraction": 0.2}).data,
-                        data_dir=cifar_dir)
+    data = load_dataset(
+        job(data={"dataset": "cifar10", "normalize": "dataset", "val_fraction": 0.2}).data, data_dir=cifar_dir
+    )
     mean, std = channel_stats(data.x_train)
     assert data.contract.mean == pytest.approx(mean) and data.contract.std == pytest.approx(std)
     inputs = data.to_float(data.x_train)
     assert inputs.mean(dim=(0, 2, 3)).abs().max() < 1e-4
     assert (inputs.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
-    explicit = load_dataset(job(data={"dataset": "cifar10", "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}).data,
-                            data_dir=cifar_dir)
+    explicit = load_dataset(
+        job(data={"dataset": "cifar10", "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}).data, data_dir=cifar_dir
+    )
     assert explicit.to_float(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten().tolist() == [2.0] * 3
 
 
@@ -184,8 +203,9 @@ def test_predict_sees_an_image_as_the_jobs_own_evaluation_did(cifar_dir, tmp_pat
         buffer = io.BytesIO()
         Image.fromarray(image.numpy().transpose(1, 2, 0)).save(buffer, format="PNG")
         pngs.append(buffer.getvalue())
-    got = predictor.probabilities(torch.from_numpy(np.stack([predictor.decode_pixels(p, "x.png", max_pixels=10**6)
-                                                             for p in pngs])))
+    got = predictor.probabilities(
+        torch.from_numpy(np.stack([predictor.decode_pixels(p, "x.png", max_pixels=10**6) for p in pngs]))
+    )
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
@@ -206,8 +226,11 @@ def test_augmentation_changes_training_batches_only_and_is_seeded():
     # Each image draws its own crop and flip: not every image of the batch moves alike.
     shifted = [not torch.equal(one[i], x[i]) for i in range(16)]
     assert any(shifted)
-    for extra in ({"random_resized_crop": {"scale": [0.5, 1.0]}}, {"trivial_augment": True},
-                  {"random_crop": {"padding": 2, "size": 24}}):
+    for extra in (
+        {"random_resized_crop": {"scale": [0.5, 1.0]}},
+        {"trivial_augment": True},
+        {"random_crop": {"padding": 2, "size": 24}},
+    ):
         out = Augmenter(AugmentSpec.model_validate(extra), 0, (3, 32, 32))(x, epoch=1, batch=0)
         assert out.shape == x.shape and out.dtype == torch.uint8
 
@@ -238,6 +261,7 @@ def test_a_bad_augmentation_parameter_names_its_path():
     with pytest.raises(ValidationError) as caught:
         JobSpec.model_validate(document)
     assert [input_loc(document, e["loc"]) for e in caught.value.errors()] == [
-        ("data", "augment", "random_crop", "padding")]
+        ("data", "augment", "random_crop", "padding")
+    ]
     with pytest.raises(ValidationError, match="choose one of random_crop and random_resized_crop"):
         job(data={"dataset": "cifar10", "augment": {"random_crop": {}, "random_resized_crop": {}}})

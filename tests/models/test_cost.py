@@ -1,6 +1,5 @@
 """Admission by cost: parameters and one training step's memory, estimated without allocating."""
 
-
 from models.nets.cost import admission_problems, estimate
 from models.spec.job import JobSpec
 
@@ -16,8 +15,9 @@ def test_the_machine_killing_mlp_is_counted_exactly_and_refused_with_its_estimat
     cost = estimate(huge, (1, 28, 28), 10)
     assert cost.parameters == (784 * 65536 + 65536) + (65536 * 65536 + 65536) + (65536 * 10 + 10)
     assert cost.weights == cost.gradients == 4 * cost.parameters  # plain sgd: no optimizer state
-    problems = admission_problems(huge, (1, 28, 28), 10, max_parameters=500_000_000, max_bytes=12 * GIB,
-                                  where="TRAINYARD_MAX_JOB_MEMORY")
+    problems = admission_problems(
+        huge, (1, 28, 28), 10, max_parameters=500_000_000, max_bytes=12 * GIB, where="TRAINYARD_MAX_JOB_MEMORY"
+    )
     assert [loc for loc, _ in problems] == [("model",), ("model",)]
     assert "4,347,133,962 parameters" in problems[0][1] and "(500,000,000)" in problems[0][1]
     assert "about 32.6 GiB" in problems[1][1] and "TRAINYARD_MAX_JOB_MEMORY (12.0 GiB)" in problems[1][1]
@@ -33,8 +33,11 @@ def test_memory_names_batch_size_when_activations_dominate():
 def test_optimizer_state_and_a_frozen_backbone_are_counted():
     adam = estimate(spec({"arch": "lenet"}, optimizer={"name": "adam"}), (1, 28, 28), 10)
     assert adam.optimizer == 2 * adam.weights
-    frozen = estimate(spec({"arch": "pretrained", "backbone": "resnet18", "weights": None, "freeze": "backbone"},
-                           "cifar10"), (3, 32, 32), 10)
+    frozen = estimate(
+        spec({"arch": "pretrained", "backbone": "resnet18", "weights": None, "freeze": "backbone"}, "cifar10"),
+        (3, 32, 32),
+        10,
+    )
     assert frozen.trainable == 512 * 10 + 10 and frozen.gradients == 4 * frozen.trainable
     whole = estimate(spec({"arch": "pretrained", "backbone": "resnet18", "weights": None}, "cifar10"), (3, 32, 32), 10)
     assert whole.activations > 5 * frozen.activations
@@ -42,12 +45,19 @@ def test_optimizer_state_and_a_frozen_backbone_are_counted():
 
 def test_a_resized_model_is_estimated_at_the_size_it_sees():
     small = estimate(spec({"arch": "lenet"}), (1, 28, 28), 10)
-    resized = estimate(JobSpec.model_validate({"model": {"arch": "lenet"},
-                                               "data": {"dataset": "fashion-mnist", "resize": 56}}), (1, 28, 28), 10)
+    resized = estimate(
+        JobSpec.model_validate({"model": {"arch": "lenet"}, "data": {"dataset": "fashion-mnist", "resize": 56}}),
+        (1, 28, 28),
+        10,
+    )
     assert resized.activations > 3 * small.activations and resized.parameters > small.parameters
 
 
 def test_small_course_models_pass():
     for model in ({"arch": "softmax_regression"}, {"arch": "lenet"}, {"arch": "mlp", "hidden": [256]}):
-        assert admission_problems(spec(model), (1, 28, 28), 10, max_parameters=10**6, max_bytes=64 * 1024**2,
-                                  where="LIMIT") == []
+        assert (
+            admission_problems(
+                spec(model), (1, 28, 28), 10, max_parameters=10**6, max_bytes=64 * 1024**2, where="LIMIT"
+            )
+            == []
+        )

@@ -17,8 +17,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def job(**overrides) -> JobSpec:
-    base = {"model": {"arch": "lenet", "activation": "relu"}, "data": {"dataset": "fashion-mnist"},
-            "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 3, "batch_size": 50, "device": "cuda"}
+    base = {
+        "model": {"arch": "lenet", "activation": "relu"},
+        "data": {"dataset": "fashion-mnist"},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "epochs": 3,
+        "batch_size": 50,
+        "device": "cuda",
+    }
     return JobSpec.model_validate({**base, **overrides})
 
 

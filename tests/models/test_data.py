@@ -81,17 +81,20 @@ def test_dataset_is_decoded_once_and_reloaded_when_files_change(tmp_path):
 
 def test_limits_and_validation_split(tmp_path):
     make_idx_dataset(tmp_path, "MNIST", n_train=100, n_test=40, gz=False)
-    data = load_dataset(ImageDatasetSpec(dataset="mnist", limit_train=80, limit_test=10, val_fraction=0.25),
-                        data_dir=tmp_path, seed=1)
+    data = load_dataset(
+        ImageDatasetSpec(dataset="mnist", limit_train=80, limit_test=10, val_fraction=0.25), data_dir=tmp_path, seed=1
+    )
     assert len(data.x_train) == 60 and len(data.x_val) == 20 and len(data.x_test) == 10
-    same = load_dataset(ImageDatasetSpec(dataset="mnist", limit_train=80, limit_test=10, val_fraction=0.25),
-                        data_dir=tmp_path, seed=1)
+    same = load_dataset(
+        ImageDatasetSpec(dataset="mnist", limit_train=80, limit_test=10, val_fraction=0.25), data_dir=tmp_path, seed=1
+    )
     assert torch.equal(data.y_val, same.y_val)
 
 
 def test_synthetic_linear_follows_the_true_weights():
-    spec = SyntheticLinearSpec(dataset="synthetic-linear", num_examples=500, num_test=100,
-                               true_w=[2.0, -3.4], true_b=4.2, noise=0.0)
+    spec = SyntheticLinearSpec(
+        dataset="synthetic-linear", num_examples=500, num_test=100, true_w=[2.0, -3.4], true_b=4.2, noise=0.0
+    )
     data = load_dataset(spec, data_dir=".", seed=0)
     assert data.task == "regression" and data.classes is None
     assert data.x_train.shape == (500, 2) and data.y_train.shape == (500, 1) and len(data.x_test) == 100
@@ -118,7 +121,7 @@ def test_synthetic_noise_is_the_residual_spread(dataset):
             spec = SyntheticPolynomialSpec(dataset=dataset, n_train=4000, coefficients=[1.0, 2.0, 3.0], noise=noise)
             data = load_dataset(spec, data_dir=".", seed=0)
             x = data.x_train
-            clean = 1.0 + 2.0 * x + 3.0 * x ** 2 / math.factorial(2)
+            clean = 1.0 + 2.0 * x + 3.0 * x**2 / math.factorial(2)
         return float((data.y_train - clean).std())
 
     assert residual_std(0.0) < 1e-5

@@ -1,4 +1,3 @@
-
 import math
 import statistics
 
@@ -12,8 +11,14 @@ from tests.models.common import LENET_LAYERS, Recorder, StopAt, trace
 
 
 def job(**overrides) -> JobSpec:
-    base = {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"},
-            "optimizer": {"lr": 0.5}, "epochs": 3, "batch_size": 50, "device": "cpu"}
+    base = {
+        "model": {"arch": "softmax_regression"},
+        "data": {"dataset": "fashion-mnist"},
+        "optimizer": {"lr": 0.5},
+        "epochs": 3,
+        "batch_size": 50,
+        "device": "cpu",
+    }
     return JobSpec.model_validate({**base, **overrides})
 
 
@@ -51,7 +56,7 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_goes(idx_dir):
     fit(spec, resumed, data_dir=idx_dir, resume=TrainingState(position=Position(epoch=2), model=first.state))
     assert resumed.started.start_epoch == 2
     assert [m.epoch for m in resumed.epochs] == [2, 3]
-    for a, b in zip(resumed.epochs, full.epochs[1:]):
+    for a, b in zip(resumed.epochs, full.epochs[1:], strict=False):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
         assert a.test_acc == b.test_acc
 
@@ -85,11 +90,22 @@ def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(idx_dir):
 
 
 def test_linear_regression_recovers_weights():
-    spec = JobSpec.model_validate({
-        "model": {"arch": "linear_regression"},
-        "data": {"dataset": "synthetic-linear", "num_examples": 1000, "true_w": [2, -3.4], "true_b": 4.2, "noise": 0.01},
-        "optimizer": {"lr": 0.03}, "epochs": 3, "batch_size": 10, "device": "cpu",
-    })
+    spec = JobSpec.model_validate(
+        {
+            "model": {"arch": "linear_regression"},
+            "data": {
+                "dataset": "synthetic-linear",
+                "num_examples": 1000,
+                "true_w": [2, -3.4],
+                "true_b": 4.2,
+                "noise": 0.01,
+            },
+            "optimizer": {"lr": 0.03},
+            "epochs": 3,
+            "batch_size": 10,
+            "device": "cpu",
+        }
+    )
     recorder = Recorder()
     result = fit(spec, recorder, data_dir=".")
     linear = result.run.model[1]
@@ -106,21 +122,36 @@ def test_val_fraction_reports_validation_metrics(idx_dir):
 
 
 def test_weight_decay_shrinks_weights(idx_dir):
-    plain, decayed = fit(job(epochs=2), data_dir=idx_dir), fit(job(epochs=2, optimizer={"lr": 0.5, "weight_decay": 0.05}), data_dir=idx_dir)
-    norm = lambda r: float(r.run.model[1].weight.detach().norm())
+    plain, decayed = (
+        fit(job(epochs=2), data_dir=idx_dir),
+        fit(job(epochs=2, optimizer={"lr": 0.5, "weight_decay": 0.05}), data_dir=idx_dir),
+    )
+
+    def norm(r):
+        return float(r.run.model[1].weight.detach().norm())
+
     assert norm(decayed) < 0.8 * norm(plain)
 
 
 def test_divergence_is_a_training_error():
-    spec = JobSpec.model_validate({
-        "model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"},
-        "optimizer": {"lr": 50}, "epochs": 3, "batch_size": 10, "device": "cpu"})
+    spec = JobSpec.model_validate(
+        {
+            "model": {"arch": "linear_regression"},
+            "data": {"dataset": "synthetic-linear"},
+            "optimizer": {"lr": 50},
+            "epochs": 3,
+            "batch_size": 10,
+            "device": "cpu",
+        }
+    )
     with pytest.raises(TrainingError, match="loss became"):
         fit(spec, data_dir=".")
 
 
 def test_mismatched_model_and_data_is_a_training_error():
-    spec = JobSpec.model_validate({"model": {"arch": "lenet"}, "data": {"dataset": "synthetic-linear"}, "device": "cpu"})
+    spec = JobSpec.model_validate(
+        {"model": {"arch": "lenet"}, "data": {"dataset": "synthetic-linear"}, "device": "cpu"}
+    )
     with pytest.raises(TrainingError, match="model.arch"):
         fit(spec, data_dir=".")
 
@@ -139,8 +170,12 @@ def last(recorder):
 
 def test_optimizers_differ_and_learn(idx_dir):
     results = {}
-    for name, extra in (("sgd", {"momentum": 0.9}), ("sgd-nesterov", {"momentum": 0.9, "nesterov": True}),
-                        ("adam", {}), ("adamw", {"weight_decay": 0.1})):
+    for name, extra in (
+        ("sgd", {"momentum": 0.9}),
+        ("sgd-nesterov", {"momentum": 0.9, "nesterov": True}),
+        ("adam", {}),
+        ("adamw", {"weight_decay": 0.1}),
+    ):
         recorder = Recorder()
         optimizer = {"name": name.split("-")[0], "lr": 0.01, **extra}
         result = fit(job(epochs=2, optimizer=optimizer), recorder, data_dir=idx_dir)
@@ -157,7 +192,10 @@ def test_weight_decay_spares_biases_unless_decay_bias(idx_dir):
     assert [g["weight_decay"] for g in spared.optimizer.param_groups] == [0.5, 0.0]
     assert [len(g["params"]) for g in spared.optimizer.param_groups] == [1, 1]
     assert [g["weight_decay"] for g in decayed.optimizer.param_groups] == [0.5]
-    bias = lambda run: float(run.model[1].bias.detach().norm())
+
+    def bias(run):
+        return float(run.model[1].bias.detach().norm())
+
     assert bias(decayed) < 0.8 * bias(spared)
 
 
@@ -165,16 +203,24 @@ def test_weight_decay_spares_biases_unless_decay_bias(idx_dir):
 def test_l1_penalty_makes_weights_sparser(idx_dir):
     plain = fit(job(epochs=2), data_dir=idx_dir).run
     lasso = fit(job(epochs=2, optimizer={"lr": 0.5, "l1": 0.001}), data_dir=idx_dir).run
-    small = lambda run: float((run.model[1].weight.detach().abs() < 1e-2).float().mean())
+
+    def small(run):
+        return float((run.model[1].weight.detach().abs() < 1e-2).float().mean())
+
     assert small(lasso) > small(plain) + 0.1
 
 
-@pytest.mark.parametrize("schedule, expected", [
-    ({"name": "none"}, [0.5, 0.5, 0.5, 0.5]),
-    ({"name": "step", "step_size": 2, "gamma": 0.1}, [0.5, 0.5, 0.05, 0.05]),
-    ({"name": "cosine", "min_lr": 0.1}, [0.5, 0.1 + 0.4 * (1 + math.cos(math.pi / 4)) / 2, 0.3,
-                                         0.1 + 0.4 * (1 + math.cos(3 * math.pi / 4)) / 2]),
-])
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ({"name": "none"}, [0.5, 0.5, 0.5, 0.5]),
+        ({"name": "step", "step_size": 2, "gamma": 0.1}, [0.5, 0.5, 0.05, 0.05]),
+        (
+            {"name": "cosine", "min_lr": 0.1},
+            [0.5, 0.1 + 0.4 * (1 + math.cos(math.pi / 4)) / 2, 0.3, 0.1 + 0.4 * (1 + math.cos(3 * math.pi / 4)) / 2],
+        ),
+    ],
+)
 def test_learning_rate_schedules(idx_dir, schedule, expected):
     recorder = Recorder()
     fit(job(epochs=4, schedule=schedule), recorder, data_dir=idx_dir)
@@ -183,8 +229,11 @@ def test_learning_rate_schedules(idx_dir, schedule, expected):
 
 def test_early_stopping_stops_and_says_why(idx_dir):
     recorder = Recorder()
-    result = fit(job(epochs=10, early_stopping={"metric": "test_loss", "patience": 2, "min_delta": 10.0}),
-                 recorder, data_dir=idx_dir)
+    result = fit(
+        job(epochs=10, early_stopping={"metric": "test_loss", "patience": 2, "min_delta": 10.0}),
+        recorder,
+        data_dir=idx_dir,
+    )
     assert result.reason == "early_stopped" and len(recorder.epochs) == 3 and result.stopped_at is None
     recorder = Recorder()
     result = fit(job(epochs=4, early_stopping={"metric": "test_acc", "patience": 3}), recorder, data_dir=idx_dir)
@@ -230,14 +279,25 @@ def test_sequential_and_builtin_train_identically(idx_dir):
 
 
 def test_resize_option_reaches_the_model(idx_dir):
-    result = fit(job(model={"arch": "lenet", "activation": "relu"}, epochs=1, optimizer={"lr": 0.1},
-                     data={"dataset": "fashion-mnist", "resize": 32, "limit_train": 200}), data_dir=idx_dir)
+    result = fit(
+        job(
+            model={"arch": "lenet", "activation": "relu"},
+            epochs=1,
+            optimizer={"lr": 0.1},
+            data={"dataset": "fashion-mnist", "resize": 32, "limit_train": 200},
+        ),
+        data_dir=idx_dir,
+    )
     assert result.run.model[0].size == 32
 
 
 def test_resume_restores_schedule_and_early_stopping(idx_dir):
-    spec = job(epochs=3, schedule={"name": "step", "step_size": 1, "gamma": 0.5},
-               early_stopping={"metric": "test_loss", "patience": 5}, optimizer={"lr": 0.5, "momentum": 0.5})
+    spec = job(
+        epochs=3,
+        schedule={"name": "step", "step_size": 1, "gamma": 0.5},
+        early_stopping={"metric": "test_loss", "patience": 5},
+        optimizer={"lr": 0.5, "momentum": 0.5},
+    )
     full = Recorder()
     fit(spec, full, data_dir=idx_dir)
 
@@ -293,7 +353,7 @@ def test_decoded_datasets_are_cached_on_disk(idx_dir, tmp_path):
     spec = ImageDatasetSpec(dataset="fashion-mnist")
     data_module._decoded.clear()
     first = data_module.load_dataset(spec, data_dir=idx_dir, cache_dir=tmp_path)
-    cached, = tmp_path.glob("fashion-mnist-*.safetensors")
+    (cached,) = tmp_path.glob("fashion-mnist-*.safetensors")
     data_module._decoded.clear()
     again = data_module.load_dataset(spec, data_dir=idx_dir, cache_dir=tmp_path)
     assert torch.equal(first.x_train, again.x_train) and again.checksum == first.checksum

@@ -3,8 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix,
-                             precision_recall_fscore_support, top_k_accuracy_score)
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
 
 from models.inference.evaluation import THRESHOLDS, evaluate
 
@@ -46,7 +51,8 @@ def test_report_equals_scikit_learn(predictions):
     summary = classification_report(labels, predicted, labels=every, zero_division=0, output_dict=True)
     for ours, theirs in ((report.macro_avg, summary["macro avg"]), (report.weighted_avg, summary["weighted avg"])):
         assert (ours.precision, ours.recall, ours.f1) == pytest.approx(
-            (theirs["precision"], theirs["recall"], theirs["f1-score"]))
+            (theirs["precision"], theirs["recall"], theirs["f1-score"])
+        )
         assert ours.support == theirs["support"] == len(labels)
 
     assert report.num_test == len(labels)

@@ -35,8 +35,9 @@ def test_transparency_palette_cmyk_and_16_bit_convert_predictably():
     palette = Image.new("RGB", (4, 4), (10, 20, 200)).convert("P", palette=Image.Palette.ADAPTIVE)
     assert decode_image(encode(palette), "p.png", channels=3, max_pixels=100)[:, 0, 0].tolist() == [10, 20, 200]
     cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # pure red in CMYK
-    assert decode_image(encode(cmyk, "JPEG", quality=100), "c.jpg", channels=3, max_pixels=100)[:, 0, 0].tolist() \
-        == pytest.approx([255, 0, 0], abs=2)
+    assert decode_image(encode(cmyk, "JPEG", quality=100), "c.jpg", channels=3, max_pixels=100)[
+        :, 0, 0
+    ].tolist() == pytest.approx([255, 0, 0], abs=2)
     deep = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
     assert decode_image(encode(deep), "d.png", channels=1, max_pixels=100).max() == 255
     assert decode_image(encode(deep), "d.png", channels=3, max_pixels=100)[:, 0, 0].tolist() == [255, 255, 255]
@@ -85,8 +86,10 @@ def test_the_contract_scales_and_normalises_per_channel():
 
 
 def test_checkpoints_from_before_the_contract_read_as_grey_over_255():
-    old = {"classes": ["a", "b"], "preprocess": {"kind": "image", "channels": 1, "height": 28, "width": 28,
-                                                 "scale": 1 / 255}}
+    old = {
+        "classes": ["a", "b"],
+        "preprocess": {"kind": "image", "channels": 1, "height": 28, "width": 28, "scale": 1 / 255},
+    }
     assert InputContract.from_meta(old) == InputContract.image(1, 28, 28, ["a", "b"])
     with pytest.raises(ValueError, match="mean has 1 values for 3 channel"):
         InputContract(kind="image", channels=3, height=2, width=2, mean=[0.5], std=[1, 1, 1])

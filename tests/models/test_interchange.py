@@ -35,15 +35,35 @@ ARCHITECTURES = {
     "linear-regression": ({"arch": "linear_regression"}, [2], None, {"dataset": "synthetic-linear"}),
     "polynomial": ({"arch": "polynomial", "degree": 4}, [1], None, {"dataset": "synthetic-polynomial"}),
     "softmax": ({"arch": "softmax_regression"}, [1, 28, 28], 10, {"dataset": "fashion-mnist"}),
-    "mlp-dropout": ({"arch": "mlp", "hidden": [32, 16], "dropout": 0.5, "init": "xavier"}, [1, 28, 28], 10,
-                    {"dataset": "fashion-mnist"}),
+    "mlp-dropout": (
+        {"arch": "mlp", "hidden": [32, 16], "dropout": 0.5, "init": "xavier"},
+        [1, 28, 28],
+        10,
+        {"dataset": "fashion-mnist"},
+    ),
     "lenet-sigmoid-avg": ({"arch": "lenet"}, [1, 28, 28], 10, {"dataset": "fashion-mnist"}),
-    "lenet-relu-max": ({"arch": "lenet", "activation": "relu", "pool": "max"}, [1, 28, 28], 10,
-                       {"dataset": "fashion-mnist"}),
+    "lenet-relu-max": (
+        {"arch": "lenet", "activation": "relu", "pool": "max"},
+        [1, 28, 28],
+        10,
+        {"dataset": "fashion-mnist"},
+    ),
     "resnet18": ({"arch": "resnet18"}, [1, 28, 28], 10, {"dataset": "fashion-mnist"}),
-    "sequential-batchnorm": ({"arch": "sequential", "layers": [
-        {"type": "conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "batchnorm"}, {"type": "relu"},
-        {"type": "flatten"}, {"type": "linear", "out_features": 10}]}, [1, 28, 28], 10, {"dataset": "fashion-mnist"}),
+    "sequential-batchnorm": (
+        {
+            "arch": "sequential",
+            "layers": [
+                {"type": "conv2d", "out_channels": 4, "kernel_size": 3},
+                {"type": "batchnorm"},
+                {"type": "relu"},
+                {"type": "flatten"},
+                {"type": "linear", "out_features": 10},
+            ],
+        },
+        [1, 28, 28],
+        10,
+        {"dataset": "fashion-mnist"},
+    ),
     "resized-lenet": ({"arch": "lenet"}, [1, 28, 28], 10, {"dataset": "fashion-mnist", "resize": 32}),
 }
 
@@ -57,10 +77,17 @@ def predictor_for(model: dict, shape: list[int], classes: int | None, data: dict
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     names = [f"c{i}" for i in range(classes)] if classes else None
-    meta = {"spec": spec.model_dump(mode="json"), "task": "classification" if classes else "regression",
-            "classes": names, "input_shape": shape,
-            "input": (InputContract.image(*shape[:1], 28, 28, names) if len(shape) == 3
-                      else InputContract.tabular(shape[0], names)).to_json()}
+    meta = {
+        "spec": spec.model_dump(mode="json"),
+        "task": "classification" if classes else "regression",
+        "classes": names,
+        "input_shape": shape,
+        "input": (
+            InputContract.image(*shape[:1], 28, 28, names)
+            if len(shape) == 3
+            else InputContract.tabular(shape[0], names)
+        ).to_json(),
+    }
     return Predictor(net, meta)
 
 
@@ -87,8 +114,14 @@ def test_the_safetensors_header_says_how_to_use_the_weights():
     meta = header(predictor.meta)
     assert meta["task"] == "classification" and meta["input_shape"] == "[1, 28, 28]"
     assert '"arch": "lenet"' in meta["model"]
-    assert json.loads(meta["input"]) == {"kind": "image", "classes": [f"c{i}" for i in range(10)], "channels": 1,
-                                         "height": 28, "width": 28, "resize": "bilinear"}
+    assert json.loads(meta["input"]) == {
+        "kind": "image",
+        "classes": [f"c{i}" for i in range(10)],
+        "channels": 1,
+        "height": 28,
+        "width": 28,
+        "resize": "bilinear",
+    }
     assert set(FORMATS) == {"safetensors", "torchscript", "onnx"}
 
 
@@ -122,9 +155,15 @@ def colour_predictor() -> Predictor:
     torch.manual_seed(0)
     net = build_model(spec.model, [3, 32, 32], 10)
     contract = InputContract.image(3, 32, 32, [f"c{i}" for i in range(10)]).with_normalisation(
-        [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
-    meta = {"spec": spec.model_dump(mode="json"), "task": "classification", "classes": contract.classes,
-            "input_shape": [3, 32, 32], "input": contract.to_json()}
+        [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    )
+    meta = {
+        "spec": spec.model_dump(mode="json"),
+        "task": "classification",
+        "classes": contract.classes,
+        "input_shape": [3, 32, 32],
+        "input": contract.to_json(),
+    }
     return Predictor(net, meta)
 
 
@@ -178,12 +217,18 @@ def test_an_onnx_export_with_pixels_in_predicts_what_predict_does_without_trainy
         image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
         paths.append(tmp_path / f"{i}.png")
         image.save(paths[-1])
-    done = subprocess.run([sys.executable, "-I", "-c", PIXEL_CLIENT, str(graph), json.dumps([str(p) for p in paths])],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", PIXEL_CLIENT, str(graph), json.dumps([str(p) for p in paths])],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     got = np.array(json.loads(done.stdout))
-    pixels = torch.from_numpy(np.stack([predictor.decode_pixels(p.read_bytes(), p.name, max_pixels=10**6)
-                                        for p in paths]))
+    pixels = torch.from_numpy(
+        np.stack([predictor.decode_pixels(p.read_bytes(), p.name, max_pixels=10**6) for p in paths])
+    )
     np.testing.assert_allclose(got, predictor.probabilities(pixels).numpy(), atol=1e-4, rtol=0)
     with pytest.raises(ExportError, match="image models"):
         export(predictor_for(*ARCHITECTURES["linear-regression"]), "onnx", "pixels")

@@ -21,9 +21,18 @@ def predictor(tmp_path) -> Predictor:
     torch.manual_seed(0)
     model = build_model(spec.model, (1, 28, 28), 10)
     path = tmp_path / "epoch-0001.safetensors"
-    write_checkpoint(path, model.state_dict(), {
-        "spec": spec.model_dump(mode="json"), "task": "classification", "classes": CLASSES,
-        "input_shape": [1, 28, 28], "preprocess": PREPROCESS, "epoch": 1})
+    write_checkpoint(
+        path,
+        model.state_dict(),
+        {
+            "spec": spec.model_dump(mode="json"),
+            "task": "classification",
+            "classes": CLASSES,
+            "input_shape": [1, 28, 28],
+            "preprocess": PREPROCESS,
+            "epoch": 1,
+        },
+    )
     loaded = Predictor.from_checkpoint(path)
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor)
@@ -44,13 +53,14 @@ def decode(predictor: Predictor, data: bytes, name: str, max_pixels: int) -> tor
 GRADIENT = np.tile(np.arange(0, 252, 9, dtype=np.uint8), (28, 1))
 
 
-@pytest.mark.parametrize("mode, fmt", [(mode, fmt) for fmt in ("PNG", "BMP", "WEBP") for mode in ("L", "RGB", "P", "RGBA")]
-                         + [("I;16", "PNG")])
+@pytest.mark.parametrize(
+    "mode, fmt",
+    [(mode, fmt) for fmt in ("PNG", "BMP", "WEBP") for mode in ("L", "RGB", "P", "RGBA")] + [("I;16", "PNG")],
+)
 def test_every_common_mode_and_format_decodes_to_the_training_layout(predictor, mode, fmt):
     base = Image.fromarray(GRADIENT, mode="L")
     image = base.convert(mode) if mode != "I;16" else Image.fromarray(GRADIENT.astype(np.uint16) * 257)
-    tensor = decode(predictor, encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {})), "x",
-                                    10**6)
+    tensor = decode(predictor, encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {})), "x", 10**6)
     assert tensor.shape == (1, 28, 28) and tensor.dtype == torch.float32
     np.testing.assert_allclose(tensor[0].numpy(), GRADIENT / 255, atol=2 / 255)
 
@@ -63,8 +73,7 @@ def test_transparent_pixels_become_background_black(predictor):
 
 
 def test_jpeg_of_another_size_is_resized(predictor):
-    tensor = decode(predictor, encode(Image.new("RGB", (100, 60), (200, 200, 200)), "JPEG"), "big.jpg",
-                                    10**6)
+    tensor = decode(predictor, encode(Image.new("RGB", (100, 60), (200, 200, 200)), "JPEG"), "big.jpg", 10**6)
     assert tensor.shape == (1, 28, 28)
     assert abs(float(tensor.mean()) - 200 / 255) < 0.02
 
@@ -105,15 +114,21 @@ def test_a_threshold_withholds_labels_below_it_and_keeps_top_k(predictor):
 
 
 def test_evaluation_counts_true_against_predicted(predictor):
-    x = torch.from_numpy(np.stack([predictor.decode_pixels(encode(Image.fromarray(GRADIENT * (i % 2)), "PNG"), "g",
-                                                           max_pixels=10**6) for i in range(6)]))
+    x = torch.from_numpy(
+        np.stack(
+            [
+                predictor.decode_pixels(encode(Image.fromarray(GRADIENT * (i % 2)), "PNG"), "g", max_pixels=10**6)
+                for i in range(6)
+            ]
+        )
+    )
     probabilities = predictor.probabilities(x)
     predicted = probabilities.argmax(dim=1)
     truth = torch.tensor([0, 1, 2, 0, 1, 2])
     report = predictor.evaluate(x, truth, batch_size=4)  # two batches
     matrix = report.confusion_matrix
     assert len(matrix) == 10 and sum(map(sum, matrix)) == 6 and report.num_test == 6
-    for t, p in zip(truth.tolist(), predicted.tolist()):
+    for t, p in zip(truth.tolist(), predicted.tolist(), strict=True):
         assert matrix[t][p] >= 1
     assert report.accuracy == pytest.approx(float((predicted == truth).float().mean()))
     for mistake in report.mistakes:

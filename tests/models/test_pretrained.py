@@ -29,14 +29,28 @@ def _dataset(images, seed: int = 0, n_train: int = 400, n_test: int = 200):
     rng = np.random.default_rng(seed)
     y_train = rng.integers(0, 10, n_train).astype(np.uint8)
     y_test = rng.integers(0, 10, n_test).astype(np.uint8)
-    return image_dataset({"train_images": images(y_train, rng), "train_labels": y_train,
-                          "test_images": images(y_test, rng), "test_labels": y_test}, name="fixture", classes=CLASSES)
+    return image_dataset(
+        {
+            "train_images": images(y_train, rng),
+            "train_labels": y_train,
+            "test_images": images(y_test, rng),
+            "test_labels": y_test,
+        },
+        name="fixture",
+        classes=CLASSES,
+    )
 
 
 def _spec(model: dict, *, epochs: int = 2, lr: float = 1e-2, batch_size: int = 64, **data) -> JobSpec:
-    return JobSpec.model_validate({"model": {"arch": "pretrained", "backbone": "resnet18", **model},
-                                   "data": {"dataset": "cifar10", "resize": 32, **data}, "epochs": epochs,
-                                   "batch_size": batch_size, "optimizer": {"name": "adam", "lr": lr}})
+    return JobSpec.model_validate(
+        {
+            "model": {"arch": "pretrained", "backbone": "resnet18", **model},
+            "data": {"dataset": "cifar10", "resize": 32, **data},
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "optimizer": {"name": "adam", "lr": lr},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -202,14 +216,14 @@ def test_weights_of_another_network_are_refused_clearly(tmp_path, colour):
 def test_a_plain_torchvision_state_dict_can_be_the_starting_point(weights_file, colour, tmp_path):
     """init_from an imported torchvision network: its backbone is loaded, the head is new."""
     state = torch.load(weights_file, weights_only=True)
-    run = prepare(_spec({"freeze": "backbone", "weights": None}), dataset=colour, data_dir=tmp_path,
-                  initial_weights=state)
+    run = prepare(
+        _spec({"freeze": "backbone", "weights": None}), dataset=colour, data_dir=tmp_path, initial_weights=state
+    )
     loaded = find_pretrained(run.model).backbone.state_dict()
     assert torch.equal(loaded["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
 
 
-def test_a_stop_while_features_are_computed_is_honoured_and_the_resumed_job_ends_alike(torch_home, colour,
-                                                                                      tmp_path):
+def test_a_stop_while_features_are_computed_is_honoured_and_the_resumed_job_ends_alike(torch_home, colour, tmp_path):
     from tests.models.common import StopAt
 
     spec = _spec({"freeze": "backbone"}, epochs=2, batch_size=32)
@@ -220,8 +234,19 @@ def test_a_stop_while_features_are_computed_is_honoured_and_the_resumed_job_ends
     assert [m.test_acc for m in resumed.run.history] == [m.test_acc for m in whole.run.history]
 
 
-@pytest.mark.parametrize("backbone", ["mnasnet0_5", "densenet121", "googlenet", "squeezenet1_1",
-                                      "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x0_5"])
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        "mnasnet0_5",
+        "densenet121",
+        "googlenet",
+        "squeezenet1_1",
+        "mobilenet_v3_small",
+        "efficientnet_b0",
+        "regnet_x_400mf",
+        "shufflenet_v2_x0_5",
+    ],
+)
 def test_torchvision_state_dicts_load_into_the_backbone_and_checkpoints_round_trip(backbone, colour, tmp_path):
     """Each family's own state-dict quirks: MNASNet's versions, DenseNet's key names, GoogLeNet's
     auxiliary heads, SqueezeNet's convolutional classifier, RegNet's widths computed with tensors."""
@@ -234,8 +259,14 @@ def test_torchvision_state_dicts_load_into_the_backbone_and_checkpoints_round_tr
     weights = tmp_path / "weights"
     weights.mkdir()
     torch.save(state, weights / weights_file_name(backbone, "DEFAULT"))
-    spec = JobSpec.model_validate({"model": {"arch": "pretrained", "backbone": backbone, "freeze": "backbone"},
-                                   "data": {"dataset": "cifar10", "resize": 64}, "epochs": 1, "batch_size": 2})
+    spec = JobSpec.model_validate(
+        {
+            "model": {"arch": "pretrained", "backbone": backbone, "freeze": "backbone"},
+            "data": {"dataset": "cifar10", "resize": 64},
+            "epochs": 1,
+            "batch_size": 2,
+        }
+    )
     run = prepare(spec, dataset=colour, data_dir=tmp_path, weights_dir=weights)
     loaded = find_pretrained(run.model).backbone.state_dict()
     shared = [k for k in loaded if k in state]
@@ -248,14 +279,21 @@ def test_torchvision_state_dicts_load_into_the_backbone_and_checkpoints_round_tr
     assert torch.allclose(Predictor.from_checkpoint(path).probabilities(pixels), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(("backbone", "weights"), [("regnet_y_400mf", "DEFAULT"), ("vit_b_16", None),
-                                                  ("swin_t", "DEFAULT"), ("inception_v3", "DEFAULT")])
+@pytest.mark.parametrize(
+    ("backbone", "weights"),
+    [("regnet_y_400mf", "DEFAULT"), ("vit_b_16", None), ("swin_t", "DEFAULT"), ("inception_v3", "DEFAULT")],
+)
 def test_every_family_is_checked_and_estimated_at_submit_without_memory(backbone, weights):
     from models.nets.cost import estimate
     from models.spec.problems import builtin_dataset_info, spec_problems
 
-    spec = JobSpec.model_validate({"model": {"arch": "pretrained", "backbone": backbone, "weights": weights},
-                                   "data": {"dataset": "cifar10"}, "batch_size": 1})
+    spec = JobSpec.model_validate(
+        {
+            "model": {"arch": "pretrained", "backbone": backbone, "weights": weights},
+            "data": {"dataset": "cifar10"},
+            "batch_size": 1,
+        }
+    )
     assert spec_problems(spec, builtin_dataset_info(spec.data)) == []
     assert estimate(spec, (3, 32, 32), 10).parameters > 1_000_000
 
@@ -263,8 +301,9 @@ def test_every_family_is_checked_and_estimated_at_submit_without_memory(backbone
 def test_a_fine_tuned_model_of_other_classes_starts_from_its_backbone(torch_home, colour, tmp_path):
     first = fit(_spec({"freeze": "backbone"}, epochs=1), dataset=colour, data_dir=tmp_path).run.model.state_dict()
     five = {**first, "head.weight": first["head.weight"][:5], "head.bias": first["head.bias"][:5]}
-    run = prepare(_spec({"freeze": "backbone", "weights": None}), dataset=colour, data_dir=tmp_path,
-                  initial_weights=five)
+    run = prepare(
+        _spec({"freeze": "backbone", "weights": None}), dataset=colour, data_dir=tmp_path, initial_weights=five
+    )
     assert torch.equal(run.model.state_dict()["backbone.conv1.weight"], first["backbone.conv1.weight"])
     assert run.model.head.out_features == 10
 
@@ -273,8 +312,12 @@ def test_features_larger_than_half_the_budget_are_not_cached(torch_home, colour,
     from models.training.engine import Limits
     from models.training.frozen import features_fit
 
-    run = prepare(_spec({"freeze": "backbone"}), dataset=colour, data_dir=tmp_path,
-                  limits=Limits(max_parameters=10**9, max_bytes=10**9))
+    run = prepare(
+        _spec({"freeze": "backbone"}),
+        dataset=colour,
+        data_dir=tmp_path,
+        limits=Limits(max_parameters=10**9, max_bytes=10**9),
+    )
     pretrained = find_pretrained(run.model)
     assert features_fit(pretrained, run.dataset, run.limits.max_bytes)  # 600 rows x 512 floats: 1.2 MB
     run.limits = Limits(max_parameters=10**9, max_bytes=2 * 10**6)

@@ -15,8 +15,13 @@ def test_the_file_keeps_every_part_and_reads_the_older_layout(tmp_path):
     optimizer.step()
     rng = {"cpu": torch.get_rng_state(), "cuda": torch.arange(16, dtype=torch.uint8)}
     position = Position(epoch=2, progress=EpochProgress(batches=3, loss_sum=1.5, correct=7, seen=30))
-    state = TrainingState(position=position, model=model.state_dict(), optimizer=optimizer.state_dict(), rng=rng,
-                          run={"elapsed": 4.5, "folds": [{"fold": 1}]})
+    state = TrainingState(
+        position=position,
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        rng=rng,
+        run={"elapsed": 4.5, "folds": [{"fold": 1}]},
+    )
     path = tmp_path / "state.safetensors"
     save_training_state(path, state, {"job_id": "j"})
     read, meta = load_training_state(path)
@@ -35,11 +40,16 @@ def test_the_file_keeps_every_part_and_reads_the_older_layout(tmp_path):
 
 
 def test_a_run_restored_from_its_state_continues_identically(tmp_path):
-    spec = JobSpec.model_validate({
-        "model": {"arch": "mlp", "hidden": [16], "dropout": [0.5]},
-        "data": {"dataset": "synthetic-linear", "num_examples": 64, "num_test": 16, "true_w": [1, 2, 3, 4]},
-        "optimizer": {"name": "adam", "lr": 0.01}, "schedule": {"name": "step", "step_size": 1, "gamma": 0.5},
-        "epochs": 3, "device": "cpu"})
+    spec = JobSpec.model_validate(
+        {
+            "model": {"arch": "mlp", "hidden": [16], "dropout": [0.5]},
+            "data": {"dataset": "synthetic-linear", "num_examples": 64, "num_test": 16, "true_w": [1, 2, 3, 4]},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "schedule": {"name": "step", "step_size": 1, "gamma": 0.5},
+            "epochs": 3,
+            "device": "cpu",
+        }
+    )
     first = prepare(spec, data_dir=tmp_path)
     first.optimizer.zero_grad()
     first.model(first.dataset.x_train).sum().backward()
@@ -53,5 +63,6 @@ def test_a_run_restored_from_its_state_continues_identically(tmp_path):
     assert second.start == Position(epoch=2)
     assert second.scheduler.get_last_lr() == first.scheduler.get_last_lr()
     assert torch.equal(second.model(second.dataset.x_train[:8]), expected)
-    assert torch.equal(second.optimizer.state_dict()["state"][0]["exp_avg"],
-                       first.optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        second.optimizer.state_dict()["state"][0]["exp_avg"], first.optimizer.state_dict()["state"][0]["exp_avg"]
+    )

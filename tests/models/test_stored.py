@@ -29,8 +29,12 @@ def _mapping_of(address: int) -> tuple[str, str]:
 
 
 def test_written_files_are_safetensors_and_read_back_mapped(tmp_path):
-    tensors = {"a": torch.arange(10, dtype=torch.int64), "b": torch.randint(0, 255, (3, 5), dtype=torch.uint8),
-               "empty": torch.empty(0, 3, dtype=torch.uint8), "f": torch.rand(4)}
+    tensors = {
+        "a": torch.arange(10, dtype=torch.int64),
+        "b": torch.randint(0, 255, (3, 5), dtype=torch.uint8),
+        "empty": torch.empty(0, 3, dtype=torch.uint8),
+        "f": torch.rand(4),
+    }
     path = tmp_path / "t.safetensors"
     write_arrays(path, tensors, {"note": "hi"})
     with safe_open(str(path), framework="pt") as fh:  # the reference reader agrees
@@ -52,9 +56,16 @@ def test_written_files_are_safetensors_and_read_back_mapped(tmp_path):
 def test_a_stored_dataset_round_trips_memory_mapped(tmp_path):
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, (50, 3, 8, 8), dtype=np.uint8))
-    data = Dataset(name="d", task="classification", x_train=x[:40], y_train=torch.arange(40) % 2,
-                   x_test=x[40:], y_test=torch.arange(10) % 2, contract=InputContract.image(3, 8, 8, ["a", "b"]),
-                   checksum="c" * 64)
+    data = Dataset(
+        name="d",
+        task="classification",
+        x_train=x[:40],
+        y_train=torch.arange(40) % 2,
+        x_test=x[40:],
+        y_test=torch.arange(10) % 2,
+        contract=InputContract.image(3, 8, 8, ["a", "b"]),
+        checksum="c" * 64,
+    )
     save_stored_dataset(tmp_path / "d.safetensors", data, {"kind": "image_folder"})
     again = load_stored_dataset(tmp_path / "d.safetensors")
     assert again.contract == data.contract and again.checksum == data.checksum
@@ -96,15 +107,23 @@ def test_training_from_a_memory_mapped_set_holds_batches_not_the_set(tmp_path, s
     are the file's, read as batches need them."""
     n = 12_000
     x = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (n, 3, 64, 64), dtype=np.uint8))
-    data = Dataset(name="big", task="classification", x_train=x[:10_000], y_train=torch.arange(10_000) % 10,
-                   x_test=x[10_000:], y_test=torch.arange(2000) % 10,
-                   contract=InputContract.image(3, 64, 64, [str(i) for i in range(10)]), checksum="0" * 64)
+    data = Dataset(
+        name="big",
+        task="classification",
+        x_train=x[:10_000],
+        y_train=torch.arange(10_000) % 10,
+        x_test=x[10_000:],
+        y_test=torch.arange(2000) % 10,
+        contract=InputContract.image(3, 64, 64, [str(i) for i in range(10)]),
+        checksum="0" * 64,
+    )
     path = tmp_path / "big.safetensors"
     save_stored_dataset(path, data)
     del data, x
     size_mb = path.stat().st_size / 2**20
-    run = subprocess.run([sys.executable, "-c", TRAIN_FROM_DISK, str(path), split], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", TRAIN_FROM_DISK, str(path), split], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     growth = float(run.stdout.strip().splitlines()[-1])
     # Half the set: glibc keeps freed batch buffers (its mmap threshold rises after large frees), so

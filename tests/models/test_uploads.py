@@ -13,8 +13,9 @@ from tests.support.datagen import class_images, image_folder_zip, png_bytes, wri
 
 
 def test_image_folder_with_train_and_test_trees():
-    upload = decode_archive(image_folder_zip(["cat", "dog", "emu"], per_class=5, test_per_class=2, top="pets/"),
-                            name="pets")
+    upload = decode_archive(
+        image_folder_zip(["cat", "dog", "emu"], per_class=5, test_per_class=2, top="pets/"), name="pets"
+    )
     data = upload.dataset
     assert upload.kind == "image_folder" and data.classes == ("cat", "dog", "emu")
     assert data.x_train.shape == (15, 1, 28, 28) and data.x_train.dtype == torch.uint8
@@ -23,8 +24,11 @@ def test_image_folder_with_train_and_test_trees():
 
 
 def test_single_tree_is_split_by_test_fraction_and_images_resized_on_request():
-    files = {f"{label}/{i}.png": png_bytes(j, seed=i, size=40 + j, mode="RGB")
-             for j, label in enumerate(["a", "b"]) for i in range(10)}
+    files = {
+        f"{label}/{i}.png": png_bytes(j, seed=i, size=40 + j, mode="RGB")
+        for j, label in enumerate(["a", "b"])
+        for i in range(10)
+    }
     with pytest.raises(ArchiveError, match="set image_size"):
         decode_archive(zip_bytes(files), name="x")
     data = decode_archive(zip_bytes(files), name="x", test_fraction=0.25, image_size=32).dataset
@@ -81,19 +85,31 @@ def test_csv_classification_and_regression():
     assert decode_archive(zip_bytes({"n.csv": numeric.encode()}), name="n").dataset.classes[-1] == "11"
 
 
-@pytest.mark.parametrize("files, message", [
-    ({"../evil.png": b"x"}, "unsafe path"),
-    ({"/etc/passwd": b"x"}, "unsafe path"),
-    ({"train\\cat\\1.png": b"x"}, "unsafe path"),
-    ({"readme.txt": b"hello"}, "no images, IDX files or CSV"),
-    ({"train/cat/1.png": png_bytes(0, seed=1)}, "at least 2 classes"),
-    ({"train/cat/1.png": png_bytes(0, seed=1), "train/dog/1.png": b"not a png"}, "train/dog/1.png: not a recognised image"),
-    ({"train/cat/1.png": png_bytes(0, seed=1), "train/dog/1.png": png_bytes(1, seed=1),
-      "test/emu/1.png": png_bytes(1, seed=2)}, "test classes \\['emu'\\] have no training images"),
-    ({"d.csv": b"a,b\n1,2\n"}, "exactly one 'label'"),
-    ({"d.csv": b"a,label\nx,1\ny,2\n"}, "line 2: feature values must be numbers"),
-    ({"d.csv": b"a,label\n1,2,3\n"}, "line 2: 3 fields, expected 2"),
-])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"../evil.png": b"x"}, "unsafe path"),
+        ({"/etc/passwd": b"x"}, "unsafe path"),
+        ({"train\\cat\\1.png": b"x"}, "unsafe path"),
+        ({"readme.txt": b"hello"}, "no images, IDX files or CSV"),
+        ({"train/cat/1.png": png_bytes(0, seed=1)}, "at least 2 classes"),
+        (
+            {"train/cat/1.png": png_bytes(0, seed=1), "train/dog/1.png": b"not a png"},
+            "train/dog/1.png: not a recognised image",
+        ),
+        (
+            {
+                "train/cat/1.png": png_bytes(0, seed=1),
+                "train/dog/1.png": png_bytes(1, seed=1),
+                "test/emu/1.png": png_bytes(1, seed=2),
+            },
+            "test classes \\['emu'\\] have no training images",
+        ),
+        ({"d.csv": b"a,b\n1,2\n"}, "exactly one 'label'"),
+        ({"d.csv": b"a,label\nx,1\ny,2\n"}, "line 2: feature values must be numbers"),
+        ({"d.csv": b"a,label\n1,2,3\n"}, "line 2: 3 fields, expected 2"),
+    ],
+)
 def test_bad_archives_are_refused_with_the_reason(files, message):
     with pytest.raises(ArchiveError, match=message):
         decode_archive(zip_bytes(files), name="bad", min_per_class=1)
@@ -103,7 +119,7 @@ def test_not_a_zip_and_zip_bombs_are_refused():
     with pytest.raises(ArchiveError, match="^the upload is not a zip archive; trainyard takes zip archives: make one"):
         decode_archive(b"a text file", name="x")
     whole = zip_bytes({f"{label}/{i}.png": png_bytes(i, seed=i) for label in "ab" for i in range(5)})
-    for cut in (whole[:len(whole) // 2], io.BytesIO(whole[:len(whole) // 2])):  # bytes, or a file as uploaded
+    for cut in (whole[: len(whole) // 2], io.BytesIO(whole[: len(whole) // 2])):  # bytes, or a file as uploaded
         with pytest.raises(ArchiveError, match="truncated or damaged .*upload the whole file again"):
             decode_archive(cut, name="x")
         with pytest.raises(ArchiveError, match="truncated or damaged"):
@@ -113,10 +129,15 @@ def test_not_a_zip_and_zip_bombs_are_refused():
     with pytest.raises(ArchiveError, match="zip bomb"):
         decode_archive(bomb, name="x")
     with pytest.raises(ArchiveError, match="limit"):
-        decode_archive(zip_bytes({f"a/{i}.png": b"x" for i in range(20)}), name="x", limits=ArchiveLimits(max_members=10))
+        decode_archive(
+            zip_bytes({f"a/{i}.png": b"x" for i in range(20)}), name="x", limits=ArchiveLimits(max_members=10)
+        )
     with pytest.raises(ArchiveError, match="expands to more than"):
-        decode_archive(zip_bytes({f"a/{i}.png": bytes(range(256)) * 40 for i in range(5)}), name="x",
-                       limits=ArchiveLimits(max_total_bytes=30_000))
+        decode_archive(
+            zip_bytes({f"a/{i}.png": bytes(range(256)) * 40 for i in range(5)}),
+            name="x",
+            limits=ArchiveLimits(max_total_bytes=30_000),
+        )
 
 
 def test_a_member_bigger_than_its_header_is_refused():
@@ -126,14 +147,15 @@ def test_a_member_bigger_than_its_header_is_refused():
     data = bytearray(raw.getvalue())
     # Shrink the declared size in the central directory to 10 bytes.
     central = data.rfind(b"PK\x01\x02")
-    data[central + 24:central + 28] = (10).to_bytes(4, "little")
+    data[central + 24 : central + 28] = (10).to_bytes(4, "little")
     with pytest.raises(ArchiveError):
         decode_archive(bytes(data), name="liar")
 
 
 def test_stored_dataset_round_trip(tmp_path):
-    data = decode_archive(image_folder_zip(["x", "y"], per_class=3, test_per_class=1), name="xy",
-                          min_per_class=3).dataset
+    data = decode_archive(
+        image_folder_zip(["x", "y"], per_class=3, test_per_class=1), name="xy", min_per_class=3
+    ).dataset
     save_stored_dataset(tmp_path / "d.safetensors", data, {"kind": "image_folder"})
     again = load_stored_dataset(tmp_path / "d.safetensors")
     assert again.classes == data.classes and again.checksum == data.checksum and again.contract == data.contract
@@ -160,8 +182,13 @@ COLOURS = {"red": (200, 30, 30), "green": (30, 120, 30), "blue": (30, 30, 200)}
 
 
 def colour_zip(per_class: int = 6) -> bytes:
-    return zip_bytes({f"{name}/{i}.png": solid_png(rgb, noise_seed=100 * j + i)
-                      for j, (name, rgb) in enumerate(COLOURS.items()) for i in range(per_class)})
+    return zip_bytes(
+        {
+            f"{name}/{i}.png": solid_png(rgb, noise_seed=100 * j + i)
+            for j, (name, rgb) in enumerate(COLOURS.items())
+            for i in range(per_class)
+        }
+    )
 
 
 def test_colour_is_kept_and_grey_stays_one_channel():
@@ -184,9 +211,16 @@ def test_colour_is_kept_and_grey_stays_one_channel():
 
 def test_what_archivers_and_notebooks_add_is_skipped():
     files = {f"{c}/{i}.png": png_bytes(j, seed=i) for j, c in enumerate("ab") for i in range(5)}
-    files.update({"__MACOSX/a/._0.png": b"junk", "a/.ipynb_checkpoints/0-checkpoint.png": b"junk",
-                  ".ipynb_checkpoints/x.png": b"junk", "a/.DS_Store": b"junk", "b/Thumbs.db": b"junk",
-                  ".hidden.png": b"junk"})
+    files.update(
+        {
+            "__MACOSX/a/._0.png": b"junk",
+            "a/.ipynb_checkpoints/0-checkpoint.png": b"junk",
+            ".ipynb_checkpoints/x.png": b"junk",
+            "a/.DS_Store": b"junk",
+            "b/Thumbs.db": b"junk",
+            ".hidden.png": b"junk",
+        }
+    )
     data = decode_archive(zip_bytes(files), name="x").dataset
     assert data.classes == ("a", "b") and len(data.x_train) + len(data.x_test) == 10
 
@@ -201,8 +235,10 @@ def test_other_archives_are_named_with_how_to_make_a_zip():
         image = png_bytes(0, seed=1)
         info.size = len(image)
         tar.addfile(info, io.BytesIO(image))
-    for data, what in ((buffer.getvalue(), "a tar archive, not a zip"),
-                       (gzip.compress(buffer.getvalue()), r"a gzip file \(.gz or .tar.gz\), not a zip")):
+    for data, what in (
+        (buffer.getvalue(), "a tar archive, not a zip"),
+        (gzip.compress(buffer.getvalue()), r"a gzip file \(.gz or .tar.gz\), not a zip"),
+    ):
         with pytest.raises(ArchiveError, match=f"^the upload is {what}.*zip -r data.zip train test"):
             decode_archive(data, name="x")
         with pytest.raises(ArchiveError, match=what):
@@ -217,26 +253,58 @@ def test_one_class_is_refused_as_one_class_not_as_a_bad_layout():
     assert decode_archive(zip_bytes(wrapped), name="x").dataset.classes == ("a", "b")  # a wrapping folder goes
 
 
-@pytest.mark.parametrize("files, message", [
-    ({**{f"a/{i}.png": png_bytes(0, seed=i) for i in range(5)}, **{f"b/{i}.png": png_bytes(1, seed=i)
-                                                                   for i in range(5)}, "c/": b""},
-     r"class folders \['c'\] hold no images: add images to them or leave them out"),
-    ({**{f"train/a/{i}.png": png_bytes(0, seed=i) for i in range(5)},
-      **{f"train/b/{i}.png": png_bytes(1, seed=i) for i in range(5)}, "train/c/": b""},
-     r"class folders \['c'\] hold no images"),
-    ({**{f"mydata/a/{i}.png": png_bytes(0, seed=i) for i in range(5)},
-      **{f"mydata/b/{i}.png": png_bytes(1, seed=i) for i in range(5)}, "mydata/c/": b""},
-     r"class folders \['c'\] hold no images"),
-    ({**{f"Cat/{i}.png": png_bytes(0, seed=i) for i in range(5)}, **{f"cat/{i}.png": png_bytes(0, seed=i)
-                                                                     for i in range(5)},
-      **{f"dog/{i}.png": png_bytes(1, seed=i) for i in range(5)}}, r"differ only by case: \[\['Cat', 'cat'\]\]"),
-    ({**{f"a/{i}.png": png_bytes(0, seed=i) for i in range(5)}, **{f"b/{i}.png": png_bytes(1, seed=i)
-                                                                   for i in range(5)}, "c/notes.txt": b"x"},
-     r"class folders \['c'\] hold no images"),
-    ({**{f"a/{i}.png": png_bytes(0, seed=i) for i in range(5)}, **{f"b/{i}.png": png_bytes(1, seed=i)
-                                                                   for i in range(2)}},
-     r"fewer than min_per_class=5 training images: b \(2\)"),
-])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (
+            {
+                **{f"a/{i}.png": png_bytes(0, seed=i) for i in range(5)},
+                **{f"b/{i}.png": png_bytes(1, seed=i) for i in range(5)},
+                "c/": b"",
+            },
+            r"class folders \['c'\] hold no images: add images to them or leave them out",
+        ),
+        (
+            {
+                **{f"train/a/{i}.png": png_bytes(0, seed=i) for i in range(5)},
+                **{f"train/b/{i}.png": png_bytes(1, seed=i) for i in range(5)},
+                "train/c/": b"",
+            },
+            r"class folders \['c'\] hold no images",
+        ),
+        (
+            {
+                **{f"mydata/a/{i}.png": png_bytes(0, seed=i) for i in range(5)},
+                **{f"mydata/b/{i}.png": png_bytes(1, seed=i) for i in range(5)},
+                "mydata/c/": b"",
+            },
+            r"class folders \['c'\] hold no images",
+        ),
+        (
+            {
+                **{f"Cat/{i}.png": png_bytes(0, seed=i) for i in range(5)},
+                **{f"cat/{i}.png": png_bytes(0, seed=i) for i in range(5)},
+                **{f"dog/{i}.png": png_bytes(1, seed=i) for i in range(5)},
+            },
+            r"differ only by case: \[\['Cat', 'cat'\]\]",
+        ),
+        (
+            {
+                **{f"a/{i}.png": png_bytes(0, seed=i) for i in range(5)},
+                **{f"b/{i}.png": png_bytes(1, seed=i) for i in range(5)},
+                "c/notes.txt": b"x",
+            },
+            r"class folders \['c'\] hold no images",
+        ),
+        (
+            {
+                **{f"a/{i}.png": png_bytes(0, seed=i) for i in range(5)},
+                **{f"b/{i}.png": png_bytes(1, seed=i) for i in range(2)},
+            },
+            r"fewer than min_per_class=5 training images: b \(2\)",
+        ),
+    ],
+)
 def test_unusable_classes_are_refused_listing_them(files, message):
     with pytest.raises(ArchiveError, match=message):
         decode_archive(zip_bytes(files), name="bad")

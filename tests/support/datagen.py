@@ -30,12 +30,13 @@ def class_images(labels: np.ndarray, rng: np.random.Generator, size: int = 28) -
     for i, label in enumerate(labels):
         row, col = divmod(int(label), 5)
         top, left = 4 + row * 12 + int(rng.integers(-1, 2)), 1 + col * 5 + int(rng.integers(0, 2))
-        images[i, top:top + 6, left:left + 5] += 180
+        images[i, top : top + 6, left : left + 5] += 180
     return np.clip(images, 0, 255).astype(np.uint8)
 
 
-def make_idx_dataset(root: Path, folder: str = "FashionMNIST", *, n_train: int = 600, n_test: int = 200,
-                     seed: int = 0, gz: bool = True) -> Path:
+def make_idx_dataset(
+    root: Path, folder: str = "FashionMNIST", *, n_train: int = 600, n_test: int = 200, seed: int = 0, gz: bool = True
+) -> Path:
     """Write the four IDX files under root/folder/raw and return that raw folder."""
     rng = np.random.default_rng(seed)
     raw = root / folder / "raw"
@@ -100,7 +101,7 @@ def colour_images(labels: np.ndarray, rng: np.random.Generator, size: int = 32) 
         angle = hues[int(label) % NUM_CLASSES]
         colour = 128 + 90 * (np.cos(angle) * u + np.sin(angle) * v)
         top, left = rng.integers(0, size // 2, size=2)
-        images[i, :, top:top + size // 2, left:left + size // 2] = colour.round().astype(np.int64)[:, None, None]
+        images[i, :, top : top + size // 2, left : left + size // 2] = colour.round().astype(np.int64)[:, None, None]
     return np.clip(images, 0, 255).astype(np.uint8)
 
 
@@ -119,11 +120,17 @@ def make_cifar10(root: Path, layout: str = "py", *, per_batch: int = 40, n_test:
         rng.shuffle(labels)
         images = colour_images(labels, rng)
         if layout == "py":
-            batch = {b"batch_label": name.encode(), b"labels": labels.tolist(),
-                     b"data": images.reshape(n, -1), b"filenames": [f"{i}.png".encode() for i in range(n)]}
+            batch = {
+                b"batch_label": name.encode(),
+                b"labels": labels.tolist(),
+                b"data": images.reshape(n, -1),
+                b"filenames": [f"{i}.png".encode() for i in range(n)],
+            }
             (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
         else:
-            (folder / f"{name}.bin").write_bytes(np.concatenate([labels[:, None], images.reshape(n, -1)], axis=1).tobytes())
+            (folder / f"{name}.bin").write_bytes(
+                np.concatenate([labels[:, None], images.reshape(n, -1)], axis=1).tobytes()
+            )
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     if layout == "py":
         (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in classes]}, protocol=2))

@@ -54,7 +54,9 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str =
         except Exception as exc:  # the thing waited for may not exist yet
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else "")
+    )
 
 
 def postgres_available() -> bool:
@@ -127,13 +129,21 @@ class PrivatePostgres:
     def init(self) -> PrivatePostgres:
         if self.user:
             shutil.chown(self.dir, "postgres")
-        self._run(str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust",
-                  "--no-sync")
+        self._run(str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust", "--no-sync")
         return self.start()
 
     def start(self) -> PrivatePostgres:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "server.log"), "-w",
-                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.dir / "data"),
+            "-l",
+            str(self.dir / "server.log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
         return self
 
     def stop(self) -> None:
@@ -141,8 +151,11 @@ class PrivatePostgres:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
 
     def remove(self) -> None:
-        subprocess.run([*self.user, str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
-                        "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [*self.user, str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -164,22 +177,24 @@ class Stack:
     @property
     def env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-        env.update({
-            "TRAINYARD_HOME": str(self.home),
-            "TRAINYARD_DATA_DIR": str(self.data_dir),
-            "TRAINYARD_PORT": str(self.port),
-            "TRAINYARD_QUEUE": f"trainyard-test-{self.home.name}-{self.port}",
-            "TRAINYARD_GPU_QUEUE": f"trainyard-test-{self.home.name}-{self.port}-gpu",
-            "PYTHONUNBUFFERED": "1",
-            # Short leases so that crash tests recover in seconds, not the production half minute.
-            "TRAINYARD_HEARTBEAT_SECONDS": "0.5",
-            "TRAINYARD_LEASE_SECONDS": "4",
-            "TRAINYARD_REAPER_INTERVAL_SECONDS": "0.5",
-            "TRAINYARD_RESEND_AFTER_SECONDS": "2",
-            "TRAINYARD_API_WORKERS": "1",  # one API process unless a test asks for more
-            "TRAINYARD_WORKER_HEARTBEAT_SECONDS": "0.5",  # a killed worker leaves the registry in 1.5 s
-            "TORCH_HOME": str(self.home / "torch"),  # no weights but those a test puts there
-        })
+        env.update(
+            {
+                "TRAINYARD_HOME": str(self.home),
+                "TRAINYARD_DATA_DIR": str(self.data_dir),
+                "TRAINYARD_PORT": str(self.port),
+                "TRAINYARD_QUEUE": f"trainyard-test-{self.home.name}-{self.port}",
+                "TRAINYARD_GPU_QUEUE": f"trainyard-test-{self.home.name}-{self.port}-gpu",
+                "PYTHONUNBUFFERED": "1",
+                # Short leases so that crash tests recover in seconds, not the production half minute.
+                "TRAINYARD_HEARTBEAT_SECONDS": "0.5",
+                "TRAINYARD_LEASE_SECONDS": "4",
+                "TRAINYARD_REAPER_INTERVAL_SECONDS": "0.5",
+                "TRAINYARD_RESEND_AFTER_SECONDS": "2",
+                "TRAINYARD_API_WORKERS": "1",  # one API process unless a test asks for more
+                "TRAINYARD_WORKER_HEARTBEAT_SECONDS": "0.5",  # a killed worker leaves the registry in 1.5 s
+                "TORCH_HOME": str(self.home / "torch"),  # no weights but those a test puts there
+            }
+        )
         if self.database_url:
             env["TRAINYARD_DATABASE_URL"] = self.database_url
         if self.broker_url:
@@ -192,20 +207,47 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "service.cli.main", *args], cwd=self.source, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli.main", *args],
+            cwd=self.source,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.home / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen([sys.executable, *args], cwd=self.source, env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=self.source,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start_worker(self, name: str = "worker") -> None:
         queues = [self.env["TRAINYARD_QUEUE"]] + ([self.env["TRAINYARD_GPU_QUEUE"]] if self.serve_gpu_queue else [])
-        self._spawn(name, ["-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel=INFO",
-                           "--queues", ",".join(queues), "--concurrency", "1",
-                           "--hostname", f"test-{name}-{self.home.name}-{self.port}@%h", "--without-mingle",
-                           "--without-gossip"])
+        self._spawn(
+            name,
+            [
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--loglevel=INFO",
+                "--queues",
+                ",".join(queues),
+                "--concurrency",
+                "1",
+                "--hostname",
+                f"test-{name}-{self.home.name}-{self.port}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+        )
 
     def start(self) -> Stack:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -214,8 +256,11 @@ class Stack:
         if self.with_worker:
             self.start_worker()
         self._spawn("api", ["-m", "service.cli.main", "api"])
-        wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
-                   timeout=60, what=f"the API at {self.url} to be ready\n{self.logs()}")
+        wait_until(
+            lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
+            timeout=60,
+            what=f"the API at {self.url} to be ready\n{self.logs()}",
+        )
         if self.with_worker:
             self.wait_for_worker()
         return self
@@ -232,8 +277,11 @@ class Stack:
 
     def wait_for_worker(self, name: str = "worker") -> None:
         """Until the worker consumes its queues and has its entry in the registry."""
-        wait_until(lambda: "ready." in self.log(name) and " registered: queues" in self.log(name), timeout=60,
-                   what=f"the worker to be ready and registered\n{self.logs()}")
+        wait_until(
+            lambda: "ready." in self.log(name) and " registered: queues" in self.log(name),
+            timeout=60,
+            what=f"the worker to be ready and registered\n{self.logs()}",
+        )
 
     def worker_pool_pids(self) -> list[int]:
         """The worker's prefork pool processes (where tasks run)."""
@@ -262,11 +310,19 @@ class Stack:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
 
-    def wait_for_job(self, client: httpx.Client, job_id: str, *, timeout: float = 120,
-                     states=("succeeded", "failed"), interval: float = 0.1) -> dict:
+    def wait_for_job(
+        self,
+        client: httpx.Client,
+        job_id: str,
+        *,
+        timeout: float = 120,
+        states=("succeeded", "failed"),
+        interval: float = 0.1,
+    ) -> dict:
         def final():
             job = client.get(f"/v1/jobs/{job_id}").json()
             return job if job["status"] in states else None
 
-        return wait_until(final, timeout=timeout, interval=interval,
-                          what=f"job {job_id} to reach one of {states}\n{self.logs()}")
+        return wait_until(
+            final, timeout=timeout, interval=interval, what=f"job {job_id} to reach one of {states}\n{self.logs()}"
+        )

@@ -25,7 +25,13 @@ def test_a_long_random_password_is_accepted():
 
 
 def test_the_module_exits_2_with_how_to_generate_a_password():
-    result = subprocess.run([sys.executable, "-m", "workers.flower", "--port=5555"], cwd=REPO, capture_output=True,
-                            text=True, env={"PATH": "/usr/bin:/bin", "FLOWER_BASIC_AUTH": "admin:change-me"}, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.flower", "--port=5555"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "FLOWER_BASIC_AUTH": "admin:change-me"},
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "secrets.token_urlsafe(32)" in result.stderr and "24" in result.stderr

@@ -18,7 +18,7 @@ def test_lines_warnings_and_errors_are_kept_within_the_limit(service_env):
     log = logging.getLogger("workers.runner")
     with JobLogCapture(job_id, attempt=2, limit=5) as capture:
         log.info("first")
-        warnings.warn("a deprecated thing", UserWarning)
+        warnings.warn("a deprecated thing", UserWarning, stacklevel=1)
         capture.store()
         for i in range(10):
             log.info("line %d", i)

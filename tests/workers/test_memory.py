@@ -50,14 +50,26 @@ def test_a_memory_mapped_dataset_larger_than_the_budget_trains_within_it(tmp_pat
     images = torch.randint(0, 255, (150_000, 1, 32, 32), dtype=torch.uint8)  # 150 MiB
     labels = torch.randint(0, 10, (150_000,))
     path = tmp_path / "big.safetensors"
-    save_stored_dataset(path, Dataset(name="big", task="classification", x_train=images, y_train=labels,
-                                      x_test=images[:10], y_test=labels[:10], checksum="x",
-                                      contract=InputContract.image(1, 32, 32, [str(c) for c in range(10)])))
+    save_stored_dataset(
+        path,
+        Dataset(
+            name="big",
+            task="classification",
+            x_train=images,
+            y_train=labels,
+            x_test=images[:10],
+            y_test=labels[:10],
+            checksum="x",
+            contract=InputContract.image(1, 32, 32, [str(c) for c in range(10)]),
+        ),
+    )
     expected = int(images[::997].sum())
     del images
     with memory_budget(64 * MIB):
         stored = load_stored_dataset(path)
         assert int(stored.x_train[::997].sum()) == expected  # every page of the file touched in between
-        total = sum(int(stored.x_train[start:start + 1000].sum(dtype=torch.int64))
-                    for start in range(0, len(stored.x_train), 1000))  # the whole file, a batch at a time
+        total = sum(
+            int(stored.x_train[start : start + 1000].sum(dtype=torch.int64))
+            for start in range(0, len(stored.x_train), 1000)
+        )  # the whole file, a batch at a time
         assert total > 0

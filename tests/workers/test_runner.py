@@ -9,8 +9,14 @@ from service.core import db, jobs
 from service.core.tables import JobStatus
 from workers.runner import run_job
 
-SPEC = JobSpec.model_validate({"model": {"arch": "softmax_regression"}, "epochs": 2, "batch_size": 64,
-                               "data": {"dataset": "fashion-mnist", "limit_train": 256, "limit_test": 64}})
+SPEC = JobSpec.model_validate(
+    {
+        "model": {"arch": "softmax_regression"},
+        "epochs": 2,
+        "batch_size": 64,
+        "data": {"dataset": "fashion-mnist", "limit_train": 256, "limit_test": 64},
+    }
+)
 
 
 def new_job() -> str:
@@ -73,7 +79,7 @@ def test_failed_lease_renewals_back_off_to_the_longest_wait(service_env, monkeyp
         with JobControl("j1", 1, interval=0.05, longest_wait=0.4):
             time.sleep(2.0)
     times = [r.created for r in caplog.records if "lease renewal for job j1 failed" in r.getMessage()]
-    gaps = [round(b - a, 2) for a, b in zip(times, times[1:])]
+    gaps = [round(b - a, 2) for a, b in zip(times, times[1:], strict=False)]
     assert len(times) >= 4, gaps
     assert gaps[0] < 0.3 and gaps[1] > gaps[0] and max(gaps) < 0.6, gaps
     assert 0.35 < gaps[-1] < 0.6, gaps  # the cap, reached and kept

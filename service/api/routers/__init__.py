@@ -11,8 +11,17 @@ AUTH_RESPONSES = {
     403: {"description": "A read-only token was used for a write"},
 }
 # Tried in this order: predict, the hot path, first.
-PROTECTED = (predict.router, jobs.router, sweeps.router, datasets.router, registry.router, v2.router,
-             plots.router, evaluation.router, workers.router)
+PROTECTED = (
+    predict.router,
+    jobs.router,
+    sweeps.router,
+    datasets.router,
+    registry.router,
+    v2.router,
+    plots.router,
+    evaluation.router,
+    workers.router,
+)
 OPEN = (health.router, v2.probes)
 
 

@@ -13,7 +13,8 @@ from importlib import resources
 from pathlib import Path, PurePath
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Path as PathParam, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
@@ -36,8 +37,18 @@ from service.api.schemas.predict import image_answer
 from service.api.schemas.registry import ModelCreate, model_public
 from service.api.schemas.sweeps import sweep_public
 from service.api.schemas.workers import WorkerPublic
-from service.core import (datasets, exports, job_logs, job_pages, jobs, model_registry, retention, submission,
-                          sweeps, worker_registry)
+from service.core import (
+    datasets,
+    exports,
+    job_logs,
+    job_pages,
+    jobs,
+    model_registry,
+    retention,
+    submission,
+    sweeps,
+    worker_registry,
+)
 from service.core.errors import CoreError, Invalid
 from service.core.references import MODEL_NAME
 from service.core.settings import get_settings
@@ -49,9 +60,13 @@ templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "tem
 
 def error_page(request: Request, status_code: int, message: str, headers: dict | None = None) -> HTMLResponse:
     """The dashboard's page for what it cannot show or do: an unknown page, job, dataset or model, a refused action."""
-    return templates.TemplateResponse(request, "error.html", {
-        "status_code": status_code, "phrase": HTTPStatus(status_code).phrase, "message": message},
-        status_code=status_code, headers=headers)
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {"status_code": status_code, "phrase": HTTPStatus(status_code).phrase, "message": message},
+        status_code=status_code,
+        headers=headers,
+    )
 
 
 class PageRoute(APIRoute):
@@ -78,8 +93,10 @@ actions = APIRouter(dependencies=[Depends(page_editor)], include_in_schema=False
 
 @router.get("/ui/login", response_class=HTMLResponse)
 def login_form(request: Request) -> HTMLResponse:
-    return HTMLResponse('<form method="post" style="margin:40px;font:14px sans-serif">API token '
-                        '<input type="password" name="token"> <button>sign in</button></form>')
+    return HTMLResponse(
+        '<form method="post" style="margin:40px;font:14px sans-serif">API token '
+        '<input type="password" name="token"> <button>sign in</button></form>'
+    )
 
 
 @router.post("/ui/login")
@@ -95,8 +112,7 @@ def _jobs(session, limit: int = 100) -> dict:
     """The job list's context: the newest jobs, how many there are, and their uploaded datasets' names."""
     views, count = job_pages.page(session, status=None, limit=limit, offset=0, settings=get_settings())
     references = [(view.job.spec.get("data") or {}).get("dataset", "") for view in views]
-    return {"jobs": jobs_public(views), "count": count,
-            "dataset_names": datasets.names(session, references=references)}
+    return {"jobs": jobs_public(views), "count": count, "dataset_names": datasets.names(session, references=references)}
 
 
 @pages.get("/", response_class=HTMLResponse)
@@ -114,8 +130,9 @@ LOG_LINES_SHOWN = 5000
 EXPORTS = tuple((fmt, "float") for fmt in FORMATS) + (("onnx", "pixels"),)
 
 
-def _job_page(request: Request, session, job_id: str, tab: str = "overview", status_code: int = 200,
-              **extra) -> HTMLResponse:
+def _job_page(
+    request: Request, session, job_id: str, tab: str = "overview", status_code: int = 200, **extra
+) -> HTMLResponse:
     """A job's page (its overview or its logs), with `extra` in its context (a form's error)."""
     job = job_public(job_pages.view(session, job_id=job_id, settings=get_settings()))
     context = {"job": job, "tab": tab, "exports": EXPORTS, **extra}
@@ -123,14 +140,18 @@ def _job_page(request: Request, session, job_id: str, tab: str = "overview", sta
         context["logs"] = job_logs.read(session, job_id=job.id, limit=LOG_LINES_SHOWN)
     else:
         info = datasets.dataset_info(session, JobSpec.model_validate(job.spec))
-        context.update(metrics=metric_rows(jobs.get_metrics(session, job_id=job.id)),
-                       spec_json=json.dumps(job.spec, indent=2), images=info is not None and info.images)
+        context.update(
+            metrics=metric_rows(jobs.get_metrics(session, job_id=job.id)),
+            spec_json=json.dumps(job.spec, indent=2),
+            images=info is not None and info.images,
+        )
     return templates.TemplateResponse(request, "job.html", context, status_code=status_code)
 
 
 @pages.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: str, request: Request, session: SessionDep,
-             tab: Literal["overview", "logs"] = "overview") -> HTMLResponse:
+def job_page(
+    job_id: str, request: Request, session: SessionDep, tab: Literal["overview", "logs"] = "overview"
+) -> HTMLResponse:
     return _job_page(request, session, job_id, tab)
 
 
@@ -146,8 +167,11 @@ MISTAKES_SHOWN = 24
 async def job_evaluation(job_id: str, request: Request, evaluations: EvaluationsDep) -> HTMLResponse:
     """The evaluation report's section of a job's page (loaded after the page: it may take a test-set pass)."""
     target, _, report = await evaluations.report(job_id)
-    return templates.TemplateResponse(request, "evaluation.html", {
-        "job_id": target.job_id, "report": evaluation_public(target.job_id, target, report, limit=MISTAKES_SHOWN)})
+    return templates.TemplateResponse(
+        request,
+        "evaluation.html",
+        {"job_id": target.job_id, "report": evaluation_public(target.job_id, target, report, limit=MISTAKES_SHOWN)},
+    )
 
 
 @pages.get("/ui/jobs/{job_id}/test-images/{index}.png")
@@ -172,6 +196,7 @@ def submit_form(request: Request, example: str = "softmax-regression") -> HTMLRe
 def _describe(exc: Exception, sent=None) -> str:
     """One problem a line, each at its path in what was sent (`sent`, when there is a document)."""
     if isinstance(exc, ValidationError):
+
         def where(e) -> tuple:
             return e["loc"] if sent is None else input_loc(sent, e["loc"], missing=e["type"] == "missing")
 
@@ -182,8 +207,9 @@ def _describe(exc: Exception, sent=None) -> str:
 
 
 @actions.post("/ui/submit", response_class=HTMLResponse)
-def submit(request: Request, session: WriteSessionDep, settings: SettingsDep,
-           spec: Annotated[str, Form(max_length=1_000_000)]) -> Response:
+def submit(
+    request: Request, session: WriteSessionDep, settings: SettingsDep, spec: Annotated[str, Form(max_length=1_000_000)]
+) -> Response:
     try:
         sent = json.loads(spec)
     except ValueError as exc:
@@ -194,8 +220,12 @@ def submit(request: Request, session: WriteSessionDep, settings: SettingsDep,
             return RedirectResponse(f"/ui/jobs/{submitted.job_id}", status_code=303)
         except (ValidationError, CoreError) as exc:
             error = _describe(exc, sent)
-    return templates.TemplateResponse(request, "submit.html", {
-        "examples": _examples(), "example": None, "spec": spec, "error": error}, status_code=422)
+    return templates.TemplateResponse(
+        request,
+        "submit.html",
+        {"examples": _examples(), "example": None, "spec": spec, "error": error},
+        status_code=422,
+    )
 
 
 @actions.post("/ui/jobs/{job_id}/cancel")
@@ -217,40 +247,67 @@ def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
 
 
 @actions.post("/ui/jobs/{job_id}/register", response_class=HTMLResponse)
-def register_version(job_id: str, request: Request, session: WriteSessionDep, settings: SettingsDep,
-                     server: ModelServerDep, name: Annotated[str, Form(max_length=200)],
-                     checkpoint: Annotated[Literal["best", "last"], Form()] = "best",
-                     threshold: Annotated[float | None, Form(ge=0, le=1)] = None) -> Response:
+def register_version(
+    job_id: str,
+    request: Request,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    server: ModelServerDep,
+    name: Annotated[str, Form(max_length=200)],
+    checkpoint: Annotated[Literal["best", "last"], Form()] = "best",
+    threshold: Annotated[float | None, Form(ge=0, le=1)] = None,
+) -> Response:
     """Register the job's best or last checkpoint as the next version of a model, then show the model."""
     sent = {"name": name.strip(), "job_id": job_id, "checkpoint": checkpoint, "threshold": threshold}
     try:
         body = ModelCreate.model_validate(sent)
-        version = model_registry.register(session, name=body.name, job_id=body.job_id.lower(),
-                                          checkpoint=body.checkpoint, settings=settings, threshold=body.threshold)
+        version = model_registry.register(
+            session,
+            name=body.name,
+            job_id=body.job_id.lower(),
+            checkpoint=body.checkpoint,
+            settings=settings,
+            threshold=body.threshold,
+        )
     except (ValidationError, CoreError) as exc:
-        return _job_page(request, session, job_id, status_code=status_for(exc) if isinstance(exc, CoreError) else 422,
-                         register_error=_describe(exc, sent), sent=sent)
+        return _job_page(
+            request,
+            session,
+            job_id,
+            status_code=status_for(exc) if isinstance(exc, CoreError) else 422,
+            register_error=_describe(exc, sent),
+            sent=sent,
+        )
     server.references.clear()  # `name` may now mean the new version
     return RedirectResponse(f"/ui/models/{version.name}#version-{version.version}", status_code=303)
 
 
 @pages.get("/ui/export/{reference}")
-async def export_model(reference: Annotated[str, PathParam(max_length=200)], settings: SettingsDep,
-                       fmt: Annotated[Literal["safetensors", "torchscript", "onnx"], Query(alias="format")] = "safetensors",
-                       inputs: Literal["float", "pixels"] = "float") -> Response:
-    """A model file, as GET /v1/models/{reference}/export answers it (the /v1 route wants a bearer token, a page has a cookie)."""
-    exported = await run_in_threadpool(exports.export_model, reference=reference, fmt=fmt, settings=settings,
-                                       inputs=inputs)
-    return Response(exported.content, media_type="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'})
+async def export_model(
+    reference: Annotated[str, PathParam(max_length=200)],
+    settings: SettingsDep,
+    fmt: Annotated[Literal["safetensors", "torchscript", "onnx"], Query(alias="format")] = "safetensors",
+    inputs: Literal["float", "pixels"] = "float",
+) -> Response:
+    """A model file, as GET /v1/models/{reference}/export answers it (the /v1 route wants a bearer
+    token, a page has a cookie)."""
+    exported = await run_in_threadpool(
+        exports.export_model, reference=reference, fmt=fmt, settings=settings, inputs=inputs
+    )
+    return Response(
+        exported.content,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'},
+    )
 
 
 @pages.get("/ui/sweeps", response_class=HTMLResponse)
 def sweeps_page(request: Request, session: SessionDep) -> HTMLResponse:
     rows, count = sweeps.page(session, limit=50, offset=0)
     ranked = sweeps.trials_of(session, rows)
-    return templates.TemplateResponse(request, "sweeps.html", {
-        "sweeps": [sweep_public(s, ranked[s.id]) for s in rows], "count": count})
+    return templates.TemplateResponse(
+        request, "sweeps.html", {"sweeps": [sweep_public(s, ranked[s.id]) for s in rows], "count": count}
+    )
 
 
 @pages.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)
@@ -272,14 +329,22 @@ def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> RedirectResponse:
     return RedirectResponse(f"/ui/sweeps/{sweep_id}", status_code=303)
 
 
-def _models_page(request: Request, session, names: list[str], *, single: bool, status_code: int = 200,
-                 **extra) -> HTMLResponse:
+def _models_page(
+    request: Request, session, names: list[str], *, single: bool, status_code: int = 200, **extra
+) -> HTMLResponse:
     """The models page showing these models (NotFound for an unknown one), with `extra` in its context."""
-    models = [model_public(name, model_registry.require_versions(session, name=name),
-                           model_registry.aliases(session, name=name)) for name in names]
-    return templates.TemplateResponse(request, "models.html", {
-        "models": models, "single": single, "exports": EXPORTS, **extra},
-        status_code=status_code)
+    models = [
+        model_public(
+            name, model_registry.require_versions(session, name=name), model_registry.aliases(session, name=name)
+        )
+        for name in names
+    ]
+    return templates.TemplateResponse(
+        request,
+        "models.html",
+        {"models": models, "single": single, "exports": EXPORTS, **extra},
+        status_code=status_code,
+    )
 
 
 @pages.get("/ui/models", response_class=HTMLResponse)
@@ -293,14 +358,21 @@ def model_page(name: str, request: Request, session: SessionDep) -> HTMLResponse
 
 
 @actions.post("/ui/models/{name}/aliases", response_class=HTMLResponse)
-def set_alias(name: str, request: Request, session: WriteSessionDep, server: ModelServerDep,
-              alias: Annotated[str, Form(max_length=200)], version: Annotated[int, Form(ge=1)]) -> Response:
+def set_alias(
+    name: str,
+    request: Request,
+    session: WriteSessionDep,
+    server: ModelServerDep,
+    alias: Annotated[str, Form(max_length=200)],
+    version: Annotated[int, Form(ge=1)],
+) -> Response:
     """Point an alias of a model at one of its versions."""
     alias = alias.strip()
     try:
         if not re.fullmatch(MODEL_NAME, alias):
-            raise Invalid([(("alias",), f"{alias!r} is not a name: lower-case letters, digits, . _ - "
-                                        "(e.g. production)")])
+            raise Invalid(
+                [(("alias",), f"{alias!r} is not a name: lower-case letters, digits, . _ - (e.g. production)")]
+            )
         model_registry.set_alias(session, name=name, alias=alias, version=version)
     except CoreError as exc:
         return _models_page(request, session, [name], single=True, status_code=status_for(exc), error=_describe(exc))
@@ -314,9 +386,17 @@ DATASET_THUMBNAILS = 40
 
 def _datasets_page(request: Request, session, settings, status_code: int = 200, **extra) -> HTMLResponse:
     """The uploaded datasets with the upload form, with `extra` in the context (an error)."""
-    return templates.TemplateResponse(request, "datasets.html", {
-        "datasets": [DatasetPublic.model_validate(r) for r in datasets.list_datasets(session)],
-        "thumbnails": THUMBNAILS, "max_bytes": settings.max_dataset_upload_bytes, **extra}, status_code=status_code)
+    return templates.TemplateResponse(
+        request,
+        "datasets.html",
+        {
+            "datasets": [DatasetPublic.model_validate(r) for r in datasets.list_datasets(session)],
+            "thumbnails": THUMBNAILS,
+            "max_bytes": settings.max_dataset_upload_bytes,
+            **extra,
+        },
+        status_code=status_code,
+    )
 
 
 @pages.get("/ui/datasets", response_class=HTMLResponse)
@@ -327,24 +407,33 @@ def datasets_page(request: Request, session: SessionDep, settings: SettingsDep) 
 @pages.get("/ui/datasets/{dataset_id}", response_class=HTMLResponse)
 def dataset_page(dataset_id: str, request: Request, session: SessionDep) -> HTMLResponse:
     dataset = DatasetPublic.model_validate(datasets.require_dataset(session, dataset_id=dataset_id))
-    return templates.TemplateResponse(request, "dataset.html", {
-        "dataset": dataset, "thumbnails": min(DATASET_THUMBNAILS, 4 * len(dataset.classes or []))})
+    return templates.TemplateResponse(
+        request,
+        "dataset.html",
+        {"dataset": dataset, "thumbnails": min(DATASET_THUMBNAILS, 4 * len(dataset.classes or []))},
+    )
 
 
 @pages.get("/ui/datasets/{dataset_id}/examples/{number}.png")
-async def dataset_example(dataset_id: str, number: Annotated[int, PathParam(ge=0, le=10_000)],
-                          settings: SettingsDep) -> Response:
+async def dataset_example(
+    dataset_id: str, number: Annotated[int, PathParam(ge=0, le=10_000)], settings: SettingsDep
+) -> Response:
     """A training image for a dataset's thumbnails, taking its classes in turn (see core.datasets.example_image)."""
-    pixels = await read(lambda session: datasets.example_image(session, dataset_id=dataset_id, number=number,
-                                                               settings=settings))
+    pixels = await read(
+        lambda session: datasets.example_image(session, dataset_id=dataset_id, number=number, settings=settings)
+    )
     return await plots.png_response(plots.pixels_png, pixels)
 
 
 @actions.post("/ui/datasets")
-def upload_dataset(session: WriteSessionDep, settings: SettingsDep, file: Annotated[UploadFile, File()],
-                   name: Annotated[str, Form(max_length=200)] = "",
-                   color: Annotated[Literal["auto", "rgb", "grayscale"], Form()] = "auto",
-                   image_size: Annotated[int | None, Form(ge=8, le=512)] = None) -> JSONResponse:
+def upload_dataset(
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File()],
+    name: Annotated[str, Form(max_length=200)] = "",
+    color: Annotated[Literal["auto", "rgb", "grayscale"], Form()] = "auto",
+    image_size: Annotated[int | None, Form(ge=8, le=512)] = None,
+) -> JSONResponse:
     """The datasets page's upload (sent by its script, which shows the progress): the dataset as
     POST /v1/datasets answers it, or {"detail": why not} with that route's status."""
     label = name.strip() or PurePath(file.filename or "dataset").stem or "dataset"
@@ -394,15 +483,21 @@ def _seen(predictor, data: bytes, name: str, max_pixels: int) -> str:
 
 @pages.get("/ui/predict", response_class=HTMLResponse)
 def predict_form(request: Request, session: SessionDep, model: str | None = None) -> HTMLResponse:
-    return templates.TemplateResponse(request, "predict.html", {"model": model, "top_k": 3,
-                                                                "choices": _model_choices(session)})
+    return templates.TemplateResponse(
+        request, "predict.html", {"model": model, "top_k": 3, "choices": _model_choices(session)}
+    )
 
 
 @actions.post("/ui/predict", response_class=HTMLResponse)
-async def predict(request: Request, server: ModelServerDep, settings: SettingsDep,
-                  model: Annotated[str, Form(max_length=200)], files: Annotated[list[UploadFile], File()],
-                  top_k: Annotated[int, Form(ge=1, le=100)] = 3,
-                  threshold: Annotated[float | None, Form(ge=0, le=1)] = None) -> Response:
+async def predict(
+    request: Request,
+    server: ModelServerDep,
+    settings: SettingsDep,
+    model: Annotated[str, Form(max_length=200)],
+    files: Annotated[list[UploadFile], File()],
+    top_k: Annotated[int, Form(ge=1, le=100)] = 3,
+    threshold: Annotated[float | None, Form(ge=0, le=1)] = None,
+) -> Response:
     context = {"model": model, "top_k": top_k, "threshold": threshold, "choices": await read(_model_choices)}
     if len(files) > settings.max_files_per_request:
         error = f"{len(files)} images chosen; at most {settings.max_files_per_request} at a time"
@@ -412,15 +507,28 @@ async def predict(request: Request, server: ModelServerDep, settings: SettingsDe
     try:
         target, loaded, results = await server.classify_uploads(model, uploads, top_k, threshold)
         answer = image_answer(target, loaded.predictor, [name for name, _ in uploads], results, threshold)
-        seen = await run_in_threadpool(lambda: [_seen(loaded.predictor, data, name, settings.max_image_pixels)
-                                                for name, data in uploads])
-        shown = [{"prediction": prediction, "preview": _data_url(data, media_type), "seen": view}
-                 for prediction, (_, data), media_type, view in zip(answer.predictions, uploads, types, seen, strict=False)]
+        seen = await run_in_threadpool(
+            lambda: [_seen(loaded.predictor, data, name, settings.max_image_pixels) for name, data in uploads]
+        )
+        shown = [
+            {"prediction": prediction, "preview": _data_url(data, media_type), "seen": view}
+            for prediction, (_, data), media_type, view in zip(answer.predictions, uploads, types, seen, strict=False)
+        ]
     except (CoreError, InputError, CheckpointError) as exc:
-        return templates.TemplateResponse(request, "predict.html", {**context, "error": _describe(exc)}, status_code=422)
-    return templates.TemplateResponse(request, "predict.html", {
-        **context, "results": shown, "model_info": answer.model, "contract": loaded.predictor.contract,
-        "applied_threshold": answer.threshold})
+        return templates.TemplateResponse(
+            request, "predict.html", {**context, "error": _describe(exc)}, status_code=422
+        )
+    return templates.TemplateResponse(
+        request,
+        "predict.html",
+        {
+            **context,
+            "results": shown,
+            "model_info": answer.model,
+            "contract": loaded.predictor.contract,
+            "applied_threshold": answer.threshold,
+        },
+    )
 
 
 router.include_router(pages)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from pathlib import PurePath
-from typing import Annotated
-
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
@@ -21,28 +19,46 @@ UPLOAD_FIELDS = frozenset({"file", "name", "test_fraction", "image_size", "seed"
 NOT_FOUND = {404: {"description": "No such dataset"}}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic, responses={
-    200: {"description": "The same archive was uploaded before with the same name and options: that dataset",
-          "model": DatasetPublic},
-    202: {"description": "A large upload, kept and being decoded: poll the dataset until its status is ready",
-          "model": DatasetPublic},
-    409: {"description": "Another dataset has this name: upload under another, or delete that one first"},
-    413: {"description": "The upload is larger than the limit"},
-    422: {"description": "The archive is unsafe, damaged or not a dataset layout"},
-})
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetPublic,
+    responses={
+        200: {
+            "description": "The same archive was uploaded before with the same name and options: that dataset",
+            "model": DatasetPublic,
+        },
+        202: {
+            "description": "A large upload, kept and being decoded: poll the dataset until its status is ready",
+            "model": DatasetPublic,
+        },
+        409: {"description": "Another dataset has this name: upload under another, or delete that one first"},
+        413: {"description": "The upload is larger than the limit"},
+        422: {"description": "The archive is unsafe, damaged or not a dataset layout"},
+    },
+)
 async def upload_dataset(
     request: Request,
     response: Response,
     session: WriteSessionDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="a zip: train/<class>/*.png (+ test/...), <class>/*.png, "
-                                                  "the four IDX files, or a CSV with a label or target column")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description="a zip: train/<class>/*.png (+ test/...), <class>/*.png, "
+            "the four IDX files, or a CSV with a label or target column"
+        ),
+    ],
     name: Annotated[str | None, Form(max_length=200)] = None,
-    test_fraction: Annotated[float, Form(gt=0, lt=1, description="test share when the archive has no test split")] = 0.2,
+    test_fraction: Annotated[
+        float, Form(gt=0, lt=1, description="test share when the archive has no test split")
+    ] = 0.2,
     image_size: Annotated[int | None, Form(ge=8, le=512, description="resize every image to this square")] = None,
     seed: Annotated[int, Form(ge=0, le=2**31)] = 0,
-    color: Annotated[Literal["auto", "rgb", "grayscale"], Form(
-        description="auto: RGB if any image has colour, else grey; rgb; grayscale")] = "auto",
+    color: Annotated[
+        Literal["auto", "rgb", "grayscale"],
+        Form(description="auto: RGB if any image has colour, else grey; rgb; grayscale"),
+    ] = "auto",
     min_per_class: Annotated[int, Form(ge=1, le=100_000, description="refuse classes with fewer training images")] = 5,
 ) -> DatasetPublic:
     """Validate, decode and store a dataset; specs then use it as `uploaded:<id>`. A large upload
@@ -50,11 +66,13 @@ async def upload_dataset(
     sent again with the same form answers the dataset it made (200, or 202 while it is decoded)."""
     await refuse_unknown_fields(request, UPLOAD_FIELDS)
     label = name or PurePath(file.filename or "dataset").stem or "dataset"
-    options = datasets.UploadOptions(test_fraction=test_fraction, image_size=image_size, seed=seed, color=color,
-                                     min_per_class=min_per_class)
+    options = datasets.UploadOptions(
+        test_fraction=test_fraction, image_size=image_size, seed=seed, color=color, min_per_class=min_per_class
+    )
     # The upload is already spooled to a temporary file: it is read member by member from there.
-    record, new = await run_in_threadpool(datasets.receive_upload, session, data=file.file, name=label,
-                                          options=options, settings=settings)
+    record, new = await run_in_threadpool(
+        datasets.receive_upload, session, data=file.file, name=label, options=options, settings=settings
+    )
     if record.status == DatasetStatus.PROCESSING:
         response.status_code = status.HTTP_202_ACCEPTED
     elif not new:
@@ -76,8 +94,11 @@ def read_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
     return DatasetPublic.model_validate(datasets.require_dataset(session, dataset_id=dataset_id))
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses={**NOT_FOUND, 409: {"description": "An unfinished job uses the dataset"}})
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, 409: {"description": "An unfinished job uses the dataset"}},
+)
 def delete_dataset(dataset_id: str, session: WriteSessionDep, settings: SettingsDep) -> None:
     """Delete an uploaded dataset that no queued or running job uses."""
     datasets.delete_dataset(session, dataset_id=dataset_id, datasets_dir=settings.datasets_dir)

@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api import telemetry
-from service.core.db import ping
 from service.core.broker import ping_broker
+from service.core.db import ping
 
 router = APIRouter(tags=["health"])
 
@@ -37,5 +37,6 @@ async def readyz(request: Request) -> JSONResponse:
         except Exception as exc:  # any failure means not ready; say which and why
             checks[name] = f"error: {type(exc).__name__}: {exc}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )

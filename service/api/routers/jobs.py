@@ -14,8 +14,17 @@ from models.spec.job import JobSpec
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.errors import validation_error
 from service.api.events import Cursor, Snapshot, new_events
-from service.api.schemas.jobs import (EpochMetricPublic, JobPublic, JobsPublic, LogLinePublic, LogsPublic,
-                                      MetricsPublic, TransitionPublic, job_public, jobs_public)
+from service.api.schemas.jobs import (
+    EpochMetricPublic,
+    JobPublic,
+    JobsPublic,
+    LogLinePublic,
+    LogsPublic,
+    MetricsPublic,
+    TransitionPublic,
+    job_public,
+    jobs_public,
+)
 from service.core import job_logs, job_pages, jobs, retention, submission, worker_registry
 from service.core.settings import Settings, get_settings
 from service.core.tables import JobStatus
@@ -31,9 +40,15 @@ def _public(session, job_id: str, settings: Settings) -> JobPublic:
     return job_public(job_pages.view(session, job_id=job_id, settings=settings))
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
-             responses={409: {"description": "Idempotency-Key reused with another spec"},
-                        413: {"description": "The request body is larger than the limit"}})
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses={
+        409: {"description": "Idempotency-Key reused with another spec"},
+        413: {"description": "The request body is larger than the limit"},
+    },
+)
 def submit_job(
     spec: JobSpec,
     session: WriteSessionDep,
@@ -77,20 +92,32 @@ def read_metrics(job_id: str, session: SessionDep) -> MetricsPublic:
     job = jobs.require_job(session, job_id=job_id)
     best = jobs.best_checkpoint(job)
     rows = jobs.get_metrics(session, job_id=job.id)
-    return MetricsPublic(job_id=job.id, best_epoch=best.epoch if best else None, best_selected_on=jobs.best_selected_on(job),
-                         epochs=[EpochMetricPublic.model_validate(r) for r in rows])
+    return MetricsPublic(
+        job_id=job.id,
+        best_epoch=best.epoch if best else None,
+        best_selected_on=jobs.best_selected_on(job),
+        epochs=[EpochMetricPublic.model_validate(r) for r in rows],
+    )
 
 
-@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
-             responses={**JOB_NOT_FOUND, **CONFLICT})
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses={**JOB_NOT_FOUND, **CONFLICT},
+)
 def cancel_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> JobPublic:
     """Cancel a queued job now, or ask a running one to stop after its current batch."""
     submission.cancel_job(session, job_id=job_id)
     return _public(session, job_id, settings)
 
 
-@router.post("/{job_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
-             responses={**JOB_NOT_FOUND, **CONFLICT})
+@router.post(
+    "/{job_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses={**JOB_NOT_FOUND, **CONFLICT},
+)
 def resume_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> JobPublic:
     """Queue a cancelled or failed job again, to continue from its last saved state."""
     submission.resume_job(session, job_id=job_id, settings=settings)
@@ -105,14 +132,18 @@ def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
 
 
 @router.get("/{job_id}/logs", response_model=LogsPublic, responses=JOB_NOT_FOUND)
-def read_logs(job_id: str, session: SessionDep,
-              after: Annotated[int, Query(ge=0, le=2**31 - 1, description="the `next` of the previous page")] = 0,
-              limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> LogsPublic:
+def read_logs(
+    job_id: str,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0, le=2**31 - 1, description="the `next` of the previous page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> LogsPublic:
     """What the job's worker logged while running it, every attempt, oldest first: its progress,
     warnings and, if it failed, the traceback."""
     job_id = jobs.require_job(session, job_id=job_id).id
-    lines = [LogLinePublic.model_validate(line) for line in job_logs.read(session, job_id=job_id, after=after,
-                                                                          limit=limit)]
+    lines = [
+        LogLinePublic.model_validate(line) for line in job_logs.read(session, job_id=job_id, after=after, limit=limit)
+    ]
     return LogsPublic(job_id=job_id, lines=lines, next=lines[-1].id if lines else after)
 
 
@@ -125,11 +156,17 @@ def _snapshot(session: Session, job_id: str, logs_after: int | None) -> Snapshot
     job = jobs.require_job(session, job_id=job_id)
     waiting = worker_registry.waiting_reasons(session, jobs=[job], settings=get_settings()).get(job.id)
     transitions = [TransitionPublic.model_validate(e).model_dump(mode="json") for e in job.events]
-    metrics = [EpochMetricPublic.model_validate(m).model_dump(mode="json")
-               for m in jobs.get_metrics(session, job_id=job.id)]
-    logs = [] if logs_after is None else [
-        LogLinePublic.model_validate(line).model_dump(mode="json")
-        for line in job_logs.read(session, job_id=job.id, after=logs_after)]
+    metrics = [
+        EpochMetricPublic.model_validate(m).model_dump(mode="json") for m in jobs.get_metrics(session, job_id=job.id)
+    ]
+    logs = (
+        []
+        if logs_after is None
+        else [
+            LogLinePublic.model_validate(line).model_dump(mode="json")
+            for line in job_logs.read(session, job_id=job.id, after=logs_after)
+        ]
+    )
     return Snapshot(job.status, waiting, transitions, metrics, logs)
 
 
@@ -162,5 +199,8 @@ async def job_events(
             await asyncio.sleep(EVENT_POLL_SECONDS)
             snapshot = await read(_snapshot, job_id, cursor.log if logs else None)
 
-    return EventSourceResponse(stream(), ping=settings.events_keepalive_seconds,
-                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventSourceResponse(
+        stream(),
+        ping=settings.events_keepalive_seconds,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

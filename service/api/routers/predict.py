@@ -35,18 +35,27 @@ MULTIPART_SCHEMA = {
     "type": "object",
     "required": ["model", "files"],
     "properties": {
-        "model": {"type": "string", "minLength": 1, "maxLength": 200,
-                  "description": "name, name:VERSION, name@ALIAS, job:ID or job:ID:best|last|EPOCH"},
+        "model": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "description": "name, name:VERSION, name@ALIAS, job:ID or job:ID:best|last|EPOCH",
+        },
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
         "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
         "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": THRESHOLD_DOC},
     },
 }
 FORM_FIELDS = frozenset(MULTIPART_SCHEMA["properties"])
-PREDICT_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": MULTIPART_SCHEMA},
-    "application/json": {"schema": PredictValues.model_json_schema()},
-}}}
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+            "application/json": {"schema": PredictValues.model_json_schema()},
+        },
+    }
+}
 
 
 def _server(request: Request) -> ModelServer:
@@ -65,18 +74,29 @@ def _json_refused(exc: ValidationError) -> Exception:
     how images are sent."""
     errors = exc.errors()
     if any(e["loc"] == ("inputs",) and isinstance(e.get("input"), dict) and "files" in e["input"] for e in errors):
-        return HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                             f"JSON carries numeric `inputs` only; {IMAGES_HINT}")
-    return validation_error([(("body", *e["loc"]), f"{e['msg']}: numeric rows go in `inputs`; {IMAGES_HINT}"
-                              if e["loc"] == ("inputs",) and e["type"] == "missing" else e["msg"]) for e in errors])
+        return HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"JSON carries numeric `inputs` only; {IMAGES_HINT}"
+        )
+    return validation_error(
+        [
+            (
+                ("body", *e["loc"]),
+                f"{e['msg']}: numeric rows go in `inputs`; {IMAGES_HINT}"
+                if e["loc"] == ("inputs",) and e["type"] == "missing"
+                else e["msg"],
+            )
+            for e in errors
+        ]
+    )
 
 
 def _invalid(loc: tuple, msg: str):
     return validation_error([(("body", *loc), msg)])
 
 
-async def classify(server: ModelServer, reference: str, uploads: list[tuple[str, bytes]], top_k: int,
-                   threshold: float | None = None) -> Response:
+async def classify(
+    server: ModelServer, reference: str, uploads: list[tuple[str, bytes]], top_k: int, threshold: float | None = None
+) -> Response:
     target, loaded, results = await server.classify_uploads(reference, uploads, top_k, threshold)
     return _json(image_answer(target, loaded.predictor, [name for name, _ in uploads], results, threshold))
 
@@ -115,8 +135,12 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
     raw_k = fields.get("top_k", "1")
     if not raw_k.strip().isdigit() or not 1 <= int(raw_k) <= 1000:
         raise _invalid(("top_k",), "top_k must be an integer from 1 to 1000")
-    return (model, [(f.filename or f"file{i}", bytes(f.data)) for i, f in enumerate(files)], int(raw_k),
-            _threshold(fields.get("threshold")))
+    return (
+        model,
+        [(f.filename or f"file{i}", bytes(f.data)) for i, f in enumerate(files)],
+        int(raw_k),
+        _threshold(fields.get("threshold")),
+    )
 
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY)
@@ -134,17 +158,29 @@ async def predict(request: Request) -> Response:
         return _json(values_answer(target, loaded.predictor, outputs, body.top_k, body.threshold))
     if content_type.startswith("multipart/form-data"):
         return await classify(server, *await _form_uploads(request))
-    raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                        "send multipart/form-data with model and files, or application/json with model and inputs")
+    raise HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        "send multipart/form-data with model and files, or application/json with model and inputs",
+    )
 
 
-@router.post("/models/{reference}/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={
-    "requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}})
-async def predict_raw_image(reference: str, request: Request,
-                            top_k: Annotated[int, Query(ge=1, le=1000)] = 1,
-                            threshold: Annotated[float | None, Query(ge=0, le=1, description=THRESHOLD_DOC)] = None
-                            ) -> Response:
+@router.post(
+    "/models/{reference}/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+async def predict_raw_image(
+    reference: str,
+    request: Request,
+    top_k: Annotated[int, Query(ge=1, le=1000)] = 1,
+    threshold: Annotated[float | None, Query(ge=0, le=1, description=THRESHOLD_DOC)] = None,
+) -> Response:
     """Classify one image sent as the raw request body (Content-Type image/*)."""
     if not request.headers.get("content-type", "").startswith("image/"):
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the image as the body with Content-Type image/*")
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the image as the body with Content-Type image/*"
+        )
     return await classify(_server(request), reference, [("body", await request.body())], top_k, threshold)

@@ -11,8 +11,16 @@ from fastapi.responses import Response
 
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
 from service.api.errors import refuse_unknown_fields
-from service.api.schemas.registry import (MAX_INT, AliasUpdate, ModelCreate, ModelPublic, ModelsPublic,
-                                          ModelVersionPublic, ModelVersionUpdate, model_public)
+from service.api.schemas.registry import (
+    MAX_INT,
+    AliasUpdate,
+    ModelCreate,
+    ModelPublic,
+    ModelsPublic,
+    ModelVersionPublic,
+    ModelVersionUpdate,
+    model_public,
+)
 from service.core import exports, model_registry
 from service.core.errors import Invalid
 from service.core.references import MODEL_NAME
@@ -23,17 +31,29 @@ NameParam = Annotated[str, Path(pattern=f"^{MODEL_NAME}$")]
 
 
 def _model(session, name: str) -> ModelPublic:
-    return model_public(name, model_registry.require_versions(session, name=name),
-                        model_registry.aliases(session, name=name))
+    return model_public(
+        name, model_registry.require_versions(session, name=name), model_registry.aliases(session, name=name)
+    )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic,
-             responses={**NOT_FOUND, 409: {"description": "The job has no checkpoint yet"}})
-def register_model(body: ModelCreate, session: WriteSessionDep, settings: SettingsDep,
-                   server: ModelServerDep) -> ModelVersionPublic:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelVersionPublic,
+    responses={**NOT_FOUND, 409: {"description": "The job has no checkpoint yet"}},
+)
+def register_model(
+    body: ModelCreate, session: WriteSessionDep, settings: SettingsDep, server: ModelServerDep
+) -> ModelVersionPublic:
     """Register a job's best, last or given epoch's checkpoint as the next version of a model."""
-    version = model_registry.register(session, name=body.name, job_id=body.job_id.lower(),
-                                checkpoint=body.checkpoint, settings=settings, threshold=body.threshold)
+    version = model_registry.register(
+        session,
+        name=body.name,
+        job_id=body.job_id.lower(),
+        checkpoint=body.checkpoint,
+        settings=settings,
+        threshold=body.threshold,
+    )
     server.references.clear()  # `name` may now mean the new version
     return ModelVersionPublic.model_validate(version)
 
@@ -52,8 +72,9 @@ def read_model(name: NameParam, session: SessionDep) -> ModelPublic:
 
 
 @router.put("/{name}/aliases/{alias}", response_model=ModelPublic, responses=NOT_FOUND)
-def set_alias(name: NameParam, alias: NameParam, body: AliasUpdate, session: WriteSessionDep,
-              server: ModelServerDep) -> ModelPublic:
+def set_alias(
+    name: NameParam, alias: NameParam, body: AliasUpdate, session: WriteSessionDep, server: ModelServerDep
+) -> ModelPublic:
     """Point an alias (e.g. `production`) at a version; references `name@alias` follow it."""
     model_registry.set_alias(session, name=name, alias=alias, version=body.version)
     server.references.clear()  # other API processes follow within reference_cache_seconds
@@ -61,8 +82,13 @@ def set_alias(name: NameParam, alias: NameParam, body: AliasUpdate, session: Wri
 
 
 @router.patch("/{name}/versions/{version}", response_model=ModelVersionPublic, responses=NOT_FOUND)
-def update_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], body: ModelVersionUpdate,
-                   session: WriteSessionDep, server: ModelServerDep) -> ModelVersionPublic:
+def update_version(
+    name: NameParam,
+    version: Annotated[int, Path(ge=1, le=MAX_INT)],
+    body: ModelVersionUpdate,
+    session: WriteSessionDep,
+    server: ModelServerDep,
+) -> ModelVersionPublic:
     """Set or clear (null) a version's default threshold; a field left out is left as it is."""
     if "threshold" in body.model_fields_set:
         record = model_registry.set_threshold(session, name=name, version=version, threshold=body.threshold)
@@ -72,46 +98,85 @@ def update_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_IN
     return ModelVersionPublic.model_validate(record)
 
 
-@router.delete("/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT,
-               responses={**NOT_FOUND, 409: {"description": "An alias points to this version"}})
-def delete_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], session: WriteSessionDep,
-                   settings: SettingsDep, server: ModelServerDep) -> None:
+@router.delete(
+    "/{name}/versions/{version}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, 409: {"description": "An alias points to this version"}},
+)
+def delete_version(
+    name: NameParam,
+    version: Annotated[int, Path(ge=1, le=MAX_INT)],
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    server: ModelServerDep,
+) -> None:
     """Delete a version that no alias points to."""
     model_registry.delete_version(session, name=name, version=version, settings=settings)
     server.references.clear()
 
 
-FormatParam = Annotated[Literal["safetensors", "torchscript", "onnx"], Query(
-    alias="format", description="safetensors: the plain state_dict with the metadata in its header; "
-                                "torchscript and onnx (opset 17): float inputs in, probabilities out")]
-InputsParam = Annotated[Literal["float", "pixels"], Query(
-    description="float: the network's normalised float inputs; pixels (torchscript and onnx, image models): "
-                "uint8 [N, C, H, W] at the model's size, normalisation inside the graph")]
-EXPORTED = {200: {"content": {"application/octet-stream": {}}, "description": "The model file"},
-            **NOT_FOUND, 409: {"description": "The job has no checkpoint yet"},
-            422: {"description": "The format cannot hold this model"}}
+FormatParam = Annotated[
+    Literal["safetensors", "torchscript", "onnx"],
+    Query(
+        alias="format",
+        description="safetensors: the plain state_dict with the metadata in its header; "
+        "torchscript and onnx (opset 17): float inputs in, probabilities out",
+    ),
+]
+InputsParam = Annotated[
+    Literal["float", "pixels"],
+    Query(
+        description="float: the network's normalised float inputs; pixels (torchscript and onnx, image models): "
+        "uint8 [N, C, H, W] at the model's size, normalisation inside the graph"
+    ),
+]
+EXPORTED = {
+    200: {"content": {"application/octet-stream": {}}, "description": "The model file"},
+    **NOT_FOUND,
+    409: {"description": "The job has no checkpoint yet"},
+    422: {"description": "The format cannot hold this model"},
+}
 
 
 async def _export(settings, reference: str, fmt: str, inputs: str) -> Response:
-    exported = await run_in_threadpool(exports.export_model, reference=reference, fmt=fmt, settings=settings,
-                                       inputs=inputs)
-    return Response(exported.content, media_type="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'})
+    exported = await run_in_threadpool(
+        exports.export_model, reference=reference, fmt=fmt, settings=settings, inputs=inputs
+    )
+    return Response(
+        exported.content,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'},
+    )
 
 
 @router.get("/{name}/versions/{version}/export", response_class=Response, responses=EXPORTED)
-async def export_version(name: NameParam, version: Annotated[int, Path(ge=1, le=MAX_INT)], settings: SettingsDep,
-                         fmt: FormatParam = "safetensors", inputs: InputsParam = "float") -> Response:
+async def export_version(
+    name: NameParam,
+    version: Annotated[int, Path(ge=1, le=MAX_INT)],
+    settings: SettingsDep,
+    fmt: FormatParam = "safetensors",
+    inputs: InputsParam = "float",
+) -> Response:
     """Download one version of a model as safetensors, TorchScript or ONNX."""
     return await _export(settings, f"{name}:{version}", fmt, inputs)
 
 
 @router.get("/{reference}/export", response_class=Response, responses=EXPORTED)
-async def export_reference(reference: Annotated[str, Path(max_length=200, description=(
-                               "name (its production alias, else the latest version), name:VERSION, name@ALIAS, "
-                               "job:ID or job:ID:best|last|EPOCH"))],
-                           settings: SettingsDep, fmt: FormatParam = "safetensors",
-                           inputs: InputsParam = "float") -> Response:
+async def export_reference(
+    reference: Annotated[
+        str,
+        Path(
+            max_length=200,
+            description=(
+                "name (its production alias, else the latest version), name:VERSION, name@ALIAS, "
+                "job:ID or job:ID:best|last|EPOCH"
+            ),
+        ),
+    ],
+    settings: SettingsDep,
+    fmt: FormatParam = "safetensors",
+    inputs: InputsParam = "float",
+) -> Response:
     """Download the model any reference names, a job's checkpoint included."""
     return await _export(settings, reference, fmt, inputs)
 
@@ -128,23 +193,42 @@ def _json_field(field: str, raw: str | None, default=None):
 IMPORT_FIELDS = frozenset({"file", "name", "model", "classes", "input_shape", "normalize", "threshold"})
 
 
-@router.post("/import", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic, responses={
-    413: {"description": "The upload is larger than the limit"},
-    422: {"description": "The weights do not fit the architecture, or a field is invalid"}})
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelVersionPublic,
+    responses={
+        413: {"description": "The upload is larger than the limit"},
+        422: {"description": "The weights do not fit the architecture, or a field is invalid"},
+    },
+)
 async def import_model(
     request: Request,
-    session: WriteSessionDep, settings: SettingsDep, server: ModelServerDep,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    server: ModelServerDep,
     file: Annotated[UploadFile, File(description="a safetensors state_dict (nothing is unpickled)")],
     name: Annotated[str, Form(pattern=f"^{MODEL_NAME}$")],
-    model: Annotated[str, Form(max_length=100_000, description='the model part of a job spec, as JSON, '
-                                                               'e.g. {"arch": "lenet"}')],
-    classes: Annotated[str | None, Form(max_length=100_000, description="JSON list of class names; "
-                                                                        "none for a regression model")] = None,
-    input_shape: Annotated[str, Form(max_length=200, description="JSON list, e.g. [1, 28, 28] or [3, 224, 224]")] = "[1, 28, 28]",
-    normalize: Annotated[str | None, Form(max_length=1000, description='how images were normalised, as JSON '
-                                          '{"mean": [...], "std": [...]} per channel of pixel / 255')] = None,
-    threshold: Annotated[float | None, Form(ge=0, le=1, description="predict's default threshold (classifiers): "
-                                                                   "labels below it are withheld")] = None,
+    model: Annotated[
+        str, Form(max_length=100_000, description='the model part of a job spec, as JSON, e.g. {"arch": "lenet"}')
+    ],
+    classes: Annotated[
+        str | None, Form(max_length=100_000, description="JSON list of class names; none for a regression model")
+    ] = None,
+    input_shape: Annotated[
+        str, Form(max_length=200, description="JSON list, e.g. [1, 28, 28] or [3, 224, 224]")
+    ] = "[1, 28, 28]",
+    normalize: Annotated[
+        str | None,
+        Form(
+            max_length=1000,
+            description='how images were normalised, as JSON {"mean": [...], "std": [...]} per channel of pixel / 255',
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        Form(ge=0, le=1, description="predict's default threshold (classifiers): labels below it are withheld"),
+    ] = None,
 ) -> ModelVersionPublic:
     """Register weights trained elsewhere as the next version of a model; predict serves it like any other."""
     await refuse_unknown_fields(request, IMPORT_FIELDS)
@@ -153,17 +237,30 @@ async def import_model(
     shape = _json_field("input_shape", input_shape)
     if not isinstance(spec, dict):
         raise Invalid([(("model",), 'model must be a JSON object such as {"arch": "mlp"}')])
-    if names is not None and (not isinstance(names, list) or len(names) < 2
-                              or not all(isinstance(n, str) and n for n in names)):
+    if names is not None and (
+        not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names)
+    ):
         raise Invalid([(("classes",), "classes must be a JSON list of at least two names")])
-    if (not isinstance(shape, list) or len(shape) not in (1, 3)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) not in (1, 3)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in shape)
+    ):
         raise Invalid([(("input_shape",), "input_shape must be [features] or [channels, height, width]")])
     if len(shape) == 3 and shape[0] not in (1, 3):
         raise Invalid([(("input_shape",), f"images have 1 (grey) or 3 (RGB) channels, not {shape[0]}")])
     weights = await file.read()
-    version = await run_in_threadpool(model_registry.import_version, session, name=name, weights=weights, model=spec,
-                                      classes=names, input_shape=shape, settings=settings,
-                                      normalize=_json_field("normalize", normalize), threshold=threshold)
+    version = await run_in_threadpool(
+        model_registry.import_version,
+        session,
+        name=name,
+        weights=weights,
+        model=spec,
+        classes=names,
+        input_shape=shape,
+        settings=settings,
+        normalize=_json_field("normalize", normalize),
+        threshold=threshold,
+    )
     server.references.clear()
     return ModelVersionPublic.model_validate(version)

@@ -21,11 +21,22 @@ def _public(session, sweep_id: str) -> SweepPublic:
     return sweep_public(sweep, sweeps.trials(session, sweep))
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic,
-             responses={409: {"description": "Idempotency-Key reused with another request"},
-                        422: {"description": "A generated spec is invalid; nothing was created"}})
-def create_sweep(body: SweepSpec, session: WriteSessionDep, settings: SettingsDep, response: Response,
-                 idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None) -> SweepPublic:
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SweepPublic,
+    responses={
+        409: {"description": "Idempotency-Key reused with another request"},
+        422: {"description": "A generated spec is invalid; nothing was created"},
+    },
+)
+def create_sweep(
+    body: SweepSpec,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> SweepPublic:
     """Check every trial's spec (a 422 names the path and value of any that is invalid, and
     nothing is created), then queue the trials' jobs, at most max_parallel unfinished at a time."""
     created = sweeps.create(session, sweep=body, settings=settings, idempotency_key=idempotency_key)
@@ -36,8 +47,11 @@ def create_sweep(body: SweepSpec, session: WriteSessionDep, settings: SettingsDe
 
 
 @router.get("", response_model=SweepsPublic)
-def list_sweeps(session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> SweepsPublic:
+def list_sweeps(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> SweepsPublic:
     """Sweeps, newest first."""
     rows, count = sweeps.page(session, limit=limit, offset=offset)
     ranked = sweeps.trials_of(session, rows)
@@ -50,8 +64,9 @@ def read_sweep(sweep_id: str, session: SessionDep) -> SweepPublic:
     return _public(session, sweep_id)
 
 
-@router.post("/{sweep_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic,
-             responses=NOT_FOUND)
+@router.post(
+    "/{sweep_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic, responses=NOT_FOUND
+)
 def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> SweepPublic:
     """Launch no more trials and cancel the unfinished jobs."""
     sweeps.cancel(session, sweep_id=sweep_id)

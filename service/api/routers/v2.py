@@ -39,7 +39,9 @@ def _reference(name: str, version: str | None) -> str:
     return f"{name}:{version}" if version else name
 
 
-async def _serve(server: ModelServer, name: str, version: str | None) -> tuple[ResolvedCheckpoint, LoadedModel] | JSONResponse:
+async def _serve(
+    server: ModelServer, name: str, version: str | None
+) -> tuple[ResolvedCheckpoint, LoadedModel] | JSONResponse:
     """The model a v2 name and version name, or the protocol's error answer."""
     try:
         return await server.get(_reference(name, version))
@@ -76,8 +78,9 @@ async def _metadata(server: ModelServer, name: str, version: str | None) -> JSON
     if isinstance(served, JSONResponse):
         return served
     target, loaded = served
-    return JSONResponse(v2.metadata(name, target.version, loaded.predictor, target.job_id, target.epoch,
-                                     target.threshold))
+    return JSONResponse(
+        v2.metadata(name, target.version, loaded.predictor, target.job_id, target.epoch, target.threshold)
+    )
 
 
 @router.get("/models/{name}", responses={404: {"description": "Unknown model"}})
@@ -143,14 +146,26 @@ async def _run(server: ModelServer, loaded: LoadedModel, header, binary: bytes, 
             return await server.image_probabilities(loaded, images)
         except InputError as exc:
             raise v2.ProtocolError(str(exc)) from None
-    raise v2.ProtocolError(f"input datatype {spec.get('datatype')!r} is not supported by this model; "
-                            "use FP32 (or BYTES images for image models)")
+    raise v2.ProtocolError(
+        f"input datatype {spec.get('datatype')!r} is not supported by this model; "
+        "use FP32 (or BYTES images for image models)"
+    )
 
 
-INFER_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}},
-                                                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
-INFER_ERRORS = {400: {"description": "The request does not fit the protocol or the model"},
-                404: {"description": "Unknown model"}, 409: {"description": "The job has no checkpoint yet"}}
+INFER_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+INFER_ERRORS = {
+    400: {"description": "The request does not fit the protocol or the model"},
+    404: {"description": "Unknown model"},
+    409: {"description": "The job has no checkpoint yet"},
+}
 
 
 @router.post("/models/{name}/infer", responses=INFER_ERRORS, openapi_extra=INFER_DOC)
@@ -160,7 +175,8 @@ async def infer(name: str, request: Request, settings: SettingsDep, server: Mode
 
 
 @router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=INFER_DOC)
-async def infer_version(name: str, version: str, request: Request, settings: SettingsDep,
-                        server: ModelServerDep) -> Response:
+async def infer_version(
+    name: str, version: str, request: Request, settings: SettingsDep, server: ModelServerDep
+) -> Response:
     """Run inference on one version of a model (Open Inference Protocol v2)."""
     return await _infer(name, version, request, settings, server)

@@ -49,8 +49,10 @@ class EvaluationPublic(BaseModel):
     model: EvaluatedModel
     num_test: int
     accuracy: float
-    top_k_accuracy: dict[int, float] = Field(description="k -> share of test images whose true class is among "
-                                                         "the k most probable; k = 1, 3, 5 below the number of classes")
+    top_k_accuracy: dict[int, float] = Field(
+        description="k -> share of test images whose true class is among "
+        "the k most probable; k = 1, 3, 5 below the number of classes"
+    )
     classes: list[ClassScoresPublic]
     macro_avg: AveragePublic = Field(description="unweighted mean over every class")
     weighted_avg: AveragePublic = Field(description="mean over every class weighted by its support")

@@ -128,19 +128,34 @@ def job_public(view: JobView) -> JobPublic:
     job, latest = view.job, view.latest
     best = best_checkpoint(job)
     return JobPublic(
-        id=job.id, name=job.name, status=job.status, reason=job.reason, error=job.error,
-        spec=job.spec, task=job.task, attempt=job.attempt, epoch=job.epoch, epochs=job.epochs,
+        id=job.id,
+        name=job.name,
+        status=job.status,
+        reason=job.reason,
+        error=job.error,
+        spec=job.spec,
+        task=job.task,
+        attempt=job.attempt,
+        epoch=job.epoch,
+        epochs=job.epochs,
         progress=round(min(job.epoch / job.epochs, 1.0), 4) if job.epochs else 0.0,
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
         environment=job.environment,
         latest_metrics=EpochMetricPublic.model_validate(latest) if latest else None,
-        best_metrics=EpochMetricPublic.model_validate({**best.metrics, "epoch": best.epoch}) if best and best.metrics
+        best_metrics=EpochMetricPublic.model_validate({**best.metrics, "epoch": best.epoch})
+        if best and best.metrics
         else None,
         best_checkpoint=CheckpointPublic.model_validate(best) if best else None,
-        best_selected_on=best_selected_on(job), memory_peak=job.memory_peak,
+        best_selected_on=best_selected_on(job),
+        memory_peak=job.memory_peak,
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
-        cross_validation=job.cross_validation, waiting_reason=view.waiting_reason, disk_bytes=view.disk_bytes,
-        sweep_id=job.sweep_id, warnings=job.warnings or [],
+        cross_validation=job.cross_validation,
+        waiting_reason=view.waiting_reason,
+        disk_bytes=view.disk_bytes,
+        sweep_id=job.sweep_id,
+        warnings=job.warnings or [],
     )
 
 

@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.inference.predictor import Prediction, Predictor
 from service.core.references import ResolvedCheckpoint
 
-
-THRESHOLD_DOC = ("0 to 1: a classification whose top probability is below it is withheld (label and index null, "
-                 "below_threshold true); a request's threshold overrides the registered version's default")
+THRESHOLD_DOC = (
+    "0 to 1: a classification whose top probability is below it is withheld (label and index null, "
+    "below_threshold true); a request's threshold overrides the registered version's default"
+)
 Threshold = Annotated[float, Field(ge=0, le=1, strict=True, description=THRESHOLD_DOC)]
 
 
@@ -72,30 +73,60 @@ class PredictResponse(BaseModel):
 
 
 def resolved_model(target: ResolvedCheckpoint, predictor: Predictor) -> ResolvedModel:
-    return ResolvedModel(reference=target.reference, job_id=target.job_id, epoch=target.epoch, name=target.name,
-                         version=target.version, task=predictor.task, classes=predictor.classes,
-                         input_shape=predictor.meta["input_shape"])
+    return ResolvedModel(
+        reference=target.reference,
+        job_id=target.job_id,
+        epoch=target.epoch,
+        name=target.name,
+        version=target.version,
+        task=predictor.task,
+        classes=predictor.classes,
+        input_shape=predictor.meta["input_shape"],
+    )
 
 
-def image_answer(target: ResolvedCheckpoint, predictor: Predictor, filenames: list[str],
-                 results: list[Prediction], threshold: float | None = None) -> PredictResponse:
+def image_answer(
+    target: ResolvedCheckpoint,
+    predictor: Predictor,
+    filenames: list[str],
+    results: list[Prediction],
+    threshold: float | None = None,
+) -> PredictResponse:
     """The answer for labelled images; `threshold` is the request's (the version's default otherwise)."""
     return PredictResponse(
-        model=resolved_model(target, predictor), threshold=target.threshold_for(threshold),
-        predictions=[ImagePrediction(filename=name, label=r.label, index=r.index, probability=r.probability,
-                                     below_threshold=r.below_threshold, top_k=r.top_k)
-                     for name, r in zip(filenames, results, strict=False)])
+        model=resolved_model(target, predictor),
+        threshold=target.threshold_for(threshold),
+        predictions=[
+            ImagePrediction(
+                filename=name,
+                label=r.label,
+                index=r.index,
+                probability=r.probability,
+                below_threshold=r.below_threshold,
+                top_k=r.top_k,
+            )
+            for name, r in zip(filenames, results, strict=False)
+        ],
+    )
 
 
-def values_answer(target: ResolvedCheckpoint, predictor: Predictor, outputs, top_k: int,
-                  threshold: float | None = None) -> PredictResponse:
+def values_answer(
+    target: ResolvedCheckpoint, predictor: Predictor, outputs, top_k: int, threshold: float | None = None
+) -> PredictResponse:
     """The answer for numeric rows; `threshold` is the request's (the version's default otherwise)."""
     if predictor.task == "regression":
         predictions = [ValuesPrediction(value=row[0] if len(row) == 1 else row) for row in outputs.tolist()]
         threshold = None
     else:
         threshold = target.threshold_for(threshold)
-        predictions = [ValuesPrediction(label=r.label, index=r.index, probability=r.probability,
-                                        below_threshold=r.below_threshold, top_k=r.top_k)
-                       for r in predictor.label(outputs, top_k, threshold)]
+        predictions = [
+            ValuesPrediction(
+                label=r.label,
+                index=r.index,
+                probability=r.probability,
+                below_threshold=r.below_threshold,
+                top_k=r.top_k,
+            )
+            for r in predictor.label(outputs, top_k, threshold)
+        ]
     return PredictResponse(model=resolved_model(target, predictor), threshold=threshold, predictions=predictions)

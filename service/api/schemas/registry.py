@@ -66,5 +66,9 @@ class ModelsPublic(BaseModel):
 
 
 def model_public(name: str, versions: list[ModelVersion], aliases: dict[str, int]) -> ModelPublic:
-    return ModelPublic(name=name, versions=[ModelVersionPublic.model_validate(v) for v in versions],
-                       aliases=aliases, latest_version=versions[-1].version)
+    return ModelPublic(
+        name=name,
+        versions=[ModelVersionPublic.model_validate(v) for v in versions],
+        aliases=aliases,
+        latest_version=versions[-1].version,
+    )

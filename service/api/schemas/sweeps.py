@@ -48,10 +48,25 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
             return trial.job.status
         return "deleted" if trial.index < sweep.launched else "pending"
 
-    entries = [SweepJobPublic(trial=t.index, job_id=t.job.id if t.job else None, status=state(t), params=t.params,
-                              metric=t.metric) for t in ranked]
+    entries = [
+        SweepJobPublic(
+            trial=t.index, job_id=t.job.id if t.job else None, status=state(t), params=t.params, metric=t.metric
+        )
+        for t in ranked
+    ]
     best = entries[0] if entries and entries[0].metric is not None else None
-    return SweepPublic(id=sweep.id, name=sweep.name, status=sweeps.status(sweep, ranked), metric=sweep.metric,
-                       mode=sweep.mode, max_parallel=sweep.max_parallel, trials=sweep.size, launched=sweep.launched,
-                       counts=dict(Counter(e.status for e in entries)), created_at=sweep.created_at,
-                       cancelled_at=sweep.cancelled_at, best=best, jobs=entries)
+    return SweepPublic(
+        id=sweep.id,
+        name=sweep.name,
+        status=sweeps.status(sweep, ranked),
+        metric=sweep.metric,
+        mode=sweep.mode,
+        max_parallel=sweep.max_parallel,
+        trials=sweep.size,
+        launched=sweep.launched,
+        counts=dict(Counter(e.status for e in entries)),
+        created_at=sweep.created_at,
+        cancelled_at=sweep.cancelled_at,
+        best=best,
+        jobs=entries,
+    )

@@ -12,8 +12,12 @@ from service.api import docs
 
 # What a page loads: src and href attributes, and Swagger UI's `url: '...'` for the schema.
 REFERENCE = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)|\burl:\s*'([^']+)""")
-ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
-          "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
+ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "favicon.png": "image/png",
+}
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,13 @@ from service.core.errors import Conflict, Invalid, NotFound, Unavailable, Unproc
 def test_each_kind_of_core_error_gets_its_status():
     app = FastAPI()
     errors.install(app)
-    raised = {"missing": NotFound("job x not found"), "busy": Unavailable("queue full", retry_after=2),
-              "state": Conflict("it is running"), "bad": Invalid([(("data", "dataset"), "unknown")]),
-              "unusable": Unprocessable("not a zip archive")}
+    raised = {
+        "missing": NotFound("job x not found"),
+        "busy": Unavailable("queue full", retry_after=2),
+        "state": Conflict("it is running"),
+        "bad": Invalid([(("data", "dataset"), "unknown")]),
+        "unusable": Unprocessable("not a zip archive"),
+    }
 
     @app.get("/{kind}")
     def fail(kind: str):
@@ -64,7 +68,8 @@ def test_an_echoed_infinity_does_not_break_the_422():
         return body
 
     answer = TestClient(app, raise_server_exceptions=False).post(
-        "/jobs", content=b'{"epochs": 1e400, "": -1e400}', headers={"Content-Type": "application/json"})
+        "/jobs", content=b'{"epochs": 1e400, "": -1e400}', headers={"Content-Type": "application/json"}
+    )
     assert answer.status_code == 422 and answer.json()["detail"][0]["input"] == "inf"
 
 
@@ -94,8 +99,11 @@ def test_a_body_that_is_not_json_says_where_it_stops_or_what_to_send():
     [problem] = comma.json()["detail"]
     assert comma.status_code == 422 and problem["msg"].startswith("the body is not JSON: Expecting property name")
     assert problem["msg"].endswith("at character 13")
-    form = client.post("/jobs", content=b'{"model": {"arch": "lenet"}}',  # curl -d without -H
-                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    form = client.post(
+        "/jobs",
+        content=b'{"model": {"arch": "lenet"}}',  # curl -d without -H
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     [problem] = form.json()["detail"]
     assert form.status_code == 422 and problem["loc"] == ["body"]
     assert "Content-Type: application/json, not application/x-www-form-urlencoded" in problem["msg"]
@@ -103,8 +111,10 @@ def test_a_body_that_is_not_json_says_where_it_stops_or_what_to_send():
 
 def test_a_body_that_cannot_be_read_is_a_422_saying_why_not_a_bare_400():
     client = spec_client()
-    for body, why in ((b'{"epochs": "\xe9"}', "it is not UTF-8 text (byte 12: invalid continuation byte)"),
-                      (b"[" * 100_000, "it nests arrays or objects too deeply")):
+    for body, why in (
+        (b'{"epochs": "\xe9"}', "it is not UTF-8 text (byte 12: invalid continuation byte)"),
+        (b"[" * 100_000, "it nests arrays or objects too deeply"),
+    ):
         answer = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
         assert answer.status_code == 422 and answer.json()["detail"][0]["msg"] == f"the body is not JSON: {why}"
     app = FastAPI()
@@ -114,8 +124,9 @@ def test_a_body_that_cannot_be_read_is_a_422_saying_why_not_a_bare_400():
     def upload(name: Annotated[str, Form()]):
         return {}
 
-    form = TestClient(app).post("/upload", content=b"--x\r\n[[]]--x--\r\n",
-                                headers={"Content-Type": "multipart/form-data; boundary=x"})
+    form = TestClient(app).post(
+        "/upload", content=b"--x\r\n[[]]--x--\r\n", headers={"Content-Type": "multipart/form-data; boundary=x"}
+    )
     [problem] = form.json()["detail"]
     assert form.status_code == 422 and problem["loc"] == ["body"]
     assert problem["msg"].startswith("malformed multipart body: Found invalid character")
@@ -142,9 +153,16 @@ def spec_errors(spec: dict) -> dict[tuple, str]:
 
 
 def test_unknown_spec_keys_get_did_you_mean_from_the_names_known_there():
-    found = spec_errors({"model": {"arch": "sequential", "layers": [{"type": "linear", "out_featurs": 10}]},
-                         "data": {"dataset": "mnist", "augment": {"random_crop": {"pad": 2}}},
-                         "optimizer": {"learning_rate": 0.1}, "epoch": 3, "lr": 0.1, "colour": True})
+    found = spec_errors(
+        {
+            "model": {"arch": "sequential", "layers": [{"type": "linear", "out_featurs": 10}]},
+            "data": {"dataset": "mnist", "augment": {"random_crop": {"pad": 2}}},
+            "optimizer": {"learning_rate": 0.1},
+            "epoch": 3,
+            "lr": 0.1,
+            "colour": True,
+        }
+    )
     assert found[("body", "optimizer", "learning_rate")] == "unknown field 'learning_rate': did you mean 'lr'?"
     assert found[("body", "epoch")] == "unknown field 'epoch': did you mean 'epochs'?"
     assert found[("body", "lr")] == "unknown field 'lr': did you mean 'optimizer.lr'?"
@@ -170,6 +188,11 @@ def test_a_missing_or_unknown_arch_lists_the_archs():
 
 
 def test_a_number_is_never_a_boolean_or_a_string():
-    found = spec_errors({"model": {"arch": "mlp", "dropout": [True]}, "epochs": "3",
-                         "data": {"dataset": "synthetic-linear", "noise": False, "true_w": [1, 2]}})
+    found = spec_errors(
+        {
+            "model": {"arch": "mlp", "dropout": [True]},
+            "epochs": "3",
+            "data": {"dataset": "synthetic-linear", "noise": False, "true_w": [1, 2]},
+        }
+    )
     assert {("body", "epochs"), ("body", "data", "noise"), ("body", "model", "dropout", 0)} <= set(found)

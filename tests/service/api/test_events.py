@@ -10,16 +10,26 @@ def transition(to_status: str) -> dict:
 
 
 def finished_job() -> Snapshot:
-    return Snapshot(status="succeeded", waiting=None,
-                    transitions=[transition("queued"), transition("running"), transition("succeeded")],
-                    metrics=[{"epoch": 1}, {"epoch": 2}], logs=[{"id": 7}])
+    return Snapshot(
+        status="succeeded",
+        waiting=None,
+        transitions=[transition("queued"), transition("running"), transition("succeeded")],
+        metrics=[{"epoch": 1}, {"epoch": 2}],
+        logs=[{"id": 7}],
+    )
 
 
 def test_a_finished_jobs_replay_ends_with_its_end():
     events = new_events(finished_job(), Cursor())
     assert [(kind, data.get("to_status", data.get("epoch", data.get("id")))) for kind, data, _ in events] == [
-        ("status", "queued"), ("status", "running"), ("epoch", 1), ("epoch", 2), ("log", 7),
-        ("status", "succeeded"), ("end", None)]
+        ("status", "queued"),
+        ("status", "running"),
+        ("epoch", 1),
+        ("epoch", 2),
+        ("log", 7),
+        ("status", "succeeded"),
+        ("end", None),
+    ]
     assert events[-1][2] == "3.2.7.-"
 
 

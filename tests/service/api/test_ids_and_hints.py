@@ -56,8 +56,14 @@ def test_an_ambiguous_prefix_is_a_409_listing_the_jobs(api, trained_job, trained
     for path in (f"/v1/jobs/{trained_job[:8]}", f"/v1/jobs/{trained_job[:8]}/metrics"):
         answer = api.get(path)
         assert answer.status_code == 409 and twin in answer.json()["detail"] and trained_job in answer.json()["detail"]
-    assert api.post("/v1/predict", data={"model": f"job:{trained_job[:6]}"},
-                    files=[("files", ("a.png", png_bytes(1, seed=1), "image/png"))]).status_code == 409
+    assert (
+        api.post(
+            "/v1/predict",
+            data={"model": f"job:{trained_job[:6]}"},
+            files=[("files", ("a.png", png_bytes(1, seed=1), "image/png"))],
+        ).status_code
+        == 409
+    )
     assert api.get(f"/v1/jobs/{trained_job[:13]}").json()["id"] == trained_job
 
 

@@ -15,11 +15,17 @@ def encoded(data: dict, files: list) -> tuple[bytes, str]:
 
 def test_fields_and_files_in_order_with_their_bytes_intact():
     image = bytes(range(256)) * 3 + b"\r\n--not-a-boundary\r\n"
-    body, content_type = encoded({"model": "fashion@production", "top_k": "3"},
-                                 [("files", ("a.png", image, "image/png")), ("files", ("ünï.png", b"x", "image/png"))])
+    body, content_type = encoded(
+        {"model": "fashion@production", "top_k": "3"},
+        [("files", ("a.png", image, "image/png")), ("files", ("ünï.png", b"x", "image/png"))],
+    )
     parts = parse_form(body, content_type, max_parts=10)
-    assert [(p.name, p.filename) for p in parts] == [("model", None), ("top_k", None), ("files", "a.png"),
-                                                     ("files", "ünï.png")]
+    assert [(p.name, p.filename) for p in parts] == [
+        ("model", None),
+        ("top_k", None),
+        ("files", "a.png"),
+        ("files", "ünï.png"),
+    ]
     assert parts[0].text == "fashion@production" and bytes(parts[2].data) == image and parts[3].data == b"x"
 
 

@@ -9,8 +9,10 @@ from service.api import plots
 
 
 def rows(losses: list[float]) -> list[dict]:
-    return [{"epoch": epoch, "train_loss": loss, "test_loss": loss * 1.02, "train_acc": 0.5, "test_acc": 0.5}
-            for epoch, loss in enumerate(losses, start=1)]
+    return [
+        {"epoch": epoch, "train_loss": loss, "test_loss": loss * 1.02, "train_acc": 0.5, "test_acc": 0.5}
+        for epoch, loss in enumerate(losses, start=1)
+    ]
 
 
 def loss_labels(series) -> list[str]:
@@ -19,17 +21,24 @@ def loss_labels(series) -> list[str]:
         figure.canvas.draw()
         axis = figure.axes[0].yaxis
         assert figure.axes[0].get_yscale() == "log"
-        return [t.get_text() for ticks in (axis.get_majorticklabels(), axis.get_minorticklabels())
-                for t in ticks if t.get_text()]
+        return [
+            t.get_text()
+            for ticks in (axis.get_majorticklabels(), axis.get_minorticklabels())
+            for t in ticks
+            if t.get_text()
+        ]
     finally:
         plt.close(figure)
 
 
-@pytest.mark.parametrize("losses, expected", [
-    ([1.2, 1.16, 1.12, 1.1], {"1.16", "1.2"}),  # within one decade: minor ticks are labelled
-    ([0.9, 0.6, 0.4, 0.31], {"0.4", "1"}),
-    ([2.3, 0.5, 0.08, 0.012], {"0.01", "0.1", "1"}),  # several decades: the decades
-])
+@pytest.mark.parametrize(
+    "losses, expected",
+    [
+        ([1.2, 1.16, 1.12, 1.1], {"1.16", "1.2"}),  # within one decade: minor ticks are labelled
+        ([0.9, 0.6, 0.4, 0.31], {"0.4", "1"}),
+        ([2.3, 0.5, 0.08, 0.012], {"0.01", "0.1", "1"}),  # several decades: the decades
+    ],
+)
 def test_loss_axis_labels_are_plain_numbers(losses, expected):
     labels = loss_labels([("job", rows(losses))])
     assert expected <= set(labels), labels
@@ -45,8 +54,11 @@ def test_epochs_are_whole_and_validation_accuracy_is_drawn():
     figure = plots.learning_curves_figure(series)
     try:
         figure.canvas.draw()
-        epochs = [float(t.get_text().replace("\u2212", "-")) for t in figure.axes[0].xaxis.get_majorticklabels()
-                  if t.get_text()]
+        epochs = [
+            float(t.get_text().replace("\u2212", "-"))
+            for t in figure.axes[0].xaxis.get_majorticklabels()
+            if t.get_text()
+        ]
         assert epochs and all(epoch == int(epoch) for epoch in epochs), epochs
         assert "val acc" in [line.get_label() for line in figure.axes[1].get_lines()]
     finally:

@@ -62,6 +62,7 @@ def image(label: int = 3) -> list:
 
 # --- auth -------------------------------------------------------------------------------------------
 
+
 def test_tokens_guard_v1_but_not_health(guarded):
     missing = guarded.get("/v1/jobs")
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
@@ -82,6 +83,7 @@ def test_a_read_token_reads_and_may_not_write(guarded):
 
 # --- health -------------------------------------------------------------------------------------------
 
+
 def test_health_and_readiness(api):
     health = api.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
@@ -95,6 +97,7 @@ def test_health_and_readiness(api):
 
 
 # --- jobs ---------------------------------------------------------------------------------------------
+
 
 def test_submit_is_202_with_location_and_the_job_queued(api):
     job = submitted(api)
@@ -181,6 +184,7 @@ def test_metrics_and_logs_of_a_job(api, trained_job):
 
 # --- models -------------------------------------------------------------------------------------------
 
+
 def test_register_alias_threshold_and_delete(api, trained_job):
     first = api.post("/v1/models", json={"name": "shoes", "job_id": trained_job, "checkpoint": "best"})
     assert first.status_code == 201 and first.json()["version"] == 1, first.text
@@ -235,6 +239,7 @@ def test_import_validates_each_field_before_reading_the_weights(api):
 
 # --- datasets -----------------------------------------------------------------------------------------
 
+
 def test_dataset_uploads_are_validated(api):
     def upload(content: bytes, **form):
         return api.post("/v1/datasets", data=form, files={"file": ("d.zip", content, "application/zip")})
@@ -247,6 +252,7 @@ def test_dataset_uploads_are_validated(api):
     assert locs(upload(archive, test_fraction="1.5")) == [["body", "test_fraction"]]
     assert locs(upload(archive, color="sepia")) == [["body", "color"]]
     assert ["body", "colour"] in locs(upload(archive, colour="rgb"))
+
     # The file sent wrongly: a form without it, a text field (curl -F file=x.zip, no @), the raw body.
     def problem(answer) -> str:
         assert answer.status_code == 422 and locs(answer) == [["body", "file"]], answer.text
@@ -281,13 +287,15 @@ def test_datasets_are_listed_read_and_404_when_unknown(api):
 
 # --- sweeps -------------------------------------------------------------------------------------------
 
+
 def test_sweep_validation_names_the_path_and_creates_nothing(api):
     base = {**SOFTMAX_SPEC, "epochs": 1}
     bad = api.post("/v1/sweeps", json={"name": "bad", "base": base, "grid": {"optimizer.lr": [0.1, -1]}})
     (problem,) = bad.json()["detail"]
     assert bad.status_code == 422 and problem["loc"] == ["body", "grid", "optimizer.lr"] and "-1" in problem["msg"]
-    unknown = api.post("/v1/sweeps", json={"name": "bad", "base": {**base, "data": {"dataset": "nope"}},
-                                           "grid": {"epochs": [1, 2]}})
+    unknown = api.post(
+        "/v1/sweeps", json={"name": "bad", "base": {**base, "data": {"dataset": "nope"}}, "grid": {"epochs": [1, 2]}}
+    )
     assert locs(unknown)[0][:2] == ["body", "base"]
     neither = api.post("/v1/sweeps", json={"name": "bad", "base": base})
     assert neither.status_code == 422 and "grid or random" in neither.text
@@ -295,8 +303,9 @@ def test_sweep_validation_names_the_path_and_creates_nothing(api):
 
 
 def test_a_sweep_queues_its_trials_and_cancels_them(api):
-    created = api.post("/v1/sweeps", json={"name": "lrs", "base": {**SOFTMAX_SPEC, "epochs": 1},
-                                           "grid": {"optimizer.lr": [0.1, 0.2]}})
+    created = api.post(
+        "/v1/sweeps", json={"name": "lrs", "base": {**SOFTMAX_SPEC, "epochs": 1}, "grid": {"optimizer.lr": [0.1, 0.2]}}
+    )
     assert created.status_code == 202, created.text
     sweep = created.json()
     assert created.headers["location"] == f"/v1/sweeps/{sweep['id']}" and sweep["trials"] == 2
@@ -310,6 +319,7 @@ def test_a_sweep_queues_its_trials_and_cancels_them(api):
 
 # --- workers ------------------------------------------------------------------------------------------
 
+
 def test_workers_lists_the_live_ones(api):
     assert api.get("/v1/workers").json() == {"workers": [], "count": 0}
     cpu = {"devices": [{"name": "cpu", "kind": "cpu", "memory_bytes": None}], "torch": "2", "cuda": None}
@@ -321,6 +331,7 @@ def test_workers_lists_the_live_ones(api):
 
 # --- predict ------------------------------------------------------------------------------------------
 
+
 def test_predict_refuses_unknown_models_and_bad_fields(api, trained_job):
     unknown = api.post("/v1/predict", data={"model": "nothing"}, files=image())
     assert unknown.status_code == 404 and isinstance(unknown.json()["detail"], str)
@@ -328,8 +339,12 @@ def test_predict_refuses_unknown_models_and_bad_fields(api, trained_job):
     assert raw.status_code == 404
     assert api.post("/v1/models/nothing/predict", files=image()).status_code == 415  # multipart: not a raw image
     job = f"job:{trained_job}"
-    assert locs(api.post("/v1/predict", data={"model": job, "threshold": "1.5"}, files=image())) == [["body", "threshold"]]
-    assert locs(api.post("/v1/predict", data={"model": job, "threshold": "nan"}, files=image())) == [["body", "threshold"]]
+    assert locs(api.post("/v1/predict", data={"model": job, "threshold": "1.5"}, files=image())) == [
+        ["body", "threshold"]
+    ]
+    assert locs(api.post("/v1/predict", data={"model": job, "threshold": "nan"}, files=image())) == [
+        ["body", "threshold"]
+    ]
     assert locs(api.post("/v1/predict", data={"model": job, "top_k": "0"}, files=image())) == [["body", "top_k"]]
     assert locs(api.post("/v1/predict", data={"model": job, "top_k": "11"}, files=image())) == [["body", "top_k"]]
     assert locs(api.post("/v1/predict", data={"top_k": "1"}, files=image())) == [["body", "model"]]
@@ -351,6 +366,7 @@ def test_json_predict_says_how_images_are_sent(api, trained_job):
 
 
 # --- evaluation ---------------------------------------------------------------------------------------
+
 
 def test_evaluation_needs_a_classification_job_with_a_checkpoint(api, trained_job):
     regression = submitted(api, REGRESSION_SPEC)["id"]

@@ -12,21 +12,28 @@ from prometheus_client import REGISTRY
 
 from service.api.evaluations import Evaluations
 from service.api.serving import ModelServer
-from service.core.references import ModelNotFound
 from service.core.errors import Unavailable
+from service.core.references import ModelNotFound
 from service.core.settings import Settings
 
 
 def server_with(tmp_path, *, cache: int, batch: int, delay_ms: float, **settings) -> ModelServer:
-    settings = Settings(home=tmp_path / "home", model_cache_size=cache, max_batch_size=batch,
-                        max_batch_delay_ms=delay_ms, max_image_pixels=10**6, **settings)
+    settings = Settings(
+        home=tmp_path / "home",
+        model_cache_size=cache,
+        max_batch_size=batch,
+        max_batch_delay_ms=delay_ms,
+        max_image_pixels=10**6,
+        **settings,
+    )
     return ModelServer(settings)
 
 
 def cache_lookups() -> np.ndarray:
     """The model cache's (hits, misses) as /metrics counts them."""
-    return np.array([REGISTRY.get_sample_value("trainyard_model_cache_total", {"result": r}) or 0
-                     for r in ("hit", "miss")])
+    return np.array(
+        [REGISTRY.get_sample_value("trainyard_model_cache_total", {"result": r}) or 0 for r in ("hit", "miss")]
+    )
 
 
 def test_lru_eviction_and_reload(tmp_path, checkpoint):
@@ -143,9 +150,11 @@ def test_reference_cache_serves_stale_while_one_caller_refreshes(tmp_path):
 
 def slow(inputs: torch.Tensor, seconds: float):
     """A prepare() that holds the batch thread, so that requests queue up behind it."""
+
     def prepare():
         time.sleep(seconds)
         return inputs
+
     return prepare
 
 
@@ -174,8 +183,9 @@ def test_a_full_queue_refuses_at_once_and_says_when_to_retry(tmp_path, checkpoin
 
     async def run():
         batcher = server._batcher(loaded)
-        return await asyncio.gather(*(batcher.submit(1, slow(torch.rand(1, 1, 28, 28), 0.05)) for _ in range(8)),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(batcher.submit(1, slow(torch.rand(1, 1, 28, 28), 0.05)) for _ in range(8)), return_exceptions=True
+        )
 
     results = asyncio.run(run())
     refused = [r for r in results if isinstance(r, Unavailable)]
@@ -241,10 +251,12 @@ def test_the_onnxruntime_backend_answers_as_torch_does(tmp_path, checkpoint):
         loaded = server.load(path)
         return loaded, await server.image_probabilities(loaded, images)
 
-    torch_loaded, by_torch = asyncio.run(run(server_with(tmp_path, cache=1, batch=8, delay_ms=0,
-                                                         predict_backend="torch")))
-    loaded, by_onnx = asyncio.run(run(server_with(tmp_path, cache=1, batch=8, delay_ms=0,
-                                                  predict_backend="onnxruntime")))
+    torch_loaded, by_torch = asyncio.run(
+        run(server_with(tmp_path, cache=1, batch=8, delay_ms=0, predict_backend="torch"))
+    )
+    loaded, by_onnx = asyncio.run(
+        run(server_with(tmp_path, cache=1, batch=8, delay_ms=0, predict_backend="onnxruntime"))
+    )
     assert isinstance(loaded.predictor, OnnxRuntimePredictor)
     assert not isinstance(torch_loaded.predictor, OnnxRuntimePredictor)
     default = server_with(tmp_path, cache=1, batch=8, delay_ms=0)  # auto: ONNX Runtime on the CPU

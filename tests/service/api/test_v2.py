@@ -45,13 +45,16 @@ def test_fp32_from_json_and_from_binary_agree(predictor):
     assert torch.equal(from_json, torch.from_numpy(values))
 
 
-@pytest.mark.parametrize("shape, data, message", [
-    ([2, 1, 28], [0.0] * 56, "must have shape"),
-    ([9, 1, 28, 28], [0.0] * 9 * 784, "1 <= N <= 8"),
-    ([1, 1, 28, 28], [0.0] * 10, "10 values for shape"),
-    ([1, 1, 28, 28], [float("nan")] * 784, "NaN or infinite"),
-    ([1, 1, 28, 28], ["x"] * 784, "must be numbers"),
-])
+@pytest.mark.parametrize(
+    "shape, data, message",
+    [
+        ([2, 1, 28], [0.0] * 56, "must have shape"),
+        ([9, 1, 28, 28], [0.0] * 9 * 784, "1 <= N <= 8"),
+        ([1, 1, 28, 28], [0.0] * 10, "10 values for shape"),
+        ([1, 1, 28, 28], [float("nan")] * 784, "NaN or infinite"),
+        ([1, 1, 28, 28], ["x"] * 784, "must be numbers"),
+    ],
+)
 def test_bad_fp32_inputs_say_why(predictor, shape, data, message):
     with pytest.raises(v2.ProtocolError, match=message):
         v2.fp32_input({"name": "input", "shape": shape}, data, predictor, 8)
@@ -89,8 +92,12 @@ def test_a_threshold_withholds_classification_labels_with_a_documented_sentinel(
     wanted = [{"name": "probabilities", "parameters": {"classification": 2}}]
     (top,) = v2.outputs(wanted, probs, predictor, False, threshold=0.5)
     assert top["shape"] == [2, 2]
-    assert top["data"] == ["0.750000:0:0", "0.156250:1:1",  # sure: as without a threshold
-                           "0.400000:-1:", "0.400000:0:0"]  # not sure: no class, then the most likely ones
+    assert top["data"] == [
+        "0.750000:0:0",
+        "0.156250:1:1",  # sure: as without a threshold
+        "0.400000:-1:",
+        "0.400000:0:0",
+    ]  # not sure: no class, then the most likely ones
     (plain,) = v2.outputs(wanted, probs, predictor, False, threshold=0.0)
     assert plain["data"] == v2.outputs(wanted, probs, predictor, False)[0]["data"]
     (raw,) = v2.outputs([], probs, predictor, False, threshold=0.99)  # probabilities are sent as they are

@@ -15,16 +15,19 @@ from service.cli import client as cli_client
 from service.cli import main as cli_main
 
 
-@pytest.mark.parametrize("env, url", [
-    ({}, "http://127.0.0.1:8000"),
-    ({"TRAINYARD_PORT": "8123"}, "http://127.0.0.1:8123"),
-    ({"TRAINYARD_HOST": "10.1.2.3", "TRAINYARD_PORT": "9000"}, "http://10.1.2.3:9000"),
-    ({"TRAINYARD_HOST": "0.0.0.0", "TRAINYARD_PORT": "8001"}, "http://127.0.0.1:8001"),
-    ({"TRAINYARD_HOST": "::"}, "http://127.0.0.1:8000"),
-    ({"TRAINYARD_HOST": "::1", "TRAINYARD_PORT": "8002"}, "http://[::1]:8002"),
-    ({"TRAINYARD_HOST": "", "TRAINYARD_PORT": ""}, "http://127.0.0.1:8000"),
-    ({"TRAINYARD_URL": "https://trainyard.example:443", "TRAINYARD_PORT": "8123"}, "https://trainyard.example:443"),
-])
+@pytest.mark.parametrize(
+    "env, url",
+    [
+        ({}, "http://127.0.0.1:8000"),
+        ({"TRAINYARD_PORT": "8123"}, "http://127.0.0.1:8123"),
+        ({"TRAINYARD_HOST": "10.1.2.3", "TRAINYARD_PORT": "9000"}, "http://10.1.2.3:9000"),
+        ({"TRAINYARD_HOST": "0.0.0.0", "TRAINYARD_PORT": "8001"}, "http://127.0.0.1:8001"),
+        ({"TRAINYARD_HOST": "::"}, "http://127.0.0.1:8000"),
+        ({"TRAINYARD_HOST": "::1", "TRAINYARD_PORT": "8002"}, "http://[::1]:8002"),
+        ({"TRAINYARD_HOST": "", "TRAINYARD_PORT": ""}, "http://127.0.0.1:8000"),
+        ({"TRAINYARD_URL": "https://trainyard.example:443", "TRAINYARD_PORT": "8123"}, "https://trainyard.example:443"),
+    ],
+)
 def test_the_service_is_found_as_it_is_configured(env, url):
     assert cli_client.service_url(env) == url
 
@@ -36,8 +39,12 @@ def dialled(monkeypatch):
 
     def client(url, token):
         urls.append(url)
-        return httpx.Client(base_url=url, transport=httpx.MockTransport(
-            lambda request: httpx.Response(404, json={"detail": "job 75190f2c not found"})))
+        return httpx.Client(
+            base_url=url,
+            transport=httpx.MockTransport(
+                lambda request: httpx.Response(404, json={"detail": "job 75190f2c not found"})
+            ),
+        )
 
     monkeypatch.setattr(cli_client, "client", client)
     for name in ("TRAINYARD_URL", "TRAINYARD_HOST", "TRAINYARD_PORT"):
@@ -45,13 +52,16 @@ def dialled(monkeypatch):
     return urls
 
 
-@pytest.mark.parametrize("env, args, url", [
-    ({"TRAINYARD_PORT": "8123"}, [], "http://127.0.0.1:8123"),
-    ({"TRAINYARD_HOST": "0.0.0.0", "TRAINYARD_PORT": "8124"}, [], "http://127.0.0.1:8124"),
-    ({"TRAINYARD_URL": "http://127.0.0.1:8125", "TRAINYARD_PORT": "8123"}, [], "http://127.0.0.1:8125"),
-    ({"TRAINYARD_URL": "http://127.0.0.1:8125"}, ["--url", "http://127.0.0.1:8126"], "http://127.0.0.1:8126"),
-    ({}, [], "http://127.0.0.1:8000"),
-])
+@pytest.mark.parametrize(
+    "env, args, url",
+    [
+        ({"TRAINYARD_PORT": "8123"}, [], "http://127.0.0.1:8123"),
+        ({"TRAINYARD_HOST": "0.0.0.0", "TRAINYARD_PORT": "8124"}, [], "http://127.0.0.1:8124"),
+        ({"TRAINYARD_URL": "http://127.0.0.1:8125", "TRAINYARD_PORT": "8123"}, [], "http://127.0.0.1:8125"),
+        ({"TRAINYARD_URL": "http://127.0.0.1:8125"}, ["--url", "http://127.0.0.1:8126"], "http://127.0.0.1:8126"),
+        ({}, [], "http://127.0.0.1:8000"),
+    ],
+)
 def test_commands_dial_the_configured_service(dialled, env, args, url):
     result = CliRunner().invoke(cli_main.app, ["jobs", "show", "75190f2c", *args], env=env)
     assert dialled == [url] and result.exit_code != 0
@@ -111,11 +121,14 @@ def test_piped_tables_are_not_cut_to_80_columns():
 
     from tests.support.servers import REPO
 
-    script = ("from rich.table import Table\nfrom service.cli.client import console\n"
-              "table = Table('id', 'status', 'reason', 'error')\n"
-              "table.add_row('0123456789abcdef0123456789abcdef0123', 'succeeded', 'missing_weights', 'x' * 60)\n"
-              "console.print(table)")
+    script = (
+        "from rich.table import Table\nfrom service.cli.client import console\n"
+        "table = Table('id', 'status', 'reason', 'error')\n"
+        "table.add_row('0123456789abcdef0123456789abcdef0123', 'succeeded', 'missing_weights', 'x' * 60)\n"
+        "console.print(table)"
+    )
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert "0123456789abcdef0123456789abcdef0123" in out and "missing_weights" in out and "x" * 60 in out

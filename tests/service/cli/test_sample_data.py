@@ -13,8 +13,19 @@ from service.cli.sample_data import SHAPES, shapes_zip
 
 
 def test_the_command_writes_the_zip_and_one_new_image_per_class(tmp_path):
-    result = CliRunner().invoke(app, ["sample-data", str(tmp_path / "shapes.zip"), "--examples",
-                                      str(tmp_path / "shapes"), "--per-class", "7", "--test-per-class", "3"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sample-data",
+            str(tmp_path / "shapes.zip"),
+            "--examples",
+            str(tmp_path / "shapes"),
+            "--per-class",
+            "7",
+            "--test-per-class",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "shapes.zip: 40 images of circle, square, triangle, cross (7 train and 3 test each" in result.output
     names = zipfile.ZipFile(tmp_path / "shapes.zip").namelist()
@@ -37,13 +48,17 @@ def test_the_upload_takes_it(service_env):
 
     api = TestClient(create_app())
     archive = shapes_zip()
-    created = api.post("/v1/datasets", data={"name": "shapes"},
-                       files={"file": ("shapes.zip", archive, "application/zip")})
+    created = api.post(
+        "/v1/datasets", data={"name": "shapes"}, files={"file": ("shapes.zip", archive, "application/zip")}
+    )
     assert created.status_code == 201, created.text
     dataset = created.json()
     assert dataset["kind"] == "image_folder" and dataset["task"] == "classification"
     assert sorted(dataset["classes"]) == sorted(SHAPES) and dataset["input_shape"] == [1, 28, 28]
     assert (dataset["num_train"], dataset["num_test"], dataset["warnings"]) == (400, 100, [])
-    again = api.post("/v1/datasets", data={"name": "shapes"},
-                     files={"file": ("shapes.zip", io.BytesIO(shapes_zip()), "application/zip")})
+    again = api.post(
+        "/v1/datasets",
+        data={"name": "shapes"},
+        files={"file": ("shapes.zip", io.BytesIO(shapes_zip()), "application/zip")},
+    )
     assert again.status_code == 200 and again.json()["id"] == dataset["id"]  # same seed, same dataset

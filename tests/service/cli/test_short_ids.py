@@ -16,18 +16,51 @@ from service.cli import main as cli_main
 JOB = "985ef1ab-0c3d-4e5f-8a9b-0123456789ab"
 DATASET = "75190f2c-1111-4222-8333-444455556666"
 ANSWERS = {
-    "/v1/jobs": {"count": 1, "data": [{
-        "id": JOB, "name": "a job with a rather long name", "status": "succeeded", "reason": "early_stopped",
-        "epoch": 10, "epochs": 10, "latest_metrics": {"epoch": 10, "test_acc": 0.8123, "test_loss": 0.5123},
-        "best_metrics": {"epoch": 8, "test_acc": 0.8123, "test_loss": 0.5123},
-        "created_at": "2026-12-02T13:00:00.123456"}]},
-    "/v1/datasets": {"count": 1, "data": [{
-        "id": DATASET, "name": "flowers", "status": "ready", "error": None, "kind": "image_folder",
-        "input_shape": [3, 64, 64], "num_train": 240, "num_test": 60, "classes": ["daisy", "rose", "tulip"]}]},
-    "/v1/workers": {"workers": [{
-        "id": "celery@a-rather-long-host-name", "host": "a-rather-long-host-name", "pid": 4242,
-        "queues": ["trainyard", "trainyard-gpu"], "devices": [{"name": "NVIDIA H200"}], "current_job": JOB,
-        "last_seen": "2026-12-02T13:00:00"}]},
+    "/v1/jobs": {
+        "count": 1,
+        "data": [
+            {
+                "id": JOB,
+                "name": "a job with a rather long name",
+                "status": "succeeded",
+                "reason": "early_stopped",
+                "epoch": 10,
+                "epochs": 10,
+                "latest_metrics": {"epoch": 10, "test_acc": 0.8123, "test_loss": 0.5123},
+                "best_metrics": {"epoch": 8, "test_acc": 0.8123, "test_loss": 0.5123},
+                "created_at": "2026-12-02T13:00:00.123456",
+            }
+        ],
+    },
+    "/v1/datasets": {
+        "count": 1,
+        "data": [
+            {
+                "id": DATASET,
+                "name": "flowers",
+                "status": "ready",
+                "error": None,
+                "kind": "image_folder",
+                "input_shape": [3, 64, 64],
+                "num_train": 240,
+                "num_test": 60,
+                "classes": ["daisy", "rose", "tulip"],
+            }
+        ],
+    },
+    "/v1/workers": {
+        "workers": [
+            {
+                "id": "celery@a-rather-long-host-name",
+                "host": "a-rather-long-host-name",
+                "pid": 4242,
+                "queues": ["trainyard", "trainyard-gpu"],
+                "devices": [{"name": "NVIDIA H200"}],
+                "current_job": JOB,
+                "last_seen": "2026-12-02T13:00:00",
+            }
+        ]
+    },
 }
 
 
@@ -41,8 +74,9 @@ def narrow(monkeypatch) -> io.StringIO:
     return out
 
 
-@pytest.mark.parametrize("command, shown", [(["jobs", "list"], JOB[:8]), (["datasets", "list"], DATASET[:8]),
-                                            (["workers"], JOB[:8])])
+@pytest.mark.parametrize(
+    "command, shown", [(["jobs", "list"], JOB[:8]), (["datasets", "list"], DATASET[:8]), (["workers"], JOB[:8])]
+)
 def test_lists_show_whole_eight_character_ids_at_any_width(narrow, command, shown):
     result = CliRunner().invoke(cli_main.app, command)
     assert result.exit_code == 0, result.output
@@ -51,8 +85,15 @@ def test_lists_show_whole_eight_character_ids_at_any_width(narrow, command, show
 
 def test_the_sweep_table_shows_whole_eight_character_ids():
     out = io.StringIO()
-    sweep = {"id": DATASET, "name": "lr", "status": "running", "launched": 1, "trials": 2, "mode": "max",
-             "metric": "test_acc", "jobs": [{"job_id": JOB, "status": "running", "params": {"optimizer.lr": 0.1},
-                                             "metric": 0.8}]}
+    sweep = {
+        "id": DATASET,
+        "name": "lr",
+        "status": "running",
+        "launched": 1,
+        "trials": 2,
+        "mode": "max",
+        "metric": "test_acc",
+        "jobs": [{"job_id": JOB, "status": "running", "params": {"optimizer.lr": 0.1}, "metric": 0.8}],
+    }
     Console(file=out, width=40, color_system=None).print(cli_client.sweep_table(sweep))
     assert JOB[:8] in out.getvalue(), out.getvalue()

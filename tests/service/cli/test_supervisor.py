@@ -32,8 +32,13 @@ SUPERVISOR = textwrap.dedent("""
 
 
 def supervisor(tmp_path, sleep_after: int) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path / "starts"), str(sleep_after)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(tmp_path / "starts"), str(sleep_after)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     steady = int(proc.stdout.readline().split()[1])
     return proc, steady
 
@@ -44,8 +49,10 @@ def starts(tmp_path) -> int:
 
 
 def alive(pid: int) -> bool:
-    return subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip() \
-        not in ("", "Z")
+    return subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip() not in (
+        "",
+        "Z",
+    )
 
 
 def test_a_child_that_dies_is_restarted_and_sigterm_stops_all(tmp_path):
@@ -80,8 +87,10 @@ def test_a_child_that_cannot_be_started_again_stops_everything(monkeypatch):
 
     monkeypatch.setattr(sup, "RESTART_DELAY_S", 0.01)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    children = {"steady": sup.start([sys.executable, "-c", "import time; time.sleep(3600)"]),
-                "flaky": sup.start([sys.executable, "-c", "raise SystemExit(3)"])}
+    children = {
+        "steady": sup.start([sys.executable, "-c", "import time; time.sleep(3600)"]),
+        "flaky": sup.start([sys.executable, "-c", "raise SystemExit(3)"]),
+    }
 
     def cannot_fork(self):
         raise OSError(12, "Cannot allocate memory")

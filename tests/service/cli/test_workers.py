@@ -21,8 +21,11 @@ def test_queues_given_win_and_cuda_decides_the_default(tmp_path, monkeypatch):
 
 def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
     settings = Settings(home=tmp_path)
-    monkeypatch.setattr(main.worker_registry, "probe_devices",
-                        lambda: {"devices": [{"kind": "cpu"}, {"kind": "cuda"}, {"kind": "cuda"}]})
+    monkeypatch.setattr(
+        main.worker_registry,
+        "probe_devices",
+        lambda: {"devices": [{"kind": "cpu"}, {"kind": "cuda"}, {"kind": "cuda"}]},
+    )
     assert main.gpu_indices("all") == [0, 1] and main.gpu_indices("1,3") == [1, 3]
     workers = main.gpu_workers(settings, [0, 1], [settings.queue, settings.gpu_queue])
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in workers.values()] == ["0", "1"]

@@ -7,7 +7,6 @@ from sqlalchemy.orm import sessionmaker
 
 from service.core.db import WRITE_OPTION, make_engine
 from service.core.migrate import upgrade
-
 from tests.support.servers import PostgresSchema, postgres_available, require
 
 

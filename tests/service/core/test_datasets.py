@@ -16,8 +16,9 @@ from tests.support.datagen import image_folder_zip
 
 def accept(settings, data: bytes) -> str:
     with db.session_scope() as session:
-        return datasets.accept_upload(session, data=io.BytesIO(data), name="kept",
-                                      datasets_dir=settings.datasets_dir).id
+        return datasets.accept_upload(
+            session, data=io.BytesIO(data), name="kept", datasets_dir=settings.datasets_dir
+        ).id
 
 
 def record(dataset_id: str) -> StoredDataset:
@@ -28,8 +29,9 @@ def record(dataset_id: str) -> StoredDataset:
 
 
 def spec_on(dataset_id: str) -> JobSpec:
-    return JobSpec.model_validate({"model": {"arch": "softmax_regression"},
-                                   "data": {"dataset": f"uploaded:{dataset_id}"}, "epochs": 1})
+    return JobSpec.model_validate(
+        {"model": {"arch": "softmax_regression"}, "data": {"dataset": f"uploaded:{dataset_id}"}, "epochs": 1}
+    )
 
 
 def test_a_kept_upload_is_processing_then_ready(service_env):
@@ -60,10 +62,13 @@ def test_a_kept_upload_that_is_not_a_dataset_fails_with_the_reason(service_env):
 def test_abandoned_decoding_is_failed_by_the_housekeeper(service_env):
     dataset_id = accept(service_env, image_folder_zip(["a", "b"], per_class=6, test_per_class=2))
     with db.session_scope() as session:
-        assert datasets.fail_abandoned_uploads(session, older_than_seconds=3600,
-                                               datasets_dir=service_env.datasets_dir) == []
-        assert datasets.fail_abandoned_uploads(session, older_than_seconds=0,
-                                               datasets_dir=service_env.datasets_dir) == [dataset_id]
+        assert (
+            datasets.fail_abandoned_uploads(session, older_than_seconds=3600, datasets_dir=service_env.datasets_dir)
+            == []
+        )
+        assert datasets.fail_abandoned_uploads(
+            session, older_than_seconds=0, datasets_dir=service_env.datasets_dir
+        ) == [dataset_id]
     assert record(dataset_id).status == DatasetStatus.FAILED and "upload the archive again" in record(dataset_id).error
     datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=service_env)
     assert record(dataset_id).status == DatasetStatus.FAILED  # a late decoder changes nothing
@@ -96,8 +101,9 @@ def test_a_decode_in_progress_renews_its_heartbeat(service_env, monkeypatch):
     def slow(record, data, options, settings):
         time.sleep(1.5)  # far longer than the timeout below, with beats every 0.1 s
         with db.session_scope() as session:
-            verdicts.append(datasets.fail_abandoned_uploads(session, older_than_seconds=0.5,
-                                                            datasets_dir=settings.datasets_dir))
+            verdicts.append(
+                datasets.fail_abandoned_uploads(session, older_than_seconds=0.5, datasets_dir=settings.datasets_dir)
+            )
         real(record, data, options, settings)
 
     monkeypatch.setattr(datasets, "_decode_into", slow)
@@ -119,18 +125,36 @@ def test_the_same_upload_again_finds_the_dataset_it_made(service_env):
 
     first = digest()
     assert digest() == first and len(first) == 64
-    assert len({first, digest(name="other"), digest(color="rgb"), digest(test_fraction=0.3),
-                digest(image_size=32), digest(seed=1), digest(min_per_class=3),
-                digest(image_folder_zip(["a", "c"], per_class=6, test_per_class=2))}) == 8
+    assert (
+        len(
+            {
+                first,
+                digest(name="other"),
+                digest(color="rgb"),
+                digest(test_fraction=0.3),
+                digest(image_size=32),
+                digest(seed=1),
+                digest(min_per_class=3),
+                digest(image_folder_zip(["a", "c"], per_class=6, test_per_class=2)),
+            }
+        )
+        == 8
+    )
     with db.session_scope() as session:
         assert datasets.find_upload(session, digest=first) is None
-        made = datasets.store_upload(session, data=io.BytesIO(archive), name="shapes", options=options,
-                                     settings=service_env, digest=first).id
+        made = datasets.store_upload(
+            session, data=io.BytesIO(archive), name="shapes", options=options, settings=service_env, digest=first
+        ).id
     with db.session_scope() as session:
         assert datasets.find_upload(session, digest=first).id == made
         assert datasets.find_upload(session, digest=digest(name="other")) is None
-        kept = datasets.accept_upload(session, data=io.BytesIO(archive), name="kept",
-                                      datasets_dir=service_env.datasets_dir, digest=digest(name="kept")).id
+        kept = datasets.accept_upload(
+            session,
+            data=io.BytesIO(archive),
+            name="kept",
+            datasets_dir=service_env.datasets_dir,
+            digest=digest(name="kept"),
+        ).id
     with db.session_scope() as session:  # still being decoded: the same again waits for that one
         assert datasets.find_upload(session, digest=digest(name="kept")).id == kept
         session.get(StoredDataset, kept).status = DatasetStatus.FAILED
@@ -140,24 +164,36 @@ def test_the_same_upload_again_finds_the_dataset_it_made(service_env):
 
 def test_uploaded_datasets_are_named_by_their_names(service_env):
     with db.session_scope() as session:
-        shapes = datasets.accept_upload(session, data=io.BytesIO(b"zip"), name="shapes",
-                                        datasets_dir=service_env.datasets_dir).id
+        shapes = datasets.accept_upload(
+            session, data=io.BytesIO(b"zip"), name="shapes", datasets_dir=service_env.datasets_dir
+        ).id
     with db.session_scope(write=False) as session:
-        assert datasets.names(session, references=[f"uploaded:{shapes}", "uploaded:00000000-gone", "fashion-mnist",
-                                                   f"uploaded:{shapes}"]) == {f"uploaded:{shapes}": "shapes"}
+        assert datasets.names(
+            session, references=[f"uploaded:{shapes}", "uploaded:00000000-gone", "fashion-mnist", f"uploaded:{shapes}"]
+        ) == {f"uploaded:{shapes}": "shapes"}
         assert datasets.names(session, references=["mnist"]) == {}
 
 
 def test_a_name_another_dataset_has_is_refused_naming_it_unless_that_one_failed(service_env):
     with db.session_scope() as session:
-        first = datasets.store_upload(session, data=io.BytesIO(image_folder_zip(["a", "b"], per_class=6)),
-                                      name="shapes", options=datasets.UploadOptions(), settings=service_env).id
+        first = datasets.store_upload(
+            session,
+            data=io.BytesIO(image_folder_zip(["a", "b"], per_class=6)),
+            name="shapes",
+            options=datasets.UploadOptions(),
+            settings=service_env,
+        ).id
     other = image_folder_zip(["a", "c"], per_class=6)
     for upload in (datasets.store_upload, datasets.accept_upload):
         with db.session_scope() as session, pytest.raises(datasets.NameTaken) as taken:
             if upload is datasets.store_upload:
-                upload(session, data=io.BytesIO(other), name="shapes", options=datasets.UploadOptions(),
-                       settings=service_env)
+                upload(
+                    session,
+                    data=io.BytesIO(other),
+                    name="shapes",
+                    options=datasets.UploadOptions(),
+                    settings=service_env,
+                )
             else:
                 upload(session, data=io.BytesIO(other), name="shapes", datasets_dir=service_env.datasets_dir)
         assert first in str(taken.value) and f"DELETE /v1/datasets/{first}" in str(taken.value)
@@ -165,8 +201,9 @@ def test_a_name_another_dataset_has_is_refused_naming_it_unless_that_one_failed(
     with db.session_scope() as session:
         session.get(StoredDataset, first).status = DatasetStatus.FAILED
     with db.session_scope() as session:  # a failed upload's name can be used again, and means the new one
-        second = datasets.store_upload(session, data=io.BytesIO(other), name="shapes",
-                                       options=datasets.UploadOptions(), settings=service_env).id
+        second = datasets.store_upload(
+            session, data=io.BytesIO(other), name="shapes", options=datasets.UploadOptions(), settings=service_env
+        ).id
     with db.session_scope(write=False) as session:
         assert datasets.reference_id(session, given="shapes") == second
         assert len(datasets.list_datasets(session)) == 2

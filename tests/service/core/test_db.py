@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -24,10 +23,14 @@ def test_migrations_match_the_orm_tables(engine):
     assert {"jobs", "epoch_metrics", "checkpoints", "alembic_version"} <= set(inspect(engine).get_table_names())
 
 
-@pytest.mark.parametrize("table, column, before, kept", [
-    ("model_versions", "threshold", "0010", {"name", "version", "metrics"}),
-    ("datasets", "upload_digest", "0013", {"name", "status", "checksum"}),
-], ids=["threshold", "upload_digest"])
+@pytest.mark.parametrize(
+    "table, column, before, kept",
+    [
+        ("model_versions", "threshold", "0010", {"name", "version", "metrics"}),
+        ("datasets", "upload_digest", "0013", {"name", "status", "checksum"}),
+    ],
+    ids=["threshold", "upload_digest"],
+)
 def test_a_migration_downgrades_and_upgrades_again(engine, table, column, before, kept):
     from alembic import command
 

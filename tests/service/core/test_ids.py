@@ -22,7 +22,7 @@ def records(Session):
     with Session() as session:
         for job_id in (*TWINS, LONER):
             session.add(Job(id=job_id, spec={}, task="classification", epochs=1))
-        for dataset_id, name in zip((*TWINS, LONER), ("twin", "twin", "colours")):
+        for dataset_id, name in zip((*TWINS, LONER), ("twin", "twin", "colours"), strict=True):
             session.add(StoredDataset(id=dataset_id, name=name))
         session.add(Sweep(id=TWINS[0], name="s", request={}, trials=[], size=0, metric="test_acc", mode="max"))
         session.commit()

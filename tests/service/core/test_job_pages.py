@@ -25,10 +25,14 @@ def _make_jobs(Session, count: int) -> None:
             if n % 2:
                 jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
                 for epoch in (1, 2):
-                    jobs.record_epoch(session, job_id=job_id, attempt=1,
-                                      metrics={"epoch": epoch, "train_loss": 1 / epoch, "test_acc": 0.5},
-                                      checkpoint_path=f"{job_id}/epoch-000{epoch}.safetensors",
-                                      checkpoint_size=100 * epoch)
+                    jobs.record_epoch(
+                        session,
+                        job_id=job_id,
+                        attempt=1,
+                        metrics={"epoch": epoch, "train_loss": 1 / epoch, "test_acc": 0.5},
+                        checkpoint_path=f"{job_id}/epoch-000{epoch}.safetensors",
+                        checkpoint_size=100 * epoch,
+                    )
         session.commit()
 
 
@@ -43,10 +47,16 @@ def file_calls(monkeypatch) -> list[str]:
         def wrapper(*args, **kwargs):
             calls.append(name)
             return original(*args, **kwargs)
+
         monkeypatch.setattr(owner, name, wrapper)
 
-    for owner, name in ((os, "stat"), (os, "scandir"), (os, "listdir"), (pathlib.Path, "rglob"),
-                        (pathlib.Path, "iterdir")):
+    for owner, name in (
+        (os, "stat"),
+        (os, "scandir"),
+        (os, "listdir"),
+        (pathlib.Path, "rglob"),
+        (pathlib.Path, "iterdir"),
+    ):
         counted(owner, name)
     return calls
 

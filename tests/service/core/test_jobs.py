@@ -54,12 +54,24 @@ def test_recording_an_epoch_twice_keeps_one_row_with_the_latest_values(Session):
         session.commit()
     for loss in (0.9, 0.5):
         with Session() as session:
-            jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 1, "train_loss": loss, "test_acc": 0.5},
-                              checkpoint_path=f"{job_id}/epoch-0001.safetensors", checkpoint_size=10)
+            jobs.record_epoch(
+                session,
+                job_id=job_id,
+                attempt=1,
+                metrics={"epoch": 1, "train_loss": loss, "test_acc": 0.5},
+                checkpoint_path=f"{job_id}/epoch-0001.safetensors",
+                checkpoint_size=10,
+            )
             session.commit()
     with Session() as session:
-        jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 2, "train_loss": 0.4, "test_acc": 0.7},
-                          checkpoint_path=f"{job_id}/epoch-0002.safetensors", checkpoint_size=10)
+        jobs.record_epoch(
+            session,
+            job_id=job_id,
+            attempt=1,
+            metrics={"epoch": 2, "train_loss": 0.4, "test_acc": 0.7},
+            checkpoint_path=f"{job_id}/epoch-0002.safetensors",
+            checkpoint_size=10,
+        )
         session.commit()
         rows = jobs.get_metrics(session, job_id=job_id)
         assert [(r.epoch, r.train_loss) for r in rows] == [(1, 0.5), (2, 0.4)]
@@ -154,8 +166,9 @@ def test_a_stale_attempt_is_fenced_out(Session):
     with Session() as session:
         assert jobs.heartbeat(session, job_id=job_id, attempt=1) is None
         with pytest.raises(jobs.LeaseLost):
-            jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 1},
-                              checkpoint_path="x", checkpoint_size=1)
+            jobs.record_epoch(
+                session, job_id=job_id, attempt=1, metrics={"epoch": 1}, checkpoint_path="x", checkpoint_size=1
+            )
         session.rollback()
         assert not jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.SUCCEEDED)
         assert jobs.heartbeat(session, job_id=job_id, attempt=2) == JobStatus.RUNNING
@@ -196,17 +209,26 @@ def _job_with_epochs(spec: dict, task: str = "classification"):
     test accuracy best at epoch 2, the last at epoch 3."""
     from service.core.tables import Checkpoint, Job
 
-    metrics = [{"val_acc": 0.9, "test_acc": 0.5, "test_loss": 2.0}, {"val_acc": 0.6, "test_acc": 0.95, "test_loss": 0.1},
-               {"val_acc": 0.7, "test_acc": 0.6, "test_loss": 1.0}]
-    return Job(spec=spec, task=task, checkpoints=[Checkpoint(epoch=i + 1, path="x", size_bytes=1, metrics=m)
-                                                   for i, m in enumerate(metrics)])
+    metrics = [
+        {"val_acc": 0.9, "test_acc": 0.5, "test_loss": 2.0},
+        {"val_acc": 0.6, "test_acc": 0.95, "test_loss": 0.1},
+        {"val_acc": 0.7, "test_acc": 0.6, "test_loss": 1.0},
+    ]
+    return Job(
+        spec=spec,
+        task=task,
+        checkpoints=[Checkpoint(epoch=i + 1, path="x", size_bytes=1, metrics=m) for i, m in enumerate(metrics)],
+    )
 
 
-@pytest.mark.parametrize(("data", "stopping", "epoch", "selected_on"), [
-    ({"val_fraction": 0.2}, None, 1, "val_acc"),  # a validation split: chosen on it
-    ({}, None, 3, "last_epoch"),  # no validation: the last epoch, never the best test result
-    ({}, {"metric": "test_loss"}, 2, "test_loss"),  # early stopping on a test metric was asked for
-])
+@pytest.mark.parametrize(
+    ("data", "stopping", "epoch", "selected_on"),
+    [
+        ({"val_fraction": 0.2}, None, 1, "val_acc"),  # a validation split: chosen on it
+        ({}, None, 3, "last_epoch"),  # no validation: the last epoch, never the best test result
+        ({}, {"metric": "test_loss"}, 2, "test_loss"),  # early stopping on a test metric was asked for
+    ],
+)
 def test_best_is_chosen_on_validation_never_silently_on_test(data, stopping, epoch, selected_on):
     spec = {"data": {"dataset": "fashion-mnist", **data}, **({"early_stopping": stopping} if stopping else {})}
     job = _job_with_epochs(spec)
@@ -218,8 +240,11 @@ def test_a_tie_on_accuracy_goes_to_the_lower_loss_then_the_earlier_epoch():
     from service.core.tables import Checkpoint, Job
 
     def best(*metrics):
-        job = Job(spec={"data": {"dataset": "fashion-mnist", "val_fraction": 0.1}}, task="classification",
-                  checkpoints=[Checkpoint(epoch=i + 1, path="x", size_bytes=1, metrics=m) for i, m in enumerate(metrics)])
+        job = Job(
+            spec={"data": {"dataset": "fashion-mnist", "val_fraction": 0.1}},
+            task="classification",
+            checkpoints=[Checkpoint(epoch=i + 1, path="x", size_bytes=1, metrics=m) for i, m in enumerate(metrics)],
+        )
         return jobs.best_checkpoint(job).epoch
 
     assert best({"val_acc": 0.8}, {"val_acc": 1.0, "val_loss": 0.79}, {"val_acc": 1.0, "val_loss": 0.43}) == 3
@@ -227,11 +252,14 @@ def test_a_tie_on_accuracy_goes_to_the_lower_loss_then_the_earlier_epoch():
     assert best({"val_acc": 1.0}, {"val_acc": 1.0, "val_loss": 0.4}) == 2  # a loss beats none
 
 
-@pytest.mark.parametrize(("peak", "status", "reason"), [
-    (0.95, JobStatus.FAILED, "out_of_memory"),  # lost while near its memory: killed for it, not retried
-    (0.30, JobStatus.QUEUED, "worker_lost"),  # lost for another reason: retried
-    (None, JobStatus.QUEUED, "worker_lost"),  # its worker never said
-])
+@pytest.mark.parametrize(
+    ("peak", "status", "reason"),
+    [
+        (0.95, JobStatus.FAILED, "out_of_memory"),  # lost while near its memory: killed for it, not retried
+        (0.30, JobStatus.QUEUED, "worker_lost"),  # lost for another reason: retried
+        (None, JobStatus.QUEUED, "worker_lost"),  # its worker never said
+    ],
+)
 def test_a_lost_attempt_near_its_memory_limit_is_out_of_memory_and_not_retried(Session, peak, status, reason):
     with Session() as session:
         job_id = jobs.create_job(session, spec=SPEC, task="classification").id
@@ -241,8 +269,12 @@ def test_a_lost_attempt_near_its_memory_limit_is_out_of_memory_and_not_retried(S
         jobs.heartbeat(session, job_id=job_id, attempt=attempt, memory_peak=peak)
         session.commit()
     with Session() as session:
-        assert jobs.reap_one(session, job_id=job_id, cutoff=utcnow() + timedelta(seconds=1), max_attempts=3,
-                             oom_fraction=0.9) == status
+        assert (
+            jobs.reap_one(
+                session, job_id=job_id, cutoff=utcnow() + timedelta(seconds=1), max_attempts=3, oom_fraction=0.9
+            )
+            == status
+        )
         session.commit()
         job = jobs.get_job(session, job_id=job_id)
         assert job.status == status and job.events[-1].reason == reason

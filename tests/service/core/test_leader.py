@@ -26,8 +26,11 @@ def test_on_postgresql_deployments_in_other_schemas_do_not_compete():
     with PostgresSchema() as one, PostgresSchema() as two:
         engines = [make_engine(one.url), make_engine(two.url)]
         try:
-            first, rival, elsewhere = (Leadership("reaper", engines[0]), Leadership("reaper", engines[0]),
-                                       Leadership("reaper", engines[1]))
+            first, rival, elsewhere = (
+                Leadership("reaper", engines[0]),
+                Leadership("reaper", engines[0]),
+                Leadership("reaper", engines[1]),
+            )
             assert first.held() and not rival.held() and elsewhere.held()
             first.release()
             assert rival.held()

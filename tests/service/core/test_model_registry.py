@@ -55,8 +55,9 @@ def test_a_default_threshold_is_kept_set_and_cleared_and_refused_on_regression(s
     from service.core.references import resolve
 
     with db.session_scope() as session:
-        version = model_registry.register(session, name="fashion", job_id=trained_job, checkpoint="best",
-                                    settings=service_env, threshold=0.6)
+        version = model_registry.register(
+            session, name="fashion", job_id=trained_job, checkpoint="best", settings=service_env, threshold=0.6
+        )
         assert version.threshold == 0.6
     with db.session_scope(write=False) as session:
         assert resolve(session, reference="fashion", settings=service_env).threshold == 0.6
@@ -87,13 +88,18 @@ def test_init_from_is_pinned_at_submit_and_kept_while_unfinished_jobs_start_from
     register(service_env, trained_job, "last")
     with db.session_scope() as session:
         model_registry.set_alias(session, name="fashion", alias="production", version=1)
-    spec = {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"}, "epochs": 1,
-            "init_from": {"model": "fashion@production"}}
+    spec = {
+        "model": {"arch": "softmax_regression"},
+        "data": {"dataset": "fashion-mnist"},
+        "epochs": 1,
+        "init_from": {"model": "fashion@production"},
+    }
 
     def submit():
         with db.session_scope() as session:
-            return submission.submit_job(session, spec=JobSpec.model_validate(spec), settings=service_env,
-                                         idempotency_key="pinned")
+            return submission.submit_job(
+                session, spec=JobSpec.model_validate(spec), settings=service_env, idempotency_key="pinned"
+            )
 
     def init_from(job_id):
         with db.session_scope(write=False) as session:
@@ -108,8 +114,9 @@ def test_init_from_is_pinned_at_submit_and_kept_while_unfinished_jobs_start_from
     with db.session_scope() as session, pytest.raises(Conflict, match=f"unfinished job.*{first.job_id}"):
         model_registry.delete_version(session, name="fashion", version=1, settings=service_env)
 
-    grid = SweepSpec.model_validate({"name": "from-production", "base": spec, "grid": {"optimizer.lr": [0.1, 0.2]},
-                                     "max_parallel": 1})
+    grid = SweepSpec.model_validate(
+        {"name": "from-production", "base": spec, "grid": {"optimizer.lr": [0.1, 0.2]}, "max_parallel": 1}
+    )
     with db.session_scope() as session:
         sweep_id = sweeps.create(session, sweep=grid, settings=service_env).sweep.id
     with db.session_scope() as session:

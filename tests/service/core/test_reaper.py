@@ -68,8 +68,12 @@ def test_the_reaper_launches_a_sweeps_next_trial_when_a_slot_is_free(service_env
     from models.spec.sweeps import SweepSpec
     from service.core import sweeps
 
-    request = SweepSpec(name="s", base={"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}},
-                        grid={"optimizer.lr": [0.1, 0.2, 0.3]}, max_parallel=1)
+    request = SweepSpec(
+        name="s",
+        base={"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}},
+        grid={"optimizer.lr": [0.1, 0.2, 0.3]},
+        max_parallel=1,
+    )
     with db.session_scope() as session:
         sweep_id = sweeps.create(session, sweep=request, settings=service_env).sweep.id
     with db.session_scope(write=False) as session:

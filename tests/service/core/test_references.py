@@ -35,15 +35,18 @@ def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
     assert resolve_now(service_env, "digits@production").path == service_env.registry_dir / "digits" / "v1.safetensors"
 
 
-@pytest.mark.parametrize("reference, message", [
-    ("job:0b0b0b0b-0000-0000-0000-000000000000", "there is no job"),
-    ("job:{job}:9", "has no checkpoint for epoch 9"),
-    ("nobody", "model 'nobody' not found"),
-    ("nobody:3", "not found"),
-    ("nobody@staging", "model 'nobody@staging' not found: no model is registered yet"),
-    ("../../etc/passwd", "use name, name:VERSION, name@ALIAS or job:ID"),
-    ("/tmp/model.safetensors", "use name"),
-])
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        ("job:0b0b0b0b-0000-0000-0000-000000000000", "there is no job"),
+        ("job:{job}:9", "has no checkpoint for epoch 9"),
+        ("nobody", "model 'nobody' not found"),
+        ("nobody:3", "not found"),
+        ("nobody@staging", "model 'nobody@staging' not found: no model is registered yet"),
+        ("../../etc/passwd", "use name, name:VERSION, name@ALIAS or job:ID"),
+        ("/tmp/model.safetensors", "use name"),
+    ],
+)
 def test_unknown_references_are_not_found(service_env, trained_job, reference, message):
     with pytest.raises(ModelNotFound, match=message):
         resolve_now(service_env, reference.format(job=trained_job))
@@ -57,14 +60,18 @@ def test_a_near_miss_says_what_there_is(service_env, trained_job):
         model_registry.set_alias(session, name="photos", alias="production", version=2)
         model_registry.set_alias(session, name="photos", alias="staging", version=1)
     for reference, message in (
-            ("photo", "model 'photo' not found; did you mean 'photos'?"),
-            ("photo@production", "did you mean 'photos'?"),
-            ("cats", "model 'cats' not found; registered models: digits, photos"),
-            ("photos@prod", "model 'photos' has no alias 'prod'; did you mean photos@production\\? "
-                            "its aliases: production=2, staging=1"),
-            ("photos@canary", "has no alias 'canary'; its aliases: production=2, staging=1"),
-            ("digits@production", "model 'digits' has no alias 'production'; it has no aliases yet"),
-            ("photos:9", "model 'photos' has no version 9; its versions: 1, 2")):
+        ("photo", "model 'photo' not found; did you mean 'photos'?"),
+        ("photo@production", "did you mean 'photos'?"),
+        ("cats", "model 'cats' not found; registered models: digits, photos"),
+        (
+            "photos@prod",
+            "model 'photos' has no alias 'prod'; did you mean photos@production\\? "
+            "its aliases: production=2, staging=1",
+        ),
+        ("photos@canary", "has no alias 'canary'; its aliases: production=2, staging=1"),
+        ("digits@production", "model 'digits' has no alias 'production'; it has no aliases yet"),
+        ("photos:9", "model 'photos' has no version 9; its versions: 1, 2"),
+    ):
         with pytest.raises(ModelNotFound, match=message):
             resolve_now(service_env, reference)
 
@@ -86,8 +93,11 @@ def test_a_stored_path_cannot_escape_its_folder(service_env, trained_job):
     from service.core.tables import Checkpoint
 
     with db.session_scope() as session:
-        session.execute(update(Checkpoint).where(Checkpoint.job_id == trained_job, Checkpoint.epoch == 2)
-                        .values(path="../../outside.safetensors"))
+        session.execute(
+            update(Checkpoint)
+            .where(Checkpoint.job_id == trained_job, Checkpoint.epoch == 2)
+            .values(path="../../outside.safetensors")
+        )
     with pytest.raises(ModelNotFound, match="lies outside its folder"):
         resolve_now(service_env, f"job:{trained_job}:2")
 
@@ -107,8 +117,9 @@ def test_an_ambiguous_job_prefix_lists_the_jobs(service_env, trained_job, traine
     assert resolve_now(service_env, f"job:{trained_job[:13]}").job_id == trained_job
 
 
-@pytest.mark.parametrize("given", [lambda job: job, lambda job: job[:8], lambda job: job.upper()],
-                         ids=["full", "prefix", "upper-case"])
+@pytest.mark.parametrize(
+    "given", [lambda job: job, lambda job: job[:8], lambda job: job.upper()], ids=["full", "prefix", "upper-case"]
+)
 def test_a_bare_job_id_as_a_model_asks_whether_job_colon_was_meant(service_env, trained_job, given):
     with pytest.raises(ModelNotFound, match=f"did you mean job:{trained_job}\\?"):
         resolve_now(service_env, given(trained_job))

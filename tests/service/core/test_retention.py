@@ -32,8 +32,14 @@ def test_deleting_a_job_cascades_on_each_database(Session, tmp_path):
     with Session() as session:
         job_id = jobs.create_job(session, spec=SPEC, task="classification").id
         jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3)
-        jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 1, "train_loss": 0.5},
-                          checkpoint_path=f"{job_id}/epoch-0001.safetensors", checkpoint_size=10)
+        jobs.record_epoch(
+            session,
+            job_id=job_id,
+            attempt=1,
+            metrics={"epoch": 1, "train_loss": 0.5},
+            checkpoint_path=f"{job_id}/epoch-0001.safetensors",
+            checkpoint_size=10,
+        )
         session.commit()
         with pytest.raises(Conflict, match="cannot delete job .* it is running; cancel it first .*, then delete it"):
             retention.delete_job(session, job_id=job_id, settings=settings)
@@ -54,7 +60,9 @@ def test_deleting_a_job_cascades_on_each_database(Session, tmp_path):
 
 def test_a_registered_version_outlives_its_deleted_job(service_env, trained_job):
     with db.session_scope() as session:
-        version = model_registry.register(session, name="kept", job_id=trained_job, checkpoint="best", settings=service_env)
+        version = model_registry.register(
+            session, name="kept", job_id=trained_job, checkpoint="best", settings=service_env
+        )
     assert files_size(service_env, trained_job) > 0
     with db.session_scope() as session:
         retention.delete_job(session, job_id=trained_job, settings=service_env)
@@ -106,9 +114,13 @@ def test_the_embedded_broker_forgets_consumed_messages(service_env):
         broker.send_train_job("00000000-0000-0000-0000-000000000000", service_env.queue)
     engine = db.make_engine(service_env.broker_url.removeprefix("sqla+"))
     with engine.begin() as connection:  # as the transport marks a message a worker took
-        connection.execute(text("UPDATE kombu_message SET visible = :no, timestamp = :at "
-                                "WHERE id IN (SELECT id FROM kombu_message ORDER BY id LIMIT 2)"),
-                           {"no": False, "at": datetime.now() - timedelta(hours=3)})  # its clock: local, naive
+        connection.execute(
+            text(
+                "UPDATE kombu_message SET visible = :no, timestamp = :at "
+                "WHERE id IN (SELECT id FROM kombu_message ORDER BY id LIMIT 2)"
+            ),
+            {"no": False, "at": datetime.now() - timedelta(hours=3)},
+        )  # its clock: local, naive
     assert embedded_broker.purge_consumed(service_env.broker_url, older_than_seconds=3600) == 2
     assert embedded_broker.purge_consumed(service_env.broker_url, older_than_seconds=3600) == 0
     assert broker.queue_depth(service_env.queue) == 1  # the message nobody took is still there

@@ -32,8 +32,9 @@ def test_production_urls_switch_backends(monkeypatch, tmp_path):
     assert settings.data_dir == Path("relative-data").resolve() and settings.port == 9001
 
 
-@pytest.mark.parametrize("key, value", [("TRAINYARD_PORT", "0"), ("TRAINYARD_QUEUE", "bad queue!"),
-                                        ("TRAINYARD_MAX_UPLOAD_BYTES", "10")])
+@pytest.mark.parametrize(
+    "key, value", [("TRAINYARD_PORT", "0"), ("TRAINYARD_QUEUE", "bad queue!"), ("TRAINYARD_MAX_UPLOAD_BYTES", "10")]
+)
 def test_unsafe_values_are_refused(monkeypatch, key, value):
     monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):
@@ -53,19 +54,34 @@ def test_threads_and_queues(monkeypatch, tmp_path):
     assert Settings().training_threads == 3
 
 
-@pytest.mark.parametrize("host, tokens, allow_open, refused", [
-    ("127.0.0.1", "", False, False), ("::1", "", False, False), ("localhost", "", False, False),
-    ("0.0.0.0", "", False, True), ("192.168.1.5", " , ", False, True),
-    ("0.0.0.0", LONG_TOKEN, False, False), ("0.0.0.0", "", True, False)])
+@pytest.mark.parametrize(
+    "host, tokens, allow_open, refused",
+    [
+        ("127.0.0.1", "", False, False),
+        ("::1", "", False, False),
+        ("localhost", "", False, False),
+        ("0.0.0.0", "", False, True),
+        ("192.168.1.5", " , ", False, True),
+        ("0.0.0.0", LONG_TOKEN, False, False),
+        ("0.0.0.0", "", True, False),
+    ],
+)
 def test_the_api_is_not_exposed_without_tokens_by_accident(host, tokens, allow_open, refused):
     settings = Settings(host=host, api_tokens=tokens, allow_open=allow_open)
     assert (settings.exposure_refusal() is not None) == refused
 
 
-@pytest.mark.parametrize("tokens", [
-    "change-me-to-a-long-random-token,change-me-too:read",  # .env.example's old values, verbatim
-    f"{LONG_TOKEN},change-me-too:read", f"change-me-to-a-long-random-token,{LONG_TOKEN}:read",
-    "x" * (MIN_SECRET_LENGTH - 1), f"{LONG_TOKEN},short", "CHANGE-ME-please-0123456789abcdef"])
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        "change-me-to-a-long-random-token,change-me-too:read",  # .env.example's old values, verbatim
+        f"{LONG_TOKEN},change-me-too:read",
+        f"change-me-to-a-long-random-token,{LONG_TOKEN}:read",
+        "x" * (MIN_SECRET_LENGTH - 1),
+        f"{LONG_TOKEN},short",
+        "CHANGE-ME-please-0123456789abcdef",
+    ],
+)
 def test_placeholder_or_short_tokens_are_refused_beyond_loopback(tokens):
     refusal = Settings(host="0.0.0.0", api_tokens=tokens).exposure_refusal()
     assert refusal is not None and str(MIN_SECRET_LENGTH) in refusal and "secrets.token_urlsafe(32)" in refusal
@@ -79,10 +95,19 @@ def test_long_random_tokens_are_accepted_beyond_loopback():
     assert Settings(host="0.0.0.0", api_tokens=tokens).exposure_refusal() is None
 
 
-@pytest.mark.parametrize("basic_auth, refused", [
-    ("", True), ("admin", True), (":" + LONG_TOKEN, True), ("admin:change-me", True), ("admin:short", True),
-    (f"admin:{LONG_TOKEN},ops:change-me", True), (f"admin:{LONG_TOKEN}", False),
-    (f"admin:{LONG_TOKEN},ops:{LONG_TOKEN[::-1]}", False)])
+@pytest.mark.parametrize(
+    "basic_auth, refused",
+    [
+        ("", True),
+        ("admin", True),
+        (":" + LONG_TOKEN, True),
+        ("admin:change-me", True),
+        ("admin:short", True),
+        (f"admin:{LONG_TOKEN},ops:change-me", True),
+        (f"admin:{LONG_TOKEN}", False),
+        (f"admin:{LONG_TOKEN},ops:{LONG_TOKEN[::-1]}", False),
+    ],
+)
 def test_flower_refuses_a_placeholder_login(basic_auth, refused):
     reason = flower_auth_refusal(basic_auth)
     assert (reason is not None) == refused

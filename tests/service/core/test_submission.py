@@ -16,8 +16,7 @@ SPEC = {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mn
 
 def submit(settings, spec=SPEC, key=None):
     with db.session_scope() as session:
-        return submission.submit_job(session, spec=JobSpec.model_validate(spec), settings=settings,
-                                     idempotency_key=key)
+        return submission.submit_job(session, spec=JobSpec.model_validate(spec), settings=settings, idempotency_key=key)
 
 
 def warnings_of(settings, spec=SPEC) -> list[str]:
@@ -64,8 +63,7 @@ def test_what_only_the_data_can_rule_out_is_invalid_with_its_location(service_en
 @pytest.mark.slow
 def test_with_the_broker_down_the_job_waits_in_sql_for_the_reaper(service_env, monkeypatch):
     unreachable = Celery("down", broker="redis://127.0.0.1:1/0")
-    unreachable.conf.update(task_publish_retry=False, broker_connection_timeout=0.5,
-                            broker_connection_max_retries=0)
+    unreachable.conf.update(task_publish_retry=False, broker_connection_timeout=0.5, broker_connection_max_retries=0)
     monkeypatch.setattr(broker, "app", unreachable)
     submitted = submit(service_env)
     assert status_of(submitted.job_id) == JobStatus.QUEUED
@@ -83,8 +81,11 @@ def test_a_builtin_dataset_missing_from_the_data_folder_is_warned_of(service_env
 
 
 def test_a_frozen_backbone_without_weights_is_warned_of(service_env):
-    spec = {"model": {"arch": "pretrained", "backbone": "resnet18", "weights": None, "freeze": "backbone"},
-            "data": {"dataset": "cifar10"}, "epochs": 1}
+    spec = {
+        "model": {"arch": "pretrained", "backbone": "resnet18", "weights": None, "freeze": "backbone"},
+        "data": {"dataset": "cifar10"},
+        "epochs": 1,
+    }
     [warning] = warnings_of(service_env, spec)
     assert "randomly initialised backbone frozen" in warning
     assert warnings_of(service_env, {**spec, "model": {**spec["model"], "freeze": "none"}}) == []

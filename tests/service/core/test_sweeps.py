@@ -14,15 +14,30 @@ BASE = {"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "optimiz
 
 def test_a_grid_is_every_combination_in_order():
     sweep = SweepSpec(name="g", base=BASE, grid={"optimizer.lr": [0.1, 0.5], "model.dropout": [[0.0], [0.5]]})
-    assert sweep.trials() == [{"optimizer.lr": 0.1, "model.dropout": [0.0]}, {"optimizer.lr": 0.1, "model.dropout": [0.5]},
-                              {"optimizer.lr": 0.5, "model.dropout": [0.0]}, {"optimizer.lr": 0.5, "model.dropout": [0.5]}]
+    assert sweep.trials() == [
+        {"optimizer.lr": 0.1, "model.dropout": [0.0]},
+        {"optimizer.lr": 0.1, "model.dropout": [0.5]},
+        {"optimizer.lr": 0.5, "model.dropout": [0.0]},
+        {"optimizer.lr": 0.5, "model.dropout": [0.5]},
+    ]
 
 
 def test_random_draws_follow_the_seed_and_stay_in_range():
     def draws(seed):
-        return SweepSpec(name="r", base=BASE, random={"count": 20, "seed": seed, "distributions": {
-            "optimizer.lr": {"log_uniform": [1e-4, 1]}, "epochs": {"integer": [1, 3]},
-            "model.activation": {"choice": ["relu", "tanh"]}, "optimizer.momentum": {"uniform": [0, 0.9]}}}).trials()
+        return SweepSpec(
+            name="r",
+            base=BASE,
+            random={
+                "count": 20,
+                "seed": seed,
+                "distributions": {
+                    "optimizer.lr": {"log_uniform": [1e-4, 1]},
+                    "epochs": {"integer": [1, 3]},
+                    "model.activation": {"choice": ["relu", "tanh"]},
+                    "optimizer.momentum": {"uniform": [0, 0.9]},
+                },
+            },
+        ).trials()
 
     assert draws(1) == draws(1) != draws(2)
     for trial in draws(1):
@@ -38,28 +53,50 @@ def test_a_trial_spec_sets_nested_values_without_touching_the_base():
     assert label({"optimizer.lr": 0.123456}) == "lr=0.1235"
 
 
-@pytest.mark.parametrize("request_body, message", [
-    ({"name": "x", "base": BASE}, "either grid or random"),
-    ({"name": "x", "base": BASE, "grid": {"optimizer.lr": [0.1]}, "random": {"count": 1, "distributions": {
-        "epochs": {"integer": [1, 2]}}}}, "either grid or random"),
-    ({"name": "x", "base": BASE, "grid": {p: list(range(10)) for p in ("epochs", "seed", "batch_size")}}, "more than 256"),
-    ({"name": "x", "base": BASE, "random": {"count": 2, "distributions": {"epochs": {"integer": [3, 1]}}}}, "above high"),
-    ({"name": "x", "base": BASE, "random": {"count": 2, "distributions": {"epochs": {}}}}, "exactly one"),
-    ({"name": "x", "base": BASE, "grid": {"Optimizer LR": [1]}}, "pattern"),
-])
+@pytest.mark.parametrize(
+    "request_body, message",
+    [
+        ({"name": "x", "base": BASE}, "either grid or random"),
+        (
+            {
+                "name": "x",
+                "base": BASE,
+                "grid": {"optimizer.lr": [0.1]},
+                "random": {"count": 1, "distributions": {"epochs": {"integer": [1, 2]}}},
+            },
+            "either grid or random",
+        ),
+        (
+            {"name": "x", "base": BASE, "grid": {p: list(range(10)) for p in ("epochs", "seed", "batch_size")}},
+            "more than 256",
+        ),
+        (
+            {"name": "x", "base": BASE, "random": {"count": 2, "distributions": {"epochs": {"integer": [3, 1]}}}},
+            "above high",
+        ),
+        ({"name": "x", "base": BASE, "random": {"count": 2, "distributions": {"epochs": {}}}}, "exactly one"),
+        ({"name": "x", "base": BASE, "grid": {"Optimizer LR": [1]}}, "pattern"),
+    ],
+)
 def test_malformed_requests_are_refused(request_body, message):
     with pytest.raises(ValidationError, match=message):
         SweepSpec.model_validate(request_body)
 
 
-@pytest.mark.parametrize("grid, where, value", [
-    ({"optimizer.lr": [-1]}, ("grid", "optimizer.lr"), "value -1:"),
-    ({"model.activation": ["swish"]}, ("grid", "model.activation"), "value 'swish':"),  # inside a tagged union
-    ({"model.dropout": [[2.0]]}, ("grid", "model.dropout"), "value [2.0]:"),
-    ({"model.bogus": [1]}, ("grid", "model.bogus"), "value 1: unknown field 'bogus'; the fields here are"),
-    ({"optimizer.learning_rate": [0.1]}, ("grid", "optimizer.learning_rate"),
-     "value 0.1: unknown field 'learning_rate': did you mean 'lr'?"),
-])
+@pytest.mark.parametrize(
+    "grid, where, value",
+    [
+        ({"optimizer.lr": [-1]}, ("grid", "optimizer.lr"), "value -1:"),
+        ({"model.activation": ["swish"]}, ("grid", "model.activation"), "value 'swish':"),  # inside a tagged union
+        ({"model.dropout": [[2.0]]}, ("grid", "model.dropout"), "value [2.0]:"),
+        ({"model.bogus": [1]}, ("grid", "model.bogus"), "value 1: unknown field 'bogus'; the fields here are"),
+        (
+            {"optimizer.learning_rate": [0.1]},
+            ("grid", "optimizer.learning_rate"),
+            "value 0.1: unknown field 'learning_rate': did you mean 'lr'?",
+        ),
+    ],
+)
 def test_a_bad_value_is_reported_at_its_varied_path(grid, where, value):
     sweep = SweepSpec(name="x", base=BASE, grid=grid)
     params = sweep.trials()[0]
@@ -91,8 +128,15 @@ def test_a_page_of_sweeps_is_ranked_in_one_query_per_metric(Session, engine):
     rankings = [("test_acc", "max"), ("test_loss", "min"), ("test_acc", "max")]
     with Session() as session:
         for n, (metric, mode) in enumerate(rankings):
-            sweep = Sweep(name=f"s{n}", request={}, trials=[{"params": {"optimizer.lr": lr}} for lr in (1, 2, 3)],
-                          size=3, launched=2, metric=metric, mode=mode)
+            sweep = Sweep(
+                name=f"s{n}",
+                request={},
+                trials=[{"params": {"optimizer.lr": lr}} for lr in (1, 2, 3)],
+                size=3,
+                launched=2,
+                metric=metric,
+                mode=mode,
+            )
             session.add(sweep)
             session.flush()
             for trial in range(2):  # the third trial is not launched
@@ -101,8 +145,14 @@ def test_a_page_of_sweeps_is_ranked_in_one_query_per_metric(Session, engine):
                 attempt = jobs.claim_job(session, job_id=job.id, worker="w", lease_seconds=30, max_attempts=3).attempt
                 for epoch in (1, 2):
                     value = (trial + 1) * epoch / 10 + n
-                    jobs.record_epoch(session, job_id=job.id, attempt=attempt, checkpoint_path="x", checkpoint_size=1,
-                                      metrics={"epoch": epoch, "train_loss": 1.0, "test_loss": value, "test_acc": value})
+                    jobs.record_epoch(
+                        session,
+                        job_id=job.id,
+                        attempt=attempt,
+                        checkpoint_path="x",
+                        checkpoint_size=1,
+                        metrics={"epoch": epoch, "train_loss": 1.0, "test_loss": value, "test_acc": value},
+                    )
         session.commit()
     with Session() as session:
         rows = list(session.scalars(select(Sweep).order_by(Sweep.name)))
@@ -120,8 +170,9 @@ def test_a_page_of_sweeps_is_ranked_in_one_query_per_metric(Session, engine):
         finally:
             event.remove(engine, "before_cursor_execute", count)
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1 + 2  # jobs, then two metrics
-    assert {k: [(t.index, t.metric) for t in v] for k, v in together.items()} == \
-           {k: [(t.index, t.metric) for t in v] for k, v in each.items()}
+    assert {k: [(t.index, t.metric) for t in v] for k, v in together.items()} == {
+        k: [(t.index, t.metric) for t in v] for k, v in each.items()
+    }
     by_name = {sweep.name: together[sweep.id] for sweep in rows}
     assert [(t.index, t.metric) for t in by_name["s0"]] == [(1, 0.4), (0, 0.2), (2, None)]  # max of test_acc
     assert [(t.index, t.metric) for t in by_name["s1"]] == [(0, 1.1), (1, 1.2), (2, None)]  # min of test_loss
@@ -129,18 +180,26 @@ def test_a_page_of_sweeps_is_ranked_in_one_query_per_metric(Session, engine):
 
 def test_a_sweep_can_vary_augmentation_and_normalisation():
     base = {"model": {"arch": "lenet"}, "data": {"dataset": "cifar10"}}
-    sweep = SweepSpec(name="aug", base=base, grid={"data.augment.random_crop.padding": [0, 4],
-                                                   "data.normalize": ["none", "dataset"]})
+    sweep = SweepSpec(
+        name="aug", base=base, grid={"data.augment.random_crop.padding": [0, 4], "data.normalize": ["none", "dataset"]}
+    )
     specs = [JobSpec.model_validate(trial_spec(base, "aug", params)) for params in sweep.trials()]
     assert [(s.data.augment.random_crop.padding, s.data.normalize) for s in specs] == [
-        (0, "none"), (0, "dataset"), (4, "none"), (4, "dataset")]
+        (0, "none"),
+        (0, "dataset"),
+        (4, "none"),
+        (4, "dataset"),
+    ]
 
 
-@pytest.mark.parametrize(("data", "task", "ranking"), [
-    ({"val_fraction": 0.2}, "classification", ("val_acc", "max")),
-    ({"val_fraction": 0.2}, "regression", ("val_loss", "min")),
-    ({}, "classification", ("test_acc", "max")),
-])
+@pytest.mark.parametrize(
+    ("data", "task", "ranking"),
+    [
+        ({"val_fraction": 0.2}, "classification", ("val_acc", "max")),
+        ({"val_fraction": 0.2}, "regression", ("val_loss", "min")),
+        ({}, "classification", ("test_acc", "max")),
+    ],
+)
 def test_trials_are_ranked_on_validation_when_they_hold_one_out(data, task, ranking):
     from service.core.sweeps import default_ranking
 

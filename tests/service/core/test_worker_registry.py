@@ -10,8 +10,11 @@ from service.core import db, worker_registry
 from service.core.tables import Worker, utcnow
 
 CPU = {"devices": [{"name": "cpu", "kind": "cpu", "memory_bytes": None}], "torch": "2.14.1", "cuda": None}
-GPU = {"devices": [*CPU["devices"], {"name": "cuda:0 H200", "kind": "cuda", "memory_bytes": 150 * 2**30}],
-       "torch": "2.14.1", "cuda": "13.0"}
+GPU = {
+    "devices": [*CPU["devices"], {"name": "cuda:0 H200", "kind": "cuda", "memory_bytes": 150 * 2**30}],
+    "torch": "2.14.1",
+    "cuda": "13.0",
+}
 
 
 def register(settings, worker_id, queues, description=CPU):
@@ -29,8 +32,11 @@ def test_workers_stay_live_while_they_beat_and_leave_when_silent(service_env):
     register(service_env, "b", [service_env.queue, service_env.gpu_queue], GPU)
     assert live_ids(service_env) == ["a", "b"]
     with db.session_scope() as session:
-        session.execute(update(Worker).where(Worker.id == "a")
-                        .values(last_seen=utcnow() - timedelta(seconds=service_env.worker_stale_seconds + 1)))
+        session.execute(
+            update(Worker)
+            .where(Worker.id == "a")
+            .values(last_seen=utcnow() - timedelta(seconds=service_env.worker_stale_seconds + 1))
+        )
     assert live_ids(service_env) == ["b"]
     with db.session_scope() as session:
         assert worker_registry.heartbeat(session, worker_id="a")  # back: its next beat makes it live again
