@@ -73,7 +73,10 @@ async def refuse_unknown_fields(request: Request, allowed: frozenset[str]) -> No
 def _printable(value):
     """A request's own input made fit to echo in an error: bytes that are not UTF-8, strings
     holding lone surrogates (valid JSON escapes, e.g. "\\udc80") and numbers JSON cannot hold
-    (1e400 parses as infinity) would otherwise fail the answer."""
+    (1e400 parses as infinity) would otherwise fail the answer; and a validator's exception in an
+    error's ctx, which would otherwise be encoded as an empty object, is its message."""
+    if isinstance(value, BaseException):
+        return str(value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, bytes):

@@ -259,7 +259,9 @@ def test_dataset_uploads_are_validated(api):
         return answer.json()["detail"][0]["msg"]
 
     assert "-F file=@path/to/file" in problem(api.post("/v1/datasets", data={"name": "x"}))
-    text = problem(api.post("/v1/datasets", files={"name": (None, "x"), "file": (None, "x.zip")}))
+    as_text = api.post("/v1/datasets", files={"name": (None, "x"), "file": (None, "x.zip")})
+    assert as_text.json()["detail"][0].get("ctx", {}).get("error") != {}  # an exception's message, not {}
+    text = problem(as_text)
     assert text.startswith("field 'file' arrived as text, not as a file") and "the @ sends the file" in text
     missing = problem(api.post("/v1/datasets", files={"name": (None, "x")}))
     assert missing.startswith("field 'file' is required: the file to upload")
