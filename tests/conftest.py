@@ -11,6 +11,7 @@ import pytest
 from service.core import broker, db
 from service.core import settings as settings_module
 from service.core.migrate import upgrade
+from service.core.storage import StoredFile
 from tests.support.datagen import make_cifar10, make_idx_dataset
 from tests.support.object_store import SeaweedS3, require_seaweed
 
@@ -119,8 +120,7 @@ def trained_job(service_env):
                 session,
                 job_id=job_id,
                 attempt=attempt,
-                checkpoint_path=relative,
-                checkpoint_size=size,
+                checkpoint=StoredFile("checkpoints/" + relative, size),
                 metrics={
                     "epoch": epoch,
                     "train_loss": 1.0 / epoch,

@@ -6,6 +6,7 @@ from the training state the previous one saved, so no epoch is lost or counted t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -21,15 +22,16 @@ from models.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from models.data.dataset import DatasetError
 from models.nets.cost import human_bytes
 from models.nets.pretrained import MissingWeights, UnsafeWeights
-from models.spec.job import JobSpec
+from models.spec.job import UPLOADED_ID, JobSpec, UploadedDatasetSpec
 from models.training.engine import Callbacks, EpochMetrics, Limits, TrainingError, TrainingRun, fit, summarise_folds
 from models.training.state import Position, TrainingState, load_training_state, save_training_state
-from service.core import jobs, sweeps, worker_registry
+from service.core import datasets, jobs, sweeps, worker_registry
 from service.core.background import Periodic
 from service.core.db import UNAVAILABLE, brief, retry_while_unavailable, session_scope
 from service.core.references import ModelNotFound, ModelNotReady, init_from_reference, resolve
-from service.core.retention import checkpoint_path, resumable_state_path
+from service.core.retention import checkpoint_key, resumable_state_key, resumable_state_path
 from service.core.settings import get_settings
+from service.core.storage import StorageError, StorageUnavailable, StoredFile, get_storage
 from service.core.tables import Job, JobStatus
 from workers.job_log import JobLogCapture
 from workers.memory import MemoryWatch, is_out_of_memory, memory_budget
@@ -128,19 +130,61 @@ class JobControl(Periodic):
 MEMORY_SAMPLE_SECONDS = 0.25
 
 
-def save_resumable_state(run: TrainingRun, job_id: str, position: Position) -> None:
-    """Write the training state an attempt resumes from, atomically."""
-    save_training_state(
-        resumable_state_path(get_settings(), job_id),
-        run.state(position),
-        {"job_id": job_id, "spec": run.spec.model_dump(mode="json")},
+def store_file(key: str, write, what: str) -> StoredFile:
+    """write(path) a new file, then store it under `key`, retrying while the store is unreachable
+    (StorageUnavailable after TRAINYARD_STORAGE_RETRY_SECONDS)."""
+    storage = get_storage()
+    staged = storage.staging(key)
+    try:
+        write(staged)
+        return storage.patiently(f"store {what}", lambda: storage.put(key, staged))
+    finally:
+        if not storage.store.local:
+            staged.unlink(missing_ok=True)  # adopted by the cache when stored
+
+
+def save_resumable_state(run: TrainingRun, job_id: str, attempt: int, position: Position) -> None:
+    """Store the training state an attempt resumes from, then name it in SQL (the state named
+    before stays whole until then, and goes after)."""
+    meta = {"job_id": job_id, "spec": run.spec.model_dump(mode="json")}
+    stored = store_file(
+        resumable_state_key(job_id),
+        lambda path: save_training_state(path, run.state(position), meta),
+        f"job {job_id}'s training state",
     )
+    try:
+        before = in_transaction(
+            f"record job {job_id}'s training state",
+            lambda session: jobs.set_resume_state(session, job_id=job_id, attempt=attempt, state=stored),
+        )
+    except BaseException:
+        get_storage().delete(stored.key)
+        raise
+    if before is not None:
+        get_storage().delete(before.key)
 
 
 def load_resumable_state(job_id: str) -> TrainingState | None:
     """The training state an earlier attempt of the job left, if it left one."""
-    path = resumable_state_path(get_settings(), job_id)
-    return load_training_state(path)[0] if path.exists() else None
+    with session_scope(write=False) as session:
+        job = session.get(Job, job_id)
+        stored = jobs.resume_state(job) if job is not None else None
+    if stored is None:
+        legacy = resumable_state_path(get_settings(), job_id)  # a home's file from before states were recorded
+        return load_training_state(legacy)[0] if legacy.exists() else None
+    storage = get_storage()
+    what = f"job {job_id}'s training state"
+    return load_training_state(storage.patiently(f"fetch {what}", lambda: storage.fetch(stored, what=what)))[0]
+
+
+def forget_resumable_state(job_id: str) -> None:
+    """A succeeded job resumes no more: its state goes."""
+    previous = in_transaction(
+        f"forget job {job_id}'s training state", lambda session: jobs.clear_resume_state(session, job_id=job_id)
+    )
+    if previous is not None:
+        get_storage().delete(previous.key)
+    resumable_state_path(get_settings(), job_id).unlink(missing_ok=True)
 
 
 class RecordingCallbacks(Callbacks):
@@ -151,7 +195,7 @@ class RecordingCallbacks(Callbacks):
         self.control = control
         self.job_log = job_log
         self.settings = get_settings()
-        self.unrecorded: list[tuple[dict, str, int]] = []  # (metrics, checkpoint path, size), oldest first
+        self.unrecorded: list[tuple[dict, StoredFile]] = []  # (metrics, checkpoint), oldest first
 
     def should_stop(self) -> bool:
         return self.control.should_stop()
@@ -191,10 +235,9 @@ class RecordingCallbacks(Callbacks):
                 session, job_id=self.job_id, attempt=self.control.attempt, results=results
             ),
         )
-        save_resumable_state(run, self.job_id, Position(epoch=1))
+        save_resumable_state(run, self.job_id, self.control.attempt, Position(epoch=1))
 
     def on_epoch_end(self, run: TrainingRun, metrics: EpochMetrics) -> None:
-        relative, path = checkpoint_path(self.settings, self.job_id, metrics.epoch)
         meta = {
             "job_id": self.job_id,
             "epoch": metrics.epoch,
@@ -203,8 +246,13 @@ class RecordingCallbacks(Callbacks):
             "dataset_checksum": run.dataset.checksum,
             "torch": torch.__version__,
         }
-        size = write_checkpoint(path, run.model.state_dict(), meta)
-        self.unrecorded.append((metrics.as_dict(), relative, size))
+        state_dict = run.model.state_dict()
+        stored = store_file(
+            checkpoint_key(self.job_id, metrics.epoch),
+            lambda path: write_checkpoint(path, state_dict, meta),
+            f"the checkpoint of epoch {metrics.epoch}",
+        )
+        self.unrecorded.append((metrics.as_dict(), stored))
         if not self.record(wait=False):
             if not self.control.lost.is_set():
                 log.warning(
@@ -214,7 +262,12 @@ class RecordingCallbacks(Callbacks):
         # Saved only once the epoch is in SQL: a crash in between repeats the epoch (its row is
         # upserted, not doubled) rather than skipping it. While epochs wait to be recorded, the
         # state stays at the last recorded one, so a crash then retrains them.
-        save_resumable_state(run, self.job_id, Position(epoch=metrics.epoch + 1))
+        try:
+            save_resumable_state(run, self.job_id, self.control.attempt, Position(epoch=metrics.epoch + 1))
+        except jobs.LeaseLost:
+            self.control.lost.set()
+            return
+        self.drop_checkpoints()
         log.info(
             "epoch %d/%d: %s (%.1f s, %.0f samples/s)",
             metrics.epoch,
@@ -234,17 +287,12 @@ class RecordingCallbacks(Callbacks):
             return True
 
         def record_all(session) -> None:
-            for metrics, path, size in self.unrecorded:
+            for metrics, checkpoint in self.unrecorded:
                 jobs.record_epoch(
-                    session,
-                    job_id=self.job_id,
-                    attempt=self.control.attempt,
-                    metrics=metrics,
-                    checkpoint_path=path,
-                    checkpoint_size=size,
+                    session, job_id=self.job_id, attempt=self.control.attempt, metrics=metrics, checkpoint=checkpoint
                 )
 
-        epochs = ", ".join(str(m["epoch"]) for m, _, _ in self.unrecorded)
+        epochs = ", ".join(str(m["epoch"]) for m, _ in self.unrecorded)
         try:
             in_transaction(f"record epoch(s) {epochs} of job {self.job_id}", record_all, patient=wait)
         except UNAVAILABLE:
@@ -258,6 +306,19 @@ class RecordingCallbacks(Callbacks):
             log.info("the database is back: recorded epochs %s", epochs)
         self.unrecorded.clear()
         return True
+
+    def drop_checkpoints(self) -> None:
+        """Delete the checkpoints the job's policy (spec `checkpoints.keep`) no longer keeps."""
+        try:
+            dropped = in_transaction(
+                f"drop job {self.job_id}'s old checkpoints",
+                lambda session: jobs.drop_checkpoints(session, job_id=self.job_id),
+                patient=False,
+            )
+        except UNAVAILABLE:
+            return  # the next epoch drops them
+        if dropped:
+            get_storage().delete(*[checkpoint.key for checkpoint in dropped])
 
 
 def _summary(metrics: EpochMetrics) -> str:
@@ -284,7 +345,7 @@ STOP_OUTCOMES = {
 
 def _failure(exc: BaseException) -> tuple[str, str]:
     """Map an exception to a (reason, message) pair for the job record."""
-    if isinstance(exc, (DatasetError, MissingWeights, UnsafeWeights)):
+    if isinstance(exc, (DatasetError, MissingWeights, UnsafeWeights, StorageError)):
         return exc.reason, str(exc)
     if isinstance(exc, CheckpointError):
         return "checkpoint_error", str(exc)
@@ -321,7 +382,9 @@ def _initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
             target = resolve(session, reference=init_from_reference(spec.init_from), settings=settings)
     except (ModelNotFound, ModelNotReady) as exc:
         raise TrainingError(f"init_from: {exc}") from None
-    weights, _ = read_checkpoint(target.path)
+    storage = get_storage(settings)
+    path = storage.patiently(f"fetch {target.what}", lambda: storage.fetch(target.file, what=target.what))
+    weights, _ = read_checkpoint(path)
     return weights
 
 
@@ -386,15 +449,19 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
     settings = get_settings()
     spec = JobSpec.model_validate(claim.spec)
     status, reason, error = JobStatus.SUCCEEDED, None, None
+    unreachable = None  # the store, for longer than the worker waits for it
     # Failed renewals back off to a quarter lease: once the database is back, the lease is renewed
     # well within the full lease the reaper grants after an outage.
-    with JobControl(
-        job_id,
-        claim.attempt,
-        settings.heartbeat_seconds,
-        settings.lease_seconds / 4,
-        urgent_share=settings.oom_kill_fraction,
-    ) as control:
+    with (
+        JobControl(
+            job_id,
+            claim.attempt,
+            settings.heartbeat_seconds,
+            settings.lease_seconds / 4,
+            urgent_share=settings.oom_kill_fraction,
+        ) as control,
+        contextlib.ExitStack() as held,
+    ):
         try:
             resume = load_resumable_state(job_id)
             if resume is not None and claim.resumed_by_user:
@@ -413,12 +480,13 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
             initial_weights = None if resume else _initial_weights(spec)
             limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
             control.memory = memory = MemoryWatch(settings.max_job_memory)  # one baseline for both
+            stored_dataset = _stored_dataset(spec, held)
             with memory_budget(settings.max_job_memory, start=memory.start):
                 result = fit(
                     spec,
                     callbacks,
                     data_dir=settings.data_dir,
-                    datasets_dir=settings.datasets_dir,
+                    stored_dataset=stored_dataset,
                     cache_dir=settings.cache_dir,
                     weights_dir=settings.weights_dir,
                     allow_download=settings.allow_download,
@@ -428,8 +496,12 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
                 )
             callbacks.record(wait=True)  # epochs trained while the database was away
             if result.stopped_at is not None and not control.lost.is_set():
-                save_resumable_state(result.run, job_id, result.stopped_at)
+                save_resumable_state(result.run, job_id, claim.attempt, result.stopped_at)
             status, reason, error = STOP_OUTCOMES[result.reason]
+        except StorageUnavailable as exc:
+            unreachable = exc
+        except jobs.LeaseLost:
+            control.lost.set()
         except Exception as exc:
             reason, error = _failure(exc)
             status = JobStatus.FAILED
@@ -437,6 +509,8 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
     if control.lost.is_set():
         log.warning("job %s attempt %s gave the job up to a later attempt", job_id, claim.attempt)
         return None
+    if unreachable is not None:
+        return _give_back(job_id, claim.attempt, unreachable, job_log)
     log.info("job %s %s", job_id, status + (f" ({reason})" if reason else ""))
     job_log.store()  # before the job's end is recorded: whoever sees it ended finds its whole log
     if not in_transaction(
@@ -448,5 +522,36 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
         log.warning("job %s attempt %s could not record its end (%s)", job_id, claim.attempt, status)
         return None
     if status == JobStatus.SUCCEEDED:  # only a failed or cancelled job can be resumed
-        resumable_state_path(get_settings(), job_id).unlink(missing_ok=True)
+        forget_resumable_state(job_id)
     return status
+
+
+def _stored_dataset(spec: JobSpec, held: contextlib.ExitStack):
+    """For a job on an uploaded dataset, its local file (fetched into the cache from an object
+    store), held (never evicted) until `held` closes; None for other datasets."""
+    if not isinstance(spec.data, UploadedDatasetSpec) or not UPLOADED_ID.match(spec.data.dataset_id):
+        return None
+    stored, what = datasets.stored_file(spec.data.dataset_id)
+    storage = get_storage()
+    path = storage.patiently(f"fetch {what}", lambda: held.enter_context(storage.opened(stored, what=what)))
+    return lambda dataset_id: path
+
+
+def _give_back(job_id: str, attempt: int, exc: StorageUnavailable, job_log: JobLogCapture) -> str | None:
+    """The store stayed unreachable: hand the job back to the queue (it resumes from its last
+    stored state on whichever worker takes it), or fail it once it has had its attempts."""
+    settings = get_settings()
+    log.warning("job %s: the store stayed unreachable, so the job goes back to the queue: %s", job_id, exc)
+    job_log.store()
+    status = in_transaction(
+        f"give job {job_id} back",
+        lambda session: jobs.give_back(
+            session,
+            job_id=job_id,
+            attempt=attempt,
+            max_attempts=settings.max_attempts,
+            reason="storage_unavailable",
+            error=str(exc),
+        ),
+    )
+    return status if status == JobStatus.FAILED else None

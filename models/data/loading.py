@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,11 +29,6 @@ from models.spec.job import (
 )
 
 _STORED_TENSORS = ("x_train", "y_train", "x_test", "y_test")
-
-
-def stored_dataset_path(datasets_dir: Path, dataset_id: str) -> Path:
-    """Where an uploaded dataset's decoded tensors live."""
-    return datasets_dir / f"{dataset_id}.safetensors"
 
 
 def save_stored_dataset(path: Path, dataset: Dataset, extra: dict | None = None) -> int:
@@ -143,7 +139,7 @@ def _cached_builtin_dataset(
 
 def _cached_stored_dataset(path: Path, remember: bool) -> Dataset:
     if not path.is_file():
-        raise DatasetError(f"uploaded dataset {path.stem} does not exist (deleted?)")
+        raise DatasetError(f"the file of an uploaded dataset, {path}, does not exist")
     return _kept(("stored", _stamp([path])), lambda: load_stored_dataset(path), remember)
 
 
@@ -187,7 +183,7 @@ def load_dataset(
     spec: DataSpec,
     *,
     data_dir: Path,
-    datasets_dir: Path | None = None,
+    stored_dataset: Callable[[str], Path] | None = None,
     cache_dir: Path | None = None,
     allow_download: bool = False,
     seed: int = 0,
@@ -195,7 +191,8 @@ def load_dataset(
 ) -> Dataset:
     """Load the dataset a data spec names, with its validation split if it asks for one.
 
-    `data_dir` holds the standard datasets; `datasets_dir` the uploaded ones, by id; `cache_dir`
+    `data_dir` holds the standard datasets; `stored_dataset(id)` is the local file of an uploaded
+    one (written by save_stored_dataset; DatasetError if it cannot be had); `cache_dir`
     keeps decoded copies of the standard ones. A decoded image set is kept in this process for the
     next call unless `remember` is false (a caller that reads it once, such as an evaluation).
     """
@@ -205,14 +202,14 @@ def load_dataset(
         dataset = synthetic_polynomial(spec, seed)
     elif isinstance(spec, (ImageDatasetSpec, UploadedDatasetSpec)):
         if isinstance(spec, UploadedDatasetSpec):
-            if datasets_dir is None:
+            if stored_dataset is None:
                 raise DatasetError("uploaded datasets are not available here")
             if not UPLOADED_ID.match(spec.dataset_id):  # a name or prefix: only submission looks those up
                 raise DatasetError(
                     f"{spec.dataset} does not name a dataset by its id; submit the job through "
                     "the API, which looks names and id prefixes up"
                 )
-            full = _cached_stored_dataset(stored_dataset_path(Path(datasets_dir), spec.dataset_id), remember)
+            full = _cached_stored_dataset(stored_dataset(spec.dataset_id), remember)
         else:
             full = _cached_builtin_dataset(spec.dataset, Path(data_dir), allow_download, cache_dir, remember)
         x_train, y_train = _subset(full.x_train, full.y_train, spec.limit_train)

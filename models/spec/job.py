@@ -430,6 +430,16 @@ class EarlyStoppingSpec(StrictModel):
         return self.mode or ("max" if self.metric.endswith("_acc") else "min")
 
 
+class CheckpointsSpec(StrictModel):
+    keep: Annotated[
+        Literal["best_and_last", "all"] | Annotated[int, Field(ge=1, le=10_000)],
+        Field(
+            description="which epochs' checkpoints a job keeps as it trains: the best (what job:<id> "
+            "serves) and the last, all of them, or the last N"
+        ),
+    ] = "best_and_last"
+
+
 class CrossValidationSpec(StrictModel):
     folds: Annotated[int, Field(ge=2, le=20)]
 
@@ -470,6 +480,7 @@ class JobSpec(StrictModel):
     amp: Literal["off", "bf16", "fp16"] = Field(default="off", description="mixed precision; fp16 needs CUDA")
     compile: bool = Field(default=False, description="torch.compile the model for training")
     init_from: InitFromSpec | None = None
+    checkpoints: CheckpointsSpec = CheckpointsSpec()
 
     @field_validator("device")
     @classmethod

@@ -406,7 +406,7 @@ def prepare(
     spec: JobSpec,
     *,
     data_dir: Path,
-    datasets_dir: Path | None = None,
+    stored_dataset: Callable[[str], Path] | None = None,
     cache_dir: Path | None = None,
     weights_dir: Path | None = None,
     allow_download: bool = False,
@@ -425,7 +425,7 @@ def prepare(
         dataset = load_dataset(
             spec.data,
             data_dir=data_dir,
-            datasets_dir=datasets_dir,
+            stored_dataset=stored_dataset,
             cache_dir=cache_dir,
             allow_download=allow_download,
             seed=spec.seed,

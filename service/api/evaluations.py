@@ -54,7 +54,7 @@ class Evaluations:
             release_free_memory()
             return report
 
-        key = checkpoint_key(target.path)
+        key = checkpoint_key(target)
 
         def once() -> Evaluation:
             with self._evaluating:

@@ -32,6 +32,7 @@ from service.core.db import session_scope
 from service.core.errors import Invalid, Unavailable
 from service.core.references import ModelNotFound, ResolvedCheckpoint, resolve
 from service.core.settings import Settings
+from service.core.storage import get_storage
 
 log = logging.getLogger(__name__)
 IMAGES_HINT = (
@@ -96,7 +97,15 @@ class ReferenceCache:
         self._refreshing.discard(reference)
 
 
-def checkpoint_key(path: Path) -> tuple[str, int]:
+def checkpoint_key(target: ResolvedCheckpoint) -> tuple[str, int | str]:
+    """What names a resolved checkpoint's model in the cache: the sha256 SQL records for its file
+    (no byte of the file is read), or for a file recorded without one, its path and version on disk."""
+    if target.file.sha256 is not None:
+        return "sha256", target.file.sha256
+    return file_key(get_storage().fetch(target.file, what=target.what))
+
+
+def file_key(path: Path) -> tuple[str, int]:
     """A checkpoint file and its version on disk: a rewritten file is a different model."""
     try:
         return str(path), path.stat().st_mtime_ns
@@ -146,14 +155,26 @@ class ModelServer:
             MODEL_CACHE.labels("hit").inc()
         return found
 
-    def load(self, path: Path) -> LoadedModel:
-        """The loaded, warmed-up model of a checkpoint file (thread-safe; kept once per content)."""
-        key = checkpoint_key(path)
+    def load_target(self, target: ResolvedCheckpoint) -> LoadedModel:
+        """The loaded, warmed-up model of a resolved checkpoint, its file fetched from the store
+        unless this process has the model already (call in a thread)."""
+        key = checkpoint_key(target)
+        cached = self.loaded(key)
+        if cached is not None:
+            return cached
+        path = get_storage(self.settings).fetch(target.file, what=target.what)
+        return self.load(path, key=key, digest=target.file.sha256)
+
+    def load(self, path: Path, *, key: tuple | None = None, digest: str | None = None) -> LoadedModel:
+        """The loaded, warmed-up model of a checkpoint file (thread-safe; kept once per content).
+        `key` and `digest`: what the file is cached as, and its sha256, when SQL says."""
+        key = key or file_key(path)
         cached = self.loaded(key)
         if cached is not None:
             return cached
         with self._loading:  # the first requests for a cold model arrive together: load it once
-            digest = self._contents.get(key) or self._contents.put(key, _content_digest(path))
+            digest = digest or self._contents.get(key) or _content_digest(path)
+            self._contents.put(key, digest)
             cached = self._models.get(digest)
             if cached is not None:  # loaded meanwhile, or the same weights under another file
                 MODEL_CACHE.labels("hit").inc()
@@ -177,7 +198,7 @@ class ModelServer:
         loaded afresh; it is read here, once per reference_cache_seconds, not on every request."""
         with session_scope(write=False) as session:
             target = resolve(session, reference=reference, settings=self.settings)
-        return Resolution(target, checkpoint_key(target.path))
+        return Resolution(target, checkpoint_key(target))
 
     @contextlib.asynccontextmanager
     async def deadline(self):
@@ -193,7 +214,7 @@ class ModelServer:
 
     def preload(self, reference: str) -> LoadedModel:
         """Resolve and load a model now (call in a thread), so its first request finds it warm."""
-        return self.load(self.resolve(reference).target.path)
+        return self.load_target(self.resolve(reference).target)
 
     async def get(self, reference: str) -> tuple[ResolvedCheckpoint, LoadedModel]:
         """The checkpoint a reference names and its loaded model.
@@ -209,7 +230,7 @@ class ModelServer:
         elif refresh:
             asyncio.get_running_loop().create_task(self._refresh(reference))
         target, key = resolution
-        return target, self.loaded(key) or await run_in_threadpool(self.load, target.path)
+        return target, self.loaded(key) or await run_in_threadpool(self.load_target, target)
 
     async def _refresh(self, reference: str) -> None:
         """Re-resolve a reference in the background (its stale resolution is served meanwhile)."""

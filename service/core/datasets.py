@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models.data.dataset import Dataset, DatasetError
-from models.data.loading import load_dataset, load_stored_dataset, save_stored_dataset, stored_dataset_path
+from models.data.loading import load_dataset, load_stored_dataset, save_stored_dataset
 from models.data.uploads import ArchiveLimits, check_archive, decode_archive
 from models.spec.job import JobSpec, UploadedDatasetSpec
 from models.spec.problems import DatasetInfo, builtin_dataset_info
@@ -28,13 +28,20 @@ from service.core.db import session_scope
 from service.core.errors import Conflict, Invalid, NotFound, Unprocessable
 from service.core.ids import MAX_LISTED, not_found, resolve_id
 from service.core.settings import Settings
-from service.core.tables import DatasetStatus, Job, JobStatus, StoredDataset, new_id, utcnow
+from service.core.storage import StoredFile, get_storage
+from service.core.tables import DatasetStatus, Job, JobStatus, StoredDataset, dataset_key, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
 
 class DatasetInUse(Conflict):
     """A queued or running job still needs this dataset."""
+
+
+class DatasetGone(DatasetError):
+    """A job's uploaded dataset was deleted (or never became ready)."""
+
+    reason = "dataset_not_found"
 
 
 class NameTaken(Conflict):
@@ -95,9 +102,10 @@ def find_upload(session: Session, *, digest: str) -> StoredDataset | None:
 
 
 def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadOptions, settings: Settings) -> None:
-    """Decode an archive, write its tensors beside the datasets and fill in the record (DatasetError
-    if the archive is not a usable dataset). Images are decoded one by one into files there, so an
-    archive of any size within the limits is never held whole in memory."""
+    """Decode an archive, store its tensors and fill in the record (DatasetError if the archive is
+    not a usable dataset; StorageUnavailable if the store cannot take it, leaving nothing behind).
+    Images are decoded one by one into files beside the datasets, so an archive of any size within
+    the limits is never held whole in memory."""
     decoded = decode_archive(
         data,
         name=record.name,
@@ -112,10 +120,15 @@ def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadO
         ),
     )
     dataset = decoded.dataset
+    storage = get_storage(settings)
+    key = dataset_key(record.id)
+    staged = storage.staging(key)
     try:
-        size = save_stored_dataset(
-            stored_dataset_path(settings.datasets_dir, record.id), dataset, {"kind": decoded.kind}
-        )
+        save_stored_dataset(staged, dataset, {"kind": decoded.kind})
+        stored = storage.put(key, staged)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
     finally:
         decoded.cleanup()
     record.status, record.error = DatasetStatus.READY, None
@@ -123,7 +136,7 @@ def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadO
     record.classes = list(dataset.classes) if dataset.classes else None
     record.input_shape, record.warnings = list(dataset.input_shape), decoded.warnings or None
     record.num_train, record.num_test = len(dataset.x_train), len(dataset.x_test)
-    record.checksum, record.size_bytes = dataset.checksum, size
+    record.checksum, record.size_bytes, record.file_sha256 = dataset.checksum, stored.size, stored.sha256
 
 
 def store_upload(
@@ -261,8 +274,8 @@ def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settin
             .where(StoredDataset.id == dataset_id, StoredDataset.status == DatasetStatus.PROCESSING)
             .values({column: getattr(outcome, column) for column in DECODED_COLUMNS})
         ).rowcount
-    if not updated:
-        stored_dataset_path(settings.datasets_dir, dataset_id).unlink(missing_ok=True)
+    if not updated and outcome.status == DatasetStatus.READY:
+        get_storage(settings).delete(dataset_key(dataset_id))
 
 
 def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, datasets_dir: Path) -> list[str]:
@@ -291,6 +304,28 @@ def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, datas
 
 def get_dataset(session: Session, *, dataset_id: str) -> StoredDataset | None:
     return session.get(StoredDataset, dataset_id)
+
+
+def describe(record: StoredDataset) -> str:
+    return f"uploaded dataset {record.name!r} ({record.id})"
+
+
+def stored_file(dataset_id: str) -> tuple[StoredFile, str]:
+    """The stored file of a ready uploaded dataset and what to call it; DatasetError (reason
+    dataset_not_found) if it was deleted or is not ready."""
+    with session_scope(write=False) as session:
+        record = get_dataset(session, dataset_id=dataset_id)
+        if record is None:
+            raise DatasetGone(f"uploaded dataset {dataset_id} was deleted (GET /v1/datasets lists those there are)")
+        if record.status != DatasetStatus.READY:
+            raise DatasetGone(f"{describe(record)} is {record.status}, not ready")
+        return record.file, describe(record)
+
+
+def stored_dataset_file(dataset_id: str, *, settings: Settings) -> Path:
+    """A local path to an uploaded dataset's verified file (fetched into the cache from an object store)."""
+    stored, what = stored_file(dataset_id)
+    return get_storage(settings).fetch(stored, what=what)
 
 
 def require_dataset(session: Session, *, dataset_id: str) -> StoredDataset:
@@ -344,7 +379,7 @@ def names(session: Session, *, references: Iterable[str]) -> dict[str, str]:
     return {f"uploaded:{dataset_id}": name for dataset_id, name in rows}
 
 
-def delete_dataset(session: Session, *, dataset_id: str, datasets_dir: Path) -> None:
+def delete_dataset(session: Session, *, dataset_id: str, settings: Settings) -> None:
     """Delete a dataset no active job uses (its finished jobs keep their checkpoints); its files go after the commit."""
     record = require_dataset(session, dataset_id=dataset_id)
     dataset_id = record.id
@@ -355,8 +390,8 @@ def delete_dataset(session: Session, *, dataset_id: str, datasets_dir: Path) -> 
         raise DatasetInUse(f"dataset {dataset_id} is used by unfinished job(s) {', '.join(users)}")
     session.delete(record)
     session.commit()
-    stored_dataset_path(datasets_dir, dataset_id).unlink(missing_ok=True)
-    _upload_path(datasets_dir, dataset_id).unlink(missing_ok=True)
+    get_storage(settings).delete(dataset_key(dataset_id))
+    _upload_path(settings.datasets_dir, dataset_id).unlink(missing_ok=True)
 
 
 def dataset_info(session: Session, spec: JobSpec) -> DatasetInfo | None:
@@ -412,7 +447,7 @@ def example_image(session: Session, *, dataset_id: str, number: int, settings: S
     if record.status != DatasetStatus.READY or len(record.input_shape or ()) != 3 or not record.classes:
         raise Unprocessable(f"dataset {record.id} holds no decoded images")
     try:
-        dataset = load_stored_dataset(stored_dataset_path(settings.datasets_dir, record.id))
+        dataset = load_stored_dataset(get_storage(settings).fetch(record.file, what=describe(record)))
     except DatasetError as exc:
         raise NotFound(f"dataset {record.id} cannot be read here: {exc}") from None
     rows = (dataset.y_train == number % len(record.classes)).nonzero().flatten()
@@ -436,7 +471,7 @@ def test_set(job: Job, *, settings: Settings) -> Dataset:
         return load_dataset(
             data,
             data_dir=settings.data_dir,
-            datasets_dir=settings.datasets_dir,
+            stored_dataset=lambda dataset_id: stored_dataset_file(dataset_id, settings=settings),
             cache_dir=settings.cache_dir,
             seed=spec.seed,
             remember=False,

@@ -11,6 +11,7 @@ from service.core.db import read_scope
 from service.core.errors import Unprocessable
 from service.core.references import resolve
 from service.core.settings import Settings
+from service.core.storage import get_storage
 
 SUFFIX = {"safetensors": "safetensors", "torchscript": "pt", "onnx": "onnx"}
 
@@ -26,7 +27,7 @@ def export_model(*, reference: str, fmt: str, settings: Settings, inputs: str = 
     The reference is looked up in a read session of its own, which ends before the (slow) export."""
     with read_scope() as session:
         target = resolve(session, reference=reference, settings=settings)
-    predictor = Predictor.from_checkpoint(target.path)
+    predictor = Predictor.from_checkpoint(get_storage(settings).fetch(target.file, what=target.what))
     if target.threshold is not None:  # a registered version's default travels in the file's header
         predictor.meta = {**predictor.meta, "threshold": target.threshold}
     try:

@@ -26,18 +26,11 @@ class JobView:
     disk_bytes: int
 
 
-def disk_bytes(job: Job) -> int:
-    """Bytes the job's checkpoints take, as recorded when each was written: all its files once it
-    has succeeded. The state a failed or cancelled job resumes from has no recorded size and is
-    not counted."""
-    return sum(checkpoint.size_bytes for checkpoint in job.checkpoints)
-
-
 def views(session: Session, page: list[Job], settings: Settings) -> list[JobView]:
     """The views of jobs loaded with their checkpoints and events (list_jobs, get_job), in at most two more queries."""
     latest = jobs.latest_metrics(session, job_ids=[job.id for job in page])
     waiting = worker_registry.waiting_reasons(session, jobs=page, settings=settings)
-    return [JobView(job, latest.get(job.id), waiting.get(job.id), disk_bytes(job)) for job in page]
+    return [JobView(job, latest.get(job.id), waiting.get(job.id), jobs.held_bytes(job)) for job in page]
 
 
 def view(session: Session, *, job_id: str, settings: Settings) -> JobView:

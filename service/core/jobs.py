@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 from models.spec.job import EarlyStoppingSpec, JobSpec
 from service.core.errors import Conflict, NotFound
 from service.core.ids import not_found, resolve_id
+from service.core.storage import StoredFile
 from service.core.tables import METRIC_FIELDS, Checkpoint, EpochMetric, Job, JobEvent, JobStatus, utcnow
 
 
@@ -190,6 +191,63 @@ def last_checkpoint(job: Job) -> Checkpoint | None:
     return max(job.checkpoints, key=lambda c: c.epoch, default=None)
 
 
+def checkpoints_to_drop(job: Job) -> list[Checkpoint]:
+    """The checkpoints the job's spec says not to keep: all but the best and the last (the default),
+    none, or all but the last N."""
+    keep = ((job.spec or {}).get("checkpoints") or {}).get("keep", "best_and_last")
+    ordered = sorted(job.checkpoints, key=lambda c: c.epoch)
+    if keep == "all":
+        return []
+    if isinstance(keep, int):
+        return ordered[:-keep]
+    kept = {c.epoch for c in (best_checkpoint(job), last_checkpoint(job)) if c is not None}
+    return [c for c in ordered if c.epoch not in kept]
+
+
+def drop_checkpoints(session: Session, *, job_id: str) -> list[StoredFile]:
+    """Delete the rows of the checkpoints the job's policy drops; returns their files, to delete
+    after the commit (a crash in between leaves files no row names, never a row without its file)."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return []
+    dropped = checkpoints_to_drop(job)
+    for checkpoint in dropped:
+        session.delete(checkpoint)
+    return [checkpoint.file for checkpoint in dropped]
+
+
+def set_resume_state(session: Session, *, job_id: str, attempt: int, state: StoredFile | None) -> StoredFile | None:
+    """Record the training state the job's next attempt resumes from (None: none); returns the
+    state recorded before, whose file may go. LeaseLost if this attempt no longer owns the job."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.attempt != attempt or job.status not in JobStatus.ACTIVE:
+        raise LeaseLost(f"attempt {attempt} no longer owns job {job_id}")
+    before = resume_state(job)
+    job.resume_state = None if state is None else {"key": state.key, "size": state.size, "sha256": state.sha256}
+    return before
+
+
+def clear_resume_state(session: Session, *, job_id: str) -> StoredFile | None:
+    """Forget the state a finished job would resume from; returns it, whose file may go."""
+    job = session.get(Job, job_id, populate_existing=True)
+    before = resume_state(job) if job is not None else None
+    if before is not None:
+        job.resume_state = None
+    return before
+
+
+def resume_state(job: Job) -> StoredFile | None:
+    """The stored training state the job's next attempt resumes from, if it has one."""
+    state = job.resume_state
+    return StoredFile(state["key"], state.get("size"), state.get("sha256")) if state else None
+
+
+def held_bytes(job: Job) -> int:
+    """The bytes of stored files the job holds: its checkpoints and resumable state."""
+    state = resume_state(job)
+    return sum(c.size_bytes or 0 for c in job.checkpoints) + ((state.size or 0) if state else 0)
+
+
 def transition(
     session: Session,
     *,
@@ -309,9 +367,7 @@ def _upsert(session: Session, table, values: dict, conflict: list[str], update_f
     session.execute(stmt)
 
 
-def record_epoch(
-    session: Session, *, job_id: str, attempt: int, metrics: dict, checkpoint_path: str, checkpoint_size: int
-) -> None:
+def record_epoch(session: Session, *, job_id: str, attempt: int, metrics: dict, checkpoint: StoredFile) -> None:
     """Upsert one epoch's metrics and checkpoint row and advance the job's epoch counter.
 
     Raises LeaseLost (and writes nothing) if this attempt no longer owns the job.
@@ -338,13 +394,14 @@ def record_epoch(
         {
             "job_id": job_id,
             "epoch": epoch,
-            "path": checkpoint_path,
-            "size_bytes": checkpoint_size,
+            "path": checkpoint.key.removeprefix("checkpoints/"),
+            "size_bytes": checkpoint.size,
+            "sha256": checkpoint.sha256,
             "metrics": row,
             "created_at": utcnow(),
         },
         ["job_id", "epoch"],
-        ["path", "size_bytes", "metrics", "created_at"],
+        ["path", "size_bytes", "sha256", "metrics", "created_at"],
     )
 
 
@@ -451,6 +508,32 @@ def reap_one(
         reason=reason,
         error=error,
         detail={"lease_expired_at": heartbeat_at.isoformat()},
+        **values,
+    )
+    return to if moved else None
+
+
+def give_back(session: Session, *, job_id: str, attempt: int, max_attempts: int, reason: str, error: str) -> str | None:
+    """An attempt that cannot go on for a while (its store unreachable) hands the job back: queued
+    again, sent to a worker by the reaper after TRAINYARD_RESEND_AFTER_SECONDS, to resume from its
+    last stored state; failed with `reason` once it has had max_attempts. Returns the new status."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.attempt != attempt:
+        return None
+    if attempt >= max_attempts:
+        to, values = JobStatus.FAILED, {"finished_at": utcnow()}
+        error = f"{error}; tried {attempt} times (limit {max_attempts})"
+    else:
+        to, values = JobStatus.QUEUED, {"dispatched_at": utcnow()}
+    moved = transition(
+        session,
+        job_id=job_id,
+        to=to,
+        from_any=(JobStatus.RUNNING,),
+        owner_attempt=attempt,
+        reason=reason,
+        error=error if to == JobStatus.FAILED else None,
+        detail={"error": error},
         **values,
     )
     return to if moved else None

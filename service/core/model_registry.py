@@ -3,11 +3,6 @@ elsewhere), and movable aliases. Each function that changes the registry commits
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load as load_safetensors
@@ -23,28 +18,12 @@ from service.core import jobs
 from service.core.errors import Conflict, Invalid
 from service.core.references import ModelNotFound, resolve
 from service.core.settings import Settings
+from service.core.storage import StoredFile, get_storage
 from service.core.tables import Job, JobStatus, ModelAlias, ModelVersion, utcnow
 
 
 class AliasInUse(Conflict):
     """A version that an alias points to cannot be deleted."""
-
-
-def _freeze(source: Path, target: Path) -> None:
-    """Give the registry its own copy of a checkpoint (a hard link when possible).
-
-    Checkpoint writes replace files rather than rewrite them, so a linked copy keeps the
-    registered weights even if the job is resumed and writes that epoch again.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    os.unlink(tmp)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copy2(source, tmp)
-    os.replace(tmp, target)
 
 
 def _threshold(threshold: float | None, task: str) -> float | None:
@@ -65,7 +44,8 @@ def register(
 ) -> ModelVersion:
     """Register a job's checkpoint as the next version of `name` (predict's default `threshold` with it)."""
     target = resolve(session, reference=f"job:{job_id}:{checkpoint}", settings=settings)
-    meta = read_meta(target.path)
+    storage = get_storage(settings)
+    meta = read_meta(storage.fetch(target.file, what=target.what))
     threshold = _threshold(threshold, meta["task"])
     job = jobs.get_job(session, job_id=target.job_id)
     latest = jobs.latest_metric(session, job_id=job.id)
@@ -78,8 +58,9 @@ def register(
         else None
     )
 
-    def store(relative: str) -> None:
-        _freeze(target.path, settings.registry_dir / relative)
+    def store(relative: str) -> StoredFile:
+        # The version's own copy: deleting the job, or its retention, never takes a version's weights.
+        return storage.copy(target.file, f"registry/{relative}")
 
     return _next_version(
         session,
@@ -97,7 +78,8 @@ def register(
 
 
 def _next_version(session: Session, name: str, store, **columns) -> ModelVersion:
-    """Record and commit the next version of `name`, and store(relative path) its file once the number is ours."""
+    """Record and commit the next version of `name`, and store(relative path) its file once the
+    number is ours; the commit records the stored file's size and digest."""
     for _ in range(5):  # concurrent registrations of one name race for the next number
         version = (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
         relative = f"{name}/v{version}.safetensors"
@@ -107,7 +89,8 @@ def _next_version(session: Session, name: str, store, **columns) -> ModelVersion
                 session.add(record)
         except IntegrityError:
             continue
-        store(relative)
+        stored = store(relative)
+        record.size_bytes, record.sha256 = stored.size, stored.sha256
         session.commit()
         return record
     raise RuntimeError(f"could not allocate a version of {name!r}; try again")
@@ -168,8 +151,16 @@ def import_version(
         spec.model_dump(mode="json"), classes, input_shape, norm.mean if norm else None, norm.std if norm else None
     )
 
-    def store(relative: str) -> None:
-        write_checkpoint(settings.registry_dir / relative, state, meta)
+    def store(relative: str) -> StoredFile:
+        storage = get_storage(settings)
+        key = f"registry/{relative}"
+        staged = storage.staging(key)
+        try:
+            write_checkpoint(staged, state, meta)
+            return storage.put(key, staged)
+        finally:
+            if not storage.store.local:
+                staged.unlink(missing_ok=True)
 
     return _next_version(
         session,
@@ -255,4 +246,4 @@ def delete_version(session: Session, *, name: str, version: int, settings: Setti
         )
     session.delete(record)
     session.commit()
-    (settings.registry_dir / record.path).unlink(missing_ok=True)
+    get_storage(settings).delete(record.file.key)

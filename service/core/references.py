@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,6 +19,7 @@ from service.core import jobs
 from service.core.errors import NotFound, NotReady
 from service.core.ids import MAX_LISTED, matching, resolve_id
 from service.core.settings import Settings
+from service.core.storage import StoredFile
 from service.core.tables import Job, ModelAlias, ModelVersion
 
 _JOB_REF = re.compile(r"^job:(?P<id>[0-9a-fA-F-]{1,36})(?::(?P<which>best|last|[1-9][0-9]{0,6}))?$")
@@ -39,7 +39,7 @@ class ModelNotReady(NotReady):
 @dataclass
 class ResolvedCheckpoint:
     reference: str
-    path: Path
+    file: StoredFile
     job_id: str | None  # None for an imported version
     epoch: int
     name: str | None = None
@@ -50,16 +50,15 @@ class ResolvedCheckpoint:
         """The threshold a predict applies: the request's if given, else this model's default."""
         return self.threshold if requested is None else requested
 
+    @property
+    def what(self) -> str:
+        """The file for people: which version, or which job's epoch."""
+        if self.name is not None:
+            return f"version {self.version} of model {self.name!r}"
+        return f"the checkpoint of epoch {self.epoch} of job {self.job_id}"
 
-def _inside(root: Path, relative: str, reference: str) -> Path:
-    root = root.resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise ModelNotFound(f"checkpoint of {reference!r} lies outside its folder")
-    return path
 
-
-def _resolve_job(session: Session, reference: str, match, checkpoint_dir: Path) -> ResolvedCheckpoint:
+def _resolve_job(session: Session, reference: str, match) -> ResolvedCheckpoint:
     job = jobs.get_job(session, job_id=resolve_id(session, Job, match["id"], kind="job"))
     if job is None:
         raise ModelNotFound(f"model {reference!r} not found: there is no job {match['id']}")
@@ -75,7 +74,7 @@ def _resolve_job(session: Session, reference: str, match, checkpoint_dir: Path) 
         raise ModelNotReady(f"job {job.id} has no checkpoint yet (status {job.status})")
     return ResolvedCheckpoint(
         reference=reference,
-        path=_inside(checkpoint_dir, checkpoint.path, reference),
+        file=checkpoint.file,
         job_id=job.id,
         epoch=checkpoint.epoch,
     )
@@ -142,11 +141,12 @@ def _no_alias(session: Session, name: str, alias: str) -> str:
 
 
 def resolve(session: Session, *, reference: str, settings: Settings) -> ResolvedCheckpoint:
-    """Find the checkpoint file a model reference names."""
+    """Find the checkpoint file a model reference names (its keys are checked by the store:
+    a key never leaves its area)."""
     reference = reference.strip()
     match = _JOB_REF.match(reference)
     if match:
-        return _resolve_job(session, reference, match, settings.checkpoint_dir)
+        return _resolve_job(session, reference, match)
     try:
         version = find_version(session, reference=reference)
     except ModelNotFound as exc:
@@ -156,7 +156,7 @@ def resolve(session: Session, *, reference: str, settings: Settings) -> Resolved
         raise
     return ResolvedCheckpoint(
         reference=reference,
-        path=_inside(settings.registry_dir, version.path, reference),
+        file=version.file,
         job_id=version.job_id,
         epoch=version.epoch,
         name=version.name,

@@ -1,7 +1,7 @@
 """Deleting jobs, and purging what is old: unregistered jobs' checkpoints after
 TRAINYARD_RETENTION_DAYS, and the embedded broker's consumed messages.
 
-A registered version keeps its own copy of the weights in the registry folder, so deleting or
+A registered version keeps its own copy of the weights in the registry area, so deleting or
 purging a job never touches a registered model; a version goes only when it is deleted itself.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from service.core import jobs
 from service.core.db import session_scope
 from service.core.ids import resolve_id
 from service.core.settings import Settings
+from service.core.storage import get_storage
 from service.core.tables import Checkpoint, Job, JobStatus, ModelVersion, utcnow
 
 log = logging.getLogger(__name__)
@@ -31,15 +33,20 @@ def job_dir(settings: Settings, job_id: str) -> Path:
     return settings.checkpoint_dir / job_id
 
 
-def checkpoint_path(settings: Settings, job_id: str, epoch: int) -> tuple[str, Path]:
-    """Where a job's checkpoint of an epoch goes: the path the checkpoints table records (relative
-    to the checkpoint folder), and the file."""
-    relative = f"{job_id}/{checkpoint_name(epoch)}"
-    return relative, settings.checkpoint_dir / relative
+def checkpoint_key(job_id: str, epoch: int) -> str:
+    """The stored file of a job's checkpoint of an epoch."""
+    return f"checkpoints/{job_id}/{checkpoint_name(epoch)}"
+
+
+def resumable_state_key(job_id: str) -> str:
+    """A new stored file for the training state of a job (each save has its own, so that the one
+    SQL names stays whole until SQL names the next)."""
+    return f"checkpoints/{job_id}/{TRAINING_STATE.removesuffix('.safetensors')}-{uuid.uuid4().hex[:12]}.safetensors"
 
 
 def resumable_state_path(settings: Settings, job_id: str) -> Path:
-    """The file an interrupted attempt of a job resumes from."""
+    """The file an interrupted attempt resumed from before states were recorded in SQL (read
+    where a home has one)."""
     return job_dir(settings, job_id) / TRAINING_STATE
 
 
@@ -58,6 +65,7 @@ def delete_job(session: Session, *, job_id: str, settings: Settings) -> None:
 
 
 def _remove_files(settings: Settings, job_id: str) -> None:
+    get_storage(settings).delete_prefix(f"checkpoints/{job_id}/")
     shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
 
 

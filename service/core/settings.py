@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     checkpoint_dir: Path | None = None
     datasets_dir: Path | None = None
     registry_dir: Path | None = None
+    # Where datasets, checkpoints and registered versions are stored: unset, the folders above;
+    # file:///path for folders under path; s3://bucket/prefix for an S3-compatible object store
+    # (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... as boto3 reads them).
+    storage_url: str | None = Field(default=None, pattern=r"^(file:///.*|s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?)$")
+    # This machine's copies of objects from an object store, shared by its processes; the least
+    # recently used beyond this many bytes are removed.
+    cache_bytes: int = Field(default=20 * 1024**3, ge=1024 * 1024)
+    # A worker that cannot reach the store retries with back-off this long, then gives its job back
+    # to the queue (it resumes from its last stored checkpoint).
+    storage_retry_seconds: float = Field(default=120.0, ge=0, le=86400)
     # Pretrained backbones' weights files (torchvision's file names); $TORCH_HOME/hub/checkpoints is
     # looked in after it. Default: HOME/weights.
     weights_dir: Path | None = None
@@ -196,6 +206,11 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         """Decoded datasets, so the next job on the same files starts fast."""
         return self.home / "cache"
+
+    @property
+    def object_cache_dir(self) -> Path:
+        """This machine's copies of objects from the object store, by digest."""
+        return self.home / "cache" / "objects"
 
     def queue_for(self, device: str) -> str:
         return self.gpu_queue if device.startswith("cuda") else self.queue

@@ -4,7 +4,7 @@ jobs             a training job: its spec, status, attempt and lease (the source
 job_events       each status transition of a job, in order
 job_logs         what a job's worker logged while running it
 epoch_metrics    one row per job and epoch: losses, accuracies, timing
-checkpoints      one row per job and epoch: the checkpoint file's path and size
+checkpoints      one row per job and epoch kept: the checkpoint file's key, size and sha256
 sweeps           a base spec with varied values; its trials and how many have their job
 datasets         uploaded datasets (their decoded tensors live in the datasets folder)
 model_versions   registered models: immutable copies of a checkpoint, or imported weights
@@ -30,6 +30,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
+
+from service.core.storage import StoredFile
 
 
 def utcnow() -> datetime:
@@ -99,6 +101,8 @@ class Job(Base):
     # held in the interval its worker last reported: a lost attempt near 1 was killed for memory.
     memory_peak: Mapped[float | None] = mapped_column(Float)
     warnings: Mapped[list | None] = mapped_column(JSON)  # what its submission warned of
+    # The training state its next attempt resumes from: {"key", "size", "sha256"} in the store.
+    resume_state: Mapped[dict | None] = mapped_column(JSON)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The sweep that created the job, and which of its trials it runs.
@@ -201,12 +205,17 @@ class EpochMetric(PerJobEpoch, Base):
 class Checkpoint(PerJobEpoch, Base):
     __tablename__ = "checkpoints"
 
-    path: Mapped[str] = mapped_column(String(500))
+    path: Mapped[str] = mapped_column(String(500))  # in the store's checkpoints area
     size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64))  # None: recorded before digests were
     metrics: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="checkpoints")
+
+    @property
+    def file(self) -> StoredFile:
+        return StoredFile(f"checkpoints/{self.path}", self.size_bytes, self.sha256)
 
 
 class DatasetStatus:
@@ -216,7 +225,7 @@ class DatasetStatus:
 
 
 class StoredDataset(Base):
-    """An uploaded dataset; its decoded tensors live in <datasets dir>/<id>.safetensors. What
+    """An uploaded dataset; its decoded tensors are the stored file datasets/<id>.safetensors. What
     decoding finds (kind, task, classes, shape, counts) is null while it is processing."""
 
     __tablename__ = "datasets"
@@ -235,10 +244,19 @@ class StoredDataset(Base):
     num_train: Mapped[int | None] = mapped_column(Integer)
     num_test: Mapped[int | None] = mapped_column(Integer)
     checksum: Mapped[str | None] = mapped_column(String(64))
-    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)  # of the stored file
+    file_sha256: Mapped[str | None] = mapped_column(String(64))  # of the stored file; None: recorded before
     # sha256 of the uploaded archive with its name and options: the same upload again finds this one.
     upload_digest: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    @property
+    def file(self) -> StoredFile:
+        return StoredFile(dataset_key(self.id), self.size_bytes, self.file_sha256)
+
+
+def dataset_key(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}.safetensors"
 
 
 class ModelVersion(Base):
@@ -255,7 +273,9 @@ class ModelVersion(Base):
     job_id: Mapped[str | None] = mapped_column(String(36), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
     selector: Mapped[str] = mapped_column(String(20))  # what was asked for: best, last or an epoch
-    path: Mapped[str] = mapped_column(String(500))  # relative to the registry folder
+    path: Mapped[str] = mapped_column(String(500))  # in the store's registry area
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))  # None: recorded before digests were
     task: Mapped[str] = mapped_column(String(20))
     classes: Mapped[list | None] = mapped_column(JSON)
     input_shape: Mapped[list] = mapped_column(JSON)
@@ -263,6 +283,10 @@ class ModelVersion(Base):
     # Predict withholds a label whose probability is below it, unless the request gives its own.
     threshold: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    @property
+    def file(self) -> StoredFile:
+        return StoredFile(f"registry/{self.path}", self.size_bytes, self.sha256)
 
 
 class ModelAlias(Base):

@@ -450,7 +450,7 @@ def upload_dataset(
 def delete_dataset(dataset_id: str, request: Request, session: WriteSessionDep, settings: SettingsDep) -> Response:
     """Delete a dataset; the datasets page says which unfinished jobs keep one that is in use."""
     try:
-        datasets.delete_dataset(session, dataset_id=dataset_id, datasets_dir=settings.datasets_dir)
+        datasets.delete_dataset(session, dataset_id=dataset_id, settings=settings)
     except datasets.DatasetInUse as exc:
         return _datasets_page(request, session, settings, status_code=409, error=str(exc))
     return RedirectResponse("/ui/datasets", status_code=303)

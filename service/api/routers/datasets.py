@@ -101,4 +101,4 @@ def read_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
 )
 def delete_dataset(dataset_id: str, session: WriteSessionDep, settings: SettingsDep) -> None:
     """Delete an uploaded dataset that no queued or running job uses."""
-    datasets.delete_dataset(session, dataset_id=dataset_id, datasets_dir=settings.datasets_dir)
+    datasets.delete_dataset(session, dataset_id=dataset_id, settings=settings)

@@ -83,8 +83,8 @@ class JobPublic(BaseModel):
     cross_validation: dict | None = None
     # Why a queued job cannot start: no live worker serves its queue (no_worker, no_gpu_worker).
     waiting_reason: str | None = None
-    # Bytes the job's checkpoints take on disk, as recorded when each was written (the state a
-    # failed or cancelled job resumes from is not counted; a succeeded job keeps none).
+    # Bytes of stored files the job holds: the checkpoints its policy keeps and, for a failed or
+    # cancelled job, the state it resumes from (sizes as recorded when each was written).
     disk_bytes: int = 0
     # The sweep that created the job, if one did.
     sweep_id: str | None = None

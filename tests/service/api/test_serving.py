@@ -130,10 +130,13 @@ def test_batching_off_runs_one_request_at_a_time(tmp_path, checkpoint):
 def test_reference_cache_serves_stale_while_one_caller_refreshes(tmp_path):
     from service.api.serving import ReferenceCache
     from service.core.references import ResolvedCheckpoint
+    from service.core.storage import StoredFile
 
     cache = ReferenceCache(ttl=0.05)
     assert cache.lookup("m") == (None, True)
-    first = ResolvedCheckpoint(reference="m", path=tmp_path / "v1", job_id="j", epoch=1, name="m", version=1)
+    first = ResolvedCheckpoint(
+        reference="m", file=StoredFile("registry/m/v1.safetensors"), job_id="j", epoch=1, name="m", version=1
+    )
     cache.put("m", first)
     assert cache.lookup("m") == (first, False)
     import time
@@ -141,7 +144,9 @@ def test_reference_cache_serves_stale_while_one_caller_refreshes(tmp_path):
     time.sleep(0.06)
     assert cache.lookup("m") == (first, True)  # this caller refreshes...
     assert cache.lookup("m") == (first, False)  # ...the others keep the stale answer meanwhile
-    second = ResolvedCheckpoint(reference="m", path=tmp_path / "v2", job_id="j", epoch=1, name="m", version=2)
+    second = ResolvedCheckpoint(
+        reference="m", file=StoredFile("registry/m/v2.safetensors"), job_id="j", epoch=1, name="m", version=2
+    )
     cache.put("m", second)
     assert cache.lookup("m") == (second, False)
     cache.forget("m")

@@ -12,6 +12,7 @@ from models.spec.job import JobSpec
 from service.api.schemas.jobs import jobs_public
 from service.core import job_pages, jobs
 from service.core.settings import Settings
+from service.core.storage import StoredFile
 
 SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 3})
 LEASE = {"lease_seconds": 30, "max_attempts": 3}
@@ -30,8 +31,7 @@ def _make_jobs(Session, count: int) -> None:
                         job_id=job_id,
                         attempt=1,
                         metrics={"epoch": epoch, "train_loss": 1 / epoch, "test_acc": 0.5},
-                        checkpoint_path=f"{job_id}/epoch-000{epoch}.safetensors",
-                        checkpoint_size=100 * epoch,
+                        checkpoint=StoredFile("checkpoints/" + f"{job_id}/epoch-000{epoch}.safetensors", 100 * epoch),
                     )
         session.commit()
 

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from models.spec.job import JobSpec
 from service.core import jobs
 from service.core.errors import NotFound
+from service.core.storage import StoredFile
 from service.core.tables import Checkpoint, EpochMetric, JobStatus, utcnow
 
 LEASE = {"lease_seconds": 30, "max_attempts": 3}
@@ -59,8 +60,7 @@ def test_recording_an_epoch_twice_keeps_one_row_with_the_latest_values(Session):
                 job_id=job_id,
                 attempt=1,
                 metrics={"epoch": 1, "train_loss": loss, "test_acc": 0.5},
-                checkpoint_path=f"{job_id}/epoch-0001.safetensors",
-                checkpoint_size=10,
+                checkpoint=StoredFile("checkpoints/" + f"{job_id}/epoch-0001.safetensors", 10),
             )
             session.commit()
     with Session() as session:
@@ -69,8 +69,7 @@ def test_recording_an_epoch_twice_keeps_one_row_with_the_latest_values(Session):
             job_id=job_id,
             attempt=1,
             metrics={"epoch": 2, "train_loss": 0.4, "test_acc": 0.7},
-            checkpoint_path=f"{job_id}/epoch-0002.safetensors",
-            checkpoint_size=10,
+            checkpoint=StoredFile("checkpoints/" + f"{job_id}/epoch-0002.safetensors", 10),
         )
         session.commit()
         rows = jobs.get_metrics(session, job_id=job_id)
@@ -167,7 +166,7 @@ def test_a_stale_attempt_is_fenced_out(Session):
         assert jobs.heartbeat(session, job_id=job_id, attempt=1) is None
         with pytest.raises(jobs.LeaseLost):
             jobs.record_epoch(
-                session, job_id=job_id, attempt=1, metrics={"epoch": 1}, checkpoint_path="x", checkpoint_size=1
+                session, job_id=job_id, attempt=1, metrics={"epoch": 1}, checkpoint=StoredFile("checkpoints/" + "x", 1)
             )
         session.rollback()
         assert not jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.SUCCEEDED)

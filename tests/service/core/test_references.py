@@ -6,6 +6,7 @@ import pytest
 
 from service.core import db, model_registry
 from service.core.references import ModelNotFound, ModelNotReady, resolve
+from service.core.storage import StorageError, get_storage
 
 
 def resolve_now(settings, reference):
@@ -16,7 +17,10 @@ def resolve_now(settings, reference):
 def test_job_references_pick_best_last_or_an_epoch(service_env, trained_job):
     best = resolve_now(service_env, f"job:{trained_job}")
     assert (best.epoch, best.job_id, best.name) == (2, trained_job, None)
-    assert best.path == service_env.checkpoint_dir / trained_job / "epoch-0002.safetensors"
+    assert best.file.key == f"checkpoints/{trained_job}/epoch-0002.safetensors"
+    assert get_storage(service_env).fetch(best.file, what="best") == (
+        service_env.checkpoint_dir / trained_job / "epoch-0002.safetensors"
+    )
     assert resolve_now(service_env, f"job:{trained_job}:best").epoch == 2
     assert resolve_now(service_env, f"job:{trained_job}:last").epoch == 3
     assert resolve_now(service_env, f"job:{trained_job.upper()}:1").epoch == 1
@@ -32,7 +36,12 @@ def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
     with db.session_scope() as session:
         model_registry.set_alias(session, name="digits", alias="production", version=1)
     assert resolve_now(service_env, "digits").version == 1  # production wins over the newest
-    assert resolve_now(service_env, "digits@production").path == service_env.registry_dir / "digits" / "v1.safetensors"
+    production = resolve_now(service_env, "digits@production")
+    assert production.file.key == "registry/digits/v1.safetensors" and production.file.sha256 is not None
+    assert (
+        get_storage(service_env).fetch(production.file, what="v1")
+        == service_env.registry_dir / "digits" / "v1.safetensors"
+    )
 
 
 @pytest.mark.parametrize(
@@ -98,8 +107,9 @@ def test_a_stored_path_cannot_escape_its_folder(service_env, trained_job):
             .where(Checkpoint.job_id == trained_job, Checkpoint.epoch == 2)
             .values(path="../../outside.safetensors")
         )
-    with pytest.raises(ModelNotFound, match="lies outside its folder"):
-        resolve_now(service_env, f"job:{trained_job}:2")
+    target = resolve_now(service_env, f"job:{trained_job}:2")
+    with pytest.raises(StorageError, match="not a storage key"):
+        get_storage(service_env).fetch(target.file, what="epoch 2")
 
 
 def test_a_job_reference_takes_a_unique_prefix_of_the_id(service_env, trained_job):

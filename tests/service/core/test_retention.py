@@ -13,6 +13,7 @@ from service.core import broker, db, embedded_broker, jobs, model_registry, rete
 from service.core.errors import Conflict, NotFound
 from service.core.references import resolve
 from service.core.settings import Settings
+from service.core.storage import StoredFile, get_storage
 from service.core.tables import Checkpoint, EpochMetric, Job, JobEvent, JobStatus, ModelVersion, utcnow
 
 SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}})
@@ -37,8 +38,7 @@ def test_deleting_a_job_cascades_on_each_database(Session, tmp_path):
             job_id=job_id,
             attempt=1,
             metrics={"epoch": 1, "train_loss": 0.5},
-            checkpoint_path=f"{job_id}/epoch-0001.safetensors",
-            checkpoint_size=10,
+            checkpoint=StoredFile("checkpoints/" + f"{job_id}/epoch-0001.safetensors", 10),
         )
         session.commit()
         with pytest.raises(Conflict, match="cannot delete job .* it is running; cancel it first .*, then delete it"):
@@ -73,7 +73,7 @@ def test_a_registered_version_outlives_its_deleted_job(service_env, trained_job)
         kept = session.scalars(select(ModelVersion).where(ModelVersion.name == "kept")).one()
         assert kept.job_id == trained_job  # where it came from is still on record
         target = resolve(session, reference="kept", settings=service_env)
-    weights, meta = read_checkpoint(target.path)
+    weights, meta = read_checkpoint(get_storage(service_env).fetch(target.file, what="kept"))
     assert weights and meta["epoch"] == version.epoch == 2
 
 

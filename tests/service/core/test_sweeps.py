@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from models.spec.job import JobSpec
 from models.spec.sweeps import SweepSpec, label, trial_spec
+from service.core.storage import StoredFile
 from service.core.sweeps import _problems
 
 BASE = {"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "optimizer": {"lr": 0.1}}
@@ -149,8 +150,7 @@ def test_a_page_of_sweeps_is_ranked_in_one_query_per_metric(Session, engine):
                         session,
                         job_id=job.id,
                         attempt=attempt,
-                        checkpoint_path="x",
-                        checkpoint_size=1,
+                        checkpoint=StoredFile("checkpoints/" + "x", 1),
                         metrics={"epoch": epoch, "train_loss": 1.0, "test_loss": value, "test_acc": value},
                     )
         session.commit()

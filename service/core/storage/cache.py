@@ -1,0 +1,190 @@
+"""This machine's copies of stored objects, by the sha256 of their bytes.
+
+One folder serves every process of a machine: an object is fetched once (the first process to want
+it holds its `.lock` while it downloads; the others wait and then find it), and verified before it
+gets its name, so a file named by a digest always has those bytes. Readers hold a shared lock on
+the file while they use it; the oldest files beyond TRAINYARD_CACHE_BYTES are removed, never one
+that a reader holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashingWriter:
+    """A binary file that hashes and counts what is written to it."""
+
+    def __init__(self, fh: BinaryIO):
+        self.fh, self.digest, self.size = fh, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.fh.write(data)
+
+
+class DigestMismatch(Exception):
+    def __init__(self, size: int, sha256: str):
+        super().__init__(f"{size} bytes with sha256 {sha256}")
+        self.size, self.sha256 = size, sha256
+
+
+class ObjectCache:
+    def __init__(self, root: Path, max_bytes: int):
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def staging(self) -> Path:
+        """A new temporary file in the cache's folder (a file written here is adopted by a rename)."""
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="new-")
+        os.close(fd)
+        return Path(name)
+
+    @contextlib.contextmanager
+    def _download_lock(self, sha256: str) -> Iterator[None]:
+        lock = self.path(sha256).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+    @contextlib.contextmanager
+    def _held(self, path: Path) -> Iterator[bool]:
+        """A shared lock on the cached file, if it is there (False if not)."""
+        try:
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            yield False
+            return
+        with fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            try:
+                same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False  # evicted between the open and the lock
+            if same:
+                os.utime(path)  # recently used
+            yield same
+
+    def adopt(self, source: Path, sha256: str) -> None:
+        """Take a file this process wrote and verified (its digest known) as the cached copy."""
+        target = self.path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            source.unlink(missing_ok=True)
+            return
+        self.trim(keep=sha256)
+
+    @contextlib.contextmanager
+    def opened(self, sha256: str, size: int, fill: Callable[[BinaryIO], None]) -> Iterator[Path]:
+        """The cached file with these bytes, fetched by fill(file) if this machine has none yet,
+        locked against eviction until the block ends. DigestMismatch if what fill wrote is not it."""
+        path = self.path(sha256)
+        for _ in range(3):
+            with self._held(path) as present:
+                if present:
+                    yield path
+                    return
+            with self._download_lock(sha256):
+                if not path.exists():
+                    self._fill(path, sha256, fill)
+        raise OSError(f"cached object {sha256} keeps being evicted: raise TRAINYARD_CACHE_BYTES")
+
+    def _fill(self, path: Path, sha256: str, fill: Callable[[BinaryIO], None]) -> None:
+        tmp = self.staging()
+        try:
+            with open(tmp, "wb") as fh:
+                writer = HashingWriter(fh)
+                fill(writer)
+                fh.flush()
+                os.fsync(fh.fileno())
+            got = writer.digest.hexdigest()
+            if got != sha256:
+                raise DigestMismatch(writer.size, got)
+            self.trim(keep=sha256, incoming=writer.size)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def contains(self, sha256: str) -> bool:
+        return self.path(sha256).exists()
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        found = []
+        if not self.root.is_dir():
+            return found
+        for folder in self.root.iterdir():
+            if len(folder.name) != 2 or not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if path.suffix == ".lock":
+                    continue
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue
+                found.append((stat.st_mtime, stat.st_size, path))
+        return sorted(found)
+
+    def used_bytes(self) -> int:
+        return sum(size for _, size, _ in self.entries())
+
+    def trim(self, *, keep: str | None = None, incoming: int = 0) -> int:
+        """Remove the least recently used files until the cache (with `incoming` more bytes) fits
+        its bound, skipping `keep` and any file a reader holds; returns the bytes freed."""
+        entries = self.entries()
+        excess = sum(size for _, size, _ in entries) + incoming - self.max_bytes
+        freed = 0
+        for _, size, path in entries:
+            if excess - freed <= 0:
+                break
+            if path.name == keep:
+                continue
+            try:
+                fh = open(path, "rb")
+            except FileNotFoundError:
+                continue
+            with fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # in use
+                path.unlink(missing_ok=True)
+            freed += size
+        if excess - freed > 0:
+            log.info(
+                "the object cache holds %d bytes over TRAINYARD_CACHE_BYTES (%d): its files are in use",
+                excess - freed,
+                self.max_bytes,
+            )
+        return freed
