@@ -24,7 +24,13 @@ from models.nets.cost import human_bytes
 from models.nets.pretrained import MissingWeights, UnsafeWeights
 from models.spec.job import UPLOADED_ID, JobSpec, UploadedDatasetSpec
 from models.training.engine import Callbacks, EpochMetrics, Limits, TrainingError, TrainingRun, fit, summarise_folds
-from models.training.state import Position, TrainingState, load_training_state, save_training_state
+from models.training.state import (
+    TRAINING_STATE,
+    Position,
+    TrainingState,
+    load_training_state,
+    save_training_state,
+)
 from service.core import datasets, jobs, sweeps, worker_registry
 from service.core.background import Periodic
 from service.core.db import UNAVAILABLE, brief, retry_while_unavailable, session_scope
@@ -177,14 +183,21 @@ def load_resumable_state(job_id: str) -> TrainingState | None:
     return load_training_state(storage.patiently(f"fetch {what}", lambda: storage.fetch(stored, what=what)))[0]
 
 
-def forget_resumable_state(job_id: str) -> None:
-    """A succeeded job resumes no more: its state goes."""
-    previous = in_transaction(
-        f"forget job {job_id}'s training state", lambda session: jobs.clear_resume_state(session, job_id=job_id)
-    )
-    if previous is not None:
-        get_storage().delete(previous.key)
+def forget_resumable_state(state: StoredFile | None, job_id: str) -> None:
+    """A succeeded job resumes no more: the state its end forgot goes, and any an attempt stored
+    but was killed before naming it in SQL."""
+    storage = get_storage()
+    try:
+        listed = storage.store.list(f"checkpoints/{job_id}/")
+        states = [key for key, _ in listed if key.rsplit("/", 1)[-1].startswith(TRAINING_STATE_STEM)]
+    except StorageError:
+        states = [state.key] if state is not None else []
+    if states:
+        storage.delete(*states)
     resumable_state_path(get_settings(), job_id).unlink(missing_ok=True)
+
+
+TRAINING_STATE_STEM = TRAINING_STATE.removesuffix(".safetensors")
 
 
 class RecordingCallbacks(Callbacks):
@@ -513,16 +526,21 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
         return _give_back(job_id, claim.attempt, unreachable, job_log)
     log.info("job %s %s", job_id, status + (f" ({reason})" if reason else ""))
     job_log.store()  # before the job's end is recorded: whoever sees it ended finds its whole log
-    if not in_transaction(
-        f"record the end of job {job_id}",
-        lambda session: jobs.finish_job(
+    finished_state: list[StoredFile | None] = []
+
+    def finish(session) -> bool:
+        ended = jobs.finish_job(
             session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error
-        ),
-    ):
+        )
+        if ended and status == JobStatus.SUCCEEDED:  # only a failed or cancelled job can be resumed
+            finished_state[:] = [jobs.clear_resume_state(session, job_id=job_id)]
+        return ended
+
+    if not in_transaction(f"record the end of job {job_id}", finish):
         log.warning("job %s attempt %s could not record its end (%s)", job_id, claim.attempt, status)
         return None
-    if status == JobStatus.SUCCEEDED:  # only a failed or cancelled job can be resumed
-        forget_resumable_state(job_id)
+    if status == JobStatus.SUCCEEDED:
+        forget_resumable_state(finished_state[0] if finished_state else None, job_id)
     return status
 
 

@@ -246,11 +246,12 @@ class S3Store:
     def list(self, prefix: str) -> list[tuple[str, int]]:
         found, token = [], None
         strip = len(self.prefix) + 1 if self.prefix else 0
+        under = self._key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "")
         while True:
             extra = {"ContinuationToken": token} if token else {}
             page = self._call(
                 f"listing {prefix}",
-                lambda extra=extra: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(prefix), **extra),
+                lambda extra=extra: self.client.list_objects_v2(Bucket=self.bucket, Prefix=under, **extra),
             )
             found += [(item["Key"][strip:], item["Size"]) for item in page.get("Contents", [])]
             if not page.get("IsTruncated"):

@@ -1,0 +1,206 @@
+"""Workers on other machines: an API and two workers, each with its own home and no folder
+between them, sharing only SQL, the broker and a real S3 server (SeaweedFS). An upload on the API
+trains on a worker; that worker is killed and the other finishes the job from the store; the API
+serves what was trained; the store stops mid-job and comes back; a corrupt object is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from tests.support.datagen import image_folder_zip, png_bytes
+from tests.support.servers import (
+    REDIS_URL,
+    PostgresSchema,
+    Stack,
+    postgres_available,
+    redis_available,
+    require,
+    wait_until,
+)
+from tests.support.specs import submit
+
+pytestmark = pytest.mark.e2e
+
+CLASSES = ["circle", "square", "triangle"]
+CACHE_BYTES = 1024 * 1024
+
+
+class Machines:
+    """An API on one home, workers each on a home of its own, all on one database, broker and store."""
+
+    def __init__(self, root, data_dir, database_url, broker_url, store):
+        self.root, self.data_dir, self.store = root, data_dir, store
+        self.database_url, self.broker_url = database_url, broker_url
+        queue = f"trainyard-s3-{uuid.uuid4().hex[:8]}"
+        self.env = {
+            **store.env(),
+            "TRAINYARD_QUEUE": queue,
+            "TRAINYARD_GPU_QUEUE": f"{queue}-gpu",
+            "TRAINYARD_STORAGE_RETRY_SECONDS": "2",
+            "TRAINYARD_MAX_ATTEMPTS": "10",
+        }
+        self.api = Stack(
+            home=root / "api",
+            data_dir=data_dir,
+            database_url=database_url,
+            broker_url=broker_url,
+            extra_env=self.env,
+            with_worker=False,
+        )
+        self.workers: dict[str, Stack] = {}
+
+    def start_worker(self, name: str, **env) -> Stack:
+        worker = Stack(
+            home=self.root / name,
+            data_dir=self.data_dir,
+            database_url=self.database_url,
+            broker_url=self.broker_url,
+            extra_env={**self.env, **env},
+        )
+        worker.home.mkdir(parents=True)
+        worker.start_worker()
+        worker.wait_for_worker()
+        self.workers[name] = worker
+        return worker
+
+    def kill(self, name: str) -> None:
+        os.killpg(self.workers[name].procs["worker"].pid, signal.SIGKILL)
+        self.workers[name].procs["worker"].wait()
+
+    def logs(self) -> str:
+        return "\n".join([self.api.logs(), *(w.logs() for w in self.workers.values()), self.store.log_tail(2000)])
+
+    def stop(self) -> None:
+        for stack in [*self.workers.values(), self.api]:
+            stack.stop()
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def machines(request, tmp_path, data_dir, object_store):
+    if request.param == "embedded":
+        shared = tmp_path / "database"  # SQLite stands for the database server here; no file is shared else
+        shared.mkdir()
+        setup = Machines(
+            tmp_path,
+            data_dir,
+            f"sqlite:///{shared / 'trainyard.db'}",
+            f"sqla+sqlite:///{shared / 'broker.db'}",
+            object_store,
+        )
+        try:
+            setup.api.start()
+            yield setup
+        finally:
+            setup.stop()
+        return
+    require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
+    require(redis_available(), "Redis is not reachable on 127.0.0.1:6379")
+    with PostgresSchema() as schema:
+        setup = Machines(tmp_path, data_dir, schema.url, REDIS_URL, object_store)
+        try:
+            setup.api.start()
+            yield setup
+        finally:
+            setup.stop()
+
+
+def epochs(client, job_id) -> list[int]:
+    return [e["epoch"] for e in client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]]
+
+
+def stored_keys(store, prefix: str) -> list[str]:
+    listed = store.client().list_objects_v2(Bucket=store.bucket, Prefix=f"{store.prefix}/{prefix}")
+    return [item["Key"].removeprefix(f"{store.prefix}/") for item in listed.get("Contents", [])]
+
+
+def local_files(home, pattern: str = "*.safetensors") -> list:
+    """Files of ours in a home outside its object cache."""
+    return [p for p in home.rglob(pattern) if "cache" not in p.relative_to(home).parts]
+
+
+def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_hand_models_to_the_api(machines):
+    store = machines.store
+    with machines.api.client() as api:
+        answer = api.post(
+            "/v1/datasets",
+            files={
+                "file": ("shapes.zip", image_folder_zip(CLASSES, per_class=40, test_per_class=10), "application/zip")
+            },
+            data={"name": "shapes"},
+        )
+        assert answer.status_code == 201, answer.text
+        dataset = answer.json()
+        assert stored_keys(store, "datasets/") == [f"datasets/{dataset['id']}.safetensors"]
+
+        machines.start_worker("worker-b")
+        spec = {
+            "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
+            "data": {"dataset": "uploaded:shapes"},
+            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            "epochs": 24,
+            "batch_size": 2,
+            "seed": 1,
+            "device": "cpu",
+        }
+        job_id = submit(api, spec)
+        wait_until(lambda: len(epochs(api, job_id)) >= 2, timeout=120, what=f"two epochs\n{machines.logs()}")
+        machines.kill("worker-b")  # the machine is gone: its cache and files with it
+        machines.start_worker("worker-c", TRAINYARD_CACHE_BYTES=str(CACHE_BYTES))
+        job = machines.api.wait_for_job(api, job_id, timeout=240)
+        assert job["status"] == "succeeded", (job, machines.logs())
+        assert job["attempt"] == 2 and epochs(api, job_id) == list(range(1, 25))  # each epoch once
+        resumed = [t for t in job["transitions"] if t["to_status"] == "running"][1]["detail"]
+        assert resumed["resumed_from_epoch"] >= 2, resumed
+        # The best and the last epochs' checkpoints are kept; a succeeded job's state goes just after its end.
+        wait_until(
+            lambda: all("epoch-" in key for key in stored_keys(store, f"checkpoints/{job_id}/")),
+            timeout=10,
+            what="the training state to go",
+        )
+        assert 1 <= len(stored_keys(store, f"checkpoints/{job_id}/")) <= 2
+        assert job["disk_bytes"] > 0
+
+        registered = api.post("/v1/models", json={"name": "shapes", "job_id": job_id, "checkpoint": "best"})
+        assert registered.status_code == 201, registered.text
+        files = [("files", (f"{n}.png", png_bytes(i, seed=777 + i), "image/png")) for i, n in enumerate(CLASSES)]
+        predicted = api.post("/v1/predict", data={"model": "shapes:1"}, files=files)
+        assert predicted.status_code == 200, predicted.text
+        assert [p["label"] for p in predicted.json()["predictions"]] == CLASSES
+        # Nothing was shared: the API holds no checkpoint, and the workers no dataset, outside their caches.
+        assert not local_files(machines.api.home)
+        for worker in machines.workers.values():
+            assert not local_files(worker.home)
+
+        # The store stops mid-job: the worker waits, gives the job back, and it ends as if nothing happened.
+        second = submit(api, {**spec, "epochs": 10, "name": "through-an-outage"})
+        wait_until(lambda: len(epochs(api, second)) >= 2, timeout=120, what=f"two epochs\n{machines.logs()}")
+        store.stop()
+        try:
+            hot = api.post("/v1/predict", data={"model": "shapes:1"}, files=files)
+            assert hot.status_code == 200, hot.text  # cached models keep serving
+            cold = api.post("/v1/predict", data={"model": f"job:{second}"}, files=files)
+            assert cold.status_code == 503 and cold.headers["Retry-After"], cold.text
+            assert "cannot be reached" in cold.json()["detail"]
+            time.sleep(5)
+        finally:
+            store.start()
+        outage = machines.api.wait_for_job(api, second, timeout=240)
+        assert outage["status"] == "succeeded", (outage, machines.logs())
+        assert epochs(api, second) == list(range(1, 11))
+        cache = machines.workers["worker-c"].home / "cache" / "objects"
+        assert 0 < sum(p.stat().st_size for p in cache.glob("??/*")) <= CACHE_BYTES  # LeNet's epochs came to more
+        assert "storage_unavailable" in [t["reason"] for t in outage["transitions"]], outage["transitions"]
+
+        # A corrupt object is refused by name, never served.
+        version_key = f"{store.prefix}/registry/shapes/v1.safetensors"
+        store.client().put_object(Bucket=store.bucket, Key=version_key, Body=b"not the weights")
+        for cached in (machines.api.home / "cache" / "objects").glob("??/*"):
+            cached.unlink()
+        exported = api.get("/v1/models/shapes/versions/1/export", params={"format": "safetensors"})
+        assert exported.status_code == 500, exported.text
+        assert "version 1 of model 'shapes'" in exported.json()["detail"] and "corrupt" in exported.json()["detail"]

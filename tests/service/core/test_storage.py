@@ -1,0 +1,177 @@
+"""The store and this machine's cache: verified reads, nothing half-written, one download per
+machine, a bound that never evicts a file in use. Against the home's folders and a real S3 server."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+
+from service.core.settings import Settings
+from service.core.storage import ObjectCorrupt, ObjectMissing, Storage, StorageUnavailable, StoredFile
+from service.core.storage.cache import ObjectCache, file_sha256
+
+
+def settings_for(home, **extra) -> Settings:
+    return Settings(home=home, **extra)
+
+
+@pytest.fixture
+def s3_storage(object_store, tmp_path, monkeypatch):
+    """Storage on the test's own S3 server, from a home of its own."""
+    for key, value in object_store.env().items():
+        monkeypatch.setenv(key, value)
+    return Storage(settings_for(tmp_path / "home", storage_url=object_store.env()["TRAINYARD_STORAGE_URL"]))
+
+
+def written(storage: Storage, key: str, content: bytes) -> StoredFile:
+    path = storage.staging(key)
+    path.write_bytes(content)
+    return storage.put(key, path)
+
+
+def test_folders_read_in_place_and_refuse_changed_bytes(tmp_path):
+    storage = Storage(settings_for(tmp_path))
+    stored = written(storage, "checkpoints/job/epoch-0001.safetensors", b"weights")
+    path = storage.fetch(stored, what="epoch 1")
+    assert path == tmp_path / "checkpoints" / "job" / "epoch-0001.safetensors" and path.read_bytes() == b"weights"
+    path.write_bytes(b"weightz")
+    with pytest.raises(ObjectCorrupt, match="epoch 1 is corrupt"):
+        Storage(settings_for(tmp_path)).fetch(stored, what="epoch 1")
+    path.unlink()
+    with pytest.raises(ObjectMissing, match="epoch 1 is missing"):
+        storage.fetch(stored, what="epoch 1")
+    legacy = StoredFile("registry/m/v1.safetensors")  # recorded before digests: read where it is
+    (tmp_path / "registry" / "m").mkdir(parents=True)
+    (tmp_path / "registry" / "m" / "v1.safetensors").write_bytes(b"old")
+    assert storage.fetch(legacy, what="v1").read_bytes() == b"old"
+
+
+def test_s3_round_trip_verified_and_cached(s3_storage, object_store):
+    content = os.urandom(3 * 1024 * 1024)
+    stored = written(s3_storage, "datasets/d.safetensors", content)
+    assert (stored.size, stored.sha256) == (len(content), file_sha256_of(content))
+    assert s3_storage.cached(stored)  # the writer's file became this machine's copy
+    head = object_store.client().head_object(Bucket=object_store.bucket, Key="trainyard/datasets/d.safetensors")
+    assert head["ContentLength"] == len(content) and head["Metadata"]["sha256"] == stored.sha256
+
+    other = Storage(settings_for(s3_storage.cache.root.parents[2] / "other", storage_url=s3_storage.url))
+    assert not other.cached(stored)
+    assert other.fetch(stored, what="dataset d").read_bytes() == content
+    object_store.stop()  # a second read needs no byte from the store
+    assert other.fetch(stored, what="dataset d").read_bytes() == content
+    with pytest.raises(StorageUnavailable):
+        other.fetch(StoredFile("datasets/e.safetensors", 1, "0" * 64), what="dataset e")
+
+
+def test_a_corrupt_or_missing_object_is_refused_by_name(s3_storage, object_store, tmp_path):
+    stored = written(s3_storage, "registry/m/v1.safetensors", b"the real weights")
+    object_store.client().put_object(
+        Bucket=object_store.bucket, Key="trainyard/registry/m/v1.safetensors", Body=b"other weights!!!"
+    )
+    fresh = Storage(settings_for(tmp_path / "fresh", storage_url=s3_storage.url))
+    with pytest.raises(ObjectCorrupt, match="version 1 of model 'm' in s3://.* is corrupt"):
+        fresh.fetch(stored, what="version 1 of model 'm'")
+    assert not fresh.cached(stored) and not list((fresh.cache.root / "tmp").iterdir())  # nothing kept
+    with pytest.raises(ObjectMissing, match="is missing from s3://"):
+        fresh.fetch(StoredFile("registry/m/v2.safetensors", 3, "1" * 64), what="version 2 of model 'm'")
+
+
+def test_an_upload_to_a_stopped_store_leaves_nothing(s3_storage, object_store):
+    object_store.stop()
+    path = s3_storage.staging("checkpoints/j/epoch-0001.safetensors")
+    path.write_bytes(b"x" * 1000)
+    with pytest.raises(StorageUnavailable, match="cannot be reached"):
+        s3_storage.put("checkpoints/j/epoch-0001.safetensors", path)
+    object_store.start()
+    assert object_store.client().list_objects_v2(Bucket=object_store.bucket).get("KeyCount", 0) == 0
+
+
+def test_patiently_waits_for_the_store_to_come_back(s3_storage, object_store):
+    import threading
+
+    object_store.stop()
+    restarter = threading.Timer(1.0, object_store.start)
+    restarter.start()
+    try:
+        stored = s3_storage.patiently(
+            "store a file",
+            lambda: written(s3_storage, "checkpoints/j/epoch-0002.safetensors", b"y" * 10),
+            give_up_after=60,
+        )
+    finally:
+        restarter.join()
+    assert stored.size == 10
+    object_store.stop()
+    with pytest.raises(StorageUnavailable, match="gave up after"):
+        s3_storage.patiently("fetch", lambda: s3_storage.store.list("checkpoints/"), give_up_after=1)
+
+
+def file_sha256_of(content: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(content).hexdigest()
+
+
+def _fetch_in_child(cache_root, sha256, size, counter, barrier):
+    cache = ObjectCache(cache_root, 10**9)
+
+    def fill(fh):
+        with counter.get_lock():
+            counter.value += 1
+        fh.write(b"z" * size)
+
+    barrier.wait()
+    with cache.opened(sha256, size, fill) as path:
+        assert path.read_bytes() == b"z" * size
+
+
+def test_processes_of_one_machine_download_an_object_once(tmp_path):
+    size = 4 * 1024 * 1024
+    sha256 = file_sha256_of(b"z" * size)
+    context = multiprocessing.get_context("spawn")
+    counter, barrier = context.Value("i", 0), context.Barrier(3)
+    children = [
+        context.Process(target=_fetch_in_child, args=(tmp_path, sha256, size, counter, barrier)) for _ in range(3)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    assert [child.exitcode for child in children] == [0, 0, 0]
+    assert counter.value == 1
+
+
+def test_the_bound_evicts_the_least_recently_used_never_a_file_in_use(tmp_path):
+    cache = ObjectCache(tmp_path, max_bytes=2500)
+    blobs = {name: name.encode() * 1000 for name in "abc"}  # 1000 bytes each
+    digests = {name: file_sha256_of(blob) for name, blob in blobs.items()}
+
+    def fetch(name):
+        return cache.opened(digests[name], 1000, lambda fh: fh.write(blobs[name]))
+
+    with fetch("a"):
+        pass
+    with fetch("b"):
+        pass
+    os.utime(cache.path(digests["a"]), (1, 1))  # a is the least recently used
+    with fetch("a") as held:  # ... until used again, and held while c comes in
+        os.utime(cache.path(digests["b"]), (2, 2))
+        with fetch("c"):
+            pass
+        assert held.read_bytes() == blobs["a"]
+    assert cache.contains(digests["a"]) and cache.contains(digests["c"]) and not cache.contains(digests["b"])
+    assert cache.used_bytes() <= 2500
+    with fetch("a"):  # held: a fourth object evicts c rather than a, even though a is older
+        os.utime(cache.path(digests["a"]), (1, 1))
+        with cache.opened(file_sha256_of(b"d" * 1000), 1000, lambda fh: fh.write(b"d" * 1000)):
+            pass
+        assert cache.contains(digests["a"]) and not cache.contains(digests["c"])
+    assert cache.used_bytes() <= 2500
+
+
+def test_a_file_written_here_verifies_against_itself(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    assert file_sha256(path) == file_sha256_of(b"abc")
