@@ -1,6 +1,7 @@
 """The trainyard command line: migrate the database and run the API and a worker (started and
 stopped by service/cli/supervisor.py, whose docstring follows the start-up chain), the client
-commands of service/cli/client.py, and `sample-data` (service/cli/sample_data.py)."""
+commands of service/cli/client.py, `storage` (service/cli/storage.py) and `sample-data`
+(service/cli/sample_data.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typer
 
 from service.cli.client import UNREACHABLE, Failure
 from service.cli.client import register as register_client_commands
+from service.cli.storage import storage_app
 from service.cli.supervisor import Child, port_is_free, start, supervise
 from service.core import worker_registry
 from service.core.settings import get_settings
@@ -245,6 +247,7 @@ def _redact(url: str) -> str:
 
 
 register_client_commands(app)
+app.add_typer(storage_app, name="storage")
 
 
 def main() -> None:

@@ -202,6 +202,7 @@ DECODED_COLUMNS = (
     "num_test",
     "checksum",
     "size_bytes",
+    "file_sha256",
 )
 # Background decodes, one at a time per API process: decoding is CPU-bound and the API serves predictions.
 _decoder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-decoder")

@@ -44,6 +44,10 @@ def flower_auth_refusal(basic_auth: str) -> str | None:
     return None
 
 
+# What TRAINYARD_STORAGE_URL may be: folders under a local path, or a bucket (and a prefix in it).
+STORAGE_URL_PATTERN = r"^(file:///.*|s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?)$"
+
+
 def half_of_memory() -> int:
     """Half of this machine's physical memory, in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
@@ -62,7 +66,7 @@ class Settings(BaseSettings):
     # Where datasets, checkpoints and registered versions are stored: unset, the folders above;
     # file:///path for folders under path; s3://bucket/prefix for an S3-compatible object store
     # (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... as boto3 reads them).
-    storage_url: str | None = Field(default=None, pattern=r"^(file:///.*|s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?)$")
+    storage_url: str | None = Field(default=None, pattern=STORAGE_URL_PATTERN)
     # This machine's copies of objects from an object store, shared by its processes; the least
     # recently used beyond this many bytes are removed.
     cache_bytes: int = Field(default=20 * 1024**3, ge=1024 * 1024)

@@ -197,6 +197,12 @@ CLI_BLOCKS_NOT_RUN = {
     "curl -s http://127.0.0.1:8000/v1/datasets -F file=@flowers.zip -F name=flowers -F image_size=64": "it has a placeholder to fill in (ID=...) and the reader's own photos",
     'curl -F file=@lenet.safetensors -F name=brought -F \'model={"arch": "lenet"}\' \\': "it needs weights trained elsewhere (tests/e2e/test_model_exchange.py imports such weights)",
     "export TRAINYARD_DATABASE_URL=postgresql+psycopg://trainyard@db.internal/trainyard": "production servers",
+    "export TRAINYARD_HOST=0.0.0.0 TRAINYARD_API_TOKENS=...": "machines sharing PostgreSQL, Redis and an S3 store "
+    "(tests/e2e/test_worker_processes.py runs workers of separate homes on a shared database, broker and folder)",
+    ".venv/bin/trainyard worker   # or --gpus all: one worker per GPU": "the worker of the same machines",
+    ".venv/bin/trainyard storage migrate --to s3://trainyard-files/prod   # run with the AWS_* variables set": "it needs "
+    "an S3 store: tests/service/core/test_storage_migrate.py migrates a home into a real one (SeaweedFS) and reads it "
+    "back, tests/service/cli/test_storage_commands.py runs both commands",
 }
 
 

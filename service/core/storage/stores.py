@@ -62,6 +62,10 @@ class Store(Protocol):
     def download(self, key: str, target) -> None:
         """Write the object's bytes into the open binary file `target`."""
 
+    def head(self, key: str) -> tuple[int, str | None] | None:
+        """(size, sha256) of the object under key, the digest where the store keeps it (an object
+        store's `sha256` metadata, which upload() writes; None in a folder); None if there is none."""
+
     def copy(self, source_key: str, key: str) -> None: ...
 
     def delete(self, keys: list[str]) -> None:
@@ -73,7 +77,8 @@ class Store(Protocol):
         """(key, size) of every object under a prefix."""
 
 
-def _checked(key: str) -> str:
+def checked_key(key: str) -> str:
+    """The key, if it is one (`<area>/<path>` with no empty, `.` or `..` part); else StorageError."""
     parts = key.split("/")
     if parts[0] not in AREAS or any(part in ("", ".", "..") for part in parts):
         raise StorageError(f"not a storage key: {key!r}")
@@ -90,7 +95,7 @@ class FolderStore:
         self.url = url
 
     def path(self, key: str) -> Path:
-        area, _, rest = _checked(key).partition("/")
+        area, _, rest = checked_key(key).partition("/")
         return self.roots[area] / rest
 
     def upload(self, key: str, source: Path, sha256: str) -> None:
@@ -117,6 +122,14 @@ class FolderStore:
                 shutil.copyfileobj(fh, target, CHUNK)
         except FileNotFoundError:
             raise ObjectMissing(f"{key} does not exist in {self.url}") from None
+
+    def head(self, key: str) -> tuple[int, str | None] | None:
+        path = self.path(key)
+        try:
+            stat = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return (stat.st_size, None) if path.is_file() else None
 
     def copy(self, source_key: str, key: str) -> None:
         source = self.path(source_key)
@@ -179,7 +192,7 @@ class S3Store:
         self.transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
 
     def _key(self, key: str) -> str:
-        return f"{self.prefix}/{_checked(key)}" if self.prefix else _checked(key)
+        return f"{self.prefix}/{checked_key(key)}" if self.prefix else checked_key(key)
 
     def path(self, key: str) -> Path:
         raise TypeError("an object store's files are fetched, not read in place")
@@ -224,6 +237,15 @@ class S3Store:
                 target.write(chunk)
 
         self._call(f"reading {key}", fetch)
+
+    def head(self, key: str) -> tuple[int, str | None] | None:
+        try:
+            answer = self._call(
+                f"looking up {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            )
+        except ObjectMissing:
+            return None
+        return answer["ContentLength"], (answer.get("Metadata") or {}).get("sha256") or None
 
     def copy(self, source_key: str, key: str) -> None:
         self._call(

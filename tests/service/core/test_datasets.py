@@ -10,6 +10,7 @@ import pytest
 from models.spec.job import JobSpec
 from service.core import datasets, db, submission
 from service.core.errors import Invalid
+from service.core.storage.cache import file_sha256
 from service.core.tables import DatasetStatus, StoredDataset
 from tests.support.datagen import image_folder_zip
 
@@ -44,6 +45,8 @@ def test_a_kept_upload_is_processing_then_ready(service_env):
     ready = record(dataset_id)
     assert ready.status == DatasetStatus.READY and ready.error is None
     assert (ready.classes, ready.input_shape, ready.num_train, ready.num_test) == (["a", "b"], [1, 28, 28], 12, 4)
+    stored = service_env.datasets_dir / f"{dataset_id}.safetensors"
+    assert (ready.size_bytes, ready.file_sha256) == (stored.stat().st_size, file_sha256(stored))  # readers check it
     assert not list(service_env.datasets_dir.glob("*.upload.zip")) and not list(service_env.datasets_dir.glob(".*"))
     with db.session_scope() as session:
         assert submission.check_spec(session, spec=spec_on(dataset_id), settings=service_env) == "classification"

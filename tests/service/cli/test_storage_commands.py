@@ -1,0 +1,83 @@
+"""`trainyard storage info` and `trainyard storage migrate`, in this process on a private home: what
+they print (lines, or JSON with --json) and their exit statuses (0 all there, 1 files not copied,
+2 a bad URL, 3 a store that cannot be reached)."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import update
+from typer.testing import CliRunner
+
+from service.cli import main as cli_main
+from service.core import db
+from service.core.tables import Checkpoint
+from tests.support.servers import free_port
+
+
+def invoke(*args: str, env: dict | None = None):
+    return CliRunner().invoke(cli_main.app, ["storage", *args], env=env)
+
+
+def test_info_says_where_files_are_and_what_the_cache_holds(service_env):
+    result = invoke("info", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["url"] == f"file://{service_env.home}" and info["configured"] is None and info["kind"] == "folders"
+    assert info["folders"]["checkpoints"] == str(service_env.checkpoint_dir)
+    assert info["cache_dir"] == str(service_env.object_cache_dir)
+    assert (info["cache_files"], info["cache_bytes_used"], info["cache_bytes_max"]) == (0, 0, service_env.cache_bytes)
+    lines = invoke("info").stdout.splitlines()
+    assert lines[0].startswith(f"store: file://{service_env.home} (folders: checkpoints {service_env.checkpoint_dir}")
+    assert lines[1] == f"cache: {service_env.object_cache_dir}, 0 B in 0 file(s) of 20.0 GiB (TRAINYARD_CACHE_BYTES)"
+
+
+def test_migrate_copies_once_then_says_there_is_nothing_to_copy(trained_job, tmp_path):
+    url = f"file://{tmp_path / 'store'}"
+    first = invoke("migrate", "--to", url, "--json")
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert report["complete"] and report["target"] == url and report["copied"]["files"] == 3
+    assert report["digests_recorded"] == 3 and report["sources_deleted"] is False
+    assert sorted(p.name for p in (tmp_path / "store" / "checkpoints" / trained_job).iterdir()) == [
+        "epoch-0001.safetensors",
+        "epoch-0002.safetensors",
+        "epoch-0003.safetensors",
+    ]
+
+    second = invoke("migrate", "--to", url)
+    assert second.exit_code == 0, second.output
+    assert second.stdout.startswith("nothing copied: 3 file(s), ")
+    assert f"next: set TRAINYARD_STORAGE_URL={url} on every process" in second.stdout
+    assert "stay there: delete them once every process uses the new store" in second.stdout
+
+
+def test_migrate_exits_1_when_files_are_not_copied(trained_job, service_env, tmp_path):
+    with db.session_scope() as session:
+        session.execute(update(Checkpoint).where(Checkpoint.epoch == 1).values(sha256="0" * 64))
+    (service_env.checkpoint_dir / trained_job / "epoch-0002.safetensors").unlink()
+    result = invoke("migrate", "--to", f"file://{tmp_path / 'store'}")
+    assert result.exit_code == 1, result.output
+    assert f"copied checkpoints/{trained_job}/epoch-0003.safetensors (" in result.stdout
+    assert "1 file(s) corrupt" in result.stdout and "1 file(s) missing" in result.stdout
+    not_copied = result.stderr.splitlines()
+    assert len(not_copied) == 2 and all(line.startswith("not copied: job ") for line in not_copied)
+    assert "epoch 1 is corrupt: " in not_copied[0] and "epoch 2 is missing: " in not_copied[1]
+    assert "next: set" not in result.stdout
+
+
+def test_migrate_exits_2_on_a_bad_url_and_3_when_the_store_cannot_be_reached(trained_job):
+    bad = invoke("migrate", "--to", "http://example.com/bucket")
+    assert bad.exit_code == 2 and "file:///path or s3://bucket/prefix" in bad.stderr
+    nowhere = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "nobody",
+        "AWS_SECRET_ACCESS_KEY": "nothing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    down = invoke("migrate", "--to", "s3://nowhere/prefix", "--json", env=nowhere)
+    assert down.exit_code == 3, down.output
+    report = json.loads(down.stdout)
+    assert "cannot be reached" in report["stopped"] and report["copied"]["files"] == 0 and not report["complete"]
+    with db.session_scope(write=False) as session:
+        assert [c.sha256 for c in session.query(Checkpoint).all()] == [None, None, None]
