@@ -13,7 +13,8 @@ from tests.support.specs import SOFTMAX_SPEC, submit
 pytestmark = pytest.mark.e2e
 
 OUTAGE_SECONDS = 20
-SPEC = {**SOFTMAX_SPEC, "name": "through-an-outage", "epochs": 8}
+# Every epoch's checkpoint kept, so that the files show what was trained while the database was away.
+SPEC = {**SOFTMAX_SPEC, "name": "through-an-outage", "epochs": 8, "checkpoints": {"keep": "all"}}
 
 
 @pytest.fixture

@@ -186,6 +186,15 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
             cold = api.post("/v1/predict", data={"model": f"job:{second}"}, files=files)
             assert cold.status_code == 503 and cold.headers["Retry-After"], cold.text
             assert "cannot be reached" in cold.json()["detail"]
+            refused = api.post(
+                "/v1/datasets",
+                files={
+                    "file": ("more.zip", image_folder_zip(CLASSES, per_class=5, test_per_class=2), "application/zip")
+                },
+                data={"name": "more-shapes"},
+            )
+            assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
+            assert [d["name"] for d in api.get("/v1/datasets").json()["data"]] == ["shapes"]  # nothing half-made
             time.sleep(5)
         finally:
             store.start()
@@ -204,3 +213,10 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
         exported = api.get("/v1/models/shapes/versions/1/export", params={"format": "safetensors"})
         assert exported.status_code == 500, exported.text
         assert "version 1 of model 'shapes'" in exported.json()["detail"] and "corrupt" in exported.json()["detail"]
+
+        # Deleting a version, a job or a dataset deletes its objects.
+        assert api.delete("/v1/models/shapes/versions/1").status_code == 204
+        assert api.delete(f"/v1/jobs/{second}").status_code == 204
+        assert api.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+        assert stored_keys(store, "registry/") == [] and stored_keys(store, "datasets/") == []
+        assert stored_keys(store, f"checkpoints/{second}/") == [] and stored_keys(store, f"checkpoints/{job_id}/")

@@ -279,3 +279,43 @@ def test_a_lost_attempt_near_its_memory_limit_is_out_of_memory_and_not_retried(S
         assert job.status == status and job.events[-1].reason == reason
         if reason == "out_of_memory":
             assert "95% of its memory budget" in job.error
+
+
+@pytest.mark.parametrize(
+    "keep, kept",
+    [("best_and_last", [2, 5]), ("all", [1, 2, 3, 4, 5]), (2, [4, 5]), (1, [5])],
+)
+def test_the_checkpoint_policy_drops_what_it_does_not_keep(Session, keep, kept):
+    """Validation accuracy peaks at epoch 2; the last epoch is 5."""
+    spec = JobSpec.model_validate(
+        {**SPEC.model_dump(mode="json"), "epochs": 5, "data": {"dataset": "fashion-mnist", "val_fraction": 0.2}}
+        | {"checkpoints": {"keep": keep}}
+    )
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=spec, task="classification").id
+        jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
+        session.commit()
+    for epoch, accuracy in zip(range(1, 6), (0.5, 0.9, 0.6, 0.7, 0.8), strict=True):
+        with Session() as session:
+            jobs.record_epoch(
+                session,
+                job_id=job_id,
+                attempt=1,
+                metrics={"epoch": epoch, "val_acc": accuracy, "val_loss": 1 - accuracy},
+                checkpoint=StoredFile(f"checkpoints/{job_id}/epoch-{epoch:04d}.safetensors", 10, "a" * 64),
+            )
+            dropped = jobs.drop_checkpoints(session, job_id=job_id)
+            session.commit()
+            assert all(f.key.startswith(f"checkpoints/{job_id}/epoch-") for f in dropped)
+    with Session() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert [c.epoch for c in job.checkpoints] == kept
+        assert jobs.held_bytes(job) == 10 * len(kept)
+
+
+@pytest.mark.parametrize("keep", [0, -1, "best", 2.5, True])
+def test_a_checkpoint_policy_that_is_not_one_is_refused(keep):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="checkpoints.keep"):
+        JobSpec.model_validate({**SPEC.model_dump(mode="json"), "checkpoints": {"keep": keep}})
