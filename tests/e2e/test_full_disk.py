@@ -34,6 +34,7 @@ STEADY = {
     "batch_size": 16,
     "seed": 5,
     "device": "cpu",
+    "checkpoints": {"keep": "all"},  # epoch 1's checkpoint is what must still load
 }
 
 

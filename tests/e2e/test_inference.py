@@ -25,7 +25,10 @@ pytestmark = pytest.mark.e2e
 def trained(embedded_stack):
     """Two finished jobs on the embedded stack: a classifier and a regression model."""
     with embedded_stack.client() as client:
-        classifier = submit(client, {**SOFTMAX_SPEC, "epochs": 3, "name": "registry-source"})
+        # Every epoch's checkpoint kept: the tests register and serve epochs other than the best and the last.
+        classifier = submit(
+            client, {**SOFTMAX_SPEC, "epochs": 3, "name": "registry-source", "checkpoints": {"keep": "all"}}
+        )
         regressor = submit(
             client,
             {
