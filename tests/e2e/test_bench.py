@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tests.support.object_store import require_seaweed
 from tests.support.servers import REPO
 
 pytestmark = pytest.mark.e2e
@@ -56,3 +57,31 @@ def test_api_memory_benchmark_measures_each_api_process_at_each_stage():
         row = rf"\n  {stage} +API 1: +\d+ MB \(anon \d+ \+ file \d+\); API 2: +\d+ MB"
         assert re.search(row, run.stdout), run.stdout
     assert re.search(r"largest API process after the predicts: \d+ MB \(target < 500 MB\) (MET|MISSED)", run.stdout)
+
+
+def test_storage_benchmark_prints_its_table():
+    """bench/storage.py in small, on a real SeaweedFS S3 server: a one-epoch job through the home's
+    folders and through the store, a 16 MiB stored set read twice, two checkpoints uploaded (the
+    full run's figures are in bench/RESULTS.md)."""
+    require_seaweed()
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.storage", "--quick", "--report-only"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    number = r"([0-9][0-9,]*\.?[0-9]*)"
+    assert re.search(rf"\nfolders +{number} +{number}", run.stdout), run.stdout
+    assert re.search(rf"\nstore +{number} +{number}", run.stdout), run.stdout
+    ratio = re.search(rf"training wall time, store / folders: {number} .*\(target <= 1\.1\) (MET|MISSED)", run.stdout)
+    assert ratio and float(ratio[1]) > 0, run.stdout
+    assert re.search(rf"first fetch \(uncached: download \+ sha256 \+ fsync\): {number} s, {number} MB/s", run.stdout)
+    assert re.search(rf"second fetch \(cached\): {number} ms", run.stdout), run.stdout
+    assert re.search(rf"first fetch / plain get_object speed: {number}", run.stdout), run.stdout
+    uploads = re.findall(
+        r"checkpoint upload (LeNet|ResNet-18) .* put / plain speed [0-9.]+ \(target >= 0\.8\) (MET|MISSED)", run.stdout
+    )
+    assert [name for name, _ in uploads] == ["LeNet", "ResNet-18"], run.stdout
+    assert re.search(r"\n(ALL TARGETS MET|[0-9] TARGET\(S\) MISSED)\n", run.stdout), run.stdout
