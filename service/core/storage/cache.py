@@ -15,7 +15,9 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -34,15 +36,35 @@ def file_sha256(path: Path) -> str:
 
 
 class HashingWriter:
-    """A binary file that hashes and counts what is written to it."""
+    """A binary file that counts what is written to it and hashes it on a thread of its own, so
+    that hashing a download overlaps with receiving it (sha256 releases the GIL)."""
 
     def __init__(self, fh: BinaryIO):
-        self.fh, self.digest, self.size = fh, hashlib.sha256(), 0
+        self.fh, self.size = fh, 0
+        self._digest = hashlib.sha256()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._hash, name="cache-hash", daemon=True)
+        self._thread.start()
+
+    def _hash(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._digest.update(chunk)
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
+        data = bytes(data)
         self.size += len(data)
+        self._chunks.put(data)
         return self.fh.write(data)
+
+    def hexdigest(self) -> str:
+        """The sha256 of everything written (call once, after the last write)."""
+        self.close()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._chunks.put(None)
+            self._thread.join()
 
 
 class DigestMismatch(Exception):
@@ -125,10 +147,13 @@ class ObjectCache:
         try:
             with open(tmp, "wb") as fh:
                 writer = HashingWriter(fh)
-                fill(writer)
+                try:
+                    fill(writer)
+                finally:
+                    writer.close()
                 fh.flush()
                 os.fsync(fh.fileno())
-            got = writer.digest.hexdigest()
+            got = writer.hexdigest()
             if got != sha256:
                 raise DigestMismatch(writer.size, got)
             self.trim(keep=sha256, incoming=writer.size)

@@ -217,6 +217,16 @@ class S3Store:
             raise StorageUnavailable(f"{what}: {self.url} cannot be reached: {exc}") from None
 
     def upload(self, key: str, source: Path, sha256: str) -> None:
+        metadata = {"sha256": sha256} if sha256 else {}
+        if source.stat().st_size < MULTIPART_BYTES:
+            # One PUT: the object appears whole or not at all, without the thread pool s3transfer
+            # starts for every call (most of the cost of a small checkpoint's upload).
+            def put():
+                with open(source, "rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, Metadata=metadata)
+
+            self._call(f"writing {key}", put)
+            return
         # Large files go as a multipart upload, which s3transfer aborts if a part fails: no part
         # of an unfinished upload is ever visible under the key.
         self._call(
@@ -225,7 +235,7 @@ class S3Store:
                 str(source),
                 self.bucket,
                 self._key(key),
-                ExtraArgs={"Metadata": {"sha256": sha256}} if sha256 else None,
+                ExtraArgs={"Metadata": metadata} if metadata else None,
                 Config=self.transfer,
             ),
         )
