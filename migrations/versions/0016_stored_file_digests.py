@@ -23,6 +23,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("sha256", sa.String(64), nullable=True))
     with op.batch_alter_table("datasets") as batch:
         batch.add_column(sa.Column("file_sha256", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("upload_file", sa.JSON(), nullable=True))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("resume_state", sa.JSON(), nullable=True))
 
@@ -31,6 +32,7 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("resume_state")
     with op.batch_alter_table("datasets") as batch:
+        batch.drop_column("upload_file")
         batch.drop_column("file_sha256")
     with op.batch_alter_table("model_versions") as batch:
         batch.drop_column("sha256")

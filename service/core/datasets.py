@@ -162,30 +162,43 @@ def store_upload(
     return record
 
 
-def _upload_path(datasets_dir: Path, dataset_id: str) -> Path:
-    return datasets_dir / f"{dataset_id}.upload.zip"
+def upload_key(dataset_id: str) -> str:
+    """The stored file of an archive kept to be decoded after the answer."""
+    return f"datasets/{dataset_id}.upload.zip"
+
+
+def _kept_upload(record: StoredDataset) -> StoredFile:
+    kept = record.upload_file or {}
+    return StoredFile(upload_key(record.id), kept.get("size"), kept.get("sha256"))
 
 
 def accept_upload(
-    session: Session, *, data: BinaryIO, name: str, datasets_dir: Path, digest: str | None = None
+    session: Session, *, data: BinaryIO, name: str, settings: Settings, digest: str | None = None
 ) -> StoredDataset:
-    """Keep an upload to decode later (decode_accepted), committed as processing (with its
-    upload_digest); NameTaken if another dataset has the name."""
+    """Store an upload to decode later (decode_accepted), committed as processing (with its
+    upload_digest and the stored archive's size and sha256); NameTaken if another dataset has the
+    name, StorageUnavailable (and nothing kept) if the store cannot take it."""
     check_name_free(session, name=name)
     record = StoredDataset(
         id=new_id(), name=name, status=DatasetStatus.PROCESSING, heartbeat_at=utcnow(), upload_digest=digest
     )
-    path = _upload_path(datasets_dir, record.id)
-    datasets_dir.mkdir(parents=True, exist_ok=True)
+    storage, key = get_storage(settings), upload_key(record.id)
+    staged = storage.staging(key)
     data.seek(0)
     try:
-        with open(path, "wb") as fh:
+        with open(staged, "wb") as fh:
             shutil.copyfileobj(data, fh, length=1024 * 1024)
+        stored = storage.put(key, staged)
     except BaseException:
-        path.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
         raise
-    session.add(record)
-    session.commit()
+    record.upload_file = {"size": stored.size, "sha256": stored.sha256}
+    try:
+        session.add(record)
+        session.commit()
+    except BaseException:
+        storage.delete(key)
+        raise
     return record
 
 
@@ -250,36 +263,40 @@ class _Heartbeat(Periodic):
 def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settings) -> None:
     """Decode an upload accept_upload kept, off the request path: the record becomes ready, or
     failed with the reason. Owns its transactions (it runs after the request has been answered)."""
-    path = _upload_path(settings.datasets_dir, dataset_id)
+    storage = get_storage(settings)
     with session_scope() as session:
         record = session.get(StoredDataset, dataset_id)
         if record is None or record.status != DatasetStatus.PROCESSING:
-            path.unlink(missing_ok=True)
+            storage.delete(upload_key(dataset_id))
             return
-        name = record.name
+        name, archive = record.name, _kept_upload(record)
     outcome = StoredDataset(id=dataset_id, name=name)
     try:
-        with _Heartbeat(dataset_id, settings.dataset_heartbeat_seconds), open(path, "rb") as fh:
+        with (
+            _Heartbeat(dataset_id, settings.dataset_heartbeat_seconds),
+            storage.opened(archive, what=f"the archive uploaded as dataset {name!r} ({dataset_id})") as path,
+            open(path, "rb") as fh,
+        ):
             _decode_into(outcome, fh, options, settings)
     except Exception as exc:  # a damaged archive, or a disk that filled: the record says which
         outcome.status = DatasetStatus.FAILED
         outcome.error = str(exc) if isinstance(exc, DatasetError) else f"decoding failed: {type(exc).__name__}: {exc}"
         log.warning("dataset %s failed to decode: %s", dataset_id, outcome.error)
     finally:
-        path.unlink(missing_ok=True)
+        storage.delete(archive.key)
     with session_scope() as session:
         # Only a record still processing takes the outcome: one deleted, or failed as abandoned
         # meanwhile, stays as it is (and its files go).
         updated = session.execute(
             update(StoredDataset)
             .where(StoredDataset.id == dataset_id, StoredDataset.status == DatasetStatus.PROCESSING)
-            .values({column: getattr(outcome, column) for column in DECODED_COLUMNS})
+            .values({**{column: getattr(outcome, column) for column in DECODED_COLUMNS}, "upload_file": None})
         ).rowcount
     if not updated and outcome.status == DatasetStatus.READY:
         get_storage(settings).delete(dataset_key(dataset_id))
 
 
-def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, datasets_dir: Path) -> list[str]:
+def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, settings: Settings) -> list[str]:
     """Mark uploads still processing whose decoder has not been heard from for
     `older_than_seconds` as failed (the process decoding them has gone, e.g. restarted); returns
     their ids."""
@@ -291,8 +308,11 @@ def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, datas
     for record in stale:
         record.status = DatasetStatus.FAILED
         record.error = "decoding did not finish (the service restarted while it ran); upload the archive again"
-        _upload_path(datasets_dir, record.id).unlink(missing_ok=True)
+        record.upload_file = None
     session.flush()
+    if stale:
+        get_storage(settings).delete(*[upload_key(record.id) for record in stale])
+    datasets_dir = settings.datasets_dir
     # Decoding files and half-written datasets a killed process left behind.
     for leftover in [*datasets_dir.glob(".decoding-*"), *datasets_dir.glob(".*.safetensors.*.tmp")]:
         try:
@@ -391,8 +411,7 @@ def delete_dataset(session: Session, *, dataset_id: str, settings: Settings) -> 
         raise DatasetInUse(f"dataset {dataset_id} is used by unfinished job(s) {', '.join(users)}")
     session.delete(record)
     session.commit()
-    get_storage(settings).delete(dataset_key(dataset_id))
-    _upload_path(settings.datasets_dir, dataset_id).unlink(missing_ok=True)
+    get_storage(settings).delete(dataset_key(dataset_id), upload_key(dataset_id))
 
 
 def dataset_info(session: Session, spec: JobSpec) -> DatasetInfo | None:
@@ -434,7 +453,7 @@ def receive_upload(
     if existing is not None:
         return existing, False
     if inspect_upload(data, settings=settings) >= settings.dataset_background_bytes:
-        record = accept_upload(session, data=data, name=name, datasets_dir=settings.datasets_dir, digest=digest)
+        record = accept_upload(session, data=data, name=name, settings=settings, digest=digest)
         decode_later(dataset_id=record.id, options=options, settings=settings)
         return record, True
     return store_upload(session, data=data, name=name, options=options, settings=settings, digest=digest), True

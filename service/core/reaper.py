@@ -108,7 +108,7 @@ def housekeeping(settings: Settings) -> None:
     retention.purge_expired(settings)
     with session_scope() as session:
         abandoned = datasets.fail_abandoned_uploads(
-            session, older_than_seconds=settings.dataset_decode_timeout_seconds, datasets_dir=settings.datasets_dir
+            session, older_than_seconds=settings.dataset_decode_timeout_seconds, settings=settings
         )
     if abandoned:
         log.warning("dataset upload(s) %s never finished decoding; marked failed", ", ".join(abandoned))

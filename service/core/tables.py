@@ -246,6 +246,8 @@ class StoredDataset(Base):
     checksum: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)  # of the stored file
     file_sha256: Mapped[str | None] = mapped_column(String(64))  # of the stored file; None: recorded before
+    # While processing: the stored archive being decoded ({"size", "sha256"}; key upload_key(id)).
+    upload_file: Mapped[dict | None] = mapped_column(JSON)
     # sha256 of the uploaded archive with its name and options: the same upload again finds this one.
     upload_digest: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

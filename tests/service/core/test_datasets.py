@@ -10,6 +10,7 @@ import pytest
 from models.spec.job import JobSpec
 from service.core import datasets, db, submission
 from service.core.errors import Invalid
+from service.core.storage import StorageUnavailable
 from service.core.storage.cache import file_sha256
 from service.core.tables import DatasetStatus, StoredDataset
 from tests.support.datagen import image_folder_zip
@@ -17,9 +18,7 @@ from tests.support.datagen import image_folder_zip
 
 def accept(settings, data: bytes) -> str:
     with db.session_scope() as session:
-        return datasets.accept_upload(
-            session, data=io.BytesIO(data), name="kept", datasets_dir=settings.datasets_dir
-        ).id
+        return datasets.accept_upload(session, data=io.BytesIO(data), name="kept", settings=settings).id
 
 
 def record(dataset_id: str) -> StoredDataset:
@@ -65,13 +64,8 @@ def test_a_kept_upload_that_is_not_a_dataset_fails_with_the_reason(service_env):
 def test_abandoned_decoding_is_failed_by_the_housekeeper(service_env):
     dataset_id = accept(service_env, image_folder_zip(["a", "b"], per_class=6, test_per_class=2))
     with db.session_scope() as session:
-        assert (
-            datasets.fail_abandoned_uploads(session, older_than_seconds=3600, datasets_dir=service_env.datasets_dir)
-            == []
-        )
-        assert datasets.fail_abandoned_uploads(
-            session, older_than_seconds=0, datasets_dir=service_env.datasets_dir
-        ) == [dataset_id]
+        assert datasets.fail_abandoned_uploads(session, older_than_seconds=3600, settings=service_env) == []
+        assert datasets.fail_abandoned_uploads(session, older_than_seconds=0, settings=service_env) == [dataset_id]
     assert record(dataset_id).status == DatasetStatus.FAILED and "upload the archive again" in record(dataset_id).error
     datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=service_env)
     assert record(dataset_id).status == DatasetStatus.FAILED  # a late decoder changes nothing
@@ -83,7 +77,7 @@ def test_a_decode_that_outlives_its_timeout_does_not_revive_its_record(service_e
 
     def slow(record, data, options, settings):  # the housekeeper gives up on it while it decodes
         with db.session_scope() as session:
-            datasets.fail_abandoned_uploads(session, older_than_seconds=0, datasets_dir=settings.datasets_dir)
+            datasets.fail_abandoned_uploads(session, older_than_seconds=0, settings=settings)
         real(record, data, options, settings)
 
     monkeypatch.setattr(datasets, "_decode_into", slow)
@@ -104,9 +98,7 @@ def test_a_decode_in_progress_renews_its_heartbeat(service_env, monkeypatch):
     def slow(record, data, options, settings):
         time.sleep(1.5)  # far longer than the timeout below, with beats every 0.1 s
         with db.session_scope() as session:
-            verdicts.append(
-                datasets.fail_abandoned_uploads(session, older_than_seconds=0.5, datasets_dir=settings.datasets_dir)
-            )
+            verdicts.append(datasets.fail_abandoned_uploads(session, older_than_seconds=0.5, settings=settings))
         real(record, data, options, settings)
 
     monkeypatch.setattr(datasets, "_decode_into", slow)
@@ -155,7 +147,7 @@ def test_the_same_upload_again_finds_the_dataset_it_made(service_env):
             session,
             data=io.BytesIO(archive),
             name="kept",
-            datasets_dir=service_env.datasets_dir,
+            settings=service_env,
             digest=digest(name="kept"),
         ).id
     with db.session_scope() as session:  # still being decoded: the same again waits for that one
@@ -167,9 +159,7 @@ def test_the_same_upload_again_finds_the_dataset_it_made(service_env):
 
 def test_uploaded_datasets_are_named_by_their_names(service_env):
     with db.session_scope() as session:
-        shapes = datasets.accept_upload(
-            session, data=io.BytesIO(b"zip"), name="shapes", datasets_dir=service_env.datasets_dir
-        ).id
+        shapes = datasets.accept_upload(session, data=io.BytesIO(b"zip"), name="shapes", settings=service_env).id
     with db.session_scope(write=False) as session:
         assert datasets.names(
             session, references=[f"uploaded:{shapes}", "uploaded:00000000-gone", "fashion-mnist", f"uploaded:{shapes}"]
@@ -198,7 +188,7 @@ def test_a_name_another_dataset_has_is_refused_naming_it_unless_that_one_failed(
                     settings=service_env,
                 )
             else:
-                upload(session, data=io.BytesIO(other), name="shapes", datasets_dir=service_env.datasets_dir)
+                upload(session, data=io.BytesIO(other), name="shapes", settings=service_env)
         assert first in str(taken.value) and f"DELETE /v1/datasets/{first}" in str(taken.value)
         assert "another name" in str(taken.value)
     with db.session_scope() as session:
@@ -210,3 +200,35 @@ def test_a_name_another_dataset_has_is_refused_naming_it_unless_that_one_failed(
     with db.session_scope(write=False) as session:
         assert datasets.reference_id(session, given="shapes") == second
         assert len(datasets.list_datasets(session)) == 2
+
+
+@pytest.fixture
+def s3_home(service_env, object_store, monkeypatch):
+    """service_env's home with its files in the test's own S3 server."""
+    from service.core import settings as settings_module
+
+    for key, value in object_store.env().items():
+        monkeypatch.setenv(key, value)
+    settings_module.get_settings.cache_clear()
+    return settings_module.get_settings()
+
+
+def test_a_kept_upload_waits_in_the_store_and_a_stopped_store_keeps_nothing(s3_home, object_store):
+    def listed():
+        contents = object_store.client().list_objects_v2(Bucket=object_store.bucket).get("Contents", [])
+        return sorted(item["Key"] for item in contents)
+
+    dataset_id = accept(s3_home, image_folder_zip(["a", "b"], per_class=6, test_per_class=2))
+    assert listed() == [f"trainyard/datasets/{dataset_id}.upload.zip"] and record(dataset_id).upload_file["sha256"]
+    datasets.decode_accepted(dataset_id=dataset_id, options=datasets.UploadOptions(), settings=s3_home)
+    assert record(dataset_id).status == DatasetStatus.READY and record(dataset_id).upload_file is None
+    assert listed() == [f"trainyard/datasets/{dataset_id}.safetensors"]  # the archive went once decoded
+    assert not list(s3_home.datasets_dir.glob("*"))  # nothing of it in the home's folder
+
+    object_store.stop()
+    with db.session_scope() as session, pytest.raises(StorageUnavailable):
+        archive = io.BytesIO(image_folder_zip(["a", "b"], per_class=6, test_per_class=2))
+        datasets.accept_upload(session, data=archive, name="another", settings=s3_home)
+    with db.session_scope(write=False) as session:
+        assert [d.id for d in datasets.list_datasets(session)] == [dataset_id]
+    assert not list((s3_home.object_cache_dir / "tmp").iterdir())
