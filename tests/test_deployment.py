@@ -100,6 +100,7 @@ def test_the_api_and_the_workers_share_no_volume_only_the_object_store():
         assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"], "boto3 reads AWS_DEFAULT_REGION"
         assert services[name]["depends_on"]["objectstore"] == {"condition": "service_healthy"}
         assert "storage" in services[name]["networks"]
+    assert services["api"]["volumes"] == ["api-home:/var/lib/trainyard"], "the API needs no folder of the host's"
     store = services["objectstore"]
     assert store["volumes"] == ["objectdata:/data"] and "ports" not in store, "its data its own, no port on the host"
     assert store["networks"] == ["storage"] and store["restart"] == "unless-stopped"

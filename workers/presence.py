@@ -9,6 +9,7 @@ import socket
 
 from celery.signals import worker_ready, worker_shutdown
 
+from models.data.loading import BUILTIN_IMAGE_DATASETS, builtins_on_disk
 from models.nets.pretrained import available_weights
 from service.core import worker_registry
 from service.core.background import Periodic
@@ -46,6 +47,7 @@ class Presence(Periodic):
                 queues=self.queues,
                 description=self.description,
                 weights=_weights(),
+                datasets=_datasets(),
             )
 
     def tick(self) -> None:
@@ -54,7 +56,7 @@ class Presence(Periodic):
         try:
             with session_scope() as session:
                 renewed = self._registered and worker_registry.heartbeat(
-                    session, worker_id=self.worker_id, weights=_weights()
+                    session, worker_id=self.worker_id, weights=_weights(), datasets=_datasets()
                 )
             if not renewed:
                 self._register()
@@ -74,6 +76,15 @@ class Presence(Periodic):
 def _weights() -> list[str]:
     """The pretrained weights files this worker would find (files put there later show up at the next beat)."""
     return available_weights(get_settings().weights_dir)
+
+
+def _datasets() -> list[str]:
+    """The built-in datasets whose files this worker has (TRAINYARD_DATA_DIR), or all of them
+    where it may download what it lacks."""
+    settings = get_settings()
+    if settings.allow_download:
+        return list(BUILTIN_IMAGE_DATASETS)
+    return builtins_on_disk(settings.data_dir)
 
 
 _presence: Presence | None = None

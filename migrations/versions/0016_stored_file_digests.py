@@ -1,5 +1,6 @@
-"""stored files' sizes and sha256 digests (checked by every reader), and the key of a job's resumable
-training state, so that files can live in an object store
+"""stored files' sizes and sha256 digests (checked by every reader), the key of a job's resumable
+training state and of an upload waiting to be decoded, so that files can live in an object store;
+and the built-in datasets each worker has, since the API's machine may have none
 
 Revision ID: 0016
 Revises: 0015
@@ -26,9 +27,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("upload_file", sa.JSON(), nullable=True))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("resume_state", sa.JSON(), nullable=True))
+    with op.batch_alter_table("workers") as batch:
+        batch.add_column(sa.Column("datasets", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("workers") as batch:
+        batch.drop_column("datasets")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("resume_state")
     with op.batch_alter_table("datasets") as batch:

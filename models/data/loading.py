@@ -94,6 +94,14 @@ def builtin_on_disk(name: str, data_dir: Path) -> bool:
     return all(path is not None for path in idx_files(name, data_dir).values())
 
 
+BUILTIN_IMAGE_DATASETS = (*IMAGE_DATASETS, "cifar10")
+
+
+def builtins_on_disk(data_dir: Path) -> list[str]:
+    """The built-in image datasets whose files are all under data_dir."""
+    return [name for name in BUILTIN_IMAGE_DATASETS if builtin_on_disk(name, data_dir)]
+
+
 def _load_builtin(name: str, data_dir: Path, allow_download: bool) -> Dataset:
     if name == "cifar10":
         return load_cifar10(data_dir, allow_download)

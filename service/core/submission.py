@@ -134,7 +134,9 @@ def _submit(
                 f"{waiting}: no live worker serves queue {settings.queue_for(spec.device)!r} for "
                 f"device {spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); start one and retry"
             )
-    warnings = weights_warnings(session, spec=spec, settings=settings) + data_warnings(spec=spec, settings=settings)
+    warnings = weights_warnings(session, spec=spec, settings=settings) + data_warnings(
+        session, spec=spec, settings=settings
+    )
     try:
         job = jobs.create_job(
             session,
@@ -179,18 +181,22 @@ def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> 
     ]
 
 
-def data_warnings(*, spec: JobSpec, settings: Settings) -> list[str]:
-    """A built-in dataset whose files are not in this API's data folder (nor downloadable)."""
+def data_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> list[str]:
+    """A built-in dataset whose files are neither in this API's data folder (nor downloadable)
+    nor on any live worker (the API's machine need not have them)."""
     if (
         not isinstance(spec.data, ImageDatasetSpec)
         or settings.allow_download
         or builtin_on_disk(spec.data.dataset, settings.data_dir)
     ):
         return []
+    if any(spec.data.dataset in (worker.datasets or []) for worker in worker_registry.live(session, settings=settings)):
+        return []
     return [
         f"dataset {spec.data.dataset} is not in this service's data folder ({settings.data_dir}, "
-        "TRAINYARD_DATA_DIR) and downloads are off (TRAINYARD_ALLOW_DOWNLOAD): the job will fail with "
-        "invalid_data unless its worker has the files; or train on an uploaded dataset (uploaded:<name>)"
+        "TRAINYARD_DATA_DIR) nor on any live worker, and downloads are off (TRAINYARD_ALLOW_DOWNLOAD): the "
+        "job will fail with invalid_data unless its worker has the files; or train on an uploaded dataset "
+        "(uploaded:<name>)"
     ]
 
 

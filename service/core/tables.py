@@ -9,7 +9,7 @@ sweeps           a base spec with varied values; its trials and how many have th
 datasets         uploaded datasets (their decoded tensors live in the datasets folder)
 model_versions   registered models: immutable copies of a checkpoint, or imported weights
 model_aliases    movable names (such as `production`) for one version of a model
-workers          live training workers: their queues, devices and weights, renewed by heartbeat
+workers          live training workers: their queues, devices, weights and datasets, renewed by heartbeat
 """
 
 from __future__ import annotations
@@ -316,6 +316,7 @@ class Worker(Base):
     cuda: Mapped[str | None] = mapped_column(String(50))
     current_job: Mapped[str | None] = mapped_column(String(36))
     weights: Mapped[list | None] = mapped_column(JSON)  # pretrained weights files it has on disk
+    datasets: Mapped[list | None] = mapped_column(JSON)  # built-in datasets whose files it has
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 

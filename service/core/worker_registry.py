@@ -39,8 +39,10 @@ def register(
     queues: list[str],
     description: dict,
     weights: list[str] | None = None,
+    datasets: list[str] | None = None,
 ) -> None:
-    """Add or refresh a worker's entry (`weights`: the pretrained weights files it has)."""
+    """Add or refresh a worker's entry (`weights`: the pretrained weights files it has; `datasets`:
+    the built-in datasets whose files it has)."""
     now = utcnow()
     row = session.get(Worker, worker_id)
     if row is None:
@@ -50,15 +52,21 @@ def register(
         row.started_at, row.current_job = now, None
     row.host, row.pid, row.queues = host, pid, sorted(queues)
     row.devices, row.torch, row.cuda = description["devices"], description["torch"], description["cuda"]
-    row.weights = weights or []
+    row.weights, row.datasets = weights or [], datasets or []
     row.last_seen = now
     session.flush()
 
 
-def heartbeat(session: Session, *, worker_id: str, weights: list[str] | None = None) -> bool:
-    """Renew a worker's entry, and the weights files it has when given; False if it has none (it
-    must register again)."""
-    values = {"last_seen": utcnow(), **({"weights": weights} if weights is not None else {})}
+def heartbeat(
+    session: Session, *, worker_id: str, weights: list[str] | None = None, datasets: list[str] | None = None
+) -> bool:
+    """Renew a worker's entry, and the weights files and datasets it has when given; False if it
+    has none (it must register again)."""
+    values = {
+        "last_seen": utcnow(),
+        **({"weights": weights} if weights is not None else {}),
+        **({"datasets": datasets} if datasets is not None else {}),
+    }
     return session.execute(update(Worker).where(Worker.id == worker_id).values(**values)).rowcount == 1
 
 

@@ -27,6 +27,8 @@ class WorkerPublic(BaseModel):
     current_job: str | None
     # Pretrained weights files it has on disk (TRAINYARD_WEIGHTS_DIR, $TORCH_HOME/hub/checkpoints).
     weights: Annotated[list[str], BeforeValidator(lambda value: value or [])] = []
+    # Built-in datasets whose files it has (TRAINYARD_DATA_DIR), or all where it may download them.
+    datasets: Annotated[list[str], BeforeValidator(lambda value: value or [])] = []
     started_at: datetime
     last_seen: datetime
 

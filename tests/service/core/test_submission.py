@@ -80,6 +80,26 @@ def test_a_builtin_dataset_missing_from_the_data_folder_is_warned_of(service_env
     assert warnings_of(empty, synthetic) == []
 
 
+def test_a_builtin_dataset_a_live_worker_has_needs_no_copy_beside_the_api(service_env, tmp_path):
+    from service.core import worker_registry
+    from service.core.worker_registry import probe_devices
+
+    empty = service_env.model_copy(update={"data_dir": tmp_path / "no-data"})
+    with db.session_scope() as session:
+        worker_registry.register(
+            session,
+            worker_id="w@elsewhere",
+            host="elsewhere",
+            pid=1,
+            queues=[service_env.queue],
+            description=probe_devices(),
+            datasets=["mnist"],
+        )
+    assert any("nor on any live worker" in w for w in warnings_of(empty))  # fashion-mnist: nowhere
+    mnist = {"model": {"arch": "softmax_regression"}, "data": {"dataset": "mnist"}, "epochs": 1}
+    assert warnings_of(empty, mnist) == []
+
+
 def test_a_frozen_backbone_without_weights_is_warned_of(service_env):
     spec = {
         "model": {"arch": "pretrained", "backbone": "resnet18", "weights": None, "freeze": "backbone"},
