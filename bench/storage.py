@@ -201,9 +201,10 @@ class Stopwatch:
 
 def uploading(root: Path, s3: SeaweedS3, reps: int) -> list[dict]:
     """Storage.put against put_object of the same file, `reps` times each, which goes first
-    alternating (after one of each that warms the connection and the server up). Storage.put's own steps are timed
-    inside it: the store's upload (s3transfer's upload_file) and the cache's adoption of the file;
-    the rest is the file's sha256 (and a stat)."""
+    alternating (after one of each that warms the connection and the server up). Storage.put's own
+    steps are timed inside it: the store's upload (one put_object below 64 MiB, s3transfer's
+    multipart upload from there) and the cache's adoption of the file; the rest is the file's
+    sha256 (and a stat)."""
     storage = storage_for(root / "uploader", s3)
     store = storage.store
     upload, adopt = Stopwatch(store, "upload"), Stopwatch(storage.cache, "adopt")
@@ -319,7 +320,7 @@ def main() -> int:
             f"put / plain speed {speed / plain_speed:.2f} (target >= {TARGET_PUT_OVER_PLAIN}) {verdict(ok)}"
         )
         print(
-            f"  inside Storage.put (medians): the store's upload (s3transfer) {1000 * row['upload']:.1f} ms, "
+            f"  inside Storage.put (medians): the store's upload {1000 * row['upload']:.1f} ms, "
             f"adoption into the cache {1000 * row['adopt']:.1f} ms, sha256 and the rest {1000 * row['sha256']:.1f} ms"
         )
     spent = [f"{b - a:.0f} s" for a, b in zip(took, took[1:], strict=False)]
