@@ -158,15 +158,14 @@ def save_resumable_state(run: TrainingRun, job_id: str, attempt: int, position: 
         lambda path: save_training_state(path, run.state(position), meta),
         f"job {job_id}'s training state",
     )
-    try:
-        before = in_transaction(
-            f"record job {job_id}'s training state",
-            lambda session: jobs.set_resume_state(session, job_id=job_id, attempt=attempt, state=stored),
-        )
-    except BaseException:
-        get_storage().delete(stored.key)
-        raise
-    if before is not None:
+    before = in_transaction(
+        f"record job {job_id}'s training state",
+        lambda session: jobs.set_resume_state(session, job_id=job_id, attempt=attempt, state=stored),
+    )
+    # A retried write may have found its own first try committed: the state it names is this one.
+    # (A state stored but never named, by an attempt that died or lost its lease, goes when the job
+    # succeeds.)
+    if before is not None and before.key != stored.key:
         get_storage().delete(before.key)
 
 
@@ -180,7 +179,12 @@ def load_resumable_state(job_id: str) -> TrainingState | None:
         return load_training_state(legacy)[0] if legacy.exists() else None
     storage = get_storage()
     what = f"job {job_id}'s training state"
-    return load_training_state(storage.patiently(f"fetch {what}", lambda: storage.fetch(stored, what=what)))[0]
+
+    def read() -> TrainingState:
+        with storage.opened(stored, what=what) as path:
+            return load_training_state(path)[0]
+
+    return storage.patiently(f"fetch {what}", read)
 
 
 def forget_resumable_state(state: StoredFile | None, job_id: str) -> None:
@@ -261,7 +265,7 @@ class RecordingCallbacks(Callbacks):
         }
         state_dict = run.model.state_dict()
         stored = store_file(
-            checkpoint_key(self.job_id, metrics.epoch),
+            checkpoint_key(self.job_id, metrics.epoch, self.control.attempt),
             lambda path: write_checkpoint(path, state_dict, meta),
             f"the checkpoint of epoch {metrics.epoch}",
         )
@@ -299,11 +303,16 @@ class RecordingCallbacks(Callbacks):
         if not self.unrecorded:
             return True
 
+        replaced: list[StoredFile] = []
+
         def record_all(session) -> None:
+            replaced.clear()
             for metrics, checkpoint in self.unrecorded:
-                jobs.record_epoch(
+                earlier = jobs.record_epoch(
                     session, job_id=self.job_id, attempt=self.control.attempt, metrics=metrics, checkpoint=checkpoint
                 )
+                if earlier is not None:
+                    replaced.append(earlier)
 
         epochs = ", ".join(str(m["epoch"]) for m, _ in self.unrecorded)
         try:
@@ -318,6 +327,8 @@ class RecordingCallbacks(Callbacks):
         if len(self.unrecorded) > 1:
             log.info("the database is back: recorded epochs %s", epochs)
         self.unrecorded.clear()
+        if replaced:  # an earlier attempt's files of the epochs trained again
+            get_storage().delete(*[checkpoint.key for checkpoint in replaced])
         return True
 
     def drop_checkpoints(self) -> None:
@@ -396,9 +407,12 @@ def _initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
     except (ModelNotFound, ModelNotReady) as exc:
         raise TrainingError(f"init_from: {exc}") from None
     storage = get_storage(settings)
-    path = storage.patiently(f"fetch {target.what}", lambda: storage.fetch(target.file, what=target.what))
-    weights, _ = read_checkpoint(path)
-    return weights
+
+    def read() -> dict[str, torch.Tensor]:
+        with storage.opened(target.file, what=target.what) as path:
+            return read_checkpoint(path)[0]
+
+    return storage.patiently(f"fetch {target.what}", read)
 
 
 def _busy_with(node: str | None, job_id: str | None) -> None:

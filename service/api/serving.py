@@ -162,8 +162,8 @@ class ModelServer:
         cached = self.loaded(key)
         if cached is not None:
             return cached
-        path = get_storage(self.settings).fetch(target.file, what=target.what)
-        return self.load(path, key=key, digest=target.file.sha256)
+        with get_storage(self.settings).opened(target.file, what=target.what) as path:
+            return self.load(path, key=key, digest=target.file.sha256)
 
     def load(self, path: Path, *, key: tuple | None = None, digest: str | None = None) -> LoadedModel:
         """The loaded, warmed-up model of a checkpoint file (thread-safe; kept once per content).

@@ -467,7 +467,8 @@ def example_image(session: Session, *, dataset_id: str, number: int, settings: S
     if record.status != DatasetStatus.READY or len(record.input_shape or ()) != 3 or not record.classes:
         raise Unprocessable(f"dataset {record.id} holds no decoded images")
     try:
-        dataset = load_stored_dataset(get_storage(settings).fetch(record.file, what=describe(record)))
+        with get_storage(settings).opened(record.file, what=describe(record)) as path:
+            dataset = load_stored_dataset(path)  # memory-mapped: it outlives the file's eviction
     except DatasetError as exc:
         raise NotFound(f"dataset {record.id} cannot be read here: {exc}") from None
     rows = (dataset.y_train == number % len(record.classes)).nonzero().flatten()

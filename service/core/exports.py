@@ -27,7 +27,8 @@ def export_model(*, reference: str, fmt: str, settings: Settings, inputs: str = 
     The reference is looked up in a read session of its own, which ends before the (slow) export."""
     with read_scope() as session:
         target = resolve(session, reference=reference, settings=settings)
-    predictor = Predictor.from_checkpoint(get_storage(settings).fetch(target.file, what=target.what))
+    with get_storage(settings).opened(target.file, what=target.what) as path:
+        predictor = Predictor.from_checkpoint(path)
     if target.threshold is not None:  # a registered version's default travels in the file's header
         predictor.meta = {**predictor.meta, "threshold": target.threshold}
     try:

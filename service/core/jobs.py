@@ -191,17 +191,32 @@ def last_checkpoint(job: Job) -> Checkpoint | None:
     return max(job.checkpoints, key=lambda c: c.epoch, default=None)
 
 
-def checkpoints_to_drop(job: Job) -> list[Checkpoint]:
+def checkpoints_to_drop(job: Job, *, needed: frozenset[int] = frozenset()) -> list[Checkpoint]:
     """The checkpoints the job's spec says not to keep: all but the best and the last (the default),
-    none, or all but the last N."""
-    keep = ((job.spec or {}).get("checkpoints") or {}).get("keep", "best_and_last")
+    none, or all but the last N; never those of the epochs in `needed`. A spec recorded before the
+    policy was (it has no `checkpoints`) keeps all, as it did then."""
+    keep = ((job.spec or {}).get("checkpoints") or {"keep": "all"}).get("keep", "best_and_last")
     ordered = sorted(job.checkpoints, key=lambda c: c.epoch)
     if keep == "all":
         return []
     if isinstance(keep, int):
-        return ordered[:-keep]
-    kept = {c.epoch for c in (best_checkpoint(job), last_checkpoint(job)) if c is not None}
-    return [c for c in ordered if c.epoch not in kept]
+        dropped = ordered[:-keep]
+    else:
+        kept = {c.epoch for c in (best_checkpoint(job), last_checkpoint(job)) if c is not None}
+        dropped = [c for c in ordered if c.epoch not in kept]
+    return [c for c in dropped if c.epoch not in needed]
+
+
+def epochs_to_start_from(session: Session, *, job_id: str) -> frozenset[int]:
+    """The epochs of a job whose checkpoints unfinished jobs start from (init_from job:ID:EPOCH)."""
+    unfinished = session.scalars(select(Job.spec).where(Job.status.not_in(JobStatus.FINAL)))
+    epochs = set()
+    for spec in unfinished:
+        start = (spec or {}).get("init_from") or {}
+        named = str(start.get("job_id") or "").lower()  # the id or a unique prefix of it
+        if named and job_id.startswith(named) and str(start.get("checkpoint", "")).isdigit():
+            epochs.add(int(start["checkpoint"]))
+    return frozenset(epochs)
 
 
 def drop_checkpoints(session: Session, *, job_id: str) -> list[StoredFile]:
@@ -210,7 +225,7 @@ def drop_checkpoints(session: Session, *, job_id: str) -> list[StoredFile]:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         return []
-    dropped = checkpoints_to_drop(job)
+    dropped = checkpoints_to_drop(job, needed=epochs_to_start_from(session, job_id=job_id))
     for checkpoint in dropped:
         session.delete(checkpoint)
     return [checkpoint.file for checkpoint in dropped]
@@ -367,8 +382,11 @@ def _upsert(session: Session, table, values: dict, conflict: list[str], update_f
     session.execute(stmt)
 
 
-def record_epoch(session: Session, *, job_id: str, attempt: int, metrics: dict, checkpoint: StoredFile) -> None:
-    """Upsert one epoch's metrics and checkpoint row and advance the job's epoch counter.
+def record_epoch(
+    session: Session, *, job_id: str, attempt: int, metrics: dict, checkpoint: StoredFile
+) -> StoredFile | None:
+    """Upsert one epoch's metrics and checkpoint row and advance the job's epoch counter; returns
+    the file of the checkpoint this epoch had before (an earlier attempt's), to delete after the commit.
 
     Raises LeaseLost (and writes nothing) if this attempt no longer owns the job.
     """
@@ -381,6 +399,8 @@ def record_epoch(session: Session, *, job_id: str, attempt: int, metrics: dict, 
     if owned.rowcount != 1:
         raise LeaseLost(f"attempt {attempt} no longer owns job {job_id}")
     row = {field: metrics.get(field) for field in METRIC_FIELDS}
+    replaced = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.epoch == epoch)).first()
+    replaced = replaced.file if replaced is not None and replaced.file.key != checkpoint.key else None
     _upsert(
         session,
         EpochMetric.__table__,
@@ -403,6 +423,7 @@ def record_epoch(session: Session, *, job_id: str, attempt: int, metrics: dict, 
         ["job_id", "epoch"],
         ["path", "size_bytes", "sha256", "metrics", "created_at"],
     )
+    return replaced
 
 
 def set_cross_validation(session: Session, *, job_id: str, attempt: int, results: dict) -> None:

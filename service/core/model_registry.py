@@ -45,7 +45,8 @@ def register(
     """Register a job's checkpoint as the next version of `name` (predict's default `threshold` with it)."""
     target = resolve(session, reference=f"job:{job_id}:{checkpoint}", settings=settings)
     storage = get_storage(settings)
-    meta = read_meta(storage.fetch(target.file, what=target.what))
+    with storage.opened(target.file, what=target.what) as path:
+        meta = read_meta(path)
     threshold = _threshold(threshold, meta["task"])
     job = jobs.get_job(session, job_id=target.job_id)
     latest = jobs.latest_metric(session, job_id=job.id)

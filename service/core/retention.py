@@ -13,7 +13,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from models.checkpoint import checkpoint_name
@@ -33,9 +33,14 @@ def job_dir(settings: Settings, job_id: str) -> Path:
     return settings.checkpoint_dir / job_id
 
 
-def checkpoint_key(job_id: str, epoch: int) -> str:
-    """The stored file of a job's checkpoint of an epoch."""
-    return f"checkpoints/{job_id}/{checkpoint_name(epoch)}"
+def checkpoint_key(job_id: str, epoch: int, attempt: int = 1) -> str:
+    """The stored file of a job's checkpoint of an epoch, as an attempt writes it: a later attempt
+    that trains the epoch again writes a file of its own, so the one SQL names stays whole until
+    SQL names the new one (and an attempt that lost its lease cannot overwrite its successor's)."""
+    name = checkpoint_name(epoch)
+    if attempt > 1:
+        name = name.replace(".safetensors", f".attempt-{attempt}.safetensors")
+    return f"checkpoints/{job_id}/{name}"
 
 
 def resumable_state_key(job_id: str) -> str:
@@ -91,6 +96,8 @@ def purge_expired(settings: Settings) -> list[str]:
     for job_id in expired:
         with session_scope() as session:
             session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+            # Its training state goes with the folder: a resume starts afresh rather than from nothing.
+            session.execute(update(Job).where(Job.id == job_id).values(resume_state=None))
         _remove_files(settings, job_id)
     if expired:
         log.info(

@@ -56,7 +56,9 @@ def test_missing_weights_then_weights_on_disk(stack, client):
     assert fresh.json()["warnings"] == []
     client.post(f"/v1/jobs/{fresh.json()['id']}/cancel")
 
-    trained = load_file(stack.home / "checkpoints" / job["id"] / "epoch-0002.safetensors")
+    # Written by the job's second attempt, under a name of its own.
+    [trained_file] = (stack.home / "checkpoints" / job["id"]).glob("epoch-0002*.safetensors")
+    trained = load_file(trained_file)
     for key in ("conv1.weight", "bn1.running_mean", "layer4.1.bn2.running_var", "layer3.0.downsample.0.weight"):
         assert torch.equal(trained[f"backbone.{key}"], state[key]), key
     assert trained["head.weight"].shape == (10, 512)

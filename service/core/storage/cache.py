@@ -18,6 +18,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +26,9 @@ from typing import BinaryIO
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+# A file being written into the cache's staging folder is touched at least this often (a checkpoint,
+# a dataset, a download); one older belongs to a process that died.
+STAGING_MAX_AGE_SECONDS = 6 * 3600
 
 
 def file_sha256(path: Path) -> str:
@@ -118,6 +122,10 @@ class ObjectCache:
         """Take a file this process wrote and verified (its digest known) as the cached copy."""
         target = self.path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # the same bytes are here already (and may be held by a reader)
+            source.unlink(missing_ok=True)
+            os.utime(target)
+            return
         try:
             os.replace(source, target)
         except OSError as exc:
@@ -161,6 +169,16 @@ class ObjectCache:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _sweep_staging(self) -> None:
+        """Remove staging files a killed process left (any older than STAGING_MAX_AGE_SECONDS)."""
+        cutoff = time.time() - STAGING_MAX_AGE_SECONDS
+        for path in (self.root / "tmp").glob("*") if (self.root / "tmp").is_dir() else []:
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+
     def contains(self, sha256: str) -> bool:
         return self.path(sha256).exists()
 
@@ -187,6 +205,7 @@ class ObjectCache:
     def trim(self, *, keep: str | None = None, incoming: int = 0) -> int:
         """Remove the least recently used files until the cache (with `incoming` more bytes) fits
         its bound, skipping `keep` and any file a reader holds; returns the bytes freed."""
+        self._sweep_staging()
         entries = self.entries()
         excess = sum(size for _, size, _ in entries) + incoming - self.max_bytes
         freed = 0

@@ -155,8 +155,19 @@ class FolderStore:
 
 
 # What an S3 error code means for the caller: missing, or worth retrying.
-_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
-_RETRY_CODES = {"500", "502", "503", "504", "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"}
+_MISSING_CODES = {"NoSuchKey", "NotFound", "404"}  # not NoSuchBucket: a wrong bucket is no missing object
+_RETRY_CODES = {
+    "500",
+    "502",
+    "503",
+    "504",
+    "429",
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "TooManyRequests",
+}
 MULTIPART_BYTES = 64 * 1024 * 1024
 
 
@@ -206,12 +217,14 @@ class S3Store:
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if code in _MISSING_CODES or status == "404":
+            if code in _MISSING_CODES or (status == "404" and not code.startswith("NoSuch")):
                 raise ObjectMissing(f"{what}: not found in {self.url}") from None
             if code in _RETRY_CODES or status.startswith("5"):
                 raise StorageUnavailable(f"{what}: {self.url} answered {code or status}") from None
             raise StorageError(f"{what}: {self.url} refused: {code} {exc}") from None
-        except S3UploadFailedError as exc:
+        except S3UploadFailedError as exc:  # a multipart upload's failure, as text
+            if any(word in str(exc) for word in ("AccessDenied", "Forbidden", "NoSuchBucket", "InvalidAccessKeyId")):
+                raise StorageError(f"{what}: {self.url} refused: {exc}") from None
             raise StorageUnavailable(f"{what}: upload to {self.url} failed: {exc}") from None
         except BotoCoreError as exc:  # cannot connect, timed out, connection closed, no credentials
             raise StorageUnavailable(f"{what}: {self.url} cannot be reached: {exc}") from None

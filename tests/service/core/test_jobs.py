@@ -7,13 +7,13 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from models.spec.job import JobSpec
 from service.core import jobs
 from service.core.errors import NotFound
 from service.core.storage import StoredFile
-from service.core.tables import Checkpoint, EpochMetric, JobStatus, utcnow
+from service.core.tables import Checkpoint, EpochMetric, Job, JobStatus, utcnow
 
 LEASE = {"lease_seconds": 30, "max_attempts": 3}
 SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 3})
@@ -319,3 +319,37 @@ def test_a_checkpoint_policy_that_is_not_one_is_refused(keep):
 
     with pytest.raises(ValidationError, match="checkpoints.keep"):
         JobSpec.model_validate({**SPEC.model_dump(mode="json"), "checkpoints": {"keep": keep}})
+
+
+def test_a_later_attempt_names_its_own_file_and_gets_the_one_it_replaced(Session):
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+        jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
+        first = StoredFile(f"checkpoints/{job_id}/epoch-0001.safetensors", 10, "a" * 64)
+        assert jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": 1}, checkpoint=first) is None
+        session.commit()
+    with Session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(attempt=2))
+        again = StoredFile(f"checkpoints/{job_id}/epoch-0001.attempt-2.safetensors", 11, "b" * 64)
+        assert jobs.record_epoch(session, job_id=job_id, attempt=2, metrics={"epoch": 1}, checkpoint=again) == first
+        session.commit()
+        assert [c.file for c in jobs.get_job(session, job_id=job_id).checkpoints] == [again]
+
+
+def test_old_specs_keep_every_checkpoint_and_no_epoch_another_job_starts_from_is_dropped(Session):
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+        jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
+        for epoch in (1, 2, 3):
+            checkpoint = StoredFile(f"checkpoints/{job_id}/epoch-{epoch:04d}.safetensors", 10, "a" * 64)
+            jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": epoch}, checkpoint=checkpoint)
+        old = {k: v for k, v in SPEC.model_dump(mode="json").items() if k != "checkpoints"}
+        session.execute(update(Job).where(Job.id == job_id).values(spec=old))  # recorded before the policy
+        session.commit()
+        assert jobs.drop_checkpoints(session, job_id=job_id) == []
+        session.execute(update(Job).where(Job.id == job_id).values(spec=SPEC.model_dump(mode="json")))
+        starter = {**SPEC.model_dump(mode="json"), "init_from": {"job_id": job_id[:8], "checkpoint": 1}}
+        jobs.create_job(session, spec=JobSpec.model_validate(starter), task="classification")  # queued
+        session.commit()
+        dropped = jobs.drop_checkpoints(session, job_id=job_id)
+        assert [f.key.rsplit("/", 1)[1] for f in dropped] == ["epoch-0002.safetensors"]  # 1 is needed, 3 is last

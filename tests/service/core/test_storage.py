@@ -9,7 +9,14 @@ import os
 import pytest
 
 from service.core.settings import Settings
-from service.core.storage import ObjectCorrupt, ObjectMissing, Storage, StorageUnavailable, StoredFile
+from service.core.storage import (
+    ObjectCorrupt,
+    ObjectMissing,
+    Storage,
+    StorageError,
+    StorageUnavailable,
+    StoredFile,
+)
 from service.core.storage.cache import ObjectCache, file_sha256
 
 
@@ -175,3 +182,23 @@ def test_a_file_written_here_verifies_against_itself(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
     assert file_sha256(path) == file_sha256_of(b"abc")
+
+
+def test_a_bucket_that_does_not_exist_is_no_missing_object(object_store, tmp_path, monkeypatch):
+    for key, value in object_store.env().items():
+        monkeypatch.setenv(key, value)
+    wrong = Storage(settings_for(tmp_path, storage_url="s3://no-such-bucket/trainyard"))
+    with pytest.raises(StorageError) as refused:
+        wrong.fetch(StoredFile("registry/m/v1.safetensors", 3, "1" * 64), what="version 1 of model 'm'")
+    assert not isinstance(refused.value, (ObjectMissing, StorageUnavailable)), refused.value
+
+
+def test_adopting_bytes_the_cache_has_keeps_the_copy_a_reader_holds(tmp_path):
+    cache = ObjectCache(tmp_path / "cache", max_bytes=10**6)
+    digest = file_sha256_of(b"same")
+    with cache.opened(digest, 4, lambda fh: fh.write(b"same")) as held:
+        before = held.stat().st_ino
+        staged = cache.staging()
+        staged.write_bytes(b"same")
+        cache.adopt(staged, digest)
+        assert held.stat().st_ino == before and not staged.exists()
