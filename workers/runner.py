@@ -136,27 +136,14 @@ class JobControl(Periodic):
 MEMORY_SAMPLE_SECONDS = 0.25
 
 
-def store_file(key: str, write, what: str) -> StoredFile:
-    """write(path) a new file, then store it under `key`, retrying while the store is unreachable
-    (StorageUnavailable after TRAINYARD_STORAGE_RETRY_SECONDS)."""
-    storage = get_storage()
-    staged = storage.staging(key)
-    try:
-        write(staged)
-        return storage.patiently(f"store {what}", lambda: storage.put(key, staged))
-    finally:
-        if not storage.store.local:
-            staged.unlink(missing_ok=True)  # adopted by the cache when stored
-
-
 def save_resumable_state(run: TrainingRun, job_id: str, attempt: int, position: Position) -> None:
     """Store the training state an attempt resumes from, then name it in SQL (the state named
     before stays whole until then, and goes after)."""
     meta = {"job_id": job_id, "spec": run.spec.model_dump(mode="json")}
-    stored = store_file(
+    stored = get_storage().write(
         resumable_state_key(job_id),
         lambda path: save_training_state(path, run.state(position), meta),
-        f"job {job_id}'s training state",
+        retrying=f"store job {job_id}'s training state",
     )
     before = in_transaction(
         f"record job {job_id}'s training state",
@@ -264,10 +251,10 @@ class RecordingCallbacks(Callbacks):
             "torch": torch.__version__,
         }
         state_dict = run.model.state_dict()
-        stored = store_file(
+        stored = get_storage().write(
             checkpoint_key(self.job_id, metrics.epoch, self.control.attempt),
             lambda path: write_checkpoint(path, state_dict, meta),
-            f"the checkpoint of epoch {metrics.epoch}",
+            retrying=f"store the checkpoint of epoch {metrics.epoch}",
         )
         self.unrecorded.append((metrics.as_dict(), stored))
         if not self.record(wait=False):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import threading
 import time
@@ -33,6 +32,7 @@ from service.core.errors import Invalid, Unavailable
 from service.core.references import ModelNotFound, ResolvedCheckpoint, resolve
 from service.core.settings import Settings
 from service.core.storage import get_storage
+from service.core.storage.cache import file_sha256
 
 log = logging.getLogger(__name__)
 IMAGES_HINT = (
@@ -116,8 +116,7 @@ def file_key(path: Path) -> tuple[str, int]:
 def _content_digest(path: Path) -> str:
     """The sha256 of a checkpoint file's bytes."""
     try:
-        with path.open("rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        return file_sha256(path)
     except FileNotFoundError:
         raise ModelNotFound(f"checkpoint file {path.name} is missing") from None
 

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import pydantic
 import typer
 
-from service.cli.client import UNREACHABLE, Failure
+from service.cli.client import UNREACHABLE, USAGE, Failure
 from service.cli.client import register as register_client_commands
 from service.cli.storage import storage_app
 from service.cli.supervisor import Child, port_is_free, start, supervise
@@ -257,6 +258,13 @@ def main() -> None:
     except Failure as failure:
         typer.echo(f"error: {failure}", err=True)
         sys.exit(failure.code)
+    except pydantic.ValidationError as exc:  # TRAINYARD_* settings that are not valid
+        if exc.title != "Settings":
+            raise
+        for problem in exc.errors():
+            name = "TRAINYARD_" + "_".join(str(part) for part in problem["loc"]).upper()
+            typer.echo(f"error: {name}={problem.get('input')!r}: {problem['msg']}", err=True)
+        sys.exit(USAGE)
     except httpx.TransportError as exc:
         request = getattr(exc, "_request", None)
         where = f"{request.url.scheme}://{request.url.netloc.decode()}" if request is not None else "the service"

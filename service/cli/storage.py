@@ -68,8 +68,10 @@ def migrate(
     nothing. Then set TRAINYARD_STORAGE_URL to the target on every process. Exit status: 0 all
     there, 1 files corrupt, missing or rewritten meanwhile (not copied), 2 a bad URL, 3 a store
     that cannot be reached or refuses, 130 interrupted (run it again to go on)."""
+    from service.core.migrate import upgrade
     from service.core.storage.migrate import COPIED, SKIPPED, Migration, Step, size_text
 
+    upgrade()  # the records it reads are those of the newest schema (as `trainyard api` does at start)
     try:
         migration = Migration(get_settings(), to)
     except ValueError as exc:

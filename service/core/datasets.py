@@ -120,15 +120,10 @@ def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadO
         ),
     )
     dataset = decoded.dataset
-    storage = get_storage(settings)
-    key = dataset_key(record.id)
-    staged = storage.staging(key)
     try:
-        save_stored_dataset(staged, dataset, {"kind": decoded.kind})
-        stored = storage.put(key, staged)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
+        stored = get_storage(settings).write(
+            dataset_key(record.id), lambda path: save_stored_dataset(path, dataset, {"kind": decoded.kind})
+        )
     finally:
         decoded.cleanup()
     record.status, record.error = DatasetStatus.READY, None
@@ -183,15 +178,13 @@ def accept_upload(
         id=new_id(), name=name, status=DatasetStatus.PROCESSING, heartbeat_at=utcnow(), upload_digest=digest
     )
     storage, key = get_storage(settings), upload_key(record.id)
-    staged = storage.staging(key)
-    data.seek(0)
-    try:
-        with open(staged, "wb") as fh:
+
+    def copy(path: Path) -> None:
+        data.seek(0)
+        with open(path, "wb") as fh:
             shutil.copyfileobj(data, fh, length=1024 * 1024)
-        stored = storage.put(key, staged)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
+
+    stored = storage.write(key, copy)
     record.upload_file = {"size": stored.size, "sha256": stored.sha256}
     try:
         session.add(record)

@@ -153,15 +153,7 @@ def import_version(
     )
 
     def store(relative: str) -> StoredFile:
-        storage = get_storage(settings)
-        key = f"registry/{relative}"
-        staged = storage.staging(key)
-        try:
-            write_checkpoint(staged, state, meta)
-            return storage.put(key, staged)
-        finally:
-            if not storage.store.local:
-                staged.unlink(missing_ok=True)
+        return get_storage(settings).write(f"registry/{relative}", lambda path: write_checkpoint(path, state, meta))
 
     return _next_version(
         session,

@@ -82,6 +82,10 @@ def _free_ports() -> dict[str, int]:
             return ports
 
 
+# An object start() writes, reads and deletes to know the server is ready.
+READINESS_PROBE = "readiness-probe"
+
+
 @dataclass
 class SeaweedS3:
     """A SeaweedFS S3 server of the test's own, started and stopped by PID.
@@ -176,7 +180,7 @@ class SeaweedS3:
         path.chmod(0o600)
 
     def start(self) -> SeaweedS3:
-        """Start the server and wait until the bucket answers a signed HEAD."""
+        """Start the server and wait until an object written to the bucket can be read back."""
         if self.running:
             return self
         command = self.command()
@@ -196,9 +200,14 @@ class SeaweedS3:
             if self.proc.poll() is not None:
                 raise AssertionError(f"weed mini exited with {self.proc.returncode}\n{self.log_tail()}")
             try:
+                # The bucket answers before the volume server serves data (after a restart too):
+                # ready once an object goes in and comes back out.
                 probe.head_bucket(Bucket=self.bucket)
+                probe.put_object(Bucket=self.bucket, Key=READINESS_PROBE, Body=b"ready")
+                assert probe.get_object(Bucket=self.bucket, Key=READINESS_PROBE)["Body"].read() == b"ready"
+                probe.delete_object(Bucket=self.bucket, Key=READINESS_PROBE)
                 return self
-            except Exception as exc:  # not listening yet, or the bucket not made yet
+            except Exception as exc:  # not listening yet, the bucket not made yet, or no volume yet
                 last_error = exc
             time.sleep(0.05)
         self.stop()

@@ -95,6 +95,18 @@ class Storage:
             self.cache.adopt(source, sha256)
         return StoredFile(key, size, sha256)
 
+    def write(self, key: str, write: Callable[[Path], object], *, retrying: str | None = None) -> StoredFile:
+        """write(path) a new file for `key` and store it: what to record in SQL. A write or a store
+        that fails leaves nothing (with an object store the file becomes this machine's cached
+        copy). `retrying` names the file for patiently(): the store is waited for, not the write."""
+        staged = self.staging(key)
+        try:
+            write(staged)
+            return self.patiently(retrying, lambda: self.put(key, staged)) if retrying else self.put(key, staged)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+
     def copy(self, stored: StoredFile, key: str) -> StoredFile:
         """The same bytes under another key (a registered version's own copy of a checkpoint)."""
         if stored.sha256 is None:

@@ -81,3 +81,44 @@ def test_migrate_exits_2_on_a_bad_url_and_3_when_the_store_cannot_be_reached(tra
     assert "cannot be reached" in report["stopped"] and report["copied"]["files"] == 0 and not report["complete"]
     with db.session_scope(write=False) as session:
         assert [c.sha256 for c in session.query(Checkpoint).all()] == [None, None, None]
+
+
+def test_a_setting_that_is_not_valid_is_one_line_naming_it(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.support.servers import REPO
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TRAINYARD_HOME": str(tmp_path),
+        "TRAINYARD_STORAGE_URL": "s3:/no-bucket",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "service.cli.main", "storage", "info"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.startswith("error: TRAINYARD_STORAGE_URL='s3:/no-bucket': "), run.stderr
+
+
+def test_migrate_brings_a_new_home_to_the_newest_schema_first(tmp_path, monkeypatch):
+    from service.core import settings as settings_module
+
+    monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path / "fresh"))
+    settings_module.get_settings.cache_clear()
+    db.get_engine.cache_clear()
+    db.get_sessionmaker.cache_clear()
+    try:
+        result = invoke("migrate", "--to", f"file://{tmp_path / 'store'}")
+        assert result.exit_code == 0, result.output
+        assert "nothing copied" in result.stdout
+    finally:
+        db.get_engine().dispose()
+        settings_module.get_settings.cache_clear()
+        db.get_engine.cache_clear()
+        db.get_sessionmaker.cache_clear()
