@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from service.core import broker, db
+from service.core import broker, db, studies
 from service.core import settings as settings_module
 from service.core.migrate import upgrade
 from service.core.storage import StoredFile
 from tests.support.datagen import make_cifar10, make_idx_dataset
 from tests.support.object_store import SeaweedS3, require_seaweed
+from tests.support.servers import PostgresSchema, postgres_available, require
 
 
 @pytest.fixture(scope="session")
@@ -35,21 +36,39 @@ def _clear_caches():
         cached.cache_clear()
 
 
-@pytest.fixture
-def service_env(tmp_path, monkeypatch, data_dir):
-    """Settings, database and folders of a private trainyard home, for code run in this process."""
+def _private_home(tmp_path, monkeypatch, data_dir, database_url: str | None = None):
     for key in ("TRAINYARD_DATABASE_URL", "TRAINYARD_BROKER_URL", "TRAINYARD_CHECKPOINT_DIR"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TRAINYARD_DATA_DIR", str(data_dir))
+    if database_url:
+        monkeypatch.setenv("TRAINYARD_DATABASE_URL", database_url)
     _clear_caches()
     settings = settings_module.get_settings()
     settings.ensure_dirs()
     upgrade()
     monkeypatch.setattr(broker, "app", broker.make_celery(settings))  # publish to this home's broker
     yield settings
+    studies.close()
     db.get_engine().dispose()
     _clear_caches()
+
+
+@pytest.fixture
+def service_env(tmp_path, monkeypatch, data_dir):
+    """Settings, database and folders of a private trainyard home, for code run in this process."""
+    yield from _private_home(tmp_path, monkeypatch, data_dir)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def service_env_on(request, tmp_path, monkeypatch, data_dir):
+    """service_env on the embedded database, then on a private schema of the real PostgreSQL server."""
+    if request.param == "sqlite":
+        yield from _private_home(tmp_path, monkeypatch, data_dir)
+        return
+    require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
+    with PostgresSchema() as schema:
+        yield from _private_home(tmp_path, monkeypatch, data_dir, schema.url)
 
 
 @pytest.fixture

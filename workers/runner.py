@@ -194,12 +194,16 @@ TRAINING_STATE_STEM = TRAINING_STATE.removesuffix(".safetensors")
 class RecordingCallbacks(Callbacks):
     """After every epoch: checkpoint file, then metrics in SQL, then the resumable state."""
 
-    def __init__(self, job_id: str, control: JobControl, job_log: JobLogCapture):
+    def __init__(
+        self, job_id: str, control: JobControl, job_log: JobLogCapture, trial: sweeps.TrialReporter | None = None
+    ):
         self.job_id = job_id
         self.control = control
         self.job_log = job_log
         self.settings = get_settings()
         self.unrecorded: list[tuple[dict, StoredFile]] = []  # (metrics, checkpoint), oldest first
+        self.trial = trial  # the sweep's study this job's epochs are reported to, if it prunes
+        self.pruned_at: dict | None = None
 
     def should_stop(self) -> bool:
         return self.control.should_stop()
@@ -282,6 +286,29 @@ class RecordingCallbacks(Callbacks):
         )
         self.job_log.store()
 
+    def end_after_epoch(self, run: TrainingRun, metrics: EpochMetrics) -> str | None:
+        """A sweep's pruner may stop the job after an epoch recorded in SQL (one that waits to be
+        recorded is not reported: a crash would train it again)."""
+        if self.trial is None or self.unrecorded or self.control.should_stop():
+            return None
+        try:
+            prune = self.trial.should_prune(metrics.epoch, metrics.as_dict())
+        except Exception as exc:  # the study's storage is away: train on rather than stop
+            log.warning("could not report epoch %d to the sweep's study: %s", metrics.epoch, brief(exc))
+            return None
+        if not prune:
+            return None
+        value = getattr(metrics, self.trial.metric)
+        log.info(
+            "the sweep's %s pruner stopped the job after epoch %d (%s %.4f)",
+            self.trial.pruner,
+            metrics.epoch,
+            self.trial.metric,
+            value,
+        )
+        self.pruned_at = {"epoch": metrics.epoch, self.trial.metric: value}
+        return "pruned"
+
     def record(self, *, wait: bool) -> bool:
         """Record the epochs not yet in SQL, in order, in one transaction; True once they are.
 
@@ -346,6 +373,7 @@ STOP_OUTCOMES = {
     None: (JobStatus.SUCCEEDED, None, None),
     "early_stopped": (JobStatus.SUCCEEDED, "early_stopped", None),
     "stopped": (JobStatus.CANCELLED, "user_cancelled", None),
+    "pruned": (JobStatus.PRUNED, "pruned", None),
     "max_runtime_exceeded": (
         JobStatus.FAILED,
         "max_runtime_exceeded",
@@ -462,7 +490,7 @@ def _run_job(job_id: str) -> str | None:
 def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None:
     settings = get_settings()
     spec = JobSpec.model_validate(claim.spec)
-    status, reason, error = JobStatus.SUCCEEDED, None, None
+    status, reason, error, detail = JobStatus.SUCCEEDED, None, None, None
     unreachable = None  # the store, for longer than the worker waits for it
     # Failed renewals back off to a quarter lease: once the database is back, the lease is renewed
     # well within the full lease the reaper grants after an outage.
@@ -490,7 +518,11 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
                     f"note where job {job_id} resumed",
                     lambda session: jobs.note_resume(session, job_id=job_id, attempt=claim.attempt, detail=detail),
                 )
-            callbacks = RecordingCallbacks(job_id, control, job_log)
+            trial = in_transaction(
+                f"read job {job_id}'s sweep",
+                lambda session: sweeps.reporter(session, job_id=job_id, settings=settings),
+            )
+            callbacks = RecordingCallbacks(job_id, control, job_log, trial)
             initial_weights = None if resume else _initial_weights(spec)
             limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
             control.memory = memory = MemoryWatch(settings.max_job_memory)  # one baseline for both
@@ -512,6 +544,8 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
             if result.stopped_at is not None and not control.lost.is_set():
                 save_resumable_state(result.run, job_id, claim.attempt, result.stopped_at)
             status, reason, error = STOP_OUTCOMES[result.reason]
+            if status == JobStatus.PRUNED:
+                reason, detail = f"pruned_by_{trial.pruner}", callbacks.pruned_at
         except StorageUnavailable as exc:
             unreachable = exc
         except jobs.LeaseLost:
@@ -531,9 +565,9 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
 
     def finish(session) -> bool:
         ended = jobs.finish_job(
-            session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error
+            session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error, detail=detail
         )
-        if ended and status == JobStatus.SUCCEEDED:  # only a failed or cancelled job can be resumed
+        if ended and status == JobStatus.SUCCEEDED:  # only a failed, cancelled or pruned job can be resumed
             finished_state[:] = [jobs.clear_resume_state(session, job_id=job_id)]
         return ended
 

@@ -1,7 +1,8 @@
-"""Sweeps, the pure half: the request (one base job spec, some values varied: a grid, or random
-draws), its trials' values in a stable order, each trial's job spec, and a trial's label.
+"""Sweeps, the pure half: the request (one base job spec, some values varied: a grid, random draws,
+or TPE's choices), its trials' values, each trial's job spec, and a trial's label.
 
-No SQL and no HTTP: core/sweeps.py checks, stores, launches and ranks the trials."""
+No SQL, no HTTP and no Optuna: core/sweeps.py checks, stores, launches and ranks the trials, and
+core/studies.py keeps the Optuna study of a sweep that samples by TPE or prunes."""
 
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ class Distribution(StrictModel):
             return rng.randint(*self.integer)
         return rng.choice(self.choice)
 
+    def extremes(self) -> list:
+        """The values a trial's spec is checked at before a sampler draws: both bounds, or every choice."""
+        bounds = self.uniform or self.log_uniform or self.integer
+        return list(bounds) if bounds is not None else list(self.choice)
+
 
 class RandomSearch(StrictModel):
     distributions: Annotated[dict[Path, Distribution], Field(min_length=1, max_length=20)]
@@ -59,9 +65,38 @@ class RandomSearch(StrictModel):
     seed: int = 0
 
 
+class TpeSearch(RandomSearch):
+    """Optuna's TPE sampler over the same distributions: after `startup_trials` random draws, each
+    trial is drawn where the better trials so far were."""
+
+    startup_trials: Annotated[int, Field(ge=0, le=MAX_TRIALS)] = 10
+
+
+class PrunerSpec(StrictModel):
+    """Stops trials that are doing badly after an epoch, by the sweep's metric at that epoch.
+
+    asha: asynchronous successive halving; at epochs min_epochs * reduction_factor^k, a trial goes
+    on only if it is in the best 1/reduction_factor of the trials that reached that epoch.
+    hyperband: several successive-halving brackets, from aggressive to none.
+    median: after min_epochs, a trial stops if its best value so far is worse than the median of
+    the other trials' at the same epoch (once `startup_trials` trials have ended)."""
+
+    name: Literal["asha", "hyperband", "median"]
+    min_epochs: Annotated[int, Field(ge=1, le=10_000)] = 1
+    reduction_factor: Annotated[int, Field(ge=2, le=100)] = 3
+    startup_trials: Annotated[int, Field(ge=0, le=MAX_TRIALS)] | None = None
+
+    @model_validator(mode="after")
+    def _startup_for_median(self) -> PrunerSpec:
+        if self.startup_trials is not None and self.name != "median":
+            raise ValueError("startup_trials applies to the median pruner only")
+        return self
+
+
 class SweepSpec(StrictModel):
     """A sweep request: `base` is a job spec; `grid` maps dotted spec paths to the values to try
-    (every combination), or `random` draws `count` trials from distributions."""
+    (every combination), `random` draws `count` trials from distributions, or `tpe` draws them one
+    by one where the best trials so far were. Any of them may have a `pruner`."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     base: dict
@@ -72,6 +107,8 @@ class SweepSpec(StrictModel):
         | None
     ) = None
     random: RandomSearch | None = None
+    tpe: TpeSearch | None = None
+    pruner: PrunerSpec | None = None
     # What ranks the jobs (each job's best epoch); default: validation accuracy (loss for regression)
     # when the trials hold out a validation split, else the test set's.
     metric: Literal[RANKABLE] | None = None
@@ -80,18 +117,30 @@ class SweepSpec(StrictModel):
 
     @model_validator(mode="after")
     def _one_search(self) -> SweepSpec:
-        if (self.grid is None) == (self.random is None):
-            raise ValueError("give either grid or random")
+        if sum(search is not None for search in (self.grid, self.random, self.tpe)) != 1:
+            raise ValueError("give one of grid, random or tpe")
         if self.grid is not None and math.prod(len(v) for v in self.grid.values()) > MAX_TRIALS:
             raise ValueError(f"the grid has more than {MAX_TRIALS} combinations")
         return self
 
     @property
     def varied(self) -> str:
-        return "grid" if self.grid is not None else "random"
+        return "grid" if self.grid is not None else "random" if self.random is not None else "tpe"
+
+    @property
+    def size(self) -> int:
+        return self.tpe.count if self.tpe is not None else len(self.trials())
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether an Optuna study takes part: it samples (tpe) or it prunes."""
+        return self.tpe is not None or self.pruner is not None
 
     def trials(self) -> list[dict]:
-        """Each trial's values, {dotted path: value}, in a stable order."""
+        """Each trial's values, {dotted path: value}, in a stable order (TPE's: none, drawn as
+        trials end)."""
+        if self.tpe is not None:
+            return []
         if self.grid is not None:
             paths = list(self.grid)
             return [dict(zip(paths, values, strict=False)) for values in itertools.product(*self.grid.values())]
@@ -99,6 +148,18 @@ class SweepSpec(StrictModel):
         return [
             {path: dist.draw(rng) for path, dist in self.random.distributions.items()} for _ in range(self.random.count)
         ]
+
+    def checked_trials(self) -> list[dict]:
+        """The values each trial's spec is checked at: every trial's, or, for TPE, each varied
+        path at each of its extremes (the other paths at their first)."""
+        if self.tpe is None:
+            return self.trials()
+        extremes = {path: dist.extremes() for path, dist in self.tpe.distributions.items()}
+        first = {path: values[0] for path, values in extremes.items()}
+        checked = [first]
+        for path, values in extremes.items():
+            checked += [{**first, path: value} for value in values[1:]]
+        return checked
 
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()

@@ -189,6 +189,10 @@ class Callbacks:
     def on_epoch_end(self, run: TrainingRun, metrics: EpochMetrics) -> None:
         pass
 
+    def end_after_epoch(self, run: TrainingRun, metrics: EpochMetrics) -> str | None:
+        """After on_epoch_end: a reason to train no further epochs (such as "pruned"), or None."""
+        return None
+
     def should_stop(self) -> bool:
         return False
 
@@ -197,7 +201,8 @@ class Callbacks:
 class FitResult:
     run: TrainingRun
     stopped_at: Position | None = None
-    reason: str | None = None  # "stopped" (should_stop), "max_runtime_exceeded", "early_stopped"
+    # "stopped" (should_stop), "max_runtime_exceeded", "early_stopped", or end_after_epoch's reason
+    reason: str | None = None
 
     @property
     def stopped_early(self) -> bool:
@@ -702,6 +707,9 @@ def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> Fi
         stop_now = run.early_stopping.update(metrics) if run.early_stopping else False
         run.history.append(metrics)
         callbacks.on_epoch_end(run, metrics)
+        ended = callbacks.end_after_epoch(run, metrics)
+        if ended is not None and epoch < spec.epochs:
+            return FitResult(run=run, reason=ended)
         if stop_now and epoch < spec.epochs:
             return FitResult(run=run, reason="early_stopped")
     return FitResult(run=run)

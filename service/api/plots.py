@@ -22,7 +22,7 @@ from models.spec.sweeps import label  # noqa: E402
 from service.api.deps import read  # noqa: E402
 from service.api.schemas.jobs import metric_rows  # noqa: E402
 from service.core import jobs, sweeps  # noqa: E402
-from service.core.tables import Job  # noqa: E402
+from service.core.tables import Job, JobStatus  # noqa: E402
 
 PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "A PNG image"}}
 
@@ -87,7 +87,65 @@ def sweep_series(session: Session, sweep_id: str) -> list[tuple[str, list[dict],
     """The learning curves of a sweep's best launched trials, labelled by their values."""
     sweep = sweeps.require(session, sweep_id=sweep_id)
     ranked = [t for t in sweeps.trials(session, sweep) if t.job is not None][:MAX_SWEEP_CURVES]
-    return labelled_series(session, [(t.job, label(t.params)) for t in ranked])
+    return labelled_series(session, [(t.job, _trial_label(t)) for t in ranked])
+
+
+def _trial_label(trial: sweeps.Trial) -> str:
+    return label(trial.params) + (" (pruned)" if trial.job.status == JobStatus.PRUNED else "")
+
+
+# How each ended trial shows on the history: (marker, colour, legend).
+ENDINGS = {
+    JobStatus.SUCCEEDED: ("o", "tab:blue", "ran to the end"),
+    JobStatus.PRUNED: ("x", "tab:gray", "pruned"),
+}
+OTHER_ENDING = ("v", "tab:red", "failed or cancelled")
+
+
+def sweep_history(session: Session, sweep_id: str) -> tuple[list[sweeps.Ended], str, str]:
+    sweep = sweeps.require(session, sweep_id=sweep_id)
+    return sweeps.history(session, sweep), sweep.metric, sweep.name
+
+
+def history_png(ended: list[sweeps.Ended], metric: str, name: str) -> bytes:
+    """Each ended trial's best value at the epochs the sweep had spent when it ended, and the best
+    so far as a step line: how many epochs the search took to find its best."""
+    figure, ax = plt.subplots(figsize=(7, 4))
+    for status in {e.status for e in ended}:
+        marker, colour, legend = ENDINGS.get(status, OTHER_ENDING)
+        shown = [e for e in ended if e.status == status and e.metric is not None]
+        ax.scatter([e.spent for e in shown], [e.metric for e in shown], marker=marker, color=colour, label=legend)
+    steps = [e for e in ended if e.best is not None]
+    if steps:
+        ax.step([e.spent for e in steps], [e.best for e in steps], where="post", color="black", label="best so far")
+    ax.set(xlabel="epochs spent by all trials", ylabel=metric, title=f"{name}: best {metric} against epochs spent")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ended:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no trial has ended yet", ha="center", va="center", transform=ax.transAxes)
+    return _png(figure)
+
+
+def sweep_importances(session: Session, sweep_id: str) -> tuple[dict[str, float], int, str]:
+    sweep = sweeps.require(session, sweep_id=sweep_id)
+    found, used = sweeps.importances(session, sweep)
+    return found, used, sweep.metric
+
+
+def importances_png(importances: dict[str, float], used: int, metric: str) -> bytes:
+    """Optuna's importance of each varied value for the metric, as horizontal bars, most important on top."""
+    figure, ax = plt.subplots(figsize=(7, 0.5 * max(len(importances), 2) + 1.2))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    title = f"what matters for {metric} ({used} trials that ran to the end)"
+    ax.set(xlabel="importance (Optuna, PED-ANOVA)", title=title)
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3, axis="x")
+    if not importances:
+        ax.text(0.5, 0.5, "not enough trials ran to the end yet", ha="center", va="center", transform=ax.transAxes)
+    return _png(figure)
 
 
 def learning_curves(series: list[tuple]) -> bytes:

@@ -342,6 +342,7 @@ top = typer.Typer()
 jobs_app = typer.Typer(help="Training jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Uploaded datasets.", no_args_is_help=True)
+sweeps_app = typer.Typer(help="Sweeps: their trials, ranked.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -350,6 +351,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(models_app, name="models")
     app.add_typer(datasets_app, name="datasets")
+    app.add_typer(sweeps_app, name="sweeps")
 
 
 @command(top, "submit")
@@ -382,25 +384,44 @@ def sweep_updates(api: httpx.Client, sweep: dict):
 
 
 def sweep_table(sweep: dict) -> Table:
-    """A sweep's trials, best first, as a table."""
+    """A sweep's trials, best first, as a table: a pruned trial shows the epochs it ran."""
+    paths = next((list(entry["params"]) for entry in sweep["jobs"] if entry["params"]), [])
+    search = sweep["search"] + (f" + {sweep['pruner']} pruner" if sweep.get("pruner") else "")
     table = Table(
         "rank",
         id_column("job"),
         "status",
-        *sweep["jobs"][0]["params"] if sweep["jobs"] else [],
+        "epochs",
+        *paths,
         sweep["metric"],
-        title=f"sweep {sweep['name']} ({sweep['id']}): {sweep['status']}, "
-        f"{sweep['launched']}/{sweep['trials']} launched, ranked by {sweep['mode']} {sweep['metric']}",
+        title=f"sweep {sweep['name']} ({sweep['id']}): {sweep['status']}, {search}, "
+        f"{sweep['launched']}/{sweep['trials']} launched, {sweep['epochs_spent']} epochs spent, "
+        f"ranked by {sweep['mode']} {sweep['metric']}",
     )
     for rank, entry in enumerate(sweep["jobs"], start=1):
+        values = [entry["params"].get(path, "-") for path in paths]
         table.add_row(
             str(rank),
             (entry["job_id"] or "-")[:SHORT_ID],
             entry["status"],
-            *(_fmt(v) if isinstance(v, float) else str(v) for v in entry["params"].values()),
+            str(entry["epochs"]),
+            *(_fmt(v) if isinstance(v, float) else str(v) for v in values),
             _fmt(entry["metric"]),
         )
     return table
+
+
+def follow_sweep_live(opts: Options, api: httpx.Client, current: dict) -> dict:
+    """The sweep as it changes (a live table, or nothing until the end with --json), until it ends."""
+    if opts.as_json:
+        for update in sweep_updates(api, current):
+            current = update
+        return current
+    with Live(sweep_table(current), console=console, refresh_per_second=4) as live:
+        for update in sweep_updates(api, current):
+            current = update
+            live.update(sweep_table(current))
+    return current
 
 
 @command(top, "sweep")
@@ -414,17 +435,59 @@ def sweep(
     body = read_json(spec)
     with opts.client() as api:
         current = checked(api.post("/v1/sweeps", json=body))
-        if follow_sweep and opts.as_json:
-            for update in sweep_updates(api, current):
-                current = update
-        elif follow_sweep:
-            with Live(sweep_table(current), console=console, refresh_per_second=4) as live:
-                for update in sweep_updates(api, current):
-                    current = update
-                    live.update(sweep_table(current))
+        if follow_sweep:
+            current = follow_sweep_live(opts, api, current)
     opts.show(current, lambda s: () if follow_sweep else [f"sweep {s['id']} {s['status']}: {s['trials']} trials"])
     if follow_sweep and current["status"] != "succeeded":
         raise typer.Exit(JOB_FAILED)
+
+
+@command(sweeps_app, "list")
+def sweeps_list(opts: Options, limit: int = 20) -> None:
+    """The newest sweeps."""
+    page = opts.call("GET", "/v1/sweeps", params={"limit": limit})
+
+    def table(answer: dict) -> list:
+        shown = Table(id_column("id"), "name", "status", "search", "trials", "epochs spent", "best", "created")
+        for s in answer["data"]:
+            search = s["search"] + (f" + {s['pruner']}" if s["pruner"] else "")
+            best = f"{s['metric']} {_fmt((s['best'] or {}).get('metric'))}"
+            shown.add_row(
+                s["id"][:SHORT_ID],
+                s["name"],
+                s["status"],
+                search,
+                f"{s['launched']}/{s['trials']}",
+                str(s["epochs_spent"]),
+                best,
+                s["created_at"][:19],
+            )
+        return [shown]
+
+    opts.show(page, table)
+
+
+@command(sweeps_app, "show")
+def sweeps_show(
+    opts: Options,
+    sweep_id: str,
+    follow_sweep: Annotated[bool, typer.Option("--follow", "-f", help="a live table until it ends")] = False,
+) -> None:
+    """One sweep's trials, best first (pruned ones with the epochs they ran); with --follow, live
+    until it ends, then exit 1 unless every trial succeeded or was pruned."""
+    with opts.client() as api:
+        current = checked(api.get(f"/v1/sweeps/{sweep_id}"))
+        if follow_sweep:
+            current = follow_sweep_live(opts, api, current)
+    opts.show(current, lambda s: () if follow_sweep else [sweep_table(s)])
+    if follow_sweep and current["status"] != "succeeded":
+        raise typer.Exit(JOB_FAILED)
+
+
+@command(sweeps_app, "cancel")
+def sweeps_cancel(opts: Options, sweep_id: str) -> None:
+    """Launch no more trials, and cancel those running."""
+    opts.show(opts.call("POST", f"/v1/sweeps/{sweep_id}/cancel"), lambda s: [f"sweep {s['id']} {s['status']}"])
 
 
 # Jobs.

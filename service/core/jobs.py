@@ -344,7 +344,7 @@ def claim_job(
         .order_by(JobEvent.id.desc())
         .limit(1)
     ).first()
-    by_user = requeue is not None and requeue.from_status in (JobStatus.CANCELLED, JobStatus.FAILED)
+    by_user = requeue is not None and requeue.from_status in JobStatus.RESUMABLE
     return Claim(attempt=job.attempt, spec=job.spec, resumed_by_user=by_user)
 
 
@@ -435,7 +435,14 @@ def set_environment(session: Session, *, job_id: str, environment: dict) -> None
 
 
 def finish_job(
-    session: Session, *, job_id: str, attempt: int, status: str, reason: str | None = None, error: str | None = None
+    session: Session,
+    *,
+    job_id: str,
+    attempt: int,
+    status: str,
+    reason: str | None = None,
+    error: str | None = None,
+    detail: dict | None = None,
 ) -> bool:
     """Move this attempt's running (or cancelling) job to a final state."""
     return (
@@ -447,6 +454,7 @@ def finish_job(
             owner_attempt=attempt,
             reason=reason,
             error=error,
+            detail=detail,
             finished_at=utcnow(),
         )
         is not None
@@ -474,13 +482,13 @@ def request_cancel(session: Session, *, job_id: str) -> Job:
 
 
 def request_resume(session: Session, *, job_id: str) -> Job:
-    """Queue a cancelled or failed job again; its worker continues from the saved state."""
+    """Queue a cancelled, failed or pruned job again; its worker continues from the saved state."""
     job = session.get(Job, job_id, populate_existing=True)
     if transition(
         session,
         job_id=job_id,
         to=JobStatus.QUEUED,
-        from_any=(JobStatus.CANCELLED, JobStatus.FAILED),
+        from_any=JobStatus.RESUMABLE,
         detail={"resume": True},
         finished_at=None,
         dispatched_at=utcnow(),

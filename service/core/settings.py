@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     # Torch threads for inference in the API process; small models answer fastest on one.
     inference_threads: int = Field(default=1, ge=1, le=256)
     # Adds POST /v1/_bench/floor, a route that reads an upload and answers a constant, so that
+    # Where the Optuna studies of adaptive sweeps live. Unset: beside trainyard's own tables but never
+    # among them (a schema of their own on PostgreSQL, a file beside the SQLite database).
+    optuna_storage_url: str | None = None
     # bench/predict.py can measure the server's own HTTP cost. Off in production.
     bench_routes: bool = False
 

@@ -1,16 +1,21 @@
 """Sweeps: checking a sweep's trials, storing it, launching its jobs and ranking them (the request
-and its trials' specs are models/spec/sweeps.py's).
+and its trials' specs are models/spec/sweeps.py's; an adaptive sweep's Optuna study is
+core/studies.py's).
 
 The sweep row is the source of truth: it holds every trial's values and how many of them have
 their job (`launched`). advance() launches the next trials while fewer than max_parallel of the
 sweep's jobs are unfinished; it runs when the sweep is created, when one of its jobs ends (in the
-worker) and in the reaper's sweep, and each trial's job is created with its own idempotency key,
-so concurrent or repeated calls never create a trial twice.
+worker) and in the reaper's sweep. It holds the sweep's row locked while it works, and each
+trial's job is created with its own idempotency key, so concurrent or repeated calls never create
+a trial twice. For an adaptive sweep it first tells the study how the trials that ended did, then
+asks it for the next trial's values (TPE) or registers the next trial's fixed ones (a pruned grid
+or random sweep); a TPE trial's values are recorded in the row before its job is created.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 from dataclasses import dataclass
 
@@ -21,7 +26,7 @@ from sqlalchemy.orm import Session
 from models.spec.explain import explain, input_loc
 from models.spec.job import JobSpec
 from models.spec.sweeps import SweepSpec, trial_spec
-from service.core import jobs, submission
+from service.core import jobs, studies, submission
 from service.core.errors import Conflict, Invalid, NotFound
 from service.core.ids import not_found, resolve_id
 from service.core.settings import Settings
@@ -50,10 +55,10 @@ def _problems(sweep: SweepSpec, spec: dict, params: dict, error: Exception) -> l
 
 def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[dict], str]:
     """Every trial's values, each spec checked as a job submission would be (Invalid naming every
-    bad path and value, before anything is created), and the sweep's task."""
-    trials = sweep.trials()
+    bad path and value, before anything is created), and the sweep's task. (TPE's trials are drawn
+    later: their specs are checked at each distribution's extremes.)"""
     problems, tasks = [], set()
-    for params in trials:
+    for params in sweep.checked_trials():
         try:
             raw = trial_spec(sweep.base, sweep.name, params)
             spec = submission.with_full_ids(session, spec=JobSpec.model_validate(raw))
@@ -64,7 +69,7 @@ def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[
             problems.append((("base",), str(exc)))
     if problems:
         raise Invalid(problems[:50])
-    return trials, tasks.pop()
+    return sweep.trials(), tasks.pop()
 
 
 def default_ranking(sweep: SweepSpec, task: str) -> tuple[str, str]:
@@ -106,7 +111,7 @@ def create(session: Session, *, sweep: SweepSpec, settings: Settings, idempotenc
         name=sweep.name,
         request=sweep.model_dump(mode="json"),
         trials=[{"params": p} for p in trials],
-        size=len(trials),
+        size=sweep.size,
         launched=0,
         metric=metric,
         mode=mode,
@@ -115,24 +120,46 @@ def create(session: Session, *, sweep: SweepSpec, settings: Settings, idempotenc
         request_hash=request_hash,
     )
     session.add(record)
+    session.flush()
+    if sweep.adaptive:
+        record.study = studies.create(settings, sweep_id=record.id, mode=mode)
     session.commit()
     advance(session, sweep_id=record.id, settings=settings)
     return Created(record, replayed=False)
 
 
 def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
-    """Launch the sweep's next trials while fewer than max_parallel of its jobs are unfinished."""
+    """Tell an adaptive sweep's study how its ended trials did; launch the sweep's next trials
+    while fewer than max_parallel of its jobs are unfinished; mark it finished once nothing is
+    left to run."""
     while True:
-        sweep = session.get(Sweep, sweep_id, populate_existing=True)
-        if sweep is None or sweep.cancelled_at is not None or sweep.launched >= sweep.size:
+        # Locked until the commit (SQLite: a write transaction holds the database), so that
+        # no other process asks the study for the same trial or launches it.
+        sweep = session.get(Sweep, sweep_id, populate_existing=True, with_for_update=True)
+        if sweep is None or sweep.finished_at is not None:
+            session.commit()
             return
-        active = session.scalar(
-            select(func.count()).select_from(Job).where(Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL))
-        )
+        ranked = trials(session, sweep)
+        if sweep.study is not None:
+            _tell_ended(session, sweep, ranked, settings)
+        active = sum(t.job is not None and t.job.status not in JobStatus.FINAL for t in ranked)
+        if sweep.cancelled_at is not None or sweep.launched >= sweep.size:
+            if not active:
+                if sweep.study is not None:  # trials asked for but never launched (cancelled meanwhile)
+                    request = SweepSpec.model_validate(sweep.request)
+                    left = studies.running(settings, sweep.study, request)
+                    studies.tell(settings, sweep.study, request, {number: ("fail", None) for number in left})
+                sweep.finished_at = utcnow()
+            session.commit()
+            return
         if active >= (sweep.max_parallel or sweep.size):
             session.commit()
             return
         index = sweep.launched
+        if sweep.study is not None and (index >= len(sweep.trials) or "number" not in sweep.trials[index]):
+            _ask(sweep, index, settings)
+            session.commit()  # the trial's values are recorded before its job exists
+            continue
         base, name = sweep.request["base"], sweep.name
         spec = JobSpec.model_validate(trial_spec(base, name, sweep.trials[index]["params"]))
         submission.submit_job(
@@ -142,9 +169,77 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         session.commit()
 
 
+def _ask(sweep: Sweep, index: int, settings: Settings) -> None:
+    """Record trial `index`'s Optuna trial, asking the study for its values (TPE) or telling it
+    the values fixed beforehand."""
+    request = SweepSpec.model_validate(sweep.request)
+    fixed = sweep.trials[index]["params"] if index < len(sweep.trials) else None
+    number, params = studies.ask(settings, sweep.study, request, index=index, fixed=fixed)
+    entry = {"params": params, "number": number}
+    sweep.trials = [*sweep.trials[:index], entry, *sweep.trials[index + 1 :]]
+
+
+# A trial's job's final status -> how the study is told it ended.
+TOLD_AS = {JobStatus.SUCCEEDED: "complete", JobStatus.PRUNED: "pruned"}
+
+
+def _tell_ended(session: Session, sweep: Sweep, ranked: list[Trial], settings: Settings) -> None:
+    """Tell the study the end of every trial whose job ended (or was deleted) since it was last told."""
+    request = SweepSpec.model_validate(sweep.request)
+    open_numbers = set(studies.running(settings, sweep.study, request))
+    ended = {}
+    for trial in ranked:
+        number = sweep.trials[trial.index].get("number") if trial.index < len(sweep.trials) else None
+        if number not in open_numbers or trial.index >= sweep.launched:
+            continue
+        if trial.job is None:  # its job was deleted
+            ended[number] = ("fail", None)
+        elif trial.job.status in JobStatus.FINAL:
+            ended[number] = (TOLD_AS.get(trial.job.status, "fail"), trial.metric)
+    if ended:
+        studies.tell(settings, sweep.study, request, ended)
+
+
+@dataclass
+class TrialReporter:
+    """What a worker reports a pruned sweep's trial's epochs through."""
+
+    settings: Settings
+    study: str
+    request: SweepSpec
+    number: int
+    metric: str
+
+    @property
+    def pruner(self) -> str:
+        return self.request.pruner.name
+
+    def should_prune(self, epoch: int, metrics: dict) -> bool:
+        """Report the epoch's value of the sweep's metric; True if the pruner stops the trial here."""
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return False
+        return studies.report(self.settings, self.study, self.request, number=self.number, epoch=epoch, value=value)
+
+
+def reporter(session: Session, *, job_id: str, settings: Settings) -> TrialReporter | None:
+    """For a job that runs a trial of a sweep with a pruner, its reporter; else None."""
+    found = session.execute(
+        select(Job.sweep_trial, Sweep).join(Sweep, Job.sweep_id == Sweep.id).where(Job.id == job_id)
+    ).first()
+    if found is None:
+        return None
+    index, sweep = found
+    number = sweep.trials[index].get("number") if sweep.study and index < len(sweep.trials) else None
+    request = SweepSpec.model_validate(sweep.request)
+    if number is None or request.pruner is None:
+        return None
+    return TrialReporter(settings, sweep.study, request, number, sweep.metric)
+
+
 def unfinished(session: Session) -> list[str]:
-    """Sweeps that still have trials to launch."""
-    return list(session.scalars(select(Sweep.id).where(Sweep.cancelled_at.is_(None), Sweep.launched < Sweep.size)))
+    """Sweeps that still have trials to launch, jobs running or a study to tell."""
+    return list(session.scalars(select(Sweep.id).where(Sweep.finished_at.is_(None))))
 
 
 def require(session: Session, *, sweep_id: str) -> Sweep:
@@ -155,8 +250,8 @@ def require(session: Session, *, sweep_id: str) -> Sweep:
     return sweep
 
 
-def cancel(session: Session, *, sweep_id: str) -> None:
-    """Launch nothing more, and cancel the sweep's unfinished jobs."""
+def cancel(session: Session, *, sweep_id: str, settings: Settings) -> None:
+    """Launch nothing more, and cancel the sweep's unfinished jobs (its study is told as they end)."""
     sweep_id = require(session, sweep_id=sweep_id).id
     session.execute(
         update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled_at.is_(None)).values(cancelled_at=utcnow())
@@ -167,6 +262,7 @@ def cancel(session: Session, *, sweep_id: str) -> None:
         except jobs.InvalidTransition:
             pass  # it ended meanwhile
     session.commit()
+    advance(session, sweep_id=sweep_id, settings=settings)
 
 
 @dataclass
@@ -203,12 +299,53 @@ def trials_of(session: Session, sweeps: list[Sweep]) -> dict[str, list[Trial]]:
 
 
 def _ranked(sweep: Sweep, by_trial: dict[int, Job], best: dict[str, float]) -> list[Trial]:
+    drawn = [t["params"] for t in sweep.trials] + [{}] * (sweep.size - len(sweep.trials))  # TPE's come later
     found = [
-        Trial(i, t["params"], by_trial.get(i), best.get(by_trial[i].id) if i in by_trial else None)
-        for i, t in enumerate(sweep.trials)
+        Trial(i, params, by_trial.get(i), best.get(by_trial[i].id) if i in by_trial else None)
+        for i, params in enumerate(drawn)
     ]
     sign = -1 if sweep.mode == "max" else 1
     return sorted(found, key=lambda t: (t.job is None, t.metric is None, sign * (t.metric or 0), t.index))
+
+
+@dataclass
+class Ended:
+    """A trial that ended, in the order trials ended."""
+
+    trial: int
+    status: str
+    epochs: int  # that it trained
+    spent: int  # by the sweep's trials that had ended by then, this one's included
+    metric: float | None  # its best value of the sweep's metric
+    best: float | None  # the best of any trial that had ended by then
+
+
+def history(session: Session, sweep: Sweep) -> list[Ended]:
+    """The sweep's ended trials in the order they ended, with the epochs spent and the best value
+    found so far: how fast a search finds its best."""
+    ended = sorted(
+        (t for t in trials(session, sweep) if t.job is not None and t.job.status in JobStatus.FINAL),
+        key=lambda t: (t.job.finished_at, t.index),
+    )
+    better = max if sweep.mode == "max" else min
+    found, spent, best = [], 0, None
+    for trial in ended:
+        spent += trial.job.epoch
+        if trial.metric is not None:
+            best = trial.metric if best is None else better(best, trial.metric)
+        found.append(Ended(trial.index, trial.job.status, trial.job.epoch, spent, trial.metric, best))
+    return found
+
+
+def importances(session: Session, sweep: Sweep) -> tuple[dict[str, float], int]:
+    """Optuna's importance of each varied value for the sweep's metric, from the trials that ran to
+    the end, and how many those were."""
+    finished = [
+        (t.params, t.metric)
+        for t in trials(session, sweep)
+        if t.job is not None and t.job.status == JobStatus.SUCCEEDED and t.metric is not None
+    ]
+    return studies.importances(SweepSpec.model_validate(sweep.request), finished, sweep.mode), len(finished)
 
 
 def status(sweep: Sweep, ranked: list[Trial]) -> str:
@@ -217,7 +354,7 @@ def status(sweep: Sweep, ranked: list[Trial]) -> str:
     states = [t.job.status for t in ranked if t.job is not None]
     if sweep.launched < sweep.size or any(s not in JobStatus.FINAL for s in states):
         return "running"
-    return "succeeded" if all(s == JobStatus.SUCCEEDED for s in states) else "failed"
+    return "succeeded" if all(s in (JobStatus.SUCCEEDED, JobStatus.PRUNED) for s in states) else "failed"
 
 
 def page(session: Session, *, limit: int, offset: int) -> tuple[list[Sweep], int]:

@@ -70,9 +70,11 @@ class JobStatus:
     FAILED = "failed"
     CANCELLING = "cancelling"
     CANCELLED = "cancelled"
-    ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
-    FINAL = (SUCCEEDED, FAILED, CANCELLED)
+    PRUNED = "pruned"  # a sweep's pruner stopped it after an epoch: it did worse than its peers
+    ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED, PRUNED)
+    FINAL = (SUCCEEDED, FAILED, CANCELLED, PRUNED)
     ACTIVE = (RUNNING, CANCELLING)  # a worker holds the job
+    RESUMABLE = (CANCELLED, FAILED, PRUNED)  # a user may queue it again to train on
 
 
 class Job(Base):
@@ -122,7 +124,7 @@ class Job(Base):
 
 
 class Sweep(Base):
-    """Jobs made from one base spec with some values varied: a grid, or random draws."""
+    """Jobs made from one base spec with some values varied: a grid, random draws or TPE's."""
 
     __tablename__ = "sweeps"
     __table_args__ = (UniqueConstraint("idempotency_key", name="uq_sweeps_idempotency_key"),)
@@ -130,8 +132,10 @@ class Sweep(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     request: Mapped[dict] = mapped_column(JSON)  # as submitted
-    trials: Mapped[list] = mapped_column(JSON)  # [{"params": {dotted path: value}}], in order
-    size: Mapped[int] = mapped_column(Integer)  # len(trials)
+    # [{"params": {dotted path: value}, "number": its Optuna trial's, if adaptive}], in order; a
+    # TPE sweep's grows as its trials are drawn.
+    trials: Mapped[list] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(Integer)  # how many trials it runs in all
     launched: Mapped[int] = mapped_column(Integer, default=0)  # trials[:launched] have their jobs
     metric: Mapped[str] = mapped_column(String(30))
     mode: Mapped[str] = mapped_column(String(3))
@@ -140,6 +144,10 @@ class Sweep(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The Optuna study that samples its trials (tpe) or prunes them, in Optuna's own storage.
+    study: Mapped[str | None] = mapped_column(String(100))
+    # Once every trial it will run has ended (and its study was told): nothing is left to do.
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class JobEvent(Base):

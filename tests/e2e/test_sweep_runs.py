@@ -99,7 +99,7 @@ def test_an_invalid_value_is_a_422_naming_it_and_creates_nothing(stack, client):
     )
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"][:2] == ["body", "base"]
     neither = client.post("/v1/sweeps", json={"name": "bad", "base": BASE})
-    assert neither.status_code == 422 and "grid or random" in neither.text
+    assert neither.status_code == 422 and "one of grid, random or tpe" in neither.text
     assert client.get("/v1/jobs").json()["count"] == jobs_before
     assert client.get("/v1/sweeps").json()["count"] == sweeps_before
 

@@ -16,7 +16,7 @@ from models.data.idx import image_dataset
 from models.inference.predictor import Predictor
 from models.nets.pretrained import MissingWeights, UnsafeWeights, find_pretrained
 from models.spec.job import JobSpec
-from models.training.engine import fit, prepare
+from models.training.engine import Callbacks, fit, prepare
 from tests.support.datagen import class_images, colour_images
 
 pytestmark = pytest.mark.slow  # trains and fine-tunes backbones for seconds a test
@@ -113,7 +113,7 @@ def test_the_frozen_backbone_is_bit_identical_through_the_full_path_too(torch_ho
 def test_unfreeze_at_epoch_trains_the_head_first_then_everything(torch_home, colour, tmp_path):
     spec = _spec({"freeze": "backbone", "unfreeze_at_epoch": 2, "head_lr_mult": 10}, epochs=2, lr=1e-4)
 
-    class Snapshots:
+    class Snapshots(Callbacks):
         states = []
 
         def on_start(self, run):

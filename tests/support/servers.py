@@ -101,6 +101,7 @@ class PostgresSchema:
 
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+            conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}_optuna" CASCADE')  # adaptive sweeps' studies
 
 
 class PrivatePostgres:

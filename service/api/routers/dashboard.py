@@ -324,8 +324,8 @@ async def sweep_plot(sweep_id: str) -> Response:
 
 
 @actions.post("/ui/sweeps/{sweep_id}/cancel")
-def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> RedirectResponse:
-    sweeps.cancel(session, sweep_id=sweep_id)
+def cancel_sweep(sweep_id: str, session: WriteSessionDep, settings: SettingsDep) -> RedirectResponse:
+    sweeps.cancel(session, sweep_id=sweep_id, settings=settings)
     return RedirectResponse(f"/ui/sweeps/{sweep_id}", status_code=303)
 
 

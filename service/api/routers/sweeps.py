@@ -8,8 +8,8 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from models.spec.sweeps import SweepSpec
 from service.api import plots
-from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
-from service.api.schemas.sweeps import SweepPublic, SweepsPublic, sweep_public
+from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, read
+from service.api.schemas.sweeps import ImportancesPublic, SweepPublic, SweepsPublic, sweep_public
 from service.core import sweeps
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
@@ -67,9 +67,9 @@ def read_sweep(sweep_id: str, session: SessionDep) -> SweepPublic:
 @router.post(
     "/{sweep_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic, responses=NOT_FOUND
 )
-def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> SweepPublic:
+def cancel_sweep(sweep_id: str, session: WriteSessionDep, settings: SettingsDep) -> SweepPublic:
     """Launch no more trials and cancel the unfinished jobs."""
-    sweeps.cancel(session, sweep_id=sweep_id)
+    sweeps.cancel(session, sweep_id=sweep_id, settings=settings)
     return _public(session, sweep_id)
 
 
@@ -77,3 +77,24 @@ def cancel_sweep(sweep_id: str, session: WriteSessionDep) -> SweepPublic:
 async def compare_sweep(sweep_id: str) -> Response:
     """The learning curves of the sweep's best trials (up to 12) on one figure, labelled by their values."""
     return await plots.curves_response(plots.sweep_series, sweep_id)
+
+
+@router.get("/{sweep_id}/history.png", response_class=Response, responses={**plots.PNG_RESPONSE, **NOT_FOUND})
+async def sweep_history(sweep_id: str) -> Response:
+    """The best value found so far against the epochs all trials had spent, each ended trial marked
+    (pruned ones apart)."""
+    return await plots.png_response(plots.history_png, *await read(plots.sweep_history, sweep_id))
+
+
+@router.get("/{sweep_id}/importances", response_model=ImportancesPublic, responses=NOT_FOUND)
+def sweep_importances(sweep_id: str, session: SessionDep) -> ImportancesPublic:
+    """How much each varied value mattered for the sweep's metric (Optuna's PED-ANOVA), from the
+    trials that ran to the end; empty until enough have."""
+    found, used, metric = plots.sweep_importances(session, sweep_id)
+    return ImportancesPublic(metric=metric, trials=used, importances=found)
+
+
+@router.get("/{sweep_id}/importances.png", response_class=Response, responses={**plots.PNG_RESPONSE, **NOT_FOUND})
+async def sweep_importances_png(sweep_id: str) -> Response:
+    """The importances as bars."""
+    return await plots.png_response(plots.importances_png, *await read(plots.sweep_importances, sweep_id))

@@ -15,8 +15,11 @@ class SweepJobPublic(BaseModel):
     trial: int
     # None until the trial is launched (max_parallel holds it back), then its job.
     job_id: str | None
-    status: str  # the job's status; "pending" before it is launched, "deleted" if its job was deleted
-    params: dict
+    # The job's status ("pruned": the sweep's pruner stopped it early); "pending" before it is
+    # launched, "deleted" if its job was deleted.
+    status: str
+    params: dict  # {} for a TPE trial not drawn yet
+    epochs: int  # the epochs its job has trained
     # The job's best value of the sweep's metric over its epochs so far.
     metric: float | None
 
@@ -24,17 +27,28 @@ class SweepJobPublic(BaseModel):
 class SweepPublic(BaseModel):
     id: str
     name: str
-    status: str  # running, succeeded (every job did), failed (some job failed or was cancelled), cancelled
+    # running, succeeded (every job succeeded or was pruned), failed (some job failed or was
+    # cancelled), cancelled
+    status: str
+    search: str  # grid, random or tpe
+    pruner: str | None  # asha, hyperband, median, or None
     metric: str
     mode: str
     max_parallel: int | None
     trials: int
     launched: int
     counts: dict[str, int]  # trials by status
+    epochs_spent: int  # by all its trials together
     created_at: datetime
     cancelled_at: datetime | None
     best: SweepJobPublic | None
     jobs: list[SweepJobPublic]  # best first
+
+
+class ImportancesPublic(BaseModel):
+    metric: str
+    trials: int  # that ran to the end, which the importances are computed from
+    importances: dict[str, float]  # by varied path, most important first, summing to 1
 
 
 class SweepsPublic(BaseModel):
@@ -50,21 +64,30 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
 
     entries = [
         SweepJobPublic(
-            trial=t.index, job_id=t.job.id if t.job else None, status=state(t), params=t.params, metric=t.metric
+            trial=t.index,
+            job_id=t.job.id if t.job else None,
+            status=state(t),
+            params=t.params,
+            epochs=t.job.epoch if t.job else 0,
+            metric=t.metric,
         )
         for t in ranked
     ]
     best = entries[0] if entries and entries[0].metric is not None else None
+    request = sweep.request
     return SweepPublic(
         id=sweep.id,
         name=sweep.name,
         status=sweeps.status(sweep, ranked),
+        search=next((s for s in ("grid", "random", "tpe") if request.get(s) is not None), "grid"),
+        pruner=(request.get("pruner") or {}).get("name"),
         metric=sweep.metric,
         mode=sweep.mode,
         max_parallel=sweep.max_parallel,
         trials=sweep.size,
         launched=sweep.launched,
         counts=dict(Counter(e.status for e in entries)),
+        epochs_spent=sum(e.epochs for e in entries),
         created_at=sweep.created_at,
         cancelled_at=sweep.cancelled_at,
         best=best,

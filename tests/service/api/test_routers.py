@@ -300,7 +300,7 @@ def test_sweep_validation_names_the_path_and_creates_nothing(api):
     )
     assert locs(unknown)[0][:2] == ["body", "base"]
     neither = api.post("/v1/sweeps", json={"name": "bad", "base": base})
-    assert neither.status_code == 422 and "grid or random" in neither.text
+    assert neither.status_code == 422 and "one of grid, random or tpe" in neither.text
     assert api.get("/v1/sweeps").json()["count"] == 0 and api.get("/v1/jobs").json()["count"] == 0
 
 

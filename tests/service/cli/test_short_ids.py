@@ -89,11 +89,14 @@ def test_the_sweep_table_shows_whole_eight_character_ids():
         "id": DATASET,
         "name": "lr",
         "status": "running",
+        "search": "grid",
+        "pruner": None,
         "launched": 1,
         "trials": 2,
+        "epochs_spent": 1,
         "mode": "max",
         "metric": "test_acc",
-        "jobs": [{"job_id": JOB, "status": "running", "params": {"optimizer.lr": 0.1}, "metric": 0.8}],
+        "jobs": [{"job_id": JOB, "status": "running", "params": {"optimizer.lr": 0.1}, "epochs": 1, "metric": 0.8}],
     }
     Console(file=out, width=40, color_system=None).print(cli_client.sweep_table(sweep))
     assert JOB[:8] in out.getvalue(), out.getvalue()

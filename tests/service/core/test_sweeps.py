@@ -57,7 +57,7 @@ def test_a_trial_spec_sets_nested_values_without_touching_the_base():
 @pytest.mark.parametrize(
     "request_body, message",
     [
-        ({"name": "x", "base": BASE}, "either grid or random"),
+        ({"name": "x", "base": BASE}, "one of grid, random or tpe"),
         (
             {
                 "name": "x",
@@ -65,7 +65,7 @@ def test_a_trial_spec_sets_nested_values_without_touching_the_base():
                 "grid": {"optimizer.lr": [0.1]},
                 "random": {"count": 1, "distributions": {"epochs": {"integer": [1, 2]}}},
             },
-            "either grid or random",
+            "one of grid, random or tpe",
         ),
         (
             {"name": "x", "base": BASE, "grid": {p: list(range(10)) for p in ("epochs", "seed", "batch_size")}},

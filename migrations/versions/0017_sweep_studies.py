@@ -1,0 +1,28 @@
+"""sweeps: the Optuna study of a sweep that samples by TPE or prunes, and when the sweep ended
+
+Revision ID: 0017
+Revises: 0016
+Create Date: 2026-12-06 01:20:00.000000
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0017"
+down_revision = "0016"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("sweeps") as batch:
+        batch.add_column(sa.Column("study", sa.String(length=100), nullable=True))
+        batch.add_column(sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True))
+        batch.create_index("ix_sweeps_finished_at", ["finished_at"])
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("sweeps") as batch:
+        batch.drop_index("ix_sweeps_finished_at")
+        batch.drop_column("finished_at")
+        batch.drop_column("study")
