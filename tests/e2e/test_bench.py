@@ -85,3 +85,18 @@ def test_storage_benchmark_prints_its_table():
     )
     assert [name for name, _ in uploads] == ["LeNet", "ResNet-18"], run.stdout
     assert re.search(r"\n(ALL TARGETS MET|[0-9] TARGET\(S\) MISSED)\n", run.stdout), run.stdout
+
+
+def test_sweeps_benchmark_compares_random_search_with_tpe_and_asha():
+    """bench/sweeps.py in small (the full run's figures are in bench/RESULTS.md)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.sweeps", "--trials", "4", "--epochs", "3", "--seeds", "1", "--images", "1000"]
+        + ["--report-only"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert re.search(r"TPE \+ ASHA / random: \d+ / \d+ = [0-9.]+ \(target <= 0.5\) (MET|MISSED)", run.stdout)
+    assert re.search(r"\n +0  TPE \+ ASHA +0\.\d{4} ", run.stdout), run.stdout

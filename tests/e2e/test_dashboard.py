@@ -213,8 +213,10 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
             "/v1/sweeps",
             json={
                 "name": "dashboard-sweep",
-                "base": {**SOFTMAX_SPEC, "epochs": 1},
-                "grid": {"optimizer.lr": [0.05, 0.5]},
+                "base": {**SOFTMAX_SPEC, "epochs": 2},
+                "grid": {"optimizer.lr": [0.05, 0.00001]},
+                "pruner": {"name": "asha"},
+                "max_parallel": 1,
             },
         ).json()
     browser.get(embedded_stack.url + "/ui/sweeps")
@@ -225,15 +227,17 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
         interval=0.5,
         what="the sweep page to show success",
     )
-    ranks = browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")
-    assert len(ranks) == 2 and all("succeeded" in row.text for row in ranks)
-    wait_until(
-        lambda: browser.execute_script(
-            "const i = document.querySelector('#compare'); return i.complete && i.naturalWidth > 300"
-        ),
-        timeout=20,
-        what="the sweep's comparison image",
-    )
+    ranks = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")]
+    assert len(ranks) == 2 and "succeeded 2" in ranks[0] and "pruned 1" in ranks[1], ranks  # status, epochs
+    assert text(browser, "#epochs-spent") == "3" and "asha pruner" in text(browser, ".card")
+    for image in ("compare", "history", "importances"):
+        wait_until(
+            lambda image=image: browser.execute_script(
+                f"const i = document.querySelector('#{image}'); return i.complete && i.naturalWidth > 300"
+            ),
+            timeout=20,
+            what=f"the sweep's {image} image",
+        )
 
     browser.get(embedded_stack.url + "/ui/models")
     assert "dashboard-model" in text(browser, "#model-dashboard-model")

@@ -314,13 +314,23 @@ def sweeps_page(request: Request, session: SessionDep) -> HTMLResponse:
 def sweep_page(sweep_id: str, request: Request, session: SessionDep) -> HTMLResponse:
     sweep = sweeps.require(session, sweep_id=sweep_id)
     public = sweep_public(sweep, sweeps.trials(session, sweep))
-    params = list(public.jobs[0].params) if public.jobs else []
+    params = next((list(t.params) for t in public.jobs if t.params), [])
     return templates.TemplateResponse(request, "sweep.html", {"sweep": public, "params": params})
 
 
 @pages.get("/ui/sweeps/{sweep_id}/compare.png")
 async def sweep_plot(sweep_id: str) -> Response:
     return await plots.curves_response(plots.sweep_series, sweep_id)
+
+
+@pages.get("/ui/sweeps/{sweep_id}/history.png")
+async def sweep_history_plot(sweep_id: str) -> Response:
+    return await plots.png_response(plots.history_png, *await read(plots.sweep_history, sweep_id))
+
+
+@pages.get("/ui/sweeps/{sweep_id}/importances.png")
+async def sweep_importances_plot(sweep_id: str) -> Response:
+    return await plots.png_response(plots.importances_png, *await read(plots.sweep_importances, sweep_id))
 
 
 @actions.post("/ui/sweeps/{sweep_id}/cancel")

@@ -9,7 +9,14 @@ from fastapi import APIRouter, Header, Query, Response, status
 from models.spec.sweeps import SweepSpec
 from service.api import plots
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, read
-from service.api.schemas.sweeps import ImportancesPublic, SweepPublic, SweepsPublic, sweep_public
+from service.api.schemas.sweeps import (
+    EndedPublic,
+    HistoryPublic,
+    ImportancesPublic,
+    SweepPublic,
+    SweepsPublic,
+    sweep_public,
+)
 from service.core import sweeps
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
@@ -77,6 +84,17 @@ def cancel_sweep(sweep_id: str, session: WriteSessionDep, settings: SettingsDep)
 async def compare_sweep(sweep_id: str) -> Response:
     """The learning curves of the sweep's best trials (up to 12) on one figure, labelled by their values."""
     return await plots.curves_response(plots.sweep_series, sweep_id)
+
+
+@router.get("/{sweep_id}/history", response_model=HistoryPublic, responses=NOT_FOUND)
+def sweep_history_json(sweep_id: str, session: SessionDep) -> HistoryPublic:
+    """The ended trials in the order they ended: the epochs each trained, the epochs spent by then
+    and the best value found by then."""
+    ended, metric, _ = plots.sweep_history(session, sweep_id)
+    mode = sweeps.require(session, sweep_id=sweep_id).mode
+    return HistoryPublic(
+        metric=metric, mode=mode, ended=[EndedPublic.model_validate(e, from_attributes=True) for e in ended]
+    )
 
 
 @router.get("/{sweep_id}/history.png", response_class=Response, responses={**plots.PNG_RESPONSE, **NOT_FOUND})

@@ -45,6 +45,21 @@ class SweepPublic(BaseModel):
     jobs: list[SweepJobPublic]  # best first
 
 
+class EndedPublic(BaseModel):
+    trial: int
+    status: str
+    epochs: int  # that it trained
+    spent: int  # epochs the sweep's ended trials had trained when it ended, its own included
+    metric: float | None  # its best value of the sweep's metric
+    best: float | None  # the best value of any trial that had ended by then
+
+
+class HistoryPublic(BaseModel):
+    metric: str
+    mode: str
+    ended: list[EndedPublic]  # in the order the trials ended
+
+
 class ImportancesPublic(BaseModel):
     metric: str
     trials: int  # that ran to the end, which the importances are computed from

@@ -264,3 +264,23 @@ def test_tpe_trials_are_checked_at_each_distributions_extremes():
         {"optimizer.lr": 1, "model.activation": "relu"},
         {"optimizer.lr": 1e-3, "model.activation": "tanh"},
     ]
+
+
+def test_hyperband_spreads_trials_over_brackets_up_to_the_base_epochs(service_env):
+    settings = service_env
+    hyperband = {"name": "hyperband", "min_epochs": 1, "reduction_factor": 3}
+    sweep_id = create(settings, grid={"optimizer.lr": [0.1, 0.2, 0.3, 0.4]}, pruner=hyperband, max_parallel=4)
+    request = SweepSpec(name="s", base=BASE, grid={"optimizer.lr": [0.1]}, pruner=hyperband)
+    pruner = studies._pruner(request)
+    assert pruner._max_resource == 3 and pruner._min_resource == 1  # the base spec's epochs
+    decided = []
+    for job_id, acc in zip(trial_jobs(sweep_id), (0.9, 0.8, 0.2, 0.1), strict=True):
+        stops = run_epochs(job_id, [acc] * 3, None, reporter(settings, job_id))
+        stopped_at = stops.index(True) + 1 if True in stops else 3
+        assert all(stops[stopped_at - 1 :]) or stopped_at == 3  # once stopped, a retry is stopped again
+        decided.append(stopped_at)
+    trials = study_of(settings, sweep_id).trials
+    assert decided[0] == 3  # the first trial has no one to lose to
+    assert [t.intermediate_values for t in trials] == [
+        {epoch: acc for epoch in range(1, last + 1)} for acc, last in zip((0.9, 0.8, 0.2, 0.1), decided, strict=True)
+    ]
