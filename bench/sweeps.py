@@ -142,7 +142,10 @@ def main() -> int:
                 for kind in ("random", "tpe") if seed % 2 == 0 else ("tpe", "random"):
                     body = sweep_body(kind, seed, args.trials, args.epochs, args.images)
                     results[kind] = run_sweep(stack, body, args.plots)
-                best = {kind: max(e["best"] for e in r["history"]) for kind, r in results.items()}
+                best = {
+                    kind: max((e["best"] for e in r["history"] if e["best"] is not None), default=0.0)
+                    for kind, r in results.items()
+                }
                 target = max(best.values()) - TOLERANCE
                 reach = {kind: epochs_to_reach(r["history"], target) for kind, r in results.items()}
                 rows.append({"seed": seed, "best": best, "reach": reach, "results": results})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
@@ -83,15 +84,51 @@ def labelled_series(session: Session, labelled: list[tuple[Job, str]]) -> list[t
 MAX_SWEEP_CURVES = 12
 
 
-def sweep_series(session: Session, sweep_id: str) -> list[tuple[str, list[dict], int | None]]:
-    """The learning curves of a sweep's best launched trials, labelled by their values."""
+@dataclass
+class TrialCurve:
+    label: str
+    epochs: list[int]
+    values: list[float | None]
+    status: str
+
+
+def sweep_curves(session: Session, sweep_id: str) -> tuple[list[TrialCurve], str, str]:
+    """The sweep's metric per epoch of its best launched trials (up to MAX_SWEEP_CURVES), labelled
+    by their values, best first; the metric and the sweep's name."""
     sweep = sweeps.require(session, sweep_id=sweep_id)
     ranked = [t for t in sweeps.trials(session, sweep) if t.job is not None][:MAX_SWEEP_CURVES]
-    return labelled_series(session, [(t.job, _trial_label(t)) for t in ranked])
+    curves = []
+    for trial in ranked:
+        rows = jobs.get_metrics(session, job_id=trial.job.id)
+        values = [getattr(row, sweep.metric) for row in rows]
+        curves.append(TrialCurve(label(trial.params), [row.epoch for row in rows], values, trial.job.status))
+    return curves, sweep.metric, sweep.name
 
 
-def _trial_label(trial: sweeps.Trial) -> str:
-    return label(trial.params) + (" (pruned)" if trial.job.status == JobStatus.PRUNED else "")
+def sweep_curves_png(curves: list[TrialCurve], metric: str, name: str) -> bytes:
+    """One line per trial of the sweep's metric against the epoch, the best trial's thickest; a
+    pruned trial's line is dashed and ends in a cross where the pruner stopped it."""
+    figure, ax = plt.subplots(figsize=(10, 4.2))
+    for index, curve in enumerate(curves):
+        colour = COLOURS[index % len(COLOURS)]
+        pruned = curve.status == JobStatus.PRUNED
+        ax.plot(
+            curve.epochs,
+            curve.values,
+            color=colour,
+            linewidth=2.5 if index == 0 else 1.2,
+            linestyle="--" if pruned else "-",
+            marker="o" if len(curve.epochs) == 1 else None,
+            label=curve.label + (" (pruned)" if pruned else ""),
+        )
+        if pruned and curve.epochs:
+            ax.plot(curve.epochs[-1], curve.values[-1], marker="x", markersize=9, color=colour)
+    ax.set(xlabel="epoch", ylabel=metric, title=f"{name}: {metric} per epoch of its best {len(curves)} trials")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png(figure)
 
 
 # How each ended trial shows on the history: (marker, colour, legend).

@@ -87,7 +87,7 @@ def test_tpe_draws_each_trial_as_the_last_ends_and_again_for_the_same_seed(stack
 
 
 def test_an_adaptive_sweep_goes_on_after_its_api_and_worker_are_killed(tmp_path, data_dir):
-    slow = {**BASE, "epochs": 2, "data": {"dataset": "fashion-mnist", "limit_train": 3000}, "batch_size": 8}
+    slow = {**BASE, "epochs": 2, "data": {"dataset": "fashion-mnist", "limit_train": 2000}, "batch_size": 16}
     body = {
         "name": "through-restarts",
         "base": slow,

@@ -194,6 +194,8 @@ CLI_BLOCKS_RUN = [
 CLI_BLOCKS_NOT_RUN = {
     ".venv/bin/trainyard sweep examples/sweeps/weight-decay.json --follow        # weight decay 0 against 3": "six sweeps are minutes of training: tests/test_examples.py checks every request, and "
     "tests/e2e/test_cli_commands.py runs `sweep --follow`",
+    ".venv/bin/trainyard sweep examples/sweeps/learning-rate-tpe.json --follow  # 16 TPE draws of learning rate and batch size, ASHA": "adaptive sweeps are minutes of training: tests/test_examples.py checks both requests, and "
+    "tests/e2e/test_adaptive_sweeps.py runs TPE and the pruners through the service",
     "curl -s http://127.0.0.1:8000/v1/datasets -F file=@flowers.zip -F name=flowers -F image_size=64": "it has a placeholder to fill in (ID=...) and the reader's own photos",
     'curl -F file=@lenet.safetensors -F name=brought -F \'model={"arch": "lenet"}\' \\': "it needs weights trained elsewhere (tests/e2e/test_model_exchange.py imports such weights)",
     "export TRAINYARD_DATABASE_URL=postgresql+psycopg://trainyard@db.internal/trainyard": "production servers",

@@ -320,7 +320,7 @@ def sweep_page(sweep_id: str, request: Request, session: SessionDep) -> HTMLResp
 
 @pages.get("/ui/sweeps/{sweep_id}/compare.png")
 async def sweep_plot(sweep_id: str) -> Response:
-    return await plots.curves_response(plots.sweep_series, sweep_id)
+    return await plots.png_response(plots.sweep_curves_png, *await read(plots.sweep_curves, sweep_id))
 
 
 @pages.get("/ui/sweeps/{sweep_id}/history.png")

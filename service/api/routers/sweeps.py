@@ -82,8 +82,9 @@ def cancel_sweep(sweep_id: str, session: WriteSessionDep, settings: SettingsDep)
 
 @router.get("/{sweep_id}/compare.png", response_class=Response, responses={**plots.PNG_RESPONSE, **NOT_FOUND})
 async def compare_sweep(sweep_id: str) -> Response:
-    """The learning curves of the sweep's best trials (up to 12) on one figure, labelled by their values."""
-    return await plots.curves_response(plots.sweep_series, sweep_id)
+    """The sweep's metric per epoch of its best trials (up to 12), labelled by their values; a pruned
+    trial's line is dashed and ends in a cross."""
+    return await plots.png_response(plots.sweep_curves_png, *await read(plots.sweep_curves, sweep_id))
 
 
 @router.get("/{sweep_id}/history", response_model=HistoryPublic, responses=NOT_FOUND)
