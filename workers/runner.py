@@ -490,7 +490,7 @@ def _run_job(job_id: str) -> str | None:
 def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None:
     settings = get_settings()
     spec = JobSpec.model_validate(claim.spec)
-    status, reason, error, detail = JobStatus.SUCCEEDED, None, None, None
+    status, reason, error, end_detail = JobStatus.SUCCEEDED, None, None, None
     unreachable = None  # the store, for longer than the worker waits for it
     # Failed renewals back off to a quarter lease: once the database is back, the lease is renewed
     # well within the full lease the reaper grants after an outage.
@@ -522,6 +522,9 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
                 f"read job {job_id}'s sweep",
                 lambda session: sweeps.reporter(session, job_id=job_id, settings=settings),
             )
+            if trial is not None and (stopped := _pruned_before(trial)) is not None:
+                log.info("the sweep's pruner stopped this job after epoch %d, before an earlier attempt ended", stopped)
+                raise Pruned(f"pruned_by_{trial.pruner}", {"epoch": stopped})
             callbacks = RecordingCallbacks(job_id, control, job_log, trial)
             initial_weights = None if resume else _initial_weights(spec)
             limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
@@ -545,7 +548,9 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
                 save_resumable_state(result.run, job_id, claim.attempt, result.stopped_at)
             status, reason, error = STOP_OUTCOMES[result.reason]
             if status == JobStatus.PRUNED:
-                reason, detail = f"pruned_by_{trial.pruner}", callbacks.pruned_at
+                reason, end_detail = f"pruned_by_{trial.pruner}", callbacks.pruned_at
+        except Pruned as exc:
+            status, reason, end_detail = JobStatus.PRUNED, exc.reason, exc.detail
         except StorageUnavailable as exc:
             unreachable = exc
         except jobs.LeaseLost:
@@ -565,7 +570,7 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
 
     def finish(session) -> bool:
         ended = jobs.finish_job(
-            session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error, detail=detail
+            session, job_id=job_id, attempt=claim.attempt, status=status, reason=reason, error=error, detail=end_detail
         )
         if ended and status == JobStatus.SUCCEEDED:  # only a failed, cancelled or pruned job can be resumed
             finished_state[:] = [jobs.clear_resume_state(session, job_id=job_id)]
@@ -577,6 +582,22 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
     if status == JobStatus.SUCCEEDED:
         forget_resumable_state(finished_state[0] if finished_state else None, job_id)
     return status
+
+
+class Pruned(Exception):
+    """The sweep's pruner had stopped the job when an earlier attempt died: it ends here."""
+
+    def __init__(self, reason: str, detail: dict):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def _pruned_before(trial: sweeps.TrialReporter) -> int | None:
+    try:
+        return trial.pruned_at()
+    except Exception as exc:  # the study's storage is away: train on, and report as it comes back
+        log.warning("could not ask the sweep's study whether this job was stopped: %s", brief(exc))
+        return None
 
 
 def _stored_dataset(spec: JobSpec, held: contextlib.ExitStack):

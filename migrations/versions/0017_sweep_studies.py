@@ -19,6 +19,17 @@ def upgrade() -> None:
         batch.add_column(sa.Column("study", sa.String(length=100), nullable=True))
         batch.add_column(sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True))
         batch.create_index("ix_sweeps_finished_at", ["finished_at"])
+    # Sweeps with nothing left to launch or run have finished (the reaper looks only at the others).
+    op.execute(
+        """
+        UPDATE sweeps SET finished_at = CURRENT_TIMESTAMP
+        WHERE (cancelled_at IS NOT NULL OR launched >= size)
+          AND NOT EXISTS (
+            SELECT 1 FROM jobs
+            WHERE jobs.sweep_id = sweeps.id AND jobs.status NOT IN ('succeeded', 'failed', 'cancelled')
+          )
+        """
+    )
 
 
 def downgrade() -> None:

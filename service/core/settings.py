@@ -172,10 +172,10 @@ class Settings(BaseSettings):
     predict_backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     # Torch threads for inference in the API process; small models answer fastest on one.
     inference_threads: int = Field(default=1, ge=1, le=256)
-    # Adds POST /v1/_bench/floor, a route that reads an upload and answers a constant, so that
     # Where the Optuna studies of adaptive sweeps live. Unset: beside trainyard's own tables but never
     # among them (a schema of their own on PostgreSQL, a file beside the SQLite database).
     optuna_storage_url: str | None = None
+    # Adds POST /v1/_bench/floor, a route that reads an upload and answers a constant, so that
     # bench/predict.py can measure the server's own HTTP cost. Off in production.
     bench_routes: bool = False
 
@@ -201,6 +201,12 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.home / 'trainyard.db'}"
         if self.broker_url is None:
             self.broker_url = f"sqla+sqlite:///{self.home / 'broker.db'}"
+        if self.optuna_storage_url is not None and self.optuna_storage_url == self.database_url:
+            raise ValueError(
+                "optuna_storage_url must not be the database URL: Optuna's tables (its alembic_version "
+                "among them) would sit among trainyard's; give it a database, schema or file of its own, "
+                "or leave it unset"
+            )
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError("lease_seconds must be at least twice heartbeat_seconds")
         return self

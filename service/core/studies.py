@@ -19,6 +19,7 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -138,7 +139,8 @@ def _sampler(spec: SweepSpec, index: int):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=spec.tpe.seed + index,
+            # One stream per (seed, trial): seed + index would give seed 1 trial i's draw to seed 0 trial i + 1.
+            seed=int(np.random.SeedSequence([spec.tpe.seed, index]).generate_state(1)[0]),
             n_startup_trials=spec.tpe.startup_trials,
             # With trials running side by side, the running ones count as if they had done badly, so
             # that the next draw goes elsewhere.
@@ -225,17 +227,20 @@ def ask(settings: Settings, name: str, spec: SweepSpec, *, index: int, fixed: di
     import optuna
 
     study = _load(settings, name, spec, index=index)
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    trial = next((t for t in running if t.user_attrs.get(INDEX_ATTR) == index), None)
-    if trial is None:
-        if fixed is not None:
-            study.enqueue_trial(to_optuna(spec, fixed), user_attrs={INDEX_ATTR: index})
-        asked = study.ask(distributions(spec))
-        asked.set_user_attr(INDEX_ATTR, index)
-        number, params = asked.number, asked.params
-    else:
-        number, params = trial.number, trial.params
-    return number, from_optuna(spec, params)
+    states = optuna.trial.TrialState
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(INDEX_ATTR) == index]
+    running = next((t for t in mine if t.state == states.RUNNING), None)
+    if running is not None:
+        return running.number, from_optuna(spec, running.params)
+    if not any(t.state == states.WAITING for t in mine):
+        # Enqueued first, so that the trial carries its index from the moment it exists (and, for
+        # a grid or random trial, its values); ask() then takes the oldest waiting trial, which
+        # under the sweep's lock is this one.
+        study.enqueue_trial(to_optuna(spec, fixed or {}), user_attrs={INDEX_ATTR: index})
+    asked = study.ask(distributions(spec))
+    if asked.user_attrs.get(INDEX_ATTR) != index:
+        raise RuntimeError(f"study {name}: trial {asked.number} was waiting for trial {index}'s place")
+    return asked.number, from_optuna(spec, asked.params)
 
 
 def report(settings: Settings, name: str, spec: SweepSpec, *, number: int, epoch: int, value: float) -> bool:
@@ -250,7 +255,7 @@ def report(settings: Settings, name: str, spec: SweepSpec, *, number: int, epoch
     frozen = kept.get_trial(trial_id)
     if frozen.state != optuna.trial.TrialState.RUNNING:
         return False
-    if frozen.user_attrs.get(PRUNED_AT_ATTR) is not None:  # a retry of the epoch it was stopped at
+    if frozen.user_attrs.get(PRUNED_AT_ATTR) is not None:  # decided before (see pruned_at)
         return True
     trial = optuna.trial.Trial(study, trial_id)
     with warnings.catch_warnings():
@@ -262,6 +267,16 @@ def report(settings: Settings, name: str, spec: SweepSpec, *, number: int, epoch
         trial.set_user_attr(PRUNED_AT_ATTR, epoch)
         return True
     return False
+
+
+def pruned_at(settings: Settings, name: str, *, number: int) -> int | None:
+    """The epoch after which the pruner stopped a trial the study has not been told the end of:
+    an attempt that died before recording the stop ends the job there, training no more."""
+    import optuna
+
+    kept = storage(settings)
+    frozen = kept.get_trial(kept.get_trial_id_from_study_id_trial_number(kept.get_study_id_from_name(name), number))
+    return frozen.user_attrs.get(PRUNED_AT_ATTR) if frozen.state == optuna.trial.TrialState.RUNNING else None
 
 
 def tell(settings: Settings, name: str, spec: SweepSpec, ended: dict[int, tuple[str, float | None]]) -> None:

@@ -161,12 +161,42 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
             session.commit()  # the trial's values are recorded before its job exists
             continue
         base, name = sweep.request["base"], sweep.name
-        spec = JobSpec.model_validate(trial_spec(base, name, sweep.trials[index]["params"]))
-        submission.submit_job(
-            session, spec=spec, settings=settings, idempotency_key=f"sweep:{sweep_id}:{index}", sweep=(sweep_id, index)
-        )
+        try:
+            spec = JobSpec.model_validate(trial_spec(base, name, sweep.trials[index]["params"]))
+            submission.submit_job(
+                session,
+                spec=spec,
+                settings=settings,
+                idempotency_key=f"sweep:{sweep_id}:{index}",
+                sweep=(sweep_id, index),
+            )
+        except (ValidationError, Invalid, Conflict) as exc:
+            # A TPE draw is checked only here (its specs were checked at each distribution's
+            # extremes, not at every combination): the trial is recorded as invalid, the study
+            # told it failed, and the sweep goes on.
+            session.rollback()
+            _invalid(session, sweep_id, index, exc, settings)
+            continue
         session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.launched == index).values(launched=index + 1))
         session.commit()
+
+
+def _invalid(session: Session, sweep_id: str, index: int, error: Exception, settings: Settings) -> None:
+    sweep = session.get(Sweep, sweep_id, populate_existing=True, with_for_update=True)
+    if sweep.launched != index:
+        session.commit()
+        return
+    message = (
+        "; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in error.problems)
+        if isinstance(error, Invalid)
+        else str(error)
+    )
+    entry = {**sweep.trials[index], "error": message[:2000]}
+    sweep.trials = [*sweep.trials[:index], entry, *sweep.trials[index + 1 :]]
+    sweep.launched = index + 1
+    if sweep.study is not None and "number" in entry:
+        studies.tell(settings, sweep.study, SweepSpec.model_validate(sweep.request), {entry["number"]: ("fail", None)})
+    session.commit()
 
 
 def _ask(sweep: Sweep, index: int, settings: Settings) -> None:
@@ -214,6 +244,11 @@ class TrialReporter:
     def pruner(self) -> str:
         return self.request.pruner.name
 
+    def pruned_at(self) -> int | None:
+        """The epoch after which the pruner already stopped this trial, if an attempt died before
+        the job's end was recorded."""
+        return studies.pruned_at(self.settings, self.study, number=self.number)
+
     def should_prune(self, epoch: int, metrics: dict) -> bool:
         """Report the epoch's value of the sweep's metric; True if the pruner stops the trial here."""
         value = metrics.get(self.metric)
@@ -231,10 +266,9 @@ def reporter(session: Session, *, job_id: str, settings: Settings) -> TrialRepor
         return None
     index, sweep = found
     number = sweep.trials[index].get("number") if sweep.study and index < len(sweep.trials) else None
-    request = SweepSpec.model_validate(sweep.request)
-    if number is None or request.pruner is None:
+    if number is None or not (sweep.request or {}).get("pruner"):
         return None
-    return TrialReporter(settings, sweep.study, request, number, sweep.metric)
+    return TrialReporter(settings, sweep.study, SweepSpec.model_validate(sweep.request), number, sweep.metric)
 
 
 def unfinished(session: Session) -> list[str]:
@@ -354,7 +388,10 @@ def status(sweep: Sweep, ranked: list[Trial]) -> str:
     states = [t.job.status for t in ranked if t.job is not None]
     if sweep.launched < sweep.size or any(s not in JobStatus.FINAL for s in states):
         return "running"
-    return "succeeded" if all(s in (JobStatus.SUCCEEDED, JobStatus.PRUNED) for s in states) else "failed"
+    invalid = any("error" in t for t in sweep.trials)
+    return (
+        "succeeded" if all(s in (JobStatus.SUCCEEDED, JobStatus.PRUNED) for s in states) and not invalid else "failed"
+    )
 
 
 def page(session: Session, *, limit: int, offset: int) -> tuple[list[Sweep], int]:

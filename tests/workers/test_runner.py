@@ -84,3 +84,35 @@ def test_failed_lease_renewals_back_off_to_the_longest_wait(service_env, monkeyp
     assert gaps[0] < 0.3 and gaps[1] > gaps[0] and max(gaps) < 0.6, gaps
     assert 0.35 < gaps[-1] < 0.6, gaps  # the cap, reached and kept
     assert "next try in 0.4 s" in caplog.records[-1].getMessage()
+
+
+def test_a_sweeps_pruner_stops_a_losing_trial_and_a_stop_an_attempt_died_after_holds(service_env):
+    import optuna
+
+    from models.spec.sweeps import SweepSpec
+    from service.core import studies, sweeps
+
+    base = SPEC.model_dump(mode="json")
+    request = SweepSpec(
+        name="pruned",
+        base=base,
+        grid={"optimizer.lr": [0.5, 0.00001, 0.000001]},
+        metric="test_acc",
+        pruner={"name": "asha"},
+        max_parallel=3,
+    )
+    with db.session_scope() as session:
+        sweep = sweeps.create(session, sweep=request, settings=service_env).sweep
+        good, bad, crashed = [t.job.id for t in sorted(sweeps.trials(session, sweep), key=lambda t: t.index)]
+    assert run_job(good) == JobStatus.SUCCEEDED
+    assert run_job(bad) == JobStatus.PRUNED  # worse than the good trial at epoch 1
+    job = read_job(bad)
+    assert (job.epoch, job.reason, job.events[-1].detail["epoch"]) == (1, "pruned_by_asha", 1)
+    # An attempt that was told to stop after epoch 1, then died before recording it:
+    study = optuna.load_study(study_name=sweep.study, storage=studies.storage(service_env))
+    trial_id = study.trials[2]._trial_id
+    studies.storage(service_env).set_trial_user_attr(trial_id, studies.PRUNED_AT_ATTR, 1)
+    assert run_job(crashed) == JobStatus.PRUNED
+    assert read_job(crashed).epoch == 0  # no epoch trained again
+    states = [t.state for t in optuna.load_study(study_name=sweep.study, storage=studies.storage(service_env)).trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.PRUNED]

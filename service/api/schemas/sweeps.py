@@ -16,12 +16,14 @@ class SweepJobPublic(BaseModel):
     # None until the trial is launched (max_parallel holds it back), then its job.
     job_id: str | None
     # The job's status ("pruned": the sweep's pruner stopped it early); "pending" before it is
-    # launched, "deleted" if its job was deleted.
+    # launched, "deleted" if its job was deleted, "invalid" if its values (a TPE draw) made a spec
+    # that could not run (`error` says why).
     status: str
     params: dict  # {} for a TPE trial not drawn yet
     epochs: int  # the epochs its job has trained
     # The job's best value of the sweep's metric over its epochs so far.
     metric: float | None
+    error: str | None = None
 
 
 class SweepPublic(BaseModel):
@@ -75,6 +77,8 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
     def state(trial: sweeps.Trial) -> str:
         if trial.job is not None:
             return trial.job.status
+        if trial.index < len(sweep.trials) and "error" in sweep.trials[trial.index]:
+            return "invalid"
         return "deleted" if trial.index < sweep.launched else "pending"
 
     entries = [
@@ -85,6 +89,7 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
             params=t.params,
             epochs=t.job.epoch if t.job else 0,
             metric=t.metric,
+            error=sweep.trials[t.index].get("error") if t.index < len(sweep.trials) else None,
         )
         for t in ranked
     ]

@@ -53,7 +53,6 @@ T = TypeVar("T")
 COPIED, SKIPPED, GONE = "copied", "skipped", "gone"
 CORRUPT, MISSING, CHANGED = "corrupt", "missing", "changed"
 # A job whose next attempt would resume from a training state of the old kind, left in its folder.
-RESUMABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -227,7 +226,7 @@ def recorded_files(settings: Settings) -> list[Entry]:
             if state:
                 stored = StoredFile(state["key"], state.get("size"), state.get("sha256"))
                 entries.append(Entry(what, stored, "jobs", job_id))
-            elif status in RESUMABLE and resumable_state_path(settings, job_id).is_file():
+            elif status in JobStatus.RESUMABLE and resumable_state_path(settings, job_id).is_file():
                 key = f"checkpoints/{job_id}/{resumable_state_path(settings, job_id).name}"
                 entries.append(Entry(what, StoredFile(key), "jobs", job_id, legacy_state=True))
     return entries
@@ -305,7 +304,7 @@ class Migration:
                 if job is None:
                     return None
                 if entry.legacy_state:
-                    return entry.stored if not job.resume_state and job.status in RESUMABLE else None
+                    return entry.stored if not job.resume_state and job.status in JobStatus.RESUMABLE else None
                 state = job.resume_state
                 return StoredFile(state["key"], state.get("size"), state.get("sha256")) if state else None
             return row.file if row is not None else None
@@ -434,7 +433,7 @@ class Migration:
                 job = session.get(Job, entry.row, populate_existing=True, with_for_update=True)
                 state = job.resume_state if job is not None else None
                 if entry.legacy_state:
-                    changed = job is not None and not state and job.status in RESUMABLE
+                    changed = job is not None and not state and job.status in JobStatus.RESUMABLE
                 else:
                     changed = bool(state) and state.get("key") == key and not state.get("sha256")
                 if changed:

@@ -52,6 +52,43 @@ def test_a_migration_downgrades_and_upgrades_again(engine, table, column, before
     assert column in columns()
 
 
+def test_sweeps_that_had_ended_before_0017_are_marked_finished(engine):
+    """The reaper visits only unfinished sweeps: those with nothing left to do are marked so."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from service.core.migrate import alembic_config
+
+    def migrate(step, revision: str) -> None:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            step(config, revision)
+
+    migrate(command.downgrade, "0016")
+    rows = [("done", 2, 2, None), ("cancelled", 1, 3, "2026-12-01"), ("waiting", 1, 3, None), ("running", 1, 1, None)]
+    with engine.begin() as connection:
+        for name, launched, size, cancelled in rows:
+            connection.execute(
+                text(
+                    "INSERT INTO sweeps (id, name, request, trials, size, launched, metric, mode, created_at,"
+                    " cancelled_at) VALUES (:id, :id, '{}', '[]', :size, :launched, 'test_acc', 'max',"
+                    " '2026-12-01', :cancelled)"
+                ),
+                {"id": name, "size": size, "launched": launched, "cancelled": cancelled},
+            )
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, status, spec, task, attempt, epoch, epochs, created_at, sweep_id)"
+                " VALUES ('j', 'running', '{}', 'classification', 1, 0, 1, '2026-12-01', 'running')"
+            )
+        )
+    migrate(command.upgrade, "head")
+    with engine.connect() as connection:
+        finished = dict(connection.execute(text("SELECT id, finished_at IS NOT NULL FROM sweeps")).all())
+    assert finished == {"done": True, "cancelled": True, "waiting": False, "running": False}
+
+
 def test_sqlite_runs_in_wal_mode(tmp_path):
     url = f"sqlite:///{tmp_path / 'wal.sqlite'}"
     upgrade(url)

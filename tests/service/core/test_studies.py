@@ -284,3 +284,44 @@ def test_hyperband_spreads_trials_over_brackets_up_to_the_base_epochs(service_en
     assert [t.intermediate_values for t in trials] == [
         {epoch: acc for epoch in range(1, last + 1)} for acc, last in zip((0.9, 0.8, 0.2, 0.1), decided, strict=True)
     ]
+
+
+def test_seeds_draw_apart_and_a_grid_trial_enqueued_before_a_crash_keeps_its_values(service_env):
+    settings = service_env
+    lr = {"optimizer.lr": {"log_uniform": [1e-4, 1]}}
+
+    def draws(seed: int) -> list[float]:
+        request = SweepSpec(name="s", base=BASE, tpe={"count": 3, "seed": seed, "distributions": lr})
+        sweep_id = create(settings, tpe=request.tpe.model_dump(), max_parallel=3)
+        with db.session_scope(write=False) as session:
+            return [t["params"]["optimizer.lr"] for t in session.get(Sweep, sweep_id).trials]
+
+    first, second = draws(0), draws(1)
+    assert not set(first) & set(second)  # seed 1's draws are not seed 0's shifted by one trial
+
+    request = SweepSpec(name="s", base=BASE, grid={"optimizer.lr": [0.1, 0.2, 0.3]}, pruner=ASHA, max_parallel=1)
+    sweep_id = create(settings, grid={"optimizer.lr": [0.1, 0.2, 0.3]}, pruner=ASHA, max_parallel=1)
+    name = studies.study_name(sweep_id)
+    study = study_of(settings, sweep_id)
+    study.enqueue_trial({"optimizer.lr": 0.2}, user_attrs={studies.INDEX_ATTR: 1})  # enqueued, then a crash
+    assert studies.ask(settings, name, request, index=1, fixed={"optimizer.lr": 0.2}) == (1, {"optimizer.lr": 0.2})
+    assert studies.ask(settings, name, request, index=2, fixed={"optimizer.lr": 0.3}) == (2, {"optimizer.lr": 0.3})
+    assert len(study_of(settings, sweep_id).trials) == 3
+
+
+def test_a_trial_whose_spec_cannot_run_is_recorded_invalid_and_the_sweep_goes_on(service_env):
+    settings = service_env
+    tpe = {"count": 3, "distributions": {"optimizer.lr": {"uniform": [0.01, 1]}}}
+    sweep_id = create(settings, tpe=tpe, max_parallel=1)
+    with db.session_scope() as session:  # the base spec turned bad after it was checked
+        record = session.get(Sweep, sweep_id)
+        record.request = {**record.request, "base": {**record.request["base"], "batch_size": -1}}
+    run_epochs(trial_jobs(sweep_id)[0], [0.5], JobStatus.SUCCEEDED)
+    advance_sweeps(settings)
+    with db.session_scope(write=False) as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        assert record.launched == 3 and record.finished_at is not None
+        assert all("batch_size" in t["error"] for t in record.trials[1:])
+        assert sweeps.status(record, sweeps.trials(session, record)) == "failed"
+    states = [t.state.name for t in study_of(settings, sweep_id).trials]
+    assert states == ["COMPLETE", "FAIL", "FAIL"]
