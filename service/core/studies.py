@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from models.spec.sweeps import Distribution, SweepSpec
@@ -58,13 +59,18 @@ def _own_schema(database_url: str) -> str:
     or `<schema>_optuna` when trainyard's tables are in a schema other than public."""
     engine = create_engine(database_url, poolclass=NullPool)
     try:
-        with engine.begin() as connection:
-            current = connection.scalar(text("SELECT current_schema()"))
-            schema = "optuna" if current in (None, "public") else f"{current}_optuna"
-            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        for last_try in (False, True):
+            try:
+                with engine.begin() as connection:
+                    current = connection.scalar(text("SELECT current_schema()"))
+                    schema = "optuna" if current in (None, "public") else f"{current}_optuna"
+                    connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                return schema
+            except IntegrityError:  # another process created it at the same moment
+                if last_try:
+                    raise
     finally:
         engine.dispose()
-    return schema
 
 
 _opening = threading.Lock()

@@ -67,6 +67,15 @@ def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[
             problems += [p for p in _problems(sweep, raw, params, exc) if p not in problems]
         except ValueError as exc:
             problems.append((("base",), str(exc)))
+    epochs = sweep.base.get("epochs")
+    if sweep.pruner and isinstance(epochs, int) and "epochs" not in studies.spec_paths(sweep):
+        if sweep.pruner.min_epochs >= epochs:
+            problems.append(
+                (
+                    ("pruner", "min_epochs"),
+                    f"{sweep.pruner.min_epochs} is not below the trials' {epochs} epochs: nothing would be pruned",
+                )
+            )
     if problems:
         raise Invalid(problems[:50])
     return sweep.trials(), tasks.pop()

@@ -43,6 +43,7 @@ class SweepPublic(BaseModel):
     epochs_spent: int  # by all its trials together
     created_at: datetime
     cancelled_at: datetime | None
+    finished_at: datetime | None  # once every trial it runs has ended
     best: SweepJobPublic | None
     jobs: list[SweepJobPublic]  # best first
 
@@ -110,6 +111,7 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
         epochs_spent=sum(e.epochs for e in entries),
         created_at=sweep.created_at,
         cancelled_at=sweep.cancelled_at,
+        finished_at=sweep.finished_at,
         best=best,
         jobs=entries,
     )

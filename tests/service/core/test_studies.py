@@ -325,3 +325,14 @@ def test_a_trial_whose_spec_cannot_run_is_recorded_invalid_and_the_sweep_goes_on
         assert sweeps.status(record, sweeps.trials(session, record)) == "failed"
     states = [t.state.name for t in study_of(settings, sweep_id).trials]
     assert states == ["COMPLETE", "FAIL", "FAIL"]
+
+
+def test_a_pruner_that_could_never_stop_a_trial_is_refused_naming_min_epochs(service_env):
+    from service.core.errors import Invalid
+
+    with pytest.raises(Invalid) as refused:
+        create(service_env, grid={"optimizer.lr": [0.1, 0.2]}, pruner={"name": "asha", "min_epochs": 3})
+    ((loc, message),) = refused.value.problems
+    assert loc == ("pruner", "min_epochs") and "not below the trials' 3 epochs" in message
+    with db.session_scope(write=False) as session:
+        assert sweeps.page(session, limit=5, offset=0)[1] == 0  # nothing was created
