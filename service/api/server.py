@@ -5,13 +5,18 @@ supervise them (service/cli/supervisor.py, which also describes the whole start-
 its own socket to the port with SO_REUSEPORT, so the kernel spreads new connections evenly over the
 processes. (With one socket shared by all, as uvicorn's --workers does, whichever process is awake
 accepts: under a burst of keep-alive connections one process took nearly all of them and the others
-idled.) SIGTERM or SIGINT stops it after it has finished its requests. Model serving (the cache and
+idled.) SIGTERM or SIGINT stops it after it has finished its requests, and so does its supervisor's
+death. Model serving (the cache and
 the batcher) is service/api/serving.py (and service/api/batching.py).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import threading
+import time
 
 import uvicorn
 
@@ -30,8 +35,22 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def stop_when_orphaned(interval: float = 1.0) -> None:
+    """Stop this process (as SIGTERM does) once the process that started it is gone: a supervisor
+    killed outright must not leave its API processes serving the port unsupervised."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def serve(host: str, port: int) -> None:
     """Its own socket on the shared port, then uvicorn until told to stop."""
+    stop_when_orphaned()
     # No proxy-header rewriting (nothing here trusts a proxy's headers) and no Server header.
     config = uvicorn.Config(
         APP, host=host, port=port, access_log=False, log_level="info", proxy_headers=False, server_header=False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import optuna
 import pytest
@@ -18,6 +19,13 @@ from tests.support.servers import Stack, wait_until
 pytestmark = pytest.mark.e2e
 
 ASHA = {"name": "asha", "min_epochs": 1, "reduction_factor": 3}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
 
 
 def study(stack, sweep_id: str) -> optuna.Study:
@@ -103,9 +111,16 @@ def test_an_adaptive_sweep_goes_on_after_its_api_and_worker_are_killed(tmp_path,
             wait_until(
                 lambda: client.get(f"/v1/jobs/{first}").json()["epoch"] >= 1, timeout=120, what="the first epoch"
             )
+        servers = stack.api_server_pids()
+        assert servers, "the API supervisor has no server process"
         for name in ("worker", "api"):  # both at once, mid-trial
             os.killpg(stack.procs[name].pid, signal.SIGKILL)
             stack.procs[name].wait()
+        wait_until(  # the API processes of a supervisor killed outright stop too
+            lambda: not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in servers),
+            timeout=20,
+            what=f"API processes {servers} to stop",
+        )
         stack.start()
         with stack.client() as client:
             done = wait_for_sweep(stack, client, sweep["id"], timeout=300)

@@ -284,6 +284,12 @@ class Stack:
             what=f"the worker to be ready and registered\n{self.logs()}",
         )
 
+    def api_server_pids(self) -> list[int]:
+        """The API processes (service/api/server.py) its supervisor started, each in a session of its own."""
+        parent = self.procs["api"].pid
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
     def worker_pool_pids(self) -> list[int]:
         """The worker's prefork pool processes (where tasks run)."""
         parent = self.procs["worker"].pid
