@@ -23,6 +23,14 @@ def test_migrations_match_the_orm_tables(engine):
     assert {"jobs", "epoch_metrics", "checkpoints", "alembic_version"} <= set(inspect(engine).get_table_names())
 
 
+def migrate(engine, step, revision: str) -> None:
+    """Run an alembic command (command.upgrade, command.downgrade) to `revision` on the engine."""
+    with engine.begin() as connection:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        step(config, revision)
+
+
 @pytest.mark.parametrize(
     "table, column, before, kept",
     [
@@ -34,21 +42,13 @@ def test_migrations_match_the_orm_tables(engine):
 def test_a_migration_downgrades_and_upgrades_again(engine, table, column, before, kept):
     from alembic import command
 
-    from service.core.migrate import alembic_config
-
     def columns() -> set[str]:
         return {c["name"] for c in inspect(engine).get_columns(table)}
 
-    def migrate(step, revision: str) -> None:
-        with engine.begin() as connection:
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            step(config, revision)
-
     assert column in columns()
-    migrate(command.downgrade, before)
+    migrate(engine, command.downgrade, before)
     assert column not in columns() and kept <= columns()
-    migrate(command.upgrade, "head")
+    migrate(engine, command.upgrade, "head")
     assert column in columns()
 
 
@@ -57,15 +57,7 @@ def test_sweeps_that_had_ended_before_0017_are_marked_finished(engine):
     from alembic import command
     from sqlalchemy import text
 
-    from service.core.migrate import alembic_config
-
-    def migrate(step, revision: str) -> None:
-        with engine.begin() as connection:
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            step(config, revision)
-
-    migrate(command.downgrade, "0016")
+    migrate(engine, command.downgrade, "0016")
     rows = [("done", 2, 2, None), ("cancelled", 1, 3, "2026-12-01"), ("waiting", 1, 3, None), ("running", 1, 1, None)]
     with engine.begin() as connection:
         for name, launched, size, cancelled in rows:
@@ -83,7 +75,7 @@ def test_sweeps_that_had_ended_before_0017_are_marked_finished(engine):
                 " VALUES ('j', 'running', '{}', 'classification', 1, 0, 1, '2026-12-01', 'running')"
             )
         )
-    migrate(command.upgrade, "head")
+    migrate(engine, command.upgrade, "head")
     with engine.connect() as connection:
         finished = dict(connection.execute(text("SELECT id, finished_at IS NOT NULL FROM sweeps")).all())
     assert finished == {"done": True, "cancelled": True, "waiting": False, "running": False}
