@@ -91,11 +91,9 @@ async def compare_sweep(sweep_id: str) -> Response:
 def sweep_history_json(sweep_id: str, session: SessionDep) -> HistoryPublic:
     """The ended trials in the order they ended: the epochs each trained, the epochs spent by then
     and the best value found by then."""
-    ended, metric, _ = plots.sweep_history(session, sweep_id)
-    mode = sweeps.require(session, sweep_id=sweep_id).mode
-    return HistoryPublic(
-        metric=metric, mode=mode, ended=[EndedPublic.model_validate(e, from_attributes=True) for e in ended]
-    )
+    sweep = sweeps.require(session, sweep_id=sweep_id)
+    ended = [EndedPublic.model_validate(e, from_attributes=True) for e in sweeps.history(session, sweep)]
+    return HistoryPublic(metric=sweep.metric, mode=sweep.mode, ended=ended)
 
 
 @router.get("/{sweep_id}/history.png", response_class=Response, responses={**plots.PNG_RESPONSE, **NOT_FOUND})
@@ -109,8 +107,9 @@ async def sweep_history(sweep_id: str) -> Response:
 def sweep_importances(sweep_id: str, session: SessionDep) -> ImportancesPublic:
     """How much each varied value mattered for the sweep's metric (Optuna's PED-ANOVA), from the
     trials that ran to the end; empty until enough have."""
-    found, used, metric = plots.sweep_importances(session, sweep_id)
-    return ImportancesPublic(metric=metric, trials=used, importances=found)
+    sweep = sweeps.require(session, sweep_id=sweep_id)
+    found, used = sweeps.importances(session, sweep)
+    return ImportancesPublic(metric=sweep.metric, trials=used, importances=found)
 
 
 @router.get("/{sweep_id}/importances.png", response_class=Response, responses={**plots.PNG_RESPONSE, **NOT_FOUND})
