@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check: the engine's CUDA tests, then bench/train.py's table with AMP off and on (bf16,
-# fp16), in well under 5 minutes on a current GPU. Put the figures in bench/RESULTS.md with the
-# date and the device.
+# The GPU check: the engine's CUDA tests (the distributed nccl path among them), then
+# bench/train.py's table with AMP off and on (bf16, fp16), and bench/distributed.py's scaling from 1
+# GPU to all present, in well under 5 minutes on a current GPU. Put the figures in
+# bench/RESULTS.md with the date and the device.
 #
 # BENCH_PYTHON names an interpreter that already has the project's dependencies (a machine's own
 # CUDA build of torch, say); without it the project's venv is set up and used.
@@ -26,4 +27,6 @@ for amp in off bf16 fp16; do
   [ "$amp" = off ] && recipe=  # the recipe runs on the CPU whatever the AMP setting: once is enough
   timeout 240 "$BENCH_PYTHON" -m bench.train --device cuda --amp "$amp" --epochs "$EPOCHS" $recipe || true
 done
+echo "== distributed: 1 GPU against all"
+timeout 240 "$BENCH_PYTHON" -m bench.distributed --device cuda --skip-service --epochs 2 || true
 exit "$tests_failed"

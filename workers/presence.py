@@ -48,6 +48,7 @@ class Presence(Periodic):
                 description=self.description,
                 weights=_weights(),
                 datasets=_datasets(),
+                processes=get_settings().job_processes,
             )
 
     def tick(self) -> None:

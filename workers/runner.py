@@ -38,8 +38,9 @@ from service.core.references import ModelNotFound, ModelNotReady, init_from_refe
 from service.core.retention import checkpoint_key, resumable_state_key, resumable_state_path
 from service.core.settings import get_settings
 from service.core.storage import StorageError, StorageUnavailable, StoredFile, get_storage
-from service.core.tables import Job, JobStatus
+from service.core.tables import Job, JobStatus, Worker
 from workers.job_log import JobLogCapture
+from workers.launcher import GroupLost, train_on_ranks
 from workers.memory import MemoryWatch, is_out_of_memory, memory_budget
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,7 @@ class RecordingCallbacks(Callbacks):
         self.unrecorded: list[tuple[dict, StoredFile]] = []  # (metrics, checkpoint), oldest first
         self.trial = trial  # the sweep's study this job's epochs are reported to, if it prunes
         self.pruned_at: dict | None = None
+        self.environment: dict = {}  # recorded beside what on_start finds (a distributed job's ranks)
 
     def should_stop(self) -> bool:
         return self.control.should_stop()
@@ -217,6 +219,7 @@ class RecordingCallbacks(Callbacks):
             "spec_hash": run.spec.digest(),
             "num_train": len(run.dataset.x_train),
             "num_test": len(run.dataset.x_test),
+            **self.environment,
         }
         in_transaction(
             f"record job {self.job_id}'s environment",
@@ -382,7 +385,7 @@ STOP_OUTCOMES = {
 }
 
 
-def _failure(exc: BaseException) -> tuple[str, str]:
+def failure_of(exc: BaseException) -> tuple[str, str]:
     """Map an exception to a (reason, message) pair for the job record."""
     if isinstance(exc, (DatasetError, MissingWeights, UnsafeWeights, StorageError)):
         return exc.reason, str(exc)
@@ -412,7 +415,7 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     return "internal_error", f"{type(exc).__name__}: {exc}"
 
 
-def _initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
+def fetch_initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
     if spec.init_from is None:
         return None
     settings = get_settings()
@@ -445,6 +448,11 @@ def run_job(job_id: str, node: str | None = None) -> str | None:
     """Train a queued job to a final state; returns that state, or None if it was not ours.
 
     `node` is the worker's name in the registry, which shows the job while it runs."""
+    if (beyond := _beyond_this_worker(job_id, node)) is not None:
+        # Left queued: the reaper sends it again (TRAINYARD_RESEND_AFTER_SECONDS), perhaps to a
+        # worker that can give it what it asks, and its waiting reason says why it waits.
+        log.warning("job %s is not for this worker: %s", job_id, beyond)
+        return None
     _busy_with(node, job_id)
     try:
         status = _run_job(job_id)
@@ -453,6 +461,23 @@ def run_job(job_id: str, node: str | None = None) -> str | None:
     if status is not None:
         _advance_sweep(job_id)
     return status
+
+
+def _beyond_this_worker(job_id: str, node: str | None) -> str | None:
+    """Why this worker cannot give a distributed job the processes (or GPUs) it asks; else None."""
+    if node is None:
+        return None
+    with session_scope(write=False) as session:
+        spec = session.scalar(select(Job.spec).where(Job.id == job_id))
+        worker = session.get(Worker, node)
+        needs = worker_registry.processes_of(spec)
+        if needs <= 1 or worker is None:
+            return None
+        device = (spec or {}).get("device", "auto")
+        has = worker_registry.capacity(worker, device)
+    if has >= needs:
+        return None
+    return f"it asks for {needs} processes on device {device!r}, and this worker gives a job {has}"
 
 
 def _advance_sweep(job_id: str) -> None:
@@ -494,30 +519,14 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
     unreachable = None  # the store, for longer than the worker waits for it
     # Failed renewals back off to a quarter lease: once the database is back, the lease is renewed
     # well within the full lease the reaper grants after an outage.
-    with (
-        JobControl(
-            job_id,
-            claim.attempt,
-            settings.heartbeat_seconds,
-            settings.lease_seconds / 4,
-            urgent_share=settings.oom_kill_fraction,
-        ) as control,
-        contextlib.ExitStack() as held,
-    ):
+    with JobControl(
+        job_id,
+        claim.attempt,
+        settings.heartbeat_seconds,
+        settings.lease_seconds / 4,
+        urgent_share=settings.oom_kill_fraction,
+    ) as control:
         try:
-            resume = load_resumable_state(job_id)
-            if resume is not None and claim.resumed_by_user:
-                resume.run["elapsed"] = 0.0  # a user's resume grants a fresh max_runtime_seconds
-            if resume is not None:
-                detail = {
-                    "resumed_from_epoch": resume.position.epoch,
-                    "resumed_from_batch": resume.position.progress.batches,
-                }
-                log.info("resuming from epoch %d (batch %d)", resume.position.epoch, resume.position.progress.batches)
-                in_transaction(
-                    f"note where job {job_id} resumed",
-                    lambda session: jobs.note_resume(session, job_id=job_id, attempt=claim.attempt, detail=detail),
-                )
             trial = in_transaction(
                 f"read job {job_id}'s sweep",
                 lambda session: sweeps.reporter(session, job_id=job_id, settings=settings),
@@ -525,38 +534,18 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
             if trial is not None and (stopped := _pruned_before(trial)) is not None:
                 log.info("the sweep's pruner stopped this job after epoch %d, before an earlier attempt ended", stopped)
                 raise Pruned(f"pruned_by_{trial.pruner}", {"epoch": stopped})
-            callbacks = RecordingCallbacks(job_id, control, job_log, trial)
-            initial_weights = None if resume else _initial_weights(spec)
-            limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
-            control.memory = memory = MemoryWatch(settings.max_job_memory)  # one baseline for both
-            stored_dataset = _stored_dataset(spec, held)
-            with memory_budget(settings.max_job_memory, start=memory.start):
-                result = fit(
-                    spec,
-                    callbacks,
-                    data_dir=settings.data_dir,
-                    stored_dataset=stored_dataset,
-                    cache_dir=settings.cache_dir,
-                    weights_dir=settings.weights_dir,
-                    allow_download=settings.allow_download,
-                    resume=resume,
-                    initial_weights=initial_weights,
-                    limits=limits,
-                )
-            callbacks.record(wait=True)  # epochs trained while the database was away
-            if result.stopped_at is not None and not control.lost.is_set():
-                save_resumable_state(result.run, job_id, claim.attempt, result.stopped_at)
-            status, reason, error = STOP_OUTCOMES[result.reason]
-            if status == JobStatus.PRUNED:
-                reason, end_detail = f"pruned_by_{trial.pruner}", callbacks.pruned_at
+            if spec.distributed is not None:
+                status, reason, error, end_detail = _ending_of(train_on_ranks(job_id, claim, spec, control, job_log))
+            else:
+                status, reason, error, end_detail = _train_here(job_id, claim, spec, control, job_log, trial)
         except Pruned as exc:
             status, reason, end_detail = JobStatus.PRUNED, exc.reason, exc.detail
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, GroupLost) as exc:
             unreachable = exc
         except jobs.LeaseLost:
             control.lost.set()
         except Exception as exc:
-            reason, error = _failure(exc)
+            reason, error = failure_of(exc)
             status = JobStatus.FAILED
             log.exception("job %s failed (%s): %s", job_id, reason, error)
     if control.lost.is_set():
@@ -584,6 +573,68 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
     return status
 
 
+Ending = tuple[str, str | None, str | None, dict | None]  # the job's status, reason, error and detail
+
+
+def _train_here(
+    job_id: str, claim: jobs.Claim, spec: JobSpec, control: JobControl, job_log: JobLogCapture, trial
+) -> Ending:
+    """Train the job in this process; how it ended."""
+    settings = get_settings()
+    resume = load_resumable_state(job_id)
+    if resume is not None and claim.resumed_by_user:
+        resume.run["elapsed"] = 0.0  # a user's resume grants a fresh max_runtime_seconds
+    if resume is not None:
+        detail = {
+            "resumed_from_epoch": resume.position.epoch,
+            "resumed_from_batch": resume.position.progress.batches,
+        }
+        log.info("resuming from epoch %d (batch %d)", resume.position.epoch, resume.position.progress.batches)
+        in_transaction(
+            f"note where job {job_id} resumed",
+            lambda session: jobs.note_resume(session, job_id=job_id, attempt=claim.attempt, detail=detail),
+        )
+    callbacks = RecordingCallbacks(job_id, control, job_log, trial)
+    initial_weights = None if resume else fetch_initial_weights(spec)
+    limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
+    control.memory = memory = MemoryWatch(settings.max_job_memory)  # one baseline for both
+    with contextlib.ExitStack() as held:
+        stored_dataset = hold_stored_dataset(spec, held)
+        with memory_budget(settings.max_job_memory, start=memory.start):
+            result = fit(
+                spec,
+                callbacks,
+                data_dir=settings.data_dir,
+                stored_dataset=stored_dataset,
+                cache_dir=settings.cache_dir,
+                weights_dir=settings.weights_dir,
+                allow_download=settings.allow_download,
+                resume=resume,
+                initial_weights=initial_weights,
+                limits=limits,
+            )
+    callbacks.record(wait=True)  # epochs trained while the database was away
+    if result.stopped_at is not None and not control.lost.is_set():
+        save_resumable_state(result.run, job_id, claim.attempt, result.stopped_at)
+    return _ending_of(
+        {"ended": result.reason, "pruned_at": callbacks.pruned_at, "pruner": getattr(trial, "pruner", None)}
+    )
+
+
+def _ending_of(outcome: dict) -> Ending:
+    """How a job ended, from the outcome its training gave (workers/rank.py writes the same)."""
+    if outcome.get("lost"):
+        raise jobs.LeaseLost()
+    if "unreachable" in outcome:
+        raise StorageUnavailable(outcome["unreachable"])
+    if "failed" in outcome:
+        return JobStatus.FAILED, outcome["failed"]["reason"], outcome["failed"]["error"], None
+    status, reason, error = STOP_OUTCOMES[outcome["ended"]]
+    if status == JobStatus.PRUNED:
+        return status, f"pruned_by_{outcome['pruner']}", None, outcome["pruned_at"]
+    return status, reason, error, None
+
+
 class Pruned(Exception):
     """The sweep's pruner had stopped the job when an earlier attempt died: it ends here."""
 
@@ -600,7 +651,7 @@ def _pruned_before(trial: sweeps.TrialReporter) -> int | None:
         return None
 
 
-def _stored_dataset(spec: JobSpec, held: contextlib.ExitStack):
+def hold_stored_dataset(spec: JobSpec, held: contextlib.ExitStack):
     """For a job on an uploaded dataset, its local file (fetched into the cache from an object
     store), held (never evicted) until `held` closes; None for other datasets."""
     if not isinstance(spec.data, UploadedDatasetSpec) or not UPLOADED_ID.match(spec.data.dataset_id):
@@ -611,11 +662,12 @@ def _stored_dataset(spec: JobSpec, held: contextlib.ExitStack):
     return lambda dataset_id: path
 
 
-def _give_back(job_id: str, attempt: int, exc: StorageUnavailable, job_log: JobLogCapture) -> str | None:
-    """The store stayed unreachable: hand the job back to the queue (it resumes from its last
-    stored state on whichever worker takes it), or fail it once it has had its attempts."""
+def _give_back(job_id: str, attempt: int, exc: StorageUnavailable | GroupLost, job_log: JobLogCapture) -> str | None:
+    """The store stayed unreachable, or the job's processes kept dying: hand the job back to the
+    queue (it resumes from its last stored state on whichever worker takes it), or fail it once it
+    has had its attempts."""
     settings = get_settings()
-    log.warning("job %s: the store stayed unreachable, so the job goes back to the queue: %s", job_id, exc)
+    log.warning("job %s goes back to the queue: %s", job_id, exc)
     job_log.store()
     status = in_transaction(
         f"give job {job_id} back",
@@ -624,7 +676,7 @@ def _give_back(job_id: str, attempt: int, exc: StorageUnavailable, job_log: JobL
             job_id=job_id,
             attempt=attempt,
             max_attempts=settings.max_attempts,
-            reason="storage_unavailable",
+            reason=exc.reason,
             error=str(exc),
         ),
     )

@@ -106,9 +106,12 @@ def _activation_elements(net: nn.Module, batch_shape: tuple[int, ...], frozen: b
 def admission_problems(
     spec, input_shape: tuple[int, ...], outputs: int, *, max_parameters: int, max_bytes: int, where: str
 ) -> list[tuple[tuple, str]]:
-    """(location, message) of each limit the spec's job would exceed; `where` names the limit's setting."""
+    """(location, message) of each limit the spec's job would exceed; `where` names the limit's
+    setting. A distributed job's processes each hold the model and their share of the batch, and
+    the job's memory is all of theirs."""
+    ranks = spec.distributed.world_size if getattr(spec, "distributed", None) else 1
     try:
-        cost = estimate(spec, input_shape, outputs)
+        cost = estimate(spec.model_copy(update={"batch_size": spec.batch_size // ranks}), input_shape, outputs)
     except (ValueError, RuntimeError, AssertionError, NotImplementedError) as exc:
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return [
@@ -123,14 +126,20 @@ def admission_problems(
                 f"TRAINYARD_MAX_PARAMETERS ({max_parameters:,}) allows; make it smaller",
             )
         )
-    if cost.total > max_bytes:
+    if cost.total * ranks > max_bytes:
         field = "batch_size" if cost.activations > cost.total / 2 else "model"
+        needs = (
+            f"needs {cost.describe()}"
+            if ranks == 1
+            else f"on {ranks} processes ({spec.batch_size // ranks} examples each) needs "
+            f"{cost.describe()} in each, {human_bytes(cost.total * ranks)} in all"
+        )
         problems.append(
             (
                 (field,),
-                f"one training step at batch_size {spec.batch_size} needs {cost.describe()}, "
-                f"more than {where} ({human_bytes(max_bytes)}); lower batch_size or the "
-                "model's size",
+                f"one training step at batch_size {spec.batch_size} {needs}, more than {where} "
+                f"({human_bytes(max_bytes)}); lower batch_size or the model's size"
+                + ("" if ranks == 1 else ", or use fewer processes"),
             )
         )
     return problems

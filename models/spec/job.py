@@ -464,6 +464,30 @@ class InitFromSpec(StrictModel):
         return self
 
 
+class DistributedSpec(StrictModel):
+    """Train one job on several processes at once (DistributedDataParallel, launched by torchrun):
+    one process per GPU on CUDA, or several CPU processes; the job's batch_size stays the global batch."""
+
+    nproc_per_node: Annotated[
+        int, Field(ge=1, le=64, description="processes on each machine; on CUDA, one per GPU it uses")
+    ]
+    nnodes: Annotated[int, Field(ge=1, le=64, description="machines the job trains on (1 for now)")] = 1
+
+    @field_validator("nnodes")
+    @classmethod
+    def _one_machine(cls, value: int) -> int:
+        if value > 1:
+            raise ValueError(
+                "a job on several machines (nnodes > 1) is not supported yet; use nnodes 1 with "
+                "nproc_per_node up to the processes or GPUs one worker has"
+            )
+        return value
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 class JobSpec(StrictModel):
     name: Annotated[str | None, Field(max_length=200)] = None
     model: ModelSpec
@@ -481,6 +505,9 @@ class JobSpec(StrictModel):
     compile: bool = Field(default=False, description="torch.compile the model for training")
     init_from: InitFromSpec | None = None
     checkpoints: CheckpointsSpec = CheckpointsSpec()
+    distributed: DistributedSpec | None = Field(
+        default=None, description="train on several processes (DistributedDataParallel); absent: one process"
+    )
 
     @field_validator("device")
     @classmethod
@@ -488,6 +515,32 @@ class JobSpec(StrictModel):
         if not _DEVICE.match(value):
             raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         return value
+
+    @field_validator("distributed")
+    @classmethod
+    def _fits_the_batch(cls, value: DistributedSpec | None, info: ValidationInfo) -> DistributedSpec | None:
+        if value is None:
+            return value
+        batch_size, world = info.data.get("batch_size"), value.world_size
+        if batch_size is not None and batch_size % world:
+            raise ValueError(
+                f"batch_size {batch_size} is the global batch, shared by nproc_per_node x nnodes = {world} "
+                f"processes: make batch_size a multiple of {world}, or change nproc_per_node"
+            )
+        if info.data.get("compile"):
+            raise ValueError("compile is not supported with distributed yet; set compile false")
+        device = info.data.get("device")
+        if device is not None and device.startswith("cuda:") and world > 1:
+            raise ValueError(
+                f"device {device!r} names one GPU, and each process of a distributed job takes a GPU "
+                "of its own: use device 'cuda' or 'auto'"
+            )
+        return value
+
+    @property
+    def processes(self) -> int:
+        """The processes the job trains on (on each machine)."""
+        return self.distributed.nproc_per_node if self.distributed else 1
 
     @property
     def resize(self) -> int | None:
@@ -500,5 +553,7 @@ class JobSpec(StrictModel):
         return size
 
     def digest(self) -> str:
-        """SHA-256 of the canonical JSON form: equal specs, equal digests."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """SHA-256 of the canonical JSON form: equal specs, equal digests. (A spec without
+        `distributed` digests as it did before the field existed.)"""
+        exclude = {"distributed"} if self.distributed is None else None
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()

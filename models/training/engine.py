@@ -23,6 +23,7 @@ from models.nets.pretrained import find_pretrained, load_backbone, load_pretrain
 from models.nets.state_dict import load_state
 from models.spec.job import EarlyStoppingSpec, JobSpec
 from models.spec.problems import spec_problems
+from models.training.distributed import Ranks, Replicas, synchronised_batch_norm
 from models.training.frozen import features_fit, frozen_features, set_frozen
 from models.training.state import EpochProgress, Position, TrainingState
 
@@ -118,6 +119,8 @@ class TrainingRun:
     initial_state: dict[str, torch.Tensor] | None = None  # what each cross-validation fold starts from
     features: dict[tuple[int, int], Dataset] = field(default_factory=dict)  # frozen backbones' outputs (frozen.py)
     limits: Limits | None = None
+    ranks: Ranks | None = None  # this process's place in a distributed job; None: the job's only process
+    replicas: Replicas | None = None  # with ranks: the DistributedDataParallel wrappers it trains through
 
     @property
     def start_epoch(self) -> int:
@@ -269,6 +272,7 @@ def train_one_epoch(
     precision=contextlib.nullcontext,
     scaler: torch.amp.GradScaler | None = None,
     augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    ranks: Ranks | None = None,
 ) -> tuple[EpochProgress, bool]:
     """One pass over the shuffled training set, or the rest of one after `progress.batches`.
 
@@ -276,6 +280,10 @@ def train_one_epoch(
     stopped early because should_stop() said so. `penalty` (e.g. L1) is added to the loss that
     is minimised but not to the reported training loss, as in the course's weight-decay chapter.
     `augment(pixels, batch index)` changes each uint8 training batch before it becomes float.
+
+    With `ranks` (a distributed job, `model` wrapped in DistributedDataParallel), each rank takes
+    its contiguous share of every global batch, weights its loss by that share, and the returned
+    progress is the whole group's (summed over the ranks); the ranks stop at the same batch.
     """
     model.train()
     done = progress or EpochProgress()
@@ -292,28 +300,42 @@ def train_one_epoch(
     hits = torch.zeros(len(order) - first, device=device, dtype=torch.bool) if classify else None
     batches, seen, stopped = done.batches, done.seen, False
     for start in range(batches * batch_size, len(order), batch_size):
-        if should_stop():
+        if ranks.any(should_stop()) if ranks else should_stop():
             stopped = True
             break
         idx = order[start : start + batch_size]
+        n = len(idx)
+        lo, hi, share = 0, n, 1.0
+        if ranks is not None:
+            lo, hi = ranks.bounds(len(idx))
+            # A rank whose share of a short last batch is empty still takes part in the gradients'
+            # all-reduce: with one example and weight 0, it adds nothing to them.
+            share = (hi - lo) * ranks.world_size / n
+            idx = idx[lo:hi] if hi > lo else idx[:1]
         x = x_all[idx].to(device, non_blocking=True)
         if augment is not None:  # seeded by the batch's index, so a resumed epoch augments alike
-            x = augment(x, batches)
+            x = augment(x, batches if ranks is None else batches * ranks.world_size + ranks.rank)
         x = dataset.to_float(x)
         y = y_all[idx].to(device, non_blocking=True)
         with precision():
             outputs = model(x)
             loss = loss_fn(outputs, y)
-        optimizer_step(loss + penalty() if penalty is not None else loss, optimizer, scaler)
-        loss_sum.add_(loss.detach(), alpha=len(idx))  # one kernel: launches are what a small GPU model waits on
-        if classify:  # whether each example was right, summed once at the end
-            torch.eq(outputs.detach().argmax(dim=1), y, out=hits[start - first : start - first + len(idx)])
-        seen += len(idx)
+        objective = loss if share == 1.0 else loss * share
+        optimizer_step(objective + penalty() if penalty is not None else objective, optimizer, scaler)
+        # One kernel each: launches are what a small GPU model waits on.
+        loss_sum.add_(loss.detach(), alpha=hi - lo)
+        if classify and hi > lo:  # whether each example was right, summed once at the end
+            at = start - first + lo
+            torch.eq(outputs.detach().argmax(dim=1), y, out=hits[at : at + hi - lo])
+        seen += n
         batches += 1
+    loss_total, correct = float(loss_sum), int(hits.sum()) if classify else 0
+    if ranks is not None:
+        loss_total, correct = ranks.sum(loss_total, correct)
     return EpochProgress(
         batches=batches,
-        loss_sum=done.loss_sum + float(loss_sum),
-        correct=done.correct + (int(hits.sum()) if classify else 0),
+        loss_sum=done.loss_sum + loss_total,
+        correct=done.correct + int(correct),
         seen=seen,
     ), stopped
 
@@ -330,26 +352,33 @@ def evaluate(
     device: torch.device,
     precision=contextlib.nullcontext,
     resize: int | None = None,
+    ranks: Ranks | None = None,
 ) -> tuple[float, float | None]:
     """Mean loss and accuracy (None for regression) over a held-out split, in eval mode
-    (`resize`: the side the network resizes its inputs to, which sizes the batches)."""
+    (`resize`: the side the network resizes its inputs to, which sizes the batches). With `ranks`,
+    each rank evaluates its contiguous share of the split, and the sums are gathered."""
     model.eval()
     classify = dataset.task == "classification"
+    n = len(x_all)
+    lo, hi = ranks.bounds(n) if ranks is not None else (0, n)
     loss_sum = 0.0
     correct = torch.zeros((), dtype=torch.long, device=device)
     eval_batch = eval_batch_size(x_all.shape[1:], batch_size, resize)
-    for start in range(0, len(x_all), eval_batch):
-        x = dataset.to_float(x_all[start : start + eval_batch].to(device))
-        y = y_all[start : start + eval_batch].to(device)
+    for start in range(lo, hi, eval_batch):
+        end = min(start + eval_batch, hi)
+        x = dataset.to_float(x_all[start:end].to(device))
+        y = y_all[start:end].to(device)
         with precision():
             outputs = model(x)
         loss_sum += float(loss_fn(outputs.float(), y)) * len(x)
         if classify:
             correct += (outputs.argmax(dim=1) == y).sum()
-    n = len(x_all)
+    total_correct = int(correct)
+    if ranks is not None:
+        loss_sum, total_correct = ranks.sum(loss_sum, total_correct)
     if n == 0:
         return math.nan, None
-    return loss_sum / n, (int(correct) / n if classify else None)
+    return loss_sum / n, (int(total_correct) / n if classify else None)
 
 
 def build_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -391,9 +420,12 @@ def l1_penalty(spec: JobSpec, model: nn.Module) -> Callable[[], torch.Tensor] | 
     return lambda: spec.optimizer.l1 * sum(p.abs().sum() for p in weights if p.requires_grad)
 
 
-def _fresh_model(spec: JobSpec, dataset: Dataset, device: torch.device) -> nn.Module:
+def _fresh_model(spec: JobSpec, dataset: Dataset, device: torch.device, ranks: Ranks | None = None) -> nn.Module:
     torch.manual_seed(spec.seed)
-    return build_model(spec.model, dataset.input_shape, dataset.outputs, resize=spec.resize).to(device)
+    model = build_model(spec.model, dataset.input_shape, dataset.outputs, resize=spec.resize)
+    if ranks is not None:
+        model = synchronised_batch_norm(model, device)
+    return model.to(device)
 
 
 def backbone_contract(spec: JobSpec, dataset: Dataset) -> Dataset:
@@ -419,13 +451,17 @@ def prepare(
     resume: TrainingState | None = None,
     initial_weights: dict[str, torch.Tensor] | None = None,
     limits: Limits | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainingRun:
     """Load data, build the model, optimizer and schedule on the chosen device.
 
     `initial_weights` starts a new run from other weights; `resume` continues an earlier run; a
     pretrained backbone's weights are read from `weights_dir` or torchvision's folder otherwise.
+    With `ranks`, this process is one rank of a distributed job (its group already started).
     """
     device = resolve_device(spec.device)
+    if ranks is not None:
+        device = ranks.device(device)
     if dataset is None:
         dataset = load_dataset(
             spec.data,
@@ -453,7 +489,7 @@ def prepare(
     dataset = backbone_contract(spec, dataset)
     if device.type == "cuda":
         dataset = place_on_gpu(dataset, device)
-    model = _fresh_model(spec, dataset, device)
+    model = _fresh_model(spec, dataset, device, ranks)
     if initial_weights is not None:
         _load_weights(model, initial_weights)
     elif resume is None:
@@ -470,6 +506,8 @@ def prepare(
         early_stopping=EarlyStopping(spec.early_stopping) if spec.early_stopping else None,
         scaler=torch.amp.GradScaler("cuda") if spec.amp == "fp16" else None,
         limits=limits,
+        ranks=ranks,
+        replicas=Replicas(ranks) if ranks is not None else None,
     )
     augment = getattr(spec.data, "augment", None)
     if augment is not None and dataset.contract.images:
@@ -478,6 +516,8 @@ def prepare(
         run.compiled[id(model)] = torch.compile(model)
     if resume is not None:
         run.restore(resume)  # before folds finish, the model it restores is still untrained
+    if ranks is not None and ranks.rank > 0:  # each rank's own dropout masks, seeded
+        torch.manual_seed((spec.seed * 1_000_003 + run.start.epoch) * 1_009 + ranks.rank)
     if spec.cross_validation and run.start.epoch == 1 and run.start.progress.batches == 0:
         run.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return run
@@ -560,13 +600,15 @@ def _epoch(
             resize=spec.resize,
             device=run.device,
             precision=precision,
-            should_stop=should_stop,
+            # A distributed job's ranks stop together, at a batch of training (a collective).
+            should_stop=should_stop if run.ranks is None else lambda: False,
         )
         if features is None:
             return None, progress
         ds, model, side = features, pretrained.head, None
+    trained = run.replicas.of(model) if run.replicas is not None else run.compiled.get(id(model), model)
     progress, stopped = train_one_epoch(
-        run.compiled.get(id(model), model),
+        trained,
         optimizer,
         loss_fn,
         ds,
@@ -579,6 +621,7 @@ def _epoch(
         precision=precision,
         scaler=run.scaler,
         augment=(lambda x, batch: augmenter(x, epoch, batch)) if augmenter else None,
+        ranks=run.ranks,
     )
     train_seconds = time.perf_counter() - started
     if stopped:
@@ -597,6 +640,7 @@ def _epoch(
         device=run.device,
         precision=precision,
         resize=side,
+        ranks=run.ranks,
     )
     val_loss = val_acc = None
     if ds.x_val is not None:
@@ -610,6 +654,7 @@ def _epoch(
             device=run.device,
             precision=precision,
             resize=side,
+            ranks=run.ranks,
         )
     metrics = EpochMetrics(
         epoch=epoch,
@@ -650,7 +695,9 @@ def cross_validate(run: TrainingRun, callbacks: Callbacks, should_stop) -> bool:
             run.dataset, train_idx.to(run.dataset.x_train.device), val_idx.to(run.dataset.x_train.device)
         )
         run.features.clear()
-        model = _fresh_model(spec, ds, run.device)
+        if run.replicas is not None:
+            run.replicas.clear()
+        model = _fresh_model(spec, ds, run.device, run.ranks)
         load_state(model, run.initial_state)  # the same start as the final model: pretrained, init_from
         optimizer = build_optimizer(spec, model)
         scheduler = build_scheduler(spec, optimizer)
@@ -687,11 +734,16 @@ def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> Fi
     def over_time() -> bool:
         return spec.max_runtime_seconds is not None and run.elapsed() > spec.max_runtime_seconds
 
+    asked = False  # whether callbacks.should_stop() said so
+
     def should_stop() -> bool:
-        return callbacks.should_stop() or over_time()
+        nonlocal asked
+        asked = asked or callbacks.should_stop()
+        return asked or over_time()
 
     def stop_reason() -> str:
-        return "max_runtime_exceeded" if over_time() and not callbacks.should_stop() else "stopped"
+        # A distributed job's ranks stop together: unless this rank was asked to, one was over time.
+        return "stopped" if asked or (run.ranks is None and not over_time()) else "max_runtime_exceeded"
 
     if spec.cross_validation and run.start.epoch == 1 and run.start.progress.batches == 0:
         if not cross_validate(run, callbacks, should_stop):
@@ -708,6 +760,8 @@ def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> Fi
         run.history.append(metrics)
         callbacks.on_epoch_end(run, metrics)
         ended = callbacks.end_after_epoch(run, metrics)
+        if run.ranks is not None:  # rank 0's callbacks decide for every rank
+            ended = run.ranks.from_leader(ended)
         if ended is not None and epoch < spec.epochs:
             return FitResult(run=run, reason=ended)
         if stop_now and epoch < spec.epochs:

@@ -12,14 +12,11 @@ the batcher) is service/api/serving.py (and service/api/batching.py).
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import threading
-import time
 
 import uvicorn
 
+from service.core.background import stop_when_orphaned
 from service.core.settings import get_settings
 
 APP = "service.api.app:app"
@@ -33,19 +30,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
     sock.listen(2048)
     return sock
-
-
-def stop_when_orphaned(interval: float = 1.0) -> None:
-    """Stop this process (as SIGTERM does) once the process that started it is gone: a supervisor
-    killed outright must not leave its API processes serving the port unsupervised."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def serve(host: str, port: int) -> None:

@@ -1,8 +1,12 @@
-"""Periodic: work repeated on a background thread until it is stopped."""
+"""Periodic: work repeated on a background thread until it is stopped; and a process that stops
+when its parent dies."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from typing import Self
 
 
@@ -45,3 +49,16 @@ class Periodic:
         delay = self.tick() if self.at_start else None
         while not self.wait(self.interval if delay is None else delay):
             delay = self.tick()
+
+
+def stop_when_orphaned(interval: float = 1.0) -> None:
+    """Stop this process (as SIGTERM does) once the process that started it is gone: a supervisor
+    killed outright must not leave its children (API processes, a job's ranks) running unsupervised."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

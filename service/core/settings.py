@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     # Log lines a job keeps per attempt (GET /v1/jobs/{id}/logs); errors beyond it are still kept.
     job_log_lines: int = Field(default=2000, ge=10, le=1_000_000)
+    # A distributed job's processes (spec `distributed`): at most max_job_processes on the CPU
+    # (default: the worker's training threads, one core each); torchrun starts the group again up
+    # to distributed_max_restarts times when a process dies, and a collective that waits longer
+    # than distributed_timeout_seconds for a process fails the job instead of hanging.
+    max_job_processes: int | None = Field(default=None, ge=1, le=1024)
+    distributed_max_restarts: int = Field(default=2, ge=0, le=100)
+    distributed_timeout_seconds: float = Field(default=300.0, gt=0, le=86400)
     # Comment lines the event stream sends when it has nothing else to say, so that proxies keep it.
     events_keepalive_seconds: float = Field(default=15.0, gt=0, le=3600)
     # A worker that cannot reach the database keeps its job and retries its writes (epochs, the
@@ -214,6 +221,11 @@ class Settings(BaseSettings):
     @property
     def training_threads(self) -> int:
         return self.train_threads or max(1, (os.cpu_count() or 1) // self.worker_concurrency)
+
+    @property
+    def job_processes(self) -> int:
+        """The processes this worker gives one distributed job on the CPU, at most."""
+        return self.max_job_processes or self.training_threads
 
     @property
     def cache_dir(self) -> Path:

@@ -128,7 +128,14 @@ def _submit(
             return _replay(existing, request_hash)
     if settings.require_worker:
         live = worker_registry.live(session, settings=settings)
-        waiting = worker_registry.waiting_reason_for(spec.device, live, settings)
+        waiting = worker_registry.waiting_reason_for(spec.device, live, settings, spec.processes)
+        if waiting and spec.processes > 1 and waiting.startswith("no_worker_with_"):
+            raise Conflict(
+                f"{waiting}: no live worker serving queue {settings.queue_for(spec.device)!r} can give "
+                f"this job {spec.processes} processes (distributed.nproc_per_node) on device "
+                f"{spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); lower nproc_per_node, or start a "
+                "worker with more (TRAINYARD_MAX_JOB_PROCESSES, or GPUs) and retry"
+            )
         if waiting:
             raise Conflict(
                 f"{waiting}: no live worker serves queue {settings.queue_for(spec.device)!r} for "

@@ -325,6 +325,7 @@ class Worker(Base):
     current_job: Mapped[str | None] = mapped_column(String(36))
     weights: Mapped[list | None] = mapped_column(JSON)  # pretrained weights files it has on disk
     datasets: Mapped[list | None] = mapped_column(JSON)  # built-in datasets whose files it has
+    processes: Mapped[int | None] = mapped_column(Integer)  # CPU processes it gives one job at most
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 

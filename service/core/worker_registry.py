@@ -40,9 +40,11 @@ def register(
     description: dict,
     weights: list[str] | None = None,
     datasets: list[str] | None = None,
+    processes: int | None = None,
 ) -> None:
     """Add or refresh a worker's entry (`weights`: the pretrained weights files it has; `datasets`:
-    the built-in datasets whose files it has)."""
+    the built-in datasets whose files it has; `processes`: how many CPU processes it gives one
+    distributed job)."""
     now = utcnow()
     row = session.get(Worker, worker_id)
     if row is None:
@@ -53,6 +55,7 @@ def register(
     row.host, row.pid, row.queues = host, pid, sorted(queues)
     row.devices, row.torch, row.cuda = description["devices"], description["torch"], description["cuda"]
     row.weights, row.datasets = weights or [], datasets or []
+    row.processes = processes
     row.last_seen = now
     session.flush()
 
@@ -84,16 +87,43 @@ def live(session: Session, *, settings: Settings) -> list[Worker]:
     return list(session.scalars(select(Worker).where(Worker.last_seen >= cutoff).order_by(Worker.started_at)))
 
 
-def waiting_reason_for(device: str, workers: list[Worker], settings: Settings) -> str | None:
-    """Why a job for `device` cannot start now: no live worker serves its queue; else None."""
+def gpus(worker: Worker) -> int:
+    return sum(device["kind"] == "cuda" for device in worker.devices)
+
+
+def capacity(worker: Worker, device: str) -> int:
+    """The processes `worker` gives one job on `device`: one per GPU for a CUDA job; for an auto
+    job, its GPUs when it has GPUs, else its CPU processes; for a CPU job, its CPU processes."""
+    cpu = worker.processes or 1
+    if device.startswith("cuda"):
+        return gpus(worker)
+    if device == "auto" and gpus(worker):
+        return max(gpus(worker), cpu)  # as many as its GPUs on them, else on its CPU
+    return cpu
+
+
+def waiting_reason_for(device: str, workers: list[Worker], settings: Settings, processes: int = 1) -> str | None:
+    """Why a job for `device` on `processes` processes cannot start now: no live worker serves its
+    queue, or none can give it that many processes (GPUs, for a CUDA job); else None."""
     queue = settings.queue_for(device)
-    if any(queue in worker.queues for worker in workers):
-        return None
-    return NO_GPU_WORKER if queue == settings.gpu_queue else NO_WORKER
+    serving = [worker for worker in workers if queue in worker.queues]
+    if not serving:
+        return NO_GPU_WORKER if queue == settings.gpu_queue else NO_WORKER
+    if processes > 1 and all(capacity(worker, device) < processes for worker in serving):
+        return f"no_worker_with_{processes}_{'gpus' if device.startswith('cuda') else 'processes'}"
+    return None
+
+
+def processes_of(spec: dict) -> int:
+    """The processes a stored job spec trains on (1 unless it is distributed)."""
+    return ((spec or {}).get("distributed") or {}).get("nproc_per_node", 1)
 
 
 def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) -> dict[str, str | None]:
     """Each queued job's waiting reason (None for jobs that wait for nothing but their turn)."""
     queued = [job for job in jobs if job.status == JobStatus.QUEUED]
     workers = live(session, settings=settings) if queued else []
-    return {job.id: waiting_reason_for((job.spec or {}).get("device", "auto"), workers, settings) for job in queued}
+    return {
+        job.id: waiting_reason_for((job.spec or {}).get("device", "auto"), workers, settings, processes_of(job.spec))
+        for job in queued
+    }

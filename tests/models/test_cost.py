@@ -30,6 +30,19 @@ def test_memory_names_batch_size_when_activations_dominate():
     assert "batch_size 4096" in problems[0][1] and "LIMIT (1.0 GiB)" in problems[0][1]
 
 
+def test_a_distributed_job_is_admitted_by_the_memory_of_all_its_processes():
+    one = spec({"arch": "resnet18"}, "cifar10", batch_size=512)
+    four = spec({"arch": "resnet18"}, "cifar10", batch_size=512, distributed={"nproc_per_node": 4})
+    each = estimate(spec({"arch": "resnet18"}, "cifar10", batch_size=128), (3, 32, 32), 10)
+    limit = each.total * 4 - 1  # the four processes' memory, less a byte
+    assert admission_problems(four, (3, 32, 32), 10, max_parameters=10**9, max_bytes=limit + 1, where="L") == []
+    problems = admission_problems(four, (3, 32, 32), 10, max_parameters=10**9, max_bytes=limit, where="L")
+    assert len(problems) == 1
+    assert "on 4 processes (128 examples each)" in problems[0][1] and "or use fewer processes" in problems[0][1]
+    # Each process holds the model's weights, gradients and optimizer state: more than one process.
+    assert each.total * 4 > estimate(one, (3, 32, 32), 10).total
+
+
 def test_optimizer_state_and_a_frozen_backbone_are_counted():
     adam = estimate(spec({"arch": "lenet"}, optimizer={"name": "adam"}), (1, 28, 28), 10)
     assert adam.optimizer == 2 * adam.weights

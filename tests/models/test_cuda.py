@@ -98,3 +98,33 @@ def test_compiled_model_trains_on_the_gpu(idx_dir):
     fit(job(epochs=1, compile=True), compiled, data_dir=idx_dir)
     assert compiled.epochs[0].train_loss == pytest.approx(plain.epochs[0].train_loss, rel=2e-2)
     assert compiled.epochs[0].test_acc > 0.8
+
+
+def test_a_fine_tune_on_every_gpu_with_nccl_learns_and_synchronises_batch_norm(idx_dir, tmp_path):
+    """The distributed path on CUDA: nproc_per_node = the GPUs present, over nccl, 2 epochs of a
+    ResNet-18 fine-tune (batch norm becomes SyncBatchNorm)."""
+    import json
+    import subprocess
+    import sys
+
+    gpus = torch.cuda.device_count()
+    spec = {
+        "model": {"arch": "pretrained", "backbone": "resnet18", "weights": None},
+        "data": {"dataset": "fashion-mnist"},
+        "optimizer": {"name": "adam", "lr": 0.001},
+        "epochs": 2,
+        "batch_size": 32 * gpus,
+        "device": "cuda",
+        "distributed": {"nproc_per_node": gpus},
+    }
+    out = tmp_path / "ddp.pt"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
+        + ["-m", "tests.support.ddp_fit", json.dumps(spec), str(idx_dir), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    epochs = torch.load(out)["epochs"]
+    assert len(epochs) == 2 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]

@@ -29,6 +29,8 @@ class WorkerPublic(BaseModel):
     weights: Annotated[list[str], BeforeValidator(lambda value: value or [])] = []
     # Built-in datasets whose files it has (TRAINYARD_DATA_DIR), or all where it may download them.
     datasets: Annotated[list[str], BeforeValidator(lambda value: value or [])] = []
+    # The CPU processes it gives one distributed job (a CUDA job gets one per GPU it has).
+    processes: int | None = None
     started_at: datetime
     last_seen: datetime
 

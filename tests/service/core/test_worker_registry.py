@@ -58,6 +58,26 @@ def test_a_job_waits_for_a_worker_that_serves_its_queue(service_env):
     assert reason("cuda", cpu_worker, gpu_worker) is None and reason("cpu", gpu_worker) is None
 
 
+def test_a_distributed_job_waits_for_a_worker_that_gives_it_its_processes_or_gpus(service_env):
+    def reason(device, processes, *workers):
+        return worker_registry.waiting_reason_for(device, list(workers), service_env, processes)
+
+    def gpus(n):
+        return [{"name": "cpu", "kind": "cpu"}] + [{"name": f"cuda:{i}", "kind": "cuda"} for i in range(n)]
+
+    two_cores = Worker(id="c", queues=[service_env.queue], devices=gpus(0), processes=2)
+    four_gpus = Worker(id="g", queues=[service_env.queue, service_env.gpu_queue], devices=gpus(4), processes=8)
+    assert reason("cpu", 2, two_cores) is None and reason("auto", 2, two_cores) is None
+    assert reason("cpu", 4, two_cores) == reason("auto", 4, two_cores) == "no_worker_with_4_processes"
+    assert reason("cuda", 2, two_cores) == worker_registry.NO_GPU_WORKER
+    assert reason("cuda", 4, two_cores, four_gpus) is None
+    assert reason("cuda", 8, two_cores, four_gpus) == "no_worker_with_8_gpus"
+    assert reason("cpu", 8, two_cores, four_gpus) is None  # the GPU worker's CPU gives 8
+    assert reason("auto", 8, four_gpus) is None and reason("auto", 9, four_gpus) == "no_worker_with_9_processes"
+    assert worker_registry.processes_of({"distributed": {"nproc_per_node": 3}}) == 3
+    assert worker_registry.processes_of({"device": "cpu"}) == worker_registry.processes_of(None) == 1
+
+
 def test_devices_are_described_without_touching_cuda_here():
     description = worker_registry.probe_devices()
     assert description["devices"][0] == {"name": "cpu", "kind": "cpu", "memory_bytes": None}

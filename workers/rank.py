@@ -1,0 +1,278 @@
+"""One process (rank) of a distributed job, started by torchrun under the worker that claimed the
+job (workers/launcher.py):
+
+    python -m torch.distributed.run --standalone --nproc_per_node N -m workers.rank JOB ATTEMPT FOLDER
+
+Every rank prepares the same run and trains its share of each batch; rank 0 alone records what a
+single-process job records (the environment, each epoch's metrics and checkpoint, the resumable
+state) through the runner's RecordingCallbacks. The worker holds the job's lease; it asks the ranks
+to stop through a file in FOLDER, and they say how the job ended in another.
+
+A rank that dies takes the group down, and torchrun starts it again (up to its --max-restarts):
+each new start resumes from the last resumable state. A failure that would recur (a spec that does
+not fit its data, a collective that timed out) is written to the folder's outcome before the rank
+exits, so that the next start ends at once with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.spec.job import JobSpec
+from models.training.distributed import Ranks
+from models.training.engine import Callbacks, Limits, TrainingError, fit, resolve_device
+from service.core import jobs, sweeps
+from service.core.background import stop_when_orphaned
+from service.core.settings import get_settings
+from service.core.storage import StorageUnavailable
+from workers.memory import memory_budget
+
+log = logging.getLogger("workers.rank")  # also when run as __main__
+LOG_LINE = "trainyard-rank "  # how a rank's log records start on its output, one JSON object a line
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """What the worker and a job's ranks tell each other, as files of one folder."""
+
+    path: Path
+
+    @property
+    def job(self) -> Path:  # the worker's: the spec and the attempt
+        return self.path / "job.json"
+
+    @property
+    def stop(self) -> Path:  # the worker's: stop at the next batch (a cancel, a lost lease)
+        return self.path / "stop"
+
+    @property
+    def outcome(self) -> Path:  # the ranks': how the job ended
+        return self.path / "outcome.json"
+
+    def write_outcome(self, outcome: dict) -> bool:
+        """Write the outcome unless one is written already (the first rank's word stands)."""
+        try:
+            fd = os.open(self.outcome.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as file:
+            json.dump(outcome, file)
+        os.rename(self.outcome.with_suffix(".tmp"), self.outcome)
+        return True
+
+    def read_outcome(self) -> dict | None:
+        try:
+            return json.loads(self.outcome.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+class RankControl:
+    """What RecordingCallbacks asks of the runner's JobControl, in a rank: the attempt, whether it
+    lost the job, and whether to stop (the worker's stop file)."""
+
+    def __init__(self, attempt: int, folder: RunFolder):
+        self.attempt = attempt
+        self.folder = folder
+        self.lost = threading.Event()
+        self.cancel_requested = threading.Event()
+
+    def should_stop(self) -> bool:
+        return self.lost.is_set() or self.folder.stop.exists()
+
+
+class _LogNothing:
+    """The worker stores a job's log: it reads every rank's records from their output."""
+
+    def store(self) -> None:
+        pass
+
+
+class _RankRecords(logging.Formatter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        line = {"rank": self.rank, "level": record.levelname, "logger": record.name, "message": message}
+        return LOG_LINE + json.dumps(line)
+
+
+def _log_to_output(ranks: Ranks) -> None:
+    """Rank 0's records from INFO, the other ranks' warnings and errors, to the worker."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_RankRecords(ranks.rank))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    for name in ("workers", "models", "service"):
+        logging.getLogger(name).setLevel(logging.INFO if ranks.leader else logging.WARNING)
+    logging.captureWarnings(True)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A collective that waited past its timeout (gloo and nccl say 'Timed out' / 'timeout')."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("timed out" in text or "timeout" in text)
+
+
+def is_group_broken(exc: BaseException) -> bool:
+    """A collective that failed because another rank went away (torchrun starts the group again)."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        words in text for words in ("connection closed", "connection reset", "broken pipe", "socket", "ncclremoteerror")
+    )
+
+
+def local_device(spec: JobSpec, ranks: Ranks) -> torch.device:
+    """Each rank's device: a GPU of its own on CUDA (an auto job takes the GPUs when there are
+    enough for every rank on the machine, else the CPU)."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
+    if spec.device == "auto":
+        cuda = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
+        return ranks.device(torch.device("cuda" if cuda else "cpu"))
+    device = resolve_device(spec.device)
+    if device.type == "cuda" and torch.cuda.device_count() < local_world:
+        raise TrainingError(
+            f"distributed.nproc_per_node {local_world} on device 'cuda' needs a GPU per process; "
+            f"this worker has {torch.cuda.device_count()}"
+        )
+    return ranks.device(device)
+
+
+def train(job_id: str, attempt: int, spec: JobSpec, resumed_by_user: bool, ranks: Ranks, folder: RunFolder) -> dict:
+    """Train this rank's share of the job; rank 0's outcome for the worker."""
+    from workers.runner import (
+        RecordingCallbacks,
+        fetch_initial_weights,
+        hold_stored_dataset,
+        in_transaction,
+        load_resumable_state,
+        save_resumable_state,
+    )
+
+    settings = get_settings()
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    device = local_device(spec, ranks)
+    ranks.start(device, settings.distributed_timeout_seconds)
+    places = ranks.gather({"rank": ranks.rank, "host": socket.gethostname(), "device": str(device)})
+    control = RankControl(attempt, folder)
+    resume = load_resumable_state(job_id)
+    if resume is not None and resumed_by_user and restarts == 0:
+        resume.run["elapsed"] = 0.0  # a user's resume grants a fresh max_runtime_seconds
+    callbacks: Callbacks = Callbacks()
+    if ranks.leader:
+        if resume is not None:
+            detail = {
+                "resumed_from_epoch": resume.position.epoch,
+                "resumed_from_batch": resume.position.progress.batches,
+                **({"group_restarts": restarts} if restarts else {}),
+            }
+            log.info(
+                "resuming from epoch %d (batch %d)%s",
+                resume.position.epoch,
+                resume.position.progress.batches,
+                f" after the group's restart {restarts}" if restarts else "",
+            )
+            in_transaction(
+                f"note where job {job_id} resumed",
+                lambda session: jobs.note_resume(session, job_id=job_id, attempt=attempt, detail=detail),
+            )
+        trial = in_transaction(
+            f"read job {job_id}'s sweep", lambda session: sweeps.reporter(session, job_id=job_id, settings=settings)
+        )
+        callbacks = RecordingCallbacks(job_id, control, _LogNothing(), trial)
+        callbacks.environment = {
+            "distributed": {
+                "world_size": ranks.world_size,
+                "backend": "nccl" if device.type == "cuda" else "gloo",
+                "threads_per_process": torch.get_num_threads(),
+                "ranks": places,
+            }
+        }
+    limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
+    with contextlib.ExitStack() as held, memory_budget(settings.max_job_memory // ranks.world_size):
+        result = fit(
+            spec,
+            callbacks,
+            data_dir=settings.data_dir,
+            stored_dataset=hold_stored_dataset(spec, held),
+            cache_dir=settings.cache_dir,
+            weights_dir=settings.weights_dir,
+            allow_download=settings.allow_download,
+            resume=resume,
+            initial_weights=None if resume else fetch_initial_weights(spec),
+            limits=limits,
+            ranks=ranks,
+        )
+    if not ranks.leader:
+        return {}
+    callbacks.record(wait=True)  # epochs trained while the database was away
+    if result.stopped_at is not None and not control.lost.is_set():
+        save_resumable_state(result.run, job_id, attempt, result.stopped_at)
+    if control.lost.is_set():
+        return {"lost": True}
+    return {"ended": result.reason, "pruned_at": callbacks.pruned_at, "pruner": getattr(trial, "pruner", None)}
+
+
+def main(job_id: str, attempt: str, folder_path: str) -> int:
+    from workers.runner import failure_of
+
+    ranks = Ranks.from_environment()
+    if ranks is None:
+        raise SystemExit("workers.rank runs under torchrun (python -m torch.distributed.run ... -m workers.rank)")
+    _log_to_output(ranks)
+    stop_when_orphaned()  # torchrun killed outright: its ranks go too
+    folder = RunFolder(Path(folder_path))
+    if folder.outcome.exists():
+        return 0  # an earlier start of the group ended the job: nothing to do again
+    given = json.loads(folder.job.read_text())
+    spec = JobSpec.model_validate(given["spec"])
+    try:
+        outcome = train(job_id, int(attempt), spec, given.get("resumed_by_user", False), ranks, folder)
+    except jobs.LeaseLost:
+        folder.write_outcome({"lost": True})
+        return 1
+    except StorageUnavailable as exc:
+        folder.write_outcome({"unreachable": str(exc)})
+        return 1
+    except Exception as exc:
+        if is_timeout(exc):
+            reason, error = (
+                "collective_timeout",
+                (
+                    f"rank {ranks.rank} waited longer than TRAINYARD_DISTRIBUTED_TIMEOUT_SECONDS "
+                    f"({get_settings().distributed_timeout_seconds:g} s) for the other processes: one of them hung "
+                    f"({str(exc).strip().splitlines()[0]})"
+                ),
+            )
+        elif is_group_broken(exc):
+            log.warning("rank %d: another process of the job went away (%s)", ranks.rank, exc)
+            return 1  # torchrun starts the group again, or the worker gives the job back
+        else:
+            reason, error = failure_of(exc)
+        log.exception("rank %d failed (%s): %s", ranks.rank, reason, error)
+        folder.write_outcome({"failed": {"reason": reason, "error": error}})
+        return 1
+    finally:
+        ranks.stop()
+    if ranks.leader:
+        folder.write_outcome(outcome)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:4]))
