@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,11 @@ import time
 
 from models.spec.job import JobSpec
 from service.core import jobs
+from service.core.background import Periodic
+from service.core.broker import send_join_job
+from service.core.db import session_scope
 from service.core.settings import get_settings
+from service.core.tables import Job, JobStatus
 from workers.job_log import JobLogCapture
 from workers.rank import LOG_LINE, RunFolder
 
@@ -70,28 +75,110 @@ def _relay(stream, ranks_log: logging.Logger) -> None:
 
 def train_on_ranks(job_id: str, claim: jobs.Claim, spec: JobSpec, control, job_log: JobLogCapture) -> dict:
     """Run the job on spec.distributed's processes until they end; their outcome (see
-    workers/rank.py). GroupLost when they die past torchrun's restarts without one."""
+    workers/rank.py). On several machines, this worker hosts the rendezvous and asks as many other
+    workers to join it. GroupLost when the processes die past torchrun's restarts without one."""
     settings = get_settings()
-    nproc = spec.distributed.nproc_per_node
-    folder = RunFolder(settings.home / "ranks" / f"{job_id}.{claim.attempt}")
-    shutil.rmtree(folder.path, ignore_errors=True)
-    folder.path.mkdir(parents=True)
-    folder.job.write_text(json.dumps({"spec": claim.spec, "resumed_by_user": claim.resumed_by_user}))
-    threads = max(1, settings.training_threads // nproc)
-    command = [
+    nodes = spec.distributed.nnodes
+    rendezvous = None
+    if nodes > 1:
+        rendezvous = f"{settings.worker_address or _own_address()}:{_free_port()}"
+        for _ in range(nodes - 1):
+            send_join_job(job_id, claim.attempt, rendezvous, claim.resumed_by_user, settings.queue_for(spec.device))
+        log.info("asked %d other worker(s) to join this job at %s", nodes - 1, rendezvous)
+    outcome, status = run_group(
+        job_id, claim.attempt, claim.spec, claim.resumed_by_user, control.should_stop, job_log, rendezvous, host=True
+    )
+    if outcome is not None:
+        return outcome
+    if control.lost.is_set():
+        raise jobs.LeaseLost()
+    if control.should_stop():  # cancelled, and stopped before saying so: it resumes from its last epoch
+        return {"ended": "stopped"}
+    raise GroupLost(
+        f"the job's processes failed {settings.distributed_max_restarts + 1} time(s) (torchrun exit status "
+        f"{status}, TRAINYARD_DISTRIBUTED_MAX_RESTARTS {settings.distributed_max_restarts})"
+        + (f", or the other {nodes - 1} machine(s) did not join in time" if nodes > 1 else "")
+        + "; its log says why"
+    )
+
+
+def join_ranks(job_id: str, attempt: int, rendezvous: str, resumed_by_user: bool, node: str | None = None) -> None:
+    """Train this machine's share of a job on several machines that another worker leads (the
+    attempt it runs), until its processes end or the attempt does."""
+    settings = get_settings()
+    with session_scope(write=False) as session:
+        job = session.get(Job, job_id)
+        running = job is not None and job.attempt == attempt and job.status == JobStatus.RUNNING
+        spec = job.spec if job is not None else None
+    if not running:
+        log.info("job %s attempt %d is not running any more: not joining it", job_id, attempt)
+        return
+    _busy_with(node, job_id)
+    try:
+        with (
+            JobLogCapture(job_id, attempt, settings.job_log_lines) as job_log,
+            AttemptWatch(job_id, attempt, settings.heartbeat_seconds) as watch,
+        ):
+            log.info("joining job %s (attempt %d) at %s", job_id, attempt, rendezvous)
+            _, status = run_group(
+                job_id, attempt, spec, resumed_by_user, watch.should_stop, job_log, rendezvous, host=False
+            )
+            log.info("this machine's share of job %s ended (torchrun exit status %s)", job_id, status)
+    finally:
+        _busy_with(node, None)
+
+
+def torchrun_command(spec: JobSpec, job_id: str, attempt: int, folder: RunFolder, rendezvous: str | None, host: bool):
+    settings = get_settings()
+    distributed = spec.distributed
+    if rendezvous is None:
+        meeting = ["--standalone"]
+    else:
+        meeting = [
+            f"--nnodes={distributed.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rendezvous}",
+            f"--rdzv-id={job_id}",
+            f"--rdzv-conf=is_host={str(host).lower()},join_timeout={settings.distributed_join_timeout_seconds:g},"
+            "last_call_timeout=1",
+            *([f"--local-addr={settings.worker_address}"] if settings.worker_address else []),
+        ]
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
+        *meeting,
+        f"--nproc-per-node={distributed.nproc_per_node}",
         f"--max-restarts={settings.distributed_max_restarts}",
         "--monitor-interval=0.5",
         "-m",
         "workers.rank",
         job_id,
-        str(claim.attempt),
+        str(attempt),
         str(folder.path),
     ]
+
+
+def run_group(
+    job_id: str,
+    attempt: int,
+    spec_json: dict,
+    resumed_by_user: bool,
+    should_stop,
+    job_log: JobLogCapture,
+    rendezvous: str | None,
+    host: bool,
+) -> tuple[dict | None, int | None]:
+    """Start this machine's processes of the job with torchrun and wait for them: the outcome they
+    wrote (None if none) and torchrun's exit status."""
+    settings = get_settings()
+    spec = JobSpec.model_validate(spec_json)
+    nproc = spec.distributed.nproc_per_node
+    folder = RunFolder(settings.home / "ranks" / f"{job_id}.{attempt}.{os.getpid()}")
+    shutil.rmtree(folder.path, ignore_errors=True)
+    folder.path.mkdir(parents=True)
+    folder.job.write_text(json.dumps({"spec": spec_json, "resumed_by_user": resumed_by_user}))
+    threads = max(1, settings.training_threads // nproc)
     log.info(
         "starting %d processes with torchrun (%d thread(s) each, up to %d restart(s))",
         nproc,
@@ -99,7 +186,7 @@ def train_on_ranks(job_id: str, claim: jobs.Claim, spec: JobSpec, control, job_l
         settings.distributed_max_restarts,
     )
     process = subprocess.Popen(
-        command,
+        torchrun_command(spec, job_id, attempt, folder, rendezvous, host),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -118,27 +205,59 @@ def train_on_ranks(job_id: str, claim: jobs.Claim, spec: JobSpec, control, job_l
     relay = threading.Thread(target=_relay, args=(process.stdout, log), name=f"ranks-{job_id}", daemon=True)
     relay.start()
     try:
-        _supervise(process, folder, control, job_log, settings.lease_seconds)
+        _supervise(process, folder, should_stop, job_log, settings.lease_seconds)
         relay.join(timeout=10)
-        outcome = folder.read_outcome()
+        return folder.read_outcome(), process.returncode
     finally:
         if process.poll() is None:
             process.kill()
         shutil.rmtree(folder.path, ignore_errors=True)
-    if outcome is not None:
-        return outcome
-    if control.lost.is_set():
-        raise jobs.LeaseLost()
-    if control.should_stop():  # cancelled, and stopped before saying so: it resumes from its last epoch
-        return {"ended": "stopped"}
-    raise GroupLost(
-        f"the job's {nproc} processes failed {settings.distributed_max_restarts + 1} time(s) "
-        f"(torchrun exit status {process.returncode}, TRAINYARD_DISTRIBUTED_MAX_RESTARTS "
-        f"{settings.distributed_max_restarts}); its log says why"
-    )
 
 
-def _supervise(process: subprocess.Popen, folder: RunFolder, control, job_log: JobLogCapture, grace: float) -> None:
+class AttemptWatch(Periodic):
+    """On a machine that joined a job: whether the attempt it joined still runs (it stops once the
+    job is cancelled, ends, or goes to another attempt)."""
+
+    def __init__(self, job_id: str, attempt: int, interval: float):
+        super().__init__(f"attempt-{job_id}", interval)
+        self.job_id, self.attempt = job_id, attempt
+        self.over = threading.Event()
+
+    def should_stop(self) -> bool:
+        return self.over.is_set()
+
+    def tick(self) -> None:
+        try:
+            with session_scope(write=False) as session:
+                job = session.get(Job, self.job_id)
+                running = job is not None and job.attempt == self.attempt and job.status == JobStatus.RUNNING
+        except Exception as exc:  # the database may be away a moment: the leader decides meanwhile
+            log.warning("could not read job %s's state: %s", self.job_id, exc)
+            return
+        if not running:
+            self.over.set()
+
+
+def _busy_with(node: str | None, job_id: str | None) -> None:
+    from workers.runner import _busy_with as busy_with
+
+    busy_with(node, job_id)
+
+
+def _own_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _supervise(process: subprocess.Popen, folder: RunFolder, should_stop, job_log: JobLogCapture, grace: float) -> None:
     """Wait for torchrun to end: the stop file once the job should stop, SIGTERM `grace` seconds
     later if it goes on, SIGKILL after that; the job's log stored every few seconds meanwhile."""
     asked_at = terminated_at = None
@@ -150,7 +269,7 @@ def _supervise(process: subprocess.Popen, folder: RunFolder, control, job_log: J
         except subprocess.TimeoutExpired:
             pass
         now = time.monotonic()
-        if asked_at is None and control.should_stop():
+        if asked_at is None and should_stop():
             log.info("asking the job's processes to stop")
             folder.stop.touch()
             asked_at = now

@@ -6,7 +6,9 @@ job (workers/launcher.py):
 Every rank prepares the same run and trains its share of each batch; rank 0 alone records what a
 single-process job records (the environment, each epoch's metrics and checkpoint, the resumable
 state) through the runner's RecordingCallbacks. The worker holds the job's lease; it asks the ranks
-to stop through a file in FOLDER, and they say how the job ended in another.
+to stop through a file in FOLDER, and they say how the job ended in another. On several machines
+(nnodes > 1) each machine's worker starts torchrun with its share of the ranks; they meet at a c10d
+rendezvous that the worker leading the job hosts, and rank 0, wherever it runs, records.
 
 A rank that dies takes the group down, and torchrun starts it again (up to its --max-restarts):
 each new start resumes from the last resumable state. A failure that would recur (a spec that does
@@ -154,7 +156,7 @@ def local_device(spec: JobSpec, ranks: Ranks) -> torch.device:
 
 
 def train(job_id: str, attempt: int, spec: JobSpec, resumed_by_user: bool, ranks: Ranks, folder: RunFolder) -> dict:
-    """Train this rank's share of the job; rank 0's outcome for the worker."""
+    """Train this rank's share of the job; how it ended (rank 0's word, on every rank)."""
     from workers.runner import (
         RecordingCallbacks,
         fetch_initial_weights,
@@ -218,14 +220,17 @@ def train(job_id: str, attempt: int, spec: JobSpec, resumed_by_user: bool, ranks
             limits=limits,
             ranks=ranks,
         )
-    if not ranks.leader:
-        return {}
-    callbacks.record(wait=True)  # epochs trained while the database was away
-    if result.stopped_at is not None and not control.lost.is_set():
-        save_resumable_state(result.run, job_id, attempt, result.stopped_at)
-    if control.lost.is_set():
-        return {"lost": True}
-    return {"ended": result.reason, "pruned_at": callbacks.pruned_at, "pruner": getattr(trial, "pruner", None)}
+    outcome = None
+    if ranks.leader:
+        callbacks.record(wait=True)  # epochs trained while the database was away
+        if result.stopped_at is not None and not control.lost.is_set():
+            save_resumable_state(result.run, job_id, attempt, result.stopped_at)
+        outcome = (
+            {"lost": True}
+            if control.lost.is_set()
+            else {"ended": result.reason, "pruned_at": callbacks.pruned_at, "pruner": getattr(trial, "pruner", None)}
+        )
+    return ranks.from_leader(outcome)  # every machine's processes know how the job ended
 
 
 def main(job_id: str, attempt: str, folder_path: str) -> int:
@@ -269,7 +274,7 @@ def main(job_id: str, attempt: str, folder_path: str) -> int:
         return 1
     finally:
         ranks.stop()
-    if ranks.leader:
+    if ranks.local_rank == 0:  # for this machine's worker
         folder.write_outcome(outcome)
     return 0
 

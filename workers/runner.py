@@ -467,17 +467,22 @@ def _beyond_this_worker(job_id: str, node: str | None) -> str | None:
     """Why this worker cannot give a distributed job the processes (or GPUs) it asks; else None."""
     if node is None:
         return None
+    settings = get_settings()
     with session_scope(write=False) as session:
         spec = session.scalar(select(Job.spec).where(Job.id == job_id))
         worker = session.get(Worker, node)
-        needs = worker_registry.processes_of(spec)
-        if needs <= 1 or worker is None:
+        needs, nodes = worker_registry.processes_of(spec), worker_registry.nodes_of(spec)
+        if (needs <= 1 and nodes <= 1) or worker is None:
             return None
         device = (spec or {}).get("device", "auto")
         has = worker_registry.capacity(worker, device)
-    if has >= needs:
-        return None
-    return f"it asks for {needs} processes on device {device!r}, and this worker gives a job {has}"
+        if has < needs:
+            return f"it asks for {needs} processes on device {device!r}, and this worker gives a job {has}"
+        if nodes > 1:
+            return worker_registry.waiting_reason_for(
+                device, worker_registry.live(session, settings=settings), settings, needs, nodes
+            )
+    return None
 
 
 def _advance_sweep(job_id: str) -> None:

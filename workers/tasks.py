@@ -2,7 +2,7 @@
 
 from celery.signals import worker_process_init
 
-from service.core.broker import TRAIN_JOB, app
+from service.core.broker import JOIN_JOB, TRAIN_JOB, app
 
 
 @worker_process_init.connect
@@ -26,3 +26,10 @@ def train_job(self, job_id: str) -> None:
     from workers.runner import run_job
 
     run_job(job_id, node=self.request.hostname)
+
+
+@app.task(name=JOIN_JOB, bind=True)
+def join_job(self, job_id: str, attempt: int, endpoint: str, resumed_by_user: bool = False) -> None:
+    from workers.launcher import join_ranks
+
+    join_ranks(job_id, attempt, endpoint, resumed_by_user, node=self.request.hostname)

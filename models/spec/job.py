@@ -471,17 +471,15 @@ class DistributedSpec(StrictModel):
     nproc_per_node: Annotated[
         int, Field(ge=1, le=64, description="processes on each machine; on CUDA, one per GPU it uses")
     ]
-    nnodes: Annotated[int, Field(ge=1, le=64, description="machines the job trains on (1 for now)")] = 1
-
-    @field_validator("nnodes")
-    @classmethod
-    def _one_machine(cls, value: int) -> int:
-        if value > 1:
-            raise ValueError(
-                "a job on several machines (nnodes > 1) is not supported yet; use nnodes 1 with "
-                "nproc_per_node up to the processes or GPUs one worker has"
-            )
-        return value
+    nnodes: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="machines (workers) the job trains on at once, meeting at a rendezvous; more "
+            "than one needs an object store (TRAINYARD_STORAGE_URL)",
+        ),
+    ] = 1
 
     @property
     def world_size(self) -> int:

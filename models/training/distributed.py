@@ -76,12 +76,6 @@ class Ranks:
         dist.all_reduce(total)
         return total.tolist()
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when any rank says True (to stop them all at the same batch)."""
-        value = self._tensor([int(flag)], torch.int32)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
-
     def from_leader(self, value):
         """Rank 0's value of a picklable object, on every rank."""
         box = [value]

@@ -283,7 +283,8 @@ def train_one_epoch(
 
     With `ranks` (a distributed job, `model` wrapped in DistributedDataParallel), each rank takes
     its contiguous share of every global batch, weights its loss by that share, and the returned
-    progress is the whole group's (summed over the ranks); the ranks stop at the same batch.
+    progress is the whole group's (summed over the ranks); should_stop() must then give every rank
+    the same answer (fit's asks them all), so that they stop at the same batch.
     """
     model.train()
     done = progress or EpochProgress()
@@ -300,7 +301,7 @@ def train_one_epoch(
     hits = torch.zeros(len(order) - first, device=device, dtype=torch.bool) if classify else None
     batches, seen, stopped = done.batches, done.seen, False
     for start in range(batches * batch_size, len(order), batch_size):
-        if ranks.any(should_stop()) if ranks else should_stop():
+        if should_stop():
             stopped = True
             break
         idx = order[start : start + batch_size]
@@ -734,15 +735,17 @@ def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> Fi
     def over_time() -> bool:
         return spec.max_runtime_seconds is not None and run.elapsed() > spec.max_runtime_seconds
 
-    asked = False  # whether callbacks.should_stop() said so
+    asked = False  # whether callbacks.should_stop() said so (on any rank of a distributed job)
 
     def should_stop() -> bool:
         nonlocal asked
         asked = asked or callbacks.should_stop()
-        return asked or over_time()
+        late = over_time()
+        if run.ranks is not None:  # every rank's answer is the same: stop when any rank would
+            asked, late = (bool(flag) for flag in run.ranks.sum(asked, late))
+        return asked or late
 
     def stop_reason() -> str:
-        # A distributed job's ranks stop together: unless this rank was asked to, one was over time.
         return "stopped" if asked or (run.ranks is None and not over_time()) else "max_runtime_exceeded"
 
     if spec.cross_validation and run.start.epoch == 1 and run.start.progress.batches == 0:

@@ -21,6 +21,7 @@ embedded_broker.install()
 REDIS_VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
 
 TRAIN_JOB = "trainyard.train_job"
+JOIN_JOB = "trainyard.join_job"  # another machine's share of a job on several machines
 WORKER_PROCESS_START_TIMEOUT_S = 120.0
 
 
@@ -63,6 +64,12 @@ app = make_celery(get_settings())
 def send_train_job(job_id: str, queue: str | None = None) -> None:
     """Publish a job id to a training queue (default: the CPU one); raises if the broker cannot take it."""
     app.send_task(TRAIN_JOB, args=[job_id], queue=queue or get_settings().queue)
+
+
+def send_join_job(job_id: str, attempt: int, endpoint: str, resumed_by_user: bool, queue: str) -> None:
+    """Ask another worker to train its machine's share of a job on several machines, meeting the
+    others at the rendezvous `endpoint` (host:port)."""
+    app.send_task(JOIN_JOB, args=[job_id, attempt, endpoint, resumed_by_user], queue=queue)
 
 
 def publish_or_defer(job_id: str, queue: str) -> bool:

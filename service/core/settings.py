@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     # to distributed_max_restarts times when a process dies, and a collective that waits longer
     # than distributed_timeout_seconds for a process fails the job instead of hanging.
     max_job_processes: int | None = Field(default=None, ge=1, le=1024)
+    # A job on several machines (nnodes > 1): the address the other workers reach this worker at
+    # when it leads one (default: its host name's address), and how long its processes wait for
+    # the other machines' to join.
+    worker_address: str | None = Field(default=None, max_length=255)
+    distributed_join_timeout_seconds: float = Field(default=120.0, gt=0, le=86400)
     distributed_max_restarts: int = Field(default=2, ge=0, le=100)
     distributed_timeout_seconds: float = Field(default=300.0, gt=0, le=86400)
     # Comment lines the event stream sends when it has nothing else to say, so that proxies keep it.

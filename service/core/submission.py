@@ -81,6 +81,19 @@ def check_spec(session: Session, *, spec: JobSpec, settings: Settings) -> str:
                     where="TRAINYARD_MAX_JOB_MEMORY",
                 )
             ]
+    if (
+        spec.distributed is not None
+        and spec.distributed.nnodes > 1
+        and not (settings.storage_url or "").startswith("s3")
+    ):
+        problems.append(
+            (
+                ("distributed", "nnodes"),
+                "a job on several machines needs an object store for its data and checkpoints, which "
+                "every machine reads and writes: set TRAINYARD_STORAGE_URL (s3://...) on the API and the "
+                "workers, or use nnodes 1",
+            )
+        )
     if spec.init_from is not None:
         try:
             resolve(session, reference=init_from_reference(spec.init_from), settings=settings)
@@ -128,13 +141,14 @@ def _submit(
             return _replay(existing, request_hash)
     if settings.require_worker:
         live = worker_registry.live(session, settings=settings)
-        waiting = worker_registry.waiting_reason_for(spec.device, live, settings, spec.processes)
-        if waiting and spec.processes > 1 and waiting.startswith("no_worker_with_"):
+        nodes = spec.distributed.nnodes if spec.distributed else 1
+        waiting = worker_registry.waiting_reason_for(spec.device, live, settings, spec.processes, nodes)
+        if waiting and waiting.startswith(("no_worker_with_", f"no_{nodes}_workers")):
             raise Conflict(
-                f"{waiting}: no live worker serving queue {settings.queue_for(spec.device)!r} can give "
-                f"this job {spec.processes} processes (distributed.nproc_per_node) on device "
-                f"{spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); lower nproc_per_node, or start a "
-                "worker with more (TRAINYARD_MAX_JOB_PROCESSES, or GPUs) and retry"
+                f"{waiting}: fewer than {nodes} live worker(s) serving queue {settings.queue_for(spec.device)!r} "
+                f"can give this job {spec.processes} processes each (distributed.nproc_per_node) on device "
+                f"{spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); lower nproc_per_node or nnodes, or start "
+                "workers with more (TRAINYARD_MAX_JOB_PROCESSES, or GPUs) and retry"
             )
         if waiting:
             raise Conflict(

@@ -88,7 +88,7 @@ def live(session: Session, *, settings: Settings) -> list[Worker]:
 
 
 def gpus(worker: Worker) -> int:
-    return sum(device["kind"] == "cuda" for device in worker.devices)
+    return sum(device["kind"] == "cuda" for device in worker.devices or [])
 
 
 def capacity(worker: Worker, device: str) -> int:
@@ -102,21 +102,33 @@ def capacity(worker: Worker, device: str) -> int:
     return cpu
 
 
-def waiting_reason_for(device: str, workers: list[Worker], settings: Settings, processes: int = 1) -> str | None:
-    """Why a job for `device` on `processes` processes cannot start now: no live worker serves its
-    queue, or none can give it that many processes (GPUs, for a CUDA job); else None."""
+def waiting_reason_for(
+    device: str, workers: list[Worker], settings: Settings, processes: int = 1, nodes: int = 1
+) -> str | None:
+    """Why a job for `device` on `processes` processes on each of `nodes` machines cannot start
+    now: no live worker serves its queue, or too few can give it that many processes (GPUs, for a
+    CUDA job); else None."""
     queue = settings.queue_for(device)
     serving = [worker for worker in workers if queue in worker.queues]
     if not serving:
         return NO_GPU_WORKER if queue == settings.gpu_queue else NO_WORKER
-    if processes > 1 and all(capacity(worker, device) < processes for worker in serving):
-        return f"no_worker_with_{processes}_{'gpus' if device.startswith('cuda') else 'processes'}"
+    if processes == 1 and nodes == 1:
+        return None  # a worker that serves the queue runs it
+    able = [worker for worker in serving if capacity(worker, device) >= processes]
+    if len(able) < nodes:
+        unit = "gpus" if device.startswith("cuda") else "processes"
+        return f"no_worker_with_{processes}_{unit}" if nodes == 1 else f"no_{nodes}_workers_with_{processes}_{unit}"
     return None
 
 
 def processes_of(spec: dict) -> int:
-    """The processes a stored job spec trains on (1 unless it is distributed)."""
+    """The processes a stored job spec trains on, on each machine (1 unless it is distributed)."""
     return ((spec or {}).get("distributed") or {}).get("nproc_per_node", 1)
+
+
+def nodes_of(spec: dict) -> int:
+    """The machines a stored job spec trains on at once."""
+    return ((spec or {}).get("distributed") or {}).get("nnodes", 1)
 
 
 def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) -> dict[str, str | None]:
@@ -124,6 +136,8 @@ def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) ->
     queued = [job for job in jobs if job.status == JobStatus.QUEUED]
     workers = live(session, settings=settings) if queued else []
     return {
-        job.id: waiting_reason_for((job.spec or {}).get("device", "auto"), workers, settings, processes_of(job.spec))
+        job.id: waiting_reason_for(
+            (job.spec or {}).get("device", "auto"), workers, settings, processes_of(job.spec), nodes_of(job.spec)
+        )
         for job in queued
     }

@@ -191,7 +191,7 @@ def test_a_job_wanting_more_processes_than_any_worker_gives_waits_and_says_why(d
     ("distributed", "batch_size", "loc", "words"),
     [
         ({"nproc_per_node": 3}, 128, ["body", "distributed"], "multiple of 3"),
-        ({"nproc_per_node": 2, "nnodes": 2}, 128, ["body", "distributed", "nnodes"], "not supported yet"),
+        ({"nproc_per_node": 2, "nnodes": 2}, 128, ["body", "distributed", "nnodes"], "needs an object store"),
         ({"nproc_per_node": 0}, 128, ["body", "distributed", "nproc_per_node"], "greater than or equal to 1"),
     ],
 )

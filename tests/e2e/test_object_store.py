@@ -220,3 +220,56 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
         assert api.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
         assert stored_keys(store, "registry/") == [] and stored_keys(store, "datasets/") == []
         assert stored_keys(store, f"checkpoints/{second}/") == [] and stored_keys(store, f"checkpoints/{job_id}/")
+
+
+@pytest.mark.parametrize("machines", ["postgres+redis"], indirect=True)
+def test_a_job_on_two_machines_meets_at_a_rendezvous_trains_what_one_trains_and_records_once(machines):
+    """nnodes 2: the worker that takes the job hosts the rendezvous, the other joins it; the data
+    comes from the store and the checkpoints go there, and the job trains what one process does."""
+    one_each = {"TRAINYARD_WORKER_ADDRESS": "127.0.0.1", "TRAINYARD_MAX_JOB_PROCESSES": "1"}
+    with machines.api.client() as api:
+        upload = api.post(
+            "/v1/datasets",
+            files={
+                "file": ("shapes.zip", image_folder_zip(CLASSES, per_class=30, test_per_class=8), "application/zip")
+            },
+            data={"name": "shapes-two-machines"},
+        )
+        assert upload.status_code == 201, upload.text
+        spec = {
+            "model": {"arch": "mlp", "hidden": [32]},
+            "data": {"dataset": "uploaded:shapes-two-machines"},
+            "optimizer": {"name": "sgd", "lr": 0.1},
+            "epochs": 2,
+            "batch_size": 16,
+            "seed": 2,
+            "device": "cpu",
+        }
+        two_machines = {**spec, "distributed": {"nproc_per_node": 1, "nnodes": 2}}
+        machines.start_worker("worker-a", **one_each)
+        job_id = submit(api, two_machines)
+        wait_until(
+            lambda: api.get(f"/v1/jobs/{job_id}").json()["waiting_reason"] == "no_2_workers_with_1_processes",
+            timeout=30,
+            what="the job to wait for a second machine",
+        )
+        machines.start_worker("worker-b", **one_each)
+        job = machines.api.wait_for_job(api, job_id, timeout=300)
+        assert job["status"] == "succeeded", (job["error"], machines.logs())
+        ran = job["environment"]["distributed"]
+        assert ran["world_size"] == 2 and [r["rank"] for r in ran["ranks"]] == [0, 1]
+        logs = [machines.workers[name].log("worker") for name in ("worker-a", "worker-b")]
+        assert sum("asked 1 other worker(s) to join this job at 127.0.0.1:" in log for log in logs) == 1
+        assert sum(f"joining job {job_id}" in log for log in logs) == 1
+        assert stored_keys(machines.store, f"checkpoints/{job_id}/")
+        for name in ("worker-a", "worker-b"):
+            assert local_files(machines.workers[name].home) == []
+        single = machines.api.wait_for_job(api, submit(api, spec), timeout=120)
+        assert single["status"] == "succeeded"
+        for a, b in zip(
+            api.get(f"/v1/jobs/{single['id']}/metrics").json()["epochs"],
+            api.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"],
+            strict=True,
+        ):
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+            assert b["test_acc"] == pytest.approx(a["test_acc"], abs=0.002)

@@ -59,8 +59,8 @@ def test_a_job_waits_for_a_worker_that_serves_its_queue(service_env):
 
 
 def test_a_distributed_job_waits_for_a_worker_that_gives_it_its_processes_or_gpus(service_env):
-    def reason(device, processes, *workers):
-        return worker_registry.waiting_reason_for(device, list(workers), service_env, processes)
+    def reason(device, processes, *workers, nodes=1):
+        return worker_registry.waiting_reason_for(device, list(workers), service_env, processes, nodes)
 
     def gpus(n):
         return [{"name": "cpu", "kind": "cpu"}] + [{"name": f"cuda:{i}", "kind": "cuda"} for i in range(n)]
@@ -74,6 +74,10 @@ def test_a_distributed_job_waits_for_a_worker_that_gives_it_its_processes_or_gpu
     assert reason("cuda", 8, two_cores, four_gpus) == "no_worker_with_8_gpus"
     assert reason("cpu", 8, two_cores, four_gpus) is None  # the GPU worker's CPU gives 8
     assert reason("auto", 8, four_gpus) is None and reason("auto", 9, four_gpus) == "no_worker_with_9_processes"
+    assert reason("cpu", 2, two_cores, four_gpus, nodes=2) is None
+    assert worker_registry.waiting_reason_for("cpu", [two_cores, four_gpus], service_env, 4, 2) == (
+        "no_2_workers_with_4_processes"
+    )
     assert worker_registry.processes_of({"distributed": {"nproc_per_node": 3}}) == 3
     assert worker_registry.processes_of({"device": "cpu"}) == worker_registry.processes_of(None) == 1
 
