@@ -30,6 +30,7 @@ from service.core.db import session_scope
 from service.core.settings import get_settings
 from service.core.tables import Job, JobStatus
 from workers.job_log import JobLogCapture
+from workers.presence import busy_with
 from workers.rank import LOG_LINE, RunFolder
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def join_ranks(job_id: str, attempt: int, rendezvous: str, resumed_by_user: bool
     if not running:
         log.info("job %s attempt %d is not running any more: not joining it", job_id, attempt)
         return
-    _busy_with(node, job_id)
+    busy_with(node, job_id)
     try:
         with (
             JobLogCapture(job_id, attempt, settings.job_log_lines) as job_log,
@@ -125,7 +126,7 @@ def join_ranks(job_id: str, attempt: int, rendezvous: str, resumed_by_user: bool
             )
             log.info("this machine's share of job %s ended (torchrun exit status %s)", job_id, status)
     finally:
-        _busy_with(node, None)
+        busy_with(node, None)
 
 
 def torchrun_command(spec: JobSpec, job_id: str, attempt: int, folder: RunFolder, rendezvous: str | None, host: bool):
@@ -236,12 +237,6 @@ class AttemptWatch(Periodic):
             return
         if not running:
             self.over.set()
-
-
-def _busy_with(node: str | None, job_id: str | None) -> None:
-    from workers.runner import _busy_with as busy_with
-
-    busy_with(node, job_id)
 
 
 def _own_address() -> str:

@@ -103,3 +103,14 @@ def _announce(sender, **_kwargs) -> None:
 def _withdraw(**_kwargs) -> None:
     if _presence is not None:
         _presence.stop()
+
+
+def busy_with(node: str | None, job_id: str | None) -> None:
+    """Show in the worker registry which job this worker runs (a failure here is not the job's)."""
+    if node is None:
+        return
+    try:
+        with session_scope() as session:
+            worker_registry.set_current_job(session, worker_id=node, job_id=job_id)
+    except Exception:
+        log.warning("could not record worker %s's current job", node, exc_info=True)

@@ -42,6 +42,7 @@ from service.core.tables import Job, JobStatus, Worker
 from workers.job_log import JobLogCapture
 from workers.launcher import GroupLost, train_on_ranks
 from workers.memory import MemoryWatch, is_out_of_memory, memory_budget
+from workers.presence import busy_with
 
 log = logging.getLogger(__name__)
 
@@ -433,17 +434,6 @@ def fetch_initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
     return storage.patiently(f"fetch {target.what}", read)
 
 
-def _busy_with(node: str | None, job_id: str | None) -> None:
-    """Show in the worker registry which job this worker runs (a failure here is not the job's)."""
-    if node is None:
-        return
-    try:
-        with session_scope() as session:
-            worker_registry.set_current_job(session, worker_id=node, job_id=job_id)
-    except Exception:
-        log.warning("could not record worker %s's current job", node, exc_info=True)
-
-
 def run_job(job_id: str, node: str | None = None) -> str | None:
     """Train a queued job to a final state; returns that state, or None if it was not ours.
 
@@ -453,11 +443,11 @@ def run_job(job_id: str, node: str | None = None) -> str | None:
         # worker that can give it what it asks, and its waiting reason says why it waits.
         log.warning("job %s is not for this worker: %s", job_id, beyond)
         return None
-    _busy_with(node, job_id)
+    busy_with(node, job_id)
     try:
         status = _run_job(job_id)
     finally:
-        _busy_with(node, None)
+        busy_with(node, None)
     if status is not None:
         _advance_sweep(job_id)
     return status
