@@ -206,7 +206,8 @@ def train(job_id: str, attempt: int, spec: JobSpec, resumed_by_user: bool, ranks
             }
         }
     limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
-    with contextlib.ExitStack() as held, memory_budget(settings.max_job_memory // ranks.world_size):
+    on_this_machine = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
+    with contextlib.ExitStack() as held, memory_budget(settings.max_job_memory // on_this_machine):
         result = fit(
             spec,
             callbacks,

@@ -108,10 +108,12 @@ def admission_problems(
 ) -> list[tuple[tuple, str]]:
     """(location, message) of each limit the spec's job would exceed; `where` names the limit's
     setting. A distributed job's processes each hold the model and their share of the batch, and
-    the job's memory is all of theirs."""
-    ranks = spec.distributed.world_size if getattr(spec, "distributed", None) else 1
+    a machine's share of the job's memory is all of its processes'."""
+    distributed = getattr(spec, "distributed", None)
+    ranks = distributed.nproc_per_node if distributed else 1  # on one machine
+    share = spec.batch_size // (distributed.world_size if distributed else 1)
     try:
-        cost = estimate(spec.model_copy(update={"batch_size": spec.batch_size // ranks}), input_shape, outputs)
+        cost = estimate(spec.model_copy(update={"batch_size": share}), input_shape, outputs)
     except (ValueError, RuntimeError, AssertionError, NotImplementedError) as exc:
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return [
@@ -131,7 +133,7 @@ def admission_problems(
         needs = (
             f"needs {cost.describe()}"
             if ranks == 1
-            else f"on {ranks} processes ({spec.batch_size // ranks} examples each) needs "
+            else f"on {ranks} processes a machine ({share} examples each) needs "
             f"{cost.describe()} in each, {human_bytes(cost.total * ranks)} in all"
         )
         problems.append(

@@ -38,9 +38,19 @@ def test_a_distributed_job_is_admitted_by_the_memory_of_all_its_processes():
     assert admission_problems(four, (3, 32, 32), 10, max_parameters=10**9, max_bytes=limit + 1, where="L") == []
     problems = admission_problems(four, (3, 32, 32), 10, max_parameters=10**9, max_bytes=limit, where="L")
     assert len(problems) == 1
-    assert "on 4 processes (128 examples each)" in problems[0][1] and "or use fewer processes" in problems[0][1]
+    assert (
+        "on 4 processes a machine (128 examples each)" in problems[0][1] and "or use fewer processes" in problems[0][1]
+    )
     # Each process holds the model's weights, gradients and optimizer state: more than one process.
     assert each.total * 4 > estimate(one, (3, 32, 32), 10).total
+    # On two machines, each machine's budget holds its own two processes, of 128 examples each.
+    two_by_two = spec({"arch": "resnet18"}, "cifar10", batch_size=512, distributed={"nproc_per_node": 2, "nnodes": 2})
+    assert (
+        admission_problems(two_by_two, (3, 32, 32), 10, max_parameters=10**9, max_bytes=each.total * 2, where="L") == []
+    )
+    assert admission_problems(
+        two_by_two, (3, 32, 32), 10, max_parameters=10**9, max_bytes=each.total * 2 - 1, where="L"
+    )
 
 
 def test_optimizer_state_and_a_frozen_backbone_are_counted():
