@@ -105,7 +105,9 @@ class Replicas:
         held = self._wrapped.get(id(module))
         if held is None or held[0] != learning or held[1] is not module:
             device = next(module.parameters()).device
-            wrapper = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+            wrapper = DistributedDataParallel(
+                module, device_ids=[device] if device.type == "cuda" else None, gradient_as_bucket_view=True
+            )
             self._wrapped[id(module)] = held = (learning, module, wrapper)
         return held[2]
 

@@ -721,6 +721,9 @@ def cross_validate(run: TrainingRun, callbacks: Callbacks, should_stop) -> bool:
     return True
 
 
+STOP_POLLS_APART = 8  # batches between a distributed job's ranks' agreements on whether to stop
+
+
 def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> FitResult:
     """Train until spec.epochs (after cross-validation, if asked), reporting each epoch.
 
@@ -736,12 +739,18 @@ def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> Fi
         return spec.max_runtime_seconds is not None and run.elapsed() > spec.max_runtime_seconds
 
     asked = False  # whether callbacks.should_stop() said so (on any rank of a distributed job)
+    polls = 0
 
     def should_stop() -> bool:
-        nonlocal asked
+        nonlocal asked, polls
         asked = asked or callbacks.should_stop()
         late = over_time()
-        if run.ranks is not None:  # every rank's answer is the same: stop when any rank would
+        if run.ranks is not None:
+            # Every rank's answer is the same: stop when any rank would. The ranks poll in step, and
+            # agree every STOP_POLLS_APART polls only: a collective a batch costs small models dearly.
+            polls += 1
+            if polls % STOP_POLLS_APART:
+                return False
             asked, late = (bool(flag) for flag in run.ranks.sum(asked, late))
         return asked or late
 
