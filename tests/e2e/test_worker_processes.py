@@ -124,7 +124,7 @@ def test_two_workers_share_the_jobs_and_one_finishes_what_the_other_was_killed_i
                     client,
                     {
                         "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-                        "data": {"dataset": "fashion-mnist"},
+                        "data": {"dataset": "fashion-mnist", "limit_train": 2000},  # a second or more an epoch
                         "optimizer": {"lr": 0.05, "momentum": 0.9},
                         "epochs": 3,
                         "batch_size": 4,
