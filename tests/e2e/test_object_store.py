@@ -76,7 +76,7 @@ class Machines:
 
     def stop(self) -> None:
         for stack in [*self.workers.values(), self.api]:
-            stack.stop()
+            stack.stop(wait=False)  # all at once; they wind down while the next test starts
 
 
 @pytest.fixture(params=["embedded", "postgres+redis"])

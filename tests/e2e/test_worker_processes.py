@@ -162,5 +162,5 @@ def test_two_workers_share_the_jobs_and_one_finishes_what_the_other_was_killed_i
                     )
                     assert answer.status_code == 200, answer.text
         finally:
-            second.stop()
-            first.stop()
+            second.stop(wait=False)
+            first.stop(wait=False)
