@@ -9,7 +9,11 @@ LeNet, then measures against that same model:
   with the ONNX Runtime backend (TRAINYARD_PREDICT_BACKEND=onnxruntime);
 - the forward pass of each curriculum image classifier on both backends.
 
-Usage: .venv/bin/python -m bench.predict [--requests N]
+Usage: .venv/bin/python -m bench.predict [--requests N] [--smoke] [--report-only]
+
+--smoke shrinks every workload (64 requests a measurement unless --requests says otherwise, a
+tenth of the timing runs, a quarter of the training set): it shows that the whole run works and
+prints every figure, too noisy to judge the targets (the tests use it with --report-only).
 """
 
 from __future__ import annotations
@@ -147,9 +151,9 @@ def backend_forward_ms(runs: int = 200) -> dict[str, dict[str, float]]:
     return table
 
 
-def trained_model(home: Path) -> tuple[Stack, str, Path]:
+def trained_model(home: Path, n_train: int = 2000) -> tuple[Stack, str, Path]:
     data = home / "data"
-    make_idx_dataset(data, "FashionMNIST", n_train=2000, n_test=200)
+    make_idx_dataset(data, "FashionMNIST", n_train=n_train, n_test=200)
     stack = Stack(home=home / "state", data_dir=data, extra_env={"TRAINYARD_BENCH_ROUTES": "true"}).start()
     with stack.client() as client:
         job = client.post(
@@ -193,10 +197,10 @@ def api_server(stack: Stack, extra_env: dict, uvicorn_args: list[str]) -> tuple[
     return proc, port
 
 
-def measure(port: int, model: str, image: bytes, requests: int) -> dict:
+def measure(port: int, model: str, image: bytes, requests: int, warm_up: int = 100) -> dict:
     form = multipart(model, image)
     content = f"multipart/form-data; boundary={BOUNDARY}"
-    load(port, "/v1/predict", form, content, requests=100, concurrency=4)  # warm up: load, threads, JIT
+    load(port, "/v1/predict", form, content, requests=warm_up, concurrency=4)  # warm up: load, threads, JIT
     results = {}
     for concurrency in (1, 32):
         n = requests if concurrency == 32 else requests // 2
@@ -214,20 +218,24 @@ def measure(port: int, model: str, image: bytes, requests: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3200, help="requests per measurement at concurrency 32")
+    parser.add_argument("--requests", type=int, help="requests per measurement at concurrency 32 (3200; --smoke: 64)")
     parser.add_argument("--uvicorn", default="", help="extra uvicorn options, e.g. '--loop asyncio --http h11'")
     parser.add_argument(
         "--report-only",
         action="store_true",
         help="exit 0 when a target is missed (the table still says MISSED); for smoke runs",
     )
+    parser.add_argument("--smoke", action="store_true", help="the smallest run that prints every figure")
     args = parser.parse_args()
+    if args.requests is None:
+        args.requests = 64 if args.smoke else 3200
+    runs = 50 if args.smoke else 500  # in-process floor; the backend comparison runs 200 (smoke: 20)
     image = png_bytes(3, seed=11)
     with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
-        stack, model, checkpoint = trained_model(Path(tmp))
+        stack, model, checkpoint = trained_model(Path(tmp), n_train=500 if args.smoke else 2000)
         stack.stop()  # the worker is no longer needed; measure the API alone
-        floor_ms = in_process_floor(checkpoint, image, runs=500)
-        onnx_floor_ms = in_process_floor(checkpoint, image, runs=500, backend="onnxruntime")
+        floor_ms = in_process_floor(checkpoint, image, runs=runs)
+        onnx_floor_ms = in_process_floor(checkpoint, image, runs=runs, backend="onnxruntime")
         rows = {}
         for label, env in (
             ("batching on", {}),
@@ -236,7 +244,7 @@ def main() -> int:
         ):
             proc, port = api_server(stack, env, args.uvicorn.split())
             try:
-                rows[label] = measure(port, model, image, args.requests)
+                rows[label] = measure(port, model, image, args.requests, warm_up=16 if args.smoke else 100)
             finally:
                 proc.terminate()
                 proc.wait()
@@ -274,7 +282,7 @@ def main() -> int:
             f"{rows['onnxruntime'][(route, 32)]['rps'] / on[(route, 32)]['rps']:5.2f}"
         )
     print("forward pass of 32 images, ms (one thread):")
-    for name, by_backend in backend_forward_ms().items():
+    for name, by_backend in backend_forward_ms(runs=20 if args.smoke else 200).items():
         print(
             f"  {name:<15} torch {by_backend['torch']:7.3f}  onnxruntime {by_backend['onnxruntime']:7.3f}  "
             f"ratio {by_backend['torch'] / by_backend['onnxruntime']:5.2f}"

@@ -32,6 +32,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -87,13 +88,31 @@ def training(root: Path, s3: SeaweedS3, epochs: int, images: int, rounds: int) -
     body = job_body(epochs, images)
     results: dict[str, list[dict]] = {"folders": [], "store": []}
     order = [("folders", {}), ("store", s3.env())]
-    for n in range(rounds):
-        for name, env in order if n % 2 == 0 else order[::-1]:  # which goes first alternates
-            stack = Stack(home=root / f"{name}-{n}", data_dir=data_dir, extra_env={**PRODUCTION_TIMINGS, **env})
-            with stack:
-                results[name].append(train_once(stack, body))
-            shutil.rmtree(stack.home, ignore_errors=True)
+    stopping: threading.Thread | None = None
+    try:
+        for n in range(rounds):
+            for name, env in order if n % 2 == 0 else order[::-1]:  # which goes first alternates
+                stack = Stack(home=root / f"{name}-{n}", data_dir=data_dir, extra_env={**PRODUCTION_TIMINGS, **env})
+                try:
+                    stack.start()
+                    if stopping is not None:  # the last stack has wound down before this one is timed
+                        stopping.join()
+                    results[name].append(train_once(stack, body))
+                except BaseException:
+                    stack.stop()
+                    raise
+                # A worker's warm shutdown is seconds of waiting: let it overlap the next stack's start.
+                stopping = threading.Thread(target=stop_and_remove, args=(stack,))
+                stopping.start()
+    finally:
+        if stopping is not None:
+            stopping.join()
     return results
+
+
+def stop_and_remove(stack: Stack) -> None:
+    stack.stop()
+    shutil.rmtree(stack.home, ignore_errors=True)
 
 
 def storage_for(home: Path, s3: SeaweedS3):

@@ -49,7 +49,8 @@ def postgres_redis_stack(tmp_path_factory, data_dir):
 
 @pytest.fixture(params=["embedded", "postgres+redis"])
 def stack(request) -> Stack:
-    """Each end-to-end test runs once per backend configuration."""
+    """Each end-to-end test runs once per backend configuration (tests/support/backends.py's
+    embedded_only narrows it to the embedded one)."""
     name = {"embedded": "embedded_stack", "postgres+redis": "postgres_redis_stack"}[request.param]
     return request.getfixturevalue(name)
 

@@ -14,6 +14,7 @@ import pytest
 from service.core import studies
 from service.core.settings import Settings
 from tests.e2e.test_sweep_runs import BASE, wait_for_sweep
+from tests.support.backends import embedded_only
 from tests.support.servers import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -36,6 +37,7 @@ def study(stack, sweep_id: str) -> optuna.Study:
         studies.close()
 
 
+@embedded_only
 def test_the_pruner_stops_losing_trials_after_their_first_epoch(stack, client):
     body = {
         "name": "pruned-lr",

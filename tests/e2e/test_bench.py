@@ -16,7 +16,7 @@ def test_predict_benchmark_prints_its_ratios():
     # A short run is too noisy to judge the targets, so it reports them without failing on them;
     # any other failure (a crash, a server that does not start) still exits non-zero.
     run = subprocess.run(
-        [sys.executable, "-m", "bench.predict", "--requests", "64", "--report-only"],
+        [sys.executable, "-m", "bench.predict", "--smoke", "--report-only"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -33,7 +33,7 @@ def test_a_short_soak_stays_flat():
     """bench/soak.py in small: predicts and jobs on one stack leave memory, open files and database
     connections where warm-up left them (the full run's figures are in bench/RESULTS.md)."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--predicts", "1200", "--jobs", "8"],
+        [sys.executable, "-m", "bench.soak", "--predicts", "400", "--jobs", "5"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -46,7 +46,7 @@ def test_a_short_soak_stays_flat():
 def test_api_memory_benchmark_measures_each_api_process_at_each_stage():
     """bench/api_memory.py in small (the full run's figures are in bench/RESULTS.md)."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench.api_memory", "--test-images", "300", "--train-images", "64", "--report-only"],
+        [sys.executable, "-m", "bench.api_memory", "--test-images", "100", "--train-images", "32", "--report-only"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -90,7 +90,7 @@ def test_storage_benchmark_prints_its_table():
 def test_sweeps_benchmark_compares_random_search_with_tpe_and_asha():
     """bench/sweeps.py in small (the full run's figures are in bench/RESULTS.md)."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench.sweeps", "--trials", "4", "--epochs", "3", "--seeds", "1", "--images", "1000"]
+        [sys.executable, "-m", "bench.sweeps", "--trials", "3", "--epochs", "2", "--seeds", "1", "--images", "500"]
         + ["--report-only"],
         cwd=REPO,
         capture_output=True,

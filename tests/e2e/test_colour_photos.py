@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.support.backends import embedded_only
 from tests.support.datagen import colour_images, zip_bytes
 from tests.support.specs import submit
 
@@ -69,6 +70,7 @@ def probes(label: int) -> list[tuple[str, bytes]]:
     ]
 
 
+@embedded_only
 def test_colour_photos_upload_train_predict_and_export_alike(stack, client, colour_zip):
     refused = upload(client, colour_zip, color_mode="rgb")
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "color_mode"]
@@ -139,6 +141,7 @@ def test_colour_photos_upload_train_predict_and_export_alike(stack, client, colo
     np.testing.assert_allclose(module(torch.from_numpy(np.stack(pixels))).detach().numpy(), probs, atol=1e-5)
 
 
+@embedded_only
 def test_cifar10_from_the_data_folder_trains_and_predicts(stack, client):
     spec = {
         "model": {

@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 
+from tests.support.backends import embedded_only
 from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
@@ -22,6 +23,7 @@ def metrics(client, job_id):
     return client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]
 
 
+@embedded_only
 def test_early_stopped_job_says_why_and_keeps_the_best_checkpoint(stack, client):
     spec = {
         **BASE,
@@ -37,6 +39,7 @@ def test_early_stopped_job_says_why_and_keeps_the_best_checkpoint(stack, client)
     assert job["best_checkpoint"]["epoch"] == best
 
 
+@embedded_only
 def test_max_runtime_stops_the_job_and_resume_finishes_it(stack, client):
     spec = {
         "model": {"arch": "lenet", "activation": "relu"},
@@ -63,6 +66,7 @@ def test_max_runtime_stops_the_job_and_resume_finishes_it(stack, client):
     assert [r["epoch"] for r in metrics(client, job["id"])] == [1, 2]
 
 
+@embedded_only
 def test_cross_validation_results_are_on_the_job(stack, client):
     spec = {**BASE, "epochs": 2, "cross_validation": {"folds": 3}}
     job = stack.wait_for_job(client, submit(client, spec))
@@ -76,6 +80,7 @@ def test_cross_validation_results_are_on_the_job(stack, client):
     assert [r["epoch"] for r in metrics(client, job["id"])] == [1, 2]
 
 
+@embedded_only
 def test_same_spec_and_seed_give_identical_metrics(stack, client):
     spec = {**BASE, "model": {"arch": "mlp", "hidden": [32], "dropout": 0.2}, "epochs": 2, "seed": 5}
     first, second = (stack.wait_for_job(client, submit(client, spec)) for _ in range(2))

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from tests.support.backends import embedded_only
 from tests.support.datagen import image_folder_zip, png_bytes, zip_bytes
 from tests.support.specs import submit
 
@@ -23,6 +24,7 @@ def upload(client, data: bytes, **form):
     )
 
 
+@embedded_only
 def test_upload_train_and_predict_with_the_datasets_class_names(stack, client):
     answer = upload(client, image_folder_zip(CLASSES, per_class=40, test_per_class=10), name="shapes")
     assert answer.status_code == 201, answer.text
@@ -77,6 +79,7 @@ def test_deleting_a_dataset_a_queued_job_needs_is_409(stack, client):
     assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
 
 
+@embedded_only
 def test_csv_regression_dataset_trains(stack, client):
     rows = "x1,x2,target\n" + "".join(
         f"{i / 100},{(i % 7) / 7},{3 * i / 100 - 2 * (i % 7) / 7 + 1}\n" for i in range(200)
@@ -96,6 +99,7 @@ def test_csv_regression_dataset_trains(stack, client):
     assert lenet.status_code == 422 and lenet.json()["detail"][0]["loc"] == ["body", "model", "arch"]
 
 
+@embedded_only
 @pytest.mark.parametrize(
     "data, message",
     [
@@ -131,6 +135,7 @@ def test_the_same_upload_again_is_the_same_dataset(client):
     assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
 
 
+@embedded_only
 def test_upload_parameters_are_validated(client):
     answer = upload(client, image_folder_zip(["a", "b"], per_class=2, test_per_class=1), test_fraction=1.5)
     assert answer.status_code == 422

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.data.idx import FASHION_MNIST_CLASSES
+from tests.support.backends import embedded_only
 from tests.support.datagen import class_png
 from tests.support.specs import SOFTMAX_SPEC, submit
 
@@ -56,6 +57,7 @@ def test_train_then_predict(stack, client, tmp_path):
         assert p["top_k"][0]["probability"] >= p["top_k"][1]["probability"] >= p["top_k"][2]["probability"]
 
 
+@embedded_only
 def test_lenet_job_trains_and_predicts_jpeg(stack, client, tmp_path):
     job_id = submit(client, LENET_SPEC)
     job = stack.wait_for_job(client, job_id)

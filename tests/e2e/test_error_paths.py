@@ -8,6 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
+from tests.support.backends import embedded_only
 from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
@@ -191,6 +192,7 @@ def _png_header(width: int, height: int) -> bytes:
     )
 
 
+@embedded_only
 @pytest.mark.parametrize(
     "method, path",
     [

@@ -10,6 +10,7 @@ import torch
 import torchvision
 from safetensors.torch import load_file, save
 
+from tests.support.backends import embedded_only
 from tests.support.datagen import png_bytes
 from tests.support.servers import wait_until
 
@@ -25,6 +26,7 @@ SPEC = {
 }
 
 
+@embedded_only
 def test_missing_weights_then_weights_on_disk(stack, client):
     weights = stack.home / "weights" / WEIGHTS_FILE
     weights.unlink(missing_ok=True)
@@ -73,6 +75,7 @@ def test_missing_weights_then_weights_on_disk(stack, client):
     assert len(prediction["top_k"]) == 3 and prediction["top_k"][0]["label"] in job_classes(client, job)
 
 
+@embedded_only
 def test_an_imported_torchvision_network_is_a_starting_point(stack, client):
     """init_from a registered version holding a plain torchvision ResNet-18: its backbone is loaded."""
     torch.manual_seed(1)
@@ -106,6 +109,7 @@ def job_classes(client, job) -> list[str]:
     return client.get(f"/v1/jobs/{job['id']}/confusion").json()["classes"]
 
 
+@embedded_only
 def test_an_unknown_backbone_is_a_422_listing_close_names(client):
     answer = client.post("/v1/jobs", json={**SPEC, "model": {"arch": "pretrained", "backbone": "resnet19"}})
     assert answer.status_code == 422

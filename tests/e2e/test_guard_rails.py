@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from tests.support.backends import embedded_only
 from tests.support.servers import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -14,6 +15,7 @@ pytestmark = pytest.mark.e2e
 HUGE = {"model": {"arch": "mlp", "hidden": [65536, 65536]}, "data": {"dataset": "fashion-mnist"}, "epochs": 1}
 
 
+@embedded_only
 def test_a_spec_of_four_billion_weights_is_refused_with_its_estimate(client):
     jobs_before = client.get("/v1/jobs").json()["count"]
     answer = client.post("/v1/jobs", json=HUGE)

@@ -11,16 +11,18 @@ import time
 
 import pytest
 
+from tests.support.backends import embedded_only
 from tests.support.servers import Stack, free_port, require, wait_until
 from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
 
-# LeNet with tiny batches: a few seconds an epoch on the 4000-image fixture.
+# LeNet with tiny batches: a second or more an epoch on half the 4000-image fixture, long enough to
+# catch a job mid-epoch.
 SLOW_SPEC = {
     "name": "slow-lenet",
     "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-    "data": {"dataset": "fashion-mnist"},
+    "data": {"dataset": "fashion-mnist", "limit_train": 2000},
     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     "epochs": 3,
     "batch_size": 4,
@@ -132,6 +134,7 @@ def test_resumed_run_matches_an_uninterrupted_one(stack, client):
         assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
 
 
+@embedded_only
 def test_init_from_starts_from_another_jobs_weights(stack, client):
     first = submit(
         client, {**TINY_SPEC, "epochs": 2, "data": {"dataset": "fashion-mnist", "limit_train": 512, "limit_test": 32}}

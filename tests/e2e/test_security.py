@@ -182,6 +182,12 @@ def test_token_parsing():
     assert not parse_tokens("").enabled
 
 
+def fuzz_examples() -> int:
+    """Examples per operation of the property-based tests below; TRAINYARD_FUZZ_EXAMPLES=200 (say)
+    for a deeper run than the suite's."""
+    return int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "30"))
+
+
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory, data_dir):
     """The API alone: fuzzed specs may ask for 10,000 epochs, which no worker should run."""
@@ -198,7 +204,7 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(fuzz_stack):
 
         @given(case=operation.as_strategy())
         @settings(
-            max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "60")),
+            max_examples=fuzz_examples(),
             deadline=None,
             suppress_health_check=list(HealthCheck),
             database=None,
@@ -223,7 +229,7 @@ SCHEMATHESIS_RUN = [
     "--phases",
     "examples,coverage,fuzzing,stateful",
     "--max-examples",
-    "30",
+    str(fuzz_examples() // 2),
     "--seed",
     "1",
     "--workers",
@@ -330,7 +336,7 @@ def test_binary_and_undecodable_bodies_get_no_5xx_anywhere(fuzz_stack):
 
             @given(body=_hostile_bodies(), content_type=st.sampled_from(BODY_TYPES))
             @settings(
-                max_examples=int(os.environ.get("TRAINYARD_FUZZ_EXAMPLES", "60")) // 2,
+                max_examples=fuzz_examples() // 2,
                 deadline=None,
                 suppress_health_check=list(HealthCheck),
                 database=None,

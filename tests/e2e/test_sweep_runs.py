@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from tests.support.backends import embedded_only
 from tests.support.servers import wait_until
 from tests.support.specs import SOFTMAX_SPEC
 
@@ -64,6 +65,7 @@ def test_a_grid_runs_every_combination_and_ranks_them(stack, client):
     assert after["counts"] == {"succeeded": 3, "deleted": 1} and after["launched"] == 4  # not launched again
 
 
+@embedded_only
 def test_a_random_sweep_with_a_seed_draws_the_same_trials(stack, client):
     body = {
         "name": "random",
@@ -87,6 +89,7 @@ def test_a_random_sweep_with_a_seed_draws_the_same_trials(stack, client):
     assert all(0.001 <= lr <= 1 and size in (16, 32, 64) for _, lr, size in draws(first))
 
 
+@embedded_only
 def test_an_invalid_value_is_a_422_naming_it_and_creates_nothing(stack, client):
     jobs_before = client.get("/v1/jobs").json()["count"]
     sweeps_before = client.get("/v1/sweeps").json()["count"]

@@ -124,7 +124,7 @@ def test_two_workers_share_the_jobs_and_one_finishes_what_the_other_was_killed_i
                     client,
                     {
                         "model": {"arch": "lenet", "activation": "relu", "pool": "max"},
-                        "data": {"dataset": "fashion-mnist"},
+                        "data": {"dataset": "fashion-mnist", "limit_train": 2000},  # a second or more an epoch
                         "optimizer": {"lr": 0.05, "momentum": 0.9},
                         "epochs": 3,
                         "batch_size": 4,
@@ -162,5 +162,5 @@ def test_two_workers_share_the_jobs_and_one_finishes_what_the_other_was_killed_i
                     )
                     assert answer.status_code == 200, answer.text
         finally:
-            second.stop()
-            first.stop()
+            second.stop(wait=False)
+            first.stop(wait=False)

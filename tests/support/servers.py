@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -274,7 +275,7 @@ class Stack:
             raise
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.stop(wait=False)
 
     def wait_for_worker(self, name: str = "worker") -> None:
         """Until the worker consumes its queues and has its entry in the registry."""
@@ -303,16 +304,23 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(f"--- {name} log ---\n{self.log(name)[-4000:]}" for name in self.procs)
 
-    def stop(self) -> None:
-        for proc in self.procs.values():
+    def stop(self, *, wait: bool = True) -> None:
+        """SIGTERM to every process, then wait for them (SIGKILL after 15 s).
+
+        With wait=False (the end of a `with Stack(...)` block) the waiting goes on in a thread and
+        the caller goes on at once: a worker's warm shutdown is seconds of waiting (Celery's loop
+        sees the signal only after a last two-second poll of the broker), which the next test need
+        not spend. The interpreter waits for that thread before it exits, so no process outlives
+        the run; a stack stopped this way is not started again.
+        """
+        procs = list(self.procs.values())
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if wait:
+            _wait_for(procs)
+        else:
+            threading.Thread(target=_wait_for, args=(procs,), name=f"stopping {self.url}").start()
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
@@ -333,3 +341,12 @@ class Stack:
         return wait_until(
             final, timeout=timeout, interval=interval, what=f"job {job_id} to reach one of {states}\n{self.logs()}"
         )
+
+
+def _wait_for(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
