@@ -100,3 +100,22 @@ def test_sweeps_benchmark_compares_random_search_with_tpe_and_asha():
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert re.search(r"TPE \+ ASHA / random: \d+ / \d+ = [0-9.]+ \(target <= 0.5\) (MET|MISSED)", run.stdout)
     assert re.search(r"\n +0  TPE \+ ASHA +0\.\d{4} ", run.stdout), run.stdout
+
+
+def test_distributed_benchmark_compares_two_processes_with_one():
+    """bench/distributed.py in small, without the service's launch time (the full run's figures are
+    in bench/RESULTS.md; tests/e2e/test_distributed_jobs.py runs distributed jobs through the service)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.distributed", "--images", "256", "--epochs", "1", "--reps", "1"]
+        + ["--skip-service"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for model in ("LeNet", "ResNet-18"):
+        assert re.search(rf"\n{model} +\d+ s/s +\d+ s/s +[0-9.]+  [0-9.]+ +>= 0.85 (MET|MISSED)\n", run.stdout), (
+            run.stdout
+        )
+    assert re.search(r"\n(ALL TARGETS MET|[0-9] TARGET\(S\) MISSED)\n", run.stdout), run.stdout
