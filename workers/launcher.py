@@ -6,6 +6,11 @@ its own, so that no CUDA state is ever forked. The worker relays the ranks' log 
 job's log, asks them to stop through a file when the job is cancelled or its lease lost, and stops
 torchrun (and with it the ranks) when they do not. torchrun starts the ranks again when one dies;
 past its restarts, the job goes back to the queue like any job whose worker was lost.
+
+A job on several machines (nnodes > 1) is led by the worker that claimed it: it hosts the c10d
+rendezvous and sends join messages through the job's queue; each worker that takes one
+(join_ranks) starts torchrun with its machine's share of the ranks, and stops it once the attempt
+it joined no longer runs.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from models.training.distributed import Ranks
+from models.training.engine import STOP_POLLS_APART
 from tests.support.datagen import make_idx_dataset
 
 pytestmark = pytest.mark.slow
@@ -66,8 +67,10 @@ def test_a_stop_asked_of_rank_0_stops_every_rank_at_the_same_batch(odd_data, tmp
     ends = [torch.load(tmp_path / f"stopped.pt.rank{rank}", weights_only=False) for rank in (0, 1)]
     assert ends[0]["reason"] == "stopped"  # rank 0's callbacks asked (rank 1's say nothing: not its to record)
     assert ends[1]["stopped_at"] is not None and ends[0]["stopped_at"] == ends[1]["stopped_at"]
-    # 38 batches an epoch: the 50th poll comes before batch 12 of epoch 2, with 11 done.
-    assert (ends[0]["stopped_at"].epoch, ends[0]["stopped_at"].progress.batches) == (2, 11)
+    # The ranks agree every STOP_POLLS_APART polls: the first agreement at or after the 50th poll
+    # comes before batch 56 - 38 = 18 of epoch 2 (38 batches an epoch), with 17 done.
+    agreed = -(-50 // STOP_POLLS_APART) * STOP_POLLS_APART
+    assert (ends[0]["stopped_at"].epoch, ends[0]["stopped_at"].progress.batches) == (2, agreed - 1 - 38)
 
 
 @pytest.mark.parametrize(("n", "world"), [(89, 2), (1, 2), (10, 3), (256, 4)])
