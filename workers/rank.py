@@ -87,7 +87,6 @@ class RankControl:
         self.attempt = attempt
         self.folder = folder
         self.lost = threading.Event()
-        self.cancel_requested = threading.Event()
 
     def should_stop(self) -> bool:
         return self.lost.is_set() or self.folder.stop.exists()

@@ -108,6 +108,22 @@ def machines(request, tmp_path, data_dir, object_store):
             setup.stop()
 
 
+def upload_shapes(api, name: str, per_class: int, test_per_class: int) -> dict:
+    answer = api.post(
+        "/v1/datasets",
+        files={
+            "file": (
+                "shapes.zip",
+                image_folder_zip(CLASSES, per_class=per_class, test_per_class=test_per_class),
+                "application/zip",
+            )
+        },
+        data={"name": name},
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
 def epochs(client, job_id) -> list[int]:
     return [e["epoch"] for e in client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]]
 
@@ -134,15 +150,7 @@ def local_files(home, pattern: str = "*.safetensors") -> list:
 def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_hand_models_to_the_api(machines):
     store = machines.store
     with machines.api.client() as api:
-        answer = api.post(
-            "/v1/datasets",
-            files={
-                "file": ("shapes.zip", image_folder_zip(CLASSES, per_class=40, test_per_class=10), "application/zip")
-            },
-            data={"name": "shapes"},
-        )
-        assert answer.status_code == 201, answer.text
-        dataset = answer.json()
+        dataset = upload_shapes(api, "shapes", per_class=40, test_per_class=10)
         assert stored_keys(store, "datasets/") == [f"datasets/{dataset['id']}.safetensors"]
 
         machines.start_worker("worker-b")
@@ -241,14 +249,7 @@ def test_a_job_on_two_machines_meets_at_a_rendezvous_trains_what_one_trains_and_
     comes from the store and the checkpoints go there, and the job trains what one process does."""
     one_each = {"TRAINYARD_WORKER_ADDRESS": "127.0.0.1", "TRAINYARD_MAX_JOB_PROCESSES": "1"}
     with machines.api.client() as api:
-        upload = api.post(
-            "/v1/datasets",
-            files={
-                "file": ("shapes.zip", image_folder_zip(CLASSES, per_class=30, test_per_class=8), "application/zip")
-            },
-            data={"name": "shapes-two-machines"},
-        )
-        assert upload.status_code == 201, upload.text
+        upload_shapes(api, "shapes-two-machines", per_class=30, test_per_class=8)
         spec = {
             "model": {"arch": "mlp", "hidden": [32]},
             "data": {"dataset": "uploaded:shapes-two-machines"},
