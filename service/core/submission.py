@@ -132,13 +132,33 @@ def _submit(
     session: Session, *, spec: JobSpec, settings: Settings, idempotency_key: str | None, sweep: tuple[str, int] | None
 ) -> Submitted:
     """submit_job without the answer's view."""
+    try:
+        submitted, queue = add_job(session, spec=spec, settings=settings, idempotency_key=idempotency_key, sweep=sweep)
+        session.commit()
+    except IntegrityError:
+        # Another request with the same key committed first; answer with its job.
+        session.rollback()
+        existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replay(existing, request_hash=spec.digest())
+    if queue is not None:
+        publish_or_defer(submitted.job_id, queue)
+    return submitted
+
+
+def add_job(
+    session: Session, *, spec: JobSpec, settings: Settings, idempotency_key: str | None, sweep: tuple[str, int] | None
+) -> tuple[Submitted, str | None]:
+    """Check a spec and add its queued job to the session's transaction, uncommitted, and the queue
+    to publish it on once it is committed (None for a replay: its job is already out)."""
     request_hash = spec.digest()  # of the request as sent: a retry matches it whatever moved since
     spec = with_full_ids(session, spec=spec)
     task = check_spec(session, spec=spec, settings=settings)
     if idempotency_key:
         existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
         if existing is not None:
-            return _replay(existing, request_hash)
+            return _replay(existing, request_hash), None
     if settings.require_worker:
         live = worker_registry.live(session, settings=settings)
         nodes = spec.distributed.nnodes if spec.distributed else 1
@@ -158,26 +178,16 @@ def _submit(
     warnings = weights_warnings(session, spec=spec, settings=settings) + data_warnings(
         session, spec=spec, settings=settings
     )
-    try:
-        job = jobs.create_job(
-            session,
-            spec=spec,
-            task=task,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-            sweep=sweep,
-            warnings=warnings,
-        )
-        session.commit()
-    except IntegrityError:
-        # Another request with the same key committed first; answer with its job.
-        session.rollback()
-        existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key) if idempotency_key else None
-        if existing is None:
-            raise
-        return _replay(existing, request_hash)
-    publish_or_defer(job.id, settings.queue_for(spec.device))
-    return Submitted(job.id, replayed=False)
+    job = jobs.create_job(
+        session,
+        spec=spec,
+        task=task,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        sweep=sweep,
+        warnings=warnings,
+    )
+    return Submitted(job.id, replayed=False), settings.queue_for(spec.device)
 
 
 def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> list[str]:

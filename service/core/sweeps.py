@@ -7,7 +7,8 @@ their job (`launched`). advance() launches the next trials while fewer than max_
 sweep's jobs are unfinished; it runs when the sweep is created, when one of its jobs ends (in the
 worker) and in the reaper's sweep. It holds the sweep's row locked while it works, and each
 trial's job is created with its own idempotency key, so concurrent or repeated calls never create
-a trial twice. For an adaptive sweep it first tells the study how the trials that ended did, then
+a trial twice; a trial's job is committed with the count that includes it, so whoever sees the job
+sees it counted. For an adaptive sweep it first tells the study how the trials that ended did, then
 asks it for the next trial's values (TPE) or registers the next trial's fixed ones (a pruned grid
 or random sweep); a TPE trial's values are recorded in the row before its job is created.
 """
@@ -21,12 +22,14 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.spec.explain import explain, input_loc
 from models.spec.job import JobSpec
 from models.spec.sweeps import SweepSpec, trial_spec
 from service.core import jobs, studies, submission
+from service.core.broker import publish_or_defer
 from service.core.errors import Conflict, Invalid, NotFound
 from service.core.ids import not_found, resolve_id
 from service.core.settings import Settings
@@ -172,7 +175,7 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         base, name = sweep.request["base"], sweep.name
         try:
             spec = JobSpec.model_validate(trial_spec(base, name, sweep.trials[index]["params"]))
-            submission.submit_job(
+            submitted, queue = submission.add_job(
                 session,
                 spec=spec,
                 settings=settings,
@@ -186,8 +189,15 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
             session.rollback()
             _invalid(session, sweep_id, index, exc, settings)
             continue
-        session.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.launched == index).values(launched=index + 1))
+        except IntegrityError:  # a job outside the sweep took the trial's key: the next pass replays it
+            session.rollback()
+            continue
+        sweep.launched = index + 1
+        # The job and the count in one commit, the row locked until then: a concurrent advance
+        # (and whoever reads the sweep after it) never sees the job without the count.
         session.commit()
+        if queue is not None:
+            publish_or_defer(submitted.job_id, queue)
 
 
 def _invalid(session: Session, sweep_id: str, index: int, error: Exception, settings: Settings) -> None:

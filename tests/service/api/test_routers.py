@@ -1,13 +1,15 @@
 """Each router's status codes, error shapes and auth, through the real app in this process: SQLite
-and the embedded broker of a private home (a submitted job's message waits in its table; no worker
-runs), and small real checkpoints written to disk."""
+(PostgreSQL too where locking matters) and the embedded broker of a private home (a submitted job's
+message waits in its table; no worker runs), and small real checkpoints written to disk."""
 
 from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from service.core import db, jobs, worker_registry
+from service.core.tables import Job
 from tests.support.datagen import image_folder_zip, png_bytes, zip_bytes
 from tests.support.specs import SOFTMAX_SPEC
 
@@ -317,6 +319,59 @@ def test_a_sweep_queues_its_trials_and_cancels_them(api):
     assert api.get("/v1/jobs", params={"status": "cancelled"}).json()["count"] == 2
     assert api.get("/v1/sweeps/ffffffff").status_code == 404
     assert locs(api.get("/v1/sweeps", params={"limit": 101})) == [["query", "limit"]]
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        {"grid": {"optimizer.lr": [0.1, 0.2, 0.3, 0.4]}},
+        {"tpe": {"count": 4, "distributions": {"optimizer.lr": {"uniform": [0.01, 1]}}}},
+    ],
+    ids=["grid", "tpe"],
+)
+def test_a_sweeps_answer_counts_the_trials_another_process_is_launching(service_env_on, monkeypatch, search):
+    """The reaper advances the sweep while the POST does: it launches the second trial between the
+    POST's first launch and its answer, and is still busy with it when the answer is read. The
+    answer shows both trials launched, whichever process launched them."""
+    import threading
+
+    from service.core import broker, sweeps
+
+    settings, send = service_env_on, broker.send_train_job
+    reaper, busy, answered = None, threading.Event(), threading.Event()
+
+    def reaper_pass(sweep_id: str):
+        try:
+            with db.session_scope() as session:
+                sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+        finally:
+            busy.set()
+
+    def sending(job_id, queue=None):
+        nonlocal reaper
+        send(job_id, queue)
+        if threading.current_thread() is reaper:  # its launch is under way: the answer is read now
+            busy.set()
+            assert answered.wait(30)
+        elif reaper is None:  # the POST's first launch: the reaper's pass starts now
+            with db.session_scope(write=False) as session:
+                sweep_id = session.scalar(select(Job.sweep_id).where(Job.id == job_id))
+            reaper = threading.Thread(target=reaper_pass, args=(sweep_id,))
+            reaper.start()
+            assert busy.wait(30)
+
+    monkeypatch.setattr(broker, "send_train_job", sending)
+    try:
+        created = make_api().post(
+            "/v1/sweeps", json={"name": "race", "base": {**SOFTMAX_SPEC, "epochs": 1}, "max_parallel": 2, **search}
+        )
+    finally:
+        answered.set()
+        if reaper is not None:
+            reaper.join(30)
+    assert created.status_code == 202, created.text
+    sweep = created.json()
+    assert (sweep["launched"], sweep["counts"]) == (2, {"queued": 2, "pending": 2}), sweep
 
 
 # --- workers ------------------------------------------------------------------------------------------
