@@ -9,6 +9,8 @@ them), measures every process:
 - after training: the jobs submitted (through the first process) and trained;
 - after evaluation: the ResNet-18 job's evaluation report on its whole test set (each process);
 - after predicts: both models registered, then image predicts by name with each (each process).
+Beside the API processes, the processes their supervisor starts for them (the fork server that forks
+them, multiprocessing's resource tracker) are measured too, and each stage's total, all of them.
 
 With `--baseline REV`, the same run goes first on the service as it was at git revision REV
 (`git archive`, nothing checked out), and the ratio of each figure to the baseline's is printed.
@@ -57,9 +59,17 @@ def pss_mb(pid: int) -> dict[str, float]:
 
 
 def children(pid: int) -> list[int]:
-    """The process's children (the API processes of `trainyard api`)."""
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return sorted(int(p) for p in out.split())
+
+
+def api_processes(supervisor: int) -> tuple[list[int], list[int]]:
+    """The API processes `trainyard api` supervises, and the processes beside them: they are its
+    children, or where a fork server forks them, its grandchildren (the fork server, and
+    multiprocessing's resource tracker, are then the processes beside them)."""
+    direct = children(supervisor)
+    forked = [pid for parent in direct for pid in children(parent)]
+    return (forked, direct) if forked else (direct, [])
 
 
 def owner(conn: http.client.HTTPConnection, port: int, pids: list[int]) -> int | None:
@@ -117,7 +127,12 @@ class Run:
 
     label: str
     figures: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    beside: dict[str, float] = field(default_factory=dict)  # stage -> PSS of the fork server and the like
     seconds: float = 0.0
+
+    def total(self, stage: str) -> float:
+        """The PSS of every process of the API at a stage: what the API holds in all."""
+        return sum(mb["Pss"] for mb in self.figures[stage].values()) + self.beside[stage]
 
 
 def job_spec(arch: str, dataset: str, train_images: int, test_images: int) -> dict:
@@ -139,8 +154,8 @@ def measure(label: str, source: Path, data: Path, home: Path, args) -> Run:
     stack = Stack(home=home, data_dir=data, source=source, extra_env={"TRAINYARD_API_WORKERS": str(args.api_workers)})
     with stack:
         supervisor = stack.procs["api"].pid
-        pids = wait_until(
-            lambda: len(children(supervisor)) == args.api_workers and children(supervisor),
+        pids, beside = wait_until(
+            lambda: len(api_processes(supervisor)[0]) == args.api_workers and api_processes(supervisor),
             timeout=60,
             what="the API processes",
         )
@@ -153,8 +168,11 @@ def measure(label: str, source: Path, data: Path, home: Path, args) -> Run:
 
         def record(stage: str) -> None:
             run.figures[stage] = {pid: pss_mb(pid) for pid in pids}
+            run.beside[stage] = sum(pss_mb(pid)["Pss"] for pid in beside)
             print(
-                f"  {label}: {stage}: " + ", ".join(f"{run.figures[stage][p]['Pss']:.0f}" for p in pids) + " MB",
+                f"  {label}: {stage}: "
+                + ", ".join(f"{run.figures[stage][p]['Pss']:.0f}" for p in pids)
+                + f" MB; beside them {run.beside[stage]:.0f} MB",
                 flush=True,
             )
 
@@ -214,6 +232,9 @@ def table(run: Run, baseline: Run | None) -> list[str]:
                 before = sorted(baseline.figures[stage].items())[index][1]["Pss"]
                 cell += f" = {mb['Pss'] / before:.2f} x baseline"
             cells.append(cell)
+        cells.append(f"beside them: {run.beside[stage]:.0f} MB; all: {run.total(stage):.0f} MB")
+        if baseline is not None:
+            cells[-1] += f" = {run.total(stage) / baseline.total(stage):.2f} x baseline"
         lines.append(f"  {stage:17s} " + "; ".join(cells))
     return lines
 

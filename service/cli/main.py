@@ -17,7 +17,7 @@ import typer
 from service.cli.client import UNREACHABLE, USAGE, Failure
 from service.cli.client import register as register_client_commands
 from service.cli.storage import storage_app
-from service.cli.supervisor import Child, port_is_free, start, supervise
+from service.cli.supervisor import Child, port_is_free, start, start_forked, supervise
 from service.core import worker_registry
 from service.core.settings import get_settings
 
@@ -126,9 +126,8 @@ def gpu_workers(settings, indices: list[int], queues: list[str]) -> dict[str, tu
     }
 
 
-def api_command(settings) -> list[str]:
-    """One API process (service/api/server.py); TRAINYARD_API_WORKERS of them share the port."""
-    return [sys.executable, "-m", "service.api.server"]
+API_MODULE = "service.api.server"  # one API process; TRAINYARD_API_WORKERS of them share the port
+API_PRELOAD = "service.api.preload"  # what the fork server imports once for all of them
 
 
 def api_environment(settings) -> dict[str, str]:
@@ -177,8 +176,8 @@ def start_api(settings) -> dict[str, Child]:
         raise typer.Exit(1)
     env = api_environment(settings)
     if settings.api_workers == 1:
-        return {"api": start(api_command(settings), env)}
-    return {f"api-{i}": start(api_command(settings), env) for i in range(settings.api_workers)}
+        return {"api": start_forked(API_MODULE, env, API_PRELOAD)}
+    return {f"api-{i}": start_forked(API_MODULE, env, API_PRELOAD) for i in range(settings.api_workers)}
 
 
 @app.command()

@@ -6,8 +6,11 @@ How the service starts, from the command to a request:
     make run -> trainyard run            service/cli/main.py: refuses an exposed API without tokens,
                                          migrates, then starts the children below and supervises them
       |- celery worker                   workers/celery_app.py (one; `trainyard worker` starts it alone)
-      '- API processes x TRAINYARD_API_WORKERS   `python -m service.api.server` each (`trainyard api`
-                                         starts these alone): uvicorn on its own SO_REUSEPORT socket
+      |- the API's fork server           imports what every API process needs (service/api/preload.py:
+                                         torch, matplotlib, ...) once, then forks the API processes,
+                                         which share those pages instead of each importing its own copy
+      '- API processes x TRAINYARD_API_WORKERS   `service.api.server` run as `python -m` would (`trainyard
+                                         api` starts these alone): uvicorn on its own SO_REUSEPORT socket
                                          of the one port, so the kernel spreads connections evenly
            -> service/api/app.py         the FastAPI app: routes, auth, limits; its lifespan starts
                                          the reaper (service/core/reaper.py), which one process at a
@@ -26,11 +29,16 @@ warm shutdown), waits up to STOP_TIMEOUT_S, then kills what is left with its who
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import multiprocessing
 import os
+import runpy
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import typer
@@ -56,20 +64,46 @@ def port_is_free(host: str, port: int) -> bool:
         probe.close()
 
 
+class ForkedProcess:
+    """A process forked from the fork server, seen through the part of Popen's interface the
+    supervisor uses."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess):
+        self.process = process
+        self.pid = process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(f"process {self.pid}", timeout)
+        return self.process.exitcode
+
+
 @dataclass
 class Child:
     """A supervised process and how to start it again."""
 
-    command: list[str]
+    launch: Callable[[], subprocess.Popen | ForkedProcess]
     env: dict[str, str] | None
-    proc: subprocess.Popen = field(init=False)
+    proc: subprocess.Popen | ForkedProcess = field(init=False)
     exits: list[float] = field(default_factory=list)  # monotonic times of its recent exits
 
     def __post_init__(self) -> None:
         self.restart()
 
     def restart(self) -> None:
-        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+        self.proc = self.launch()
 
     def crash_looping(self, now: float) -> bool:
         """Record an exit at `now`; whether it is the RESTART_LIMIT-th within RESTART_WINDOW_S."""
@@ -79,7 +113,52 @@ class Child:
 
 def start(command: list[str], env: dict[str, str] | None = None) -> Child:
     """A child in a session of its own (see the module's docstring)."""
-    return Child(command, env)
+    return Child(lambda: subprocess.Popen(command, env=env, start_new_session=True), env)
+
+
+_FORK_SERVER = multiprocessing.get_context("forkserver")
+
+
+def start_forked(module: str, env: dict[str, str], preload: str) -> Child:
+    """A child that runs `module` as `python -m` would, forked from the fork server, which imports
+    the module `preload` once for every child forked from it; in a session of its own too.
+
+    The fork server is one per supervisor (multiprocessing's), started by the first fork with the
+    environment `env`: the children forked from it must all want the same preload and environment.
+    """
+
+    def fork() -> ForkedProcess:
+        _FORK_SERVER.set_forkserver_preload([preload])
+        with _environment(env):
+            process = _FORK_SERVER.Process(target=_run_forked, args=(module, env), name=module)
+            process.start()
+        return ForkedProcess(process)
+
+    return Child(fork, env)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """os.environ is `env` for the block (what a fork server started in it inherits)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run_forked(module: str, env: dict[str, str]) -> None:
+    """A forked child's start: a session and the environment of its own, the garbage collector
+    back on (the preload turned it off so that the pages it shares stay untouched), then the
+    module as its __main__."""
+    os.setsid()
+    os.environ.clear()
+    os.environ.update(env)
+    gc.enable()
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 def supervise(children: dict[str, Child]) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import subprocess
 import time
 
 import httpx
@@ -62,6 +61,25 @@ def test_both_processes_answer_and_metrics_count_them_all(two_processes):
         timeout=10,
         what=f"/metrics to count all {sent} /healthz requests of both processes",
     )
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """The process's /proc/<pid>/smaps_rollup figures, in kB."""
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        return {name: int(rest.split()[0]) for name, _, rest in (line.partition(":") for line in fh) if rest.strip()}
+
+
+def test_the_processes_share_what_the_fork_server_imported(two_processes):
+    """torch and the other libraries are imported once, by the fork server the processes are
+    forked from, and their pages are shared: a process's proportional share of its anonymous memory
+    is far below what it has (two processes importing torch apiece share next to none of it)."""
+    stack, _ = two_processes
+    pids = stack.api_server_pids()
+    assert len(pids) == 2
+    for pid in pids:
+        memory = memory_kb(pid)
+        shared = memory["Anonymous"] - memory["Pss_Anon"]
+        assert shared > 100 * 1024, f"API process {pid} shares {shared} kB of its anonymous memory: {memory}"
 
 
 def test_one_process_runs_the_reaper_and_readiness_speaks_for_all(two_processes):
@@ -149,10 +167,7 @@ def test_an_api_process_that_dies_is_replaced(two_processes):
     stack, _ = two_processes
 
     def api_pids() -> set[int]:
-        out = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(stack.procs["api"].pid)], capture_output=True, text=True
-        ).stdout
-        return {int(pid) for pid in out.split()}
+        return set(stack.api_server_pids())
 
     before = api_pids()
     assert len(before) == 2

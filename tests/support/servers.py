@@ -286,16 +286,13 @@ class Stack:
         )
 
     def api_server_pids(self) -> list[int]:
-        """The API processes (service/api/server.py) its supervisor started, each in a session of its own."""
-        parent = self.procs["api"].pid
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True).stdout
-        return [int(pid) for pid in out.split()]
+        """The API processes (service/api/server.py), each in a session of its own: forked by the
+        fork server that their supervisor started (service/cli/supervisor.py)."""
+        return [pid for server in child_pids(self.procs["api"].pid) for pid in child_pids(server)]
 
     def worker_pool_pids(self) -> list[int]:
         """The worker's prefork pool processes (where tasks run)."""
-        parent = self.procs["worker"].pid
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True).stdout
-        return [int(pid) for pid in out.split()]
+        return child_pids(self.procs["worker"].pid)
 
     def log(self, name: str) -> str:
         path = self.home / f"{name}.log"
@@ -341,6 +338,12 @@ class Stack:
         return wait_until(
             final, timeout=timeout, interval=interval, what=f"job {job_id} to reach one of {states}\n{self.logs()}"
         )
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(child) for child in out.split()]
 
 
 def _wait_for(procs: list[subprocess.Popen]) -> None:
