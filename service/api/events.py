@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from service.core.tables import JobStatus
+from service.core.worker_registry import describe_waiting
 
 
 @dataclass
@@ -55,7 +56,9 @@ def new_events(snapshot: Snapshot, cursor: Cursor) -> list[tuple[str, dict, str]
         events.append(("status", transition, str(cursor)))
     if snapshot.waiting != cursor.waiting:
         cursor.waiting = snapshot.waiting
-        events.append(("waiting", {"reason": snapshot.waiting}, str(cursor)))
+        events.append(
+            ("waiting", {"reason": snapshot.waiting, "detail": describe_waiting(snapshot.waiting)}, str(cursor))
+        )
     for row in snapshot.metrics:
         if row["epoch"] > cursor.epoch:
             cursor.epoch = row["epoch"]

@@ -200,11 +200,6 @@ def id_column(header: str) -> Column:
 
 # Following a job.
 
-WAITING = {
-    "no_worker": "no live worker serves its queue; start one with `trainyard worker`",
-    "no_gpu_worker": "it asks for a GPU and no live worker with a GPU serves the GPU queue",
-}
-
 
 def stream_events(source: EventSource) -> Iterator[tuple[str, Any, str]]:
     """The events of a server-sent event stream as (kind, data decoded from JSON, id). A keep-alive
@@ -296,9 +291,7 @@ def follow(api: httpx.Client, job_id: str) -> dict:
                 progress.update(task, status=data["to_status"])
             elif kind == "waiting":
                 if data["reason"]:
-                    err.print(
-                        f"[yellow]job {job_id} is waiting: {WAITING.get(data['reason'], data['reason'])}[/yellow]"
-                    )
+                    err.print(f"[yellow]job {job_id} is waiting: {data.get('detail') or data['reason']}[/yellow]")
                 progress.update(task, status="queued")
             elif kind == "epoch":
                 progress.update(task, completed=data["epoch"], metrics=epoch_summary(data))
@@ -365,7 +358,7 @@ def submit(
     with opts.client() as api:
         job = checked(api.post("/v1/jobs", json=body))
         if job.get("waiting_reason"):
-            err.print(f"[yellow]warning: {WAITING.get(job['waiting_reason'], job['waiting_reason'])}[/yellow]")
+            err.print(f"[yellow]warning: {job.get('waiting_detail') or job['waiting_reason']}[/yellow]")
         finish(api, job, follow_job=follow_job, as_json=opts.as_json)
 
 
@@ -537,7 +530,7 @@ def job_lines(job: dict) -> list[str]:
             + epoch_summary(best)
         )
     if job.get("waiting_reason"):
-        lines.append(f"waiting: {WAITING.get(job['waiting_reason'], job['waiting_reason'])}")
+        lines.append(f"waiting: {job.get('waiting_detail') or job['waiting_reason']}")
     lines += [f"[yellow]warning:[/yellow] {warning}" for warning in job.get("warnings") or []]
     if job["error"]:
         lines.append(f"[red]error:[/red] {job['error']}")

@@ -80,7 +80,7 @@ def worker_queues(settings, explicit: str | None = None) -> list[str]:
     given = explicit if explicit is not None else settings.worker_queues
     if given:
         return [q for q in given.split(",") if q]
-    cuda = worker_registry.has_cuda(worker_registry.probe_devices())
+    cuda = worker_registry.may_have_gpu() and worker_registry.has_cuda(worker_registry.probe_devices())
     return [settings.queue, settings.gpu_queue] if cuda else [settings.queue]
 
 

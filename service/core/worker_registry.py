@@ -4,6 +4,8 @@ live ones say which queues and devices there are, and so whether a queued job ca
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -19,9 +21,24 @@ NO_GPU_WORKER = "no_gpu_worker"
 _PROBE = "import json; from models.devices import describe_devices; print(json.dumps(describe_devices()))"
 
 
+# NVIDIA's driver, the GPU bridge of Linux on Windows, ROCm's driver: torch.cuda needs one of them.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
+def may_have_gpu() -> bool:
+    """Whether this machine shows a GPU driver's device node; without one no GPU can be used."""
+    return any(os.path.exists(node) for node in GPU_DEVICE_NODES)
+
+
 def probe_devices(timeout: float = 120) -> dict:
     """describe_devices() run in a short-lived process, so that the caller never initialises CUDA
-    (a worker forks its pool from its main process, and CUDA does not survive a fork)."""
+    (a worker forks its pool from its main process, and CUDA does not survive a fork); on a
+    machine without a GPU driver, where there is nothing of CUDA to initialise, in this process
+    (which then imports torch, as a worker's main process has)."""
+    if not may_have_gpu():
+        from models.devices import describe_devices
+
+        return describe_devices()
     result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -119,6 +136,27 @@ def waiting_reason_for(
         unit = "gpus" if device.startswith("cuda") else "processes"
         return f"no_worker_with_{processes}_{unit}" if nodes == 1 else f"no_{nodes}_workers_with_{processes}_{unit}"
     return None
+
+
+_SHORT_OF_CAPACITY = re.compile(r"no_(?:(?P<nodes>\d+)_workers|worker)_with_(?P<count>\d+)_(?P<unit>processes|gpus)")
+
+
+def describe_waiting(reason: str | None) -> str | None:
+    """A waiting reason (waiting_reason_for's) in words, with what would let the job start."""
+    if reason is None:
+        return None
+    if reason == NO_WORKER:
+        return "no live worker serves its queue; start one with `trainyard worker`"
+    if reason == NO_GPU_WORKER:
+        return "it asks for a GPU and no live worker with a GPU serves the GPU queue"
+    short = _SHORT_OF_CAPACITY.fullmatch(reason)
+    if short is None:
+        return reason
+    count, nodes = int(short["count"]), int(short["nodes"] or 1)
+    gives = f"{count} GPUs" if short["unit"] == "gpus" else f"{count} processes (TRAINYARD_MAX_JOB_PROCESSES)"
+    if nodes == 1:
+        return f"it trains on {count} processes and no live worker gives one job {gives}"
+    return f"it trains on {nodes} machines at once and fewer than {nodes} live workers each give one job {gives}"
 
 
 def processes_of(spec: dict) -> int:

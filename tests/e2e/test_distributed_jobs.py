@@ -98,6 +98,11 @@ def test_two_processes_train_what_one_trains_and_record_it_once(ddp_stack):
         assert [r["rank"] for r in environment["ranks"]] == [0, 1]
         assert all(r["host"] and r["device"] == "cpu" for r in environment["ranks"])
         assert environment["threads_per_process"] == 1
+        page = " ".join(client.get(f"/ui/jobs/{two}").text.split())
+        batch = SPEC["batch_size"]
+        assert f"distributed: 2 processes (gloo, 1 thread each), global batch {batch}, {batch // 2} examples" in page
+        assert page.count("<td>cpu</td>") == 2 and "<td>0 (records)</td>" in page
+        assert 'id="distributed"' not in client.get(f"/ui/jobs/{one}").text
         logs = client.get(f"/v1/jobs/{two}/logs").json()["lines"]
         assert any("starting 2 processes with torchrun" in line["message"] for line in logs)
         assert any(line["message"].startswith("epoch 2/2") for line in logs)
@@ -182,6 +187,11 @@ def test_a_job_wanting_more_processes_than_any_worker_gives_waits_and_says_why(d
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "queued"
         assert job["waiting_reason"] == "no_worker_with_4_processes"
+        assert job["waiting_detail"] == (
+            "it trains on 4 processes and no live worker gives one job 4 processes (TRAINYARD_MAX_JOB_PROCESSES)"
+        )
+        page = client.get(f"/ui/jobs/{job_id}").text
+        assert f"waiting: no_worker_with_4_processes ({job['waiting_detail']})" in page
         assert rank_pids(job_id) == {}
         assert [w["processes"] for w in client.get("/v1/workers").json()["workers"]] == [2]
         client.post(f"/v1/jobs/{job_id}/cancel")

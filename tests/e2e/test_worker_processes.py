@@ -133,8 +133,11 @@ def test_two_workers_share_the_jobs_and_one_finishes_what_the_other_was_killed_i
                     },
                 )
                 quick = [submit(client, {**TINY, "seed": n}) for n in range(19)]
-                wait_until(
-                    lambda: [e["epoch"] for e in client.get(f"/v1/jobs/{slow}/metrics").json()["epochs"]] == [1],
+                wait_until(  # logged once epoch 1's resumable state is saved (after its metrics)
+                    lambda: any(
+                        line["message"].startswith("epoch 1/3")
+                        for line in client.get(f"/v1/jobs/{slow}/logs").json()["lines"]
+                    ),
                     timeout=180,
                     interval=0.05,
                     what="the slow job's first epoch",

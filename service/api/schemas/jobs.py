@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from service.core import worker_registry
 from service.core.job_pages import JobView
 from service.core.jobs import best_checkpoint, best_selected_on
 from service.core.tables import EpochMetric
@@ -81,8 +82,10 @@ class JobPublic(BaseModel):
     best_selected_on: str
     transitions: list[TransitionPublic]
     cross_validation: dict | None = None
-    # Why a queued job cannot start: no live worker serves its queue (no_worker, no_gpu_worker).
+    # Why a queued job cannot start: no live worker serves its queue (no_worker, no_gpu_worker), or
+    # none can give a distributed job its processes (no_worker_with_4_processes, ...); and in words.
     waiting_reason: str | None = None
+    waiting_detail: str | None = None
     # Bytes of stored files the job holds: the checkpoints its policy keeps and, for a failed or
     # cancelled job, the state it resumes from (sizes as recorded when each was written).
     disk_bytes: int = 0
@@ -153,6 +156,7 @@ def job_public(view: JobView) -> JobPublic:
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
         cross_validation=job.cross_validation,
         waiting_reason=view.waiting_reason,
+        waiting_detail=worker_registry.describe_waiting(view.waiting_reason),
         disk_bytes=view.disk_bytes,
         sweep_id=job.sweep_id,
         warnings=job.warnings or [],

@@ -13,10 +13,13 @@ def test_queues_given_win_and_cuda_decides_the_default(tmp_path, monkeypatch):
     settings = Settings(home=tmp_path)
     assert main.worker_queues(settings, "a,b") == ["a", "b"]
     assert main.worker_queues(Settings(home=tmp_path, worker_queues="x")) == ["x"]
+    monkeypatch.setattr(main.worker_registry, "may_have_gpu", lambda: True)  # a GPU driver, for the probe
     monkeypatch.setattr(main.worker_registry, "probe_devices", lambda: {"devices": [{"kind": "cpu"}]})
     assert main.worker_queues(settings) == [settings.queue]
     monkeypatch.setattr(main.worker_registry, "probe_devices", lambda: {"devices": [{"kind": "cpu"}, {"kind": "cuda"}]})
     assert main.worker_queues(settings) == [settings.queue, settings.gpu_queue]
+    monkeypatch.setattr(main.worker_registry, "may_have_gpu", lambda: False)  # no driver: nothing to probe
+    assert main.worker_queues(settings) == [settings.queue]
 
 
 def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):

@@ -82,10 +82,29 @@ def test_a_distributed_job_waits_for_a_worker_that_gives_it_its_processes_or_gpu
     assert worker_registry.processes_of({"device": "cpu"}) == worker_registry.processes_of(None) == 1
 
 
-def test_devices_are_described_without_touching_cuda_here():
+def test_every_waiting_reason_is_said_in_words_with_what_lets_the_job_start():
+    describe = worker_registry.describe_waiting
+    assert describe(None) is None
+    assert "start one with `trainyard worker`" in describe(worker_registry.NO_WORKER)
+    assert "GPU queue" in describe(worker_registry.NO_GPU_WORKER)
+    assert describe("no_worker_with_4_processes") == (
+        "it trains on 4 processes and no live worker gives one job 4 processes (TRAINYARD_MAX_JOB_PROCESSES)"
+    )
+    assert describe("no_worker_with_8_gpus") == "it trains on 8 processes and no live worker gives one job 8 GPUs"
+    assert describe("no_2_workers_with_4_processes") == (
+        "it trains on 2 machines at once and fewer than 2 live workers each give one job 4 processes "
+        "(TRAINYARD_MAX_JOB_PROCESSES)"
+    )
+    assert describe("something_new") == "something_new"  # a reason this code does not know is still shown
+
+
+def test_devices_are_described_without_touching_cuda_here(monkeypatch):
     description = worker_registry.probe_devices()
     assert description["devices"][0] == {"name": "cpu", "kind": "cpu", "memory_bytes": None}
     assert description["torch"] and worker_registry.has_cuda(GPU) and not worker_registry.has_cuda(CPU)
+    # As a machine with a GPU driver probes: in a process of its own, which finds what this one does.
+    monkeypatch.setattr(worker_registry, "GPU_DEVICE_NODES", ("/",))
+    assert worker_registry.probe_devices() == description
 
 
 def test_a_restarted_worker_under_the_same_name_is_busy_with_nothing(service_env):
