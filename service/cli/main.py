@@ -17,7 +17,7 @@ import typer
 from service.cli.client import UNREACHABLE, USAGE, Failure
 from service.cli.client import register as register_client_commands
 from service.cli.storage import storage_app
-from service.cli.supervisor import Child, port_is_free, start, start_forked, supervise
+from service.cli.supervisor import Child, port_is_free, start, start_forked, stopped_on_error, supervise
 from service.core import worker_registry
 from service.core.settings import get_settings
 
@@ -175,9 +175,11 @@ def start_api(settings) -> dict[str, Child]:
         )
         raise typer.Exit(1)
     env = api_environment(settings)
-    if settings.api_workers == 1:
-        return {"api": start_forked(API_MODULE, env, API_PRELOAD)}
-    return {f"api-{i}": start_forked(API_MODULE, env, API_PRELOAD) for i in range(settings.api_workers)}
+    names = ["api"] if settings.api_workers == 1 else [f"api-{i}" for i in range(settings.api_workers)]
+    with stopped_on_error({}) as children:
+        for name in names:
+            children[name] = start_forked(API_MODULE, env, API_PRELOAD)
+    return children
 
 
 @app.command()
@@ -203,8 +205,8 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
     if not skip_migrate:
         migrate()
     queues = worker_queues(settings)
-    children = start_api(settings)  # first: it refuses a port in use before anything runs
-    children["worker"] = start(worker_command(settings, queues))
+    with stopped_on_error(start_api(settings)) as children:  # first: it refuses a port in use
+        children["worker"] = start(worker_command(settings, queues))
     typer.echo(
         f"trainyard is starting on http://{settings.host}:{settings.port} with {settings.api_workers} "
         f"API process(es) (TRAINYARD_API_WORKERS) and a worker serving {', '.join(queues)} "

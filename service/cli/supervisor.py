@@ -6,12 +6,13 @@ How the service starts, from the command to a request:
     make run -> trainyard run            service/cli/main.py: refuses an exposed API without tokens,
                                          migrates, then starts the children below and supervises them
       |- celery worker                   workers/celery_app.py (one; `trainyard worker` starts it alone)
-      |- the API's fork server           imports what every API process needs (service/api/preload.py:
-                                         torch, matplotlib, ...) once, then forks the API processes,
-                                         which share those pages instead of each importing its own copy
-      '- API processes x TRAINYARD_API_WORKERS   `service.api.server` run as `python -m` would (`trainyard
-                                         api` starts these alone): uvicorn on its own SO_REUSEPORT socket
-                                         of the one port, so the kernel spreads connections evenly
+      '- the API's fork server           (`trainyard api` starts it alone) imports what every API
+         |                               process needs (service/api/preload.py: torch, matplotlib, ...)
+         |                               once, then forks the API processes, which share those pages
+         |                               instead of each importing its own copy
+         '- API processes x TRAINYARD_API_WORKERS   `service.api.server`, run as `python -m` would run
+                                         it: uvicorn on its own SO_REUSEPORT socket of the one port,
+                                         so the kernel spreads connections evenly
            -> service/api/app.py         the FastAPI app: routes, auth, limits; its lifespan starts
                                          the reaper (service/core/reaper.py), which one process at a
                                          time runs (service/core/leader.py), and preloads models
@@ -19,12 +20,17 @@ How the service starts, from the command to a request:
                                          run folder, so that /readyz speaks for all of them
 
 The supervision (`supervise`), the same for every child: each starts in a session of its own, so a
-terminal's Ctrl-C reaches only the supervisor. A child that exits on its own (killed, out of memory,
-crashed) is started again, its exit and the restart said on stderr; one that exits RESTART_LIMIT
-times within RESTART_WINDOW_S is crash-looping, and then everything stops with exit status 1, for
-whoever runs the supervisor (a terminal, compose's `restart:`) to see. On SIGINT or SIGTERM, or on a
-crash loop, it sends every child still running SIGTERM (uvicorn finishes its requests, Celery its
-warm shutdown), waits up to STOP_TIMEOUT_S, then kills what is left with its whole process group.
+terminal's Ctrl-C reaches only the supervisor (and the fork server and multiprocessing's resource
+tracker, which stay in its group and ignore it). The API processes' parent is the fork server, not
+the supervisor: it tells the supervisor how each ended, and an API process whose supervisor is
+killed outright sees that through multiprocessing.parent_process() and stops.
+
+A child that exits on its own (killed, out of memory, crashed) is started again, its exit and the
+restart said on stderr; one that exits RESTART_LIMIT times within RESTART_WINDOW_S is crash-looping,
+and then everything stops with exit status 1, for whoever runs the supervisor (a terminal,
+compose's `restart:`) to see. On SIGINT or SIGTERM, or on a crash loop, it sends every child still
+running SIGTERM (uvicorn finishes its requests, Celery its warm shutdown), waits up to
+STOP_TIMEOUT_S, then kills what is left with its whole process group.
 """
 
 from __future__ import annotations
@@ -111,6 +117,17 @@ class Child:
         return len(self.exits) >= RESTART_LIMIT
 
 
+@contextlib.contextmanager
+def stopped_on_error(children: dict[str, Child]) -> Iterator[dict[str, Child]]:
+    """The children started so far, stopped if the block raises before supervise() takes them over
+    (multiprocessing would otherwise wait for forked ones at exit, for ever)."""
+    try:
+        yield children
+    except BaseException:
+        stop(child.proc for child in children.values())
+        raise
+
+
 def start(command: list[str], env: dict[str, str] | None = None) -> Child:
     """A child in a session of its own (see the module's docstring)."""
     return Child(lambda: subprocess.Popen(command, env=env, start_new_session=True), env)
@@ -194,7 +211,9 @@ def supervise(children: dict[str, Child]) -> int:
                         break
                     try:
                         child.restart()
-                    except OSError as exc:  # e.g. no memory to fork: counts as one more exit next time round
+                    # e.g. no memory to fork (EOFError: the fork server died of it): counts as one
+                    # more exit next time round
+                    except (OSError, EOFError) as exc:
                         typer.echo(f"{name} could not be started again: {exc}", err=True)
             elif not stopping:
                 time.sleep(POLL_S)

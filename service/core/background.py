@@ -3,6 +3,7 @@ when its parent dies."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -53,11 +54,15 @@ class Periodic:
 
 def stop_when_orphaned(interval: float = 1.0) -> None:
     """Stop this process (as SIGTERM does) once the process that started it is gone: a supervisor
-    killed outright must not leave its children (API processes, a job's ranks) running unsupervised."""
+    killed outright must not leave its children (API processes, a job's ranks) running unsupervised.
+
+    A process forked by a fork server has the fork server as its parent, which lives as long as its
+    children do; the process that asked for the fork is multiprocessing's parent_process() then."""
     parent = os.getppid()
+    requester = multiprocessing.parent_process()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == parent and (requester is None or requester.is_alive()):
             time.sleep(interval)
         os.kill(os.getpid(), signal.SIGTERM)
 

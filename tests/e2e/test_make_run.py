@@ -87,7 +87,8 @@ def test_make_run_serves_and_ctrl_c_stops_api_and_worker(tmp_path, data_dir):
         assert f"http://127.0.0.1:{port}" in output()
         assert (tmp_path / "home" / "trainyard.db").exists() and (tmp_path / "home" / "broker.db").exists()
         tree = descendants(proc.pid)
-        assert any("service.api.serve" in args for args in tree.values()), tree
+        # The API's fork server, and the API processes it forked (which keep its command line).
+        assert sum("service.api.preload" in args for args in tree.values()) >= 2, tree
         assert any("celery" in args for args in tree.values()), tree
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         proc.wait(timeout=60)

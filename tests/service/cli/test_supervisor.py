@@ -3,6 +3,7 @@ SIGTERM; run in a process of its own (it installs signal handlers), over real ch
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -102,3 +103,50 @@ def test_a_child_that_cannot_be_started_again_stops_everything(monkeypatch):
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert children["steady"].proc.poll() is not None and len(children["flaky"].exits) == sup.RESTART_LIMIT
+
+
+# A supervisor of one child forked from a fork server (as the API's processes are).
+FORKING_SUPERVISOR = textwrap.dedent("""
+    import os, sys
+    from service.cli import supervisor
+    supervisor.RESTART_DELAY_S = 0.05
+    env = {**os.environ, "TEST_MARK": "given"}
+    child = supervisor.start_forked("tests.support.forked_child", env, "tests.support.forked_preload")
+    sys.exit(supervisor.supervise({"forked": child}))
+""")
+
+
+def forked_line(proc: subprocess.Popen) -> tuple[int, int, str, str]:
+    """(pid, parent pid, preloaded, mark) from the line the forked child prints."""
+    word, pid, parent, preloaded, mark = proc.stdout.readline().split()
+    assert word == "forked"
+    return int(pid), int(parent), preloaded, mark
+
+
+def test_a_forked_child_gets_its_preload_and_environment_and_is_restarted_and_stopped(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", FORKING_SUPERVISOR], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        pid, fork_server, preloaded, mark = forked_line(proc)
+        assert (preloaded, mark) == ("True", "given") and fork_server != proc.pid
+        os.kill(pid, signal.SIGKILL)
+        again, same_server, _, _ = forked_line(proc)
+        assert again != pid and same_server == fork_server
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and not alive(again)
+
+
+def test_a_forked_child_stops_when_its_supervisor_is_killed_outright(tmp_path):
+    """Its parent is the fork server, which outlives the supervisor while children hold its pipe:
+    the child watches the supervisor itself, and with the children gone the fork server goes too."""
+    proc = subprocess.Popen([sys.executable, "-c", FORKING_SUPERVISOR], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        pid, fork_server, _, _ = forked_line(proc)
+        proc.kill()  # the supervisor alone, not its process group
+        proc.wait(timeout=30)
+        wait_until(lambda: not alive(pid), timeout=15, what=f"forked child {pid} to stop")
+        wait_until(lambda: not alive(fork_server), timeout=15, what=f"fork server {fork_server} to stop")
+    finally:
+        proc.kill()

@@ -1,0 +1,15 @@
+"""A child for the supervisor's tests, run from a fork server as `python -m` would run it: it says
+its pid, whether its fork server preloaded tests.support.forked_preload and its TEST_MARK, then
+sleeps until it is stopped or its supervisor is gone."""
+
+import os
+import sys
+import time
+
+from service.core.background import stop_when_orphaned
+
+if __name__ == "__main__":
+    stop_when_orphaned(interval=0.1)
+    preloaded = "tests.support.forked_preload" in sys.modules
+    print("forked", os.getpid(), os.getppid(), preloaded, os.environ.get("TEST_MARK"), flush=True)
+    time.sleep(3600)
