@@ -8,6 +8,8 @@ imported (no freed holes between them) and what they built is frozen afterwards 
 child never writes to it); each child turns the collector back on.
 
 Only libraries and `models` go here: nothing that reads the service's settings when imported.
+httpx, rich and typer are for the supervisor's __main__ (service/cli/main.py), which multiprocessing
+imports again in each child it forks.
 """
 
 import gc
@@ -15,6 +17,7 @@ import gc
 gc.disable()
 
 import fastapi  # noqa: E402, F401
+import httpx  # noqa: E402, F401
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # as service/api/plots.py does, before pyplot
@@ -26,10 +29,12 @@ import onnxruntime  # noqa: E402, F401
 import optuna  # noqa: E402, F401
 import PIL.Image  # noqa: E402, F401
 import pydantic  # noqa: E402, F401
+import rich.console  # noqa: E402, F401
 import safetensors.torch  # noqa: E402, F401
 import sqlalchemy.orm  # noqa: E402, F401
 import torch  # noqa: E402, F401
 import torchvision.models  # noqa: E402, F401
+import typer  # noqa: E402, F401
 import uvicorn  # noqa: E402, F401
 
 import models.data.loading  # noqa: E402, F401
