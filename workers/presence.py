@@ -12,7 +12,7 @@ from celery.signals import worker_ready, worker_shutdown
 from models.data.loading import BUILTIN_IMAGE_DATASETS, builtins_on_disk
 from models.nets.pretrained import available_weights
 from service.core import worker_registry
-from service.core.background import Periodic
+from service.core.background import Periodic, stop_with_supervisor
 from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.settings import get_settings
 
@@ -97,6 +97,7 @@ def _announce(sender, **_kwargs) -> None:
     queues = list(sender.app.amqp.queues.consume_from)
     _presence = Presence(sender.hostname, queues)
     _presence.start()
+    stop_with_supervisor()  # `trainyard run` killed outright: its worker goes too, after its job
 
 
 @worker_shutdown.connect

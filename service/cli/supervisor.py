@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 
 import typer
 
+from service.core.background import SUPERVISED
+
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.2
 RESTART_LIMIT = 5
@@ -130,6 +132,7 @@ def stopped_on_error(children: dict[str, Child]) -> Iterator[dict[str, Child]]:
 
 def start(command: list[str], env: dict[str, str] | None = None) -> Child:
     """A child in a session of its own (see the module's docstring)."""
+    env = {**(os.environ if env is None else env), SUPERVISED: "1"}
     return Child(lambda: subprocess.Popen(command, env=env, start_new_session=True), env)
 
 

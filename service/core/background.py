@@ -52,6 +52,16 @@ class Periodic:
             delay = self.tick()
 
 
+SUPERVISED = "TRAINYARD_SUPERVISED"  # set for the processes service/cli/supervisor.py starts
+
+
+def stop_with_supervisor(interval: float = 1.0) -> None:
+    """stop_when_orphaned for a process that may also run on its own (a worker: `trainyard worker`
+    under nohup must outlive its shell), when a supervisor started it."""
+    if os.environ.get(SUPERVISED):
+        stop_when_orphaned(interval)
+
+
 def stop_when_orphaned(interval: float = 1.0) -> None:
     """Stop this process (as SIGTERM does) once the process that started it is gone: a supervisor
     killed outright must not leave its children (API processes, a job's ranks) running unsupervised.

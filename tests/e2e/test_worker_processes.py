@@ -62,7 +62,10 @@ def test_a_cuda_job_with_no_gpu_worker_says_why_and_is_never_taken(embedded_stac
         lines = stream.iter_lines()
         for line in lines:
             if line == "event: waiting":
-                assert json.loads(next(lines).removeprefix("data: ")) == {"reason": "no_gpu_worker"}
+                assert json.loads(next(lines).removeprefix("data: ")) == {
+                    "reason": "no_gpu_worker",
+                    "detail": "it asks for a GPU and no live worker with a GPU serves the GPU queue",
+                }
                 break
     auto = submit(client, {**TINY, "device": "auto"})  # the CPU worker runs this one meanwhile
     assert embedded_stack.wait_for_job(client, auto)["status"] == "succeeded"

@@ -150,3 +150,24 @@ def test_a_forked_child_stops_when_its_supervisor_is_killed_outright(tmp_path):
         wait_until(lambda: not alive(fork_server), timeout=15, what=f"fork server {fork_server} to stop")
     finally:
         proc.kill()
+
+
+# A supervisor of one child started by command that stops with its supervisor, as a worker does.
+WATCHING_SUPERVISOR = textwrap.dedent("""
+    import sys
+    from service.cli import supervisor
+    watching = ("import os, time; from service.core.background import stop_with_supervisor; "
+                "stop_with_supervisor(0.1); print('child', os.getpid(), flush=True); time.sleep(3600)")
+    sys.exit(supervisor.supervise({"watching": supervisor.start([sys.executable, "-c", watching])}))
+""")
+
+
+def test_a_child_started_by_command_stops_with_a_supervisor_killed_outright():
+    proc = subprocess.Popen([sys.executable, "-c", WATCHING_SUPERVISOR], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(proc.stdout.readline().split()[1])
+        proc.kill()
+        proc.wait(timeout=30)
+        wait_until(lambda: not alive(child), timeout=15, what=f"child {child} to stop")
+    finally:
+        proc.kill()
