@@ -49,6 +49,19 @@ class PlainLogFormatter(LogFormatter):
         return f"{x:g}" if super().__call__(x, pos) else ""
 
 
+def log_y(ax) -> None:
+    """A log y axis labelled in plain numbers: losses fall by orders of magnitude."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+
+
+def log_y_for_a_loss(ax, metric: str, values: list[float]) -> None:
+    """log_y when the metric is a loss and every value is above zero."""
+    if metric.endswith("_loss") and values and min(values) > 0:
+        log_y(ax)
+
+
 def pixels_png(pixels: np.ndarray) -> bytes:
     """uint8 pixels [C, H, W] (C = 1 grey or 3 RGB) as a PNG file, unchanged."""
     image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
@@ -125,6 +138,7 @@ def sweep_curves_png(curves: list[TrialCurve], metric: str, name: str) -> bytes:
             ax.plot(curve.epochs[-1], curve.values[-1], marker="x", markersize=9, color=colour)
     ax.set(xlabel="epoch", ylabel=metric, title=f"{name}: {metric} per epoch of its best {len(curves)} trials")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    log_y_for_a_loss(ax, metric, [v for curve in curves for v in curve.values if v is not None])
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -157,6 +171,7 @@ def history_png(ended: list[sweeps.Ended], metric: str, name: str) -> bytes:
         ax.step([e.spent for e in steps], [e.best for e in steps], where="post", color="black", label="best so far")
     ax.set(xlabel="epochs spent by all trials", ylabel=metric, title=f"{name}: best {metric} against epochs spent")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    log_y_for_a_loss(ax, metric, [e.metric for e in ended if e.metric is not None])
     ax.grid(alpha=0.3)
     if ended:
         ax.legend(fontsize=8)
@@ -225,9 +240,7 @@ def learning_curves_figure(series: list[tuple]):
     for ax in axes[0]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.5
     if min((r["train_loss"] for _, rows, *_ in series for r in rows if r["train_loss"]), default=1) > 0:
-        loss_ax.set_yscale("log")
-        loss_ax.yaxis.set_major_formatter(PlainLogFormatter())
-        loss_ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+        log_y(loss_ax)
     loss_ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
     if has_acc:

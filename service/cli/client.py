@@ -495,7 +495,7 @@ def jobs_table(page: dict) -> list:
             job["id"][:SHORT_ID],
             job["name"] or "",
             job["status"],
-            job["reason"] or "",
+            job["reason"] or (f"waiting: {job['waiting_reason']}" if job.get("waiting_reason") else ""),
             f"{job['epoch']}/{job['epochs']}",
             str(best.get("epoch", "-")),
             _fmt(best.get("test_acc"), 3),

@@ -79,3 +79,21 @@ def test_the_best_epoch_is_marked_on_both_axes():
         assert not [line for line in unmarked.axes[0].get_lines() if len(set(line.get_xdata())) == 1]
     finally:
         plt.close(unmarked)
+
+
+@pytest.mark.parametrize(
+    ("metric", "values", "scale"),
+    [
+        ("test_loss", [250.0, 0.04], "log"),  # a sweep's losses fall by orders of magnitude
+        ("val_loss", [0.0, 1.0], "linear"),  # a zero has no place on a log axis
+        ("test_acc", [0.2, 0.9], "linear"),
+        ("test_loss", [], "linear"),
+    ],
+)
+def test_a_sweeps_loss_is_drawn_on_a_log_axis(metric, values, scale):
+    figure, ax = plt.subplots()
+    try:
+        plots.log_y_for_a_loss(ax, metric, values)
+        assert ax.get_yscale() == scale
+    finally:
+        plt.close(figure)
