@@ -27,8 +27,9 @@ def resolve_device(name: str) -> torch.device:
 def describe_devices() -> dict:
     """This process's compute devices and library versions, for the worker registry.
 
-    Touches CUDA: call it in a process of its own (see service/core/worker_registry.py), never in
-    a worker's main process, whose pool processes are forked from it.
+    Touches CUDA where there is a GPU: call it in a process of its own there (as
+    service/core/worker_registry.py's probe_devices does), never in a worker's main process, whose
+    pool processes are forked from it.
     """
     found = [{"name": "cpu", "kind": "cpu", "memory_bytes": None}]
     if torch.cuda.is_available():

@@ -239,8 +239,9 @@ def learning_curves_figure(series: list[tuple]):
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     for ax in axes[0]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.5
-    if min((r["train_loss"] for _, rows, *_ in series for r in rows if r["train_loss"]), default=1) > 0:
-        log_y(loss_ax)
+    log_y_for_a_loss(
+        loss_ax, "train_loss", [r["train_loss"] for _, rows, *_ in series for r in rows if r["train_loss"] is not None]
+    )
     loss_ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
     if has_acc:

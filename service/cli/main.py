@@ -105,7 +105,8 @@ def worker_command(settings, queues: list[str], name: str = "trainyard") -> list
 def gpu_indices(gpus: str) -> list[int]:
     """`all` or a comma-separated list of GPU indices."""
     if gpus == "all":
-        count = sum(1 for d in worker_registry.probe_devices()["devices"] if d["kind"] == "cuda")
+        found = worker_registry.probe_devices()["devices"] if worker_registry.may_have_gpu() else []
+        count = sum(1 for d in found if d["kind"] == "cuda")
         if count == 0:
             raise typer.BadParameter("this machine has no CUDA device", param_hint="--gpus")
         return list(range(count))

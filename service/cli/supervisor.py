@@ -132,7 +132,7 @@ def stopped_on_error(children: dict[str, Child]) -> Iterator[dict[str, Child]]:
 
 def start(command: list[str], env: dict[str, str] | None = None) -> Child:
     """A child in a session of its own (see the module's docstring)."""
-    env = {**(os.environ if env is None else env), SUPERVISED: "1"}
+    env = {**(os.environ if env is None else env), SUPERVISED: str(os.getpid())}
     return Child(lambda: subprocess.Popen(command, env=env, start_new_session=True), env)
 
 

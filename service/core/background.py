@@ -52,14 +52,20 @@ class Periodic:
             delay = self.tick()
 
 
-SUPERVISED = "TRAINYARD_SUPERVISED"  # set for the processes service/cli/supervisor.py starts
+SUPERVISED = "TRAINYARD_SUPERVISED"  # the pid of the supervisor (service/cli/supervisor.py) that started us
 
 
 def stop_with_supervisor(interval: float = 1.0) -> None:
     """stop_when_orphaned for a process that may also run on its own (a worker: `trainyard worker`
-    under nohup must outlive its shell), when a supervisor started it."""
-    if os.environ.get(SUPERVISED):
-        stop_when_orphaned(interval)
+    under nohup must outlive its shell), when a supervisor started it; at once if the supervisor
+    is gone already."""
+    supervisor = os.environ.pop(SUPERVISED, None)
+    if supervisor is None:
+        return
+    if os.getppid() != int(supervisor):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    stop_when_orphaned(interval)
 
 
 def stop_when_orphaned(interval: float = 1.0) -> None:

@@ -163,7 +163,7 @@ def add_job(
         live = worker_registry.live(session, settings=settings)
         nodes = spec.distributed.nnodes if spec.distributed else 1
         waiting = worker_registry.waiting_reason_for(spec.device, live, settings, spec.processes, nodes)
-        if waiting and waiting.startswith(("no_worker_with_", f"no_{nodes}_workers")):
+        if worker_registry.short_of_capacity(waiting):
             raise Conflict(
                 f"{waiting}: fewer than {nodes} live worker(s) serving queue {settings.queue_for(spec.device)!r} "
                 f"can give this job {spec.processes} processes each (distributed.nproc_per_node) on device "

@@ -21,8 +21,9 @@ NO_GPU_WORKER = "no_gpu_worker"
 _PROBE = "import json; from models.devices import describe_devices; print(json.dumps(describe_devices()))"
 
 
-# NVIDIA's driver, the GPU bridge of Linux on Windows, ROCm's driver: torch.cuda needs one of them.
-GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+# NVIDIA's driver, its Jetson (Tegra) form, the GPU bridge of Linux on Windows, ROCm's driver:
+# torch.cuda needs one of them.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvmap", "/dev/dxg", "/dev/kfd")
 
 
 def may_have_gpu() -> bool:
@@ -153,10 +154,19 @@ def describe_waiting(reason: str | None) -> str | None:
     if short is None:
         return reason
     count, nodes = int(short["count"]), int(short["nodes"] or 1)
-    gives = f"{count} GPUs" if short["unit"] == "gpus" else f"{count} processes (TRAINYARD_MAX_JOB_PROCESSES)"
+    if short["unit"] == "gpus":
+        gives = f"{count} GPU{'s' if count != 1 else ''}"
+    else:
+        gives = f"{count} process{'es' if count != 1 else ''} (TRAINYARD_MAX_JOB_PROCESSES)"
     if nodes == 1:
         return f"it trains on {count} processes and no live worker gives one job {gives}"
     return f"it trains on {nodes} machines at once and fewer than {nodes} live workers each give one job {gives}"
+
+
+def short_of_capacity(reason: str | None) -> bool:
+    """Whether a waiting reason says too few workers give the job its processes (rather than that
+    no worker serves its queue)."""
+    return reason is not None and _SHORT_OF_CAPACITY.fullmatch(reason) is not None
 
 
 def processes_of(spec: dict) -> int:

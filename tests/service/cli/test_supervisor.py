@@ -171,3 +171,33 @@ def test_a_child_started_by_command_stops_with_a_supervisor_killed_outright():
         wait_until(lambda: not alive(child), timeout=15, what=f"child {child} to stop")
     finally:
         proc.kill()
+
+
+def test_a_worker_started_alone_or_after_its_supervisor_died_is_handled_at_once(monkeypatch):
+    """Not started by a supervisor: nothing to watch. Started by one already gone (killed before
+    the worker looked): it stops at once rather than watching its new parent for ever."""
+    from service.core import background
+
+    monkeypatch.delenv(background.SUPERVISED, raising=False)
+    alone = subprocess.run(
+        [sys.executable, "-c", "from service.core.background import stop_with_supervisor as s; s(0.1); print('on')"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert alone.stdout.strip() == "on"
+    late = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time; from service.core.background import stop_with_supervisor as s; "
+            "s(0.1); time.sleep(30); print('still running')",
+        ],
+        cwd=REPO,
+        env={**os.environ, background.SUPERVISED: "1"},  # pid 1 is not this child's parent
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert late.returncode == -signal.SIGTERM and "still running" not in late.stdout

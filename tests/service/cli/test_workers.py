@@ -24,6 +24,7 @@ def test_queues_given_win_and_cuda_decides_the_default(tmp_path, monkeypatch):
 
 def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
     settings = Settings(home=tmp_path)
+    monkeypatch.setattr(main.worker_registry, "may_have_gpu", lambda: True)
     monkeypatch.setattr(
         main.worker_registry,
         "probe_devices",
@@ -38,5 +39,9 @@ def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
     with pytest.raises(typer.BadParameter):
         main.gpu_indices("first")
     monkeypatch.setattr(main.worker_registry, "probe_devices", lambda: {"devices": [{"kind": "cpu"}]})
+    with pytest.raises(typer.BadParameter, match="no CUDA device"):
+        main.gpu_indices("all")
+    monkeypatch.setattr(main.worker_registry, "may_have_gpu", lambda: False)  # no driver: not even probed
+    monkeypatch.setattr(main.worker_registry, "probe_devices", lambda: pytest.fail("probed without a GPU driver"))
     with pytest.raises(typer.BadParameter, match="no CUDA device"):
         main.gpu_indices("all")

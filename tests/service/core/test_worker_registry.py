@@ -82,7 +82,7 @@ def test_a_distributed_job_waits_for_a_worker_that_gives_it_its_processes_or_gpu
     assert worker_registry.processes_of({"device": "cpu"}) == worker_registry.processes_of(None) == 1
 
 
-def test_every_waiting_reason_is_said_in_words_with_what_lets_the_job_start():
+def test_every_waiting_reason_is_said_in_words_with_what_lets_the_job_start(service_env):
     describe = worker_registry.describe_waiting
     assert describe(None) is None
     assert "start one with `trainyard worker`" in describe(worker_registry.NO_WORKER)
@@ -91,11 +91,19 @@ def test_every_waiting_reason_is_said_in_words_with_what_lets_the_job_start():
         "it trains on 4 processes and no live worker gives one job 4 processes (TRAINYARD_MAX_JOB_PROCESSES)"
     )
     assert describe("no_worker_with_8_gpus") == "it trains on 8 processes and no live worker gives one job 8 GPUs"
-    assert describe("no_2_workers_with_4_processes") == (
+    assert describe("no_2_workers_with_1_gpus") == (
+        "it trains on 2 machines at once and fewer than 2 live workers each give one job 1 GPU"
+    )
+    assert describe("something_new") == "something_new"  # a reason this code does not know is still shown
+    # What waiting_reason_for answers, said in words, and known as short of capacity.
+    two_cores = Worker(id="c", queues=[service_env.queue], devices=[{"name": "cpu", "kind": "cpu"}], processes=2)
+    short = worker_registry.waiting_reason_for("cpu", [two_cores], service_env, 4, 2)
+    assert worker_registry.short_of_capacity(short) and describe(short) == (
         "it trains on 2 machines at once and fewer than 2 live workers each give one job 4 processes "
         "(TRAINYARD_MAX_JOB_PROCESSES)"
     )
-    assert describe("something_new") == "something_new"  # a reason this code does not know is still shown
+    unserved = worker_registry.waiting_reason_for("cuda", [two_cores], service_env)
+    assert not worker_registry.short_of_capacity(unserved) and "GPU queue" in describe(unserved)
 
 
 def test_devices_are_described_without_touching_cuda_here(monkeypatch):
