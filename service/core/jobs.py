@@ -583,6 +583,10 @@ def stale_queued(session: Session, *, dispatched_before: datetime) -> list[str]:
     )
 
 
+def get_jobs(session: Session, *, job_ids: list[str]) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.id.in_(job_ids)))) if job_ids else []
+
+
 def devices(session: Session, *, job_ids: list[str]) -> dict[str, str]:
     """The device each job's spec asks for (which decides its queue)."""
     rows = session.execute(select(Job.id, Job.spec).where(Job.id.in_(job_ids))) if job_ids else []

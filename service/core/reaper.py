@@ -7,7 +7,7 @@ import logging
 import time
 from datetime import timedelta
 
-from service.core import datasets, embedded_broker, jobs, retention, sweeps
+from service.core import datasets, embedded_broker, jobs, retention, sweeps, worker_registry
 from service.core.background import Periodic
 from service.core.broker import queue_depth, send_train_job
 from service.core.db import UNAVAILABLE, brief, session_scope
@@ -59,6 +59,11 @@ def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
         waiting = jobs.stale_queued(
             session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds)
         )
+        # A job that no live worker can give its processes is left until one can: sent now, every
+        # worker in turn would only refuse it again (and say so in its log).
+        stale = jobs.get_jobs(session, job_ids=waiting)
+        reasons = worker_registry.waiting_reasons(session, jobs=stale, settings=settings)
+        waiting = [job_id for job_id in waiting if not worker_registry.short_of_capacity(reasons.get(job_id))]
         queue_of = {
             job_id: settings.queue_for(device)
             for job_id, device in jobs.devices(session, job_ids=waiting + requeued).items()

@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from models.spec.job import JobSpec
-from service.core import broker, db, jobs
+from service.core import broker, db, jobs, worker_registry
 from service.core.reaper import lost_messages, sweep
 from service.core.tables import Job, JobStatus, utcnow
 
@@ -54,6 +54,28 @@ def test_a_queued_job_whose_message_was_lost_is_sent_once_more(service_env):
     assert broker.queue_depth(service_env.queue) == 1
     assert sweep(service_env) == []  # sent just now: not again
     assert read(job_id).status == JobStatus.QUEUED
+
+
+def test_a_job_no_live_worker_can_give_its_processes_is_not_sent_until_one_can(service_env):
+    spec = JobSpec.model_validate({**SPEC.model_dump(), "batch_size": 64, "distributed": {"nproc_per_node": 4}})
+    with db.session_scope() as session:
+        job_id = jobs.create_job(session, spec=spec, task="classification").id
+    backdate(job_id, dispatched_at=utcnow() - timedelta(seconds=service_env.resend_after_seconds + 5))
+    cpu = {"devices": [{"name": "cpu", "kind": "cpu", "memory_bytes": None}], "torch": "2", "cuda": None}
+    for name, processes in (("two", 2), ("four", 4)):
+        with db.session_scope() as session:
+            worker_registry.register(
+                session,
+                worker_id=name,
+                host="h",
+                pid=1,
+                queues=[service_env.queue],
+                description=cpu,
+                processes=processes,
+            )
+        if processes == 2:
+            assert sweep(service_env) == []  # every worker would refuse it
+    assert sweep(service_env) == [job_id]  # a worker that gives 4 is live now
 
 
 def test_a_healthy_running_job_is_left_alone(service_env):
