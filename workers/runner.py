@@ -43,6 +43,7 @@ from workers.job_log import JobLogCapture
 from workers.launcher import GroupLost, train_on_ranks
 from workers.memory import MemoryWatch, is_out_of_memory, memory_budget
 from workers.presence import busy_with
+from workers.stopping import worker_stopping
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def in_transaction(what: str, work, *, patient: bool = True):
 
 
 class JobControl(Periodic):
-    """Renews this attempt's lease from a background thread and notices cancel requests.
+    """Renews this attempt's lease from a background thread and notices cancel requests and the
+    worker's shutdown (workers/stopping.py).
 
     should_stop() is cheap: the engine calls it between batches, and it only reads two flags.
     """
@@ -89,10 +91,11 @@ class JobControl(Periodic):
         self.urgent_share = urgent_share
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
+        self.worker_stopping = threading.Event()
         self._delay, self._misses = interval, 0
 
     def should_stop(self) -> bool:
-        return self.cancel_requested.is_set() or self.lost.is_set()
+        return self.cancel_requested.is_set() or self.lost.is_set() or self.worker_stopping.is_set()
 
     def wait(self, seconds: float) -> bool:
         """Wait, sampling memory meanwhile (cut short when memory runs high); True once the job is done."""
@@ -105,6 +108,9 @@ class JobControl(Periodic):
         return self.stopped.is_set()
 
     def tick(self) -> float | None:
+        if not self.worker_stopping.is_set() and worker_stopping():
+            log.info("the worker is shutting down: job %s stops after its current batch", self.job_id)
+            self.worker_stopping.set()
         try:
             memory = self.memory
             with session_scope() as session:
@@ -547,7 +553,16 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
         log.warning("job %s attempt %s gave the job up to a later attempt", job_id, claim.attempt)
         return None
     if unreachable is not None:
-        return _give_back(job_id, claim.attempt, unreachable, job_log)
+        return _give_back(job_id, claim.attempt, unreachable.reason, str(unreachable), job_log)
+    if status == JobStatus.CANCELLED and control.worker_stopping.is_set() and not control.cancel_requested.is_set():
+        return _give_back(
+            job_id,
+            claim.attempt,
+            jobs.WORKER_STOPPED,
+            "the worker shut down; the job resumes where it stopped",
+            job_log,
+            counted=False,
+        )
     log.info("job %s %s", job_id, status + (f" ({reason})" if reason else ""))
     job_log.store()  # before the job's end is recorded: whoever sees it ended finds its whole log
     finished_state: list[StoredFile | None] = []
@@ -657,12 +672,22 @@ def hold_stored_dataset(spec: JobSpec, held: contextlib.ExitStack):
     return lambda dataset_id: path
 
 
-def _give_back(job_id: str, attempt: int, exc: StorageUnavailable | GroupLost, job_log: JobLogCapture) -> str | None:
-    """The store stayed unreachable, or the job's processes kept dying: hand the job back to the
-    queue (it resumes from its last stored state on whichever worker takes it), or fail it once it
-    has had its attempts."""
+def _give_back(
+    job_id: str,
+    attempt: int,
+    reason: str,
+    message: str,
+    job_log: JobLogCapture,
+    *,
+    counted: bool = True,
+) -> str | None:
+    """Hand the job back to the queue, to resume from its last stored state on whichever worker
+    takes it: the store stayed unreachable, or the job's processes kept dying (a counted attempt:
+    past TRAINYARD_MAX_ATTEMPTS the job fails instead; the reaper sends it again after
+    TRAINYARD_RESEND_AFTER_SECONDS), or the worker is shutting down (not counted, and sent again at
+    the reaper's next pass: by then this worker has stopped taking jobs)."""
     settings = get_settings()
-    log.warning("job %s goes back to the queue: %s", job_id, exc)
+    log.warning("job %s goes back to the queue: %s", job_id, message)
     job_log.store()
     status = in_transaction(
         f"give job {job_id} back",
@@ -670,9 +695,10 @@ def _give_back(job_id: str, attempt: int, exc: StorageUnavailable | GroupLost, j
             session,
             job_id=job_id,
             attempt=attempt,
-            max_attempts=settings.max_attempts,
-            reason=exc.reason,
-            error=str(exc),
+            max_attempts=settings.max_attempts if counted else None,
+            reason=reason,
+            error=message,
+            send_again_soon=not counted,
         ),
     )
     return status if status == JobStatus.FAILED else None

@@ -1,5 +1,6 @@
 """Thin Celery tasks: each hands its arguments to a plain function."""
 
+from celery.exceptions import Reject
 from celery.signals import worker_process_init
 
 from service.core.broker import JOIN_JOB, TRAIN_JOB, app
@@ -24,7 +25,10 @@ def _prepare_process(**_kwargs) -> None:
 @app.task(name=TRAIN_JOB, bind=True)
 def train_job(self, job_id: str) -> None:
     from workers.runner import run_job
+    from workers.stopping import worker_stopping
 
+    if worker_stopping():  # its consumer has yet to stop: the message goes back for the next worker
+        raise Reject("this worker is shutting down", requeue=True)
     run_job(job_id, node=self.request.hostname)
 
 

@@ -498,6 +498,21 @@ def request_resume(session: Session, *, job_id: str) -> Job:
     raise InvalidTransition(job, "resume")
 
 
+WORKER_STOPPED = "worker_stopped"  # a give-back that does not count as a failed attempt
+LONG_AGO = timedelta(days=2)  # older than any TRAINYARD_RESEND_AFTER_SECONDS (a day at most)
+
+
+def counted_attempts(session: Session, job: Job) -> int:
+    """The job's attempts that count toward TRAINYARD_MAX_ATTEMPTS: all but those its worker's
+    shutdown handed back."""
+    uncounted = session.scalar(
+        select(func.count())
+        .select_from(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.reason == WORKER_STOPPED, JobEvent.to_status == JobStatus.QUEUED)
+    )
+    return job.attempt - (uncounted or 0)
+
+
 def reap_one(
     session: Session, *, job_id: str, cutoff: datetime, max_attempts: int, oom_fraction: float = 0.9
 ) -> str | None:
@@ -521,9 +536,9 @@ def reap_one(
     elif old_status == JobStatus.CANCELLING:
         to, values = JobStatus.CANCELLED, {"finished_at": utcnow()}
         reason, error = "user_cancelled", "the worker was lost while cancelling"
-    elif attempt >= max_attempts:
+    elif (counted := counted_attempts(session, job)) >= max_attempts:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}
-        reason, error = "worker_lost", f"the worker was lost {attempt} times (limit {max_attempts})"
+        reason, error = "worker_lost", f"the worker was lost {counted} times (limit {max_attempts})"
     else:
         to, values = JobStatus.QUEUED, {"dispatched_at": utcnow()}
         reason, error = "worker_lost", None
@@ -542,18 +557,30 @@ def reap_one(
     return to if moved else None
 
 
-def give_back(session: Session, *, job_id: str, attempt: int, max_attempts: int, reason: str, error: str) -> str | None:
-    """An attempt that cannot go on for a while (its store unreachable) hands the job back: queued
-    again, sent to a worker by the reaper after TRAINYARD_RESEND_AFTER_SECONDS, to resume from its
-    last stored state; failed with `reason` once it has had max_attempts. Returns the new status."""
+def give_back(
+    session: Session,
+    *,
+    job_id: str,
+    attempt: int,
+    max_attempts: int | None,
+    reason: str,
+    error: str,
+    send_again_soon: bool = False,
+) -> str | None:
+    """An attempt that cannot go on for a while (its store unreachable, its worker shutting down)
+    hands the job back: queued again, to resume from its last stored state, and sent to a worker by
+    the reaper after TRAINYARD_RESEND_AFTER_SECONDS (with `send_again_soon`, at its next pass: the
+    job is marked as sent long ago); failed with `reason` once it has had max_attempts (None: the
+    attempt does not count). Returns the new status."""
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.attempt != attempt:
         return None
-    if attempt >= max_attempts:
+    if max_attempts is not None and (counted := counted_attempts(session, job)) >= max_attempts:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}
-        error = f"{error}; tried {attempt} times (limit {max_attempts})"
+        error = f"{error}; tried {counted} times (limit {max_attempts})"
     else:
-        to, values = JobStatus.QUEUED, {"dispatched_at": utcnow()}
+        sent = utcnow() - (LONG_AGO if send_again_soon else timedelta(0))
+        to, values = JobStatus.QUEUED, {"dispatched_at": sent}
     moved = transition(
         session,
         job_id=job_id,

@@ -84,6 +84,41 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(stack, client):
     assert time.time() - killed_at < 3 * first_epoch_s + 30
 
 
+def test_a_worker_told_to_stop_hands_its_job_back_and_the_next_worker_resumes_it(tmp_path, data_dir):
+    """SIGTERM (Ctrl-C, its supervisor stopping it): the running job stops after its current batch
+    instead of running to its end, goes back to the queue at once (not a failed attempt), and the
+    worker started next resumes it where it stopped."""
+    with Stack(home=tmp_path / "home", data_dir=data_dir) as stack, stack.client() as client:
+        job_id = submit(client, {**SLOW_SPEC, "epochs": 6})
+        wait_until(
+            lambda: epochs_recorded(client, job_id) == [1],
+            timeout=120,
+            interval=0.05,
+            what=f"epoch 1 of job {job_id}\n{stack.logs()}",
+        )
+        worker = stack.procs["worker"]
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "queued" and job["transitions"][-1]["reason"] == "worker_stopped", job
+        assert len(epochs_recorded(client, job_id)) < 6  # it did not train on to its end
+        log = [line["message"] for line in client.get(f"/v1/jobs/{job_id}/logs").json()["lines"]]
+        assert any("stops after its current batch" in line for line in log), log
+        stack.start_worker()
+        job = stack.wait_for_job(client, job_id, timeout=180)
+        epochs = epochs_recorded(client, job_id)
+    assert job["status"] == "succeeded" and job["attempt"] == 2, job["transitions"]
+    steps = [(t["from_status"], t["to_status"], t["reason"]) for t in job["transitions"]]
+    assert steps[2:] == [
+        ("running", "queued", "worker_stopped"),
+        ("queued", "running", None),
+        ("running", "succeeded", None),
+    ], steps
+    resumed = running_events(job)[1]["detail"]
+    assert (resumed["resumed_from_epoch"], resumed["resumed_from_batch"]) > (2, 0)  # mid-epoch 2 or later
+    assert epochs == [1, 2, 3, 4, 5, 6]
+
+
 def test_cancel_queued_and_running_then_resume(stack, client):
     running = submit(client, {**SLOW_SPEC, "name": "to-cancel-running"})
     queued = submit(client, {**TINY_SPEC, "name": "to-cancel-queued"})

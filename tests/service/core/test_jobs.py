@@ -188,6 +188,23 @@ def test_reaper_gives_up_after_max_attempts(Session):
         assert (job.status, job.reason) == ("failed", "worker_lost") and "limit 2" in job.error
 
 
+def test_attempts_a_worker_shutdown_handed_back_do_not_count_toward_the_limit(Session):
+    job_id = _job(Session)
+    future = utcnow() + timedelta(hours=1)
+    stopped = {"max_attempts": None, "reason": jobs.WORKER_STOPPED, "error": "shut down", "send_again_soon": True}
+    with Session() as session:
+        for attempt in (1, 2):  # two shutdowns, then a lost worker: one counted attempt of 2
+            assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == attempt
+            assert jobs.give_back(session, job_id=job_id, attempt=attempt, **stopped) == JobStatus.QUEUED
+            assert jobs.stale_queued(session, dispatched_before=utcnow() - timedelta(hours=1)) == [job_id]
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 3
+        assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) == JobStatus.QUEUED
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 4
+        assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) == JobStatus.FAILED
+        session.commit()
+        assert "lost 2 times (limit 2)" in jobs.get_job(session, job_id=job_id).error
+
+
 def test_a_fresh_lease_is_not_reaped(Session):
     job_id = _job(Session)
     with Session() as session:

@@ -1,0 +1,40 @@
+"""A worker's warm shutdown (SIGTERM, Ctrl-C, its supervisor stopping it) reaches the jobs its pool
+processes run. Celery's own warm shutdown waits for every running task to end, which for a training
+job can be hours, and the supervisor kills the worker after STOP_TIMEOUT_S: the job would then wait
+for its lease to expire before anyone resumed it. Instead the worker's main process leaves a file
+that each job's control (workers/runner.py's JobControl) looks for at every lease renewal; the job
+stops after its current batch, keeps its place, and goes back to the queue at once (not counted
+as a failed attempt), for this worker once it starts again or for another one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+
+from service.core.settings import get_settings
+
+
+def stop_file(main_pid: int) -> Path:
+    """The file a worker's main process leaves while it shuts down."""
+    return get_settings().home / "run" / f"worker-{main_pid}.stopping"
+
+
+def worker_stopping() -> bool:
+    """Whether the worker whose pool runs this process is shutting down (call in a pool process)."""
+    return stop_file(os.getppid()).exists()
+
+
+@worker_shutting_down.connect
+def _announce(**_kwargs) -> None:
+    path = stop_file(os.getpid())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+
+
+@worker_ready.connect
+@worker_shutdown.connect
+def _clear(**_kwargs) -> None:  # at the start too: a file an earlier process of this pid left
+    stop_file(os.getpid()).unlink(missing_ok=True)
