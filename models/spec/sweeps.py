@@ -188,8 +188,9 @@ def trial_spec(base: dict, name: str, params: dict) -> dict:
 
 def label(params: dict) -> str:
     """A trial's values in a few characters: `weight_decay=3, lr=0.1`."""
-    return ", ".join(f"{path.rsplit('.', 1)[-1]}={_short(value)}" for path, value in params.items())
+    return ", ".join(f"{path.rsplit('.', 1)[-1]}={short_value(value)}" for path, value in params.items())
 
 
-def _short(value) -> str:
+def short_value(value) -> str:
+    """A trial's value as the CLI and the dashboard show it: a float to 4 significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value

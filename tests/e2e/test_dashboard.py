@@ -229,6 +229,7 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     )
     ranks = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")]
     assert len(ranks) == 2 and "succeeded 2" in ranks[0] and "pruned 1" in ranks[1], ranks  # status, epochs
+    assert ranks[1].startswith("2 1e-05 "), ranks  # the value as the CLI shows it
     assert text(browser, "#epochs-spent") == "3" and "asha pruner" in text(browser, ".card")
     for image in ("compare", "history", "importances"):
         wait_until(

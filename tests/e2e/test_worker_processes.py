@@ -48,6 +48,7 @@ def test_the_running_worker_is_listed_with_its_queues_and_devices(embedded_stack
     assert "1 live worker(s)" in listed.stdout
     page = client.get("/ui/workers")
     assert page.status_code == 200 and worker["id"] in page.text
+    assert f'<td class="processes">{worker["processes"]}</td>' in page.text
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     gauge = {(s.labels["device"], s.labels["state"]): s.value for s in families["trainyard_workers"].samples}
     assert gauge[("cpu", "idle")] + gauge[("cpu", "busy")] == 1 and gauge[("cuda", "idle")] == 0

@@ -26,6 +26,7 @@ from models.inference.interchange import FORMATS
 from models.inference.predictor import InputError
 from models.spec.explain import input_loc
 from models.spec.job import JobSpec
+from models.spec.sweeps import short_value
 from service.api import plots
 from service.api.auth import COOKIE, page_editor, page_viewer, token_table
 from service.api.deps import EvaluationsDep, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
@@ -56,6 +57,7 @@ from service.core.tables import DatasetStatus
 
 EXAMPLES = resources.files("service") / "examples"  # package data: found in a checkout and once installed
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
+templates.env.filters["short_value"] = short_value
 
 
 def error_page(request: Request, status_code: int, message: str, headers: dict | None = None) -> HTMLResponse:
