@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import difflib
 import hashlib
 import json
 import logging
@@ -372,8 +373,13 @@ def reference_id(session: Session, *, given: str) -> str:
             "uploaded:<id> with the one you mean (GET /v1/datasets lists them)"
         )
     else:
+        names = session.scalars(
+            select(StoredDataset.name).where(StoredDataset.status != DatasetStatus.FAILED).distinct()
+        ).all()
+        close = difflib.get_close_matches(given, [n for n in names if n], n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(f'uploaded:{name}' for name in close)}? " if close else ""
         problem = (
-            f"uploaded:{given} not found: no dataset has that id or name; GET /v1/datasets lists them "
+            f"uploaded:{given} not found: no dataset has that id or name; {hint}GET /v1/datasets lists them "
             "and POST /v1/datasets uploads one"
         )
     raise Invalid([(("data", "dataset"), problem)])

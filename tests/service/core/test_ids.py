@@ -69,3 +69,5 @@ def test_a_spec_names_an_uploaded_dataset_by_id_prefix_or_unique_name(records):
         assert twins.value.problems[0][0] == ("data", "dataset")
         with pytest.raises(Invalid, match="no dataset has that id or name; GET /v1/datasets lists them"):
             datasets.reference_id(session, given="flowers")
+        with pytest.raises(Invalid, match="not found: no dataset has that id or name; did you mean uploaded:colours?"):
+            datasets.reference_id(session, given="colour")
