@@ -61,8 +61,9 @@ def check_name_free(session: Session, *, name: str) -> None:
     if taken is not None:
         raise NameTaken(
             f"a dataset named {name!r} exists ({taken.id}, {taken.status}, uploaded "
-            f"{taken.created_at:%Y-%m-%d %H:%M} UTC): upload under another name (the form field name), "
-            f"or delete that one first (DELETE /v1/datasets/{taken.id}) to replace it"
+            f"{taken.created_at:%Y-%m-%d %H:%M} UTC): upload under another name (the form field name; "
+            f"`trainyard datasets upload --name`), or delete that one first (DELETE /v1/datasets/{taken.id}; "
+            f"`trainyard datasets delete {taken.id[:8]}`) to replace it"
         )
 
 

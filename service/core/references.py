@@ -132,7 +132,7 @@ def _no_alias(session: Session, name: str, alias: str) -> str:
             return _no_version(session, f"{name}@{alias}", name, None)
         return (
             f"model {name!r} has no alias {alias!r}; it has no aliases yet "
-            f"(PUT /v1/models/{name}/aliases/{alias} sets one)"
+            f"(PUT /v1/models/{name}/aliases/{alias} sets one; `trainyard models alias {name} {alias} <version>`)"
         )
     close = difflib.get_close_matches(alias, list(aliases), n=1, cutoff=0.5)
     hint = f"did you mean {name}@{close[0]}? " if close else ""

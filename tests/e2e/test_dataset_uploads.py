@@ -131,6 +131,7 @@ def test_the_same_upload_again_is_the_same_dataset(client):
     ):
         assert taken.status_code == 409 and first.json()["id"] in taken.json()["detail"], taken.text
         assert "another name" in taken.json()["detail"]
+        assert f"`trainyard datasets delete {first.json()['id'][:8]}`" in taken.json()["detail"]
     other = upload(client, archive, name="once more")
     assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
 

@@ -79,6 +79,7 @@ def test_a_near_miss_says_what_there_is(service_env, trained_job):
         ),
         ("photos@canary", "has no alias 'canary'; its aliases: production=2, staging=1"),
         ("digits@production", "model 'digits' has no alias 'production'; it has no aliases yet"),
+        ("digits@production", "`trainyard models alias digits production <version>`"),
         ("photos:9", "model 'photos' has no version 9; its versions: 1, 2"),
     ):
         with pytest.raises(ModelNotFound, match=message):
