@@ -159,4 +159,16 @@ def explain(error: dict, root: type[BaseModel], document) -> str:
             return _unknown_tag(root, error, document)
     except Exception:  # a hint must never cost the answer
         return error["msg"]
-    return error["msg"]
+    return plain_message(error)
+
+
+def plain_message(error: dict) -> str:
+    """pydantic's message without its "Value error, " prefix (the message is ours), and with the
+    value given where a value of the wrong type was (a short one)."""
+    message, given = error["msg"], error.get("input")
+    if error.get("type") == "value_error":
+        return message.removeprefix("Value error, ")
+    wrong_type = str(error.get("type", "")).endswith(("_parsing", "_type"))
+    if wrong_type and isinstance(given, str | int | float | bool) and len(repr(given)) <= 40:
+        return f"{message}; got {given!r}"
+    return message

@@ -18,7 +18,7 @@ from starlette.routing import Match
 
 from models.checkpoint import CheckpointError
 from models.inference.predictor import InputError
-from models.spec.explain import explain, input_loc
+from models.spec.explain import explain, input_loc, plain_message
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 
@@ -113,7 +113,7 @@ def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> 
         {
             **e,
             "loc": ("body", *input_loc(body, tuple(e["loc"][1:]), missing=e.get("type") == "missing")),
-            "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body) if model else e["msg"],
+            "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body) if model else plain_message(e),
         }
         if tuple(e.get("loc", ()))[:1] == ("body",)
         else e

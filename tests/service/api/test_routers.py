@@ -121,6 +121,17 @@ def test_submit_refuses_bad_specs_with_body_locations(api):
     assert api.get("/v1/jobs").json()["count"] == 0
 
 
+def test_a_refusal_reads_plainly_and_shows_a_wrong_value(api):
+    def messages(body: dict) -> list[str]:
+        answer = api.post("/v1/jobs", json=body)
+        assert answer.status_code == 422, answer.text
+        return [e["msg"] for e in answer.json()["detail"]]
+
+    uneven = messages({**SOFTMAX_SPEC, "batch_size": 30, "distributed": {"nproc_per_node": 4}})
+    assert uneven[0].startswith("batch_size 30 is the global batch"), uneven  # no "Value error, "
+    assert messages({**SOFTMAX_SPEC, "epochs": "ten"}) == ["Input should be a valid integer; got 'ten'"]
+
+
 def test_jobs_are_listed_newest_first_paged_and_filtered(api, trained_job):
     queued = [submitted(api, {**SOFTMAX_SPEC, "name": f"j{i}"})["id"] for i in range(3)]
     everything = api.get("/v1/jobs").json()
