@@ -701,4 +701,6 @@ def _give_back(
             send_again_soon=not counted,
         ),
     )
-    return status if status == JobStatus.FAILED else None
+    if status == JobStatus.CANCELLED:
+        log.info("job %s was cancelled meanwhile: it ends cancelled", job_id)
+    return status if status in (JobStatus.FAILED, JobStatus.CANCELLED) else None

@@ -571,11 +571,13 @@ def give_back(
     hands the job back: queued again, to resume from its last stored state, and sent to a worker by
     the reaper after TRAINYARD_RESEND_AFTER_SECONDS (with `send_again_soon`, at its next pass: the
     job is marked as sent long ago); failed with `reason` once it has had max_attempts (None: the
-    attempt does not count). Returns the new status."""
+    attempt does not count); cancelled if the user asked for that meanwhile. Returns the new status."""
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.attempt != attempt:
         return None
-    if max_attempts is not None and (counted := counted_attempts(session, job)) >= max_attempts:
+    if job.status == JobStatus.CANCELLING:  # the user's cancel came while the attempt stopped: it wins
+        to, values, reason, error = JobStatus.CANCELLED, {"finished_at": utcnow()}, "user_cancelled", None
+    elif max_attempts is not None and (counted := counted_attempts(session, job)) >= max_attempts:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}
         error = f"{error}; tried {counted} times (limit {max_attempts})"
     else:
@@ -585,11 +587,11 @@ def give_back(
         session,
         job_id=job_id,
         to=to,
-        from_any=(JobStatus.RUNNING,),
+        from_any=(JobStatus.RUNNING, JobStatus.CANCELLING),
         owner_attempt=attempt,
         reason=reason,
         error=error if to == JobStatus.FAILED else None,
-        detail={"error": error},
+        detail={"error": error} if error else None,
         **values,
     )
     return to if moved else None

@@ -159,19 +159,21 @@ def test_cancel_stops_every_rank_and_resume_finishes_the_job(ddp_stack):
 
 
 def test_a_worker_told_to_stop_stops_every_rank_and_the_next_worker_resumes_the_job(ddp_stack):
-    spec = {**SPEC, **TWO, "epochs": 3, "batch_size": 16, "name": "worker-stopped"}
+    spec = {**SPEC, **TWO, "epochs": 8, "batch_size": 16, "name": "worker-stopped"}  # more than it trains meanwhile
     with ddp_stack.client() as client:
         job_id, _ = started(client, spec)
         worker = ddp_stack.procs["worker"]
         worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
-        job = client.get(f"/v1/jobs/{job_id}").json()
+        try:
+            worker.wait(timeout=60)
+            job, ranks_left = client.get(f"/v1/jobs/{job_id}").json(), rank_pids(job_id)
+        finally:
+            ddp_stack.start_worker()  # the module's other tests need one, whatever happens here
         assert (job["status"], job["transitions"][-1]["reason"]) == ("queued", "worker_stopped"), job
-        assert rank_pids(job_id) == {}
-        ddp_stack.start_worker()
+        assert ranks_left == {}
         job = ddp_stack.wait_for_job(client, job_id, timeout=180)
         assert (job["status"], job["attempt"]) == ("succeeded", 2), job
-        assert [m["epoch"] for m in metrics(client, job_id)] == [1, 2, 3]
+        assert [m["epoch"] for m in metrics(client, job_id)] == list(range(1, 9))
 
 
 def test_a_hung_rank_fails_the_job_with_a_reason_instead_of_hanging(ddp_stack):

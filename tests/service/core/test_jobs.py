@@ -205,6 +205,19 @@ def test_attempts_a_worker_shutdown_handed_back_do_not_count_toward_the_limit(Se
         assert "lost 2 times (limit 2)" in jobs.get_job(session, job_id=job_id).error
 
 
+def test_a_cancel_that_came_while_an_attempt_stopped_wins_over_its_give_back(Session):
+    job_id = _job(Session)
+    with Session() as session:
+        jobs.claim_job(session, job_id=job_id, worker="w", **LEASE)
+        jobs.request_cancel(session, job_id=job_id)
+        given_back = jobs.give_back(
+            session, job_id=job_id, attempt=1, max_attempts=None, reason=jobs.WORKER_STOPPED, error="shut down"
+        )
+        session.commit()
+        job = jobs.get_job(session, job_id=job_id)
+        assert given_back == JobStatus.CANCELLED and (job.status, job.reason) == ("cancelled", "user_cancelled")
+
+
 def test_a_fresh_lease_is_not_reaped(Session):
     job_id = _job(Session)
     with Session() as session:
