@@ -97,7 +97,7 @@ def _announce(sender, **_kwargs) -> None:
     queues = list(sender.app.amqp.queues.consume_from)
     _presence = Presence(sender.hostname, queues)
     _presence.start()
-    stop_with_supervisor()  # `trainyard run` killed outright: its worker goes too, after its job
+    stop_with_supervisor()  # `trainyard run` killed outright: its worker goes too, handing its job back
 
 
 @worker_shutdown.connect

@@ -69,7 +69,7 @@ class JobControl(Periodic):
     """Renews this attempt's lease from a background thread and notices cancel requests and the
     worker's shutdown (workers/stopping.py).
 
-    should_stop() is cheap: the engine calls it between batches, and it only reads two flags.
+    should_stop() is cheap: the engine calls it between batches, and it only reads three flags.
     """
 
     def __init__(
@@ -470,7 +470,7 @@ def _beyond_this_worker(job_id: str, node: str | None) -> str | None:
         needs, nodes = worker_registry.processes_of(spec), worker_registry.nodes_of(spec)
         if (needs <= 1 and nodes <= 1) or worker is None:
             return None
-        device = (spec or {}).get("device", "auto")
+        device = worker_registry.device_of(spec)
         has = worker_registry.capacity(worker, device)
         if has < needs:
             return f"it asks for {needs} processes on device {device!r}, and this worker gives a job {has}"

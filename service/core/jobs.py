@@ -616,12 +616,6 @@ def get_jobs(session: Session, *, job_ids: list[str]) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.id.in_(job_ids)))) if job_ids else []
 
 
-def devices(session: Session, *, job_ids: list[str]) -> dict[str, str]:
-    """The device each job's spec asks for (which decides its queue)."""
-    rows = session.execute(select(Job.id, Job.spec).where(Job.id.in_(job_ids))) if job_ids else []
-    return {job_id: (spec or {}).get("device", "auto") for job_id, spec in rows}
-
-
 def mark_dispatched(session: Session, *, job_ids: list[str]) -> None:
     if job_ids:
         session.execute(update(Job).where(Job.id.in_(job_ids)).values(dispatched_at=utcnow()))

@@ -59,15 +59,12 @@ def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
         waiting = jobs.stale_queued(
             session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds)
         )
+        loaded = jobs.get_jobs(session, job_ids=waiting + requeued)
+        queue_of = {job.id: settings.queue_for(worker_registry.device_of(job.spec)) for job in loaded}
         # A job that no live worker can give its processes is left until one can: sent now, every
         # worker in turn would only refuse it again (and say so in its log).
-        stale = jobs.get_jobs(session, job_ids=waiting)
-        reasons = worker_registry.waiting_reasons(session, jobs=stale, settings=settings)
+        reasons = worker_registry.waiting_reasons(session, jobs=loaded, settings=settings)
         waiting = [job_id for job_id in waiting if not worker_registry.short_of_capacity(reasons.get(job_id))]
-        queue_of = {
-            job_id: settings.queue_for(device)
-            for job_id, device in jobs.devices(session, job_ids=waiting + requeued).items()
-        }
     to_send = list(requeued)
     for queue in settings.queues:
         try:

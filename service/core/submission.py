@@ -242,4 +242,4 @@ def resume_job(session: Session, *, job_id: str, settings: Settings) -> None:
     job = jobs.require_job(session, job_id=job_id)
     jobs.request_resume(session, job_id=job.id)
     session.commit()
-    publish_or_defer(job.id, settings.queue_for(job.spec.get("device", "auto")))
+    publish_or_defer(job.id, settings.queue_for(worker_registry.device_of(job.spec)))

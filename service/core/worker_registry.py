@@ -169,6 +169,11 @@ def short_of_capacity(reason: str | None) -> bool:
     return reason is not None and _SHORT_OF_CAPACITY.fullmatch(reason) is not None
 
 
+def device_of(spec: dict) -> str:
+    """The device a stored job spec asks for (which decides its queue)."""
+    return (spec or {}).get("device", "auto")
+
+
 def processes_of(spec: dict) -> int:
     """The processes a stored job spec trains on, on each machine (1 unless it is distributed)."""
     return ((spec or {}).get("distributed") or {}).get("nproc_per_node", 1)
@@ -184,8 +189,6 @@ def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) ->
     queued = [job for job in jobs if job.status == JobStatus.QUEUED]
     workers = live(session, settings=settings) if queued else []
     return {
-        job.id: waiting_reason_for(
-            (job.spec or {}).get("device", "auto"), workers, settings, processes_of(job.spec), nodes_of(job.spec)
-        )
+        job.id: waiting_reason_for(device_of(job.spec), workers, settings, processes_of(job.spec), nodes_of(job.spec))
         for job in queued
     }
