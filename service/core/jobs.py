@@ -503,14 +503,31 @@ LONG_AGO = timedelta(days=2)  # older than any TRAINYARD_RESEND_AFTER_SECONDS (a
 
 
 def counted_attempts(session: Session, job: Job) -> int:
-    """The job's attempts that count toward TRAINYARD_MAX_ATTEMPTS: all but those its worker's
-    shutdown handed back."""
-    uncounted = session.scalar(
+    """The job's attempts that count toward TRAINYARD_MAX_ATTEMPTS: those since the user last
+    resumed it (a resume gives the job the whole limit again), less those its worker's shutdown
+    handed back."""
+    last_resume = session.execute(
+        select(JobEvent.id, JobEvent.attempt)
+        .where(
+            JobEvent.job_id == job.id,
+            JobEvent.to_status == JobStatus.QUEUED,
+            JobEvent.from_status.in_(JobStatus.RESUMABLE),
+        )
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    ).first()
+    since_id, attempts_before = last_resume if last_resume is not None else (0, 0)
+    handed_back = session.scalar(
         select(func.count())
         .select_from(JobEvent)
-        .where(JobEvent.job_id == job.id, JobEvent.reason == WORKER_STOPPED, JobEvent.to_status == JobStatus.QUEUED)
+        .where(
+            JobEvent.job_id == job.id,
+            JobEvent.id > since_id,
+            JobEvent.reason == WORKER_STOPPED,
+            JobEvent.to_status == JobStatus.QUEUED,
+        )
     )
-    return job.attempt - (uncounted or 0)
+    return job.attempt - attempts_before - (handed_back or 0)
 
 
 def reap_one(

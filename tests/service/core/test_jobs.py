@@ -205,6 +205,23 @@ def test_attempts_a_worker_shutdown_handed_back_do_not_count_toward_the_limit(Se
         assert "lost 2 times (limit 2)" in jobs.get_job(session, job_id=job_id).error
 
 
+def test_a_resume_gives_a_job_that_ran_out_of_attempts_the_whole_limit_again(Session):
+    job_id = _job(Session)
+    future = utcnow() + timedelta(hours=1)
+    with Session() as session:
+        for attempt in (1, 2):  # lost twice: failed at the limit of 2
+            assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == attempt
+            jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2)
+        assert jobs.get_job(session, job_id=job_id).status == JobStatus.FAILED
+        jobs.request_resume(session, job_id=job_id)
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 3
+        assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) == JobStatus.QUEUED
+        assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 4
+        assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) == JobStatus.FAILED
+        session.commit()
+        assert "lost 2 times (limit 2)" in jobs.get_job(session, job_id=job_id).error
+
+
 def test_a_cancel_that_came_while_an_attempt_stopped_wins_over_its_give_back(Session):
     job_id = _job(Session)
     with Session() as session:
