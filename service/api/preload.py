@@ -7,6 +7,9 @@ into each: a page stays shared until a process writes to it. So the collector is
 imported (no freed holes between them) and what they built is frozen afterwards (a collection in a
 child never writes to it); each child turns the collector back on.
 
+`ps` shows the fork server as `trainyard api fork server`, and each API process as the command that
+would have started it alone (`python -m service.api.server`).
+
 Only libraries and `models` go here: nothing that reads the service's settings when imported.
 httpx, rich and typer are for the supervisor's __main__ (service/cli/main.py), which multiprocessing
 imports again in each child it forks.
@@ -14,6 +17,9 @@ imports again in each child it forks.
 
 import gc
 
+import setproctitle
+
+setproctitle.setproctitle("trainyard api fork server (service.api.preload)")
 gc.disable()
 
 import fastapi  # noqa: E402, F401

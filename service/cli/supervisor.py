@@ -37,16 +37,19 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import multiprocessing
 import os
 import runpy
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import setproctitle
 import typer
 
 from service.core.background import SUPERVISED
@@ -150,7 +153,7 @@ def start_forked(module: str, env: dict[str, str], preload: str) -> Child:
     def fork() -> ForkedProcess:
         _FORK_SERVER.set_forkserver_preload([preload])
         with _environment(env):
-            process = _FORK_SERVER.Process(target=_run_forked, args=(module, env), name=module)
+            process = _FORK_SERVER.Process(target=_run_forked, args=(module, env, preload), name=module)
             process.start()
         return ForkedProcess(process)
 
@@ -170,13 +173,29 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _run_forked(module: str, env: dict[str, str]) -> None:
-    """A forked child's start: a session and the environment of its own, the garbage collector
-    back on (the preload turned it off so that the pages it shares stay untouched), then the
-    module as its __main__."""
+def _run_forked(module: str, env: dict[str, str], preload: str) -> None:
+    """A forked child's start: a session, the command line and the environment of its own (`ps`
+    shows `python -m <module>`, not the fork server's), the garbage collector back on (the preload
+    turned it off so that the pages it shares stay untouched), then the module as its __main__.
+
+    multiprocessing's fork server ignores a preload that fails to import: the child says why, and
+    goes on importing what it needs itself."""
+    title = f"{sys.executable} -m {module}"
     os.setsid()
+    setproctitle.setproctitle(title)  # before the environment changes: it writes over exec's argv and environ
     os.environ.clear()
     os.environ.update(env)
+    if preload not in sys.modules:
+        try:
+            importlib.import_module(preload)
+        except Exception as error:  # whatever failed, the child still starts
+            print(
+                f"{module}: the fork server could not import {preload} ({type(error).__name__}: {error}); "
+                "this process imports what it needs itself, and shares none of it",
+                file=sys.stderr,
+                flush=True,
+            )
+        setproctitle.setproctitle(title)  # the preload names the fork server
     gc.enable()
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

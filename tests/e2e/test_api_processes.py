@@ -69,14 +69,29 @@ def memory_kb(pid: int) -> dict[str, int]:
         return {name: int(rest.split()[0]) for name, _, rest in (line.partition(":") for line in fh) if rest.strip()}
 
 
+def command_line(pid: int) -> str:
+    """What `ps` shows as the process's command."""
+    with open(f"/proc/{pid}/cmdline") as fh:
+        return fh.read().replace("\0", " ").strip()
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rpartition(")")[2].split()[1])
+
+
 def test_the_processes_share_what_the_fork_server_imported(two_processes):
     """torch and the other libraries are imported once, by the fork server the processes are
     forked from, and their pages are shared: a process's proportional share of its anonymous memory
-    is far below what it has (two processes importing torch apiece share next to none of it)."""
+    is far below what it has (two processes importing torch apiece share next to none of it). `ps`
+    names the fork server, and shows each process as the command that would start it alone."""
     stack, _ = two_processes
     pids = stack.api_server_pids()
     assert len(pids) == 2
+    fork_servers = {parent_of(pid) for pid in pids}
+    assert [command_line(p) for p in fork_servers] == ["trainyard api fork server (service.api.preload)"]
     for pid in pids:
+        assert command_line(pid).endswith(" -m service.api.server"), command_line(pid)
         memory = memory_kb(pid)
         shared = memory["Anonymous"] - memory["Pss_Anon"]
         assert shared > 100 * 1024, f"API process {pid} shares {shared} kB of its anonymous memory: {memory}"

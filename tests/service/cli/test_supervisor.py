@@ -128,6 +128,8 @@ def test_a_forked_child_gets_its_preload_and_environment_and_is_restarted_and_st
     try:
         pid, fork_server, preloaded, mark = forked_line(proc)
         assert (preloaded, mark) == ("True", "given") and fork_server != proc.pid
+        with open(f"/proc/{pid}/cmdline") as fh:  # as `ps` shows it: the module's, not the fork server's
+            assert fh.read().rstrip("\0") == f"{sys.executable} -m tests.support.forked_child"
         os.kill(pid, signal.SIGKILL)
         again, same_server, _, _ = forked_line(proc)
         assert again != pid and same_server == fork_server
@@ -136,6 +138,25 @@ def test_a_forked_child_gets_its_preload_and_environment_and_is_restarted_and_st
     finally:
         proc.kill()
     assert proc.returncode == 0 and not alive(again)
+
+
+def test_a_preload_that_fails_is_named_and_the_child_still_starts(tmp_path):
+    """multiprocessing's fork server ignores a preload it cannot import; the child says so."""
+    script = FORKING_SUPERVISOR.replace("tests.support.forked_preload", "tests.support.no_such_preload")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        pid, _, preloaded, _ = forked_line(proc)
+        assert preloaded == "False"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (
+        "the fork server could not import tests.support.no_such_preload (ModuleNotFoundError: "
+        "No module named 'tests.support.no_such_preload')" in err
+    ), err
 
 
 def test_a_forked_child_stops_when_its_supervisor_is_killed_outright(tmp_path):
