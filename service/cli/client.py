@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -833,15 +834,20 @@ def models_alias(opts: Options, name: str, alias: str, version: int) -> None:
 
 
 def dataset_lines(dataset: dict) -> list[str]:
+    """What a spec calls the dataset (`uploaded:<name>`), its id, then what it holds."""
+    called = f"uploaded:{dataset['name'] or dataset['id']}  (id {dataset['id'][:SHORT_ID]})"
     if dataset["status"] != "ready":  # a large upload: decoded after the answer
-        return [f"uploaded:{dataset['id']}  {dataset['status']}: poll `trainyard datasets list` until it is ready"]
+        return [f"{called}  {dataset['status']}: poll `trainyard datasets list` until it is ready"]
     shape = "x".join(map(str, dataset["input_shape"]))
     return [
-        f"uploaded:{dataset['id']}  {dataset['kind']}, {dataset['task']}, {shape}"
+        f"{called}  {dataset['kind']}, {dataset['task']}, {shape}"
         f"{' ' + dataset['color'] if dataset.get('color') else ''}, "
         f"{dataset['num_train']} train / {dataset['num_test']} test, classes {dataset['classes']}",
         *(f"warning: {warning}" for warning in dataset.get("warnings", [])),
     ]
+
+
+_UPLOAD_FIELDS = re.compile(r"\b(test_fraction|image_size|min_per_class)\b")  # the upload's form fields with flags
 
 
 @command(datasets_app, "upload")
@@ -867,7 +873,11 @@ def datasets_upload(
         **({"image_size": str(image_size)} if image_size else {}),
     }
     upload = {"file": (archive.name, archive.read_bytes(), "application/zip")}
-    opts.show(opts.call("POST", "/v1/datasets", data=form, files=upload), dataset_lines)
+    try:
+        answer = opts.call("POST", "/v1/datasets", data=form, files=upload)
+    except Failure as failure:  # the service names its form fields; here they are these flags
+        raise Failure(_UPLOAD_FIELDS.sub(lambda m: "--" + m[0].replace("_", "-"), str(failure)), failure.code) from None
+    opts.show(answer, dataset_lines)
 
 
 def datasets_table(answer: dict) -> list:
@@ -895,7 +905,9 @@ def datasets_list(opts: Options) -> None:
 
 
 @command(datasets_app, "delete")
-def datasets_delete(opts: Options, dataset_id: str) -> None:
+def datasets_delete(
+    opts: Options, dataset_id: Annotated[str, typer.Argument(help="its id, a unique prefix of it, or its name")]
+) -> None:
     """Delete an uploaded dataset that no queued or running job uses."""
     opts.call("DELETE", f"/v1/datasets/{dataset_id}")
     opts.show({"id": dataset_id, "deleted": True}, lambda answer: [f"dataset {dataset_id} deleted"])

@@ -345,11 +345,26 @@ def stored_dataset_file(dataset_id: str, *, settings: Settings) -> Path:
 
 
 def require_dataset(session: Session, *, dataset_id: str) -> StoredDataset:
-    """One uploaded dataset, named by its id or a unique prefix of it; NotFound if there is none."""
+    """One uploaded dataset, named by its id, a unique prefix of it, or its name when one dataset
+    has that name (as `uploaded:<given>` in a spec); NotFound if there is none."""
     record = get_dataset(session, dataset_id=resolve_id(session, StoredDataset, dataset_id, kind="dataset"))
+    if record is None and len(named := _named(session, dataset_id)) == 1:
+        record = get_dataset(session, dataset_id=named[0])
     if record is None:
         raise NotFound(not_found("dataset", dataset_id))
     return record
+
+
+def _named(session: Session, name: str) -> list[str]:
+    """The ids of the datasets called `name` (failed uploads left out), oldest first, at most MAX_LISTED + 1."""
+    return list(
+        session.scalars(
+            select(StoredDataset.id)
+            .where(StoredDataset.name == name, StoredDataset.status != DatasetStatus.FAILED)
+            .order_by(StoredDataset.created_at)
+            .limit(MAX_LISTED + 1)
+        )
+    )
 
 
 def reference_id(session: Session, *, given: str) -> str:
@@ -358,14 +373,7 @@ def reference_id(session: Session, *, given: str) -> str:
     found = resolve_id(session, StoredDataset, given, kind="dataset")
     if get_dataset(session, dataset_id=found) is not None:
         return found
-    named = list(
-        session.scalars(
-            select(StoredDataset.id)
-            .where(StoredDataset.name == given, StoredDataset.status != DatasetStatus.FAILED)
-            .order_by(StoredDataset.created_at)
-            .limit(MAX_LISTED + 1)
-        )
-    )
+    named = _named(session, given)
     if len(named) == 1:
         return named[0]
     if named:

@@ -141,19 +141,22 @@ def test_datasets_upload_and_list(embedded_stack, tmp_path):
     archive = tmp_path / "pets.zip"
     archive.write_bytes(image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2))
     run = trainyard(embedded_stack, "datasets", "upload", str(archive), "--name", "pets")
-    assert run.returncode == 0 and run.stdout.startswith("uploaded:") and "['cat', 'dog']" in run.stdout
+    assert run.returncode == 0 and run.stdout.startswith("uploaded:pets  (id ") and "['cat', 'dog']" in run.stdout
     assert "1x28x28 grayscale" in run.stdout
     assert "pets" in trainyard(embedded_stack, "datasets", "list").stdout
     taken = trainyard(embedded_stack, "datasets", "upload", str(archive), "--name", "pets", "--color", "rgb")
     assert taken.returncode == 2 and "409 a dataset named 'pets' exists" in taken.stderr, taken.stderr
     rgb = trainyard(embedded_stack, "datasets", "upload", str(archive), "--color", "rgb", "--name", "pets-rgb")
     assert rgb.returncode == 0 and "3x28x28 rgb" in rgb.stdout, rgb.stdout
-    rgb_id = rgb.stdout.split()[0].removeprefix("uploaded:")
-    deleted = trainyard(embedded_stack, "datasets", "delete", rgb_id[:8], "--json")
+    assert rgb.stdout.split()[0] == "uploaded:pets-rgb"
+    deleted = trainyard(embedded_stack, "datasets", "delete", "pets-rgb", "--json")  # by name, as specs say it
     assert deleted.returncode == 0 and json.loads(deleted.stdout)["deleted"] is True
     assert "pets-rgb" not in trainyard(embedded_stack, "datasets", "list").stdout
+    pets_id = run.stdout.split()[2].removesuffix(")")
+    by_prefix = trainyard(embedded_stack, "datasets", "delete", pets_id, "--json")
+    assert by_prefix.returncode == 0 and "pets" not in trainyard(embedded_stack, "datasets", "list").stdout
     few = trainyard(embedded_stack, "datasets", "upload", str(archive), "--min-per-class", "6", "--name", "few")
-    assert few.returncode != 0 and "fewer than min_per_class=6 training images: cat (5), dog (5)" in few.stderr
+    assert few.returncode != 0 and "fewer than --min-per-class=6 training images: cat (5), dog (5)" in few.stderr
 
 
 def test_event_stream_reports_status_and_every_epoch(embedded_stack):

@@ -90,7 +90,7 @@ def list_datasets(session: SessionDep) -> DatasetsPublic:
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=NOT_FOUND)
 def read_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
-    """One uploaded dataset."""
+    """One uploaded dataset, by its id, a unique prefix of it, or its name."""
     return DatasetPublic.model_validate(datasets.require_dataset(session, dataset_id=dataset_id))
 
 

@@ -294,9 +294,11 @@ def test_datasets_are_listed_read_and_404_when_unknown(api):
     assert again.status_code == 200 and again.json()["id"] == dataset["id"]
     assert api.get("/v1/datasets").json()["count"] == 1
     assert api.get(f"/v1/datasets/{dataset['id']}").json()["name"] == "pets"
+    assert api.get("/v1/datasets/pets").json()["id"] == dataset["id"]  # by name, as `uploaded:pets` names it
     assert api.get("/v1/datasets/ffffffff").status_code == 404
+    assert api.get("/v1/datasets/pet").status_code == 404
     assert api.delete("/v1/datasets/ffffffff").status_code == 404
-    assert api.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+    assert api.delete("/v1/datasets/pets").status_code == 204
     assert api.get(f"/v1/datasets/{dataset['id']}").status_code == 404
 
 
