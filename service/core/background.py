@@ -3,6 +3,7 @@ when its parent dies."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -10,13 +11,16 @@ import threading
 import time
 from typing import Self
 
+log = logging.getLogger(__name__)
+
 
 class Periodic:
     """A named daemon thread that calls tick() every `interval` seconds until stop().
 
     Subclasses implement tick(); it may return how long to wait before the next one (None:
-    `interval`). With `at_start` the first tick comes at once instead of after an interval. As a
-    context manager it runs for the duration of the block.
+    `interval`). A tick that raises is logged, and the next one comes after `interval`. With
+    `at_start` the first tick comes at once instead of after an interval. As a context manager it
+    runs for the duration of the block.
     """
 
     def __init__(self, name: str, interval: float, *, at_start: bool = False):
@@ -47,9 +51,18 @@ class Periodic:
         self.stop()
 
     def _run(self) -> None:
-        delay = self.tick() if self.at_start else None
+        delay = self._tick() if self.at_start else None
         while not self.wait(self.interval if delay is None else delay):
-            delay = self.tick()
+            delay = self._tick()
+
+    def _tick(self) -> float | None:
+        """tick(), whose failure is logged and waited out: the thread goes on (a lease that stopped
+        being renewed because one tick raised would lose its job)."""
+        try:
+            return self.tick()
+        except Exception:
+            log.exception("%s: a periodic step failed; trying again in %g s", self.thread.name, self.interval)
+            return None
 
 
 SUPERVISED = "TRAINYARD_SUPERVISED"  # the pid of the supervisor (service/cli/supervisor.py) that started us
