@@ -1,20 +1,26 @@
-"""A worker's warm shutdown (SIGTERM, Ctrl-C, its supervisor stopping it) reaches the jobs its pool
-processes run. Celery's own warm shutdown waits for every running task to end, which for a training
-job can be hours, and the supervisor kills the worker after STOP_TIMEOUT_S: the job would then wait
-for its lease to expire before anyone resumed it. Instead the worker's main process leaves a file
-that each job's control (workers/runner.py's JobControl) looks for at every lease renewal; the job
-stops after its current batch, keeps its place, and goes back to the queue at once (not counted
-as a failed attempt), for this worker once it starts again or for another one.
+"""A worker's shutdown (SIGTERM, Ctrl-C, its supervisor stopping it, a remote `shutdown` control
+command) reaches the jobs its pool processes run. Celery's own warm shutdown
+waits for every running task to end, which for a training job can be hours, and the supervisor
+kills the worker after STOP_TIMEOUT_S: the job would then wait for its lease to expire before
+anyone resumed it. Instead the worker's main process leaves a file that each job's control
+(workers/runner.py's JobControl) looks for at every lease renewal; the job stops after its current
+batch, keeps its place, and goes back to the queue at once (not counted as a failed attempt), for
+this worker once it starts again or for another one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+from celery import bootsteps
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
+from service.core.broker import app
 from service.core.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 def stop_file(main_pid: int) -> Path:
@@ -27,11 +33,28 @@ def worker_stopping() -> bool:
     return stop_file(os.getppid()).exists()
 
 
-@worker_shutting_down.connect
+@worker_shutting_down.connect  # a signal's shutdown, as soon as the signal comes
 def _announce(**_kwargs) -> None:
     path = stop_file(os.getpid())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
+
+
+class AnnounceShutdown(bootsteps.StartStopStep):
+    """Every shutdown, whatever asked for it: the worker closes all its steps before it stops any,
+    so this comes before the pool's stop, which waits for the running tasks. A remote `shutdown`
+    (Flower, `celery control shutdown`) sends no worker_shutting_down."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def close(self, parent) -> None:
+        try:
+            _announce()
+        except OSError as error:  # the shutdown goes on; the job then waits for its lease
+            log.warning("could not tell the running jobs that the worker stops: %s", error)
+
+
+app.steps["worker"].add(AnnounceShutdown)
 
 
 @worker_ready.connect

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
 
 import pytest
+from celery import Celery
 
 from tests.support.backends import embedded_only
-from tests.support.servers import Stack, free_port, require, wait_until
+from tests.support.servers import REDIS_URL, Stack, free_port, redis_available, require, wait_until
 from tests.support.specs import submit
 
 pytestmark = pytest.mark.e2e
@@ -84,11 +86,13 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(stack, client):
     assert time.time() - killed_at < 3 * first_epoch_s + 30
 
 
-def test_a_worker_told_to_stop_hands_its_job_back_and_the_next_worker_resumes_it(tmp_path, data_dir):
-    """SIGTERM (Ctrl-C, its supervisor stopping it): the running job stops after its current batch
-    instead of running to its end, goes back to the queue at once (not a failed attempt), and the
-    worker started next resumes it where it stopped."""
-    with Stack(home=tmp_path / "home", data_dir=data_dir) as stack, stack.client() as client:
+def test_a_worker_shut_down_remotely_hands_its_job_back_and_the_next_worker_resumes_it(tmp_path, data_dir):
+    """A remote `shutdown` (Flower, `celery control shutdown`; a SIGTERM does the same, see
+    tests/e2e/test_distributed_jobs.py): the running job stops after its current batch instead of
+    running to its end, goes back to the queue at once (not a failed attempt), and the worker
+    started next resumes it where it stopped."""
+    require(redis_available(), "Redis is not reachable on 127.0.0.1:6379")
+    with Stack(home=tmp_path / "home", data_dir=data_dir, broker_url=REDIS_URL) as stack, stack.client() as client:
         job_id = submit(client, {**SLOW_SPEC, "epochs": 4})
         wait_until(
             lambda: epochs_recorded(client, job_id) == [1],
@@ -97,8 +101,10 @@ def test_a_worker_told_to_stop_hands_its_job_back_and_the_next_worker_resumes_it
             what=f"epoch 1 of job {job_id}\n{stack.logs()}",
         )
         worker = stack.procs["worker"]
-        worker.send_signal(signal.SIGTERM)
+        node = f"test-worker-{stack.home.name}-{stack.port}@{socket.gethostname()}"
+        Celery(broker=REDIS_URL).control.shutdown(destination=[node])  # it answers nothing
         worker.wait(timeout=60)
+        assert "Got shutdown from remote" in stack.log("worker")
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "queued" and job["transitions"][-1]["reason"] == "worker_stopped", job
         assert len(epochs_recorded(client, job_id)) < 4  # it did not train on to its end
