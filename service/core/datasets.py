@@ -332,7 +332,10 @@ def stored_file(dataset_id: str) -> tuple[StoredFile, str]:
     with session_scope(write=False) as session:
         record = get_dataset(session, dataset_id=dataset_id)
         if record is None:
-            raise DatasetGone(f"uploaded dataset {dataset_id} was deleted (GET /v1/datasets lists those there are)")
+            raise DatasetGone(
+                f"uploaded dataset {dataset_id} was deleted (GET /v1/datasets or `trainyard datasets list` lists "
+                "those there are)"
+            )
         if record.status != DatasetStatus.READY:
             raise DatasetGone(f"{describe(record)} is {record.status}, not ready")
         return record.file, describe(record)
@@ -379,7 +382,7 @@ def reference_id(session: Session, *, given: str) -> str:
     if named:
         problem = (
             f"{len(named)} datasets are named {given!r} ({', '.join(named[:MAX_LISTED])}); use "
-            "uploaded:<id> with the one you mean (GET /v1/datasets lists them)"
+            "uploaded:<id> with the one you mean (GET /v1/datasets or `trainyard datasets list` lists them)"
         )
     else:
         names = session.scalars(
@@ -389,7 +392,7 @@ def reference_id(session: Session, *, given: str) -> str:
         hint = f"did you mean {' or '.join(f'uploaded:{name}' for name in close)}? " if close else ""
         problem = (
             f"uploaded:{given} not found: no dataset has that id or name; {hint}GET /v1/datasets lists them "
-            "and POST /v1/datasets uploads one"
+            "and POST /v1/datasets uploads one (`trainyard datasets list`, `trainyard datasets upload`)"
         )
     raise Invalid([(("data", "dataset"), problem)])
 
@@ -433,8 +436,8 @@ def dataset_info(session: Session, spec: JobSpec) -> DatasetInfo | None:
                 [
                     (
                         ("data", "dataset"),
-                        f"dataset {record.id} is still being decoded; poll "
-                        f"GET /v1/datasets/{record.id} until its status is ready",
+                        f"dataset {record.id} is still being decoded; poll GET /v1/datasets/{record.id} "
+                        "(or `trainyard datasets list`) until its status is ready",
                     )
                 ]
             )

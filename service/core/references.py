@@ -120,7 +120,10 @@ def _no_version(session: Session, reference: str, name: str, version: int | None
     if names:
         more = ", ..." if len(names) > MAX_LISTED else ""
         return f"model {reference!r} not found; registered models: {', '.join(names[:MAX_LISTED])}{more}"
-    return f"model {reference!r} not found: no model is registered yet (POST /v1/models registers a job's checkpoint)"
+    return (
+        f"model {reference!r} not found: no model is registered yet (POST /v1/models or "
+        "`trainyard models register NAME JOB_ID` registers a job's checkpoint)"
+    )
 
 
 def _no_alias(session: Session, name: str, alias: str) -> str:

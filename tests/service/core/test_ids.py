@@ -67,7 +67,8 @@ def test_a_spec_names_an_uploaded_dataset_by_id_prefix_or_unique_name(records):
         with pytest.raises(Invalid, match="2 datasets are named 'twin'.*GET /v1/datasets") as twins:
             datasets.reference_id(session, given="twin")
         assert twins.value.problems[0][0] == ("data", "dataset")
-        with pytest.raises(Invalid, match="no dataset has that id or name; GET /v1/datasets lists them"):
+        none = "no dataset has that id or name; GET /v1/datasets lists them .*`trainyard datasets upload`"
+        with pytest.raises(Invalid, match=none):
             datasets.reference_id(session, given="flowers")
         with pytest.raises(Invalid, match="not found: no dataset has that id or name; did you mean uploaded:colours?"):
             datasets.reference_id(session, given="colour")

@@ -51,7 +51,7 @@ def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
         ("job:{job}:9", "has no checkpoint for epoch 9"),
         ("nobody", "model 'nobody' not found"),
         ("nobody:3", "not found"),
-        ("nobody@staging", "model 'nobody@staging' not found: no model is registered yet"),
+        ("nobody@staging", "model 'nobody@staging' not found: no model is registered yet .*`trainyard models register"),
         ("../../etc/passwd", "use name, name:VERSION, name@ALIAS or job:ID"),
         ("/tmp/model.safetensors", "use name"),
     ],
