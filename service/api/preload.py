@@ -17,9 +17,9 @@ imports again in each child it forks.
 
 import gc
 
-import setproctitle
+from service.core.background import set_process_title
 
-setproctitle.setproctitle("trainyard api fork server (service.api.preload)")
+set_process_title("trainyard api fork server (service.api.preload)")
 gc.disable()
 
 import fastapi  # noqa: E402, F401

@@ -49,10 +49,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import setproctitle
 import typer
 
-from service.core.background import SUPERVISED
+from service.core.background import SUPERVISED, set_process_title
 
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.2
@@ -178,24 +177,26 @@ def _run_forked(module: str, env: dict[str, str], preload: str) -> None:
     shows `python -m <module>`, not the fork server's), the garbage collector back on (the preload
     turned it off so that the pages it shares stay untouched), then the module as its __main__.
 
-    multiprocessing's fork server ignores a preload that fails to import: the child says why, and
-    goes on importing what it needs itself."""
+    multiprocessing's fork server goes on without a preload that raised ImportError: the child
+    says so, and imports what it needs itself."""
     title = f"{sys.executable} -m {module}"
     os.setsid()
-    setproctitle.setproctitle(title)  # before the environment changes: it writes over exec's argv and environ
+    set_process_title(title)  # before the environment changes: it writes over exec's argv and environ
     os.environ.clear()
     os.environ.update(env)
     if preload not in sys.modules:
+        why = ""
         try:
             importlib.import_module(preload)
-        except Exception as error:  # whatever failed, the child still starts
-            print(
-                f"{module}: the fork server could not import {preload} ({type(error).__name__}: {error}); "
-                "this process imports what it needs itself, and shares none of it",
-                file=sys.stderr,
-                flush=True,
-            )
-        setproctitle.setproctitle(title)  # the preload names the fork server
+        except Exception as error:  # the child starts all the same, and fails on what it lacks
+            why = f" ({type(error).__name__}: {error})"
+        print(
+            f"{module}: the fork server could not import {preload}{why}; this process imports what it "
+            "needs itself, and shares none of it",
+            file=sys.stderr,
+            flush=True,
+        )
+        set_process_title(title)  # the preload names the fork server
     gc.enable()
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

@@ -1,5 +1,5 @@
-"""Periodic: work repeated on a background thread until it is stopped; and a process that stops
-when its parent dies."""
+"""Periodic: work repeated on a background thread until it is stopped; a process that stops when
+its parent dies; and what `ps` calls a process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Self
+
+import setproctitle
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ class Periodic:
         self.at_start = at_start
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._failures = 0  # ticks that raised, in a row
 
     def tick(self) -> float | None:
         raise NotImplementedError
@@ -56,13 +60,21 @@ class Periodic:
             delay = self._tick()
 
     def _tick(self) -> float | None:
-        """tick(), whose failure is logged and waited out: the thread goes on (a lease that stopped
-        being renewed because one tick raised would lose its job)."""
+        """tick(), whose failure is logged (its traceback once in a row) and waited out: the thread
+        goes on (a lease that stopped being renewed because one tick raised would lose its job)."""
         try:
-            return self.tick()
-        except Exception:
-            log.exception("%s: a periodic step failed; trying again in %g s", self.thread.name, self.interval)
+            delay = self.tick()
+        except Exception as error:
+            self._failures += 1
+            if self._failures == 1:
+                log.exception("%s: a periodic step failed; trying again in %g s", self.thread.name, self.interval)
+            else:
+                log.warning(
+                    "%s: the periodic step failed again (%d in a row): %s", self.thread.name, self._failures, error
+                )
             return None
+        self._failures = 0
+        return delay
 
 
 SUPERVISED = "TRAINYARD_SUPERVISED"  # the pid of the supervisor (service/cli/supervisor.py) that started us
@@ -96,3 +108,15 @@ def stop_when_orphaned(interval: float = 1.0) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def set_process_title(title: str) -> None:
+    """What `ps` and /proc/<pid>/cmdline show as this process's command; its short name (`ps -e`,
+    top, pgrep) stays the program's."""
+    try:
+        short = Path("/proc/self/comm").read_text().strip()
+    except OSError:  # not Linux: setproctitle does what the system allows
+        short = None
+    setproctitle.setproctitle(title)
+    if short:
+        setproctitle.setthreadtitle(short)

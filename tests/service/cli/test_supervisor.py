@@ -130,6 +130,8 @@ def test_a_forked_child_gets_its_preload_and_environment_and_is_restarted_and_st
         assert (preloaded, mark) == ("True", "given") and fork_server != proc.pid
         with open(f"/proc/{pid}/cmdline") as fh:  # as `ps` shows it: the module's, not the fork server's
             assert fh.read().rstrip("\0") == f"{sys.executable} -m tests.support.forked_child"
+        with open(f"/proc/{pid}/comm") as fh:  # its short name stays the program's (ps -e, top, pgrep)
+            assert fh.read().strip() == os.path.basename(sys.executable)[:15]
         os.kill(pid, signal.SIGKILL)
         again, same_server, _, _ = forked_line(proc)
         assert again != pid and same_server == fork_server
