@@ -328,6 +328,11 @@ class ImageDatasetSpec(_ImageOptions):
 UPLOADED_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
+# What may follow `uploaded:` (an uploaded dataset's id or name): 1 to 200 characters, no / or \,
+# no space at either end.
+UPLOADED_NAME = r"[^\s/\\]([^/\\]{0,198}[^\s/\\])?"
+
+
 class UploadedDatasetSpec(_ImageOptions):
     """`uploaded:<id>`; a unique prefix of the id or the dataset's name is taken at submission,
     which stores the id in the job's spec."""
@@ -335,7 +340,7 @@ class UploadedDatasetSpec(_ImageOptions):
     dataset: Annotated[
         str,
         Field(
-            pattern=r"^uploaded:[^\s/\\]([^/\\]{0,198}[^\s/\\])?$",
+            pattern=rf"^uploaded:{UPLOADED_NAME}$",
             description="uploaded:<dataset id, a unique prefix of it, or its name>",
         ),
     ]

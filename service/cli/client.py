@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -847,7 +848,9 @@ def dataset_lines(dataset: dict) -> list[str]:
     ]
 
 
-_UPLOAD_FIELDS = re.compile(r"\b(test_fraction|image_size|min_per_class)\b")  # the upload's form fields with flags
+# The upload's form fields that are flags here, as the service's messages name them (not in a
+# 422's location, body.min_per_class).
+_UPLOAD_FIELDS = re.compile(r"(?<![.\w])(test_fraction|image_size|min_per_class)\b")
 
 
 @command(datasets_app, "upload")
@@ -909,5 +912,5 @@ def datasets_delete(
     opts: Options, dataset_id: Annotated[str, typer.Argument(help="its id, a unique prefix of it, or its name")]
 ) -> None:
     """Delete an uploaded dataset that no queued or running job uses."""
-    opts.call("DELETE", f"/v1/datasets/{dataset_id}")
+    opts.call("DELETE", f"/v1/datasets/{quote(dataset_id, safe='')}")
     opts.show({"id": dataset_id, "deleted": True}, lambda answer: [f"dataset {dataset_id} deleted"])

@@ -7,10 +7,11 @@ import difflib
 import hashlib
 import json
 import logging
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import BinaryIO, Iterable
 
 import numpy as np
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from models.data.dataset import Dataset, DatasetError
 from models.data.loading import load_dataset, load_stored_dataset, save_stored_dataset
 from models.data.uploads import ArchiveLimits, check_archive, decode_archive
-from models.spec.job import JobSpec, UploadedDatasetSpec
+from models.spec.job import UPLOADED_NAME, JobSpec, UploadedDatasetSpec
 from models.spec.problems import DatasetInfo, builtin_dataset_info
 from service.core import jobs
 from service.core.background import Periodic
@@ -47,6 +48,13 @@ class DatasetGone(DatasetError):
 
 class NameTaken(Conflict):
     """Another dataset (ready or being decoded) has the name an upload asks for."""
+
+
+def default_name(filename: str | None) -> str:
+    """What an upload that names itself nothing is called: its file's name without .zip, made one
+    that a spec can say (uploaded:<name>)."""
+    stem = PurePath(filename or "").stem.replace("\\", "-")
+    return stem[:200].strip() or "dataset"
 
 
 def check_name_free(session: Session, *, name: str) -> None:
@@ -348,42 +356,24 @@ def stored_dataset_file(dataset_id: str, *, settings: Settings) -> Path:
 
 
 def require_dataset(session: Session, *, dataset_id: str) -> StoredDataset:
-    """One uploaded dataset, named by its id, a unique prefix of it, or its name when one dataset
-    has that name (as `uploaded:<given>` in a spec); NotFound if there is none."""
-    record = get_dataset(session, dataset_id=resolve_id(session, StoredDataset, dataset_id, kind="dataset"))
-    if record is None and len(named := _named(session, dataset_id)) == 1:
-        record = get_dataset(session, dataset_id=named[0])
-    if record is None:
+    """One uploaded dataset, named as `uploaded:<given>` names it in a spec (see _candidates);
+    NotFound if there is none, Conflict if several datasets have that name."""
+    found = _candidates(session, dataset_id)
+    if len(found) > 1:
+        raise Conflict(_shared_name(dataset_id, found))
+    if not found:
         raise NotFound(not_found("dataset", dataset_id))
-    return record
-
-
-def _named(session: Session, name: str) -> list[str]:
-    """The ids of the datasets called `name` (failed uploads left out), oldest first, at most MAX_LISTED + 1."""
-    return list(
-        session.scalars(
-            select(StoredDataset.id)
-            .where(StoredDataset.name == name, StoredDataset.status != DatasetStatus.FAILED)
-            .order_by(StoredDataset.created_at)
-            .limit(MAX_LISTED + 1)
-        )
-    )
+    return get_dataset(session, dataset_id=found[0])
 
 
 def reference_id(session: Session, *, given: str) -> str:
-    """The id of the dataset `uploaded:<given>` names: its id, a unique prefix of it, or its name
-    when exactly one dataset has that name; Invalid saying how to find the right one otherwise."""
-    found = resolve_id(session, StoredDataset, given, kind="dataset")
-    if get_dataset(session, dataset_id=found) is not None:
-        return found
-    named = _named(session, given)
-    if len(named) == 1:
-        return named[0]
-    if named:
-        problem = (
-            f"{len(named)} datasets are named {given!r} ({', '.join(named[:MAX_LISTED])}); use "
-            "uploaded:<id> with the one you mean (GET /v1/datasets or `trainyard datasets list` lists them)"
-        )
+    """The id of the dataset `uploaded:<given>` names (see _candidates); Invalid saying how to find
+    the right one otherwise."""
+    found = _candidates(session, given)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        problem = _shared_name(given, found)
     else:
         names = session.scalars(
             select(StoredDataset.name).where(StoredDataset.status != DatasetStatus.FAILED).distinct()
@@ -395,6 +385,33 @@ def reference_id(session: Session, *, given: str) -> str:
             "and POST /v1/datasets uploads one (`trainyard datasets list`, `trainyard datasets upload`)"
         )
     raise Invalid([(("data", "dataset"), problem)])
+
+
+def _candidates(session: Session, given: str) -> list[str]:
+    """The ids of the datasets `given` may name, in this order: the one with that id; else those
+    with that name (a name may look like the start of another dataset's id: the name wins); else
+    the one whose id it begins (AmbiguousId if several do). Failed uploads have no name here."""
+    if get_dataset(session, dataset_id=given) is not None:
+        return [given]
+    named = list(
+        session.scalars(
+            select(StoredDataset.id)
+            .where(StoredDataset.name == given, StoredDataset.status != DatasetStatus.FAILED)
+            .order_by(StoredDataset.created_at)
+            .limit(MAX_LISTED + 1)
+        )
+    )
+    if named:
+        return named
+    found = resolve_id(session, StoredDataset, given, kind="dataset")
+    return [found] if get_dataset(session, dataset_id=found) is not None else []
+
+
+def _shared_name(name: str, ids: list[str]) -> str:
+    return (
+        f"{len(ids)} datasets are named {name!r} ({', '.join(ids[:MAX_LISTED])}); use the id of the one you "
+        "mean (GET /v1/datasets or `trainyard datasets list` lists them)"
+    )
 
 
 def list_datasets(session: Session) -> list[StoredDataset]:
@@ -457,8 +474,18 @@ def receive_upload(
 ) -> tuple[StoredDataset, bool]:
     """The dataset an upload makes and whether it is new: the one the same archive and form made
     before, else one decoded now, or (from dataset_background_bytes up) kept and decoded after the
-    answer, its status processing; Unprocessable saying why an archive is not usable, NameTaken
-    if another dataset has the name."""
+    answer, its status processing; Invalid if the name cannot name it in a spec, Unprocessable
+    saying why an archive is not usable, NameTaken if another dataset has the name."""
+    if not re.fullmatch(UPLOADED_NAME, name):
+        raise Invalid(
+            [
+                (
+                    ("name",),
+                    f"{name!r} cannot name a dataset: specs call it uploaded:<name>, which takes 1 to 200 "
+                    "characters, no / or \\ and no space at either end",
+                )
+            ]
+        )
     digest = upload_digest(data, name=name, options=options)
     existing = find_upload(session, digest=digest)
     if existing is not None:

@@ -130,7 +130,7 @@ def test_readme_quickstart(newcomer_stack, tmp_path):
     train, further = run_blocks(sh_blocks(section(*QUICKSTART)), newcomer_stack, tmp_path, env, timeout=240)
 
     assert "shapes.zip: 500 images of circle, square, triangle, cross" in train
-    upload = r"uploaded:\S+\s+image_folder,\s+classification,\s+1x28x28\s+grayscale,\s+400 train / 100 test"
+    upload = r"uploaded:shapes\s+\(id [0-9a-f]{8}\)\s+image_folder,\s+classification,\s+1x28x28\s+grayscale,\s+400 train / 100 test"
     assert re.search(upload, train), train
     job_id = re.search(r"job (\S+) queued", train).group(1)
     assert f"job {job_id} succeeded" in train

@@ -10,7 +10,7 @@ import json
 import re
 from http import HTTPStatus
 from importlib import resources
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
@@ -448,7 +448,7 @@ def upload_dataset(
 ) -> JSONResponse:
     """The datasets page's upload (sent by its script, which shows the progress): the dataset as
     POST /v1/datasets answers it, or {"detail": why not} with that route's status."""
-    label = name.strip() or PurePath(file.filename or "dataset").stem or "dataset"
+    label = name.strip() or datasets.default_name(file.filename)
     options = datasets.UploadOptions(image_size=image_size, color=color)
     try:
         record, new = datasets.receive_upload(session, data=file.file, name=label, options=options, settings=settings)

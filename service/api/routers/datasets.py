@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import PurePath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
@@ -65,7 +64,7 @@ async def upload_dataset(
     is answered at once (202, status processing) and decoded after the answer. The same archive
     sent again with the same form answers the dataset it made (200, or 202 while it is decoded)."""
     await refuse_unknown_fields(request, UPLOAD_FIELDS)
-    label = name or PurePath(file.filename or "dataset").stem or "dataset"
+    label = name or datasets.default_name(file.filename)
     options = datasets.UploadOptions(
         test_fraction=test_fraction, image_size=image_size, seed=seed, color=color, min_per_class=min_per_class
     )
@@ -100,5 +99,6 @@ def read_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
     responses={**NOT_FOUND, 409: {"description": "An unfinished job uses the dataset"}},
 )
 def delete_dataset(dataset_id: str, session: WriteSessionDep, settings: SettingsDep) -> None:
-    """Delete an uploaded dataset that no queued or running job uses."""
+    """Delete an uploaded dataset that no queued or running job uses; by its id, a unique prefix of
+    it, or its name."""
     datasets.delete_dataset(session, dataset_id=dataset_id, settings=settings)

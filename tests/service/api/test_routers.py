@@ -284,6 +284,17 @@ def test_dataset_uploads_are_validated(api):
     assert api.get("/v1/datasets").json() == {"data": [], "count": 0}
 
 
+def test_a_dataset_name_that_no_spec_could_say_is_refused_and_a_file_name_is_made_one(api):
+    archive = image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2)
+    for bad in ("cats/dogs", " pets", "pets ", "a\\b"):
+        refused = api.post("/v1/datasets", data={"name": bad}, files={"file": ("p.zip", archive, "application/zip")})
+        assert refused.status_code == 422, refused.text
+        [problem] = refused.json()["detail"]
+        assert problem["loc"] == ["body", "name"] and "specs call it uploaded:<name>" in problem["msg"], problem
+    named = api.post("/v1/datasets", files={"file": (" my\\pets .zip", archive, "application/zip")})
+    assert named.status_code == 201 and named.json()["name"] == "my-pets", named.text
+
+
 def test_datasets_are_listed_read_and_404_when_unknown(api):
     archive = image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2)
     created = api.post("/v1/datasets", data={"name": "pets"}, files={"file": ("pets.zip", archive, "application/zip")})

@@ -60,6 +60,19 @@ def test_datasets_and_sweeps_take_prefixes_too(records):
             datasets.require_dataset(session, dataset_id="abcdef")
 
 
+def test_a_dataset_is_read_and_deleted_by_its_name_which_wins_over_an_id_prefix(records):
+    hexlike = "0123456b-0000-4000-8000-00000000000b"
+    with records() as session:
+        session.add(StoredDataset(id=hexlike, name=LONER[:7]))  # a name that begins LONER's id
+        session.commit()
+        assert datasets.require_dataset(session, dataset_id="colours").id == LONER
+        assert datasets.require_dataset(session, dataset_id=LONER[:7]).id == hexlike
+        assert datasets.reference_id(session, given=LONER[:7]) == hexlike
+        assert datasets.require_dataset(session, dataset_id=LONER[:8]).id == LONER
+        with pytest.raises(Conflict, match="2 datasets are named 'twin'.*use the id of the one you mean"):
+            datasets.require_dataset(session, dataset_id="twin")
+
+
 def test_a_spec_names_an_uploaded_dataset_by_id_prefix_or_unique_name(records):
     with records() as session:
         assert datasets.reference_id(session, given="colours") == LONER
