@@ -37,6 +37,7 @@ from service.core.tables import Job, JobStatus
 from workers.job_log import JobLogCapture
 from workers.presence import busy_with
 from workers.rank import LOG_LINE, RunFolder
+from workers.stopping import worker_stopping
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -222,7 +223,9 @@ def run_group(
 
 class AttemptWatch(Periodic):
     """On a machine that joined a job: whether the attempt it joined still runs (it stops once the
-    job is cancelled, ends, or goes to another attempt)."""
+    job is cancelled, ends, or goes to another attempt), and whether this worker shuts down. Either
+    way its processes stop, and with them the whole group at the same batch (a rank stops when any
+    does); the leading worker then hands the job back (workers/runner.py)."""
 
     def __init__(self, job_id: str, attempt: int, interval: float):
         super().__init__(f"attempt-{job_id}", interval)
@@ -233,6 +236,11 @@ class AttemptWatch(Periodic):
         return self.over.is_set()
 
     def tick(self) -> None:
+        if worker_stopping():
+            if not self.over.is_set():
+                log.info("the worker is shutting down: job %s stops after its current batch, everywhere", self.job_id)
+                self.over.set()
+            return
         try:
             with session_scope(write=False) as session:
                 job = session.get(Job, self.job_id)

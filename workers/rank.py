@@ -92,6 +92,17 @@ class RankControl:
         return self.lost.is_set() or self.folder.stop.exists()
 
 
+class _Follower(Callbacks):
+    """A rank other than 0 records nothing, but a stop asked of it (its machine's worker shuts
+    down) stops the whole group: the ranks agree to stop when any asks."""
+
+    def __init__(self, control: RankControl):
+        self.control = control
+
+    def should_stop(self) -> bool:
+        return self.control.should_stop()
+
+
 class _LogNothing:
     """The worker stores a job's log: it reads every rank's records from their output."""
 
@@ -174,7 +185,7 @@ def train(job_id: str, attempt: int, spec: JobSpec, resumed_by_user: bool, ranks
     resume = load_resumable_state(job_id)
     if resume is not None and resumed_by_user and restarts == 0:
         resume.run["elapsed"] = 0.0  # a user's resume grants a fresh max_runtime_seconds
-    callbacks: Callbacks = Callbacks()
+    callbacks: Callbacks = _Follower(control)
     if ranks.leader:
         if resume is not None:
             detail = {

@@ -554,12 +554,15 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
         return None
     if unreachable is not None:
         return _give_back(job_id, claim.attempt, unreachable.reason, str(unreachable), job_log)
-    if status == JobStatus.CANCELLED and control.worker_stopping.is_set() and not control.cancel_requested.is_set():
+    # Stopped, but not for a cancel: this worker shuts down, or on several machines another one
+    # that trained a share of the job does (a rank stops when any does).
+    shut_down = control.worker_stopping.is_set() or (spec.distributed is not None and spec.distributed.nnodes > 1)
+    if status == JobStatus.CANCELLED and shut_down and not control.cancel_requested.is_set():
         return _give_back(
             job_id,
             claim.attempt,
             jobs.WORKER_STOPPED,
-            "the worker shut down; the job resumes where it stopped",
+            "a worker that trained it shut down; the job resumes where it stopped",
             job_log,
             counted=False,
         )

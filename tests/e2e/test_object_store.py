@@ -287,3 +287,24 @@ def test_a_job_on_two_machines_meets_at_a_rendezvous_trains_what_one_trains_and_
         ):
             assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
             assert b["test_acc"] == pytest.approx(a["test_acc"], abs=0.002)
+
+        # The joining worker shuts down mid-job: the processes on both machines stop at one batch,
+        # and the leading worker hands the job back (not a failed attempt); it finishes once a second
+        # machine is there again.
+        longer = submit(api, {**two_machines, "epochs": 12, "batch_size": 4, "name": "joiner-stops"})
+        wait_until(lambda: epochs(api, longer)[:1] == [1], timeout=120, what=f"epoch 1\n{machines.logs()}")
+        [joiner] = [n for n in ("worker-a", "worker-b") if f"joining job {longer}" in machines.workers[n].log("worker")]
+        machines.workers[joiner].procs["worker"].send_signal(signal.SIGTERM)
+        machines.workers[joiner].procs["worker"].wait(timeout=60)
+
+        def handed_back() -> list:
+            transitions = api.get(f"/v1/jobs/{longer}").json()["transitions"]
+            return [t["reason"] for t in transitions if t["from_status"] == "running"]
+
+        wait_until(handed_back, timeout=30, what=f"the leading worker to hand the job back\n{machines.logs()}")
+        assert handed_back() == ["worker_stopped"], machines.logs()
+        assert len(epochs(api, longer)) < 12  # it did not train on to its end
+        machines.workers[joiner].start_worker()
+        job = machines.api.wait_for_job(api, longer, timeout=300)
+        assert job["status"] == "succeeded", (job["error"], machines.logs())
+        assert epochs(api, longer) == list(range(1, 13))
