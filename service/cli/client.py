@@ -912,5 +912,9 @@ def datasets_delete(
     opts: Options, dataset_id: Annotated[str, typer.Argument(help="its id, a unique prefix of it, or its name")]
 ) -> None:
     """Delete an uploaded dataset that no queued or running job uses."""
-    opts.call("DELETE", f"/v1/datasets/{quote(dataset_id, safe='')}")
-    opts.show({"id": dataset_id, "deleted": True}, lambda answer: [f"dataset {dataset_id} deleted"])
+    dataset = opts.call("GET", f"/v1/datasets/{quote(dataset_id, safe='')}")  # its id and name, to say them
+    opts.call("DELETE", f"/v1/datasets/{dataset['id']}")
+    opts.show(
+        {"id": dataset["id"], "name": dataset["name"], "deleted": True},
+        lambda answer: [f"dataset {answer['name']} ({answer['id'][:SHORT_ID]}) deleted"],
+    )

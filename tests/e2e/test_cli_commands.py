@@ -150,11 +150,14 @@ def test_datasets_upload_and_list(embedded_stack, tmp_path):
     assert rgb.returncode == 0 and "3x28x28 rgb" in rgb.stdout, rgb.stdout
     assert rgb.stdout.split()[0] == "uploaded:pets-rgb"
     deleted = trainyard(embedded_stack, "datasets", "delete", "pets-rgb", "--json")  # by name, as specs say it
-    assert deleted.returncode == 0 and json.loads(deleted.stdout)["deleted"] is True
+    assert deleted.returncode == 0, deleted.stderr
+    answer = json.loads(deleted.stdout)
+    assert answer["deleted"] is True and answer["name"] == "pets-rgb" and len(answer["id"]) == 36
     assert "pets-rgb" not in trainyard(embedded_stack, "datasets", "list").stdout
     pets_id = run.stdout.split()[2].removesuffix(")")
-    by_prefix = trainyard(embedded_stack, "datasets", "delete", pets_id, "--json")
-    assert by_prefix.returncode == 0 and "pets" not in trainyard(embedded_stack, "datasets", "list").stdout
+    by_prefix = trainyard(embedded_stack, "datasets", "delete", pets_id)
+    assert by_prefix.returncode == 0 and by_prefix.stdout.startswith(f"dataset pets ({pets_id}) deleted")
+    assert "pets" not in trainyard(embedded_stack, "datasets", "list").stdout
     few = trainyard(embedded_stack, "datasets", "upload", str(archive), "--min-per-class", "6", "--name", "few")
     assert few.returncode != 0 and "fewer than --min-per-class=6 training images: cat (5), dog (5)" in few.stderr
 
