@@ -53,8 +53,8 @@ class NameTaken(Conflict):
 def default_name(filename: str | None) -> str:
     """What an upload that names itself nothing is called: its file's name without .zip, made one
     that a spec can say (uploaded:<name>)."""
-    stem = PurePath(filename or "").stem.replace("\\", "-")
-    return stem[:200].strip() or "dataset"
+    stem = PurePath(filename or "").stem.replace("\\", "-")[:200].strip()
+    return stem if stem not in ("", ".", "..") else "dataset"
 
 
 def check_name_free(session: Session, *, name: str) -> None:
@@ -476,20 +476,20 @@ def receive_upload(
     before, else one decoded now, or (from dataset_background_bytes up) kept and decoded after the
     answer, its status processing; Invalid if the name cannot name it in a spec, Unprocessable
     saying why an archive is not usable, NameTaken if another dataset has the name."""
-    if not re.fullmatch(UPLOADED_NAME, name):
+    digest = upload_digest(data, name=name, options=options)
+    existing = find_upload(session, digest=digest)
+    if existing is not None:  # under a name it may have been given before names were checked
+        return existing, False
+    if not re.fullmatch(UPLOADED_NAME, name) or name in (".", ".."):
         raise Invalid(
             [
                 (
                     ("name",),
                     f"{name!r} cannot name a dataset: specs call it uploaded:<name>, which takes 1 to 200 "
-                    "characters, no / or \\ and no space at either end",
+                    "characters, no / or \\ and no space at either end (and it may not be . or ..)",
                 )
             ]
         )
-    digest = upload_digest(data, name=name, options=options)
-    existing = find_upload(session, digest=digest)
-    if existing is not None:
-        return existing, False
     if inspect_upload(data, settings=settings) >= settings.dataset_background_bytes:
         record = accept_upload(session, data=data, name=name, settings=settings, digest=digest)
         decode_later(dataset_id=record.id, options=options, settings=settings)

@@ -286,7 +286,7 @@ def test_dataset_uploads_are_validated(api):
 
 def test_a_dataset_name_that_no_spec_could_say_is_refused_and_a_file_name_is_made_one(api):
     archive = image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2)
-    for bad in ("cats/dogs", " pets", "pets ", "a\\b"):
+    for bad in ("cats/dogs", " pets", "pets ", "a\\b", ".."):
         refused = api.post("/v1/datasets", data={"name": bad}, files={"file": ("p.zip", archive, "application/zip")})
         assert refused.status_code == 422, refused.text
         [problem] = refused.json()["detail"]
