@@ -1,11 +1,16 @@
 """A worker's shutdown (SIGTERM, Ctrl-C, its supervisor stopping it, a remote `shutdown` control
-command) reaches the jobs its pool processes run. Celery's own warm shutdown
-waits for every running task to end, which for a training job can be hours, and the supervisor
-kills the worker after STOP_TIMEOUT_S: the job would then wait for its lease to expire before
-anyone resumed it. Instead the worker's main process leaves a file that each job's control
-(workers/runner.py's JobControl) looks for at every lease renewal; the job stops after its current
-batch, keeps its place, and goes back to the queue at once (not counted as a failed attempt), for
-this worker once it starts again or for another one.
+command) reaches the jobs its pool processes run. Celery's own warm shutdown waits for every
+running task to end, which for a training job can be hours, and the supervisor kills the worker
+after STOP_TIMEOUT_S: the job would then wait for its lease to expire before anyone resumed it.
+Instead the worker's main process leaves a file that each job's control (workers/runner.py's
+JobControl) looks for at every lease renewal; the job stops after its current batch, keeps its
+place, and goes back to the queue at once (not counted as a failed attempt), for this worker once
+it starts again or for another one.
+
+Two hooks leave the file, because neither sees every shutdown in time: worker_shutting_down comes
+from Celery's signal handlers alone, and AnnounceShutdown's close() comes too late on a signal's
+warm shutdown (with the step alone, a job whose worker got SIGTERM trained on to its end); the step
+is how a remote `shutdown` reaches the file.
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ def _announce(**_kwargs) -> None:
 
 
 class AnnounceShutdown(bootsteps.StartStopStep):
-    """Every shutdown, whatever asked for it: the worker closes all its steps before it stops any,
-    so this comes before the pool's stop, which waits for the running tasks. A remote `shutdown`
-    (Flower, `celery control shutdown`) sends no worker_shutting_down."""
+    """A remote `shutdown` (Flower, `celery control shutdown`), which sends no worker_shutting_down:
+    the worker then closes all its steps before it stops any, so this comes before the pool's stop,
+    which waits for the running tasks."""
 
     requires = {"celery.worker.components:Pool"}
 
