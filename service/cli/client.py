@@ -107,10 +107,22 @@ def read_json(path: Path):
 # The options every command shares, and the one renderer.
 
 
+def _before_command(ctx: typer.Context, param: typer.CallbackParam, value):
+    """The option as the command line gave it after the command, else as it gave it before
+    (`trainyard --url X jobs list`), else from its environment variable or default."""
+    source = ctx.get_parameter_source(param.name)  # the enum of the click that typer vendors
+    if source is not None and source.name == "COMMANDLINE":
+        return value
+    given = (ctx.find_root().obj or {}).get(param.name)
+    return value if given is None else given
+
+
 def _url_or_default(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
     """--url or TRAINYARD_URL as given; when neither is, service_url() (read when the command runs)."""
-    source = ctx.get_parameter_source(param.name)  # the enum of the click that typer vendors
-    return service_url() if source is None or source.name == "DEFAULT" else value
+    given = _before_command(ctx, param, value)
+    source = ctx.get_parameter_source(param.name)
+    unset = given is value and (source is None or source.name == "DEFAULT")
+    return service_url() if unset else given
 
 
 UrlOption = Annotated[
@@ -124,7 +136,9 @@ UrlOption = Annotated[
         "else http://127.0.0.1:8000)",
     ),
 ]
-TokenOption = Annotated[str | None, typer.Option("--token", envvar="TRAINYARD_TOKEN", help="an API token")]
+TokenOption = Annotated[
+    str | None, typer.Option("--token", envvar="TRAINYARD_TOKEN", callback=_before_command, help="an API token")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
 FollowOption = Annotated[bool, typer.Option("--follow", "-f")]
 ThresholdOption = Annotated[
@@ -848,9 +862,12 @@ def dataset_lines(dataset: dict) -> list[str]:
     ]
 
 
-# The upload's form fields that are flags here, as the service's messages name them (not in a
-# 422's location, body.min_per_class).
-_UPLOAD_FIELDS = re.compile(r"(?<![.\w])(test_fraction|image_size|min_per_class)\b")
+# The upload's form fields that are flags here, as a 422's location names them (body.name) and as
+# the service's messages do (min_per_class).
+_UPLOAD_FIELDS = re.compile(
+    r"\bbody\.(name|test_fraction|image_size|color|min_per_class|seed)\b"
+    r"|(?<![.\w])(test_fraction|image_size|min_per_class)\b"
+)
 
 
 @command(datasets_app, "upload")
@@ -879,7 +896,8 @@ def datasets_upload(
     try:
         answer = opts.call("POST", "/v1/datasets", data=form, files=upload)
     except Failure as failure:  # the service names its form fields; here they are these flags
-        raise Failure(_UPLOAD_FIELDS.sub(lambda m: "--" + m[0].replace("_", "-"), str(failure)), failure.code) from None
+        flag = _UPLOAD_FIELDS.sub(lambda m: "--" + (m[1] or m[2]).replace("_", "-"), str(failure))
+        raise Failure(flag, failure.code) from None
     opts.show(answer, dataset_lines)
 
 

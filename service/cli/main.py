@@ -54,11 +54,15 @@ def _version(show: bool) -> None:
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     show_version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="print the version and exit"
     ),
+    url: str | None = typer.Option(None, "--url", help="the service's base URL, for any command (as its own --url)"),
+    token: str | None = typer.Option(None, "--token", help="an API token, for any command (as its own --token)"),
 ) -> None:
     """trainyard: train and serve PyTorch models over HTTP."""
+    ctx.obj = {"url": url, "token": token}  # what a command's own --url and --token fall back to
 
 
 @app.command()

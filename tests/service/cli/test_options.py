@@ -67,6 +67,55 @@ def test_commands_dial_the_configured_service(dialled, env, args, url):
     assert dialled == [url] and result.exit_code != 0
 
 
+@pytest.mark.parametrize(
+    "env, before, after, url",
+    [
+        ({}, ["--url", "http://127.0.0.1:8127"], [], "http://127.0.0.1:8127"),
+        ({"TRAINYARD_URL": "http://127.0.0.1:8125"}, ["--url", "http://127.0.0.1:8127"], [], "http://127.0.0.1:8127"),
+        ({}, ["--url", "http://127.0.0.1:8127"], ["--url", "http://127.0.0.1:8126"], "http://127.0.0.1:8126"),
+    ],
+)
+def test_url_may_come_before_the_command(dialled, env, before, after, url):
+    """`trainyard --url X jobs show ID` as well as `trainyard jobs show ID --url X`; the command's
+    own option wins, and either wins over TRAINYARD_URL."""
+    result = CliRunner().invoke(cli_main.app, [*before, "jobs", "show", "75190f2c", *after], env=env)
+    assert dialled == [url] and str(result.exception) == "404 job 75190f2c not found"
+
+
+def test_token_may_come_before_the_command(monkeypatch):
+    sent = []
+
+    def client(url, token):
+        sent.append(token)
+        return httpx.Client(base_url=url, transport=httpx.MockTransport(lambda request: httpx.Response(404)))
+
+    monkeypatch.setattr(cli_client, "client", client)
+    runner = CliRunner()
+    runner.invoke(cli_main.app, ["--token", "early", "jobs", "show", "75190f2c"], env={"TRAINYARD_TOKEN": "env"})
+    runner.invoke(cli_main.app, ["--token", "early", "jobs", "show", "75190f2c", "--token", "late"])
+    runner.invoke(cli_main.app, ["jobs", "show", "75190f2c"], env={"TRAINYARD_TOKEN": "env"})
+    assert sent == ["early", "late", "env"]
+
+
+def test_an_upload_refusal_names_the_flags(monkeypatch, tmp_path):
+    """The service's 422 locates a form field (body.name) and its messages name others
+    (min_per_class); the CLI's user typed flags, so it names those."""
+    detail = [
+        {"loc": ["body", "name"], "msg": "Value error, a dataset name cannot hold '/'"},
+        {"loc": ["body", "image_size"], "msg": "Input should be greater than 0"},
+        {"loc": ["body", "file"], "msg": "fewer than min_per_class=6 training images"},
+    ]
+    answer = httpx.MockTransport(lambda request: httpx.Response(422, json={"detail": detail}))
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=answer))
+    archive = tmp_path / "pets.zip"
+    archive.write_bytes(b"PK")
+    result = CliRunner().invoke(cli_main.app, ["datasets", "upload", str(archive), "--name", "a/b"])
+    assert str(result.exception) == (
+        "422 --name: Value error, a dataset name cannot hold '/'; --image-size: Input should be greater than 0; "
+        "body.file: fewer than --min-per-class=6 training images"
+    )
+
+
 def test_a_refusal_is_one_line_on_stderr_without_error_twice(dialled, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["trainyard", "jobs", "show", "75190f2c"])
     with pytest.raises(SystemExit) as exit_:
