@@ -286,13 +286,14 @@ class RecordingCallbacks(Callbacks):
             self.control.lost.set()
             return
         self.drop_checkpoints()
+        speed = metrics.samples_per_second
         log.info(
-            "epoch %d/%d: %s (%.1f s, %.0f samples/s)",
+            "epoch %d/%d: %s (%.1f s%s)",
             metrics.epoch,
             run.spec.epochs,
             _summary(metrics),
             metrics.seconds,
-            metrics.samples_per_second,
+            "" if speed is None else f", {speed:.0f} samples/s",
         )
         self.job_log.store()
 

@@ -60,7 +60,7 @@ class EpochMetrics:
     test_loss: float
     test_acc: float | None
     seconds: float
-    samples_per_second: float
+    samples_per_second: float | None  # None: its training was all done before a stop (in its evaluation)
     val_loss: float | None = None
     val_acc: float | None = None
     lr: float | None = None
@@ -298,7 +298,8 @@ def train_one_epoch(
     # a GPU sync on every step.
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     first = done.batches * batch_size
-    hits = torch.zeros(len(order) - first, device=device, dtype=torch.bool) if classify else None
+    # Empty when the epoch's training was all done (a stop came in its evaluation)
+    hits = torch.zeros(max(len(order) - first, 0), device=device, dtype=torch.bool) if classify else None
     batches, seen, stopped = done.batches, done.seen, False
     for start in range(batches * batch_size, len(order), batch_size):
         if should_stop():
@@ -354,10 +355,13 @@ def evaluate(
     precision=contextlib.nullcontext,
     resize: int | None = None,
     ranks: Ranks | None = None,
-) -> tuple[float, float | None]:
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[float, float | None] | None:
     """Mean loss and accuracy (None for regression) over a held-out split, in eval mode
-    (`resize`: the side the network resizes its inputs to, which sizes the batches). With `ranks`,
-    each rank evaluates its contiguous share of the split, and the sums are gathered."""
+    (`resize`: the side the network resizes its inputs to, which sizes the batches); None if
+    should_stop() said so between batches. With `ranks`, each rank evaluates its contiguous share
+    of the split, and the sums are gathered (the shares may differ by a batch, so ranks must not
+    poll a should_stop() that is a collective)."""
     model.eval()
     classify = dataset.task == "classification"
     n = len(x_all)
@@ -366,6 +370,8 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.long, device=device)
     eval_batch = eval_batch_size(x_all.shape[1:], batch_size, resize)
     for start in range(lo, hi, eval_batch):
+        if should_stop():
+            return None
         end = min(start + eval_batch, hi)
         x = dataset.to_float(x_all[start:end].to(device))
         y = y_all[start:end].to(device)
@@ -583,6 +589,8 @@ def _epoch(
 
     augmenter = run.augmenter
     side = spec.resize  # what the network resizes its inputs to
+    # A distributed job's ranks stop together, at a batch of training (a collective).
+    stop_outside_training = should_stop if run.ranks is None else lambda: False
     pretrained = find_pretrained(model)
     if (
         pretrained is not None
@@ -601,8 +609,7 @@ def _epoch(
             resize=spec.resize,
             device=run.device,
             precision=precision,
-            # A distributed job's ranks stop together, at a batch of training (a collective).
-            should_stop=should_stop if run.ranks is None else lambda: False,
+            should_stop=stop_outside_training,
         )
         if features is None:
             return None, progress
@@ -631,32 +638,32 @@ def _epoch(
     if not math.isfinite(train_loss):
         raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
     classify = ds.task == "classification"
-    test_loss, test_acc = evaluate(
-        model,
-        loss_fn,
-        ds,
-        ds.x_test,
-        ds.y_test,
-        batch_size=spec.batch_size,
-        device=run.device,
-        precision=precision,
-        resize=side,
-        ranks=run.ranks,
-    )
-    val_loss = val_acc = None
-    if ds.x_val is not None:
-        val_loss, val_acc = evaluate(
+    # A stop during the evaluation keeps the epoch's training: the position is its last batch, and
+    # a resumed run evaluates the same weights.
+    held_out = {}
+    for split in ("test", "val"):
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        if x is None:
+            held_out[split] = (None, None)
+            continue
+        scores = evaluate(
             model,
             loss_fn,
             ds,
-            ds.x_val,
-            ds.y_val,
+            x,
+            y,
             batch_size=spec.batch_size,
             device=run.device,
             precision=precision,
             resize=side,
             ranks=run.ranks,
+            should_stop=stop_outside_training,
         )
+        if scores is None:
+            return None, progress
+        held_out[split] = scores
+    (test_loss, test_acc), (val_loss, val_acc) = held_out["test"], held_out["val"]
+    samples_trained = progress.seen - seen_before
     metrics = EpochMetrics(
         epoch=epoch,
         train_loss=train_loss,
@@ -666,7 +673,9 @@ def _epoch(
         val_loss=val_loss,
         val_acc=val_acc,
         seconds=time.perf_counter() - started,
-        samples_per_second=(progress.seen - seen_before) / train_seconds if train_seconds > 0 else 0.0,
+        samples_per_second=(
+            None if not samples_trained else samples_trained / train_seconds if train_seconds > 0 else 0.0
+        ),
         lr=optimizer.param_groups[0]["lr"],
     )
     return metrics, EpochProgress()

@@ -89,6 +89,33 @@ def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(idx_dir):
     assert rest.epochs[0].test_loss == pytest.approx(full.epochs[1].test_loss, rel=1e-5)
 
 
+def test_a_stop_during_the_evaluation_keeps_the_epochs_training(idx_dir):
+    """The evaluation polls too (a large test set can take minutes): a stop there resumes at the
+    epoch's last batch, evaluates the same weights, and goes on as an uninterrupted run does."""
+    spec = job(model={"arch": "mlp", "hidden": [32], "dropout": 0.3}, optimizer={"lr": 0.1, "momentum": 0.9}, epochs=2)
+    spec = spec.model_copy(update={"batch_size": 64})  # 10 batches an epoch, the last one short
+    full = Recorder()
+    uninterrupted = fit(spec, full, data_dir=idx_dir).run.model.state_dict()
+
+    first = StopAt(11)  # epoch 1's evaluation (one batch of the 200 test images)
+    stopped = fit(spec, first, data_dir=idx_dir)
+    position = stopped.stopped_at
+    assert first.epochs == [] and stopped.reason == "stopped"
+    assert position.epoch == 1 and position.progress.batches == 10 and position.progress.seen == 600
+    resume = stopped.run.state(position)
+    torch.manual_seed(12345)
+    rest = Recorder()
+    resumed = fit(spec, rest, data_dir=idx_dir, resume=resume)
+    assert [m.epoch for m in rest.epochs] == [1, 2]
+    for again, once in zip(rest.epochs, full.epochs, strict=True):
+        assert again.train_loss == pytest.approx(once.train_loss, rel=1e-6)
+        assert again.train_acc == once.train_acc and again.test_acc == once.test_acc
+        assert again.test_loss == pytest.approx(once.test_loss, rel=1e-6)
+    assert rest.epochs[0].samples_per_second is None and rest.epochs[1].samples_per_second > 0
+    final = resumed.run.model.state_dict()
+    assert all(torch.allclose(final[k], v) for k, v in uninterrupted.items())
+
+
 def test_linear_regression_recovers_weights():
     spec = JobSpec.model_validate(
         {
