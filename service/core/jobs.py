@@ -618,15 +618,12 @@ def expired_leases(session: Session, *, cutoff: datetime) -> list[str]:
     return list(session.scalars(select(Job.id).where(Job.status.in_(JobStatus.ACTIVE), Job.heartbeat_at < cutoff)))
 
 
-def stale_queued(session: Session, *, dispatched_before: datetime) -> list[str]:
-    """Queued jobs whose message went out before the given time, oldest first."""
-    return list(
-        session.scalars(
-            select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, Job.dispatched_at < dispatched_before)
-            .order_by(Job.dispatched_at)
-        )
+def queued_dispatches(session: Session) -> list[tuple[str, datetime]]:
+    """Every queued job's id and when its message last went out, oldest first."""
+    rows = session.execute(
+        select(Job.id, Job.dispatched_at).where(Job.status == JobStatus.QUEUED).order_by(Job.dispatched_at)
     )
+    return [(job_id, sent) for job_id, sent in rows]
 
 
 def get_jobs(session: Session, *, job_ids: list[str]) -> list[Job]:

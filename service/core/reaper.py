@@ -40,31 +40,33 @@ def reap_expired_leases(settings: Settings) -> list[str]:
     return requeued
 
 
-def lost_messages(waiting: list[str], depth: int) -> list[str]:
-    """Queued jobs of one queue that the broker cannot be holding a message for.
-
-    The queue holds `depth` messages; if fewer jobs than that have been waiting longer than
-    resend_after_seconds, each may still have its message. Otherwise some were lost, and since
-    a message cannot be matched to its job, all of them are sent again: a duplicate is harmless,
-    because only one delivery can claim a queued job.
-    """
-    return waiting if len(waiting) > depth else []
+def lost_messages(stale: list[str], *, queued: int, depth: int) -> list[str]:
+    """The jobs of one queue to send again: its `queued` jobs should have as many messages, and
+    the queue holds `depth`. When it holds fewer, some were lost; a message cannot be matched to
+    its job, so every `stale` one (sent more than resend_after_seconds ago) is sent again. A
+    duplicate is harmless, because only one delivery can claim a queued job; a job sent recently
+    is likely still held, and if it is not, it is stale at a later pass."""
+    return stale if queued > depth else []
 
 
 def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
     """One pass of the reaper; returns the ids it sent to the broker. Without `reap`, expired
     leases are left alone (their workers could not renew them while the database was away)."""
     requeued = reap_expired_leases(settings) if reap else []
+    stale_before = utcnow() - timedelta(seconds=settings.resend_after_seconds)
     with session_scope(write=False) as session:
-        waiting = jobs.stale_queued(
-            session, dispatched_before=utcnow() - timedelta(seconds=settings.resend_after_seconds)
-        )
-        loaded = jobs.get_jobs(session, job_ids=waiting + requeued)
+        queued = dict(jobs.queued_dispatches(session))
+        loaded = jobs.get_jobs(session, job_ids=list(queued.keys() | set(requeued)))
         queue_of = {job.id: settings.queue_for(worker_registry.device_of(job.spec)) for job in loaded}
         # A job that no live worker can give its processes is left until one can: sent now, every
-        # worker in turn would only refuse it again (and say so in its log).
+        # worker in turn would only refuse it again (and say so in its log). Refused, it holds no
+        # message, so it is not counted either.
         reasons = worker_registry.waiting_reasons(session, jobs=loaded, settings=settings)
-        waiting = [job_id for job_id in waiting if not worker_registry.short_of_capacity(reasons.get(job_id))]
+    held = [
+        job_id
+        for job_id in queued
+        if job_id not in requeued and not worker_registry.short_of_capacity(reasons.get(job_id))
+    ]
     to_send = list(requeued)
     for queue in settings.queues:
         try:
@@ -72,9 +74,9 @@ def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
         except Exception as exc:
             log.warning("reaper cannot read the broker's queue %s (%s); will retry", queue, exc)
             continue
-        to_send += [
-            j for j in lost_messages([j for j in waiting if queue_of.get(j) == queue], depth) if j not in to_send
-        ]
+        ours = [job_id for job_id in held if queue_of.get(job_id) == queue]
+        stale = [job_id for job_id in ours if queued[job_id] < stale_before]
+        to_send += lost_messages(stale, queued=len(ours), depth=depth)
     sent = []
     for job_id in to_send:
         try:

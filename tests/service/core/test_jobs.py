@@ -196,7 +196,8 @@ def test_attempts_a_worker_shutdown_handed_back_do_not_count_toward_the_limit(Se
         for attempt in (1, 2):  # two shutdowns, then a lost worker: one counted attempt of 2
             assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == attempt
             assert jobs.give_back(session, job_id=job_id, attempt=attempt, **stopped) == JobStatus.QUEUED
-            assert jobs.stale_queued(session, dispatched_before=utcnow() - timedelta(hours=1)) == [job_id]
+            ((queued, sent),) = jobs.queued_dispatches(session)
+            assert queued == job_id and sent < utcnow() - timedelta(hours=1)
         assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 3
         assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) == JobStatus.QUEUED
         assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 4

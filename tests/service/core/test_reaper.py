@@ -29,10 +29,12 @@ def read(job_id: str) -> Job:
         return jobs.require_job(session, job_id=job_id)
 
 
-def test_lost_messages_are_the_waiting_jobs_the_queue_cannot_hold():
-    assert lost_messages(["a", "b"], depth=2) == []
-    assert lost_messages(["a", "b"], depth=3) == []
-    assert lost_messages(["a", "b"], depth=1) == ["a", "b"]  # which one is lost is unknowable: send both
+def test_lost_messages_are_the_stale_jobs_of_a_queue_short_of_messages():
+    assert lost_messages(["a", "b"], queued=2, depth=2) == []
+    assert lost_messages(["a", "b"], queued=2, depth=3) == []
+    assert lost_messages(["a", "b"], queued=2, depth=1) == ["a", "b"]  # which one is lost is unknowable: send both
+    assert lost_messages(["a"], queued=3, depth=2) == ["a"]  # two recent ones hold the two messages, or may
+    assert lost_messages([], queued=3, depth=2) == []  # a recent one lost: sent when it is stale
 
 
 def test_a_job_whose_worker_died_is_queued_again_and_sent(service_env):
@@ -54,6 +56,17 @@ def test_a_queued_job_whose_message_was_lost_is_sent_once_more(service_env):
     assert broker.queue_depth(service_env.queue) == 1
     assert sweep(service_env) == []  # sent just now: not again
     assert read(job_id).status == JobStatus.QUEUED
+
+
+def test_a_lost_message_is_sent_again_while_recent_jobs_fill_the_queue(service_env):
+    """A recently submitted job's message in the queue does not hide an older job's lost one."""
+    lost = new_job()
+    backdate(lost, dispatched_at=utcnow() - timedelta(seconds=service_env.resend_after_seconds + 5))
+    recent = new_job()
+    broker.send_train_job(recent, service_env.queue)
+    assert broker.queue_depth(service_env.queue) == 1
+    assert sweep(service_env) == [lost]
+    assert broker.queue_depth(service_env.queue) == 2 and sweep(service_env) == []
 
 
 def test_a_job_no_live_worker_can_give_its_processes_is_not_sent_until_one_can(service_env):
