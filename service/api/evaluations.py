@@ -45,6 +45,9 @@ class Evaluations:
                 f"job {job.id} is a {job.task} job; the evaluation report and the confusion "
                 "matrix need a classification job"
             )
+        # Each API process remembers its own reports: without this, one that computed a report
+        # before the upload was deleted would answer, and another not.
+        await run_in_threadpool(datasets.require_test_set, job)
         target, loaded = await self.server.get(f"job:{job.id}")
 
         def compute() -> Evaluation:

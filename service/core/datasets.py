@@ -516,6 +516,17 @@ def example_image(session: Session, *, dataset_id: str, number: int, settings: S
     return dataset.x_train[int(rows[rank])].numpy().copy()
 
 
+def require_test_set(job: Job) -> None:
+    """NotFound, as test_set says it, when the job trained on an upload since deleted (one row
+    read): what was computed from its test set before is not served after."""
+    spec = JobSpec.model_validate(job.spec)
+    if isinstance(spec.data, UploadedDatasetSpec):
+        try:
+            stored_file(spec.data.dataset_id)
+        except DatasetError as exc:
+            raise NotFound(f"the test set of job {job.id} cannot be read here: {exc}") from None
+
+
 def test_set(job: Job, *, settings: Settings) -> Dataset:
     """A job's dataset as far as its test set goes. The validation split and normalisation change
     only the training rows and the input contract, so they are left out: reading a test image never
