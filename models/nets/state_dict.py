@@ -16,3 +16,28 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool
         state = OrderedDict(state)
         state._metadata = model.state_dict()._metadata
     return model.load_state_dict(state, strict=strict)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "a scalar"
+
+
+def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why `state` does not load into `model`, in one line: the first tensor whose shape differs
+    (and how many more do), the first missing and the first unexpected; None when none."""
+    own = model.state_dict()
+    shapes = [
+        f"{key} is {_shape(state[key])} in them and {_shape(own[key])} here"
+        for key in own
+        if key in state and state[key].shape != own[key].shape
+    ]
+    missing = [key for key in own if key not in state]
+    extra = [key for key in state if key not in own]
+    parts = []
+    if shapes:
+        parts.append(shapes[0] + (f" ({len(shapes) - 1} more differ in shape)" if len(shapes) > 1 else ""))
+    if missing:
+        parts.append(f"they lack {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if extra:
+        parts.append(f"this model has no {extra[0]}" + (f" nor {len(extra) - 1} more" if len(extra) > 1 else ""))
+    return "; ".join(parts) or None

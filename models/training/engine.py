@@ -20,7 +20,7 @@ from models.data.splits import kfold_indices, with_validation
 from models.nets.archs import build_model
 from models.nets.cost import admission_problems, eval_batch_size
 from models.nets.pretrained import find_pretrained, load_backbone, load_pretrained_weights, transforms_of
-from models.nets.state_dict import load_state
+from models.nets.state_dict import load_state, state_mismatch
 from models.spec.job import EarlyStoppingSpec, JobSpec
 from models.spec.problems import spec_problems
 from models.training.distributed import Ranks, Replicas, synchronised_batch_norm
@@ -543,6 +543,12 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 "the starting weights",
             )
         else:
+            mismatch = state_mismatch(model, state)
+            if mismatch is not None:
+                raise TrainingError(
+                    f"the starting weights do not fit this model: {mismatch}. init_from must name weights of "
+                    "the same network, for inputs of the same shape and as many classes"
+                )
             load_state(model, state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]

@@ -198,7 +198,9 @@ def test_init_from_starts_from_another_jobs_weights(stack, client):
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "init_from"]
     mismatched = submit(client, {**TINY_SPEC, "model": {"arch": "mlp", "hidden": [8]}, "init_from": {"job_id": first}})
     job = stack.wait_for_job(client, mismatched)
-    assert job["status"] == "failed" and "do not fit this model" in job["error"]
+    assert (
+        job["status"] == "failed" and "do not fit this model: 1.weight is 10x784 in them and 8x784 here" in job["error"]
+    )
 
 
 def test_concurrent_submissions_with_idempotency_keys_run_once_each(stack, client):

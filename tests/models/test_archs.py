@@ -138,3 +138,17 @@ def test_sequential_batchnorm_and_dropout_pick_the_right_kind():
         isinstance(net[1], nn.BatchNorm2d) and isinstance(net[5], nn.BatchNorm1d) and net[5].num_features == 4 * 13 * 13
     )
     assert net[6].p == 0.3 and net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_weights_of_another_network_are_told_apart_by_their_first_difference():
+    from models.nets.state_dict import state_mismatch
+
+    softmax = build_model(model_spec(arch="softmax_regression"), (1, 28, 28), 10)
+    mlp = build_model(model_spec(arch="mlp", hidden=[8]), (1, 28, 28), 10)
+    assert state_mismatch(mlp, mlp.state_dict()) is None
+    assert state_mismatch(mlp, softmax.state_dict()) == (
+        "1.weight is 10x784 in them and 8x784 here (1 more differ in shape); they lack 3.weight and 1 more"
+    )
+    assert state_mismatch(softmax, mlp.state_dict()) == (
+        "1.weight is 8x784 in them and 10x784 here (1 more differ in shape); this model has no 3.weight nor 1 more"
+    )
