@@ -121,8 +121,19 @@ def _url_or_default(ctx: typer.Context, param: typer.CallbackParam, value: str) 
     """--url or TRAINYARD_URL as given; when neither is, service_url() (read when the command runs)."""
     given = _before_command(ctx, param, value)
     source = ctx.get_parameter_source(param.name)
-    unset = given is value and (source is None or source.name == "DEFAULT")
-    return service_url() if unset else given
+    if given is value and (source is None or source.name == "DEFAULT"):
+        return service_url()
+    return base_url(given)
+
+
+def base_url(given: str) -> str:
+    """A service's base URL as given, or a usage error saying what one looks like."""
+    url = given.strip()
+    if not url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"{given!r} is not a URL: give the service's base URL, such as http://{url}")
+    if url.rstrip("/").endswith("/v1"):
+        raise typer.BadParameter(f"{given!r} ends with /v1: give the service's base URL, {url.rstrip('/')[:-3]}")
+    return url
 
 
 UrlOption = Annotated[
@@ -518,7 +529,9 @@ def jobs_table(page: dict) -> list:
             _fmt(best.get("test_loss")),
             job["created_at"][:19],
         )
-    return [table, f"{page['count']} job(s); test acc and loss are of the best epoch, the one job:<id> serves"]
+    shown, count = len(page["data"]), page["count"]
+    counted = f"{count} job(s)" if shown == count else f"the newest {shown} of {count} jobs (--limit for more)"
+    return [table, f"{counted}; test acc and loss are of the best epoch, the one job:<id> serves"]
 
 
 @command(jobs_app, "list")

@@ -236,13 +236,19 @@ def sample_data(
     in the class folders `trainyard datasets upload` takes. Needs no service and no download."""
     from service.cli.sample_data import SHAPES, shapes_zip, write_examples
 
-    archive.write_bytes(shapes_zip(seed=seed, per_class=per_class, test_per_class=test_per_class))
+    try:
+        archive.write_bytes(shapes_zip(seed=seed, per_class=per_class, test_per_class=test_per_class))
+    except OSError as exc:
+        raise Failure(f"cannot write {archive}: {exc.strerror}", USAGE) from None
     typer.echo(
         f"{archive}: {len(SHAPES) * (per_class + test_per_class)} images of {', '.join(SHAPES)} "
         f"({per_class} train and {test_per_class} test each, 28x28 grey, seed {seed})"
     )
     if examples is not None:
-        written = write_examples(examples, seed=seed)
+        try:
+            written = write_examples(examples, seed=seed)
+        except OSError as exc:
+            raise Failure(f"cannot write the examples in {examples}: {exc.strerror}", USAGE) from None
         typer.echo(f"{examples}: {', '.join(path.name for path in written)}, not in the zip")
 
 

@@ -62,3 +62,11 @@ def test_the_upload_takes_it(service_env):
         files={"file": ("shapes.zip", io.BytesIO(shapes_zip()), "application/zip")},
     )
     assert again.status_code == 200 and again.json()["id"] == dataset["id"]  # same seed, same dataset
+
+
+def test_a_zip_it_cannot_write_is_one_line_not_a_traceback(tmp_path):
+    from service.cli.client import USAGE, Failure
+
+    result = CliRunner().invoke(app, ["sample-data", str(tmp_path / "no" / "such" / "shapes.zip")])
+    assert isinstance(result.exception, Failure) and result.exception.code == USAGE
+    assert str(result.exception) == f"cannot write {tmp_path / 'no' / 'such' / 'shapes.zip'}: No such file or directory"
