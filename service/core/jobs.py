@@ -28,8 +28,18 @@ class InvalidTransition(Conflict):
 
     def __init__(self, job: Job, action: str):
         hint = _next_step(action, job.status, job.id)
-        super().__init__(f"cannot {action} job {job.id}: it is {job.status}" + (f"; {hint}" if hint else ""))
+        super().__init__(f"cannot {action} job {job.id}: {_where(job.status)}" + (f"; {hint}" if hint else ""))
         self.status = job.status
+
+
+def _where(status: str) -> str:
+    """Where a job is, as a sentence says it: "it is running", "it succeeded"."""
+    ended = {
+        JobStatus.SUCCEEDED: "it succeeded",
+        JobStatus.FAILED: "it failed",
+        JobStatus.CANCELLED: "it was cancelled",
+    }
+    return ended.get(status, f"it was {status}" if status in JobStatus.FINAL else f"it is {status}")
 
 
 def _next_step(action: str, status: str, job_id: str) -> str:
@@ -38,10 +48,10 @@ def _next_step(action: str, status: str, job_id: str) -> str:
         return f"cancel it first (POST /v1/jobs/{job_id}/cancel, or trainyard jobs cancel), then delete it"
     if action == "delete" and status == JobStatus.CANCELLING:
         return "it stops after its current batch; delete it once it is cancelled"
-    if action == "cancel" and status in JobStatus.FINAL:
-        return "it has already finished" + ("; resume it to train again" if status != JobStatus.SUCCEEDED else "")
+    if action == "cancel" and status in JobStatus.FINAL and status != JobStatus.SUCCEEDED:
+        return "resume it to train on"
     if action == "resume" and status == JobStatus.SUCCEEDED:
-        return 'it finished; submit a new job (init_from: {"job_id": ...}) to train on from it'
+        return 'submit a new job (init_from: {"job_id": ...}) to train on from it'
     return ""
 
 

@@ -125,7 +125,7 @@ def test_life_cycle_is_logged_and_guarded(Session):
         jobs.request_cancel(session, job_id=job_id)
         assert jobs.heartbeat(session, job_id=job_id, attempt=1) == JobStatus.CANCELLING
         assert jobs.finish_job(session, job_id=job_id, attempt=1, status=JobStatus.CANCELLED, reason="user_cancelled")
-        with pytest.raises(jobs.InvalidTransition, match="it is cancelled"):
+        with pytest.raises(jobs.InvalidTransition, match="it was cancelled; resume it to train on$"):
             jobs.request_cancel(session, job_id=job_id)
         jobs.request_resume(session, job_id=job_id)
         assert jobs.claim_job(session, job_id=job_id, worker="w2", **LEASE).attempt == 2
