@@ -549,6 +549,8 @@ router.include_router(actions)
 
 
 @router.get("/ui/{path:path}", response_class=HTMLResponse)
-def unknown_page(path: str, request: Request) -> HTMLResponse:
-    """Any other /ui/ address: the dashboard's 404 page (matched last)."""
+def unknown_page(path: str, request: Request) -> Response:
+    """/ui/ itself: the dashboard's first page, /; any other /ui/ address: its 404 page (matched last)."""
+    if not path:
+        return RedirectResponse("/", status_code=303)
     return error_page(request, 404, f"there is no page at /ui/{path}")
