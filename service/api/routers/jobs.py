@@ -107,7 +107,8 @@ def read_metrics(job_id: str, session: SessionDep) -> MetricsPublic:
     responses={**JOB_NOT_FOUND, **CONFLICT},
 )
 def cancel_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> JobPublic:
-    """Cancel a queued job now, or ask a running one to stop after its current batch."""
+    """Cancel a queued job now, or ask a running one to stop: its worker hears of it at its next
+    lease renewal (TRAINYARD_HEARTBEAT_SECONDS), and the job stops after the batch it is on."""
     submission.cancel_job(session, job_id=job_id)
     return _public(session, job_id, settings)
 
