@@ -849,6 +849,56 @@ def models_list(opts: Options) -> None:
     opts.show(opts.call("GET", "/v1/models"), models_table)
 
 
+def model_table(model: dict) -> list:
+    """One model's versions: where each came from, its input, its classes and which aliases point at it."""
+    aliases: dict[int, list[str]] = {}
+    for alias, version in model["aliases"].items():
+        aliases.setdefault(version, []).append(alias)
+    table = Table("version", "from", "epoch", "input", "classes", "threshold", "aliases", "created")
+    for v in model["versions"]:
+        classes = v["classes"] or []
+        table.add_row(
+            str(v["version"]),
+            f"job {v['job_id'][:SHORT_ID]}" if v["job_id"] else "imported",
+            str(v["epoch"]),
+            "x".join(map(str, v["input_shape"])),
+            ", ".join(classes) if len(classes) <= 6 else f"{len(classes)} classes",
+            _fmt(v["threshold"], 2),
+            ", ".join(sorted(aliases.get(v["version"], []))),
+            v["created_at"][:19],
+        )
+    return [f"model {model['name']}: {len(model['versions'])} version(s), latest {model['latest_version']}", table]
+
+
+@command(models_app, "show")
+def models_show(opts: Options, name: str) -> None:
+    """One model's versions and aliases."""
+    opts.show(opts.call("GET", f"/v1/models/{quote(name, safe='')}"), model_table)
+
+
+@command(models_app, "threshold")
+def models_threshold(
+    opts: Options,
+    name: str,
+    version: int,
+    threshold: Annotated[
+        float | None, typer.Argument(min=0, max=1, help="0 to 1; left out: cleared, every label is answered")
+    ] = None,
+) -> None:
+    """Set VERSION's default confidence threshold for predict (a request's own threshold wins)."""
+    answer = opts.call("PATCH", f"/v1/models/{quote(name, safe='')}/versions/{version}", json={"threshold": threshold})
+    opts.show(
+        answer, _version_line(lambda v: "no threshold" if v["threshold"] is None else f"threshold {v['threshold']:g}")
+    )
+
+
+@command(models_app, "delete")
+def models_delete(opts: Options, name: str, version: int) -> None:
+    """Delete VERSION of NAME (one that no alias points at); the job it came from stays."""
+    opts.call("DELETE", f"/v1/models/{quote(name, safe='')}/versions/{version}")
+    opts.show({"name": name, "version": version, "deleted": True}, lambda _: [f"{name} version {version} deleted"])
+
+
 @command(models_app, "alias")
 def models_alias(opts: Options, name: str, alias: str, version: int) -> None:
     """Point NAME@ALIAS at VERSION."""
@@ -936,6 +986,14 @@ def datasets_table(answer: dict) -> list:
 def datasets_list(opts: Options) -> None:
     """Uploaded datasets."""
     opts.show(opts.call("GET", "/v1/datasets"), datasets_table)
+
+
+@command(datasets_app, "show")
+def datasets_show(
+    opts: Options, dataset_id: Annotated[str, typer.Argument(help="its id, a unique prefix of it, or its name")]
+) -> None:
+    """One uploaded dataset: what specs call it and what it holds."""
+    opts.show(opts.call("GET", f"/v1/datasets/{quote(dataset_id, safe='')}"), dataset_lines)
 
 
 @command(datasets_app, "delete")

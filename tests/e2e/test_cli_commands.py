@@ -69,6 +69,18 @@ def test_submit_follow_to_success_then_inspect(embedded_stack, tmp_path):
     assert trainyard(embedded_stack, "predict", "cli-model", str(image), "--threshold", "1.5").returncode == 2
     registered = trainyard(embedded_stack, "models", "register", "cli-unsure", job_id, "--threshold", "0.5", "--json")
     assert registered.returncode == 0 and json.loads(registered.stdout)["threshold"] == 0.5
+    shown = trainyard(embedded_stack, "models", "show", "cli-model")
+    assert shown.returncode == 0 and "model cli-model: 1 version(s), latest 1" in shown.stdout, shown.stdout
+    assert re.search(rf"^\W*1\W+job {job_id[:8]}\W+3\W+1x28x28\W.*\bproduction\b", shown.stdout, flags=re.M)
+    raised = trainyard(embedded_stack, "models", "threshold", "cli-unsure", "1", "0.7")
+    assert raised.returncode == 0 and raised.stdout.strip() == "cli-unsure version 1 (threshold 0.7)", raised.stdout
+    cleared = trainyard(embedded_stack, "models", "threshold", "cli-unsure", "1")
+    assert cleared.returncode == 0 and cleared.stdout.strip() == "cli-unsure version 1 (no threshold)"
+    aliased = trainyard(embedded_stack, "models", "delete", "cli-model", "1")
+    assert aliased.returncode == 2 and "409" in aliased.stderr and "production" in aliased.stderr, aliased.stderr
+    deleted = trainyard(embedded_stack, "models", "delete", "cli-unsure", "1")
+    assert deleted.returncode == 0 and deleted.stdout.strip() == "cli-unsure version 1 deleted"
+    assert trainyard(embedded_stack, "models", "show", "cli-unsure").returncode == 2
 
 
 def test_follow_exits_non_zero_when_the_job_fails(embedded_stack, tmp_path):
@@ -144,6 +156,8 @@ def test_datasets_upload_and_list(embedded_stack, tmp_path):
     assert run.returncode == 0 and run.stdout.startswith("uploaded:pets  (id ") and "['cat', 'dog']" in run.stdout
     assert "1x28x28 grayscale" in run.stdout
     assert "pets" in trainyard(embedded_stack, "datasets", "list").stdout
+    shown = trainyard(embedded_stack, "datasets", "show", "pets")
+    assert shown.returncode == 0 and shown.stdout.splitlines()[0] == run.stdout.splitlines()[0], shown.stdout
     taken = trainyard(embedded_stack, "datasets", "upload", str(archive), "--name", "pets", "--color", "rgb")
     assert taken.returncode == 2 and "409 a dataset named 'pets' exists" in taken.stderr, taken.stderr
     rgb = trainyard(embedded_stack, "datasets", "upload", str(archive), "--color", "rgb", "--name", "pets-rgb")
