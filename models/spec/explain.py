@@ -9,6 +9,18 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Tag
 
+# Patterns whose mismatch is told in words instead of the regular expression (see worded).
+PATTERN_WORDS: dict[str, str] = {}
+
+
+def worded(pattern: str, words: str) -> str:
+    """`pattern`, registered so that a value that does not match it is told it "should be <words>"."""
+    PATTERN_WORDS[pattern] = words
+    return pattern
+
+
+JOB_ID_PATTERN = worded(r"^[0-9a-fA-F-]{6,36}$", "a job's id or a unique prefix of it (6 to 36 characters)")
+
 
 def input_loc(document, loc: tuple, *, missing: bool = False) -> tuple:
     """A validation error's location as a path into the submitted document: pydantic adds the tags
@@ -168,7 +180,18 @@ def plain_message(error: dict) -> str:
     message, given = error["msg"], error.get("input")
     if error.get("type") == "value_error":
         return message.removeprefix("Value error, ")
+    if error.get("type") == "string_pattern_mismatch":
+        return worded_mismatch(error)
     wrong_type = str(error.get("type", "")).endswith(("_parsing", "_type"))
     if wrong_type and isinstance(given, str | int | float | bool) and len(repr(given)) <= 40:
         return f"{message}; got {given!r}"
     return message
+
+
+def worded_mismatch(error: dict) -> str:
+    """A string_pattern_mismatch error's message, in words where its pattern was worded."""
+    words = PATTERN_WORDS.get(str((error.get("ctx") or {}).get("pattern")))
+    if words is None:
+        return error["msg"]
+    given = error.get("input")
+    return f"should be {words}" + (f"; got {given!r}" if isinstance(given, str) and len(given) <= 70 else "")

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from models.spec.explain import JOB_ID_PATTERN
+
 
 class StrictModel(BaseModel):
     # strict: a number is a JSON number, not true, false or "1" (a tuple field, which takes a JSON
@@ -457,7 +459,7 @@ class InitFromSpec(StrictModel):
     (`name`, `name:VERSION`, `name@ALIAS`; an imported one too), instead of a fresh initialisation."""
 
     job_id: Annotated[
-        str | None, Field(pattern=r"^[0-9a-fA-F-]{6,36}$", description="the job's id or a unique prefix of it")
+        str | None, Field(pattern=JOB_ID_PATTERN, description="the job's id or a unique prefix of it")
     ] = None
     checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1, le=10_000)] = "last"
     model: Annotated[str | None, Field(max_length=200, description="a registered model version")] = None

@@ -18,7 +18,7 @@ from starlette.routing import Match
 
 from models.checkpoint import CheckpointError
 from models.inference.predictor import InputError
-from models.spec.explain import explain, input_loc, plain_message
+from models.spec.explain import explain, input_loc, plain_message, worded_mismatch
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 
@@ -179,6 +179,7 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     """422 naming each problem's location; never fails on what the client sent."""
     model = _body_model(request)
     errors = _located(_body_problems(list(exc.errors()), request, model), getattr(exc, "body", None), model)
+    errors = [{**e, "msg": worded_mismatch(e)} if e.get("type") == "string_pattern_mismatch" else e for e in errors]
     return JSONResponse({"detail": jsonable_encoder(_printable(errors))}, status_code=422)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.spec.explain import worded
 from service.core import jobs
 from service.core.errors import NotFound, NotReady
 from service.core.ids import MAX_LISTED, matching, resolve_id
@@ -24,6 +25,9 @@ from service.core.tables import Job, ModelAlias, ModelVersion
 
 _JOB_REF = re.compile(r"^job:(?P<id>[0-9a-fA-F-]{1,36})(?::(?P<which>best|last|[1-9][0-9]{0,6}))?$")
 MODEL_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
+MODEL_NAME_PATTERN = worded(
+    f"^{MODEL_NAME}$", "1 to 64 lower-case letters, digits, '.', '_' or '-', the first a letter or a digit"
+)
 _MODEL_REF = re.compile(rf"^(?P<name>{MODEL_NAME})(?::(?P<version>[1-9][0-9]{{0,8}})|@(?P<alias>{MODEL_NAME}))?$")
 DEFAULT_ALIAS = "production"
 

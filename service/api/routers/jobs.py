@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
+from models.spec.explain import worded
 from models.spec.job import JobSpec
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.errors import validation_error
@@ -29,6 +30,7 @@ from service.core import job_logs, job_pages, jobs, retention, submission, worke
 from service.core.settings import Settings, get_settings
 from service.core.tables import JobStatus
 
+STATUS_PATTERN = worded("^(" + "|".join(JobStatus.ALL) + ")$", "one of " + ", ".join(JobStatus.ALL))
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JOB_NOT_FOUND = {404: {"description": "No such job"}}
@@ -71,7 +73,7 @@ def submit_job(
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
-    status_filter: Annotated[str | None, Query(alias="status", pattern="^(" + "|".join(JobStatus.ALL) + ")$")] = None,
+    status_filter: Annotated[str | None, Query(alias="status", pattern=STATUS_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobsPublic:

@@ -23,11 +23,11 @@ from service.api.schemas.registry import (
 )
 from service.core import exports, model_registry
 from service.core.errors import Invalid
-from service.core.references import MODEL_NAME
+from service.core.references import MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 NOT_FOUND = {404: {"description": "No such model, version or job"}}
-NameParam = Annotated[str, Path(pattern=f"^{MODEL_NAME}$")]
+NameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
 
 
 def _model(session, name: str) -> ModelPublic:
@@ -208,7 +208,7 @@ async def import_model(
     settings: SettingsDep,
     server: ModelServerDep,
     file: Annotated[UploadFile, File(description="a safetensors state_dict (nothing is unpickled)")],
-    name: Annotated[str, Form(pattern=f"^{MODEL_NAME}$")],
+    name: Annotated[str, Form(pattern=MODEL_NAME_PATTERN)],
     model: Annotated[
         str, Form(max_length=100_000, description='the model part of a job spec, as JSON, e.g. {"arch": "lenet"}')
     ],

@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.spec.explain import JOB_ID_PATTERN
 from service.api.schemas.predict import Threshold
-from service.core.references import MODEL_NAME
+from service.core.references import MODEL_NAME_PATTERN
 from service.core.tables import ModelVersion
 
 MAX_INT = 2**31 - 1  # what every database's INTEGER holds
@@ -17,8 +18,8 @@ MAX_INT = 2**31 - 1  # what every database's INTEGER holds
 class ModelCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: Annotated[str, Field(pattern=f"^{MODEL_NAME}$", description="lower-case letters, digits, . _ -")]
-    job_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F-]{6,36}$", description="the job's id or a unique prefix of it")]
+    name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN, description="lower-case letters, digits, . _ -")]
+    job_id: Annotated[str, Field(pattern=JOB_ID_PATTERN, description="the job's id or a unique prefix of it")]
     checkpoint: Literal["best", "last"] | Annotated[int, Field(ge=1, le=MAX_INT)] = "best"
     threshold: Threshold | None = None
 

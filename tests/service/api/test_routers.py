@@ -140,7 +140,11 @@ def test_jobs_are_listed_newest_first_paged_and_filtered(api, trained_job):
     assert page["count"] == 4 and [j["id"] for j in page["data"]] == [queued[1], queued[0]]
     assert [j["id"] for j in api.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]] == [trained_job]
     assert api.get("/v1/jobs", params={"status": "queued"}).json()["count"] == 3
-    assert locs(api.get("/v1/jobs", params={"status": "done"})) == [["query", "status"]]
+    done = api.get("/v1/jobs", params={"status": "done"})
+    assert locs(done) == [["query", "status"]]
+    assert done.json()["detail"][0]["msg"] == (
+        "should be one of queued, running, succeeded, failed, cancelling, cancelled, pruned; got 'done'"
+    )
     assert locs(api.get("/v1/jobs", params={"limit": 0})) == [["query", "limit"]]
     assert locs(api.get("/v1/jobs", params={"offset": -1})) == [["query", "offset"]]
 
@@ -229,7 +233,16 @@ def test_registry_errors(api, trained_job):
     queued = submitted(api)["id"]
     no_checkpoint = api.post("/v1/models", json={"name": "x", "job_id": queued})
     assert no_checkpoint.status_code == 409 and isinstance(no_checkpoint.json()["detail"], str)
-    assert ["body", "name"] in locs(api.post("/v1/models", json={"name": "no spaces", "job_id": trained_job}))
+    spaced = api.post("/v1/models", json={"name": "no spaces", "job_id": trained_job})
+    assert locs(spaced) == [["body", "name"]] and spaced.json()["detail"][0]["msg"] == (
+        "should be 1 to 64 lower-case letters, digits, '.', '_' or '-', the first a letter or a digit; got 'no spaces'"
+    )
+    prefix = api.post("/v1/models", json={"name": "x", "job_id": "abc"})
+    assert (
+        prefix.json()["detail"][0]["msg"]
+        == "should be a job's id or a unique prefix of it (6 to 36 characters); got 'abc'"
+    )
+    assert "should be 1 to 64 lower-case" in api.get("/v1/models/Shoes").json()["detail"][0]["msg"]
     assert locs(api.get("/v1/models/shoes/versions/0/export")) == [["path", "version"]]
 
 
