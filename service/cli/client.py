@@ -330,12 +330,17 @@ def follow(api: httpx.Client, job_id: str) -> dict:
     return job
 
 
+def warn(answer: dict, *, as_json: bool) -> None:
+    """The answer's warnings on stderr (with --json they are in the JSON)."""
+    if not as_json:
+        for warning in answer.get("warnings") or []:
+            err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
 def finish(api: httpx.Client, job: dict, *, follow_job: bool, as_json: bool) -> None:
     """After submit or resume: print the job, and with --follow wait for its end (exit 1 unless
     it succeeds)."""
-    if not as_json:
-        for warning in job.get("warnings") or []:
-            err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    warn(job, as_json=as_json)
     if not follow_job:
         if as_json:
             emit_json(job)
@@ -780,9 +785,9 @@ def models_register(
         "checkpoint": int(checkpoint) if checkpoint.isdigit() else checkpoint,
         **({} if threshold is None else {"threshold": threshold}),
     }
-    opts.show(
-        opts.call("POST", "/v1/models", json=body), _version_line(lambda v: f"job {v['job_id']}, epoch {v['epoch']}")
-    )
+    registered = opts.call("POST", "/v1/models", json=body)
+    warn(registered, as_json=opts.as_json)
+    opts.show(registered, _version_line(lambda v: f"job {v['job_id']}, epoch {v['epoch']}"))
 
 
 @command(models_app, "export")
@@ -825,10 +830,9 @@ def models_import(
         **({"classes": json.dumps(classes.split(","))} if classes else {}),
     }
     upload = {"file": (weights.name, weights.read_bytes(), "application/octet-stream")}
-    opts.show(
-        opts.call("POST", "/v1/models/import", data=form, files=upload, timeout=300),
-        _version_line(lambda v: "imported"),
-    )
+    imported = opts.call("POST", "/v1/models/import", data=form, files=upload, timeout=300)
+    warn(imported, as_json=opts.as_json)
+    opts.show(imported, _version_line(lambda v: "imported"))
 
 
 def models_table(answer: dict) -> list:

@@ -170,6 +170,40 @@ def import_version(
     )
 
 
+def _listed(names: list[str] | None) -> str:
+    names = names or []
+    return ", ".join(names) if len(names) <= 6 else f"{len(names)} classes ({', '.join(names[:3])}, ...)"
+
+
+def contract_changes(session: Session, version: ModelVersion) -> list[str]:
+    """What a caller of the model's name would see change from the version before this one (its
+    task, its input, its classes), each a warning; none for a first version."""
+    before = session.scalar(
+        select(ModelVersion)
+        .where(ModelVersion.name == version.name, ModelVersion.version < version.version)
+        .order_by(ModelVersion.version.desc())
+        .limit(1)
+    )
+    if before is None:
+        return []
+    new, old = f"version {version.version}", f"version {before.version}"
+    changes = []
+    if version.task != before.task:
+        changes.append(f"{new} is a {version.task} model where {old} was a {before.task} one")
+    if list(version.input_shape) != list(before.input_shape):
+        shape = "x".join(map(str, version.input_shape)), "x".join(map(str, before.input_shape))
+        changes.append(f"{new} takes {shape[0]} inputs where {old} took {shape[1]}")
+    if version.task == before.task == "classification" and list(version.classes or []) != list(before.classes or []):
+        changes.append(f"{new} answers {_listed(version.classes)} where {old} answered {_listed(before.classes)}")
+    if changes:
+        older = aliases(session, name=version.name).items()
+        pinned = sorted(alias for alias, number in older if number < version.version)
+        changes[-1] += f"; {version.name!r} now means {new}" + (
+            f" ({', '.join(f'{version.name}@{alias}' for alias in pinned)} still an older one)" if pinned else ""
+        )
+    return changes
+
+
 def versions(session: Session, *, name: str) -> list[ModelVersion]:
     return list(session.scalars(select(ModelVersion).where(ModelVersion.name == name).order_by(ModelVersion.version)))
 

@@ -36,6 +36,13 @@ def _model(session, name: str) -> ModelPublic:
     )
 
 
+def _registered(session, version) -> ModelVersionPublic:
+    """A new version as registered, with what its callers will see change."""
+    public = ModelVersionPublic.model_validate(version)
+    public.warnings = model_registry.contract_changes(session, version)
+    return public
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -55,7 +62,7 @@ def register_model(
         threshold=body.threshold,
     )
     server.references.clear()  # `name` may now mean the new version
-    return ModelVersionPublic.model_validate(version)
+    return _registered(session, version)
 
 
 @router.get("", response_model=ModelsPublic)
@@ -263,4 +270,4 @@ async def import_model(
         threshold=threshold,
     )
     server.references.clear()
-    return ModelVersionPublic.model_validate(version)
+    return _registered(session, version)

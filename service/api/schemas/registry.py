@@ -52,6 +52,8 @@ class ModelVersionPublic(BaseModel):
     metrics: dict | None
     threshold: float | None  # predict's default: labels below it are withheld
     created_at: datetime
+    # When registered: what changes for callers of the name since the version before (task, input, classes)
+    warnings: list[str] = []
 
 
 class ModelPublic(BaseModel):

@@ -206,7 +206,7 @@ def test_register_alias_threshold_and_delete(api, trained_job):
     first = api.post("/v1/models", json={"name": "shoes", "job_id": trained_job, "checkpoint": "best"})
     assert first.status_code == 201 and first.json()["version"] == 1, first.text
     second = api.post("/v1/models", json={"name": "shoes", "job_id": trained_job, "checkpoint": "last"})
-    assert second.json()["version"] == 2
+    assert second.json()["version"] == 2 and first.json()["warnings"] == second.json()["warnings"] == []
     aliased = api.put("/v1/models/shoes/aliases/production", json={"version": 1})
     assert aliased.status_code == 200 and aliased.json()["aliases"] == {"production": 1}
     listed = api.get("/v1/models").json()
@@ -223,6 +223,35 @@ def test_register_alias_threshold_and_delete(api, trained_job):
     assert under_alias.status_code == 409 and "production" in under_alias.json()["detail"]
     assert api.delete("/v1/models/shoes/versions/2").status_code == 204
     assert [v["version"] for v in api.get("/v1/models/shoes").json()["versions"]] == [1]
+
+
+def test_a_version_that_changes_what_callers_see_is_registered_with_warnings(api, trained_job):
+    """Another input shape or other classes under the same name: registered (the registry does
+    not judge), and the answer says what changed and what still serves the old version."""
+    import io
+
+    from safetensors.torch import save
+
+    from models.nets.archs import build_model
+    from models.spec.job import JobSpec
+
+    assert api.post("/v1/models", json={"name": "shoes", "job_id": trained_job}).status_code == 201
+    assert api.put("/v1/models/shoes/aliases/production", json={"version": 1}).status_code == 200
+    net = build_model(
+        JobSpec.model_validate({**SOFTMAX_SPEC, "model": {"arch": "softmax_regression"}}).model, [3, 8, 8], 2
+    )
+    form = {"name": "shoes", "model": '{"arch": "softmax_regression"}', "classes": '["cat", "dog"]'}
+    imported = api.post(
+        "/v1/models/import",
+        data={**form, "input_shape": "[3, 8, 8]"},
+        files={"file": ("w.safetensors", io.BytesIO(save(net.state_dict())))},
+    )
+    assert imported.status_code == 201, imported.text
+    assert imported.json()["warnings"] == [
+        "version 2 takes 3x8x8 inputs where version 1 took 1x28x28",
+        "version 2 answers cat, dog where version 1 answered 10 classes (0, 1, 2, ...); 'shoes' now means "
+        "version 2 (shoes@production still an older one)",
+    ]
 
 
 def test_registry_errors(api, trained_job):
