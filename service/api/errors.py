@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 
 from fastapi import FastAPI, Request, status
@@ -58,8 +59,10 @@ def unknown_fields_error(sent, allowed: frozenset[str]) -> RequestValidationErro
     unknown = sorted(set(sent) - allowed)
     if not unknown:
         return None
+    close = difflib.get_close_matches(unknown[0], sorted(allowed), n=1, cutoff=0.6)
+    meant = f"did you mean {close[0]!r}? " if close else ""
     return validation_error(
-        [(("body", unknown[0]), f"unknown field {unknown[0]!r}: this upload takes {', '.join(sorted(allowed))}")]
+        [(("body", unknown[0]), f"unknown field {unknown[0]!r}: {meant}this upload takes {', '.join(sorted(allowed))}")]
     )
 
 

@@ -472,6 +472,10 @@ def test_predict_refuses_unknown_models_and_bad_fields(api, trained_job):
     assert locs(api.post("/v1/predict", data={"model": job, "top_k": "11"}, files=image())) == [["body", "top_k"]]
     assert locs(api.post("/v1/predict", data={"top_k": "1"}, files=image())) == [["body", "model"]]
     assert locs(api.post("/v1/predict", data={"model": job}, files={"other": ("a", b"x")})) == [["body", "other"]]
+    singular = api.post("/v1/predict", data={"model": job}, files={"file": ("x.png", png_bytes(3, seed=1))})
+    assert locs(singular) == [["body", "file"]]
+    said = singular.json()["detail"][0]["msg"]
+    assert said.startswith("unknown field 'file': did you mean 'files'? this upload takes")
     answered = api.post("/v1/predict", data={"model": job, "top_k": "2", "threshold": "0"}, files=image())
     assert answered.status_code == 200, answered.text
     (prediction,) = answered.json()["predictions"]
