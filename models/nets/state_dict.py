@@ -35,9 +35,13 @@ def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | No
     extra = [key for key in state if key not in own]
     parts = []
     if shapes:
-        parts.append(shapes[0] + (f" ({len(shapes) - 1} more differ in shape)" if len(shapes) > 1 else ""))
+        parts.append(shapes[0] + (f" (and {len(shapes) - 1} more tensor(s) differ)" if len(shapes) > 1 else ""))
     if missing:
         parts.append(f"they lack {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     if extra:
-        parts.append(f"this model has no {extra[0]}" + (f" nor {len(extra) - 1} more" if len(extra) > 1 else ""))
+        parts.append(
+            f"they hold {extra[0]}"
+            + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+            + " that this model has not"
+        )
     return "; ".join(parts) or None

@@ -161,7 +161,7 @@ class TrainingRun:
 
     def restore(self, state: TrainingState) -> None:
         """Continue from a state an earlier attempt saved (state() of an identically prepared run)."""
-        _load_weights(self.model, state.model)
+        _load_weights(self.model, state.model, what="the saved weights", hint=None)
         if state.optimizer is not None:
             self.optimizer.load_state_dict(state.optimizer)
         if "cpu" in state.rng:
@@ -298,7 +298,7 @@ def train_one_epoch(
     # a GPU sync on every step.
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     first = done.batches * batch_size
-    # Empty when the epoch's training was all done (a stop came in its evaluation)
+    # Empty when the epoch's training was all done (a stop came in its evaluation).
     hits = torch.zeros(max(len(order) - first, 0), device=device, dtype=torch.bool) if classify else None
     batches, seen, stopped = done.batches, done.seen, False
     for start in range(batches * batch_size, len(order), batch_size):
@@ -530,29 +530,35 @@ def prepare(
     return run
 
 
-def _load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+INIT_FROM_HINT = "init_from must name weights of the same network, for inputs of the same shape and as many classes"
+
+
+def _load_weights(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    what: str = "the starting weights",
+    hint: str | None = INIT_FROM_HINT,
+) -> None:
     pretrained = find_pretrained(model)
     try:
         if pretrained is not None and not any(key.startswith("backbone.") for key in state):
-            load_backbone(pretrained, state, "the starting weights")  # a torchvision network, imported
+            load_backbone(pretrained, state, what)  # a torchvision network, imported
         elif pretrained is not None and state["head.weight"].shape != pretrained.head.weight.shape:
             # A fine-tuned model of other classes: its backbone is the start; the head is new.
             load_backbone(
                 pretrained,
                 {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")},
-                "the starting weights",
+                what,
             )
         else:
             mismatch = state_mismatch(model, state)
             if mismatch is not None:
-                raise TrainingError(
-                    f"the starting weights do not fit this model: {mismatch}. init_from must name weights of "
-                    "the same network, for inputs of the same shape and as many classes"
-                )
+                raise TrainingError(f"{what} do not fit this model: {mismatch}" + (f". {hint}" if hint else ""))
             load_state(model, state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise TrainingError(f"the starting weights do not fit this model: {first}") from None
+        raise TrainingError(f"{what} do not fit this model: {first}") from None
 
 
 _SPLITS = ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
@@ -670,6 +676,9 @@ def _epoch(
         held_out[split] = scores
     (test_loss, test_acc), (val_loss, val_acc) = held_out["test"], held_out["val"]
     samples_trained = progress.seen - seen_before
+    speed = None  # all trained before a stop in the evaluation: this run timed none of it
+    if samples_trained:
+        speed = samples_trained / train_seconds if train_seconds > 0 else 0.0
     metrics = EpochMetrics(
         epoch=epoch,
         train_loss=train_loss,
@@ -679,9 +688,7 @@ def _epoch(
         val_loss=val_loss,
         val_acc=val_acc,
         seconds=time.perf_counter() - started,
-        samples_per_second=(
-            None if not samples_trained else samples_trained / train_seconds if train_seconds > 0 else 0.0
-        ),
+        samples_per_second=speed,
         lr=optimizer.param_groups[0]["lr"],
     )
     return metrics, EpochProgress()

@@ -107,27 +107,33 @@ def read_json(path: Path):
 # The options every command shares, and the one renderer.
 
 
-def _before_command(ctx: typer.Context, param: typer.CallbackParam, value):
-    """The option as the command line gave it after the command, else as it gave it before
-    (`trainyard --url X jobs list`), else from its environment variable or default."""
+def _given(ctx: typer.Context, param: typer.CallbackParam, value) -> tuple[Any, str]:
+    """A shared option's value and where it came from: "after" the command, "before" it
+    (`trainyard --url X jobs list`), else "environment" or "default"."""
     source = ctx.get_parameter_source(param.name)  # the enum of the click that typer vendors
     if source is not None and source.name == "COMMANDLINE":
-        return value
-    given = (ctx.find_root().obj or {}).get(param.name)
-    return value if given is None else given
+        return value, "after"
+    before = (ctx.find_root().obj or {}).get(param.name)
+    if before is not None:
+        return before, "before"
+    return value, "environment" if source is not None and source.name == "ENVIRONMENT" else "default"
+
+
+def _before_command(ctx: typer.Context, param: typer.CallbackParam, value):
+    return _given(ctx, param, value)[0]
 
 
 def _url_or_default(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
     """--url or TRAINYARD_URL as given; when neither is, service_url() (read when the command runs)."""
-    given = _before_command(ctx, param, value)
-    source = ctx.get_parameter_source(param.name)
-    if given is value and (source is None or source.name == "DEFAULT"):
+    url, source = _given(ctx, param, value)
+    if source == "default":
         return service_url()
-    return base_url(given)
+    return base_url(url)
 
 
 def base_url(given: str) -> str:
-    """A service's base URL as given, or a usage error saying what one looks like."""
+    """A service's base URL as given, or a usage error saying what one looks like (typer's says
+    whether it came from --url or from TRAINYARD_URL)."""
     url = given.strip()
     if not url.startswith(("http://", "https://")):
         raise typer.BadParameter(f"{given!r} is not a URL: give the service's base URL, such as http://{url}")

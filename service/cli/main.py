@@ -58,8 +58,12 @@ def _options(
     show_version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="print the version and exit"
     ),
-    url: str | None = typer.Option(None, "--url", help="the service's base URL, for any command (as its own --url)"),
-    token: str | None = typer.Option(None, "--token", help="an API token, for any command (as its own --token)"),
+    url: str | None = typer.Option(
+        None, "--url", help="the service's base URL, for the commands that call it (as their own --url)"
+    ),
+    token: str | None = typer.Option(
+        None, "--token", help="an API token, for the commands that call the service (as their own --token)"
+    ),
 ) -> None:
     """trainyard: train and serve PyTorch models over HTTP."""
     ctx.obj = {"url": url, "token": token}  # what a command's own --url and --token fall back to
@@ -239,7 +243,7 @@ def sample_data(
     try:
         archive.write_bytes(shapes_zip(seed=seed, per_class=per_class, test_per_class=test_per_class))
     except OSError as exc:
-        raise Failure(f"cannot write {archive}: {exc.strerror}", USAGE) from None
+        raise Failure(f"cannot write {archive}: {exc.strerror or exc}", USAGE) from None
     typer.echo(
         f"{archive}: {len(SHAPES) * (per_class + test_per_class)} images of {', '.join(SHAPES)} "
         f"({per_class} train and {test_per_class} test each, 28x28 grey, seed {seed})"
@@ -248,7 +252,7 @@ def sample_data(
         try:
             written = write_examples(examples, seed=seed)
         except OSError as exc:
-            raise Failure(f"cannot write the examples in {examples}: {exc.strerror}", USAGE) from None
+            raise Failure(f"cannot write the examples in {examples}: {exc.strerror or exc}", USAGE) from None
         typer.echo(f"{examples}: {', '.join(path.name for path in written)}, not in the zip")
 
 

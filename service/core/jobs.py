@@ -48,7 +48,7 @@ def _next_step(action: str, status: str, job_id: str) -> str:
         return f"cancel it first (POST /v1/jobs/{job_id}/cancel, or trainyard jobs cancel), then delete it"
     if action == "delete" and status == JobStatus.CANCELLING:
         return "it stops after its current batch; delete it once it is cancelled"
-    if action == "cancel" and status in JobStatus.FINAL and status != JobStatus.SUCCEEDED:
+    if action == "cancel" and status in JobStatus.RESUMABLE:
         return "resume it to train on"
     if action == "resume" and status == JobStatus.SUCCEEDED:
         return 'submit a new job (init_from: {"job_id": ...}) to train on from it'
@@ -628,10 +628,12 @@ def expired_leases(session: Session, *, cutoff: datetime) -> list[str]:
     return list(session.scalars(select(Job.id).where(Job.status.in_(JobStatus.ACTIVE), Job.heartbeat_at < cutoff)))
 
 
-def queued_dispatches(session: Session) -> list[tuple[str, datetime]]:
-    """Every queued job's id and when its message last went out, oldest first."""
+def queued_dispatches(session: Session, *, sent_before: datetime) -> list[tuple[str, datetime]]:
+    """The queued jobs whose message last went out before `sent_before`, and when, oldest first."""
     rows = session.execute(
-        select(Job.id, Job.dispatched_at).where(Job.status == JobStatus.QUEUED).order_by(Job.dispatched_at)
+        select(Job.id, Job.dispatched_at)
+        .where(Job.status == JobStatus.QUEUED, Job.dispatched_at < sent_before)
+        .order_by(Job.dispatched_at)
     )
     return [(job_id, sent) for job_id, sent in rows]
 

@@ -16,7 +16,7 @@ from models.nets.archs import build_model
 from models.spec.job import MODEL_SPEC, NormalizeSpec
 from service.core import jobs
 from service.core.errors import Conflict, Invalid
-from service.core.references import ModelNotFound, resolve
+from service.core.references import DEFAULT_ALIAS, ModelNotFound, resolve
 from service.core.settings import Settings
 from service.core.storage import StoredFile, get_storage
 from service.core.tables import Job, JobStatus, ModelAlias, ModelVersion, utcnow
@@ -176,31 +176,37 @@ def _listed(names: list[str] | None) -> str:
 
 
 def contract_changes(session: Session, version: ModelVersion) -> list[str]:
-    """What a caller of the model's name would see change from the version before this one (its
-    task, its input, its classes), each a warning; none for a first version."""
-    before = session.scalar(
-        select(ModelVersion)
-        .where(ModelVersion.name == version.name, ModelVersion.version < version.version)
-        .order_by(ModelVersion.version.desc())
-        .limit(1)
-    )
-    if before is None:
-        return []
-    new, old = f"version {version.version}", f"version {before.version}"
-    changes = []
-    if version.task != before.task:
-        changes.append(f"{new} is a {version.task} model where {old} was a {before.task} one")
-    if list(version.input_shape) != list(before.input_shape):
-        shape = "x".join(map(str, version.input_shape)), "x".join(map(str, before.input_shape))
-        changes.append(f"{new} takes {shape[0]} inputs where {old} took {shape[1]}")
-    if version.task == before.task == "classification" and list(version.classes or []) != list(before.classes or []):
-        changes.append(f"{new} answers {_listed(version.classes)} where {old} answered {_listed(before.classes)}")
-    if changes:
-        older = aliases(session, name=version.name).items()
-        pinned = sorted(alias for alias, number in older if number < version.version)
-        changes[-1] += f"; {version.name!r} now means {new}" + (
-            f" ({', '.join(f'{version.name}@{alias}' for alias in pinned)} still an older one)" if pinned else ""
+    """What callers of the model see change with this new version (its task, its input, its
+    classes), each a warning: compared with what the bare name served before, its production
+    alias's version if it has one (which it still serves), else the newest version before."""
+    name = version.name
+    production = aliases(session, name=name).get(DEFAULT_ALIAS)
+    if production is not None:
+        served = session.scalar(
+            select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == production)
         )
+        now = f"{name!r} still means version {production} ({name}@{DEFAULT_ALIAS}) until that alias moves"
+    else:
+        served = session.scalar(
+            select(ModelVersion)
+            .where(ModelVersion.name == name, ModelVersion.version < version.version)
+            .order_by(ModelVersion.version.desc())
+            .limit(1)
+        )
+        now = f"{name!r} now means version {version.version}"
+    if served is None:
+        return []
+    new, old = f"version {version.version}", f"version {served.version}"
+    changes = []
+    if version.task != served.task:
+        changes.append(f"{new} is a {version.task} model where {old} is a {served.task} one")
+    if list(version.input_shape) != list(served.input_shape):
+        shape = "x".join(map(str, version.input_shape)), "x".join(map(str, served.input_shape))
+        changes.append(f"{new} takes {shape[0]} inputs where {old} takes {shape[1]}")
+    if version.task == served.task == "classification" and list(version.classes or []) != list(served.classes or []):
+        changes.append(f"{new} answers {_listed(version.classes)} where {old} answers {_listed(served.classes)}")
+    if changes:
+        changes[-1] += f"; {now}"
     return changes
 
 

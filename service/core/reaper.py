@@ -40,23 +40,33 @@ def reap_expired_leases(settings: Settings) -> list[str]:
     return requeued
 
 
-def lost_messages(stale: list[str], *, queued: int, depth: int) -> list[str]:
-    """The jobs of one queue to send again: its `queued` jobs should have as many messages, and
-    the queue holds `depth`. When it holds fewer, some were lost; a message cannot be matched to
-    its job, so every `stale` one (sent more than resend_after_seconds ago) is sent again. A
-    duplicate is harmless, because only one delivery can claim a queued job; a job sent recently
-    is likely still held, and if it is not, it is stale at a later pass."""
-    return stale if queued > depth else []
+# A job sent this recently may not have its message in the queue yet (submission commits the job,
+# then publishes): it is left out of the count of jobs that should have one.
+SETTLE_SECONDS = 5.0
+
+
+def lost_messages(stale: list[str], *, settled: int, depth: int) -> list[str]:
+    """The jobs of one queue to send again: its `settled` queued jobs (sent more than
+    SETTLE_SECONDS ago) should have as many messages, and the queue holds `depth`. When it holds
+    fewer, some were lost; a message cannot be matched to its job, so every `stale` one (sent
+    more than resend_after_seconds ago) is sent again. A duplicate is harmless, because only one
+    delivery can claim a queued job; a settled job not yet stale is likely still held, and if it
+    is not, it is stale at a later pass."""
+    return stale if settled > depth else []
 
 
 def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
     """One pass of the reaper; returns the ids it sent to the broker. Without `reap`, expired
     leases are left alone (their workers could not renew them while the database was away)."""
     requeued = reap_expired_leases(settings) if reap else []
-    stale_before = utcnow() - timedelta(seconds=settings.resend_after_seconds)
+    now = utcnow()
+    stale_before = now - timedelta(seconds=settings.resend_after_seconds)
+    settled_before = now - timedelta(seconds=min(SETTLE_SECONDS, settings.resend_after_seconds))
     with session_scope(write=False) as session:
-        queued = dict(jobs.queued_dispatches(session))
-        loaded = jobs.get_jobs(session, job_ids=list(queued.keys() | set(requeued)))
+        sent_at = dict(jobs.queued_dispatches(session, sent_before=settled_before))
+        if not any(sent < stale_before for sent in sent_at.values()):
+            sent_at = {}  # none stale, none to send again: their specs need not be read
+        loaded = jobs.get_jobs(session, job_ids=list(sent_at.keys() | set(requeued)))
         queue_of = {job.id: settings.queue_for(worker_registry.device_of(job.spec)) for job in loaded}
         # A job that no live worker can give its processes is left until one can: sent now, every
         # worker in turn would only refuse it again (and say so in its log). Refused, it holds no
@@ -64,7 +74,7 @@ def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
         reasons = worker_registry.waiting_reasons(session, jobs=loaded, settings=settings)
     held = [
         job_id
-        for job_id in queued
+        for job_id in sent_at
         if job_id not in requeued and not worker_registry.short_of_capacity(reasons.get(job_id))
     ]
     to_send = list(requeued)
@@ -74,9 +84,9 @@ def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
         except Exception as exc:
             log.warning("reaper cannot read the broker's queue %s (%s); will retry", queue, exc)
             continue
-        ours = [job_id for job_id in held if queue_of.get(job_id) == queue]
-        stale = [job_id for job_id in ours if queued[job_id] < stale_before]
-        to_send += lost_messages(stale, queued=len(ours), depth=depth)
+        settled = [job_id for job_id in held if queue_of.get(job_id) == queue]
+        stale = [job_id for job_id in settled if sent_at[job_id] < stale_before]
+        to_send += lost_messages(stale, settled=len(settled), depth=depth)
     sent = []
     for job_id in to_send:
         try:

@@ -24,7 +24,8 @@ def trace(spec, data_dir) -> list[tuple[float, float, float]]:
 
 
 class StopAt(Recorder):
-    """A Recorder that says stop at the n-th should_stop() poll (the engine polls once a batch)."""
+    """A Recorder that says stop at the n-th should_stop() poll (the engine polls once a batch, of
+    training and of evaluation)."""
 
     def __init__(self, poll: int):
         super().__init__()

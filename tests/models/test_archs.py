@@ -147,8 +147,9 @@ def test_weights_of_another_network_are_told_apart_by_their_first_difference():
     mlp = build_model(model_spec(arch="mlp", hidden=[8]), (1, 28, 28), 10)
     assert state_mismatch(mlp, mlp.state_dict()) is None
     assert state_mismatch(mlp, softmax.state_dict()) == (
-        "1.weight is 10x784 in them and 8x784 here (1 more differ in shape); they lack 3.weight and 1 more"
+        "1.weight is 10x784 in them and 8x784 here (and 1 more tensor(s) differ); they lack 3.weight and 1 more"
     )
     assert state_mismatch(softmax, mlp.state_dict()) == (
-        "1.weight is 8x784 in them and 10x784 here (1 more differ in shape); this model has no 3.weight nor 1 more"
+        "1.weight is 8x784 in them and 10x784 here (and 1 more tensor(s) differ); "
+        "they hold 3.weight and 1 more that this model has not"
     )

@@ -241,8 +241,10 @@ def test_augmented_training_is_reproducible_and_resumes_exactly(cifar_dir):
     full = trace(spec, cifar_dir)
     assert trace(spec, cifar_dir) == full
     assert trace(job(epochs=2), cifar_dir) != full
-    stopped = fit(spec, StopAt(12), data_dir=cifar_dir)  # part-way through epoch 1 (10 batches) ... 2
+    # 10 batches and an evaluation's one an epoch: the 13th poll is part-way through epoch 2
+    stopped = fit(spec, StopAt(13), data_dir=cifar_dir)
     position = stopped.stopped_at
+    assert position.epoch == 2 and position.progress.batches == 1
     resume = stopped.run.state(position)
     torch.manual_seed(999)
     rest = Recorder()

@@ -63,7 +63,7 @@ def test_stop_mid_epoch_then_resume_on_the_gpu_matches_an_uninterrupted_run(idx_
     full = Recorder()
     fit(spec, full, data_dir=idx_dir)
 
-    stopped = fit(spec, StopAt(20), data_dir=idx_dir)  # part-way through epoch 2 (12 batches per epoch)
+    stopped = fit(spec, StopAt(20), data_dir=idx_dir)  # part-way through epoch 2 (12 batches, 1 evaluating)
     run = stopped.run
     path = tmp_path / "state.safetensors"  # through the file, as a worker that restarts reads it
     save_training_state(path, run.state(stopped.stopped_at), {})

@@ -75,7 +75,7 @@ def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(idx_dir):
     full = Recorder()
     fit(spec, full, data_dir=idx_dir)
 
-    first = StopAt(20)  # part-way through epoch 2 (12 batches per epoch)
+    first = StopAt(20)  # part-way through epoch 2 (12 batches and an evaluation's one per epoch)
     stopped = fit(spec, first, data_dir=idx_dir)
     position = stopped.stopped_at
     assert position.epoch == 2 and 0 < position.progress.batches < 12
@@ -328,7 +328,7 @@ def test_resume_restores_schedule_and_early_stopping(idx_dir):
     full = Recorder()
     fit(spec, full, data_dir=idx_dir)
 
-    first = StopAt(16)  # 12 batches an epoch: part-way through epoch 2
+    first = StopAt(16)  # 12 batches and an evaluation's one an epoch: part-way through epoch 2
     stopped = fit(spec, first, data_dir=idx_dir)
     run = stopped.run
     resume = run.state(stopped.stopped_at)

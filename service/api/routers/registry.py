@@ -18,6 +18,7 @@ from service.api.schemas.registry import (
     ModelPublic,
     ModelsPublic,
     ModelVersionPublic,
+    ModelVersionRegistered,
     ModelVersionUpdate,
     model_public,
 )
@@ -36,22 +37,22 @@ def _model(session, name: str) -> ModelPublic:
     )
 
 
-def _registered(session, version) -> ModelVersionPublic:
+def _registered(session, version) -> ModelVersionRegistered:
     """A new version as registered, with what its callers will see change."""
-    public = ModelVersionPublic.model_validate(version)
-    public.warnings = model_registry.contract_changes(session, version)
-    return public
+    registered = ModelVersionRegistered.model_validate(version)
+    registered.warnings = model_registry.contract_changes(session, version)
+    return registered
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=ModelVersionPublic,
+    response_model=ModelVersionRegistered,
     responses={**NOT_FOUND, 409: {"description": "The job has no checkpoint yet"}},
 )
 def register_model(
     body: ModelCreate, session: WriteSessionDep, settings: SettingsDep, server: ModelServerDep
-) -> ModelVersionPublic:
+) -> ModelVersionRegistered:
     """Register a job's best, last or given epoch's checkpoint as the next version of a model."""
     version = model_registry.register(
         session,
@@ -203,7 +204,7 @@ IMPORT_FIELDS = frozenset({"file", "name", "model", "classes", "input_shape", "n
 @router.post(
     "/import",
     status_code=status.HTTP_201_CREATED,
-    response_model=ModelVersionPublic,
+    response_model=ModelVersionRegistered,
     responses={
         413: {"description": "The upload is larger than the limit"},
         422: {"description": "The weights do not fit the architecture, or a field is invalid"},
@@ -236,7 +237,7 @@ async def import_model(
         float | None,
         Form(ge=0, le=1, description="predict's default threshold (classifiers): labels below it are withheld"),
     ] = None,
-) -> ModelVersionPublic:
+) -> ModelVersionRegistered:
     """Register weights trained elsewhere as the next version of a model; predict serves it like any other."""
     await refuse_unknown_fields(request, IMPORT_FIELDS)
     spec = _json_field("model", model)

@@ -52,7 +52,11 @@ class ModelVersionPublic(BaseModel):
     metrics: dict | None
     threshold: float | None  # predict's default: labels below it are withheld
     created_at: datetime
-    # When registered: what changes for callers of the name since the version before (task, input, classes)
+
+
+class ModelVersionRegistered(ModelVersionPublic):
+    """A version as registered: with what its callers see change (task, input, classes)."""
+
     warnings: list[str] = []
 
 

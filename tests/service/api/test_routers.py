@@ -227,7 +227,8 @@ def test_register_alias_threshold_and_delete(api, trained_job):
 
 def test_a_version_that_changes_what_callers_see_is_registered_with_warnings(api, trained_job):
     """Another input shape or other classes under the same name: registered (the registry does
-    not judge), and the answer says what changed and what still serves the old version."""
+    not judge), and the answer says what changed from what the bare name served before, and what
+    it serves now."""
     import io
 
     from safetensors.torch import save
@@ -235,23 +236,30 @@ def test_a_version_that_changes_what_callers_see_is_registered_with_warnings(api
     from models.nets.archs import build_model
     from models.spec.job import JobSpec
 
-    assert api.post("/v1/models", json={"name": "shoes", "job_id": trained_job}).status_code == 201
-    assert api.put("/v1/models/shoes/aliases/production", json={"version": 1}).status_code == 200
+    assert api.post("/v1/models", json={"name": "shoes", "job_id": trained_job}).json()["warnings"] == []
     net = build_model(
         JobSpec.model_validate({**SOFTMAX_SPEC, "model": {"arch": "softmax_regression"}}).model, [3, 8, 8], 2
     )
     form = {"name": "shoes", "model": '{"arch": "softmax_regression"}', "classes": '["cat", "dog"]'}
-    imported = api.post(
-        "/v1/models/import",
-        data={**form, "input_shape": "[3, 8, 8]"},
-        files={"file": ("w.safetensors", io.BytesIO(save(net.state_dict())))},
-    )
-    assert imported.status_code == 201, imported.text
-    assert imported.json()["warnings"] == [
-        "version 2 takes 3x8x8 inputs where version 1 took 1x28x28",
-        "version 2 answers cat, dog where version 1 answered 10 classes (0, 1, 2, ...); 'shoes' now means "
-        "version 2 (shoes@production still an older one)",
+
+    def imported() -> list[str]:
+        weights = {"file": ("w.safetensors", io.BytesIO(save(net.state_dict())))}
+        answer = api.post("/v1/models/import", data={**form, "input_shape": "[3, 8, 8]"}, files=weights)
+        assert answer.status_code == 201, answer.text
+        return answer.json()["warnings"]
+
+    assert imported() == [
+        "version 2 takes 3x8x8 inputs where version 1 takes 1x28x28",
+        "version 2 answers cat, dog where version 1 answers 10 classes (0, 1, 2, ...); 'shoes' now means version 2",
     ]
+    assert imported() == []  # version 3 is like version 2, which the bare name served
+    assert api.put("/v1/models/shoes/aliases/production", json={"version": 1}).status_code == 200
+    assert imported() == [
+        "version 4 takes 3x8x8 inputs where version 1 takes 1x28x28",
+        "version 4 answers cat, dog where version 1 answers 10 classes (0, 1, 2, ...); 'shoes' still means "
+        "version 1 (shoes@production) until that alias moves",
+    ]
+    assert "warnings" not in api.get("/v1/models/shoes").json()["versions"][0]
 
 
 def test_registry_errors(api, trained_job):

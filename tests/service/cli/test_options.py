@@ -85,16 +85,20 @@ def test_url_may_come_before_the_command(dialled, env, before, after, url):
 @pytest.mark.parametrize(
     "given, told",
     [
-        ("127.0.0.1:8650", "'127.0.0.1:8650' is not a URL: give the service's base URL, such as http://127.0.0.1:8650"),
+        (
+            "127.0.0.1:8650",
+            "'127.0.0.1:8650' is not a URL: give the service's base URL, such as http://127.0.0.1:8650",
+        ),
         ("http://127.0.0.1:8650/v1/", "ends with /v1: give the service's base URL, http://127.0.0.1:8650"),
     ],
 )
 def test_a_url_that_cannot_be_the_service_is_a_usage_error(dialled, given, told):
     for args in (["--url", given, "jobs", "list"], ["jobs", "list", "--url", given]):
         result = CliRunner().invoke(cli_main.app, args, env={"COLUMNS": "200"})
-        assert dialled == [] and result.exit_code == cli_client.USAGE and told in result.output, result.output
+        assert dialled == [] and result.exit_code == cli_client.USAGE
+        assert "Invalid value for '--url' (env var: 'TRAINYARD_URL'): " in result.output and told in result.output
     from_env = CliRunner().invoke(cli_main.app, ["jobs", "list"], env={"TRAINYARD_URL": given, "COLUMNS": "200"})
-    assert from_env.exit_code == cli_client.USAGE and told in from_env.output
+    assert from_env.exit_code == cli_client.USAGE and told in from_env.output, from_env.output
 
 
 def test_token_may_come_before_the_command(monkeypatch):

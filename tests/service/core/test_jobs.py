@@ -196,7 +196,7 @@ def test_attempts_a_worker_shutdown_handed_back_do_not_count_toward_the_limit(Se
         for attempt in (1, 2):  # two shutdowns, then a lost worker: one counted attempt of 2
             assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == attempt
             assert jobs.give_back(session, job_id=job_id, attempt=attempt, **stopped) == JobStatus.QUEUED
-            ((queued, sent),) = jobs.queued_dispatches(session)
+            ((queued, sent),) = jobs.queued_dispatches(session, sent_before=utcnow())
             assert queued == job_id and sent < utcnow() - timedelta(hours=1)
         assert jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt == 3
         assert jobs.reap_one(session, job_id=job_id, cutoff=future, max_attempts=2) == JobStatus.QUEUED

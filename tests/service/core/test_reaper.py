@@ -8,7 +8,7 @@ from sqlalchemy import update
 
 from models.spec.job import JobSpec
 from service.core import broker, db, jobs, worker_registry
-from service.core.reaper import lost_messages, sweep
+from service.core.reaper import SETTLE_SECONDS, lost_messages, sweep
 from service.core.tables import Job, JobStatus, utcnow
 
 SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}})
@@ -30,11 +30,11 @@ def read(job_id: str) -> Job:
 
 
 def test_lost_messages_are_the_stale_jobs_of_a_queue_short_of_messages():
-    assert lost_messages(["a", "b"], queued=2, depth=2) == []
-    assert lost_messages(["a", "b"], queued=2, depth=3) == []
-    assert lost_messages(["a", "b"], queued=2, depth=1) == ["a", "b"]  # which one is lost is unknowable: send both
-    assert lost_messages(["a"], queued=3, depth=2) == ["a"]  # two recent ones hold the two messages, or may
-    assert lost_messages([], queued=3, depth=2) == []  # a recent one lost: sent when it is stale
+    assert lost_messages(["a", "b"], settled=2, depth=2) == []
+    assert lost_messages(["a", "b"], settled=2, depth=3) == []
+    assert lost_messages(["a", "b"], settled=2, depth=1) == ["a", "b"]  # which one is lost is unknowable: send both
+    assert lost_messages(["a"], settled=3, depth=2) == ["a"]  # two newer ones hold the two messages, or may
+    assert lost_messages([], settled=3, depth=2) == []  # a newer one lost: sent when it is stale
 
 
 def test_a_job_whose_worker_died_is_queued_again_and_sent(service_env):
@@ -58,15 +58,20 @@ def test_a_queued_job_whose_message_was_lost_is_sent_once_more(service_env):
     assert read(job_id).status == JobStatus.QUEUED
 
 
-def test_a_lost_message_is_sent_again_while_recent_jobs_fill_the_queue(service_env):
-    """A recently submitted job's message in the queue does not hide an older job's lost one."""
+def test_a_lost_message_is_sent_again_while_newer_jobs_fill_the_queue(service_env):
+    """A newer job's message in the queue does not hide an older job's lost one; a job committed
+    a moment ago, its message not yet published, does not make the reaper send the others again."""
+    waiting = new_job()
+    broker.send_train_job(waiting, service_env.queue)
+    backdate(waiting, dispatched_at=utcnow() - timedelta(seconds=service_env.resend_after_seconds + 5))
+    new_job()  # committed just now; its message is on its way
+    assert sweep(service_env) == []
     lost = new_job()
     backdate(lost, dispatched_at=utcnow() - timedelta(seconds=service_env.resend_after_seconds + 5))
-    recent = new_job()
-    broker.send_train_job(recent, service_env.queue)
-    assert broker.queue_depth(service_env.queue) == 1
-    assert sweep(service_env) == [lost]
-    assert broker.queue_depth(service_env.queue) == 2 and sweep(service_env) == []
+    newer = new_job()
+    broker.send_train_job(newer, service_env.queue)
+    backdate(newer, dispatched_at=utcnow() - timedelta(seconds=SETTLE_SECONDS + 5))  # settled, not stale
+    assert sorted(sweep(service_env)) == sorted([waiting, lost])
 
 
 def test_a_job_no_live_worker_can_give_its_processes_is_not_sent_until_one_can(service_env):
