@@ -36,6 +36,7 @@ SKIPPED_FOLDERS = frozenset({"__MACOSX", ".ipynb_checkpoints"})
 SKIPPED_FILES = frozenset({"thumbs.db", "desktop.ini"})
 ColorMode = Literal["auto", "rgb", "grayscale"]
 IMBALANCE_WARNING = 10  # warn when the largest class has more than this many times the images of the smallest
+ELONGATED = 2  # warn when image_size squashes images whose long side is more than this many times the short
 
 
 class ArchiveError(DatasetError):
@@ -238,14 +239,14 @@ def _idx(archive, members, basenames, name, limits, arrays: _Arrays) -> Dataset:
 
 def _decode_image(
     data: bytes, path: str, channels: int, image_size: int | None, limits: ArchiveLimits
-) -> tuple[np.ndarray, bool]:
-    """(uint8 pixels [channels, H, W], whether the image has colour)."""
+) -> tuple[np.ndarray, bool, tuple[int, int]]:
+    """(uint8 pixels [channels, H, W], whether the image has colour, its own width and height)."""
     try:
         with open_image(data, path, max_pixels=limits.max_image_pixels) as image:
             array = pixels_of(image, channels, (image_size, image_size) if image_size else None)
             if channels == 3:
-                return array, not ((array[0] == array[1]).all() and (array[1] == array[2]).all())
-            return array, not is_grey(image)
+                return array, not ((array[0] == array[1]).all() and (array[1] == array[2]).all()), image.size
+            return array, not is_grey(image), image.size
     except ImageError as exc:
         raise ArchiveError(str(exc) if str(exc).startswith(path) else f"{path}: {exc}") from None
 
@@ -408,9 +409,10 @@ def _image_folders(
     # to one channel if none had colour (R = G = B reduces to exactly Pillow's luma).
     channels = 1 if color == "grayscale" else 3
     first_path = rows["train"][0][0]
-    first, coloured = _decode_image(
+    first, coloured, first_size = _decode_image(
         _read(archive, images[first_path], limits), first_path, channels, image_size, limits
     )
+    squashed = [(first_path, first_size)] if image_size and _elongated(first_size) else []
     size = first.shape
     arrays.reserve((len(rows["train"]) + len(rows["test"])) * int(np.prod(size)), limits)
     pixels = {split: arrays.empty((len(rows[split]), *size)) for split in ("train", "test")}
@@ -419,7 +421,11 @@ def _image_folders(
             if path == first_path:
                 pixels[split][row] = first
                 continue
-            array, has_colour = _decode_image(_read(archive, images[path], limits), path, channels, image_size, limits)
+            array, has_colour, own_size = _decode_image(
+                _read(archive, images[path], limits), path, channels, image_size, limits
+            )
+            if image_size and _elongated(own_size):
+                squashed.append((path, own_size))
             if array.shape != size:
                 raise ArchiveError(
                     f"{path} is {array.shape[2]}x{array.shape[1]} but {first_path} is "
@@ -439,9 +445,23 @@ def _image_folders(
         classes=classes,
     )
     warnings = _warnings(dataset)
+    ignored = sorted(set(members) - set(images))
+    if ignored:
+        shown = ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+        warnings.append(f"{len(ignored)} file(s) that are not images were left out: {shown}")
+    if squashed:
+        (path, (width, height)), more = min(squashed), len(squashed) - 1
+        warnings.append(
+            f"{path} ({width}x{height}){f' and {more} more image(s)' if more else ''} more than twice as long as "
+            f"wide were squashed to {image_size}x{image_size}; crop or pad them first if their shape matters"
+        )
     if color == "grayscale" and coloured:
         warnings.append(f"{coloured} image(s) have colour; they were converted to grey because color=grayscale")
     return DecodedUpload("image_folder", dataset, color=dataset.contract.color, warnings=warnings)
+
+
+def _elongated(size: tuple[int, int]) -> bool:
+    return max(size) > ELONGATED * min(size)
 
 
 def _warnings(dataset: Dataset) -> list[str]:

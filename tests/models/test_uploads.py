@@ -329,3 +329,24 @@ def test_images_that_would_decode_past_the_limit_are_refused_before_decoding(tmp
     assert list(tmp_path.glob(".decoding-*")) and upload.dataset.input_shape == (1, 28, 28)
     upload.cleanup()
     assert not list(tmp_path.glob(".decoding-*"))
+
+
+def test_files_left_out_and_images_squashed_by_image_size_are_warned_about():
+    from PIL import Image
+
+    def png(width: int, height: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("L", (width, height), 128).save(out, format="PNG")
+        return out.getvalue()
+
+    files = {f"{label}/{i}.png": png_bytes(n, seed=i) for n, label in enumerate("ab") for i in range(6)}
+    files.update({"a/tall.png": png(17, 53), "b/wide.png": png(90, 30), "b/near.png": png(40, 28)})
+    files.update({"notes.txt": b"where these came from", "a/labels.md": b"#"})
+    warnings = decode_archive(zip_bytes(files), name="w", image_size=16).warnings
+    assert "2 file(s) that are not images were left out: a/labels.md, notes.txt" in warnings
+    assert (
+        "a/tall.png (17x53) and 1 more image(s) more than twice as long as wide were squashed to 16x16; "
+        "crop or pad them first if their shape matters"
+    ) in warnings, warnings
+    del files["a/tall.png"], files["b/wide.png"], files["notes.txt"], files["a/labels.md"]
+    assert decode_archive(zip_bytes(files), name="ok", image_size=16).warnings == []
