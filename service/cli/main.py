@@ -240,6 +240,8 @@ def sample_data(
     in the class folders `trainyard datasets upload` takes. Needs no service and no download."""
     from service.cli.sample_data import SHAPES, shapes_zip, write_examples
 
+    if archive.suffix.lower() != ".zip":
+        raise Failure(f"sample-data writes a zip: name it {archive.name.split('.')[0] or 'shapes'}.zip", USAGE)
     try:
         archive.write_bytes(shapes_zip(seed=seed, per_class=per_class, test_per_class=test_per_class))
     except OSError as exc:

@@ -70,3 +70,12 @@ def test_a_zip_it_cannot_write_is_one_line_not_a_traceback(tmp_path):
     result = CliRunner().invoke(app, ["sample-data", str(tmp_path / "no" / "such" / "shapes.zip")])
     assert isinstance(result.exception, Failure) and result.exception.code == USAGE
     assert str(result.exception) == f"cannot write {tmp_path / 'no' / 'such' / 'shapes.zip'}: No such file or directory"
+
+
+def test_an_archive_not_named_zip_is_refused_saying_what_it_writes(tmp_path):
+    from service.cli.client import USAGE, Failure
+
+    result = CliRunner().invoke(app, ["sample-data", str(tmp_path / "shapes.tar.gz")])
+    assert isinstance(result.exception, Failure) and result.exception.code == USAGE
+    assert str(result.exception) == "sample-data writes a zip: name it shapes.zip"
+    assert not (tmp_path / "shapes.tar.gz").exists()
