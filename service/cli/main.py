@@ -18,8 +18,6 @@ from service.cli.client import UNREACHABLE, USAGE, Failure
 from service.cli.client import register as register_client_commands
 from service.cli.storage import storage_app
 from service.cli.supervisor import Child, port_is_free, start, start_forked, stopped_on_error, supervise
-from service.core import worker_registry
-from service.core.settings import get_settings
 
 
 def _flags_show_no_type() -> None:
@@ -74,6 +72,7 @@ def migrate() -> None:
     """Apply the database migrations (and prepare the embedded broker's tables)."""
     from service.core.broker import ping_broker
     from service.core.migrate import upgrade
+    from service.core.settings import get_settings
 
     settings = get_settings()
     settings.ensure_dirs()
@@ -85,6 +84,8 @@ def migrate() -> None:
 
 def worker_queues(settings, explicit: str | None = None) -> list[str]:
     """The queues a worker serves: those given, else the CPU queue, plus the GPU queue where CUDA is."""
+    from service.core import worker_registry
+
     given = explicit if explicit is not None else settings.worker_queues
     if given:
         return [q for q in given.split(",") if q]
@@ -112,6 +113,8 @@ def worker_command(settings, queues: list[str], name: str = "trainyard") -> list
 
 def gpu_indices(gpus: str) -> list[int]:
     """`all` or a comma-separated list of GPU indices."""
+    from service.core import worker_registry
+
     if gpus == "all":
         found = worker_registry.probe_devices()["devices"] if worker_registry.may_have_gpu() else []
         count = sum(1 for d in found if d["kind"] == "cuda")
@@ -158,6 +161,8 @@ def worker(
     gpus: str | None = typer.Option(None, help="run one worker per GPU: all, or indices such as 0,1"),
 ) -> None:
     """Run a Celery worker in the foreground (or one per GPU with --gpus)."""
+    from service.core.settings import get_settings
+
     settings = get_settings()
     if gpus is None:
         os.execv(sys.executable, worker_command(settings, worker_queues(settings, queues)))
@@ -194,6 +199,8 @@ def start_api(settings) -> dict[str, Child]:
 @app.command()
 def api() -> None:
     """Run the HTTP API in the foreground, in TRAINYARD_API_WORKERS processes."""
+    from service.core.settings import get_settings
+
     settings = get_settings()
     refuse_exposure(settings)
     settings.ensure_dirs()
@@ -209,6 +216,8 @@ def api() -> None:
 @app.command()
 def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations first.")) -> None:
     """Migrate, then run the API and one worker until Ctrl-C (also: serve)."""
+    from service.core.settings import get_settings
+
     settings = get_settings()
     refuse_exposure(settings)
     if not skip_migrate:

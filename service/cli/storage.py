@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from service.cli.client import OK, UNREACHABLE, USAGE, emit_json
-from service.core.settings import get_settings
 
 storage_app = typer.Typer(
     help="Where datasets, checkpoints and registered versions are stored, and moving them to another store.",
@@ -24,6 +23,7 @@ SOME_NOT_COPIED, INTERRUPTED = 1, 130
 def info(as_json: JsonOption = False) -> None:
     """The store (TRAINYARD_STORAGE_URL; unset: the home's folders) and this machine's cache of its
     objects: its folder, the bytes it holds and its bound (TRAINYARD_CACHE_BYTES)."""
+    from service.core.settings import get_settings
     from service.core.storage import get_storage
     from service.core.storage.migrate import size_text
 
@@ -69,6 +69,7 @@ def migrate(
     there, 1 files corrupt, missing or rewritten meanwhile (not copied), 2 a bad URL, 3 a store
     that cannot be reached or refuses, 130 interrupted (run it again to go on)."""
     from service.core.migrate import upgrade
+    from service.core.settings import get_settings
     from service.core.storage.migrate import COPIED, SKIPPED, Migration, Step, size_text
 
     upgrade()  # the records it reads are those of the newest schema (as `trainyard api` does at start)

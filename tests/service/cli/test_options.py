@@ -200,3 +200,21 @@ def test_piped_tables_are_not_cut_to_80_columns():
         [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, check=True
     ).stdout
     assert "0123456789abcdef0123456789abcdef0123" in out and "missing_weights" in out and "x" * 60 in out
+
+
+def test_client_commands_start_without_the_database_or_training_stack():
+    """`trainyard jobs list` and the like talk HTTP only: they import neither SQLAlchemy, the
+    settings, Celery nor torch (those took a second of every command's start)."""
+    import subprocess
+    import sys
+
+    from tests.support.servers import REPO, free_port
+
+    script = (
+        "import sys\nfrom service.cli.main import main\n"
+        f"sys.argv = ['trainyard', 'jobs', 'list', '--url', 'http://127.0.0.1:{free_port()}']\n"
+        "try:\n    main()\nexcept SystemExit as exit_:\n    print('exit', exit_.code)\n"
+        "print(sorted(m for m in ('sqlalchemy', 'pydantic_settings', 'celery', 'torch') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.stdout.splitlines() == [f"exit {cli_client.UNREACHABLE}", "[]"], run.stdout + run.stderr

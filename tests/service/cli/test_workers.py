@@ -6,6 +6,7 @@ import pytest
 import typer
 
 from service.cli import main
+from service.core import worker_registry
 from service.core.settings import Settings
 
 
@@ -13,20 +14,20 @@ def test_queues_given_win_and_cuda_decides_the_default(tmp_path, monkeypatch):
     settings = Settings(home=tmp_path)
     assert main.worker_queues(settings, "a,b") == ["a", "b"]
     assert main.worker_queues(Settings(home=tmp_path, worker_queues="x")) == ["x"]
-    monkeypatch.setattr(main.worker_registry, "may_have_gpu", lambda: True)  # a GPU driver, for the probe
-    monkeypatch.setattr(main.worker_registry, "probe_devices", lambda: {"devices": [{"kind": "cpu"}]})
+    monkeypatch.setattr(worker_registry, "may_have_gpu", lambda: True)  # a GPU driver, for the probe
+    monkeypatch.setattr(worker_registry, "probe_devices", lambda: {"devices": [{"kind": "cpu"}]})
     assert main.worker_queues(settings) == [settings.queue]
-    monkeypatch.setattr(main.worker_registry, "probe_devices", lambda: {"devices": [{"kind": "cpu"}, {"kind": "cuda"}]})
+    monkeypatch.setattr(worker_registry, "probe_devices", lambda: {"devices": [{"kind": "cpu"}, {"kind": "cuda"}]})
     assert main.worker_queues(settings) == [settings.queue, settings.gpu_queue]
-    monkeypatch.setattr(main.worker_registry, "may_have_gpu", lambda: False)  # no driver: nothing to probe
+    monkeypatch.setattr(worker_registry, "may_have_gpu", lambda: False)  # no driver: nothing to probe
     assert main.worker_queues(settings) == [settings.queue]
 
 
 def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
     settings = Settings(home=tmp_path)
-    monkeypatch.setattr(main.worker_registry, "may_have_gpu", lambda: True)
+    monkeypatch.setattr(worker_registry, "may_have_gpu", lambda: True)
     monkeypatch.setattr(
-        main.worker_registry,
+        worker_registry,
         "probe_devices",
         lambda: {"devices": [{"kind": "cpu"}, {"kind": "cuda"}, {"kind": "cuda"}]},
     )
@@ -38,10 +39,10 @@ def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
     assert len({command[command.index("--hostname") + 1] for command in commands}) == 2
     with pytest.raises(typer.BadParameter):
         main.gpu_indices("first")
-    monkeypatch.setattr(main.worker_registry, "probe_devices", lambda: {"devices": [{"kind": "cpu"}]})
+    monkeypatch.setattr(worker_registry, "probe_devices", lambda: {"devices": [{"kind": "cpu"}]})
     with pytest.raises(typer.BadParameter, match="no CUDA device"):
         main.gpu_indices("all")
-    monkeypatch.setattr(main.worker_registry, "may_have_gpu", lambda: False)  # no driver: not even probed
-    monkeypatch.setattr(main.worker_registry, "probe_devices", lambda: pytest.fail("probed without a GPU driver"))
+    monkeypatch.setattr(worker_registry, "may_have_gpu", lambda: False)  # no driver: not even probed
+    monkeypatch.setattr(worker_registry, "probe_devices", lambda: pytest.fail("probed without a GPU driver"))
     with pytest.raises(typer.BadParameter, match="no CUDA device"):
         main.gpu_indices("all")
