@@ -360,8 +360,8 @@ def evaluate(
     """Mean loss and accuracy (None for regression) over a held-out split, in eval mode
     (`resize`: the side the network resizes its inputs to, which sizes the batches); None if
     should_stop() said so between batches. With `ranks`, each rank evaluates its contiguous share
-    of the split, and the sums are gathered (the shares may differ by a batch, so ranks must not
-    poll a should_stop() that is a collective)."""
+    of the split, and the sums are gathered; every rank polls should_stop() as often, as many
+    times as the largest share has batches, so that a should_stop() that is a collective agrees."""
     model.eval()
     classify = dataset.task == "classification"
     n = len(x_all)
@@ -369,9 +369,13 @@ def evaluate(
     loss_sum = 0.0
     correct = torch.zeros((), dtype=torch.long, device=device)
     eval_batch = eval_batch_size(x_all.shape[1:], batch_size, resize)
-    for start in range(lo, hi, eval_batch):
+    largest = -(-n // ranks.world_size) if ranks is not None else n
+    for step in range(-(-largest // eval_batch)):
         if should_stop():
             return None
+        start = lo + step * eval_batch
+        if start >= hi:
+            continue  # a smaller share, already evaluated
         end = min(start + eval_batch, hi)
         x = dataset.to_float(x_all[start:end].to(device))
         y = y_all[start:end].to(device)
@@ -601,8 +605,6 @@ def _epoch(
 
     augmenter = run.augmenter
     side = spec.resize  # what the network resizes its inputs to
-    # A distributed job's ranks stop together, at a batch of training (a collective).
-    stop_outside_training = should_stop if run.ranks is None else lambda: False
     pretrained = find_pretrained(model)
     if (
         pretrained is not None
@@ -621,7 +623,7 @@ def _epoch(
             resize=spec.resize,
             device=run.device,
             precision=precision,
-            should_stop=stop_outside_training,
+            should_stop=should_stop,  # every rank computes every row's: their polls stay in step
         )
         if features is None:
             return None, progress
@@ -669,7 +671,7 @@ def _epoch(
             precision=precision,
             resize=side,
             ranks=run.ranks,
-            should_stop=stop_outside_training,
+            should_stop=should_stop,
         )
         if scores is None:
             return None, progress
@@ -743,7 +745,7 @@ def cross_validate(run: TrainingRun, callbacks: Callbacks, should_stop) -> bool:
     return True
 
 
-STOP_POLLS_APART = 8  # batches between a distributed job's ranks' agreements on whether to stop
+STOP_POLLS_APART = 8  # batches (of training or evaluation) between a distributed job's ranks' agreements to stop
 
 
 def fit(spec: JobSpec, callbacks: Callbacks | None = None, **prepare_args) -> FitResult:

@@ -68,9 +68,21 @@ def test_a_stop_asked_of_rank_0_stops_every_rank_at_the_same_batch(odd_data, tmp
     assert ends[0]["reason"] == "stopped"  # rank 0's callbacks asked (rank 1's say nothing: not its to record)
     assert ends[1]["stopped_at"] is not None and ends[0]["stopped_at"] == ends[1]["stopped_at"]
     # The ranks agree every STOP_POLLS_APART polls: the first agreement at or after the 50th poll
-    # comes before batch 56 - 38 = 18 of epoch 2 (38 batches an epoch), with 17 done.
+    # comes before batch 56 - 39 = 17 of epoch 2 (38 batches and 1 evaluating an epoch), with 16 done.
     agreed = -(-50 // STOP_POLLS_APART) * STOP_POLLS_APART
-    assert (ends[0]["stopped_at"].epoch, ends[0]["stopped_at"].progress.batches) == (2, agreed - 1 - 38)
+    assert (ends[0]["stopped_at"].epoch, ends[0]["stopped_at"].progress.batches) == (2, agreed - 1 - 39)
+
+
+def test_a_stop_during_the_evaluation_stops_every_rank_there(odd_data, tmp_path):
+    """Batches of 86: 7 of training and 1 of evaluation an epoch, so the ranks' first agreement,
+    at poll STOP_POLLS_APART = 8, comes in epoch 1's evaluation, which keeps the epoch's training."""
+    assert STOP_POLLS_APART == 8
+    spec = {**SPEC, "distributed": {"nproc_per_node": 2}, "batch_size": 86}
+    train(spec, odd_data, tmp_path / "stopped.pt", 2, "8")
+    ends = [torch.load(tmp_path / f"stopped.pt.rank{rank}", weights_only=False) for rank in (0, 1)]
+    assert ends[0]["reason"] == "stopped" and ends[0]["stopped_at"] == ends[1]["stopped_at"]
+    position = ends[0]["stopped_at"]
+    assert (position.epoch, position.progress.batches, position.progress.seen) == (1, 7, 601)
 
 
 @pytest.mark.parametrize(("n", "world"), [(89, 2), (1, 2), (10, 3), (256, 4)])
