@@ -242,6 +242,7 @@ def test_docs_cli_blocks(fresh_stack, tmp_path):
     assert f"job {job_id} " in tour.split(f"job {job_id} succeeded\n", 1)[1]  # $JOB is the job just submitted
     assert "best epoch 10 (chosen on last_epoch" in tour
     assert "precision" in tour and "fashion@production -> version 1" in tour
+    assert "model fashion: 1 version(s), latest 1" in tour and "fashion version 1 (threshold 0.6)" in tour
     assert "boot.png" in tour and "shirt.png" in tour and "uploaded:" in tour and "square" in tour
     assert first_json(evaluation)["model"]["reference"] == f"job:{job_id}"
     assert "most confident mistakes" in evaluation
