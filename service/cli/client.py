@@ -912,10 +912,9 @@ def models_delete(opts: Options, name: str, version: int) -> None:
 @command(models_app, "alias")
 def models_alias(opts: Options, name: str, alias: str, version: int) -> None:
     """Point NAME@ALIAS at VERSION."""
-    opts.show(
-        opts.call("PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version}),
-        lambda model: [f"{name}@{alias} -> version {version}"],
-    )
+    moved = opts.call("PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version})
+    warn(moved, as_json=opts.as_json)
+    opts.show(moved, lambda model: [f"{name}@{alias} -> version {version}"])
 
 
 # Datasets.

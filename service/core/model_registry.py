@@ -194,8 +194,12 @@ def contract_changes(session: Session, version: ModelVersion) -> list[str]:
             .limit(1)
         )
         now = f"{name!r} now means version {version.version}"
-    if served is None:
-        return []
+    return _differences(version, served, now) if served is not None else []
+
+
+def _differences(version: ModelVersion, served: ModelVersion, now: str) -> list[str]:
+    """How `version` answers callers otherwise than `served` (its task, its input, its classes),
+    each a warning, the last ending with `now` (what the callers' reference means now)."""
     new, old = f"version {version.version}", f"version {served.version}"
     changes = []
     if version.task != served.task:
@@ -241,15 +245,22 @@ def require_version(session: Session, *, name: str, version: int) -> ModelVersio
     return record
 
 
-def set_alias(session: Session, *, name: str, alias: str, version: int) -> None:
-    """Point an alias at a version (creating or moving it)."""
-    require_version(session, name=name, version=version)
+def set_alias(session: Session, *, name: str, alias: str, version: int) -> list[str]:
+    """Point an alias at a version (creating or moving it); warnings of what its callers see
+    change, when it moves to a version that answers otherwise."""
+    record = require_version(session, name=name, version=version)
     row = session.get(ModelAlias, (name, alias))
+    warnings = []
     if row is None:
         session.add(ModelAlias(name=name, alias=alias, version=version))
     else:
+        if row.version != version:
+            before = require_version(session, name=name, version=row.version)
+            callers = f"{name}@{alias} and {name!r} now mean" if alias == DEFAULT_ALIAS else f"{name}@{alias} now means"
+            warnings = _differences(record, before, f"{callers} version {version}")
         row.version, row.updated_at = version, utcnow()
     session.commit()
+    return warnings
 
 
 def set_threshold(session: Session, *, name: str, version: int, threshold: float | None) -> ModelVersion:

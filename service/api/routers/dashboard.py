@@ -385,10 +385,12 @@ def set_alias(
             raise Invalid(
                 [(("alias",), f"{alias!r} is not a name: lower-case letters, digits, . _ - (e.g. production)")]
             )
-        model_registry.set_alias(session, name=name, alias=alias, version=version)
+        warnings = model_registry.set_alias(session, name=name, alias=alias, version=version)
     except CoreError as exc:
         return _models_page(request, session, [name], single=True, status_code=status_for(exc), error=_describe(exc))
     server.references.clear()  # `name@alias` now means this version
+    if warnings:  # shown once, on the page the move answers with
+        return _models_page(request, session, [name], single=True, warnings=warnings)
     return RedirectResponse(f"/ui/models/{name}#version-{version}", status_code=303)
 
 

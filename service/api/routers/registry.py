@@ -13,6 +13,7 @@ from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessi
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.registry import (
     MAX_INT,
+    AliasMoved,
     AliasUpdate,
     ModelCreate,
     ModelPublic,
@@ -79,14 +80,15 @@ def read_model(name: NameParam, session: SessionDep) -> ModelPublic:
     return _model(session, name)
 
 
-@router.put("/{name}/aliases/{alias}", response_model=ModelPublic, responses=NOT_FOUND)
+@router.put("/{name}/aliases/{alias}", response_model=AliasMoved, responses=NOT_FOUND)
 def set_alias(
     name: NameParam, alias: NameParam, body: AliasUpdate, session: WriteSessionDep, server: ModelServerDep
-) -> ModelPublic:
-    """Point an alias (e.g. `production`) at a version; references `name@alias` follow it."""
-    model_registry.set_alias(session, name=name, alias=alias, version=body.version)
+) -> AliasMoved:
+    """Point an alias (e.g. `production`) at a version; references `name@alias` follow it. The
+    answer's warnings say what changes for its callers, when the version answers otherwise."""
+    warnings = model_registry.set_alias(session, name=name, alias=alias, version=body.version)
     server.references.clear()  # other API processes follow within reference_cache_seconds
-    return _model(session, name)
+    return AliasMoved(**_model(session, name).model_dump(), warnings=warnings)
 
 
 @router.patch("/{name}/versions/{version}", response_model=ModelVersionPublic, responses=NOT_FOUND)

@@ -67,6 +67,12 @@ class ModelPublic(BaseModel):
     latest_version: int
 
 
+class AliasMoved(ModelPublic):
+    """A model after an alias was set: with what the alias's callers see change (task, input, classes)."""
+
+    warnings: list[str] = []
+
+
 class ModelsPublic(BaseModel):
     data: list[ModelPublic]
     count: int

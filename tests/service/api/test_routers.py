@@ -261,6 +261,21 @@ def test_a_version_that_changes_what_callers_see_is_registered_with_warnings(api
     ]
     assert "warnings" not in api.get("/v1/models/shoes").json()["versions"][0]
 
+    moved = api.put("/v1/models/shoes/aliases/production", json={"version": 4})
+    assert moved.status_code == 200 and moved.json()["aliases"] == {"production": 4}
+    assert moved.json()["warnings"] == [
+        "version 4 takes 3x8x8 inputs where version 1 takes 1x28x28",
+        "version 4 answers cat, dog where version 1 answers 10 classes (0, 1, 2, ...); shoes@production and "
+        "'shoes' now mean version 4",
+    ]
+    assert api.put("/v1/models/shoes/aliases/production", json={"version": 3}).json()["warnings"] == []  # alike
+    assert api.put("/v1/models/shoes/aliases/staging", json={"version": 1}).json()["warnings"] == []  # a new alias
+    page = api.post("/ui/models/shoes/aliases", data={"alias": "staging", "version": "2"}, follow_redirects=False)
+    assert page.status_code == 200 and 'id="warnings"' in page.text
+    assert "shoes@staging now means version 2" in page.text
+    alike = api.post("/ui/models/shoes/aliases", data={"alias": "staging", "version": "3"}, follow_redirects=False)
+    assert alike.status_code == 303
+
 
 def test_registry_errors(api, trained_job):
     assert api.get("/v1/models/nothing").status_code == 404
