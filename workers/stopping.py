@@ -10,17 +10,20 @@ it starts again or for another one.
 Two hooks leave the file, because neither sees every shutdown in time: worker_shutting_down comes
 from Celery's signal handlers alone, and AnnounceShutdown's close() comes too late on a signal's
 warm shutdown (with the step alone, a job whose worker got SIGTERM trained on to its end); the step
-is how a remote `shutdown` reaches the file.
+is how a remote `shutdown` reaches the file. SIGHUP restarts the worker in place (a warm shutdown,
+then the same command again); its handler, Celery's, sends no worker_shutting_down either, so it
+is wrapped to leave the file too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
-from celery import bootsteps
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery import bootsteps, platforms
+from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from service.core.broker import app
 from service.core.settings import get_settings
@@ -66,3 +69,27 @@ app.steps["worker"].add(AnnounceShutdown)
 @worker_shutdown.connect
 def _clear(**_kwargs) -> None:  # at the start too: a file an earlier process of this pid left
     stop_file(os.getpid()).unlink(missing_ok=True)
+
+
+@worker_ready.connect  # after Celery installed its signal handlers
+def _announce_on_restart(**_kwargs) -> None:
+    restart = platforms.signals["SIGHUP"]
+    if not callable(restart):
+        return  # Celery installs no restart on a terminal: a closed terminal's SIGHUP ends the worker
+
+    def announce_then_restart(*args) -> None:
+        _announce()
+        restart(*args)
+
+    platforms.signals["SIGHUP"] = announce_then_restart
+
+
+@worker_init.connect
+def _restartable(**_kwargs) -> None:
+    """Celery restarts a worker on SIGHUP by executing `sys.executable` with `sys.argv` again.
+    Started as `python -m celery` (as `trainyard worker` and `trainyard run` start it), argv[0] is
+    celery/__main__.py, which fails when run as a script (celery#4249): the worker died instead.
+    Said as `-m celery`, the restart runs the command it was started with."""
+    main = Path(sys.argv[0]) if sys.argv else None
+    if main is not None and main.name == "__main__.py" and main.parent.name == "celery":
+        sys.argv[:1] = ["-m", "celery"]

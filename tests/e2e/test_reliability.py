@@ -125,6 +125,38 @@ def test_a_worker_shut_down_remotely_hands_its_job_back_and_the_next_worker_resu
     assert epochs == [1, 2, 3, 4]
 
 
+def test_a_worker_restarted_by_sighup_hands_its_job_back_and_resumes_it(tmp_path, data_dir):
+    """SIGHUP restarts a Celery worker in place (it executes itself again, same pid): the running
+    job stops after its current batch and goes back to the queue (not a failed attempt) instead
+    of holding the restart until its end, and the restarted worker resumes it."""
+    with Stack(home=tmp_path / "home", data_dir=data_dir) as stack, stack.client() as client:
+        job_id = submit(client, {**SLOW_SPEC, "epochs": 2})
+        wait_until(
+            lambda: running_events(client.get(f"/v1/jobs/{job_id}").json()),
+            timeout=120,
+            what=f"job {job_id} to run\n{stack.logs()}",
+        )
+        os.kill(stack.procs["worker"].pid, signal.SIGHUP)
+
+        def handed_back():
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            return any(t["reason"] == "worker_stopped" for t in job["transitions"]) and job
+
+        job = wait_until(handed_back, timeout=60, what=f"job {job_id} handed back\n{stack.logs()}")
+        assert len(epochs_recorded(client, job_id)) < 2, job  # it did not train on to its end
+        job = stack.wait_for_job(client, job_id, timeout=180)
+        assert "Restarting celery worker" in stack.log("worker") and stack.procs["worker"].poll() is None
+        epochs = epochs_recorded(client, job_id)
+    assert job["status"] == "succeeded" and job["attempt"] == 2, job["transitions"]
+    steps = [(t["from_status"], t["to_status"], t["reason"]) for t in job["transitions"]]
+    assert steps[2:] == [
+        ("running", "queued", "worker_stopped"),
+        ("queued", "running", None),
+        ("running", "succeeded", None),
+    ], steps
+    assert epochs == [1, 2]
+
+
 def test_cancel_queued_and_running_then_resume(stack, client):
     running = submit(client, {**SLOW_SPEC, "name": "to-cancel-running"})
     queued = submit(client, {**TINY_SPEC, "name": "to-cancel-queued"})
