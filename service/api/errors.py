@@ -145,8 +145,10 @@ def _file_problem(e: dict, content_type: str) -> dict:
         )
     elif e.get("type") == "missing":
         msg = f"field {name!r} is required: the file to upload; {how}"
-    else:
+    elif "UploadFile" in str((e.get("ctx") or {}).get("error")):
         msg = f"field {name!r} arrived as text, not as a file: {how}"
+    else:
+        return e  # the service's own word on the file it was sent (not a safetensors file, ...)
     return {**e, "msg": msg}
 
 

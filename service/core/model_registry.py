@@ -144,7 +144,15 @@ def import_version(
     try:
         state = load_safetensors(weights)
     except Exception as exc:  # safetensors has its own error types for a damaged header
-        raise Invalid([(("file",), f"not a safetensors file: {exc}")]) from None
+        raise Invalid(
+            [
+                (
+                    ("file",),
+                    f"not a safetensors file: {exc}. Import takes a state_dict in safetensors, as `trainyard "
+                    "models export` writes by default; TorchScript, ONNX and pickled files are not taken",
+                )
+            ]
+        ) from None
     problems = weights_problems(net, state)
     if problems:
         raise Invalid([(("file", tensor), message) for tensor, message in problems])
