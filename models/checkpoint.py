@@ -57,6 +57,18 @@ def write_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict
     return len(payload)
 
 
+def meta_in(data: bytes) -> dict | None:
+    """trainyard's metadata in the header of safetensors bytes (a checkpoint or an export of one);
+    None when the header holds none, or is not a safetensors header."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size]) if 0 < size <= len(data) - 8 else {}
+        meta = json.loads((header.get("__metadata__") or {}).get(META_KEY, "null"))
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
 def read_meta(path: Path) -> dict:
     """Read only the metadata header of a checkpoint."""
     try:

@@ -820,20 +820,30 @@ def models_import(
     opts: Options,
     weights: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a safetensors state_dict")],
     name: Annotated[str, typer.Option(help="the model to add a version to")],
-    model: Annotated[str, typer.Option(help='the architecture as JSON, e.g. \'{"arch": "lenet"}\'')],
-    classes: Annotated[str | None, typer.Option(help="class names, comma-separated")] = None,
-    input_shape: Annotated[str, typer.Option(help="e.g. 1,28,28")] = "1,28,28",
+    model: Annotated[
+        str | None,
+        typer.Option(help="the architecture as JSON, e.g. '{\"arch\": \"lenet\"}'; default: the file's (an export's)"),
+    ] = None,
+    classes: Annotated[str | None, typer.Option(help="class names, comma-separated; default: the file's")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="e.g. 1,28,28; default: the file's, else 1,28,28")] = None,
+    normalize: Annotated[
+        str | None, typer.Option(help='how images were normalised, as JSON {"mean": [...], "std": [...]}')
+    ] = None,
+    threshold: ThresholdOption = None,
 ) -> None:
-    """Register weights trained elsewhere as the next version of a model."""
+    """Register weights as the next version of a model: a safetensors state_dict trained elsewhere,
+    or a file `trainyard models export` wrote (which says its architecture, classes and input)."""
     try:
-        shape = [int(d) for d in input_shape.split(",")]
+        shape = [int(d) for d in input_shape.split(",")] if input_shape else None
     except ValueError:
         raise typer.BadParameter("use numbers separated by commas, e.g. 1,28,28", param_hint="--input-shape") from None
     form = {
         "name": name,
-        "model": model,
-        "input_shape": json.dumps(shape),
+        **({"model": model} if model else {}),
+        **({"input_shape": json.dumps(shape)} if shape else {}),
         **({"classes": json.dumps(classes.split(","))} if classes else {}),
+        **({"normalize": normalize} if normalize else {}),
+        **({"threshold": str(threshold)} if threshold is not None else {}),
     }
     upload = {"file": (weights.name, weights.read_bytes(), "application/octet-stream")}
     imported = opts.call("POST", "/v1/models/import", data=form, files=upload, timeout=300)

@@ -3,6 +3,8 @@ elsewhere), and movable aliases. Each function that changes the registry commits
 
 from __future__ import annotations
 
+import json
+
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load as load_safetensors
@@ -10,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.checkpoint import read_meta, write_checkpoint
+from models.checkpoint import meta_in, read_meta, write_checkpoint
 from models.inference.interchange import imported_meta, weights_problems
 from models.nets.archs import build_model
 from models.spec.job import MODEL_SPEC, NormalizeSpec
@@ -102,9 +104,9 @@ def import_version(
     *,
     name: str,
     weights: bytes,
-    model: dict,
+    model: dict | None,
     classes: list[str] | None,
-    input_shape: list[int],
+    input_shape: list[int] | None,
     settings: Settings,
     normalize: dict | None = None,
     threshold: float | None = None,
@@ -113,7 +115,10 @@ def import_version(
 
     Nothing is unpickled; the architecture must take `input_shape` and every tensor must fit it,
     or Invalid names what does not. `normalize` ({"mean", "std"} per channel of pixel / 255) is
-    how the images were normalised where the weights were trained; `threshold` is predict's default."""
+    how the images were normalised where the weights were trained; `threshold` is predict's default.
+    A file that trainyard exported says its architecture, classes, input shape and normalisation:
+    those left out are taken from it, and those given must agree with it."""
+    model, classes, input_shape, normalize = _with_file_header(weights, model, classes, input_shape, normalize)
     threshold = _threshold(threshold, "classification" if classes else "regression")
     try:
         spec = MODEL_SPEC.validate_python(model)
@@ -220,6 +225,62 @@ def _differences(version: ModelVersion, served: ModelVersion, now: str) -> list[
     if changes:
         changes[-1] += f"; {now}"
     return changes
+
+
+def _canonical(model: dict) -> dict | None:
+    try:
+        return MODEL_SPEC.validate_python(model).model_dump(mode="json")
+    except ValidationError:
+        return None  # import_version says what is wrong with it
+
+
+def _with_file_header(weights: bytes, model, classes, input_shape, normalize) -> tuple:
+    """The import's model, classes, input shape and normalisation, each taken from the file's
+    trainyard header where left out; Invalid where one given disagrees with the header (the same
+    tensors can fit a network of other activations or pooling, which then answers wrongly)."""
+    meta = meta_in(weights)
+    if meta is None:
+        if model is None:
+            raise Invalid(
+                [
+                    (
+                        ("model",),
+                        'model is required: the architecture, as JSON such as {"arch": "lenet"} (this '
+                        "file has no trainyard header that says it)",
+                    )
+                ]
+            )
+        return model, classes, input_shape or [1, 28, 28], normalize
+    own = {
+        "model": meta.get("model") or (meta.get("spec") or {}).get("model"),
+        "classes": meta.get("classes"),
+        "input_shape": meta.get("input_shape"),
+    }
+    problems = []
+    if model is not None and own["model"] is not None and _canonical(model) != _canonical(own["model"]):
+        problems.append(
+            (
+                ("model",),
+                f"the file was trained as {json.dumps(own['model'])}, not as {json.dumps(model)}: "
+                "leave model out to take the file's",
+            )
+        )
+    for field, given in (("classes", classes), ("input_shape", input_shape)):
+        if given is not None and own[field] is not None and list(given) != list(own[field]):
+            problems.append(
+                ((field,), f"the file's {field} is {own[field]}, not {given}: leave {field} out to take the file's")
+            )
+    if problems:
+        raise Invalid(problems)
+    contract = meta.get("input") or {}
+    if normalize is None and contract.get("mean") is not None and contract.get("std") is not None:
+        normalize = {"mean": contract["mean"], "std": contract["std"]}
+    return (
+        model if model is not None else own["model"],
+        classes if classes is not None else own["classes"],
+        input_shape or own["input_shape"] or [1, 28, 28],
+        normalize,
+    )
 
 
 def versions(session: Session, *, name: str) -> list[ModelVersion]:

@@ -220,14 +220,23 @@ async def import_model(
     file: Annotated[UploadFile, File(description="a safetensors state_dict (nothing is unpickled)")],
     name: Annotated[str, Form(pattern=MODEL_NAME_PATTERN)],
     model: Annotated[
-        str, Form(max_length=100_000, description='the model part of a job spec, as JSON, e.g. {"arch": "lenet"}')
-    ],
+        str | None,
+        Form(
+            max_length=100_000,
+            description='the model part of a job spec, as JSON, e.g. {"arch": "lenet"}; '
+            "left out, the file's own (a trainyard export says it)",
+        ),
+    ] = None,
     classes: Annotated[
         str | None, Form(max_length=100_000, description="JSON list of class names; none for a regression model")
     ] = None,
     input_shape: Annotated[
-        str, Form(max_length=200, description="JSON list, e.g. [1, 28, 28] or [3, 224, 224]")
-    ] = "[1, 28, 28]",
+        str | None,
+        Form(
+            max_length=200,
+            description="JSON list, e.g. [1, 28, 28] or [3, 224, 224]; left out, the file's own, else [1, 28, 28]",
+        ),
+    ] = None,
     normalize: Annotated[
         str | None,
         Form(
@@ -245,19 +254,19 @@ async def import_model(
     spec = _json_field("model", model)
     names = _json_field("classes", classes)
     shape = _json_field("input_shape", input_shape)
-    if not isinstance(spec, dict):
+    if spec is not None and not isinstance(spec, dict):
         raise Invalid([(("model",), 'model must be a JSON object such as {"arch": "mlp"}')])
     if names is not None and (
         not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names)
     ):
         raise Invalid([(("classes",), "classes must be a JSON list of at least two names")])
-    if (
+    if shape is not None and (
         not isinstance(shape, list)
         or len(shape) not in (1, 3)
         or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in shape)
     ):
         raise Invalid([(("input_shape",), "input_shape must be [features] or [channels, height, width]")])
-    if len(shape) == 3 and shape[0] not in (1, 3):
+    if shape is not None and len(shape) == 3 and shape[0] not in (1, 3):
         raise Invalid([(("input_shape",), f"images have 1 (grey) or 3 (RGB) channels, not {shape[0]}")])
     weights = await file.read()
     version = await run_in_threadpool(

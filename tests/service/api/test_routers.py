@@ -298,6 +298,29 @@ def test_registry_errors(api, trained_job):
     assert locs(api.get("/v1/models/shoes/versions/0/export")) == [["path", "version"]]
 
 
+def test_an_export_imports_back_as_it_was_trained_and_a_contrary_field_is_refused(api, trained_job):
+    """A safetensors export says its architecture, classes and input shape: left out, they are
+    taken from it; given otherwise (the same tensors fit other activations), a 422 says so."""
+    assert api.post("/v1/models", json={"name": "shoes", "job_id": trained_job}).status_code == 201
+    exported = api.get("/v1/models/shoes/versions/1/export", params={"format": "safetensors"}).content
+
+    def imported(**fields):
+        form = {"name": "brought", **fields}
+        return api.post("/v1/models/import", data=form, files={"file": ("shoes.safetensors", exported)})
+
+    back = imported()
+    assert back.status_code == 201, back.text
+    original = api.get("/v1/models/shoes").json()["versions"][0]
+    assert (back.json()["classes"], back.json()["input_shape"]) == (original["classes"], original["input_shape"])
+    wrong = imported(model='{"arch": "mlp", "hidden": [8]}', classes='["a", "b"]', input_shape="[1, 28, 28]")
+    assert locs(wrong) == [["body", "model"], ["body", "classes"]]
+    said = wrong.json()["detail"][0]["msg"]
+    assert said.startswith("the file was trained as {") and '"arch": "softmax_regression"' in said
+    assert imported(model='{"arch": "softmax_regression"}').status_code == 201  # the same, said
+    bare = api.post("/v1/models/import", data={"name": "bare"}, files={"file": ("w.safetensors", b"not weights")})
+    assert locs(bare) == [["body", "model"]] and "model is required" in bare.json()["detail"][0]["msg"]
+
+
 def test_import_validates_each_field_before_reading_the_weights(api):
     def imported(**fields):
         form = {"name": "imported", "model": '{"arch": "mlp", "hidden": [16]}', **fields}
