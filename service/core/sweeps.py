@@ -60,10 +60,11 @@ def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[
     """Every trial's values, each spec checked as a job submission would be (Invalid naming every
     bad path and value, before anything is created), and the sweep's task. (TPE's trials are drawn
     later: their specs are checked at each distribution's extremes.)"""
-    problems, tasks = [], set()
+    problems, tasks, unsplit = [], set(), False
     for params in sweep.checked_trials():
         try:
             raw = trial_spec(sweep.base, sweep.name, params)
+            unsplit = unsplit or not (raw.get("data") or {}).get("val_fraction")
             spec = submission.with_full_ids(session, spec=JobSpec.model_validate(raw))
             tasks.add(submission.check_spec(session, spec=spec, settings=settings))
         except (ValidationError, Invalid) as exc:
@@ -79,6 +80,12 @@ def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[
                     f"{sweep.pruner.min_epochs} is not below the trials' {epochs} epochs: nothing would be pruned",
                 )
             )
+    if sweep.metric and sweep.metric.startswith("val_") and unsplit:
+        problems.append(
+            (("metric",), f"{sweep.metric} needs a validation split in every trial: set data.val_fraction in base")
+        )
+    if sweep.metric and sweep.metric.endswith("_acc") and tasks == {"regression"}:
+        problems.append((("metric",), f"{sweep.metric} is a classifier's: rank regression trials by a loss"))
     if problems:
         raise Invalid(problems[:50])
     return sweep.trials(), tasks.pop()

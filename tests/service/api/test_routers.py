@@ -416,7 +416,15 @@ def test_sweep_validation_names_the_path_and_creates_nothing(api):
     assert locs(unknown)[0][:2] == ["body", "base"]
     neither = api.post("/v1/sweeps", json={"name": "bad", "base": base})
     assert neither.status_code == 422 and "one of grid, random or tpe" in neither.text
+    grid = {"optimizer.lr": [0.1, 0.2]}
+    unsplit = api.post("/v1/sweeps", json={"name": "bad", "base": base, "grid": grid, "metric": "val_acc"})
+    assert locs(unsplit) == [["body", "metric"]] and "set data.val_fraction" in unsplit.json()["detail"][0]["msg"]
+    regression = {"name": "bad", "base": {**REGRESSION_SPEC, "epochs": 1}, "grid": grid, "metric": "test_acc"}
+    assert locs(api.post("/v1/sweeps", json=regression)) == [["body", "metric"]]
     assert api.get("/v1/sweeps").json()["count"] == 0 and api.get("/v1/jobs").json()["count"] == 0
+    split = {**base, "data": {**base["data"], "val_fraction": 0.1}}
+    ranked = api.post("/v1/sweeps", json={"name": "ok", "base": split, "grid": grid, "metric": "val_acc"})
+    assert ranked.status_code == 202, ranked.text
 
 
 def test_a_sweep_queues_its_trials_and_cancels_them(api):
