@@ -311,8 +311,12 @@ def require(session: Session, *, sweep_id: str) -> Sweep:
 
 
 def cancel(session: Session, *, sweep_id: str, settings: Settings) -> None:
-    """Launch nothing more, and cancel the sweep's unfinished jobs (its study is told as they end)."""
-    sweep_id = require(session, sweep_id=sweep_id).id
+    """Launch nothing more, and cancel the sweep's unfinished jobs (its study is told as they end);
+    Conflict for a sweep that ended before (cancelling one again changes nothing)."""
+    sweep = require(session, sweep_id=sweep_id)
+    if sweep.finished_at is not None and sweep.cancelled_at is None:
+        raise Conflict(f"sweep {sweep.id} has already ended; there is nothing left to cancel")
+    sweep_id = sweep.id
     session.execute(
         update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled_at.is_(None)).values(cancelled_at=utcnow())
     )

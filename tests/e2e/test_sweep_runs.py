@@ -121,5 +121,7 @@ def test_cancelling_a_sweep_cancels_its_jobs_and_launches_no_more(stack, client)
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
     assert stack.wait_for_job(client, running, states=("cancelled",))["reason"] == "user_cancelled"
     after = client.get(f"/v1/sweeps/{sweep['id']}").json()
-    assert after["launched"] == 1 and after["counts"] == {"cancelled": 1, "pending": 2}
+    assert after["launched"] == 1 and after["counts"] == {"cancelled": 3}  # 1 job, 2 trials never launched
+    again = client.post(f"/v1/sweeps/{sweep['id']}/cancel")
+    assert again.status_code == 202 and again.json()["cancelled_at"] == after["cancelled_at"]
     assert client.post("/v1/sweeps/00000000-0000-0000-0000-000000000000/cancel").status_code == 404

@@ -16,8 +16,8 @@ class SweepJobPublic(BaseModel):
     # None until the trial is launched (max_parallel holds it back), then its job.
     job_id: str | None
     # The job's status ("pruned": the sweep's pruner stopped it early); "pending" before it is
-    # launched, "deleted" if its job was deleted, "invalid" if its values (a TPE draw) made a spec
-    # that could not run (`error` says why).
+    # launched ("cancelled" once the sweep is, which launches it never), "deleted" if its job was
+    # deleted, "invalid" if its values (a TPE draw) made a spec that could not run (`error` says why).
     status: str
     params: dict  # {} for a TPE trial not drawn yet
     epochs: int  # the epochs its job has trained
@@ -80,7 +80,9 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
             return trial.job.status
         if trial.index < len(sweep.trials) and "error" in sweep.trials[trial.index]:
             return "invalid"
-        return "deleted" if trial.index < sweep.launched else "pending"
+        if trial.index < sweep.launched:
+            return "deleted"
+        return "cancelled" if sweep.cancelled_at is not None else "pending"
 
     entries = [
         SweepJobPublic(

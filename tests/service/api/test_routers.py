@@ -438,6 +438,17 @@ def test_a_sweep_queues_its_trials_and_cancels_them(api):
     assert api.get("/v1/sweeps").json()["count"] == 1
     assert api.post(f"/v1/sweeps/{sweep['id']}/cancel").status_code == 202
     assert api.get("/v1/jobs", params={"status": "cancelled"}).json()["count"] == 2
+    assert api.post(f"/v1/sweeps/{sweep['id']}/cancel").status_code == 202  # again: nothing changes
+
+    from sqlalchemy import update
+
+    from service.core.tables import Sweep, utcnow
+
+    ended = api.post("/v1/sweeps", json={"name": "done", "base": {**SOFTMAX_SPEC, "epochs": 1}, "grid": {"seed": [1]}})
+    with db.session_scope() as session:  # as if its one trial had run to its end
+        session.execute(update(Sweep).where(Sweep.id == ended.json()["id"]).values(finished_at=utcnow()))
+    refused = api.post(f"/v1/sweeps/{ended.json()['id']}/cancel")
+    assert refused.status_code == 409 and "already ended" in refused.json()["detail"]
     assert api.get("/v1/sweeps/ffffffff").status_code == 404
     assert locs(api.get("/v1/sweeps", params={"limit": 101})) == [["query", "limit"]]
 
