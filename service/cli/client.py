@@ -796,16 +796,35 @@ def models_register(
     opts.show(registered, _version_line(lambda v: f"job {v['job_id']}, epoch {v['epoch']}"))
 
 
+_EXPORT_SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", ".pt": "torchscript", ".pts": "torchscript"}
+_SUFFIX_OF = {"safetensors": "safetensors", "onnx": "onnx", "torchscript": "pt"}
+
+
 @command(models_app, "export")
 def models_export(
     opts: Options,
     reference: str,
     output: Annotated[Path, typer.Option("--output", "-o", help="where to write it")],
-    fmt: Annotated[str, typer.Option("--format", help="safetensors, torchscript or onnx")] = "safetensors",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="safetensors, torchscript or onnx; default: by the output's suffix, else safetensors"
+        ),
+    ] = None,
+    inputs: Annotated[
+        str, typer.Option(help="float, or pixels (torchscript and onnx): uint8 images in, normalisation inside")
+    ] = "float",
 ) -> None:
     """Download a model (name, name:VERSION, name@ALIAS or job:ID[:EPOCH]) as a file."""
+    by_suffix = _EXPORT_SUFFIXES.get(output.suffix.lower())
+    if fmt is not None and by_suffix is not None and fmt != by_suffix:
+        raise typer.BadParameter(
+            f"-o {output.name} asks for {by_suffix}: give -o a .{_SUFFIX_OF[fmt]} name, or leave --format out",
+            param_hint="--format",
+        )
+    fmt = fmt or by_suffix or "safetensors"
     with opts.client() as api:
-        answer = api.get(f"/v1/models/{reference}/export", params={"format": fmt}, timeout=300)
+        answer = api.get(f"/v1/models/{reference}/export", params={"format": fmt, "inputs": inputs}, timeout=300)
         if answer.status_code != 200:
             checked(answer)
     output.write_bytes(answer.content)

@@ -218,3 +218,37 @@ def test_client_commands_start_without_the_database_or_training_stack():
     )
     run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.stdout.splitlines() == [f"exit {cli_client.UNREACHABLE}", "[]"], run.stdout + run.stderr
+
+
+def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
+    asked = []
+
+    def answer(request):
+        asked.append(dict(request.url.params))
+        return httpx.Response(200, content=b"model bytes")
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+    runner = CliRunner()
+    for name, fmt in (
+        ("m.onnx", "onnx"),
+        ("m.pt", "torchscript"),
+        ("m.safetensors", "safetensors"),
+        ("m.bin", "safetensors"),
+    ):
+        result = runner.invoke(cli_main.app, ["models", "export", "shoes:1", "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert asked[-1] == {"format": fmt, "inputs": "float"} and (tmp_path / name).read_bytes() == b"model bytes"
+    pixels = runner.invoke(
+        cli_main.app, ["models", "export", "shoes:1", "-o", str(tmp_path / "p.onnx"), "--inputs", "pixels"]
+    )
+    assert pixels.exit_code == 0 and asked[-1] == {"format": "onnx", "inputs": "pixels"}
+    contrary = runner.invoke(
+        cli_main.app,
+        ["models", "export", "shoes:1", "-o", str(tmp_path / "x.onnx"), "--format", "torchscript"],
+        env={"COLUMNS": "200"},
+    )
+    assert (
+        contrary.exit_code == cli_client.USAGE and "-o x.onnx asks for onnx: give -o a .pt name" in contrary.output
+    )
+    assert len(asked) == 5
