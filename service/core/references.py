@@ -21,7 +21,7 @@ from service.core.errors import NotFound, NotReady
 from service.core.ids import MAX_LISTED, matching, resolve_id
 from service.core.settings import Settings
 from service.core.storage import StoredFile
-from service.core.tables import Job, ModelAlias, ModelVersion
+from service.core.tables import Job, JobStatus, ModelAlias, ModelVersion
 
 _JOB_REF = re.compile(r"^job:(?P<id>[0-9a-fA-F-]{1,36})(?::(?P<which>best|last|[1-9][0-9]{0,6}))?$")
 MODEL_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
@@ -70,12 +70,18 @@ def _resolve_job(session: Session, reference: str, match) -> ResolvedCheckpoint:
     if which.isdigit():
         checkpoint = next((c for c in job.checkpoints if c.epoch == int(which)), None)
         if checkpoint is None:
-            raise ModelNotFound(f"model {reference!r} not found: job {job.id} has no checkpoint for epoch {which}")
+            kept = sorted(c.epoch for c in job.checkpoints)
+            raise ModelNotFound(
+                f"model {reference!r} not found: job {job.id} has no checkpoint for epoch {which}; "
+                + (f"it keeps epochs {', '.join(map(str, kept))}" if kept else "it has none yet")
+                + ' (the spec\'s "checkpoints": {"keep": ...} says which a job keeps)'
+            )
     else:
         checkpoint = jobs.best_checkpoint(job) if which == "best" else jobs.last_checkpoint(job)
         checkpoint = checkpoint or jobs.last_checkpoint(job)
     if checkpoint is None:
-        raise ModelNotReady(f"job {job.id} has no checkpoint yet (status {job.status})")
+        finished = job.status in JobStatus.FINAL
+        raise ModelNotReady(f"job {job.id} has no checkpoint{'' if finished else ' yet'} (status {job.status})")
     return ResolvedCheckpoint(
         reference=reference,
         file=checkpoint.file,

@@ -189,7 +189,7 @@ def test_docs_walkthrough_on_fashion_mnist(embedded_stack, tmp_path):
 CLI_BLOCKS_RUN = [
     ".venv/bin/trainyard submit examples/softmax-regression.json --follow   # live progress bar; exits 1 unless it succeeds",
     "curl -s http://127.0.0.1:8000/v1/jobs/$JOB/evaluation?limit=1",
-    'curl -OJ "http://127.0.0.1:8000/v1/models/fashion/versions/1/export?format=safetensors"',
+    'curl -fOJ "http://127.0.0.1:8000/v1/models/fashion/versions/1/export?format=safetensors"',
 ]
 CLI_BLOCKS_NOT_RUN = {
     ".venv/bin/trainyard sweep examples/sweeps/weight-decay.json --follow        # weight decay 0 against 3": "six sweeps are minutes of training: tests/test_examples.py checks every request, and "

@@ -248,7 +248,5 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
         ["models", "export", "shoes:1", "-o", str(tmp_path / "x.onnx"), "--format", "torchscript"],
         env={"COLUMNS": "200"},
     )
-    assert (
-        contrary.exit_code == cli_client.USAGE and "-o x.onnx asks for onnx: give -o a .pt name" in contrary.output
-    )
+    assert contrary.exit_code == cli_client.USAGE and "-o x.onnx asks for onnx: give -o a .pt name" in contrary.output
     assert len(asked) == 5

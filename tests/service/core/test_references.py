@@ -48,7 +48,7 @@ def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
     "reference, message",
     [
         ("job:0b0b0b0b-0000-0000-0000-000000000000", "there is no job"),
-        ("job:{job}:9", "has no checkpoint for epoch 9"),
+        ("job:{job}:9", "has no checkpoint for epoch 9; it keeps epochs 1, 2, 3 "),
         ("nobody", "model 'nobody' not found"),
         ("nobody:3", "not found"),
         ("nobody@staging", "model 'nobody@staging' not found: no model is registered yet .*`trainyard models register"),
