@@ -2,8 +2,8 @@
 
 A training process runs one job at a time, so every record it emits meanwhile (the runner's
 lines, the lease thread's, Python warnings, the final traceback) belongs to that job. Lines are
-buffered and written at each epoch's end and at the job's end; a job keeps at most `limit` lines
-per attempt, but errors (a traceback) are always kept.
+buffered and written with each lease renewal, at each epoch's end and at the job's end; a job
+keeps at most `limit` lines per attempt, but errors (a traceback) are always kept.
 """
 
 from __future__ import annotations

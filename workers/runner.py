@@ -67,7 +67,8 @@ def in_transaction(what: str, work, *, patient: bool = True):
 
 class JobControl(Periodic):
     """Renews this attempt's lease from a background thread and notices cancel requests and the
-    worker's shutdown (workers/stopping.py).
+    worker's shutdown (workers/stopping.py); with each renewal, stores the job's log lines so far,
+    so that `trainyard logs -f` shows them during a long first epoch.
 
     should_stop() is cheap: the engine calls it between batches, and it only reads three flags.
     """
@@ -80,8 +81,10 @@ class JobControl(Periodic):
         longest_wait: float,
         memory: MemoryWatch | None = None,
         urgent_share: float = 0.9,
+        job_log: JobLogCapture | None = None,
     ):
         super().__init__(f"lease-{job_id}", interval)
+        self.job_log = job_log
         self.job_id = job_id
         self.attempt = attempt
         self.longest_wait = max(interval, longest_wait)  # between renewals that fail
@@ -133,6 +136,8 @@ class JobControl(Periodic):
         if self._misses:
             log.info("lease renewal for job %s got through after %d misses", self.job_id, self._misses)
         self._delay, self._misses = self.interval, 0
+        if self.job_log is not None:
+            self.job_log.store()
         if status is None:
             log.warning("job %s attempt %s lost its lease; stopping", self.job_id, self.attempt)
             self.lost.set()
@@ -527,6 +532,7 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
         settings.heartbeat_seconds,
         settings.lease_seconds / 4,
         urgent_share=settings.oom_kill_fraction,
+        job_log=job_log,
     ) as control:
         try:
             trial = in_transaction(

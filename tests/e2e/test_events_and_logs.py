@@ -75,6 +75,13 @@ def read_stream(
 def test_keep_alive_during_a_slow_epoch_and_resumption_without_gaps_or_repeats(events_stack):
     with events_stack.client() as client:
         job_id = submit(client, SLOW)
+
+        def logged():
+            return [line["message"] for line in client.get(f"/v1/jobs/{job_id}/logs").json()["lines"]]
+
+        # The log is stored as the lease is renewed, not only at the end of an epoch.
+        wait_until(lambda: any("attempt 1 of job" in m for m in logged()), timeout=60, what="the job's first line")
+        assert client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"] == [], "the first epoch ended first"
         first, _ = read_stream(client, job_id, stop_after=3)  # queued, running, ... then the client drops
         rest, comments = read_stream(client, job_id, last_event_id=first[-1][1])
         assert any(c.startswith(": ping") for c in comments), "no keep-alive while an epoch ran"
