@@ -21,8 +21,9 @@ SOME_NOT_COPIED, INTERRUPTED = 1, 130
 
 @storage_app.command("info")
 def info(as_json: JsonOption = False) -> None:
-    """The store (TRAINYARD_STORAGE_URL; unset: the home's folders) and this machine's cache of its
-    objects: its folder, the bytes it holds and its bound (TRAINYARD_CACHE_BYTES)."""
+    """The store as this machine's settings say it (TRAINYARD_STORAGE_URL; unset: the home's
+    folders) and, for an object store, this machine's cache of its objects: its folder, the bytes
+    it holds and its bound (TRAINYARD_CACHE_BYTES). Run it where the service or a worker runs."""
     from service.core.settings import get_settings
     from service.core.storage import get_storage
     from service.core.storage.migrate import size_text
@@ -45,11 +46,14 @@ def info(as_json: JsonOption = False) -> None:
     if as_json:
         emit_json(data)
         return
+    typer.echo(f"as this machine's settings say (TRAINYARD_HOME {settings.home}):")
     if storage.store.local:
         where = ", ".join(f"{area} {root}" for area, root in data["folders"].items())
-        typer.echo(f"store: {storage.url} (folders: {where}; files are read where they are)")
-    else:
-        typer.echo(f"store: {storage.url} (an object store; workers retry it for {settings.storage_retry_seconds:g} s)")
+        typer.echo(f"store: {storage.url} (folders: {where}; files are read where they are, no cache)")
+        if not settings.home.exists():
+            typer.echo(f"note: {settings.home} does not exist here: run this where the service runs, with its settings")
+        return
+    typer.echo(f"store: {storage.url} (an object store; workers retry it for {settings.storage_retry_seconds:g} s)")
     typer.echo(
         f"cache: {settings.object_cache_dir}, {size_text(used)} in {len(entries)} file(s) of "
         f"{size_text(settings.cache_bytes)} (TRAINYARD_CACHE_BYTES)"

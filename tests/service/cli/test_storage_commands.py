@@ -5,6 +5,8 @@ they print (lines, or JSON with --json) and their exit statuses (0 all there, 1 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from sqlalchemy import update
 from typer.testing import CliRunner
@@ -28,8 +30,21 @@ def test_info_says_where_files_are_and_what_the_cache_holds(service_env):
     assert info["cache_dir"] == str(service_env.object_cache_dir)
     assert (info["cache_files"], info["cache_bytes_used"], info["cache_bytes_max"]) == (0, 0, service_env.cache_bytes)
     lines = invoke("info").stdout.splitlines()
-    assert lines[0].startswith(f"store: file://{service_env.home} (folders: checkpoints {service_env.checkpoint_dir}")
-    assert lines[1] == f"cache: {service_env.object_cache_dir}, 0 B in 0 file(s) of 20.0 GiB (TRAINYARD_CACHE_BYTES)"
+    assert lines[0] == f"as this machine's settings say (TRAINYARD_HOME {service_env.home}):"
+    assert lines[1].startswith(f"store: file://{service_env.home} (folders: checkpoints {service_env.checkpoint_dir}")
+    assert lines[1].endswith("files are read where they are, no cache)") and len(lines) == 2  # folders: no cache
+    from tests.support.servers import REPO
+
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "service.cli.main", "storage", "info"],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "TRAINYARD_HOME": str(service_env.home / "not-here")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said = elsewhere.stdout.splitlines()[-1]
+    assert said.startswith(f"note: {service_env.home / 'not-here'} does not exist here: run this where"), said
 
 
 def test_migrate_copies_once_then_says_there_is_nothing_to_copy(trained_job, tmp_path):
@@ -84,9 +99,6 @@ def test_migrate_exits_2_on_a_bad_url_and_3_when_the_store_cannot_be_reached(tra
 
 
 def test_a_setting_that_is_not_valid_is_one_line_naming_it(tmp_path):
-    import subprocess
-    import sys
-
     from tests.support.servers import REPO
 
     env = {
