@@ -134,3 +134,20 @@ def test_migrate_brings_a_new_home_to_the_newest_schema_first(tmp_path, monkeypa
         settings_module.get_settings.cache_clear()
         db.get_engine.cache_clear()
         db.get_sessionmaker.cache_clear()
+
+
+def test_info_on_an_object_store_says_what_this_machine_caches(object_store, tmp_path):
+    from tests.support.servers import REPO
+
+    env = {"PATH": "/usr/bin:/bin", "TRAINYARD_HOME": str(tmp_path), **object_store.env()}
+    run = subprocess.run(
+        [sys.executable, "-m", "service.cli.main", "storage", "info"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = run.stdout.splitlines()
+    assert run.returncode == 0 and lines[1].startswith(f"store: {env['TRAINYARD_STORAGE_URL']} (an object store"), run
+    assert lines[2] == f"cache: {tmp_path / 'cache' / 'objects'}, 0 B in 0 file(s) of 20.0 GiB (TRAINYARD_CACHE_BYTES)"
