@@ -122,7 +122,9 @@ def fp32_input(spec: dict, data, predictor, max_batch: int) -> torch.Tensor:
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"input {spec['name']!r}: data must be numbers ({exc})") from None
     if array.size != int(np.prod(shape)):
-        raise ProtocolError(f"input {spec['name']!r}: {array.size} values for shape {shape}")
+        raise ProtocolError(
+            f"input {spec['name']!r}: {array.size} values for shape {shape}, which holds {int(np.prod(shape))}"
+        )
     if not np.isfinite(array).all():
         raise ProtocolError(f"input {spec['name']!r}: NaN or infinite values")
     return torch.from_numpy(array.astype(np.float32).reshape(shape))

@@ -660,6 +660,8 @@ def metrics_table(answer: dict) -> list:
             "best" if best else "",
             style="bold" if best else None,
         )
+    if not answer["epochs"]:
+        return ["no epoch has ended yet"]
     notes = (
         [f"best: epoch {answer['best_epoch']}, chosen on {answer['best_selected_on']}"]
         if answer.get("best_epoch")

@@ -50,7 +50,7 @@ def test_fp32_from_json_and_from_binary_agree(predictor):
     [
         ([2, 1, 28], [0.0] * 56, "must have shape"),
         ([9, 1, 28, 28], [0.0] * 9 * 784, "1 <= N <= 8"),
-        ([1, 1, 28, 28], [0.0] * 10, "10 values for shape"),
+        ([1, 1, 28, 28], [0.0] * 10, r"10 values for shape \[1, 1, 28, 28\], which holds 784"),
         ([1, 1, 28, 28], [float("nan")] * 784, "NaN or infinite"),
         ([1, 1, 28, 28], ["x"] * 784, "must be numbers"),
     ],

@@ -250,3 +250,7 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
     )
     assert contrary.exit_code == cli_client.USAGE and "-o x.onnx asks for onnx: give -o a .pt name" in contrary.output
     assert len(asked) == 5
+
+
+def test_metrics_of_a_job_with_no_epoch_yet_say_so_instead_of_an_empty_table():
+    assert cli_client.metrics_table({"epochs": [], "best_epoch": None}) == ["no epoch has ended yet"]
