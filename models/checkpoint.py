@@ -64,7 +64,7 @@ def meta_in(data: bytes) -> dict | None:
         size = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + size]) if 0 < size <= len(data) - 8 else {}
         meta = json.loads((header.get("__metadata__") or {}).get(META_KEY, "null"))
-    except (ValueError, AttributeError, TypeError):
+    except Exception:  # anything a hostile header can make json.loads raise, deep nesting included
         return None
     return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 

@@ -28,6 +28,8 @@ class JobLogCapture(logging.Handler):
         self._pending: list[dict] = []
         self._kept = self._dropped = self._errors_beyond = 0
         self._lock = threading.Lock()
+        # One store at a time (the lease thread's and the epoch's): lines keep their order in SQL.
+        self._storing = threading.Lock()
 
     def __enter__(self) -> JobLogCapture:
         # Our own INFO lines reach the job's log whatever level the worker's console shows.
@@ -78,14 +80,15 @@ class JobLogCapture(logging.Handler):
 
     def store(self) -> None:
         """Store the lines gathered so far; kept for the next try if the database is away."""
-        with self._lock:
-            lines, self._pending = self._pending, []
-        if not lines:
-            return
-        try:
-            with session_scope() as session:
-                job_logs.append(session, job_id=self.job_id, attempt=self.attempt, lines=lines)
-        except Exception as exc:
+        with self._storing:
             with self._lock:
-                self._pending = lines + self._pending
-            log.warning("could not store %d log line(s) of job %s yet: %s", len(lines), self.job_id, exc)
+                lines, self._pending = self._pending, []
+            if not lines:
+                return
+            try:
+                with session_scope() as session:
+                    job_logs.append(session, job_id=self.job_id, attempt=self.attempt, lines=lines)
+            except Exception as exc:
+                with self._lock:
+                    self._pending = lines + self._pending
+                log.warning("could not store %d log line(s) of job %s yet: %s", len(lines), self.job_id, exc)

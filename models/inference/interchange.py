@@ -182,9 +182,12 @@ def imported_meta(
     input_shape: list[int],
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    *,
+    resize: int | None = None,
 ) -> dict:
     """A checkpoint's metadata for weights trained elsewhere: images decoded as trainyard's own
-    (grey or RGB by the channels, resized to the input shape), pixel / 255 normalised by mean/std."""
+    (grey or RGB by the channels, resized to the input shape), pixel / 255 normalised by mean/std;
+    `resize`: the side the network resizes its inputs to (a trainyard export's, kept)."""
     if len(input_shape) == 3:
         contract = InputContract.image(*input_shape, classes=classes)
         if mean is not None or std is not None:
@@ -200,4 +203,5 @@ def imported_meta(
         "input": contract.to_json(),
         "epoch": 0,
         "imported": True,
+        **({"resize": resize} if resize is not None else {}),
     }

@@ -51,8 +51,8 @@ class Predictor:
         if "spec" in meta:  # trained here: the job's spec
             spec = JobSpec.model_validate(meta["spec"])
             model_spec, resize = spec.model, spec.resize
-        else:  # imported: the architecture alone
-            model_spec, resize = MODEL_SPEC.validate_python(meta["model"]), None
+        else:  # imported: the architecture (and the side it resizes its inputs to, from an export)
+            model_spec, resize = MODEL_SPEC.validate_python(meta["model"]), meta.get("resize")
         outputs = len(meta["classes"]) if meta.get("classes") else 1
         model = build_model(model_spec, meta["input_shape"], outputs, resize=resize)
         load_state(model, state)
@@ -86,7 +86,7 @@ class Predictor:
 
     def evaluation_batch(self) -> int:
         """Examples per batch when evaluating a set, sized for the network's own input (after its resize)."""
-        resize = JobSpec.model_validate(self.meta["spec"]).resize if "spec" in self.meta else None
+        resize = JobSpec.model_validate(self.meta["spec"]).resize if "spec" in self.meta else self.meta.get("resize")
         return eval_batch_size(self.meta["input_shape"], resize=resize)
 
     def warm_up(self) -> None:

@@ -819,6 +819,8 @@ def models_export(
 ) -> None:
     """Download a model (name, name:VERSION, name@ALIAS or job:ID[:EPOCH]) as a file."""
     by_suffix = _EXPORT_SUFFIXES.get(output.suffix.lower())
+    if fmt is not None and fmt not in _SUFFIX_OF:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(_SUFFIX_OF)}", param_hint="--format")
     if fmt is not None and by_suffix is not None and fmt != by_suffix:
         raise typer.BadParameter(
             f"-o {output.name} asks for {by_suffix}: give -o a .{_SUFFIX_OF[fmt]} name, or leave --format out",

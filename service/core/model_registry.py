@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from models.checkpoint import meta_in, read_meta, write_checkpoint
 from models.inference.interchange import imported_meta, weights_problems
 from models.nets.archs import build_model
-from models.spec.job import MODEL_SPEC, NormalizeSpec
+from models.spec.job import MODEL_SPEC, JobSpec, NormalizeSpec
 from service.core import jobs
 from service.core.errors import Conflict, Invalid
 from service.core.references import DEFAULT_ALIAS, ModelNotFound, resolve
@@ -118,8 +118,16 @@ def import_version(
     how the images were normalised where the weights were trained; `threshold` is predict's default.
     A file that trainyard exported says its architecture, classes, input shape and normalisation:
     those left out are taken from it, and those given must agree with it."""
-    model, classes, input_shape, normalize = _with_file_header(weights, model, classes, input_shape, normalize)
-    threshold = _threshold(threshold, "classification" if classes else "regression")
+    given = _with_file_header(weights, model, classes, input_shape, normalize, threshold)
+    model, classes, input_shape, normalize, resize = (
+        given["model"],
+        given["classes"],
+        given["input_shape"],
+        given["normalize"],
+        given["resize"],
+    )
+    _check_fields(classes, input_shape)
+    threshold = _threshold(given["threshold"], "classification" if classes else "regression")
     try:
         spec = MODEL_SPEC.validate_python(model)
     except ValidationError as exc:
@@ -134,7 +142,7 @@ def import_version(
             raise Invalid([(("normalize",), "normalize needs an image input_shape and one mean and std per channel")])
     outputs = len(classes) if classes else 1
     try:
-        net = build_model(spec, input_shape, outputs)
+        net = build_model(spec, input_shape, outputs, resize=resize)
         with torch.no_grad():
             net.eval()(torch.zeros(1, *input_shape))
     except (ValueError, RuntimeError) as exc:
@@ -162,7 +170,12 @@ def import_version(
     if problems:
         raise Invalid([(("file", tensor), message) for tensor, message in problems])
     meta = imported_meta(
-        spec.model_dump(mode="json"), classes, input_shape, norm.mean if norm else None, norm.std if norm else None
+        spec.model_dump(mode="json"),
+        classes,
+        input_shape,
+        norm.mean if norm else None,
+        norm.std if norm else None,
+        resize=resize,
     )
 
     def store(relative: str) -> StoredFile:
@@ -234,10 +247,47 @@ def _canonical(model: dict) -> dict | None:
         return None  # import_version says what is wrong with it
 
 
-def _with_file_header(weights: bytes, model, classes, input_shape, normalize) -> tuple:
-    """The import's model, classes, input shape and normalisation, each taken from the file's
-    trainyard header where left out; Invalid where one given disagrees with the header (the same
-    tensors can fit a network of other activations or pooling, which then answers wrongly)."""
+def _check_fields(classes, input_shape) -> None:
+    """Invalid unless classes (None: a regression model) and the input shape are ones a model can
+    have, given by the request or read from the file's header."""
+    if classes is not None and (
+        not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(n, str) and n for n in classes)
+    ):
+        raise Invalid([(("classes",), "classes must be a JSON list of at least two names")])
+    if (
+        not isinstance(input_shape, list)
+        or len(input_shape) not in (1, 3)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in input_shape)
+    ):
+        raise Invalid([(("input_shape",), "input_shape must be [features] or [channels, height, width]")])
+    if len(input_shape) == 3 and input_shape[0] not in (1, 3):
+        raise Invalid([(("input_shape",), f"images have 1 (grey) or 3 (RGB) channels, not {input_shape[0]}")])
+
+
+def _header_says(meta: dict) -> dict:
+    """What a trainyard checkpoint's header says of how to serve its weights."""
+    spec = meta.get("spec")
+    try:
+        resize = JobSpec.model_validate(spec).resize if isinstance(spec, dict) else meta.get("resize")
+    except ValidationError:
+        resize = None  # a spec of another version: its model part still says the architecture
+    contract = meta.get("input") if isinstance(meta.get("input"), dict) else {}
+    mean, std = contract.get("mean"), contract.get("std")
+    channels = len(mean or std or [])
+    return {
+        "model": meta.get("model") or (spec.get("model") if isinstance(spec, dict) else None),
+        "classes": meta.get("classes"),
+        "input_shape": meta.get("input_shape"),
+        "normalize": {"mean": mean or [0.0] * channels, "std": std or [1.0] * channels} if channels else None,
+        "resize": resize,
+        "threshold": meta.get("threshold"),
+    }
+
+
+def _with_file_header(weights: bytes, model, classes, input_shape, normalize, threshold) -> dict:
+    """The import's model, classes, input shape, normalisation, resize and threshold, each taken
+    from the file's trainyard header where left out; Invalid where one given disagrees with it
+    (the same tensors can fit a network of other activations or pooling, which answers wrongly)."""
     meta = meta_in(weights)
     if meta is None:
         if model is None:
@@ -250,12 +300,9 @@ def _with_file_header(weights: bytes, model, classes, input_shape, normalize) ->
                     )
                 ]
             )
-        return model, classes, input_shape or [1, 28, 28], normalize
-    own = {
-        "model": meta.get("model") or (meta.get("spec") or {}).get("model"),
-        "classes": meta.get("classes"),
-        "input_shape": meta.get("input_shape"),
-    }
+        given = {"model": model, "classes": classes, "input_shape": input_shape, "normalize": normalize}
+        return {**given, "input_shape": input_shape or [1, 28, 28], "resize": None, "threshold": threshold}
+    own = _header_says(meta)
     problems = []
     if model is not None and own["model"] is not None and _canonical(model) != _canonical(own["model"]):
         problems.append(
@@ -265,22 +312,20 @@ def _with_file_header(weights: bytes, model, classes, input_shape, normalize) ->
                 "leave model out to take the file's",
             )
         )
-    for field, given in (("classes", classes), ("input_shape", input_shape)):
-        if given is not None and own[field] is not None and list(given) != list(own[field]):
-            problems.append(
-                ((field,), f"the file's {field} is {own[field]}, not {given}: leave {field} out to take the file's")
-            )
+    for field, value in (("classes", classes), ("input_shape", input_shape), ("normalize", normalize)):
+        if value is not None and own[field] is not None and value != own[field]:
+            said = f"the file's {field} is {json.dumps(own[field])}, not {json.dumps(value)}"
+            problems.append(((field,), f"{said}: leave {field} out to take the file's"))
     if problems:
         raise Invalid(problems)
-    contract = meta.get("input") or {}
-    if normalize is None and contract.get("mean") is not None and contract.get("std") is not None:
-        normalize = {"mean": contract["mean"], "std": contract["std"]}
-    return (
-        model if model is not None else own["model"],
-        classes if classes is not None else own["classes"],
-        input_shape or own["input_shape"] or [1, 28, 28],
-        normalize,
-    )
+    return {
+        "model": model if model is not None else own["model"],
+        "classes": classes if classes is not None else own["classes"],
+        "input_shape": input_shape or own["input_shape"] or [1, 28, 28],
+        "normalize": normalize if normalize is not None else own["normalize"],
+        "resize": own["resize"],
+        "threshold": threshold if threshold is not None else own["threshold"],
+    }
 
 
 def versions(session: Session, *, name: str) -> list[ModelVersion]:
@@ -321,6 +366,10 @@ def set_alias(session: Session, *, name: str, alias: str, version: int) -> list[
     row = session.get(ModelAlias, (name, alias))
     warnings = []
     if row is None:
+        if alias == DEFAULT_ALIAS:  # the bare name stops meaning the newest version
+            newest = versions(session, name=name)[-1]
+            if newest.version != version:
+                warnings = _differences(record, newest, f"{name!r} and {name}@{alias} now mean version {version}")
         session.add(ModelAlias(name=name, alias=alias, version=version))
     else:
         if row.version != version:

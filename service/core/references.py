@@ -73,7 +73,7 @@ def _resolve_job(session: Session, reference: str, match) -> ResolvedCheckpoint:
             kept = sorted(c.epoch for c in job.checkpoints)
             raise ModelNotFound(
                 f"model {reference!r} not found: job {job.id} has no checkpoint for epoch {which}; "
-                + (f"it keeps epochs {', '.join(map(str, kept))}" if kept else "it has none yet")
+                + (f"it keeps epochs {', '.join(map(str, kept))}" if kept else "it has none")
                 + ' (the spec\'s "checkpoints": {"keep": ...} says which a job keeps)'
             )
     else:

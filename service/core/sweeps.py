@@ -64,7 +64,8 @@ def check(session: Session, sweep: SweepSpec, settings: Settings) -> tuple[list[
     for params in sweep.checked_trials():
         try:
             raw = trial_spec(sweep.base, sweep.name, params)
-            unsplit = unsplit or not (raw.get("data") or {}).get("val_fraction")
+            data = raw.get("data")
+            unsplit = unsplit or not (isinstance(data, dict) and data.get("val_fraction"))
             spec = submission.with_full_ids(session, spec=JobSpec.model_validate(raw))
             tasks.add(submission.check_spec(session, spec=spec, settings=settings))
         except (ValidationError, Invalid) as exc:

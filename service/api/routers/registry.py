@@ -256,18 +256,6 @@ async def import_model(
     shape = _json_field("input_shape", input_shape)
     if spec is not None and not isinstance(spec, dict):
         raise Invalid([(("model",), 'model must be a JSON object such as {"arch": "mlp"}')])
-    if names is not None and (
-        not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names)
-    ):
-        raise Invalid([(("classes",), "classes must be a JSON list of at least two names")])
-    if shape is not None and (
-        not isinstance(shape, list)
-        or len(shape) not in (1, 3)
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in shape)
-    ):
-        raise Invalid([(("input_shape",), "input_shape must be [features] or [channels, height, width]")])
-    if shape is not None and len(shape) == 3 and shape[0] not in (1, 3):
-        raise Invalid([(("input_shape",), f"images have 1 (grey) or 3 (RGB) channels, not {shape[0]}")])
     weights = await file.read()
     version = await run_in_threadpool(
         model_registry.import_version,

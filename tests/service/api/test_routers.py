@@ -253,7 +253,12 @@ def test_a_version_that_changes_what_callers_see_is_registered_with_warnings(api
         "version 2 answers cat, dog where version 1 answers 10 classes (0, 1, 2, ...); 'shoes' now means version 2",
     ]
     assert imported() == []  # version 3 is like version 2, which the bare name served
-    assert api.put("/v1/models/shoes/aliases/production", json={"version": 1}).status_code == 200
+    first_production = api.put("/v1/models/shoes/aliases/production", json={"version": 1})
+    assert first_production.json()["warnings"] == [  # the bare name meant version 3 until now
+        "version 1 takes 1x28x28 inputs where version 3 takes 3x8x8",
+        "version 1 answers 10 classes (0, 1, 2, ...) where version 3 answers cat, dog; 'shoes' and "
+        "shoes@production now mean version 1",
+    ]
     assert imported() == [
         "version 4 takes 3x8x8 inputs where version 1 takes 1x28x28",
         "version 4 answers cat, dog where version 1 answers 10 classes (0, 1, 2, ...); 'shoes' still means "
@@ -319,6 +324,47 @@ def test_an_export_imports_back_as_it_was_trained_and_a_contrary_field_is_refuse
     assert imported(model='{"arch": "softmax_regression"}').status_code == 201  # the same, said
     bare = api.post("/v1/models/import", data={"name": "bare"}, files={"file": ("w.safetensors", b"not weights")})
     assert locs(bare) == [["body", "model"]] and "model is required" in bare.json()["detail"][0]["msg"]
+
+
+def test_an_exported_header_that_resizes_or_lies_imports_as_it_says_or_is_refused(api):
+    """A job that resized its inputs inside the network exports that too, and imports back serving
+    what it served; a header whose values no model could have is a 422, not a 500."""
+    import json
+
+    from safetensors.torch import save
+
+    from models.checkpoint import FORMAT, META_KEY
+    from models.data.contract import InputContract
+    from models.nets.archs import build_model
+    from models.spec.job import JobSpec
+
+    spec = JobSpec.model_validate({**SOFTMAX_SPEC, "data": {"dataset": "fashion-mnist", "resize": 14}})
+    classes = [str(i) for i in range(10)]
+    meta = {
+        "format": FORMAT,
+        "spec": spec.model_dump(mode="json"),
+        "task": "classification",
+        "classes": classes,
+        "input_shape": [1, 28, 28],
+        "input": InputContract.image(1, 28, 28, classes).with_normalisation([0.5], [0.25]).to_json(),
+        "threshold": 0.3,
+    }
+    state = build_model(spec.model, (1, 28, 28), 10, resize=14).state_dict()
+
+    def imported(header: dict, **fields):
+        weights = save(state, metadata={META_KEY: json.dumps(header)})
+        return api.post("/v1/models/import", data={"name": "resized", **fields}, files={"file": ("w", weights)})
+
+    back = imported(meta)
+    assert back.status_code == 201 and back.json()["threshold"] == 0.3, back.text
+    assert api.post("/v1/predict", data={"model": "resized"}, files=image()).status_code == 200
+    contrary = imported(meta, normalize='{"mean": [0.1], "std": [1.0]}')
+    assert locs(contrary) == [["body", "normalize"]]
+    assert locs(imported({**meta, "input_shape": [1, 60000, 60000]})) == [["body", "input_shape"]]
+    assert locs(imported({**meta, "classes": "ten"})) == [["body", "classes"]]
+    deep = save(state, metadata={META_KEY: "[" * 100_000 + "]" * 100_000})
+    nested = api.post("/v1/models/import", data={"name": "deep"}, files={"file": ("w", deep)})
+    assert locs(nested) == [["body", "model"]]  # no header it can read: the architecture must be said
 
 
 def test_import_validates_each_field_before_reading_the_weights(api):
@@ -414,6 +460,8 @@ def test_sweep_validation_names_the_path_and_creates_nothing(api):
         "/v1/sweeps", json={"name": "bad", "base": {**base, "data": {"dataset": "nope"}}, "grid": {"epochs": [1, 2]}}
     )
     assert locs(unknown)[0][:2] == ["body", "base"]
+    flat = api.post("/v1/sweeps", json={"name": "bad", "base": {**base, "data": "mnist"}, "grid": {"epochs": [1]}})
+    assert flat.status_code == 422 and locs(flat)[0][:3] == ["body", "base", "data"], flat.text
     neither = api.post("/v1/sweeps", json={"name": "bad", "base": base})
     assert neither.status_code == 422 and "one of grid, random or tpe" in neither.text
     grid = {"optimizer.lr": [0.1, 0.2]}

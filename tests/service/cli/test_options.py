@@ -249,6 +249,15 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
         env={"COLUMNS": "200"},
     )
     assert contrary.exit_code == cli_client.USAGE and "-o x.onnx asks for onnx: give -o a .pt name" in contrary.output
+    unknown = runner.invoke(
+        cli_main.app,
+        ["models", "export", "shoes:1", "-o", str(tmp_path / "y.onnx"), "--format", "ONNX"],
+        env={"COLUMNS": "200"},
+    )
+    assert (
+        unknown.exit_code == cli_client.USAGE
+        and "'ONNX' is not one of safetensors, onnx, torchscript" in unknown.output
+    )
     assert len(asked) == 5
 
 
