@@ -265,7 +265,8 @@ def _check_fields(classes, input_shape) -> None:
 
 
 def _header_says(meta: dict) -> dict:
-    """What a trainyard checkpoint's header says of how to serve its weights."""
+    """What a trainyard checkpoint's header says of how to serve its weights; Invalid for what no
+    export of trainyard's would say (the header is the client's to write)."""
     spec = meta.get("spec")
     try:
         resize = JobSpec.model_validate(spec).resize if isinstance(spec, dict) else meta.get("resize")
@@ -273,6 +274,13 @@ def _header_says(meta: dict) -> dict:
         resize = None  # a spec of another version: its model part still says the architecture
     contract = meta.get("input") if isinstance(meta.get("input"), dict) else {}
     mean, std = contract.get("mean"), contract.get("std")
+    threshold = meta.get("threshold")
+    if not (resize is None or (isinstance(resize, int) and not isinstance(resize, bool) and 1 <= resize <= 4096)):
+        raise Invalid([(("file",), f"its header's resize {resize!r} is not a side in pixels")])
+    if not all(v is None or isinstance(v, list) for v in (mean, std)):
+        raise Invalid([(("file",), "its header's input mean and std must be lists, one number per channel")])
+    if not (threshold is None or (isinstance(threshold, float | int) and 0 <= threshold <= 1)):
+        raise Invalid([(("file",), f"its header's threshold {threshold!r} is not a number from 0 to 1")])
     channels = len(mean or std or [])
     return {
         "model": meta.get("model") or (spec.get("model") if isinstance(spec, dict) else None),
@@ -280,7 +288,7 @@ def _header_says(meta: dict) -> dict:
         "input_shape": meta.get("input_shape"),
         "normalize": {"mean": mean or [0.0] * channels, "std": std or [1.0] * channels} if channels else None,
         "resize": resize,
-        "threshold": meta.get("threshold"),
+        "threshold": threshold,
     }
 
 

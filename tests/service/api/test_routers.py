@@ -362,6 +362,8 @@ def test_an_exported_header_that_resizes_or_lies_imports_as_it_says_or_is_refuse
     assert locs(contrary) == [["body", "normalize"]]
     assert locs(imported({**meta, "input_shape": [1, 60000, 60000]})) == [["body", "input_shape"]]
     assert locs(imported({**meta, "classes": "ten"})) == [["body", "classes"]]
+    for hostile in ({"resize": "x", "spec": None}, {"threshold": "high"}, {"input": {"mean": 5}}):
+        assert locs(imported({**meta, **hostile})) == [["body", "file"]], hostile
     deep = save(state, metadata={META_KEY: "[" * 100_000 + "]" * 100_000})
     nested = api.post("/v1/models/import", data={"name": "deep"}, files={"file": ("w", deep)})
     assert locs(nested) == [["body", "model"]]  # no header it can read: the architecture must be said
