@@ -10,8 +10,10 @@ it starts again or for another one.
 Two hooks leave the file, because neither sees every shutdown in time: worker_shutting_down comes
 from Celery's signal handlers alone, and AnnounceShutdown's close() comes too late on a signal's
 warm shutdown (with the step alone, a job whose worker got SIGTERM trained on to its end); the step
-is how a remote `shutdown` and SIGHUP's restart in place (a warm shutdown, then the same command
-again) reach the file.
+is how a remote `shutdown` reaches the file. SIGHUP restarts the worker in place (a warm shutdown,
+then the same command again); its handler, Celery's, sends no worker_shutting_down either, and
+the step alone came too late there too (on a quiet machine the job trained on to its end), so the
+handler is wrapped to leave the file first.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from celery import bootsteps
+from celery import bootsteps, platforms
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from service.core.broker import app
@@ -68,6 +70,19 @@ app.steps["worker"].add(AnnounceShutdown)
 @worker_shutdown.connect
 def _clear(**_kwargs) -> None:  # at the start too: a file an earlier process of this pid left
     stop_file(os.getpid()).unlink(missing_ok=True)
+
+
+@worker_ready.connect  # after Celery installed its signal handlers
+def _announce_on_restart(**_kwargs) -> None:
+    restart = platforms.signals["SIGHUP"]
+    if not callable(restart):
+        return  # Celery installs no restart on a terminal: a closed terminal's SIGHUP ends the worker
+
+    def announce_then_restart(*args) -> None:
+        _announce()
+        restart(*args)
+
+    platforms.signals["SIGHUP"] = announce_then_restart
 
 
 @worker_init.connect
