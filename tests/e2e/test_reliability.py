@@ -48,6 +48,17 @@ def running_events(job) -> list[dict]:
     return [t for t in job["transitions"] if t["to_status"] == "running"]
 
 
+def assert_handed_back_once_then_finished(job: dict) -> None:
+    """A job its stopped worker handed back (not a counted attempt), which the next attempt finished."""
+    assert job["status"] == "succeeded" and job["attempt"] == 2, job["transitions"]
+    steps = [(t["from_status"], t["to_status"], t["reason"]) for t in job["transitions"]]
+    assert steps[2:] == [
+        ("running", "queued", "worker_stopped"),
+        ("queued", "running", None),
+        ("running", "succeeded", None),
+    ], steps
+
+
 def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(stack, client):
     submitted_at = time.time()
     job_id = submit(client, SLOW_SPEC)
@@ -113,13 +124,7 @@ def test_a_worker_shut_down_remotely_hands_its_job_back_and_the_next_worker_resu
         stack.start_worker()
         job = stack.wait_for_job(client, job_id, timeout=180)
         epochs = epochs_recorded(client, job_id)
-    assert job["status"] == "succeeded" and job["attempt"] == 2, job["transitions"]
-    steps = [(t["from_status"], t["to_status"], t["reason"]) for t in job["transitions"]]
-    assert steps[2:] == [
-        ("running", "queued", "worker_stopped"),
-        ("queued", "running", None),
-        ("running", "succeeded", None),
-    ], steps
+    assert_handed_back_once_then_finished(job)
     resumed = running_events(job)[1]["detail"]
     assert (resumed["resumed_from_epoch"], resumed["resumed_from_batch"]) >= (2, 0)  # epoch 2 or later
     assert epochs == [1, 2, 3, 4]
@@ -147,13 +152,7 @@ def test_a_worker_restarted_by_sighup_hands_its_job_back_and_resumes_it(tmp_path
         job = stack.wait_for_job(client, job_id, timeout=180)
         assert "Restarting celery worker" in stack.log("worker") and stack.procs["worker"].poll() is None
         epochs = epochs_recorded(client, job_id)
-    assert job["status"] == "succeeded" and job["attempt"] == 2, job["transitions"]
-    steps = [(t["from_status"], t["to_status"], t["reason"]) for t in job["transitions"]]
-    assert steps[2:] == [
-        ("running", "queued", "worker_stopped"),
-        ("queued", "running", None),
-        ("running", "succeeded", None),
-    ], steps
+    assert_handed_back_once_then_finished(job)
     assert epochs == [1, 2]
 
 

@@ -14,11 +14,23 @@ from typer.testing import CliRunner
 from service.cli import main as cli_main
 from service.core import db
 from service.core.tables import Checkpoint
-from tests.support.servers import free_port
+from tests.support.servers import REPO, free_port
 
 
 def invoke(*args: str, env: dict | None = None):
     return CliRunner().invoke(cli_main.app, ["storage", *args], env=env)
+
+
+def storage_info_in_a_process(env: dict) -> subprocess.CompletedProcess:
+    """`trainyard storage info` in a process of its own, with only `env` (settings read afresh)."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli.main", "storage", "info"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_info_says_where_files_are_and_what_the_cache_holds(service_env):
@@ -33,15 +45,8 @@ def test_info_says_where_files_are_and_what_the_cache_holds(service_env):
     assert lines[0] == f"as this machine's settings say (TRAINYARD_HOME {service_env.home}):"
     assert lines[1].startswith(f"store: file://{service_env.home} (folders: checkpoints {service_env.checkpoint_dir}")
     assert lines[1].endswith("files are read where they are, no cache)") and len(lines) == 2  # folders: no cache
-    from tests.support.servers import REPO
-
-    elsewhere = subprocess.run(
-        [sys.executable, "-m", "service.cli.main", "storage", "info"],
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "TRAINYARD_HOME": str(service_env.home / "not-here")},
-        capture_output=True,
-        text=True,
-        timeout=60,
+    elsewhere = storage_info_in_a_process(
+        {"PATH": "/usr/bin:/bin", "TRAINYARD_HOME": str(service_env.home / "not-here")}
     )
     said = elsewhere.stdout.splitlines()[-1]
     assert said.startswith(f"note: {service_env.home / 'not-here'} does not exist here: run this where"), said
@@ -99,21 +104,12 @@ def test_migrate_exits_2_on_a_bad_url_and_3_when_the_store_cannot_be_reached(tra
 
 
 def test_a_setting_that_is_not_valid_is_one_line_naming_it(tmp_path):
-    from tests.support.servers import REPO
-
     env = {
         "PATH": "/usr/bin:/bin",
         "TRAINYARD_HOME": str(tmp_path),
         "TRAINYARD_STORAGE_URL": "s3:/no-bucket",
     }
-    run = subprocess.run(
-        [sys.executable, "-m", "service.cli.main", "storage", "info"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = storage_info_in_a_process(env)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert run.stderr.startswith("error: TRAINYARD_STORAGE_URL='s3:/no-bucket': "), run.stderr
 
@@ -137,17 +133,8 @@ def test_migrate_brings_a_new_home_to_the_newest_schema_first(tmp_path, monkeypa
 
 
 def test_info_on_an_object_store_says_what_this_machine_caches(object_store, tmp_path):
-    from tests.support.servers import REPO
-
     env = {"PATH": "/usr/bin:/bin", "TRAINYARD_HOME": str(tmp_path), **object_store.env()}
-    run = subprocess.run(
-        [sys.executable, "-m", "service.cli.main", "storage", "info"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = storage_info_in_a_process(env)
     lines = run.stdout.splitlines()
     assert run.returncode == 0 and lines[1].startswith(f"store: {env['TRAINYARD_STORAGE_URL']} (an object store"), run
     assert lines[2] == f"cache: {tmp_path / 'cache' / 'objects'}, 0 B in 0 file(s) of 20.0 GiB (TRAINYARD_CACHE_BYTES)"
