@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import BinaryIO
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 FORMAT = "trainyard-checkpoint/1"
 META_KEY = "trainyard"
@@ -48,13 +49,61 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+def _layout(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Tensor names in file order: widest elements first, so every tensor starts aligned."""
+    return sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
+    """Write tensors (on any device, in memory or memory-mapped) and string metadata as a
+    safetensors file, atomically (temp file, fsync, rename); returns the file size.
+
+    The file is written as a stream, a chunk at a time, never built in memory: what a job holds
+    in weights and optimizer state it can store without holding it twice (safetensors' own `save`
+    builds the whole file as bytes, about twice its size at its peak)."""
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name in _layout(tensors):
+        tensor = tensors[name]
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise TypeError(f"{name}: safetensors cannot hold {tensor.dtype}")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with atomic_file(path) as fh:
+        fh.write(struct.pack("<Q", len(encoded)) + encoded)
+        for name in _layout(tensors):
+            tensor = tensors[name].detach().to("cpu")  # one tensor at a time off a GPU
+            raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+            for start in range(0, raw.size, _CHUNK_BYTES):
+                fh.write(raw[start : start + _CHUNK_BYTES])
+    return 8 + len(encoded) + offset
+
+
 def write_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> int:
     """Write weights + metadata atomically (temp file, fsync, rename); returns the file size."""
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
-    payload = save(tensors, metadata={META_KEY: json.dumps({"format": FORMAT, **meta})})
-    with atomic_file(path) as fh:
-        fh.write(payload)
-    return len(payload)
+    return write_safetensors(path, state_dict, {META_KEY: json.dumps({"format": FORMAT, **meta})})
 
 
 def meta_in(data: bytes) -> dict | None:

@@ -16,49 +16,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import atomic_file
+from models.checkpoint import write_safetensors
 
 _DTYPES = {torch.uint8: "U8", torch.int64: "I64", torch.float32: "F32", torch.float64: "F64"}
 _NUMPY = {"U8": np.uint8, "I64": np.int64, "F32": np.float32, "F64": np.float64}
-_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 class StoredFileError(Exception):
     """A stored file is missing, truncated or not in the expected layout."""
 
 
-def _layout(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Tensor names in file order: widest elements first, so every tensor starts aligned."""
-    return sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
-
-
 def write_arrays(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
-    """Write tensors (in memory or memory-mapped) and string metadata as a safetensors file,
-    atomically (temp file, fsync, rename), a chunk at a time; returns the file size."""
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    for name in _layout(tensors):
-        tensor = tensors[name]
+    """Write tensors (in memory or memory-mapped) and string metadata as a safetensors file that
+    read_arrays reads back, a chunk at a time, atomically; returns the file size."""
+    for name, tensor in tensors.items():
         if tensor.dtype not in _DTYPES:
             raise StoredFileError(f"{name}: cannot store {tensor.dtype}")
-        size = tensor.numel() * tensor.element_size()
-        header[name] = {
-            "dtype": _DTYPES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    with atomic_file(path) as fh:
-        fh.write(struct.pack("<Q", len(encoded)) + encoded)
-        for name in _layout(tensors):
-            tensor = tensors[name].detach().to("cpu")
-            flat = tensor.reshape(-1) if tensor.is_contiguous() else tensor.contiguous().reshape(-1)
-            step = max(1, _CHUNK_BYTES // max(1, tensor.element_size()))
-            for start in range(0, flat.numel(), step):
-                fh.write(flat[start : start + step].numpy().tobytes())
-    return 8 + len(encoded) + offset
+    return write_safetensors(path, tensors, metadata)
 
 
 def read_header(path: Path) -> tuple[dict, int]:

@@ -160,8 +160,11 @@ class TrainingRun:
         )
 
     def restore(self, state: TrainingState) -> None:
-        """Continue from a state an earlier attempt saved (state() of an identically prepared run)."""
+        """Continue from a state an earlier attempt saved (state() of an identically prepared run).
+        The state's weights are let go once the model holds them, so that a resumed run does not
+        keep a second copy of its model for as long as it trains."""
         _load_weights(self.model, state.model, what="the saved weights", hint=None)
+        state.model.clear()
         if state.optimizer is not None:
             self.optimizer.load_state_dict(state.optimizer)
         if "cpu" in state.rng:

@@ -119,3 +119,18 @@ def test_distributed_benchmark_compares_two_processes_with_one():
             run.stdout
         )
     assert re.search(r"\n(ALL TARGETS MET|[0-9] TARGET\(S\) MISSED)\n", run.stdout), run.stdout
+
+
+def test_checkpoint_benchmark_compares_the_writers():
+    """bench/checkpoint.py in small (the full run's figures are in bench/RESULTS.md)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.checkpoint", "--mb", "24", "--rounds", "1", "--report-only"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for writer in ("streamed", "save_file", "bytes"):
+        assert re.search(rf"\n{writer} +[0-9.]+ +\d+ +\d+ +[0-9.]+\n", run.stdout), run.stdout
+    assert re.search(r"streamed extra memory / state size: [0-9.]+ \(target <= 0.10\) (met|MISSED)", run.stdout)

@@ -1,5 +1,7 @@
 """The resumable training state: what TrainingRun.state() captures, its file, and older files."""
 
+import weakref
+
 import torch
 
 from models.checkpoint import read_checkpoint, write_checkpoint
@@ -59,7 +61,10 @@ def test_a_run_restored_from_its_state_continues_identically(tmp_path):
     save_training_state(path, first.state(Position(epoch=2)), {})
     expected = first.model(first.dataset.x_train[:8])  # dropout draws from the saved generator
 
-    second = prepare(spec, data_dir=tmp_path, resume=load_training_state(path)[0])
+    state = load_training_state(path)[0]
+    loaded_weights = [weakref.ref(tensor) for tensor in state.model.values()]
+    second = prepare(spec, data_dir=tmp_path, resume=state)
+    assert loaded_weights and not any(ref() for ref in loaded_weights)  # the model holds them, not a copy too
     assert second.start == Position(epoch=2)
     assert second.scheduler.get_last_lr() == first.scheduler.get_last_lr()
     assert torch.equal(second.model(second.dataset.x_train[:8]), expected)
