@@ -90,7 +90,10 @@ def _restartable(**_kwargs) -> None:
     """Celery restarts a worker on SIGHUP by executing `sys.executable` with `sys.argv` again.
     Started as `python -m celery` (as `trainyard worker` and `trainyard run` start it), argv[0] is
     celery/__main__.py, which fails when run as a script (celery#4249): the worker died instead.
-    Said as `-m celery`, the restart runs the command it was started with."""
+    Said as `-m celery`, after the interpreter's own options (-X, -W) it was started with, the
+    restart runs the command it was started with."""
     main = Path(sys.argv[0]) if sys.argv else None
-    if main is not None and main.name == "__main__.py" and main.parent.name == "celery":
-        sys.argv[:1] = ["-m", "celery"]
+    if main is None or main.name != "__main__.py" or main.parent.name != "celery":
+        return
+    before_arguments = sys.orig_argv[1 : len(sys.orig_argv) - len(sys.argv) + 1]  # options, -m celery
+    sys.argv[:1] = before_arguments if before_arguments[-2:] == ["-m", "celery"] else ["-m", "celery"]
