@@ -30,24 +30,25 @@ def info(as_json: JsonOption = False) -> None:
 
     settings = get_settings()
     storage = get_storage(settings)
-    entries = storage.cache.entries()
+    local = storage.store.local
+    entries = [] if local else storage.cache.entries()  # files in folders are read where they are
     used = sum(size for _, size, _ in entries)
     data = {
         "url": storage.url,
         "configured": settings.storage_url,
-        "kind": "folders" if storage.store.local else "object store",
-        "folders": {area: str(root) for area, root in storage.store.roots.items()} if storage.store.local else None,
-        "cache_dir": str(settings.object_cache_dir),
-        "cache_files": len(entries),
-        "cache_bytes_used": used,
-        "cache_bytes_max": settings.cache_bytes,
+        "kind": "folders" if local else "object store",
+        "folders": {area: str(root) for area, root in storage.store.roots.items()} if local else None,
+        "cache_dir": None if local else str(settings.object_cache_dir),
+        "cache_files": None if local else len(entries),
+        "cache_bytes_used": None if local else used,
+        "cache_bytes_max": None if local else settings.cache_bytes,
         "retry_seconds": settings.storage_retry_seconds,
     }
     if as_json:
         emit_json(data)
         return
     typer.echo(f"as this machine's settings say (TRAINYARD_HOME {settings.home}):")
-    if storage.store.local:
+    if local:
         where = ", ".join(f"{area} {root}" for area, root in data["folders"].items())
         typer.echo(f"store: {storage.url} (folders: {where}; files are read where they are, no cache)")
         if not settings.home.exists():

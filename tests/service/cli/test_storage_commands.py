@@ -21,10 +21,10 @@ def invoke(*args: str, env: dict | None = None):
     return CliRunner().invoke(cli_main.app, ["storage", *args], env=env)
 
 
-def storage_info_in_a_process(env: dict) -> subprocess.CompletedProcess:
+def storage_info_in_a_process(env: dict, *options: str) -> subprocess.CompletedProcess:
     """`trainyard storage info` in a process of its own, with only `env` (settings read afresh)."""
     return subprocess.run(
-        [sys.executable, "-m", "service.cli.main", "storage", "info"],
+        [sys.executable, "-m", "service.cli.main", "storage", "info", *options],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -39,8 +39,8 @@ def test_info_says_where_files_are_and_what_the_cache_holds(service_env):
     info = json.loads(result.stdout)
     assert info["url"] == f"file://{service_env.home}" and info["configured"] is None and info["kind"] == "folders"
     assert info["folders"]["checkpoints"] == str(service_env.checkpoint_dir)
-    assert info["cache_dir"] == str(service_env.object_cache_dir)
-    assert (info["cache_files"], info["cache_bytes_used"], info["cache_bytes_max"]) == (0, 0, service_env.cache_bytes)
+    no_cache = (info["cache_dir"], info["cache_files"], info["cache_bytes_used"], info["cache_bytes_max"])
+    assert no_cache == (None, None, None, None)  # files in folders are read where they are
     lines = invoke("info").stdout.splitlines()
     assert lines[0] == f"as this machine's settings say (TRAINYARD_HOME {service_env.home}):"
     assert lines[1].startswith(f"store: file://{service_env.home} (folders: checkpoints {service_env.checkpoint_dir}")
@@ -138,3 +138,10 @@ def test_info_on_an_object_store_says_what_this_machine_caches(object_store, tmp
     lines = run.stdout.splitlines()
     assert run.returncode == 0 and lines[1].startswith(f"store: {env['TRAINYARD_STORAGE_URL']} (an object store"), run
     assert lines[2] == f"cache: {tmp_path / 'cache' / 'objects'}, 0 B in 0 file(s) of 20.0 GiB (TRAINYARD_CACHE_BYTES)"
+    info = json.loads(storage_info_in_a_process(env, "--json").stdout)
+    assert info["kind"] == "object store" and info["folders"] is None
+    assert (info["cache_dir"], info["cache_files"], info["cache_bytes_max"]) == (
+        str(tmp_path / "cache" / "objects"),
+        0,
+        20 * 2**30,
+    )
