@@ -399,7 +399,8 @@ STOP_OUTCOMES = {
 
 
 def failure_of(exc: BaseException) -> tuple[str, str]:
-    """Map an exception to a (reason, message) pair for the job record."""
+    """Map an exception to a (reason, message) pair for the job record: the message says what
+    went wrong in the job's terms, so only an internal error's log needs its traceback."""
     if isinstance(exc, (DatasetError, MissingWeights, UnsafeWeights, StorageError)):
         return exc.reason, str(exc)
     if isinstance(exc, CheckpointError):
@@ -425,7 +426,10 @@ def failure_of(exc: BaseException) -> tuple[str, str]:
         return "out_of_memory", str(exc).splitlines()[0]
     if isinstance(exc, TrainingError):
         return exc.reason, str(exc)
-    return "internal_error", f"{type(exc).__name__}: {exc}"
+    return INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+
+
+INTERNAL_ERROR = "internal_error"  # the one failure whose log keeps its traceback: a fault of ours, not the job's
 
 
 def fetch_initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
@@ -555,7 +559,7 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
         except Exception as exc:
             reason, error = failure_of(exc)
             status = JobStatus.FAILED
-            log.exception("job %s failed (%s): %s", job_id, reason, error)
+            log.error("job %s failed (%s): %s", job_id, reason, error, exc_info=reason == INTERNAL_ERROR)
     if control.lost.is_set():
         log.warning("job %s attempt %s gave the job up to a later attempt", job_id, claim.attempt)
         return None

@@ -90,7 +90,7 @@ def test_follow_exits_non_zero_when_the_job_fails(embedded_stack, tmp_path):
     assert run.returncode == 1 and "failed" in run.stderr and "invalid_data" in run.stderr
     assert "warning: dataset mnist is not in this service's data folder" in " ".join(run.stderr.split())
     logs = trainyard(embedded_stack, "logs", run.stdout.split()[1])
-    assert logs.returncode == 0 and "Traceback (most recent call last)" in logs.stdout
+    assert logs.returncode == 0 and "failed (invalid_data): dataset mnist" in logs.stdout, logs.stdout
 
 
 def test_scripts_get_json_and_exit_codes(embedded_stack, tmp_path):

@@ -51,6 +51,27 @@ def test_unwritable_checkpoint_folder_fails_the_job_with_a_clear_reason(service_
     assert blocker.read_text().startswith("a file")  # nothing was overwritten
 
 
+def test_only_an_internal_error_logs_its_traceback(service_env, monkeypatch, caplog):
+    """A job's own fault (here its checkpoint folder is a file) is said in words; a fault of
+    trainyard's keeps its traceback for whoever reports it."""
+    caplog.set_level("ERROR", logger="workers.runner")
+    job_id = new_job()
+    (service_env.checkpoint_dir / job_id).write_text("in the way")
+    assert run_job(job_id) == JobStatus.FAILED
+    (own_fault,) = [record for record in caplog.records if "failed (storage_error)" in record.getMessage()]
+    assert not own_fault.exc_info
+
+    def broken_fit(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("workers.runner.fit", broken_fit)
+    job_id = new_job()
+    assert run_job(job_id) == JobStatus.FAILED
+    assert read_job(job_id).reason == "internal_error" and read_job(job_id).error == "ZeroDivisionError: a bug"
+    (ours,) = [record for record in caplog.records if "failed (internal_error)" in record.getMessage()]
+    assert ours.exc_info is not None and ours.exc_info[0] is ZeroDivisionError
+
+
 def test_a_cancelled_job_is_never_run(service_env):
     job_id = new_job()
     with db.session_scope() as session:
