@@ -4,13 +4,14 @@ elsewhere back in.
 - safetensors: the plain state_dict (the keys `nn.Sequential` gives, e.g. `0.weight`), with the
   architecture, classes, input shape, input contract (and a registered version's confidence
   threshold, when it has one) as JSON strings in the file's header;
-- TorchScript and ONNX: a module from the float input the network was trained on
-  ([N, *input_shape]; images normalised by the contract) to probabilities for a classifier
-  (softmax applied) or predicted values for a regression, any batch size; or, with
-  `inputs="pixels"`, from uint8 pixels [N, C, H, W] with the contract's normalisation inside
-  the graph, so that code which knows nothing of trainyard predicts what the service predicts
-  from an image decoded and resized to H x W. Both carry the same header (ONNX as metadata
-  properties, TorchScript as the extra file `trainyard.json`).
+- pt2 (torch.export's ExportedProgram, TorchScript's successor), TorchScript and ONNX: a module
+  from the float input the network was trained on ([N, *input_shape]; images normalised by the
+  contract) to probabilities for a classifier (softmax applied) or predicted values for a
+  regression, any batch size; or, with `inputs="pixels"`, from uint8 pixels [N, C, H, W] with the
+  contract's normalisation inside the graph, so that code which knows nothing of trainyard
+  predicts what the service predicts from an image decoded and resized to H x W. All three carry
+  the same header (ONNX as metadata properties, pt2 and TorchScript as the extra file
+  `trainyard.json`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from models.inference.predictor import Predictor
 FORMAT = "trainyard-export/1"
 _ONNX_EXPORT = threading.Lock()  # torch.onnx.export keeps global state: one export at a time
 ONNX_OPSET = 17
-FORMATS = ("safetensors", "torchscript", "onnx")
+FORMATS = ("safetensors", "pt2", "torchscript", "onnx")
+SUFFIXES = {"safetensors": "safetensors", "pt2": "pt2", "torchscript": "pt", "onnx": "onnx"}
 INPUTS = ("float", "pixels")
 
 
@@ -98,9 +100,24 @@ def _module(predictor: Predictor, inputs: str = "float") -> tuple[nn.Module, tor
 
 def safetensors_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
     if inputs != "float":
-        raise ExportError("safetensors holds weights only; inputs=pixels applies to torchscript and onnx")
+        raise ExportError("safetensors holds weights only; inputs=pixels applies to pt2, torchscript and onnx")
     state = {name: t.detach().to("cpu").contiguous() for name, t in predictor.model.state_dict().items()}
     return save(state, metadata=header(predictor.meta))
+
+
+def pt2_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
+    """torch.export's ExportedProgram, any batch size: torch.export.load(f).module()(x)."""
+    module, example = _module(predictor, inputs)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(
+                module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), strict=False
+            )
+    except Exception as exc:
+        raise ExportError(f"torch.export cannot express this model: {str(exc).strip().splitlines()[0]}") from None
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files=_extra_files(predictor, inputs))
+    return buffer.getvalue()
 
 
 def torchscript_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
@@ -110,16 +127,22 @@ def torchscript_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
         if inputs == "pixels"
         else torch.rand(3, *example.shape[1:])
     )
-    try:
-        with torch.no_grad():
-            traced = torch.jit.trace(module, example, check_inputs=[(again,)])
-    except Exception as exc:
-        raise ExportError(f"TorchScript cannot trace this model: {str(exc).splitlines()[0]}") from None
-    buffer = io.BytesIO()
-    torch.jit.save(
-        traced, buffer, _extra_files={"trainyard.json": json.dumps({**header(predictor.meta), "inputs": inputs})}
-    )
+    # TorchScript is deprecated upstream (pt2 is its successor); it still answers as the service
+    # does, and its warnings would only fill the service's log on every download.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(module, example, check_inputs=[(again,)])
+        except Exception as exc:
+            raise ExportError(f"TorchScript cannot trace this model: {str(exc).splitlines()[0]}") from None
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files=_extra_files(predictor, inputs))
     return buffer.getvalue()
+
+
+def _extra_files(predictor: Predictor, inputs: str) -> dict[str, str]:
+    return {"trainyard.json": json.dumps({**header(predictor.meta), "inputs": inputs})}
 
 
 def onnx_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
@@ -150,7 +173,7 @@ def onnx_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
     return graph.SerializeToString()
 
 
-EXPORTERS = {"safetensors": safetensors_bytes, "torchscript": torchscript_bytes, "onnx": onnx_bytes}
+EXPORTERS = {"safetensors": safetensors_bytes, "pt2": pt2_bytes, "torchscript": torchscript_bytes, "onnx": onnx_bytes}
 
 
 def export(predictor: Predictor, fmt: str, inputs: str = "float") -> bytes:

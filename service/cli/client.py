@@ -798,8 +798,14 @@ def models_register(
     opts.show(registered, _version_line(lambda v: f"job {v['job_id']}, epoch {v['epoch']}"))
 
 
-_EXPORT_SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", ".pt": "torchscript", ".pts": "torchscript"}
-_SUFFIX_OF = {"safetensors": "safetensors", "onnx": "onnx", "torchscript": "pt"}
+_EXPORT_SUFFIXES = {
+    ".safetensors": "safetensors",
+    ".pt2": "pt2",
+    ".onnx": "onnx",
+    ".pt": "torchscript",
+    ".pts": "torchscript",
+}
+_SUFFIX_OF = {"safetensors": "safetensors", "pt2": "pt2", "onnx": "onnx", "torchscript": "pt"}
 
 
 @command(models_app, "export")
@@ -810,11 +816,14 @@ def models_export(
     fmt: Annotated[
         str | None,
         typer.Option(
-            "--format", help="safetensors, torchscript or onnx; default: by the output's suffix, else safetensors"
+            "--format",
+            help="safetensors, pt2 (torch.export), torchscript or onnx; default: by the output's suffix, "
+            "else safetensors",
         ),
     ] = None,
     inputs: Annotated[
-        str, typer.Option(help="float, or pixels (torchscript and onnx): uint8 images in, normalisation inside")
+        str,
+        typer.Option(help="float, or pixels (pt2, torchscript and onnx): uint8 images in, normalisation inside"),
     ] = "float",
 ) -> None:
     """Download a model (name, name:VERSION, name@ALIAS or job:ID[:EPOCH]) as a file."""

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.inference.interchange import ExportError, export
+from models.inference.interchange import SUFFIXES, ExportError, export
 from models.inference.predictor import Predictor
 from service.core.db import read_scope
 from service.core.errors import Unprocessable
 from service.core.references import resolve
 from service.core.settings import Settings
 from service.core.storage import get_storage
-
-SUFFIX = {"safetensors": "safetensors", "torchscript": "pt", "onnx": "onnx"}
 
 
 @dataclass
@@ -38,4 +36,4 @@ def export_model(*, reference: str, fmt: str, settings: Settings, inputs: str = 
     stem = f"{target.name}-v{target.version}" if target.name else f"job-{target.job_id}-epoch-{target.epoch}"
     # Each kind of input its own name, so that downloading both into one folder keeps both.
     kind = "" if inputs == "float" else f"-{inputs}"
-    return ExportedModel(f"{stem}{kind}.{SUFFIX[fmt]}", content)
+    return ExportedModel(f"{stem}{kind}.{SUFFIXES[fmt]}", content)

@@ -488,7 +488,7 @@ def test_a_job_page_registers_a_version_that_the_models_page_aliases_and_exports
         lambda: browser.find_elements(By.CSS_SELECTOR, "#evaluation #classes"), timeout=20, what="the evaluation report"
     )
     exported = {a.text: a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#actions a.export")}
-    assert list(exported) == ["safetensors", "torchscript", "onnx", "onnx (uint8 pixels in)"]
+    assert list(exported) == ["safetensors", "pt2", "torchscript", "onnx", "onnx (uint8 pixels in)"]
 
     name = browser.find_element(By.ID, "register-name")
     name.clear()

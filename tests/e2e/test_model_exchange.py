@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
+from models.inference.interchange import SUFFIXES
 from tests.support.datagen import png_bytes
 from tests.support.specs import submit
 
@@ -46,8 +47,10 @@ COURSE = textwrap.dedent("""
     with torch.no_grad():
         course = torch.softmax(net(x), dim=1)[0]
         scripted = torch.jit.load(f"{folder}/model.pt")(x)[0]
+        program = torch.export.load(f"{folder}/model.pt2").module()(x)[0]
     (onnx_out,) = onnxruntime.InferenceSession(f"{folder}/model.onnx").run(None, {"input": x.numpy()})
     print(json.dumps({"course": course.tolist(), "torchscript": scripted.tolist(), "onnx": onnx_out[0].tolist(),
+                      "pt2": program.tolist(),
                       "trainyard_imported": "models" in sys.modules or "service" in sys.modules}))
 """)
 
@@ -78,7 +81,7 @@ def probabilities(api, reference: str, image: bytes) -> list[float]:
 
 def test_exports_run_in_the_courses_own_code(api, lenet_version, tmp_path):
     job_id, version = lenet_version
-    for fmt, suffix in (("safetensors", "safetensors"), ("torchscript", "pt"), ("onnx", "onnx")):
+    for fmt, suffix in SUFFIXES.items():
         answer = api.get(f"/v1/models/course-lenet/versions/{version}/export", params={"format": fmt})
         assert answer.status_code == 200, answer.text
         assert answer.headers["content-disposition"] == f'attachment; filename="course-lenet-v{version}.{suffix}"'
@@ -335,8 +338,10 @@ EVERY_ARCHITECTURE = textwrap.dedent("""
                 out = net.eval()(x)
                 course = torch.softmax(out, dim=1) if out.shape[1] > 1 else out
             scripted = torch.jit.load(f"{folder}/{name}.pt")(x)
+            program = torch.export.load(f"{folder}/{name}.pt2").module()(x)
         (onnx_out,) = onnxruntime.InferenceSession(f"{folder}/{name}.onnx").run(None, {"input": x.numpy()})
-        results[name] = {"safetensors": course.tolist(), "torchscript": scripted.tolist(), "onnx": onnx_out.tolist()}
+        results[name] = {"safetensors": course.tolist(), "torchscript": scripted.tolist(), "onnx": onnx_out.tolist(),
+                         "pt2": program.tolist()}
     results["trainyard imported"] = [m for m in ("models", "service", "workers") if m in sys.modules]
     print(json.dumps(results))
 """)
@@ -408,7 +413,7 @@ def test_every_architecture_leaves_and_matches_predict(api, embedded_stack, tmp_
             cases[name] = rows
             predicted = api.post("/v1/predict", json={"model": f"every-{name}", "inputs": rows}).json()
             served[name] = [[p["value"]] for p in predicted["predictions"]]
-        for fmt, suffix in (("safetensors", "safetensors"), ("torchscript", "pt"), ("onnx", "onnx")):
+        for fmt, suffix in SUFFIXES.items():
             exported = api.get(f"/v1/models/every-{name}/export", params={"format": fmt})
             assert exported.status_code == 200, (name, fmt, exported.text)
             (tmp_path / f"{name}.{suffix}").write_bytes(exported.content)
@@ -425,7 +430,7 @@ def test_every_architecture_leaves_and_matches_predict(api, embedded_stack, tmp_
     assert embedded_stack.wait_for_job(api, resized)["status"] == "succeeded"
     cases["resized-lenet"] = pixels.tolist()
     served["resized-lenet"] = [probabilities(api, f"job:{resized}", image)]
-    for fmt, suffix in (("safetensors", "safetensors"), ("torchscript", "pt"), ("onnx", "onnx")):
+    for fmt, suffix in SUFFIXES.items():
         exported = api.get(f"/v1/models/job:{resized}/export", params={"format": fmt})
         assert exported.status_code == 200, (fmt, exported.text)
         (tmp_path / f"resized-lenet.{suffix}").write_bytes(exported.content)

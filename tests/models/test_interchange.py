@@ -7,6 +7,7 @@ import ctypes
 import gc
 import io
 import json
+import warnings
 import weakref
 from pathlib import Path
 
@@ -102,6 +103,9 @@ def test_every_format_answers_as_the_service_does(name):
     torch.testing.assert_close(Predictor(fresh, predictor.meta).probabilities(x), want)
     scripted = torch.jit.load(io.BytesIO(export(predictor, "torchscript")))
     torch.testing.assert_close(scripted(x), want, atol=1e-6, rtol=1e-5)
+    program = torch.export.load(io.BytesIO(export(predictor, "pt2"))).module()
+    torch.testing.assert_close(program(x), want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(program(x[:1]), want[:1], atol=1e-6, rtol=1e-5)  # a batch of one too
     raw = export(predictor, "onnx")
     onnx.checker.check_model(onnx.load_from_string(raw))
     session = onnxruntime.InferenceSession(raw)
@@ -122,7 +126,7 @@ def test_the_safetensors_header_says_how_to_use_the_weights():
         "width": 28,
         "resize": "bilinear",
     }
-    assert set(FORMATS) == {"safetensors", "torchscript", "onnx"}
+    assert set(FORMATS) == {"safetensors", "pt2", "torchscript", "onnx"}
 
 
 def test_weights_that_do_not_fit_are_named_tensor_by_tensor():
@@ -182,6 +186,18 @@ def test_every_export_states_the_input_contract(tmp_path):
     extra = {"trainyard.json": ""}
     torch.jit.load(io.BytesIO(export(predictor, "torchscript", "pixels")), _extra_files=extra)
     assert json.loads(json.loads(extra["trainyard.json"])["input"]) == want
+    extra = {"trainyard.json": ""}
+    torch.export.load(io.BytesIO(export(predictor, "pt2", "pixels")), extra_files=extra)
+    told = json.loads(extra["trainyard.json"])
+    assert json.loads(told["input"]) == want and told["inputs"] == "pixels"
+
+
+def test_torchscript_exports_quietly():
+    """TorchScript is deprecated upstream; its FutureWarnings are not logged at every download."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export(predictor_for(*ARCHITECTURES["lenet-sigmoid-avg"]), "torchscript")
+    assert not [w for w in caught if "torch.jit" in str(w.message)], [str(w.message) for w in caught]
 
 
 PIXEL_CLIENT = r"""

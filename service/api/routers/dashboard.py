@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from models.checkpoint import CheckpointError
-from models.inference.interchange import FORMATS
+from models.inference.interchange import FORMATS, INPUTS
 from models.inference.predictor import InputError
 from models.spec.explain import input_loc
 from models.spec.job import JobSpec
@@ -288,8 +288,8 @@ def register_version(
 async def export_model(
     reference: Annotated[str, PathParam(max_length=200)],
     settings: SettingsDep,
-    fmt: Annotated[Literal["safetensors", "torchscript", "onnx"], Query(alias="format")] = "safetensors",
-    inputs: Literal["float", "pixels"] = "float",
+    fmt: Annotated[Literal[FORMATS], Query(alias="format")] = "safetensors",
+    inputs: Literal[INPUTS] = "float",
 ) -> Response:
     """A model file, as GET /v1/models/{reference}/export answers it (the /v1 route wants a bearer
     token, a page has a cookie)."""

@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile, sta
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from models.inference.interchange import FORMATS, INPUTS
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.registry import (
@@ -126,18 +127,18 @@ def delete_version(
 
 
 FormatParam = Annotated[
-    Literal["safetensors", "torchscript", "onnx"],
+    Literal[FORMATS],
     Query(
         alias="format",
         description="safetensors: the plain state_dict with the metadata in its header; "
-        "torchscript and onnx (opset 17): float inputs in, probabilities out",
+        "pt2 (torch.export), torchscript and onnx (opset 17): float inputs in, probabilities out",
     ),
 ]
 InputsParam = Annotated[
-    Literal["float", "pixels"],
+    Literal[INPUTS],
     Query(
-        description="float: the network's normalised float inputs; pixels (torchscript and onnx, image models): "
-        "uint8 [N, C, H, W] at the model's size, normalisation inside the graph"
+        description="float: the network's normalised float inputs; pixels (pt2, torchscript and onnx, image "
+        "models): uint8 [N, C, H, W] at the model's size, normalisation inside the graph"
     ),
 ]
 EXPORTED = {
@@ -167,7 +168,7 @@ async def export_version(
     fmt: FormatParam = "safetensors",
     inputs: InputsParam = "float",
 ) -> Response:
-    """Download one version of a model as safetensors, TorchScript or ONNX."""
+    """Download one version of a model as safetensors, pt2 (torch.export), TorchScript or ONNX."""
     return await _export(settings, f"{name}:{version}", fmt, inputs)
 
 

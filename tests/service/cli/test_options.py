@@ -232,6 +232,7 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
     runner = CliRunner()
     for name, fmt in (
         ("m.onnx", "onnx"),
+        ("m.pt2", "pt2"),
         ("m.pt", "torchscript"),
         ("m.safetensors", "safetensors"),
         ("m.bin", "safetensors"),
@@ -256,9 +257,9 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
     )
     assert (
         unknown.exit_code == cli_client.USAGE
-        and "'ONNX' is not one of safetensors, onnx, torchscript" in unknown.output
+        and "'ONNX' is not one of safetensors, pt2, onnx, torchscript" in unknown.output
     )
-    assert len(asked) == 5
+    assert len(asked) == 6
 
 
 def test_metrics_of_a_job_with_no_epoch_yet_say_so_instead_of_an_empty_table():
