@@ -614,7 +614,7 @@ def _epoch(
         and set_frozen(pretrained, spec.model, epoch, run.features)
         and augmenter is None
         and not spec.compile
-        and features_fit(pretrained, ds, run.limits.max_bytes if run.limits else None)
+        and features_fit(pretrained, ds, run.limits.max_bytes if run.limits else None, run.ranks)
     ):
         # The frozen backbone maps each image to the same features every epoch: compute them once
         # and train the head alone on them, so later epochs cost only the head.

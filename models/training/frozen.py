@@ -10,6 +10,7 @@ import torch
 from models.data.dataset import Dataset
 from models.nets.cost import eval_batch_size
 from models.nets.pretrained import Pretrained
+from models.training.distributed import Ranks
 
 
 def set_frozen(pretrained: Pretrained, spec, epoch: int, features: dict) -> bool:
@@ -22,13 +23,16 @@ def set_frozen(pretrained: Pretrained, spec, epoch: int, features: dict) -> bool
     return frozen
 
 
-def features_fit(pretrained: Pretrained, ds: Dataset, max_bytes: int | None) -> bool:
+def features_fit(pretrained: Pretrained, ds: Dataset, max_bytes: int | None, ranks: Ranks | None = None) -> bool:
     """Whether every split's features fit in half the job's memory budget `max_bytes` (always,
-    without one); a set too large trains through the frozen backbone every epoch instead."""
-    if max_bytes is None:
-        return True
+    without one); a set too large trains through the frozen backbone every epoch instead. With
+    `ranks`, whether they fit on every rank (each machine's worker has its own budget): the ranks
+    must all train the head alone, or all the whole network, or their gradients never meet."""
     rows = sum(len(x) for x in (ds.x_train, ds.x_test, ds.x_val) if x is not None)
-    return rows * pretrained.head.in_features * 4 <= max_bytes / 2
+    fits = max_bytes is None or rows * pretrained.head.in_features * 4 <= max_bytes / 2
+    if ranks is not None:
+        fits = ranks.sum(0.0 if fits else 1.0)[0] == 0
+    return fits
 
 
 def frozen_features(

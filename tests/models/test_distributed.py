@@ -91,3 +91,35 @@ def test_the_ranks_shares_of_a_batch_are_contiguous_and_cover_it_once(n, world):
     assert shares[0][0] == 0 and shares[-1][1] == n
     assert all(a[1] == b[0] for a, b in itertools.pairwise(shares))
     assert max(hi - lo for lo, hi in shares) - min(hi - lo for lo, hi in shares) <= 1
+
+
+FEATURES_FIT_ON_EACH_RANK = """
+import os, sys
+from types import SimpleNamespace
+import torch
+from models.training.distributed import Ranks
+from models.training.frozen import features_fit
+ranks = Ranks.from_environment()
+ranks.start(torch.device("cpu"), timeout_seconds=30)
+pretrained = SimpleNamespace(head=SimpleNamespace(in_features=512))
+ds = SimpleNamespace(x_train=torch.zeros(1000, 1), x_test=torch.zeros(200, 1), x_val=None)  # 2.4 MB of features
+budget = 10**9 if ranks.rank == 0 else 10**6  # rank 1's machine gives its jobs less memory
+print(ranks.rank, features_fit(pretrained, ds, budget), features_fit(pretrained, ds, budget, ranks), flush=True)
+ranks.stop()
+"""
+
+
+def test_the_ranks_agree_whether_frozen_features_fit(tmp_path):
+    """Each machine's worker has its own memory budget; a rank that computed features would train
+    the head alone while another trained the whole network, and their gradients would never meet."""
+    script = tmp_path / "fit.py"
+    script.write_text(FEATURES_FIT_ON_EACH_RANK)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    said = sorted(line.split() for line in done.stdout.splitlines() if line[:2] in ("0 ", "1 "))
+    assert said == [["0", "True", "False"], ["1", "False", "False"]], done.stdout
