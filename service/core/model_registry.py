@@ -154,18 +154,7 @@ def import_version(
                 )
             ]
         ) from None
-    try:
-        state = load_safetensors(weights)
-    except Exception as exc:  # safetensors has its own error types for a damaged header
-        raise Invalid(
-            [
-                (
-                    ("file",),
-                    f"not a safetensors file: {exc}. Import takes a state_dict in safetensors, as `trainyard "
-                    "models export` writes by default; TorchScript, ONNX and pickled files are not taken",
-                )
-            ]
-        ) from None
+    state = _state_in(weights)
     problems = weights_problems(net, state)
     if problems:
         raise Invalid([(("file", tensor), message) for tensor, message in problems])
@@ -292,6 +281,21 @@ def _header_says(meta: dict) -> dict:
     }
 
 
+def _state_in(weights: bytes) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors(weights)
+    except Exception as exc:  # safetensors has its own error types for a damaged header
+        raise Invalid(
+            [
+                (
+                    ("file",),
+                    f"not a safetensors file: {exc}. Import takes a state_dict in safetensors, as `trainyard "
+                    "models export` writes by default; pt2, TorchScript, ONNX and pickled files are not taken",
+                )
+            ]
+        ) from None
+
+
 def _with_file_header(weights: bytes, model, classes, input_shape, normalize, threshold) -> dict:
     """The import's model, classes, input shape, normalisation, resize and threshold, each taken
     from the file's trainyard header where left out; Invalid where one given disagrees with it
@@ -299,6 +303,7 @@ def _with_file_header(weights: bytes, model, classes, input_shape, normalize, th
     meta = meta_in(weights)
     if meta is None:
         if model is None:
+            _state_in(weights)  # a file of another kind (a pt2 or ONNX export, say) is told so first
             raise Invalid(
                 [
                     (

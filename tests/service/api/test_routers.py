@@ -5,7 +5,9 @@ message waits in its table; no worker runs), and small real checkpoints written 
 from __future__ import annotations
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from safetensors.torch import save
 from sqlalchemy import select
 
 from service.core import db, jobs, worker_registry
@@ -322,8 +324,13 @@ def test_an_export_imports_back_as_it_was_trained_and_a_contrary_field_is_refuse
     said = wrong.json()["detail"][0]["msg"]
     assert said.startswith("the file was trained as {") and '"arch": "softmax_regression"' in said
     assert imported(model='{"arch": "softmax_regression"}').status_code == 201  # the same, said
-    bare = api.post("/v1/models/import", data={"name": "bare"}, files={"file": ("w.safetensors", b"not weights")})
+    foreign = save({"0.weight": torch.zeros(2, 2)})  # safetensors with no trainyard header
+    bare = api.post("/v1/models/import", data={"name": "bare"}, files={"file": ("w.safetensors", foreign)})
     assert locs(bare) == [["body", "model"]] and "model is required" in bare.json()["detail"][0]["msg"]
+    program = api.get("/v1/models/shoes/versions/1/export", params={"format": "pt2"}).content
+    other_kind = api.post("/v1/models/import", data={"name": "bare"}, files={"file": ("shoes.pt2", program)})
+    assert locs(other_kind) == [["body", "file"]], other_kind.text  # what is wrong is the file, not a field
+    assert "pt2, TorchScript, ONNX and pickled files are not taken" in other_kind.json()["detail"][0]["msg"]
 
 
 def test_an_exported_header_that_resizes_or_lies_imports_as_it_says_or_is_refused(api):
