@@ -195,6 +195,13 @@ def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> 
     a frozen backbone that has no weights to keep."""
     model = spec.model
     if model.arch == "pretrained" and model.weights is None and model.freeze == "backbone":
+        unfreeze = model.unfreeze_at_epoch  # at most the last epoch (the spec's checks say so)
+        if unfreeze is not None:
+            return [
+                f"freeze: backbone with weights: null: until epoch {unfreeze} (unfreeze_at_epoch) only the head "
+                "learns, on the random features of an untrained backbone; name the weights (e.g. DEFAULT) or "
+                "leave freeze out"
+            ]
         return [
             "freeze: backbone with weights: null keeps a randomly initialised backbone frozen: only the "
             "head learns, on random features; name the weights (e.g. DEFAULT) or leave freeze out"

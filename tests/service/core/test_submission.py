@@ -109,3 +109,7 @@ def test_a_frozen_backbone_without_weights_is_warned_of(service_env):
     [warning] = warnings_of(service_env, spec)
     assert "randomly initialised backbone frozen" in warning
     assert warnings_of(service_env, {**spec, "model": {**spec["model"], "freeze": "none"}}) == []
+    [unfrozen_later] = warnings_of(
+        service_env, {**spec, "epochs": 3, "model": {**spec["model"], "unfreeze_at_epoch": 2}}
+    )
+    assert "until epoch 2 (unfreeze_at_epoch) only the head learns" in unfrozen_later
