@@ -30,9 +30,13 @@ class AmbiguousId(Conflict):
 
 def not_found(kind: str, given: str) -> str:
     """ "<kind> <given> not found", saying why when `given` is too short to be a prefix."""
+    return f"{kind} {given} not found{too_short(given)}"
+
+
+def too_short(given: str) -> str:
+    """"; an id's prefix needs at least 6 characters" when `given` looks like a shorter one, else ""."""
     short = re.fullmatch(rf"[0-9a-fA-F-]{{1,{MIN_PREFIX - 1}}}", given.strip())
-    hint = f"; an id's prefix needs at least {MIN_PREFIX} characters" if short else ""
-    return f"{kind} {given} not found{hint}"
+    return f"; an id's prefix needs at least {MIN_PREFIX} characters" if short else ""
 
 
 def matching(session: Session, table, given: str, limit: int = MAX_LISTED + 1) -> list[str]:

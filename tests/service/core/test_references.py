@@ -47,7 +47,8 @@ def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
 @pytest.mark.parametrize(
     "reference, message",
     [
-        ("job:0b0b0b0b-0000-0000-0000-000000000000", "there is no job"),
+        ("job:0b0b0b0b-0000-0000-0000-000000000000", "there is no job 0b0b0b0b-0000-0000-0000-000000000000$"),
+        ("job:0b0b0", "there is no job 0b0b0; an id's prefix needs at least 6 characters"),
         ("job:{job}:9", "has no checkpoint for epoch 9; it keeps epochs 1, 2, 3 "),
         ("nobody", "model 'nobody' not found"),
         ("nobody:3", "not found"),
