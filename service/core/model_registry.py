@@ -18,7 +18,7 @@ from models.nets.archs import build_model
 from models.spec.job import MODEL_SPEC, JobSpec, NormalizeSpec
 from service.core import jobs
 from service.core.errors import Conflict, Invalid
-from service.core.references import DEFAULT_ALIAS, ModelNotFound, resolve
+from service.core.references import DEFAULT_ALIAS, ModelNotFound, no_version, resolve
 from service.core.settings import Settings
 from service.core.storage import StoredFile, get_storage
 from service.core.tables import Job, JobStatus, ModelAlias, ModelVersion, utcnow
@@ -368,7 +368,7 @@ def require_version(session: Session, *, name: str, version: int) -> ModelVersio
         select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
     ).first()
     if record is None:
-        raise ModelNotFound(f"model {name!r} has no version {version}")
+        raise ModelNotFound(no_version(session, f"{name}:{version}", name, version))
     return record
 
 

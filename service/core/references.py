@@ -111,11 +111,11 @@ def find_version(session: Session, *, reference: str) -> ModelVersion:
     query = query.where(ModelVersion.version == version) if version else query.order_by(ModelVersion.version.desc())
     found = session.scalars(query.limit(1)).first()
     if found is None:
-        raise ModelNotFound(_no_version(session, reference, name, version))
+        raise ModelNotFound(no_version(session, reference, name, version))
     return found
 
 
-def _no_version(session: Session, reference: str, name: str, version: int | None) -> str:
+def no_version(session: Session, reference: str, name: str, version: int | None) -> str:
     """Why `reference` names no version: the model has other versions, or no model has that name
     (and which are close)."""
     versions = list(
@@ -142,7 +142,7 @@ def _no_alias(session: Session, name: str, alias: str) -> str:
     if not aliases:
         exists = session.scalars(select(ModelVersion.name).where(ModelVersion.name == name).limit(1)).first()
         if exists is None:
-            return _no_version(session, f"{name}@{alias}", name, None)
+            return no_version(session, f"{name}@{alias}", name, None)
         return (
             f"model {name!r} has no alias {alias!r}; it has no aliases yet "
             f"(PUT /v1/models/{name}/aliases/{alias} sets one; `trainyard models alias {name} {alias} <version>`)"

@@ -37,7 +37,7 @@ def test_aliases_move_and_guard_deletion(service_env, trained_job):
         model_registry.set_alias(session, name="fashion", alias="production", version=1)
         model_registry.set_alias(session, name="fashion", alias="production", version=2)
         assert model_registry.aliases(session, name="fashion") == {"production": 2}
-        with pytest.raises(NotFound, match="has no version 7"):
+        with pytest.raises(NotFound, match="has no version 7; its versions: 1, 2$"):
             model_registry.set_alias(session, name="fashion", alias="staging", version=7)
     with db.session_scope() as session, pytest.raises(Conflict, match="aliased as production"):
         model_registry.delete_version(session, name="fashion", version=2, settings=service_env)
