@@ -60,8 +60,12 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
             SpecProblem(
                 ("model", "arch"),
                 f"{arch} is a regression model but {spec.data.dataset} "
-                "is a classification dataset; use softmax_regression, mlp, lenet, resnet18 "
-                "or sequential",
+                "is a classification dataset; use "
+                + (
+                    "softmax_regression, mlp, lenet, resnet18, pretrained or sequential"
+                    if info.images
+                    else "softmax_regression, mlp or sequential"
+                ),
             )
         )
     if arch in CLASSIFICATION_ONLY and info.task != "classification":

@@ -105,7 +105,13 @@ def test_devices_accepted():
 
 def test_model_and_dataset_must_agree():
     assert problems() == []
-    assert problems(model={"arch": "linear_regression"})[0][0] == ("model", "arch")
+    [(loc, said)] = problems(model={"arch": "linear_regression"})
+    assert loc == ("model", "arch") and said.endswith(
+        "use softmax_regression, mlp, lenet, resnet18, pretrained or sequential"
+    )
+    rows = spec(model={"arch": "linear_regression"}, data={"dataset": "uploaded:0a1b2c3d-0000-4000-8000-000000000000"})
+    [tabular_problem] = spec_problems(rows, DatasetInfo("classification", (4,), 3, images=False))
+    assert tabular_problem.msg.endswith("use softmax_regression, mlp or sequential")  # no image-only network
     assert problems(model={"arch": "lenet"}, data={"dataset": "synthetic-linear"})[0][0] == ("model", "arch")
     assert problems(model={"arch": "polynomial"}, data={"dataset": "synthetic-linear", "true_w": [1, 2]})[0][0] == (
         "model",
