@@ -835,6 +835,12 @@ def models_export(
             f"-o {output.name} asks for {by_suffix}: give -o a .{_SUFFIX_OF[fmt]} name, or leave --format out",
             param_hint="--format",
         )
+    if fmt is None and by_suffix is None:
+        typer.echo(
+            f"note: -o {output.name} names no export format ({', '.join(_EXPORT_SUFFIXES)}): writing safetensors; "
+            "give --format for another",
+            err=True,
+        )
     fmt = fmt or by_suffix or "safetensors"
     with opts.client() as api:
         answer = api.get(f"/v1/models/{reference}/export", params={"format": fmt, "inputs": inputs}, timeout=300)

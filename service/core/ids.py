@@ -34,7 +34,7 @@ def not_found(kind: str, given: str) -> str:
 
 
 def too_short(given: str) -> str:
-    """"; an id's prefix needs at least 6 characters" when `given` looks like a shorter one, else ""."""
+    """ "; an id's prefix needs at least 6 characters" when `given` looks like a shorter one, else ""."""
     short = re.fullmatch(rf"[0-9a-fA-F-]{{1,{MIN_PREFIX - 1}}}", given.strip())
     return f"; an id's prefix needs at least {MIN_PREFIX} characters" if short else ""
 

@@ -240,6 +240,7 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
         result = runner.invoke(cli_main.app, ["models", "export", "shoes:1", "-o", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
         assert asked[-1] == {"format": fmt, "inputs": "float"} and (tmp_path / name).read_bytes() == b"model bytes"
+        assert ("names no export format" in result.stderr) == (name == "m.bin"), result.stderr
     pixels = runner.invoke(
         cli_main.app, ["models", "export", "shoes:1", "-o", str(tmp_path / "p.onnx"), "--inputs", "pixels"]
     )
