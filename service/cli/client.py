@@ -645,7 +645,9 @@ def logs(
 
 def metrics_table(answer: dict) -> list:
     """Each epoch's metrics; the epoch that `best` and job:<id> serve is marked."""
-    table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "samples/s", "")
+    table = Table(
+        "epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "samples/s", "best"
+    )
     for r in answer["epochs"]:
         best = r["epoch"] == answer.get("best_epoch")
         table.add_row(
@@ -657,7 +659,7 @@ def metrics_table(answer: dict) -> list:
             _fmt(r["test_loss"]),
             _fmt(r["test_acc"], 3),
             _fmt(r["samples_per_second"], 0),
-            "best" if best else "",
+            "*" if best else "",
             style="bold" if best else None,
         )
     if not answer["epochs"]:
@@ -707,7 +709,7 @@ def evaluation_views(report: dict, url: str) -> list:
             _fmt(m["probability"], 3),
             url.rstrip("/") + m["image_url"],
         )
-    return [summary, classes, thresholds, mistakes]
+    return [summary, classes, thresholds, mistakes if report["mistakes"] else "no mistakes: every test image is right"]
 
 
 @command(top, "evaluate")

@@ -265,3 +265,37 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
 
 def test_metrics_of_a_job_with_no_epoch_yet_say_so_instead_of_an_empty_table():
     assert cli_client.metrics_table({"epochs": [], "best_epoch": None}) == ["no epoch has ended yet"]
+
+
+def test_the_metrics_table_heads_its_best_column_and_an_evaluation_without_mistakes_says_so():
+    from rich.console import Console
+
+    epoch = dict.fromkeys(("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"), 0.5)
+    answer = {
+        "epochs": [{**epoch, "epoch": 1, "samples_per_second": 10.0}, {**epoch, "epoch": 2, "samples_per_second": 9.0}],
+        "best_epoch": 2,
+        "best_selected_on": "test_loss",
+    }
+    table, note = cli_client.metrics_table(answer)
+    console = Console(width=200, record=True)
+    console.print(table)
+    header, *rows = [
+        [cell.strip() for cell in line.replace("┃", "│").split("│")[1:-1]]
+        for line in console.export_text().splitlines()
+        if line[:1] in "┃│"
+    ]
+    assert (header[-1], rows[0][-1], rows[1][-1]) == ("best", "", "*")
+    assert note == "best: epoch 2, chosen on test_loss"
+    averages = dict.fromkeys(("precision", "recall", "f1", "support"), 1)
+    report = {
+        "model": {"reference": "job:abc", "epoch": 2},
+        "num_test": 4,
+        "accuracy": 1.0,
+        "top_k_accuracy": {"1": 1.0},
+        "classes": [],
+        "macro_avg": averages,
+        "weighted_avg": averages,
+        "thresholds": [],
+        "mistakes": [],
+    }
+    assert cli_client.evaluation_views(report, "http://x")[-1] == "no mistakes: every test image is right"
