@@ -96,7 +96,7 @@ class PrunerSpec(StrictModel):
 class SweepSpec(StrictModel):
     """A sweep request: `base` is a job spec; `grid` maps dotted spec paths to the values to try
     (every combination), `random` draws `count` trials from distributions, or `tpe` draws them one
-    by one where the best trials so far were. Any of them may have a `pruner`."""
+    by one where the best trials so far were. Any of them may have a `pruner`. `name` is optional."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     base: dict
@@ -114,6 +114,16 @@ class SweepSpec(StrictModel):
     metric: Literal[RANKABLE] | None = None
     mode: Literal["min", "max"] | None = None
     max_parallel: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data):
+        """A sweep left unnamed takes its base spec's name, else "sweep" (its trials are named after it)."""
+        if isinstance(data, dict) and "name" not in data:
+            base = data.get("base")
+            named = isinstance(base, dict) and isinstance(base.get("name"), str) and base["name"].strip()
+            data = {**data, "name": base["name"][:200] if named else "sweep"}
+        return data
 
     @model_validator(mode="after")
     def _one_search(self) -> SweepSpec:

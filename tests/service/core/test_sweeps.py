@@ -46,6 +46,13 @@ def test_random_draws_follow_the_seed_and_stay_in_range():
         assert trial["model.activation"] in ("relu", "tanh") and 0 <= trial["optimizer.momentum"] <= 0.9
 
 
+def test_an_unnamed_sweep_is_named_after_its_base_spec():
+    assert SweepSpec.model_validate({"base": {**BASE, "name": "lenet-fashion"}, "grid": {"epochs": [1]}}).name == (
+        "lenet-fashion"
+    )
+    assert SweepSpec.model_validate({"base": BASE, "grid": {"epochs": [1]}}).name == "sweep"
+
+
 def test_a_trial_spec_sets_nested_values_without_touching_the_base():
     spec = trial_spec(BASE, "s", {"optimizer.weight_decay": 3, "model.init": "xavier", "early_stopping.patience": 2})
     assert spec["optimizer"] == {"lr": 0.1, "weight_decay": 3} and spec["model"]["init"] == "xavier"
@@ -58,6 +65,8 @@ def test_a_trial_spec_sets_nested_values_without_touching_the_base():
     "request_body, message",
     [
         ({"name": "x", "base": BASE}, "one of grid, random or tpe"),
+        ({"base": BASE}, "one of grid, random or tpe"),  # an unnamed sweep hides no other mistake
+        ({"name": "", "base": BASE, "grid": {"epochs": [1]}}, "at least 1 character"),
         (
             {
                 "name": "x",
