@@ -164,7 +164,14 @@ def _body_problems(errors: list[dict], request: Request, model: type[BaseModel] 
             e = _file_problem(e, content_type)
         elif e.get("type") == "json_invalid":
             at = f" at character {e['loc'][1]}" if len(e.get("loc", ())) > 1 else ""
-            e = {**e, "msg": f"the body is not JSON: {(e.get('ctx') or {}).get('error', 'it does not parse')}{at}"}
+            e = {
+                **e,
+                "loc": ("body",),  # where FastAPI puts the character it stopped at; the message says it
+                "input": None,
+                "msg": f"the body is not JSON: {(e.get('ctx') or {}).get('error', 'it does not parse')}{at}",
+            }
+        elif e.get("type") == "missing" and loc == ("body",) and model is not None:
+            e = {**e, "msg": "the body is empty: send a JSON object (Content-Type: application/json)"}
         elif (
             model is not None
             and tuple(e.get("loc", ())) == ("body",)

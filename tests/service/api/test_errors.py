@@ -98,7 +98,10 @@ def test_a_body_that_is_not_json_says_where_it_stops_or_what_to_send():
     comma = client.post("/jobs", content=b'{"epochs": 3,}', headers={"Content-Type": "application/json"})
     [problem] = comma.json()["detail"]
     assert comma.status_code == 422 and problem["msg"].startswith("the body is not JSON: Expecting property name")
-    assert problem["msg"].endswith("at character 13")
+    assert problem["msg"].endswith("at character 13") and problem["loc"] == ["body"]  # as docs/job-specs.md says
+    empty = client.post("/jobs", content=b"", headers={"Content-Type": "application/json"})
+    [problem] = empty.json()["detail"]
+    assert empty.status_code == 422 and problem["loc"] == ["body"] and problem["msg"].startswith("the body is empty")
     form = client.post(
         "/jobs",
         content=b'{"model": {"arch": "lenet"}}',  # curl -d without -H
