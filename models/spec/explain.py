@@ -4,6 +4,7 @@ it, and "did you mean" for unknown keys and unknown or missing union tags (model
 from __future__ import annotations
 
 import difflib
+import json
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -184,7 +185,7 @@ def plain_message(error: dict) -> str:
         return worded_mismatch(error)
     wrong_type = str(error.get("type", "")).endswith(("_parsing", "_type"))
     if wrong_type and isinstance(given, str | int | float | bool) and len(repr(given)) <= 40:
-        return f"{message}; got {given!r}"
+        return f"{message}; got {json.dumps(given) if isinstance(given, bool) else repr(given)}"  # JSON's true
     return message
 
 

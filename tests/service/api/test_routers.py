@@ -132,6 +132,7 @@ def test_a_refusal_reads_plainly_and_shows_a_wrong_value(api):
     uneven = messages({**SOFTMAX_SPEC, "batch_size": 30, "distributed": {"nproc_per_node": 4}})
     assert uneven[0].startswith("batch_size 30 is the global batch"), uneven  # no "Value error, "
     assert messages({**SOFTMAX_SPEC, "epochs": "ten"}) == ["Input should be a valid integer; got 'ten'"]
+    assert messages({**SOFTMAX_SPEC, "batch_size": True}) == ["Input should be a valid integer; got true"]
 
 
 def test_jobs_are_listed_newest_first_paged_and_filtered(api, trained_job):
