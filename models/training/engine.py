@@ -183,6 +183,15 @@ class TrainingRun:
         self.start = state.position
 
 
+def _process_budget(run: TrainingRun) -> int | None:
+    """The memory budget of this process: a distributed job's processes on one machine share its
+    worker's (as admission counts them), and each computes every row's frozen features."""
+    if run.limits is None:
+        return None
+    distributed = run.spec.distributed
+    return run.limits.max_bytes // (distributed.nproc_per_node if distributed else 1)
+
+
 class Callbacks:
     """Hooks fit calls; override what you need. should_stop is polled between batches."""
 
@@ -614,7 +623,7 @@ def _epoch(
         and set_frozen(pretrained, spec.model, epoch, run.features)
         and augmenter is None
         and not spec.compile
-        and features_fit(pretrained, ds, run.limits.max_bytes if run.limits else None, run.ranks)
+        and features_fit(pretrained, ds, _process_budget(run), run.ranks)
     ):
         # The frozen backbone maps each image to the same features every epoch: compute them once
         # and train the head alone on them, so later epochs cost only the head.

@@ -123,3 +123,19 @@ def test_the_ranks_agree_whether_frozen_features_fit(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     said = sorted(line.split() for line in done.stdout.splitlines() if line[:2] in ("0 ", "1 "))
     assert said == [["0", "True", "False"], ["1", "False", "False"]], done.stdout
+
+
+def test_each_process_weighs_frozen_features_against_its_share_of_the_budget():
+    """The worker's budget is split among its machine's processes (workers/rank.py), and each of
+    them computes every row's features: they must fit the share, not the whole."""
+    from types import SimpleNamespace
+
+    from models.spec.job import JobSpec
+    from models.training.engine import Limits, _process_budget
+
+    limits = Limits(max_parameters=10**9, max_bytes=4_000_000)
+    alone = JobSpec.model_validate(SPEC)
+    shared = JobSpec.model_validate({**SPEC, "distributed": {"nproc_per_node": 4}})
+    assert _process_budget(SimpleNamespace(limits=limits, spec=alone)) == 4_000_000
+    assert _process_budget(SimpleNamespace(limits=limits, spec=shared)) == 1_000_000
+    assert _process_budget(SimpleNamespace(limits=None, spec=shared)) is None
