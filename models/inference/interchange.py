@@ -30,7 +30,9 @@ from models.data.contract import InputContract
 from models.inference.predictor import Predictor
 
 FORMAT = "trainyard-export/1"
-_ONNX_EXPORT = threading.Lock()  # torch.onnx.export keeps global state: one export at a time
+# torch.onnx.export, torch.export and torch.jit.trace keep global state (dispatch modes, warning
+# filters): one graph export at a time in a process, whichever the format.
+_GRAPH_EXPORT = threading.Lock()
 ONNX_OPSET = 17
 FORMATS = ("safetensors", "pt2", "torchscript", "onnx")
 SUFFIXES = {"safetensors": "safetensors", "pt2": "pt2", "torchscript": "pt", "onnx": "onnx"}
@@ -108,15 +110,16 @@ def safetensors_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
 def pt2_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
     """torch.export's ExportedProgram, any batch size: torch.export.load(f).module()(x)."""
     module, example = _module(predictor, inputs)
-    try:
-        with torch.no_grad():
-            program = torch.export.export(
-                module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), strict=False
-            )
-    except Exception as exc:
-        raise ExportError(f"torch.export cannot express this model: {str(exc).strip().splitlines()[0]}") from None
     buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files=_extra_files(predictor, inputs))
+    with _GRAPH_EXPORT:
+        try:
+            with torch.no_grad():
+                program = torch.export.export(
+                    module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), strict=False
+                )
+        except Exception as exc:
+            raise ExportError(f"torch.export cannot express this model: {_first_line(exc)}") from None
+        torch.export.save(program, buffer, extra_files=_extra_files(predictor, inputs))
     return buffer.getvalue()
 
 
@@ -129,16 +132,20 @@ def torchscript_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
     )
     # TorchScript is deprecated upstream (pt2 is its successor); it still answers as the service
     # does, and its warnings would only fill the service's log on every download.
-    with warnings.catch_warnings():
+    with _GRAPH_EXPORT, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
         try:
             with torch.no_grad():
                 traced = torch.jit.trace(module, example, check_inputs=[(again,)])
         except Exception as exc:
-            raise ExportError(f"TorchScript cannot trace this model: {str(exc).splitlines()[0]}") from None
+            raise ExportError(f"TorchScript cannot trace this model: {_first_line(exc)}") from None
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer, _extra_files=_extra_files(predictor, inputs))
     return buffer.getvalue()
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _extra_files(predictor: Predictor, inputs: str) -> dict[str, str]:
@@ -153,7 +160,7 @@ def onnx_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
     output = "probabilities" if predictor.task == "classification" else "predictions"
     buffer = io.BytesIO()
     try:
-        with _ONNX_EXPORT, warnings.catch_warnings(), torch.no_grad():
+        with _GRAPH_EXPORT, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
@@ -166,7 +173,7 @@ def onnx_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
                 dynamo=False,
             )
     except Exception as exc:
-        raise ExportError(f"ONNX (opset {ONNX_OPSET}) cannot express this model: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"ONNX (opset {ONNX_OPSET}) cannot express this model: {_first_line(exc)}") from None
     graph = onnx.load_from_string(buffer.getvalue())
     for key, value in {**header(predictor.meta), "inputs": inputs}.items():
         graph.metadata_props.add(key=key, value=value)

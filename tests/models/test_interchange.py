@@ -192,6 +192,21 @@ def test_every_export_states_the_input_contract(tmp_path):
     assert json.loads(told["input"]) == want and told["inputs"] == "pixels"
 
 
+def test_graph_exports_from_several_threads_at_once_all_succeed():
+    """The API exports in a thread pool; torch's exporters keep global state (dispatch modes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    predictor = predictor_for(*ARCHITECTURES["lenet-sigmoid-avg"])
+    formats = ["pt2", "torchscript", "onnx"] * 3
+    with ThreadPoolExecutor(max_workers=len(formats)) as pool:
+        files = list(pool.map(lambda fmt: export(predictor, fmt), formats))
+    x = torch.rand(2, *predictor.meta["input_shape"])
+    want = predictor.probabilities(x)
+    for fmt, raw in zip(formats, files, strict=True):
+        if fmt == "pt2":
+            torch.testing.assert_close(torch.export.load(io.BytesIO(raw)).module()(x), want, atol=1e-6, rtol=1e-5)
+
+
 def test_torchscript_exports_quietly():
     """TorchScript is deprecated upstream; its FutureWarnings are not logged at every download."""
     with warnings.catch_warnings(record=True) as caught:
