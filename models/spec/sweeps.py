@@ -98,7 +98,7 @@ class SweepSpec(StrictModel):
     (every combination), `random` draws `count` trials from distributions, or `tpe` draws them one
     by one where the best trials so far were. Any of them may have a `pruner`. `name` is optional."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Annotated[str, Field(min_length=1, max_length=200)] = "sweep"  # else its base spec's name (_named)
     base: dict
     grid: (
         Annotated[
@@ -122,7 +122,8 @@ class SweepSpec(StrictModel):
         if isinstance(data, dict) and "name" not in data:
             base = data.get("base")
             named = isinstance(base, dict) and isinstance(base.get("name"), str) and base["name"].strip()
-            data = {**data, "name": base["name"][:200] if named else "sweep"}
+            if named:
+                data = {**data, "name": base["name"][:200]}
         return data
 
     @model_validator(mode="after")
