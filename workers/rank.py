@@ -245,7 +245,7 @@ def train(job_id: str, attempt: int, spec: JobSpec, resumed_by_user: bool, ranks
 
 
 def main(job_id: str, attempt: str, folder_path: str) -> int:
-    from workers.runner import INTERNAL_ERROR, failure_of
+    from workers.runner import failure_of, said_in_full
 
     ranks = Ranks.from_environment()
     if ranks is None:
@@ -280,7 +280,8 @@ def main(job_id: str, attempt: str, folder_path: str) -> int:
             return 1  # torchrun starts the group again, or the worker gives the job back
         else:
             reason, error = failure_of(exc)
-        log.error("rank %d failed (%s): %s", ranks.rank, reason, error, exc_info=reason == INTERNAL_ERROR)
+        said = is_timeout(exc) or said_in_full(exc)
+        log.error("rank %d failed (%s): %s", ranks.rank, reason, error, exc_info=not said)
         folder.write_outcome({"failed": {"reason": reason, "error": error}})
         return 1
     finally:

@@ -429,7 +429,18 @@ def failure_of(exc: BaseException) -> tuple[str, str]:
     return INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
 
 
-INTERNAL_ERROR = "internal_error"  # the one failure whose log keeps its traceback: a fault of ours, not the job's
+INTERNAL_ERROR = "internal_error"
+
+
+def said_in_full(exc: BaseException) -> bool:
+    """Whether failure_of's message says all there is to say of `exc` (the job's data, weights,
+    spec or memory, or a file it names), so that its log needs no traceback; any other failure
+    keeps one, for whoever reports it."""
+    if isinstance(exc, (DatasetError, MissingWeights, UnsafeWeights, StorageError, CheckpointError, TrainingError)):
+        return True
+    if is_out_of_memory(exc) or isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or bool(exc.filename))
 
 
 def fetch_initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
@@ -559,7 +570,7 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
         except Exception as exc:
             reason, error = failure_of(exc)
             status = JobStatus.FAILED
-            log.error("job %s failed (%s): %s", job_id, reason, error, exc_info=reason == INTERNAL_ERROR)
+            log.error("job %s failed (%s): %s", job_id, reason, error, exc_info=not said_in_full(exc))
     if control.lost.is_set():
         log.warning("job %s attempt %s gave the job up to a later attempt", job_id, claim.attempt)
         return None

@@ -51,9 +51,10 @@ def test_unwritable_checkpoint_folder_fails_the_job_with_a_clear_reason(service_
     assert blocker.read_text().startswith("a file")  # nothing was overwritten
 
 
-def test_only_an_internal_error_logs_its_traceback(service_env, monkeypatch, caplog):
+def test_only_a_failure_its_message_says_in_full_logs_no_traceback(service_env, monkeypatch, caplog):
     """A job's own fault (here its checkpoint folder is a file) is said in words; a fault of
-    trainyard's keeps its traceback for whoever reports it."""
+    trainyard's, or an error of the system that names nothing, keeps its traceback for whoever
+    reports it."""
     caplog.set_level("ERROR", logger="workers.runner")
     job_id = new_job()
     (service_env.checkpoint_dir / job_id).write_text("in the way")
@@ -70,6 +71,14 @@ def test_only_an_internal_error_logs_its_traceback(service_env, monkeypatch, cap
     assert read_job(job_id).reason == "internal_error" and read_job(job_id).error == "ZeroDivisionError: a bug"
     (ours,) = [record for record in caplog.records if "failed (internal_error)" in record.getMessage()]
     assert ours.exc_info is not None and ours.exc_info[0] is ZeroDivisionError
+
+    def unnamed_fault(*args, **kwargs):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr("workers.runner.fit", unnamed_fault)
+    assert run_job(new_job()) == JobStatus.FAILED
+    (system,) = [record for record in caplog.records if "Connection reset by peer" in record.getMessage()]
+    assert system.exc_info is not None and system.exc_info[0] is ConnectionResetError
 
 
 def test_a_cancelled_job_is_never_run(service_env):
