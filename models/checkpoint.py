@@ -59,7 +59,13 @@ SAFETENSORS_DTYPES = {
     torch.int16: "I16",
     torch.int8: "I8",
     torch.uint8: "U8",
+    torch.uint16: "U16",
+    torch.uint32: "U32",
+    torch.uint64: "U64",
     torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.complex64: "C64",
 }
 _CHUNK_BYTES = 16 * 1024 * 1024
 
@@ -80,6 +86,8 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     offset = 0
     for name in _layout(tensors):
         tensor = tensors[name]
+        if name == "__metadata__":
+            raise ValueError("__metadata__ is the header's own key, not a tensor's name")
         if tensor.dtype not in SAFETENSORS_DTYPES:
             raise TypeError(f"{name}: safetensors cannot hold {tensor.dtype}")
         size = tensor.numel() * tensor.element_size()
@@ -95,6 +103,7 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         fh.write(struct.pack("<Q", len(encoded)) + encoded)
         for name in _layout(tensors):
             tensor = tensors[name].detach().to("cpu")  # one tensor at a time off a GPU
+            tensor = tensor.resolve_conj().resolve_neg()  # a lazy view's values, not its storage's
             raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
             for start in range(0, raw.size, _CHUNK_BYTES):
                 fh.write(raw[start : start + _CHUNK_BYTES])

@@ -16,10 +16,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import write_safetensors
+from models.checkpoint import SAFETENSORS_DTYPES, write_safetensors
 
-_DTYPES = {torch.uint8: "U8", torch.int64: "I64", torch.float32: "F32", torch.float64: "F64"}
-_NUMPY = {"U8": np.uint8, "I64": np.int64, "F32": np.float32, "F64": np.float64}
+# The element types read_arrays maps, by their safetensors names.
+_NUMPY = {
+    SAFETENSORS_DTYPES[t]: n
+    for t, n in (
+        (torch.uint8, np.uint8),
+        (torch.int64, np.int64),
+        (torch.float32, np.float32),
+        (torch.float64, np.float64),
+    )
+}
 
 
 class StoredFileError(Exception):
@@ -30,7 +38,7 @@ def write_arrays(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     """Write tensors (in memory or memory-mapped) and string metadata as a safetensors file that
     read_arrays reads back, a chunk at a time, atomically; returns the file size."""
     for name, tensor in tensors.items():
-        if tensor.dtype not in _DTYPES:
+        if SAFETENSORS_DTYPES.get(tensor.dtype) not in _NUMPY:
             raise StoredFileError(f"{name}: cannot store {tensor.dtype}")
     return write_safetensors(path, tensors, metadata)
 

@@ -106,12 +106,24 @@ def test_every_dtype_and_layout_a_state_holds_round_trips(tmp_path):
         "transposed": torch.randn(4, 3).t(),  # not contiguous
         "scalar": torch.tensor(3.0),
         "empty": torch.zeros(0),
+        "negated": torch.tensor([1.0, -2.0])._neg_view(),  # a lazy view: its storage holds the other sign
+        "complex": torch.tensor([1 + 2j], dtype=torch.complex64).conj(),
+        "fp8": torch.tensor([0.5, -1.0]).to(torch.float8_e4m3fn),
     }
     path = tmp_path / "kinds.safetensors"
     write_checkpoint(path, state, {"epoch": 1})
     loaded = load_file(str(path))  # safetensors' own reader accepts the streamed file
     assert sorted(loaded) == sorted(state)
     for name, tensor in state.items():
-        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
+        want = tensor.resolve_conj().resolve_neg()
+        got = loaded[name]
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+
+        def raw(t: torch.Tensor) -> torch.Tensor:  # byte for byte: fp8 has no equality of its own
+            return t.contiguous().reshape(-1).view(torch.uint8)
+
+        assert torch.equal(raw(got), raw(want)), name
     with pytest.raises(TypeError, match="cannot hold"):
-        write_checkpoint(path, {"z": torch.zeros(2, dtype=torch.complex64)}, {"epoch": 2})
+        write_checkpoint(path, {"z": torch.zeros(2, dtype=torch.complex128)}, {"epoch": 2})
+    with pytest.raises(ValueError, match="header's own key"):
+        write_checkpoint(path, {"__metadata__": torch.zeros(1)}, {"epoch": 2})
