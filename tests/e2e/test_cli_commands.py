@@ -52,7 +52,8 @@ def test_submit_follow_to_success_then_inspect(embedded_stack, tmp_path):
     summary = trainyard(embedded_stack, "jobs", "show", job_id[:8]).stdout
     assert f"job {job_id} cli-follow: succeeded" in summary and "best epoch 3 (chosen on last_epoch" in summary
     assert (
-        re.search(r"^\W*3\W.*\bbest\W*$", table.stdout, flags=re.M)
+        re.search(r"^\W*3\W.*\*\W*$", table.stdout, flags=re.M)  # the best column marks epoch 3
+        and not re.search(r"^\W*[12]\W.*\*\W*$", table.stdout, flags=re.M)
         and "best: epoch 3, chosen on last_epoch" in table.stdout
     )
 

@@ -245,7 +245,9 @@ def test_docs_cli_blocks(fresh_stack, tmp_path):
     assert "model fashion: 1 version(s), latest 1" in tour and "fashion version 1 (threshold 0.6)" in tour
     assert "boot.png" in tour and "shirt.png" in tour and "uploaded:" in tour and "square" in tour
     assert first_json(evaluation)["model"]["reference"] == f"job:{job_id}"
-    assert "most confident mistakes" in evaluation
+    mistakes = first_json(evaluation)["mistakes"]  # the table says the same as the JSON
+    assert ("most confident mistakes" in evaluation) == bool(mistakes)
+    assert ("no mistakes: every test image is right" in evaluation) == (not mistakes)
     assert {"fashion.onnx"} <= {p.name for p in tmp_path.iterdir()} and len(list(tmp_path.glob("*.onnx"))) >= 2
 
 
