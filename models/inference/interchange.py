@@ -34,9 +34,6 @@ FORMAT = "trainyard-export/1"
 # filters): one graph export at a time in a process, whichever the format.
 _GRAPH_EXPORT = threading.Lock()
 ONNX_OPSET = 17
-FORMATS = ("safetensors", "pt2", "torchscript", "onnx")
-SUFFIXES = {"safetensors": "safetensors", "pt2": "pt2", "torchscript": "pt", "onnx": "onnx"}
-INPUTS = ("float", "pixels")
 
 
 class ExportError(Exception):
@@ -76,7 +73,8 @@ def model_spec(meta: dict) -> dict:
 
 
 def header(meta: dict) -> dict[str, str]:
-    """Readable metadata for an exported file: each entry a JSON string."""
+    """Readable metadata for an exported file, every value a string (as safetensors and ONNX headers
+    hold them): `format` and `task` as they are, the rest JSON."""
     return {
         "format": FORMAT,
         "model": json.dumps(model_spec(meta)),

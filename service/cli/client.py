@@ -32,6 +32,8 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from models.inference.formats import FORMAT_OF_SUFFIX, FORMATS, SUFFIXES
+
 # Piped or redirected, tables keep their natural width instead of being cut to 80 columns.
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 250)
 err = Console(stderr=True)
@@ -800,16 +802,6 @@ def models_register(
     opts.show(registered, _version_line(lambda v: f"job {v['job_id']}, epoch {v['epoch']}"))
 
 
-_EXPORT_SUFFIXES = {
-    ".safetensors": "safetensors",
-    ".pt2": "pt2",
-    ".onnx": "onnx",
-    ".pt": "torchscript",
-    ".pts": "torchscript",
-}
-_SUFFIX_OF = {"safetensors": "safetensors", "pt2": "pt2", "onnx": "onnx", "torchscript": "pt"}
-
-
 @command(models_app, "export")
 def models_export(
     opts: Options,
@@ -829,17 +821,17 @@ def models_export(
     ] = "float",
 ) -> None:
     """Download a model (name, name:VERSION, name@ALIAS or job:ID[:EPOCH]) as a file."""
-    by_suffix = _EXPORT_SUFFIXES.get(output.suffix.lower())
-    if fmt is not None and fmt not in _SUFFIX_OF:
-        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(_SUFFIX_OF)}", param_hint="--format")
+    by_suffix = FORMAT_OF_SUFFIX.get(output.suffix.lower())
+    if fmt is not None and fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
     if fmt is not None and by_suffix is not None and fmt != by_suffix:
         raise typer.BadParameter(
-            f"-o {output.name} asks for {by_suffix}: give -o a .{_SUFFIX_OF[fmt]} name, or leave --format out",
+            f"-o {output.name} asks for {by_suffix}: give -o a .{SUFFIXES[fmt]} name, or leave --format out",
             param_hint="--format",
         )
     if fmt is None and by_suffix is None:
         typer.echo(
-            f"note: -o {output.name} names no export format ({', '.join(_EXPORT_SUFFIXES)}): writing safetensors; "
+            f"note: -o {output.name} names no export format ({', '.join(FORMAT_OF_SUFFIX)}): writing safetensors; "
             "give --format for another",
             err=True,
         )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.inference.interchange import SUFFIXES, ExportError, export
+from models.inference.formats import SUFFIXES
+from models.inference.interchange import ExportError, export
 from models.inference.predictor import Predictor
 from service.core.db import read_scope
 from service.core.errors import Unprocessable

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from models.inference.interchange import SUFFIXES
+from models.inference.formats import SUFFIXES
 from tests.support.datagen import png_bytes
 from tests.support.specs import submit
 

@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from models.checkpoint import CheckpointError
-from models.inference.interchange import FORMATS, INPUTS
+from models.inference.formats import FORMATS, INPUTS
 from models.inference.predictor import InputError
 from models.spec.explain import input_loc
 from models.spec.job import JobSpec

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile, sta
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from models.inference.interchange import FORMATS, INPUTS
+from models.inference.formats import FORMATS, INPUTS
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.registry import (

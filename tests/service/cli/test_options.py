@@ -258,7 +258,7 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
     )
     assert (
         unknown.exit_code == cli_client.USAGE
-        and "'ONNX' is not one of safetensors, pt2, onnx, torchscript" in unknown.output
+        and "'ONNX' is not one of safetensors, pt2, torchscript, onnx" in unknown.output
     )
     assert len(asked) == 6
 
