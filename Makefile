@@ -38,8 +38,11 @@ migrate: $(STAMP)
 run: $(STAMP)
 	$(BIN)/trainyard run
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them:
+# most of an end-to-end test's time goes to the services it starts. TEST_WORKERS=0: this process alone.
+TEST_WORKERS ?= 2
 test: setup lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # ruff, configured in pyproject.toml: the lint rules and the one format (`make format` applies it).
 lint: $(DEV_STAMP)
