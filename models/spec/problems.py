@@ -106,6 +106,14 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
             problems.append(
                 SpecProblem(("early_stopping", "metric"), f"{stopping.metric} needs a classification dataset")
             )
+    if spec.schedule.name == "cosine" and spec.schedule.min_lr > spec.optimizer.lr:
+        problems.append(
+            SpecProblem(
+                ("schedule", "min_lr"),
+                f"min_lr {spec.schedule.min_lr:g} is above optimizer.lr {spec.optimizer.lr:g}: the cosine schedule "
+                "would raise the learning rate; give a min_lr below lr",
+            )
+        )
     unfreeze = getattr(spec.model, "unfreeze_at_epoch", None)
     if unfreeze is not None and unfreeze > spec.epochs:
         problems.append(

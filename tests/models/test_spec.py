@@ -125,6 +125,9 @@ def test_model_and_dataset_must_agree():
 
 
 def test_option_combinations_that_cannot_work():
+    rising = problems(optimizer={"lr": 0.1}, schedule={"name": "cosine", "min_lr": 1.0})
+    assert [loc for loc, _ in rising] == [("schedule", "min_lr")] and "would raise the learning rate" in rising[0][1]
+    assert problems(optimizer={"lr": 0.1}, schedule={"name": "cosine", "min_lr": 0.01}) == []
     assert problems(early_stopping={"metric": "val_loss"})[0][0] == ("early_stopping", "metric")
     assert problems(early_stopping={"metric": "val_loss"}, data={"dataset": "fashion-mnist", "val_fraction": 0.1}) == []
     regression = {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"}}
