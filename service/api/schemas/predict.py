@@ -22,7 +22,7 @@ class PredictValues(BaseModel):
     model_config = ConfigDict(strict=True)
 
     model: Annotated[str, Field(min_length=1, max_length=200)]
-    inputs: Annotated[list[list[float]], Field(min_length=1, max_length=10_000)]
+    inputs: Annotated[list[list[Annotated[float, Field(allow_inf_nan=False)]]], Field(min_length=1, max_length=10_000)]
     top_k: Annotated[int, Field(ge=1, le=1000)] = 1
     threshold: Threshold | None = None  # classification only
 

@@ -614,6 +614,12 @@ def test_json_predict_says_how_images_are_sent(api, trained_job):
     rows = api.post("/v1/predict", json={"model": f"job:{trained_job}", "inputs": [[1.0, 2.0]]})
     assert locs(rows) == [["body", "inputs"]] and "multipart" in rows.json()["detail"][0]["msg"]
     assert api.post("/v1/predict", json={"model": "nothing", "inputs": [[1.0]]}).status_code == 404
+    not_a_number = api.post(
+        "/v1/predict",
+        content=b'{"model": "nothing", "inputs": [[1.0, NaN]]}',
+        headers={"content-type": "application/json"},
+    )
+    assert locs(not_a_number) == [["body", "inputs", 0, 1]] and "finite" in not_a_number.json()["detail"][0]["msg"]
 
 
 # --- evaluation ---------------------------------------------------------------------------------------
