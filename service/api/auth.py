@@ -15,6 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.core.settings import get_settings
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A route's openapi_extra that marks a POST which changes nothing (a predict, an inference): a
+# read-only token may call it, as a serving client holds one.
+READS_ONLY = {"x-reads-only": True}
 COOKIE = "trainyard_token"
 READ_ONLY = "this token may only read"
 _bearer = HTTPBearer(auto_error=False, description="An API token from TRAINYARD_API_TOKENS")
@@ -70,7 +73,8 @@ async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """401 without a valid token, 403 for a read-only token on a write; open when no tokens are set."""
+    """401 without a valid token, 403 for a read-only token on a write (a POST marked READS_ONLY
+    is not one); open when no tokens are set."""
     table = token_table()
     if not table.enabled:
         return
@@ -80,8 +84,13 @@ async def require_token(
     access = table.lookup(credentials.credentials)
     if access is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token", headers=challenge)
-    if access == "ro" and request.method not in READ_METHODS:
+    if access == "ro" and not _reads_only(request):
         raise HTTPException(status.HTTP_403_FORBIDDEN, READ_ONLY)
+
+
+def _reads_only(request: Request) -> bool:
+    route = request.scope.get("route")
+    return request.method in READ_METHODS or bool((getattr(route, "openapi_extra", None) or {}).get("x-reads-only"))
 
 
 def _cookie_access(request: Request) -> str:

@@ -304,6 +304,10 @@ def test_pages_need_a_token_when_tokens_are_set(tmp_path, data_dir):
             client.cookies.set("trainyard_token", "ro-secret")
             assert client.get("/").status_code == 200
             assert client.post("/ui/submit", data={"spec": "{}"}).status_code == 403
+            predicted = client.post(
+                "/ui/predict", data={"model": "nothing"}, files={"files": ("x.png", png_bytes(1, seed=0))}
+            )
+            assert predicted.status_code not in (401, 403), predicted.text  # a predict changes nothing
             archive = {"file": ("locked.zip", image_folder_zip(["a", "b"], per_class=5, test_per_class=2))}
             assert client.post("/ui/datasets", files=archive).status_code == 403
             client.cookies.set("trainyard_token", "rw-secret")  # the page's upload needs no bearer token

@@ -502,7 +502,7 @@ def predict_form(request: Request, session: SessionDep, model: str | None = None
     )
 
 
-@actions.post("/ui/predict", response_class=HTMLResponse)
+@pages.post("/ui/predict", response_class=HTMLResponse)  # a read-only token may predict
 async def predict(
     request: Request,
     server: ModelServerDep,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from service.api.auth import READS_ONLY
 from service.api.errors import unknown_fields_error, validation_error
 from service.api.multipart import FormError, parse_form
 from service.api.schemas.predict import (
@@ -143,7 +144,7 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
     )
 
 
-@router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY)
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={**PREDICT_BODY, **READS_ONLY})
 async def predict(request: Request) -> Response:
     """Classify uploaded images (multipart `model`, `files`, `top_k`, `threshold`), or predict from
     numeric rows (JSON `{"model", "inputs": [[...], ...], "top_k", "threshold"}`)."""
@@ -169,7 +170,8 @@ async def predict(request: Request) -> Response:
     response_model=PredictResponse,
     responses=ERRORS,
     openapi_extra={
-        "requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}
+        "requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
+        **READS_ONLY,
     },
 )
 async def predict_raw_image(

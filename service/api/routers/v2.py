@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from models.checkpoint import CheckpointError
 from models.inference.predictor import InputError
 from service.api import v2
+from service.api.auth import READS_ONLY
 from service.api.deps import ModelServerDep, SettingsDep
 from service.api.errors import headers_for, status_for
 from service.api.serving import LoadedModel, ModelServer
@@ -168,13 +169,15 @@ INFER_ERRORS = {
 }
 
 
-@router.post("/models/{name}/infer", responses=INFER_ERRORS, openapi_extra=INFER_DOC)
+@router.post("/models/{name}/infer", responses=INFER_ERRORS, openapi_extra={**INFER_DOC, **READS_ONLY})
 async def infer(name: str, request: Request, settings: SettingsDep, server: ModelServerDep) -> Response:
     """Run inference (Open Inference Protocol v2)."""
     return await _infer(name, None, request, settings, server)
 
 
-@router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=INFER_DOC)
+@router.post(
+    "/models/{name}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra={**INFER_DOC, **READS_ONLY}
+)
 async def infer_version(
     name: str, version: str, request: Request, settings: SettingsDep, server: ModelServerDep
 ) -> Response:
