@@ -1049,11 +1049,16 @@ def datasets_show(
 
 @command(datasets_app, "delete")
 def datasets_delete(
-    opts: Options, dataset_id: Annotated[str, typer.Argument(help="its id, a unique prefix of it, or its name")]
+    opts: Options,
+    dataset_id: Annotated[str, typer.Argument(help="its id, a unique prefix of it, or its name")],
+    force: Annotated[
+        bool, typer.Option("--force", help="even if stopped jobs that could resume use it (they then cannot)")
+    ] = False,
 ) -> None:
-    """Delete an uploaded dataset that no queued or running job uses."""
+    """Delete an uploaded dataset that no queued or running job uses, nor (without --force) a
+    stopped job that can still be resumed."""
     dataset = opts.call("GET", f"/v1/datasets/{quote(dataset_id, safe='')}")  # its id and name, to say them
-    opts.call("DELETE", f"/v1/datasets/{dataset['id']}")
+    opts.call("DELETE", f"/v1/datasets/{dataset['id']}", params={"force": "true"} if force else None)
     opts.show(
         {"id": dataset["id"], "name": dataset["name"], "deleted": True},
         lambda answer: [f"dataset {answer['name']} ({answer['id'][:SHORT_ID]}) deleted"],

@@ -428,8 +428,10 @@ def names(session: Session, *, references: Iterable[str]) -> dict[str, str]:
     return {f"uploaded:{dataset_id}": name for dataset_id, name in rows}
 
 
-def delete_dataset(session: Session, *, dataset_id: str, settings: Settings) -> None:
-    """Delete a dataset no active job uses (its finished jobs keep their checkpoints); its files go after the commit."""
+def delete_dataset(session: Session, *, dataset_id: str, settings: Settings, force: bool = False) -> None:
+    """Delete a dataset no active job uses (its finished jobs keep their checkpoints), nor, unless
+    `force`, a stopped job that can still be resumed (it would fail for want of its data); its
+    files go after the commit."""
     record = require_dataset(session, dataset_id=dataset_id)
     dataset_id = record.id
     reference = f"uploaded:{dataset_id}"
@@ -437,6 +439,19 @@ def delete_dataset(session: Session, *, dataset_id: str, settings: Settings) -> 
     users = [job.id for job in active if job.spec.get("data", {}).get("dataset") == reference]
     if users:
         raise DatasetInUse(f"dataset {dataset_id} is used by unfinished job(s) {', '.join(users)}")
+    stopped = session.scalars(
+        select(Job).where(Job.status.not_in((JobStatus.SUCCEEDED, JobStatus.QUEUED, *JobStatus.ACTIVE)))
+    )
+    resumable = [
+        job.id
+        for job in stopped
+        if job.spec.get("data", {}).get("dataset") == reference and jobs.resume_state(job) is not None
+    ]
+    if resumable and not force:
+        raise DatasetInUse(
+            f"dataset {dataset_id} is used by job(s) that can still be resumed: {', '.join(resumable)}; "
+            "delete them first, or delete the dataset with force (they then cannot resume)"
+        )
     session.delete(record)
     session.commit()
     get_storage(settings).delete(dataset_key(dataset_id), upload_key(dataset_id))

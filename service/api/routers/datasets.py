@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
@@ -96,9 +96,16 @@ def read_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
 @router.delete(
     "/{dataset_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={**NOT_FOUND, 409: {"description": "An unfinished job uses the dataset"}},
+    responses={**NOT_FOUND, 409: {"description": "An unfinished job, or one that can still be resumed, uses it"}},
 )
-def delete_dataset(dataset_id: str, session: WriteSessionDep, settings: SettingsDep) -> None:
-    """Delete an uploaded dataset that no queued or running job uses; by its id, a unique prefix of
-    it, or its name."""
-    datasets.delete_dataset(session, dataset_id=dataset_id, settings=settings)
+def delete_dataset(
+    dataset_id: str,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    force: Annotated[
+        bool, Query(description="delete it even though stopped jobs that could resume use it (they then cannot)")
+    ] = False,
+) -> None:
+    """Delete an uploaded dataset that no queued or running job uses, nor (without force) a stopped
+    job that can still be resumed; by its id, a unique prefix of it, or its name."""
+    datasets.delete_dataset(session, dataset_id=dataset_id, settings=settings, force=force)

@@ -646,3 +646,19 @@ def test_a_job_row_written_by_core_is_what_the_router_shows(api, service_env):
     with db.session_scope() as session:
         job_id = jobs.create_job(session, spec=JobSpec.model_validate(SOFTMAX_SPEC), task="classification").id
     assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+
+
+def test_a_dataset_that_a_stopped_job_could_resume_on_is_kept_unless_forced(api):
+    archive = image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2)
+    dataset = api.post("/v1/datasets", data={"name": "kept"}, files={"file": ("k.zip", archive, "application/zip")})
+    spec = {**SOFTMAX_SPEC, "data": {"dataset": "uploaded:kept"}, "epochs": 1}
+    job_id = api.post("/v1/jobs", json=spec).json()["id"]
+    assert "unfinished" in api.delete("/v1/datasets/kept").json()["detail"]
+    with db.session_scope() as session:  # as a cancel mid-epoch leaves it
+        job = session.get(Job, job_id)
+        job.status = "cancelled"
+        job.resume_state = {"key": f"checkpoints/{job_id}/training-state.safetensors", "size": 1, "sha256": None}
+    refused = api.delete("/v1/datasets/kept")
+    assert refused.status_code == 409 and f"can still be resumed: {job_id}" in refused.json()["detail"]
+    assert api.delete("/v1/datasets/kept", params={"force": "true"}).status_code == 204
+    assert api.get(f"/v1/datasets/{dataset.json()['id']}").status_code == 404
