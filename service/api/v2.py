@@ -15,6 +15,7 @@ import torch
 from fastapi.responses import JSONResponse, Response
 
 from models.inference.predictor import Predictor
+from service.core.references import ResolvedCheckpoint
 
 
 class ProtocolError(Exception):
@@ -46,10 +47,17 @@ def single_input(header) -> dict:
     return spec
 
 
+def version_label(target: ResolvedCheckpoint) -> str:
+    """The version a v2 answer names: a registered model's version, or for a job the epoch it
+    serves, which is what /versions/{n} names for `job:<id>` (its epoch n)."""
+    return str(target.version if target.name is not None else target.epoch)
+
+
 def metadata(
-    name: str, version: int | None, predictor: Predictor, job_id: str, epoch: int, threshold: float | None = None
+    name: str, version: str, predictor: Predictor, job_id: str, epoch: int, threshold: float | None = None
 ) -> dict:
-    """A model's metadata: its inputs, outputs, classes and default threshold."""
+    """A model's metadata: its inputs, outputs, classes and default threshold; `version` as
+    version_label gives it."""
     shape = predictor.meta["input_shape"]
     width = len(predictor.classes) if predictor.classes else 1
     inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, *shape]}]
@@ -58,7 +66,7 @@ def metadata(
     output = "probabilities" if predictor.task == "classification" else "predictions"
     return {
         "name": name,
-        "versions": [str(version)] if version else ["1"],
+        "versions": [version],
         "platform": "pytorch",
         "inputs": inputs,
         "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, width]}],

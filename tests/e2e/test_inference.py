@@ -244,6 +244,11 @@ def test_v2_json_bytes_are_base64(api, trained):
     answer = api.post(f"/v2/models/job:{trained['classifier']}/infer", json=body)
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"][0]["data"][0].endswith(":2:pullover")
+    served = api.get(f"/v2/models/job:{trained['classifier']}").json()
+    epoch = served["parameters"]["epoch"]  # a job's version is the epoch it serves, as /versions/{n} names it
+    assert served["versions"] == [str(epoch)] and answer.json()["model_version"] == str(epoch)
+    same = api.post(f"/v2/models/job:{trained['classifier']}/versions/{epoch}/infer", json=body).json()
+    assert same["model_version"] == str(epoch) and same["outputs"] == answer.json()["outputs"]
     broken = api.post(f"/v2/models/job:{trained['classifier']}/infer", content=b"{nope")
     assert broken.status_code == 400 and "error" in broken.json()
 

@@ -80,7 +80,7 @@ async def _metadata(server: ModelServer, name: str, version: str | None) -> JSON
         return served
     target, loaded = served
     return JSONResponse(
-        v2.metadata(name, target.version, loaded.predictor, target.job_id, target.epoch, target.threshold)
+        v2.metadata(name, v2.version_label(target), loaded.predictor, target.job_id, target.epoch, target.threshold)
     )
 
 
@@ -128,7 +128,7 @@ async def _infer(name: str, version: str | None, request: Request, settings, ser
         return _error(str(exc), status_for(exc), headers_for(exc))
     except v2.ProtocolError as exc:
         return _error(str(exc), exc.status)
-    answer = {"model_name": name, "model_version": str(target.version or 1)}
+    answer = {"model_name": name, "model_version": v2.version_label(target)}
     if isinstance(header.get("id"), str):
         answer["id"] = header["id"]
     return v2.response(answer, outputs)

@@ -118,8 +118,18 @@ def test_a_binary_output_follows_its_json_header(predictor):
     assert np.frombuffer(response.body[length:], dtype="<f4") == pytest.approx(probs.reshape(-1).numpy())
 
 
+def test_a_version_is_a_registered_models_or_for_a_job_the_epoch_it_serves():
+    """/v2/models/job:ID/versions/N serves epoch N: what a job's metadata and answers call its version."""
+    from service.core.references import ResolvedCheckpoint
+    from service.core.storage import StoredFile
+
+    stored = StoredFile("checkpoints/j/epoch-0003.safetensors", 1, None)
+    assert v2.version_label(ResolvedCheckpoint("job:j", stored, "j", 3)) == "3"
+    assert v2.version_label(ResolvedCheckpoint("shoes:2", stored, "j", 3, name="shoes", version=2)) == "2"
+
+
 def test_metadata_names_inputs_outputs_and_classes(predictor):
-    meta = v2.metadata("fashion", 3, predictor, "job-1", 2)
+    meta = v2.metadata("fashion", "3", predictor, "job-1", 2)
     assert meta["versions"] == ["3"] and meta["parameters"]["classes"] == predictor.classes
     assert meta["parameters"]["input"] == predictor.contract.to_json()  # how FP32 inputs are prepared
     assert [i["name"] for i in meta["inputs"]] == ["input", "images"]
