@@ -217,7 +217,7 @@ async def _method_not_allowed(request: Request, exc: HTTPException) -> JSONRespo
     matched it (Starlette's route answers for itself alone)."""
     allow = ", ".join(_allowed_methods(request))
     return JSONResponse(
-        {"detail": f"{request.method} is not allowed here; this path takes {allow}"},
+        {_message_key(request): f"{request.method} is not allowed here; this path takes {allow}"},
         status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
         headers={**(exc.headers or {}), "Allow": allow},
     )
@@ -253,6 +253,20 @@ async def _bad_request(request: Request, exc: HTTPException) -> JSONResponse:
     return await _invalid_request(request, RequestValidationError([problem]))
 
 
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """The Open Inference Protocol's clients read an error from `error`, not `detail` (tritonclient
+    fails to decode an answer without it): a /v2 path's 401, 403 or unknown route says it there."""
+    if _message_key(request) == "error":
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    return await http_exception_handler(request, exc)
+
+
+def _message_key(request: Request) -> str:
+    """Where an error's message goes: `error` on the Open Inference Protocol's paths, else `detail`."""
+    path = request.url.path
+    return "error" if path == "/v2" or path.startswith("/v2/") else "detail"
+
+
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Invalid):  # core's locations are paths into the submitted document: the body
         return await _invalid_request(request, validation_error([(("body", *loc), msg) for loc, msg in exc.problems]))
@@ -274,6 +288,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(status.HTTP_400_BAD_REQUEST, _bad_request)
     app.add_exception_handler(status.HTTP_405_METHOD_NOT_ALLOWED, _method_not_allowed)
+    app.add_exception_handler(HTTPException, _http_error)
     for kind in UNAVAILABLE:
         app.add_exception_handler(kind, _database_unavailable)
     for kind in (CoreError, InputError, CheckpointError):

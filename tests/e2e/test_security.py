@@ -79,6 +79,8 @@ def test_every_route_needs_a_token(locked_stack, method, path):
             return
         assert anonymous.status_code == 401, anonymous.text
         assert anonymous.headers["www-authenticate"] == "Bearer"
+        # The Open Inference Protocol's clients read `error`; the rest of the API says `detail`.
+        assert set(anonymous.json()) == ({"error"} if path.startswith("/v2") else {"detail"}), anonymous.text
         wrong = client.request(method, path, headers={"Authorization": "Bearer not-a-token"})
         assert wrong.status_code == 401
         basic = client.request(method, path, headers={"Authorization": f"Basic {RW}"})
@@ -90,6 +92,11 @@ def test_every_route_needs_a_token(locked_stack, method, path):
             assert read_only.status_code == 403 and "only read" in read_only.json()["detail"]
         full = client.request(method, path, headers={"Authorization": f"Bearer {RW}"})
         assert full.status_code not in (401, 403)
+        if path.startswith("/v2"):
+            unknown = client.get(path + "/no-such-route", headers={"Authorization": f"Bearer {RW}"})
+            assert unknown.status_code == 404 and set(unknown.json()) == {"error"}, unknown.text
+            other = client.request("DELETE", path, headers={"Authorization": f"Bearer {RW}"})
+            assert other.status_code == 405 and set(other.json()) == {"error"}, other.text
 
 
 def test_the_api_documentation_stays_open_and_offline(locked_stack):
