@@ -37,13 +37,22 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
         raise ProtocolError(f"the request is not valid JSON: {exc}") from None
 
 
+INPUT_NAMES = {"FP32": "input", "BYTES": "images"}  # what the metadata calls each kind of input
+
+
 def single_input(header) -> dict:
-    """The request's one input spec (this server's models take exactly one)."""
+    """The request's one input spec (this server's models take exactly one), named as the
+    metadata names an input of its datatype."""
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or len(header["inputs"]) != 1:
         raise ProtocolError("the request needs exactly one input")
     spec = header["inputs"][0]
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ProtocolError("each input needs a name, shape, datatype and data")
+    wanted = INPUT_NAMES.get(spec.get("datatype"))
+    if wanted is not None and spec["name"] != wanted:
+        raise ProtocolError(
+            f"input {spec['name']!r}: this model's {spec['datatype']} input is named {wanted!r} (see its metadata)"
+        )
     return spec
 
 
@@ -60,9 +69,9 @@ def metadata(
     version_label gives it."""
     shape = predictor.meta["input_shape"]
     width = len(predictor.classes) if predictor.classes else 1
-    inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, *shape]}]
+    inputs = [{"name": INPUT_NAMES["FP32"], "datatype": "FP32", "shape": [-1, *shape]}]
     if predictor.contract.images:
-        inputs.append({"name": "images", "datatype": "BYTES", "shape": [-1]})
+        inputs.append({"name": INPUT_NAMES["BYTES"], "datatype": "BYTES", "shape": [-1]})
     output = "probabilities" if predictor.task == "classification" else "predictions"
     return {
         "name": name,
@@ -149,6 +158,13 @@ def encoded_images(spec: dict, data, max_images: int) -> list[tuple[str, bytes]]
             raise ProtocolError(f"input {spec['name']!r}: BYTES data in JSON must be base64 strings") from None
     if not 1 <= len(images) <= max_images:
         raise ProtocolError(f"input {spec['name']!r}: 1 to {max_images} images per request")
+    shape = spec.get("shape")
+    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 1 for d in shape)) or int(
+        np.prod(shape)
+    ) != len(images):
+        raise ProtocolError(
+            f"input {spec['name']!r}: shape {shape} does not hold its {len(images)} image(s); give [{len(images)}]"
+        )
     return [(f"{spec['name']}[{i}]", image) for i, image in enumerate(images)]
 
 

@@ -62,7 +62,7 @@ def test_bad_fp32_inputs_say_why(predictor, shape, data, message):
 
 def test_bytes_inputs_come_binary_or_base64_and_are_named():
     images = [png_bytes(1, seed=1), png_bytes(2, seed=2)]
-    spec = {"name": "images", "datatype": "BYTES"}
+    spec = {"name": "images", "datatype": "BYTES", "shape": [2]}
     binary = v2.encoded_images(spec, bytes_tensor(images), 64)
     as_json = v2.encoded_images(spec, [base64.b64encode(i).decode() for i in images], 64)
     assert binary == as_json == [("images[0]", images[0]), ("images[1]", images[1])]
@@ -72,6 +72,17 @@ def test_bytes_inputs_come_binary_or_base64_and_are_named():
         v2.encoded_images(spec, ["not base64!"], 64)
     with pytest.raises(v2.ProtocolError, match="1 to 1 images"):
         v2.encoded_images(spec, bytes_tensor(images), 1)
+    for shape in ([1], [3], None, [2, 0]):
+        with pytest.raises(v2.ProtocolError, match=r"does not hold its 2 image\(s\); give \[2\]"):
+            v2.encoded_images({**spec, "shape": shape}, bytes_tensor(images), 64)
+    assert len(v2.encoded_images({**spec, "shape": [2, 1]}, bytes_tensor(images), 64)) == 2  # [N, 1], as Triton's
+
+
+def test_an_input_is_named_as_the_metadata_names_it():
+    with pytest.raises(v2.ProtocolError, match="BYTES input is named 'images'"):
+        v2.single_input({"inputs": [{"name": "x", "datatype": "BYTES"}]})
+    with pytest.raises(v2.ProtocolError, match="FP32 input is named 'input'"):
+        v2.single_input({"inputs": [{"name": "images", "datatype": "FP32"}]})
 
 
 def test_outputs_as_probabilities_or_top_k_strings(predictor):
