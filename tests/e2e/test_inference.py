@@ -249,6 +249,8 @@ def test_v2_json_bytes_are_base64(api, trained):
     assert served["versions"] == [str(epoch)] and answer.json()["model_version"] == str(epoch)
     same = api.post(f"/v2/models/job:{trained['classifier']}/versions/{epoch}/infer", json=body).json()
     assert same["model_version"] == str(epoch) and same["outputs"] == answer.json()["outputs"]
+    wordy = api.get(f"/v2/models/job:{trained['classifier']}/versions/abc")
+    assert wordy.status_code == 404 and "a version is a number" in wordy.json()["error"]
     broken = api.post(f"/v2/models/job:{trained['classifier']}/infer", content=b"{nope")
     assert broken.status_code == 400 and "error" in broken.json()
 

@@ -24,7 +24,7 @@ from service.api.errors import headers_for, status_for
 from service.api.serving import LoadedModel, ModelServer
 from service.core.db import ping
 from service.core.errors import CoreError
-from service.core.references import ResolvedCheckpoint
+from service.core.references import ModelNotFound, ResolvedCheckpoint
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 # Liveness and readiness stay open, as /healthz and /readyz do: orchestrators' probes send no token.
@@ -37,6 +37,11 @@ def _error(message: str, status: int, headers: dict | None = None) -> JSONRespon
 
 
 def _reference(name: str, version: str | None) -> str:
+    if version is not None and not (version.isascii() and version.isdigit()):
+        raise ModelNotFound(
+            f"model {name!r} has no version {version!r}: a version is a number (a registered model's "
+            "version, or for job:<id> one of its epochs)"
+        )
     return f"{name}:{version}" if version else name
 
 
