@@ -170,8 +170,10 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
         timeout=20,
         what="the learning-curve image",
     )
+    exports = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "a.export")]
     browser.find_element(By.ID, "tab-logs").click()
     assert "epoch 3/3: train loss" in text(browser, "#logs") and "succeeded" in text(browser, "#logs")
+    assert [a.text for a in browser.find_elements(By.CSS_SELECTOR, "a.export")] == exports  # the same on both tabs
     browser.find_element(By.ID, "tab-overview").click()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#metrics tbody tr")) == 3
 

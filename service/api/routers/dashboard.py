@@ -137,15 +137,14 @@ def _job_page(
 ) -> HTMLResponse:
     """A job's page (its overview or its logs), with `extra` in its context (a form's error)."""
     job = job_public(job_pages.view(session, job_id=job_id, settings=get_settings()))
-    context = {"job": job, "tab": tab, "exports": EXPORTS, **extra}
+    info = datasets.dataset_info(session, JobSpec.model_validate(job.spec))
+    context = {"job": job, "tab": tab, "exports": EXPORTS, "images": info is not None and info.images, **extra}
     if tab == "logs":
         context["logs"] = job_logs.read(session, job_id=job.id, limit=LOG_LINES_SHOWN)
     else:
-        info = datasets.dataset_info(session, JobSpec.model_validate(job.spec))
         context.update(
             metrics=metric_rows(jobs.get_metrics(session, job_id=job.id)),
             spec_json=json.dumps(job.spec, indent=2),
-            images=info is not None and info.images,
         )
     return templates.TemplateResponse(request, "job.html", context, status_code=status_code)
 
