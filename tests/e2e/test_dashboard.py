@@ -583,3 +583,10 @@ def test_unknown_dashboard_pages_are_its_own_404_page(browser, embedded_stack):
         assert fragment.status_code == 404 and fragment.json()["detail"] == "job 0123456789 not found"
     browser.get(embedded_stack.url + "/ui/jobs/0123456789/nothing/here")
     assert text(browser, "#error-status") == "404 Not Found" and "trainyard" in text(browser, "header")
+
+
+def test_an_unknown_example_is_said_not_silently_replaced(embedded_stack):
+    with embedded_stack.client() as client:
+        page = client.get("/ui/submit", params={"example": "no-such-example"})
+        assert page.status_code == 200 and "there is no example &#39;no-such-example&#39;" in page.text, page.text
+        assert 'id="error"' not in client.get("/ui/submit", params={"example": "lenet"}).text

@@ -191,7 +191,10 @@ def submit_form(request: Request, example: str = "softmax-regression") -> HTMLRe
     names = _examples()
     chosen = example if example in names else (names[0] if names else "")
     spec = EXAMPLES.joinpath(f"{chosen}.json").read_text() if chosen else "{}"
-    return templates.TemplateResponse(request, "submit.html", {"examples": names, "example": chosen, "spec": spec})
+    error = None if example == chosen else f"there is no example {example!r}: showing {chosen}"
+    return templates.TemplateResponse(
+        request, "submit.html", {"examples": names, "example": chosen, "spec": spec, "error": error}
+    )
 
 
 def _describe(exc: Exception, sent=None) -> str:
