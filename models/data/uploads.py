@@ -199,7 +199,27 @@ def _not_a_zip(data: bytes | BinaryIO) -> ArchiveError:
     for magic, what in OTHER_ARCHIVES:
         if head.startswith(magic):
             return ArchiveError(f"the upload is {what}, not a zip archive; {MAKE_A_ZIP}")
+    if _looks_like_csv(head):
+        return ArchiveError(
+            "the upload looks like a CSV file, not a zip archive: zip it (`zip data.zip data.csv`, or "
+            "`zip data.zip train.csv test.csv`) and upload that"
+        )
     return ArchiveError(f"the upload is not a zip archive; {MAKE_A_ZIP}")
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _looks_like_csv(head: bytes) -> bool:
+    """Printable text whose first line has commas: a CSV file sent as it is."""
+    text = head.decode("utf-8", errors="ignore")  # the head may end inside a character
+    first = text.split("\n", 1)[0]
+    return bool(text) and "," in first and all(c.isprintable() or c in "\r\n\t" for c in text)
 
 
 def _decode_members(
@@ -541,7 +561,10 @@ def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
             try:
                 xs.append([float(v) for i, v in enumerate(row) if i != t])
             except ValueError:
-                raise ArchiveError(f"{path} line {line}: feature values must be numbers") from None
+                column, value = next((cols[i], v) for i, v in enumerate(row) if i != t and not _is_number(v))
+                raise ArchiveError(
+                    f"{path} line {line}: feature values must be numbers; column {column!r} holds {value!r}"
+                ) from None
             ys.append(row[t].strip())
         parsed[split] = (np.asarray(xs, dtype=np.float32), ys)
     if not all(np.isfinite(x).all() for x, _ in parsed.values()):

@@ -106,7 +106,7 @@ def test_csv_classification_and_regression():
             "test classes \\['emu'\\] have no training images",
         ),
         ({"d.csv": b"a,b\n1,2\n"}, "exactly one 'label'"),
-        ({"d.csv": b"a,label\nx,1\ny,2\n"}, "line 2: feature values must be numbers"),
+        ({"d.csv": b"a,label\nx,1\ny,2\n"}, "line 2: feature values must be numbers; column 'a' holds 'x'"),
         ({"d.csv": b"a,label\n1,2,3\n"}, "line 2: 3 fields, expected 2"),
     ],
 )
@@ -118,6 +118,8 @@ def test_bad_archives_are_refused_with_the_reason(files, message):
 def test_not_a_zip_and_zip_bombs_are_refused():
     with pytest.raises(ArchiveError, match="^the upload is not a zip archive; trainyard takes zip archives: make one"):
         decode_archive(b"a text file", name="x")
+    with pytest.raises(ArchiveError, match="looks like a CSV file, not a zip archive: zip it"):
+        decode_archive(b"x1,x2,label\n0.5,1.5,cat\n", name="rows")
     whole = zip_bytes({f"{label}/{i}.png": png_bytes(i, seed=i) for label in "ab" for i in range(5)})
     for cut in (whole[: len(whole) // 2], io.BytesIO(whole[: len(whole) // 2])):  # bytes, or a file as uploaded
         with pytest.raises(ArchiveError, match="truncated or damaged .*upload the whole file again"):
