@@ -968,10 +968,11 @@ def dataset_lines(dataset: dict) -> list[str]:
     if dataset["status"] != "ready":  # a large upload: decoded after the answer
         return [f"{called}  {dataset['status']}: poll `trainyard datasets list` until it is ready"]
     shape = "x".join(map(str, dataset["input_shape"]))
+    classes = f", classes {', '.join(dataset['classes'])}" if dataset["classes"] else ""  # none for a regression
     return [
         f"{called}  {dataset['kind']}, {dataset['task']}, {shape}"
         f"{' ' + dataset['color'] if dataset.get('color') else ''}, "
-        f"{dataset['num_train']} train / {dataset['num_test']} test, classes {dataset['classes']}",
+        f"{dataset['num_train']} train / {dataset['num_test']} test{classes}",
         *(f"warning: {warning}" for warning in dataset.get("warnings", [])),
     ]
 

@@ -299,3 +299,21 @@ def test_the_metrics_table_heads_its_best_column_and_an_evaluation_without_mista
         "mistakes": [],
     }
     assert cli_client.evaluation_views(report, "http://x")[-1] == "no mistakes: every test image is right"
+
+
+def test_a_dataset_is_shown_with_its_classes_and_a_regression_set_without():
+    dataset = {
+        "id": "0a1b2c3d-0000-4000-8000-000000000000",
+        "name": "rows",
+        "status": "ready",
+        "kind": "csv",
+        "task": "regression",
+        "input_shape": [3],
+        "classes": None,
+        "num_train": 80,
+        "num_test": 20,
+    }
+    [line] = cli_client.dataset_lines(dataset)
+    assert line.endswith("csv, regression, 3, 80 train / 20 test") and "None" not in line
+    [line] = cli_client.dataset_lines({**dataset, "task": "classification", "classes": ["a", "b"]})
+    assert line.endswith("80 train / 20 test, classes a, b")
