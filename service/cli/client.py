@@ -549,7 +549,11 @@ def jobs_table(page: dict) -> list:
 
 @command(jobs_app, "list")
 def jobs_list(
-    opts: Options, status: Annotated[str | None, typer.Option(help="only jobs in this state")] = None, limit: int = 20
+    opts: Options,
+    status: Annotated[
+        list[str] | None, typer.Option(help="only jobs in this state (give it again for several)")
+    ] = None,
+    limit: int = 20,
 ) -> None:
     """The newest jobs."""
     opts.show(

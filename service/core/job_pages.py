@@ -7,6 +7,7 @@ checkpoints table recorded when each checkpoint was written."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -39,8 +40,8 @@ def view(session: Session, *, job_id: str, settings: Settings) -> JobView:
 
 
 def page(
-    session: Session, *, status: str | None, limit: int, offset: int, settings: Settings
+    session: Session, *, status: Sequence[str] | None, limit: int, offset: int, settings: Settings
 ) -> tuple[list[JobView], int]:
-    """A page of jobs, newest first (optionally of one status), and how many there are in all."""
+    """A page of jobs, newest first (optionally of some statuses), and how many there are in all."""
     found, count = jobs.list_jobs(session, status=status, limit=limit, offset=offset)
     return views(session, found, settings), count

@@ -9,6 +9,7 @@ been handed to a later attempt, the earlier worker can no longer change it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -111,13 +112,13 @@ def get_job_by_idempotency_key(session: Session, *, key: str) -> Job | None:
     return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
 
 
-def list_jobs(session: Session, *, status: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
-    """A page of jobs, newest first, and the total count for the filter."""
+def list_jobs(session: Session, *, status: Sequence[str] | None, limit: int, offset: int) -> tuple[list[Job], int]:
+    """A page of jobs, newest first (of any of the statuses given), and the total count for the filter."""
     query = select(Job)
     count = select(func.count()).select_from(Job)
     if status:
-        query = query.where(Job.status == status)
-        count = count.where(Job.status == status)
+        query = query.where(Job.status.in_(status))
+        count = count.where(Job.status.in_(status))
     query = query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
     jobs = list(session.scalars(query.options(selectinload(Job.checkpoints), selectinload(Job.events))))
     return jobs, session.scalar(count)

@@ -7,6 +7,7 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
+from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
@@ -73,11 +74,17 @@ def submit_job(
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
-    status_filter: Annotated[str | None, Query(alias="status", pattern=STATUS_PATTERN)] = None,
+    status_filter: Annotated[
+        list[Annotated[str, StringConstraints(pattern=STATUS_PATTERN)]] | None,
+        Query(
+            alias="status",
+            description="only jobs in this state; repeat it for several (?status=failed&status=cancelled)",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobsPublic:
-    """Jobs, newest first, optionally filtered by status."""
+    """Jobs, newest first, optionally filtered by status (one or several)."""
     views, count = job_pages.page(session, status=status_filter, limit=limit, offset=offset, settings=settings)
     return JobsPublic(data=jobs_public(views), count=count)
 

@@ -143,8 +143,10 @@ def test_jobs_are_listed_newest_first_paged_and_filtered(api, trained_job):
     assert page["count"] == 4 and [j["id"] for j in page["data"]] == [queued[1], queued[0]]
     assert [j["id"] for j in api.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]] == [trained_job]
     assert api.get("/v1/jobs", params={"status": "queued"}).json()["count"] == 3
-    done = api.get("/v1/jobs", params={"status": "done"})
-    assert locs(done) == [["query", "status"]]
+    both = api.get("/v1/jobs", params=[("status", "succeeded"), ("status", "queued")]).json()
+    assert both["count"] == 4  # several statuses at once: each counts
+    done = api.get("/v1/jobs", params=[("status", "queued"), ("status", "done")])
+    assert locs(done) == [["query", "status", 1]]  # the second one given
     assert done.json()["detail"][0]["msg"] == (
         "should be one of queued, running, succeeded, failed, cancelling, cancelled, pruned; got 'done'"
     )

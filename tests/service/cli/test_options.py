@@ -317,3 +317,17 @@ def test_a_dataset_is_shown_with_its_classes_and_a_regression_set_without():
     assert line.endswith("csv, regression, 3, 80 train / 20 test") and "None" not in line
     [line] = cli_client.dataset_lines({**dataset, "task": "classification", "classes": ["a", "b"]})
     assert line.endswith("80 train / 20 test, classes a, b")
+
+
+def test_jobs_list_asks_for_every_status_given(monkeypatch):
+    asked = []
+
+    def answer(request):
+        asked.append(request.url.params.get_list("status"))
+        return httpx.Response(200, json={"data": [], "count": 0})
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+    result = CliRunner().invoke(cli_main.app, ["jobs", "list", "--status", "failed", "--status", "pruned"])
+    assert result.exit_code == 0, result.output
+    assert asked == [["failed", "pruned"]]
