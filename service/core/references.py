@@ -62,6 +62,16 @@ class ResolvedCheckpoint:
         return f"the checkpoint of epoch {self.epoch} of job {self.job_id}"
 
 
+def _why_none(job: Job) -> str:
+    """Why a finished job that trained epochs holds no checkpoint: retention removed them."""
+    if job.status not in JobStatus.FINAL or not job.epoch:
+        return ""
+    return (
+        f": it trained {job.epoch} epoch(s), whose checkpoints retention removed (TRAINYARD_RETENTION_DAYS "
+        "removes those of jobs finished that long ago that no registered version came from)"
+    )
+
+
 def _resolve_job(session: Session, reference: str, match) -> ResolvedCheckpoint:
     job = jobs.get_job(session, job_id=resolve_id(session, Job, match["id"], kind="job"))
     if job is None:
@@ -73,15 +83,21 @@ def _resolve_job(session: Session, reference: str, match) -> ResolvedCheckpoint:
             kept = sorted(c.epoch for c in job.checkpoints)
             raise ModelNotFound(
                 f"model {reference!r} not found: job {job.id} has no checkpoint for epoch {which}; "
-                + (f"it keeps epochs {', '.join(map(str, kept))}" if kept else "it has none")
-                + ' (the spec\'s "checkpoints": {"keep": ...} says which a job keeps)'
+                + (
+                    f"it keeps epochs {', '.join(map(str, kept))}"
+                    + ' (the spec\'s "checkpoints": {"keep": ...} says which a job keeps)'
+                    if kept
+                    else f"it keeps none{_why_none(job)}"
+                )
             )
     else:
         checkpoint = jobs.best_checkpoint(job) if which == "best" else jobs.last_checkpoint(job)
         checkpoint = checkpoint or jobs.last_checkpoint(job)
     if checkpoint is None:
         finished = job.status in JobStatus.FINAL
-        raise ModelNotReady(f"job {job.id} has no checkpoint{'' if finished else ' yet'} (status {job.status})")
+        raise ModelNotReady(
+            f"job {job.id} has no checkpoint{'' if finished else ' yet'} (status {job.status}){_why_none(job)}"
+        )
     return ResolvedCheckpoint(
         reference=reference,
         file=checkpoint.file,

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text, update
 from models.checkpoint import read_checkpoint
 from models.spec.job import JobSpec
 from service.core import broker, db, embedded_broker, jobs, model_registry, retention
-from service.core.errors import Conflict, NotFound
+from service.core.errors import Conflict, NotFound, NotReady
 from service.core.references import resolve
 from service.core.settings import Settings
 from service.core.storage import StoredFile, get_storage
@@ -96,6 +96,11 @@ def test_retention_removes_old_unregistered_checkpoints_and_keeps_records(servic
     with db.session_scope(write=False) as session:
         job = jobs.require_job(session, job_id=trained_job)
         assert job.checkpoints == [] and len(jobs.get_metrics(session, job_id=trained_job)) == 3
+    with db.session_scope(write=False) as session:  # predict and export say why there is nothing to serve
+        with pytest.raises(NotReady, match="trained 3 epoch\\(s\\), whose checkpoints retention removed"):
+            resolve(session, reference=f"job:{trained_job}", settings=service_env)
+        with pytest.raises(NotFound, match="it keeps none: it trained 3 epoch"):
+            resolve(session, reference=f"job:{trained_job}:2", settings=service_env)
 
 
 def test_retention_spares_a_job_with_a_registered_version_and_is_off_by_default(service_env, trained_job):
