@@ -46,6 +46,8 @@ def test_delete_a_job_while_its_registered_version_stays(stack, client, tmp_path
     assert _predict(client, f"job:{job_id}", tmp_path) == 404
     assert _predict(client, name, tmp_path) == 200  # the version has its own copy
     assert client.get(f"/v1/models/{name}").json()["versions"][0]["job_id"] == job_id
+    page = client.get(f"/ui/models/{name}").text  # the dashboard links no page of a deleted job
+    assert f"{job_id[:8]} (deleted)" in page and f"/ui/jobs/{job_id}" not in page
 
     refused = client.delete(f"/v1/models/{name}/versions/1")
     assert refused.status_code == 409 and "production" in refused.json()["detail"]

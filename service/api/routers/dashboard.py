@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from models.checkpoint import CheckpointError
 from models.inference.formats import FORMATS, INPUTS
@@ -53,7 +54,7 @@ from service.core import (
 from service.core.errors import CoreError, Invalid
 from service.core.references import MODEL_NAME
 from service.core.settings import get_settings
-from service.core.tables import DatasetStatus
+from service.core.tables import DatasetStatus, Job
 
 EXAMPLES = resources.files("service") / "examples"  # package data: found in a checkout and once installed
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
@@ -353,10 +354,12 @@ def _models_page(
         )
         for name in names
     ]
+    sources = {v.job_id for model in models for v in model.versions if v.job_id}
+    kept = set(session.scalars(select(Job.id).where(Job.id.in_(sources)))) if sources else set()
     return templates.TemplateResponse(
         request,
         "models.html",
-        {"models": models, "single": single, "exports": EXPORTS, **extra},
+        {"models": models, "single": single, "exports": EXPORTS, "jobs_kept": kept, **extra},
         status_code=status_code,
     )
 
