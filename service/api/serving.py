@@ -289,7 +289,15 @@ class ModelServer:
         target, loaded = await self.get(reference)
         predictor = loaded.predictor
         if predictor.task != "classification" or not predictor.contract.images:
-            raise Invalid([(("model",), f"model {reference!r} does not classify images; send JSON inputs instead")])
+            raise Invalid(
+                [
+                    (
+                        ("model",),
+                        f"model {reference!r} does not classify images; send its numeric rows as JSON inputs instead "
+                        "(`trainyard predict MODEL --row 1,2,3`)",
+                    )
+                ]
+            )
         if top_k > len(predictor.classes):
             raise Invalid(
                 [(("top_k",), f"top_k is {top_k} but model {reference!r} has {len(predictor.classes)} classes")]

@@ -761,10 +761,17 @@ def workers(opts: Options) -> None:
 
 
 def predictions_table(answer: dict) -> list:
-    table = Table("file", "label", "probability", "top k")
-    for p in answer["predictions"]:
+    """Each file's or row's prediction: a label with its probability and top k, or a value."""
+    predictions = answer["predictions"]
+    if predictions and "value" in predictions[0] and predictions[0]["value"] is not None:  # a regression
+        table = Table("row", "value")
+        for number, p in enumerate(predictions, start=1):
+            table.add_row(str(number), json.dumps(p["value"]) if isinstance(p["value"], list) else f"{p['value']:.6g}")
+        return [table]
+    table = Table("file" if predictions and "filename" in predictions[0] else "row", "label", "probability", "top k")
+    for number, p in enumerate(predictions, start=1):
         table.add_row(
-            p["filename"],
+            p.get("filename") or str(number),
             "not sure" if p.get("below_threshold") else p["label"],
             f"{p['probability']:.3f}",
             ", ".join(f"{t['label']} {t['probability']:.2f}" for t in p["top_k"]),
@@ -772,15 +779,38 @@ def predictions_table(answer: dict) -> list:
     return [table]
 
 
+def _row(text: str) -> list[float]:
+    try:
+        return [float(value) for value in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give numbers separated by commas, e.g. 0.5,1.2,3", param_hint="--row"
+        ) from None
+
+
 @command(top, "predict")
 def predict(
     opts: Options,
     model: str,
-    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
+    files: Annotated[list[Path] | None, typer.Argument(exists=True, dir_okay=False, help="images to classify")] = None,
+    row: Annotated[
+        list[str] | None,
+        typer.Option(help="a numeric model's input row, comma-separated (give it again for more rows)"),
+    ] = None,
     top_k: int = 1,
     threshold: ThresholdOption = None,
 ) -> None:
-    """Classify image files with MODEL (name, name:VERSION, name@ALIAS or job:ID)."""
+    """Classify image files, or predict numeric rows (--row), with MODEL (name, name:VERSION,
+    name@ALIAS or job:ID)."""
+    if bool(files) == bool(row):
+        raise typer.BadParameter("give image files, or --row for a model of numeric inputs", param_hint="FILES")
+    if row:
+        body = {"model": model, "inputs": [_row(r) for r in row], "top_k": top_k}
+        opts.show(
+            opts.call("POST", "/v1/predict", json={**body, **({} if threshold is None else {"threshold": threshold})}),
+            predictions_table,
+        )
+        return
     form = {"model": model, "top_k": str(top_k), **({} if threshold is None else {"threshold": str(threshold)})}
     uploads = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
     opts.show(opts.call("POST", "/v1/predict", data=form, files=uploads), predictions_table)

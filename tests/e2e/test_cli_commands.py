@@ -208,3 +208,26 @@ def test_sweep_follow_prints_the_ranked_sweep(embedded_stack, tmp_path):
     assert sweep["status"] == "succeeded" and len(sweep["jobs"]) == 2
     table = trainyard(embedded_stack, "sweep", str(request), "--follow")
     assert table.returncode == 0 and "optimizer.lr" in table.stdout and "succeeded" in table.stdout
+
+
+def test_predict_takes_numeric_rows_for_a_regression(embedded_stack, tmp_path):
+    spec = tmp_path / "linear.json"
+    body = {
+        "model": {"arch": "linear_regression"},
+        "data": {"dataset": "synthetic-linear", "true_w": [2, -3.4], "true_b": 4.2, "num_examples": 512},
+        "optimizer": {"lr": 0.03},
+        "epochs": 3,
+        "batch_size": 16,
+    }
+    spec.write_text(json.dumps(body))
+    job = trainyard(embedded_stack, "submit", str(spec), "--follow")
+    assert job.returncode == 0, job.stdout + job.stderr
+    job_id = job.stdout.split()[1]
+    rows = trainyard(embedded_stack, "predict", f"job:{job_id}", "--row", "1,1", "--row", "0,0", "--json")
+    assert rows.returncode == 0, rows.stderr
+    values = [p["value"] for p in json.loads(rows.stdout)["predictions"]]
+    assert values == pytest.approx([2 - 3.4 + 4.2, 4.2], abs=0.3)  # y = 2 x1 - 3.4 x2 + 4.2
+    table = trainyard(embedded_stack, "predict", f"job:{job_id}", "--row", "1,1")
+    assert table.returncode == 0 and "value" in table.stdout, table.stdout
+    images = trainyard(embedded_stack, "predict", f"job:{job_id}", str(spec))
+    assert images.returncode != 0 and "--row" in images.stderr, images.stderr

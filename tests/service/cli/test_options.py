@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 
 import httpx
@@ -331,3 +332,25 @@ def test_jobs_list_asks_for_every_status_given(monkeypatch):
     result = CliRunner().invoke(cli_main.app, ["jobs", "list", "--status", "failed", "--status", "pruned"])
     assert result.exit_code == 0, result.output
     assert asked == [["failed", "pruned"]]
+
+
+def test_predict_sends_numeric_rows_as_json_and_shows_their_values(monkeypatch):
+    sent = []
+
+    def answer(request):
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"model": {}, "predictions": [{"value": 1.5}, {"value": -0.25}]})
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+    runner = CliRunner()
+    result = runner.invoke(
+        cli_main.app, ["predict", "job:abcdef", "--row", "1,2", "--row", "3,4.5"], env={"COLUMNS": "120"}
+    )
+    assert result.exit_code == 0, result.output
+    assert sent == [{"model": "job:abcdef", "inputs": [[1.0, 2.0], [3.0, 4.5]], "top_k": 1}]
+    assert "1.5" in result.output and "-0.25" in result.output
+    neither = runner.invoke(cli_main.app, ["predict", "job:abcdef"], env={"COLUMNS": "200"})
+    assert neither.exit_code == cli_client.USAGE and "give image files, or --row" in neither.output
+    wrong = runner.invoke(cli_main.app, ["predict", "job:abcdef", "--row", "1,x"], env={"COLUMNS": "200"})
+    assert wrong.exit_code == cli_client.USAGE and "numbers separated by commas" in wrong.output
