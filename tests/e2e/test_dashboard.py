@@ -590,3 +590,14 @@ def test_an_unknown_example_is_said_not_silently_replaced(embedded_stack):
         page = client.get("/ui/submit", params={"example": "no-such-example"})
         assert page.status_code == 200 and "there is no example &#39;no-such-example&#39;" in page.text, page.text
         assert 'id="error"' not in client.get("/ui/submit", params={"example": "lenet"}).text
+
+
+def test_a_register_form_field_that_does_not_fit_is_said_on_the_page(embedded_stack, unsure_job):
+    with embedded_stack.client() as client:
+        page = client.post(
+            f"/ui/jobs/{unsure_job}/register", data={"name": "form-check", "checkpoint": "best", "threshold": "abc"}
+        )
+        assert page.status_code == 422 and 'id="register-error"' in page.text, page.text[:500]
+        assert "threshold" in page.text.split('id="register-error"')[1][:300]
+        odd = client.post(f"/ui/jobs/{unsure_job}/register", data={"name": "form-check", "checkpoint": "first"})
+        assert odd.status_code == 422 and 'id="register-error"' in odd.text

@@ -251,6 +251,14 @@ def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
     return RedirectResponse("/", status_code=303)
 
 
+def _number(text: str) -> float | str | None:
+    """A form's number: None when left empty, the text itself when it is none (for the error to show)."""
+    try:
+        return float(text) if text.strip() else None
+    except ValueError:
+        return text
+
+
 @actions.post("/ui/jobs/{job_id}/register", response_class=HTMLResponse)
 def register_version(
     job_id: str,
@@ -259,11 +267,12 @@ def register_version(
     settings: SettingsDep,
     server: ModelServerDep,
     name: Annotated[str, Form(max_length=200)],
-    checkpoint: Annotated[Literal["best", "last"], Form()] = "best",
-    threshold: Annotated[float | None, Form(ge=0, le=1)] = None,
+    checkpoint: Annotated[str, Form(max_length=20)] = "best",
+    threshold: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
-    """Register the job's best or last checkpoint as the next version of a model, then show the model."""
-    sent = {"name": name.strip(), "job_id": job_id, "checkpoint": checkpoint, "threshold": threshold}
+    """Register the job's best or last checkpoint as the next version of a model, then show the
+    model; a field that does not fit is said on the job's page, as the model's name is."""
+    sent = {"name": name.strip(), "job_id": job_id, "checkpoint": checkpoint, "threshold": _number(threshold)}
     try:
         body = ModelCreate.model_validate(sent)
         version = model_registry.register(
