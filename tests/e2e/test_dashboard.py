@@ -376,6 +376,9 @@ def test_the_predict_page_says_not_sure_below_the_threshold(embedded_stack):
         sure = client.post("/ui/predict", data={"model": "dashboard-unsure", "threshold": "0"}, files=image)
         assert sure.status_code == 200 and "not sure" not in sure.text.split('id="predict"')[1]
         assert '<span class="label">k' in sure.text
+        for typed in ("abc", "1.5"):  # said on the page, as other mistakes are
+            wrong = client.post("/ui/predict", data={"model": "dashboard-unsure", "threshold": typed}, files=image)
+            assert wrong.status_code == 422 and "threshold: give a number from 0 to 1" in wrong.text, wrong.text[:300]
 
 
 def test_datasets_page_uploads_lists_and_deletes(browser, embedded_stack, tmp_path):

@@ -524,9 +524,15 @@ async def predict(
     model: Annotated[str, Form(max_length=200)],
     files: Annotated[list[UploadFile], File()],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,
-    threshold: Annotated[float | None, Form(ge=0, le=1)] = None,
+    threshold_text: Annotated[str, Form(alias="threshold", max_length=40)] = "",
 ) -> Response:
+    threshold = _number(threshold_text)
     context = {"model": model, "top_k": top_k, "threshold": threshold, "choices": await read(_model_choices)}
+    if isinstance(threshold, str) or (threshold is not None and not 0 <= threshold <= 1):
+        error = (
+            f"threshold: give a number from 0 to 1, or leave it empty for the model's default; got {threshold_text!r}"
+        )
+        return templates.TemplateResponse(request, "predict.html", {**context, "error": error}, status_code=422)
     if len(files) > settings.max_files_per_request:
         error = f"{len(files)} images chosen; at most {settings.max_files_per_request} at a time"
         return templates.TemplateResponse(request, "predict.html", {**context, "error": error}, status_code=422)
