@@ -154,7 +154,7 @@ def test_datasets_upload_and_list(embedded_stack, tmp_path):
     archive = tmp_path / "pets.zip"
     archive.write_bytes(image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2))
     run = trainyard(embedded_stack, "datasets", "upload", str(archive), "--name", "pets")
-    assert run.returncode == 0 and run.stdout.startswith("uploaded:pets  (id ") and "['cat', 'dog']" in run.stdout
+    assert run.returncode == 0 and run.stdout.startswith("uploaded:pets  (id ") and "classes cat, dog" in run.stdout
     assert "1x28x28 grayscale" in run.stdout
     assert "pets" in trainyard(embedded_stack, "datasets", "list").stdout
     shown = trainyard(embedded_stack, "datasets", "show", "pets")

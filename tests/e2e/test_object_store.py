@@ -301,7 +301,7 @@ def test_a_job_on_two_machines_meets_at_a_rendezvous_trains_what_one_trains_and_
             transitions = api.get(f"/v1/jobs/{longer}").json()["transitions"]
             return [t["reason"] for t in transitions if t["from_status"] == "running"]
 
-        wait_until(handed_back, timeout=30, what=f"the leading worker to hand the job back\n{machines.logs()}")
+        wait_until(handed_back, timeout=90, what=f"the leading worker to hand the job back\n{machines.logs()}")
         assert handed_back() == ["worker_stopped"], machines.logs()
         assert len(epochs(api, longer)) < 12  # it did not train on to its end
         machines.workers[joiner].start_worker()

@@ -105,7 +105,8 @@ def test_listing_pages_newest_first(Session):
         assert count == 5 and len(page) == 2
         rest, _ = jobs.list_jobs(session, status=None, limit=10, offset=2)
         assert len(rest) == 3 and {j.id for j in page + rest} == set(ids)
-        assert jobs.list_jobs(session, status="running", limit=10, offset=0)[1] == 0
+        assert jobs.list_jobs(session, status=["running"], limit=10, offset=0)[1] == 0
+        assert jobs.list_jobs(session, status=["running", "queued"], limit=10, offset=0)[1] == 5
         assert session.scalar(select(func.count()).select_from(EpochMetric)) == 0
 
 
