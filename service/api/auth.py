@@ -1,13 +1,19 @@
-"""Token authentication: a bearer token for the /v1 and /v2 routes, the same tokens in a cookie for
-the dashboard's pages (asked for once at /ui/login)."""
+"""Token authentication: a bearer token for the /v1 and /v2 routes; for the dashboard's pages, a
+session cookie given at /ui/login for one of the same tokens.
+
+The cookie does not hold the token: it holds when it expires and an HMAC of that keyed by the
+token's digest. A stolen cookie opens the pages until it expires but is no API token, and removing
+a token from TRAINYARD_API_TOKENS ends its sessions."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,7 +24,8 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # A route's openapi_extra that marks a POST which changes nothing (a predict, an inference): a
 # read-only token may call it, as a serving client holds one.
 READS_ONLY = {"x-reads-only": True}
-COOKIE = "trainyard_token"
+COOKIE = "trainyard_session"
+SESSION_SECONDS = 7 * 24 * 3600
 READ_ONLY = "this token may only read"
 _bearer = HTTPBearer(auto_error=False, description="An API token from TRAINYARD_API_TOKENS")
 
@@ -45,6 +52,29 @@ class TokenTable:
             if hmac.compare_digest(known, digest):
                 found = found or "ro"
         return found
+
+    def session_access(self, cookie: str, *, now: float | None = None) -> str | None:
+        """'rw', 'ro' or None for a session cookie (see session_cookie): None once it has expired
+        or when no configured token signed it."""
+        expires, _, signature = cookie.partition(".")
+        if not expires.isdigit() or int(expires) <= (time.time() if now is None else now):
+            return None
+        found = None
+        for access, digests in (("rw", self.read_write), ("ro", self.read_only)):
+            for known in digests:
+                if hmac.compare_digest(_session_signature(known, expires), signature):
+                    found = found or access
+        return found
+
+
+def session_cookie(token: str, *, now: float | None = None) -> str:
+    """A session cookie's value for `token`: `<expiry>.<signature>`, valid for SESSION_SECONDS."""
+    expires = str(int(time.time() if now is None else now) + SESSION_SECONDS)
+    return f"{expires}.{_session_signature(_digest(token), expires)}"
+
+
+def _session_signature(digest: bytes, expires: str) -> str:
+    return hmac.new(digest, f"trainyard-session:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
 def _digest(token: str) -> bytes:
@@ -94,13 +124,18 @@ def _reads_only(request: Request) -> bool:
 
 
 def _cookie_access(request: Request) -> str:
-    """'rw' or 'ro' by the cookie's token (open: 'rw'); without a valid one, to the login form."""
+    """'rw' or 'ro' by the session cookie (open: 'rw'); without a valid one, to the login form, which
+    comes back to a page asked for (not to a fragment or an action, which a page's script or form sent)."""
     table = token_table()
     if not table.enabled:
         return "rw"
-    access = table.lookup(request.cookies.get(COOKIE, ""))
+    access = table.session_access(request.cookies.get(COOKIE, ""))
     if access is None:
-        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": "/ui/login"})
+        login = "/ui/login"
+        if request.method == "GET" and not request.url.path.startswith("/ui/fragments/"):
+            asked = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            login += "?" + urlencode({"next": asked})
+        raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": login})
     return access
 
 

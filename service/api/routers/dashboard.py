@@ -29,7 +29,7 @@ from models.spec.explain import input_loc
 from models.spec.job import JobSpec
 from models.spec.sweeps import short_value
 from service.api import plots
-from service.api.auth import COOKIE, page_editor, page_viewer, token_table
+from service.api.auth import COOKIE, SESSION_SECONDS, page_editor, page_viewer, session_cookie, token_table
 from service.api.deps import EvaluationsDep, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.errors import headers_for, status_for
 from service.api.schemas.datasets import DatasetPublic
@@ -59,6 +59,7 @@ from service.core.tables import DatasetStatus, Job
 EXAMPLES = resources.files("service") / "examples"  # package data: found in a checkout and once installed
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
 templates.env.filters["short_value"] = short_value
+templates.env.globals["tokens_required"] = lambda: token_table().enabled
 
 
 def error_page(request: Request, status_code: int, message: str, headers: dict | None = None) -> HTMLResponse:
@@ -95,20 +96,54 @@ actions = APIRouter(dependencies=[Depends(page_editor)], include_in_schema=False
 
 
 @router.get("/ui/login", response_class=HTMLResponse)
-def login_form(request: Request) -> HTMLResponse:
-    return HTMLResponse(
-        '<form method="post" style="margin:40px;font:14px sans-serif">API token '
-        '<input type="password" name="token"> <button>sign in</button></form>'
-    )
+def login_form(request: Request, next: str = "/") -> Response:
+    if not token_table().enabled:
+        return RedirectResponse(_local(next), status_code=303)
+    return _login_page(request, next=next)
 
 
 @router.post("/ui/login")
-def login(token: Annotated[str, Form(max_length=500)]) -> RedirectResponse:
-    if token_table().lookup(token) is None:
-        return RedirectResponse("/ui/login", status_code=303)
-    response = RedirectResponse("/", status_code=303)
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+def login(
+    request: Request,
+    token: Annotated[str, Form(max_length=500)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+) -> Response:
+    """A valid token gives a session cookie (service/api/auth.py) and goes on to `next`; a wrong or
+    empty one is the form again, saying so."""
+    if not token_table().enabled:
+        return RedirectResponse(_local(next), status_code=303)
+    if not token.strip():
+        return _login_page(request, next=next, message="enter an API token", status_code=400)
+    if token_table().lookup(token.strip()) is None:
+        message = "that is not one of this service's API tokens (TRAINYARD_API_TOKENS)"
+        return _login_page(request, next=next, message=message, status_code=401)
+    response = RedirectResponse(_local(next), status_code=303)
+    response.set_cookie(
+        COOKIE,
+        session_cookie(token.strip()),
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
     return response
+
+
+@router.post("/ui/logout")
+def logout() -> RedirectResponse:
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, httponly=True, samesite="strict")
+    return response
+
+
+def _login_page(request: Request, *, next: str, message: str = "", status_code: int = 200) -> HTMLResponse:
+    context = {"next": _local(next), "message": message}
+    return templates.TemplateResponse(request, "login.html", context, status_code=status_code)
+
+
+def _local(path: str) -> str:
+    """`path` if it is a page of this service, else the job list: the login form sends no one elsewhere."""
+    return path if path.startswith("/") and not path.startswith(("//", "/\\")) else "/"
 
 
 def _jobs(session, limit: int = 100) -> dict:

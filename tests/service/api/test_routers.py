@@ -85,6 +85,43 @@ def test_a_read_token_reads_and_may_not_write(guarded):
     assert guarded.get("/v1/jobs", headers=bearer("read")).json()["count"] == 1
 
 
+def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
+    from service.api.auth import COOKIE, SESSION_SECONDS, parse_tokens, session_cookie
+
+    asked = guarded.get("/ui/models?sort=name", follow_redirects=False)
+    assert asked.status_code == 303 and asked.headers["location"] == "/ui/login?next=%2Fui%2Fmodels%3Fsort%3Dname"
+    assert guarded.get("/ui/fragments/jobs", follow_redirects=False).headers["location"] == "/ui/login"
+    wrong = guarded.post("/ui/login", data={"token": "nope", "next": "/ui/models"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "not one of this service&#39;s API tokens" in wrong.text
+    assert 'name="next" value="/ui/models"' in wrong.text and COOKIE not in wrong.cookies
+    empty = guarded.post("/ui/login", data={"token": " "}, follow_redirects=False)
+    assert empty.status_code == 400 and "enter an API token" in empty.text
+    signed = guarded.post("/ui/login", data={"token": TOKENS["read"], "next": "/ui/models"}, follow_redirects=False)
+    assert signed.status_code == 303 and signed.headers["location"] == "/ui/models"
+    session = signed.cookies[COOKIE]
+    assert TOKENS["read"] not in session and "HttpOnly" in signed.headers["set-cookie"]
+    assert f"Max-Age={SESSION_SECONDS}" in signed.headers["set-cookie"]
+    page = guarded.get("/ui/models")  # the client keeps the cookie, as a browser does
+    assert page.status_code == 200 and 'id="sign-out"' in page.text
+    refused = guarded.post("/ui/submit", data={"spec": "{}"}, follow_redirects=False)
+    assert refused.status_code == 403  # a read-only session
+    for stale in (TOKENS["read"], session_cookie(TOKENS["read"], now=0), "9999999999.00", ""):
+        guarded.cookies.set(COOKIE, stale)
+        assert guarded.get("/", follow_redirects=False).status_code == 303, stale
+    assert parse_tokens(TOKENS["write"]).session_access(session) is None  # a token taken away ends its sessions
+    elsewhere = guarded.post(
+        "/ui/login", data={"token": TOKENS["write"], "next": "//evil.example/"}, follow_redirects=False
+    )
+    assert elsewhere.headers["location"] == "/"
+    out = guarded.post("/ui/logout", follow_redirects=False)
+    assert out.headers["location"] == "/ui/login" and 'trainyard_session=""' in out.headers["set-cookie"]
+
+
+def test_without_tokens_the_login_form_leads_on(api):
+    assert api.get("/ui/login?next=/ui/models", follow_redirects=False).headers["location"] == "/ui/models"
+    assert 'id="sign-out"' not in api.get("/ui/models").text
+
+
 # --- health -------------------------------------------------------------------------------------------
 
 
