@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,36 @@ def checked(response: httpx.Response) -> dict:
     if isinstance(detail, list):
         detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in detail)
     raise Failure(f"{response.status_code} {detail}", exit_code_for(response.status_code))
+
+
+# A submission may have reached the service when its answer is lost; with the same Idempotency-Key
+# the service answers a retry with what the first made, so these are retried.
+RESUBMIT_AFTER = (httpx.ReadError, httpx.ReadTimeout, httpx.WriteError, httpx.RemoteProtocolError)
+RESUBMIT_STATUSES = (502, 503, 504)
+RESUBMIT_WAITS = (1.0, 2.0, 4.0)
+IdempotencyKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--idempotency-key",
+        help="the same key sent again answers what it first made instead of making another (a script's "
+        "rerun); default: a new key, with which this command retries a submission whose answer was lost",
+    ),
+]
+
+
+def submit_once(api: httpx.Client, path: str, body, *, key: str | None) -> dict:
+    """POST a submission under an Idempotency-Key, retried while its answer is lost or the service
+    is briefly unavailable: it makes one thing however often it is sent."""
+    headers = {"Idempotency-Key": key or f"cli-{uuid.uuid4()}"}
+    for wait in RESUBMIT_WAITS:
+        try:
+            answer = api.post(path, json=body, headers=headers)
+        except RESUBMIT_AFTER:
+            answer = None
+        if answer is not None and answer.status_code not in RESUBMIT_STATUSES:
+            return checked(answer)
+        time.sleep(wait)
+    return checked(api.post(path, json=body, headers=headers))  # the last try: what it meets is the answer
 
 
 def read_json(path: Path):
@@ -392,11 +423,12 @@ def submit(
     opts: Options,
     spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a job spec (JSON)")],
     follow_job: Annotated[bool, typer.Option("--follow", "-f", help="wait until it ends, showing progress")] = False,
+    idempotency_key: IdempotencyKeyOption = None,
 ) -> None:
     """Submit a job spec; with --follow, exit 1 unless it succeeds."""
     body = read_json(spec)
     with opts.client() as api:
-        job = checked(api.post("/v1/jobs", json=body))
+        job = submit_once(api, "/v1/jobs", body, key=idempotency_key)
         if job.get("waiting_reason"):
             err.print(f"[yellow]warning: {job.get('waiting_detail') or job['waiting_reason']}[/yellow]")
         finish(api, job, follow_job=follow_job, as_json=opts.as_json)
@@ -462,12 +494,13 @@ def sweep(
     opts: Options,
     spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a sweep request (JSON)")],
     follow_sweep: Annotated[bool, typer.Option("--follow", "-f", help="a live table until it ends")] = False,
+    idempotency_key: IdempotencyKeyOption = None,
 ) -> None:
     """Submit a sweep (a base spec and a grid or random draws); with --follow, exit 1 unless every
     job succeeds."""
     body = read_json(spec)
     with opts.client() as api:
-        current = checked(api.post("/v1/sweeps", json=body))
+        current = submit_once(api, "/v1/sweeps", body, key=idempotency_key)
         if follow_sweep:
             current = follow_sweep_live(opts, api, current)
     opts.show(current, lambda s: () if follow_sweep else [f"sweep {s['id']} {s['status']}: {s['trials']} trials"])

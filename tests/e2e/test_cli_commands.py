@@ -99,10 +99,12 @@ def test_scripts_get_json_and_exit_codes(embedded_stack, tmp_path):
     good.write_text(json.dumps({**SOFTMAX_SPEC, "epochs": 1, "name": "json-ok"}))
     bad.write_text(json.dumps({**SOFTMAX_SPEC, "epochs": 1, "data": {"dataset": "mnist"}}))
 
-    succeeded = trainyard(embedded_stack, "submit", str(good), "--follow", "--json")
+    succeeded = trainyard(embedded_stack, "submit", str(good), "--follow", "--json", "--idempotency-key", "json-ok-1")
     assert succeeded.returncode == 0, succeeded.stderr
     job = json.loads(succeeded.stdout)
     assert job["status"] == "succeeded" and job["epoch"] == 1
+    again = trainyard(embedded_stack, "submit", str(good), "--json", "--idempotency-key", "json-ok-1")
+    assert again.returncode == 0 and json.loads(again.stdout)["id"] == job["id"]  # a rerun makes no second job
     failed = trainyard(embedded_stack, "submit", str(bad), "--follow", "--json")
     assert failed.returncode == 1 and json.loads(failed.stdout)["reason"] == "invalid_data"
     waited = trainyard(embedded_stack, "jobs", "wait", job["id"], "--json")

@@ -354,3 +354,42 @@ def test_predict_sends_numeric_rows_as_json_and_shows_their_values(monkeypatch):
     assert neither.exit_code == cli_client.USAGE and "give image files, or --row" in neither.output
     wrong = runner.invoke(cli_main.app, ["predict", "job:abcdef", "--row", "1,x"], env={"COLUMNS": "200"})
     assert wrong.exit_code == cli_client.USAGE and "numbers separated by commas" in wrong.output
+
+
+def test_a_submission_whose_answer_is_lost_is_sent_again_under_the_same_key(monkeypatch, tmp_path):
+    sent = []
+
+    def answer(request):
+        sent.append(request.headers.get("idempotency-key"))
+        if len(sent) == 1:
+            raise httpx.ReadTimeout("no answer", request=request)
+        if len(sent) == 2:
+            return httpx.Response(503, json={"detail": "the database is unavailable"})
+        return httpx.Response(202, json={"id": "75190f2c", "status": "queued"})
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+    monkeypatch.setattr(cli_client, "RESUBMIT_WAITS", (0, 0, 0))
+    spec = tmp_path / "job.json"
+    spec.write_text("{}")
+    result = CliRunner().invoke(cli_main.app, ["submit", str(spec), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["id"] == "75190f2c", result.output
+    assert len(sent) == 3 and sent[0].startswith("cli-") and len(set(sent)) == 1
+    sent.clear()
+    result = CliRunner().invoke(cli_main.app, ["sweep", str(spec), "--idempotency-key", "nightly-7", "--json"])
+    assert sent == ["nightly-7"] * 3, result.output
+
+
+def test_a_submission_refused_is_not_sent_again(monkeypatch, tmp_path):
+    sent = []
+
+    def answer(request):
+        sent.append(request)
+        return httpx.Response(422, json={"detail": [{"loc": ["body", "epochs"], "msg": "Field required"}]})
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+    spec = tmp_path / "job.json"
+    spec.write_text("{}")
+    result = CliRunner().invoke(cli_main.app, ["submit", str(spec)])
+    assert len(sent) == 1 and "epochs: Field required" in str(result.exception)
