@@ -1040,6 +1040,7 @@ def dataset_lines(dataset: dict) -> list[str]:
         f"{called}  {dataset['kind']}, {dataset['task']}, {shape}"
         f"{' ' + dataset['color'] if dataset.get('color') else ''}, "
         f"{dataset['num_train']} train / {dataset['num_test']} test{classes}",
+        *([f"features (a --row's order): {', '.join(dataset['columns'])}"] if dataset.get("columns") else []),
         *(f"warning: {warning}" for warning in dataset.get("warnings", [])),
     ]
 

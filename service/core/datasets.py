@@ -139,6 +139,7 @@ def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadO
     record.status, record.error = DatasetStatus.READY, None
     record.kind, record.task, record.color = decoded.kind, dataset.task, decoded.color
     record.classes = list(dataset.classes) if dataset.classes else None
+    record.columns = list(dataset.contract.columns) if dataset.contract.columns else None
     record.input_shape, record.warnings = list(dataset.input_shape), decoded.warnings or None
     record.num_train, record.num_test = len(dataset.x_train), len(dataset.x_test)
     record.checksum, record.size_bytes, record.file_sha256 = dataset.checksum, stored.size, stored.sha256

@@ -247,6 +247,7 @@ class StoredDataset(Base):
     task: Mapped[str | None] = mapped_column(String(20))
     classes: Mapped[list | None] = mapped_column(JSON)
     input_shape: Mapped[list | None] = mapped_column(JSON)
+    columns: Mapped[list | None] = mapped_column(JSON)  # a CSV's feature columns, in the order models take them
     color: Mapped[str | None] = mapped_column(String(20))  # rgb | grayscale for images
     warnings: Mapped[list | None] = mapped_column(JSON)
     num_train: Mapped[int | None] = mapped_column(Integer)

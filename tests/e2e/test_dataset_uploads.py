@@ -89,7 +89,9 @@ def test_csv_regression_dataset_trains(stack, client):
         f"{i / 100},{(i % 7) / 7},{3 * i / 100 - 2 * (i % 7) / 7 + 1}\n" for i in range(200)
     )
     dataset = upload(client, zip_bytes({"table.csv": rows.encode()}), test_fraction=0.2).json()
-    assert dataset["task"] == "regression" and dataset["input_shape"] == [2]
+    assert dataset["task"] == "regression" and dataset["input_shape"] == [2] and dataset["columns"] == ["x1", "x2"]
+    page = client.get(f"/ui/datasets/{dataset['id']}")
+    assert '<p id="columns">x1, x2</p>' in page.text, page.text
     spec = {
         "model": {"arch": "linear_regression"},
         "data": {"dataset": f"uploaded:{dataset['id']}"},

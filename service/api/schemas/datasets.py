@@ -18,6 +18,7 @@ class DatasetPublic(BaseModel):
     task: str | None
     classes: list[str] | None
     input_shape: list[int] | None
+    columns: list[str] | None = None  # a CSV's feature columns: the order a numeric row to predict takes
     color: str | None = None
     warnings: list[str] = []
     num_train: int | None

@@ -318,6 +318,8 @@ def test_a_dataset_is_shown_with_its_classes_and_a_regression_set_without():
     assert line.endswith("csv, regression, 3, 80 train / 20 test") and "None" not in line
     [line] = cli_client.dataset_lines({**dataset, "task": "classification", "classes": ["a", "b"]})
     assert line.endswith("80 train / 20 test, classes a, b")
+    shown, columns = cli_client.dataset_lines({**dataset, "columns": ["age", "height", "weight"]})
+    assert columns == "features (a --row's order): age, height, weight"
 
 
 def test_jobs_list_asks_for_every_status_given(monkeypatch):
