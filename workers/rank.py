@@ -245,7 +245,7 @@ def train(job_id: str, attempt: int, spec: JobSpec, resumed_by_user: bool, ranks
 
 
 def main(job_id: str, attempt: str, folder_path: str) -> int:
-    from workers.runner import failure_of, said_in_full
+    from workers.runner import JobFault, failure_of
 
     ranks = Ranks.from_environment()
     if ranks is None:
@@ -267,22 +267,19 @@ def main(job_id: str, attempt: str, folder_path: str) -> int:
         return 1
     except Exception as exc:
         if is_timeout(exc):
-            reason, error = (
+            fault = JobFault(
                 "collective_timeout",
-                (
-                    f"rank {ranks.rank} waited longer than TRAINYARD_DISTRIBUTED_TIMEOUT_SECONDS "
-                    f"({get_settings().distributed_timeout_seconds:g} s) for the other processes: one of them hung "
-                    f"({str(exc).strip().splitlines()[0]})"
-                ),
+                f"rank {ranks.rank} waited longer than TRAINYARD_DISTRIBUTED_TIMEOUT_SECONDS "
+                f"({get_settings().distributed_timeout_seconds:g} s) for the other processes: one of them hung "
+                f"({str(exc).strip().splitlines()[0]})",
             )
         elif is_group_broken(exc):
             log.warning("rank %d: another process of the job went away (%s)", ranks.rank, exc)
             return 1  # torchrun starts the group again, or the worker gives the job back
         else:
-            reason, error = failure_of(exc)
-        said = is_timeout(exc) or said_in_full(exc)
-        log.error("rank %d failed (%s): %s", ranks.rank, reason, error, exc_info=not said)
-        folder.write_outcome({"failed": {"reason": reason, "error": error}})
+            fault = failure_of(exc)
+        log.error("rank %d failed (%s): %s", ranks.rank, fault.reason, fault.message, exc_info=fault.traceback_helps)
+        folder.write_outcome({"failed": {"reason": fault.reason, "error": fault.message}})
         return 1
     finally:
         ranks.stop()

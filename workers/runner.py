@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from typing import NamedTuple
 
 import torch
 import torchvision
@@ -398,49 +399,50 @@ STOP_OUTCOMES = {
 }
 
 
-def failure_of(exc: BaseException) -> tuple[str, str]:
-    """Map an exception to a (reason, message) pair for the job record: the message says what
-    went wrong in the job's terms, so only an internal error's log needs its traceback."""
+class JobFault(NamedTuple):
+    """What a failed job's record says: its reason, a message in the job's terms, and whether its
+    log should add the traceback: only where the message cannot say all there is (an internal
+    error, a system error that names no file), for whoever reports it."""
+
+    reason: str
+    message: str
+    traceback_helps: bool = False
+
+
+def failure_of(exc: BaseException) -> JobFault:
+    """The job's fault `exc` is: its data, weights, spec, memory or a file it names say all in a
+    message; anything else keeps its traceback."""
     if isinstance(exc, (DatasetError, MissingWeights, UnsafeWeights, StorageError)):
-        return exc.reason, str(exc)
+        return JobFault(exc.reason, str(exc))
     if isinstance(exc, CheckpointError):
-        return "checkpoint_error", str(exc)
+        return JobFault("checkpoint_error", str(exc))
     if is_out_of_memory(exc):
         budget = get_settings().max_job_memory
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return "out_of_memory", (
+        return JobFault(
+            "out_of_memory",
             f"the job needed more memory than its budget of {human_bytes(budget)} "
             f"(TRAINYARD_MAX_JOB_MEMORY) allows: {detail}; lower batch_size or the model's "
-            "size, or raise the budget"
+            "size, or raise the budget",
         )
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "storage_error", (
+        return JobFault(
+            "storage_error",
             f"No space left on device: cannot save to {get_settings().checkpoint_dir}; "
-            "the checkpoints saved before are intact: free space, then resume the job"
+            "the checkpoints saved before are intact: free space, then resume the job",
         )
     if isinstance(exc, OSError) and exc.filename:
-        return "storage_error", f"cannot write {exc.filename}: {exc.strerror}"
+        return JobFault("storage_error", f"cannot write {exc.filename}: {exc.strerror}")
     if isinstance(exc, OSError):
-        return "storage_error", f"storage failed: {exc}"
+        return JobFault("storage_error", f"storage failed: {exc}", traceback_helps=True)
     if isinstance(exc, torch.OutOfMemoryError):
-        return "out_of_memory", str(exc).splitlines()[0]
+        return JobFault("out_of_memory", str(exc).splitlines()[0])
     if isinstance(exc, TrainingError):
-        return exc.reason, str(exc)
-    return INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+        return JobFault(exc.reason, str(exc))
+    return JobFault(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", traceback_helps=True)
 
 
 INTERNAL_ERROR = "internal_error"
-
-
-def said_in_full(exc: BaseException) -> bool:
-    """Whether failure_of's message says all there is to say of `exc` (the job's data, weights,
-    spec or memory, or a file it names), so that its log needs no traceback; any other failure
-    keeps one, for whoever reports it."""
-    if isinstance(exc, (DatasetError, MissingWeights, UnsafeWeights, StorageError, CheckpointError, TrainingError)):
-        return True
-    if is_out_of_memory(exc) or isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or bool(exc.filename))
 
 
 def fetch_initial_weights(spec: JobSpec) -> dict[str, torch.Tensor] | None:
@@ -568,9 +570,9 @@ def _train(job_id: str, claim: jobs.Claim, job_log: JobLogCapture) -> str | None
         except jobs.LeaseLost:
             control.lost.set()
         except Exception as exc:
-            reason, error = failure_of(exc)
+            reason, error, traceback_helps = failure_of(exc)
             status = JobStatus.FAILED
-            log.error("job %s failed (%s): %s", job_id, reason, error, exc_info=not said_in_full(exc))
+            log.error("job %s failed (%s): %s", job_id, reason, error, exc_info=traceback_helps)
     if control.lost.is_set():
         log.warning("job %s attempt %s gave the job up to a later attempt", job_id, claim.attempt)
         return None
