@@ -35,7 +35,7 @@ from models.training.distributed import Ranks
 from models.training.engine import Callbacks, Limits, TrainingError, fit, resolve_device
 from service.core import jobs, sweeps
 from service.core.background import stop_when_orphaned
-from service.core.settings import get_settings
+from service.core.settings import Settings, get_settings
 from service.core.storage import StorageUnavailable
 from workers.memory import memory_budget
 
@@ -149,6 +149,16 @@ def is_group_broken(exc: BaseException) -> bool:
     )
 
 
+def rank_limits(settings: Settings, ranks: Ranks) -> Limits:
+    """The worker's limits for the job, its memory shared by the job's processes on this machine
+    (as admission counts them)."""
+    return Limits(
+        max_parameters=settings.max_parameters,
+        max_bytes=settings.max_job_memory,
+        processes_here=int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size)),
+    )
+
+
 def local_device(spec: JobSpec, ranks: Ranks) -> torch.device:
     """Each rank's device: a GPU of its own on CUDA (an auto job takes the GPUs when there are
     enough for every rank on the machine, else the CPU)."""
@@ -215,9 +225,8 @@ def train(job_id: str, attempt: int, spec: JobSpec, resumed_by_user: bool, ranks
                 "ranks": places,
             }
         }
-    limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
-    on_this_machine = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
-    with contextlib.ExitStack() as held, memory_budget(settings.max_job_memory // on_this_machine):
+    limits = rank_limits(settings, ranks)
+    with contextlib.ExitStack() as held, memory_budget(limits.process_bytes):
         result = fit(
             spec,
             callbacks,

@@ -50,6 +50,13 @@ class Limits:
 
     max_parameters: int
     max_bytes: int
+    processes_here: int = 1  # a distributed job's processes on this machine, which share max_bytes
+
+    @property
+    def process_bytes(self) -> int:
+        """This process's share of the memory budget: each of a distributed job's processes runs
+        under it (workers/rank.py) and computes every row's frozen features."""
+        return self.max_bytes // self.processes_here
 
 
 @dataclass
@@ -181,15 +188,6 @@ class TrainingRun:
         self.elapsed_before = run.get("elapsed", 0.0)
         self.folds = list(run.get("folds", []))
         self.start = state.position
-
-
-def _process_budget(run: TrainingRun) -> int | None:
-    """The memory budget of this process: a distributed job's processes on one machine share its
-    worker's (as admission counts them), and each computes every row's frozen features."""
-    if run.limits is None:
-        return None
-    distributed = run.spec.distributed
-    return run.limits.max_bytes // (distributed.nproc_per_node if distributed else 1)
 
 
 class Callbacks:
@@ -623,7 +621,7 @@ def _epoch(
         and set_frozen(pretrained, spec.model, epoch, run.features)
         and augmenter is None
         and not spec.compile
-        and features_fit(pretrained, ds, _process_budget(run), run.ranks)
+        and features_fit(pretrained, ds, run.limits and run.limits.process_bytes, run.ranks)
     ):
         # The frozen backbone maps each image to the same features every epoch: compute them once
         # and train the head alone on them, so later epochs cost only the head.

@@ -135,17 +135,16 @@ def test_the_ranks_agree_whether_frozen_features_fit(tmp_path):
     assert said == ["True False", "False False"]  # rank 0 alone would have computed them
 
 
-def test_each_process_weighs_frozen_features_against_its_share_of_the_budget():
-    """The worker's budget is split among its machine's processes (workers/rank.py), and each of
-    them computes every row's features: they must fit the share, not the whole."""
-    from types import SimpleNamespace
+def test_each_process_runs_under_its_share_of_the_budget(monkeypatch):
+    """The worker's budget is split among its machine's processes, as admission counts them: each
+    runs under its share (workers/rank.py) and weighs its frozen features against it."""
+    from models.training.distributed import Ranks
+    from service.core.settings import Settings
+    from workers.rank import rank_limits
 
-    from models.spec.job import JobSpec
-    from models.training.engine import Limits, _process_budget
-
-    limits = Limits(max_parameters=10**9, max_bytes=4_000_000)
-    alone = JobSpec.model_validate(SPEC)
-    shared = JobSpec.model_validate({**SPEC, "distributed": {"nproc_per_node": 4}})
-    assert _process_budget(SimpleNamespace(limits=limits, spec=alone)) == 4_000_000
-    assert _process_budget(SimpleNamespace(limits=limits, spec=shared)) == 1_000_000
-    assert _process_budget(SimpleNamespace(limits=None, spec=shared)) is None
+    settings = Settings(max_job_memory=4 * 2**30)
+    four = Ranks(rank=5, local_rank=1, world_size=8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # two machines of four processes
+    assert rank_limits(settings, four).process_bytes == 2**30
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert rank_limits(settings, four).process_bytes == 2**29  # all of them here
