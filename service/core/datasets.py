@@ -435,18 +435,19 @@ def delete_dataset(session: Session, *, dataset_id: str, settings: Settings, for
     files go after the commit."""
     record = require_dataset(session, dataset_id=dataset_id)
     dataset_id = record.id
-    reference = f"uploaded:{dataset_id}"
-    active = session.scalars(select(Job).where(Job.status.in_((JobStatus.QUEUED, *JobStatus.ACTIVE))))
-    users = [job.id for job in active if job.spec.get("data", {}).get("dataset") == reference]
+    # Specs are stored with the dataset's id (uploaded:<id>), whatever name they were sent with.
+    using = session.scalars(
+        select(Job).where(
+            Job.spec["data"]["dataset"].as_string() == f"uploaded:{dataset_id}", Job.status != JobStatus.SUCCEEDED
+        )
+    ).all()
+    users = [job.id for job in using if job.status in (JobStatus.QUEUED, *JobStatus.ACTIVE)]
     if users:
         raise DatasetInUse(f"dataset {dataset_id} is used by unfinished job(s) {', '.join(users)}")
-    stopped = session.scalars(
-        select(Job).where(Job.status.not_in((JobStatus.SUCCEEDED, JobStatus.QUEUED, *JobStatus.ACTIVE)))
-    )
     resumable = [
         job.id
-        for job in stopped
-        if job.spec.get("data", {}).get("dataset") == reference and jobs.resume_state(job) is not None
+        for job in using
+        if job.status not in (JobStatus.QUEUED, *JobStatus.ACTIVE) and jobs.resume_state(job) is not None
     ]
     if resumable and not force:
         raise DatasetInUse(

@@ -12,7 +12,7 @@ from service.core import datasets, db, submission
 from service.core.errors import Invalid
 from service.core.storage import StorageUnavailable
 from service.core.storage.cache import file_sha256
-from service.core.tables import DatasetStatus, StoredDataset
+from service.core.tables import DatasetStatus, Job, JobStatus, StoredDataset
 from tests.support.datagen import image_folder_zip
 
 
@@ -24,7 +24,8 @@ def accept(settings, data: bytes) -> str:
 def record(dataset_id: str) -> StoredDataset:
     with db.session_scope(write=False) as session:
         found = session.get(StoredDataset, dataset_id)
-        session.expunge(found)
+        if found is not None:
+            session.expunge(found)
         return found
 
 
@@ -232,3 +233,46 @@ def test_a_kept_upload_waits_in_the_store_and_a_stopped_store_keeps_nothing(s3_h
     with db.session_scope(write=False) as session:
         assert [d.id for d in datasets.list_datasets(session)] == [dataset_id]
     assert not list((s3_home.object_cache_dir / "tmp").iterdir())
+
+
+def test_a_dataset_in_use_is_found_by_its_jobs_specs_on_either_database(service_env_on):
+    """The jobs that use a dataset are found in SQL, by the path data.dataset of their stored spec."""
+    archive = image_folder_zip(["a", "b"], per_class=6, test_per_class=2)
+    with db.session_scope() as session:
+        kept = datasets.store_upload(
+            session, data=archive, name="used", options=datasets.UploadOptions(), settings=service_env_on
+        ).id
+        other = datasets.store_upload(
+            session, data=archive, name="other", options=datasets.UploadOptions(), settings=service_env_on
+        ).id
+
+    def job(status: str, dataset_id: str, resume_state: dict | None = None) -> str:
+        with db.session_scope() as session:
+            row = Job(
+                spec={"data": {"dataset": f"uploaded:{dataset_id}"}, "epochs": 1},
+                task="classification",
+                epochs=1,
+                status=status,
+                resume_state=resume_state,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def delete(dataset_id: str, force: bool = False) -> None:
+        with db.session_scope() as session:
+            datasets.delete_dataset(session, dataset_id=dataset_id, settings=service_env_on, force=force)
+
+    job(JobStatus.SUCCEEDED, kept)  # finished: keeps its checkpoints, needs no data
+    job(JobStatus.CANCELLED, kept)  # nothing to resume from
+    queued = job(JobStatus.QUEUED, kept)
+    job(JobStatus.RUNNING, other)
+    with pytest.raises(datasets.DatasetInUse, match=f"unfinished job\\(s\\) {queued}$"):
+        delete(kept)
+    with db.session_scope() as session:
+        session.get(Job, queued).status = JobStatus.FAILED
+        session.get(Job, queued).resume_state = {"key": "state/x.safetensors"}
+    with pytest.raises(datasets.DatasetInUse, match=f"can still be resumed: {queued};"):
+        delete(kept)
+    delete(kept, force=True)
+    assert record(kept) is None and record(other).name == "other"
