@@ -17,15 +17,16 @@ elsewhere back in.
 from __future__ import annotations
 
 import copy
-import io
 import json
+import tempfile
 import threading
 import warnings
+from pathlib import Path
 
 import torch
-from safetensors.torch import save
 from torch import nn
 
+from models.checkpoint import write_safetensors
 from models.data.contract import InputContract
 from models.inference.predictor import Predictor
 
@@ -98,17 +99,15 @@ def _module(predictor: Predictor, inputs: str = "float") -> tuple[nn.Module, tor
     return FromPixels(module, predictor.contract).eval(), torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
 
 
-def safetensors_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
+def write_safetensors_export(predictor: Predictor, path: Path, inputs: str = "float") -> None:
     if inputs != "float":
         raise ExportError("safetensors holds weights only; inputs=pixels applies to pt2, torchscript and onnx")
-    state = {name: t.detach().to("cpu").contiguous() for name, t in predictor.model.state_dict().items()}
-    return save(state, metadata=header(predictor.meta))
+    write_safetensors(path, predictor.model.state_dict(), header(predictor.meta))
 
 
-def pt2_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
+def write_pt2(predictor: Predictor, path: Path, inputs: str = "float") -> None:
     """torch.export's ExportedProgram, any batch size: torch.export.load(f).module()(x)."""
     module, example = _module(predictor, inputs)
-    buffer = io.BytesIO()
     with _GRAPH_EXPORT:
         try:
             with torch.no_grad():
@@ -117,11 +116,10 @@ def pt2_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
                 )
         except Exception as exc:
             raise ExportError(f"torch.export cannot express this model: {_first_line(exc)}") from None
-        torch.export.save(program, buffer, extra_files=_extra_files(predictor, inputs))
-    return buffer.getvalue()
+        torch.export.save(program, str(path), extra_files=_extra_files(predictor, inputs))
 
 
-def torchscript_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
+def write_torchscript(predictor: Predictor, path: Path, inputs: str = "float") -> None:
     module, example = _module(predictor, inputs)
     again = (
         torch.randint(0, 256, (3, *example.shape[1:]), dtype=torch.uint8)
@@ -137,9 +135,7 @@ def torchscript_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
                 traced = torch.jit.trace(module, example, check_inputs=[(again,)])
         except Exception as exc:
             raise ExportError(f"TorchScript cannot trace this model: {_first_line(exc)}") from None
-        buffer = io.BytesIO()
-        torch.jit.save(traced, buffer, _extra_files=_extra_files(predictor, inputs))
-    return buffer.getvalue()
+        torch.jit.save(traced, str(path), _extra_files=_extra_files(predictor, inputs))
 
 
 def _first_line(exc: Exception) -> str:
@@ -150,20 +146,19 @@ def _extra_files(predictor: Predictor, inputs: str) -> dict[str, str]:
     return {"trainyard.json": json.dumps({**header(predictor.meta), "inputs": inputs})}
 
 
-def onnx_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
+def write_onnx(predictor: Predictor, path: Path, inputs: str = "float") -> None:
     import onnx
 
     module, example = _module(predictor, inputs)
     name = "input" if inputs == "float" else "pixels"
     output = "probabilities" if predictor.task == "classification" else "predictions"
-    buffer = io.BytesIO()
     try:
         with _GRAPH_EXPORT, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
                 (example,),
-                buffer,
+                str(path),
                 input_names=[name],
                 output_names=[output],
                 dynamic_axes={name: {0: "batch"}, output: {0: "batch"}},
@@ -172,18 +167,32 @@ def onnx_bytes(predictor: Predictor, inputs: str = "float") -> bytes:
             )
     except Exception as exc:
         raise ExportError(f"ONNX (opset {ONNX_OPSET}) cannot express this model: {_first_line(exc)}") from None
-    graph = onnx.load_from_string(buffer.getvalue())
+    graph = onnx.load(str(path))
     for key, value in {**header(predictor.meta), "inputs": inputs}.items():
         graph.metadata_props.add(key=key, value=value)
-    return graph.SerializeToString()
+    onnx.save(graph, str(path))
 
 
-EXPORTERS = {"safetensors": safetensors_bytes, "pt2": pt2_bytes, "torchscript": torchscript_bytes, "onnx": onnx_bytes}
+WRITERS = {
+    "safetensors": write_safetensors_export,
+    "pt2": write_pt2,
+    "torchscript": write_torchscript,
+    "onnx": write_onnx,
+}
+
+
+def write_export(predictor: Predictor, fmt: str, path: Path, inputs: str = "float") -> None:
+    """Write the model as a file in one of FORMATS, taking `inputs` (float, or uint8 pixels for
+    image models). The file is written where it goes, not built in memory first."""
+    WRITERS[fmt](predictor, path, inputs)
 
 
 def export(predictor: Predictor, fmt: str, inputs: str = "float") -> bytes:
-    """The model in one of FORMATS, taking `inputs` (float, or uint8 pixels for image models)."""
-    return EXPORTERS[fmt](predictor, inputs)
+    """The exported file's bytes (write_export, for a caller that wants them in hand)."""
+    with tempfile.TemporaryDirectory(prefix="trainyard-export-") as folder:
+        path = Path(folder) / f"model.{fmt}"
+        write_export(predictor, fmt, path, inputs)
+        return path.read_bytes()
 
 
 def weights_problems(net: nn.Module, state: dict[str, torch.Tensor]) -> list[tuple[str, str]]:

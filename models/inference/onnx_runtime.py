@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from models.inference.interchange import ExportError, onnx_bytes
+from models.inference.interchange import ExportError, write_onnx
 from models.inference.predictor import Predictor
 
 
@@ -28,10 +29,10 @@ class OnnxRuntimePredictor(Predictor):
         options.inter_op_num_threads = 1
         # From a file, not from bytes: onnxruntime keeps bytes it was given for the session's life,
         # a second copy of the weights beside the session's own. The module is a third: dropped.
-        with tempfile.NamedTemporaryFile(suffix=".onnx") as graph:
-            graph.write(onnx_bytes(self))
-            graph.flush()
-            self.session = onnxruntime.InferenceSession(graph.name, options, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory(prefix="trainyard-onnx-") as folder:
+            graph = Path(folder) / "model.onnx"
+            write_onnx(self, graph)
+            self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         self.model = None
         # A pass with this option hands the arena's free memory back: an evaluation's large batches
         # would otherwise keep their activations' peak reserved for the life of the session.

@@ -903,14 +903,25 @@ def models_export(
             err=True,
         )
     fmt = fmt or by_suffix or "safetensors"
+    partial = output.with_name(output.name + ".part")  # a download cut short leaves no file at -o
     with opts.client() as api:
-        answer = api.get(f"/v1/models/{reference}/export", params={"format": fmt, "inputs": inputs}, timeout=300)
-        if answer.status_code != 200:
-            checked(answer)
-    output.write_bytes(answer.content)
+        params = {"format": fmt, "inputs": inputs}
+        with api.stream("GET", f"/v1/models/{reference}/export", params=params, timeout=300) as answer:
+            if answer.status_code != 200:
+                answer.read()
+                checked(answer)
+            try:
+                with partial.open("wb") as file:
+                    for chunk in answer.iter_bytes():
+                        file.write(chunk)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+    partial.replace(output)
+    size = output.stat().st_size
     opts.show(
-        {"path": str(output), "bytes": len(answer.content), "format": fmt},
-        lambda written: [f"{output} ({len(answer.content):,} bytes, {fmt})"],
+        {"path": str(output), "bytes": size, "format": fmt},
+        lambda written: [f"{output} ({size:,} bytes, {fmt})"],
     )
 
 
@@ -944,8 +955,9 @@ def models_import(
         **({"normalize": normalize} if normalize else {}),
         **({"threshold": str(threshold)} if threshold is not None else {}),
     }
-    upload = {"file": (weights.name, weights.read_bytes(), "application/octet-stream")}
-    imported = opts.call("POST", "/v1/models/import", data=form, files=upload, timeout=300)
+    with weights.open("rb") as sent:
+        upload = {"file": (weights.name, sent, "application/octet-stream")}
+        imported = opts.call("POST", "/v1/models/import", data=form, files=upload, timeout=300)
     warn(imported, as_json=opts.as_json)
     opts.show(imported, _version_line(lambda v: "imported"))
 
@@ -1075,9 +1087,10 @@ def datasets_upload(
         **({"name": name} if name else {}),
         **({"image_size": str(image_size)} if image_size else {}),
     }
-    upload = {"file": (archive.name, archive.read_bytes(), "application/zip")}
     try:
-        answer = opts.call("POST", "/v1/datasets", data=form, files=upload)
+        with archive.open("rb") as sent:  # sent as it is read, not read whole first
+            upload = {"file": (archive.name, sent, "application/zip")}
+            answer = opts.call("POST", "/v1/datasets", data=form, files=upload)
     except Failure as failure:  # the service names its form fields; here they are these flags
         flag = _UPLOAD_FIELDS.sub(lambda m: "--" + (m[1] or m[2]).replace("_", "-"), str(failure))
         raise Failure(flag, failure.code) from None

@@ -21,7 +21,7 @@ from safetensors.torch import load
 from models.data.contract import InputContract
 from models.inference.formats import FORMATS
 from models.inference.interchange import (
-    EXPORTERS,
+    WRITERS,
     ExportError,
     export,
     header,
@@ -127,7 +127,7 @@ def test_the_safetensors_header_says_how_to_use_the_weights():
         "width": 28,
         "resize": "bilinear",
     }
-    assert set(FORMATS) == set(EXPORTERS) == {"safetensors", "pt2", "torchscript", "onnx"}
+    assert set(FORMATS) == set(WRITERS) == {"safetensors", "pt2", "torchscript", "onnx"}
 
 
 def test_weights_that_do_not_fit_are_named_tensor_by_tensor():

@@ -31,6 +31,7 @@ from models.spec.sweeps import short_value
 from service.api import plots
 from service.api.auth import COOKIE, SESSION_SECONDS, page_editor, page_viewer, session_cookie, token_table
 from service.api.deps import EvaluationsDep, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
+from service.api.downloads import exported_file
 from service.api.errors import headers_for, status_for
 from service.api.schemas.datasets import DatasetPublic
 from service.api.schemas.evaluation import evaluation_public
@@ -41,7 +42,6 @@ from service.api.schemas.sweeps import sweep_public
 from service.api.schemas.workers import WorkerPublic
 from service.core import (
     datasets,
-    exports,
     job_logs,
     job_pages,
     jobs,
@@ -340,14 +340,7 @@ async def export_model(
 ) -> Response:
     """A model file, as GET /v1/models/{reference}/export answers it (the /v1 route wants a bearer
     token, a page has a cookie)."""
-    exported = await run_in_threadpool(
-        exports.export_model, reference=reference, fmt=fmt, settings=settings, inputs=inputs
-    )
-    return Response(
-        exported.content,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'},
-    )
+    return await exported_file(settings, reference=reference, fmt=fmt, inputs=inputs)
 
 
 @pages.get("/ui/sweeps", response_class=HTMLResponse)

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from models.inference.formats import FORMATS, INPUTS
 from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
+from service.api.downloads import exported_file
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.registry import (
     MAX_INT,
@@ -24,7 +25,7 @@ from service.api.schemas.registry import (
     ModelVersionUpdate,
     model_public,
 )
-from service.core import exports, model_registry
+from service.core import model_registry
 from service.core.errors import Invalid
 from service.core.references import MODEL_NAME_PATTERN
 
@@ -149,17 +150,6 @@ EXPORTED = {
 }
 
 
-async def _export(settings, reference: str, fmt: str, inputs: str) -> Response:
-    exported = await run_in_threadpool(
-        exports.export_model, reference=reference, fmt=fmt, settings=settings, inputs=inputs
-    )
-    return Response(
-        exported.content,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'},
-    )
-
-
 @router.get("/{name}/versions/{version}/export", response_class=Response, responses=EXPORTED)
 async def export_version(
     name: NameParam,
@@ -169,7 +159,7 @@ async def export_version(
     inputs: InputsParam = "float",
 ) -> Response:
     """Download one version of a model as safetensors, pt2 (torch.export), TorchScript or ONNX."""
-    return await _export(settings, f"{name}:{version}", fmt, inputs)
+    return await exported_file(settings, reference=f"{name}:{version}", fmt=fmt, inputs=inputs)
 
 
 @router.get("/{reference}/export", response_class=Response, responses=EXPORTED)
@@ -189,7 +179,7 @@ async def export_reference(
     inputs: InputsParam = "float",
 ) -> Response:
     """Download the model any reference names, a job's checkpoint included."""
-    return await _export(settings, reference, fmt, inputs)
+    return await exported_file(settings, reference=reference, fmt=fmt, inputs=inputs)
 
 
 def _json_field(field: str, raw: str | None, default=None):

@@ -345,6 +345,19 @@ def test_registry_errors(api, trained_job):
     assert locs(api.get("/v1/models/shoes/versions/0/export")) == [["path", "version"]]
 
 
+def test_an_export_is_sent_from_a_temporary_file_that_is_removed_after(api, trained_job, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temporary"))
+    (tmp_path / "temporary").mkdir()
+    sent = api.get(f"/v1/models/job:{trained_job}/export", params={"format": "onnx"})
+    assert sent.status_code == 200 and int(sent.headers["content-length"]) == len(sent.content) > 1000
+    assert sent.headers["content-disposition"].startswith('attachment; filename="job-')
+    refused = api.get(f"/v1/models/job:{trained_job}/export", params={"format": "safetensors", "inputs": "pixels"})
+    assert refused.status_code == 422 and "holds weights only" in refused.text
+    assert list((tmp_path / "temporary").iterdir()) == []
+
+
 def test_an_export_imports_back_as_it_was_trained_and_a_contrary_field_is_refused(api, trained_job):
     """A safetensors export says its architecture, classes and input shape: left out, they are
     taken from it; given otherwise (the same tensors fit other activations), a 422 says so."""
