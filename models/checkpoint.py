@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 FORMAT = "trainyard-checkpoint/1"
@@ -115,30 +114,55 @@ def write_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict
     return write_safetensors(path, state_dict, {META_KEY: json.dumps({"format": FORMAT, **meta})})
 
 
+# safetensors' own bound on a header: a length beyond it is a corrupt or hostile file.
+MAX_HEADER_BYTES = 100_000_000
+
+
+def _header_metadata(raw: bytes) -> dict:
+    """The `__metadata__` of a safetensors header's JSON; ValueError if it is not such a header."""
+    header = json.loads(raw)
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("__metadata__ is not an object")
+    return metadata
+
+
+def _trainyard_meta(metadata: dict) -> dict | None:
+    meta = json.loads(metadata[META_KEY]) if META_KEY in metadata else None
+    return meta if isinstance(meta, dict) else None
+
+
 def meta_in(data: bytes) -> dict | None:
     """trainyard's metadata in the header of safetensors bytes (a checkpoint or an export of one);
     None when the header holds none, or is not a safetensors header."""
     try:
         size = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + size]) if 0 < size <= len(data) - 8 else {}
-        meta = json.loads((header.get("__metadata__") or {}).get(META_KEY, "null"))
+        meta = _trainyard_meta(_header_metadata(data[8 : 8 + size]) if 0 < size <= len(data) - 8 else {})
     except Exception:  # anything a hostile header can make json.loads raise, deep nesting included
         return None
-    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+    return meta if meta is not None and meta.get("format") == FORMAT else None
 
 
 def read_meta(path: Path) -> dict:
-    """Read only the metadata header of a checkpoint."""
+    """Read only the metadata header of a checkpoint: its first bytes, not a mapping of the whole
+    file (which would count toward a job's memory budget)."""
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
+        with path.open("rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            if not 0 < size <= MAX_HEADER_BYTES:
+                raise ValueError(f"its header length ({size}) is not a safetensors header's")
+            raw = file.read(size)
+        if len(raw) < size:
+            raise ValueError("the file ends inside its header")
+        meta = _trainyard_meta(_header_metadata(raw))
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint {path.name} does not exist") from exc
-    except Exception as exc:  # safetensors raises its own error types for malformed headers
+    except Exception as exc:  # a malformed header can make json.loads raise almost anything
         raise CheckpointError(f"checkpoint {path.name} is not a readable safetensors file: {exc}") from exc
-    if META_KEY not in header:
+    if meta is None:
         raise CheckpointError(f"checkpoint {path.name} has no trainyard metadata")
-    meta = json.loads(header[META_KEY])
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path.name} has unknown format {meta.get('format')!r}")
     return meta
