@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -57,7 +58,7 @@ class TokenTable:
         """'rw', 'ro' or None for a session cookie (see session_cookie): None once it has expired
         or when no configured token signed it."""
         expires, _, signature = cookie.partition(".")
-        if not expires.isdigit() or int(expires) <= (time.time() if now is None else now):
+        if not re.fullmatch(r"[0-9]{1,12}", expires) or int(expires) <= (time.time() if now is None else now):
             return None
         found = None
         for access, digests in (("rw", self.read_write), ("ro", self.read_only)):

@@ -105,7 +105,14 @@ def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
     assert page.status_code == 200 and 'id="sign-out"' in page.text
     refused = guarded.post("/ui/submit", data={"spec": "{}"}, follow_redirects=False)
     assert refused.status_code == 403  # a read-only session
-    for stale in (TOKENS["read"], session_cookie(TOKENS["read"], now=0), "9999999999.00", ""):
+    for stale in (
+        TOKENS["read"],
+        session_cookie(TOKENS["read"], now=0),
+        "9999999999.00",
+        "",
+        " 99999999999.00",
+        "9" * 5000 + ".00",
+    ):
         guarded.cookies.set(COOKIE, stale)
         assert guarded.get("/", follow_redirects=False).status_code == 303, stale
     assert parse_tokens(TOKENS["write"]).session_access(session) is None  # a token taken away ends its sessions
