@@ -131,6 +131,7 @@ def _cookie_access(request: Request) -> str:
     if not table.enabled:
         return "rw"
     access = table.session_access(request.cookies.get(COOKIE, ""))
+    request.state.access = access  # the pages hide what a read-only session may not do
     if access is None:
         login = "/ui/login"
         if request.method == "GET" and not request.url.path.startswith("/ui/fragments/"):

@@ -502,7 +502,7 @@ def test_a_job_page_registers_a_version_that_the_models_page_aliases_and_exports
     name.clear()
     name.send_keys("Not A Name")
     browser.find_element(By.ID, "register-button").click()
-    assert text(browser, "#register-error").startswith("name: String should match pattern")
+    assert text(browser, "#register-error").startswith("name: should be 1 to 64 lower-case letters")
     name = browser.find_element(By.ID, "register-name")
     name.clear()
     name.send_keys("from-the-page")

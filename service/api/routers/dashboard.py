@@ -13,19 +13,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
+from starlette.datastructures import UploadFile as FormFile  # what request.form() holds (FastAPI's subclasses it)
 
 from models.checkpoint import CheckpointError
 from models.inference.formats import FORMATS, INPUTS
 from models.inference.predictor import InputError
-from models.spec.explain import input_loc
+from models.spec.explain import explain, input_loc, plain_message
 from models.spec.job import JobSpec
 from models.spec.sweeps import short_value
 from service.api import plots
@@ -74,8 +75,8 @@ def error_page(request: Request, status_code: int, message: str, headers: dict |
 
 
 class PageRoute(APIRoute):
-    """A dashboard route whose core errors answer error_page rather than JSON (fragments, which a
-    page's script reads, keep JSON)."""
+    """A dashboard route whose core errors, and a read-only session's refused action, answer
+    error_page rather than JSON (fragments, which a page's script reads, keep JSON)."""
 
     def get_route_handler(self):
         handle = super().get_route_handler()
@@ -85,10 +86,18 @@ class PageRoute(APIRoute):
                 return await handle(request)
             except CoreError as exc:
                 return error_page(request, status_for(exc), _describe(exc), headers_for(exc))
+            except HTTPException as exc:
+                if exc.status_code != 403:
+                    raise  # the way to the login form
+                return error_page(request, 403, READ_ONLY_SESSION)
 
         return handler
 
 
+READ_ONLY_SESSION = (
+    "this session's token may only read: it shows every page and predicts; sign out and sign in with a "
+    "read-write token to submit, upload or change anything"
+)
 router = APIRouter(include_in_schema=False)
 pages = APIRouter(dependencies=[Depends(page_viewer)], include_in_schema=False, route_class=PageRoute)
 fragments = APIRouter(dependencies=[Depends(page_viewer)], include_in_schema=False)
@@ -233,14 +242,18 @@ def submit_form(request: Request, example: str = "softmax-regression") -> HTMLRe
     )
 
 
-def _describe(exc: Exception, sent=None) -> str:
-    """One problem a line, each at its path in what was sent (`sent`, when there is a document)."""
+def _describe(exc: Exception, sent=None, root: type[BaseModel] | None = None) -> str:
+    """One problem a line, each at its path in what was sent (`sent`, when there is a document),
+    told as the API tells it: in the terms of `root`, the model the document is ("did you mean")."""
     if isinstance(exc, ValidationError):
 
         def where(e) -> tuple:
             return e["loc"] if sent is None else input_loc(sent, e["loc"], missing=e["type"] == "missing")
 
-        return "\n".join(f"{'.'.join(str(p) for p in where(e))}: {e['msg']}" for e in exc.errors())
+        def said(e) -> str:
+            return explain(e, root, sent) if root is not None else plain_message(e)
+
+        return "\n".join(f"{'.'.join(str(p) for p in where(e))}: {said(e)}" for e in exc.errors())
     if isinstance(exc, Invalid):
         return "\n".join(f"{'.'.join(str(p) for p in loc)}: {msg}" for loc, msg in exc.problems)
     return str(exc)
@@ -259,7 +272,7 @@ def submit(
             submitted = submission.submit_job(session, spec=JobSpec.model_validate(sent), settings=settings)
             return RedirectResponse(f"/ui/jobs/{submitted.job_id}", status_code=303)
         except (ValidationError, CoreError) as exc:
-            error = _describe(exc, sent)
+            error = _describe(exc, sent, JobSpec)
     return templates.TemplateResponse(
         request,
         "submit.html",
@@ -550,12 +563,17 @@ async def predict(
     server: ModelServerDep,
     settings: SettingsDep,
     model: Annotated[str, Form(max_length=200)],
-    files: Annotated[list[UploadFile], File()],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,
     threshold_text: Annotated[str, Form(alias="threshold", max_length=40)] = "",
 ) -> Response:
     threshold = _number(threshold_text)
     context = {"model": model, "top_k": top_k, "threshold": threshold, "choices": await read(_model_choices)}
+    # Read from the form itself: a browser sends a file input with nothing chosen as an empty part,
+    # which a declared list of files would refuse before the page could say so.
+    files = [f for f in (await request.form()).getlist("files") if isinstance(f, FormFile) and (f.filename or f.size)]
+    if not files:
+        error = "choose one or more images to classify"
+        return templates.TemplateResponse(request, "predict.html", {**context, "error": error}, status_code=422)
     if isinstance(threshold, str) or (threshold is not None and not 0 <= threshold <= 1):
         error = (
             f"threshold: give a number from 0 to 1, or leave it empty for the model's default; got {threshold_text!r}"

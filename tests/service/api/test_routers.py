@@ -4,6 +4,8 @@ message waits in its table; no worker runs), and small real checkpoints written 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -104,7 +106,18 @@ def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
     page = guarded.get("/ui/models")  # the client keeps the cookie, as a browser does
     assert page.status_code == 200 and 'id="sign-out"' in page.text
     refused = guarded.post("/ui/submit", data={"spec": "{}"}, follow_redirects=False)
-    assert refused.status_code == 403  # a read-only session
+    assert refused.status_code == 403 and "text/html" in refused.headers["content-type"]  # a read-only session
+    assert "may only read" in refused.text and "sign in with a read-write token" in refused.text
+    assert '<body class="read-only">' in page.text and 'id="read-only"' in page.text
+    for part in ('name="files"; filename=""\r\nContent-Type: application/octet-stream', 'name="files"'):
+        nothing = (  # a browser's form with no file chosen; a script's with an empty field
+            f'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nx\r\n'
+            f"--b\r\nContent-Disposition: form-data; {part}\r\n\r\n\r\n--b--\r\n"
+        )
+        chosen = guarded.post(
+            "/ui/predict", content=nothing.encode(), headers={"Content-Type": "multipart/form-data; boundary=b"}
+        )
+        assert chosen.status_code == 422 and "choose one or more images" in chosen.text, chosen.text
     for stale in (
         TOKENS["read"],
         session_cookie(TOKENS["read"], now=0),
@@ -122,6 +135,18 @@ def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
     assert elsewhere.headers["location"] == "/"
     out = guarded.post("/ui/logout", follow_redirects=False)
     assert out.headers["location"] == "/ui/login" and 'trainyard_session=""' in out.headers["set-cookie"]
+
+
+def test_the_submit_form_tells_mistakes_as_the_api_does(api):
+    for spec, said in (
+        ({**SOFTMAX_SPEC, "model": {"arch": "mpl"}}, "did you mean mlp?"),
+        ({**SOFTMAX_SPEC, "optimizer": {"learning_rate": 0.1}}, "did you mean &#39;lr&#39;?"),
+        ({**SOFTMAX_SPEC, "model": {"architecture": "mlp"}}, "model.arch is required (not &#39;architecture&#39;)"),
+    ):
+        page = api.post("/ui/submit", data={"spec": json.dumps(spec)})
+        assert page.status_code == 422 and said in page.text, page.text[-1500:]
+        api_said = api.post("/v1/jobs", json=spec).json()["detail"][0]["msg"]
+        assert said.replace("&#39;", "'") in api_said
 
 
 def test_without_tokens_the_login_form_leads_on(api):
