@@ -97,7 +97,8 @@ def checked(response: httpx.Response) -> dict:
         detail = response.text
     if isinstance(detail, list):
         detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in detail)
-    raise Failure(f"{response.status_code} {detail}", exit_code_for(response.status_code))
+    hint = "; give a token with --token or TRAINYARD_TOKEN" if response.status_code == 401 else ""
+    raise Failure(f"{response.status_code} {detail}{hint}", exit_code_for(response.status_code))
 
 
 # A submission may have reached the service when its answer is lost; with the same Idempotency-Key
@@ -105,10 +106,23 @@ def checked(response: httpx.Response) -> dict:
 RESUBMIT_AFTER = (httpx.ReadError, httpx.ReadTimeout, httpx.WriteError, httpx.RemoteProtocolError)
 RESUBMIT_STATUSES = (502, 503, 504)
 RESUBMIT_WAITS = (1.0, 2.0, 4.0)
+
+
+def _idempotency_key(key: str | None) -> str | None:
+    """A key a script gives must be one: an empty one (an unset variable) would silently submit again."""
+    if key is not None and not re.fullmatch(r"[\x21-\x7e]([\x20-\x7e]{0,198}[\x21-\x7e])?", key):
+        raise typer.BadParameter(
+            f"{key!r} cannot be a key: give 1 to 200 printable ASCII characters, not starting or ending with a space "
+            "(an empty key would submit again on every run)"
+        )
+    return key
+
+
 IdempotencyKeyOption = Annotated[
     str | None,
     typer.Option(
         "--idempotency-key",
+        callback=_idempotency_key,
         help="the same key sent again answers what it first made instead of making another (a script's "
         "rerun); default: a new key, with which this command retries a submission whose answer was lost",
     ),
@@ -117,7 +131,8 @@ IdempotencyKeyOption = Annotated[
 
 def submit_once(api: httpx.Client, path: str, body, *, key: str | None) -> dict:
     """POST a submission under an Idempotency-Key, retried while its answer is lost or the service
-    is briefly unavailable: it makes one thing however often it is sent."""
+    is briefly unavailable: it makes one thing however often it is sent. A given key that made
+    something before is said on stderr (the answer is what it made then)."""
     headers = {"Idempotency-Key": key or f"cli-{uuid.uuid4()}"}
     for wait in RESUBMIT_WAITS:
         try:
@@ -125,9 +140,15 @@ def submit_once(api: httpx.Client, path: str, body, *, key: str | None) -> dict:
         except RESUBMIT_AFTER:
             answer = None
         if answer is not None and answer.status_code not in RESUBMIT_STATUSES:
-            return checked(answer)
+            break
         time.sleep(wait)
-    return checked(api.post(path, json=body, headers=headers))  # the last try: what it meets is the answer
+    else:
+        answer = api.post(path, json=body, headers=headers)  # the last try: what it meets is the answer
+    made = checked(answer)
+    if key is not None and answer.headers.get("idempotent-replayed") == "true":
+        said = f"note: submitted before under idempotency key {key!r}: this is what it made then, not a new one"
+        err.print(said, markup=False, highlight=False)
+    return made
 
 
 def read_json(path: Path):

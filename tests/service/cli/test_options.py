@@ -377,9 +377,33 @@ def test_a_submission_whose_answer_is_lost_is_sent_again_under_the_same_key(monk
     result = CliRunner().invoke(cli_main.app, ["submit", str(spec), "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["id"] == "75190f2c", result.output
     assert len(sent) == 3 and sent[0].startswith("cli-") and len(set(sent)) == 1
+    assert "note:" not in result.output  # its own retries are not the user's rerun
     sent.clear()
     result = CliRunner().invoke(cli_main.app, ["sweep", str(spec), "--idempotency-key", "nightly-7", "--json"])
     assert sent == ["nightly-7"] * 3, result.output
+    for bad in ("", " ", "tab\there", "x" * 201):
+        refused = CliRunner().invoke(cli_main.app, ["submit", str(spec), "--idempotency-key", bad])
+        assert refused.exit_code == 2 and "cannot be a key" in refused.output, (bad, refused.output)
+
+
+def test_a_rerun_under_the_same_key_says_it_made_nothing_new(monkeypatch, tmp_path):
+    def answer(request):
+        return httpx.Response(200, json={"id": "75190f2c", "status": "queued"}, headers={"Idempotent-Replayed": "true"})
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+    spec = tmp_path / "job.json"
+    spec.write_text("{}")
+    result = CliRunner().invoke(cli_main.app, ["submit", str(spec), "--idempotency-key", "[nightly]", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["id"] == "75190f2c"
+    assert "submitted before under idempotency key '[nightly]'" in result.stderr
+
+
+def test_a_missing_token_is_told_how_to_give_one(monkeypatch):
+    transport = httpx.MockTransport(lambda request: httpx.Response(401, json={"detail": "missing bearer token"}))
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+    result = CliRunner().invoke(cli_main.app, ["jobs", "list"])
+    assert str(result.exception) == "401 missing bearer token; give a token with --token or TRAINYARD_TOKEN"
 
 
 def test_a_submission_refused_is_not_sent_again(monkeypatch, tmp_path):
