@@ -1059,6 +1059,14 @@ def models_alias(opts: Options, name: str, alias: str, version: int) -> None:
     opts.show(moved, lambda model: [f"{name}@{alias} -> version {version}"])
 
 
+@command(models_app, "unalias")
+def models_unalias(opts: Options, name: str, alias: str) -> None:
+    """Remove NAME@ALIAS (without production, NAME means its newest version)."""
+    left = opts.call("DELETE", f"/v1/models/{name}/aliases/{alias}")
+    warn(left, as_json=opts.as_json)
+    opts.show(left, lambda model: [f"{name}@{alias} removed"])
+
+
 # Datasets.
 
 

@@ -394,6 +394,26 @@ def set_alias(session: Session, *, name: str, alias: str, version: int) -> list[
     return warnings
 
 
+def remove_alias(session: Session, *, name: str, alias: str) -> list[str]:
+    """Remove an alias; ModelNotFound naming the aliases there are if it has none. Removing
+    `production` makes the bare name mean the newest version again: a warning says what changes,
+    when that version answers otherwise."""
+    require_versions(session, name=name)
+    row = session.get(ModelAlias, (name, alias))
+    if row is None:
+        there = ", ".join(f"{name}@{a}" for a in aliases(session, name=name)) or "none"
+        raise ModelNotFound(f"model {name!r} has no alias {alias!r} (its aliases: {there})")
+    warnings = []
+    if alias == DEFAULT_ALIAS:
+        newest = versions(session, name=name)[-1]
+        if newest.version != row.version:
+            aliased = require_version(session, name=name, version=row.version)
+            warnings = _differences(newest, aliased, f"{name!r} now means version {newest.version}, the newest")
+    session.delete(row)
+    session.commit()
+    return warnings
+
+
 def set_threshold(session: Session, *, name: str, version: int, threshold: float | None) -> ModelVersion:
     """Set (or, with None, clear) the default threshold predict applies to a version."""
     record = require_version(session, name=name, version=version)
@@ -408,7 +428,10 @@ def delete_version(session: Session, *, name: str, version: int, settings: Setti
     record = require_version(session, name=name, version=version)
     pointing = [alias for alias, v in aliases(session, name=name).items() if v == version]
     if pointing:
-        raise AliasInUse(f"version {version} of {name!r} is aliased as {', '.join(pointing)}; move the alias first")
+        raise AliasInUse(
+            f"version {version} of {name!r} is aliased as {', '.join(pointing)}; move or remove the alias first "
+            f"(`trainyard models unalias {name} {pointing[0]}`, DELETE /v1/models/{name}/aliases/{pointing[0]})"
+        )
     starting = [
         job.id
         for job in session.scalars(select(Job).where(Job.status.not_in(JobStatus.FINAL)))

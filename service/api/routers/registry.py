@@ -93,6 +93,15 @@ def set_alias(
     return AliasMoved(**_model(session, name).model_dump(), warnings=warnings)
 
 
+@router.delete("/{name}/aliases/{alias}", response_model=AliasMoved, responses=NOT_FOUND)
+def remove_alias(name: NameParam, alias: NameParam, session: WriteSessionDep, server: ModelServerDep) -> AliasMoved:
+    """Remove an alias; `name@alias` then names nothing. Without `production`, the bare name means
+    the newest version: the answer's warnings say what changes for its callers."""
+    warnings = model_registry.remove_alias(session, name=name, alias=alias)
+    server.references.clear()  # other API processes follow within reference_cache_seconds
+    return AliasMoved(**_model(session, name).model_dump(), warnings=warnings)
+
+
 @router.patch("/{name}/versions/{version}", response_model=ModelVersionPublic, responses=NOT_FOUND)
 def update_version(
     name: NameParam,

@@ -294,9 +294,16 @@ def test_register_alias_threshold_and_delete(api, trained_job):
     assert api.patch("/v1/models/shoes/versions/9", json={"threshold": 0.5}).status_code == 404
 
     under_alias = api.delete("/v1/models/shoes/versions/1")
-    assert under_alias.status_code == 409 and "production" in under_alias.json()["detail"]
+    assert under_alias.status_code == 409 and "`trainyard models unalias shoes production`" in under_alias.text
     assert api.delete("/v1/models/shoes/versions/2").status_code == 204
     assert [v["version"] for v in api.get("/v1/models/shoes").json()["versions"]] == [1]
+    removed = api.delete("/v1/models/shoes/aliases/production")
+    assert removed.status_code == 200 and removed.json()["aliases"] == {} and removed.json()["warnings"] == []
+    again = api.delete("/v1/models/shoes/aliases/production")
+    assert again.status_code == 404 and "no alias 'production' (its aliases: none)" in again.text
+    assert api.delete("/v1/models/nothing/aliases/production").status_code == 404
+    assert api.delete("/v1/models/shoes/versions/1").status_code == 204  # the model's last version
+    assert api.get("/v1/models/shoes").status_code == 404
 
 
 def test_a_version_that_changes_what_callers_see_is_registered_with_warnings(api, trained_job):
@@ -340,6 +347,13 @@ def test_a_version_that_changes_what_callers_see_is_registered_with_warnings(api
     ]
     assert "warnings" not in api.get("/v1/models/shoes").json()["versions"][0]
 
+    back_to_newest = api.delete("/v1/models/shoes/aliases/production")  # version 4 is the newest
+    assert back_to_newest.json()["warnings"] == [
+        "version 4 takes 3x8x8 inputs where version 1 takes 1x28x28",
+        "version 4 answers cat, dog where version 1 answers 10 classes (0, 1, 2, ...); 'shoes' now means "
+        "version 4, the newest",
+    ]
+    assert api.put("/v1/models/shoes/aliases/production", json={"version": 1}).status_code == 200  # as it was
     moved = api.put("/v1/models/shoes/aliases/production", json={"version": 4})
     assert moved.status_code == 200 and moved.json()["aliases"] == {"production": 4}
     assert moved.json()["warnings"] == [

@@ -419,3 +419,18 @@ def test_a_submission_refused_is_not_sent_again(monkeypatch, tmp_path):
     spec.write_text("{}")
     result = CliRunner().invoke(cli_main.app, ["submit", str(spec)])
     assert len(sent) == 1 and "epochs: Field required" in str(result.exception)
+
+
+def test_unalias_removes_an_alias_and_warns_of_what_changes(monkeypatch):
+    asked = []
+
+    def answer(request):
+        asked.append((request.method, request.url.path))
+        warnings = ["version 4 takes 3x8x8 inputs where version 1 takes 1x28x28; 'shoes' now means version 4"]
+        return httpx.Response(200, json={"name": "shoes", "aliases": {}, "versions": [], "warnings": warnings})
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+    result = CliRunner().invoke(cli_main.app, ["models", "unalias", "shoes", "production"])
+    assert result.exit_code == 0 and asked == [("DELETE", "/v1/models/shoes/aliases/production")]
+    assert "shoes@production removed" in result.stdout and "1x28x28" in result.stderr
