@@ -98,9 +98,12 @@ class Predictor:
         if self.contract.images:
             raise InputError("this model takes images, not numeric inputs")
         width = self.meta["input_shape"][0]
+        columns = self.contract.columns
         for i, row in enumerate(rows):
             if len(row) != width:
-                raise InputError(f"inputs[{i}] has {len(row)} values; this model takes {width}")
+                named = f", in this order: {', '.join(columns)}" if columns else ""
+                value = "value" if len(row) == 1 else "values"
+                raise InputError(f"inputs[{i}] has {len(row)} {value}; this model takes {width}{named}")
         return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), width)
 
     def label(self, probs: torch.Tensor, top_k: int = 1, threshold: float | None = None) -> list[Prediction]:

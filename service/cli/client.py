@@ -1076,6 +1076,8 @@ def dataset_lines(dataset: dict) -> list[str]:
     if dataset["status"] != "ready":  # a large upload: decoded after the answer
         return [f"{called}  {dataset['status']}: poll `trainyard datasets list` until it is ready"]
     shape = "x".join(map(str, dataset["input_shape"]))
+    if len(dataset["input_shape"]) == 1:
+        shape = f"{shape} features"
     classes = f", classes {', '.join(dataset['classes'])}" if dataset["classes"] else ""  # none for a regression
     return [
         f"{called}  {dataset['kind']}, {dataset['task']}, {shape}"

@@ -101,6 +101,10 @@ def test_csv_regression_dataset_trains(stack, client):
     }
     job = stack.wait_for_job(client, submit(client, spec))
     assert job["status"] == "succeeded" and job["latest_metrics"]["test_loss"] < 0.01, job
+    predicted = client.post("/v1/predict", json={"model": f"job:{job['id']}", "inputs": [[0.5, 0.25]]}).json()
+    assert predicted["model"]["columns"] == ["x1", "x2"], predicted
+    wrong = client.post("/v1/predict", json={"model": f"job:{job['id']}", "inputs": [[0.5]]})
+    assert wrong.status_code == 422 and "has 1 value; this model takes 2, in this order: x1, x2" in wrong.text
     lenet = client.post("/v1/jobs", json={**spec, "model": {"arch": "lenet"}})
     assert lenet.status_code == 422 and lenet.json()["detail"][0]["loc"] == ["body", "model", "arch"]
 

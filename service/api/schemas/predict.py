@@ -64,6 +64,7 @@ class ResolvedModel(BaseModel):
     task: str
     classes: list[str] | None
     input_shape: list[int]
+    columns: list[str] | None = None  # a model of a CSV: its inputs' columns, in the order a row gives them
 
 
 class PredictResponse(BaseModel):
@@ -82,6 +83,7 @@ def resolved_model(target: ResolvedCheckpoint, predictor: Predictor) -> Resolved
         task=predictor.task,
         classes=predictor.classes,
         input_shape=predictor.meta["input_shape"],
+        columns=predictor.contract.columns,
     )
 
 

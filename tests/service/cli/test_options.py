@@ -315,7 +315,7 @@ def test_a_dataset_is_shown_with_its_classes_and_a_regression_set_without():
         "num_test": 20,
     }
     [line] = cli_client.dataset_lines(dataset)
-    assert line.endswith("csv, regression, 3, 80 train / 20 test") and "None" not in line
+    assert line.endswith("csv, regression, 3 features, 80 train / 20 test") and "None" not in line
     [line] = cli_client.dataset_lines({**dataset, "task": "classification", "classes": ["a", "b"]})
     assert line.endswith("80 train / 20 test, classes a, b")
     shown, columns = cli_client.dataset_lines({**dataset, "columns": ["age", "height", "weight"]})
