@@ -1,15 +1,17 @@
 """Token authentication: a bearer token for the /v1 and /v2 routes; for the dashboard's pages, a
 session cookie given at /ui/login for one of the same tokens.
 
-The cookie does not hold the token: it holds when it expires and an HMAC of that keyed by the
-token's digest. A stolen cookie opens the pages until it expires but is no API token, and removing
-a token from TRAINYARD_API_TOKENS ends its sessions."""
+The cookie does not hold the token: it holds when it expires, a random session id and an HMAC of
+both keyed by the token's digest. A stolen cookie is no API token; removing a token from
+TRAINYARD_API_TOKENS ends its sessions, and signing out records the session's id as ended
+(service/core/sessions.py), so that a copy of the cookie opens nothing either."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +21,8 @@ from urllib.parse import urlencode
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.deps import read
+from service.core import sessions
 from service.core.settings import get_settings
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -54,28 +58,37 @@ class TokenTable:
                 found = found or "ro"
         return found
 
-    def session_access(self, cookie: str, *, now: float | None = None) -> str | None:
-        """'rw', 'ro' or None for a session cookie (see session_cookie): None once it has expired
-        or when no configured token signed it."""
-        expires, _, signature = cookie.partition(".")
-        if not re.fullmatch(r"[0-9]{1,12}", expires) or int(expires) <= (time.time() if now is None else now):
+    def session(self, cookie: str, *, now: float | None = None) -> PageSession | None:
+        """The session a cookie holds (see session_cookie); None once it has expired or when no
+        configured token signed it. Whether it was signed out is the caller's to ask."""
+        found = re.fullmatch(r"([0-9]{1,12})\.([0-9a-f]{32})\.([0-9a-f]{64})", cookie)
+        if found is None or int(found[1]) <= (time.time() if now is None else now):
             return None
-        found = None
-        for access, digests in (("rw", self.read_write), ("ro", self.read_only)):
+        access = None
+        for kind, digests in (("rw", self.read_write), ("ro", self.read_only)):
             for known in digests:
-                if hmac.compare_digest(_session_signature(known, expires), signature):
-                    found = found or access
-        return found
+                if hmac.compare_digest(_session_signature(known, found[1], found[2]), found[3]):
+                    access = access or kind
+        return PageSession(id=found[2], expires=int(found[1]), access=access) if access else None
+
+
+@dataclass(frozen=True)
+class PageSession:
+    """A dashboard session: its id, when it expires (Unix seconds), and 'rw' or 'ro'."""
+
+    id: str
+    expires: int
+    access: str
 
 
 def session_cookie(token: str, *, now: float | None = None) -> str:
-    """A session cookie's value for `token`: `<expiry>.<signature>`, valid for SESSION_SECONDS."""
-    expires = str(int(time.time() if now is None else now) + SESSION_SECONDS)
-    return f"{expires}.{_session_signature(_digest(token), expires)}"
+    """A new session cookie's value for `token`: `<expiry>.<id>.<signature>`, valid for SESSION_SECONDS."""
+    expires, session_id = str(int(time.time() if now is None else now) + SESSION_SECONDS), secrets.token_hex(16)
+    return f"{expires}.{session_id}.{_session_signature(_digest(token), expires, session_id)}"
 
 
-def _session_signature(digest: bytes, expires: str) -> str:
-    return hmac.new(digest, f"trainyard-session:{expires}".encode(), hashlib.sha256).hexdigest()
+def _session_signature(digest: bytes, expires: str, session_id: str) -> str:
+    return hmac.new(digest, f"trainyard-session:{expires}.{session_id}".encode(), hashlib.sha256).hexdigest()
 
 
 def _digest(token: str) -> bytes:
@@ -124,14 +137,17 @@ def _reads_only(request: Request) -> bool:
     return request.method in READ_METHODS or bool((getattr(route, "openapi_extra", None) or {}).get("x-reads-only"))
 
 
-def _cookie_access(request: Request) -> str:
-    """'rw' or 'ro' by the session cookie (open: 'rw'); without a valid one, to the login form, which
-    comes back to a page asked for (not to a fragment or an action, which a page's script or form sent)."""
+async def _cookie_access(request: Request) -> str:
+    """'rw' or 'ro' by the session cookie (open: 'rw'); without a valid one, or one signed out, to
+    the login form, which comes back to a page asked for (not to a fragment or an action, which a
+    page's script or form sent)."""
     table = token_table()
     if not table.enabled:
         return "rw"
-    access = table.session_access(request.cookies.get(COOKIE, ""))
-    request.state.access = access  # the pages hide what a read-only session may not do
+    session = table.session(request.cookies.get(COOKIE, ""))
+    if session is not None and await read(lambda db: sessions.signed_out(db, session_id=session.id)):
+        session = None
+    access = request.state.access = session.access if session else None  # pages hide what "ro" may not do
     if access is None:
         login = "/ui/login"
         if request.method == "GET" and not request.url.path.startswith("/ui/fragments/"):
@@ -143,10 +159,10 @@ def _cookie_access(request: Request) -> str:
 
 async def page_viewer(request: Request) -> None:
     """A dashboard page: any valid token."""
-    _cookie_access(request)
+    await _cookie_access(request)
 
 
 async def page_editor(request: Request) -> None:
     """A dashboard action: 403 for a read-only token."""
-    if _cookie_access(request) != "rw":
+    if await _cookie_access(request) != "rw":
         raise HTTPException(status.HTTP_403_FORBIDDEN, READ_ONLY)

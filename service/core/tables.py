@@ -311,6 +311,16 @@ class ModelAlias(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class SignedOutSession(Base):
+    """A dashboard session signed out before it expired: its cookie opens nothing any more (a
+    session is otherwise a signed cookie, kept by no table; see service/api/auth.py)."""
+
+    __tablename__ = "signed_out_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 class Worker(Base):
     """A live training worker: what it serves and holds, renewed by its heartbeat."""
 

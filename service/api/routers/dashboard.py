@@ -48,6 +48,7 @@ from service.core import (
     jobs,
     model_registry,
     retention,
+    sessions,
     submission,
     sweeps,
     worker_registry,
@@ -139,7 +140,11 @@ def login(
 
 
 @router.post("/ui/logout")
-def logout() -> RedirectResponse:
+def logout(request: Request, session: WriteSessionDep) -> RedirectResponse:
+    """End the session: its cookie is cleared here, and a copy of it opens nothing either."""
+    signed_in = token_table().session(request.cookies.get(COOKIE, ""))
+    if signed_in is not None:
+        sessions.sign_out(session, session_id=signed_in.id, expires=signed_in.expires)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, httponly=True, samesite="strict")
     return response

@@ -128,13 +128,21 @@ def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
     ):
         guarded.cookies.set(COOKIE, stale)
         assert guarded.get("/", follow_redirects=False).status_code == 303, stale
-    assert parse_tokens(TOKENS["write"]).session_access(session) is None  # a token taken away ends its sessions
+    assert parse_tokens(TOKENS["write"]).session(session) is None  # a token taken away ends its sessions
     elsewhere = guarded.post(
         "/ui/login", data={"token": TOKENS["write"], "next": "//evil.example/"}, follow_redirects=False
     )
     assert elsewhere.headers["location"] == "/"
+    writer = elsewhere.cookies[COOKIE]
+    guarded.cookies.clear()
+    guarded.cookies.set(COOKIE, writer)
+    assert guarded.get("/", follow_redirects=False).status_code == 200
     out = guarded.post("/ui/logout", follow_redirects=False)
     assert out.headers["location"] == "/ui/login" and 'trainyard_session=""' in out.headers["set-cookie"]
+    guarded.cookies.set(COOKIE, writer)  # a copy of the signed-out cookie
+    assert guarded.get("/", follow_redirects=False).status_code == 303
+    guarded.cookies.set(COOKIE, session)  # the read-only session was not signed out
+    assert guarded.get("/", follow_redirects=False).status_code == 200
 
 
 def test_the_submit_form_tells_mistakes_as_the_api_does(api):
