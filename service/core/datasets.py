@@ -363,7 +363,8 @@ def require_dataset(session: Session, *, dataset_id: str) -> StoredDataset:
     if len(found) > 1:
         raise Conflict(_shared_name(dataset_id, found))
     if not found:
-        raise NotFound(not_found("dataset", dataset_id))
+        meant = _close_names(session, dataset_id)
+        raise NotFound(not_found("dataset", dataset_id) + (f"; did you mean {' or '.join(meant)}?" if meant else ""))
     return get_dataset(session, dataset_id=found[0])
 
 
@@ -376,16 +377,21 @@ def reference_id(session: Session, *, given: str) -> str:
     if found:
         problem = _shared_name(given, found)
     else:
-        names = session.scalars(
-            select(StoredDataset.name).where(StoredDataset.status != DatasetStatus.FAILED).distinct()
-        ).all()
-        close = difflib.get_close_matches(given, [n for n in names if n], n=3, cutoff=0.6)
+        close = _close_names(session, given)
         hint = f"did you mean {' or '.join(f'uploaded:{name}' for name in close)}? " if close else ""
         problem = (
             f"uploaded:{given} not found: no dataset has that id or name; {hint}GET /v1/datasets lists them "
             "and POST /v1/datasets uploads one (`trainyard datasets list`, `trainyard datasets upload`)"
         )
     raise Invalid([(("data", "dataset"), problem)])
+
+
+def _close_names(session: Session, given: str) -> list[str]:
+    """The names of datasets (not failed ones) close to `given`: what it may have meant."""
+    names = session.scalars(
+        select(StoredDataset.name).where(StoredDataset.status != DatasetStatus.FAILED).distinct()
+    ).all()
+    return difflib.get_close_matches(given, [n for n in names if n], n=3, cutoff=0.6)
 
 
 def _candidates(session: Session, given: str) -> list[str]:

@@ -349,7 +349,7 @@ def require_versions(session: Session, *, name: str) -> list[ModelVersion]:
     """A model's versions, oldest first; ModelNotFound if it has none."""
     found = versions(session, name=name)
     if not found:
-        raise ModelNotFound(f"model {name!r} not found")
+        raise ModelNotFound(no_version(session, name, name, None))  # it says which names are close
     return found
 
 

@@ -293,6 +293,7 @@ def test_register_alias_threshold_and_delete(api, trained_job):
     assert aliased.status_code == 200 and aliased.json()["aliases"] == {"production": 1}
     listed = api.get("/v1/models").json()
     assert listed["count"] == 1 and listed["data"][0]["name"] == "shoes"
+    assert "did you mean 'shoes'?" in api.get("/v1/models/shoe").json()["detail"]
 
     patched = api.patch("/v1/models/shoes/versions/2", json={"threshold": 0.7})
     assert patched.status_code == 200 and patched.json()["threshold"] == 0.7
@@ -558,7 +559,7 @@ def test_datasets_are_listed_read_and_404_when_unknown(api):
     assert api.get(f"/v1/datasets/{dataset['id']}").json()["name"] == "pets"
     assert api.get("/v1/datasets/pets").json()["id"] == dataset["id"]  # by name, as `uploaded:pets` names it
     assert api.get("/v1/datasets/ffffffff").status_code == 404
-    assert api.get("/v1/datasets/pet").status_code == 404
+    assert api.get("/v1/datasets/pet").json() == {"detail": "dataset pet not found; did you mean pets?"}
     assert api.delete("/v1/datasets/ffffffff").status_code == 404
     assert api.delete("/v1/datasets/pets").status_code == 204
     assert api.get(f"/v1/datasets/{dataset['id']}").status_code == 404

@@ -274,9 +274,9 @@ def test_a_model_onnx_cannot_hold_is_served_by_torch(tmp_path, checkpoint, monke
     from models.inference.interchange import ExportError
     from models.inference.predictor import Predictor
 
-    def refuse(_predictor):
+    def refuse(_predictor, _path):
         raise ExportError("ONNX cannot express this model")
 
-    monkeypatch.setattr(onnx_runtime, "onnx_bytes", refuse)
+    monkeypatch.setattr(onnx_runtime, "write_onnx", refuse)
     loaded = server_with(tmp_path, cache=1, batch=8, delay_ms=0).load(checkpoint(tmp_path / "m.safetensors", 0))
     assert type(loaded.predictor) is Predictor
