@@ -144,9 +144,7 @@ async def _cookie_access(request: Request) -> str:
     table = token_table()
     if not table.enabled:
         return "rw"
-    session = table.session(request.cookies.get(COOKIE, ""))
-    if session is not None and await read(lambda db: sessions.signed_out(db, session_id=session.id)):
-        session = None
+    session = await live_session(request)
     access = request.state.access = session.access if session else None  # pages hide what "ro" may not do
     if access is None:
         login = "/ui/login"
@@ -155,6 +153,15 @@ async def _cookie_access(request: Request) -> str:
             login += "?" + urlencode({"next": asked})
         raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": login})
     return access
+
+
+async def live_session(request: Request) -> PageSession | None:
+    """The session the request's cookie holds, unless it expired, its token was taken away or it
+    was signed out."""
+    session = token_table().session(request.cookies.get(COOKIE, ""))
+    if session is None or await read(lambda db: sessions.signed_out(db, session_id=session.id)):
+        return None
+    return session
 
 
 async def page_viewer(request: Request) -> None:

@@ -30,7 +30,15 @@ from models.spec.explain import explain, input_loc, plain_message
 from models.spec.job import JobSpec
 from models.spec.sweeps import short_value
 from service.api import plots
-from service.api.auth import COOKIE, SESSION_SECONDS, page_editor, page_viewer, session_cookie, token_table
+from service.api.auth import (
+    COOKIE,
+    SESSION_SECONDS,
+    live_session,
+    page_editor,
+    page_viewer,
+    session_cookie,
+    token_table,
+)
 from service.api.deps import EvaluationsDep, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.downloads import exported_file
 from service.api.errors import headers_for, status_for
@@ -106,8 +114,9 @@ actions = APIRouter(dependencies=[Depends(page_editor)], include_in_schema=False
 
 
 @router.get("/ui/login", response_class=HTMLResponse)
-def login_form(request: Request, next: str = "/") -> Response:
-    if not token_table().enabled:
+async def login_form(request: Request, next: str = "/") -> Response:
+    """The form asking for a token; with none to ask for (no tokens set, or signed in), on to `next`."""
+    if not token_table().enabled or await live_session(request) is not None:
         return RedirectResponse(_local(next), status_code=303)
     return _login_page(request, next=next)
 
@@ -139,6 +148,7 @@ def login(
     return response
 
 
+@router.get("/ui/logout")  # typed in: the cookie is SameSite=strict, so no other site's link signs anyone out
 @router.post("/ui/logout")
 def logout(request: Request, session: WriteSessionDep) -> RedirectResponse:
     """End the session: its cookie is cleared here, and a copy of it opens nothing either."""

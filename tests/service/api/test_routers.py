@@ -143,6 +143,9 @@ def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
     assert guarded.get("/", follow_redirects=False).status_code == 303
     guarded.cookies.set(COOKIE, session)  # the read-only session was not signed out
     assert guarded.get("/", follow_redirects=False).status_code == 200
+    assert guarded.get("/ui/login?next=/ui/models", follow_redirects=False).headers["location"] == "/ui/models"
+    assert guarded.get("/ui/logout", follow_redirects=False).headers["location"] == "/ui/login"  # typed in
+    assert guarded.get("/", follow_redirects=False).status_code == 303
 
 
 def test_the_submit_form_tells_mistakes_as_the_api_does(api):
