@@ -118,15 +118,26 @@ def write_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict
 MAX_HEADER_BYTES = 100_000_000
 
 
-def _header_metadata(raw: bytes) -> dict:
-    """The `__metadata__` of a safetensors header's JSON; ValueError if it is not such a header."""
-    header = json.loads(raw)
+def _header(raw: bytes) -> dict:
+    """A safetensors header's JSON (UTF-8, as the format says); ValueError if it is not such a header."""
+    header = json.loads(raw.decode("utf-8"))
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict):
+    if not isinstance(header.get("__metadata__") or {}, dict):
         raise ValueError("__metadata__ is not an object")
-    return metadata
+    return header
+
+
+def _data_bytes(header: dict) -> int:
+    """How many bytes of tensor data the header's entries cover (the end of the last one)."""
+    ends = [0]
+    for name, entry in header.items():
+        if name != "__metadata__":
+            start, end = entry["data_offsets"]
+            if not 0 <= start <= end:
+                raise ValueError(f"tensor {name!r} has data offsets {start}..{end}")
+            ends.append(end)
+    return max(ends)
 
 
 def _trainyard_meta(metadata: dict) -> dict | None:
@@ -139,7 +150,8 @@ def meta_in(data: bytes) -> dict | None:
     None when the header holds none, or is not a safetensors header."""
     try:
         size = int.from_bytes(data[:8], "little")
-        meta = _trainyard_meta(_header_metadata(data[8 : 8 + size]) if 0 < size <= len(data) - 8 else {})
+        header = _header(data[8 : 8 + size]) if 0 < size <= len(data) - 8 else {}
+        meta = _trainyard_meta(header.get("__metadata__") or {})
     except Exception:  # anything a hostile header can make json.loads raise, deep nesting included
         return None
     return meta if meta is not None and meta.get("format") == FORMAT else None
@@ -147,16 +159,22 @@ def meta_in(data: bytes) -> dict | None:
 
 def read_meta(path: Path) -> dict:
     """Read only the metadata header of a checkpoint: its first bytes, not a mapping of the whole
-    file (which would count toward a job's memory budget)."""
+    file (which would count toward a job's memory budget); a file whose length is not what its
+    header says (cut short, or with bytes after) is refused, as safetensors refuses it."""
     try:
         with path.open("rb") as file:
             size = int.from_bytes(file.read(8), "little")
             if not 0 < size <= MAX_HEADER_BYTES:
                 raise ValueError(f"its header length ({size}) is not a safetensors header's")
             raw = file.read(size)
+            length = os.fstat(file.fileno()).st_size
         if len(raw) < size:
             raise ValueError("the file ends inside its header")
-        meta = _trainyard_meta(_header_metadata(raw))
+        header = _header(raw)
+        described = 8 + size + _data_bytes(header)
+        if described != length:
+            raise ValueError(f"the file holds {length} bytes where its header describes {described}")
+        meta = _trainyard_meta(header.get("__metadata__") or {})
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint {path.name} does not exist") from exc
     except Exception as exc:  # a malformed header can make json.loads raise almost anything

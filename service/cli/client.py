@@ -102,7 +102,9 @@ def checked(response: httpx.Response) -> dict:
 
 
 # A submission may have reached the service when its answer is lost; with the same Idempotency-Key
-# the service answers a retry with what the first made, so these are retried.
+# the service answers a retry with what the first made, so these are retried. A first try that
+# cannot connect is not: the service is not there (and says so at once); a later one is, since a
+# service restarting refuses connections for a moment after its 502s and 503s.
 RESUBMIT_AFTER = (httpx.ReadError, httpx.ReadTimeout, httpx.WriteError, httpx.RemoteProtocolError)
 RESUBMIT_STATUSES = (502, 503, 504)
 RESUBMIT_WAITS = (1.0, 2.0, 4.0)
@@ -134,10 +136,12 @@ def submit_once(api: httpx.Client, path: str, body, *, key: str | None) -> dict:
     is briefly unavailable: it makes one thing however often it is sent. A given key that made
     something before is said on stderr (the answer is what it made then)."""
     headers = {"Idempotency-Key": key or f"cli-{uuid.uuid4()}"}
-    for wait in RESUBMIT_WAITS:
+    for attempt, wait in enumerate(RESUBMIT_WAITS):
         try:
             answer = api.post(path, json=body, headers=headers)
-        except RESUBMIT_AFTER:
+        except httpx.TransportError as exc:
+            if attempt == 0 and not isinstance(exc, RESUBMIT_AFTER):
+                raise
             answer = None
         if answer is not None and answer.status_code not in RESUBMIT_STATUSES:
             break

@@ -18,7 +18,7 @@ from models.nets.archs import build_model
 from models.spec.job import MODEL_SPEC, JobSpec, NormalizeSpec
 from service.core import jobs
 from service.core.errors import Conflict, Invalid
-from service.core.references import DEFAULT_ALIAS, ModelNotFound, no_version, resolve
+from service.core.references import DEFAULT_ALIAS, ModelNotFound, no_alias, no_version, resolve
 from service.core.settings import Settings
 from service.core.storage import StoredFile, get_storage
 from service.core.tables import Job, JobStatus, ModelAlias, ModelVersion, utcnow
@@ -401,8 +401,7 @@ def remove_alias(session: Session, *, name: str, alias: str) -> list[str]:
     require_versions(session, name=name)
     row = session.get(ModelAlias, (name, alias))
     if row is None:
-        there = ", ".join(f"{name}@{a}" for a in aliases(session, name=name)) or "none"
-        raise ModelNotFound(f"model {name!r} has no alias {alias!r} (its aliases: {there})")
+        raise ModelNotFound(no_alias(session, name, alias))
     warnings = []
     if alias == DEFAULT_ALIAS:
         newest = versions(session, name=name)[-1]

@@ -117,7 +117,7 @@ def find_version(session: Session, *, reference: str) -> ModelVersion:
     if match["alias"]:
         alias = session.get(ModelAlias, (name, match["alias"]))
         if alias is None:
-            raise ModelNotFound(_no_alias(session, name, match["alias"]))
+            raise ModelNotFound(no_alias(session, name, match["alias"]))
         version = alias.version
     elif version is None:
         production = session.get(ModelAlias, (name, DEFAULT_ALIAS))
@@ -152,7 +152,7 @@ def no_version(session: Session, reference: str, name: str, version: int | None)
     )
 
 
-def _no_alias(session: Session, name: str, alias: str) -> str:
+def no_alias(session: Session, name: str, alias: str) -> str:
     """Why `name@alias` names nothing: the aliases the model has (and the close one), or that there is no such model."""
     aliases = {a.alias: a.version for a in session.scalars(select(ModelAlias).where(ModelAlias.name == name))}
     if not aliases:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core.tables import SignedOutSession, utcnow
@@ -16,7 +17,10 @@ def sign_out(session: Session, *, session_id: str, expires: int) -> None:
     session.execute(delete(SignedOutSession).where(SignedOutSession.expires_at < utcnow()))
     if session.get(SignedOutSession, session_id) is None:
         session.add(SignedOutSession(id=session_id, expires_at=datetime.fromtimestamp(expires, UTC)))
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # signed out twice at once (a double click): the other recorded it
+        session.rollback()
 
 
 def signed_out(session: Session, *, session_id: str) -> bool:

@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     # Without tokens the API refuses to listen on an address other than loopback, unless this says
     # that serving everyone who can reach it is intended.
     allow_open: bool = False
+    # The dashboard's session cookie is marked Secure (sent over HTTPS only). The service's own
+    # server speaks plain HTTP, so HTTPS is a proxy's in front of it: set this there.
+    secure_cookies: bool = False
 
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_dataset_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)

@@ -109,12 +109,9 @@ class Created:
 def create(session: Session, *, sweep: SweepSpec, settings: Settings, idempotency_key: str | None = None) -> Created:
     """Check every trial, record the sweep, and launch its first trials."""
     request_hash = sweep.digest()
-    if idempotency_key:
-        existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == idempotency_key)).first()
-        if existing is not None:
-            if existing.request_hash != request_hash:
-                raise Conflict(f"this Idempotency-Key was used for sweep {existing.id} with a different request")
-            return Created(existing, replayed=True)
+    replayed = _replayed(session, idempotency_key, request_hash)
+    if replayed is not None:
+        return replayed
     init_from = sweep.base.get("init_from")
     if isinstance(init_from, dict) and isinstance(init_from.get("model"), str):  # every trial from one version
         sweep = sweep.model_copy(
@@ -140,12 +137,32 @@ def create(session: Session, *, sweep: SweepSpec, settings: Settings, idempotenc
         request_hash=request_hash,
     )
     session.add(record)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another request with the same key (a client's retry) inserted first: answer with its sweep.
+        session.rollback()
+        replayed = _replayed(session, idempotency_key, request_hash)
+        if replayed is None:
+            raise
+        return replayed
     if sweep.adaptive:
         record.study = studies.create(settings, sweep_id=record.id, mode=mode)
     session.commit()
     advance(session, sweep_id=record.id, settings=settings)
     return Created(record, replayed=False)
+
+
+def _replayed(session: Session, idempotency_key: str | None, request_hash: str) -> Created | None:
+    """The sweep an earlier request with this key created, or None; Conflict if it asked for another sweep."""
+    if not idempotency_key:
+        return None
+    existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == idempotency_key)).first()
+    if existing is None:
+        return None
+    if existing.request_hash != request_hash:
+        raise Conflict(f"this Idempotency-Key was used for sweep {existing.id} with a different request")
+    return Created(existing, replayed=True)
 
 
 def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:

@@ -130,3 +130,18 @@ def test_every_dtype_and_layout_a_state_holds_round_trips(tmp_path):
         write_checkpoint(path, {"z": torch.zeros(2, dtype=torch.complex128)}, {"epoch": 2})
     with pytest.raises(ValueError, match="header's own key"):
         write_checkpoint(path, {"__metadata__": torch.zeros(1)}, {"epoch": 2})
+
+
+def test_a_checkpoint_cut_short_or_not_utf8_is_refused_by_its_header_read(tmp_path):
+    path = tmp_path / "whole.safetensors"
+    write_checkpoint(path, {"w": torch.ones(64)}, {"epoch": 1})
+    assert read_meta(path)["epoch"] == 1
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="holds .* bytes where its header describes"):
+        read_meta(cut)
+    header = json.dumps({"__metadata__": {"trainyard": json.dumps({"format": "x"})}}).encode("utf-16")
+    wide = tmp_path / "wide.safetensors"
+    wide.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        read_meta(wide)

@@ -143,20 +143,20 @@ def login(
         max_age=SESSION_SECONDS,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=get_settings().secure_cookies or request.url.scheme == "https",
     )
     return response
 
 
-@router.get("/ui/logout")  # typed in: the cookie is SameSite=strict, so no other site's link signs anyone out
+@router.get("/ui/logout")  # typed in; another site's link brings no SameSite=strict cookie, so it ends nothing
 @router.post("/ui/logout")
 def logout(request: Request, session: WriteSessionDep) -> RedirectResponse:
     """End the session: its cookie is cleared here, and a copy of it opens nothing either."""
-    signed_in = token_table().session(request.cookies.get(COOKIE, ""))
-    if signed_in is not None:
-        sessions.sign_out(session, session_id=signed_in.id, expires=signed_in.expires)
     response = RedirectResponse("/ui/login", status_code=303)
-    response.delete_cookie(COOKIE, httponly=True, samesite="strict")
+    signed_in = token_table().session(request.cookies.get(COOKIE, ""))
+    if signed_in is not None:  # a request that brought no session (another site's link) clears nothing
+        sessions.sign_out(session, session_id=signed_in.id, expires=signed_in.expires)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict")
     return response
 
 
@@ -167,7 +167,8 @@ def _login_page(request: Request, *, next: str, message: str = "", status_code: 
 
 def _local(path: str) -> str:
     """`path` if it is a page of this service, else the job list: the login form sends no one elsewhere."""
-    return path if path.startswith("/") and not path.startswith(("//", "/\\")) else "/"
+    plain = path.isprintable() and not any(c.isspace() for c in path)  # no tab or newline for a browser to drop
+    return path if plain and path.startswith("/") and not path.startswith(("//", "/\\")) else "/"
 
 
 def _jobs(session, limit: int = 100) -> dict:

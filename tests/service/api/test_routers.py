@@ -133,10 +133,16 @@ def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
         "/ui/login", data={"token": TOKENS["write"], "next": "//evil.example/"}, follow_redirects=False
     )
     assert elsewhere.headers["location"] == "/"
+    for sneaky in ("/\t/evil.example", "/\r\nSet-Cookie: x=1", "/\\evil.example"):
+        refused = guarded.post("/ui/login", data={"token": TOKENS["write"], "next": sneaky}, follow_redirects=False)
+        assert refused.headers["location"] == "/", sneaky
     writer = elsewhere.cookies[COOKIE]
     guarded.cookies.clear()
     guarded.cookies.set(COOKIE, writer)
     assert guarded.get("/", follow_redirects=False).status_code == 200
+    guarded.cookies.clear()
+    assert "set-cookie" not in guarded.post("/ui/logout", follow_redirects=False).headers  # no session: nothing cleared
+    guarded.cookies.set(COOKIE, writer)
     out = guarded.post("/ui/logout", follow_redirects=False)
     assert out.headers["location"] == "/ui/login" and 'trainyard_session=""' in out.headers["set-cookie"]
     guarded.cookies.set(COOKIE, writer)  # a copy of the signed-out cookie
@@ -312,7 +318,7 @@ def test_register_alias_threshold_and_delete(api, trained_job):
     removed = api.delete("/v1/models/shoes/aliases/production")
     assert removed.status_code == 200 and removed.json()["aliases"] == {} and removed.json()["warnings"] == []
     again = api.delete("/v1/models/shoes/aliases/production")
-    assert again.status_code == 404 and "no alias 'production' (its aliases: none)" in again.text
+    assert again.status_code == 404 and "has no alias 'production'; it has no aliases yet" in again.text
     assert api.delete("/v1/models/nothing/aliases/production").status_code == 404
     assert api.delete("/v1/models/shoes/versions/1").status_code == 204  # the model's last version
     assert api.get("/v1/models/shoes").status_code == 404

@@ -367,6 +367,8 @@ def test_a_submission_whose_answer_is_lost_is_sent_again_under_the_same_key(monk
             raise httpx.ReadTimeout("no answer", request=request)
         if len(sent) == 2:
             return httpx.Response(503, json={"detail": "the database is unavailable"})
+        if len(sent) == 3:
+            raise httpx.ConnectError("refused while it restarts", request=request)
         return httpx.Response(202, json={"id": "75190f2c", "status": "queued"})
 
     transport = httpx.MockTransport(answer)
@@ -376,11 +378,11 @@ def test_a_submission_whose_answer_is_lost_is_sent_again_under_the_same_key(monk
     spec.write_text("{}")
     result = CliRunner().invoke(cli_main.app, ["submit", str(spec), "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["id"] == "75190f2c", result.output
-    assert len(sent) == 3 and sent[0].startswith("cli-") and len(set(sent)) == 1
+    assert len(sent) == 4 and sent[0].startswith("cli-") and len(set(sent)) == 1
     assert "note:" not in result.output  # its own retries are not the user's rerun
     sent.clear()
     result = CliRunner().invoke(cli_main.app, ["sweep", str(spec), "--idempotency-key", "nightly-7", "--json"])
-    assert sent == ["nightly-7"] * 3, result.output
+    assert sent == ["nightly-7"] * 4, result.output
     for bad in ("", " ", "tab\there", "x" * 201):
         refused = CliRunner().invoke(cli_main.app, ["submit", str(spec), "--idempotency-key", bad])
         assert refused.exit_code == 2 and "cannot be a key" in refused.output, (bad, refused.output)
