@@ -214,3 +214,26 @@ def test_trials_are_ranked_on_validation_when_they_hold_one_out(data, task, rank
 
     base = {**BASE, "data": {**BASE["data"], **data}}
     assert default_ranking(SweepSpec(name="v", base=base, grid={"epochs": [1]}), task) == ranking
+
+
+def test_a_key_another_request_took_meanwhile_answers_that_sweep_on_either_database(service_env_on, monkeypatch):
+    """Two requests under one key (a client's retry) both pass the check for an earlier sweep before
+    either commits: the second's insert fails on the key, and it answers the first's sweep."""
+    from service.core import db, sweeps
+    from tests.support.specs import SOFTMAX_SPEC
+
+    request = SweepSpec(name="retried", base={**SOFTMAX_SPEC, "epochs": 1}, grid={"optimizer.lr": [0.1]})
+    with db.session_scope() as session:
+        first = sweeps.create(session, sweep=request, settings=service_env_on, idempotency_key="k1")
+        first_id = first.sweep.id
+    looked = []
+    check = sweeps._replayed
+
+    def not_yet_committed(session, key, request_hash):  # the first look happened before the other commit
+        looked.append(key)
+        return None if len(looked) == 1 else check(session, key, request_hash)
+
+    monkeypatch.setattr(sweeps, "_replayed", not_yet_committed)
+    with db.session_scope() as session:
+        again = sweeps.create(session, sweep=request, settings=service_env_on, idempotency_key="k1")
+        assert again.replayed and again.sweep.id == first_id and looked == ["k1", "k1"]
