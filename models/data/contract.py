@@ -5,7 +5,9 @@ evaluation, /v1/predict, the v2 protocol, the dashboard and the exports:
 
 - images: uint8 pixels [C, H, W] with C = 1 (grey, ITU-R 601-2 luma) or 3 (RGB), any input
   resized to H x W (bilinear), then x / 255 normalised per channel: (x / 255 - mean) / std;
-- tabular: `features` float columns, used as they are.
+- tabular: `features` float columns, used as they are or standardised per column:
+  (x - mean) / std. A tabular model takes its raw columns everywhere (training, predict, the v2
+  protocol, its exports), the standardisation being part of it.
 """
 
 from __future__ import annotations
@@ -48,8 +50,13 @@ class InputContract(BaseModel):
                 values = getattr(self, name)
                 if values is not None and len(values) != self.channels:
                     raise ValueError(f"{name} has {len(values)} values for {self.channels} channel(s)")
-        elif self.features is None:
-            raise ValueError("a tabular contract needs features")
+        else:
+            if self.features is None:
+                raise ValueError("a tabular contract needs features")
+            for name in ("mean", "std"):
+                values = getattr(self, name)
+                if values is not None and len(values) != self.features:
+                    raise ValueError(f"{name} has {len(values)} values for {self.features} feature(s)")
         return self
 
     @classmethod
@@ -103,12 +110,23 @@ class InputContract(BaseModel):
         return _affine(tuple(self.mean or ()), tuple(self.std or ()), self.channels)
 
     def to_float(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels [..., C, H, W] to the float inputs the network sees (the stored pixels unchanged)."""
+        """uint8 pixels [..., C, H, W], or a tabular model's raw columns [..., features], to the
+        float inputs the network sees (what was given unchanged)."""
+        if not self.images:
+            return self.standardise(pixels.float())
         x = pixels.float()
         if not self.normalised:
             return x.mul_(1 / 255)
         scale, shift = _affine_on(tuple(self.mean or ()), tuple(self.std or ()), self.channels, str(x.device))
         return x.mul_(scale).add_(shift)
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Float columns [..., features] as the network sees them: (x - mean) / std when the
+        contract carries them, else x itself."""
+        if not self.normalised:
+            return x
+        mean, std = _columns_on(tuple(self.mean), tuple(self.std), str(x.device))
+        return (x - mean) / std
 
     def decode(self, data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
         """One encoded image as the uint8 pixels [C, H, W] this contract takes."""
@@ -121,6 +139,11 @@ def _affine(mean: tuple, std: tuple, channels: int) -> tuple[np.ndarray, np.ndar
     mean_ = np.asarray(mean or [0.0] * channels, dtype=np.float64)
     std_ = np.asarray(std or [1.0] * channels, dtype=np.float64)
     return (1 / (255 * std_)).astype(np.float32), (-mean_ / std_).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _columns_on(mean: tuple, std: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(mean, dtype=torch.float32, device=device), torch.tensor(std, dtype=torch.float32, device=device)
 
 
 @functools.lru_cache(maxsize=64)

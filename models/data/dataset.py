@@ -59,7 +59,7 @@ class Dataset:
 
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """Convert a batch of stored inputs to the float tensor the model sees."""
-        return self.contract.to_float(x) if x.dtype == torch.uint8 else x
+        return self.contract.to_float(x) if x.dtype == torch.uint8 or not self.contract.images else x
 
     def replace(self, **changes) -> Dataset:
         return dataclasses.replace(self, **changes)

@@ -172,10 +172,30 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
     return mean.tolist(), std.tolist()
 
 
+def feature_stats(x, chunk: int = 65536) -> tuple[list[float], list[float]]:
+    """Per-column mean and standard deviation of float rows [N, D] (a tensor or Rows), summed in
+    float64 a chunk at a time; a constant column's std is 1 (it is centred, not scaled)."""
+    if len(x) == 0:
+        raise DatasetError("normalize: dataset needs training rows to measure")
+    total = squares = None
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk].to("cpu", torch.float64)
+        total = part.sum(dim=0) if total is None else total + part.sum(dim=0)
+        squares = part.square().sum(dim=0) if squares is None else squares + part.square().sum(dim=0)
+    mean = total / len(x)
+    std = (squares / len(x) - mean.square()).clamp_min(0).sqrt()
+    return mean.tolist(), torch.where(std > 1e-12, std, 1.0).tolist()
+
+
 def _normalised(dataset: Dataset, normalize) -> Dataset:
-    """The dataset whose contract carries the spec's normalisation (none leaves pixel / 255)."""
-    if normalize in (None, "none") or not dataset.contract.images:
+    """The dataset whose contract carries the spec's normalisation (none leaves pixel / 255, and
+    a tabular set's columns as they are; dataset standardises those per column)."""
+    if normalize in (None, "none"):
         return dataset
+    if not dataset.contract.images:
+        if normalize != "dataset":
+            raise DatasetError("normalize for numeric features is dataset (each column's mean and std)")
+        return dataset.replace(contract=dataset.contract.with_normalisation(*feature_stats(dataset.x_train)))
     if isinstance(normalize, NormalizeSpec):
         if len(normalize.mean) != dataset.contract.channels:
             raise DatasetError(

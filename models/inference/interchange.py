@@ -68,6 +68,19 @@ class FromPixels(nn.Module):
         return self.net(pixels.float() * self.scale + self.shift)
 
 
+class FromColumns(nn.Module):
+    """A tabular model's raw columns standardised as it was trained, then the network with its outputs."""
+
+    def __init__(self, net: nn.Module, contract: InputContract):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(contract.mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(contract.std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
 def model_spec(meta: dict) -> dict:
     """The architecture part of a checkpoint's metadata (a job's spec, or an imported model's)."""
     return meta["model"] if "model" in meta else meta["spec"]["model"]
@@ -93,6 +106,8 @@ def _module(predictor: Predictor, inputs: str = "float") -> tuple[nn.Module, tor
     module = WithOutputs(net, predictor.task == "classification").eval()
     shape = predictor.meta["input_shape"]
     if inputs == "float":
+        if not predictor.contract.images and predictor.contract.normalised:  # it takes its raw columns
+            return FromColumns(module, predictor.contract).eval(), torch.rand(2, *shape)
         return module, torch.rand(2, *shape)
     if not predictor.contract.images:
         raise ExportError("inputs=pixels is for image models; this one takes numeric inputs")

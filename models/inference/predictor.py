@@ -59,7 +59,8 @@ class Predictor:
         return cls(model, meta, device)
 
     def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Model inputs from uint8 pixels [..., C, H, W], normalised as the training data were."""
+        """Model inputs from uint8 pixels [..., C, H, W] (or a tabular model's raw columns),
+        normalised as the training data were."""
         return self.contract.to_float(pixels)
 
     def decode_pixels(self, data: bytes, filename: str, *, max_pixels: int) -> np.ndarray:
@@ -76,9 +77,10 @@ class Predictor:
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities (classification) or predicted values (regression) for a batch, on
         the CPU; a uint8 batch holds image pixels (decode_pixels) and is scaled first, on the
-        model's device (so that a GPU receives a quarter of the bytes)."""
+        model's device (so that a GPU receives a quarter of the bytes); a tabular model's batch
+        holds its raw columns, standardised here when it was trained so."""
         batch = batch.to(self.device, non_blocking=True)
-        if batch.dtype == torch.uint8:
+        if batch.dtype == torch.uint8 or not self.contract.images:
             batch = self.to_input(batch)
         outputs = self.model(batch)
         outputs = torch.softmax(outputs, dim=1) if self.task == "classification" else outputs

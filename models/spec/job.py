@@ -316,9 +316,9 @@ class _ImageOptions(_DataBase):
     )
     normalize: Literal["none", "dataset"] | NormalizeSpec | None = Field(
         default=None,
-        description="none: pixel / 255; dataset: per-channel mean/std of the training split; "
-        "or explicit {mean, std}; unset: the backbone's own for a pretrained model, "
-        "else none",
+        description="none: pixel / 255; dataset: per-channel mean/std of the training split (a CSV: "
+        "each column standardised by its mean/std); or explicit {mean, std}; unset: the backbone's own "
+        "for a pretrained model, else none",
     )
     augment: AugmentSpec | None = None
 

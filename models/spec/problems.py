@@ -132,16 +132,24 @@ def _image_option_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem
     if not isinstance(data, _ImageOptions):
         return problems
     if not info.images:
-        used = {"normalize": data.normalize not in (None, "none"), "augment": data.augment is not None}
-        return [
-            SpecProblem(
-                ("data", name),
-                f"{name} applies to image datasets only; {data.dataset} holds "
-                f"{info.input_shape[0]} numeric features per example",
+        problems = []
+        if isinstance(data.normalize, NormalizeSpec):
+            problems.append(
+                SpecProblem(
+                    ("data", "normalize"),
+                    f"{data.dataset} holds {info.input_shape[0]} numeric features per example: give normalize "
+                    "dataset to standardise each column by its mean and std on the training split",
+                )
             )
-            for name, given in used.items()
-            if given
-        ]
+        if data.augment is not None:
+            problems.append(
+                SpecProblem(
+                    ("data", "augment"),
+                    f"augment applies to image datasets only; {data.dataset} holds "
+                    f"{info.input_shape[0]} numeric features per example",
+                )
+            )
+        return problems
     channels, height, width = info.input_shape
     if isinstance(data.normalize, NormalizeSpec) and len(data.normalize.mean) != channels:
         problems.append(

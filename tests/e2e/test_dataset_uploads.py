@@ -94,7 +94,7 @@ def test_csv_regression_dataset_trains(stack, client):
     assert '<p id="columns">x1, x2</p>' in page.text, page.text
     spec = {
         "model": {"arch": "linear_regression"},
-        "data": {"dataset": f"uploaded:{dataset['id']}"},
+        "data": {"dataset": f"uploaded:{dataset['id']}", "normalize": "dataset"},
         "optimizer": {"lr": 0.1},
         "epochs": 60,
         "batch_size": 10,
@@ -103,6 +103,7 @@ def test_csv_regression_dataset_trains(stack, client):
     assert job["status"] == "succeeded" and job["latest_metrics"]["test_loss"] < 0.01, job
     predicted = client.post("/v1/predict", json={"model": f"job:{job['id']}", "inputs": [[0.5, 0.25]]}).json()
     assert predicted["model"]["columns"] == ["x1", "x2"], predicted
+    assert abs(predicted["predictions"][0]["value"] - 2.0) < 0.15, predicted  # 3 x1 - 2 x2 + 1, from raw columns
     wrong = client.post("/v1/predict", json={"model": f"job:{job['id']}", "inputs": [[0.5]]})
     assert wrong.status_code == 422 and "has 1 value; this model takes 2, in this order: x1, x2" in wrong.text
     lenet = client.post("/v1/jobs", json={**spec, "model": {"arch": "lenet"}})

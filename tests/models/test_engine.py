@@ -388,3 +388,62 @@ def test_decoded_datasets_are_cached_on_disk(idx_dir, tmp_path):
     data_module._decoded.clear()
     rebuilt = data_module.load_dataset(spec, data_dir=idx_dir, cache_dir=tmp_path)
     assert torch.equal(rebuilt.y_test, first.y_test) and cached.stat().st_size > 1000
+
+
+def test_standardised_csv_columns_train_where_raw_ones_diverge_and_predict_takes_raw_rows(tmp_path):
+    """Columns a hundredfold apart (rooms 1-6, area 20-200): plain SGD on the raw columns diverges
+    at a rate that trains them once `normalize: dataset` standardises each; the predictor, its
+    checkpoint and its exports take the raw columns and answer alike."""
+    import io
+    import uuid
+
+    import onnxruntime
+
+    from models.checkpoint import write_checkpoint
+    from models.data.loading import save_stored_dataset
+    from models.data.uploads import decode_archive
+    from models.inference.interchange import export
+    from models.inference.predictor import Predictor
+    from tests.support.datagen import zip_bytes
+
+    generator = torch.Generator().manual_seed(0)
+    rooms = torch.randint(1, 7, (300,), generator=generator).float()
+    area = 20 + 180 * torch.rand(300, generator=generator)
+    price = 3 * rooms + 0.05 * area + 1
+    rows = "rooms,area,target\n" + "".join(
+        f"{r:g},{a:.3f},{p:.4f}\n" for r, a, p in zip(rooms, area, price, strict=True)
+    )
+    decoded = decode_archive(zip_bytes({"houses.csv": rows.encode()}), name="houses", test_fraction=0.2)
+    dataset_id = str(uuid.uuid4())
+    save_stored_dataset(tmp_path / "houses.safetensors", decoded.dataset, {"kind": decoded.kind})
+
+    def spec(normalize: str | None) -> JobSpec:
+        data = {"dataset": f"uploaded:{dataset_id}", **({"normalize": normalize} if normalize else {})}
+        return JobSpec.model_validate(
+            {
+                "model": {"arch": "linear_regression"},
+                "data": data,
+                "optimizer": {"name": "sgd", "lr": 0.1},
+                "epochs": 30,
+                "batch_size": 16,
+                "device": "cpu",
+            }
+        )
+
+    stored = {"data_dir": tmp_path, "stored_dataset": lambda _id: tmp_path / "houses.safetensors"}
+    with pytest.raises(TrainingError, match="lower the learning rate"):
+        fit(spec(None), **stored)
+    result = fit(spec("dataset"), **stored)
+    run = result.run
+    contract = run.dataset.contract
+    assert contract.columns == ["rooms", "area"] and abs(contract.mean[1] - float(area.mean())) < 10
+    write_checkpoint(tmp_path / "m.safetensors", run.model.state_dict(), run.model_meta())
+    predictor = Predictor.from_checkpoint(tmp_path / "m.safetensors")
+    raw = torch.tensor([[2.0, 50.0], [5.0, 180.0]])
+    predicted = predictor.probabilities(predictor.decode_values(raw.tolist()))
+    assert torch.allclose(predicted.squeeze(1), 3 * raw[:, 0] + 0.05 * raw[:, 1] + 1, atol=0.05), predicted
+    session = onnxruntime.InferenceSession(export(predictor, "onnx"))
+    (exported,) = session.run(None, {"input": raw.numpy()})
+    assert torch.allclose(torch.from_numpy(exported), predicted, atol=1e-4)
+    program = torch.export.load(io.BytesIO(export(predictor, "pt2"))).module()
+    assert torch.allclose(program(raw), predicted, atol=1e-4)

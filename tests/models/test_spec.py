@@ -184,7 +184,7 @@ def test_input_loc_is_the_path_as_sent():
     assert input_loc(sent, ("model", "mlp", "hidden"), missing=True) == ("model", "hidden")
 
 
-def test_normalisation_and_augmentation_are_for_images_only():
+def test_augmentation_and_explicit_normalisation_are_for_images_only():
     from models.spec.problems import DatasetInfo, spec_problems
 
     table = DatasetInfo("classification", (4,), 2, images=False)
@@ -195,6 +195,11 @@ def test_normalisation_and_augmentation_are_for_images_only():
             "data": {"dataset": uploaded, "normalize": "dataset", "augment": {"horizontal_flip": True}},
         }
     )
-    assert [p.loc for p in spec_problems(spec, table)] == [("data", "normalize"), ("data", "augment")]
+    assert [p.loc for p in spec_problems(spec, table)] == [("data", "augment")]  # columns may be standardised
+    explicit = JobSpec.model_validate(
+        {"model": {"arch": "mlp"}, "data": {"dataset": uploaded, "normalize": {"mean": [0.5], "std": [0.2]}}}
+    )
+    [problem] = spec_problems(explicit, table)
+    assert problem.loc == ("data", "normalize") and "give normalize dataset" in problem.msg
     plain = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": uploaded}})
     assert spec_problems(plain, table) == []
