@@ -236,17 +236,23 @@ def imported_meta(
     std: list[float] | None = None,
     *,
     resize: int | None = None,
+    columns: list[str] | None = None,
 ) -> dict:
     """A checkpoint's metadata for weights trained elsewhere: images decoded as trainyard's own
-    (grey or RGB by the channels, resized to the input shape), pixel / 255 normalised by mean/std;
-    `resize`: the side the network resizes its inputs to (a trainyard export's, kept)."""
+    (grey or RGB by the channels, resized to the input shape), pixel / 255 normalised by mean/std,
+    or numeric columns (named `columns`) standardised by mean/std; `resize`: the side the network
+    resizes its inputs to (a trainyard export's, kept)."""
     if len(input_shape) == 3:
         contract = InputContract.image(*input_shape, classes=classes)
         if mean is not None or std is not None:
             channels = input_shape[0]
             contract = contract.with_normalisation(mean or [0.0] * channels, std or [1.0] * channels)
     else:
-        contract = InputContract.tabular(input_shape[0], classes)
+        contract = InputContract.tabular(
+            input_shape[0], classes, columns if len(columns or []) == input_shape[0] else None
+        )
+        if mean is not None and std is not None:
+            contract = contract.with_normalisation(mean, std)
     return {
         "model": model,
         "task": "classification" if classes else "regression",

@@ -113,9 +113,10 @@ RESUBMIT_WAITS = (1.0, 2.0, 4.0)
 def _idempotency_key(key: str | None) -> str | None:
     """A key a script gives must be one: an empty one (an unset variable) would silently submit again."""
     if key is not None and not re.fullmatch(r"[\x21-\x7e]([\x20-\x7e]{0,198}[\x21-\x7e])?", key):
+        why = " (an empty key would submit again on every run)" if not key.strip() else ""
         raise typer.BadParameter(
-            f"{key!r} cannot be a key: give 1 to 200 printable ASCII characters, not starting or ending with a space "
-            "(an empty key would submit again on every run)"
+            f"{key!r} cannot be a key: give 1 to 200 printable ASCII characters, not starting or ending with "
+            f"a space{why}"
         )
     return key
 
@@ -747,7 +748,7 @@ def evaluation_views(report: dict, url: str) -> list:
     model = report["model"]
     top_k = "".join(f" · top-{k} {_fmt(v)}" for k, v in report["top_k_accuracy"].items() if k != "1")
     summary = (
-        f"{model['reference']} (epoch {model['epoch']}) on {report['num_test']} test images: "
+        f"{model['reference']} (epoch {model['epoch']}) on {report['num_test']} test examples: "
         f"accuracy {_fmt(report['accuracy'])}{top_k}"
     )
     classes = Table("class", "precision", "recall", "f1", "support", title="per class")
@@ -773,7 +774,8 @@ def evaluation_views(report: dict, url: str) -> list:
             _fmt(m["probability"], 3),
             url.rstrip("/") + m["image_url"],
         )
-    return [summary, classes, thresholds, mistakes if report["mistakes"] else "no mistakes: every test image is right"]
+    none = "no mistakes: every test example is right"
+    return [summary, classes, thresholds, mistakes if report["mistakes"] else none]
 
 
 @command(top, "evaluate")

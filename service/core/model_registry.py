@@ -4,6 +4,7 @@ elsewhere), and movable aliases. Each function that changes the registry commits
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 from pydantic import ValidationError
@@ -119,12 +120,13 @@ def import_version(
     A file that trainyard exported says its architecture, classes, input shape and normalisation:
     those left out are taken from it, and those given must agree with it."""
     given = _with_file_header(weights, model, classes, input_shape, normalize, threshold)
-    model, classes, input_shape, normalize, resize = (
+    model, classes, input_shape, normalize, resize, columns = (
         given["model"],
         given["classes"],
         given["input_shape"],
         given["normalize"],
         given["resize"],
+        given["columns"],
     )
     _check_fields(classes, input_shape)
     threshold = _threshold(given["threshold"], "classification" if classes else "regression")
@@ -132,14 +134,17 @@ def import_version(
         spec = MODEL_SPEC.validate_python(model)
     except ValidationError as exc:
         raise Invalid([(("model", *e["loc"]), e["msg"]) for e in exc.errors()]) from None
-    norm = None
-    if normalize is not None:
+    mean = std = None
+    if normalize is not None and len(input_shape) == 1:
+        mean, std = _column_normalisation(normalize, input_shape[0])
+    elif normalize is not None:
         try:
             norm = NormalizeSpec.model_validate(normalize)
         except ValidationError as exc:
             raise Invalid([(("normalize", *e["loc"]), e["msg"]) for e in exc.errors()]) from None
-        if len(input_shape) != 3 or len(norm.mean) != input_shape[0]:
-            raise Invalid([(("normalize",), "normalize needs an image input_shape and one mean and std per channel")])
+        if len(norm.mean) != input_shape[0]:
+            raise Invalid([(("normalize",), "normalize needs one mean and std per channel of the input_shape")])
+        mean, std = norm.mean, norm.std
     outputs = len(classes) if classes else 1
     try:
         net = build_model(spec, input_shape, outputs, resize=resize)
@@ -158,14 +163,7 @@ def import_version(
     problems = weights_problems(net, state)
     if problems:
         raise Invalid([(("file", tensor), message) for tensor, message in problems])
-    meta = imported_meta(
-        spec.model_dump(mode="json"),
-        classes,
-        input_shape,
-        norm.mean if norm else None,
-        norm.std if norm else None,
-        resize=resize,
-    )
+    meta = imported_meta(spec.model_dump(mode="json"), classes, input_shape, mean, std, resize=resize, columns=columns)
 
     def store(relative: str) -> StoredFile:
         return get_storage(settings).write(f"registry/{relative}", lambda path: write_checkpoint(path, state, meta))
@@ -253,6 +251,27 @@ def _check_fields(classes, input_shape) -> None:
         raise Invalid([(("input_shape",), f"images have 1 (grey) or 3 (RGB) channels, not {input_shape[0]}")])
 
 
+def _column_normalisation(normalize, features: int) -> tuple[list[float], list[float]]:
+    """A numeric model's standardisation, (x - mean) / std per column: one finite mean and one
+    positive std for each of its `features` columns; Invalid otherwise."""
+    pairs = normalize if isinstance(normalize, dict) else {}
+    mean, std = pairs.get("mean"), pairs.get("std")
+
+    def numbers(values, positive: bool) -> bool:
+        return (
+            isinstance(values, list)
+            and len(values) == features
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+            and (not positive or all(v > 0 for v in values))
+        )
+
+    if not (numbers(mean, False) and numbers(std, True)):
+        raise Invalid(
+            [(("normalize",), f"a model of {features} numeric columns takes a mean and a positive std for each column")]
+        )
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
 def _header_says(meta: dict) -> dict:
     """What a trainyard checkpoint's header says of how to serve its weights; Invalid for what no
     export of trainyard's would say (the header is the client's to write)."""
@@ -271,7 +290,9 @@ def _header_says(meta: dict) -> dict:
     if not (threshold is None or (isinstance(threshold, float | int) and 0 <= threshold <= 1)):
         raise Invalid([(("file",), f"its header's threshold {threshold!r} is not a number from 0 to 1")])
     channels = len(mean or std or [])
+    columns = contract.get("columns")
     return {
+        "columns": columns if isinstance(columns, list) and all(isinstance(c, str) for c in columns) else None,
         "model": meta.get("model") or (spec.get("model") if isinstance(spec, dict) else None),
         "classes": meta.get("classes"),
         "input_shape": meta.get("input_shape"),
@@ -314,7 +335,13 @@ def _with_file_header(weights: bytes, model, classes, input_shape, normalize, th
                 ]
             )
         given = {"model": model, "classes": classes, "input_shape": input_shape, "normalize": normalize}
-        return {**given, "input_shape": input_shape or [1, 28, 28], "resize": None, "threshold": threshold}
+        return {
+            **given,
+            "input_shape": input_shape or [1, 28, 28],
+            "resize": None,
+            "threshold": threshold,
+            "columns": None,
+        }
     own = _header_says(meta)
     problems = []
     if model is not None and own["model"] is not None and _canonical(model) != _canonical(own["model"]):
@@ -338,6 +365,7 @@ def _with_file_header(weights: bytes, model, classes, input_shape, normalize, th
         "normalize": normalize if normalize is not None else own["normalize"],
         "resize": own["resize"],
         "threshold": threshold if threshold is not None else own["threshold"],
+        "columns": own["columns"] if len(input_shape or own["input_shape"] or []) == 1 else None,
     }
 
 

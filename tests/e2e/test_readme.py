@@ -247,7 +247,7 @@ def test_docs_cli_blocks(fresh_stack, tmp_path):
     assert first_json(evaluation)["model"]["reference"] == f"job:{job_id}"
     mistakes = first_json(evaluation)["mistakes"]  # the table says the same as the JSON
     assert ("most confident mistakes" in evaluation) == bool(mistakes)
-    assert ("no mistakes: every test image is right" in evaluation) == (not mistakes)
+    assert ("no mistakes: every test example is right" in evaluation) == (not mistakes)
     assert {"fashion.onnx"} <= {p.name for p in tmp_path.iterdir()} and len(list(tmp_path.glob("*.onnx"))) >= 2
 
 

@@ -199,7 +199,14 @@ def _job_page(
     """A job's page (its overview or its logs), with `extra` in its context (a form's error)."""
     job = job_public(job_pages.view(session, job_id=job_id, settings=get_settings()))
     info = datasets.dataset_info(session, JobSpec.model_validate(job.spec))
-    context = {"job": job, "tab": tab, "exports": EXPORTS, "images": info is not None and info.images, **extra}
+    context = {
+        "job": job,
+        "tab": tab,
+        "exports": EXPORTS,
+        "images": info is not None and info.images,
+        "rows": info is not None and not info.images,  # a model of numeric rows: the predict page takes images
+        **extra,
+    }
     if tab == "logs":
         context["logs"] = job_logs.read(session, job_id=job.id, limit=LOG_LINES_SHOWN)
     else:

@@ -450,6 +450,37 @@ def test_an_export_imports_back_as_it_was_trained_and_a_contrary_field_is_refuse
     assert "pt2, TorchScript, ONNX and pickled files are not taken" in other_kind.json()["detail"][0]["msg"]
 
 
+def test_a_model_of_standardised_columns_imports_back_and_answers_as_before(api, tmp_path):
+    import torch
+
+    from models.checkpoint import write_checkpoint
+    from models.inference.interchange import export, imported_meta
+    from models.inference.predictor import Predictor
+    from models.nets.archs import build_model
+    from models.spec.job import MODEL_SPEC
+
+    spec = MODEL_SPEC.validate_python({"arch": "linear_regression"})
+    torch.manual_seed(0)
+    net = build_model(spec, [2], 1)
+    meta = imported_meta(spec.model_dump(mode="json"), None, [2], [3.5, 110.0], [1.7, 52.0], columns=["rooms", "area"])
+    write_checkpoint(tmp_path / "m.safetensors", net.state_dict(), meta)
+    original = Predictor.from_checkpoint(tmp_path / "m.safetensors")
+    exported = export(original, "safetensors")
+    imported = api.post("/v1/models/import", data={"name": "houses"}, files={"file": ("h.safetensors", exported)})
+    assert imported.status_code == 201, imported.text
+    rows = [[2.0, 50.0], [5.0, 180.0]]
+    answer = api.post("/v1/predict", json={"model": "houses", "inputs": rows}).json()
+    assert answer["model"]["columns"] == ["rooms", "area"]
+    expected = original.probabilities(original.decode_values(rows)).squeeze(1).tolist()
+    assert [p["value"] for p in answer["predictions"]] == pytest.approx(expected, rel=1e-5)
+    wrong = api.post(
+        "/v1/models/import",
+        data={"name": "houses", "normalize": '{"mean": [1], "std": [1]}'},
+        files={"file": ("h.safetensors", exported)},
+    )
+    assert locs(wrong) == [["body", "normalize"]]
+
+
 def test_an_exported_header_that_resizes_or_lies_imports_as_it_says_or_is_refused(api):
     """A job that resized its inputs inside the network exports that too, and imports back serving
     what it served; a header whose values no model could have is a 422, not a 500."""

@@ -299,7 +299,7 @@ def test_the_metrics_table_heads_its_best_column_and_an_evaluation_without_mista
         "thresholds": [],
         "mistakes": [],
     }
-    assert cli_client.evaluation_views(report, "http://x")[-1] == "no mistakes: every test image is right"
+    assert cli_client.evaluation_views(report, "http://x")[-1] == "no mistakes: every test example is right"
 
 
 def test_a_dataset_is_shown_with_its_classes_and_a_regression_set_without():
