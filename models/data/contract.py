@@ -81,7 +81,8 @@ class InputContract(BaseModel):
         return cls.tabular(old["features"], classes, old.get("columns"))
 
     def to_json(self) -> dict:
-        return self.model_dump(mode="json", exclude_none=True)
+        """The contract as JSON, without what does not apply to its kind (a table is not resized)."""
+        return self.model_dump(mode="json", exclude_none=True, exclude=None if self.images else {"resize"})
 
     def dumps(self) -> str:
         return json.dumps(self.to_json())

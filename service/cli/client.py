@@ -772,7 +772,7 @@ def evaluation_views(report: dict, url: str) -> list:
             m["true_label"],
             m["predicted_label"],
             _fmt(m["probability"], 3),
-            url.rstrip("/") + m["image_url"],
+            url.rstrip("/") + m["image_url"] if m.get("image_url") else "-",  # none for numeric rows
         )
     none = "no mistakes: every test example is right"
     return [summary, classes, thresholds, mistakes if report["mistakes"] else none]

@@ -49,7 +49,9 @@ def _problems(sweep: SweepSpec, spec: dict, params: dict, error: Exception) -> l
         dotted = ".".join(str(part) for part in loc)
         path = next((p for p in params if dotted == p or dotted.startswith(p + ".")), None)
         message = explain(detail, JobSpec, spec)
-        if path is not None:
+        if path is not None and detail.get("type") == "extra_forbidden":  # the path itself, whatever its value
+            found.append(((sweep.varied, path), message))
+        elif path is not None:
             found.append(((sweep.varied, path), f"value {params[path]!r}: {message}"))
         else:
             found.append((("base", *loc), message))

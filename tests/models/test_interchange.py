@@ -128,6 +128,8 @@ def test_the_safetensors_header_says_how_to_use_the_weights():
         "resize": "bilinear",
     }
     assert set(FORMATS) == set(WRITERS) == {"safetensors", "pt2", "torchscript", "onnx"}
+    table = predictor_for(*ARCHITECTURES["linear-regression"])
+    assert json.loads(header(table.meta)["input"]) == {"kind": "tabular", "features": 2}  # not resized
 
 
 def test_weights_that_do_not_fit_are_named_tensor_by_tensor():

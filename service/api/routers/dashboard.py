@@ -235,12 +235,10 @@ MISTAKES_SHOWN = 24
 @fragments.get("/ui/fragments/jobs/{job_id}/evaluation", response_class=HTMLResponse)
 async def job_evaluation(job_id: str, request: Request, evaluations: EvaluationsDep) -> HTMLResponse:
     """The evaluation report's section of a job's page (loaded after the page: it may take a test-set pass)."""
-    target, _, report = await evaluations.report(job_id)
-    return templates.TemplateResponse(
-        request,
-        "evaluation.html",
-        {"job_id": target.job_id, "report": evaluation_public(target.job_id, target, report, limit=MISTAKES_SHOWN)},
-    )
+    target, loaded, report = await evaluations.report(job_id)
+    images = loaded.predictor.contract.images
+    shown = evaluation_public(target.job_id, target, report, limit=MISTAKES_SHOWN, images=images)
+    return templates.TemplateResponse(request, "evaluation.html", {"job_id": target.job_id, "report": shown})
 
 
 @pages.get("/ui/jobs/{job_id}/test-images/{index}.png")

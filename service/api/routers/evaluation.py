@@ -32,8 +32,8 @@ async def evaluation(
 ) -> EvaluationPublic:
     """Accuracy, top-k accuracy, per-class precision, recall and F1, the confusion matrix, the most
     confident mistakes and a confidence-threshold table for the checkpoint `job:<id>` names."""
-    target, _, report = await evaluations.report(job_id)
-    return evaluation_public(target.job_id, target, report, limit=limit)
+    target, loaded, report = await evaluations.report(job_id)
+    return evaluation_public(target.job_id, target, report, limit=limit, images=loaded.predictor.contract.images)
 
 
 @router.get(

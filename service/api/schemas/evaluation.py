@@ -35,7 +35,7 @@ class MistakePublic(BaseModel):
     true_label: str
     predicted_label: str
     probability: float = Field(description="of the predicted label")
-    image_url: str = Field(description="the test image as PNG")
+    image_url: str | None = Field(description="the test image as PNG; null for a model of numeric rows")
 
 
 class ThresholdPublic(BaseModel):
@@ -65,8 +65,13 @@ def image_url_of(job_id: str, index: int) -> str:
     return f"/v1/jobs/{job_id}/test-images/{index}.png"
 
 
-def evaluation_public(job_id: str, target: ResolvedCheckpoint, report: Evaluation, *, limit: int) -> EvaluationPublic:
-    """The report as the API answers it: its first `limit` mistakes, each with its image's URL."""
+def evaluation_public(
+    job_id: str, target: ResolvedCheckpoint, report: Evaluation, *, limit: int, images: bool = True
+) -> EvaluationPublic:
+    """The report as the API answers it: its first `limit` mistakes, each with its image's URL
+    (none for a model of numeric rows, whose test examples are no images)."""
     data = asdict(report)
-    data["mistakes"] = [{**m, "image_url": image_url_of(job_id, m["index"])} for m in data["mistakes"][:limit]]
+    data["mistakes"] = [
+        {**m, "image_url": image_url_of(job_id, m["index"]) if images else None} for m in data["mistakes"][:limit]
+    ]
     return EvaluationPublic(job_id=job_id, model=EvaluatedModel(reference=target.reference, epoch=target.epoch), **data)

@@ -613,6 +613,8 @@ def test_sweep_validation_names_the_path_and_creates_nothing(api):
     bad = api.post("/v1/sweeps", json={"name": "bad", "base": base, "grid": {"optimizer.lr": [0.1, -1]}})
     (problem,) = bad.json()["detail"]
     assert bad.status_code == 422 and problem["loc"] == ["body", "grid", "optimizer.lr"] and "-1" in problem["msg"]
+    misnamed = api.post("/v1/sweeps", json={"name": "bad", "base": base, "grid": {"optimizer.rate": [0.1, 0.2]}})
+    assert locs(misnamed) == [["body", "grid", "optimizer.rate"]]  # the path is wrong once, not per value
     unknown = api.post(
         "/v1/sweeps", json={"name": "bad", "base": {**base, "data": {"dataset": "nope"}}, "grid": {"epochs": [1, 2]}}
     )

@@ -436,3 +436,25 @@ def test_unalias_removes_an_alias_and_warns_of_what_changes(monkeypatch):
     result = CliRunner().invoke(cli_main.app, ["models", "unalias", "shoes", "production"])
     assert result.exit_code == 0 and asked == [("DELETE", "/v1/models/shoes/aliases/production")]
     assert "shoes@production removed" in result.stdout and "1x28x28" in result.stderr
+
+
+def test_a_numeric_models_mistakes_have_no_image_to_link():
+    import torch
+
+    from models.inference.evaluation import evaluate
+    from service.api.schemas.evaluation import evaluation_public
+    from service.core.references import ResolvedCheckpoint
+    from service.core.storage import StoredFile
+
+    report = evaluate(torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]), torch.tensor([1, 1, 0]), ["cheap", "dear"])
+    target = ResolvedCheckpoint("job:75190f2c", StoredFile("k", 1, None), "75190f2c", 3)
+    rows = evaluation_public("75190f2c", target, report, limit=5, images=False).model_dump(mode="json")
+    images = evaluation_public("75190f2c", target, report, limit=5).model_dump(mode="json")
+    assert [m["image_url"] for m in rows["mistakes"]] == [None]
+    assert images["mistakes"][0]["image_url"] == "/v1/jobs/75190f2c/test-images/0.png"
+    summary, *_, mistakes = cli_client.evaluation_views(rows, "http://x")
+    assert "on 3 test examples" in summary
+    console = Console(record=True, width=120)
+    console.print(mistakes)
+    shown = console.export_text()
+    assert "http://x" not in shown and "cheap" in shown, shown
