@@ -147,10 +147,12 @@ async def _cookie_access(request: Request) -> str:
     session = await live_session(request)
     access = request.state.access = session.access if session else None  # pages hide what "ro" may not do
     if access is None:
-        login = "/ui/login"
+        asked = {}
         if request.method == "GET" and not request.url.path.startswith("/ui/fragments/"):
-            asked = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            login += "?" + urlencode({"next": asked})
+            asked["next"] = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.cookies.get(COOKIE):  # a session it no longer is: the form says so
+            asked["ended"] = "1"
+        login = "/ui/login" + (f"?{urlencode(asked)}" if asked else "")
         raise HTTPException(status.HTTP_303_SEE_OTHER, headers={"Location": login})
     return access
 

@@ -41,7 +41,7 @@ from service.api.auth import (
 )
 from service.api.deps import EvaluationsDep, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.downloads import exported_file
-from service.api.errors import headers_for, status_for
+from service.api.errors import headers_for, refuse_unknown_fields, status_for
 from service.api.schemas.datasets import DatasetPublic
 from service.api.schemas.evaluation import evaluation_public
 from service.api.schemas.jobs import job_public, jobs_public, metric_rows
@@ -114,11 +114,13 @@ actions = APIRouter(dependencies=[Depends(page_editor)], include_in_schema=False
 
 
 @router.get("/ui/login", response_class=HTMLResponse)
-async def login_form(request: Request, next: str = "/") -> Response:
-    """The form asking for a token; with none to ask for (no tokens set, or signed in), on to `next`."""
+async def login_form(request: Request, next: str = "/", ended: bool = False) -> Response:
+    """The form asking for a token; with none to ask for (no tokens set, or signed in), on to `next`.
+    `ended`: the browser's session is one no longer (expired, signed out, or its token taken away)."""
     if not token_table().enabled or await live_session(request) is not None:
         return RedirectResponse(_local(next), status_code=303)
-    return _login_page(request, next=next)
+    said = "your session has ended (it expired, was signed out, or its token was removed): sign in again"
+    return _login_page(request, next=next, message=said if ended else "")
 
 
 @router.post("/ui/login")
@@ -515,8 +517,12 @@ async def dataset_example(
     return await plots.png_response(plots.pixels_png, pixels)
 
 
+PAGE_UPLOAD_FIELDS = frozenset({"file", "name", "color", "image_size"})
+
+
 @actions.post("/ui/datasets")
-def upload_dataset(
+async def upload_dataset(
+    request: Request,
     session: WriteSessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File()],
@@ -525,11 +531,15 @@ def upload_dataset(
     image_size: Annotated[int | None, Form(ge=8, le=512)] = None,
 ) -> JSONResponse:
     """The datasets page's upload (sent by its script, which shows the progress): the dataset as
-    POST /v1/datasets answers it, or {"detail": why not} with that route's status."""
+    POST /v1/datasets answers it, or {"detail": why not} with that route's status. A field the
+    page does not send is refused, as the API refuses one (POST /v1/datasets takes every option)."""
+    await refuse_unknown_fields(request, PAGE_UPLOAD_FIELDS)
     label = name.strip() or datasets.default_name(file.filename)
     options = datasets.UploadOptions(image_size=image_size, color=color)
     try:
-        record, new = datasets.receive_upload(session, data=file.file, name=label, options=options, settings=settings)
+        record, new = await run_in_threadpool(
+            datasets.receive_upload, session, data=file.file, name=label, options=options, settings=settings
+        )
     except CoreError as exc:
         return JSONResponse({"detail": _describe(exc)}, status_code=status_for(exc))
     code = 202 if record.status == DatasetStatus.PROCESSING else 201 if new else 200

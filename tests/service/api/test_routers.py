@@ -127,7 +127,8 @@ def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
         "9" * 5000 + ".00",
     ):
         guarded.cookies.set(COOKIE, stale)
-        assert guarded.get("/", follow_redirects=False).status_code == 303, stale
+        ended = guarded.get("/", follow_redirects=False)
+        assert ended.status_code == 303 and ended.headers["location"].endswith("&ended=1") == bool(stale), stale
     assert parse_tokens(TOKENS["write"]).session(session) is None  # a token taken away ends its sessions
     elsewhere = guarded.post(
         "/ui/login", data={"token": TOKENS["write"], "next": "//evil.example/"}, follow_redirects=False
@@ -151,6 +152,7 @@ def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
     assert guarded.get("/", follow_redirects=False).status_code == 200
     assert guarded.get("/ui/login?next=/ui/models", follow_redirects=False).headers["location"] == "/ui/models"
     assert guarded.get("/ui/logout", follow_redirects=False).headers["location"] == "/ui/login"  # typed in
+    assert "your session has ended" in guarded.get("/ui/login?next=/&ended=1").text
     assert guarded.get("/", follow_redirects=False).status_code == 303
 
 
@@ -600,6 +602,8 @@ def test_datasets_are_listed_read_and_404_when_unknown(api):
     assert api.get("/v1/datasets/pets").json()["id"] == dataset["id"]  # by name, as `uploaded:pets` names it
     assert api.get("/v1/datasets/ffffffff").status_code == 404
     assert api.get("/v1/datasets/pet").json() == {"detail": "dataset pet not found; did you mean pets?"}
+    page = api.post("/ui/datasets", data={"nmae": "x"}, files={"file": ("pets.zip", archive, "application/zip")})
+    assert locs(page) == [["body", "nmae"]] and "did you mean 'name'?" in page.text  # as the API refuses it
     assert api.delete("/v1/datasets/ffffffff").status_code == 404
     assert api.delete("/v1/datasets/pets").status_code == 204
     assert api.get(f"/v1/datasets/{dataset['id']}").status_code == 404
