@@ -37,16 +37,12 @@ async def exported_file(settings: Settings, *, reference: str, fmt: str, inputs:
     """The model a reference names as a download in format `fmt`; its temporary folder is removed
     once the answer ends, or at once when the export fails."""
     folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
+    path = folder / f"model.{fmt}"
     try:
         filename = await run_in_threadpool(
-            exports.export_model,
-            reference=reference,
-            fmt=fmt,
-            settings=settings,
-            path=folder / f"model.{fmt}",
-            inputs=inputs,
+            exports.export_model, reference=reference, fmt=fmt, settings=settings, path=path, inputs=inputs
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return SentOnceFile(folder, folder / f"model.{fmt}", filename)
+    return SentOnceFile(folder, path, filename)

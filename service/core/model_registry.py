@@ -365,7 +365,7 @@ def _with_file_header(weights: bytes, model, classes, input_shape, normalize, th
         "normalize": normalize if normalize is not None else own["normalize"],
         "resize": own["resize"],
         "threshold": threshold if threshold is not None else own["threshold"],
-        "columns": own["columns"] if len(input_shape or own["input_shape"] or []) == 1 else None,
+        "columns": own["columns"],  # kept by imported_meta for a model of as many numeric columns
     }
 
 
@@ -426,16 +426,15 @@ def remove_alias(session: Session, *, name: str, alias: str) -> list[str]:
     """Remove an alias; ModelNotFound naming the aliases there are if it has none. Removing
     `production` makes the bare name mean the newest version again: a warning says what changes,
     when that version answers otherwise."""
-    require_versions(session, name=name)
+    found = require_versions(session, name=name)
     row = session.get(ModelAlias, (name, alias))
     if row is None:
         raise ModelNotFound(no_alias(session, name, alias))
     warnings = []
-    if alias == DEFAULT_ALIAS:
-        newest = versions(session, name=name)[-1]
-        if newest.version != row.version:
-            aliased = require_version(session, name=name, version=row.version)
-            warnings = _differences(newest, aliased, f"{name!r} now means version {newest.version}, the newest")
+    newest = found[-1]
+    if alias == DEFAULT_ALIAS and newest.version != row.version:
+        aliased = next(v for v in found if v.version == row.version)
+        warnings = _differences(newest, aliased, f"{name!r} now means version {newest.version}, the newest")
     session.delete(row)
     session.commit()
     return warnings

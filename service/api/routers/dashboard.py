@@ -133,15 +133,16 @@ def login(
     empty one is the form again, saying so."""
     if not token_table().enabled:
         return RedirectResponse(_local(next), status_code=303)
-    if not token.strip():
+    token = token.strip()
+    if not token:
         return _login_page(request, next=next, message="enter an API token", status_code=400)
-    if token_table().lookup(token.strip()) is None:
+    if token_table().lookup(token) is None:
         message = "that is not one of this service's API tokens (TRAINYARD_API_TOKENS)"
         return _login_page(request, next=next, message=message, status_code=401)
     response = RedirectResponse(_local(next), status_code=303)
     response.set_cookie(
         COOKIE,
-        session_cookie(token.strip()),
+        session_cookie(token),
         max_age=SESSION_SECONDS,
         httponly=True,
         samesite="strict",
