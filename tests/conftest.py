@@ -14,7 +14,7 @@ from service.core.migrate import upgrade
 from service.core.storage import StoredFile
 from tests.support.datagen import make_cifar10, make_idx_dataset
 from tests.support.object_store import SeaweedS3, require_seaweed
-from tests.support.servers import PostgresSchema, postgres_available, require
+from tests.support.servers import PostgresSchema, PrivatePostgres, postgres_available, require
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +69,23 @@ def service_env_on(request, tmp_path, monkeypatch, data_dir):
     require(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432")
     with PostgresSchema() as schema:
         yield from _private_home(tmp_path, monkeypatch, data_dir, schema.url)
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL server of the test's own, which the test may stop and start (an outage)."""
+    server = PrivatePostgres()
+    require(server.available, "PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+    try:
+        yield server.init()
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def service_env_on_private_postgres(tmp_path, monkeypatch, data_dir, private_postgres):
+    """service_env on private_postgres."""
+    yield from _private_home(tmp_path, monkeypatch, data_dir, private_postgres.url)
 
 
 @pytest.fixture

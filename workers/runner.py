@@ -150,24 +150,36 @@ class JobControl(Periodic):
 MEMORY_SAMPLE_SECONDS = 0.25
 
 
-def save_resumable_state(run: TrainingRun, job_id: str, attempt: int, position: Position) -> None:
+def save_resumable_state(
+    run: TrainingRun, job_id: str, attempt: int, position: Position, *, patient: bool = True
+) -> bool:
     """Store the training state an attempt resumes from, then name it in SQL (the state named
-    before stays whole until then, and goes after)."""
+    before stays whole until then, and goes after); True once it is named. Not `patient`, a
+    database that is away leaves the state named before (this one stays in the store, as its
+    naming may have committed unanswered; the job's success clears it)."""
     meta = {"job_id": job_id, "spec": run.spec.model_dump(mode="json")}
-    stored = get_storage().write(
+    storage = get_storage()
+    stored = storage.write(
         resumable_state_key(job_id),
         lambda path: save_training_state(path, run.state(position), meta),
         retrying=f"store job {job_id}'s training state",
     )
-    before = in_transaction(
-        f"record job {job_id}'s training state",
-        lambda session: jobs.set_resume_state(session, job_id=job_id, attempt=attempt, state=stored),
-    )
+    try:
+        before = in_transaction(
+            f"record job {job_id}'s training state",
+            lambda session: jobs.set_resume_state(session, job_id=job_id, attempt=attempt, state=stored),
+            patient=patient,
+        )
+    except UNAVAILABLE:
+        if patient:
+            raise
+        return False
     # A retried write may have found its own first try committed: the state it names is this one.
     # (A state stored but never named, by an attempt that died or lost its lease, goes when the job
     # succeeds.)
     if before is not None and before.key != stored.key:
-        get_storage().delete(before.key)
+        storage.delete(before.key)
+    return True
 
 
 def load_resumable_state(job_id: str) -> TrainingState | None:
@@ -284,13 +296,22 @@ class RecordingCallbacks(Callbacks):
                 )
             return
         # Saved only once the epoch is in SQL: a crash in between repeats the epoch (its row is
-        # upserted, not doubled) rather than skipping it. While epochs wait to be recorded, the
-        # state stays at the last recorded one, so a crash then retrains them.
+        # upserted, not doubled) rather than skipping it. While epochs wait to be recorded, or the
+        # database goes away between the two writes, the state stays at the last one named, so a
+        # crash then retrains them; training goes on either way.
         try:
-            save_resumable_state(run, self.job_id, self.control.attempt, Position(epoch=metrics.epoch + 1))
+            named = save_resumable_state(
+                run, self.job_id, self.control.attempt, Position(epoch=metrics.epoch + 1), patient=False
+            )
         except jobs.LeaseLost:
             self.control.lost.set()
             return
+        if not named:
+            log.warning(
+                "the database went away after epoch %d was recorded: the job resumes from the state named "
+                "before it, and training goes on",
+                metrics.epoch,
+            )
         self.drop_checkpoints()
         speed = metrics.samples_per_second
         log.info(

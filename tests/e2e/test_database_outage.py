@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 
-from tests.support.servers import PrivatePostgres, Stack, require, wait_until
+from models.spec.job import JobSpec
+from service.core.tables import JobStatus
+from tests.support.servers import Stack, wait_until
 from tests.support.specs import SOFTMAX_SPEC, submit
 
 pytestmark = pytest.mark.e2e
@@ -17,16 +20,6 @@ OUTAGE_SECONDS = 20
 LONGEST_OUTAGE_SECONDS = 120  # on a loaded machine the worker may need longer for the job's epochs
 # Every epoch's checkpoint kept, so that the files show what was trained while the database was away.
 SPEC = {**SOFTMAX_SPEC, "name": "through-an-outage", "epochs": 8, "checkpoints": {"keep": "all"}}
-
-
-@pytest.fixture
-def private_postgres():
-    server = PrivatePostgres()
-    require(server.available, "PostgreSQL's server programs (initdb, pg_ctl) are not installed")
-    try:
-        yield server.init()
-    finally:
-        server.remove()
 
 
 def _calls_during_outage(client: httpx.Client, job_id: str, until: Callable[[], bool]) -> dict[str, list[int]]:
@@ -87,3 +80,53 @@ def test_a_database_outage_pauses_the_job_and_the_api_answers_503(tmp_path, data
         worker_log = stack.log("worker")
         assert "is kept to record later, and training goes on" in worker_log
         assert "the database is back: recorded epochs" in worker_log
+
+
+def test_an_outage_between_an_epochs_record_and_its_state_does_not_pause_training(
+    service_env_on_private_postgres, private_postgres, monkeypatch, caplog
+):
+    """The database goes away in the instant after epoch 1 is recorded, before the state to
+    resume from is named (the outage above can begin there): the worker trains every epoch while
+    it is away instead of waiting for it, and records them once it is back."""
+    from service.core import db, jobs
+    from workers.runner import run_job
+
+    spec = JobSpec.model_validate({**SPEC, "epochs": 3})
+    with db.session_scope() as session:
+        job_id = jobs.create_job(session, spec=spec, task="classification").id
+    name_state = jobs.set_resume_state
+
+    def database_goes_away_first(session, **kwargs):
+        if not outage_began.is_set():
+            outage_began.set()
+            private_postgres.stop()
+        return name_state(session, **kwargs)
+
+    outage_began, trained_while_away = threading.Event(), threading.Event()
+    last_checkpoint = service_env_on_private_postgres.checkpoint_dir / job_id / "epoch-0003.safetensors"
+
+    def database_comes_back():
+        if not outage_began.wait(timeout=120):
+            return
+        try:
+            wait_until(last_checkpoint.is_file, timeout=60, what="the last epoch's checkpoint")
+            trained_while_away.set()
+        except AssertionError:
+            pass
+        finally:
+            private_postgres.start()
+
+    monkeypatch.setattr(jobs, "set_resume_state", database_goes_away_first)
+    caplog.set_level("WARNING", logger="workers.runner")
+    restarter = threading.Thread(target=database_comes_back)
+    restarter.start()
+    try:
+        assert run_job(job_id) == JobStatus.SUCCEEDED
+    finally:
+        restarter.join()
+    assert outage_began.is_set() and trained_while_away.is_set(), "the worker waited for the database"
+    assert "the database went away after epoch 1 was recorded" in caplog.text
+    with db.session_scope() as session:
+        job = jobs.get_job(session, job_id=job_id)
+        assert (job.attempt, job.epoch) == (1, 3)
+        assert [row.epoch for row in jobs.get_metrics(session, job_id=job_id)] == [1, 2, 3]
