@@ -145,7 +145,8 @@ def test_past_its_restarts_the_job_goes_back_to_the_queue_and_a_new_attempt_fini
 
 
 def test_cancel_stops_every_rank_and_resume_finishes_the_job(ddp_stack):
-    spec = {**SPEC, **TWO, "epochs": 3, "batch_size": 16, "name": "cancelled"}
+    # More epochs than it trains before the cancel is seen: with 3, an epoch of 0.6 s could end the job first.
+    spec = {**SPEC, **TWO, "epochs": 8, "batch_size": 16, "name": "cancelled"}
     with ddp_stack.client() as client:
         job_id, _ = started(client, spec)
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code in (200, 202)
@@ -155,7 +156,7 @@ def test_cancel_stops_every_rank_and_resume_finishes_the_job(ddp_stack):
         assert client.post(f"/v1/jobs/{job_id}/resume").status_code in (200, 202)
         job = ddp_stack.wait_for_job(client, job_id, timeout=180)
         assert job["status"] == "succeeded", job
-        assert [m["epoch"] for m in metrics(client, job_id)] == [1, 2, 3]
+        assert [m["epoch"] for m in metrics(client, job_id)] == list(range(1, 9))
 
 
 def test_a_worker_told_to_stop_stops_every_rank_and_the_next_worker_resumes_the_job(ddp_stack):
