@@ -9,7 +9,7 @@ taken over every class of the model, as `classification_report` does with the sa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -132,3 +132,27 @@ def _threshold_row(threshold: float, confidence: torch.Tensor, correct: torch.Te
         coverage=count / len(covered) if len(covered) else 0.0,
         accuracy=int(correct[covered].sum()) / count if count else None,
     )
+
+
+def report_json(report: Evaluation) -> dict:
+    """The report as JSON holds it (report_from_json reads it back)."""
+    return asdict(report)
+
+
+def report_from_json(data: dict) -> Evaluation:
+    """A report report_json wrote, after a trip through JSON (its top-k keys are strings then);
+    ValueError if `data` is not one (a form an older or newer version kept)."""
+    try:
+        return Evaluation(
+            num_test=int(data["num_test"]),
+            accuracy=float(data["accuracy"]),
+            top_k_accuracy={int(k): float(v) for k, v in data["top_k_accuracy"].items()},
+            classes=[ClassScores(**scores) for scores in data["classes"]],
+            macro_avg=Average(**data["macro_avg"]),
+            weighted_avg=Average(**data["weighted_avg"]),
+            confusion_matrix=[[int(count) for count in row] for row in data["confusion_matrix"]],
+            mistakes=[Mistake(**mistake) for mistake in data["mistakes"]],
+            thresholds=[ThresholdRow(**row) for row in data["thresholds"]],
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not an evaluation report: {exc!r}") from None

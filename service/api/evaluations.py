@@ -1,9 +1,11 @@
 """Evaluation reports: the checkpoint `job:<id>` names, served by the ModelServer, run over the
-job's test set once per checkpoint file and remembered."""
+job's test set once per checkpoint file, kept in SQL (service/core/evaluation_reports.py) and
+remembered."""
 
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 from fastapi.concurrency import run_in_threadpool
 
@@ -11,13 +13,20 @@ from models.cache import LRU
 from models.inference.evaluation import Evaluation
 from service.api.gc_tuning import release_free_memory
 from service.api.serving import LoadedModel, ModelServer, checkpoint_key
-from service.core import datasets, jobs
+from service.core import datasets, evaluation_reports, jobs
 from service.core.db import session_scope
-from service.core.errors import Unprocessable
+from service.core.errors import NotFound, Unprocessable
 from service.core.references import ResolvedCheckpoint
 from service.core.tables import Job
 
 MAX_MISTAKES = 100  # mistakes a report keeps (its route's `limit` is at most this)
+
+
+class Evaluated(NamedTuple):
+    target: ResolvedCheckpoint
+    loaded: LoadedModel
+    report: Evaluation
+    images: bool  # the mistakes have images to show: the model takes images, and its test set is here
 
 
 class Evaluations:
@@ -31,30 +40,44 @@ class Evaluations:
         self._evaluating = threading.Lock()
 
     @staticmethod
-    def _job(job_id: str) -> Job:
-        """A job's record, read in a session of its own (call in a thread); NotFound if there is none."""
+    def _job(job_id: str) -> tuple[Job, bool]:
+        """A job's record, read in a session of its own (call in a thread), and whether its test
+        set can be read here; NotFound if there is no job."""
         with session_scope(write=False) as session:
-            return jobs.require_job(session, job_id=job_id)
+            job = jobs.require_job(session, job_id=job_id)
+        try:
+            datasets.require_test_set(job)
+        except NotFound:
+            return job, False
+        return job, True
 
-    async def report(self, job_id: str) -> tuple[ResolvedCheckpoint, LoadedModel, Evaluation]:
+    async def report(self, job_id: str) -> Evaluated:
         """The evaluation report (and confusion matrix) of the checkpoint `job:<id>` names, on the
-        job's test set, remembered per checkpoint file; Unprocessable unless the job classifies."""
-        job = await run_in_threadpool(self._job, job_id)
+        job's test set; Unprocessable unless the job classifies, NotFound if it was never computed
+        and the test set is gone."""
+        job, test_set_here = await run_in_threadpool(self._job, job_id)
         if job.task != "classification":
             raise Unprocessable(
                 f"job {job.id} is a {job.task} job; the evaluation report and the confusion "
                 "matrix need a classification job"
             )
-        # Each API process remembers its own reports: without this, one that computed a report
-        # before the upload was deleted would answer, and another not.
-        await run_in_threadpool(datasets.require_test_set, job)
         target, loaded = await self.server.get(f"job:{job.id}")
+        sha256 = target.file.sha256  # None for a file recorded before digests were: not kept
 
         def compute() -> Evaluation:
+            if sha256 is not None:
+                with session_scope(write=False) as session:
+                    kept = evaluation_reports.kept_report(session, job_id=job.id, checkpoint_sha256=sha256)
+                if kept is not None:
+                    return kept
+            datasets.require_test_set(job)  # NotFound, saying why
             test = datasets.test_set(job, settings=self.server.settings)
             report = loaded.predictor.evaluate(test.x_test, test.y_test, mistakes=MAX_MISTAKES)
             del test  # its pages go with it, before the free memory is handed back
             release_free_memory()
+            if sha256 is not None:
+                with session_scope() as session:
+                    evaluation_reports.keep_report(session, job_id=job.id, checkpoint_sha256=sha256, report=report)
             return report
 
         key = checkpoint_key(target)
@@ -63,4 +86,5 @@ class Evaluations:
             with self._evaluating:
                 return self._reports.get_or_load(key, compute)
 
-        return target, loaded, await run_in_threadpool(once)
+        report = await run_in_threadpool(once)
+        return Evaluated(target, loaded, report, images=loaded.predictor.contract.images and test_set_here)

@@ -9,6 +9,7 @@ sweeps           a base spec with varied values; its trials and how many have th
 datasets         uploaded datasets (their decoded tensors live in the datasets folder)
 model_versions   registered models: immutable copies of a checkpoint, or imported weights
 model_aliases    movable names (such as `production`) for one version of a model
+evaluation_reports  a job checkpoint's evaluation report, computed once
 workers          live training workers: their queues, devices, weights and datasets, renewed by heartbeat
 """
 
@@ -309,6 +310,18 @@ class ModelAlias(Base):
     alias: Mapped[str] = mapped_column(String(64), primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class EvaluationReport(Base):
+    """A job checkpoint's evaluation report on the job's test set (models/inference/evaluation.py),
+    computed once by whichever API process was asked first, and kept after the test set is gone."""
+
+    __tablename__ = "evaluation_reports"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    report: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class SignedOutSession(Base):

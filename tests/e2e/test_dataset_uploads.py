@@ -47,7 +47,8 @@ def test_upload_train_and_predict_with_the_datasets_class_names(stack, client):
     files = [("files", (f"{name}.png", png_bytes(i, seed=777 + i), "image/png")) for i, name in enumerate(CLASSES)]
     predicted = client.post("/v1/predict", data={"model": f"job:{job['id']}"}, files=files).json()
     assert [p["label"] for p in predicted["predictions"]] == CLASSES
-    assert client.get(f"/v1/jobs/{job['id']}/evaluation").status_code == 200  # and remembered
+    report = client.get(f"/v1/jobs/{job['id']}/evaluation?limit=100").json()  # and kept
+    assert report["mistakes"] == [] or report["mistakes"][0]["image_url"].endswith(".png")
 
     in_use = submit(client, {**spec, "epochs": 1})
     client.delete(f"/v1/datasets/{dataset['id']}")  # may race with the job; either answer is fine
@@ -55,8 +56,15 @@ def test_upload_train_and_predict_with_the_datasets_class_names(stack, client):
     gone = client.delete(f"/v1/datasets/{dataset['id']}")
     assert gone.status_code in (204, 404)
     assert client.get(f"/v1/datasets/{dataset['id']}").status_code == 404
-    # Every API process says so, whether or not it remembers the report from before.
-    evaluation = client.get(f"/v1/jobs/{job['id']}/evaluation")
+    # The report computed before is kept, for every API process, with no images to show; one never
+    # computed cannot be now, and says why.
+    kept = client.get(f"/v1/jobs/{job['id']}/evaluation?limit=100")
+    assert kept.status_code == 200, kept.text
+    assert {**kept.json(), "mistakes": None} == {**report, "mistakes": None}
+    assert [m["index"] for m in kept.json()["mistakes"]] == [m["index"] for m in report["mistakes"]]
+    assert all(m["image_url"] is None for m in kept.json()["mistakes"])
+    assert client.get(f"/v1/jobs/{job['id']}/confusion").json()["matrix"] == report["confusion_matrix"]
+    evaluation = client.get(f"/v1/jobs/{in_use}/evaluation")
     assert evaluation.status_code == 404 and "was deleted" in evaluation.json()["detail"], evaluation.text
     refused = client.post("/v1/jobs", json=spec)
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "data", "dataset"]

@@ -1,5 +1,7 @@
 """The evaluation report against scikit-learn's metrics on the same predictions."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from models.inference.evaluation import THRESHOLDS, evaluate
+from models.inference.evaluation import THRESHOLDS, evaluate, report_from_json, report_json
 
 CLASSES = [f"c{i}" for i in range(8)]
 NEVER_PREDICTED, NO_SUPPORT, NEITHER = 5, 6, 7
@@ -99,3 +101,14 @@ def test_few_classes_ties_and_an_empty_set():
     assert empty.macro_avg.f1 == 0 and all(row.coverage == 0 and row.accuracy is None for row in empty.thresholds)
     with pytest.raises(ValueError):
         evaluate(probs, torch.tensor([1, 3]), ["a", "b", "c"])
+
+
+def test_a_report_comes_back_whole_from_json(predictions):
+    """What SQL keeps (service/core/evaluation_reports.py) reads back as the report it was, its
+    top-k keys numbers again; a form that is no report is a ValueError."""
+    probs, labels = predictions
+    report = evaluate(torch.from_numpy(probs), torch.from_numpy(labels), CLASSES)
+    assert report_from_json(json.loads(json.dumps(report_json(report)))) == report
+    for broken in ({}, {**report_json(report), "classes": [{"label": "c0"}]}, {**report_json(report), "mistakes": 3}):
+        with pytest.raises(ValueError, match="not an evaluation report"):
+            report_from_json(broken)

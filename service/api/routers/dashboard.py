@@ -238,9 +238,9 @@ MISTAKES_SHOWN = 24
 @fragments.get("/ui/fragments/jobs/{job_id}/evaluation", response_class=HTMLResponse)
 async def job_evaluation(job_id: str, request: Request, evaluations: EvaluationsDep) -> HTMLResponse:
     """The evaluation report's section of a job's page (loaded after the page: it may take a test-set pass)."""
-    target, loaded, report = await evaluations.report(job_id)
-    images = loaded.predictor.contract.images
-    shown = evaluation_public(target.job_id, target, report, limit=MISTAKES_SHOWN, images=images)
+    evaluated = await evaluations.report(job_id)
+    target = evaluated.target
+    shown = evaluation_public(target.job_id, target, evaluated.report, limit=MISTAKES_SHOWN, images=evaluated.images)
     return templates.TemplateResponse(request, "evaluation.html", {"job_id": target.job_id, "report": shown})
 
 

@@ -32,8 +32,9 @@ async def evaluation(
 ) -> EvaluationPublic:
     """Accuracy, top-k accuracy, per-class precision, recall and F1, the confusion matrix, the most
     confident mistakes and a confidence-threshold table for the checkpoint `job:<id>` names."""
-    target, loaded, report = await evaluations.report(job_id)
-    return evaluation_public(target.job_id, target, report, limit=limit, images=loaded.predictor.contract.images)
+    evaluated = await evaluations.report(job_id)
+    target = evaluated.target
+    return evaluation_public(target.job_id, target, evaluated.report, limit=limit, images=evaluated.images)
 
 
 @router.get(

@@ -38,7 +38,7 @@ async def compare(
 
 
 async def _confusion(job_id: str, evaluations: Evaluations) -> ConfusionPublic:
-    target, loaded, report = await evaluations.report(job_id)
+    target, loaded, report, _ = await evaluations.report(job_id)
     return ConfusionPublic(
         job_id=target.job_id,
         epoch=target.epoch,

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 import numpy as np
 import pytest
 import torch
 from prometheus_client import REGISTRY
+from sqlalchemy import select
 
 from service.api.evaluations import Evaluations
 from service.api.serving import ModelServer
+from service.core import db
 from service.core.errors import Unavailable
 from service.core.references import ModelNotFound
 from service.core.settings import Settings
+from service.core.tables import Checkpoint, EvaluationReport
 
 
 def server_with(tmp_path, *, cache: int, batch: int, delay_ms: float, **settings) -> ModelServer:
@@ -66,8 +70,33 @@ def test_an_evaluation_keeps_its_report_not_its_test_set(service_env, trained_jo
     from models.data import loading
 
     loading._decoded.clear()
-    _, _, report = asyncio.run(Evaluations(ModelServer(service_env)).report(trained_job))
+    report = asyncio.run(Evaluations(ModelServer(service_env)).report(trained_job)).report
     assert report.num_test > 0 and len(loading._decoded) == 0
+
+
+def test_a_report_is_computed_by_one_api_process_and_answered_by_every_one(service_env, trained_job, monkeypatch):
+    """Another process (here a second ModelServer and Evaluations) answers the report SQL keeps,
+    reading no test set; a retrained checkpoint (another sha256) is computed afresh."""
+    from service.core import datasets
+
+    with db.session_scope() as session:  # as a worker records them (the fixture's are as older versions did)
+        for row in session.scalars(select(Checkpoint).where(Checkpoint.job_id == trained_job)):
+            row.sha256 = hashlib.sha256((service_env.checkpoint_dir / row.path).read_bytes()).hexdigest()
+    first = asyncio.run(Evaluations(ModelServer(service_env)).report(trained_job))
+    assert first.images
+
+    def no_test_set(*args, **kwargs):
+        raise AssertionError("the test set was read again")
+
+    monkeypatch.setattr(datasets, "test_set", no_test_set)
+    other = asyncio.run(Evaluations(ModelServer(service_env)).report(trained_job))
+    assert other.report == first.report and other.target.file == first.target.file
+    with db.session_scope() as session:
+        (row,) = session.scalars(select(EvaluationReport)).all()
+        assert (row.job_id, row.checkpoint_sha256) == (trained_job, first.target.file.sha256)
+        row.checkpoint_sha256 = "0" * 64  # as if it had been kept for an earlier file of that epoch
+    with pytest.raises(AssertionError, match="read again"):
+        asyncio.run(Evaluations(ModelServer(service_env)).report(trained_job))
 
 
 def test_concurrent_requests_are_batched_and_answered_apart(tmp_path, checkpoint):
