@@ -34,6 +34,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
 from models.inference.formats import FORMAT_OF_SUFFIX, FORMATS, SUFFIXES
+from service.core.idempotency import checked_idempotency_key
 
 # Piped or redirected, tables keep their natural width instead of being cut to 80 columns.
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 250)
@@ -112,13 +113,10 @@ RESUBMIT_WAITS = (1.0, 2.0, 4.0)
 
 def _idempotency_key(key: str | None) -> str | None:
     """A key a script gives must be one: an empty one (an unset variable) would silently submit again."""
-    if key is not None and not re.fullmatch(r"[\x21-\x7e]([\x20-\x7e]{0,198}[\x21-\x7e])?", key):
-        why = " (an empty key would submit again on every run)" if not key.strip() else ""
-        raise typer.BadParameter(
-            f"{key!r} cannot be a key: give 1 to 200 printable ASCII characters, not starting or ending with "
-            f"a space{why}"
-        )
-    return key
+    try:
+        return None if key is None else checked_idempotency_key(key)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 IdempotencyKeyOption = Annotated[

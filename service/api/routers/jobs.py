@@ -7,7 +7,7 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from pydantic import StringConstraints
+from pydantic import AfterValidator, StringConstraints
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
@@ -28,6 +28,7 @@ from service.api.schemas.jobs import (
     jobs_public,
 )
 from service.core import job_logs, job_pages, jobs, retention, submission, worker_registry
+from service.core.idempotency import checked_idempotency_key
 from service.core.settings import Settings, get_settings
 from service.core.tables import JobStatus
 
@@ -57,7 +58,7 @@ def submit_job(
     session: WriteSessionDep,
     settings: SettingsDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(), AfterValidator(checked_idempotency_key)] = None,
 ) -> JobPublic:
     """Queue a training job; the response's Location is where to poll it.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
+from pydantic import AfterValidator
 
 from models.spec.sweeps import SweepSpec
 from service.api import plots
@@ -18,6 +19,7 @@ from service.api.schemas.sweeps import (
     sweep_public,
 )
 from service.core import sweeps
+from service.core.idempotency import checked_idempotency_key
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 NOT_FOUND = {404: {"description": "No such sweep"}}
@@ -42,7 +44,7 @@ def create_sweep(
     session: WriteSessionDep,
     settings: SettingsDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(), AfterValidator(checked_idempotency_key)] = None,
 ) -> SweepPublic:
     """Check every trial's spec (a 422 names the path and value of any that is invalid, and
     nothing is created), then queue the trials' jobs, at most max_parallel unfinished at a time."""

@@ -203,6 +203,16 @@ def test_submit_is_202_with_location_and_the_job_queued(api):
     assert other.status_code == 409
 
 
+@pytest.mark.parametrize("key", ["", " k1", "k1 ", "clé".encode(), "x" * 201])
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/sweeps"])
+def test_an_idempotency_key_is_printable_ascii_as_the_cli_says(api, path, key):
+    body = SOFTMAX_SPEC if path == "/v1/jobs" else {"base": SOFTMAX_SPEC, "grid": {"epochs": [1, 2]}}
+    refused = api.post(path, json=body, headers={"Idempotency-Key": key})
+    assert refused.status_code == 422 and locs(refused) == [["header", "idempotency-key"]], refused.text
+    assert "printable ASCII" in refused.json()["detail"][0]["msg"]
+    assert api.get("/v1/jobs").json()["count"] == 0
+
+
 def test_submit_refuses_bad_specs_with_body_locations(api):
     assert locs(api.post("/v1/jobs", json={**SOFTMAX_SPEC, "epochs": 0})) == [["body", "epochs"]]
     assert locs(api.post("/v1/jobs", json={**SOFTMAX_SPEC, "data": {"dataset": "nope"}})) == [["body", "data"]]
