@@ -10,7 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import File as FileParam
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import RouteContext, iter_route_contexts
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -253,9 +253,11 @@ async def _bad_request(request: Request, exc: HTTPException) -> JSONResponse:
     return await _invalid_request(request, RequestValidationError([problem]))
 
 
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: HTTPException) -> Response:
     """The Open Inference Protocol's clients read an error from `error`, not `detail` (tritonclient
     fails to decode an answer without it): a /v2 path's 401, 403 or unknown route says it there."""
+    if 300 <= exc.status_code < 400:  # a redirect (a page to the login form) says all in its Location
+        return Response(status_code=exc.status_code, headers=exc.headers)
     if _message_key(request) == "error":
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
     return await http_exception_handler(request, exc)

@@ -92,6 +92,7 @@ def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
 
     asked = guarded.get("/ui/models?sort=name", follow_redirects=False)
     assert asked.status_code == 303 and asked.headers["location"] == "/ui/login?next=%2Fui%2Fmodels%3Fsort%3Dname"
+    assert asked.content == b"" and "content-type" not in asked.headers
     assert guarded.get("/ui/fragments/jobs", follow_redirects=False).headers["location"] == "/ui/login"
     wrong = guarded.post("/ui/login", data={"token": "nope", "next": "/ui/models"}, follow_redirects=False)
     assert wrong.status_code == 401 and "not one of this service&#39;s API tokens" in wrong.text
