@@ -152,11 +152,12 @@ MEMORY_SAMPLE_SECONDS = 0.25
 
 def save_resumable_state(
     run: TrainingRun, job_id: str, attempt: int, position: Position, *, patient: bool = True
-) -> bool:
+) -> StoredFile | None:
     """Store the training state an attempt resumes from, then name it in SQL (the state named
-    before stays whole until then, and goes after); True once it is named. Not `patient`, a
-    database that is away leaves the state named before (this one stays in the store, as its
-    naming may have committed unanswered; the job's success clears it)."""
+    before stays whole until then, and goes after); None once it is named. Not `patient`, a
+    database that is away leaves the state named before, and the state stored now is returned
+    unnamed: it stays in the store (its naming may have committed unanswered) until the caller
+    deletes it, once a later state is named."""
     meta = {"job_id": job_id, "spec": run.spec.model_dump(mode="json")}
     storage = get_storage()
     stored = storage.write(
@@ -173,13 +174,13 @@ def save_resumable_state(
     except UNAVAILABLE:
         if patient:
             raise
-        return False
+        return stored
     # A retried write may have found its own first try committed: the state it names is this one.
     # (A state stored but never named, by an attempt that died or lost its lease, goes when the job
     # succeeds.)
     if before is not None and before.key != stored.key:
         storage.delete(before.key)
-    return True
+    return None
 
 
 def load_resumable_state(job_id: str) -> TrainingState | None:
@@ -228,6 +229,7 @@ class RecordingCallbacks(Callbacks):
         self.job_log = job_log
         self.settings = get_settings()
         self.unrecorded: list[tuple[dict, StoredFile]] = []  # (metrics, checkpoint), oldest first
+        self.unnamed_states: list[str] = []  # training states stored whose naming the database missed
         self.trial = trial  # the sweep's study this job's epochs are reported to, if it prunes
         self.pruned_at: dict | None = None
         self.environment: dict = {}  # recorded beside what on_start finds (a distributed job's ranks)
@@ -300,18 +302,22 @@ class RecordingCallbacks(Callbacks):
         # database goes away between the two writes, the state stays at the last one named, so a
         # crash then retrains them; training goes on either way.
         try:
-            named = save_resumable_state(
+            unnamed = save_resumable_state(
                 run, self.job_id, self.control.attempt, Position(epoch=metrics.epoch + 1), patient=False
             )
         except jobs.LeaseLost:
             self.control.lost.set()
             return
-        if not named:
+        if unnamed is not None:
+            self.unnamed_states.append(unnamed.key)
             log.warning(
                 "the database went away after epoch %d was recorded: the job resumes from the state named "
                 "before it, and training goes on",
                 metrics.epoch,
             )
+        elif self.unnamed_states:  # a later state is named: those that could not be are no one's
+            get_storage().delete(*self.unnamed_states)
+            self.unnamed_states.clear()
         self.drop_checkpoints()
         speed = metrics.samples_per_second
         log.info(

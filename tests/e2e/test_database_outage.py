@@ -130,3 +130,35 @@ def test_an_outage_between_an_epochs_record_and_its_state_does_not_pause_trainin
         job = jobs.get_job(session, job_id=job_id)
         assert (job.attempt, job.epoch) == (1, 3)
         assert [row.epoch for row in jobs.get_metrics(session, job_id=job_id)] == [1, 2, 3]
+
+
+def test_a_state_the_database_missed_goes_once_a_later_one_is_named(
+    service_env_on_private_postgres, private_postgres, monkeypatch
+):
+    """Epoch 1's state is stored but its naming fails (the database is away for that instant):
+    the file stays, as its naming might have committed unanswered, until epoch 2's state is named;
+    then it goes, and an outage leaves no file per epoch behind."""
+    from service.core import db, jobs
+    from workers.runner import run_job
+
+    spec = JobSpec.model_validate({**SPEC, "epochs": 3})
+    with db.session_scope() as session:
+        job_id = jobs.create_job(session, spec=spec, task="classification").id
+    folder = service_env_on_private_postgres.checkpoint_dir / job_id
+    name_state, states_when_named = jobs.set_resume_state, []
+
+    def database_away_for_the_first(session, **kwargs):
+        states_when_named.append(len(list(folder.glob("training-state-*"))))
+        if len(states_when_named) > 1:
+            return name_state(session, **kwargs)
+        private_postgres.stop()
+        try:
+            return name_state(session, **kwargs)
+        finally:
+            private_postgres.start()
+
+    monkeypatch.setattr(jobs, "set_resume_state", database_away_for_the_first)
+    assert run_job(job_id) == JobStatus.SUCCEEDED
+    # Epoch 1's unnamed state and epoch 2's when epoch 2's is named; epoch 2's and 3's at epoch 3.
+    assert states_when_named == [1, 2, 2]
+    assert list(folder.glob("training-state-*")) == []  # the job's success clears the rest
