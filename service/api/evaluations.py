@@ -4,6 +4,7 @@ remembered."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import NamedTuple
 
@@ -14,10 +15,12 @@ from models.inference.evaluation import Evaluation
 from service.api.gc_tuning import release_free_memory
 from service.api.serving import LoadedModel, ModelServer, checkpoint_key
 from service.core import datasets, evaluation_reports, jobs
-from service.core.db import session_scope
+from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.errors import NotFound, Unprocessable
 from service.core.references import ResolvedCheckpoint
 from service.core.tables import Job
+
+log = logging.getLogger(__name__)
 
 MAX_MISTAKES = 100  # mistakes a report keeps (its route's `limit` is at most this)
 
@@ -53,8 +56,8 @@ class Evaluations:
 
     async def report(self, job_id: str) -> Evaluated:
         """The evaluation report (and confusion matrix) of the checkpoint `job:<id>` names, on the
-        job's test set; Unprocessable unless the job classifies, NotFound if it was never computed
-        and the test set is gone."""
+        job's test set; Unprocessable unless the job classifies, NotFound if it was not kept and the
+        test set is gone."""
         job, test_set_here = await run_in_threadpool(self._job, job_id)
         if job.task != "classification":
             raise Unprocessable(
@@ -62,29 +65,38 @@ class Evaluations:
                 "matrix need a classification job"
             )
         target, loaded = await self.server.get(f"job:{job.id}")
+        if target.file.sha256 is None and not test_set_here:
+            # A file recorded before digests were has no kept report: none is served, by any
+            # process, whatever one remembers.
+            await run_in_threadpool(datasets.require_test_set, job)
+        key = checkpoint_key(target)
+        report = self._reports.get(key)
+        if report is None:
+            report = await run_in_threadpool(self._kept_or_computed, key, job, target, loaded)
+        return Evaluated(target, loaded, report, images=loaded.predictor.contract.images and test_set_here)
+
+    def _kept_or_computed(self, key, job: Job, target: ResolvedCheckpoint, loaded: LoadedModel) -> Evaluation:
+        """The report SQL keeps for the checkpoint file, or one computed now and kept (call in a thread)."""
         sha256 = target.file.sha256  # None for a file recorded before digests were: not kept
+        if sha256 is not None:
+            with session_scope(write=False) as session:
+                kept = evaluation_reports.kept_report(session, job_id=job.id, checkpoint_sha256=sha256)
+            if kept is not None:
+                return self._reports.put(key, kept)
 
         def compute() -> Evaluation:
-            if sha256 is not None:
-                with session_scope(write=False) as session:
-                    kept = evaluation_reports.kept_report(session, job_id=job.id, checkpoint_sha256=sha256)
-                if kept is not None:
-                    return kept
             datasets.require_test_set(job)  # NotFound, saying why
             test = datasets.test_set(job, settings=self.server.settings)
             report = loaded.predictor.evaluate(test.x_test, test.y_test, mistakes=MAX_MISTAKES)
             del test  # its pages go with it, before the free memory is handed back
             release_free_memory()
             if sha256 is not None:
-                with session_scope() as session:
-                    evaluation_reports.keep_report(session, job_id=job.id, checkpoint_sha256=sha256, report=report)
+                try:
+                    with session_scope() as session:
+                        evaluation_reports.keep_report(session, job_id=job.id, checkpoint_sha256=sha256, report=report)
+                except UNAVAILABLE as exc:  # answered all the same; a later request keeps it
+                    log.warning("could not keep job %s's evaluation report: %s", job.id, brief(exc))
             return report
 
-        key = checkpoint_key(target)
-
-        def once() -> Evaluation:
-            with self._evaluating:
-                return self._reports.get_or_load(key, compute)
-
-        report = await run_in_threadpool(once)
-        return Evaluated(target, loaded, report, images=loaded.predictor.contract.images and test_set_here)
+        with self._evaluating:
+            return self._reports.get_or_load(key, compute)

@@ -14,6 +14,10 @@ from service.core.tables import EvaluationReport
 
 log = logging.getLogger(__name__)
 
+# What a kept report was computed as (its fields, MAX_MISTAKES, the thresholds): one kept in another
+# form is computed again.
+REPORT_FORM = 1
+
 
 def kept_report(session: Session, *, job_id: str, checkpoint_sha256: str) -> Evaluation | None:
     """The report kept for a job's checkpoint file, if one is (and in a form this version reads)."""
@@ -21,20 +25,23 @@ def kept_report(session: Session, *, job_id: str, checkpoint_sha256: str) -> Eva
     if row is None:
         return None
     try:
+        if row.report.get("form") != REPORT_FORM:
+            raise ValueError(f"it was kept in form {row.report.get('form')}, not {REPORT_FORM}")
         return report_from_json(row.report)
     except ValueError as exc:
-        log.warning("the evaluation report kept for job %s is computed again: %s", job_id, exc)
+        log.warning("the evaluation report kept for job %s is not served (it is computed again): %s", job_id, exc)
         return None
 
 
 def keep_report(session: Session, *, job_id: str, checkpoint_sha256: str, report: Evaluation) -> None:
     """Keep a report computed for a job's checkpoint file. Another process that kept one first, or
     the job's deletion meanwhile, leaves things as they are."""
+    kept = {"form": REPORT_FORM, **report_json(report)}
     row = session.get(EvaluationReport, (job_id, checkpoint_sha256))
     if row is None:
-        session.add(EvaluationReport(job_id=job_id, checkpoint_sha256=checkpoint_sha256, report=report_json(report)))
+        session.add(EvaluationReport(job_id=job_id, checkpoint_sha256=checkpoint_sha256, report=kept))
     else:
-        row.report = report_json(report)
+        row.report = kept
     try:
         session.commit()
     except IntegrityError:

@@ -35,7 +35,10 @@ class MistakePublic(BaseModel):
     true_label: str
     predicted_label: str
     probability: float = Field(description="of the predicted label")
-    image_url: str | None = Field(description="the test image as PNG; null for a model of numeric rows")
+    image_url: str | None = Field(
+        description="the test image as PNG; null for a model of numeric rows, and once the job's uploaded "
+        "dataset is deleted"
+    )
 
 
 class ThresholdPublic(BaseModel):
@@ -69,7 +72,8 @@ def evaluation_public(
     job_id: str, target: ResolvedCheckpoint, report: Evaluation, *, limit: int, images: bool = True
 ) -> EvaluationPublic:
     """The report as the API answers it: its first `limit` mistakes, each with its image's URL
-    (none for a model of numeric rows, whose test examples are no images)."""
+    where `images` (not for a model of numeric rows, whose test examples are no images, nor once
+    the test set is gone)."""
     data = asdict(report)
     data["mistakes"] = [
         {**m, "image_url": image_url_of(job_id, m["index"]) if images else None} for m in data["mistakes"][:limit]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from sqlalchemy import func, select
 
-from models.inference.evaluation import evaluate
+from models.inference.evaluation import evaluate, report_json
 from models.spec.job import JobSpec
 from service.core import db, jobs
-from service.core.evaluation_reports import keep_report, kept_report
+from service.core.evaluation_reports import REPORT_FORM, keep_report, kept_report
 from service.core.tables import EvaluationReport, Job
 
 SHA = "ab" * 32
@@ -41,15 +41,16 @@ def test_a_report_is_kept_once_read_back_and_deleted_with_its_job(service_env_on
     with db.session_scope(write=False) as session:
         assert kept_report(session, job_id=job_id, checkpoint_sha256=SHA) == first
         assert kept_report(session, job_id=job_id, checkpoint_sha256="cd" * 32) is None
-    with db.session_scope() as session:  # another process computed it too
+    with db.session_scope() as session:  # another process computed it too: one row, as before
         keep_report(session, job_id=job_id, checkpoint_sha256=SHA, report=first)
     assert count() == 1
 
-    with db.session_scope() as session:
-        session.get(EvaluationReport, (job_id, SHA)).report = {"accuracy": 0.5}  # a form of another version
-    with db.session_scope() as session:
-        assert kept_report(session, job_id=job_id, checkpoint_sha256=SHA) is None
-        keep_report(session, job_id=job_id, checkpoint_sha256=SHA, report=second)
+    for another_form in ({"form": REPORT_FORM, "accuracy": 0.5}, {**report_json(first), "form": REPORT_FORM - 1}):
+        with db.session_scope() as session:
+            session.get(EvaluationReport, (job_id, SHA)).report = another_form  # kept by another version
+        with db.session_scope() as session:
+            assert kept_report(session, job_id=job_id, checkpoint_sha256=SHA) is None
+            keep_report(session, job_id=job_id, checkpoint_sha256=SHA, report=second)
     with db.session_scope(write=False) as session:
         assert kept_report(session, job_id=job_id, checkpoint_sha256=SHA) == second
 
