@@ -28,7 +28,7 @@ from service.api.schemas.jobs import (
     jobs_public,
 )
 from service.core import job_logs, job_pages, jobs, retention, submission, worker_registry
-from service.core.idempotency import checked_idempotency_key
+from service.core.idempotency import IDEMPOTENCY_KEY_RULE, checked_idempotency_key
 from service.core.settings import Settings, get_settings
 from service.core.tables import JobStatus
 
@@ -58,7 +58,9 @@ def submit_job(
     session: WriteSessionDep,
     settings: SettingsDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(), AfterValidator(checked_idempotency_key)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(description=IDEMPOTENCY_KEY_RULE), AfterValidator(checked_idempotency_key)
+    ] = None,
 ) -> JobPublic:
     """Queue a training job; the response's Location is where to poll it.
 

@@ -19,7 +19,7 @@ from service.api.schemas.sweeps import (
     sweep_public,
 )
 from service.core import sweeps
-from service.core.idempotency import checked_idempotency_key
+from service.core.idempotency import IDEMPOTENCY_KEY_RULE, checked_idempotency_key
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 NOT_FOUND = {404: {"description": "No such sweep"}}
@@ -44,7 +44,9 @@ def create_sweep(
     session: WriteSessionDep,
     settings: SettingsDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(), AfterValidator(checked_idempotency_key)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(description=IDEMPOTENCY_KEY_RULE), AfterValidator(checked_idempotency_key)
+    ] = None,
 ) -> SweepPublic:
     """Check every trial's spec (a 422 names the path and value of any that is invalid, and
     nothing is created), then queue the trials' jobs, at most max_parallel unfinished at a time."""
