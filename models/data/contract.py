@@ -7,7 +7,9 @@ evaluation, /v1/predict, the v2 protocol, the dashboard and the exports:
   resized to H x W (bilinear), then x / 255 normalised per channel: (x / 255 - mean) / std;
 - tabular: `features` float columns, used as they are or standardised per column:
   (x - mean) / std. A tabular model takes its raw columns everywhere (training, predict, the v2
-  protocol, its exports), the standardisation being part of it.
+  protocol, its exports), the standardisation being part of it. A regression model standardised
+  so learns its target standardised too, (y - target_mean) / target_std, and answers in the
+  target's own units: outputs * target_std + target_mean.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class InputContract(BaseModel):
     # tabular
     features: Annotated[int | None, Field(ge=1)] = None
     columns: list[str] | None = None
+    target_mean: float | None = None  # a regression target's, when it is learnt standardised
+    target_std: Annotated[float | None, Field(gt=0)] = None
 
     @model_validator(mode="after")
     def _complete(self) -> InputContract:
@@ -57,6 +61,8 @@ class InputContract(BaseModel):
                 values = getattr(self, name)
                 if values is not None and len(values) != self.features:
                     raise ValueError(f"{name} has {len(values)} values for {self.features} feature(s)")
+        if (self.target_mean is None) != (self.target_std is None) or (self.target_scaled and self.images):
+            raise ValueError("target_mean and target_std come together, for a model of numeric columns")
         return self
 
     @classmethod
@@ -105,6 +111,21 @@ class InputContract(BaseModel):
 
     def with_normalisation(self, mean, std) -> InputContract:
         return self.model_copy(update={"mean": [float(m) for m in mean], "std": [float(s) for s in std]})
+
+    def with_target_scale(self, mean: float, std: float) -> InputContract:
+        return self.model_copy(update={"target_mean": float(mean), "target_std": float(std)})
+
+    @property
+    def target_scaled(self) -> bool:
+        return self.target_std is not None
+
+    def to_target(self, y: torch.Tensor) -> torch.Tensor:
+        """Targets as the network learns them: standardised when the contract scales them."""
+        return (y - self.target_mean) / self.target_std if self.target_scaled else y
+
+    def from_target(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The network's outputs in the target's own units."""
+        return outputs * self.target_std + self.target_mean if self.target_scaled else outputs
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale, shift) per channel with float = pixel * scale + shift, as float32."""

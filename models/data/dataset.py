@@ -57,6 +57,12 @@ class Dataset:
             task=self.task, input_shape=self.input_shape, outputs=self.outputs, images=self.contract.images
         )
 
+    @property
+    def loss_scale(self) -> float:
+        """What a loss on the targets as the network learns them is multiplied by to be in the
+        target's own units (the mean squared error of a standardised target: target_std²)."""
+        return self.contract.target_std**2 if self.contract.target_scaled else 1.0
+
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """Convert a batch of stored inputs to the float tensor the model sees."""
         return self.contract.to_float(x) if x.dtype == torch.uint8 or not self.contract.images else x

@@ -195,7 +195,11 @@ def _normalised(dataset: Dataset, normalize) -> Dataset:
     if not dataset.contract.images:
         if normalize != "dataset":
             raise DatasetError("normalize for numeric features is dataset (each column's mean and std)")
-        return dataset.replace(contract=dataset.contract.with_normalisation(*feature_stats(dataset.x_train)))
+        contract = dataset.contract.with_normalisation(*feature_stats(dataset.x_train))
+        if dataset.task == "regression":  # its target too: a price in the thousands trains as one near 0
+            (mean,), (std,) = feature_stats(dataset.y_train.reshape(len(dataset.y_train), 1))
+            contract = contract.with_target_scale(mean, std)
+        return dataset.replace(contract=contract)
     if isinstance(normalize, NormalizeSpec):
         if len(normalize.mean) != dataset.contract.channels:
             raise DatasetError(

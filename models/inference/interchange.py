@@ -42,16 +42,23 @@ class ExportError(Exception):
 
 
 class WithOutputs(nn.Module):
-    """The network followed by what predict applies to its outputs: softmax for a classifier."""
+    """The network followed by what predict applies to its outputs: softmax for a classifier, the
+    target's own units for a regression that learnt its target standardised."""
 
-    def __init__(self, net: nn.Module, classify: bool):
+    def __init__(self, net: nn.Module, classify: bool, contract: InputContract):
         super().__init__()
         self.net = net
         self.classify = classify
+        self.scaled = not classify and contract.target_scaled
+        if self.scaled:
+            self.register_buffer("target_mean", torch.tensor(contract.target_mean, dtype=torch.float32))
+            self.register_buffer("target_std", torch.tensor(contract.target_std, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
-        return torch.softmax(y, dim=1) if self.classify else y
+        if self.classify:
+            return torch.softmax(y, dim=1)
+        return y * self.target_std + self.target_mean if self.scaled else y
 
 
 class FromPixels(nn.Module):
@@ -103,7 +110,7 @@ def header(meta: dict) -> dict[str, str]:
 
 def _module(predictor: Predictor, inputs: str = "float") -> tuple[nn.Module, torch.Tensor]:
     net = copy.deepcopy(predictor.model).to("cpu").eval()
-    module = WithOutputs(net, predictor.task == "classification").eval()
+    module = WithOutputs(net, predictor.task == "classification", predictor.contract).eval()
     shape = predictor.meta["input_shape"]
     if inputs == "float":
         if not predictor.contract.images and predictor.contract.normalised:  # it takes its raw columns
@@ -237,11 +244,13 @@ def imported_meta(
     *,
     resize: int | None = None,
     columns: list[str] | None = None,
+    target: tuple[float, float] | None = None,
 ) -> dict:
     """A checkpoint's metadata for weights trained elsewhere: images decoded as trainyard's own
     (grey or RGB by the channels, resized to the input shape), pixel / 255 normalised by mean/std,
     or numeric columns (named `columns`) standardised by mean/std; `resize`: the side the network
-    resizes its inputs to (a trainyard export's, kept)."""
+    resizes its inputs to, and `target`: the (mean, std) a regression's outputs are scaled back by
+    (a trainyard export's, kept)."""
     if len(input_shape) == 3:
         contract = InputContract.image(*input_shape, classes=classes)
         if mean is not None or std is not None:
@@ -253,6 +262,8 @@ def imported_meta(
         )
         if mean is not None and std is not None:
             contract = contract.with_normalisation(mean, std)
+        if target is not None and not classes:
+            contract = contract.with_target_scale(*target)
     return {
         "model": model,
         "task": "classification" if classes else "regression",

@@ -83,7 +83,7 @@ class Predictor:
         if batch.dtype == torch.uint8 or not self.contract.images:
             batch = self.to_input(batch)
         outputs = self.model(batch)
-        outputs = torch.softmax(outputs, dim=1) if self.task == "classification" else outputs
+        outputs = torch.softmax(outputs, dim=1) if self.task == "classification" else self.contract.from_target(outputs)
         return outputs.cpu()
 
     def evaluation_batch(self) -> int:

@@ -317,8 +317,8 @@ class _ImageOptions(_DataBase):
     normalize: Literal["none", "dataset"] | NormalizeSpec | None = Field(
         default=None,
         description="none: pixel / 255; dataset: per-channel mean/std of the training split (a CSV: "
-        "each column standardised by its mean/std); or explicit {mean, std}; unset: the backbone's own "
-        "for a pretrained model, else none",
+        "each column, and a regression's target, standardised by its mean/std); or explicit {mean, std}; "
+        "unset: the backbone's own for a pretrained model, else none",
     )
     augment: AugmentSpec | None = None
 

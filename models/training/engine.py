@@ -328,14 +328,14 @@ def train_one_epoch(
         if augment is not None:  # seeded by the batch's index, so a resumed epoch augments alike
             x = augment(x, batches if ranks is None else batches * ranks.world_size + ranks.rank)
         x = dataset.to_float(x)
-        y = y_all[idx].to(device, non_blocking=True)
+        y = dataset.contract.to_target(y_all[idx].to(device, non_blocking=True))
         with precision():
             outputs = model(x)
             loss = loss_fn(outputs, y)
         objective = loss if share == 1.0 else loss * share
         optimizer_step(objective + penalty() if penalty is not None else objective, optimizer, scaler)
         # One kernel each: launches are what a small GPU model waits on.
-        loss_sum.add_(loss.detach(), alpha=hi - lo)
+        loss_sum.add_(loss.detach(), alpha=(hi - lo) * dataset.loss_scale)  # in the target's units
         if classify and hi > lo:  # whether each example was right, summed once at the end
             at = start - first + lo
             torch.eq(outputs.detach().argmax(dim=1), y, out=hits[at : at + hi - lo])
@@ -391,7 +391,7 @@ def evaluate(
         y = y_all[start:end].to(device)
         with precision():
             outputs = model(x)
-        loss_sum += float(loss_fn(outputs.float(), y)) * len(x)
+        loss_sum += float(loss_fn(outputs.float(), dataset.contract.to_target(y))) * len(x) * dataset.loss_scale
         if classify:
             correct += (outputs.argmax(dim=1) == y).sum()
     total_correct = int(correct)

@@ -163,7 +163,16 @@ def import_version(
     problems = weights_problems(net, state)
     if problems:
         raise Invalid([(("file", tensor), message) for tensor, message in problems])
-    meta = imported_meta(spec.model_dump(mode="json"), classes, input_shape, mean, std, resize=resize, columns=columns)
+    meta = imported_meta(
+        spec.model_dump(mode="json"),
+        classes,
+        input_shape,
+        mean,
+        std,
+        resize=resize,
+        columns=columns,
+        target=given["target"] if len(input_shape) == 1 else None,
+    )
 
     def store(relative: str) -> StoredFile:
         return get_storage(settings).write(f"registry/{relative}", lambda path: write_checkpoint(path, state, meta))
@@ -291,7 +300,15 @@ def _header_says(meta: dict) -> dict:
         raise Invalid([(("file",), f"its header's threshold {threshold!r} is not a number from 0 to 1")])
     channels = len(mean or std or [])
     columns = contract.get("columns")
+    target = contract.get("target_mean"), contract.get("target_std")
+    if target == (None, None):
+        target = None
+    elif not all(isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v) for v in target) or (
+        target[1] <= 0
+    ):
+        raise Invalid([(("file",), "its header's target_mean and target_std must be numbers, the std above 0")])
     return {
+        "target": target,
         "columns": columns if isinstance(columns, list) and all(isinstance(c, str) for c in columns) else None,
         "model": meta.get("model") or (spec.get("model") if isinstance(spec, dict) else None),
         "classes": meta.get("classes"),
@@ -341,6 +358,7 @@ def _with_file_header(weights: bytes, model, classes, input_shape, normalize, th
             "resize": None,
             "threshold": threshold,
             "columns": None,
+            "target": None,
         }
     own = _header_says(meta)
     problems = []
@@ -366,6 +384,7 @@ def _with_file_header(weights: bytes, model, classes, input_shape, normalize, th
         "resize": own["resize"],
         "threshold": threshold if threshold is not None else own["threshold"],
         "columns": own["columns"],  # kept by imported_meta for a model of as many numeric columns
+        "target": own["target"],  # the units a regression that learnt its target standardised answers in
     }
 
 

@@ -1,5 +1,6 @@
 import math
 import statistics
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -390,26 +391,19 @@ def test_decoded_datasets_are_cached_on_disk(idx_dir, tmp_path):
     assert torch.equal(rebuilt.y_test, first.y_test) and cached.stat().st_size > 1000
 
 
-def test_standardised_csv_columns_train_where_raw_ones_diverge_and_predict_takes_raw_rows(tmp_path):
-    """Columns a hundredfold apart (rooms 1-6, area 20-200): plain SGD on the raw columns diverges
-    at a rate that trains them once `normalize: dataset` standardises each; the predictor, its
-    checkpoint and its exports take the raw columns and answer alike."""
-    import io
+def _houses(tmp_path, price_of) -> tuple[dict, Callable[[str | None], JobSpec]]:
+    """A CSV of houses (rooms 1-6, area 20-200, a hundredfold apart) priced by price_of(rooms,
+    area), stored as an upload: fit's arguments for it, and a linear regression's spec on it."""
     import uuid
 
-    import onnxruntime
-
-    from models.checkpoint import write_checkpoint
     from models.data.loading import save_stored_dataset
     from models.data.uploads import decode_archive
-    from models.inference.interchange import export
-    from models.inference.predictor import Predictor
     from tests.support.datagen import zip_bytes
 
     generator = torch.Generator().manual_seed(0)
     rooms = torch.randint(1, 7, (300,), generator=generator).float()
     area = 20 + 180 * torch.rand(300, generator=generator)
-    price = 3 * rooms + 0.05 * area + 1
+    price = price_of(rooms, area)
     rows = "rooms,area,target\n" + "".join(
         f"{r:g},{a:.3f},{p:.4f}\n" for r, a, p in zip(rooms, area, price, strict=True)
     )
@@ -430,20 +424,73 @@ def test_standardised_csv_columns_train_where_raw_ones_diverge_and_predict_takes
             }
         )
 
-    stored = {"data_dir": tmp_path, "stored_dataset": lambda _id: tmp_path / "houses.safetensors"}
+    return {"data_dir": tmp_path, "stored_dataset": lambda _id: tmp_path / "houses.safetensors"}, spec
+
+
+def _exports_answer_as(predictor, raw: torch.Tensor, predicted: torch.Tensor) -> None:
+    import io
+
+    import onnxruntime
+
+    from models.inference.interchange import export
+
+    session = onnxruntime.InferenceSession(export(predictor, "onnx"))
+    (exported,) = session.run(None, {"input": raw.numpy()})
+    assert torch.allclose(torch.from_numpy(exported), predicted, rtol=1e-5, atol=1e-4)
+    program = torch.export.load(io.BytesIO(export(predictor, "pt2"))).module()
+    assert torch.allclose(program(raw), predicted, rtol=1e-5, atol=1e-4)
+
+
+def test_standardised_csv_columns_train_where_raw_ones_diverge_and_predict_takes_raw_rows(tmp_path):
+    """Columns a hundredfold apart: plain SGD on the raw columns diverges at a rate that trains
+    them once `normalize: dataset` standardises each; the predictor, its checkpoint and its
+    exports take the raw columns and answer alike."""
+    from models.checkpoint import write_checkpoint
+    from models.inference.predictor import Predictor
+
+    stored, spec = _houses(tmp_path, lambda rooms, area: 3 * rooms + 0.05 * area + 1)
     with pytest.raises(TrainingError, match="lower the learning rate"):
         fit(spec(None), **stored)
     result = fit(spec("dataset"), **stored)
     run = result.run
     contract = run.dataset.contract
-    assert contract.columns == ["rooms", "area"] and abs(contract.mean[1] - float(area.mean())) < 10
+    assert contract.columns == ["rooms", "area"] and 100 < contract.mean[1] < 120
     write_checkpoint(tmp_path / "m.safetensors", run.model.state_dict(), run.model_meta())
     predictor = Predictor.from_checkpoint(tmp_path / "m.safetensors")
     raw = torch.tensor([[2.0, 50.0], [5.0, 180.0]])
     predicted = predictor.probabilities(predictor.decode_values(raw.tolist()))
     assert torch.allclose(predicted.squeeze(1), 3 * raw[:, 0] + 0.05 * raw[:, 1] + 1, atol=0.05), predicted
-    session = onnxruntime.InferenceSession(export(predictor, "onnx"))
-    (exported,) = session.run(None, {"input": raw.numpy()})
-    assert torch.allclose(torch.from_numpy(exported), predicted, atol=1e-4)
-    program = torch.export.load(io.BytesIO(export(predictor, "pt2"))).module()
-    assert torch.allclose(program(raw), predicted, atol=1e-4)
+    _exports_answer_as(predictor, raw, predicted)
+
+
+def test_a_target_in_the_hundreds_of_thousands_learns_standardised_and_answers_in_its_own_units(tmp_path):
+    """Prices of 150,000 to 600,000: `normalize: dataset` standardises the target with the
+    columns, so the same SGD trains it; losses are reported, and predict, the checkpoint and the
+    exports answer, in the target's own units (without it, the same job diverges)."""
+    from models.checkpoint import write_checkpoint
+    from models.inference.predictor import Predictor
+
+    def price_of(rooms, area):
+        return 50_000 * rooms + 1_000 * area + 80_000
+
+    stored, spec = _houses(tmp_path, price_of)
+    with pytest.raises(TrainingError, match="lower the learning rate"):
+        fit(spec(None), **stored)
+    result = fit(spec("dataset"), **stored)
+    run = result.run
+    contract = run.dataset.contract
+    assert 250_000 < contract.target_mean < 450_000 and 50_000 < contract.target_std < 150_000
+    write_checkpoint(tmp_path / "m.safetensors", run.model.state_dict(), run.model_meta())
+    predictor = Predictor.from_checkpoint(tmp_path / "m.safetensors")
+    test_x, test_y = run.dataset.x_test, run.dataset.y_test.reshape(-1)
+    predicted = predictor.probabilities(test_x).squeeze(1)
+    assert torch.allclose(predicted, test_y, rtol=1e-3), (predicted[:4], test_y[:4])
+    mse = float((predicted.double() - test_y.double()).square().mean())
+    last = run.history[-1]
+    assert last.test_loss == pytest.approx(mse, rel=0.02, abs=1.0)  # the same squared error, in price²
+    assert last.test_loss < 1e-4 * contract.target_std**2
+    raw = torch.tensor([[2.0, 50.0], [5.0, 180.0]])
+    expected = price_of(raw[:, 0], raw[:, 1])
+    answer = predictor.probabilities(predictor.decode_values(raw.tolist()))
+    assert torch.allclose(answer.squeeze(1), expected, rtol=1e-3), answer
+    _exports_answer_as(predictor, raw, answer)

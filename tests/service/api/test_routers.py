@@ -475,7 +475,15 @@ def test_a_model_of_standardised_columns_imports_back_and_answers_as_before(api,
     spec = MODEL_SPEC.validate_python({"arch": "linear_regression"})
     torch.manual_seed(0)
     net = build_model(spec, [2], 1)
-    meta = imported_meta(spec.model_dump(mode="json"), None, [2], [3.5, 110.0], [1.7, 52.0], columns=["rooms", "area"])
+    meta = imported_meta(
+        spec.model_dump(mode="json"),
+        None,
+        [2],
+        [3.5, 110.0],
+        [1.7, 52.0],
+        columns=["rooms", "area"],
+        target=(350_000.0, 120_000.0),  # a price learnt standardised, answered in its own units
+    )
     write_checkpoint(tmp_path / "m.safetensors", net.state_dict(), meta)
     original = Predictor.from_checkpoint(tmp_path / "m.safetensors")
     exported = export(original, "safetensors")
@@ -485,6 +493,7 @@ def test_a_model_of_standardised_columns_imports_back_and_answers_as_before(api,
     answer = api.post("/v1/predict", json={"model": "houses", "inputs": rows}).json()
     assert answer["model"]["columns"] == ["rooms", "area"]
     expected = original.probabilities(original.decode_values(rows)).squeeze(1).tolist()
+    assert all(abs(value) > 1_000 for value in expected)
     assert [p["value"] for p in answer["predictions"]] == pytest.approx(expected, rel=1e-5)
     wrong = api.post(
         "/v1/models/import",
