@@ -660,7 +660,15 @@ def _epoch(
         return None, progress
     train_loss = progress.loss_sum / progress.seen if progress.seen else math.nan
     if not math.isfinite(train_loss):
-        raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
+        raw_columns = "normalize" in type(spec.data).model_fields and not (ds.contract.images or ds.contract.normalised)
+        raise NonFiniteLoss(
+            f"training loss became {train_loss} in epoch {epoch}; lower the learning rate"
+            + (
+                ', or standardise the columns (and a regression\'s target) with "data": {"normalize": "dataset"}'
+                if raw_columns
+                else ""
+            )
+        )
     classify = ds.task == "classification"
     # A stop during the evaluation keeps the epoch's training: the position is its last batch, and
     # a resumed run evaluates the same weights.

@@ -449,7 +449,7 @@ def test_standardised_csv_columns_train_where_raw_ones_diverge_and_predict_takes
     from models.inference.predictor import Predictor
 
     stored, spec = _houses(tmp_path, lambda rooms, area: 3 * rooms + 0.05 * area + 1)
-    with pytest.raises(TrainingError, match="lower the learning rate"):
+    with pytest.raises(TrainingError, match='lower the learning rate, or standardise the columns .*"normalize": "dataset"'):
         fit(spec(None), **stored)
     result = fit(spec("dataset"), **stored)
     run = result.run
@@ -474,7 +474,7 @@ def test_a_target_in_the_hundreds_of_thousands_learns_standardised_and_answers_i
         return 50_000 * rooms + 1_000 * area + 80_000
 
     stored, spec = _houses(tmp_path, price_of)
-    with pytest.raises(TrainingError, match="lower the learning rate"):
+    with pytest.raises(TrainingError, match='lower the learning rate, or standardise the columns .*"normalize": "dataset"'):
         fit(spec(None), **stored)
     result = fit(spec("dataset"), **stored)
     run = result.run
