@@ -277,7 +277,13 @@ def command(app: typer.Typer, name: str):
 
 
 def _fmt(value, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    """A table's number: `digits` decimals, or as many significant digits where decimals would
+    hide what it is (a diverged loss of 1.563e+11, a learning rate of 1e-09)."""
+    if not isinstance(value, float):
+        return "-" if value is None else str(value)
+    if digits and (abs(value) >= 1e6 or 0 < abs(value) < 10**-digits):
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}f}"
 
 
 SHORT_ID = 8  # characters of an id that tables show; the API takes back any unique prefix of 6 or more
@@ -492,7 +498,7 @@ def sweep_table(sweep: dict) -> Table:
         table.add_row(
             str(rank),
             (entry["job_id"] or "-")[:SHORT_ID],
-            entry["status"],
+            entry["status"] + (f" ({entry['reason']})" if entry.get("reason") not in (None, "early_stopped") else ""),
             str(entry["epochs"]),
             *(_fmt(v) if isinstance(v, float) else str(v) for v in values),
             _fmt(entry["metric"]),

@@ -391,6 +391,9 @@ def test_decoded_datasets_are_cached_on_disk(idx_dir, tmp_path):
     assert torch.equal(rebuilt.y_test, first.y_test) and cached.stat().st_size > 1000
 
 
+RAW_COLUMNS_DIVERGE = 'lower the learning rate, or standardise the columns .*"normalize": "dataset"'
+
+
 def _houses(tmp_path, price_of) -> tuple[dict, Callable[[str | None], JobSpec]]:
     """A CSV of houses (rooms 1-6, area 20-200, a hundredfold apart) priced by price_of(rooms,
     area), stored as an upload: fit's arguments for it, and a linear regression's spec on it."""
@@ -449,7 +452,7 @@ def test_standardised_csv_columns_train_where_raw_ones_diverge_and_predict_takes
     from models.inference.predictor import Predictor
 
     stored, spec = _houses(tmp_path, lambda rooms, area: 3 * rooms + 0.05 * area + 1)
-    with pytest.raises(TrainingError, match='lower the learning rate, or standardise the columns .*"normalize": "dataset"'):
+    with pytest.raises(TrainingError, match=RAW_COLUMNS_DIVERGE):
         fit(spec(None), **stored)
     result = fit(spec("dataset"), **stored)
     run = result.run
@@ -474,7 +477,7 @@ def test_a_target_in_the_hundreds_of_thousands_learns_standardised_and_answers_i
         return 50_000 * rooms + 1_000 * area + 80_000
 
     stored, spec = _houses(tmp_path, price_of)
-    with pytest.raises(TrainingError, match='lower the learning rate, or standardise the columns .*"normalize": "dataset"'):
+    with pytest.raises(TrainingError, match=RAW_COLUMNS_DIVERGE):
         fit(spec(None), **stored)
     result = fit(spec("dataset"), **stored)
     run = result.run

@@ -24,6 +24,7 @@ class SweepJobPublic(BaseModel):
     # The job's best value of the sweep's metric over its epochs so far.
     metric: float | None
     error: str | None = None
+    reason: str | None = None  # why its job ended as it did (its job's reason: nan_loss, pruned_by_asha, ...)
 
 
 class SweepPublic(BaseModel):
@@ -93,6 +94,7 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
             epochs=t.job.epoch if t.job else 0,
             metric=t.metric,
             error=sweep.trials[t.index].get("error") if t.index < len(sweep.trials) else None,
+            reason=t.job.reason if t.job else None,
         )
         for t in ranked
     ]

@@ -460,3 +460,34 @@ def test_a_numeric_models_mistakes_have_no_image_to_link():
     console.print(mistakes)
     shown = console.export_text()
     assert "http://x" not in shown and "cheap" in shown, shown
+
+
+def test_tables_show_a_diverged_loss_and_a_tiny_learning_rate_as_they_are_and_why_a_trial_failed():
+    """A loss of 1.6e11 is not 27 digits and a learning rate of 1e-9 is not 0.0000; a failed
+    trial's row says its reason."""
+    assert cli_client._fmt(156_271_930_123.5) == "1.563e+11"
+    assert cli_client._fmt(1e-9) == "1e-09" and cli_client._fmt(0.0) == "0.0000"
+    assert cli_client._fmt(0.12345) == "0.1235" and cli_client._fmt(18039.0, 0) == "18039"
+    sweep = {
+        "id": "5f0c3f8e-0000-4000-8000-000000000000",
+        "name": "lr",
+        "status": "finished",
+        "search": "grid",
+        "pruner": None,
+        "launched": 2,
+        "trials": 2,
+        "epochs_spent": 6,
+        "mode": "min",
+        "metric": "test_loss",
+        "jobs": [
+            {"job_id": "a" * 36, "status": "succeeded", "reason": None, "params": {"optimizer.lr": 1e-9}},
+            {"job_id": "b" * 36, "status": "failed", "reason": "nan_loss", "params": {"optimizer.lr": 0.01}},
+        ],
+    }
+    sweep["jobs"][0] |= {"epochs": 5, "metric": 3.2e26}
+    sweep["jobs"][1] |= {"epochs": 1, "metric": None}
+    out = io.StringIO()
+    Console(file=out, width=160, color_system=None).print(cli_client.sweep_table(sweep))
+    rows = out.getvalue()
+    assert "1e-09" in rows and "3.2e+26" in rows and "failed (nan_loss)" in rows, rows
+    assert "succeeded (" not in rows
