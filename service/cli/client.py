@@ -712,21 +712,26 @@ def logs(
                 print(json.dumps(data), flush=True) if opts.as_json else _print_log(data)
 
 
+METRIC_COLUMNS = (  # (header, field, decimals)
+    ("train loss", "train_loss", 4),
+    ("train acc", "train_acc", 3),
+    ("val loss", "val_loss", 4),
+    ("val acc", "val_acc", 3),
+    ("test loss", "test_loss", 4),
+    ("test acc", "test_acc", 3),
+)
+
+
 def metrics_table(answer: dict) -> list:
-    """Each epoch's metrics; the epoch that `best` and job:<id> serve is marked."""
-    table = Table(
-        "epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc", "samples/s", "best"
-    )
+    """Each epoch's metrics, those no epoch has left out (a regression's accuracies, a job without
+    a validation split's val columns); the epoch that `best` and job:<id> serve is marked."""
+    shown = [column for column in METRIC_COLUMNS if any(r[column[1]] is not None for r in answer["epochs"])]
+    table = Table("epoch", *(header for header, _, _ in shown), "samples/s", "best")
     for r in answer["epochs"]:
         best = r["epoch"] == answer.get("best_epoch")
         table.add_row(
             str(r["epoch"]),
-            _fmt(r["train_loss"]),
-            _fmt(r["train_acc"], 3),
-            _fmt(r["val_loss"]),
-            _fmt(r["val_acc"], 3),
-            _fmt(r["test_loss"]),
-            _fmt(r["test_acc"], 3),
+            *(_fmt(r[field], digits) for _, field, digits in shown),
             _fmt(r["samples_per_second"], 0),
             "*" if best else "",
             style="bold" if best else None,

@@ -287,7 +287,14 @@ def test_the_metrics_table_heads_its_best_column_and_an_evaluation_without_mista
         if line[:1] in "┃│"
     ]
     assert (header[-1], rows[0][-1], rows[1][-1]) == ("best", "", "*")
+    assert header[1:7] == ["train loss", "train acc", "val loss", "val acc", "test loss", "test acc"]
     assert note == "best: epoch 2, chosen on test_loss"
+    regression = dict.fromkeys(("train_acc", "val_loss", "val_acc", "test_acc"))  # no validation split
+    table, note = cli_client.metrics_table({**answer, "epochs": [{**row, **regression} for row in answer["epochs"]]})
+    console = Console(width=200, record=True)
+    console.print(table)
+    assert "train loss" in console.export_text() and " acc " not in console.export_text()
+    assert "val loss" not in console.export_text()
     averages = dict.fromkeys(("precision", "recall", "f1", "support"), 1)
     report = {
         "model": {"reference": "job:abc", "epoch": 2},
