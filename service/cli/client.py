@@ -752,8 +752,12 @@ def metrics(opts: Options, job_id: str) -> None:
     opts.show(opts.call("GET", f"/v1/jobs/{job_id}/metrics"), metrics_table)
 
 
+CONFUSION_SHOWN = 20  # classes a confusion matrix is shown for as a table
+
+
 def evaluation_views(report: dict, url: str) -> list:
-    """An evaluation report as a summary line and tables: classes, thresholds, mistakes."""
+    """An evaluation report as a summary line and tables: classes, the confusion matrix,
+    thresholds, mistakes."""
     model = report["model"]
     top_k = "".join(f" · top-{k} {_fmt(v)}" for k, v in report["top_k_accuracy"].items() if k != "1")
     summary = (
@@ -769,6 +773,13 @@ def evaluation_views(report: dict, url: str) -> list:
         classes.add_row(
             name.replace("_", " "), _fmt(a["precision"]), _fmt(a["recall"]), _fmt(a["f1"]), str(a["support"])
         )
+    labels = [c["label"] for c in report["classes"]]
+    if len(labels) <= CONFUSION_SHOWN:
+        confusion = Table("true \\ predicted", *labels, title="confusion matrix (rows: true class, columns: predicted)")
+        for label, row in zip(labels, report["confusion_matrix"], strict=True):
+            confusion.add_row(label, *(str(count) for count in row))
+    else:
+        confusion = f"confusion matrix: {len(labels)} classes, too many to show here (--json, or GET .../confusion)"
     thresholds = Table("threshold", "coverage", "accuracy", title="confidence thresholds")
     for t in report["thresholds"]:
         thresholds.add_row(f"{t['threshold']:.2f}", _fmt(t["coverage"], 3), _fmt(t["accuracy"], 3))
@@ -784,7 +795,7 @@ def evaluation_views(report: dict, url: str) -> list:
             url.rstrip("/") + m["image_url"] if m.get("image_url") else "-",  # none for numeric rows
         )
     none = "no mistakes: every test example is right"
-    return [summary, classes, thresholds, mistakes if report["mistakes"] else none]
+    return [summary, classes, confusion, thresholds, mistakes if report["mistakes"] else none]
 
 
 @command(top, "evaluate")
@@ -794,7 +805,8 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="mistakes listed (the service's default: 24)")] = None,
 ) -> None:
     """How the checkpoint job:JOB names does on the job's test set: accuracy, each class's
-    precision, recall and F1, confidence thresholds and the most confident mistakes."""
+    precision, recall and F1, the confusion matrix, confidence thresholds and the most confident
+    mistakes."""
     report = opts.call(
         "GET", f"/v1/jobs/{job_id}/evaluation", params={} if limit is None else {"limit": limit}, timeout=300
     )

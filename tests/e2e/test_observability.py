@@ -188,6 +188,7 @@ def test_evaluation_report_equals_scikit_learn_on_what_predict_answers(embedded_
         timeout=60,
     )
     assert table.returncode == 0 and "macro avg" in table.stdout and "0.95" in table.stdout, table.stderr
+    assert "confusion matrix" in table.stdout
     assert f"{embedded_stack.url}/v1/jobs/{job_id}/test-images/{mistakes[0]['index']}.png" in table.stdout
     assert f"/test-images/{mistakes[3]['index']}.png" not in table.stdout
 

@@ -306,8 +306,17 @@ def test_the_metrics_table_heads_its_best_column_and_an_evaluation_without_mista
         "weighted_avg": averages,
         "thresholds": [],
         "mistakes": [],
+        "confusion_matrix": [],
     }
     assert cli_client.evaluation_views(report, "http://x")[-1] == "no mistakes: every test example is right"
+    scores = dict.fromkeys(("precision", "recall", "f1", "support"), 0.5)
+    report |= {"classes": [{**scores, "label": name} for name in ("cat", "dog")], "confusion_matrix": [[7, 1], [2, 5]]}
+    console = Console(width=200, record=True)
+    console.print(cli_client.evaluation_views(report, "http://x")[2])
+    rows = [line.split() for line in console.export_text().splitlines()]
+    assert ["│", "cat", "│", "7", "│", "1", "│"] in rows and ["│", "dog", "│", "2", "│", "5", "│"] in rows, rows
+    many = {**report, "classes": [{**scores, "label": str(i)} for i in range(21)]}
+    assert "21 classes, too many to show" in cli_client.evaluation_views(many, "http://x")[2]
 
 
 def test_a_dataset_is_shown_with_its_classes_and_a_regression_set_without():
