@@ -133,6 +133,11 @@ def test_job_page_shows_the_evaluation_report(browser, embedded_stack, unsure_jo
     assert f"accuracy {report['accuracy']:.4f}" in text(browser, "#evaluation-summary")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#classes tbody tr")) == 10
     assert "macro avg" in text(browser, "#classes tfoot") and "0.99" in text(browser, "#thresholds")
+    cells = [
+        [int(cell.text) for cell in row.find_elements(By.TAG_NAME, "td")]
+        for row in browser.find_elements(By.CSS_SELECTOR, "#confusion tr")[1:]
+    ]
+    assert cells == report["confusion_matrix"]
     first = report["mistakes"][0]
     caption = text(browser, ".mistake figcaption")
     assert first["true_label"] in caption and first["predicted_label"] in caption
