@@ -148,11 +148,26 @@ def decode_archive(
     arrays = _Arrays(workdir)
     try:
         decoded = _decode_members(archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays)
+        _uses_every_option(decoded.kind, image_size=image_size, color=color)
     except BaseException:
         arrays.remove()
         raise
     decoded.cleanup = arrays.remove
     return decoded
+
+
+KIND_NAMES = {"csv": "a CSV of numeric columns", "idx": "IDX files of 28x28 grey images"}
+
+
+def _uses_every_option(kind: str, *, image_size: int | None, color: ColorMode) -> None:
+    """ArchiveError for an option the archive's kind has no use for: it would be silently ignored."""
+    if kind == "image_folder":
+        return
+    for option, given in (("image_size", image_size is not None), ("color", color != "auto")):
+        if given:
+            raise ArchiveError(
+                f"{option} applies to a folder of images; this archive holds {KIND_NAMES[kind]}: leave it out"
+            )
 
 
 def check_archive(data: BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> int:
@@ -540,9 +555,11 @@ def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
     header = next(iter(tables.values()))[1]
     targets = [h for h in header if h.lower() in ("label", "target")]
     if len(targets) != 1:
+        separated = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
         raise ArchiveError(
             f"the CSV needs exactly one 'label' (classification) or 'target' (regression) "
             f"column; its columns are {header}"
+            + (f" (its values are separated by {separated!r}: save it with commas)" if separated else "")
         )
     target = targets[0]
     task = "classification" if target.lower() == "label" else "regression"
@@ -562,6 +579,11 @@ def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
                 xs.append([float(v) for i, v in enumerate(row) if i != t])
             except ValueError:
                 column, value = next((cols[i], v) for i, v in enumerate(row) if i != t and not _is_number(v))
+                if not value.strip():
+                    raise ArchiveError(
+                        f"{path} line {line}: column {column!r} has no value (a missing value): fill it in, "
+                        "or leave the row out"
+                    ) from None
                 raise ArchiveError(
                     f"{path} line {line}: feature values must be numbers; column {column!r} holds {value!r}"
                 ) from None

@@ -71,6 +71,14 @@ def test_idx_archive(tmp_path):
     assert not list(workdir.iterdir())
 
 
+@pytest.mark.parametrize("option", [{"image_size": 64}, {"color": "rgb"}])
+def test_an_image_option_given_for_a_csv_is_refused_not_ignored(option):
+    rows = "f1,target\n" + "".join(f"{i},{2 * i}\n" for i in range(20))
+    (name,) = option
+    with pytest.raises(ArchiveError, match=f"{name} applies to a folder of images; this archive holds a CSV"):
+        decode_archive(zip_bytes({"data.csv": rows.encode()}), name="t", **option)
+
+
 def test_csv_classification_and_regression():
     rows = "f1,f2,label\n" + "".join(f"{i},{i % 3},{'yes' if i % 2 else 'no'}\n" for i in range(20))
     data = decode_archive(zip_bytes({"data.csv": rows.encode()}), name="t", test_fraction=0.25).dataset
@@ -107,6 +115,8 @@ def test_csv_classification_and_regression():
         ),
         ({"d.csv": b"a,b\n1,2\n"}, "exactly one 'label'"),
         ({"d.csv": b"a,label\nx,1\ny,2\n"}, "line 2: feature values must be numbers; column 'a' holds 'x'"),
+        ({"d.csv": b"a,b,label\n1,,1\n2,3,2\n"}, "line 2: column 'b' has no value \\(a missing value\\)"),
+        ({"d.csv": b"a;label\n1;1\n2;2\n"}, "separated by ';': save it with commas"),
         ({"d.csv": b"a,label\n1,2,3\n"}, "line 2: 3 fields, expected 2"),
     ],
 )
