@@ -305,15 +305,18 @@ class ModelServer:
         return target, loaded, await self.classify_images(loaded, uploads, top_k, target.threshold_for(threshold))
 
     async def predict_values(
-        self, reference: str, rows: list[list[float]], threshold: float | None = None
+        self, reference: str, rows: list[list[float]], threshold: float | None = None, top_k: int = 1
     ) -> tuple[ResolvedCheckpoint, LoadedModel, torch.Tensor]:
-        """Outputs for numeric rows; Invalid if the model does not take them (or a threshold, a regression)."""
+        """Outputs for numeric rows; Invalid if the model does not take them (or a regression, a
+        threshold or a top_k above 1)."""
         async with self.deadline():
             target, loaded = await self.get(reference)
-            if threshold is not None and loaded.predictor.task != "classification":
-                raise Invalid(
-                    [(("threshold",), f"model {reference!r} does not classify; threshold applies to classification")]
-                )
+            if loaded.predictor.task != "classification":
+                for field, given in (("threshold", threshold is not None), ("top_k", top_k != 1)):
+                    if given:
+                        raise Invalid(
+                            [((field,), f"model {reference!r} does not classify; {field} applies to classification")]
+                        )
             try:
                 inputs = loaded.predictor.decode_values(rows)
             except InputError as exc:

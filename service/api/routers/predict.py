@@ -155,7 +155,7 @@ async def predict(request: Request) -> Response:
             body = PredictValues.model_validate_json(await request.body())
         except ValidationError as exc:
             raise _json_refused(exc) from exc
-        target, loaded, outputs = await server.predict_values(body.model, body.inputs, body.threshold)
+        target, loaded, outputs = await server.predict_values(body.model, body.inputs, body.threshold, body.top_k)
         return _json(values_answer(target, loaded.predictor, outputs, body.top_k, body.threshold))
     if content_type.startswith("multipart/form-data"):
         return await classify(server, *await _form_uploads(request))

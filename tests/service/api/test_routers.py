@@ -495,6 +495,9 @@ def test_a_model_of_standardised_columns_imports_back_and_answers_as_before(api,
     expected = original.probabilities(original.decode_values(rows)).squeeze(1).tolist()
     assert all(abs(value) > 1_000 for value in expected)
     assert [p["value"] for p in answer["predictions"]] == pytest.approx(expected, rel=1e-5)
+    for field, value in (("top_k", 3), ("threshold", 0.5)):  # a regression has no classes to rank or keep
+        refused = api.post("/v1/predict", json={"model": "houses", "inputs": rows, field: value})
+        assert locs(refused) == [["body", field]] and "does not classify" in refused.text, refused.text
     wrong = api.post(
         "/v1/models/import",
         data={"name": "houses", "normalize": '{"mean": [1], "std": [1]}'},
