@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 IMAGES_HINT = (
     "images go as multipart/form-data, one `files` part per image beside `model` "
     "(curl -F model=... -F files=@boot.png), or one image as the raw body of "
-    "POST /v1/models/{model}/predict with Content-Type image/*"
+    "POST /v1/models/{model}/predict with Content-Type image/*; with the CLI, `trainyard predict MODEL boot.png`"
 )
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.inference.predictor import Prediction, Predictor
 from service.core.references import ResolvedCheckpoint
@@ -25,6 +26,22 @@ class PredictValues(BaseModel):
     inputs: Annotated[list[list[Annotated[float, Field(allow_inf_nan=False)]]], Field(min_length=1, max_length=10_000)]
     top_k: Annotated[int, Field(ge=1, le=1000)] = 1
     threshold: Threshold | None = None  # classification only
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _rows(cls, value):
+        """The two shapes people send instead of rows, each said once (not an error per value)."""
+        if not isinstance(value, list) or not value:
+            return value
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            one = json.dumps(value[:8])[:-1] + (", ...]" if len(value) > 8 else "]")
+            raise ValueError(f"inputs is a list of rows, each a list of numbers: [{one}] for one row")
+        if any(isinstance(v, dict) for v in value):
+            raise ValueError(
+                "each row is a list of numbers in the model's column order, not an object of named values "
+                "(predict's answer names the columns in model.columns)"
+            )
+        return value
 
 
 class ClassScore(BaseModel):

@@ -495,6 +495,10 @@ def test_a_model_of_standardised_columns_imports_back_and_answers_as_before(api,
     expected = original.probabilities(original.decode_values(rows)).squeeze(1).tolist()
     assert all(abs(value) > 1_000 for value in expected)
     assert [p["value"] for p in answer["predictions"]] == pytest.approx(expected, rel=1e-5)
+    flat = api.post("/v1/predict", json={"model": "houses", "inputs": [2.0, 50.0]})
+    assert locs(flat) == [["body", "inputs"]] and "[[2.0, 50.0]] for one row" in flat.text, flat.text
+    named = api.post("/v1/predict", json={"model": "houses", "inputs": [{"rooms": 2, "area": 50}]})
+    assert locs(named) == [["body", "inputs"]] and "in the model's column order" in named.text, named.text
     for field, value in (("top_k", 3), ("threshold", 0.5)):  # a regression has no classes to rank or keep
         refused = api.post("/v1/predict", json={"model": "houses", "inputs": rows, field: value})
         assert locs(refused) == [["body", field]] and "does not classify" in refused.text, refused.text
@@ -789,6 +793,7 @@ def test_json_predict_says_how_images_are_sent(api, trained_job):
     assert files.status_code == 415 and "multipart" in files.json()["detail"]
     rows = api.post("/v1/predict", json={"model": f"job:{trained_job}", "inputs": [[1.0, 2.0]]})
     assert locs(rows) == [["body", "inputs"]] and "multipart" in rows.json()["detail"][0]["msg"]
+    assert "`trainyard predict MODEL boot.png`" in rows.json()["detail"][0]["msg"]  # the CLI's way too
     assert api.post("/v1/predict", json={"model": "nothing", "inputs": [[1.0]]}).status_code == 404
     not_a_number = api.post(
         "/v1/predict",
