@@ -38,7 +38,7 @@ from service.core.idempotency import checked_idempotency_key
 
 # Piped or redirected, tables keep their natural width instead of being cut to 80 columns.
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 250)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages, one line each, whole when piped or grepped
 
 OK, JOB_FAILED, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
 EXIT_CODES = {

@@ -507,3 +507,10 @@ def test_tables_show_a_diverged_loss_and_a_tiny_learning_rate_as_they_are_and_wh
     rows = out.getvalue()
     assert "1e-09" in rows and "3.2e+26" in rows and "failed (nan_loss)" in rows, rows
     assert "succeeded (" not in rows
+
+
+def test_a_message_on_stderr_stays_one_line_when_piped(capsys):
+    """A failure's message is one line however long, as grep and logs want it (not cut at 80)."""
+    message = "job 1234 failed: nan_loss " + "training loss became nan in epoch 1; lower the learning rate " * 3
+    cli_client.err.print(message, markup=False)
+    assert capsys.readouterr().err == message + "\n"
