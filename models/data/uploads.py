@@ -133,6 +133,7 @@ def decode_archive(
     min_per_class: int = 5,
     limits: ArchiveLimits = ArchiveLimits(),
     workdir: Path | None = None,
+    csv_target: CsvTarget | None = None,
 ) -> DecodedUpload:
     """Check and decode an uploaded zip (bytes, or a seekable file, read member by member) into a
     Dataset (image folders, IDX files or CSV).
@@ -140,15 +141,18 @@ def decode_archive(
     Image folders keep RGB when `color` is auto and any image has colour (or when it is rgb),
     and become grey (ITU-R 601-2 luma) when none has or it is grayscale. With `workdir`, decoded
     images go to memory-mapped files there, image by image (the caller writes the dataset out,
-    then calls `cleanup` on the result)."""
+    then calls `cleanup` on the result). A CSV's target is the column `csv_target` names, else
+    the one called label (classification) or target (regression)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
     except zipfile.BadZipFile:
         raise _not_a_zip(data) from None
     arrays = _Arrays(workdir)
     try:
-        decoded = _decode_members(archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays)
-        _uses_every_option(decoded.kind, image_size=image_size, color=color)
+        decoded = _decode_members(
+            archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays, csv_target
+        )
+        _uses_every_option(decoded.kind, image_size=image_size, color=color, csv_target=csv_target)
     except BaseException:
         arrays.remove()
         raise
@@ -156,11 +160,32 @@ def decode_archive(
     return decoded
 
 
-KIND_NAMES = {"csv": "a CSV of numeric columns", "idx": "IDX files of 28x28 grey images"}
+KIND_NAMES = {
+    "csv": "a CSV of numeric columns",
+    "idx": "IDX files of 28x28 grey images",
+    "image_folder": "a folder of images",
+}
 
 
-def _uses_every_option(kind: str, *, image_size: int | None, color: ColorMode) -> None:
+@dataclass(frozen=True)
+class CsvTarget:
+    """The column a CSV's examples are labelled by, named at upload: its classes (`label_column`)
+    or the value a regression learns (`target_column`)."""
+
+    column: str
+    task: Literal["classification", "regression"]
+
+    @property
+    def field(self) -> str:
+        return "label_column" if self.task == "classification" else "target_column"
+
+
+def _uses_every_option(kind: str, *, image_size: int | None, color: ColorMode, csv_target: CsvTarget | None) -> None:
     """ArchiveError for an option the archive's kind has no use for: it would be silently ignored."""
+    if csv_target is not None and kind != "csv":
+        raise ArchiveError(
+            f"{csv_target.field} names a CSV's column; this archive holds {KIND_NAMES[kind]}: leave it out"
+        )
     if kind == "image_folder":
         return
     for option, given in (("image_size", image_size is not None), ("color", color != "auto")):
@@ -238,7 +263,7 @@ def _looks_like_csv(head: bytes) -> bool:
 
 
 def _decode_members(
-    archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays: _Arrays
+    archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays: _Arrays, csv_target
 ) -> DecodedUpload:
     with archive:
         members, folders = _safe_members(archive, limits)
@@ -248,7 +273,7 @@ def _decode_members(
                 return DecodedUpload("idx", _idx(archive, members, basenames, name, limits, arrays), color="grayscale")
             csvs = sorted(p for p in members if p.lower().endswith(".csv"))
             if csvs:
-                return DecodedUpload("csv", _csv(archive, members, csvs, name, test_fraction, seed, limits))
+                return DecodedUpload("csv", _csv(archive, members, csvs, name, test_fraction, seed, limits, csv_target))
             return _image_folders(
                 archive, members, folders, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays
             )
@@ -536,8 +561,22 @@ def _csv_rows(text: str, path: str) -> tuple[list[str], list[list[str]]]:
     return [h.strip() for h in rows[0]], rows[1:]
 
 
-def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
-    """Numeric feature columns plus `label` (classification) or `target` (regression)."""
+def _target_column(header: list[str]) -> tuple[str, str]:
+    """The column called label (classification) or target (regression), and its task."""
+    targets = [h for h in header if h.lower() in ("label", "target")]
+    if len(targets) != 1:
+        separated = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
+        raise ArchiveError(
+            f"the CSV needs exactly one 'label' (classification) or 'target' (regression) column, or "
+            f"label_column or target_column naming one; its columns are {header}"
+            + (f" (its values are separated by {separated!r}: save it with commas)" if separated else "")
+        )
+    return targets[0], "classification" if targets[0].lower() == "label" else "regression"
+
+
+def _csv(archive, members, csvs, name, test_fraction, seed, limits, csv_target: CsvTarget | None) -> Dataset:
+    """Numeric feature columns plus `label` (classification) or `target` (regression), or the
+    column `csv_target` names."""
     by_name = {PurePosixPath(p).name.lower(): p for p in csvs}
     if len(csvs) == 1:
         sources = {"all": csvs[0]}
@@ -553,16 +592,14 @@ def _csv(archive, members, csvs, name, test_fraction, seed, limits) -> Dataset:
             raise ArchiveError(f"{path}: not UTF-8 text") from None
         tables[split] = (path, *_csv_rows(text, path))
     header = next(iter(tables.values()))[1]
-    targets = [h for h in header if h.lower() in ("label", "target")]
-    if len(targets) != 1:
-        separated = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
-        raise ArchiveError(
-            f"the CSV needs exactly one 'label' (classification) or 'target' (regression) "
-            f"column; its columns are {header}"
-            + (f" (its values are separated by {separated!r}: save it with commas)" if separated else "")
-        )
-    target = targets[0]
-    task = "classification" if target.lower() == "label" else "regression"
+    if csv_target is not None:
+        if csv_target.column not in header:
+            raise ArchiveError(
+                f"{csv_target.field} {csv_target.column!r} is not a column of the CSV; its columns are {header}"
+            )
+        target, task = csv_target.column, csv_target.task
+    else:
+        target, task = _target_column(header)
     features = [h for h in header if h != target]
     if not features:
         raise ArchiveError("the CSV has no feature columns")

@@ -1118,8 +1118,8 @@ def dataset_lines(dataset: dict) -> list[str]:
 # The upload's form fields that are flags here, as a 422's location names them (body.name) and as
 # the service's messages do (min_per_class).
 _UPLOAD_FIELDS = re.compile(
-    r"\bbody\.(name|test_fraction|image_size|color|min_per_class|seed)\b"
-    r"|(?<![.\w])(test_fraction|image_size|min_per_class)\b"
+    r"\bbody\.(name|test_fraction|image_size|color|min_per_class|seed|label_column|target_column)\b"
+    r"|(?<![.\w])(test_fraction|image_size|min_per_class|label_column|target_column)\b"
 )
 
 
@@ -1135,6 +1135,10 @@ def datasets_upload(
     color: Annotated[str, typer.Option(help="auto (RGB if any image has colour), rgb or grayscale")] = "auto",
     min_per_class: Annotated[int, typer.Option(help="refuse smaller classes")] = 5,
     seed: Annotated[int, typer.Option(help="seeds the test split when the zip has none")] = 0,
+    label_column: Annotated[str | None, typer.Option(help="a CSV's column of classes, if not called label")] = None,
+    target_column: Annotated[
+        str | None, typer.Option(help="a CSV's column of values to regress, if not called target")
+    ] = None,
 ) -> None:
     """Upload a dataset zip; specs then use it as uploaded:<name> (or uploaded:<id>)."""
     form = {
@@ -1144,6 +1148,8 @@ def datasets_upload(
         "seed": str(seed),
         **({"name": name} if name else {}),
         **({"image_size": str(image_size)} if image_size else {}),
+        **({"label_column": label_column} if label_column is not None else {}),
+        **({"target_column": target_column} if target_column is not None else {}),
     }
     try:
         with archive.open("rb") as sent:  # sent as it is read, not read whole first

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from models.data.dataset import Dataset, DatasetError
 from models.data.loading import load_dataset, load_stored_dataset, save_stored_dataset
-from models.data.uploads import ArchiveLimits, check_archive, decode_archive
+from models.data.uploads import ArchiveLimits, CsvTarget, check_archive, decode_archive
 from models.spec.job import UPLOADED_NAME, JobSpec, UploadedDatasetSpec
 from models.spec.problems import DatasetInfo, builtin_dataset_info
 from service.core import jobs
@@ -84,6 +84,22 @@ class UploadOptions:
     seed: int = 0
     color: str = "auto"
     min_per_class: int = 5
+    label_column: str | None = None  # a CSV's column of classes, if not called label
+    target_column: str | None = None  # a CSV's column of values to regress, if not called target
+
+    @property
+    def csv_target(self) -> CsvTarget | None:
+        if self.label_column is not None:
+            return CsvTarget(self.label_column, "classification")
+        if self.target_column is not None:
+            return CsvTarget(self.target_column, "regression")
+        return None
+
+    def digested(self) -> dict:
+        """The options an upload's digest covers (the column names only when given, so that an
+        upload from before they existed has the digest it had)."""
+        given = asdict(self)
+        return {k: v for k, v in given.items() if v is not None or k not in ("label_column", "target_column")}
 
 
 UPLOAD_DIGEST_CHUNK = 1024 * 1024
@@ -92,7 +108,7 @@ UPLOAD_DIGEST_CHUNK = 1024 * 1024
 def upload_digest(data: BinaryIO, *, name: str, options: UploadOptions) -> str:
     """sha256 of an upload's bytes, its name and its options: the same archive sent again with the
     same form has the same digest. Reads the file from its start and leaves it there."""
-    digest = hashlib.sha256(json.dumps({"name": name, **asdict(options)}, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({"name": name, **options.digested()}, sort_keys=True).encode())
     data.seek(0)
     while chunk := data.read(UPLOAD_DIGEST_CHUNK):
         digest.update(chunk)
@@ -124,6 +140,7 @@ def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadO
         seed=options.seed,
         color=options.color,
         min_per_class=options.min_per_class,
+        csv_target=options.csv_target,
         workdir=settings.datasets_dir,
         limits=ArchiveLimits(
             max_image_pixels=settings.max_image_pixels, max_decoded_bytes=settings.max_decoded_dataset_bytes

@@ -8,7 +8,7 @@ import torch
 from models.data.contract import InputContract
 from models.data.idx import IDX_FILES
 from models.data.loading import load_stored_dataset, save_stored_dataset
-from models.data.uploads import ArchiveError, ArchiveLimits, check_archive, decode_archive
+from models.data.uploads import ArchiveError, ArchiveLimits, CsvTarget, check_archive, decode_archive
 from tests.support.datagen import class_images, image_folder_zip, png_bytes, write_idx, zip_bytes
 
 
@@ -77,6 +77,24 @@ def test_an_image_option_given_for_a_csv_is_refused_not_ignored(option):
     (name,) = option
     with pytest.raises(ArchiveError, match=f"{name} applies to a folder of images; this archive holds a CSV"):
         decode_archive(zip_bytes({"data.csv": rows.encode()}), name="t", **option)
+
+
+def test_a_csv_target_may_be_any_column_named_at_upload():
+    rows = "age,species,weight\n" + "".join(f"{i},{'ab'[i % 2]},{i * 3}\n" for i in range(20))
+    archive = zip_bytes({"zoo.csv": rows.encode()})
+    data = decode_archive(archive, name="z", csv_target=CsvTarget("species", "classification")).dataset
+    assert data.task == "classification" and data.classes == ("a", "b") and data.contract.columns == ["age", "weight"]
+    numbers = "age,label,weight\n" + "".join(f"{i},{i % 2},{i * 3}\n" for i in range(20))  # label: a feature here
+    data = decode_archive(
+        zip_bytes({"zoo.csv": numbers.encode()}), name="z", csv_target=CsvTarget("weight", "regression")
+    )
+    assert data.dataset.task == "regression" and data.dataset.contract.columns == ["age", "label"]
+    assert data.dataset.y_train.max() > 3
+    with pytest.raises(ArchiveError, match="label_column 'Species' is not a column of the CSV; its columns are"):
+        decode_archive(archive, name="z", csv_target=CsvTarget("Species", "classification"))
+    with pytest.raises(ArchiveError, match="target_column names a CSV's column; this archive holds a folder of images"):
+        images = image_folder_zip(["a", "b"], per_class=5, test_per_class=2)
+        decode_archive(images, name="i", csv_target=CsvTarget("x", "regression"))
 
 
 def test_csv_classification_and_regression():

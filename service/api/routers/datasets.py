@@ -11,10 +11,13 @@ from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.datasets import DatasetPublic, DatasetsPublic
 from service.core import datasets
+from service.core.errors import Invalid
 from service.core.tables import DatasetStatus
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-UPLOAD_FIELDS = frozenset({"file", "name", "test_fraction", "image_size", "seed", "color", "min_per_class"})
+UPLOAD_FIELDS = frozenset(
+    {"file", "name", "test_fraction", "image_size", "seed", "color", "min_per_class", "label_column", "target_column"}
+)
 NOT_FOUND = {404: {"description": "No such dataset"}}
 
 
@@ -59,14 +62,30 @@ async def upload_dataset(
         Form(description="auto: RGB if any image has colour, else grey; rgb; grayscale"),
     ] = "auto",
     min_per_class: Annotated[int, Form(ge=1, le=100_000, description="refuse classes with fewer training images")] = 5,
+    label_column: Annotated[
+        str | None, Form(min_length=1, max_length=200, description="a CSV's column of classes, if not called label")
+    ] = None,
+    target_column: Annotated[
+        str | None,
+        Form(min_length=1, max_length=200, description="a CSV's column of values to regress, if not called target"),
+    ] = None,
 ) -> DatasetPublic:
     """Validate, decode and store a dataset; specs then use it as `uploaded:<id>`. A large upload
     is answered at once (202, status processing) and decoded after the answer. The same archive
     sent again with the same form answers the dataset it made (200, or 202 while it is decoded)."""
     await refuse_unknown_fields(request, UPLOAD_FIELDS)
     label = name or datasets.default_name(file.filename)
+    if label_column is not None and target_column is not None:
+        both = "give label_column (classification) or target_column (regression), not both"
+        raise Invalid([(("target_column",), both)])
     options = datasets.UploadOptions(
-        test_fraction=test_fraction, image_size=image_size, seed=seed, color=color, min_per_class=min_per_class
+        test_fraction=test_fraction,
+        image_size=image_size,
+        seed=seed,
+        color=color,
+        min_per_class=min_per_class,
+        label_column=label_column,
+        target_column=target_column,
     )
     # The upload is already spooled to a temporary file: it is read member by member from there.
     record, new = await run_in_threadpool(

@@ -586,6 +586,8 @@ def test_dataset_uploads_are_validated(api):
     assert locs(upload(archive, test_fraction="1.5")) == [["body", "test_fraction"]]
     assert locs(upload(archive, color="sepia")) == [["body", "color"]]
     assert ["body", "colour"] in locs(upload(archive, colour="rgb"))
+    both = upload(archive, label_column="a", target_column="b")
+    assert locs(both) == [["body", "target_column"]] and "not both" in both.text
 
     # The file sent wrongly: a form without it, a text field (curl -F file=x.zip, no @), the raw body.
     def problem(answer) -> str:
@@ -603,6 +605,17 @@ def test_dataset_uploads_are_validated(api):
     assert raw.startswith("send the file as a multipart/form-data field named 'file', not as the body itself")
     assert "Content-Type: application/zip" in raw
     assert api.get("/v1/datasets").json() == {"data": [], "count": 0}
+
+
+def test_a_csv_upload_names_its_target_column(api):
+    def upload(content: bytes, **form):
+        return api.post("/v1/datasets", data=form, files={"file": ("d.zip", content, "application/zip")})
+
+    houses = zip_bytes({"houses.csv": b"rooms,SalePrice\n" + b"".join(b"%d,%d\n" % (i, 1000 * i) for i in range(20))})
+    named = upload(houses, name="houses", target_column="SalePrice")
+    assert named.status_code == 201 and named.json()["task"] == "regression" and named.json()["columns"] == ["rooms"]
+    unknown = upload(houses, name="other", target_column="price")
+    assert unknown.status_code == 422 and "target_column 'price' is not a column of the CSV" in unknown.text
 
 
 def test_a_dataset_name_that_no_spec_could_say_is_refused_and_a_file_name_is_made_one(api):
