@@ -38,6 +38,12 @@ class NonFiniteLoss(TrainingError):
     reason = "nan_loss"
 
 
+class Diverged(TrainingError):
+    """A finite loss so far past an untrained guess's that the weights are lost."""
+
+    reason = "diverged"
+
+
 class TooLarge(TrainingError):
     """The job would need more memory or parameters than this worker allows."""
 
@@ -660,15 +666,7 @@ def _epoch(
         return None, progress
     train_loss = progress.loss_sum / progress.seen if progress.seen else math.nan
     if not math.isfinite(train_loss):
-        raw_columns = "normalize" in type(spec.data).model_fields and not (ds.contract.images or ds.contract.normalised)
-        raise NonFiniteLoss(
-            f"training loss became {train_loss} in epoch {epoch}; lower the learning rate"
-            + (
-                ', or standardise the columns (and a regression\'s target) with "data": {"normalize": "dataset"}'
-                if raw_columns
-                else ""
-            )
-        )
+        raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; {_what_to_lower(spec, ds)}")
     classify = ds.task == "classification"
     # A stop during the evaluation keeps the epoch's training: the position is its last batch, and
     # a resumed run evaluates the same weights.
@@ -699,6 +697,7 @@ def _epoch(
     speed = None  # all trained before a stop in the evaluation: this run timed none of it
     if samples_trained:
         speed = samples_trained / train_seconds if train_seconds > 0 else 0.0
+    _check_not_diverged(ds, epoch, spec, train=train_loss, test=test_loss, validation=val_loss)
     metrics = EpochMetrics(
         epoch=epoch,
         train_loss=train_loss,
@@ -712,6 +711,39 @@ def _epoch(
         lr=optimizer.param_groups[0]["lr"],
     )
     return metrics, EpochProgress()
+
+
+# A loss this many times an untrained guess's is a run that diverged, not one still learning.
+DIVERGED_FACTOR = 1e6  # (a million: the message says so)
+
+
+def _what_to_lower(spec: JobSpec, ds: Dataset) -> str:
+    """What a diverged job should change: its learning rate, and raw numeric columns standardised."""
+    raw_columns = "normalize" in type(spec.data).model_fields and not (ds.contract.images or ds.contract.normalised)
+    standardise = ', or standardise the columns (and a regression\'s target) with "data": {"normalize": "dataset"}'
+    return "lower the learning rate" + (standardise if raw_columns else "")
+
+
+def untrained_loss(ds: Dataset) -> float:
+    """The loss of a guess that knows nothing, in the units losses are reported in: uniform
+    probabilities for a classifier (log K), an output of 0 for a regression (the mean of the
+    targets as learnt, squared)."""
+    if ds.task == "classification":
+        return math.log(max(len(ds.classes or ()), 2))
+    learnt = ds.contract.to_target(ds.y_train.double())
+    return float(learnt.square().mean()) * ds.loss_scale if len(learnt) else 0.0
+
+
+def _check_not_diverged(ds: Dataset, epoch: int, spec: JobSpec, **losses: float | None) -> None:
+    """Diverged if a loss of the epoch is past DIVERGED_FACTOR times an untrained guess's: finite,
+    but the weights are lost all the same (a run that ended there would be called a success)."""
+    guess = untrained_loss(ds)
+    for split, loss in losses.items():
+        if guess > 0 and loss is not None and loss > DIVERGED_FACTOR * guess:
+            raise Diverged(
+                f"the {split} loss reached {loss:.4g} in epoch {epoch}, over a million times an untrained "
+                f"guess's ({guess:.4g}): training diverged; {_what_to_lower(spec, ds)}"
+            )
 
 
 def summarise_folds(folds: list[dict]) -> dict:

@@ -497,3 +497,26 @@ def test_a_target_in_the_hundreds_of_thousands_learns_standardised_and_answers_i
     answer = predictor.probabilities(predictor.decode_values(raw.tolist()))
     assert torch.allclose(answer.squeeze(1), expected, rtol=1e-3), answer
     _exports_answer_as(predictor, raw, answer)
+
+
+def test_a_finite_loss_a_million_times_an_untrained_guess_fails_the_job_as_diverged(tmp_path):
+    """lr 5 on the course's linear data: no nan yet, but a test loss of ~1e9 where predicting 0
+    costs ~28: the job fails (reason diverged) instead of succeeding with lost weights."""
+    from models.training.engine import Diverged
+
+    spec = JobSpec.model_validate(
+        {
+            "model": {"arch": "linear_regression"},
+            "data": {"dataset": "synthetic-linear", "num_examples": 40, "num_test": 20},
+            "optimizer": {"name": "sgd", "lr": 5.0},
+            "epochs": 2,
+            "batch_size": 10,
+            "device": "cpu",
+        }
+    )
+    said = r"loss reached .* in epoch 1, over a million times an untrained guess's"
+    with pytest.raises(Diverged, match=said) as raised:
+        fit(spec, data_dir=tmp_path)
+    assert raised.value.reason == "diverged" and "normalize" not in str(raised.value)  # synthetic data has none
+    calm = fit(spec.model_copy(update={"optimizer": spec.optimizer.model_copy(update={"lr": 0.03})}), data_dir=tmp_path)
+    assert calm.run.history[-1].train_loss < 28
