@@ -152,7 +152,6 @@ def decode_archive(
         decoded = _decode_members(
             archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays, csv_target
         )
-        _uses_every_option(decoded.kind, image_size=image_size, color=color, csv_target=csv_target)
     except BaseException:
         arrays.remove()
         raise
@@ -269,10 +268,12 @@ def _decode_members(
         members, folders = _safe_members(archive, limits)
         try:
             basenames = {PurePosixPath(p).name.removesuffix(".gz"): p for p in members}
-            if set(IDX_FILES.values()) <= basenames.keys():
-                return DecodedUpload("idx", _idx(archive, members, basenames, name, limits, arrays), color="grayscale")
             csvs = sorted(p for p in members if p.lower().endswith(".csv"))
-            if csvs:
+            kind = "idx" if set(IDX_FILES.values()) <= basenames.keys() else "csv" if csvs else "image_folder"
+            _uses_every_option(kind, image_size=image_size, color=color, csv_target=csv_target)  # before decoding
+            if kind == "idx":
+                return DecodedUpload("idx", _idx(archive, members, basenames, name, limits, arrays), color="grayscale")
+            if kind == "csv":
                 return DecodedUpload("csv", _csv(archive, members, csvs, name, test_fraction, seed, limits, csv_target))
             return _image_folders(
                 archive, members, folders, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays

@@ -134,6 +134,7 @@ class TrainingRun:
     limits: Limits | None = None
     ranks: Ranks | None = None  # this process's place in a distributed job; None: the job's only process
     replicas: Replicas | None = None  # with ranks: the DistributedDataParallel wrappers it trains through
+    diverged_above: float | None = None  # a loss past this is a diverged run (measured at its first epoch)
 
     @property
     def start_epoch(self) -> int:
@@ -644,6 +645,8 @@ def _epoch(
         if features is None:
             return None, progress
         ds, model, side = features, pretrained.head, None
+    if run.diverged_above is None:
+        run.diverged_above = DIVERGED_FACTOR * reference_loss(model, loss_fn, ds, run.device)
     trained = run.replicas.of(model) if run.replicas is not None else run.compiled.get(id(model), model)
     progress, stopped = train_one_epoch(
         trained,
@@ -666,7 +669,7 @@ def _epoch(
         return None, progress
     train_loss = progress.loss_sum / progress.seen if progress.seen else math.nan
     if not math.isfinite(train_loss):
-        raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; {_what_to_lower(spec, ds)}")
+        raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}; {_divergence_hint(spec, ds)}")
     classify = ds.task == "classification"
     # A stop during the evaluation keeps the epoch's training: the position is its last batch, and
     # a resumed run evaluates the same weights.
@@ -697,7 +700,7 @@ def _epoch(
     speed = None  # all trained before a stop in the evaluation: this run timed none of it
     if samples_trained:
         speed = samples_trained / train_seconds if train_seconds > 0 else 0.0
-    _check_not_diverged(ds, epoch, spec, train=train_loss, test=test_loss, validation=val_loss)
+    _check_not_diverged(run, ds, epoch, train=train_loss, test=test_loss, validation=val_loss)
     metrics = EpochMetrics(
         epoch=epoch,
         train_loss=train_loss,
@@ -713,36 +716,53 @@ def _epoch(
     return metrics, EpochProgress()
 
 
-# A loss this many times an untrained guess's is a run that diverged, not one still learning.
+# A loss this many times what nothing learnt costs is a run that diverged, not one still learning.
 DIVERGED_FACTOR = 1e6  # (a million: the message says so)
+REFERENCE_EXAMPLES = 64  # training examples the network's own loss before training is measured on
 
 
-def _what_to_lower(spec: JobSpec, ds: Dataset) -> str:
+def _divergence_hint(spec: JobSpec, ds: Dataset) -> str:
     """What a diverged job should change: its learning rate, and raw numeric columns standardised."""
     raw_columns = "normalize" in type(spec.data).model_fields and not (ds.contract.images or ds.contract.normalised)
     standardise = ', or standardise the columns (and a regression\'s target) with "data": {"normalize": "dataset"}'
     return "lower the learning rate" + (standardise if raw_columns else "")
 
 
-def untrained_loss(ds: Dataset) -> float:
-    """The loss of a guess that knows nothing, in the units losses are reported in: uniform
-    probabilities for a classifier (log K), an output of 0 for a regression (the mean of the
-    targets as learnt, squared)."""
+@torch.inference_mode()
+def reference_loss(model: nn.Module, loss_fn: nn.Module, ds: Dataset, device: torch.device) -> float:
+    """What a loss is measured against to call a run diverged, in the units losses are reported
+    in: the largest of the network's own loss before this run trains it (on a few training
+    examples: a raw column in the thousands starts it high), a constant guess's (uniform
+    probabilities, log K; or an output of 0, the targets' mean square as learnt) and a floor of 1
+    as learnt (a target that is nearly 0, or constant)."""
     if ds.task == "classification":
-        return math.log(max(len(ds.classes or ()), 2))
-    learnt = ds.contract.to_target(ds.y_train.double())
-    return float(learnt.square().mean()) * ds.loss_scale if len(learnt) else 0.0
+        guess = math.log(max(len(ds.classes or ()), 2))
+    else:
+        learnt = ds.contract.to_target(ds.y_train[:65536].double())
+        guess = max(float(learnt.square().mean()) if len(learnt) else 0.0, 1.0) * ds.loss_scale
+    x, y = ds.x_train[:REFERENCE_EXAMPLES], ds.y_train[:REFERENCE_EXAMPLES]
+    if len(x) == 0:
+        return guess
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = model(ds.to_float(x.to(device))).float()
+        own = float(loss_fn(outputs, ds.contract.to_target(y.to(device)))) * ds.loss_scale
+    finally:
+        model.train(was_training)
+    return max(guess, own) if math.isfinite(own) else guess
 
 
-def _check_not_diverged(ds: Dataset, epoch: int, spec: JobSpec, **losses: float | None) -> None:
-    """Diverged if a loss of the epoch is past DIVERGED_FACTOR times an untrained guess's: finite,
-    but the weights are lost all the same (a run that ended there would be called a success)."""
-    guess = untrained_loss(ds)
+def _check_not_diverged(run: TrainingRun, ds: Dataset, epoch: int, **losses: float | None) -> None:
+    """Diverged if a loss of the epoch is past run.diverged_above: finite, but the weights are
+    lost all the same (a run that ended there would be called a success)."""
+    limit = run.diverged_above
     for split, loss in losses.items():
-        if guess > 0 and loss is not None and loss > DIVERGED_FACTOR * guess:
+        if limit is not None and loss is not None and loss > limit:
             raise Diverged(
-                f"the {split} loss reached {loss:.4g} in epoch {epoch}, over a million times an untrained "
-                f"guess's ({guess:.4g}): training diverged; {_what_to_lower(spec, ds)}"
+                f"the {split} loss reached {loss:.4g} in epoch {epoch}, over a million times what the network "
+                f"cost before training or a constant guess costs ({limit / DIVERGED_FACTOR:.4g}): training "
+                f"diverged; {_divergence_hint(run.spec, ds)}"
             )
 
 

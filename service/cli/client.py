@@ -498,7 +498,7 @@ def sweep_table(sweep: dict) -> Table:
         table.add_row(
             str(rank),
             (entry["job_id"] or "-")[:SHORT_ID],
-            entry["status"] + (f" ({entry['reason']})" if entry.get("reason") not in (None, "early_stopped") else ""),
+            entry["status"] + (f" ({entry['reason']})" if entry["status"] in ("failed", "cancelled") else ""),
             str(entry["epochs"]),
             *(_fmt(v) if isinstance(v, float) else str(v) for v in values),
             _fmt(entry["metric"]),

@@ -87,6 +87,14 @@ class UploadOptions:
     label_column: str | None = None  # a CSV's column of classes, if not called label
     target_column: str | None = None  # a CSV's column of values to regress, if not called target
 
+    def __post_init__(self):
+        if self.label_column is not None and self.target_column is not None:
+            both = "give label_column (classification) or target_column (regression), not both"
+            raise Invalid([(("target_column",), both)])
+        for field in ("label_column", "target_column"):  # as the CSV's header is read: stripped
+            if getattr(self, field) is not None:
+                object.__setattr__(self, field, getattr(self, field).strip())
+
     @property
     def csv_target(self) -> CsvTarget | None:
         if self.label_column is not None:

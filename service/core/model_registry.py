@@ -260,6 +260,14 @@ def _check_fields(classes, input_shape) -> None:
         raise Invalid([(("input_shape",), f"images have 1 (grey) or 3 (RGB) channels, not {input_shape[0]}")])
 
 
+def _finite(values, *, positive: bool = False) -> bool:
+    """Whether every value is a finite number (not a bool), and above 0 if `positive`."""
+    return all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and (not positive or v > 0)
+        for v in values
+    )
+
+
 def _column_normalisation(normalize, features: int) -> tuple[list[float], list[float]]:
     """A numeric model's standardisation, (x - mean) / std per column: one finite mean and one
     positive std for each of its `features` columns; Invalid otherwise."""
@@ -267,12 +275,7 @@ def _column_normalisation(normalize, features: int) -> tuple[list[float], list[f
     mean, std = pairs.get("mean"), pairs.get("std")
 
     def numbers(values, positive: bool) -> bool:
-        return (
-            isinstance(values, list)
-            and len(values) == features
-            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
-            and (not positive or all(v > 0 for v in values))
-        )
+        return isinstance(values, list) and len(values) == features and _finite(values, positive=positive)
 
     if not (numbers(mean, False) and numbers(std, True)):
         raise Invalid(
@@ -303,9 +306,7 @@ def _header_says(meta: dict) -> dict:
     target = contract.get("target_mean"), contract.get("target_std")
     if target == (None, None):
         target = None
-    elif not all(isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v) for v in target) or (
-        target[1] <= 0
-    ):
+    elif not (_finite(target[:1]) and _finite(target[1:], positive=True)):
         raise Invalid([(("file",), "its header's target_mean and target_std must be numbers, the std above 0")])
     return {
         "target": target,

@@ -11,7 +11,6 @@ from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.datasets import DatasetPublic, DatasetsPublic
 from service.core import datasets
-from service.core.errors import Invalid
 from service.core.tables import DatasetStatus
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -75,9 +74,6 @@ async def upload_dataset(
     sent again with the same form answers the dataset it made (200, or 202 while it is decoded)."""
     await refuse_unknown_fields(request, UPLOAD_FIELDS)
     label = name or datasets.default_name(file.filename)
-    if label_column is not None and target_column is not None:
-        both = "give label_column (classification) or target_column (regression), not both"
-        raise Invalid([(("target_column",), both)])
     options = datasets.UploadOptions(
         test_fraction=test_fraction,
         image_size=image_size,

@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from models.inference.predictor import Prediction, Predictor
 from service.core.references import ResolvedCheckpoint
@@ -35,11 +36,18 @@ class PredictValues(BaseModel):
             return value
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
             one = json.dumps(value[:8])[:-1] + (", ...]" if len(value) > 8 else "]")
-            raise ValueError(f"inputs is a list of rows, each a list of numbers: [{one}] for one row")
+            apart = ", ".join(f"[{json.dumps(v)}]" for v in value[:3]) + (", ..." if len(value) > 3 else "")
+            raise PydanticCustomError(
+                "rows",
+                "inputs is a list of rows, each a list of numbers: [{one}] for one row, or [{apart}] for a "
+                "model of one column",
+                {"one": one, "apart": apart},
+            )
         if any(isinstance(v, dict) for v in value):
-            raise ValueError(
+            raise PydanticCustomError(
+                "rows",
                 "each row is a list of numbers in the model's column order, not an object of named values "
-                "(predict's answer names the columns in model.columns)"
+                "(predict's answer names the columns in model.columns)",
             )
         return value
 
