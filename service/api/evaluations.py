@@ -43,39 +43,41 @@ class Evaluations:
         self._evaluating = threading.Lock()
 
     @staticmethod
-    def _job(job_id: str) -> tuple[Job, bool]:
-        """A job's record, read in a session of its own (call in a thread), and whether its test
-        set can be read here; NotFound if there is no job."""
+    def _job(job_id: str) -> tuple[Job, NotFound | None]:
+        """A job's record, read in a session of its own (call in a thread), and why its test set
+        cannot be read here (None: it can); NotFound if there is no job."""
         with session_scope(write=False) as session:
             job = jobs.require_job(session, job_id=job_id)
         try:
             datasets.require_test_set(job)
-        except NotFound:
-            return job, False
-        return job, True
+        except NotFound as gone:
+            return job, gone
+        return job, None
 
     async def report(self, job_id: str) -> Evaluated:
         """The evaluation report (and confusion matrix) of the checkpoint `job:<id>` names, on the
         job's test set; Unprocessable unless the job classifies, NotFound if it was not kept and the
         test set is gone."""
-        job, test_set_here = await run_in_threadpool(self._job, job_id)
+        job, test_set_gone = await run_in_threadpool(self._job, job_id)
         if job.task != "classification":
             raise Unprocessable(
                 f"job {job.id} is a {job.task} job; the evaluation report and the confusion "
                 "matrix need a classification job"
             )
         target, loaded = await self.server.get(f"job:{job.id}")
-        if target.file.sha256 is None and not test_set_here:
+        if target.file.sha256 is None and test_set_gone:
             # A file recorded before digests were has no kept report: none is served, by any
             # process, whatever one remembers.
-            await run_in_threadpool(datasets.require_test_set, job)
+            raise test_set_gone
         key = checkpoint_key(target)
         report = self._reports.get(key)
         if report is None:
-            report = await run_in_threadpool(self._kept_or_computed, key, job, target, loaded)
-        return Evaluated(target, loaded, report, images=loaded.predictor.contract.images and test_set_here)
+            report = await run_in_threadpool(self._kept_or_computed, key, job, target, loaded, test_set_gone)
+        return Evaluated(target, loaded, report, images=loaded.predictor.contract.images and not test_set_gone)
 
-    def _kept_or_computed(self, key, job: Job, target: ResolvedCheckpoint, loaded: LoadedModel) -> Evaluation:
+    def _kept_or_computed(
+        self, key, job: Job, target: ResolvedCheckpoint, loaded: LoadedModel, test_set_gone: NotFound | None
+    ) -> Evaluation:
         """The report SQL keeps for the checkpoint file, or one computed now and kept (call in a thread)."""
         sha256 = target.file.sha256  # None for a file recorded before digests were: not kept
         if sha256 is not None:
@@ -85,7 +87,8 @@ class Evaluations:
                 return self._reports.put(key, kept)
 
         def compute() -> Evaluation:
-            datasets.require_test_set(job)  # NotFound, saying why
+            if test_set_gone:
+                raise test_set_gone
             test = datasets.test_set(job, settings=self.server.settings)
             report = loaded.predictor.evaluate(test.x_test, test.y_test, mistakes=MAX_MISTAKES)
             del test  # its pages go with it, before the free memory is handed back
