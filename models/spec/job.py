@@ -247,6 +247,26 @@ class NormalizeSpec(StrictModel):
         return self
 
 
+def _normalize_form(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "named"
+    if isinstance(value, dict | NormalizeSpec):
+        return "explicit"
+    return None
+
+
+# One branch by the value's form, so a wrong name or an incomplete {mean, std} is one error, not one
+# per branch.
+Normalize = Annotated[
+    Union[Annotated[Literal["none", "dataset"], Tag("named")], Annotated[NormalizeSpec, Tag("explicit")]],
+    Discriminator(
+        _normalize_form,
+        custom_error_type="normalize",
+        custom_error_message="normalize must be 'none', 'dataset' or {\"mean\": [...], \"std\": [...]}",
+    ),
+]
+
+
 def _ordered_pair(low: float, high: float, what: str) -> None:
     if low > high:
         raise ValueError(f"{what} must be [low, high] with low <= high")
@@ -314,7 +334,7 @@ class _ImageOptions(_DataBase):
     resize: Annotated[int | None, Field(ge=8, le=512, description="side of the square the images are resized to")] = (
         None
     )
-    normalize: Literal["none", "dataset"] | NormalizeSpec | None = Field(
+    normalize: Normalize | None = Field(
         default=None,
         description="none: pixel / 255; dataset: per-channel mean/std of the training split (a CSV: "
         "each column, and a regression's target, standardised by its mean/std); or explicit {mean, std}; "

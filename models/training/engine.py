@@ -170,6 +170,7 @@ class TrainingRun:
                 "early_stopping": self.early_stopping.state() if self.early_stopping else None,
                 "elapsed": self.elapsed(),
                 "folds": self.folds,
+                "input": self.dataset.contract.to_json(),
             },
         )
 
@@ -195,6 +196,9 @@ class TrainingRun:
         self.elapsed_before = run.get("elapsed", 0.0)
         self.folds = list(run.get("folds", []))
         self.start = state.position
+        if "input" in run:  # the weights learnt these statistics; a later version may compute others
+            learnt = {k: run["input"].get(k) for k in ("mean", "std", "target_mean", "target_std")}
+            self.dataset = self.dataset.replace(contract=self.dataset.contract.model_copy(update=learnt))
 
 
 class Callbacks:

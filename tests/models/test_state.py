@@ -71,3 +71,26 @@ def test_a_run_restored_from_its_state_continues_identically(tmp_path):
     assert torch.equal(
         second.optimizer.state_dict()["state"][0]["exp_avg"], first.optimizer.state_dict()["state"][0]["exp_avg"]
     )
+
+
+def test_a_resumed_run_keeps_the_input_statistics_its_weights_learnt(tmp_path):
+    """The statistics a run standardised with travel in its state: a resumed attempt whose data
+    preparation computes others (a later version, say) goes on in the units its weights learnt."""
+    spec = JobSpec.model_validate(
+        {
+            "model": {"arch": "linear_regression"},
+            "data": {"dataset": "synthetic-linear", "num_examples": 64, "num_test": 16},
+            "epochs": 2,
+            "device": "cpu",
+        }
+    )
+    first = prepare(spec, data_dir=tmp_path)
+    assert not first.dataset.contract.target_scaled
+    state = first.state(Position(epoch=2))
+    assert state.run["input"] == first.dataset.contract.to_json()
+    state.run["input"].update(mean=[1.0, -1.0], std=[2.0, 4.0], target_mean=3.0, target_std=0.5)
+    resumed = prepare(spec, data_dir=tmp_path, resume=state).dataset.contract
+    assert (resumed.mean, resumed.std, resumed.target_mean, resumed.target_std) == ([1.0, -1.0], [2.0, 4.0], 3.0, 0.5)
+    older = first.state(Position(epoch=2))  # restoring lets go of a state's weights
+    del older.run["input"]  # as saved before states carried it: the run's own preparation stands
+    assert prepare(spec, data_dir=tmp_path, resume=older).dataset.contract == first.dataset.contract
