@@ -20,16 +20,17 @@ How the service starts, from the command to a request:
                                          run folder, so that /readyz speaks for all of them
 
 The supervision (`supervise`), the same for every child: each starts in a session of its own, so a
-terminal's Ctrl-C reaches only the supervisor (and the fork server and multiprocessing's resource
-tracker, which stay in its group and ignore it). The API processes' parent is the fork server, not
-the supervisor: it tells the supervisor how each ended, and an API process whose supervisor is
-killed outright sees that through multiprocessing.parent_process() and stops.
+terminal's Ctrl-C, or its SIGHUP when it closes, reaches only the supervisor (and the fork server
+and multiprocessing's resource tracker, which stay in its group and ignore both). The API
+processes' parent is the fork server, not the supervisor: it tells the supervisor how each ended,
+and an API process whose supervisor is killed outright sees that through
+multiprocessing.parent_process() and stops.
 
 A child that exits on its own (killed, out of memory, crashed) is started again, its exit and the
 restart said on stderr; one that exits RESTART_LIMIT times within RESTART_WINDOW_S is crash-looping,
 and then everything stops with exit status 1, for whoever runs the supervisor (a terminal,
-compose's `restart:`) to see. On SIGINT or SIGTERM, or on a crash loop, it sends every child still
-running SIGTERM (uvicorn finishes its requests, Celery its warm shutdown), waits up to
+compose's `restart:`) to see. On SIGINT, SIGTERM or SIGHUP, or on a crash loop, it sends every
+child still running SIGTERM (uvicorn finishes its requests, Celery its warm shutdown), waits up to
 STOP_TIMEOUT_S, then kills what is left with its whole process group.
 """
 
@@ -151,12 +152,24 @@ def start_forked(module: str, env: dict[str, str], preload: str) -> Child:
 
     def fork() -> ForkedProcess:
         _FORK_SERVER.set_forkserver_preload([preload])
-        with _environment(env):
+        with _environment(env), _hangup_ignored():
             process = _FORK_SERVER.Process(target=_run_forked, args=(module, env, preload), name=module)
             process.start()
         return ForkedProcess(process)
 
     return Child(fork, env)
+
+
+@contextlib.contextmanager
+def _hangup_ignored() -> Iterator[None]:
+    """SIGHUP ignored for the block: the fork server and multiprocessing's resource tracker, started
+    in it, stay in the supervisor's process group and so get a closing terminal's SIGHUP, which must
+    not end them before the supervisor has stopped the children it forked."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 @contextlib.contextmanager
@@ -181,6 +194,7 @@ def _run_forked(module: str, env: dict[str, str], preload: str) -> None:
     says so, and imports what it needs itself."""
     title = f"{sys.executable} -m {module}"
     os.setsid()
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # the fork server's ignoring it is not the child's
     set_process_title(title)  # before the environment changes: it writes over exec's argv and environ
     os.environ.clear()
     os.environ.update(env)
@@ -202,7 +216,8 @@ def _run_forked(module: str, env: dict[str, str], preload: str) -> None:
 
 
 def supervise(children: dict[str, Child]) -> int:
-    """Restart children that exit until SIGINT, SIGTERM or a crash loop, then stop them all; the exit status."""
+    """Restart children that exit until SIGINT, SIGTERM, SIGHUP (its terminal closed) or a crash
+    loop, then stop them all; the exit status."""
     stopping = False
 
     def request_stop(_signum, _frame) -> None:
@@ -211,6 +226,7 @@ def supervise(children: dict[str, Child]) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGHUP, request_stop)
     exit_code = 0
     try:
         while not stopping:

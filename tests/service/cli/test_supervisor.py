@@ -142,6 +142,23 @@ def test_a_forked_child_gets_its_preload_and_environment_and_is_restarted_and_st
     assert proc.returncode == 0 and not alive(again)
 
 
+def test_a_closed_terminal_stops_everything_as_ctrl_c_does(tmp_path):
+    """A terminal that closes sends SIGHUP to the supervisor's whole process group, the fork server
+    and the resource tracker included: the supervisor stops its children gently and exits 0, and
+    nothing it started is left running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORKING_SUPERVISOR], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        pid, fork_server, _, _ = forked_line(proc)
+        os.killpg(proc.pid, signal.SIGHUP)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and not alive(pid)
+    wait_until(lambda: not alive(fork_server), timeout=5, what="the fork server's exit")
+
+
 def test_a_preload_that_fails_is_named_and_the_child_still_starts(tmp_path):
     """multiprocessing's fork server ignores a preload it cannot import; the child says so."""
     script = FORKING_SUPERVISOR.replace("tests.support.forked_preload", "tests.support.no_such_preload")
