@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.inference.evaluation import Evaluation, report_from_json, report_json
-from service.core.tables import EvaluationReport
+from service.core.tables import Checkpoint, EvaluationReport
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +47,15 @@ def keep_report(session: Session, *, job_id: str, checkpoint_sha256: str, report
         session.commit()
     except IntegrityError:
         session.rollback()
+
+
+def forget_reports_of_dropped(session: Session, *, job_id: str) -> None:
+    """Delete the reports of checkpoint files the job no longer has (its checkpoint policy or
+    retention dropped them): nothing can ask for those again. In the caller's transaction."""
+    session.flush()
+    held = select(Checkpoint.sha256).where(Checkpoint.job_id == job_id, Checkpoint.sha256.is_not(None))
+    session.execute(
+        delete(EvaluationReport).where(
+            EvaluationReport.job_id == job_id, EvaluationReport.checkpoint_sha256.not_in(held)
+        )
+    )

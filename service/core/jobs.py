@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
 from models.spec.job import EarlyStoppingSpec, JobSpec
+from service.core import evaluation_reports
 from service.core.errors import Conflict, NotFound
 from service.core.ids import not_found, resolve_id
 from service.core.storage import StoredFile
@@ -239,6 +240,8 @@ def drop_checkpoints(session: Session, *, job_id: str) -> list[StoredFile]:
     dropped = checkpoints_to_drop(job, needed=epochs_to_start_from(session, job_id=job_id))
     for checkpoint in dropped:
         session.delete(checkpoint)
+    if dropped:
+        evaluation_reports.forget_reports_of_dropped(session, job_id=job_id)
     return [checkpoint.file for checkpoint in dropped]
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from models.checkpoint import checkpoint_name
 from models.training.state import TRAINING_STATE
-from service.core import jobs
+from service.core import evaluation_reports, jobs
 from service.core.db import session_scope
 from service.core.ids import resolve_id
 from service.core.settings import Settings
@@ -96,6 +96,7 @@ def purge_expired(settings: Settings) -> list[str]:
     for job_id in expired:
         with session_scope() as session:
             session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+            evaluation_reports.forget_reports_of_dropped(session, job_id=job_id)
             # Its training state goes with the folder: a resume starts afresh rather than from nothing.
             session.execute(update(Job).where(Job.id == job_id).values(resume_state=None))
         _remove_files(settings, job_id)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
 from sqlalchemy import func, select
 
 from models.inference.evaluation import evaluate, report_json
 from models.spec.job import JobSpec
-from service.core import db, jobs
+from service.core import db, jobs, retention
 from service.core.evaluation_reports import REPORT_FORM, keep_report, kept_report
-from service.core.tables import EvaluationReport, Job
+from service.core.storage import StoredFile
+from service.core.tables import EvaluationReport, Job, JobStatus, utcnow
 
 SHA = "ab" * 32
 
@@ -20,9 +23,9 @@ def a_report(seed: int):
     return evaluate(probabilities, torch.randint(0, 3, (50,), generator=generator), ["a", "b", "c"])
 
 
-def a_job() -> str:
+def a_job(**spec) -> str:
     spec = JobSpec.model_validate(
-        {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"}, "epochs": 1}
+        {"model": {"arch": "softmax_regression"}, "data": {"dataset": "fashion-mnist"}, "epochs": 1} | spec
     )
     with db.session_scope() as session:
         return jobs.create_job(session, spec=spec, task="classification").id
@@ -31,6 +34,11 @@ def a_job() -> str:
 def count() -> int:
     with db.session_scope(write=False) as session:
         return session.scalar(select(func.count()).select_from(EvaluationReport))
+
+
+def kept_for() -> set[str]:
+    with db.session_scope(write=False) as session:
+        return set(session.scalars(select(EvaluationReport.checkpoint_sha256)))
 
 
 def test_a_report_is_kept_once_read_back_and_deleted_with_its_job(service_env_on):
@@ -60,3 +68,28 @@ def test_a_report_is_kept_once_read_back_and_deleted_with_its_job(service_env_on
     with db.session_scope() as session:  # a job deleted while its report was computed
         keep_report(session, job_id=job_id, checkpoint_sha256=SHA, report=first)
     assert count() == 0
+
+
+def test_the_reports_of_checkpoints_a_job_drops_go_with_them(service_env_on):
+    """Its checkpoint policy drops epoch 1's file once epoch 2's is recorded, and retention later
+    drops the rest: no report stays for a file nothing can ask about."""
+    job_id = a_job(epochs=2, checkpoints={"keep": 1})
+    digests = {1: "e1" * 32, 2: "e2" * 32}
+    with db.session_scope() as session:
+        jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3)
+    for epoch, sha256 in digests.items():
+        with db.session_scope() as session:
+            checkpoint = StoredFile(f"checkpoints/{job_id}/epoch-{epoch:04d}.safetensors", 10, sha256)
+            jobs.record_epoch(session, job_id=job_id, attempt=1, metrics={"epoch": epoch}, checkpoint=checkpoint)
+        with db.session_scope() as session:  # evaluated while it trains
+            keep_report(session, job_id=job_id, checkpoint_sha256=sha256, report=a_report(epoch))
+        with db.session_scope() as session:
+            jobs.drop_checkpoints(session, job_id=job_id)
+    assert kept_for() == {digests[2]}
+
+    service_env_on.retention_days = 1
+    with db.session_scope() as session:
+        session.get(Job, job_id).status = JobStatus.SUCCEEDED
+        session.get(Job, job_id).finished_at = utcnow() - timedelta(days=2)
+    assert retention.purge_expired(service_env_on) == [job_id]
+    assert kept_for() == set()
