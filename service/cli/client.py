@@ -32,13 +32,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from models.inference.formats import FORMAT_OF_SUFFIX, FORMATS, SUFFIXES
 from service.core.idempotency import checked_idempotency_key
 
 # Piped or redirected, tables keep their natural width instead of being cut to 80 columns.
-console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 250)
-err = Console(stderr=True, soft_wrap=True)  # messages, one line each, whole when piped or grepped
+# No console markup: names, labels, file names and errors are the users' text, shown as given
+# ("sweep [lr=0.1]" stays whole); styles are given as Text's.
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 250, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)  # messages, one line each, whole when piped or grepped
 
 OK, JOB_FAILED, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
 EXIT_CODES = {
@@ -150,7 +153,7 @@ def submit_once(api: httpx.Client, path: str, body, *, key: str | None) -> dict:
     made = checked(answer)
     if key is not None and answer.headers.get("idempotent-replayed") == "true":
         said = f"note: submitted before under idempotency key {key!r}: this is what it made then, not a new one"
-        err.print(said, markup=False, highlight=False)
+        err.print(said, highlight=False)
     return made
 
 
@@ -352,7 +355,9 @@ def progress_columns() -> list:
         return Column(no_wrap=True, **options)
 
     return [
-        TextColumn("[bold]{task.fields[name]}", table_column=column(max_width=14, overflow="ellipsis")),
+        TextColumn(
+            "{task.fields[name]}", style="bold", markup=False, table_column=column(max_width=14, overflow="ellipsis")
+        ),
         BarColumn(bar_width=8, table_column=column()),
         TextColumn("{task.completed}/{task.total}", table_column=column()),
         TextColumn("{task.fields[status]}", table_column=column()),
@@ -387,15 +392,21 @@ def follow(api: httpx.Client, job_id: str) -> dict:
                 progress.update(task, status=data["to_status"])
             elif kind == "waiting":
                 if data["reason"]:
-                    err.print(f"[yellow]job {job_id} is waiting: {data.get('detail') or data['reason']}[/yellow]")
+                    err.print(f"job {job_id} is waiting: {data.get('detail') or data['reason']}", style="yellow")
                 progress.update(task, status="queued")
             elif kind == "epoch":
                 progress.update(task, completed=data["epoch"], metrics=epoch_summary(data))
     job = checked(api.get(f"/v1/jobs/{job_id}"))
     if job["status"] != "succeeded":
-        err.print(f"[red]job {job_id} {job['status']}[/red]: {job['reason'] or ''} {job['error'] or ''}".rstrip())
+        err.print(
+            Text.assemble(
+                (f"job {job_id} {job['status']}", "red"), f": {job['reason'] or ''} {job['error'] or ''}".rstrip()
+            )
+        )
     else:
-        console.print(f"[green]job {job_id} succeeded[/green]" + (f" ({job['reason']})" if job["reason"] else ""))
+        console.print(
+            Text.assemble((f"job {job_id} succeeded", "green"), f" ({job['reason']})" if job["reason"] else "")
+        )
     return job
 
 
@@ -403,7 +414,7 @@ def warn(answer: dict, *, as_json: bool) -> None:
     """The answer's warnings on stderr (with --json they are in the JSON)."""
     if not as_json:
         for warning in answer.get("warnings") or []:
-            err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+            err.print(Text.assemble(("warning:", "yellow"), f" {warning}"), highlight=False)
 
 
 def finish(api: httpx.Client, job: dict, *, follow_job: bool, as_json: bool) -> None:
@@ -460,7 +471,7 @@ def submit(
     with opts.client() as api:
         job = submit_once(api, "/v1/jobs", body, key=idempotency_key)
         if job.get("waiting_reason"):
-            err.print(f"[yellow]warning: {job.get('waiting_detail') or job['waiting_reason']}[/yellow]")
+            err.print(f"warning: {job.get('waiting_detail') or job['waiting_reason']}", style="yellow")
         finish(api, job, follow_job=follow_job, as_json=opts.as_json)
 
 
@@ -498,7 +509,8 @@ def sweep_table(sweep: dict) -> Table:
         table.add_row(
             str(rank),
             (entry["job_id"] or "-")[:SHORT_ID],
-            entry["status"] + (f" ({entry['reason']})" if entry["status"] in ("failed", "cancelled") else ""),
+            entry["status"]
+            + (f" ({entry['reason']})" if entry.get("reason") and entry["status"] in ("failed", "cancelled") else ""),
             str(entry["epochs"]),
             *(_fmt(v) if isinstance(v, float) else str(v) for v in values),
             _fmt(entry["metric"]),
@@ -624,7 +636,7 @@ def jobs_list(
     )
 
 
-def job_lines(job: dict) -> list[str]:
+def job_lines(job: dict) -> list[str | Text]:
     """One job in a few lines: state, progress, the best epoch's metrics, and what needs acting on."""
     lines = [
         f"job {job['id']} {job['name'] or ''}".rstrip()
@@ -640,9 +652,9 @@ def job_lines(job: dict) -> list[str]:
         )
     if job.get("waiting_reason"):
         lines.append(f"waiting: {job.get('waiting_detail') or job['waiting_reason']}")
-    lines += [f"[yellow]warning:[/yellow] {warning}" for warning in job.get("warnings") or []]
+    lines += [Text.assemble(("warning:", "yellow"), f" {warning}") for warning in job.get("warnings") or []]
     if job["error"]:
-        lines.append(f"[red]error:[/red] {job['error']}")
+        lines.append(Text.assemble(("error:", "red"), f" {job['error']}"))
     return lines
 
 

@@ -100,3 +100,49 @@ def test_the_sweep_table_shows_whole_eight_character_ids():
     }
     Console(file=out, width=40, color_system=None).print(cli_client.sweep_table(sweep))
     assert JOB[:8] in out.getvalue(), out.getvalue()
+
+
+def test_names_and_messages_with_brackets_are_shown_as_given(monkeypatch):
+    """A sweep's trials are named "name [lr=..., batch_size=...]": the CLI's console reads no
+    markup in them (it dropped the brackets and what they held), nor in a warning or an error."""
+    out = io.StringIO()
+    monkeypatch.setattr(cli_client.console, "file", out)
+    named = "lr-tpe [lr=0.0001535, batch_size=32]"
+    job = {
+        **ANSWERS["/v1/jobs"]["data"][0],
+        "name": named,
+        "status": "failed",
+        "reason": "invalid_data",
+        "attempt": 1,
+        "best_metrics": None,
+        "warnings": ["dataset [b]fashion-mnist[/b] is not here"],
+        "error": "no such file [red]x[/red]",
+    }
+    answers = {"/v1/jobs": {"count": 1, "data": [job]}, f"/v1/jobs/{JOB}": job}
+    answer = httpx.MockTransport(lambda request: httpx.Response(200, json=answers[request.url.path]))
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=answer))
+    for command in (["jobs", "list"], ["jobs", "show", JOB]):
+        result = CliRunner().invoke(cli_main.app, command)
+        assert result.exit_code == 0, result.output
+    shown = out.getvalue()
+    assert shown.count("[lr=0.0001535, batch_size=32]") == 2, shown
+    assert "warning: dataset [b]fashion-mnist[/b] is not here" in shown and "error: no such file [red]x[/red]" in shown
+
+
+def test_a_trial_cancelled_before_it_was_launched_has_no_reason_shown():
+    sweep = {
+        "id": DATASET,
+        "name": "lr",
+        "status": "cancelled",
+        "search": "tpe",
+        "pruner": None,
+        "launched": 1,
+        "trials": 2,
+        "epochs_spent": 1,
+        "mode": "max",
+        "metric": "test_acc",
+        "jobs": [{"job_id": None, "status": "cancelled", "reason": None, "params": {}, "epochs": 0, "metric": None}],
+    }
+    out = io.StringIO()
+    Console(file=out, width=80, color_system=None).print(cli_client.sweep_table(sweep))
+    assert "cancelled" in out.getvalue() and "None" not in out.getvalue(), out.getvalue()
