@@ -3,7 +3,8 @@
 A training process runs one job at a time, so every record it emits meanwhile (the runner's
 lines, the lease thread's, Python warnings, the final traceback) belongs to that job. Lines are
 buffered and written with each lease renewal, at each epoch's end and at the job's end; a job
-keeps at most `limit` lines per attempt, but errors (a traceback) are always kept.
+keeps at most `limit` lines per attempt, but errors (a traceback) are always kept. Other
+libraries' lines are kept from WARNING up.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class JobLogCapture(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.name == __name__ or record.name.startswith(("sqlalchemy", "celery", "kombu")):
             return  # our own complaints about storing lines, and the plumbing's chatter
+        if record.levelno < logging.WARNING and not record.name.startswith(OUR_LOGGERS):
+            return  # a library's notes ("Found credentials in environment variables."); its warnings stay
         try:
             message = self.format(record)
         except Exception:

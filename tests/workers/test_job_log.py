@@ -12,7 +12,8 @@ from workers.job_log import JobLogCapture
 SPEC = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}})
 
 
-def test_lines_warnings_and_errors_are_kept_within_the_limit(service_env):
+def test_lines_warnings_and_errors_are_kept_within_the_limit(service_env, caplog):
+    caplog.set_level(logging.INFO, logger="botocore.credentials")  # as a worker logs: from INFO up
     with db.session_scope() as session:
         job_id = jobs.create_job(session, spec=SPEC, task="classification").id
     log = logging.getLogger("workers.runner")
@@ -23,6 +24,7 @@ def test_lines_warnings_and_errors_are_kept_within_the_limit(service_env):
         for i in range(10):
             log.info("line %d", i)
         logging.getLogger("sqlalchemy.engine").warning("plumbing")  # not the job's
+        logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
         try:
             raise RuntimeError("boom")
         except RuntimeError:
@@ -38,3 +40,4 @@ def test_lines_warnings_and_errors_are_kept_within_the_limit(service_env):
     assert messages[6] == "7 more line(s) were not kept (limit 5 a run)"
     assert len(lines) == 7 and {line.attempt for line in lines} == {2}
     assert "plumbing" not in messages and "after the job" not in messages
+    assert not any("credentials" in message for message in messages)
