@@ -543,6 +543,7 @@ def sweep(
     body = read_json(spec)
     with opts.client() as api:
         current = submit_once(api, "/v1/sweeps", body, key=idempotency_key)
+        warn(current, as_json=opts.as_json)
         if follow_sweep:
             current = follow_sweep_live(opts, api, current)
     opts.show(current, lambda s: () if follow_sweep else [f"sweep {s['id']} {s['status']}: {s['trials']} trials"])

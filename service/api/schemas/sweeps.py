@@ -47,6 +47,8 @@ class SweepPublic(BaseModel):
     finished_at: datetime | None  # once every trial it runs has ended
     best: SweepJobPublic | None
     jobs: list[SweepJobPublic]  # best first
+    # what its trials' jobs were warned of at submission (a dataset or weights no worker has), each once
+    warnings: list[str] = []
 
 
 class EndedPublic(BaseModel):
@@ -116,6 +118,9 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
         created_at=sweep.created_at,
         cancelled_at=sweep.cancelled_at,
         finished_at=sweep.finished_at,
+        warnings=list(
+            dict.fromkeys(w for t in sorted(ranked, key=lambda t: t.index) if t.job for w in t.job.warnings or [])
+        ),
         best=best,
         jobs=entries,
     )

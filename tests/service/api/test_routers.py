@@ -705,6 +705,18 @@ def test_a_sweep_queues_its_trials_and_cancels_them(api):
     assert locs(api.get("/v1/sweeps", params={"limit": 101})) == [["query", "limit"]]
 
 
+def test_a_sweep_says_once_what_its_trials_were_warned_of(api):
+    """Its trials train on a dataset no one has: the sweep's answer says so, as a job's does."""
+    base = {**SOFTMAX_SPEC, "epochs": 1}
+    found = api.post("/v1/sweeps", json={"name": "here", "base": base, "grid": {"optimizer.lr": [0.1, 0.2]}})
+    assert found.status_code == 202 and found.json()["warnings"] == []
+    missing = {**base, "data": {"dataset": "mnist"}}
+    created = api.post("/v1/sweeps", json={"name": "nowhere", "base": missing, "grid": {"optimizer.lr": [0.1, 0.2]}})
+    [warning] = created.json()["warnings"]
+    assert created.status_code == 202 and warning.startswith("dataset mnist is not in this service's data folder")
+    assert api.get(f"/v1/sweeps/{created.json()['id']}").json()["warnings"] == [warning]
+
+
 @pytest.mark.parametrize(
     "search",
     [
