@@ -28,10 +28,11 @@ multiprocessing.parent_process() and stops.
 
 A child that exits on its own (killed, out of memory, crashed) is started again, its exit and the
 restart said on stderr; one that exits RESTART_LIMIT times within RESTART_WINDOW_S is crash-looping,
-and then everything stops with exit status 1, for whoever runs the supervisor (a terminal,
-compose's `restart:`) to see. On SIGINT, SIGTERM or SIGHUP, or on a crash loop, it sends every
-child still running SIGTERM (uvicorn finishes its requests, Celery its warm shutdown), waits up to
-STOP_TIMEOUT_S, then kills what is left with its whole process group.
+and then everything stops with exit status 1 (one that exits EXIT_MISCONFIGURED, at once and with
+that status), for whoever runs the supervisor (a terminal, compose's `restart:`) to see. On SIGINT,
+SIGTERM or SIGHUP, or on a crash loop, it sends every child still running SIGTERM (uvicorn
+finishes its requests, Celery its warm shutdown), waits up to STOP_TIMEOUT_S, then kills what is
+left with its whole process group.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from dataclasses import dataclass, field
 
 import typer
 
-from service.core.background import SUPERVISED, set_process_title
+from service.core.background import EXIT_MISCONFIGURED, SUPERVISED, set_process_title
 
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.2
@@ -233,6 +234,12 @@ def supervise(children: dict[str, Child]) -> int:
             exited = [(name, child) for name, child in children.items() if child.proc.poll() is not None]
             for name, child in exited:
                 status = child.proc.returncode
+                if status == EXIT_MISCONFIGURED:  # it said why; starting it again would say it again
+                    typer.echo(
+                        f"{name} exited with status {status}: misconfigured (its log says why); stopping", err=True
+                    )
+                    exit_code, stopping = status, True
+                    break
                 if child.crash_looping(time.monotonic()):
                     typer.echo(
                         f"{name} exited with status {status}, {RESTART_LIMIT} times within "

@@ -78,6 +78,9 @@ class Periodic:
 
 
 SUPERVISED = "TRAINYARD_SUPERVISED"  # the pid of the supervisor (service/cli/supervisor.py) that started us
+# A process's exit status for a configuration it cannot work with (EX_CONFIG): its supervisor does
+# not start it again, and stops with that status.
+EXIT_MISCONFIGURED = 78
 
 
 def stop_with_supervisor(interval: float = 1.0) -> None:

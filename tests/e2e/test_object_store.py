@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from service.core.background import EXIT_MISCONFIGURED
 from tests.support.datagen import image_folder_zip, png_bytes
 from tests.support.servers import (
     REDIS_URL,
@@ -66,6 +67,21 @@ class Machines:
         worker.wait_for_worker()
         self.workers[name] = worker
         return worker
+
+    def refused_worker(self, name: str, **env) -> int:
+        """Start a worker with `env` changed (None: unset), which should refuse to start: its exit status."""
+        changed = {**self.env, **env}
+        worker = Stack(
+            home=self.root / name,
+            data_dir=self.data_dir,
+            database_url=self.database_url,
+            broker_url=self.broker_url,
+            extra_env={key: value for key, value in changed.items() if value is not None},
+        )
+        worker.home.mkdir(parents=True)
+        worker.start_worker()
+        self.workers[name] = worker
+        return worker.procs["worker"].wait(timeout=90)
 
     def kill(self, name: str) -> None:
         os.killpg(self.workers[name].procs["worker"].pid, signal.SIGKILL)
@@ -152,6 +168,15 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
     with machines.api.client() as api:
         dataset = upload_shapes(api, "shapes", per_class=40, test_per_class=10)
         assert stored_keys(store, "datasets/") == [f"datasets/{dataset['id']}.safetensors"]
+
+        # A worker whose store is not the API's (none named: its own folders; a secret the store
+        # refuses) says why and exits before it takes a job, which it would lose.
+        for name, misconfigured, said in (
+            ("worker-no-store", {"TRAINYARD_STORAGE_URL": None}, "holds none of the 1 newest files"),
+            ("worker-wrong-secret", {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "store refuses it: "),
+        ):
+            assert machines.refused_worker(name, **misconfigured) == EXIT_MISCONFIGURED, machines.logs()
+            assert said in machines.workers[name].log("worker"), machines.workers[name].log("worker")
 
         machines.start_worker("worker-b")
         spec = {

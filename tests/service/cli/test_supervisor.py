@@ -87,7 +87,7 @@ def test_a_child_that_cannot_be_started_again_stops_everything(monkeypatch):
     from service.cli import supervisor as sup
 
     monkeypatch.setattr(sup, "RESTART_DELAY_S", 0.01)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     children = {
         "steady": sup.start([sys.executable, "-c", "import time; time.sleep(3600)"]),
         "flaky": sup.start([sys.executable, "-c", "raise SystemExit(3)"]),
@@ -103,6 +103,24 @@ def test_a_child_that_cannot_be_started_again_stops_everything(monkeypatch):
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert children["steady"].proc.poll() is not None and len(children["flaky"].exits) == sup.RESTART_LIMIT
+
+
+def test_a_misconfigured_child_is_not_started_again_and_its_status_ends_everything():
+    """A worker whose store is not the service's exits EXIT_MISCONFIGURED once it has said why:
+    starting it again would only say it again."""
+    from service.cli import supervisor as sup
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    children = {
+        "steady": sup.start([sys.executable, "-c", "import time; time.sleep(3600)"]),
+        "worker": sup.start([sys.executable, "-c", f"raise SystemExit({sup.EXIT_MISCONFIGURED})"]),
+    }
+    try:
+        assert sup.supervise(children) == sup.EXIT_MISCONFIGURED == 78
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert children["steady"].proc.poll() is not None and children["worker"].exits == []
 
 
 # A supervisor of one child forked from a fork server (as the API's processes are).

@@ -202,3 +202,61 @@ def test_adopting_bytes_the_cache_has_keeps_the_copy_a_reader_holds(tmp_path):
         staged.write_bytes(b"same")
         cache.adopt(staged, digest)
         assert held.stat().st_ino == before and not staged.exists()
+
+
+def test_a_store_holding_none_of_the_newest_recorded_files_is_not_the_services(tmp_path, s3_storage, object_store):
+    from service.core.storage.check import store_problem
+
+    recorded = [written(s3_storage, f"checkpoints/job/epoch-000{i}.safetensors", b"w%d" % i) for i in (1, 2)]
+    assert store_problem(s3_storage, recorded) is None and store_problem(s3_storage, []) is None
+    own_folders = Storage(settings_for(tmp_path / "another-machine", storage_url=None))  # names no store
+    problem = store_problem(own_folders, recorded)
+    assert problem.startswith(f"this worker's store (file://{tmp_path / 'another-machine'}) holds none of the 2")
+    assert "set TRAINYARD_STORAGE_URL" in problem
+    s3_storage.store.delete([recorded[0].key])  # one deleted meanwhile (its job, say): still the store
+    assert store_problem(s3_storage, recorded) is None
+
+
+def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(tmp_path, object_store, monkeypatch):
+    from service.core.storage.check import store_problem
+
+    for key, value in object_store.env().items():
+        monkeypatch.setenv(key, value)
+    no_bucket = Storage(settings_for(tmp_path, storage_url="s3://no-such-bucket/trainyard"))
+    assert "this worker's store refuses it: " in store_problem(no_bucket, [])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    wrong_secret = Storage(settings_for(tmp_path, storage_url=object_store.env()["TRAINYARD_STORAGE_URL"]))
+    problem = store_problem(wrong_secret, [])
+    assert problem.startswith("this worker's store refuses it: ") and "AWS_*" in problem, problem
+    object_store.stop()
+    with pytest.raises(StorageUnavailable):  # no answer either way: the worker goes on
+        store_problem(wrong_secret, [])
+
+
+def test_the_newest_recorded_files_are_those_with_a_digest_newest_first(service_env_on):
+    from datetime import timedelta
+
+    from models.spec.job import JobSpec
+    from service.core import db, jobs
+    from service.core.storage.check import newest_recorded
+    from service.core.tables import Checkpoint, utcnow
+
+    spec = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 9})
+    with db.session_scope() as session:
+        assert newest_recorded(session) == []
+        job_id = jobs.create_job(session, spec=spec, task="classification").id
+        for epoch in range(1, 8):
+            digest = None if epoch == 7 else f"{epoch:02d}" * 32  # 7: recorded before digests were
+            session.add(
+                Checkpoint(
+                    job_id=job_id,
+                    epoch=epoch,
+                    path=f"{job_id}/epoch-{epoch:04d}.safetensors",
+                    size_bytes=1,
+                    sha256=digest,
+                    created_at=utcnow() + timedelta(seconds=epoch),
+                )
+            )
+    with db.session_scope(write=False) as session:
+        newest = newest_recorded(session)
+    assert [f.key.rsplit("-", 1)[1] for f in newest] == [f"000{e}.safetensors" for e in (6, 5, 4, 3, 2)]
