@@ -43,13 +43,14 @@ from service.core.idempotency import checked_idempotency_key
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 250, markup=False)
 err = Console(stderr=True, soft_wrap=True, markup=False)  # messages, one line each, whole when piped or grepped
 
-OK, JOB_FAILED, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
+OK, JOB_FAILED, USAGE, UNREACHABLE, REFUSED, SERVICE_FAILED = 0, 1, 2, 3, 4, 5
 EXIT_CODES = {
     OK: "success",
     JOB_FAILED: "the job failed or was cancelled",
     USAGE: "usage: bad arguments, or a request the service rejected as invalid (e.g. 404, 409, 422)",
     UNREACHABLE: "the service cannot be reached, or answered that it is unavailable (502, 503, 504)",
     REFUSED: "refused by authentication (401, 403): a missing, wrong or read-only token",
+    SERVICE_FAILED: "the service failed to answer (500): the message says why, its log says more",
 }
 RECONNECTS = 30  # an event stream that drops is resumed this many times before giving up
 
@@ -88,7 +89,7 @@ def exit_code_for(status: int) -> int:
         return REFUSED
     if status in (502, 503, 504):
         return UNREACHABLE
-    return USAGE if 400 <= status < 500 else JOB_FAILED
+    return USAGE if 400 <= status < 500 else SERVICE_FAILED
 
 
 def checked(response: httpx.Response) -> dict:

@@ -37,7 +37,7 @@ _flags_show_no_type()
 app = typer.Typer(
     help="trainyard: train and serve PyTorch models over HTTP. Exit status: 0 success, 1 the "
     "job failed or was cancelled, 2 usage or a request the service rejected, 3 the service "
-    "cannot be reached, 4 refused by authentication.",
+    "cannot be reached, 4 refused by authentication, 5 the service failed (500).",
     no_args_is_help=True,
 )
 

@@ -146,3 +146,13 @@ def test_a_trial_cancelled_before_it_was_launched_has_no_reason_shown():
     out = io.StringIO()
     Console(file=out, width=80, color_system=None).print(cli_client.sweep_table(sweep))
     assert "cancelled" in out.getvalue() and "None" not in out.getvalue(), out.getvalue()
+
+
+def test_a_service_that_fails_to_answer_exits_5_with_its_message(monkeypatch):
+    said = "the checkpoint of epoch 5 of job 985ef1ab is missing from s3://files/prod"
+    answer = httpx.MockTransport(lambda request: httpx.Response(500, json={"detail": said}))
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=answer))
+    result = CliRunner().invoke(cli_main.app, ["jobs", "show", JOB])
+    failure = result.exception  # main() prints it on stderr and exits with its code
+    assert isinstance(failure, cli_client.Failure) and str(failure) == f"500 {said}"
+    assert failure.code == cli_client.SERVICE_FAILED == 5
