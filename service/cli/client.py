@@ -652,6 +652,13 @@ def job_lines(job: dict) -> list[str | Text]:
             f"best epoch {best['epoch']} (chosen on {job['best_selected_on']}, served as job:{job['id'][:SHORT_ID]}): "
             + epoch_summary(best)
         )
+    ran = (job.get("environment") or {}).get("distributed")
+    if ran:
+        hosts = sorted({rank["host"] for rank in ran.get("ranks") or []})
+        lines.append(
+            f"distributed: {ran['world_size']} processes ({ran['backend']}, {ran['threads_per_process']} thread(s) "
+            f"each) on {', '.join(hosts) or 'unknown hosts'}"
+        )
     if job.get("waiting_reason"):
         lines.append(f"waiting: {job.get('waiting_detail') or job['waiting_reason']}")
     lines += [Text.assemble(("warning:", "yellow"), f" {warning}") for warning in job.get("warnings") or []]
@@ -832,7 +839,7 @@ def evaluate(
 
 def workers_table(answer: dict) -> list:
     live = answer["workers"]
-    table = Table("worker", "host", "pid", "queues", "devices", id_column("job"), "last seen")
+    table = Table("worker", "host", "pid", "queues", "devices", "processes", id_column("job"), "last seen")
     for w in live:
         table.add_row(
             w["id"],
@@ -840,6 +847,7 @@ def workers_table(answer: dict) -> list:
             str(w["pid"]),
             ", ".join(w["queues"]),
             ", ".join(d["name"] for d in w["devices"]),
+            str(w["processes"]) if w.get("processes") else "-",  # for one distributed job on the CPU
             (w["current_job"] or "idle")[:SHORT_ID],
             w["last_seen"][11:19],
         )

@@ -156,3 +156,20 @@ def test_a_service_that_fails_to_answer_exits_5_with_its_message(monkeypatch):
     failure = result.exception  # main() prints it on stderr and exits with its code
     assert isinstance(failure, cli_client.Failure) and str(failure) == f"500 {said}"
     assert failure.code == cli_client.SERVICE_FAILED == 5
+
+
+def test_a_distributed_job_shows_its_processes_and_hosts(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(cli_client.console, "file", out)
+    ranks = [{"rank": 0, "host": "trainer-1", "device": "cpu"}, {"rank": 1, "host": "trainer-2", "device": "cpu"}]
+    job = {
+        **ANSWERS["/v1/jobs"]["data"][0],
+        "attempt": 1,
+        "best_metrics": None,
+        "error": None,
+        "environment": {"distributed": {"world_size": 2, "backend": "gloo", "threads_per_process": 1, "ranks": ranks}},
+    }
+    answer = httpx.MockTransport(lambda request: httpx.Response(200, json=job))
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=answer))
+    assert CliRunner().invoke(cli_main.app, ["jobs", "show", JOB]).exit_code == 0
+    assert "distributed: 2 processes (gloo, 1 thread(s) each) on trainer-1, trainer-2" in out.getvalue()
