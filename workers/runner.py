@@ -179,7 +179,7 @@ def save_resumable_state(
     # (A state stored but never named, by an attempt that died or lost its lease, goes when the job
     # succeeds.)
     if before is not None and before.key != stored.key:
-        storage.delete(before.key)
+        storage.discard(before)
     return None
 
 
@@ -209,9 +209,12 @@ def forget_resumable_state(state: StoredFile | None, job_id: str) -> None:
         listed = storage.store.list(f"checkpoints/{job_id}/")
         states = [key for key, _ in listed if key.rsplit("/", 1)[-1].startswith(TRAINING_STATE_STEM)]
     except StorageError:
-        states = [state.key] if state is not None else []
-    if states:
-        storage.delete(*states)
+        states = []
+    others = [key for key in states if state is None or key != state.key]
+    if others:
+        storage.delete(*others)
+    if state is not None:
+        storage.discard(state)  # with this machine's copy
     resumable_state_path(get_settings(), job_id).unlink(missing_ok=True)
 
 
@@ -229,7 +232,7 @@ class RecordingCallbacks(Callbacks):
         self.job_log = job_log
         self.settings = get_settings()
         self.unrecorded: list[tuple[dict, StoredFile]] = []  # (metrics, checkpoint), oldest first
-        self.unnamed_states: list[str] = []  # training states stored whose naming the database missed
+        self.unnamed_states: list[StoredFile] = []  # training states stored whose naming the database missed
         self.trial = trial  # the sweep's study this job's epochs are reported to, if it prunes
         self.pruned_at: dict | None = None
         self.environment: dict = {}  # recorded beside what on_start finds (a distributed job's ranks)
@@ -309,14 +312,14 @@ class RecordingCallbacks(Callbacks):
             self.control.lost.set()
             return
         if unnamed is not None:
-            self.unnamed_states.append(unnamed.key)
+            self.unnamed_states.append(unnamed)
             log.warning(
                 "the database went away after epoch %d was recorded: the job resumes from the state named "
                 "before it, and training goes on",
                 metrics.epoch,
             )
         elif self.unnamed_states:  # a later state is named: those that could not be are no one's
-            get_storage().delete(*self.unnamed_states)
+            get_storage().discard(*self.unnamed_states)
             self.unnamed_states.clear()
         self.drop_checkpoints()
         speed = metrics.samples_per_second
@@ -386,7 +389,7 @@ class RecordingCallbacks(Callbacks):
             log.info("the database is back: recorded epochs %s", epochs)
         self.unrecorded.clear()
         if replaced:  # an earlier attempt's files of the epochs trained again
-            get_storage().delete(*[checkpoint.key for checkpoint in replaced])
+            get_storage().discard(*replaced)
         return True
 
     def drop_checkpoints(self) -> None:
@@ -400,7 +403,7 @@ class RecordingCallbacks(Callbacks):
         except UNAVAILABLE:
             return  # the next epoch drops them
         if dropped:
-            get_storage().delete(*[checkpoint.key for checkpoint in dropped])
+            get_storage().discard(*dropped)
 
 
 def _summary(metrics: EpochMetrics) -> str:

@@ -153,6 +153,11 @@ def stored_keys(store, prefix: str) -> list[str]:
     return [item["Key"].removeprefix(f"{store.prefix}/") for item in listed.get("Contents", [])]
 
 
+def stored_sha256(store, key: str) -> str:
+    answer = store.client().head_object(Bucket=store.bucket, Key=f"{store.prefix}/{key}")
+    return answer["Metadata"]["sha256"]
+
+
 def local_files(home, pattern: str = "*.safetensors") -> list:
     """Files of ours in a home outside its object cache."""
     return [p for p in home.rglob(pattern) if "cache" not in p.relative_to(home).parts]
@@ -205,6 +210,10 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
         )
         assert 1 <= len(stored_keys(store, f"checkpoints/{job_id}/")) <= 2
         assert job["disk_bytes"] > 0
+        # Nor does the worker's cache keep copies of them: superseded states, dropped checkpoints.
+        stored_digests = {stored_sha256(store, key) for key in stored_keys(store, "")}
+        cached = machines.workers["worker-c"].home / "cache" / "objects"
+        assert {p.name for p in cached.glob("??/*") if p.suffix != ".lock"} <= stored_digests
 
         registered = api.post("/v1/models", json={"name": "shapes", "job_id": job_id, "checkpoint": "best"})
         assert registered.status_code == 201, registered.text

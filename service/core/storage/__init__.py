@@ -174,6 +174,16 @@ class Storage:
         """Delete files; a store that cannot be reached is logged, not raised (the records are gone)."""
         self._quietly(lambda: self.store.delete(list(keys)), f"delete {', '.join(keys)}")
 
+    def discard(self, *files: StoredFile) -> None:
+        """Delete files no record names any more, and this machine's cached copies of them (a
+        worker's superseded training states and dropped checkpoints would otherwise fill its cache
+        up to TRAINYARD_CACHE_BYTES)."""
+        self.delete(*(stored.key for stored in files))
+        if not self.store.local:
+            for stored in files:
+                if stored.sha256:
+                    self.cache.discard(stored.sha256)
+
     def delete_prefix(self, prefix: str) -> None:
         self._quietly(lambda: self.store.delete_prefix(prefix), f"delete {prefix}")
 

@@ -179,6 +179,21 @@ class ObjectCache:
             except FileNotFoundError:
                 pass
 
+    def discard(self, sha256: str) -> None:
+        """Remove the cached copy of bytes no record names any more, unless a reader holds it (the
+        bound's trim takes it later then)."""
+        path = self.path(sha256)
+        try:
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            return
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            path.unlink(missing_ok=True)
+
     def contains(self, sha256: str) -> bool:
         return self.path(sha256).exists()
 

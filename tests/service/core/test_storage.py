@@ -260,3 +260,18 @@ def test_the_newest_recorded_files_are_those_with_a_digest_newest_first(service_
     with db.session_scope(write=False) as session:
         newest = newest_recorded(session)
     assert [f.key.rsplit("-", 1)[1] for f in newest] == [f"000{e}.safetensors" for e in (6, 5, 4, 3, 2)]
+
+
+def test_a_discarded_file_goes_from_the_store_and_from_this_machines_cache(s3_storage):
+    """A worker's superseded training states and dropped checkpoints: each was this machine's
+    cached copy as it was stored; discarded, neither the object nor the copy stays (a copy a
+    reader holds stays for the bound's trim)."""
+    old, held, kept = (written(s3_storage, f"checkpoints/job/{name}.safetensors", name.encode()) for name in "abc")
+    cache = s3_storage.cache
+    assert all(cache.contains(stored.sha256) for stored in (old, held, kept))
+    with s3_storage.opened(held, what="held"):
+        s3_storage.discard(old, held)
+    assert s3_storage.store.head(old.key) is None and s3_storage.store.head(held.key) is None
+    assert not cache.contains(old.sha256) and cache.contains(held.sha256) and cache.contains(kept.sha256)
+    s3_storage.discard(held)  # no longer held: its copy goes; an object already gone is no error
+    assert not cache.contains(held.sha256) and s3_storage.store.head(kept.key) is not None
