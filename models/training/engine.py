@@ -14,6 +14,7 @@ from torch import nn
 
 from models import devices
 from models.data.augment import Augmenter
+from models.data.contract import InputContract
 from models.data.dataset import Dataset
 from models.data.loading import load_dataset
 from models.data.splits import kfold_indices, with_validation
@@ -198,7 +199,8 @@ class TrainingRun:
         self.start = state.position
         if "input" in run:  # the weights learnt these statistics; a later version may compute others
             learnt = {k: run["input"].get(k) for k in ("mean", "std", "target_mean", "target_std")}
-            self.dataset = self.dataset.replace(contract=self.dataset.contract.model_copy(update=learnt))
+            contract = InputContract.model_validate({**self.dataset.contract.to_json(), **learnt})
+            self.dataset = self.dataset.replace(contract=contract)
 
 
 class Callbacks:

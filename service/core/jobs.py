@@ -437,6 +437,8 @@ def record_epoch(
         ["job_id", "epoch"],
         ["path", "size_bytes", "sha256", "metrics", "created_at"],
     )
+    if replaced is not None and replaced.sha256 != checkpoint.sha256:
+        evaluation_reports.forget_reports_of_dropped(session, job_id=job_id)
     return replaced
 
 

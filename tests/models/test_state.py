@@ -2,6 +2,7 @@
 
 import weakref
 
+import pytest
 import torch
 
 from models.checkpoint import read_checkpoint, write_checkpoint
@@ -91,6 +92,10 @@ def test_a_resumed_run_keeps_the_input_statistics_its_weights_learnt(tmp_path):
     state.run["input"].update(mean=[1.0, -1.0], std=[2.0, 4.0], target_mean=3.0, target_std=0.5)
     resumed = prepare(spec, data_dir=tmp_path, resume=state).dataset.contract
     assert (resumed.mean, resumed.std, resumed.target_mean, resumed.target_std) == ([1.0, -1.0], [2.0, 4.0], 3.0, 0.5)
+    mismatched = first.state(Position(epoch=2))
+    mismatched.run["input"].update(mean=[1.0], std=[2.0])  # one column's for two: not this run's
+    with pytest.raises(ValueError, match="mean has 1 values for 2 feature"):
+        prepare(spec, data_dir=tmp_path, resume=mismatched)
     older = first.state(Position(epoch=2))  # restoring lets go of a state's weights
     del older.run["input"]  # as saved before states carried it: the run's own preparation stands
     assert prepare(spec, data_dir=tmp_path, resume=older).dataset.contract == first.dataset.contract

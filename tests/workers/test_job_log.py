@@ -19,12 +19,12 @@ def test_lines_warnings_and_errors_are_kept_within_the_limit(service_env, caplog
     log = logging.getLogger("workers.runner")
     with JobLogCapture(job_id, attempt=2, limit=5) as capture:
         log.info("first")
+        logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
         warnings.warn("a deprecated thing", UserWarning, stacklevel=1)
         capture.store()
         for i in range(10):
             log.info("line %d", i)
         logging.getLogger("sqlalchemy.engine").warning("plumbing")  # not the job's
-        logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
         try:
             raise RuntimeError("boom")
         except RuntimeError:

@@ -3,31 +3,38 @@ it takes a job: a worker on another machine that names no store (so its own fold
 bucket, or credentials the store refuses would fail every job it took on an upload
 (missing_file, storage_error), or finish one with weights the API cannot read.
 
-Two looks, both cheap: a listing of a prefix nothing uses (the store answers it only for a key
-pair it accepts, in a bucket that exists), and a lookup of the newest files SQL records with a
-digest: a store holding none of them is not this service's. A store or database that cannot be
-reached right now is no answer either way (the worker goes on, and waits for it job by job)."""
+Two looks, both cheap:
+- a listing of a prefix nothing uses, which an object store answers with an error code for a key
+  pair it does not know or a bucket that does not exist (a key pair merely not allowed to list,
+  AccessDenied, says nothing either way);
+- a lookup of the newest files the API wrote (uploaded datasets, registered versions): a store
+  holding none of them is not the service's. Checkpoints are not asked about: a misconfigured
+  worker writes those, and its own would vouch for its store.
+
+A store or database that cannot be reached right now is no answer either way (the worker goes on,
+and waits for it job by job); nor is a service with no upload or version yet."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.core.storage import Storage, StorageError, StorageUnavailable, StoredFile
-from service.core.tables import Checkpoint, DatasetStatus, ModelVersion, StoredDataset
+from service.core.storage import ObjectMissing, Storage, StorageError, StorageUnavailable, StoredFile
+from service.core.tables import DatasetStatus, ModelVersion, StoredDataset
 
-SAMPLE = 5  # the newest recorded files looked up
+SAMPLE = 5  # the newest files the API wrote, looked up
 PROBE_PREFIX = "checkpoints/.trainyard-probe/"  # no job id starts with a dot
+# What a store answers a key pair or a bucket that cannot be this service's.
+MISCONFIGURED_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "InvalidBucketName", "AuthorizationHeaderMalformed"}
+)
 STORE_HINT = "set TRAINYARD_STORAGE_URL and the store's AWS_* settings as the API has them (docs/storage.md)"
 
 
-def newest_recorded(session: Session, limit: int = SAMPLE) -> list[StoredFile]:
-    """The newest checkpoints, ready datasets and registered versions SQL records with a digest
-    (a file recorded without one is read from the home's folders, wherever the store is)."""
+def newest_written_by_the_api(session: Session, limit: int = SAMPLE) -> list[StoredFile]:
+    """The newest ready uploads and registered versions SQL records with a digest (a file recorded
+    without one is read from the home's folders, wherever the store is)."""
     rows = [
-        *session.scalars(
-            select(Checkpoint).where(Checkpoint.sha256.is_not(None)).order_by(Checkpoint.created_at.desc()).limit(limit)
-        ),
         *session.scalars(
             select(StoredDataset)
             .where(StoredDataset.status == DatasetStatus.READY, StoredDataset.file_sha256.is_not(None))
@@ -45,20 +52,30 @@ def newest_recorded(session: Session, limit: int = SAMPLE) -> list[StoredFile]:
 
 
 def store_problem(storage: Storage, recorded: list[StoredFile]) -> str | None:
-    """Why this store cannot be the one whose files `recorded` lists (SQL's newest), or None.
-    StorageUnavailable when it cannot be reached."""
+    """Why this store cannot be the one whose files `recorded` lists, or None (also when it cannot
+    tell). StorageUnavailable when the store cannot be reached."""
     try:
         storage.store.list(PROBE_PREFIX)
-        held = [storage.store.head(stored.key) for stored in recorded]
     except StorageUnavailable:
         raise
     except StorageError as refused:
-        return f"this worker's store refuses it: {refused}; {STORE_HINT}"
-    if recorded and not any(held):
+        if refused.code in MISCONFIGURED_CODES:
+            return f"this worker's store refuses it: {refused}; {STORE_HINT}"
+    found = []
+    for stored in recorded:
+        try:
+            found.append(storage.store.head(stored.key) is not None)
+        except ObjectMissing:
+            found.append(False)
+        except StorageUnavailable:
+            raise
+        except StorageError:
+            return None  # not allowed to look (a 403 for any HEAD it may not make): no answer
+    if found and not any(found):
         return (
-            f"this worker's store ({storage.url}) holds none of the {len(recorded)} newest files the "
-            f"service's database records (such as {recorded[0].key}): it is not the store the API and the "
-            f"other workers use, and every job it took would fail or keep its weights where no one else "
-            f"reads them; {STORE_HINT}"
+            f"this worker's store ({storage.url}) holds none of the {len(found)} newest files the API "
+            f"recorded (such as {recorded[0].key}): it is not the store the API and the other workers "
+            f"use, and every job it took would fail or keep its weights where no one else reads them; "
+            f"{STORE_HINT}"
         )
     return None

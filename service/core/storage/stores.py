@@ -22,9 +22,11 @@ CHUNK = 1024 * 1024
 
 
 class StorageError(Unusable):
-    """A stored file cannot be read or written."""
+    """A stored file cannot be read or written; `code` is an object store's error code, where it
+    answered one (AccessDenied, NoSuchBucket, ...)."""
 
     reason = "storage_error"
+    code: str | None = None
 
 
 class StorageUnavailable(StorageError, Unavailable):
@@ -221,7 +223,9 @@ class S3Store:
                 raise ObjectMissing(f"{what}: not found in {self.url}") from None
             if code in _RETRY_CODES or status.startswith("5"):
                 raise StorageUnavailable(f"{what}: {self.url} answered {code or status}") from None
-            raise StorageError(f"{what}: {self.url} refused: {code} {exc}") from None
+            refused = StorageError(f"{what}: {self.url} refused: {code} {exc}")
+            refused.code = code
+            raise refused from None
         except S3UploadFailedError as exc:  # a multipart upload's failure, as text
             if any(word in str(exc) for word in ("AccessDenied", "Forbidden", "NoSuchBucket", "InvalidAccessKeyId")):
                 raise StorageError(f"{what}: {self.url} refused: {exc}") from None

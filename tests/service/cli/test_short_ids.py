@@ -173,3 +173,14 @@ def test_a_distributed_job_shows_its_processes_and_hosts(monkeypatch):
     monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=answer))
     assert CliRunner().invoke(cli_main.app, ["jobs", "show", JOB]).exit_code == 0
     assert "distributed: 2 processes (gloo, 1 thread(s) each) on trainer-1, trainer-2" in out.getvalue()
+
+
+def test_the_workers_table_says_how_many_processes_each_gives_a_job():
+    answer = {"workers": [{**ANSWERS["/v1/workers"]["workers"][0], "processes": 4}]}
+    answer["workers"].append({**answer["workers"][0], "id": "old@host", "processes": None})
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(cli_client.workers_table(answer)[0])
+    rows = [line.split("│") for line in out.getvalue().splitlines() if "@" in line]
+    header = next(line.split("┃") for line in out.getvalue().splitlines() if "processes" in line)
+    column = [cell.strip() for cell in header].index("processes")
+    assert [row[column].strip() for row in rows] == ["4", "-"], out.getvalue()

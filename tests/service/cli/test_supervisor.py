@@ -177,6 +177,28 @@ def test_a_closed_terminal_stops_everything_as_ctrl_c_does(tmp_path):
     wait_until(lambda: not alive(fork_server), timeout=5, what="the fork server's exit")
 
 
+def test_under_nohup_a_closed_terminal_stops_nothing(tmp_path):
+    """nohup ignores SIGHUP for what it starts: the supervisor keeps it ignored."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORKING_SUPERVISOR],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    try:
+        pid, fork_server, _, _ = forked_line(proc)
+        os.killpg(proc.pid, signal.SIGHUP)
+        time.sleep(1)
+        assert proc.poll() is None and alive(pid) and alive(fork_server)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and not alive(pid)
+
+
 def test_a_preload_that_fails_is_named_and_the_child_still_starts(tmp_path):
     """multiprocessing's fork server ignores a preload it cannot import; the child says so."""
     script = FORKING_SUPERVISOR.replace("tests.support.forked_preload", "tests.support.no_such_preload")

@@ -71,8 +71,9 @@ def test_a_report_is_kept_once_read_back_and_deleted_with_its_job(service_env_on
 
 
 def test_the_reports_of_checkpoints_a_job_drops_go_with_them(service_env_on):
-    """Its checkpoint policy drops epoch 1's file once epoch 2's is recorded, and retention later
-    drops the rest: no report stays for a file nothing can ask about."""
+    """Its checkpoint policy drops epoch 1's file once epoch 2's is recorded, a later attempt
+    replaces epoch 2's, and retention drops the rest: no report stays for a file nothing can ask
+    about."""
     job_id = a_job(epochs=2, checkpoints={"keep": 1})
     digests = {1: "e1" * 32, 2: "e2" * 32}
     with db.session_scope() as session:
@@ -86,6 +87,14 @@ def test_the_reports_of_checkpoints_a_job_drops_go_with_them(service_env_on):
         with db.session_scope() as session:
             jobs.drop_checkpoints(session, job_id=job_id)
     assert kept_for() == {digests[2]}
+    with db.session_scope() as session:  # a later attempt trains epoch 2 again, into a file of its own
+        session.get(Job, job_id).attempt = 2
+    again = StoredFile(f"checkpoints/{job_id}/epoch-0002.attempt-2.safetensors", 10, "f2" * 32)
+    with db.session_scope() as session:
+        jobs.record_epoch(session, job_id=job_id, attempt=2, metrics={"epoch": 2}, checkpoint=again)
+    assert kept_for() == set()
+    with db.session_scope() as session:
+        keep_report(session, job_id=job_id, checkpoint_sha256=again.sha256, report=a_report(3))
 
     service_env_on.retention_days = 1
     with db.session_scope() as session:

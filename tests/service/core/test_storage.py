@@ -204,14 +204,14 @@ def test_adopting_bytes_the_cache_has_keeps_the_copy_a_reader_holds(tmp_path):
         assert held.stat().st_ino == before and not staged.exists()
 
 
-def test_a_store_holding_none_of_the_newest_recorded_files_is_not_the_services(tmp_path, s3_storage, object_store):
+def test_a_store_holding_none_of_the_newest_files_the_api_wrote_is_not_the_services(tmp_path, s3_storage, object_store):
     from service.core.storage.check import store_problem
 
-    recorded = [written(s3_storage, f"checkpoints/job/epoch-000{i}.safetensors", b"w%d" % i) for i in (1, 2)]
+    recorded = [written(s3_storage, f"datasets/set-{i}.safetensors", b"w%d" % i) for i in (1, 2)]
     assert store_problem(s3_storage, recorded) is None and store_problem(s3_storage, []) is None
     own_folders = Storage(settings_for(tmp_path / "another-machine", storage_url=None))  # names no store
     problem = store_problem(own_folders, recorded)
-    assert problem.startswith(f"this worker's store (file://{tmp_path / 'another-machine'}) holds none of the 2")
+    assert problem.startswith(f"this worker's store (file://{tmp_path / 'another-machine'}) holds none of the 2 ")
     assert "set TRAINYARD_STORAGE_URL" in problem
     s3_storage.store.delete([recorded[0].key])  # one deleted meanwhile (its job, say): still the store
     assert store_problem(s3_storage, recorded) is None
@@ -233,33 +233,44 @@ def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(tmp_path,
         store_problem(wrong_secret, [])
 
 
-def test_the_newest_recorded_files_are_those_with_a_digest_newest_first(service_env_on):
+def test_the_files_looked_up_are_the_newest_the_api_wrote_with_a_digest(service_env_on):
+    """Uploads and registered versions, newest first; no checkpoint (a worker writes those, a
+    misconfigured one too), nothing recorded without a digest, no upload still processing."""
     from datetime import timedelta
 
-    from models.spec.job import JobSpec
-    from service.core import db, jobs
-    from service.core.storage.check import newest_recorded
-    from service.core.tables import Checkpoint, utcnow
+    from service.core import db
+    from service.core.storage.check import newest_written_by_the_api
+    from service.core.tables import DatasetStatus, ModelVersion, StoredDataset, utcnow
 
-    spec = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 9})
+    now = utcnow()
     with db.session_scope() as session:
-        assert newest_recorded(session) == []
-        job_id = jobs.create_job(session, spec=spec, task="classification").id
-        for epoch in range(1, 8):
-            digest = None if epoch == 7 else f"{epoch:02d}" * 32  # 7: recorded before digests were
+        assert newest_written_by_the_api(session) == []
+        for i in range(6):
             session.add(
-                Checkpoint(
-                    job_id=job_id,
-                    epoch=epoch,
-                    path=f"{job_id}/epoch-{epoch:04d}.safetensors",
+                StoredDataset(
+                    id=f"00000000-0000-4000-8000-00000000000{i}",
+                    name=f"set-{i}",
+                    status=DatasetStatus.PROCESSING if i == 5 else DatasetStatus.READY,
+                    file_sha256=None if i == 0 else f"{i:02d}" * 32,
                     size_bytes=1,
-                    sha256=digest,
-                    created_at=utcnow() + timedelta(seconds=epoch),
+                    created_at=now + timedelta(seconds=2 * i),
                 )
             )
+        session.add(
+            ModelVersion(
+                name="m", version=1, epoch=1, selector="best", path="m/v1.safetensors", size_bytes=1,
+                sha256="ff" * 32, task="classification", input_shape=[1], created_at=now + timedelta(seconds=5),
+            )
+        )  # fmt: skip
     with db.session_scope(write=False) as session:
-        newest = newest_recorded(session)
-    assert [f.key.rsplit("-", 1)[1] for f in newest] == [f"000{e}.safetensors" for e in (6, 5, 4, 3, 2)]
+        newest = newest_written_by_the_api(session)
+    assert [f.key for f in newest] == [
+        "datasets/00000000-0000-4000-8000-000000000004.safetensors",
+        "datasets/00000000-0000-4000-8000-000000000003.safetensors",
+        "registry/m/v1.safetensors",
+        "datasets/00000000-0000-4000-8000-000000000002.safetensors",
+        "datasets/00000000-0000-4000-8000-000000000001.safetensors",
+    ]
 
 
 def test_a_discarded_file_goes_from_the_store_and_from_this_machines_cache(s3_storage):
