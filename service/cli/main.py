@@ -5,6 +5,7 @@ commands of service/cli/client.py, `storage` (service/cli/storage.py) and `sampl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -231,7 +232,8 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
         f"(state in {settings.home}, data in {settings.data_dir}); Ctrl-C stops it"
     )
     code = supervise(children)
-    typer.echo("trainyard stopped")
+    with contextlib.suppress(OSError):  # a closed terminal takes no more lines
+        typer.echo("trainyard stopped")
     raise typer.Exit(code)
 
 
