@@ -502,7 +502,8 @@ def sweep_table(sweep: dict) -> Table:
         *paths,
         sweep["metric"],
         title=f"sweep {sweep['name']} ({sweep['id']}): {sweep['status']}, {search}, "
-        f"{sweep['launched']}/{sweep['trials']} launched, {sweep['epochs_spent']} epochs spent, "
+        + (f"{sweep['reason']}, " if sweep.get("reason") else "")
+        + f"{sweep['launched']}/{sweep['trials']} launched, {sweep['epochs_spent']} epochs spent, "
         f"ranked by {sweep['mode']} {sweep['metric']}",
     )
     for rank, entry in enumerate(sweep["jobs"], start=1):

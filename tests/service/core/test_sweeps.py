@@ -237,3 +237,54 @@ def test_a_key_another_request_took_meanwhile_answers_that_sweep_on_either_datab
     with db.session_scope() as session:
         again = sweeps.create(session, sweep=request, settings=service_env_on, idempotency_key="k1")
         assert again.replayed and again.sweep.id == first_id and looked == ["k1", "k1"]
+
+
+@pytest.mark.parametrize(
+    "reason, stops",
+    [("invalid_data", True), ("nan_loss", False)],
+    ids=["failed whatever their values", "failed for their values"],
+)
+def test_a_sweep_whose_trials_fail_on_what_they_share_stops_after_three(service_env_on, reason, stops):
+    """Three trials in a row that failed on their data (weights, store) stop the sweep: it
+    launches no more and says why. Trials that fail for their own values (a learning rate that
+    diverges) are what a search finds out, and it goes on."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from service.core import db, sweeps
+    from service.core.tables import Job, JobStatus, Sweep, utcnow
+    from tests.support.specs import SOFTMAX_SPEC
+
+    request = SweepSpec(
+        name="doomed",
+        base={**SOFTMAX_SPEC, "epochs": 1},
+        grid={"optimizer.lr": [0.1, 0.2, 0.3, 0.4, 0.5]},
+        max_parallel=1,
+    )
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=request, settings=service_env_on).sweep.id
+    for ended in range(3):
+        with db.session_scope() as session:
+            [running] = session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status == JobStatus.QUEUED))
+            session.execute(
+                update(Job)
+                .where(Job.id == running)
+                .values(
+                    status=JobStatus.FAILED,
+                    reason=reason,
+                    error=f"trial {ended}: dataset fashion-mnist is not here",
+                    finished_at=utcnow() + timedelta(seconds=ended),
+                )
+            )
+        with db.session_scope() as session:
+            sweeps.advance(session, sweep_id=sweep_id, settings=service_env_on)
+    with db.session_scope(write=False) as session:
+        sweep = session.get(Sweep, sweep_id)
+        status = sweeps.status(sweep, sweeps.trials(session, sweep))
+        if stops:
+            assert (sweep.launched, status, sweep.finished_at is not None) == (3, "failed", True)
+            assert sweep.stopped_reason.startswith("stopped: its last 3 trials failed whatever their values")
+            assert "(invalid_data); the last said: trial 2: dataset fashion-mnist" in sweep.stopped_reason
+        else:
+            assert (sweep.launched, status, sweep.stopped_reason) == (4, "running", None)
