@@ -502,8 +502,7 @@ def sweep_table(sweep: dict) -> Table:
         *paths,
         sweep["metric"],
         title=f"sweep {sweep['name']} ({sweep['id']}): {sweep['status']}, {search}, "
-        + (f"{sweep['reason']}, " if sweep.get("reason") else "")
-        + f"{sweep['launched']}/{sweep['trials']} launched, {sweep['epochs_spent']} epochs spent, "
+        f"{sweep['launched']}/{sweep['trials']} launched, {sweep['epochs_spent']} epochs spent, "
         f"ranked by {sweep['mode']} {sweep['metric']}",
     )
     for rank, entry in enumerate(sweep["jobs"], start=1):

@@ -182,13 +182,6 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         if sweep.study is not None:
             _tell_ended(session, sweep, ranked, settings)
         active = sum(t.job is not None and t.job.status not in JobStatus.FINAL for t in ranked)
-        more_to_run = active or sweep.launched < sweep.size
-        stop_reason = _unfit(ranked) if more_to_run and sweep.cancelled_at is None else None
-        if stop_reason is not None:
-            sweep.cancelled_at, sweep.stopped_reason = utcnow(), stop_reason
-            _cancel_unfinished(session, sweep.id)
-            session.commit()
-            continue
         if sweep.cancelled_at is not None or sweep.launched >= sweep.size:
             if not active:
                 if sweep.study is not None:  # trials asked for but never launched (cancelled meanwhile)
@@ -347,41 +340,13 @@ def cancel(session: Session, *, sweep_id: str, settings: Settings) -> None:
     session.execute(
         update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled_at.is_(None)).values(cancelled_at=utcnow())
     )
-    _cancel_unfinished(session, sweep_id)
-    session.commit()
-    advance(session, sweep_id=sweep_id, settings=settings)
-
-
-def _cancel_unfinished(session: Session, sweep_id: str) -> None:
     for job_id in session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL))):
         try:
             jobs.request_cancel(session, job_id=job_id)
         except jobs.InvalidTransition:
             pass  # it ended meanwhile
-
-
-# Why a trial fails whatever its values: its data, its pretrained weights or the store. When the
-# last UNFIT_IN_A_ROW trials to end all failed so, the sweep stops (as KerasTuner's
-# max_consecutive_failed_trials and W&B's sweep agent do) rather than launch every trial to fail.
-UNFIT_REASONS = frozenset({"invalid_data", "missing_weights", "missing_file", "corrupt_file", "storage_error"})
-UNFIT_IN_A_ROW = 3
-
-
-def _unfit(ranked: list[Trial]) -> str | None:
-    """Why the sweep stops launching trials, or None."""
-    ended = sorted(
-        (t for t in ranked if t.job is not None and t.job.status in JobStatus.FINAL),
-        key=lambda t: (t.job.finished_at, t.index),
-    )[-UNFIT_IN_A_ROW:]
-    if len(ended) < UNFIT_IN_A_ROW or not all(
-        t.job.status == JobStatus.FAILED and t.job.reason in UNFIT_REASONS for t in ended
-    ):
-        return None
-    last = ended[-1].job
-    return (
-        f"stopped: its last {UNFIT_IN_A_ROW} trials failed whatever their values "
-        f"({', '.join(sorted({t.job.reason for t in ended}))}); the last said: {(last.error or '')[:500]}"
-    )
+    session.commit()
+    advance(session, sweep_id=sweep_id, settings=settings)
 
 
 @dataclass
@@ -468,8 +433,6 @@ def importances(session: Session, sweep: Sweep) -> tuple[dict[str, float], int]:
 
 
 def status(sweep: Sweep, ranked: list[Trial]) -> str:
-    if sweep.stopped_reason is not None:
-        return "failed"
     if sweep.cancelled_at is not None:
         return "cancelled"
     states = [t.job.status for t in ranked if t.job is not None]

@@ -145,9 +145,6 @@ class Sweep(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # Why it stopped launching trials by itself (with cancelled_at): its last trials all failed on
-    # what every trial shares (sweeps.UNFIT_REASONS).
-    stopped_reason: Mapped[str | None] = mapped_column(String(1000))
     # The Optuna study that samples its trials (tpe) or prunes them, in Optuna's own storage.
     study: Mapped[str | None] = mapped_column(String(100))
     # Once every trial it will run has ended (and its study was told): nothing is left to do.

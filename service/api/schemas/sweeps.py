@@ -33,8 +33,6 @@ class SweepPublic(BaseModel):
     # running, succeeded (every job succeeded or was pruned), failed (some job failed or was
     # cancelled), cancelled
     status: str
-    # why it stopped launching trials by itself (its last trials all failed on their data, weights or store)
-    reason: str | None = None
     search: str  # grid, random or tpe
     pruner: str | None  # asha, hyperband, median, or None
     metric: str
@@ -108,7 +106,6 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
         id=sweep.id,
         name=sweep.name,
         status=sweeps.status(sweep, ranked),
-        reason=sweep.stopped_reason,
         search=next((s for s in ("grid", "random", "tpe") if request.get(s) is not None), "grid"),
         pruner=(request.get("pruner") or {}).get("name"),
         metric=sweep.metric,
