@@ -387,9 +387,12 @@ class RecordingCallbacks(Callbacks):
             return False
         if len(self.unrecorded) > 1:
             log.info("the database is back: recorded epochs %s", epochs)
+        recorded = {checkpoint.sha256 for _, checkpoint in self.unrecorded}
         self.unrecorded.clear()
-        if replaced:  # an earlier attempt's files of the epochs trained again
-            get_storage().discard(*replaced)
+        if replaced:  # an earlier attempt's files of the epochs trained again (the same bytes stay cached)
+            storage = get_storage()
+            storage.delete(*(stored.key for stored in replaced if stored.sha256 in recorded))
+            storage.discard(*(stored for stored in replaced if stored.sha256 not in recorded))
         return True
 
     def drop_checkpoints(self) -> None:

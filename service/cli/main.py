@@ -5,7 +5,6 @@ commands of service/cli/client.py, `storage` (service/cli/storage.py) and `sampl
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
@@ -232,8 +231,10 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
         f"(state in {settings.home}, data in {settings.data_dir}); Ctrl-C stops it"
     )
     code = supervise(children)
-    with contextlib.suppress(OSError):  # a closed terminal takes no more lines
+    try:
         typer.echo("trainyard stopped")
+    except OSError:  # its terminal is gone (the SIGHUP it stopped on): what is left to write goes nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     raise typer.Exit(code)
 
 

@@ -213,7 +213,8 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
         # Nor does the worker's cache keep copies of them: superseded states, dropped checkpoints.
         stored_digests = {stored_sha256(store, key) for key in stored_keys(store, "")}
         cached = machines.workers["worker-c"].home / "cache" / "objects"
-        assert {p.name for p in cached.glob("??/*") if p.suffix != ".lock"} <= stored_digests
+        cached_digests = {p.name for p in cached.glob("??/*") if p.suffix != ".lock"}
+        assert cached_digests and cached_digests <= stored_digests  # the dataset and the kept checkpoints
 
         registered = api.post("/v1/models", json={"name": "shapes", "job_id": job_id, "checkpoint": "best"})
         assert registered.status_code == 201, registered.text

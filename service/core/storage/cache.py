@@ -182,17 +182,7 @@ class ObjectCache:
     def discard(self, sha256: str) -> None:
         """Remove the cached copy of bytes no record names any more, unless a reader holds it (the
         bound's trim takes it later then)."""
-        path = self.path(sha256)
-        try:
-            fh = open(path, "rb")
-        except FileNotFoundError:
-            return
-        with fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return
-            path.unlink(missing_ok=True)
+        _unlink_unless_held(self.path(sha256))
 
     def contains(self, sha256: str) -> bool:
         return self.path(sha256).exists()
@@ -227,18 +217,8 @@ class ObjectCache:
         for _, size, path in entries:
             if excess - freed <= 0:
                 break
-            if path.name == keep:
-                continue
-            try:
-                fh = open(path, "rb")
-            except FileNotFoundError:
-                continue
-            with fh:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # in use
-                path.unlink(missing_ok=True)
+            if path.name == keep or not _unlink_unless_held(path):
+                continue  # in use
             freed += size
         if excess - freed > 0:
             log.info(
@@ -247,3 +227,25 @@ class ObjectCache:
                 self.max_bytes,
             )
         return freed
+
+
+def _unlink_unless_held(path: Path) -> bool:
+    """Remove a cached file no reader holds (a shared lock); whether it is gone. The name is
+    removed only while it still names the file locked: one evicted and fetched again meanwhile
+    is another file, which a reader may hold."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return True
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            if os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino:
+                return False
+        except FileNotFoundError:
+            return True
+        path.unlink(missing_ok=True)
+        return True
