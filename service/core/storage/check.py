@@ -25,9 +25,7 @@ from service.core.tables import DatasetStatus, ModelVersion, StoredDataset
 SAMPLE = 5  # the newest files the API wrote, looked up
 PROBE_PREFIX = "checkpoints/.trainyard-probe/"  # no job id starts with a dot
 # What a store answers a key pair or a bucket that cannot be this service's.
-MISCONFIGURED_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "InvalidBucketName", "AuthorizationHeaderMalformed"}
-)
+MISCONFIGURED_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket"})
 STORE_HINT = "set TRAINYARD_STORAGE_URL and the store's AWS_* settings as the API has them (docs/storage.md)"
 
 

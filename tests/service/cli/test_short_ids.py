@@ -64,13 +64,34 @@ ANSWERS = {
 }
 
 
+def answering(monkeypatch, answer, status: int = 200) -> None:
+    """The CLI's client talks to a service whose every answer is `answer(path)`."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, json=answer(request.url.path)))
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+
+
+def a_sweep(status: str, trial: dict) -> dict:
+    return {
+        "id": DATASET,
+        "name": "lr",
+        "status": status,
+        "search": "grid",
+        "pruner": None,
+        "launched": 1,
+        "trials": 2,
+        "epochs_spent": 1,
+        "mode": "max",
+        "metric": "test_acc",
+        "jobs": [trial],
+    }
+
+
 @pytest.fixture
 def narrow(monkeypatch) -> io.StringIO:
     """A 50-column terminal, and a service answering the list routes."""
     out = io.StringIO()
     monkeypatch.setattr(cli_client, "console", Console(file=out, width=50, color_system=None))
-    answer = httpx.MockTransport(lambda request: httpx.Response(200, json=ANSWERS[request.url.path]))
-    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=answer))
+    answering(monkeypatch, ANSWERS.__getitem__)
     return out
 
 
@@ -85,19 +106,8 @@ def test_lists_show_whole_eight_character_ids_at_any_width(narrow, command, show
 
 def test_the_sweep_table_shows_whole_eight_character_ids():
     out = io.StringIO()
-    sweep = {
-        "id": DATASET,
-        "name": "lr",
-        "status": "running",
-        "search": "grid",
-        "pruner": None,
-        "launched": 1,
-        "trials": 2,
-        "epochs_spent": 1,
-        "mode": "max",
-        "metric": "test_acc",
-        "jobs": [{"job_id": JOB, "status": "running", "params": {"optimizer.lr": 0.1}, "epochs": 1, "metric": 0.8}],
-    }
+    trial = {"job_id": JOB, "status": "running", "params": {"optimizer.lr": 0.1}, "epochs": 1, "metric": 0.8}
+    sweep = a_sweep("running", trial)
     Console(file=out, width=40, color_system=None).print(cli_client.sweep_table(sweep))
     assert JOB[:8] in out.getvalue(), out.getvalue()
 
@@ -119,8 +129,7 @@ def test_names_and_messages_with_brackets_are_shown_as_given(monkeypatch):
         "error": "no such file [red]x[/red]",
     }
     answers = {"/v1/jobs": {"count": 1, "data": [job]}, f"/v1/jobs/{JOB}": job}
-    answer = httpx.MockTransport(lambda request: httpx.Response(200, json=answers[request.url.path]))
-    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=answer))
+    answering(monkeypatch, answers.__getitem__)
     for command in (["jobs", "list"], ["jobs", "show", JOB]):
         result = CliRunner().invoke(cli_main.app, command)
         assert result.exit_code == 0, result.output
@@ -130,19 +139,8 @@ def test_names_and_messages_with_brackets_are_shown_as_given(monkeypatch):
 
 
 def test_a_trial_cancelled_before_it_was_launched_has_no_reason_shown():
-    sweep = {
-        "id": DATASET,
-        "name": "lr",
-        "status": "cancelled",
-        "search": "tpe",
-        "pruner": None,
-        "launched": 1,
-        "trials": 2,
-        "epochs_spent": 1,
-        "mode": "max",
-        "metric": "test_acc",
-        "jobs": [{"job_id": None, "status": "cancelled", "reason": None, "params": {}, "epochs": 0, "metric": None}],
-    }
+    trial = {"job_id": None, "status": "cancelled", "reason": None, "params": {}, "epochs": 0, "metric": None}
+    sweep = a_sweep("cancelled", trial)
     out = io.StringIO()
     Console(file=out, width=80, color_system=None).print(cli_client.sweep_table(sweep))
     assert "cancelled" in out.getvalue() and "None" not in out.getvalue(), out.getvalue()
@@ -150,8 +148,7 @@ def test_a_trial_cancelled_before_it_was_launched_has_no_reason_shown():
 
 def test_a_service_that_fails_to_answer_exits_5_with_its_message(monkeypatch):
     said = "the checkpoint of epoch 5 of job 985ef1ab is missing from s3://files/prod"
-    answer = httpx.MockTransport(lambda request: httpx.Response(500, json={"detail": said}))
-    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=answer))
+    answering(monkeypatch, lambda path: {"detail": said}, status=500)
     result = CliRunner().invoke(cli_main.app, ["jobs", "show", JOB])
     failure = result.exception  # main() prints it on stderr and exits with its code
     assert isinstance(failure, cli_client.Failure) and str(failure) == f"500 {said}"
@@ -169,8 +166,7 @@ def test_a_distributed_job_shows_its_processes_and_hosts(monkeypatch):
         "error": None,
         "environment": {"distributed": {"world_size": 2, "backend": "gloo", "threads_per_process": 1, "ranks": ranks}},
     }
-    answer = httpx.MockTransport(lambda request: httpx.Response(200, json=job))
-    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=answer))
+    answering(monkeypatch, lambda path: job)
     assert CliRunner().invoke(cli_main.app, ["jobs", "show", JOB]).exit_code == 0
     assert "distributed: 2 processes (gloo, 1 thread(s) each) on trainer-1, trainer-2" in out.getvalue()
 
