@@ -13,6 +13,7 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event, exc, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.core import sqlite_fork  # noqa: F401  (forks wait for other threads' SQLite connections)
 from service.core.settings import get_settings
 
 log = logging.getLogger(__name__)

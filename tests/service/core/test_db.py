@@ -142,6 +142,53 @@ def test_a_forked_child_opens_its_own_connections(service_env):
         assert session.execute(text("SELECT 1")).scalar() == 1
 
 
+def test_a_child_forked_while_another_thread_writes_can_write(service_env):
+    """SQLite keeps its locks in process memory that a forked child inherits: a child forked while
+    another thread was inside a write transaction found the database locked for as long as it lived
+    (a worker's pool process, forked again after one was killed, while the main process renewed its
+    registry entry). The fork now waits for that transaction to end."""
+    import os
+    import signal
+    import time
+
+    from sqlalchemy import text
+
+    from service.core import db
+
+    with db.session_scope() as session:
+        session.execute(text("CREATE TABLE beats (by TEXT)"))
+    inside = threading.Event()
+
+    def registry_beat():
+        with db.session_scope() as session:
+            session.execute(text("INSERT INTO beats VALUES ('parent')"))
+            inside.set()
+            time.sleep(0.5)
+
+    beat = threading.Thread(target=registry_beat)
+    beat.start()
+    inside.wait(5)
+    child = os.fork()
+    if child == 0:
+        try:
+            db.forget_inherited_connections()
+            with db.session_scope() as session:
+                session.execute(text("INSERT INTO beats VALUES ('child')"))
+                written = session.execute(text("SELECT by FROM beats ORDER BY rowid")).scalars().all()
+            os._exit(0 if written == ["parent", "child"] else 1)
+        except BaseException:
+            os._exit(2)
+    beat.join()
+    deadline = time.monotonic() + 10  # a locked database answers after its 30 s busy timeout
+    while (ended := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if ended[0] == 0:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        pytest.fail("the forked child could not write in 10 s")
+    assert os.waitstatus_to_exitcode(ended[1]) == 0
+
+
 def test_writes_are_retried_while_the_database_is_unavailable_and_not_past_the_limit():
     from sqlalchemy import exc
 
