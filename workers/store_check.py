@@ -8,9 +8,9 @@ import logging
 from celery.signals import worker_init
 
 from service.core.background import EXIT_MISCONFIGURED
-from service.core.db import UNAVAILABLE, brief, session_scope
+from service.core.db import UNAVAILABLE, brief, read_scope
 from service.core.storage import StorageUnavailable, get_storage
-from service.core.storage.check import newest_written_by_the_api, store_problem
+from service.core.storage.check import recorded_mark, store_problem
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 def refuse_another_store(**_kwargs) -> None:
     storage = get_storage()
     try:
-        with session_scope(write=False) as session:
-            recorded = newest_written_by_the_api(session)
-        problem = store_problem(storage, recorded)
+        with read_scope() as session:
+            mark = recorded_mark(session)
+        problem = store_problem(storage.store, mark)
     except UNAVAILABLE as error:
         log.warning("could not check this worker's store against the database yet: %s", brief(error))
         return

@@ -196,6 +196,18 @@ def start_api(settings) -> dict[str, Child]:
     return children
 
 
+def leave_store_mark(settings) -> None:
+    """Put the service's mark in the API's store before a worker looks for it (a home whose folders
+    were emptied, say); the API's housekeeping puts it back later too (service/core/storage/check.py)."""
+    from service.core.storage import get_storage
+    from service.core.storage.check import leave_mark
+
+    try:
+        leave_mark(get_storage(settings).store)
+    except Exception as error:  # a store or database away now: the housekeeping tries again
+        typer.echo(f"warning: could not leave the service's mark in its store yet: {error}", err=True)
+
+
 @app.command()
 def api() -> None:
     """Run the HTTP API in the foreground, in TRAINYARD_API_WORKERS processes."""
@@ -204,6 +216,7 @@ def api() -> None:
     settings = get_settings()
     refuse_exposure(settings)
     settings.ensure_dirs()
+    leave_store_mark(settings)
     children = start_api(settings)
     typer.echo(
         f"API starting on http://{settings.host}:{settings.port} in {len(children)} process(es); Ctrl-C stops it",
@@ -222,6 +235,7 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
     refuse_exposure(settings)
     if not skip_migrate:
         migrate()
+    leave_store_mark(settings)
     queues = worker_queues(settings)
     with stopped_on_error(start_api(settings)) as children:  # first: it refuses a port in use
         children["worker"] = start(worker_command(settings, queues))

@@ -13,6 +13,8 @@ from service.core.broker import queue_depth, send_train_job
 from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.leader import Leadership
 from service.core.settings import Settings
+from service.core.storage import StorageError, get_storage
+from service.core.storage.check import leave_mark
 from service.core.tables import JobStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -117,8 +119,12 @@ def advance_sweeps(settings: Settings) -> None:
 
 
 def housekeeping(settings: Settings) -> None:
-    """Purge expired jobs' checkpoints and the embedded broker's consumed messages; fail uploads
-    whose decoding was abandoned."""
+    """Leave the service's mark in its store; purge expired jobs' checkpoints and the embedded
+    broker's consumed messages; fail uploads whose decoding was abandoned."""
+    try:
+        leave_mark(get_storage(settings).store)
+    except StorageError as error:  # the next housekeeping tries again; workers meanwhile go unchecked
+        log.warning("could not leave the service's mark in its store: %s", error)
     retention.purge_expired(settings)
     with session_scope() as session:
         abandoned = datasets.fail_abandoned_uploads(

@@ -334,6 +334,16 @@ class SignedOutSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class StoreMark(Base):
+    """The mark the API leaves in its store (service/core/storage/check.py): a worker whose store
+    lacks it is not the service's. One row; two only if two processes chose one at once."""
+
+    __tablename__ = "store_marks"
+
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Worker(Base):
     """A live training worker: what it serves and holds, renewed by its heartbeat."""
 

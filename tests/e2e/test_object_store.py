@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 
 import pytest
 
 from service.core.background import EXIT_MISCONFIGURED
+from service.core.storage.check import MARKS
 from tests.support.datagen import image_folder_zip, png_bytes
 from tests.support.servers import (
     REDIS_URL,
@@ -176,8 +178,16 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
 
         # A worker whose store is not the API's (none named: its own folders; a secret the store
         # refuses) says why and exits before it takes a job, which it would lose.
+        deadline = time.monotonic() + 30  # the API's housekeeping leaves its mark in its store
+        while not (marks := stored_keys(store, MARKS)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(marks) == 1, marks
         for name, misconfigured, said in (
-            ("worker-no-store", {"TRAINYARD_STORAGE_URL": None}, "holds none of the 1 newest files"),
+            (
+                "worker-no-store",
+                {"TRAINYARD_STORAGE_URL": None},
+                f"lacks the mark the API left ({marks[0]})",
+            ),
             ("worker-wrong-secret", {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "store refuses it: "),
         ):
             assert machines.refused_worker(name, **misconfigured) == EXIT_MISCONFIGURED, machines.logs()

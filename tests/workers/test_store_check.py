@@ -4,23 +4,28 @@ database it cannot ask, or a check that fails on its own, refuses nothing."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import delete
 from sqlalchemy.exc import OperationalError
 
 from service.core import db
 from service.core.background import EXIT_MISCONFIGURED
-from service.core.storage import StorageUnavailable
-from service.core.tables import StoredDataset
+from service.core.storage import StorageUnavailable, get_storage
+from service.core.storage.check import MARKS, leave_mark
+from service.core.tables import StoreMark
 from workers import store_check
 
 
-def test_a_worker_whose_store_lacks_the_apis_files_exits_78_and_says_why(service_env, caplog):
-    store_check.refuse_another_store()  # a fresh service: nothing to tell a store from another by
-    with db.session_scope() as session:  # an upload whose file this home's folders do not have
-        session.add(StoredDataset(name="elsewhere", file_sha256="ab" * 32, size_bytes=1))
+def test_a_worker_whose_store_lacks_the_apis_mark_exits_78_and_says_why(service_env, caplog):
+    store_check.refuse_another_store()  # a fresh service: no mark left yet to tell a store by
+    leave_mark(get_storage().store)
+    store_check.refuse_another_store()  # this home's folders are the API's store
+    with db.session_scope() as session:  # a mark the API left in a store elsewhere
+        session.execute(delete(StoreMark))
+        session.add(StoreMark(token="ab" * 16))
     with pytest.raises(SystemExit) as exited:
         store_check.refuse_another_store()
     assert exited.value.code == EXIT_MISCONFIGURED
-    assert "holds none of the 1 newest files the API recorded" in caplog.text
+    assert f"lacks the mark the API left ({MARKS}{'ab' * 16})" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -39,3 +44,19 @@ def test_what_cannot_be_asked_refuses_nothing(service_env, monkeypatch, caplog, 
     monkeypatch.setattr(store_check, "store_problem", fail)
     store_check.refuse_another_store()
     assert "could not check this worker's store" in caplog.text
+
+
+def test_a_home_whose_folders_were_emptied_gets_its_mark_back_before_its_worker_looks(service_env):
+    """`trainyard run` and `trainyard api` put the mark back before they start anything: a worker
+    started beside them is not refused for a mark someone deleted with the checkpoints folder."""
+    import shutil
+
+    from service.cli.main import leave_store_mark
+
+    token = leave_mark(get_storage().store)
+    shutil.rmtree(service_env.checkpoint_dir)
+    with pytest.raises(SystemExit):
+        store_check.refuse_another_store()
+    leave_store_mark(service_env)
+    assert get_storage().store.path(MARKS + token).is_file()
+    store_check.refuse_another_store()

@@ -204,17 +204,36 @@ def test_adopting_bytes_the_cache_has_keeps_the_copy_a_reader_holds(tmp_path):
         assert held.stat().st_ino == before and not staged.exists()
 
 
-def test_a_store_holding_none_of_the_newest_files_the_api_wrote_is_not_the_services(tmp_path, s3_storage, object_store):
-    from service.core.storage.check import store_problem
+def test_a_store_without_the_mark_the_api_left_is_not_the_services(tmp_path, s3_storage, object_store, service_env):
+    from service.core.storage.check import MARKS, leave_mark, store_problem
 
-    recorded = [written(s3_storage, f"datasets/set-{i}.safetensors", b"w%d" % i) for i in (1, 2)]
-    assert store_problem(s3_storage, recorded) is None and store_problem(s3_storage, []) is None
+    assert store_problem(s3_storage.store, None) is None  # no mark left yet: no answer
+    token = leave_mark(s3_storage.store)
+    assert store_problem(s3_storage.store, token) is None
     own_folders = Storage(settings_for(tmp_path / "another-machine", storage_url=None))  # names no store
-    problem = store_problem(own_folders, recorded)
-    assert problem.startswith(f"this worker's store (file://{tmp_path / 'another-machine'}) holds none of the 2 ")
-    assert "set TRAINYARD_STORAGE_URL" in problem
-    s3_storage.store.delete([recorded[0].key])  # one deleted meanwhile (its job, say): still the store
-    assert store_problem(s3_storage, recorded) is None
+    problem = store_problem(own_folders.store, token)
+    assert problem.startswith(f"this worker's store (file://{tmp_path / 'another-machine'}) lacks the mark ")
+    assert f"({MARKS}{token})" in problem and "set TRAINYARD_STORAGE_URL" in problem
+    other_prefix = Storage(settings_for(tmp_path / "third", storage_url=s3_storage.url.rstrip("/") + "-other"))
+    assert "lacks the mark" in store_problem(other_prefix.store, token)
+
+
+def test_the_mark_is_chosen_once_and_written_before_sql_records_it(tmp_path, s3_storage, object_store, service_env):
+    from service.core import db
+    from service.core.storage.check import MARKS, leave_mark, recorded_mark
+
+    object_store.stop()
+    with pytest.raises(StorageUnavailable):
+        leave_mark(s3_storage.store)
+    with db.read_scope() as session:
+        assert recorded_mark(session) is None  # no worker is asked for a mark its store could not hold
+    object_store.start()
+    token = leave_mark(s3_storage.store)
+    assert leave_mark(s3_storage.store) == token and [key for key, _ in s3_storage.store.list(MARKS)] == [MARKS + token]
+    s3_storage.store.delete([MARKS + token])  # the store emptied, or the API moved to another one
+    assert leave_mark(s3_storage.store) == token and s3_storage.store.head(MARKS + token) is not None
+    mine = Storage(settings_for(tmp_path / "folders", storage_url=None))
+    assert leave_mark(mine.store, choose=False) == token and mine.store.path(MARKS + token).is_file()
 
 
 def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(tmp_path, object_store, monkeypatch):
@@ -223,54 +242,14 @@ def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(tmp_path,
     for key, value in object_store.env().items():
         monkeypatch.setenv(key, value)
     no_bucket = Storage(settings_for(tmp_path, storage_url="s3://no-such-bucket/trainyard"))
-    assert "this worker's store refuses it: " in store_problem(no_bucket, [])
+    assert "this worker's store refuses it: " in store_problem(no_bucket.store, None)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     wrong_secret = Storage(settings_for(tmp_path, storage_url=object_store.env()["TRAINYARD_STORAGE_URL"]))
-    problem = store_problem(wrong_secret, [])
+    problem = store_problem(wrong_secret.store, None)
     assert problem.startswith("this worker's store refuses it: ") and "AWS_*" in problem, problem
     object_store.stop()
     with pytest.raises(StorageUnavailable):  # no answer either way: the worker goes on
-        store_problem(wrong_secret, [])
-
-
-def test_the_files_looked_up_are_the_newest_the_api_wrote_with_a_digest(service_env_on):
-    """Uploads and registered versions, newest first; no checkpoint (a worker writes those, a
-    misconfigured one too), nothing recorded without a digest, no upload still processing."""
-    from datetime import timedelta
-
-    from service.core import db
-    from service.core.storage.check import newest_written_by_the_api
-    from service.core.tables import DatasetStatus, ModelVersion, StoredDataset, utcnow
-
-    now = utcnow()
-    with db.session_scope() as session:
-        assert newest_written_by_the_api(session) == []
-        for i in range(6):
-            session.add(
-                StoredDataset(
-                    id=f"00000000-0000-4000-8000-00000000000{i}",
-                    name=f"set-{i}",
-                    status=DatasetStatus.PROCESSING if i == 5 else DatasetStatus.READY,
-                    file_sha256=None if i == 0 else f"{i:02d}" * 32,
-                    size_bytes=1,
-                    created_at=now + timedelta(seconds=2 * i),
-                )
-            )
-        session.add(
-            ModelVersion(
-                name="m", version=1, epoch=1, selector="best", path="m/v1.safetensors", size_bytes=1,
-                sha256="ff" * 32, task="classification", input_shape=[1], created_at=now + timedelta(seconds=5),
-            )
-        )  # fmt: skip
-    with db.session_scope(write=False) as session:
-        newest = newest_written_by_the_api(session)
-    assert [f.key for f in newest] == [
-        "datasets/00000000-0000-4000-8000-000000000004.safetensors",
-        "datasets/00000000-0000-4000-8000-000000000003.safetensors",
-        "registry/m/v1.safetensors",
-        "datasets/00000000-0000-4000-8000-000000000002.safetensors",
-        "datasets/00000000-0000-4000-8000-000000000001.safetensors",
-    ]
+        store_problem(wrong_secret.store, None)
 
 
 def test_a_discarded_file_goes_from_the_store_and_from_this_machines_cache(s3_storage):

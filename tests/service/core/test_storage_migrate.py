@@ -274,3 +274,15 @@ def test_the_target_must_be_a_store_url(service_env):
     for url in ("http://bucket/x", "s3://", "/var/store", "file://relative"):
         with pytest.raises(ValueError, match="file:///path or s3://bucket/prefix"):
             migrate(service_env, url)
+
+
+def test_the_services_mark_is_carried_to_the_target_once_the_api_has_left_one(service_env, tmp_path):
+    """Workers switched to the target ask it for the mark the API left (service/core/storage/check.py)."""
+    from service.core.storage.check import MARKS, leave_mark
+
+    migrate(service_env, f"file://{tmp_path / 'before'}")
+    assert not (tmp_path / "before" / "checkpoints").exists()  # none recorded: the API chooses it
+    token = leave_mark(get_storage(service_env).store)
+    report = migrate(service_env, f"file://{tmp_path / 'store'}")
+    assert report.complete and report.stopped is None
+    assert (tmp_path / "store" / MARKS / token).is_file()
