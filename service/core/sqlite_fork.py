@@ -28,8 +28,10 @@ from sqlalchemy.pool import Pool
 
 log = logging.getLogger(__name__)
 
-WAIT_SECONDS = 10.0  # longer than any transaction of ours; past it the fork goes ahead, with a warning
-_HOLDER = "trainyard_fork_gate_thread"
+# Longer than any transaction of ours takes; a checkout that waits out the busy timeout (30 s) on
+# another process's write lock may hold it longer: past this the fork goes ahead, with a warning.
+WAIT_SECONDS = 10.0
+_HOLDER = "trainyard_fork_gate_holder"
 
 
 class ForkGate:
@@ -37,6 +39,7 @@ class ForkGate:
         self._changed = threading.Condition()
         self._held: Counter[int] = Counter()  # thread id -> SQLite connections checked out
         self._forking: int | None = None  # the thread that waits to fork
+        self._generation = 0  # forks this process's memory has been through: a child's counts start again
 
     def checked_out(self, dbapi_connection, record, _proxy) -> None:
         if not isinstance(dbapi_connection, sqlite3.Connection):
@@ -47,15 +50,15 @@ class ForkGate:
             while self._forking not in (None, me) and not self._held[me]:
                 self._changed.wait()
             self._held[me] += 1
-        record.info[_HOLDER] = me
+            record.info[_HOLDER] = (me, self._generation)
 
     def checked_in(self, _dbapi_connection, record) -> None:
-        holder = record.info.pop(_HOLDER, None) if record is not None else None
-        if holder is None:
-            return
         with self._changed:
+            holder, generation = record.info.pop(_HOLDER, (None, None)) if record is not None else (None, None)
+            if holder is None or generation != self._generation or not self._held[holder]:
+                return  # not counted, or counted in the parent before this process was forked
             self._held[holder] -= 1
-            if self._held[holder] <= 0:
+            if not self._held[holder]:
                 del self._held[holder]
             self._changed.notify_all()
 
@@ -69,13 +72,16 @@ class ForkGate:
             while others := [thread for thread in self._held if thread != me]:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    log.warning(
-                        "forking while %d other thread(s) hold an SQLite connection: the child may find the "
-                        "database locked",
-                        len(others),
-                    )
                     break
                 self._changed.wait(left)
+            mine = self._held[me]
+        if others:
+            log.warning(
+                "forking while %d other thread(s) hold an SQLite connection: the child may find the database locked",
+                len(others),
+            )
+        if mine:  # waiting for itself would never end
+            log.warning("forking while holding %d SQLite connection(s): the child may find the database locked", mine)
 
     def after_fork_in_parent(self) -> None:
         with self._changed:
@@ -87,12 +93,12 @@ class ForkGate:
         self._changed = threading.Condition()
         self._held = Counter()
         self._forking = None
+        self._generation += 1
 
 
 GATE = ForkGate()
 event.listen(Pool, "checkout", GATE.checked_out)
 event.listen(Pool, "checkin", GATE.checked_in)
-event.listen(Pool, "detach", GATE.checked_in)  # out of the pool's hands (and count) from then on
 os.register_at_fork(
     before=GATE.before_fork, after_in_parent=GATE.after_fork_in_parent, after_in_child=GATE.after_fork_in_child
 )
