@@ -10,7 +10,7 @@ from celery.signals import worker_init
 from service.core.background import EXIT_MISCONFIGURED
 from service.core.db import UNAVAILABLE, brief, read_scope
 from service.core.storage import StorageUnavailable, get_storage
-from service.core.storage.check import recorded_mark, store_problem
+from service.core.storage.check import newest_recorded, recorded_mark, store_problem
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,8 @@ def refuse_another_store(**_kwargs) -> None:
     storage = get_storage()
     try:
         with read_scope() as session:
-            mark = recorded_mark(session)
-        problem = store_problem(storage.store, mark)
+            mark, recorded = recorded_mark(session), newest_recorded(session)
+        problem = store_problem(storage.store, mark, recorded)
     except UNAVAILABLE as error:
         log.warning("could not check this worker's store against the database yet: %s", brief(error))
         return

@@ -13,7 +13,7 @@ from service.core.broker import queue_depth, send_train_job
 from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.leader import Leadership
 from service.core.settings import Settings
-from service.core.storage import StorageError, get_storage
+from service.core.storage import get_storage
 from service.core.storage.check import leave_mark
 from service.core.tables import JobStatus, utcnow
 
@@ -123,7 +123,7 @@ def housekeeping(settings: Settings) -> None:
     broker's consumed messages; fail uploads whose decoding was abandoned."""
     try:
         leave_mark(get_storage(settings).store)
-    except StorageError as error:  # the next housekeeping tries again; workers meanwhile go unchecked
+    except Exception as error:  # the next housekeeping tries again; the rest goes on meanwhile
         log.warning("could not leave the service's mark in its store: %s", error)
     retention.purge_expired(settings)
     with session_scope() as session:

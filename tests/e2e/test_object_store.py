@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from service.core.background import EXIT_MISCONFIGURED
-from service.core.storage.check import MARKS
+from service.core.storage.check import MARK_FOLDER
 from tests.support.datagen import image_folder_zip, png_bytes
 from tests.support.servers import (
     REDIS_URL,
@@ -151,8 +151,10 @@ def reasons(client, job_id) -> list[str | None]:
 
 
 def stored_keys(store, prefix: str) -> list[str]:
+    """Keys under a prefix, but for the service's marks (unless the prefix names them)."""
     listed = store.client().list_objects_v2(Bucket=store.bucket, Prefix=f"{store.prefix}/{prefix}")
-    return [item["Key"].removeprefix(f"{store.prefix}/") for item in listed.get("Contents", [])]
+    keys = [item["Key"].removeprefix(f"{store.prefix}/") for item in listed.get("Contents", [])]
+    return [key for key in keys if MARK_FOLDER in prefix or f"/{MARK_FOLDER}/" not in key]
 
 
 def stored_sha256(store, key: str) -> str:
@@ -179,7 +181,7 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
         # A worker whose store is not the API's (none named: its own folders; a secret the store
         # refuses) says why and exits before it takes a job, which it would lose.
         deadline = time.monotonic() + 30  # the API's housekeeping leaves its mark in its store
-        while not (marks := stored_keys(store, MARKS)) and time.monotonic() < deadline:
+        while not (marks := stored_keys(store, f"checkpoints/{MARK_FOLDER}/")) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert len(marks) == 1, marks
         for name, misconfigured, said in (

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from service.core import db
 from service.core.background import EXIT_MISCONFIGURED
 from service.core.storage import StorageUnavailable, get_storage
-from service.core.storage.check import MARKS, leave_mark
+from service.core.storage.check import leave_mark, mark_keys
 from service.core.tables import StoreMark
 from workers import store_check
 
@@ -25,7 +25,7 @@ def test_a_worker_whose_store_lacks_the_apis_mark_exits_78_and_says_why(service_
     with pytest.raises(SystemExit) as exited:
         store_check.refuse_another_store()
     assert exited.value.code == EXIT_MISCONFIGURED
-    assert f"lacks the mark the API left ({MARKS}{'ab' * 16})" in caplog.text
+    assert f"lacks the mark the API left ({mark_keys('ab' * 16)[0]})" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -58,5 +58,19 @@ def test_a_home_whose_folders_were_emptied_gets_its_mark_back_before_its_worker_
     with pytest.raises(SystemExit):
         store_check.refuse_another_store()
     leave_store_mark(service_env)
-    assert get_storage().store.path(MARKS + token).is_file()
+    assert all(get_storage().store.path(key).is_file() for key in mark_keys(token))
     store_check.refuse_another_store()
+
+
+def test_the_apis_housekeeping_leaves_the_mark_and_puts_it_back(service_env):
+    from service.core.reaper import housekeeping
+    from service.core.storage.check import recorded_mark
+
+    housekeeping(service_env)
+    with db.read_scope() as session:
+        token = recorded_mark(session)
+    keys = mark_keys(token)
+    assert all(get_storage().store.path(key).is_file() for key in keys)
+    get_storage().store.delete(keys[1:])  # an expiry rule on the datasets and registry areas, say
+    housekeeping(service_env)
+    assert all(get_storage().store.path(key).is_file() for key in keys)

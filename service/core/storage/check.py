@@ -3,11 +3,13 @@ it takes a job: a worker on another machine that names no store (so its own fold
 bucket, or credentials the store refuses would fail every job it took on an upload
 (missing_file, storage_error), or finish one with weights the API cannot read.
 
-The API leaves a mark in its store: an object named by a token that SQL records (store_marks),
-written to the store before SQL records it, so that a store is never asked for a mark it could not
-yet hold. A worker asks its store for that object: one without it is not the service's. Before
-that, a listing of a prefix nothing uses tells apart a key pair the store does not know or a bucket
-that does not exist (a key pair merely not allowed to list, AccessDenied, says nothing).
+The API leaves a mark in each area of its store (checkpoints, datasets, registry: they may be
+folders of their own): an object named by a token SQL records (store_marks), written before SQL
+records it, so that no store is ever asked for a mark it could not yet hold. A store without the
+mark is not the service's, unless it holds one of the newest files SQL records: then the mark went
+(a folder emptied, an expiry rule) and the API puts it back. Before that, a listing of a prefix
+nothing uses tells apart a key pair the store does not know or a bucket that does not exist (a key
+pair merely not allowed to list, AccessDenied, says nothing).
 
 A store or database that cannot be reached right now is no answer either way (the worker goes on,
 and waits for it job by job); nor is a service whose API has not yet left its mark.
@@ -26,17 +28,22 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.db import read_scope, session_scope
-from service.core.storage import ObjectMissing, StorageError, StorageUnavailable
-from service.core.storage.stores import Store
-from service.core.tables import StoreMark, utcnow
+from service.core.storage import ObjectMissing, StorageError, StorageUnavailable, StoredFile
+from service.core.storage.stores import AREAS, Store
+from service.core.tables import Checkpoint, DatasetStatus, ModelVersion, StoredDataset, StoreMark, utcnow
 
 log = logging.getLogger(__name__)
 
-MARKS = "checkpoints/.trainyard-mark/"  # no job id starts with a dot
+MARK_FOLDER = ".trainyard-mark"  # no job id, dataset id or model name starts with a dot
 PROBE_PREFIX = "checkpoints/.trainyard-probe/"
+SAMPLE = 5  # the newest recorded files looked up when the mark is missing
 # What a store answers a key pair or a bucket that cannot be this service's.
 MISCONFIGURED_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket"})
 STORE_HINT = "set TRAINYARD_STORAGE_URL and the store's AWS_* settings as the API has them (docs/storage.md)"
+
+
+def mark_keys(token: str) -> list[str]:
+    return [f"{area}/{MARK_FOLDER}/{token}" for area in AREAS]
 
 
 def recorded_mark(session: Session) -> str | None:
@@ -44,28 +51,47 @@ def recorded_mark(session: Session) -> str | None:
     return session.scalar(select(StoreMark.token).order_by(StoreMark.created_at, StoreMark.token).limit(1))
 
 
+def newest_recorded(session: Session, limit: int = SAMPLE) -> list[StoredFile]:
+    """The newest checkpoints, ready uploads and registered versions SQL records with a digest (a
+    file recorded without one is read from the home's folders, wherever the store is)."""
+    rows = []
+    for table, digest, *where in (
+        (Checkpoint, Checkpoint.sha256),
+        (StoredDataset, StoredDataset.file_sha256, StoredDataset.status == DatasetStatus.READY),
+        (ModelVersion, ModelVersion.sha256),
+    ):
+        query = select(table).where(digest.is_not(None), *where).order_by(table.created_at.desc()).limit(limit)
+        rows.extend(session.scalars(query))
+    return [row.file for row in sorted(rows, key=lambda row: row.created_at, reverse=True)[:limit]]
+
+
 def leave_mark(store: Store, *, choose: bool = True) -> str | None:
     """Make sure `store` holds the service's mark; its token. With none recorded, choose one (the
-    API's housekeeping), or leave nothing (`storage migrate`: the API chooses it, for its store)."""
+    API's start and housekeeping), or leave nothing (`storage migrate`: the API chooses it, for its
+    store). A mark missing from a store that holds none of the newest recorded files is not put
+    back: that store is not the service's (the process's settings are not the others')."""
     with read_scope() as session:
-        token = recorded_mark(session)
-    if token is not None:
-        if not _held(store, token):
-            _write(store, token)
+        token, recorded = recorded_mark(session), newest_recorded(session)
+    if token is None:
+        if not choose:
+            return None
+        token = uuid.uuid4().hex
+        _write(store, mark_keys(token), token)
+        with session_scope() as session:
+            session.add(StoreMark(token=token))
+        log.info("left the service's mark in %s: %s", store.url, ", ".join(mark_keys(token)))
         return token
-    if not choose:
-        return None
-    token = uuid.uuid4().hex
-    _write(store, token)
-    with session_scope() as session:
-        session.add(StoreMark(token=token))
-    log.info("left the service's mark in %s: %s%s", store.url, MARKS, token)
+    missing = [key for key in mark_keys(token) if not _held(store, key)]
+    if missing and recorded and not _holds_any(store, recorded):
+        log.warning("%s lacks the service's mark and %s: not putting the mark there", store.url, _sample(recorded))
+        return token
+    _write(store, missing, token)
     return token
 
 
-def store_problem(store: Store, mark: str | None) -> str | None:
-    """Why this store cannot be the one whose mark is `mark`, or None (also when it cannot tell).
-    StorageUnavailable when the store cannot be reached."""
+def store_problem(store: Store, mark: str | None, recorded: list[StoredFile]) -> str | None:
+    """Why this store cannot be the one whose mark is `mark` and which holds the `recorded` files,
+    or None (also when it cannot tell). StorageUnavailable when the store cannot be reached."""
     try:
         store.list(PROBE_PREFIX)
     except StorageUnavailable:
@@ -76,29 +102,41 @@ def store_problem(store: Store, mark: str | None) -> str | None:
     if mark is None:
         return None
     try:
-        if _held(store, mark):
+        missing = [key for key in mark_keys(mark) if not _held(store, key)]
+        if not missing or _holds_any(store, recorded):
             return None
     except StorageUnavailable:
         raise
     except StorageError:
         return None  # not allowed to look (a 403 for any HEAD it may not make): no answer
     return (
-        f"this worker's store ({store.url}) lacks the mark the API left ({MARKS}{mark}) in the store the "
-        f"API and the other workers use: it is not that store, and every job it took would fail or keep its "
-        f"weights where no one else reads them; {STORE_HINT}"
+        f"this worker's store ({store.url}) lacks the mark the API left ({missing[0]}) in the store the API "
+        f"and the other workers use, and {_sample(recorded)}: it is not that store, and every job it took "
+        f"would fail or keep its weights where no one else reads them; {STORE_HINT}"
     )
 
 
-def _held(store: Store, token: str) -> bool:
+def _sample(recorded: list[StoredFile]) -> str:
+    if not recorded:
+        return "the database records no file yet"
+    return f"none of the {len(recorded)} newest files the database records (such as {recorded[0].key})"
+
+
+def _held(store: Store, key: str) -> bool:
     try:
-        return store.head(MARKS + token) is not None
+        return store.head(key) is not None
     except ObjectMissing:
         return False
 
 
-def _write(store: Store, token: str) -> None:
+def _holds_any(store: Store, recorded: list[StoredFile]) -> bool:
+    return any(_held(store, stored.key) for stored in recorded)
+
+
+def _write(store: Store, keys: list[str], token: str) -> None:
     mark = (json.dumps({"service": token, "written_at": utcnow().isoformat()}) + "\n").encode()
     with tempfile.TemporaryDirectory(prefix="trainyard-mark-") as folder:
         source = Path(folder) / token
         source.write_bytes(mark)
-        store.upload(MARKS + token, source, hashlib.sha256(mark).hexdigest())
+        for key in keys:
+            store.upload(key, source, hashlib.sha256(mark).hexdigest())

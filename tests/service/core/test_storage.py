@@ -205,22 +205,30 @@ def test_adopting_bytes_the_cache_has_keeps_the_copy_a_reader_holds(tmp_path):
 
 
 def test_a_store_without_the_mark_the_api_left_is_not_the_services(tmp_path, s3_storage, object_store, service_env):
-    from service.core.storage.check import MARKS, leave_mark, store_problem
+    from service.core.storage.check import leave_mark, mark_keys, store_problem
 
-    assert store_problem(s3_storage.store, None) is None  # no mark left yet: no answer
+    assert store_problem(s3_storage.store, None, []) is None  # no mark left yet: no answer
     token = leave_mark(s3_storage.store)
-    assert store_problem(s3_storage.store, token) is None
+    assert store_problem(s3_storage.store, token, []) is None
     own_folders = Storage(settings_for(tmp_path / "another-machine", storage_url=None))  # names no store
-    problem = store_problem(own_folders.store, token)
+    problem = store_problem(own_folders.store, token, [])
     assert problem.startswith(f"this worker's store (file://{tmp_path / 'another-machine'}) lacks the mark ")
-    assert f"({MARKS}{token})" in problem and "set TRAINYARD_STORAGE_URL" in problem
+    assert f"({mark_keys(token)[0]})" in problem and "the database records no file yet" in problem
+    assert "set TRAINYARD_STORAGE_URL" in problem
     other_prefix = Storage(settings_for(tmp_path / "third", storage_url=s3_storage.url.rstrip("/") + "-other"))
-    assert "lacks the mark" in store_problem(other_prefix.store, token)
+    assert "lacks the mark" in store_problem(other_prefix.store, token, [])
+
+    # The mark went from one area (an expiry rule on it, say): the files SQL records say it is the store.
+    recorded = [written(s3_storage, f"datasets/set-{i}.safetensors", b"w%d" % i) for i in (1, 2)]
+    s3_storage.store.delete([mark_keys(token)[1]])
+    assert store_problem(s3_storage.store, token, recorded) is None
+    problem = store_problem(own_folders.store, token, recorded)
+    assert f"none of the 2 newest files the database records (such as {recorded[0].key})" in problem
 
 
 def test_the_mark_is_chosen_once_and_written_before_sql_records_it(tmp_path, s3_storage, object_store, service_env):
     from service.core import db
-    from service.core.storage.check import MARKS, leave_mark, recorded_mark
+    from service.core.storage.check import MARK_FOLDER, leave_mark, mark_keys, recorded_mark
 
     object_store.stop()
     with pytest.raises(StorageUnavailable):
@@ -229,11 +237,38 @@ def test_the_mark_is_chosen_once_and_written_before_sql_records_it(tmp_path, s3_
         assert recorded_mark(session) is None  # no worker is asked for a mark its store could not hold
     object_store.start()
     token = leave_mark(s3_storage.store)
-    assert leave_mark(s3_storage.store) == token and [key for key, _ in s3_storage.store.list(MARKS)] == [MARKS + token]
-    s3_storage.store.delete([MARKS + token])  # the store emptied, or the API moved to another one
-    assert leave_mark(s3_storage.store) == token and s3_storage.store.head(MARKS + token) is not None
-    mine = Storage(settings_for(tmp_path / "folders", storage_url=None))
-    assert leave_mark(mine.store, choose=False) == token and mine.store.path(MARKS + token).is_file()
+    assert leave_mark(s3_storage.store) == token
+    listed = [key for area in ("checkpoints", "datasets", "registry") for key, _ in s3_storage.store.list(area)]
+    assert sorted(listed) == sorted(mark_keys(token)) and all(f"/{MARK_FOLDER}/" in key for key in listed)
+    s3_storage.store.delete(mark_keys(token)[:2])  # the store emptied: it is put back
+    assert leave_mark(s3_storage.store) == token and all(s3_storage.store.head(key) for key in mark_keys(token))
+    folders = Storage(settings_for(tmp_path / "folders", storage_url=None))  # what `storage migrate` copied to
+    assert leave_mark(folders.store, choose=False) == token
+    assert all(folders.store.path(key).is_file() for key in mark_keys(token))
+
+
+def test_a_mark_is_not_put_back_in_a_store_without_the_services_files(tmp_path, s3_storage, object_store, service_env):
+    """A process whose settings name another store (`trainyard run` on a worker's machine, its
+    store unset) does not vouch for it: its worker is refused."""
+    from service.core import db
+    from service.core.storage.check import leave_mark, mark_keys, newest_recorded, store_problem
+    from service.core.tables import StoredDataset
+
+    token = leave_mark(s3_storage.store)
+    stored = written(s3_storage, "datasets/00000000-0000-4000-8000-000000000001.safetensors", b"set")
+    with db.session_scope() as session:
+        session.add(
+            StoredDataset(
+                id="00000000-0000-4000-8000-000000000001", name="set", file_sha256=stored.sha256, size_bytes=3
+            )
+        )
+    elsewhere = Storage(settings_for(tmp_path / "another-machine", storage_url=None))
+    assert leave_mark(elsewhere.store) == token
+    assert not any(elsewhere.store.path(key).exists() for key in mark_keys(token))
+    with db.read_scope() as session:
+        recorded = newest_recorded(session)
+    assert [f.key for f in recorded] == [stored.key]
+    assert "lacks the mark" in store_problem(elsewhere.store, token, recorded)
 
 
 def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(tmp_path, object_store, monkeypatch):
@@ -242,14 +277,14 @@ def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(tmp_path,
     for key, value in object_store.env().items():
         monkeypatch.setenv(key, value)
     no_bucket = Storage(settings_for(tmp_path, storage_url="s3://no-such-bucket/trainyard"))
-    assert "this worker's store refuses it: " in store_problem(no_bucket.store, None)
+    assert "this worker's store refuses it: " in store_problem(no_bucket.store, None, [])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     wrong_secret = Storage(settings_for(tmp_path, storage_url=object_store.env()["TRAINYARD_STORAGE_URL"]))
-    problem = store_problem(wrong_secret.store, None)
+    problem = store_problem(wrong_secret.store, None, [])
     assert problem.startswith("this worker's store refuses it: ") and "AWS_*" in problem, problem
     object_store.stop()
     with pytest.raises(StorageUnavailable):  # no answer either way: the worker goes on
-        store_problem(wrong_secret.store, None)
+        store_problem(wrong_secret.store, None, [])
 
 
 def test_a_discarded_file_goes_from_the_store_and_from_this_machines_cache(s3_storage):
