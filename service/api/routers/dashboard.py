@@ -64,7 +64,7 @@ from service.core import (
 from service.core.errors import CoreError, Invalid
 from service.core.references import MODEL_NAME
 from service.core.settings import get_settings
-from service.core.tables import DatasetStatus, Job
+from service.core.tables import DatasetStatus, Job, StoredDataset
 
 EXAMPLES = resources.files("service") / "examples"  # package data: found in a checkout and once installed
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
@@ -255,9 +255,18 @@ def _examples() -> list[str]:
     return sorted(p.name.removesuffix(".json") for p in EXAMPLES.iterdir() if p.name.endswith(".json"))
 
 
+def _first_example(session) -> str:
+    """The README quickstart's once its dataset is uploaded, else one on synthetic data, which
+    trains on any worker (most of the course's want Fashion-MNIST's files)."""
+    ready = StoredDataset.status == DatasetStatus.READY
+    shapes = session.scalar(select(StoredDataset.id).where(StoredDataset.name == "shapes", ready).limit(1))
+    return "quickstart" if shapes else "linear-regression"
+
+
 @pages.get("/ui/submit", response_class=HTMLResponse)
-def submit_form(request: Request, example: str = "softmax-regression") -> HTMLResponse:
+def submit_form(request: Request, session: SessionDep, example: str | None = None) -> HTMLResponse:
     names = _examples()
+    example = example or _first_example(session)
     chosen = example if example in names else (names[0] if names else "")
     spec = EXAMPLES.joinpath(f"{chosen}.json").read_text() if chosen else "{}"
     error = None if example == chosen else f"there is no example {example!r}: showing {chosen}"

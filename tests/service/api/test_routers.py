@@ -169,6 +169,19 @@ def test_the_submit_form_tells_mistakes_as_the_api_does(api):
         assert said.replace("&#39;", "'") in api_said
 
 
+def test_the_submit_form_starts_on_an_example_this_service_can_train(api):
+    """Synthetic data on a fresh service (the course's examples want Fashion-MNIST's files); the
+    README quickstart's spec once its dataset is uploaded."""
+    from service.core import db
+    from service.core.tables import DatasetStatus, StoredDataset
+
+    assert '<option value="linear-regression" selected>' in api.get("/ui/submit").text
+    with db.session_scope() as session:
+        session.add(StoredDataset(name="shapes", status=DatasetStatus.READY, size_bytes=1))
+    assert '<option value="quickstart" selected>' in api.get("/ui/submit").text
+    assert '<option value="mlp" selected>' in api.get("/ui/submit?example=mlp").text
+
+
 def test_without_tokens_the_login_form_leads_on(api):
     assert api.get("/ui/login?next=/ui/models", follow_redirects=False).headers["location"] == "/ui/models"
     assert 'id="sign-out"' not in api.get("/ui/models").text
