@@ -220,7 +220,7 @@ def learning_curves_figure(series: list[tuple]):
         loss_ax.plot(epochs, [r["test_loss"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test loss")
         if any(r.get("val_loss") is not None for r in rows):
             loss_ax.plot(epochs, [r["val_loss"] for r in rows], color=colour, linestyle=":", label=f"{prefix}val loss")
-        if has_acc:
+        if has_acc and any(r.get("test_acc") is not None for r in rows):  # not a regression compared
             acc_ax = axes[0][1]
             acc_ax.plot(epochs, [r["train_acc"] for r in rows], color=colour, label=f"{prefix}train acc")
             acc_ax.plot(epochs, [r["test_acc"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test acc")
@@ -239,6 +239,10 @@ def learning_curves_figure(series: list[tuple]):
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     for ax in axes[0]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.5
+    if not any(rows for _, rows, *_ in series):
+        loss_ax.set(xlim=(0, 1), xticks=[], yticks=[])
+        loss_ax.text(0.5, 0.5, "no epoch has ended yet", transform=loss_ax.transAxes, ha="center", color="grey")
+        return figure
     log_y_for_a_loss(
         loss_ax, "train_loss", [r["train_loss"] for _, rows, *_ in series for r in rows if r["train_loss"] is not None]
     )

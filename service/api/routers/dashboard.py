@@ -196,6 +196,9 @@ LOG_LINES_SHOWN = 5000
 EXPORTS = tuple((fmt, "float") for fmt in FORMATS) + (("onnx", "pixels"),)
 
 
+METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+
+
 def _job_page(
     request: Request, session, job_id: str, tab: str = "overview", status_code: int = 200, **extra
 ) -> HTMLResponse:
@@ -213,8 +216,11 @@ def _job_page(
     if tab == "logs":
         context["logs"] = job_logs.read(session, job_id=job.id, limit=LOG_LINES_SHOWN)
     else:
+        metrics = metric_rows(jobs.get_metrics(session, job_id=job.id))
         context.update(
-            metrics=metric_rows(jobs.get_metrics(session, job_id=job.id)),
+            metrics=metrics,
+            # a regression has no accuracy, a job without validation no val columns
+            metric_columns=[key for key in METRIC_COLUMNS if any(row[key] is not None for row in metrics)],
             spec_json=json.dumps(job.spec, indent=2),
         )
     return templates.TemplateResponse(request, "job.html", context, status_code=status_code)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from pydantic import AfterValidator
 
 from service.api import plots
 from service.api.deps import EvaluationsDep
@@ -22,19 +23,26 @@ async def learning_curves(job_id: str) -> Response:
     return await plots.curves_response(plots.job_series, [job_id])
 
 
+COMPARED = (2, 8)
+
+
+def compared_jobs(value: str) -> list[str]:
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    if not COMPARED[0] <= len(ids) <= COMPARED[1]:
+        raise ValueError(f"give {COMPARED[0]} to {COMPARED[1]} job ids (or 6+ character prefixes), comma-separated")
+    return ids
+
+
 @router.get("/plots/compare.png", response_class=Response, responses=PNG)
 async def compare(
     job_ids: Annotated[
         str,
-        Query(
-            alias="jobs",
-            description="comma-separated job ids (2 to 8)",
-            pattern=r"^[0-9a-fA-F-]{1,36}(,[0-9a-fA-F-]{1,36}){1,7}$",
-        ),
+        Query(alias="jobs", description="comma-separated job ids or prefixes (2 to 8)", max_length=8 * 37),
+        AfterValidator(compared_jobs),
     ],
 ) -> Response:
     """Several jobs' curves on one figure (e.g. the under- and over-fitting experiment)."""
-    return await plots.curves_response(plots.job_series, job_ids.split(","))
+    return await plots.curves_response(plots.job_series, job_ids)
 
 
 async def _confusion(job_id: str, evaluations: Evaluations) -> ConfusionPublic:

@@ -81,6 +81,25 @@ def test_the_best_epoch_is_marked_on_both_axes():
         plt.close(unmarked)
 
 
+def test_a_regression_compared_with_a_classifier_has_no_accuracy_lines():
+    regression = [{**row, "train_acc": None, "test_acc": None} for row in rows([1.2, 1.1])]
+    figure = plots.learning_curves_figure([("classifier", rows([1.2, 1.1])), ("regression", regression)])
+    try:
+        labels = [line.get_label() for line in figure.axes[1].get_lines()]
+        assert labels == ["classifier train acc", "classifier test acc"], labels
+    finally:
+        plt.close(figure)
+
+
+def test_a_job_with_no_epoch_says_so():
+    figure = plots.learning_curves_figure([("job", [])])
+    try:
+        assert [text.get_text() for text in figure.axes[0].texts] == ["no epoch has ended yet"]
+        assert list(figure.axes[0].get_xticks()) == []
+    finally:
+        plt.close(figure)
+
+
 @pytest.mark.parametrize(
     ("metric", "values", "scale"),
     [

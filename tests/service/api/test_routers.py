@@ -247,6 +247,19 @@ def test_a_refusal_reads_plainly_and_shows_a_wrong_value(api):
     assert messages({**SOFTMAX_SPEC, "batch_size": True}) == ["Input should be a valid integer; got true"]
 
 
+def test_a_job_page_shows_the_metric_columns_its_epochs_have(api, trained_job):
+    import re
+
+    from service.core import db
+    from service.core.tables import EpochMetric
+
+    with db.session_scope() as session:  # as a regression records them: no accuracy, no validation
+        for metric in session.query(EpochMetric).filter_by(job_id=trained_job):
+            metric.train_acc = metric.test_acc = metric.val_loss = metric.val_acc = None
+    header = re.search(r'<table id="metrics">\s*<thead>(.*?)</thead>', api.get(f"/ui/jobs/{trained_job}").text).group(1)
+    assert re.findall(r"<th>(.*?)</th>", header) == ["epoch", "train loss", "test loss", "samples/s"]
+
+
 def test_jobs_are_listed_newest_first_paged_and_filtered(api, trained_job):
     queued = [submitted(api, {**SOFTMAX_SPEC, "name": f"j{i}"})["id"] for i in range(3)]
     everything = api.get("/v1/jobs").json()
