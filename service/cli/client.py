@@ -480,6 +480,7 @@ def submit(
 
 SWEEP_POLL_SECONDS = 1.0
 SWEEP_FINAL = ("succeeded", "failed", "cancelled")
+JOB_FINAL = ("succeeded", "failed", "cancelled", "pruned")
 
 
 def sweep_updates(api: httpx.Client, sweep: dict):
@@ -758,7 +759,7 @@ def metrics_table(answer: dict) -> list:
             style="bold" if best else None,
         )
     if not answer["epochs"]:
-        return ["no epoch has ended yet"]
+        return [answer.get("ended") or "no epoch has ended yet"]
     notes = (
         [f"best: epoch {answer['best_epoch']}, chosen on {answer['best_selected_on']}"]
         if answer.get("best_epoch")
@@ -770,7 +771,13 @@ def metrics_table(answer: dict) -> list:
 @command(top, "metrics")
 def metrics(opts: Options, job_id: str) -> None:
     """A job's per-epoch metrics as a table."""
-    opts.show(opts.call("GET", f"/v1/jobs/{job_id}/metrics"), metrics_table)
+    answer = opts.call("GET", f"/v1/jobs/{job_id}/metrics")
+    if not answer["epochs"] and not opts.as_json:  # whether one may still end
+        job = opts.call("GET", f"/v1/jobs/{answer['job_id']}")
+        if job["status"] in JOB_FINAL:
+            reason = f" ({job['reason']})" if job.get("reason") else ""
+            answer = {**answer, "ended": f"job {job['id'][:8]} {job['status']}{reason} before an epoch ended"}
+    opts.show(answer, metrics_table)
 
 
 CONFUSION_SHOWN = 20  # classes a confusion matrix is shown for as a table

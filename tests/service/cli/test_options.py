@@ -265,8 +265,17 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
     assert len(asked) == 6
 
 
-def test_metrics_of_a_job_with_no_epoch_yet_say_so_instead_of_an_empty_table():
+def test_metrics_of_a_job_with_no_epoch_yet_say_so_instead_of_an_empty_table(monkeypatch):
     assert cli_client.metrics_table({"epochs": [], "best_epoch": None}) == ["no epoch has ended yet"]
+    job_id = "ce1e688b-0c3d-4e5f-8a9b-0123456789ab"
+    job = {"id": job_id, "status": "failed", "reason": "invalid_data"}
+    answers = {f"/v1/jobs/{job_id}/metrics": {"job_id": job_id, "epochs": []}, f"/v1/jobs/{job_id}": job}
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answers[request.url.path]))
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+    out = io.StringIO()
+    monkeypatch.setattr(cli_client, "console", Console(file=out, width=200, color_system=None))
+    assert CliRunner().invoke(cli_main.app, ["metrics", job_id]).exit_code == 0
+    assert out.getvalue().strip() == "job ce1e688b failed (invalid_data) before an epoch ended"
 
 
 def test_the_metrics_table_heads_its_best_column_and_an_evaluation_without_mistakes_says_so():
