@@ -84,7 +84,7 @@ def _resolve_job(session: Session, reference: str, match) -> ResolvedCheckpoint:
             raise ModelNotFound(
                 f"model {reference!r} not found: job {job.id} has no checkpoint for epoch {which}; "
                 + (
-                    f"it keeps epochs {', '.join(map(str, kept))}"
+                    f"it keeps epoch{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))}"
                     + ' (the spec\'s "checkpoints": {"keep": ...} says which a job keeps)'
                     if kept
                     else f"it keeps none{_why_none(job)}"
@@ -176,6 +176,11 @@ def resolve(session: Session, *, reference: str, settings: Settings) -> Resolved
     match = _JOB_REF.match(reference)
     if match:
         return _resolve_job(session, reference, match)
+    if reference.startswith("job:"):
+        raise ModelNotFound(
+            f"{reference!r} names no job: use job:ID, its id or a prefix of 6 or more of its hex digits, "
+            "then :best, :last or :EPOCH if not the best"
+        )
     try:
         version = find_version(session, reference=reference)
     except ModelNotFound as exc:

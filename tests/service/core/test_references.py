@@ -53,6 +53,8 @@ def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
         ("nobody", "model 'nobody' not found"),
         ("nobody:3", "not found"),
         ("nobody@staging", "model 'nobody@staging' not found: no model is registered yet .*`trainyard models register"),
+        ("job:zzzzzz", "'job:zzzzzz' names no job: use job:ID, its id or a prefix of 6 or more of its hex digits"),
+        ("job:{job}:worst", "then :best, :last or :EPOCH"),
         ("../../etc/passwd", "use name, name:VERSION, name@ALIAS or job:ID"),
         ("/tmp/model.safetensors", "use name"),
     ],
