@@ -290,6 +290,18 @@ def _fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
+def _share(value: float | None, digits: int) -> str:
+    """A probability or threshold with `digits` decimals, or more where those would round it to 0 or
+    1 (a threshold of 0.9999999 is not 1, and a probability just under it is "not sure")."""
+    if value is None:
+        return "-"
+    shown = f"{value:.{digits}f}"
+    while 0 < value < 1 and float(shown) in (0.0, 1.0) and digits < 12:
+        digits += 1
+        shown = f"{value:.{digits}f}"
+    return shown
+
+
 SHORT_ID = 8  # characters of an id that tables show; the API takes back any unique prefix of 6 or more
 
 
@@ -883,8 +895,8 @@ def predictions_table(answer: dict) -> list:
         table.add_row(
             p.get("filename") or str(number),
             "not sure" if p.get("below_threshold") else p["label"],
-            f"{p['probability']:.3f}",
-            ", ".join(f"{t['label']} {t['probability']:.2f}" for t in p["top_k"]),
+            _share(p["probability"], 3),
+            ", ".join(f"{t['label']} {_share(t['probability'], 2)}" for t in p["top_k"]),
         )
     return [table]
 
@@ -1071,7 +1083,7 @@ def model_table(model: dict) -> list:
             str(v["epoch"]),
             "x".join(map(str, v["input_shape"])),
             ", ".join(classes) if len(classes) <= 6 else f"{len(classes)} classes",
-            _fmt(v["threshold"], 2),
+            _share(v["threshold"], 2),
             ", ".join(sorted(aliases.get(v["version"], []))),
             v["created_at"][:19],
         )
@@ -1095,9 +1107,11 @@ def models_threshold(
 ) -> None:
     """Set VERSION's default confidence threshold for predict (a request's own threshold wins)."""
     answer = opts.call("PATCH", f"/v1/models/{quote(name, safe='')}/versions/{version}", json={"threshold": threshold})
-    opts.show(
-        answer, _version_line(lambda v: "no threshold" if v["threshold"] is None else f"threshold {v['threshold']:g}")
-    )
+
+    def said(version: dict) -> str:  # as given: 0.9999999 is not 1
+        return "no threshold" if version["threshold"] is None else f"threshold {version['threshold']:.10g}"
+
+    opts.show(answer, _version_line(said))
 
 
 @command(models_app, "delete")

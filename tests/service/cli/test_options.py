@@ -523,3 +523,12 @@ def test_a_message_on_stderr_stays_one_line_when_piped(capsys):
     message = "job 1234 failed: nan_loss " + "training loss became nan in epoch 1; lower the learning rate " * 3
     cli_client.err.print(message, markup=False)
     assert capsys.readouterr().err == message + "\n"
+
+
+def test_probabilities_and_thresholds_near_0_or_1_are_not_rounded_onto_them():
+    assert cli_client._share(0.9999999, 3) == "0.9999999" and cli_client._share(0.0000004, 2) == "0.0000004"
+    assert cli_client._share(0.5, 3) == "0.500" and cli_client._share(1.0, 3) == "1.000"
+    answer = {"predictions": [{"label": "red", "probability": 0.99996, "below_threshold": True, "top_k": []}]}
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(cli_client.predictions_table(answer)[0])
+    assert "not sure" in out.getvalue() and "0.99996" in out.getvalue(), out.getvalue()
