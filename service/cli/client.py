@@ -1080,7 +1080,7 @@ def model_table(model: dict) -> list:
         table.add_row(
             str(v["version"]),
             f"job {v['job_id'][:SHORT_ID]}" if v["job_id"] else "imported",
-            str(v["epoch"]),
+            _fmt(v["epoch"]),
             "x".join(map(str, v["input_shape"])),
             ", ".join(classes) if len(classes) <= 6 else f"{len(classes)} classes",
             _share(v["threshold"], 2),

@@ -163,7 +163,7 @@ def test_weights_trained_elsewhere_are_imported_and_served(api):
     }
     answer = api.post("/v1/models/import", data=form, files={"file": ("w.safetensors", save(weights))})
     assert answer.status_code == 201, answer.text
-    assert (answer.json()["job_id"], answer.json()["selector"]) == (None, "import")
+    assert (answer.json()["job_id"], answer.json()["selector"], answer.json()["epoch"]) == (None, "import", None)
 
     image = png_bytes(2, seed=8)
     pixels = np.asarray(Image.open(io.BytesIO(image)).convert("L"), dtype=np.float32) / 255

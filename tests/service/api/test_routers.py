@@ -391,6 +391,8 @@ def test_a_version_that_changes_what_callers_see_is_registered_with_warnings(api
         "version 2 answers cat, dog where version 1 answers 10 classes (0, 1, 2, ...); 'shoes' now means version 2",
     ]
     assert imported() == []  # version 3 is like version 2, which the bare name served
+    versions = api.get("/v1/models/shoes").json()["versions"]
+    assert [v["epoch"] for v in versions] == [2, None, None]  # an import is no job's epoch
     first_production = api.put("/v1/models/shoes/aliases/production", json={"version": 1})
     assert first_production.json()["warnings"] == [  # the bare name meant version 3 until now
         "version 1 takes 1x28x28 inputs where version 3 takes 3x8x8",
