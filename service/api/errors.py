@@ -19,7 +19,7 @@ from starlette.routing import Match
 
 from models.checkpoint import CheckpointError
 from models.inference.predictor import InputError
-from models.spec.explain import explain, input_loc, plain_message, worded_mismatch
+from models.spec.explain import explain, input_loc, plain_message
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 
@@ -191,7 +191,9 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     """422 naming each problem's location; never fails on what the client sent."""
     model = _body_model(request)
     errors = _located(_body_problems(list(exc.errors()), request, model), getattr(exc, "body", None), model)
-    errors = [{**e, "msg": worded_mismatch(e)} if e.get("type") == "string_pattern_mismatch" else e for e in errors]
+    # A pattern in words, and a query's or a header's own check without pydantic's "Value error, ".
+    worded = ("string_pattern_mismatch", "value_error")
+    errors = [{**e, "msg": plain_message(e)} if e.get("type") in worded else e for e in errors]
     return JSONResponse({"detail": jsonable_encoder(_printable(errors))}, status_code=422)
 
 
@@ -272,12 +274,12 @@ def _message_key(request: Request) -> str:
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Invalid):  # core's locations are paths into the submitted document: the body
         return await _invalid_request(request, validation_error([(("body", *loc), msg) for loc, msg in exc.problems]))
-    return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
+    return JSONResponse({_message_key(request): str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
-        {"detail": "the database is unavailable; try again shortly (GET /readyz says more)"},
+        {_message_key(request): "the database is unavailable; try again shortly (GET /readyz says more)"},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
     )

@@ -220,14 +220,15 @@ def learning_curves_figure(series: list[tuple]):
         loss_ax.plot(epochs, [r["test_loss"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test loss")
         if any(r.get("val_loss") is not None for r in rows):
             loss_ax.plot(epochs, [r["val_loss"] for r in rows], color=colour, linestyle=":", label=f"{prefix}val loss")
-        if has_acc and any(r.get("test_acc") is not None for r in rows):  # not a regression compared
+        accuracy = has_acc and any(r.get("test_acc") is not None for r in rows)  # not a regression compared
+        if accuracy:
             acc_ax = axes[0][1]
             acc_ax.plot(epochs, [r["train_acc"] for r in rows], color=colour, label=f"{prefix}train acc")
             acc_ax.plot(epochs, [r["test_acc"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test acc")
             if any(r.get("val_acc") is not None for r in rows):  # what chooses the best epoch
                 acc_ax.plot(epochs, [r["val_acc"] for r in rows], color=colour, linestyle=":", label=f"{prefix}val acc")
         if best and best[0] is not None:
-            for ax in axes[0]:
+            for ax in axes[0] if accuracy else [loss_ax]:
                 ax.axvline(
                     best[0],
                     color=colour,

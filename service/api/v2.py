@@ -63,7 +63,7 @@ def version_label(target: ResolvedCheckpoint) -> str:
 
 
 def metadata(
-    name: str, version: str, predictor: Predictor, job_id: str, epoch: int, threshold: float | None = None
+    name: str, version: str, predictor: Predictor, job_id: str | None, epoch: int | None, threshold: float | None = None
 ) -> dict:
     """A model's metadata: its inputs, outputs, classes and default threshold; `version` as
     version_label gives it."""

@@ -492,7 +492,7 @@ def submit(
 
 SWEEP_POLL_SECONDS = 1.0
 SWEEP_FINAL = ("succeeded", "failed", "cancelled")
-JOB_FINAL = ("succeeded", "failed", "cancelled", "pruned")
+JOB_FINAL = ("succeeded", "failed", "cancelled", "pruned")  # JobStatus.FINAL (the CLI imports no SQL)
 
 
 def sweep_updates(api: httpx.Client, sweep: dict):
@@ -786,7 +786,9 @@ def metrics(opts: Options, job_id: str) -> None:
     answer = opts.call("GET", f"/v1/jobs/{job_id}/metrics")
     if not answer["epochs"] and not opts.as_json:  # whether one may still end
         job = opts.call("GET", f"/v1/jobs/{answer['job_id']}")
-        if job["status"] in JOB_FINAL:
+        if job["status"] in JOB_FINAL:  # an epoch may have ended between the two answers
+            answer = opts.call("GET", f"/v1/jobs/{answer['job_id']}/metrics")
+        if job["status"] in JOB_FINAL and not answer["epochs"]:
             reason = f" ({job['reason']})" if job.get("reason") else ""
             answer = {**answer, "ended": f"job {job['id'][:8]} {job['status']}{reason} before an epoch ended"}
     opts.show(answer, metrics_table)
@@ -831,7 +833,7 @@ def evaluation_views(report: dict, url: str) -> list:
             str(m["index"]),
             m["true_label"],
             m["predicted_label"],
-            _fmt(m["probability"], 3),
+            _share(m["probability"], 3),
             url.rstrip("/") + m["image_url"] if m.get("image_url") else "-",  # none for numeric rows
         )
     none = "no mistakes: every test example is right"
@@ -1109,7 +1111,9 @@ def models_threshold(
     answer = opts.call("PATCH", f"/v1/models/{quote(name, safe='')}/versions/{version}", json={"threshold": threshold})
 
     def said(version: dict) -> str:  # as given: 0.9999999 is not 1
-        return "no threshold" if version["threshold"] is None else f"threshold {version['threshold']:.10g}"
+        if version["threshold"] is None:
+            return "no threshold"
+        return "threshold " + f"{version['threshold']:.10f}".rstrip("0").rstrip(".")
 
     opts.show(answer, _version_line(said))
 

@@ -45,7 +45,7 @@ class ResolvedCheckpoint:
     reference: str
     file: StoredFile
     job_id: str | None  # None for an imported version
-    epoch: int
+    epoch: int | None  # None for an imported version: no job's epoch
     name: str | None = None
     version: int | None = None
     threshold: float | None = None  # the version's default confidence threshold; job:ID has none
@@ -177,6 +177,9 @@ def resolve(session: Session, *, reference: str, settings: Settings) -> Resolved
     if match:
         return _resolve_job(session, reference, match)
     if reference.startswith("job:"):
+        job_id, _, which = reference.removeprefix("job:").partition(":")
+        if _JOB_REF.match(f"job:{job_id}"):
+            raise ModelNotFound(f"{reference!r}: after job:{job_id}, give best, last or an epoch from 1, not {which!r}")
         raise ModelNotFound(
             f"{reference!r} names no job: use job:ID, its id or a prefix of 6 or more of its hex digits, "
             "then :best, :last or :EPOCH if not the best"
@@ -192,7 +195,7 @@ def resolve(session: Session, *, reference: str, settings: Settings) -> Resolved
         reference=reference,
         file=version.file,
         job_id=version.job_id,
-        epoch=version.epoch,
+        epoch=None if version.selector == "import" else version.epoch,
         name=version.name,
         version=version.version,
         threshold=version.threshold,

@@ -265,8 +265,8 @@ def _first_example(session) -> str:
     """The README quickstart's once its dataset is uploaded, else one on synthetic data, which
     trains on any worker (most of the course's want Fashion-MNIST's files)."""
     ready = StoredDataset.status == DatasetStatus.READY
-    shapes = session.scalar(select(StoredDataset.id).where(StoredDataset.name == "shapes", ready).limit(1))
-    return "quickstart" if shapes else "linear-regression"
+    named = session.scalars(select(StoredDataset.id).where(StoredDataset.name == "shapes", ready).limit(2)).all()
+    return "quickstart" if len(named) == 1 else "linear-regression"  # two would make uploaded:shapes ambiguous
 
 
 @pages.get("/ui/submit", response_class=HTMLResponse)

@@ -37,7 +37,7 @@ def compared_jobs(value: str) -> list[str]:
 async def compare(
     job_ids: Annotated[
         str,
-        Query(alias="jobs", description="comma-separated job ids or prefixes (2 to 8)", max_length=8 * 37),
+        Query(alias="jobs", description="comma-separated job ids or prefixes (2 to 8)", max_length=1000),
         AfterValidator(compared_jobs),
     ],
 ) -> Response:

@@ -83,7 +83,7 @@ class ValuesPrediction(BaseModel):
 class ResolvedModel(BaseModel):
     reference: str
     job_id: str | None  # None: weights imported from elsewhere
-    epoch: int
+    epoch: int | None  # None: weights imported from elsewhere
     name: str | None = None
     version: int | None = None
     task: str

@@ -83,10 +83,11 @@ def test_the_best_epoch_is_marked_on_both_axes():
 
 def test_a_regression_compared_with_a_classifier_has_no_accuracy_lines():
     regression = [{**row, "train_acc": None, "test_acc": None} for row in rows([1.2, 1.1])]
-    figure = plots.learning_curves_figure([("classifier", rows([1.2, 1.1])), ("regression", regression)])
+    figure = plots.learning_curves_figure([("classifier", rows([1.2, 1.1])), ("regression", regression, 2)])
     try:
         labels = [line.get_label() for line in figure.axes[1].get_lines()]
         assert labels == ["classifier train acc", "classifier test acc"], labels
+        assert "regression best (epoch 2)" in [line.get_label() for line in figure.axes[0].get_lines()]
     finally:
         plt.close(figure)
 

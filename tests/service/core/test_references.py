@@ -54,7 +54,9 @@ def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
         ("nobody:3", "not found"),
         ("nobody@staging", "model 'nobody@staging' not found: no model is registered yet .*`trainyard models register"),
         ("job:zzzzzz", "'job:zzzzzz' names no job: use job:ID, its id or a prefix of 6 or more of its hex digits"),
-        ("job:{job}:worst", "then :best, :last or :EPOCH"),
+        ("job:{job}:worst", "after job:.*, give best, last or an epoch from 1, not 'worst'"),
+        ("job:{job}:0", "not '0'"),
+        ("job:{job}:2:", "not '2:'"),
         ("../../etc/passwd", "use name, name:VERSION, name@ALIAS or job:ID"),
         ("/tmp/model.safetensors", "use name"),
     ],
@@ -137,3 +139,13 @@ def test_an_ambiguous_job_prefix_lists_the_jobs(service_env, trained_job, traine
 def test_a_bare_job_id_as_a_model_asks_whether_job_colon_was_meant(service_env, trained_job, given):
     with pytest.raises(ModelNotFound, match=f"did you mean job:{trained_job}\\?"):
         resolve_now(service_env, given(trained_job))
+
+
+def test_a_job_that_keeps_one_checkpoint_says_which(service_env, trained_job):
+    from service.core import db
+    from service.core.tables import Checkpoint
+
+    with db.session_scope() as session:
+        session.query(Checkpoint).filter(Checkpoint.job_id == trained_job, Checkpoint.epoch < 3).delete()
+    with pytest.raises(ModelNotFound, match="has no checkpoint for epoch 1; it keeps epoch 3 "):
+        resolve_now(service_env, f"job:{trained_job}:1")
