@@ -179,9 +179,11 @@ def resolve(session: Session, *, reference: str, settings: Settings) -> Resolved
     if reference.startswith("job:"):
         job_id, _, which = reference.removeprefix("job:").partition(":")
         if _JOB_REF.match(f"job:{job_id}"):
-            raise ModelNotFound(f"{reference!r}: after job:{job_id}, give best, last or an epoch from 1, not {which!r}")
+            raise ModelNotFound(
+                f"model {reference!r} not found: after job:{job_id}, give best, last or an epoch from 1, not {which!r}"
+            )
         raise ModelNotFound(
-            f"{reference!r} names no job: use job:ID, its id or a prefix of 6 or more of its hex digits, "
+            f"model {reference!r} not found: job:ID takes a job's id or a prefix of 6 or more of its hex digits, "
             "then :best, :last or :EPOCH if not the best"
         )
     try:

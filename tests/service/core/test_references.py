@@ -53,7 +53,7 @@ def test_registered_names_follow_versions_and_aliases(service_env, trained_job):
         ("nobody", "model 'nobody' not found"),
         ("nobody:3", "not found"),
         ("nobody@staging", "model 'nobody@staging' not found: no model is registered yet .*`trainyard models register"),
-        ("job:zzzzzz", "'job:zzzzzz' names no job: use job:ID, its id or a prefix of 6 or more of its hex digits"),
+        ("job:zzzzzz", "'job:zzzzzz' not found: job:ID takes a job's id or a prefix of 6 or more of its hex digits"),
         ("job:{job}:worst", "after job:.*, give best, last or an epoch from 1, not 'worst'"),
         ("job:{job}:0", "not '0'"),
         ("job:{job}:2:", "not '2:'"),
