@@ -112,8 +112,18 @@ def store_problem(store: Store, mark: str | None, recorded: list[StoredFile]) ->
     return (
         f"this worker's store ({store.url}) lacks the mark the API left ({missing[0]}) in the store the API "
         f"and the other workers use, and {_sample(recorded)}: it is not that store, and every job it took "
-        f"would fail or keep its weights where no one else reads them; {STORE_HINT}"
+        f"would fail or keep its weights where no one else reads them; {_hint(store, missing[0])}"
     )
+
+
+def _hint(store: Store, key: str) -> str:
+    """What to set, and for folders whether they are there at all (a shared mount that did not come up)."""
+    if not store.local:
+        return STORE_HINT
+    area = store.path(key).parent.parent
+    there = area.is_dir() and any(area.iterdir())
+    absent = "" if there else f" ({area} is empty or missing: is its file system mounted?)"
+    return f"set TRAINYARD_STORAGE_URL as the API has it{absent} (docs/storage.md)"
 
 
 def _sample(recorded: list[StoredFile]) -> str:

@@ -214,7 +214,10 @@ def test_a_store_without_the_mark_the_api_left_is_not_the_services(tmp_path, s3_
     problem = store_problem(own_folders.store, token, [])
     assert problem.startswith(f"this worker's store (file://{tmp_path / 'another-machine'}) lacks the mark ")
     assert f"({mark_keys(token)[0]})" in problem and "the database records no file yet" in problem
-    assert "set TRAINYARD_STORAGE_URL" in problem
+    assert problem.endswith(
+        f"set TRAINYARD_STORAGE_URL as the API has it ({tmp_path / 'another-machine' / 'checkpoints'} is empty or "
+        "missing: is its file system mounted?) (docs/storage.md)"
+    )
     other_prefix = Storage(settings_for(tmp_path / "third", storage_url=s3_storage.url.rstrip("/") + "-other"))
     assert "lacks the mark" in store_problem(other_prefix.store, token, [])
 
