@@ -28,6 +28,7 @@ class Presence(Periodic):
         self.queues = queues
         self.description: dict | None = None
         self._registered = False
+        self._last_problem: str | None = None  # what the last beat that failed said
 
     def stop(self, timeout: float | None = 10) -> None:
         super().stop(timeout)
@@ -68,10 +69,17 @@ class Presence(Periodic):
                     self.queues,
                     [d["name"] for d in self.description["devices"]],
                 )
-        except UNAVAILABLE as error:  # the database may be away for a moment; the next beat tries again
-            log.warning("worker %s could not renew its registry entry: %s", self.worker_id, brief(error))
-        except Exception:
-            log.warning("worker %s could not renew its registry entry", self.worker_id, exc_info=True)
+        except Exception as error:  # the database may be away for a moment; the next beat tries again
+            said = brief(error)
+            if said != self._last_problem:  # said once, not every beat (a database never migrated)
+                unmigrated = "no such table" in said or "does not exist" in said
+                hint = "; is the database migrated (`trainyard migrate`)?" if unmigrated else ""
+                unexpected = not isinstance(error, UNAVAILABLE) and not unmigrated
+                message = "worker %s could not renew its registry entry: %s%s"
+                log.warning(message, self.worker_id, said, hint, exc_info=unexpected)
+            self._last_problem = said
+        else:
+            self._last_problem = None
 
 
 def _weights() -> list[str]:
