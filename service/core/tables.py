@@ -300,6 +300,11 @@ class ModelVersion(Base):
     def file(self) -> StoredFile:
         return StoredFile(f"registry/{self.path}", self.size_bytes, self.sha256)
 
+    @property
+    def job_epoch(self) -> int | None:
+        """The epoch of the job it was registered from; None for an import (SQL records 0 there)."""
+        return None if self.selector == "import" else self.epoch
+
 
 class ModelAlias(Base):
     """A movable name (such as `production`) for one version of a model."""

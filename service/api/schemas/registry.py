@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from models.spec.explain import JOB_ID_PATTERN
 from service.api.schemas.predict import Threshold
@@ -44,7 +44,7 @@ class ModelVersionPublic(BaseModel):
     name: str
     version: int
     job_id: str | None  # None: imported (selector "import")
-    epoch: int | None  # None: imported, no job's epoch
+    epoch: int | None = Field(validation_alias=AliasChoices("job_epoch", "epoch"))  # None: imported
     selector: str
     task: str
     classes: list[str] | None
@@ -52,12 +52,6 @@ class ModelVersionPublic(BaseModel):
     metrics: dict | None
     threshold: float | None  # predict's default: labels below it are withheld
     created_at: datetime
-
-    @model_validator(mode="after")
-    def _no_epoch_for_an_import(self) -> ModelVersionPublic:
-        if self.selector == "import":  # SQL records 0 there
-            self.epoch = None
-        return self
 
 
 class ModelVersionRegistered(ModelVersionPublic):
