@@ -15,6 +15,7 @@ from service.core import worker_registry
 from service.core.background import Periodic, stop_with_supervisor
 from service.core.db import UNAVAILABLE, brief, session_scope
 from service.core.settings import get_settings
+from service.core.storage import get_storage
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Presence(Periodic):
                 weights=_weights(),
                 datasets=_datasets(),
                 processes=get_settings().job_processes,
+                store=get_storage().url,
             )
 
     def tick(self) -> None:

@@ -8,9 +8,9 @@ import logging
 from celery.signals import worker_init
 
 from service.core.background import EXIT_MISCONFIGURED
-from service.core.db import UNAVAILABLE, brief, read_scope
+from service.core.db import UNAVAILABLE, brief
 from service.core.storage import StorageUnavailable, get_storage
-from service.core.storage.check import newest_recorded, recorded_mark, store_problem
+from service.core.storage.check import ask_store
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +19,7 @@ log = logging.getLogger(__name__)
 def refuse_another_store(**_kwargs) -> None:
     storage = get_storage()
     try:
-        with read_scope() as session:
-            mark, recorded = recorded_mark(session), newest_recorded(session)
-        problem = store_problem(storage.store, mark, recorded)
+        problem = ask_store(storage.store)
     except UNAVAILABLE as error:
         log.warning("could not check this worker's store against the database yet: %s", brief(error))
         return
@@ -34,3 +32,4 @@ def refuse_another_store(**_kwargs) -> None:
     if problem:
         log.critical("%s", problem)
         raise SystemExit(EXIT_MISCONFIGURED)
+    log.info("this worker's store is %s", storage.url)

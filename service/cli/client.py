@@ -872,7 +872,16 @@ def workers_table(answer: dict) -> list:
             (w["current_job"] or "idle")[:SHORT_ID],
             w["last_seen"][11:19],
         )
-    return [table, f"{len(live)} live worker(s)"]
+    return [table, f"{len(live)} live worker(s)", *_stores_said(answer)]
+
+
+def _stores_said(answer: dict) -> list[str]:
+    """The API's store, and each worker's where it names another (a path is the same only on one machine)."""
+    api = answer.get("store")
+    if not api:
+        return []
+    others = [f"worker {w['id']} uses {w['store']}" for w in answer["workers"] if w.get("store") not in (None, api)]
+    return [f"store: {api}", *others]
 
 
 @command(top, "workers")

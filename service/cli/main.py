@@ -196,16 +196,23 @@ def start_api(settings) -> dict[str, Child]:
     return children
 
 
-def leave_store_mark(settings) -> None:
+def leave_store_mark(settings) -> str:
     """Put the service's mark in the API's store before a worker looks for it (a home whose folders
-    were emptied, say); the API's housekeeping puts it back later too (service/core/storage/check.py)."""
+    were emptied, say; the API's housekeeping puts it back later too), and say so when that store
+    is not the service's (service/core/storage/check.py); the store's URL."""
     from service.core.storage import get_storage
-    from service.core.storage.check import leave_mark
+    from service.core.storage.check import leave_mark, readiness
 
+    store = get_storage(settings).store
     try:
-        leave_mark(get_storage(settings).store)
+        leave_mark(store)
     except Exception as error:  # a store or database away now: the housekeeping tries again
         typer.echo(f"warning: could not leave the service's mark in its store yet: {error}", err=True)
+        return store.url
+    status = readiness(store)
+    if status.startswith("error: "):
+        typer.echo(f"warning: {status.removeprefix('error: ')}; /readyz answers 503 meanwhile", err=True)
+    return store.url
 
 
 @app.command()
@@ -216,10 +223,11 @@ def api() -> None:
     settings = get_settings()
     refuse_exposure(settings)
     settings.ensure_dirs()
-    leave_store_mark(settings)
+    store = leave_store_mark(settings)
     children = start_api(settings)
     typer.echo(
-        f"API starting on http://{settings.host}:{settings.port} in {len(children)} process(es); Ctrl-C stops it",
+        f"API starting on http://{settings.host}:{settings.port} in {len(children)} process(es), with files in "
+        f"{store}; Ctrl-C stops it",
         err=True,
     )
     raise typer.Exit(supervise(children))
@@ -235,14 +243,14 @@ def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations f
     refuse_exposure(settings)
     if not skip_migrate:
         migrate()
-    leave_store_mark(settings)
+    store = leave_store_mark(settings)
     queues = worker_queues(settings)
     with stopped_on_error(start_api(settings)) as children:  # first: it refuses a port in use
         children["worker"] = start(worker_command(settings, queues))
     typer.echo(
         f"trainyard is starting on http://{settings.host}:{settings.port} with {settings.api_workers} "
         f"API process(es) (TRAINYARD_API_WORKERS) and a worker serving {', '.join(queues)} "
-        f"(state in {settings.home}, data in {settings.data_dir}); Ctrl-C stops it"
+        f"(state in {settings.home}, files in {store}, data in {settings.data_dir}); Ctrl-C stops it"
     )
     code = supervise(children)
     try:

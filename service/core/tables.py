@@ -339,14 +339,24 @@ class SignedOutSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class MarkState:
+    CURRENT = "current"  # in the service's store: a worker's store must hold it
+    NEXT = "next"  # in the store `storage migrate` copies to, until an API starts on that store
+    LEFT = "left"  # in a store the service moved away from: a worker's store must not be that one
+
+
 class StoreMark(Base):
-    """The mark the API leaves in its store (service/core/storage/check.py): a worker whose store
-    lacks it is not the service's. One row; two only if two processes chose one at once."""
+    """A mark the API leaves in its store (service/core/storage/check.py): a worker whose store
+    lacks the current one is not the service's. One current row; two only if two processes chose
+    one at once."""
 
     __tablename__ = "store_marks"
 
     token: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    state: Mapped[str] = mapped_column(String(8), default=MarkState.CURRENT, server_default=MarkState.CURRENT)
+    store_url: Mapped[str | None] = mapped_column(String(1000))  # where it was left, for people
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # when it became current or left
 
 
 class Worker(Base):
@@ -365,6 +375,7 @@ class Worker(Base):
     weights: Mapped[list | None] = mapped_column(JSON)  # pretrained weights files it has on disk
     datasets: Mapped[list | None] = mapped_column(JSON)  # built-in datasets whose files it has
     processes: Mapped[int | None] = mapped_column(Integer)  # CPU processes it gives one job at most
+    store: Mapped[str | None] = mapped_column(String(1000))  # the URL of the store it reads and writes
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 

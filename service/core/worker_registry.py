@@ -59,10 +59,11 @@ def register(
     weights: list[str] | None = None,
     datasets: list[str] | None = None,
     processes: int | None = None,
+    store: str | None = None,
 ) -> None:
     """Add or refresh a worker's entry (`weights`: the pretrained weights files it has; `datasets`:
     the built-in datasets whose files it has; `processes`: how many CPU processes it gives one
-    distributed job)."""
+    distributed job; `store`: the URL of the store it reads and writes)."""
     now = utcnow()
     row = session.get(Worker, worker_id)
     if row is None:
@@ -73,7 +74,7 @@ def register(
     row.host, row.pid, row.queues = host, pid, sorted(queues)
     row.devices, row.torch, row.cuda = description["devices"], description["torch"], description["cuda"]
     row.weights, row.datasets = weights or [], datasets or []
-    row.processes = processes
+    row.processes, row.store = processes, store
     row.last_seen = now
     session.flush()
 

@@ -41,7 +41,7 @@ def test_what_cannot_be_asked_refuses_nothing(service_env, monkeypatch, caplog, 
     def fail(*_args, **_kwargs):
         raise failure
 
-    monkeypatch.setattr(store_check, "store_problem", fail)
+    monkeypatch.setattr(store_check, "ask_store", fail)
     store_check.refuse_another_store()
     assert "could not check this worker's store" in caplog.text
 
@@ -64,11 +64,11 @@ def test_a_home_whose_folders_were_emptied_gets_its_mark_back_before_its_worker_
 
 def test_the_apis_housekeeping_leaves_the_mark_and_puts_it_back(service_env):
     from service.core.reaper import housekeeping
-    from service.core.storage.check import recorded_mark
+    from service.core.storage.check import recorded_marks
 
     housekeeping(service_env)
     with db.read_scope() as session:
-        token = recorded_mark(session)
+        token = recorded_marks(session).current.token
     keys = mark_keys(token)
     assert all(get_storage().store.path(key).is_file() for key in keys)
     get_storage().store.delete(keys[1:])  # an expiry rule on the datasets and registry areas, say

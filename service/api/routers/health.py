@@ -10,6 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.api import telemetry
 from service.core.broker import ping_broker
 from service.core.db import ping
+from service.core.storage import get_storage
+from service.core.storage.check import readiness
 
 router = APIRouter(tags=["health"])
 
@@ -26,9 +28,13 @@ def healthz() -> dict:
     return {"status": "ok", "pid": os.getpid()}
 
 
-@router.get("/readyz", responses={503: {"description": "The database or the broker does not answer"}})
+@router.get(
+    "/readyz",
+    responses={503: {"description": "The database or the broker does not answer, or the store is not the service's"}},
+)
 async def readyz(request: Request) -> JSONResponse:
-    """The database and the broker answer, and the preloaded models can serve."""
+    """The database and the broker answer, the preloaded models can serve, and this process's
+    store is the service's (a store that cannot be asked now is `unchecked`, which does not count)."""
     checks = {"models": request.app.state.preload.status()}
     for name, probe in (("database", ping), ("broker", ping_broker)):
         try:
@@ -36,7 +42,8 @@ async def readyz(request: Request) -> JSONResponse:
             checks[name] = "ok"
         except Exception as exc:  # any failure means not ready; say which and why
             checks[name] = f"error: {type(exc).__name__}: {exc}"
-    ready = all(v == "ok" for v in checks.values())
+    checks["store"] = await run_in_threadpool(readiness, get_storage().store)
+    ready = all(v == "ok" or v.startswith("unchecked") for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
     )

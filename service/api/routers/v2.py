@@ -25,6 +25,8 @@ from service.api.serving import LoadedModel, ModelServer
 from service.core.db import ping
 from service.core.errors import CoreError
 from service.core.references import ModelNotFound, ResolvedCheckpoint
+from service.core.storage import get_storage
+from service.core.storage.check import readiness
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 # Liveness and readiness stay open, as /healthz and /readyz do: orchestrators' probes send no token.
@@ -63,13 +65,16 @@ def live() -> dict:
 
 @probes.get("/health/ready", responses={503: {"description": "Not ready"}})
 async def ready(request: Request) -> JSONResponse:
-    """Ready when the database answers and preloaded models can serve."""
+    """Ready when the database answers, preloaded models can serve and the store is the service's."""
     try:
         await run_in_threadpool(ping)
     except Exception as exc:
         return JSONResponse({"ready": False, "error": str(exc)}, status_code=503)
     if request.app.state.preload.status() != "ok":
         return JSONResponse({"ready": False, "error": request.app.state.preload.status()}, status_code=503)
+    store = await run_in_threadpool(readiness, get_storage().store)
+    if store.startswith("error"):
+        return JSONResponse({"ready": False, "error": store}, status_code=503)
     return JSONResponse({"ready": True})
 
 

@@ -31,6 +31,8 @@ class WorkerPublic(BaseModel):
     datasets: Annotated[list[str], BeforeValidator(lambda value: value or [])] = []
     # The CPU processes it gives one distributed job (a CUDA job gets one per GPU it has).
     processes: int | None = None
+    # The URL of the store it reads and writes (a path is on its own machine); null from older workers.
+    store: str | None = None
     started_at: datetime
     last_seen: datetime
 
@@ -38,3 +40,4 @@ class WorkerPublic(BaseModel):
 class WorkersPublic(BaseModel):
     workers: list[WorkerPublic]
     count: int
+    store: str  # the URL of the store of the API process that answered

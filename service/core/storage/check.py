@@ -7,7 +7,12 @@ The API leaves a mark in each area of its store (checkpoints, datasets, registry
 folders of their own): an object named by a token SQL records (store_marks), written before SQL
 records it, so that no store is ever asked for a mark it could not yet hold. A store without the
 mark is not the service's, unless it holds one of the newest files SQL records: then the mark went
-(a folder emptied, an expiry rule) and the API puts it back. Before that, a listing of a prefix
+(a folder emptied, an expiry rule) and the API puts it back.
+
+`storage migrate` leaves a mark of its own in the store it copies to (next): workers switched to
+that store start, and the first API started on it makes that mark the service's and the old one
+left, so that a worker still on the store the service left is refused from its next start. The
+API's /readyz asks its own store the same question. Before the marks, a listing of a prefix
 nothing uses tells apart a key pair the store does not know or a bucket that does not exist (a key
 pair merely not allowed to list, AccessDenied, says nothing).
 
@@ -22,6 +27,7 @@ import json
 import logging
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -30,7 +36,15 @@ from sqlalchemy.orm import Session
 from service.core.db import read_scope, session_scope
 from service.core.storage import ObjectMissing, StorageError, StorageUnavailable, StoredFile
 from service.core.storage.stores import AREAS, Store
-from service.core.tables import Checkpoint, DatasetStatus, ModelVersion, StoredDataset, StoreMark, utcnow
+from service.core.tables import (
+    Checkpoint,
+    DatasetStatus,
+    MarkState,
+    ModelVersion,
+    StoredDataset,
+    StoreMark,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +60,25 @@ def mark_keys(token: str) -> list[str]:
     return [f"{area}/{MARK_FOLDER}/{token}" for area in AREAS]
 
 
-def recorded_mark(session: Session) -> str | None:
-    """The token of the service's mark, None until the API has left one."""
-    return session.scalar(select(StoreMark.token).order_by(StoreMark.created_at, StoreMark.token).limit(1))
+@dataclass(frozen=True)
+class Marks:
+    """The marks SQL records: the service's (current), those of stores `storage migrate` copied to
+    (next), and those of the stores the service left, newest first (a few: each costs a look)."""
+
+    current: StoreMark | None = None
+    next: tuple[StoreMark, ...] = ()
+    left: tuple[StoreMark, ...] = ()
+
+
+def recorded_marks(session: Session) -> Marks:
+    rows = session.scalars(select(StoreMark).order_by(StoreMark.created_at, StoreMark.token)).all()
+    current = [row for row in rows if row.state == MarkState.CURRENT]
+    left = sorted((row for row in rows if row.state == MarkState.LEFT), key=lambda row: row.changed_at, reverse=True)
+    return Marks(
+        current=current[0] if current else None,
+        next=tuple(row for row in rows if row.state == MarkState.NEXT),
+        left=tuple(left[:SAMPLE]),
+    )
 
 
 def newest_recorded(session: Session, limit: int = SAMPLE) -> list[StoredFile]:
@@ -65,64 +95,142 @@ def newest_recorded(session: Session, limit: int = SAMPLE) -> list[StoredFile]:
     return [row.file for row in sorted(rows, key=lambda row: row.created_at, reverse=True)[:limit]]
 
 
-def leave_mark(store: Store, *, choose: bool = True) -> str | None:
-    """Make sure `store` holds the service's mark; its token. With none recorded, choose one (the
-    API's start and housekeeping), or leave nothing (`storage migrate`: the API chooses it, for its
-    store). A mark missing from a store that holds none of the newest recorded files is not put
-    back: that store is not the service's (the process's settings are not the others')."""
+def leave_mark(store: Store) -> str:
+    """Make sure the API's `store` holds the service's mark; its token. With none recorded, choose
+    one. A store holding the mark `storage migrate` left in its target becomes the service's: an
+    API started on it moves the service there, and the store it left is refused from then on. A
+    mark missing from a store the service left, or from one that holds none of the newest recorded
+    files, is not put back: that store is not the service's (the process's settings are not the
+    others')."""
     with read_scope() as session:
-        token, recorded = recorded_mark(session), newest_recorded(session)
-    if token is None:
-        if not choose:
-            return None
+        marks, recorded = recorded_marks(session), newest_recorded(session)
+    if marks.current is None:
         token = uuid.uuid4().hex
         _write(store, mark_keys(token), token)
         with session_scope() as session:
-            session.add(StoreMark(token=token))
+            session.add(StoreMark(token=token, store_url=store.url, changed_at=utcnow()))
         log.info("left the service's mark in %s: %s", store.url, ", ".join(mark_keys(token)))
         return token
-    missing = [key for key in mark_keys(token) if not _held(store, key)]
-    if missing and recorded and not _holds_any(store, recorded):
+    missing = _missing(store, marks.current.token)
+    if not missing:
+        return marks.current.token
+    if moving_to := _held(store, marks.next):
+        return _move_to(store, moving_to, marks)
+    if left := _held(store, marks.left):
+        log.warning("%s is a store the service left on %s: not putting the mark there", store.url, _when(left))
+    elif recorded and not _holds_any(store, recorded):
         log.warning("%s lacks the service's mark and %s: not putting the mark there", store.url, _sample(recorded))
-        return token
-    _write(store, missing, token)
+    else:
+        _write(store, missing, marks.current.token)
+    return marks.current.token
+
+
+def leave_next_mark(target: Store) -> str | None:
+    """Leave in the store `storage migrate` copies to a mark of its own, which lets workers switched
+    to it start and makes it the service's store once an API starts on it; its token (None while the
+    API has left no mark: it chooses one in whichever store it has)."""
+    with read_scope() as session:
+        marks = recorded_marks(session)
+    if marks.current is None:
+        return None
+    if not _missing(target, marks.current.token):  # the service's store already
+        return marks.current.token
+    if held := _held(target, marks.next):
+        _write(target, _missing(target, held.token), held.token)
+        return held.token
+    token = uuid.uuid4().hex
+    _write(target, mark_keys(token), token)
+    with session_scope() as session:
+        session.add(StoreMark(token=token, state=MarkState.NEXT, store_url=target.url))
     return token
 
 
-def store_problem(store: Store, mark: str | None, recorded: list[StoredFile]) -> str | None:
-    """Why this store cannot be the one whose mark is `mark` and which holds the `recorded` files,
-    or None (also when it cannot tell). StorageUnavailable when the store cannot be reached."""
+def ask_store(store: Store, whose: str = "this worker's store") -> str | None:
+    """Why `store` is not the service's, or None: store_problem with what SQL records now.
+    StorageUnavailable, or the database's error, when either cannot be asked."""
+    with read_scope() as session:
+        marks, recorded = recorded_marks(session), newest_recorded(session)
+    return store_problem(store, marks, recorded, whose)
+
+
+def readiness(store: Store) -> str:
+    """The API's store for /readyz: "ok"; "error: why" when it is not the service's (its predicts
+    and uploads would fail, or go where no worker reads); "unchecked: why" when the store or the
+    database cannot be asked now (no answer either way)."""
+    try:
+        problem = ask_store(store, whose="this API's store")
+    except Exception as error:  # the store or the database away now; the database's own check says so
+        return f"unchecked: {type(error).__name__}: {error}"
+    return f"error: {problem}" if problem else "ok"
+
+
+def store_problem(
+    store: Store, marks: Marks, recorded: list[StoredFile], whose: str = "this worker's store"
+) -> str | None:
+    """Why this store cannot be the one whose marks are `marks` and which holds the `recorded`
+    files, or None (also when it cannot tell). StorageUnavailable when the store cannot be reached."""
     try:
         store.list(PROBE_PREFIX)
     except StorageUnavailable:
         raise
     except StorageError as refused:
         if refused.code in MISCONFIGURED_CODES:
-            return f"this worker's store refuses it: {refused}; {STORE_HINT}"
-    if mark is None:
+            return f"{whose} refuses it: {refused}; {STORE_HINT}"
+    if marks.current is None:
         return None
     try:
-        missing = [key for key in mark_keys(mark) if not _held(store, key)]
-        if not missing or _holds_any(store, recorded):
+        missing = _missing(store, marks.current.token)
+        if not missing or _held(store, marks.next):
+            return None
+        if left := _held(store, marks.left):
+            now_at = f" ({marks.current.store_url})" if marks.current.store_url else ""
+            return (
+                f"{whose} ({store.url}) is one the service moved away from on {_when(left)} (it holds the mark "
+                f"{mark_keys(left.token)[0]} of then): the service's store is another now{now_at}, and every job "
+                f"it took would read old files and keep its weights where no one else reads them; {_hint(store, None)}"
+            )
+        if _holds_any(store, recorded):
             return None
     except StorageUnavailable:
         raise
     except StorageError:
         return None  # not allowed to look (a 403 for any HEAD it may not make): no answer
     return (
-        f"this worker's store ({store.url}) lacks the mark the API left ({missing[0]}) in the store the API "
+        f"{whose} ({store.url}) lacks the mark the API left ({missing[0]}) in the store the API "
         f"and the other workers use, and {_sample(recorded)}: it is not that store, and every job it took "
         f"would fail or keep its weights where no one else reads them; {_hint(store, missing[0])}"
     )
 
 
-def _hint(store: Store, key: str) -> str:
+def _move_to(store: Store, mark: StoreMark, marks: Marks) -> str:
+    """Make `mark`, which `storage migrate` left in `store`, the service's, and every other mark one
+    of a store the service left."""
+    now = utcnow()
+    with session_scope() as session:
+        for row in session.scalars(select(StoreMark).where(StoreMark.state != MarkState.LEFT)):
+            if row.token == mark.token:
+                row.state, row.store_url, row.changed_at = MarkState.CURRENT, store.url, now
+            else:
+                row.state, row.changed_at = MarkState.LEFT, now
+    _write(store, _missing(store, mark.token), mark.token)
+    log.warning(
+        "the service's store is now %s, which storage migrate copied its files to: a worker still on %s is "
+        "refused from its next start",
+        store.url,
+        marks.current.store_url or "the store it left",
+    )
+    return mark.token
+
+
+def _hint(store: Store, key: str | None) -> str:
     """What to set, and for folders whether they are there at all (a shared mount that did not come up)."""
     if not store.local:
         return STORE_HINT
-    area = store.path(key).parent.parent
-    there = area.is_dir() and any(area.iterdir())
-    absent = "" if there else f" ({area} is empty or missing: is its file system mounted?)"
+    absent = ""
+    if key is not None:
+        area = store.path(key).parent.parent
+        if not (area.is_dir() and any(area.iterdir())):
+            absent = f" ({area} is empty or missing: is its file system mounted?)"
     return f"set TRAINYARD_STORAGE_URL as the API has it{absent} (docs/storage.md)"
 
 
@@ -132,15 +240,28 @@ def _sample(recorded: list[StoredFile]) -> str:
     return f"none of the {len(recorded)} newest files the database records (such as {recorded[0].key})"
 
 
-def _held(store: Store, key: str) -> bool:
+def _when(mark: StoreMark) -> str:
+    return mark.changed_at.strftime("%Y-%m-%d %H:%M UTC") if mark.changed_at else "an earlier day"
+
+
+def _has(store: Store, key: str) -> bool:
     try:
         return store.head(key) is not None
     except ObjectMissing:
         return False
 
 
+def _missing(store: Store, token: str) -> list[str]:
+    return [key for key in mark_keys(token) if not _has(store, key)]
+
+
+def _held(store: Store, marks: tuple[StoreMark, ...]) -> StoreMark | None:
+    """The first of `marks` the store holds (looked for in its checkpoints area)."""
+    return next((mark for mark in marks if _has(store, mark_keys(mark.token)[0])), None)
+
+
 def _holds_any(store: Store, recorded: list[StoredFile]) -> bool:
-    return any(_held(store, stored.key) for stored in recorded)
+    return any(_has(store, stored.key) for stored in recorded)
 
 
 def _write(store: Store, keys: list[str], token: str) -> None:

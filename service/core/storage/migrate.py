@@ -44,7 +44,7 @@ from service.core.retention import resumable_state_path
 from service.core.settings import STORAGE_URL_PATTERN, Settings
 from service.core.storage import ObjectCorrupt, ObjectMissing, Storage, StorageError, StoredFile, get_storage
 from service.core.storage.cache import file_sha256
-from service.core.storage.check import leave_mark
+from service.core.storage.check import leave_next_mark
 from service.core.storage.stores import Store, checked_key, open_store
 from service.core.tables import Checkpoint, DatasetStatus, Job, JobStatus, ModelVersion, StoredDataset
 
@@ -276,7 +276,7 @@ class Migration:
             self.report.add(step)
             yield step
         try:  # workers that read the target from now on look for the service's mark there
-            leave_mark(self.target, choose=False)
+            leave_next_mark(self.target)
         except StorageError as exc:
             self.report.stopped = str(exc)
 

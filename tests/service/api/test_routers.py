@@ -13,6 +13,7 @@ from safetensors.torch import save
 from sqlalchemy import select
 
 from service.core import db, jobs, worker_registry
+from service.core.storage import get_storage
 from service.core.tables import Job
 from tests.support.datagen import image_folder_zip, png_bytes, zip_bytes
 from tests.support.specs import SOFTMAX_SPEC
@@ -200,6 +201,25 @@ def test_health_and_readiness(api):
     api.app.state.preload.board.report("ok")
     assert api.get("/readyz").status_code == 200
     assert api.get("/metrics").headers["content-type"].startswith("text/plain")
+    assert api.get("/readyz").json()["checks"]["store"] == "ok"
+
+
+def test_an_api_whose_store_is_not_the_services_is_not_ready(api):
+    """Its predicts would fail, its uploads go where no worker reads: /readyz says why, /v2 too."""
+    from service.core.storage.check import leave_mark, mark_keys
+
+    api.app.state.preload.board.report("ok")
+    token = leave_mark(get_storage().store)
+    uploaded = api.post("/v1/datasets", files={"file": ("set.zip", image_folder_zip(["a", "b"]), "application/zip")})
+    assert uploaded.status_code == 201, uploaded.text
+    get_storage().store.delete(mark_keys(token))  # as a worker's store is asked: the upload says it is the store
+    assert api.get("/readyz").status_code == 200
+    get_storage().store.delete([key for key, _ in get_storage().store.list("datasets")])  # another machine's, say
+    answer = api.get("/readyz")
+    assert answer.status_code == 503, answer.json()
+    assert answer.json()["checks"]["store"].startswith(f"error: this API's store ({get_storage().url}) lacks the mark")
+    ready = api.get("/v2/health/ready")
+    assert ready.status_code == 503 and "lacks the mark" in ready.json()["error"]
 
 
 # --- jobs ---------------------------------------------------------------------------------------------
@@ -801,13 +821,17 @@ def test_a_sweeps_answer_counts_the_trials_another_process_is_launching(service_
 # --- workers ------------------------------------------------------------------------------------------
 
 
-def test_workers_lists_the_live_ones(api):
-    assert api.get("/v1/workers").json() == {"workers": [], "count": 0}
+def test_workers_lists_the_live_ones_with_each_ones_store(api):
+    store = get_storage().url
+    assert api.get("/v1/workers").json() == {"workers": [], "count": 0, "store": store}
     cpu = {"devices": [{"name": "cpu", "kind": "cpu", "memory_bytes": None}], "torch": "2", "cuda": None}
     with db.session_scope() as session:
-        worker_registry.register(session, worker_id="w1", host="h", pid=1, queues=["cpu"], description=cpu)
+        worker_registry.register(
+            session, worker_id="w1", host="h", pid=1, queues=["cpu"], description=cpu, store="s3://elsewhere/files"
+        )
     listed = api.get("/v1/workers").json()
     assert listed["count"] == 1 and listed["workers"][0]["id"] == "w1" and listed["workers"][0]["queues"] == ["cpu"]
+    assert listed["workers"][0]["store"] == "s3://elsewhere/files" and listed["store"] == store
 
 
 # --- predict ------------------------------------------------------------------------------------------

@@ -180,3 +180,16 @@ def test_the_workers_table_says_how_many_processes_each_gives_a_job():
     header = next(line.split("┃") for line in out.getvalue().splitlines() if "processes" in line)
     column = [cell.strip() for cell in header].index("processes")
     assert [row[column].strip() for row in rows] == ["4", "-"], out.getvalue()
+
+
+def test_the_workers_table_names_the_apis_store_and_any_worker_on_another():
+    worker = ANSWERS["/v1/workers"]["workers"][0]
+    answer = {
+        "store": "s3://files/prod",
+        "workers": [{**worker, "store": "s3://files/prod"}, {**worker, "id": "stray@laptop", "store": "file:///x"}],
+    }
+    assert cli_client.workers_table(answer)[1:] == [
+        "2 live worker(s)",
+        "store: s3://files/prod",
+        "worker stray@laptop uses file:///x",
+    ]

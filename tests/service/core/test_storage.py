@@ -204,14 +204,22 @@ def test_adopting_bytes_the_cache_has_keeps_the_copy_a_reader_holds(tmp_path):
         assert held.stat().st_ino == before and not staged.exists()
 
 
-def test_a_store_without_the_mark_the_api_left_is_not_the_services(tmp_path, s3_storage, object_store, service_env):
-    from service.core.storage.check import leave_mark, mark_keys, store_problem
+def current(token: str):
+    """The marks SQL records when `token` is the service's."""
+    from service.core.storage.check import Marks
+    from service.core.tables import StoreMark
 
-    assert store_problem(s3_storage.store, None, []) is None  # no mark left yet: no answer
+    return Marks(current=StoreMark(token=token))
+
+
+def test_a_store_without_the_mark_the_api_left_is_not_the_services(tmp_path, s3_storage, object_store, service_env):
+    from service.core.storage.check import Marks, leave_mark, mark_keys, store_problem
+
+    assert store_problem(s3_storage.store, Marks(), []) is None  # no mark left yet: no answer
     token = leave_mark(s3_storage.store)
-    assert store_problem(s3_storage.store, token, []) is None
+    assert store_problem(s3_storage.store, current(token), []) is None
     own_folders = Storage(settings_for(tmp_path / "another-machine", storage_url=None))  # names no store
-    problem = store_problem(own_folders.store, token, [])
+    problem = store_problem(own_folders.store, current(token), [])
     assert problem.startswith(f"this worker's store (file://{tmp_path / 'another-machine'}) lacks the mark ")
     assert f"({mark_keys(token)[0]})" in problem and "the database records no file yet" in problem
     assert problem.endswith(
@@ -219,25 +227,25 @@ def test_a_store_without_the_mark_the_api_left_is_not_the_services(tmp_path, s3_
         "missing: is its file system mounted?) (docs/storage.md)"
     )
     other_prefix = Storage(settings_for(tmp_path / "third", storage_url=s3_storage.url.rstrip("/") + "-other"))
-    assert "lacks the mark" in store_problem(other_prefix.store, token, [])
+    assert "lacks the mark" in store_problem(other_prefix.store, current(token), [])
 
     # The mark went from one area (an expiry rule on it, say): the files SQL records say it is the store.
     recorded = [written(s3_storage, f"datasets/set-{i}.safetensors", b"w%d" % i) for i in (1, 2)]
     s3_storage.store.delete([mark_keys(token)[1]])
-    assert store_problem(s3_storage.store, token, recorded) is None
-    problem = store_problem(own_folders.store, token, recorded)
+    assert store_problem(s3_storage.store, current(token), recorded) is None
+    problem = store_problem(own_folders.store, current(token), recorded)
     assert f"none of the 2 newest files the database records (such as {recorded[0].key})" in problem
 
 
 def test_the_mark_is_chosen_once_and_written_before_sql_records_it(tmp_path, s3_storage, object_store, service_env):
     from service.core import db
-    from service.core.storage.check import MARK_FOLDER, leave_mark, mark_keys, recorded_mark
+    from service.core.storage.check import MARK_FOLDER, leave_mark, leave_next_mark, mark_keys, recorded_marks
 
     object_store.stop()
     with pytest.raises(StorageUnavailable):
         leave_mark(s3_storage.store)
     with db.read_scope() as session:
-        assert recorded_mark(session) is None  # no worker is asked for a mark its store could not hold
+        assert recorded_marks(session).current is None  # no worker is asked for a mark its store could not hold
     object_store.start()
     token = leave_mark(s3_storage.store)
     assert leave_mark(s3_storage.store) == token
@@ -246,8 +254,10 @@ def test_the_mark_is_chosen_once_and_written_before_sql_records_it(tmp_path, s3_
     s3_storage.store.delete(mark_keys(token)[:2])  # the store emptied: it is put back
     assert leave_mark(s3_storage.store) == token and all(s3_storage.store.head(key) for key in mark_keys(token))
     folders = Storage(settings_for(tmp_path / "folders", storage_url=None))  # what `storage migrate` copied to
-    assert leave_mark(folders.store, choose=False) == token
-    assert all(folders.store.path(key).is_file() for key in mark_keys(token))
+    moving_to = leave_next_mark(folders.store)
+    assert moving_to != token and leave_next_mark(folders.store) == moving_to
+    assert all(folders.store.path(key).is_file() for key in mark_keys(moving_to))
+    assert leave_next_mark(s3_storage.store) == token  # the service's own store needs no other mark
 
 
 def test_a_mark_is_not_put_back_in_a_store_without_the_services_files(tmp_path, s3_storage, object_store, service_env):
@@ -271,23 +281,23 @@ def test_a_mark_is_not_put_back_in_a_store_without_the_services_files(tmp_path, 
     with db.read_scope() as session:
         recorded = newest_recorded(session)
     assert [f.key for f in recorded] == [stored.key]
-    assert "lacks the mark" in store_problem(elsewhere.store, token, recorded)
+    assert "lacks the mark" in store_problem(elsewhere.store, current(token), recorded)
 
 
 def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(tmp_path, object_store, monkeypatch):
-    from service.core.storage.check import store_problem
+    from service.core.storage.check import Marks, store_problem
 
     for key, value in object_store.env().items():
         monkeypatch.setenv(key, value)
     no_bucket = Storage(settings_for(tmp_path, storage_url="s3://no-such-bucket/trainyard"))
-    assert "this worker's store refuses it: " in store_problem(no_bucket.store, None, [])
+    assert "this worker's store refuses it: " in store_problem(no_bucket.store, Marks(), [])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     wrong_secret = Storage(settings_for(tmp_path, storage_url=object_store.env()["TRAINYARD_STORAGE_URL"]))
-    problem = store_problem(wrong_secret.store, None, [])
+    problem = store_problem(wrong_secret.store, Marks(), [])
     assert problem.startswith("this worker's store refuses it: ") and "AWS_*" in problem, problem
     object_store.stop()
     with pytest.raises(StorageUnavailable):  # no answer either way: the worker goes on
-        store_problem(wrong_secret.store, None, [])
+        store_problem(wrong_secret.store, Marks(), [])
 
 
 def test_a_discarded_file_goes_from_the_store_and_from_this_machines_cache(s3_storage):

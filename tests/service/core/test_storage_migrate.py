@@ -276,13 +276,47 @@ def test_the_target_must_be_a_store_url(service_env):
             migrate(service_env, url)
 
 
-def test_the_services_mark_is_carried_to_the_target_once_the_api_has_left_one(service_env, tmp_path):
-    """Workers switched to the target ask it for the mark the API left (service/core/storage/check.py)."""
-    from service.core.storage.check import leave_mark, mark_keys
+def test_the_target_gets_a_mark_of_its_own_once_the_api_has_left_one(service_env, tmp_path):
+    """Workers switched to the target early start there (service/core/storage/check.py)."""
+    from service.core.storage.check import ask_store, leave_mark, mark_keys, recorded_marks
+    from service.core.storage.stores import open_store
 
     migrate(service_env, f"file://{tmp_path / 'before'}")
     assert not (tmp_path / "before" / "checkpoints").exists()  # none recorded: the API chooses it
     token = leave_mark(get_storage(service_env).store)
     report = migrate(service_env, f"file://{tmp_path / 'store'}")
     assert report.complete and report.stopped is None
-    assert all((tmp_path / "store" / key).is_file() for key in mark_keys(token))
+    with db.read_scope() as session:
+        marks = recorded_marks(session)
+    assert marks.current.token == token and len(marks.next) == 1 and marks.next[0].token != token
+    assert all((tmp_path / "store" / key).is_file() for key in mark_keys(marks.next[0].token))
+    assert ask_store(open_store(f"file://{tmp_path / 'store'}", {})) is None
+
+
+def test_an_api_started_on_the_target_moves_the_service_and_the_old_store_is_refused(
+    service_env, trained_job, tmp_path, caplog
+):
+    """The old store keeps the mark it had and every file: only the move, made when an API starts
+    on the target, tells a worker left on it that the service is elsewhere now."""
+    from service.core.storage.check import ask_store, leave_mark, mark_keys, readiness, recorded_marks
+    from service.core.storage.stores import open_store
+
+    old = get_storage(service_env).store
+    token = leave_mark(old)
+    url = f"file://{tmp_path / 'store'}"
+    assert migrate(service_env, url).complete
+    target = open_store(url, {})
+    assert ask_store(old) is None and ask_store(target) is None  # the service is on the old store yet
+    moved_to = leave_mark(target)  # an API started with TRAINYARD_STORAGE_URL set to the target
+    with db.read_scope() as session:
+        marks = recorded_marks(session)
+    assert marks.current.token == moved_to != token and [mark.token for mark in marks.left] == [token]
+    assert marks.current.store_url == url and f"the service's store is now {url}" in caplog.text
+
+    problem = ask_store(old)
+    assert problem.startswith(f"this worker's store ({old.url}) is one the service moved away from on ")
+    assert f"({url})" in problem and f"{mark_keys(token)[0]}" in problem
+    assert leave_mark(old) == moved_to  # an API left on the old store puts no mark there, and is not ready
+    assert not any(old.path(key).exists() for key in mark_keys(moved_to))
+    assert readiness(old).startswith(f"error: this API's store ({old.url}) is one the service moved away from")
+    assert ask_store(target) is None and readiness(target) == "ok"
