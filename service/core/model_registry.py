@@ -182,7 +182,7 @@ def import_version(
         name,
         store,
         job_id=None,
-        epoch=0,
+        epoch=None,
         selector="import",
         task=meta["task"],
         classes=classes,

@@ -197,7 +197,7 @@ def resolve(session: Session, *, reference: str, settings: Settings) -> Resolved
         reference=reference,
         file=version.file,
         job_id=version.job_id,
-        epoch=version.job_epoch,
+        epoch=version.epoch,
         name=version.name,
         version=version.version,
         threshold=version.threshold,

@@ -283,7 +283,7 @@ class ModelVersion(Base):
     # The job whose checkpoint was registered (kept after the job is deleted: the version holds
     # its own copy); None for weights imported from elsewhere.
     job_id: Mapped[str | None] = mapped_column(String(36), index=True)
-    epoch: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int | None] = mapped_column(Integer)  # of the job it was registered from; None: imported
     selector: Mapped[str] = mapped_column(String(20))  # what was asked for: best, last or an epoch
     path: Mapped[str] = mapped_column(String(500))  # in the store's registry area
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
@@ -299,11 +299,6 @@ class ModelVersion(Base):
     @property
     def file(self) -> StoredFile:
         return StoredFile(f"registry/{self.path}", self.size_bytes, self.sha256)
-
-    @property
-    def job_epoch(self) -> int | None:
-        """The epoch of the job it was registered from; None for an import (SQL records 0 there)."""
-        return None if self.selector == "import" else self.epoch
 
 
 class ModelAlias(Base):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.spec.explain import JOB_ID_PATTERN
 from service.api.schemas.predict import Threshold
@@ -44,7 +44,7 @@ class ModelVersionPublic(BaseModel):
     name: str
     version: int
     job_id: str | None  # None: imported (selector "import")
-    epoch: int | None = Field(validation_alias=AliasChoices("job_epoch", "epoch"))  # None: imported
+    epoch: int | None  # None: imported
     selector: str
     task: str
     classes: list[str] | None

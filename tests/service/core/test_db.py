@@ -81,6 +81,33 @@ def test_sweeps_that_had_ended_before_0017_are_marked_finished(engine):
     assert finished == {"done": True, "cancelled": True, "waiting": False, "running": False}
 
 
+def test_imported_versions_epoch_0_becomes_null_with_0024_and_back(engine):
+    from alembic import command
+    from sqlalchemy import text
+
+    migrate(engine, command.downgrade, "0023")
+    with engine.begin() as connection:
+        for version, selector, epoch in ((1, "best", 3), (2, "import", 0)):
+            connection.execute(
+                text(
+                    "INSERT INTO model_versions (name, version, epoch, selector, path, task, input_shape, created_at)"
+                    " VALUES ('m', :version, :epoch, :selector, 'm/v.safetensors', 'classification', '[1]',"
+                    " '2026-12-01')"
+                ),
+                {"version": version, "selector": selector, "epoch": epoch},
+            )
+
+    def epochs() -> dict:
+        with engine.connect() as connection:
+            return dict(connection.execute(text("SELECT version, epoch FROM model_versions")).all())
+
+    migrate(engine, command.upgrade, "head")
+    assert epochs() == {1: 3, 2: None}
+    migrate(engine, command.downgrade, "0023")
+    assert epochs() == {1: 3, 2: 0}
+    migrate(engine, command.upgrade, "head")
+
+
 def test_sqlite_runs_in_wal_mode(tmp_path):
     url = f"sqlite:///{tmp_path / 'wal.sqlite'}"
     upgrade(url)
