@@ -389,7 +389,8 @@ def require_dataset(session: Session, *, dataset_id: str) -> StoredDataset:
         raise Conflict(_shared_name(dataset_id, found))
     if not found:
         meant = _close_names(session, dataset_id)
-        raise NotFound(not_found("dataset", dataset_id) + (f"; did you mean {' or '.join(meant)}?" if meant else ""))
+        guess = f"; did you mean {' or '.join(meant)}?" if meant else ""
+        raise NotFound(not_found("dataset", dataset_id, named=True) + guess)
     return get_dataset(session, dataset_id=found[0])
 
 

@@ -28,15 +28,20 @@ class AmbiguousId(Conflict):
         self.matches = matches[:MAX_LISTED]
 
 
-def not_found(kind: str, given: str) -> str:
-    """ "<kind> <given> not found", saying why when `given` is too short to be a prefix."""
-    return f"{kind} {given} not found{too_short(given)}"
+def not_found(kind: str, given: str, *, named: bool = False) -> str:
+    """ "<kind> <given> not found", saying why when `given` cannot be an id (`named`: it may be a name)."""
+    return f"{kind} {given} not found{id_hint(given, named=named)}"
 
 
-def too_short(given: str) -> str:
-    """ "; an id's prefix needs at least 6 characters" when `given` looks like a shorter one, else ""."""
-    short = re.fullmatch(rf"[0-9a-fA-F-]{{1,{MIN_PREFIX - 1}}}", given.strip())
-    return f"; an id's prefix needs at least {MIN_PREFIX} characters" if short else ""
+def id_hint(given: str, *, named: bool = False) -> str:
+    """Why `given` cannot name an id, where it cannot ("; an id's prefix needs at least 6
+    characters", or, unless a name may be given instead, "; ids are hex digits ..."), else ""."""
+    given = given.strip()
+    if re.fullmatch(rf"[0-9a-fA-F-]{{1,{MIN_PREFIX - 1}}}", given):
+        return f"; an id's prefix needs at least {MIN_PREFIX} characters"
+    if given and not named and not re.fullmatch(r"[0-9a-fA-F-]+", given):
+        return "; ids are hex digits (0-9, a-f) and dashes"
+    return ""
 
 
 def matching(session: Session, table, given: str, limit: int = MAX_LISTED + 1) -> list[str]:

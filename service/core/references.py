@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from models.spec.explain import worded
 from service.core import jobs
 from service.core.errors import NotFound, NotReady
-from service.core.ids import MAX_LISTED, matching, resolve_id, too_short
+from service.core.ids import MAX_LISTED, id_hint, matching, resolve_id
 from service.core.settings import Settings
 from service.core.storage import StoredFile
 from service.core.tables import Job, JobStatus, ModelAlias, ModelVersion
@@ -75,7 +75,7 @@ def _why_none(job: Job) -> str:
 def _resolve_job(session: Session, reference: str, match) -> ResolvedCheckpoint:
     job = jobs.get_job(session, job_id=resolve_id(session, Job, match["id"], kind="job"))
     if job is None:
-        raise ModelNotFound(f"model {reference!r} not found: there is no job {match['id']}{too_short(match['id'])}")
+        raise ModelNotFound(f"model {reference!r} not found: there is no job {match['id']}{id_hint(match['id'])}")
     which = match["which"] or "best"
     if which.isdigit():
         checkpoint = next((c for c in job.checkpoints if c.epoch == int(which)), None)

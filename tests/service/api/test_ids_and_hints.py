@@ -32,6 +32,8 @@ def test_job_routes_and_references_take_a_unique_prefix(api, trained_job, servic
     assert api.get(f"/v1/jobs/{trained_job[:6]}/logs").json()["job_id"] == trained_job
     too_short = api.get(f"/v1/jobs/{trained_job[:5]}")  # shorter than 6: never a prefix, and it says so
     assert too_short.status_code == 404 and "prefix needs at least 6 characters" in too_short.json()["detail"]
+    not_hex = api.get("/v1/jobs/zzzz")
+    assert not_hex.json()["detail"] == "job zzzz not found; ids are hex digits (0-9, a-f) and dashes"
 
     image = [("files", ("boot.png", png_bytes(9, seed=1), "image/png"))]
     predicted = api.post("/v1/predict", data={"model": f"job:{short}:last"}, files=image)
