@@ -60,7 +60,9 @@ def test_learning_curve_png(embedded_stack, two_jobs):
         one = client.get("/v1/plots/compare.png", params={"jobs": "only-one"})
         assert one.status_code == 422 and one.json()["detail"][0]["msg"].startswith("give 2 to 8 job ids"), one.text
         unknown = client.get("/v1/plots/compare.png", params={"jobs": f"{two_jobs[0]},nosuch1"})
-        assert unknown.status_code == 404 and unknown.json()["detail"] == "job nosuch1 not found", unknown.text
+        assert unknown.status_code == 404 and unknown.json()["detail"] == (
+            "job nosuch1 not found; ids are hex digits (0-9, a-f) and dashes"
+        ), unknown.text
 
 
 def test_regression_curve_has_one_panel(embedded_stack):
