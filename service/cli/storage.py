@@ -29,7 +29,9 @@ def info(as_json: JsonOption = False) -> None:
     from service.core.storage.migrate import size_text
 
     settings = get_settings()
+    home_here = settings.home.exists()  # before the embedded database is opened, which makes its folder
     storage = get_storage(settings)
+    service = service_stores(storage) if home_here else service_stores_unknown(f"{settings.home} does not exist here")
     local = storage.store.local
     entries = [] if local else storage.cache.entries()  # files in folders are read where they are
     used = sum(size for _, size, _ in entries)
@@ -43,6 +45,7 @@ def info(as_json: JsonOption = False) -> None:
         "cache_bytes_used": None if local else used,
         "cache_bytes_max": None if local else settings.cache_bytes,
         "retry_seconds": settings.storage_retry_seconds,
+        **service,
     }
     if as_json:
         emit_json(data)
@@ -51,14 +54,59 @@ def info(as_json: JsonOption = False) -> None:
     if local:
         where = ", ".join(f"{area} {root}" for area, root in data["folders"].items())
         typer.echo(f"store: {storage.url} (folders: {where}; files are read where they are, no cache)")
-        if not settings.home.exists():
-            typer.echo(f"note: {settings.home} does not exist here: run this where the service runs, with its settings")
-        return
-    typer.echo(f"store: {storage.url} (an object store; workers retry it for {settings.storage_retry_seconds:g} s)")
-    typer.echo(
-        f"cache: {settings.object_cache_dir}, {size_text(used)} in {len(entries)} file(s) of "
-        f"{size_text(settings.cache_bytes)} (TRAINYARD_CACHE_BYTES)"
-    )
+    else:
+        typer.echo(f"store: {storage.url} (an object store; workers retry it for {settings.storage_retry_seconds:g} s)")
+        typer.echo(
+            f"cache: {settings.object_cache_dir}, {size_text(used)} in {len(entries)} file(s) of "
+            f"{size_text(settings.cache_bytes)} (TRAINYARD_CACHE_BYTES)"
+        )
+    for line in service_lines(service):
+        typer.echo(line)
+    if not home_here:
+        typer.echo(f"note: {settings.home} does not exist here: run this where the service runs, with its settings")
+
+
+def service_stores(storage) -> dict:
+    """What the database records of the service's store, and whether this machine's is it (the
+    question a worker asks at its start; service/core/storage/check.py)."""
+    from service.core.db import read_scope
+    from service.core.storage.check import readiness, recorded_marks
+
+    try:
+        with read_scope() as session:
+            marks = recorded_marks(session)
+    except Exception as error:  # no database here, or one never migrated: this machine's settings still tell
+        return service_stores_unknown(f"{type(error).__name__}: {error}")
+    return {
+        "service_marked": marks.current is not None,  # the API has left its mark (in a store recorded since 0023)
+        "service_store": marks.current.store_url if marks.current else None,
+        "moving_to": [mark.store_url for mark in marks.next],
+        "this_store": readiness(storage.store, whose="this machine's store"),
+    }
+
+
+def service_stores_unknown(why: str) -> dict:
+    return {"service_marked": None, "service_store": None, "moving_to": [], "this_store": f"unchecked: {why}"}
+
+
+def service_lines(service: dict) -> list[str]:
+    lines = []
+    if service["service_store"]:
+        lines.append(f"the service's store, as its API left its mark: {service['service_store']}")
+    lines += [
+        f"moving to: {url} (storage migrate copied there; the first API started on it makes it the service's store)"
+        for url in service["moving_to"]
+    ]
+    said = service["this_store"]
+    if said == "ok":
+        lines.append(
+            "this machine's store is the service's" if service["service_marked"] else "no API has left its mark yet"
+        )
+    elif said.startswith("error: "):
+        lines.append(f"warning: {said.removeprefix('error: ')}")
+    else:
+        lines.append(f"whether this machine's store is the service's: {said}")
+    return lines
 
 
 @storage_app.command("migrate")
@@ -103,7 +151,10 @@ def migrate(
         for line in report.summary():
             typer.echo(line)
         if report.complete:
-            typer.echo(f"next: set TRAINYARD_STORAGE_URL={to} on every process (API and workers) and restart them")
+            typer.echo(
+                f"next: set TRAINYARD_STORAGE_URL={to} on every process (API and workers) and restart them; the "
+                "first API started on it makes it the service's store, and a worker left on this one is refused"
+            )
     if report.stopped:
         raise typer.Exit(INTERRUPTED if report.stopped == "interrupted" else UNREACHABLE)
     raise typer.Exit(OK if report.complete else SOME_NOT_COPIED)

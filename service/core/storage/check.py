@@ -153,12 +153,12 @@ def ask_store(store: Store, whose: str = "this worker's store") -> str | None:
     return store_problem(store, marks, recorded, whose)
 
 
-def readiness(store: Store) -> str:
+def readiness(store: Store, whose: str = "this API's store") -> str:
     """The API's store for /readyz: "ok"; "error: why" when it is not the service's (its predicts
     and uploads would fail, or go where no worker reads); "unchecked: why" when the store or the
     database cannot be asked now (no answer either way)."""
     try:
-        problem = ask_store(store, whose="this API's store")
+        problem = ask_store(store, whose=whose)
     except Exception as error:  # the store or the database away now; the database's own check says so
         return f"unchecked: {type(error).__name__}: {error}"
     return f"error: {problem}" if problem else "ok"

@@ -44,12 +44,38 @@ def test_info_says_where_files_are_and_what_the_cache_holds(service_env):
     lines = invoke("info").stdout.splitlines()
     assert lines[0] == f"as this machine's settings say (TRAINYARD_HOME {service_env.home}):"
     assert lines[1].startswith(f"store: file://{service_env.home} (folders: checkpoints {service_env.checkpoint_dir}")
-    assert lines[1].endswith("files are read where they are, no cache)") and len(lines) == 2  # folders: no cache
+    assert lines[1].endswith("files are read where they are, no cache)")  # folders: no cache
+    assert lines[2:] == ["no API has left its mark yet"]
     elsewhere = storage_info_in_a_process(
         {"PATH": "/usr/bin:/bin", "TRAINYARD_HOME": str(service_env.home / "not-here")}
     )
     said = elsewhere.stdout.splitlines()[-1]
     assert said.startswith(f"note: {service_env.home / 'not-here'} does not exist here: run this where"), said
+    assert not (service_env.home / "not-here").exists()
+
+
+def test_info_says_which_store_is_the_services_where_it_moves_and_whether_this_one_is_it(service_env, tmp_path):
+    from service.core.storage import get_storage
+    from service.core.storage.check import leave_mark, leave_next_mark, mark_keys
+    from service.core.storage.stores import open_store
+
+    token = leave_mark(get_storage().store)
+    leave_next_mark(open_store(f"file://{tmp_path / 'next'}", {}))
+    info = json.loads(invoke("info", "--json").stdout)
+    assert (info["service_store"], info["moving_to"], info["this_store"]) == (
+        f"file://{service_env.home}",
+        [f"file://{tmp_path / 'next'}"],
+        "ok",
+    )
+    assert invoke("info").stdout.splitlines()[2:] == [
+        f"the service's store, as its API left its mark: file://{service_env.home}",
+        f"moving to: file://{tmp_path / 'next'} (storage migrate copied there; the first API started on it makes "
+        "it the service's store)",
+        "this machine's store is the service's",
+    ]
+    get_storage().store.delete(mark_keys(token))  # this machine's folders are not the ones the API marked
+    warned = invoke("info").stdout.splitlines()[-1]
+    assert warned.startswith(f"warning: this machine's store (file://{service_env.home}) lacks the mark the API left")
 
 
 def test_migrate_copies_once_then_says_there_is_nothing_to_copy(trained_job, tmp_path):
