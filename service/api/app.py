@@ -21,6 +21,7 @@ from service.api.routers.dashboard import router as dashboard_router
 from service.api.serving import ModelServer
 from service.core.reaper import Reaper
 from service.core.settings import Settings, get_settings
+from service.core.storage.check import StoreReadiness
 
 log = logging.getLogger("trainyard")
 
@@ -106,6 +107,7 @@ def create_app() -> FastAPI:
     app.state.models = ModelServer(settings)
     app.state.evaluations = Evaluations(app.state.models)
     app.state.preload = Preload(settings.preload_models, ProcessBoard(settings.api_run_dir, settings.api_workers))
+    app.state.store_readiness = StoreReadiness()
     include_api(app, auth=token_table().enabled)
     app.include_router(dashboard_router)
     docs.install(app)  # /docs and /redoc on assets installed with the project (no CDN), matched after the API

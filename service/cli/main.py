@@ -205,7 +205,7 @@ def leave_store_mark(settings) -> str:
 
     store = get_storage(settings).store
     try:
-        leave_mark(store)
+        leave_mark(store, move=True)
     except Exception as error:  # a store or database away now: the housekeeping tries again
         typer.echo(f"warning: could not leave the service's mark in its store yet: {error}", err=True)
         return store.url

@@ -11,7 +11,6 @@ from service.api import telemetry
 from service.core.broker import ping_broker
 from service.core.db import ping
 from service.core.storage import get_storage
-from service.core.storage.check import readiness
 
 router = APIRouter(tags=["health"])
 
@@ -34,7 +33,8 @@ def healthz() -> dict:
 )
 async def readyz(request: Request) -> JSONResponse:
     """The database and the broker answer, the preloaded models can serve, and this process's
-    store is the service's (a store that cannot be asked now is `unchecked`, which does not count)."""
+    store is the service's (asked at most every 10 s; a store that cannot be asked now is `unchecked`,
+    which does not count)."""
     checks = {"models": request.app.state.preload.status()}
     for name, probe in (("database", ping), ("broker", ping_broker)):
         try:
@@ -42,8 +42,8 @@ async def readyz(request: Request) -> JSONResponse:
             checks[name] = "ok"
         except Exception as exc:  # any failure means not ready; say which and why
             checks[name] = f"error: {type(exc).__name__}: {exc}"
-    checks["store"] = await run_in_threadpool(readiness, get_storage().store)
-    ready = all(v == "ok" or v.startswith("unchecked") for v in checks.values())
+    checks["store"] = await run_in_threadpool(request.app.state.store_readiness.status, get_storage().store)
+    ready = all(v == "ok" for k, v in checks.items() if k != "store") and not checks["store"].startswith("error")
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
     )

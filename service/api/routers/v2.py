@@ -26,7 +26,6 @@ from service.core.db import ping
 from service.core.errors import CoreError
 from service.core.references import ModelNotFound, ResolvedCheckpoint
 from service.core.storage import get_storage
-from service.core.storage.check import readiness
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 # Liveness and readiness stay open, as /healthz and /readyz do: orchestrators' probes send no token.
@@ -72,7 +71,7 @@ async def ready(request: Request) -> JSONResponse:
         return JSONResponse({"ready": False, "error": str(exc)}, status_code=503)
     if request.app.state.preload.status() != "ok":
         return JSONResponse({"ready": False, "error": request.app.state.preload.status()}, status_code=503)
-    store = await run_in_threadpool(readiness, get_storage().store)
+    store = await run_in_threadpool(request.app.state.store_readiness.status, get_storage().store)
     if store.startswith("error"):
         return JSONResponse({"ready": False, "error": store}, status_code=503)
     return JSONResponse({"ready": True})

@@ -25,12 +25,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import tempfile
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.core.db import read_scope, session_scope
@@ -95,13 +98,13 @@ def newest_recorded(session: Session, limit: int = SAMPLE) -> list[StoredFile]:
     return [row.file for row in sorted(rows, key=lambda row: row.created_at, reverse=True)[:limit]]
 
 
-def leave_mark(store: Store) -> str:
+def leave_mark(store: Store, *, move: bool = False) -> str:
     """Make sure the API's `store` holds the service's mark; its token. With none recorded, choose
-    one. A store holding the mark `storage migrate` left in its target becomes the service's: an
-    API started on it moves the service there, and the store it left is refused from then on. A
+    one. `move` (an API starting, not its housekeeping): a store holding the mark `storage migrate`
+    left in its target becomes the service's, and the store it left is refused from then on. A
     mark missing from a store the service left, or from one that holds none of the newest recorded
     files, is not put back: that store is not the service's (the process's settings are not the
-    others')."""
+    others'). With no file recorded yet, an API vouches for its own store (a home emptied)."""
     with read_scope() as session:
         marks, recorded = recorded_marks(session), newest_recorded(session)
     if marks.current is None:
@@ -111,18 +114,19 @@ def leave_mark(store: Store) -> str:
             session.add(StoreMark(token=token, store_url=store.url, changed_at=utcnow()))
         log.info("left the service's mark in %s: %s", store.url, ", ".join(mark_keys(token)))
         return token
-    missing = _missing(store, marks.current.token)
-    if not missing:
-        return marks.current.token
-    if moving_to := _held(store, marks.next):
-        return _move_to(store, moving_to, marks)
-    if left := _held(store, marks.left):
-        log.warning("%s is a store the service left on %s: not putting the mark there", store.url, _when(left))
-    elif recorded and not _holds_any(store, recorded):
+    current, found = marks.current, _find(store, marks, recorded)
+    if found.holds == NEXT and move:
+        return _move_to(store, found.mark, current)
+    if found.holds == CURRENT and current.store_url is None:  # recorded before stores' URLs were
+        with session_scope() as session:
+            session.execute(update(StoreMark).where(StoreMark.token == current.token).values(store_url=store.url))
+    elif found.holds == LEFT:
+        log.warning("%s is a store the service left on %s: not putting the mark there", store.url, _when(found.mark))
+    elif found.holds == FOREIGN and recorded:
         log.warning("%s lacks the service's mark and %s: not putting the mark there", store.url, _sample(recorded))
-    else:
-        _write(store, missing, marks.current.token)
-    return marks.current.token
+    elif found.holds in (FILES, FOREIGN):
+        _write(store, list(found.missing), current.token)
+    return current.token
 
 
 def leave_next_mark(target: Store) -> str | None:
@@ -133,9 +137,9 @@ def leave_next_mark(target: Store) -> str | None:
         marks = recorded_marks(session)
     if marks.current is None:
         return None
-    if not _missing(target, marks.current.token):  # the service's store already
-        return marks.current.token
-    if held := _held(target, marks.next):
+    if not _missing(target, marks.current.token) and marks.current.store_url == target.url:
+        return marks.current.token  # the service's store already
+    if held := _held(target, marks.next):  # a copy holding the current mark (by hand, or as migrate once left it) too
         _write(target, _missing(target, held.token), held.token)
         return held.token
     token = uuid.uuid4().hex
@@ -164,6 +168,29 @@ def readiness(store: Store, whose: str = "this API's store") -> str:
     return f"error: {problem}" if problem else "ok"
 
 
+class StoreReadiness:
+    """readiness() for the probes, asked at most once per `ttl` seconds and by one thread at a time:
+    a probe that comes while it is being asked gets the last answer, so a store that hangs holds
+    one thread, not one per probe."""
+
+    def __init__(self, ttl: float = 10.0):
+        self.ttl = ttl
+        self._asking = threading.Lock()
+        self._said: str | None = None
+        self._at = -math.inf
+
+    def status(self, store: Store) -> str:
+        if self._said is not None and time.monotonic() - self._at < self.ttl:
+            return self._said
+        if not self._asking.acquire(blocking=False):
+            return self._said or "unchecked: being asked"
+        try:
+            self._said, self._at = readiness(store), time.monotonic()
+        finally:
+            self._asking.release()
+        return self._said
+
+
 def store_problem(
     store: Store, marks: Marks, recorded: list[StoredFile], whose: str = "this worker's store"
 ) -> str | None:
@@ -179,45 +206,80 @@ def store_problem(
     if marks.current is None:
         return None
     try:
-        missing = _missing(store, marks.current.token)
-        if not missing or _held(store, marks.next):
-            return None
-        if left := _held(store, marks.left):
-            now_at = f" ({marks.current.store_url})" if marks.current.store_url else ""
-            return (
-                f"{whose} ({store.url}) is one the service moved away from on {_when(left)} (it holds the mark "
-                f"{mark_keys(left.token)[0]} of then): the service's store is another now{now_at}, and every job "
-                f"it took would read old files and keep its weights where no one else reads them; {_hint(store, None)}"
-            )
-        if _holds_any(store, recorded):
-            return None
+        found = _find(store, marks, recorded)
     except StorageUnavailable:
         raise
     except StorageError:
         return None  # not allowed to look (a 403 for any HEAD it may not make): no answer
-    return (
-        f"{whose} ({store.url}) lacks the mark the API left ({missing[0]}) in the store the API "
-        f"and the other workers use, and {_sample(recorded)}: it is not that store, and every job it took "
-        f"would fail or keep its weights where no one else reads them; {_hint(store, missing[0])}"
-    )
+    if found.holds == LEFT:
+        now_at = f" ({marks.current.store_url})" if marks.current.store_url else ""
+        return (
+            f"{whose} ({store.url}) is one the service moved away from on {_when(found.mark)} (it holds the mark "
+            f"{mark_keys(found.mark.token)[0]} of then): the service's store is another now{now_at}, and every job "
+            f"it took would read old files and keep its weights where no one else reads them; {_hint(store, None)}"
+        )
+    if found.holds == FOREIGN:
+        return (
+            f"{whose} ({store.url}) lacks the mark the API left ({found.missing[0]}) in the store the API "
+            f"and the other workers use, and {_sample(recorded)}: it is not that store, and every job it took "
+            f"would fail or keep its weights where no one else reads them; {_hint(store, found.missing[0])}"
+        )
+    return None
 
 
-def _move_to(store: Store, mark: StoreMark, marks: Marks) -> str:
+# What a store holds of the service's (_find): its current mark; the mark `storage migrate` left in
+# it; only the mark of a time the service was there (left); none of them, but files SQL records; none.
+CURRENT, NEXT, LEFT, FILES, FOREIGN = "current", "next", "left", "files", "foreign"
+
+
+@dataclass(frozen=True)
+class Found:
+    holds: str
+    mark: StoreMark | None = None  # the next or left mark it holds
+    missing: tuple[str, ...] = ()  # the current mark's keys it lacks
+
+
+def _find(store: Store, marks: Marks, recorded: list[StoredFile]) -> Found:
+    """What `store` holds of the service's, the one reading of it that leave_mark and store_problem
+    share (marks.current is not None)."""
+    missing = tuple(_missing(store, marks.current.token))
+    if held := _held(store, marks.next):
+        return Found(NEXT, held, missing)
+    if not missing:
+        return Found(CURRENT)
+    if left := _held(store, marks.left):
+        return Found(LEFT, left, missing)
+    return Found(FILES if _holds_any(store, recorded) else FOREIGN, None, missing)
+
+
+def _move_to(store: Store, mark: StoreMark, current: StoreMark) -> str:
     """Make `mark`, which `storage migrate` left in `store`, the service's, and every other mark one
-    of a store the service left."""
+    of a store the service left; the service's token then (another's, when another API moved the
+    service first)."""
+    _write(store, _missing(store, mark.token), mark.token)  # whole before SQL names it the service's
     now = utcnow()
     with session_scope() as session:
-        for row in session.scalars(select(StoreMark).where(StoreMark.state != MarkState.LEFT)):
-            if row.token == mark.token:
-                row.state, row.store_url, row.changed_at = MarkState.CURRENT, store.url, now
-            else:
-                row.state, row.changed_at = MarkState.LEFT, now
-    _write(store, _missing(store, mark.token), mark.token)
+        moved = session.execute(
+            update(StoreMark)
+            .where(StoreMark.token == mark.token, StoreMark.state == MarkState.NEXT)
+            .values(state=MarkState.CURRENT, store_url=store.url, changed_at=now)
+        ).rowcount
+        if moved:
+            session.execute(
+                update(StoreMark)
+                .where(StoreMark.token != mark.token, StoreMark.state.in_((MarkState.CURRENT, MarkState.NEXT)))
+                .values(state=MarkState.LEFT, changed_at=now)
+            )
+    if not moved:
+        with read_scope() as session:
+            now_current = recorded_marks(session).current
+        log.warning("%s was not made the service's store: another API moved the service first", store.url)
+        return now_current.token if now_current else current.token
     log.warning(
         "the service's store is now %s, which storage migrate copied its files to: a worker still on %s is "
         "refused from its next start",
         store.url,
-        marks.current.store_url or "the store it left",
+        current.store_url or "the store it left",
     )
     return mark.token
 

@@ -201,15 +201,18 @@ def test_health_and_readiness(api):
     api.app.state.preload.board.report("ok")
     assert api.get("/readyz").status_code == 200
     assert api.get("/metrics").headers["content-type"].startswith("text/plain")
-    assert api.get("/readyz").json()["checks"]["store"] == "ok"
 
 
-def test_an_api_whose_store_is_not_the_services_is_not_ready(api):
-    """Its predicts would fail, its uploads go where no worker reads: /readyz says why, /v2 too."""
-    from service.core.storage.check import leave_mark, mark_keys
+def test_an_api_whose_store_is_not_the_services_is_not_ready(api, monkeypatch):
+    """Its predicts would fail, its uploads go where no worker reads: /readyz says why, /v2 too; a
+    store that cannot be asked now counts neither way."""
+    from service.core.storage import StorageUnavailable
+    from service.core.storage.check import StoreReadiness, leave_mark, mark_keys
 
     api.app.state.preload.board.report("ok")
+    api.app.state.store_readiness = StoreReadiness(ttl=0)  # asked afresh at each probe
     token = leave_mark(get_storage().store)
+    assert api.get("/readyz").json()["checks"]["store"] == "ok"
     uploaded = api.post("/v1/datasets", files={"file": ("set.zip", image_folder_zip(["a", "b"]), "application/zip")})
     assert uploaded.status_code == 201, uploaded.text
     get_storage().store.delete(mark_keys(token))  # as a worker's store is asked: the upload says it is the store
@@ -220,6 +223,14 @@ def test_an_api_whose_store_is_not_the_services_is_not_ready(api):
     assert answer.json()["checks"]["store"].startswith(f"error: this API's store ({get_storage().url}) lacks the mark")
     ready = api.get("/v2/health/ready")
     assert ready.status_code == 503 and "lacks the mark" in ready.json()["error"]
+
+    def unreachable(_prefix):
+        raise StorageUnavailable("the store cannot be reached")
+
+    monkeypatch.setattr(get_storage().store, "list", unreachable)
+    answer = api.get("/readyz")
+    assert answer.status_code == 200, answer.json()
+    assert answer.json()["checks"]["store"] == "unchecked: StorageUnavailable: the store cannot be reached"
 
 
 # --- jobs ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 
 import pytest
 
@@ -282,6 +283,29 @@ def test_a_mark_is_not_put_back_in_a_store_without_the_services_files(tmp_path, 
         recorded = newest_recorded(session)
     assert [f.key for f in recorded] == [stored.key]
     assert "lacks the mark" in store_problem(elsewhere.store, current(token), recorded)
+
+
+def test_the_probes_ask_the_store_one_at_a_time_and_reuse_a_fresh_answer(monkeypatch):
+    """A store that hangs holds one thread, not one per probe (the API's threads serve requests)."""
+    from service.core.storage import check
+
+    asked, answered, release = [], [], threading.Event()
+
+    def slow(store, whose="this API's store"):
+        asked.append(store)
+        release.wait(10)
+        return "ok"
+
+    monkeypatch.setattr(check, "readiness", slow)
+    probes = check.StoreReadiness(ttl=60)
+    first = threading.Thread(target=lambda: answered.append(probes.status("the store")))
+    first.start()
+    while not asked:
+        threading.Event().wait(0.01)
+    assert probes.status("the store") == "unchecked: being asked"
+    release.set()
+    first.join(10)
+    assert answered == ["ok"] and probes.status("the store") == "ok" and len(asked) == 1
 
 
 def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(tmp_path, object_store, monkeypatch):

@@ -294,7 +294,7 @@ def test_the_target_gets_a_mark_of_its_own_once_the_api_has_left_one(service_env
 
 
 def test_an_api_started_on_the_target_moves_the_service_and_the_old_store_is_refused(
-    service_env, trained_job, tmp_path, caplog
+    service_env, trained_job, tmp_path, caplog, monkeypatch
 ):
     """The old store keeps the mark it had and every file: only the move, made when an API starts
     on the target, tells a worker left on it that the service is elsewhere now."""
@@ -302,12 +302,13 @@ def test_an_api_started_on_the_target_moves_the_service_and_the_old_store_is_ref
     from service.core.storage.stores import open_store
 
     old = get_storage(service_env).store
-    token = leave_mark(old)
+    token = leave_mark(old, move=True)
     url = f"file://{tmp_path / 'store'}"
     assert migrate(service_env, url).complete
     target = open_store(url, {})
     assert ask_store(old) is None and ask_store(target) is None  # the service is on the old store yet
-    moved_to = leave_mark(target)  # an API started with TRAINYARD_STORAGE_URL set to the target
+    assert leave_mark(target) == token  # an API's housekeeping does not move the service: its start does
+    moved_to = leave_mark(target, move=True)  # an API started with TRAINYARD_STORAGE_URL set to the target
     with db.read_scope() as session:
         marks = recorded_marks(session)
     assert marks.current.token == moved_to != token and [mark.token for mark in marks.left] == [token]
@@ -316,7 +317,53 @@ def test_an_api_started_on_the_target_moves_the_service_and_the_old_store_is_ref
     problem = ask_store(old)
     assert problem.startswith(f"this worker's store ({old.url}) is one the service moved away from on ")
     assert f"({url})" in problem and f"{mark_keys(token)[0]}" in problem
-    assert leave_mark(old) == moved_to  # an API left on the old store puts no mark there, and is not ready
+    assert leave_mark(old, move=True) == moved_to  # an API left on the old store puts no mark there, and is not ready
     assert not any(old.path(key).exists() for key in mark_keys(moved_to))
     assert readiness(old).startswith(f"error: this API's store ({old.url}) is one the service moved away from")
     assert ask_store(target) is None and readiness(target) == "ok"
+
+    # Back to the first store: an API forgotten there does not move the service with its housekeeping.
+    back = migrate(switch_to(url, monkeypatch), old.url)
+    assert back.complete and ask_store(old) is None  # workers switched back early start
+    assert leave_mark(old) == moved_to and ask_store(target) is None
+    assert leave_mark(old, move=True) not in (token, moved_to)
+    assert ask_store(old) is None and "is one the service moved away from" in ask_store(target)
+
+
+def test_of_two_apis_moving_the_service_at_once_one_does(service_env, tmp_path):
+    """Two targets of `storage migrate`, an API started on each: one store is the service's after."""
+    from service.core.storage.check import _move_to, ask_store, leave_mark, recorded_marks
+    from service.core.storage.stores import open_store
+
+    leave_mark(get_storage(service_env).store, move=True)
+    first, second = (open_store(f"file://{tmp_path / name}", {}) for name in ("first", "second"))
+    migrate(service_env, first.url)
+    migrate(service_env, second.url)
+    with db.read_scope() as session:
+        before = recorded_marks(session)  # what both APIs read before either moved the service
+    first_mark, second_mark = before.next
+    assert _move_to(first, first_mark, before.current) == first_mark.token
+    assert _move_to(second, second_mark, before.current) == first_mark.token  # the other one moved it first
+    with db.read_scope() as session:
+        after = recorded_marks(session)
+    assert after.current.token == first_mark.token and after.next == ()
+    assert ask_store(first) is None and "moved away from" in ask_store(second)
+
+
+def test_a_copy_that_holds_the_current_mark_is_still_marked_as_the_target(service_env, tmp_path):
+    """A store copied by hand with its marks folder (or by storage migrate before it left a mark of
+    the target's own) holds the service's mark: the move must still be told."""
+    import shutil
+
+    from service.core.storage.check import MARK_FOLDER, ask_store, leave_mark, leave_next_mark
+    from service.core.storage.stores import open_store
+
+    old = get_storage(service_env).store
+    token = leave_mark(old, move=True)
+    for area in ("checkpoints", "datasets", "registry"):
+        shutil.copytree(service_env.home / area / MARK_FOLDER, tmp_path / "copy" / area / MARK_FOLDER)
+    copy = open_store(f"file://{tmp_path / 'copy'}", {})
+    assert leave_next_mark(old) == token  # the service's own store needs no other mark
+    moving = leave_next_mark(copy)
+    assert moving != token and leave_mark(copy, move=True) == moving
+    assert "moved away from" in ask_store(old) and ask_store(copy) is None
