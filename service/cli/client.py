@@ -880,7 +880,8 @@ def _stores_said(answer: dict) -> list[str]:
     api = answer.get("store")
     if not api:
         return []
-    others = [f"worker {w['id']} uses {w['store']}" for w in answer["workers"] if w.get("store") not in (None, api)]
+    same = {api, api.rstrip("/") + "/", api.rstrip("/")}
+    others = [f"worker {w['id']} uses {w['store']}" for w in answer["workers"] if w.get("store") not in (None, *same)]
     return [f"store: {api}", *others]
 
 

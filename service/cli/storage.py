@@ -70,7 +70,7 @@ def service_stores(storage) -> dict:
     """What the database records of the service's store, and whether this machine's is it (the
     question a worker asks at its start; service/core/storage/check.py)."""
     from service.core.db import read_scope
-    from service.core.storage.check import readiness, recorded_marks
+    from service.core.storage.check import MACHINE, readiness, recorded_marks
 
     try:
         with read_scope() as session:
@@ -81,7 +81,7 @@ def service_stores(storage) -> dict:
         "service_marked": marks.current is not None,  # the API has left its mark (in a store recorded since 0023)
         "service_store": marks.current.store_url if marks.current else None,
         "moving_to": [mark.store_url for mark in marks.next],
-        "this_store": readiness(storage.store, whose="this machine's store"),
+        "this_store": readiness(storage.store, MACHINE),
     }
 
 
@@ -118,9 +118,10 @@ def migrate(
     versions) from the current store into another, under the same keys: each checked against the
     sha256 recorded for it (files recorded without one get theirs recorded), skipped if the target
     has it already. Safe to run again, and a stopped run goes on where it stopped; it deletes
-    nothing. Then set TRAINYARD_STORAGE_URL to the target on every process. Exit status: 0 all
-    there, 1 files corrupt, missing or rewritten meanwhile (not copied), 2 a bad URL, 3 a store
-    that cannot be reached or refuses, 130 interrupted (run it again to go on)."""
+    nothing. Then set TRAINYARD_STORAGE_URL to the target on every process, and start the API
+    first. Exit status: 0 all there, 1 files corrupt, missing or rewritten meanwhile (not copied),
+    2 a bad URL, a target that is the source, or a source that is not the service's store, 3 a
+    store that cannot be reached or refuses, 130 interrupted (run it again to go on)."""
     from service.core.migrate import upgrade
     from service.core.settings import get_settings
     from service.core.storage.migrate import COPIED, SKIPPED, Migration, Step, size_text
@@ -128,6 +129,7 @@ def migrate(
     upgrade()  # the records it reads are those of the newest schema (as `trainyard api` does at start)
     try:
         migration = Migration(get_settings(), to)
+        migration.check()
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(USAGE) from None
@@ -151,9 +153,10 @@ def migrate(
         for line in report.summary():
             typer.echo(line)
         if report.complete:
+            first = "stop the workers and the API and run it again; then " if report.active_jobs else ""
             typer.echo(
-                f"next: set TRAINYARD_STORAGE_URL={to} on every process (API and workers) and restart them; the "
-                "first API started on it makes it the service's store, and a worker left on this one is refused"
+                f"next: {first}set TRAINYARD_STORAGE_URL={to} on every process, start the API first (it makes the "
+                "target the service's store; workers on it are refused until then), then the workers"
             )
     if report.stopped:
         raise typer.Exit(INTERRUPTED if report.stopped == "interrupted" else UNREACHABLE)

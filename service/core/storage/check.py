@@ -59,6 +59,22 @@ MISCONFIGURED_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", 
 STORE_HINT = "set TRAINYARD_STORAGE_URL and the store's AWS_* settings as the API has them (docs/storage.md)"
 
 
+@dataclass(frozen=True)
+class Subject:
+    """Whose store is asked, and what goes wrong when it is not the service's, for the messages."""
+
+    store: str
+    harm: str
+
+
+WORKER = Subject("this worker's store", "every job it took would fail, or keep its weights where the API does not read")
+API = Subject("this API's store", "its predicts would fail, and its uploads and versions go where no worker reads")
+MACHINE = Subject("this machine's store", "a worker started here is refused, and an API is not ready")
+SOURCE = Subject(
+    "the store this machine's settings name", "what storage migrate copied from it would be old or missing"
+)
+
+
 def mark_keys(token: str) -> list[str]:
     return [f"{area}/{MARK_FOLDER}/{token}" for area in AREAS]
 
@@ -66,7 +82,8 @@ def mark_keys(token: str) -> list[str]:
 @dataclass(frozen=True)
 class Marks:
     """The marks SQL records: the service's (current), those of stores `storage migrate` copied to
-    (next), and those of the stores the service left, newest first (a few: each costs a look)."""
+    (next), and those of the stores the service left or did not move to, newest first (a few: each
+    costs a look)."""
 
     current: StoreMark | None = None
     next: tuple[StoreMark, ...] = ()
@@ -76,7 +93,7 @@ class Marks:
 def recorded_marks(session: Session) -> Marks:
     rows = session.scalars(select(StoreMark).order_by(StoreMark.created_at, StoreMark.token)).all()
     current = [row for row in rows if row.state == MarkState.CURRENT]
-    left = sorted((row for row in rows if row.state == MarkState.LEFT), key=lambda row: row.changed_at, reverse=True)
+    left = sorted((row for row in rows if row.state in MarkState.GONE), key=lambda row: row.changed_at, reverse=True)
     return Marks(
         current=current[0] if current else None,
         next=tuple(row for row in rows if row.state == MarkState.NEXT),
@@ -120,8 +137,8 @@ def leave_mark(store: Store, *, move: bool = False) -> str:
     if found.holds == CURRENT and current.store_url is None:  # recorded before stores' URLs were
         with session_scope() as session:
             session.execute(update(StoreMark).where(StoreMark.token == current.token).values(store_url=store.url))
-    elif found.holds == LEFT:
-        log.warning("%s is a store the service left on %s: not putting the mark there", store.url, _when(found.mark))
+    elif found.holds == GONE:
+        log.warning("%s holds only a mark of the service's past stores: not putting the mark there", store.url)
     elif found.holds == FOREIGN and recorded:
         log.warning("%s lacks the service's mark and %s: not putting the mark there", store.url, _sample(recorded))
     elif found.holds in (FILES, FOREIGN):
@@ -149,20 +166,20 @@ def leave_next_mark(target: Store) -> str | None:
     return token
 
 
-def ask_store(store: Store, whose: str = "this worker's store") -> str | None:
+def ask_store(store: Store, subject: Subject = WORKER) -> str | None:
     """Why `store` is not the service's, or None: store_problem with what SQL records now.
     StorageUnavailable, or the database's error, when either cannot be asked."""
     with read_scope() as session:
         marks, recorded = recorded_marks(session), newest_recorded(session)
-    return store_problem(store, marks, recorded, whose)
+    return store_problem(store, marks, recorded, subject)
 
 
-def readiness(store: Store, whose: str = "this API's store") -> str:
+def readiness(store: Store, subject: Subject = API) -> str:
     """The API's store for /readyz: "ok"; "error: why" when it is not the service's (its predicts
     and uploads would fail, or go where no worker reads); "unchecked: why" when the store or the
     database cannot be asked now (no answer either way)."""
     try:
-        problem = ask_store(store, whose=whose)
+        problem = ask_store(store, subject)
     except Exception as error:  # the store or the database away now; the database's own check says so
         return f"unchecked: {type(error).__name__}: {error}"
     return f"error: {problem}" if problem else "ok"
@@ -191,9 +208,7 @@ class StoreReadiness:
         return self._said
 
 
-def store_problem(
-    store: Store, marks: Marks, recorded: list[StoredFile], whose: str = "this worker's store"
-) -> str | None:
+def store_problem(store: Store, marks: Marks, recorded: list[StoredFile], subject: Subject = WORKER) -> str | None:
     """Why this store cannot be the one whose marks are `marks` and which holds the `recorded`
     files, or None (also when it cannot tell). StorageUnavailable when the store cannot be reached."""
     try:
@@ -202,7 +217,7 @@ def store_problem(
         raise
     except StorageError as refused:
         if refused.code in MISCONFIGURED_CODES:
-            return f"{whose} refuses it: {refused}; {STORE_HINT}"
+            return f"{subject.store} refuses it: {refused}; {STORE_HINT}"
     if marks.current is None:
         return None
     try:
@@ -211,31 +226,55 @@ def store_problem(
         raise
     except StorageError:
         return None  # not allowed to look (a 403 for any HEAD it may not make): no answer
-    if found.holds == LEFT:
-        now_at = f" ({marks.current.store_url})" if marks.current.store_url else ""
+    if found.holds in (CURRENT, FILES):
+        return None
+    now = f"the service's store is {marks.current.store_url}" if marks.current.store_url else "the service is elsewhere"
+    this = f"{subject.store} ({store.url})"
+    if found.holds == NEXT:
         return (
-            f"{whose} ({store.url}) is one the service moved away from on {_when(found.mark)} (it holds the mark "
-            f"{mark_keys(found.mark.token)[0]} of then): the service's store is another now{now_at}, and every job "
-            f"it took would read old files and keep its weights where no one else reads them; {_hint(store, None)}"
+            f"{this} is the one `storage migrate` copied the service's files to on {_day(found.mark.created_at)}, "
+            f"but the service has not moved there yet ({now}): the first API started on it (trainyard api) moves "
+            f"it, and workers on it start after that; until then {subject.harm}"
         )
-    if found.holds == FOREIGN:
+    if found.holds == GONE and found.mark.state == MarkState.DROPPED:
         return (
-            f"{whose} ({store.url}) lacks the mark the API left ({found.missing[0]}) in the store the API "
-            f"and the other workers use, and {_sample(recorded)}: it is not that store, and every job it took "
-            f"would fail or keep its weights where no one else reads them; {_hint(store, found.missing[0])}"
+            f"{this} is one `storage migrate` copied the service's files to on {_day(found.mark.created_at)}, and "
+            f"the service moved to another store instead ({now}): {subject.harm}; {_hint(store, None)}"
         )
-    return None
+    if found.holds == GONE:
+        return (
+            f"{this} is one the service moved away from on {_day(found.mark.changed_at)} ({now}): {subject.harm}, "
+            f"and files it read would be old; {_hint(store, None)}"
+        )
+    return (
+        f"{this} lacks the mark the API left ({found.missing[0]}) in the service's store, and "
+        f"{_sample(recorded)}: it is not that store, and {subject.harm}; {_hint(store, found.missing[0])}"
+    )
 
 
-# What a store holds of the service's (_find): its current mark; the mark `storage migrate` left in
-# it; only the mark of a time the service was there (left); none of them, but files SQL records; none.
-CURRENT, NEXT, LEFT, FILES, FOREIGN = "current", "next", "left", "files", "foreign"
+def same_store(one: Store, other: Store) -> bool:
+    """Whether two stores are one (a folder under two paths, a bucket under two URLs): for folders,
+    one area's folder is the other's; for object stores, an object written to `other` is in `one`."""
+    if one.local or other.local:
+        return one.local and other.local and any(_same_folder(one.roots[area], other.roots[area]) for area in AREAS)
+    key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+    _write(other, [key], "probe")
+    try:
+        return _has(one, key)
+    finally:
+        other.delete([key])
+
+
+# What a store holds of the service's (_find): the mark `storage migrate` left in it; the current
+# mark; only the mark of a store the service left or did not move to; no mark, but files SQL
+# records; none of these.
+NEXT, CURRENT, GONE, FILES, FOREIGN = "next", "current", "gone", "files", "foreign"
 
 
 @dataclass(frozen=True)
 class Found:
     holds: str
-    mark: StoreMark | None = None  # the next or left mark it holds
+    mark: StoreMark | None = None  # the next or gone mark it holds
     missing: tuple[str, ...] = ()  # the current mark's keys it lacks
 
 
@@ -247,8 +286,8 @@ def _find(store: Store, marks: Marks, recorded: list[StoredFile]) -> Found:
         return Found(NEXT, held, missing)
     if not missing:
         return Found(CURRENT)
-    if left := _held(store, marks.left):
-        return Found(LEFT, left, missing)
+    if gone := _held(store, marks.left):
+        return Found(GONE, gone, missing)
     return Found(FILES if _holds_any(store, recorded) else FOREIGN, None, missing)
 
 
@@ -265,11 +304,12 @@ def _move_to(store: Store, mark: StoreMark, current: StoreMark) -> str:
             .values(state=MarkState.CURRENT, store_url=store.url, changed_at=now)
         ).rowcount
         if moved:
-            session.execute(
-                update(StoreMark)
-                .where(StoreMark.token != mark.token, StoreMark.state.in_((MarkState.CURRENT, MarkState.NEXT)))
-                .values(state=MarkState.LEFT, changed_at=now)
-            )
+            for was, becomes in ((MarkState.CURRENT, MarkState.LEFT), (MarkState.NEXT, MarkState.DROPPED)):
+                session.execute(
+                    update(StoreMark)
+                    .where(StoreMark.token != mark.token, StoreMark.state == was)
+                    .values(state=becomes, changed_at=now)
+                )
     if not moved:
         with read_scope() as session:
             now_current = recorded_marks(session).current
@@ -293,7 +333,7 @@ def _hint(store: Store, key: str | None) -> str:
         area = store.path(key).parent.parent
         if not (area.is_dir() and any(area.iterdir())):
             absent = f" ({area} is empty or missing: is its file system mounted?)"
-    return f"set TRAINYARD_STORAGE_URL as the API has it{absent} (docs/storage.md)"
+    return f"set TRAINYARD_STORAGE_URL as the service's API and workers have it{absent} (docs/storage.md)"
 
 
 def _sample(recorded: list[StoredFile]) -> str:
@@ -302,8 +342,15 @@ def _sample(recorded: list[StoredFile]) -> str:
     return f"none of the {len(recorded)} newest files the database records (such as {recorded[0].key})"
 
 
-def _when(mark: StoreMark) -> str:
-    return mark.changed_at.strftime("%Y-%m-%d %H:%M UTC") if mark.changed_at else "an earlier day"
+def _day(at) -> str:
+    return at.strftime("%Y-%m-%d %H:%M UTC") if at else "an earlier day"
+
+
+def _same_folder(one: Path, other: Path) -> bool:
+    try:
+        return one.samefile(other)
+    except OSError:  # one is not there (yet)
+        return one.resolve() == other.resolve()
 
 
 def _has(store: Store, key: str) -> bool:

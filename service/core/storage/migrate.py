@@ -42,9 +42,17 @@ from sqlalchemy import func, select, update
 from service.core.db import session_scope
 from service.core.retention import resumable_state_path
 from service.core.settings import STORAGE_URL_PATTERN, Settings
-from service.core.storage import ObjectCorrupt, ObjectMissing, Storage, StorageError, StoredFile, get_storage
+from service.core.storage import (
+    ObjectCorrupt,
+    ObjectMissing,
+    Storage,
+    StorageError,
+    StorageUnavailable,
+    StoredFile,
+    get_storage,
+)
 from service.core.storage.cache import file_sha256
-from service.core.storage.check import leave_next_mark
+from service.core.storage.check import SOURCE, ask_store, leave_next_mark, same_store
 from service.core.storage.stores import Store, checked_key, open_store
 from service.core.tables import Checkpoint, DatasetStatus, Job, JobStatus, ModelVersion, StoredDataset
 
@@ -257,6 +265,20 @@ class Migration:
         self.home: Store = open_store(None, home_roots(settings))  # where files without a digest were written
         self.report = MigrationReport(self.source.url, self.target.url)
 
+    def check(self) -> None:
+        """ValueError when this run must not copy: the target is the source itself (under its URL or
+        another), or the source is not the service's store (this machine's settings name a store
+        the service left, say), so that what the target got would be old or missing files. A store
+        that cannot be reached now is left to the steps, which stop there."""
+        try:
+            if same_store(self.source.store, self.target):
+                raise ValueError(f"{self.target.url} is the store this machine uses already ({self.source.url})")
+            problem = ask_store(self.source.store, SOURCE)
+        except StorageUnavailable:
+            return
+        if problem:
+            raise ValueError(f"{problem}; run storage migrate where the service's API runs, with its settings")
+
     def steps(self) -> Iterator[Step]:
         """One step per recorded file, as it is done; the run stops (report.stopped says why) at
         the first error of a store that cannot be reached or refuses."""
@@ -454,8 +476,10 @@ class Migration:
 def migrate(settings: Settings, target_url: str, *, progress: Callable[[Step], None] | None = None) -> MigrationReport:
     """Copy every file SQL records from the current store into the store at target_url, under the
     same keys, recording the digests of files recorded without one (see the module's docstring);
-    progress(step) after each file. ValueError for a URL that names no store."""
+    progress(step) after each file. ValueError for a URL that names no store, and for a run that
+    must not copy (Migration.check)."""
     migration = Migration(settings, target_url)
+    migration.check()
     for step in migration.steps():
         if progress is not None:
             progress(step)

@@ -94,7 +94,7 @@ def test_migrate_copies_once_then_says_there_is_nothing_to_copy(trained_job, tmp
     second = invoke("migrate", "--to", url)
     assert second.exit_code == 0, second.output
     assert second.stdout.startswith("nothing copied: 3 file(s), ")
-    assert f"next: set TRAINYARD_STORAGE_URL={url} on every process" in second.stdout
+    assert f"next: set TRAINYARD_STORAGE_URL={url} on every process, start the API first" in second.stdout
     assert "stay there: delete them once every process uses the new store" in second.stdout
 
 
@@ -112,9 +112,15 @@ def test_migrate_exits_1_when_files_are_not_copied(trained_job, service_env, tmp
     assert "next: set" not in result.stdout
 
 
-def test_migrate_exits_2_on_a_bad_url_and_3_when_the_store_cannot_be_reached(trained_job):
+def test_migrate_exits_2_on_a_bad_url_and_3_when_the_store_cannot_be_reached(trained_job, service_env):
     bad = invoke("migrate", "--to", "http://example.com/bucket")
     assert bad.exit_code == 2 and "file:///path or s3://bucket/prefix" in bad.stderr
+    itself = invoke("migrate", "--to", f"file://{service_env.home}/./")  # the store it uses, named otherwise
+    assert itself.exit_code == 2, itself.output
+    assert (
+        itself.stderr
+        == f"error: file://{service_env.home}/./ is the store this machine uses already (file://{service_env.home})\n"
+    )
     nowhere = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
         "AWS_ACCESS_KEY_ID": "nobody",

@@ -224,7 +224,8 @@ def test_a_store_without_the_mark_the_api_left_is_not_the_services(tmp_path, s3_
     assert problem.startswith(f"this worker's store (file://{tmp_path / 'another-machine'}) lacks the mark ")
     assert f"({mark_keys(token)[0]})" in problem and "the database records no file yet" in problem
     assert problem.endswith(
-        f"set TRAINYARD_STORAGE_URL as the API has it ({tmp_path / 'another-machine' / 'checkpoints'} is empty or "
+        "set TRAINYARD_STORAGE_URL as the service's API and workers have it "
+        f"({tmp_path / 'another-machine' / 'checkpoints'} is empty or "
         "missing: is its file system mounted?) (docs/storage.md)"
     )
     other_prefix = Storage(settings_for(tmp_path / "third", storage_url=s3_storage.url.rstrip("/") + "-other"))
@@ -291,7 +292,7 @@ def test_the_probes_ask_the_store_one_at_a_time_and_reuse_a_fresh_answer(monkeyp
 
     asked, answered, release = [], [], threading.Event()
 
-    def slow(store, whose="this API's store"):
+    def slow(store):
         asked.append(store)
         release.wait(10)
         return "ok"

@@ -277,7 +277,8 @@ def test_the_target_must_be_a_store_url(service_env):
 
 
 def test_the_target_gets_a_mark_of_its_own_once_the_api_has_left_one(service_env, tmp_path):
-    """Workers switched to the target early start there (service/core/storage/check.py)."""
+    """Workers switched to the target before the API are refused, saying why (their jobs' weights
+    would go where the API does not read yet)."""
     from service.core.storage.check import ask_store, leave_mark, mark_keys, recorded_marks
     from service.core.storage.stores import open_store
 
@@ -290,7 +291,9 @@ def test_the_target_gets_a_mark_of_its_own_once_the_api_has_left_one(service_env
         marks = recorded_marks(session)
     assert marks.current.token == token and len(marks.next) == 1 and marks.next[0].token != token
     assert all((tmp_path / "store" / key).is_file() for key in mark_keys(marks.next[0].token))
-    assert ask_store(open_store(f"file://{tmp_path / 'store'}", {})) is None
+    early = ask_store(open_store(f"file://{tmp_path / 'store'}", {}))  # a worker switched before the API
+    assert "is the one `storage migrate` copied the service's files to on " in early
+    assert "but the service has not moved there yet" in early and "the first API started on it" in early
 
 
 def test_an_api_started_on_the_target_moves_the_service_and_the_old_store_is_refused(
@@ -306,7 +309,7 @@ def test_an_api_started_on_the_target_moves_the_service_and_the_old_store_is_ref
     url = f"file://{tmp_path / 'store'}"
     assert migrate(service_env, url).complete
     target = open_store(url, {})
-    assert ask_store(old) is None and ask_store(target) is None  # the service is on the old store yet
+    assert ask_store(old) is None and "has not moved there yet" in ask_store(target)
     assert leave_mark(target) == token  # an API's housekeeping does not move the service: its start does
     moved_to = leave_mark(target, move=True)  # an API started with TRAINYARD_STORAGE_URL set to the target
     with db.read_scope() as session:
@@ -316,15 +319,18 @@ def test_an_api_started_on_the_target_moves_the_service_and_the_old_store_is_ref
 
     problem = ask_store(old)
     assert problem.startswith(f"this worker's store ({old.url}) is one the service moved away from on ")
-    assert f"({url})" in problem and f"{mark_keys(token)[0]}" in problem
+    assert f"(the service's store is {url})" in problem
     assert leave_mark(old, move=True) == moved_to  # an API left on the old store puts no mark there, and is not ready
     assert not any(old.path(key).exists() for key in mark_keys(moved_to))
     assert readiness(old).startswith(f"error: this API's store ({old.url}) is one the service moved away from")
     assert ask_store(target) is None and readiness(target) == "ok"
+    with pytest.raises(ValueError, match="is one the service moved away from .* where the service's API runs"):
+        migrate(service_env, f"file://{tmp_path / 'third'}")  # from this machine's stale settings
+    assert not (tmp_path / "third").exists()
 
     # Back to the first store: an API forgotten there does not move the service with its housekeeping.
     back = migrate(switch_to(url, monkeypatch), old.url)
-    assert back.complete and ask_store(old) is None  # workers switched back early start
+    assert back.complete and "has not moved there yet" in ask_store(old)
     assert leave_mark(old) == moved_to and ask_store(target) is None
     assert leave_mark(old, move=True) not in (token, moved_to)
     assert ask_store(old) is None and "is one the service moved away from" in ask_store(target)
@@ -347,7 +353,8 @@ def test_of_two_apis_moving_the_service_at_once_one_does(service_env, tmp_path):
     with db.read_scope() as session:
         after = recorded_marks(session)
     assert after.current.token == first_mark.token and after.next == ()
-    assert ask_store(first) is None and "moved away from" in ask_store(second)
+    assert ask_store(first) is None
+    assert "and the service moved to another store instead" in ask_store(second)
 
 
 def test_a_copy_that_holds_the_current_mark_is_still_marked_as_the_target(service_env, tmp_path):
