@@ -1,24 +1,37 @@
 """A worker whose store is not the service's takes no job: it says why and exits at its start
-(service/core/storage/check.py says how it is told)."""
+(service/core/storage/check.py says how it is told). Before each job it looks again whether the
+service has moved to another store since (`storage migrate`, then an API started on the target):
+one small query while nothing has; if its store is no longer the service's, the job goes back to
+the queue for another worker and this one stops, with the same exit status as at its start."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+from pathlib import Path
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_shutdown
 
 from service.core.background import EXIT_MISCONFIGURED
-from service.core.db import UNAVAILABLE, brief
+from service.core.db import UNAVAILABLE, brief, read_scope
+from service.core.settings import get_settings
 from service.core.storage import StorageUnavailable, get_storage
-from service.core.storage.check import ask_store
+from service.core.storage.check import ask_store, recorded_marks
 
 log = logging.getLogger(__name__)
+
+# The service's mark when this worker's store was last found to be the service's; pool processes
+# inherit it from the worker's main process, which checks at its start.
+_found_with: str | None = None
 
 
 @worker_init.connect
 def refuse_another_store(**_kwargs) -> None:
+    global _found_with
     storage = get_storage()
     try:
+        mark = _current_mark()
         problem = ask_store(storage.store)
     except UNAVAILABLE as error:
         log.warning("could not check this worker's store against the database yet: %s", brief(error))
@@ -32,4 +45,51 @@ def refuse_another_store(**_kwargs) -> None:
     if problem:
         log.critical("%s", problem)
         raise SystemExit(EXIT_MISCONFIGURED)
+    _found_with = mark
     log.info("this worker's store is %s", storage.url)
+
+
+def store_gone_since() -> str | None:
+    """In a pool process, before a job: why this worker's store is no longer the service's, or None
+    (also when it cannot be asked now: the job goes on, as at the start)."""
+    global _found_with
+    try:
+        mark = _current_mark()
+        if mark == _found_with:
+            return None
+        problem = ask_store(get_storage().store)
+    except Exception as error:  # the store or the database away now: the job waits for them as it runs
+        log.warning("could not check this worker's store again: %s", brief(error))
+        return None
+    if problem is None:
+        _found_with = mark
+    return problem
+
+
+def stop_refused_worker(problem: str) -> None:
+    """Say why, and stop the worker whose pool runs this process (a warm shutdown, ending with
+    EXIT_MISCONFIGURED)."""
+    log.critical("%s; stopping this worker", problem)
+    _refused_file(os.getppid()).write_text(problem)
+    os.kill(os.getppid(), signal.SIGTERM)
+
+
+@worker_shutdown.connect
+def _exit_misconfigured(sender=None, **_kwargs) -> None:
+    refused = _refused_file(os.getpid())
+    if refused.exists():
+        refused.unlink()
+        if sender is not None:
+            sender.exitcode = EXIT_MISCONFIGURED
+
+
+def _current_mark() -> str | None:
+    with read_scope() as session:
+        current = recorded_marks(session).current
+    return current.token if current else None
+
+
+def _refused_file(main_pid: int) -> Path:
+    path = get_settings().home / "run" / f"worker-{main_pid}.refused"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

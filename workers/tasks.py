@@ -26,9 +26,13 @@ def _prepare_process(**_kwargs) -> None:
 def train_job(self, job_id: str) -> None:
     from workers.runner import run_job
     from workers.stopping import worker_stopping
+    from workers.store_check import stop_refused_worker, store_gone_since
 
     if worker_stopping():  # its consumer has yet to stop: the message goes back for the next worker
         raise Reject("this worker is shutting down", requeue=True)
+    if problem := store_gone_since():  # the service moved to another store since the worker started
+        stop_refused_worker(problem)
+        raise Reject(problem, requeue=True)
     run_job(job_id, node=self.request.hostname)
 
 

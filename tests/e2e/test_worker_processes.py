@@ -171,3 +171,31 @@ def test_two_workers_share_the_jobs_and_one_finishes_what_the_other_was_killed_i
         finally:
             second.stop(wait=False)
             first.stop(wait=False)
+
+
+def test_a_worker_left_on_the_store_the_service_moved_from_stops_before_its_next_job(tmp_path, data_dir):
+    """It passed its check at its start; after `storage migrate` and an API started on the target,
+    its next job goes back to the queue and it stops (status 78), so no job's weights go where the
+    API no longer reads. A worker on the target then trains the job."""
+    from service.core.background import EXIT_MISCONFIGURED
+
+    with Stack(home=tmp_path / "a", data_dir=data_dir) as stack, stack.client() as client:
+        target = f"file://{tmp_path / 'moved'}"
+        migrated = stack.cli("storage", "migrate", "--to", target)
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+        moving = Stack(
+            home=tmp_path / "b",
+            data_dir=data_dir,
+            database_url=f"sqlite:///{stack.home / 'trainyard.db'}",
+            broker_url=f"sqla+sqlite:///{stack.home / 'broker.db'}",
+            extra_env={"TRAINYARD_STORAGE_URL": target, "TRAINYARD_QUEUE": stack.env["TRAINYARD_QUEUE"]},
+            with_worker=False,
+        )
+        with moving:  # the API started on the target: the service's store is the target from now on
+            assert f"the service's store is now {target}" in moving.log("api"), moving.logs()
+            job_id = submit(client, TINY)
+            assert stack.procs["worker"].wait(timeout=60) == EXIT_MISCONFIGURED, stack.logs()
+            assert "is one the service moved away from on " in stack.log("worker")
+            assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+            moving.start_worker()
+            assert moving.wait_for_job(client, job_id, timeout=120)["status"] == "succeeded", moving.logs()
