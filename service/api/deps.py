@@ -19,7 +19,9 @@ from sqlalchemy.orm import Session
 from service.api.evaluations import Evaluations
 from service.api.serving import ModelServer
 from service.core.db import get_sessionmaker, read_scope
+from service.core.errors import Unavailable
 from service.core.settings import Settings, get_settings
+from service.core.storage import get_storage
 
 
 async def _session(write: bool) -> AsyncIterator[Session]:
@@ -72,8 +74,17 @@ async def settings() -> Settings:
 
 
 # scope="function": closed when the route function returns, not after the answer has been sent.
+async def services_store(request: Request) -> None:
+    """Refuse (503, saying why) a request that would write files into this API's store when that
+    store is not the service's (as /readyz says): no worker or other API would read them."""
+    said = await run_in_threadpool(request.app.state.store_readiness.status, get_storage().store)
+    if said.startswith("error: "):
+        raise Unavailable(f"{said.removeprefix('error: ')}; nothing was written", retry_after=60)
+
+
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(settings)]
 ModelServerDep = Annotated[ModelServer, Depends(get_model_server)]
 EvaluationsDep = Annotated[Evaluations, Depends(get_evaluations)]
+WritesFiles = Depends(services_store)  # in the dependencies of a route that stores files

@@ -39,7 +39,15 @@ from service.api.auth import (
     session_cookie,
     token_table,
 )
-from service.api.deps import EvaluationsDep, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, read
+from service.api.deps import (
+    EvaluationsDep,
+    ModelServerDep,
+    SessionDep,
+    SettingsDep,
+    WriteSessionDep,
+    WritesFiles,
+    read,
+)
 from service.api.downloads import exported_file
 from service.api.errors import headers_for, refuse_unknown_fields, status_for
 from service.api.schemas.datasets import DatasetPublic
@@ -346,7 +354,7 @@ def _number(text: str) -> float | str | None:
         return text
 
 
-@actions.post("/ui/jobs/{job_id}/register", response_class=HTMLResponse)
+@actions.post("/ui/jobs/{job_id}/register", response_class=HTMLResponse, dependencies=[WritesFiles])
 def register_version(
     job_id: str,
     request: Request,
@@ -536,7 +544,7 @@ async def dataset_example(
 PAGE_UPLOAD_FIELDS = frozenset({"file", "name", "color", "image_size"})
 
 
-@actions.post("/ui/datasets")
+@actions.post("/ui/datasets", dependencies=[WritesFiles])
 async def upload_dataset(
     request: Request,
     session: WriteSessionDep,

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.deps import SessionDep, SettingsDep, WriteSessionDep
+from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, WritesFiles
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.datasets import DatasetPublic, DatasetsPublic
 from service.core import datasets
@@ -24,6 +24,7 @@ NOT_FOUND = {404: {"description": "No such dataset"}}
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetPublic,
+    dependencies=[WritesFiles],
     responses={
         200: {
             "description": "The same archive was uploaded before with the same name and options: that dataset",

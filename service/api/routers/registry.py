@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from models.inference.formats import FORMATS, INPUTS
-from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep
+from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, WritesFiles
 from service.api.downloads import exported_file
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.registry import (
@@ -51,6 +51,7 @@ def _registered(session, version) -> ModelVersionRegistered:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ModelVersionRegistered,
+    dependencies=[WritesFiles],
     responses={**NOT_FOUND, 409: {"description": "The job has no checkpoint yet"}},
 )
 def register_model(
@@ -207,6 +208,7 @@ IMPORT_FIELDS = frozenset({"file", "name", "model", "classes", "input_shape", "n
     "/import",
     status_code=status.HTTP_201_CREATED,
     response_model=ModelVersionRegistered,
+    dependencies=[WritesFiles],
     responses={
         413: {"description": "The upload is larger than the limit"},
         422: {"description": "The weights do not fit the architecture, or a field is invalid"},

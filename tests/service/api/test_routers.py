@@ -223,6 +223,9 @@ def test_an_api_whose_store_is_not_the_services_is_not_ready(api, monkeypatch):
     assert answer.json()["checks"]["store"].startswith(f"error: this API's store ({get_storage().url}) lacks the mark")
     ready = api.get("/v2/health/ready")
     assert ready.status_code == 503 and "lacks the mark" in ready.json()["error"]
+    again = api.post("/v1/datasets", files={"file": ("set.zip", image_folder_zip(["a", "c"]), "application/zip")})
+    assert again.status_code == 503 and again.json()["detail"].endswith("; nothing was written"), again.text
+    assert again.json()["detail"].startswith("this API's store (") and "Retry-After" in again.headers
 
     def unreachable(_prefix):
         raise StorageUnavailable("the store cannot be reached")
