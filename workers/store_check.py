@@ -11,7 +11,7 @@ import os
 import signal
 from pathlib import Path
 
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from service.core.background import EXIT_MISCONFIGURED
 from service.core.db import UNAVAILABLE, brief, read_scope
@@ -21,14 +21,16 @@ from service.core.storage.check import ask_store, recorded_marks
 
 log = logging.getLogger(__name__)
 
-# The service's mark when this worker's store was last found to be the service's; pool processes
-# inherit it from the worker's main process, which checks at its start.
+# The service's mark when this worker's store was last found to be the service's, and the
+# worker's main process: pool processes inherit both from it (it checks at its start).
 _found_with: str | None = None
+_main_pid: int | None = None
 
 
 @worker_init.connect
 def refuse_another_store(**_kwargs) -> None:
-    global _found_with
+    global _found_with, _main_pid
+    _main_pid = os.getpid()
     storage = get_storage()
     try:
         mark = _current_mark()
@@ -70,8 +72,14 @@ def stop_refused_worker(problem: str) -> None:
     """Say why, and stop the worker whose pool runs this process (a warm shutdown, ending with
     EXIT_MISCONFIGURED)."""
     log.critical("%s; stopping this worker", problem)
-    _refused_file(os.getppid()).write_text(problem)
-    os.kill(os.getppid(), signal.SIGTERM)
+    main = _main_pid or os.getppid()
+    _refused_file(main).write_text(problem)
+    os.kill(main, signal.SIGTERM)
+
+
+@worker_ready.connect  # a file that a killed worker of the same pid left
+def _clear(**_kwargs) -> None:
+    _refused_file(os.getpid()).unlink(missing_ok=True)
 
 
 @worker_shutdown.connect

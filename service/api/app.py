@@ -21,7 +21,8 @@ from service.api.routers.dashboard import router as dashboard_router
 from service.api.serving import ModelServer
 from service.core.reaper import Reaper
 from service.core.settings import Settings, get_settings
-from service.core.storage.check import StoreReadiness
+from service.core.storage import get_storage
+from service.core.storage.check import StoreReadiness, settle
 
 log = logging.getLogger("trainyard")
 
@@ -82,6 +83,9 @@ async def lifespan(app: FastAPI):
     announce_security(settings)
     reaper = Reaper(settings)
     reaper.start()
+    # An API starting on the store `storage migrate` copied to moves the service there; the reaper's
+    # housekeeping (in one process of all that share the database) puts the mark back, never moves.
+    threading.Thread(target=settle, args=(get_storage(settings).store,), name="store-mark", daemon=True).start()
     app.state.preload.start(app.state.models)
     gc_tuning.tune()
     collector = asyncio.get_running_loop().create_task(gc_tuning.collect_periodically())

@@ -79,7 +79,7 @@ async def services_store(request: Request) -> None:
     store is not the service's (as /readyz says): no worker or other API would read them."""
     said = await run_in_threadpool(request.app.state.store_readiness.status, get_storage().store)
     if said.startswith("error: "):
-        raise Unavailable(f"{said.removeprefix('error: ')}; nothing was written", retry_after=60)
+        raise Unavailable(f"{said.removeprefix('error: ')}; nothing was written", retry_after=10)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

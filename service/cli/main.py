@@ -206,7 +206,7 @@ def leave_store_mark(settings) -> str:
     store = get_storage(settings).store
     try:
         leave_mark(store, move=True)
-    except Exception as error:  # a store or database away now: the housekeeping tries again
+    except Exception as error:  # a store or database away now: each API process tries again as it starts
         typer.echo(f"warning: could not leave the service's mark in its store yet: {error}", err=True)
         return store.url
     status = readiness(store)

@@ -11,7 +11,8 @@ mark is not the service's, unless it holds one of the newest files SQL records: 
 
 `storage migrate` leaves a mark of its own in the store it copies to (next): workers switched to
 that store start, and the first API started on it makes that mark the service's and the old one
-left, so that a worker still on the store the service left is refused from its next start. The
+left, so that a worker still on the store the service left is refused (at its start, and before
+its next job when it runs already). The
 API's /readyz asks its own store the same question. Before the marks, a listing of a prefix
 nothing uses tells apart a key pair the store does not know or a bucket that does not exist (a key
 pair merely not allowed to list, AccessDenied, says nothing).
@@ -146,10 +147,23 @@ def leave_mark(store: Store, *, move: bool = False) -> str:
     return current.token
 
 
+def settle(store: Store, *, first_delay: float = 1.0, max_delay: float = 60.0) -> str:
+    """leave_mark(store, move=True) until it gets through, for an API process starting while its
+    store or the database is away (the reaper's housekeeping, in one process of all, never moves
+    the service); the token then."""
+    delay = first_delay
+    while True:
+        try:
+            return leave_mark(store, move=True)
+        except Exception as error:  # a store or database away: the move, or the mark, waits for them
+            log.warning("could not check this API's store against the service's yet: %s; trying again", error)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
 def leave_next_mark(target: Store) -> str | None:
-    """Leave in the store `storage migrate` copies to a mark of its own, which lets workers switched
-    to it start and makes it the service's store once an API starts on it; its token (None while the
-    API has left no mark: it chooses one in whichever store it has)."""
+    """Leave in the store `storage migrate` copies to a mark of its own, which makes it the
+    service's store once an API starts on it; its token (None while no mark is the service's)."""
     with read_scope() as session:
         marks = recorded_marks(session)
     if marks.current is None:
@@ -197,10 +211,11 @@ class StoreReadiness:
         self._at = -math.inf
 
     def status(self, store: Store) -> str:
-        if self._said is not None and time.monotonic() - self._at < self.ttl:
+        age = time.monotonic() - self._at
+        if self._said is not None and age < self.ttl:
             return self._said
-        if not self._asking.acquire(blocking=False):
-            return self._said or "unchecked: being asked"
+        if not self._asking.acquire(blocking=False):  # asked now by another thread, which may hang
+            return self._said if self._said is not None and age < 3 * self.ttl else "unchecked: being asked"
         try:
             self._said, self._at = readiness(store), time.monotonic()
         finally:
@@ -262,7 +277,10 @@ def same_store(one: Store, other: Store) -> bool:
     try:
         return _has(one, key)
     finally:
-        other.delete([key])
+        try:
+            other.delete([key])
+        except StorageError as error:  # a key pair that may write but not delete: a few bytes stay
+            log.warning("could not delete %s from %s: %s", key, other.url, error)
 
 
 # What a store holds of the service's (_find): the mark `storage migrate` left in it; the current
@@ -313,11 +331,12 @@ def _move_to(store: Store, mark: StoreMark, current: StoreMark) -> str:
     if not moved:
         with read_scope() as session:
             now_current = recorded_marks(session).current
-        log.warning("%s was not made the service's store: another API moved the service first", store.url)
+        if now_current is None or now_current.token != mark.token:
+            log.warning("%s was not made the service's store: another API moved the service first", store.url)
         return now_current.token if now_current else current.token
     log.warning(
         "the service's store is now %s, which storage migrate copied its files to: a worker still on %s is "
-        "refused from its next start",
+        "refused at its start and before its next job",
         store.url,
         current.store_url or "the store it left",
     )

@@ -47,12 +47,11 @@ from service.core.storage import (
     ObjectMissing,
     Storage,
     StorageError,
-    StorageUnavailable,
     StoredFile,
     get_storage,
 )
 from service.core.storage.cache import file_sha256
-from service.core.storage.check import SOURCE, ask_store, leave_next_mark, same_store
+from service.core.storage.check import SOURCE, ask_store, leave_mark, leave_next_mark, same_store
 from service.core.storage.stores import Store, checked_key, open_store
 from service.core.tables import Checkpoint, DatasetStatus, Job, JobStatus, ModelVersion, StoredDataset
 
@@ -274,7 +273,7 @@ class Migration:
             if same_store(self.source.store, self.target):
                 raise ValueError(f"{self.target.url} is the store this machine uses already ({self.source.url})")
             problem = ask_store(self.source.store, SOURCE)
-        except StorageUnavailable:
+        except StorageError:  # unreachable or refusing now: the copy's first step stops there, saying so
             return
         if problem:
             raise ValueError(f"{problem}; run storage migrate where the service's API runs, with its settings")
@@ -297,7 +296,10 @@ class Migration:
                 return
             self.report.add(step)
             yield step
-        try:  # workers that read the target from now on look for the service's mark there
+        if not self.report.complete:  # an API started on a target that lacks files would fail on them
+            return
+        try:  # the source's mark (a home whose API never started has none yet), then the target's
+            leave_mark(self.source.store)
             leave_next_mark(self.target)
         except StorageError as exc:
             self.report.stopped = str(exc)

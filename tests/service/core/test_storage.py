@@ -19,6 +19,7 @@ from service.core.storage import (
     StoredFile,
 )
 from service.core.storage.cache import ObjectCache, file_sha256
+from tests.support.servers import wait_until
 
 
 def settings_for(home, **extra) -> Settings:
@@ -301,12 +302,34 @@ def test_the_probes_ask_the_store_one_at_a_time_and_reuse_a_fresh_answer(monkeyp
     probes = check.StoreReadiness(ttl=60)
     first = threading.Thread(target=lambda: answered.append(probes.status("the store")))
     first.start()
-    while not asked:
-        threading.Event().wait(0.01)
+    wait_until(lambda: asked, timeout=10, what="the first probe to ask")
     assert probes.status("the store") == "unchecked: being asked"
     release.set()
     first.join(10)
     assert answered == ["ok"] and probes.status("the store") == "ok" and len(asked) == 1
+
+
+def test_one_store_under_two_urls_is_told_apart_from_another(tmp_path, s3_storage, object_store, service_env):
+    from service.core.storage.check import PROBE_PREFIX, same_store
+
+    slash = Storage(settings_for(tmp_path / "slash", storage_url=s3_storage.url.rstrip("/") + "/"))
+    other = Storage(settings_for(tmp_path / "other", storage_url=s3_storage.url.rstrip("/") + "-other"))
+    assert same_store(s3_storage.store, slash.store) and not same_store(s3_storage.store, other.store)
+    assert s3_storage.store.list(PROBE_PREFIX) == [] and other.store.list(PROBE_PREFIX) == []  # no probe left
+    folders = Storage(settings_for(tmp_path / "folders", storage_url=None))
+    assert not same_store(s3_storage.store, folders.store) and same_store(folders.store, folders.store)
+
+
+def test_an_api_starting_while_the_store_is_away_leaves_its_mark_once_it_is_back(s3_storage, object_store, service_env):
+    from service.core.storage.check import mark_keys, settle
+
+    object_store.stop()
+    settled: list[str] = []
+    starting = threading.Thread(target=lambda: settled.append(settle(s3_storage.store, first_delay=0.05)))
+    starting.start()
+    object_store.start()
+    starting.join(60)
+    assert len(settled) == 1 and all(s3_storage.store.head(key) for key in mark_keys(settled[0]))
 
 
 def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(tmp_path, object_store, monkeypatch):

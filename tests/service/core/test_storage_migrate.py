@@ -85,11 +85,14 @@ def s3_target(object_store, monkeypatch) -> str:
     return env["TRAINYARD_STORAGE_URL"]
 
 
-def objects(object_store) -> dict[str, tuple[bytes, str | None]]:
-    """key -> (bytes, sha256 metadata) of every object the server holds under its prefix."""
+def objects(object_store, *, marks: bool = False) -> dict[str, tuple[bytes, str | None]]:
+    """key -> (bytes, sha256 metadata) of every object the server holds under its prefix, the
+    service's marks only if asked (tests/service/core/test_storage.py has theirs)."""
     client, found = object_store.client(), {}
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=object_store.bucket, Prefix=object_store.prefix)
     for item in (item for page in pages for item in page.get("Contents", [])):
+        if "/.trainyard-mark/" in item["Key"] and not marks:
+            continue
         answer = client.get_object(Bucket=object_store.bucket, Key=item["Key"])
         found[item["Key"].removeprefix(object_store.prefix + "/")] = (
             answer["Body"].read(),
@@ -205,7 +208,8 @@ def test_corrupt_and_missing_files_are_reported_not_copied_and_a_stopped_run_goe
         assert "does not exist" in report.missing[0].error
         assert report.copied.files == 0 and report.skipped.files == 1
         assert report.as_dict()["corrupt"]["files"] == 1 and report.as_dict()["missing"]["files"] == 1
-        assert list(objects(object_store)) == [f"checkpoints/{trained_job}/epoch-0003.safetensors"]
+        # No mark either: an API started on a store that lacks files would fail on them.
+        assert list(objects(object_store, marks=True)) == [f"checkpoints/{trained_job}/epoch-0003.safetensors"]
     digests = recorded_digests()
     assert digests[f"checkpoints/{trained_job}/epoch-0001.safetensors"][1] == sha256(good)  # as recorded
     assert digests[f"checkpoints/{trained_job}/epoch-0002.safetensors"][1] is None
@@ -217,7 +221,8 @@ def test_a_home_is_copied_into_folders_and_read_from_there(legacy_home, tmp_path
     target = tmp_path / "store"
     report = migrate(settings, f"file://{target}")
     assert report.complete and (report.copied.files, report.digests_recorded, report.states_recorded) == (6, 5, 1)
-    assert {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()} == files
+    copied = {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert {key: data for key, data in copied.items() if "/.trainyard-mark/" not in key} == files
     again = migrate(settings, f"file://{target}")
     assert (again.copied.files, again.skipped.files) == (0, 6)
 
@@ -276,21 +281,23 @@ def test_the_target_must_be_a_store_url(service_env):
             migrate(service_env, url)
 
 
-def test_the_target_gets_a_mark_of_its_own_once_the_api_has_left_one(service_env, tmp_path):
+def test_the_target_gets_a_mark_of_its_own_and_the_source_the_services(service_env, tmp_path):
     """Workers switched to the target before the API are refused, saying why (their jobs' weights
     would go where the API does not read yet)."""
     from service.core.storage.check import ask_store, leave_mark, mark_keys, recorded_marks
     from service.core.storage.stores import open_store
 
-    migrate(service_env, f"file://{tmp_path / 'before'}")
-    assert not (tmp_path / "before" / "checkpoints").exists()  # none recorded: the API chooses it
-    token = leave_mark(get_storage(service_env).store)
+    migrate(service_env, f"file://{tmp_path / 'before'}")  # a home whose API never started: marks for both
+    with db.read_scope() as session:
+        token = recorded_marks(session).current.token
+    assert all((service_env.home / key).is_file() for key in mark_keys(token))
+    assert leave_mark(get_storage(service_env).store) == token
     report = migrate(service_env, f"file://{tmp_path / 'store'}")
     assert report.complete and report.stopped is None
     with db.read_scope() as session:
         marks = recorded_marks(session)
-    assert marks.current.token == token and len(marks.next) == 1 and marks.next[0].token != token
-    assert all((tmp_path / "store" / key).is_file() for key in mark_keys(marks.next[0].token))
+    assert marks.current.token == token and len(marks.next) == 2 and token not in [m.token for m in marks.next]
+    assert all((tmp_path / "store" / key).is_file() for key in mark_keys(marks.next[1].token))
     early = ask_store(open_store(f"file://{tmp_path / 'store'}", {}))  # a worker switched before the API
     assert "is the one `storage migrate` copied the service's files to on " in early
     assert "but the service has not moved there yet" in early and "the first API started on it" in early
