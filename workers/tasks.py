@@ -26,13 +26,10 @@ def _prepare_process(**_kwargs) -> None:
 def train_job(self, job_id: str) -> None:
     from workers.runner import run_job
     from workers.stopping import worker_stopping
-    from workers.store_check import stop_refused_worker, store_gone_since
 
     if worker_stopping():  # its consumer has yet to stop: the message goes back for the next worker
         raise Reject("this worker is shutting down", requeue=True)
-    if problem := store_gone_since():  # the service moved to another store since the worker started
-        stop_refused_worker(problem)
-        raise Reject(problem, requeue=True)
+    refuse_if_store_gone()
     run_job(job_id, node=self.request.hostname)
 
 
@@ -40,4 +37,15 @@ def train_job(self, job_id: str) -> None:
 def join_job(self, job_id: str, attempt: int, endpoint: str, resumed_by_user: bool = False) -> None:
     from workers.launcher import join_ranks
 
+    refuse_if_store_gone()
     join_ranks(job_id, attempt, endpoint, resumed_by_user, node=self.request.hostname)
+
+
+def refuse_if_store_gone() -> None:
+    """The message goes back to the queue and this worker stops when the service has moved to
+    another store since the worker started (workers/store_check.py)."""
+    from workers.store_check import stop_refused_worker, store_gone_since
+
+    if problem := store_gone_since():
+        stop_refused_worker(problem)
+        raise Reject(problem, requeue=True)
