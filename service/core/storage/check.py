@@ -69,8 +69,10 @@ class Subject:
 
 
 WORKER = Subject("this worker's store", "every job it took would fail, or keep its weights where the API does not read")
-API = Subject("this API's store", "its predicts would fail, and its uploads and versions go where no worker reads")
-MACHINE = Subject("this machine's store", "a worker started here is refused, and an API is not ready")
+API = Subject(
+    "this API's store", "it reads old files or none, and its uploads and versions would go where no one reads"
+)
+MACHINE = Subject("this machine's store", "a worker started here is refused")
 SOURCE = Subject(
     "the store this machine's settings name", "what storage migrate copied from it would be old or missing"
 )
@@ -258,8 +260,8 @@ def store_problem(store: Store, marks: Marks, recorded: list[StoredFile], subjec
         )
     if found.holds == GONE:
         return (
-            f"{this} is one the service moved away from on {_day(found.mark.changed_at)} ({now}): {subject.harm}, "
-            f"and files it read would be old; {_hint(store, None)}"
+            f"{this} is one the service moved away from on {_day(found.mark.changed_at)} ({now}): {subject.harm}; "
+            f"{_hint(store, None)}"
         )
     return (
         f"{this} lacks the mark the API left ({found.missing[0]}) in the service's store, and "
@@ -306,7 +308,11 @@ def _find(store: Store, marks: Marks, recorded: list[StoredFile]) -> Found:
         return Found(CURRENT)
     if gone := _held(store, marks.left):
         return Found(GONE, gone, missing)
-    return Found(FILES if _holds_any(store, recorded) else FOREIGN, None, missing)
+    # The mark gone from an area (an expiry rule, a folder emptied) but kept in another: the files
+    # say whether it is the service's store. A store with none of it (a copy storage migrate did
+    # not finish, a backup of the files alone) is not, whatever files it holds.
+    partly = len(missing) < len(AREAS)
+    return Found(FILES if partly and _holds_any(store, recorded) else FOREIGN, None, missing)
 
 
 def _move_to(store: Store, mark: StoreMark, current: StoreMark) -> str:

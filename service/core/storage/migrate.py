@@ -187,7 +187,10 @@ class MigrationReport:
             )
         if self.stopped:
             lines.append(f"stopped before the end: {self.stopped}; run the command again to go on")
-        lines.append(f"the files in {self.source} stay there: delete them once every process uses the new store")
+        if self.complete:
+            lines.append(f"the files in {self.source} stay there: delete them once every process uses the new store")
+        else:
+            lines.append(f"{self.target} lacks files: no API or worker should use it before a run copies them all")
         return lines
 
 

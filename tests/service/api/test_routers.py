@@ -204,8 +204,8 @@ def test_health_and_readiness(api):
 
 
 def test_an_api_whose_store_is_not_the_services_is_not_ready(api, monkeypatch):
-    """Its predicts would fail, its uploads go where no worker reads: /readyz says why, /v2 too; a
-    store that cannot be asked now counts neither way."""
+    """It reads old files or none, its uploads would go where no worker reads: /readyz says why,
+    /v2 too, and uploads are refused; a store that cannot be asked now counts neither way."""
     from service.core.storage import StorageUnavailable
     from service.core.storage.check import StoreReadiness, leave_mark, mark_keys
 
@@ -215,9 +215,9 @@ def test_an_api_whose_store_is_not_the_services_is_not_ready(api, monkeypatch):
     assert api.get("/readyz").json()["checks"]["store"] == "ok"
     uploaded = api.post("/v1/datasets", files={"file": ("set.zip", image_folder_zip(["a", "b"]), "application/zip")})
     assert uploaded.status_code == 201, uploaded.text
-    get_storage().store.delete(mark_keys(token))  # as a worker's store is asked: the upload says it is the store
+    get_storage().store.delete(mark_keys(token)[:1])  # an expiry rule on one area: the upload says it is the store
     assert api.get("/readyz").status_code == 200
-    get_storage().store.delete([key for key, _ in get_storage().store.list("datasets")])  # another machine's, say
+    get_storage().store.delete(mark_keys(token))  # and on every area: a store with no mark is another one
     answer = api.get("/readyz")
     assert answer.status_code == 503, answer.json()
     assert answer.json()["checks"]["store"].startswith(f"error: this API's store ({get_storage().url}) lacks the mark")

@@ -381,3 +381,24 @@ def test_a_copy_that_holds_the_current_mark_is_still_marked_as_the_target(servic
     moving = leave_next_mark(copy)
     assert moving != token and leave_mark(copy, move=True) == moving
     assert "moved away from" in ask_store(old) and ask_store(copy) is None
+
+
+def test_a_target_left_incomplete_is_no_store_of_the_services_whatever_files_it_holds(
+    service_env, trained_job, tmp_path
+):
+    """A run that could not copy every file leaves no mark there, and the files it did copy do not
+    make the target the service's: a worker or API started on it is refused, not trusted."""
+    from service.core.storage.check import ask_store, leave_mark, mark_keys
+    from service.core.storage.stores import open_store
+
+    token = leave_mark(get_storage(service_env).store, move=True)
+    (service_env.checkpoint_dir / trained_job / "epoch-0001.safetensors").unlink()
+    url = f"file://{tmp_path / 'store'}"
+    report = migrate(service_env, url)
+    assert not report.complete and report.copied.files == 2
+    assert report.summary()[-1] == f"{url} lacks files: no API or worker should use it before a run copies them all"
+    target = open_store(url, {})
+    assert (tmp_path / "store" / "checkpoints" / trained_job / "epoch-0003.safetensors").is_file()
+    assert "lacks the mark the API left" in ask_store(target)
+    assert leave_mark(target, move=True) == token  # an API started on it does not vouch for it either
+    assert not any((tmp_path / "store" / key).exists() for key in mark_keys(token))
