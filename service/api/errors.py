@@ -6,6 +6,7 @@ import difflib
 import math
 
 from fastapi import FastAPI, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +23,7 @@ from models.inference.predictor import InputError
 from models.spec.explain import explain, input_loc, plain_message
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
+from service.core.storage import ObjectMissing, get_storage
 
 DATABASE_RETRY_AFTER_S = 5
 
@@ -274,7 +276,19 @@ def _message_key(request: Request) -> str:
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Invalid):  # core's locations are paths into the submitted document: the body
         return await _invalid_request(request, validation_error([(("body", *loc), msg) for loc, msg in exc.problems]))
+    if isinstance(exc, ObjectMissing) and (why := await _store_not_the_services(request)):
+        return JSONResponse({_message_key(request): f"{exc}: {why}"}, status_code=503, headers={"Retry-After": "10"})
     return JSONResponse({_message_key(request): str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
+
+
+async def _store_not_the_services(request: Request) -> str | None:
+    """Why this API's store is not the service's (a file missing there is no fault of the file's),
+    or None."""
+    readiness = getattr(request.app.state, "store_readiness", None)
+    if readiness is None:
+        return None
+    said = await run_in_threadpool(readiness.status, get_storage().store)
+    return said.removeprefix("error: ") if said.startswith("error: ") else None
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -203,7 +203,7 @@ def test_health_and_readiness(api):
     assert api.get("/metrics").headers["content-type"].startswith("text/plain")
 
 
-def test_an_api_whose_store_is_not_the_services_is_not_ready(api, monkeypatch):
+def test_an_api_whose_store_is_not_the_services_is_not_ready(api, monkeypatch, trained_job):
     """It reads old files or none, its uploads would go where no worker reads: /readyz says why,
     /v2 too, and uploads are refused; a store that cannot be asked now counts neither way."""
     from service.core.storage import StorageUnavailable
@@ -226,6 +226,10 @@ def test_an_api_whose_store_is_not_the_services_is_not_ready(api, monkeypatch):
     again = api.post("/v1/datasets", files={"file": ("set.zip", image_folder_zip(["a", "c"]), "application/zip")})
     assert again.status_code == 503 and again.json()["detail"].endswith("; nothing was written"), again.text
     assert again.json()["detail"].startswith("this API's store (") and "Retry-After" in again.headers
+    get_storage().store.delete([key for key, _ in get_storage().store.list(f"checkpoints/{trained_job}/")])
+    missing = api.post("/v1/predict", data={"model": f"job:{trained_job}"}, files=image())
+    assert missing.status_code == 503 and "is missing" in missing.json()["detail"], missing.text
+    assert ": this API's store (" in missing.json()["detail"]  # not the file's fault: the store is not the service's
 
     def unreachable(_prefix):
         raise StorageUnavailable("the store cannot be reached")
