@@ -882,7 +882,8 @@ def _stores_said(answer: dict) -> list[str]:
         return []
     same = {api, api.rstrip("/") + "/", api.rstrip("/")}
     others = [f"worker {w['id']} uses {w['store']}" for w in answer["workers"] if w.get("store") not in (None, *same)]
-    return [f"store: {api}", *others]
+    problem = [f"warning: {answer['store_problem']}"] if answer.get("store_problem") else []
+    return [f"store: {api}", *problem, *others]
 
 
 @command(top, "workers")

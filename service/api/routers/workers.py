@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service.api.deps import SessionDep, SettingsDep
 from service.api.schemas.workers import WorkerPublic, WorkersPublic
@@ -13,8 +13,12 @@ router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
 
 @router.get("", response_model=WorkersPublic)
-def list_workers(session: SessionDep, settings: SettingsDep) -> WorkersPublic:
+def list_workers(request: Request, session: SessionDep, settings: SettingsDep) -> WorkersPublic:
     """Live workers (heard from within three heartbeats), with their queues, devices, store and
-    current job, and the store of the API process that answered."""
+    current job, and the store of the API process that answered (with why it is not the
+    service's, if it is not)."""
     live = [WorkerPublic.model_validate(w) for w in worker_registry.live(session, settings=settings)]
-    return WorkersPublic(workers=live, count=len(live), store=get_storage(settings).url)
+    store = get_storage(settings).store
+    said = request.app.state.store_readiness.status(store)
+    problem = said.removeprefix("error: ") if said.startswith("error: ") else None
+    return WorkersPublic(workers=live, count=len(live), store=store.url, store_problem=problem)

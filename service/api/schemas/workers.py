@@ -41,3 +41,4 @@ class WorkersPublic(BaseModel):
     workers: list[WorkerPublic]
     count: int
     store: str  # the URL of the store of the API process that answered
+    store_problem: str | None = None  # why that store is not the service's (as /readyz says), if it is not

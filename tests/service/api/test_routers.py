@@ -223,6 +223,7 @@ def test_an_api_whose_store_is_not_the_services_is_not_ready(api, monkeypatch, t
     assert answer.json()["checks"]["store"].startswith(f"error: this API's store ({get_storage().url}) lacks the mark")
     ready = api.get("/v2/health/ready")
     assert ready.status_code == 503 and "lacks the mark" in ready.json()["error"]
+    assert api.get("/v1/workers").json()["store_problem"].startswith(f"this API's store ({get_storage().url}) lacks")
     again = api.post("/v1/datasets", files={"file": ("set.zip", image_folder_zip(["a", "c"]), "application/zip")})
     assert again.status_code == 503 and again.json()["detail"].endswith("; nothing was written"), again.text
     assert again.json()["detail"].startswith("this API's store (") and "Retry-After" in again.headers
@@ -841,7 +842,7 @@ def test_a_sweeps_answer_counts_the_trials_another_process_is_launching(service_
 
 def test_workers_lists_the_live_ones_with_each_ones_store(api):
     store = get_storage().url
-    assert api.get("/v1/workers").json() == {"workers": [], "count": 0, "store": store}
+    assert api.get("/v1/workers").json() == {"workers": [], "count": 0, "store": store, "store_problem": None}
     cpu = {"devices": [{"name": "cpu", "kind": "cpu", "memory_bytes": None}], "torch": "2", "cuda": None}
     with db.session_scope() as session:
         worker_registry.register(

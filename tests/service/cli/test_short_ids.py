@@ -193,3 +193,5 @@ def test_the_workers_table_names_the_apis_store_and_any_worker_on_another():
         "store: s3://files/prod",
         "worker stray@laptop uses file:///x",
     ]
+    answer["store_problem"] = "this API's store (s3://files/prod) is one the service moved away from ..."
+    assert cli_client.workers_table(answer)[3] == f"warning: {answer['store_problem']}"
