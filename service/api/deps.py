@@ -77,9 +77,9 @@ async def settings() -> Settings:
 async def services_store(request: Request) -> None:
     """Refuse (503, saying why) a request that would write files into this API's store when that
     store is not the service's (as /readyz says): no worker or other API would read them."""
-    said = await run_in_threadpool(request.app.state.store_readiness.status, get_storage().store)
-    if said.startswith("error: "):
-        raise Unavailable(f"{said.removeprefix('error: ')}; nothing was written", retry_after=10)
+    problem = await run_in_threadpool(request.app.state.store_readiness.problem, get_storage().store)
+    if problem:
+        raise Unavailable(f"{problem}; nothing was written", retry_after=10)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

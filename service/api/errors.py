@@ -287,8 +287,7 @@ async def _store_not_the_services(request: Request) -> str | None:
     readiness = getattr(request.app.state, "store_readiness", None)
     if readiness is None:
         return None
-    said = await run_in_threadpool(readiness.status, get_storage().store)
-    return said.removeprefix("error: ") if said.startswith("error: ") else None
+    return await run_in_threadpool(readiness.problem, get_storage().store)
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -880,8 +880,11 @@ def _stores_said(answer: dict) -> list[str]:
     api = answer.get("store")
     if not api:
         return []
-    same = {api, api.rstrip("/") + "/", api.rstrip("/")}
-    others = [f"worker {w['id']} uses {w['store']}" for w in answer["workers"] if w.get("store") not in (None, *same)]
+    others = [
+        f"worker {w['id']} uses {w['store']}"
+        for w in answer["workers"]
+        if w.get("store") and w["store"].rstrip("/") != api.rstrip("/")  # a URL with or without its slash
+    ]
     problem = [f"warning: {answer['store_problem']}"] if answer.get("store_problem") else []
     return [f"store: {api}", *problem, *others]
 

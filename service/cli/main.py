@@ -201,7 +201,7 @@ def leave_store_mark(settings) -> str:
     were emptied, say; the API's housekeeping puts it back later too), and say so when that store
     is not the service's (service/core/storage/check.py); the store's URL."""
     from service.core.storage import get_storage
-    from service.core.storage.check import leave_mark, readiness
+    from service.core.storage.check import leave_mark, problem_in, readiness
 
     store = get_storage(settings).store
     try:
@@ -209,9 +209,8 @@ def leave_store_mark(settings) -> str:
     except Exception as error:  # a store or database away now: each API process tries again as it starts
         typer.echo(f"warning: could not leave the service's mark in its store yet: {error}", err=True)
         return store.url
-    status = readiness(store)
-    if status.startswith("error: "):
-        typer.echo(f"warning: {status.removeprefix('error: ')}; /readyz answers 503 meanwhile", err=True)
+    if problem := problem_in(readiness(store)):
+        typer.echo(f"warning: {problem}; /readyz answers 503 meanwhile", err=True)
     return store.url
 
 

@@ -90,6 +90,8 @@ def service_stores_unknown(why: str) -> dict:
 
 
 def service_lines(service: dict) -> list[str]:
+    from service.core.storage.check import problem_in
+
     lines = []
     if service["service_store"]:
         lines.append(f"the service's store, as its API left its mark: {service['service_store']}")
@@ -102,8 +104,8 @@ def service_lines(service: dict) -> list[str]:
         lines.append(
             "this machine's store is the service's" if service["service_marked"] else "no API has left its mark yet"
         )
-    elif said.startswith("error: "):
-        lines.append(f"warning: {said.removeprefix('error: ')}")
+    elif problem := problem_in(said):
+        lines.append(f"warning: {problem}")
     else:
         lines.append(f"whether this machine's store is the service's: {said}")
     return lines

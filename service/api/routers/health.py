@@ -11,6 +11,7 @@ from service.api import telemetry
 from service.core.broker import ping_broker
 from service.core.db import ping
 from service.core.storage import get_storage
+from service.core.storage.check import problem_in
 
 router = APIRouter(tags=["health"])
 
@@ -43,7 +44,7 @@ async def readyz(request: Request) -> JSONResponse:
         except Exception as exc:  # any failure means not ready; say which and why
             checks[name] = f"error: {type(exc).__name__}: {exc}"
     checks["store"] = await run_in_threadpool(request.app.state.store_readiness.status, get_storage().store)
-    ready = all(v == "ok" for k, v in checks.items() if k != "store") and not checks["store"].startswith("error")
+    ready = all(v == "ok" for k, v in checks.items() if k != "store") and not problem_in(checks["store"])
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
     )

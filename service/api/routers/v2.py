@@ -71,9 +71,9 @@ async def ready(request: Request) -> JSONResponse:
         return JSONResponse({"ready": False, "error": str(exc)}, status_code=503)
     if request.app.state.preload.status() != "ok":
         return JSONResponse({"ready": False, "error": request.app.state.preload.status()}, status_code=503)
-    store = await run_in_threadpool(request.app.state.store_readiness.status, get_storage().store)
-    if store.startswith("error"):
-        return JSONResponse({"ready": False, "error": store}, status_code=503)
+    problem = await run_in_threadpool(request.app.state.store_readiness.problem, get_storage().store)
+    if problem:
+        return JSONResponse({"ready": False, "error": f"error: {problem}"}, status_code=503)
     return JSONResponse({"ready": True})
 
 

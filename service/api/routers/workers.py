@@ -19,6 +19,5 @@ def list_workers(request: Request, session: SessionDep, settings: SettingsDep) -
     service's, if it is not)."""
     live = [WorkerPublic.model_validate(w) for w in worker_registry.live(session, settings=settings)]
     store = get_storage(settings).store
-    said = request.app.state.store_readiness.status(store)
-    problem = said.removeprefix("error: ") if said.startswith("error: ") else None
+    problem = request.app.state.store_readiness.problem(store)
     return WorkersPublic(workers=live, count=len(live), store=store.url, store_problem=problem)

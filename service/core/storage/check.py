@@ -9,13 +9,14 @@ records it, so that no store is ever asked for a mark it could not yet hold. A s
 mark is not the service's, unless it holds one of the newest files SQL records: then the mark went
 (a folder emptied, an expiry rule) and the API puts it back.
 
-`storage migrate` leaves a mark of its own in the store it copies to (next): workers switched to
-that store start, and the first API started on it makes that mark the service's and the old one
-left, so that a worker still on the store the service left is refused (at its start, and before
-its next job when it runs already). The
-API's /readyz asks its own store the same question. Before the marks, a listing of a prefix
-nothing uses tells apart a key pair the store does not know or a bucket that does not exist (a key
-pair merely not allowed to list, AccessDenied, says nothing).
+`storage migrate` leaves a mark of its own in the store it copies to (next): a worker on that
+store is refused until the first API started on it makes that mark the service's and the old one
+left; from then on a worker still on the store the service left is refused (at its start, and
+before its next job when it runs already). The API's /readyz asks its own store the same question.
+
+Before the marks, a listing of a prefix nothing uses tells apart a key pair the store does not
+know or a bucket that does not exist (a key pair merely not allowed to list, AccessDenied, says
+nothing).
 
 A store or database that cannot be reached right now is no answer either way (the worker goes on,
 and waits for it job by job); nor is a service whose API has not yet left its mark.
@@ -172,7 +173,7 @@ def leave_next_mark(target: Store) -> str | None:
         return None
     if not _missing(target, marks.current.token) and marks.current.store_url == target.url:
         return marks.current.token  # the service's store already
-    if held := _held(target, marks.next):  # a copy holding the current mark (by hand, or as migrate once left it) too
+    if held := _held(target, marks.next):  # marked by an earlier run: the same mark, put back whole
         _write(target, _missing(target, held.token), held.token)
         return held.token
     token = uuid.uuid4().hex
@@ -223,6 +224,15 @@ class StoreReadiness:
         finally:
             self._asking.release()
         return self._said
+
+    def problem(self, store: Store) -> str | None:
+        """Why the store is not the service's, as status() says it; None when it is, or cannot be asked."""
+        return problem_in(self.status(store))
+
+
+def problem_in(said: str) -> str | None:
+    """The why of a readiness() answer that says the store is not the service's; else None."""
+    return said.removeprefix("error: ") if said.startswith("error: ") else None
 
 
 def store_problem(store: Store, marks: Marks, recorded: list[StoredFile], subject: Subject = WORKER) -> str | None:
