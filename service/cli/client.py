@@ -517,6 +517,7 @@ def sweep_table(sweep: dict) -> Table:
         title=f"sweep {sweep['name']} ({sweep['id']}): {sweep['status']}, {search}, "
         f"{sweep['launched']}/{sweep['trials']} launched, {sweep['epochs_spent']} epochs spent, "
         f"ranked by {sweep['mode']} {sweep['metric']}",
+        caption=f"stopped: {sweep['stopped']}" if sweep.get("stopped") else None,
     )
     for rank, entry in enumerate(sweep["jobs"], start=1):
         values = [entry["params"].get(path, "-") for path in paths]

@@ -461,6 +461,9 @@ def finish_job(
     detail: dict | None = None,
 ) -> bool:
     """Move this attempt's running (or cancelling) job to a final state."""
+    if status == JobStatus.CANCELLED:  # the reason the cancel was asked for: a user's, a stopped sweep's
+        asked = session.scalar(select(Job.reason).where(Job.id == job_id, Job.status == JobStatus.CANCELLING))
+        reason = asked or reason
     return (
         transition(
             session,
@@ -477,7 +480,7 @@ def finish_job(
     )
 
 
-def request_cancel(session: Session, *, job_id: str) -> Job:
+def request_cancel(session: Session, *, job_id: str, reason: str = "user_cancelled") -> Job:
     """Cancel a queued job at once, or ask a running one's worker to stop."""
     job = session.get(Job, job_id, populate_existing=True)
     if transition(
@@ -485,13 +488,11 @@ def request_cancel(session: Session, *, job_id: str) -> Job:
         job_id=job_id,
         to=JobStatus.CANCELLED,
         from_any=(JobStatus.QUEUED,),
-        reason="user_cancelled",
+        reason=reason,
         finished_at=utcnow(),
     ):
         return job
-    if transition(
-        session, job_id=job_id, to=JobStatus.CANCELLING, from_any=(JobStatus.RUNNING,), reason="user_cancelled"
-    ):
+    if transition(session, job_id=job_id, to=JobStatus.CANCELLING, from_any=(JobStatus.RUNNING,), reason=reason):
         return job
     session.refresh(job)
     raise InvalidTransition(job, "cancel")
@@ -568,7 +569,7 @@ def reap_one(
         )
     elif old_status == JobStatus.CANCELLING:
         to, values = JobStatus.CANCELLED, {"finished_at": utcnow()}
-        reason, error = "user_cancelled", "the worker was lost while cancelling"
+        reason, error = job.reason or "user_cancelled", "the worker was lost while cancelling"
     elif (counted := counted_attempts(session, job)) >= max_attempts:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}
         reason, error = "worker_lost", f"the worker was lost {counted} times (limit {max_attempts})"
@@ -609,7 +610,7 @@ def give_back(
     if job is None or job.attempt != attempt:
         return None
     if job.status == JobStatus.CANCELLING:  # the user's cancel came while the attempt stopped: it wins
-        to, values, reason, error = JobStatus.CANCELLED, {"finished_at": utcnow()}, "user_cancelled", None
+        to, values, reason, error = JobStatus.CANCELLED, {"finished_at": utcnow()}, job.reason or "user_cancelled", None
     elif max_attempts is not None and (counted := counted_attempts(session, job)) >= max_attempts:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}
         error = f"{error}; tried {counted} times (limit {max_attempts})"

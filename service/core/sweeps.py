@@ -10,7 +10,9 @@ trial's job is created with its own idempotency key, so concurrent or repeated c
 a trial twice; a trial's job is committed with the count that includes it, so whoever sees the job
 sees it counted. For an adaptive sweep it first tells the study how the trials that ended did, then
 asks it for the next trial's values (TPE) or registers the next trial's fixed ones (a pruned grid
-or random sweep); a TPE trial's values are recorded in the row before its job is created.
+or random sweep); a TPE trial's values are recorded in the row before its job is created. A sweep
+whose last trials failed alike, for a cause they all share (a missing dataset), stops: it launches
+no more trials and cancels those not ended (`stopped` says why).
 """
 
 from __future__ import annotations
@@ -181,8 +183,12 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         ranked = trials(session, sweep)
         if sweep.study is not None:
             _tell_ended(session, sweep, ranked, settings)
+        if sweep.cancelled_at is None and sweep.stopped is None and (stopped := failing_alike(ranked)):
+            sweep.stopped = stopped
+            _cancel_unfinished(session, sweep.id, reason="sweep_stopped")
+            ranked = trials(session, sweep)
         active = sum(t.job is not None and t.job.status not in JobStatus.FINAL for t in ranked)
-        if sweep.cancelled_at is not None or sweep.launched >= sweep.size:
+        if sweep.cancelled_at is not None or sweep.stopped is not None or sweep.launched >= sweep.size:
             if not active:
                 if sweep.study is not None:  # trials asked for but never launched (cancelled meanwhile)
                     request = SweepSpec.model_validate(sweep.request)
@@ -225,6 +231,53 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         session.commit()
         if queue is not None:
             publish_or_defer(submitted.job_id, queue)
+
+
+# A sweep stops launching trials once this many in a row have failed alike, for a reason that comes
+# from what every trial shares (its dataset, its starting weights, the store), not from its values:
+# the trials left would fail the same way. A trial that diverges or runs out of memory stops nothing.
+FAIL_FAST = 3
+SHARED_CAUSES = frozenset(
+    {
+        "dataset_not_found",
+        "invalid_data",
+        "unsafe_data",
+        "missing_weights",
+        "invalid_weights",
+        "missing_file",
+        "corrupt_file",
+        "storage_error",
+        "storage_unavailable",
+    }
+)
+
+
+def failing_alike(ranked: list[Trial]) -> str | None:
+    """Why the sweep should launch nothing more, if the last FAIL_FAST trials to end all failed with
+    one of SHARED_CAUSES and the same error; else None."""
+    ended = sorted(
+        (t for t in ranked if t.job is not None and t.job.status in JobStatus.FINAL),
+        key=lambda t: (t.job.finished_at, t.index),
+    )[-FAIL_FAST:]
+    causes = {(t.job.status, t.job.reason, t.job.error) for t in ended}
+    if len(ended) < FAIL_FAST or len(causes) != 1:
+        return None
+    status, reason, error = causes.pop()
+    if status != JobStatus.FAILED or reason not in SHARED_CAUSES:
+        return None
+    indices = sorted(t.index for t in ended)
+    return (
+        f"trials {', '.join(map(str, indices[:-1]))} and {indices[-1]} failed alike ({reason}: {error}), "
+        "so the sweep launched no more trials and cancelled those not yet ended; fix the cause and submit it again"
+    )[:2000]
+
+
+def _cancel_unfinished(session: Session, sweep_id: str, *, reason: str) -> None:
+    for job_id in session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL))):
+        try:
+            jobs.request_cancel(session, job_id=job_id, reason=reason)
+        except jobs.InvalidTransition:
+            pass  # it ended meanwhile
 
 
 def _invalid(session: Session, sweep_id: str, index: int, error: Exception, settings: Settings) -> None:
@@ -340,11 +393,7 @@ def cancel(session: Session, *, sweep_id: str, settings: Settings) -> None:
     session.execute(
         update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled_at.is_(None)).values(cancelled_at=utcnow())
     )
-    for job_id in session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status.not_in(JobStatus.FINAL))):
-        try:
-            jobs.request_cancel(session, job_id=job_id)
-        except jobs.InvalidTransition:
-            pass  # it ended meanwhile
+    _cancel_unfinished(session, sweep_id, reason="user_cancelled")
     session.commit()
     advance(session, sweep_id=sweep_id, settings=settings)
 
@@ -436,12 +485,11 @@ def status(sweep: Sweep, ranked: list[Trial]) -> str:
     if sweep.cancelled_at is not None:
         return "cancelled"
     states = [t.job.status for t in ranked if t.job is not None]
-    if sweep.launched < sweep.size or any(s not in JobStatus.FINAL for s in states):
+    if (sweep.launched < sweep.size and sweep.stopped is None) or any(s not in JobStatus.FINAL for s in states):
         return "running"
     invalid = any("error" in t for t in sweep.trials)
-    return (
-        "succeeded" if all(s in (JobStatus.SUCCEEDED, JobStatus.PRUNED) for s in states) and not invalid else "failed"
-    )
+    succeeded = all(s in (JobStatus.SUCCEEDED, JobStatus.PRUNED) for s in states) and not invalid
+    return "succeeded" if succeeded and sweep.stopped is None else "failed"
 
 
 def page(session: Session, *, limit: int, offset: int) -> tuple[list[Sweep], int]:

@@ -145,6 +145,8 @@ class Sweep(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Why it launches no more trials although nobody cancelled it: its last trials failed alike.
+    stopped: Mapped[str | None] = mapped_column(Text)
     # The Optuna study that samples its trials (tpe) or prunes them, in Optuna's own storage.
     study: Mapped[str | None] = mapped_column(String(100))
     # Once every trial it will run has ended (and its study was told): nothing is left to do.

@@ -16,7 +16,7 @@ class SweepJobPublic(BaseModel):
     # None until the trial is launched (max_parallel holds it back), then its job.
     job_id: str | None
     # The job's status ("pruned": the sweep's pruner stopped it early); "pending" before it is
-    # launched ("cancelled" once the sweep is, which launches it never), "deleted" if its job was
+    # launched ("cancelled" once the sweep is cancelled or stopped, which launches it never), "deleted" if its job was
     # deleted, "invalid" if its values (a TPE draw) made a spec that could not run (`error` says why).
     status: str
     params: dict  # {} for a TPE trial not drawn yet
@@ -31,8 +31,11 @@ class SweepPublic(BaseModel):
     id: str
     name: str
     # running, succeeded (every job succeeded or was pruned), failed (some job failed or was
-    # cancelled), cancelled
+    # cancelled, or the sweep stopped), cancelled
     status: str
+    # Why it launched no more trials although nobody cancelled it: its last trials failed alike, for
+    # a cause they all share (a missing dataset, missing weights), which the trials left would meet too.
+    stopped: str | None = None
     search: str  # grid, random or tpe
     pruner: str | None  # asha, hyperband, median, or None
     metric: str
@@ -85,7 +88,7 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
             return "invalid"
         if trial.index < sweep.launched:
             return "deleted"
-        return "cancelled" if sweep.cancelled_at is not None else "pending"
+        return "cancelled" if sweep.cancelled_at is not None or sweep.stopped is not None else "pending"
 
     entries = [
         SweepJobPublic(
@@ -106,6 +109,7 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
         id=sweep.id,
         name=sweep.name,
         status=sweeps.status(sweep, ranked),
+        stopped=sweep.stopped,
         search=next((s for s in ("grid", "random", "tpe") if request.get(s) is not None), "grid"),
         pruner=(request.get("pruner") or {}).get("name"),
         metric=sweep.metric,

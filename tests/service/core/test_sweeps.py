@@ -237,3 +237,99 @@ def test_a_key_another_request_took_meanwhile_answers_that_sweep_on_either_datab
     with db.session_scope() as session:
         again = sweeps.create(session, sweep=request, settings=service_env_on, idempotency_key="k1")
         assert again.replayed and again.sweep.id == first_id and looked == ["k1", "k1"]
+
+
+def _fail(job_id: str, reason: str, error: str) -> None:
+    from service.core import db, jobs
+    from service.core.tables import JobStatus
+
+    with db.session_scope() as session:
+        attempt = jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3).attempt
+        assert jobs.finish_job(
+            session, job_id=job_id, attempt=attempt, status=JobStatus.FAILED, reason=reason, error=error
+        )
+
+
+def _trial_jobs(sweep_id: str) -> dict:
+    from sqlalchemy import select
+
+    from service.core import db
+    from service.core.tables import Job
+
+    with db.session_scope(write=False) as session:
+        return {job.sweep_trial: (job.id, job.status, job.reason) for job in session.scalars(select(Job))}
+
+
+def test_a_sweep_whose_trials_fail_alike_for_a_cause_they_share_stops_and_cancels_the_rest(service_env_on):
+    """Three trials in a row fail with one dataset_not_found error: the sweep launches no more,
+    cancels the trial still queued and the one running (which keeps the stop's reason when its
+    worker ends it), and ends failed, saying why."""
+    from service.api.schemas.sweeps import sweep_public
+    from service.core import db, jobs, sweeps
+    from service.core.tables import JobStatus
+    from tests.support.specs import SOFTMAX_SPEC
+
+    settings = service_env_on
+    request = SweepSpec(
+        name="alike",
+        base={**SOFTMAX_SPEC, "epochs": 1},
+        grid={"optimizer.lr": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]},
+        max_parallel=2,
+    )
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=request, settings=settings).sweep.id
+    gone = "uploaded dataset 1234 was deleted"
+    for trial in (0, 1):
+        _fail(_trial_jobs(sweep_id)[trial][0], "dataset_not_found", gone)
+        with db.session_scope() as session:
+            sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+    running = _trial_jobs(sweep_id)[3][0]
+    with db.session_scope() as session:
+        attempt = jobs.claim_job(session, job_id=running, worker="w", lease_seconds=30, max_attempts=3).attempt
+    _fail(_trial_jobs(sweep_id)[2][0], "dataset_not_found", gone)
+    with db.session_scope() as session:
+        sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+    assert _trial_jobs(sweep_id)[3] == (running, JobStatus.CANCELLING, "sweep_stopped")
+    assert sorted(_trial_jobs(sweep_id)) == [0, 1, 2, 3]  # nothing launched after the third failure
+    with db.session_scope() as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        assert sweeps.status(record, sweeps.trials(session, record)) == "running"  # until its running trial ends
+        assert record.stopped.startswith(f"trials 0, 1 and 2 failed alike (dataset_not_found: {gone})")
+        assert jobs.finish_job(
+            session, job_id=running, attempt=attempt, status=JobStatus.CANCELLED, reason="user_cancelled"
+        )
+        session.commit()
+        sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+    assert _trial_jobs(sweep_id)[3] == (running, JobStatus.CANCELLED, "sweep_stopped")
+    with db.session_scope() as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        public = sweep_public(record, sweeps.trials(session, record))
+    assert record.finished_at is not None and public.status == "failed" and public.stopped == record.stopped
+    assert public.counts == {"failed": 3, "cancelled": 3} and public.launched == 4
+
+
+@pytest.mark.parametrize(
+    "ends",
+    [
+        [("nan_loss", "the loss became nan")] * 3,  # the trials' values may cause it: it stops nothing
+        [("dataset_not_found", "gone")] * 2 + [("dataset_not_found", "another error")],
+        [("dataset_not_found", "gone")] * 2,
+    ],
+    ids=["value-caused", "different-errors", "two-only"],
+)
+def test_a_sweep_goes_on_past_failures_that_are_not_three_alike_of_a_shared_cause(service_env, ends):
+    from service.core import db, sweeps
+    from tests.support.specs import SOFTMAX_SPEC
+
+    request = SweepSpec(
+        name="on", base={**SOFTMAX_SPEC, "epochs": 1}, grid={"optimizer.lr": [0.1, 0.2, 0.3, 0.4, 0.5]}, max_parallel=1
+    )
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=request, settings=service_env).sweep.id
+    for trial, (reason, error) in enumerate(ends):
+        _fail(_trial_jobs(sweep_id)[trial][0], reason, error)
+        with db.session_scope() as session:
+            sweeps.advance(session, sweep_id=sweep_id, settings=service_env)
+    assert len(_trial_jobs(sweep_id)) == len(ends) + 1  # the next trial was launched
+    with db.session_scope(write=False) as session:
+        assert sweeps.require(session, sweep_id=sweep_id).stopped is None
