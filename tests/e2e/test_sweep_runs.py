@@ -125,3 +125,17 @@ def test_cancelling_a_sweep_cancels_its_jobs_and_launches_no_more(stack, client)
     again = client.post(f"/v1/sweeps/{sweep['id']}/cancel")
     assert again.status_code == 202 and again.json()["cancelled_at"] == after["cancelled_at"]
     assert client.post("/v1/sweeps/00000000-0000-0000-0000-000000000000/cancel").status_code == 404
+
+
+def test_a_sweep_on_a_dataset_its_worker_lacks_stops_once_three_trials_failed_alike(stack, client):
+    """MNIST is in no data folder: the answer warns, the worker fails three trials with one
+    invalid_data error, and the sweep launches none of the others."""
+    base = {**BASE, "data": {"dataset": "mnist"}}
+    body = {"name": "no-data", "base": base, "grid": {"seed": [1, 2, 3, 4, 5, 6]}, "max_parallel": 1}
+    created = client.post("/v1/sweeps", json=body)
+    assert created.status_code == 202 and "mnist" in created.json()["warnings"][0], created.text
+    done = wait_for_sweep(stack, client, created.json()["id"])
+    assert done["status"] == "failed" and done["launched"] == 3, done
+    assert done["counts"] == {"failed": 3, "cancelled": 3}
+    assert done["stopped"].startswith("trials 0, 1 and 2 failed alike (invalid_data: "), done["stopped"]
+    assert {entry["reason"] for entry in done["jobs"] if entry["job_id"]} == {"invalid_data"}
