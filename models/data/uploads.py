@@ -225,10 +225,10 @@ def _not_a_zip(data: bytes | BinaryIO) -> ArchiveError:
     """What a file that zipfile cannot open is: a zip cut short (it starts like one), another kind
     of archive (say which, and how to make a zip), or no archive."""
     if isinstance(data, (bytes, bytearray)):
-        head = bytes(data[:262])
+        head = bytes(data[:4096])
     else:
         data.seek(0)
-        head = data.read(262)
+        head = data.read(4096)
     if head[:4] == b"PK\x03\x04":
         return ArchiveError(
             "the zip archive is truncated or damaged (its directory at the end is missing): upload the whole file again"
@@ -255,10 +255,15 @@ def _is_number(value: str) -> bool:
 
 
 def _looks_like_csv(head: bytes) -> bool:
-    """Printable text whose first line has commas: a CSV file sent as it is."""
+    """Printable text whose first two lines have as many commas, at least one: a CSV file sent as
+    it is (a header and a row), not a line of prose."""
     text = head.decode("utf-8", errors="ignore")  # the head may end inside a character
-    first = text.split("\n", 1)[0]
-    return bool(text) and "," in first and all(c.isprintable() or c in "\r\n\t" for c in text)
+    lines = text.splitlines()
+    return (
+        len(lines) >= 2
+        and lines[0].count(",") == lines[1].count(",") >= 1
+        and all(c.isprintable() or c in "\r\n\t" for c in text)
+    )
 
 
 def _decode_members(

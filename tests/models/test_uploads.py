@@ -144,10 +144,15 @@ def test_bad_archives_are_refused_with_the_reason(files, message):
 
 
 def test_not_a_zip_and_zip_bombs_are_refused():
-    with pytest.raises(ArchiveError, match="^the upload is not a zip archive; trainyard takes zip archives: make one"):
-        decode_archive(b"a text file", name="x")
+    for text in (b"a text file", b"a line of text, with a comma\n", b"a note, with a comma\nand another line\n"):
+        with pytest.raises(ArchiveError, match="^the upload is not a zip archive; trainyard takes zip archives: make"):
+            decode_archive(text, name="x")
     with pytest.raises(ArchiveError, match="looks like a CSV file, not a zip archive: zip it"):
         decode_archive(b"x1,x2,label\n0.5,1.5,cat\n", name="rows")
+    with pytest.raises(ArchiveError, match="looks like a CSV file"):  # a long header and a row past 262 bytes
+        decode_archive(
+            (",".join(f"feature_{i}" for i in range(40)) + "\n" + ",".join(["0.5"] * 40) + "\n").encode(), name="wide"
+        )
     whole = zip_bytes({f"{label}/{i}.png": png_bytes(i, seed=i) for label in "ab" for i in range(5)})
     for cut in (whole[: len(whole) // 2], io.BytesIO(whole[: len(whole) // 2])):  # bytes, or a file as uploaded
         with pytest.raises(ArchiveError, match="truncated or damaged .*upload the whole file again"):
