@@ -119,7 +119,11 @@ class JobControl(Periodic):
             memory = self.memory
             with session_scope() as session:
                 status = jobs.heartbeat(
-                    session, job_id=self.job_id, attempt=self.attempt, memory_peak=memory.peak() if memory else None
+                    session,
+                    job_id=self.job_id,
+                    attempt=self.attempt,
+                    memory_peak=memory.peak() if memory else None,
+                    stalled=waiting_for_store(),
                 )
             if memory is not None:
                 memory.clear()
@@ -148,6 +152,19 @@ class JobControl(Periodic):
 
 
 MEMORY_SAMPLE_SECONDS = 0.25
+
+
+def waiting_for_store() -> str | None:
+    """What this process waits for the store for, in the job's terms, while it does."""
+    storage = get_storage()
+    waiting = storage.waiting()
+    if waiting is None:
+        return None
+    return (
+        f"the store {storage.url} is unavailable ({waiting.error}): the worker has retried it since "
+        f"{waiting.since:%H:%M:%S} UTC to {waiting.what}, and gives the job back to the queue at "
+        f"{waiting.until:%H:%M:%S} UTC if it is still away"
+    )
 
 
 def save_resumable_state(

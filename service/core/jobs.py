@@ -299,7 +299,9 @@ def transition(
         condition = [Job.id == job_id, Job.status == from_status, *where]
         if owner_attempt is not None:
             condition.append(Job.attempt == owner_attempt)
-        result = session.execute(update(Job).where(*condition).values(status=to, reason=reason, error=error, **values))
+        result = session.execute(
+            update(Job).where(*condition).values(status=to, reason=reason, error=error, stalled=None, **values)
+        )
         if result.rowcount == 1:
             current_attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
             session.add(
@@ -374,10 +376,16 @@ def note_resume(session: Session, *, job_id: str, attempt: int, detail: dict) ->
         event.detail = {**(event.detail or {}), **detail}
 
 
-def heartbeat(session: Session, *, job_id: str, attempt: int, memory_peak: float | None = None) -> str | None:
-    """Renew this attempt's lease (and record the share of its memory it has held at most);
-    returns the job's status, or None if the attempt lost the job."""
-    values = {"heartbeat_at": utcnow(), **({"memory_peak": memory_peak} if memory_peak is not None else {})}
+def heartbeat(
+    session: Session, *, job_id: str, attempt: int, memory_peak: float | None = None, stalled: str | None = None
+) -> str | None:
+    """Renew this attempt's lease (and record the share of its memory it has held at most, and what
+    it waits for, if anything); returns the job's status, or None if the attempt lost the job."""
+    values = {
+        "heartbeat_at": utcnow(),
+        "stalled": stalled,
+        **({"memory_peak": memory_peak} if memory_peak is not None else {}),
+    }
     result = session.execute(
         update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JobStatus.ACTIVE)).values(**values)
     )

@@ -103,6 +103,9 @@ class Job(Base):
     # The largest share of its memory budget, or of the machine's memory, that the running attempt
     # held in the interval its worker last reported: a lost attempt near 1 was killed for memory.
     memory_peak: Mapped[float | None] = mapped_column(Float)
+    # What the running attempt's worker waits for, as its last heartbeat said (the store, while it
+    # retries it); cleared by the next heartbeat that waits for nothing and by every transition.
+    stalled: Mapped[str | None] = mapped_column(Text)
     warnings: Mapped[list | None] = mapped_column(JSON)  # what its submission warned of
     # The training state its next attempt resumes from: {"key", "size", "sha256"} in the store.
     resume_state: Mapped[dict | None] = mapped_column(JSON)

@@ -18,6 +18,7 @@ from service.core.tables import Job, JobStatus, Worker, utcnow
 
 NO_WORKER = "no_worker"
 NO_GPU_WORKER = "no_gpu_worker"
+STORE_UNAVAILABLE = "store_unavailable"  # a running job's worker retries the store (the job's `stalled` says more)
 _PROBE = "import json; from models.devices import describe_devices; print(json.dumps(describe_devices()))"
 
 
@@ -151,6 +152,10 @@ def describe_waiting(reason: str | None) -> str | None:
         return "no live worker serves its queue; start one with `trainyard worker`"
     if reason == NO_GPU_WORKER:
         return "it asks for a GPU and no live worker with a GPU serves the GPU queue"
+    if reason == STORE_UNAVAILABLE:
+        return (
+            "its worker cannot reach the store and retries it; the job goes back to the queue if the store stays away"
+        )
     short = _SHORT_OF_CAPACITY.fullmatch(reason)
     if short is None:
         return reason
@@ -186,10 +191,16 @@ def nodes_of(spec: dict) -> int:
 
 
 def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) -> dict[str, str | None]:
-    """Each queued job's waiting reason (None for jobs that wait for nothing but their turn)."""
+    """Each queued job's waiting reason (None for jobs that wait for nothing but their turn), and
+    store_unavailable for a running job whose worker's last heartbeat said it retries the store."""
     queued = [job for job in jobs if job.status == JobStatus.QUEUED]
     workers = live(session, settings=settings) if queued else []
     return {
-        job.id: waiting_reason_for(device_of(job.spec), workers, settings, processes_of(job.spec), nodes_of(job.spec))
-        for job in queued
+        **{
+            job.id: waiting_reason_for(
+                device_of(job.spec), workers, settings, processes_of(job.spec), nodes_of(job.spec)
+            )
+            for job in queued
+        },
+        **{job.id: STORE_UNAVAILABLE for job in jobs if job.status in JobStatus.ACTIVE and job.stalled},
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import uuid
 
@@ -43,7 +44,7 @@ class Machines:
             **store.env(),
             "TRAINYARD_QUEUE": queue,
             "TRAINYARD_GPU_QUEUE": f"{queue}-gpu",
-            "TRAINYARD_STORAGE_RETRY_SECONDS": "2",
+            "TRAINYARD_STORAGE_RETRY_SECONDS": "4",  # long enough to see a job wait for the store
             "TRAINYARD_MAX_ATTEMPTS": "10",
         }
         self.api = Stack(
@@ -242,6 +243,16 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
         # The store stops mid-job: the worker waits, gives the job back, and it ends as if nothing happened.
         second = submit(api, {**spec, "epochs": 10, "name": "through-an-outage"})
         wait_until(lambda: len(epochs(api, second)) >= 2, timeout=120, what=f"two epochs\n{machines.logs()}")
+        said, watching = [], threading.Event()
+
+        def watch():  # the job as its owner polls it while the worker retries the store
+            with machines.api.client() as own:
+                while not watching.wait(0.1):
+                    job = own.get(f"/v1/jobs/{second}").json()
+                    said.append((job["status"], job["waiting_reason"], job["waiting_detail"]))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
         store.stop()
         try:
             hot = api.post("/v1/predict", data={"model": "shapes:1"}, files=files)
@@ -265,7 +276,11 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
                 what=f"the worker to give the job back\n{machines.logs()}",
             )
         finally:
+            watching.set()
+            watcher.join()
             store.start()
+        stalled = [detail for status, reason, detail in said if status == "running" and reason == "store_unavailable"]
+        assert stalled and stalled[0].startswith(f"the store s3://{store.bucket}/{store.prefix} is unavailable"), said
         outage = machines.api.wait_for_job(api, second, timeout=240)
         assert outage["status"] == "succeeded", (outage, machines.logs())
         assert epochs(api, second) == list(range(1, 11))

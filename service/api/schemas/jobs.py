@@ -83,7 +83,8 @@ class JobPublic(BaseModel):
     transitions: list[TransitionPublic]
     cross_validation: dict | None = None
     # Why a queued job cannot start: no live worker serves its queue (no_worker, no_gpu_worker), or
-    # none can give a distributed job its processes (no_worker_with_4_processes, ...); and in words.
+    # none can give a distributed job its processes (no_worker_with_4_processes, ...); or why a
+    # running one makes no progress: its worker retries the store (store_unavailable); and in words.
     waiting_reason: str | None = None
     waiting_detail: str | None = None
     # Bytes of stored files the job holds: the checkpoints its policy keeps and, for a failed or
@@ -156,7 +157,11 @@ def job_public(view: JobView) -> JobPublic:
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
         cross_validation=job.cross_validation,
         waiting_reason=view.waiting_reason,
-        waiting_detail=worker_registry.describe_waiting(view.waiting_reason),
+        waiting_detail=(
+            job.stalled
+            if view.waiting_reason == worker_registry.STORE_UNAVAILABLE and job.stalled
+            else worker_registry.describe_waiting(view.waiting_reason)
+        ),
         disk_bytes=view.disk_bytes,
         sweep_id=job.sweep_id,
         warnings=job.warnings or [],

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,6 +58,16 @@ class StoredFile:
     sha256: str | None = None
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """A call that patiently() retries while the store is unavailable."""
+
+    what: str
+    since: datetime
+    until: datetime  # when it gives up
+    error: str  # the store's last answer
+
+
 class Storage:
     def __init__(self, settings: Settings):
         self.store: Store = open_store(
@@ -70,6 +81,7 @@ class Storage:
         self.cache = ObjectCache(settings.object_cache_dir, settings.cache_bytes)
         self.retry_seconds = settings.storage_retry_seconds
         self._verified: dict[tuple, str] = {}  # local files whose digest this process checked
+        self._waiting: dict[int, Waiting] = {}  # by thread
         self._lock = threading.Lock()
 
     @property
@@ -198,16 +210,28 @@ class Storage:
         TRAINYARD_STORAGE_RETRY_SECONDS; then StorageUnavailable."""
         limit = self.retry_seconds if give_up_after is None else give_up_after
         deadline, delay, tries = time.monotonic() + limit, 0.5, 0
-        while True:
-            try:
-                return call()
-            except StorageUnavailable as exc:
-                tries += 1
-                if time.monotonic() + delay > deadline:
-                    raise StorageUnavailable(f"{exc} (gave up after {tries} tries in {limit:.0f} s)") from None
-                log.warning("%s: %s; trying again in %.1f s", what, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 15.0)
+        thread, since = threading.get_ident(), datetime.now(UTC)
+        try:
+            while True:
+                try:
+                    return call()
+                except StorageUnavailable as exc:
+                    tries += 1
+                    if time.monotonic() + delay > deadline:
+                        raise StorageUnavailable(f"{exc} (gave up after {tries} tries in {limit:.0f} s)") from None
+                    log.warning("%s: %s; trying again in %.1f s", what, exc, delay)
+                    with self._lock:
+                        self._waiting[thread] = Waiting(what, since, since + timedelta(seconds=limit), str(exc))
+                    time.sleep(delay)
+                    delay = min(delay * 2, 15.0)
+        finally:
+            with self._lock:
+                self._waiting.pop(thread, None)
+
+    def waiting(self) -> Waiting | None:
+        """The call of this process that has waited longest for the store, while one does."""
+        with self._lock:
+            return min(self._waiting.values(), key=lambda waiting: waiting.since, default=None)
 
 
 _opened: dict[tuple, Storage] = {}

@@ -402,3 +402,34 @@ def test_old_specs_keep_every_checkpoint_and_no_epoch_another_job_starts_from_is
         session.commit()
         dropped = jobs.drop_checkpoints(session, job_id=job_id)
         assert [f.key.rsplit("/", 1)[1] for f in dropped] == ["epoch-0002.safetensors"]  # 1 is needed, 3 is last
+
+
+def test_a_heartbeat_says_what_its_worker_waits_for_until_a_beat_or_a_transition_says_otherwise(Session):
+    from service.core import worker_registry
+
+    said = "the store s3://b/p is unavailable (cannot be reached): the worker has retried it since 12:00:00 UTC"
+    with Session() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+        attempt = jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt
+        session.commit()
+
+    def beat(stalled):
+        with Session() as session:
+            assert jobs.heartbeat(session, job_id=job_id, attempt=attempt, stalled=stalled) == JobStatus.RUNNING
+            session.commit()
+
+    def waiting() -> tuple:
+        with Session() as session:
+            job = session.get(Job, job_id)
+            reasons = worker_registry.waiting_reasons(session, jobs=[job], settings=None)  # no queued job to place
+            return job.stalled, reasons.get(job_id)
+
+    beat(said)
+    assert waiting() == (said, worker_registry.STORE_UNAVAILABLE)
+    beat(None)
+    assert waiting() == (None, None)
+    beat(said)
+    with Session() as session:
+        jobs.request_cancel(session, job_id=job_id)
+        session.commit()
+    assert waiting() == (None, None)  # a transition clears it; the next beat would say it again

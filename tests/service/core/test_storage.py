@@ -101,7 +101,13 @@ def test_patiently_waits_for_the_store_to_come_back(s3_storage, object_store):
     import threading
 
     object_store.stop()
-    restarter = threading.Timer(1.0, object_store.start)
+    seen = []
+
+    def restart_once_waiting_is_said():  # what a running job's heartbeat reads meanwhile
+        seen.append(wait_until(s3_storage.waiting, timeout=30, what="patiently() to say it waits"))
+        object_store.start()
+
+    restarter = threading.Thread(target=restart_once_waiting_is_said)
     restarter.start()
     try:
         stored = s3_storage.patiently(
@@ -111,7 +117,10 @@ def test_patiently_waits_for_the_store_to_come_back(s3_storage, object_store):
         )
     finally:
         restarter.join()
-    assert stored.size == 10
+    assert stored.size == 10 and s3_storage.waiting() is None
+    (waiting,) = seen
+    assert waiting.what == "store a file" and (waiting.until - waiting.since).total_seconds() == 60
+    assert "cannot be reached" in waiting.error, waiting.error
     object_store.stop()
     with pytest.raises(StorageUnavailable, match="gave up after"):
         s3_storage.patiently("fetch", lambda: s3_storage.store.list("checkpoints/"), give_up_after=1)
