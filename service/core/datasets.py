@@ -382,9 +382,13 @@ def stored_dataset_file(dataset_id: str, *, settings: Settings) -> Path:
 
 
 def require_dataset(session: Session, *, dataset_id: str) -> StoredDataset:
-    """One uploaded dataset, named as `uploaded:<given>` names it in a spec (see _candidates);
-    NotFound if there is none, Conflict if several datasets have that name."""
+    """One uploaded dataset, named as `uploaded:<given>` names it in a spec (see _candidates), or
+    as that whole reference (what `trainyard datasets upload` prints); NotFound if there is none,
+    Conflict if several datasets have that name."""
     found = _candidates(session, dataset_id)
+    if not found and dataset_id.startswith("uploaded:"):
+        dataset_id = dataset_id.removeprefix("uploaded:")
+        found = _candidates(session, dataset_id)
     if len(found) > 1:
         raise Conflict(_shared_name(dataset_id, found))
     if not found:

@@ -9,7 +9,7 @@ import pytest
 
 from models.spec.job import JobSpec
 from service.core import datasets, db, submission
-from service.core.errors import Invalid
+from service.core.errors import Invalid, NotFound
 from service.core.storage import StorageUnavailable
 from service.core.storage.cache import file_sha256
 from service.core.tables import DatasetStatus, Job, JobStatus, StoredDataset
@@ -166,6 +166,10 @@ def test_uploaded_datasets_are_named_by_their_names(service_env):
             session, references=[f"uploaded:{shapes}", "uploaded:00000000-gone", "fashion-mnist", f"uploaded:{shapes}"]
         ) == {f"uploaded:{shapes}": "shapes"}
         assert datasets.names(session, references=["mnist"]) == {}
+        for given in ("shapes", "uploaded:shapes", shapes[:8], f"uploaded:{shapes[:8]}"):  # as the CLI prints it
+            assert datasets.require_dataset(session, dataset_id=given).id == shapes
+        with pytest.raises(NotFound, match="did you mean shapes"):
+            datasets.require_dataset(session, dataset_id="uploaded:shapez")
 
 
 def test_a_name_another_dataset_has_is_refused_naming_it_unless_that_one_failed(service_env):
