@@ -561,7 +561,10 @@ def sweep(
         warn(current, as_json=opts.as_json)
         if follow_sweep:
             current = follow_sweep_live(opts, api, current)
-    opts.show(current, lambda s: () if follow_sweep else [f"sweep {s['id']} {s['status']}: {s['trials']} trials"])
+    opts.show(
+        current,
+        lambda s: trial_errors(s) if follow_sweep else [f"sweep {s['id']} {s['status']}: {s['trials']} trials"],
+    )
     if follow_sweep and current["status"] != "succeeded":
         raise typer.Exit(JOB_FAILED)
 
@@ -603,9 +606,22 @@ def sweeps_show(
         current = checked(api.get(f"/v1/sweeps/{sweep_id}"))
         if follow_sweep:
             current = follow_sweep_live(opts, api, current)
-    opts.show(current, lambda s: () if follow_sweep else [sweep_table(s)])
+    opts.show(current, lambda s: trial_errors(s) if follow_sweep else [sweep_table(s), *trial_errors(s)])
     if follow_sweep and current["status"] != "succeeded":
         raise typer.Exit(JOB_FAILED)
+
+
+def trial_errors(sweep: dict, most: int = 5) -> list[str]:
+    """Why its trials failed or were invalid, a line each (trials failing alike once)."""
+    said: dict[tuple, list[str]] = {}
+    for entry in sorted(sweep["jobs"], key=lambda e: e["trial"]):
+        if entry.get("error"):
+            said.setdefault((entry["status"], entry["error"]), []).append(str(entry["trial"]))
+    lines = [
+        f"trial{'s' if len(trials) > 1 else ''} {', '.join(trials)} {status}: {error}"
+        for (status, error), trials in said.items()
+    ]
+    return lines[:most] + ([f"... and {len(lines) - most} more errors"] if len(lines) > most else [])
 
 
 @command(sweeps_app, "cancel")

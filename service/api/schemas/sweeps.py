@@ -8,7 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from service.core import sweeps
-from service.core.tables import Sweep
+from service.core.tables import JobStatus, Sweep
 
 
 class SweepJobPublic(BaseModel):
@@ -23,7 +23,7 @@ class SweepJobPublic(BaseModel):
     epochs: int  # the epochs its job has trained
     # The job's best value of the sweep's metric over its epochs so far.
     metric: float | None
-    error: str | None = None
+    error: str | None = None  # why its values made no job (invalid), or why its job failed
     reason: str | None = None  # why its job ended as it did (its job's reason: nan_loss, pruned_by_asha, ...)
 
 
@@ -98,7 +98,8 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
             params=t.params,
             epochs=t.job.epoch if t.job else 0,
             metric=t.metric,
-            error=sweep.trials[t.index].get("error") if t.index < len(sweep.trials) else None,
+            error=(sweep.trials[t.index].get("error") if t.index < len(sweep.trials) else None)
+            or (t.job.error if t.job and t.job.status == JobStatus.FAILED else None),
             reason=t.job.reason if t.job else None,
         )
         for t in ranked

@@ -518,6 +518,34 @@ def test_tables_show_a_diverged_loss_and_a_tiny_learning_rate_as_they_are_and_wh
     assert "succeeded (" not in rows
 
 
+def test_a_stopped_sweep_says_why_and_its_trials_errors_once_each():
+    gone = "dataset mnist: no files in /data"
+    trial = {"job_id": "a" * 36, "status": "failed", "reason": "invalid_data", "params": {"seed": 1}, "epochs": 0}
+    sweep = {
+        "id": "5f0c3f8e-0000-4000-8000-000000000000",
+        "name": "no-data",
+        "status": "failed",
+        "stopped": "trials 0, 1 and 2 failed alike (invalid_data: ...)",
+        "search": "grid",
+        "pruner": None,
+        "launched": 4,
+        "trials": 5,
+        "epochs_spent": 0,
+        "mode": "max",
+        "metric": "test_acc",
+        "jobs": [
+            *({**trial, "trial": n, "metric": None, "error": gone} for n in (2, 0, 1)),
+            {**trial, "trial": 3, "status": "invalid", "job_id": None, "metric": None, "error": "lr: must be > 0"},
+            {**trial, "trial": 4, "status": "cancelled", "job_id": None, "metric": None, "error": None},
+        ],
+    }
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(cli_client.sweep_table(sweep))
+    assert "stopped: trials 0, 1 and 2 failed alike (invalid_data: ...)" in out.getvalue(), out.getvalue()
+    assert cli_client.trial_errors(sweep) == [f"trials 0, 1, 2 failed: {gone}", "trial 3 invalid: lr: must be > 0"]
+    assert len(cli_client.trial_errors(sweep, most=1)) == 2  # the first, and how many more
+
+
 def test_a_message_on_stderr_stays_one_line_when_piped(capsys):
     """A failure's message is one line however long, as grep and logs want it (not cut at 80)."""
     message = "job 1234 failed: nan_loss " + "training loss became nan in epoch 1; lower the learning rate " * 3
