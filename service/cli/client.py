@@ -420,6 +420,12 @@ def follow(api: httpx.Client, job_id: str) -> dict:
         console.print(
             Text.assemble((f"job {job_id} succeeded", "green"), f" ({job['reason']})" if job["reason"] else "")
         )
+        best = job.get("best_metrics") or {}
+        if best.get("epoch") not in (None, job["epoch"]):  # the bar showed the last epoch, not the one served
+            console.print(
+                f"job:{job_id[:SHORT_ID]} serves epoch {best['epoch']}, its best by {job['best_selected_on']}: "
+                + epoch_summary(best)
+            )
     return job
 
 

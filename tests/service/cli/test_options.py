@@ -560,3 +560,20 @@ def test_probabilities_and_thresholds_near_0_or_1_are_not_rounded_onto_them():
     out = io.StringIO()
     Console(file=out, width=120, color_system=None).print(cli_client.predictions_table(answer)[0])
     assert "not sure" in out.getvalue() and "0.99996" in out.getvalue(), out.getvalue()
+
+
+def test_following_a_job_names_the_epoch_it_serves_when_that_is_not_its_last(monkeypatch):
+    """The bar ends on the last epoch's test accuracy; job:<id> serves the best epoch, which may be another."""
+    job_id = "5f0c3f8e-0000-4000-8000-000000000000"
+    job = {"id": job_id, "name": "q", "status": "succeeded", "reason": None, "error": None, "epochs": 20}
+    best = {"epoch": 14, "train_loss": 0.1, "test_acc": 0.95, "test_loss": 0.2}
+    monkeypatch.setattr(cli_client, "events", lambda api, job_id: iter(()))
+    for last, shown in ((20, True), (14, False)):
+        out = io.StringIO()
+        monkeypatch.setattr(cli_client, "console", Console(file=out, width=200, color_system=None))
+        answer = {**job, "epoch": last, "best_selected_on": "val_acc", "best_metrics": best}
+        transport = httpx.MockTransport(lambda request, answer=answer: httpx.Response(200, json=answer))
+        with httpx.Client(base_url="http://trainyard.test", transport=transport) as api:
+            cli_client.follow(api, job_id)
+        said = "job:5f0c3f8e serves epoch 14, its best by val_acc: train loss 0.1, test acc 0.950"
+        assert (said in out.getvalue()) is shown, out.getvalue()
