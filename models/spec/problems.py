@@ -27,6 +27,7 @@ class DatasetInfo:
     input_shape: tuple[int, ...]
     outputs: int
     images: bool
+    train_examples: int | None = None  # where it is known without loading the set (an upload's)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
                 "would raise the learning rate; give a min_lr below lr",
             )
         )
+    problems += _split_problems(spec, info)
     unfreeze = getattr(spec.model, "unfreeze_at_epoch", None)
     if unfreeze is not None and unfreeze > spec.epochs:
         problems.append(
@@ -124,6 +126,34 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
     if not problems:
         problems += [SpecProblem(("model", *loc), msg) for loc, msg in shape_problems(spec, info)]
     return problems
+
+
+def _split_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
+    """A validation split or folds that leave nothing to train on (as models/data/splits.py would
+    find out in the worker)."""
+    count = info.train_examples
+    if count is None:
+        return []
+    if (limit := getattr(spec.data, "limit_train", None)) is not None:
+        count = min(count, limit)
+    fraction = spec.data.val_fraction
+    if fraction > 0 and max(1, round(count * fraction)) >= count:
+        return [
+            SpecProblem(
+                ("data", "val_fraction"),
+                f"{fraction:g} holds out all {count} training examples of {spec.data.dataset}, leaving none to "
+                "train on; hold out less",
+            )
+        ]
+    folds = spec.cross_validation.folds if spec.cross_validation else None
+    if folds is not None and count < folds:
+        return [
+            SpecProblem(
+                ("cross_validation", "folds"),
+                f"{folds} folds need at least {folds} training examples; {spec.data.dataset} has {count}",
+            )
+        ]
+    return []
 
 
 def _image_option_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:

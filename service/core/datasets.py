@@ -518,6 +518,7 @@ def dataset_info(session: Session, spec: JobSpec) -> DatasetInfo | None:
             input_shape=tuple(record.input_shape),
             outputs=len(record.classes) if record.classes else 1,
             images=len(record.input_shape) == 3,
+            train_examples=record.num_train,
         )
     return builtin_dataset_info(spec.data)
 

@@ -50,6 +50,31 @@ def test_a_kept_upload_is_processing_then_ready(service_env):
     assert not list(service_env.datasets_dir.glob("*.upload.zip")) and not list(service_env.datasets_dir.glob(".*"))
     with db.session_scope() as session:
         assert submission.check_spec(session, spec=spec_on(dataset_id), settings=service_env) == "classification"
+        # Its 12 training examples, known from the record, are checked against the split at submission.
+        split = JobSpec.model_validate(
+            {**spec_on(dataset_id).model_dump(), "data": {**spec_on(dataset_id).data.model_dump(), "val_fraction": 0.5}}
+        )
+        assert submission.check_spec(session, spec=split, settings=service_env) == "classification"
+        for change, where, message in (
+            (
+                {"data": {**split.data.model_dump(), "val_fraction": 0.96}},
+                ("data", "val_fraction"),
+                "holds out all 12 training examples",
+            ),
+            (
+                {"cross_validation": {"folds": 13}},
+                ("cross_validation", "folds"),
+                "13 folds need at least 13 training examples",
+            ),
+        ):
+            with pytest.raises(Invalid) as refused:
+                submission.check_spec(
+                    session,
+                    spec=JobSpec.model_validate({**spec_on(dataset_id).model_dump(), **change}),
+                    settings=service_env,
+                )
+            ((loc, said),) = refused.value.problems
+            assert loc == where and message in said, said
 
 
 def test_a_kept_upload_that_is_not_a_dataset_fails_with_the_reason(service_env):
