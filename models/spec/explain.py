@@ -148,6 +148,9 @@ def _unknown_tag(root: type[BaseModel], error: dict, document) -> str:
     value = given.get(discriminator) if isinstance(given, dict) else None
     close = _close(value, tags) if isinstance(value, str) else []
     if error["type"] == "dataset":  # its own message lists the datasets
+        prefix, colon, rest = value.partition(":") if isinstance(value, str) else ("", "", "")
+        if colon and prefix.lower() == "uploaded":  # Uploaded:shapes
+            return f"{error['msg']}; did you mean uploaded:{rest}?"
         if close:
             return f"{error['msg']}; did you mean {' or '.join(close)}?"
         if isinstance(value, str) and value and ":" not in value:

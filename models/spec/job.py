@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from models.spec.explain import JOB_ID_PATTERN
+from models.spec.explain import JOB_ID_PATTERN, worded
 
 
 class StrictModel(BaseModel):
@@ -362,7 +362,11 @@ class UploadedDatasetSpec(_ImageOptions):
     dataset: Annotated[
         str,
         Field(
-            pattern=rf"^uploaded:{UPLOADED_NAME}$",
+            pattern=worded(
+                rf"^uploaded:{UPLOADED_NAME}$",
+                "uploaded: and an uploaded dataset's id, a unique prefix of it or its name (1 to 200 characters, "
+                "no / or \\, no space at either end)",
+            ),
             description="uploaded:<dataset id, a unique prefix of it, or its name>",
         ),
     ]

@@ -28,7 +28,7 @@ from service.core import jobs
 from service.core.background import Periodic
 from service.core.db import session_scope
 from service.core.errors import Conflict, Invalid, NotFound, Unprocessable
-from service.core.ids import MAX_LISTED, not_found, resolve_id
+from service.core.ids import MAX_LISTED, id_hint, not_found, resolve_id
 from service.core.settings import Settings
 from service.core.storage import StoredFile, get_storage
 from service.core.tables import DatasetStatus, Job, JobStatus, StoredDataset, dataset_key, new_id, utcnow
@@ -410,7 +410,8 @@ def reference_id(session: Session, *, given: str) -> str:
         close = _close_names(session, given)
         hint = f"did you mean {' or '.join(f'uploaded:{name}' for name in close)}? " if close else ""
         problem = (
-            f"uploaded:{given} not found: no dataset has that id or name; {hint}GET /v1/datasets lists them "
+            f"uploaded:{given} not found{id_hint(given, named=True)}: no dataset has that id or name; {hint}"
+            "GET /v1/datasets lists them "
             "and POST /v1/datasets uploads one (`trainyard datasets list`, `trainyard datasets upload`)"
         )
     raise Invalid([(("data", "dataset"), problem)])
@@ -418,10 +419,15 @@ def reference_id(session: Session, *, given: str) -> str:
 
 def _close_names(session: Session, given: str) -> list[str]:
     """The names of datasets (not failed ones) close to `given`: what it may have meant."""
-    names = session.scalars(
-        select(StoredDataset.name).where(StoredDataset.status != DatasetStatus.FAILED).distinct()
-    ).all()
-    return difflib.get_close_matches(given, [n for n in names if n], n=3, cutoff=0.6)
+    names = [
+        name
+        for name in session.scalars(
+            select(StoredDataset.name).where(StoredDataset.status != DatasetStatus.FAILED).distinct()
+        )
+        if name
+    ]
+    cased = [name for name in names if name.lower() == given.lower()]  # names are case-sensitive
+    return cased or difflib.get_close_matches(given, names, n=3, cutoff=0.6)
 
 
 def _candidates(session: Session, given: str) -> list[str]:

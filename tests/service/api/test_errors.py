@@ -188,6 +188,10 @@ def test_a_missing_or_unknown_arch_lists_the_archs():
     assert dataset.endswith("did you mean fashion-mnist?")
     named = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "shapes"}})[("body", "data")]
     assert named.endswith("an uploaded dataset is named with its prefix: uploaded:shapes")
+    cased = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "Uploaded:shapes"}})[("body", "data")]
+    assert cased.endswith("did you mean uploaded:shapes?")
+    empty = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "uploaded:"}})[("body", "data", "dataset")]
+    assert empty.startswith("should be uploaded: and an uploaded dataset's id, a unique prefix of it or its name")
 
 
 def test_a_number_is_never_a_boolean_or_a_string():

@@ -195,6 +195,9 @@ def test_uploaded_datasets_are_named_by_their_names(service_env):
             assert datasets.require_dataset(session, dataset_id=given).id == shapes
         with pytest.raises(NotFound, match="did you mean shapes"):
             datasets.require_dataset(session, dataset_id="uploaded:shapez")
+        for given, hint in (("SHAPES", "did you mean uploaded:shapes?"), (shapes[:4], "needs at least 6 characters")):
+            with pytest.raises(Invalid, match=hint):
+                datasets.reference_id(session, given=given)
 
 
 def test_a_name_another_dataset_has_is_refused_naming_it_unless_that_one_failed(service_env):
