@@ -18,7 +18,7 @@ from models.inference.interchange import imported_meta, weights_problems
 from models.nets.archs import build_model
 from models.spec.job import MODEL_SPEC, JobSpec, NormalizeSpec
 from service.core import jobs
-from service.core.errors import Conflict, Invalid
+from service.core.errors import Conflict, Invalid, Unprocessable
 from service.core.references import DEFAULT_ALIAS, ModelNotFound, no_alias, no_version, resolve
 from service.core.settings import Settings
 from service.core.storage import StoredFile, get_storage
@@ -423,6 +423,11 @@ def require_version(session: Session, *, name: str, version: int) -> ModelVersio
 def set_alias(session: Session, *, name: str, alias: str, version: int) -> list[str]:
     """Point an alias at a version (creating or moving it); warnings of what its callers see
     change, when it moves to a version that answers otherwise."""
+    if alias.isdigit():
+        raise Unprocessable(
+            f"alias {alias!r} is all digits: {name}@{alias} would read like version {alias}, which is {name}:{alias}; "
+            f"give the alias a word (v{alias}, staging, ...)"
+        )
     record = require_version(session, name=name, version=version)
     row = session.get(ModelAlias, (name, alias))
     warnings = []

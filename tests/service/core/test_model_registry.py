@@ -6,7 +6,7 @@ import pytest
 
 from models.checkpoint import read_checkpoint
 from service.core import db, model_registry
-from service.core.errors import Conflict, NotFound
+from service.core.errors import Conflict, NotFound, Unprocessable
 
 
 def register(settings, job_id, checkpoint="best", name="fashion"):
@@ -39,6 +39,10 @@ def test_aliases_move_and_guard_deletion(service_env, trained_job):
         assert model_registry.aliases(session, name="fashion") == {"production": 2}
         with pytest.raises(NotFound, match="has no version 7; its versions: 1, 2$"):
             model_registry.set_alias(session, name="fashion", alias="staging", version=7)
+        with pytest.raises(Unprocessable, match="all digits: fashion@3 would read like version 3, which is fashion:3"):
+            model_registry.set_alias(session, name="fashion", alias="3", version=1)
+        model_registry.set_alias(session, name="fashion", alias="v3", version=1)  # digits with a word are fine
+        model_registry.remove_alias(session, name="fashion", alias="v3")
     with db.session_scope() as session, pytest.raises(Conflict, match="aliased as production"):
         model_registry.delete_version(session, name="fashion", version=2, settings=service_env)
     with db.session_scope() as session:
