@@ -56,6 +56,11 @@ def test_learning_curve_png(embedded_stack, two_jobs):
             io.BytesIO(client.get("/v1/plots/compare.png", params={"jobs": ",".join(two_jobs)}).content)
         )
         assert pixels_of(compared, BLUE) > 200 and pixels_of(compared, ORANGE) > 200
+        repeated = client.get("/v1/plots/compare.png", params=[("jobs", job_id) for job_id in two_jobs])
+        assert (
+            repeated.status_code == 200
+            and repeated.content == client.get("/v1/plots/compare.png", params={"jobs": ",".join(two_jobs)}).content
+        )
         assert client.get("/v1/jobs/00000000-0000-0000-0000-000000000000/plot.png").status_code == 404
         one = client.get("/v1/plots/compare.png", params={"jobs": "only-one"})
         assert one.status_code == 422 and one.json()["detail"][0]["msg"].startswith("give 2 to 8 job ids"), one.text

@@ -26,18 +26,25 @@ async def learning_curves(job_id: str) -> Response:
 COMPARED = (2, 8)
 
 
-def compared_jobs(value: str) -> list[str]:
-    ids = [part.strip() for part in value.split(",") if part.strip()]
+def compared_jobs(values: list[str]) -> list[str]:
+    ids = [part.strip() for value in values for part in value.split(",") if part.strip()]
     if not COMPARED[0] <= len(ids) <= COMPARED[1]:
-        raise ValueError(f"give {COMPARED[0]} to {COMPARED[1]} job ids (or 6+ character prefixes), comma-separated")
+        raise ValueError(
+            f"give {COMPARED[0]} to {COMPARED[1]} job ids (or 6+ character prefixes), comma-separated or each in "
+            f"a jobs parameter of its own; {len(ids)} given"
+        )
     return ids
 
 
 @router.get("/plots/compare.png", response_class=Response, responses=PNG)
 async def compare(
     job_ids: Annotated[
-        str,
-        Query(alias="jobs", description="comma-separated job ids or prefixes (2 to 8)", max_length=1000),
+        list[str],
+        Query(
+            alias="jobs",
+            description="job ids or prefixes (2 to 8): comma-separated (jobs=A,B), or the parameter repeated",
+            max_length=COMPARED[1],
+        ),
         AfterValidator(compared_jobs),
     ],
 ) -> Response:
