@@ -229,6 +229,8 @@ def _not_a_zip(data: bytes | BinaryIO) -> ArchiveError:
     else:
         data.seek(0)
         head = data.read(4096)
+    if not head:
+        return ArchiveError(f"the upload is empty (0 bytes); {MAKE_A_ZIP}")
     if head[:4] == b"PK\x03\x04":
         return ArchiveError(
             "the zip archive is truncated or damaged (its directory at the end is missing): upload the whole file again"

@@ -147,6 +147,8 @@ def test_not_a_zip_and_zip_bombs_are_refused():
     for text in (b"a text file", b"a line of text, with a comma\n", b"a note, with a comma\nand another line\n"):
         with pytest.raises(ArchiveError, match="^the upload is not a zip archive; trainyard takes zip archives: make"):
             decode_archive(text, name="x")
+    with pytest.raises(ArchiveError, match="^the upload is empty \\(0 bytes\\); trainyard takes zip archives"):
+        decode_archive(b"", name="x")
     with pytest.raises(ArchiveError, match="looks like a CSV file, not a zip archive: zip it"):
         decode_archive(b"x1,x2,label\n0.5,1.5,cat\n", name="rows")
     with pytest.raises(ArchiveError, match="looks like a CSV file"):  # a long header and a row past 262 bytes
