@@ -583,9 +583,12 @@ def test_unknown_dashboard_pages_are_its_own_404_page(browser, embedded_stack):
             assert answer.status_code == 404 and answer.headers["content-type"].startswith("text/html"), path
             assert 'id="error-status">404 Not Found<' in answer.text and said in answer.text, answer.text
             assert '<a href="/ui/datasets">datasets</a>' in answer.text  # the dashboard's own navigation
-        for path in ("/ui", "/ui/"):  # the dashboard's own address: its first page
+        for path in ("/ui", "/ui/", "/ui/jobs", "/ui/jobs/"):  # the dashboard's own address: its first page, the jobs
             first = client.get(path, follow_redirects=True)
             assert first.status_code == 200 and first.url.path == "/" and 'id="jobs"' in first.text, path
+        action = client.get("/ui/jobs/0123456789/resume")  # an action's address, typed in
+        assert action.status_code == 405 and action.headers["allow"] == "POST", action.text
+        assert "/ui/jobs/0123456789/resume is an action: it takes POST from the button on its page" in action.text
         fragment = client.get("/ui/fragments/jobs/0123456789/evaluation")  # a page's script reads its detail
         assert fragment.status_code == 404 and fragment.json()["detail"] == "job 0123456789 not found"
     browser.get(embedded_stack.url + "/ui/jobs/0123456789/nothing/here")

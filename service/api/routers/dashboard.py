@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from starlette.datastructures import UploadFile as FormFile  # what request.form() holds (FastAPI's subclasses it)
+from starlette.routing import Match
 
 from models.checkpoint import CheckpointError
 from models.inference.formats import FORMATS, INPUTS
@@ -673,7 +674,22 @@ router.include_router(actions)
 
 @router.get("/ui/{path:path}", response_class=HTMLResponse)
 def unknown_page(path: str, request: Request) -> Response:
-    """/ui/ itself: the dashboard's first page, /; any other /ui/ address: its 404 page (matched last)."""
-    if not path:
+    """/ui/ itself and /ui/jobs: the dashboard's first page, the jobs, at /; an action's address
+    (it takes only POST, from its page's button): 405; any other /ui/ address: its 404 page
+    (matched last)."""
+    if path.rstrip("/") in ("", "jobs"):
         return RedirectResponse("/", status_code=303)
+    allowed = sorted(
+        method
+        for route in (*router.routes, *pages.routes, *fragments.routes, *actions.routes)
+        if isinstance(route, APIRoute) and route.matches(request.scope)[0] == Match.PARTIAL
+        for method in route.methods
+    )
+    if allowed:
+        return error_page(
+            request,
+            405,
+            f"/ui/{path} is an action: it takes {', '.join(allowed)} from the button on its page, not a visit",
+            headers={"Allow": ", ".join(allowed)},
+        )
     return error_page(request, 404, f"there is no page at /ui/{path}")
