@@ -73,13 +73,16 @@ async def settings() -> Settings:
     return get_settings()
 
 
-# scope="function": closed when the route function returns, not after the answer has been sent.
-async def services_store(request: Request) -> None:
-    """Refuse (503, saying why) a request that would write files into this API's store when that
-    store is not the service's (as /readyz says): no worker or other API would read them."""
-    problem = await run_in_threadpool(request.app.state.store_readiness.problem, get_storage().store)
-    if problem:
-        raise Unavailable(f"{problem}; nothing was written", retry_after=10)
+def _on_the_services_store(done: str):
+    async def services_store(request: Request) -> None:
+        """Refuse (503, saying why) a request that would change files in this API's store when that
+        store is not the service's (as /readyz says): no worker or other API would read what it
+        writes, and what it deletes would leave the service's copies behind, unrecorded."""
+        problem = await run_in_threadpool(request.app.state.store_readiness.problem, get_storage().store)
+        if problem:
+            raise Unavailable(f"{problem}; {done}", retry_after=10)
+
+    return services_store
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
@@ -87,4 +90,5 @@ WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function"
 SettingsDep = Annotated[Settings, Depends(settings)]
 ModelServerDep = Annotated[ModelServer, Depends(get_model_server)]
 EvaluationsDep = Annotated[Evaluations, Depends(get_evaluations)]
-WritesFiles = Depends(services_store)  # in the dependencies of a route that stores files
+WritesFiles = Depends(_on_the_services_store("nothing was written"))  # of a route that stores files
+DeletesFiles = Depends(_on_the_services_store("nothing was deleted"))  # of a route that deletes stored files

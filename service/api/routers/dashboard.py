@@ -41,6 +41,7 @@ from service.api.auth import (
     token_table,
 )
 from service.api.deps import (
+    DeletesFiles,
     EvaluationsDep,
     ModelServerDep,
     SessionDep,
@@ -341,7 +342,7 @@ def resume_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
     return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
 
 
-@actions.post("/ui/jobs/{job_id}/delete")
+@actions.post("/ui/jobs/{job_id}/delete", dependencies=[DeletesFiles])
 def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> RedirectResponse:
     retention.delete_job(session, job_id=job_id, settings=settings)
     return RedirectResponse("/", status_code=303)
@@ -571,7 +572,7 @@ async def upload_dataset(
     return JSONResponse(DatasetPublic.model_validate(record).model_dump(mode="json"), status_code=code)
 
 
-@actions.post("/ui/datasets/{dataset_id}/delete", response_class=HTMLResponse)
+@actions.post("/ui/datasets/{dataset_id}/delete", response_class=HTMLResponse, dependencies=[DeletesFiles])
 def delete_dataset(dataset_id: str, request: Request, session: WriteSessionDep, settings: SettingsDep) -> Response:
     """Delete a dataset; the datasets page says which unfinished jobs keep one that is in use."""
     try:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, WritesFiles
+from service.api.deps import DeletesFiles, SessionDep, SettingsDep, WriteSessionDep, WritesFiles
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.datasets import DatasetPublic, DatasetsPublic
 from service.core import datasets
@@ -113,6 +113,7 @@ def read_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
     "/{dataset_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, 409: {"description": "An unfinished job, or one that can still be resumed, uses it"}},
+    dependencies=[DeletesFiles],
 )
 def delete_dataset(
     dataset_id: str,

@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse
 
 from models.spec.explain import worded
 from models.spec.job import JobSpec
-from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, read
+from service.api.deps import DeletesFiles, SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.errors import validation_error
 from service.api.events import Cursor, Snapshot, new_events
 from service.api.schemas.jobs import (
@@ -137,7 +137,12 @@ def resume_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
     return _public(session, job_id, settings)
 
 
-@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**JOB_NOT_FOUND, **CONFLICT})
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**JOB_NOT_FOUND, **CONFLICT},
+    dependencies=[DeletesFiles],
+)
 def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> None:
     """Delete a finished job: its record, metrics, events and checkpoints (409 while it is queued
     or running: cancel it first). Versions registered from it stay, with their own copy."""

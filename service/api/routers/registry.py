@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from models.inference.formats import FORMATS, INPUTS
-from service.api.deps import ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, WritesFiles
+from service.api.deps import DeletesFiles, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, WritesFiles
 from service.api.downloads import exported_file
 from service.api.errors import refuse_unknown_fields
 from service.api.schemas.registry import (
@@ -124,6 +124,7 @@ def update_version(
     "/{name}/versions/{version}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**NOT_FOUND, 409: {"description": "An alias points to this version"}},
+    dependencies=[DeletesFiles],
 )
 def delete_version(
     name: NameParam,

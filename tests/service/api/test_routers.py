@@ -227,6 +227,9 @@ def test_an_api_whose_store_is_not_the_services_is_not_ready(api, monkeypatch, t
     again = api.post("/v1/datasets", files={"file": ("set.zip", image_folder_zip(["a", "c"]), "application/zip")})
     assert again.status_code == 503 and again.json()["detail"].endswith("; nothing was written"), again.text
     assert again.json()["detail"].startswith("this API's store (") and "Retry-After" in again.headers
+    kept = api.delete(f"/v1/jobs/{trained_job}")  # its files in the service's store would stay, unrecorded
+    assert kept.status_code == 503 and kept.json()["detail"].endswith("; nothing was deleted"), kept.text
+    assert api.get(f"/v1/jobs/{trained_job}").status_code == 200
     get_storage().store.delete([key for key, _ in get_storage().store.list(f"checkpoints/{trained_job}/")])
     missing = api.post("/v1/predict", data={"model": f"job:{trained_job}"}, files=image())
     assert missing.status_code == 503 and "is missing" in missing.json()["detail"], missing.text
