@@ -155,9 +155,13 @@ MEMORY_SAMPLE_SECONDS = 0.25
 
 
 def waiting_for_store() -> str | None:
-    """What this process waits for the store for, in the job's terms, while it does."""
-    storage = get_storage()
-    waiting = storage.waiting()
+    """What this process waits for the store for, in the job's terms, while it does (None where
+    that cannot be told: a lease renewal never fails for it)."""
+    try:
+        storage = get_storage()
+        waiting = storage.waiting()
+    except Exception:
+        return None
     if waiting is None:
         return None
     return (

@@ -7,12 +7,13 @@ import torch
 
 from models.data.dataset import Dataset, DatasetError
 from models.data.rows import Rows
+from models.spec.holdout import held_out
 
 
 def holdout_split(n: int, fraction: float, seed: int, *, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held-out) indices of a seeded random split holding out `fraction` of n examples
     (at least one); `what` names the setting in the error when nothing would be left to train on."""
-    held = max(1, int(round(n * fraction)))
+    held = held_out(n, fraction)
     if held >= n:
         raise DatasetError(f"{what} {fraction} leaves no training examples out of {n}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from models.spec.holdout import held_out
 from models.spec.job import (
     CLASSIFICATION_ONLY,
     IMAGE_ONLY,
@@ -129,28 +130,31 @@ def spec_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
 
 
 def _split_problems(spec: JobSpec, info: DatasetInfo) -> list[SpecProblem]:
-    """A validation split or folds that leave nothing to train on (as models/data/splits.py would
-    find out in the worker)."""
+    """A validation split, or folds of what it leaves, that leave nothing to train on (as
+    models/data/splits.py would find out in the worker)."""
     count = info.train_examples
     if count is None:
         return []
     if (limit := getattr(spec.data, "limit_train", None)) is not None:
         count = min(count, limit)
     fraction = spec.data.val_fraction
-    if fraction > 0 and max(1, round(count * fraction)) >= count:
-        return [
-            SpecProblem(
-                ("data", "val_fraction"),
-                f"{fraction:g} holds out all {count} training examples of {spec.data.dataset}, leaving none to "
-                "train on; hold out less",
-            )
-        ]
+    if fraction > 0:
+        if held_out(count, fraction) >= count:
+            return [
+                SpecProblem(
+                    ("data", "val_fraction"),
+                    f"{fraction:g} holds out all {count} training examples of {spec.data.dataset}, leaving none "
+                    "to train on; hold out less",
+                )
+            ]
+        count -= held_out(count, fraction)
     folds = spec.cross_validation.folds if spec.cross_validation else None
     if folds is not None and count < folds:
+        left = f" that val_fraction {fraction:g} leaves" if fraction > 0 else ""
         return [
             SpecProblem(
                 ("cross_validation", "folds"),
-                f"{folds} folds need at least {folds} training examples; {spec.data.dataset} has {count}",
+                f"{folds} folds need at least {folds} training examples; {spec.data.dataset} has {count}{left}",
             )
         ]
     return []

@@ -8,7 +8,6 @@ import re
 from dataclasses import dataclass
 
 from service.core.tables import JobStatus
-from service.core.worker_registry import describe_waiting
 
 
 @dataclass
@@ -20,6 +19,7 @@ class Snapshot:
     transitions: list[dict]
     metrics: list[dict]
     logs: list[dict]
+    waiting_detail: str | None = None  # the waiting reason in words
 
 
 @dataclass
@@ -56,9 +56,7 @@ def new_events(snapshot: Snapshot, cursor: Cursor) -> list[tuple[str, dict, str]
         events.append(("status", transition, str(cursor)))
     if snapshot.waiting != cursor.waiting:
         cursor.waiting = snapshot.waiting
-        events.append(
-            ("waiting", {"reason": snapshot.waiting, "detail": describe_waiting(snapshot.waiting)}, str(cursor))
-        )
+        events.append(("waiting", {"reason": snapshot.waiting, "detail": snapshot.waiting_detail}, str(cursor)))
     for row in snapshot.metrics:
         if row["epoch"] > cursor.epoch:
             cursor.epoch = row["epoch"]

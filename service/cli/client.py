@@ -403,10 +403,9 @@ def follow(api: httpx.Client, job_id: str) -> dict:
         for kind, data in events(api, job_id):
             if kind == "status":
                 progress.update(task, status=data["to_status"])
-            elif kind == "waiting":
+            elif kind == "waiting":  # a queued job that cannot start, or a running one whose worker waits
                 if data["reason"]:
                     err.print(f"job {job_id} is waiting: {data.get('detail') or data['reason']}", style="yellow")
-                progress.update(task, status="queued")
             elif kind == "epoch":
                 progress.update(task, completed=data["epoch"], metrics=epoch_summary(data))
     job = checked(api.get(f"/v1/jobs/{job_id}"))

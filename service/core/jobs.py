@@ -469,9 +469,9 @@ def finish_job(
     detail: dict | None = None,
 ) -> bool:
     """Move this attempt's running (or cancelling) job to a final state."""
-    if status == JobStatus.CANCELLED:  # the reason the cancel was asked for: a user's, a stopped sweep's
+    if status == JobStatus.CANCELLED:
         asked = session.scalar(select(Job.reason).where(Job.id == job_id, Job.status == JobStatus.CANCELLING))
-        reason = asked or reason
+        reason = cancel_reason(asked)
     return (
         transition(
             session,
@@ -486,6 +486,12 @@ def finish_job(
         )
         is not None
     )
+
+
+def cancel_reason(asked: str | None) -> str:
+    """Why a cancelling job ends cancelled: the reason its cancel was asked with (a user's, a
+    stopped sweep's), which the cancelling transition recorded."""
+    return asked or "user_cancelled"
 
 
 def request_cancel(session: Session, *, job_id: str, reason: str = "user_cancelled") -> Job:
@@ -577,7 +583,7 @@ def reap_one(
         )
     elif old_status == JobStatus.CANCELLING:
         to, values = JobStatus.CANCELLED, {"finished_at": utcnow()}
-        reason, error = job.reason or "user_cancelled", "the worker was lost while cancelling"
+        reason, error = cancel_reason(job.reason), "the worker was lost while cancelling"
     elif (counted := counted_attempts(session, job)) >= max_attempts:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}
         reason, error = "worker_lost", f"the worker was lost {counted} times (limit {max_attempts})"
@@ -618,7 +624,7 @@ def give_back(
     if job is None or job.attempt != attempt:
         return None
     if job.status == JobStatus.CANCELLING:  # the user's cancel came while the attempt stopped: it wins
-        to, values, reason, error = JobStatus.CANCELLED, {"finished_at": utcnow()}, job.reason or "user_cancelled", None
+        to, values, reason, error = JobStatus.CANCELLED, {"finished_at": utcnow()}, cancel_reason(job.reason), None
     elif max_attempts is not None and (counted := counted_attempts(session, job)) >= max_attempts:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}
         error = f"{error}; tried {counted} times (limit {max_attempts})"

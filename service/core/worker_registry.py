@@ -190,6 +190,14 @@ def nodes_of(spec: dict) -> int:
     return ((spec or {}).get("distributed") or {}).get("nnodes", 1)
 
 
+def waiting_detail(job: Job, reason: str | None) -> str | None:
+    """A job's waiting reason in words: what its worker said it waits for (store_unavailable), else
+    describe_waiting's."""
+    if reason == STORE_UNAVAILABLE and job.stalled:
+        return job.stalled
+    return describe_waiting(reason)
+
+
 def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) -> dict[str, str | None]:
     """Each queued job's waiting reason (None for jobs that wait for nothing but their turn), and
     store_unavailable for a running job whose worker's last heartbeat said it retries the store."""

@@ -185,7 +185,7 @@ def _snapshot(session: Session, job_id: str, logs_after: int | None) -> Snapshot
             for line in job_logs.read(session, job_id=job.id, after=logs_after)
         ]
     )
-    return Snapshot(job.status, waiting, transitions, metrics, logs)
+    return Snapshot(job.status, waiting, transitions, metrics, logs, worker_registry.waiting_detail(job, waiting))
 
 
 @router.get("/{job_id}/events", responses={**JOB_NOT_FOUND, 200: {"content": {"text/event-stream": {}}}})
@@ -196,7 +196,8 @@ async def job_events(
     last_event_id: Annotated[str | None, Header(max_length=200, description="resume after this event")] = None,
 ) -> EventSourceResponse:
     """Server-sent events: `status` for each transition, `waiting` when the reason a queued job
-    cannot start appears or goes (`{"reason": "no_gpu_worker"}`, then `{"reason": null}`), `epoch`
+    cannot start, or a running one's worker waits (store_unavailable), appears or goes
+    (`{"reason": "no_gpu_worker", "detail": ...}`, then `{"reason": null}`), `epoch`
     for each epoch's metrics as they land, `log` for each log line (with `?logs=true`), and `end`
     when the job reaches a final state (the stream then closes). Every event has an id; a client
     that reconnects with `Last-Event-ID` gets the events after it, none twice. A comment line goes

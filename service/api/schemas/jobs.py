@@ -157,11 +157,7 @@ def job_public(view: JobView) -> JobPublic:
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
         cross_validation=job.cross_validation,
         waiting_reason=view.waiting_reason,
-        waiting_detail=(
-            job.stalled
-            if view.waiting_reason == worker_registry.STORE_UNAVAILABLE and job.stalled
-            else worker_registry.describe_waiting(view.waiting_reason)
-        ),
+        waiting_detail=worker_registry.waiting_detail(job, view.waiting_reason),
         disk_bytes=view.disk_bytes,
         sweep_id=job.sweep_id,
         warnings=job.warnings or [],

@@ -66,6 +66,11 @@ def test_a_kept_upload_is_processing_then_ready(service_env):
                 ("cross_validation", "folds"),
                 "13 folds need at least 13 training examples",
             ),
+            (
+                {"data": split.data.model_dump(), "cross_validation": {"folds": 10}},
+                ("cross_validation", "folds"),
+                "10 folds need at least 10 training examples; uploaded:",
+            ),
         ):
             with pytest.raises(Invalid) as refused:
                 submission.check_spec(
@@ -75,6 +80,7 @@ def test_a_kept_upload_is_processing_then_ready(service_env):
                 )
             ((loc, said),) = refused.value.problems
             assert loc == where and message in said, said
+        assert said.endswith("has 6 that val_fraction 0.5 leaves"), said  # the folds split what validation leaves
 
 
 def test_a_kept_upload_that_is_not_a_dataset_fails_with_the_reason(service_env):
