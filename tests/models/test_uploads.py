@@ -151,10 +151,12 @@ def test_not_a_zip_and_zip_bombs_are_refused():
         decode_archive(b"", name="x")
     with pytest.raises(ArchiveError, match="looks like a CSV file, not a zip archive: zip it"):
         decode_archive(b"x1,x2,label\n0.5,1.5,cat\n", name="rows")
-    with pytest.raises(ArchiveError, match="looks like a CSV file"):  # a long header and a row past 262 bytes
-        decode_archive(
-            (",".join(f"feature_{i}" for i in range(40)) + "\n" + ",".join(["0.5"] * 40) + "\n").encode(), name="wide"
-        )
+    for columns in (40, 785):  # a header and a row past 262 bytes; MNIST as CSV, its header past the 4 KiB read
+        table = ",".join(f"pixel{i}" for i in range(columns)) + "\n" + ",".join(["0"] * columns) + "\n"
+        with pytest.raises(ArchiveError, match="looks like a CSV file"):
+            decode_archive((table * 3).encode(), name="wide")
+    with pytest.raises(ArchiveError, match="^the upload is not a zip archive"):  # prose longer than the read
+        decode_archive(("A line of text, with a comma.\nAnother line.\n" * 200).encode(), name="x")
     whole = zip_bytes({f"{label}/{i}.png": png_bytes(i, seed=i) for label in "ab" for i in range(5)})
     for cut in (whole[: len(whole) // 2], io.BytesIO(whole[: len(whole) // 2])):  # bytes, or a file as uploaded
         with pytest.raises(ArchiveError, match="truncated or damaged .*upload the whole file again"):
