@@ -64,6 +64,8 @@ def test_learning_curve_png(embedded_stack, two_jobs):
         assert client.get("/v1/jobs/00000000-0000-0000-0000-000000000000/plot.png").status_code == 404
         one = client.get("/v1/plots/compare.png", params={"jobs": "only-one"})
         assert one.status_code == 422 and one.json()["detail"][0]["msg"].startswith("give 2 to 8 job ids"), one.text
+        nine = client.get("/v1/plots/compare.png", params=[("jobs", two_jobs[0])] * 9)
+        assert nine.status_code == 422 and nine.json()["detail"][0]["msg"].endswith("; 9 given"), nine.text
         unknown = client.get("/v1/plots/compare.png", params={"jobs": f"{two_jobs[0]},nosuch1"})
         assert unknown.status_code == 404 and unknown.json()["detail"] == (
             "job nosuch1 not found; ids are hex digits (0-9, a-f) and dashes"

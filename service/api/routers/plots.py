@@ -43,7 +43,6 @@ async def compare(
         Query(
             alias="jobs",
             description="job ids or prefixes (2 to 8): comma-separated (jobs=A,B), or the parameter repeated",
-            max_length=COMPARED[1],
         ),
         AfterValidator(compared_jobs),
     ],
