@@ -183,11 +183,13 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         ranked = trials(session, sweep)
         if sweep.study is not None:
             _tell_ended(session, sweep, ranked, settings)
-        if sweep.cancelled_at is None and sweep.stopped is None and (stopped := failing_alike(ranked)):
+        active = sum(t.job is not None and t.job.status not in JobStatus.FINAL for t in ranked)
+        left = sweep.launched < sweep.size or active  # something a stop would spare
+        if left and sweep.cancelled_at is None and sweep.stopped is None and (stopped := failing_alike(ranked)):
             sweep.stopped = stopped
             _cancel_unfinished(session, sweep.id, reason="sweep_stopped")
             ranked = trials(session, sweep)
-        active = sum(t.job is not None and t.job.status not in JobStatus.FINAL for t in ranked)
+            active = sum(t.job is not None and t.job.status not in JobStatus.FINAL for t in ranked)
         if sweep.cancelled_at is not None or sweep.stopped is not None or sweep.launched >= sweep.size:
             if not active:
                 if sweep.study is not None:  # trials asked for but never launched (cancelled meanwhile)
@@ -234,8 +236,10 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
 
 
 # A sweep stops launching trials once this many in a row have failed alike, for a reason that comes
-# from what every trial shares (its dataset, its starting weights, the store), not from its values:
-# the trials left would fail the same way. A trial that diverges or runs out of memory stops nothing.
+# from what every trial shares (its dataset, its starting weights and their files), not from its
+# values: the trials left would fail the same way. A trial that diverges or runs out of memory
+# stops nothing, and nor does a store that cannot be reached (its trials are retried, and their
+# errors name each trial's own files).
 FAIL_FAST = 3
 SHARED_CAUSES = frozenset(
     {
@@ -246,8 +250,6 @@ SHARED_CAUSES = frozenset(
         "invalid_weights",
         "missing_file",
         "corrupt_file",
-        "storage_error",
-        "storage_unavailable",
     }
 )
 
@@ -387,6 +389,8 @@ def cancel(session: Session, *, sweep_id: str, settings: Settings) -> None:
     """Launch nothing more, and cancel the sweep's unfinished jobs (its study is told as they end);
     Conflict for a sweep that ended before (cancelling one again changes nothing)."""
     sweep = require(session, sweep_id=sweep_id)
+    if sweep.stopped is not None:
+        raise Conflict(f"sweep {sweep.id} stopped: {sweep.stopped}")
     if sweep.finished_at is not None and sweep.cancelled_at is None:
         raise Conflict(f"sweep {sweep.id} has already ended; there is nothing left to cancel")
     sweep_id = sweep.id

@@ -260,21 +260,25 @@ def _trial_jobs(sweep_id: str) -> dict:
         return {job.sweep_trial: (job.id, job.status, job.reason) for job in session.scalars(select(Job))}
 
 
-def test_a_sweep_whose_trials_fail_alike_for_a_cause_they_share_stops_and_cancels_the_rest(service_env_on):
+@pytest.mark.parametrize("pruner", [None, {"name": "asha", "min_epochs": 1}], ids=["grid", "grid+asha"])
+def test_a_sweep_whose_trials_fail_alike_for_a_cause_they_share_stops_and_cancels_the_rest(service_env_on, pruner):
     """Three trials in a row fail with one dataset_not_found error: the sweep launches no more,
     cancels the trial still queued and the one running (which keeps the stop's reason when its
-    worker ends it), and ends failed, saying why."""
+    worker ends it), ends failed saying why (a cancel is then a 409), and its study, if it has one,
+    has no trial left open."""
     from service.api.schemas.sweeps import sweep_public
-    from service.core import db, jobs, sweeps
+    from service.core import db, jobs, studies, sweeps
+    from service.core.errors import Conflict
     from service.core.tables import JobStatus
     from tests.support.specs import SOFTMAX_SPEC
 
     settings = service_env_on
     request = SweepSpec(
         name="alike",
-        base={**SOFTMAX_SPEC, "epochs": 1},
+        base={**SOFTMAX_SPEC, "epochs": 2},
         grid={"optimizer.lr": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]},
-        max_parallel=2,
+        max_parallel=3,
+        pruner=pruner,
     )
     with db.session_scope() as session:
         sweep_id = sweeps.create(session, sweep=request, settings=settings).sweep.id
@@ -283,18 +287,22 @@ def test_a_sweep_whose_trials_fail_alike_for_a_cause_they_share_stops_and_cancel
         _fail(_trial_jobs(sweep_id)[trial][0], "dataset_not_found", gone)
         with db.session_scope() as session:
             sweeps.advance(session, sweep_id=sweep_id, settings=settings)
-    running = _trial_jobs(sweep_id)[3][0]
+    running, queued = _trial_jobs(sweep_id)[3][0], _trial_jobs(sweep_id)[4][0]
     with db.session_scope() as session:
         attempt = jobs.claim_job(session, job_id=running, worker="w", lease_seconds=30, max_attempts=3).attempt
     _fail(_trial_jobs(sweep_id)[2][0], "dataset_not_found", gone)
     with db.session_scope() as session:
         sweeps.advance(session, sweep_id=sweep_id, settings=settings)
     assert _trial_jobs(sweep_id)[3] == (running, JobStatus.CANCELLING, "sweep_stopped")
-    assert sorted(_trial_jobs(sweep_id)) == [0, 1, 2, 3]  # nothing launched after the third failure
+    assert _trial_jobs(sweep_id)[4] == (queued, JobStatus.CANCELLED, "sweep_stopped")
+    assert sorted(_trial_jobs(sweep_id)) == [0, 1, 2, 3, 4]  # nothing launched after the third failure
     with db.session_scope() as session:
         record = sweeps.require(session, sweep_id=sweep_id)
         assert sweeps.status(record, sweeps.trials(session, record)) == "running"  # until its running trial ends
         assert record.stopped.startswith(f"trials 0, 1 and 2 failed alike (dataset_not_found: {gone})")
+        with pytest.raises(Conflict, match=f"sweep {sweep_id} stopped: trials 0, 1 and 2 failed alike"):
+            sweeps.cancel(session, sweep_id=sweep_id, settings=settings)
+    with db.session_scope() as session:
         assert jobs.finish_job(
             session, job_id=running, attempt=attempt, status=JobStatus.CANCELLED, reason="user_cancelled"
         )
@@ -304,8 +312,10 @@ def test_a_sweep_whose_trials_fail_alike_for_a_cause_they_share_stops_and_cancel
     with db.session_scope() as session:
         record = sweeps.require(session, sweep_id=sweep_id)
         public = sweep_public(record, sweeps.trials(session, record))
+        if pruner is not None:  # each launched trial told how it ended, none left open
+            assert studies.running(settings, record.study, SweepSpec.model_validate(record.request)) == []
     assert record.finished_at is not None and public.status == "failed" and public.stopped == record.stopped
-    assert public.counts == {"failed": 3, "cancelled": 3} and public.launched == 4
+    assert public.counts == {"failed": 3, "cancelled": 3} and public.launched == 5
 
 
 @pytest.mark.parametrize(
