@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -186,6 +187,10 @@ def plain_message(error: dict) -> str:
         return message.removeprefix("Value error, ")
     if error.get("type") == "string_pattern_mismatch":
         return worded_mismatch(error)
+    if error.get("type") == "literal_error" and isinstance(given, str):
+        allowed = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
+        close = _close(given, allowed) if given not in allowed else []
+        return message + (f"; did you mean {' or '.join(close)}?" if close else f"; got {given!r}")
     wrong_type = str(error.get("type", "")).endswith(("_parsing", "_type"))
     if wrong_type and isinstance(given, str | int | float | bool) and len(repr(given)) <= 40:
         return f"{message}; got {json.dumps(given) if isinstance(given, bool) else repr(given)}"  # JSON's true

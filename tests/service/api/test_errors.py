@@ -209,7 +209,12 @@ def test_a_wrong_normalize_is_one_error_for_the_form_it_was_given_in():
     def normalize_errors(value) -> dict[tuple, str]:
         return spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "mnist", "normalize": value}})
 
-    assert normalize_errors("standard") == {("body", "data", "normalize"): "Input should be 'none' or 'dataset'"}
+    assert normalize_errors("standard") == {
+        ("body", "data", "normalize"): "Input should be 'none' or 'dataset'; got 'standard'"
+    }
+    assert normalize_errors("datset") == {
+        ("body", "data", "normalize"): "Input should be 'none' or 'dataset'; did you mean dataset?"
+    }
     assert normalize_errors({"mean": [0.5]}) == {("body", "data", "normalize", "std"): "Field required"}
     [(loc, message)] = normalize_errors(3).items()
     assert loc == ("body", "data", "normalize") and message.startswith("normalize must be 'none', 'dataset' or {")
