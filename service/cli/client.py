@@ -522,7 +522,6 @@ def sweep_table(sweep: dict) -> Table:
         title=f"sweep {sweep['name']} ({sweep['id']}): {sweep['status']}, {search}, "
         f"{sweep['launched']}/{sweep['trials']} launched, {sweep['epochs_spent']} epochs spent, "
         f"ranked by {sweep['mode']} {sweep['metric']}",
-        caption=f"stopped: {sweep['stopped']}" if sweep.get("stopped") else None,
     )
     for rank, entry in enumerate(sweep["jobs"], start=1):
         values = [entry["params"].get(path, "-") for path in paths]
@@ -568,7 +567,7 @@ def sweep(
             current = follow_sweep_live(opts, api, current)
     opts.show(
         current,
-        lambda s: trial_errors(s) if follow_sweep else [f"sweep {s['id']} {s['status']}: {s['trials']} trials"],
+        lambda s: sweep_notes(s) if follow_sweep else [f"sweep {s['id']} {s['status']}: {s['trials']} trials"],
     )
     if follow_sweep and current["status"] != "succeeded":
         raise typer.Exit(JOB_FAILED)
@@ -611,22 +610,25 @@ def sweeps_show(
         current = checked(api.get(f"/v1/sweeps/{sweep_id}"))
         if follow_sweep:
             current = follow_sweep_live(opts, api, current)
-    opts.show(current, lambda s: trial_errors(s) if follow_sweep else [sweep_table(s), *trial_errors(s)])
+    opts.show(current, lambda s: sweep_notes(s) if follow_sweep else [sweep_table(s), *sweep_notes(s)])
     if follow_sweep and current["status"] != "succeeded":
         raise typer.Exit(JOB_FAILED)
 
 
-def trial_errors(sweep: dict, most: int = 5) -> list[str]:
-    """Why its trials failed or were invalid, a line each (trials failing alike once)."""
+def sweep_notes(sweep: dict, most: int = 5) -> list[str]:
+    """Below its table: why it stopped, if it did, and why its trials failed or were invalid, a
+    line each (trials failing alike once; not again what the stop says)."""
+    stopped = sweep.get("stopped")
     said: dict[tuple, list[str]] = {}
     for entry in sorted(sweep["jobs"], key=lambda e: e["trial"]):
-        if entry.get("error"):
+        if entry.get("error") and not (stopped and entry["error"] in stopped):
             said.setdefault((entry["status"], entry["error"]), []).append(str(entry["trial"]))
     lines = [
         f"trial{'s' if len(trials) > 1 else ''} {', '.join(trials)} {status}: {error}"
         for (status, error), trials in said.items()
     ]
-    return lines[:most] + ([f"... and {len(lines) - most} more errors"] if len(lines) > most else [])
+    more = [f"... and {len(lines) - most} more errors"] if len(lines) > most else []
+    return ([f"stopped: {stopped}"] if stopped else []) + lines[:most] + more
 
 
 @command(sweeps_app, "cancel")

@@ -539,11 +539,14 @@ def test_a_stopped_sweep_says_why_and_its_trials_errors_once_each():
             {**trial, "trial": 4, "status": "cancelled", "job_id": None, "metric": None, "error": None},
         ],
     }
-    out = io.StringIO()
-    Console(file=out, width=200, color_system=None).print(cli_client.sweep_table(sweep))
-    assert "stopped: trials 0, 1 and 2 failed alike (invalid_data: ...)" in out.getvalue(), out.getvalue()
-    assert cli_client.trial_errors(sweep) == [f"trials 0, 1, 2 failed: {gone}", "trial 3 invalid: lr: must be > 0"]
-    assert len(cli_client.trial_errors(sweep, most=1)) == 2  # the first, and how many more
+    assert cli_client.sweep_notes(sweep) == [
+        "stopped: trials 0, 1 and 2 failed alike (invalid_data: ...)",
+        f"trials 0, 1, 2 failed: {gone}",
+        "trial 3 invalid: lr: must be > 0",
+    ]
+    assert len(cli_client.sweep_notes(sweep, most=1)) == 3  # the stop, the first error, and how many more
+    sweep["stopped"] = f"trials 0, 1 and 2 failed alike (invalid_data: {gone}), so the sweep launched no more"
+    assert cli_client.sweep_notes(sweep)[1:] == ["trial 3 invalid: lr: must be > 0"]  # said once
 
 
 def test_a_message_on_stderr_stays_one_line_when_piped(capsys):
