@@ -141,6 +141,8 @@ def test_a_sweep_on_a_dataset_its_worker_lacks_stops_once_three_trials_failed_al
     assert {entry["reason"] for entry in done["jobs"] if entry["job_id"]} == {"invalid_data"}
     page = client.get(f"/ui/sweeps/{done['id']}").text
     assert 'id="stopped"' in page and 'id="compare"' not in page  # no epoch trained: no empty pictures
+    trial = client.get(f"/ui/jobs/{done['jobs'][0]['job_id']}").text
+    assert f'<a id="sweep" href="/ui/sweeps/{done["id"]}">' in trial  # a trial's page leads to its sweep
     (error,) = {entry["error"] for entry in done["jobs"] if entry["job_id"]}  # each failed trial says why
     assert "mnist" in error.lower() and done["stopped"].startswith(
         f"trials 0, 1 and 2 failed alike (invalid_data: {error})"
