@@ -245,8 +245,22 @@ def cancel_job(session: Session, *, job_id: str) -> None:
 
 
 def resume_job(session: Session, *, job_id: str, settings: Settings) -> None:
-    """Queue a cancelled or failed job again and send it to a worker."""
+    """Queue a cancelled or failed job again and send it to a worker; Conflict if its uploaded
+    dataset was deleted (it would fail at once). Its warnings are told again as they are now (the
+    weights or data files may have been put in place since)."""
     job = jobs.require_job(session, job_id=job_id)
+    spec = JobSpec.model_validate(job.spec)
+    if (
+        isinstance(spec.data, UploadedDatasetSpec)
+        and datasets.get_dataset(session, dataset_id=spec.data.dataset_id) is None
+    ):
+        raise Conflict(
+            f"job {job.id} trained on uploaded dataset {spec.data.dataset_id}, which was deleted: it cannot resume; "
+            "submit a new job on another dataset"
+        )
     jobs.request_resume(session, job_id=job.id)
+    job.warnings = weights_warnings(session, spec=spec, settings=settings) + data_warnings(
+        session, spec=spec, settings=settings
+    )
     session.commit()
     publish_or_defer(job.id, settings.queue_for(worker_registry.device_of(job.spec)))

@@ -50,7 +50,8 @@ def test_missing_weights_then_weights_on_disk(stack, client):
         what="the worker to list the weights file",
     )
 
-    assert client.post(f"/v1/jobs/{failed['id']}/resume").status_code == 202
+    resumed = client.post(f"/v1/jobs/{failed['id']}/resume")
+    assert resumed.status_code == 202 and resumed.json()["warnings"] == [], resumed.text  # told again, as it is now
     job = stack.wait_for_job(client, failed["id"])
     assert job["status"] == "succeeded", job
     assert job["best_selected_on"] == "val_acc"

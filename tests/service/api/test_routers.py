@@ -355,6 +355,21 @@ def test_the_dashboard_cancels_and_resumes_a_job_and_says_what_is_not_found(api)
     assert api.get("/v1/jobs/0123456789").headers["content-type"] == "application/json"
 
 
+def test_a_job_whose_uploaded_dataset_was_deleted_is_refused_resuming_saying_why(api):
+    uploaded = api.post("/v1/datasets", files={"file": ("set.zip", image_folder_zip(["a", "b"]), "application/zip")})
+    dataset_id = uploaded.json()["id"]
+    spec = {"model": {"arch": "softmax_regression"}, "data": {"dataset": f"uploaded:{dataset_id}"}, "epochs": 1}
+    job_id = api.post("/v1/jobs", json=spec).json()["id"]
+    assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"  # before an epoch: no state to keep
+    assert api.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+    refused = api.post(f"/v1/jobs/{job_id}/resume")
+    assert refused.status_code == 409 and refused.json()["detail"] == (
+        f"job {job_id} trained on uploaded dataset {dataset_id}, which was deleted: it cannot resume; "
+        "submit a new job on another dataset"
+    )
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+
 def test_metrics_and_logs_of_a_job(api, trained_job):
     metrics = api.get(f"/v1/jobs/{trained_job}/metrics").json()
     assert metrics["job_id"] == trained_job and [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
