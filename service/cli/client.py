@@ -459,6 +459,15 @@ def _job_line(job_id: str, job: dict) -> list[str]:
     return [f"job {job_id} {job['status']}"]
 
 
+def bare_job_id(value: str) -> str:
+    """A job's id as the routes take it, also when given as a reference names it (job:ID)."""
+    return value.removeprefix("job:")
+
+
+JobId = Annotated[
+    str, typer.Argument(metavar="JOB", help="its id or a unique prefix of it (or job:ID)", callback=bare_job_id)
+]
+
 # The top-level commands, and one app per noun; `register` adds them all to `trainyard`.
 
 top = typer.Typer()
@@ -705,13 +714,13 @@ def job_lines(job: dict) -> list[str | Text]:
 
 
 @command(jobs_app, "show")
-def jobs_show(opts: Options, job_id: str) -> None:
+def jobs_show(opts: Options, job_id: JobId) -> None:
     """One job: its state, progress, best epoch and warnings (--json: all of it)."""
     opts.show(opts.call("GET", f"/v1/jobs/{job_id}"), job_lines)
 
 
 @command(jobs_app, "wait")
-def jobs_wait(opts: Options, job_id: str) -> None:
+def jobs_wait(opts: Options, job_id: JobId) -> None:
     """Wait until a job ends; exit 1 unless it succeeded."""
     with opts.client() as api:
         job = wait(api, job_id)
@@ -721,20 +730,20 @@ def jobs_wait(opts: Options, job_id: str) -> None:
 
 
 @command(jobs_app, "cancel")
-def jobs_cancel(opts: Options, job_id: str) -> None:
+def jobs_cancel(opts: Options, job_id: JobId) -> None:
     """Cancel a queued or running job."""
     opts.show(opts.call("POST", f"/v1/jobs/{job_id}/cancel"), lambda job: _job_line(job_id, job))
 
 
 @command(jobs_app, "delete")
-def jobs_delete(opts: Options, job_id: str) -> None:
+def jobs_delete(opts: Options, job_id: JobId) -> None:
     """Delete a finished job with its metrics and checkpoints (registered versions stay)."""
     opts.call("DELETE", f"/v1/jobs/{job_id}")
     opts.show({"id": job_id, "deleted": True}, lambda answer: [f"job {job_id} deleted"])
 
 
 @command(jobs_app, "resume")
-def jobs_resume(opts: Options, job_id: str, follow_job: FollowOption = False) -> None:
+def jobs_resume(opts: Options, job_id: JobId, follow_job: FollowOption = False) -> None:
     """Resume a cancelled or failed job from where it stopped; with --follow, exit 1 unless it succeeds."""
     with opts.client() as api:
         finish(api, checked(api.post(f"/v1/jobs/{job_id}/resume")), follow_job=follow_job, as_json=opts.as_json)
@@ -747,7 +756,7 @@ def _print_log(line: dict) -> None:
 @command(top, "logs")
 def logs(
     opts: Options,
-    job_id: str,
+    job_id: JobId,
     follow_logs: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
 ) -> None:
     """What the job's worker logged: progress, warnings and, if it failed, the traceback."""
@@ -805,7 +814,7 @@ def metrics_table(answer: dict) -> list:
 
 
 @command(top, "metrics")
-def metrics(opts: Options, job_id: str) -> None:
+def metrics(opts: Options, job_id: JobId) -> None:
     """A job's per-epoch metrics as a table."""
     answer = opts.call("GET", f"/v1/jobs/{job_id}/metrics")
     if not answer["epochs"] and not opts.as_json:  # whether one may still end
@@ -867,7 +876,7 @@ def evaluation_views(report: dict, url: str) -> list:
 @command(top, "evaluate")
 def evaluate(
     opts: Options,
-    job_id: str,
+    job_id: JobId,
     limit: Annotated[int | None, typer.Option(help="mistakes listed (the service's default: 24)")] = None,
 ) -> None:
     """How the checkpoint job:JOB names does on the job's test set: accuracy, each class's
@@ -984,7 +993,7 @@ def _version_line(suffix: Callable[[dict], str]) -> Callable[[dict], list[str]]:
 
 @command(models_app, "register")
 def models_register(
-    opts: Options, name: str, job_id: str, checkpoint: str = "best", threshold: ThresholdOption = None
+    opts: Options, name: str, job_id: JobId, checkpoint: str = "best", threshold: ThresholdOption = None
 ) -> None:
     """Register a job's checkpoint (best, last or an epoch) as the next version of NAME."""
     body = {

@@ -195,3 +195,17 @@ def test_the_workers_table_names_the_apis_store_and_any_worker_on_another():
     ]
     answer["store_problem"] = "this API's store (s3://files/prod) is one the service moved away from ..."
     assert cli_client.workers_table(answer)[3] == f"warning: {answer['store_problem']}"
+
+
+def test_a_job_may_be_named_as_a_reference_names_it(monkeypatch):
+    """`trainyard evaluate job:ID` (its help speaks of job:JOB) asks for the job, not for "job:ID"."""
+    asked = []
+
+    def answer(path):
+        asked.append(path)
+        return ANSWERS[f"/v1/jobs/{JOB}"] if path == f"/v1/jobs/{JOB}" else {"lines": [], "next": 0}
+
+    answering(monkeypatch, answer)
+    for command in (["jobs", "show", f"job:{JOB}"], ["logs", f"job:{JOB}"]):
+        CliRunner().invoke(cli_main.app, command)
+    assert asked == [f"/v1/jobs/{JOB}", f"/v1/jobs/{JOB}/logs"], asked
