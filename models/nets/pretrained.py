@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import pickle
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -214,13 +215,29 @@ def locate_weights(backbone: str, weights: str | None, *, weights_dir: Path | No
     return target
 
 
+def _first_line(error: Exception) -> str:
+    """An error's first line, without a terminal's colour codes, for a job's record."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return (text.splitlines() or [type(error).__name__])[0][:300]
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A weights file's tensors, refusing anything that would run code when unpickled."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only raises UnpicklingError for globals it does not allow
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise UnsafeWeights(f"{path} was refused: it is not a file of plain tensors ({why})") from None
+    except pickle.UnpicklingError as exc:  # weights_only's refusal, of a global or of what is no pickle
+        said = str(exc)
+        if "Unsupported global" in said:  # loading it would call that global: run code the file holds
+            raise UnsafeWeights(
+                f"{path} was refused: it is not a file of plain tensors (loading it would run code it holds); "
+                "save the network's state_dict() (torch.save(model.state_dict(), ...)) and use that file"
+            ) from None
+        why = re.search(r"WeightsUnpickler error:\s*(.+)", said)
+        raise UnsafeWeights(
+            f"{path} is not a weights file torch can read ({why[1] if why else _first_line(exc)})"
+        ) from None
+    except Exception as exc:  # not a torch file at all: a truncated file, another format
+        raise UnsafeWeights(f"{path} is not a weights file torch can read ({_first_line(exc)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

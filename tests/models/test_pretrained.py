@@ -200,9 +200,12 @@ def test_a_weights_file_that_would_run_code_is_refused(tmp_path, colour):
     weights = tmp_path / "weights"
     weights.mkdir()
     torch.save({"conv1.weight": torch.zeros(1), "payload": _RunsCode(marker)}, weights / WEIGHTS_FILE)
-    with pytest.raises(UnsafeWeights, match="not a file of plain tensors"):
+    with pytest.raises(UnsafeWeights, match=r"not a file of plain tensors \(loading it would run code") as refused:
         prepare(_spec({"freeze": "backbone"}), dataset=colour, data_dir=tmp_path, weights_dir=weights)
-    assert not marker.exists()
+    assert not marker.exists() and "\x1b" not in str(refused.value)  # no terminal codes in the job's record
+    (weights / WEIGHTS_FILE).write_text("not weights at all\n")
+    with pytest.raises(UnsafeWeights, match="is not a weights file torch can read"):
+        prepare(_spec({"freeze": "backbone"}), dataset=colour, data_dir=tmp_path, weights_dir=weights)
 
 
 def test_weights_of_another_network_are_refused_clearly(tmp_path, colour):
