@@ -983,8 +983,28 @@ def predict(
         )
         return
     form = {"model": model, "top_k": str(top_k), **({} if threshold is None else {"threshold": str(threshold)})}
-    uploads = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
-    opts.show(opts.call("POST", "/v1/predict", data=form, files=uploads), predictions_table)
+    opts.show(predict_files(opts, form, files), predictions_table)
+
+
+PREDICT_FILES_PER_REQUEST = 64  # the service's default TRAINYARD_MAX_FILES_PER_REQUEST
+
+
+def predict_files(opts: Options, form: dict, files: list[Path]) -> dict:
+    """The answer to predicting every file, sent in as many requests as the service's limit of
+    files per request asks (its refusal names a lower one), the predictions in the files' order."""
+    per_request, answers, at = PREDICT_FILES_PER_REQUEST, [], 0
+    with opts.client() as api:
+        while at < len(files):
+            chunk = files[at : at + per_request]
+            uploads = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in chunk]
+            response = api.post("/v1/predict", data=form, files=uploads)
+            lower = re.search(r"at most (\d+) per request", response.text) if response.status_code == 422 else None
+            if lower and 0 < int(lower[1]) < per_request:
+                per_request = int(lower[1])
+                continue
+            answers.append(checked(response))
+            at += len(chunk)
+    return {**answers[0], "predictions": [p for answer in answers for p in answer["predictions"]]}
 
 
 def _version_line(suffix: Callable[[dict], str]) -> Callable[[dict], list[str]]:

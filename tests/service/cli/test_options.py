@@ -384,6 +384,40 @@ def test_predict_sends_numeric_rows_as_json_and_shows_their_values(monkeypatch):
     assert wrong.exit_code == cli_client.USAGE and "numbers separated by commas" in wrong.output
 
 
+def test_predict_sends_more_files_than_a_request_takes_in_several_in_order(monkeypatch, tmp_path):
+    """70 files to a service taking 64 per request, then one configured to take 30: every file is
+    answered, in order, in as many requests as it takes."""
+    images = []
+    for number in range(70):
+        images.append(tmp_path / f"{number:02d}.png")
+        images[-1].write_bytes(b"png")
+    for limit, requests in ((64, [64, 6]), (30, [64, 30, 30, 10])):  # the first refused, then 30 each
+        sent = []
+
+        def answer(request, limit=limit, sent=sent):
+            names = re.findall(rb'filename="(\d+)\.png"', request.content)
+            sent.append(len(names))
+            if len(names) > limit:
+                return httpx.Response(
+                    422, json={"detail": [{"msg": f"{len(names)} files sent; at most {limit} per request"}]}
+                )
+            predictions = [
+                {"filename": f"{n.decode()}.png", "label": "a", "probability": 1.0, "top_k": []} for n in names
+            ]
+            return httpx.Response(200, json={"model": {"name": "m"}, "predictions": predictions})
+
+        transport = httpx.MockTransport(answer)
+        monkeypatch.setattr(
+            cli_client, "client", lambda url, token, t=transport: httpx.Client(base_url=url, transport=t)
+        )
+        result = CliRunner().invoke(cli_main.app, ["predict", "m", *map(str, images), "--json"])
+        assert result.exit_code == 0, result.output
+        assert sent == requests
+        answered = json.loads(result.output)
+        assert [p["filename"] for p in answered["predictions"]] == [image.name for image in images]
+        assert answered["model"] == {"name": "m"}
+
+
 def test_a_submission_whose_answer_is_lost_is_sent_again_under_the_same_key(monkeypatch, tmp_path):
     sent = []
 
