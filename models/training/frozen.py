@@ -5,6 +5,8 @@ the model and the dataset, holding one entry at a time."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from models.data.dataset import Dataset
@@ -12,12 +14,18 @@ from models.nets.cost import eval_batch_size
 from models.nets.pretrained import Pretrained
 from models.training.distributed import Ranks
 
+log = logging.getLogger(__name__)
+
 
 def set_frozen(pretrained: Pretrained, spec, epoch: int, features: dict) -> bool:
     """Freeze or unfreeze the backbone as the model spec says for this epoch (a change empties the
     cache); True when frozen."""
     frozen = spec.freeze == "backbone" and (spec.unfreeze_at_epoch is None or epoch < spec.unfreeze_at_epoch)
     if pretrained.frozen != frozen:
+        if pretrained.frozen:
+            log.info(
+                "epoch %d: the backbone is unfrozen (unfreeze_at_epoch): the whole network trains from here", epoch
+            )
         pretrained.freeze(frozen)
         features.clear()
     return frozen

@@ -217,7 +217,7 @@ UrlOption = Annotated[
 TokenOption = Annotated[
     str | None, typer.Option("--token", envvar="TRAINYARD_TOKEN", callback=_before_command, help="an API token")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of a table")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON instead of tables or lines")]
 FollowOption = Annotated[bool, typer.Option("--follow", "-f")]
 ThresholdOption = Annotated[
     float | None,
@@ -523,6 +523,7 @@ def sweep_table(sweep: dict) -> Table:
     search = sweep["search"] + (f" + {sweep['pruner']} pruner" if sweep.get("pruner") else "")
     table = Table(
         "rank",
+        "trial",  # as the API and a stopped sweep's reason number them
         id_column("job"),
         "status",
         "epochs",
@@ -536,6 +537,7 @@ def sweep_table(sweep: dict) -> Table:
         values = [entry["params"].get(path, "-") for path in paths]
         table.add_row(
             str(rank),
+            str(entry["trial"]),
             (entry["job_id"] or "-")[:SHORT_ID],
             entry["status"]
             + (f" ({entry['reason']})" if entry.get("reason") and entry["status"] in ("failed", "cancelled") else ""),

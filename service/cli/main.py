@@ -234,7 +234,7 @@ def api() -> None:
 
 @app.command("serve", hidden=True)  # an alias of run, named in its help
 @app.command()
-def run(skip_migrate: bool = typer.Option(False, help="Do not apply migrations first.")) -> None:
+def run(skip_migrate: bool = typer.Option(False, "--skip-migrate", help="Do not apply migrations first.")) -> None:
     """Migrate, then run the API and one worker until Ctrl-C (also: serve)."""
     from service.core.settings import get_settings
 

@@ -110,8 +110,9 @@ def test_the_frozen_backbone_is_bit_identical_through_the_full_path_too(torch_ho
         assert torch.equal(value, before[key]), key
 
 
-def test_unfreeze_at_epoch_trains_the_head_first_then_everything(torch_home, colour, tmp_path):
+def test_unfreeze_at_epoch_trains_the_head_first_then_everything(torch_home, colour, tmp_path, caplog):
     spec = _spec({"freeze": "backbone", "unfreeze_at_epoch": 2, "head_lr_mult": 10}, epochs=2, lr=1e-4)
+    caplog.set_level("INFO", logger="models")
 
     class Snapshots(Callbacks):
         states = []
@@ -135,6 +136,8 @@ def test_unfreeze_at_epoch_trains_the_head_first_then_everything(torch_home, col
     assert not all(torch.equal(epoch1[k], epoch2[k]) for k in start)
     lrs = sorted({group["lr"] for group in run.optimizer.param_groups})
     assert lrs == pytest.approx([1e-4, 1e-3])
+    said = [r.getMessage() for r in caplog.records if "unfrozen" in r.getMessage()]
+    assert said == ["epoch 2: the backbone is unfrozen (unfreeze_at_epoch): the whole network trains from here"]
 
 
 def test_grey_images_train_on_an_rgb_backbone(torch_home, tmp_path):

@@ -539,8 +539,14 @@ def test_tables_show_a_diverged_loss_and_a_tiny_learning_rate_as_they_are_and_wh
         "mode": "min",
         "metric": "test_loss",
         "jobs": [
-            {"job_id": "a" * 36, "status": "succeeded", "reason": None, "params": {"optimizer.lr": 1e-9}},
-            {"job_id": "b" * 36, "status": "failed", "reason": "nan_loss", "params": {"optimizer.lr": 0.01}},
+            {"trial": 0, "job_id": "a" * 36, "status": "succeeded", "reason": None, "params": {"optimizer.lr": 1e-9}},
+            {
+                "trial": 1,
+                "job_id": "b" * 36,
+                "status": "failed",
+                "reason": "nan_loss",
+                "params": {"optimizer.lr": 0.01},
+            },
         ],
     }
     sweep["jobs"][0] |= {"epochs": 5, "metric": 3.2e26}

@@ -106,7 +106,14 @@ def test_lists_show_whole_eight_character_ids_at_any_width(narrow, command, show
 
 def test_the_sweep_table_shows_whole_eight_character_ids():
     out = io.StringIO()
-    trial = {"job_id": JOB, "status": "running", "params": {"optimizer.lr": 0.1}, "epochs": 1, "metric": 0.8}
+    trial = {
+        "trial": 0,
+        "job_id": JOB,
+        "status": "running",
+        "params": {"optimizer.lr": 0.1},
+        "epochs": 1,
+        "metric": 0.8,
+    }
     sweep = a_sweep("running", trial)
     Console(file=out, width=40, color_system=None).print(cli_client.sweep_table(sweep))
     assert JOB[:8] in out.getvalue(), out.getvalue()
@@ -139,7 +146,15 @@ def test_names_and_messages_with_brackets_are_shown_as_given(monkeypatch):
 
 
 def test_a_trial_cancelled_before_it_was_launched_has_no_reason_shown():
-    trial = {"job_id": None, "status": "cancelled", "reason": None, "params": {}, "epochs": 0, "metric": None}
+    trial = {
+        "trial": 0,
+        "job_id": None,
+        "status": "cancelled",
+        "reason": None,
+        "params": {},
+        "epochs": 0,
+        "metric": None,
+    }
     sweep = a_sweep("cancelled", trial)
     out = io.StringIO()
     Console(file=out, width=80, color_system=None).print(cli_client.sweep_table(sweep))
