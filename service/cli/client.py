@@ -296,9 +296,13 @@ def _share(value: float | None, digits: int) -> str:
     if value is None:
         return "-"
     shown = f"{value:.{digits}f}"
-    while 0 < value < 1 and float(shown) in (0.0, 1.0) and digits < 12:
+    while 0 < value < 1 and float(shown) in (0.0, 1.0) and digits < 8:
         digits += 1
         shown = f"{value:.{digits}f}"
+    if 0 < value < 1 and float(shown) == 0.0:  # 6.1e-25, not 0.00000000
+        return f"{value:.1e}"
+    if 0 < value < 1 and float(shown) == 1.0:
+        return f"1 - {1 - value:.1e}"
     return shown
 
 

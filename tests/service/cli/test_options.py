@@ -599,6 +599,7 @@ def test_a_message_on_stderr_stays_one_line_when_piped(capsys):
 def test_probabilities_and_thresholds_near_0_or_1_are_not_rounded_onto_them():
     assert cli_client._share(0.9999999, 3) == "0.9999999" and cli_client._share(0.0000004, 2) == "0.0000004"
     assert cli_client._share(0.5, 3) == "0.500" and cli_client._share(1.0, 3) == "1.000"
+    assert cli_client._share(6.1e-25, 2) == "6.1e-25" and cli_client._share(1 - 3e-13, 3) == "1 - 3.0e-13"
     answer = {"predictions": [{"label": "red", "probability": 0.99996, "below_threshold": True, "top_k": []}]}
     out = io.StringIO()
     Console(file=out, width=120, color_system=None).print(cli_client.predictions_table(answer)[0])
