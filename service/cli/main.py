@@ -5,6 +5,7 @@ commands of service/cli/client.py, `storage` (service/cli/storage.py) and `sampl
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import sys
@@ -300,6 +301,19 @@ def _redact(url: str) -> str:
 
 register_client_commands(app)
 app.add_typer(storage_app, name="storage")
+
+
+def _summaries_on_one_line(commands: typer.Typer) -> None:
+    """Each command's line in its group's list: its docstring's first paragraph as one line (rich
+    would keep the docstring's own line breaks, ragged in a narrower column)."""
+    for info in commands.registered_commands:
+        if info.short_help is None and info.callback is not None and info.callback.__doc__:
+            info.short_help = " ".join(inspect.cleandoc(info.callback.__doc__).split("\n\n")[0].split())
+    for group in commands.registered_groups:
+        _summaries_on_one_line(group.typer_instance)
+
+
+_summaries_on_one_line(app)
 
 
 def main() -> None:

@@ -161,6 +161,15 @@ def test_flags_are_shown_as_plain_flags_in_the_help():
     assert "<bool>" not in help_rows("logs")["--follow"] and "<int>" in help_rows("jobs", "list")["--limit"]
 
 
+def test_each_commands_summary_in_the_list_is_one_flowing_line():
+    """A docstring's line breaks are not the list's: at 200 columns each summary is one row."""
+    result = CliRunner().invoke(cli_main.app, ["--help"], env={"COLUMNS": "200"})
+    rows = [line for line in result.output.splitlines() if line.startswith("│ sample-data") or "28x28" in line]
+    assert len(rows) == 1 and "28x28 grey PNGs in the class folders" in rows[0], result.output
+    result = CliRunner().invoke(cli_main.app, ["jobs", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "│ show " in result.output
+
+
 EPOCH = {"epoch": 7, "train_loss": 0.51234, "test_loss": 0.54321, "test_acc": 0.8231}
 
 
