@@ -227,7 +227,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only's refusal, of a global or of what is no pickle
         said = str(exc)
-        if "Unsupported global" in said:  # loading it would call that global: run code the file holds
+        if re.search(r"unsupported global|is blocked", said, re.IGNORECASE):  # it would call a global: run code
             raise UnsafeWeights(
                 f"{path} was refused: it is not a file of plain tensors (loading it would run code it holds); "
                 "save the network's state_dict() (torch.save(model.state_dict(), ...)) and use that file"

@@ -190,7 +190,9 @@ def plain_message(error: dict) -> str:
     if error.get("type") == "literal_error" and isinstance(given, str):
         allowed = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
         close = _close(given, allowed) if given not in allowed else []
-        return message + (f"; did you mean {' or '.join(close)}?" if close else f"; got {given!r}")
+        if close:
+            return f"{message}; did you mean {' or '.join(close)}?"
+        return message + (f"; got {given!r}" if len(repr(given)) <= 40 else "")
     wrong_type = str(error.get("type", "")).endswith(("_parsing", "_type"))
     if wrong_type and isinstance(given, str | int | float | bool) and len(repr(given)) <= 40:
         return f"{message}; got {json.dumps(given) if isinstance(given, bool) else repr(given)}"  # JSON's true

@@ -17,6 +17,10 @@ class FormError(ValueError):
     """The body is not a usable multipart/form-data form; the message says why."""
 
 
+class TooManyParts(FormError):
+    """More parts than the form takes."""
+
+
 @dataclass
 class Part:
     name: str
@@ -48,7 +52,7 @@ def parse_form(body: bytes, content_type: str, *, max_parts: int) -> list[Part]:
         if disposition != b"form-data" or b"name" not in params:
             raise FormError("each part needs a Content-Disposition: form-data header with a name")
         if len(parts) >= max_parts:
-            raise FormError(f"more than {max_parts} parts")
+            raise TooManyParts(f"more than {max_parts} parts sent")
         filename = params.get(b"filename")
         parts.append(
             Part(params[b"name"].decode("latin-1"), None if filename is None else filename.decode(errors="replace"))

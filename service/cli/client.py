@@ -290,20 +290,22 @@ def _fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def _share(value: float | None, digits: int) -> str:
-    """A probability or threshold with `digits` decimals, or more where those would round it to 0 or
-    1 (a threshold of 0.9999999 is not 1, and a probability just under it is "not sure")."""
+def _share(value: float | None, digits: int, *, shortest: bool = False) -> str:
+    """A probability or threshold with `digits` decimals (`shortest`: without trailing zeros, as
+    a threshold was given), or more where those would round it to 0 or 1 (a threshold of 0.9999999
+    is not 1, and a probability just under it is "not sure"), or as 6.1e-25 and 1 - 3.0e-13 where
+    8 decimals would still round it so."""
     if value is None:
         return "-"
     shown = f"{value:.{digits}f}"
     while 0 < value < 1 and float(shown) in (0.0, 1.0) and digits < 8:
         digits += 1
         shown = f"{value:.{digits}f}"
-    if 0 < value < 1 and float(shown) == 0.0:  # 6.1e-25, not 0.00000000
+    if 0 < value < 1 and float(shown) == 0.0:
         return f"{value:.1e}"
     if 0 < value < 1 and float(shown) == 1.0:
         return f"1 - {1 - value:.1e}"
-    return shown
+    return shown.rstrip("0").rstrip(".") if shortest and "." in shown else shown
 
 
 SHORT_ID = 8  # characters of an id that tables show; the API takes back any unique prefix of 6 or more
@@ -464,8 +466,12 @@ def _job_line(job_id: str, job: dict) -> list[str]:
 
 
 def bare_job_id(value: str) -> str:
-    """A job's id as the routes take it, also when given as a reference names it (job:ID)."""
-    return value.removeprefix("job:")
+    """A job's id as the routes take it, also when given as a reference names it (job:ID); a
+    reference to one of its epochs (job:ID:last) is not a job."""
+    bare = value.removeprefix("job:")
+    if not bare or ":" in bare:
+        raise typer.BadParameter(f"{value!r}: give a job's id or a unique prefix of it (job:ID), without an epoch")
+    return bare
 
 
 JobId = Annotated[
@@ -636,7 +642,7 @@ def sweep_notes(sweep: dict, most: int = 5) -> list[str]:
     stopped = sweep.get("stopped")
     said: dict[tuple, list[str]] = {}
     for entry in sorted(sweep["jobs"], key=lambda e: e["trial"]):
-        if entry.get("error") and not (stopped and entry["error"] in stopped):
+        if entry.get("error") and not (stopped and f"({entry.get('reason')}: {entry['error']})" in stopped):
             said.setdefault((entry["status"], entry["error"]), []).append(str(entry["trial"]))
     lines = [
         f"trial{'s' if len(trials) > 1 else ''} {', '.join(trials)} {status}: {error}"
@@ -996,8 +1002,10 @@ PREDICT_FILES_PER_REQUEST = 64  # the service's default TRAINYARD_MAX_FILES_PER_
 
 
 def predict_files(opts: Options, form: dict, files: list[Path]) -> dict:
-    """The answer to predicting every file, sent in as many requests as the service's limit of
-    files per request asks (its refusal names a lower one), the predictions in the files' order."""
+    """The answer to predicting every file, sent in as many requests as the service's limits ask:
+    fewer files at a time when it names a lower count per request, half as many when a request is
+    too large (413). Every request after the first names the version the first was answered by,
+    which an alias or a job's best epoch could move from meanwhile. Predictions in the files' order."""
     per_request, answers, at = PREDICT_FILES_PER_REQUEST, [], 0
     with opts.client() as api:
         while at < len(files):
@@ -1008,9 +1016,22 @@ def predict_files(opts: Options, form: dict, files: list[Path]) -> dict:
             if lower and 0 < int(lower[1]) < per_request:
                 per_request = int(lower[1])
                 continue
+            if response.status_code == 413 and per_request > 1:
+                per_request = max(1, len(chunk) // 2)
+                continue
             answers.append(checked(response))
+            form = {**form, "model": _answered_by(answers[0]["model"], form["model"])}
             at += len(chunk)
     return {**answers[0], "predictions": [p for answer in answers for p in answer["predictions"]]}
+
+
+def _answered_by(model: dict, given: str) -> str:
+    """The reference that names the version an answer came from: name:VERSION, job:ID:EPOCH."""
+    if model.get("name") and model.get("version"):
+        return f"{model['name']}:{model['version']}"
+    if model.get("job_id") and model.get("epoch"):
+        return f"job:{model['job_id']}:{model['epoch']}"
+    return given
 
 
 def _version_line(suffix: Callable[[dict], str]) -> Callable[[dict], list[str]]:
@@ -1186,7 +1207,7 @@ def models_threshold(
     def said(version: dict) -> str:  # as given: 0.9999999 is not 1
         if version["threshold"] is None:
             return "no threshold"
-        return "threshold " + f"{version['threshold']:.10f}".rstrip("0").rstrip(".")
+        return "threshold " + _share(version["threshold"], 10, shortest=True)
 
     opts.show(answer, _version_line(said))
 

@@ -175,9 +175,6 @@ def add_job(
                 f"{waiting}: no live worker serves queue {settings.queue_for(spec.device)!r} for "
                 f"device {spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); start one and retry"
             )
-    warnings = weights_warnings(session, spec=spec, settings=settings) + data_warnings(
-        session, spec=spec, settings=settings
-    )
     job = jobs.create_job(
         session,
         spec=spec,
@@ -185,9 +182,16 @@ def add_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         sweep=sweep,
-        warnings=warnings,
+        warnings=job_warnings(session, spec=spec, settings=settings),
     )
     return Submitted(job.id, replayed=False), settings.queue_for(spec.device)
+
+
+def job_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> list[str]:
+    """What will make the job fail unless someone acts: weights or data files nowhere to be found."""
+    return weights_warnings(session, spec=spec, settings=settings) + data_warnings(
+        session, spec=spec, settings=settings
+    )
 
 
 def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> list[str]:
@@ -249,18 +253,17 @@ def resume_job(session: Session, *, job_id: str, settings: Settings) -> None:
     dataset was deleted (it would fail at once). Its warnings are told again as they are now (the
     weights or data files may have been put in place since)."""
     job = jobs.require_job(session, job_id=job_id)
+    jobs.request_resume(session, job_id=job.id)  # InvalidTransition for a job that cannot resume
     spec = JobSpec.model_validate(job.spec)
     if (
         isinstance(spec.data, UploadedDatasetSpec)
         and datasets.get_dataset(session, dataset_id=spec.data.dataset_id) is None
     ):
+        session.rollback()
         raise Conflict(
             f"job {job.id} trained on uploaded dataset {spec.data.dataset_id}, which was deleted: it cannot resume; "
             "submit a new job on another dataset"
         )
-    jobs.request_resume(session, job_id=job.id)
-    job.warnings = weights_warnings(session, spec=spec, settings=settings) + data_warnings(
-        session, spec=spec, settings=settings
-    )
+    job.warnings = job_warnings(session, spec=spec, settings=settings) or None
     session.commit()
     publish_or_defer(job.id, settings.queue_for(worker_registry.device_of(job.spec)))

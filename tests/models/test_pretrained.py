@@ -198,6 +198,16 @@ class _RunsCode:
         return (open, (str(self.marker), "w"))
 
 
+class _RunsAShell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_a_weights_file_that_would_run_code_is_refused(tmp_path, colour):
     marker = tmp_path / "code-ran"
     weights = tmp_path / "weights"
@@ -206,6 +216,10 @@ def test_a_weights_file_that_would_run_code_is_refused(tmp_path, colour):
     with pytest.raises(UnsafeWeights, match=r"not a file of plain tensors \(loading it would run code") as refused:
         prepare(_spec({"freeze": "backbone"}), dataset=colour, data_dir=tmp_path, weights_dir=weights)
     assert not marker.exists() and "\x1b" not in str(refused.value)  # no terminal codes in the job's record
+    torch.save({"conv1.weight": torch.zeros(1), "payload": _RunsAShell(marker)}, weights / WEIGHTS_FILE)
+    with pytest.raises(UnsafeWeights, match=r"not a file of plain tensors \(loading it would run code"):
+        prepare(_spec({"freeze": "backbone"}), dataset=colour, data_dir=tmp_path, weights_dir=weights)
+    assert not marker.exists()
     (weights / WEIGHTS_FILE).write_text("not weights at all\n")
     with pytest.raises(UnsafeWeights, match="is not a weights file torch can read"):
         prepare(_spec({"freeze": "backbone"}), dataset=colour, data_dir=tmp_path, weights_dir=weights)

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from service.api.auth import READS_ONLY
 from service.api.errors import unknown_fields_error, validation_error
-from service.api.multipart import FormError, parse_form
+from service.api.multipart import FormError, TooManyParts, parse_form
 from service.api.schemas.predict import (
     THRESHOLD_DOC,
     PredictResponse,
@@ -119,6 +119,8 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
     limit = get_settings().max_files_per_request
     try:
         parts = parse_form(await request.body(), request.headers["content-type"], max_parts=limit + 20)
+    except TooManyParts as exc:  # images past the limit, most likely: say it as a count of files does
+        raise _invalid(("files",), f"{exc}; at most {limit} per request") from None
     except FormError as exc:
         raise validation_error([(("body",), str(exc))]) from None
     unknown = unknown_fields_error((part.name for part in parts), FORM_FIELDS)

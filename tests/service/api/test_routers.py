@@ -901,6 +901,19 @@ def test_predict_refuses_unknown_models_and_bad_fields(api, trained_job):
     assert prediction["filename"] == "x.png" and len(prediction["top_k"]) == 2
 
 
+def test_too_many_files_are_refused_naming_the_limit_however_many_parts_they_make(api, trained_job, monkeypatch):
+    """Past the files limit, and past the form's cap on parts (the limit and 20): both refusals say
+    "at most N per request", which the CLI follows by sending fewer at a time."""
+    from service.core.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "max_files_per_request", 30)
+    for count in (31, 64):
+        files = [("files", (f"{n}.png", png_bytes(3, seed=1), "image/png")) for n in range(count)]
+        refused = api.post("/v1/predict", data={"model": f"job:{trained_job}"}, files=files)
+        assert refused.status_code == 422 and locs(refused) == [["body", "files"]], refused.text
+        assert refused.json()["detail"][0]["msg"].endswith("at most 30 per request"), refused.text
+
+
 def test_json_predict_says_how_images_are_sent(api, trained_job):
     no_inputs = api.post("/v1/predict", json={"model": f"job:{trained_job}"})
     assert locs(no_inputs) == [["body", "inputs"]] and "multipart" in no_inputs.json()["detail"][0]["msg"]

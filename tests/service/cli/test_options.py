@@ -403,9 +403,14 @@ def test_predict_sends_more_files_than_a_request_takes_in_several_in_order(monke
     for limit, requests in ((64, [64, 6]), (30, [64, 30, 30, 10])):  # the first refused, then 30 each
         sent = []
 
-        def answer(request, limit=limit, sent=sent):
+        answered = []
+
+        def answer(request, limit=limit, sent=sent, answered=answered):
             names = re.findall(rb'filename="(\d+)\.png"', request.content)
+            model = re.search(rb'name="model"\r\n\r\n([^\r]+)', request.content)[1].decode()
+            assert model == ("m:3" if answered else "m"), model  # after the first answer: its version
             sent.append(len(names))
+            answered.extend([True] if len(names) <= limit else [])
             if len(names) > limit:
                 return httpx.Response(
                     422, json={"detail": [{"msg": f"{len(names)} files sent; at most {limit} per request"}]}
@@ -413,7 +418,7 @@ def test_predict_sends_more_files_than_a_request_takes_in_several_in_order(monke
             predictions = [
                 {"filename": f"{n.decode()}.png", "label": "a", "probability": 1.0, "top_k": []} for n in names
             ]
-            return httpx.Response(200, json={"model": {"name": "m"}, "predictions": predictions})
+            return httpx.Response(200, json={"model": {"name": "m", "version": 3}, "predictions": predictions})
 
         transport = httpx.MockTransport(answer)
         monkeypatch.setattr(
@@ -424,7 +429,7 @@ def test_predict_sends_more_files_than_a_request_takes_in_several_in_order(monke
         assert sent == requests
         answered = json.loads(result.output)
         assert [p["filename"] for p in answered["predictions"]] == [image.name for image in images]
-        assert answered["model"] == {"name": "m"}
+        assert answered["model"] == {"name": "m", "version": 3}
 
 
 def test_a_submission_whose_answer_is_lost_is_sent_again_under_the_same_key(monkeypatch, tmp_path):
@@ -594,7 +599,7 @@ def test_a_stopped_sweep_says_why_and_its_trials_errors_once_each():
         "trial 3 invalid: lr: must be > 0",
     ]
     assert len(cli_client.sweep_notes(sweep, most=1)) == 3  # the stop, the first error, and how many more
-    sweep["stopped"] = f"trials 0, 1 and 2 failed alike (invalid_data: {gone}), so the sweep launched no more"
+    sweep["stopped"] = f"trials 0, 1 and 2 failed alike (invalid_data: {gone}), so the sweep launched no more: lr"
     assert cli_client.sweep_notes(sweep)[1:] == ["trial 3 invalid: lr: must be > 0"]  # said once
 
 
@@ -609,6 +614,8 @@ def test_probabilities_and_thresholds_near_0_or_1_are_not_rounded_onto_them():
     assert cli_client._share(0.9999999, 3) == "0.9999999" and cli_client._share(0.0000004, 2) == "0.0000004"
     assert cli_client._share(0.5, 3) == "0.500" and cli_client._share(1.0, 3) == "1.000"
     assert cli_client._share(6.1e-25, 2) == "6.1e-25" and cli_client._share(1 - 3e-13, 3) == "1 - 3.0e-13"
+    shortest = [cli_client._share(t, 10, shortest=True) for t in (0.6, 0.9999999, 1 - 1e-11, 0.0, 1.0)]
+    assert shortest == ["0.6", "0.9999999", "1 - 1.0e-11", "0", "1"]  # a threshold as given
     answer = {"predictions": [{"label": "red", "probability": 0.99996, "below_threshold": True, "top_k": []}]}
     out = io.StringIO()
     Console(file=out, width=120, color_system=None).print(cli_client.predictions_table(answer)[0])

@@ -224,3 +224,7 @@ def test_a_job_may_be_named_as_a_reference_names_it(monkeypatch):
     for command in (["jobs", "show", f"job:{JOB}"], ["logs", f"job:{JOB}"]):
         CliRunner().invoke(cli_main.app, command)
     assert asked == [f"/v1/jobs/{JOB}", f"/v1/jobs/{JOB}/logs"], asked
+    for given in (f"job:{JOB}:last", "job:"):  # an epoch's reference, or nothing, is no job
+        refused = CliRunner().invoke(cli_main.app, ["evaluate", given], env={"COLUMNS": "200"})
+        assert refused.exit_code == cli_client.USAGE and "without an epoch" in refused.output, refused.output
+    assert len(asked) == 2
