@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import pickle
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -225,7 +224,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A weights file's tensors, refusing anything that would run code when unpickled."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only's refusal, of a global or of what is no pickle
+    except Exception as exc:  # weights_only refuses a global (code would run) or what is no pickle
         said = str(exc)
         if re.search(r"unsupported global|is blocked", said, re.IGNORECASE):  # it would call a global: run code
             raise UnsafeWeights(
@@ -236,8 +235,6 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise UnsafeWeights(
             f"{path} is not a weights file torch can read ({why[1] if why else _first_line(exc)})"
         ) from None
-    except Exception as exc:  # not a torch file at all: a truncated file, another format
-        raise UnsafeWeights(f"{path} is not a weights file torch can read ({_first_line(exc)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -420,14 +420,22 @@ def require_version(session: Session, *, name: str, version: int) -> ModelVersio
     return record
 
 
+def alias_problem(name: str, alias: str) -> str | None:
+    """Why `alias` cannot name a version of `name`, or None: all digits, name@3 would read like
+    version 3 (name:3)."""
+    if alias.isdigit():
+        return (
+            f"alias {alias!r} is all digits: {name}@{alias} would read like version {alias}, which is "
+            f"{name}:{alias}; give the alias a word (v{alias}, staging, ...)"
+        )
+    return None
+
+
 def set_alias(session: Session, *, name: str, alias: str, version: int) -> list[str]:
     """Point an alias at a version (creating or moving it); warnings of what its callers see
     change, when it moves to a version that answers otherwise."""
-    if alias.isdigit():
-        raise Unprocessable(
-            f"alias {alias!r} is all digits: {name}@{alias} would read like version {alias}, which is {name}:{alias}; "
-            f"give the alias a word (v{alias}, staging, ...)"
-        )
+    if problem := alias_problem(name, alias):
+        raise Unprocessable(problem)
     record = require_version(session, name=name, version=version)
     row = session.get(ModelAlias, (name, alias))
     warnings = []

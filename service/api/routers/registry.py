@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from models.inference.formats import FORMATS, INPUTS
 from service.api.deps import DeletesFiles, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, WritesFiles
 from service.api.downloads import exported_file
-from service.api.errors import refuse_unknown_fields
+from service.api.errors import refuse_unknown_fields, validation_error
 from service.api.schemas.registry import (
     MAX_INT,
     AliasMoved,
@@ -87,8 +87,11 @@ def read_model(name: NameParam, session: SessionDep) -> ModelPublic:
 def set_alias(
     name: NameParam, alias: NameParam, body: AliasUpdate, session: WriteSessionDep, server: ModelServerDep
 ) -> AliasMoved:
-    """Point an alias (e.g. `production`) at a version; references `name@alias` follow it. The
-    answer's warnings say what changes for its callers, when the version answers otherwise."""
+    """Point an alias (e.g. `production`) at a version; references `name@alias` follow it (not
+    all digits: name@3 would read like version 3). The answer's warnings say what changes for its
+    callers, when the version answers otherwise."""
+    if problem := model_registry.alias_problem(name, alias):  # a path's 422, in the validation shape
+        raise validation_error([(("path", "alias"), problem)])
     warnings = model_registry.set_alias(session, name=name, alias=alias, version=body.version)
     server.references.clear()  # other API processes follow within reference_cache_seconds
     return AliasMoved(**_model(session, name).model_dump(), warnings=warnings)

@@ -416,6 +416,9 @@ def test_register_alias_threshold_and_delete(api, trained_job):
     again = api.delete("/v1/models/shoes/aliases/production")
     assert again.status_code == 404 and "has no alias 'production'; it has no aliases yet" in again.text
     assert api.delete("/v1/models/nothing/aliases/production").status_code == 404
+    digits = api.put("/v1/models/shoes/aliases/3", json={"version": 1})  # shoes@3 would read like shoes:3
+    assert digits.status_code == 422 and locs(digits) == [["path", "alias"]], digits.text
+    assert digits.json()["detail"][0]["msg"].startswith("alias '3' is all digits: shoes@3 would read like version 3")
     assert api.delete("/v1/models/shoes/versions/1").status_code == 204  # the model's last version
     assert api.get("/v1/models/shoes").status_code == 404
 
