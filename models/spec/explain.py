@@ -41,6 +41,14 @@ def input_loc(document, loc: tuple, *, missing: bool = False) -> tuple:
     return tuple(kept)
 
 
+def error_loc(document, error: dict) -> tuple:
+    """Where a validation error (its `loc` relative to `document`) is in the document: input_loc's
+    path, and for a dataset no union member takes, the dataset field itself (pydantic says the
+    union's place, `data`), where a missing upload is reported too."""
+    where = input_loc(document, tuple(error["loc"]), missing=error.get("type") == "missing")
+    return (*where, "dataset") if error.get("type") == "dataset" else where
+
+
 def _options(annotation) -> list[tuple[str | None, Any]]:
     """(tag, type) of each type an annotation may hold: Annotated unwrapped (its Tag kept), unions
     and Optional flattened."""

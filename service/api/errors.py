@@ -20,7 +20,7 @@ from starlette.routing import Match
 
 from models.checkpoint import CheckpointError
 from models.inference.predictor import InputError
-from models.spec.explain import explain, input_loc, plain_message
+from models.spec.explain import error_loc, explain, plain_message
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 from service.core.storage import ObjectMissing, get_storage
@@ -117,7 +117,7 @@ def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> 
     return [
         {
             **e,
-            "loc": ("body", *input_loc(body, tuple(e["loc"][1:]), missing=e.get("type") == "missing")),
+            "loc": ("body", *error_loc(body, {**e, "loc": tuple(e["loc"][1:])})),
             "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body) if model else plain_message(e),
         }
         if tuple(e.get("loc", ()))[:1] == ("body",)

@@ -27,7 +27,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.spec.explain import explain, input_loc
+from models.spec.explain import error_loc, explain
 from models.spec.job import JobSpec
 from models.spec.sweeps import SweepSpec, trial_spec
 from service.core import jobs, studies, submission
@@ -47,7 +47,7 @@ def _problems(sweep: SweepSpec, spec: dict, params: dict, error: Exception) -> l
         else [{"loc": loc, "msg": msg} for loc, msg in error.problems]
     )
     for detail in details:
-        loc = input_loc(spec, tuple(detail["loc"]), missing=detail.get("type", "missing") == "missing")
+        loc = error_loc(spec, {"type": "missing", **detail})  # core's problems are paths already
         dotted = ".".join(str(part) for part in loc)
         path = next((p for p in params if dotted == p or dotted.startswith(p + ".")), None)
         message = explain(detail, JobSpec, spec)

@@ -27,7 +27,7 @@ from starlette.routing import Match
 from models.checkpoint import CheckpointError
 from models.inference.formats import FORMATS, INPUTS
 from models.inference.predictor import InputError
-from models.spec.explain import explain, input_loc, plain_message
+from models.spec.explain import error_loc, explain, plain_message
 from models.spec.job import JobSpec
 from models.spec.sweeps import short_value
 from service.api import plots
@@ -297,7 +297,7 @@ def _describe(exc: Exception, sent=None, root: type[BaseModel] | None = None) ->
     if isinstance(exc, ValidationError):
 
         def where(e) -> tuple:
-            return e["loc"] if sent is None else input_loc(sent, e["loc"], missing=e["type"] == "missing")
+            return e["loc"] if sent is None else error_loc(sent, e)
 
         def said(e) -> str:
             return explain(e, root, sent) if root is not None else plain_message(e)

@@ -184,11 +184,11 @@ def test_a_missing_or_unknown_arch_lists_the_archs():
     layers = {"arch": "sequential", "layers": [{"type": "maxpool"}]}
     layer = spec_errors({"model": layers, "data": {"dataset": "mnist"}})
     assert "did you mean maxpool2d" in layer[("body", "model", "layers", 0)]
-    dataset = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "fashion_mnist"}})[("body", "data")]
+    dataset = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "fashion_mnist"}})[("body", "data", "dataset")]
     assert dataset.endswith("did you mean fashion-mnist?")
-    named = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "shapes"}})[("body", "data")]
+    named = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "shapes"}})[("body", "data", "dataset")]
     assert named.endswith("an uploaded dataset is named with its prefix: uploaded:shapes")
-    cased = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "Uploaded:shapes"}})[("body", "data")]
+    cased = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "Uploaded:shapes"}})[("body", "data", "dataset")]
     assert cased.endswith("did you mean uploaded:shapes?")
     empty = spec_errors({"model": {"arch": "mlp"}, "data": {"dataset": "uploaded:"}})[("body", "data", "dataset")]
     assert empty.startswith("should be uploaded: and an uploaded dataset's id, a unique prefix of it or its name")

@@ -271,7 +271,9 @@ def test_an_idempotency_key_is_printable_ascii_as_the_cli_says(api, path, key):
 
 def test_submit_refuses_bad_specs_with_body_locations(api):
     assert locs(api.post("/v1/jobs", json={**SOFTMAX_SPEC, "epochs": 0})) == [["body", "epochs"]]
-    assert locs(api.post("/v1/jobs", json={**SOFTMAX_SPEC, "data": {"dataset": "nope"}})) == [["body", "data"]]
+    assert locs(api.post("/v1/jobs", json={**SOFTMAX_SPEC, "data": {"dataset": "nope"}})) == [
+        ["body", "data", "dataset"]
+    ]
     assert ["body", "lr"] in locs(api.post("/v1/jobs", json={**SOFTMAX_SPEC, "lr": 0.1}))
     assert api.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"}).status_code == 422
     assert api.get("/v1/jobs").json()["count"] == 0
