@@ -44,7 +44,7 @@ def error_locs(response) -> list[tuple]:
         ({"batch_size": "big"}, ("body", "batch_size")),
         ({"device": "tpu"}, ("body", "device")),
         ({"surprise": True}, ("body", "surprise")),
-        ({"data": {"dataset": "imagenet"}}, ("body", "data")),
+        ({"data": {"dataset": "imagenet"}}, ("body", "data", "dataset")),
         ({"data": {"dataset": "fashion-mnist", "val_fraction": 1.0}}, ("body", "data", "val_fraction")),
         ({"model": {"arch": "linear_regression"}}, ("body", "model", "arch")),
         ({"data": {"dataset": "synthetic-linear"}}, ("body", "model", "arch")),
