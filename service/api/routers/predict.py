@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -19,6 +21,7 @@ from service.api.schemas.predict import (
     values_answer,
 )
 from service.api.serving import IMAGES_HINT, ModelServer
+from service.core.errors import Invalid
 from service.core.settings import get_settings
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -48,6 +51,7 @@ MULTIPART_SCHEMA = {
     },
 }
 FORM_FIELDS = frozenset(MULTIPART_SCHEMA["properties"])
+OPTIONS = ("top_k", "threshold")  # in the body or the query string, as the raw-image route takes them
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
@@ -55,7 +59,17 @@ PREDICT_BODY = {
             "multipart/form-data": {"schema": MULTIPART_SCHEMA},
             "application/json": {"schema": PredictValues.model_json_schema()},
         },
-    }
+    },
+    "parameters": [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": MULTIPART_SCHEMA["properties"][name],
+            "description": f"{name} here instead of in the body (giving it in both is a 422)",
+        }
+        for name in OPTIONS
+    ],
 }
 
 
@@ -102,8 +116,14 @@ async def classify(
     return _json(image_answer(target, loaded.predictor, [name for name, _ in uploads], results, threshold))
 
 
-def _threshold(raw: str | None) -> float | None:
-    """A form's threshold: a number from 0 to 1, or None when it is not given."""
+def _top_k(raw: str, where: str) -> int:
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= 1000:
+        raise validation_error([((where, "top_k"), "top_k must be an integer from 1 to 1000")])
+    return int(raw)
+
+
+def _threshold(raw: str | None, where: str) -> float | None:
+    """A threshold given as text: a number from 0 to 1, or None when it is not given."""
     if raw is None:
         return None
     try:
@@ -111,11 +131,36 @@ def _threshold(raw: str | None) -> float | None:
     except ValueError:
         value = float("nan")
     if not 0 <= value <= 1:  # NaN too
-        raise _invalid(("threshold",), f"threshold must be a number from 0 to 1, not {raw[:50]!r}")
+        raise validation_error([((where, "threshold"), f"threshold must be a number from 0 to 1, not {raw[:50]!r}")])
     return value
 
 
-async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]], int, float | None]:
+def _options(request: Request, in_body: Container[str]) -> dict[str, str]:
+    """top_k and threshold given in the query string, where POST /v1/models/{model}/predict takes
+    them: honoured here too rather than ignored, and refused when the body gives them as well."""
+    given = {name: request.query_params[name] for name in OPTIONS if name in request.query_params}
+    twice = [name for name in given if name in in_body]
+    if twice:
+        raise validation_error(
+            [(("query", name), f"{name} is given in the query and in the body; give it once") for name in twice]
+        )
+    return given
+
+
+@contextmanager
+def _located(query: Container[str]) -> Iterator[None]:
+    """A model's refusal of an option the query gave (top_k past its classes) is reported at the query."""
+    try:
+        yield
+    except Invalid as exc:
+        if not any(loc and loc[0] in query for loc, _ in exc.problems):
+            raise
+        raise validation_error(
+            [(("query" if loc and loc[0] in query else "body", *loc), msg) for loc, msg in exc.problems]
+        ) from exc
+
+
+async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]], int, float | None, dict[str, str]]:
     limit = get_settings().max_files_per_request
     try:
         parts = parse_form(await request.body(), request.headers["content-type"], max_parts=limit + 20)
@@ -135,14 +180,15 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
         raise _invalid(("files",), "at least one image is required in the files field")
     if len(files) > limit:
         raise _invalid(("files",), f"{len(files)} files sent; at most {limit} per request")
-    raw_k = fields.get("top_k", "1")
-    if not raw_k.strip().isdigit() or not 1 <= int(raw_k) <= 1000:
-        raise _invalid(("top_k",), "top_k must be an integer from 1 to 1000")
+    query = _options(request, fields)
+    where = {name: "query" if name in query else "body" for name in OPTIONS}
+    fields |= query
     return (
         model,
         [(f.filename or f"file{i}", bytes(f.data)) for i, f in enumerate(files)],
-        int(raw_k),
-        _threshold(fields.get("threshold")),
+        _top_k(fields.get("top_k", "1"), where["top_k"]),
+        _threshold(fields.get("threshold"), where["threshold"]),
+        query,
     )
 
 
@@ -157,10 +203,19 @@ async def predict(request: Request) -> Response:
             body = PredictValues.model_validate_json(await request.body())
         except ValidationError as exc:
             raise _json_refused(exc) from exc
-        target, loaded, outputs = await server.predict_values(body.model, body.inputs, body.threshold, body.top_k)
+        query = _options(request, body.model_fields_set)
+        if query:
+            update = {"top_k": _top_k(query["top_k"], "query")} if "top_k" in query else {}
+            if "threshold" in query:
+                update["threshold"] = _threshold(query["threshold"], "query")
+            body = body.model_copy(update=update)
+        with _located(query):
+            target, loaded, outputs = await server.predict_values(body.model, body.inputs, body.threshold, body.top_k)
         return _json(values_answer(target, loaded.predictor, outputs, body.top_k, body.threshold))
     if content_type.startswith("multipart/form-data"):
-        return await classify(server, *await _form_uploads(request))
+        *form, query = await _form_uploads(request)
+        with _located(query):
+            return await classify(server, *form)
     raise HTTPException(
         status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
         "send multipart/form-data with model and files, or application/json with model and inputs",

@@ -593,6 +593,8 @@ def test_a_model_of_standardised_columns_imports_back_and_answers_as_before(api,
     for field, value in (("top_k", 3), ("threshold", 0.5)):  # a regression has no classes to rank or keep
         refused = api.post("/v1/predict", json={"model": "houses", "inputs": rows, field: value})
         assert locs(refused) == [["body", field]] and "does not classify" in refused.text, refused.text
+        queried = api.post(f"/v1/predict?{field}={value}", json={"model": "houses", "inputs": rows})
+        assert locs(queried) == [["query", field]] and "does not classify" in queried.text, queried.text
     wrong = api.post(
         "/v1/models/import",
         data={"name": "houses", "normalize": '{"mean": [1], "std": [1]}'},
@@ -904,6 +906,29 @@ def test_predict_refuses_unknown_models_and_bad_fields(api, trained_job):
     assert answered.status_code == 200, answered.text
     (prediction,) = answered.json()["predictions"]
     assert prediction["filename"] == "x.png" and len(prediction["top_k"]) == 2
+
+
+def test_predict_takes_top_k_and_threshold_from_the_query_as_the_raw_image_route_does(api, trained_job):
+    """`?top_k=3` on /v1/predict was ignored: the answer ranked one class. It is honoured for a form
+    and for JSON rows, refused where it is out of range (at query) or also given in the body."""
+    job = f"job:{trained_job}"
+    (ranked,) = api.post("/v1/predict?top_k=3&threshold=0", data={"model": job}, files=image()).json()["predictions"]
+    assert len(ranked["top_k"]) == 3 and ranked["below_threshold"] is False
+    assert locs(api.post("/v1/predict?top_k=0", data={"model": job}, files=image())) == [["query", "top_k"]]
+    past = api.post("/v1/predict?top_k=11", data={"model": job}, files=image())  # the model has 10 classes
+    assert locs(past) == [["query", "top_k"]] and "10 classes" in past.text
+    assert locs(api.post("/v1/predict?threshold=2", data={"model": job}, files=image())) == [["query", "threshold"]]
+    twice = api.post("/v1/predict?top_k=3", data={"model": job, "top_k": "2"}, files=image())
+    assert locs(twice) == [["query", "top_k"]] and "give it once" in twice.json()["detail"][0]["msg"]
+    rows = api.post("/v1/predict?top_k=3", json={"model": job, "inputs": [[0.0]]})
+    assert locs(rows) == [["body", "inputs"]]  # the JSON path reads the query too, past its own checks
+    assert locs(api.post("/v1/predict?top_k=3", json={"model": job, "inputs": [[0.0]], "top_k": 2})) == [
+        ["query", "top_k"]
+    ]
+    documented = {
+        p["name"]: p["in"] for p in api.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["parameters"]
+    }
+    assert documented == {"top_k": "query", "threshold": "query"}
 
 
 def test_too_many_files_are_refused_naming_the_limit_however_many_parts_they_make(api, trained_job, monkeypatch):
