@@ -488,13 +488,16 @@ def finish_job(
     )
 
 
+USER_CANCELLED = "user_cancelled"
+
+
 def cancel_reason(asked: str | None) -> str:
     """Why a cancelling job ends cancelled: the reason its cancel was asked with (a user's, a
     stopped sweep's), which the cancelling transition recorded."""
-    return asked or "user_cancelled"
+    return asked or USER_CANCELLED
 
 
-def request_cancel(session: Session, *, job_id: str, reason: str = "user_cancelled") -> Job:
+def request_cancel(session: Session, *, job_id: str, reason: str = USER_CANCELLED) -> Job:
     """Cancel a queued job at once, or ask a running one's worker to stop."""
     job = session.get(Job, job_id, populate_existing=True)
     if transition(

@@ -169,6 +169,10 @@ def _replayed(session: Session, idempotency_key: str | None, request_hash: str) 
     return Created(existing, replayed=True)
 
 
+def _unfinished(ranked: list[Trial]) -> int:
+    return sum(t.job is not None and t.job.status not in JobStatus.FINAL for t in ranked)
+
+
 def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
     """Tell an adaptive sweep's study how its ended trials did; launch the sweep's next trials
     while fewer than max_parallel of its jobs are unfinished; mark it finished once nothing is
@@ -183,13 +187,12 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         ranked = trials(session, sweep)
         if sweep.study is not None:
             _tell_ended(session, sweep, ranked, settings)
-        active = sum(t.job is not None and t.job.status not in JobStatus.FINAL for t in ranked)
+        active = _unfinished(ranked)
         left = sweep.launched < sweep.size or active  # something a stop would spare
         if left and sweep.cancelled_at is None and sweep.stopped is None and (stopped := failing_alike(ranked)):
             sweep.stopped = stopped
             _cancel_unfinished(session, sweep.id, reason="sweep_stopped")
-            ranked = trials(session, sweep)
-            active = sum(t.job is not None and t.job.status not in JobStatus.FINAL for t in ranked)
+            active = _unfinished(trials(session, sweep))
         if sweep.cancelled_at is not None or sweep.stopped is not None or sweep.launched >= sweep.size:
             if not active:
                 if sweep.study is not None:  # trials asked for but never launched (cancelled meanwhile)
@@ -397,7 +400,7 @@ def cancel(session: Session, *, sweep_id: str, settings: Settings) -> None:
     session.execute(
         update(Sweep).where(Sweep.id == sweep_id, Sweep.cancelled_at.is_(None)).values(cancelled_at=utcnow())
     )
-    _cancel_unfinished(session, sweep_id, reason="user_cancelled")
+    _cancel_unfinished(session, sweep_id, reason=jobs.USER_CANCELLED)
     session.commit()
     advance(session, sweep_id=sweep_id, settings=settings)
 
