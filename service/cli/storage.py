@@ -23,10 +23,11 @@ SOME_NOT_COPIED, INTERRUPTED = 1, 130
 def info(as_json: JsonOption = False) -> None:
     """The store as this machine's settings say it (TRAINYARD_STORAGE_URL; unset: the home's
     folders) and, for an object store, this machine's cache of its objects: its folder, the bytes
-    it holds and its bound (TRAINYARD_CACHE_BYTES). Run it where the service or a worker runs."""
+    it holds and its bound (TRAINYARD_CACHE_BYTES). Run it where the service or a worker runs.
+    Exit status 1 when this machine's store is not the service's (a worker here is refused), else 0."""
     from service.core.settings import get_settings
     from service.core.storage import get_storage
-    from service.core.storage.migrate import size_text
+    from service.core.storage.check import problem_in
 
     settings = get_settings()
     home_here = settings.home.exists()  # before the embedded database is opened, which makes its folder
@@ -49,18 +50,27 @@ def info(as_json: JsonOption = False) -> None:
     }
     if as_json:
         emit_json(data)
-        return
-    typer.echo(f"as this machine's settings say (TRAINYARD_HOME {settings.home}):")
-    if local:
-        where = ", ".join(f"{area} {root}" for area, root in data["folders"].items())
-        typer.echo(f"store: {storage.url} (folders: {where}; files are read where they are, no cache)")
     else:
-        typer.echo(f"store: {storage.url} (an object store; workers retry it for {settings.storage_retry_seconds:g} s)")
+        show_info(settings, data, home_here)
+    if problem_in(service["this_store"]):
+        raise typer.Exit(1)
+
+
+def show_info(settings, data: dict, home_here: bool) -> None:
+    """info's answer as lines of text."""
+    from service.core.storage.migrate import size_text
+
+    typer.echo(f"as this machine's settings say (TRAINYARD_HOME {settings.home}):")
+    if data["folders"] is not None:
+        where = ", ".join(f"{area} {root}" for area, root in data["folders"].items())
+        typer.echo(f"store: {data['url']} (folders: {where}; files are read where they are, no cache)")
+    else:
+        typer.echo(f"store: {data['url']} (an object store; workers retry it for {data['retry_seconds']:g} s)")
         typer.echo(
-            f"cache: {settings.object_cache_dir}, {size_text(used)} in {len(entries)} file(s) of "
-            f"{size_text(settings.cache_bytes)} (TRAINYARD_CACHE_BYTES)"
+            f"cache: {data['cache_dir']}, {size_text(data['cache_bytes_used'])} in {data['cache_files']} file(s) of "
+            f"{size_text(data['cache_bytes_max'])} (TRAINYARD_CACHE_BYTES)"
         )
-    for line in service_lines(service):
+    for line in service_lines(data):
         typer.echo(line)
     if not home_here:
         typer.echo(f"note: {settings.home} does not exist here: run this where the service runs, with its settings")

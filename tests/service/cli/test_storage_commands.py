@@ -74,8 +74,11 @@ def test_info_says_which_store_is_the_services_where_it_moves_and_whether_this_o
         "this machine's store is the service's",
     ]
     get_storage().store.delete(mark_keys(token))  # this machine's folders are not the ones the API marked
-    warned = invoke("info").stdout.splitlines()[-1]
-    assert warned.startswith(f"warning: this machine's store (file://{service_env.home}) lacks the mark the API left")
+    warned = invoke("info")
+    assert warned.exit_code == 1 and invoke("info", "--json").exit_code == 1  # a worker here would be refused
+    assert warned.stdout.splitlines()[-1].startswith(
+        f"warning: this machine's store (file://{service_env.home}) lacks the mark the API left"
+    )
 
 
 def test_migrate_copies_once_then_says_there_is_nothing_to_copy(trained_job, tmp_path):
