@@ -49,10 +49,14 @@ def headers_for(exc: Exception) -> dict[str, str]:
     return {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else {}
 
 
-def validation_error(problems: list[tuple[tuple, str]]) -> RequestValidationError:
-    """A 422 in FastAPI's own shape: one entry per (location, message)."""
+def validation_error(problems: list[tuple[tuple, str]], inputs: list | None = None) -> RequestValidationError:
+    """A 422 in FastAPI's own shape: one entry per (location, message), with its input where given."""
+    inputs = inputs or [None] * len(problems)
     return RequestValidationError(
-        [{"type": "value_error", "loc": loc, "msg": msg, "input": None} for loc, msg in problems]
+        [
+            {"type": "value_error", "loc": loc, "msg": msg, "input": given}
+            for (loc, msg), given in zip(problems, inputs, strict=True)
+        ]
     )
 
 
@@ -275,7 +279,10 @@ def _message_key(request: Request) -> str:
 
 async def _core_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Invalid):  # core's locations are paths into the submitted document: the body
-        return await _invalid_request(request, validation_error([(("body", *loc), msg) for loc, msg in exc.problems]))
+        refused = validation_error(
+            [(("body", *loc), msg) for loc, msg in exc.problems], [exc.input_at(loc) for loc, _ in exc.problems]
+        )
+        return await _invalid_request(request, refused)
     if isinstance(exc, ObjectMissing) and (why := await _store_not_the_services(request)):
         return JSONResponse({_message_key(request): f"{exc}: {why}"}, status_code=503, headers={"Retry-After": "10"})
     return JSONResponse({_message_key(request): str(exc)}, status_code=status_for(exc), headers=headers_for(exc))

@@ -24,11 +24,25 @@ class Invalid(CoreError):
 
     A location is a path into the submitted document (a job spec, a sweep, an upload's form), e.g.
     ("data", "dataset"); core knows nothing of HTTP, and the API's one handler adds "body" in front.
+    `document`, where given, is that document, from which each problem's input is read.
     """
 
-    def __init__(self, problems: list[tuple[tuple, str]]):
+    def __init__(self, problems: list[tuple[tuple, str]], document: dict | None = None):
         super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
         self.problems = problems
+        self.document = document
+
+    def input_at(self, loc: tuple):
+        """What the document holds at loc; None where there is no document or nothing there."""
+        value = self.document
+        for key in loc:
+            if isinstance(value, dict) and key in value:
+                value = value[key]
+            elif isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
+                value = value[key]
+            else:
+                return None
+        return value
 
 
 class Unusable(CoreError):

@@ -153,8 +153,13 @@ def add_job(
     """Check a spec and add its queued job to the session's transaction, uncommitted, and the queue
     to publish it on once it is committed (None for a replay: its job is already out)."""
     request_hash = spec.digest()  # of the request as sent: a retry matches it whatever moved since
-    spec = with_full_ids(session, spec=spec)
-    task = check_spec(session, spec=spec, settings=settings)
+    try:
+        checked = with_full_ids(session, spec=spec)
+        task = check_spec(session, spec=checked, settings=settings)
+    except Invalid as exc:
+        exc.document = exc.document or spec.model_dump(mode="json", by_alias=True)  # each problem's input
+        raise
+    spec = checked
     if idempotency_key:
         existing = jobs.get_job_by_idempotency_key(session, key=idempotency_key)
         if existing is not None:

@@ -291,6 +291,15 @@ def test_a_refusal_reads_plainly_and_shows_a_wrong_value(api):
     assert messages({**SOFTMAX_SPEC, "batch_size": True}) == ["Input should be a valid integer; got true"]
 
 
+def test_a_problem_found_against_the_data_shows_the_value_it_is_about(api):
+    """Refusals checked against the dataset (after the spec's own validation) gave "input": null."""
+    cosine = {**SOFTMAX_SPEC, "schedule": {"name": "cosine", "min_lr": 0.9}}
+    (refused,) = api.post("/v1/jobs", json=cosine).json()["detail"]
+    assert (refused["loc"], refused["input"]) == (["body", "schedule", "min_lr"], 0.9), refused
+    (missing,) = api.post("/v1/jobs", json={**SOFTMAX_SPEC, "data": {"dataset": "uploaded:nothing"}}).json()["detail"]
+    assert (missing["loc"], missing["input"]) == (["body", "data", "dataset"], "uploaded:nothing"), missing
+
+
 def test_a_job_page_shows_the_metric_columns_its_epochs_have(api, trained_job):
     import re
 
