@@ -32,7 +32,7 @@ READS_ONLY = {"x-reads-only": True}
 COOKIE = "trainyard_session"
 SESSION_SECONDS = 7 * 24 * 3600
 READ_ONLY = "this token may only read"
-_bearer = HTTPBearer(auto_error=False, description="An API token from TRAINYARD_API_TOKENS")
+bearer = HTTPBearer(auto_error=False, description="An API token from TRAINYARD_API_TOKENS")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def token_table() -> TokenTable:
 
 async def require_token(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
     """401 without a valid token, 403 for a read-only token on a write (a POST marked READS_ONLY
     is not one); open when no tokens are set."""

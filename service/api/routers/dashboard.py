@@ -52,6 +52,7 @@ from service.api.deps import (
 )
 from service.api.downloads import exported_file
 from service.api.errors import headers_for, refuse_unknown_fields, status_for
+from service.api.routes import GuardedRoute
 from service.api.schemas.datasets import DatasetPublic
 from service.api.schemas.evaluation import evaluation_public
 from service.api.schemas.jobs import job_public, jobs_public, metric_rows
@@ -93,9 +94,11 @@ def error_page(request: Request, status_code: int, message: str, headers: dict |
     )
 
 
-class PageRoute(APIRoute):
+class PageRoute(GuardedRoute):
     """A dashboard route whose core errors, and a read-only session's refused action, answer
     error_page rather than JSON (fragments, which a page's script reads, keep JSON)."""
+
+    token_guarded = False  # the page session is
 
     def get_route_handler(self):
         handle = super().get_route_handler()

@@ -9,11 +9,12 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import DeletesFiles, SessionDep, SettingsDep, WriteSessionDep, WritesFiles
 from service.api.errors import refuse_unknown_fields
+from service.api.routes import GuardedRoute
 from service.api.schemas.datasets import DatasetPublic, DatasetsPublic
 from service.core import datasets
 from service.core.tables import DatasetStatus
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=GuardedRoute)
 UPLOAD_FIELDS = frozenset(
     {"file", "name", "test_fraction", "image_size", "seed", "color", "min_per_class", "label_column", "target_column"}
 )

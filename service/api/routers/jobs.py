@@ -16,6 +16,7 @@ from models.spec.job import JobSpec
 from service.api.deps import DeletesFiles, SessionDep, SettingsDep, WriteSessionDep, read
 from service.api.errors import validation_error
 from service.api.events import Cursor, Snapshot, new_events
+from service.api.routes import GuardedRoute
 from service.api.schemas.jobs import (
     EpochMetricPublic,
     JobPublic,
@@ -33,7 +34,7 @@ from service.core.settings import Settings, get_settings
 from service.core.tables import JobStatus
 
 STATUS_PATTERN = worded("^(" + "|".join(JobStatus.ALL) + ")$", "one of " + ", ".join(JobStatus.ALL))
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GuardedRoute)
 
 JOB_NOT_FOUND = {404: {"description": "No such job"}}
 CONFLICT = {409: {"description": "The job's state does not allow this"}}

@@ -13,6 +13,7 @@ from models.inference.formats import FORMATS, INPUTS
 from service.api.deps import DeletesFiles, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, WritesFiles
 from service.api.downloads import exported_file
 from service.api.errors import refuse_unknown_fields, validation_error
+from service.api.routes import GuardedRoute
 from service.api.schemas.registry import (
     MAX_INT,
     AliasMoved,
@@ -29,7 +30,7 @@ from service.core import model_registry
 from service.core.errors import Invalid
 from service.core.references import MODEL_NAME_PATTERN
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=GuardedRoute)
 NOT_FOUND = {404: {"description": "No such model, version or job"}}
 NameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
 

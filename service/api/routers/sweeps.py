@@ -10,6 +10,7 @@ from pydantic import AfterValidator
 from models.spec.sweeps import SweepSpec
 from service.api import plots
 from service.api.deps import SessionDep, SettingsDep, WriteSessionDep, read
+from service.api.routes import GuardedRoute
 from service.api.schemas.sweeps import (
     EndedPublic,
     HistoryPublic,
@@ -21,7 +22,7 @@ from service.api.schemas.sweeps import (
 from service.core import sweeps
 from service.core.idempotency import IDEMPOTENCY_KEY_RULE, checked_idempotency_key
 
-router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], route_class=GuardedRoute)
 NOT_FOUND = {404: {"description": "No such sweep"}}
 
 

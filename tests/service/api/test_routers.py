@@ -4,6 +4,7 @@ message waits in its table; no worker runs), and small real checkpoints written 
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -86,6 +87,48 @@ def test_a_read_token_reads_and_may_not_write(guarded):
     assert guarded.delete("/v1/datasets/abcdef", headers=bearer("read")).status_code == 403
     assert guarded.post("/v1/jobs", json=SOFTMAX_SPEC, headers=bearer("write")).status_code == 202
     assert guarded.get("/v1/jobs", headers=bearer("read")).json()["count"] == 1
+
+
+def first_answer(app, method: str, path: str, headers: dict) -> tuple[int, bool]:
+    """The status the ASGI app answers a request with a small multipart body, and whether it read
+    the body to answer it."""
+    read, sent = [], []
+
+    async def receive():
+        read.append(True)
+        return {"type": "http.request", "body": b"--x--\r\n", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = {"content-type": "multipart/form-data; boundary=x", "content-length": "7", **headers}
+    scope = {
+        **{"type": "http", "http_version": "1.1", "scheme": "http", "root_path": "", "query_string": b""},
+        **{"server": ("testserver", 80), "client": ("testclient", 50000), "method": method, "path": path},
+        "raw_path": path.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], bool(read)
+
+
+def test_an_upload_refused_by_its_token_or_the_store_is_refused_before_its_body_is_sent(guarded):
+    """FastAPI reads a form before it runs the route's dependencies: an upload of gigabytes that its
+    token, its page session or a store that is not the service's refuses was received whole first."""
+
+    class Elsewhere:
+        def problem(self, store):
+            return "this API's store is not the service's"
+
+    app = guarded.app
+    assert first_answer(app, "POST", "/v1/datasets", {}) == (401, False)
+    assert first_answer(app, "POST", "/v1/models/import", bearer("read")) == (403, False)
+    assert first_answer(app, "POST", "/ui/datasets", {}) == (303, False)  # to the login form
+    status, read = first_answer(app, "POST", "/v1/datasets", bearer("write"))
+    assert status == 422 and read  # let in: the form is read, and this one has no file
+    app.state.store_readiness = Elsewhere()
+    assert first_answer(app, "POST", "/v1/datasets", bearer("write")) == (503, False)
+    assert first_answer(app, "POST", "/v1/models/import", bearer("write")) == (503, False)
 
 
 def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
