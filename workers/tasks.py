@@ -1,9 +1,24 @@
 """Thin Celery tasks: each hands its arguments to a plain function."""
 
+import logging
+
 from celery.exceptions import Reject
 from celery.signals import worker_process_init
 
 from service.core.broker import JOIN_JOB, TRAIN_JOB, app
+
+
+class _GivenBackPlainly(logging.Filter):
+    """Celery logs a Reject, a message these tasks give back to the queue on purpose (the worker
+    is stopping; its store is not the service's), with a traceback; its one line says why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], Reject):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("celery.app.trace").addFilter(_GivenBackPlainly())
 
 
 @worker_process_init.connect

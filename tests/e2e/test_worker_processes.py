@@ -196,6 +196,7 @@ def test_a_worker_left_on_the_store_the_service_moved_from_stops_before_its_next
             job_id = submit(client, TINY)
             assert stack.procs["worker"].wait(timeout=60) == EXIT_MISCONFIGURED, stack.logs()
             assert "is one the service moved away from on " in stack.log("worker")
+            assert "Traceback" not in stack.log("worker")  # a message given back on purpose is logged in a line
             assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
             moving.start_worker()
             assert moving.wait_for_job(client, job_id, timeout=120)["status"] == "succeeded", moving.logs()
