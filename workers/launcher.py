@@ -16,6 +16,7 @@ it joined no longer runs.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from urllib.parse import urlsplit
 
 from models.spec.job import JobSpec
 from service.core import jobs
@@ -88,7 +90,7 @@ def train_on_ranks(job_id: str, claim: jobs.Claim, spec: JobSpec, control, job_l
     nodes = spec.distributed.nnodes
     rendezvous = None
     if nodes > 1:
-        rendezvous = f"{settings.worker_address or _own_address()}:{_free_port()}"
+        rendezvous = f"{settings.worker_address or own_address(settings.broker_url)}:{_free_port()}"
         for _ in range(nodes - 1):
             send_join_job(job_id, claim.attempt, rendezvous, claim.resumed_by_user, settings.queue_for(spec.device))
         log.info("asked %d other worker(s) to join this job at %s", nodes - 1, rendezvous)
@@ -252,11 +254,40 @@ class AttemptWatch(Periodic):
             self.over.set()
 
 
-def _own_address() -> str:
+def own_address(broker_url: str) -> str:
+    """The address other workers reach this one at, without TRAINYARD_WORKER_ADDRESS: its host
+    name's, unless that is a loopback address (as /etc/hosts often has it), then the one this
+    machine reaches the broker from, which every worker reaches. Loopback only when the broker is
+    on this machine, with a warning where the broker is not."""
     try:
-        return socket.gethostbyname(socket.gethostname())
+        address = socket.gethostbyname(socket.gethostname())
     except OSError:
-        return "127.0.0.1"
+        address = "127.0.0.1"
+    if not ipaddress.ip_address(address).is_loopback:
+        return address
+    broker = urlsplit(broker_url)
+    if broker.hostname is None:  # a broker in a file: every worker is on this machine
+        return address
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((broker.hostname, broker.port or 9))  # a route is chosen; nothing is sent
+            address = probe.getsockname()[0]
+    except OSError:
+        pass
+    if ipaddress.ip_address(address).is_loopback and not _is_loopback_host(broker.hostname):
+        log.warning(
+            "this worker's address is %s, which workers on other machines cannot reach: set "
+            "TRAINYARD_WORKER_ADDRESS to an address they can",
+            address,
+        )
+    return address
+
+
+def _is_loopback_host(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
 
 
 def _free_port() -> int:

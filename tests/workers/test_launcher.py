@@ -1,0 +1,30 @@
+"""The address a worker that leads a job on several machines gives the others."""
+
+import ipaddress
+import logging
+import socket
+
+from workers.launcher import own_address
+
+
+def loopback(address: str) -> bool:
+    return ipaddress.ip_address(address).is_loopback
+
+
+def test_a_host_name_on_loopback_gives_the_address_the_broker_is_reached_from(monkeypatch, caplog):
+    """/etc/hosts often maps the host name to 127.0.1.1: the rendezvous was advertised there, where
+    no other machine reaches it."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "localhost")
+    with caplog.at_level(logging.WARNING, logger="workers.launcher"):
+        assert loopback(own_address("redis://127.0.0.1:6379/0"))  # a broker here: every worker is here
+        assert loopback(own_address("sqla+sqlite:////tmp/broker.db"))
+        assert caplog.text == ""
+        # A broker elsewhere (a documentation address; routed as any other): this machine's
+        # address on the way there, or a warning that names the setting where there is no route.
+        far = own_address("redis://203.0.113.7:6379/0")
+    assert not loopback(far) or "set TRAINYARD_WORKER_ADDRESS" in caplog.text, (far, caplog.text)
+
+
+def test_a_host_name_that_resolves_elsewhere_is_taken_as_it_is(monkeypatch):
+    monkeypatch.setattr(socket, "gethostbyname", lambda name: "198.51.100.4")
+    assert own_address("redis://127.0.0.1:6379/0") == "198.51.100.4"
