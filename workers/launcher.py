@@ -69,7 +69,8 @@ def _relay(stream, ranks_log: logging.Logger) -> None:
             try:
                 record = json.loads(line[len(LOG_LINE) :])
                 level = logging.getLevelName(record["level"])
-                prefix = f"rank {record['rank']}: " if record["rank"] else ""
+                named = f"rank {record['rank']}"
+                prefix = f"{named}: " if record["rank"] and not record["message"].startswith(named) else ""
                 logging.getLogger(record["logger"]).log(
                     level if isinstance(level, int) else logging.INFO, prefix + record["message"]
                 )

@@ -602,7 +602,7 @@ def reap_one(
         where=(Job.heartbeat_at < cutoff,),
         reason=reason,
         error=error,
-        detail={"lease_expired_at": heartbeat_at.isoformat()},
+        detail={"last_heartbeat_at": heartbeat_at.isoformat()},  # its lease ran out a lease later
         **values,
     )
     return to if moved else None

@@ -28,3 +28,27 @@ def test_a_host_name_on_loopback_gives_the_address_the_broker_is_reached_from(mo
 def test_a_host_name_that_resolves_elsewhere_is_taken_as_it_is(monkeypatch):
     monkeypatch.setattr(socket, "gethostbyname", lambda name: "198.51.100.4")
     assert own_address("redis://127.0.0.1:6379/0") == "198.51.100.4"
+
+
+def test_a_ranks_line_names_its_rank_once(caplog):
+    """The lines of ranks other than 0 are prefixed with their rank, unless they name it already
+    ("rank 1: rank 1: another process of the job went away" was logged)."""
+    import io
+    import json
+
+    from workers.launcher import _relay
+    from workers.rank import LOG_LINE
+
+    def line(rank: int, message: str) -> str:
+        record = {"rank": rank, "level": "WARNING", "logger": "trainyard.test", "message": message}
+        return LOG_LINE + json.dumps(record) + "\n"
+
+    lines = [line(1, "rank 1: another process of the job went away"), line(1, "slow batch"), line(0, "epoch 2")]
+    with caplog.at_level(logging.INFO):
+        _relay(io.StringIO("".join(lines) + "I torchrun says\n"), logging.getLogger("trainyard.ranks"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "rank 1: another process of the job went away",
+        "rank 1: slow batch",
+        "epoch 2",
+        "torchrun: I torchrun says",
+    ]
