@@ -49,8 +49,10 @@ from workers.stopping import worker_stopping
 log = logging.getLogger(__name__)
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_name(node: str | None) -> str:
+    """The worker as its job's record names it: as the worker registry does (the Celery worker's
+    name, with its main process's pid), where a worker runs it."""
+    return node or f"{socket.gethostname()}:{os.getpid()}"
 
 
 def in_transaction(what: str, work, *, patient: bool = True):
@@ -528,7 +530,7 @@ def run_job(job_id: str, node: str | None = None) -> str | None:
         return None
     busy_with(node, job_id)
     try:
-        status = _run_job(job_id)
+        status = _run_job(job_id, worker_name(node))
     finally:
         busy_with(node, None)
     if status is not None:
@@ -569,14 +571,14 @@ def _advance_sweep(job_id: str) -> None:
         log.warning("could not launch the next trial of job %s's sweep: %s", job_id, exc)
 
 
-def _run_job(job_id: str) -> str | None:
+def _run_job(job_id: str, worker: str) -> str | None:
     settings = get_settings()
     claim = in_transaction(
         f"claim job {job_id}",
         lambda session: jobs.claim_job(
             session,
             job_id=job_id,
-            worker=worker_name(),
+            worker=worker,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
             oom_fraction=settings.oom_kill_fraction,
@@ -586,7 +588,7 @@ def _run_job(job_id: str) -> str | None:
         log.info("job %s is not queued (already taken, finished or gone); dropping this delivery", job_id)
         return None
     with JobLogCapture(job_id, claim.attempt, settings.job_log_lines) as job_log:
-        log.info("attempt %d of job %s on %s", claim.attempt, job_id, worker_name())
+        log.info("attempt %d of job %s on %s", claim.attempt, job_id, worker)
         return _train(job_id, claim, job_log)
 
 

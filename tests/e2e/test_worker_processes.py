@@ -69,7 +69,10 @@ def test_a_cuda_job_with_no_gpu_worker_says_why_and_is_never_taken(embedded_stac
                 }
                 break
     auto = submit(client, {**TINY, "device": "auto"})  # the CPU worker runs this one meanwhile
-    assert embedded_stack.wait_for_job(client, auto)["status"] == "succeeded"
+    ran = embedded_stack.wait_for_job(client, auto)
+    assert ran["status"] == "succeeded"
+    (taken,) = [t for t in ran["transitions"] if t["to_status"] == "running"]
+    assert taken["detail"]["worker"] == live_workers(client)[0]["id"]  # the registry's name, not its pool child's
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert (job["status"], job["attempt"], job["waiting_reason"]) == ("queued", 0, "no_gpu_worker")
     shown = client.get(f"/ui/jobs/{job_id}").text
