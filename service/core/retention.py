@@ -34,9 +34,10 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 
 def checkpoint_key(job_id: str, epoch: int, attempt: int = 1) -> str:
-    """The stored file of a job's checkpoint of an epoch, as an attempt writes it: a later attempt
-    that trains the epoch again writes a file of its own, so the one SQL names stays whole until
-    SQL names the new one (and an attempt that lost its lease cannot overwrite its successor's)."""
+    """The stored file of a job's checkpoint of an epoch, as an attempt writes it: each attempt
+    after the first writes files of its own, so that one that trains an epoch again leaves the
+    file SQL names whole until SQL names the new one (and an attempt that lost its lease cannot
+    overwrite its successor's)."""
     name = checkpoint_name(epoch)
     if attempt > 1:
         name = name.replace(".safetensors", f".attempt-{attempt}.safetensors")
