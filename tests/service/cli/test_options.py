@@ -245,6 +245,8 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
         ("m.onnx", "onnx"),
         ("m.pt2", "pt2"),
         ("m.pt", "torchscript"),
+        ("m.pts", "torchscript"),
+        ("m.torchscript", "torchscript"),  # the format's own name
         ("m.safetensors", "safetensors"),
         ("m.bin", "safetensors"),
     ):
@@ -271,7 +273,7 @@ def test_export_takes_the_format_from_the_output_name(monkeypatch, tmp_path):
         unknown.exit_code == cli_client.USAGE
         and "'ONNX' is not one of safetensors, pt2, torchscript, onnx" in unknown.output
     )
-    assert len(asked) == 6
+    assert len(asked) == 8
 
 
 def test_metrics_of_a_job_with_no_epoch_yet_say_so_instead_of_an_empty_table(monkeypatch):
