@@ -310,12 +310,16 @@ def running(settings: Settings, name: str, spec: SweepSpec) -> list[int]:
     return [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
 
 
+IMPORTANCE_TRIALS = 5  # the fewest trials run to the end that importances are computed from
+
+
 def importances(spec: SweepSpec, finished: list[tuple[dict, float]], mode: str) -> dict[str, float]:
     """Optuna's parameter importances (PED-ANOVA) over trials that ran to the end: [(values,
-    metric)]. Empty when there are too few, or nothing varies."""
+    metric)]. Empty when there are fewer than IMPORTANCE_TRIALS (from two, any split of the values
+    looks decisive), or nothing varies."""
     import optuna
 
-    if len(finished) < 2:
+    if len(finished) < IMPORTANCE_TRIALS:
         return {}
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     dists = distributions(spec)

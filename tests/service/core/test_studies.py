@@ -337,3 +337,18 @@ def test_a_pruner_that_could_never_stop_a_trial_is_refused_naming_min_epochs(ser
     assert loc == ("pruner", "min_epochs") and "not below the trials' 3 epochs" in message
     with db.session_scope(write=False) as session:
         assert sweeps.page(session, limit=5, offset=0)[1] == 0  # nothing was created
+
+
+def test_importances_wait_for_enough_trials_to_mean_something():
+    """Two trials gave an importance of 0.9957 for one of two values: noise read as a finding."""
+    spec = SweepSpec(
+        name="s", base=BASE, grid={"optimizer.lr": [0.01, 0.03, 0.1, 0.3, 1.0], "batch_size": [16, 32, 64, 128, 256]}
+    )
+    # lr decides the metric; batch_size does nothing.
+    finished = [
+        ({"optimizer.lr": lr, "batch_size": b}, lr)
+        for lr, b in zip([0.01, 0.03, 0.1, 0.3, 1.0, 0.01], [16, 256, 64, 32, 128, 128], strict=True)
+    ]
+    assert studies.importances(spec, finished[: studies.IMPORTANCE_TRIALS - 1], "max") == {}
+    found = studies.importances(spec, finished, "max")
+    assert set(found) == {"optimizer.lr", "batch_size"} and found["optimizer.lr"] > found["batch_size"], found
