@@ -461,10 +461,6 @@ def finish(api: httpx.Client, job: dict, *, follow_job: bool, as_json: bool) -> 
         raise typer.Exit(JOB_FAILED)
 
 
-def _job_line(job_id: str, job: dict) -> list[str]:
-    return [f"job {job_id} {job['status']}"]
-
-
 def bare_job_id(value: str) -> str:
     """A job's id as the routes take it, also when given as a reference names it (job:ID); a
     reference to one of its epochs (job:ID:last) is not a job."""
@@ -744,7 +740,7 @@ def jobs_wait(opts: Options, job_id: JobId) -> None:
 @command(jobs_app, "cancel")
 def jobs_cancel(opts: Options, job_id: JobId) -> None:
     """Cancel a queued or running job."""
-    opts.show(opts.call("POST", f"/v1/jobs/{job_id}/cancel"), lambda job: _job_line(job_id, job))
+    opts.show(opts.call("POST", f"/v1/jobs/{job_id}/cancel"), lambda job: [f"job {job['id']} {job['status']}"])
 
 
 @command(jobs_app, "delete")

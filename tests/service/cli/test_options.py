@@ -639,3 +639,16 @@ def test_following_a_job_names_the_epoch_it_serves_when_that_is_not_its_last(mon
             cli_client.follow(api, job_id)
         said = "job:5f0c3f8e serves epoch 14, its best by val_acc: train loss 0.1, test acc 0.950"
         assert (said in out.getvalue()) is shown, out.getvalue()
+
+
+def test_cancel_by_a_short_id_says_the_jobs_full_id(monkeypatch):
+    full = "ddd89221-5b4c-4a8e-9d7e-3f0c2a1b6e55"
+
+    def answer(request):
+        assert request.url.path == "/v1/jobs/ddd89221/cancel"
+        return httpx.Response(202, json={"id": full, "status": "cancelling"})
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
+    result = CliRunner().invoke(cli_main.app, ["jobs", "cancel", "ddd89221"])
+    assert result.exit_code == 0 and result.stdout == f"job {full} cancelling\n", result.output
