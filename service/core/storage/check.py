@@ -275,7 +275,7 @@ def store_problem(store: Store, marks: Marks, recorded: list[StoredFile], subjec
         )
     return (
         f"{this} lacks the mark the API left ({found.missing[0]}) in the service's store, and "
-        f"{_sample(recorded)}: it is not that store, and {subject.harm}; {_hint(store, found.missing[0])}"
+        f"{_sample(recorded)}: it is not that store ({now}), and {subject.harm}; {_hint(store, found.missing[0])}"
     )
 
 

@@ -225,6 +225,7 @@ def current(token: str):
 
 def test_a_store_without_the_mark_the_api_left_is_not_the_services(tmp_path, s3_storage, object_store, service_env):
     from service.core.storage.check import Marks, leave_mark, mark_keys, store_problem
+    from service.core.tables import StoreMark
 
     assert store_problem(s3_storage.store, Marks(), []) is None  # no mark left yet: no answer
     token = leave_mark(s3_storage.store)
@@ -233,6 +234,10 @@ def test_a_store_without_the_mark_the_api_left_is_not_the_services(tmp_path, s3_
     problem = store_problem(own_folders.store, current(token), [])
     assert problem.startswith(f"this worker's store (file://{tmp_path / 'another-machine'}) lacks the mark ")
     assert f"({mark_keys(token)[0]})" in problem and "the database records no file yet" in problem
+    named = Marks(current=StoreMark(token=token, store_url=s3_storage.url))
+    assert f"it is not that store (the service's store is {s3_storage.url})" in store_problem(
+        own_folders.store, named, []
+    )
     assert problem.endswith(
         "set TRAINYARD_STORAGE_URL as the service's API and workers have it "
         f"({tmp_path / 'another-machine' / 'checkpoints'} is empty or "
