@@ -23,7 +23,7 @@ from models.inference.predictor import InputError
 from models.spec.explain import error_loc, explain, plain_message
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
-from service.core.storage import ObjectMissing, get_storage
+from service.core.storage import ObjectMissing, StorageUnavailable, get_storage
 
 DATABASE_RETRY_AFTER_S = 5
 
@@ -285,7 +285,8 @@ async def _core_error(request: Request, exc: Exception) -> JSONResponse:
         return await _invalid_request(request, refused)
     if isinstance(exc, ObjectMissing) and (why := await _store_not_the_services(request)):
         return JSONResponse({_message_key(request): f"{exc}: {why}"}, status_code=503, headers={"Retry-After": "10"})
-    return JSONResponse({_message_key(request): str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
+    said = f"{exc}; try again once it is back" if isinstance(exc, StorageUnavailable) else str(exc)
+    return JSONResponse({_message_key(request): said}, status_code=status_for(exc), headers=headers_for(exc))
 
 
 async def _store_not_the_services(request: Request) -> str | None:
