@@ -24,6 +24,7 @@ class JobView:
     job: Job
     latest: EpochMetric | None
     waiting_reason: str | None
+    waiting_detail: str | None
     disk_bytes: int
 
 
@@ -31,7 +32,16 @@ def views(session: Session, page: list[Job], settings: Settings) -> list[JobView
     """The views of jobs loaded with their checkpoints and events (list_jobs, get_job), in at most two more queries."""
     latest = jobs.latest_metrics(session, job_ids=[job.id for job in page])
     waiting = worker_registry.waiting_reasons(session, jobs=page, settings=settings)
-    return [JobView(job, latest.get(job.id), waiting.get(job.id), jobs.held_bytes(job)) for job in page]
+    return [
+        JobView(
+            job,
+            latest.get(job.id),
+            waiting.get(job.id),
+            worker_registry.waiting_detail(job, waiting.get(job.id), settings),
+            jobs.held_bytes(job),
+        )
+        for job in page
+    ]
 
 
 def view(session: Session, *, job_id: str, settings: Settings) -> JobView:

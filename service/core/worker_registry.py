@@ -19,6 +19,7 @@ from service.core.tables import Job, JobStatus, Worker, utcnow
 NO_WORKER = "no_worker"
 NO_GPU_WORKER = "no_gpu_worker"
 STORE_UNAVAILABLE = "store_unavailable"  # a running job's worker retries the store (the job's `stalled` says more)
+WORKER_SILENT = "worker_silent"  # a running job's worker has not renewed its lease for a while
 _PROBE = "import json; from models.devices import describe_devices; print(json.dumps(describe_devices()))"
 
 
@@ -156,6 +157,11 @@ def describe_waiting(reason: str | None) -> str | None:
         return (
             "its worker cannot reach the store and retries it; the job goes back to the queue if the store stays away"
         )
+    if reason == WORKER_SILENT:
+        return (
+            "its worker has not been heard from for a while; if it stays silent for a lease "
+            "(TRAINYARD_LEASE_SECONDS), the job goes back to the queue"
+        )
     short = _SHORT_OF_CAPACITY.fullmatch(reason)
     if short is None:
         return reason
@@ -190,19 +196,35 @@ def nodes_of(spec: dict) -> int:
     return ((spec or {}).get("distributed") or {}).get("nnodes", 1)
 
 
-def waiting_detail(job: Job, reason: str | None) -> str | None:
-    """A job's waiting reason in words: what its worker said it waits for (store_unavailable), else
-    describe_waiting's."""
+def waiting_detail(job: Job, reason: str | None, settings: Settings) -> str | None:
+    """A job's waiting reason in words: what its worker said it waits for (store_unavailable), since
+    when its worker is silent (worker_silent), else describe_waiting's."""
     if reason == STORE_UNAVAILABLE and job.stalled:
         return job.stalled
+    if reason == WORKER_SILENT and job.heartbeat_at is not None:
+        given_up = job.heartbeat_at + timedelta(seconds=settings.lease_seconds)
+        return (
+            f"its worker ({job.worker}) has not been heard from since {job.heartbeat_at:%H:%M:%S} UTC; if it "
+            f"stays silent until {given_up:%H:%M:%S} UTC (TRAINYARD_LEASE_SECONDS), the job is taken from it: it "
+            "goes back to the queue and resumes from its last epoch (or ends, if it was being cancelled)"
+        )
     return describe_waiting(reason)
 
 
+def silent_after(settings: Settings) -> timedelta:
+    """How long a running job's worker may go without renewing its lease before the job says so: a
+    few missed renewals, and a third of the lease, at whose end the job is taken from it."""
+    return timedelta(seconds=max(5 * settings.heartbeat_seconds, settings.lease_seconds / 3))
+
+
 def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) -> dict[str, str | None]:
-    """Each queued job's waiting reason (None for jobs that wait for nothing but their turn), and
-    store_unavailable for a running job whose worker's last heartbeat said it retries the store."""
+    """Each queued job's waiting reason (None for jobs that wait for nothing but their turn); for a
+    running job, store_unavailable when its worker's last heartbeat said it retries the store, and
+    worker_silent when there has been no heartbeat for silent_after."""
     queued = [job for job in jobs if job.status == JobStatus.QUEUED]
     workers = live(session, settings=settings) if queued else []
+    active = [job for job in jobs if job.status in JobStatus.ACTIVE]
+    silent_before = utcnow() - silent_after(settings)
     return {
         **{
             job.id: waiting_reason_for(
@@ -210,5 +232,10 @@ def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) ->
             )
             for job in queued
         },
-        **{job.id: STORE_UNAVAILABLE for job in jobs if job.status in JobStatus.ACTIVE and job.stalled},
+        **{job.id: STORE_UNAVAILABLE for job in active if job.stalled},
+        **{
+            job.id: WORKER_SILENT
+            for job in active
+            if job.heartbeat_at is not None and job.heartbeat_at < silent_before  # what it last said is old too
+        },
     }

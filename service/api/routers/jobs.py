@@ -186,7 +186,9 @@ def _snapshot(session: Session, job_id: str, logs_after: int | None) -> Snapshot
             for line in job_logs.read(session, job_id=job.id, after=logs_after)
         ]
     )
-    return Snapshot(job.status, waiting, transitions, metrics, logs, worker_registry.waiting_detail(job, waiting))
+    return Snapshot(
+        job.status, waiting, transitions, metrics, logs, worker_registry.waiting_detail(job, waiting, get_settings())
+    )
 
 
 @router.get("/{job_id}/events", responses={**JOB_NOT_FOUND, 200: {"content": {"text/event-stream": {}}}})

@@ -6,7 +6,6 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from service.core import worker_registry
 from service.core.job_pages import JobView
 from service.core.jobs import best_checkpoint, best_selected_on
 from service.core.tables import EpochMetric
@@ -157,7 +156,7 @@ def job_public(view: JobView) -> JobPublic:
         transitions=[TransitionPublic.model_validate(e) for e in job.events],
         cross_validation=job.cross_validation,
         waiting_reason=view.waiting_reason,
-        waiting_detail=worker_registry.waiting_detail(job, view.waiting_reason),
+        waiting_detail=view.waiting_detail,
         disk_bytes=view.disk_bytes,
         sweep_id=job.sweep_id,
         warnings=job.warnings or [],

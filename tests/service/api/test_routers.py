@@ -384,6 +384,30 @@ def test_an_unknown_job_is_a_404_on_every_route(api):
     assert api.delete(f"/v1/jobs/{missing}").status_code == 404
 
 
+def test_a_running_job_whose_worker_is_silent_says_since_when_and_until_when(api):
+    """A killed worker's job said `running` unchanged until the reaper took it a lease later."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from service.core.tables import utcnow
+
+    job_id = submitted(api)["id"]
+    with db.session_scope() as session:
+        jobs.claim_job(session, job_id=job_id, worker="w7@host", lease_seconds=30, max_attempts=3)
+    assert api.get(f"/v1/jobs/{job_id}").json()["waiting_reason"] is None  # it beat just now
+    last = utcnow() - timedelta(seconds=12)
+    with db.session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=last))
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert (job["status"], job["waiting_reason"]) == ("running", "worker_silent"), job
+    assert job["waiting_detail"].startswith(f"its worker (w7@host) has not been heard from since {last:%H:%M:%S} UTC")
+    assert f"until {last + timedelta(seconds=30):%H:%M:%S} UTC (TRAINYARD_LEASE_SECONDS)" in job["waiting_detail"]
+    listed = api.get("/v1/jobs").json()["data"][0]
+    assert listed["waiting_reason"] == "worker_silent"
+    assert "waiting: worker_silent (its worker (w7@host)" in api.get(f"/ui/jobs/{job_id}").text
+
+
 def test_cancel_is_202_for_a_queued_job_and_409_for_a_finished_one(api, trained_job):
     job = submitted(api)
     cancelled = api.post(f"/v1/jobs/{job['id']}/cancel")
