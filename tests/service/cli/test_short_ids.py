@@ -124,6 +124,7 @@ def test_names_and_messages_with_brackets_are_shown_as_given(monkeypatch):
     markup in them (it dropped the brackets and what they held), nor in a warning or an error."""
     out = io.StringIO()
     monkeypatch.setattr(cli_client.console, "file", out)
+    monkeypatch.setattr(cli_client.console, "_width", 200)  # the table's name column whole, whatever the terminal
     named = "lr-tpe [lr=0.0001535, batch_size=32]"
     job = {
         **ANSWERS["/v1/jobs"]["data"][0],
