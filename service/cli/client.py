@@ -666,7 +666,7 @@ def jobs_table(page: dict) -> list:
             job["id"][:SHORT_ID],
             job["name"] or "",
             job["status"],
-            job["reason"] or (f"waiting: {job['waiting_reason']}" if job.get("waiting_reason") else ""),
+            f"waiting: {job['waiting_reason']}" if job.get("waiting_reason") else job["reason"] or "",
             f"{job['epoch']}/{job['epochs']}",
             str(best.get("epoch", "-")),
             _fmt(best.get("test_acc"), 3),
@@ -692,12 +692,17 @@ def jobs_list(
     )
 
 
+def _reason_said(job: dict) -> str:
+    """The reason of a job's status; a queued job's is why it went back to the queue, now past."""
+    return f" (back in the queue after {job['reason']})" if job["status"] == "queued" else f" ({job['reason']})"
+
+
 def job_lines(job: dict) -> list[str | Text]:
     """One job in a few lines: state, progress, the best epoch's metrics, and what needs acting on."""
     lines = [
         f"job {job['id']} {job['name'] or ''}".rstrip()
         + f": {job['status']}"
-        + (f" ({job['reason']})" if job["reason"] else ""),
+        + (_reason_said(job) if job["reason"] else ""),
         f"epoch {job['epoch']}/{job['epochs']}, attempt {job['attempt']}, created {job['created_at'][:19]}",
     ]
     best = job.get("best_metrics")

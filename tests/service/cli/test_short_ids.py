@@ -229,3 +229,19 @@ def test_a_job_may_be_named_as_a_reference_names_it(monkeypatch):
         refused = CliRunner().invoke(cli_main.app, ["evaluate", given], env={"COLUMNS": "200"})
         assert refused.exit_code == cli_client.USAGE and "without an epoch" in refused.output, refused.output
     assert len(asked) == 2
+
+
+def test_a_queued_jobs_reason_is_said_as_past_and_a_waiting_reason_comes_first(monkeypatch):
+    """`queued (storage_unavailable)` read as if it still waited for the store, long after."""
+    out = io.StringIO()
+    monkeypatch.setattr(cli_client.console, "file", out)
+    monkeypatch.setattr(cli_client.console, "_width", 200)
+    base = {**ANSWERS["/v1/jobs"]["data"][0], "attempt": 1, "warnings": [], "error": None, "best_metrics": None}
+    given_back = {**base, "status": "queued", "reason": "storage_unavailable", "waiting_reason": None}
+    silent = {**base, "status": "running", "reason": None, "waiting_reason": "worker_silent"}
+    answering(monkeypatch, {f"/v1/jobs/{JOB}": given_back, "/v1/jobs": {"count": 1, "data": [silent]}}.__getitem__)
+    assert CliRunner().invoke(cli_main.app, ["jobs", "show", JOB]).exit_code == 0
+    assert CliRunner().invoke(cli_main.app, ["jobs", "list"]).exit_code == 0
+    shown = out.getvalue()
+    assert ": queued (back in the queue after storage_unavailable)\n" in shown, shown
+    assert "waiting: worker_silent" in shown, shown
