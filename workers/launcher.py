@@ -169,6 +169,18 @@ def torchrun_command(spec: JobSpec, job_id: str, attempt: int, folder: RunFolder
     ]
 
 
+_SUPERVISED: set[RunFolder] = set()  # the run folders of the ranks this process runs now
+
+
+def ranks_waiting() -> str | None:
+    """What this worker's ranks wait for the store for, while one does (their processes' storage
+    is not this one's)."""
+    for folder in list(_SUPERVISED):
+        if said := folder.read_waiting():
+            return said
+    return None
+
+
 def run_group(
     job_id: str,
     attempt: int,
@@ -214,11 +226,13 @@ def run_group(
     )
     relay = threading.Thread(target=_relay, args=(process.stdout, log), name=f"ranks-{job_id}", daemon=True)
     relay.start()
+    _SUPERVISED.add(folder)
     try:
         _supervise(process, folder, should_stop, job_log, settings.lease_seconds)
         relay.join(timeout=10)
         return folder.read_outcome(), process.returncode
     finally:
+        _SUPERVISED.discard(folder)
         if process.poll() is None:
             process.kill()
         shutil.rmtree(folder.path, ignore_errors=True)

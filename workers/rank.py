@@ -34,7 +34,7 @@ from models.spec.job import JobSpec
 from models.training.distributed import Ranks
 from models.training.engine import Callbacks, Limits, TrainingError, fit, resolve_device
 from service.core import jobs, sweeps
-from service.core.background import stop_when_orphaned
+from service.core.background import Periodic, stop_when_orphaned
 from service.core.settings import Settings, get_settings
 from service.core.storage import StorageUnavailable
 from workers.memory import memory_budget
@@ -77,6 +77,45 @@ class RunFolder:
             return json.loads(self.outcome.read_text())
         except (OSError, ValueError):
             return None
+
+    def write_waiting(self, rank: int, said: str | None) -> None:
+        """What a rank waits for the store for, while it does (None: it does not): the worker, whose
+        own storage does not see the ranks', tells the job's heartbeat (jobs.stalled)."""
+        path = self.path / f"waiting.{rank}"
+        if said is None:
+            path.unlink(missing_ok=True)
+            return
+        written = self.path / f".waiting.{rank}.tmp"
+        written.write_text(said)
+        os.replace(written, path)
+
+    def read_waiting(self) -> str | None:
+        """The first rank's word of those that wait for the store, or None."""
+        for path in sorted(self.path.glob("waiting.*")):
+            try:
+                return path.read_text()
+            except OSError:  # it stopped waiting meanwhile
+                continue
+        return None
+
+
+class StoreWaitReport(Periodic):
+    """A rank's thread that writes what it waits for the store for into the run folder, every
+    heartbeat, while it does."""
+
+    def __init__(self, folder: RunFolder, rank: int, interval: float):
+        super().__init__(f"store-wait-{rank}", interval)
+        self.folder, self.rank = folder, rank
+
+    def tick(self) -> None:
+        from workers.runner import waiting_for_store
+
+        said = waiting_for_store(own_only=True)
+        self.folder.write_waiting(self.rank, f"rank {self.rank}: {said}" if said else None)
+
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
+        self.folder.write_waiting(self.rank, None)
 
 
 class RankControl:
@@ -267,7 +306,8 @@ def main(job_id: str, attempt: str, folder_path: str) -> int:
     given = json.loads(folder.job.read_text())
     spec = JobSpec.model_validate(given["spec"])
     try:
-        outcome = train(job_id, int(attempt), spec, given.get("resumed_by_user", False), ranks, folder)
+        with StoreWaitReport(folder, ranks.rank, get_settings().heartbeat_seconds):
+            outcome = train(job_id, int(attempt), spec, given.get("resumed_by_user", False), ranks, folder)
     except jobs.LeaseLost:
         folder.write_outcome({"lost": True})
         return 1

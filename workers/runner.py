@@ -41,7 +41,7 @@ from service.core.settings import get_settings
 from service.core.storage import StorageError, StorageUnavailable, StoredFile, get_storage
 from service.core.tables import Job, JobStatus, Worker
 from workers.job_log import JobLogCapture
-from workers.launcher import GroupLost, train_on_ranks
+from workers.launcher import GroupLost, ranks_waiting, train_on_ranks
 from workers.memory import MemoryWatch, is_out_of_memory, memory_budget
 from workers.presence import busy_with
 from workers.stopping import worker_stopping
@@ -156,16 +156,17 @@ class JobControl(Periodic):
 MEMORY_SAMPLE_SECONDS = 0.25
 
 
-def waiting_for_store() -> str | None:
-    """What this process waits for the store for, in the job's terms, while it does (None where
-    that cannot be told: a lease renewal never fails for it)."""
+def waiting_for_store(own_only: bool = False) -> str | None:
+    """What this process, or unless `own_only` a distributed job's ranks it runs, waits for the
+    store for, in the job's terms, while it does (None where that cannot be told: a lease renewal
+    never fails for it)."""
     try:
         storage = get_storage()
         waiting = storage.waiting()
     except Exception:
         return None
     if waiting is None:
-        return None
+        return None if own_only else ranks_waiting()
     return (
         f"the store {storage.url} is unavailable ({waiting.error}): the worker has retried it since "
         f"{waiting.since:%H:%M:%S} UTC to {waiting.what}, and gives the job back to the queue at "

@@ -52,3 +52,33 @@ def test_a_ranks_line_names_its_rank_once(caplog):
         "epoch 2",
         "torchrun: I torchrun says",
     ]
+
+
+def test_a_ranks_wait_for_the_store_reaches_the_jobs_heartbeat(service_env, tmp_path, monkeypatch):
+    """A distributed job's ranks write to the store from their own processes: the worker's
+    heartbeat, which said store_unavailable only for its own waits, showed such a job running."""
+    from datetime import timedelta
+
+    from service.core.storage import Waiting, get_storage
+    from service.core.tables import utcnow
+    from workers import launcher, runner
+    from workers.rank import RunFolder, StoreWaitReport
+
+    folder = RunFolder(tmp_path / "ranks")
+    folder.path.mkdir()
+    monkeypatch.setattr(launcher, "_SUPERVISED", {folder})  # as run_group has it while the ranks run
+    report = StoreWaitReport(folder, 1, interval=60)  # ticked by hand below
+    report.start()
+    since = utcnow()
+    with monkeypatch.context() as in_the_rank:  # the rank's process, whose storage retries a write
+        waiting = Waiting("write epoch 3's checkpoint", since, since + timedelta(seconds=60), "connection refused")
+        in_the_rank.setattr(get_storage(), "waiting", lambda: waiting)
+        report.tick()
+    said = runner.waiting_for_store()  # the worker's: its own storage waits for nothing
+    assert said.startswith(f"rank 1: the store {get_storage().url} is unavailable (connection refused)"), said
+    assert "to write epoch 3's checkpoint" in said and runner.waiting_for_store(own_only=True) is None
+    report.tick()  # the rank's storage no longer waits
+    assert runner.waiting_for_store() is None
+    folder.write_waiting(0, "rank 0: the store ...")
+    report.stop()  # a rank that ends takes its word back
+    assert runner.waiting_for_store() == "rank 0: the store ..." and not (folder.path / "waiting.1").exists()
