@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 
 
 def worker_name(node: str | None) -> str:
-    """The worker as its job's record names it: as the worker registry does (the Celery worker's
-    name, with its main process's pid), where a worker runs it."""
+    """The worker as its job's record names it: as the worker registry does, where a worker runs
+    it (its transition to running also names the pool process that trains it, by pid)."""
     return node or f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -446,7 +446,7 @@ def _summary(metrics: EpochMetrics) -> str:
 STOP_OUTCOMES = {
     None: (JobStatus.SUCCEEDED, None, None),
     "early_stopped": (JobStatus.SUCCEEDED, "early_stopped", None),
-    "stopped": (JobStatus.CANCELLED, "user_cancelled", None),
+    "stopped": (JobStatus.CANCELLED, jobs.USER_CANCELLED, None),
     "pruned": (JobStatus.PRUNED, "pruned", None),
     "max_runtime_exceeded": (
         JobStatus.FAILED,
@@ -580,6 +580,7 @@ def _run_job(job_id: str, worker: str) -> str | None:
             session,
             job_id=job_id,
             worker=worker,
+            pid=os.getpid(),
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
             oom_fraction=settings.oom_kill_fraction,

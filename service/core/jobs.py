@@ -327,9 +327,17 @@ class Claim:
 
 
 def claim_job(
-    session: Session, *, job_id: str, worker: str, lease_seconds: float, max_attempts: int, oom_fraction: float = 0.9
+    session: Session,
+    *,
+    job_id: str,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int,
+    oom_fraction: float = 0.9,
+    pid: int | None = None,
 ) -> Claim | None:
-    """Take a queued job (or one whose worker's lease expired) for this worker; None if not ours."""
+    """Take a queued job (or one whose worker's lease expired) for this worker; None if not ours.
+    The transition names the worker, and `pid`, the process that trains the job, where given."""
     reap_one(
         session,
         job_id=job_id,
@@ -343,7 +351,7 @@ def claim_job(
         job_id=job_id,
         to=JobStatus.RUNNING,
         from_any=(JobStatus.QUEUED,),
-        detail={"worker": worker},
+        detail={"worker": worker, **({"pid": pid} if pid is not None else {})},
         attempt=Job.attempt + 1,
         worker=worker,
         started_at=func.coalesce(Job.started_at, now),

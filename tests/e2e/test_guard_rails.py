@@ -81,7 +81,7 @@ def test_a_process_killed_while_it_holds_its_memory_is_out_of_memory_and_not_ret
             what="the job to hold its memory",
         )
         claimed = [t for t in running["transitions"] if t["to_status"] == "running"][-1]
-        pid = int(claimed["detail"]["worker"].rsplit(":", 1)[1])
+        pid = claimed["detail"]["pid"]
         os.kill(pid, signal.SIGKILL)
         job = small_budget.wait_for_job(client, job_id, timeout=60)
         assert job["status"] == "failed" and job["reason"] == "out_of_memory", job

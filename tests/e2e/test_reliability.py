@@ -69,8 +69,7 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(stack, client):
         what=f"epoch 1 of job {job_id}\n{stack.logs()}",
     )
     first_epoch_s = time.time() - submitted_at  # this machine's pace, start-up included
-    worker = running_events(client.get(f"/v1/jobs/{job_id}").json())[0]["detail"]["worker"]
-    pid = int(worker.rsplit(":", 1)[1])
+    pid = running_events(client.get(f"/v1/jobs/{job_id}").json())[0]["detail"]["pid"]
     assert pid in stack.worker_pool_pids()
     os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
