@@ -202,19 +202,22 @@ def waiting_detail(job: Job, reason: str | None, settings: Settings) -> str | No
     if reason == STORE_UNAVAILABLE and job.stalled:
         return job.stalled
     if reason == WORKER_SILENT and job.heartbeat_at is not None:
-        given_up = job.heartbeat_at + timedelta(seconds=settings.lease_seconds)
         return (
-            f"its worker ({job.worker}) has not been heard from since {job.heartbeat_at:%H:%M:%S} UTC; if it "
-            f"stays silent until {given_up:%H:%M:%S} UTC (TRAINYARD_LEASE_SECONDS), the job is taken from it: it "
-            "goes back to the queue and resumes from its last epoch (or ends, if it was being cancelled)"
+            f"its worker ({job.worker}) has not been heard from since {job.heartbeat_at:%H:%M:%S} UTC; if it stays "
+            f"silent for a lease ({settings.lease_seconds:g} s, TRAINYARD_LEASE_SECONDS), the job is taken from it: "
+            "it goes back to the queue and resumes from its last epoch (or ends, if it was being cancelled)"
         )
     return describe_waiting(reason)
 
 
 def silent_after(settings: Settings) -> timedelta:
-    """How long a running job's worker may go without renewing its lease before the job says so: a
-    few missed renewals, and a third of the lease, at whose end the job is taken from it."""
-    return timedelta(seconds=max(5 * settings.heartbeat_seconds, settings.lease_seconds / 3))
+    """How long a running job's worker may go without renewing its lease before the job says so:
+    five beats or a third of the lease, whichever is longer, and at most half the lease, at whose
+    end the job is taken from it. (Heartbeats are stamped by the worker's clock and read by the
+    API's: the machines' clocks must agree to within a few seconds, as NTP keeps them.)"""
+    return timedelta(
+        seconds=min(max(5 * settings.heartbeat_seconds, settings.lease_seconds / 3), settings.lease_seconds / 2)
+    )
 
 
 def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) -> dict[str, str | None]:
@@ -224,7 +227,7 @@ def waiting_reasons(session: Session, *, jobs: list[Job], settings: Settings) ->
     queued = [job for job in jobs if job.status == JobStatus.QUEUED]
     workers = live(session, settings=settings) if queued else []
     active = [job for job in jobs if job.status in JobStatus.ACTIVE]
-    silent_before = utcnow() - silent_after(settings)
+    silent_before = utcnow() - silent_after(settings) if active else None
     return {
         **{
             job.id: waiting_reason_for(

@@ -83,7 +83,8 @@ class JobPublic(BaseModel):
     cross_validation: dict | None = None
     # Why a queued job cannot start: no live worker serves its queue (no_worker, no_gpu_worker), or
     # none can give a distributed job its processes (no_worker_with_4_processes, ...); or why a
-    # running one makes no progress: its worker retries the store (store_unavailable); and in words.
+    # running one makes no progress: its worker retries the store (store_unavailable), or has not
+    # been heard from for a while (worker_silent); and in words.
     waiting_reason: str | None = None
     waiting_detail: str | None = None
     # Bytes of stored files the job holds: the checkpoints its policy keeps and, for a failed or

@@ -246,3 +246,29 @@ def test_writes_are_retried_while_the_database_is_unavailable_and_not_past_the_l
     with pytest.raises(ValueError):
         retry_while_unavailable(bug, what="write", give_up_after=10, first_delay=0.01)
     assert len(calls) == 1  # only unavailability is retried
+
+
+@pytest.mark.postgres
+def test_times_read_back_in_utc_whatever_the_servers_time_zone(service_env_on):
+    """PostgreSQL answers a timestamptz in its session's time zone: a job page said "12:00:00 UTC"
+    of a time that was 17:30 in UTC where the server ran in Asia/Kolkata."""
+    from datetime import timezone
+
+    from sqlalchemy import text
+
+    from models.spec.job import JobSpec
+    from service.core import db, jobs
+    from service.core.tables import Job, utcnow
+    from tests.support.specs import SOFTMAX_SPEC
+
+    with db.session_scope() as session:
+        if session.bind.dialect.name == "postgresql":
+            session.execute(text("SET TIME ZONE 'Asia/Kolkata'"))
+        created = jobs.create_job(session, spec=JobSpec.model_validate(SOFTMAX_SPEC), task="classification")
+        job_id, before = created.id, utcnow()
+        session.commit()
+        session.expire_all()
+        if session.bind.dialect.name == "postgresql":
+            session.execute(text("SET TIME ZONE 'Asia/Kolkata'"))  # a new transaction's session settings
+        read = session.get(Job, job_id).created_at
+    assert read.utcoffset() == timezone.utc.utcoffset(None) and abs((before - read).total_seconds()) < 60, read

@@ -406,6 +406,7 @@ def test_old_specs_keep_every_checkpoint_and_no_epoch_another_job_starts_from_is
 
 def test_a_heartbeat_says_what_its_worker_waits_for_until_a_beat_or_a_transition_says_otherwise(Session):
     from service.core import worker_registry
+    from service.core.settings import get_settings
 
     said = "the store s3://b/p is unavailable (cannot be reached): the worker has retried it since 12:00:00 UTC"
     with Session() as session:
@@ -421,7 +422,7 @@ def test_a_heartbeat_says_what_its_worker_waits_for_until_a_beat_or_a_transition
     def waiting() -> tuple:
         with Session() as session:
             job = session.get(Job, job_id)
-            reasons = worker_registry.waiting_reasons(session, jobs=[job], settings=None)  # no queued job to place
+            reasons = worker_registry.waiting_reasons(session, jobs=[job], settings=get_settings())
             return job.stalled, reasons.get(job_id)
 
     beat(said)
