@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -69,8 +70,8 @@ def _relay(stream, ranks_log: logging.Logger) -> None:
             try:
                 record = json.loads(line[len(LOG_LINE) :])
                 level = logging.getLevelName(record["level"])
-                named = f"rank {record['rank']}"
-                prefix = f"{named}: " if record["rank"] and not record["message"].startswith(named) else ""
+                named = re.match(rf"rank {record['rank']}\b", record["message"])
+                prefix = f"rank {record['rank']}: " if record["rank"] and not named else ""
                 logging.getLogger(record["logger"]).log(
                     level if isinstance(level, int) else logging.INFO, prefix + record["message"]
                 )
@@ -280,14 +281,15 @@ def own_address(broker_url: str) -> str:
         address = "127.0.0.1"
     if not ipaddress.ip_address(address).is_loopback:
         return address
-    broker = urlsplit(broker_url)
+    broker = urlsplit(broker_url.split(";")[0])  # the first of kombu's failover URLs
     if broker.hostname is None:  # a broker in a file: every worker is on this machine
         return address
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((broker.hostname, broker.port or 9))  # a route is chosen; nothing is sent
+        family, kind, proto, _, where = socket.getaddrinfo(broker.hostname, broker.port or 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(where)  # a route is chosen; nothing is sent
             address = probe.getsockname()[0]
-    except OSError:
+    except (OSError, ValueError):  # no route, or a port that is not a number
         pass
     if ipaddress.ip_address(address).is_loopback and not _is_loopback_host(broker.hostname):
         log.warning(

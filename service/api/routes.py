@@ -4,8 +4,8 @@ FastAPI reads a request's body (a form: an upload of up to TRAINYARD_MAX_UPLOAD_
 runs the route's dependencies, so a client its token, its page session or a store that is not the
 service's refuses would first send the whole upload, and the API would spool it to disk. A
 GuardedRoute runs those guards on the headers first; a client that sent `Expect: 100-continue`
-(curl does past 1 MiB) then sends nothing. They run again as the route's dependencies, which is
-cheap: a token lookup, a readiness answer kept for seconds.
+(curl does past 1 MiB) then sends nothing. They run again as the route's dependencies: a token
+lookup, a readiness answer kept for seconds, and for a dashboard form a page session read twice.
 """
 
 from __future__ import annotations

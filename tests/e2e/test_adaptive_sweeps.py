@@ -93,7 +93,7 @@ def test_tpe_draws_each_trial_as_the_last_ends_and_again_for_the_same_seed(stack
         assert [t.state.name for t in study(stack, sweep["id"]).trials] == ["COMPLETE"] * 3
     assert draws[0] == draws[1] and len({lr for _, lr in draws[0]}) == 3
     importances = client.get(f"/v1/sweeps/{first['id']}/importances").json()
-    assert importances["trials"] == 3 and set(importances["importances"]) <= {"optimizer.lr"}
+    assert (importances["trials"], importances["importances"]) == (3, {})  # from 5 (test_studies.py)
 
 
 def test_an_adaptive_sweep_goes_on_after_its_api_and_worker_are_killed(tmp_path, data_dir):

@@ -43,12 +43,18 @@ def test_a_ranks_line_names_its_rank_once(caplog):
         record = {"rank": rank, "level": "WARNING", "logger": "trainyard.test", "message": message}
         return LOG_LINE + json.dumps(record) + "\n"
 
-    lines = [line(1, "rank 1: another process of the job went away"), line(1, "slow batch"), line(0, "epoch 2")]
+    lines = [
+        line(1, "rank 1: another process of the job went away"),
+        line(1, "slow batch"),
+        line(1, "rank 10 is slow"),  # another rank named: its own still said
+        line(0, "epoch 2"),
+    ]
     with caplog.at_level(logging.INFO):
         _relay(io.StringIO("".join(lines) + "I torchrun says\n"), logging.getLogger("trainyard.ranks"))
     assert [r.getMessage() for r in caplog.records] == [
         "rank 1: another process of the job went away",
         "rank 1: slow batch",
+        "rank 1: rank 10 is slow",
         "epoch 2",
         "torchrun: I torchrun says",
     ]
@@ -82,3 +88,9 @@ def test_a_ranks_wait_for_the_store_reaches_the_jobs_heartbeat(service_env, tmp_
     folder.write_waiting(0, "rank 0: the store ...")
     report.stop()  # a rank that ends takes its word back
     assert runner.waiting_for_store() == "rank 0: the store ..." and not (folder.path / "waiting.1").exists()
+
+
+def test_a_failover_or_ipv6_broker_url_gives_an_address_too(monkeypatch):
+    monkeypatch.setattr(socket, "gethostname", lambda: "localhost")
+    assert loopback(own_address("redis://127.0.0.1:6379;redis://127.0.0.2:6379/0"))  # kombu's failover list
+    assert loopback(own_address("redis://[::1]:6379/0"))

@@ -117,7 +117,8 @@ async def classify(
 
 
 def _top_k(raw: str, where: str) -> int:
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= 1000:
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= 1000):  # "²".isdigit()
         raise validation_error([((where, "top_k"), "top_k must be an integer from 1 to 1000")])
     return int(raw)
 
@@ -242,4 +243,5 @@ async def predict_raw_image(
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the image as the body with Content-Type image/*"
         )
-    return await classify(_server(request), reference, [("body", await request.body())], top_k, threshold)
+    with _located(OPTIONS):  # this route takes them from the query only
+        return await classify(_server(request), reference, [("body", await request.body())], top_k, threshold)

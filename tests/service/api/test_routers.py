@@ -1003,6 +1003,12 @@ def test_predict_takes_top_k_and_threshold_from_the_query_as_the_raw_image_route
     assert locs(api.post("/v1/predict?top_k=0", data={"model": job}, files=image())) == [["query", "top_k"]]
     past = api.post("/v1/predict?top_k=11", data={"model": job}, files=image())  # the model has 10 classes
     assert locs(past) == [["query", "top_k"]] and "10 classes" in past.text
+    raw = api.post(
+        f"/v1/models/{job}/predict?top_k=11", content=png_bytes(3, seed=1), headers={"Content-Type": "image/png"}
+    )
+    assert locs(raw) == [["query", "top_k"]] and "10 classes" in raw.text
+    assert locs(api.post("/v1/predict?top_k=%C2%B2", data={"model": job}, files=image())) == [["query", "top_k"]]  # ²
+    assert locs(api.post("/v1/predict", data={"model": job, "top_k": "9" * 5000}, files=image())) == [["body", "top_k"]]
     assert locs(api.post("/v1/predict?threshold=2", data={"model": job}, files=image())) == [["query", "threshold"]]
     twice = api.post("/v1/predict?top_k=3", data={"model": job, "top_k": "2"}, files=image())
     assert locs(twice) == [["query", "top_k"]] and "give it once" in twice.json()["detail"][0]["msg"]
