@@ -152,7 +152,9 @@ def torchrun_command(spec: JobSpec, job_id: str, attempt: int, folder: RunFolder
             f"--rdzv-id={job_id}",
             f"--rdzv-conf=is_host={str(host).lower()},join_timeout={settings.distributed_join_timeout_seconds:g},"
             "last_call_timeout=1",
-            *([f"--local-addr={settings.worker_address}"] if settings.worker_address else []),
+            # The address the other machines reach this one's processes at (rank 0's store among
+            # them); torch's default, this host's name, often maps to loopback in /etc/hosts.
+            f"--local-addr={settings.worker_address or own_address(settings.broker_url)}",
         ]
     return [
         sys.executable,

@@ -94,3 +94,18 @@ def test_a_failover_or_ipv6_broker_url_gives_an_address_too(monkeypatch):
     monkeypatch.setattr(socket, "gethostname", lambda: "localhost")
     assert loopback(own_address("redis://127.0.0.1:6379;redis://127.0.0.2:6379/0"))  # kombu's failover list
     assert loopback(own_address("redis://[::1]:6379/0"))
+
+
+def test_torchrun_on_several_machines_is_told_the_address_the_others_reach_this_one_at(
+    service_env, tmp_path, monkeypatch
+):
+    """Without --local-addr torch advertises this host's name, which /etc/hosts often maps to loopback."""
+    from models.spec.job import JobSpec
+    from tests.support.specs import SOFTMAX_SPEC
+    from workers.launcher import torchrun_command
+    from workers.rank import RunFolder
+
+    monkeypatch.setattr(socket, "gethostbyname", lambda name: "198.51.100.4")
+    spec = JobSpec.model_validate({**SOFTMAX_SPEC, "distributed": {"nproc_per_node": 1, "nnodes": 2}})
+    command = torchrun_command(spec, "job", 1, RunFolder(tmp_path), "198.51.100.4:29400", True)
+    assert "--local-addr=198.51.100.4" in command, command
