@@ -17,15 +17,13 @@ no more trials and cancels those not ended (`stopped` says why).
 
 from __future__ import annotations
 
-import itertools
 import math
-import operator
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from models.spec.explain import error_loc, explain
 from models.spec.job import JobSpec
@@ -35,7 +33,7 @@ from service.core.broker import publish_or_defer
 from service.core.errors import Conflict, Invalid, NotFound
 from service.core.ids import not_found, resolve_id
 from service.core.settings import Settings
-from service.core.tables import EpochMetric, Job, JobStatus, Sweep, utcnow
+from service.core.tables import Job, JobStatus, Sweep, utcnow
 
 
 def _problems(sweep: SweepSpec, spec: dict, params: dict, error: Exception) -> list[tuple[tuple, str]]:
@@ -414,27 +412,27 @@ class Trial:
 
 
 def trials(session: Session, sweep: Sweep) -> list[Trial]:
-    """Every trial with its job (None until launched) and the job's best value of the sweep's
-    metric, ranked: best first, trials without a value after, unlaunched ones last."""
+    """Every trial with its job (None until launched) and the sweep's metric at the epoch the job
+    serves (job:<id>, its best checkpoint: chosen on validation data or early stopping's metric,
+    else its last epoch), ranked: best first, trials without a value after, unlaunched ones last.
+    The best value over all epochs would pick each trial's epoch by the sweep's metric, the test
+    set's by default: a result selected on the data it reports."""
     return trials_of(session, [sweep])[sweep.id]
 
 
 def trials_of(session: Session, sweeps: list[Sweep]) -> dict[str, list[Trial]]:
-    """trials() of several sweeps, in one query for their jobs and one per metric they rank by."""
+    """trials() of several sweeps, in one query for their jobs and one for their checkpoints."""
     jobs_of: dict[str, dict[int, Job]] = {sweep.id: {} for sweep in sweeps}
-    for job in session.scalars(select(Job).where(Job.sweep_id.in_(list(jobs_of)))):
+    found = session.scalars(select(Job).where(Job.sweep_id.in_(list(jobs_of))).options(selectinload(Job.checkpoints)))
+    for job in found:
         jobs_of[job.sweep_id][job.sweep_trial] = job
     best: dict[str, float] = {}
-    ranking = operator.attrgetter("metric", "mode")
-    for (metric, mode), ranked_by in itertools.groupby(sorted(sweeps, key=ranking), key=ranking):
-        ids = [job.id for sweep in ranked_by for job in jobs_of[sweep.id].values()]
-        column = getattr(EpochMetric, metric)
-        value = func.max(column) if mode == "max" else func.min(column)
-        best.update(
-            session.execute(
-                select(EpochMetric.job_id, value).where(EpochMetric.job_id.in_(ids)).group_by(EpochMetric.job_id)
-            ).all()
-        )
+    for sweep in sweeps:
+        for job in jobs_of[sweep.id].values():
+            served = jobs.best_checkpoint(job)
+            value = (served.metrics or {}).get(sweep.metric) if served is not None else None
+            if value is not None:
+                best[job.id] = value
     return {sweep.id: _ranked(sweep, jobs_of[sweep.id], best) for sweep in sweeps}
 
 
