@@ -32,6 +32,13 @@ _MODEL_REF = re.compile(rf"^(?P<name>{MODEL_NAME})(?::(?P<version>[1-9][0-9]{{0,
 DEFAULT_ALIAS = "production"
 
 
+def model_name_for(text: str | None) -> str:
+    """A model name made of a job's name ("activation [activation=tanh]" becomes
+    "activation-activation-tanh"), to offer where a name is asked for; "" if nothing is left."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", (text or "").lower()).strip("-._")
+    return name[:64].rstrip("-._")
+
+
 class ModelNotFound(NotFound):
     """No model answers to this reference."""
 

@@ -73,7 +73,7 @@ from service.core import (
     worker_registry,
 )
 from service.core.errors import CoreError, Invalid
-from service.core.references import MODEL_NAME
+from service.core.references import MODEL_NAME, model_name_for
 from service.core.settings import get_settings
 from service.core.storage import get_storage
 from service.core.tables import DatasetStatus, Job, StoredDataset
@@ -225,6 +225,7 @@ def _job_page(
         "exports": EXPORTS,
         "images": info is not None and info.images,
         "rows": info is not None and not info.images,  # a model of numeric rows: the predict page takes images
+        "model_name": model_name_for(job.name),  # offered in the register form
         **extra,
     }
     if tab == "logs":

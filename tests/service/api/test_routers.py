@@ -354,6 +354,9 @@ def test_a_job_page_shows_the_metric_columns_its_epochs_have(api, trained_job):
             metric.train_acc = metric.test_acc = metric.val_loss = metric.val_acc = None
     header = re.search(r'<table id="metrics">\s*<thead>(.*?)</thead>', api.get(f"/ui/jobs/{trained_job}").text).group(1)
     assert re.findall(r"<th>(.*?)</th>", header) == ["epoch", "train loss", "test loss", "samples/s"]
+    with db.session_scope() as session:
+        session.get(Job, trained_job).name = "Lr Sweep [lr=0.1]"  # a sweep trial's name
+    assert 'id="register-name" value="lr-sweep-lr-0.1"' in api.get(f"/ui/jobs/{trained_job}").text
 
 
 def test_jobs_are_listed_newest_first_paged_and_filtered(api, trained_job):

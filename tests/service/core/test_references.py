@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from service.core import db, model_registry
@@ -149,3 +151,22 @@ def test_a_job_that_keeps_one_checkpoint_says_which(service_env, trained_job):
         session.query(Checkpoint).filter(Checkpoint.job_id == trained_job, Checkpoint.epoch < 3).delete()
     with pytest.raises(ModelNotFound, match="has no checkpoint for epoch 1; it keeps epoch 3 "):
         resolve_now(service_env, f"job:{trained_job}:1")
+
+
+@pytest.mark.parametrize(
+    ("job_name", "offered"),
+    [
+        ("activation [activation=tanh]", "activation-activation-tanh"),
+        ("Fashion MNIST, LeNet", "fashion-mnist-lenet"),
+        ("softmax-e2e", "softmax-e2e"),
+        ("__[]__", ""),
+        (None, ""),
+        ("x" * 80, "x" * 64),
+    ],
+)
+def test_a_job_name_is_offered_as_a_model_name_the_registry_takes(job_name, offered):
+    """The dashboard's register form offered a sweep trial's name, which it then refused."""
+    from service.core.references import MODEL_NAME, model_name_for
+
+    assert model_name_for(job_name) == offered
+    assert offered == "" or re.fullmatch(MODEL_NAME, offered)
