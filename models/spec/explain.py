@@ -120,8 +120,23 @@ def _close(word: str, names: list[str]) -> list[str]:
     return by_initials or [name for match in close for name, part in last.items() if part == match][:3]
 
 
+def _the_other_document(root: type[BaseModel], key: str) -> str | None:
+    """What an unknown top-level key says when it is the other document's: a sweep sent as a job
+    (`base`, `grid`), or a job spec sent as a sweep (`model`, `epochs`)."""
+    from models.spec.job import JobSpec
+    from models.spec.sweeps import SweepSpec
+
+    if root is JobSpec and key in SweepSpec.model_fields and key not in JobSpec.model_fields:
+        return "a sweep's; send sweeps to POST /v1/sweeps (trainyard sweep FILE)"
+    if root is SweepSpec and key in JobSpec.model_fields:
+        return "a job spec's; a sweep takes the job spec it varies as its base (docs/sweeps.md)"
+    return None
+
+
 def _unknown_field(root: type[BaseModel], loc: tuple, default: str) -> str:
     key, node = loc[-1], _at(root, loc[:-1])
+    if len(loc) == 1 and isinstance(key, str) and (other := _the_other_document(root, key)):
+        return f"unknown field {key!r}: {other}"
     names = list(dict.fromkeys(field for model in _models(node) for field in model.model_fields))
     if not isinstance(key, str) or not names:
         return default

@@ -218,3 +218,31 @@ def test_a_wrong_normalize_is_one_error_for_the_form_it_was_given_in():
     assert normalize_errors({"mean": [0.5]}) == {("body", "data", "normalize", "std"): "Field required"}
     [(loc, message)] = normalize_errors(3).items()
     assert loc == ("body", "data", "normalize") and message.startswith("normalize must be 'none', 'dataset' or {")
+
+
+def test_a_sweep_sent_as_a_job_or_a_job_as_a_sweep_says_where_it_goes():
+    """`trainyard submit sweep.json` was told "unknown field 'base': did you mean 'optimizer.betas'?"."""
+    import json
+
+    import pytest
+    from pydantic import ValidationError
+
+    from models.spec.explain import explain
+    from models.spec.sweeps import SweepSpec
+    from tests.support.servers import REPO
+
+    sweep = json.loads((REPO / "examples" / "sweeps" / "weight-decay.json").read_text())
+    found = spec_errors(sweep)
+    assert (
+        found[("body", "base")]
+        == "unknown field 'base': a sweep's; send sweeps to POST /v1/sweeps (trainyard sweep FILE)"
+    )
+    job = json.loads((REPO / "examples" / "linear-regression.json").read_text())
+    with pytest.raises(ValidationError) as refused:
+        SweepSpec.model_validate(job)
+    said = {e["loc"]: explain(e, SweepSpec, job) for e in refused.value.errors()}
+    assert (
+        said[("model",)]
+        == "unknown field 'model': a job spec's; a sweep takes the job spec it varies as its base (docs/sweeps.md)"
+    )
+    assert said[("seed",)].startswith("unknown field 'seed': a job spec's")  # not "did you mean 'random.seed'"
