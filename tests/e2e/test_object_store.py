@@ -259,8 +259,8 @@ def test_workers_without_a_shared_folder_train_uploads_resume_each_other_and_han
             assert hot.status_code == 200, hot.text  # cached models keep serving
             cold = api.post("/v1/predict", data={"model": f"job:{second}"}, files=files)
             assert cold.status_code == 503 and cold.headers["Retry-After"], cold.text
-            said = cold.json()["detail"]
-            assert "cannot be reached" in said and said.endswith("; try again once it is back"), said
+            why = cold.json()["detail"]
+            assert "cannot be reached" in why and why.endswith("; try again once it is back"), why
             refused = api.post(
                 "/v1/datasets",
                 files={
