@@ -115,6 +115,23 @@ def test_sweep_example_is_valid_and_listed_in_the_docs(path):
     assert f"trainyard sweep examples/sweeps/{path.name}" in docs_text()
 
 
+@pytest.mark.slow
+def test_the_polynomial_degree_sweep_underfits_fits_and_overfits():
+    """Its degree 20 trained on 100 examples ended with train and test loss alike: the docs promised
+    over-fitting, which 10 examples show (as examples/polynomial-overfit.json does)."""
+    from models.spec.sweeps import SweepSpec, trial_spec
+
+    sweep = SweepSpec.model_validate(json.loads((REPO / "examples" / "sweeps" / "polynomial-degree.json").read_text()))
+    ended = {
+        params["model.degree"]: fit(
+            JobSpec.model_validate(trial_spec(sweep.base, sweep.name, params)), data_dir="."
+        ).run.history[-1]
+        for params in sweep.trials()
+    }
+    assert ended[1].test_loss > 10 * ended[3].test_loss  # under-fitting
+    assert ended[20].test_loss > 5 * ended[20].train_loss and ended[20].test_loss > 5 * ended[3].test_loss  # over
+
+
 def test_an_installed_package_carries_the_examples(tmp_path):
     """The dashboard's submit form reads the examples as package data, so a wheel must hold them
     (built from a copy of the sources: the build writes beside them)."""
