@@ -193,10 +193,26 @@ def add_job(
 
 
 def job_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> list[str]:
-    """What will make the job fail unless someone acts: weights or data files nowhere to be found."""
-    return weights_warnings(session, spec=spec, settings=settings) + data_warnings(
-        session, spec=spec, settings=settings
+    """What will make the job fail unless someone acts: weights or data files nowhere to be found;
+    and what the spec asks that will do nothing."""
+    return (
+        weights_warnings(session, spec=spec, settings=settings)
+        + data_warnings(session, spec=spec, settings=settings)
+        + unused_warnings(spec)
     )
+
+
+def unused_warnings(spec: JobSpec) -> list[str]:
+    """A value the spec gives that its other values leave unused: init_std without init: normal
+    (told by a value other than its default: a stored spec holds every default)."""
+    model = spec.model
+    field = type(model).model_fields.get("init_std")
+    if field is not None and model.init_std != field.default and model.init != "normal":
+        return [
+            f"model.init_std {model.init_std:g} is used by init: normal only; this job's init is {model.init}, so "
+            "init_std does nothing: set init: normal, or leave init_std out"
+        ]
+    return []
 
 
 def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> list[str]:

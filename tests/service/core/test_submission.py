@@ -113,3 +113,12 @@ def test_a_frozen_backbone_without_weights_is_warned_of(service_env):
         service_env, {**spec, "epochs": 3, "model": {**spec["model"], "unfreeze_at_epoch": 2}}
     )
     assert "until epoch 2 (unfreeze_at_epoch) only the head learns" in unfrozen_later
+
+
+def test_an_init_std_that_its_init_leaves_unused_is_warned_of(service_env):
+    """init_std only sizes init: normal; given with the default init it did nothing, silently."""
+    spec = {"model": {"arch": "linear_regression", "init_std": 0.5}, "data": {"dataset": "synthetic-linear"}}
+    [warning] = warnings_of(service_env, spec)
+    assert warning.startswith("model.init_std 0.5 is used by init: normal only; this job's init is default")
+    assert warnings_of(service_env, {**spec, "model": {**spec["model"], "init": "normal"}}) == []
+    assert warnings_of(service_env, {**spec, "model": {"arch": "linear_regression"}}) == []
