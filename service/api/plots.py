@@ -23,6 +23,7 @@ from models.spec.sweeps import label  # noqa: E402
 from service.api.deps import read  # noqa: E402
 from service.api.schemas.jobs import metric_rows  # noqa: E402
 from service.core import jobs, sweeps  # noqa: E402
+from service.core.studies import IMPORTANCE_TRIALS  # noqa: E402
 from service.core.tables import Job, JobStatus  # noqa: E402
 
 PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "A PNG image"}}
@@ -196,7 +197,12 @@ def importances_png(importances: dict[str, float], used: int, metric: str) -> by
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3, axis="x")
     if not importances:
-        ax.text(0.5, 0.5, "not enough trials ran to the end yet", ha="center", va="center", transform=ax.transAxes)
+        why = (
+            f"importances need {IMPORTANCE_TRIALS} trials run to the end"
+            if used < IMPORTANCE_TRIALS
+            else "nothing that varies could be told apart"
+        )
+        ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
     return _png(figure)
 
 

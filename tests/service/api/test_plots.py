@@ -117,3 +117,12 @@ def test_a_sweeps_loss_is_drawn_on_a_log_axis(metric, values, scale):
         assert ax.get_yscale() == scale
     finally:
         plt.close(figure)
+
+
+def test_importances_without_enough_trials_say_how_many_they_need(monkeypatch):
+    """The picture said "not enough trials ran to the end yet" of a finished 3-trial grid."""
+    said = []
+    monkeypatch.setattr(plots.plt.Axes, "text", lambda ax, x, y, text, **kw: said.append(text))
+    assert plots.importances_png({}, 3, "test_acc").startswith(b"\x89PNG")
+    assert plots.importances_png({}, 6, "test_acc").startswith(b"\x89PNG")
+    assert said == ["importances need 5 trials run to the end", "nothing that varies could be told apart"]
