@@ -7,6 +7,7 @@ import difflib
 import json
 import re
 import types
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Tag
@@ -120,22 +121,9 @@ def _close(word: str, names: list[str]) -> list[str]:
     return by_initials or [name for match in close for name, part in last.items() if part == match][:3]
 
 
-def _the_other_document(root: type[BaseModel], key: str) -> str | None:
-    """What an unknown top-level key says when it is the other document's: a sweep sent as a job
-    (`base`, `grid`), or a job spec sent as a sweep (`model`, `epochs`)."""
-    from models.spec.job import JobSpec
-    from models.spec.sweeps import SweepSpec
-
-    if root is JobSpec and key in SweepSpec.model_fields and key not in JobSpec.model_fields:
-        return "a sweep's; send sweeps to POST /v1/sweeps (trainyard sweep FILE)"
-    if root is SweepSpec and key in JobSpec.model_fields:
-        return "a job spec's; a sweep takes the job spec it varies as its base (docs/sweeps.md)"
-    return None
-
-
-def _unknown_field(root: type[BaseModel], loc: tuple, default: str) -> str:
+def _unknown_field(root: type[BaseModel], loc: tuple, default: str, elsewhere: Elsewhere | None = None) -> str:
     key, node = loc[-1], _at(root, loc[:-1])
-    if len(loc) == 1 and isinstance(key, str) and (other := _the_other_document(root, key)):
+    if len(loc) == 1 and isinstance(key, str) and elsewhere is not None and (other := elsewhere(key)):
         return f"unknown field {key!r}: {other}"
     names = list(dict.fromkeys(field for model in _models(node) for field in model.model_fields))
     if not isinstance(key, str) or not names:
@@ -188,13 +176,17 @@ def _unknown_tag(root: type[BaseModel], error: dict, document) -> str:
     return f"unknown {path} {value!r}: {meant}{path} is one of {', '.join(tags)}"
 
 
-def explain(error: dict, root: type[BaseModel], document) -> str:
+Elsewhere = Callable[[str], "str | None"]
+
+
+def explain(error: dict, root: type[BaseModel], document, elsewhere: Elsewhere | None = None) -> str:
     """A pydantic error's message, told in the terms of the document `root` validated: unknown keys
     and unknown or missing union tags (model.arch, data.dataset) get "did you mean" from the names
-    known there. `error["loc"]` is pydantic's location in the document."""
+    known there. `error["loc"]` is pydantic's location in the document. `elsewhere(key)` may say
+    where an unknown top-level key belongs instead (a sweep's `base` sent as a job)."""
     try:
         if error.get("type") == "extra_forbidden" and error.get("loc"):
-            return _unknown_field(root, tuple(error["loc"]), error["msg"])
+            return _unknown_field(root, tuple(error["loc"]), error["msg"], elsewhere)
         if error.get("type") in ("union_tag_not_found", "union_tag_invalid", "dataset"):
             return _unknown_tag(root, error, document)
     except Exception:  # a hint must never cost the answer

@@ -21,6 +21,8 @@ from starlette.routing import Match
 from models.checkpoint import CheckpointError
 from models.inference.predictor import InputError
 from models.spec.explain import error_loc, explain, plain_message
+from models.spec.job import JobSpec
+from models.spec.sweeps import SweepSpec
 from service.core.db import UNAVAILABLE
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 from service.core.storage import ObjectMissing, StorageUnavailable, get_storage
@@ -112,6 +114,20 @@ def _body_model(request: Request) -> type[BaseModel] | None:
     return model
 
 
+def _elsewhere(model: type[BaseModel]):
+    """Where an unknown top-level key of a job or a sweep belongs: a sweep sent as a job (`base`,
+    `grid`), or a job spec sent as a sweep (`model`, `epochs`)."""
+
+    def said(key: str) -> str | None:
+        if model is JobSpec and key in SweepSpec.model_fields and key not in JobSpec.model_fields:
+            return "a sweep's; send sweeps to POST /v1/sweeps (trainyard sweep FILE)"
+        if model is SweepSpec and key in JobSpec.model_fields:
+            return "a job spec's; a sweep takes the job spec it varies as its base (docs/sweeps.md)"
+        return None
+
+    return said
+
+
 def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> list[dict]:
     """Body locations as paths into what was sent (body.model.activation, not pydantic's
     body.model.mlp.activation with the union's tag), and, where the body is `model`, messages
@@ -122,7 +138,9 @@ def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> 
         {
             **e,
             "loc": ("body", *error_loc(body, {**e, "loc": tuple(e["loc"][1:])})),
-            "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body) if model else plain_message(e),
+            "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body, _elsewhere(model))
+            if model
+            else plain_message(e),
         }
         if tuple(e.get("loc", ()))[:1] == ("body",)
         else e
