@@ -145,6 +145,7 @@ def torchrun_command(spec: JobSpec, job_id: str, attempt: int, folder: RunFolder
     if rendezvous is None:
         meeting = ["--standalone"]
     else:
+        local = rendezvous.rsplit(":", 1)[0] if host else settings.worker_address or own_address(settings.broker_url)
         meeting = [
             f"--nnodes={distributed.nnodes}",
             "--rdzv-backend=c10d",
@@ -153,8 +154,9 @@ def torchrun_command(spec: JobSpec, job_id: str, attempt: int, folder: RunFolder
             f"--rdzv-conf=is_host={str(host).lower()},join_timeout={settings.distributed_join_timeout_seconds:g},"
             "last_call_timeout=1",
             # The address the other machines reach this one's processes at (rank 0's store among
-            # them); torch's default, this host's name, often maps to loopback in /etc/hosts.
-            f"--local-addr={settings.worker_address or own_address(settings.broker_url)}",
+            # them); torch's default, this host's name, often maps to loopback in /etc/hosts. The
+            # leading worker's is the rendezvous's, found already.
+            f"--local-addr={local}",
         ]
     return [
         sys.executable,

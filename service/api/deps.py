@@ -92,3 +92,9 @@ ModelServerDep = Annotated[ModelServer, Depends(get_model_server)]
 EvaluationsDep = Annotated[Evaluations, Depends(get_evaluations)]
 WritesFiles = Depends(_on_the_services_store("nothing was written"))  # of a route that stores files
 DeletesFiles = Depends(_on_the_services_store("nothing was deleted"))  # of a route that deletes stored files
+
+
+def this_apis_store(request: Request, settings: Settings) -> dict:
+    """The URL of this API process's store, and why it is not the service's (as /readyz says), if it is not."""
+    store = get_storage(settings).store
+    return {"store": store.url, "store_problem": request.app.state.store_readiness.problem(store)}

@@ -114,18 +114,14 @@ def _body_model(request: Request) -> type[BaseModel] | None:
     return model
 
 
-def _elsewhere(model: type[BaseModel]):
+def _elsewhere(model: type[BaseModel], key: str) -> str | None:
     """Where an unknown top-level key of a job or a sweep belongs: a sweep sent as a job (`base`,
     `grid`), or a job spec sent as a sweep (`model`, `epochs`)."""
-
-    def said(key: str) -> str | None:
-        if model is JobSpec and key in SweepSpec.model_fields and key not in JobSpec.model_fields:
-            return "a sweep's; send sweeps to POST /v1/sweeps (trainyard sweep FILE)"
-        if model is SweepSpec and key in JobSpec.model_fields:
-            return "a job spec's; a sweep takes the job spec it varies as its base (docs/sweeps.md)"
-        return None
-
-    return said
+    if model is JobSpec and key in SweepSpec.model_fields and key not in JobSpec.model_fields:
+        return "a sweep's; send sweeps to POST /v1/sweeps (trainyard sweep FILE)"
+    if model is SweepSpec and key in JobSpec.model_fields:
+        return "a job spec's; a sweep takes the job spec it varies as its base (docs/sweeps.md)"
+    return None
 
 
 def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> list[dict]:
@@ -138,9 +134,7 @@ def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> 
         {
             **e,
             "loc": ("body", *error_loc(body, {**e, "loc": tuple(e["loc"][1:])})),
-            "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body, _elsewhere(model))
-            if model
-            else plain_message(e),
+            "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body, _elsewhere) if model else plain_message(e),
         }
         if tuple(e.get("loc", ()))[:1] == ("body",)
         else e

@@ -107,5 +107,7 @@ def test_torchrun_on_several_machines_is_told_the_address_the_others_reach_this_
 
     monkeypatch.setattr(socket, "gethostbyname", lambda name: "198.51.100.4")
     spec = JobSpec.model_validate({**SOFTMAX_SPEC, "distributed": {"nproc_per_node": 1, "nnodes": 2}})
-    command = torchrun_command(spec, "job", 1, RunFolder(tmp_path), "198.51.100.4:29400", True)
-    assert "--local-addr=198.51.100.4" in command, command
+    joining = torchrun_command(spec, "job", 1, RunFolder(tmp_path), "203.0.113.9:29400", False)
+    assert "--local-addr=198.51.100.4" in joining, joining  # its own
+    leading = torchrun_command(spec, "job", 1, RunFolder(tmp_path), "198.51.100.5:29400", True)
+    assert "--local-addr=198.51.100.5" in leading, leading  # the rendezvous's, found once

@@ -49,6 +49,7 @@ from service.api.deps import (
     WriteSessionDep,
     WritesFiles,
     read,
+    this_apis_store,
 )
 from service.api.downloads import exported_file
 from service.api.errors import headers_for, refuse_unknown_fields, status_for
@@ -75,7 +76,6 @@ from service.core import (
 from service.core.errors import CoreError, Invalid
 from service.core.references import MODEL_NAME, model_name_for
 from service.core.settings import get_settings
-from service.core.storage import get_storage
 from service.core.tables import DatasetStatus, Job, StoredDataset
 
 EXAMPLES = resources.files("service") / "examples"  # package data: found in a checkout and once installed
@@ -590,11 +590,7 @@ def delete_dataset(dataset_id: str, request: Request, session: WriteSessionDep, 
 @pages.get("/ui/workers", response_class=HTMLResponse)
 def workers_page(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     live = [WorkerPublic.model_validate(w) for w in worker_registry.live(session, settings=settings)]
-    store = get_storage(settings).store
-    problem = request.app.state.store_readiness.problem(store)
-    return templates.TemplateResponse(
-        request, "workers.html", {"workers": live, "store": store.url, "store_problem": problem}
-    )
+    return templates.TemplateResponse(request, "workers.html", {"workers": live, **this_apis_store(request, settings)})
 
 
 def _model_choices(session) -> list[str]:

@@ -136,16 +136,18 @@ def _threshold(raw: str | None, where: str) -> float | None:
     return value
 
 
-def _options(request: Request, in_body: Container[str]) -> dict[str, str]:
+def _query_options(request: Request, in_body: Container[str]) -> dict[str, int | float]:
     """top_k and threshold given in the query string, where POST /v1/models/{model}/predict takes
-    them: honoured here too rather than ignored, and refused when the body gives them as well."""
+    them, read as the body's are: honoured here too rather than ignored, and refused when the body
+    gives them as well."""
     given = {name: request.query_params[name] for name in OPTIONS if name in request.query_params}
     twice = [name for name in given if name in in_body]
     if twice:
         raise validation_error(
             [(("query", name), f"{name} is given in the query and in the body; give it once") for name in twice]
         )
-    return given
+    read = {"top_k": _top_k, "threshold": _threshold}
+    return {name: read[name](raw, "query") for name, raw in given.items()}
 
 
 @contextmanager
@@ -161,7 +163,7 @@ def _located(query: Container[str]) -> Iterator[None]:
         ) from exc
 
 
-async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]], int, float | None, dict[str, str]]:
+async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]], int, float | None, dict]:
     limit = get_settings().max_files_per_request
     try:
         parts = parse_form(await request.body(), request.headers["content-type"], max_parts=limit + 20)
@@ -181,14 +183,12 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
         raise _invalid(("files",), "at least one image is required in the files field")
     if len(files) > limit:
         raise _invalid(("files",), f"{len(files)} files sent; at most {limit} per request")
-    query = _options(request, fields)
-    where = {name: "query" if name in query else "body" for name in OPTIONS}
-    fields |= query
+    query = _query_options(request, fields)
     return (
         model,
         [(f.filename or f"file{i}", bytes(f.data)) for i, f in enumerate(files)],
-        _top_k(fields.get("top_k", "1"), where["top_k"]),
-        _threshold(fields.get("threshold"), where["threshold"]),
+        query["top_k"] if "top_k" in query else _top_k(fields.get("top_k", "1"), "body"),
+        query["threshold"] if "threshold" in query else _threshold(fields.get("threshold"), "body"),
         query,
     )
 
@@ -204,12 +204,8 @@ async def predict(request: Request) -> Response:
             body = PredictValues.model_validate_json(await request.body())
         except ValidationError as exc:
             raise _json_refused(exc) from exc
-        query = _options(request, body.model_fields_set)
-        if query:
-            update = {"top_k": _top_k(query["top_k"], "query")} if "top_k" in query else {}
-            if "threshold" in query:
-                update["threshold"] = _threshold(query["threshold"], "query")
-            body = body.model_copy(update=update)
+        query = _query_options(request, body.model_fields_set)
+        body = body.model_copy(update=query) if query else body
         with _located(query):
             target, loaded, outputs = await server.predict_values(body.model, body.inputs, body.threshold, body.top_k)
         return _json(values_answer(target, loaded.predictor, outputs, body.top_k, body.threshold))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import SessionDep, SettingsDep, this_apis_store
 from service.api.schemas.workers import WorkerPublic, WorkersPublic
 from service.core import worker_registry
-from service.core.storage import get_storage
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
@@ -18,6 +17,4 @@ def list_workers(request: Request, session: SessionDep, settings: SettingsDep) -
     current job, and the store of the API process that answered (with why it is not the
     service's, if it is not)."""
     live = [WorkerPublic.model_validate(w) for w in worker_registry.live(session, settings=settings)]
-    store = get_storage(settings).store
-    problem = request.app.state.store_readiness.problem(store)
-    return WorkersPublic(workers=live, count=len(live), store=store.url, store_problem=problem)
+    return WorkersPublic(workers=live, count=len(live), **this_apis_store(request, settings))
