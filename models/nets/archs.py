@@ -15,6 +15,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
     "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
 }
 
 

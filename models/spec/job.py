@@ -34,7 +34,7 @@ class StrictModel(BaseModel):
 
 
 Init = Literal["default", "normal", "xavier"]
-Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu"]
+Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "gelu"]
 Probability = Annotated[float, Field(ge=0, lt=1)]
 Width = Annotated[int, Field(ge=1, le=65536)]
 Kernel = Annotated[int, Field(ge=1, le=64)]

@@ -1236,6 +1236,47 @@ def models_unalias(opts: Options, name: str, alias: str) -> None:
     opts.show(left, lambda model: [f"{name}@{alias} removed"])
 
 
+def _numbers(value) -> str:
+    """A tensor's values as nested lists of table numbers (NaN and infinities arrive as null)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_numbers(v) for v in value) + "]"
+    return "nan/inf" if value is None else _fmt(value)
+
+
+def parameters_views(answer: dict) -> list:
+    """Each learned tensor (its values while small, else its statistics), then the error against the
+    weights that generated synthetic data, as the linear-regression chapter prints it."""
+    table = Table("name", "shape", "count", "values, or statistics")
+    for p in answer["parameters"]:
+        shown = (
+            _numbers(p["values"])
+            if p["values"] is not None
+            else "  ".join(f"{key} {_fmt(p[key])}" for key in ("mean", "std", "min", "max", "norm"))
+        )
+        table.add_row(p["name"], "x".join(map(str, p["shape"])) or "scalar", f"{p['count']:,}", shown)
+    views = [f"{answer['model']}: {answer['total']:,} learned numbers", table]
+    error = answer["estimation_error"]
+    if error:
+        views += [
+            f"true w {_numbers(error['true_w'])}, true b {_fmt(error['true_b'])}",
+            f"error in estimating w (true - learned): {_numbers(error['w_error'])}",
+            f"error in estimating b (true - learned): {_fmt(error['b_error'])}",
+        ]
+    return views
+
+
+@command(models_app, "params")
+def models_params(
+    opts: Options,
+    reference: str,
+    max_values: Annotated[int, typer.Option(help="give a tensor's values whole up to this many numbers")] = 100,
+) -> None:
+    """A model's learned weights (name, name:VERSION, name@ALIAS or job:ID[:EPOCH]); on synthetic
+    data, also how far they are from the weights that generated it."""
+    path = f"/v1/models/{quote(reference, safe=':@')}/parameters"
+    opts.show(opts.call("GET", path, params={"max_values": max_values}), parameters_views)
+
+
 # Datasets.
 
 

@@ -233,3 +233,15 @@ def test_predict_takes_numeric_rows_for_a_regression(embedded_stack, tmp_path):
     assert table.returncode == 0 and "value" in table.stdout, table.stdout
     images = trainyard(embedded_stack, "predict", f"job:{job_id}", str(spec))
     assert images.returncode != 0 and "--row" in images.stderr, images.stderr
+
+    learned = trainyard(embedded_stack, "models", "params", f"job:{job_id}", "--json")
+    assert learned.returncode == 0, learned.stderr
+    error = json.loads(learned.stdout)["estimation_error"]
+    assert error["true_w"] == [2, -3.4] and error["true_b"] == 4.2
+    assert max(map(abs, error["w_error"])) < 0.3 and abs(error["b_error"]) < 0.3, error
+    said = trainyard(embedded_stack, "models", "params", f"job:{job_id}")
+    assert said.returncode == 0 and "1.weight" in said.stdout, said.stdout
+    assert "error in estimating w (true - learned): [" in said.stdout, said.stdout
+    with embedded_stack.client() as page:
+        section = page.get(f"/ui/fragments/jobs/{job_id}/parameters").text
+    assert 'id="estimation-error"' in section and "w = [2, -3.4]" in section, section

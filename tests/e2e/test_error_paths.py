@@ -36,7 +36,7 @@ def error_locs(response) -> list[tuple]:
     [
         ({"model": {"arch": "mlp", "dropout": [1.5]}}, ("body", "model", "dropout", 0)),
         ({"model": {"arch": "transformer"}}, ("body", "model")),
-        ({"model": {"arch": "mlp", "activation": "gelu"}}, ("body", "model", "activation")),
+        ({"model": {"arch": "mlp", "activation": "swish"}}, ("body", "model", "activation")),
         ({"model": {"arch": "mlp", "hidden": [64, 32], "dropout": [0.1, 0.2, 0.3]}}, ("body", "model")),
         ({"optimizer": {"name": "sgd", "lr": -0.1}}, ("body", "optimizer", "lr")),
         ({"optimizer": {"name": "sgd", "lr": 0.1, "moment": 0.9}}, ("body", "optimizer", "moment")),

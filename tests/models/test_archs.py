@@ -110,6 +110,15 @@ def test_resize_changes_what_lenet_sees():
                 {"type": "linear", "out_features": 10},
             ],
         ),
+        (
+            {"arch": "mlp", "hidden": [32], "activation": "gelu"},
+            [
+                {"type": "flatten"},
+                {"type": "linear", "out_features": 32},
+                {"type": "gelu"},
+                {"type": "linear", "out_features": 10},
+            ],
+        ),
     ],
 )
 def test_sequential_builds_the_same_network_with_the_same_weights(builtin, layers):

@@ -53,7 +53,7 @@ def test_scalar_dropout_applies_to_every_hidden_layer():
         ({"model": {"arch": "mlp", "hidden": []}}, ("model", "mlp", "hidden")),
         ({"model": {"arch": "mlp", "hidden": [0]}}, ("model", "mlp", "hidden", 0)),
         ({"model": {"arch": "mlp", "hidden": [10], "dropout": [0.1, 0.1]}}, ("model", "mlp")),
-        ({"model": {"arch": "mlp", "activation": "gelu"}}, ("model", "mlp", "activation")),
+        ({"model": {"arch": "mlp", "activation": "swish"}}, ("model", "mlp", "activation")),
         ({"model": {"arch": "lenet", "pool": "median"}}, ("model", "lenet", "pool")),
         ({"model": {"arch": "softmax_regression", "init": "he"}}, ("model", "softmax_regression", "init")),
         ({"model": {"arch": "softmax_regression", "hidden": [3]}}, ("model", "softmax_regression", "hidden")),

@@ -74,6 +74,7 @@ from service.core import (
     worker_registry,
 )
 from service.core.errors import CoreError, Invalid
+from service.core.model_parameters import model_parameters
 from service.core.references import MODEL_NAME, model_name_for
 from service.core.settings import get_settings
 from service.core.tables import DatasetStatus, Job, StoredDataset
@@ -213,8 +214,25 @@ EXPORTS = tuple((fmt, "float") for fmt in FORMATS) + (("onnx", "pixels"),)
 METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
 
+EPOCH_ROWS_SHOWN = 50  # a page lists about this many of a job's epochs unless asked for all
+
+
+def epoch_rows_shown(rows: list[dict], best_epoch: int | None, most: int = EPOCH_ROWS_SHOWN) -> list[dict]:
+    """At most about `most` epoch rows, evenly spread; the first, the best and the last always among them."""
+    if len(rows) <= most:
+        return rows
+    step = -(-len(rows) // most)
+    return [row for i, row in enumerate(rows) if i % step == 0 or i == len(rows) - 1 or row["epoch"] == best_epoch]
+
+
 def _job_page(
-    request: Request, session, job_id: str, tab: str = "overview", status_code: int = 200, **extra
+    request: Request,
+    session,
+    job_id: str,
+    tab: str = "overview",
+    status_code: int = 200,
+    all_epochs: bool = False,
+    **extra,
 ) -> HTMLResponse:
     """A job's page (its overview or its logs), with `extra` in its context (a form's error)."""
     job = job_public(job_pages.view(session, job_id=job_id, settings=get_settings()))
@@ -232,8 +250,10 @@ def _job_page(
         context["logs"] = job_logs.read(session, job_id=job.id, limit=LOG_LINES_SHOWN)
     else:
         metrics = metric_rows(jobs.get_metrics(session, job_id=job.id))
+        best = job.best_checkpoint.epoch if job.best_checkpoint else None
         context.update(
-            metrics=metrics,
+            metrics=metrics if all_epochs else epoch_rows_shown(metrics, best),
+            epochs_recorded=len(metrics),
             # a regression has no accuracy, a job without validation no val columns
             metric_columns=[key for key in METRIC_COLUMNS if any(row[key] is not None for row in metrics)],
             spec_json=json.dumps(job.spec, indent=2),
@@ -243,9 +263,13 @@ def _job_page(
 
 @pages.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(
-    job_id: str, request: Request, session: SessionDep, tab: Literal["overview", "logs"] = "overview"
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    tab: Literal["overview", "logs"] = "overview",
+    epochs: Literal["all"] | None = None,
 ) -> HTMLResponse:
-    return _job_page(request, session, job_id, tab)
+    return _job_page(request, session, job_id, tab, all_epochs=epochs == "all")
 
 
 @pages.get("/ui/jobs/{job_id}/plot.png")
@@ -263,6 +287,18 @@ async def job_evaluation(job_id: str, request: Request, evaluations: Evaluations
     target = evaluated.target
     shown = evaluation_public(target.job_id, target, evaluated.report, limit=MISTAKES_SHOWN, images=evaluated.images)
     return templates.TemplateResponse(request, "evaluation.html", {"job_id": target.job_id, "report": shown})
+
+
+PARAMETER_VALUES_SHOWN = 20  # a page gives a tensor's numbers up to this many, else its statistics
+
+
+@fragments.get("/ui/fragments/jobs/{job_id}/parameters", response_class=HTMLResponse)
+async def job_parameters(job_id: str, request: Request, settings: SettingsDep) -> HTMLResponse:
+    """The learned parameters of the checkpoint a job serves (loaded when its section is opened)."""
+    found = await run_in_threadpool(
+        model_parameters, reference=f"job:{job_id}", settings=settings, max_values=PARAMETER_VALUES_SHOWN
+    )
+    return templates.TemplateResponse(request, "parameters.html", {"found": found})
 
 
 @pages.get("/ui/jobs/{job_id}/test-images/{index}.png")

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from models.inference.formats import FORMATS, INPUTS
+from models.inference.parameters import MAX_VALUES_SHOWN, VALUES_SHOWN
 from service.api.deps import DeletesFiles, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, WritesFiles
 from service.api.downloads import exported_file
 from service.api.errors import refuse_unknown_fields, validation_error
@@ -19,6 +20,7 @@ from service.api.schemas.registry import (
     AliasMoved,
     AliasUpdate,
     ModelCreate,
+    ModelParametersPublic,
     ModelPublic,
     ModelsPublic,
     ModelVersionPublic,
@@ -26,6 +28,7 @@ from service.api.schemas.registry import (
     ModelVersionUpdate,
     model_public,
 )
+from service.core import model_parameters as parameters
 from service.core import model_registry
 from service.core.errors import Invalid
 from service.core.references import MODEL_NAME_PATTERN
@@ -177,24 +180,48 @@ async def export_version(
     return await exported_file(settings, reference=f"{name}:{version}", fmt=fmt, inputs=inputs)
 
 
+ReferenceParam = Annotated[
+    str,
+    Path(
+        max_length=200,
+        description=(
+            "name (its production alias, else the latest version), name:VERSION, name@ALIAS, "
+            "job:ID or job:ID:best|last|EPOCH"
+        ),
+    ),
+]
+
+
 @router.get("/{reference}/export", response_class=Response, responses=EXPORTED)
 async def export_reference(
-    reference: Annotated[
-        str,
-        Path(
-            max_length=200,
-            description=(
-                "name (its production alias, else the latest version), name:VERSION, name@ALIAS, "
-                "job:ID or job:ID:best|last|EPOCH"
-            ),
-        ),
-    ],
+    reference: ReferenceParam,
     settings: SettingsDep,
     fmt: FormatParam = "safetensors",
     inputs: InputsParam = "float",
 ) -> Response:
     """Download the model any reference names, a job's checkpoint included."""
     return await exported_file(settings, reference=reference, fmt=fmt, inputs=inputs)
+
+
+@router.get(
+    "/{reference}/parameters",
+    response_model=ModelParametersPublic,
+    responses={**NOT_FOUND, 409: {"description": "The job has no checkpoint yet"}},
+)
+async def model_parameters(
+    reference: ReferenceParam,
+    settings: SettingsDep,
+    max_values: Annotated[
+        int, Query(ge=0, le=MAX_VALUES_SHOWN, description="a tensor of up to this many numbers is given whole")
+    ] = VALUES_SHOWN,
+) -> ModelParametersPublic:
+    """The learned weights of the model any reference names: each tensor's statistics, and its values while
+    it is small. On synthetic data learned by one linear layer, also the error against the weights that
+    generated it (true - learned), as the linear-regression chapter prints it."""
+    found = await run_in_threadpool(
+        parameters.model_parameters, reference=reference, settings=settings, max_values=max_values
+    )
+    return ModelParametersPublic.model_validate(found)
 
 
 def _json_field(field: str, raw: str | None, default=None):

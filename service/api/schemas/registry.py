@@ -85,3 +85,44 @@ def model_public(name: str, versions: list[ModelVersion], aliases: dict[str, int
         aliases=aliases,
         latest_version=versions[-1].version,
     )
+
+
+class ParameterPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    shape: list[int]
+    count: int
+    values: list | float | None = Field(
+        description="the numbers, nested as the tensor is; null past max_values (and each NaN or infinity as null)"
+    )
+    mean: float | None
+    std: float | None = Field(description="of the values themselves (no Bessel correction)")
+    min: float | None
+    max: float | None
+    norm: float | None = Field(description="L2")
+
+
+class EstimationErrorPublic(BaseModel):
+    """On synthetic data, learned by its one linear layer: the generating weights, and error = true - learned."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    weight: str
+    bias: str
+    true_w: list[float]
+    true_b: float
+    w_error: list[float | None]
+    b_error: float | None
+
+
+class ModelParametersPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    reference: str
+    model: str
+    job_id: str | None
+    epoch: int | None
+    total: int
+    parameters: list[ParameterPublic]
+    estimation_error: EstimationErrorPublic | None

@@ -359,6 +359,28 @@ def test_a_job_page_shows_the_metric_columns_its_epochs_have(api, trained_job):
     assert 'id="register-name" value="lr-sweep-lr-0.1"' in api.get(f"/ui/jobs/{trained_job}").text
 
 
+def test_a_long_jobs_page_lists_some_of_its_epochs_the_best_among_them_and_all_on_request(api, trained_job):
+    import re
+
+    from service.api.routers.dashboard import EPOCH_ROWS_SHOWN
+    from service.core import db
+    from service.core.tables import EpochMetric
+
+    with db.session_scope() as session:  # 200 epochs past the 3 with checkpoints: the best stays epoch 2
+        session.add_all(EpochMetric(job_id=trained_job, epoch=e, train_loss=1.0 / e) for e in range(4, 204))
+
+    def epochs(page: str) -> list[int]:
+        table = page.split('<table id="metrics">')[1].split("</table>")[0]
+        return [int(e) for e in re.findall(r"<tr[^>]*><td>(\d+)", table)]
+
+    page = api.get(f"/ui/jobs/{trained_job}").text
+    listed = epochs(page)
+    assert len(listed) <= EPOCH_ROWS_SHOWN + 2 and {1, 2, 203} <= set(listed) and listed == sorted(listed)
+    assert f"{len(listed)} of 203 epochs listed" in page and 'href="?tab=overview&amp;epochs=all"' in page
+    every = api.get(f"/ui/jobs/{trained_job}?epochs=all").text
+    assert epochs(every) == list(range(1, 204)) and "epochs listed" not in every
+
+
 def test_jobs_are_listed_newest_first_paged_and_filtered(api, trained_job):
     queued = [submitted(api, {**SOFTMAX_SPEC, "name": f"j{i}"})["id"] for i in range(3)]
     everything = api.get("/v1/jobs").json()
@@ -602,6 +624,28 @@ def test_an_export_is_sent_from_a_temporary_file_that_is_removed_after(api, trai
     refused = api.get(f"/v1/models/job:{trained_job}/export", params={"format": "safetensors", "inputs": "pixels"})
     assert refused.status_code == 422 and "holds weights only" in refused.text
     assert list((tmp_path / "temporary").iterdir()) == []
+
+
+def test_a_models_parameters_are_given_whole_while_small_else_by_their_statistics(api, trained_job):
+    answer = api.get(f"/v1/models/job:{trained_job}/parameters")
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    assert (found["job_id"], found["epoch"], found["total"]) == (trained_job, 2, 7850)  # job:ID serves its best
+    weight, bias = found["parameters"]
+    assert (weight["name"], weight["shape"], weight["values"]) == ("1.weight", [10, 784], None)
+    assert weight["min"] <= weight["mean"] <= weight["max"] and weight["norm"] > 0
+    assert bias["shape"] == [10] and len(bias["values"]) == 10 and min(bias["values"]) == bias["min"]
+    assert found["estimation_error"] is None  # Fashion-MNIST: no weights generated it
+    whole = api.get(f"/v1/models/job:{trained_job}:last/parameters", params={"max_values": 10_000}).json()
+    assert whole["epoch"] == 3 and len(whole["parameters"][0]["values"]) == 10
+    assert locs(api.get(f"/v1/models/job:{trained_job}/parameters?max_values=-1")) == [["query", "max_values"]]
+    missing = api.get("/v1/models/job:0123456789ab/parameters")
+    assert missing.status_code == 404 and "no job 0123456789ab" in missing.text, missing.text
+    page = api.get(f"/ui/jobs/{trained_job}").text
+    assert f'data-src="/ui/fragments/jobs/{trained_job}/parameters"' in page
+    section = api.get(f"/ui/fragments/jobs/{trained_job}/parameters").text  # read when the section is opened
+    assert "7,850 learned numbers" in section and "<td>1.weight</td><td>10×784</td>" in section, section
+    assert "estimation-error" not in section
 
 
 def test_an_export_imports_back_as_it_was_trained_and_a_contrary_field_is_refused(api, trained_job):
