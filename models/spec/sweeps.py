@@ -197,6 +197,27 @@ def trial_spec(base: dict, name: str, params: dict) -> dict:
     return spec
 
 
+def _leaves(spec: dict, prefix: str = "") -> dict[str, Any]:
+    """A spec's values by dotted path (`optimizer.lr`); a list is one value."""
+    leaves = {}
+    for key, value in spec.items():
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def differences(specs: list[dict]) -> list[dict[str, Any]]:
+    """Per spec, its values at the paths where `specs` do not all agree, the name left out: what tells
+    compared jobs apart, as a sweep's trials are told apart by their values (None where a spec has no
+    such field)."""
+    leaves = [_leaves(spec) for spec in specs]
+    paths = sorted({path for spec in leaves for path in spec if path != "name"})
+    differing = [path for path in paths if len({json.dumps(spec.get(path), sort_keys=True) for spec in leaves}) > 1]
+    return [{path: spec.get(path) for path in differing} for spec in leaves]
+
+
 def label(params: dict) -> str:
     """A trial's values in a few characters: `weight_decay=3, lr=0.1`."""
     return ", ".join(f"{path.rsplit('.', 1)[-1]}={short_value(value)}" for path, value in params.items())

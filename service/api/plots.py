@@ -19,7 +19,7 @@ from fastapi.responses import Response  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from models.spec.sweeps import label  # noqa: E402
+from models.spec.sweeps import differences, label  # noqa: E402
 from service.api.deps import read  # noqa: E402
 from service.api.schemas.jobs import metric_rows  # noqa: E402
 from service.core import jobs, sweeps  # noqa: E402
@@ -81,9 +81,34 @@ def _png(figure) -> bytes:
 def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dict], int | None]]:
     """(label, metric rows, best epoch) per job for learning_curves; NotFound for an unknown job."""
     found = [jobs.require_job(session, job_id=job_id) for job_id in job_ids]
-    return labelled_series(
-        session, [(job, job.id[:8] if len(found) == 1 else (job.name or job.id[:8])) for job in found]
-    )
+    return labelled_series(session, list(zip(found, compared_labels(found), strict=True)))
+
+
+COMPARED = (2, 8)
+
+
+def compared_jobs(values: list[str]) -> list[str]:
+    """The job ids of a comparison: 2 to 8, each value of the `jobs` parameter holding one or several."""
+    ids = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    if not COMPARED[0] <= len(ids) <= COMPARED[1]:
+        raise ValueError(
+            f"give {COMPARED[0]} to {COMPARED[1]} job ids (or 6+ character prefixes), comma-separated or each in "
+            f"a jobs parameter of its own; {len(ids)} given"
+        )
+    return ids
+
+
+def compared_labels(found: list[Job]) -> list[str]:
+    """A label per job: its id alone, its name among several, and where names repeat (two runs of one
+    example), the values that tell them apart."""
+    if len(found) == 1:
+        return [found[0].id[:8]]
+    names = [job.name or job.id[:8] for job in found]
+    if len(set(names)) == len(names):
+        return names
+    told_apart = differences([job.spec for job in found])
+    labels = [f"{name} [{label(values)}]" if values else name for name, values in zip(names, told_apart, strict=True)]
+    return [f"{text} {job.id[:8]}" if labels.count(text) > 1 else text for text, job in zip(labels, found, strict=True)]
 
 
 def labelled_series(session: Session, labelled: list[tuple[Job, str]]) -> list[tuple[str, list[dict], int | None]]:

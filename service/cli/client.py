@@ -840,6 +840,27 @@ def metrics(opts: Options, job_id: JobId) -> None:
     opts.show(answer, metrics_table)
 
 
+@command(top, "plot")
+def plot(
+    opts: Options,
+    job_ids: Annotated[
+        list[str], typer.Argument(metavar="JOB...", help="one job, or 2 to 8 to compare: ids, prefixes or job:ID")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the PNG")],
+) -> None:
+    """A job's learning curves, or several jobs' on one figure (labelled by what their specs differ
+    in where their names are the same), as a PNG file."""
+    ids = [bare_job_id(value) for value in job_ids]
+    path, params = (f"/v1/jobs/{ids[0]}/plot.png", {}) if len(ids) == 1 else ("/v1/plots/compare.png", {"jobs": ids})
+    with opts.client() as api:
+        answer = api.get(path, params=params, timeout=120)
+    if answer.status_code != 200:
+        checked(answer)
+    output.write_bytes(answer.content)
+    size = len(answer.content)
+    opts.show({"path": str(output), "bytes": size, "jobs": ids}, lambda written: [f"{output} ({size:,} bytes)"])
+
+
 CONFUSION_SHOWN = 20  # classes a confusion matrix is shown for as a table
 
 

@@ -181,6 +181,10 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     assert [a.text for a in browser.find_elements(By.CSS_SELECTOR, "a.export")] == exports  # the same on both tabs
     browser.find_element(By.ID, "tab-overview").click()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#metrics tbody tr")) == 3
+    assert not browser.find_elements(By.ID, "parameters-table")  # read only when opened
+    browser.find_element(By.CSS_SELECTOR, "#parameters summary").click()
+    wait_until(lambda: browser.find_elements(By.ID, "parameters-table"), timeout=20, what="the learned parameters")
+    assert "7,850 learned numbers" in text(browser, "#parameters-body")
 
     browser.get(embedded_stack.url + "/ui/submit?example=softmax-regression")
     spec = browser.find_element(By.ID, "spec")
@@ -200,6 +204,30 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     )
     assert "from-the-browser" in browser.title
     deleted_id = browser.current_url.rsplit("/", 1)[-1]
+
+    browser.get(embedded_stack.url + "/")
+    for picked in (job_id, deleted_id):
+        browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{picked}"] input.pick').click()
+    browser.execute_script("document.querySelectorAll('#jobs tbody tr').forEach((row) => row.dataset.old = 'yes')")
+    wait_until(
+        lambda: not browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr[data-old]"), timeout=20, what="a refresh"
+    )
+    ticked = browser.find_elements(By.CSS_SELECTOR, "#jobs input.pick:checked")
+    assert sorted(box.get_attribute("value") for box in ticked) == sorted([job_id, deleted_id])  # kept through it
+    button = browser.find_element(By.ID, "compare-button")
+    assert button.is_enabled() and button.text == "compare 2 ticked jobs"
+    button.click()
+    wait_until(lambda: browser.find_elements(By.ID, "compared"), timeout=20, what="the comparison page")
+    header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#compared thead th")]
+    assert "epochs" in header and "name" not in header, header  # what tells them apart: 3 epochs against 2
+    wait_until(
+        lambda: browser.execute_script(
+            "const i = document.querySelector('#compare'); return i.complete && i.naturalWidth > 300"
+        ),
+        timeout=20,
+        what="the comparison's curves",
+    )
+    browser.get(f"{embedded_stack.url}/ui/jobs/{deleted_id}")
     browser.execute_script("window.confirm = () => true")  # the delete button asks first
     browser.find_element(By.ID, "delete").click()
     wait_until(lambda: browser.current_url.rstrip("/") == embedded_stack.url, timeout=20, what="back to the jobs list")

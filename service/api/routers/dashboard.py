@@ -29,7 +29,7 @@ from models.inference.formats import FORMATS, INPUTS
 from models.inference.predictor import InputError
 from models.spec.explain import error_loc, explain, plain_message
 from models.spec.job import JobSpec
-from models.spec.sweeps import short_value
+from models.spec.sweeps import differences, short_value
 from service.api import plots
 from service.api.auth import (
     COOKIE,
@@ -214,6 +214,7 @@ EXPORTS = tuple((fmt, "float") for fmt in FORMATS) + (("onnx", "pixels"),)
 METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
 
+JobsParam = Annotated[list[str] | None, Query(alias="jobs")]
 EPOCH_ROWS_SHOWN = 50  # a page lists about this many of a job's epochs unless asked for all
 
 
@@ -287,6 +288,39 @@ async def job_evaluation(job_id: str, request: Request, evaluations: Evaluations
     target = evaluated.target
     shown = evaluation_public(target.job_id, target, evaluated.report, limit=MISTAKES_SHOWN, images=evaluated.images)
     return templates.TemplateResponse(request, "evaluation.html", {"job_id": target.job_id, "report": shown})
+
+
+def _compared(jobs_param: list[str]) -> list[str]:
+    try:
+        return plots.compared_jobs(jobs_param)
+    except ValueError as exc:
+        raise Invalid([(("query", "jobs"), str(exc))]) from None
+
+
+@pages.get("/ui/compare", response_class=HTMLResponse)
+def compare_page(request: Request, session: SessionDep, jobs_param: JobsParam = None) -> HTMLResponse:
+    """Several jobs side by side: their curves on one figure, and what tells their specs apart."""
+    found = [
+        job_public(view)
+        for view in job_pages.views(
+            session,
+            [jobs.require_job(session, job_id=job_id) for job_id in _compared(jobs_param or [])],
+            get_settings(),
+        )
+    ]
+    told_apart = differences([job.spec for job in found])
+    context = {
+        "jobs": found,
+        "differing": list(told_apart[0]),
+        "told_apart": told_apart,
+        "ids": [job.id for job in found],
+    }
+    return templates.TemplateResponse(request, "compare.html", context)
+
+
+@pages.get("/ui/compare.png")
+async def compare_plot(jobs_param: JobsParam = None) -> Response:
+    return await plots.curves_response(plots.job_series, _compared(jobs_param or []))
 
 
 PARAMETER_VALUES_SHOWN = 20  # a page gives a tensor's numbers up to this many, else its statistics

@@ -23,19 +23,6 @@ async def learning_curves(job_id: str) -> Response:
     return await plots.curves_response(plots.job_series, [job_id])
 
 
-COMPARED = (2, 8)
-
-
-def compared_jobs(values: list[str]) -> list[str]:
-    ids = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    if not COMPARED[0] <= len(ids) <= COMPARED[1]:
-        raise ValueError(
-            f"give {COMPARED[0]} to {COMPARED[1]} job ids (or 6+ character prefixes), comma-separated or each in "
-            f"a jobs parameter of its own; {len(ids)} given"
-        )
-    return ids
-
-
 @router.get("/plots/compare.png", response_class=Response, responses=PNG)
 async def compare(
     job_ids: Annotated[
@@ -44,7 +31,7 @@ async def compare(
             alias="jobs",
             description="job ids or prefixes (2 to 8): comma-separated (jobs=A,B), or the parameter repeated",
         ),
-        AfterValidator(compared_jobs),
+        AfterValidator(plots.compared_jobs),
     ],
 ) -> Response:
     """Several jobs' curves on one figure (e.g. the under- and over-fitting experiment)."""

@@ -126,3 +126,31 @@ def test_importances_without_enough_trials_say_how_many_they_need(monkeypatch):
     assert plots.importances_png({}, 3, "test_acc").startswith(b"\x89PNG")
     assert plots.importances_png({}, 6, "test_acc").startswith(b"\x89PNG")
     assert said == ["importances need 5 trials run to the end", "nothing that varies could be told apart"]
+
+
+def test_compared_jobs_of_one_name_are_told_apart_by_what_their_specs_differ_in():
+    from service.core.tables import Job
+
+    def job(job_id: str, name: str | None, lr: float, epochs: int = 3) -> Job:
+        spec = {"name": name, "optimizer": {"name": "sgd", "lr": lr}, "epochs": epochs, "data": {"dataset": "mnist"}}
+        return Job(id=job_id, name=name, spec=spec)
+
+    assert plots.compared_labels([job("a" * 12, "mlp", 0.1)]) == ["aaaaaaaa"]  # one job: its id
+    assert plots.compared_labels([job("a" * 12, "mlp", 0.1), job("b" * 12, "lenet", 0.1)]) == ["mlp", "lenet"]
+    runs = [job("a" * 12, "mlp", 0.1), job("b" * 12, "mlp", 0.5), job("c" * 12, None, 0.5, epochs=5)]
+    assert plots.compared_labels(runs) == [
+        "mlp [epochs=3, lr=0.1]",
+        "mlp [epochs=3, lr=0.5]",
+        "cccccccc [epochs=5, lr=0.5]",
+    ]
+    twins = [job("a" * 12, "mlp", 0.1), job("b" * 12, "mlp", 0.1)]
+    assert plots.compared_labels(twins) == ["mlp aaaaaaaa", "mlp bbbbbbbb"]
+
+
+def test_specs_differ_at_the_paths_where_they_do_not_all_agree():
+    from models.spec.sweeps import differences
+
+    a = {"name": "x", "model": {"arch": "mlp", "hidden": [64]}, "optimizer": {"lr": 0.1}}
+    b = {"name": "y", "model": {"arch": "mlp", "hidden": [64, 32]}, "optimizer": {"lr": 0.1}, "seed": 3}
+    assert differences([a, b]) == [{"model.hidden": [64], "seed": None}, {"model.hidden": [64, 32], "seed": 3}]
+    assert differences([a, a]) == [{}, {}]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 import torch
@@ -379,6 +380,22 @@ def test_a_long_jobs_page_lists_some_of_its_epochs_the_best_among_them_and_all_o
     assert f"{len(listed)} of 203 epochs listed" in page and 'href="?tab=overview&amp;epochs=all"' in page
     every = api.get(f"/ui/jobs/{trained_job}?epochs=all").text
     assert epochs(every) == list(range(1, 204)) and "epochs listed" not in every
+
+
+def test_the_dashboard_compares_jobs_by_their_curves_and_what_their_specs_differ_in(api, trained_job):
+    queued = submitted(api, {**SOFTMAX_SPEC, "name": "other", "epochs": 7})["id"]
+    assert 'class="pick" name="jobs" value="' + queued + '"' in api.get("/").text
+    page = api.get(f"/ui/compare?jobs={trained_job[:8]}&jobs={queued}")
+    assert page.status_code == 200, page.text
+    assert f'src="/ui/compare.png?jobs={trained_job}&amp;jobs={queued}"' in page.text
+    header = re.search(r'<table id="compared">\s*<thead>(.*?)</thead>', page.text, re.S).group(1)
+    assert '<th title="the specs differ here">epochs</th>' in header and ">name<" not in header
+    picture = api.get(f"/ui/compare.png?jobs={trained_job},{queued}")
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+    one = api.get(f"/ui/compare?jobs={queued}")
+    assert one.status_code == 422 and "give 2 to 8 job ids" in one.text and "1 given" in one.text
+    unknown = api.get(f"/ui/compare?jobs={queued}&jobs=0123456789ab")
+    assert unknown.status_code == 404 and "0123456789ab" in unknown.text
 
 
 def test_jobs_are_listed_newest_first_paged_and_filtered(api, trained_job):
