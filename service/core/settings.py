@@ -290,7 +290,12 @@ class Settings(BaseSettings):
         return self.broker_url.startswith("sqla+")
 
     def ensure_dirs(self) -> None:
-        for path in (self.home, self.data_dir, self.checkpoint_dir, self.datasets_dir, self.registry_dir):
+        """The home's folders; those of checkpoints and the registry only while they are the store
+        (the datasets folder stays: uploads are decoded there before they are stored)."""
+        folders = [self.home, self.data_dir, self.datasets_dir]
+        if self.storage_url is None:
+            folders += [self.checkpoint_dir, self.registry_dir]
+        for path in folders:
             path.mkdir(parents=True, exist_ok=True)
 
 

@@ -113,3 +113,20 @@ def test_flower_refuses_a_placeholder_login(basic_auth, refused):
     assert (reason is not None) == refused
     if refused and ":" in basic_auth and basic_auth.split(":", 1)[0]:
         assert str(MIN_SECRET_LENGTH) in reason and "secrets.token_urlsafe(32)" in reason
+
+
+@pytest.mark.parametrize("storage_url", [None, "s3://bucket/trainyard", "file:///srv/trainyard-store"])
+def test_a_home_gets_folders_for_checkpoints_and_the_registry_only_while_they_are_the_store(
+    tmp_path, monkeypatch, storage_url
+):
+    for key in ("TRAINYARD_DATA_DIR", "TRAINYARD_CHECKPOINT_DIR", "TRAINYARD_DATASETS_DIR", "TRAINYARD_REGISTRY_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path / "home"))
+    if storage_url:
+        monkeypatch.setenv("TRAINYARD_STORAGE_URL", storage_url)
+    else:
+        monkeypatch.delenv("TRAINYARD_STORAGE_URL", raising=False)
+    Settings().ensure_dirs()
+    made = sorted(p.name for p in (tmp_path / "home").iterdir())
+    local = ["checkpoints", "registry"] if storage_url is None else []
+    assert made == sorted(["data", "datasets", *local])  # datasets: where uploads are decoded
