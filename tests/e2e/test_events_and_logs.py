@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -130,6 +131,21 @@ def test_the_cli_follows_a_job_through_many_keep_alives(events_stack, tmp_path):
         out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 1, out + err
     assert json.loads(out)["status"] == "cancelled" and "Traceback" not in err
+
+
+def test_an_open_event_stream_ends_whole_when_the_api_stops(tmp_path, data_dir):
+    """Cut mid-body, a client read a broken stream and the API logged an ASGI error."""
+    with Stack(home=tmp_path / "stopping", data_dir=data_dir, with_worker=False) as stack:
+        with stack.client() as client:
+            job_id = submit(client, {**SOFTMAX_SPEC, "epochs": 1})  # no worker: it stays queued, its stream open
+            with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(30, read=30)) as stream:
+                lines = stream.iter_lines()
+                assert next(line for line in lines if line.startswith("event:")) == "event: status"
+                stack.procs["api"].send_signal(signal.SIGTERM)
+                rest = list(lines)  # a body cut short raises httpx.RemoteProtocolError here
+        assert "event: end" not in rest  # the job did not end: the stream did
+        stack.stop()
+        assert "ASGI callable returned without completing response" not in stack.log("api"), stack.log("api")
 
 
 def test_a_malformed_last_event_id_is_a_422(events_stack):

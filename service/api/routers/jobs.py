@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import AfterValidator, StringConstraints
 from sqlalchemy.orm import Session
@@ -167,6 +167,7 @@ def read_logs(
 
 
 EVENT_POLL_SECONDS = 0.25
+STOPPING_GRACE_SECONDS = 2.0  # for a stream to end by itself once the service stops; it takes one read at most
 
 
 def _snapshot(session: Session, job_id: str, logs_after: int | None) -> Snapshot:
@@ -210,6 +211,7 @@ async def job_events(
     except ValueError as exc:
         raise validation_error([(("header", "last-event-id"), str(exc))]) from None
     first = await read(_snapshot, job_id, cursor.log if logs else None)  # 404 before streaming
+    stopping = anyio.Event()  # set when the service stops
 
     async def stream():
         snapshot = first
@@ -218,11 +220,17 @@ async def job_events(
                 yield {"event": event, "id": event_id, "data": json.dumps(data)}
                 if event == "end":
                     return
-            await asyncio.sleep(EVENT_POLL_SECONDS)
+            with anyio.move_on_after(EVENT_POLL_SECONDS):
+                await stopping.wait()
+            if stopping.is_set():  # the stream ends whole; a client resumes it with Last-Event-ID
+                return
             snapshot = await read(_snapshot, job_id, cursor.log if logs else None)
 
     return EventSourceResponse(
         stream(),
         ping=settings.events_keepalive_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # Cancelled at once, a stream was cut mid-body ("ASGI callable returned without completing response").
+        shutdown_event=stopping,
+        shutdown_grace_period=STOPPING_GRACE_SECONDS,
     )
