@@ -14,6 +14,7 @@ evaluation, /v1/predict, the v2 protocol, the dashboard and the exports:
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 from typing import Annotated, Literal
@@ -25,6 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from models.data.image import ImageError, decode_image
 
 Channels = Literal[1, 3]
+
+
+def class_names_problem(names) -> str | None:
+    """Why `names` cannot name a classifier's classes (a list of at least two distinct names), or None."""
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n.strip() for n in names):
+        return "classes must be a JSON list of at least two names"
+    repeated = sorted(name for name, count in collections.Counter(names).items() if count > 1)
+    if repeated:
+        return f"classes must differ; given more than once: {', '.join(map(repr, repeated[:5]))}"
+    return None
 
 
 class InputContract(BaseModel):

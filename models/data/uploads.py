@@ -134,6 +134,7 @@ def decode_archive(
     limits: ArchiveLimits = ArchiveLimits(),
     workdir: Path | None = None,
     csv_target: CsvTarget | None = None,
+    classes: tuple[str, ...] | None = None,
 ) -> DecodedUpload:
     """Check and decode an uploaded zip (bytes, or a seekable file, read member by member) into a
     Dataset (image folders, IDX files or CSV).
@@ -142,7 +143,8 @@ def decode_archive(
     and become grey (ITU-R 601-2 luma) when none has or it is grayscale. With `workdir`, decoded
     images go to memory-mapped files there, image by image (the caller writes the dataset out,
     then calls `cleanup` on the result). A CSV's target is the column `csv_target` names, else
-    the one called label (classification) or target (regression)."""
+    the one called label (classification) or target (regression). `classes` names IDX files' labels
+    0, 1, ... (image folders and a CSV's labels name their own)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
     except zipfile.BadZipFile:
@@ -150,7 +152,7 @@ def decode_archive(
     arrays = _Arrays(workdir)
     try:
         decoded = _decode_members(
-            archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays, csv_target
+            archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays, csv_target, classes
         )
     except BaseException:
         arrays.remove()
@@ -179,8 +181,15 @@ class CsvTarget:
         return "label_column" if self.task == "classification" else "target_column"
 
 
-def _uses_every_option(kind: str, *, image_size: int | None, color: ColorMode, csv_target: CsvTarget | None) -> None:
+def _uses_every_option(
+    kind: str, *, image_size: int | None, color: ColorMode, csv_target: CsvTarget | None, classes: tuple | None
+) -> None:
     """ArchiveError for an option the archive's kind has no use for: it would be silently ignored."""
+    if classes is not None and kind != "idx":
+        raise ArchiveError(
+            f"classes names IDX files' labels 0, 1, ...; this archive holds {KIND_NAMES[kind]}, which name their "
+            "own classes: leave it out"
+        )
     if csv_target is not None and kind != "csv":
         raise ArchiveError(
             f"{csv_target.field} names a CSV's column; this archive holds {KIND_NAMES[kind]}: leave it out"
@@ -279,7 +288,7 @@ def _looks_like_csv(head: bytes) -> bool:
 
 
 def _decode_members(
-    archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays: _Arrays, csv_target
+    archive, name, test_fraction, image_size, seed, color, min_per_class, limits, arrays: _Arrays, csv_target, classes
 ) -> DecodedUpload:
     with archive:
         members, folders = _safe_members(archive, limits)
@@ -287,9 +296,10 @@ def _decode_members(
             basenames = {PurePosixPath(p).name.removesuffix(".gz"): p for p in members}
             csvs = sorted(p for p in members if p.lower().endswith(".csv"))
             kind = "idx" if set(IDX_FILES.values()) <= basenames.keys() else "csv" if csvs else "image_folder"
-            _uses_every_option(kind, image_size=image_size, color=color, csv_target=csv_target)  # before decoding
+            _uses_every_option(kind, image_size=image_size, color=color, csv_target=csv_target, classes=classes)
             if kind == "idx":
-                return DecodedUpload("idx", _idx(archive, members, basenames, name, limits, arrays), color="grayscale")
+                dataset = _idx(archive, members, basenames, name, limits, arrays, classes)
+                return DecodedUpload("idx", dataset, color="grayscale")
             if kind == "csv":
                 return DecodedUpload("csv", _csv(archive, members, csvs, name, test_fraction, seed, limits, csv_target))
             return _image_folders(
@@ -299,7 +309,7 @@ def _decode_members(
             raise ArchiveError(f"the archive is damaged: {exc}") from None
 
 
-def _idx(archive, members, basenames, name, limits, arrays: _Arrays) -> Dataset:
+def _idx(archive, members, basenames, name, limits, arrays: _Arrays, classes: tuple[str, ...] | None) -> Dataset:
     if arrays.folder is None:
         parsed = {
             key: parse_idx(
@@ -312,7 +322,7 @@ def _idx(archive, members, basenames, name, limits, arrays: _Arrays) -> Dataset:
             key: arrays.idx_member(archive, members[basenames[stem]], basenames[stem], limits)
             for key, stem in IDX_FILES.items()
         }
-    return idx_dataset(parsed, name=name)
+    return idx_dataset(parsed, name=name, classes=classes)
 
 
 def _decode_image(

@@ -1322,7 +1322,7 @@ def dataset_lines(dataset: dict) -> list[str]:
 # The upload's form fields that are flags here, as a 422's location names them (body.name) and as
 # the service's messages do (min_per_class).
 _UPLOAD_FIELDS = re.compile(
-    r"\bbody\.(name|test_fraction|image_size|color|min_per_class|seed|label_column|target_column)\b"
+    r"\bbody\.(name|test_fraction|image_size|color|min_per_class|seed|label_column|target_column|classes)\b"
     r"|(?<![.\w])(test_fraction|image_size|min_per_class|label_column|target_column)\b"
 )
 
@@ -1343,6 +1343,13 @@ def datasets_upload(
     target_column: Annotated[
         str | None, typer.Option(help="a CSV's column of values to regress, if not called target")
     ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="IDX files' class names, label 0 first: comma-separated (cat,dog), or a JSON list "
+            '(["T-shirt/top", ...])'
+        ),
+    ] = None,
 ) -> None:
     """Upload a dataset zip; specs then use it as uploaded:<name> (or uploaded:<id>)."""
     form = {
@@ -1354,6 +1361,7 @@ def datasets_upload(
         **({"image_size": str(image_size)} if image_size else {}),
         **({"label_column": label_column} if label_column is not None else {}),
         **({"target_column": target_column} if target_column is not None else {}),
+        **({"classes": classes} if classes is not None else {}),
     }
     try:
         with archive.open("rb") as sent:  # sent as it is read, not read whole first

@@ -19,6 +19,7 @@ import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from models.data.contract import class_names_problem
 from models.data.dataset import Dataset, DatasetError
 from models.data.loading import load_dataset, load_stored_dataset, save_stored_dataset
 from models.data.uploads import ArchiveLimits, CsvTarget, check_archive, decode_archive
@@ -86,8 +87,13 @@ class UploadOptions:
     min_per_class: int = 5
     label_column: str | None = None  # a CSV's column of classes, if not called label
     target_column: str | None = None  # a CSV's column of values to regress, if not called target
+    classes: tuple[str, ...] | None = None  # IDX files' class names, label 0 first
 
     def __post_init__(self):
+        if self.classes is not None:
+            problem = class_names_problem(list(self.classes))
+            if problem:
+                raise Invalid([(("classes",), problem)])
         if self.label_column is not None and self.target_column is not None:
             both = "give label_column (classification) or target_column (regression), not both"
             raise Invalid([(("target_column",), both)])
@@ -106,8 +112,23 @@ class UploadOptions:
     def digested(self) -> dict:
         """The options an upload's digest covers (the column names only when given, so that an
         upload from before they existed has the digest it had)."""
-        given = asdict(self)
-        return {k: v for k, v in given.items() if v is not None or k not in ("label_column", "target_column")}
+        optional = ("label_column", "target_column", "classes")
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
+
+
+def class_names(raw: str | None) -> tuple[str, ...] | None:
+    """The `classes` form field of an upload: comma-separated names, or a JSON list (names with commas)."""
+    if raw is None or not raw.strip():
+        return None
+    if not raw.lstrip().startswith("["):
+        return tuple(name.strip() for name in raw.split(","))
+    try:
+        names = json.loads(raw)
+    except ValueError as exc:
+        raise Invalid([(("classes",), f"classes must be comma-separated names or a JSON list: {exc}")]) from None
+    if not isinstance(names, list):
+        raise Invalid([(("classes",), "classes must be comma-separated names or a JSON list of them")])
+    return tuple(names)  # UploadOptions checks the names themselves
 
 
 UPLOAD_DIGEST_CHUNK = 1024 * 1024
@@ -149,6 +170,7 @@ def _decode_into(record: StoredDataset, data: bytes | BinaryIO, options: UploadO
         color=options.color,
         min_per_class=options.min_per_class,
         csv_target=options.csv_target,
+        classes=options.classes,
         workdir=settings.datasets_dir,
         limits=ArchiveLimits(
             max_image_pixels=settings.max_image_pixels, max_decoded_bytes=settings.max_decoded_dataset_bytes

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.checkpoint import meta_in, read_meta, write_checkpoint
+from models.data.contract import class_names_problem
 from models.inference.interchange import imported_meta, weights_problems
 from models.nets.archs import build_model
 from models.spec.job import MODEL_SPEC, JobSpec, NormalizeSpec
@@ -246,10 +247,9 @@ def _canonical(model: dict) -> dict | None:
 def _check_fields(classes, input_shape) -> None:
     """Invalid unless classes (None: a regression model) and the input shape are ones a model can
     have, given by the request or read from the file's header."""
-    if classes is not None and (
-        not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(n, str) and n for n in classes)
-    ):
-        raise Invalid([(("classes",), "classes must be a JSON list of at least two names")])
+    problem = None if classes is None else class_names_problem(classes)
+    if problem:
+        raise Invalid([(("classes",), problem)])
     if (
         not isinstance(input_shape, list)
         or len(input_shape) not in (1, 3)

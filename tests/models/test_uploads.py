@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from models.data.contract import InputContract
+from models.data.dataset import DatasetError
 from models.data.idx import IDX_FILES
 from models.data.loading import load_stored_dataset, save_stored_dataset
 from models.data.uploads import ArchiveError, ArchiveLimits, CsvTarget, check_archive, decode_archive
-from tests.support.datagen import class_images, image_folder_zip, png_bytes, write_idx, zip_bytes
+from tests.support.datagen import idx_files, image_folder_zip, png_bytes, zip_bytes
 
 
 def test_image_folder_with_train_and_test_trees():
@@ -48,13 +49,7 @@ def test_the_test_split_holds_every_class(seed):
 
 
 def test_idx_archive(tmp_path):
-    rng = np.random.default_rng(0)
-    files = {}
-    for prefix, n in (("train", 40), ("t10k", 10)):
-        labels = (np.arange(n) % 4).astype(np.uint8)
-        for kind, array in (("images-idx3-ubyte", class_images(labels, rng)), ("labels-idx1-ubyte", labels)):
-            path = write_idx(__import__("pathlib").Path("/tmp") / f"ty-{prefix}-{kind}", array, gz=True)
-            files[f"raw/{prefix}-{kind}.gz"] = path.read_bytes()
+    files = idx_files(tmp_path)
     upload = decode_archive(zip_bytes(files), name="digits")
     assert upload.kind == "idx" and upload.dataset.classes == ("0", "1", "2", "3")
     assert len(upload.dataset.x_train) == 40 and len(upload.dataset.x_test) == 10
@@ -69,6 +64,17 @@ def test_idx_archive(tmp_path):
     with pytest.raises(ArchiveError, match="decompresses to more than 30000 bytes"):  # a gzip bomb inside
         decode_archive(zip_bytes(files), name="digits", workdir=workdir, limits=ArchiveLimits(max_member_bytes=30_000))
     assert not list(workdir.iterdir())
+
+
+def test_idx_labels_take_the_class_names_given_label_0_first(tmp_path):
+    archive = zip_bytes(idx_files(tmp_path))
+    named = decode_archive(archive, name="shapes", classes=("circle", "square", "star", "ring"))
+    assert named.dataset.classes == ("circle", "square", "star", "ring")
+    with pytest.raises(DatasetError, match="labels go up to 3; shapes has 2 classes"):
+        decode_archive(archive, name="shapes", classes=("circle", "square"))
+    folders = zip_bytes({f"{label}/{i}.png": png_bytes(j, seed=i) for j, label in enumerate("ab") for i in range(5)})
+    with pytest.raises(ArchiveError, match="holds a folder of images, which name their own"):
+        decode_archive(folders, name="x", classes=("a", "b"))
 
 
 @pytest.mark.parametrize("option", [{"image_size": 64}, {"color": "rgb"}])

@@ -48,6 +48,18 @@ def make_idx_dataset(
     return raw
 
 
+def idx_files(folder: Path) -> dict[str, bytes]:
+    """The four IDX files of 40 training and 10 test images of 4 classes, gzipped, as archive members."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        labels = (np.arange(n) % 4).astype(np.uint8)
+        for kind, array in (("images-idx3-ubyte", class_images(labels, rng)), ("labels-idx1-ubyte", labels)):
+            path = write_idx(folder / f"{prefix}-{kind}", array, gz=True)
+            files[f"raw/{prefix}-{kind}.gz"] = path.read_bytes()
+    return files
+
+
 def class_png(path: Path, label: int, *, seed: int = 1, size: int = 28, mode: str = "L") -> Path:
     """A PNG (or other format by suffix) of one image of the given class."""
     image = class_images(np.array([label]), np.random.default_rng(seed), size=size)[0]

@@ -618,7 +618,7 @@ async def dataset_example(
     return await plots.png_response(plots.pixels_png, pixels)
 
 
-PAGE_UPLOAD_FIELDS = frozenset({"file", "name", "color", "image_size"})
+PAGE_UPLOAD_FIELDS = frozenset({"file", "name", "color", "image_size", "classes"})
 
 
 @actions.post("/ui/datasets", dependencies=[WritesFiles])
@@ -630,14 +630,15 @@ async def upload_dataset(
     name: Annotated[str, Form(max_length=200)] = "",
     color: Annotated[Literal["auto", "rgb", "grayscale"], Form()] = "auto",
     image_size: Annotated[int | None, Form(ge=8, le=512)] = None,
+    classes: Annotated[str | None, Form(max_length=100_000)] = None,
 ) -> JSONResponse:
     """The datasets page's upload (sent by its script, which shows the progress): the dataset as
     POST /v1/datasets answers it, or {"detail": why not} with that route's status. A field the
     page does not send is refused, as the API refuses one (POST /v1/datasets takes every option)."""
     await refuse_unknown_fields(request, PAGE_UPLOAD_FIELDS)
     label = name.strip() or datasets.default_name(file.filename)
-    options = datasets.UploadOptions(image_size=image_size, color=color)
     try:
+        options = datasets.UploadOptions(image_size=image_size, color=color, classes=datasets.class_names(classes))
         record, new = await run_in_threadpool(
             datasets.receive_upload, session, data=file.file, name=label, options=options, settings=settings
         )

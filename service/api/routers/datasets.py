@@ -16,7 +16,18 @@ from service.core.tables import DatasetStatus
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=GuardedRoute)
 UPLOAD_FIELDS = frozenset(
-    {"file", "name", "test_fraction", "image_size", "seed", "color", "min_per_class", "label_column", "target_column"}
+    {
+        "file",
+        "name",
+        "test_fraction",
+        "image_size",
+        "seed",
+        "color",
+        "min_per_class",
+        "label_column",
+        "target_column",
+        "classes",
+    }
 )
 NOT_FOUND = {404: {"description": "No such dataset"}}
 
@@ -70,6 +81,14 @@ async def upload_dataset(
         str | None,
         Form(min_length=1, max_length=200, description="a CSV's column of values to regress, if not called target"),
     ] = None,
+    classes: Annotated[
+        str | None,
+        Form(
+            max_length=100_000,
+            description="IDX files' class names, label 0 first: comma-separated (cat,dog) or a JSON list "
+            '(["T-shirt/top", "Trouser", ...]); without it they are named "0", "1", ...',
+        ),
+    ] = None,
 ) -> DatasetPublic:
     """Validate, decode and store a dataset; specs then use it as `uploaded:<id>`. A large upload
     is answered at once (202, status processing) and decoded after the answer. The same archive
@@ -84,6 +103,7 @@ async def upload_dataset(
         min_per_class=min_per_class,
         label_column=label_column,
         target_column=target_column,
+        classes=datasets.class_names(classes),
     )
     # The upload is already spooled to a temporary file: it is read member by member from there.
     record, new = await run_in_threadpool(

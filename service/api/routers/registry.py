@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile, status
@@ -13,7 +12,7 @@ from models.inference.formats import FORMATS, INPUTS
 from models.inference.parameters import MAX_VALUES_SHOWN, VALUES_SHOWN
 from service.api.deps import DeletesFiles, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, WritesFiles
 from service.api.downloads import exported_file
-from service.api.errors import refuse_unknown_fields, validation_error
+from service.api.errors import json_field, refuse_unknown_fields, validation_error
 from service.api.routes import GuardedRoute
 from service.api.schemas.registry import (
     MAX_INT,
@@ -224,15 +223,6 @@ async def model_parameters(
     return ModelParametersPublic.model_validate(found)
 
 
-def _json_field(field: str, raw: str | None, default=None):
-    if raw is None:
-        return default
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise Invalid([((field,), f"{field} must be JSON: {exc}")]) from None
-
-
 IMPORT_FIELDS = frozenset({"file", "name", "model", "classes", "input_shape", "normalize", "threshold"})
 
 
@@ -285,9 +275,9 @@ async def import_model(
 ) -> ModelVersionRegistered:
     """Register weights trained elsewhere as the next version of a model; predict serves it like any other."""
     await refuse_unknown_fields(request, IMPORT_FIELDS)
-    spec = _json_field("model", model)
-    names = _json_field("classes", classes)
-    shape = _json_field("input_shape", input_shape)
+    spec = json_field("model", model)
+    names = json_field("classes", classes)
+    shape = json_field("input_shape", input_shape)
     if spec is not None and not isinstance(spec, dict):
         raise Invalid([(("model",), 'model must be a JSON object such as {"arch": "mlp"}')])
     weights = await file.read()
@@ -300,7 +290,7 @@ async def import_model(
         classes=names,
         input_shape=shape,
         settings=settings,
-        normalize=_json_field("normalize", normalize),
+        normalize=json_field("normalize", normalize),
         threshold=threshold,
     )
     server.references.clear()

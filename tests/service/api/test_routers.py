@@ -17,7 +17,7 @@ from sqlalchemy import select
 from service.core import db, jobs, worker_registry
 from service.core.storage import get_storage
 from service.core.tables import Job
-from tests.support.datagen import image_folder_zip, png_bytes, zip_bytes
+from tests.support.datagen import idx_files, image_folder_zip, png_bytes, zip_bytes
 from tests.support.specs import SOFTMAX_SPEC
 
 REGRESSION_SPEC = {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"}, "epochs": 1}
@@ -794,6 +794,7 @@ def test_import_validates_each_field_before_reading_the_weights(api):
     assert locs(imported(model="[1]")) == [["body", "model"]]
     assert locs(imported(model="{")) == [["body", "model"]]
     assert locs(imported(classes='["only one"]')) == [["body", "classes"]]
+    assert locs(imported(classes='["a", "a"]')) == [["body", "classes"]]  # which would predict answer?
     assert locs(imported(input_shape="[2, 28, 28]")) == [["body", "input_shape"]]
     assert locs(imported(input_shape="[0]")) == [["body", "input_shape"]]
     assert locs(imported(threshold="2")) == [["body", "threshold"]]
@@ -849,6 +850,34 @@ def test_a_csv_upload_names_its_target_column(api):
     assert named.status_code == 201 and named.json()["task"] == "regression" and named.json()["columns"] == ["rooms"]
     unknown = upload(houses, name="other", target_column="price")
     assert unknown.status_code == 422 and "target_column 'price' is not a column of the CSV" in unknown.text
+
+
+def test_an_idx_upload_names_its_classes(api, tmp_path):
+    archive = zip_bytes(idx_files(tmp_path))
+
+    def upload(**form):
+        return api.post("/v1/datasets", data=form, files={"file": ("d.zip", archive, "application/zip")})
+
+    named = upload(name="shapes", classes="circle, square,star,ring")
+    assert named.status_code == 201 and named.json()["classes"] == ["circle", "square", "star", "ring"], named.text
+    listed = upload(name="shapes-json", classes='["circle", "square, filled", "star", "ring"]')
+    assert listed.json()["classes"][1] == "square, filled"
+    for classes, said in (
+        ("circle,circle,star,ring", "given more than once: 'circle'"),
+        ("circle", "at least two names"),
+        ('{"0": "circle"}', "a JSON list"),
+        ("[1, 2]", "at least two names"),
+    ):
+        refused = upload(name="bad", classes=classes)
+        assert locs(refused) == [["body", "classes"]] and said in refused.text, refused.text
+    short = upload(name="short", classes="circle,square")
+    assert short.status_code == 422 and "labels go up to 3; short has 2 classes" in short.text, short.text
+    folders = image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2)
+    pets = api.post("/v1/datasets", data={"classes": "a,b"}, files={"file": ("p.zip", folders, "application/zip")})
+    assert pets.status_code == 422 and "which name their own classes" in pets.text
+    form = {"name": "page", "classes": "o,x,*,+"}
+    page = api.post("/ui/datasets", data=form, files={"file": ("d.zip", archive, "application/zip")})
+    assert page.status_code == 201 and page.json()["classes"] == ["o", "x", "*", "+"], page.text
 
 
 def test_a_dataset_name_that_no_spec_could_say_is_refused_and_a_file_name_is_made_one(api):
