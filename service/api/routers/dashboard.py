@@ -29,7 +29,7 @@ from models.inference.formats import FORMATS, INPUTS
 from models.inference.predictor import InputError
 from models.spec.explain import error_loc, explain, plain_message
 from models.spec.job import JobSpec
-from models.spec.sweeps import differences, short_value
+from models.spec.sweeps import SweepSpec, differences, short_value
 from service.api import plots
 from service.api.auth import (
     COOKIE,
@@ -342,8 +342,21 @@ async def job_test_image(job_id: str, index: int, settings: SettingsDep) -> Resp
     return await plots.png_response(plots.pixels_png, pixels)
 
 
+SWEEP_EXAMPLES = "sweeps/"  # the prefix of the sweep examples' names on the submit form
+
+
 def _examples() -> list[str]:
-    return sorted(p.name.removesuffix(".json") for p in EXAMPLES.iterdir() if p.name.endswith(".json"))
+    """The example job specs' names, then the example sweeps' (`sweeps/weight-decay`)."""
+
+    def names(folder, prefix: str = "") -> list[str]:
+        return sorted(prefix + p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+    return names(EXAMPLES) + names(EXAMPLES / "sweeps", SWEEP_EXAMPLES)
+
+
+def _example_text(name: str) -> str:
+    folder, _, stem = name.rpartition("/")
+    return (EXAMPLES / folder / f"{stem}.json" if folder else EXAMPLES / f"{stem}.json").read_text()
 
 
 def _first_example(session) -> str:
@@ -359,7 +372,7 @@ def submit_form(request: Request, session: SessionDep, example: str | None = Non
     names = _examples()
     example = example or _first_example(session)
     chosen = example if example in names else (names[0] if names else "")
-    spec = EXAMPLES.joinpath(f"{chosen}.json").read_text() if chosen else "{}"
+    spec = _example_text(chosen) if chosen else "{}"
     error = None if example == chosen else f"there is no example {example!r}: showing {chosen}"
     return templates.TemplateResponse(
         request, "submit.html", {"examples": names, "example": chosen, "spec": spec, "error": error}
@@ -387,16 +400,21 @@ def _describe(exc: Exception, sent=None, root: type[BaseModel] | None = None) ->
 def submit(
     request: Request, session: WriteSessionDep, settings: SettingsDep, spec: Annotated[str, Form(max_length=1_000_000)]
 ) -> Response:
+    """A job spec, or a sweep (a document with a `base` spec), as POST /v1/jobs or /v1/sweeps takes it."""
     try:
         sent = json.loads(spec)
     except ValueError as exc:
         error = f"not JSON: {exc}"
     else:
+        is_sweep = isinstance(sent, dict) and "base" in sent
         try:
+            if is_sweep:
+                created = sweeps.create(session, sweep=SweepSpec.model_validate(sent), settings=settings)
+                return RedirectResponse(f"/ui/sweeps/{created.sweep.id}", status_code=303)
             submitted = submission.submit_job(session, spec=JobSpec.model_validate(sent), settings=settings)
             return RedirectResponse(f"/ui/jobs/{submitted.job_id}", status_code=303)
         except (ValidationError, CoreError) as exc:
-            error = _describe(exc, sent, JobSpec)
+            error = _describe(exc, sent, SweepSpec if is_sweep else JobSpec)
     return templates.TemplateResponse(
         request,
         "submit.html",

@@ -227,6 +227,19 @@ def test_the_submit_form_starts_on_an_example_this_service_can_train(api):
     assert '<option value="mlp" selected>' in api.get("/ui/submit?example=mlp").text
 
 
+def test_the_submit_form_offers_and_sends_sweeps_too(api):
+    form = api.get("/ui/submit?example=sweeps/polynomial-degree").text
+    assert '<option value="sweeps/polynomial-degree" selected>' in form and "&#34;base&#34;" in form
+    assert "there is no example" in api.get("/ui/submit?example=sweeps/../../pyproject").text
+    sweep = {"name": "form-sweep", "base": {**SOFTMAX_SPEC, "epochs": 1}, "grid": {"optimizer.lr": [0.1, 0.2]}}
+    sent = api.post("/ui/submit", data={"spec": json.dumps(sweep)}, follow_redirects=False)
+    assert sent.status_code == 303 and sent.headers["location"].startswith("/ui/sweeps/"), sent.text
+    sweep_id = sent.headers["location"].rsplit("/", 1)[-1]
+    assert len(api.get(f"/v1/sweeps/{sweep_id}").json()["jobs"]) == 2
+    wrong = api.post("/ui/submit", data={"spec": json.dumps({**sweep, "grid": {"optimizer.lrr": [0.1]}})})
+    assert wrong.status_code == 422 and "optimizer.lrr" in wrong.text, wrong.text[-1500:]
+
+
 def test_without_tokens_the_login_form_leads_on(api):
     assert api.get("/ui/login?next=/ui/models", follow_redirects=False).headers["location"] == "/ui/models"
     assert 'id="sign-out"' not in api.get("/ui/models").text
