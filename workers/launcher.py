@@ -253,6 +253,7 @@ class AttemptWatch(Periodic):
         super().__init__(f"attempt-{job_id}", interval)
         self.job_id, self.attempt = job_id, attempt
         self.over = threading.Event()
+        self.stalled: str | None = None  # what this machine's ranks last said they wait for
 
     def should_stop(self) -> bool:
         return self.over.is_set()
@@ -272,6 +273,22 @@ class AttemptWatch(Periodic):
             return
         if not running:
             self.over.set()
+            return
+        self.report_stall()
+
+    def report_stall(self) -> None:
+        """Say on the job what this machine's ranks wait for the store for, each beat while they do
+        (the leading worker's beat may clear it meanwhile), and once that they wait no more."""
+        said = ranks_waiting()
+        if said is None and self.stalled is None:
+            return
+        try:
+            with session_scope() as session:
+                jobs.report_stall(session, job_id=self.job_id, attempt=self.attempt, stalled=said)
+        except Exception as exc:
+            log.warning("could not say on job %s what its ranks here wait for: %s", self.job_id, exc)
+            return
+        self.stalled = said
 
 
 def own_address(broker_url: str) -> str:

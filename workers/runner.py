@@ -98,6 +98,7 @@ class JobControl(Periodic):
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
         self.worker_stopping = threading.Event()
+        self.stalled: str | None = None  # what the last beat that got through said the job waits for
         self._delay, self._misses = interval, 0
 
     def should_stop(self) -> bool:
@@ -119,14 +120,17 @@ class JobControl(Periodic):
             self.worker_stopping.set()
         try:
             memory = self.memory
+            stalled = waiting_for_store()
             with session_scope() as session:
                 status = jobs.heartbeat(
                     session,
                     job_id=self.job_id,
                     attempt=self.attempt,
                     memory_peak=memory.peak() if memory else None,
-                    stalled=waiting_for_store(),
+                    stalled=stalled,
+                    clear_stalled=self.stalled is not None,  # else a joined machine's word stays
                 )
+            self.stalled = stalled
             if memory is not None:
                 memory.clear()
         except Exception as error:  # a missed beat is not fatal; a later one may get through

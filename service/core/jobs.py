@@ -385,13 +385,21 @@ def note_resume(session: Session, *, job_id: str, attempt: int, detail: dict) ->
 
 
 def heartbeat(
-    session: Session, *, job_id: str, attempt: int, memory_peak: float | None = None, stalled: str | None = None
+    session: Session,
+    *,
+    job_id: str,
+    attempt: int,
+    memory_peak: float | None = None,
+    stalled: str | None = None,
+    clear_stalled: bool = True,
 ) -> str | None:
     """Renew this attempt's lease (and record the share of its memory it has held at most, and what
-    it waits for, if anything); returns the job's status, or None if the attempt lost the job."""
+    it waits for, if anything); returns the job's status, or None if the attempt lost the job.
+    Waiting for nothing, it clears what the job says it waits for only with `clear_stalled`: a
+    machine that joined the job may have said it (report_stall)."""
     values = {
         "heartbeat_at": utcnow(),
-        "stalled": stalled,
+        **({"stalled": stalled} if stalled is not None or clear_stalled else {}),
         **({"memory_peak": memory_peak} if memory_peak is not None else {}),
     }
     result = session.execute(
@@ -400,6 +408,16 @@ def heartbeat(
     if result.rowcount != 1:
         return None
     return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def report_stall(session: Session, *, job_id: str, attempt: int, stalled: str | None) -> None:
+    """Say what a machine that joined a running attempt of a job on several machines waits for (None:
+    it waits no more); the leading worker's heartbeat leaves it unless it waits too."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING)
+        .values(stalled=stalled)
+    )
 
 
 def _upsert(session: Session, table, values: dict, conflict: list[str], update_fields: list[str]) -> None:

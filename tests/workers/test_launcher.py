@@ -4,6 +4,7 @@ import ipaddress
 import logging
 import socket
 
+from models.spec.job import JobSpec
 from workers.launcher import own_address
 
 
@@ -88,6 +89,55 @@ def test_a_ranks_wait_for_the_store_reaches_the_jobs_heartbeat(service_env, tmp_
     folder.write_waiting(0, "rank 0: the store ...")
     report.stop()  # a rank that ends takes its word back
     assert runner.waiting_for_store() == "rank 0: the store ..." and not (folder.path / "waiting.1").exists()
+
+
+def test_a_joined_machines_ranks_say_on_the_job_what_they_wait_for_and_the_leader_leaves_it(
+    service_env, tmp_path, monkeypatch
+):
+    """Only the leading worker's beat spoke for the job: a joined machine whose ranks retried the
+    store left the job looking well while the whole group waited for them."""
+    from service.core import db, jobs, worker_registry
+    from service.core.settings import get_settings
+    from service.core.tables import Job
+    from tests.support.specs import SOFTMAX_SPEC
+    from workers import launcher
+    from workers.rank import RunFolder
+    from workers.runner import JobControl
+
+    with db.session_scope() as session:
+        job_id = jobs.create_job(session, spec=JobSpec.model_validate(SOFTMAX_SPEC), task="classification").id
+    with db.session_scope() as session:
+        attempt = jobs.claim_job(session, job_id=job_id, worker="lead", lease_seconds=30, max_attempts=3).attempt
+
+    def said() -> tuple[str | None, str | None]:
+        with db.session_scope() as session:
+            job = session.get(Job, job_id)
+            reason = worker_registry.waiting_reasons(session, jobs=[job], settings=get_settings()).get(job_id)
+            return job.stalled, reason
+
+    folder = RunFolder(tmp_path / "joined")
+    folder.path.mkdir()
+    monkeypatch.setattr(launcher, "_SUPERVISED", {folder})  # the joined machine's ranks
+    watch = launcher.AttemptWatch(job_id, attempt, interval=60)  # ticked by hand
+    leader = JobControl(job_id, attempt, interval=60, longest_wait=60)
+    folder.write_waiting(2, "rank 2: the store s3://x is unavailable")
+    watch.tick()
+    assert said() == ("rank 2: the store s3://x is unavailable", "store_unavailable")
+    with monkeypatch.context() as on_the_leader:  # its own ranks and storage wait for nothing
+        on_the_leader.setattr(launcher, "_SUPERVISED", set())
+        leader.tick()
+        assert said()[0] == "rank 2: the store s3://x is unavailable"  # the leader leaves the joined word
+        on_the_leader.setattr("workers.runner.waiting_for_store", lambda: "the leader waits too")
+        leader.tick()
+        assert said()[0] == "the leader waits too"
+        on_the_leader.setattr("workers.runner.waiting_for_store", lambda: None)
+        leader.tick()  # its wait over, it clears what it said...
+        assert said() == (None, None)
+    watch.tick()  # ...and the joined ranks, still waiting, say so again at their next beat
+    assert said()[0] == "rank 2: the store s3://x is unavailable"
+    (folder.path / "waiting.2").unlink()
+    watch.tick()  # their wait over, they take it back
+    assert said() == (None, None)
 
 
 def test_a_failover_or_ipv6_broker_url_gives_an_address_too(monkeypatch):
