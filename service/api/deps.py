@@ -17,7 +17,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from service.api.evaluations import Evaluations
+from service.api.schemas.workers import WorkerPublic, WorkersPublic
 from service.api.serving import ModelServer
+from service.core import worker_registry
 from service.core.db import get_sessionmaker, read_scope
 from service.core.errors import Unavailable
 from service.core.settings import Settings, get_settings
@@ -94,7 +96,13 @@ WritesFiles = Depends(_on_the_services_store("nothing was written"))  # of a rou
 DeletesFiles = Depends(_on_the_services_store("nothing was deleted"))  # of a route that deletes stored files
 
 
-def this_apis_store(request: Request, settings: Settings) -> dict:
-    """The URL of this API process's store, and why it is not the service's (as /readyz says), if it is not."""
+def live_workers(request: Request, session: Session, settings: Settings) -> WorkersPublic:
+    """The live workers, each saying whether its store is this API process's, with that store's URL
+    and why it is not the service's (as /readyz says), if it is not."""
     store = get_storage(settings).store
-    return {"store": store.url, "store_problem": request.app.state.store_readiness.problem(store)}
+    live = [WorkerPublic.model_validate(w) for w in worker_registry.live(session, settings=settings)]
+    for worker in live:  # a URL with or without its trailing slash names one store
+        worker.same_store = None if worker.store is None else worker.store.rstrip("/") == store.url.rstrip("/")
+    return WorkersPublic(
+        workers=live, count=len(live), store=store.url, store_problem=request.app.state.store_readiness.problem(store)
+    )

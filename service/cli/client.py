@@ -947,11 +947,7 @@ def _stores_said(answer: dict) -> list[str]:
     api = answer.get("store")
     if not api:
         return []
-    others = [
-        f"worker {w['id']} uses {w['store']}"
-        for w in answer["workers"]
-        if w.get("store") and w["store"].rstrip("/") != api.rstrip("/")  # a URL with or without its slash
-    ]
+    others = [f"worker {w['id']} uses {w['store']}" for w in answer["workers"] if w.get("same_store") is False]
     problem = [f"warning: {answer['store_problem']}"] if answer.get("store_problem") else []
     return [f"store: {api}", *problem, *others]
 

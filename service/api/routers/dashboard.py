@@ -48,8 +48,8 @@ from service.api.deps import (
     SettingsDep,
     WriteSessionDep,
     WritesFiles,
+    live_workers,
     read,
-    this_apis_store,
 )
 from service.api.downloads import exported_file
 from service.api.errors import headers_for, refuse_unknown_fields, status_for
@@ -60,7 +60,6 @@ from service.api.schemas.jobs import job_public, jobs_public, metric_rows
 from service.api.schemas.predict import image_answer
 from service.api.schemas.registry import ModelCreate, model_public
 from service.api.schemas.sweeps import sweep_public
-from service.api.schemas.workers import WorkerPublic
 from service.core import (
     datasets,
     job_logs,
@@ -71,7 +70,6 @@ from service.core import (
     sessions,
     submission,
     sweeps,
-    worker_registry,
 )
 from service.core.errors import CoreError, Invalid
 from service.core.model_parameters import model_parameters
@@ -678,8 +676,7 @@ def delete_dataset(dataset_id: str, request: Request, session: WriteSessionDep, 
 
 @pages.get("/ui/workers", response_class=HTMLResponse)
 def workers_page(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
-    live = [WorkerPublic.model_validate(w) for w in worker_registry.live(session, settings=settings)]
-    return templates.TemplateResponse(request, "workers.html", {"workers": live, **this_apis_store(request, settings)})
+    return templates.TemplateResponse(request, "workers.html", {"answer": live_workers(request, session, settings)})
 
 
 def _model_choices(session) -> list[str]:

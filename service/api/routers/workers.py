@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.deps import SessionDep, SettingsDep, this_apis_store
-from service.api.schemas.workers import WorkerPublic, WorkersPublic
-from service.core import worker_registry
+from service.api.deps import SessionDep, SettingsDep, live_workers
+from service.api.schemas.workers import WorkersPublic
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
@@ -16,5 +15,4 @@ def list_workers(request: Request, session: SessionDep, settings: SettingsDep) -
     """Live workers (heard from within three heartbeats), with their queues, devices, store and
     current job, and the store of the API process that answered (with why it is not the
     service's, if it is not)."""
-    live = [WorkerPublic.model_validate(w) for w in worker_registry.live(session, settings=settings)]
-    return WorkersPublic(workers=live, count=len(live), **this_apis_store(request, settings))
+    return live_workers(request, session, settings)

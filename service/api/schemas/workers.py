@@ -33,6 +33,7 @@ class WorkerPublic(BaseModel):
     processes: int | None = None
     # The URL of the store it reads and writes (a path is on its own machine); null from older workers.
     store: str | None = None
+    same_store: bool | None = None  # whether that is the store of the API process that answered
     started_at: datetime
     last_seen: datetime
 

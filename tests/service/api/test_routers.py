@@ -1061,12 +1061,14 @@ def test_workers_lists_the_live_ones_with_each_ones_store(api):
     cuda_build = {**cpu, "cuda": "13.0"}  # torch built for CUDA, on a machine without a GPU
     with db.session_scope() as session:
         worker_registry.register(
-            session, worker_id="w2", host="h", pid=2, queues=["cpu"], description=cuda_build, store=store
+            session, worker_id="w2", host="h", pid=2, queues=["cpu"], description=cuda_build, store=store + "/"
         )
+    same = {w["id"]: w["same_store"] for w in api.get("/v1/workers").json()["workers"]}
+    assert same == {"w1": False, "w2": True}  # a URL with or without its trailing slash names one store
     page = api.get("/ui/workers").text
     assert f'<code id="api-store">{store}</code>' in page
     assert '<td class="store other" title="not this API\'s store">s3://elsewhere/files</td>' in page
-    assert f'<td class="store">{store}</td>' in page
+    assert f'<td class="store">{store}/</td>' in page
     assert "2 / none" in page and "2 / 13.0 build, no GPU" in page
 
 

@@ -202,7 +202,10 @@ def test_the_workers_table_names_the_apis_store_and_any_worker_on_another():
     worker = ANSWERS["/v1/workers"]["workers"][0]
     answer = {
         "store": "s3://files/prod",
-        "workers": [{**worker, "store": "s3://files/prod"}, {**worker, "id": "stray@laptop", "store": "file:///x"}],
+        "workers": [
+            {**worker, "store": "s3://files/prod/", "same_store": True},  # as the API compares them
+            {**worker, "id": "stray@laptop", "store": "file:///x", "same_store": False},
+        ],
     }
     assert cli_client.workers_table(answer)[1:] == [
         "2 live worker(s)",
