@@ -144,6 +144,9 @@ async def _cookie_access(request: Request) -> str:
     table = token_table()
     if not table.enabled:
         return "rw"
+    known = getattr(request.state, "access", None)
+    if known is not None:  # read once already, by the route's guard before the body (service/api/routes.py)
+        return known
     session = await live_session(request)
     access = request.state.access = session.access if session else None  # pages hide what "ro" may not do
     if access is None:

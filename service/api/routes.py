@@ -5,7 +5,7 @@ runs the route's dependencies, so a client its token, its page session or a stor
 service's refuses would first send the whole upload, and the API would spool it to disk. A
 GuardedRoute runs those guards on the headers first; a client that sent `Expect: 100-continue`
 (curl does past 1 MiB) then sends nothing. They run again as the route's dependencies: a token
-lookup, a readiness answer kept for seconds, and for a dashboard form a page session read twice.
+lookup and a readiness answer kept for seconds (a page session, read once, is kept in request.state).
 """
 
 from __future__ import annotations

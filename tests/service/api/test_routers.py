@@ -132,6 +132,17 @@ def test_an_upload_refused_by_its_token_or_the_store_is_refused_before_its_body_
     assert first_answer(app, "POST", "/v1/models/import", bearer("write")) == (503, False)
 
 
+def test_a_dashboard_form_reads_its_page_session_once(guarded, monkeypatch):
+    from service.core import sessions
+
+    assert guarded.post("/ui/login", data={"token": TOKENS["write"]}, follow_redirects=False).status_code == 303
+    reads = []
+    signed_out = sessions.signed_out
+    monkeypatch.setattr(sessions, "signed_out", lambda db, **kw: reads.append(kw) or signed_out(db, **kw))
+    sent = guarded.post("/ui/submit", data={"spec": json.dumps(SOFTMAX_SPEC)}, follow_redirects=False)
+    assert sent.status_code == 303 and len(reads) == 1  # the guard before the body; the dependency took its word
+
+
 def test_the_dashboard_signs_in_with_a_session_that_is_not_the_token(guarded):
     from service.api.auth import COOKIE, SESSION_SECONDS, parse_tokens, session_cookie
 
