@@ -844,7 +844,7 @@ def metrics(opts: Options, job_id: JobId) -> None:
 def plot(
     opts: Options,
     job_ids: Annotated[
-        list[str], typer.Argument(metavar="JOB...", help="one job, or 2 to 8 to compare: ids, prefixes or job:ID")
+        list[str], typer.Argument(metavar="JOB", help="one job, or 2 to 8 to compare: ids, prefixes or job:ID")
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="where to write the PNG")],
 ) -> None:
