@@ -284,7 +284,9 @@ class AttemptWatch(Periodic):
             return
         try:
             with session_scope() as session:
-                jobs.report_stall(session, job_id=self.job_id, attempt=self.attempt, stalled=said)
+                jobs.report_stall(
+                    session, job_id=self.job_id, attempt=self.attempt, stalled=said, said_before=self.stalled
+                )
         except Exception as exc:
             log.warning("could not say on job %s what its ranks here wait for: %s", self.job_id, exc)
             return

@@ -128,7 +128,7 @@ class JobControl(Periodic):
                     attempt=self.attempt,
                     memory_peak=memory.peak() if memory else None,
                     stalled=stalled,
-                    clear_stalled=self.stalled is not None,  # else a joined machine's word stays
+                    said_before=self.stalled,  # cleared only if still its word, not a joined machine's
                 )
             self.stalled = stalled
             if memory is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import math
 
 from fastapi import FastAPI, Request, status
@@ -80,16 +79,6 @@ async def refuse_unknown_fields(request: Request, allowed: frozenset[str]) -> No
     error = unknown_fields_error((await request.form()).keys(), allowed)
     if error is not None:
         raise error
-
-
-def json_field(field: str, raw: str | None, default=None):
-    """A form field that holds JSON, decoded; Invalid naming the field if it is not JSON."""
-    if raw is None:
-        return default
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise Invalid([((field,), f"{field} must be JSON: {exc}")]) from None
 
 
 def _printable(value):

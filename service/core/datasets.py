@@ -28,7 +28,7 @@ from models.spec.problems import DatasetInfo, builtin_dataset_info
 from service.core import jobs
 from service.core.background import Periodic
 from service.core.db import session_scope
-from service.core.errors import Conflict, Invalid, NotFound, Unprocessable
+from service.core.errors import Conflict, Invalid, NotFound, Unprocessable, json_field
 from service.core.ids import MAX_LISTED, id_hint, not_found, resolve_id
 from service.core.settings import Settings
 from service.core.storage import StoredFile, get_storage
@@ -122,10 +122,7 @@ def class_names(raw: str | None) -> tuple[str, ...] | None:
         return None
     if not raw.lstrip().startswith("["):
         return tuple(name.strip() for name in raw.split(","))
-    try:
-        names = json.loads(raw)
-    except ValueError as exc:
-        raise Invalid([(("classes",), f"classes must be comma-separated names or a JSON list: {exc}")]) from None
+    names = json_field("classes", raw)
     if not isinstance(names, list):
         raise Invalid([(("classes",), "classes must be comma-separated names or a JSON list of them")])
     return tuple(names)  # UploadOptions checks the names themselves

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class CoreError(Exception):
     """Base of every error core reports to its callers."""
@@ -59,3 +61,16 @@ class Unavailable(CoreError):
     def __init__(self, message: str, retry_after: int = 1):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def json_field(field: str, raw: str | None, default=None):
+    """A form field that holds JSON, decoded; Invalid naming the field if it is not JSON, or nests
+    too deeply for the decoder."""
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise Invalid([((field,), f"{field} must be JSON: {exc}")]) from None
+    except RecursionError:
+        raise Invalid([((field,), f"{field} nests arrays or objects too deeply")]) from None

@@ -391,33 +391,35 @@ def heartbeat(
     attempt: int,
     memory_peak: float | None = None,
     stalled: str | None = None,
-    clear_stalled: bool = True,
+    said_before: str | None = None,
 ) -> str | None:
     """Renew this attempt's lease (and record the share of its memory it has held at most, and what
     it waits for, if anything); returns the job's status, or None if the attempt lost the job.
-    Waiting for nothing, it clears what the job says it waits for only with `clear_stalled`: a
-    machine that joined the job may have said it (report_stall)."""
+    Waiting for nothing, it clears what the job says it waits for only where that is what this
+    worker said before (`said_before`): a machine that joined the job may have said it (report_stall)."""
     values = {
         "heartbeat_at": utcnow(),
-        **({"stalled": stalled} if stalled is not None or clear_stalled else {}),
+        **({"stalled": stalled} if stalled is not None else {}),
         **({"memory_peak": memory_peak} if memory_peak is not None else {}),
     }
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JobStatus.ACTIVE)).values(**values)
-    )
+    owned = (Job.id == job_id, Job.attempt == attempt, Job.status.in_(JobStatus.ACTIVE))
+    result = session.execute(update(Job).where(*owned).values(**values))
     if result.rowcount != 1:
         return None
+    if stalled is None and said_before is not None:
+        session.execute(update(Job).where(*owned, Job.stalled == said_before).values(stalled=None))
     return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
-def report_stall(session: Session, *, job_id: str, attempt: int, stalled: str | None) -> None:
-    """Say what a machine that joined a running attempt of a job on several machines waits for (None:
-    it waits no more); the leading worker's heartbeat leaves it unless it waits too."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING)
-        .values(stalled=stalled)
-    )
+def report_stall(session: Session, *, job_id: str, attempt: int, stalled: str | None, said_before: str | None) -> None:
+    """Say what a machine that joined a running attempt of a job on several machines waits for; None
+    takes back what it said before (`said_before`), and only that. The leading worker's heartbeat
+    leaves it, unless it waits too."""
+    running = (Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING)
+    if stalled is not None:
+        session.execute(update(Job).where(*running).values(stalled=stalled))
+    elif said_before is not None:
+        session.execute(update(Job).where(*running, Job.stalled == said_before).values(stalled=None))
 
 
 def _upsert(session: Session, table, values: dict, conflict: list[str], update_fields: list[str]) -> None:

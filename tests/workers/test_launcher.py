@@ -121,20 +121,26 @@ def test_a_joined_machines_ranks_say_on_the_job_what_they_wait_for_and_the_leade
     watch = launcher.AttemptWatch(job_id, attempt, interval=60)  # ticked by hand
     leader = JobControl(job_id, attempt, interval=60, longest_wait=60)
     folder.write_waiting(2, "rank 2: the store s3://x is unavailable")
+    joined = "rank 2: the store s3://x is unavailable"
+
+    def leader_beat(waiting: str | None) -> None:  # the leading worker's own ranks and storage
+        with monkeypatch.context() as on_the_leader:
+            on_the_leader.setattr("workers.runner.waiting_for_store", lambda: waiting)
+            leader.tick()
+
     watch.tick()
-    assert said() == ("rank 2: the store s3://x is unavailable", "store_unavailable")
-    with monkeypatch.context() as on_the_leader:  # its own ranks and storage wait for nothing
-        on_the_leader.setattr(launcher, "_SUPERVISED", set())
-        leader.tick()
-        assert said()[0] == "rank 2: the store s3://x is unavailable"  # the leader leaves the joined word
-        on_the_leader.setattr("workers.runner.waiting_for_store", lambda: "the leader waits too")
-        leader.tick()
-        assert said()[0] == "the leader waits too"
-        on_the_leader.setattr("workers.runner.waiting_for_store", lambda: None)
-        leader.tick()  # its wait over, it clears what it said...
-        assert said() == (None, None)
-    watch.tick()  # ...and the joined ranks, still waiting, say so again at their next beat
-    assert said()[0] == "rank 2: the store s3://x is unavailable"
+    assert said() == (joined, "store_unavailable")
+    leader_beat(None)
+    assert said()[0] == joined  # the leader leaves the joined machine's word
+    leader_beat("the leader waits too")
+    assert said()[0] == "the leader waits too"
+    leader_beat(None)  # its wait over, it takes back its word
+    assert said() == (None, None)
+    watch.tick()  # the joined ranks, still waiting, say so again at their next beat
+    assert said()[0] == joined
+    leader.stalled = "the leader waits too"  # as if its beat that took it back had not got through
+    leader_beat(None)
+    assert said()[0] == joined  # not its word: it stays
     (folder.path / "waiting.2").unlink()
     watch.tick()  # their wait over, they take it back
     assert said() == (None, None)

@@ -12,7 +12,7 @@ from models.inference.formats import FORMATS, INPUTS
 from models.inference.parameters import MAX_VALUES_SHOWN, VALUES_SHOWN
 from service.api.deps import DeletesFiles, ModelServerDep, SessionDep, SettingsDep, WriteSessionDep, WritesFiles
 from service.api.downloads import exported_file
-from service.api.errors import json_field, refuse_unknown_fields, validation_error
+from service.api.errors import refuse_unknown_fields, validation_error
 from service.api.routes import GuardedRoute
 from service.api.schemas.registry import (
     MAX_INT,
@@ -29,7 +29,7 @@ from service.api.schemas.registry import (
 )
 from service.core import model_parameters as parameters
 from service.core import model_registry
-from service.core.errors import Invalid
+from service.core.errors import Invalid, json_field
 from service.core.references import MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=GuardedRoute)

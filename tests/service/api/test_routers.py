@@ -819,6 +819,7 @@ def test_import_validates_each_field_before_reading_the_weights(api):
     assert locs(imported(model="{")) == [["body", "model"]]
     assert locs(imported(classes='["only one"]')) == [["body", "classes"]]
     assert locs(imported(classes='["a", "a"]')) == [["body", "classes"]]  # which would predict answer?
+    assert locs(imported(classes="[" * 20_000 + "]" * 20_000)) == [["body", "classes"]]
     assert locs(imported(input_shape="[2, 28, 28]")) == [["body", "input_shape"]]
     assert locs(imported(input_shape="[0]")) == [["body", "input_shape"]]
     assert locs(imported(threshold="2")) == [["body", "threshold"]]
@@ -891,6 +892,7 @@ def test_an_idx_upload_names_its_classes(api, tmp_path):
         ("circle", "at least two names"),
         ('{"0": "circle"}', "a JSON list"),
         ("[1, 2]", "at least two names"),
+        ("[" * 20_000 + "]" * 20_000, "nests arrays or objects too deeply"),  # past the JSON decoder's recursion
     ):
         refused = upload(name="bad", classes=classes)
         assert locs(refused) == [["body", "classes"]] and said in refused.text, refused.text

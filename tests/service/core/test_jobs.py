@@ -414,9 +414,10 @@ def test_a_heartbeat_says_what_its_worker_waits_for_until_a_beat_or_a_transition
         attempt = jobs.claim_job(session, job_id=job_id, worker="w", **LEASE).attempt
         session.commit()
 
-    def beat(stalled):
+    def beat(stalled, said_before=None):
         with Session() as session:
-            assert jobs.heartbeat(session, job_id=job_id, attempt=attempt, stalled=stalled) == JobStatus.RUNNING
+            status = jobs.heartbeat(session, job_id=job_id, attempt=attempt, stalled=stalled, said_before=said_before)
+            assert status == JobStatus.RUNNING
             session.commit()
 
     def waiting() -> tuple:
@@ -427,7 +428,9 @@ def test_a_heartbeat_says_what_its_worker_waits_for_until_a_beat_or_a_transition
 
     beat(said)
     assert waiting() == (said, worker_registry.STORE_UNAVAILABLE)
-    beat(None)
+    beat(None)  # a beat that says nothing, its worker having said nothing before: another's word stays
+    assert waiting() == (said, worker_registry.STORE_UNAVAILABLE)
+    beat(None, said_before=said)
     assert waiting() == (None, None)
     beat(said)
     with Session() as session:
