@@ -167,4 +167,4 @@ def test_an_installed_package_carries_the_examples(tmp_path):
     shipped = set(zipfile.ZipFile(wheel).namelist())
     examples = REPO / "examples"
     assert {f"service/examples/{path.relative_to(examples)}" for path in EXAMPLES + SWEEPS} - shipped == set()
-    assert _examples() == sorted(path.stem for path in EXAMPLES)
+    assert _examples() == sorted(path.stem for path in EXAMPLES) + sorted(f"sweeps/{path.stem}" for path in SWEEPS)

@@ -37,8 +37,8 @@ class EstimationError:
 
     weight: str  # the names of the learned tensors compared
     bias: str
-    true_w: list[float]
-    true_b: float
+    true_w: list[float | None]
+    true_b: float | None
     w_error: list[float | None]
     b_error: float | None
 
@@ -103,8 +103,8 @@ def estimation_error(spec: JobSpec, model: nn.Module) -> EstimationError | None:
     return EstimationError(
         weight=f"{prefix}weight",
         bias=f"{prefix}bias",
-        true_w=true_w,
-        true_b=true_b,
+        true_w=_finite(true_w),  # specs refuse NaN and infinities; a checkpoint from before may hold them
+        true_b=_finite(true_b),
         w_error=_finite(w_error.tolist()),
         b_error=_finite(true_b - float(linear.bias.detach().float().cpu().reshape(-1)[0])),
     )

@@ -29,8 +29,9 @@ from models.spec.explain import JOB_ID_PATTERN, worded
 
 class StrictModel(BaseModel):
     # strict: a number is a JSON number, not true, false or "1" (a tuple field, which takes a JSON
-    # array, says Field(strict=False) to take a list; its items stay strict).
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # array, says Field(strict=False) to take a list; its items stay strict). Python's JSON decoder
+    # takes NaN and Infinity, which no spec means and no JSON answer can echo.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 Init = Literal["default", "normal", "xavier"]

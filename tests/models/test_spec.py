@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -203,3 +205,13 @@ def test_augmentation_and_explicit_normalisation_are_for_images_only():
     assert problem.loc == ("data", "normalize") and "give normalize dataset" in problem.msg
     plain = JobSpec.model_validate({"model": {"arch": "mlp"}, "data": {"dataset": uploaded}})
     assert spec_problems(plain, table) == []
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+def test_a_number_json_cannot_hold_is_refused_where_it_is(text):
+    """Python's JSON decoder takes NaN and Infinity; an answer that echoed them could not be encoded."""
+    data = '{"dataset": "synthetic-linear", "true_b": %s}' % text
+    sent = json.loads('{"model": {"arch": "linear_regression"}, "data": %s}' % data)
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate(sent)
+    assert [e["loc"] for e in info.value.errors()] == [("data", "synthetic-linear", "true_b")]

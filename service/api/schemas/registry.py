@@ -110,8 +110,8 @@ class EstimationErrorPublic(BaseModel):
 
     weight: str
     bias: str
-    true_w: list[float]
-    true_b: float
+    true_w: list[float | None]
+    true_b: float | None
     w_error: list[float | None]
     b_error: float | None
 
