@@ -856,7 +856,10 @@ def plot(
         answer = api.get(path, params=params, timeout=120)
     if answer.status_code != 200:
         checked(answer)
-    output.write_bytes(answer.content)
+    try:
+        output.write_bytes(answer.content)
+    except OSError as exc:
+        raise Failure(f"cannot write {output}: {exc.strerror or exc}", USAGE) from None
     size = len(answer.content)
     opts.show({"path": str(output), "bytes": size, "jobs": ids}, lambda written: [f"{output} ({size:,} bytes)"])
 

@@ -217,6 +217,8 @@ def test_sweep_follow_prints_the_ranked_sweep(embedded_stack, tmp_path):
     assert one.returncode == 0, one.stderr
     for picture in ("both.png", "one.png"):
         assert (tmp_path / picture).read_bytes().startswith(b"\x89PNG")
+    nowhere = trainyard(embedded_stack, "plot", trials[0], "-o", str(tmp_path / "missing" / "one.png"))
+    assert nowhere.returncode == 2 and "cannot write" in nowhere.stderr and "Traceback" not in nowhere.stderr
     unknown = trainyard(embedded_stack, "plot", trials[0], "0123456789ab", "-o", str(tmp_path / "none.png"))
     assert unknown.returncode == 2 and "0123456789ab" in unknown.stderr and not (tmp_path / "none.png").exists()
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from models.data.contract import InputContract
-from models.data.dataset import DatasetError
 from models.data.idx import IDX_FILES
 from models.data.loading import load_stored_dataset, save_stored_dataset
 from models.data.uploads import ArchiveError, ArchiveLimits, CsvTarget, check_archive, decode_archive
@@ -70,8 +69,9 @@ def test_idx_labels_take_the_class_names_given_label_0_first(tmp_path):
     archive = zip_bytes(idx_files(tmp_path))
     named = decode_archive(archive, name="shapes", classes=("circle", "square", "star", "ring"))
     assert named.dataset.classes == ("circle", "square", "star", "ring")
-    with pytest.raises(DatasetError, match="labels go up to 3; shapes has 2 classes"):
-        decode_archive(archive, name="shapes", classes=("circle", "square"))
+    for names in (("circle", "square"), ("circle", "square", "star", "ring", "cross")):  # too few, too many
+        with pytest.raises(ArchiveError, match=f"classes names {len(names)} classes, but the labels go from 0 to 3"):
+            decode_archive(archive, name="shapes", classes=names)
     folders = zip_bytes({f"{label}/{i}.png": png_bytes(j, seed=i) for j, label in enumerate("ab") for i in range(5)})
     with pytest.raises(ArchiveError, match="holds a folder of images, which name their own"):
         decode_archive(folders, name="x", classes=("a", "b"))
