@@ -654,6 +654,23 @@ def sweeps_cancel(opts: Options, sweep_id: str) -> None:
     opts.show(opts.call("POST", f"/v1/sweeps/{sweep_id}/cancel"), lambda s: [f"sweep {s['id']} {s['status']}"])
 
 
+@command(sweeps_app, "resume")
+def sweeps_resume(
+    opts: Options,
+    sweep_id: str,
+    follow_sweep: Annotated[bool, typer.Option("--follow", "-f", help="a live table until it ends")] = False,
+) -> None:
+    """Go on with a sweep that stopped, failed or was cancelled: its failed and cancelled trials run
+    again from their last epochs, then those it never launched."""
+    with opts.client() as api:
+        current = checked(api.post(f"/v1/sweeps/{sweep_id}/resume"))
+        if follow_sweep:
+            current = follow_sweep_live(opts, api, current)
+    opts.show(current, lambda s: sweep_notes(s) if follow_sweep else [f"sweep {s['id']} {s['status']}"])
+    if follow_sweep and current["status"] != "succeeded":
+        raise typer.Exit(JOB_FAILED)
+
+
 # Jobs.
 
 

@@ -186,12 +186,18 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         if sweep.study is not None:
             _tell_ended(session, sweep, ranked, settings)
         active = _unfinished(ranked)
-        left = sweep.launched < sweep.size or active  # something a stop would spare
-        if left and sweep.cancelled_at is None and sweep.stopped is None and (stopped := failing_alike(ranked)):
+        again = [i for i, entry in enumerate(sweep.trials) if entry.get("again")]  # a resumed sweep's
+        left = sweep.launched < sweep.size or active or again  # something a stop would spare
+        if (
+            left
+            and sweep.cancelled_at is None
+            and sweep.stopped is None
+            and (stopped := failing_alike([t for t in ranked if t.index not in again]))
+        ):
             sweep.stopped = stopped
             _cancel_unfinished(session, sweep.id, reason="sweep_stopped")
             active = _unfinished(trials(session, sweep))
-        if sweep.cancelled_at is not None or sweep.stopped is not None or sweep.launched >= sweep.size:
+        if sweep.cancelled_at is not None or sweep.stopped is not None or (sweep.launched >= sweep.size and not again):
             if not active:
                 if sweep.study is not None:  # trials asked for but never launched (cancelled meanwhile)
                     request = SweepSpec.model_validate(sweep.request)
@@ -203,6 +209,9 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         if active >= (sweep.max_parallel or sweep.size):
             session.commit()
             return
+        if again:
+            _run_again(session, sweep, again[0], ranked, settings)
+            continue
         index = sweep.launched
         if sweep.study is not None and (index >= len(sweep.trials) or "number" not in sweep.trials[index]):
             _ask(sweep, index, settings)
@@ -271,8 +280,58 @@ def failing_alike(ranked: list[Trial]) -> str | None:
     indices = sorted(t.index for t in ended)
     return (
         f"trials {', '.join(map(str, indices[:-1]))} and {indices[-1]} failed alike ({reason}: {error}), "
-        "so the sweep launched no more trials and cancelled those not yet ended; fix the cause and submit it again"
+        "so the sweep launched no more trials and cancelled those not yet ended; fix the cause and resume it"
     )[:2000]
+
+
+def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], settings: Settings) -> None:
+    """Resume trial `index`'s job, for a resumed sweep (its study, which was told how the trial ended,
+    is asked for a new trial of the same values), and commit; a job that cannot resume any more (its
+    uploaded dataset was deleted) stays as it ended."""
+    entry = {key: value for key, value in sweep.trials[index].items() if key != "again"}
+    if sweep.study is not None:
+        request = SweepSpec.model_validate(sweep.request)
+        entry["number"], _ = studies.ask(settings, sweep.study, request, index=index, fixed=entry["params"])
+    sweep.trials = [*sweep.trials[:index], entry, *sweep.trials[index + 1 :]]
+    job = next((t.job for t in ranked if t.index == index), None)
+    if job is None or job.status not in RUN_AGAIN:
+        session.commit()
+        return
+    try:
+        submission.resume_job(session, job_id=job.id, settings=settings)  # commits the entry with the job
+    except (Conflict, jobs.InvalidTransition) as exc:
+        session.rollback()
+        locked = session.get(Sweep, sweep.id, populate_existing=True, with_for_update=True)
+        kept = {key: value for key, value in locked.trials[index].items() if key != "again"}
+        locked.trials = [*locked.trials[:index], {**kept, "error": str(exc)[:2000]}, *locked.trials[index + 1 :]]
+        session.commit()
+
+
+RUN_AGAIN = (JobStatus.FAILED, JobStatus.CANCELLED)  # the trials a resumed sweep runs again
+
+
+def resume(session: Session, *, sweep_id: str, settings: Settings) -> None:
+    """Go on with a sweep that stopped, failed or was cancelled: run again its trials whose jobs failed
+    or were cancelled (each resumed from its last epoch), then launch those it had not, at most
+    max_parallel unfinished at a time. Conflict for a sweep still running, or one with nothing left
+    to run."""
+    sweep_id = require(session, sweep_id=sweep_id).id
+    sweep = session.get(Sweep, sweep_id, populate_existing=True, with_for_update=True)
+    if sweep.finished_at is None:
+        session.rollback()
+        raise Conflict(f"sweep {sweep_id} is still running: it can be resumed once it has ended")
+    ranked = trials(session, sweep)
+    again = {t.index for t in ranked if t.job is not None and t.job.status in RUN_AGAIN}
+    if not again and sweep.launched >= sweep.size:
+        session.rollback()
+        raise Conflict(f"sweep {sweep_id} ran every trial to its end: there is nothing to resume")
+    sweep.trials = [
+        {**{k: v for k, v in entry.items() if k != "again"}, **({"again": True} if i in again else {})}
+        for i, entry in enumerate(sweep.trials)
+    ]
+    sweep.cancelled_at = sweep.stopped = sweep.finished_at = None
+    session.commit()
+    advance(session, sweep_id=sweep_id, settings=settings)
 
 
 def _cancel_unfinished(session: Session, sweep_id: str, *, reason: str) -> None:

@@ -4,10 +4,12 @@ before anything is created, and a sweep cancelled with its jobs."""
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import pytest
 
 from tests.support.backends import embedded_only
+from tests.support.datagen import make_idx_dataset
 from tests.support.servers import wait_until
 from tests.support.specs import SOFTMAX_SPEC
 
@@ -146,3 +148,15 @@ def test_a_sweep_on_a_dataset_its_worker_lacks_stops_once_three_trials_failed_al
     assert "mnist" in error.lower() and done["stopped"].startswith(
         f"trials 0, 1 and 2 failed alike (invalid_data: {error})"
     )
+
+    # The cause fixed (MNIST's files put where the worker reads them), the sweep is resumed: its
+    # failed and cancelled trials run again, then none is left.
+    raw = make_idx_dataset(stack.data_dir, "MNIST", n_train=200, n_test=50, gz=False)
+    try:
+        resumed = stack.cli("sweeps", "resume", done["id"][:8], "--follow", timeout=240)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        after = client.get(f"/v1/sweeps/{done['id']}").json()
+        assert after["status"] == "succeeded" and after["counts"] == {"succeeded": 6} and after["stopped"] is None
+        assert client.post(f"/v1/sweeps/{done['id']}/resume").status_code == 409  # nothing left to run
+    finally:
+        shutil.rmtree(raw.parent)  # the other tests find MNIST in no data folder

@@ -534,6 +534,12 @@ def cancel_sweep(sweep_id: str, session: WriteSessionDep, settings: SettingsDep)
     return RedirectResponse(f"/ui/sweeps/{sweep_id}", status_code=303)
 
 
+@actions.post("/ui/sweeps/{sweep_id}/resume")
+def resume_sweep(sweep_id: str, session: WriteSessionDep, settings: SettingsDep) -> RedirectResponse:
+    sweeps.resume(session, sweep_id=sweep_id, settings=settings)
+    return RedirectResponse(f"/ui/sweeps/{sweep_id}", status_code=303)
+
+
 def _models_page(
     request: Request, session, names: list[str], *, single: bool, status_code: int = 200, **extra
 ) -> HTMLResponse:

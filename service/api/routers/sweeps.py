@@ -85,6 +85,20 @@ def cancel_sweep(sweep_id: str, session: WriteSessionDep, settings: SettingsDep)
     return _public(session, sweep_id)
 
 
+@router.post(
+    "/{sweep_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SweepPublic,
+    responses={**NOT_FOUND, 409: {"description": "The sweep is still running, or nothing is left to run"}},
+)
+def resume_sweep(sweep_id: str, session: WriteSessionDep, settings: SettingsDep) -> SweepPublic:
+    """Go on with a sweep that stopped, failed or was cancelled: its failed and cancelled trials run
+    again (each resumed from its last epoch; an adaptive sweep's study is asked for each anew), then
+    those it never launched, at most max_parallel unfinished at a time."""
+    sweeps.resume(session, sweep_id=sweep_id, settings=settings)
+    return _public(session, sweep_id)
+
+
 @router.get("/{sweep_id}/compare.png", response_class=Response, responses={**plots.PNG_RESPONSE, **NOT_FOUND})
 async def compare_sweep(sweep_id: str) -> Response:
     """The sweep's metric per epoch of its best trials (up to 12), labelled by their values; a pruned

@@ -251,6 +251,27 @@ def test_the_submit_form_offers_and_sends_sweeps_too(api):
     assert wrong.status_code == 422 and "optimizer.lrr" in wrong.text, wrong.text[-1500:]
 
 
+def test_a_cancelled_sweep_is_resumed_from_the_api_and_its_page(api):
+    sweep = {"name": "resumed", "base": {**SOFTMAX_SPEC, "epochs": 1}, "grid": {"optimizer.lr": [0.1, 0.2, 0.3]}}
+    created = api.post("/v1/sweeps", json={**sweep, "max_parallel": 1}).json()
+    assert api.post(f"/v1/sweeps/{created['id']}/resume").status_code == 409  # still running
+    assert api.post(f"/v1/sweeps/{created['id']}/cancel").json()["status"] == "cancelled"
+    page = api.get(f"/ui/sweeps/{created['id']}").text
+    assert f'action="/ui/sweeps/{created["id"]}/resume"' in page and 'id="cancel"' not in page
+    resumed = api.post(f"/v1/sweeps/{created['id'][:8]}/resume")
+    assert resumed.status_code == 202 and resumed.json()["status"] == "running", resumed.text
+    assert [j["status"] for j in sorted(resumed.json()["jobs"], key=lambda j: j["trial"])] == [
+        "queued",
+        "pending",
+        "pending",
+    ]
+    again = api.post(f"/v1/sweeps/{created['id']}/resume")
+    assert again.status_code == 409 and "is still running" in again.text
+    assert api.post(f"/v1/sweeps/{created['id']}/cancel").status_code == 202
+    back = api.post(f"/ui/sweeps/{created['id']}/resume", follow_redirects=False)  # the page's button
+    assert back.status_code == 303 and api.get(f"/v1/sweeps/{created['id']}").json()["status"] == "running"
+
+
 def test_without_tokens_the_login_form_leads_on(api):
     assert api.get("/ui/login?next=/ui/models", follow_redirects=False).headers["location"] == "/ui/models"
     assert 'id="sign-out"' not in api.get("/ui/models").text

@@ -319,6 +319,38 @@ def test_a_sweep_whose_trials_fail_alike_for_a_cause_they_share_stops_and_cancel
     assert record.finished_at is not None and public.status == "failed" and public.stopped == record.stopped
     assert public.counts == {"failed": 3, "cancelled": 3} and public.launched == 5
 
+    # The cause fixed, the sweep is resumed: its failed and cancelled trials run again (three at a time,
+    # as max_parallel says), then the one it never launched; a study is asked for each anew.
+    with db.session_scope() as session:
+        sweeps.resume(session, sweep_id=sweep_id[:8], settings=settings)
+    states = {trial: status for trial, (_, status, _) in _trial_jobs(sweep_id).items()}
+    assert states == {0: "queued", 1: "queued", 2: "queued", 3: "cancelled", 4: "cancelled"}, states
+    with db.session_scope() as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        assert record.stopped is None and record.finished_at is None
+        assert sweeps.status(record, sweeps.trials(session, record)) == "running"
+        with pytest.raises(Conflict, match="is still running: it can be resumed once it has ended"):
+            sweeps.resume(session, sweep_id=sweep_id, settings=settings)
+        if pruner is not None:
+            open_trials = studies.running(settings, record.study, SweepSpec.model_validate(record.request))
+            assert sorted(open_trials) == sorted(record.trials[i]["number"] for i in (0, 1, 2))
+    for trial in range(6):
+        job_id = _trial_jobs(sweep_id)[trial][0]
+        with db.session_scope() as session:
+            attempt = jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3).attempt
+            assert jobs.finish_job(session, job_id=job_id, attempt=attempt, status=JobStatus.SUCCEEDED)
+        with db.session_scope() as session:
+            sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+    with db.session_scope() as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        public = sweep_public(record, sweeps.trials(session, record))
+        assert record.finished_at is not None and public.status == "succeeded" and public.launched == 6
+        assert not any("again" in entry for entry in record.trials)
+        with pytest.raises(Conflict, match="ran every trial to its end: there is nothing to resume"):
+            sweeps.resume(session, sweep_id=sweep_id, settings=settings)
+        if pruner is not None:
+            assert studies.running(settings, record.study, SweepSpec.model_validate(record.request)) == []
+
 
 @pytest.mark.parametrize(
     "ends",
