@@ -4,13 +4,12 @@ before anything is created, and a sweep cancelled with its jobs."""
 from __future__ import annotations
 
 import itertools
-import shutil
 
 import pytest
 
 from tests.support.backends import embedded_only
 from tests.support.datagen import make_idx_dataset
-from tests.support.servers import wait_until
+from tests.support.servers import Stack, wait_until
 from tests.support.specs import SOFTMAX_SPEC
 
 pytestmark = pytest.mark.e2e
@@ -149,14 +148,22 @@ def test_a_sweep_on_a_dataset_its_worker_lacks_stops_once_three_trials_failed_al
         f"trials 0, 1 and 2 failed alike (invalid_data: {error})"
     )
 
-    # The cause fixed (MNIST's files put where the worker reads them), the sweep is resumed: its
-    # failed and cancelled trials run again, then none is left.
-    raw = make_idx_dataset(stack.data_dir, "MNIST", n_train=200, n_test=50, gz=False)
-    try:
-        resumed = stack.cli("sweeps", "resume", done["id"][:8], "--follow", timeout=240)
+
+def test_a_stopped_sweep_resumes_once_its_cause_is_fixed(tmp_path):
+    """On a stack of its own, whose data folder can gain MNIST without other tests seeing it: the
+    sweep stops for want of MNIST's files; they are put in place; `sweeps resume --follow` runs its
+    failed and cancelled trials again, and every trial succeeds."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with Stack(home=tmp_path / "home", data_dir=data) as stack, stack.client() as client:
+        base = {**BASE, "data": {"dataset": "mnist"}}
+        body = {"name": "resumed", "base": base, "grid": {"seed": [1, 2, 3, 4]}, "max_parallel": 1}
+        stopped = wait_for_sweep(stack, client, client.post("/v1/sweeps", json=body).json()["id"])
+        assert stopped["stopped"] and stopped["counts"] == {"failed": 3, "cancelled": 1}, stopped
+        make_idx_dataset(data, "MNIST", n_train=200, n_test=50, gz=False)
+        resumed = stack.cli("sweeps", "resume", stopped["id"][:8], "--follow", timeout=240)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-        after = client.get(f"/v1/sweeps/{done['id']}").json()
-        assert after["status"] == "succeeded" and after["counts"] == {"succeeded": 6} and after["stopped"] is None
-        assert client.post(f"/v1/sweeps/{done['id']}/resume").status_code == 409  # nothing left to run
-    finally:
-        shutil.rmtree(raw.parent)  # the other tests find MNIST in no data folder
+        after = client.get(f"/v1/sweeps/{stopped['id']}").json()
+        assert after["status"] == "succeeded" and after["counts"] == {"succeeded": 4} and after["stopped"] is None
+        assert {entry["job_id"] for entry in after["jobs"]} == {entry["job_id"] for entry in stopped["jobs"]}
+        assert client.post(f"/v1/sweeps/{stopped['id']}/resume").status_code == 409  # nothing left to run
