@@ -37,10 +37,13 @@ class EstimationError:
 
     weight: str  # the names of the learned tensors compared
     bias: str
-    true_w: list[float | None]
+    true_w: list[float | None] | None  # None past the values asked for
     true_b: float | None
-    w_error: list[float | None]
+    w_error: list[float | None] | None
     b_error: float | None
+    w_error_norm: float | None  # L2
+    w_error_max: float | None  # the largest by absolute value
+    unfitted: int  # higher terms of the data's polynomial the model has no weight for (compared as 0)
 
 
 def _finite(value):
@@ -73,22 +76,23 @@ def parameter_views(model: nn.Module, *, max_values: int = VALUES_SHOWN) -> list
 
 
 def _truth(spec: JobSpec) -> tuple[list[float], float] | None:
-    """The weights and bias that generated the job's data, as its model can learn them, if it can."""
+    """The weights and bias that generated the job's data, if its model is the one linear layer that
+    learns them: a polynomial's feature i is x^i / i!, so its weight is coefficients[i]; the list is
+    as long as the data's polynomial or the model's, whichever is longer (0 where one has no term)."""
     data, arch = spec.data, spec.model.arch
     if isinstance(data, SyntheticLinearSpec) and arch == "linear_regression":
         return list(data.true_w), data.true_b
     if isinstance(data, SyntheticPolynomialSpec) and arch == "polynomial":
-        # Feature i is x^i / i!, so its weight is coefficients[i]; a degree past the data's has
-        # weights of 0 to learn, one below it cannot learn the rest (nothing to compare them with).
-        degree = spec.model.degree
         higher = list(data.coefficients[1:])
-        return (higher + [0.0] * degree)[:degree], data.coefficients[0]
+        return higher + [0.0] * (spec.model.degree - len(higher)), data.coefficients[0]
     return None
 
 
-def estimation_error(spec: JobSpec, model: nn.Module) -> EstimationError | None:
+def estimation_error(spec: JobSpec, model: nn.Module, *, max_values: int = VALUES_SHOWN) -> EstimationError | None:
     """How far `model`, trained by `spec`, is from the weights that generated its data: None unless
-    the data is synthetic and the model the one linear layer that can learn them."""
+    the data is synthetic and the model the one linear layer that can learn them. A polynomial of a
+    lower degree than the data's has no weight for the higher terms: it is compared as 0 there. The
+    vectors are given while they have at most `max_values` numbers; their size in any case."""
     truth = _truth(spec)
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if truth is None or len(linears) != 1 or linears[0][1].bias is None:
@@ -96,15 +100,22 @@ def estimation_error(spec: JobSpec, model: nn.Module) -> EstimationError | None:
     true_w, true_b = truth
     name, linear = linears[0]
     learned_w = linear.weight.detach().float().cpu().reshape(-1)
-    if learned_w.numel() != len(true_w):
+    missing = len(true_w) - learned_w.numel()
+    if missing < 0 or (missing and spec.model.arch != "polynomial"):
         return None
+    learned_w = torch.cat([learned_w, torch.zeros(missing)])
     prefix = f"{name}." if name else ""
     w_error = torch.tensor(true_w, dtype=torch.float32) - learned_w
+    whole = len(true_w) <= max_values
     return EstimationError(
         weight=f"{prefix}weight",
         bias=f"{prefix}bias",
-        true_w=_finite(true_w),  # specs refuse NaN and infinities; a checkpoint from before may hold them
+        # Specs refuse NaN and infinities; a checkpoint from before may hold them.
+        true_w=_finite(true_w) if whole else None,
         true_b=_finite(true_b),
-        w_error=_finite(w_error.tolist()),
+        w_error=_finite(w_error.tolist()) if whole else None,
         b_error=_finite(true_b - float(linear.bias.detach().float().cpu().reshape(-1)[0])),
+        w_error_norm=_finite(float(w_error.norm())),
+        w_error_max=_finite(float(w_error.abs().max())),
+        unfitted=missing,
     )

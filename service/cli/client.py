@@ -1294,11 +1294,20 @@ def parameters_views(answer: dict) -> list:
     views = [f"{answer['model']}: {answer['total']:,} learned numbers", table]
     error = answer["estimation_error"]
     if error:
+        size = f"L2 {_fmt(error['w_error_norm'])}, largest {_fmt(error['w_error_max'])}"
+        whole = error["w_error"] is not None
         views += [
-            f"true w {_numbers(error['true_w'])}, true b {_fmt(error['true_b'])}",
-            f"error in estimating w (true - learned): {_numbers(error['w_error'])}",
+            f"true w {_numbers(error['true_w'])}, true b {_fmt(error['true_b'])}"
+            if whole
+            else f"true b {_fmt(error['true_b'])} (w: more numbers than --max-values)",
+            f"error in estimating w (true - learned): {_numbers(error['w_error']) + ' · ' if whole else ''}{size}",
             f"error in estimating b (true - learned): {_fmt(error['b_error'])}",
         ]
+        if error["unfitted"]:
+            views.append(
+                f"the model has no weight for the data's last {error['unfitted']} term(s) (a lower degree): "
+                "compared as 0, their error is their true value"
+            )
     return views
 
 

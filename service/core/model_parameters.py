@@ -41,5 +41,7 @@ def model_parameters(*, reference: str, settings: Settings, max_values: int) -> 
         epoch=target.epoch,
         total=sum(view.count for view in views),
         parameters=views,
-        estimation_error=estimation_error(JobSpec.model_validate(spec), predictor.model) if spec else None,
+        estimation_error=(
+            estimation_error(JobSpec.model_validate(spec), predictor.model, max_values=max_values) if spec else None
+        ),
     )

@@ -62,20 +62,36 @@ def test_a_trained_linear_regression_is_close_to_the_weights_that_made_its_data(
     assert max(abs(e) for e in estimation_error(trained, untrained).w_error) > 0.5
 
 
-def test_a_polynomial_is_compared_with_its_coefficients_padded_to_its_degree():
+@pytest.mark.parametrize(
+    "degree, true_w, unfitted",
+    [
+        (4, [1.2, -3.4, 0.0, 0.0], 0),  # over-fitting's: weights of 0 to learn past the data's degree
+        (1, [1.2, -3.4], 1),  # under-fitting's: no weight for x^2 / 2!, compared as 0
+    ],
+)
+def test_a_polynomial_is_compared_with_every_coefficient_of_the_data_or_the_model(degree, true_w, unfitted):
     job = JobSpec.model_validate(
         {
-            "model": {"arch": "polynomial", "degree": 4},
+            "model": {"arch": "polynomial", "degree": degree},
             "data": {"dataset": "synthetic-polynomial", "coefficients": [5.0, 1.2, -3.4]},
         }
     )
     model = build_model(job.model, (1,), 1)
     with torch.no_grad():
-        model[1].weight.zero_()
+        model[1].weight.fill_(1.0)
         model[1].bias.zero_()
     error = estimation_error(job, model)
-    assert error.true_w == [1.2, -3.4, 0.0, 0.0] and error.true_b == 5.0
-    assert error.w_error == pytest.approx([1.2, -3.4, 0.0, 0.0])
+    assert error.true_w == true_w and error.true_b == 5.0 and error.unfitted == unfitted
+    learned = [1.0] * degree + [0.0] * unfitted
+    assert error.w_error == pytest.approx([t - w for t, w in zip(true_w, learned, strict=True)])
+    assert error.w_error_max == pytest.approx(max(abs(t - w) for t, w in zip(true_w, learned, strict=True)))
+
+
+def test_a_long_weight_vector_is_told_by_the_size_of_its_error_past_the_values_asked_for():
+    job = spec(true_w=[0.01] * 200)
+    error = estimation_error(job, linear([0.0] * 200, 4.2), max_values=100)
+    assert error.true_w is None and error.w_error is None and error.true_b == 4.2
+    assert error.w_error_norm == pytest.approx(0.01 * 200**0.5) and error.w_error_max == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize(

@@ -110,10 +110,13 @@ class EstimationErrorPublic(BaseModel):
 
     weight: str
     bias: str
-    true_w: list[float | None]
+    true_w: list[float | None] | None = Field(description="null past max_values")
     true_b: float | None
-    w_error: list[float | None]
+    w_error: list[float | None] | None = Field(description="null past max_values")
     b_error: float | None
+    w_error_norm: float | None = Field(description="L2")
+    w_error_max: float | None = Field(description="the largest by absolute value")
+    unfitted: int = Field(description="terms of the data's polynomial past the model's degree, compared as 0")
 
 
 class ModelParametersPublic(BaseModel):
