@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from fastapi.concurrency import run_in_threadpool  # noqa: E402
 from fastapi.responses import Response  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
@@ -279,13 +280,38 @@ def learning_curves_figure(series: list[tuple]):
         loss_ax, "train_loss", [r["train_loss"] for _, rows, *_ in series for r in rows if r["train_loss"] is not None]
     )
     loss_ax.grid(alpha=0.3)
-    loss_ax.legend(fontsize=8)
     if has_acc:
         acc_ax = axes[0][1]
         acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
         acc_ax.grid(alpha=0.3)
-        acc_ax.legend(fontsize=8)
+    if len(series) > 1:
+        _compared_legend(figure, series)
+    else:
+        for ax in axes[0]:
+            ax.legend(fontsize=8)
     return figure
+
+
+def _compared_legend(figure, series: list[tuple]) -> None:
+    """Several jobs' legend below the axes, where it covers no curve: a colour per job (with the
+    epoch it serves), then what each line style means."""
+    jobs_shown = [
+        Line2D(
+            [],
+            [],
+            color=COLOURS[i % len(COLOURS)],
+            label=name + (f" (best: epoch {best[0]})" if best and best[0] else ""),
+        )
+        for i, (name, _, *best) in enumerate(series)
+    ]
+    lines = [line for ax in figure.axes for line in ax.get_lines()]
+    styles = [
+        Line2D([], [], color="grey", linestyle=style, label=meaning)
+        for style, meaning in (("-", "train"), ("--", "test"), (":", "validation"), ("-.", "best epoch"))
+        if any(line.get_linestyle() == style for line in lines)
+    ]
+    figure.legend(handles=jobs_shown, loc="upper left", bbox_to_anchor=(0.0, 0.0), fontsize=8, frameon=False)
+    figure.legend(handles=styles, loc="upper right", bbox_to_anchor=(1.0, 0.0), fontsize=8, frameon=False)
 
 
 def confusion_matrix(matrix: list[list[int]], classes: list[str]) -> bytes:

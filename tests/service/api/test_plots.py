@@ -154,3 +154,14 @@ def test_specs_differ_at_the_paths_where_they_do_not_all_agree():
     b = {"name": "y", "model": {"arch": "mlp", "hidden": [64, 32]}, "optimizer": {"lr": 0.1}, "seed": 3}
     assert differences([a, b]) == [{"model.hidden": [64], "seed": None}, {"model.hidden": [64, 32], "seed": 3}]
     assert differences([a, a]) == [{}, {}]
+
+
+def test_compared_jobs_are_told_apart_in_one_legend_below_the_curves():
+    series = [(f"job {i}", rows([1.2, 1.1, 1.0]), 2) for i in range(3)]
+    figure = plots.learning_curves_figure(series)
+    try:
+        assert all(ax.get_legend() is None for ax in figure.axes)  # nine entries covered the curves
+        told, styles = ([text.get_text() for text in legend.get_texts()] for legend in figure.legends)
+        assert told == [f"job {i} (best: epoch 2)" for i in range(3)] and styles == ["train", "test", "best epoch"]
+    finally:
+        plt.close(figure)
