@@ -158,6 +158,7 @@ class JobControl(Periodic):
 
 
 MEMORY_SAMPLE_SECONDS = 0.25
+FOLD_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
 def waiting_for_store(own_only: bool = False) -> str | None:
@@ -293,6 +294,12 @@ class RecordingCallbacks(Callbacks):
         )
 
     def on_fold_end(self, run: TrainingRun, fold: dict) -> None:
+        log.info(
+            "fold %d/%d: %s",
+            fold["fold"],
+            run.spec.cross_validation.folds,
+            ", ".join(f"{key.replace('_', ' ')} {fold[key]:.4f}" for key in FOLD_METRICS if fold.get(key) is not None),
+        )
         results = {
             "folds": run.folds,
             "summary": summarise_folds(run.folds),

@@ -728,6 +728,7 @@ def job_lines(job: dict) -> list[str | Text]:
             f"best epoch {best['epoch']} (chosen on {job['best_selected_on']}, served as job:{job['id'][:SHORT_ID]}): "
             + epoch_summary(best)
         )
+    lines += cross_validation_lines(job.get("cross_validation"))
     ran = (job.get("environment") or {}).get("distributed")
     if ran:
         hosts = sorted({rank["host"] for rank in ran.get("ranks") or []})
@@ -740,6 +741,39 @@ def job_lines(job: dict) -> list[str | Text]:
     lines += [Text.assemble(("warning:", "yellow"), f" {warning}") for warning in job.get("warnings") or []]
     if job["error"]:
         lines.append(Text.assemble(("error:", "red"), f" {job['error']}"))
+    return lines
+
+
+CV_METRICS = (
+    ("train loss", "train_loss", 4),
+    ("train acc", "train_acc", 3),
+    ("val loss", "val_loss", 4),
+    ("val acc", "val_acc", 3),
+)
+
+
+def cross_validation_lines(results: dict | None) -> list[str]:
+    """A k-fold job's folds, each's final-epoch metrics, then their mean and standard deviation."""
+    if not results:
+        return []
+
+    def said(values: dict, key: str, digits: int) -> str:
+        return _fmt(values.get(key), digits)
+
+    folds = results.get("folds") or []
+    done = "" if results.get("complete") else f" ({len(folds)} done so far)"
+    summary = results.get("summary") or {}
+    over = ", ".join(
+        f"{name} {_fmt(summary[key]['mean'], digits)} ± {_fmt(summary[key]['std'], digits)}"
+        for name, key, digits in CV_METRICS
+        if key in summary
+    )
+    lines = [f"cross-validation{done}: {over}"]
+    for fold in folds:
+        shown = ", ".join(
+            f"{name} {said(fold, key, digits)}" for name, key, digits in CV_METRICS if fold.get(key) is not None
+        )
+        lines.append(f"  fold {fold['fold']}: {shown}")
     return lines
 
 

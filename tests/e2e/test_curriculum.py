@@ -80,6 +80,8 @@ def test_cross_validation_results_are_on_the_job(stack, client):
     assert cv["summary"]["val_acc"]["mean"] == pytest.approx(statistics.fmean(values))
     assert cv["summary"]["val_acc"]["std"] == pytest.approx(statistics.pstdev(values))
     assert [r["epoch"] for r in metrics(client, job["id"])] == [1, 2]
+    logged = [line["message"] for line in client.get(f"/v1/jobs/{job['id']}/logs").json()["lines"]]
+    assert [m.split(":")[0] for m in logged if m.startswith("fold ")] == ["fold 1/3", "fold 2/3", "fold 3/3"], logged
 
 
 @embedded_only

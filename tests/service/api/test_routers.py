@@ -405,6 +405,23 @@ def test_a_job_page_shows_the_metric_columns_its_epochs_have(api, trained_job):
     assert 'id="register-name" value="lr-sweep-lr-0.1"' in api.get(f"/ui/jobs/{trained_job}").text
 
 
+def test_a_k_fold_jobs_page_and_cli_show_each_fold_and_their_mean(api, trained_job):
+    from service.cli.client import cross_validation_lines
+    from service.core import db
+
+    folds = [{"fold": i, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6 + i / 10, "val_acc": 0.7} for i in (1, 2)]
+    summary = {"val_loss": {"mean": 0.75, "std": 0.05}, "val_acc": {"mean": 0.7, "std": 0.0}}
+    with db.session_scope() as session:
+        session.get(Job, trained_job).cross_validation = {"folds": folds, "summary": summary, "complete": False}
+    page = api.get(f"/ui/jobs/{trained_job}").text
+    table = page.split('<table id="folds">')[1].split("</table>")[0]
+    assert "<th>val loss</th><th>val acc</th>" in table and "<td>0.8000</td>" in table and "2 folds so far" in page
+    assert "<th>0.7500 ± 0.0500</th>" in table
+    said = cross_validation_lines(api.get(f"/v1/jobs/{trained_job}").json()["cross_validation"])
+    assert said[0] == "cross-validation (2 done so far): val loss 0.7500 ± 0.0500, val acc 0.700 ± 0.000", said
+    assert said[2] == "  fold 2: train loss 0.5000, train acc 0.800, val loss 0.8000, val acc 0.700", said
+
+
 def test_a_long_jobs_page_lists_some_of_its_epochs_the_best_among_them_and_all_on_request(api, trained_job):
     import re
 
