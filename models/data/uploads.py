@@ -295,7 +295,11 @@ def _decode_members(
         try:
             basenames = {PurePosixPath(p).name.removesuffix(".gz"): p for p in members}
             csvs = sorted(p for p in members if p.lower().endswith(".csv"))
-            kind = "idx" if set(IDX_FILES.values()) <= basenames.keys() else "csv" if csvs else "image_folder"
+            idx_found = set(IDX_FILES.values()) & basenames.keys()
+            if idx_found and len(idx_found) < len(IDX_FILES) and not csvs:
+                missing = ", ".join(sorted(set(IDX_FILES.values()) - idx_found))
+                raise ArchiveError(f"IDX files come four together: this archive lacks {missing} (gzipped or not)")
+            kind = "idx" if len(idx_found) == len(IDX_FILES) else "csv" if csvs else "image_folder"
             _uses_every_option(kind, image_size=image_size, color=color, csv_target=csv_target, classes=classes)
             if kind == "idx":
                 dataset = _idx(archive, members, basenames, name, limits, arrays, classes)

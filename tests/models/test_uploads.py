@@ -65,6 +65,13 @@ def test_idx_archive(tmp_path):
     assert not list(workdir.iterdir())
 
 
+@pytest.mark.parametrize("classes", [None, ("a", "b", "c", "d")])
+def test_an_idx_archive_short_of_a_file_says_which(tmp_path, classes):
+    files = {path: data for path, data in idx_files(tmp_path).items() if "t10k-labels" not in path}
+    with pytest.raises(ArchiveError, match="IDX files come four together: this archive lacks t10k-labels-idx1-ubyte"):
+        decode_archive(zip_bytes(files), name="x", classes=classes)
+
+
 def test_idx_labels_take_the_class_names_given_label_0_first(tmp_path):
     archive = zip_bytes(idx_files(tmp_path))
     named = decode_archive(archive, name="shapes", classes=("circle", "square", "star", "ring"))
