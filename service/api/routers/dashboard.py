@@ -396,13 +396,18 @@ def _describe(exc: Exception, sent=None, root: type[BaseModel] | None = None) ->
 
 @actions.post("/ui/submit", response_class=HTMLResponse)
 def submit(
-    request: Request, session: WriteSessionDep, settings: SettingsDep, spec: Annotated[str, Form(max_length=1_000_000)]
+    request: Request,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    spec: Annotated[str, Form(max_length=1_000_000)] = "",
 ) -> Response:
     """A job spec, or a sweep (a document with a `base` spec), as POST /v1/jobs or /v1/sweeps takes it."""
     try:
         sent = json.loads(spec)
+    except RecursionError:
+        error = "not JSON this service reads: it nests arrays or objects too deeply"
     except ValueError as exc:
-        error = f"not JSON: {exc}"
+        error = f"not JSON: {exc}" if spec.strip() else "the spec is empty: start from an example above"
     else:
         is_sweep = isinstance(sent, dict) and "base" in sent
         try:

@@ -249,6 +249,10 @@ def test_the_submit_form_offers_and_sends_sweeps_too(api):
     assert len(api.get(f"/v1/sweeps/{sweep_id}").json()["jobs"]) == 2
     wrong = api.post("/ui/submit", data={"spec": json.dumps({**sweep, "grid": {"optimizer.lrr": [0.1]}})})
     assert wrong.status_code == 422 and "optimizer.lrr" in wrong.text, wrong.text[-1500:]
+    assert '<option value="" selected>(the spec sent)</option>' in wrong.text  # not an example it is not
+    empty = api.post("/ui/submit", data={"spec": ""})
+    assert empty.status_code == 422 and "the spec is empty" in empty.text
+    assert empty.headers["content-type"].startswith("text/html")  # the form again, not FastAPI's JSON
 
 
 def test_a_cancelled_sweep_is_resumed_from_the_api_and_its_page(api):
