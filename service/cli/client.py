@@ -501,6 +501,10 @@ def submit(
 ) -> None:
     """Submit a job spec; with --follow, exit 1 unless it succeeds."""
     body = read_json(spec)
+    if isinstance(body, dict) and "base" in body and "model" not in body:
+        raise Failure(
+            f"{spec} is a sweep (a base spec and the values it varies): send it with trainyard sweep {spec}", USAGE
+        )
     with opts.client() as api:
         job = submit_once(api, "/v1/jobs", body, key=idempotency_key)
         if job.get("waiting_reason"):
@@ -577,6 +581,12 @@ def sweep(
     """Submit a sweep (a base spec and a grid or random draws); with --follow, exit 1 unless every
     job succeeds."""
     body = read_json(spec)
+    if isinstance(body, dict) and "model" in body and "base" not in body:
+        raise Failure(
+            f"{spec} is a job spec: send it with trainyard submit {spec}, or make it a sweep's base "
+            '({"base": {...}, "grid": {"optimizer.lr": [0.01, 0.1]}})',
+            USAGE,
+        )
     with opts.client() as api:
         current = submit_once(api, "/v1/sweeps", body, key=idempotency_key)
         warn(current, as_json=opts.as_json)

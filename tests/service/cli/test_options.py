@@ -652,3 +652,16 @@ def test_cancel_by_a_short_id_says_the_jobs_full_id(monkeypatch):
     monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=transport))
     result = CliRunner().invoke(cli_main.app, ["jobs", "cancel", "ddd89221"])
     assert result.exit_code == 0 and result.stdout == f"job {full} cancelling\n", result.output
+
+
+def test_a_sweep_sent_to_submit_or_a_job_to_sweep_is_told_the_other_command_before_any_request(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli_client, "client", lambda url, token: pytest.fail("no request is sent"))
+    sweep, job = tmp_path / "sweep.json", tmp_path / "job.json"
+    sweep.write_text(json.dumps({"base": {"model": {"arch": "mlp"}}, "grid": {"optimizer.lr": [0.1]}}))
+    job.write_text(json.dumps({"model": {"arch": "mlp"}, "data": {"dataset": "mnist"}}))
+    told = CliRunner().invoke(cli_main.app, ["submit", str(sweep)])
+    assert isinstance(told.exception, cli_client.Failure) and told.exception.code == cli_client.USAGE
+    assert f"send it with trainyard sweep {sweep}" in str(told.exception)
+    told = CliRunner().invoke(cli_main.app, ["sweep", str(job)])
+    assert isinstance(told.exception, cli_client.Failure) and told.exception.code == cli_client.USAGE
+    assert f"send it with trainyard submit {job}" in str(told.exception)
