@@ -75,6 +75,7 @@ from service.core.errors import CoreError, Invalid
 from service.core.model_parameters import model_parameters
 from service.core.references import MODEL_NAME, model_name_for
 from service.core.settings import get_settings
+from service.core.studies import IMPORTANCE_TRIALS
 from service.core.tables import DatasetStatus, Job, StoredDataset
 
 EXAMPLES = resources.files("service") / "examples"  # package data: found in a checkout and once installed
@@ -515,7 +516,16 @@ def sweep_page(sweep_id: str, request: Request, session: SessionDep) -> HTMLResp
     sweep = sweeps.require(session, sweep_id=sweep_id)
     public = sweep_public(sweep, sweeps.trials(session, sweep))
     params = next((list(t.params) for t in public.jobs if t.params), [])
-    return templates.TemplateResponse(request, "sweep.html", {"sweep": public, "params": params})
+    compared = [t.job_id for t in public.jobs if t.job_id and t.epochs][: plots.COMPARED[1]]  # the best first
+    context = {
+        "sweep": public,
+        "params": params,
+        "compare_link": "/ui/compare?" + "&".join(f"jobs={job_id}" for job_id in compared)
+        if len(compared) > 1
+        else None,
+        "importances": public.trials >= IMPORTANCE_TRIALS,  # a smaller sweep never has enough trials for them
+    }
+    return templates.TemplateResponse(request, "sweep.html", context)
 
 
 @pages.get("/ui/sweeps/{sweep_id}/compare.png")
