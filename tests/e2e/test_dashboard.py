@@ -266,7 +266,10 @@ def test_list_open_submit_and_predict(browser, embedded_stack, tmp_path):
     assert len(ranks) == 2 and "succeeded 2" in ranks[0] and "pruned 1" in ranks[1], ranks  # status, epochs
     assert ranks[1].startswith("2 1e-05 "), ranks  # the value as the CLI shows it
     assert text(browser, "#epochs-spent") == "3" and "asha pruner" in text(browser, ".card")
-    for image in ("compare", "history", "importances"):
+    assert not browser.find_elements(By.ID, "importances")  # two trials never make the five they need
+    trials = browser.find_element(By.ID, "compare-trials").get_attribute("href")
+    assert trials.count("jobs=") == 2, trials  # both trials' train and test curves, on the comparison page
+    for image in ("compare", "history"):
         wait_until(
             lambda image=image: browser.execute_script(
                 f"const i = document.querySelector('#{image}'); return i.complete && i.naturalWidth > 300"

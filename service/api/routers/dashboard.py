@@ -520,9 +520,7 @@ def sweep_page(sweep_id: str, request: Request, session: SessionDep) -> HTMLResp
     context = {
         "sweep": public,
         "params": params,
-        "compare_link": "/ui/compare?" + "&".join(f"jobs={job_id}" for job_id in compared)
-        if len(compared) > 1
-        else None,
+        "compare_link": ("/ui/compare?" + "&".join(f"jobs={i}" for i in compared)) if len(compared) > 1 else None,
         "importances": public.trials >= IMPORTANCE_TRIALS,  # a smaller sweep never has enough trials for them
     }
     return templates.TemplateResponse(request, "sweep.html", context)
