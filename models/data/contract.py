@@ -30,8 +30,13 @@ Channels = Literal[1, 3]
 
 def class_names_problem(names) -> str | None:
     """Why `names` cannot name a classifier's classes (a list of at least two distinct names), or None."""
-    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n.strip() for n in names):
-        return "classes must be a JSON list of at least two names"
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "classes must be a list of names (strings)"
+    if len(names) < 2:
+        return f"classes gives {len(names)} name{'' if len(names) == 1 else 's'}: a classifier has at least two classes"
+    empty = [str(i + 1) for i, name in enumerate(names) if not name.strip()]
+    if empty:
+        return f"classes has an empty name (number {', '.join(empty)}): a comma too many?"
     repeated = sorted(name for name, count in collections.Counter(names).items() if count > 1)
     if repeated:
         return f"classes must differ; given more than once: {', '.join(map(repr, repeated[:5]))}"

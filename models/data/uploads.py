@@ -329,8 +329,7 @@ def _idx(archive, members, basenames, name, limits, arrays: _Arrays, classes: tu
     top = max(int(parsed[key].max(initial=0)) for key in ("train_labels", "test_labels"))
     if classes is not None and len(classes) != top + 1:
         raise ArchiveError(
-            f"classes names {len(classes)} classes, but the labels go from 0 to {top}: give {top + 1} names, "
-            "label 0 first"
+            f"classes gives {len(classes)} names, but the labels go from 0 to {top}: give {top + 1}, label 0 first"
         )
     return idx_dataset(parsed, name=name, classes=classes)
 

@@ -84,7 +84,8 @@ class MLPSpec(_ArchBase):
             self.dropout = self.dropout * len(self.hidden)
         if self.dropout and len(self.dropout) != len(self.hidden):
             raise ValueError(
-                f"dropout has {len(self.dropout)} entries but hidden has {len(self.hidden)} layers; "
+                f"dropout has {len(self.dropout)} entries but hidden has {len(self.hidden)} "
+                f"layer{'' if len(self.hidden) == 1 else 's'}; "
                 "give one probability per hidden layer or a single one for all"
             )
         return self

@@ -77,7 +77,7 @@ def test_idx_labels_take_the_class_names_given_label_0_first(tmp_path):
     named = decode_archive(archive, name="shapes", classes=("circle", "square", "star", "ring"))
     assert named.dataset.classes == ("circle", "square", "star", "ring")
     for names in (("circle", "square"), ("circle", "square", "star", "ring", "cross")):  # too few, too many
-        with pytest.raises(ArchiveError, match=f"classes names {len(names)} classes, but the labels go from 0 to 3"):
+        with pytest.raises(ArchiveError, match=f"classes gives {len(names)} names, but the labels go from 0 to 3"):
             decode_archive(archive, name="shapes", classes=names)
     folders = zip_bytes({f"{label}/{i}.png": png_bytes(j, seed=i) for j, label in enumerate("ab") for i in range(5)})
     with pytest.raises(ArchiveError, match="holds a folder of images, which name their own"):

@@ -931,15 +931,16 @@ def test_an_idx_upload_names_its_classes(api, tmp_path):
     assert listed.json()["classes"][1] == "square, filled"
     for classes, said in (
         ("circle,circle,star,ring", "given more than once: 'circle'"),
-        ("circle", "at least two names"),
-        ('{"0": "circle"}', "a JSON list"),
-        ("[1, 2]", "at least two names"),
+        ("circle", "classes gives 1 name: a classifier has at least two classes"),
+        ("circle,square,,ring,", "classes has an empty name (number 3, 5): a comma too many?"),
+        ('{"0": "circle"}', "classes gives 1 name"),  # not a list: one name, as a comma-separated field reads it
+        ("[1, 2]", "classes must be a list of names (strings)"),
         ("[" * 20_000 + "]" * 20_000, "nests arrays or objects too deeply"),  # past the JSON decoder's recursion
     ):
         refused = upload(name="bad", classes=classes)
         assert locs(refused) == [["body", "classes"]] and said in refused.text, refused.text
     short = upload(name="short", classes="circle,square")
-    assert short.status_code == 422 and "give 4 names, label 0 first" in short.text, short.text
+    assert short.status_code == 422 and "give 4, label 0 first" in short.text, short.text
     folders = image_folder_zip(["cat", "dog"], per_class=5, test_per_class=2)
     pets = api.post("/v1/datasets", data={"classes": "a,b"}, files={"file": ("p.zip", folders, "application/zip")})
     assert pets.status_code == 422 and "which name their own classes" in pets.text
