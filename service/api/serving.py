@@ -294,7 +294,7 @@ class ModelServer:
                     (
                         ("model",),
                         f"model {reference!r} does not classify images; send its numeric rows as JSON inputs instead "
-                        "(`trainyard predict MODEL --row 1,2,3`)",
+                        "(`trainyard predict MODEL --row 1,2,3`, or the dashboard predict page's rows)",
                     )
                 ]
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from http import HTTPStatus
 from importlib import resources
@@ -57,7 +58,7 @@ from service.api.routes import GuardedRoute
 from service.api.schemas.datasets import DatasetPublic
 from service.api.schemas.evaluation import evaluation_public
 from service.api.schemas.jobs import job_public, jobs_public, metric_rows
-from service.api.schemas.predict import image_answer
+from service.api.schemas.predict import image_answer, values_answer
 from service.api.schemas.registry import ModelCreate, model_public
 from service.api.schemas.sweeps import sweep_public
 from service.core import (
@@ -732,20 +733,32 @@ async def predict(
     model: Annotated[str, Form(max_length=200)],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,
     threshold_text: Annotated[str, Form(alias="threshold", max_length=40)] = "",
+    rows_text: Annotated[str, Form(alias="rows", max_length=1_000_000)] = "",
 ) -> Response:
     threshold = _number(threshold_text)
-    context = {"model": model, "top_k": top_k, "threshold": threshold, "choices": await read(_model_choices)}
+    context = {
+        "model": model,
+        "top_k": top_k,
+        "threshold": threshold,
+        "rows": rows_text,
+        "choices": await read(_model_choices),
+    }
     # Read from the form itself: a browser sends a file input with nothing chosen as an empty part,
     # which a declared list of files would refuse before the page could say so.
     files = [f for f in (await request.form()).getlist("files") if isinstance(f, FormFile) and (f.filename or f.size)]
-    if not files:
-        error = "choose one or more images to classify"
-        return templates.TemplateResponse(request, "predict.html", {**context, "error": error}, status_code=422)
-    if isinstance(threshold, str) or (threshold is not None and not 0 <= threshold <= 1):
+    error = None
+    if not files and not rows_text.strip():
+        error = "choose one or more images to classify, or type a numeric model's rows"
+    elif files and rows_text.strip():
+        error = "give images or rows, not both"
+    elif isinstance(threshold, str) or (threshold is not None and not 0 <= threshold <= 1):
         error = (
             f"threshold: give a number from 0 to 1, or leave it empty for the model's default; got {threshold_text!r}"
         )
+    if error:
         return templates.TemplateResponse(request, "predict.html", {**context, "error": error}, status_code=422)
+    if not files:
+        return await _predict_rows(request, server, context, rows_text)
     if len(files) > settings.max_files_per_request:
         error = f"{len(files)} images chosen; at most {settings.max_files_per_request} at a time"
         return templates.TemplateResponse(request, "predict.html", {**context, "error": error}, status_code=422)
@@ -776,6 +789,45 @@ async def predict(
             "applied_threshold": answer.threshold,
         },
     )
+
+
+def _typed_rows(text: str) -> list[list[float]]:
+    """A numeric model's rows as typed on the predict page: a row a line, its values comma-separated."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = [float(value) for value in line.split(",")]
+        except ValueError:
+            said = f"line {number} ({line.strip()!r}) is not numbers separated by commas"
+            raise Invalid([(("rows",), said)]) from None
+        if not all(math.isfinite(value) for value in row):
+            raise Invalid([(("rows",), f"line {number} holds a value that is not a finite number")])
+        rows.append(row)
+    return rows
+
+
+async def _predict_rows(request: Request, server, context: dict, text: str) -> HTMLResponse:
+    """The predict page's answer for typed rows (a regression's values, or a tabular classifier's labels)."""
+    try:
+        rows = _typed_rows(text)
+        _, loaded = await server.get(context["model"])
+        # The page's top k and threshold are for a classifier; a regression's answer is its value.
+        classifies = loaded.predictor.task == "classification"
+        top_k, threshold = (context["top_k"], context["threshold"]) if classifies else (1, None)
+        target, loaded, outputs = await server.predict_values(context["model"], rows, threshold, top_k)
+        answer = values_answer(target, loaded.predictor, outputs, top_k, threshold)
+    except (CoreError, InputError, CheckpointError) as exc:
+        return templates.TemplateResponse(
+            request, "predict.html", {**context, "error": _describe(exc)}, status_code=422
+        )
+    shown = {
+        "row_results": list(zip(rows, answer.predictions, strict=True)),
+        "model_info": answer.model,
+        "applied_threshold": answer.threshold,
+    }
+    return templates.TemplateResponse(request, "predict.html", {**context, **shown})
 
 
 router.include_router(pages)

@@ -809,6 +809,37 @@ def test_a_model_of_standardised_columns_imports_back_and_answers_as_before(api,
     assert locs(wrong) == [["body", "normalize"]]
 
 
+def test_the_predict_page_takes_a_numeric_models_rows(api, tmp_path):
+    from models.checkpoint import write_checkpoint
+    from models.inference.interchange import export, imported_meta
+    from models.inference.predictor import Predictor
+    from models.nets.archs import build_model
+    from models.spec.job import MODEL_SPEC
+
+    spec = MODEL_SPEC.validate_python({"arch": "linear_regression"})
+    net = build_model(spec, [2], 1)
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[2.0, -3.4]]))
+        net[1].bias.fill_(4.2)
+    write_checkpoint(
+        tmp_path / "m.safetensors", net.state_dict(), imported_meta(spec.model_dump(mode="json"), None, [2])
+    )
+    exported = export(Predictor.from_checkpoint(tmp_path / "m.safetensors"), "safetensors")
+    assert api.post("/v1/models/import", data={"name": "line"}, files={"file": ("l.st", exported)}).status_code == 201
+    page = api.post("/ui/predict", data={"model": "line", "rows": "1, 1\n\n0,0", "top_k": "3"})
+    assert page.status_code == 200, page.text
+    values = re.findall(r'<td class="value">([^<]+)</td>', page.text)
+    assert [float(v) for v in values] == pytest.approx([2 - 3.4 + 4.2, 4.2], rel=1e-5)  # top k is a classifier's
+    bad = api.post("/ui/predict", data={"model": "line", "rows": "1,1\n1,x"})
+    assert bad.status_code == 422 and "line 2 (&#39;1,x&#39;) is not numbers separated by commas" in bad.text
+    both = api.post(
+        "/ui/predict", data={"model": "line", "rows": "1,1"}, files={"files": ("a.png", png_bytes(1, seed=1))}
+    )
+    assert both.status_code == 422 and "give images or rows, not both" in both.text
+    neither = api.post("/ui/predict", data={"model": "line"})
+    assert neither.status_code == 422 and "or type a numeric model&#39;s rows" in neither.text
+
+
 def test_an_exported_header_that_resizes_or_lies_imports_as_it_says_or_is_refused(api):
     """A job that resized its inputs inside the network exports that too, and imports back serving
     what it served; a header whose values no model could have is a 422, not a 500."""
