@@ -568,6 +568,8 @@ def follow_sweep_live(opts: Options, api: httpx.Client, current: dict) -> dict:
         for update in sweep_updates(api, current):
             current = update
             live.update(sweep_table(current))
+    if not console.is_terminal:  # piped, Live leaves its last table without an end of line
+        console.line()
     return current
 
 

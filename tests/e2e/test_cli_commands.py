@@ -210,6 +210,7 @@ def test_sweep_follow_prints_the_ranked_sweep(embedded_stack, tmp_path):
     assert sweep["status"] == "succeeded" and len(sweep["jobs"]) == 2
     table = trainyard(embedded_stack, "sweep", str(request), "--follow")
     assert table.returncode == 0 and "optimizer.lr" in table.stdout and "succeeded" in table.stdout
+    assert table.stdout.endswith("\n")  # piped, the live table's last line ends
     trials = [job["job_id"] for job in sweep["jobs"]]
     both = trainyard(embedded_stack, "plot", *(f"job:{t[:8]}" for t in trials), "-o", str(tmp_path / "both.png"))
     assert both.returncode == 0 and "both.png" in both.stdout, both.stderr
