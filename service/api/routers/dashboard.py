@@ -309,11 +309,13 @@ def compare_page(request: Request, session: SessionDep, jobs_param: JobsParam = 
         )
     ]
     told_apart = differences([job.spec for job in found])
+    references = [(job.spec.get("data") or {}).get("dataset", "") for job in found]
     context = {
         "jobs": found,
         "differing": list(told_apart[0]),
         "told_apart": told_apart,
         "ids": [job.id for job in found],
+        "dataset_names": datasets.names(session, references=references),  # uploaded:<id> as people call it
     }
     return templates.TemplateResponse(request, "compare.html", context)
 
