@@ -24,7 +24,16 @@ from models.data.dataset import DatasetError
 from models.nets.cost import human_bytes
 from models.nets.pretrained import MissingWeights, UnsafeWeights
 from models.spec.job import UPLOADED_ID, JobSpec, UploadedDatasetSpec
-from models.training.engine import Callbacks, EpochMetrics, Limits, TrainingError, TrainingRun, fit, summarise_folds
+from models.training.engine import (
+    FOLD_METRICS,
+    Callbacks,
+    EpochMetrics,
+    Limits,
+    TrainingError,
+    TrainingRun,
+    fit,
+    summarise_folds,
+)
 from models.training.state import (
     TRAINING_STATE,
     Position,
@@ -158,7 +167,6 @@ class JobControl(Periodic):
 
 
 MEMORY_SAMPLE_SECONDS = 0.25
-FOLD_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
 def waiting_for_store(own_only: bool = False) -> str | None:

@@ -772,10 +772,13 @@ def _check_not_diverged(run: TrainingRun, ds: Dataset, epoch: int, **losses: flo
             )
 
 
+FOLD_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")  # what a fold's last epoch records
+
+
 def summarise_folds(folds: list[dict]) -> dict:
     """Mean and standard deviation over folds of each final-epoch metric."""
     summary = {}
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+    for key in FOLD_METRICS:
         values = [f[key] for f in folds if f.get(key) is not None]
         if values:
             mean = sum(values) / len(values)
@@ -809,13 +812,7 @@ def cross_validate(run: TrainingRun, callbacks: Callbacks, should_stop) -> bool:
                 return False
             if scheduler is not None:
                 scheduler.step()
-        fold = {
-            "fold": index + 1,
-            "train_loss": metrics.train_loss,
-            "train_acc": metrics.train_acc,
-            "val_loss": metrics.val_loss,
-            "val_acc": metrics.val_acc,
-        }
+        fold = {"fold": index + 1, **{key: getattr(metrics, key) for key in FOLD_METRICS}}
         run.folds.append(fold)
         callbacks.on_fold_end(run, fold)
     return True

@@ -573,6 +573,16 @@ def follow_sweep_live(opts: Options, api: httpx.Client, current: dict) -> dict:
     return current
 
 
+def shown_sweep(opts: Options, api: httpx.Client, current: dict, follow_sweep: bool, unfollowed: Callable) -> None:
+    """The sweep as `unfollowed` shows it; or with --follow, live until it ends, then its notes (exit 1
+    unless every trial succeeded or was pruned)."""
+    if follow_sweep:
+        current = follow_sweep_live(opts, api, current)
+    opts.show(current, sweep_notes if follow_sweep else unfollowed)
+    if follow_sweep and current["status"] != "succeeded":
+        raise typer.Exit(JOB_FAILED)
+
+
 @command(top, "sweep")
 def sweep(
     opts: Options,
@@ -592,14 +602,9 @@ def sweep(
     with opts.client() as api:
         current = submit_once(api, "/v1/sweeps", body, key=idempotency_key)
         warn(current, as_json=opts.as_json)
-        if follow_sweep:
-            current = follow_sweep_live(opts, api, current)
-    opts.show(
-        current,
-        lambda s: sweep_notes(s) if follow_sweep else [f"sweep {s['id']} {s['status']}: {s['trials']} trials"],
-    )
-    if follow_sweep and current["status"] != "succeeded":
-        raise typer.Exit(JOB_FAILED)
+        shown_sweep(
+            opts, api, current, follow_sweep, lambda s: [f"sweep {s['id']} {s['status']}: {s['trials']} trials"]
+        )
 
 
 @command(sweeps_app, "list")
@@ -637,11 +642,7 @@ def sweeps_show(
     until it ends, then exit 1 unless every trial succeeded or was pruned."""
     with opts.client() as api:
         current = checked(api.get(f"/v1/sweeps/{sweep_id}"))
-        if follow_sweep:
-            current = follow_sweep_live(opts, api, current)
-    opts.show(current, lambda s: sweep_notes(s) if follow_sweep else [sweep_table(s), *sweep_notes(s)])
-    if follow_sweep and current["status"] != "succeeded":
-        raise typer.Exit(JOB_FAILED)
+        shown_sweep(opts, api, current, follow_sweep, lambda s: [sweep_table(s), *sweep_notes(s)])
 
 
 def sweep_notes(sweep: dict, most: int = 5) -> list[str]:
@@ -676,11 +677,7 @@ def sweeps_resume(
     again from their last epochs, then those it never launched."""
     with opts.client() as api:
         current = checked(api.post(f"/v1/sweeps/{sweep_id}/resume"))
-        if follow_sweep:
-            current = follow_sweep_live(opts, api, current)
-    opts.show(current, lambda s: sweep_notes(s) if follow_sweep else [f"sweep {s['id']} {s['status']}"])
-    if follow_sweep and current["status"] != "succeeded":
-        raise typer.Exit(JOB_FAILED)
+        shown_sweep(opts, api, current, follow_sweep, lambda s: [f"sweep {s['id']} {s['status']}"])
 
 
 # Jobs.

@@ -203,6 +203,8 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
                     request = SweepSpec.model_validate(sweep.request)
                     left = studies.running(settings, sweep.study, request)
                     studies.tell(settings, sweep.study, request, {number: ("fail", None) for number in left})
+                if again:  # a resumed sweep stopped again before running them all: resume() marks them anew
+                    sweep.trials = [_without(entry, "again") for entry in sweep.trials]
                 sweep.finished_at = utcnow()
             session.commit()
             return
@@ -284,15 +286,23 @@ def failing_alike(ranked: list[Trial]) -> str | None:
     )[:2000]
 
 
+def _without(entry: dict, *keys: str) -> dict:
+    return {key: value for key, value in entry.items() if key not in keys}
+
+
+def _replaced(trials: list[dict], index: int, entry: dict) -> list[dict]:
+    return [*trials[:index], entry, *trials[index + 1 :]]
+
+
 def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], settings: Settings) -> None:
     """Resume trial `index`'s job, for a resumed sweep (its study, which was told how the trial ended,
     is asked for a new trial of the same values), and commit; a job that cannot resume any more (its
     uploaded dataset was deleted) stays as it ended."""
-    entry = {key: value for key, value in sweep.trials[index].items() if key != "again"}
-    if sweep.study is not None:
-        request = SweepSpec.model_validate(sweep.request)
+    entry = _without(sweep.trials[index], "again", "error")
+    request = SweepSpec.model_validate(sweep.request) if sweep.study is not None else None
+    if request is not None:
         entry["number"], _ = studies.ask(settings, sweep.study, request, index=index, fixed=entry["params"])
-    sweep.trials = [*sweep.trials[:index], entry, *sweep.trials[index + 1 :]]
+    sweep.trials = _replaced(sweep.trials, index, entry)
     job = next((t.job for t in ranked if t.index == index), None)
     if job is None or job.status not in RUN_AGAIN:
         session.commit()
@@ -302,12 +312,21 @@ def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], 
     except (Conflict, jobs.InvalidTransition) as exc:
         session.rollback()
         locked = session.get(Sweep, sweep.id, populate_existing=True, with_for_update=True)
-        kept = {key: value for key, value in locked.trials[index].items() if key != "again"}
-        locked.trials = [*locked.trials[:index], {**kept, "error": str(exc)[:2000]}, *locked.trials[index + 1 :]]
+        if request is not None:  # the trial asked for it will not run
+            studies.tell(settings, sweep.study, request, {entry["number"]: ("fail", None)})
+        failed = {**_without(locked.trials[index], "again"), "error": str(exc)[:2000]}
+        locked.trials = _replaced(locked.trials, index, failed)
         session.commit()
 
 
 RUN_AGAIN = (JobStatus.FAILED, JobStatus.CANCELLED)  # the trials a resumed sweep runs again
+
+
+def resumable(sweep: Sweep, ranked: list[Trial]) -> bool:
+    """Whether resume() would run something: a trial's job that failed or was cancelled, or a trial
+    never launched, in a sweep that has ended."""
+    spared = any(t.job is not None and t.job.status in RUN_AGAIN for t in ranked) or sweep.launched < sweep.size
+    return sweep.finished_at is not None and spared
 
 
 def resume(session: Session, *, sweep_id: str, settings: Settings) -> None:
@@ -319,14 +338,23 @@ def resume(session: Session, *, sweep_id: str, settings: Settings) -> None:
     sweep = session.get(Sweep, sweep_id, populate_existing=True, with_for_update=True)
     if sweep.finished_at is None:
         session.rollback()
-        raise Conflict(f"sweep {sweep_id} is still running: it can be resumed once it has ended")
+        stopping = sweep.cancelled_at is not None or sweep.stopped is not None
+        raise Conflict(
+            f"sweep {sweep_id} is still {'stopping its trials' if stopping else 'running'}: "
+            "it can be resumed once they have ended"
+        )
     ranked = trials(session, sweep)
-    again = {t.index for t in ranked if t.job is not None and t.job.status in RUN_AGAIN}
-    if not again and sweep.launched >= sweep.size:
+    if not resumable(sweep, ranked):
         session.rollback()
         raise Conflict(f"sweep {sweep_id} ran every trial to its end: there is nothing to resume")
+    again = {t.index for t in ranked if t.job is not None and t.job.status in RUN_AGAIN}
+    # A trial asked of the study but never launched (the stop came between) was told it failed: it
+    # is asked for anew when it is launched.
     sweep.trials = [
-        {**{k: v for k, v in entry.items() if k != "again"}, **({"again": True} if i in again else {})}
+        {
+            **_without(entry, "again", *(("number",) if i >= sweep.launched else ())),
+            **({"again": True} if i in again else {}),
+        }
         for i, entry in enumerate(sweep.trials)
     ]
     sweep.cancelled_at = sweep.stopped = sweep.finished_at = None

@@ -58,7 +58,7 @@ from service.api.routes import GuardedRoute
 from service.api.schemas.datasets import DatasetPublic
 from service.api.schemas.evaluation import evaluation_public
 from service.api.schemas.jobs import job_public, jobs_public, metric_rows
-from service.api.schemas.predict import image_answer, values_answer
+from service.api.schemas.predict import MAX_ROWS, image_answer, values_answer
 from service.api.schemas.registry import ModelCreate, model_public
 from service.api.schemas.sweeps import sweep_public
 from service.core import (
@@ -517,11 +517,13 @@ def sweeps_page(request: Request, session: SessionDep) -> HTMLResponse:
 @pages.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)
 def sweep_page(sweep_id: str, request: Request, session: SessionDep) -> HTMLResponse:
     sweep = sweeps.require(session, sweep_id=sweep_id)
-    public = sweep_public(sweep, sweeps.trials(session, sweep))
+    ranked = sweeps.trials(session, sweep)
+    public = sweep_public(sweep, ranked)
     params = next((list(t.params) for t in public.jobs if t.params), [])
     compared = [t.job_id for t in public.jobs if t.job_id and t.epochs][: plots.COMPARED[1]]  # the best first
     context = {
         "sweep": public,
+        "resumable": sweeps.resumable(sweep, ranked),
         "params": params,
         "compare_link": ("/ui/compare?" + "&".join(f"jobs={i}" for i in compared)) if len(compared) > 1 else None,
         "importances": public.trials >= IMPORTANCE_TRIALS,  # a smaller sweep never has enough trials for them
@@ -807,6 +809,8 @@ def _typed_rows(text: str) -> list[list[float]]:
         if not all(math.isfinite(value) for value in row):
             raise Invalid([(("rows",), f"line {number} holds a value that is not a finite number")])
         rows.append(row)
+    if len(rows) > MAX_ROWS:
+        raise Invalid([(("rows",), f"{len(rows):,} rows; at most {MAX_ROWS:,} at a time")])
     return rows
 
 

@@ -18,13 +18,18 @@ THRESHOLD_DOC = (
 Threshold = Annotated[float, Field(ge=0, le=1, strict=True, description=THRESHOLD_DOC)]
 
 
+MAX_ROWS = 10_000  # numeric rows one request predicts
+
+
 class PredictValues(BaseModel):
     """Numeric inputs for a model trained on tabular data (regression or classification)."""
 
     model_config = ConfigDict(strict=True)
 
     model: Annotated[str, Field(min_length=1, max_length=200)]
-    inputs: Annotated[list[list[Annotated[float, Field(allow_inf_nan=False)]]], Field(min_length=1, max_length=10_000)]
+    inputs: Annotated[
+        list[list[Annotated[float, Field(allow_inf_nan=False)]]], Field(min_length=1, max_length=MAX_ROWS)
+    ]
     top_k: Annotated[int, Field(ge=1, le=1000)] = 1
     threshold: Threshold | None = None  # classification only
 

@@ -256,6 +256,8 @@ def test_the_submit_form_offers_and_sends_sweeps_too(api):
 
 
 def test_a_cancelled_sweep_is_resumed_from_the_api_and_its_page(api):
+    from service.core.tables import Sweep
+
     sweep = {"name": "resumed", "base": {**SOFTMAX_SPEC, "epochs": 1}, "grid": {"optimizer.lr": [0.1, 0.2, 0.3]}}
     created = api.post("/v1/sweeps", json={**sweep, "max_parallel": 1}).json()
     assert api.post(f"/v1/sweeps/{created['id']}/resume").status_code == 409  # still running
@@ -274,6 +276,13 @@ def test_a_cancelled_sweep_is_resumed_from_the_api_and_its_page(api):
     assert api.post(f"/v1/sweeps/{created['id']}/cancel").status_code == 202
     back = api.post(f"/ui/sweeps/{created['id']}/resume", follow_redirects=False)  # the page's button
     assert back.status_code == 303 and api.get(f"/v1/sweeps/{created['id']}").json()["status"] == "running"
+    with db.session_scope() as session:  # every trial succeeded, then the sweep was cancelled: nothing to resume
+        for job_id in [j["job_id"] for j in api.get(f"/v1/sweeps/{created['id']}").json()["jobs"] if j["job_id"]]:
+            session.get(Job, job_id).status = "succeeded"
+        session.get(Sweep, created["id"]).launched = 3
+    assert api.post(f"/v1/sweeps/{created['id']}/cancel").status_code == 202
+    page = api.get(f"/ui/sweeps/{created['id']}").text
+    assert 'id="resume"' not in page and api.post(f"/v1/sweeps/{created['id']}/resume").status_code == 409
 
 
 def test_without_tokens_the_login_form_leads_on(api):

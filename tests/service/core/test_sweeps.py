@@ -329,7 +329,7 @@ def test_a_sweep_whose_trials_fail_alike_for_a_cause_they_share_stops_and_cancel
         record = sweeps.require(session, sweep_id=sweep_id)
         assert record.stopped is None and record.finished_at is None
         assert sweeps.status(record, sweeps.trials(session, record)) == "running"
-        with pytest.raises(Conflict, match="is still running: it can be resumed once it has ended"):
+        with pytest.raises(Conflict, match="is still running: it can be resumed once they have ended"):
             sweeps.resume(session, sweep_id=sweep_id, settings=settings)
         if pruner is not None:
             open_trials = studies.running(settings, record.study, SweepSpec.model_validate(record.request))
@@ -377,3 +377,43 @@ def test_a_sweep_goes_on_past_failures_that_are_not_three_alike_of_a_shared_caus
     assert len(_trial_jobs(sweep_id)) == len(ends) + 1  # the next trial was launched
     with db.session_scope(write=False) as session:
         assert sweeps.require(session, sweep_id=sweep_id).stopped is None
+
+
+def test_a_trial_asked_for_but_never_launched_is_asked_anew_when_its_sweep_resumes(service_env):
+    """The stop came between the study's ask and the trial's launch: the study was told the trial
+    failed, and a resumed sweep that launched it under that number would never report or prune it."""
+    from service.core import db, jobs, studies, sweeps
+    from service.core.tables import JobStatus, Sweep
+    from tests.support.specs import SOFTMAX_SPEC
+
+    settings = service_env
+    request = SweepSpec(
+        name="asked",
+        base={**SOFTMAX_SPEC, "epochs": 2},
+        grid={"optimizer.lr": [0.1, 0.2]},
+        max_parallel=1,
+        pruner={"name": "asha", "min_epochs": 1},
+    )
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=request, settings=settings).sweep.id
+    with db.session_scope() as session:  # trial 1 asked for, as advance does before it launches it
+        sweep = session.get(Sweep, sweep_id, with_for_update=True)
+        sweeps._ask(sweep, 1, settings)
+        dead = sweep.trials[1]["number"]
+    with db.session_scope() as session:
+        sweeps.cancel(session, sweep_id=sweep_id, settings=settings)  # trial 0 queued: cancelled at once
+    with db.session_scope() as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        assert record.finished_at is not None and studies.running(settings, record.study, request) == []
+        sweeps.resume(session, sweep_id=sweep_id, settings=settings)
+    first = _trial_jobs(sweep_id)[0][0]
+    with db.session_scope() as session:
+        attempt = jobs.claim_job(session, job_id=first, worker="w", lease_seconds=30, max_attempts=3).attempt
+        assert jobs.finish_job(session, job_id=first, attempt=attempt, status=JobStatus.SUCCEEDED)
+    with db.session_scope() as session:
+        sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+    with db.session_scope() as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        asked = record.trials[1]["number"]
+        assert 1 in _trial_jobs(sweep_id) and asked != dead  # launched under a trial the study keeps open
+        assert studies.running(settings, record.study, request) == [asked]
