@@ -241,15 +241,17 @@ def test_a_key_another_request_took_meanwhile_answers_that_sweep_on_either_datab
         assert again.replayed and again.sweep.id == first_id and looked == ["k1", "k1"]
 
 
-def _fail(job_id: str, reason: str, error: str) -> None:
+def _end(job_id: str, status: str, reason: str | None = None, error: str | None = None) -> None:
+    """A trial's job taken by a worker and ended so."""
     from service.core import db, jobs
-    from service.core.tables import JobStatus
 
     with db.session_scope() as session:
         attempt = jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3).attempt
-        assert jobs.finish_job(
-            session, job_id=job_id, attempt=attempt, status=JobStatus.FAILED, reason=reason, error=error
-        )
+        assert jobs.finish_job(session, job_id=job_id, attempt=attempt, status=status, reason=reason, error=error)
+
+
+def _fail(job_id: str, reason: str, error: str) -> None:
+    _end(job_id, "failed", reason, error)
 
 
 def _trial_jobs(sweep_id: str) -> dict:
@@ -335,10 +337,7 @@ def test_a_sweep_whose_trials_fail_alike_for_a_cause_they_share_stops_and_cancel
             open_trials = studies.running(settings, record.study, SweepSpec.model_validate(record.request))
             assert sorted(open_trials) == sorted(record.trials[i]["number"] for i in (0, 1, 2))
     for trial in range(6):
-        job_id = _trial_jobs(sweep_id)[trial][0]
-        with db.session_scope() as session:
-            attempt = jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3).attempt
-            assert jobs.finish_job(session, job_id=job_id, attempt=attempt, status=JobStatus.SUCCEEDED)
+        _end(_trial_jobs(sweep_id)[trial][0], JobStatus.SUCCEEDED)
         with db.session_scope() as session:
             sweeps.advance(session, sweep_id=sweep_id, settings=settings)
     with db.session_scope() as session:
@@ -382,7 +381,7 @@ def test_a_sweep_goes_on_past_failures_that_are_not_three_alike_of_a_shared_caus
 def test_a_trial_asked_for_but_never_launched_is_asked_anew_when_its_sweep_resumes(service_env):
     """The stop came between the study's ask and the trial's launch: the study was told the trial
     failed, and a resumed sweep that launched it under that number would never report or prune it."""
-    from service.core import db, jobs, studies, sweeps
+    from service.core import db, studies, sweeps
     from service.core.tables import JobStatus, Sweep
     from tests.support.specs import SOFTMAX_SPEC
 
@@ -406,10 +405,7 @@ def test_a_trial_asked_for_but_never_launched_is_asked_anew_when_its_sweep_resum
         record = sweeps.require(session, sweep_id=sweep_id)
         assert record.finished_at is not None and studies.running(settings, record.study, request) == []
         sweeps.resume(session, sweep_id=sweep_id, settings=settings)
-    first = _trial_jobs(sweep_id)[0][0]
-    with db.session_scope() as session:
-        attempt = jobs.claim_job(session, job_id=first, worker="w", lease_seconds=30, max_attempts=3).attempt
-        assert jobs.finish_job(session, job_id=first, attempt=attempt, status=JobStatus.SUCCEEDED)
+    _end(_trial_jobs(sweep_id)[0][0], JobStatus.SUCCEEDED)
     with db.session_scope() as session:
         sweeps.advance(session, sweep_id=sweep_id, settings=settings)
     with db.session_scope() as session:
