@@ -198,6 +198,27 @@ def _listed(names: list[str] | None) -> str:
     return ", ".join(names) if len(names) <= 6 else f"{len(names)} classes ({', '.join(names[:3])}, ...)"
 
 
+def registration_warnings(session: Session, version: ModelVersion) -> list[str]:
+    """What to know of a version just registered: that it is a checkpoint the model already has as
+    another version, and what its callers see change (contract_changes)."""
+    same = None
+    if version.job_id is not None:
+        same = session.scalar(
+            select(ModelVersion.version).where(
+                ModelVersion.name == version.name,
+                ModelVersion.job_id == version.job_id,
+                ModelVersion.epoch == version.epoch,
+                ModelVersion.version != version.version,
+            )
+        )
+    repeated = (
+        [f"version {version.version} is the checkpoint version {same} is (job {version.job_id}, epoch {version.epoch})"]
+        if same is not None
+        else []
+    )
+    return repeated + contract_changes(session, version)
+
+
 def contract_changes(session: Session, version: ModelVersion) -> list[str]:
     """What callers of the model see change with this new version (its task, its input, its
     classes), each a warning: compared with what the bare name served before, its production

@@ -46,7 +46,7 @@ def _model(session, name: str) -> ModelPublic:
 def _registered(session, version) -> ModelVersionRegistered:
     """A new version as registered, with what its callers will see change."""
     registered = ModelVersionRegistered.model_validate(version)
-    registered.warnings = model_registry.contract_changes(session, version)
+    registered.warnings = model_registry.registration_warnings(session, version)
     return registered
 
 

@@ -584,6 +584,16 @@ def test_metrics_and_logs_of_a_job(api, trained_job):
 # --- models -------------------------------------------------------------------------------------------
 
 
+def test_a_checkpoint_registered_again_says_which_version_it_already_is(api, trained_job):
+    assert api.post("/v1/models", json={"name": "twice", "job_id": trained_job}).json()["warnings"] == []
+    again = api.post("/v1/models", json={"name": "twice", "job_id": trained_job, "checkpoint": "best"}).json()
+    assert again["version"] == 2 and again["warnings"] == [
+        f"version 2 is the checkpoint version 1 is (job {trained_job}, epoch 2)"
+    ]
+    other = api.post("/v1/models", json={"name": "other", "job_id": trained_job}).json()
+    assert other["warnings"] == []  # another model's version: not a repeat
+
+
 def test_register_alias_threshold_and_delete(api, trained_job):
     first = api.post("/v1/models", json={"name": "shoes", "job_id": trained_job, "checkpoint": "best"})
     assert first.status_code == 201 and first.json()["version"] == 1, first.text
@@ -847,6 +857,20 @@ def test_the_predict_page_takes_a_numeric_models_rows(api, tmp_path):
     assert both.status_code == 422 and "give images or rows, not both" in both.text
     neither = api.post("/ui/predict", data={"model": "line"})
     assert neither.status_code == 422 and "or type a numeric model&#39;s rows" in neither.text
+
+    classifier = MODEL_SPEC.validate_python({"arch": "softmax_regression"})
+    net = build_model(classifier, [2], 3)
+    write_checkpoint(
+        tmp_path / "c.safetensors",
+        net.state_dict(),
+        imported_meta(classifier.model_dump(mode="json"), ["a", "b", "c"], [2]),
+    )
+    exported = export(Predictor.from_checkpoint(tmp_path / "c.safetensors"), "safetensors")
+    assert api.post("/v1/models/import", data={"name": "pick"}, files={"file": ("c.st", exported)}).status_code == 201
+    labelled = api.post("/ui/predict", data={"model": "pick", "rows": "1,2", "top_k": "2"})
+    assert labelled.status_code == 200, labelled.text
+    [ranked] = re.findall(r'<td class="top-k">([^<]+)</td>', labelled.text)
+    assert len(ranked.split("), ")) == 2 and "<th>top 2</th>" in labelled.text, ranked
 
 
 def test_an_exported_header_that_resizes_or_lies_imports_as_it_says_or_is_refused(api):
