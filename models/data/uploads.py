@@ -36,6 +36,7 @@ SKIPPED_FOLDERS = frozenset({"__MACOSX", ".ipynb_checkpoints"})
 SKIPPED_FILES = frozenset({"thumbs.db", "desktop.ini"})
 ColorMode = Literal["auto", "rgb", "grayscale"]
 IMBALANCE_WARNING = 10  # warn when the largest class has more than this many times the images of the smallest
+DEFAULT_TEST_FRACTION = 0.2  # held out for testing from an archive without a test split
 ELONGATED = 2  # warn when image_size squashes images whose long side is more than this many times the short
 
 
@@ -126,7 +127,7 @@ def decode_archive(
     data: bytes | BinaryIO,
     *,
     name: str,
-    test_fraction: float = 0.2,
+    test_fraction: float | None = None,
     image_size: int | None = None,
     seed: int = 0,
     color: ColorMode = "auto",
@@ -144,7 +145,8 @@ def decode_archive(
     images go to memory-mapped files there, image by image (the caller writes the dataset out,
     then calls `cleanup` on the result). A CSV's target is the column `csv_target` names, else
     the one called label (classification) or target (regression). `classes` names IDX files' labels
-    0, 1, ... (image folders and a CSV's labels name their own)."""
+    0, 1, ... (image folders and a CSV's labels name their own). `test_fraction` (default 0.2) splits
+    an archive that has no test split of its own, and is refused for one that has."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
     except zipfile.BadZipFile:
@@ -182,9 +184,17 @@ class CsvTarget:
 
 
 def _uses_every_option(
-    kind: str, *, image_size: int | None, color: ColorMode, csv_target: CsvTarget | None, classes: tuple | None
+    kind: str,
+    *,
+    image_size: int | None,
+    color: ColorMode,
+    csv_target: CsvTarget | None,
+    classes: tuple | None,
+    test_fraction: float | None,
 ) -> None:
     """ArchiveError for an option the archive's kind has no use for: it would be silently ignored."""
+    if kind == "idx" and test_fraction is not None:
+        _split_of_its_own("IDX files, whose t10k files are the test split")
     if classes is not None and kind != "idx":
         raise ArchiveError(
             f"classes names IDX files' labels 0, 1, ...; this archive holds {KIND_NAMES[kind]}, which name their "
@@ -201,6 +211,18 @@ def _uses_every_option(
             raise ArchiveError(
                 f"{option} applies to a folder of images; this archive holds {KIND_NAMES[kind]}: leave it out"
             )
+
+
+def _split_of_its_own(what: str) -> None:
+    raise ArchiveError(f"test_fraction splits an archive without a test split; this one holds {what}: leave it out")
+
+
+def _test_fraction(given: float | None, split_given: bool, what: str) -> float:
+    """The share held out for testing: the one given, or the default; refused where the archive has
+    its own test split (`split_given`), which it would not change."""
+    if given is not None and split_given:
+        _split_of_its_own(what)
+    return DEFAULT_TEST_FRACTION if given is None else given
 
 
 def check_archive(data: BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> int:
@@ -300,7 +322,14 @@ def _decode_members(
                 missing = ", ".join(sorted(set(IDX_FILES.values()) - idx_found))
                 raise ArchiveError(f"IDX files come four together: this archive lacks {missing} (gzipped or not)")
             kind = "idx" if len(idx_found) == len(IDX_FILES) else "csv" if csvs else "image_folder"
-            _uses_every_option(kind, image_size=image_size, color=color, csv_target=csv_target, classes=classes)
+            _uses_every_option(
+                kind,
+                image_size=image_size,
+                color=color,
+                csv_target=csv_target,
+                classes=classes,
+                test_fraction=test_fraction,
+            )
             if kind == "idx":
                 dataset = _idx(archive, members, basenames, name, limits, arrays, classes)
                 return DecodedUpload("idx", dataset, color="grayscale")
@@ -478,6 +507,7 @@ def _rows(trees, classes, test_fraction, seed) -> dict[str, list[tuple[str, int]
         split: [(p, index[label]) for label, ps in sorted(trees[split].items()) for p in ps]
         for split in ("train", "test")
     }
+    test_fraction = _test_fraction(test_fraction, bool(rows["test"]), "train/ and test/ folders")
     if not rows["test"]:
         try:
             kept, held = stratified_holdout_split(
@@ -621,6 +651,7 @@ def _csv(archive, members, csvs, name, test_fraction, seed, limits, csv_target: 
         sources = {"train": by_name["train.csv"], "test": by_name["test.csv"]}
     else:
         raise ArchiveError(f"expected one CSV, or train.csv and test.csv; found {csvs}")
+    test_fraction = _test_fraction(test_fraction, "all" not in sources, "train.csv and test.csv")
     tables = {}
     for split, path in sources.items():
         try:

@@ -1402,7 +1402,9 @@ def datasets_upload(
     name: Annotated[
         str | None, typer.Option(help="what specs call it (uploaded:<name>); default: the file's name without .zip")
     ] = None,
-    test_fraction: float = 0.2,
+    test_fraction: Annotated[
+        float | None, typer.Option(help="test share when the archive has no test split (default 0.2)")
+    ] = None,
     image_size: int | None = None,
     color: Annotated[str, typer.Option(help="auto (RGB if any image has colour), rgb or grayscale")] = "auto",
     min_per_class: Annotated[int, typer.Option(help="refuse smaller classes")] = 5,
@@ -1421,11 +1423,11 @@ def datasets_upload(
 ) -> None:
     """Upload a dataset zip; specs then use it as uploaded:<name> (or uploaded:<id>)."""
     form = {
-        "test_fraction": str(test_fraction),
         "color": color,
         "min_per_class": str(min_per_class),
         "seed": str(seed),
         **({"name": name} if name else {}),
+        **({"test_fraction": str(test_fraction)} if test_fraction is not None else {}),
         **({"image_size": str(image_size)} if image_size else {}),
         **({"label_column": label_column} if label_column is not None else {}),
         **({"target_column": target_column} if target_column is not None else {}),

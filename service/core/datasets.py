@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from models.data.contract import class_names_problem
 from models.data.dataset import Dataset, DatasetError
 from models.data.loading import load_dataset, load_stored_dataset, save_stored_dataset
-from models.data.uploads import ArchiveLimits, CsvTarget, check_archive, decode_archive
+from models.data.uploads import DEFAULT_TEST_FRACTION, ArchiveLimits, CsvTarget, check_archive, decode_archive
 from models.spec.job import UPLOADED_NAME, JobSpec, UploadedDatasetSpec
 from models.spec.problems import DatasetInfo, builtin_dataset_info
 from service.core import jobs
@@ -80,7 +80,7 @@ def check_name_free(session: Session, *, name: str) -> None:
 class UploadOptions:
     """How an uploaded archive is decoded (the upload's form fields)."""
 
-    test_fraction: float = 0.2
+    test_fraction: float | None = None  # the decoder's default where the archive needs one
     image_size: int | None = None
     seed: int = 0
     color: str = "auto"
@@ -113,7 +113,10 @@ class UploadOptions:
         """The options an upload's digest covers (the column names only when given, so that an
         upload from before they existed has the digest it had)."""
         optional = ("label_column", "target_column", "classes")
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
+        options = {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
+        if self.test_fraction is None:  # as uploads were digested when the form always sent one
+            options["test_fraction"] = DEFAULT_TEST_FRACTION
+        return options
 
 
 def class_names(raw: str | None) -> tuple[str, ...] | None:

@@ -84,6 +84,23 @@ def test_idx_labels_take_the_class_names_given_label_0_first(tmp_path):
         decode_archive(folders, name="x", classes=("a", "b"))
 
 
+def test_test_fraction_is_refused_for_an_archive_with_its_own_test_split(tmp_path):
+    """It would change nothing there; given for an archive without one, it is the share held out."""
+    rows = "".join(f"{i},{i % 2}\n" for i in range(20))
+    own_split = {
+        "IDX files, whose t10k files": zip_bytes(idx_files(tmp_path)),
+        "train/ and test/ folders": image_folder_zip(["a", "b"], per_class=5, test_per_class=2),
+        "train.csv and test.csv": zip_bytes({"train.csv": f"f,label\n{rows}".encode(), "test.csv": b"f,label\n1,0\n"}),
+    }
+    for what, archive in own_split.items():
+        assert decode_archive(archive, name="x").dataset.x_test.shape[0] > 0
+        with pytest.raises(ArchiveError, match=f"^test_fraction splits .* this one holds {what}.*: leave it out$"):
+            decode_archive(archive, name="x", test_fraction=0.3)
+    one_csv = zip_bytes({"all.csv": f"f,label\n{rows}".encode()})
+    assert len(decode_archive(one_csv, name="x").dataset.x_test) == 4  # the default, 0.2
+    assert len(decode_archive(one_csv, name="x", test_fraction=0.5).dataset.x_test) == 10
+
+
 @pytest.mark.parametrize("option", [{"image_size": 64}, {"color": "rgb"}])
 def test_an_image_option_given_for_a_csv_is_refused_not_ignored(option):
     rows = "f1,target\n" + "".join(f"{i},{2 * i}\n" for i in range(20))

@@ -65,8 +65,9 @@ async def upload_dataset(
     ],
     name: Annotated[str | None, Form(max_length=200)] = None,
     test_fraction: Annotated[
-        float, Form(gt=0, lt=1, description="test share when the archive has no test split")
-    ] = 0.2,
+        float | None,
+        Form(gt=0, lt=1, description="test share when the archive has no test split (default 0.2); refused if it has"),
+    ] = None,
     image_size: Annotated[int | None, Form(ge=8, le=512, description="resize every image to this square")] = None,
     seed: Annotated[int, Form(ge=0, le=2**31)] = 0,
     color: Annotated[

@@ -152,6 +152,7 @@ def test_the_same_upload_again_finds_the_dataset_it_made(service_env):
 
     first = digest()
     assert digest() == first and len(first) == 64
+    assert digest(test_fraction=0.2) == first  # as an upload digested when the form always sent it
     assert (
         len(
             {
