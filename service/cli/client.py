@@ -92,8 +92,17 @@ def exit_code_for(status: int) -> int:
     return USAGE if 400 <= status < 500 else SERVICE_FAILED
 
 
-def checked(response: httpx.Response) -> dict:
-    """The JSON body, or a Failure that says what the service answered."""
+def _place(loc: list, said_as: dict[str, str]) -> str:
+    """Where a 422 puts a problem, in the command's words: a query parameter is the option (or
+    argument, by `said_as`) that sent it, not `query.max_values`."""
+    if len(loc) == 2 and loc[0] == "query":
+        return said_as.get(str(loc[1]), "--" + str(loc[1]).replace("_", "-"))
+    return ".".join(str(p) for p in loc)
+
+
+def checked(response: httpx.Response, said_as: dict[str, str] | None = None) -> dict:
+    """The JSON body, or a Failure that says what the service answered. `said_as` names the
+    argument a query parameter came from where it is not the option of the same name."""
     if response.is_success:
         return response.json() if response.content else {}
     try:
@@ -101,7 +110,7 @@ def checked(response: httpx.Response) -> dict:
     except ValueError:
         detail = response.text
     if isinstance(detail, list):
-        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in detail)
+        detail = "; ".join(f"{_place(e.get('loc', []), said_as or {})}: {e.get('msg')}" for e in detail)
     hint = "; give a token with --token or TRAINYARD_TOKEN" if response.status_code == 401 else ""
     raise Failure(f"{response.status_code} {detail}{hint}", exit_code_for(response.status_code))
 
@@ -915,7 +924,7 @@ def plot(
     with opts.client() as api:
         answer = api.get(path, params=params, timeout=120)
     if answer.status_code != 200:
-        checked(answer)
+        checked(answer, said_as={"jobs": "JOB"})
     try:
         output.write_bytes(answer.content)
     except OSError as exc:

@@ -137,6 +137,21 @@ def test_an_upload_refusal_names_the_flags(monkeypatch, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "args, param, told",
+    [
+        (["models", "params", "m", "--max-values", "-1"], "max_values", "422 --max-values: no"),
+        (["plot", *"abcdefghi", "-o", "x.png"], "jobs", "422 JOB: no"),
+    ],
+)
+def test_a_refused_query_parameter_is_named_as_the_command_takes_it(monkeypatch, tmp_path, args, param, told):
+    detail = [{"loc": ["query", param], "msg": "no"}]
+    answer = httpx.MockTransport(lambda request: httpx.Response(422, json={"detail": detail}))
+    monkeypatch.setattr(cli_client, "client", lambda url, token: httpx.Client(base_url=url, transport=answer))
+    monkeypatch.chdir(tmp_path)
+    assert str(CliRunner().invoke(cli_main.app, args).exception) == told
+
+
 def test_a_refusal_is_one_line_on_stderr_without_error_twice(dialled, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["trainyard", "jobs", "show", "75190f2c"])
     with pytest.raises(SystemExit) as exit_:
