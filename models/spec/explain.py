@@ -7,7 +7,6 @@ import difflib
 import json
 import re
 import types
-from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Tag
@@ -121,10 +120,8 @@ def _close(word: str, names: list[str]) -> list[str]:
     return by_initials or [name for match in close for name, part in last.items() if part == match][:3]
 
 
-def _unknown_field(root: type[BaseModel], loc: tuple, default: str, elsewhere: Elsewhere | None = None) -> str:
+def _unknown_field(root: type[BaseModel], loc: tuple, default: str) -> str:
     key, node = loc[-1], _at(root, loc[:-1])
-    if len(loc) == 1 and isinstance(key, str) and elsewhere is not None and (other := elsewhere(root, key)):
-        return f"unknown field {key!r}: {other}"
     names = list(dict.fromkeys(field for model in _models(node) for field in model.model_fields))
     if not isinstance(key, str) or not names:
         return default
@@ -176,17 +173,13 @@ def _unknown_tag(root: type[BaseModel], error: dict, document) -> str:
     return f"unknown {path} {value!r}: {meant}{path} is one of {', '.join(tags)}"
 
 
-Elsewhere = Callable[[type[BaseModel], str], "str | None"]
-
-
-def explain(error: dict, root: type[BaseModel], document, elsewhere: Elsewhere | None = None) -> str:
+def explain(error: dict, root: type[BaseModel], document) -> str:
     """A pydantic error's message, told in the terms of the document `root` validated: unknown keys
     and unknown or missing union tags (model.arch, data.dataset) get "did you mean" from the names
-    known there. `error["loc"]` is pydantic's location in the document. `elsewhere(root, key)` may
-    say where an unknown top-level key belongs instead (a sweep's `base` sent as a job)."""
+    known there. `error["loc"]` is pydantic's location in the document."""
     try:
         if error.get("type") == "extra_forbidden" and error.get("loc"):
-            return _unknown_field(root, tuple(error["loc"]), error["msg"], elsewhere)
+            return _unknown_field(root, tuple(error["loc"]), error["msg"])
         if error.get("type") in ("union_tag_not_found", "union_tag_invalid", "dataset"):
             return _unknown_tag(root, error, document)
     except Exception:  # a hint must never cost the answer

@@ -114,14 +114,39 @@ def _body_model(request: Request) -> type[BaseModel] | None:
     return model
 
 
-def _elsewhere(model: type[BaseModel], key: str) -> str | None:
-    """Where an unknown top-level key of a job or a sweep belongs: a sweep sent as a job (`base`,
-    `grid`), or a job spec sent as a sweep (`model`, `epochs`)."""
-    if model is JobSpec and key in SweepSpec.model_fields and key not in JobSpec.model_fields:
-        return "a sweep's; send sweeps to POST /v1/sweeps (trainyard sweep FILE)"
-    if model is SweepSpec and key in JobSpec.model_fields:
-        return "a job spec's; a sweep takes the job spec it varies as its base (docs/sweeps.md)"
-    return None
+# A body of the other route's kind, and where it goes: a sweep sent as a job (`base`, `grid`), or a
+# job spec sent as a sweep (`model`, `epochs`).
+_OTHER_KIND = {
+    JobSpec: (SweepSpec, "a sweep's fields", "send sweeps to POST /v1/sweeps (trainyard sweep FILE)"),
+    SweepSpec: (JobSpec, "a job spec's fields", "a sweep takes the job spec it varies as its base (docs/sweeps.md)"),
+}
+
+
+def _sent_to_the_other_route(errors: list[dict], body: dict, model: type[BaseModel] | None) -> list[dict]:
+    """A sweep sent to POST /v1/jobs (or a job spec to /v1/sweeps) told once, at the body, instead
+    of once per field it has and per required field it then lacks."""
+    if model not in _OTHER_KIND:
+        return errors
+    other, whose, where = _OTHER_KIND[model]
+    theirs = [
+        e
+        for e in errors
+        if e.get("type") == "extra_forbidden"
+        and len(e.get("loc", ())) == 2
+        and e["loc"][1] in other.model_fields
+        and e["loc"][1] not in model.model_fields
+    ]
+    if not theirs:
+        return errors
+    whole = all(name in body for name, field in other.model_fields.items() if field.is_required())
+    lacking = [e for e in errors if whole and e.get("type") == "missing" and len(e.get("loc", ())) == 2]
+    told = {
+        "type": "extra_forbidden",
+        "loc": ("body",),
+        "msg": f"{whose} ({', '.join(e['loc'][1] for e in theirs)}): {where}",
+        "input": None,
+    }
+    return [told, *(e for e in errors if e not in theirs and e not in lacking)]
 
 
 def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> list[dict]:
@@ -130,16 +155,17 @@ def _located(errors: list[dict], body, model: type[BaseModel] | None = None) -> 
     with "did you mean" for unknown keys and unknown or missing tags such as model.arch."""
     if not isinstance(body, dict):
         return errors
-    return [
+    located = [
         {
             **e,
             "loc": ("body", *error_loc(body, {**e, "loc": tuple(e["loc"][1:])})),
-            "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body, _elsewhere) if model else plain_message(e),
+            "msg": explain({**e, "loc": tuple(e["loc"][1:])}, model, body) if model else plain_message(e),
         }
         if tuple(e.get("loc", ()))[:1] == ("body",)
         else e
         for e in errors
     ]
+    return _sent_to_the_other_route(located, body, model)
 
 
 def _file_fields(request: Request) -> frozenset[str]:

@@ -225,21 +225,29 @@ def test_a_wrong_normalize_is_one_error_for_the_form_it_was_given_in():
     assert loc == ("body", "data", "normalize") and message.startswith("normalize must be 'none', 'dataset' or {")
 
 
-def test_a_sweep_sent_as_a_job_or_a_job_as_a_sweep_says_where_it_goes():
-    """`trainyard submit sweep.json` was told "unknown field 'base': did you mean 'optimizer.betas'?"."""
+def test_a_sweep_sent_as_a_job_or_a_job_as_a_sweep_says_where_it_goes_once():
+    """`trainyard submit sweep.json` was told "unknown field 'base': did you mean 'optimizer.betas'?",
+    and then the same hint once for each of the sweep's fields, after "model: Field required"."""
     import json
 
     from tests.support.servers import REPO
 
     sweep = json.loads((REPO / "examples" / "sweeps" / "weight-decay.json").read_text())
-    found = spec_errors(sweep)
-    assert found[("body", "base")] == (
-        "unknown field 'base': a sweep's; send sweeps to POST /v1/sweeps (trainyard sweep FILE)"
-    )
+    assert spec_errors(sweep) == {
+        ("body",): "a sweep's fields (base, grid, metric, mode): send sweeps to POST /v1/sweeps (trainyard sweep FILE)"
+    }
     job = json.loads((REPO / "examples" / "linear-regression.json").read_text())
     answer = spec_client().post("/sweeps", json=job)
-    said = {tuple(e["loc"]): e["msg"] for e in answer.json()["detail"]}
-    assert said[("body", "model")] == (
-        "unknown field 'model': a job spec's; a sweep takes the job spec it varies as its base (docs/sweeps.md)"
-    )
-    assert said[("body", "seed")].startswith("unknown field 'seed': a job spec's")  # not "did you mean 'random.seed'"
+    assert [(e["loc"], e["msg"]) for e in answer.json()["detail"]] == [
+        (
+            ["body"],
+            "a job spec's fields (model, data, optimizer, epochs, batch_size, seed, device): a sweep takes the job "
+            "spec it varies as its base (docs/sweeps.md)",
+        )
+    ]
+    # A job spec with one sweep field too many is still a job spec: what it lacks is said.
+    assert spec_errors({"grid": {}, "epochs": 2}) == {
+        ("body",): "a sweep's fields (grid): send sweeps to POST /v1/sweeps (trainyard sweep FILE)",
+        ("body", "model"): "Field required",
+        ("body", "data"): "Field required",
+    }
