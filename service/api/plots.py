@@ -79,9 +79,16 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dict], int | None]]:
-    """(label, metric rows, best epoch) per job for learning_curves; NotFound for an unknown job."""
+def compared(session: Session, job_ids: list[str]) -> list[Job]:
+    """The jobs of ids or prefixes in the order they were submitted, whatever the order given: a job
+    has one colour on every plot and page of the same jobs. NotFound for an unknown job."""
     found = [jobs.require_job(session, job_id=job_id) for job_id in job_ids]
+    return sorted(found, key=lambda job: (job.created_at, job.id))
+
+
+def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dict], int | None]]:
+    """(label, metric rows, best epoch) per job for learning_curves, in `compared` order."""
+    found = compared(session, job_ids)
     return labelled_series(session, list(zip(found, compared_labels(found), strict=True)))
 
 

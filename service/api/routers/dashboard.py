@@ -302,11 +302,7 @@ def compare_page(request: Request, session: SessionDep, jobs_param: JobsParam = 
     """Several jobs side by side: their curves on one figure, and what tells their specs apart."""
     found = [
         job_public(view)
-        for view in job_pages.views(
-            session,
-            [jobs.require_job(session, job_id=job_id) for job_id in _compared(jobs_param or [])],
-            get_settings(),
-        )
+        for view in job_pages.views(session, plots.compared(session, _compared(jobs_param or [])), get_settings())
     ]
     told_apart = differences([job.spec for job in found])
     references = [(job.spec.get("data") or {}).get("dataset", "") for job in found]
