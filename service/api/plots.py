@@ -92,6 +92,14 @@ def job_series(session: Session, job_ids: list[str]) -> list[tuple[str, list[dic
     return labelled_series(session, list(zip(found, compared_labels(found), strict=True)))
 
 
+def job_series_as_shown(session: Session, job_id: str, epochs: int, best: int | None) -> list[tuple]:
+    """A job's series as its page showed it: its first `epochs` epochs, `best` marked. The page's
+    picture is fetched after the page, when a running job may have ended another epoch."""
+    [(label, rows, _)] = job_series(session, [job_id])
+    shown = rows[:epochs]
+    return [(label, shown, best if any(row["epoch"] == best for row in shown) else None)]
+
+
 COMPARED = (2, 8)
 
 

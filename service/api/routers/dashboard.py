@@ -274,8 +274,14 @@ def job_page(
 
 
 @pages.get("/ui/jobs/{job_id}/plot.png")
-async def job_plot(job_id: str) -> Response:
-    return await plots.curves_response(plots.job_series, [job_id])
+async def job_plot(
+    job_id: str,
+    epochs: Annotated[int | None, Query(ge=0, description="draw the first this many (as the page listed)")] = None,
+    best: Annotated[int | None, Query(ge=1, description="the best epoch the page named")] = None,
+) -> Response:
+    if epochs is None:
+        return await plots.curves_response(plots.job_series, [job_id])
+    return await plots.curves_response(plots.job_series_as_shown, job_id, epochs, best)
 
 
 MISTAKES_SHOWN = 24

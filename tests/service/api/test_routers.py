@@ -435,6 +435,23 @@ def test_a_k_fold_jobs_page_and_cli_show_each_fold_and_their_mean(api, trained_j
     assert said[2] == "  fold 2: train loss 0.5000, train acc 0.800, val loss 0.8000, val acc 0.700", said
 
 
+def test_a_jobs_picture_draws_the_epochs_and_best_its_page_named(api, trained_job):
+    """A running job's picture is fetched after its page: it drew an epoch the page had not listed
+    and named a best epoch the page did not."""
+    from service.api import plots
+    from service.core import db
+
+    page = api.get(f"/ui/jobs/{trained_job}").text
+    assert f'src="/ui/jobs/{trained_job}/plot.png?epochs=3&amp;best=2"' in page
+    with db.session_scope() as session:
+        [(_, rows, best)] = plots.job_series_as_shown(session, trained_job, 2, 1)
+        assert [row["epoch"] for row in rows] == [1, 2] and best == 1
+        assert plots.job_series_as_shown(session, trained_job, 1, 2)[0][2] is None  # not drawn: not marked
+    picture = api.get(f"/ui/jobs/{trained_job}/plot.png", params={"epochs": 2, "best": 1})
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+    assert api.get(f"/ui/jobs/{trained_job}/plot.png", params={"epochs": -1}).status_code == 422
+
+
 def test_a_long_jobs_page_lists_some_of_its_epochs_the_best_among_them_and_all_on_request(api, trained_job):
     import re
 
