@@ -820,11 +820,12 @@ async def _predict_rows(request: Request, server, context: dict, text: str) -> H
     """The predict page's answer for typed rows (a regression's values, or a tabular classifier's labels)."""
     try:
         rows = _typed_rows(text)
-        _, loaded = await server.get(context["model"])
-        # The page's top k and threshold are for a classifier; a regression's answer is its value.
-        classifies = loaded.predictor.task == "classification"
-        top_k, threshold = (context["top_k"], context["threshold"]) if classifies else (1, None)
-        target, loaded, outputs = await server.predict_values(context["model"], rows, threshold, top_k)
+        async with server.deadline():  # the lookup as well as the answer
+            _, loaded = await server.get(context["model"])
+            # The page's top k and threshold are for a classifier; a regression's answer is its value.
+            classifies = loaded.predictor.task == "classification"
+            top_k, threshold = (context["top_k"], context["threshold"]) if classifies else (1, None)
+            target, loaded, outputs = await server.predict_values(context["model"], rows, threshold, top_k)
         answer = values_answer(target, loaded.predictor, outputs, top_k, threshold)
     except (CoreError, InputError, CheckpointError) as exc:
         return templates.TemplateResponse(

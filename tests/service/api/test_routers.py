@@ -875,6 +875,21 @@ def test_the_predict_page_takes_a_numeric_models_rows(api, tmp_path):
     assert both.status_code == 422 and "give images or rows, not both" in both.text
     neither = api.post("/ui/predict", data={"model": "line"})
     assert neither.status_code == 422 and "or type a numeric model&#39;s rows" in neither.text
+    server = api.app.state.models
+    looked_up = server.get
+
+    calls = []
+
+    async def slow_lookup(reference):  # the page's first lookup (to learn the task) is under the deadline too
+        calls.append(reference)
+        await asyncio.sleep(0.5 if len(calls) == 1 else 0)
+        return await looked_up(reference)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server, "settings", server.settings.model_copy(update={"predict_timeout_ms": 100}))
+        patch.setattr(server, "get", slow_lookup)
+        late = api.post("/ui/predict", data={"model": "line", "rows": "1,1"})
+    assert late.status_code == 422 and "no answer within" in late.text, late.text
 
     classifier = MODEL_SPEC.validate_python({"arch": "softmax_regression"})
     net = build_model(classifier, [2], 3)
