@@ -23,7 +23,7 @@ from service.core.ids import resolve_id
 from service.core.job_pages import JobView
 from service.core.references import ModelNotFound, ModelNotReady, find_version, init_from_reference, resolve
 from service.core.settings import Settings
-from service.core.tables import Job
+from service.core.tables import Job, Sweep
 
 
 @dataclass
@@ -269,11 +269,14 @@ def cancel_job(session: Session, *, job_id: str) -> None:
     session.commit()
 
 
-def resume_job(session: Session, *, job_id: str, settings: Settings) -> None:
+def resume_job(session: Session, *, job_id: str, settings: Settings, by_its_sweep: bool = False) -> None:
     """Queue a cancelled or failed job again and send it to a worker; Conflict if its uploaded
-    dataset was deleted (it would fail at once). Its warnings are told again as they are now (the
-    weights or data files may have been put in place since)."""
+    dataset was deleted (it would fail at once), or if it is a trial of a sweep with a study and
+    not resumed `by_its_sweep`. Its warnings are told again as they are now (the weights or data files
+    may have been put in place since)."""
     job = jobs.require_job(session, job_id=job_id)
+    if not by_its_sweep and (problem := resumed_by_its_sweep(session, job)):
+        raise Conflict(problem)
     jobs.request_resume(session, job_id=job.id)  # InvalidTransition for a job that cannot resume
     spec = JobSpec.model_validate(job.spec)
     if (
@@ -288,3 +291,18 @@ def resume_job(session: Session, *, job_id: str, settings: Settings) -> None:
     job.warnings = job_warnings(session, spec=spec, settings=settings) or None
     session.commit()
     publish_or_defer(job.id, settings.queue_for(worker_registry.device_of(job.spec)))
+
+
+def resumed_by_its_sweep(session: Session, job: Job) -> str | None:
+    """Why a trial of a sweep with a study (adaptive, or pruned) is resumed through its sweep, or
+    None for any other job. Its Optuna trial was told how the job ended; resumed alone, the job
+    would report its epochs to that closed trial and its end to nothing. The sweep's resume asks
+    the study for the trial anew."""
+    sweep = session.get(Sweep, job.sweep_id) if job.sweep_id else None
+    if sweep is None or sweep.study is None:
+        return None
+    when = "once its other trials have ended" if sweep.finished_at is None else "instead"
+    return (
+        f"job {job.id} is trial {job.sweep_trial} of sweep {sweep.id}, whose Optuna study was told how it "
+        f"ended: resume the sweep {when} (trainyard sweeps resume {sweep.id[:8]}), which runs it again"
+    )

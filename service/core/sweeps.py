@@ -308,7 +308,7 @@ def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], 
         session.commit()
         return
     try:
-        submission.resume_job(session, job_id=job.id, settings=settings)  # commits the entry with the job
+        submission.resume_job(session, job_id=job.id, settings=settings, by_its_sweep=True)  # commits both
     except (Conflict, jobs.InvalidTransition) as exc:
         session.rollback()
         locked = session.get(Sweep, sweep.id, populate_existing=True, with_for_update=True)

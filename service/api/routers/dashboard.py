@@ -245,6 +245,8 @@ def _job_page(
         "images": info is not None and info.images,
         "rows": info is not None and not info.images,  # a model of numeric rows: the predict page takes images
         "model_name": model_name_for(job.name),  # offered in the register form
+        # a trial of an adaptive sweep is resumed with its sweep: the button is the sweep page's
+        "sweep_resumes_it": submission.resumed_by_its_sweep(session, session.get(Job, job.id)) is not None,
         **extra,
     }
     if tab == "logs":

@@ -413,3 +413,41 @@ def test_a_trial_asked_for_but_never_launched_is_asked_anew_when_its_sweep_resum
         asked = record.trials[1]["number"]
         assert 1 in _trial_jobs(sweep_id) and asked != dead  # launched under a trial the study keeps open
         assert studies.running(settings, record.study, request) == [asked]
+
+
+@pytest.mark.parametrize("pruner", [None, {"name": "asha", "min_epochs": 1}], ids=["grid", "grid+asha"])
+def test_a_trial_of_a_sweep_with_a_study_is_resumed_with_its_sweep_not_alone(service_env, pruner):
+    """Resumed alone, it reported its epochs to the Optuna trial its study had closed, and its end to
+    nothing; a grid sweep's trial has no study and resumes alone."""
+    from service.core import db, studies, submission, sweeps
+    from service.core.errors import Conflict
+    from service.core.tables import JobStatus
+    from tests.support.specs import SOFTMAX_SPEC
+
+    settings = service_env
+    request = SweepSpec(
+        name="alone", base={**SOFTMAX_SPEC, "epochs": 2}, grid={"optimizer.lr": [0.1]}, max_parallel=1, pruner=pruner
+    )
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=request, settings=settings).sweep.id
+    job_id = _trial_jobs(sweep_id)[0][0]
+    _fail(job_id, "worker_lost", "gone")
+    with db.session_scope() as session:
+        sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+    if pruner is None:
+        with db.session_scope() as session:
+            submission.resume_job(session, job_id=job_id, settings=settings)
+        return
+    with db.session_scope() as session:
+        with pytest.raises(Conflict, match=f"is trial 0 of sweep {sweep_id}, whose Optuna study was told how it "):
+            submission.resume_job(session, job_id=job_id, settings=settings)
+    from tests.service.api.test_routers import make_api
+
+    page = make_api().get(f"/ui/jobs/{job_id}").text  # no resume button: the sweep page's resumes it
+    assert 'id="resumed-with-sweep"' in page and 'id="resume"' not in page
+    with db.session_scope() as session:
+        sweeps.resume(session, sweep_id=sweep_id, settings=settings)
+    with db.session_scope() as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        assert _trial_jobs(sweep_id)[0][:2] == (job_id, JobStatus.QUEUED)
+        assert studies.running(settings, record.study, request) == [record.trials[0]["number"]]
