@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import shutil
@@ -161,6 +162,19 @@ class PrivatePostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+_MIGRATED: dict[Path, Path] = {}  # a source tree -> an embedded database its `trainyard migrate` made
+
+
+def _migrated_database(source: Path, data_dir: Path) -> Path:
+    if source not in _MIGRATED:
+        home = Path(tempfile.mkdtemp(prefix="trainyard-migrated-"))
+        atexit.register(shutil.rmtree, home, True)
+        migrated = Stack(home=home, data_dir=data_dir, source=source).cli("migrate")
+        assert migrated.returncode == 0, f"migrate failed:\n{migrated.stdout}\n{migrated.stderr}"
+        _MIGRATED[source] = home / "trainyard.db"
+    return _MIGRATED[source]
+
+
 @dataclass
 class Stack:
     """An API server and a Celery worker sharing one state folder, database and broker."""
@@ -251,10 +265,20 @@ class Stack:
             ],
         )
 
+    def migrate(self) -> None:
+        """`trainyard migrate`; for a new home on the embedded database, a copy of one that command
+        migrated earlier in the run instead (a migration costs a process start and two seconds, and
+        the suite starts dozens of stacks; a migrated database holds its schema alone)."""
+        database = self.home / "trainyard.db"
+        if "TRAINYARD_DATABASE_URL" in self.env or database.exists():
+            migrated = self.cli("migrate")
+            assert migrated.returncode == 0, f"migrate failed:\n{migrated.stdout}\n{migrated.stderr}"
+        else:
+            shutil.copyfile(_migrated_database(self.source, self.data_dir), database)
+
     def start(self) -> Stack:
         self.home.mkdir(parents=True, exist_ok=True)
-        migrated = self.cli("migrate")
-        assert migrated.returncode == 0, f"migrate failed:\n{migrated.stdout}\n{migrated.stderr}"
+        self.migrate()
         if self.with_worker:
             self.start_worker()
         self._spawn("api", ["-m", "service.cli.main", "api"])
