@@ -142,6 +142,21 @@ class SweepSpec(StrictModel):
     def size(self) -> int:
         return self.tpe.count if self.tpe is not None else len(self.trials())
 
+    def datasets(self) -> set[str]:
+        """The datasets its trials may train on: the base's, and those a varied `data.dataset` (or
+        `data`) takes."""
+        varied = self.grid or {}
+        if (search := self.random or self.tpe) is not None:
+            varied = {path: d.choice or [] for path, d in search.distributions.items()}
+        data = self.base.get("data")
+        found = [data.get("dataset") if isinstance(data, dict) else None]
+        for path, values in varied.items():
+            if path == "data.dataset":
+                found += values
+            elif path == "data":
+                found += [value.get("dataset") for value in values if isinstance(value, dict)]
+        return {reference for reference in found if isinstance(reference, str)}
+
     @property
     def adaptive(self) -> bool:
         """Whether an Optuna study takes part: it samples (tpe) or it prunes."""

@@ -25,14 +25,15 @@ from models.data.loading import load_dataset, load_stored_dataset, save_stored_d
 from models.data.uploads import DEFAULT_TEST_FRACTION, ArchiveLimits, CsvTarget, check_archive, decode_archive
 from models.spec.job import UPLOADED_NAME, JobSpec, UploadedDatasetSpec
 from models.spec.problems import DatasetInfo, builtin_dataset_info
+from models.spec.sweeps import SweepSpec
 from service.core import jobs
 from service.core.background import Periodic
 from service.core.db import session_scope
-from service.core.errors import Conflict, Invalid, NotFound, Unprocessable, json_field
+from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unprocessable, json_field
 from service.core.ids import MAX_LISTED, id_hint, not_found, resolve_id
 from service.core.settings import Settings
 from service.core.storage import StoredFile, get_storage
-from service.core.tables import DatasetStatus, Job, JobStatus, StoredDataset, dataset_key, new_id, utcnow
+from service.core.tables import DatasetStatus, Job, JobStatus, StoredDataset, Sweep, dataset_key, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -508,6 +509,12 @@ def delete_dataset(session: Session, *, dataset_id: str, settings: Settings, for
     users = [job.id for job in using if job.status in (JobStatus.QUEUED, *JobStatus.ACTIVE)]
     if users:
         raise DatasetInUse(f"dataset {dataset_id} is used by unfinished job(s) {', '.join(users)}")
+    sweeping = _unfinished_sweeps_using(session, dataset_id)
+    if sweeping:
+        raise DatasetInUse(
+            f"dataset {dataset_id} is used by unfinished sweep(s) {', '.join(sweeping)}, whose trials still to "
+            "launch would be refused without it: cancel them first, or wait until they end"
+        )
     resumable = [
         job.id
         for job in using
@@ -521,6 +528,24 @@ def delete_dataset(session: Session, *, dataset_id: str, settings: Settings, for
     session.delete(record)
     session.commit()
     get_storage(settings).delete(dataset_key(dataset_id), upload_key(dataset_id))
+
+
+def _unfinished_sweeps_using(session: Session, dataset_id: str) -> list[str]:
+    """The sweeps not yet ended whose trials may train on the dataset, by any name a spec gives it."""
+
+    def names_it(reference: str) -> bool:
+        try:
+            return reference.startswith("uploaded:") and dataset_id in _candidates(
+                session, reference.removeprefix("uploaded:")
+            )
+        except CoreError:  # a prefix several datasets begin with names none in particular
+            return False
+
+    return [
+        sweep.id
+        for sweep in session.scalars(select(Sweep).where(Sweep.finished_at.is_(None)))
+        if any(names_it(reference) for reference in SweepSpec.model_validate(sweep.request).datasets())
+    ]
 
 
 def dataset_info(session: Session, spec: JobSpec) -> DatasetInfo | None:

@@ -23,7 +23,7 @@ from service.core.ids import resolve_id
 from service.core.job_pages import JobView
 from service.core.references import ModelNotFound, ModelNotReady, find_version, init_from_reference, resolve
 from service.core.settings import Settings
-from service.core.tables import Job, Sweep
+from service.core.tables import Job, JobStatus, Sweep
 
 
 @dataclass
@@ -294,15 +294,16 @@ def resume_job(session: Session, *, job_id: str, settings: Settings, by_its_swee
 
 
 def resumed_by_its_sweep(session: Session, job: Job) -> str | None:
-    """Why a trial of a sweep with a study (adaptive, or pruned) is resumed through its sweep, or
-    None for any other job. Its Optuna trial was told how the job ended; resumed alone, the job
-    would report its epochs to that closed trial and its end to nothing. The sweep's resume asks
-    the study for the trial anew."""
+    """Why a failed or cancelled trial of a sweep with a study (adaptive, or pruned) is resumed
+    through its sweep, or None for any other job. Its Optuna trial was told it failed; resumed
+    alone, the job would report its epochs to that closed trial and its end to nothing. The sweep's
+    resume asks the study for the trial anew. (A pruned trial resumes alone, to train on: the
+    sweep is not told again.)"""
     sweep = session.get(Sweep, job.sweep_id) if job.sweep_id else None
-    if sweep is None or sweep.study is None:
+    if sweep is None or sweep.study is None or job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         return None
     when = "once its other trials have ended" if sweep.finished_at is None else "instead"
     return (
-        f"job {job.id} is trial {job.sweep_trial} of sweep {sweep.id}, whose Optuna study was told how it "
-        f"ended: resume the sweep {when} (trainyard sweeps resume {sweep.id[:8]}), which runs it again"
+        f"job {job.id} is trial {job.sweep_trial} of sweep {sweep.id}, whose Optuna study was told it failed: "
+        f"resume the sweep {when} (trainyard sweeps resume {sweep.id[:8]}), which runs it again"
     )

@@ -219,16 +219,8 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
             _ask(sweep, index, settings)
             session.commit()  # the trial's values are recorded before its job exists
             continue
-        base, name = sweep.request["base"], sweep.name
         try:
-            spec = JobSpec.model_validate(trial_spec(base, name, sweep.trials[index]["params"]))
-            submitted, queue = submission.add_job(
-                session,
-                spec=spec,
-                settings=settings,
-                idempotency_key=f"sweep:{sweep_id}:{index}",
-                sweep=(sweep_id, index),
-            )
+            submitted, queue = _add_trial_job(session, sweep, index, settings)
         except (ValidationError, Invalid, Conflict) as exc:
             # A TPE draw is checked only here (its specs were checked at each distribution's
             # extremes, not at every combination): the trial is recorded as invalid, the study
@@ -245,6 +237,22 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
         session.commit()
         if queue is not None:
             publish_or_defer(submitted.job_id, queue)
+
+
+def _add_trial_job(session: Session, sweep: Sweep, index: int, settings: Settings):
+    """Trial `index`'s job, added (not committed): the base spec with the trial's values.
+    ValidationError, Invalid or Conflict where they make no job that can run."""
+    spec = JobSpec.model_validate(trial_spec(sweep.request["base"], sweep.name, sweep.trials[index]["params"]))
+    return submission.add_job(
+        session, spec=spec, settings=settings, idempotency_key=f"sweep:{sweep.id}:{index}", sweep=(sweep.id, index)
+    )
+
+
+def _refusal(error: Exception) -> str:
+    """Why a trial's values made no job, as its entry records it."""
+    if isinstance(error, Invalid):
+        return "; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in error.problems)[:2000]
+    return str(error)[:2000]
 
 
 # A sweep stops launching trials once this many in a row have failed alike, for a reason that comes
@@ -295,26 +303,34 @@ def _replaced(trials: list[dict], index: int, entry: dict) -> list[dict]:
 
 
 def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], settings: Settings) -> None:
-    """Resume trial `index`'s job, for a resumed sweep (its study, which was told how the trial ended,
-    is asked for a new trial of the same values), and commit; a job that cannot resume any more (its
-    uploaded dataset was deleted) stays as it ended."""
+    """Run trial `index` again, for a resumed sweep, and commit: resume its job, or for a trial
+    whose values made no job (invalid), check them again and launch one. Its study, which was told
+    how the trial ended, is asked for a new trial of the same values. A job that cannot resume any
+    more (its uploaded dataset was deleted), or values still refused, leave the trial as it was."""
+    job = next((t.job for t in ranked if t.index == index), None)
+    invalid = job is None and "error" in sweep.trials[index]
     entry = _without(sweep.trials[index], "again", "error")
     request = SweepSpec.model_validate(sweep.request) if sweep.study is not None else None
     if request is not None:
         entry["number"], _ = studies.ask(settings, sweep.study, request, index=index, fixed=entry["params"])
     sweep.trials = _replaced(sweep.trials, index, entry)
-    job = next((t.job for t in ranked if t.index == index), None)
-    if job is None or job.status not in RUN_AGAIN:
+    if not invalid and (job is None or job.status not in RUN_AGAIN):
         session.commit()
         return
     try:
-        submission.resume_job(session, job_id=job.id, settings=settings, by_its_sweep=True)  # commits both
-    except (Conflict, jobs.InvalidTransition) as exc:
+        if invalid:
+            submitted, queue = _add_trial_job(session, sweep, index, settings)
+            session.commit()
+            if queue is not None:
+                publish_or_defer(submitted.job_id, queue)
+        else:
+            submission.resume_job(session, job_id=job.id, settings=settings, by_its_sweep=True)  # commits both
+    except (ValidationError, Invalid, Conflict, jobs.InvalidTransition) as exc:
         session.rollback()
         locked = session.get(Sweep, sweep.id, populate_existing=True, with_for_update=True)
         if request is not None:  # the trial asked for it will not run
             studies.tell(settings, sweep.study, request, {entry["number"]: ("fail", None)})
-        failed = {**_without(locked.trials[index], "again"), "error": str(exc)[:2000]}
+        failed = {**_without(locked.trials[index], "again"), "error": _refusal(exc)}
         locked.trials = _replaced(locked.trials, index, failed)
         session.commit()
 
@@ -322,11 +338,21 @@ def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], 
 RUN_AGAIN = (JobStatus.FAILED, JobStatus.CANCELLED)  # the trials a resumed sweep runs again
 
 
+def _to_run_again(sweep: Sweep, ranked: list[Trial]) -> set[int]:
+    """The trials a resumed sweep runs again: those whose job failed or was cancelled, and those
+    whose values made no job (invalid: its dataset was gone, say)."""
+    return {
+        t.index
+        for t in ranked
+        if (t.job is not None and t.job.status in RUN_AGAIN)
+        or (t.job is None and t.index < sweep.launched and "error" in sweep.trials[t.index])
+    }
+
+
 def resumable(sweep: Sweep, ranked: list[Trial]) -> bool:
-    """Whether resume() would run something: a trial's job that failed or was cancelled, or a trial
-    never launched, in a sweep that has ended."""
-    spared = any(t.job is not None and t.job.status in RUN_AGAIN for t in ranked) or sweep.launched < sweep.size
-    return sweep.finished_at is not None and spared
+    """Whether resume() would run something: a trial to run again, or one never launched, in a sweep
+    that has ended."""
+    return sweep.finished_at is not None and bool(_to_run_again(sweep, ranked) or sweep.launched < sweep.size)
 
 
 def resume(session: Session, *, sweep_id: str, settings: Settings) -> None:
@@ -347,7 +373,7 @@ def resume(session: Session, *, sweep_id: str, settings: Settings) -> None:
     if not resumable(sweep, ranked):
         session.rollback()
         raise Conflict(f"sweep {sweep_id} ran every trial to its end: there is nothing to resume")
-    again = {t.index for t in ranked if t.job is not None and t.job.status in RUN_AGAIN}
+    again = _to_run_again(sweep, ranked)
     # A trial asked of the study but never launched (the stop came between) was told it failed: it
     # is asked for anew when it is launched.
     sweep.trials = [
@@ -375,12 +401,7 @@ def _invalid(session: Session, sweep_id: str, index: int, error: Exception, sett
     if sweep.launched != index:
         session.commit()
         return
-    message = (
-        "; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in error.problems)
-        if isinstance(error, Invalid)
-        else str(error)
-    )
-    entry = {**sweep.trials[index], "error": message[:2000]}
+    entry = {**sweep.trials[index], "error": _refusal(error)}
     sweep.trials = [*sweep.trials[:index], entry, *sweep.trials[index + 1 :]]
     sweep.launched = index + 1
     if sweep.study is not None and "number" in entry:

@@ -439,7 +439,7 @@ def test_a_trial_of_a_sweep_with_a_study_is_resumed_with_its_sweep_not_alone(ser
             submission.resume_job(session, job_id=job_id, settings=settings)
         return
     with db.session_scope() as session:
-        with pytest.raises(Conflict, match=f"is trial 0 of sweep {sweep_id}, whose Optuna study was told how it "):
+        with pytest.raises(Conflict, match=f"is trial 0 of sweep {sweep_id}, whose Optuna study was told it failed"):
             submission.resume_job(session, job_id=job_id, settings=settings)
     from tests.service.api.test_routers import make_api
 
@@ -451,3 +451,98 @@ def test_a_trial_of_a_sweep_with_a_study_is_resumed_with_its_sweep_not_alone(ser
         record = sweeps.require(session, sweep_id=sweep_id)
         assert _trial_jobs(sweep_id)[0][:2] == (job_id, JobStatus.QUEUED)
         assert studies.running(settings, record.study, request) == [record.trials[0]["number"]]
+
+
+def _shapes(settings, name: str = "shapes") -> str:
+    """An uploaded dataset of two classes, stored; its id."""
+    import io
+
+    from service.core import datasets, db
+    from tests.support.datagen import image_folder_zip
+
+    archive = image_folder_zip(["a", "b"], per_class=6, test_per_class=2)
+    with db.session_scope() as session:
+        return datasets.store_upload(
+            session, data=io.BytesIO(archive), name=name, options=datasets.UploadOptions(), settings=settings
+        ).id
+
+
+def test_a_dataset_an_unfinished_sweep_may_train_on_is_not_deleted(service_env):
+    """Its trials not yet launched have no job that uses it: deleting it made each of them invalid."""
+    from service.core import datasets, db, sweeps
+
+    kept = _shapes(service_env)
+    other = _shapes(service_env, "other")
+    varied = SweepSpec(
+        name="varies",
+        base={"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 1},
+        grid={"data.dataset": ["fashion-mnist", "uploaded:shapes"]},
+        max_parallel=1,
+    )
+    assert varied.datasets() == {"fashion-mnist", "uploaded:shapes"}
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=varied, settings=service_env).sweep.id
+    with db.session_scope() as session:
+        with pytest.raises(datasets.DatasetInUse, match=f"unfinished sweep\\(s\\) {sweep_id}, whose trials still to"):
+            datasets.delete_dataset(session, dataset_id=kept[:8], settings=service_env)
+    with db.session_scope() as session:
+        datasets.delete_dataset(session, dataset_id=other, settings=service_env)  # no sweep names it
+        sweeps.cancel(session, sweep_id=sweep_id, settings=service_env)
+    with db.session_scope() as session:
+        datasets.delete_dataset(session, dataset_id=kept, settings=service_env)  # the sweep has ended
+
+
+@pytest.mark.parametrize("pruner", [None, {"name": "asha", "min_epochs": 1}], ids=["grid", "grid+asha"])
+def test_trials_refused_for_want_of_their_dataset_run_when_the_sweep_resumes(service_env, pruner):
+    """Their values made no job (invalid), so a resume that ran only failed and cancelled jobs said
+    "ran every trial to its end" once the dataset was back."""
+    from service.core import datasets, db, studies, sweeps
+    from service.core.tables import JobStatus, StoredDataset
+
+    settings = service_env
+    gone = _shapes(settings)
+    request = SweepSpec(
+        name="refused",
+        base={"model": {"arch": "mlp"}, "data": {"dataset": "uploaded:shapes"}, "epochs": 2},
+        grid={"optimizer.lr": [0.1, 0.2, 0.3]},
+        max_parallel=1,
+        pruner=pruner,
+    )
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=request, settings=settings).sweep.id
+    with db.session_scope() as session:  # gone behind the service's back (its check now refuses this)
+        session.delete(session.get(StoredDataset, gone))
+    _end(_trial_jobs(sweep_id)[0][0], JobStatus.SUCCEEDED)
+    with db.session_scope() as session:
+        sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+    with db.session_scope() as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        assert record.finished_at is not None and [("error" in entry) for entry in record.trials] == [False, True, True]
+        assert sweeps.resumable(record, sweeps.trials(session, record))
+        refused_again = record.trials[1].get("number")
+        sweeps.resume(session, sweep_id=sweep_id, settings=settings)  # still gone: refused again, told so
+    with db.session_scope() as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        assert record.finished_at is not None and "not found" in record.trials[1]["error"]
+        assert set(_trial_jobs(sweep_id)) == {0}
+        if pruner is not None:
+            assert (
+                record.trials[1]["number"] == refused_again and studies.running(settings, record.study, request) == []
+            )
+    _shapes(settings)  # uploaded again under its name
+    with db.session_scope() as session:
+        sweeps.resume(session, sweep_id=sweep_id, settings=settings)
+    assert _trial_jobs(sweep_id)[1][1] == JobStatus.QUEUED and 2 not in _trial_jobs(sweep_id)  # max_parallel 1
+    _end(_trial_jobs(sweep_id)[1][0], JobStatus.SUCCEEDED)
+    with db.session_scope() as session:
+        sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+    _end(_trial_jobs(sweep_id)[2][0], JobStatus.SUCCEEDED)
+    with db.session_scope() as session:
+        sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+        record = sweeps.require(session, sweep_id=sweep_id)
+        assert record.finished_at is not None and not any("error" in entry for entry in record.trials)
+        assert not sweeps.resumable(record, sweeps.trials(session, record))
+        if pruner is not None:
+            assert studies.running(settings, record.study, request) == []
+    with db.session_scope() as session:
+        datasets.require_dataset(session, dataset_id="shapes")
