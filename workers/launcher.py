@@ -206,11 +206,16 @@ def run_group(
     folder.path.mkdir(parents=True)
     folder.job.write_text(json.dumps({"spec": spec_json, "resumed_by_user": resumed_by_user}))
     threads = max(1, settings.training_threads // nproc)
+    # On several machines each says which it is: their lines share the job's log.
+    machine = "" if spec.distributed.nnodes == 1 else f" on {socket.gethostname()} (worker process {os.getpid()})"
     log.info(
-        "starting %d processes with torchrun (%d thread(s) each, up to %d restart(s))",
+        "starting %d process%s with torchrun%s (%d thread(s) each, up to %d restart(s)%s)",
         nproc,
+        "es" if nproc != 1 else "",
+        machine,
         threads,
         settings.distributed_max_restarts,
+        "" if not machine else ", hosting the rendezvous" if host else ", joining the rendezvous",
     )
     process = subprocess.Popen(
         torchrun_command(spec, job_id, attempt, folder, rendezvous, host),

@@ -556,7 +556,8 @@ class JobSpec(StrictModel):
         if batch_size is not None and batch_size % world:
             raise ValueError(
                 f"batch_size {batch_size} is the global batch, shared by nproc_per_node x nnodes = {world} "
-                f"processes: make batch_size a multiple of {world}, or change nproc_per_node"
+                f"processes: make batch_size a multiple of {world}, or change "
+                + ("nproc_per_node or nnodes" if value.nnodes > 1 else "nproc_per_node")
             )
         if info.data.get("compile"):
             raise ValueError("compile is not supported with distributed yet; set compile false")

@@ -743,16 +743,17 @@ def job_lines(job: dict) -> list[str | Text]:
     best = job.get("best_metrics")
     if best:
         lines.append(
-            f"best epoch {best['epoch']} (chosen on {job['best_selected_on']}, served as job:{job['id'][:SHORT_ID]}): "
+            f"best epoch {best['epoch']} ({_chosen(job['best_selected_on'])}, served as job:{job['id'][:SHORT_ID]}): "
             + epoch_summary(best)
         )
     lines += cross_validation_lines(job.get("cross_validation"))
     ran = (job.get("environment") or {}).get("distributed")
     if ran:
-        hosts = sorted({rank["host"] for rank in ran.get("ranks") or []})
+        hosts = ", ".join(sorted({rank["host"] for rank in ran.get("ranks") or []})) or "unknown hosts"
+        machines = ((job.get("spec") or {}).get("distributed") or {}).get("nnodes", 1)
         lines.append(
             f"distributed: {ran['world_size']} processes ({ran['backend']}, {ran['threads_per_process']} thread(s) "
-            f"each) on {', '.join(hosts) or 'unknown hosts'}"
+            f"each) on {f'{machines} machines ({hosts})' if machines > 1 else hosts}"
         )
     if job.get("waiting_reason"):
         lines.append(f"waiting: {job.get('waiting_detail') or job['waiting_reason']}")
@@ -888,7 +889,7 @@ def metrics_table(answer: dict) -> list:
     if not answer["epochs"]:
         return [answer.get("ended") or "no epoch has ended yet"]
     notes = (
-        [f"best: epoch {answer['best_epoch']}, chosen on {answer['best_selected_on']}"]
+        [f"best: epoch {answer['best_epoch']}, {_chosen(answer['best_selected_on'])}"]
         if answer.get("best_epoch")
         else []
     )
@@ -931,6 +932,16 @@ def plot(
         raise Failure(f"cannot write {output}: {exc.strerror or exc}", USAGE) from None
     size = len(answer.content)
     opts.show({"path": str(output), "bytes": size, "jobs": ids}, lambda written: [f"{output} ({size:,} bytes)"])
+
+
+def _chosen(selected_on: str | None) -> str:
+    """How a job's best epoch was chosen, in words: on a metric, or, without a validation split (or
+    early stopping's metric), the last epoch."""
+    return (
+        "the last epoch: no validation split to choose on"
+        if selected_on == "last_epoch"
+        else f"chosen on {selected_on}"
+    )
 
 
 CONFUSION_SHOWN = 20  # classes a confusion matrix is shown for as a table

@@ -168,11 +168,15 @@ def describe_waiting(reason: str | None) -> str | None:
     count, nodes = int(short["count"]), int(short["nodes"] or 1)
     if short["unit"] == "gpus":
         gives = f"{count} GPU{'s' if count != 1 else ''}"
-    else:
-        gives = f"{count} process{'es' if count != 1 else ''} (TRAINYARD_MAX_JOB_PROCESSES)"
+    else:  # every worker gives a job one process; more as TRAINYARD_MAX_JOB_PROCESSES allows
+        gives = f"{count} process{'es' if count != 1 else ''}" + (" (TRAINYARD_MAX_JOB_PROCESSES)" if count > 1 else "")
     if nodes == 1:
         return f"it trains on {count} processes and no live worker gives one job {gives}"
-    return f"it trains on {nodes} machines at once and fewer than {nodes} live workers each give one job {gives}"
+    return (
+        f"it trains on {nodes} machines at once and fewer than {nodes} live workers each give one job {gives}: "
+        "start another worker (`trainyard worker`, on a machine with the same database, broker and store), "
+        "or lower distributed.nnodes"
+    )
 
 
 def short_of_capacity(reason: str | None) -> bool:

@@ -50,11 +50,14 @@ def test_submit_follow_to_success_then_inspect(embedded_stack, tmp_path):
     shown = trainyard(embedded_stack, "jobs", "show", job_id[:8], "--json")
     assert json.loads(shown.stdout)["id"] == job_id
     summary = trainyard(embedded_stack, "jobs", "show", job_id[:8]).stdout
-    assert f"job {job_id} cli-follow: succeeded" in summary and "best epoch 3 (chosen on last_epoch" in summary
+    assert (
+        f"job {job_id} cli-follow: succeeded" in summary
+        and "best epoch 3 (the last epoch: no validation split" in summary
+    )
     assert (
         re.search(r"^\W*3\W.*\*\W*$", table.stdout, flags=re.M)  # the best column marks epoch 3
         and not re.search(r"^\W*[12]\W.*\*\W*$", table.stdout, flags=re.M)
-        and "best: epoch 3, chosen on last_epoch" in table.stdout
+        and "best: epoch 3, the last epoch: no validation split to choose on" in table.stdout
     )
 
     assert trainyard(embedded_stack, "models", "register", "cli-model", job_id).returncode == 0

@@ -240,7 +240,7 @@ def test_docs_cli_blocks(fresh_stack, tmp_path):
     job_id = re.match(r"0\njob (\S+) queued", tour).group(1)
     assert re.search(r" 10/10 succeeded train loss \d\S*, test acc [01]\.\d{3} ", tour), tour
     assert f"job {job_id} " in tour.split(f"job {job_id} succeeded\n", 1)[1]  # $JOB is the job just submitted
-    assert "best epoch 10 (chosen on last_epoch" in tour
+    assert "best epoch 10 (the last epoch: no validation split to choose on" in tour
     assert "precision" in tour and "fashion@production -> version 1" in tour
     assert "model fashion: 1 version(s), latest 1" in tour and "fashion version 1 (threshold 0.6)" in tour
     assert "boot.png" in tour and "shirt.png" in tour and "uploaded:" in tour and "square" in tour

@@ -389,6 +389,9 @@ def test_a_refusal_reads_plainly_and_shows_a_wrong_value(api):
 
     uneven = messages({**SOFTMAX_SPEC, "batch_size": 30, "distributed": {"nproc_per_node": 4}})
     assert uneven[0].startswith("batch_size 30 is the global batch"), uneven  # no "Value error, "
+    assert uneven[0].endswith("multiple of 4, or change nproc_per_node"), uneven
+    machines = messages({**SOFTMAX_SPEC, "batch_size": 16, "distributed": {"nproc_per_node": 1, "nnodes": 3}})
+    assert machines[0].endswith("multiple of 3, or change nproc_per_node or nnodes"), machines
     assert messages({**SOFTMAX_SPEC, "epochs": "ten"}) == ["Input should be a valid integer; got 'ten'"]
     assert messages({**SOFTMAX_SPEC, "batch_size": True}) == ["Input should be a valid integer; got true"]
 

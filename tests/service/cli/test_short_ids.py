@@ -185,6 +185,11 @@ def test_a_distributed_job_shows_its_processes_and_hosts(monkeypatch):
     answering(monkeypatch, lambda path: job)
     assert CliRunner().invoke(cli_main.app, ["jobs", "show", JOB]).exit_code == 0
     assert "distributed: 2 processes (gloo, 1 thread(s) each) on trainer-1, trainer-2" in out.getvalue()
+    # Two workers of one host (loopback) are still two machines to the job.
+    ranks[1]["host"] = "trainer-1"
+    job["spec"] = {**job.get("spec", {}), "distributed": {"nproc_per_node": 1, "nnodes": 2}}
+    assert CliRunner().invoke(cli_main.app, ["jobs", "show", JOB]).exit_code == 0
+    assert "distributed: 2 processes (gloo, 1 thread(s) each) on 2 machines (trainer-1)" in out.getvalue()
 
 
 def test_the_workers_table_says_how_many_processes_each_gives_a_job():

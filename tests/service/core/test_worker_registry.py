@@ -91,8 +91,15 @@ def test_every_waiting_reason_is_said_in_words_with_what_lets_the_job_start(serv
         "it trains on 4 processes and no live worker gives one job 4 processes (TRAINYARD_MAX_JOB_PROCESSES)"
     )
     assert describe("no_worker_with_8_gpus") == "it trains on 8 processes and no live worker gives one job 8 GPUs"
+    more = (
+        ": start another worker (`trainyard worker`, on a machine with the same database, broker and store), "
+        "or lower distributed.nnodes"
+    )
     assert describe("no_2_workers_with_1_gpus") == (
-        "it trains on 2 machines at once and fewer than 2 live workers each give one job 1 GPU"
+        "it trains on 2 machines at once and fewer than 2 live workers each give one job 1 GPU" + more
+    )
+    assert describe("no_3_workers_with_1_processes") == (  # every worker gives one: more workers, not more processes
+        "it trains on 3 machines at once and fewer than 3 live workers each give one job 1 process" + more
     )
     assert describe("something_new") == "something_new"  # a reason this code does not know is still shown
     # What waiting_reason_for answers, said in words, and known as short of capacity.
@@ -100,7 +107,7 @@ def test_every_waiting_reason_is_said_in_words_with_what_lets_the_job_start(serv
     short = worker_registry.waiting_reason_for("cpu", [two_cores], service_env, 4, 2)
     assert worker_registry.short_of_capacity(short) and describe(short) == (
         "it trains on 2 machines at once and fewer than 2 live workers each give one job 4 processes "
-        "(TRAINYARD_MAX_JOB_PROCESSES)"
+        "(TRAINYARD_MAX_JOB_PROCESSES)" + more
     )
     unserved = worker_registry.waiting_reason_for("cuda", [two_cores], service_env)
     assert not worker_registry.short_of_capacity(unserved) and "GPU queue" in describe(unserved)
