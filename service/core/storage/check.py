@@ -125,9 +125,13 @@ def leave_mark(store: Store, *, move: bool = False) -> str:
     left in its target becomes the service's, and the store it left is refused from then on. A
     mark missing from a store the service left, or from one that holds none of the newest recorded
     files, is not put back: that store is not the service's (the process's settings are not the
-    others'). With no file recorded yet, an API vouches for its own store (a home emptied)."""
+    others'). With no file recorded yet, an API vouches for its own store (a home emptied).
+    StorageError for a store that refuses it, StorageUnavailable for one that cannot be reached."""
     with read_scope() as session:
         marks, recorded = recorded_marks(session), newest_recorded(session)
+    # A store that refuses (no such bucket, a wrong key pair) says so here: its mark's keys would
+    # otherwise read as missing, as if it were another store.
+    store.list(PROBE_PREFIX)
     if marks.current is None:
         token = uuid.uuid4().hex
         _write(store, mark_keys(token), token)

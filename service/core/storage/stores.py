@@ -223,7 +223,9 @@ class S3Store:
                 raise ObjectMissing(f"{what}: not found in {self.url}") from None
             if code in _RETRY_CODES or status.startswith("5"):
                 raise StorageUnavailable(f"{what}: {self.url} answered {code or status}") from None
-            refused = StorageError(f"{what}: {self.url} refused: {code} {exc}")
+            # trainyard makes no bucket: a store's owner does, with the store's own tools
+            hint = f"; bucket {self.bucket!r} does not exist there: create it first" if code == "NoSuchBucket" else ""
+            refused = StorageError(f"{what}: {self.url} refused: {code} {exc}{hint}")
             refused.code = code
             raise refused from None
         except S3UploadFailedError as exc:  # a multipart upload's failure, as text

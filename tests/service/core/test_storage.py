@@ -346,13 +346,22 @@ def test_an_api_starting_while_the_store_is_away_leaves_its_mark_once_it_is_back
     assert len(settled) == 1 and all(s3_storage.store.head(key) for key in mark_keys(settled[0]))
 
 
-def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(tmp_path, object_store, monkeypatch):
-    from service.core.storage.check import Marks, store_problem
+def test_a_store_that_refuses_the_key_pair_or_lacks_the_bucket_says_so(
+    tmp_path, object_store, monkeypatch, service_env
+):
+    from service.core.storage.check import Marks, leave_mark, store_problem
 
     for key, value in object_store.env().items():
         monkeypatch.setenv(key, value)
     no_bucket = Storage(settings_for(tmp_path, storage_url="s3://no-such-bucket/trainyard"))
-    assert "this worker's store refuses it: " in store_problem(no_bucket.store, Marks(), [])
+    problem = store_problem(no_bucket.store, Marks(), [])
+    assert (
+        "this worker's store refuses it: " in problem and "'no-such-bucket' does not exist there: create it" in problem
+    )
+    # An API does not take a bucket that is not there for a store without the service's mark.
+    leave_mark(Storage(settings_for(tmp_path, storage_url=object_store.env()["TRAINYARD_STORAGE_URL"])).store)
+    with pytest.raises(StorageError, match="'no-such-bucket' does not exist there: create it first$"):
+        leave_mark(no_bucket.store)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     wrong_secret = Storage(settings_for(tmp_path, storage_url=object_store.env()["TRAINYARD_STORAGE_URL"]))
     problem = store_problem(wrong_secret.store, Marks(), [])
