@@ -142,19 +142,23 @@ class SweepSpec(StrictModel):
     def size(self) -> int:
         return self.tpe.count if self.tpe is not None else len(self.trials())
 
-    def datasets(self) -> set[str]:
-        """The datasets its trials may train on: the base's, and those a varied `data.dataset` (or
-        `data`) takes."""
-        varied = self.grid or {}
-        if (search := self.random or self.tpe) is not None:
-            varied = {path: d.choice or [] for path, d in search.distributions.items()}
-        data = self.base.get("data")
-        found = [data.get("dataset") if isinstance(data, dict) else None]
-        for path, values in varied.items():
-            if path == "data.dataset":
-                found += values
-            elif path == "data":
-                found += [value.get("dataset") for value in values if isinstance(value, dict)]
+    def datasets(self, pending: list[dict], undrawn: int = 0) -> set[str]:
+        """The datasets that trials of the values `pending` train on, and those `undrawn` trials,
+        which TPE has yet to draw, may."""
+
+        def dataset_of(spec) -> str | None:
+            data = spec.get("data") if isinstance(spec, dict) else None
+            return data.get("dataset") if isinstance(data, dict) else None
+
+        found = [dataset_of(trial_spec(self.base, self.name, params)) for params in pending]
+        if undrawn and self.tpe is not None:
+            varied = self.tpe.distributions
+            if "data.dataset" in varied:
+                found += varied["data.dataset"].choice or []
+            elif "data" in varied:
+                found += [dataset_of({"data": value}) for value in varied["data"].choice or []]
+            else:
+                found.append(dataset_of(self.base))
         return {reference for reference in found if isinstance(reference, str)}
 
     @property

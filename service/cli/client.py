@@ -683,7 +683,8 @@ def sweeps_resume(
     follow_sweep: Annotated[bool, typer.Option("--follow", "-f", help="a live table until it ends")] = False,
 ) -> None:
     """Go on with a sweep that stopped, failed or was cancelled: its failed and cancelled trials run
-    again from their last epochs, then those it never launched."""
+    again from their last epochs, and those refused at launch for their dataset, then those it never
+    launched."""
     with opts.client() as api:
         current = checked(api.post(f"/v1/sweeps/{sweep_id}/resume"))
         shown_sweep(opts, api, current, follow_sweep, lambda s: [f"sweep {s['id']} {s['status']}"])
@@ -1503,8 +1504,8 @@ def datasets_delete(
         bool, typer.Option("--force", help="even if stopped jobs that could resume use it (they then cannot)")
     ] = False,
 ) -> None:
-    """Delete an uploaded dataset that no queued or running job uses, nor (without --force) a
-    stopped job that can still be resumed."""
+    """Delete an uploaded dataset that no queued or running job or unfinished sweep uses, nor
+    (without --force) a stopped job that can still be resumed."""
     dataset = opts.call("GET", f"/v1/datasets/{quote(dataset_id, safe='')}")  # its id and name, to say them
     opts.call("DELETE", f"/v1/datasets/{dataset['id']}", params={"force": "true"} if force else None)
     opts.show(

@@ -531,7 +531,8 @@ def delete_dataset(session: Session, *, dataset_id: str, settings: Settings, for
 
 
 def _unfinished_sweeps_using(session: Session, dataset_id: str) -> list[str]:
-    """The sweeps not yet ended whose trials may train on the dataset, by any name a spec gives it."""
+    """The sweeps not yet ended whose trials still to launch may train on the dataset, by any name a
+    spec gives it (those launched have jobs, which the caller asks about)."""
 
     def names_it(reference: str) -> bool:
         try:
@@ -541,10 +542,14 @@ def _unfinished_sweeps_using(session: Session, dataset_id: str) -> list[str]:
         except CoreError:  # a prefix several datasets begin with names none in particular
             return False
 
+    def still_to_launch(sweep: Sweep) -> set[str]:
+        pending = [t["params"] for i, t in enumerate(sweep.trials) if i >= sweep.launched or t.get("again")]
+        return SweepSpec.model_validate(sweep.request).datasets(pending, undrawn=sweep.size - len(sweep.trials))
+
     return [
         sweep.id
         for sweep in session.scalars(select(Sweep).where(Sweep.finished_at.is_(None)))
-        if any(names_it(reference) for reference in SweepSpec.model_validate(sweep.request).datasets())
+        if any(names_it(reference) for reference in still_to_launch(sweep))
     ]
 
 

@@ -169,11 +169,11 @@ def add_job(
         nodes = spec.distributed.nnodes if spec.distributed else 1
         waiting = worker_registry.waiting_reason_for(spec.device, live, settings, spec.processes, nodes)
         if worker_registry.short_of_capacity(waiting):
+            instead = "lower distributed.nproc_per_node or start a worker that gives more; " if nodes == 1 else ""
+            queue = settings.queue_for(spec.device)
             raise Conflict(
-                f"{waiting}: fewer than {nodes} live worker(s) serving queue {settings.queue_for(spec.device)!r} "
-                f"can give this job {spec.processes} processes each (distributed.nproc_per_node) on device "
-                f"{spec.device!r} (TRAINYARD_REQUIRE_WORKER is set); lower nproc_per_node or nnodes, or start "
-                "workers with more (TRAINYARD_MAX_JOB_PROCESSES, or GPUs) and retry"
+                f"{waiting}: {worker_registry.describe_waiting(waiting)}; on queue {queue!r}, device {spec.device!r}, "
+                f"with TRAINYARD_REQUIRE_WORKER set: {instead}retry then"
             )
         if waiting:
             raise Conflict(
@@ -295,15 +295,15 @@ def resume_job(session: Session, *, job_id: str, settings: Settings, by_its_swee
 
 def resumed_by_its_sweep(session: Session, job: Job) -> str | None:
     """Why a failed or cancelled trial of a sweep with a study (adaptive, or pruned) is resumed
-    through its sweep, or None for any other job. Its Optuna trial was told it failed; resumed
-    alone, the job would report its epochs to that closed trial and its end to nothing. The sweep's
-    resume asks the study for the trial anew. (A pruned trial resumes alone, to train on: the
-    sweep is not told again.)"""
+    through its sweep, or None for any other job. Its Optuna trial is closed (told it failed, or
+    about to be); resumed alone, the job would report its epochs to that closed trial and its end
+    to nothing. The sweep's resume asks the study for the trial anew. (A pruned trial resumes
+    alone, to train on: the sweep is not told again.)"""
     sweep = session.get(Sweep, job.sweep_id) if job.sweep_id else None
     if sweep is None or sweep.study is None or job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         return None
     when = "once its other trials have ended" if sweep.finished_at is None else "instead"
     return (
-        f"job {job.id} is trial {job.sweep_trial} of sweep {sweep.id}, whose Optuna study was told it failed: "
+        f"job {job.id} is trial {job.sweep_trial} of sweep {sweep.id}, whose Optuna study has closed its trial: "
         f"resume the sweep {when} (trainyard sweeps resume {sweep.id[:8]}), which runs it again"
     )

@@ -248,13 +248,6 @@ def _add_trial_job(session: Session, sweep: Sweep, index: int, settings: Setting
     )
 
 
-def _refusal(error: Exception) -> str:
-    """Why a trial's values made no job, as its entry records it."""
-    if isinstance(error, Invalid):
-        return "; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in error.problems)[:2000]
-    return str(error)[:2000]
-
-
 # A sweep stops launching trials once this many in a row have failed alike, for a reason that comes
 # from what every trial shares (its dataset, its starting weights and their files), not from its
 # values: the trials left would fail the same way. A trial that diverges or runs out of memory
@@ -308,8 +301,8 @@ def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], 
     how the trial ended, is asked for a new trial of the same values. A job that cannot resume any
     more (its uploaded dataset was deleted), or values still refused, leave the trial as it was."""
     job = next((t.job for t in ranked if t.index == index), None)
-    invalid = job is None and "error" in sweep.trials[index]
-    entry = _without(sweep.trials[index], "again", "error")
+    invalid = refused(sweep, index, job)
+    entry = _without(sweep.trials[index], "again", "error", "refused")
     request = SweepSpec.model_validate(sweep.request) if sweep.study is not None else None
     if request is not None:
         entry["number"], _ = studies.ask(settings, sweep.study, request, index=index, fixed=entry["params"])
@@ -325,12 +318,14 @@ def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], 
                 publish_or_defer(submitted.job_id, queue)
         else:
             submission.resume_job(session, job_id=job.id, settings=settings, by_its_sweep=True)  # commits both
+    except IntegrityError:  # a job outside the sweep took the trial's key: the next pass replays it
+        session.rollback()
     except (ValidationError, Invalid, Conflict, jobs.InvalidTransition) as exc:
         session.rollback()
         locked = session.get(Sweep, sweep.id, populate_existing=True, with_for_update=True)
         if request is not None:  # the trial asked for it will not run
             studies.tell(settings, sweep.study, request, {entry["number"]: ("fail", None)})
-        failed = {**_without(locked.trials[index], "again"), "error": _refusal(exc)}
+        failed = {**_without(locked.trials[index], "again"), "error": str(exc)[:2000], "refused": invalid}
         locked.trials = _replaced(locked.trials, index, failed)
         session.commit()
 
@@ -338,14 +333,32 @@ def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], 
 RUN_AGAIN = (JobStatus.FAILED, JobStatus.CANCELLED)  # the trials a resumed sweep runs again
 
 
+def refused(sweep: Sweep, index: int, job: Job | None) -> bool:
+    """Whether trial `index`'s values made no job (its status `invalid`): recorded `refused`, or in
+    a row from before that key, an error and no job."""
+    entry = sweep.trials[index] if index < len(sweep.trials) else {}
+    return job is None and bool(entry.get("refused", "error" in entry))
+
+
+def _values_check(sweep: Sweep, index: int) -> bool:
+    """Whether trial `index`'s spec is valid in itself: a refusal of it came from what it met (its
+    dataset gone, say), which a resume may find fixed, not from its values (a TPE draw's), which
+    no resume changes."""
+    try:
+        JobSpec.model_validate(trial_spec(sweep.request["base"], sweep.name, sweep.trials[index]["params"]))
+    except ValidationError:
+        return False
+    return True
+
+
 def _to_run_again(sweep: Sweep, ranked: list[Trial]) -> set[int]:
     """The trials a resumed sweep runs again: those whose job failed or was cancelled, and those
-    whose values made no job (invalid: its dataset was gone, say)."""
+    refused for what they met rather than for their values."""
     return {
         t.index
         for t in ranked
         if (t.job is not None and t.job.status in RUN_AGAIN)
-        or (t.job is None and t.index < sweep.launched and "error" in sweep.trials[t.index])
+        or (t.index < sweep.launched and refused(sweep, t.index, t.job) and _values_check(sweep, t.index))
     }
 
 
@@ -357,9 +370,9 @@ def resumable(sweep: Sweep, ranked: list[Trial]) -> bool:
 
 def resume(session: Session, *, sweep_id: str, settings: Settings) -> None:
     """Go on with a sweep that stopped, failed or was cancelled: run again its trials whose jobs failed
-    or were cancelled (each resumed from its last epoch), then launch those it had not, at most
-    max_parallel unfinished at a time. Conflict for a sweep still running, or one with nothing left
-    to run."""
+    or were cancelled (each resumed from its last epoch) and those refused at launch for what they
+    met (their dataset gone), then launch those it had not, at most max_parallel unfinished at a
+    time. Conflict for a sweep still running, or one with nothing left to run."""
     sweep_id = require(session, sweep_id=sweep_id).id
     sweep = session.get(Sweep, sweep_id, populate_existing=True, with_for_update=True)
     if sweep.finished_at is None:
@@ -401,7 +414,7 @@ def _invalid(session: Session, sweep_id: str, index: int, error: Exception, sett
     if sweep.launched != index:
         session.commit()
         return
-    entry = {**sweep.trials[index], "error": _refusal(error)}
+    entry = {**sweep.trials[index], "error": str(error)[:2000], "refused": True}
     sweep.trials = [*sweep.trials[:index], entry, *sweep.trials[index + 1 :]]
     sweep.launched = index + 1
     if sweep.study is not None and "number" in entry:
@@ -600,7 +613,7 @@ def status(sweep: Sweep, ranked: list[Trial]) -> str:
     states = [t.job.status for t in ranked if t.job is not None]
     if (sweep.launched < sweep.size and sweep.stopped is None) or any(s not in JobStatus.FINAL for s in states):
         return "running"
-    invalid = any("error" in t for t in sweep.trials)
+    invalid = any(refused(sweep, t.index, t.job) for t in ranked)
     succeeded = all(s in (JobStatus.SUCCEEDED, JobStatus.PRUNED) for s in states) and not invalid
     return "succeeded" if succeeded and sweep.stopped is None else "failed"
 

@@ -86,6 +86,15 @@ def test_a_killed_worker_leaves_the_registry_and_its_jobs_say_so(tmp_path, data_
             assert len(live_workers(client)) == 1
             refused = client.post("/v1/jobs", json={**TINY, "device": "cuda"})
             assert refused.status_code == 409 and "no_gpu_worker" in refused.json()["detail"]
+            wide = {**TINY, "batch_size": 64, "distributed": {"nproc_per_node": 64}}
+            refused = client.post("/v1/jobs", json=wide)
+            assert refused.status_code == 409 and refused.json()["detail"].startswith(
+                "no_worker_with_64_processes: it trains on 64 processes and no live worker gives one job 64 "
+                "processes (TRAINYARD_MAX_JOB_PROCESSES); on queue "
+            ), refused.json()
+            assert refused.json()["detail"].endswith(
+                ": lower distributed.nproc_per_node or start a worker that gives more; retry then"
+            )
             os.killpg(stack.procs["worker"].pid, signal.SIGKILL)
             stack.procs["worker"].wait()
             wait_until(lambda: live_workers(client) == [], timeout=10, what="the killed worker to leave the list")

@@ -783,9 +783,7 @@ async def predict(
             for prediction, (_, data), media_type, view in zip(answer.predictions, uploads, types, seen, strict=False)
         ]
     except (CoreError, InputError, CheckpointError) as exc:
-        return templates.TemplateResponse(
-            request, "predict.html", {**context, "error": _describe(exc)}, status_code=422
-        )
+        return _predict_refused(request, context, exc)
     return templates.TemplateResponse(
         request,
         "predict.html",
@@ -796,6 +794,18 @@ async def predict(
             "contract": loaded.predictor.contract,
             "applied_threshold": answer.threshold,
         },
+    )
+
+
+def _predict_refused(request: Request, context: dict, exc: Exception) -> HTMLResponse:
+    """The predict page with why it has no answer, under the status the API gives the same error
+    (a 503 with Retry-After for a predict past its deadline)."""
+    return templates.TemplateResponse(
+        request,
+        "predict.html",
+        {**context, "error": _describe(exc)},
+        status_code=status_for(exc),
+        headers=headers_for(exc),
     )
 
 
@@ -830,9 +840,7 @@ async def _predict_rows(request: Request, server, context: dict, text: str) -> H
             target, loaded, outputs = await server.predict_values(context["model"], rows, threshold, top_k)
         answer = values_answer(target, loaded.predictor, outputs, top_k, threshold)
     except (CoreError, InputError, CheckpointError) as exc:
-        return templates.TemplateResponse(
-            request, "predict.html", {**context, "error": _describe(exc)}, status_code=422
-        )
+        return _predict_refused(request, context, exc)
     shown = {
         "row_results": list(zip(rows, answer.predictions, strict=True)),
         "model_info": answer.model,

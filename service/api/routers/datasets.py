@@ -134,7 +134,10 @@ def read_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
 @router.delete(
     "/{dataset_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={**NOT_FOUND, 409: {"description": "An unfinished job, or one that can still be resumed, uses it"}},
+    responses={
+        **NOT_FOUND,
+        409: {"description": "An unfinished job or sweep, or a job that can still be resumed, uses it"},
+    },
     dependencies=[DeletesFiles],
 )
 def delete_dataset(
@@ -145,6 +148,7 @@ def delete_dataset(
         bool, Query(description="delete it even though stopped jobs that could resume use it (they then cannot)")
     ] = False,
 ) -> None:
-    """Delete an uploaded dataset that no queued or running job uses, nor (without force) a stopped
-    job that can still be resumed; by its id, a unique prefix of it, or its name."""
+    """Delete an uploaded dataset that no queued or running job or unfinished sweep uses, nor
+    (without force) a stopped job that can still be resumed; by its id, a unique prefix of it, or
+    its name."""
     datasets.delete_dataset(session, dataset_id=dataset_id, settings=settings, force=force)

@@ -84,7 +84,7 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
     def state(trial: sweeps.Trial) -> str:
         if trial.job is not None:
             return trial.job.status
-        if trial.index < len(sweep.trials) and "error" in sweep.trials[trial.index]:
+        if sweeps.refused(sweep, trial.index, None):
             return "invalid"
         if trial.index < sweep.launched:
             return "deleted"

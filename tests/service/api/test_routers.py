@@ -892,7 +892,7 @@ def test_the_predict_page_takes_a_numeric_models_rows(api, tmp_path):
         patch.setattr(server, "settings", server.settings.model_copy(update={"predict_timeout_ms": 100}))
         patch.setattr(server, "get", slow_lookup)
         late = api.post("/ui/predict", data={"model": "line", "rows": "1,1"})
-    assert late.status_code == 422 and "no answer within" in late.text, late.text
+    assert late.status_code == 503 and "no answer within" in late.text and late.headers["retry-after"], late.text
 
     classifier = MODEL_SPEC.validate_python({"arch": "softmax_regression"})
     net = build_model(classifier, [2], 3)

@@ -322,8 +322,10 @@ def test_a_trial_whose_spec_cannot_run_is_recorded_invalid_and_the_sweep_goes_on
     with db.session_scope(write=False) as session:
         record = sweeps.require(session, sweep_id=sweep_id)
         assert record.launched == 3 and record.finished_at is not None
-        assert all("batch_size" in t["error"] for t in record.trials[1:])
+        assert all("batch_size" in t["error"] and t["refused"] for t in record.trials[1:])
         assert sweeps.status(record, sweeps.trials(session, record)) == "failed"
+        # Refused for its values, which no resume changes: nothing to resume (a 409), no button.
+        assert not sweeps.resumable(record, sweeps.trials(session, record))
     states = [t.state.name for t in study_of(settings, sweep_id).trials]
     assert states == ["COMPLETE", "FAIL", "FAIL"]
 

@@ -439,7 +439,7 @@ def test_a_trial_of_a_sweep_with_a_study_is_resumed_with_its_sweep_not_alone(ser
             submission.resume_job(session, job_id=job_id, settings=settings)
         return
     with db.session_scope() as session:
-        with pytest.raises(Conflict, match=f"is trial 0 of sweep {sweep_id}, whose Optuna study was told it failed"):
+        with pytest.raises(Conflict, match=f"is trial 0 of sweep {sweep_id}, whose Optuna study has closed its trial"):
             submission.resume_job(session, job_id=job_id, settings=settings)
     from tests.service.api.test_routers import make_api
 
@@ -468,28 +468,37 @@ def _shapes(settings, name: str = "shapes") -> str:
 
 
 def test_a_dataset_an_unfinished_sweep_may_train_on_is_not_deleted(service_env):
-    """Its trials not yet launched have no job that uses it: deleting it made each of them invalid."""
+    """Its trials not yet launched have no job that uses it: deleting it made each of them invalid.
+    A dataset only its launched trials use is theirs to answer for."""
     from service.core import datasets, db, sweeps
 
-    kept = _shapes(service_env)
-    other = _shapes(service_env, "other")
+    shapes, other = _shapes(service_env), _shapes(service_env, "other")
     varied = SweepSpec(
         name="varies",
         base={"model": {"arch": "mlp"}, "data": {"dataset": "fashion-mnist"}, "epochs": 1},
-        grid={"data.dataset": ["fashion-mnist", "uploaded:shapes"]},
+        grid={"data.dataset": ["uploaded:other", "uploaded:shapes", "fashion-mnist"]},
         max_parallel=1,
     )
-    assert varied.datasets() == {"fashion-mnist", "uploaded:shapes"}
     with db.session_scope() as session:
         sweep_id = sweeps.create(session, sweep=varied, settings=service_env).sweep.id
+
+    def delete(dataset_id: str) -> None:
+        with db.session_scope() as session:
+            datasets.delete_dataset(session, dataset_id=dataset_id, settings=service_env)
+
+    with pytest.raises(datasets.DatasetInUse, match=f"unfinished sweep\\(s\\) {sweep_id}, whose trials still to"):
+        delete(shapes[:8])
+    _end(_trial_jobs(sweep_id)[0][0], "succeeded")
     with db.session_scope() as session:
-        with pytest.raises(datasets.DatasetInUse, match=f"unfinished sweep\\(s\\) {sweep_id}, whose trials still to"):
-            datasets.delete_dataset(session, dataset_id=kept[:8], settings=service_env)
-    with db.session_scope() as session:
-        datasets.delete_dataset(session, dataset_id=other, settings=service_env)  # no sweep names it
-        sweeps.cancel(session, sweep_id=sweep_id, settings=service_env)
-    with db.session_scope() as session:
-        datasets.delete_dataset(session, dataset_id=kept, settings=service_env)  # the sweep has ended
+        sweeps.advance(session, sweep_id=sweep_id, settings=service_env)  # trial 1 launched, on shapes
+    delete(other)  # trial 0's, which has ended
+    with pytest.raises(datasets.DatasetInUse, match="unfinished job"):
+        delete(shapes)
+    tpe = {"distributions": {"data.dataset": {"choice": ["uploaded:a", "uploaded:b"]}}, "count": 4}
+    drawn = SweepSpec(name="t", base=varied.base, tpe=tpe)
+    assert drawn.datasets([{"data.dataset": "uploaded:a"}]) == {"uploaded:a"}
+    assert drawn.datasets([], undrawn=2) == {"uploaded:a", "uploaded:b"}  # any choice, not yet drawn
+    assert SweepSpec(name="t", base=varied.base, grid={"seed": [1, 2]}).datasets([{"seed": 1}]) == {"fashion-mnist"}
 
 
 @pytest.mark.parametrize("pruner", [None, {"name": "asha", "min_epochs": 1}], ids=["grid", "grid+asha"])
