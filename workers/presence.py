@@ -13,7 +13,7 @@ from models.data.loading import BUILTIN_IMAGE_DATASETS, builtins_on_disk
 from models.nets.pretrained import available_weights
 from service.core import worker_registry
 from service.core.background import Periodic, stop_with_supervisor
-from service.core.db import UNAVAILABLE, brief, session_scope
+from service.core.db import UNAVAILABLE, brief, session_scope, unmigrated
 from service.core.settings import get_settings
 from service.core.storage import get_storage
 
@@ -74,9 +74,9 @@ class Presence(Periodic):
         except Exception as error:  # the database may be away for a moment; the next beat tries again
             said = brief(error)
             if said != self._last_problem:  # said once, not every beat (a database never migrated)
-                unmigrated = "no such table" in said or "does not exist" in said
-                hint = "; is the database migrated (`trainyard migrate`)?" if unmigrated else ""
-                unexpected = not isinstance(error, UNAVAILABLE) and not unmigrated
+                schema = unmigrated(error)
+                hint = "; is the database migrated (`trainyard migrate`)?" if schema else ""
+                unexpected = not isinstance(error, UNAVAILABLE) and not schema
                 message = "worker %s could not renew its registry entry: %s%s"
                 log.warning(message, self.worker_id, said, hint, exc_info=unexpected)
             self._last_problem = said

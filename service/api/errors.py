@@ -14,6 +14,7 @@ from fastapi.params import File as FileParam
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import RouteContext, iter_route_contexts
 from pydantic import BaseModel
+from sqlalchemy.exc import ProgrammingError
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.routing import Match
@@ -23,7 +24,7 @@ from models.inference.predictor import InputError
 from models.spec.explain import error_loc, explain, plain_message
 from models.spec.job import JobSpec
 from models.spec.sweeps import SweepSpec
-from service.core.db import UNAVAILABLE
+from service.core.db import MIGRATE_HINT, UNAVAILABLE, unmigrated
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unavailable, Unprocessable, Unusable
 from service.core.storage import ObjectMissing, StorageUnavailable, get_storage
 
@@ -337,11 +338,21 @@ async def _store_not_the_services(request: Request) -> str | None:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503: the database is away, or answers without the tables this version needs."""
+    said = MIGRATE_HINT if unmigrated(exc) else "the database is unavailable; try again shortly"
     return JSONResponse(
-        {_message_key(request): "the database is unavailable; try again shortly (GET /readyz says more)"},
+        {_message_key(request): f"{said} (GET /readyz says more)"},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
     )
+
+
+async def _database_refused(request: Request, exc: Exception) -> JSONResponse:
+    """A statement the database refused: its schema is not this version's (503, as above), or a
+    fault of the code's, answered as FastAPI answers any other."""
+    if unmigrated(exc):
+        return await _database_unavailable(request, exc)
+    raise exc
 
 
 def install(app: FastAPI) -> None:
@@ -354,5 +365,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     for kind in UNAVAILABLE:
         app.add_exception_handler(kind, _database_unavailable)
+    app.add_exception_handler(ProgrammingError, _database_refused)  # PostgreSQL's missing table
     for kind in (CoreError, InputError, CheckpointError):
         app.add_exception_handler(kind, _core_error)

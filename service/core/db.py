@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -113,6 +114,17 @@ def ping() -> None:
     """Raise if the database cannot answer a trivial query."""
     with get_engine().connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+MIGRATE_HINT = "the database's schema is not this version's: run `trainyard migrate`"
+# SQLite's and PostgreSQL's words for a table or column the schema lacks (not a database that is)
+_UNMIGRATED = re.compile(r"no such (table|column)|(relation|column) \S+ does not exist")
+
+
+def unmigrated(error: Exception) -> bool:
+    """Whether a database error says a table or column is missing: a schema not migrated (yet) to
+    this version's, rather than a database away."""
+    return _UNMIGRATED.search(str(error)) is not None
 
 
 def retry_while_unavailable(

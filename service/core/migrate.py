@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import exc, text
 
-from service.core.db import make_engine
+from service.core.db import MIGRATE_HINT, get_engine, make_engine, ping
 from service.core.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,3 +40,25 @@ def upgrade(database_url: str | None = None) -> None:
             command.upgrade(config, "head")
     finally:
         engine.dispose()
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest revision of the schema this code ships."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def schema_problem() -> str | None:
+    """Why the configured database's schema is not the one this code needs (never migrated, or
+    migrated by another version), or None; an error if the database does not answer."""
+    try:
+        with get_engine().connect() as conn:
+            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except exc.DBAPIError:
+        ping()  # away: its error; answering: the table is missing
+        current = None
+    if current == head_revision():
+        return None
+    return f"{MIGRATE_HINT} (it is at revision {current or 'none'}, this version's is {head_revision()})"

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api import telemetry
 from service.core.broker import ping_broker
-from service.core.db import ping
+from service.core.migrate import schema_problem
 from service.core.storage import get_storage
 from service.core.storage.check import problem_in
 
@@ -33,14 +33,14 @@ def healthz() -> dict:
     responses={503: {"description": "The database or the broker does not answer, or the store is not the service's"}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    """The database and the broker answer, the preloaded models can serve, and this process's
-    store is the service's (asked at most every 10 s; a store that cannot be asked now is `unchecked`,
-    which does not count)."""
+    """The database (migrated to this version's schema) and the broker answer, the preloaded models
+    can serve, and this process's store is the service's (asked at most every 10 s; a store that
+    cannot be asked now is `unchecked`, which does not count)."""
     checks = {"models": request.app.state.preload.status()}
-    for name, probe in (("database", ping), ("broker", ping_broker)):
+    for name, probe in (("database", schema_problem), ("broker", ping_broker)):
         try:
-            await run_in_threadpool(probe)
-            checks[name] = "ok"
+            problem = await run_in_threadpool(probe)
+            checks[name] = f"error: {problem}" if problem else "ok"
         except Exception as exc:  # any failure means not ready; say which and why
             checks[name] = f"error: {type(exc).__name__}: {exc}"
     checks["store"] = await run_in_threadpool(request.app.state.store_readiness.status, get_storage().store)
