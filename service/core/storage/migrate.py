@@ -47,11 +47,12 @@ from service.core.storage import (
     ObjectMissing,
     Storage,
     StorageError,
+    StorageUnavailable,
     StoredFile,
     get_storage,
 )
 from service.core.storage.cache import file_sha256
-from service.core.storage.check import SOURCE, ask_store, leave_mark, leave_next_mark, same_store
+from service.core.storage.check import PROBE_PREFIX, SOURCE, ask_store, leave_mark, leave_next_mark, same_store
 from service.core.storage.stores import Store, checked_key, open_store
 from service.core.tables import Checkpoint, DatasetStatus, Job, JobStatus, ModelVersion, StoredDataset
 
@@ -271,7 +272,14 @@ class Migration:
         """ValueError when this run must not copy: the target is the source itself (under its URL or
         another), or the source is not the service's store (this machine's settings name a store
         the service left, say), so that what the target got would be old or missing files. A store
-        that cannot be reached now is left to the steps, which stop there."""
+        that cannot be reached now is left to the steps, which stop there. A target that refuses (no
+        such bucket: some stores would make one of a mistyped name at the first write) copies nothing."""
+        try:
+            self.target.list(PROBE_PREFIX)
+        except StorageUnavailable:
+            return
+        except StorageError as refused:
+            raise ValueError(str(refused)) from None
         try:
             if same_store(self.source.store, self.target):
                 raise ValueError(f"{self.target.url} is the store this machine uses already ({self.source.url})")

@@ -281,6 +281,15 @@ def test_the_target_must_be_a_store_url(service_env):
             migrate(service_env, url)
 
 
+def test_a_target_bucket_that_does_not_exist_gets_nothing(legacy_home, object_store, monkeypatch):
+    """A mistyped bucket: the store may make it at the first write (SeaweedFS does, for its admin),
+    and the copy would then be recorded as the service's next store."""
+    s3_target(object_store, monkeypatch)
+    with pytest.raises(ValueError, match="'no-such-bucket' does not exist there: create it first"):
+        migrate(settings_module.get_settings(), "s3://no-such-bucket/prod")
+    assert "no-such-bucket" not in [b["Name"] for b in object_store.client().list_buckets()["Buckets"]]
+
+
 def test_the_target_gets_a_mark_of_its_own_and_the_source_the_services(service_env, tmp_path):
     """Workers switched to the target before the API are refused, saying why (their jobs' weights
     would go where the API does not read yet)."""
