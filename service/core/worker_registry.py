@@ -205,6 +205,10 @@ def waiting_detail(job: Job, reason: str | None, settings: Settings) -> str | No
     when its worker is silent (worker_silent), else describe_waiting's."""
     if reason == STORE_UNAVAILABLE and job.stalled:
         return job.stalled
+    if reason in (NO_WORKER, NO_GPU_WORKER):  # a worker started with another TRAINYARD_QUEUE serves another
+        queue = settings.queue_for(device_of(job.spec))
+        setting = "TRAINYARD_QUEUE" if reason == NO_WORKER else "TRAINYARD_GPU_QUEUE"
+        return f"{describe_waiting(reason)} (its queue is {queue!r}: a worker's {setting} must be the API's)"
     if reason == WORKER_SILENT and job.heartbeat_at is not None:
         return (
             f"its worker ({job.worker}) has not been heard from since {job.heartbeat_at:%H:%M:%S} UTC; if it stays "
