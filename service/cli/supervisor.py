@@ -216,6 +216,18 @@ def _run_forked(module: str, env: dict[str, str], preload: str) -> None:
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
+def ended_how(status: int) -> str:
+    """How a child ended, in words: its exit status, or the signal that killed it (a negative
+    returncode)."""
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"was killed by {name}"
+    return f"exited with status {status}"
+
+
 def supervise(children: dict[str, Child]) -> int:
     """Restart children that exit until SIGINT, SIGTERM, SIGHUP (its terminal closed) or a crash
     loop, then stop them all; the exit status."""
@@ -243,13 +255,13 @@ def supervise(children: dict[str, Child]) -> int:
                     break
                 if child.crash_looping(time.monotonic()):
                     typer.echo(
-                        f"{name} exited with status {status}, {RESTART_LIMIT} times within "
+                        f"{name} {ended_how(status)}, {RESTART_LIMIT} times within "
                         f"{RESTART_WINDOW_S:g} s; stopping",
                         err=True,
                     )
                     exit_code, stopping = 1, True
                     break
-                typer.echo(f"{name} exited with status {status}; restarting it", err=True)
+                typer.echo(f"{name} {ended_how(status)}; restarting it", err=True)
                 forget_metrics(child)
             if not stopping and exited:
                 time.sleep(RESTART_DELAY_S)

@@ -282,3 +282,9 @@ def test_a_worker_started_alone_or_after_its_supervisor_died_is_handled_at_once(
         timeout=60,
     )
     assert late.returncode == -signal.SIGTERM and "still running" not in late.stdout
+
+
+def test_a_child_killed_by_a_signal_is_said_so():
+    from service.cli.supervisor import ended_how
+
+    assert ended_how(3) == "exited with status 3" and ended_how(-9) == "was killed by SIGKILL"
