@@ -255,8 +255,7 @@ def supervise(children: dict[str, Child]) -> int:
                     break
                 if child.crash_looping(time.monotonic()):
                     typer.echo(
-                        f"{name} {ended_how(status)}, {RESTART_LIMIT} times within "
-                        f"{RESTART_WINDOW_S:g} s; stopping",
+                        f"{name} {ended_how(status)}, {RESTART_LIMIT} times within {RESTART_WINDOW_S:g} s; stopping",
                         err=True,
                     )
                     exit_code, stopping = 1, True

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
 from models.spec.job import EarlyStoppingSpec, JobSpec
-from service.core import evaluation_reports
+from service.core import evaluation_reports, job_logs
 from service.core.errors import Conflict, NotFound
 from service.core.ids import not_found, resolve_id
 from service.core.storage import StoredFile
@@ -633,6 +633,21 @@ def reap_one(
         detail={"last_heartbeat_at": heartbeat_at.isoformat()},  # its lease ran out a lease later
         **values,
     )
+    if moved:  # the attempt's own lines stop mid-way: its log says what became of it
+        ended = {
+            JobStatus.QUEUED: "the job goes back to the queue and resumes from its last saved state",
+            JobStatus.CANCELLED: "the job is cancelled",
+        }.get(to, f"the job fails: {error}")
+        said = (
+            f"attempt {attempt} lost: its worker ({job.worker}) was not heard from after "
+            f"{heartbeat_at:%H:%M:%S} UTC, for a lease; {ended}"
+        )
+        job_logs.append(
+            session,
+            job_id=job_id,
+            attempt=attempt,
+            lines=[{"at": utcnow(), "level": "WARNING", "logger": "trainyard.reaper", "message": said}],
+        )
     return to if moved else None
 
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from models.spec.job import JobSpec
-from service.core import jobs
+from service.core import job_logs, jobs
 from service.core.errors import NotFound
 from service.core.storage import StoredFile
 from service.core.tables import Checkpoint, EpochMetric, Job, JobStatus, utcnow
@@ -187,6 +187,12 @@ def test_reaper_gives_up_after_max_attempts(Session):
         session.commit()
         job = jobs.get_job(session, job_id=job_id)
         assert (job.status, job.reason) == ("failed", "worker_lost") and "limit 2" in job.error
+        # Each attempt's log, which stops where its worker was lost, says what became of it.
+        said = [(line.attempt, line.message) for line in job_logs.read(session, job_id=job_id)]
+        assert [attempt for attempt, _ in said] == [1, 2], said
+        assert said[0][1].startswith("attempt 1 lost: its worker (w) was not heard from after ")
+        assert said[0][1].endswith("for a lease; the job goes back to the queue and resumes from its last saved state")
+        assert said[1][1].endswith("for a lease; the job fails: the worker was lost 2 times (limit 2)")
 
 
 def test_attempts_a_worker_shutdown_handed_back_do_not_count_toward_the_limit(Session):
