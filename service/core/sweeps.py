@@ -325,7 +325,10 @@ def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], 
         locked = session.get(Sweep, sweep.id, populate_existing=True, with_for_update=True)
         if request is not None:  # the trial asked for it will not run
             studies.tell(settings, sweep.study, request, {entry["number"]: ("fail", None)})
+        # A job that cannot resume (its uploaded dataset was deleted) never will: no resume tries it again.
         failed = {**_without(locked.trials[index], "again"), "error": str(exc)[:2000], "refused": invalid}
+        if not invalid:
+            failed["cannot_resume"] = True
         locked.trials = _replaced(locked.trials, index, failed)
         session.commit()
 
@@ -357,7 +360,7 @@ def _to_run_again(sweep: Sweep, ranked: list[Trial]) -> set[int]:
     return {
         t.index
         for t in ranked
-        if (t.job is not None and t.job.status in RUN_AGAIN)
+        if (t.job is not None and t.job.status in RUN_AGAIN and not sweep.trials[t.index].get("cannot_resume"))
         or (t.index < sweep.launched and refused(sweep, t.index, t.job) and _values_check(sweep, t.index))
     }
 
@@ -385,6 +388,12 @@ def resume(session: Session, *, sweep_id: str, settings: Settings) -> None:
     ranked = trials(session, sweep)
     if not resumable(sweep, ranked):
         session.rollback()
+        stuck = [t.index for t in ranked if t.index < len(sweep.trials) and sweep.trials[t.index].get("cannot_resume")]
+        if stuck:
+            raise Conflict(
+                f"sweep {sweep_id} has nothing left that can run: trial(s) {', '.join(map(str, sorted(stuck)))} "
+                f"cannot run again ({sweep.trials[stuck[0]]['error']}), and the others ran to their end"
+            )
         raise Conflict(f"sweep {sweep_id} ran every trial to its end: there is nothing to resume")
     again = _to_run_again(sweep, ranked)
     # A trial asked of the study but never launched (the stop came between) was told it failed: it

@@ -555,3 +555,36 @@ def test_trials_refused_for_want_of_their_dataset_run_when_the_sweep_resumes(ser
             assert studies.running(settings, record.study, request) == []
     with db.session_scope() as session:
         datasets.require_dataset(session, dataset_id="shapes")
+
+
+def test_a_trial_whose_job_cannot_resume_leaves_the_sweep_with_nothing_to_resume(service_env):
+    """Its dataset deleted by force: the resume button stayed, and each press changed nothing."""
+    from service.core import datasets, db, sweeps
+    from service.core.errors import Conflict
+    from service.core.tables import JobStatus
+
+    settings = service_env
+    gone = _shapes(settings)
+    request = SweepSpec(
+        name="stuck",
+        base={"model": {"arch": "mlp"}, "data": {"dataset": "uploaded:shapes"}, "epochs": 2},
+        grid={"optimizer.lr": [0.1, 0.2]},
+        max_parallel=2,
+    )
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=request, settings=settings).sweep.id
+    first, second = _trial_jobs(sweep_id)[0][0], _trial_jobs(sweep_id)[1][0]
+    _end(first, JobStatus.SUCCEEDED)
+    _end(second, JobStatus.CANCELLED)
+    with db.session_scope() as session:
+        sweeps.advance(session, sweep_id=sweep_id, settings=settings)
+    with db.session_scope() as session:
+        datasets.delete_dataset(session, dataset_id=gone, settings=settings, force=True)
+    with db.session_scope() as session:
+        sweeps.resume(session, sweep_id=sweep_id, settings=settings)  # its job cannot resume: said on the trial
+    with db.session_scope() as session:
+        record = sweeps.require(session, sweep_id=sweep_id)
+        assert record.finished_at is not None and "was deleted: it cannot resume" in record.trials[1]["error"]
+        assert not sweeps.resumable(record, sweeps.trials(session, record))
+        with pytest.raises(Conflict, match="has nothing left that can run: trial\\(s\\) 1 cannot run again \\(job "):
+            sweeps.resume(session, sweep_id=sweep_id, settings=settings)
