@@ -588,3 +588,8 @@ def test_a_trial_whose_job_cannot_resume_leaves_the_sweep_with_nothing_to_resume
         assert not sweeps.resumable(record, sweeps.trials(session, record))
         with pytest.raises(Conflict, match="has nothing left that can run: trial\\(s\\) 1 cannot run again \\(job "):
             sweeps.resume(session, sweep_id=sweep_id, settings=settings)
+    from tests.service.api.test_routers import make_api
+
+    page = make_api().get(f"/ui/sweeps/{sweep_id}").text  # the page says why, and offers no resume
+    assert "<th>why</th>" in page and "was deleted: it cannot resume" in page
+    assert f'action="/ui/sweeps/{sweep_id}/resume"' not in page
