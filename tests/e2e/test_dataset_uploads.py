@@ -113,7 +113,7 @@ def test_csv_regression_dataset_trains(stack, client):
     assert predicted["model"]["columns"] == ["x1", "x2"], predicted
     assert abs(predicted["predictions"][0]["value"] - 2.0) < 0.15, predicted  # 3 x1 - 2 x2 + 1, from raw columns
     page = client.get(f"/ui/jobs/{job['id']}").text
-    assert 'id="predict-rows"' in page and 'id="predict-link"' not in page  # the predict page takes images
+    assert 'id="predict-rows"' in page and f'id="predict-link" href="/ui/predict?model=job:{job["id"]}"' in page
     wrong = client.post("/v1/predict", json={"model": f"job:{job['id']}", "inputs": [[0.5]]})
     assert wrong.status_code == 422 and "has 1 value; this model takes 2, in this order: x1, x2" in wrong.text
     lenet = client.post("/v1/jobs", json={**spec, "model": {"arch": "lenet"}})

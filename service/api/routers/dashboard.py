@@ -452,6 +452,9 @@ def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
     return RedirectResponse("/", status_code=303)
 
 
+MAX_TOP_K = 100  # the predict page's; the API's own bound is the model's classes
+
+
 def _number(text: str) -> float | str | None:
     """A form's number: None when left empty, the text itself when it is none (for the error to show)."""
     try:
@@ -739,14 +742,16 @@ async def predict(
     server: ModelServerDep,
     settings: SettingsDep,
     model: Annotated[str, Form(max_length=200)],
-    top_k: Annotated[int, Form(ge=1, le=100)] = 3,
+    top_k_text: Annotated[str, Form(alias="top_k", max_length=40)] = "3",
     threshold_text: Annotated[str, Form(alias="threshold", max_length=40)] = "",
     rows_text: Annotated[str, Form(alias="rows", max_length=1_000_000)] = "",
 ) -> Response:
-    threshold = _number(threshold_text)
+    threshold, top_k = _number(threshold_text), _number(top_k_text)
+    top_k = 3.0 if top_k is None else top_k  # left empty: the default
+    whole_k = isinstance(top_k, float) and top_k.is_integer() and 1 <= top_k <= MAX_TOP_K
     context = {
         "model": model,
-        "top_k": top_k,
+        "top_k": int(top_k) if whole_k else top_k_text,  # a wrong one is shown as typed, with why
         "threshold": threshold,
         "rows": rows_text,
         "choices": await read(_model_choices),
@@ -759,6 +764,8 @@ async def predict(
         error = "choose one or more images to classify, or type a numeric model's rows"
     elif files and rows_text.strip():
         error = "give images or rows, not both"
+    elif not whole_k:
+        error = f"top k: give a whole number from 1 to {MAX_TOP_K}; got {top_k_text!r}"
     elif isinstance(threshold, str) or (threshold is not None and not 0 <= threshold <= 1):
         error = (
             f"threshold: give a number from 0 to 1, or leave it empty for the model's default; got {threshold_text!r}"
@@ -773,7 +780,7 @@ async def predict(
     uploads = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(files)]
     types = [f.content_type if (f.content_type or "").startswith("image/") else "image/png" for f in files]
     try:
-        target, loaded, results = await server.classify_uploads(model, uploads, top_k, threshold)
+        target, loaded, results = await server.classify_uploads(model, uploads, int(top_k), threshold)
         answer = image_answer(target, loaded.predictor, [name for name, _ in uploads], results, threshold)
         seen = await run_in_threadpool(
             lambda: [_seen(loaded.predictor, data, name, settings.max_image_pixels) for name, data in uploads]
@@ -797,21 +804,22 @@ async def predict(
     )
 
 
-def _predict_refused(request: Request, context: dict, exc: Exception) -> HTMLResponse:
-    """The predict page with why it has no answer, under the status the API gives the same error
-    (a 503 with Retry-After for a predict past its deadline)."""
+def _predict_refused(request: Request, context: dict, exc: Exception, said: str | None = None) -> HTMLResponse:
+    """The predict page with why it has no answer (`said`, else the error's own words), under the
+    status the API gives the same error (a 503 with Retry-After for a predict past its deadline)."""
     return templates.TemplateResponse(
         request,
         "predict.html",
-        {**context, "error": _describe(exc)},
+        {**context, "error": said or _describe(exc)},
         status_code=status_for(exc),
         headers=headers_for(exc),
     )
 
 
-def _typed_rows(text: str) -> list[list[float]]:
-    """A numeric model's rows as typed on the predict page: a row a line, its values comma-separated."""
-    rows = []
+def _typed_rows(text: str) -> tuple[list[list[float]], list[int]]:
+    """A numeric model's rows as typed on the predict page, a row a line, its values comma-separated;
+    and the line each is on (blank lines are skipped)."""
+    rows, lines = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -823,15 +831,17 @@ def _typed_rows(text: str) -> list[list[float]]:
         if not all(math.isfinite(value) for value in row):
             raise Invalid([(("rows",), f"line {number} holds a value that is not a finite number")])
         rows.append(row)
+        lines.append(number)
     if len(rows) > MAX_ROWS:
         raise Invalid([(("rows",), f"{len(rows):,} rows; at most {MAX_ROWS:,} at a time")])
-    return rows
+    return rows, lines
 
 
 async def _predict_rows(request: Request, server, context: dict, text: str) -> HTMLResponse:
     """The predict page's answer for typed rows (a regression's values, or a tabular classifier's labels)."""
+    lines: list[int] = []
     try:
-        rows = _typed_rows(text)
+        rows, lines = _typed_rows(text)
         async with server.deadline():  # the lookup as well as the answer
             _, loaded = await server.get(context["model"])
             # The page's top k and threshold are for a classifier; a regression's answer is its value.
@@ -840,7 +850,11 @@ async def _predict_rows(request: Request, server, context: dict, text: str) -> H
             target, loaded, outputs = await server.predict_values(context["model"], rows, threshold, top_k)
         answer = values_answer(target, loaded.predictor, outputs, top_k, threshold)
     except (CoreError, InputError, CheckpointError) as exc:
-        return _predict_refused(request, context, exc)
+        # The API counts rows from 0 (inputs[0]); the page's user counts the lines they typed.
+        def typed(found: re.Match) -> str:
+            return f"line {lines[int(found[1])]}" if int(found[1]) < len(lines) else found[0]
+
+        return _predict_refused(request, context, exc, re.sub(r"\binputs\[(\d+)\]", typed, _describe(exc)))
     shown = {
         "row_results": list(zip(rows, answer.predictions, strict=True)),
         "model_info": answer.model,

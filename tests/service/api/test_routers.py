@@ -901,8 +901,15 @@ def test_the_predict_page_takes_a_numeric_models_rows(api, tmp_path):
     assert page.status_code == 200, page.text
     values = re.findall(r'<td class="value">([^<]+)</td>', page.text)
     assert [float(v) for v in values] == pytest.approx([2 - 3.4 + 4.2, 4.2], rel=1e-5)  # top k is a classifier's
+    assert 'id="values-only"' in page.text  # and the page says so
     bad = api.post("/ui/predict", data={"model": "line", "rows": "1,1\n1,x"})
     assert bad.status_code == 422 and "line 2 (&#39;1,x&#39;) is not numbers separated by commas" in bad.text
+    narrow = api.post("/ui/predict", data={"model": "line", "rows": "1,1\n\n1"})  # counted as typed, blank included
+    assert narrow.status_code == 422 and "line 3 has 1 value" in narrow.text and "inputs[" not in narrow.text
+    for typed in ("0", "abc", "1000", "2.5"):  # said on the page, which keeps what was typed
+        wrong_k = api.post("/ui/predict", data={"model": "line", "rows": "1,1", "top_k": typed})
+        assert wrong_k.status_code == 422 and "top k: give a whole number from 1 to 100" in wrong_k.text, typed
+        assert 'name="rows"' in wrong_k.text and f'value="{typed}"' in wrong_k.text, typed
     both = api.post(
         "/ui/predict", data={"model": "line", "rows": "1,1"}, files={"files": ("a.png", png_bytes(1, seed=1))}
     )
@@ -938,6 +945,8 @@ def test_the_predict_page_takes_a_numeric_models_rows(api, tmp_path):
     assert labelled.status_code == 200, labelled.text
     [ranked] = re.findall(r'<td class="top-k">([^<]+)</td>', labelled.text)
     assert len(ranked.split("), ")) == 2 and "<th>top 2</th>" in labelled.text, ranked
+    every = api.post("/ui/predict", data={"model": "pick", "rows": "1,2", "top_k": "10"})  # 3 classes: its 3
+    assert every.status_code == 200 and "<th>top 3</th>" in every.text, every.text
 
 
 def test_an_exported_header_that_resizes_or_lies_imports_as_it_says_or_is_refused(api):
