@@ -544,7 +544,8 @@ class Trial:
 def trials(session: Session, sweep: Sweep) -> list[Trial]:
     """Every trial with its job (None until launched) and the sweep's metric at the epoch the job
     serves (job:<id>, its best checkpoint: chosen on validation data or early stopping's metric,
-    else its last epoch), ranked: best first, trials without a value after, unlaunched ones last.
+    else its last epoch), ranked: best first, then those whose job failed or was cancelled, then
+    trials without a value, unlaunched ones last.
     The best value over all epochs would pick each trial's epoch by the sweep's metric, the test
     set's by default: a result selected on the data it reports."""
     return trials_of(session, [sweep])[sweep.id]
@@ -573,7 +574,16 @@ def _ranked(sweep: Sweep, by_trial: dict[int, Job], best: dict[str, float]) -> l
         for i, params in enumerate(drawn)
     ]
     sign = -1 if sweep.mode == "max" else 1
-    return sorted(found, key=lambda t: (t.job is None, t.metric is None, sign * (t.metric or 0), t.index))
+    # A trial whose job failed or was cancelled ranks after those that ran (or run) on, whatever
+    # value it had reached: a sweep's best is a trial that trained as it was asked to.
+    cut_short = (JobStatus.FAILED, JobStatus.CANCELLED)
+    return sorted(
+        found,
+        key=lambda t: (
+            (t.job is None, t.job is not None and t.job.status in cut_short, t.metric is None)
+            + (sign * (t.metric or 0), t.index)
+        ),
+    )
 
 
 @dataclass
@@ -599,7 +609,7 @@ def history(session: Session, sweep: Sweep) -> list[Ended]:
     found, spent, best = [], 0, None
     for trial in ended:
         spent += trial.job.epoch
-        if trial.metric is not None:
+        if trial.metric is not None and trial.job.status in (JobStatus.SUCCEEDED, JobStatus.PRUNED):
             best = trial.metric if best is None else better(best, trial.metric)
         found.append(Ended(trial.index, trial.job.status, trial.job.epoch, spent, trial.metric, best))
     return found

@@ -593,3 +593,28 @@ def test_a_trial_whose_job_cannot_resume_leaves_the_sweep_with_nothing_to_resume
     page = make_api().get(f"/ui/sweeps/{sweep_id}").text  # the page says why, and offers no resume
     assert "<th>why</th>" in page and "was deleted: it cannot resume" in page
     assert f'action="/ui/sweeps/{sweep_id}/resume"' not in page
+
+
+def test_a_trial_cut_short_ranks_after_those_that_ran_whatever_value_it_reached(service_env):
+    """A cancelled trial at 7 of 15 epochs ranked first with its half-trained value."""
+    from service.core import db, jobs, sweeps
+    from service.core.tables import JobStatus
+    from tests.support.specs import SOFTMAX_SPEC
+
+    request = SweepSpec(name="ranks", base={**SOFTMAX_SPEC, "epochs": 2}, grid={"optimizer.lr": [0.1, 0.2]})
+    with db.session_scope() as session:
+        sweep_id = sweeps.create(session, sweep=request, settings=service_env).sweep.id
+    for trial, (accuracy, end) in enumerate([(0.9, JobStatus.CANCELLED), (0.6, JobStatus.SUCCEEDED)]):
+        job_id = _trial_jobs(sweep_id)[trial][0]
+        with db.session_scope() as session:
+            attempt = jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3).attempt
+            metrics = {"epoch": 1, "train_loss": 1.0, "test_acc": accuracy, "test_loss": 1 - accuracy}
+            jobs.record_epoch(
+                session, job_id=job_id, attempt=attempt, metrics=metrics, checkpoint=StoredFile(f"k/{job_id}", 1)
+            )
+            jobs.finish_job(session, job_id=job_id, attempt=attempt, status=end)
+    with db.session_scope() as session:
+        sweeps.advance(session, sweep_id=sweep_id, settings=service_env)
+        record = sweeps.require(session, sweep_id=sweep_id)
+        assert [(t.index, t.metric) for t in sweeps.trials(session, record)] == [(1, 0.6), (0, 0.9)]
+        assert [e.best for e in sweeps.history(session, record)] == [None, 0.6]  # the cancelled one's 0.9 is no best
