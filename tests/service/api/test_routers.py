@@ -247,6 +247,10 @@ def test_the_submit_form_offers_and_sends_sweeps_too(api):
     assert sent.status_code == 303 and sent.headers["location"].startswith("/ui/sweeps/"), sent.text
     sweep_id = sent.headers["location"].rsplit("/", 1)[-1]
     assert len(api.get(f"/v1/sweeps/{sweep_id}").json()["jobs"]) == 2
+    assert 'id="warnings"' not in api.get(f"/ui/sweeps/{sweep_id}").text
+    unused = {**sweep, "base": {**sweep["base"], "model": {"arch": "mlp", "init_std": 0.5}}}  # without init: normal
+    warned = api.post("/ui/submit", data={"spec": json.dumps(unused)}).text  # its page says what the API would
+    assert 'id="warnings"' in warned and "init_std" in warned.split('id="warnings"')[1].split("</div>")[0]
     wrong = api.post("/ui/submit", data={"spec": json.dumps({**sweep, "grid": {"optimizer.lrr": [0.1]}})})
     assert wrong.status_code == 422 and "optimizer.lrr" in wrong.text, wrong.text[-1500:]
     assert '<option value="" selected>(the spec sent)</option>' in wrong.text  # not an example it is not
