@@ -506,9 +506,10 @@ def delete_dataset(session: Session, *, dataset_id: str, settings: Settings, for
             Job.spec["data"]["dataset"].as_string() == f"uploaded:{dataset_id}", Job.status != JobStatus.SUCCEEDED
         )
     ).all()
-    users = [job.id for job in using if job.status in (JobStatus.QUEUED, *JobStatus.ACTIVE)]
+    users = [job for job in using if job.status in (JobStatus.QUEUED, *JobStatus.ACTIVE)]
     if users:
-        raise DatasetInUse(f"dataset {dataset_id} is used by unfinished job(s) {', '.join(users)}")
+        named = [job.id + (f" (a trial of sweep {job.sweep_id})" if job.sweep_id else "") for job in users]
+        raise DatasetInUse(f"dataset {dataset_id} is used by unfinished job(s) {', '.join(named)}")
     sweeping = _unfinished_sweeps_using(session, dataset_id)
     if sweeping:
         raise DatasetInUse(

@@ -492,7 +492,9 @@ def test_a_dataset_an_unfinished_sweep_may_train_on_is_not_deleted(service_env):
     with db.session_scope() as session:
         sweeps.advance(session, sweep_id=sweep_id, settings=service_env)  # trial 1 launched, on shapes
     delete(other)  # trial 0's, which has ended
-    with pytest.raises(datasets.DatasetInUse, match="unfinished job"):
+    with pytest.raises(
+        datasets.DatasetInUse, match=f"unfinished job\\(s\\) .{{36}} \\(a trial of sweep {sweep_id}\\)$"
+    ):
         delete(shapes)
     tpe = {"distributions": {"data.dataset": {"choice": ["uploaded:a", "uploaded:b"]}}, "count": 4}
     drawn = SweepSpec(name="t", base=varied.base, tpe=tpe)
