@@ -42,12 +42,17 @@ run: $(STAMP)
 # (pytest-xdist, each file whole in one: half the time on 2 cores), then the end-to-end tests in
 # TEST_WORKERS (default 0: this process alone), since tests that wait on real services under a
 # deadline fail more often beside others (TEST_WORKERS=2 is about a third faster, less steady).
-# PYTEST_ARGS goes to both runs; one it leaves without a test (pytest's exit status 5) passes.
+# PYTEST_ARGS goes to both runs (a -m in it replaces theirs); one it leaves without a test (pytest's
+# exit status 5) passes, both so do not.
 UNIT_WORKERS ?= 2
 TEST_WORKERS ?= 0
 test: setup lint
-	$(BIN)/python -m pytest -n $(UNIT_WORKERS) --dist loadfile -m "not e2e" $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m e2e $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	@unit=0; e2e=0; \
+	$(BIN)/python -m pytest -n $(UNIT_WORKERS) --dist loadfile -m "not e2e and not compose" $(PYTEST_ARGS) || unit=$$?; \
+	if [ $$unit != 0 ] && [ $$unit != 5 ]; then exit $$unit; fi; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "e2e or compose" $(PYTEST_ARGS) || e2e=$$?; \
+	if [ $$e2e != 0 ] && [ $$e2e != 5 ]; then exit $$e2e; fi; \
+	if [ $$unit = 5 ] && [ $$e2e = 5 ]; then echo "make test: no test was selected"; exit 5; fi
 
 # ruff, configured in pyproject.toml: the lint rules and the one format (`make format` applies it).
 lint: $(DEV_STAMP)

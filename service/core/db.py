@@ -118,7 +118,7 @@ def ping() -> None:
 
 MIGRATE_HINT = "the database's schema is not this version's: run `trainyard migrate`"
 # SQLite's and PostgreSQL's words for a table or column the schema lacks (not a database that is)
-_UNMIGRATED = re.compile(r"no such (table|column)|(relation|column) \S+ does not exist")
+_UNMIGRATED = re.compile(r"no such (table|column)|has no column named|(relation|column) \S+ does not exist")
 
 
 def unmigrated(error: Exception) -> bool:

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import exc, text
 
-from service.core.db import MIGRATE_HINT, get_engine, make_engine, ping
+from service.core.db import MIGRATE_HINT, get_engine, make_engine, unmigrated
 from service.core.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,9 +56,22 @@ def schema_problem() -> str | None:
     try:
         with get_engine().connect() as conn:
             current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except exc.DBAPIError:
-        ping()  # away: its error; answering: the table is missing
+    except exc.DBAPIError as error:
+        if not unmigrated(error):  # away, refused, timed out: not an answer about the schema
+            raise
         current = None
-    if current == head_revision():
+    if current == head_revision() or (current is not None and _newer(current)):
         return None
     return f"{MIGRATE_HINT} (it is at revision {current or 'none'}, this version's is {head_revision()})"
+
+
+def _newer(revision: str) -> bool:
+    """Whether a revision is none this code knows: a newer version migrated the database (an
+    upgrade under way), whose schema holds every table this one uses."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is None
+    except CommandError:
+        return True

@@ -247,18 +247,21 @@ def ask(settings: Settings, name: str, spec: SweepSpec, *, index: int, fixed: di
     if asked.user_attrs.get(INDEX_ATTR) != index:
         raise RuntimeError(f"study {name}: trial {asked.number} was waiting for trial {index}'s place")
     if ended := [t for t in mine if t.state.is_finished()]:
-        _carry_on(storage(settings), asked._trial_id, max(ended, key=lambda t: t.number))
+        rungs = spec.pruner is not None and spec.pruner.name == "asha"
+        _carry_on(storage(settings), asked._trial_id, max(ended, key=lambda t: t.number), rungs=rungs)
     return asked.number, from_optuna(spec, asked.params)
 
 
-def _carry_on(kept, trial_id: int, before) -> None:
-    """Give a resumed trial's new Optuna trial what its ended one had earned: the epochs it reported
-    and the pruner's rungs it passed. Without them, its first report, some epochs in, was ranked
-    at the first rungs against its own earlier values, and pruned for falling behind itself."""
+def _carry_on(kept, trial_id: int, before, *, rungs: bool) -> None:
+    """Give a resumed trial's new Optuna trial what its ended one had earned: the epochs it reported,
+    and with `rungs` (ASHA's) the rungs it passed. Without them, its first report, some epochs in,
+    was ranked at the first rungs against its own earlier values, and pruned for falling behind
+    itself. Hyperband's rungs are not carried: a trial's bracket follows its number, so the new
+    trial's rungs fall at other epochs."""
     for epoch, value in before.intermediate_values.items():
         kept.set_trial_intermediate_value(trial_id, epoch, value)
-    for key, value in before.system_attrs.items():
-        if key.startswith("completed_rung_"):  # successive halving's (ASHA's, and Hyperband's brackets')
+    for key, value in before.system_attrs.items() if rungs else ():
+        if key.startswith("completed_rung_"):
             kept.set_trial_system_attr(trial_id, key, value)
 
 

@@ -269,6 +269,11 @@ def cancel_job(session: Session, *, job_id: str) -> None:
     session.commit()
 
 
+class CannotResume(Conflict):
+    """A job that can never resume: its uploaded dataset was deleted (a new one of its name is
+    another dataset)."""
+
+
 def resume_job(session: Session, *, job_id: str, settings: Settings, by_its_sweep: bool = False) -> None:
     """Queue a cancelled or failed job again and send it to a worker; Conflict if its uploaded
     dataset was deleted (it would fail at once), or if it is a trial of a sweep with a study and
@@ -284,7 +289,7 @@ def resume_job(session: Session, *, job_id: str, settings: Settings, by_its_swee
         and datasets.get_dataset(session, dataset_id=spec.data.dataset_id) is None
     ):
         session.rollback()
-        raise Conflict(
+        raise CannotResume(
             f"job {job.id} trained on uploaded dataset {spec.data.dataset_id}, which was deleted: it cannot resume; "
             "submit a new job on another dataset"
         )

@@ -325,9 +325,8 @@ def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], 
         locked = session.get(Sweep, sweep.id, populate_existing=True, with_for_update=True)
         if request is not None:  # the trial asked for it will not run
             studies.tell(settings, sweep.study, request, {entry["number"]: ("fail", None)})
-        # A job that cannot resume (its uploaded dataset was deleted) never will: no resume tries it again.
         failed = {**_without(locked.trials[index], "again"), "error": str(exc)[:2000], "refused": invalid}
-        if not invalid:
+        if isinstance(exc, submission.CannotResume):  # never will: no later resume tries it again
             failed["cannot_resume"] = True
         locked.trials = _replaced(locked.trials, index, failed)
         session.commit()
@@ -392,7 +391,7 @@ def resume(session: Session, *, sweep_id: str, settings: Settings) -> None:
         if stuck:
             raise Conflict(
                 f"sweep {sweep_id} has nothing left that can run: trial(s) {', '.join(map(str, sorted(stuck)))} "
-                f"cannot run again ({sweep.trials[stuck[0]]['error']}), and the others ran to their end"
+                f"cannot run again ({sweep.trials[stuck[0]]['error']}), and no other is left to run"
             )
         raise Conflict(f"sweep {sweep_id} ran every trial to its end: there is nothing to resume")
     again = _to_run_again(sweep, ranked)
@@ -595,7 +594,7 @@ class Ended:
     epochs: int  # that it trained
     spent: int  # by the sweep's trials that had ended by then, this one's included
     metric: float | None  # its best value of the sweep's metric
-    best: float | None  # the best of any trial that had ended by then
+    best: float | None  # the best of a trial that succeeded or was pruned by then
 
 
 def history(session: Session, sweep: Sweep) -> list[Ended]:

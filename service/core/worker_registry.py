@@ -208,7 +208,10 @@ def waiting_detail(job: Job, reason: str | None, settings: Settings) -> str | No
     if reason in (NO_WORKER, NO_GPU_WORKER):  # a worker started with another TRAINYARD_QUEUE serves another
         queue = settings.queue_for(device_of(job.spec))
         setting = "TRAINYARD_QUEUE" if reason == NO_WORKER else "TRAINYARD_GPU_QUEUE"
-        return f"{describe_waiting(reason)} (its queue is {queue!r}: a worker's {setting} must be the API's)"
+        return (
+            f"{describe_waiting(reason)} (its queue is {queue!r}: a worker serves its {setting}, or the queues "
+            "its --queues or TRAINYARD_WORKER_QUEUES name)"
+        )
     if reason == WORKER_SILENT and job.heartbeat_at is not None:
         return (
             f"its worker ({job.worker}) has not been heard from since {job.heartbeat_at:%H:%M:%S} UTC; if it stays "

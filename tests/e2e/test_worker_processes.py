@@ -66,7 +66,8 @@ def test_a_cuda_job_with_no_gpu_worker_says_why_and_is_never_taken(embedded_stac
                 assert json.loads(next(lines).removeprefix("data: ")) == {
                     "reason": "no_gpu_worker",
                     "detail": "it asks for a GPU and no live worker with a GPU serves the GPU queue (its queue is "
-                    f"{embedded_stack.env['TRAINYARD_GPU_QUEUE']!r}: a worker's TRAINYARD_GPU_QUEUE must be the API's)",
+                    f"{embedded_stack.env['TRAINYARD_GPU_QUEUE']!r}: a worker serves its TRAINYARD_GPU_QUEUE, or the "
+                    "queues its --queues or TRAINYARD_WORKER_QUEUES name)",
                 }
                 break
     auto = submit(client, {**TINY, "device": "auto"})  # the CPU worker runs this one meanwhile

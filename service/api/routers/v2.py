@@ -22,8 +22,8 @@ from service.api.auth import READS_ONLY
 from service.api.deps import ModelServerDep, SettingsDep
 from service.api.errors import headers_for, status_for
 from service.api.serving import LoadedModel, ModelServer
-from service.core.db import ping
 from service.core.errors import CoreError
+from service.core.migrate import schema_problem
 from service.core.references import ModelNotFound, ResolvedCheckpoint
 from service.core.storage import get_storage
 
@@ -64,11 +64,14 @@ def live() -> dict:
 
 @probes.get("/health/ready", responses={503: {"description": "Not ready"}})
 async def ready(request: Request) -> JSONResponse:
-    """Ready when the database answers, preloaded models can serve and the store is the service's."""
+    """Ready when the database answers (migrated to this version's schema), preloaded models can
+    serve and the store is the service's."""
     try:
-        await run_in_threadpool(ping)
+        problem = await run_in_threadpool(schema_problem)
     except Exception as exc:
-        return JSONResponse({"ready": False, "error": str(exc)}, status_code=503)
+        problem = str(exc)
+    if problem:
+        return JSONResponse({"ready": False, "error": problem}, status_code=503)
     if request.app.state.preload.status() != "ok":
         return JSONResponse({"ready": False, "error": request.app.state.preload.status()}, status_code=503)
     problem = await run_in_threadpool(request.app.state.store_readiness.problem, get_storage().store)

@@ -60,7 +60,7 @@ class EndedPublic(BaseModel):
     epochs: int  # that it trained
     spent: int  # epochs the sweep's ended trials had trained when it ended, its own included
     metric: float | None  # its best value of the sweep's metric
-    best: float | None  # the best value of any trial that had ended by then
+    best: float | None  # the best value of a trial that succeeded or was pruned by then
 
 
 class HistoryPublic(BaseModel):
@@ -104,7 +104,8 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
         )
         for t in ranked
     ]
-    best = entries[0] if entries and entries[0].metric is not None else None
+    # a trial that ran on (or runs): one cut short is no sweep's best, whatever value it reached
+    best = next((e for e in entries if e.metric is not None and e.status not in ("failed", "cancelled")), None)
     request = sweep.request
     return SweepPublic(
         id=sweep.id,

@@ -300,23 +300,29 @@ def test_without_tokens_the_login_form_leads_on(api):
 def test_a_database_not_migrated_to_this_version_is_not_ready_and_says_to_migrate(service_env_on):
     """A forgotten `trainyard migrate` (an upgrade, a new database): /readyz said ready and each
     request failed, a 500 on PostgreSQL, a 503 'unavailable' on SQLite."""
+    from alembic.script import ScriptDirectory
     from sqlalchemy import text
 
     from service.core import db
-    from service.core.migrate import head_revision, schema_problem
+    from service.core.migrate import alembic_config, head_revision, schema_problem
 
     api = make_api()
     api.app.state.preload.board.report("ok")
     assert schema_problem() is None and api.get("/readyz").status_code == 200
+    with db.get_engine().begin() as conn:  # a newer version migrated it (an upgrade under way): still ready
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeedbeef'"))
+    assert schema_problem() is None and api.get("/readyz").status_code == 200
+    older = ScriptDirectory.from_config(alembic_config()).get_revision(head_revision()).down_revision
     with db.get_engine().begin() as conn:
         conn.execute(text("DROP TABLE evaluation_reports"))  # a table the newest revision added, say
-        conn.execute(text("UPDATE alembic_version SET version_num = 'an-older-one'"))
+        conn.execute(text(f"UPDATE alembic_version SET version_num = '{older}'"))
     ready = api.get("/readyz")
     said = (
         "error: the database's schema is not this version's: run `trainyard migrate` "
-        f"(it is at revision an-older-one, this version's is {head_revision()})"
+        f"(it is at revision {older}, this version's is {head_revision()})"
     )
     assert ready.status_code == 503 and ready.json()["checks"]["database"] == said, ready.json()
+    assert api.get("/v2/health/ready").json() == {"ready": False, "error": said.removeprefix("error: ")}
     with db.get_engine().begin() as conn:
         conn.execute(text("DROP TABLE jobs CASCADE" if conn.dialect.name == "postgresql" else "DROP TABLE jobs"))
         conn.execute(text("DROP TABLE alembic_version"))

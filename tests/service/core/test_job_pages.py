@@ -93,5 +93,5 @@ def test_a_page_of_100_jobs_costs_what_a_page_of_10_does(Session, engine, tmp_pa
     assert all(job.disk_bytes == 0 and job.waiting_reason == "no_worker" for job in queued)
     assert queued[0].waiting_detail == (  # a worker started on another queue does not count
         f"no live worker serves its queue; start one with `trainyard worker` (its queue is {settings.queue!r}: a "
-        "worker's TRAINYARD_QUEUE must be the API's)"
+        "worker serves its TRAINYARD_QUEUE, or the queues its --queues or TRAINYARD_WORKER_QUEUES name)"
     )

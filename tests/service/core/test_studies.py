@@ -356,13 +356,15 @@ def test_importances_wait_for_enough_trials_to_mean_something():
     assert set(found) == {"optimizer.lr", "batch_size"} and found["optimizer.lr"] > found["batch_size"], found
 
 
-def test_a_resumed_trial_carries_on_with_the_epochs_and_rungs_its_ended_trial_earned(service_env):
+@pytest.mark.parametrize("pruner", ["asha", "hyperband"])
+def test_a_resumed_trial_carries_on_with_the_epochs_and_rungs_its_ended_trial_earned(service_env, pruner):
     """Resumed at epoch 5 under a new Optuna trial, an ASHA trial's first report filled its first
-    rungs with that epoch's value, to be ranked there against its own earlier values: pruned."""
+    rungs with that epoch's value, to be ranked there against its own earlier values: pruned.
+    (Hyperband's rungs stay: a trial's bracket, which places its rungs, follows its number.)"""
     settings = service_env
     base = {**BASE, "epochs": 9}
     with db.session_scope() as session:
-        request = SweepSpec(name="s", base=base, grid={"optimizer.lr": [0.1]}, pruner={"name": "asha", "min_epochs": 1})
+        request = SweepSpec(name="s", base=base, grid={"optimizer.lr": [0.1]}, pruner={"name": pruner, "min_epochs": 1})
         sweep_id = sweeps.create(session, sweep=request, settings=settings).sweep.id
     [job_id] = trial_jobs(sweep_id)
     assert run_epochs(job_id, [0.5, 0.6, 0.7], JobStatus.CANCELLED, reporter(settings, job_id)) == [False] * 3
@@ -373,5 +375,8 @@ def test_a_resumed_trial_carries_on_with_the_epochs_and_rungs_its_ended_trial_ea
     assert old.state.name == "FAIL" and new.state.name == "RUNNING"
     assert new.intermediate_values == old.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
     rungs = {key: value for key, value in old.system_attrs.items() if key.startswith("completed_rung_")}
+    if pruner == "hyperband":
+        assert not any(key.startswith("completed_rung_") for key in new.system_attrs)
+        return
     assert rungs and {key: new.system_attrs[key] for key in rungs} == rungs
     assert not reporter(settings, job_id).should_prune(4, {"test_acc": 0.55})  # behind itself, not pruned for it
