@@ -239,12 +239,20 @@ def advance(session: Session, *, sweep_id: str, settings: Settings) -> None:
             publish_or_defer(submitted.job_id, queue)
 
 
+def _trial_job_spec(sweep: Sweep, index: int) -> JobSpec:
+    """Trial `index`'s job spec: the base with the trial's values; ValidationError if they make none."""
+    return JobSpec.model_validate(trial_spec(sweep.request["base"], sweep.name, sweep.trials[index]["params"]))
+
+
 def _add_trial_job(session: Session, sweep: Sweep, index: int, settings: Settings):
-    """Trial `index`'s job, added (not committed): the base spec with the trial's values.
-    ValidationError, Invalid or Conflict where they make no job that can run."""
-    spec = JobSpec.model_validate(trial_spec(sweep.request["base"], sweep.name, sweep.trials[index]["params"]))
+    """Trial `index`'s job, added (not committed). ValidationError, Invalid or Conflict where its
+    values make no job that can run."""
     return submission.add_job(
-        session, spec=spec, settings=settings, idempotency_key=f"sweep:{sweep.id}:{index}", sweep=(sweep.id, index)
+        session,
+        spec=_trial_job_spec(sweep, index),
+        settings=settings,
+        idempotency_key=f"sweep:{sweep.id}:{index}",
+        sweep=(sweep.id, index),
     )
 
 
@@ -307,7 +315,7 @@ def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], 
     if request is not None:
         entry["number"], _ = studies.ask(settings, sweep.study, request, index=index, fixed=entry["params"])
     sweep.trials = _replaced(sweep.trials, index, entry)
-    if not invalid and (job is None or job.status not in RUN_AGAIN):
+    if not invalid and (job is None or job.status not in CUT_SHORT):
         session.commit()
         return
     try:
@@ -332,7 +340,9 @@ def _run_again(session: Session, sweep: Sweep, index: int, ranked: list[Trial], 
         session.commit()
 
 
-RUN_AGAIN = (JobStatus.FAILED, JobStatus.CANCELLED)  # the trials a resumed sweep runs again
+# Trials whose job ended without training as asked: a resumed sweep runs them again, and they rank
+# after those that ran (or run) on, whatever value they had reached.
+CUT_SHORT = (JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 def refused(sweep: Sweep, index: int, job: Job | None) -> bool:
@@ -347,7 +357,7 @@ def _values_check(sweep: Sweep, index: int) -> bool:
     dataset gone, say), which a resume may find fixed, not from its values (a TPE draw's), which
     no resume changes."""
     try:
-        JobSpec.model_validate(trial_spec(sweep.request["base"], sweep.name, sweep.trials[index]["params"]))
+        _trial_job_spec(sweep, index)
     except ValidationError:
         return False
     return True
@@ -359,7 +369,7 @@ def _to_run_again(sweep: Sweep, ranked: list[Trial]) -> set[int]:
     return {
         t.index
         for t in ranked
-        if (t.job is not None and t.job.status in RUN_AGAIN and not sweep.trials[t.index].get("cannot_resume"))
+        if (t.job is not None and t.job.status in CUT_SHORT and not sweep.trials[t.index].get("cannot_resume"))
         or (t.index < sweep.launched and refused(sweep, t.index, t.job) and _values_check(sweep, t.index))
     }
 
@@ -573,13 +583,10 @@ def _ranked(sweep: Sweep, by_trial: dict[int, Job], best: dict[str, float]) -> l
         for i, params in enumerate(drawn)
     ]
     sign = -1 if sweep.mode == "max" else 1
-    # A trial whose job failed or was cancelled ranks after those that ran (or run) on, whatever
-    # value it had reached: a sweep's best is a trial that trained as it was asked to.
-    cut_short = (JobStatus.FAILED, JobStatus.CANCELLED)
     return sorted(
         found,
         key=lambda t: (
-            (t.job is None, t.job is not None and t.job.status in cut_short, t.metric is None)
+            (t.job is None, t.job is not None and t.job.status in CUT_SHORT, t.metric is None)
             + (sign * (t.metric or 0), t.index)
         ),
     )

@@ -105,7 +105,7 @@ def sweep_public(sweep: Sweep, ranked: list[sweeps.Trial]) -> SweepPublic:
         for t in ranked
     ]
     # a trial that ran on (or runs): one cut short is no sweep's best, whatever value it reached
-    best = next((e for e in entries if e.metric is not None and e.status not in ("failed", "cancelled")), None)
+    best = next((e for e in entries if e.metric is not None and e.status not in sweeps.CUT_SHORT), None)
     request = sweep.request
     return SweepPublic(
         id=sweep.id,
