@@ -11,8 +11,9 @@ from celery.signals import worker_ready, worker_shutdown
 
 from models.data.loading import BUILTIN_IMAGE_DATASETS, builtins_on_disk
 from models.nets.pretrained import available_weights
-from service.core import worker_registry
+from service.core import jobs, worker_registry
 from service.core.background import Periodic, stop_with_supervisor
+from service.core.broker import publish_or_defer
 from service.core.db import UNAVAILABLE, brief, session_scope, unmigrated
 from service.core.settings import get_settings
 from service.core.storage import get_storage
@@ -82,6 +83,43 @@ class Presence(Periodic):
             self._last_problem = said
         else:
             self._last_problem = None
+            try:
+                self._take_back_dead_jobs()
+            except Exception as error:  # the reaper takes them back a lease later
+                log.warning("worker %s could not check its jobs' processes: %s", self.worker_id, brief(error))
+
+    def _take_back_dead_jobs(self) -> None:
+        """A job whose training process died (the kernel's OOM killer) goes back to the queue, or
+        fails for memory, now: its lease would run on while this worker is seen alive."""
+        settings = get_settings()
+        with session_scope() as session:
+            requeued = jobs.take_back_dead(
+                session,
+                worker=self.worker_id,
+                process_alive=_process_alive,
+                max_attempts=settings.max_attempts,
+                oom_fraction=settings.oom_kill_fraction,
+            )
+            queue_of = {
+                job.id: settings.queue_for(worker_registry.device_of(job.spec))
+                for job in jobs.get_jobs(session, job_ids=requeued)
+            }
+        for job_id in requeued:
+            log.warning("job %s's training process died; it goes back to the queue", job_id)
+            if publish_or_defer(job_id, queue_of[job_id]):
+                with session_scope() as session:
+                    jobs.mark_dispatched(session, job_ids=[job_id])
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process of this machine lives."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: the pid was taken again
+        return True
+    return True
 
 
 def _weights() -> list[str]:

@@ -117,13 +117,18 @@ def ping() -> None:
 
 
 MIGRATE_HINT = "the database's schema is not this version's: run `trainyard migrate`"
-# SQLite's and PostgreSQL's words for a table or column the schema lacks (not a database that is)
-_UNMIGRATED = re.compile(r"no such (table|column)|has no column named|(relation|column) \S+ does not exist")
+# SQLite's words for a table or column the schema lacks (SQLite speaks English only), and
+# PostgreSQL's SQLSTATEs for them (undefined_table, undefined_column: its words follow lc_messages)
+_UNMIGRATED = re.compile(r"no such (table|column)|has no column named")
+_UNMIGRATED_SQLSTATES = {"42P01", "42703"}
 
 
 def unmigrated(error: Exception) -> bool:
     """Whether a database error says a table or column is missing: a schema not migrated (yet) to
     this version's, rather than a database away."""
+    original = getattr(error, "orig", error)
+    if getattr(original, "sqlstate", None) in _UNMIGRATED_SQLSTATES:
+        return True
     return _UNMIGRATED.search(str(error)) is not None
 
 

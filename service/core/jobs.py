@@ -9,7 +9,7 @@ been handed to a later attempt, the earlier worker can no longer change it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -372,6 +372,36 @@ def claim_job(
     return Claim(attempt=job.attempt, spec=job.spec, resumed_by_user=by_user)
 
 
+def take_back_dead(
+    session: Session, *, worker: str, process_alive: Callable[[int], bool], max_attempts: int, oom_fraction: float
+) -> list[str]:
+    """The jobs this worker ran in a process that has died since (a pool process the kernel
+    killed, the worker itself alive), taken back at once rather than a lease later: re-queued, or
+    ended as the reaper would. Returns the ids re-queued."""
+    requeued = []
+    for job in session.scalars(select(Job).where(Job.worker == worker, Job.status.in_(JobStatus.ACTIVE))).all():
+        started = session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job.id, JobEvent.attempt == job.attempt, JobEvent.to_status == JobStatus.RUNNING)
+            .order_by(JobEvent.id.desc())
+            .limit(1)
+        ).first()
+        pid = (started.detail or {}).get("pid") if started is not None else None
+        if not isinstance(pid, int) or process_alive(pid):
+            continue
+        to = reap_one(
+            session,
+            job_id=job.id,
+            cutoff=utcnow() + timedelta(days=1),
+            max_attempts=max_attempts,
+            oom_fraction=oom_fraction,
+            died=pid,
+        )
+        if to == JobStatus.QUEUED:
+            requeued.append(job.id)
+    return requeued
+
+
 def note_resume(session: Session, *, job_id: str, attempt: int, detail: dict) -> None:
     """Record where an attempt resumed from, on its running event."""
     event = session.scalars(
@@ -593,9 +623,16 @@ def counted_attempts(session: Session, job: Job) -> int:
 
 
 def reap_one(
-    session: Session, *, job_id: str, cutoff: datetime, max_attempts: int, oom_fraction: float = 0.9
+    session: Session,
+    *,
+    job_id: str,
+    cutoff: datetime,
+    max_attempts: int,
+    oom_fraction: float = 0.9,
+    died: int | None = None,
 ) -> str | None:
     """If the job's lease expired, re-queue it (or end it); returns its new status, or None.
+    `died`: the pid of its training process, seen dead by its own worker (the lease is not waited for).
 
     An attempt lost while it held `oom_fraction` of its memory budget or of its machine's memory
     was killed for memory (by the kernel, most likely): retrying it would do the same again, so the
@@ -630,7 +667,10 @@ def reap_one(
         where=(Job.heartbeat_at < cutoff,),
         reason=reason,
         error=error,
-        detail={"last_heartbeat_at": heartbeat_at.isoformat()},  # its lease ran out a lease later
+        detail={  # its lease ran out a lease later
+            "last_heartbeat_at": heartbeat_at.isoformat(),
+            **({"died": died} if died is not None else {}),
+        },
         **values,
     )
     if moved:  # the attempt's own lines stop mid-way: its log says what became of it
@@ -638,10 +678,12 @@ def reap_one(
             JobStatus.QUEUED: "the job goes back to the queue and resumes from its last saved state",
             JobStatus.CANCELLED: "the job is cancelled",
         }.get(to, f"the job fails: {error}")
-        said = (
-            f"attempt {attempt} lost: its worker ({job.worker}) was not heard from after "
-            f"{heartbeat_at:%H:%M:%S} UTC, for a lease; {ended}"
+        lost = (
+            f"its training process ({died}) on {job.worker} died"
+            if died is not None
+            else f"its worker ({job.worker}) was not heard from after {heartbeat_at:%H:%M:%S} UTC, for a lease"
         )
+        said = f"attempt {attempt} lost: {lost}; {ended}"
         job_logs.append(
             session,
             job_id=job_id,

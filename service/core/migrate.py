@@ -43,11 +43,22 @@ def upgrade(database_url: str | None = None) -> None:
 
 
 @functools.cache
-def head_revision() -> str:
-    """The newest revision of the schema this code ships."""
+def _scripts():
+    """The revisions this code ships, read from migrations/ once."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return ScriptDirectory.from_config(alembic_config())
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest revision of the schema this code ships."""
+    return _scripts().get_current_head()
+
+
+@functools.cache
+def _known_revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in _scripts().walk_revisions())
 
 
 def schema_problem() -> str | None:
@@ -68,10 +79,4 @@ def schema_problem() -> str | None:
 def _newer(revision: str) -> bool:
     """Whether a revision is none this code knows: a newer version migrated the database (an
     upgrade under way), whose schema holds every table this one uses."""
-    from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
-
-    try:
-        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is None
-    except CommandError:
-        return True
+    return revision not in _known_revisions()

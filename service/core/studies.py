@@ -248,8 +248,14 @@ def ask(settings: Settings, name: str, spec: SweepSpec, *, index: int, fixed: di
         raise RuntimeError(f"study {name}: trial {asked.number} was waiting for trial {index}'s place")
     if ended := [t for t in mine if t.state.is_finished()]:
         rungs = spec.pruner is not None and spec.pruner.name == "asha"
-        _carry_on(storage(settings), asked._trial_id, max(ended, key=lambda t: t.number), rungs=rungs)
+        kept = storage(settings)
+        _carry_on(kept, _trial_id(kept, name, asked.number), max(ended, key=lambda t: t.number), rungs=rungs)
     return asked.number, from_optuna(spec, asked.params)
+
+
+def _trial_id(kept, name: str, number: int) -> int:
+    """The storage's id of the study's trial `number`."""
+    return kept.get_trial_id_from_study_id_trial_number(kept.get_study_id_from_name(name), number)
 
 
 def _carry_on(kept, trial_id: int, before, *, rungs: bool) -> None:
@@ -273,7 +279,7 @@ def report(settings: Settings, name: str, spec: SweepSpec, *, number: int, epoch
 
     study = _load(settings, name, spec)
     kept = storage(settings)
-    trial_id = kept.get_trial_id_from_study_id_trial_number(kept.get_study_id_from_name(name), number)
+    trial_id = _trial_id(kept, name, number)
     frozen = kept.get_trial(trial_id)
     if frozen.state != optuna.trial.TrialState.RUNNING:
         return False
@@ -297,7 +303,7 @@ def pruned_at(settings: Settings, name: str, *, number: int) -> int | None:
     import optuna
 
     kept = storage(settings)
-    frozen = kept.get_trial(kept.get_trial_id_from_study_id_trial_number(kept.get_study_id_from_name(name), number))
+    frozen = kept.get_trial(_trial_id(kept, name, number))
     return frozen.user_attrs.get(PRUNED_AT_ATTR) if frozen.state == optuna.trial.TrialState.RUNNING else None
 
 

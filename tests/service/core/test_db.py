@@ -272,3 +272,22 @@ def test_times_read_back_in_utc_whatever_the_servers_time_zone(service_env_on):
             session.execute(text("SET TIME ZONE 'Asia/Kolkata'"))  # a new transaction's session settings
         read = session.get(Job, job_id).created_at
     assert read.utcoffset() == timezone.utc.utcoffset(None) and abs((before - read).total_seconds()) < 60, read
+
+
+def test_a_missing_table_reads_as_unmigrated_in_any_language():
+    """PostgreSQL words its errors in the server's lc_messages: a missing table or column is known by
+    its SQLSTATE, so /readyz and the 503 say to migrate whatever the language."""
+    import psycopg.errors
+    from sqlalchemy import exc
+
+    from service.core.db import unmigrated
+
+    french = exc.ProgrammingError(
+        "SELECT 1 FROM jobs", {}, psycopg.errors.UndefinedTable("la relation « jobs » n'existe pas")
+    )
+    german = exc.ProgrammingError(
+        "SELECT x FROM jobs", {}, psycopg.errors.UndefinedColumn("Spalte »x« existiert nicht")
+    )
+    away = exc.OperationalError("SELECT 1", {}, psycopg.errors.AdminShutdown("Beendigung der Verbindung"))
+    assert unmigrated(french) and unmigrated(german) and not unmigrated(away)
+    assert unmigrated(exc.OperationalError("SELECT 1 FROM jobs", {}, Exception("no such table: jobs")))

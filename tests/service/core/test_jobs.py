@@ -3,6 +3,7 @@ epochs, cancel and resume, each transition logged and guarded."""
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
 
@@ -193,6 +194,43 @@ def test_reaper_gives_up_after_max_attempts(Session):
         assert said[0][1].startswith("attempt 1 lost: its worker (w) was not heard from after ")
         assert said[0][1].endswith("for a lease; the job goes back to the queue and resumes from its last saved state")
         assert said[1][1].endswith("for a lease; the job fails: the worker was lost 2 times (limit 2)")
+
+
+def test_a_job_whose_training_process_died_is_taken_back_by_its_worker_at_once(Session):
+    """A pool process the kernel killed: its worker, alive, takes the job back at its next beat
+    instead of leaving it a lease; another worker's jobs, and live processes, are left alone."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(gone.stdout), os.getpid()
+
+    def alive(pid: int) -> bool:  # as os.kill(pid, 0) says (workers/presence.py), for these two
+        return pid != dead_pid
+
+    ids = [_job(Session) for _ in range(4)]
+    with Session() as session:
+        jobs.claim_job(session, job_id=ids[0], worker="w", pid=dead_pid, **LEASE)
+        jobs.claim_job(session, job_id=ids[1], worker="w", pid=live_pid, **LEASE)
+        jobs.claim_job(session, job_id=ids[2], worker="other", pid=dead_pid, **LEASE)
+        jobs.claim_job(session, job_id=ids[3], worker="w", pid=dead_pid, **LEASE)
+        session.get(Job, ids[3]).memory_peak = 0.95  # it held its memory when it died
+        session.commit()
+    with Session() as session:
+        taken = jobs.take_back_dead(session, worker="w", process_alive=alive, max_attempts=3, oom_fraction=0.9)
+        session.commit()
+        assert taken == [ids[0]]
+        statuses = [jobs.get_job(session, job_id=job_id).status for job_id in ids]
+        assert statuses == ["queued", "running", "running", "failed"]
+        assert jobs.get_job(session, job_id=ids[3]).reason == "out_of_memory"
+        lost = [e for e in jobs.get_job(session, job_id=ids[0]).events if e.reason == "worker_lost"]
+        assert lost[0].detail["died"] == dead_pid
+        said = [line.message for line in job_logs.read(session, job_id=ids[0])]
+        assert said == [
+            f"attempt 1 lost: its training process ({dead_pid}) on w died; "
+            "the job goes back to the queue and resumes from its last saved state"
+        ]
+        assert jobs.claim_job(session, job_id=ids[0], worker="w", pid=live_pid, **LEASE).attempt == 2
 
 
 def test_attempts_a_worker_shutdown_handed_back_do_not_count_toward_the_limit(Session):
