@@ -13,12 +13,22 @@ import logging
 import threading
 from datetime import datetime, timezone
 
+from celery.signals import after_setup_logger
+
 from service.core import job_logs
 from service.core.db import session_scope
 
 log = logging.getLogger(__name__)
 ERRORS_BEYOND_LIMIT = 20
 OUR_LOGGERS = ("workers", "models", "service")
+
+
+@after_setup_logger.connect
+def _console_keeps_its_level(logger: logging.Logger, loglevel: int, **_kwargs) -> None:
+    """The console's handlers show --loglevel and up, though a job lowers its loggers to INFO
+    for its own log while it runs."""
+    for handler in logger.handlers:
+        handler.setLevel(loglevel)
 
 
 class JobLogCapture(logging.Handler):

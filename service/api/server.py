@@ -12,6 +12,7 @@ the batcher) is service/api/serving.py (and service/api/batching.py).
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import uvicorn
@@ -36,9 +37,18 @@ def serve(host: str, port: int) -> None:
     """Its own socket on the shared port, then uvicorn until told to stop."""
     stop_when_orphaned()
     # No proxy-header rewriting (nothing here trusts a proxy's headers) and no Server header.
+    settings = get_settings()
     config = uvicorn.Config(
-        APP, host=host, port=port, access_log=False, log_level="info", proxy_headers=False, server_header=False
+        APP,
+        host=host,
+        port=port,
+        access_log=settings.access_log,
+        log_level=settings.log_level.lower(),
+        proxy_headers=False,
+        server_header=False,
     )
+    if settings.access_log:  # asked for, it is shown whatever the level (uvicorn gave it the same)
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
 

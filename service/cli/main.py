@@ -102,7 +102,7 @@ def worker_command(settings, queues: list[str], name: str = "trainyard") -> list
         "-A",
         "workers.celery_app",
         "worker",
-        "--loglevel=INFO",
+        f"--loglevel={settings.log_level}",
         "--queues",
         ",".join(queues),
         "--concurrency",

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Secrets the API and Flower accept when they listen beyond loopback: at least this long, and none
@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # Pretrained backbones' weights files (torchvision's file names); $TORCH_HOME/hub/checkpoints is
     # looked in after it. Default: HOME/weights.
     weights_dir: Path | None = None
+    # What the API and the workers log: the least level shown (a job's own log keeps its lines
+    # whatever it is), and the API's access log (a line per request: client, method, path, status).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     allow_download: bool = False
@@ -193,6 +197,11 @@ class Settings(BaseSettings):
     # Adds POST /v1/_bench/floor, a route that reads an upload and answers a constant, so that
     # bench/predict.py can measure the server's own HTTP cost. Off in production.
     bench_routes: bool = False
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value):
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

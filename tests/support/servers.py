@@ -253,7 +253,7 @@ class Stack:
                 "-A",
                 "workers.celery_app",
                 "worker",
-                "--loglevel=INFO",
+                f"--loglevel={self.env.get('TRAINYARD_LOG_LEVEL', 'INFO')}",
                 "--queues",
                 ",".join(queues),
                 "--concurrency",
@@ -302,9 +302,19 @@ class Stack:
         self.stop(wait=False)
 
     def wait_for_worker(self, name: str = "worker") -> None:
-        """Until the worker consumes its queues and has its entry in the registry."""
+        """Until the worker consumes its queues and has its entry in the registry (which it makes
+        once it does): said in its log, or, where TRAINYARD_LOG_LEVEL keeps that quiet, listed by the API."""
+        said = self.env.get("TRAINYARD_LOG_LEVEL", "INFO").upper() in ("DEBUG", "INFO")
+        node = f"test-{name}-{self.home.name}-{self.port}@"
+
+        def registered() -> bool:
+            if said:
+                return "ready." in self.log(name) and " registered: queues" in self.log(name)
+            listed = httpx.get(f"{self.url}/v1/workers", timeout=2).json()["workers"]
+            return any(worker["id"].startswith(node) for worker in listed)
+
         wait_until(
-            lambda: "ready." in self.log(name) and " registered: queues" in self.log(name),
+            registered,
             timeout=60,
             what=f"the worker to be ready and registered\n{self.logs()}",
         )

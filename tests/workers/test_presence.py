@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 
+from psycopg.errors import UndefinedTable
 from sqlalchemy import exc
 
 from workers import presence
 
 
 def test_a_failing_beat_is_said_once_with_a_hint_for_a_database_never_migrated(service_env, monkeypatch, caplog):
-    never_migrated = exc.ProgrammingError("INSERT", {}, Exception('relation "workers" does not exist'))
+    never_migrated = exc.ProgrammingError("INSERT", {}, UndefinedTable('relation "workers" does not exist'))
 
     def fail(*_args, **_kwargs):
         raise never_migrated

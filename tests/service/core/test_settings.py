@@ -33,12 +33,27 @@ def test_production_urls_switch_backends(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "key, value", [("TRAINYARD_PORT", "0"), ("TRAINYARD_QUEUE", "bad queue!"), ("TRAINYARD_MAX_UPLOAD_BYTES", "10")]
+    "key, value",
+    [
+        ("TRAINYARD_PORT", "0"),
+        ("TRAINYARD_QUEUE", "bad queue!"),
+        ("TRAINYARD_MAX_UPLOAD_BYTES", "10"),
+        ("TRAINYARD_LOG_LEVEL", "verbose"),
+    ],
 )
 def test_unsafe_values_are_refused(monkeypatch, key, value):
     monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_the_log_level_is_taken_in_any_case_and_given_to_the_worker(monkeypatch, tmp_path):
+    from service.cli.main import worker_command
+
+    monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path))
+    assert Settings().log_level == "INFO" and not Settings().access_log
+    monkeypatch.setenv("TRAINYARD_LOG_LEVEL", "warning")
+    assert "--loglevel=WARNING" in worker_command(Settings(), ["trainyard"])
 
 
 def test_threads_and_queues(monkeypatch, tmp_path):
