@@ -106,7 +106,8 @@ def service_lines(service: dict) -> list[str]:
     if service["service_store"]:
         lines.append(f"the service's store, as its API left its mark: {service['service_store']}")
     lines += [
-        f"moving to: {url} (storage migrate copied there; the first API started on it makes it the service's store)"
+        f"moving to: {url} (storage migrate copied there; the first API started on it makes it the service's store; "
+        f"`trainyard storage withdraw {url}` calls the move off)"
         for url in service["moving_to"]
     ]
     said = service["this_store"]
@@ -173,3 +174,19 @@ def migrate(
     if report.stopped:
         raise typer.Exit(INTERRUPTED if report.stopped == "interrupted" else UNREACHABLE)
     raise typer.Exit(OK if report.complete else SOME_NOT_COPIED)
+
+
+@storage_app.command("withdraw")
+def withdraw(
+    url: Annotated[str, typer.Argument(help="the store `storage migrate` copied to, as `info` lists it")],
+) -> None:
+    """Call off a move `storage migrate` prepared (a mistyped or abandoned target): an API started
+    on that store no longer makes it the service's, and workers on it are refused. The files copied
+    there stay (delete them with the store's own tools); `storage migrate` to it again prepares a
+    new move. Exit status 1 when no move to that store is pending."""
+    from service.core.storage.check import withdraw_next
+
+    if not withdraw_next(url):
+        typer.echo(f"error: no move to {url} is pending (`trainyard storage info` lists them)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"the move to {url} is withdrawn: the service stays where it is; the files copied there stay")

@@ -187,6 +187,18 @@ def leave_next_mark(target: Store) -> str | None:
     return token
 
 
+def withdraw_next(url: str) -> int:
+    """Call off the service's move to the store at `url` that `storage migrate` prepared: an API
+    started on it no longer moves the service there, and workers on it are refused as on any store
+    the service did not move to. The files copied there stay. Returns how many marks it withdrew."""
+    with session_scope() as session:
+        return session.execute(
+            update(StoreMark)
+            .where(StoreMark.state == MarkState.NEXT, StoreMark.store_url == url)
+            .values(state=MarkState.DROPPED, changed_at=utcnow())
+        ).rowcount
+
+
 def ask_store(store: Store, subject: Subject = WORKER) -> str | None:
     """Why `store` is not the service's, or None: store_problem with what SQL records now.
     StorageUnavailable, or the database's error, when either cannot be asked."""
@@ -270,7 +282,7 @@ def store_problem(store: Store, marks: Marks, recorded: list[StoredFile], subjec
     if found.holds == GONE and found.mark.state == MarkState.DROPPED:
         return (
             f"{this} is one `storage migrate` copied the service's files to on {_day(found.mark.created_at)}, and "
-            f"the service moved to another store instead ({now}): {subject.harm}; {_hint(store, None)}"
+            f"the service did not move there ({now}): {subject.harm}; {_hint(store, None)}"
         )
     if found.holds == GONE:
         return (

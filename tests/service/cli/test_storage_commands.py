@@ -56,7 +56,7 @@ def test_info_says_where_files_are_and_what_the_cache_holds(service_env):
 
 def test_info_says_which_store_is_the_services_where_it_moves_and_whether_this_one_is_it(service_env, tmp_path):
     from service.core.storage import get_storage
-    from service.core.storage.check import leave_mark, leave_next_mark, mark_keys
+    from service.core.storage.check import leave_mark, leave_next_mark, mark_keys, readiness
     from service.core.storage.stores import open_store
 
     token = leave_mark(get_storage().store)
@@ -70,9 +70,20 @@ def test_info_says_which_store_is_the_services_where_it_moves_and_whether_this_o
     assert invoke("info").stdout.splitlines()[2:] == [
         f"the service's store, as its API left its mark: file://{service_env.home}",
         f"moving to: file://{tmp_path / 'next'} (storage migrate copied there; the first API started on it makes "
-        "it the service's store)",
+        f"it the service's store; `trainyard storage withdraw file://{tmp_path / 'next'}` calls the move off)",
         "this machine's store is the service's",
     ]
+    # A mistyped target, say: the move is called off, and an API started on it is refused
+    withdrawn = invoke("withdraw", f"file://{tmp_path / 'next'}")
+    assert withdrawn.exit_code == 0 and "the move to file://" in withdrawn.stdout, withdrawn.output
+    assert json.loads(invoke("info", "--json").stdout)["moving_to"] == []
+    wrong = open_store(f"file://{tmp_path / 'next'}", {})
+    assert leave_mark(wrong, move=True) == token  # it did not move the service
+    said = readiness(wrong)
+    assert "is one `storage migrate` copied the service's files to on " in said, said
+    assert "and the service did not move there" in said
+    again = invoke("withdraw", f"file://{tmp_path / 'next'}")
+    assert again.exit_code == 1 and "no move to file://" in again.output
     get_storage().store.delete(mark_keys(token))  # this machine's folders are not the ones the API marked
     warned = invoke("info")
     assert warned.exit_code == 1 and invoke("info", "--json").exit_code == 1  # a worker here would be refused
