@@ -95,8 +95,9 @@ class Predictor:
         """Run one forward pass so the first real request does not pay for lazy initialisation."""
         self.probabilities(torch.zeros(2, *self.meta["input_shape"]))
 
-    def decode_values(self, rows: list[list[float]]) -> torch.Tensor:
-        """Numeric inputs [N, features] for a tabular model, with their width checked."""
+    def decode_values(self, rows: list[list[float]], row_names: list[str] | None = None) -> torch.Tensor:
+        """Numeric inputs [N, features] for a tabular model, with their width checked; an error names
+        a row as `row_names` does (the lines a person typed), else as inputs[i]."""
         if self.contract.images:
             raise InputError("this model takes images, not numeric inputs")
         width = self.meta["input_shape"][0]
@@ -105,7 +106,8 @@ class Predictor:
             if len(row) != width:
                 named = f", in this order: {', '.join(columns)}" if columns else ""
                 value = "value" if len(row) == 1 else "values"
-                raise InputError(f"inputs[{i}] has {len(row)} {value}; this model takes {width}{named}")
+                row_name = row_names[i] if row_names else f"inputs[{i}]"
+                raise InputError(f"{row_name} has {len(row)} {value}; this model takes {width}{named}")
         return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), width)
 
     def label(self, probs: torch.Tensor, top_k: int = 1, threshold: float | None = None) -> list[Prediction]:

@@ -305,10 +305,15 @@ class ModelServer:
         return target, loaded, await self.classify_images(loaded, uploads, top_k, target.threshold_for(threshold))
 
     async def predict_values(
-        self, reference: str, rows: list[list[float]], threshold: float | None = None, top_k: int = 1
+        self,
+        reference: str,
+        rows: list[list[float]],
+        threshold: float | None = None,
+        top_k: int = 1,
+        row_names: list[str] | None = None,
     ) -> tuple[ResolvedCheckpoint, LoadedModel, torch.Tensor]:
         """Outputs for numeric rows; Invalid if the model does not take them (or a regression, a
-        threshold or a top_k above 1)."""
+        threshold or a top_k above 1). `row_names`: how its errors call the rows (else inputs[i])."""
         async with self.deadline():
             target, loaded = await self.get(reference)
             if loaded.predictor.task != "classification":
@@ -318,7 +323,7 @@ class ModelServer:
                             [((field,), f"model {reference!r} does not classify; {field} applies to classification")]
                         )
             try:
-                inputs = loaded.predictor.decode_values(rows)
+                inputs = loaded.predictor.decode_values(rows, row_names)
             except InputError as exc:
                 hint = f"; {IMAGES_HINT}" if loaded.predictor.contract.images else ""
                 raise Invalid([(("inputs",), f"model {reference!r}: {exc}{hint}")]) from exc

@@ -839,7 +839,6 @@ def _typed_rows(text: str) -> tuple[list[list[float]], list[int]]:
 
 async def _predict_rows(request: Request, server, context: dict, text: str) -> HTMLResponse:
     """The predict page's answer for typed rows (a regression's values, or a tabular classifier's labels)."""
-    lines: list[int] = []
     try:
         rows, lines = _typed_rows(text)
         async with server.deadline():  # the lookup as well as the answer
@@ -847,14 +846,12 @@ async def _predict_rows(request: Request, server, context: dict, text: str) -> H
             # The page's top k and threshold are for a classifier; a regression's answer is its value.
             classifies = loaded.predictor.task == "classification"
             top_k, threshold = (context["top_k"], context["threshold"]) if classifies else (1, None)
-            target, loaded, outputs = await server.predict_values(context["model"], rows, threshold, top_k)
+            # The page's user counts the lines they typed, not the API's inputs[0], ...
+            typed = [f"line {number}" for number in lines]
+            target, loaded, outputs = await server.predict_values(context["model"], rows, threshold, top_k, typed)
         answer = values_answer(target, loaded.predictor, outputs, top_k, threshold)
     except (CoreError, InputError, CheckpointError) as exc:
-        # The API counts rows from 0 (inputs[0]); the page's user counts the lines they typed.
-        def typed(found: re.Match) -> str:
-            return f"line {lines[int(found[1])]}" if int(found[1]) < len(lines) else found[0]
-
-        return _predict_refused(request, context, exc, re.sub(r"\binputs\[(\d+)\]", typed, _describe(exc)))
+        return _predict_refused(request, context, exc)
     shown = {
         "row_results": list(zip(rows, answer.predictions, strict=True)),
         "model_info": answer.model,
