@@ -4,17 +4,15 @@ in this process (SQLite and the embedded broker of a private home, no worker).""
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
+from tests.support.api import make_api
 from tests.support.datagen import image_folder_zip, png_bytes
 from tests.support.specs import SOFTMAX_SPEC
 
 
 @pytest.fixture
 def api(service_env):
-    from service.api.app import create_app
-
-    return TestClient(create_app())
+    return make_api()
 
 
 def upload(api, name: str, per_class: int) -> str:

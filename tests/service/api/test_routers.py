@@ -10,24 +10,18 @@ import re
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from safetensors.torch import save
 from sqlalchemy import select
 
 from service.core import db, jobs, worker_registry
 from service.core.storage import get_storage
 from service.core.tables import Job
+from tests.support.api import make_api
 from tests.support.datagen import idx_files, image_folder_zip, png_bytes, zip_bytes
 from tests.support.specs import SOFTMAX_SPEC
 
 REGRESSION_SPEC = {"model": {"arch": "linear_regression"}, "data": {"dataset": "synthetic-linear"}, "epochs": 1}
 TOKENS = {"write": "rw-0123456789abcdef", "read": "ro-0123456789abcdef"}
-
-
-def make_api() -> TestClient:
-    from service.api.app import create_app
-
-    return TestClient(create_app())  # no `with`: the lifespan (reaper, preload, GC tuning) is not started
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import zipfile
 
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from service.cli.main import app
 from service.cli.sample_data import SHAPES, shapes_zip
+from tests.support.api import make_api
 
 
 def test_the_command_writes_the_zip_and_one_new_image_per_class(tmp_path):
@@ -44,9 +44,7 @@ def test_the_same_seed_writes_the_same_bytes():
 
 
 def test_the_upload_takes_it(service_env):
-    from service.api.app import create_app
-
-    api = TestClient(create_app())
+    api = make_api()
     archive = shapes_zip()
     created = api.post(
         "/v1/datasets", data={"name": "shapes"}, files={"file": ("shapes.zip", archive, "application/zip")}

@@ -441,7 +441,7 @@ def test_a_trial_of_a_sweep_with_a_study_is_resumed_with_its_sweep_not_alone(ser
     with db.session_scope() as session:
         with pytest.raises(Conflict, match=f"is trial 0 of sweep {sweep_id}, whose Optuna study has closed its trial"):
             submission.resume_job(session, job_id=job_id, settings=settings)
-    from tests.service.api.test_routers import make_api
+    from tests.support.api import make_api
 
     page = make_api().get(f"/ui/jobs/{job_id}").text  # no resume button: the sweep page's resumes it
     assert 'id="resumed-with-sweep"' in page and 'id="resume"' not in page
@@ -592,7 +592,7 @@ def test_a_trial_whose_job_cannot_resume_leaves_the_sweep_with_nothing_to_resume
             Conflict, match="has nothing left that can run: trial\\(s\\) 1 cannot run again \\(job .* no other is left"
         ):
             sweeps.resume(session, sweep_id=sweep_id, settings=settings)
-    from tests.service.api.test_routers import make_api
+    from tests.support.api import make_api
 
     page = make_api().get(f"/ui/sweeps/{sweep_id}").text  # the page says why, and offers no resume
     assert "<th>why</th>" in page and "was deleted: it cannot resume" in page
