@@ -311,9 +311,11 @@ class ModelServer:
         threshold: float | None = None,
         top_k: int = 1,
         row_names: list[str] | None = None,
+        images_hint: str = IMAGES_HINT,
     ) -> tuple[ResolvedCheckpoint, LoadedModel, torch.Tensor]:
         """Outputs for numeric rows; Invalid if the model does not take them (or a regression, a
-        threshold or a top_k above 1). `row_names`: how its errors call the rows (else inputs[i])."""
+        threshold or a top_k above 1). Its errors call the rows `row_names` (else inputs[i]), and
+        tell how to send an image model its images with `images_hint`."""
         async with self.deadline():
             target, loaded = await self.get(reference)
             if loaded.predictor.task != "classification":
@@ -325,7 +327,7 @@ class ModelServer:
             try:
                 inputs = loaded.predictor.decode_values(rows, row_names)
             except InputError as exc:
-                hint = f"; {IMAGES_HINT}" if loaded.predictor.contract.images else ""
+                hint = f"; {images_hint}" if loaded.predictor.contract.images else ""
                 raise Invalid([(("inputs",), f"model {reference!r}: {exc}{hint}")]) from exc
             return target, loaded, await self.probabilities(loaded, inputs)
 

@@ -848,7 +848,9 @@ async def _predict_rows(request: Request, server, context: dict, text: str) -> H
             top_k, threshold = (context["top_k"], context["threshold"]) if classifies else (1, None)
             # The page's user counts the lines they typed, not the API's inputs[0], ...
             typed = [f"line {number}" for number in lines]
-            target, loaded, outputs = await server.predict_values(context["model"], rows, threshold, top_k, typed)
+            target, loaded, outputs = await server.predict_values(
+                context["model"], rows, threshold, top_k, typed, images_hint="choose its images above instead"
+            )
         answer = values_answer(target, loaded.predictor, outputs, top_k, threshold)
     except (CoreError, InputError, CheckpointError) as exc:
         return _predict_refused(request, context, exc)

@@ -884,7 +884,7 @@ def test_a_model_of_standardised_columns_imports_back_and_answers_as_before(api,
     assert locs(wrong) == [["body", "normalize"]]
 
 
-def test_the_predict_page_takes_a_numeric_models_rows(api, tmp_path):
+def test_the_predict_page_takes_a_numeric_models_rows(api, tmp_path, trained_job):
     from models.checkpoint import write_checkpoint
     from models.inference.interchange import export, imported_meta
     from models.inference.predictor import Predictor
@@ -920,6 +920,9 @@ def test_the_predict_page_takes_a_numeric_models_rows(api, tmp_path):
     assert both.status_code == 422 and "give images or rows, not both" in both.text
     neither = api.post("/ui/predict", data={"model": "line"})
     assert neither.status_code == 422 and "or type a numeric model&#39;s rows" in neither.text
+    pictures = api.post("/ui/predict", data={"model": f"job:{trained_job}", "rows": "1,1"})  # an image model
+    assert pictures.status_code == 422 and "takes images, not numeric inputs; choose its images above" in pictures.text
+    assert "curl" not in pictures.text
     server = api.app.state.models
     looked_up = server.get
 
