@@ -43,6 +43,11 @@ async def curves_response(series: Callable[..., list[tuple[str, list[dict]]]], *
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
 
 
+def colour_of(index: int) -> str:
+    """The colour of the `index`th series of a figure, as CSS (#rrggbb): a page's key to its lines."""
+    return matplotlib.colors.to_hex(COLOURS[index % len(COLOURS)])
+
+
 class PlainLogFormatter(LogFormatter):
     """A log axis's labels as plain numbers (0.5, 1.16, 2), not 5×10^-1: the ticks matplotlib
     labels by default, written with %g."""

@@ -319,6 +319,7 @@ def compare_page(request: Request, session: SessionDep, jobs_param: JobsParam = 
         "differing": list(told_apart[0]),
         "told_apart": told_apart,
         "ids": [job.id for job in found],
+        "colours": [plots.colour_of(index) for index in range(len(found))],  # the figure draws them in this order
         "dataset_names": datasets.names(session, references=references),  # uploaded:<id> as people call it
     }
     return templates.TemplateResponse(request, "compare.html", context)

@@ -521,6 +521,10 @@ def test_the_dashboard_compares_jobs_by_their_curves_and_what_their_specs_differ
     assert f'src="/ui/compare.png?jobs={trained_job}&amp;jobs={queued}"' in page.text
     header = re.search(r'<table id="compared">\s*<thead>(.*?)</thead>', page.text, re.S).group(1)
     assert '<th title="the specs differ here">epochs</th>' in header and ">name<" not in header
+    keys = re.findall(
+        r'<tr data-job="([^"]+)">\s*<td><span class="swatch" style="background: (#[0-9a-f]{6})', page.text
+    )
+    assert keys == [(trained_job, "#1f77b4"), (queued, "#ff7f0e")]  # each row's colour is its lines' (tab:blue, ...)
     picture = api.get(f"/ui/compare.png?jobs={trained_job},{queued}")
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
     one = api.get(f"/ui/compare?jobs={queued}")
