@@ -526,9 +526,12 @@ def delete_dataset(session: Session, *, dataset_id: str, settings: Settings, for
             f"dataset {dataset_id} is used by job(s) that can still be resumed: {', '.join(resumable)}; "
             "delete them first, or delete the dataset with force (they then cannot resume)"
         )
+    stored = record.file
     session.delete(record)
     session.commit()
-    get_storage(settings).delete(dataset_key(dataset_id), upload_key(dataset_id))
+    storage = get_storage(settings)
+    storage.discard(stored)
+    storage.delete(upload_key(dataset_id))
 
 
 def _unfinished_sweeps_using(session: Session, dataset_id: str) -> list[str]:

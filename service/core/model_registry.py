@@ -524,4 +524,4 @@ def delete_version(session: Session, *, name: str, version: int, settings: Setti
         )
     session.delete(record)
     session.commit()
-    get_storage(settings).delete(record.file.key)
+    get_storage(settings).discard(record.file)

@@ -22,7 +22,7 @@ from service.core import evaluation_reports, jobs
 from service.core.db import session_scope
 from service.core.ids import resolve_id
 from service.core.settings import Settings
-from service.core.storage import get_storage
+from service.core.storage import StoredFile, get_storage
 from service.core.tables import Checkpoint, Job, JobStatus, ModelVersion, utcnow
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,29 @@ def delete_job(session: Session, *, job_id: str, settings: Settings) -> None:
 
     Files go only after the commit, so a failed delete never leaves a job without its files."""
     job_id = resolve_id(session, Job, job_id, kind="job")
+    held = _stored_files(session, job_id)
     deleted = session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(JobStatus.FINAL)))
     if deleted.rowcount != 1:
         job = jobs.require_job(session, job_id=job_id)
         raise jobs.InvalidTransition(job, "delete")
     session.commit()
-    _remove_files(settings, job_id)
+    _remove_files(settings, job_id, held)
 
 
-def _remove_files(settings: Settings, job_id: str) -> None:
-    get_storage(settings).delete_prefix(f"checkpoints/{job_id}/")
+def _stored_files(session: Session, job_id: str) -> list[StoredFile]:
+    """The files a job's records name: its checkpoints and its training state."""
+    job = session.get(Job, job_id)
+    state = jobs.resume_state(job) if job is not None else None
+    checkpoints = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))
+    return [checkpoint.file for checkpoint in checkpoints] + ([state] if state else [])
+
+
+def _remove_files(settings: Settings, job_id: str, held: list[StoredFile]) -> None:
+    """The job's files, from the store and from this machine's cache (other machines' caches let
+    them go as they fill)."""
+    storage = get_storage(settings)
+    storage.delete_prefix(f"checkpoints/{job_id}/")
+    storage.uncache(*held)
     shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
 
 
@@ -96,11 +109,12 @@ def purge_expired(settings: Settings) -> list[str]:
         expired = expired_jobs(session, settings=settings)
     for job_id in expired:
         with session_scope() as session:
+            held = _stored_files(session, job_id)
             session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
             evaluation_reports.forget_reports_of_dropped(session, job_id=job_id)
             # Its training state goes with the folder: a resume starts afresh rather than from nothing.
             session.execute(update(Job).where(Job.id == job_id).values(resume_state=None))
-        _remove_files(settings, job_id)
+        _remove_files(settings, job_id, held)
     if expired:
         log.info(
             "retention: removed the checkpoints of %d job(s) finished over %s days ago",

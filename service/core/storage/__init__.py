@@ -191,6 +191,10 @@ class Storage:
         worker's superseded training states and dropped checkpoints would otherwise fill its cache
         up to TRAINYARD_CACHE_BYTES)."""
         self.delete(*(stored.key for stored in files))
+        self.uncache(*files)
+
+    def uncache(self, *files: StoredFile) -> None:
+        """Remove this machine's cached copies of files (deleted from the store by a prefix, say)."""
         if not self.store.local:
             for stored in files:
                 if stored.sha256:

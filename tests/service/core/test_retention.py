@@ -130,3 +130,41 @@ def test_the_embedded_broker_forgets_consumed_messages(service_env):
     assert embedded_broker.purge_consumed(service_env.broker_url, older_than_seconds=3600) == 0
     assert broker.queue_depth(service_env.queue) == 1  # the message nobody took is still there
     engine.dispose()
+
+
+def test_a_deleted_job_or_dataset_leaves_this_machines_cache_of_an_object_store(
+    service_env, object_store, monkeypatch, tmp_path
+):
+    """The API that deletes them drops its cached copies with the objects (they stayed until the
+    cache's bound pushed them out)."""
+    import io
+
+    from service.core import datasets
+    from tests.support.datagen import image_folder_zip
+
+    for name, value in object_store.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(service_env, "storage_url", object_store.env()["TRAINYARD_STORAGE_URL"])
+    storage = get_storage(service_env)
+    with db.session_scope() as session:
+        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+        attempt = jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3).attempt
+    path = tmp_path / "epoch.safetensors"
+    path.write_bytes(b"weights")
+    stored = storage.put(f"checkpoints/{job_id}/epoch-0001.safetensors", path)
+    with db.session_scope() as session:
+        jobs.record_epoch(session, job_id=job_id, attempt=attempt, checkpoint=stored, metrics={"epoch": 1})
+        jobs.finish_job(session, job_id=job_id, attempt=attempt, status=JobStatus.SUCCEEDED)
+    archive = image_folder_zip(["a", "b"], per_class=5, test_per_class=2)
+    with db.session_scope() as session:
+        dataset = datasets.store_upload(
+            session, data=io.BytesIO(archive), name="few", options=datasets.UploadOptions(), settings=service_env
+        )
+        dataset_id, decoded = dataset.id, dataset.file
+    assert storage.cached(stored) and storage.cached(decoded)
+    with db.session_scope() as session:
+        retention.delete_job(session, job_id=job_id, settings=service_env)
+    with db.session_scope() as session:
+        datasets.delete_dataset(session, dataset_id=dataset_id, settings=service_env)
+    assert not storage.cached(stored) and not storage.cached(decoded)
+    assert storage.store.head(stored.key) is None and storage.store.head(decoded.key) is None
