@@ -58,7 +58,7 @@ from service.api.routes import GuardedRoute
 from service.api.schemas.datasets import DatasetPublic
 from service.api.schemas.evaluation import evaluation_public
 from service.api.schemas.jobs import job_public, jobs_public, metric_rows
-from service.api.schemas.predict import MAX_ROWS, image_answer, values_answer
+from service.api.schemas.predict import MAX_ROWS, MAX_TOP_K, image_answer, values_answer
 from service.api.schemas.registry import ModelCreate, model_public
 from service.api.schemas.sweeps import sweep_public
 from service.core import (
@@ -453,9 +453,6 @@ def delete_job(job_id: str, session: WriteSessionDep, settings: SettingsDep) -> 
     return RedirectResponse("/", status_code=303)
 
 
-MAX_TOP_K = 100  # the predict page's; the API's own bound is the model's classes
-
-
 def _number(text: str) -> float | str | None:
     """A form's number: None when left empty, the text itself when it is none (for the error to show)."""
     try:
@@ -742,7 +739,7 @@ async def predict(
     request: Request,
     server: ModelServerDep,
     settings: SettingsDep,
-    model: Annotated[str, Form(max_length=200)],
+    model: Annotated[str, Form(max_length=200)] = "",
     top_k_text: Annotated[str, Form(alias="top_k", max_length=40)] = "3",
     threshold_text: Annotated[str, Form(alias="threshold", max_length=40)] = "",
     rows_text: Annotated[str, Form(alias="rows", max_length=1_000_000)] = "",
@@ -761,7 +758,9 @@ async def predict(
     # which a declared list of files would refuse before the page could say so.
     files = [f for f in (await request.form()).getlist("files") if isinstance(f, FormFile) and (f.filename or f.size)]
     error = None
-    if not files and not rows_text.strip():
+    if not model.strip():
+        error = "choose a model: a registered one from the list, or type name, name@alias, name:version or job:ID"
+    elif not files and not rows_text.strip():
         error = "choose one or more images to classify, or type a numeric model's rows"
     elif files and rows_text.strip():
         error = "give images or rows, not both"

@@ -14,6 +14,7 @@ from service.api.auth import READS_ONLY
 from service.api.errors import unknown_fields_error, validation_error
 from service.api.multipart import FormError, TooManyParts, parse_form
 from service.api.schemas.predict import (
+    MAX_TOP_K,
     THRESHOLD_DOC,
     PredictResponse,
     PredictValues,
@@ -46,7 +47,7 @@ MULTIPART_SCHEMA = {
             "description": "name, name:VERSION, name@ALIAS, job:ID or job:ID:best|last|EPOCH",
         },
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
-        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
+        "top_k": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 1},
         "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": THRESHOLD_DOC},
     },
 }
@@ -118,8 +119,8 @@ async def classify(
 
 def _top_k(raw: str, where: str) -> int:
     raw = raw.strip()
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= 1000):  # "²".isdigit()
-        raise validation_error([((where, "top_k"), "top_k must be an integer from 1 to 1000")])
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= MAX_TOP_K):  # "²".isdigit()
+        raise validation_error([((where, "top_k"), f"top_k must be an integer from 1 to {MAX_TOP_K}")])
     return int(raw)
 
 
@@ -231,7 +232,7 @@ async def predict(request: Request) -> Response:
 async def predict_raw_image(
     reference: str,
     request: Request,
-    top_k: Annotated[int, Query(ge=1, le=1000)] = 1,
+    top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 1,
     threshold: Annotated[float | None, Query(ge=0, le=1, description=THRESHOLD_DOC)] = None,
 ) -> Response:
     """Classify one image sent as the raw request body (Content-Type image/*)."""

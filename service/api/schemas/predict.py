@@ -19,6 +19,7 @@ Threshold = Annotated[float, Field(ge=0, le=1, strict=True, description=THRESHOL
 
 
 MAX_ROWS = 10_000  # numeric rows one request predicts
+MAX_TOP_K = 1000  # classes one answer lists at most (a model's classes, where it has fewer)
 
 
 class PredictValues(BaseModel):
@@ -30,7 +31,7 @@ class PredictValues(BaseModel):
     inputs: Annotated[
         list[list[Annotated[float, Field(allow_inf_nan=False)]]], Field(min_length=1, max_length=MAX_ROWS)
     ]
-    top_k: Annotated[int, Field(ge=1, le=1000)] = 1
+    top_k: Annotated[int, Field(ge=1, le=MAX_TOP_K)] = 1
     threshold: Threshold | None = None  # classification only
 
     @field_validator("inputs", mode="before")

@@ -914,14 +914,18 @@ def test_the_predict_page_takes_a_numeric_models_rows(api, tmp_path, trained_job
     assert bad.status_code == 422 and "line 2 (&#39;1,x&#39;) is not numbers separated by commas" in bad.text
     narrow = api.post("/ui/predict", data={"model": "line", "rows": "1,1\n\n1"})  # counted as typed, blank included
     assert narrow.status_code == 422 and "line 3 has 1 value" in narrow.text and "inputs[" not in narrow.text
-    for typed in ("0", "abc", "1000", "2.5"):  # said on the page, which keeps what was typed
+    for typed in ("0", "abc", "1001", "2.5"):  # said on the page, which keeps what was typed
         wrong_k = api.post("/ui/predict", data={"model": "line", "rows": "1,1", "top_k": typed})
-        assert wrong_k.status_code == 422 and "top k: give a whole number from 1 to 100" in wrong_k.text, typed
+        assert wrong_k.status_code == 422 and "top k: give a whole number from 1 to 1000;" in wrong_k.text, typed
         assert 'name="rows"' in wrong_k.text and f'value="{typed}"' in wrong_k.text, typed
     both = api.post(
         "/ui/predict", data={"model": "line", "rows": "1,1"}, files={"files": ("a.png", png_bytes(1, seed=1))}
     )
     assert both.status_code == 422 and "give images or rows, not both" in both.text
+    for nameless in ({}, {"model": " "}):  # said on the page, not as FastAPI's JSON
+        unnamed = api.post("/ui/predict", data={**nameless, "rows": "1,1"})
+        assert unnamed.status_code == 422 and "choose a model: a registered one from the list" in unnamed.text
+        assert 'id="error"' in unnamed.text and 'name="rows"' in unnamed.text
     neither = api.post("/ui/predict", data={"model": "line"})
     assert neither.status_code == 422 and "or type a numeric model&#39;s rows" in neither.text
     pictures = api.post("/ui/predict", data={"model": f"job:{trained_job}", "rows": "1,1"})  # an image model
