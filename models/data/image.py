@@ -64,13 +64,18 @@ def is_grey(image: Image.Image) -> bool:
 
 def open_image(data: bytes, name: str, *, max_pixels: int) -> Image.Image:
     """An encoded image opened and loaded; ImageError naming `name` when unreadable or too large."""
+    if not data:
+        raise ImageError(f"{name}: the file is empty")
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_pixels:
             side = math.isqrt(max_pixels)
             square = f" ({side}x{side})" if side * side == max_pixels else ""
-            raise ImageError(f"{name}: image is {width}x{height} pixels; the limit is {max_pixels:,} pixels{square}")
+            raise ImageError(
+                f"{name}: image is {width}x{height} pixels; the limit is {max_pixels:,} pixels{square}: make it "
+                "smaller, or raise the service's TRAINYARD_MAX_IMAGE_PIXELS"
+            )
         image.load()
         return image
     except ImageError:

@@ -1097,7 +1097,16 @@ def predict(
         )
         return
     form = {"model": model, "top_k": str(top_k), **({} if threshold is None else {"threshold": str(threshold)})}
-    opts.show(predict_files(opts, form, files), predictions_table)
+    answer = predict_files(opts, form, files)
+    if answer["predictions"]:
+        opts.show(answer, predictions_table)
+    elif opts.as_json:
+        emit_json(answer)
+    if answer.get("refused"):  # the other files are answered above
+        if not opts.as_json:
+            for refused in answer["refused"]:
+                err.print(f"error: {refused['error']}", highlight=False)
+        raise typer.Exit(USAGE)
 
 
 PREDICT_FILES_PER_REQUEST = 64  # the service's default TRAINYARD_MAX_FILES_PER_REQUEST
@@ -1107,8 +1116,10 @@ def predict_files(opts: Options, form: dict, files: list[Path]) -> dict:
     """The answer to predicting every file, sent in as many requests as the service's limits ask:
     fewer files at a time when it names a lower count per request, half as many when a request is
     too large (413). Every request after the first names the version the first was answered by,
-    which an alias or a job's best epoch could move from meanwhile. Predictions in the files' order."""
-    per_request, answers, at = PREDICT_FILES_PER_REQUEST, [], 0
+    which an alias or a job's best epoch could move from meanwhile. Predictions in the files' order;
+    a file the service cannot read (it names it) is left out, its error under `refused`, and the
+    others are sent again."""
+    per_request, answers, refused, at, files = PREDICT_FILES_PER_REQUEST, [], [], 0, list(files)
     with opts.client() as api:
         while at < len(files):
             chunk = files[at : at + per_request]
@@ -1121,10 +1132,28 @@ def predict_files(opts: Options, form: dict, files: list[Path]) -> dict:
             if response.status_code == 413 and per_request > 1:
                 per_request = max(1, len(chunk) // 2)
                 continue
+            if response.status_code == 422 and (bad := _unreadable(response, chunk)) is not None:
+                refused.append({"filename": chunk[bad].name, "error": response.json()["detail"]})
+                del files[at + bad]
+                continue
             answers.append(checked(response))
             form = {**form, "model": _answered_by(answers[0]["model"], form["model"])}
             at += len(chunk)
-    return {**answers[0], "predictions": [p for answer in answers for p in answer["predictions"]]}
+    if not answers:  # every file refused: the first error says it for all
+        raise Failure(f"422 {refused[0]['error']}" + (f" (and {len(refused) - 1} more)" if refused[1:] else ""), USAGE)
+    answer = {**answers[0], "predictions": [p for answer in answers for p in answer["predictions"]]}
+    return {**answer, "refused": refused} if refused else answer
+
+
+def _unreadable(response: httpx.Response, chunk: list[Path]) -> int | None:
+    """Which file of `chunk` a 422 says cannot be read ("NAME: not a recognised image ..."), where
+    its name is that of one file only."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return None
+    named = [i for i, f in enumerate(chunk) if isinstance(detail, str) and detail.startswith(f"{f.name}: ")]
+    return named[0] if len(named) == 1 else None
 
 
 def _answered_by(model: dict, given: str) -> str:

@@ -68,8 +68,12 @@ def test_grey_detection():
 def test_refusals_name_the_image():
     with pytest.raises(ImageError, match="notes.txt: not a recognised image"):
         decode_image(b"hello", "notes.txt", channels=1, max_pixels=10**6)
-    with pytest.raises(ImageError, match=r"wide.png: image is 50x10 pixels; the limit is 400 pixels \(20x20\)"):
+    with pytest.raises(ImageError, match=r"wide.png: image is 50x10 pixels; the limit is 400 pixels \(20x20\): make "):
         decode_image(encode(Image.new("L", (50, 10))), "wide.png", channels=3, max_pixels=400)
+    with pytest.raises(ImageError, match="TRAINYARD_MAX_IMAGE_PIXELS"):
+        decode_image(encode(Image.new("L", (50, 10))), "wide.png", channels=3, max_pixels=400)
+    with pytest.raises(ImageError, match="^empty.png: the file is empty$"):
+        decode_image(b"", "empty.png", channels=1, max_pixels=10**6)
     with pytest.raises(ImageError, match="cut.png: "):
         decode_image(encode(Image.new("L", (28, 28)))[:40], "cut.png", channels=1, max_pixels=10**6)
 

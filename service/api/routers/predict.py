@@ -169,7 +169,7 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
     try:
         parts = parse_form(await request.body(), request.headers["content-type"], max_parts=limit + 20)
     except TooManyParts as exc:  # images past the limit, most likely: say it as a count of files does
-        raise _invalid(("files",), f"{exc}; at most {limit} per request") from None
+        raise _invalid(("files",), f"{exc}; at most {limit} per request (TRAINYARD_MAX_FILES_PER_REQUEST)") from None
     except FormError as exc:
         raise validation_error([(("body",), str(exc))]) from None
     unknown = unknown_fields_error((part.name for part in parts), FORM_FIELDS)
@@ -183,7 +183,9 @@ async def _form_uploads(request: Request) -> tuple[str, list[tuple[str, bytes]],
     if not files:
         raise _invalid(("files",), "at least one image is required in the files field")
     if len(files) > limit:
-        raise _invalid(("files",), f"{len(files)} files sent; at most {limit} per request")
+        raise _invalid(
+            ("files",), f"{len(files)} files sent; at most {limit} per request (TRAINYARD_MAX_FILES_PER_REQUEST)"
+        )
     query = _query_options(request, fields)
     return (
         model,

@@ -1352,7 +1352,8 @@ def test_too_many_files_are_refused_naming_the_limit_however_many_parts_they_mak
         files = [("files", (f"{n}.png", png_bytes(3, seed=1), "image/png")) for n in range(count)]
         refused = api.post("/v1/predict", data={"model": f"job:{trained_job}"}, files=files)
         assert refused.status_code == 422 and locs(refused) == [["body", "files"]], refused.text
-        assert refused.json()["detail"][0]["msg"].endswith("at most 30 per request"), refused.text
+        said = refused.json()["detail"][0]["msg"]
+        assert said.endswith("at most 30 per request (TRAINYARD_MAX_FILES_PER_REQUEST)"), refused.text
 
 
 def test_json_predict_says_how_images_are_sent(api, trained_job):

@@ -449,6 +449,31 @@ def test_predict_sends_more_files_than_a_request_takes_in_several_in_order(monke
         assert answered["model"] == {"name": "m", "version": 3}
 
 
+def test_predict_answers_the_files_it_can_read_and_names_the_others(service_env, trained_job, monkeypatch, tmp_path):
+    """A folder with a text file called .png and an empty file in it: the other images are answered,
+    each unreadable one said on stderr, and the exit status says not all were (the service's own
+    answers, through the app in this process)."""
+    from tests.support.api import make_api
+    from tests.support.datagen import png_bytes
+
+    monkeypatch.setattr(cli_client, "client", lambda url, token: make_api())
+    names = ["a.png", "notes.png", "b.png", "empty.png", "c.png"]
+    contents = [png_bytes(1, seed=1), b"not an image", png_bytes(2, seed=2), b"", png_bytes(3, seed=3)]
+    for name, content in zip(names, contents, strict=True):
+        (tmp_path / name).write_bytes(content)
+    runner = CliRunner()
+    args = ["predict", f"job:{trained_job}", *(str(tmp_path / name) for name in names)]
+    shown = runner.invoke(cli_main.app, args, env={"COLUMNS": "200"})
+    assert shown.exit_code == cli_client.USAGE, shown.output
+    assert [name for name in ("a.png", "b.png", "c.png") if name in shown.stdout] == ["a.png", "b.png", "c.png"]
+    assert "error: notes.png: " in shown.stderr and "error: empty.png: " in shown.stderr
+    answered = json.loads(runner.invoke(cli_main.app, [*args, "--json"]).stdout)
+    assert [p["filename"] for p in answered["predictions"]] == ["a.png", "b.png", "c.png"]
+    assert [r["filename"] for r in answered["refused"]] == ["notes.png", "empty.png"]
+    alone = runner.invoke(cli_main.app, ["predict", f"job:{trained_job}", str(tmp_path / "notes.png")])
+    assert alone.exception.code == cli_client.USAGE and str(alone.exception).startswith("422 notes.png: ")
+
+
 def test_a_submission_whose_answer_is_lost_is_sent_again_under_the_same_key(monkeypatch, tmp_path):
     sent = []
 
