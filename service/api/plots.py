@@ -127,9 +127,23 @@ def compared_labels(found: list[Job]) -> list[str]:
     names = [job.name or job.id[:8] for job in found]
     if len(set(names)) == len(names):
         return names
-    told_apart = differences([job.spec for job in found])
-    labels = [f"{name} [{label(values)}]" if values else name for name, values in zip(names, told_apart, strict=True)]
+    # Unset fields (None: no augmentation where the other has some) are left out, and a long label
+    # is cut: the compare page's table has every value.
+    told_apart = [
+        {path: value for path, value in values.items() if value is not None}
+        for values in differences([job.spec for job in found])
+    ]
+    labels = [
+        _cut(f"{name} [{label(values)}]") if values else name for name, values in zip(names, told_apart, strict=True)
+    ]
     return [f"{text} {job.id[:8]}" if labels.count(text) > 1 else text for text, job in zip(labels, found, strict=True)]
+
+
+LABEL_CHARACTERS = 60
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= LABEL_CHARACTERS else text[: LABEL_CHARACTERS - 2] + "…]"
 
 
 def labelled_series(session: Session, labelled: list[tuple[Job, str]]) -> list[tuple[str, list[dict], int | None]]:
@@ -183,8 +197,9 @@ def sweep_curves_png(curves: list[TrialCurve], metric: str, name: str) -> bytes:
         )
         if pruned and curve.epochs:
             ax.plot(curve.epochs[-1], curve.values[-1], marker="x", markersize=9, color=colour)
-    ax.set(xlabel="epoch", ylabel=metric, title=f"{name}: {metric} per epoch of its best {len(curves)} trials")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    trials = "trial" if len(curves) == 1 else f"{len(curves)} trials"
+    ax.set(xlabel="epoch", ylabel=metric, title=f"{name}: {metric} per epoch of its best {trials}")
+    whole_ticks(ax, [epoch for curve in curves for epoch in curve.epochs])
     log_y_for_a_loss(ax, metric, [v for curve in curves for v in curve.values if v is not None])
     ax.grid(alpha=0.3)
     if curves:
@@ -217,7 +232,7 @@ def history_png(ended: list[sweeps.Ended], metric: str, name: str) -> bytes:
     if steps:
         ax.step([e.spent for e in steps], [e.best for e in steps], where="post", color="black", label="best so far")
     ax.set(xlabel="epochs spent by all trials", ylabel=metric, title=f"{name}: best {metric} against epochs spent")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    whole_ticks(ax, [e.spent for e in ended])
     log_y_for_a_loss(ax, metric, [e.metric for e in ended if e.metric is not None])
     ax.grid(alpha=0.3)
     if ended:
@@ -252,6 +267,14 @@ def importances_png(importances: dict[str, float], used: int, metric: str) -> by
     return _png(figure)
 
 
+def whole_ticks(ax, xs: list[int]) -> None:
+    """Whole numbers on the x axis (epochs); one value alone is shown with a little room each side
+    (left to itself, matplotlib spans it 0.95 to 1.05 with ticks between)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(set(xs)) == 1:
+        ax.set_xlim(xs[0] - 1, xs[0] + 1)
+
+
 def learning_curves(series: list[tuple]) -> bytes:
     """Loss (left) and accuracy (right) per epoch, train solid and test dashed, one colour per job,
     as the course draws them; several jobs overlay for comparisons."""
@@ -265,20 +288,25 @@ def learning_curves_figure(series: list[tuple]):
     figure, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8), squeeze=False)
     loss_ax = axes[0][0]
     for index, (name, rows, *best) in enumerate(series):
-        colour = COLOURS[index % len(COLOURS)]
         epochs = [r["epoch"] for r in rows]
+        colour = COLOURS[index % len(COLOURS)]
+        # One epoch is a point, which a line alone does not draw: a marker for each split instead
+        train, test, val = (
+            {"color": colour, "linestyle": style, "marker": marker if len(epochs) == 1 else None}
+            for style, marker in (("-", "o"), ("--", "s"), (":", "^"))
+        )
         prefix = f"{name} " if len(series) > 1 else ""
-        loss_ax.plot(epochs, [r["train_loss"] for r in rows], color=colour, label=f"{prefix}train loss")
-        loss_ax.plot(epochs, [r["test_loss"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test loss")
+        loss_ax.plot(epochs, [r["train_loss"] for r in rows], **train, label=f"{prefix}train loss")
+        loss_ax.plot(epochs, [r["test_loss"] for r in rows], **test, label=f"{prefix}test loss")
         if any(r.get("val_loss") is not None for r in rows):
-            loss_ax.plot(epochs, [r["val_loss"] for r in rows], color=colour, linestyle=":", label=f"{prefix}val loss")
+            loss_ax.plot(epochs, [r["val_loss"] for r in rows], **val, label=f"{prefix}val loss")
         accuracy = has_acc and any(r.get("test_acc") is not None for r in rows)  # not a regression compared
         if accuracy:
             acc_ax = axes[0][1]
-            acc_ax.plot(epochs, [r["train_acc"] for r in rows], color=colour, label=f"{prefix}train acc")
-            acc_ax.plot(epochs, [r["test_acc"] for r in rows], color=colour, linestyle="--", label=f"{prefix}test acc")
+            acc_ax.plot(epochs, [r["train_acc"] for r in rows], **train, label=f"{prefix}train acc")
+            acc_ax.plot(epochs, [r["test_acc"] for r in rows], **test, label=f"{prefix}test acc")
             if any(r.get("val_acc") is not None for r in rows):  # what chooses the best epoch
-                acc_ax.plot(epochs, [r["val_acc"] for r in rows], color=colour, linestyle=":", label=f"{prefix}val acc")
+                acc_ax.plot(epochs, [r["val_acc"] for r in rows], **val, label=f"{prefix}val acc")
         if best and best[0] is not None:
             for ax in axes[0] if accuracy else [loss_ax]:
                 ax.axvline(
@@ -291,7 +319,7 @@ def learning_curves_figure(series: list[tuple]):
                 )
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     for ax in axes[0]:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.5
+        whole_ticks(ax, [r["epoch"] for _, rows, *_ in series for r in rows])  # epochs, not 1.5
     if not any(rows for _, rows, *_ in series):
         loss_ax.set(xlim=(0, 1), xticks=[], yticks=[])
         loss_ax.text(0.5, 0.5, "no epoch has ended yet", transform=loss_ax.transAxes, ha="center", color="grey")

@@ -145,6 +145,25 @@ def test_compared_jobs_of_one_name_are_told_apart_by_what_their_specs_differ_in(
     ]
     twins = [job("a" * 12, "mlp", 0.1), job("b" * 12, "mlp", 0.1)]
     assert plots.compared_labels(twins) == ["mlp aaaaaaaa", "mlp bbbbbbbb"]
+    plain, augmented = job("a" * 12, "cnn", 0.1), job("b" * 12, "cnn", 0.1)
+    plain.spec["data"]["augment"] = {"brightness": None, "contrast": None, "horizontal_flip": None, "padding": None}
+    augmented.spec["data"]["augment"] = {"brightness": 0.2, "contrast": 0.0, "horizontal_flip": True, "padding": 4}
+    told = plots.compared_labels([plain, augmented])  # the unset fields are left out, a long label cut
+    assert told[0] == "cnn" and told[1].startswith("cnn [brightness=0.2, contrast=0, ")
+    assert len(told[1]) == plots.LABEL_CHARACTERS and told[1].endswith("…]")
+
+
+def test_one_epoch_is_drawn_as_points_on_a_whole_epoch_axis():
+    """A line through one point draws nothing: the job's one epoch showed empty axes from 0.95 to 1.05."""
+    figure = plots.learning_curves_figure([("job", rows([1.3]))])
+    try:
+        figure.canvas.draw()
+        assert [line.get_marker() for line in figure.axes[0].get_lines()] == ["o", "s"]  # train, test
+        assert figure.axes[0].get_xlim() == (0, 2)
+        ticks = [t.get_text() for t in figure.axes[0].xaxis.get_majorticklabels() if t.get_text()]
+        assert all(float(t.replace("\u2212", "-")).is_integer() for t in ticks), ticks
+    finally:
+        plt.close(figure)
 
 
 def test_specs_differ_at_the_paths_where_they_do_not_all_agree():
