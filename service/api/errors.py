@@ -176,8 +176,9 @@ def _file_fields(request: Request) -> frozenset[str]:
     return frozenset(f.alias for f in fields if isinstance(f.field_info, FileParam))
 
 
-def _file_problem(e: dict, content_type: str) -> dict:
-    """A file field that is missing, or arrived as text, said with how to send the file."""
+def _file_problem(e: dict, content_type: str, body) -> dict:
+    """A file field that is missing (sent under another name?), or arrived as text, said with how
+    to send the file."""
     name = e["loc"][1]
     how = (
         f"with curl, -F {name}=@path/to/file (the @ sends the file); "
@@ -189,7 +190,9 @@ def _file_problem(e: dict, content_type: str) -> dict:
             f"(Content-Type: {content_type}): {how}"
         )
     elif e.get("type") == "missing":
-        msg = f"field {name!r} is required: the file to upload; {how}"
+        sent = [key for key, value in body.multi_items() if not isinstance(value, str)] if _is_form(body) else []
+        elsewhere = f"; the file came as {sent[0]!r}: name it {name!r}" if sent else ""
+        msg = f"field {name!r} is required: the file to upload{elsewhere}; {how}"
     elif "UploadFile" in str((e.get("ctx") or {}).get("error")):
         msg = f"field {name!r} arrived as text, not as a file: {how}"
     else:
@@ -197,16 +200,21 @@ def _file_problem(e: dict, content_type: str) -> dict:
     return {**e, "msg": msg}
 
 
-def _body_problems(errors: list[dict], request: Request, model: type[BaseModel] | None) -> list[dict]:
+def _is_form(body) -> bool:
+    return hasattr(body, "multi_items")
+
+
+def _body_problems(errors: list[dict], request: Request, model: type[BaseModel] | None, body=None) -> list[dict]:
     """Say what is wrong with a JSON body that is not JSON, in the message: where it stops
-    parsing, or that it came with another Content-Type (curl -d sends a form's)."""
+    parsing, or that it came with another Content-Type (curl -d sends a form's); and a file not
+    sent, or sent under another name (`body`: the form as FastAPI parsed it)."""
     content_type = request.headers.get("content-type") or "none"
     files = _file_fields(request)
     said = []
     for e in errors:
         loc = tuple(e.get("loc", ()))
         if len(loc) == 2 and loc[0] == "body" and loc[1] in files:
-            e = _file_problem(e, content_type)
+            e = _file_problem(e, content_type, body)
         elif e.get("type") == "json_invalid":
             at = f" at character {e['loc'][1]}" if len(e.get("loc", ())) > 1 else ""
             e = {
@@ -235,7 +243,8 @@ def _body_problems(errors: list[dict], request: Request, model: type[BaseModel] 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each problem's location; never fails on what the client sent."""
     model = _body_model(request)
-    errors = _located(_body_problems(list(exc.errors()), request, model), getattr(exc, "body", None), model)
+    body = getattr(exc, "body", None)
+    errors = _located(_body_problems(list(exc.errors()), request, model, body), body, model)
     # A pattern in words, and a query's or a header's own check without pydantic's "Value error, ".
     worded = ("string_pattern_mismatch", "value_error")
     errors = [{**e, "msg": plain_message(e)} if e.get("type") in worded else e for e in errors]

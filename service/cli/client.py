@@ -1061,7 +1061,12 @@ def predictions_table(answer: dict) -> list:
             _share(p["probability"], 3),
             ", ".join(f"{t['label']} {_share(t['probability'], 2)}" for t in p["top_k"]),
         )
-    return [table]
+    if answer.get("threshold") is None:
+        return [table]
+    return [
+        table,
+        f'threshold {_share(answer["threshold"], 2, shortest=True)}: a top probability below it is "not sure"',
+    ]
 
 
 def _row(text: str) -> list[float]:

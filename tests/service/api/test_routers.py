@@ -451,6 +451,8 @@ def test_a_job_page_shows_the_metric_columns_its_epochs_have(api, trained_job):
             metric.train_acc = metric.test_acc = metric.val_loss = metric.val_acc = None
     header = re.search(r'<table id="metrics">\s*<thead>(.*?)</thead>', api.get(f"/ui/jobs/{trained_job}").text).group(1)
     assert re.findall(r"<th>(.*?)</th>", header) == ["epoch", "train loss", "test loss", "samples/s"]
+    stored = re.search(r"· ([0-9.]+ [KMG]i?B) stored", api.get(f"/ui/jobs/{trained_job}").text)
+    assert stored and not stored[1].startswith("0.0 "), stored  # its three small checkpoints: KiB, not "0.0 MB"
     with db.session_scope() as session:
         session.get(Job, trained_job).name = "Lr Sweep [lr=0.1]"  # a sweep trial's name
     assert 'id="register-name" value="lr-sweep-lr-0.1"' in api.get(f"/ui/jobs/{trained_job}").text
@@ -1056,7 +1058,9 @@ def test_dataset_uploads_are_validated(api):
     text = problem(as_text)
     assert text.startswith("field 'file' arrived as text, not as a file") and "the @ sends the file" in text
     missing = problem(api.post("/v1/datasets", files={"name": (None, "x")}))
-    assert missing.startswith("field 'file' is required: the file to upload")
+    assert missing.startswith("field 'file' is required: the file to upload; with curl")
+    misnamed = problem(api.post("/v1/datasets", files={"archive": ("few.zip", archive, "application/zip")}))
+    assert misnamed.startswith("field 'file' is required: the file to upload; the file came as 'archive': name it")
     raw = problem(api.post("/v1/datasets", content=archive, headers={"content-type": "application/zip"}))
     assert raw.startswith("send the file as a multipart/form-data field named 'file', not as the body itself")
     assert "Content-Type: application/zip" in raw

@@ -662,6 +662,9 @@ def test_probabilities_and_thresholds_near_0_or_1_are_not_rounded_onto_them():
     out = io.StringIO()
     Console(file=out, width=120, color_system=None).print(cli_client.predictions_table(answer)[0])
     assert "not sure" in out.getvalue() and "0.99996" in out.getvalue(), out.getvalue()
+    assert len(cli_client.predictions_table(answer)) == 1  # no threshold applied: none said
+    said = cli_client.predictions_table({**answer, "threshold": 0.99997})[1]
+    assert said == 'threshold 0.99997: a top probability below it is "not sure"'  # the version's, applied unasked
 
 
 def test_following_a_job_names_the_epoch_it_serves_when_that_is_not_its_last(monkeypatch):
