@@ -28,7 +28,7 @@ def test_a_spec_of_four_billion_weights_is_refused_with_its_estimate(client):
 
 @pytest.fixture(scope="module")
 def small_budget(tmp_path_factory, data_dir):
-    """API and worker whose jobs may each allocate 96 MiB."""
+    """API and worker whose jobs may each allocate 96 MiB, writing their warnings and errors only."""
     with Stack(
         home=tmp_path_factory.mktemp("budget"),
         data_dir=data_dir,
@@ -37,6 +37,7 @@ def small_budget(tmp_path_factory, data_dir):
             # The kernel's OOM killer cannot be called safely on a shared machine:
             # the test kills the process itself once it holds a third of its budget.
             "TRAINYARD_OOM_KILL_FRACTION": "0.3",
+            "TRAINYARD_LOG_LEVEL": "warning",
         },
     ) as stack:
         yield stack
@@ -56,7 +57,9 @@ def test_a_job_past_its_memory_budget_fails_alone_and_the_worker_carries_on(smal
         assert "96.0 MiB" in job["error"] and "TRAINYARD_MAX_JOB_MEMORY" in job["error"]
         assert job["attempt"] == 1
         lines = [line["message"] for line in client.get(f"/v1/jobs/{job['id']}/logs").json()["lines"]]
-        assert any("attempt 1 of job" in line for line in lines)
+        assert any("attempt 1 of job" in line for line in lines)  # the job's own log keeps its INFO lines
+        console = small_budget.log("worker")  # which TRAINYARD_LOG_LEVEL=warning keeps out of the worker's output
+        assert "attempt 1 of job" not in console and "registered: queues" not in console, console[-2000:]
         small = {**greedy, "data": {"dataset": "synthetic-linear", "num_examples": 1000}}
         after = small_budget.wait_for_job(client, client.post("/v1/jobs", json=small).json()["id"])
         assert after["status"] == "succeeded", after
