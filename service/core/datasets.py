@@ -524,7 +524,8 @@ def delete_dataset(session: Session, *, dataset_id: str, settings: Settings, for
     if resumable and not force:
         raise DatasetInUse(
             f"dataset {dataset_id} is used by job(s) that can still be resumed: {', '.join(resumable)}; "
-            "delete them first, or delete the dataset with force (they then cannot resume)"
+            "delete them first, or delete the dataset with force (`trainyard datasets delete --force`, "
+            "DELETE ...?force=true), after which they cannot resume"
         )
     stored = record.file
     session.delete(record)
