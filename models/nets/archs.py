@@ -278,13 +278,13 @@ def shape_problems(spec, info) -> list[tuple[tuple, str]]:
         net = build_on_meta(spec.model, shape, info.outputs)
         out = _output_shape(net, shape)
     except LayerError as exc:
-        return [(("sequential", "layers", exc.index), str(exc))]
+        return [(("layers", exc.index), str(exc))]
     except (ValueError, RuntimeError, AssertionError) as exc:
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return [(("arch",), f"{spec.model.arch} does not fit inputs of shape {_fmt(shape)}: {why}")]
     if out != (info.outputs,):
         last = len(getattr(spec.model, "layers", [])) - 1
-        where = ("sequential", "layers", last) if spec.model.arch == "sequential" else ("arch",)
+        where = ("layers", last) if spec.model.arch == "sequential" else ("arch",)
         return [
             (
                 where,

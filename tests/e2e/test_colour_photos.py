@@ -169,6 +169,7 @@ def test_cifar10_from_the_data_folder_trains_and_predicts(stack, client):
         },
     )
     assert wrong.status_code == 422 and "outputs (7)" in wrong.json()["detail"][0]["msg"]
+    assert wrong.json()["detail"][0]["loc"] == ["body", "model", "layers", 1]  # where it is in what was sent
     job = stack.wait_for_job(client, submit(client, spec), timeout=240)
     assert job["status"] == "succeeded", job
     assert job["latest_metrics"]["test_acc"] > 0.3, job["latest_metrics"]  # chance is 0.1

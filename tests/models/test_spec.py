@@ -149,20 +149,20 @@ def test_sequential_stacks_are_shape_checked_layer_by_layer():
     ((loc, msg),) = problems(
         model={"arch": "sequential", "layers": too_big + [{"type": "flatten"}, {"type": "linear", "out_features": 10}]}
     )
-    assert loc == ("model", "sequential", "layers", 4) and "layer 4 (maxpool2d) gets input (1, 1, 1)" in msg
+    assert loc == ("model", "layers", 4) and "layer 4 (maxpool2d) gets input (1, 1, 1)" in msg
     ((loc, msg),) = problems(
         model={"arch": "sequential", "layers": lenet_like[:-1] + [{"type": "linear", "out_features": 7}]}
     )
-    assert loc == ("model", "sequential", "layers", 4) and "outputs (7) per example" in msg and "needs (10)" in msg
+    assert loc == ("model", "layers", 4) and "outputs (7) per example" in msg and "needs (10)" in msg
     ((loc, msg),) = problems(model={"arch": "sequential", "layers": [{"type": "linear", "out_features": 10}]})
-    assert loc == ("model", "sequential", "layers", 0) and "put a flatten before it" in msg
+    assert loc == ("model", "layers", 0) and "put a flatten before it" in msg
     ((loc, msg),) = problems(
         model={
             "arch": "sequential",
             "layers": [{"type": "flatten"}, {"type": "conv2d", "out_channels": 3, "kernel_size": 3}],
         }
     )
-    assert loc == ("model", "sequential", "layers", 1) and "(784)" in msg
+    assert loc == ("model", "layers", 1) and "(784)" in msg
 
 
 def test_spec_round_trips_through_json():
