@@ -6,19 +6,23 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 
 from celery.signals import worker_ready, worker_shutdown
 
 from models.data.loading import BUILTIN_IMAGE_DATASETS, builtins_on_disk
 from models.nets.pretrained import available_weights
-from service.core import jobs, worker_registry
+from service.core import jobs, reaper, worker_registry
 from service.core.background import Periodic, stop_with_supervisor
-from service.core.broker import publish_or_defer
 from service.core.db import UNAVAILABLE, brief, session_scope, unmigrated
 from service.core.settings import get_settings
 from service.core.storage import get_storage
 
 log = logging.getLogger(__name__)
+# This worker's start, which its pool processes inherit and name on the jobs they claim: a job whose
+# process died is taken back only by the worker that forked it (another of the same name, in another
+# container, sees other processes).
+INSTANCE = uuid.uuid4().hex
 
 
 class Presence(Periodic):
@@ -90,25 +94,21 @@ class Presence(Periodic):
 
     def _take_back_dead_jobs(self) -> None:
         """A job whose training process died (the kernel's OOM killer) goes back to the queue, or
-        fails for memory, now: its lease would run on while this worker is seen alive."""
+        fails for memory, now: its lease would run on for up to TRAINYARD_LEASE_SECONDS."""
         settings = get_settings()
         with session_scope() as session:
             requeued = jobs.take_back_dead(
                 session,
                 worker=self.worker_id,
+                instance=INSTANCE,
                 process_alive=_process_alive,
                 max_attempts=settings.max_attempts,
                 oom_fraction=settings.oom_kill_fraction,
             )
-            queue_of = {
-                job.id: settings.queue_for(worker_registry.device_of(job.spec))
-                for job in jobs.get_jobs(session, job_ids=requeued)
-            }
-        for job_id in requeued:
-            log.warning("job %s's training process died; it goes back to the queue", job_id)
-            if publish_or_defer(job_id, queue_of[job_id]):
-                with session_scope() as session:
-                    jobs.mark_dispatched(session, job_ids=[job_id])
+            queue_of = reaper.queues_of(jobs.get_jobs(session, job_ids=requeued), settings)
+        if requeued:
+            log.warning("job(s) %s: their training process died; back to the queue", ", ".join(requeued))
+            reaper.send(requeued, queue_of)
 
 
 def _process_alive(pid: int) -> bool:

@@ -21,7 +21,6 @@ from sqlalchemy import select
 
 from models.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from models.data.dataset import DatasetError
-from models.nets.cost import human_bytes
 from models.nets.pretrained import MissingWeights, UnsafeWeights
 from models.spec.job import UPLOADED_ID, JobSpec, UploadedDatasetSpec
 from models.training.engine import (
@@ -41,6 +40,7 @@ from models.training.state import (
     load_training_state,
     save_training_state,
 )
+from models.units import human_bytes
 from service.core import datasets, jobs, sweeps, worker_registry
 from service.core.background import Periodic
 from service.core.db import UNAVAILABLE, brief, retry_while_unavailable, session_scope
@@ -52,7 +52,7 @@ from service.core.tables import Job, JobStatus, Worker
 from workers.job_log import JobLogCapture
 from workers.launcher import GroupLost, ranks_waiting, train_on_ranks
 from workers.memory import MemoryWatch, is_out_of_memory, memory_budget
-from workers.presence import busy_with
+from workers.presence import INSTANCE, busy_with
 from workers.stopping import worker_stopping
 
 log = logging.getLogger(__name__)
@@ -600,6 +600,7 @@ def _run_job(job_id: str, worker: str) -> str | None:
             job_id=job_id,
             worker=worker,
             pid=os.getpid(),
+            instance=INSTANCE,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
             oom_fraction=settings.oom_kill_fraction,

@@ -12,6 +12,7 @@ from torch import nn
 
 from models.nets.archs import build_on_meta
 from models.nets.pretrained import find_pretrained
+from models.units import human_bytes
 
 FLOAT_BYTES = 4
 EVAL_BATCH_BYTES = 8 * 1024 * 1024
@@ -40,14 +41,6 @@ class Cost:
             "activations": self.activations,
         }
         return f"about {human_bytes(self.total)} (" + ", ".join(f"{k} {human_bytes(v)}" for k, v in parts.items()) + ")"
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 def _optimizer_slots(spec) -> int:

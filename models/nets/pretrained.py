@@ -187,8 +187,8 @@ def missing_weights_message(backbone: str, weights: str | None, weights_dir: Pat
         f"the weights {type(entry).__name__}.{entry.name} of {backbone} are not on disk: put the file {name} "
         f"({entry.url}) at {places[0] / name}"
         + (f" or {places[1] / name}" if len(places) > 1 else "")
-        + ", or set TRAINYARD_ALLOW_DOWNLOAD=true on the worker to download it; "
-        + 'or train it from scratch: "weights": null'
+        + ", or set TRAINYARD_ALLOW_DOWNLOAD=true on the worker to download it; without pretrained weights, "
+        + '"weights": null trains the whole network from scratch (with "freeze": "none")'
     )
 
 

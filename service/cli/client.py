@@ -1122,13 +1122,14 @@ def predict_files(opts: Options, form: dict, files: list[Path]) -> dict:
     fewer files at a time when it names a lower count per request, half as many when a request is
     too large (413). Every request after the first names the version the first was answered by,
     which an alias or a job's best epoch could move from meanwhile. Predictions in the files' order;
-    a file the service cannot read (it names it) is left out, its error under `refused`, and the
-    others are sent again."""
-    per_request, answers, refused, at, files = PREDICT_FILES_PER_REQUEST, [], [], 0, list(files)
+    a file the service cannot read (it names it) or take (413 alone) is left out, its error under
+    `refused`, and the others are sent again."""
+    per_request, answers, refused, at = PREDICT_FILES_PER_REQUEST, [], [], 0
+    files = list(zip(_upload_names(files), files, strict=True))
     with opts.client() as api:
         while at < len(files):
             chunk = files[at : at + per_request]
-            uploads = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in chunk]
+            uploads = [("files", (name, f.read_bytes(), "application/octet-stream")) for name, f in chunk]
             response = api.post("/v1/predict", data=form, files=uploads)
             lower = re.search(r"at most (\d+) per request", response.text) if response.status_code == 422 else None
             if lower and 0 < int(lower[1]) < per_request:
@@ -1137,28 +1138,44 @@ def predict_files(opts: Options, form: dict, files: list[Path]) -> dict:
             if response.status_code == 413 and per_request > 1:
                 per_request = max(1, len(chunk) // 2)
                 continue
-            if response.status_code == 422 and (bad := _unreadable(response, chunk)) is not None:
-                refused.append({"filename": chunk[bad].name, "error": response.json()["detail"]})
+            bad = 0 if response.status_code == 413 else _unreadable(response, [name for name, _ in chunk])
+            if response.status_code in (413, 422) and bad is not None:
+                refused.append({"filename": chunk[bad][0], "error": _said(response, chunk[bad][0])})
                 del files[at + bad]
                 continue
             answers.append(checked(response))
             form = {**form, "model": _answered_by(answers[0]["model"], form["model"])}
             at += len(chunk)
-    if not answers:  # every file refused: the first error says it for all
-        raise Failure(f"422 {refused[0]['error']}" + (f" (and {len(refused) - 1} more)" if refused[1:] else ""), USAGE)
-    answer = {**answers[0], "predictions": [p for answer in answers for p in answer["predictions"]]}
-    return {**answer, "refused": refused} if refused else answer
+    answer = {**answers[0], "predictions": [p for a in answers for p in a["predictions"]]} if answers else {}
+    return {**answer, "predictions": answer.get("predictions", []), **({"refused": refused} if refused else {})}
 
 
-def _unreadable(response: httpx.Response, chunk: list[Path]) -> int | None:
-    """Which file of `chunk` a 422 says cannot be read ("NAME: not a recognised image ..."), where
-    its name is that of one file only."""
+def _upload_names(files: list[Path]) -> list[str]:
+    """The name each file is sent and shown by: its own, or where two share one (cat/1.png and
+    dog/1.png) its path as given, and a number where a path is given twice."""
+    names = [f.name for f in files]
+    names = [str(f) if names.count(f.name) > 1 else f.name for f in files]
+    return [f"{name} #{names[:i].count(name) + 1}" if names.count(name) > 1 else name for i, name in enumerate(names)]
+
+
+def _unreadable(response: httpx.Response, names: list[str]) -> int | None:
+    """Which file a 422 says cannot be read ("NAME: not a recognised image ...")."""
     try:
         detail = response.json().get("detail")
     except ValueError:
         return None
-    named = [i for i, f in enumerate(chunk) if isinstance(detail, str) and detail.startswith(f"{f.name}: ")]
+    named = [i for i, name in enumerate(names) if isinstance(detail, str) and detail.startswith(f"{name}: ")]
     return named[0] if len(named) == 1 else None
+
+
+def _said(response: httpx.Response, name: str) -> str:
+    """A refusal of one file, in words that name it."""
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    detail = str(detail)
+    return detail if detail.startswith(f"{name}: ") else f"{name}: {response.status_code} {detail}"
 
 
 def _answered_by(model: dict, given: str) -> str:

@@ -58,7 +58,7 @@ def info(as_json: JsonOption = False) -> None:
 
 def show_info(settings, data: dict, home_here: bool) -> None:
     """info's answer as lines of text."""
-    from service.core.storage.migrate import size_text
+    from models.units import human_bytes
 
     typer.echo(f"as this machine's settings say (TRAINYARD_HOME {settings.home}):")
     if data["folders"] is not None:
@@ -67,8 +67,8 @@ def show_info(settings, data: dict, home_here: bool) -> None:
     else:
         typer.echo(f"store: {data['url']} (an object store; workers retry it for {data['retry_seconds']:g} s)")
         typer.echo(
-            f"cache: {data['cache_dir']}, {size_text(data['cache_bytes_used'])} in {data['cache_files']} file(s) of "
-            f"{size_text(data['cache_bytes_max'])} (TRAINYARD_CACHE_BYTES)"
+            f"cache: {data['cache_dir']}, {human_bytes(data['cache_bytes_used'])} in {data['cache_files']} file(s) of "
+            f"{human_bytes(data['cache_bytes_max'])} (TRAINYARD_CACHE_BYTES)"
         )
     for line in service_lines(data):
         typer.echo(line)
@@ -135,9 +135,10 @@ def migrate(
     first. Exit status: 0 all there, 1 files corrupt, missing or rewritten meanwhile (not copied),
     2 a bad URL, a target that is the source, or a source that is not the service's store, 3 a
     store that cannot be reached or refuses, 130 interrupted (run it again to go on)."""
+    from models.units import human_bytes
     from service.core.migrate import upgrade
     from service.core.settings import get_settings
-    from service.core.storage.migrate import COPIED, SKIPPED, Migration, Step, size_text
+    from service.core.storage.migrate import COPIED, SKIPPED, Migration, Step
 
     upgrade()  # the records it reads are those of the newest schema (as `trainyard api` does at start)
     try:
@@ -149,7 +150,7 @@ def migrate(
 
     def show(step: Step) -> None:
         if step.outcome == COPIED:
-            typer.echo(f"copied {step.key} ({size_text(step.size or 0)})")
+            typer.echo(f"copied {step.key} ({human_bytes(step.size or 0)})")
         elif step.outcome != SKIPPED:
             typer.echo(f"not copied: {step.error}", err=True)
 
@@ -183,10 +184,10 @@ def withdraw(
     """Call off a move `storage migrate` prepared (a mistyped or abandoned target): an API started
     on that store no longer makes it the service's, and workers on it are refused. The files copied
     there stay (delete them with the store's own tools); `storage migrate` to it again prepares a
-    new move. Exit status 1 when no move to that store is pending."""
+    new move. Exit status 2 when no move to that store is pending."""
     from service.core.storage.check import withdraw_next
 
     if not withdraw_next(url):
         typer.echo(f"error: no move to {url} is pending (`trainyard storage info` lists them)", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(USAGE)
     typer.echo(f"the move to {url} is withdrawn: the service stays where it is; the files copied there stay")

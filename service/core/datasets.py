@@ -26,7 +26,7 @@ from models.data.uploads import DEFAULT_TEST_FRACTION, ArchiveLimits, CsvTarget,
 from models.spec.job import UPLOADED_NAME, JobSpec, UploadedDatasetSpec
 from models.spec.problems import DatasetInfo, builtin_dataset_info
 from models.spec.sweeps import SweepSpec
-from service.core import jobs
+from service.core import jobs, retention
 from service.core.background import Periodic
 from service.core.db import session_scope
 from service.core.errors import Conflict, CoreError, Invalid, NotFound, Unprocessable, json_field
@@ -335,7 +335,7 @@ def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settin
         outcome.error = str(exc) if isinstance(exc, DatasetError) else f"decoding failed: {type(exc).__name__}: {exc}"
         log.warning("dataset %s failed to decode: %s", dataset_id, outcome.error)
     finally:
-        storage.delete(archive.key)
+        storage.discard(archive)  # the upload as sent: no other record names it
     with session_scope() as session:
         # Only a record still processing takes the outcome: one deleted, or failed as abandoned
         # meanwhile, stays as it is (and its files go).
@@ -346,6 +346,7 @@ def decode_accepted(*, dataset_id: str, options: UploadOptions, settings: Settin
         ).rowcount
     if not updated and outcome.status == DatasetStatus.READY:
         get_storage(settings).delete(dataset_key(dataset_id))
+        retention.uncache(settings, [outcome.file])
 
 
 def fail_abandoned_uploads(session: Session, *, older_than_seconds: float, settings: Settings) -> list[str]:
@@ -524,15 +525,14 @@ def delete_dataset(session: Session, *, dataset_id: str, settings: Settings, for
     if resumable and not force:
         raise DatasetInUse(
             f"dataset {dataset_id} is used by job(s) that can still be resumed: {', '.join(resumable)}; "
-            "delete them first, or delete the dataset with force (`trainyard datasets delete --force`, "
-            "DELETE ...?force=true), after which they cannot resume"
+            f"delete them first, or delete the dataset with force (`trainyard datasets delete {dataset_id} --force`, "
+            f"DELETE /v1/datasets/{dataset_id}?force=true), after which they cannot resume"
         )
-    stored = record.file
+    stored = [record.file, _kept_upload(record)]
     session.delete(record)
     session.commit()
-    storage = get_storage(settings)
-    storage.discard(stored)
-    storage.delete(upload_key(dataset_id))
+    get_storage(settings).delete(*(file.key for file in stored))
+    retention.uncache(settings, stored)
 
 
 def _unfinished_sweeps_using(session: Session, dataset_id: str) -> list[str]:

@@ -335,9 +335,11 @@ def claim_job(
     max_attempts: int,
     oom_fraction: float = 0.9,
     pid: int | None = None,
+    instance: str | None = None,
 ) -> Claim | None:
     """Take a queued job (or one whose worker's lease expired) for this worker; None if not ours.
-    The transition names the worker, and `pid`, the process that trains the job, where given."""
+    The transition names the worker, and where given `pid`, the process that trains the job, and
+    `instance`, the start of the worker that forked it (take_back_dead)."""
     reap_one(
         session,
         job_id=job_id,
@@ -351,7 +353,11 @@ def claim_job(
         job_id=job_id,
         to=JobStatus.RUNNING,
         from_any=(JobStatus.QUEUED,),
-        detail={"worker": worker, **({"pid": pid} if pid is not None else {})},
+        detail={
+            "worker": worker,
+            **({"pid": pid} if pid is not None else {}),
+            **({"instance": instance} if instance is not None else {}),
+        },
         attempt=Job.attempt + 1,
         worker=worker,
         started_at=func.coalesce(Job.started_at, now),
@@ -372,12 +378,29 @@ def claim_job(
     return Claim(attempt=job.attempt, spec=job.spec, resumed_by_user=by_user)
 
 
+@dataclass(frozen=True)
+class Died:
+    """An attempt whose training process its own worker saw die: taken back without waiting for its lease."""
+
+    attempt: int
+    pid: int
+
+
 def take_back_dead(
-    session: Session, *, worker: str, process_alive: Callable[[int], bool], max_attempts: int, oom_fraction: float
+    session: Session,
+    *,
+    worker: str,
+    instance: str,
+    process_alive: Callable[[int], bool],
+    max_attempts: int,
+    oom_fraction: float,
 ) -> list[str]:
-    """The jobs this worker ran in a process that has died since (a pool process the kernel
-    killed, the worker itself alive), taken back at once rather than a lease later: re-queued, or
-    ended as the reaper would. Returns the ids re-queued."""
+    """The jobs this worker (`worker`, its name, and `instance`: its start, which its pool processes
+    inherit) started in a
+    process that has died since (one the kernel killed, the worker itself alive), taken back at
+    once rather than a lease later: re-queued, or ended as the reaper would. Another worker's jobs,
+    one of the same name on another machine included, are left to their leases. Returns the ids
+    re-queued."""
     requeued = []
     for job in session.scalars(select(Job).where(Job.worker == worker, Job.status.in_(JobStatus.ACTIVE))).all():
         started = session.scalars(
@@ -386,18 +409,14 @@ def take_back_dead(
             .order_by(JobEvent.id.desc())
             .limit(1)
         ).first()
-        pid = (started.detail or {}).get("pid") if started is not None else None
-        if not isinstance(pid, int) or process_alive(pid):
+        detail = (started.detail or {}) if started is not None else {}
+        pid = detail.get("pid")
+        if detail.get("instance") != instance or not isinstance(pid, int) or process_alive(pid):
             continue
-        to = reap_one(
-            session,
-            job_id=job.id,
-            cutoff=utcnow() + timedelta(days=1),
-            max_attempts=max_attempts,
-            oom_fraction=oom_fraction,
-            died=pid,
-        )
-        if to == JobStatus.QUEUED:
+        died = Died(attempt=job.attempt, pid=pid)
+        if reap_one(session, job_id=job.id, max_attempts=max_attempts, oom_fraction=oom_fraction, died=died) == (
+            JobStatus.QUEUED
+        ):
             requeued.append(job.id)
     return requeued
 
@@ -626,20 +645,22 @@ def reap_one(
     session: Session,
     *,
     job_id: str,
-    cutoff: datetime,
+    cutoff: datetime | None = None,
     max_attempts: int,
     oom_fraction: float = 0.9,
-    died: int | None = None,
+    died: Died | None = None,
 ) -> str | None:
-    """If the job's lease expired, re-queue it (or end it); returns its new status, or None.
-    `died`: the pid of its training process, seen dead by its own worker (the lease is not waited for).
+    """If the job's lease expired (its last heartbeat before `cutoff`), or its attempt `died`,
+    re-queue it (or end it); returns its new status, or None.
 
     An attempt lost while it held `oom_fraction` of its memory budget or of its machine's memory
     was killed for memory (by the kernel, most likely): retrying it would do the same again, so the
     job fails with out_of_memory."""
     job = session.get(Job, job_id, populate_existing=True)
-    if job is None or job.status not in JobStatus.ACTIVE or job.heartbeat_at is None or job.heartbeat_at >= cutoff:
+    if job is None or job.status not in JobStatus.ACTIVE or job.heartbeat_at is None:
         return None
+    if (died.attempt != job.attempt) if died is not None else (cutoff is None or job.heartbeat_at >= cutoff):
+        return None  # a later attempt's now, or its lease runs yet
     old_status, attempt, heartbeat_at = job.status, job.attempt, job.heartbeat_at
     if job.memory_peak is not None and job.memory_peak >= oom_fraction:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}
@@ -664,12 +685,12 @@ def reap_one(
         to=to,
         from_any=(old_status,),
         owner_attempt=attempt,
-        where=(Job.heartbeat_at < cutoff,),
+        where=() if died is not None else (Job.heartbeat_at < cutoff,),  # renewed meanwhile: not lost
         reason=reason,
         error=error,
-        detail={  # its lease ran out a lease later
+        detail={  # without `died`, its lease ran out a lease after this
             "last_heartbeat_at": heartbeat_at.isoformat(),
-            **({"died": died} if died is not None else {}),
+            **({"died": died.pid} if died is not None else {}),
         },
         **values,
     )
@@ -679,7 +700,7 @@ def reap_one(
             JobStatus.CANCELLED: "the job is cancelled",
         }.get(to, f"the job fails: {error}")
         lost = (
-            f"its training process ({died}) on {job.worker} died"
+            f"its training process ({died.pid}) on {job.worker} died"
             if died is not None
             else f"its worker ({job.worker}) was not heard from after {heartbeat_at:%H:%M:%S} UTC, for a lease"
         )

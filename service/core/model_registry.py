@@ -18,7 +18,7 @@ from models.data.contract import class_names_problem
 from models.inference.interchange import imported_meta, weights_problems
 from models.nets.archs import build_model
 from models.spec.job import MODEL_SPEC, JobSpec, NormalizeSpec
-from service.core import jobs
+from service.core import jobs, retention
 from service.core.errors import Conflict, Invalid, Unprocessable
 from service.core.references import DEFAULT_ALIAS, ModelNotFound, no_alias, no_version, resolve
 from service.core.settings import Settings
@@ -524,4 +524,5 @@ def delete_version(session: Session, *, name: str, version: int, settings: Setti
         )
     session.delete(record)
     session.commit()
-    get_storage(settings).discard(record.file)
+    get_storage(settings).delete(record.file.key)
+    retention.uncache(settings, [record.file])  # not the copy of the checkpoint it came from

@@ -69,7 +69,7 @@ def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
         if not any(sent < stale_before for sent in sent_at.values()):
             sent_at = {}  # none stale, none to send again: their specs need not be read
         loaded = jobs.get_jobs(session, job_ids=list(sent_at.keys() | set(requeued)))
-        queue_of = {job.id: settings.queue_for(worker_registry.device_of(job.spec)) for job in loaded}
+        queue_of = queues_of(loaded, settings)
         # A job that no live worker can give its processes is left until one can: sent now, every
         # worker in turn would only refuse it again (and say so in its log). Refused, it holds no
         # message, so it is not counted either.
@@ -89,19 +89,31 @@ def sweep(settings: Settings, *, reap: bool = True) -> list[str]:
         settled = [job_id for job_id in held if queue_of.get(job_id) == queue]
         stale = [job_id for job_id in settled if sent_at[job_id] < stale_before]
         to_send += lost_messages(stale, settled=len(settled), depth=depth)
+    sent = send(to_send, queue_of)
+    if sent:
+        log.info("reaper sent %d job(s) to the broker again: %s", len(sent), ", ".join(sent))
+    advance_sweeps(settings)
+    return sent
+
+
+def queues_of(loaded: list, settings: Settings) -> dict[str, str]:
+    """Each job's queue: the GPU queue for a cuda job, else the CPU one."""
+    return {job.id: settings.queue_for(worker_registry.device_of(job.spec)) for job in loaded}
+
+
+def send(job_ids: list[str], queue_of: dict[str, str]) -> list[str]:
+    """Publish queued jobs to their queues and record when; the ids sent (one the broker does not
+    take is left to the reaper's next pass)."""
     sent = []
-    for job_id in to_send:
+    for job_id in job_ids:
         try:
             send_train_job(job_id, queue_of.get(job_id))
         except Exception as exc:
-            log.warning("reaper could not send job %s (%s); will retry", job_id, exc)
+            log.warning("could not send job %s to the broker (%s); the reaper will", job_id, exc)
             continue
         sent.append(job_id)
     with session_scope() as session:
         jobs.mark_dispatched(session, job_ids=sent)
-    if sent:
-        log.info("reaper sent %d job(s) to the broker again: %s", len(sent), ", ".join(sent))
-    advance_sweeps(settings)
     return sent
 
 

@@ -19,11 +19,11 @@ from sqlalchemy.orm import Session
 from models.checkpoint import checkpoint_name
 from models.training.state import TRAINING_STATE
 from service.core import evaluation_reports, jobs
-from service.core.db import session_scope
+from service.core.db import read_scope, session_scope
 from service.core.ids import resolve_id
 from service.core.settings import Settings
 from service.core.storage import StoredFile, get_storage
-from service.core.tables import Checkpoint, Job, JobStatus, ModelVersion, utcnow
+from service.core.tables import Checkpoint, Job, JobStatus, ModelVersion, StoredDataset, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,25 @@ def _stored_files(session: Session, job_id: str) -> list[StoredFile]:
 def _remove_files(settings: Settings, job_id: str, held: list[StoredFile]) -> None:
     """The job's files, from the store and from this machine's cache (other machines' caches let
     them go as they fill)."""
-    storage = get_storage(settings)
-    storage.delete_prefix(f"checkpoints/{job_id}/")
-    storage.uncache(*held)
+    get_storage(settings).delete_prefix(f"checkpoints/{job_id}/")
+    uncache(settings, held)
     shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
+
+
+def uncache(settings: Settings, deleted: list[StoredFile]) -> None:
+    """Remove this machine's cached copies of files deleted with their records, but for a copy
+    another record names: the cache keeps one file per digest, and a registered version and the
+    checkpoint it came from are the same bytes."""
+    digests = {stored.sha256 for stored in deleted if stored.sha256}
+    if not digests:
+        return
+    with read_scope() as session:
+        named = {
+            digest
+            for column in (Checkpoint.sha256, ModelVersion.sha256, StoredDataset.file_sha256)
+            for digest in session.scalars(select(column).where(column.in_(digests)))
+        }
+    get_storage(settings).uncache(*(stored for stored in deleted if stored.sha256 not in named))
 
 
 def expired_jobs(session: Session, *, settings: Settings) -> list[str]:

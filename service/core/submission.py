@@ -239,8 +239,8 @@ def weights_warnings(session: Session, *, spec: JobSpec, settings: Settings) -> 
     if any(name in (worker.weights or []) for worker in worker_registry.live(session, settings=settings)):
         return []
     return [
-        f"{missing_weights_message(model.backbone, model.weights, settings.weights_dir)}; no live worker "
-        "has the file either, so the job will fail with missing_weights unless one finds it when it starts"
+        "no live worker has the weights' file either, so the job will fail with missing_weights unless one "
+        f"finds it when it starts: {missing_weights_message(model.backbone, model.weights, settings.weights_dir)}"
     ]
 
 

@@ -345,7 +345,7 @@ class MarkState:
     CURRENT = "current"  # in the service's store: a worker's store must hold it
     NEXT = "next"  # in the store `storage migrate` copies to, until an API starts on that store
     LEFT = "left"  # in a store the service moved away from: a worker's store must not be that one
-    DROPPED = "dropped"  # in a store `storage migrate` copied to, the service having moved to another
+    DROPPED = "dropped"  # in a store `storage migrate` copied to, the service having moved to another or withdrawn
     GONE = (LEFT, DROPPED)
 
 

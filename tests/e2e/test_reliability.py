@@ -85,7 +85,7 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(stack, client):
         ("queued", "running", None),
         ("running", "succeeded", None),
     ], steps
-    # Its worker, handed the message again, saw the process dead and took the job back at once
+    # Its worker saw the process dead at its next registry beat and took the job back at once
     lost = next(t for t in job["transitions"] if t["reason"] == "worker_lost")
     assert lost["detail"]["died"] == pid, lost
     lines = [line["message"] for line in client.get(f"/v1/jobs/{job_id}/logs").json()["lines"] if line["attempt"] == 1]

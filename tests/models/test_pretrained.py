@@ -176,7 +176,9 @@ def test_missing_weights_name_the_exact_file_and_open_no_connection(tmp_path, mo
     message = str(caught.value)
     assert str(tmp_path / "weights" / WEIGHTS_FILE) in message
     assert str(tmp_path / "torch_home" / "hub" / "checkpoints" / WEIGHTS_FILE) in message
-    assert "TRAINYARD_ALLOW_DOWNLOAD" in message and message.endswith('or train it from scratch: "weights": null')
+    assert "TRAINYARD_ALLOW_DOWNLOAD" in message and message.endswith(
+        '"weights": null trains the whole network from scratch (with "freeze": "none")'
+    )
     assert caught.value.reason == "missing_weights"
     assert no_network == []
 

@@ -31,6 +31,7 @@ from models.inference.predictor import InputError
 from models.spec.explain import error_loc, explain, plain_message
 from models.spec.job import JobSpec
 from models.spec.sweeps import SweepSpec, differences, short_value
+from models.units import human_bytes
 from service.api import plots
 from service.api.auth import (
     COOKIE,
@@ -76,14 +77,13 @@ from service.core.errors import CoreError, Invalid
 from service.core.model_parameters import model_parameters
 from service.core.references import MODEL_NAME, model_name_for
 from service.core.settings import get_settings
-from service.core.storage.migrate import size_text
 from service.core.studies import IMPORTANCE_TRIALS
 from service.core.tables import DatasetStatus, Job, StoredDataset
 
 EXAMPLES = resources.files("service") / "examples"  # package data: found in a checkout and once installed
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
 templates.env.filters["short_value"] = short_value
-templates.env.filters["size"] = size_text  # 24.2 KiB, 1.3 MiB: not "0.0 MB"
+templates.env.filters["size"] = human_bytes  # 24.2 KiB, 1.3 MiB: not "0.0 MB"
 templates.env.globals["tokens_required"] = lambda: token_table().enabled
 
 

@@ -191,10 +191,11 @@ def withdraw_next(url: str) -> int:
     """Call off the service's move to the store at `url` that `storage migrate` prepared: an API
     started on it no longer moves the service there, and workers on it are refused as on any store
     the service did not move to. The files copied there stay. Returns how many marks it withdrew."""
+    written = {url.rstrip("/"), url.rstrip("/") + "/"}  # as given, with or without its last slash
     with session_scope() as session:
         return session.execute(
             update(StoreMark)
-            .where(StoreMark.state == MarkState.NEXT, StoreMark.store_url == url)
+            .where(StoreMark.state == MarkState.NEXT, StoreMark.store_url.in_(written))
             .values(state=MarkState.DROPPED, changed_at=utcnow())
         ).rowcount
 

@@ -39,6 +39,7 @@ from typing import TypeVar
 
 from sqlalchemy import func, select, update
 
+from models.units import human_bytes
 from service.core.db import session_scope
 from service.core.retention import resumable_state_path
 from service.core.settings import STORAGE_URL_PATTERN, Settings
@@ -159,12 +160,12 @@ class MigrationReport:
         lines = []
         if self.copied.files == 0 and self.stopped is None:
             lines.append(
-                f"nothing copied: {self.skipped.files} file(s), {size_text(self.skipped.bytes)}, "
+                f"nothing copied: {self.skipped.files} file(s), {human_bytes(self.skipped.bytes)}, "
                 f"were already in {self.target}"
             )
         else:
-            lines.append(f"copied {self.copied.files} file(s), {size_text(self.copied.bytes)}, to {self.target}")
-            lines.append(f"skipped {self.skipped.files} file(s), {size_text(self.skipped.bytes)}, already there")
+            lines.append(f"copied {self.copied.files} file(s), {human_bytes(self.copied.bytes)}, to {self.target}")
+            lines.append(f"skipped {self.skipped.files} file(s), {human_bytes(self.skipped.bytes)}, already there")
         if self.gone.files:
             lines.append(f"{self.gone.files} file(s) no longer recorded when their turn came (deleted meanwhile)")
         if self.digests_recorded or self.states_recorded:
@@ -179,7 +180,7 @@ class MigrationReport:
         ):
             steps = getattr(self, name)
             if steps:
-                total = size_text(sum(s.size or 0 for s in steps))
+                total = human_bytes(sum(s.size or 0 for s in steps))
                 lines.append(f"{len(steps)} file(s) {name}, {total}, {hint}")
         if self.active_jobs:
             lines.append(
@@ -193,15 +194,6 @@ class MigrationReport:
         else:
             lines.append(f"{self.target} lacks files: no API or worker should use it before a run copies them all")
         return lines
-
-
-def size_text(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def home_roots(settings: Settings) -> dict[str, Path]:

@@ -1415,6 +1415,10 @@ def test_a_dataset_that_a_stopped_job_could_resume_on_is_kept_unless_forced(api)
         job.resume_state = {"key": f"checkpoints/{job_id}/training-state.safetensors", "size": 1, "sha256": None}
     refused = api.delete("/v1/datasets/kept")
     assert refused.status_code == 409 and f"can still be resumed: {job_id}" in refused.json()["detail"]
-    assert "(`trainyard datasets delete --force`, DELETE ...?force=true)" in refused.json()["detail"]
+    kept_id = dataset.json()["id"]
+    assert (
+        f"(`trainyard datasets delete {kept_id} --force`, DELETE /v1/datasets/{kept_id}?force=true)"
+        in (refused.json()["detail"])
+    )
     assert api.delete("/v1/datasets/kept", params={"force": "true"}).status_code == 204
     assert api.get(f"/v1/datasets/{dataset.json()['id']}").status_code == 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -456,7 +457,8 @@ def test_predict_answers_the_files_it_can_read_and_names_the_others(service_env,
     from tests.support.api import make_api
     from tests.support.datagen import png_bytes
 
-    monkeypatch.setattr(cli_client, "client", lambda url, token: make_api())
+    # the app as make_api gives it, its lifespan (reaper, GC tuning) not started by the CLI's `with`
+    monkeypatch.setattr(cli_client, "client", lambda url, token: contextlib.nullcontext(make_api()))
     names = ["a.png", "notes.png", "b.png", "empty.png", "c.png"]
     contents = [png_bytes(1, seed=1), b"not an image", png_bytes(2, seed=2), b"", png_bytes(3, seed=3)]
     for name, content in zip(names, contents, strict=True):
@@ -470,8 +472,18 @@ def test_predict_answers_the_files_it_can_read_and_names_the_others(service_env,
     answered = json.loads(runner.invoke(cli_main.app, [*args, "--json"]).stdout)
     assert [p["filename"] for p in answered["predictions"]] == ["a.png", "b.png", "c.png"]
     assert [r["filename"] for r in answered["refused"]] == ["notes.png", "empty.png"]
-    alone = runner.invoke(cli_main.app, ["predict", f"job:{trained_job}", str(tmp_path / "notes.png")])
-    assert alone.exception.code == cli_client.USAGE and str(alone.exception).startswith("422 notes.png: ")
+    alone = runner.invoke(cli_main.app, ["predict", f"job:{trained_job}", str(tmp_path / "notes.png"), "--json"])
+    assert alone.exit_code == cli_client.USAGE and json.loads(alone.stdout)["predictions"] == []
+    for folder, content in (("cat", png_bytes(1, seed=1)), ("dog", b"not an image")):  # one name in two folders
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "1.png").write_bytes(content)
+    twins = [str(tmp_path / folder / "1.png") for folder in ("cat", "dog")]
+    answered = json.loads(runner.invoke(cli_main.app, ["predict", f"job:{trained_job}", *twins, "--json"]).stdout)
+    assert [p["filename"] for p in answered["predictions"]] == [twins[0]]
+    assert [r["filename"] for r in answered["refused"]] == [twins[1]]
+    given = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "a" / "x.png", tmp_path / "y.png"]
+    sent_as = [str(given[0]) + " #1", str(given[1]), str(given[0]) + " #2", "y.png"]
+    assert cli_client._upload_names(given) == sent_as  # each told apart in the table and in errors
 
 
 def test_a_submission_whose_answer_is_lost_is_sent_again_under_the_same_key(monkeypatch, tmp_path):

@@ -74,7 +74,7 @@ def test_info_says_which_store_is_the_services_where_it_moves_and_whether_this_o
         "this machine's store is the service's",
     ]
     # A mistyped target, say: the move is called off, and an API started on it is refused
-    withdrawn = invoke("withdraw", f"file://{tmp_path / 'next'}")
+    withdrawn = invoke("withdraw", f"file://{tmp_path / 'next'}/")  # its last slash or not, as typed
     assert withdrawn.exit_code == 0 and "the move to file://" in withdrawn.stdout, withdrawn.output
     assert json.loads(invoke("info", "--json").stdout)["moving_to"] == []
     wrong = open_store(f"file://{tmp_path / 'next'}", {})
@@ -83,7 +83,7 @@ def test_info_says_which_store_is_the_services_where_it_moves_and_whether_this_o
     assert "is one `storage migrate` copied the service's files to on " in said, said
     assert "and the service did not move there" in said
     again = invoke("withdraw", f"file://{tmp_path / 'next'}")
-    assert again.exit_code == 1 and "no move to file://" in again.output
+    assert again.exit_code == 2 and "no move to file://" in again.output
     get_storage().store.delete(mark_keys(token))  # this machine's folders are not the ones the API marked
     warned = invoke("info")
     assert warned.exit_code == 1 and invoke("info", "--json").exit_code == 1  # a worker here would be refused

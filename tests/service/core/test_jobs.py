@@ -198,30 +198,34 @@ def test_reaper_gives_up_after_max_attempts(Session):
 
 def test_a_job_whose_training_process_died_is_taken_back_by_its_worker_at_once(Session):
     """A pool process the kernel killed: its worker, alive, takes the job back at its next beat
-    instead of leaving it a lease; another worker's jobs, and live processes, are left alone."""
+    instead of leaving it a lease; another worker's jobs (one of the same name in another container
+    included: another start), and live processes, are left alone."""
     import subprocess
     import sys
 
+    from workers.presence import _process_alive
+
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid, live_pid = int(gone.stdout), os.getpid()
-
-    def alive(pid: int) -> bool:  # as os.kill(pid, 0) says (workers/presence.py), for these two
-        return pid != dead_pid
-
-    ids = [_job(Session) for _ in range(4)]
+    assert not _process_alive(dead_pid) and _process_alive(live_pid) and _process_alive(1)  # 1: not ours to signal
+    ids = [_job(Session) for _ in range(5)]
     with Session() as session:
-        jobs.claim_job(session, job_id=ids[0], worker="w", pid=dead_pid, **LEASE)
-        jobs.claim_job(session, job_id=ids[1], worker="w", pid=live_pid, **LEASE)
-        jobs.claim_job(session, job_id=ids[2], worker="other", pid=dead_pid, **LEASE)
-        jobs.claim_job(session, job_id=ids[3], worker="w", pid=dead_pid, **LEASE)
+        claim = {"lease_seconds": 30, "max_attempts": 3, "instance": "this-start"}
+        jobs.claim_job(session, job_id=ids[0], worker="w", pid=dead_pid, **claim)
+        jobs.claim_job(session, job_id=ids[1], worker="w", pid=live_pid, **claim)
+        jobs.claim_job(session, job_id=ids[2], worker="other", pid=dead_pid, **claim)
+        jobs.claim_job(session, job_id=ids[3], worker="w", pid=dead_pid, **claim)
+        jobs.claim_job(session, job_id=ids[4], worker="w", pid=dead_pid, **{**claim, "instance": "twin"})
         session.get(Job, ids[3]).memory_peak = 0.95  # it held its memory when it died
         session.commit()
     with Session() as session:
-        taken = jobs.take_back_dead(session, worker="w", process_alive=alive, max_attempts=3, oom_fraction=0.9)
+        taken = jobs.take_back_dead(
+            session, worker="w", instance="this-start", process_alive=_process_alive, max_attempts=3, oom_fraction=0.9
+        )
         session.commit()
         assert taken == [ids[0]]
         statuses = [jobs.get_job(session, job_id=job_id).status for job_id in ids]
-        assert statuses == ["queued", "running", "running", "failed"]
+        assert statuses == ["queued", "running", "running", "failed", "running"]
         assert jobs.get_job(session, job_id=ids[3]).reason == "out_of_memory"
         lost = [e for e in jobs.get_job(session, job_id=ids[0]).events if e.reason == "worker_lost"]
         assert lost[0].detail["died"] == dead_pid
@@ -230,7 +234,12 @@ def test_a_job_whose_training_process_died_is_taken_back_by_its_worker_at_once(S
             f"attempt 1 lost: its training process ({dead_pid}) on w died; "
             "the job goes back to the queue and resumes from its last saved state"
         ]
-        assert jobs.claim_job(session, job_id=ids[0], worker="w", pid=live_pid, **LEASE).attempt == 2
+        assert jobs.claim_job(session, job_id=ids[0], worker="w", pid=live_pid, **claim).attempt == 2
+        session.commit()
+    with Session() as session:  # the attempt it saw die is no longer the job's: the new one is left
+        died = jobs.Died(attempt=1, pid=dead_pid)
+        assert jobs.reap_one(session, job_id=ids[0], max_attempts=3, died=died) is None
+        assert jobs.get_job(session, job_id=ids[0]).status == "running"
 
 
 def test_attempts_a_worker_shutdown_handed_back_do_not_count_toward_the_limit(Session):

@@ -132,13 +132,19 @@ def test_the_embedded_broker_forgets_consumed_messages(service_env):
     engine.dispose()
 
 
-def test_a_deleted_job_or_dataset_leaves_this_machines_cache_of_an_object_store(
+def test_a_deleted_job_dataset_or_version_leaves_this_machines_cache_of_an_object_store(
     service_env, object_store, monkeypatch, tmp_path
 ):
     """The API that deletes them drops its cached copies with the objects (they stayed until the
-    cache's bound pushed them out)."""
+    cache's bound pushed them out), but for a copy another record still names: a version registered
+    from a checkpoint is the same bytes, one file in the cache."""
     import io
 
+    import torch
+
+    from models.checkpoint import write_checkpoint
+    from models.data.contract import InputContract
+    from models.nets.archs import build_model
     from service.core import datasets
     from tests.support.datagen import image_folder_zip
 
@@ -146,25 +152,48 @@ def test_a_deleted_job_or_dataset_leaves_this_machines_cache_of_an_object_store(
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(service_env, "storage_url", object_store.env()["TRAINYARD_STORAGE_URL"])
     storage = get_storage(service_env)
+    stored = {}
+    for kept in ("deleted", "registered"):
+        with db.session_scope() as session:
+            job_id = jobs.create_job(session, spec=SPEC, task="classification").id
+            attempt = jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3).attempt
+        torch.manual_seed(len(stored))  # two jobs, two different files
+        meta = {
+            "spec": SPEC.model_dump(mode="json"),
+            "task": "classification",
+            "classes": [str(i) for i in range(10)],
+            "input_shape": [1, 28, 28],
+            "epoch": 1,
+            "input": InputContract.image(1, 28, 28, [str(i) for i in range(10)]).to_json(),
+        }
+        write_checkpoint(tmp_path / f"{kept}.safetensors", build_model(SPEC.model, (1, 28, 28), 10).state_dict(), meta)
+        stored[kept] = (
+            job_id,
+            storage.put(f"checkpoints/{job_id}/epoch-0001.safetensors", tmp_path / f"{kept}.safetensors"),
+        )
+        with db.session_scope() as session:
+            jobs.record_epoch(session, job_id=job_id, attempt=attempt, checkpoint=stored[kept][1], metrics={"epoch": 1})
+            jobs.finish_job(session, job_id=job_id, attempt=attempt, status=JobStatus.SUCCEEDED)
     with db.session_scope() as session:
-        job_id = jobs.create_job(session, spec=SPEC, task="classification").id
-        attempt = jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3).attempt
-    path = tmp_path / "epoch.safetensors"
-    path.write_bytes(b"weights")
-    stored = storage.put(f"checkpoints/{job_id}/epoch-0001.safetensors", path)
-    with db.session_scope() as session:
-        jobs.record_epoch(session, job_id=job_id, attempt=attempt, checkpoint=stored, metrics={"epoch": 1})
-        jobs.finish_job(session, job_id=job_id, attempt=attempt, status=JobStatus.SUCCEEDED)
+        model_registry.register(
+            session, name="kept", job_id=stored["registered"][0], checkpoint=1, settings=service_env
+        )
     archive = image_folder_zip(["a", "b"], per_class=5, test_per_class=2)
     with db.session_scope() as session:
         dataset = datasets.store_upload(
             session, data=io.BytesIO(archive), name="few", options=datasets.UploadOptions(), settings=service_env
         )
         dataset_id, decoded = dataset.id, dataset.file
-    assert storage.cached(stored) and storage.cached(decoded)
-    with db.session_scope() as session:
-        retention.delete_job(session, job_id=job_id, settings=service_env)
+    (deleted_job, deleted), (registered_job, registered) = stored["deleted"], stored["registered"]
+    assert storage.cached(deleted) and storage.cached(registered) and storage.cached(decoded)
+    for job_id in (deleted_job, registered_job):
+        with db.session_scope() as session:
+            retention.delete_job(session, job_id=job_id, settings=service_env)
     with db.session_scope() as session:
         datasets.delete_dataset(session, dataset_id=dataset_id, settings=service_env)
-    assert not storage.cached(stored) and not storage.cached(decoded)
-    assert storage.store.head(stored.key) is None and storage.store.head(decoded.key) is None
+    assert not storage.cached(deleted) and not storage.cached(decoded)
+    assert storage.store.head(deleted.key) is None and storage.store.head(decoded.key) is None
+    assert storage.cached(registered)  # the version's file: the same bytes
+    with db.session_scope() as session:
+        model_registry.delete_version(session, name="kept", version=1, settings=service_env)
+    assert not storage.cached(registered)
