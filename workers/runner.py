@@ -273,6 +273,7 @@ class RecordingCallbacks(Callbacks):
         self.trial = trial  # the sweep's study this job's epochs are reported to, if it prunes
         self.pruned_at: dict | None = None
         self.environment: dict = {}  # recorded beside what on_start finds (a distributed job's ranks)
+        self.resumed_at: tuple[int, int] | None = None  # (epoch, batch) a resumed attempt starts mid-epoch from
 
     def should_stop(self) -> bool:
         return self.control.should_stop()
@@ -366,13 +367,11 @@ class RecordingCallbacks(Callbacks):
             self.unnamed_states.clear()
         self.drop_checkpoints()
         speed = metrics.samples_per_second
+        timed = "" if speed is None else f", {speed:.0f} samples/s"
+        if self.resumed_at is not None and self.resumed_at[0] == metrics.epoch and speed is not None:
+            timed += f" over the batches after {self.resumed_at[1]}, where this attempt resumed"
         log.info(
-            "epoch %d/%d: %s (%.1f s%s)",
-            metrics.epoch,
-            run.spec.epochs,
-            _summary(metrics),
-            metrics.seconds,
-            "" if speed is None else f", {speed:.0f} samples/s",
+            "epoch %d/%d: %s (%.1f s%s)", metrics.epoch, run.spec.epochs, _summary(metrics), metrics.seconds, timed
         )
         self.job_log.store()
 
@@ -710,6 +709,8 @@ def _train_here(
             lambda session: jobs.note_resume(session, job_id=job_id, attempt=claim.attempt, detail=detail),
         )
     callbacks = RecordingCallbacks(job_id, control, job_log, trial)
+    if resume is not None and resume.position.progress.batches:
+        callbacks.resumed_at = (resume.position.epoch, resume.position.progress.batches)
     initial_weights = None if resume else fetch_initial_weights(spec)
     limits = Limits(max_parameters=settings.max_parameters, max_bytes=settings.max_job_memory)
     control.memory = memory = MemoryWatch(settings.max_job_memory)  # one baseline for both

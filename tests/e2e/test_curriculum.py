@@ -66,6 +66,9 @@ def test_max_runtime_stops_the_job_and_resume_finishes_it(stack, client):
     assert job["status"] == "succeeded" and job["reason"] is None
     assert positions == sorted(positions) and positions[0] > (1, 0)  # every attempt went on from the last
     assert [r["epoch"] for r in metrics(client, job["id"])] == [1, 2]
+    # An epoch an attempt began mid-way is timed over the batches it trained, and says so
+    lines = [line["message"] for line in client.get(f"/v1/jobs/{job['id']}/logs").json()["lines"]]
+    assert any(line.startswith("epoch ") and "where this attempt resumed)" in line for line in lines), lines[-5:]
 
 
 @embedded_only

@@ -186,6 +186,10 @@ def test_cancel_queued_and_running_then_resume(stack, client):
     assert epochs_recorded(client, running) == [1, 2, 3]
     detail = running_events(job)[-1]["detail"]
     assert (detail["resumed_from_epoch"], detail["resumed_from_batch"]) > (len(done_before), 0)
+    if detail["resumed_from_batch"]:  # the epoch it resumed in was timed over the batches it trained
+        lines = [line["message"] for line in client.get(f"/v1/jobs/{running}/logs").json()["lines"]]
+        after = f"samples/s over the batches after {detail['resumed_from_batch']}, where this attempt resumed)"
+        assert any(line.startswith(f"epoch {detail['resumed_from_epoch']}/3: ") and after in line for line in lines)
     assert client.get(f"/v1/jobs/{queued}").json()["status"] == "cancelled"
     assert running_events(client.get(f"/v1/jobs/{queued}").json()) == []
     assert client.post(f"/v1/jobs/{running}/resume").status_code == 409
