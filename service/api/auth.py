@@ -23,7 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.deps import read
 from service.core import sessions
-from service.core.settings import get_settings
+from service.core.settings import api_tokens, get_settings
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # A route's openapi_extra that marks a POST which changes nothing (a predict, an inference): a
@@ -97,15 +97,11 @@ def _digest(token: str) -> bytes:
 
 def parse_tokens(raw: str) -> TokenTable:
     """`tok1,tok2:read` -> two tokens, the second read-only."""
-    read_write, read_only = set(), set()
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        if item.endswith(":read"):
-            read_only.add(_digest(item.removesuffix(":read")))
-        else:
-            read_write.add(_digest(item))
-    return TokenTable(frozenset(read_write), frozenset(read_only))
+    entries = api_tokens(raw)
+    return TokenTable(
+        frozenset(_digest(token) for token, read in entries if not read),
+        frozenset(_digest(token) for token, read in entries if read),
+    )
 
 
 @lru_cache

@@ -328,7 +328,9 @@ def main() -> None:
             raise
         for problem in exc.errors():
             name = "TRAINYARD_" + "_".join(str(part) for part in problem["loc"]).upper()
-            typer.echo(f"error: {name}={problem.get('input')!r}: {problem['msg']}", err=True)
+            secret = any(word in name for word in ("TOKEN", "AUTH", "PASSWORD", "SECRET"))
+            given = "(not shown)" if secret else repr(problem.get("input"))
+            typer.echo(f"error: {name}={given}: {problem['msg'].removeprefix('Value error, ')}", err=True)
         sys.exit(USAGE)
     except httpx.TransportError as exc:
         request = getattr(exc, "_request", None)

@@ -53,6 +53,24 @@ def half_of_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
+def api_tokens(raw: str) -> list[tuple[str, bool]]:
+    """TRAINYARD_API_TOKENS (`tok1,tok2:read`) as (token, read-only) pairs; ValueError, naming the
+    entry by its place (never its value), for an empty token or a `:` other than the `:read` suffix."""
+    found = []
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    for number, entry in enumerate(entries, start=1):
+        token, colon, suffix = entry.rpartition(":") if ":" in entry else (entry, "", "")
+        if colon and suffix != "read":
+            raise ValueError(
+                f"token {number} of {len(entries)} ends in ':{suffix}': a token may end in ':read' (read-only) "
+                "or nothing (read-write), and holds no other ':'"
+            )
+        if not token or ":" in token:
+            raise ValueError(f"token {number} of {len(entries)} is empty or holds a ':' of its own")
+        found.append((token, bool(colon)))
+    return found
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
 
@@ -203,6 +221,12 @@ class Settings(BaseSettings):
     def _any_case(cls, value):
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_as_written(cls, value: str) -> str:
+        api_tokens(value)  # a suffix mistyped (`:Read`, `:write`) would make a read-write token
+        return value
+
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
         self.home = self.home.expanduser().resolve()
@@ -277,7 +301,7 @@ class Settings(BaseSettings):
         placeholders nor short, or with none where allow_open says serving everyone is intended."""
         if self.listens_on_loopback:
             return None
-        tokens = [token.strip().removesuffix(":read") for token in self.api_tokens.split(",") if token.strip()]
+        tokens = [token for token, _ in api_tokens(self.api_tokens)]
         weak = [str(i + 1) for i, token in enumerate(tokens) if weak_secret(token)]
         if weak:
             return (

@@ -105,6 +105,27 @@ def test_placeholder_or_short_tokens_are_refused_beyond_loopback(tokens):
     assert Settings(host="127.0.0.1", api_tokens=tokens).exposure_refusal() is None, "loopback: tests, make run"
 
 
+@pytest.mark.parametrize("tokens", [f"{LONG_TOKEN}:Read", f"{LONG_TOKEN}:write", ":read", f"a:{LONG_TOKEN}:read"])
+def test_a_token_suffix_other_than_read_is_refused_without_showing_the_token(tokens, monkeypatch, capsys, tmp_path):
+    """`tok:READ` or `tok:write` was taken whole as a read-write token (and the token without it refused)."""
+    from service.cli.main import main
+    from service.core.settings import get_settings
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(api_tokens=tokens)
+    said = refused.value.errors()[0]["msg"]
+    assert "a token may end in ':read'" in said or "empty or holds a ':'" in said
+    monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path))
+    monkeypatch.setenv("TRAINYARD_API_TOKENS", f"{LONG_TOKEN},{tokens}")
+    monkeypatch.setattr("sys.argv", ["trainyard", "migrate"])
+    get_settings.cache_clear()  # read afresh, as a new process does
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    told = capsys.readouterr().err
+    assert stopped.value.code == 2 and told.startswith("error: TRAINYARD_API_TOKENS=(not shown): token 2 of 2 ")
+    assert LONG_TOKEN not in told  # its place is said, never its value
+
+
 def test_long_random_tokens_are_accepted_beyond_loopback():
     tokens = f"{LONG_TOKEN},{'r' * MIN_SECRET_LENGTH}:read"
     assert Settings(host="0.0.0.0", api_tokens=tokens).exposure_refusal() is None
