@@ -558,7 +558,8 @@ def run_job(job_id: str, node: str | None = None) -> str | None:
 
 
 def _beyond_this_worker(job_id: str, node: str | None) -> str | None:
-    """Why this worker cannot give a distributed job the processes (or GPUs) it asks; else None."""
+    """Why this worker cannot give a job the GPU, or a distributed job the processes (or GPUs), it
+    asks; else None."""
     if node is None:
         return None
     settings = get_settings()
@@ -566,9 +567,11 @@ def _beyond_this_worker(job_id: str, node: str | None) -> str | None:
         spec = session.scalar(select(Job.spec).where(Job.id == job_id))
         worker = session.get(Worker, node)
         needs, nodes = worker_registry.processes_of(spec), worker_registry.nodes_of(spec)
+        device = worker_registry.device_of(spec)
+        if worker is not None and device.startswith("cuda") and not worker_registry.gpus(worker):
+            return f"it asks for device {device!r}, and this worker has no GPU (it should not serve the GPU queue)"
         if (needs <= 1 and nodes <= 1) or worker is None:
             return None
-        device = worker_registry.device_of(spec)
         has = worker_registry.capacity(worker, device)
         if has < needs:
             return f"it asks for {needs} processes on device {device!r}, and this worker gives a job {has}"

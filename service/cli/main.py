@@ -85,13 +85,17 @@ def migrate() -> None:
 
 def worker_queues(settings, explicit: str | None = None) -> list[str]:
     """The queues a worker serves: those given, else the CPU queue, plus the GPU queue where CUDA is."""
-    from service.core import worker_registry
 
     given = explicit if explicit is not None else settings.worker_queues
     if given:
         return [q for q in given.split(",") if q]
-    cuda = worker_registry.may_have_gpu() and worker_registry.has_cuda(worker_registry.probe_devices())
-    return [settings.queue, settings.gpu_queue] if cuda else [settings.queue]
+    return [settings.queue, settings.gpu_queue] if _cuda_here() else [settings.queue]
+
+
+def _cuda_here() -> bool:
+    from service.core import worker_registry
+
+    return worker_registry.may_have_gpu() and worker_registry.has_cuda(worker_registry.probe_devices())
 
 
 def worker_command(settings, queues: list[str], name: str = "trainyard") -> list[str]:
@@ -166,7 +170,14 @@ def worker(
 
     settings = get_settings()
     if gpus is None:
-        os.execv(sys.executable, worker_command(settings, worker_queues(settings, queues)))
+        served = worker_queues(settings, queues)
+        if settings.gpu_queue in served and not _cuda_here():
+            typer.echo(
+                f"warning: this machine has no CUDA device, yet the worker serves the GPU queue "
+                f"{settings.gpu_queue!r}: the cuda jobs it takes go back to the queue for a worker with a GPU",
+                err=True,
+            )
+        os.execv(sys.executable, worker_command(settings, served))
     indices = gpu_indices(gpus)
     served = worker_queues(settings, queues) if queues else [settings.queue, settings.gpu_queue]
     children = {name: start(command, env) for name, (command, env) in gpu_workers(settings, indices, served).items()}

@@ -131,6 +131,8 @@ def waiting_reason_for(
     CUDA job); else None."""
     queue = settings.queue_for(device)
     serving = [worker for worker in workers if queue in worker.queues]
+    if device.startswith("cuda"):  # a worker without one that serves the GPU queue gives the job back
+        serving = [worker for worker in serving if gpus(worker)]
     if not serving:
         return NO_GPU_WORKER if queue == settings.gpu_queue else NO_WORKER
     if processes == 1 and nodes == 1:

@@ -39,6 +39,21 @@ def test_a_job_runs_to_success_and_a_second_delivery_is_dropped(service_env):
     assert not (service_env.checkpoint_dir / job_id / "training-state.safetensors").exists()  # nothing to resume
 
 
+def test_a_worker_without_a_gpu_leaves_a_cuda_job_queued(service_env, caplog):
+    """A CPU worker told to serve the GPU queue (--queues) took cuda jobs and failed them for good."""
+    from service.core import worker_registry
+
+    with db.session_scope() as session:
+        job_id = jobs.create_job(session, spec=SPEC.model_copy(update={"device": "cuda"}), task="classification").id
+        cpu = {"devices": [{"name": "cpu", "kind": "cpu", "memory_bytes": None}], "torch": "2", "cuda": None}
+        worker_registry.register(
+            session, worker_id="w@h", host="h", pid=1, queues=[service_env.gpu_queue], description=cpu
+        )
+    assert run_job(job_id, node="w@h") is None
+    assert read_job(job_id).status == JobStatus.QUEUED and read_job(job_id).attempt == 0
+    assert "it asks for device 'cuda', and this worker has no GPU" in caplog.text
+
+
 def test_unwritable_checkpoint_folder_fails_the_job_with_a_clear_reason(service_env):
     job_id = new_job()
     blocker = service_env.checkpoint_dir / job_id

@@ -51,11 +51,13 @@ def test_a_job_waits_for_a_worker_that_serves_its_queue(service_env):
         return worker_registry.waiting_reason_for(device, list(workers), service_env)
 
     cpu_worker = Worker(id="c", queues=[service_env.queue])
-    gpu_worker = Worker(id="g", queues=[service_env.queue, service_env.gpu_queue])
+    gpu_worker = Worker(id="g", queues=[service_env.queue, service_env.gpu_queue], devices=GPU["devices"])
+    told_gpu = Worker(id="t", queues=[service_env.gpu_queue], devices=CPU["devices"])  # --queues, no GPU
     assert reason("auto") == reason("cpu") == worker_registry.NO_WORKER
     assert reason("cuda") == reason("cuda:1") == worker_registry.NO_GPU_WORKER
     assert reason("auto", cpu_worker) is None and reason("cuda", cpu_worker) == worker_registry.NO_GPU_WORKER
     assert reason("cuda", cpu_worker, gpu_worker) is None and reason("cpu", gpu_worker) is None
+    assert reason("cuda", told_gpu) == worker_registry.NO_GPU_WORKER  # it gives such a job back
 
 
 def test_a_distributed_job_waits_for_a_worker_that_gives_it_its_processes_or_gpus(service_env):
