@@ -72,15 +72,19 @@ def _options(
 def migrate() -> None:
     """Apply the database migrations (and prepare the embedded broker's tables)."""
     from service.core.broker import ping_broker
-    from service.core.migrate import upgrade
+    from service.core.migrate import NewerSchema, current_revision, upgrade
     from service.core.settings import get_settings
 
     settings = get_settings()
     settings.ensure_dirs()
-    upgrade()
+    try:
+        upgrade()
+    except NewerSchema as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     if settings.embedded_broker:
         ping_broker()
-    typer.echo(f"database ready: {_redact(settings.database_url)}")
+    typer.echo(f"database ready at revision {current_revision()}: {_redact(settings.database_url)}")
 
 
 def worker_queues(settings, explicit: str | None = None) -> list[str]:

@@ -136,11 +136,15 @@ def migrate(
     2 a bad URL, a target that is the source, or a source that is not the service's store, 3 a
     store that cannot be reached or refuses, 130 interrupted (run it again to go on)."""
     from models.units import human_bytes
-    from service.core.migrate import upgrade
+    from service.core.migrate import NewerSchema, upgrade
     from service.core.settings import get_settings
     from service.core.storage.migrate import COPIED, SKIPPED, Migration, Step
 
-    upgrade()  # the records it reads are those of the newest schema (as `trainyard api` does at start)
+    try:
+        upgrade()  # the records it reads are those of the newest schema
+    except NewerSchema as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(USAGE) from None
     try:
         migration = Migration(get_settings(), to)
         migration.check()

@@ -24,22 +24,53 @@ def alembic_config() -> Config:
     return config
 
 
+class NewerSchema(Exception):
+    """The database was migrated by a newer version of trainyard than this one."""
+
+
 def upgrade(database_url: str | None = None) -> None:
-    """Bring the database schema to the newest revision.
+    """Bring the database schema to the newest revision; NewerSchema if a newer version migrated it.
 
     On PostgreSQL an advisory lock serialises concurrent callers (the API and the workers all
     migrate at start-up), so exactly one of them applies each revision.
     """
+    from alembic.util import CommandError
+
     engine = make_engine(database_url or get_settings().database_url)
     try:
         with engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            current = _current(connection)
+            if current is not None and _newer(current):
+                raise NewerSchema(
+                    f"the database is at revision {current}, which this version does not know: a newer trainyard "
+                    f"migrated it; run that version (this one's newest revision is {head_revision()})"
+                )
             config = alembic_config()
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            try:
+                command.upgrade(config, "head")
+            except CommandError as error:  # a revision gone missing meanwhile: said in one line
+                raise NewerSchema(str(error)) from None
     finally:
         engine.dispose()
+
+
+def current_revision(database_url: str | None = None) -> str | None:
+    """The revision the database is at (None: never migrated)."""
+    engine = make_engine(database_url or get_settings().database_url)
+    try:
+        with engine.connect() as connection:
+            return _current(connection)
+    finally:
+        engine.dispose()
+
+
+def _current(connection) -> str | None:
+    from alembic.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
 
 
 @functools.cache

@@ -291,3 +291,34 @@ def test_a_missing_table_reads_as_unmigrated_in_any_language():
     away = exc.OperationalError("SELECT 1", {}, psycopg.errors.AdminShutdown("Beendigung der Verbindung"))
     assert unmigrated(french) and unmigrated(german) and not unmigrated(away)
     assert unmigrated(exc.OperationalError("SELECT 1 FROM jobs", {}, Exception("no such table: jobs")))
+
+
+def test_migrating_a_database_a_newer_version_migrated_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """A rollback's `trainyard migrate` printed 250 lines of Alembic's traceback."""
+    from sqlalchemy import text
+
+    from service.cli.main import main
+    from service.core import settings as settings_module
+    from service.core.migrate import NewerSchema, current_revision, head_revision
+
+    url = f"sqlite:///{tmp_path / 'newer.sqlite'}"
+    upgrade(url)
+    assert current_revision(url) == head_revision()
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    with pytest.raises(NewerSchema, match="is at revision 0099, which this version does not know"):
+        upgrade(url)
+    monkeypatch.setenv("TRAINYARD_HOME", str(tmp_path))
+    monkeypatch.setenv("TRAINYARD_DATABASE_URL", url)
+    monkeypatch.setattr("sys.argv", ["trainyard", "migrate"])
+    settings_module.get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main()
+    finally:
+        settings_module.get_settings.cache_clear()
+    told = capsys.readouterr().err
+    assert stopped.value.code == 1 and told.count("\n") == 1
+    assert told.startswith("error: the database is at revision 0099, which this version does not know: a newer ")
