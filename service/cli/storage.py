@@ -138,7 +138,7 @@ def migrate(
     from models.units import human_bytes
     from service.core.migrate import NewerSchema, upgrade
     from service.core.settings import get_settings
-    from service.core.storage.migrate import COPIED, SKIPPED, Migration, Step
+    from service.core.storage.migrate import COPIED, GONE, SKIPPED, Migration, Step
 
     try:
         upgrade()  # the records it reads are those of the newest schema
@@ -155,7 +155,7 @@ def migrate(
     def show(step: Step) -> None:
         if step.outcome == COPIED:
             typer.echo(f"copied {step.key} ({human_bytes(step.size or 0)})")
-        elif step.outcome != SKIPPED:
+        elif step.outcome not in (SKIPPED, GONE):  # a file deleted with its record meanwhile is counted at the end
             typer.echo(f"not copied: {step.error}", err=True)
 
     try:
