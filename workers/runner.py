@@ -796,8 +796,6 @@ def _give_back(
     TRAINYARD_RESEND_AFTER_SECONDS), or the worker is shutting down (not counted, and sent again at
     the reaper's next pass: by then this worker has stopped taking jobs)."""
     settings = get_settings()
-    log.warning("job %s goes back to the queue: %s", job_id, message)
-    job_log.store()
     status = in_transaction(
         f"give job {job_id} back",
         lambda session: jobs.give_back(
@@ -810,6 +808,12 @@ def _give_back(
             send_again_soon=not counted,
         ),
     )
+    # Said once what became of it: past TRAINYARD_MAX_ATTEMPTS it failed instead of going back
     if status == JobStatus.CANCELLED:
-        log.info("job %s was cancelled meanwhile: it ends cancelled", job_id)
+        log.warning("job %s was cancelled meanwhile: it ends cancelled (%s)", job_id, message)
+    elif status == JobStatus.FAILED:
+        log.warning("job %s fails (attempt %d of %d): %s", job_id, attempt, settings.max_attempts, message)
+    else:
+        log.warning("job %s goes back to the queue: %s", job_id, message)
+    job_log.store()
     return status if status in (JobStatus.FAILED, JobStatus.CANCELLED) else None
