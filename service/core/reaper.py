@@ -10,7 +10,7 @@ from datetime import timedelta
 from service.core import datasets, embedded_broker, jobs, retention, sweeps, worker_registry
 from service.core.background import Periodic
 from service.core.broker import queue_depth, send_train_job
-from service.core.db import UNAVAILABLE, brief, session_scope
+from service.core.db import MIGRATE_HINT, UNAVAILABLE, brief, session_scope, unmigrated
 from service.core.leader import Leadership
 from service.core.settings import Settings
 from service.core.storage import get_storage
@@ -162,6 +162,7 @@ class Reaper(Periodic):
         # While the database is away no worker can renew its lease, so once it is back every
         # worker gets a full lease period to renew before its job is taken from it.
         self._leases_trusted_from = 0.0
+        self._said_unmigrated = False  # that the database is not migrated, since it last was
 
     def stop(self, timeout: float | None = 10) -> None:
         super().stop(timeout)
@@ -175,8 +176,15 @@ class Reaper(Periodic):
             if time.monotonic() >= self._next_housekeeping:
                 housekeeping(self.settings)
                 self._next_housekeeping = time.monotonic() + self.settings.housekeeping_interval_seconds
-        except UNAVAILABLE as error:
-            self._leases_trusted_from = time.monotonic() + self.settings.lease_seconds
-            log.warning("reaper: the database is unavailable (%s); will retry", brief(error))
-        except Exception:  # the reaper must outlive anything one sweep meets
-            log.exception("reaper sweep failed")
+        except Exception as error:  # the reaper must outlive anything one sweep meets
+            if unmigrated(error):  # SQLite says it as it says an outage: told apart first
+                if not self._said_unmigrated:  # said once, not every few seconds until someone migrates
+                    log.warning("reaper: %s (%s); it waits until then", MIGRATE_HINT, brief(error))
+            elif isinstance(error, UNAVAILABLE):
+                self._leases_trusted_from = time.monotonic() + self.settings.lease_seconds
+                log.warning("reaper: the database is unavailable (%s); will retry", brief(error))
+            else:
+                log.exception("reaper sweep failed")
+            self._said_unmigrated = unmigrated(error)
+        else:
+            self._said_unmigrated = False

@@ -129,3 +129,23 @@ def test_the_reaper_launches_a_sweeps_next_trial_when_a_slot_is_free(service_env
         launched = [t for t in sweeps.trials(session, record) if t.job]
         assert record.launched == 2 and {t.params["optimizer.lr"] for t in launched} == {0.1, 0.2}
     assert broker.queue_depth(service_env.queue) == 2  # each launched trial's message went out
+
+
+def test_a_reaper_on_a_database_never_migrated_says_so_once_without_a_traceback(service_env, caplog):
+    """An API on an empty database logged the reaper's traceback every few seconds, never 'migrate'."""
+    import logging
+
+    from sqlalchemy import text
+
+    from service.core import db
+    from service.core.reaper import Reaper
+
+    with db.get_engine().begin() as conn:
+        conn.execute(text("DROP TABLE jobs"))  # as an empty database lacks it
+    reaper = Reaper(service_env)
+    with caplog.at_level(logging.WARNING, logger="service.core.reaper"):
+        for _ in range(3):
+            reaper.tick()
+    said = [r for r in caplog.records if r.name == "service.core.reaper"]
+    assert len(said) == 1 and not said[0].exc_info, said
+    assert "run `trainyard migrate`" in said[0].getMessage()
