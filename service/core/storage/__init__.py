@@ -221,12 +221,14 @@ class Storage:
                     return call()
                 except StorageUnavailable as exc:
                     tries += 1
-                    if time.monotonic() + delay > deadline:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:  # the last try was at the deadline: the whole time was waited
                         raise StorageUnavailable(f"{exc} (gave up after {tries} tries in {limit:.0f} s)") from None
-                    log.warning("%s: %s; trying again in %.1f s", what, exc, delay)
+                    wait = min(delay, remaining)
+                    log.warning("%s: %s; trying again in %.1f s", what, exc, wait)
                     with self._lock:
                         self._waiting[thread] = Waiting(what, since, since + timedelta(seconds=limit), str(exc))
-                    time.sleep(delay)
+                    time.sleep(wait)
                     delay = min(delay * 2, 15.0)
         finally:
             with self._lock:

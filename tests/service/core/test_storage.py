@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 
 import pytest
 
@@ -122,8 +123,10 @@ def test_patiently_waits_for_the_store_to_come_back(s3_storage, object_store):
     assert waiting.what == "store a file" and (waiting.until - waiting.since).total_seconds() == 60
     assert "cannot be reached" in waiting.error, waiting.error
     object_store.stop()
+    began = time.monotonic()
     with pytest.raises(StorageUnavailable, match="gave up after"):
-        s3_storage.patiently("fetch", lambda: s3_storage.store.list("checkpoints/"), give_up_after=1)
+        s3_storage.patiently("fetch", lambda: s3_storage.store.list("checkpoints/"), give_up_after=2)
+    assert time.monotonic() - began >= 2  # the whole time: its back-off gave up at half of it
 
 
 def file_sha256_of(content: bytes) -> str:
