@@ -748,6 +748,10 @@ def job_lines(job: dict) -> list[str | Text]:
             + epoch_summary(best)
         )
     lines += cross_validation_lines(job.get("cross_validation"))
+    started = [t for t in job.get("transitions") or [] if t.get("to_status") == "running"]
+    if job["status"] in ("running", "cancelling") and started and (started[-1].get("detail") or {}).get("worker"):
+        detail = started[-1]["detail"]
+        lines.append(f"running on {detail['worker']}" + (f" (pid {detail['pid']})" if detail.get("pid") else ""))
     ran = (job.get("environment") or {}).get("distributed")
     if ran:
         hosts = ", ".join(sorted({rank["host"] for rank in ran.get("ranks") or []})) or "unknown hosts"

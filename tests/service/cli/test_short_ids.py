@@ -253,3 +253,25 @@ def test_a_queued_jobs_reason_is_said_as_past_and_a_waiting_reason_comes_first(m
     shown = out.getvalue()
     assert ": queued (back in the queue after storage_unavailable)\n" in shown, shown
     assert "waiting: worker_silent" in shown, shown
+
+
+def test_a_running_job_says_which_worker_and_process_train_it():
+    """An operator looking for the process to watch (or kill) read it only from --json."""
+    job = {
+        "id": JOB,
+        "name": "long",
+        "status": "running",
+        "reason": None,
+        "error": None,
+        "epoch": 3,
+        "epochs": 10,
+        "attempt": 2,
+        "created_at": "2026-12-02T13:00:00",
+        "transitions": [
+            {"to_status": "running", "detail": {"worker": "old@host", "pid": 11}},
+            {"to_status": "queued", "detail": {}},
+            {"to_status": "running", "detail": {"worker": "trainyard-7@host", "pid": 4242, "instance": "x"}},
+        ],
+    }
+    assert "running on trainyard-7@host (pid 4242)" in cli_client.job_lines(job)
+    assert not [line for line in cli_client.job_lines({**job, "status": "succeeded"}) if "running on" in str(line)]
