@@ -105,14 +105,19 @@ def checked(response: httpx.Response, said_as: dict[str, str] | None = None) -> 
     argument a query parameter came from where it is not the option of the same name."""
     if response.is_success:
         return response.json() if response.content else {}
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
+    detail = _detail(response)
     if isinstance(detail, list):
         detail = "; ".join(f"{_place(e.get('loc', []), said_as or {})}: {e.get('msg')}" for e in detail)
     hint = "; give a token with --token or TRAINYARD_TOKEN" if response.status_code == 401 else ""
     raise Failure(f"{response.status_code} {detail}{hint}", exit_code_for(response.status_code))
+
+
+def _detail(response: httpx.Response):
+    """What a refusal says: its JSON `detail` (a message, or a list of located ones), else its text."""
+    try:
+        return response.json().get("detail", response.text)
+    except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
+        return response.text
 
 
 # A submission may have reached the service when its answer is lost; with the same Idempotency-Key
@@ -1164,21 +1169,14 @@ def _upload_names(files: list[Path]) -> list[str]:
 
 def _unreadable(response: httpx.Response, names: list[str]) -> int | None:
     """Which file a 422 says cannot be read ("NAME: not a recognised image ...")."""
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        return None
+    detail = _detail(response)
     named = [i for i, name in enumerate(names) if isinstance(detail, str) and detail.startswith(f"{name}: ")]
     return named[0] if len(named) == 1 else None
 
 
 def _said(response: httpx.Response, name: str) -> str:
     """A refusal of one file, in words that name it."""
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
-    detail = str(detail)
+    detail = str(_detail(response))
     return detail if detail.startswith(f"{name}: ") else f"{name}: {response.status_code} {detail}"
 
 

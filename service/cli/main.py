@@ -175,7 +175,9 @@ def worker(
     settings = get_settings()
     if gpus is None:
         served = worker_queues(settings, queues)
-        if settings.gpu_queue in served and not _cuda_here():
+        # Queues named by hand only: the default serves the GPU queue because it probed CUDA
+        named = queues is not None or bool(settings.worker_queues)
+        if named and settings.gpu_queue in served and not _cuda_here():
             typer.echo(
                 f"warning: this machine has no CUDA device, yet the worker serves the GPU queue "
                 f"{settings.gpu_queue!r}: the cuda jobs it takes go back to the queue for a worker with a GPU",

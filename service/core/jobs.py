@@ -396,11 +396,10 @@ def take_back_dead(
     oom_fraction: float,
 ) -> list[str]:
     """The jobs this worker (`worker`, its name, and `instance`: its start, which its pool processes
-    inherit) started in a
-    process that has died since (one the kernel killed, the worker itself alive), taken back at
-    once rather than a lease later: re-queued, or ended as the reaper would. Another worker's jobs,
-    one of the same name on another machine included, are left to their leases. Returns the ids
-    re-queued."""
+    inherit) started in a process that has died since (one the kernel killed, the worker itself
+    alive), taken back at once rather than a lease later: re-queued, or ended as the reaper would.
+    Another worker's jobs, one of the same name on another machine included, are left to their
+    leases. Returns the ids re-queued."""
     requeued = []
     for job in session.scalars(select(Job).where(Job.worker == worker, Job.status.in_(JobStatus.ACTIVE))).all():
         started = session.scalars(
@@ -659,8 +658,9 @@ def reap_one(
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status not in JobStatus.ACTIVE or job.heartbeat_at is None:
         return None
-    if (died.attempt != job.attempt) if died is not None else (cutoff is None or job.heartbeat_at >= cutoff):
-        return None  # a later attempt's now, or its lease runs yet
+    lost = died.attempt == job.attempt if died is not None else cutoff is not None and job.heartbeat_at < cutoff
+    if not lost:  # a later attempt holds it now, or its lease runs yet
+        return None
     old_status, attempt, heartbeat_at = job.status, job.attempt, job.heartbeat_at
     if job.memory_peak is not None and job.memory_peak >= oom_fraction:
         to, values = JobStatus.FAILED, {"finished_at": utcnow()}

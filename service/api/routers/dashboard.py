@@ -848,8 +848,7 @@ async def _predict_rows(request: Request, server, context: dict, text: str) -> H
             # The page's top k and threshold are for a classifier; a regression's answer is its value.
             classifies = loaded.predictor.task == "classification"
             top_k, threshold = (context["top_k"], context["threshold"]) if classifies else (1, None)
-            # The page's user counts the lines they typed, not the API's inputs[0], ...
-            typed = [f"line {number}" for number in lines]
+            typed = [f"line {number}" for number in lines]  # as the page's user counts rows, not inputs[0]
             target, loaded, outputs = await server.predict_values(
                 context["model"], rows, threshold, top_k, typed, images_hint="choose its images above instead"
             )

@@ -140,12 +140,8 @@ def test_a_deleted_job_dataset_or_version_leaves_this_machines_cache_of_an_objec
     from a checkpoint is the same bytes, one file in the cache."""
     import io
 
-    import torch
-
-    from models.checkpoint import write_checkpoint
-    from models.data.contract import InputContract
-    from models.nets.archs import build_model
     from service.core import datasets
+    from tests.support.checkpoints import write_model
     from tests.support.datagen import image_folder_zip
 
     for name, value in object_store.env().items():
@@ -157,16 +153,7 @@ def test_a_deleted_job_dataset_or_version_leaves_this_machines_cache_of_an_objec
         with db.session_scope() as session:
             job_id = jobs.create_job(session, spec=SPEC, task="classification").id
             attempt = jobs.claim_job(session, job_id=job_id, worker="w", lease_seconds=30, max_attempts=3).attempt
-        torch.manual_seed(len(stored))  # two jobs, two different files
-        meta = {
-            "spec": SPEC.model_dump(mode="json"),
-            "task": "classification",
-            "classes": [str(i) for i in range(10)],
-            "input_shape": [1, 28, 28],
-            "epoch": 1,
-            "input": InputContract.image(1, 28, 28, [str(i) for i in range(10)]).to_json(),
-        }
-        write_checkpoint(tmp_path / f"{kept}.safetensors", build_model(SPEC.model, (1, 28, 28), 10).state_dict(), meta)
+        write_model(tmp_path / f"{kept}.safetensors", seed=len(stored))  # two jobs, two different files
         stored[kept] = (
             job_id,
             storage.put(f"checkpoints/{job_id}/epoch-0001.safetensors", tmp_path / f"{kept}.safetensors"),
